@@ -1,0 +1,11 @@
+//! `toolgate explain`.
+
+use std::process::ExitCode;
+
+/// (not yet built)
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`toolgate explain` is not built yet")
+}

@@ -1,0 +1,86 @@
+//! The command line: one subcommand per file, each an `Args` (clap derive) and a `run`.
+//!
+//! Errors reach the person here, through `anyhow`, as one line that says what went wrong and
+//! what to do. Commands return their own exit code (`check` exits 1 on an invalid policy).
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod approve;
+mod check;
+mod console;
+mod demo;
+mod explain;
+mod gateways;
+mod tail;
+mod wrap;
+
+/// Deterministic rules on every MCP tool call, and a console to watch and steer them.
+#[derive(Debug, Parser)]
+#[command(name = "toolgate", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  toolgate demo                                   see everything working, nothing to configure
+  toolgate check policy.json                      validate a policy
+  toolgate wrap --policy policy.json -- npx -y @modelcontextprotocol/server-everything
+  toolgate console                                watch and steer every gateway on this machine";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Demo(demo::Args),
+    Wrap(wrap::Args),
+    Console(console::Args),
+    Check(check::Args),
+    Explain(explain::Args),
+    Tail(tail::Args),
+    Approve(approve::ApproveArgs),
+    Deny(approve::DenyArgs),
+    Gateways(gateways::Args),
+    Completions(CompletionsArgs),
+}
+
+/// Print a shell completion script.
+///
+/// Example: toolgate completions bash > ~/.local/share/bash-completion/completions/toolgate
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    shell: clap_complete::Shell,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Wrap(args) => wrap::run(args),
+        Command::Console(args) => console::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Explain(args) => explain::run(args),
+        Command::Tail(args) => tail::run(args),
+        Command::Approve(args) => approve::run_approve(args),
+        Command::Deny(args) => approve::run_deny(args),
+        Command::Gateways(args) => gateways::run(args),
+        Command::Completions(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "toolgate",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("toolgate: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The ratatui console.
+//!
+//! SKELETON: lands with issue 5.

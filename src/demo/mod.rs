@@ -1,0 +1,3 @@
+//! The embedded demo.
+//!
+//! SKELETON: lands with issue 7.

@@ -1,0 +1,3 @@
+//! The enforcement core and its transports.
+//!
+//! SKELETON: lands with issue 3.

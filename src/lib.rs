@@ -1,0 +1,25 @@
+//! toolgate: deterministic rules on every MCP tool call, and a terminal console to watch and
+//! steer them.
+//!
+//! The crate is one library and one binary. The module tree mirrors the architecture
+//! (see `ARCHITECTURE.md`):
+//!
+//! - [`policy`] — the policy language: parse, validate, decide, count. The only place any
+//!   part of `policy.json` is interpreted.
+//! - [`gateway`] — the enforcement core and its transports (stdio `wrap`, in-process demo).
+//! - [`wire`] — the messages between a gateway and its operators (event websocket).
+//! - [`control`] — the gateway's control plane: event hub, holds, websocket server, discovery,
+//!   and the clients `tail`, `approve`, `deny` use.
+//! - [`console`] — the ratatui console.
+//! - [`demo`] — the embedded demo: demo MCP server, simulated agents.
+//! - [`redact`] — which argument keys are secrets, and how they are hidden.
+//! - [`cli`] — the command line.
+
+pub mod cli;
+pub mod console;
+pub mod control;
+pub mod demo;
+pub mod gateway;
+pub mod policy;
+pub mod redact;
+pub mod wire;

@@ -1,0 +1,309 @@
+//! The wire protocol between a gateway and its operators (consoles, `tail`, `approve`).
+//!
+//! JSON text frames over a websocket. The gateway sends [`Event`]s; a client sends
+//! [`ClientMsg`]s and gets a [`EventKind::Reply`] for each. These types are the only
+//! definition of the protocol: the gateway and every client use them. `docs/wire-protocol.md`
+//! documents them with examples.
+//!
+//! Sequence numbers: every event that reports something that happened (`call`,
+//! `hold_resolved`, `outcome`, `policy_applied`, ...) takes the next `seq` of its gateway, so
+//! they are strictly increasing. The per-client messages `hello`, `missed` and `reply` carry
+//! the `seq` of the latest event at the time they were sent: a `hello`'s snapshot reflects
+//! every event up to and including its `seq`, and the live stream continues after it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use crate::policy::Verdict;
+
+/// The protocol version, sent in every `hello`. A client refuses versions it does not know.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One message from a gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub ts: DateTime<Utc>,
+    /// The id of the gateway that sent it ([`GatewayInfo::id`]).
+    pub gateway: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What an [`Event`] says; serialised as its `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// First message on every connection, and again after `missed`.
+    Hello(Box<Hello>),
+    /// A tool call was decided.
+    Call(CallEvent),
+    /// A held call was approved or denied.
+    HoldResolved(HoldResolved),
+    /// A call that went upstream came back (or failed).
+    Outcome(Outcome),
+    /// The gateway now enforces this policy file version.
+    PolicyApplied(PolicyApplied),
+    /// A policy file change was refused; the previous policy stays in force.
+    PolicyRejected(PolicyRejected),
+    /// Counter state after a change.
+    Counters(Counters),
+    /// The upstream server came up or went down.
+    Upstream(Upstream),
+    /// The tools the upstream offers (from its `tools/list` answers).
+    Tools(Tools),
+    /// This client fell behind and events were dropped for it; a fresh `hello` follows.
+    Missed(Missed),
+    /// The answer to a [`ClientMsg`].
+    Reply(Reply),
+}
+
+/// Who a gateway is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    /// Short random id, unique per gateway start; prefixes its call ids.
+    pub id: String,
+    pub pid: u32,
+    pub version: String,
+    /// The grant calls are attributed to (`wrap --grant`); for HTTP gateways, `*`.
+    pub grant: String,
+    /// A human name for the upstream server (its command, or its name in SERVERS.json).
+    pub server: String,
+    /// Absolute path of the policy file.
+    pub policy: String,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub info: GatewayInfo,
+    pub snapshot: Snapshot,
+}
+
+/// The state a (re)connecting client starts from.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Recent calls, oldest first, each with what became of it so far.
+    pub calls: Vec<CallRecord>,
+    /// Call ids of the calls held now, oldest first.
+    pub holds: Vec<String>,
+    pub counters: Vec<CounterState>,
+    /// Hash of the policy in force; `None` only before the first policy loaded.
+    pub policy_hash: Option<String>,
+    /// When the latest policy file change was refused: its diagnostics.
+    pub policy_error: Option<Vec<String>>,
+    pub tools: Vec<ToolInfo>,
+    pub upstream_up: bool,
+    pub totals: Totals,
+}
+
+/// Counts of decisions since the gateway started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub allow: u64,
+    pub deny: u64,
+    pub rate_limited: u64,
+    pub hold: u64,
+}
+
+/// A call and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub call: CallEvent,
+    pub resolution: Option<HoldResolved>,
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    /// `<gateway id>-<n>`: unique on this machine, so `toolgate approve ID` finds its gateway.
+    pub call_id: String,
+    pub tool: String,
+    pub grant: String,
+    pub session: String,
+    pub server: String,
+    pub decision: Verdict,
+    /// JSON Pointer of the deciding rule.
+    pub rule: String,
+    pub reason: String,
+    /// The arguments, secret-looking keys redacted, cut to a size cap.
+    pub args: Value,
+    /// The arguments were larger than the cap and `args` is a truncated preview.
+    #[serde(default)]
+    pub args_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// For holds: when the approval times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_deadline: Option<DateTime<Utc>>,
+}
+
+/// Who or what ended a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolvedBy {
+    Operator,
+    Timeout,
+    Cancellation,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldResolved {
+    pub call_id: String,
+    pub approved: bool,
+    pub by: ResolvedBy,
+    /// The operator's name, when one resolved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub call_id: String,
+    /// From the call's arrival to its answer leaving the gateway, hold time included.
+    pub latency_us: u64,
+    /// The upstream answered with an error, or with `isError: true`, or did not answer.
+    pub error: bool,
+    /// A short preview of the result or error, size-capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyApplied {
+    pub path: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRejected {
+    pub path: String,
+    /// One compiler-style line per problem (or why the file could not be read).
+    pub diagnostics: Vec<String>,
+    /// Hash of the policy still in force.
+    pub kept_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub counters: Vec<CounterState>,
+}
+
+/// One counter budget for one scope key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterState {
+    pub counter: String,
+    /// `grant`, `session` or `global`.
+    pub scope: String,
+    /// The grant or session the budget belongs to; empty for `global`.
+    pub key: String,
+    pub used: u64,
+    pub max: u64,
+    pub window_ms: u64,
+    /// When the oldest counted call leaves the window (room comes back); `None` when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_free_in_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub server: String,
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tools {
+    pub server: String,
+    pub tools: Vec<ToolInfo>,
+}
+
+/// A tool as the upstream describes it in `tools/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(
+        default,
+        rename = "inputSchema",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input_schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Missed {
+    /// How many events were dropped for this client.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The `id` of the [`ClientMsg`] answered.
+    pub id: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A command from a client. Each carries an `id` its [`Reply`] repeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    Approve {
+        id: u64,
+        call_id: String,
+        #[serde(default)]
+        operator: Option<String>,
+    },
+    Deny {
+        id: u64,
+        call_id: String,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        operator: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_flat_with_their_type() {
+        let ev = Event {
+            seq: 7,
+            ts: "2026-11-26T12:00:00Z".parse().unwrap(),
+            gateway: "a1b2c3".into(),
+            kind: EventKind::Missed(Missed { dropped: 3 }),
+        };
+        let text = serde_json::to_string(&ev).unwrap();
+        assert_eq!(
+            text,
+            r#"{"seq":7,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"missed","dropped":3}"#
+        );
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn client_messages_reject_unknown_fields() {
+        let ok: ClientMsg =
+            serde_json::from_str(r#"{"type":"approve","id":1,"call_id":"a1-4"}"#).unwrap();
+        assert!(matches!(ok, ClientMsg::Approve { id: 1, .. }));
+        assert!(
+            serde_json::from_str::<ClientMsg>(r#"{"type":"approve","id":1,"call_id":"x","y":1}"#)
+                .is_err()
+        );
+    }
+}
