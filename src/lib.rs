@@ -13,6 +13,7 @@
 //! - [`console`] — the ratatui console.
 //! - [`demo`] — the embedded demo: demo MCP server, simulated agents.
 //! - [`redact`] — which argument keys are secrets, and how they are hidden.
+//! - [`sanitize`] — the one way outside text reaches a terminal.
 //! - [`cli`] — the command line.
 
 pub mod cli;
@@ -22,4 +23,5 @@ pub mod demo;
 pub mod gateway;
 pub mod policy;
 pub mod redact;
+pub mod sanitize;
 pub mod wire;
