@@ -170,10 +170,10 @@ where
             let Ok(msg) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if let Some(id) = msg.get("id").and_then(Value::as_u64) {
-                if done_tx.send((id, msg)).is_err() {
-                    break;
-                }
+            if let Some(id) = msg.get("id").and_then(Value::as_u64)
+                && done_tx.send((id, msg)).is_err()
+            {
+                break;
             }
         }
     });
@@ -231,10 +231,10 @@ async fn wait_for<R: AsyncBufRead + Unpin>(
     id: u64,
 ) -> std::io::Result<Value> {
     while let Some(line) = lines.next_line().await? {
-        if let Ok(msg) = serde_json::from_str::<Value>(&line) {
-            if msg.get("id").and_then(Value::as_u64) == Some(id) {
-                return Ok(msg);
-            }
+        if let Ok(msg) = serde_json::from_str::<Value>(&line)
+            && msg.get("id").and_then(Value::as_u64) == Some(id)
+        {
+            return Ok(msg);
         }
     }
     Err(std::io::Error::new(
