@@ -142,14 +142,14 @@ impl Peer {
         }
         self.stdin.flush().expect("flush");
         for _ in 0..calls {
+            // Flush before a read could block: when no whole answer is buffered.
+            if !self.stdout.buffer().contains(&b'\n') {
+                self.stdin.flush().expect("flush");
+            }
             self.recv();
             if sent < calls {
                 self.send();
                 sent += 1;
-                // Flush before a read could block: when no whole answer is buffered.
-                if !self.stdout.buffer().contains(&b'\n') {
-                    self.stdin.flush().expect("flush");
-                }
             }
         }
         start.elapsed()

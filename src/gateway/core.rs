@@ -39,6 +39,8 @@ use crate::wire::{CallEvent, EventKind, Outcome, ResolvedBy, ToolInfo, Tools};
 pub const EVENT_ARGS_CAP: usize = 4096;
 /// Outcome summaries are cut to this many characters.
 const SUMMARY_CAP: usize = 200;
+/// At most this many 2026-07-28 calls wait for their `input_required` retry.
+const MAX_CONTINUATIONS: usize = 1024;
 /// Queue length between a reader and the other side's writer.
 const QUEUE: usize = 1024;
 
@@ -672,7 +674,13 @@ impl Shared {
                 let answer = AnswerSummary::of(env);
                 if answer.input_required {
                     let key = (call.tool.clone(), super::audit::args_sha256(&call.args));
-                    self.lock().continuations.insert(key, call);
+                    let mut state = self.lock();
+                    // Calls whose retry never comes must not pile up; forgetting them only
+                    // means a very late retry is counted again (fail closed).
+                    if state.continuations.len() >= MAX_CONTINUATIONS {
+                        state.continuations.clear();
+                    }
+                    state.continuations.insert(key, call);
                 } else {
                     self.finish_call(&call, answer.error, answer.summary);
                 }
