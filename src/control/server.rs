@@ -296,6 +296,8 @@ async fn serve_connection(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+    // The error type is tungstenite's, fixed by its `Callback` signature.
+    #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| {
         if authorized(request, &token) {
             Ok(response)
