@@ -39,50 +39,63 @@ fn info(id: &str) -> GatewayInfo {
     }
 }
 
+/// Runs async test code with the serialising lock held outside it.
+fn block_on(test: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
+
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-#[tokio::test]
-async fn a_started_gateway_is_listed_with_a_private_file_until_it_stops() {
+#[test]
+fn a_started_gateway_is_listed_with_a_private_file_until_it_stops() {
     let (_serial, runtime) = runtime_dir();
-    let hub = Hub::new(info("live1"));
-    let server = control::start(hub, EventsOptions::default()).await.unwrap();
+    block_on(async move {
+        let hub = Hub::new(info("live1"));
+        let server = control::start(hub, EventsOptions::default()).await.unwrap();
 
-    let dir = runtime.join("toolgate");
-    assert_eq!(control::discovery_dir(), dir);
-    assert_eq!(mode(&dir), 0o700);
-    let file = dir.join("live1.json");
-    assert_eq!(server.discovery_path(), Some(file.as_path()));
-    assert_eq!(mode(&file), 0o600);
+        let dir = runtime.join("toolgate");
+        assert_eq!(control::discovery_dir(), dir);
+        assert_eq!(mode(&dir), 0o700);
+        let file = dir.join("live1.json");
+        assert_eq!(server.discovery_path(), Some(file.as_path()));
+        assert_eq!(mode(&file), 0o600);
 
-    let listed = control::list_gateways();
-    let entry = listed.iter().find(|e| e.id == "live1").expect("listed");
-    assert_eq!(entry.url, server.url());
-    assert_eq!(entry.token, server.token());
-    assert_eq!(entry.pid, std::process::id());
-    assert_eq!(entry.policy, "/srv/policy.json");
-    assert_eq!(entry.grant, "ci-bot");
-    assert_eq!(entry.server, "everything");
+        let listed = control::list_gateways();
+        let entry = listed.iter().find(|e| e.id == "live1").expect("listed");
+        assert_eq!(entry.url, server.url());
+        assert_eq!(entry.token, server.token());
+        assert_eq!(entry.pid, std::process::id());
+        assert_eq!(entry.policy, "/srv/policy.json");
+        assert_eq!(entry.grant, "ci-bot");
+        assert_eq!(entry.server, "everything");
 
-    // What the file says is enough to connect.
-    assert!(control::connect(&entry.url, &entry.token).await.is_ok());
+        // What the file says is enough to connect.
+        assert!(control::connect(&entry.url, &entry.token).await.is_ok());
 
-    server.shutdown().await;
-    assert!(!file.exists());
-    assert!(control::list_gateways().iter().all(|e| e.id != "live1"));
+        server.shutdown().await;
+        assert!(!file.exists());
+        assert!(control::list_gateways().iter().all(|e| e.id != "live1"));
+    });
 }
 
-#[tokio::test]
-async fn dropping_the_handle_removes_the_file() {
+#[test]
+fn dropping_the_handle_removes_the_file() {
     let (_serial, runtime) = runtime_dir();
-    let server = control::start(Hub::new(info("drop1")), EventsOptions::default())
-        .await
-        .unwrap();
-    let file = runtime.join("toolgate/drop1.json");
-    assert!(file.exists());
-    drop(server);
-    assert!(!file.exists());
+    block_on(async move {
+        let server = control::start(Hub::new(info("drop1")), EventsOptions::default())
+            .await
+            .unwrap();
+        let file = runtime.join("toolgate/drop1.json");
+        assert!(file.exists());
+        drop(server);
+        assert!(!file.exists());
+    });
 }
 
 #[test]
