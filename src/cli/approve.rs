@@ -14,11 +14,10 @@ use crate::sanitize::terminal_text;
 use crate::wire::ClientMsg;
 
 /// Approve a held call: it goes on to the upstream server.
-///
-/// Examples:
-///   toolgate approve a1b2c3-17
-///   toolgate approve a1b2c3-17 --connect ws://10.0.0.5:40123/ --token "$TOKEN"
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  toolgate approve a1b2c3-17\n  toolgate approve a1b2c3-17 --connect ws://10.0.0.5:40123/ --token \"$TOKEN\""
+)]
 pub struct ApproveArgs {
     /// The held call's id, as shown by `toolgate tail` or the console.
     call_id: String,
@@ -27,11 +26,10 @@ pub struct ApproveArgs {
 }
 
 /// Deny a held call: the agent gets an error carrying the reason.
-///
-/// Examples:
-///   toolgate deny a1b2c3-17
-///   toolgate deny a1b2c3-17 --reason "no production keys from CI"
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  toolgate deny a1b2c3-17\n  toolgate deny a1b2c3-17 --reason \"no production keys from CI\""
+)]
 pub struct DenyArgs {
     /// The held call's id, as shown by `toolgate tail` or the console.
     call_id: String,

@@ -6,11 +6,10 @@ use crate::control;
 use crate::sanitize::terminal_text;
 
 /// List the gateways running on this machine.
-///
-/// Examples:
-///   toolgate gateways
-///   toolgate gateways --json | jq -r '.[].id'
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  toolgate gateways\n  toolgate gateways --json | jq -r '.[].id'"
+)]
 pub struct Args {
     /// A JSON array of the gateways' discovery entries (tokens left out).
     #[arg(long)]

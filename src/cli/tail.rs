@@ -31,12 +31,10 @@ const ARGS_PREVIEW: usize = 160;
 /// Follows every running gateway (and ones that start later) until interrupted. Human lines
 /// by default; `--json` prints each event as one JSON object per line (the wire format, see
 /// docs/wire-protocol.md).
-///
-/// Examples:
-///   toolgate tail
-///   toolgate tail --json | jq -c 'select(.type == "call" and .decision == "deny")'
-///   toolgate tail --connect ws://127.0.0.1:40123/ --token "$TOKEN"
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect ws://127.0.0.1:40123/ --token \"$TOKEN\""
+)]
 pub struct Args {
     /// One JSON object per line instead of human lines.
     #[arg(long)]
