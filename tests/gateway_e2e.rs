@@ -387,6 +387,54 @@ fn legacy_client_reaches_the_2026_server_over_the_handshake() {
     time_server_in_its_own_era("legacy", "2025-11-25");
 }
 
+fn asking_server() -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        root()
+            .join("tests/e2e/asking_server.py")
+            .display()
+            .to_string(),
+    ]
+}
+
+/// One call that needs the client's LLM counts once against a limit of one, whether the
+/// sampling happens as 2026-07-28 `input_required` retries or mid-call (handshake era).
+fn one_call_with_client_input_counts_once(mode: &str, protocol: &str) {
+    let mut s = Scenario::start(
+        mode,
+        asking_server(),
+        r#"{"version":"1","default":"deny",
+            "tools":{"summarize":{"rate_limit":{"max":1,"window":"hour"}}}}"#,
+    );
+    assert_eq!(s.send(json!({"op": "info"}))["protocol"], protocol);
+    let first = s.call("summarize", json!({"topic": "cats"}));
+    assert_allowed(&first);
+    assert_eq!(text(&first), "summary of cats: sampled by the e2e driver");
+    assert_refused(
+        &s.call("summarize", json!({"topic": "cats"})),
+        "Rate limit reached",
+    );
+    let audit = s.close();
+    let verdicts: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["kind"] == "decision")
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["allow", "rate_limited"]);
+    let outcomes = audit.iter().filter(|r| r["kind"] == "outcome").count();
+    assert_eq!(outcomes, 1, "{audit:#?}");
+}
+
+#[test]
+fn input_required_retries_of_one_call_are_not_counted_twice() {
+    one_call_with_client_input_counts_once("auto", "2026-07-28");
+}
+
+#[test]
+fn mid_call_sampling_of_the_handshake_era_counts_once() {
+    one_call_with_client_input_counts_once("legacy", "2025-11-25");
+}
+
 /// Polls `get_current_time` until its decision is `allowed`.
 fn wait_for_decision(s: &mut Scenario, allowed: bool, after: &str) {
     let deadline = Instant::now() + RELOAD_WITHIN;
