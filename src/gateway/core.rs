@@ -374,10 +374,16 @@ impl Shared {
             return Action::Forward;
         };
         let Some(id) = env.id_key() else {
-            if method == "notifications/cancelled" {
-                return self.client_cancelled(env);
-            }
-            return Action::Forward;
+            return match method {
+                "notifications/cancelled" => self.client_cancelled(env),
+                // A call without an id (or with a null one) cannot be answered, so it cannot
+                // be refused either: it never reaches the server undecided.
+                "tools/call" => {
+                    tracing::warn!("dropped a tools/call without an id");
+                    Action::Nothing
+                }
+                _ => Action::Forward,
+            };
         };
         match method {
             "tools/call" => self.client_call(id, env.params, bytes),
