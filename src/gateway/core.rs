@@ -418,7 +418,7 @@ impl Shared {
                     reason: Some("cancelled by the client".into()),
                 },
             );
-            self.gateway.store.release(&held.reservation);
+            self.gateway.release(&held.reservation);
             return Action::Nothing;
         }
         let pending = self.lock().pending.remove(&target);
@@ -571,7 +571,7 @@ impl Shared {
             self.forward_upstream(&held.line).await;
             return;
         }
-        self.gateway.store.release(&held.reservation);
+        self.gateway.release(&held.reservation);
         if resolution.by == ResolvedBy::Cancellation {
             return;
         }
@@ -596,7 +596,7 @@ impl Shared {
         {
             let pending = self.lock().pending.remove(&id);
             if let Some(Pending::Call(call)) = &pending {
-                self.gateway.store.release(&call.reservation);
+                self.gateway.release(&call.reservation);
             }
             if pending.is_some() {
                 self.send_client(jsonrpc::error_response(
@@ -713,7 +713,7 @@ impl Shared {
                     reason: Some(why.to_owned()),
                 },
             );
-            self.gateway.store.release(&held.reservation);
+            self.gateway.release(&held.reservation);
             let _ = self.to_client.try_send(Out::Line(jsonrpc::error_response(
                 Some(&id),
                 code::UPSTREAM_GONE,
