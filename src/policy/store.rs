@@ -17,8 +17,10 @@
 //! more than `max` units, even when callers' clocks arrive slightly out of order. (With
 //! in-order times this is the ordinary rolling window.)
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
 /// Whose budget a counter is: one per grant, one per MCP session, or one for everybody.
@@ -165,8 +167,8 @@ const SWEEP_EVERY: u64 = 4096;
 /// Per key it keeps units for twice the largest window ever requested for that key (so a
 /// budget whose window grows still sees the calls already counted, and late-arriving clocks
 /// still see every unit that could share a span with them). Idle keys are swept now and then.
-/// Keys are looked up by borrowed names (counter, then scope, then scope key), so deciding
-/// allocates only for a key's first unit and for the reservation.
+/// Budgets are found by one keyed hash of the borrowed names, so admission allocates only
+/// for a budget's first unit and for the reservation.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -174,10 +176,31 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Counter name → per scope (grant, session, global) → scope key → slot.
-    counters: HashMap<Arc<str>, [HashMap<String, Slot>; 3]>,
+    /// Keyed hash of (counter, scope, scope key) → the budgets with that hash. Hashing the
+    /// borrowed names once per lookup (with the process's random keys, so callers cannot aim
+    /// collisions) keeps admission free of allocations and repeated hashing.
+    slots: HashMap<u64, Vec<(CounterKey, Slot)>, BuildHasherDefault<Prehashed>>,
+    hasher: RandomState,
     admissions: u64,
     latest_ms: u64,
+}
+
+/// The map's keys are already hashes; pass them through.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -253,14 +276,6 @@ fn first_in_window(times: &VecDeque<u64>, now_ms: u64, window_ms: u64) -> usize 
     }
 }
 
-fn scope_index(scope: Scope) -> usize {
-    match scope {
-        Scope::Grant => 0,
-        Scope::Session => 1,
-        Scope::Global => 2,
-    }
-}
-
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
@@ -274,31 +289,46 @@ impl MemoryStore {
 }
 
 impl Inner {
-    fn slot(&mut self, counter: &Arc<str>, scope: Scope, scope_key: &str) -> Option<&mut Slot> {
-        // Cloning the Arc is a reference count, not a copy of the name.
-        let keys = &mut self.counters.entry(Arc::clone(counter)).or_default()[scope_index(scope)];
-        if !keys.contains_key(scope_key) {
-            keys.insert(scope_key.to_string(), Slot::default());
-        }
-        keys.get_mut(scope_key)
+    fn hash(&self, counter: &str, scope: Scope, scope_key: &str) -> u64 {
+        self.hasher.hash_one((counter, scope, scope_key))
+    }
+
+    fn slot(&mut self, limit: &LimitRequest<'_>) -> &mut Slot {
+        let h = self.hash(limit.counter, limit.scope, limit.scope_key);
+        let bucket = self.slots.entry(h).or_default();
+        let found = bucket.iter().position(|(k, _)| {
+            *k.counter == **limit.counter
+                && k.scope == limit.scope
+                && k.scope_key == limit.scope_key
+        });
+        let i = match found {
+            Some(i) => i,
+            None => {
+                bucket.push((limit.key(), Slot::default()));
+                bucket.len() - 1
+            }
+        };
+        &mut bucket[i].1
     }
 
     fn existing_slot(&mut self, key: &CounterKey) -> Option<&mut Slot> {
-        self.counters.get_mut(&*key.counter)?[scope_index(key.scope)].get_mut(&key.scope_key)
+        let h = self.hash(&key.counter, key.scope, &key.scope_key);
+        self.slots
+            .get_mut(&h)?
+            .iter_mut()
+            .find(|(k, _)| k == key)
+            .map(|(_, slot)| slot)
     }
 
     fn sweep(&mut self) {
         let latest = self.latest_ms;
-        for scopes in self.counters.values_mut() {
-            for keys in scopes.iter_mut() {
-                keys.retain(|_, slot| {
-                    slot.prune(latest.max(slot.latest_ms));
-                    !slot.times.is_empty()
-                });
-            }
-        }
-        self.counters
-            .retain(|_, scopes| scopes.iter().any(|k| !k.is_empty()));
+        self.slots.retain(|_, bucket| {
+            bucket.retain_mut(|(_, slot)| {
+                slot.prune(latest.max(slot.latest_ms));
+                !slot.times.is_empty()
+            });
+            !bucket.is_empty()
+        });
     }
 }
 
@@ -311,9 +341,7 @@ impl CounterStore for MemoryStore {
             if limits[..index].iter().any(|l| l.same_budget(limit)) {
                 continue;
             }
-            let Some(slot) = inner.slot(limit.counter, limit.scope, limit.scope_key) else {
-                return Err(StoreError("memory store lost a counter".to_string()));
-            };
+            let slot = inner.slot(limit);
             slot.retain_ms = slot.retain_ms.max(limit.window_ms);
             let at = slot.effective_now(now_ms);
             slot.latest_ms = slot.latest_ms.max(at);
@@ -362,16 +390,16 @@ impl CounterStore for MemoryStore {
         now_ms: u64,
     ) -> Result<Vec<KeyUsage>, StoreError> {
         let inner = self.lock();
-        let Some(scopes) = inner.counters.get(counter) else {
-            return Ok(Vec::new());
-        };
-        let mut out: Vec<KeyUsage> = scopes[scope_index(scope)]
-            .iter()
-            .filter_map(|(scope_key, slot)| {
+        let mut out: Vec<KeyUsage> = inner
+            .slots
+            .values()
+            .flatten()
+            .filter(|(k, _)| &*k.counter == counter && k.scope == scope)
+            .filter_map(|(k, slot)| {
                 let start = first_in_window(&slot.times, now_ms, window_ms);
                 let used = (slot.times.len() - start) as u64;
                 (used > 0).then(|| KeyUsage {
-                    scope_key: scope_key.clone(),
+                    scope_key: k.scope_key.clone(),
                     used,
                     next_free_in_ms: slot
                         .times
