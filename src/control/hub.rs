@@ -11,12 +11,14 @@
 //! events up to its `seq`, and a receiver that yields exactly the events after it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use chrono::Utc;
 use tokio::sync::{broadcast, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::wire::{
     CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, HoldResolved, ResolvedBy,
@@ -57,7 +59,41 @@ pub struct Hub {
     info: GatewayInfo,
     next_call: AtomicU64,
     state: Mutex<State>,
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<Arc<Published>>,
+}
+
+/// One published event, as every subscriber receives it. Dereferences to the [`Event`]; its
+/// JSON text is made once, by the first websocket client that sends it, and shared.
+#[derive(Debug)]
+pub struct Published {
+    event: Event,
+    json: OnceLock<Utf8Bytes>,
+}
+
+impl Published {
+    /// The event as a JSON text frame's payload.
+    pub fn json(&self) -> Utf8Bytes {
+        self.json
+            .get_or_init(|| {
+                // Events are plain data with string keys; serialising cannot fail.
+                serde_json::to_string(&self.event)
+                    .unwrap_or_default()
+                    .into()
+            })
+            .clone()
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl Deref for Published {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
 }
 
 #[derive(Debug, Default)]
@@ -158,12 +194,12 @@ impl Hub {
     }
 
     /// A receiver of every event published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.events.subscribe()
     }
 
     /// The state now, the `seq` it reflects, and a receiver of exactly the events after it.
-    pub fn subscribe_with_snapshot(&self) -> (Snapshot, u64, broadcast::Receiver<Arc<Event>>) {
+    pub fn subscribe_with_snapshot(&self) -> (Snapshot, u64, broadcast::Receiver<Arc<Published>>) {
         let (parts, seq, rx) = {
             let state = self.lock();
             // Subscribing under the lock that numbers events: no event falls between.
@@ -203,7 +239,10 @@ impl Hub {
         };
         state.observe(&event.kind);
         // Sent under the lock so subscribers see events in seq order. No subscriber is fine.
-        let _ = self.events.send(Arc::new(event));
+        let _ = self.events.send(Arc::new(Published {
+            event,
+            json: OnceLock::new(),
+        }));
     }
 
     /// Registers a held call (its `call` event is published by the caller first).

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::discovery::{DiscoveryEntry, DiscoveryFile};
-use super::hub::{Hub, Resolution, ResolveError};
+use super::hub::{Hub, Published, Resolution, ResolveError};
 use crate::wire::{
     ClientMsg, Event, EventKind, Hello, Missed, PROTOCOL_VERSION, Reply, ResolvedBy,
 };
@@ -328,7 +328,7 @@ async fn serve_connection(
                     match next {
                         Ok(event) => {
                             last_seq = event.seq;
-                            feed_event(&mut ws, &event).await?;
+                            ws.feed(Message::Text(event.json())).await?;
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => {
                             // Start over from a fresh snapshot rather than replay what is left
@@ -392,7 +392,7 @@ async fn serve_connection(
 async fn send_hello(
     ws: &mut Socket,
     hub: &Hub,
-) -> Result<(u64, broadcast::Receiver<Arc<Event>>), ConnectionError> {
+) -> Result<(u64, broadcast::Receiver<Arc<Published>>), ConnectionError> {
     let (snapshot, seq, events) = hub.subscribe_with_snapshot();
     send_event(ws, &hello(hub, snapshot, seq)).await?;
     Ok((seq, events))
