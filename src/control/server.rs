@@ -43,6 +43,10 @@ const MAX_TEXT: usize = 2000;
 /// Most events written to one client before a flush.
 const BATCH: usize = 256;
 
+/// Most connections served at once (handshaking or open); more are closed at once, so a
+/// flood of sockets cannot exhaust the gateway's file descriptors.
+pub const MAX_CONNECTIONS: usize = 128;
+
 /// How long a connection may take to complete the websocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -211,11 +215,16 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = until_stopped(&mut stopped) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many event connections; refusing one");
+                        continue;
+                    };
                     let hub = hub.clone();
                     let token = token.clone();
                     let stopped = stopped.clone();
@@ -223,6 +232,7 @@ async fn accept_loop(
                         if let Err(e) = serve_connection(stream, hub, token, stopped).await {
                             tracing::debug!(%peer, error = %e, "event connection ended");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
