@@ -59,14 +59,17 @@ pub struct Hub {
     info: GatewayInfo,
     next_call: AtomicU64,
     state: Mutex<State>,
-    events: broadcast::Sender<Arc<Published>>,
+    /// Every event, for in-process subscribers ([`Hub::subscribe`]).
+    events: broadcast::Sender<Arc<Event>>,
+    /// The same events with their shared JSON text, for websocket clients.
+    frames: broadcast::Sender<Arc<Published>>,
 }
 
 /// One published event, as every subscriber receives it. Dereferences to the [`Event`]; its
 /// JSON text is made once, by the first websocket client that sends it, and shared.
 #[derive(Debug)]
 pub struct Published {
-    event: Event,
+    event: Arc<Event>,
     json: OnceLock<Utf8Bytes>,
 }
 
@@ -76,7 +79,7 @@ impl Published {
         self.json
             .get_or_init(|| {
                 // Events are plain data with string keys; serialising cannot fail.
-                serde_json::to_string(&self.event)
+                serde_json::to_string(&*self.event)
                     .unwrap_or_default()
                     .into()
             })
@@ -175,11 +178,13 @@ pub struct HoldTicket {
 impl Hub {
     pub fn new(info: GatewayInfo) -> Arc<Hub> {
         let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
+        let (frames, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         Arc::new(Hub {
             info,
             next_call: AtomicU64::new(1),
             state: Mutex::new(State::default()),
             events,
+            frames,
         })
     }
 
@@ -194,7 +199,7 @@ impl Hub {
     }
 
     /// A receiver of every event published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
     }
 
@@ -203,7 +208,7 @@ impl Hub {
         let (parts, seq, rx) = {
             let state = self.lock();
             // Subscribing under the lock that numbers events: no event falls between.
-            let rx = self.events.subscribe();
+            let rx = self.frames.subscribe();
             (SnapshotParts::copy(&state), state.seq, rx)
         };
         (parts.build(), seq, rx)
@@ -239,10 +244,14 @@ impl Hub {
         };
         state.observe(&event.kind);
         // Sent under the lock so subscribers see events in seq order. No subscriber is fine.
-        let _ = self.events.send(Arc::new(Published {
-            event,
-            json: OnceLock::new(),
-        }));
+        let event = Arc::new(event);
+        if self.frames.receiver_count() > 0 {
+            let _ = self.frames.send(Arc::new(Published {
+                event: event.clone(),
+                json: OnceLock::new(),
+            }));
+        }
+        let _ = self.events.send(event);
     }
 
     /// Registers a held call (its `call` event is published by the caller first).
