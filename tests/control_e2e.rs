@@ -519,15 +519,10 @@ async fn stopping_the_gateway_removes_its_discovery_file_and_closes_operators() 
     writeln!(agent.stdin, "{}", json!({"op": "close"})).unwrap();
     agent.stdin.flush().unwrap();
     // The stream ends (after any last events) when the gateway stops.
-    loop {
-        match tokio::time::timeout(WITHIN, conn.next_event())
-            .await
-            .expect("the gateway stops in time")
-        {
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
-        }
-    }
+    while let Some(Ok(_)) = tokio::time::timeout(WITHIN, conn.next_event())
+        .await
+        .expect("the gateway stops in time")
+    {}
     let deadline = Instant::now() + WITHIN;
     while file.exists() {
         assert!(Instant::now() < deadline, "discovery file left behind");
