@@ -529,3 +529,128 @@ async fn stopping_the_gateway_removes_its_discovery_file_and_closes_operators() 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .expect("the gateway's memory is readable")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_operator_overflows_without_harming_the_gateway_and_gets_a_fresh_hello() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let dir = Dir::new();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(dir.wrap_args())
+        .env("XDG_RUNTIME_DIR", dir.path("run"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = gateway.stdin.take().unwrap();
+    let lines = line_reader(gateway.stdout.take().unwrap());
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "control-e2e", "version": "0"}}})
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let answers_until = |last: u64| loop {
+        let line = lines
+            .recv_timeout(WITHIN)
+            .unwrap_or_else(|_| panic!("no response up to {last}; log:\n{}", dir.log()));
+        let msg: Value = serde_json::from_str(&line).unwrap();
+        if msg["id"].as_u64() == Some(last) {
+            return msg;
+        }
+    };
+    answers_until(0);
+
+    // Connected, and never read until the end.
+    let entry = dir.discover();
+    let mut request = entry.url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", entry.token).parse().unwrap(),
+    );
+    let (mut stalled, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    // Denied calls with arguments near the event cap: each is one ~3 KiB event. A round is
+    // far more than the socket buffers and the per-client queue hold together.
+    let blob = "x".repeat(3000);
+    let round = 15_000u64;
+    let mut next_id = 1u64;
+    let mut call_round = |stdin: &mut ChildStdin| {
+        for _ in 0..round {
+            let call = json!({"jsonrpc": "2.0", "id": next_id, "method": "tools/call",
+                "params": {"name": "not-in-the-policy", "arguments": {"blob": blob}}});
+            writeln!(stdin, "{call}").unwrap();
+            next_id += 1;
+        }
+        stdin.flush().unwrap();
+        next_id - 1
+    };
+    let last = call_round(&mut stdin);
+    let refused = answers_until(last);
+    assert!(
+        refused["result"]["isError"] == true || refused["error"].is_object(),
+        "{refused}"
+    );
+    let after_one_round = rss_kib(gateway.id());
+    let last = call_round(&mut stdin);
+    answers_until(last);
+    let after_two_rounds = rss_kib(gateway.id());
+    eprintln!(
+        "gateway RSS: {after_one_round} KiB after one round, {after_two_rounds} KiB after two"
+    );
+    // The gateway answered every call; its memory did not grow with the backlog (a second
+    // round of 45 MiB of events left it where the first did, queues full either way).
+    assert!(
+        after_two_rounds < after_one_round + 16 * 1024,
+        "RSS grew from {after_one_round} KiB to {after_two_rounds} KiB"
+    );
+
+    // The stalled client reads at last: what was buffered, then `missed`, then a `hello`.
+    let mut read = async || -> Event {
+        let msg = tokio::time::timeout(WITHIN, stalled.next())
+            .await
+            .expect("a message in time")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        serde_json::from_str(msg.to_text().unwrap()).unwrap()
+    };
+    let dropped = loop {
+        if let EventKind::Missed(missed) = read().await.kind {
+            break missed.dropped;
+        }
+    };
+    assert!(dropped > 0);
+    let hello = read().await;
+    let EventKind::Hello(body) = &hello.kind else {
+        panic!("a hello follows missed, got {:?}", hello.kind)
+    };
+    assert!(hello.seq >= 2 * round, "seq {}", hello.seq);
+    assert_eq!(body.snapshot.totals.deny, 2 * round);
+
+    drop(stdin);
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}
