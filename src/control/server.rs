@@ -330,49 +330,12 @@ async fn serve_connection(
                 return Ok(());
             }
             event = events.recv() => {
-                let mut next = event;
-                // Write what is already queued in one go, then flush once: one syscall for a
-                // burst instead of one per event.
-                let mut written = 0;
-                loop {
-                    match next {
-                        Ok(event) => {
-                            last_seq = event.seq;
-                            ws.feed(Message::Text(event.json())).await?;
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            // Start over from a fresh snapshot rather than replay what is left
-                            // of the queue: the client is told how many events it did not get.
-                            let (snapshot, seq, fresh) = hub.subscribe_with_snapshot();
-                            let missed = per_client(&hub, seq, EventKind::Missed(Missed {
-                                dropped: seq.saturating_sub(last_seq),
-                            }));
-                            feed_event(&mut ws, &missed).await?;
-                            feed_event(&mut ws, &hello(&hub, snapshot, seq)).await?;
-                            last_seq = seq;
-                            events = fresh;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => {
-                            let _ = ws.close(None).await;
-                            return Ok(());
-                        }
-                    }
-                    written += 1;
-                    if written == BATCH {
-                        break;
-                    }
-                    next = match events.try_recv() {
-                        Ok(event) => Ok(event),
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                            Err(broadcast::error::RecvError::Lagged(n))
-                        }
-                        Err(broadcast::error::TryRecvError::Closed) => {
-                            Err(broadcast::error::RecvError::Closed)
-                        }
-                        Err(broadcast::error::TryRecvError::Empty) => break,
-                    };
+                if forward_burst(&mut ws, &hub, event, &mut events, &mut last_seq).await?
+                    == Stream::Closed
+                {
+                    let _ = ws.close(None).await;
+                    return Ok(());
                 }
-                ws.flush().await?;
             }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
@@ -396,6 +359,64 @@ async fn serve_connection(
             },
         }
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Stream {
+    Open,
+    /// The hub is gone (the gateway is stopping).
+    Closed,
+}
+
+/// Writes `first` and whatever else is already queued (up to [`BATCH`]), then flushes once:
+/// one write for a burst instead of one per event. A client that fell behind is sent
+/// `missed` and a fresh `hello`, and `events` is replaced by a receiver that follows it.
+async fn forward_burst(
+    ws: &mut Socket,
+    hub: &Hub,
+    first: Result<Arc<Published>, broadcast::error::RecvError>,
+    events: &mut broadcast::Receiver<Arc<Published>>,
+    last_seq: &mut u64,
+) -> Result<Stream, ConnectionError> {
+    use broadcast::error::{RecvError, TryRecvError};
+
+    let mut next = first;
+    for written in 1.. {
+        match next {
+            Ok(event) => {
+                *last_seq = event.seq;
+                ws.feed(Message::Text(event.json())).await?;
+            }
+            Err(RecvError::Lagged(_)) => {
+                // Start over from a fresh snapshot rather than replay what is left of the
+                // queue: the client is told exactly how many events it did not get.
+                let (snapshot, seq, fresh) = hub.subscribe_with_snapshot();
+                let missed = per_client(
+                    hub,
+                    seq,
+                    EventKind::Missed(Missed {
+                        dropped: seq.saturating_sub(*last_seq),
+                    }),
+                );
+                feed_event(ws, &missed).await?;
+                feed_event(ws, &hello(hub, snapshot, seq)).await?;
+                *last_seq = seq;
+                *events = fresh;
+            }
+            Err(RecvError::Closed) => return Ok(Stream::Closed),
+        }
+        if written == BATCH {
+            break;
+        }
+        next = match events.try_recv() {
+            Ok(event) => Ok(event),
+            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            Err(TryRecvError::Empty) => break,
+        };
+    }
+    ws.flush().await?;
+    Ok(Stream::Open)
 }
 
 /// Sends a `hello` with a snapshot; returns its `seq` and the receiver of what follows it.
