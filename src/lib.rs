@@ -24,4 +24,5 @@ pub mod gateway;
 pub mod policy;
 pub mod redact;
 pub mod sanitize;
+pub mod screenshot;
 pub mod wire;
