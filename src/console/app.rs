@@ -161,6 +161,8 @@ pub struct Hold {
     pub conn: usize,
     pub ts: DateTime<Utc>,
     pub call: CallEvent,
+    /// Compact JSON, secrets redacted (see [`CallRow::args`]).
+    pub args: Box<str>,
 }
 
 /// A line of feedback under the view (reply to a command, a refused input).
@@ -543,13 +545,13 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             state.holds.retain(|h| h.call.call_id != r.call_id);
             clamp_holds_selection(state);
             if let Some(row) = state.history.find_mut(&r.call_id) {
-                row.resolution = Some(r);
+                row.resolution = Some(Box::new(r));
             }
         }
         EventKind::Outcome(o) => {
             let o = sanitize_outcome(o);
             if let Some(row) = state.history.find_mut(&o.call_id) {
-                row.outcome = Some(o);
+                row.outcome = Some(Box::new(o));
             }
         }
         EventKind::PolicyApplied(p) => {
@@ -655,8 +657,8 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
         .collect();
     for record in snapshot.calls {
         let mut row = CallRow::new(conn, chrono_ts(&record.call, state.now), record.call);
-        row.resolution = record.resolution.map(sanitize_resolution);
-        row.outcome = record.outcome.map(sanitize_outcome);
+        row.resolution = record.resolution.map(|r| Box::new(sanitize_resolution(r)));
+        row.outcome = record.outcome.map(|o| Box::new(sanitize_outcome(o)));
         add_call(state, row, false);
     }
     // Holds resolved while we were away disappear; holds we did not know ring the bell once.
@@ -674,6 +676,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
                 conn,
                 ts: row.ts,
                 call: row.call.clone(),
+                args: row.args.clone(),
             };
             insert_hold(state, hold);
             if !held_before.contains(id) && !rang {
@@ -706,6 +709,7 @@ fn add_call(state: &mut State, row: CallRow, live: bool) {
         conn: row.conn,
         ts: row.ts,
         call: row.call.clone(),
+        args: row.args.clone(),
     });
     if known.is_none() {
         state.rate.record(row.ts);

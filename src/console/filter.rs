@@ -41,7 +41,13 @@ pub struct Filter {
 
 impl Filter {
     pub fn parse(text: &str) -> Filter {
-        let terms = text.split_whitespace().map(parse_term).collect();
+        let mut terms: Vec<Term> = text.split_whitespace().map(parse_term).collect();
+        // Cheapest tests first: most calls are rejected before any text is scanned.
+        terms.sort_by_key(|t| match t {
+            Term::Decision(_) => 0,
+            Term::Text(_) => 2,
+            _ => 1,
+        });
         Filter {
             terms,
             source: text.trim().to_owned(),
@@ -137,17 +143,37 @@ fn contains_ignore_case(hay: &str, needle: &str) -> bool {
 
 /// Glob match, case-insensitive: `*` matches any run of characters, `?` exactly one.
 pub fn glob(pattern: &str, text: &str) -> bool {
+    if pattern.is_ascii() && text.is_ascii() {
+        // The common case, without allocating: what keeps filtering 100,000 calls fast.
+        return glob_units(
+            pattern.as_bytes(),
+            text.as_bytes(),
+            |a, b| a.eq_ignore_ascii_case(b),
+            b'*',
+            b'?',
+        );
+    }
     let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
     let t: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
+    glob_units(&p, &t, |a, b| a == b, '*', '?')
+}
+
+fn glob_units<T: Copy + PartialEq>(
+    p: &[T],
+    t: &[T],
+    eq: impl Fn(&T, &T) -> bool,
+    any_run: T,
+    any_one: T,
+) -> bool {
     // Iterative matcher with one backtrack point: linear in practice, no recursion to blow up
     // on hostile patterns.
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] != any_run && (p[pi] == any_one || eq(&p[pi], &t[ti])) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == any_run {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -158,7 +184,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == any_run)
 }
 
 #[cfg(test)]
@@ -184,8 +210,8 @@ mod tests {
         assert_eq!(
             f.terms,
             vec![
-                Term::Tool("create_*".into()),
                 Term::Decision(DecisionTerm::Verdict(Verdict::Deny)),
+                Term::Tool("create_*".into()),
                 Term::Grant("ci".into()),
                 Term::Text("foo".into()),
                 Term::Text("x:y".into()),

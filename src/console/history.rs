@@ -20,21 +20,36 @@ pub struct CallRow {
     pub conn: usize,
     /// When the gateway reported it (the `ts` of its `call` event).
     pub ts: chrono::DateTime<chrono::Utc>,
+    /// The call; its `args` are moved out into [`CallRow::args`].
     pub call: CallEvent,
-    pub resolution: Option<HoldResolved>,
-    pub outcome: Option<Outcome>,
+    /// The arguments as compact JSON, secrets redacted. Kept as text because a parsed tree
+    /// costs several times the memory, and only the detail pane needs the structure.
+    pub args: Box<str>,
+    /// Boxed: most calls never get one, and the ring holds 100,000 rows.
+    pub resolution: Option<Box<HoldResolved>>,
+    pub outcome: Option<Box<Outcome>>,
 }
 
 impl CallRow {
     /// A row from a wire call, its text fields made safe for the terminal.
-    pub fn new(conn: usize, ts: chrono::DateTime<chrono::Utc>, call: CallEvent) -> CallRow {
+    pub fn new(conn: usize, ts: chrono::DateTime<chrono::Utc>, mut call: CallEvent) -> CallRow {
+        let args = std::mem::take(&mut call.args);
+        let args = serde_json::to_string(&crate::redact::redact(&args))
+            .unwrap_or_default()
+            .into_boxed_str();
         CallRow {
             conn,
             ts,
             call: sanitize_call(call),
+            args,
             resolution: None,
             outcome: None,
         }
+    }
+
+    /// The arguments as a JSON tree (for the detail pane).
+    pub fn args_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.args).unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -38,8 +38,8 @@ pub struct Binding {
     pub action: Action,
     /// What it does, for help.
     pub help: &'static str,
-    /// Shown on the hint line at the bottom.
-    pub hint: bool,
+    /// Its word on the hint line at the bottom, if it is shown there.
+    pub hint: Option<&'static str>,
 }
 
 fn b(
@@ -48,7 +48,7 @@ fn b(
     label: &'static str,
     action: Action,
     help: &'static str,
-    hint: bool,
+    hint: Option<&'static str>,
 ) -> Binding {
     Binding {
         scope,
@@ -72,7 +72,7 @@ pub fn bindings() -> &'static [Binding] {
                 "a",
                 Action::Approve,
                 "approve the held call",
-                true,
+                Some("approve"),
             ),
             b(
                 HeldCall,
@@ -80,7 +80,7 @@ pub fn bindings() -> &'static [Binding] {
                 "d",
                 Action::Deny,
                 "deny the held call (asks for a reason)",
-                true,
+                Some("deny"),
             ),
             b(
                 Call,
@@ -88,7 +88,7 @@ pub fn bindings() -> &'static [Binding] {
                 "⏎",
                 Action::OpenDetail,
                 "detail of the selected call",
-                true,
+                Some("detail"),
             ),
             b(
                 Live,
@@ -96,7 +96,7 @@ pub fn bindings() -> &'static [Binding] {
                 "/",
                 Action::OpenFilter,
                 "filter: tool:create_* decision:deny grant:ci text",
-                true,
+                Some("filter"),
             ),
             b(
                 Live,
@@ -104,7 +104,7 @@ pub fn bindings() -> &'static [Binding] {
                 "F End",
                 Action::Follow,
                 "follow the newest call",
-                true,
+                Some("follow"),
             ),
             b(
                 Live,
@@ -112,7 +112,7 @@ pub fn bindings() -> &'static [Binding] {
                 "g Home",
                 Action::SelectFirst,
                 "oldest call",
-                false,
+                None,
             ),
             b(
                 Holds,
@@ -120,7 +120,7 @@ pub fn bindings() -> &'static [Binding] {
                 "g Home",
                 Action::SelectFirst,
                 "oldest hold",
-                false,
+                None,
             ),
             b(
                 Global,
@@ -128,7 +128,7 @@ pub fn bindings() -> &'static [Binding] {
                 "k ↑",
                 Action::SelectUp,
                 "move up (in Live: pauses following)",
-                false,
+                None,
             ),
             b(
                 Global,
@@ -136,16 +136,16 @@ pub fn bindings() -> &'static [Binding] {
                 "j ↓",
                 Action::SelectDown,
                 "move down",
-                false,
+                None,
             ),
-            b(Global, &[PageUp], "PgUp", Action::PageUp, "page up", false),
+            b(Global, &[PageUp], "PgUp", Action::PageUp, "page up", None),
             b(
                 Global,
                 &[PageDown],
                 "PgDn",
                 Action::PageDown,
                 "page down",
-                false,
+                None,
             ),
             b(
                 Global,
@@ -153,7 +153,7 @@ pub fn bindings() -> &'static [Binding] {
                 "1",
                 Action::ShowView(View::Live),
                 "Live view",
-                false,
+                None,
             ),
             b(
                 Global,
@@ -161,7 +161,7 @@ pub fn bindings() -> &'static [Binding] {
                 "2",
                 Action::ShowView(View::Holds),
                 "Holds view",
-                false,
+                None,
             ),
             b(
                 Global,
@@ -169,7 +169,7 @@ pub fn bindings() -> &'static [Binding] {
                 "3",
                 Action::ShowView(View::Policy),
                 "Policy view",
-                false,
+                None,
             ),
             b(
                 Global,
@@ -177,16 +177,16 @@ pub fn bindings() -> &'static [Binding] {
                 "4",
                 Action::ShowView(View::Limits),
                 "Limits view",
-                false,
+                None,
             ),
-            b(Global, &[Tab], "Tab", Action::NextView, "next view", false),
+            b(Global, &[Tab], "Tab", Action::NextView, "next view", None),
             b(
                 Global,
                 &[BackTab],
                 "S-Tab",
                 Action::PrevView,
                 "previous view",
-                false,
+                None,
             ),
             b(
                 Global,
@@ -194,7 +194,7 @@ pub fn bindings() -> &'static [Binding] {
                 ":",
                 Action::OpenCommandLine,
                 "command line (:theme NAME, :q, ...)",
-                true,
+                Some("command"),
             ),
             b(
                 Global,
@@ -202,7 +202,7 @@ pub fn bindings() -> &'static [Binding] {
                 "?",
                 Action::ToggleHelp,
                 "this help",
-                true,
+                Some("help"),
             ),
             b(
                 Global,
@@ -210,7 +210,7 @@ pub fn bindings() -> &'static [Binding] {
                 "Esc",
                 Action::Back,
                 "back out: help, detail, filter, pause",
-                false,
+                None,
             ),
             b(
                 Global,
@@ -218,7 +218,7 @@ pub fn bindings() -> &'static [Binding] {
                 "q",
                 Action::Quit,
                 "quit (asks if calls are held)",
-                true,
+                Some("quit"),
             ),
         ];
         v.push(Binding {
@@ -227,7 +227,7 @@ pub fn bindings() -> &'static [Binding] {
             label: "C-c",
             action: Action::ForceQuit,
             help: "quit now",
-            hint: false,
+            hint: None,
         });
         v
     });

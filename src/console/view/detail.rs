@@ -29,6 +29,7 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State, call_id: &str, scroll: 
                 conn: h.conn,
                 ts: h.ts,
                 call: h.call.clone(),
+                args: h.args.clone(),
                 resolution: None,
                 outcome: None,
             })
@@ -155,7 +156,7 @@ pub fn detail_lines(row: &CallRow, gateway: &str, state: &State, t: &Theme) -> V
         t.muted,
     )));
     // Redacted again here: the gateway should have done it, but the console does not rely on it.
-    let pretty = serde_json::to_string_pretty(&redact(&c.args)).unwrap_or_default();
+    let pretty = serde_json::to_string_pretty(&redact(&row.args_value())).unwrap_or_default();
     let mut count = 0;
     for l in pretty.lines() {
         if count == MAX_ARG_LINES {

@@ -91,7 +91,7 @@ fn list(buf: &mut Buffer, area: Rect, state: &State) {
             .hold_deadline
             .is_some_and(|d| (d - state.now).num_seconds() < 30);
         let who = format!("{}/{}", state.gateway_label(hold.conn), hold.call.grant);
-        let args = compact_args(&hold.call.args);
+        let args = crate::sanitize::terminal_text(&hold.args).into_owned();
         let cells = [
             (
                 WAIT_W,
@@ -113,10 +113,4 @@ fn list(buf: &mut Buffer, area: Rect, state: &State) {
             x += cw + 1;
         }
     }
-}
-
-/// Arguments on one line, secrets redacted, made safe for the terminal.
-fn compact_args(args: &serde_json::Value) -> String {
-    let text = serde_json::to_string(&crate::redact::redact(args)).unwrap_or_default();
-    crate::sanitize::terminal_string(text)
 }

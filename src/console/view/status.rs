@@ -170,20 +170,16 @@ pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
                     if m.error { t.error } else { t.ok },
                 ));
             } else {
-                for b in keys::active_bindings(state).filter(|b| b.hint) {
-                    spans.push(Span::styled(b.label, t.accent));
-                    spans.push(Span::styled(format!(" {}  ", short_help(b.help)), t.muted));
+                for b in keys::active_bindings(state) {
+                    if let Some(word) = b.hint {
+                        spans.push(Span::styled(b.label, t.accent));
+                        spans.push(Span::styled(format!(" {word}  "), t.muted));
+                    }
                 }
             }
             buf.set_line(area.x, area.y, &Line::from(spans), area.width);
         }
     }
-}
-
-/// The first words of a help text, for the hint line.
-fn short_help(help: &str) -> &str {
-    let cut = help.find([' ', ':', '(']).unwrap_or(help.len());
-    &help[..cut]
 }
 
 fn prompt(buf: &mut Buffer, area: Rect, state: &State, label: &str, value: &str) {
