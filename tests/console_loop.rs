@@ -23,7 +23,7 @@ use toolgate::wire::{ClientMsg, EventKind, Reply, Verdict};
 
 enum Step {
     Key(KeyCode),
-    Net(AppEvent),
+    Net(Box<AppEvent>),
 }
 
 const NET_CAPACITY: usize = 64;
@@ -37,7 +37,7 @@ fn script(
         |(mut steps, net)| async move {
             loop {
                 match steps.next()? {
-                    Step::Net(ev) => net.send(ev).await.ok()?,
+                    Step::Net(ev) => net.send(*ev).await.ok()?,
                     Step::Key(code) => {
                         while net.capacity() < NET_CAPACITY {
                             tokio::task::yield_now().await;
@@ -90,23 +90,23 @@ fn hold_call() -> AppEvent {
 #[tokio::test]
 async fn calls_arrive_a_hold_rings_and_a_approves_it_on_its_gateway() {
     let steps = vec![
-        Step::Net(up("a1b2")),
-        Step::Net(net(
+        Step::Net(Box::new(up("a1b2"))),
+        Step::Net(Box::new(net(
             "a1b2",
             1,
             t0(),
             hello("a1b2", "ci-bot", vec![], vec![]),
-        )),
-        Step::Net(net(
+        ))),
+        Step::Net(Box::new(net(
             "a1b2",
             2,
             at_ms(55_000),
             EventKind::Call(call("a1b2", 6, "list_meetings", "ci-bot", Verdict::Allow)),
-        )),
-        Step::Net(hold_call()),
+        ))),
+        Step::Net(Box::new(hold_call())),
         Step::Key(KeyCode::Char('2')),
         Step::Key(KeyCode::Char('a')),
-        Step::Net(net(
+        Step::Net(Box::new(net(
             "a1b2",
             3,
             at_ms(58_000),
@@ -115,7 +115,7 @@ async fn calls_arrive_a_hold_rings_and_a_approves_it_on_its_gateway() {
                 ok: true,
                 error: None,
             }),
-        )),
+        ))),
         Step::Key(KeyCode::Char('1')),
     ];
     let (state, backend, sent) = drive(steps).await;
@@ -140,17 +140,17 @@ async fn calls_arrive_a_hold_rings_and_a_approves_it_on_its_gateway() {
 #[tokio::test]
 async fn an_approval_the_gateway_refuses_is_shown_as_an_error() {
     let steps = vec![
-        Step::Net(up("a1b2")),
-        Step::Net(net(
+        Step::Net(Box::new(up("a1b2"))),
+        Step::Net(Box::new(net(
             "a1b2",
             1,
             t0(),
             hello("a1b2", "ci-bot", vec![], vec![]),
-        )),
-        Step::Net(hold_call()),
+        ))),
+        Step::Net(Box::new(hold_call())),
         Step::Key(KeyCode::Char('2')),
         Step::Key(KeyCode::Char('a')),
-        Step::Net(net(
+        Step::Net(Box::new(net(
             "a1b2",
             3,
             at_ms(58_000),
@@ -159,7 +159,7 @@ async fn an_approval_the_gateway_refuses_is_shown_as_an_error() {
                 ok: false,
                 error: Some("already resolved".into()),
             }),
-        )),
+        ))),
         Step::Key(KeyCode::Char('2')),
     ];
     let (_, backend, _) = drive(steps).await;
@@ -173,8 +173,8 @@ async fn an_approval_the_gateway_refuses_is_shown_as_an_error() {
 #[tokio::test]
 async fn q_with_a_held_call_asks_and_y_ends_the_loop() {
     let steps = vec![
-        Step::Net(up("a1b2")),
-        Step::Net(hold_call()),
+        Step::Net(Box::new(up("a1b2"))),
+        Step::Net(Box::new(hold_call())),
         Step::Key(KeyCode::Char('q')),
         Step::Key(KeyCode::Char('y')),
         // Never reached: the loop has returned.

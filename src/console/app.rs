@@ -59,6 +59,9 @@ impl View {
 }
 
 /// Something that happened, for [`update`].
+// Gateway events are nearly all of the traffic and are moved, not copied, through the
+// channel; boxing them would add an allocation per event on the hottest path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AppEvent {
     /// A key from the terminal; mapped to an [`Action`] by [`keys::action_for`].
@@ -724,11 +727,12 @@ fn add_call(state: &mut State, row: CallRow, live: bool) {
     if matches && known.is_none() {
         state.live.filtered.push(pos);
     }
-    if live && let Some(hold) = hold {
-        if !state.is_held(&hold.call.call_id) {
-            insert_hold(state, hold);
-            state.effects.push(Effect::Bell);
-        }
+    if live
+        && let Some(hold) = hold
+        && !state.is_held(&hold.call.call_id)
+    {
+        insert_hold(state, hold);
+        state.effects.push(Effect::Bell);
     }
 }
 

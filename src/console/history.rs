@@ -34,9 +34,14 @@ impl CallRow {
     /// A row from a wire call, its text fields made safe for the terminal.
     pub fn new(conn: usize, ts: chrono::DateTime<chrono::Utc>, mut call: CallEvent) -> CallRow {
         let args = std::mem::take(&mut call.args);
-        let args = serde_json::to_string(&crate::redact::redact(&args))
-            .unwrap_or_default()
-            .into_boxed_str();
+        // Redacted again here: the gateway should have done it, but the console does not rely
+        // on that. Copying the tree only when a secret-looking key is present keeps ingest fast.
+        let text = if has_secret_key(&args) {
+            serde_json::to_string(&crate::redact::redact(&args))
+        } else {
+            serde_json::to_string(&args)
+        };
+        let args = text.unwrap_or_default().into_boxed_str();
         CallRow {
             conn,
             ts,
@@ -50,6 +55,19 @@ impl CallRow {
     /// The arguments as a JSON tree (for the detail pane).
     pub fn args_value(&self) -> serde_json::Value {
         serde_json::from_str(&self.args).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Whether any object in `v`, at any depth, has a secret-looking key with a value that is
+/// not already the redaction marker.
+fn has_secret_key(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| {
+            (crate::redact::is_secret_key(k) && v.as_str() != Some(crate::redact::REDACTED))
+                || has_secret_key(v)
+        }),
+        serde_json::Value::Array(items) => items.iter().any(has_secret_key),
+        _ => false,
     }
 }
 
@@ -235,6 +253,21 @@ mod tests {
         assert_eq!(pos, 0);
         assert_eq!(h.len(), 1);
         assert_eq!(h.find("a").map(|r| r.call.tool.as_str()), Some("changed"));
+    }
+
+    #[test]
+    fn secret_arguments_are_redacted_even_if_the_gateway_did_not() {
+        let mut c = call("a");
+        c.args = serde_json::json!({"name": "x", "deep": [{"apiKey": "sk-1"}]});
+        let row = CallRow::new(0, chrono::Utc::now(), c);
+        assert_eq!(
+            &*row.args,
+            r#"{"name":"x","deep":[{"apiKey":"[redacted]"}]}"#
+        );
+        let mut c = call("b");
+        c.args = serde_json::json!({"name": "x", "token": "[redacted]"});
+        let row = CallRow::new(0, chrono::Utc::now(), c);
+        assert_eq!(&*row.args, r#"{"name":"x","token":"[redacted]"}"#);
     }
 
     #[test]

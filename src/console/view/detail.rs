@@ -157,8 +157,7 @@ pub fn detail_lines(row: &CallRow, gateway: &str, state: &State, t: &Theme) -> V
     )));
     // Redacted again here: the gateway should have done it, but the console does not rely on it.
     let pretty = serde_json::to_string_pretty(&redact(&row.args_value())).unwrap_or_default();
-    let mut count = 0;
-    for l in pretty.lines() {
+    for (count, l) in pretty.lines().enumerate() {
         if count == MAX_ARG_LINES {
             lines.push(Line::from(Span::styled("  …", t.muted)));
             break;
@@ -167,7 +166,6 @@ pub fn detail_lines(row: &CallRow, gateway: &str, state: &State, t: &Theme) -> V
             format!("  {}", terminal_text(l)),
             t.text,
         )));
-        count += 1;
     }
     lines
 }
