@@ -1,19 +1,190 @@
-//! `toolgate approve` and `toolgate deny`.
+//! `toolgate approve` and `toolgate deny`: resolve a held call from a script.
+//!
+//! The call id names its gateway (`<gateway id>-<n>`), so the gateway is found among the
+//! local ones by that prefix; when none matches, each running gateway is asked in turn.
+//! Exit status: 0 when this command resolved the call, 1 when the gateway refused (unknown
+//! call, already resolved), 2 when no gateway could be asked.
 
 use std::process::ExitCode;
 
-/// (not yet built)
-#[derive(Debug, clap::Args)]
-pub struct ApproveArgs {}
+use anyhow::Context;
 
-/// (not yet built)
-#[derive(Debug, clap::Args)]
-pub struct DenyArgs {}
+use crate::control::{self, DiscoveryEntry};
+use crate::sanitize::terminal_text;
+use crate::wire::ClientMsg;
 
-pub fn run_approve(_args: ApproveArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`toolgate approve` is not built yet")
+/// Approve a held call: it goes on to the upstream server.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  toolgate approve a1b2c3-17\n  toolgate approve a1b2c3-17 --connect ws://10.0.0.5:40123/ --token \"$TOKEN\""
+)]
+pub struct ApproveArgs {
+    /// The held call's id, as shown by `toolgate tail` or the console.
+    call_id: String,
+    #[command(flatten)]
+    target: Target,
 }
 
-pub fn run_deny(_args: DenyArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`toolgate deny` is not built yet")
+/// Deny a held call: the agent gets an error carrying the reason.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  toolgate deny a1b2c3-17\n  toolgate deny a1b2c3-17 --reason \"no production keys from CI\""
+)]
+pub struct DenyArgs {
+    /// The held call's id, as shown by `toolgate tail` or the console.
+    call_id: String,
+    /// Why; passed on to the agent.
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// Ask the gateway at this websocket URL instead of finding it among the local ones.
+    #[arg(long, value_name = "URL", requires = "token")]
+    connect: Option<String>,
+    /// The token for --connect.
+    #[arg(long, value_name = "T", env = "TOOLGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The name recorded as having resolved the call (default: $USER).
+    #[arg(long, value_name = "NAME")]
+    operator: Option<String>,
+}
+
+pub fn run_approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
+    resolve(&args.call_id, true, None, args.target)
+}
+
+pub fn run_deny(args: DenyArgs) -> anyhow::Result<ExitCode> {
+    resolve(&args.call_id, false, args.reason, args.target)
+}
+
+fn resolve(
+    call_id: &str,
+    approve: bool,
+    reason: Option<String>,
+    target: Target,
+) -> anyhow::Result<ExitCode> {
+    let operator = target
+        .operator
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok());
+    let msg = if approve {
+        ClientMsg::Approve {
+            id: 1,
+            call_id: call_id.to_owned(),
+            operator,
+        }
+    } else {
+        ClientMsg::Deny {
+            id: 1,
+            call_id: call_id.to_owned(),
+            reason,
+            operator,
+        }
+    };
+    let candidates: Vec<(String, String)> = match (target.connect, target.token) {
+        (Some(url), token) => vec![(url, token.unwrap_or_default())],
+        (None, _) => {
+            let running = control::list_gateways();
+            if running.is_empty() {
+                anyhow::bail!(
+                    "no toolgate gateway is running on this machine (looked in {}); \
+                     use --connect URL --token T for a remote one",
+                    control::discovery_dir().display()
+                );
+            }
+            order_candidates(call_id, running)
+                .into_iter()
+                .map(|g| (g.url, g.token))
+                .collect()
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let verb = if approve { "approved" } else { "denied" };
+    let shown = terminal_text(call_id);
+    let mut refusal = None;
+    let mut unreachable = Vec::new();
+    for (url, token) in candidates {
+        let answer = runtime.block_on(async {
+            let mut conn = control::connect(&url, &token).await?;
+            let reply = conn.request(&msg).await;
+            conn.close().await;
+            reply
+        });
+        match answer {
+            Ok(reply) if reply.ok => {
+                println!("{verb} {shown}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(reply) => {
+                let error = reply.error.unwrap_or_else(|| "refused".into());
+                // "Already resolved" is final; "unknown" may just be the wrong gateway.
+                if error.contains("already resolved") {
+                    eprintln!("toolgate: {}", terminal_text(&error));
+                    return Ok(ExitCode::from(1));
+                }
+                refusal = Some(error);
+            }
+            Err(e) => unreachable.push(format!("{url}: {e}")),
+        }
+    }
+    if let Some(error) = refusal {
+        eprintln!("toolgate: {}", terminal_text(&error));
+        for e in &unreachable {
+            eprintln!("toolgate: (could not ask {})", terminal_text(e));
+        }
+        return Ok(ExitCode::from(1));
+    }
+    anyhow::bail!(
+        "could not ask any gateway about {shown}: {}",
+        unreachable.join("; ")
+    )
+}
+
+/// The gateways to ask, in order: the one whose id prefixes the call id when there is one,
+/// otherwise every gateway.
+fn order_candidates(call_id: &str, running: Vec<DiscoveryEntry>) -> Vec<DiscoveryEntry> {
+    let (named, others): (Vec<_>, Vec<_>) = running
+        .into_iter()
+        .partition(|g| call_id.starts_with(&format!("{}-", g.id)));
+    if named.is_empty() { others } else { named }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> DiscoveryEntry {
+        DiscoveryEntry {
+            id: id.into(),
+            url: format!("ws://{id}/"),
+            token: String::new(),
+            pid: 1,
+            policy: String::new(),
+            grant: String::new(),
+            server: String::new(),
+            started_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_gateway_named_by_the_call_id_is_asked_alone() {
+        let order = order_candidates("ab-7", vec![entry("a"), entry("ab"), entry("abc")]);
+        let ids: Vec<_> = order.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["ab"]);
+    }
+
+    #[test]
+    fn without_a_matching_gateway_every_one_is_asked() {
+        let order = order_candidates("zz-7", vec![entry("a"), entry("b")]);
+        assert_eq!(order.len(), 2);
+    }
 }

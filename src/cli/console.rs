@@ -1,9 +1,8 @@
 //! `toolgate console`: the terminal UI over every gateway on this machine (or one, with
 //! `--connect`).
 //!
-//! Sets up what the library's event loop does not own: the log file (the terminal belongs to
-//! the UI), the theme, the terminal itself (restored on every way out, panics included), the
-//! network task, and signals.
+//! Sets up what the library does not own: the log file (the terminal belongs to the UI), the
+//! theme, the runtime; then hands over to `console::run_in_terminal`.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -12,10 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
-use crossterm::event::EventStream;
-use tokio::sync::mpsc;
 
-use crate::console::{State, Theme, net, theme};
+use crate::console::{Options, Theme, net, run_in_terminal, theme};
 
 /// Watch calls live and approve held ones.
 ///
@@ -62,50 +59,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         _ => net::Targets::Discover,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let mut state = State::new(chrono::Utc::now(), theme, args.history);
-    state.tz = *chrono::Local::now().offset();
-    state.operator = std::env::var("USER").ok().filter(|u| !u.is_empty());
-    state.policy_path = args.policy.as_ref().map(|p| p.display().to_string());
-
-    // Installs a panic hook that restores the terminal before the panic is reported.
-    let mut terminal = ratatui::try_init().context("setting up the terminal")?;
-    let result = runtime.block_on(async {
-        let (events_tx, events_rx) = mpsc::channel(65_536);
-        let commands = net::spawn(targets, events_tx);
-        let app = crate::console::run(
-            &mut terminal,
-            &mut state,
-            EventStream::new(),
-            events_rx,
-            commands,
-            &crate::console::SystemClock,
-            Duration::from_millis(250),
-        );
-        tokio::select! {
-            r = app => r.map_err(anyhow::Error::from),
-            _ = shutdown_signal() => Ok(()),
-        }
-    });
-    ratatui::restore();
+    let options = Options {
+        targets,
+        theme,
+        history: args.history,
+        policy_path: args.policy.as_ref().map(|p| p.display().to_string()),
+    };
+    let result = runtime.block_on(run_in_terminal(options));
     // Network tasks may be mid-connect; do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    tracing::info!("console stopped");
-    result.map(|()| ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn default_log_path() -> PathBuf {

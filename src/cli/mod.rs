@@ -13,7 +13,7 @@ mod console;
 mod demo;
 mod explain;
 mod gateways;
-mod tail;
+pub(crate) mod tail;
 mod wrap;
 
 /// Deterministic rules on every MCP tool call, and a console to watch and steer them.

@@ -1,11 +1,408 @@
-//! `toolgate tail`.
+//! `toolgate tail`: the live event stream of every local gateway (or one given by URL), as
+//! human lines or one JSON object per line.
+//!
+//! Gateways are found through their discovery files; the directory is scanned again every
+//! few seconds, so gateways that start later are followed and ones that stop are let go.
+//! Every string that came from outside (tool names, arguments, reasons, paths) goes through
+//! [`crate::sanitize::terminal_text`] before it reaches the terminal in human mode; JSON mode
+//! is escaped by the JSON encoder itself.
 
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// (not yet built)
+use anyhow::Context;
+use chrono::Local;
+use tokio::sync::mpsc;
+
+use crate::control::{self, ClientError};
+use crate::sanitize::terminal_text;
+use crate::wire::{Event, EventKind, ResolvedBy, Verdict};
+
+/// How often the discovery directory is scanned for new gateways.
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// Longest argument preview on a human line.
+const ARGS_PREVIEW: usize = 160;
+
+/// Print the live events of the gateways on this machine.
+///
+/// Follows every running gateway (and ones that start later) until interrupted. Human lines
+/// by default; `--json` prints each event as one JSON object per line (the wire format, see
+/// docs/wire-protocol.md).
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(
+    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect ws://127.0.0.1:40123/ --token \"$TOKEN\""
+)]
+pub struct Args {
+    /// One JSON object per line instead of human lines.
+    #[arg(long)]
+    json: bool,
+    /// Follow only the gateway at this websocket URL (ends when it closes).
+    #[arg(long, value_name = "URL", requires = "token")]
+    connect: Option<String>,
+    /// The token for --connect.
+    #[arg(long, value_name = "T", env = "TOOLGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`toolgate tail` is not built yet")
+/// What the followers tell the printer.
+enum Note {
+    Event(Box<Event>),
+    /// A gateway's stream ended (it stopped, or the connection failed).
+    Gone {
+        id: String,
+        error: Option<String>,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(tail(args))
+}
+
+async fn tail(args: Args) -> anyhow::Result<ExitCode> {
+    let (tx, mut rx) = mpsc::channel::<Note>(1024);
+    let mut stdout = std::io::stdout().lock();
+
+    if let Some(url) = args.connect {
+        let token = args.token.unwrap_or_default();
+        let conn = control::connect(&url, &token)
+            .await
+            .with_context(|| format!("cannot follow {url}"))?;
+        tokio::spawn(follow(url.clone(), conn, tx));
+        while let Some(note) = rx.recv().await {
+            match note {
+                Note::Event(event) => print(&mut stdout, &event, args.json)?,
+                Note::Gone { error: Some(e), .. } => anyhow::bail!("{url}: {e}"),
+                Note::Gone { error: None, .. } => break,
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Gateway id → whether its follower is running. Ids whose connection failed are kept
+    // out for as long as their file stays, so a broken entry is reported once, not every scan.
+    let mut following: HashSet<String> = HashSet::new();
+    let mut failed: HashMap<String, String> = HashMap::new();
+    let mut rescan = tokio::time::interval(RESCAN);
+    let mut said_waiting = false;
+    loop {
+        tokio::select! {
+            _ = rescan.tick() => {
+                let running = control::list_gateways();
+                failed.retain(|id, _| running.iter().any(|g| &g.id == id));
+                if running.is_empty() && !said_waiting {
+                    eprintln!(
+                        "toolgate tail: no gateway is running yet (watching {}); waiting…",
+                        control::discovery_dir().display()
+                    );
+                    said_waiting = true;
+                }
+                for gateway in running {
+                    if following.contains(&gateway.id) || failed.contains_key(&gateway.id) {
+                        continue;
+                    }
+                    following.insert(gateway.id.clone());
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match control::connect(&gateway.url, &gateway.token).await {
+                            Ok(conn) => follow(gateway.id, conn, tx).await,
+                            Err(e) => {
+                                let _ = tx.send(Note::Gone { id: gateway.id, error: Some(e.to_string()) }).await;
+                            }
+                        }
+                    });
+                }
+            }
+            Some(note) = rx.recv() => match note {
+                Note::Event(event) => print(&mut stdout, &event, args.json)?,
+                Note::Gone { id, error } => {
+                    following.remove(&id);
+                    match error {
+                        Some(e) => {
+                            eprintln!("toolgate tail: gateway {}: {}", terminal_text(&id), terminal_text(&e));
+                            failed.insert(id, e);
+                        }
+                        None if !args.json => {
+                            writeln!(stdout, "── gateway {} disconnected", terminal_text(&id))?;
+                            stdout.flush()?;
+                        }
+                        None => {}
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Forwards one connection's events until it closes.
+async fn follow(id: String, mut conn: control::Connection, tx: mpsc::Sender<Note>) {
+    let error = loop {
+        match conn.next_event().await {
+            Some(Ok(event)) => {
+                if tx.send(Note::Event(Box::new(event))).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(ClientError::Decode(e))) => {
+                // One message this version does not understand is not the end of the stream.
+                eprintln!("toolgate tail: skipped a message: {e}");
+            }
+            Some(Err(e)) => break Some(e.to_string()),
+            None => break None,
+        }
+    };
+    let _ = tx.send(Note::Gone { id, error }).await;
+}
+
+fn print(out: &mut impl Write, event: &Event, json: bool) -> anyhow::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, event)?;
+        writeln!(out)?;
+    } else if let Some(line) = human_line(event) {
+        writeln!(out, "{line}")?;
+        if let EventKind::Hello(hello) = &event.kind {
+            // What is waiting for a person right now, so its id is at hand for `approve`.
+            for call_id in &hello.snapshot.holds {
+                let tool = hello
+                    .snapshot
+                    .calls
+                    .iter()
+                    .find(|r| &r.call.call_id == call_id)
+                    .map(|r| terminal_text(&r.call.tool).into_owned())
+                    .unwrap_or_default();
+                writeln!(out, "  ⏸ held: {} {tool}", terminal_text(call_id))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One line saying what an event means, every outside string neutralised; `None` for events
+/// a tail does not show (replies to commands it never sends).
+pub fn human_line(event: &Event) -> Option<String> {
+    let time = event.ts.with_timezone(&Local).format("%H:%M:%S%.3f");
+    let gateway = terminal_text(&event.gateway);
+    let what = match &event.kind {
+        EventKind::Hello(hello) => {
+            let info = &hello.info;
+            let snap = &hello.snapshot;
+            format!(
+                "connected · server {} · grant {} · policy {} ({}) · {} held · {} recent calls",
+                terminal_text(&info.server),
+                terminal_text(&info.grant),
+                terminal_text(&info.policy),
+                snap.policy_hash
+                    .as_deref()
+                    .map(terminal_text)
+                    .unwrap_or("none yet".into()),
+                snap.holds.len(),
+                snap.calls.len(),
+            )
+        }
+        EventKind::Call(call) => {
+            let decision = match call.decision {
+                Verdict::Allow => "✓ allow".to_owned(),
+                Verdict::Deny => "✗ deny".to_owned(),
+                Verdict::RateLimited => match call.retry_after_ms {
+                    Some(ms) => format!("⏱ rate limited (retry in {:.1} s)", ms as f64 / 1000.0),
+                    None => "⏱ rate limited".to_owned(),
+                },
+                Verdict::Hold => "⏸ held".to_owned(),
+            };
+            let mut args = call.args.to_string();
+            if args.chars().count() > ARGS_PREVIEW {
+                args = args.chars().take(ARGS_PREVIEW).collect::<String>() + "…";
+            } else if call.args_truncated {
+                args.push('…');
+            }
+            let mut line = format!(
+                "{} {} {} by {} · {}",
+                terminal_text(&call.call_id),
+                terminal_text(&call.tool),
+                decision,
+                terminal_text(&call.grant),
+                terminal_text(&call.rule),
+            );
+            if !call.reason.is_empty() {
+                line += &format!(" · {}", terminal_text(&call.reason));
+            }
+            line += &format!(" · {}", terminal_text(&args));
+            line
+        }
+        EventKind::HoldResolved(resolved) => {
+            let verdict = if resolved.approved {
+                "approved"
+            } else {
+                "denied"
+            };
+            let by = match (resolved.by, &resolved.operator) {
+                (ResolvedBy::Operator, Some(name)) => format!("by {}", terminal_text(name)),
+                (ResolvedBy::Operator, None) => "by an operator".to_owned(),
+                (ResolvedBy::Timeout, _) => "at its timeout".to_owned(),
+                (ResolvedBy::Cancellation, _) => "on cancellation".to_owned(),
+                (ResolvedBy::Shutdown, _) => "at shutdown".to_owned(),
+            };
+            let mut line = format!("{} {verdict} {by}", terminal_text(&resolved.call_id));
+            if let Some(reason) = &resolved.reason {
+                line += &format!(" · {}", terminal_text(reason));
+            }
+            line
+        }
+        EventKind::Outcome(outcome) => {
+            let mut line = format!(
+                "{} {} · {:.1} ms",
+                terminal_text(&outcome.call_id),
+                if outcome.error { "error" } else { "ok" },
+                outcome.latency_us as f64 / 1000.0
+            );
+            if let Some(summary) = &outcome.summary {
+                line += &format!(" · {}", terminal_text(summary));
+            }
+            line
+        }
+        EventKind::PolicyApplied(applied) => format!(
+            "policy applied · {} · {}",
+            terminal_text(&applied.path),
+            terminal_text(&applied.hash)
+        ),
+        EventKind::PolicyRejected(rejected) => format!(
+            "policy rejected · {} · {} (keeping {})",
+            terminal_text(&rejected.path),
+            rejected
+                .diagnostics
+                .iter()
+                .map(|d| terminal_text(d).into_owned())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            rejected
+                .kept_hash
+                .as_deref()
+                .map(terminal_text)
+                .unwrap_or("no policy".into()),
+        ),
+        EventKind::Counters(counters) => format!(
+            "counters · {}",
+            counters
+                .counters
+                .iter()
+                .map(|c| {
+                    let key = if c.key.is_empty() {
+                        String::new()
+                    } else {
+                        format!(":{}", terminal_text(&c.key))
+                    };
+                    format!(
+                        "{} {}{key} {}/{}",
+                        terminal_text(&c.counter),
+                        terminal_text(&c.scope),
+                        c.used,
+                        c.max
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        EventKind::Upstream(upstream) => {
+            let mut line = format!(
+                "upstream {} {}",
+                terminal_text(&upstream.server),
+                if upstream.up { "up" } else { "down" }
+            );
+            if let Some(detail) = &upstream.detail {
+                line += &format!(" · {}", terminal_text(detail));
+            }
+            line
+        }
+        EventKind::Tools(tools) => format!(
+            "tools from {} · {}",
+            terminal_text(&tools.server),
+            tools
+                .tools
+                .iter()
+                .map(|t| terminal_text(&t.name).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        EventKind::Missed(missed) => format!(
+            "missed {} events (this tail fell behind); a fresh snapshot follows",
+            missed.dropped
+        ),
+        EventKind::Reply(_) => return None,
+    };
+    Some(format!("{time} {gateway} {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{CallEvent, HoldResolved};
+    use serde_json::json;
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            seq: 1,
+            ts: chrono::Utc::now(),
+            gateway: "g1".into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_call_line_neutralises_escape_sequences_from_outside() {
+        let line = human_line(&event(EventKind::Call(CallEvent {
+            call_id: "g1-1".into(),
+            tool: "evil\x1b[2Jtool".into(),
+            grant: "ci".into(),
+            session: "s".into(),
+            server: "srv".into(),
+            decision: Verdict::Deny,
+            rule: "/tools/evil".into(),
+            reason: "line\nbreak".into(),
+            args: json!({"k": "\u{202e}x"}),
+            args_truncated: false,
+            retry_after_ms: None,
+            hold_deadline: None,
+        })))
+        .unwrap();
+        assert!(!line.contains('\x1b'));
+        assert!(!line.contains('\n'));
+        assert!(!line.contains('\u{202e}'));
+        assert!(line.contains("evil\\x1b[2Jtool"));
+        assert!(line.contains("✗ deny"));
+    }
+
+    #[test]
+    fn a_resolution_line_says_who_resolved_it_and_why() {
+        let line = human_line(&event(EventKind::HoldResolved(HoldResolved {
+            call_id: "g1-2".into(),
+            approved: false,
+            by: ResolvedBy::Operator,
+            operator: Some("alice".into()),
+            reason: Some("not today".into()),
+        })))
+        .unwrap();
+        assert!(
+            line.ends_with("g1 g1-2 denied by alice · not today"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn replies_are_not_shown() {
+        assert!(
+            human_line(&event(EventKind::Reply(crate::wire::Reply {
+                id: 1,
+                ok: true,
+                error: None
+            })))
+            .is_none()
+        );
+    }
 }

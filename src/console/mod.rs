@@ -24,6 +24,7 @@ pub mod app;
 pub mod filter;
 pub mod history;
 pub mod keys;
+pub mod launch;
 pub mod net;
 pub mod terminal;
 pub mod theme;
@@ -41,7 +42,8 @@ use tokio::sync::mpsc;
 
 pub use action::Action;
 pub use app::{AppEvent, Effect, Link, State, View, update};
-pub use net::Outgoing;
+pub use launch::{Options, run_in_terminal};
+pub use net::{Outgoing, Targets};
 pub use terminal::Bell;
 pub use theme::Theme;
 

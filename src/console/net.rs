@@ -15,54 +15,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use self::stub::{client, discovery};
 use super::app::{AppEvent, Link};
-mod stub {
-    pub mod client {
-        use crate::wire::*;
-        pub struct Connection;
-        pub struct R;
-        pub struct W;
-        #[derive(Debug)]
-        pub struct E;
-        impl std::fmt::Display for E {
-            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("e")
-            }
-        }
-        pub async fn connect(_u: &str, _t: &str) -> Result<Connection, E> {
-            Err(E)
-        }
-        impl Connection {
-            pub fn split(self) -> (R, W) {
-                (R, W)
-            }
-        }
-        impl R {
-            pub async fn next_event(&mut self) -> Option<Result<Event, E>> {
-                None
-            }
-        }
-        impl W {
-            pub async fn send(&mut self, _m: &ClientMsg) -> Result<(), E> {
-                Ok(())
-            }
-        }
-    }
-    pub mod discovery {
-        pub struct D {
-            pub id: String,
-            pub url: String,
-            pub token: String,
-        }
-        pub fn discovery_dir() -> std::path::PathBuf {
-            "/tmp".into()
-        }
-        pub fn list_gateways() -> Vec<D> {
-            vec![]
-        }
-    }
-}
+use crate::control::client;
+use crate::control::discovery;
 use crate::wire::ClientMsg;
 
 /// A command for the gateway behind connection `gateway`.

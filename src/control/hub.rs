@@ -1,13 +1,16 @@
-//! The event hub: numbers and timestamps events, fans them out to subscribers, and owns the
-//! registry of held calls, where the first resolution wins.
+//! The event hub: numbers and timestamps events, fans them out to subscribers, keeps the
+//! state a (re)connecting client starts from, and owns the registry of held calls, where the
+//! first resolution wins.
 //!
 //! Fan-out is a bounded `tokio::sync::broadcast` channel: publishing never waits for a
 //! subscriber, and a subscriber that falls behind learns how many events it missed.
 //!
-//! SKELETON (partial): snapshot state (recent calls, counters, policy, tools, totals) lands
-//! with issue 4.
+//! The snapshot state (recent calls, open holds, counters, policy, tools, totals) is built
+//! only by observing the events published, under the same lock that numbers them. A
+//! [`Hub::subscribe_with_snapshot`] therefore returns a snapshot that reflects exactly the
+//! events up to its `seq`, and a receiver that yields exactly the events after it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +18,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::wire::{CallEvent, Event, EventKind, GatewayInfo, HoldResolved, ResolvedBy};
+use crate::wire::{
+    CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, HoldResolved, ResolvedBy,
+    Snapshot, ToolInfo, Totals, Verdict,
+};
 
 /// How many events a subscriber may fall behind before it misses some.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
+
+/// How many recent calls the snapshot keeps.
+pub const RECENT_CALLS: usize = 2000;
+
+/// How many resolved call ids are remembered, so a late second resolution is told "already
+/// resolved" rather than "unknown". Older ones are forgotten (and then called unknown).
+pub const REMEMBERED_RESOLUTIONS: usize = 10_000;
 
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +63,70 @@ pub struct Hub {
 #[derive(Debug, Default)]
 struct State {
     seq: u64,
-    /// Open holds by call id. A resolved call id stays in `resolved` so a late second
-    /// resolution is told "already resolved" rather than "unknown".
-    holds: HashMap<String, oneshot::Sender<Resolution>>,
-    resolved: std::collections::HashSet<String>,
+    /// Open holds by call id. Registered when the hold's `call` event is published, so an
+    /// operator who answers that event at once finds the hold even if the gateway has not
+    /// called [`Hub::hold`] yet; `hold` then picks up the receiving end.
+    holds: HashMap<String, OpenHold>,
+    /// Order of the open holds: registration number → call id (oldest first).
+    hold_order: BTreeMap<u64, String>,
+    next_hold: u64,
+    resolved: HashSet<String>,
+    resolved_order: VecDeque<String>,
+    /// Resolutions that came before the gateway asked for the hold's ticket, waiting for it.
+    /// Bounded with `resolved`: forgotten together.
+    early: HashMap<String, oneshot::Receiver<Resolution>>,
+    recent: RecentCalls,
+    counters: BTreeMap<(String, String, String), CounterState>,
+    policy_hash: Option<String>,
+    policy_error: Option<Vec<String>>,
+    tools: Vec<ToolInfo>,
+    upstream_up: bool,
+    totals: Totals,
+}
+
+#[derive(Debug)]
+struct OpenHold {
+    order: u64,
+    tx: oneshot::Sender<Resolution>,
+    /// Taken by [`Hub::hold`]; `None` once taken.
+    rx: Option<oneshot::Receiver<Resolution>>,
+}
+
+/// The recent calls, oldest first, findable by call id so resolutions and outcomes attach.
+///
+/// Records are behind `Arc` so a snapshot copies pointers under the lock and the records
+/// themselves outside it.
+#[derive(Debug, Default)]
+struct RecentCalls {
+    records: VecDeque<Arc<CallRecord>>,
+    /// Call id → absolute position (`first + index`).
+    positions: HashMap<String, u64>,
+    /// Absolute position of `records[0]`.
+    first: u64,
+}
+
+impl RecentCalls {
+    fn push(&mut self, call: CallEvent) {
+        if self.records.len() == RECENT_CALLS
+            && let Some(old) = self.records.pop_front()
+        {
+            self.positions.remove(&old.call.call_id);
+            self.first += 1;
+        }
+        let position = self.first + self.records.len() as u64;
+        self.positions.insert(call.call_id.clone(), position);
+        self.records.push_back(Arc::new(CallRecord {
+            call,
+            resolution: None,
+            outcome: None,
+        }));
+    }
+
+    fn get_mut(&mut self, call_id: &str) -> Option<&mut CallRecord> {
+        let position = *self.positions.get(call_id)?;
+        let index = usize::try_from(position - self.first).ok()?;
+        self.records.get_mut(index).map(Arc::make_mut)
+    }
 }
 
 /// A registered hold; resolves with the winning [`Resolution`].
@@ -89,9 +162,38 @@ impl Hub {
         self.events.subscribe()
     }
 
-    /// Numbers, stamps and fans out one event.
+    /// The state now, the `seq` it reflects, and a receiver of exactly the events after it.
+    pub fn subscribe_with_snapshot(&self) -> (Snapshot, u64, broadcast::Receiver<Arc<Event>>) {
+        let (parts, seq, rx) = {
+            let state = self.lock();
+            // Subscribing under the lock that numbers events: no event falls between.
+            let rx = self.events.subscribe();
+            (SnapshotParts::copy(&state), state.seq, rx)
+        };
+        (parts.build(), seq, rx)
+    }
+
+    /// The state now (see [`Hub::subscribe_with_snapshot`]).
+    pub fn snapshot(&self) -> (Snapshot, u64) {
+        let (parts, seq) = {
+            let state = self.lock();
+            (SnapshotParts::copy(&state), state.seq)
+        };
+        (parts.build(), seq)
+    }
+
+    /// The `seq` of the latest event published (0 before the first).
+    pub fn latest_seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// Numbers, stamps and fans out one event, and folds it into the snapshot state.
     pub fn publish(&self, kind: EventKind) {
         let mut state = self.lock();
+        self.publish_locked(&mut state, kind);
+    }
+
+    fn publish_locked(&self, state: &mut State, kind: EventKind) {
         state.seq += 1;
         let event = Event {
             seq: state.seq,
@@ -99,55 +201,211 @@ impl Hub {
             gateway: self.info.id.clone(),
             kind,
         };
+        state.observe(&event.kind);
         // Sent under the lock so subscribers see events in seq order. No subscriber is fine.
         let _ = self.events.send(Arc::new(event));
     }
 
     /// Registers a held call (its `call` event is published by the caller first).
     pub fn hold(&self, call: &CallEvent) -> HoldTicket {
-        let (tx, rx) = oneshot::channel();
-        self.lock().holds.insert(call.call_id.clone(), tx);
+        let mut state = self.lock();
+        if let Some(rx) = state.early.remove(&call.call_id) {
+            return HoldTicket {
+                call_id: call.call_id.clone(),
+                rx,
+            };
+        }
+        let already_resolved = state.resolved.contains(&call.call_id);
+        let rx = match state.holds.get_mut(&call.call_id) {
+            Some(open) => open
+                .rx
+                .take()
+                .unwrap_or_else(|| refused(format!("call {} is already held once", call.call_id))),
+            // Resolved before this ticket was asked for, and the resolution went to an
+            // earlier ticket: fail closed for this one.
+            None if already_resolved => {
+                refused(format!("call {} was already resolved", call.call_id))
+            }
+            None => state.open_hold(&call.call_id),
+        };
         HoldTicket {
             call_id: call.call_id.clone(),
             rx,
         }
     }
 
-    /// Call ids of the open holds.
+    /// Call ids of the open holds, oldest first.
     pub fn open_holds(&self) -> Vec<String> {
-        self.lock().holds.keys().cloned().collect()
+        self.lock().hold_order.values().cloned().collect()
     }
 
     /// Resolves a held call; the first resolution wins and is published as `hold_resolved`.
     pub fn resolve(&self, call_id: &str, resolution: Resolution) -> Result<(), ResolveError> {
-        let tx = {
-            let mut state = self.lock();
-            match state.holds.remove(call_id) {
-                Some(tx) => {
-                    state.resolved.insert(call_id.to_owned());
-                    tx
-                }
-                None if state.resolved.contains(call_id) => {
-                    return Err(ResolveError::AlreadyResolved(call_id.to_owned()));
-                }
-                None => return Err(ResolveError::UnknownCall(call_id.to_owned())),
-            }
+        let mut state = self.lock();
+        let Some(mut open) = state.holds.remove(call_id) else {
+            return Err(if state.resolved.contains(call_id) {
+                ResolveError::AlreadyResolved(call_id.to_owned())
+            } else {
+                ResolveError::UnknownCall(call_id.to_owned())
+            });
         };
-        self.publish(EventKind::HoldResolved(HoldResolved {
-            call_id: call_id.to_owned(),
-            approved: resolution.approved,
-            by: resolution.by,
-            operator: resolution.operator.clone(),
-            reason: resolution.reason.clone(),
-        }));
+        state.hold_order.remove(&open.order);
+        state.remember_resolved(call_id);
+        // Published under the lock that removed the hold: every subscriber sees exactly one
+        // `hold_resolved` per call, before anything published after it.
+        self.publish_locked(
+            &mut state,
+            EventKind::HoldResolved(HoldResolved {
+                call_id: call_id.to_owned(),
+                approved: resolution.approved,
+                by: resolution.by,
+                operator: resolution.operator.clone(),
+                reason: resolution.reason.clone(),
+            }),
+        );
         // The waiting call may have gone (its task ended); the resolution still stands.
-        let _ = tx.send(resolution);
+        let _ = open.tx.send(resolution);
+        if let Some(rx) = open.rx.take() {
+            state.early.insert(call_id.to_owned(), rx);
+        }
         Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// Folds one published event into the snapshot state.
+    fn observe(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::Call(call) => {
+                match call.decision {
+                    Verdict::Allow => self.totals.allow += 1,
+                    Verdict::Deny => self.totals.deny += 1,
+                    Verdict::RateLimited => self.totals.rate_limited += 1,
+                    Verdict::Hold => {
+                        self.totals.hold += 1;
+                        if !self.holds.contains_key(&call.call_id)
+                            && !self.resolved.contains(&call.call_id)
+                        {
+                            // Kept for the ticket `Hub::hold` hands out.
+                            let rx = self.open_hold(&call.call_id);
+                            if let Some(open) = self.holds.get_mut(&call.call_id) {
+                                open.rx = Some(rx);
+                            }
+                        }
+                    }
+                }
+                self.recent.push(call.clone());
+            }
+            EventKind::HoldResolved(resolved) => {
+                if let Some(record) = self.recent.get_mut(&resolved.call_id) {
+                    record.resolution = Some(resolved.clone());
+                }
+            }
+            EventKind::Outcome(outcome) => {
+                if let Some(record) = self.recent.get_mut(&outcome.call_id) {
+                    record.outcome = Some(outcome.clone());
+                }
+            }
+            EventKind::PolicyApplied(applied) => {
+                self.policy_hash = Some(applied.hash.clone());
+                self.policy_error = None;
+            }
+            EventKind::PolicyRejected(rejected) => {
+                if rejected.kept_hash.is_some() {
+                    self.policy_hash.clone_from(&rejected.kept_hash);
+                }
+                self.policy_error = Some(rejected.diagnostics.clone());
+            }
+            EventKind::Counters(counters) => {
+                // A `counters` event carries the budgets that changed; the snapshot keeps the
+                // latest state of every budget seen.
+                for c in &counters.counters {
+                    self.counters.insert(
+                        (c.counter.clone(), c.scope.clone(), c.key.clone()),
+                        c.clone(),
+                    );
+                }
+            }
+            EventKind::Upstream(upstream) => self.upstream_up = upstream.up,
+            EventKind::Tools(tools) => self.tools.clone_from(&tools.tools),
+            EventKind::Hello(_) | EventKind::Missed(_) | EventKind::Reply(_) => {}
+        }
+    }
+
+    /// Registers an open hold and returns the receiving end of its resolution.
+    fn open_hold(&mut self, call_id: &str) -> oneshot::Receiver<Resolution> {
+        let (tx, rx) = oneshot::channel();
+        let order = self.next_hold;
+        self.next_hold += 1;
+        self.hold_order.insert(order, call_id.to_owned());
+        self.holds.insert(
+            call_id.to_owned(),
+            OpenHold {
+                order,
+                tx,
+                rx: None,
+            },
+        );
+        rx
+    }
+
+    fn remember_resolved(&mut self, call_id: &str) {
+        if self.resolved_order.len() == REMEMBERED_RESOLUTIONS
+            && let Some(old) = self.resolved_order.pop_front()
+        {
+            self.resolved.remove(&old);
+            self.early.remove(&old);
+        }
+        self.resolved.insert(call_id.to_owned());
+        self.resolved_order.push_back(call_id.to_owned());
+    }
+}
+
+/// A receiver that yields a denial at once.
+fn refused(reason: String) -> oneshot::Receiver<Resolution> {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Resolution {
+        approved: false,
+        by: ResolvedBy::Operator,
+        operator: None,
+        reason: Some(reason),
+    });
+    rx
+}
+
+/// What a snapshot is made of, copied cheaply under the lock and built outside it.
+struct SnapshotParts {
+    calls: Vec<Arc<CallRecord>>,
+    rest: Snapshot,
+}
+
+impl SnapshotParts {
+    fn copy(state: &State) -> SnapshotParts {
+        SnapshotParts {
+            calls: state.recent.records.iter().cloned().collect(),
+            rest: Snapshot {
+                calls: Vec::new(),
+                holds: state.hold_order.values().cloned().collect(),
+                counters: state.counters.values().cloned().collect(),
+                policy_hash: state.policy_hash.clone(),
+                policy_error: state.policy_error.clone(),
+                tools: state.tools.clone(),
+                upstream_up: state.upstream_up,
+                totals: state.totals,
+            },
+        }
+    }
+
+    fn build(self) -> Snapshot {
+        Snapshot {
+            calls: self.calls.iter().map(|r| CallRecord::clone(r)).collect(),
+            ..self.rest
+        }
     }
 }
 
@@ -160,5 +418,161 @@ impl HoldTicket {
             operator: None,
             reason: Some("the gateway shut down".into()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Outcome, PolicyApplied, PolicyRejected};
+    use serde_json::json;
+
+    fn hub() -> Arc<Hub> {
+        Hub::new(GatewayInfo {
+            id: "g1".into(),
+            pid: 1,
+            version: "0".into(),
+            grant: "ci".into(),
+            server: "srv".into(),
+            policy: "/p.json".into(),
+            started_at: Utc::now(),
+        })
+    }
+
+    fn call(hub: &Hub, decision: Verdict) -> CallEvent {
+        CallEvent {
+            call_id: hub.next_call_id(),
+            tool: "echo".into(),
+            grant: "ci".into(),
+            session: "s".into(),
+            server: "srv".into(),
+            decision,
+            rule: "/default".into(),
+            reason: String::new(),
+            args: json!({}),
+            args_truncated: false,
+            retry_after_ms: None,
+            hold_deadline: None,
+        }
+    }
+
+    fn by_operator(approved: bool) -> Resolution {
+        Resolution {
+            approved,
+            by: ResolvedBy::Operator,
+            operator: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn snapshot_attaches_resolution_and_outcome_to_their_call() {
+        let hub = hub();
+        let held = call(&hub, Verdict::Hold);
+        hub.publish(EventKind::Call(held.clone()));
+        let _ticket = hub.hold(&held);
+        hub.resolve(&held.call_id, by_operator(true)).unwrap();
+        hub.publish(EventKind::Outcome(Outcome {
+            call_id: held.call_id.clone(),
+            latency_us: 5,
+            error: false,
+            summary: None,
+        }));
+        let (snap, seq) = hub.snapshot();
+        assert_eq!(seq, 3);
+        assert_eq!(snap.calls.len(), 1);
+        assert!(snap.calls[0].resolution.as_ref().unwrap().approved);
+        assert_eq!(snap.calls[0].outcome.as_ref().unwrap().latency_us, 5);
+        assert!(snap.holds.is_empty());
+        assert_eq!(snap.totals.hold, 1);
+    }
+
+    #[test]
+    fn recent_calls_are_bounded_and_keep_the_newest() {
+        let hub = hub();
+        for _ in 0..RECENT_CALLS + 10 {
+            hub.publish(EventKind::Call(call(&hub, Verdict::Allow)));
+        }
+        let (snap, _) = hub.snapshot();
+        assert_eq!(snap.calls.len(), RECENT_CALLS);
+        assert_eq!(snap.calls[0].call.call_id, "g1-11");
+        assert_eq!(snap.totals.allow, (RECENT_CALLS + 10) as u64);
+    }
+
+    #[test]
+    fn open_holds_are_listed_oldest_first() {
+        let hub = hub();
+        let calls: Vec<_> = (0..3).map(|_| call(&hub, Verdict::Hold)).collect();
+        for c in &calls {
+            hub.publish(EventKind::Call(c.clone()));
+        }
+        hub.resolve(&calls[1].call_id, by_operator(false)).unwrap();
+        assert_eq!(
+            hub.open_holds(),
+            vec![calls[0].call_id.clone(), calls[2].call_id.clone()]
+        );
+        assert_eq!(hub.snapshot().0.holds, hub.open_holds());
+    }
+
+    #[tokio::test]
+    async fn a_resolution_before_the_ticket_is_taken_reaches_the_ticket() {
+        let hub = hub();
+        let held = call(&hub, Verdict::Hold);
+        hub.publish(EventKind::Call(held.clone()));
+        hub.resolve(&held.call_id, by_operator(true)).unwrap();
+        let ticket = hub.hold(&held);
+        assert!(ticket.wait().await.approved);
+    }
+
+    #[test]
+    fn second_resolution_is_refused_as_already_resolved() {
+        let hub = hub();
+        let held = call(&hub, Verdict::Hold);
+        hub.publish(EventKind::Call(held.clone()));
+        let _ticket = hub.hold(&held);
+        hub.resolve(&held.call_id, by_operator(true)).unwrap();
+        assert_eq!(
+            hub.resolve(&held.call_id, by_operator(false)),
+            Err(ResolveError::AlreadyResolved(held.call_id.clone()))
+        );
+        assert_eq!(
+            hub.resolve("g1-999", by_operator(false)),
+            Err(ResolveError::UnknownCall("g1-999".into()))
+        );
+    }
+
+    #[test]
+    fn policy_rejection_keeps_the_hash_in_force_and_records_the_error() {
+        let hub = hub();
+        hub.publish(EventKind::PolicyApplied(PolicyApplied {
+            path: "/p.json".into(),
+            hash: "abc".into(),
+        }));
+        hub.publish(EventKind::PolicyRejected(PolicyRejected {
+            path: "/p.json".into(),
+            diagnostics: vec!["bad".into()],
+            kept_hash: Some("abc".into()),
+        }));
+        let (snap, _) = hub.snapshot();
+        assert_eq!(snap.policy_hash.as_deref(), Some("abc"));
+        assert_eq!(snap.policy_error, Some(vec!["bad".into()]));
+        hub.publish(EventKind::PolicyApplied(PolicyApplied {
+            path: "/p.json".into(),
+            hash: "def".into(),
+        }));
+        assert_eq!(hub.snapshot().0.policy_error, None);
+    }
+
+    #[test]
+    fn remembered_resolutions_are_bounded() {
+        let hub = hub();
+        for _ in 0..REMEMBERED_RESOLUTIONS + 5 {
+            let held = call(&hub, Verdict::Hold);
+            hub.publish(EventKind::Call(held.clone()));
+            hub.resolve(&held.call_id, by_operator(true)).unwrap();
+        }
+        let state = hub.lock();
+        assert_eq!(state.resolved.len(), REMEMBERED_RESOLUTIONS);
+        assert_eq!(state.resolved_order.len(), REMEMBERED_RESOLUTIONS);
     }
 }

@@ -2,9 +2,18 @@
 //! of held calls, the websocket server operators connect to, the discovery files, and the
 //! client side used by `tail`, `approve`, `deny` and the console.
 //!
-//! SKELETON: the [`hub`] signatures are the contract the gateway core builds against; the
-//! implementation lands with issue 4.
+//! Flow: the gateway core publishes to the [`Hub`], which numbers events, keeps the snapshot
+//! state and fans them out; [`server`] serves them to each websocket client (a `hello` with a
+//! snapshot, then the stream) and turns `approve`/`deny` commands into [`Hub::resolve`];
+//! [`discovery`] lets local clients find the server; [`client`] is the other end.
+//! The wire format is [`crate::wire`], documented in `docs/wire-protocol.md`.
 
+pub mod client;
+pub mod discovery;
 pub mod hub;
+pub mod server;
 
+pub use client::{ClientError, CommandWriter, Connection, EventReader, connect};
+pub use discovery::{DiscoveryEntry, discovery_dir, list_gateways};
 pub use hub::{HoldTicket, Hub, Resolution, ResolveError};
+pub use server::{ControlHandle, EventsOptions, start};

@@ -26,13 +26,25 @@ pub enum Verdict {
     Hold,
 }
 
+impl Verdict {
+    /// The wire name: `allow`, `deny`, `rate_limited`, `hold`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::Hold => "hold",
+        }
+    }
+}
+
 /// The result of [`super::Policy::decide`].
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub verdict: Verdict,
     /// JSON Pointer into the policy of the rule that decided (`/tools/x`, `/default`, `/hide/2`).
     pub rule: String,
-    /// Why, in words a person (and a model) can act on.
+    /// Why, in words a person (and a model) can act on. For holds, written for the operator.
     pub reason: String,
     /// For [`Verdict::RateLimited`]: when room comes back.
     pub retry_after_ms: Option<u64>,
@@ -44,11 +56,70 @@ pub struct Decision {
     /// [`super::CounterStore::release`] when the call ends denied, timed out or never reached
     /// the upstream.
     pub reservation: Reservation,
+    /// The tool the call named (a hidden tool's refusal repeats it, as for an unknown tool).
+    pub tool: String,
 }
 
 impl Decision {
-    /// The text an agent reads in the refused call's result.
+    /// The text an agent reads in the refused call's result, e.g.
+    /// `Denied by policy (/tools/delete_account): deleting accounts needs a human` or
+    /// `Rate limit reached: 30 calls per minute on counter create_api_key_rate. Retry in 12s.`
+    /// A hidden tool reads exactly like one the server does not have.
     pub fn agent_text(&self) -> String {
-        todo!("issue 2")
+        match self.verdict {
+            Verdict::Deny if self.hidden => format!("Unknown tool: {}", self.tool),
+            Verdict::Deny => format!("Denied by policy ({}): {}", self.rule, self.reason),
+            Verdict::RateLimited => format!(
+                "Rate limit reached: {}. Retry in {}.",
+                self.reason,
+                human_duration(self.retry_after_ms.unwrap_or(1000))
+            ),
+            Verdict::Hold => format!(
+                "Waiting for an operator's approval ({}): {}",
+                self.rule, self.reason
+            ),
+            Verdict::Allow => format!("Allowed by policy ({}): {}", self.rule, self.reason),
+        }
+    }
+}
+
+/// A wait in words for people: `12s`, `2m 5s`, `1h 3m`, `2d 4h`; rounded up to the second.
+pub fn human_duration(ms: u64) -> String {
+    let s = ms.div_ceil(1000).max(1);
+    if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        join(s / 60, "m", s % 60, "s")
+    } else if s < 2 * 86_400 {
+        let m = s.div_ceil(60);
+        join(m / 60, "h", m % 60, "m")
+    } else {
+        let h = s.div_ceil(3600);
+        join(h / 24, "d", h % 24, "h")
+    }
+}
+
+fn join(big: u64, big_unit: &str, small: u64, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit} {small}{small_unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_read_in_the_largest_sensible_units_rounded_up() {
+        assert_eq!(human_duration(11_001), "12s");
+        assert_eq!(human_duration(1), "1s");
+        assert_eq!(human_duration(0), "1s");
+        assert_eq!(human_duration(125_000), "2m 5s");
+        assert_eq!(human_duration(120_000), "2m");
+        assert_eq!(human_duration(3_780_000 * 2), "2h 6m");
+        assert_eq!(human_duration(3 * 86_400_000), "3d");
+        assert_eq!(human_duration(10_799_000), "3h");
     }
 }

@@ -3,23 +3,111 @@
 //! This module tree is the single source of truth for what a policy means. The gateway
 //! enforces [`Policy::decide`], the console edits and validates through it, and the CLI's
 //! `check` and `explain` are thin shells over it. Nothing outside this tree interprets any
-//! part of a policy.
+//! part of a policy. The contract is `policy-format.md`; where it is silent, the choices are
+//! listed in [`compile`]'s documentation (windows, durations, globs, duplicate keys).
 //!
-//! SKELETON: the signatures below are the contract other modules build against; the
-//! implementation lands with issue 2.
+//! The pieces:
+//! - [`json`]: a strict JSON parser that keeps every value's position, so each diagnostic
+//!   says `FILE:LINE:COL` and a JSON Pointer, and duplicate keys are caught.
+//! - [`compile`]: validation into a [`Policy`]; every problem at once, in document order.
+//! - [`glob`], [`condition`]: tool-name patterns and argument conditions.
+//! - [`store`]: the [`CounterStore`] that limits count against ([`MemoryStore`] in process).
+//! - [`decision`]: the [`Decision`] and the text an agent reads.
+//!
+//! Deciding follows the format's order: hidden → `action: deny` → `deny_if`/`require` →
+//! limits (all of the call's limits admitted atomically, or none) → `require_approval` →
+//! allow. Rule lookup is a hash map for exact names (thousands of rules cost nothing) and then
+//! the globs, pre-sorted by literal characters (most first, ties in file order).
 
+mod compile;
+mod condition;
 mod decision;
+mod glob;
+mod json;
 mod store;
 
-pub use decision::{Call, Decision, Verdict};
-pub use store::{CounterStore, MemoryStore, Reservation, StoreError};
+pub use compile::DEFAULT_APPROVAL_TIMEOUT_MS;
+pub use condition::Op;
+pub use decision::{Call, Decision, Verdict, human_duration};
+pub use store::{
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, MemoryStore, Reservation,
+    ReservedUnit, Scope, StoreError,
+};
 
+use std::collections::HashMap;
 use std::path::Path;
+
+use condition::Condition;
+use glob::Glob;
+
+/// What a rule (or the default) does with a call that passes its conditions and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::RequireApproval => "require_approval",
+        }
+    }
+}
+
+/// One counter (budget) as the policy defines it. Limits naming it share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterDef {
+    pub name: String,
+    pub scope: Scope,
+    pub max: u64,
+    pub window_ms: u64,
+    /// Pointer of the first limit that defines it.
+    pub pointer: String,
+}
+
+/// A limit as used by a rule: which counter, and where the limit is written.
+#[derive(Debug, Clone)]
+struct LimitUse {
+    counter: usize,
+    pointer: String,
+}
+
+/// A compiled entry of `tools`.
+#[derive(Debug, Clone)]
+struct Rule {
+    key: String,
+    pointer: String,
+    action: Action,
+    reason: Option<String>,
+    deny_if: Vec<(String, Condition)>,
+    require: Vec<(String, Condition)>,
+    /// `limits` then `rate_limit`, in file order.
+    limits: Vec<LimitUse>,
+    approval_timeout_ms: Option<u64>,
+}
 
 /// A parsed, validated, compiled policy. Immutable; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Policy {
     hash: String,
+    default: Action,
+    approval_timeout_ms: u64,
+    /// Exact `hide` names, to the first index naming them.
+    hide_exact: HashMap<String, usize>,
+    /// Glob `hide` entries in file order.
+    hide_globs: Vec<(Glob, usize)>,
+    hide_len: usize,
+    /// Exact tool names to their rule.
+    exact: HashMap<String, usize>,
+    /// Glob keys, most literal characters first, ties in file order.
+    globs: Vec<(Glob, usize)>,
+    rules: Vec<Rule>,
+    all_tools: Vec<LimitUse>,
+    counters: Vec<CounterDef>,
 }
 
 /// Everything wrong with a policy text, every problem at once.
@@ -27,7 +115,7 @@ pub struct Policy {
 #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
-/// One problem, compiler-style: `FILE:LINE:COL: error: MESSAGE (at /json/pointer)`.
+/// One problem, compiler-style: `FILE:LINE:COL: error: MESSAGE (at /json/pointer); HINT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub file: String,
@@ -36,8 +124,10 @@ pub struct Diagnostic {
     /// 1-based column (in characters) of the offending value.
     pub column: usize,
     pub message: String,
-    /// JSON Pointer of the offending value; empty for a syntax error before any value.
+    /// JSON Pointer of the offending value; empty for the document itself.
     pub pointer: String,
+    /// What to do about it (may be empty).
+    pub hint: String,
 }
 
 impl std::fmt::Display for Diagnostic {
@@ -49,6 +139,9 @@ impl std::fmt::Display for Diagnostic {
         )?;
         if !self.pointer.is_empty() {
             write!(f, " (at {})", self.pointer)?;
+        }
+        if !self.hint.is_empty() {
+            write!(f, "; {}", self.hint)?;
         }
         Ok(())
     }
@@ -67,17 +160,38 @@ pub enum LoadError {
     Invalid(#[from] Diagnostics),
 }
 
+/// Which entry of the policy a tool name falls under, for explanations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleMatch {
+    /// `hide[index]` names it.
+    Hidden { pointer: String, entry: String },
+    /// `tools` has this exact name.
+    Exact { pointer: String },
+    /// The glob with the most literal characters (then the first written) among
+    /// `candidates` (pointers of every matching glob, in precedence order).
+    Glob {
+        pointer: String,
+        pattern: String,
+        candidates: Vec<String>,
+    },
+    /// No rule names it; `default` decides.
+    Default { action: Action },
+}
+
 impl Policy {
     /// Parses and validates `source`; `file` is the name diagnostics are reported under.
     pub fn parse(source: &str, file: &str) -> Result<Policy, Diagnostics> {
-        let _ = (source, file);
-        todo!("issue 2")
+        compile::compile(source, file).map_err(Diagnostics)
     }
 
     /// Reads and parses a policy file.
     pub fn load(path: &Path) -> Result<Policy, LoadError> {
-        let _ = path;
-        todo!("issue 2")
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        Ok(Policy::parse(&text, &shown)?)
     }
 
     /// SHA-256 (hex) of the source text this policy was parsed from.
@@ -85,16 +199,318 @@ impl Policy {
         &self.hash
     }
 
+    /// The decision for tools no rule names.
+    pub fn default_action(&self) -> Action {
+        self.default
+    }
+
+    /// How long a held call waits by default.
+    pub fn approval_timeout_ms(&self) -> u64 {
+        self.approval_timeout_ms
+    }
+
+    /// The number of entries in `tools`.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// The number of entries in `hide`.
+    pub fn hide_count(&self) -> usize {
+        self.hide_len
+    }
+
+    /// Every counter the policy defines, in the order first written.
+    pub fn counters(&self) -> &[CounterDef] {
+        &self.counters
+    }
+
+    /// The keys of `tools`, in file order.
+    pub fn tool_keys(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.key.as_str())
+    }
+
     /// Whether `hide` removes this tool from `tools/list`.
     pub fn is_hidden(&self, tool: &str) -> bool {
-        let _ = tool;
-        todo!("issue 2")
+        self.hidden_by(tool).is_some()
+    }
+
+    /// The first `hide` entry (by index) that names `tool`.
+    fn hidden_by(&self, tool: &str) -> Option<usize> {
+        if self.hide_len == 0 {
+            return None;
+        }
+        let exact = self.hide_exact.get(tool).copied();
+        let glob = self
+            .hide_globs
+            .iter()
+            .find(|(g, _)| g.matches(tool))
+            .map(|(_, i)| *i);
+        match (exact, glob) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn rule_for(&self, tool: &str) -> Option<&Rule> {
+        if let Some(&i) = self.exact.get(tool) {
+            return Some(&self.rules[i]);
+        }
+        self.globs
+            .iter()
+            .find(|(g, _)| g.matches(tool))
+            .map(|(_, i)| &self.rules[*i])
+    }
+
+    /// Which entry of the policy `tool` falls under (hide, exact rule, glob, default).
+    pub fn rule_match(&self, tool: &str) -> RuleMatch {
+        if let Some(i) = self.hidden_by(tool) {
+            let entry = self
+                .hide_exact
+                .iter()
+                .find(|(_, j)| **j == i)
+                .map(|(n, _)| n.clone())
+                .or_else(|| {
+                    self.hide_globs
+                        .iter()
+                        .find(|(_, j)| *j == i)
+                        .map(|(g, _)| g.as_str().to_string())
+                })
+                .unwrap_or_default();
+            return RuleMatch::Hidden {
+                pointer: format!("/hide/{i}"),
+                entry,
+            };
+        }
+        if let Some(&i) = self.exact.get(tool) {
+            return RuleMatch::Exact {
+                pointer: self.rules[i].pointer.clone(),
+            };
+        }
+        let matching: Vec<&(Glob, usize)> =
+            self.globs.iter().filter(|(g, _)| g.matches(tool)).collect();
+        match matching.first() {
+            Some((g, i)) => RuleMatch::Glob {
+                pointer: self.rules[*i].pointer.clone(),
+                pattern: g.as_str().to_string(),
+                candidates: matching
+                    .iter()
+                    .map(|(_, i)| self.rules[*i].pointer.clone())
+                    .collect(),
+            },
+            None => RuleMatch::Default {
+                action: self.default,
+            },
+        }
     }
 
     /// Decides one call at `now_ms` (milliseconds since the Unix epoch), taking units from
     /// `store` when the call is admitted or held. Never panics, whatever the arguments.
     pub fn decide(&self, call: &Call<'_>, store: &dyn CounterStore, now_ms: u64) -> Decision {
-        let _ = (call, store, now_ms);
-        todo!("issue 2")
+        let tool = call.tool;
+        let mut d = Decision {
+            verdict: Verdict::Deny,
+            rule: String::new(),
+            reason: String::new(),
+            retry_after_ms: None,
+            hidden: false,
+            approval_timeout_ms: None,
+            reservation: Reservation::default(),
+            tool: tool.to_string(),
+        };
+
+        // 1. Hidden: denied as if the tool did not exist.
+        if let Some(i) = self.hidden_by(tool) {
+            d.rule = format!("/hide/{i}");
+            d.reason =
+                "hidden by policy: `hide` names this tool, so it is refused as an unknown tool"
+                    .to_string();
+            d.hidden = true;
+            return d;
+        }
+
+        let rule = self.rule_for(tool);
+        let (action, pointer) = match rule {
+            Some(r) => (r.action, r.pointer.as_str()),
+            None => (self.default, "/default"),
+        };
+
+        // 2. An explicit deny.
+        if action == Action::Deny {
+            d.rule = pointer.to_string();
+            d.reason = match rule {
+                Some(r) => r
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "the policy denies this tool".to_string()),
+                None => "no rule names this tool and the default is deny".to_string(),
+            };
+            return d;
+        }
+
+        // 3. Argument conditions.
+        if let Some(r) = rule {
+            let failed = r
+                .deny_if
+                .iter()
+                .find(|(_, c)| c.holds(call.args))
+                .map(|(p, c)| (p, format!("deny_if holds: {}", c.describe())))
+                .or_else(|| {
+                    r.require
+                        .iter()
+                        .find(|(_, c)| !c.holds(call.args))
+                        .map(|(p, c)| (p, format!("require not met: {}", c.describe())))
+                });
+            if let Some((p, why)) = failed {
+                d.rule = p.clone();
+                d.reason = match &r.reason {
+                    Some(reason) => format!("{reason} ({why})"),
+                    None => why,
+                };
+                return d;
+            }
+        }
+
+        // 4. Limits: the rule's, then all_tools', admitted atomically.
+        let uses = rule
+            .map(|r| r.limits.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .chain(self.all_tools.iter());
+        let mut requests: Vec<LimitRequest> = Vec::new();
+        let mut request_uses: Vec<&LimitUse> = Vec::new();
+        for u in uses {
+            if request_uses.iter().any(|seen| seen.counter == u.counter) {
+                continue;
+            }
+            let def = &self.counters[u.counter];
+            let scope_key = match def.scope {
+                Scope::Grant => call.grant,
+                Scope::Session => call.session,
+                Scope::Global => "",
+            };
+            requests.push(LimitRequest {
+                key: CounterKey {
+                    counter: def.name.clone(),
+                    scope: def.scope,
+                    scope_key: scope_key.to_string(),
+                },
+                max: def.max,
+                window_ms: def.window_ms,
+            });
+            request_uses.push(u);
+        }
+        if !requests.is_empty() {
+            match store.admit(&requests, now_ms) {
+                Ok(Admission::Admitted(reservation)) => d.reservation = reservation,
+                Ok(Admission::Refused {
+                    index,
+                    retry_after_ms,
+                }) => {
+                    let (u, def) = match request_uses.get(index) {
+                        Some(u) => (*u, &self.counters[u.counter]),
+                        None => (request_uses[0], &self.counters[request_uses[0].counter]),
+                    };
+                    d.verdict = Verdict::RateLimited;
+                    d.rule = u.pointer.clone();
+                    d.reason = format!(
+                        "{} per {} on counter {}",
+                        plural(def.max, "call", "calls"),
+                        window_words(def.window_ms),
+                        def.name
+                    );
+                    d.retry_after_ms = Some(retry_after_ms.max(1));
+                    return d;
+                }
+                Err(e) => {
+                    d.rule = request_uses[0].pointer.clone();
+                    d.reason = format!(
+                        "{e}; calls with limits are refused until the counter store answers again"
+                    );
+                    return d;
+                }
+            }
+        }
+
+        // 5. Approval, 6. allow.
+        d.rule = pointer.to_string();
+        if action == Action::RequireApproval {
+            d.verdict = Verdict::Hold;
+            d.approval_timeout_ms = Some(
+                rule.and_then(|r| r.approval_timeout_ms)
+                    .unwrap_or(self.approval_timeout_ms),
+            );
+            d.reason = match rule {
+                Some(r) => r
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "this tool needs an operator's approval".to_string()),
+                None => "no rule names this tool and the default is require_approval".to_string(),
+            };
+        } else {
+            d.verdict = Verdict::Allow;
+            d.reason = match rule {
+                Some(_) => "allowed by its rule".to_string(),
+                None => "no rule names this tool and the default is allow".to_string(),
+            };
+        }
+        d
     }
+
+    /// The state of every counter this policy defines, for every scope key with units in
+    /// its window (the console's Limits view, the `counters` event).
+    pub fn counter_states(
+        &self,
+        store: &dyn CounterStore,
+        now_ms: u64,
+    ) -> Result<Vec<crate::wire::CounterState>, StoreError> {
+        let mut out = Vec::new();
+        for def in &self.counters {
+            for u in store.usage(&def.name, def.scope, def.window_ms, now_ms)? {
+                out.push(crate::wire::CounterState {
+                    counter: def.name.clone(),
+                    scope: def.scope.as_str().to_string(),
+                    key: u.scope_key,
+                    used: u.used,
+                    max: def.max,
+                    window_ms: def.window_ms,
+                    next_free_in_ms: u.next_free_in_ms,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// A window in words: `minute`, `hour`, `90 seconds`, `10 minutes`, `2 days`.
+pub fn window_words(ms: u64) -> String {
+    const UNITS: [(u64, &str, &str); 4] = [
+        (86_400_000, "day", "days"),
+        (3_600_000, "hour", "hours"),
+        (60_000, "minute", "minutes"),
+        (1_000, "second", "seconds"),
+    ];
+    for (size, one, many) in UNITS {
+        if ms.is_multiple_of(size) {
+            let n = ms / size;
+            return if n == 1 {
+                one.to_string()
+            } else {
+                format!("{n} {many}")
+            };
+        }
+    }
+    format!("{ms} ms")
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }

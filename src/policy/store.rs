@@ -1,35 +1,441 @@
-//! Counters: the store that limits count against, outside the policy.
+//! Counters: the store that limits count against, kept outside the policy.
+//!
+//! A policy says which budgets a call counts against ([`LimitRequest`]: a counter name, a
+//! scope key, a `max` per rolling `window`); the store keeps the admitted calls' times and
+//! answers one question atomically: does every one of these budgets have room right now? If
+//! so it takes one unit from each and hands back a [`Reservation`]; if not it takes nothing
+//! and says which budget was full and when room comes back.
+//!
+//! Counters live outside [`super::Policy`] so that reloading a policy never resets them, and
+//! the budget (`max`, `window`) comes with each request, so a changed budget applies to the
+//! calls already counted. [`MemoryStore`] is the in-process store; persistent and shared
+//! stores (SQLite, Redis) implement [`CounterStore`] the same way.
+//!
+//! Exactness: a unit counted at time `t` is inside a window of length `w` at `now` when
+//! `now - w < t`. A call is admitted at `now` only when fewer than `max` counted units lie
+//! within `w` of `now` on either side, which guarantees that no span of length `w` ever holds
+//! more than `max` units, even when callers' clocks arrive slightly out of order. (With
+//! in-order times this is the ordinary rolling window.)
 
-/// Units a decision took, to give back if the call does not go through.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    entries: Vec<(String, u64)>,
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Mutex;
+
+/// Whose budget a counter is: one per grant, one per MCP session, or one for everybody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Grant,
+    Session,
+    Global,
 }
 
-impl Reservation {
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Grant => "grant",
+            Scope::Session => "session",
+            Scope::Global => "global",
+        }
     }
 }
 
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One budget: a counter name in one scope, for one scope key (the grant, the session, or
+/// `""` for global).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub counter: String,
+    pub scope: Scope,
+    pub scope_key: String,
+}
+
+/// "Take one unit from this budget if it has room."
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRequest {
+    pub key: CounterKey,
+    pub max: u64,
+    pub window_ms: u64,
+}
+
+/// One unit taken: which budget, and the time it was counted at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedUnit {
+    pub key: CounterKey,
+    pub at_ms: u64,
+    /// Store-specific identity of the unit (e.g. a sorted-set member); 0 if unused.
+    pub token: u64,
+}
+
+/// Units a decision took, to give back with [`CounterStore::release`] if the call does not
+/// go through (a hold denied or timed out, a transport failure). Release it at most once.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    units: Vec<ReservedUnit>,
+}
+
+impl Reservation {
+    pub fn new(units: Vec<ReservedUnit>) -> Reservation {
+        Reservation { units }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    pub fn units(&self) -> &[ReservedUnit] {
+        &self.units
+    }
+}
+
+/// The answer to [`CounterStore::admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Every budget had room; one unit was taken from each.
+    Admitted(Reservation),
+    /// `limits[index]` was the first without room; nothing was taken. Room comes back in
+    /// `retry_after_ms` (at least 1).
+    Refused { index: usize, retry_after_ms: u64 },
+}
+
+/// How full one budget is, for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub scope_key: String,
+    /// Units counted within the window.
+    pub used: u64,
+    /// When the oldest of them leaves the window; `None` when `used` is 0.
+    pub next_free_in_ms: Option<u64>,
+}
+
 /// The counter store could not answer; limited calls fail closed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("counter store unavailable: {0}")]
 pub struct StoreError(pub String);
 
-/// Where limits are counted. Admission of all of a call's limits is atomic.
+/// Where limits are counted. Thread-safe; admission of all of a call's limits is atomic.
 pub trait CounterStore: Send + Sync {
-    /// Gives back the units of a reservation.
+    /// Takes one unit from every budget in `limits` if all have room at `now_ms`, else none.
+    /// A counter named twice in `limits` is counted once.
+    fn admit(&self, limits: &[LimitRequest], now_ms: u64) -> Result<Admission, StoreError>;
+
+    /// Gives back the units of a reservation (those not yet out of their window).
     fn release(&self, reservation: &Reservation);
+
+    /// Usage of every scope key of `counter` in `scope` that has units within `window_ms`.
+    fn usage(
+        &self,
+        counter: &str,
+        scope: Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<KeyUsage>, StoreError>;
 }
 
-/// The in-process store.
+/// How many admissions between sweeps of idle keys.
+const SWEEP_EVERY: u64 = 4096;
+
+/// The in-process store: exact rolling windows (the time of every counted unit), one lock.
+///
+/// Per key it keeps units for twice the largest window ever requested for that key (so a
+/// budget whose window grows still sees the calls already counted, and late-arriving clocks
+/// still see every unit that could share a span with them). Idle keys are swept now and then.
 #[derive(Debug, Default)]
-pub struct MemoryStore {}
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: HashMap<CounterKey, Slot>,
+    admissions: u64,
+    latest_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Times of counted units, ascending.
+    times: VecDeque<u64>,
+    /// The largest window ever requested for this key.
+    retain_ms: u64,
+    /// The latest `now` seen for this key.
+    latest_ms: u64,
+}
+
+impl Slot {
+    fn prune(&mut self, latest_ms: u64) {
+        let Some(horizon) = latest_ms.checked_sub(self.retain_ms.saturating_mul(2)) else {
+            return;
+        };
+        while self.times.front().is_some_and(|&t| t <= horizon) {
+            self.times.pop_front();
+        }
+    }
+
+    /// The time a unit taken at `now_ms` is counted at. A clock running more than a
+    /// retained span behind this key's latest is moved forward, because older units may
+    /// already be forgotten.
+    fn effective_now(&self, now_ms: u64) -> u64 {
+        now_ms.max(self.latest_ms.saturating_sub(self.retain_ms))
+    }
+
+    /// Units within `window_ms` of `now_ms` on either side, and (if the budget is full)
+    /// when enough of them leave the window for one more to fit.
+    fn check(&self, now_ms: u64, max: u64, window_ms: u64) -> Option<u64> {
+        let high = now_ms.saturating_add(window_ms);
+        let start = first_in_window(&self.times, now_ms, window_ms);
+        let end = self.times.partition_point(|&t| t < high);
+        let used = (end - start) as u64;
+        if used < max {
+            return None;
+        }
+        // The (used - max + 1)-th oldest unit must leave the window.
+        let idx = start + (used - max) as usize;
+        let leaves_at = self.times[idx].saturating_add(window_ms);
+        Some(leaves_at.saturating_sub(now_ms).max(1))
+    }
+
+    fn insert(&mut self, at_ms: u64) {
+        let pos = self.times.partition_point(|&t| t <= at_ms);
+        self.times.insert(pos, at_ms);
+    }
+}
+
+/// Index of the first unit still inside a window of `window_ms` ending at `now_ms`
+/// (counted at `t` and `now - window < t`).
+fn first_in_window(times: &VecDeque<u64>, now_ms: u64, window_ms: u64) -> usize {
+    match now_ms.checked_sub(window_ms) {
+        Some(low) => times.partition_point(|&t| t <= low),
+        None => 0,
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock, and the data stays consistent at every
+        // step, so a poisoned lock is still safe to use.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    fn sweep(&mut self) {
+        let latest = self.latest_ms;
+        self.slots.retain(|_, slot| {
+            slot.prune(latest.max(slot.latest_ms));
+            !slot.times.is_empty()
+        });
+    }
+}
 
 impl CounterStore for MemoryStore {
+    fn admit(&self, limits: &[LimitRequest], now_ms: u64) -> Result<Admission, StoreError> {
+        let mut inner = self.lock();
+        inner.latest_ms = inner.latest_ms.max(now_ms);
+        // First pass: bring each slot up to date and check room; nothing is taken yet.
+        let mut times = Vec::with_capacity(limits.len());
+        for (index, limit) in limits.iter().enumerate() {
+            if limits[..index].iter().any(|l| l.key == limit.key) {
+                times.push(None);
+                continue;
+            }
+            let slot = inner.slots.entry(limit.key.clone()).or_default();
+            slot.retain_ms = slot.retain_ms.max(limit.window_ms);
+            let at = slot.effective_now(now_ms);
+            slot.latest_ms = slot.latest_ms.max(at);
+            slot.prune(slot.latest_ms);
+            if let Some(retry_after_ms) = slot.check(at, limit.max, limit.window_ms) {
+                return Ok(Admission::Refused {
+                    index,
+                    retry_after_ms,
+                });
+            }
+            times.push(Some(at));
+        }
+        // Second pass: every budget has room; take one unit from each.
+        let mut units = Vec::with_capacity(limits.len());
+        for (limit, at) in limits.iter().zip(times) {
+            let Some(at) = at else { continue };
+            if let Some(slot) = inner.slots.get_mut(&limit.key) {
+                slot.insert(at);
+            }
+            units.push(ReservedUnit {
+                key: limit.key.clone(),
+                at_ms: at,
+                token: 0,
+            });
+        }
+        inner.admissions += 1;
+        if inner.admissions.is_multiple_of(SWEEP_EVERY) {
+            inner.sweep();
+        }
+        Ok(Admission::Admitted(Reservation { units }))
+    }
+
     fn release(&self, reservation: &Reservation) {
-        let _ = reservation;
-        todo!("issue 2")
+        let mut inner = self.lock();
+        for unit in &reservation.units {
+            if let Some(slot) = inner.slots.get_mut(&unit.key) {
+                let pos = slot.times.partition_point(|&t| t < unit.at_ms);
+                if slot.times.get(pos) == Some(&unit.at_ms) {
+                    slot.times.remove(pos);
+                }
+            }
+        }
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<KeyUsage> = inner
+            .slots
+            .iter()
+            .filter(|(k, _)| k.counter == counter && k.scope == scope)
+            .filter_map(|(k, slot)| {
+                let start = first_in_window(&slot.times, now_ms, window_ms);
+                let used = (slot.times.len() - start) as u64;
+                (used > 0).then(|| KeyUsage {
+                    scope_key: k.scope_key.clone(),
+                    used,
+                    next_free_in_ms: slot
+                        .times
+                        .get(start)
+                        .map(|&t| t.saturating_add(window_ms).saturating_sub(now_ms).max(1)),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.scope_key.cmp(&b.scope_key));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(counter: &str, key: &str, max: u64, window_ms: u64) -> LimitRequest {
+        LimitRequest {
+            key: CounterKey {
+                counter: counter.into(),
+                scope: Scope::Grant,
+                scope_key: key.into(),
+            },
+            max,
+            window_ms,
+        }
+    }
+
+    fn admitted(a: Admission) -> Reservation {
+        match a {
+            Admission::Admitted(r) => r,
+            other => panic!("expected admission, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rolling_window_admits_max_then_refuses_until_the_oldest_leaves() {
+        let s = MemoryStore::new();
+        let l = [req("c", "g", 2, 1000)];
+        admitted(s.admit(&l, 100).unwrap());
+        admitted(s.admit(&l, 600).unwrap());
+        assert_eq!(
+            s.admit(&l, 1099).unwrap(),
+            Admission::Refused {
+                index: 0,
+                retry_after_ms: 1
+            }
+        );
+        admitted(s.admit(&l, 1100).unwrap());
+        assert_eq!(
+            s.admit(&l, 1200).unwrap(),
+            Admission::Refused {
+                index: 0,
+                retry_after_ms: 400
+            }
+        );
+    }
+
+    #[test]
+    fn a_refused_call_takes_nothing_from_any_budget() {
+        let s = MemoryStore::new();
+        let a = req("a", "g", 5, 1000);
+        let b = req("b", "g", 1, 1000);
+        admitted(s.admit(std::slice::from_ref(&b), 0).unwrap());
+        let r = s.admit(&[a.clone(), b], 10).unwrap();
+        assert!(matches!(r, Admission::Refused { index: 1, .. }));
+        assert!(s.usage("a", Scope::Grant, 1000, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn release_gives_back_exactly_the_units_taken() {
+        let s = MemoryStore::new();
+        let l = [req("a", "g", 1, 1000), req("b", "g", 3, 1000)];
+        let r = admitted(s.admit(&l, 5).unwrap());
+        assert_eq!(r.units().len(), 2);
+        s.release(&r);
+        assert!(s.usage("a", Scope::Grant, 1000, 5).unwrap().is_empty());
+        assert!(s.usage("b", Scope::Grant, 1000, 5).unwrap().is_empty());
+        admitted(s.admit(&l, 6).unwrap());
+    }
+
+    #[test]
+    fn a_counter_named_twice_in_one_call_counts_once() {
+        let s = MemoryStore::new();
+        let l = [req("a", "g", 1, 1000), req("a", "g", 1, 1000)];
+        let r = admitted(s.admit(&l, 0).unwrap());
+        assert_eq!(r.units().len(), 1);
+    }
+
+    #[test]
+    fn a_grown_window_still_sees_units_already_counted() {
+        let s = MemoryStore::new();
+        admitted(s.admit(&[req("a", "g", 1, 1000)], 0).unwrap());
+        // Later the policy changes the window to 10s: the unit at 0 still counts at 5s.
+        assert!(matches!(
+            s.admit(&[req("a", "g", 1, 10_000)], 5_000).unwrap(),
+            Admission::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn usage_reports_counts_and_when_room_returns() {
+        let s = MemoryStore::new();
+        let l = [req("a", "g1", 5, 1000)];
+        admitted(s.admit(&l, 100).unwrap());
+        admitted(s.admit(&l, 300).unwrap());
+        let u = s.usage("a", Scope::Grant, 1000, 500).unwrap();
+        assert_eq!(
+            u,
+            vec![KeyUsage {
+                scope_key: "g1".into(),
+                used: 2,
+                next_free_in_ms: Some(600)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_late_clock_cannot_squeeze_in_next_to_later_units() {
+        let s = MemoryStore::new();
+        let l = [req("a", "g", 1, 1000)];
+        admitted(s.admit(&l, 5000).unwrap());
+        assert!(matches!(
+            s.admit(&l, 4500).unwrap(),
+            Admission::Refused { .. }
+        ));
+        admitted(s.admit(&l, 3999).unwrap());
     }
 }

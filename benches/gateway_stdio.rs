@@ -1,0 +1,234 @@
+//! What `toolgate wrap` adds to a `tools/call` round trip over stdio.
+//!
+//! The same load runs against a trivial upstream MCP server (this bench binary itself, started
+//! with `--trivial-upstream`: it answers every request at once) directly, and through
+//! `toolgate wrap` with an allowing policy and the audit log on:
+//!
+//! - 10,000 sequential calls: the median round trip, and the median added by the gateway;
+//! - 64 calls in flight: calls per second, and the gateway's share of direct throughput.
+//!
+//! Run: `cargo bench --bench gateway_stdio`. The summary lines (`summary: ...`) print
+//! first; criterion's own measurements of the same two loads follow.
+//! Targets (issue 3): ≤ 50 µs added per call; ≥ 80% of direct throughput with 64 in flight.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+
+const SEQUENTIAL_CALLS: usize = 10_000;
+const IN_FLIGHT: usize = 64;
+const IN_FLIGHT_CALLS: usize = 20_000;
+
+const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#;
+
+/// The trivial upstream: answers every request with a one-line tool result.
+fn trivial_upstream() {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        id: Option<&'a serde_json::value::RawValue>,
+    }
+    let stdin = std::io::stdin().lock();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut reader = BufReader::new(stdin);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let Ok(env) = serde_json::from_str::<Envelope<'_>>(&line) else {
+            continue;
+        };
+        let Some(id) = env.id else { continue };
+        let _ = writeln!(
+            out,
+            r#"{{"jsonrpc":"2.0","id":{},"result":{{"content":[{{"type":"text","text":"ok"}}]}}}}"#,
+            id.get()
+        );
+        // Flush only when no more input is already buffered: answer bursts in one write.
+        if !reader.buffer().contains(&b'\n') && out.flush().is_err() {
+            return;
+        }
+    }
+}
+
+struct Peer {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+    line: String,
+}
+
+impl Peer {
+    fn start(through_gateway: bool, dir: &Path) -> Peer {
+        let me = std::env::current_exe().expect("bench binary path");
+        let mut command = if through_gateway {
+            let policy = dir.join("policy.json");
+            std::fs::write(&policy, POLICY).expect("write policy");
+            let mut c = Command::new(env!("CARGO_BIN_EXE_toolgate"));
+            c.arg("wrap")
+                .arg("--policy")
+                .arg(&policy)
+                .arg("--audit")
+                .arg(dir.join("audit.jsonl"))
+                .arg("--log-level")
+                .arg("warn")
+                .arg("--")
+                .arg(&me)
+                .arg("--trivial-upstream");
+            c
+        } else {
+            let mut c = Command::new(&me);
+            c.arg("--trivial-upstream");
+            c
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the upstream");
+        let stdin = BufWriter::new(child.stdin.take().expect("stdin"));
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut peer = Peer {
+            child,
+            stdin,
+            stdout,
+            next_id: 0,
+            line: String::new(),
+        };
+        // Warm up: the first answer proves the pipeline is up.
+        peer.round_trip();
+        peer
+    }
+
+    fn send(&mut self) {
+        self.next_id += 1;
+        writeln!(
+            self.stdin,
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"hello"}}}}}}"#,
+            self.next_id
+        )
+        .expect("write call");
+    }
+
+    fn recv(&mut self) {
+        self.line.clear();
+        let n = self.stdout.read_line(&mut self.line).expect("read answer");
+        assert!(n > 0, "upstream closed");
+        assert!(self.line.contains("\"result\""), "{}", self.line);
+    }
+
+    fn round_trip(&mut self) -> Duration {
+        let start = Instant::now();
+        self.send();
+        self.stdin.flush().expect("flush");
+        self.recv();
+        start.elapsed()
+    }
+
+    /// `calls` calls with `window` in flight; returns the elapsed time.
+    fn pipelined(&mut self, calls: usize, window: usize) -> Duration {
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < window.min(calls) {
+            self.send();
+            sent += 1;
+        }
+        self.stdin.flush().expect("flush");
+        for _ in 0..calls {
+            self.recv();
+            if sent < calls {
+                self.send();
+                sent += 1;
+                // Flush before a read could block: when no whole answer is buffered.
+                if !self.stdout.buffer().contains(&b'\n') {
+                    self.stdin.flush().expect("flush");
+                }
+            }
+        }
+        start.elapsed()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.stdin.flush();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn summary(dir: &Path) {
+    let mut medians = Vec::new();
+    let mut rates = Vec::new();
+    for through_gateway in [false, true] {
+        let mut peer = Peer::start(through_gateway, dir);
+        let samples: Vec<Duration> = (0..SEQUENTIAL_CALLS).map(|_| peer.round_trip()).collect();
+        medians.push(median(samples));
+        let elapsed = peer.pipelined(IN_FLIGHT_CALLS, IN_FLIGHT);
+        rates.push(IN_FLIGHT_CALLS as f64 / elapsed.as_secs_f64());
+    }
+    let added = medians[1].saturating_sub(medians[0]);
+    println!(
+        "summary: {SEQUENTIAL_CALLS} sequential tools/call: median direct {:.1} µs, through wrap {:.1} µs, added {:.1} µs (target ≤ 50 µs)",
+        medians[0].as_secs_f64() * 1e6,
+        medians[1].as_secs_f64() * 1e6,
+        added.as_secs_f64() * 1e6
+    );
+    println!(
+        "summary: {IN_FLIGHT} in flight ({IN_FLIGHT_CALLS} calls): direct {:.0} calls/s, through wrap {:.0} calls/s, ratio {:.0}% (target ≥ 80%)",
+        rates[0],
+        rates[1],
+        rates[1] / rates[0] * 100.0
+    );
+}
+
+fn criterion_benches(c: &mut Criterion, dir: &Path) {
+    let mut group = c.benchmark_group("tools_call_round_trip");
+    group.sample_size(20);
+    for (name, through_gateway) in [("direct", false), ("wrap", true)] {
+        let mut peer = Peer::start(through_gateway, dir);
+        group.bench_function(BenchmarkId::new("sequential", name), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| peer.round_trip()).sum());
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("tools_call_64_in_flight");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(IN_FLIGHT as u64 * 16));
+    for (name, through_gateway) in [("direct", false), ("wrap", true)] {
+        let mut peer = Peer::start(through_gateway, dir);
+        group.bench_function(BenchmarkId::new("pipelined", name), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| peer.pipelined(IN_FLIGHT * 16, IN_FLIGHT))
+                    .sum()
+            });
+        });
+    }
+    group.finish();
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--trivial-upstream") {
+        trivial_upstream();
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    summary(dir.path());
+    let mut c = Criterion::default().configure_from_args();
+    criterion_benches(&mut c, dir.path());
+    c.final_summary();
+}

@@ -1,0 +1,550 @@
+//! The event websocket: where operators (consoles, `tail`, `approve`) connect to a gateway.
+//!
+//! One task accepts connections; each connection gets its own task that sends a `hello` with
+//! a snapshot, then the live stream from the [`Hub`], and answers the client's commands.
+//! Security: loopback unless `allow_remote`; a random 256-bit token per start, required as
+//! `Authorization: Bearer <token>` on the upgrade request and compared in constant time;
+//! without it the upgrade is answered 401. Tokens in the URL are not accepted: URLs end up in
+//! logs and shell history, and a browser page cannot set the header, so a web page the
+//! operator visits cannot reach the gateway either.
+//!
+//! A slow client never slows the gateway: each connection reads from its own bounded
+//! broadcast receiver; when it falls behind it is sent `missed` and a fresh `hello`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::discovery::{DiscoveryEntry, DiscoveryFile};
+use super::hub::{Hub, Resolution, ResolveError};
+use crate::wire::{
+    ClientMsg, Event, EventKind, Hello, Missed, PROTOCOL_VERSION, Reply, ResolvedBy,
+};
+
+/// Largest message a client may send; commands are small.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Longest deny reason or operator name kept; the rest is cut.
+const MAX_TEXT: usize = 2000;
+
+/// Most events written to one client before a flush.
+const BATCH: usize = 256;
+
+/// How long a connection may take to complete the websocket handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how the event websocket listens.
+#[derive(Debug, Clone)]
+pub struct EventsOptions {
+    /// Default `127.0.0.1:0`: loopback, a free port.
+    pub addr: SocketAddr,
+    /// Required to listen on a non-loopback address.
+    pub allow_remote: bool,
+    /// Write a discovery file so local consoles and the CLI find this gateway.
+    pub discovery: bool,
+}
+
+impl Default for EventsOptions {
+    fn default() -> Self {
+        EventsOptions {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            allow_remote: false,
+            discovery: true,
+        }
+    }
+}
+
+/// Why the event websocket could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "refusing to listen for events on {0}, which is not a loopback address; pass the flag \
+         that allows remote operators if you mean it"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("cannot listen for events on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Discovery(#[from] super::discovery::DiscoveryError),
+}
+
+/// The running event websocket. Dropping it (or [`ControlHandle::shutdown`]) stops
+/// accepting, closes the connections and removes the discovery file.
+#[derive(Debug)]
+pub struct ControlHandle {
+    url: String,
+    token: String,
+    addr: SocketAddr,
+    discovery: Option<DiscoveryFile>,
+    stop: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl ControlHandle {
+    /// `ws://ADDR/`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bearer token clients must present.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The discovery file, when one was written.
+    pub fn discovery_path(&self) -> Option<&std::path::Path> {
+        self.discovery.as_ref().map(DiscoveryFile::path)
+    }
+
+    /// Stops accepting, closes every connection (with a close frame) and removes the
+    /// discovery file; returns when the accept loop has ended.
+    pub async fn shutdown(mut self) {
+        self.discovery.take();
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+    }
+}
+
+impl Drop for ControlHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+    }
+}
+
+/// A fresh random 256-bit token, hex.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Binds the event websocket, writes the discovery file and starts serving `hub`.
+pub async fn start(hub: Arc<Hub>, opts: EventsOptions) -> anyhow::Result<ControlHandle> {
+    Ok(start_server(hub, opts).await?)
+}
+
+async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandle, StartError> {
+    if !opts.addr.ip().is_loopback() {
+        if !opts.allow_remote {
+            return Err(StartError::NotLoopback(opts.addr));
+        }
+        tracing::warn!(
+            addr = %opts.addr,
+            "the event websocket listens on a non-loopback address: anyone who can reach it \
+             and holds the token can approve held calls, and traffic is not encrypted"
+        );
+    }
+    let listener = TcpListener::bind(opts.addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: opts.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: opts.addr,
+        source,
+    })?;
+    let token = new_token();
+    let url = format!("ws://{addr}/");
+    let discovery = if opts.discovery {
+        let info = hub.info();
+        Some(DiscoveryFile::create(&DiscoveryEntry {
+            id: info.id.clone(),
+            url: url.clone(),
+            token: token.clone(),
+            pid: info.pid,
+            policy: info.policy.clone(),
+            grant: info.grant.clone(),
+            server: info.server.clone(),
+            started_at: info.started_at,
+        })?)
+    } else {
+        None
+    };
+    let (stop, stopped) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        hub,
+        Arc::from(token.as_str()),
+        stopped,
+    ));
+    Ok(ControlHandle {
+        url,
+        token,
+        addr,
+        discovery,
+        stop,
+        accept: Some(accept),
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    token: Arc<str>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = until_stopped(&mut stopped) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let hub = hub.clone();
+                    let token = token.clone();
+                    let stopped = stopped.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = serve_connection(stream, hub, token, stopped).await {
+                            tracing::debug!(%peer, error = %e, "event connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "accepting an event connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // Each connection sees `stopped` and closes itself; wait for them briefly.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Returns once the server is told to stop (or its handle is gone).
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here, not across an await.
+    let _ = stopped.wait_for(|s| *s).await.is_ok();
+}
+
+/// Whether the upgrade request carries `Authorization: Bearer <token>`.
+fn authorized(request: &Request, token: &str) -> bool {
+    let Some(value) = request.headers().get("authorization") else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let Some(presented) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
+        return false;
+    };
+    // Constant time in the token's content; lengths are not secret (always 64).
+    presented.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+fn unauthorized() -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(
+        "a valid `Authorization: Bearer <token>` header is required\n".to_owned(),
+    ));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response
+}
+
+type Socket = WebSocketStream<TcpStream>;
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error(transparent)]
+    Websocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    hub: Arc<Hub>,
+    token: Arc<str>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    let _ = stream.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+    // The error type is tungstenite's, fixed by its `Callback` signature.
+    #[allow(clippy::result_large_err)]
+    let check = |request: &Request, response: Response| {
+        if authorized(request, &token) {
+            Ok(response)
+        } else {
+            Err(unauthorized())
+        }
+    };
+    let mut ws = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
+    )
+    .await
+    .map_err(|_| ConnectionError::HandshakeTimeout)??;
+
+    let (mut last_seq, mut events) = send_hello(&mut ws, &hub).await?;
+    loop {
+        tokio::select! {
+            _ = until_stopped(&mut stopped) => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            event = events.recv() => {
+                let mut next = event;
+                // Write what is already queued in one go, then flush once: one syscall for a
+                // burst instead of one per event.
+                let mut written = 0;
+                loop {
+                    match next {
+                        Ok(event) => {
+                            last_seq = event.seq;
+                            feed_event(&mut ws, &event).await?;
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Start over from a fresh snapshot rather than replay what is left
+                            // of the queue: the client is told how many events it did not get.
+                            let (snapshot, seq, fresh) = hub.subscribe_with_snapshot();
+                            let missed = per_client(&hub, seq, EventKind::Missed(Missed {
+                                dropped: seq.saturating_sub(last_seq),
+                            }));
+                            feed_event(&mut ws, &missed).await?;
+                            feed_event(&mut ws, &hello(&hub, snapshot, seq)).await?;
+                            last_seq = seq;
+                            events = fresh;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            let _ = ws.close(None).await;
+                            return Ok(());
+                        }
+                    }
+                    written += 1;
+                    if written == BATCH {
+                        break;
+                    }
+                    next = match events.try_recv() {
+                        Ok(event) => Ok(event),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            Err(broadcast::error::RecvError::Lagged(n))
+                        }
+                        Err(broadcast::error::TryRecvError::Closed) => {
+                            Err(broadcast::error::RecvError::Closed)
+                        }
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                    };
+                }
+                ws.flush().await?;
+            }
+            incoming = ws.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    let reply = handle_command(&hub, text.as_str());
+                    send_event(&mut ws, &per_client(&hub, hub.latest_seq(), EventKind::Reply(reply)))
+                        .await?;
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = Reply {
+                        id: 0,
+                        ok: false,
+                        error: Some("commands are JSON text frames".into()),
+                    };
+                    send_event(&mut ws, &per_client(&hub, hub.latest_seq(), EventKind::Reply(reply)))
+                        .await?;
+                }
+                // Pings are answered by tungstenite itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+            },
+        }
+    }
+}
+
+/// Sends a `hello` with a snapshot; returns its `seq` and the receiver of what follows it.
+async fn send_hello(
+    ws: &mut Socket,
+    hub: &Hub,
+) -> Result<(u64, broadcast::Receiver<Arc<Event>>), ConnectionError> {
+    let (snapshot, seq, events) = hub.subscribe_with_snapshot();
+    send_event(ws, &hello(hub, snapshot, seq)).await?;
+    Ok((seq, events))
+}
+
+fn hello(hub: &Hub, snapshot: crate::wire::Snapshot, seq: u64) -> Event {
+    per_client(
+        hub,
+        seq,
+        EventKind::Hello(Box::new(Hello {
+            protocol: PROTOCOL_VERSION,
+            info: hub.info().clone(),
+            snapshot,
+        })),
+    )
+}
+
+/// A message for one client (`hello`, `missed`, `reply`): it carries the latest `seq`
+/// rather than taking a new one.
+fn per_client(hub: &Hub, seq: u64, kind: EventKind) -> Event {
+    Event {
+        seq,
+        ts: Utc::now(),
+        gateway: hub.info().id.clone(),
+        kind,
+    }
+}
+
+/// Queues one event on the socket without flushing.
+async fn feed_event(ws: &mut Socket, event: &Event) -> Result<(), ConnectionError> {
+    let text = serde_json::to_string(event)?;
+    ws.feed(Message::Text(Utf8Bytes::from(text))).await?;
+    Ok(())
+}
+
+async fn send_event(ws: &mut Socket, event: &Event) -> Result<(), ConnectionError> {
+    let text = serde_json::to_string(event)?;
+    ws.send(Message::Text(Utf8Bytes::from(text))).await?;
+    Ok(())
+}
+
+/// Runs one client command; every outcome, including garbage, is a [`Reply`].
+fn handle_command(hub: &Hub, text: &str) -> Reply {
+    let msg: ClientMsg = match serde_json::from_str(text) {
+        Ok(msg) => msg,
+        Err(e) => {
+            // Answer with the id when one can be read, so the client can match the error.
+            let id = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            return Reply {
+                id,
+                ok: false,
+                error: Some(format!("not a command this gateway understands: {e}")),
+            };
+        }
+    };
+    let (id, call_id, resolution) = match msg {
+        ClientMsg::Approve {
+            id,
+            call_id,
+            operator,
+        } => (
+            id,
+            call_id,
+            Resolution {
+                approved: true,
+                by: ResolvedBy::Operator,
+                operator: operator.map(cap),
+                reason: None,
+            },
+        ),
+        ClientMsg::Deny {
+            id,
+            call_id,
+            reason,
+            operator,
+        } => (
+            id,
+            call_id,
+            Resolution {
+                approved: false,
+                by: ResolvedBy::Operator,
+                operator: operator.map(cap),
+                reason: reason.map(cap),
+            },
+        ),
+    };
+    match hub.resolve(&call_id, resolution) {
+        Ok(()) => Reply {
+            id,
+            ok: true,
+            error: None,
+        },
+        Err(e @ (ResolveError::UnknownCall(_) | ResolveError::AlreadyResolved(_))) => Reply {
+            id,
+            ok: false,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Cuts operator-supplied text to [`MAX_TEXT`] characters.
+fn cap(text: String) -> String {
+    match text.char_indices().nth(MAX_TEXT) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(auth: Option<&str>) -> Request {
+        let mut builder = Request::builder().uri("/");
+        if let Some(auth) = auth {
+            builder = builder.header("Authorization", auth);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_is_authorized() {
+        let token = new_token();
+        assert_eq!(token.len(), 64);
+        assert!(authorized(
+            &request(Some(&format!("Bearer {token}"))),
+            &token
+        ));
+        assert!(!authorized(&request(None), &token));
+        assert!(!authorized(&request(Some(&token)), &token));
+        assert!(!authorized(&request(Some("Bearer ")), &token));
+        assert!(!authorized(
+            &request(Some(&format!("Bearer {}", &token[..63]))),
+            &token
+        ));
+        assert!(!authorized(
+            &request(Some(&format!("Basic {token}"))),
+            &token
+        ));
+    }
+
+    #[test]
+    fn tokens_differ_per_start() {
+        assert_ne!(new_token(), new_token());
+    }
+
+    #[test]
+    fn long_operator_text_is_cut() {
+        assert_eq!(cap("é".repeat(MAX_TEXT + 5)).chars().count(), MAX_TEXT);
+        assert_eq!(cap("short".into()), "short");
+    }
+}

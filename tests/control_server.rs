@@ -1,0 +1,511 @@
+//! The event websocket end to end, in process: a real hub, the real server on a loopback
+//! port, the real client. What the gateway core does with a resolution is its own business;
+//! here the test plays the gateway (publishes calls, takes hold tickets).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::json;
+use toolgate::control::{self, ClientError, Connection, EventsOptions, Hub};
+use toolgate::wire::{
+    CallEvent, ClientMsg, Event, EventKind, GatewayInfo, Hello, PROTOCOL_VERSION, Reply,
+    ResolvedBy, Upstream, Verdict,
+};
+
+fn new_hub(id: &str) -> Arc<Hub> {
+    Hub::new(GatewayInfo {
+        id: id.into(),
+        pid: std::process::id(),
+        version: "test".into(),
+        grant: "ci-bot".into(),
+        server: "everything".into(),
+        policy: "/tmp/policy.json".into(),
+        started_at: Utc::now(),
+    })
+}
+
+async fn serve(hub: &Arc<Hub>) -> control::ControlHandle {
+    control::start(
+        hub.clone(),
+        EventsOptions {
+            discovery: false,
+            ..EventsOptions::default()
+        },
+    )
+    .await
+    .expect("the event websocket starts")
+}
+
+fn call(hub: &Hub, decision: Verdict, args: serde_json::Value) -> CallEvent {
+    CallEvent {
+        call_id: hub.next_call_id(),
+        tool: "create_api_key".into(),
+        grant: "ci-bot".into(),
+        session: "s1".into(),
+        server: "everything".into(),
+        decision,
+        rule: "/tools/create_api_key".into(),
+        reason: "needs a person".into(),
+        args,
+        args_truncated: false,
+        retry_after_ms: None,
+        hold_deadline: None,
+    }
+}
+
+/// Publishes a held call the way the gateway does: event first, then the ticket.
+fn held_call(hub: &Hub) -> (CallEvent, control::HoldTicket) {
+    let held = call(hub, Verdict::Hold, json!({"keyName": "staging"}));
+    hub.publish(EventKind::Call(held.clone()));
+    let ticket = hub.hold(&held);
+    (held, ticket)
+}
+
+async fn next(conn: &mut Connection) -> Event {
+    conn.next_event()
+        .await
+        .expect("the connection stays open")
+        .expect("the gateway sends valid events")
+}
+
+async fn hello(conn: &mut Connection) -> (u64, Hello) {
+    let event = next(conn).await;
+    match event.kind {
+        EventKind::Hello(hello) => (event.seq, *hello),
+        other => panic!("expected a hello first, got {other:?}"),
+    }
+}
+
+/// Reads events until the reply to command `id`, returning it and the events before it.
+async fn reply_to(conn: &mut Connection, id: u64) -> (Reply, Vec<Event>) {
+    let mut seen = Vec::new();
+    loop {
+        let event = next(conn).await;
+        match event.kind {
+            EventKind::Reply(reply) if reply.id == id => return (reply, seen),
+            _ => seen.push(event),
+        }
+    }
+}
+
+/// Publishes a marker and reads up to it: every event published before it has arrived.
+async fn read_until_marker(hub: &Hub, conn: &mut Connection, marker: &str) -> Vec<Event> {
+    hub.publish(EventKind::Upstream(Upstream {
+        server: marker.into(),
+        up: true,
+        detail: None,
+    }));
+    let mut seen = Vec::new();
+    loop {
+        let event = next(conn).await;
+        if matches!(&event.kind, EventKind::Upstream(u) if u.server == marker) {
+            return seen;
+        }
+        seen.push(event);
+    }
+}
+
+fn approve(id: u64, call_id: &str) -> ClientMsg {
+    ClientMsg::Approve {
+        id,
+        call_id: call_id.into(),
+        operator: Some("alice".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_connection_without_the_token_is_refused_with_401() {
+    let hub = new_hub("tok");
+    let server = serve(&hub).await;
+
+    let wrong = control::connect(server.url(), &"0".repeat(64)).await;
+    assert!(
+        matches!(wrong, Err(ClientError::Unauthorized(_))),
+        "{wrong:?}"
+    );
+
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+        }
+        other => panic!("expected HTTP 401 without a token, got {other:?}"),
+    }
+
+    // The token in the URL is not a way in either.
+    let in_query = format!("{}?token={}", server.url(), server.token());
+    assert!(matches!(
+        tokio_tungstenite::connect_async(in_query).await,
+        Err(tokio_tungstenite::tungstenite::Error::Http(_))
+    ));
+
+    assert!(control::connect(server.url(), server.token()).await.is_ok());
+}
+
+#[tokio::test]
+async fn hello_carries_the_snapshot_and_the_latest_seq() {
+    let hub = new_hub("snap");
+    let server = serve(&hub).await;
+    hub.publish(EventKind::Call(call(&hub, Verdict::Allow, json!({"a": 1}))));
+    hub.publish(EventKind::Call(call(&hub, Verdict::Deny, json!({}))));
+    let (held, _ticket) = held_call(&hub);
+
+    let mut conn = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    let (seq, hello) = hello(&mut conn).await;
+    assert_eq!(seq, 3);
+    assert_eq!(hello.protocol, PROTOCOL_VERSION);
+    assert_eq!(hello.info.id, "snap");
+    assert_eq!(hello.snapshot.calls.len(), 3);
+    assert_eq!(hello.snapshot.holds, vec![held.call_id.clone()]);
+    assert_eq!(hello.snapshot.totals.allow, 1);
+    assert_eq!(hello.snapshot.totals.deny, 1);
+    assert_eq!(hello.snapshot.totals.hold, 1);
+
+    // The live stream continues right after the hello's seq.
+    hub.publish(EventKind::Call(call(&hub, Verdict::Allow, json!({}))));
+    let live = next(&mut conn).await;
+    assert_eq!(live.seq, 4);
+    assert!(matches!(live.kind, EventKind::Call(_)));
+}
+
+#[tokio::test]
+async fn an_operator_approval_releases_the_held_call() {
+    let hub = new_hub("appr");
+    let server = serve(&hub).await;
+    let (held, ticket) = held_call(&hub);
+    let mut conn = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    hello(&mut conn).await;
+
+    conn.send(&approve(1, &held.call_id)).await.unwrap();
+    let (reply, _) = reply_to(&mut conn, 1).await;
+    assert!(reply.ok, "{reply:?}");
+
+    let resolution = ticket.wait().await;
+    assert!(resolution.approved);
+    assert_eq!(resolution.by, ResolvedBy::Operator);
+    assert_eq!(resolution.operator.as_deref(), Some("alice"));
+
+    let seen = read_until_marker(&hub, &mut conn, "m").await;
+    assert!(seen.iter().any(|e| matches!(&e.kind,
+        EventKind::HoldResolved(r) if r.call_id == held.call_id && r.approved)));
+}
+
+#[tokio::test]
+async fn a_denial_carries_the_operators_reason() {
+    let hub = new_hub("deny");
+    let server = serve(&hub).await;
+    let (held, ticket) = held_call(&hub);
+    let mut conn = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    hello(&mut conn).await;
+
+    let deny = ClientMsg::Deny {
+        id: 9,
+        call_id: held.call_id.clone(),
+        reason: Some("not on a Friday".into()),
+        operator: None,
+    };
+    let reply = conn.request(&deny).await.unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let resolution = ticket.wait().await;
+    assert!(!resolution.approved);
+    assert_eq!(resolution.reason.as_deref(), Some("not on a Friday"));
+}
+
+#[tokio::test]
+async fn unknown_and_already_resolved_calls_are_answered_with_an_error() {
+    let hub = new_hub("unk");
+    let server = serve(&hub).await;
+    let (held, _ticket) = held_call(&hub);
+    let mut conn = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    hello(&mut conn).await;
+
+    let reply = conn.request(&approve(1, "unk-999")).await.unwrap();
+    assert!(!reply.ok);
+    assert!(reply.error.unwrap().contains("no held call unk-999"));
+
+    assert!(conn.request(&approve(2, &held.call_id)).await.unwrap().ok);
+    let again = conn.request(&approve(3, &held.call_id)).await.unwrap();
+    assert!(!again.ok);
+    assert!(again.error.unwrap().contains("already resolved"));
+}
+
+#[tokio::test]
+async fn garbage_commands_get_an_error_reply_and_the_connection_stays_usable() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let hub = new_hub("junk");
+    let server = serve(&hub).await;
+    let (held, _ticket) = held_call(&hub);
+    let mut request = server.url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", server.token()).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let read_reply = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        let msg: Message = ws.next().await.unwrap().unwrap();
+        let event: Event = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        if let EventKind::Reply(reply) = event.kind {
+            return reply;
+        }
+    };
+
+    for junk in [
+        "not json",
+        r#"{"type":"launch_missiles","id":4}"#,
+        r#"{"type":"approve","id":5,"call_id":"x","extra":true}"#,
+        "[]",
+    ] {
+        ws.send(Message::text(junk)).await.unwrap();
+        let reply = read_reply(&mut ws).await;
+        assert!(!reply.ok, "{junk} was accepted");
+        assert!(reply.error.is_some());
+    }
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert!(!read_reply(&mut ws).await.ok);
+
+    let good = serde_json::to_string(&approve(6, &held.call_id)).unwrap();
+    ws.send(Message::text(good)).await.unwrap();
+    let reply = read_reply(&mut ws).await;
+    assert_eq!(reply.id, 6);
+    assert!(reply.ok);
+}
+
+#[tokio::test]
+async fn an_oversized_command_closes_only_that_connection() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let hub = new_hub("big");
+    let server = serve(&hub).await;
+    let mut request = server.url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", server.token()).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let huge = "x".repeat(control::server::MAX_CLIENT_MESSAGE + 1);
+    let _ = ws.send(Message::text(huge)).await;
+    // The server drops the connection; the stream ends (possibly after the hello).
+    use futures_util::StreamExt;
+    while let Some(Ok(_)) = ws.next().await {}
+
+    let mut conn = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    hello(&mut conn).await;
+}
+
+#[tokio::test]
+async fn two_operators_approving_at_once_first_wins_and_both_see_one_resolution() {
+    let hub = new_hub("race");
+    let server = serve(&hub).await;
+    let (held, ticket) = held_call(&hub);
+    let mut a = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    let mut b = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    hello(&mut a).await;
+    hello(&mut b).await;
+
+    let approval = approve(1, &held.call_id);
+    let denial = ClientMsg::Deny {
+        id: 1,
+        call_id: held.call_id.clone(),
+        reason: Some("no".into()),
+        operator: Some("bob".into()),
+    };
+    let (ra, rb) = tokio::join!(a.send(&approval), b.send(&denial));
+    ra.unwrap();
+    rb.unwrap();
+    let ((reply_a, mut seen_a), (reply_b, mut seen_b)) =
+        tokio::join!(reply_to(&mut a, 1), reply_to(&mut b, 1));
+    assert!(
+        reply_a.ok ^ reply_b.ok,
+        "exactly one wins: {reply_a:?} {reply_b:?}"
+    );
+    let loser = if reply_a.ok { &reply_b } else { &reply_a };
+    assert!(loser.error.as_deref().unwrap().contains("already resolved"));
+
+    let winner_approved = reply_a.ok;
+    assert_eq!(ticket.wait().await.approved, winner_approved);
+
+    seen_a.extend(read_until_marker(&hub, &mut a, "m").await);
+    seen_b.extend(read_until_marker(&hub, &mut b, "m2").await);
+    for seen in [&seen_a, &seen_b] {
+        let resolved: Vec<_> = seen
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::HoldResolved(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resolved.len(), 1, "{resolved:?}");
+        assert_eq!(resolved[0].approved, winner_approved);
+    }
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_the_state_it_missed_in_the_snapshot() {
+    let hub = new_hub("rec");
+    let server = serve(&hub).await;
+    let (first, _t1) = held_call(&hub);
+    let (second, _t2) = held_call(&hub);
+    let mut conn = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    let (_, before) = hello(&mut conn).await;
+    assert_eq!(
+        before.snapshot.holds,
+        vec![first.call_id.clone(), second.call_id.clone()]
+    );
+    conn.close().await;
+
+    hub.resolve(
+        &first.call_id,
+        control::Resolution {
+            approved: false,
+            by: ResolvedBy::Timeout,
+            operator: None,
+            reason: Some("approval timed out after 2m".into()),
+        },
+    )
+    .unwrap();
+    hub.publish(EventKind::PolicyApplied(toolgate::wire::PolicyApplied {
+        path: "/tmp/policy.json".into(),
+        hash: "3f9a21".into(),
+    }));
+
+    let mut again = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    let (seq, after) = hello(&mut again).await;
+    assert_eq!(seq, hub.latest_seq());
+    assert_eq!(after.snapshot.holds, vec![second.call_id.clone()]);
+    assert_eq!(after.snapshot.policy_hash.as_deref(), Some("3f9a21"));
+    let record = after
+        .snapshot
+        .calls
+        .iter()
+        .find(|r| r.call.call_id == first.call_id)
+        .unwrap();
+    let resolution = record.resolution.as_ref().unwrap();
+    assert_eq!(resolution.by, ResolvedBy::Timeout);
+    assert!(!resolution.approved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_misses_events_then_gets_a_fresh_hello_while_others_keep_up() {
+    let hub = new_hub("stall");
+    let server = serve(&hub).await;
+    // Connected and never read until the end: the gateway must not wait for it.
+    let mut stalled = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    let mut fast = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    hello(&mut fast).await;
+
+    // Far more than the socket buffers and the per-client queue can hold.
+    let payload = "x".repeat(4096);
+    let total = 20_000u64;
+    let batch = 500;
+    let mut expected_seq = 1;
+    for _ in 0..total / batch {
+        for _ in 0..batch {
+            hub.publish(EventKind::Call(call(
+                &hub,
+                Verdict::Allow,
+                json!({"blob": payload}),
+            )));
+        }
+        // The fast client reads everything, in order, without a gap.
+        while expected_seq <= hub.latest_seq() {
+            let event = next(&mut fast).await;
+            assert_eq!(event.seq, expected_seq, "{:?}", event.kind);
+            assert!(matches!(event.kind, EventKind::Call(_)));
+            expected_seq += 1;
+        }
+    }
+    assert_eq!(hub.latest_seq(), total);
+
+    // The stalled client now reads: old events, then `missed`, then a fresh `hello`.
+    let (_, first_hello) = hello(&mut stalled).await;
+    assert_eq!(first_hello.snapshot.calls.len(), 0);
+    let mut last_seq = 0;
+    let dropped = loop {
+        let event = next(&mut stalled).await;
+        match event.kind {
+            EventKind::Call(_) => {
+                assert_eq!(event.seq, last_seq + 1);
+                last_seq = event.seq;
+            }
+            EventKind::Missed(missed) => break missed.dropped,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(dropped > 0);
+    let (hello_seq, fresh) = hello(&mut stalled).await;
+    assert_eq!(hello_seq, last_seq + dropped);
+    assert_eq!(
+        fresh.snapshot.calls.len(),
+        toolgate::control::hub::RECENT_CALLS
+    );
+    assert_eq!(fresh.snapshot.totals.allow, hello_seq);
+
+    // And then the live stream, from right after that hello.
+    let seen = read_until_marker(&hub, &mut stalled, "end").await;
+    for (i, event) in seen.iter().enumerate() {
+        assert_eq!(event.seq, hello_seq + 1 + i as u64);
+    }
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_needs_allow_remote() {
+    let hub = new_hub("remote");
+    let refused = control::start(
+        hub.clone(),
+        EventsOptions {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            allow_remote: false,
+            discovery: false,
+        },
+    )
+    .await;
+    let err = refused.expect_err("0.0.0.0 without allow_remote is refused");
+    assert!(err.to_string().contains("not a loopback address"), "{err}");
+
+    let allowed = control::start(
+        hub,
+        EventsOptions {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            allow_remote: true,
+            discovery: false,
+        },
+    )
+    .await;
+    assert!(allowed.is_ok());
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_connections() {
+    let hub = new_hub("shut");
+    let server = serve(&hub).await;
+    let mut conn = control::connect(server.url(), server.token())
+        .await
+        .unwrap();
+    hello(&mut conn).await;
+    server.shutdown().await;
+    assert!(conn.next_event().await.is_none());
+}

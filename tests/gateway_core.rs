@@ -1,0 +1,571 @@
+//! The gateway core between in-process fake peers: the test plays both the MCP client and
+//! the MCP server over in-memory pipes, line by line, and watches the hub's events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use toolgate::control::{Hub, Resolution};
+use toolgate::gateway::{End, Gateway, RunOptions, run};
+use toolgate::policy::{MemoryStore, Policy};
+use toolgate::wire::{Event, EventKind, GatewayInfo, ResolvedBy};
+
+/// Every step of a test waits at most this long; a hang fails instead of blocking CI.
+const STEP: Duration = Duration::from_secs(10);
+
+struct Peer {
+    reader: tokio::io::Lines<BufReader<ReadHalf<DuplexStream>>>,
+    writer: WriteHalf<DuplexStream>,
+}
+
+impl Peer {
+    async fn send(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).await.unwrap();
+        self.writer.write_all(b"\n").await.unwrap();
+    }
+
+    async fn send_json(&mut self, value: Value) {
+        self.send(&value.to_string()).await;
+    }
+
+    async fn recv_line(&mut self) -> String {
+        tokio::time::timeout(STEP, self.reader.next_line())
+            .await
+            .expect("timed out waiting for a line")
+            .unwrap()
+            .expect("stream ended")
+    }
+
+    async fn recv(&mut self) -> Value {
+        serde_json::from_str(&self.recv_line().await).unwrap()
+    }
+
+    async fn expect_end(&mut self) {
+        let next = tokio::time::timeout(STEP, self.reader.next_line())
+            .await
+            .expect("timed out waiting for the end")
+            .unwrap();
+        assert_eq!(next, None, "expected the stream to end");
+    }
+}
+
+struct Harness {
+    client: Peer,
+    server: Peer,
+    hub: Arc<Hub>,
+    events: broadcast::Receiver<Arc<Event>>,
+    end: JoinHandle<End>,
+}
+
+fn pipe() -> (Peer, ReadHalf<DuplexStream>, WriteHalf<DuplexStream>) {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let (r, w) = tokio::io::split(ours);
+    let (tr, tw) = tokio::io::split(theirs);
+    (
+        Peer {
+            reader: BufReader::new(r).lines(),
+            writer: w,
+        },
+        tr,
+        tw,
+    )
+}
+
+fn start(policy: &str) -> Harness {
+    start_with(policy, |g| g)
+}
+
+fn start_with(policy: &str, tweak: impl FnOnce(Gateway) -> Gateway) -> Harness {
+    let policy = Policy::parse(policy, "policy.json").expect("test policy is valid");
+    let hub = Hub::new(GatewayInfo {
+        id: "gw".into(),
+        pid: 1,
+        version: "test".into(),
+        grant: "tester".into(),
+        server: "fake".into(),
+        policy: "/tmp/policy.json".into(),
+        started_at: chrono::Utc::now(),
+    });
+    let events = hub.subscribe();
+    let gateway = tweak(Gateway::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+        Arc::new(MemoryStore::new()),
+        hub.clone(),
+        "tester",
+        "fake",
+    ));
+    let (client, c_r, c_w) = pipe();
+    let (server, s_r, s_w) = pipe();
+    let end = tokio::spawn(run(
+        Arc::new(gateway),
+        BufReader::new(c_r),
+        c_w,
+        BufReader::new(s_r),
+        s_w,
+        RunOptions::new("session-1"),
+    ));
+    Harness {
+        client,
+        server,
+        hub,
+        events,
+        end,
+    }
+}
+
+impl Harness {
+    /// The next event of the given type, skipping others.
+    async fn event(&mut self, kind: &str) -> EventKind {
+        loop {
+            let ev = tokio::time::timeout(STEP, self.events.recv())
+                .await
+                .expect("timed out waiting for an event")
+                .unwrap();
+            let name = serde_json::to_value(&ev.kind).unwrap()["type"].clone();
+            if name == kind {
+                return ev.kind.clone();
+            }
+        }
+    }
+}
+
+fn call(id: u64, tool: &str, args: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+}
+
+const ALLOW_ECHO: &str = r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#;
+
+#[tokio::test]
+async fn allowed_call_reaches_the_server_byte_for_byte_and_its_answer_comes_back() {
+    let mut h = start(ALLOW_ECHO);
+    // Odd spacing and key order must survive: the gateway forwards the bytes it got.
+    let raw = r#"{ "id":1, "jsonrpc":"2.0","method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"},"_meta":{"x":1}}}"#;
+    h.client.send(raw).await;
+    assert_eq!(h.server.recv_line().await, raw);
+    let answer =
+        r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"Echo: hi"}]}}"#;
+    h.server.send(answer).await;
+    assert_eq!(h.client.recv_line().await, answer);
+
+    let EventKind::Call(call) = h.event("call").await else {
+        unreachable!()
+    };
+    assert_eq!(call.tool, "echo");
+    assert_eq!(call.grant, "tester");
+    assert_eq!(call.session, "session-1");
+    assert_eq!(call.decision, toolgate::policy::Verdict::Allow);
+    let EventKind::Outcome(outcome) = h.event("outcome").await else {
+        unreachable!()
+    };
+    assert_eq!(outcome.call_id, call.call_id);
+    assert!(!outcome.error);
+    assert_eq!(outcome.summary.as_deref(), Some("Echo: hi"));
+}
+
+#[tokio::test]
+async fn denied_call_is_answered_by_the_gateway_and_never_reaches_the_server() {
+    let mut h = start(ALLOW_ECHO);
+    h.client
+        .send_json(call(5, "delete_everything", json!({})))
+        .await;
+    let answer = h.client.recv().await;
+    assert_eq!(answer["id"], 5);
+    assert_eq!(answer["result"]["isError"], true);
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("/default"), "{text}");
+    assert!(answer["result"].get("resultType").is_none());
+
+    // The next thing the server sees is the ping, not the denied call.
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#)
+        .await;
+    assert_eq!(h.server.recv().await["method"], "ping");
+}
+
+#[tokio::test]
+async fn refusals_carry_result_type_for_2026_peers() {
+    let mut h = start(ALLOW_ECHO);
+    h.client
+        .send_json(
+            json!({"jsonrpc":"2.0","id":"a","method":"tools/call","params":{
+            "name":"nope","arguments":{},
+            "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}),
+        )
+        .await;
+    let answer = h.client.recv().await;
+    assert_eq!(answer["id"], "a");
+    assert_eq!(answer["result"]["resultType"], "complete");
+    assert_eq!(answer["result"]["isError"], true);
+}
+
+#[tokio::test]
+async fn hidden_tools_vanish_from_every_tools_list_page_and_the_tools_event_lists_all() {
+    let mut h = start(r#"{"version":"1","default":"allow","hide":["secret_*"]}"#);
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .await;
+    h.server.recv().await;
+    h.server
+        .send_json(json!({"jsonrpc":"2.0","id":1,"result":{"tools":[
+            {"name":"echo","inputSchema":{"type":"object"}},
+            {"name":"secret_a","inputSchema":{"type":"object"}}],"nextCursor":"p2"}}))
+        .await;
+    let page1 = h.client.recv().await;
+    assert_eq!(
+        page1["result"]["tools"],
+        json!([{"name":"echo","inputSchema":{"type":"object"}}])
+    );
+    assert_eq!(page1["result"]["nextCursor"], "p2");
+
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"p2"}}"#)
+        .await;
+    h.server.recv().await;
+    h.server
+        .send_json(
+            json!({"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"secret_b"},{"name":"add"}]}}),
+        )
+        .await;
+    let page2 = h.client.recv().await;
+    assert_eq!(page2["result"]["tools"], json!([{"name":"add"}]));
+
+    h.event("tools").await;
+    let EventKind::Tools(tools) = h.event("tools").await else {
+        unreachable!()
+    };
+    let names: Vec<&str> = tools.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["echo", "secret_a", "secret_b", "add"]);
+
+    // Calling a hidden tool reads like calling a tool that does not exist.
+    h.client.send_json(call(3, "secret_a", json!({}))).await;
+    let refused = h.client.recv().await;
+    assert_eq!(
+        refused["result"]["content"][0]["text"],
+        "Unknown tool: secret_a"
+    );
+}
+
+#[tokio::test]
+async fn everything_else_passes_through_untouched_in_both_directions() {
+    let mut h = start(ALLOW_ECHO);
+    let up = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"vendor/unknown","params":{"_meta":{"k":[1,2]}}}"#,
+        r#"{"jsonrpc":"2.0","id":"s1","result":{"model":"m","role":"assistant","content":{"type":"text","text":"sampled"}}}"#,
+    ];
+    let down = [
+        r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{"messages":[],"maxTokens":5}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"result":{"unknownField":true}}"#,
+    ];
+    for line in up {
+        h.client.send(line).await;
+        assert_eq!(h.server.recv_line().await, line);
+    }
+    for line in down {
+        h.server.send(line).await;
+        assert_eq!(h.client.recv_line().await, line);
+    }
+}
+
+#[tokio::test]
+async fn malformed_lines_get_a_parse_error_only_when_they_look_like_requests() {
+    let mut h = start(ALLOW_ECHO);
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"#)
+        .await;
+    let answer = h.client.recv().await;
+    assert_eq!(answer["error"]["code"], -32700);
+    assert_eq!(answer["id"], Value::Null);
+    // Noise that is not a request is only logged; the next message still flows.
+    h.client.send("garbage").await;
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
+        .await;
+    assert_eq!(h.server.recv().await["id"], 2);
+    // A malformed request from the server is answered to the server.
+    h.server.send(r#"{"method":"roots/list","id":"#).await;
+    assert_eq!(h.server.recv().await["error"]["code"], -32700);
+}
+
+#[tokio::test]
+async fn batches_are_handled_element_by_element() {
+    let mut h = start(ALLOW_ECHO);
+    h.client
+        .send(
+            &json!([
+                call(1, "echo", json!({"message":"a"})),
+                call(2, "forbidden", json!({})),
+                {"jsonrpc":"2.0","method":"notifications/x"}
+            ])
+            .to_string(),
+        )
+        .await;
+    let refused = h.client.recv().await;
+    assert_eq!(refused["id"], 2);
+    assert_eq!(refused["result"]["isError"], true);
+    assert_eq!(h.server.recv().await["id"], 1);
+    assert_eq!(h.server.recv().await["method"], "notifications/x");
+}
+
+#[tokio::test]
+async fn a_limit_admits_exactly_max_calls() {
+    let mut h = start(
+        r#"{"version":"1","default":"deny","tools":{"echo":{"rate_limit":{"max":2,"window":"hour"}}}}"#,
+    );
+    for id in 1..=2 {
+        h.client.send_json(call(id, "echo", json!({}))).await;
+        assert_eq!(h.server.recv().await["id"], id);
+    }
+    h.client.send_json(call(3, "echo", json!({}))).await;
+    let limited = h.client.recv().await;
+    assert_eq!(limited["id"], 3);
+    let text = limited["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("Rate limit reached"), "{text}");
+}
+
+const HOLD_SEND: &str = r#"{"version":"1","default":"deny","tools":{"send":{"action":"require_approval","reason":"a person checks messages"}}}"#;
+
+async fn held_call_id(h: &mut Harness) -> String {
+    let EventKind::Call(call) = h.event("call").await else {
+        unreachable!()
+    };
+    assert_eq!(call.decision, toolgate::policy::Verdict::Hold);
+    assert!(call.hold_deadline.is_some());
+    call.call_id
+}
+
+#[tokio::test]
+async fn approved_hold_forwards_the_exact_call() {
+    let mut h = start(HOLD_SEND);
+    let raw = call(9, "send", json!({"to":"bob"})).to_string();
+    h.client.send(&raw).await;
+    let id = held_call_id(&mut h).await;
+    assert_eq!(h.hub.open_holds(), vec![id.clone()]);
+    h.hub
+        .resolve(
+            &id,
+            Resolution {
+                approved: true,
+                by: ResolvedBy::Operator,
+                operator: Some("ann".into()),
+                reason: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(h.server.recv_line().await, raw);
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":9,"result":{"content":[],"isError":true}}"#)
+        .await;
+    assert_eq!(h.client.recv().await["id"], 9);
+    let EventKind::Outcome(outcome) = h.event("outcome").await else {
+        unreachable!()
+    };
+    assert!(outcome.error, "isError: true counts as an error");
+}
+
+#[tokio::test]
+async fn operator_denial_reaches_the_agent_with_the_reason() {
+    let mut h = start(HOLD_SEND);
+    h.client.send_json(call(4, "send", json!({}))).await;
+    let id = held_call_id(&mut h).await;
+    h.hub
+        .resolve(
+            &id,
+            Resolution {
+                approved: false,
+                by: ResolvedBy::Operator,
+                operator: None,
+                reason: Some("not today".into()),
+            },
+        )
+        .unwrap();
+    let answer = h.client.recv().await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "Denied by an operator: not today"
+    );
+}
+
+#[tokio::test]
+async fn hold_times_out_denied_with_the_timeout_in_words() {
+    let mut h = start(
+        r#"{"version":"1","default":"deny","approval_timeout":"1s","tools":{"send":{"action":"require_approval"}}}"#,
+    );
+    h.client.send_json(call(4, "send", json!({}))).await;
+    held_call_id(&mut h).await;
+    let answer = h.client.recv().await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "Not approved: approval timed out after 1s"
+    );
+    let EventKind::HoldResolved(resolved) = h.event("hold_resolved").await else {
+        unreachable!()
+    };
+    assert_eq!(resolved.by, ResolvedBy::Timeout);
+}
+
+#[tokio::test]
+async fn cancelled_hold_is_dropped_silently_and_frees_its_units() {
+    let mut h = start(
+        r#"{"version":"1","default":"deny","tools":{"send":{"action":"require_approval","rate_limit":{"max":1,"window":"hour"}}}}"#,
+    );
+    h.client.send_json(call(4, "send", json!({}))).await;
+    let id = held_call_id(&mut h).await;
+    h.client
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}"#)
+        .await;
+    let EventKind::HoldResolved(resolved) = h.event("hold_resolved").await else {
+        unreachable!()
+    };
+    assert_eq!(resolved.call_id, id);
+    assert_eq!(resolved.by, ResolvedBy::Cancellation);
+    // The unit came back: a second call is held, not rate limited.
+    h.client.send_json(call(5, "send", json!({}))).await;
+    held_call_id(&mut h).await;
+    // Nothing was sent for the cancelled request, and the server saw neither call nor
+    // cancellation: the next thing either side sees is the ping and its answer.
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#)
+        .await;
+    assert_eq!(h.server.recv().await["id"], 6);
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":6,"result":{}}"#)
+        .await;
+    assert_eq!(h.client.recv().await["id"], 6);
+}
+
+#[tokio::test]
+async fn held_call_with_a_progress_token_gets_progress_while_waiting() {
+    let mut h = start_with(HOLD_SEND, |mut g| {
+        g.hold_progress_interval = Duration::from_millis(20);
+        g
+    });
+    h.client
+        .send_json(
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+            "name":"send","arguments":{},"_meta":{"progressToken":"tok"}}}),
+        )
+        .await;
+    let id = held_call_id(&mut h).await;
+    let mut last = 0;
+    for _ in 0..2 {
+        let note = h.client.recv().await;
+        assert_eq!(note["method"], "notifications/progress");
+        assert_eq!(note["params"]["progressToken"], "tok");
+        let progress = note["params"]["progress"].as_u64().unwrap();
+        assert!(progress > last, "progress increases");
+        last = progress;
+    }
+    h.hub
+        .resolve(
+            &id,
+            Resolution {
+                approved: true,
+                by: ResolvedBy::Operator,
+                operator: None,
+                reason: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(h.server.recv().await["id"], 1);
+}
+
+#[tokio::test]
+async fn input_required_retry_continues_the_call_without_counting_it_again() {
+    let mut h = start(
+        r#"{"version":"1","default":"deny","tools":{"ask":{"rate_limit":{"max":1,"window":"hour"}}}}"#,
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28"});
+    h.client
+        .send_json(
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+            "name":"ask","arguments":{"q":1},"_meta":meta}}),
+        )
+        .await;
+    h.server.recv().await;
+    h.server
+        .send_json(json!({"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required",
+            "inputRequests":{"r1":{"method":"elicitation/create","params":{}}},"requestState":"st"}}))
+        .await;
+    assert_eq!(
+        h.client.recv().await["result"]["resultType"],
+        "input_required"
+    );
+    let retry = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{
+        "name":"ask","arguments":{"q":1},"inputResponses":{"r1":{"action":"accept"}},
+        "requestState":"st","_meta":meta}});
+    h.client.send_json(retry.clone()).await;
+    assert_eq!(h.server.recv().await, retry);
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":2,"result":{"resultType":"complete","content":[]}}"#)
+        .await;
+    assert_eq!(h.client.recv().await["id"], 2);
+    let EventKind::Outcome(outcome) = h.event("outcome").await else {
+        unreachable!()
+    };
+    assert!(!outcome.error);
+    // A fresh call is a new call: the one unit is spent.
+    h.client
+        .send_json(
+            json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{
+            "name":"ask","arguments":{"q":1},"_meta":meta}}),
+        )
+        .await;
+    let limited = h.client.recv().await;
+    assert_eq!(limited["result"]["resultType"], "complete");
+    assert!(
+        limited["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rate limit reached")
+    );
+}
+
+#[tokio::test]
+async fn a_dying_server_answers_every_pending_request_with_an_error() {
+    let mut h = start(HOLD_SEND);
+    h.client.send_json(call(1, "send", json!({}))).await;
+    held_call_id(&mut h).await;
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":2,"method":"resources/list"}"#)
+        .await;
+    h.server.recv().await;
+    let Harness {
+        mut client,
+        server,
+        end,
+        ..
+    } = h;
+    drop(server);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let answer = client.recv().await;
+        assert!(answer["error"]["code"].is_i64(), "{answer}");
+        ids.push(answer["id"].as_u64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(end.await.unwrap(), End::UpstreamClosed);
+    client.expect_end().await;
+}
+
+#[tokio::test]
+async fn client_closing_closes_the_server_input_and_ends_cleanly() {
+    let h = start(ALLOW_ECHO);
+    let Harness {
+        client,
+        mut server,
+        end,
+        ..
+    } = h;
+    drop(client);
+    server.expect_end().await;
+    drop(server);
+    assert_eq!(end.await.unwrap(), End::ClientClosed);
+}
