@@ -164,10 +164,10 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         },
     )
     .await;
-    audit.close();
     if let Some(control) = control {
         control.shutdown().await;
     }
+    audit.close();
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(WrapError::Spawn(e)) => Err(e.into()),
