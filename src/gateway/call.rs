@@ -118,7 +118,7 @@ impl Gateway {
         let touched: Vec<&str> = reservation
             .units()
             .iter()
-            .map(|u| u.key.counter.as_str())
+            .map(|u| &*u.key.counter)
             .collect();
         match self
             .policy
