@@ -6,14 +6,14 @@
 //! the responses to the client's requests, are looked into. Everything else — and every
 //! message the gateway does not change — is forwarded as the exact bytes received.
 //!
-//! One connection is a few tasks around [`Shared`]: a reader per side, a writer per side fed
+//! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
 //! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
-//! task per held call. The bookkeeping of a connection is [`ConnState`]: which client
+//! task per held call. The bookkeeping of a connection is `ConnState`: which client
 //! requests are waiting for the upstream (so a server that dies answers each of them), which
 //! calls are held, and which 2026-07-28 calls asked for more input (so their retry is not
 //! counted twice).
 //!
-//! Ownership rule for held calls: whoever removes a hold from [`ConnState::holds`] answers
+//! Ownership rule for held calls: whoever removes a hold from `ConnState::holds` answers
 //! it and settles its reservation; the others back off. That makes operator approval,
 //! timeout, cancellation and shutdown race-free without further locking.
 
