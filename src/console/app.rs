@@ -532,7 +532,16 @@ fn ingest(state: &mut State, key: &str, event: Event) {
     g.last_seq = g.last_seq.max(event.seq);
     let ts = event.ts;
     match event.kind {
-        EventKind::Hello(hello) => resume(state, conn, *hello),
+        EventKind::Hello(hello) => {
+            tracing::info!(
+                gateway = key,
+                seq = event.seq,
+                calls = hello.snapshot.calls.len(),
+                holds = hello.snapshot.holds.len(),
+                "hello"
+            );
+            resume(state, conn, *hello)
+        }
         EventKind::Call(call) => {
             let g = &mut state.gateways[conn];
             match call.decision {
@@ -611,6 +620,7 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             state.gateways[conn].tools = t.tools.into_iter().map(sanitize_tool).collect();
         }
         EventKind::Missed(m) => {
+            tracing::warn!(gateway = key, dropped = m.dropped, "missed events");
             let label = state.gateways[conn].label().to_owned();
             state.complain(format!(
                 "fell behind gateway {label} ({} events dropped); resyncing",
