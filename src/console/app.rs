@@ -724,7 +724,9 @@ fn add_call(state: &mut State, row: CallRow, live: bool) {
         call: row.call.clone(),
         args: row.args.clone(),
     });
-    if known.is_none() {
+    // Calls replayed from a snapshot carry no time of their own: counting them would make a
+    // spike of the moment the console connected.
+    if known.is_none() && live {
         state.rate.record(row.ts);
     }
     let conn = row.conn;
@@ -906,6 +908,14 @@ pub fn apply(state: &mut State, action: Action) {
             }
         }
         Action::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
+        Action::ScrollDetail(by) => {
+            let scroll = match state.view {
+                View::Live => &mut state.live.detail_scroll,
+                View::Holds => &mut state.holds_view.detail_scroll,
+                _ => return,
+            };
+            *scroll = scroll.saturating_add_signed(by);
+        }
     }
 }
 
