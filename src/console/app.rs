@@ -115,6 +115,8 @@ pub enum Effect {
 pub struct Gateway {
     /// The connection key (discovery id or URL): how the network layer names it.
     pub key: String,
+    /// `key` made safe for the terminal (it comes from a discovery file or the command line).
+    key_label: String,
     pub link: Link,
     /// From the gateway's `hello`, text sanitised.
     pub info: Option<GatewayInfo>,
@@ -131,6 +133,7 @@ pub struct Gateway {
 impl Gateway {
     fn new(key: String) -> Gateway {
         Gateway {
+            key_label: terminal_string(key.clone()),
             key,
             link: Link::Connecting { url: String::new() },
             info: None,
@@ -1063,7 +1066,7 @@ fn run_command(state: &mut State, line: &str) {
 /// Sends an approval or denial to the gateway that holds `call_id`.
 fn send_resolution(state: &mut State, call_id: &str, approve: bool, reason: Option<String>) {
     let Some(hold) = state.holds.iter().find(|h| h.call.call_id == call_id) else {
-        state.complain(format!("{call_id} is no longer held"));
+        state.complain(format!("{} is no longer held", terminal_text(call_id)));
         return;
     };
     let gateway = state.gateways[hold.conn].key.clone();
