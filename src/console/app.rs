@@ -152,7 +152,7 @@ impl Gateway {
     pub fn label(&self) -> &str {
         self.info
             .as_ref()
-            .map_or(self.key.as_str(), |i| i.id.as_str())
+            .map_or(self.key_label.as_str(), |i| i.id.as_str())
     }
 
     pub fn is_up(&self) -> bool {
