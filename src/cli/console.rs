@@ -72,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn default_log_path() -> PathBuf {
+pub(super) fn default_log_path() -> PathBuf {
     use etcetera::BaseStrategy;
     etcetera::choose_base_strategy()
         .ok()
@@ -82,7 +82,7 @@ fn default_log_path() -> PathBuf {
         .join("console.log")
 }
 
-fn init_logging(path: &PathBuf) -> anyhow::Result<()> {
+pub(super) fn init_logging(path: &PathBuf) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the log directory {}", dir.display()))?;

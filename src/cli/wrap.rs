@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::control::Hub;
+use crate::control::{EventsOptions, Hub};
 use crate::gateway::reload::{PolicyWatcher, load_initial};
 use crate::gateway::stdio::{WrapError, WrapOptions, wrap};
 use crate::gateway::upstream::{DEFAULT_GRACE, ServerCommand};
@@ -39,6 +39,16 @@ pub struct Args {
     /// Seconds the server gets to exit after its stdin closes, and again after SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs_f64())]
     grace: f64,
+    /// Where the event websocket listens (operators: `toolgate console`, `tail`, `approve`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    events: std::net::SocketAddr,
+    /// Allow `--events` on a non-loopback address (anyone reaching it with the token can
+    /// approve held calls).
+    #[arg(long)]
+    events_allow_remote: bool,
+    /// No event websocket and no discovery file: held calls can then only time out.
+    #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
+    no_events: bool,
     /// Log level for stderr (overridden by RUST_LOG).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -110,8 +120,21 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         audit_path.display()
     );
 
-    // CONTROL PLANE: when `crate::control::start(hub, opts)` lands (issue 4), start the event
-    // websocket and discovery file here (`--events ADDR`, `--no-events`).
+    let control = if args.no_events {
+        None
+    } else {
+        let control = crate::control::start(
+            hub.clone(),
+            EventsOptions {
+                addr: args.events,
+                allow_remote: args.events_allow_remote,
+                discovery: true,
+            },
+        )
+        .await?;
+        tracing::info!("events on {}", control.url());
+        Some(control)
+    };
 
     // COUNTERS: the shared SQLite store replaces this in-process store when it lands.
     let store = Arc::new(MemoryStore::default());
@@ -138,6 +161,9 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         },
     )
     .await;
+    if let Some(control) = control {
+        control.shutdown().await;
+    }
     audit.close();
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -38,6 +38,8 @@ pub enum ClientError {
     Protocol(u32),
     #[error("the gateway did not start with a hello")]
     NoHello,
+    #[error("{0} did not answer within {CONNECT_TIMEOUT:?}")]
+    Timeout(String),
     #[error("the connection closed")]
     Closed,
     #[error("websocket: {0}")]
@@ -75,8 +77,17 @@ pub struct CommandWriter {
     sink: SplitSink<Socket, Message>,
 }
 
+/// How long connecting, up to and including the `hello`, may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connects to a gateway's event websocket and reads its `hello`.
 pub async fn connect(url: &str, token: &str) -> Result<Connection, ClientError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url, token))
+        .await
+        .map_err(|_| ClientError::Timeout(url.to_owned()))?
+}
+
+async fn connect_now(url: &str, token: &str) -> Result<Connection, ClientError> {
     let mut request = url
         .into_client_request()
         .map_err(|_| ClientError::BadUrl(url.to_owned()))?;

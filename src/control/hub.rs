@@ -11,16 +11,18 @@
 //! events up to its `seq`, and a receiver that yields exactly the events after it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use chrono::Utc;
 use tokio::sync::{broadcast, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::wire::{
-    CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, HoldResolved, ResolvedBy,
-    Snapshot, ToolInfo, Totals, Verdict,
+    CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, HoldResolved, Outcome,
+    ResolvedBy, Snapshot, ToolInfo, Totals, Verdict,
 };
 
 /// How many events a subscriber may fall behind before it misses some.
@@ -57,7 +59,44 @@ pub struct Hub {
     info: GatewayInfo,
     next_call: AtomicU64,
     state: Mutex<State>,
+    /// Every event, for in-process subscribers ([`Hub::subscribe`]).
     events: broadcast::Sender<Arc<Event>>,
+    /// The same events with their shared JSON text, for websocket clients.
+    frames: broadcast::Sender<Arc<Published>>,
+}
+
+/// One published event, as every subscriber receives it. Dereferences to the [`Event`]; its
+/// JSON text is made once, by the first websocket client that sends it, and shared.
+#[derive(Debug)]
+pub struct Published {
+    event: Arc<Event>,
+    json: OnceLock<Utf8Bytes>,
+}
+
+impl Published {
+    /// The event as a JSON text frame's payload.
+    pub fn json(&self) -> Utf8Bytes {
+        self.json
+            .get_or_init(|| {
+                // Events are plain data with string keys; serialising cannot fail.
+                serde_json::to_string(&*self.event)
+                    .unwrap_or_default()
+                    .into()
+            })
+            .clone()
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl Deref for Published {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
 }
 
 #[derive(Debug, Default)]
@@ -94,38 +133,61 @@ struct OpenHold {
 
 /// The recent calls, oldest first, findable by call id so resolutions and outcomes attach.
 ///
-/// Records are behind `Arc` so a snapshot copies pointers under the lock and the records
-/// themselves outside it.
+/// A record keeps the published event itself (shared, not copied: publishing stays cheap);
+/// a snapshot copies the records under the lock and builds the calls outside it.
 #[derive(Debug, Default)]
 struct RecentCalls {
-    records: VecDeque<Arc<CallRecord>>,
+    records: VecDeque<RecentCall>,
     /// Call id → absolute position (`first + index`).
     positions: HashMap<String, u64>,
     /// Absolute position of `records[0]`.
     first: u64,
 }
 
+#[derive(Debug, Clone)]
+struct RecentCall {
+    /// A `call` event.
+    event: Arc<Event>,
+    resolution: Option<HoldResolved>,
+    outcome: Option<Outcome>,
+}
+
+impl RecentCall {
+    fn record(&self) -> Option<CallRecord> {
+        match &self.event.kind {
+            EventKind::Call(call) => Some(CallRecord {
+                call: call.clone(),
+                resolution: self.resolution.clone(),
+                outcome: self.outcome.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl RecentCalls {
-    fn push(&mut self, call: CallEvent) {
+    fn push(&mut self, call_id: &str, event: Arc<Event>) {
         if self.records.len() == RECENT_CALLS
             && let Some(old) = self.records.pop_front()
         {
-            self.positions.remove(&old.call.call_id);
+            if let EventKind::Call(call) = &old.event.kind {
+                self.positions.remove(&call.call_id);
+            }
             self.first += 1;
         }
         let position = self.first + self.records.len() as u64;
-        self.positions.insert(call.call_id.clone(), position);
-        self.records.push_back(Arc::new(CallRecord {
-            call,
+        self.positions.insert(call_id.to_owned(), position);
+        self.records.push_back(RecentCall {
+            event,
             resolution: None,
             outcome: None,
-        }));
+        });
     }
 
-    fn get_mut(&mut self, call_id: &str) -> Option<&mut CallRecord> {
+    fn get_mut(&mut self, call_id: &str) -> Option<&mut RecentCall> {
         let position = *self.positions.get(call_id)?;
         let index = usize::try_from(position - self.first).ok()?;
-        self.records.get_mut(index).map(Arc::make_mut)
+        self.records.get_mut(index)
     }
 }
 
@@ -139,11 +201,13 @@ pub struct HoldTicket {
 impl Hub {
     pub fn new(info: GatewayInfo) -> Arc<Hub> {
         let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
+        let (frames, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         Arc::new(Hub {
             info,
             next_call: AtomicU64::new(1),
             state: Mutex::new(State::default()),
             events,
+            frames,
         })
     }
 
@@ -163,11 +227,11 @@ impl Hub {
     }
 
     /// The state now, the `seq` it reflects, and a receiver of exactly the events after it.
-    pub fn subscribe_with_snapshot(&self) -> (Snapshot, u64, broadcast::Receiver<Arc<Event>>) {
+    pub fn subscribe_with_snapshot(&self) -> (Snapshot, u64, broadcast::Receiver<Arc<Published>>) {
         let (parts, seq, rx) = {
             let state = self.lock();
             // Subscribing under the lock that numbers events: no event falls between.
-            let rx = self.events.subscribe();
+            let rx = self.frames.subscribe();
             (SnapshotParts::copy(&state), state.seq, rx)
         };
         (parts.build(), seq, rx)
@@ -201,9 +265,16 @@ impl Hub {
             gateway: self.info.id.clone(),
             kind,
         };
-        state.observe(&event.kind);
+        let event = Arc::new(event);
+        state.observe(&event);
         // Sent under the lock so subscribers see events in seq order. No subscriber is fine.
-        let _ = self.events.send(Arc::new(event));
+        if self.frames.receiver_count() > 0 {
+            let _ = self.frames.send(Arc::new(Published {
+                event: event.clone(),
+                json: OnceLock::new(),
+            }));
+        }
+        let _ = self.events.send(event);
     }
 
     /// Registers a held call (its `call` event is published by the caller first).
@@ -279,8 +350,8 @@ impl Hub {
 
 impl State {
     /// Folds one published event into the snapshot state.
-    fn observe(&mut self, kind: &EventKind) {
-        match kind {
+    fn observe(&mut self, event: &Arc<Event>) {
+        match &event.kind {
             EventKind::Call(call) => {
                 match call.decision {
                     Verdict::Allow => self.totals.allow += 1,
@@ -299,7 +370,7 @@ impl State {
                         }
                     }
                 }
-                self.recent.push(call.clone());
+                self.recent.push(&call.call_id, event.clone());
             }
             EventKind::HoldResolved(resolved) => {
                 if let Some(record) = self.recent.get_mut(&resolved.call_id) {
@@ -380,7 +451,7 @@ fn refused(reason: String) -> oneshot::Receiver<Resolution> {
 
 /// What a snapshot is made of, copied cheaply under the lock and built outside it.
 struct SnapshotParts {
-    calls: Vec<Arc<CallRecord>>,
+    calls: Vec<RecentCall>,
     rest: Snapshot,
 }
 
@@ -403,7 +474,7 @@ impl SnapshotParts {
 
     fn build(self) -> Snapshot {
         Snapshot {
-            calls: self.calls.iter().map(|r| CallRecord::clone(r)).collect(),
+            calls: self.calls.iter().filter_map(RecentCall::record).collect(),
             ..self.rest
         }
     }
@@ -424,7 +495,7 @@ impl HoldTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Outcome, PolicyApplied, PolicyRejected};
+    use crate::wire::{PolicyApplied, PolicyRejected};
     use serde_json::json;
 
     fn hub() -> Arc<Hub> {

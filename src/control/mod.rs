@@ -15,5 +15,5 @@ pub mod server;
 
 pub use client::{ClientError, CommandWriter, Connection, EventReader, connect};
 pub use discovery::{DiscoveryEntry, discovery_dir, list_gateways};
-pub use hub::{HoldTicket, Hub, Resolution, ResolveError};
+pub use hub::{HoldTicket, Hub, Published, Resolution, ResolveError};
 pub use server::{ControlHandle, EventsOptions, start};

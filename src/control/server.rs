@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::discovery::{DiscoveryEntry, DiscoveryFile};
-use super::hub::{Hub, Resolution, ResolveError};
+use super::hub::{Hub, Published, Resolution, ResolveError};
 use crate::wire::{
     ClientMsg, Event, EventKind, Hello, Missed, PROTOCOL_VERSION, Reply, ResolvedBy,
 };
@@ -42,6 +42,10 @@ const MAX_TEXT: usize = 2000;
 
 /// Most events written to one client before a flush.
 const BATCH: usize = 256;
+
+/// Most connections served at once (handshaking or open); more are closed at once, so a
+/// flood of sockets cannot exhaust the gateway's file descriptors.
+pub const MAX_CONNECTIONS: usize = 128;
 
 /// How long a connection may take to complete the websocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -211,11 +215,16 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = until_stopped(&mut stopped) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many event connections; refusing one");
+                        continue;
+                    };
                     let hub = hub.clone();
                     let token = token.clone();
                     let stopped = stopped.clone();
@@ -223,6 +232,7 @@ async fn accept_loop(
                         if let Err(e) = serve_connection(stream, hub, token, stopped).await {
                             tracing::debug!(%peer, error = %e, "event connection ended");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -320,49 +330,12 @@ async fn serve_connection(
                 return Ok(());
             }
             event = events.recv() => {
-                let mut next = event;
-                // Write what is already queued in one go, then flush once: one syscall for a
-                // burst instead of one per event.
-                let mut written = 0;
-                loop {
-                    match next {
-                        Ok(event) => {
-                            last_seq = event.seq;
-                            feed_event(&mut ws, &event).await?;
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            // Start over from a fresh snapshot rather than replay what is left
-                            // of the queue: the client is told how many events it did not get.
-                            let (snapshot, seq, fresh) = hub.subscribe_with_snapshot();
-                            let missed = per_client(&hub, seq, EventKind::Missed(Missed {
-                                dropped: seq.saturating_sub(last_seq),
-                            }));
-                            feed_event(&mut ws, &missed).await?;
-                            feed_event(&mut ws, &hello(&hub, snapshot, seq)).await?;
-                            last_seq = seq;
-                            events = fresh;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => {
-                            let _ = ws.close(None).await;
-                            return Ok(());
-                        }
-                    }
-                    written += 1;
-                    if written == BATCH {
-                        break;
-                    }
-                    next = match events.try_recv() {
-                        Ok(event) => Ok(event),
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                            Err(broadcast::error::RecvError::Lagged(n))
-                        }
-                        Err(broadcast::error::TryRecvError::Closed) => {
-                            Err(broadcast::error::RecvError::Closed)
-                        }
-                        Err(broadcast::error::TryRecvError::Empty) => break,
-                    };
+                if forward_burst(&mut ws, &hub, event, &mut events, &mut last_seq).await?
+                    == Stream::Closed
+                {
+                    let _ = ws.close(None).await;
+                    return Ok(());
                 }
-                ws.flush().await?;
             }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
@@ -388,11 +361,69 @@ async fn serve_connection(
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Stream {
+    Open,
+    /// The hub is gone (the gateway is stopping).
+    Closed,
+}
+
+/// Writes `first` and whatever else is already queued (up to [`BATCH`]), then flushes once:
+/// one write for a burst instead of one per event. A client that fell behind is sent
+/// `missed` and a fresh `hello`, and `events` is replaced by a receiver that follows it.
+async fn forward_burst(
+    ws: &mut Socket,
+    hub: &Hub,
+    first: Result<Arc<Published>, broadcast::error::RecvError>,
+    events: &mut broadcast::Receiver<Arc<Published>>,
+    last_seq: &mut u64,
+) -> Result<Stream, ConnectionError> {
+    use broadcast::error::{RecvError, TryRecvError};
+
+    let mut next = first;
+    for written in 1.. {
+        match next {
+            Ok(event) => {
+                *last_seq = event.seq;
+                ws.feed(Message::Text(event.json())).await?;
+            }
+            Err(RecvError::Lagged(_)) => {
+                // Start over from a fresh snapshot rather than replay what is left of the
+                // queue: the client is told exactly how many events it did not get.
+                let (snapshot, seq, fresh) = hub.subscribe_with_snapshot();
+                let missed = per_client(
+                    hub,
+                    seq,
+                    EventKind::Missed(Missed {
+                        dropped: seq.saturating_sub(*last_seq),
+                    }),
+                );
+                feed_event(ws, &missed).await?;
+                feed_event(ws, &hello(hub, snapshot, seq)).await?;
+                *last_seq = seq;
+                *events = fresh;
+            }
+            Err(RecvError::Closed) => return Ok(Stream::Closed),
+        }
+        if written == BATCH {
+            break;
+        }
+        next = match events.try_recv() {
+            Ok(event) => Ok(event),
+            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            Err(TryRecvError::Empty) => break,
+        };
+    }
+    ws.flush().await?;
+    Ok(Stream::Open)
+}
+
 /// Sends a `hello` with a snapshot; returns its `seq` and the receiver of what follows it.
 async fn send_hello(
     ws: &mut Socket,
     hub: &Hub,
-) -> Result<(u64, broadcast::Receiver<Arc<Event>>), ConnectionError> {
+) -> Result<(u64, broadcast::Receiver<Arc<Published>>), ConnectionError> {
     let (snapshot, seq, events) = hub.subscribe_with_snapshot();
     send_event(ws, &hello(hub, snapshot, seq)).await?;
     Ok((seq, events))

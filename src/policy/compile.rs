@@ -252,6 +252,7 @@ impl Compiler {
             rules: Vec::new(),
             all_tools: Vec::new(),
             counters: Vec::new(),
+            counter_names: Vec::new(),
         };
 
         // Members in document order, so that "the second definition" of a counter is the
@@ -308,6 +309,11 @@ impl Compiler {
             .globs
             .sort_by_key(|(g, _)| std::cmp::Reverse(g.literal_chars()));
         policy.counters = std::mem::take(&mut self.counters);
+        policy.counter_names = policy
+            .counters
+            .iter()
+            .map(|c| std::sync::Arc::from(c.name.as_str()))
+            .collect();
         ok.then_some(policy)
     }
 

@@ -1,0 +1,656 @@
+//! Holds through the real gateway: the built `toolgate wrap` in front of
+//! `@modelcontextprotocol/server-everything`, driven by the real Python `mcp` client
+//! (`tests/e2e/driver.py`), resolved by operators over the real event websocket found
+//! through the gateway's discovery file. Cancellation is driven with raw JSON-RPC lines,
+//! since the client offers no way to cancel one call on purpose.
+//!
+//! The peers are installed by `scripts/setup-test-peers`; without them these tests fail.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use toolgate::control::{self, ClientError, Connection, DiscoveryEntry};
+use toolgate::wire::{ClientMsg, Event, EventKind, Hello, HoldResolved, ResolvedBy, Verdict};
+
+/// How long anything may take before the test fails instead of hanging.
+const WITHIN: Duration = Duration::from_secs(60);
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "approval_timeout": "10m",
+  "tools": {
+    "echo": { "action": "require_approval", "reason": "a person reads every echo" },
+    "get-sum": { "action": "require_approval", "approval_timeout": "1s" }
+  }
+}"#;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn peer(relative: &str) -> PathBuf {
+    let path = root().join("tests/peers").join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup-test-peers",
+        path.display()
+    );
+    path
+}
+
+fn everything() -> Vec<String> {
+    vec![
+        "node".into(),
+        peer("node_modules/.bin/mcp-server-everything")
+            .display()
+            .to_string(),
+        "stdio".into(),
+    ]
+}
+
+/// A private directory holding the policy, the audit log, the gateway's stderr and its
+/// runtime directory (`XDG_RUNTIME_DIR` of the gateway process only).
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Dir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.json"), POLICY).unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        Dir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+
+    fn wrap_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "wrap".to_owned(),
+            "--policy".into(),
+            self.path("policy.json").display().to_string(),
+            "--audit".into(),
+            self.path("audit.jsonl").display().to_string(),
+            "--grant".into(),
+            "e2e".into(),
+            "--".into(),
+        ];
+        args.extend(everything());
+        args
+    }
+
+    /// Waits for the gateway's discovery file and reads it.
+    fn discover(&self) -> DiscoveryEntry {
+        let dir = self.path("run").join("toolgate");
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "json"))
+            });
+            if let Some(file) = found
+                && let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(entry) = serde_json::from_str(&text)
+            {
+                return entry;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no discovery file; gateway log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+}
+
+/// Lines from a child's stdout, readable with a deadline.
+fn line_reader(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The real Python client talking to the server through `toolgate wrap`.
+struct Agent {
+    dir: Dir,
+    client: Child,
+    stdin: ChildStdin,
+    answers: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let dir = Dir::new();
+        let mut client = Command::new(peer(".venv/bin/python"))
+            .arg(root().join("tests/e2e/driver.py"))
+            .arg("legacy")
+            .arg(dir.path("stderr.log"))
+            .arg("--")
+            // The client passes only a few variables on to the server it starts; `env` sets
+            // the gateway's runtime directory regardless.
+            .arg("env")
+            .arg(format!("XDG_RUNTIME_DIR={}", dir.path("run").display()))
+            .arg(env!("CARGO_BIN_EXE_toolgate"))
+            .args(dir.wrap_args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the Python client");
+        let stdin = client.stdin.take().unwrap();
+        let answers = line_reader(client.stdout.take().unwrap());
+        Agent {
+            dir,
+            client,
+            stdin,
+            answers,
+        }
+    }
+
+    /// Starts a call; its answer is read with [`Agent::answer`].
+    fn call(&mut self, tool: &str, args: Value) {
+        let command = json!({"op": "call", "tool": tool, "args": args});
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn answer(&self) -> Value {
+        let line = self
+            .answers
+            .recv_timeout(WITHIN)
+            .unwrap_or_else(|_| panic!("no answer; gateway log:\n{}", self.dir.log()));
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn text(answer: &Value) -> String {
+        // A refusal may come as a tool error or as a JSON-RPC error; both carry the text.
+        answer["texts"][0]
+            .as_str()
+            .or_else(|| answer["error"]["message"].as_str())
+            .unwrap_or_else(|| panic!("no text in {answer}"))
+            .to_owned()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.client.kill();
+        let _ = self.client.wait();
+    }
+}
+
+async fn operator(entry: &DiscoveryEntry) -> (Connection, Hello) {
+    let mut conn = control::connect(&entry.url, &entry.token).await.unwrap();
+    let hello = match next(&mut conn).await.kind {
+        EventKind::Hello(hello) => *hello,
+        other => panic!("expected a hello, got {other:?}"),
+    };
+    (conn, hello)
+}
+
+async fn next(conn: &mut Connection) -> Event {
+    tokio::time::timeout(WITHIN, conn.next_event())
+        .await
+        .expect("an event in time")
+        .expect("the connection stays open")
+        .expect("a valid event")
+}
+
+/// The id of the held call to `tool`: from the hello's open holds, or the stream.
+async fn held_call(conn: &mut Connection, hello: &Hello, tool: &str) -> String {
+    let open = hello.snapshot.holds.iter().find(|id| {
+        hello
+            .snapshot
+            .calls
+            .iter()
+            .any(|r| &r.call.call_id == *id && r.call.tool == tool)
+    });
+    if let Some(id) = open {
+        return id.clone();
+    }
+    loop {
+        if let EventKind::Call(call) = next(conn).await.kind
+            && call.tool == tool
+        {
+            assert_eq!(call.decision, Verdict::Hold);
+            return call.call_id;
+        }
+    }
+}
+
+async fn resolution_of(conn: &mut Connection, call_id: &str) -> HoldResolved {
+    loop {
+        if let EventKind::HoldResolved(r) = next(conn).await.kind
+            && r.call_id == call_id
+        {
+            return r;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_approves_a_held_call_and_the_agent_gets_the_servers_answer() {
+    let mut agent = Agent::start();
+    let entry = agent.dir.discover();
+    assert!(matches!(
+        control::connect(&entry.url, &"f".repeat(64)).await,
+        Err(ClientError::Unauthorized(_))
+    ));
+    let (mut conn, hello) = operator(&entry).await;
+    assert_eq!(hello.info.grant, "e2e");
+    assert!(Path::new(&hello.info.policy).is_absolute());
+
+    agent.call("echo", json!({"message": "held then approved"}));
+    let call_id = held_call(&mut conn, &hello, "echo").await;
+    assert!(call_id.starts_with(&format!("{}-", entry.id)));
+    let reply = conn
+        .request(&ClientMsg::Approve {
+            id: 1,
+            call_id: call_id.clone(),
+            operator: Some("alice".into()),
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok, "{reply:?}");
+
+    let answer = agent.answer();
+    assert_eq!(answer["is_error"], false, "{answer}");
+    assert_eq!(Agent::text(&answer), "Echo: held then approved");
+
+    // The approval and the call's outcome are on the stream for everyone.
+    let (_other, hello) = operator(&entry).await;
+    let record = hello
+        .snapshot
+        .calls
+        .iter()
+        .find(|r| r.call.call_id == call_id)
+        .expect("the call is in a new client's snapshot");
+    let resolved = record.resolution.as_ref().expect("with its resolution");
+    assert!(resolved.approved);
+    assert_eq!(resolved.operator.as_deref(), Some("alice"));
+    assert!(hello.snapshot.holds.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_denial_reaches_the_agent_with_its_reason() {
+    let mut agent = Agent::start();
+    let entry = agent.dir.discover();
+    let (mut conn, hello) = operator(&entry).await;
+
+    agent.call("echo", json!({"message": "please"}));
+    let call_id = held_call(&mut conn, &hello, "echo").await;
+    let reply = conn
+        .request(&ClientMsg::Deny {
+            id: 1,
+            call_id: call_id.clone(),
+            reason: Some("not during the freeze".into()),
+            operator: Some("bob".into()),
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok, "{reply:?}");
+
+    let answer = agent.answer();
+    assert_ne!(answer["is_error"], false, "{answer}");
+    assert!(
+        Agent::text(&answer).contains("not during the freeze"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_nobody_answers_is_denied_at_its_timeout() {
+    let mut agent = Agent::start();
+    let entry = agent.dir.discover();
+    let (mut conn, hello) = operator(&entry).await;
+
+    agent.call("get-sum", json!({"a": 1, "b": 2}));
+    let call_id = held_call(&mut conn, &hello, "get-sum").await;
+    let resolved = resolution_of(&mut conn, &call_id).await;
+    assert_eq!(resolved.by, ResolvedBy::Timeout);
+    assert!(!resolved.approved);
+
+    let answer = agent.answer();
+    assert!(
+        Agent::text(&answer).contains("approval timed out"),
+        "{answer}"
+    );
+    // Too late now.
+    let late = conn
+        .request(&ClientMsg::Approve {
+            id: 7,
+            call_id,
+            operator: None,
+        })
+        .await
+        .unwrap();
+    assert!(!late.ok);
+    assert!(late.error.unwrap().contains("already resolved"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_answer_at_once_the_first_wins_and_both_see_it() {
+    let mut agent = Agent::start();
+    let entry = agent.dir.discover();
+    let (mut a, hello_a) = operator(&entry).await;
+    let (mut b, hello_b) = operator(&entry).await;
+
+    agent.call("echo", json!({"message": "race"}));
+    let call_id = held_call(&mut a, &hello_a, "echo").await;
+    assert_eq!(held_call(&mut b, &hello_b, "echo").await, call_id);
+
+    let approve = ClientMsg::Approve {
+        id: 1,
+        call_id: call_id.clone(),
+        operator: Some("a".into()),
+    };
+    let deny = ClientMsg::Deny {
+        id: 1,
+        call_id: call_id.clone(),
+        reason: Some("b says no".into()),
+        operator: Some("b".into()),
+    };
+    let (ra, rb) = tokio::join!(a.send(&approve), b.send(&deny));
+    ra.unwrap();
+    rb.unwrap();
+
+    // Each client: its reply, and exactly one resolution of the call.
+    let mut outcomes = Vec::new();
+    for conn in [&mut a, &mut b] {
+        let mut reply = None;
+        let mut resolutions = Vec::new();
+        while reply.is_none() || resolutions.is_empty() {
+            match next(conn).await.kind {
+                EventKind::Reply(r) => reply = Some(r),
+                EventKind::HoldResolved(r) if r.call_id == call_id => resolutions.push(r),
+                _ => {}
+            }
+        }
+        outcomes.push((reply.unwrap(), resolutions));
+    }
+    let (reply_a, seen_a) = &outcomes[0];
+    let (reply_b, seen_b) = &outcomes[1];
+    assert!(
+        reply_a.ok ^ reply_b.ok,
+        "exactly one wins: {reply_a:?} {reply_b:?}"
+    );
+    assert_eq!(seen_a, seen_b);
+    assert_eq!(seen_a[0].approved, reply_a.ok);
+
+    let answer = agent.answer();
+    if reply_a.ok {
+        assert_eq!(Agent::text(&answer), "Echo: race");
+    } else {
+        assert!(Agent::text(&answer).contains("b says no"), "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_operator_finds_the_open_hold_in_its_snapshot() {
+    let mut agent = Agent::start();
+    let entry = agent.dir.discover();
+    let (mut first, hello) = operator(&entry).await;
+    agent.call("echo", json!({"message": "still waiting"}));
+    let call_id = held_call(&mut first, &hello, "echo").await;
+    first.close().await;
+
+    let (mut again, hello) = operator(&entry).await;
+    assert_eq!(hello.snapshot.holds, vec![call_id.clone()]);
+    let reply = again
+        .request(&ClientMsg::Approve {
+            id: 1,
+            call_id,
+            operator: None,
+        })
+        .await
+        .unwrap();
+    assert!(reply.ok);
+    assert_eq!(Agent::text(&agent.answer()), "Echo: still waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_held_call_is_dropped_and_the_operator_sees_why() {
+    let dir = Dir::new();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(dir.wrap_args())
+        .env("XDG_RUNTIME_DIR", dir.path("run"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = gateway.stdin.take().unwrap();
+    let lines = line_reader(gateway.stdout.take().unwrap());
+    let mut send = |msg: Value| {
+        writeln!(stdin, "{msg}").unwrap();
+        stdin.flush().unwrap();
+    };
+    let response_to = |id: u64| loop {
+        let line = lines
+            .recv_timeout(WITHIN)
+            .unwrap_or_else(|_| panic!("no response {id}; log:\n{}", dir.log()));
+        let msg: Value = serde_json::from_str(&line).unwrap();
+        if msg["id"] == id {
+            return msg;
+        }
+    };
+
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "control-e2e", "version": "0"}}}),
+    );
+    assert!(response_to(1)["result"].is_object());
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+
+    let entry = dir.discover();
+    let (mut conn, hello) = operator(&entry).await;
+    send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "never mind"}}}));
+    let call_id = held_call(&mut conn, &hello, "echo").await;
+    send(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 2, "reason": "user gave up"}}),
+    );
+
+    let resolved = resolution_of(&mut conn, &call_id).await;
+    assert_eq!(resolved.by, ResolvedBy::Cancellation);
+    assert!(!resolved.approved);
+
+    // The gateway carries on, and the cancelled request gets no answer before the next one.
+    send(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}));
+    loop {
+        let line = lines.recv_timeout(WITHIN).expect("an answer to tools/list");
+        let msg: Value = serde_json::from_str(&line).unwrap();
+        if msg.get("id").is_some() {
+            assert_eq!(msg["id"], 3, "{msg}");
+            break;
+        }
+    }
+
+    let late = conn
+        .request(&ClientMsg::Approve {
+            id: 9,
+            call_id,
+            operator: None,
+        })
+        .await
+        .unwrap();
+    assert!(!late.ok);
+
+    drop(stdin);
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_gateway_removes_its_discovery_file_and_closes_operators() {
+    let mut agent = Agent::start();
+    let entry = agent.dir.discover();
+    let (mut conn, _) = operator(&entry).await;
+    let file = agent
+        .dir
+        .path("run")
+        .join("toolgate")
+        .join(format!("{}.json", entry.id));
+    assert!(file.exists());
+
+    writeln!(agent.stdin, "{}", json!({"op": "close"})).unwrap();
+    agent.stdin.flush().unwrap();
+    // The stream ends (after any last events) when the gateway stops.
+    while let Some(Ok(_)) = tokio::time::timeout(WITHIN, conn.next_event())
+        .await
+        .expect("the gateway stops in time")
+    {}
+    let deadline = Instant::now() + WITHIN;
+    while file.exists() {
+        assert!(Instant::now() < deadline, "discovery file left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .expect("the gateway's memory is readable")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_operator_overflows_without_harming_the_gateway_and_gets_a_fresh_hello() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let dir = Dir::new();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(dir.wrap_args())
+        .env("XDG_RUNTIME_DIR", dir.path("run"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = gateway.stdin.take().unwrap();
+    let lines = line_reader(gateway.stdout.take().unwrap());
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "control-e2e", "version": "0"}}})
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let answers_until = |last: u64| loop {
+        let line = lines
+            .recv_timeout(WITHIN)
+            .unwrap_or_else(|_| panic!("no response up to {last}; log:\n{}", dir.log()));
+        let msg: Value = serde_json::from_str(&line).unwrap();
+        if msg["id"].as_u64() == Some(last) {
+            return msg;
+        }
+    };
+    answers_until(0);
+
+    // Connected, and never read until the end.
+    let entry = dir.discover();
+    let mut request = entry.url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", entry.token).parse().unwrap(),
+    );
+    let (mut stalled, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    // Denied calls with arguments near the event cap: each is one ~3 KiB event. A round is
+    // far more than the socket buffers and the per-client queue hold together.
+    let blob = "x".repeat(3000);
+    let round = 15_000u64;
+    let mut next_id = 1u64;
+    let mut call_round = |stdin: &mut ChildStdin| {
+        for _ in 0..round {
+            let call = json!({"jsonrpc": "2.0", "id": next_id, "method": "tools/call",
+                "params": {"name": "not-in-the-policy", "arguments": {"blob": blob}}});
+            writeln!(stdin, "{call}").unwrap();
+            next_id += 1;
+        }
+        stdin.flush().unwrap();
+        next_id - 1
+    };
+    let last = call_round(&mut stdin);
+    let refused = answers_until(last);
+    assert!(
+        refused["result"]["isError"] == true || refused["error"].is_object(),
+        "{refused}"
+    );
+    let after_one_round = rss_kib(gateway.id());
+    let last = call_round(&mut stdin);
+    answers_until(last);
+    let after_two_rounds = rss_kib(gateway.id());
+    eprintln!(
+        "gateway RSS: {after_one_round} KiB after one round, {after_two_rounds} KiB after two"
+    );
+    // The gateway answered every call; its memory did not grow with the backlog (a second
+    // round of 45 MiB of events left it where the first did, queues full either way).
+    assert!(
+        after_two_rounds < after_one_round + 16 * 1024,
+        "RSS grew from {after_one_round} KiB to {after_two_rounds} KiB"
+    );
+
+    // The stalled client reads at last: what was buffered, then `missed`, then a `hello`.
+    let mut read = async || -> Event {
+        let msg = tokio::time::timeout(WITHIN, stalled.next())
+            .await
+            .expect("a message in time")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        serde_json::from_str(msg.to_text().unwrap()).unwrap()
+    };
+    let dropped = loop {
+        if let EventKind::Missed(missed) = read().await.kind {
+            break missed.dropped;
+        }
+    };
+    assert!(dropped > 0);
+    let hello = read().await;
+    let EventKind::Hello(body) = &hello.kind else {
+        panic!("a hello follows missed, got {:?}", hello.kind)
+    };
+    assert!(hello.seq >= 2 * round, "seq {}", hello.seq);
+    assert_eq!(body.snapshot.totals.deny, 2 * round);
+
+    drop(stdin);
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}
