@@ -205,3 +205,13 @@ fn every_view_draws_on_tiny_terminals_without_panicking() {
         key(&mut s, KeyCode::Esc);
     }
 }
+
+#[test]
+fn help_on_a_short_screen_uses_two_columns_and_keeps_every_key() {
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('?'));
+    let rows = text(&render(&s, 120, 22)).join("\n");
+    for must in ["F End", "quit now", ":theme NAME", ":q  :q!"] {
+        assert!(rows.contains(must), "{must} missing:\n{rows}");
+    }
+}

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Offset as _, Utc};
-use crossterm::event::KeyEvent;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tui_input::Input;
 
 use crate::sanitize::{terminal_string, terminal_text};
@@ -475,6 +475,17 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
     state.now = now;
     match event {
         AppEvent::Key(key) => {
+            // A terminal reports Esc quickly followed by a key as that key with Alt; no
+            // binding uses Alt, so it is taken as the operator meant it: Esc, then the key.
+            let alt_char = key.modifiers.contains(KeyModifiers::ALT)
+                && !key.modifiers.contains(KeyModifiers::CONTROL)
+                && matches!(key.code, KeyCode::Char(_));
+            let key = if alt_char {
+                apply(state, Action::Back);
+                KeyEvent::new(key.code, key.modifiers - KeyModifiers::ALT)
+            } else {
+                key
+            };
             if let Some(action) = keys::action_for(state, key) {
                 apply(state, action);
             }
@@ -1168,7 +1179,6 @@ pub fn latency_label(us: u64) -> String {
 mod tests {
     use super::*;
     use crate::wire::{CallRecord, HoldResolved, Outcome, PROTOCOL_VERSION, Reply, Snapshot};
-    use crossterm::event::{KeyCode, KeyModifiers};
 
     fn t0() -> DateTime<Utc> {
         "2026-11-26T12:00:00Z".parse().unwrap()
@@ -1609,6 +1619,26 @@ mod tests {
                 .as_ref()
                 .is_some_and(|m| m.error && m.text.contains("unknown command"))
         );
+    }
+
+    #[test]
+    fn esc_run_together_with_a_key_is_esc_then_the_key() {
+        let mut s = state();
+        update(
+            &mut s,
+            ev(
+                1,
+                at(1),
+                EventKind::Call(call("gw1-1", "list", Verdict::Allow)),
+            ),
+            at(1),
+        );
+        update(&mut s, code(KeyCode::Up), at(1));
+        update(&mut s, key('/'), at(1));
+        let alt_q = AppEvent::Key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT));
+        update(&mut s, alt_q, at(1));
+        assert!(matches!(s.prompt, Prompt::None));
+        assert!(s.quit, "Esc closed the filter line, then q quit");
     }
 
     #[test]
