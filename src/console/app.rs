@@ -21,7 +21,7 @@ use crate::wire::{
 };
 
 use super::action::Action;
-use super::filter::Filter;
+use super::filter::{Filter, Matcher};
 use super::history::{CallRow, History, sanitize_outcome, sanitize_resolution};
 use super::keys;
 use super::theme::Theme;
@@ -996,9 +996,10 @@ pub fn set_filter(state: &mut State, text: &str) {
     let filter = Filter::parse(text);
     let mut matches = Vec::new();
     if !filter.is_empty() {
+        let mut matcher = Matcher::new(&filter, &state.history.strings);
         for (pos, row) in state.history.iter() {
             let label = state.gateways.get(row.conn).map_or("", Gateway::label);
-            if filter.matches(row, label) {
+            if matcher.matches(row, label) {
                 matches.push(pos);
             }
         }

@@ -32,6 +32,7 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State, call_id: &str, scroll: 
                 args: h.args.clone(),
                 resolution: None,
                 outcome: None,
+                keys: Default::default(),
             })
     });
     let Some(row) = row else {
