@@ -354,6 +354,16 @@ async fn a_limit_admits_exactly_max_calls() {
         h.client.send_json(call(id, "echo", json!({}))).await;
         assert_eq!(h.server.recv().await["id"], id);
     }
+    let EventKind::Counters(counters) = h.event("counters").await else {
+        unreachable!()
+    };
+    assert_eq!(counters.counters.len(), 1);
+    assert_eq!(counters.counters[0].key, "tester");
+    assert_eq!(counters.counters[0].max, 2);
+    let EventKind::Counters(counters) = h.event("counters").await else {
+        unreachable!()
+    };
+    assert_eq!(counters.counters[0].used, 2);
     h.client.send_json(call(3, "echo", json!({}))).await;
     let limited = h.client.recv().await;
     assert_eq!(limited["id"], 3);

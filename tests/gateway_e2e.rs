@@ -62,6 +62,11 @@ struct Scenario {
 
 impl Scenario {
     fn start(mode: &str, server: Vec<String>, policy: &str) -> Scenario {
+        Scenario::start_with(mode, server, policy, &[])
+    }
+
+    /// Like [`Scenario::start`], with more `toolgate wrap` options.
+    fn start_with(mode: &str, server: Vec<String>, policy: &str, wrap_args: &[&str]) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.json"), policy).unwrap();
         let mut client = Command::new(python())
@@ -77,6 +82,7 @@ impl Scenario {
             .arg(dir.path().join("audit.jsonl"))
             .arg("--grant")
             .arg("e2e")
+            .args(wrap_args)
             .arg("--")
             .args(server)
             // Discovery files and default state stay inside the scenario's directory.
@@ -359,6 +365,26 @@ fn audit_log_is_private_and_holds_no_argument_values_by_default() {
     assert_eq!(audit[0]["call_id"], audit[1]["call_id"]);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains("Helsinki"), "argument value written: {text}");
+}
+
+#[test]
+fn full_audit_mode_writes_argument_values_with_secrets_redacted() {
+    let mut s = Scenario::start_with(
+        "legacy",
+        time_server(),
+        r#"{"version":"1","default":"allow"}"#,
+        &["--audit-args", "full"],
+    );
+    s.call(
+        "get_current_time",
+        json!({"timezone": "Europe/Helsinki", "api_key": "sk-live-123"}),
+    );
+    let path = s.path("audit.jsonl");
+    let audit = s.close();
+    assert_eq!(audit[0]["args"]["timezone"], "Europe/Helsinki");
+    assert_eq!(audit[0]["args"]["api_key"], "[redacted]");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("sk-live-123"), "secret written: {text}");
 }
 
 const TIME_POLICY: &str = r#"{"version":"1","default":"deny","hide":["convert_time"],

@@ -106,7 +106,10 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let (policy_path, policy) = load_initial(&policy_path, &hub)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot load the policy {}", args.policy.display()))?;
-    let _watcher = PolicyWatcher::start(&policy_path, policy.clone(), hub.clone())?;
+    // Without a watch the loaded policy is still enforced; only live edits are lost.
+    let _watcher = PolicyWatcher::start(&policy_path, policy.clone(), hub.clone())
+        .inspect_err(|e| tracing::warn!("{e}; policy edits will not apply until a restart"))
+        .ok();
 
     let audit_path = match args.audit {
         Some(path) => path,

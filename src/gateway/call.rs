@@ -17,8 +17,8 @@ use super::Gateway;
 use super::audit::AuditRecord;
 use super::jsonrpc::Envelope;
 use crate::control::{HoldTicket, Resolution};
-use crate::policy::{Call, Decision, Verdict};
-use crate::wire::{CallEvent, EventKind, Outcome, ResolvedBy, ToolInfo};
+use crate::policy::{Call, Decision, Reservation, Verdict};
+use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
 
 /// Arguments in call events are cut to this many bytes of JSON.
 pub const EVENT_ARGS_CAP: usize = 4096;
@@ -96,7 +96,44 @@ impl Gateway {
             });
         }
         self.hub.publish(EventKind::Call(event.clone()));
+        self.publish_counters(&decision.reservation);
         (event, decision)
+    }
+
+    /// Gives a reservation's units back (a call denied, timed out, cancelled, or that never
+    /// reached the upstream) and publishes the counters' new state.
+    pub fn release(&self, reservation: &Reservation) {
+        if reservation.is_empty() {
+            return;
+        }
+        self.store.release(reservation);
+        self.publish_counters(reservation);
+    }
+
+    /// Publishes the state of the counters a reservation touched.
+    fn publish_counters(&self, reservation: &Reservation) {
+        if reservation.is_empty() {
+            return;
+        }
+        let touched: Vec<&str> = reservation
+            .units()
+            .iter()
+            .map(|u| &*u.key.counter)
+            .collect();
+        match self
+            .policy
+            .load()
+            .counter_states(self.store.as_ref(), self.clock.now_ms())
+        {
+            Ok(states) => {
+                let counters = states
+                    .into_iter()
+                    .filter(|c| touched.contains(&c.counter.as_str()))
+                    .collect();
+                self.hub.publish(EventKind::Counters(Counters { counters }));
+            }
+            Err(e) => tracing::warn!("cannot read counter state: {e}"),
+        }
     }
 
     /// Publishes and audits the outcome of a call that went upstream.

@@ -6,14 +6,14 @@
 //! the responses to the client's requests, are looked into. Everything else — and every
 //! message the gateway does not change — is forwarded as the exact bytes received.
 //!
-//! One connection is a few tasks around [`Shared`]: a reader per side, a writer per side fed
+//! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
 //! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
-//! task per held call. The bookkeeping of a connection is [`ConnState`]: which client
+//! task per held call. The bookkeeping of a connection is `ConnState`: which client
 //! requests are waiting for the upstream (so a server that dies answers each of them), which
 //! calls are held, and which 2026-07-28 calls asked for more input (so their retry is not
 //! counted twice).
 //!
-//! Ownership rule for held calls: whoever removes a hold from [`ConnState::holds`] answers
+//! Ownership rule for held calls: whoever removes a hold from `ConnState::holds` answers
 //! it and settles its reservation; the others back off. That makes operator approval,
 //! timeout, cancellation and shutdown race-free without further locking.
 
@@ -35,6 +35,8 @@ use crate::wire::{CallEvent, EventKind, ResolvedBy, ToolInfo, Tools};
 
 /// At most this many 2026-07-28 calls wait for their `input_required` retry.
 const MAX_CONTINUATIONS: usize = 1024;
+/// How long the last answers may take to reach the client when the connection ends.
+const CLIENT_DRAIN: Duration = Duration::from_secs(5);
 /// Queue length between a reader and the other side's writer.
 const QUEUE: usize = 1024;
 
@@ -141,9 +143,14 @@ where
         // Anything still waiting can no longer be answered by the upstream.
         shared.fail_pending("the MCP server closed before answering");
     }
-    let _ = shared.to_client.send(Out::Close).await;
-    drop(shared);
-    let _ = client_writer.await;
+    // A client that stopped reading must not keep the gateway from ending.
+    let drained = async {
+        let _ = shared.to_client.send(Out::Close).await;
+        let _ = client_writer.await;
+    };
+    if tokio::time::timeout(CLIENT_DRAIN, drained).await.is_err() {
+        tracing::warn!("the client is not reading; its last answers are dropped");
+    }
     end
 }
 
@@ -340,7 +347,8 @@ impl Shared {
         match jsonrpc::parse(&line) {
             Parsed::Message(env) => {
                 let action = self.client_message(&env, &line);
-                self.act(action, &line).await;
+                // The line itself goes upstream: no copy.
+                self.act(action, line).await;
             }
             Parsed::Batch(items) => {
                 for item in items {
@@ -349,17 +357,17 @@ impl Shared {
                         Ok(env) => self.client_message(&env, bytes),
                         Err(e) => malformed("client", bytes, &e.to_string()),
                     };
-                    self.act(action, bytes).await;
+                    self.act(action, bytes.to_vec()).await;
                 }
             }
             Parsed::Malformed(err) => {
                 let action = malformed("client", &line, &err);
-                self.act(action, &line).await;
+                self.act(action, line).await;
             }
         }
     }
 
-    async fn act(&self, action: Action, bytes: &[u8]) {
+    async fn act(&self, action: Action, bytes: Vec<u8>) {
         match action {
             Action::Forward => self.forward_upstream(bytes).await,
             Action::Answer(reply) => self.send_client(reply).await,
@@ -418,7 +426,7 @@ impl Shared {
                     reason: Some("cancelled by the client".into()),
                 },
             );
-            self.gateway.store.release(&held.reservation);
+            self.gateway.release(&held.reservation);
             return Action::Nothing;
         }
         let pending = self.lock().pending.remove(&target);
@@ -568,10 +576,10 @@ impl Shared {
                 reservation: held.reservation,
             };
             self.lock().pending.insert(id.clone(), Pending::Call(call));
-            self.forward_upstream(&held.line).await;
+            self.forward_upstream(held.line).await;
             return;
         }
-        self.gateway.store.release(&held.reservation);
+        self.gateway.release(&held.reservation);
         if resolution.by == ResolvedBy::Cancellation {
             return;
         }
@@ -582,21 +590,18 @@ impl Shared {
 
     /// Sends a client message upstream; when the upstream is gone, answers the request
     /// that carried it with an error (and gives a call's units back).
-    async fn forward_upstream(&self, line: &[u8]) {
-        if self
-            .to_upstream
-            .send(Out::Line(line.to_vec()))
-            .await
-            .is_ok()
-        {
+    async fn forward_upstream(&self, line: Vec<u8>) {
+        let Err(mpsc::error::SendError(Out::Line(line))) =
+            self.to_upstream.send(Out::Line(line)).await
+        else {
             return;
-        }
-        if let Parsed::Message(env) = jsonrpc::parse(line)
+        };
+        if let Parsed::Message(env) = jsonrpc::parse(&line)
             && let Some(id) = env.id_key().filter(|_| env.is_request())
         {
             let pending = self.lock().pending.remove(&id);
             if let Some(Pending::Call(call)) = &pending {
-                self.gateway.store.release(&call.reservation);
+                self.gateway.release(&call.reservation);
             }
             if pending.is_some() {
                 self.send_client(jsonrpc::error_response(
@@ -713,7 +718,7 @@ impl Shared {
                     reason: Some(why.to_owned()),
                 },
             );
-            self.gateway.store.release(&held.reservation);
+            self.gateway.release(&held.reservation);
             let _ = self.to_client.try_send(Out::Line(jsonrpc::error_response(
                 Some(&id),
                 code::UPSTREAM_GONE,
