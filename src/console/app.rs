@@ -676,14 +676,16 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
         g.upstream_up = snapshot.upstream_up;
         g.totals = snapshot.totals;
     }
-    let mut held_before: Vec<String> = state
+    let held_before: Vec<String> = state
         .holds
         .iter()
         .filter(|h| h.conn == conn)
         .map(|h| h.call.call_id.clone())
         .collect();
     for record in snapshot.calls {
-        let mut row = CallRow::new(conn, chrono_ts(&record.call, state.now), record.call);
+        // Snapshot records carry no time of their own (the wire's `CallRecord` has none): a
+        // call first seen in a snapshot is placed at the moment the snapshot arrived.
+        let mut row = CallRow::new(conn, state.now, record.call);
         row.resolution = record.resolution.map(|r| Box::new(sanitize_resolution(r)));
         row.outcome = record.outcome.map(|o| Box::new(sanitize_outcome(o)));
         add_call(state, row, false);
@@ -712,14 +714,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             }
         }
     }
-    held_before.clear();
     clamp_holds_selection(state);
-}
-
-/// Snapshot records carry no event time of their own; the hold deadline is no help either.
-/// They are placed at the time the snapshot arrived unless they are already known.
-fn chrono_ts(_call: &CallEvent, now: DateTime<Utc>) -> DateTime<Utc> {
-    now
 }
 
 /// Adds a call to the history (and the filter's list, the holds, the rate). `live` is false
