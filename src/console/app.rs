@@ -683,9 +683,9 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
         .map(|h| h.call.call_id.clone())
         .collect();
     for record in snapshot.calls {
-        // Snapshot records carry no time of their own (the wire's `CallRecord` has none): a
-        // call first seen in a snapshot is placed at the moment the snapshot arrived.
-        let mut row = CallRow::new(conn, state.now, record.call);
+        // A record from a gateway that does not send its time is placed at the moment the
+        // snapshot arrived.
+        let mut row = CallRow::new(conn, record.ts.unwrap_or(state.now), record.call);
         row.resolution = record.resolution.map(|r| Box::new(sanitize_resolution(r)));
         row.outcome = record.outcome.map(|o| Box::new(sanitize_outcome(o)));
         add_call(state, row, false);
@@ -733,8 +733,8 @@ fn add_call(state: &mut State, row: CallRow, live: bool) {
         call: row.call.clone(),
         args: row.args.clone(),
     });
-    // Calls replayed from a snapshot carry no time of their own: counting them would make a
-    // spike of the moment the console connected.
+    // Calls replayed from a snapshot were counted when they happened (if this console saw
+    // them) or belong to the past: counting them now would make a spike at the connection.
     if known.is_none() && live {
         state.rate.record(row.ts);
     }
@@ -1484,6 +1484,32 @@ mod tests {
     }
 
     #[test]
+    fn a_call_first_seen_in_a_snapshot_keeps_the_time_it_was_decided() {
+        let mut s = state();
+        let records = vec![
+            CallRecord {
+                ts: Some(at(3)),
+                call: call("gw1-7", "list", Verdict::Allow),
+                resolution: None,
+                outcome: None,
+            },
+            CallRecord {
+                ts: None,
+                call: call("gw1-8", "list", Verdict::Allow),
+                resolution: None,
+                outcome: None,
+            },
+        ];
+        update(&mut s, ev(9, at(10), hello(records, vec![])), at(10));
+        assert_eq!(s.history.find("gw1-7").unwrap().ts, at(3));
+        assert_eq!(
+            s.history.find("gw1-8").unwrap().ts,
+            at(10),
+            "without a time, the snapshot's arrival"
+        );
+    }
+
+    #[test]
     fn a_reconnect_resumes_from_the_snapshot_without_duplicates() {
         let mut s = state();
         update(
@@ -1508,6 +1534,7 @@ mod tests {
         // While away: gw1-1 was resolved, gw1-3 arrived and is held.
         let records = vec![
             CallRecord {
+                ts: None,
                 call: call("gw1-1", "pay", Verdict::Hold),
                 resolution: Some(HoldResolved {
                     call_id: "gw1-1".into(),
@@ -1524,11 +1551,13 @@ mod tests {
                 }),
             },
             CallRecord {
+                ts: None,
                 call: call("gw1-2", "list", Verdict::Allow),
                 resolution: None,
                 outcome: None,
             },
             CallRecord {
+                ts: None,
                 call: call("gw1-3", "send", Verdict::Hold),
                 resolution: None,
                 outcome: None,
