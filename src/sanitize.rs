@@ -40,6 +40,15 @@ pub fn terminal_text(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Like [`terminal_text`] for an owned string: hands `text` back untouched (no copy) when it
+/// is already safe. The console sanitises every string once, when an event arrives.
+pub fn terminal_string(text: String) -> String {
+    match terminal_text(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(escaped) => escaped,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +65,12 @@ mod tests {
     fn escape_sequences_and_controls_become_visible() {
         assert_eq!(terminal_text("a\x1b[2Jb"), "a\\x1b[2Jb");
         assert_eq!(terminal_text("x\u{9b}y\u{7f}z\n"), "x\\x9by\\x7fz\\x0a");
+    }
+
+    #[test]
+    fn owned_text_is_escaped_like_borrowed_text() {
+        assert_eq!(terminal_string("ok".into()), "ok");
+        assert_eq!(terminal_string("a\x07b".into()), "a\\x07b");
     }
 
     #[test]

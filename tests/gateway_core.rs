@@ -294,6 +294,38 @@ async fn malformed_lines_get_a_parse_error_only_when_they_look_like_requests() {
 }
 
 #[tokio::test]
+async fn a_tools_call_without_an_id_never_reaches_the_server() {
+    let mut h = start(ALLOW_ECHO);
+    h.client
+        .send(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_everything"}}"#)
+        .await;
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"delete_everything"}}"#)
+        .await;
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .await;
+    assert_eq!(h.server.recv().await["method"], "ping");
+}
+
+#[tokio::test]
+async fn duplicate_members_cannot_smuggle_a_second_tool_name() {
+    let mut h = start(ALLOW_ECHO);
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete_everything"}}"#)
+        .await;
+    assert!(h.client.recv().await["error"].is_object());
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"},"params":{"name":"delete_everything"}}"#)
+        .await;
+    assert_eq!(h.client.recv().await["error"]["code"], -32700);
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#)
+        .await;
+    assert_eq!(h.server.recv().await["method"], "ping");
+}
+
+#[tokio::test]
 async fn batches_are_handled_element_by_element() {
     let mut h = start(ALLOW_ECHO);
     h.client
@@ -322,6 +354,16 @@ async fn a_limit_admits_exactly_max_calls() {
         h.client.send_json(call(id, "echo", json!({}))).await;
         assert_eq!(h.server.recv().await["id"], id);
     }
+    let EventKind::Counters(counters) = h.event("counters").await else {
+        unreachable!()
+    };
+    assert_eq!(counters.counters.len(), 1);
+    assert_eq!(counters.counters[0].key, "tester");
+    assert_eq!(counters.counters[0].max, 2);
+    let EventKind::Counters(counters) = h.event("counters").await else {
+        unreachable!()
+    };
+    assert_eq!(counters.counters[0].used, 2);
     h.client.send_json(call(3, "echo", json!({}))).await;
     let limited = h.client.recv().await;
     assert_eq!(limited["id"], 3);

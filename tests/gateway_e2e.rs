@@ -62,6 +62,11 @@ struct Scenario {
 
 impl Scenario {
     fn start(mode: &str, server: Vec<String>, policy: &str) -> Scenario {
+        Scenario::start_with(mode, server, policy, &[])
+    }
+
+    /// Like [`Scenario::start`], with more `toolgate wrap` options.
+    fn start_with(mode: &str, server: Vec<String>, policy: &str, wrap_args: &[&str]) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.json"), policy).unwrap();
         let mut client = Command::new(python())
@@ -77,8 +82,12 @@ impl Scenario {
             .arg(dir.path().join("audit.jsonl"))
             .arg("--grant")
             .arg("e2e")
+            .args(wrap_args)
             .arg("--")
             .args(server)
+            // Discovery files and default state stay inside the scenario's directory.
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env("XDG_STATE_HOME", dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -107,13 +116,57 @@ impl Scenario {
     }
 
     fn send(&mut self, command: Value) -> Value {
+        self.send_only(&command);
+        self.answer()
+    }
+
+    /// Sends a command without waiting for its answer (for calls that will be held).
+    fn send_only(&mut self, command: &Value) {
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
+    }
+
+    fn answer(&mut self) -> Value {
         let line = self
             .answers
             .recv_timeout(ANSWER_WITHIN)
-            .unwrap_or_else(|_| panic!("no answer to {command}; gateway log:\n{}", self.log()));
+            .unwrap_or_else(|_| panic!("no answer; gateway log:\n{}", self.log()));
         serde_json::from_str(&line).unwrap()
+    }
+
+    /// The audit log's records so far.
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for the `n`-th held call (1-based) and returns its call id.
+    fn held_call(&self, n: usize) -> String {
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        loop {
+            let holds: Vec<Value> = self
+                .audit()
+                .into_iter()
+                .filter(|r| r["decision"] == "hold")
+                .collect();
+            if let Some(hold) = holds.get(n - 1) {
+                return hold["call_id"].as_str().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no hold; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `toolgate approve|deny ...` against this scenario's gateway.
+    fn operator(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .output()
+            .unwrap()
     }
 
     fn call(&mut self, tool: &str, args: Value) -> Value {
@@ -314,6 +367,26 @@ fn audit_log_is_private_and_holds_no_argument_values_by_default() {
     assert!(!text.contains("Helsinki"), "argument value written: {text}");
 }
 
+#[test]
+fn full_audit_mode_writes_argument_values_with_secrets_redacted() {
+    let mut s = Scenario::start_with(
+        "legacy",
+        time_server(),
+        r#"{"version":"1","default":"allow"}"#,
+        &["--audit-args", "full"],
+    );
+    s.call(
+        "get_current_time",
+        json!({"timezone": "Europe/Helsinki", "api_key": "sk-live-123"}),
+    );
+    let path = s.path("audit.jsonl");
+    let audit = s.close();
+    assert_eq!(audit[0]["args"]["timezone"], "Europe/Helsinki");
+    assert_eq!(audit[0]["args"]["api_key"], "[redacted]");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("sk-live-123"), "secret written: {text}");
+}
+
 const TIME_POLICY: &str = r#"{"version":"1","default":"deny","hide":["convert_time"],
   "tools":{"get_current_time":{}}}"#;
 
@@ -338,6 +411,54 @@ fn auto_client_speaks_2026_07_28_through_the_gateway() {
 #[test]
 fn legacy_client_reaches_the_2026_server_over_the_handshake() {
     time_server_in_its_own_era("legacy", "2025-11-25");
+}
+
+fn asking_server() -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        root()
+            .join("tests/e2e/asking_server.py")
+            .display()
+            .to_string(),
+    ]
+}
+
+/// One call that needs the client's LLM counts once against a limit of one, whether the
+/// sampling happens as 2026-07-28 `input_required` retries or mid-call (handshake era).
+fn one_call_with_client_input_counts_once(mode: &str, protocol: &str) {
+    let mut s = Scenario::start(
+        mode,
+        asking_server(),
+        r#"{"version":"1","default":"deny",
+            "tools":{"summarize":{"rate_limit":{"max":1,"window":"hour"}}}}"#,
+    );
+    assert_eq!(s.send(json!({"op": "info"}))["protocol"], protocol);
+    let first = s.call("summarize", json!({"topic": "cats"}));
+    assert_allowed(&first);
+    assert_eq!(text(&first), "summary of cats: sampled by the e2e driver");
+    assert_refused(
+        &s.call("summarize", json!({"topic": "cats"})),
+        "Rate limit reached",
+    );
+    let audit = s.close();
+    let verdicts: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["kind"] == "decision")
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["allow", "rate_limited"]);
+    let outcomes = audit.iter().filter(|r| r["kind"] == "outcome").count();
+    assert_eq!(outcomes, 1, "{audit:#?}");
+}
+
+#[test]
+fn input_required_retries_of_one_call_are_not_counted_twice() {
+    one_call_with_client_input_counts_once("auto", "2026-07-28");
+}
+
+#[test]
+fn mid_call_sampling_of_the_handshake_era_counts_once() {
+    one_call_with_client_input_counts_once("legacy", "2025-11-25");
 }
 
 /// Polls `get_current_time` until its decision is `allowed`.
@@ -431,6 +552,36 @@ fn policy_reloads_through_every_save_style_and_ignores_broken_files() {
     s.close();
 }
 
+#[test]
+fn held_calls_wait_for_an_operator_through_the_real_client() {
+    let mut s = Scenario::start(
+        "legacy",
+        everything(),
+        r#"{"version":"1","default":"deny","tools":{"echo":{"action":"require_approval",
+            "reason":"echo needs a person"}}}"#,
+    );
+    // Approved: the call goes on to the server.
+    s.send_only(&json!({"op": "call", "tool": "echo", "args": {"message": "may I"}}));
+    let first = s.held_call(1);
+    let approved = s.operator(&["approve", &first]);
+    assert!(approved.status.success(), "{approved:?}");
+    let echoed = s.answer();
+    assert_allowed(&echoed);
+    assert_eq!(text(&echoed), "Echo: may I");
+
+    // Denied: the agent reads the operator's reason.
+    s.send_only(&json!({"op": "call", "tool": "echo", "args": {"message": "again"}}));
+    let second = s.held_call(2);
+    let denied = s.operator(&["deny", &second, "--reason", "once is enough"]);
+    assert!(denied.status.success(), "{denied:?}");
+    assert_refused(&s.answer(), "Denied by an operator: once is enough");
+
+    // A second resolution of the same call is refused.
+    let late = s.operator(&["approve", &second]);
+    assert!(!late.status.success(), "{late:?}");
+    s.close();
+}
+
 /// Runs `toolgate wrap` directly with raw JSON-RPC lines on its stdin.
 fn wrap_raw(server: &[&str], extra: &[&str]) -> (Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -446,6 +597,7 @@ fn wrap_raw(server: &[&str], extra: &[&str]) -> (Child, tempfile::TempDir) {
         .arg("--audit")
         .arg(dir.path().join("audit.jsonl"))
         .args(extra)
+        .arg("--no-events")
         .arg("--")
         .args(server)
         .stdin(Stdio::piped())

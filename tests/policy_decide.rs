@@ -671,7 +671,7 @@ fn counter_states_report_use_per_scope_key() {
 struct BrokenStore;
 
 impl CounterStore for BrokenStore {
-    fn admit(&self, _: &[LimitRequest], _: u64) -> Result<Admission, StoreError> {
+    fn admit(&self, _: &[LimitRequest<'_>], _: u64) -> Result<Admission, StoreError> {
         Err(StoreError("connection refused".into()))
     }
     fn release(&self, _: &Reservation) {}

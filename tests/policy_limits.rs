@@ -8,14 +8,16 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::json;
 use toolgate::policy::{
-    Admission, Call, CounterKey, CounterStore, LimitRequest, MemoryStore, Policy, Scope, Verdict,
+    Admission, Call, CounterStore, LimitRequest, MemoryStore, Policy, Scope, Verdict,
 };
 
-fn key(counter: &str) -> CounterKey {
-    CounterKey {
-        counter: counter.into(),
+fn limit(counter: &Arc<str>, max: u64, window_ms: u64) -> LimitRequest<'_> {
+    LimitRequest {
+        counter,
         scope: Scope::Global,
-        scope_key: String::new(),
+        scope_key: "",
+        max,
+        window_ms,
     }
 }
 
@@ -47,10 +49,8 @@ proptest! {
         let handles: Vec<_> = arrivals.into_iter().map(|times| {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
-                let limits = [
-                    LimitRequest { key: key("a"), max, window_ms: window },
-                    LimitRequest { key: key("b"), max: max + 1, window_ms: window * 2 },
-                ];
+                let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+                let limits = [limit(&a, max, window), limit(&b, max + 1, window * 2)];
                 let mut kept = Vec::new();
                 for (i, now) in times.into_iter().enumerate() {
                     if let Ok(Admission::Admitted(r)) = store.admit(&limits, now) {
@@ -70,7 +70,7 @@ proptest! {
         for h in handles {
             for r in h.join().unwrap() {
                 for u in r.units() {
-                    if u.key.counter == "a" { a_times.push(u.at_ms) } else { b_times.push(u.at_ms) }
+                    if &*u.key.counter == "a" { a_times.push(u.at_ms) } else { b_times.push(u.at_ms) }
                 }
             }
         }
@@ -87,7 +87,8 @@ proptest! {
         gaps in prop::collection::vec(0u64..40, 1..200),
     ) {
         let store = MemoryStore::new();
-        let limits = [LimitRequest { key: key("a"), max, window_ms: window }];
+        let a: Arc<str> = "a".into();
+        let limits = [limit(&a, max, window)];
         let mut admitted: Vec<u64> = Vec::new();
         let mut now = 0;
         for gap in gaps {

@@ -1,11 +1,104 @@
-//! `toolgate console`.
+//! `toolgate console`: the terminal UI over every gateway on this machine (or one, with
+//! `--connect`).
+//!
+//! Sets up what the library does not own: the log file (the terminal belongs to the UI), the
+//! theme, the runtime; then hands over to `console::run_in_terminal`.
 
+use std::fs::OpenOptions;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
 
-/// (not yet built)
+use anyhow::Context;
+
+use crate::console::{Options, Theme, net, run_in_terminal, theme};
+
+/// Watch calls live and approve held ones.
+///
+/// Without --connect, follows every gateway running on this machine (new ones appear by
+/// themselves). Logs go to <state dir>/toolgate/console.log, or --log FILE.
+///
+/// Example: toolgate console --theme light
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Follow one gateway by its event websocket URL instead of discovering them.
+    #[arg(long, value_name = "URL", requires = "token")]
+    connect: Option<String>,
+    /// The websocket token of the --connect gateway.
+    #[arg(long, value_name = "T", env = "TOOLGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Colour theme: dark, light, high-contrast, or a file in the config directory's
+    /// toolgate/themes/.
+    #[arg(long, value_name = "NAME", env = "TOOLGATE_THEME", default_value = theme::DEFAULT_THEME)]
+    theme: String,
+    /// The policy file (for the Policy view; default: the one the gateways report).
+    #[arg(long, value_name = "P")]
+    policy: Option<PathBuf>,
+    /// How many calls to remember.
+    #[arg(long, value_name = "N", default_value_t = crate::console::history::DEFAULT_CAPACITY)]
+    history: usize,
+    /// Write the log here instead of the state directory.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`toolgate console` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let log_path = args.log.clone().unwrap_or_else(default_log_path);
+    init_logging(&log_path)?;
+    let mut theme = Theme::load(&args.theme).context("--theme")?;
+    if theme::no_color_requested() {
+        theme = theme.without_colour();
+    }
+    let targets = match (&args.connect, &args.token) {
+        (Some(url), Some(token)) => net::Targets::Fixed {
+            url: url.clone(),
+            token: token.clone(),
+        },
+        (Some(_), None) => anyhow::bail!("--connect needs --token (or TOOLGATE_TOKEN)"),
+        _ => net::Targets::Discover,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let options = Options {
+        targets,
+        theme,
+        history: args.history,
+        policy_path: args.policy.as_ref().map(|p| p.display().to_string()),
+    };
+    let result = runtime.block_on(run_in_terminal(options));
+    // Network tasks may be mid-connect; do not wait for them.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn default_log_path() -> PathBuf {
+    use etcetera::BaseStrategy;
+    etcetera::choose_base_strategy()
+        .ok()
+        .and_then(|s| s.state_dir())
+        .unwrap_or_else(std::env::temp_dir)
+        .join("toolgate")
+        .join("console.log")
+}
+
+pub(super) fn init_logging(path: &PathBuf) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the log directory {}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the log file {}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Another subscriber (tests, an embedding demo) may already be set: keep it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    Ok(())
 }

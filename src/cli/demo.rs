@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use std::io::Write;
 
+use crate::console::{Options, Theme, net, run_in_terminal, theme};
 use crate::control::{ControlHandle, EventsOptions};
 use crate::demo::{self, DemoOptions};
 
@@ -36,6 +37,9 @@ pub struct Args {
     /// Seed for the agents' choices (the same seed gives the same calls).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Colour theme of the console: dark, light, high-contrast, or a user theme's name.
+    #[arg(long, value_name = "NAME", env = "TOOLGATE_THEME", default_value = theme::DEFAULT_THEME)]
+    theme: String,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -66,11 +70,38 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     // The event websocket and discovery file, as every gateway has: `toolgate tail` and a
     // second console in another terminal see the demo's calls.
     let control = crate::control::start(demo.hub.clone(), EventsOptions::default()).await?;
-    // Until the console is built, every demo runs headless.
-    let _ = args.headless;
-    let code = headless(demo, &control).await;
+    let code = if args.headless {
+        headless(demo, &control).await
+    } else {
+        attached(demo, &control, &args.theme).await
+    };
     control.shutdown().await;
     code
+}
+
+/// The console, attached to the demo's gateway over its real event websocket.
+async fn attached(
+    demo: demo::Demo,
+    control: &ControlHandle,
+    theme_name: &str,
+) -> anyhow::Result<ExitCode> {
+    super::console::init_logging(&super::console::default_log_path())?;
+    let mut theme = Theme::load(theme_name).context("--theme")?;
+    if theme::no_color_requested() {
+        theme = theme.without_colour();
+    }
+    let options = Options {
+        targets: net::Targets::Fixed {
+            url: control.url().to_owned(),
+            token: control.token().to_owned(),
+        },
+        theme,
+        history: crate::console::history::DEFAULT_CAPACITY,
+        policy_path: Some(demo.policy_path.display().to_string()),
+    };
+    run_in_terminal(options).await?;
+    drop(demo);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints one line per decision until the agents are done or Ctrl-C.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::control::Hub;
+use crate::control::{EventsOptions, Hub};
 use crate::gateway::reload::{PolicyWatcher, load_initial};
 use crate::gateway::stdio::{WrapError, WrapOptions, wrap};
 use crate::gateway::upstream::{DEFAULT_GRACE, ServerCommand};
@@ -39,14 +39,14 @@ pub struct Args {
     /// Seconds the server gets to exit after its stdin closes, and again after SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs_f64())]
     grace: f64,
-    /// Where the event websocket listens (operators: console, tail, approve).
+    /// Where the event websocket listens (operators: `toolgate console`, `tail`, `approve`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     events: std::net::SocketAddr,
-    /// Allow --events on a non-loopback address (anyone who reaches it with the token can
-    /// approve held calls; traffic is not encrypted).
+    /// Allow `--events` on a non-loopback address (anyone reaching it with the token can
+    /// approve held calls).
     #[arg(long)]
     events_allow_remote: bool,
-    /// No event websocket and no discovery file (held calls then only time out).
+    /// No event websocket and no discovery file: held calls can then only time out.
     #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
     no_events: bool,
     /// Log level for stderr (overridden by RUST_LOG).
@@ -106,7 +106,10 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let (policy_path, policy) = load_initial(&policy_path, &hub)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot load the policy {}", args.policy.display()))?;
-    let _watcher = PolicyWatcher::start(&policy_path, policy.clone(), hub.clone())?;
+    // Without a watch the loaded policy is still enforced; only live edits are lost.
+    let _watcher = PolicyWatcher::start(&policy_path, policy.clone(), hub.clone())
+        .inspect_err(|e| tracing::warn!("{e}; policy edits will not apply until a restart"))
+        .ok();
 
     let audit_path = match args.audit {
         Some(path) => path,
@@ -125,14 +128,14 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let control = crate::control::start(
             hub.clone(),
-            crate::control::EventsOptions {
+            EventsOptions {
                 addr: args.events,
                 allow_remote: args.events_allow_remote,
                 discovery: true,
             },
         )
         .await?;
-        tracing::info!("gateway {id}: events on {}", control.url());
+        tracing::info!("events on {}", control.url());
         Some(control)
     };
 

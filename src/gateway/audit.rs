@@ -5,16 +5,18 @@
 //! a SHA-256 of the canonical argument JSON, so a call can be matched later without the log
 //! holding its data. `--audit-args full` adds the values with secret-looking keys redacted.
 //!
-//! Writing happens on a dedicated thread fed by a channel, so a slow disk never adds latency
-//! to a call; the thread flushes whenever it has caught up.
+//! Writing happens on a dedicated thread, so a slow disk never adds latency to a call: a
+//! record is appended to an in-memory buffer (no system call, no thread wake-up on the call's
+//! path) and the thread writes the buffer out every [`FLUSH_EVERY`], and at close.
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -22,6 +24,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::policy::Verdict;
+
+/// How often queued records are written out.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
 
 /// How much of the arguments the audit log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -80,8 +85,23 @@ pub struct AuditRecord<'a> {
 pub struct AuditLog {
     path: PathBuf,
     args: AuditArgs,
-    tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    queue: Arc<Queue>,
     writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Records waiting for the writer thread.
+#[derive(Debug, Default)]
+struct Queue {
+    buffer: Mutex<Vec<u8>>,
+    closed: AtomicBool,
+    /// Wakes the writer at close, so closing does not wait for the next tick.
+    wake: Condvar,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl AuditLog {
@@ -105,16 +125,17 @@ impl AuditLog {
             .mode(0o600)
             .open(path)
             .map_err(open_err)?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let queue = Arc::new(Queue::default());
         let shown = path.display().to_string();
+        let thread_queue = queue.clone();
         let writer = std::thread::Builder::new()
             .name("toolgate-audit".into())
-            .spawn(move || write_lines(BufWriter::new(file), rx, &shown))
+            .spawn(move || write_lines(BufWriter::new(file), &thread_queue, &shown))
             .map_err(open_err)?;
         Ok(AuditLog {
             path: path.to_owned(),
             args,
-            tx: Mutex::new(Some(tx)),
+            queue,
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -141,30 +162,28 @@ impl AuditLog {
 
     /// Queues one record. Never blocks on the disk.
     pub fn record(&self, record: &AuditRecord<'_>) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
+        if self.queue.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut buffer = self.queue.lock();
+        let before = buffer.len();
+        match serde_json::to_writer(&mut *buffer, record) {
+            Ok(()) => buffer.push(b'\n'),
             Err(e) => {
+                buffer.truncate(before);
                 tracing::error!("audit record not serialisable: {e}");
-                return;
             }
-        };
-        line.push(b'\n');
-        if let Some(tx) = self.lock_tx().as_ref() {
-            let _ = tx.send(line);
         }
     }
 
-    /// Flushes everything queued and stops the writer. Later records are dropped.
+    /// Writes everything queued and stops the writer. Later records are dropped.
     pub fn close(&self) {
-        self.lock_tx().take();
+        self.queue.closed.store(true, Ordering::Release);
+        self.queue.wake.notify_all();
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(writer) = writer {
             let _ = writer.join();
         }
-    }
-
-    fn lock_tx(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Vec<u8>>>> {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The argument fields of a decision record for `args`, as this log's mode wants them.
@@ -194,23 +213,38 @@ pub struct ArgsDigest<'v> {
     pub values: Option<Value>,
 }
 
-fn write_lines(mut out: BufWriter<std::fs::File>, rx: mpsc::Receiver<Vec<u8>>, path: &str) {
+fn write_lines(mut out: BufWriter<std::fs::File>, queue: &Queue, path: &str) {
     let mut failed = false;
-    while let Ok(line) = rx.recv() {
-        let mut result = out.write_all(&line);
-        // Drain whatever else is queued before paying for a flush.
-        while let Ok(more) = rx.try_recv() {
-            result = result.and_then(|()| out.write_all(&more));
-        }
-        result = result.and_then(|()| out.flush());
-        if let Err(e) = result {
-            if !failed {
-                tracing::error!("cannot write audit log {path}: {e}");
+    let mut batch = Vec::new();
+    loop {
+        let closed = {
+            let buffer = queue.lock();
+            let (mut buffer, _) = queue
+                .wake
+                .wait_timeout_while(buffer, FLUSH_EVERY, |_| {
+                    !queue.closed.load(Ordering::Acquire)
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *buffer, &mut batch);
+            queue.closed.load(Ordering::Acquire)
+        };
+        if !batch.is_empty() {
+            let result = out.write_all(&batch).and_then(|()| out.flush());
+            batch.clear();
+            if let Err(e) = result {
+                if !failed {
+                    tracing::error!("cannot write audit log {path}: {e}");
+                }
+                failed = true;
             }
-            failed = true;
+        }
+        if closed {
+            // Records queued between the swap and `closed` being seen are written too.
+            let rest = std::mem::take(&mut *queue.lock());
+            let _ = out.write_all(&rest).and_then(|()| out.flush());
+            return;
         }
     }
-    let _ = out.flush();
 }
 
 /// SHA-256 (hex) of the canonical JSON of `args`: object keys sorted, no whitespace.

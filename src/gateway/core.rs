@@ -6,14 +6,14 @@
 //! the responses to the client's requests, are looked into. Everything else — and every
 //! message the gateway does not change — is forwarded as the exact bytes received.
 //!
-//! One connection is a few tasks around [`Shared`]: a reader per side, a writer per side fed
+//! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
 //! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
-//! task per held call. The bookkeeping of a connection is [`ConnState`]: which client
+//! task per held call. The bookkeeping of a connection is `ConnState`: which client
 //! requests are waiting for the upstream (so a server that dies answers each of them), which
 //! calls are held, and which 2026-07-28 calls asked for more input (so their retry is not
 //! counted twice).
 //!
-//! Ownership rule for held calls: whoever removes a hold from [`ConnState::holds`] answers
+//! Ownership rule for held calls: whoever removes a hold from `ConnState::holds` answers
 //! it and settles its reservation; the others back off. That makes operator approval,
 //! timeout, cancellation and shutdown race-free without further locking.
 
@@ -21,24 +21,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
-use super::audit::AuditRecord;
+use super::call::CallAnswer;
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Parsed, code};
 use crate::control::Resolution;
-use crate::policy::{Call, Decision, Reservation, Verdict};
-use crate::wire::{CallEvent, EventKind, Outcome, ResolvedBy, ToolInfo, Tools};
+use crate::policy::{Decision, Reservation, Verdict};
+use crate::wire::{CallEvent, EventKind, ResolvedBy, ToolInfo, Tools};
 
-/// Arguments in call events are cut to this many bytes of JSON.
-pub const EVENT_ARGS_CAP: usize = 4096;
-/// Outcome summaries are cut to this many characters.
-const SUMMARY_CAP: usize = 200;
+/// At most this many 2026-07-28 calls wait for their `input_required` retry.
+const MAX_CONTINUATIONS: usize = 1024;
+/// How long the last answers may take to reach the client when the connection ends.
+const CLIENT_DRAIN: Duration = Duration::from_secs(5);
 /// Queue length between a reader and the other side's writer.
 const QUEUE: usize = 1024;
 
@@ -145,9 +143,14 @@ where
         // Anything still waiting can no longer be answered by the upstream.
         shared.fail_pending("the MCP server closed before answering");
     }
-    let _ = shared.to_client.send(Out::Close).await;
-    drop(shared);
-    let _ = client_writer.await;
+    // A client that stopped reading must not keep the gateway from ending.
+    let drained = async {
+        let _ = shared.to_client.send(Out::Close).await;
+        let _ = client_writer.await;
+    };
+    if tokio::time::timeout(CLIENT_DRAIN, drained).await.is_err() {
+        tracing::warn!("the client is not reading; its last answers are dropped");
+    }
     end
 }
 
@@ -344,7 +347,8 @@ impl Shared {
         match jsonrpc::parse(&line) {
             Parsed::Message(env) => {
                 let action = self.client_message(&env, &line);
-                self.act(action, &line).await;
+                // The line itself goes upstream: no copy.
+                self.act(action, line).await;
             }
             Parsed::Batch(items) => {
                 for item in items {
@@ -353,17 +357,17 @@ impl Shared {
                         Ok(env) => self.client_message(&env, bytes),
                         Err(e) => malformed("client", bytes, &e.to_string()),
                     };
-                    self.act(action, bytes).await;
+                    self.act(action, bytes.to_vec()).await;
                 }
             }
             Parsed::Malformed(err) => {
                 let action = malformed("client", &line, &err);
-                self.act(action, &line).await;
+                self.act(action, line).await;
             }
         }
     }
 
-    async fn act(&self, action: Action, bytes: &[u8]) {
+    async fn act(&self, action: Action, bytes: Vec<u8>) {
         match action {
             Action::Forward => self.forward_upstream(bytes).await,
             Action::Answer(reply) => self.send_client(reply).await,
@@ -378,10 +382,16 @@ impl Shared {
             return Action::Forward;
         };
         let Some(id) = env.id_key() else {
-            if method == "notifications/cancelled" {
-                return self.client_cancelled(env);
-            }
-            return Action::Forward;
+            return match method {
+                "notifications/cancelled" => self.client_cancelled(env),
+                // A call without an id (or with a null one) cannot be answered, so it cannot
+                // be refused either: it never reaches the server undecided.
+                "tools/call" => {
+                    tracing::warn!("dropped a tools/call without an id");
+                    Action::Nothing
+                }
+                _ => Action::Forward,
+            };
         };
         match method {
             "tools/call" => self.client_call(id, env.params, bytes),
@@ -416,7 +426,7 @@ impl Shared {
                     reason: Some("cancelled by the client".into()),
                 },
             );
-            self.gateway.store.release(&held.reservation);
+            self.gateway.release(&held.reservation);
             return Action::Nothing;
         }
         let pending = self.lock().pending.remove(&target);
@@ -530,43 +540,29 @@ impl Shared {
         ticket: crate::control::HoldTicket,
         timeout: Duration,
         progress_token: Option<Value>,
-        mut stop: oneshot::Receiver<()>,
+        stop: oneshot::Receiver<()>,
     ) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut ticket = std::pin::pin!(ticket.wait());
-        let mut progress = tokio::time::interval(self.gateway.hold_progress_interval);
-        let mut ticks = 0u64;
-        let mut closing = std::pin::pin!(until_closing(self.closing.clone()));
-        let mut timed_out = false;
-        let resolution = loop {
-            tokio::select! {
-                resolution = &mut ticket => break resolution,
-                _ = tokio::time::sleep_until(deadline), if !timed_out => {
-                    timed_out = true;
-                    // If an operator got there first, the ticket carries their resolution.
-                    let _ = self.gateway.hub.resolve(&call_id, Resolution {
-                        approved: false,
-                        by: ResolvedBy::Timeout,
-                        operator: None,
-                        reason: Some(format!(
-                            "approval timed out after {}",
-                            super::human_duration(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
-                        )),
-                    });
-                }
-                _ = progress.tick(), if progress_token.is_some() => {
-                    if let Some(token) = &progress_token {
-                        ticks += 1;
-                        self.send_client(jsonrpc::progress(
-                            token,
-                            ticks,
-                            &format!("waiting for an operator to approve call {call_id}"),
-                        )).await;
-                    }
-                }
-                _ = &mut stop => return,
-                _ = &mut closing => return,
+        let to_client = self.to_client.clone();
+        let progress = progress_token.map(|token| {
+            let message = format!("waiting for an operator to approve call {call_id}");
+            move |n: u64| {
+                // A progress note that does not fit the queue is skipped; the next one will.
+                let _ = to_client.try_send(Out::Line(jsonrpc::progress(&token, n, &message)));
             }
+        });
+        let closing = until_closing(self.closing.clone());
+        let stopped = async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = closing => {}
+            }
+        };
+        let Some(resolution) = self
+            .gateway
+            .await_resolution(ticket, timeout, progress, stopped)
+            .await
+        else {
+            return;
         };
         let Some(held) = self.lock().holds.remove(&id) else {
             return;
@@ -580,42 +576,32 @@ impl Shared {
                 reservation: held.reservation,
             };
             self.lock().pending.insert(id.clone(), Pending::Call(call));
-            self.forward_upstream(&held.line).await;
+            self.forward_upstream(held.line).await;
             return;
         }
-        self.gateway.store.release(&held.reservation);
+        self.gateway.release(&held.reservation);
         if resolution.by == ResolvedBy::Cancellation {
             return;
         }
-        let text = match (resolution.by, resolution.reason.as_deref()) {
-            (ResolvedBy::Operator, Some(reason)) if !reason.is_empty() => {
-                format!("Denied by an operator: {reason}")
-            }
-            (ResolvedBy::Operator, _) => "Denied by an operator.".to_owned(),
-            (_, Some(reason)) => format!("Not approved: {reason}"),
-            (_, None) => "Not approved.".to_owned(),
-        };
+        let text = super::call::refusal_text(&resolution);
         self.send_client(jsonrpc::refusal(&id, &text, held.modern))
             .await;
     }
 
     /// Sends a client message upstream; when the upstream is gone, answers the request
     /// that carried it with an error (and gives a call's units back).
-    async fn forward_upstream(&self, line: &[u8]) {
-        if self
-            .to_upstream
-            .send(Out::Line(line.to_vec()))
-            .await
-            .is_ok()
-        {
+    async fn forward_upstream(&self, line: Vec<u8>) {
+        let Err(mpsc::error::SendError(Out::Line(line))) =
+            self.to_upstream.send(Out::Line(line)).await
+        else {
             return;
-        }
-        if let Parsed::Message(env) = jsonrpc::parse(line)
+        };
+        if let Parsed::Message(env) = jsonrpc::parse(&line)
             && let Some(id) = env.id_key().filter(|_| env.is_request())
         {
             let pending = self.lock().pending.remove(&id);
             if let Some(Pending::Call(call)) = &pending {
-                self.gateway.store.release(&call.reservation);
+                self.gateway.release(&call.reservation);
             }
             if pending.is_some() {
                 self.send_client(jsonrpc::error_response(
@@ -669,10 +655,16 @@ impl Shared {
             Pending::Plain => None,
             Pending::ToolsList { first_page } => self.tools_listed(&id, env, first_page),
             Pending::Call(call) => {
-                let answer = AnswerSummary::of(env);
+                let answer = CallAnswer::of(env);
                 if answer.input_required {
                     let key = (call.tool.clone(), super::audit::args_sha256(&call.args));
-                    self.lock().continuations.insert(key, call);
+                    let mut state = self.lock();
+                    // Calls whose retry never comes must not pile up; forgetting them only
+                    // means a very late retry is counted again (fail closed).
+                    if state.continuations.len() >= MAX_CONTINUATIONS {
+                        state.continuations.clear();
+                    }
+                    state.continuations.insert(key, call);
                 } else {
                     self.finish_call(&call, answer.error, answer.summary);
                 }
@@ -683,67 +675,34 @@ impl Shared {
 
     /// Publishes the outcome of a call that went upstream and audits it.
     fn finish_call(&self, call: &CallInFlight, error: bool, summary: Option<String>) {
-        let latency_us = u64::try_from(call.arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let gw = &self.gateway;
-        if let Some(audit) = &gw.audit {
-            audit.record(&AuditRecord {
-                ts: Utc::now(),
-                kind: "outcome",
-                call_id: &call.call_id,
-                grant: &gw.grant,
-                session: &self.session,
-                server: &gw.server,
-                tool: &call.tool,
-                decision: None,
-                rule: None,
-                reason: None,
-                arg_keys: None,
-                args_sha256: None,
-                args: None,
-                latency_us: Some(latency_us),
-                error: Some(error),
-            });
-        }
-        gw.hub.publish(EventKind::Outcome(Outcome {
-            call_id: call.call_id.clone(),
-            latency_us,
+        self.gateway.record_outcome(
+            &self.session,
+            &call.call_id,
+            &call.tool,
+            call.arrived,
             error,
             summary,
-        }));
+        );
     }
 
     /// Applies `hide` to a `tools/list` answer and publishes the tools offered.
     fn tools_listed(&self, id: &IdKey, env: &Envelope<'_>, first_page: bool) -> Option<Vec<u8>> {
-        let mut result: serde_json::Map<String, Value> =
-            serde_json::from_str(env.result?.get()).ok()?;
-        let Some(Value::Array(tools)) = result.get_mut("tools") else {
-            return None;
-        };
-        let offered: Vec<ToolInfo> = tools
-            .iter()
-            .filter_map(|t| serde_json::from_value(t.clone()).ok())
-            .collect();
-        let policy = self.gateway.policy.load();
-        let before = tools.len();
-        tools.retain(|t| {
-            t.get("name")
-                .and_then(Value::as_str)
-                .is_none_or(|name| !policy.is_hidden(name))
-        });
-        let changed = tools.len() != before;
+        let listed = self.gateway.filter_tools_list(env.result?)?;
         let all = {
             let mut state = self.lock();
             if first_page {
                 state.tools.clear();
             }
-            state.tools.extend(offered);
+            state.tools.extend(listed.offered);
             state.tools.clone()
         };
         self.gateway.hub.publish(EventKind::Tools(Tools {
             server: self.gateway.server.clone(),
             tools: all,
         }));
-        changed.then(|| jsonrpc::result_response(id, &Value::Object(result)))
+        listed
+            .filtered
+            .map(|result| jsonrpc::result_response(id, &result))
     }
 
     /// Denies every held call (the connection is closing).
@@ -759,7 +718,7 @@ impl Shared {
                     reason: Some(why.to_owned()),
                 },
             );
-            self.gateway.store.release(&held.reservation);
+            self.gateway.release(&held.reservation);
             let _ = self.to_client.try_send(Out::Line(jsonrpc::error_response(
                 Some(&id),
                 code::UPSTREAM_GONE,
@@ -801,152 +760,4 @@ fn malformed(side: &str, line: &[u8], err: &str) -> Action {
     } else {
         Action::Nothing
     }
-}
-
-/// What a `tools/call` answer says, for the outcome event.
-struct AnswerSummary {
-    error: bool,
-    input_required: bool,
-    summary: Option<String>,
-}
-
-impl AnswerSummary {
-    fn of(env: &Envelope<'_>) -> AnswerSummary {
-        #[derive(Deserialize)]
-        struct Result<'a> {
-            #[serde(default, rename = "isError")]
-            is_error: bool,
-            #[serde(default, rename = "resultType")]
-            result_type: Option<std::borrow::Cow<'a, str>>,
-            #[serde(default, borrow)]
-            content: Vec<&'a RawValue>,
-        }
-        #[derive(Deserialize)]
-        struct Text {
-            #[serde(default)]
-            text: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct Error {
-            #[serde(default)]
-            message: Option<String>,
-        }
-        if let Some(error) = env.error {
-            let message = serde_json::from_str::<Error>(error.get())
-                .ok()
-                .and_then(|e| e.message);
-            return AnswerSummary {
-                error: true,
-                input_required: false,
-                summary: message.map(|m| cap(&m)),
-            };
-        }
-        let Some(result) = env
-            .result
-            .and_then(|r| serde_json::from_str::<Result<'_>>(r.get()).ok())
-        else {
-            return AnswerSummary {
-                error: true,
-                input_required: false,
-                summary: Some("unreadable result".into()),
-            };
-        };
-        let summary = result
-            .content
-            .first()
-            .and_then(|c| serde_json::from_str::<Text>(c.get()).ok())
-            .and_then(|t| t.text)
-            .map(|t| cap(&t));
-        AnswerSummary {
-            error: result.is_error,
-            input_required: result.result_type.as_deref() == Some("input_required"),
-            summary,
-        }
-    }
-}
-
-fn cap(text: &str) -> String {
-    match text.char_indices().nth(SUMMARY_CAP) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-impl Gateway {
-    /// Decides one call: runs the policy, publishes the `call` event and writes the
-    /// decision's audit record. The caller acts on the verdict (forward, refuse or hold) and
-    /// owns the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
-    /// gateway all decide through this.
-    pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (CallEvent, Decision) {
-        let policy = self.policy.load();
-        let decision = policy.decide(
-            &Call {
-                tool,
-                args,
-                grant: &self.grant,
-                session,
-            },
-            self.store.as_ref(),
-            self.clock.now_ms(),
-        );
-        let (event_args, args_truncated) = event_args(args);
-        let hold_deadline = match decision.verdict {
-            Verdict::Hold => decision.approval_timeout_ms.and_then(|ms| {
-                Utc::now().checked_add_signed(chrono::Duration::milliseconds(
-                    i64::try_from(ms).unwrap_or(i64::MAX),
-                ))
-            }),
-            _ => None,
-        };
-        let event = CallEvent {
-            call_id: self.hub.next_call_id(),
-            tool: tool.to_owned(),
-            grant: self.grant.clone(),
-            session: session.to_owned(),
-            server: self.server.clone(),
-            decision: decision.verdict,
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-            args: event_args,
-            args_truncated,
-            retry_after_ms: decision.retry_after_ms,
-            hold_deadline,
-        };
-        if let Some(audit) = &self.audit {
-            let digest = audit.describe_args(args);
-            audit.record(&AuditRecord {
-                ts: Utc::now(),
-                kind: "decision",
-                call_id: &event.call_id,
-                grant: &self.grant,
-                session,
-                server: &self.server,
-                tool,
-                decision: Some(decision.verdict),
-                rule: Some(&decision.rule),
-                reason: Some(&decision.reason),
-                arg_keys: Some(digest.keys),
-                args_sha256: Some(digest.sha256),
-                args: digest.values,
-                latency_us: None,
-                error: None,
-            });
-        }
-        self.hub.publish(EventKind::Call(event.clone()));
-        (event, decision)
-    }
-}
-
-/// The arguments as a call event carries them: secrets redacted, capped in size.
-fn event_args(args: &Value) -> (Value, bool) {
-    let redacted = crate::redact::redact(args);
-    let text = redacted.to_string();
-    if text.len() <= EVENT_ARGS_CAP {
-        return (redacted, false);
-    }
-    let mut cut = EVENT_ARGS_CAP;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    (Value::String(text[..cut].to_owned()), true)
 }

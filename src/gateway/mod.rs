@@ -4,17 +4,20 @@
 //! client side and an upstream side given as any async byte streams, deciding every
 //! `tools/call` with the policy on the way. `toolgate wrap` ([`stdio`]) runs it over its own
 //! stdin/stdout and a child process ([`upstream`]); the demo runs it over in-process pipes.
-//! The per-call decision logic ([`Gateway::decide_call`] and friends in [`core`]) does not
-//! know about streams, so the HTTP transport can reuse it message by message.
+//! The per-call logic ([`Gateway::decide_call`], [`Gateway::await_resolution`],
+//! [`Gateway::filter_tools_list`], [`Gateway::record_outcome`] in [`call`]) does not know
+//! about streams, so the HTTP transport reuses it message by message.
 //!
 //! - [`jsonrpc`] — classify a line by `method` and `id`; build refusals and errors.
-//! - [`core`] — the proxy loop: forwarding, decisions, `hide`, outcomes, holds, faults.
+//! - [`call`] — per-call logic shared by every transport: decide, hold, `hide`, outcome.
+//! - [`core`] — the stdio-style proxy loop: forwarding, pending requests, holds, faults.
 //! - [`audit`] — the JSON-lines audit log.
 //! - [`reload`] — watch the policy file and swap in each valid new version.
 //! - [`upstream`] — spawn and stop an MCP server process.
 //! - [`stdio`] — `wrap`: stdin/stdout + a child process around the core.
 
 pub mod audit;
+pub mod call;
 pub mod core;
 pub mod jsonrpc;
 pub mod reload;

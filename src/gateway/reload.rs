@@ -61,7 +61,7 @@ pub fn absolute(path: &Path) -> PathBuf {
 /// A running watch; dropping it stops watching.
 pub struct PolicyWatcher {
     _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
-    reloader: Arc<Mutex<Reloader>>,
+    reloader: Arc<Mutex<PolicyReloader>>,
 }
 
 impl std::fmt::Debug for PolicyWatcher {
@@ -73,7 +73,11 @@ impl std::fmt::Debug for PolicyWatcher {
 impl PolicyWatcher {
     /// Starts watching `path` (absolute), swapping each valid new version into `policy`.
     pub fn start(path: &Path, policy: PolicyHandle, hub: Arc<Hub>) -> Result<Self, WatchError> {
-        let reloader = Arc::new(Mutex::new(Reloader::new(path.to_owned(), policy, hub)));
+        let reloader = Arc::new(Mutex::new(PolicyReloader::new(
+            path.to_owned(),
+            policy,
+            hub,
+        )));
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -108,12 +112,14 @@ impl PolicyWatcher {
     }
 }
 
-fn lock(reloader: &Mutex<Reloader>) -> std::sync::MutexGuard<'_, Reloader> {
+fn lock(reloader: &Mutex<PolicyReloader>) -> std::sync::MutexGuard<'_, PolicyReloader> {
     reloader.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What the watcher remembers between checks.
-struct Reloader {
+/// Re-reads the policy file on demand and applies or refuses what it finds; what the
+/// watcher calls on every burst of directory events. Remembers the last bytes it saw, so
+/// unchanged files cost one read and a refused file is reported once.
+pub struct PolicyReloader {
     path: PathBuf,
     policy: PolicyHandle,
     hub: Arc<Hub>,
@@ -121,10 +127,11 @@ struct Reloader {
     last_seen: Option<String>,
 }
 
-impl Reloader {
-    fn new(path: PathBuf, policy: PolicyHandle, hub: Arc<Hub>) -> Reloader {
+impl PolicyReloader {
+    /// A reloader for `path` (absolute) whose current version is the one in `policy`.
+    pub fn new(path: PathBuf, policy: PolicyHandle, hub: Arc<Hub>) -> PolicyReloader {
         let last_seen = Some(policy.load().hash().to_owned());
-        Reloader {
+        PolicyReloader {
             path,
             policy,
             hub,
@@ -132,7 +139,8 @@ impl Reloader {
         }
     }
 
-    fn check(&mut self) {
+    /// Re-reads the file; applies a new valid version, refuses anything else.
+    pub fn check(&mut self) {
         let shown = self.path.display().to_string();
         let text = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,

@@ -7,11 +7,13 @@
 //! SIGKILL); when the server dies, every pending request is answered with an error and the
 //! gateway exits non-zero.
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::BufReader;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{oneshot, watch};
 
 use super::Gateway;
@@ -71,10 +73,11 @@ pub async fn wrap(
         }
     });
 
+    let (client_in, client_out) = client_streams();
     let end = core::run(
         gateway,
-        BufReader::with_capacity(64 * 1024, tokio::io::stdin()),
-        tokio::io::stdout(),
+        BufReader::with_capacity(64 * 1024, client_in),
+        client_out,
         BufReader::with_capacity(64 * 1024, server_out),
         server_in,
         RunOptions {
@@ -102,4 +105,76 @@ pub async fn wrap(
             status: shown,
         }),
     }
+}
+
+type ClientRead = Box<dyn AsyncRead + Send + Unpin>;
+type ClientWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// This process's stdin and stdout as async streams. Pipes and sockets (what MCP clients
+/// spawn servers with) are driven by the reactor directly; `tokio::io::stdin`/`stdout` hand
+/// every read and write to a blocking thread, which costs tens of microseconds per message.
+/// Anything else (a terminal, a file) falls back to those.
+fn client_streams() -> (ClientRead, ClientWrite) {
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| reactor_stream(fd, Direction::Read));
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| reactor_stream(fd, Direction::Write));
+    let stdin: ClientRead = match stdin {
+        Some(Stream::Pipe(Pipe::Read(rx))) => Box::new(rx),
+        Some(Stream::Socket(sock)) => Box::new(sock),
+        _ => Box::new(tokio::io::stdin()),
+    };
+    let stdout: ClientWrite = match stdout {
+        Some(Stream::Pipe(Pipe::Write(tx))) => Box::new(tx),
+        Some(Stream::Socket(sock)) => Box::new(sock),
+        _ => Box::new(tokio::io::stdout()),
+    };
+    (stdin, stdout)
+}
+
+enum Direction {
+    Read,
+    Write,
+}
+
+enum Pipe {
+    Read(tokio::net::unix::pipe::Receiver),
+    Write(tokio::net::unix::pipe::Sender),
+}
+
+enum Stream {
+    Pipe(Pipe),
+    Socket(tokio::net::UnixStream),
+}
+
+/// Registers a duplicate of a stdio descriptor with the reactor, when it is a pipe or a
+/// Unix socket. Sets it non-blocking; the descriptor is this process's end only.
+fn reactor_stream(fd: OwnedFd, direction: Direction) -> Option<Stream> {
+    let file = std::fs::File::from(fd);
+    let kind = file.metadata().ok()?.file_type();
+    if kind.is_fifo() {
+        let fd = OwnedFd::from(file);
+        return match direction {
+            Direction::Read => tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .ok()
+                .map(|rx| Stream::Pipe(Pipe::Read(rx))),
+            Direction::Write => tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+                .ok()
+                .map(|tx| Stream::Pipe(Pipe::Write(tx))),
+        };
+    }
+    if kind.is_socket() {
+        let sock = std::os::unix::net::UnixStream::from(OwnedFd::from(file));
+        sock.set_nonblocking(true).ok()?;
+        return tokio::net::UnixStream::from_std(sock)
+            .ok()
+            .map(Stream::Socket);
+    }
+    None
 }

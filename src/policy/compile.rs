@@ -14,6 +14,9 @@
 //! - Keys of `tools`, `hide` entries and counter names must not be empty.
 //! - A key written twice in one object is an error (a second rule must not silently replace
 //!   the first).
+//! - A `rate_limit` is a counter named after the rule's key (so a glob rule's tools share it).
+//!   When one call would count against the same counter twice (a rule's limit and an
+//!   `all_tools` limit naming it), it takes one unit, not two.
 
 use std::collections::HashMap;
 
@@ -252,6 +255,7 @@ impl Compiler {
             rules: Vec::new(),
             all_tools: Vec::new(),
             counters: Vec::new(),
+            counter_names: Vec::new(),
         };
 
         // Members in document order, so that "the second definition" of a counter is the
@@ -308,6 +312,11 @@ impl Compiler {
             .globs
             .sort_by_key(|(g, _)| std::cmp::Reverse(g.literal_chars()));
         policy.counters = std::mem::take(&mut self.counters);
+        policy.counter_names = policy
+            .counters
+            .iter()
+            .map(|c| std::sync::Arc::from(c.name.as_str()))
+            .collect();
         ok.then_some(policy)
     }
 

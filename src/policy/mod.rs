@@ -36,6 +36,7 @@ pub use store::{
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use condition::Condition;
 use glob::Glob;
@@ -108,6 +109,8 @@ pub struct Policy {
     rules: Vec<Rule>,
     all_tools: Vec<LimitUse>,
     counters: Vec<CounterDef>,
+    /// `counters[i].name`, shared with the reservations that name it.
+    counter_names: Vec<Arc<str>>,
 }
 
 /// Everything wrong with a policy text, every problem at once.
@@ -376,23 +379,20 @@ impl Policy {
             .unwrap_or_default()
             .iter()
             .chain(self.all_tools.iter());
-        let mut requests: Vec<LimitRequest> = Vec::new();
+        let mut requests: Vec<LimitRequest<'_>> = Vec::new();
         let mut request_uses: Vec<&LimitUse> = Vec::new();
         for u in uses {
             if request_uses.iter().any(|seen| seen.counter == u.counter) {
                 continue;
             }
             let def = &self.counters[u.counter];
-            let scope_key = match def.scope {
-                Scope::Grant => call.grant,
-                Scope::Session => call.session,
-                Scope::Global => "",
-            };
             requests.push(LimitRequest {
-                key: CounterKey {
-                    counter: def.name.clone(),
-                    scope: def.scope,
-                    scope_key: scope_key.to_string(),
+                counter: &self.counter_names[u.counter],
+                scope: def.scope,
+                scope_key: match def.scope {
+                    Scope::Grant => call.grant,
+                    Scope::Session => call.session,
+                    Scope::Global => "",
                 },
                 max: def.max,
                 window_ms: def.window_ms,

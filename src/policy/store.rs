@@ -17,9 +17,11 @@
 //! more than `max` units, even when callers' clocks arrive slightly out of order. (With
 //! in-order times this is the ordinary rolling window.)
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex};
 
 /// Whose budget a counter is: one per grant, one per MCP session, or one for everybody.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,20 +48,41 @@ impl fmt::Display for Scope {
 }
 
 /// One budget: a counter name in one scope, for one scope key (the grant, the session, or
-/// `""` for global).
+/// `""` for global). Owned, for reservations that outlive the call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterKey {
-    pub counter: String,
+    /// Shared with the policy, so a reservation does not copy the name.
+    pub counter: Arc<str>,
     pub scope: Scope,
     pub scope_key: String,
 }
 
-/// "Take one unit from this budget if it has room."
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitRequest {
-    pub key: CounterKey,
+/// "Take one unit from this budget if it has room." Borrows its names from the call and the
+/// policy, so asking costs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitRequest<'a> {
+    pub counter: &'a Arc<str>,
+    pub scope: Scope,
+    pub scope_key: &'a str,
     pub max: u64,
     pub window_ms: u64,
+}
+
+impl LimitRequest<'_> {
+    fn same_budget(&self, other: &LimitRequest<'_>) -> bool {
+        self.counter == other.counter
+            && self.scope == other.scope
+            && self.scope_key == other.scope_key
+    }
+
+    /// The owned key of this budget.
+    pub fn key(&self) -> CounterKey {
+        CounterKey {
+            counter: Arc::clone(self.counter),
+            scope: self.scope,
+            scope_key: self.scope_key.to_string(),
+        }
+    }
 }
 
 /// One unit taken: which budget, and the time it was counted at.
@@ -120,8 +143,8 @@ pub struct StoreError(pub String);
 /// Where limits are counted. Thread-safe; admission of all of a call's limits is atomic.
 pub trait CounterStore: Send + Sync {
     /// Takes one unit from every budget in `limits` if all have room at `now_ms`, else none.
-    /// A counter named twice in `limits` is counted once.
-    fn admit(&self, limits: &[LimitRequest], now_ms: u64) -> Result<Admission, StoreError>;
+    /// A budget named twice in `limits` is counted once.
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError>;
 
     /// Gives back the units of a reservation (those not yet out of their window).
     fn release(&self, reservation: &Reservation);
@@ -144,6 +167,8 @@ const SWEEP_EVERY: u64 = 4096;
 /// Per key it keeps units for twice the largest window ever requested for that key (so a
 /// budget whose window grows still sees the calls already counted, and late-arriving clocks
 /// still see every unit that could share a span with them). Idle keys are swept now and then.
+/// Budgets are found by one keyed hash of the borrowed names, so admission allocates only
+/// for a budget's first unit and for the reservation.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -151,9 +176,31 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    slots: HashMap<CounterKey, Slot>,
+    /// Keyed hash of (counter, scope, scope key) → the budgets with that hash. Hashing the
+    /// borrowed names once per lookup (with the process's random keys, so callers cannot aim
+    /// collisions) keeps admission free of allocations and repeated hashing.
+    slots: HashMap<u64, Vec<(CounterKey, Slot)>, BuildHasherDefault<Prehashed>>,
+    hasher: RandomState,
     admissions: u64,
     latest_ms: u64,
+}
+
+/// The map's keys are already hashes; pass them through.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -183,12 +230,16 @@ impl Slot {
         now_ms.max(self.latest_ms.saturating_sub(self.retain_ms))
     }
 
-    /// Units within `window_ms` of `now_ms` on either side, and (if the budget is full)
-    /// when enough of them leave the window for one more to fit.
+    /// `None` if one more unit fits at `now_ms`; else when it will (ms from now, >= 1).
+    /// Counts units within `window_ms` of `now_ms` on either side.
     fn check(&self, now_ms: u64, max: u64, window_ms: u64) -> Option<u64> {
         let high = now_ms.saturating_add(window_ms);
         let start = first_in_window(&self.times, now_ms, window_ms);
-        let end = self.times.partition_point(|&t| t < high);
+        let end = if self.times.back().is_some_and(|&t| t < high) {
+            self.times.len()
+        } else {
+            self.times.partition_point(|&t| t < high)
+        };
         let used = (end - start) as u64;
         if used < max {
             return None;
@@ -200,8 +251,19 @@ impl Slot {
     }
 
     fn insert(&mut self, at_ms: u64) {
-        let pos = self.times.partition_point(|&t| t <= at_ms);
-        self.times.insert(pos, at_ms);
+        if self.times.back().is_none_or(|&t| t <= at_ms) {
+            self.times.push_back(at_ms);
+        } else {
+            let pos = self.times.partition_point(|&t| t <= at_ms);
+            self.times.insert(pos, at_ms);
+        }
+    }
+
+    fn remove(&mut self, at_ms: u64) {
+        let pos = self.times.partition_point(|&t| t < at_ms);
+        if self.times.get(pos) == Some(&at_ms) {
+            self.times.remove(pos);
+        }
     }
 }
 
@@ -227,48 +289,79 @@ impl MemoryStore {
 }
 
 impl Inner {
+    fn hash(&self, counter: &str, scope: Scope, scope_key: &str) -> u64 {
+        self.hasher.hash_one((counter, scope, scope_key))
+    }
+
+    fn slot(&mut self, limit: &LimitRequest<'_>) -> &mut Slot {
+        let h = self.hash(limit.counter, limit.scope, limit.scope_key);
+        let bucket = self.slots.entry(h).or_default();
+        let found = bucket.iter().position(|(k, _)| {
+            *k.counter == **limit.counter
+                && k.scope == limit.scope
+                && k.scope_key == limit.scope_key
+        });
+        let i = match found {
+            Some(i) => i,
+            None => {
+                bucket.push((limit.key(), Slot::default()));
+                bucket.len() - 1
+            }
+        };
+        &mut bucket[i].1
+    }
+
+    fn existing_slot(&mut self, key: &CounterKey) -> Option<&mut Slot> {
+        let h = self.hash(&key.counter, key.scope, &key.scope_key);
+        self.slots
+            .get_mut(&h)?
+            .iter_mut()
+            .find(|(k, _)| k == key)
+            .map(|(_, slot)| slot)
+    }
+
     fn sweep(&mut self) {
         let latest = self.latest_ms;
-        self.slots.retain(|_, slot| {
-            slot.prune(latest.max(slot.latest_ms));
-            !slot.times.is_empty()
+        self.slots.retain(|_, bucket| {
+            bucket.retain_mut(|(_, slot)| {
+                slot.prune(latest.max(slot.latest_ms));
+                !slot.times.is_empty()
+            });
+            !bucket.is_empty()
         });
     }
 }
 
 impl CounterStore for MemoryStore {
-    fn admit(&self, limits: &[LimitRequest], now_ms: u64) -> Result<Admission, StoreError> {
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
         let mut inner = self.lock();
         inner.latest_ms = inner.latest_ms.max(now_ms);
-        // First pass: bring each slot up to date and check room; nothing is taken yet.
-        let mut times = Vec::with_capacity(limits.len());
+        let mut units: Vec<ReservedUnit> = Vec::with_capacity(limits.len());
         for (index, limit) in limits.iter().enumerate() {
-            if limits[..index].iter().any(|l| l.key == limit.key) {
-                times.push(None);
+            if limits[..index].iter().any(|l| l.same_budget(limit)) {
                 continue;
             }
-            let slot = inner.slots.entry(limit.key.clone()).or_default();
+            let slot = inner.slot(limit);
             slot.retain_ms = slot.retain_ms.max(limit.window_ms);
             let at = slot.effective_now(now_ms);
             slot.latest_ms = slot.latest_ms.max(at);
             slot.prune(slot.latest_ms);
             if let Some(retry_after_ms) = slot.check(at, limit.max, limit.window_ms) {
+                // All or nothing: give back what this call took from earlier budgets.
+                for unit in &units {
+                    if let Some(slot) = inner.existing_slot(&unit.key) {
+                        slot.remove(unit.at_ms);
+                    }
+                }
                 return Ok(Admission::Refused {
                     index,
                     retry_after_ms,
                 });
             }
-            times.push(Some(at));
-        }
-        // Second pass: every budget has room; take one unit from each.
-        let mut units = Vec::with_capacity(limits.len());
-        for (limit, at) in limits.iter().zip(times) {
-            let Some(at) = at else { continue };
-            if let Some(slot) = inner.slots.get_mut(&limit.key) {
-                slot.insert(at);
-            }
+            // Taken now, under the lock; undone above if a later budget is full.
+            slot.insert(at);
             units.push(ReservedUnit {
-                key: limit.key.clone(),
+                key: limit.key(),
                 at_ms: at,
                 token: 0,
             });
@@ -283,11 +376,8 @@ impl CounterStore for MemoryStore {
     fn release(&self, reservation: &Reservation) {
         let mut inner = self.lock();
         for unit in &reservation.units {
-            if let Some(slot) = inner.slots.get_mut(&unit.key) {
-                let pos = slot.times.partition_point(|&t| t < unit.at_ms);
-                if slot.times.get(pos) == Some(&unit.at_ms) {
-                    slot.times.remove(pos);
-                }
+            if let Some(slot) = inner.existing_slot(&unit.key) {
+                slot.remove(unit.at_ms);
             }
         }
     }
@@ -302,8 +392,9 @@ impl CounterStore for MemoryStore {
         let inner = self.lock();
         let mut out: Vec<KeyUsage> = inner
             .slots
-            .iter()
-            .filter(|(k, _)| k.counter == counter && k.scope == scope)
+            .values()
+            .flatten()
+            .filter(|(k, _)| &*k.counter == counter && k.scope == scope)
             .filter_map(|(k, slot)| {
                 let start = first_in_window(&slot.times, now_ms, window_ms);
                 let used = (slot.times.len() - start) as u64;
@@ -326,13 +417,13 @@ impl CounterStore for MemoryStore {
 mod tests {
     use super::*;
 
-    fn req(counter: &str, key: &str, max: u64, window_ms: u64) -> LimitRequest {
+    /// Names live as long as the test: leak them to borrow with `'static`.
+    fn req(counter: &str, key: &str, max: u64, window_ms: u64) -> LimitRequest<'static> {
+        let counter: &'static Arc<str> = Box::leak(Box::new(Arc::from(counter)));
         LimitRequest {
-            key: CounterKey {
-                counter: counter.into(),
-                scope: Scope::Grant,
-                scope_key: key.into(),
-            },
+            counter,
+            scope: Scope::Grant,
+            scope_key: Box::leak(key.to_string().into_boxed_str()),
             max,
             window_ms,
         }
@@ -374,7 +465,7 @@ mod tests {
         let a = req("a", "g", 5, 1000);
         let b = req("b", "g", 1, 1000);
         admitted(s.admit(std::slice::from_ref(&b), 0).unwrap());
-        let r = s.admit(&[a.clone(), b], 10).unwrap();
+        let r = s.admit(&[a, b], 10).unwrap();
         assert!(matches!(r, Admission::Refused { index: 1, .. }));
         assert!(s.usage("a", Scope::Grant, 1000, 10).unwrap().is_empty());
     }
@@ -437,5 +528,25 @@ mod tests {
             Admission::Refused { .. }
         ));
         admitted(s.admit(&l, 3999).unwrap());
+    }
+
+    #[test]
+    fn idle_budgets_are_forgotten_once_out_of_their_windows() {
+        let s = MemoryStore::new();
+        // One call each from many sessions, long ago...
+        for i in 0..1000u64 {
+            let key = format!("session-{i}");
+            admitted(s.admit(&[req("a", &key, 1, 1000)], i).unwrap());
+        }
+        // ...then one busy session for long enough to trigger sweeps.
+        for i in 0..(2 * SWEEP_EVERY) {
+            admitted(
+                s.admit(&[req("b", "busy", u64::MAX, 1000)], 100_000 + i)
+                    .unwrap(),
+            );
+        }
+        let inner = s.lock();
+        let budgets: usize = inner.slots.values().map(Vec::len).sum();
+        assert_eq!(budgets, 1);
     }
 }

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -84,7 +85,10 @@ async def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     mode, log_path, command = argv[0], argv[1], argv[3:]
-    params = StdioServerParameters(command=command[0], args=command[1:])
+    # The SDK passes servers only a short list of variables; the gateway also needs to know
+    # where the test keeps its runtime and state files.
+    passed = {k: os.environ[k] for k in ("XDG_RUNTIME_DIR", "XDG_STATE_HOME", "RUST_LOG") if k in os.environ}
+    params = StdioServerParameters(command=command[0], args=command[1:], env=passed)
     loop = asyncio.get_running_loop()
     with open(log_path, "a", encoding="utf-8") as log:
         transport = stdio_client(params, errlog=log)

@@ -1,0 +1,60 @@
+//! Every thing an operator can ask the console to do, as one enum.
+//!
+//! Keys (see [`super::keys`]) and `:` commands map to these names; [`super::app::update`]
+//! carries them out. Keeping them in one place means the help screen, the key table and the
+//! tests all speak the same vocabulary.
+
+use super::app::View;
+
+/// One operator action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Switch to a view (`1`..`4`).
+    ShowView(View),
+    /// Next view (`Tab`).
+    NextView,
+    /// Previous view (`Shift-Tab`).
+    PrevView,
+    /// Show or hide the keys of the current view (`?`).
+    ToggleHelp,
+    /// Open the `:` command line.
+    OpenCommandLine,
+    /// Quit; asks first when calls are held (`q`).
+    Quit,
+    /// Quit without asking (`Ctrl-C`, `:q!`).
+    ForceQuit,
+    /// Back out of whatever is open: prompt, help, detail, filter (`Esc`).
+    Back,
+    /// Move the selection up one row; in Live this pauses following.
+    SelectUp,
+    /// Move the selection down one row.
+    SelectDown,
+    /// Move the selection up one page.
+    PageUp,
+    /// Move the selection down one page.
+    PageDown,
+    /// Select the oldest row (`g`, `Home`).
+    SelectFirst,
+    /// Live: follow the newest call again (`F`, `End`).
+    Follow,
+    /// Live: edit the filter (`/`).
+    OpenFilter,
+    /// Live: clear the filter.
+    ClearFilter,
+    /// Open the detail of the selected call (`Enter`).
+    OpenDetail,
+    /// Holds: approve the selected held call (`a`).
+    Approve,
+    /// Holds: deny the selected held call, asking for a reason first (`d`).
+    Deny,
+    /// Text entry: edit the text being typed.
+    Edit(tui_input::InputRequest),
+    /// Text entry: accept what was typed (`Enter`).
+    Submit,
+    /// Confirmation: yes (`y`).
+    Confirm,
+    /// Confirmation: no (`n`).
+    Cancel,
+    /// Apply a theme by name (`:theme NAME`).
+    SetTheme(String),
+}

@@ -1,0 +1,314 @@
+//! Key bindings: which key means which [`Action`], in which context.
+//!
+//! One table ([`bindings`]) is the source of truth: [`action_for`] looks keys up in it and the
+//! help screen and the hint line list it, so a key cannot work without being documented or be
+//! documented without working. Keys are scoped (mitmproxy style): a binding applies in its
+//! view, and `a`/`d` only where a held call is selected. Text prompts take every key as text.
+
+use std::sync::LazyLock;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use tui_input::InputRequest;
+
+use super::action::Action;
+use super::app::{Prompt, State, View};
+
+/// Where a binding applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every view.
+    Global,
+    /// The Live view.
+    Live,
+    /// The Holds view.
+    Holds,
+    /// Live or Holds, when the selected call is held now.
+    HeldCall,
+    /// Live or Holds, when a call is selected.
+    Call,
+}
+
+/// One key binding.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub scope: Scope,
+    pub keys: Vec<(KeyCode, KeyModifiers)>,
+    /// How the keys are written in help, e.g. `j ↓`.
+    pub label: &'static str,
+    pub action: Action,
+    /// What it does, for help.
+    pub help: &'static str,
+    /// Its word on the hint line at the bottom, if it is shown there.
+    pub hint: Option<&'static str>,
+}
+
+fn b(
+    scope: Scope,
+    keys: &[KeyCode],
+    label: &'static str,
+    action: Action,
+    help: &'static str,
+    hint: Option<&'static str>,
+) -> Binding {
+    Binding {
+        scope,
+        keys: keys.iter().map(|k| (*k, KeyModifiers::NONE)).collect(),
+        label,
+        action,
+        help,
+        hint,
+    }
+}
+
+/// Every binding, most specific scopes first.
+pub fn bindings() -> &'static [Binding] {
+    static BINDINGS: LazyLock<Vec<Binding>> = LazyLock::new(|| {
+        use KeyCode::*;
+        use Scope::*;
+        let mut v = vec![
+            b(
+                HeldCall,
+                &[Char('a')],
+                "a",
+                Action::Approve,
+                "approve the held call",
+                Some("approve"),
+            ),
+            b(
+                HeldCall,
+                &[Char('d')],
+                "d",
+                Action::Deny,
+                "deny the held call (asks for a reason)",
+                Some("deny"),
+            ),
+            b(
+                Call,
+                &[Enter],
+                "⏎",
+                Action::OpenDetail,
+                "detail of the selected call",
+                Some("detail"),
+            ),
+            b(
+                Live,
+                &[Char('/')],
+                "/",
+                Action::OpenFilter,
+                "filter: tool:create_* decision:deny grant:ci text",
+                Some("filter"),
+            ),
+            b(
+                Live,
+                &[Char('F'), End],
+                "F End",
+                Action::Follow,
+                "follow the newest call",
+                Some("follow"),
+            ),
+            b(
+                Live,
+                &[Char('g'), Home],
+                "g Home",
+                Action::SelectFirst,
+                "oldest call",
+                None,
+            ),
+            b(
+                Holds,
+                &[Char('g'), Home],
+                "g Home",
+                Action::SelectFirst,
+                "oldest hold",
+                None,
+            ),
+            b(
+                Global,
+                &[Char('k'), Up],
+                "k ↑",
+                Action::SelectUp,
+                "move up (in Live: pauses following)",
+                None,
+            ),
+            b(
+                Global,
+                &[Char('j'), Down],
+                "j ↓",
+                Action::SelectDown,
+                "move down",
+                None,
+            ),
+            b(Global, &[PageUp], "PgUp", Action::PageUp, "page up", None),
+            b(
+                Global,
+                &[PageDown],
+                "PgDn",
+                Action::PageDown,
+                "page down",
+                None,
+            ),
+            b(
+                Global,
+                &[Char('1')],
+                "1",
+                Action::ShowView(View::Live),
+                "Live view",
+                None,
+            ),
+            b(
+                Global,
+                &[Char('2')],
+                "2",
+                Action::ShowView(View::Holds),
+                "Holds view",
+                None,
+            ),
+            b(
+                Global,
+                &[Char('3')],
+                "3",
+                Action::ShowView(View::Policy),
+                "Policy view",
+                None,
+            ),
+            b(
+                Global,
+                &[Char('4')],
+                "4",
+                Action::ShowView(View::Limits),
+                "Limits view",
+                None,
+            ),
+            b(Global, &[Tab], "Tab", Action::NextView, "next view", None),
+            b(
+                Global,
+                &[BackTab],
+                "S-Tab",
+                Action::PrevView,
+                "previous view",
+                None,
+            ),
+            b(
+                Global,
+                &[Char(':')],
+                ":",
+                Action::OpenCommandLine,
+                "command line (:theme NAME, :q, ...)",
+                Some("command"),
+            ),
+            b(
+                Global,
+                &[Char('?')],
+                "?",
+                Action::ToggleHelp,
+                "this help",
+                Some("help"),
+            ),
+            b(
+                Global,
+                &[Esc],
+                "Esc",
+                Action::Back,
+                "back out: help, detail, filter, pause",
+                None,
+            ),
+            b(
+                Global,
+                &[Char('q')],
+                "q",
+                Action::Quit,
+                "quit (asks if calls are held)",
+                Some("quit"),
+            ),
+        ];
+        v.push(Binding {
+            scope: Global,
+            keys: vec![(Char('c'), KeyModifiers::CONTROL)],
+            label: "C-c",
+            action: Action::ForceQuit,
+            help: "quit now",
+            hint: None,
+        });
+        v
+    });
+    &BINDINGS
+}
+
+/// Whether `scope` applies to the state as it is now.
+pub fn in_scope(state: &State, scope: Scope) -> bool {
+    let call_view = matches!(state.view, View::Live | View::Holds);
+    match scope {
+        Scope::Global => true,
+        Scope::Live => state.view == View::Live,
+        Scope::Holds => state.view == View::Holds,
+        Scope::Call => call_view && state.selected_call().is_some(),
+        Scope::HeldCall => {
+            call_view
+                && state
+                    .selected_call()
+                    .is_some_and(|c| state.is_held(&c.call_id))
+        }
+    }
+}
+
+/// The bindings that apply now, in table order (for help and the hint line).
+pub fn active_bindings(state: &State) -> impl Iterator<Item = &'static Binding> + '_ {
+    bindings().iter().filter(|b| in_scope(state, b.scope))
+}
+
+/// The action a key asks for, in the current context.
+pub fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
+    if key.kind == KeyEventKind::Release {
+        return None;
+    }
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    if ctrl && key.code == KeyCode::Char('c') {
+        return Some(Action::ForceQuit);
+    }
+    match &state.prompt {
+        Prompt::ConfirmQuit => {
+            return match key.code {
+                KeyCode::Char('y' | 'Y') => Some(Action::Confirm),
+                KeyCode::Char('n' | 'N') | KeyCode::Esc => Some(Action::Cancel),
+                _ => None,
+            };
+        }
+        Prompt::Filter(_) | Prompt::Command(_) | Prompt::DenyReason { .. } => {
+            return match key.code {
+                KeyCode::Enter => Some(Action::Submit),
+                KeyCode::Esc => Some(Action::Back),
+                _ => text_edit(key).map(Action::Edit),
+            };
+        }
+        Prompt::None => {}
+    }
+    // Shift arrives with upper-case characters on most terminals; compare without it.
+    let mods = key.modifiers - KeyModifiers::SHIFT;
+    active_bindings(state)
+        .find(|b| b.keys.iter().any(|(c, m)| *c == key.code && *m == mods))
+        .map(|b| b.action.clone())
+}
+
+/// A key typed into a text prompt.
+fn text_edit(key: KeyEvent) -> Option<InputRequest> {
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    let alt = key.modifiers.contains(KeyModifiers::ALT);
+    Some(match key.code {
+        KeyCode::Char('u') if ctrl => InputRequest::DeleteLine,
+        KeyCode::Char('w') if ctrl => InputRequest::DeletePrevWord,
+        KeyCode::Char('a') if ctrl => InputRequest::GoToStart,
+        KeyCode::Char('e') if ctrl => InputRequest::GoToEnd,
+        KeyCode::Char('k') if ctrl => InputRequest::DeleteTillEnd,
+        KeyCode::Char(c) if !ctrl && !alt => InputRequest::InsertChar(c),
+        KeyCode::Backspace if ctrl || alt => InputRequest::DeletePrevWord,
+        KeyCode::Backspace => InputRequest::DeletePrevChar,
+        KeyCode::Delete => InputRequest::DeleteNextChar,
+        KeyCode::Left if ctrl || alt => InputRequest::GoToPrevWord,
+        KeyCode::Right if ctrl || alt => InputRequest::GoToNextWord,
+        KeyCode::Left => InputRequest::GoToPrevChar,
+        KeyCode::Right => InputRequest::GoToNextChar,
+        KeyCode::Home => InputRequest::GoToStart,
+        KeyCode::End => InputRequest::GoToEnd,
+        _ => return None,
+    })
+}

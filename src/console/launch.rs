@@ -1,0 +1,70 @@
+//! Running the console in the real terminal: what `toolgate console` and `toolgate demo` call.
+//!
+//! Takes over the terminal (raw mode, alternate screen, a panic hook that gives it back),
+//! starts the network task, runs [`super::run`] until the operator quits or a SIGTERM/SIGHUP
+//! arrives, and restores the terminal on every way out.
+
+use std::time::Duration;
+
+use crossterm::event::EventStream;
+use tokio::sync::mpsc;
+
+use super::app::State;
+use super::net::{self, Targets};
+use super::theme::Theme;
+use super::{ConsoleError, SystemClock};
+
+/// What to show and where to connect.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub targets: Targets,
+    /// Already resolved (and stripped of colour under `NO_COLOR`).
+    pub theme: Theme,
+    /// How many calls to remember.
+    pub history: usize,
+    /// `--policy`, for the Policy view.
+    pub policy_path: Option<String>,
+}
+
+/// Runs the console on this process's terminal until the operator quits.
+pub async fn run_in_terminal(options: Options) -> Result<(), ConsoleError> {
+    let mut state = State::new(chrono::Utc::now(), options.theme, options.history);
+    state.tz = *chrono::Local::now().offset();
+    state.operator = std::env::var("USER").ok().filter(|u| !u.is_empty());
+    state.policy_path = options.policy_path;
+
+    // Installs a panic hook that restores the terminal before the panic is reported.
+    let mut terminal = ratatui::try_init().map_err(|e| ConsoleError::Terminal(e.to_string()))?;
+    let (events_tx, events_rx) = mpsc::channel(65_536);
+    let commands = net::spawn(options.targets, events_tx);
+    let result = tokio::select! {
+        r = super::run(
+            &mut terminal,
+            &mut state,
+            EventStream::new(),
+            events_rx,
+            commands,
+            &SystemClock,
+            Duration::from_millis(250),
+        ) => r,
+        _ = shutdown_signal() => Ok(()),
+    };
+    ratatui::restore();
+    tracing::info!("console stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}

@@ -1,0 +1,280 @@
+//! The console's connections to gateways: the only code that uses the control plane's client.
+//!
+//! [`spawn`] starts a supervisor task. With [`Targets::Discover`] it watches the discovery
+//! directory (and rescans it every few seconds, in case a notification is missed), opening
+//! one connection task per running gateway and retiring those whose gateway has gone. Each
+//! connection task connects, forwards every event as [`AppEvent::Net`], reports its state as
+//! [`AppEvent::Link`], and on failure retries with exponential backoff (with jitter, capped);
+//! every (re)connection starts with the gateway's `hello`, whose snapshot the console resumes
+//! from. Commands ([`Outgoing`]) are routed to the connection of the gateway named; one that
+//! cannot be sent comes back as [`AppEvent::SendFailed`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::app::{AppEvent, Link};
+use crate::control::client;
+use crate::control::discovery;
+use crate::wire::ClientMsg;
+
+/// A command for the gateway behind connection `gateway`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub gateway: String,
+    pub msg: ClientMsg,
+}
+
+/// Which gateways to follow.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// Every gateway in the discovery directory, as they come and go.
+    Discover,
+    /// One gateway, by URL and token (`--connect`).
+    Fixed { url: String, token: String },
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// Starts following `targets`; events go to `events`. Returns where to send commands.
+/// Everything stops when `events`' receiver is dropped.
+pub fn spawn(targets: Targets, events: mpsc::Sender<AppEvent>) -> mpsc::UnboundedSender<Outgoing> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(supervise(targets, events, rx));
+    tx
+}
+
+struct ConnHandle {
+    commands: mpsc::UnboundedSender<ClientMsg>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn supervise(
+    targets: Targets,
+    events: mpsc::Sender<AppEvent>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut conns: HashMap<String, ConnHandle> = HashMap::new();
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
+    // Kept alive for as long as we supervise; dropping it stops the watch.
+    let _watcher = match &targets {
+        Targets::Discover => watch_discovery_dir(wake_tx),
+        Targets::Fixed { .. } => None,
+    };
+    if let Targets::Fixed { url, token } = &targets {
+        conns.insert(
+            url.clone(),
+            open(url.clone(), url.clone(), token.clone(), events.clone()),
+        );
+    }
+    let mut rescan = tokio::time::interval(RESCAN_EVERY);
+    loop {
+        tokio::select! {
+            _ = rescan.tick(), if matches!(targets, Targets::Discover) => {
+                reconcile(&mut conns, &events).await;
+            }
+            Some(()) = wake_rx.recv() => {
+                // A burst of file events: let it settle, then look once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while wake_rx.try_recv().is_ok() {}
+                reconcile(&mut conns, &events).await;
+            }
+            cmd = outgoing.recv() => {
+                let Some(Outgoing { gateway, msg }) = cmd else { return };
+                let sent = conns.get(&gateway).map(|c| c.commands.send(msg.clone()).is_ok());
+                if sent != Some(true) {
+                    let failed = AppEvent::SendFailed {
+                        gateway,
+                        id: command_id(&msg),
+                        error: "not connected to that gateway".into(),
+                    };
+                    if events.send(failed).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ = events.closed() => return,
+        }
+    }
+}
+
+/// Opens connections to new gateways and retires the ones that are gone.
+async fn reconcile(conns: &mut HashMap<String, ConnHandle>, events: &mpsc::Sender<AppEvent>) {
+    let found = tokio::task::spawn_blocking(discovery::list_gateways)
+        .await
+        .unwrap_or_default();
+    for entry in &found {
+        if !conns.contains_key(&entry.id) {
+            tracing::info!(gateway = %entry.id, url = %entry.url, "gateway discovered");
+            conns.insert(
+                entry.id.clone(),
+                open(
+                    entry.id.clone(),
+                    entry.url.clone(),
+                    entry.token.clone(),
+                    events.clone(),
+                ),
+            );
+        }
+    }
+    let gone: Vec<String> = conns
+        .keys()
+        .filter(|k| !found.iter().any(|e| &e.id == *k))
+        .cloned()
+        .collect();
+    for key in gone {
+        tracing::info!(gateway = %key, "gateway gone");
+        conns.remove(&key);
+        let _ = events
+            .send(AppEvent::Link {
+                gateway: key,
+                link: Link::Gone,
+            })
+            .await;
+    }
+}
+
+fn watch_discovery_dir(wake: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = discovery::discovery_dir();
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = wake.send(());
+    })
+    .map_err(|e| tracing::warn!("cannot watch for gateways: {e}"))
+    .ok()?;
+    // The directory appears with the first gateway; until then the rescan finds it.
+    match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            tracing::info!("not watching {}: {e}; rescanning instead", dir.display());
+            None
+        }
+    }
+}
+
+fn command_id(msg: &ClientMsg) -> u64 {
+    match msg {
+        ClientMsg::Approve { id, .. } | ClientMsg::Deny { id, .. } => *id,
+    }
+}
+
+fn open(key: String, url: String, token: String, events: mpsc::Sender<AppEvent>) -> ConnHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    ConnHandle {
+        commands: tx,
+        task: tokio::spawn(connection(key, url, token, events, rx)),
+    }
+}
+
+/// One gateway's connection, for as long as the console wants it.
+async fn connection(
+    key: String,
+    url: String,
+    token: String,
+    events: mpsc::Sender<AppEvent>,
+    mut commands: mpsc::UnboundedReceiver<ClientMsg>,
+) {
+    let link = |link: Link| AppEvent::Link {
+        gateway: key.clone(),
+        link,
+    };
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if events
+            .send(link(Link::Connecting { url: url.clone() }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let error = match client::connect(&url, &token).await {
+            Ok(conn) => {
+                backoff = FIRST_BACKOFF;
+                if events
+                    .send(link(Link::Up { url: url.clone() }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let (mut reader, mut writer) = conn.split();
+                loop {
+                    tokio::select! {
+                        ev = reader.next_event() => match ev {
+                            Some(Ok(event)) => {
+                                let ev = AppEvent::Net { gateway: key.clone(), event };
+                                if events.send(ev).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Err(e)) => break e.to_string(),
+                            None => break "connection closed".to_owned(),
+                        },
+                        cmd = commands.recv() => {
+                            let Some(msg) = cmd else { return };
+                            if let Err(e) = writer.send(&msg).await {
+                                let failed = AppEvent::SendFailed {
+                                    gateway: key.clone(),
+                                    id: command_id(&msg),
+                                    error: e.to_string(),
+                                };
+                                let _ = events.send(failed).await;
+                                break e.to_string();
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        tracing::info!(gateway = %key, "disconnected: {error}; retry in {backoff:?}");
+        let down = Link::Down {
+            error,
+            retry_in: backoff,
+        };
+        if events.send(link(down)).await.is_err() {
+            return;
+        }
+        // While waiting, commands cannot be delivered: say so at once rather than queueing
+        // an approval that would arrive minutes late.
+        let wait = tokio::time::sleep(jitter(backoff));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                cmd = commands.recv() => {
+                    let Some(msg) = cmd else { return };
+                    let failed = AppEvent::SendFailed {
+                        gateway: key.clone(),
+                        id: command_id(&msg),
+                        error: "gateway not connected; reconnecting".into(),
+                    };
+                    if events.send(failed).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// `d` give or take a fifth, so that many consoles do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let spread = d.as_millis() as u64 / 5;
+    if spread == 0 {
+        return d;
+    }
+    let offset = rand::random_range(0..=2 * spread);
+    Duration::from_millis(d.as_millis() as u64 - spread + offset)
+}

@@ -1,0 +1,348 @@
+//! The per-call logic every transport shares: decide a `tools/call` (publish and audit the
+//! decision), wait for an operator on a held call, filter a `tools/list` answer through
+//! `hide`, and record a call's outcome.
+//!
+//! Nothing here knows about streams or connections: the stdio core ([`super::core`]) and the
+//! HTTP gateway call these per message.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::Gateway;
+use super::audit::AuditRecord;
+use super::jsonrpc::Envelope;
+use crate::control::{HoldTicket, Resolution};
+use crate::policy::{Call, Decision, Reservation, Verdict};
+use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
+
+/// Arguments in call events are cut to this many bytes of JSON.
+pub const EVENT_ARGS_CAP: usize = 4096;
+/// Outcome summaries are cut to this many characters.
+const SUMMARY_CAP: usize = 200;
+
+/// A `tools/list` answer after `hide`.
+#[derive(Debug)]
+pub struct ToolsListed {
+    /// Every tool the upstream offered on this page, hidden ones included (for operators).
+    pub offered: Vec<ToolInfo>,
+    /// The result to send instead, when `hide` removed something; `None` means "forward the
+    /// original bytes".
+    pub filtered: Option<Value>,
+}
+
+impl Gateway {
+    /// Decides one call: runs the policy, publishes the `call` event and writes the
+    /// decision's audit record. The caller acts on the verdict (forward, refuse or hold) and
+    /// owns the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
+    /// gateway all decide through this.
+    pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (CallEvent, Decision) {
+        let policy = self.policy.load();
+        let decision = policy.decide(
+            &Call {
+                tool,
+                args,
+                grant: &self.grant,
+                session,
+            },
+            self.store.as_ref(),
+            self.clock.now_ms(),
+        );
+        let (event_args, args_truncated) = event_args(args);
+        let hold_deadline = match decision.verdict {
+            Verdict::Hold => decision.approval_timeout_ms.and_then(|ms| {
+                Utc::now().checked_add_signed(chrono::Duration::milliseconds(
+                    i64::try_from(ms).unwrap_or(i64::MAX),
+                ))
+            }),
+            _ => None,
+        };
+        let event = CallEvent {
+            call_id: self.hub.next_call_id(),
+            tool: tool.to_owned(),
+            grant: self.grant.clone(),
+            session: session.to_owned(),
+            server: self.server.clone(),
+            decision: decision.verdict,
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            args: event_args,
+            args_truncated,
+            retry_after_ms: decision.retry_after_ms,
+            hold_deadline,
+        };
+        if let Some(audit) = &self.audit {
+            let digest = audit.describe_args(args);
+            audit.record(&AuditRecord {
+                ts: Utc::now(),
+                kind: "decision",
+                call_id: &event.call_id,
+                grant: &self.grant,
+                session,
+                server: &self.server,
+                tool,
+                decision: Some(decision.verdict),
+                rule: Some(&decision.rule),
+                reason: Some(&decision.reason),
+                arg_keys: Some(digest.keys),
+                args_sha256: Some(digest.sha256),
+                args: digest.values,
+                latency_us: None,
+                error: None,
+            });
+        }
+        self.hub.publish(EventKind::Call(event.clone()));
+        self.publish_counters(&decision.reservation);
+        (event, decision)
+    }
+
+    /// Gives a reservation's units back (a call denied, timed out, cancelled, or that never
+    /// reached the upstream) and publishes the counters' new state.
+    pub fn release(&self, reservation: &Reservation) {
+        if reservation.is_empty() {
+            return;
+        }
+        self.store.release(reservation);
+        self.publish_counters(reservation);
+    }
+
+    /// Publishes the state of the counters a reservation touched.
+    fn publish_counters(&self, reservation: &Reservation) {
+        if reservation.is_empty() {
+            return;
+        }
+        let touched: Vec<&str> = reservation
+            .units()
+            .iter()
+            .map(|u| &*u.key.counter)
+            .collect();
+        match self
+            .policy
+            .load()
+            .counter_states(self.store.as_ref(), self.clock.now_ms())
+        {
+            Ok(states) => {
+                let counters = states
+                    .into_iter()
+                    .filter(|c| touched.contains(&c.counter.as_str()))
+                    .collect();
+                self.hub.publish(EventKind::Counters(Counters { counters }));
+            }
+            Err(e) => tracing::warn!("cannot read counter state: {e}"),
+        }
+    }
+
+    /// Publishes and audits the outcome of a call that went upstream.
+    pub fn record_outcome(
+        &self,
+        session: &str,
+        call_id: &str,
+        tool: &str,
+        arrived: Instant,
+        error: bool,
+        summary: Option<String>,
+    ) {
+        let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(audit) = &self.audit {
+            audit.record(&AuditRecord {
+                ts: Utc::now(),
+                kind: "outcome",
+                call_id,
+                grant: &self.grant,
+                session,
+                server: &self.server,
+                tool,
+                decision: None,
+                rule: None,
+                reason: None,
+                arg_keys: None,
+                args_sha256: None,
+                args: None,
+                latency_us: Some(latency_us),
+                error: Some(error),
+            });
+        }
+        self.hub.publish(EventKind::Outcome(Outcome {
+            call_id: call_id.to_owned(),
+            latency_us,
+            error,
+            summary,
+        }));
+    }
+
+    /// Waits for a held call's resolution: an operator's (through the hub), or the timeout's
+    /// denial at `timeout`. Calls `progress` with 1, 2, ... every
+    /// [`Gateway::hold_progress_interval`] (first at once) while waiting. Returns `None` when
+    /// `stop` completes first (the caller settles the hold itself).
+    pub async fn await_resolution<P, S>(
+        &self,
+        ticket: HoldTicket,
+        timeout: Duration,
+        mut progress: Option<P>,
+        stop: S,
+    ) -> Option<Resolution>
+    where
+        P: FnMut(u64),
+        S: Future<Output = ()>,
+    {
+        let call_id = ticket.call_id.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ticket = std::pin::pin!(ticket.wait());
+        let mut stop = std::pin::pin!(stop);
+        let mut tick = tokio::time::interval(self.hold_progress_interval);
+        let mut ticks = 0u64;
+        let mut timed_out = false;
+        loop {
+            tokio::select! {
+                resolution = &mut ticket => return Some(resolution),
+                _ = tokio::time::sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    // If an operator got there first, the ticket carries their resolution.
+                    let _ = self.hub.resolve(&call_id, Resolution {
+                        approved: false,
+                        by: ResolvedBy::Timeout,
+                        operator: None,
+                        reason: Some(format!(
+                            "approval timed out after {}",
+                            super::human_duration(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+                        )),
+                    });
+                }
+                _ = tick.tick(), if progress.is_some() => {
+                    ticks += 1;
+                    if let Some(progress) = progress.as_mut() {
+                        progress(ticks);
+                    }
+                }
+                _ = &mut stop => return None,
+            }
+        }
+    }
+
+    /// Applies `hide` to a `tools/list` result. `None` when the result is not a tool list.
+    pub fn filter_tools_list(&self, result: &RawValue) -> Option<ToolsListed> {
+        let mut result: serde_json::Map<String, Value> = serde_json::from_str(result.get()).ok()?;
+        let Some(Value::Array(tools)) = result.get_mut("tools") else {
+            return None;
+        };
+        let offered: Vec<ToolInfo> = tools
+            .iter()
+            .filter_map(|t| serde_json::from_value(t.clone()).ok())
+            .collect();
+        let policy = self.policy.load();
+        let before = tools.len();
+        tools.retain(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(|name| !policy.is_hidden(name))
+        });
+        let changed = tools.len() != before;
+        Some(ToolsListed {
+            offered,
+            filtered: changed.then_some(Value::Object(result)),
+        })
+    }
+}
+
+/// The arguments as a call event carries them: secrets redacted, capped in size.
+fn event_args(args: &Value) -> (Value, bool) {
+    let redacted = crate::redact::redact(args);
+    let text = redacted.to_string();
+    if text.len() <= EVENT_ARGS_CAP {
+        return (redacted, false);
+    }
+    let mut cut = EVENT_ARGS_CAP;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (Value::String(text[..cut].to_owned()), true)
+}
+
+/// What the agent reads when a held call ends without approval.
+pub fn refusal_text(resolution: &Resolution) -> String {
+    match (resolution.by, resolution.reason.as_deref()) {
+        (ResolvedBy::Operator, Some(reason)) if !reason.is_empty() => {
+            format!("Denied by an operator: {reason}")
+        }
+        (ResolvedBy::Operator, _) => "Denied by an operator.".to_owned(),
+        (_, Some(reason)) => format!("Not approved: {reason}"),
+        (_, None) => "Not approved.".to_owned(),
+    }
+}
+
+/// What a `tools/call` answer says, for the outcome event.
+pub struct CallAnswer {
+    /// A JSON-RPC error, `isError: true`, or an unreadable result.
+    pub error: bool,
+    /// A 2026-07-28 `input_required` interim result: the call continues in a retry.
+    pub input_required: bool,
+    /// The error message or the first text content, cut short.
+    pub summary: Option<String>,
+}
+
+impl CallAnswer {
+    /// Reads an answer (`result` or `error`) to a `tools/call`.
+    pub fn of(env: &Envelope<'_>) -> CallAnswer {
+        #[derive(Deserialize)]
+        struct Result<'a> {
+            #[serde(default, rename = "isError")]
+            is_error: bool,
+            #[serde(default, rename = "resultType")]
+            result_type: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default, borrow)]
+            content: Vec<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Text {
+            #[serde(default)]
+            text: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Error {
+            #[serde(default)]
+            message: Option<String>,
+        }
+        if let Some(error) = env.error {
+            let message = serde_json::from_str::<Error>(error.get())
+                .ok()
+                .and_then(|e| e.message);
+            return CallAnswer {
+                error: true,
+                input_required: false,
+                summary: message.map(|m| cap(&m)),
+            };
+        }
+        let Some(result) = env
+            .result
+            .and_then(|r| serde_json::from_str::<Result<'_>>(r.get()).ok())
+        else {
+            return CallAnswer {
+                error: true,
+                input_required: false,
+                summary: Some("unreadable result".into()),
+            };
+        };
+        let summary = result
+            .content
+            .first()
+            .and_then(|c| serde_json::from_str::<Text>(c.get()).ok())
+            .and_then(|t| t.text)
+            .map(|t| cap(&t));
+        CallAnswer {
+            error: result.is_error,
+            input_required: result.result_type.as_deref() == Some("input_required"),
+            summary,
+        }
+    }
+}
+
+fn cap(text: &str) -> String {
+    match text.char_indices().nth(SUMMARY_CAP) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}

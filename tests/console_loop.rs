@@ -1,0 +1,185 @@
+//! The real event loop ([`toolgate::console::run`]) on a `TestBackend`: gateway events and
+//! keys go in through the same channels the binary uses; commands for gateways come out.
+//!
+//! Keys and gateway events are interleaved by one scripted stream. Before it hands the loop
+//! its next key it waits until the loop has taken every gateway event sent so far (the
+//! bounded channel is empty again): the loop applies an event in the same turn it takes it,
+//! so the script never races the loop, and no test sleeps.
+
+mod console_support;
+
+use std::io;
+
+use console_support::*;
+use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
+use futures_util::Stream;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use tokio::sync::mpsc;
+use toolgate::console::app::{AppEvent, State};
+use toolgate::console::theme::Theme;
+use toolgate::console::{Outgoing, run};
+use toolgate::wire::{ClientMsg, EventKind, Reply, Verdict};
+
+enum Step {
+    Key(KeyCode),
+    Net(Box<AppEvent>),
+}
+
+const NET_CAPACITY: usize = 64;
+
+fn script(
+    steps: Vec<Step>,
+    net: mpsc::Sender<AppEvent>,
+) -> impl Stream<Item = io::Result<TermEvent>> + Unpin {
+    Box::pin(futures_util::stream::unfold(
+        (steps.into_iter(), net),
+        |(mut steps, net)| async move {
+            loop {
+                match steps.next()? {
+                    Step::Net(ev) => net.send(*ev).await.ok()?,
+                    Step::Key(code) => {
+                        while net.capacity() < NET_CAPACITY {
+                            tokio::task::yield_now().await;
+                        }
+                        let key = TermEvent::Key(KeyEvent::new(code, KeyModifiers::NONE));
+                        return Some((Ok(key), (steps, net)));
+                    }
+                }
+            }
+        },
+    ))
+}
+
+async fn drive(steps: Vec<Step>) -> (State, TestBackend, Vec<Outgoing>) {
+    let mut state = State::new(t0(), Theme::builtin_default(), 1000);
+    let mut terminal = Terminal::new(TestBackend::new(110, 16)).expect("terminal");
+    let (net_tx, net_rx) = mpsc::channel(NET_CAPACITY);
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let clock = FixedClock(at_ms(60_000));
+    // Keep a sender so the loop's network branch stays open to the end.
+    let keep = net_tx.clone();
+    run(
+        &mut terminal,
+        &mut state,
+        script(steps, net_tx),
+        net_rx,
+        cmd_tx,
+        &clock,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .expect("console loop");
+    drop(keep);
+    let mut sent = Vec::new();
+    while let Ok(o) = cmd_rx.try_recv() {
+        sent.push(o);
+    }
+    (state, terminal.backend().clone(), sent)
+}
+
+fn hold_call() -> AppEvent {
+    net(
+        "a1b2",
+        2,
+        at_ms(56_000),
+        EventKind::Call(call("a1b2", 7, "send_message", "ci-bot", Verdict::Hold)),
+    )
+}
+
+#[tokio::test]
+async fn calls_arrive_a_hold_rings_and_a_approves_it_on_its_gateway() {
+    let steps = vec![
+        Step::Net(Box::new(up("a1b2"))),
+        Step::Net(Box::new(net(
+            "a1b2",
+            1,
+            t0(),
+            hello("a1b2", "ci-bot", vec![], vec![]),
+        ))),
+        Step::Net(Box::new(net(
+            "a1b2",
+            2,
+            at_ms(55_000),
+            EventKind::Call(call("a1b2", 6, "list_meetings", "ci-bot", Verdict::Allow)),
+        ))),
+        Step::Net(Box::new(hold_call())),
+        Step::Key(KeyCode::Char('2')),
+        Step::Key(KeyCode::Char('a')),
+        Step::Net(Box::new(net(
+            "a1b2",
+            3,
+            at_ms(58_000),
+            EventKind::Reply(Reply {
+                id: 1,
+                ok: true,
+                error: None,
+            }),
+        ))),
+        Step::Key(KeyCode::Char('1')),
+    ];
+    let (state, backend, sent) = drive(steps).await;
+    assert_eq!(state.bells_rung, 1);
+    assert_eq!(
+        sent,
+        vec![Outgoing {
+            gateway: "a1b2".into(),
+            msg: ClientMsg::Approve {
+                id: 1,
+                call_id: "a1b2-7".into(),
+                operator: None
+            }
+        }]
+    );
+    let screen = text(backend.buffer()).join("\n");
+    assert!(screen.contains("list_meetings"), "{screen}");
+    assert!(screen.contains("send_message"), "{screen}");
+    assert!(screen.contains("approved a1b2-7"), "{screen}");
+}
+
+#[tokio::test]
+async fn an_approval_the_gateway_refuses_is_shown_as_an_error() {
+    let steps = vec![
+        Step::Net(Box::new(up("a1b2"))),
+        Step::Net(Box::new(net(
+            "a1b2",
+            1,
+            t0(),
+            hello("a1b2", "ci-bot", vec![], vec![]),
+        ))),
+        Step::Net(Box::new(hold_call())),
+        Step::Key(KeyCode::Char('2')),
+        Step::Key(KeyCode::Char('a')),
+        Step::Net(Box::new(net(
+            "a1b2",
+            3,
+            at_ms(58_000),
+            EventKind::Reply(Reply {
+                id: 1,
+                ok: false,
+                error: Some("already resolved".into()),
+            }),
+        ))),
+        Step::Key(KeyCode::Char('2')),
+    ];
+    let (_, backend, _) = drive(steps).await;
+    let screen = text(backend.buffer()).join("\n");
+    assert!(
+        screen.contains("could not approve a1b2-7: already resolved"),
+        "{screen}"
+    );
+}
+
+#[tokio::test]
+async fn q_with_a_held_call_asks_and_y_ends_the_loop() {
+    let steps = vec![
+        Step::Net(Box::new(up("a1b2"))),
+        Step::Net(Box::new(hold_call())),
+        Step::Key(KeyCode::Char('q')),
+        Step::Key(KeyCode::Char('y')),
+        // Never reached: the loop has returned.
+        Step::Key(KeyCode::Char('x')),
+    ];
+    let (state, _, _) = drive(steps).await;
+    assert!(state.quit);
+}

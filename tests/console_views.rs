@@ -1,0 +1,188 @@
+//! Snapshots of every view on a `TestBackend`, styles included (insta's debug snapshot of a
+//! ratatui `Buffer` lists the style changes cell by cell), plus checks of what a person must
+//! be able to rely on: aligned columns, no raw control characters, decisions readable without
+//! colour.
+
+mod console_support;
+
+use console_support::*;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use toolgate::console::Action;
+use toolgate::console::app::{AppEvent, State, View, update};
+use toolgate::console::theme::Theme;
+
+fn key(s: &mut State, code: KeyCode) {
+    let now = s.now;
+    update(
+        s,
+        AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)),
+        now,
+    );
+}
+
+fn typed(s: &mut State, text: &str) {
+    for c in text.chars() {
+        key(s, KeyCode::Char(c));
+    }
+}
+
+#[test]
+fn live_view_follows_with_every_decision() {
+    let s = populated();
+    insta::assert_debug_snapshot!(render(&s, 110, 18));
+}
+
+#[test]
+fn live_view_paused_with_the_detail_of_a_call() {
+    let mut s = populated();
+    for _ in 0..9 {
+        key(&mut s, KeyCode::Up);
+    }
+    key(&mut s, KeyCode::Enter);
+    insta::assert_debug_snapshot!(render(&s, 110, 30));
+}
+
+#[test]
+fn live_view_filtered() {
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('/'));
+    typed(&mut s, "decision:deny grant:ci*");
+    key(&mut s, KeyCode::Enter);
+    insta::assert_debug_snapshot!(render(&s, 110, 12));
+}
+
+#[test]
+fn holds_view_oldest_first_with_countdowns() {
+    let mut s = populated();
+    let now = s.now;
+    update(&mut s, AppEvent::Action(Action::ShowView(View::Holds)), now);
+    insta::assert_debug_snapshot!(render(&s, 110, 12));
+}
+
+#[test]
+fn holds_view_detail_and_deny_reason_prompt() {
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('2'));
+    key(&mut s, KeyCode::Enter);
+    key(&mut s, KeyCode::Char('d'));
+    typed(&mut s, "not now");
+    insta::assert_debug_snapshot!(render(&s, 110, 26));
+}
+
+#[test]
+fn help_lists_only_the_keys_of_the_view() {
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('2'));
+    key(&mut s, KeyCode::Char('?'));
+    let holds_help = render(&s, 110, 34);
+    let rows = text(&holds_help).join("\n");
+    assert!(rows.contains("approve the held call"));
+    assert!(!rows.contains("filter:"), "the filter key is Live's only");
+    insta::assert_debug_snapshot!(holds_help);
+}
+
+#[test]
+fn policy_and_limits_say_they_are_not_built_yet() {
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('3'));
+    let policy = render(&s, 100, 12);
+    assert!(text(&policy).join("\n").contains("not built yet"));
+    insta::assert_debug_snapshot!("policy_placeholder", policy);
+    key(&mut s, KeyCode::Tab);
+    assert_eq!(s.view, View::Limits);
+    insta::assert_debug_snapshot!("limits_placeholder", render(&s, 100, 12));
+}
+
+#[test]
+fn quitting_with_held_calls_asks_first() {
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('q'));
+    let screen = text(&render(&s, 110, 10));
+    assert!(
+        screen
+            .last()
+            .is_some_and(|l| l.contains("2 calls are held") && l.contains("y/n")),
+        "{screen:#?}"
+    );
+}
+
+#[test]
+fn no_color_theme_has_no_colour_and_decisions_still_read() {
+    let mut s = populated();
+    s.theme = Theme::builtin_default().without_colour();
+    let buf = render(&s, 110, 18);
+    for c in buf.content.iter() {
+        assert_eq!(
+            c.fg,
+            ratatui::style::Color::Reset,
+            "colour at {:?}",
+            c.symbol()
+        );
+        assert_eq!(c.bg, ratatui::style::Color::Reset);
+    }
+    let rows = text(&buf).join("\n");
+    for word in [
+        "✓ allow",
+        "✗ deny",
+        "⏱ rate limited",
+        "⏸ held",
+        "✗ rejected",
+    ] {
+        assert!(rows.contains(word), "{word} missing");
+    }
+    insta::assert_debug_snapshot!(buf);
+}
+
+#[test]
+fn columns_stay_aligned_with_wide_and_combining_characters() {
+    let s = populated();
+    let buf = render(&s, 110, 18);
+    let w = buf.area.width as usize;
+    let mut decision_columns = Vec::new();
+    for row in buf.content.chunks(w).skip(2).take(10) {
+        let x = row
+            .iter()
+            .position(|c| ["✓", "✗", "⏸", "⏱"].contains(&c.symbol()))
+            .expect("every call row has a decision");
+        decision_columns.push(x);
+    }
+    decision_columns.dedup();
+    assert_eq!(
+        decision_columns.len(),
+        1,
+        "decision column moved: {decision_columns:?}"
+    );
+}
+
+#[test]
+fn outside_text_never_reaches_the_screen_as_control_characters() {
+    let mut s = populated();
+    for _ in 0..1 {
+        key(&mut s, KeyCode::Up);
+    }
+    key(&mut s, KeyCode::Enter);
+    let buf = render(&s, 110, 30);
+    for c in buf.content.iter() {
+        assert!(
+            !c.symbol()
+                .chars()
+                .any(|ch| ch.is_control() || ('\u{202a}'..='\u{202e}').contains(&ch)),
+            "raw control in {:?}",
+            c.symbol()
+        );
+    }
+    let rows = text(&buf).join("\n");
+    assert!(rows.contains("\\x1b[2J"), "the escape is shown escaped");
+}
+
+#[test]
+fn secrets_in_arguments_are_redacted_in_the_detail() {
+    let mut s = populated();
+    for _ in 0..9 {
+        key(&mut s, KeyCode::Up);
+    }
+    key(&mut s, KeyCode::Enter);
+    let rows = text(&render(&s, 110, 30)).join("\n");
+    assert!(rows.contains("[redacted]"));
+    assert!(!rows.contains("sk-live-123"));
+}

@@ -1,0 +1,139 @@
+//! Driving the real `toolgate` binary in tmux, as a person at a terminal would: start it in a
+//! detached session of a known size, type with `send-keys`, read the screen with
+//! `capture-pane`. Each harness has its own tmux server socket, so tests run in parallel.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Tmux {
+    socket: PathBuf,
+    exit_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    /// Starts `program args...` in `cwd`, in a `width`x`height` terminal with `env` added,
+    /// inside `sh -c` so its exit status can be read afterwards.
+    pub fn start(
+        program: &Path,
+        args: &[&str],
+        cwd: &Path,
+        size: (u16, u16),
+        env: &[(&str, &Path)],
+    ) -> Tmux {
+        let dir = tempfile::tempdir().expect("temp dir for tmux");
+        let socket = dir.path().join("tmux.sock");
+        let exit_file = dir.path().join("exit-status");
+        let mut command = format!(
+            "exec 2>{}; cd {}; ",
+            shell_quote(&dir.path().join("stderr")),
+            shell_quote(cwd)
+        );
+        for (key, value) in env {
+            command.push_str(&format!("export {key}={}; ", shell_quote(value)));
+        }
+        command.push_str(&shell_quote(program));
+        for arg in args {
+            command.push(' ');
+            command.push_str(&shell_quote(Path::new(arg)));
+        }
+        command.push_str(&format!("; echo $? > {}", shell_quote(&exit_file)));
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(["-f", "/dev/null", "new-session", "-d", "-x"])
+            .arg(size.0.to_string())
+            .arg("-y")
+            .arg(size.1.to_string())
+            .args(["sh", "-c"])
+            .arg(&command)
+            .env("TERM", "xterm-256color")
+            .status()
+            .expect("tmux must be installed to run the terminal tests");
+        assert!(status.success(), "tmux new-session failed");
+        Tmux {
+            socket,
+            exit_file,
+            _dir: dir,
+        }
+    }
+
+    /// Types keys (tmux key names: `q`, `Enter`, `Escape`, `Tab`, or literal text).
+    pub fn send(&self, keys: &[&str]) {
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["send-keys", "-t", "0"])
+            .args(keys)
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success(), "tmux send-keys {keys:?} failed");
+    }
+
+    /// The screen as text, one line per row.
+    pub fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["capture-pane", "-p", "-t", "0"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls the screen until `ready` holds for it, or panics with the last screen after
+    /// `within`.
+    pub fn wait_for(&self, what: &str, within: Duration, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let screen = self.screen();
+            if ready(&screen) {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "waited {within:?} for {what}; the screen was:\n{screen}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The program's exit status once it has exited, waiting up to `within`.
+    pub fn exit_status(&self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(text) = std::fs::read_to_string(&self.exit_file)
+                && let Ok(code) = text.trim().parse()
+            {
+                return Some(code);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// What the program wrote to stderr.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr")).unwrap_or_default()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
