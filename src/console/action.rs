@@ -55,6 +55,8 @@ pub enum Action {
     Confirm,
     /// Confirmation: no (`n`).
     Cancel,
+    /// Scroll the open detail pane by this many lines (`J`/`K`).
+    ScrollDetail(i16),
     /// Apply a theme by name (`:theme NAME`).
     SetTheme(String),
 }

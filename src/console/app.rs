@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Offset as _, Utc};
-use crossterm::event::KeyEvent;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tui_input::Input;
 
 use crate::sanitize::{terminal_string, terminal_text};
@@ -21,7 +21,7 @@ use crate::wire::{
 };
 
 use super::action::Action;
-use super::filter::Filter;
+use super::filter::{Filter, Matcher};
 use super::history::{CallRow, History, sanitize_outcome, sanitize_resolution};
 use super::keys;
 use super::theme::Theme;
@@ -115,6 +115,8 @@ pub enum Effect {
 pub struct Gateway {
     /// The connection key (discovery id or URL): how the network layer names it.
     pub key: String,
+    /// `key` made safe for the terminal (it comes from a discovery file or the command line).
+    key_label: String,
     pub link: Link,
     /// From the gateway's `hello`, text sanitised.
     pub info: Option<GatewayInfo>,
@@ -131,6 +133,7 @@ pub struct Gateway {
 impl Gateway {
     fn new(key: String) -> Gateway {
         Gateway {
+            key_label: terminal_string(key.clone()),
             key,
             link: Link::Connecting { url: String::new() },
             info: None,
@@ -149,7 +152,7 @@ impl Gateway {
     pub fn label(&self) -> &str {
         self.info
             .as_ref()
-            .map_or(self.key.as_str(), |i| i.id.as_str())
+            .map_or(self.key_label.as_str(), |i| i.id.as_str())
     }
 
     pub fn is_up(&self) -> bool {
@@ -472,6 +475,17 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
     state.now = now;
     match event {
         AppEvent::Key(key) => {
+            // A terminal reports Esc quickly followed by a key as that key with Alt; no
+            // binding uses Alt, so it is taken as the operator meant it: Esc, then the key.
+            let alt_char = key.modifiers.contains(KeyModifiers::ALT)
+                && !key.modifiers.contains(KeyModifiers::CONTROL)
+                && matches!(key.code, KeyCode::Char(_));
+            let key = if alt_char {
+                apply(state, Action::Back);
+                KeyEvent::new(key.code, key.modifiers - KeyModifiers::ALT)
+            } else {
+                key
+            };
             if let Some(action) = keys::action_for(state, key) {
                 apply(state, action);
             }
@@ -532,7 +546,16 @@ fn ingest(state: &mut State, key: &str, event: Event) {
     g.last_seq = g.last_seq.max(event.seq);
     let ts = event.ts;
     match event.kind {
-        EventKind::Hello(hello) => resume(state, conn, *hello),
+        EventKind::Hello(hello) => {
+            tracing::info!(
+                gateway = key,
+                seq = event.seq,
+                calls = hello.snapshot.calls.len(),
+                holds = hello.snapshot.holds.len(),
+                "hello"
+            );
+            resume(state, conn, *hello)
+        }
         EventKind::Call(call) => {
             let g = &mut state.gateways[conn];
             match call.decision {
@@ -611,6 +634,7 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             state.gateways[conn].tools = t.tools.into_iter().map(sanitize_tool).collect();
         }
         EventKind::Missed(m) => {
+            tracing::warn!(gateway = key, dropped = m.dropped, "missed events");
             let label = state.gateways[conn].label().to_owned();
             state.complain(format!(
                 "fell behind gateway {label} ({} events dropped); resyncing",
@@ -652,14 +676,16 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
         g.upstream_up = snapshot.upstream_up;
         g.totals = snapshot.totals;
     }
-    let mut held_before: Vec<String> = state
+    let held_before: Vec<String> = state
         .holds
         .iter()
         .filter(|h| h.conn == conn)
         .map(|h| h.call.call_id.clone())
         .collect();
     for record in snapshot.calls {
-        let mut row = CallRow::new(conn, chrono_ts(&record.call, state.now), record.call);
+        // A record from a gateway that does not send its time is placed at the moment the
+        // snapshot arrived.
+        let mut row = CallRow::new(conn, record.ts.unwrap_or(state.now), record.call);
         row.resolution = record.resolution.map(|r| Box::new(sanitize_resolution(r)));
         row.outcome = record.outcome.map(|o| Box::new(sanitize_outcome(o)));
         add_call(state, row, false);
@@ -688,14 +714,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             }
         }
     }
-    held_before.clear();
     clamp_holds_selection(state);
-}
-
-/// Snapshot records carry no event time of their own; the hold deadline is no help either.
-/// They are placed at the time the snapshot arrived unless they are already known.
-fn chrono_ts(_call: &CallEvent, now: DateTime<Utc>) -> DateTime<Utc> {
-    now
 }
 
 /// Adds a call to the history (and the filter's list, the holds, the rate). `live` is false
@@ -714,7 +733,9 @@ fn add_call(state: &mut State, row: CallRow, live: bool) {
         call: row.call.clone(),
         args: row.args.clone(),
     });
-    if known.is_none() {
+    // Calls replayed from a snapshot were counted when they happened (if this console saw
+    // them) or belong to the past: counting them now would make a spike at the connection.
+    if known.is_none() && live {
         state.rate.record(row.ts);
     }
     let conn = row.conn;
@@ -896,6 +917,14 @@ pub fn apply(state: &mut State, action: Action) {
             }
         }
         Action::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
+        Action::ScrollDetail(by) => {
+            let scroll = match state.view {
+                View::Live => &mut state.live.detail_scroll,
+                View::Holds => &mut state.holds_view.detail_scroll,
+                _ => return,
+            };
+            *scroll = scroll.saturating_add_signed(by);
+        }
     }
 }
 
@@ -962,9 +991,10 @@ pub fn set_filter(state: &mut State, text: &str) {
     let filter = Filter::parse(text);
     let mut matches = Vec::new();
     if !filter.is_empty() {
+        let mut matcher = Matcher::new(&filter, &state.history.strings);
         for (pos, row) in state.history.iter() {
             let label = state.gateways.get(row.conn).map_or("", Gateway::label);
-            if filter.matches(row, label) {
+            if matcher.matches(row, label) {
                 matches.push(pos);
             }
         }
@@ -1043,7 +1073,7 @@ fn run_command(state: &mut State, line: &str) {
 /// Sends an approval or denial to the gateway that holds `call_id`.
 fn send_resolution(state: &mut State, call_id: &str, approve: bool, reason: Option<String>) {
     let Some(hold) = state.holds.iter().find(|h| h.call.call_id == call_id) else {
-        state.complain(format!("{call_id} is no longer held"));
+        state.complain(format!("{} is no longer held", terminal_text(call_id)));
         return;
     };
     let gateway = state.gateways[hold.conn].key.clone();
@@ -1145,7 +1175,6 @@ pub fn latency_label(us: u64) -> String {
 mod tests {
     use super::*;
     use crate::wire::{CallRecord, HoldResolved, Outcome, PROTOCOL_VERSION, Reply, Snapshot};
-    use crossterm::event::{KeyCode, KeyModifiers};
 
     fn t0() -> DateTime<Utc> {
         "2026-11-26T12:00:00Z".parse().unwrap()
@@ -1455,6 +1484,32 @@ mod tests {
     }
 
     #[test]
+    fn a_call_first_seen_in_a_snapshot_keeps_the_time_it_was_decided() {
+        let mut s = state();
+        let records = vec![
+            CallRecord {
+                ts: Some(at(3)),
+                call: call("gw1-7", "list", Verdict::Allow),
+                resolution: None,
+                outcome: None,
+            },
+            CallRecord {
+                ts: None,
+                call: call("gw1-8", "list", Verdict::Allow),
+                resolution: None,
+                outcome: None,
+            },
+        ];
+        update(&mut s, ev(9, at(10), hello(records, vec![])), at(10));
+        assert_eq!(s.history.find("gw1-7").unwrap().ts, at(3));
+        assert_eq!(
+            s.history.find("gw1-8").unwrap().ts,
+            at(10),
+            "without a time, the snapshot's arrival"
+        );
+    }
+
+    #[test]
     fn a_reconnect_resumes_from_the_snapshot_without_duplicates() {
         let mut s = state();
         update(
@@ -1479,6 +1534,7 @@ mod tests {
         // While away: gw1-1 was resolved, gw1-3 arrived and is held.
         let records = vec![
             CallRecord {
+                ts: None,
                 call: call("gw1-1", "pay", Verdict::Hold),
                 resolution: Some(HoldResolved {
                     call_id: "gw1-1".into(),
@@ -1495,11 +1551,13 @@ mod tests {
                 }),
             },
             CallRecord {
+                ts: None,
                 call: call("gw1-2", "list", Verdict::Allow),
                 resolution: None,
                 outcome: None,
             },
             CallRecord {
+                ts: None,
                 call: call("gw1-3", "send", Verdict::Hold),
                 resolution: None,
                 outcome: None,
@@ -1586,6 +1644,26 @@ mod tests {
                 .as_ref()
                 .is_some_and(|m| m.error && m.text.contains("unknown command"))
         );
+    }
+
+    #[test]
+    fn esc_run_together_with_a_key_is_esc_then_the_key() {
+        let mut s = state();
+        update(
+            &mut s,
+            ev(
+                1,
+                at(1),
+                EventKind::Call(call("gw1-1", "list", Verdict::Allow)),
+            ),
+            at(1),
+        );
+        update(&mut s, code(KeyCode::Up), at(1));
+        update(&mut s, key('/'), at(1));
+        let alt_q = AppEvent::Key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT));
+        update(&mut s, alt_q, at(1));
+        assert!(matches!(s.prompt, Prompt::None));
+        assert!(s.quit, "Esc closed the filter line, then q quit");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum Scope {
     HeldCall,
     /// Live or Holds, when a call is selected.
     Call,
+    /// Live or Holds, when the detail pane is open.
+    Detail,
 }
 
 /// One key binding.
@@ -66,6 +68,22 @@ pub fn bindings() -> &'static [Binding] {
         use KeyCode::*;
         use Scope::*;
         let mut v = vec![
+            b(
+                Detail,
+                &[Char('J')],
+                "J",
+                Action::ScrollDetail(3),
+                "scroll the detail down",
+                None,
+            ),
+            b(
+                Detail,
+                &[Char('K')],
+                "K",
+                Action::ScrollDetail(-3),
+                "scroll the detail up",
+                None,
+            ),
             b(
                 HeldCall,
                 &[Char('a')],
@@ -242,6 +260,7 @@ pub fn in_scope(state: &State, scope: Scope) -> bool {
         Scope::Live => state.view == View::Live,
         Scope::Holds => state.view == View::Holds,
         Scope::Call => call_view && state.selected_call().is_some(),
+        Scope::Detail => call_view && state.detail_call_id().is_some(),
         Scope::HeldCall => {
             call_view
                 && state

@@ -27,6 +27,15 @@ pub use detail::detail_lines;
 /// Draws the whole console.
 pub fn draw(frame: &mut Frame, state: &State) {
     let area = frame.area();
+    if area.height < 3 || area.width < 2 {
+        // No room for a view: the status bar alone, so the held count still shows.
+        let top = Rect {
+            height: area.height.min(1),
+            ..area
+        };
+        status::status_bar(frame.buffer_mut(), top, state);
+        return;
+    }
     let [top, body, bottom] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(1),

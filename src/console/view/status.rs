@@ -12,6 +12,9 @@ const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'
 
 /// ` toolgate · 2 gateways ● · policy 3f9a21 · ✓ 1204  ✗ 87  ⏱ 31  ⏸ 2 held · 42/min ▁▂▅▇▅▃`
 pub fn status_bar(buf: &mut Buffer, area: Rect, state: &State) {
+    if area.is_empty() {
+        return;
+    }
     let t = &state.theme;
     let bar = t.status_bar;
     buf.set_style(area, bar);
@@ -130,6 +133,9 @@ fn plural(n: usize) -> &'static str {
 
 /// The bottom line: a prompt when one is open, else the views and the message or hints.
 pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
+    if area.is_empty() {
+        return;
+    }
     let t = &state.theme;
     match &state.prompt {
         Prompt::Filter(input) => prompt(buf, area, state, "/", input.value()),
