@@ -12,6 +12,7 @@
 //!   and the clients `tail`, `approve`, `deny` use.
 //! - [`console`] — the ratatui console.
 //! - [`demo`] — the embedded demo: demo MCP server, simulated agents.
+//! - [`scan`] — `toolgate scan`: classify a server's tools by risk, suggest a policy.
 //! - [`redact`] — which argument keys are secrets, and how they are hidden.
 //! - [`sanitize`] — the one way outside text reaches a terminal.
 //! - [`cli`] — the command line.
@@ -24,5 +25,6 @@ pub mod gateway;
 pub mod policy;
 pub mod redact;
 pub mod sanitize;
+pub mod scan;
 pub mod screenshot;
 pub mod wire;

@@ -13,6 +13,7 @@ mod console;
 mod demo;
 mod explain;
 mod gateways;
+mod scan;
 pub(crate) mod tail;
 mod wrap;
 
@@ -28,6 +29,7 @@ const EXAMPLES: &str = "\
 Examples:
   toolgate demo                                   see everything working, nothing to configure
   toolgate check policy.json                      validate a policy
+  toolgate scan -- npx -y @modelcontextprotocol/server-everything > policy.json
   toolgate wrap --policy policy.json -- npx -y @modelcontextprotocol/server-everything
   toolgate console                                watch and steer every gateway on this machine";
 
@@ -42,6 +44,7 @@ enum Command {
     Approve(approve::ApproveArgs),
     Deny(approve::DenyArgs),
     Gateways(gateways::Args),
+    Scan(scan::Args),
     Completions(CompletionsArgs),
 }
 
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Approve(args) => approve::run_approve(args),
         Command::Deny(args) => approve::run_deny(args),
         Command::Gateways(args) => gateways::run(args),
+        Command::Scan(args) => scan::run(args),
         Command::Completions(args) => {
             clap_complete::generate(
                 args.shell,

@@ -14,6 +14,8 @@
 //! - [`audit`] — the JSON-lines audit log.
 //! - [`reload`] — watch the policy file and swap in each valid new version.
 //! - [`upstream`] — spawn and stop an MCP server process.
+//! - [`upstream_client`] — a small MCP client session over an upstream's line streams
+//!   (handshake or `server/discover`, paginated `tools/list`), for `toolgate scan`.
 //! - [`stdio`] — `wrap`: stdin/stdout + a child process around the core.
 
 pub mod audit;
@@ -23,6 +25,7 @@ pub mod jsonrpc;
 pub mod reload;
 pub mod stdio;
 pub mod upstream;
+pub mod upstream_client;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -163,6 +163,16 @@ pub enum LoadError {
     Invalid(#[from] Diagnostics),
 }
 
+/// See [`Policy::treatment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Treatment {
+    pub action: Action,
+    /// Some limit (the rule's or `all_tools`') counts this tool's calls.
+    pub limited: bool,
+    /// The rule has `require` or `deny_if` conditions.
+    pub conditions: bool,
+}
+
 /// Which entry of the policy a tool name falls under, for explanations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleMatch {
@@ -230,6 +240,30 @@ impl Policy {
     /// The keys of `tools`, in file order.
     pub fn tool_keys(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.key.as_str())
+    }
+
+    /// The keys of `tools` with the JSON Pointer of each rule, in file order (the pointers
+    /// [`Policy::rule_match`] names).
+    pub fn tool_rules(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rules
+            .iter()
+            .map(|r| (r.key.as_str(), r.pointer.as_str()))
+    }
+
+    /// How `tool`'s calls are treated before their arguments are looked at: the action of
+    /// the rule that decides it (or of `default`), whether any limit counts its calls, and
+    /// whether argument conditions apply. `None` when `hide` names it. For `toolgate scan
+    /// --against`, which compares a policy with what a server offers.
+    pub fn treatment(&self, tool: &str) -> Option<Treatment> {
+        if self.hidden_by(tool).is_some() {
+            return None;
+        }
+        let rule = self.rule_for(tool);
+        Some(Treatment {
+            action: rule.map_or(self.default, |r| r.action),
+            limited: !self.all_tools.is_empty() || rule.is_some_and(|r| !r.limits.is_empty()),
+            conditions: rule.is_some_and(|r| !r.deny_if.is_empty() || !r.require.is_empty()),
+        })
     }
 
     /// Whether `hide` removes this tool from `tools/list`.

@@ -240,6 +240,14 @@ pub struct ToolInfo {
         skip_serializing_if = "Option::is_none"
     )]
     pub input_schema: Option<Value>,
+    /// The schema of the tool's structured result, when it declares one (`toolgate scan`
+    /// looks for secrets in it).
+    #[serde(
+        default,
+        rename = "outputSchema",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub output_schema: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<Value>,
 }

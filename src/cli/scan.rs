@@ -1,0 +1,251 @@
+//! `toolgate scan`: connect to an MCP server, read every tool it offers, classify each by
+//! risk and write a starting policy (or, with `--against`, report what an existing policy
+//! leaves open).
+//!
+//! The I/O edge of [`crate::scan`]: the server is spawned with the gateway's
+//! [`crate::gateway::upstream`] and spoken to through
+//! [`crate::gateway::upstream_client::Session`]; the table goes to stderr so that stdout
+//! carries only the policy (or the JSON, or the findings).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::io::BufReader;
+
+use crate::gateway::upstream::{ServerCommand, ServerProcess};
+use crate::gateway::upstream_client::Session;
+use crate::policy::{LoadError, Policy};
+use crate::sanitize::terminal_text;
+use crate::scan::{ScannedTool, compare, report, starting_policy};
+use crate::wire::ToolInfo;
+
+/// Read an MCP server's tools, classify their risk and write a starting policy.
+///
+/// Each tool is classed read, write or destructive from its MCP annotations, or guessed from
+/// its name and description (marked `*` in the table). The policy on stdout (or --output) is
+/// `default: deny` with one rule per tool: read → allow, write → allow under a per-grant rate
+/// limit, destructive → require_approval, each with a reason. The summary table goes to
+/// stderr.
+///
+/// Exit status: 0 done; 1 with --against when the policy has gaps; 2 on an error (the
+/// server could not be started or did not answer in time, a file could not be written).
+#[derive(Debug, clap::Args)]
+#[command(after_help = SCAN_EXAMPLES)]
+pub struct Args {
+    /// Write the policy (or the JSON) to FILE instead of stdout; an existing file is kept
+    /// unless --force.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Overwrite --output if it exists.
+    #[arg(long, requires = "output")]
+    force: bool,
+    /// Print the classification of every tool as JSON instead of a policy (with --against:
+    /// the findings too).
+    #[arg(long)]
+    json: bool,
+    /// Seconds the server gets to start, answer and list all its tools.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout: f64,
+    /// Compare with this existing policy instead of writing one: tools it leaves to the
+    /// default, rules that match no offered tool, rules that let more through than a tool's
+    /// class suggests. Exit status 1 when any is found.
+    #[arg(long, value_name = "POLICY", conflicts_with_all = ["output", "force"])]
+    against: Option<PathBuf>,
+    /// The server's command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+const SCAN_EXAMPLES: &str = "\
+Examples:
+  toolgate scan -- npx -y @modelcontextprotocol/server-everything > policy.json
+  toolgate scan --output policy.json -- uvx mcp-server-time
+  toolgate scan --json -- node server.js | jq '.[] | select(.class == \"destructive\")'
+  toolgate scan --against policy.json -- npx -y @modelcontextprotocol/server-filesystem ~/notes
+
+The table on stderr marks guessed classes with *; review them before using the policy.";
+
+/// Where the suggested policy is first named in messages.
+const SUGGESTED_FILE: &str = "suggested policy";
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let scan = runtime.block_on(scan_server(&args))?;
+    report_scan(&args, &scan)
+}
+
+/// What the server said about itself and its tools.
+struct Scan {
+    server: String,
+    protocol: String,
+    tools: Vec<ScannedTool>,
+    /// Entries of `tools/list` that are not tools (no name): shown, not classified.
+    unreadable: usize,
+}
+
+async fn scan_server(args: &Args) -> anyhow::Result<Scan> {
+    let budget = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--timeout must be a positive number of seconds")?;
+    let (program, rest) = args
+        .command
+        .split_first()
+        .context("no server command after `--`")?;
+    let command = ServerCommand {
+        program: program.clone(),
+        args: rest.to_vec(),
+    };
+    let (process, stdin, stdout) = ServerProcess::spawn(&command)?;
+    let listed = async {
+        let mut session =
+            Session::connect(BufReader::new(stdout), stdin, "toolgate-scan", budget).await?;
+        let tools = session.list_tools().await?;
+        let server = session
+            .server_info()
+            .and_then(|i| i.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let protocol = session.protocol_version().to_string();
+        session.close().await;
+        Ok::<_, crate::gateway::upstream_client::ClientError>((server, protocol, tools))
+    }
+    .await;
+    // The server's input is closed (or the session dropped): a short grace, then signals.
+    process.stop(Duration::from_millis(500)).await;
+    let (server, protocol, raw) =
+        listed.with_context(|| format!("scanning `{}`", command.display()))?;
+    let mut unreadable = 0;
+    let tools = raw
+        .into_iter()
+        .filter_map(|t| match serde_json::from_value::<ToolInfo>(t) {
+            Ok(info) => Some(ScannedTool::new(info)),
+            Err(_) => {
+                unreadable += 1;
+                None
+            }
+        })
+        .collect();
+    Ok(Scan {
+        server: server.unwrap_or_else(|| command.display()),
+        protocol,
+        tools,
+        unreadable,
+    })
+}
+
+fn report_scan(args: &Args, scan: &Scan) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "{}: {} tools (protocol {})",
+        terminal_text(&scan.server),
+        scan.tools.len(),
+        terminal_text(&scan.protocol)
+    );
+    if scan.unreadable > 0 {
+        eprintln!(
+            "warning: {} entries of the tool list have no name and were left out",
+            scan.unreadable
+        );
+    }
+    eprint!("{}", report::table(&scan.tools));
+
+    if let Some(path) = &args.against {
+        return report_against(args, path, scan);
+    }
+    let text = if args.json {
+        serde_json::to_string_pretty(&report::tools_json(&scan.tools))?
+    } else {
+        let (policy, skipped) = starting_policy(&scan.tools);
+        for s in &skipped {
+            eprintln!("warning: {}: {}", terminal_text(&s.name), s.why);
+        }
+        let text = serde_json::to_string_pretty(&policy)?;
+        // The suggestion is only useful if it loads; a failure here is a bug in scan.
+        Policy::parse(&text, SUGGESTED_FILE).map_err(|d| {
+            anyhow::anyhow!("the suggested policy does not validate (a toolgate bug):\n{d}")
+        })?;
+        text
+    };
+    match &args.output {
+        Some(path) => {
+            write_output(path, &text, args.force)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{text}").context("cannot write to stdout")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_against(args: &Args, path: &Path, scan: &Scan) -> anyhow::Result<ExitCode> {
+    let policy = Policy::load(path).map_err(|e| match e {
+        LoadError::Invalid(d) => anyhow::anyhow!("{d}\n{} is not a valid policy", path.display()),
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    let findings = compare(&policy, &scan.tools);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc = serde_json::json!({
+            "policy": path.display().to_string(),
+            "tools": report::tools_json(&scan.tools),
+            "findings": findings,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else if findings.is_empty() {
+        writeln!(
+            out,
+            "{}: no gaps: every offered tool has a rule no looser than its class suggests, and every rule matches a tool",
+            path.display()
+        )?;
+    } else {
+        for f in &findings {
+            writeln!(out, "{}: {}", path.display(), terminal_text(&f.to_string()))?;
+        }
+        writeln!(
+            out,
+            "{} finding{}",
+            findings.len(),
+            if findings.len() == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Writes `text` to `path`, refusing to replace an existing file unless `force`.
+fn write_output(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!(
+                "{} exists; not overwriting it (pass --force to replace it, or --against {} to compare with it)",
+                path.display(),
+                path.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+    };
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
