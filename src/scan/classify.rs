@@ -111,8 +111,10 @@ pub fn classify(tool: &ToolInfo) -> Classification {
         None => (
             name_words
                 .iter()
-                .chain(&description_words)
-                .any(|w| OPEN_WORLD_WORDS.contains(&w.as_str())),
+                .any(|w| OPEN_WORLD_NAME.contains(&w.as_str()))
+                || description_words
+                    .iter()
+                    .any(|w| OPEN_WORLD_TEXT.contains(&w.as_str())),
             false,
         ),
     };
@@ -500,11 +502,17 @@ const TEXT_READ: &[&str] = &[
     "suggest",
 ];
 
-/// Words that mean a tool reaches beyond the server's own world.
-const OPEN_WORLD_WORDS: &[&str] = &[
+/// Words of a name that mean a tool reaches beyond the server's own world.
+const OPEN_WORLD_NAME: &[&str] = &[
     "url", "urls", "uri", "http", "https", "web", "website", "internet", "online", "browser",
     "email", "emails", "mail", "sms", "slack", "tweet", "webhook", "external", "remote", "publish",
     "public",
+];
+/// The same in a description, where a noun like `email` is mostly a field: only words that
+/// say the tool itself goes out.
+const OPEN_WORLD_TEXT: &[&str] = &[
+    "url", "urls", "http", "https", "web", "website", "internet", "online", "browser", "emails",
+    "mails", "sms", "slack", "tweets", "webhook", "webhooks", "external",
 ];
 
 /// A name word matches a verb when it is the verb, or the verb with a trailing `s`.

@@ -50,10 +50,16 @@ pub fn table(tools: &[ScannedTool]) -> String {
         out.push('\n');
     }
     let guessed = tools.iter().filter(|t| t.classification.guessed).count();
-    out.push_str(&format!(
-        "{} tools, {guessed} classes guessed (*) from names and descriptions: review those first\n",
-        tools.len()
-    ));
+    out.push_str(&match guessed {
+        0 => format!(
+            "{} tools, every class from the server's annotations\n",
+            tools.len()
+        ),
+        n => format!(
+            "{} tools, {n} classed by a guess from names and descriptions (*): review those first\n",
+            tools.len()
+        ),
+    });
     out
 }
 
@@ -122,6 +128,6 @@ mod tests {
                 .any(|l| l.starts_with("read_file") && l.contains(" read ")),
             "{t}"
         );
-        assert!(t.contains("1 classes guessed"), "{t}");
+        assert!(t.contains("1 classed by a guess"), "{t}");
     }
 }
