@@ -400,3 +400,101 @@ fn a_command_that_is_not_an_mcp_server_is_named_in_the_error() {
         stderr(&out)
     );
 }
+
+/// A server process killed when the test ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts `program args` and waits for `ready` on its stderr.
+fn start_http(program: &str, args: &[String], port: u16, ready: &str) -> Running {
+    use std::io::BufRead;
+    let mut child = Command::new(program)
+        .args(args)
+        .env("PORT", port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the HTTP server");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if line.contains(&ready) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the HTTP server did not start listening");
+    Running(child)
+}
+
+#[test]
+fn a_streamable_http_server_gets_the_same_policy_as_over_stdio() {
+    let port = free_port();
+    let _server = start_http(
+        "node",
+        &[
+            peer("node_modules/.bin/mcp-server-everything"),
+            "streamableHttp".into(),
+        ],
+        port,
+        "listening on port",
+    );
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let over_http = toolgate(&["scan", "--url", &url], &[]);
+    assert!(over_http.status.success(), "{}", stderr(&over_http));
+    let over_stdio = toolgate(&["scan"], &everything());
+    assert!(over_stdio.status.success(), "{}", stderr(&over_stdio));
+    assert_eq!(stdout(&over_http), stdout(&over_stdio));
+}
+
+#[test]
+fn a_streamable_http_server_is_paged_through_with_the_headers_given() {
+    let port = free_port();
+    let mut command = many_tools(&["--http", &port.to_string()]);
+    command.extend(["--require-header".into(), "X-Api-Key: k1".into()]);
+    let program = command.remove(0);
+    let _server = start_http(&program, &command, port, "listening");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+
+    let out = toolgate(
+        &["scan", "--json", "--url", &url, "--header", "X-Api-Key: k1"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tools: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(tools.len(), 54, "all three pages over HTTP");
+
+    let refused = toolgate(&["scan", "--url", &url], &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("HTTP 401"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn an_unreachable_url_says_so() {
+    let url = format!("http://127.0.0.1:{}/mcp", free_port());
+    let out = toolgate(&["scan", "--url", &url], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}

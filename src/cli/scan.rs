@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::io::BufReader;
 
 use crate::gateway::upstream::{ServerCommand, ServerProcess};
-use crate::gateway::upstream_client::Session;
+use crate::gateway::upstream_client::{ClientError, Session, http};
 use crate::policy::{LoadError, Policy};
 use crate::sanitize::terminal_text;
 use crate::scan::{ScannedTool, compare, report, starting_policy};
@@ -56,8 +56,14 @@ pub struct Args {
     /// class suggests. Exit status 1 when any is found.
     #[arg(long, value_name = "POLICY", conflicts_with_all = ["output", "force"])]
     against: Option<PathBuf>,
+    /// Scan a Streamable HTTP server at this URL instead of starting a command.
+    #[arg(long, value_name = "URL", conflicts_with = "command")]
+    url: Option<String>,
+    /// A header sent with every request to --url, e.g. "Authorization: Bearer …" (repeatable).
+    #[arg(long, value_name = "K: V", requires = "url")]
+    header: Vec<String>,
     /// The server's command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "url", value_name = "CMD")]
     command: Vec<OsString>,
 }
 
@@ -67,6 +73,7 @@ Examples:
   toolgate scan --output policy.json -- uvx mcp-server-time
   toolgate scan --json -- node server.js | jq '.[] | select(.class == \"destructive\")'
   toolgate scan --against policy.json -- npx -y @modelcontextprotocol/server-filesystem ~/notes
+  toolgate scan --url http://127.0.0.1:3001/mcp --header \"Authorization: Bearer $TOKEN\"
 
 The table on stderr marks guessed classes with *; review them before using the policy.";
 
@@ -96,33 +103,54 @@ async fn scan_server(args: &Args) -> anyhow::Result<Scan> {
         .ok()
         .filter(|d| !d.is_zero())
         .context("--timeout must be a positive number of seconds")?;
-    let (program, rest) = args
-        .command
-        .split_first()
-        .context("no server command after `--`")?;
-    let command = ServerCommand {
-        program: program.clone(),
-        args: rest.to_vec(),
+    let (shown, listed) = match &args.url {
+        Some(url) => {
+            let headers = args
+                .header
+                .iter()
+                .map(|h| http::parse_header(h))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !url.starts_with("http://") {
+                bail!(
+                    "--url {url}: this build reaches servers over plain http:// only (https is not built in)"
+                );
+            }
+            let server = http::HttpServer {
+                url: url.clone(),
+                headers,
+            };
+            // The session and the HTTP transport meet over in-memory pipes, as a session
+            // and a stdio child meet over the child's.
+            let (session_out, transport_in) = tokio::io::duplex(1 << 16);
+            let (transport_out, session_in) = tokio::io::duplex(1 << 16);
+            let transport = tokio::spawn(http::run(
+                server,
+                BufReader::new(transport_in),
+                transport_out,
+            ));
+            let listed = list(BufReader::new(session_in), session_out, budget).await;
+            // The session closed its side: the transport ends the server's session and stops.
+            let _ = tokio::time::timeout(Duration::from_secs(3), transport).await;
+            (url.clone(), listed)
+        }
+        None => {
+            let (program, rest) = args
+                .command
+                .split_first()
+                .context("no server command after `--`")?;
+            let command = ServerCommand {
+                program: program.clone(),
+                args: rest.to_vec(),
+            };
+            let (process, stdin, stdout) = ServerProcess::spawn(&command)?;
+            let listed = list(BufReader::new(stdout), stdin, budget).await;
+            // The server's input is closed (or the session dropped): a short grace, then
+            // signals.
+            process.stop(Duration::from_millis(500)).await;
+            (command.display(), listed)
+        }
     };
-    let (process, stdin, stdout) = ServerProcess::spawn(&command)?;
-    let listed = async {
-        let mut session =
-            Session::connect(BufReader::new(stdout), stdin, "toolgate-scan", budget).await?;
-        let tools = session.list_tools().await?;
-        let server = session
-            .server_info()
-            .and_then(|i| i.get("name"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let protocol = session.protocol_version().to_string();
-        session.close().await;
-        Ok::<_, crate::gateway::upstream_client::ClientError>((server, protocol, tools))
-    }
-    .await;
-    // The server's input is closed (or the session dropped): a short grace, then signals.
-    process.stop(Duration::from_millis(500)).await;
-    let (server, protocol, raw) =
-        listed.with_context(|| format!("scanning `{}`", command.display()))?;
+    let (server, protocol, raw) = listed.with_context(|| format!("scanning `{shown}`"))?;
     let mut unreadable = 0;
     let tools = raw
         .into_iter()
@@ -135,11 +163,33 @@ async fn scan_server(args: &Args) -> anyhow::Result<Scan> {
         })
         .collect();
     Ok(Scan {
-        server: server.unwrap_or_else(|| command.display()),
+        server: server.unwrap_or(shown),
         protocol,
         tools,
         unreadable,
     })
+}
+
+/// The server's name, the protocol version and every tool, over one session.
+async fn list<R, W>(
+    reader: R,
+    writer: W,
+    budget: Duration,
+) -> Result<(Option<String>, String, Vec<Value>), ClientError>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut session = Session::connect(reader, writer, "toolgate-scan", budget).await?;
+    let tools = session.list_tools().await?;
+    let server = session
+        .server_info()
+        .and_then(|i| i.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let protocol = session.protocol_version().to_string();
+    session.close().await;
+    Ok((server, protocol, tools))
 }
 
 fn report_scan(args: &Args, scan: &Scan) -> anyhow::Result<ExitCode> {

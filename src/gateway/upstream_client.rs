@@ -12,6 +12,10 @@
 //!
 //! It is deliberately small: requests one at a time, server notifications ignored, server
 //! requests answered (`ping`) or refused (`method not found`): a scanner needs nothing more.
+//!
+//! [`http`] presents a Streamable HTTP server as such line streams.
+
+pub mod http;
 
 use std::time::Duration;
 
@@ -19,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::jsonrpc::META_PROTOCOL_VERSION;
+use super::jsonrpc::{META_PROTOCOL_VERSION, code};
 
 /// The handshake-era version offered in `initialize`.
 pub const HANDSHAKE_VERSION: &str = "2025-11-25";
@@ -60,6 +64,9 @@ pub enum ClientError {
         .after.as_secs_f64()
     )]
     Timeout { method: String, after: Duration },
+    /// The transport could not carry the request (an HTTP upstream unreachable or failing).
+    #[error("no answer to `{method}`: {message}")]
+    Transport { method: String, message: String },
     #[error("the MCP server refused `{method}`: {message} (code {code})")]
     Rpc {
         method: String,
@@ -285,14 +292,24 @@ where
                 (Some(_), None) => {} // a notification (log, progress, list changed)
                 (None, Some(answer_id)) if answer_id.as_u64() == Some(id) => {
                     if let Some(error) = message.get("error") {
-                        return Err(ClientError::Rpc {
-                            method: method.to_string(),
-                            code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
-                            message: error
-                                .get("message")
-                                .and_then(Value::as_str)
-                                .unwrap_or("no message")
-                                .to_string(),
+                        let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+                        let text = error
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no message")
+                            .to_string();
+                        let method = method.to_string();
+                        return Err(if code == code::UPSTREAM_GONE {
+                            ClientError::Transport {
+                                method,
+                                message: text,
+                            }
+                        } else {
+                            ClientError::Rpc {
+                                method,
+                                code,
+                                message: text,
+                            }
                         });
                     }
                     return message

@@ -6,9 +6,12 @@ they do only through their names, descriptions and schemas. `tools/list` is pagi
 tools a page, so a scanner must follow `nextCursor`.
 
 Usage: many_tools_server.py [--modern-only]
+       many_tools_server.py --http PORT [--require-header NAME:VALUE]
 
---modern-only serves only the stateless 2026-07-28 era: `initialize` is refused and a client
-must use `server/discover`.
+--modern-only serves only the stateless 2026-07-28 era over stdio: `initialize` is refused
+and a client must use `server/discover`. --http serves Streamable HTTP at
+http://127.0.0.1:PORT/mcp instead (printing "listening" on stderr once it is), answering 401
+to requests without the --require-header header.
 """
 
 from __future__ import annotations
@@ -112,6 +115,29 @@ async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.Cal
 server = Server("many-tools", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
+def serve_http(port: int, required: str | None) -> None:
+    import uvicorn
+
+    app = server.streamable_http_app(host="127.0.0.1")
+    name, _, value = (required or "").partition(":")
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if required and scope["type"] == "http":
+            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            if headers.get(name.strip().lower()) != value.strip():
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b"missing header"})
+                return
+        await app(scope, receive, send)
+
+    class Announce(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            print("listening", file=sys.stderr, flush=True)
+
+    Announce(uvicorn.Config(guarded, host="127.0.0.1", port=port, log_level="warning")).run()
+
+
 async def main() -> None:
     modern_only = "--modern-only" in sys.argv[1:]
     async with stdio_server() as (read_stream, write_stream):
@@ -129,4 +155,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    args = sys.argv[1:]
+    if "--http" in args:
+        port = int(args[args.index("--http") + 1])
+        required = args[args.index("--require-header") + 1] if "--require-header" in args else None
+        serve_http(port, required)
+    else:
+        anyio.run(main)
