@@ -59,4 +59,24 @@ pub enum Action {
     ScrollDetail(i16),
     /// Apply a theme by name (`:theme NAME`).
     SetTheme(String),
+    /// A call's tool (or the Policy view's row): ask `MAX/WINDOW` and limit it (`r`, `l`).
+    LimitTool,
+    /// A call's tool: write a deny rule for it, then review the write (`b`).
+    BlockTool,
+    /// Holds: approve the held call and write an allow rule for its tool (`A`).
+    ApproveAndAllow,
+    /// Policy view: the selected tool's rule allows it (`a`).
+    AllowTool,
+    /// Policy view: the selected tool's rule denies it (`d`).
+    DenyTool,
+    /// Policy view: the selected tool's calls wait for an operator (`h`).
+    HoldTool,
+    /// Policy view: the selected tool's rule has no limits (`u`).
+    UnlimitTool,
+    /// Policy or Limits: show the diff and the what-if of the draft, and ask to write (`w`).
+    ReviewWrite,
+    /// Limits view: a new `max` for the selected counter (`m`).
+    EditCounterMax,
+    /// Limits view: a new `window` for the selected counter (`t`).
+    EditCounterWindow,
 }

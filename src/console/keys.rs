@@ -28,6 +28,12 @@ pub enum Scope {
     Call,
     /// Live or Holds, when the detail pane is open.
     Detail,
+    /// The Policy view.
+    Policy,
+    /// The Limits view.
+    Limits,
+    /// Policy or Limits (where the draft is edited).
+    Draft,
 }
 
 /// One key binding.
@@ -101,6 +107,94 @@ pub fn bindings() -> &'static [Binding] {
                 Some("deny"),
             ),
             b(
+                HeldCall,
+                &[Char('A')],
+                "A",
+                Action::ApproveAndAllow,
+                "approve, and write an allow rule for its tool (diff, y/n)",
+                None,
+            ),
+            b(
+                Call,
+                &[Char('r')],
+                "r",
+                Action::LimitTool,
+                "rate-limit this call's tool (asks MAX/WINDOW, then diff, y/n)",
+                Some("limit"),
+            ),
+            b(
+                Call,
+                &[Char('b')],
+                "b",
+                Action::BlockTool,
+                "block this call's tool: a deny rule (diff, y/n)",
+                Some("block"),
+            ),
+            b(
+                Policy,
+                &[Char('a')],
+                "a",
+                Action::AllowTool,
+                "draft: allow the selected tool",
+                Some("allow"),
+            ),
+            b(
+                Policy,
+                &[Char('d')],
+                "d",
+                Action::DenyTool,
+                "draft: deny the selected tool (:deny TOOL REASON for a reason)",
+                Some("deny"),
+            ),
+            b(
+                Policy,
+                &[Char('h')],
+                "h",
+                Action::HoldTool,
+                "draft: hold the selected tool's calls for approval",
+                Some("hold"),
+            ),
+            b(
+                Policy,
+                &[Char('l')],
+                "l",
+                Action::LimitTool,
+                "draft: limit the selected tool (asks MAX/WINDOW)",
+                Some("limit"),
+            ),
+            b(
+                Policy,
+                &[Char('u')],
+                "u",
+                Action::UnlimitTool,
+                "draft: remove the selected tool's limits",
+                None,
+            ),
+            b(
+                Limits,
+                &[Char('m')],
+                "m",
+                Action::EditCounterMax,
+                "edit the selected counter's max",
+                Some("max"),
+            ),
+            b(
+                Limits,
+                &[Char('t')],
+                "t",
+                Action::EditCounterWindow,
+                "edit the selected counter's window",
+                Some("window"),
+            ),
+            b(
+                Draft,
+                &[Char('w')],
+                "w",
+                Action::ReviewWrite,
+                "write the draft: diff and what-if, then y/n (also :w)",
+                Some("write"),
+            ),
+            b(
                 Call,
                 &[Enter],
                 "⏎",
@@ -138,6 +232,14 @@ pub fn bindings() -> &'static [Binding] {
                 "g Home",
                 Action::SelectFirst,
                 "oldest hold",
+                None,
+            ),
+            b(
+                Draft,
+                &[Char('g'), Home],
+                "g Home",
+                Action::SelectFirst,
+                "first row",
                 None,
             ),
             b(
@@ -259,6 +361,9 @@ pub fn in_scope(state: &State, scope: Scope) -> bool {
         Scope::Global => true,
         Scope::Live => state.view == View::Live,
         Scope::Holds => state.view == View::Holds,
+        Scope::Policy => state.view == View::Policy,
+        Scope::Limits => state.view == View::Limits,
+        Scope::Draft => matches!(state.view, View::Policy | View::Limits),
         Scope::Call => call_view && state.selected_call().is_some(),
         Scope::Detail => call_view && state.detail_call_id().is_some(),
         Scope::HeldCall => {
@@ -292,7 +397,22 @@ pub fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
                 _ => None,
             };
         }
-        Prompt::Filter(_) | Prompt::Command(_) | Prompt::DenyReason { .. } => {
+        Prompt::ConfirmWrite => {
+            return match key.code {
+                KeyCode::Char('y' | 'Y') => Some(Action::Confirm),
+                KeyCode::Char('n' | 'N') | KeyCode::Esc => Some(Action::Cancel),
+                KeyCode::Char('j') | KeyCode::Down => Some(Action::ScrollDetail(1)),
+                KeyCode::Char('k') | KeyCode::Up => Some(Action::ScrollDetail(-1)),
+                KeyCode::PageDown | KeyCode::Char('J') => Some(Action::ScrollDetail(10)),
+                KeyCode::PageUp | KeyCode::Char('K') => Some(Action::ScrollDetail(-10)),
+                _ => None,
+            };
+        }
+        Prompt::Filter(_)
+        | Prompt::Command(_)
+        | Prompt::DenyReason { .. }
+        | Prompt::Rate { .. }
+        | Prompt::CounterEdit { .. } => {
             return match key.code {
                 KeyCode::Enter => Some(Action::Submit),
                 KeyCode::Esc => Some(Action::Back),
