@@ -673,7 +673,17 @@ fn the_written_file_keeps_untouched_rules_and_key_order() {
         keys(&after["tools"]["create_api_key"]["limits"][0]),
         ["counter", "window", "max", "scope"]
     );
-    assert!(Policy::parse(&std::fs::read_to_string(&path).unwrap(), "p").is_ok());
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(Policy::parse(&written, "p").is_ok());
+    // Untouched rules keep their text, formatting included.
+    for line in POLICY.lines().filter(|l| {
+        l.contains("create_api_key\", \"window")
+            || l.contains("delete_*")
+            || l.contains("send_message")
+            || l.contains("book_meting")
+    }) {
+        assert!(written.contains(line), "{line} kept in:\n{written}");
+    }
 }
 
 #[test]

@@ -6,9 +6,12 @@
 //! is applied to a copy, re-serialised and re-validated; an edit that would make the policy
 //! invalid is refused and the draft stays as it was.
 //!
-//! Writing normalises formatting (2-space pretty printing, one trailing newline) but keeps
-//! key order (serde_json's `preserve_order`) and every member the console did not change.
-//! A draft the console has not changed is the base text, byte for byte.
+//! The draft's text is the file's text with only the changed values rewritten
+//! ([`super::splice`]): untouched rules keep their formatting and key order byte for byte,
+//! and the diff the operator confirms shows just the change. (If a change cannot be spliced,
+//! the whole document is pretty printed with 2 spaces; key order is still kept, through
+//! serde_json's `preserve_order`.) A draft the console has not changed is the file, byte
+//! for byte.
 
 use serde_json::{Map, Value, json};
 
@@ -235,9 +238,17 @@ impl Draft {
         let mut doc = self.doc.clone().ok_or(EditError::NotAnObject)?;
         let root = doc.as_object_mut().ok_or(EditError::NotAnObject)?;
         let said = edit_document(root, self.compiled.as_ref().ok(), edit)?;
-        let mut text = serde_json::to_string_pretty(&doc)
-            .map_err(|e| EditError::Nothing(format!("cannot write the policy as JSON: {e}")))?;
-        text.push('\n');
+        let old = self.doc.as_ref().ok_or(EditError::NotAnObject)?;
+        let text = match super::splice::splice(&self.text, old, &doc) {
+            Some(text) => text,
+            None => {
+                let mut text = serde_json::to_string_pretty(&doc).map_err(|e| {
+                    EditError::Nothing(format!("cannot write the policy as JSON: {e}"))
+                })?;
+                text.push('\n');
+                text
+            }
+        };
         let compiled = Policy::parse(&text, &self.path).map_err(EditError::Invalid)?;
         self.doc = Some(doc);
         self.text = text;

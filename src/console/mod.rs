@@ -32,6 +32,7 @@ pub mod keys;
 pub mod launch;
 pub mod net;
 pub mod policy_file;
+pub mod splice;
 pub mod terminal;
 pub mod theme;
 pub mod view;
