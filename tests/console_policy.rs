@@ -712,3 +712,108 @@ fn write_review_snapshot() {
     assert!(matches!(s.view, View::Live));
     insta::assert_debug_snapshot!(text(&render(&s, 120, 24)));
 }
+
+fn ctrl(s: &mut State, c: char) {
+    let now = s.now;
+    update(
+        s,
+        AppEvent::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)),
+        now,
+    );
+}
+
+/// The populated console with an inputSchema for send_message, its rule opened in the form.
+fn editing_send_message() -> State {
+    let mut s = authoring();
+    let now = s.now;
+    update(
+        &mut s,
+        net(
+            "c3d4",
+            41,
+            now,
+            EventKind::Tools(Tools {
+                server: "meetings".into(),
+                tools: vec![ToolInfo {
+                    name: "send_message".into(),
+                    description: None,
+                    input_schema: Some(serde_json::json!({"type": "object", "properties": {
+                        "to": {"type": "string"}, "body": {"type": "string"}}})),
+                    annotations: None,
+                }],
+            }),
+        ),
+        now,
+    );
+    key(&mut s, KeyCode::Char('3'));
+    for _ in 0..3 {
+        key(&mut s, KeyCode::Down);
+    }
+    key(&mut s, KeyCode::Enter);
+    s
+}
+
+#[test]
+fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
+    let mut s = editing_send_message();
+    let e = s.authoring.editor.as_ref().expect("editor open");
+    assert_eq!(e.key, "send_message");
+    assert_eq!(e.paths, ["args.to", "args.body"]);
+    assert!(e.problems.is_empty());
+    // Digits type into the form; they do not switch views.
+    ctrl(&mut s, 'l');
+    typed(&mut s, "0");
+    assert_eq!(s.view, View::Policy);
+    let e = s.authoring.editor.as_ref().unwrap();
+    assert_eq!(e.limits[0].max.value(), "300");
+    key(&mut s, KeyCode::Backspace);
+    key(&mut s, KeyCode::Backspace);
+    key(&mut s, KeyCode::Backspace);
+    let e = s.authoring.editor.as_ref().unwrap();
+    assert!(
+        e.problems
+            .iter()
+            .any(|p| p.contains("policy.json:") && p.contains("max")),
+        "{:?}",
+        e.problems
+    );
+    ctrl(&mut s, 's');
+    assert!(message(&s).1, "a form with problems is not saved");
+    assert!(s.authoring.editor.is_some());
+    typed(&mut s, "5");
+    ctrl(&mut s, 'n');
+    ctrl(&mut s, 'p');
+    key(&mut s, KeyCode::Tab); // op
+    key(&mut s, KeyCode::Right); // neq
+    key(&mut s, KeyCode::Tab); // value
+    typed(&mut s, "ceo@example.com");
+    ctrl(&mut s, 's');
+    assert!(s.authoring.editor.is_none());
+    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert_eq!(
+        rule(&s, "send_message"),
+        serde_json::json!({
+            "action": "require_approval",
+            "reason": "sending messages needs a person",
+            "limits": [{"counter": "send_message", "window": "minute", "max": 5}],
+            "require": [{"path": "args.body", "op": "neq", "value": "ceo@example.com"}]
+        })
+    );
+}
+
+#[test]
+fn esc_closes_the_editor_without_touching_the_draft() {
+    let mut s = editing_send_message();
+    key(&mut s, KeyCode::Right);
+    key(&mut s, KeyCode::Esc);
+    assert!(s.authoring.editor.is_none());
+    assert!(!draft(&s).is_modified());
+}
+
+#[test]
+fn rule_editor_snapshot() {
+    let mut s = editing_send_message();
+    ctrl(&mut s, 'n');
+    s.message = None;
+    insta::assert_debug_snapshot!(text(&render(&s, 120, 20)));
+}

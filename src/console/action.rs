@@ -79,4 +79,24 @@ pub enum Action {
     EditCounterMax,
     /// Limits view: a new `window` for the selected counter (`t`).
     EditCounterWindow,
+    /// Policy view: open the rule editor on the selected row (`Enter`, `e`).
+    OpenRuleEditor,
+    /// Rule editor: next field (`Tab`, `↓`).
+    EditorNext,
+    /// Rule editor: previous field (`S-Tab`, `↑`).
+    EditorPrev,
+    /// Rule editor: the next (1) or previous (-1) choice, or move the cursor (`→`, `←`).
+    EditorChoose(i8),
+    /// Rule editor: `Enter` — add on the "+" rows, else the next field.
+    EditorEnter,
+    /// Rule editor: add a limit (`C-l`).
+    EditorAddLimit,
+    /// Rule editor: add a condition (`C-n`).
+    EditorAddCondition,
+    /// Rule editor: remove the limit or condition under the cursor (`C-d`).
+    EditorRemove,
+    /// Rule editor: the next path from the tool's inputSchema (`C-p`).
+    EditorCompletePath,
+    /// Rule editor: put the rule in the draft, then diff and y/n (`C-s`).
+    EditorSave,
 }

@@ -487,6 +487,11 @@ impl State {
         }
     }
 
+    /// Whether no prompt is open on the bottom line.
+    pub fn prompt_is_none(&self) -> bool {
+        matches!(self.prompt, Prompt::None)
+    }
+
     /// Shows a message under the view.
     pub fn say(&mut self, text: impl Into<String>) {
         self.message = Some(Message {
@@ -933,6 +938,9 @@ pub fn apply(state: &mut State, action: Action) {
                 };
             }
         }
+        Action::Edit(req) if state.authoring.editor.is_some() && state.prompt_is_none() => {
+            authoring::with_editor(state, |e| e.type_text(req));
+        }
         Action::Edit(req) => {
             let filter_changed = match &mut state.prompt {
                 Prompt::Filter(input) => {
@@ -997,6 +1005,41 @@ pub fn apply(state: &mut State, action: Action) {
             }
         }
         Action::ReviewWrite => authoring::review(state, false),
+        Action::OpenRuleEditor => authoring::open_editor(state),
+        Action::EditorNext => authoring::with_editor(state, |e| {
+            e.move_focus(1);
+            false
+        }),
+        Action::EditorPrev => authoring::with_editor(state, |e| {
+            e.move_focus(-1);
+            false
+        }),
+        Action::EditorChoose(by) => authoring::with_editor(state, |e| e.choose(by as isize)),
+        Action::EditorEnter => authoring::with_editor(state, |e| match e.focused() {
+            super::editor::Field::AddLimit => {
+                e.add_limit();
+                true
+            }
+            super::editor::Field::AddCondition => {
+                e.add_condition();
+                true
+            }
+            _ => {
+                e.move_focus(1);
+                false
+            }
+        }),
+        Action::EditorAddLimit => authoring::with_editor(state, |e| {
+            e.add_limit();
+            true
+        }),
+        Action::EditorAddCondition => authoring::with_editor(state, |e| {
+            e.add_condition();
+            true
+        }),
+        Action::EditorRemove => authoring::with_editor(state, |e| e.remove_focused()),
+        Action::EditorCompletePath => authoring::with_editor(state, |e| e.complete_path()),
+        Action::EditorSave => authoring::save_editor(state),
         Action::EditCounterMax | Action::EditCounterWindow => {
             let max = action == Action::EditCounterMax;
             let rows = super::view::limit_rows(state);
@@ -1059,6 +1102,9 @@ fn back(state: &mut State) {
     }
     if state.help {
         state.help = false;
+    } else if state.authoring.editor.is_some() {
+        state.authoring.editor = None;
+        state.say("rule editor closed; the draft keeps only what was saved (C-s)");
     } else if state.view == View::Live && state.live.detail.is_some() {
         state.live.detail = None;
     } else if state.view == View::Holds && state.holds_view.detail.is_some() {

@@ -18,7 +18,9 @@ use crate::sanitize::terminal_text;
 
 use super::app::{Effect, Prompt, State, View, short_hash};
 use super::draft::{Draft, Edit, unified_diff};
+use super::editor::{RuleEditor, schema_paths};
 use super::whatif::{self, WhatIf};
+use crate::policy::RuleMatch;
 
 /// The authoring state.
 #[derive(Debug, Default)]
@@ -39,6 +41,8 @@ pub struct Authoring {
     pub selected: usize,
     /// Selected row of the Limits view.
     pub limits_selected: usize,
+    /// The rule editor, when open.
+    pub editor: Option<RuleEditor>,
 }
 
 /// A write shown for confirmation.
@@ -329,6 +333,66 @@ pub fn selected_tool(state: &State) -> Option<String> {
         .into_iter()
         .nth(state.authoring.selected)
         .map(|r| r.tool)
+}
+
+/// Opens the rule editor on the Policy view's selected row.
+pub fn open_editor(state: &mut State) {
+    let Some(key) = selected_tool(state) else {
+        return;
+    };
+    let Some(draft) = &state.authoring.draft else {
+        return;
+    };
+    let policy = draft.compiled().ok();
+    let mut paths: Vec<String> = Vec::new();
+    for g in &state.gateways {
+        for t in &g.tools {
+            let falls_under = t.name == key
+                || matches!(policy.map(|p| p.rule_match(&t.name)),
+                    Some(RuleMatch::Glob { pattern, .. }) if pattern == key);
+            if falls_under {
+                for p in schema_paths(t.input_schema.as_ref()) {
+                    if !paths.contains(&p) {
+                        paths.push(p);
+                    }
+                }
+            }
+        }
+    }
+    let mut editor = RuleEditor::open(&key, draft.rule_value(&key), paths);
+    editor.validate(draft);
+    state.authoring.editor = Some(editor);
+}
+
+/// Runs `f` on the open editor, then re-validates it if `f` says the form changed.
+pub fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
+    let (Some(editor), Some(draft)) = (&mut state.authoring.editor, &state.authoring.draft) else {
+        return;
+    };
+    if f(editor) {
+        editor.validate(draft);
+    }
+}
+
+/// `C-s` in the editor: the rule goes into the draft, then the write review.
+pub fn save_editor(state: &mut State) {
+    let Some(editor) = &state.authoring.editor else {
+        return;
+    };
+    if let Some(first) = editor.problems.first() {
+        let first = terminal_text(first).into_owned();
+        state.complain(format!("the rule cannot be saved: {first}"));
+        return;
+    }
+    let edit = editor.edit();
+    if edit_quiet(state, &edit) {
+        state.authoring.editor = None;
+        review(state, false);
+    }
+}
+
+fn edit_quiet(state: &mut State, e: &Edit) -> bool {
+    edit(state, e)
 }
 
 /// Seconds until `ms` from now, as `12s`, for "room comes back".

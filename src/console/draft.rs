@@ -39,6 +39,8 @@ pub enum Edit {
     Default(String),
     /// `:hide TOOL`.
     Hide(String),
+    /// The rule editor: `tools[key]` becomes `rule` (in place if it exists, else last).
+    SetRule { key: String, rule: Value },
     /// Limits view: a new `max` and/or `window` for every limit naming `counter`.
     SetCounter {
         counter: String,
@@ -235,6 +237,25 @@ impl Draft {
 
     /// Applies `edit` if the policy stays valid. Returns what happened, in words.
     pub fn apply(&mut self, edit: &Edit) -> Result<String, EditError> {
+        let (doc, text, compiled, said) = self.attempt(edit)?;
+        self.doc = Some(doc);
+        self.text = text;
+        self.compiled = Ok(compiled);
+        Ok(said)
+    }
+
+    /// Whether `edit` would keep the policy valid, without applying it (the rule editor
+    /// validates as the operator types).
+    pub fn check(&self, edit: &Edit) -> Result<(), EditError> {
+        self.attempt(edit).map(|_| ())
+    }
+
+    /// The rule object of `tools[key]` in the draft, if there is one.
+    pub fn rule_value(&self, key: &str) -> Option<&Value> {
+        self.doc.as_ref()?.get("tools")?.get(key)
+    }
+
+    fn attempt(&self, edit: &Edit) -> Result<(Value, String, Policy, String), EditError> {
         let mut doc = self.doc.clone().ok_or(EditError::NotAnObject)?;
         let root = doc.as_object_mut().ok_or(EditError::NotAnObject)?;
         let said = edit_document(root, self.compiled.as_ref().ok(), edit)?;
@@ -250,10 +271,7 @@ impl Draft {
             }
         };
         let compiled = Policy::parse(&text, &self.path).map_err(EditError::Invalid)?;
-        self.doc = Some(doc);
-        self.text = text;
-        self.compiled = Ok(compiled);
-        Ok(said)
+        Ok((doc, text, compiled, said))
     }
 
     /// The entries of `tools`, in file order, as the Policy view lists them.
@@ -480,6 +498,16 @@ fn edit_document(
                 return Err(EditError::Nothing(format!("{tool} has no limits")));
             }
             format!("{tool} no longer limited")
+        }
+        Edit::SetRule { key, rule } => {
+            let tools = root
+                .entry("tools")
+                .or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(tools) = tools else {
+                return Err(EditError::Nothing("tools is not an object".into()));
+            };
+            tools.insert(key.clone(), rule.clone());
+            format!("rule {key} updated")
         }
         Edit::Default(d) => {
             root.insert("default".into(), json!(d));

@@ -34,6 +34,8 @@ pub enum Scope {
     Limits,
     /// Policy or Limits (where the draft is edited).
     Draft,
+    /// The rule editor is open (only these keys apply; others type text).
+    Editor,
 }
 
 /// One key binding.
@@ -341,6 +343,112 @@ pub fn bindings() -> &'static [Binding] {
                 Some("quit"),
             ),
         ];
+        let ctrl =
+            |c: char, label: &'static str, action: Action, help: &'static str, hint| Binding {
+                scope: Editor,
+                keys: vec![(Char(c), KeyModifiers::CONTROL)],
+                label,
+                action,
+                help,
+                hint,
+            };
+        let editor = [
+            b(
+                Editor,
+                &[Tab, Down],
+                "Tab ↓",
+                Action::EditorNext,
+                "next field",
+                None,
+            ),
+            b(
+                Editor,
+                &[BackTab, Up],
+                "S-Tab ↑",
+                Action::EditorPrev,
+                "previous field",
+                None,
+            ),
+            b(
+                Editor,
+                &[Left],
+                "←",
+                Action::EditorChoose(-1),
+                "previous choice (action, scope, kind, op) / cursor left",
+                None,
+            ),
+            b(
+                Editor,
+                &[Right],
+                "→",
+                Action::EditorChoose(1),
+                "next choice / cursor right",
+                Some("choose"),
+            ),
+            b(
+                Editor,
+                &[Enter],
+                "⏎",
+                Action::EditorEnter,
+                "on a + row: add; else next field",
+                None,
+            ),
+            ctrl(
+                'l',
+                "C-l",
+                Action::EditorAddLimit,
+                "add a limit",
+                Some("+limit"),
+            ),
+            ctrl(
+                'n',
+                "C-n",
+                Action::EditorAddCondition,
+                "add a condition",
+                Some("+condition"),
+            ),
+            ctrl(
+                'd',
+                "C-d",
+                Action::EditorRemove,
+                "remove the limit or condition under the cursor",
+                Some("remove"),
+            ),
+            ctrl(
+                'p',
+                "C-p",
+                Action::EditorCompletePath,
+                "condition path: next one from the tool's inputSchema",
+                Some("path"),
+            ),
+            ctrl(
+                's',
+                "C-s",
+                Action::EditorSave,
+                "save the rule into the draft, then diff and y/n",
+                Some("save+write"),
+            ),
+            b(
+                Editor,
+                &[Esc],
+                "Esc",
+                Action::Back,
+                "close the editor (unsaved changes are dropped)",
+                Some("close"),
+            ),
+        ];
+        v.splice(0..0, editor);
+        v.insert(
+            v.iter().position(|b| b.scope == Policy).unwrap_or(0),
+            b(
+                Policy,
+                &[Enter, Char('e')],
+                "⏎ e",
+                Action::OpenRuleEditor,
+                "edit the selected rule in a form",
+                Some("edit"),
+            ),
+        );
         v.push(Binding {
             scope: Global,
             keys: vec![(Char('c'), KeyModifiers::CONTROL)],
@@ -357,7 +465,11 @@ pub fn bindings() -> &'static [Binding] {
 /// Whether `scope` applies to the state as it is now.
 pub fn in_scope(state: &State, scope: Scope) -> bool {
     let call_view = matches!(state.view, View::Live | View::Holds);
+    if state.authoring.editor.is_some() {
+        return scope == Scope::Editor;
+    }
     match scope {
+        Scope::Editor => false,
         Scope::Global => true,
         Scope::Live => state.view == View::Live,
         Scope::Holds => state.view == View::Holds,
@@ -423,9 +535,14 @@ pub fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
     }
     // Shift arrives with upper-case characters on most terminals; compare without it.
     let mods = key.modifiers - KeyModifiers::SHIFT;
-    active_bindings(state)
+    let bound = active_bindings(state)
         .find(|b| b.keys.iter().any(|(c, m)| *c == key.code && *m == mods))
-        .map(|b| b.action.clone())
+        .map(|b| b.action.clone());
+    if bound.is_none() && state.authoring.editor.is_some() {
+        // In the editor every other key is text for the focused field.
+        return text_edit(key).map(Action::Edit);
+    }
+    bound
 }
 
 /// A key typed into a text prompt.

@@ -26,6 +26,7 @@ pub mod action;
 pub mod app;
 pub mod authoring;
 pub mod draft;
+pub mod editor;
 pub mod filter;
 pub mod history;
 pub mod keys;

@@ -8,6 +8,7 @@
 
 mod detail;
 mod diff;
+mod editor;
 mod help;
 mod holds;
 mod limits;
@@ -55,13 +56,16 @@ pub fn draw(frame: &mut Frame, state: &State) {
         View::Limits => limits::draw(buf, body, state),
     }
     status::bottom_line(buf, bottom, state);
+    let mut editor_cursor = None;
     if matches!(state.prompt, super::app::Prompt::ConfirmWrite) {
         diff::draw(buf, body, state);
+    } else if state.authoring.editor.is_some() {
+        editor_cursor = editor::draw(buf, body, state);
     }
     if state.help {
         help::draw(buf, body, state);
     }
-    if let Some((x, y)) = status::cursor(bottom, state) {
+    if let Some((x, y)) = status::cursor(bottom, state).or(editor_cursor) {
         frame.set_cursor_position((x, y));
     }
 }
