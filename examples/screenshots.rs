@@ -23,7 +23,11 @@ const SIZE: (u16, u16) = (150, 40);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "screenshots".into()));
+    let out = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "screenshots".into()),
+    );
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     let demo = toolgate::demo::start(DemoOptions {
@@ -59,9 +63,15 @@ async fn main() -> anyhow::Result<()> {
     update(&mut state, AppEvent::Tick, chrono::Utc::now());
 
     shoot(&state, &out, "live")?;
-    press(&mut state, &[KeyCode::Up, KeyCode::Up, KeyCode::Up, KeyCode::Enter]);
+    press(
+        &mut state,
+        &[KeyCode::Up, KeyCode::Up, KeyCode::Up, KeyCode::Enter],
+    );
     shoot(&state, &out, "live-detail")?;
-    press(&mut state, &[KeyCode::Esc, KeyCode::Char('F'), KeyCode::Char('2')]);
+    press(
+        &mut state,
+        &[KeyCode::Esc, KeyCode::Char('F'), KeyCode::Char('2')],
+    );
     shoot(&state, &out, "holds")?;
     press(&mut state, &[KeyCode::Char('1'), KeyCode::Char('?')]);
     shoot(&state, &out, "help")?;
@@ -72,7 +82,11 @@ async fn main() -> anyhow::Result<()> {
 fn press(state: &mut State, keys: &[KeyCode]) {
     for code in keys {
         let now = state.now;
-        update(state, AppEvent::Key(KeyEvent::new(*code, KeyModifiers::NONE)), now);
+        update(
+            state,
+            AppEvent::Key(KeyEvent::new(*code, KeyModifiers::NONE)),
+            now,
+        );
     }
 }
 

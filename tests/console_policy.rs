@@ -817,3 +817,16 @@ fn rule_editor_snapshot() {
     s.message = None;
     insta::assert_debug_snapshot!(text(&render(&s, 120, 20)));
 }
+
+#[test]
+fn a_tool_name_shown_escaped_is_not_written_as_a_rule() {
+    let mut s = authoring();
+    // The newest call is the hostile one ("evil\x1b[2J…"), shown escaped.
+    key(&mut s, KeyCode::Up);
+    key(&mut s, KeyCode::Down);
+    assert!(s.selected_call().unwrap().tool.starts_with("evil"));
+    key(&mut s, KeyCode::Char('b'));
+    let (text, error) = message(&s);
+    assert!(error && text.contains("control characters"), "{text}");
+    assert!(!draft(&s).is_modified());
+}

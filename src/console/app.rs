@@ -986,7 +986,7 @@ pub fn apply(state: &mut State, action: Action) {
         }
         Action::ApproveAndAllow => {
             if let Some(call_id) = selected_hold(state) {
-                let tool = state.selected_call().map(|c| c.tool.clone());
+                let tool = acted_on_tool(state);
                 send_resolution(state, &call_id, true, None);
                 if let Some(tool) = tool {
                     authoring::edit_and_review(state, &Edit::Allow(tool));
@@ -1157,11 +1157,20 @@ fn move_selection(state: &mut State, by: isize) {
 }
 
 /// The tool an action from a call view (or the Policy view) is about.
-fn acted_on_tool(state: &State) -> Option<String> {
-    match state.view {
+fn acted_on_tool(state: &mut State) -> Option<String> {
+    let tool = match state.view {
         View::Policy => authoring::selected_tool(state),
         _ => state.selected_call().map(|c| c.tool.clone()),
+    }?;
+    // Names are sanitised on arrival: one with control characters is shown escaped, and a
+    // rule written for the escaped form would not match the real tool.
+    if tool.contains('\\') {
+        state.complain(
+            "this tool's name has control characters; write its rule in the file by hand",
+        );
+        return None;
     }
+    Some(tool)
 }
 
 /// Sets the Live filter and recomputes its matches.
