@@ -144,7 +144,7 @@ pub struct RuleRow {
     pub key: String,
     pub action: String,
     pub reason: Option<String>,
-    /// `30/minute per grant (counter create_api_key)`.
+    /// `30/minute per grant`, or `30/minute per grant (shared_counter)`.
     pub limits: Vec<String>,
     /// `require args.amount lte 10000`.
     pub conditions: Vec<String>,
@@ -329,7 +329,12 @@ fn rule_row(key: &str, rule: &Value) -> RuleRow {
             .map(str::to_owned)
             .or_else(|| l.get("counter").map(short))
             .unwrap_or_default();
-        format!("{max}/{window} per {scope} (counter {counter})")
+        // The counter is named only when it is not the rule's own (shared budgets stand out).
+        if counter == key {
+            format!("{max}/{window} per {scope}")
+        } else {
+            format!("{max}/{window} per {scope} ({counter})")
+        }
     };
     let mut limits: Vec<String> = get("limits")
         .and_then(Value::as_array)
@@ -666,7 +671,7 @@ mod tests {
         })
         .unwrap();
         let r = &d.rules()[0];
-        assert_eq!(r.limits, vec!["2/minute per grant (counter x)".to_string()]);
+        assert_eq!(r.limits, vec!["2/minute per grant".to_string()]);
         assert!(!d.text().contains("rate_limit"));
     }
 

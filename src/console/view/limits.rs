@@ -64,6 +64,7 @@ pub fn limit_rows(state: &State) -> Vec<LimitRow> {
             });
         }
     }
+    rows.sort_by(|a, b| (&a.counter, &a.scope, &a.key).cmp(&(&b.counter, &b.scope, &b.key)));
     for d in defs {
         if rows.iter().any(|r| r.counter == d.name) {
             continue;
