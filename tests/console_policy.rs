@@ -385,12 +385,19 @@ fn a_gateway_that_refuses_the_write_is_named_with_its_diagnostics() {
         ),
         now,
     );
-    let (text, error) = message(&s);
+    let (said, error) = message(&s);
     assert!(
-        error && text.contains("c3d4") && text.contains("cannot read"),
-        "{text}"
+        error && said.contains("c3d4") && said.contains("cannot read"),
+        "{said}"
     );
     assert_eq!(s.authoring.awaiting.as_ref().unwrap().rejected.len(), 1);
+    key(&mut s, KeyCode::Char('3'));
+    let screen = console_support::text(&render(&s, 130, 14)).join("\n");
+    assert!(
+        screen.contains("refused by c3d4")
+            && screen.contains("policy.json:1:1: error: cannot read"),
+        "{screen}"
+    );
 }
 
 #[test]
@@ -829,4 +836,44 @@ fn a_tool_name_shown_escaped_is_not_written_as_a_rule() {
     let (text, error) = message(&s);
     assert!(error && text.contains("control characters"), "{text}");
     assert!(!draft(&s).is_modified());
+}
+
+#[test]
+fn limits_view_counts_down_to_when_room_comes_back() {
+    let mut s = authoring();
+    let now = s.now;
+    update(
+        &mut s,
+        net(
+            "a1b2",
+            80,
+            now,
+            EventKind::Counters(toolgate::wire::Counters {
+                counters: vec![toolgate::wire::CounterState {
+                    counter: "create_api_key".into(),
+                    scope: "grant".into(),
+                    key: "ci-bot".into(),
+                    used: 30,
+                    max: 30,
+                    window_ms: 60_000,
+                    next_free_in_ms: Some(10_000),
+                }],
+            }),
+        ),
+        now,
+    );
+    let later = now + chrono::TimeDelta::seconds(4);
+    update(&mut s, AppEvent::Tick, later);
+    let rows = toolgate::console::view::limit_rows(&s);
+    let row = rows
+        .iter()
+        .find(|r| r.key == "ci-bot" && r.counter == "create_api_key")
+        .unwrap();
+    assert_eq!((row.used, row.next_free_in_ms), (Some(30), Some(6_000)));
+    key(&mut s, KeyCode::Char('4'));
+    let screen = text(&render(&s, 130, 8)).join("\n");
+    assert!(
+        screen.contains("30/30") && screen.contains("in 6s"),
+        "{screen}"
+    );
 }

@@ -148,6 +148,8 @@ pub struct Gateway {
     pub policy_error: Option<Vec<String>>,
     pub totals: Totals,
     pub counters: Vec<CounterState>,
+    /// When each of `counters` was reported (same index): `next_free_in_ms` counts from it.
+    pub counters_at: Vec<DateTime<Utc>>,
     pub tools: Vec<ToolInfo>,
     pub upstream_up: bool,
     pub last_seq: u64,
@@ -165,6 +167,7 @@ impl Gateway {
             policy_error: None,
             totals: Totals::default(),
             counters: Vec::new(),
+            counters_at: Vec::new(),
             tools: Vec::new(),
             upstream_up: false,
             last_seq: 0,
@@ -650,16 +653,22 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             authoring::rejected(state, conn, &diags);
         }
         EventKind::Counters(c) => {
+            let now = state.now;
             let g = &mut state.gateways[conn];
+            g.counters_at.resize(g.counters.len(), now);
             for new in c.counters {
                 let new = sanitize_counter(new);
-                match g
-                    .counters
-                    .iter_mut()
-                    .find(|o| o.counter == new.counter && o.scope == new.scope && o.key == new.key)
-                {
-                    Some(old) => *old = new,
-                    None => g.counters.push(new),
+                match g.counters.iter().position(|o| {
+                    o.counter == new.counter && o.scope == new.scope && o.key == new.key
+                }) {
+                    Some(i) => {
+                        g.counters[i] = new;
+                        g.counters_at[i] = now;
+                    }
+                    None => {
+                        g.counters.push(new);
+                        g.counters_at.push(now);
+                    }
                 }
             }
         }
@@ -720,6 +729,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             .into_iter()
             .map(sanitize_counter)
             .collect();
+        g.counters_at = vec![state.now; g.counters.len()];
         g.tools = snapshot.tools.into_iter().map(sanitize_tool).collect();
         g.upstream_up = snapshot.upstream_up;
         g.totals = snapshot.totals;

@@ -40,7 +40,7 @@ pub fn limit_rows(state: &State) -> Vec<LimitRow> {
         .unwrap_or_default();
     let mut rows: Vec<LimitRow> = Vec::new();
     for g in &state.gateways {
-        for c in &g.counters {
+        for (i, c) in g.counters.iter().enumerate() {
             if rows
                 .iter()
                 .any(|r| r.counter == c.counter && r.scope == c.scope && r.key == c.key)
@@ -59,7 +59,12 @@ pub fn limit_rows(state: &State) -> Vec<LimitRow> {
                 used: Some(c.used),
                 max: c.max,
                 window_ms: c.window_ms,
-                next_free_in_ms: c.next_free_in_ms,
+                // Counted from when it was reported, so the time left keeps going down.
+                next_free_in_ms: c.next_free_in_ms.map(|ms| {
+                    let at = g.counters_at.get(i).copied().unwrap_or(state.now);
+                    let gone = (state.now - at).num_milliseconds().max(0) as u64;
+                    ms.saturating_sub(gone)
+                }),
                 draft,
             });
         }
@@ -170,6 +175,7 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
         let mut room_text = match (r.used, r.next_free_in_ms) {
             (None, _) => "not in use".to_string(),
             (Some(_), _) if !full => "has room".to_string(),
+            (Some(_), Some(0)) => "room again (until the next report)".to_string(),
             (Some(_), ms) => crate::console::authoring::room_in(ms, state.now),
         };
         if let Some((m, wms)) = r.draft {

@@ -175,12 +175,8 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
             a.applied.len(),
             if a.applied.len() == 1 { "" } else { "s" }
         );
-        for (conn, diags) in &a.rejected {
-            text.push_str(&format!(
-                " · refused by {}: {}",
-                state.gateway_label(*conn),
-                diags.first().map(String::as_str).unwrap_or("")
-            ));
+        for (conn, _) in &a.rejected {
+            text.push_str(&format!(" · refused by {}", state.gateway_label(*conn)));
         }
         line(
             buf,
@@ -188,6 +184,12 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
             &text,
             if a.rejected.is_empty() { t.ok } else { t.error },
         );
+    }
+    if let Some(a) = &state.authoring.awaiting {
+        // Every problem the refusing gateways reported, as `toolgate check` words them.
+        for d in a.rejected.iter().flat_map(|(_, d)| d).take(6) {
+            line(buf, &mut y, &format!("  {d}"), t.error);
+        }
     }
     if state.authoring.conflict.is_some() {
         line(
