@@ -206,6 +206,15 @@ fn an_edit_that_makes_the_policy_invalid_is_refused_with_checks_message() {
         assert!(text.contains("policy.json:"), "names the file: {text}");
         assert_eq!(draft(&s).text(), before, "{line} left the draft alone");
     }
+    // The Policy view lists every problem of the refused edit, in check's words.
+    key(&mut s, KeyCode::Char('3'));
+    let screen = console_support::text(&render(&s, 160, 14)).join("\n");
+    assert!(
+        screen.contains("the last edit was refused")
+            && screen.contains("policy.json:")
+            && screen.contains("(at /tools/list_meetings/limits/0/scope)"),
+        "{screen}"
+    );
 }
 
 #[test]

@@ -43,6 +43,8 @@ pub struct Authoring {
     pub limits_selected: usize,
     /// The rule editor, when open.
     pub editor: Option<RuleEditor>,
+    /// Every diagnostic of the last edit refused as invalid (the message shows the first).
+    pub refused: Vec<String>,
 }
 
 /// A write shown for confirmation.
@@ -127,10 +129,19 @@ pub fn edit(state: &mut State, edit: &Edit) -> bool {
     };
     match draft.apply(edit) {
         Ok(said) => {
+            state.authoring.refused.clear();
             state.say(format!("draft: {} · :w writes", terminal_text(&said)));
             true
         }
         Err(e) => {
+            state.authoring.refused = match &e {
+                super::draft::EditError::Invalid(d) => {
+                    d.0.iter()
+                        .map(|d| terminal_text(&d.to_string()).into_owned())
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
             state.complain(terminal_text(&e.to_string()));
             false
         }

@@ -199,6 +199,12 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
             t.error,
         );
     }
+    if !state.authoring.refused.is_empty() {
+        line(buf, &mut y, "the last edit was refused:", t.error);
+        for d in state.authoring.refused.iter().take(6) {
+            line(buf, &mut y, &format!("  {d}"), t.error);
+        }
+    }
     if let Err(diags) = draft.compiled() {
         for d in diags.0.iter().take(6) {
             line(buf, &mut y, &terminal_string(d.to_string()), t.error);
