@@ -12,8 +12,6 @@
 //!
 //! Like [`super::app`], nothing here does I/O: it changes [`State`] and leaves effects.
 
-use chrono::{DateTime, Utc};
-
 use crate::sanitize::terminal_text;
 
 use super::app::{Effect, Prompt, State, View, short_hash};
@@ -395,19 +393,15 @@ pub fn save_editor(state: &mut State) {
         state.complain(format!("the rule cannot be saved: {first}"));
         return;
     }
-    let edit = editor.edit();
-    if edit_quiet(state, &edit) {
+    let e = editor.edit();
+    if edit(state, &e) {
         state.authoring.editor = None;
         review(state, false);
     }
 }
 
-fn edit_quiet(state: &mut State, e: &Edit) -> bool {
-    edit(state, e)
-}
-
-/// Seconds until `ms` from now, as `12s`, for "room comes back".
-pub fn room_in(ms: Option<u64>, _now: DateTime<Utc>) -> String {
+/// When room comes back, `ms` from now: `in 12s`, or `now`.
+pub fn room_in(ms: Option<u64>) -> String {
     match ms {
         None | Some(0) => "now".into(),
         Some(ms) => format!("in {}", crate::policy::human_duration(ms)),

@@ -176,7 +176,7 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
             (None, _) => "not in use".to_string(),
             (Some(_), _) if !full => "has room".to_string(),
             (Some(_), Some(0)) => "room again (until the next report)".to_string(),
-            (Some(_), ms) => crate::console::authoring::room_in(ms, state.now),
+            (Some(_), ms) => crate::console::authoring::room_in(ms),
         };
         if let Some((m, wms)) = r.draft {
             room_text.push_str(&format!(" · draft: {m}/{}", window_words(wms)));
