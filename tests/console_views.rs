@@ -82,18 +82,6 @@ fn help_lists_only_the_keys_of_the_view() {
 }
 
 #[test]
-fn policy_and_limits_say_they_are_not_built_yet() {
-    let mut s = populated();
-    key(&mut s, KeyCode::Char('3'));
-    let policy = render(&s, 100, 12);
-    assert!(text(&policy).join("\n").contains("not built yet"));
-    insta::assert_debug_snapshot!("policy_placeholder", policy);
-    key(&mut s, KeyCode::Tab);
-    assert_eq!(s.view, View::Limits);
-    insta::assert_debug_snapshot!("limits_placeholder", render(&s, 100, 12));
-}
-
-#[test]
 fn quitting_with_held_calls_asks_first() {
     let mut s = populated();
     key(&mut s, KeyCode::Char('q'));

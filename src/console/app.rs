@@ -21,6 +21,8 @@ use crate::wire::{
 };
 
 use super::action::Action;
+use super::authoring::{self, Authoring, WriteFailure};
+use super::draft::Edit;
 use super::filter::{Filter, Matcher};
 use super::history::{CallRow, History, sanitize_outcome, sanitize_resolution};
 use super::keys;
@@ -80,6 +82,17 @@ pub enum AppEvent {
     },
     /// Time passed (countdowns, message expiry).
     Tick,
+    /// The policy file was read (for [`Effect::LoadPolicy`]).
+    PolicyFile {
+        path: String,
+        result: Result<String, String>,
+    },
+    /// The policy file was written, or not (for [`Effect::WritePolicy`]); `text` is what
+    /// was to be written, the result the new hash.
+    PolicyWritten {
+        text: String,
+        result: Result<String, WriteFailure>,
+    },
 }
 
 /// The state of one connection, as the network layer reports it.
@@ -108,6 +121,16 @@ pub enum Effect {
     Bell,
     /// Load and apply a theme by name.
     LoadTheme(String),
+    /// Read the policy file; answer with [`AppEvent::PolicyFile`].
+    LoadPolicy(String),
+    /// Write the policy file atomically if its hash is still `expected_hash` (or `force`);
+    /// answer with [`AppEvent::PolicyWritten`].
+    WritePolicy {
+        path: String,
+        text: String,
+        expected_hash: String,
+        force: bool,
+    },
 }
 
 /// One gateway the console follows.
@@ -125,6 +148,8 @@ pub struct Gateway {
     pub policy_error: Option<Vec<String>>,
     pub totals: Totals,
     pub counters: Vec<CounterState>,
+    /// When each of `counters` was reported (same index): `next_free_in_ms` counts from it.
+    pub counters_at: Vec<DateTime<Utc>>,
     pub tools: Vec<ToolInfo>,
     pub upstream_up: bool,
     pub last_seq: u64,
@@ -142,6 +167,7 @@ impl Gateway {
             policy_error: None,
             totals: Totals::default(),
             counters: Vec::new(),
+            counters_at: Vec::new(),
             tools: Vec::new(),
             upstream_up: false,
             last_seq: 0,
@@ -195,6 +221,16 @@ pub enum Prompt {
     DenyReason { call_id: String, input: Input },
     /// `q` with calls held: quit anyway?
     ConfirmQuit,
+    /// The diff and what-if of a policy write: write it? (see [`Authoring::review`]).
+    ConfirmWrite,
+    /// `MAX/WINDOW` for a limit on `tool` (`r` on a call, `l` in Policy).
+    Rate { tool: String, input: Input },
+    /// A new `max` (or `window`, when `max` is false) for `counter` (Limits view).
+    CounterEdit {
+        counter: String,
+        max: bool,
+        input: Input,
+    },
 }
 
 /// A command sent and not yet answered.
@@ -313,6 +349,8 @@ pub struct State {
     pub policy_path: Option<String>,
     /// Bells rung so far (the event loop counts them; tests read it).
     pub bells_rung: u64,
+    /// The policy draft and its write (Policy and Limits views).
+    pub authoring: Authoring,
 }
 
 impl State {
@@ -339,6 +377,7 @@ impl State {
             operator: None,
             policy_path: None,
             bells_rung: 0,
+            authoring: Authoring::default(),
         }
     }
 
@@ -451,6 +490,11 @@ impl State {
         }
     }
 
+    /// Whether no prompt is open on the bottom line.
+    pub fn prompt_is_none(&self) -> bool {
+        matches!(self.prompt, Prompt::None)
+    }
+
     /// Shows a message under the view.
     pub fn say(&mut self, text: impl Into<String>) {
         self.message = Some(Message {
@@ -530,7 +574,10 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
             }
         }
         AppEvent::Tick => {}
+        AppEvent::PolicyFile { path, result } => authoring::loaded(state, path, result),
+        AppEvent::PolicyWritten { text, result } => authoring::written(state, text, result),
     }
+    authoring::ensure_loaded(state);
     if state
         .message
         .as_ref()
@@ -590,7 +637,9 @@ fn ingest(state: &mut State, key: &str, event: Event) {
                 g.label(),
                 short_hash(g.policy_hash.as_deref().unwrap_or(""))
             );
+            let hash = g.policy_hash.clone().unwrap_or_default();
             state.say(msg);
+            authoring::applied(state, conn, &hash);
         }
         EventKind::PolicyRejected(p) => {
             let g = &mut state.gateways[conn];
@@ -599,19 +648,27 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             g.policy_error = Some(diags);
             g.policy_hash = p.kept_hash.map(terminal_string).or(g.policy_hash.take());
             let msg = format!("gateway {} refused the policy change: {first}", g.label());
+            let diags = g.policy_error.clone().unwrap_or_default();
             state.complain(msg);
+            authoring::rejected(state, conn, &diags);
         }
         EventKind::Counters(c) => {
+            let now = state.now;
             let g = &mut state.gateways[conn];
+            g.counters_at.resize(g.counters.len(), now);
             for new in c.counters {
                 let new = sanitize_counter(new);
-                match g
-                    .counters
-                    .iter_mut()
-                    .find(|o| o.counter == new.counter && o.scope == new.scope && o.key == new.key)
-                {
-                    Some(old) => *old = new,
-                    None => g.counters.push(new),
+                match g.counters.iter().position(|o| {
+                    o.counter == new.counter && o.scope == new.scope && o.key == new.key
+                }) {
+                    Some(i) => {
+                        g.counters[i] = new;
+                        g.counters_at[i] = now;
+                    }
+                    None => {
+                        g.counters.push(new);
+                        g.counters_at.push(now);
+                    }
                 }
             }
         }
@@ -672,6 +729,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             .into_iter()
             .map(sanitize_counter)
             .collect();
+        g.counters_at = vec![state.now; g.counters.len()];
         g.tools = snapshot.tools.into_iter().map(sanitize_tool).collect();
         g.upstream_up = snapshot.upstream_up;
         g.totals = snapshot.totals;
@@ -843,7 +901,8 @@ pub fn apply(state: &mut State, action: Action) {
                 state.live.selected = state.live_pos(0);
             }
             View::Holds => state.holds_view.selected = 0,
-            _ => {}
+            View::Policy => state.authoring.selected = 0,
+            View::Limits => state.authoring.limits_selected = 0,
         },
         Action::Follow => {
             if state.view == View::Live {
@@ -889,13 +948,19 @@ pub fn apply(state: &mut State, action: Action) {
                 };
             }
         }
+        Action::Edit(req) if state.authoring.editor.is_some() && state.prompt_is_none() => {
+            authoring::with_editor(state, |e| e.type_text(req));
+        }
         Action::Edit(req) => {
             let filter_changed = match &mut state.prompt {
                 Prompt::Filter(input) => {
                     input.handle(req);
                     Some(input.value().to_owned())
                 }
-                Prompt::Command(input) | Prompt::DenyReason { input, .. } => {
+                Prompt::Command(input)
+                | Prompt::DenyReason { input, .. }
+                | Prompt::Rate { input, .. }
+                | Prompt::CounterEdit { input, .. } => {
                     input.handle(req);
                     None
                 }
@@ -906,18 +971,113 @@ pub fn apply(state: &mut State, action: Action) {
             }
         }
         Action::Submit => submit(state),
-        Action::Confirm => {
-            if matches!(state.prompt, Prompt::ConfirmQuit) {
-                state.quit = true;
+        Action::Confirm => match state.prompt {
+            Prompt::ConfirmQuit => state.quit = true,
+            Prompt::ConfirmWrite => authoring::confirm(state),
+            _ => {}
+        },
+        Action::Cancel => match state.prompt {
+            Prompt::ConfirmQuit => state.prompt = Prompt::None,
+            Prompt::ConfirmWrite => authoring::cancel(state),
+            _ => {}
+        },
+        Action::LimitTool => {
+            if let Some(tool) = acted_on_tool(state) {
+                state.prompt = Prompt::Rate {
+                    tool,
+                    input: Input::default(),
+                };
             }
         }
-        Action::Cancel => {
-            if matches!(state.prompt, Prompt::ConfirmQuit) {
-                state.prompt = Prompt::None;
+        Action::BlockTool => {
+            if let Some(tool) = acted_on_tool(state) {
+                authoring::edit_and_review(state, &Edit::Deny(tool, None));
+            }
+        }
+        Action::ApproveAndAllow => {
+            if let Some(call_id) = selected_hold(state) {
+                let tool = acted_on_tool(state);
+                send_resolution(state, &call_id, true, None);
+                if let Some(tool) = tool {
+                    authoring::edit_and_review(state, &Edit::Allow(tool));
+                }
+            }
+        }
+        Action::AllowTool | Action::DenyTool | Action::HoldTool | Action::UnlimitTool => {
+            if let Some(tool) = authoring::selected_tool(state) {
+                let edit = match action {
+                    Action::AllowTool => Edit::Allow(tool),
+                    Action::DenyTool => Edit::Deny(tool, None),
+                    Action::HoldTool => Edit::Hold(tool),
+                    _ => Edit::Unlimit(tool),
+                };
+                authoring::edit(state, &edit);
+            }
+        }
+        Action::ReviewWrite => authoring::review(state, false),
+        Action::OpenRuleEditor => authoring::open_editor(state),
+        Action::EditorNext => authoring::with_editor(state, |e| {
+            e.move_focus(1);
+            false
+        }),
+        Action::EditorPrev => authoring::with_editor(state, |e| {
+            e.move_focus(-1);
+            false
+        }),
+        Action::EditorChoose(by) => authoring::with_editor(state, |e| e.choose(by as isize)),
+        Action::EditorEnter => authoring::with_editor(state, |e| match e.focused() {
+            super::editor::Field::AddLimit => {
+                e.add_limit();
+                true
+            }
+            super::editor::Field::AddCondition => {
+                e.add_condition();
+                true
+            }
+            _ => {
+                e.move_focus(1);
+                false
+            }
+        }),
+        Action::EditorAddLimit => authoring::with_editor(state, |e| {
+            e.add_limit();
+            true
+        }),
+        Action::EditorAddCondition => authoring::with_editor(state, |e| {
+            e.add_condition();
+            true
+        }),
+        Action::EditorRemove => authoring::with_editor(state, |e| e.remove_focused()),
+        Action::EditorCompletePath => authoring::with_editor(state, |e| e.complete_path()),
+        Action::EditorSave => authoring::save_editor(state),
+        Action::EditCounterMax | Action::EditCounterWindow => {
+            let max = action == Action::EditCounterMax;
+            let rows = super::view::limit_rows(state);
+            if let Some(row) = rows.get(state.authoring.limits_selected) {
+                let text = if max {
+                    row.max.to_string()
+                } else {
+                    crate::policy::window_words(row.window_ms)
+                        .replace(' ', "")
+                        .replace("seconds", "s")
+                        .replace("minutes", "m")
+                        .replace("hours", "h")
+                        .replace("days", "d")
+                };
+                let cursor = text.chars().count();
+                state.prompt = Prompt::CounterEdit {
+                    counter: row.counter.clone(),
+                    max,
+                    input: Input::new(text).with_cursor(cursor),
+                };
             }
         }
         Action::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
         Action::ScrollDetail(by) => {
+            if let (Prompt::ConfirmWrite, Some(r)) = (&state.prompt, &mut state.authoring.review) {
+                r.scroll = r.scroll.saturating_add_signed(by);
+                return;
+            }
             let scroll = match state.view {
                 View::Live => &mut state.live.detail_scroll,
                 View::Holds => &mut state.holds_view.detail_scroll,
@@ -941,10 +1101,20 @@ fn back(state: &mut State) {
         Prompt::Filter(_)
         | Prompt::Command(_)
         | Prompt::DenyReason { .. }
+        | Prompt::Rate { .. }
+        | Prompt::CounterEdit { .. }
         | Prompt::ConfirmQuit => return,
+        Prompt::ConfirmWrite => {
+            state.prompt = Prompt::ConfirmWrite;
+            authoring::cancel(state);
+            return;
+        }
     }
     if state.help {
         state.help = false;
+    } else if state.authoring.editor.is_some() {
+        state.authoring.editor = None;
+        state.say("rule editor closed; the draft keeps only what was saved (C-s)");
     } else if state.view == View::Live && state.live.detail.is_some() {
         state.live.detail = None;
     } else if state.view == View::Holds && state.holds_view.detail.is_some() {
@@ -982,8 +1152,35 @@ fn move_selection(state: &mut State, by: isize) {
                 state.holds_view.detail = state.selected_call().map(|c| c.call_id.clone());
             }
         }
-        _ => {}
+        View::Policy => {
+            let len = super::view::policy_rows(state).len();
+            let cur = state.authoring.selected as isize;
+            state.authoring.selected = (cur + by).clamp(0, (len as isize - 1).max(0)) as usize;
+        }
+        View::Limits => {
+            let len = super::view::limit_rows(state).len();
+            let cur = state.authoring.limits_selected as isize;
+            state.authoring.limits_selected =
+                (cur + by).clamp(0, (len as isize - 1).max(0)) as usize;
+        }
     }
+}
+
+/// The tool an action from a call view (or the Policy view) is about.
+fn acted_on_tool(state: &mut State) -> Option<String> {
+    let tool = match state.view {
+        View::Policy => authoring::selected_tool(state),
+        _ => state.selected_call().map(|c| c.tool.clone()),
+    }?;
+    // Names are sanitised on arrival: one with control characters is shown escaped, and a
+    // rule written for the escaped form would not match the real tool.
+    if tool.contains('\\') {
+        state.complain(
+            "this tool's name has control characters; write its rule in the file by hand",
+        );
+        return None;
+    }
+    Some(tool)
 }
 
 /// Sets the Live filter and recomputes its matches.
@@ -1007,7 +1204,59 @@ pub fn set_filter(state: &mut State, text: &str) {
 fn submit(state: &mut State) {
     match std::mem::take(&mut state.prompt) {
         Prompt::None | Prompt::ConfirmQuit => {}
+        Prompt::ConfirmWrite => state.prompt = Prompt::ConfirmWrite,
         Prompt::Filter(input) => set_filter(state, input.value()),
+        Prompt::Rate { tool, input } => match super::draft::parse_rate(input.value()) {
+            Ok((max, window)) => authoring::edit_and_review(
+                state,
+                &Edit::Limit {
+                    tool,
+                    max,
+                    window,
+                    scope: None,
+                },
+            ),
+            Err(e) => {
+                state.complain(e.to_string());
+                state.prompt = Prompt::Rate { tool, input };
+            }
+        },
+        Prompt::CounterEdit {
+            counter,
+            max,
+            input,
+        } => {
+            let edit = if max {
+                match input.value().trim().parse::<u64>() {
+                    Ok(m) => Ok(Edit::SetCounter {
+                        counter: counter.clone(),
+                        max: Some(m),
+                        window: None,
+                    }),
+                    Err(_) => Err("max is a whole number >= 1".to_string()),
+                }
+            } else {
+                match super::draft::parse_window(input.value()) {
+                    Some(w) => Ok(Edit::SetCounter {
+                        counter: counter.clone(),
+                        max: None,
+                        window: Some(w),
+                    }),
+                    None => Err("a window: minute, 90s, 10m, 1h, 3600…".to_string()),
+                }
+            };
+            match edit {
+                Ok(e) => authoring::edit_and_review(state, &e),
+                Err(e) => {
+                    state.complain(e);
+                    state.prompt = Prompt::CounterEdit {
+                        counter,
+                        max,
+                        input,
+                    };
+                }
+            }
+        }
         Prompt::DenyReason { call_id, input } => {
             let reason = input.value().trim();
             let reason = (!reason.is_empty()).then(|| reason.to_owned());
@@ -1026,6 +1275,30 @@ pub const COMMANDS: &[(&str, &str)] = &[
     (":approve ID", "approve a held call"),
     (":deny ID [REASON]", "deny a held call"),
     (":filter TEXT", "filter the Live view"),
+    (
+        ":allow TOOL  :hold TOOL",
+        "draft: allow the tool / hold its calls for approval",
+    ),
+    (
+        ":deny TOOL [REASON]",
+        "draft: deny the tool (when TOOL is not a held call id)",
+    ),
+    (
+        ":limit TOOL MAX/WINDOW [SCOPE]",
+        "draft: limit the tool, e.g. :limit echo 2/minute",
+    ),
+    (
+        ":unlimit TOOL  :hide TOOL",
+        "draft: drop the tool's limits / hide the tool",
+    ),
+    (
+        ":default allow|deny|require_approval",
+        "draft: the decision no rule makes",
+    ),
+    (
+        ":w  :w!  :undo  :reload",
+        "write (diff, y/n; ! over a changed file), undo, reload",
+    ),
     (":live :holds :policy :limits", "switch view"),
     (":q  :q!", "quit (:q! without asking)"),
 ];
@@ -1046,13 +1319,9 @@ fn run_command(state: &mut State, line: &str) {
                 state.complain(format!("no held call {}", terminal_text(id)));
             }
         }
-        ("deny", [id, reason @ ..]) => {
-            if state.is_held(id) {
-                let reason = (!reason.is_empty()).then(|| reason.join(" "));
-                send_resolution(state, id, false, reason);
-            } else {
-                state.complain(format!("no held call {}", terminal_text(id)));
-            }
+        ("deny", [id, reason @ ..]) if state.is_held(id) => {
+            let reason = (!reason.is_empty()).then(|| reason.join(" "));
+            send_resolution(state, id, false, reason);
         }
         ("filter", words) => {
             state.view = View::Live;
@@ -1063,8 +1332,21 @@ fn run_command(state: &mut State, line: &str) {
         ("policy", []) => apply(state, Action::ShowView(View::Policy)),
         ("limits", []) => apply(state, Action::ShowView(View::Limits)),
         ("help", []) => state.help = true,
+        ("w" | "write", []) => authoring::review(state, false),
+        ("w!" | "write!", []) => authoring::review(state, true),
+        ("undo", []) => authoring::undo(state),
+        ("reload", []) => authoring::reload(state),
+        (cmd, args) if Edit::from_command(cmd, args).is_some() => {
+            match Edit::from_command(cmd, args) {
+                Some(Ok(edit)) => {
+                    authoring::edit(state, &edit);
+                }
+                Some(Err(usage)) => state.complain(usage.to_string()),
+                None => {}
+            }
+        }
         _ => state.complain(format!(
-            "unknown command ':{}' (try :theme NAME, :approve ID, :deny ID, :filter TEXT, :q)",
+            "unknown command ':{}' (try :limit TOOL 30/minute, :deny TOOL, :w, :theme NAME, :q; ? lists them)",
             terminal_text(line.trim())
         )),
     }
@@ -1578,8 +1860,11 @@ mod tests {
         );
         assert_eq!(s.totals().allow, 10, "totals come from the snapshot");
         assert_eq!(
-            s.effects,
-            vec![Effect::Bell],
+            s.effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Bell))
+                .count(),
+            1,
             "the hold we did not know rings"
         );
         assert_eq!(s.gateways[0].policy_hash.as_deref(), Some("3f9a21deadbeef"));
