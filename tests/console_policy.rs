@@ -89,6 +89,7 @@ fn authoring() -> State {
         name: name.into(),
         description: None,
         input_schema: None,
+        output_schema: None,
         annotations: None,
     })
     .collect();
@@ -755,6 +756,7 @@ fn editing_send_message() -> State {
                     description: None,
                     input_schema: Some(serde_json::json!({"type": "object", "properties": {
                         "to": {"type": "string"}, "body": {"type": "string"}}})),
+                    output_schema: None,
                     annotations: None,
                 }],
             }),

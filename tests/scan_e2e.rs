@@ -389,7 +389,7 @@ fn a_command_that_is_not_an_mcp_server_is_named_in_the_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
-        err.contains("scanning `true`") && err.contains("closed its output"),
+        err.contains("scanning `true`") && err.contains("closed the connection"),
         "{err}"
     );
     let out = toolgate(&["scan"], &["/nonexistent/server".to_string()]);

@@ -49,14 +49,13 @@ pub enum Era {
 /// Why talking to the server failed. Every message says what the session was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot talk to the MCP server (during `{method}`): {source}")]
+    #[error("cannot talk to the MCP server (during `{method}`): {error}")]
     Io {
         method: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
-        "the MCP server closed its output before answering `{method}`; is the command an MCP server speaking stdio?"
+        "the MCP server closed the connection before answering `{method}`; is the command an MCP server speaking stdio?"
     )]
     Closed { method: String },
     #[error(
@@ -143,9 +142,9 @@ where
                 session
                     .send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
                     .await
-                    .map_err(|source| ClientError::Io {
+                    .map_err(|error| ClientError::Io {
                         method: "notifications/initialized".into(),
-                        source,
+                        error,
                     })?;
                 Ok(session)
             }
@@ -262,9 +261,15 @@ where
     async fn request_raw(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
         self.next_id += 1;
         let id = self.next_id;
-        let io = |source| ClientError::Io {
-            method: method.to_string(),
-            source,
+        let io = |error: std::io::Error| match error.kind() {
+            // The server exited (or closed its input) before it could be asked.
+            std::io::ErrorKind::BrokenPipe => ClientError::Closed {
+                method: method.to_string(),
+            },
+            _ => ClientError::Io {
+                method: method.to_string(),
+                error,
+            },
         };
         self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
             .await
@@ -346,9 +351,9 @@ where
                 .take(limit)
                 .read_until(b'\n', &mut line)
                 .await
-                .map_err(|source| ClientError::Io {
+                .map_err(|error| ClientError::Io {
                     method: method.to_string(),
-                    source,
+                    error,
                 })?;
             if n == 0 {
                 return Err(ClientError::Closed {
