@@ -43,8 +43,10 @@ impl RiskClass {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "from", rename_all = "snake_case")]
 pub enum Evidence {
-    /// The server's `readOnlyHint` / `destructiveHint`.
-    Annotations,
+    /// The server's annotation that decided (`readOnlyHint: true`, `destructiveHint: false`,
+    /// `destructiveHint: true`, or `readOnlyHint: false` with no `destructiveHint`, which the
+    /// specification reads as destructive).
+    Annotations { hint: String },
     /// A word of the tool's name (`delete` in `delete_file`).
     Name { word: String },
     /// A word of the tool's description.
@@ -100,9 +102,10 @@ pub fn classify(tool: &ToolInfo) -> Classification {
     let description_words = words(description);
 
     let (class, evidence) = match (read_only, destructive) {
-        (Some(true), _) => (RiskClass::Read, Evidence::Annotations),
-        (_, Some(false)) => (RiskClass::Write, Evidence::Annotations),
-        (Some(false), _) | (_, Some(true)) => (RiskClass::Destructive, Evidence::Annotations),
+        (Some(true), _) => (RiskClass::Read, annotation("readOnlyHint: true")),
+        (_, Some(false)) => (RiskClass::Write, annotation("destructiveHint: false")),
+        (_, Some(true)) => (RiskClass::Destructive, annotation("destructiveHint: true")),
+        (Some(false), None) => (RiskClass::Destructive, annotation("readOnlyHint: false")),
         (None, None) => guess(&name_words, &description_words),
     };
 
@@ -129,13 +132,17 @@ pub fn classify(tool: &ToolInfo) -> Classification {
 
     Classification {
         class,
-        guessed: evidence != Evidence::Annotations,
+        guessed: !matches!(evidence, Evidence::Annotations { .. }),
         evidence,
         secret_fields,
         open_world,
         open_world_declared,
         idempotent: hint("idempotentHint"),
     }
+}
+
+fn annotation(hint: &str) -> Evidence {
+    Evidence::Annotations { hint: hint.into() }
 }
 
 /// Verbs that make a tool's name destructive, write or read. Names are matched word by word
@@ -768,6 +775,13 @@ mod tests {
     fn not_read_only_without_a_destructive_hint_is_destructive_as_the_spec_defaults() {
         let c = classify(&annotated("tidy", json!({"readOnlyHint": false})));
         assert_eq!((c.class, c.guessed), (RiskClass::Destructive, false));
+        assert_eq!(
+            c.evidence,
+            Evidence::Annotations {
+                hint: "readOnlyHint: false".into()
+            }
+        );
+        assert!(crate::scan::suggest::because(&c).contains("does not say it is harmless"));
     }
 
     #[test]

@@ -123,12 +123,17 @@ pub fn short_rule(c: &Classification) -> String {
 /// Why the class: what the server said, or what the guess rests on.
 pub fn because(c: &Classification) -> String {
     match (&c.evidence, c.class) {
-        (Evidence::Annotations, RiskClass::Read) => "the server marks it read-only".into(),
-        (Evidence::Annotations, RiskClass::Write) => {
+        (Evidence::Annotations { .. }, RiskClass::Read) => "the server marks it read-only".into(),
+        (Evidence::Annotations { .. }, RiskClass::Write) => {
             "the server marks it as changing things, not destructively".into()
         }
-        (Evidence::Annotations, RiskClass::Destructive) => {
-            "the server does not mark it read-only or non-destructive".into()
+        (Evidence::Annotations { hint }, RiskClass::Destructive)
+            if hint.starts_with("destructiveHint") =>
+        {
+            "the server marks it destructive".into()
+        }
+        (Evidence::Annotations { .. }, RiskClass::Destructive) => {
+            "the server says it is not read-only and does not say it is harmless".into()
         }
         (Evidence::Name { word }, _) => format!("guessed from \"{word}\" in its name"),
         (Evidence::Description { word }, _) => {
