@@ -68,6 +68,20 @@ struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        // SIGTERM first, so `serve` stops the servers it spawned.
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -335,7 +349,9 @@ const POLICY: &str = r#"{
     "echo": { "rate_limit": { "max": 2, "window": "hour" } },
     "get_current_time": { "rate_limit": { "max": 2, "window": "hour" } },
     "convert_time": { "action": "deny", "reason": "conversions are off in tests" },
-    "get-sum": {}
+    "get-sum": {},
+    "trigger-long-running-operation": {},
+    "trigger-sampling-request": {}
   }
 }"#;
 
@@ -404,6 +420,24 @@ fn http_clients_in_both_modes_see_tools_decisions_and_limits_per_grant() {
                 text(&limited).starts_with("Rate limit reached: 2 calls per hour"),
                 "{limited}"
             );
+            if server == "everything" {
+                // The upstream's event stream is passed on as it comes: progress, and a
+                // server-to-client sampling request answered by the client.
+                let long = client.send(
+                    json!({"op": "call", "tool": "trigger-long-running-operation",
+                    "args": {"duration": 1, "steps": 3}, "progress": true}),
+                );
+                assert_eq!(long["is_error"], false, "{long} {context}");
+                assert!(long["progress"].as_u64().unwrap() >= 1, "{long}");
+                let sampled = client.call(
+                    "trigger-sampling-request",
+                    json!({"prompt": "hi", "maxTokens": 5}),
+                );
+                assert!(
+                    text(&sampled).contains("sampled by the e2e driver"),
+                    "{sampled} {context}"
+                );
+            }
             if server == "time" {
                 let denied = client.call("convert_time", json!({}));
                 assert_eq!(
@@ -608,4 +642,56 @@ fn revoking_a_grant_applies_without_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_held_call_streams_progress_until_an_operator_approves_it() {
+    let (_everything, port) = start_everything();
+    let (serve, tokens) = Serve::start(
+        r#"{"version":"1","default":"deny","tools":{"echo":{"action":"require_approval",
+            "reason":"echo needs a person"}}}"#,
+        json!({ "everything": { "url": format!("http://127.0.0.1:{port}/mcp") } }),
+        &["ci"],
+    );
+    let mut client = serve.client("legacy", "everything", &tokens[0]);
+    writeln!(
+        client.stdin,
+        "{}",
+        json!({"op": "call", "tool": "echo", "args": {"message": "may I"}, "progress": true})
+    )
+    .unwrap();
+    client.stdin.flush().unwrap();
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    let call_id = loop {
+        let hold = serve
+            .audit()
+            .into_iter()
+            .find(|r| r["decision"] == "hold")
+            .and_then(|r| r["call_id"].as_str().map(str::to_owned));
+        if let Some(id) = hold {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no hold; log:\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let approved = toolgate(&["approve", &call_id], serve.dir.path());
+    assert!(approved.status.success(), "{approved:?}");
+    let answer: Value = serde_json::from_str(
+        &client
+            .answers
+            .recv_timeout(ANSWER_WITHIN)
+            .expect("no answer"),
+    )
+    .unwrap();
+    assert_eq!(answer["is_error"], false, "{answer}");
+    assert_eq!(text(&answer), "Echo: may I");
+    assert!(answer["progress"].as_u64().unwrap() >= 1, "{answer}");
+    let audit = serve.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["kind"] == "outcome" && r["grant"] == "ci" && r["server"] == "everything"),
+        "{audit:?}"
+    );
+    client.close();
 }
