@@ -251,12 +251,9 @@ impl HttpGateway {
         (link.server == server && link.grant == grant && !link.ended()).then_some(link)
     }
 
-    fn open_session(&self, server: &str, grant: &str) -> Result<(String, Arc<Link>), Response> {
+    fn open_session(&self, server: &str, grant: &str) -> Result<(String, Arc<Link>), NoLink> {
         if lock(&self.sessions).len() >= self.options.max_sessions {
-            return Err(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many open MCP sessions; close some (DELETE) or try later",
-            ));
+            return Err(NoLink::TooManySessions);
         }
         let spec = &self.options.servers[server];
         let id = random_id();
@@ -271,16 +268,13 @@ impl HttpGateway {
         )
         .map_err(|e| {
             tracing::error!("{e}");
-            plain(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server could not be started",
-            )
+            NoLink::CannotStart
         })?;
         lock(&self.sessions).insert(id.clone(), link.clone());
         Ok((id, link))
     }
 
-    fn stateless_link(&self, server: &str, grant: &str) -> Result<Arc<Link>, Response> {
+    fn stateless_link(&self, server: &str, grant: &str) -> Result<Arc<Link>, NoLink> {
         let key = (server.to_owned(), grant.to_owned());
         let mut links = lock(&self.stateless);
         if let Some(link) = links.get(&key).filter(|l| !l.ended()) {
@@ -298,13 +292,32 @@ impl HttpGateway {
         )
         .map_err(|e| {
             tracing::error!("{e}");
-            plain(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server could not be started",
-            )
+            NoLink::CannotStart
         })?;
         links.insert(key, link.clone());
         Ok(link)
+    }
+}
+
+/// Why no link could serve a request.
+#[derive(Debug, Clone, Copy)]
+enum NoLink {
+    TooManySessions,
+    CannotStart,
+}
+
+impl NoLink {
+    fn response(self) -> Response {
+        match self {
+            NoLink::TooManySessions => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many open MCP sessions; close some (DELETE) or try later",
+            ),
+            NoLink::CannotStart => plain(
+                StatusCode::BAD_GATEWAY,
+                "the MCP server could not be started",
+            ),
+        }
     }
 }
 
@@ -510,12 +523,12 @@ async fn post(
                     new_session = Some(sid);
                     link
                 }
-                Err(resp) => return resp,
+                Err(no) => return no.response(),
             }
         }
         None => match gw.stateless_link(server, grant) {
             Ok(link) => link,
-            Err(resp) => return resp,
+            Err(no) => return no.response(),
         },
     };
     let (Some(raw_id), true) = (env.id, env.is_request()) else {

@@ -435,21 +435,18 @@ impl Remote {
                 continue;
             }
             let mut parser = SseParser::new(MAX_UPSTREAM_MESSAGE);
-            loop {
-                match resp.chunk().await {
-                    Ok(Some(chunk)) => match parser.feed(&chunk) {
-                        Ok(events) => {
-                            failures = 0;
-                            for event in events.into_iter().filter(|e| e.is_message()) {
-                                self.deliver(event.data.as_bytes()).await;
-                            }
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                match parser.feed(&chunk) {
+                    Ok(events) => {
+                        failures = 0;
+                        for event in events.into_iter().filter(|e| e.is_message()) {
+                            self.deliver(event.data.as_bytes()).await;
                         }
-                        Err(e) => {
-                            tracing::warn!("GET stream: {e}");
-                            break;
-                        }
-                    },
-                    Ok(None) | Err(_) => break,
+                    }
+                    Err(e) => {
+                        tracing::warn!("GET stream: {e}");
+                        break;
+                    }
                 }
             }
             failures += 1;
