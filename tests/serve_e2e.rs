@@ -540,7 +540,7 @@ fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_
 
 #[test]
 fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
-    let (upstream, seen) = trivial::start();
+    let (upstream, seen) = trivial::start(true);
     let policy = r#"{"version": "1", "default": "allow"}"#;
     let servers = json!({ "t": {
         "url": format!("http://{upstream}/mcp"),
