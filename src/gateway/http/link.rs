@@ -317,8 +317,15 @@ impl Link {
                 (Some(original), Some(raw)) => replace_id(&line, raw, original),
                 _ => line,
             };
-            // The waiter may have gone (client closed); nothing is owed to it then.
-            let _ = waiter.tx.try_send(Delivery::Final(out));
+            // The waiter may have gone (client closed); nothing is owed to it then. A waiter
+            // whose queue is full of progress still gets its answer, once it reads.
+            if let Err(mpsc::error::TrySendError::Full(answer)) =
+                waiter.tx.try_send(Delivery::Final(out))
+            {
+                tokio::spawn(async move {
+                    let _ = waiter.tx.send(answer).await;
+                });
+            }
             return;
         }
         if env.method.as_deref() == Some("notifications/progress")

@@ -65,6 +65,8 @@ const HEADER_MISMATCH: i64 = -32020;
 const INVALID_REQUEST: i64 = -32600;
 
 const SESSION_HEADER: &str = "mcp-session-id";
+/// How long open connections may take to finish once the gateway stops.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// How `serve` is set up.
 #[derive(Debug)]
@@ -140,13 +142,22 @@ impl HttpGateway {
     ) -> std::io::Result<()> {
         let reaper = tokio::spawn(self.clone().reap());
         let gw = self.clone();
+        let mut stopping = shutdown.clone();
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
             gw.close_all();
         };
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(stop)
-            .await;
+        let served = axum::serve(listener, self.router()).with_graceful_shutdown(stop);
+        // Open streams end with their sessions; a client that keeps a connection anyway
+        // does not keep the gateway from stopping.
+        let deadline = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        };
+        let result = tokio::select! {
+            result = served => result,
+            _ = deadline => Ok(()),
+        };
         reaper.abort();
         self.close_all();
         result
