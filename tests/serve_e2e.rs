@@ -695,3 +695,153 @@ fn a_held_call_streams_progress_until_an_operator_approves_it() {
     );
     client.close();
 }
+
+/// A raw request whose answer is an event stream, read event by event.
+fn open_stream(addr: SocketAddr, path: &str, token: &str, body: &Value) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    BufReader::new(stream)
+}
+
+#[test]
+fn a_client_that_closes_a_held_calls_stream_cancels_it() {
+    let (upstream, seen) = trivial::start(true);
+    let (serve, tokens) = Serve::start(
+        r#"{"version":"1","default":"require_approval"}"#,
+        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        &["ci"],
+    );
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"message": "x"}, "_meta": {"progressToken": "p9"}}});
+    let mut stream = open_stream(serve.addr, "/mcp/t", &tokens[0], &call);
+    // The hold's first progress note arrives as an event before any answer.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "stream ended");
+        if line.starts_with("data: ") {
+            break;
+        }
+    }
+    assert!(
+        line.contains("notifications/progress") && line.contains("\"p9\""),
+        "{line}"
+    );
+    // Follow the events, to see the hold end.
+    let mut tail = Killed(
+        Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["tail", "--json"])
+            .env("XDG_RUNTIME_DIR", serve.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let events = BufReader::new(tail.0.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in events.lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The snapshot the tail starts with shows the open hold.
+    let call_id = loop {
+        let line = rx.recv_timeout(ANSWER_WITHIN).expect("no events");
+        if let Some(at) = line.find("\"call_id\":\"") {
+            let rest = &line[at + 11..];
+            break rest[..rest.find('"').unwrap()].to_owned();
+        }
+    };
+    drop(stream);
+
+    // The hold ends as cancelled: an operator can no longer approve it, and the call never
+    // reaches the upstream.
+    loop {
+        let line = rx
+            .recv_timeout(ANSWER_WITHIN)
+            .expect("the hold did not end");
+        if line.contains("hold_resolved") {
+            assert!(line.contains("cancel"), "{line}");
+            break;
+        }
+    }
+    let out = toolgate(&["approve", &call_id], serve.dir.path());
+    assert!(
+        !out.status.success(),
+        "approved a call whose client had gone: {out:?}"
+    );
+    assert!(
+        !seen
+            .methods
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m == "tools/call"),
+        "the cancelled call reached the upstream"
+    );
+}
+
+#[test]
+fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_body() {
+    let (upstream, seen) = trivial::start(true);
+    let (serve, tokens) = Serve::start(
+        r#"{"version": "1", "default": "allow"}"#,
+        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        &["ci"],
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    // Two clients, both using id 1, without sessions: each gets its own answer.
+    let replies: Vec<Reply> = ["first", "second"]
+        .into_iter()
+        .map(|message| {
+            let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": message}, "_meta": meta}});
+            serve.post("t", &tokens[0], None, call)
+        })
+        .collect();
+    for (reply, message) in replies.iter().zip(["first", "second"]) {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.header("mcp-session-id").is_none());
+        let answer: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(answer["id"], 1, "{answer}");
+        assert_eq!(answer["result"]["content"][0]["text"], message);
+    }
+    let headers = seen.headers.lock().unwrap();
+    let last = headers.last().unwrap();
+    assert_eq!(last["mcp-method"], "tools/call");
+    assert_eq!(last["mcp-name"], "echo");
+    assert_eq!(last["mcp-protocol-version"], "2026-07-28");
+    assert!(last.get("authorization").is_none());
+}
+
+#[test]
+fn oversized_bodies_and_batches_are_refused_before_any_decision() {
+    let (serve, tokens) = Serve::start(
+        r#"{"version": "1", "default": "allow"}"#,
+        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
+        &["ci"],
+    );
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "get_current_time", "arguments": {"pad": "x".repeat(5 * 1024 * 1024)}}});
+    assert_eq!(serve.post("time", &tokens[0], None, big).status, 413);
+    let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]);
+    assert_eq!(serve.post("time", &tokens[0], None, batch).status, 400);
+    let garbage = serve.http(
+        "POST",
+        "/mcp/time",
+        &[("Authorization", &format!("Bearer {}", tokens[0]))],
+        "{not json",
+    );
+    assert_eq!(garbage.status, 400);
+    assert!(serve.audit().is_empty());
+}

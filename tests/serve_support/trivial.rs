@@ -20,6 +20,8 @@ pub struct Seen {
     /// Off for benchmarks, which send far too many requests to keep.
     pub record: bool,
     pub headers: Mutex<Vec<HeaderMap>>,
+    /// The method of every request and notification, in order.
+    pub methods: Mutex<Vec<String>>,
 }
 
 /// Serves on a free loopback port in a runtime of its own; returns the address and what it
@@ -28,6 +30,7 @@ pub fn start(record: bool) -> (SocketAddr, Arc<Seen>) {
     let seen = Arc::new(Seen {
         record,
         headers: Mutex::new(Vec::new()),
+        methods: Mutex::new(Vec::new()),
     });
     let (tx, rx) = std::sync::mpsc::channel();
     let state = seen.clone();
@@ -58,6 +61,10 @@ async fn answer(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) 
     let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
+    if seen.record {
+        let method = msg["method"].as_str().unwrap_or("").to_owned();
+        seen.methods.lock().unwrap().push(method);
+    }
     let Some(id) = msg.get("id").cloned() else {
         return StatusCode::ACCEPTED.into_response();
     };
