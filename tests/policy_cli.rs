@@ -191,6 +191,8 @@ fn explain_says_in_words_which_rule_decided_and_why() {
         out.contains("hold for an operator's approval, by /tools/send_*"),
         "{out}"
     );
+    assert!(out.contains("the call waits"), "{out}");
+    assert!(!out.contains("the agent reads"), "{out}");
 
     let out = stdout(&toolgate(&[
         "explain",

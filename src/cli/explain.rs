@@ -121,8 +121,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             format!("calls {}–{}: ", start + 1, end)
         };
         println!("  {which}{}", describe_decision(d));
-        if d.verdict != Verdict::Allow {
-            println!("    the agent reads: {}", d.agent_text());
+        match d.verdict {
+            Verdict::Deny | Verdict::RateLimited => {
+                println!("    the agent reads: {}", d.agent_text());
+            }
+            Verdict::Hold => println!(
+                "    the call waits; it goes through if an operator approves, and is denied if one denies it or the time runs out (its counter units are then given back)"
+            ),
+            Verdict::Allow => {}
         }
         start = end;
     }

@@ -14,6 +14,9 @@
 //! - Keys of `tools`, `hide` entries and counter names must not be empty.
 //! - A key written twice in one object is an error (a second rule must not silently replace
 //!   the first).
+//! - A `rate_limit` is a counter named after the rule's key (so a glob rule's tools share it).
+//!   When one call would count against the same counter twice (a rule's limit and an
+//!   `all_tools` limit naming it), it takes one unit, not two.
 
 use std::collections::HashMap;
 

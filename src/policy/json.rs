@@ -83,10 +83,14 @@ impl Node {
         Ok(match &self.value {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
-            Value::Number(raw) => match raw.parse::<serde_json::Number>() {
-                Ok(n) => serde_json::Value::Number(n),
-                Err(_) => return Err(self.offset),
-            },
+            Value::Number(raw) => {
+                // Through serde_json's own number parser: the call arguments compared against
+                // these values are read by serde_json, so both sides round alike.
+                match raw.parse::<serde_json::Number>() {
+                    Ok(n) => serde_json::Value::Number(n),
+                    Err(_) => return Err(self.offset),
+                }
+            }
             Value::String(s) => serde_json::Value::String(s.clone()),
             Value::Array(items) => serde_json::Value::Array(
                 items
@@ -620,5 +624,58 @@ mod tests {
     fn pointer_tokens_escape_tilde_and_slash() {
         assert_eq!(escape_token("a~b/c"), "a~0b~1c");
         assert_eq!(escape_token("plain"), "plain");
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(serde_json::Value::from),
+            (-1e9f64..1e9).prop_map(serde_json::Value::from),
+            "\\PC{0,8}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                proptest::collection::vec(("\\PC{0,6}", inner), 0..6).prop_map(|members| {
+                    serde_json::Value::Object(members.into_iter().collect())
+                }),
+            ]
+        })
+    }
+
+    /// Every value's offset is where its text starts.
+    fn offsets_start_their_values(text: &str, node: &Node) -> bool {
+        let first = text.as_bytes().get(node.offset).copied();
+        let ok = match &node.value {
+            Value::Null => first == Some(b'n'),
+            Value::Bool(b) => first == Some(if *b { b't' } else { b'f' }),
+            Value::Number(raw) => text[node.offset..].starts_with(raw.as_str()),
+            Value::String(_) => first == Some(b'"'),
+            Value::Array(_) => first == Some(b'['),
+            Value::Object(_) => first == Some(b'{'),
+        };
+        ok && match &node.value {
+            Value::Array(items) => items.iter().all(|n| offsets_start_their_values(text, n)),
+            Value::Object(members) => members.iter().all(|m| {
+                text.as_bytes().get(m.key_offset) == Some(&b'"')
+                    && offsets_start_their_values(text, &m.value)
+            }),
+            _ => true,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reads_what_serde_json_writes_and_knows_where_each_value_starts(v in any_json()) {
+            for text in [v.to_string(), serde_json::to_string_pretty(&v).unwrap()] {
+                let doc = parse(&text).expect("serde_json output is JSON");
+                proptest::prop_assert!(doc.duplicates.is_empty());
+                let as_serde_reads: serde_json::Value = serde_json::from_str(&text).unwrap();
+                proptest::prop_assert_eq!(doc.root.to_serde().expect("in range"), as_serde_reads);
+                proptest::prop_assert!(offsets_start_their_values(&text, &doc.root));
+            }
+        }
     }
 }

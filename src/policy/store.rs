@@ -529,4 +529,24 @@ mod tests {
         ));
         admitted(s.admit(&l, 3999).unwrap());
     }
+
+    #[test]
+    fn idle_budgets_are_forgotten_once_out_of_their_windows() {
+        let s = MemoryStore::new();
+        // One call each from many sessions, long ago...
+        for i in 0..1000u64 {
+            let key = format!("session-{i}");
+            admitted(s.admit(&[req("a", &key, 1, 1000)], i).unwrap());
+        }
+        // ...then one busy session for long enough to trigger sweeps.
+        for i in 0..(2 * SWEEP_EVERY) {
+            admitted(
+                s.admit(&[req("b", "busy", u64::MAX, 1000)], 100_000 + i)
+                    .unwrap(),
+            );
+        }
+        let inner = s.lock();
+        let budgets: usize = inner.slots.values().map(Vec::len).sum();
+        assert_eq!(budgets, 1);
+    }
 }
