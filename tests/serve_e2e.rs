@@ -845,3 +845,30 @@ fn oversized_bodies_and_batches_are_refused_before_any_decision() {
     assert_eq!(garbage.status, 400);
     assert!(serve.audit().is_empty());
 }
+
+#[test]
+fn a_stateless_held_call_streams_progress_with_the_clients_own_token() {
+    let (upstream, _seen) = trivial::start(true);
+    let (serve, tokens) = Serve::start(
+        r#"{"version":"1","default":"require_approval"}"#,
+        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        &["ci"],
+    );
+    let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"message": "x"},
+        "_meta": {"progressToken": 42,
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let mut stream = open_stream(serve.addr, "/mcp/t", &tokens[0], &call);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "stream ended");
+        if line.starts_with("data: ") {
+            break;
+        }
+    }
+    let note: Value = serde_json::from_str(line.trim_start_matches("data: ").trim()).unwrap();
+    assert_eq!(note["method"], "notifications/progress");
+    assert_eq!(note["params"]["progressToken"], 42, "{note}");
+}

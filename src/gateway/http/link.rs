@@ -15,7 +15,7 @@
 //!
 //! 2026-07-28 requests without a session share one link per (server, grant). Their ids come
 //! from many clients, so they are renamed on the way in (`"tg-N"`) and restored on the way
-//! out; everything else in the message is passed on as received.
+//! out (progress tokens likewise); everything else in the message is passed on as received.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +62,10 @@ struct Waiter {
     tx: mpsc::Sender<Delivery>,
     /// The client's own id when it was renamed (stateless links).
     original: Option<Box<str>>,
+    /// The progress token as the core knows it (JSON text).
     progress: Option<Box<str>>,
+    /// The client's own progress token when it was renamed (stateless links).
+    original_progress: Option<serde_json::Value>,
 }
 
 #[derive(Default)]
@@ -228,10 +231,21 @@ impl Link {
     ) -> Result<(IdKey, mpsc::Receiver<Delivery>), DuplicateId> {
         self.touch();
         let (tx, rx) = mpsc::channel(WAITER_QUEUE);
-        let progress = progress_token(params);
+        let mut progress = progress_token(params);
+        let mut original_progress = None;
         let (core_id, out, original) = if self.stateless {
             let renamed = format!("\"tg-{}\"", self.next_id.fetch_add(1, Ordering::Relaxed));
-            let out = replace_id(line, raw_id, &renamed);
+            let mut out = replace_id(line, raw_id, &renamed);
+            if progress.is_some() {
+                // Clients choose progress tokens too: rename it with the id, so two
+                // clients' tokens never meet on the shared link.
+                let renamed_value = serde_json::Value::String(renamed.trim_matches('"').to_owned());
+                if let Some((rewritten, token)) = replace_progress_token(&out, renamed_value) {
+                    out = rewritten;
+                    original_progress = Some(token);
+                    progress = Some(renamed.clone().into());
+                }
+            }
             (IdKey(renamed.into()), out, Some(IdKey::from_raw(raw_id).0))
         } else {
             (IdKey::from_raw(raw_id), line.to_vec(), None)
@@ -253,6 +267,7 @@ impl Link {
                         tx,
                         original,
                         progress,
+                        original_progress,
                     },
                 );
             }
@@ -333,6 +348,10 @@ impl Link {
             && let Some(id) = routes.progress.get(&token)
             && let Some(waiter) = routes.waiters.get(id)
         {
+            let line = match &waiter.original_progress {
+                Some(token) => replace_notification_token(&line, token.clone()).unwrap_or(line),
+                None => line,
+            };
             let _ = waiter.tx.try_send(Delivery::Interim(line));
             return;
         }
@@ -424,6 +443,28 @@ fn progress_token_of_notification(params: Option<&RawValue>) -> Option<Box<str>>
     Some(p.token.get().trim().into())
 }
 
+/// A request with `params._meta.progressToken` set to `token`; returns it and the token it
+/// replaced.
+fn replace_progress_token(
+    line: &[u8],
+    token: serde_json::Value,
+) -> Option<(Vec<u8>, serde_json::Value)> {
+    let mut msg: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let slot = msg
+        .get_mut("params")?
+        .get_mut("_meta")?
+        .get_mut("progressToken")?;
+    let old = std::mem::replace(slot, token);
+    Some((msg.to_string().into_bytes(), old))
+}
+
+/// A progress notification with `params.progressToken` set to `token`.
+fn replace_notification_token(line: &[u8], token: serde_json::Value) -> Option<Vec<u8>> {
+    let mut msg: serde_json::Value = serde_json::from_slice(line).ok()?;
+    *msg.get_mut("params")?.get_mut("progressToken")? = token;
+    Some(msg.to_string().into_bytes())
+}
+
 /// `line` with its top-level id (borrowed from it as `raw`) replaced by `new` (JSON text).
 /// Splices the bytes when `raw` points into `line`, so the rest of the message is kept
 /// exactly; otherwise rebuilds the object.
@@ -476,5 +517,29 @@ mod tests {
             progress_token_of_notification(Some(&n)).as_deref(),
             Some("\"a\"")
         );
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn progress_tokens_are_renamed_and_restored() {
+        let (out, old) = replace_progress_token(
+            br#"{"id":1,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":7}}}"#,
+            serde_json::json!("tg-1"),
+        )
+        .unwrap();
+        assert_eq!(old, serde_json::json!(7));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["params"]["_meta"]["progressToken"], "tg-1");
+        let back = replace_notification_token(
+            br#"{"method":"notifications/progress","params":{"progressToken":"tg-1","progress":1}}"#,
+            old,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&back).unwrap();
+        assert_eq!(v["params"]["progressToken"], 7);
     }
 }
