@@ -129,6 +129,16 @@ impl Serve {
     /// Starts `serve` with `policy` and `servers` (the mcpServers object); `grants` are made
     /// first and their tokens returned in order.
     fn start(policy: &str, servers: Value, grants: &[&str]) -> (Serve, Vec<String>) {
+        Serve::start_with(policy, servers, grants, &[])
+    }
+
+    /// Like [`Serve::start`], with more `toolgate serve` options.
+    fn start_with(
+        policy: &str,
+        servers: Value,
+        grants: &[&str],
+        extra: &[&str],
+    ) -> (Serve, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.json"), policy).unwrap();
         std::fs::write(
@@ -143,6 +153,7 @@ impl Serve {
             .args(["--policy", "policy.json", "--servers", "servers.json"])
             .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .current_dir(dir.path())
             .env("XDG_RUNTIME_DIR", dir.path())
             .env("XDG_STATE_HOME", dir.path())
@@ -871,4 +882,77 @@ fn a_stateless_held_call_streams_progress_with_the_clients_own_token() {
     let note: Value = serde_json::from_str(line.trim_start_matches("data: ").trim()).unwrap();
     assert_eq!(note["method"], "notifications/progress");
     assert_eq!(note["params"]["progressToken"], 42, "{note}");
+}
+
+/// The pid `serve` logged for the server it started for the `n`-th session (1-based).
+fn server_pid(serve: &Serve, n: usize) -> i32 {
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    loop {
+        let pids: Vec<i32> = serve
+            .log()
+            .lines()
+            .filter_map(|l| l.split("(pid ").nth(1))
+            .filter_map(|rest| rest.split(')').next()?.parse().ok())
+            .collect();
+        if let Some(pid) = pids.get(n - 1) {
+            return *pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server started; log:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_gone(pid: i32, why: &str) {
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    // Signal 0 only asks whether the process exists (its parent reaps it).
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "server {pid} still running after {why}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
+    let (serve, tokens) = Serve::start_with(
+        r#"{"version": "1", "default": "allow"}"#,
+        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
+        &["ci"],
+        // 1.2 s idle.
+        &["--session-idle", "0.02"],
+    );
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let first = serve.post("time", &tokens[0], None, init.clone());
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first_session = first.header("mcp-session-id").unwrap().to_owned();
+    let first_pid = server_pid(&serve, 1);
+    let auth = format!("Bearer {}", tokens[0]);
+    let deleted = serve.http(
+        "DELETE",
+        "/mcp/time",
+        &[("Authorization", &auth), ("Mcp-Session-Id", &first_session)],
+        "",
+    );
+    assert_eq!(deleted.status, 204);
+    wait_gone(first_pid, "DELETE");
+
+    let second = serve.post("time", &tokens[0], None, init);
+    assert_eq!(second.status, 200, "{}", second.body);
+    let second_session = second.header("mcp-session-id").unwrap().to_owned();
+    let second_pid = server_pid(&serve, 2);
+    wait_gone(second_pid, "the idle time");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(
+        serve
+            .post("time", &tokens[0], Some(&second_session), list)
+            .status,
+        404
+    );
 }
