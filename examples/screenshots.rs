@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let (events_tx, mut events) = mpsc::channel(65_536);
-    let _commands = net::spawn(
+    let commands = net::spawn(
         Targets::Fixed {
             url: control.url().to_owned(),
             token: control.token().to_owned(),
@@ -54,48 +54,74 @@ async fn main() -> anyhow::Result<()> {
     let mut state = State::new(chrono::Utc::now(), Theme::load("dark")?, 100_000);
     state.operator = Some("operator".into());
     state.policy_path = Some(demo.policy_path.display().to_string());
+    let mut terminal = Terminal::new(TestBackend::new(SIZE.0, SIZE.1))?;
+    let mut console = Console {
+        state: &mut state,
+        terminal: &mut terminal,
+        commands,
+    };
 
     // Let the agents work long enough for every kind of decision and a few holds.
     let until = tokio::time::Instant::now() + Duration::from_secs(12);
     while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
-        update(&mut state, event, chrono::Utc::now());
+        console.feed(event);
     }
-    update(&mut state, AppEvent::Tick, chrono::Utc::now());
+    console.feed(AppEvent::Tick);
 
-    shoot(&state, &out, "live")?;
-    press(
-        &mut state,
-        &[KeyCode::Up, KeyCode::Up, KeyCode::Up, KeyCode::Enter],
-    );
-    shoot(&state, &out, "live-detail")?;
-    press(
-        &mut state,
-        &[KeyCode::Esc, KeyCode::Char('F'), KeyCode::Char('2')],
-    );
-    shoot(&state, &out, "holds")?;
-    press(&mut state, &[KeyCode::Char('1'), KeyCode::Char('?')]);
-    shoot(&state, &out, "help")?;
+    console.shoot(&out, "live")?;
+    console.press(&[KeyCode::Up, KeyCode::Up, KeyCode::Up, KeyCode::Enter]);
+    console.shoot(&out, "live-detail")?;
+    console.press(&[KeyCode::Esc, KeyCode::Char('F'), KeyCode::Char('2')]);
+    console.shoot(&out, "holds")?;
+    console.press(&[KeyCode::Char('1'), KeyCode::Char('?')]);
+    console.shoot(&out, "help")?;
+    console.press(&[KeyCode::Esc, KeyCode::Char('3')]);
+    console.shoot(&out, "policy")?;
+    console.typed(":limit list_meetings 20/minute");
+    console.press(&[KeyCode::Enter]);
+    console.typed(":w");
+    console.press(&[KeyCode::Enter]);
+    console.shoot(&out, "policy-diff")?;
+    console.press(&[KeyCode::Char('n'), KeyCode::Char('4')]);
+    console.shoot(&out, "limits")?;
     control.shutdown().await;
+    drop(demo);
     Ok(())
 }
 
-fn press(state: &mut State, keys: &[KeyCode]) {
-    for code in keys {
-        let now = state.now;
-        update(
-            state,
-            AppEvent::Key(KeyEvent::new(*code, KeyModifiers::NONE)),
-            now,
-        );
+/// The console's state driven as its event loop drives it, on a test terminal.
+struct Console<'a> {
+    state: &'a mut State,
+    terminal: &'a mut Terminal<TestBackend>,
+    commands: mpsc::UnboundedSender<toolgate::console::Outgoing>,
+}
+
+impl Console<'_> {
+    fn feed(&mut self, event: AppEvent) {
+        let now = chrono::Utc::now();
+        update(self.state, event, now);
+        toolgate::console::carry_out_effects(self.terminal, self.state, &self.commands, now);
     }
-}
 
-fn shoot(state: &State, out: &Path, name: &str) -> anyhow::Result<()> {
-    let mut terminal = Terminal::new(TestBackend::new(SIZE.0, SIZE.1))?;
-    terminal.draw(|frame| toolgate::console::view::draw(frame, state))?;
-    let svg = toolgate::screenshot::to_svg(terminal.backend().buffer());
-    let path = out.join(format!("{name}.svg"));
-    std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    fn press(&mut self, keys: &[KeyCode]) {
+        for code in keys {
+            self.feed(AppEvent::Key(KeyEvent::new(*code, KeyModifiers::NONE)));
+        }
+    }
+
+    fn typed(&mut self, text: &str) {
+        let keys: Vec<KeyCode> = text.chars().map(KeyCode::Char).collect();
+        self.press(&keys);
+    }
+
+    fn shoot(&mut self, out: &Path, name: &str) -> anyhow::Result<()> {
+        let state = &*self.state;
+        self.terminal
+            .draw(|frame| toolgate::console::view::draw(frame, state))?;
+        let svg = toolgate::screenshot::to_svg(self.terminal.backend().buffer());
+        let path = out.join(format!("{name}.svg"));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+        Ok(())
+    }
 }

@@ -157,11 +157,14 @@ fn carry_out<B: Backend + Bell>(
 ) {
     // Carrying out an effect can leave more (a write's report asks nothing, a reload may).
     while !state.effects.is_empty() {
-        carry_out_batch(terminal, state, commands, now);
+        carry_out_effects(terminal, state, commands, now);
     }
 }
 
-fn carry_out_batch<B: Backend + Bell>(
+/// Carries out the effects `update` left in `state` (sends, the bell, file reads and writes),
+/// feeding their answers back through `update`. The event loop calls it after each batch;
+/// anything else that drives `update` itself (the screenshot tool) calls it too.
+pub fn carry_out_effects<B: Backend + Bell>(
     terminal: &mut Terminal<B>,
     state: &mut State,
     commands: &mpsc::UnboundedSender<Outgoing>,
