@@ -13,7 +13,9 @@ mod console;
 mod demo;
 mod explain;
 mod gateways;
+mod grants;
 mod scan;
+mod serve;
 pub(crate) mod tail;
 mod wrap;
 
@@ -37,6 +39,8 @@ Examples:
 enum Command {
     Demo(demo::Args),
     Wrap(wrap::Args),
+    Serve(serve::Args),
+    Grants(grants::Args),
     Console(console::Args),
     Check(check::Args),
     Explain(explain::Args),
@@ -62,6 +66,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Wrap(args) => wrap::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Grants(args) => grants::run(args),
         Command::Console(args) => console::run(args),
         Command::Check(args) => check::run(args),
         Command::Explain(args) => explain::run(args),

@@ -17,8 +17,10 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::io::BufReader;
 
+use crate::gateway::http::remote;
+use crate::gateway::http::servers::UrlServer;
 use crate::gateway::upstream::{ServerCommand, ServerProcess};
-use crate::gateway::upstream_client::{ClientError, Session, http};
+use crate::gateway::upstream_client::{ClientError, Session};
 use crate::policy::{LoadError, Policy};
 use crate::sanitize::terminal_text;
 use crate::scan::{ScannedTool, compare, report, starting_policy};
@@ -108,28 +110,30 @@ async fn scan_server(args: &Args) -> anyhow::Result<Scan> {
             let headers = args
                 .header
                 .iter()
-                .map(|h| http::parse_header(h))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|h| parse_header(h))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             if !url.starts_with("http://") {
                 bail!(
-                    "--url {url}: this build reaches servers over plain http:// only (https is not built in)"
+                    "--url {url}: this build reaches servers over plain http:// only (it does not speak TLS to upstreams)"
                 );
             }
-            let server = http::HttpServer {
+            let server = UrlServer {
                 url: url.clone(),
                 headers,
             };
-            // The session and the HTTP transport meet over in-memory pipes, as a session
-            // and a stdio child meet over the child's.
+            // The session meets the gateway's HTTP upstream transport over in-memory pipes,
+            // as it meets a stdio child over the child's.
             let (session_out, transport_in) = tokio::io::duplex(1 << 16);
             let (transport_out, session_in) = tokio::io::duplex(1 << 16);
-            let transport = tokio::spawn(http::run(
+            let transport = tokio::spawn(remote::run(
                 server,
+                remote::http_client(),
                 BufReader::new(transport_in),
                 transport_out,
             ));
             let listed = list(BufReader::new(session_in), session_out, budget).await;
-            // The session closed its side: the transport ends the server's session and stops.
+            // The session closed its side: the transport DELETEs the server's session and
+            // stops.
             let _ = tokio::time::timeout(Duration::from_secs(3), transport).await;
             (url.clone(), listed)
         }
@@ -141,6 +145,7 @@ async fn scan_server(args: &Args) -> anyhow::Result<Scan> {
             let command = ServerCommand {
                 program: program.clone(),
                 args: rest.to_vec(),
+                env: Vec::new(),
             };
             let (process, stdin, stdout) = ServerProcess::spawn(&command)?;
             let listed = list(BufReader::new(stdout), stdin, budget).await;
@@ -275,6 +280,29 @@ fn report_against(args: &Args, path: &Path, scan: &Scan) -> anyhow::Result<ExitC
     })
 }
 
+/// Parses a `--header "Name: value"`. The transport's own headers (session, protocol
+/// version) and framing headers cannot be set.
+fn parse_header(text: &str) -> anyhow::Result<(String, String)> {
+    let bad = || anyhow::anyhow!("--header {text:?}: expected \"Name: value\"");
+    let (name, value) = text.split_once(':').ok_or_else(bad)?;
+    let (name, value) = (name.trim(), value.trim());
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+        || reqwest::header::HeaderValue::from_str(value).is_err()
+    {
+        return Err(bad());
+    }
+    let reserved = [
+        "host",
+        "content-length",
+        "mcp-session-id",
+        "mcp-protocol-version",
+    ];
+    if reserved.contains(&name.to_ascii_lowercase().as_str()) {
+        bail!("--header {name}: set by the transport itself, not on the command line");
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
 /// Writes `text` to `path`, refusing to replace an existing file unless `force`.
 fn write_output(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
@@ -298,4 +326,21 @@ fn write_output(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
     file.write_all(text.as_bytes())
         .and_then(|()| file.write_all(b"\n"))
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_read_as_name_colon_value() {
+        assert_eq!(
+            parse_header("Authorization: Bearer abc").expect("valid"),
+            ("Authorization".into(), "Bearer abc".into())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header(": value").is_err());
+        assert!(parse_header("Bad Name: v").is_err());
+        assert!(parse_header("Mcp-Session-Id: x").is_err());
+    }
 }

@@ -17,10 +17,14 @@
 //! - [`upstream_client`] — a small MCP client session over an upstream's line streams
 //!   (handshake or `server/discover`, paginated `tools/list`), for `toolgate scan`.
 //! - [`stdio`] — `wrap`: stdin/stdout + a child process around the core.
+//! - [`http`] — `serve`: Streamable HTTP in front of several servers, each MCP session a run
+//!   of the core; [`grants`] — the bearer tokens that name who calls.
 
 pub mod audit;
 pub mod call;
 pub mod core;
+pub mod grants;
+pub mod http;
 pub mod jsonrpc;
 pub mod reload;
 pub mod stdio;

@@ -3,7 +3,7 @@
 //!
 //! The session speaks newline-delimited JSON-RPC over any pair of async byte streams, the
 //! same shape the core proxies: a stdio child's stdout/stdin ([`super::upstream`]), or a
-//! Streamable HTTP upstream presented as line streams by the HTTP transport. It settles the
+//! Streamable HTTP upstream presented as line streams by [`super::http::remote::run`]. It settles the
 //! protocol era the way the gateway's peers do: the `initialize` handshake offering
 //! [`HANDSHAKE_VERSION`] (the server's answer is accepted as it is), and, when a server
 //! refuses the handshake, the stateless 2026-07-28 era through `server/discover`, after
@@ -12,10 +12,6 @@
 //!
 //! It is deliberately small: requests one at a time, server notifications ignored, server
 //! requests answered (`ping`) or refused (`method not found`): a scanner needs nothing more.
-//!
-//! [`http`] presents a Streamable HTTP server as such line streams.
-
-pub mod http;
 
 use std::time::Duration;
 
