@@ -271,6 +271,7 @@ impl CounterStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// Names live as long as the test: leak them to borrow with `'static`.
     fn req(counter: &str, key: &str, max: u64, window_ms: u64) -> LimitRequest<'static> {

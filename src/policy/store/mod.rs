@@ -171,8 +171,9 @@ pub trait CounterStore: Send + Sync {
     fn release(&self, reservation: &Reservation);
 
     /// [`CounterStore::release`], saying whether the store answered, so that a caller can
-    /// give the units back later ([`GuardedStore`] does). Releasing a unit twice, or one
-    /// already out of its window, does nothing.
+    /// give the units back later ([`GuardedStore`] does). Releasing a unit already out of
+    /// its window does nothing; so does releasing twice in the shared stores, whose units
+    /// carry tokens (a retry after a lost answer is safe there).
     fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
         self.release(reservation);
         Ok(())
