@@ -135,6 +135,8 @@ pub struct Gateway {
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
     next_id: u64,
+    /// Answers read while waiting for another: a refusal overtakes a forwarded call.
+    early: std::collections::HashMap<u64, Value>,
     pub stderr: PathBuf,
 }
 
@@ -182,6 +184,7 @@ impl Gateway {
             stdin: Some(stdin),
             lines,
             next_id: 1,
+            early: std::collections::HashMap::new(),
             stderr,
         };
         let init = gateway.request(
@@ -208,6 +211,9 @@ impl Gateway {
     }
 
     fn wait_for(&mut self, id: u64) -> Value {
+        if let Some(msg) = self.early.remove(&id) {
+            return msg;
+        }
         let deadline = Instant::now() + ANSWER_WITHIN;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -218,8 +224,12 @@ impl Gateway {
                 )
             });
             let msg: Value = serde_json::from_str(&line).expect("the gateway writes JSON lines");
-            if msg["id"] == json!(id) {
-                return msg;
+            match msg["id"].as_u64() {
+                Some(got) if got == id => return msg,
+                Some(got) => {
+                    self.early.insert(got, msg);
+                }
+                None => {}
             }
         }
     }
