@@ -68,7 +68,11 @@ fn a_refused_call_takes_nothing_from_any_budget(s: &dyn CounterStore) {
     admitted(s.admit(std::slice::from_ref(&b), T0).unwrap());
     let r = s.admit(&[a, b], T0 + 10).unwrap();
     assert!(matches!(r, Admission::Refused { index: 1, .. }), "{r:?}");
-    assert!(s.usage("a", Scope::Grant, 1000, T0 + 10).unwrap().is_empty());
+    assert!(
+        s.usage("a", Scope::Grant, 1000, T0 + 10)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn release_gives_back_exactly_the_units_taken(s: &dyn CounterStore) {
@@ -164,7 +168,12 @@ fn scopes_keys_and_counters_are_separate_budgets(s: &dyn CounterStore) {
     global.scope = Scope::Global;
     let mut session = req("a", "g", 1, 1000);
     session.scope = Scope::Session;
-    for l in [req("a", "g", 1, 1000), req("a", "h", 1, 1000), global, session] {
+    for l in [
+        req("a", "g", 1, 1000),
+        req("a", "h", 1, 1000),
+        global,
+        session,
+    ] {
         admitted(s.admit(&[l], T0).unwrap());
     }
     // Names that would collide if keys were joined naively with a separator.

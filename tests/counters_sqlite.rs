@@ -36,8 +36,16 @@ fn two_wrap_processes_share_one_limit_exactly_through_the_default_file() {
         let b = s.spawn(|| b.call_many("ok", 6));
         (a.join().unwrap(), b.join().unwrap())
     });
-    assert_eq!(allowed(&from_a) + allowed(&from_b), 7, "{from_a:?} {from_b:?}");
-    let refusal = from_a.iter().chain(&from_b).find(|a| !a.is_allowed()).unwrap();
+    assert_eq!(
+        allowed(&from_a) + allowed(&from_b),
+        7,
+        "{from_a:?} {from_b:?}"
+    );
+    let refusal = from_a
+        .iter()
+        .chain(&from_b)
+        .find(|a| !a.is_allowed())
+        .unwrap();
     assert!(
         refusal.refusal().contains("ok_per_day"),
         "{}",

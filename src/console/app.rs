@@ -611,7 +611,9 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             let label = state.gateways[conn].label().to_owned();
             let store = terminal_text(&s.store);
             if s.ok {
-                state.say(format!("gateway {label}: counter store {store} answers again"));
+                state.say(format!(
+                    "gateway {label}: counter store {store} answers again"
+                ));
             } else {
                 let why = s.detail.map(|d| terminal_text(&d).into_owned());
                 state.complain(format!(

@@ -247,7 +247,10 @@ impl Gateway {
                 if result["isError"] == json!(true) {
                     Answer::Refused(result["content"][0]["text"].as_str().unwrap_or("").into())
                 } else {
-                    assert_eq!(result["content"][0]["text"], "ok", "unexpected answer {msg}");
+                    assert_eq!(
+                        result["content"][0]["text"], "ok",
+                        "unexpected answer {msg}"
+                    );
                     Answer::Allowed
                 }
             })

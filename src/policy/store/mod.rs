@@ -188,4 +188,3 @@ pub trait CounterStore: Send + Sync {
         now_ms: u64,
     ) -> Result<Vec<KeyUsage>, StoreError>;
 }
-

@@ -148,7 +148,12 @@ impl RedisStore {
 
     /// `P` of the module docs: everything of one counter in one scope starts with it.
     fn base(&self, counter: &str, scope: Scope) -> String {
-        format!("{}:{}:{counter}:{}:", self.prefix, counter.len(), scope.as_str())
+        format!(
+            "{}:{}:{counter}:{}:",
+            self.prefix,
+            counter.len(),
+            scope.as_str()
+        )
     }
 
     fn key_names(&self, key: &CounterKey) -> (String, String, String) {
@@ -261,8 +266,8 @@ impl CounterStore for RedisStore {
         }
         let reply: Vec<i64> = self.with_conn(|conn| invocation.invoke(conn))?;
         match reply.as_slice() {
-            [1, times @ ..] if times.len() == sent.len() => Ok(Admission::Admitted(
-                Reservation::new(
+            [1, times @ ..] if times.len() == sent.len() => {
+                Ok(Admission::Admitted(Reservation::new(
                     sent.into_iter()
                         .zip(times)
                         .map(|((_, key, token), &at)| ReservedUnit {
@@ -271,8 +276,8 @@ impl CounterStore for RedisStore {
                             token,
                         })
                         .collect(),
-                ),
-            )),
+                )))
+            }
             [0, i, retry] => {
                 let position = usize::try_from(*i - 1)
                     .ok()

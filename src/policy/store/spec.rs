@@ -43,7 +43,10 @@ impl FromStr for StoreSpec {
         if let Some(path) = s.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                return Err("`sqlite:` needs a file path, e.g. sqlite:/var/lib/toolgate/counters.sqlite3".into());
+                return Err(
+                    "`sqlite:` needs a file path, e.g. sqlite:/var/lib/toolgate/counters.sqlite3"
+                        .into(),
+                );
             }
             return Ok(StoreSpec::Sqlite(PathBuf::from(path)));
         }

@@ -237,7 +237,11 @@ impl CounterStore for SqliteStore {
                         tx.prepare_cached(
                             "UPDATE budgets SET retain_ms = ?2, latest_ms = ?3 WHERE id = ?1",
                         )?
-                        .execute(params![id, sql_int(retain), sql_int(latest)])?;
+                        .execute(params![
+                            id,
+                            sql_int(retain),
+                            sql_int(latest)
+                        ])?;
                         id
                     }
                     None => {
