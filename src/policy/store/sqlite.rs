@@ -17,10 +17,14 @@
 //!
 //! The store is synchronous (decisions are synchronous); a call holds the caller's thread for
 //! a local transaction, tens of microseconds, or at most [`BUSY_TIMEOUT`] under contention.
+//! Checkpoints (copying the WAL into the database, with an fsync) would cost a decision
+//! milliseconds now and then, so a background thread of each store runs them every
+//! [`CHECKPOINT_EVERY`]; the automatic checkpoint on commit stays only as a backstop for a
+//! WAL grown past [`WAL_BACKSTOP_PAGES`].
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
@@ -31,6 +35,13 @@ use super::{
 
 /// How long a write waits for another process's transaction before the call fails closed.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the background thread copies the WAL into the database.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL size (pages) at which a commit checkpoints by itself (the background thread fell
+/// behind, or is gone).
+const WAL_BACKSTOP_PAGES: i64 = 10_000;
 
 /// The schema this code writes; a file with a newer one is refused, not guessed at.
 const SCHEMA_VERSION: i64 = 1;
@@ -48,6 +59,7 @@ CREATE TABLE IF NOT EXISTS budgets (
     latest_ms INTEGER NOT NULL,
     UNIQUE (counter, scope, scope_key)
 );
+CREATE INDEX IF NOT EXISTS budgets_by_expiry ON budgets (latest_ms + 2 * retain_ms);
 CREATE TABLE IF NOT EXISTS units (
     budget INTEGER NOT NULL,
     at_ms  INTEGER NOT NULL,
@@ -63,16 +75,21 @@ pub struct SqliteStore {
     /// `None` after an error that may have broken the connection; reopened on the next call.
     conn: Mutex<Option<Connection>>,
     admissions: AtomicU64,
+    /// The checkpoint thread runs while this lives.
+    _alive: Arc<()>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed, with its directory) the counter file at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = connect(path).map_err(|e| describe(path, &e))?;
+        let alive = Arc::new(());
+        spawn_checkpointer(path.to_path_buf(), Arc::downgrade(&alive));
         let store = SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(Some(conn)),
             admissions: AtomicU64::new(0),
+            _alive: alive,
         };
         // Forget what went idle while no gateway ran.
         store.with_conn(|conn| sweep(conn, now_ms()))?;
@@ -149,6 +166,9 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     // NORMAL sync: a power cut may lose the last few counted calls, never corrupt the file.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
+    // After a checkpoint, a WAL grown under a burst is cut back to this size.
+    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
@@ -164,6 +184,37 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(conn)
+}
+
+/// Copies the WAL into the database every [`CHECKPOINT_EVERY`] until the store is dropped.
+/// A passive checkpoint never waits for (or blocks) a decision; failures are retried.
+fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
+    let run = move || {
+        let mut conn: Option<Connection> = None;
+        loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if alive.strong_count() == 0 {
+                return;
+            }
+            if conn.is_none() {
+                conn = Connection::open(&path)
+                    .inspect_err(|e| tracing::debug!("checkpoint: cannot open: {e}"))
+                    .ok();
+            }
+            if let Some(c) = &conn
+                && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::debug!("checkpoint of {}: {e}", path.display());
+                conn = None;
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("counters-checkpoint".into())
+        .spawn(run)
+    {
+        tracing::warn!("no checkpoint thread ({e}); commits will checkpoint by themselves");
+    }
 }
 
 /// The counter file and its directory are the user's alone: they name grants and sessions.
@@ -184,17 +235,18 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// Forgets units out of their budgets' retained spans, then budgets left empty.
+/// Forgets idle budgets: those whose every unit is out of the retained span. (Budgets in use
+/// are pruned as they are admitted.) Uses the expiry index, so it costs what it deletes.
 fn sweep(conn: &mut Connection, now_ms: u64) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
-        "DELETE FROM units WHERE at_ms <= (
-             SELECT max(b.latest_ms, ?1) - 2 * b.retain_ms FROM budgets b WHERE b.id = units.budget)",
+        "DELETE FROM units WHERE budget IN (
+             SELECT id FROM budgets WHERE latest_ms + 2 * retain_ms <= ?1)",
         params![sql_int(now_ms)],
     )?;
     tx.execute(
-        "DELETE FROM budgets WHERE NOT EXISTS (SELECT 1 FROM units WHERE units.budget = budgets.id)",
-        [],
+        "DELETE FROM budgets WHERE latest_ms + 2 * retain_ms <= ?1",
+        params![sql_int(now_ms)],
     )?;
     tx.commit()
 }
@@ -391,4 +443,53 @@ fn check(
     Ok(Check::Full {
         retry_after_ms: leaves_at.saturating_sub(at_ms).max(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_budgets_are_forgotten_once_out_of_their_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+        let counter: Arc<str> = Arc::from("a");
+        let busy: Arc<str> = Arc::from("b");
+        for i in 0..100u64 {
+            let key = format!("session-{i}");
+            let l = LimitRequest {
+                counter: &counter,
+                scope: Scope::Session,
+                scope_key: &key,
+                max: 1,
+                window_ms: 1000,
+            };
+            assert!(matches!(store.admit(&[l], i), Ok(Admission::Admitted(_))));
+        }
+        let l = LimitRequest {
+            counter: &busy,
+            scope: Scope::Global,
+            scope_key: "",
+            max: u64::MAX,
+            window_ms: 1000,
+        };
+        for i in 0..SWEEP_EVERY {
+            assert!(matches!(
+                store.admit(&[l], 100_000 + i),
+                Ok(Admission::Admitted(_))
+            ));
+        }
+        let (budgets, units): (i64, i64) = store
+            .with_conn(|c| {
+                c.query_row(
+                    "SELECT (SELECT count(*) FROM budgets), (SELECT count(*) FROM units)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!(budgets, 1);
+        // Only the busy budget's units within its retained span (2 s) are left.
+        assert!(units <= 2001, "{units}");
+    }
 }
