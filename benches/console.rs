@@ -159,13 +159,21 @@ fn render(c: &mut Criterion) {
 
 fn filter(c: &mut Criterion) {
     let mut s = full_state();
-    c.bench_function("console/filter 100k calls", |b| {
-        b.iter(|| {
-            set_filter(&mut s, "tool:create_* decision:deny grant:ci* text");
-            set_filter(&mut s, "tool:*meeting* grant:ops-bot");
-            s.live.filtered.len()
-        })
-    });
+    for (name, filter) in [
+        (
+            "decision, tool, grant and text",
+            "tool:create_* decision:deny grant:ci* text",
+        ),
+        ("tool and grant globs", "tool:*meeting* grant:ops-bot"),
+        ("free text only", "meeting"),
+    ] {
+        c.bench_function(&format!("console/filter 100k calls: {name}"), |b| {
+            b.iter(|| {
+                set_filter(&mut s, filter);
+                s.live.filtered.len()
+            })
+        });
+    }
 }
 
 criterion_group!(benches, ingest, render, filter);

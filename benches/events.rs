@@ -9,6 +9,10 @@
 //!
 //! The publisher keeps at most half a subscriber queue ahead of the slowest client, so both
 //! measure delivery capacity without drops.
+//! - `wrap_proxying/4_clients`: the real gateway (`toolgate wrap`, audit log on) proxying
+//!   pipelined `tools/call`s to a trivial upstream (this bench binary with
+//!   `--trivial-upstream`, answering at once), with 4 websocket clients following: events
+//!   (a `call` and an `outcome` per call) per second delivered to all 4.
 //! - After the criterion run, a memory report: the process RSS before and after publishing
 //!   200,000 events with one client connected that never reads (plus one that does).
 //!
@@ -238,9 +242,212 @@ fn stalled_client_memory() {
     });
 }
 
-criterion_group!(benches, fanout);
+/// The trivial upstream MCP server: answers every request at once with a one-line result.
+fn trivial_upstream() {
+    use std::io::{BufRead, Write};
+    let mut input = std::io::BufReader::new(std::io::stdin().lock());
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line)
+            && let Some(id) = msg.get("id")
+        {
+            let result = if msg["method"] == "initialize" {
+                json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                       "serverInfo": {"name": "trivial", "version": "0"}})
+            } else {
+                json!({"content": [{"type": "text", "text": "ok"}]})
+            };
+            let _ = writeln!(
+                out,
+                "{}",
+                json!({"jsonrpc": "2.0", "id": id, "result": result})
+            );
+        }
+        // Answer a burst in one write, and never sit on an answer while waiting for input.
+        if !input.buffer().contains(&b'\n') && out.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// Spawns a client that counts the `outcome` frames it reads.
+async fn outcome_counter(url: &str, token: &str) -> Arc<AtomicU64> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let outcomes = Arc::new(AtomicU64::new(0));
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("client connects");
+    let count = outcomes.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            let Ok(text) = msg.to_text() else { continue };
+            assert!(
+                !text.contains("\"type\":\"missed\""),
+                "a reading client missed events"
+            );
+            if text.contains("\"type\":\"outcome\"") {
+                count.fetch_add(1, Ordering::Release);
+            }
+        }
+    });
+    outcomes
+}
+
+fn wrap_proxying(c: &mut Criterion) {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+
+    const CALLS: u64 = 5_000;
+    const IN_FLIGHT: u64 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#,
+    )
+    .unwrap();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .arg("wrap")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--audit")
+        .arg(dir.path().join("audit.jsonl"))
+        .arg("--log-level")
+        .arg("warn")
+        .args(["--counters", "memory"])
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .arg("--trivial-upstream")
+        .env("XDG_RUNTIME_DIR", &run)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start toolgate wrap");
+    let mut stdin = std::io::BufWriter::new(gateway.stdin.take().unwrap());
+    let stdout = gateway.stdout.take().unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let count = answered.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line.is_err() {
+                return;
+            }
+            count.fetch_add(1, Ordering::Release);
+        }
+    });
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "0"}}});
+    writeln!(stdin, "{init}").unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let wait_until = |counter: &AtomicU64, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while counter.load(Ordering::Acquire) < n {
+            assert!(
+                Instant::now() < deadline,
+                "stuck at {} of {n} (a client that missed events stops counting)",
+                counter.load(Ordering::Acquire)
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
+    wait_until(&answered, 1);
+
+    let entry = loop {
+        let found = std::fs::read_dir(run.join("toolgate")).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "json"))
+        });
+        if let Some(text) = found.and_then(|f| std::fs::read_to_string(f).ok())
+            && let Ok(entry) = serde_json::from_str::<control::DiscoveryEntry>(&text)
+        {
+            break entry;
+        }
+        assert!(
+            gateway.try_wait().ok().flatten().is_none(),
+            "toolgate wrap exited before writing its discovery file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients: Vec<_> = runtime.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(outcome_counter(&entry.url, &entry.token).await);
+        }
+        clients
+    });
+
+    let mut group = c.benchmark_group("wrap_proxying");
+    group.throughput(Throughput::Elements(2 * CALLS));
+    group.sample_size(10);
+    let mut next_id = 1u64;
+    let mut calls_done = 0u64;
+    group.bench_function("4_clients", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                // Like an agent with 64 calls in flight.
+                let end = next_id + CALLS;
+                while next_id < end {
+                    let in_flight = next_id - answered.load(Ordering::Acquire);
+                    if in_flight >= IN_FLIGHT {
+                        std::thread::sleep(Duration::from_micros(50));
+                        continue;
+                    }
+                    for _ in 0..(IN_FLIGHT - in_flight).min(end - next_id) {
+                        let call = json!({"jsonrpc": "2.0", "id": next_id, "method": "tools/call",
+                            "params": {"name": "echo", "arguments": {"message": "hello"}}});
+                        writeln!(stdin, "{call}").unwrap();
+                        next_id += 1;
+                    }
+                    stdin.flush().unwrap();
+                }
+                calls_done += CALLS;
+                wait_until(&answered, 1 + calls_done);
+                for client in &clients {
+                    wait_until(client, calls_done);
+                }
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+    drop(stdin);
+    let _ = gateway.wait();
+}
+
+criterion_group!(benches, fanout, wrap_proxying);
 
 fn main() {
+    if std::env::args().any(|a| a == "--trivial-upstream") {
+        trivial_upstream();
+        return;
+    }
     benches();
     stalled_client_memory();
     Criterion::default().configure_from_args().final_summary();

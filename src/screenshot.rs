@@ -91,7 +91,7 @@ pub fn to_svg(buffer: &Buffer) -> String {
     );
     let _ = write!(
         svg,
-        r#"<style>text{{font-family:'DejaVu Sans Mono',monospace;font-size:{FONT_SIZE}px;white-space:pre}}</style><rect width="100%" height="100%" fill="{DEFAULT_BG}"/>"#
+        r#"<style>text{{font-family:'DejaVu Sans Mono','Symbola',monospace;font-size:{FONT_SIZE}px;white-space:pre}}</style><rect width="100%" height="100%" fill="{DEFAULT_BG}"/>"#
     );
     for y in 0..area.height {
         let top = y as f64 * CELL_H;
@@ -118,55 +118,47 @@ pub fn to_svg(buffer: &Buffer) -> String {
                 );
             }
         }
-        // Text: one element per run of equal style, each glyph placed on its cell.
+        // Text: one element per glyph, placed on its own cell, so fallback fonts and wide
+        // characters cannot shift the columns after them.
         let baseline = top + CELL_H * 0.75;
-        let mut x = 0;
-        while x < area.width {
+        for x in 0..area.width {
             let cell = &buffer[(area.x + x, area.y + y)];
-            let style = (swapped(cell.fg, cell.bg, cell.modifier).0, cell.modifier);
-            let mut xs = String::new();
-            let mut text = String::new();
-            while x < area.width {
-                let c = &buffer[(area.x + x, area.y + y)];
-                if (swapped(c.fg, c.bg, c.modifier).0, c.modifier) != style {
-                    break;
-                }
-                let symbol = c.symbol();
-                if !symbol.trim().is_empty() {
-                    for ch in symbol.chars().take(1) {
-                        let _ = write!(xs, "{:.2} ", x as f64 * CELL_W);
-                        escape(&ch.to_string(), &mut text);
-                    }
-                }
-                x += 1;
-            }
-            if text.is_empty() {
+            let symbol = cell.symbol();
+            if symbol.trim().is_empty() {
                 continue;
             }
-            let (fg, modifier) = style;
-            let mut attrs = String::new();
-            if modifier.contains(Modifier::BOLD) {
-                attrs.push_str(r#" font-weight="bold""#);
-            }
-            if modifier.contains(Modifier::ITALIC) {
-                attrs.push_str(r#" font-style="italic""#);
-            }
-            if modifier.contains(Modifier::UNDERLINED) {
-                attrs.push_str(r#" text-decoration="underline""#);
-            }
-            if modifier.contains(Modifier::DIM) {
-                attrs.push_str(r#" opacity="0.6""#);
-            }
+            let (fg, _) = swapped(cell.fg, cell.bg, cell.modifier);
+            let mut text = String::new();
+            escape(symbol, &mut text);
             let _ = write!(
                 svg,
-                r#"<text x="{}" y="{baseline:.2}" fill="{}"{attrs}>{text}</text>"#,
-                xs.trim_end(),
-                color(fg, DEFAULT_FG)
+                r#"<text x="{:.2}" y="{baseline:.2}" fill="{}"{}>{text}</text>"#,
+                x as f64 * CELL_W,
+                color(fg, DEFAULT_FG),
+                attributes(cell.modifier)
             );
         }
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// SVG attributes for the modifiers a screenshot can show.
+fn attributes(modifier: Modifier) -> String {
+    let mut attrs = String::new();
+    if modifier.contains(Modifier::BOLD) {
+        attrs.push_str(r#" font-weight="bold""#);
+    }
+    if modifier.contains(Modifier::ITALIC) {
+        attrs.push_str(r#" font-style="italic""#);
+    }
+    if modifier.contains(Modifier::UNDERLINED) {
+        attrs.push_str(r#" text-decoration="underline""#);
+    }
+    if modifier.contains(Modifier::DIM) {
+        attrs.push_str(r#" opacity="0.6""#);
+    }
+    attrs
 }
 
 /// Foreground and background as shown, with `REVERSED` applied.
@@ -208,7 +200,8 @@ mod tests {
         assert!(
             svg.contains(r##"<rect x="0.00" y="0.00" width="16.86" height="18" fill="#61afef"/>"##)
         );
-        assert!(svg.contains(r##"<text x="0.00 8.43" y="13.50" fill="#98c379">ab</text>"##));
+        assert!(svg.contains(r##"<text x="0.00" y="13.50" fill="#98c379">a</text>"##));
+        assert!(svg.contains(r##"<text x="8.43" y="13.50" fill="#98c379">b</text>"##));
         assert!(svg.contains(
             r##"<text x="25.29" y="13.50" fill="#d8dee9" font-weight="bold">&lt;</text>"##
         ));

@@ -183,3 +183,27 @@ async fn q_with_a_held_call_asks_and_y_ends_the_loop() {
     let (state, _, _) = drive(steps).await;
     assert!(state.quit);
 }
+
+#[tokio::test]
+async fn the_theme_command_switches_theme_and_a_bad_name_is_refused() {
+    let mut steps: Vec<Step> = ":theme light"
+        .chars()
+        .map(|c| Step::Key(KeyCode::Char(c)))
+        .collect();
+    steps.push(Step::Key(KeyCode::Enter));
+    let (state, _, _) = drive(steps).await;
+    assert_eq!(state.theme.name, "light");
+
+    let mut steps: Vec<Step> = ":theme no-such-theme"
+        .chars()
+        .map(|c| Step::Key(KeyCode::Char(c)))
+        .collect();
+    steps.push(Step::Key(KeyCode::Enter));
+    let (state, backend, _) = drive(steps).await;
+    assert_eq!(state.theme.name, "dark");
+    let screen = text(backend.buffer()).join("\n");
+    assert!(
+        screen.contains("no theme named 'no-such-theme'"),
+        "{screen}"
+    );
+}

@@ -82,18 +82,6 @@ fn help_lists_only_the_keys_of_the_view() {
 }
 
 #[test]
-fn policy_and_limits_say_they_are_not_built_yet() {
-    let mut s = populated();
-    key(&mut s, KeyCode::Char('3'));
-    let policy = render(&s, 100, 12);
-    assert!(text(&policy).join("\n").contains("not built yet"));
-    insta::assert_debug_snapshot!("policy_placeholder", policy);
-    key(&mut s, KeyCode::Tab);
-    assert_eq!(s.view, View::Limits);
-    insta::assert_debug_snapshot!("limits_placeholder", render(&s, 100, 12));
-}
-
-#[test]
 fn quitting_with_held_calls_asks_first() {
     let mut s = populated();
     key(&mut s, KeyCode::Char('q'));
@@ -185,4 +173,33 @@ fn secrets_in_arguments_are_redacted_in_the_detail() {
     let rows = text(&render(&s, 110, 30)).join("\n");
     assert!(rows.contains("[redacted]"));
     assert!(!rows.contains("sk-live-123"));
+}
+
+#[test]
+fn every_view_draws_on_tiny_terminals_without_panicking() {
+    let mut s = populated();
+    key(&mut s, KeyCode::Up);
+    key(&mut s, KeyCode::Enter);
+    for view in ['1', '2', '3', '4'] {
+        key(&mut s, KeyCode::Char(view));
+        for (w, h) in [(1, 1), (10, 3), (20, 5), (40, 8), (200, 2)] {
+            let buf = render(&s, w, h);
+            assert_eq!(buf.area.width, w);
+        }
+        key(&mut s, KeyCode::Char('?'));
+        for (w, h) in [(1, 1), (15, 4), (30, 6)] {
+            render(&s, w, h);
+        }
+        key(&mut s, KeyCode::Esc);
+    }
+}
+
+#[test]
+fn help_on_a_short_screen_uses_two_columns_and_keeps_every_key() {
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('?'));
+    let rows = text(&render(&s, 120, 22)).join("\n");
+    for must in ["F End", "quit now", ":theme NAME", ":q  :q!"] {
+        assert!(rows.contains(must), "{must} missing:\n{rows}");
+    }
 }

@@ -21,9 +21,12 @@ struct Gateway {
 /// A gateway whose discovery file lives in its own runtime dir; the binary is pointed at it
 /// through the child's environment, never this process's.
 async fn gateway(id: &str) -> Gateway {
-    let runtime = tempfile::tempdir().unwrap();
+    gateway_in(tempfile::tempdir().unwrap(), id).await
+}
+
+async fn gateway_in(runtime: tempfile::TempDir, id: &str) -> Gateway {
     let dir = runtime.path().join("toolgate");
-    std::fs::create_dir(&dir).unwrap();
+    let _ = std::fs::create_dir(&dir);
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let hub = Hub::new(GatewayInfo {
         id: id.into(),
@@ -220,5 +223,31 @@ async fn tail_shows_human_lines_with_outside_text_neutralised() {
         "{line}"
     );
     assert!(!line.contains('\x1b'));
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn tail_picks_up_a_gateway_that_starts_after_it() {
+    let runtime = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .arg("tail")
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Tail says it is waiting before any gateway exists.
+    let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+    let waiting = errors.next_line().await.unwrap().unwrap();
+    assert!(waiting.contains("no gateway is running yet"), "{waiting}");
+
+    let gw = gateway_in(runtime, "clilate").await;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let hello = lines.next_line().await.unwrap().unwrap();
+    assert!(hello.contains("clilate connected"), "{hello}");
+    let (call_id, _ticket) = gw.hold();
+    let call = lines.next_line().await.unwrap().unwrap();
+    assert!(call.contains(&call_id) && call.contains("⏸ held"), "{call}");
     child.kill().await.unwrap();
 }

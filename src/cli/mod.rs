@@ -67,20 +67,29 @@ pub fn main() -> ExitCode {
         Command::Deny(args) => approve::run_deny(args),
         Command::Gateways(args) => gateways::run(args),
         Command::Completions(args) => {
-            clap_complete::generate(
-                args.shell,
-                &mut Cli::command(),
-                "toolgate",
-                &mut std::io::stdout(),
-            );
-            Ok(ExitCode::SUCCESS)
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "toolgate", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
         }
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`toolgate tail | head`): nothing more to say, and no one to
+        // say it to.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("toolgate: error: {err:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -55,6 +55,48 @@ pub enum Action {
     Confirm,
     /// Confirmation: no (`n`).
     Cancel,
+    /// Scroll the open detail pane by this many lines (`J`/`K`).
+    ScrollDetail(i16),
     /// Apply a theme by name (`:theme NAME`).
     SetTheme(String),
+    /// A call's tool (or the Policy view's row): ask `MAX/WINDOW` and limit it (`r`, `l`).
+    LimitTool,
+    /// A call's tool: write a deny rule for it, then review the write (`b`).
+    BlockTool,
+    /// Holds: approve the held call and write an allow rule for its tool (`A`).
+    ApproveAndAllow,
+    /// Policy view: the selected tool's rule allows it (`a`).
+    AllowTool,
+    /// Policy view: the selected tool's rule denies it (`d`).
+    DenyTool,
+    /// Policy view: the selected tool's calls wait for an operator (`h`).
+    HoldTool,
+    /// Policy view: the selected tool's rule has no limits (`u`).
+    UnlimitTool,
+    /// Policy or Limits: show the diff and the what-if of the draft, and ask to write (`w`).
+    ReviewWrite,
+    /// Limits view: a new `max` for the selected counter (`m`).
+    EditCounterMax,
+    /// Limits view: a new `window` for the selected counter (`t`).
+    EditCounterWindow,
+    /// Policy view: open the rule editor on the selected row (`Enter`, `e`).
+    OpenRuleEditor,
+    /// Rule editor: next field (`Tab`, `↓`).
+    EditorNext,
+    /// Rule editor: previous field (`S-Tab`, `↑`).
+    EditorPrev,
+    /// Rule editor: the next (1) or previous (-1) choice, or move the cursor (`→`, `←`).
+    EditorChoose(i8),
+    /// Rule editor: `Enter` — add on the "+" rows, else the next field.
+    EditorEnter,
+    /// Rule editor: add a limit (`C-l`).
+    EditorAddLimit,
+    /// Rule editor: add a condition (`C-n`).
+    EditorAddCondition,
+    /// Rule editor: remove the limit or condition under the cursor (`C-d`).
+    EditorRemove,
+    /// Rule editor: the next path from the tool's inputSchema (`C-p`).
+    EditorCompletePath,
+    /// Rule editor: put the rule in the draft, then diff and y/n (`C-s`).
+    EditorSave,
 }

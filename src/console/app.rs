@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Offset as _, Utc};
-use crossterm::event::KeyEvent;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tui_input::Input;
 
 use crate::sanitize::{terminal_string, terminal_text};
@@ -21,7 +21,9 @@ use crate::wire::{
 };
 
 use super::action::Action;
-use super::filter::Filter;
+use super::authoring::{self, Authoring, WriteFailure};
+use super::draft::Edit;
+use super::filter::{Filter, Matcher};
 use super::history::{CallRow, History, sanitize_outcome, sanitize_resolution};
 use super::keys;
 use super::theme::Theme;
@@ -80,6 +82,17 @@ pub enum AppEvent {
     },
     /// Time passed (countdowns, message expiry).
     Tick,
+    /// The policy file was read (for [`Effect::LoadPolicy`]).
+    PolicyFile {
+        path: String,
+        result: Result<String, String>,
+    },
+    /// The policy file was written, or not (for [`Effect::WritePolicy`]); `text` is what
+    /// was to be written, the result the new hash.
+    PolicyWritten {
+        text: String,
+        result: Result<String, WriteFailure>,
+    },
 }
 
 /// The state of one connection, as the network layer reports it.
@@ -108,6 +121,16 @@ pub enum Effect {
     Bell,
     /// Load and apply a theme by name.
     LoadTheme(String),
+    /// Read the policy file; answer with [`AppEvent::PolicyFile`].
+    LoadPolicy(String),
+    /// Write the policy file atomically if its hash is still `expected_hash` (or `force`);
+    /// answer with [`AppEvent::PolicyWritten`].
+    WritePolicy {
+        path: String,
+        text: String,
+        expected_hash: String,
+        force: bool,
+    },
 }
 
 /// One gateway the console follows.
@@ -115,6 +138,8 @@ pub enum Effect {
 pub struct Gateway {
     /// The connection key (discovery id or URL): how the network layer names it.
     pub key: String,
+    /// `key` made safe for the terminal (it comes from a discovery file or the command line).
+    key_label: String,
     pub link: Link,
     /// From the gateway's `hello`, text sanitised.
     pub info: Option<GatewayInfo>,
@@ -123,6 +148,8 @@ pub struct Gateway {
     pub policy_error: Option<Vec<String>>,
     pub totals: Totals,
     pub counters: Vec<CounterState>,
+    /// When each of `counters` was reported (same index): `next_free_in_ms` counts from it.
+    pub counters_at: Vec<DateTime<Utc>>,
     pub tools: Vec<ToolInfo>,
     pub upstream_up: bool,
     pub last_seq: u64,
@@ -131,6 +158,7 @@ pub struct Gateway {
 impl Gateway {
     fn new(key: String) -> Gateway {
         Gateway {
+            key_label: terminal_string(key.clone()),
             key,
             link: Link::Connecting { url: String::new() },
             info: None,
@@ -139,6 +167,7 @@ impl Gateway {
             policy_error: None,
             totals: Totals::default(),
             counters: Vec::new(),
+            counters_at: Vec::new(),
             tools: Vec::new(),
             upstream_up: false,
             last_seq: 0,
@@ -149,7 +178,7 @@ impl Gateway {
     pub fn label(&self) -> &str {
         self.info
             .as_ref()
-            .map_or(self.key.as_str(), |i| i.id.as_str())
+            .map_or(self.key_label.as_str(), |i| i.id.as_str())
     }
 
     pub fn is_up(&self) -> bool {
@@ -192,6 +221,16 @@ pub enum Prompt {
     DenyReason { call_id: String, input: Input },
     /// `q` with calls held: quit anyway?
     ConfirmQuit,
+    /// The diff and what-if of a policy write: write it? (see [`Authoring::review`]).
+    ConfirmWrite,
+    /// `MAX/WINDOW` for a limit on `tool` (`r` on a call, `l` in Policy).
+    Rate { tool: String, input: Input },
+    /// A new `max` (or `window`, when `max` is false) for `counter` (Limits view).
+    CounterEdit {
+        counter: String,
+        max: bool,
+        input: Input,
+    },
 }
 
 /// A command sent and not yet answered.
@@ -310,6 +349,8 @@ pub struct State {
     pub policy_path: Option<String>,
     /// Bells rung so far (the event loop counts them; tests read it).
     pub bells_rung: u64,
+    /// The policy draft and its write (Policy and Limits views).
+    pub authoring: Authoring,
 }
 
 impl State {
@@ -336,6 +377,7 @@ impl State {
             operator: None,
             policy_path: None,
             bells_rung: 0,
+            authoring: Authoring::default(),
         }
     }
 
@@ -448,6 +490,11 @@ impl State {
         }
     }
 
+    /// Whether no prompt is open on the bottom line.
+    pub fn prompt_is_none(&self) -> bool {
+        matches!(self.prompt, Prompt::None)
+    }
+
     /// Shows a message under the view.
     pub fn say(&mut self, text: impl Into<String>) {
         self.message = Some(Message {
@@ -472,6 +519,17 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
     state.now = now;
     match event {
         AppEvent::Key(key) => {
+            // A terminal reports Esc quickly followed by a key as that key with Alt; no
+            // binding uses Alt, so it is taken as the operator meant it: Esc, then the key.
+            let alt_char = key.modifiers.contains(KeyModifiers::ALT)
+                && !key.modifiers.contains(KeyModifiers::CONTROL)
+                && matches!(key.code, KeyCode::Char(_));
+            let key = if alt_char {
+                apply(state, Action::Back);
+                KeyEvent::new(key.code, key.modifiers - KeyModifiers::ALT)
+            } else {
+                key
+            };
             if let Some(action) = keys::action_for(state, key) {
                 apply(state, action);
             }
@@ -516,7 +574,10 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
             }
         }
         AppEvent::Tick => {}
+        AppEvent::PolicyFile { path, result } => authoring::loaded(state, path, result),
+        AppEvent::PolicyWritten { text, result } => authoring::written(state, text, result),
     }
+    authoring::ensure_loaded(state);
     if state
         .message
         .as_ref()
@@ -532,7 +593,16 @@ fn ingest(state: &mut State, key: &str, event: Event) {
     g.last_seq = g.last_seq.max(event.seq);
     let ts = event.ts;
     match event.kind {
-        EventKind::Hello(hello) => resume(state, conn, *hello),
+        EventKind::Hello(hello) => {
+            tracing::info!(
+                gateway = key,
+                seq = event.seq,
+                calls = hello.snapshot.calls.len(),
+                holds = hello.snapshot.holds.len(),
+                "hello"
+            );
+            resume(state, conn, *hello)
+        }
         EventKind::Call(call) => {
             let g = &mut state.gateways[conn];
             match call.decision {
@@ -567,7 +637,9 @@ fn ingest(state: &mut State, key: &str, event: Event) {
                 g.label(),
                 short_hash(g.policy_hash.as_deref().unwrap_or(""))
             );
+            let hash = g.policy_hash.clone().unwrap_or_default();
             state.say(msg);
+            authoring::applied(state, conn, &hash);
         }
         EventKind::PolicyRejected(p) => {
             let g = &mut state.gateways[conn];
@@ -576,19 +648,27 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             g.policy_error = Some(diags);
             g.policy_hash = p.kept_hash.map(terminal_string).or(g.policy_hash.take());
             let msg = format!("gateway {} refused the policy change: {first}", g.label());
+            let diags = g.policy_error.clone().unwrap_or_default();
             state.complain(msg);
+            authoring::rejected(state, conn, &diags);
         }
         EventKind::Counters(c) => {
+            let now = state.now;
             let g = &mut state.gateways[conn];
+            g.counters_at.resize(g.counters.len(), now);
             for new in c.counters {
                 let new = sanitize_counter(new);
-                match g
-                    .counters
-                    .iter_mut()
-                    .find(|o| o.counter == new.counter && o.scope == new.scope && o.key == new.key)
-                {
-                    Some(old) => *old = new,
-                    None => g.counters.push(new),
+                match g.counters.iter().position(|o| {
+                    o.counter == new.counter && o.scope == new.scope && o.key == new.key
+                }) {
+                    Some(i) => {
+                        g.counters[i] = new;
+                        g.counters_at[i] = now;
+                    }
+                    None => {
+                        g.counters.push(new);
+                        g.counters_at.push(now);
+                    }
                 }
             }
         }
@@ -626,6 +706,7 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             state.gateways[conn].tools = t.tools.into_iter().map(sanitize_tool).collect();
         }
         EventKind::Missed(m) => {
+            tracing::warn!(gateway = key, dropped = m.dropped, "missed events");
             let label = state.gateways[conn].label().to_owned();
             state.complain(format!(
                 "fell behind gateway {label} ({} events dropped); resyncing",
@@ -663,18 +744,21 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             .into_iter()
             .map(sanitize_counter)
             .collect();
+        g.counters_at = vec![state.now; g.counters.len()];
         g.tools = snapshot.tools.into_iter().map(sanitize_tool).collect();
         g.upstream_up = snapshot.upstream_up;
         g.totals = snapshot.totals;
     }
-    let mut held_before: Vec<String> = state
+    let held_before: Vec<String> = state
         .holds
         .iter()
         .filter(|h| h.conn == conn)
         .map(|h| h.call.call_id.clone())
         .collect();
     for record in snapshot.calls {
-        let mut row = CallRow::new(conn, chrono_ts(&record.call, state.now), record.call);
+        // A record from a gateway that does not send its time is placed at the moment the
+        // snapshot arrived.
+        let mut row = CallRow::new(conn, record.ts.unwrap_or(state.now), record.call);
         row.resolution = record.resolution.map(|r| Box::new(sanitize_resolution(r)));
         row.outcome = record.outcome.map(|o| Box::new(sanitize_outcome(o)));
         add_call(state, row, false);
@@ -703,14 +787,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             }
         }
     }
-    held_before.clear();
     clamp_holds_selection(state);
-}
-
-/// Snapshot records carry no event time of their own; the hold deadline is no help either.
-/// They are placed at the time the snapshot arrived unless they are already known.
-fn chrono_ts(_call: &CallEvent, now: DateTime<Utc>) -> DateTime<Utc> {
-    now
 }
 
 /// Adds a call to the history (and the filter's list, the holds, the rate). `live` is false
@@ -729,7 +806,9 @@ fn add_call(state: &mut State, row: CallRow, live: bool) {
         call: row.call.clone(),
         args: row.args.clone(),
     });
-    if known.is_none() {
+    // Calls replayed from a snapshot were counted when they happened (if this console saw
+    // them) or belong to the past: counting them now would make a spike at the connection.
+    if known.is_none() && live {
         state.rate.record(row.ts);
     }
     let conn = row.conn;
@@ -837,7 +916,8 @@ pub fn apply(state: &mut State, action: Action) {
                 state.live.selected = state.live_pos(0);
             }
             View::Holds => state.holds_view.selected = 0,
-            _ => {}
+            View::Policy => state.authoring.selected = 0,
+            View::Limits => state.authoring.limits_selected = 0,
         },
         Action::Follow => {
             if state.view == View::Live {
@@ -883,13 +963,19 @@ pub fn apply(state: &mut State, action: Action) {
                 };
             }
         }
+        Action::Edit(req) if state.authoring.editor.is_some() && state.prompt_is_none() => {
+            authoring::with_editor(state, |e| e.type_text(req));
+        }
         Action::Edit(req) => {
             let filter_changed = match &mut state.prompt {
                 Prompt::Filter(input) => {
                     input.handle(req);
                     Some(input.value().to_owned())
                 }
-                Prompt::Command(input) | Prompt::DenyReason { input, .. } => {
+                Prompt::Command(input)
+                | Prompt::DenyReason { input, .. }
+                | Prompt::Rate { input, .. }
+                | Prompt::CounterEdit { input, .. } => {
                     input.handle(req);
                     None
                 }
@@ -900,17 +986,120 @@ pub fn apply(state: &mut State, action: Action) {
             }
         }
         Action::Submit => submit(state),
-        Action::Confirm => {
-            if matches!(state.prompt, Prompt::ConfirmQuit) {
-                state.quit = true;
+        Action::Confirm => match state.prompt {
+            Prompt::ConfirmQuit => state.quit = true,
+            Prompt::ConfirmWrite => authoring::confirm(state),
+            _ => {}
+        },
+        Action::Cancel => match state.prompt {
+            Prompt::ConfirmQuit => state.prompt = Prompt::None,
+            Prompt::ConfirmWrite => authoring::cancel(state),
+            _ => {}
+        },
+        Action::LimitTool => {
+            if let Some(tool) = acted_on_tool(state) {
+                state.prompt = Prompt::Rate {
+                    tool,
+                    input: Input::default(),
+                };
             }
         }
-        Action::Cancel => {
-            if matches!(state.prompt, Prompt::ConfirmQuit) {
-                state.prompt = Prompt::None;
+        Action::BlockTool => {
+            if let Some(tool) = acted_on_tool(state) {
+                authoring::edit_and_review(state, &Edit::Deny(tool, None));
+            }
+        }
+        Action::ApproveAndAllow => {
+            if let Some(call_id) = selected_hold(state) {
+                let tool = acted_on_tool(state);
+                send_resolution(state, &call_id, true, None);
+                if let Some(tool) = tool {
+                    authoring::edit_and_review(state, &Edit::Allow(tool));
+                }
+            }
+        }
+        Action::AllowTool | Action::DenyTool | Action::HoldTool | Action::UnlimitTool => {
+            if let Some(tool) = authoring::selected_tool(state) {
+                let edit = match action {
+                    Action::AllowTool => Edit::Allow(tool),
+                    Action::DenyTool => Edit::Deny(tool, None),
+                    Action::HoldTool => Edit::Hold(tool),
+                    _ => Edit::Unlimit(tool),
+                };
+                authoring::edit(state, &edit);
+            }
+        }
+        Action::ReviewWrite => authoring::review(state, false),
+        Action::OpenRuleEditor => authoring::open_editor(state),
+        Action::EditorNext => authoring::with_editor(state, |e| {
+            e.move_focus(1);
+            false
+        }),
+        Action::EditorPrev => authoring::with_editor(state, |e| {
+            e.move_focus(-1);
+            false
+        }),
+        Action::EditorChoose(by) => authoring::with_editor(state, |e| e.choose(by as isize)),
+        Action::EditorEnter => authoring::with_editor(state, |e| match e.focused() {
+            super::editor::Field::AddLimit => {
+                e.add_limit();
+                true
+            }
+            super::editor::Field::AddCondition => {
+                e.add_condition();
+                true
+            }
+            _ => {
+                e.move_focus(1);
+                false
+            }
+        }),
+        Action::EditorAddLimit => authoring::with_editor(state, |e| {
+            e.add_limit();
+            true
+        }),
+        Action::EditorAddCondition => authoring::with_editor(state, |e| {
+            e.add_condition();
+            true
+        }),
+        Action::EditorRemove => authoring::with_editor(state, |e| e.remove_focused()),
+        Action::EditorCompletePath => authoring::with_editor(state, |e| e.complete_path()),
+        Action::EditorSave => authoring::save_editor(state),
+        Action::EditCounterMax | Action::EditCounterWindow => {
+            let max = action == Action::EditCounterMax;
+            let rows = super::view::limit_rows(state);
+            if let Some(row) = rows.get(state.authoring.limits_selected) {
+                let text = if max {
+                    row.max.to_string()
+                } else {
+                    crate::policy::window_words(row.window_ms)
+                        .replace(' ', "")
+                        .replace("seconds", "s")
+                        .replace("minutes", "m")
+                        .replace("hours", "h")
+                        .replace("days", "d")
+                };
+                let cursor = text.chars().count();
+                state.prompt = Prompt::CounterEdit {
+                    counter: row.counter.clone(),
+                    max,
+                    input: Input::new(text).with_cursor(cursor),
+                };
             }
         }
         Action::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
+        Action::ScrollDetail(by) => {
+            if let (Prompt::ConfirmWrite, Some(r)) = (&state.prompt, &mut state.authoring.review) {
+                r.scroll = r.scroll.saturating_add_signed(by);
+                return;
+            }
+            let scroll = match state.view {
+                View::Live => &mut state.live.detail_scroll,
+                View::Holds => &mut state.holds_view.detail_scroll,
+                _ => return,
+            };
+            *scroll = scroll.saturating_add_signed(by);
+        }
     }
 }
 
@@ -927,10 +1116,20 @@ fn back(state: &mut State) {
         Prompt::Filter(_)
         | Prompt::Command(_)
         | Prompt::DenyReason { .. }
+        | Prompt::Rate { .. }
+        | Prompt::CounterEdit { .. }
         | Prompt::ConfirmQuit => return,
+        Prompt::ConfirmWrite => {
+            state.prompt = Prompt::ConfirmWrite;
+            authoring::cancel(state);
+            return;
+        }
     }
     if state.help {
         state.help = false;
+    } else if state.authoring.editor.is_some() {
+        state.authoring.editor = None;
+        state.say("rule editor closed; the draft keeps only what was saved (C-s)");
     } else if state.view == View::Live && state.live.detail.is_some() {
         state.live.detail = None;
     } else if state.view == View::Holds && state.holds_view.detail.is_some() {
@@ -968,8 +1167,35 @@ fn move_selection(state: &mut State, by: isize) {
                 state.holds_view.detail = state.selected_call().map(|c| c.call_id.clone());
             }
         }
-        _ => {}
+        View::Policy => {
+            let len = super::view::policy_rows(state).len();
+            let cur = state.authoring.selected as isize;
+            state.authoring.selected = (cur + by).clamp(0, (len as isize - 1).max(0)) as usize;
+        }
+        View::Limits => {
+            let len = super::view::limit_rows(state).len();
+            let cur = state.authoring.limits_selected as isize;
+            state.authoring.limits_selected =
+                (cur + by).clamp(0, (len as isize - 1).max(0)) as usize;
+        }
     }
+}
+
+/// The tool an action from a call view (or the Policy view) is about.
+fn acted_on_tool(state: &mut State) -> Option<String> {
+    let tool = match state.view {
+        View::Policy => authoring::selected_tool(state),
+        _ => state.selected_call().map(|c| c.tool.clone()),
+    }?;
+    // Names are sanitised on arrival: one with control characters is shown escaped, and a
+    // rule written for the escaped form would not match the real tool.
+    if tool.contains('\\') {
+        state.complain(
+            "this tool's name has control characters; write its rule in the file by hand",
+        );
+        return None;
+    }
+    Some(tool)
 }
 
 /// Sets the Live filter and recomputes its matches.
@@ -977,9 +1203,10 @@ pub fn set_filter(state: &mut State, text: &str) {
     let filter = Filter::parse(text);
     let mut matches = Vec::new();
     if !filter.is_empty() {
+        let mut matcher = Matcher::new(&filter, &state.history.strings);
         for (pos, row) in state.history.iter() {
             let label = state.gateways.get(row.conn).map_or("", Gateway::label);
-            if filter.matches(row, label) {
+            if matcher.matches(row, label) {
                 matches.push(pos);
             }
         }
@@ -992,7 +1219,59 @@ pub fn set_filter(state: &mut State, text: &str) {
 fn submit(state: &mut State) {
     match std::mem::take(&mut state.prompt) {
         Prompt::None | Prompt::ConfirmQuit => {}
+        Prompt::ConfirmWrite => state.prompt = Prompt::ConfirmWrite,
         Prompt::Filter(input) => set_filter(state, input.value()),
+        Prompt::Rate { tool, input } => match super::draft::parse_rate(input.value()) {
+            Ok((max, window)) => authoring::edit_and_review(
+                state,
+                &Edit::Limit {
+                    tool,
+                    max,
+                    window,
+                    scope: None,
+                },
+            ),
+            Err(e) => {
+                state.complain(e.to_string());
+                state.prompt = Prompt::Rate { tool, input };
+            }
+        },
+        Prompt::CounterEdit {
+            counter,
+            max,
+            input,
+        } => {
+            let edit = if max {
+                match input.value().trim().parse::<u64>() {
+                    Ok(m) => Ok(Edit::SetCounter {
+                        counter: counter.clone(),
+                        max: Some(m),
+                        window: None,
+                    }),
+                    Err(_) => Err("max is a whole number >= 1".to_string()),
+                }
+            } else {
+                match super::draft::parse_window(input.value()) {
+                    Some(w) => Ok(Edit::SetCounter {
+                        counter: counter.clone(),
+                        max: None,
+                        window: Some(w),
+                    }),
+                    None => Err("a window: minute, 90s, 10m, 1h, 3600…".to_string()),
+                }
+            };
+            match edit {
+                Ok(e) => authoring::edit_and_review(state, &e),
+                Err(e) => {
+                    state.complain(e);
+                    state.prompt = Prompt::CounterEdit {
+                        counter,
+                        max,
+                        input,
+                    };
+                }
+            }
+        }
         Prompt::DenyReason { call_id, input } => {
             let reason = input.value().trim();
             let reason = (!reason.is_empty()).then(|| reason.to_owned());
@@ -1011,6 +1290,30 @@ pub const COMMANDS: &[(&str, &str)] = &[
     (":approve ID", "approve a held call"),
     (":deny ID [REASON]", "deny a held call"),
     (":filter TEXT", "filter the Live view"),
+    (
+        ":allow TOOL  :hold TOOL",
+        "draft: allow the tool / hold its calls for approval",
+    ),
+    (
+        ":deny TOOL [REASON]",
+        "draft: deny the tool (when TOOL is not a held call id)",
+    ),
+    (
+        ":limit TOOL MAX/WINDOW [SCOPE]",
+        "draft: limit the tool, e.g. :limit echo 2/minute",
+    ),
+    (
+        ":unlimit TOOL  :hide TOOL",
+        "draft: drop the tool's limits / hide the tool",
+    ),
+    (
+        ":default allow|deny|require_approval",
+        "draft: the decision no rule makes",
+    ),
+    (
+        ":w  :w!  :undo  :reload",
+        "write (diff, y/n; ! over a changed file), undo, reload",
+    ),
     (":live :holds :policy :limits", "switch view"),
     (":q  :q!", "quit (:q! without asking)"),
 ];
@@ -1031,13 +1334,9 @@ fn run_command(state: &mut State, line: &str) {
                 state.complain(format!("no held call {}", terminal_text(id)));
             }
         }
-        ("deny", [id, reason @ ..]) => {
-            if state.is_held(id) {
-                let reason = (!reason.is_empty()).then(|| reason.join(" "));
-                send_resolution(state, id, false, reason);
-            } else {
-                state.complain(format!("no held call {}", terminal_text(id)));
-            }
+        ("deny", [id, reason @ ..]) if state.is_held(id) => {
+            let reason = (!reason.is_empty()).then(|| reason.join(" "));
+            send_resolution(state, id, false, reason);
         }
         ("filter", words) => {
             state.view = View::Live;
@@ -1048,8 +1347,21 @@ fn run_command(state: &mut State, line: &str) {
         ("policy", []) => apply(state, Action::ShowView(View::Policy)),
         ("limits", []) => apply(state, Action::ShowView(View::Limits)),
         ("help", []) => state.help = true,
+        ("w" | "write", []) => authoring::review(state, false),
+        ("w!" | "write!", []) => authoring::review(state, true),
+        ("undo", []) => authoring::undo(state),
+        ("reload", []) => authoring::reload(state),
+        (cmd, args) if Edit::from_command(cmd, args).is_some() => {
+            match Edit::from_command(cmd, args) {
+                Some(Ok(edit)) => {
+                    authoring::edit(state, &edit);
+                }
+                Some(Err(usage)) => state.complain(usage.to_string()),
+                None => {}
+            }
+        }
         _ => state.complain(format!(
-            "unknown command ':{}' (try :theme NAME, :approve ID, :deny ID, :filter TEXT, :q)",
+            "unknown command ':{}' (try :limit TOOL 30/minute, :deny TOOL, :w, :theme NAME, :q; ? lists them)",
             terminal_text(line.trim())
         )),
     }
@@ -1058,7 +1370,7 @@ fn run_command(state: &mut State, line: &str) {
 /// Sends an approval or denial to the gateway that holds `call_id`.
 fn send_resolution(state: &mut State, call_id: &str, approve: bool, reason: Option<String>) {
     let Some(hold) = state.holds.iter().find(|h| h.call.call_id == call_id) else {
-        state.complain(format!("{call_id} is no longer held"));
+        state.complain(format!("{} is no longer held", terminal_text(call_id)));
         return;
     };
     let gateway = state.gateways[hold.conn].key.clone();
@@ -1160,7 +1472,6 @@ pub fn latency_label(us: u64) -> String {
 mod tests {
     use super::*;
     use crate::wire::{CallRecord, HoldResolved, Outcome, PROTOCOL_VERSION, Reply, Snapshot};
-    use crossterm::event::{KeyCode, KeyModifiers};
 
     fn t0() -> DateTime<Utc> {
         "2026-11-26T12:00:00Z".parse().unwrap()
@@ -1470,6 +1781,32 @@ mod tests {
     }
 
     #[test]
+    fn a_call_first_seen_in_a_snapshot_keeps_the_time_it_was_decided() {
+        let mut s = state();
+        let records = vec![
+            CallRecord {
+                ts: Some(at(3)),
+                call: call("gw1-7", "list", Verdict::Allow),
+                resolution: None,
+                outcome: None,
+            },
+            CallRecord {
+                ts: None,
+                call: call("gw1-8", "list", Verdict::Allow),
+                resolution: None,
+                outcome: None,
+            },
+        ];
+        update(&mut s, ev(9, at(10), hello(records, vec![])), at(10));
+        assert_eq!(s.history.find("gw1-7").unwrap().ts, at(3));
+        assert_eq!(
+            s.history.find("gw1-8").unwrap().ts,
+            at(10),
+            "without a time, the snapshot's arrival"
+        );
+    }
+
+    #[test]
     fn a_reconnect_resumes_from_the_snapshot_without_duplicates() {
         let mut s = state();
         update(
@@ -1494,6 +1831,7 @@ mod tests {
         // While away: gw1-1 was resolved, gw1-3 arrived and is held.
         let records = vec![
             CallRecord {
+                ts: None,
                 call: call("gw1-1", "pay", Verdict::Hold),
                 resolution: Some(HoldResolved {
                     call_id: "gw1-1".into(),
@@ -1510,11 +1848,13 @@ mod tests {
                 }),
             },
             CallRecord {
+                ts: None,
                 call: call("gw1-2", "list", Verdict::Allow),
                 resolution: None,
                 outcome: None,
             },
             CallRecord {
+                ts: None,
                 call: call("gw1-3", "send", Verdict::Hold),
                 resolution: None,
                 outcome: None,
@@ -1535,8 +1875,11 @@ mod tests {
         );
         assert_eq!(s.totals().allow, 10, "totals come from the snapshot");
         assert_eq!(
-            s.effects,
-            vec![Effect::Bell],
+            s.effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Bell))
+                .count(),
+            1,
             "the hold we did not know rings"
         );
         assert_eq!(s.gateways[0].policy_hash.as_deref(), Some("3f9a21deadbeef"));
@@ -1601,6 +1944,26 @@ mod tests {
                 .as_ref()
                 .is_some_and(|m| m.error && m.text.contains("unknown command"))
         );
+    }
+
+    #[test]
+    fn esc_run_together_with_a_key_is_esc_then_the_key() {
+        let mut s = state();
+        update(
+            &mut s,
+            ev(
+                1,
+                at(1),
+                EventKind::Call(call("gw1-1", "list", Verdict::Allow)),
+            ),
+            at(1),
+        );
+        update(&mut s, code(KeyCode::Up), at(1));
+        update(&mut s, key('/'), at(1));
+        let alt_q = AppEvent::Key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT));
+        update(&mut s, alt_q, at(1));
+        assert!(matches!(s.prompt, Prompt::None));
+        assert!(s.quit, "Esc closed the filter line, then q quit");
     }
 
     #[test]

@@ -28,6 +28,61 @@ pub struct CallRow {
     /// Boxed: most calls never get one, and the ring holds 100,000 rows.
     pub resolution: Option<Box<HoldResolved>>,
     pub outcome: Option<Box<Outcome>>,
+    /// Ids of its repeated strings in [`History::strings`], set when it is stored.
+    pub keys: RowKeys,
+}
+
+/// A call's repeated strings as ids into the history's [`Interner`]. The filter decides each
+/// distinct string once and then looks rows up by id, instead of chasing every row's
+/// strings through memory (which is what bounds the time to filter 100,000 calls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RowKeys {
+    pub tool: u32,
+    pub grant: u32,
+    pub server: u32,
+    pub rule: u32,
+    pub reason: u32,
+}
+
+/// Distinct strings, each with a small id.
+#[derive(Debug, Default)]
+pub struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    pub fn id(&mut self, s: &str) -> u32 {
+        if let Some(id) = self.ids.get(s) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(s.into());
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |s| s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    fn keys(&mut self, call: &CallEvent) -> RowKeys {
+        RowKeys {
+            tool: self.id(&call.tool),
+            grant: self.id(&call.grant),
+            server: self.id(&call.server),
+            rule: self.id(&call.rule),
+            reason: self.id(&call.reason),
+        }
+    }
 }
 
 impl CallRow {
@@ -49,6 +104,7 @@ impl CallRow {
             args,
             resolution: None,
             outcome: None,
+            keys: RowKeys::default(),
         }
     }
 
@@ -111,6 +167,9 @@ pub struct History {
     first: u64,
     by_id: HashMap<String, u64>,
     capacity: usize,
+    /// The rows' repeated strings; rebuilt from the rows when calls that fell off the front
+    /// have left too many strings behind (a gateway sending ever new tool names).
+    pub strings: Interner,
 }
 
 impl History {
@@ -120,6 +179,7 @@ impl History {
             first: 0,
             by_id: HashMap::new(),
             capacity: capacity.max(1),
+            strings: Interner::default(),
         }
     }
 
@@ -147,10 +207,15 @@ impl History {
 
     /// Adds a call; drops the oldest when full. Returns the new call's position. A call id
     /// seen before (a replayed snapshot) updates the remembered row instead.
-    pub fn push(&mut self, row: CallRow) -> u64 {
+    pub fn push(&mut self, mut row: CallRow) -> u64 {
+        if self.strings.len() > 4 * self.capacity + 1024 {
+            self.reintern();
+        }
+        row.keys = self.strings.keys(&row.call);
         if let Some(pos) = self.by_id.get(&row.call.call_id).copied()
             && let Some(existing) = self.get_mut(pos)
         {
+            existing.keys = row.keys;
             existing.call = row.call;
             if row.resolution.is_some() {
                 existing.resolution = row.resolution;
@@ -170,6 +235,14 @@ impl History {
         self.by_id.insert(row.call.call_id.clone(), pos);
         self.rows.push_back(row);
         pos
+    }
+
+    fn reintern(&mut self) {
+        let mut strings = Interner::default();
+        for row in self.rows.iter_mut() {
+            row.keys = strings.keys(&row.call);
+        }
+        self.strings = strings;
     }
 
     pub fn get(&self, pos: u64) -> Option<&CallRow> {
@@ -268,6 +341,20 @@ mod tests {
         c.args = serde_json::json!({"name": "x", "token": "[redacted]"});
         let row = CallRow::new(0, chrono::Utc::now(), c);
         assert_eq!(&*row.args, r#"{"name":"x","token":"[redacted]"}"#);
+    }
+
+    #[test]
+    fn strings_left_behind_by_old_calls_are_dropped() {
+        let mut h = History::new(2);
+        let ts = chrono::Utc::now();
+        for i in 0..5000 {
+            let mut c = call(&format!("c{i}"));
+            c.tool = format!("tool-{i}");
+            h.push(CallRow::new(0, ts, c));
+        }
+        assert!(h.strings.len() <= 4 * 2 + 1024 + 5, "{}", h.strings.len());
+        let last = h.find("c4999").unwrap();
+        assert_eq!(h.strings.name(last.keys.tool), "tool-4999");
     }
 
     #[test]

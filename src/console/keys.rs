@@ -26,6 +26,16 @@ pub enum Scope {
     HeldCall,
     /// Live or Holds, when a call is selected.
     Call,
+    /// Live or Holds, when the detail pane is open.
+    Detail,
+    /// The Policy view.
+    Policy,
+    /// The Limits view.
+    Limits,
+    /// Policy or Limits (where the draft is edited).
+    Draft,
+    /// The rule editor is open (only these keys apply; others type text).
+    Editor,
 }
 
 /// One key binding.
@@ -67,6 +77,22 @@ pub fn bindings() -> &'static [Binding] {
         use Scope::*;
         let mut v = vec![
             b(
+                Detail,
+                &[Char('J')],
+                "J",
+                Action::ScrollDetail(3),
+                "scroll the detail down",
+                None,
+            ),
+            b(
+                Detail,
+                &[Char('K')],
+                "K",
+                Action::ScrollDetail(-3),
+                "scroll the detail up",
+                None,
+            ),
+            b(
                 HeldCall,
                 &[Char('a')],
                 "a",
@@ -81,6 +107,94 @@ pub fn bindings() -> &'static [Binding] {
                 Action::Deny,
                 "deny the held call (asks for a reason)",
                 Some("deny"),
+            ),
+            b(
+                HeldCall,
+                &[Char('A')],
+                "A",
+                Action::ApproveAndAllow,
+                "approve, and write an allow rule for its tool (diff, y/n)",
+                None,
+            ),
+            b(
+                Call,
+                &[Char('r')],
+                "r",
+                Action::LimitTool,
+                "rate-limit this call's tool (asks MAX/WINDOW, then diff, y/n)",
+                Some("limit"),
+            ),
+            b(
+                Call,
+                &[Char('b')],
+                "b",
+                Action::BlockTool,
+                "block this call's tool: a deny rule (diff, y/n)",
+                Some("block"),
+            ),
+            b(
+                Policy,
+                &[Char('a')],
+                "a",
+                Action::AllowTool,
+                "draft: allow the selected tool",
+                Some("allow"),
+            ),
+            b(
+                Policy,
+                &[Char('d')],
+                "d",
+                Action::DenyTool,
+                "draft: deny the selected tool (:deny TOOL REASON for a reason)",
+                Some("deny"),
+            ),
+            b(
+                Policy,
+                &[Char('h')],
+                "h",
+                Action::HoldTool,
+                "draft: hold the selected tool's calls for approval",
+                Some("hold"),
+            ),
+            b(
+                Policy,
+                &[Char('l')],
+                "l",
+                Action::LimitTool,
+                "draft: limit the selected tool (asks MAX/WINDOW)",
+                Some("limit"),
+            ),
+            b(
+                Policy,
+                &[Char('u')],
+                "u",
+                Action::UnlimitTool,
+                "draft: remove the selected tool's limits",
+                None,
+            ),
+            b(
+                Limits,
+                &[Char('m')],
+                "m",
+                Action::EditCounterMax,
+                "edit the selected counter's max",
+                Some("max"),
+            ),
+            b(
+                Limits,
+                &[Char('t')],
+                "t",
+                Action::EditCounterWindow,
+                "edit the selected counter's window",
+                Some("window"),
+            ),
+            b(
+                Draft,
+                &[Char('w')],
+                "w",
+                Action::ReviewWrite,
+                "write the draft: diff and what-if, then y/n (also :w)",
+                Some("write"),
             ),
             b(
                 Call,
@@ -120,6 +234,14 @@ pub fn bindings() -> &'static [Binding] {
                 "g Home",
                 Action::SelectFirst,
                 "oldest hold",
+                None,
+            ),
+            b(
+                Draft,
+                &[Char('g'), Home],
+                "g Home",
+                Action::SelectFirst,
+                "first row",
                 None,
             ),
             b(
@@ -221,6 +343,112 @@ pub fn bindings() -> &'static [Binding] {
                 Some("quit"),
             ),
         ];
+        let ctrl =
+            |c: char, label: &'static str, action: Action, help: &'static str, hint| Binding {
+                scope: Editor,
+                keys: vec![(Char(c), KeyModifiers::CONTROL)],
+                label,
+                action,
+                help,
+                hint,
+            };
+        let editor = [
+            b(
+                Editor,
+                &[Tab, Down],
+                "Tab ↓",
+                Action::EditorNext,
+                "next field",
+                None,
+            ),
+            b(
+                Editor,
+                &[BackTab, Up],
+                "S-Tab ↑",
+                Action::EditorPrev,
+                "previous field",
+                None,
+            ),
+            b(
+                Editor,
+                &[Left],
+                "←",
+                Action::EditorChoose(-1),
+                "previous choice (action, scope, kind, op) / cursor left",
+                None,
+            ),
+            b(
+                Editor,
+                &[Right],
+                "→",
+                Action::EditorChoose(1),
+                "next choice / cursor right",
+                Some("choose"),
+            ),
+            b(
+                Editor,
+                &[Enter],
+                "⏎",
+                Action::EditorEnter,
+                "on a + row: add; else next field",
+                None,
+            ),
+            ctrl(
+                'l',
+                "C-l",
+                Action::EditorAddLimit,
+                "add a limit",
+                Some("+limit"),
+            ),
+            ctrl(
+                'n',
+                "C-n",
+                Action::EditorAddCondition,
+                "add a condition",
+                Some("+condition"),
+            ),
+            ctrl(
+                'd',
+                "C-d",
+                Action::EditorRemove,
+                "remove the limit or condition under the cursor",
+                Some("remove"),
+            ),
+            ctrl(
+                'p',
+                "C-p",
+                Action::EditorCompletePath,
+                "condition path: next one from the tool's inputSchema",
+                Some("path"),
+            ),
+            ctrl(
+                's',
+                "C-s",
+                Action::EditorSave,
+                "save the rule into the draft, then diff and y/n",
+                Some("save+write"),
+            ),
+            b(
+                Editor,
+                &[Esc],
+                "Esc",
+                Action::Back,
+                "close the editor (unsaved changes are dropped)",
+                Some("close"),
+            ),
+        ];
+        v.splice(0..0, editor);
+        v.insert(
+            v.iter().position(|b| b.scope == Policy).unwrap_or(0),
+            b(
+                Policy,
+                &[Enter, Char('e')],
+                "⏎ e",
+                Action::OpenRuleEditor,
+                "edit the selected rule in a form",
+                Some("edit"),
+            ),
+        );
         v.push(Binding {
             scope: Global,
             keys: vec![(Char('c'), KeyModifiers::CONTROL)],
@@ -237,11 +465,19 @@ pub fn bindings() -> &'static [Binding] {
 /// Whether `scope` applies to the state as it is now.
 pub fn in_scope(state: &State, scope: Scope) -> bool {
     let call_view = matches!(state.view, View::Live | View::Holds);
+    if state.authoring.editor.is_some() {
+        return scope == Scope::Editor;
+    }
     match scope {
+        Scope::Editor => false,
         Scope::Global => true,
         Scope::Live => state.view == View::Live,
         Scope::Holds => state.view == View::Holds,
+        Scope::Policy => state.view == View::Policy,
+        Scope::Limits => state.view == View::Limits,
+        Scope::Draft => matches!(state.view, View::Policy | View::Limits),
         Scope::Call => call_view && state.selected_call().is_some(),
+        Scope::Detail => call_view && state.detail_call_id().is_some(),
         Scope::HeldCall => {
             call_view
                 && state
@@ -273,7 +509,22 @@ pub fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
                 _ => None,
             };
         }
-        Prompt::Filter(_) | Prompt::Command(_) | Prompt::DenyReason { .. } => {
+        Prompt::ConfirmWrite => {
+            return match key.code {
+                KeyCode::Char('y' | 'Y') => Some(Action::Confirm),
+                KeyCode::Char('n' | 'N') | KeyCode::Esc => Some(Action::Cancel),
+                KeyCode::Char('j') | KeyCode::Down => Some(Action::ScrollDetail(1)),
+                KeyCode::Char('k') | KeyCode::Up => Some(Action::ScrollDetail(-1)),
+                KeyCode::PageDown | KeyCode::Char('J') => Some(Action::ScrollDetail(10)),
+                KeyCode::PageUp | KeyCode::Char('K') => Some(Action::ScrollDetail(-10)),
+                _ => None,
+            };
+        }
+        Prompt::Filter(_)
+        | Prompt::Command(_)
+        | Prompt::DenyReason { .. }
+        | Prompt::Rate { .. }
+        | Prompt::CounterEdit { .. } => {
             return match key.code {
                 KeyCode::Enter => Some(Action::Submit),
                 KeyCode::Esc => Some(Action::Back),
@@ -284,9 +535,14 @@ pub fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
     }
     // Shift arrives with upper-case characters on most terminals; compare without it.
     let mods = key.modifiers - KeyModifiers::SHIFT;
-    active_bindings(state)
+    let bound = active_bindings(state)
         .find(|b| b.keys.iter().any(|(c, m)| *c == key.code && *m == mods))
-        .map(|b| b.action.clone())
+        .map(|b| b.action.clone());
+    if bound.is_none() && state.authoring.editor.is_some() {
+        // In the editor every other key is text for the focused field.
+        return text_edit(key).map(Action::Edit);
+    }
+    bound
 }
 
 /// A key typed into a text prompt.

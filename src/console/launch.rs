@@ -1,6 +1,7 @@
 //! Running the console in the real terminal: what `toolgate console` and `toolgate demo` call.
 //!
-//! Takes over the terminal (raw mode, alternate screen, a panic hook that gives it back),
+//! Takes over the terminal (raw mode, alternate screen, a panic hook that gives it back and
+//! ends the process),
 //! starts the network task, runs [`super::run`] until the operator quits or a SIGTERM/SIGHUP
 //! arrives, and restores the terminal on every way out.
 
@@ -33,8 +34,9 @@ pub async fn run_in_terminal(options: Options) -> Result<(), ConsoleError> {
     state.operator = std::env::var("USER").ok().filter(|u| !u.is_empty());
     state.policy_path = options.policy_path;
 
-    // Installs a panic hook that restores the terminal before the panic is reported.
+    // ratatui's hook restores the terminal before the panic is reported; ours then exits.
     let mut terminal = ratatui::try_init().map_err(|e| ConsoleError::Terminal(e.to_string()))?;
+    exit_on_panic();
     let (events_tx, events_rx) = mpsc::channel(65_536);
     let commands = net::spawn(options.targets, events_tx);
     let result = tokio::select! {
@@ -52,6 +54,18 @@ pub async fn run_in_terminal(options: Options) -> Result<(), ConsoleError> {
     ratatui::restore();
     tracing::info!("console stopped");
     result
+}
+
+/// After ratatui's hook has given the terminal back, a panic anywhere (a network task
+/// included) ends the process: a console left running on a restored terminal would draw
+/// garbage over the shell and could no longer be used to approve anything.
+fn exit_on_panic() {
+    let restore_and_report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("console panicked: {info}");
+        restore_and_report(info);
+        std::process::exit(101);
+    }));
 }
 
 async fn shutdown_signal() {

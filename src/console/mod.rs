@@ -13,6 +13,9 @@
 //! - [`app::update`] applies one event to the plain-data [`State`], with the time passed in;
 //!   what must happen outside (send a command, ring the bell, load a theme) comes back as
 //!   [`Effect`]s that [`run`] carries out.
+//! - [`authoring`] is the policy draft's flow (edit, review with diff and what-if, write,
+//!   wait for the gateways to apply it); [`draft`] edits the document, [`whatif`] replays
+//!   recent calls against it, [`policy_file`] reads and atomically writes the file.
 //! - [`view::draw`] renders the state; [`keys`] maps keys to [`Action`]s; [`theme`] loads the
 //!   `themes/*.toml` colour themes.
 //!
@@ -21,14 +24,20 @@
 
 pub mod action;
 pub mod app;
+pub mod authoring;
+pub mod draft;
+pub mod editor;
 pub mod filter;
 pub mod history;
 pub mod keys;
 pub mod launch;
 pub mod net;
+pub mod policy_file;
+pub mod splice;
 pub mod terminal;
 pub mod theme;
 pub mod view;
+pub mod whatif;
 
 use std::io;
 use std::time::Duration;
@@ -146,6 +155,21 @@ fn carry_out<B: Backend + Bell>(
     commands: &mpsc::UnboundedSender<Outgoing>,
     now: DateTime<Utc>,
 ) {
+    // Carrying out an effect can leave more (a write's report asks nothing, a reload may).
+    while !state.effects.is_empty() {
+        carry_out_effects(terminal, state, commands, now);
+    }
+}
+
+/// Carries out the effects `update` left in `state` (sends, the bell, file reads and writes),
+/// feeding their answers back through `update`. The event loop calls it after each batch;
+/// anything else that drives `update` itself (the screenshot tool) calls it too.
+pub fn carry_out_effects<B: Backend + Bell>(
+    terminal: &mut Terminal<B>,
+    state: &mut State,
+    commands: &mpsc::UnboundedSender<Outgoing>,
+    now: DateTime<Utc>,
+) {
     for effect in std::mem::take(&mut state.effects) {
         match effect {
             Effect::Send { gateway, msg } => {
@@ -188,6 +212,31 @@ fn carry_out<B: Backend + Bell>(
                 }
                 Err(e) => state.complain(e.to_string()),
             },
+            Effect::LoadPolicy(path) => {
+                let result = policy_file::read(std::path::Path::new(&path))
+                    .map_err(|e| format!("{path}: {e}"));
+                update(state, AppEvent::PolicyFile { path, result }, now);
+            }
+            Effect::WritePolicy {
+                path,
+                text,
+                expected_hash,
+                force,
+            } => {
+                let result = policy_file::write_atomic(
+                    std::path::Path::new(&path),
+                    &text,
+                    &expected_hash,
+                    force,
+                )
+                .map_err(|e| match e {
+                    policy_file::WriteError::ChangedOnDisk { text, .. } => {
+                        authoring::WriteFailure::ChangedOnDisk(text)
+                    }
+                    other => authoring::WriteFailure::Io(other.to_string()),
+                });
+                update(state, AppEvent::PolicyWritten { text, result }, now);
+            }
         }
     }
 }

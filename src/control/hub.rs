@@ -156,6 +156,7 @@ impl RecentCall {
     fn record(&self) -> Option<CallRecord> {
         match &self.event.kind {
             EventKind::Call(call) => Some(CallRecord {
+                ts: Some(self.event.ts),
                 call: call.clone(),
                 resolution: self.resolution.clone(),
                 outcome: self.outcome.clone(),

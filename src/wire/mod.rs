@@ -113,6 +113,10 @@ pub struct Totals {
 /// A call and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
+    /// When the call was decided (its `call` event's `ts`). Absent from gateways before this
+    /// field existed; clients then place the call at the time they received the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<DateTime<Utc>>,
     pub call: CallEvent,
     pub resolution: Option<HoldResolved>,
     pub outcome: Option<Outcome>,

@@ -248,6 +248,7 @@ pub fn text(buf: &Buffer) -> Vec<String> {
 /// Records for a snapshot.
 pub fn record(c: CallEvent) -> CallRecord {
     CallRecord {
+        ts: None,
         call: c,
         resolution: None,
         outcome: None,

@@ -32,6 +32,7 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State, call_id: &str, scroll: 
                 args: h.args.clone(),
                 resolution: None,
                 outcome: None,
+                keys: Default::default(),
             })
     });
     let Some(row) = row else {
@@ -60,7 +61,13 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State, call_id: &str, scroll: 
         .borders(Borders::ALL)
         .border_style(t.border)
         .title(title)
-        .title_bottom(Line::from(Span::styled(" Esc closes · j/k move ", t.muted)).right_aligned());
+        .title_bottom(
+            Line::from(Span::styled(
+                " Esc closes · j/k move · J/K scroll ",
+                t.muted,
+            ))
+            .right_aligned(),
+        );
     Paragraph::new(detail_lines(&row, state.gateway_label(row.conn), state, t))
         .block(block)
         .scroll((scroll, 0))

@@ -10,7 +10,7 @@ use crate::console::app::{State, countdown};
 
 const WAIT_W: u16 = 8;
 const LEFT_W: u16 = 10;
-const WHO_W: u16 = 16;
+const WHO_W: u16 = 22;
 const TOOL_W: u16 = 22;
 
 pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
@@ -60,7 +60,14 @@ fn list(buf: &mut Buffer, area: Rect, state: &State) {
     let columns = [
         (WAIT_W, "waited"),
         (LEFT_W, "time left"),
-        (WHO_W, "gateway/grant"),
+        (
+            WHO_W,
+            if state.gateways.len() > 1 {
+                "gateway/grant"
+            } else {
+                "grant"
+            },
+        ),
         (TOOL_W, "tool"),
         (args_w, "arguments"),
     ];
@@ -90,7 +97,11 @@ fn list(buf: &mut Buffer, area: Rect, state: &State) {
             .call
             .hold_deadline
             .is_some_and(|d| (d - state.now).num_seconds() < 30);
-        let who = format!("{}/{}", state.gateway_label(hold.conn), hold.call.grant);
+        let who = if state.gateways.len() > 1 {
+            format!("{}/{}", state.gateway_label(hold.conn), hold.call.grant)
+        } else {
+            hold.call.grant.clone()
+        };
         let args = crate::sanitize::terminal_text(&hold.args).into_owned();
         let cells = [
             (

@@ -10,7 +10,7 @@ use super::{cell, cell_right, decision_style, detail};
 use crate::console::app::{State, decision_label, latency_label};
 
 const TIME_W: u16 = 12;
-const WHO_W: u16 = 16;
+const WHO_W: u16 = 20;
 const TOOL_W: u16 = 22;
 const DECISION_W: u16 = 15;
 const LATENCY_W: u16 = 9;

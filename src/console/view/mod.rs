@@ -7,10 +7,13 @@
 //! wide and combining characters cannot shift the columns after them.
 
 mod detail;
+mod diff;
+mod editor;
 mod help;
 mod holds;
+mod limits;
 mod live;
-mod placeholder;
+mod policy;
 mod status;
 
 use ratatui::Frame;
@@ -23,10 +26,21 @@ use super::app::{DecisionStyle, State, View};
 use super::theme::Theme;
 
 pub use detail::detail_lines;
+pub use limits::{LimitRow, bar, limit_rows};
+pub use policy::{PolicyRow, RowKind, offered_tools, policy_rows};
 
 /// Draws the whole console.
 pub fn draw(frame: &mut Frame, state: &State) {
     let area = frame.area();
+    if area.height < 3 || area.width < 2 {
+        // No room for a view: the status bar alone, so the held count still shows.
+        let top = Rect {
+            height: area.height.min(1),
+            ..area
+        };
+        status::status_bar(frame.buffer_mut(), top, state);
+        return;
+    }
     let [top, body, bottom] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(1),
@@ -38,13 +52,20 @@ pub fn draw(frame: &mut Frame, state: &State) {
     match state.view {
         View::Live => live::draw(buf, body, state),
         View::Holds => holds::draw(buf, body, state),
-        View::Policy | View::Limits => placeholder::draw(buf, body, state),
+        View::Policy => policy::draw(buf, body, state),
+        View::Limits => limits::draw(buf, body, state),
     }
     status::bottom_line(buf, bottom, state);
+    let mut editor_cursor = None;
+    if matches!(state.prompt, super::app::Prompt::ConfirmWrite) {
+        diff::draw(buf, body, state);
+    } else if state.authoring.editor.is_some() {
+        editor_cursor = editor::draw(buf, body, state);
+    }
     if state.help {
         help::draw(buf, body, state);
     }
-    if let Some((x, y)) = status::cursor(bottom, state) {
+    if let Some((x, y)) = status::cursor(bottom, state).or(editor_cursor) {
         frame.set_cursor_position((x, y));
     }
 }

@@ -12,6 +12,9 @@ const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'
 
 /// ` toolgate · 2 gateways ● · policy 3f9a21 · ✓ 1204  ✗ 87  ⏱ 31  ⏸ 2 held · 42/min ▁▂▅▇▅▃`
 pub fn status_bar(buf: &mut Buffer, area: Rect, state: &State) {
+    if area.is_empty() {
+        return;
+    }
     let t = &state.theme;
     let bar = t.status_bar;
     buf.set_style(area, bar);
@@ -130,6 +133,9 @@ fn plural(n: usize) -> &'static str {
 
 /// The bottom line: a prompt when one is open, else the views and the message or hints.
 pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
+    if area.is_empty() {
+        return;
+    }
     let t = &state.theme;
     match &state.prompt {
         Prompt::Filter(input) => prompt(buf, area, state, "/", input.value()),
@@ -137,6 +143,27 @@ pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
         Prompt::DenyReason { call_id, input } => {
             let label = format!("deny {call_id} · reason (Enter sends, Esc cancels): ");
             prompt(buf, area, state, &label, input.value())
+        }
+        Prompt::Rate { tool, input } => prompt(buf, area, state, &rate_label(tool), input.value()),
+        Prompt::CounterEdit {
+            counter,
+            max,
+            input,
+        } => prompt(
+            buf,
+            area,
+            state,
+            &counter_label(counter, *max),
+            input.value(),
+        ),
+        Prompt::ConfirmWrite => {
+            buf.set_stringn(
+                area.x,
+                area.y,
+                " Write the policy file? y writes · n keeps the draft",
+                area.width as usize,
+                t.hold,
+            );
         }
         Prompt::ConfirmQuit => {
             let n = state.holds.len();
@@ -201,6 +228,12 @@ pub fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
             )),
             input,
         ),
+        Prompt::Rate { tool, input } => (super::width(&rate_label(tool)), input),
+        Prompt::CounterEdit {
+            counter,
+            max,
+            input,
+        } => (super::width(&counter_label(counter, *max)), input),
         _ => return None,
     };
     let x = area.x as usize + label_w + input.visual_cursor();
@@ -208,4 +241,23 @@ pub fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
         (x.min(area.right().saturating_sub(1) as usize)) as u16,
         area.y,
     ))
+}
+
+fn rate_label(tool: &str) -> String {
+    format!(
+        "limit {} to MAX/WINDOW (e.g. 30/minute; Enter, Esc cancels): ",
+        crate::sanitize::terminal_text(tool)
+    )
+}
+
+fn counter_label(counter: &str, max: bool) -> String {
+    format!(
+        "counter {} · new {} (Enter, Esc cancels): ",
+        crate::sanitize::terminal_text(counter),
+        if max {
+            "max"
+        } else {
+            "window (minute, 90s, 10m, 3600)"
+        }
+    )
 }

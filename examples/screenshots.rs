@@ -1,0 +1,127 @@
+//! Renders the README's screenshots from the real product: the demo's gateway, server and
+//! agents run in this process, the console's state is fed over the real event websocket, and
+//! chosen views are drawn on a `TestBackend` and written as SVG (`scripts/screenshots` turns
+//! them into PNG).
+//!
+//! Usage: cargo run --release --example screenshots -- [OUT_DIR]   (default: screenshots)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use tokio::sync::mpsc;
+use toolgate::console::app::{AppEvent, State, update};
+use toolgate::console::net::{self, Targets};
+use toolgate::console::theme::Theme;
+use toolgate::control::EventsOptions;
+use toolgate::demo::DemoOptions;
+
+const SIZE: (u16, u16) = (150, 40);
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let out = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "screenshots".into()),
+    );
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let demo = toolgate::demo::start(DemoOptions {
+        rate: 4.0,
+        seed: 7,
+        ..DemoOptions::default()
+    })?;
+    let control = toolgate::control::start(
+        demo.hub.clone(),
+        EventsOptions {
+            discovery: false,
+            ..EventsOptions::default()
+        },
+    )
+    .await?;
+    let (events_tx, mut events) = mpsc::channel(65_536);
+    let commands = net::spawn(
+        Targets::Fixed {
+            url: control.url().to_owned(),
+            token: control.token().to_owned(),
+        },
+        events_tx,
+    );
+    let mut state = State::new(chrono::Utc::now(), Theme::load("dark")?, 100_000);
+    state.operator = Some("operator".into());
+    state.policy_path = Some(demo.policy_path.display().to_string());
+    let mut terminal = Terminal::new(TestBackend::new(SIZE.0, SIZE.1))?;
+    let mut console = Console {
+        state: &mut state,
+        terminal: &mut terminal,
+        commands,
+    };
+
+    // Let the agents work long enough for every kind of decision and a few holds.
+    let until = tokio::time::Instant::now() + Duration::from_secs(12);
+    while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
+        console.feed(event);
+    }
+    console.feed(AppEvent::Tick);
+
+    console.shoot(&out, "live")?;
+    console.press(&[KeyCode::Up, KeyCode::Up, KeyCode::Up, KeyCode::Enter]);
+    console.shoot(&out, "live-detail")?;
+    console.press(&[KeyCode::Esc, KeyCode::Char('F'), KeyCode::Char('2')]);
+    console.shoot(&out, "holds")?;
+    console.press(&[KeyCode::Char('1'), KeyCode::Char('?')]);
+    console.shoot(&out, "help")?;
+    console.press(&[KeyCode::Esc, KeyCode::Char('3')]);
+    console.shoot(&out, "policy")?;
+    console.typed(":limit list_meetings 20/minute");
+    console.press(&[KeyCode::Enter]);
+    console.typed(":w");
+    console.press(&[KeyCode::Enter]);
+    console.shoot(&out, "policy-diff")?;
+    console.press(&[KeyCode::Char('n'), KeyCode::Char('4')]);
+    console.shoot(&out, "limits")?;
+    control.shutdown().await;
+    drop(demo);
+    Ok(())
+}
+
+/// The console's state driven as its event loop drives it, on a test terminal.
+struct Console<'a> {
+    state: &'a mut State,
+    terminal: &'a mut Terminal<TestBackend>,
+    commands: mpsc::UnboundedSender<toolgate::console::Outgoing>,
+}
+
+impl Console<'_> {
+    fn feed(&mut self, event: AppEvent) {
+        let now = chrono::Utc::now();
+        update(self.state, event, now);
+        toolgate::console::carry_out_effects(self.terminal, self.state, &self.commands, now);
+    }
+
+    fn press(&mut self, keys: &[KeyCode]) {
+        for code in keys {
+            self.feed(AppEvent::Key(KeyEvent::new(*code, KeyModifiers::NONE)));
+        }
+    }
+
+    fn typed(&mut self, text: &str) {
+        let keys: Vec<KeyCode> = text.chars().map(KeyCode::Char).collect();
+        self.press(&keys);
+    }
+
+    fn shoot(&mut self, out: &Path, name: &str) -> anyhow::Result<()> {
+        let state = &*self.state;
+        self.terminal
+            .draw(|frame| toolgate::console::view::draw(frame, state))?;
+        let svg = toolgate::screenshot::to_svg(self.terminal.backend().buffer());
+        let path = out.join(format!("{name}.svg"));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+        Ok(())
+    }
+}

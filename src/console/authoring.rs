@@ -1,0 +1,409 @@
+//! Policy authoring: the draft's life in the console, from the first load to "applied by N
+//! gateways".
+//!
+//! The flow: the policy file (from `--policy`, else the path the first gateway reports) is
+//! loaded through an [`Effect::LoadPolicy`]; edits (`:allow`, `:limit`, keys in the Policy
+//! and Limits views, `r`/`b`/`A` on calls) change the [`Draft`], each re-validated by the
+//! policy module; `:w` opens a [`Review`] — the diff of the file and the what-if replay —
+//! and `y` asks the event loop to write ([`Effect::WritePolicy`]). When the write is done
+//! the console waits for each gateway's `policy_applied` with the new hash, or shows the
+//! `policy_rejected` diagnostics. A file changed on disk meanwhile is never overwritten
+//! without the operator saying so (`:w!`); `:reload` takes the file instead.
+//!
+//! Like [`super::app`], nothing here does I/O: it changes [`State`] and leaves effects.
+
+use crate::sanitize::terminal_text;
+
+use super::app::{Effect, Prompt, State, View, short_hash};
+use super::draft::{Draft, Edit, unified_diff};
+use super::editor::{RuleEditor, schema_paths};
+use super::whatif::{self, WhatIf};
+use crate::policy::RuleMatch;
+
+/// The authoring state.
+#[derive(Debug, Default)]
+pub struct Authoring {
+    /// The draft, once the policy file has been read.
+    pub draft: Option<Draft>,
+    /// The file was asked for (so it is asked for once).
+    pub load_requested: bool,
+    /// Why the file could not be read, if it could not.
+    pub load_error: Option<String>,
+    /// The write being reviewed (diff, what-if), waiting for `y`/`n`.
+    pub review: Option<Review>,
+    /// A write done, waiting for the gateways to apply it.
+    pub awaiting: Option<Awaiting>,
+    /// The file changed on disk under an edited draft: its text now.
+    pub conflict: Option<String>,
+    /// Selected row of the Policy view.
+    pub selected: usize,
+    /// Selected row of the Limits view.
+    pub limits_selected: usize,
+    /// The rule editor, when open.
+    pub editor: Option<RuleEditor>,
+    /// Every diagnostic of the last edit refused as invalid (the message shows the first).
+    pub refused: Vec<String>,
+}
+
+/// A write shown for confirmation.
+#[derive(Debug, Clone)]
+pub struct Review {
+    pub diff: Vec<String>,
+    pub whatif: WhatIf,
+    /// Overwrite even if the file changed on disk (`:w!`).
+    pub force: bool,
+    pub scroll: u16,
+}
+
+/// A written policy the gateways are expected to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Awaiting {
+    pub hash: String,
+    /// Connections (indexes into [`State::gateways`]) that applied it.
+    pub applied: Vec<usize>,
+    /// Connections that refused it, with their diagnostics.
+    pub rejected: Vec<(usize, Vec<String>)>,
+}
+
+/// Why a write failed, as the event loop reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The file is not what the draft was made from; its text now.
+    ChangedOnDisk(String),
+    Io(String),
+}
+
+/// The policy file the console edits: `--policy`, else the first gateway's.
+pub fn policy_path(state: &State) -> Option<String> {
+    state.policy_path.clone().or_else(|| {
+        state
+            .gateways
+            .iter()
+            .filter_map(|g| g.info.as_ref())
+            .map(|i| i.policy.clone())
+            .find(|p| !p.is_empty())
+    })
+}
+
+/// Asks for the policy file once its path is known.
+pub fn ensure_loaded(state: &mut State) {
+    if state.authoring.load_requested || state.authoring.draft.is_some() {
+        return;
+    }
+    if let Some(path) = policy_path(state) {
+        state.authoring.load_requested = true;
+        state.effects.push(Effect::LoadPolicy(path));
+    }
+}
+
+/// The file was read (first load or `:reload`): it becomes the draft's base.
+pub fn loaded(state: &mut State, path: String, result: Result<String, String>) {
+    match result {
+        Ok(text) => {
+            match &mut state.authoring.draft {
+                Some(d) if d.path == path => d.rebase(text),
+                _ => state.authoring.draft = Some(Draft::load(&path, text)),
+            }
+            state.authoring.load_error = None;
+            state.authoring.conflict = None;
+        }
+        Err(e) => {
+            let e = terminal_text(&e).into_owned();
+            state.complain(format!("cannot read the policy: {e}"));
+            state.authoring.load_error = Some(e);
+        }
+    }
+}
+
+/// Applies an edit to the draft; says what changed or why it was refused.
+pub fn edit(state: &mut State, edit: &Edit) -> bool {
+    let Some(draft) = state.authoring.draft.as_mut() else {
+        let why = state.authoring.load_error.clone().unwrap_or_else(|| {
+            "no policy file known: start the console with --policy P, or connect to a gateway"
+                .into()
+        });
+        state.complain(why);
+        return false;
+    };
+    match draft.apply(edit) {
+        Ok(said) => {
+            state.authoring.refused.clear();
+            state.say(format!("draft: {} · :w writes", terminal_text(&said)));
+            true
+        }
+        Err(e) => {
+            state.authoring.refused = match &e {
+                super::draft::EditError::Invalid(d) => {
+                    d.0.iter()
+                        .map(|d| terminal_text(&d.to_string()).into_owned())
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            state.complain(terminal_text(&e.to_string()));
+            false
+        }
+    }
+}
+
+/// `:w` (`force` for `:w!`): shows the diff and the what-if, and asks.
+pub fn review(state: &mut State, force: bool) {
+    let Some(draft) = &state.authoring.draft else {
+        state.complain("no policy file loaded");
+        return;
+    };
+    if !draft.is_modified() {
+        state.say("the draft is the file: nothing to write");
+        return;
+    }
+    let policy = match draft.compiled() {
+        Ok(p) => p,
+        Err(d) => {
+            state.complain(format!(
+                "the draft is invalid and cannot be written: {}",
+                d.0.first().map(|d| d.to_string()).unwrap_or_default()
+            ));
+            return;
+        }
+    };
+    if state.authoring.conflict.is_some() && !force {
+        state.complain(conflict_text(&draft.path));
+        return;
+    }
+    let diff = unified_diff(&draft.path, &draft.base, draft.text());
+    let file = crate::policy::Policy::parse(&draft.base, &draft.path).ok();
+    let whatif = whatif::replay(
+        file.as_ref(),
+        policy,
+        state.history.iter().map(|(_, r)| (r.ts, &r.call)),
+    );
+    state.authoring.review = Some(Review {
+        diff: diff
+            .into_iter()
+            .map(|l| terminal_text(&l).into_owned())
+            .collect(),
+        whatif,
+        force,
+        scroll: 0,
+    });
+    state.prompt = Prompt::ConfirmWrite;
+}
+
+fn conflict_text(path: &str) -> String {
+    format!(
+        "{} changed on disk since it was loaded: :reload takes the file (drops the draft), :w! overwrites it",
+        terminal_text(path)
+    )
+}
+
+/// `y` on the review: write.
+pub fn confirm(state: &mut State) {
+    state.prompt = Prompt::None;
+    let (Some(review), Some(draft)) = (
+        state.authoring.review.take(),
+        state.authoring.draft.as_ref(),
+    ) else {
+        return;
+    };
+    state.effects.push(Effect::WritePolicy {
+        path: draft.path.clone(),
+        text: draft.text().to_owned(),
+        expected_hash: draft.base_hash.clone(),
+        force: review.force,
+    });
+    state.say(format!("writing {}…", terminal_text(&draft.path)));
+}
+
+/// `n`/`Esc` on the review.
+pub fn cancel(state: &mut State) {
+    state.prompt = Prompt::None;
+    state.authoring.review = None;
+    state.say("not written; the draft is kept");
+}
+
+/// The event loop's report of a write.
+pub fn written(state: &mut State, text: String, result: Result<String, WriteFailure>) {
+    let n = state.connected();
+    let Some(draft) = state.authoring.draft.as_mut() else {
+        return;
+    };
+    match result {
+        Ok(hash) => {
+            let path = terminal_text(&draft.path).into_owned();
+            draft.previous = Some(draft.base.clone());
+            draft.rebase(text);
+            state.authoring.conflict = None;
+            state.authoring.awaiting = Some(Awaiting {
+                hash: hash.clone(),
+                applied: Vec::new(),
+                rejected: Vec::new(),
+            });
+            if n == 0 {
+                state.say(format!(
+                    "wrote {path} ({}); no gateway connected to apply it",
+                    short_hash(&hash)
+                ));
+            } else {
+                state.say(format!(
+                    "wrote {path} ({}); waiting for {n} gateway{}…",
+                    short_hash(&hash),
+                    if n == 1 { "" } else { "s" }
+                ));
+            }
+        }
+        Err(WriteFailure::ChangedOnDisk(now)) => {
+            let path = draft.path.clone();
+            state.authoring.conflict = Some(now);
+            state.complain(conflict_text(&path));
+        }
+        Err(WriteFailure::Io(e)) => state.complain(terminal_text(&e)),
+    }
+}
+
+/// A gateway applied a policy with `hash`.
+pub fn applied(state: &mut State, conn: usize, hash: &str) {
+    if let Some(a) = state.authoring.awaiting.as_mut()
+        && a.hash == hash
+    {
+        if !a.applied.contains(&conn) {
+            a.applied.push(conn);
+        }
+        let n = a.applied.len();
+        state.say(format!(
+            "policy {} applied by {n} gateway{}",
+            short_hash(hash),
+            if n == 1 { "" } else { "s" }
+        ));
+        return;
+    }
+    // Not the console's write: someone changed the file.
+    let Some(draft) = &state.authoring.draft else {
+        return;
+    };
+    if draft.base_hash == hash {
+        return;
+    }
+    if draft.is_modified() {
+        let path = draft.path.clone();
+        state.authoring.conflict = Some(String::new());
+        state.complain(conflict_text(&path));
+    } else {
+        state.effects.push(Effect::LoadPolicy(draft.path.clone()));
+    }
+}
+
+/// A gateway refused a policy change.
+pub fn rejected(state: &mut State, conn: usize, diagnostics: &[String]) {
+    if let Some(a) = state.authoring.awaiting.as_mut() {
+        a.rejected.push((conn, diagnostics.to_vec()));
+    }
+}
+
+/// `:reload`: take the file as it is now, dropping the draft's edits.
+pub fn reload(state: &mut State) {
+    match policy_path(state) {
+        Some(path) => {
+            state.effects.push(Effect::LoadPolicy(path));
+            state.say("reloading the policy file");
+        }
+        None => state.complain("no policy file known"),
+    }
+}
+
+/// `:undo`: the version before the console's last write becomes the draft, for review.
+pub fn undo(state: &mut State) {
+    let Some(draft) = state.authoring.draft.as_mut() else {
+        state.complain("no policy file loaded");
+        return;
+    };
+    let Some(previous) = draft.previous.clone() else {
+        state.complain("nothing to undo: no policy written from this console yet");
+        return;
+    };
+    match draft.replace_text(previous) {
+        Ok(()) => review(state, false),
+        Err(e) => state.complain(terminal_text(&e.to_string())),
+    }
+}
+
+/// An edit asked for from another view (`r`, `b`, `A`): change the draft, then review.
+pub fn edit_and_review(state: &mut State, e: &Edit) {
+    if edit(state, e) {
+        review(state, false);
+    }
+}
+
+/// The tool of the Policy view's selected row.
+pub fn selected_tool(state: &State) -> Option<String> {
+    if state.view != View::Policy {
+        return None;
+    }
+    super::view::policy_rows(state)
+        .into_iter()
+        .nth(state.authoring.selected)
+        .map(|r| r.tool)
+}
+
+/// Opens the rule editor on the Policy view's selected row.
+pub fn open_editor(state: &mut State) {
+    let Some(key) = selected_tool(state) else {
+        return;
+    };
+    let Some(draft) = &state.authoring.draft else {
+        return;
+    };
+    let policy = draft.compiled().ok();
+    let mut paths: Vec<String> = Vec::new();
+    for g in &state.gateways {
+        for t in &g.tools {
+            let falls_under = t.name == key
+                || matches!(policy.map(|p| p.rule_match(&t.name)),
+                    Some(RuleMatch::Glob { pattern, .. }) if pattern == key);
+            if falls_under {
+                for p in schema_paths(t.input_schema.as_ref()) {
+                    if !paths.contains(&p) {
+                        paths.push(p);
+                    }
+                }
+            }
+        }
+    }
+    let mut editor = RuleEditor::open(&key, draft.rule_value(&key), paths);
+    editor.validate(draft);
+    state.authoring.editor = Some(editor);
+}
+
+/// Runs `f` on the open editor, then re-validates it if `f` says the form changed.
+pub fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
+    let (Some(editor), Some(draft)) = (&mut state.authoring.editor, &state.authoring.draft) else {
+        return;
+    };
+    if f(editor) {
+        editor.validate(draft);
+    }
+}
+
+/// `C-s` in the editor: the rule goes into the draft, then the write review.
+pub fn save_editor(state: &mut State) {
+    let Some(editor) = &state.authoring.editor else {
+        return;
+    };
+    if let Some(first) = editor.problems.first() {
+        let first = terminal_text(first).into_owned();
+        state.complain(format!("the rule cannot be saved: {first}"));
+        return;
+    }
+    let e = editor.edit();
+    if edit(state, &e) {
+        state.authoring.editor = None;
+        review(state, false);
+    }
+}
+
+/// When room comes back, `ms` from now: `in 12s`, or `now`.
+pub fn room_in(ms: Option<u64>) -> String {
+    match ms {
+        None | Some(0) => "now".into(),
+        Some(ms) => format!("in {}", crate::policy::human_duration(ms)),
+    }
+}

@@ -1,0 +1,341 @@
+//! The Policy view (`3`): the draft's rules, and the tools the upstream servers offer that
+//! no rule names (they fall to the default).
+//!
+//! A rule that matches no offered tool is flagged: a typo in a tool name must not silently
+//! leave the real tool unguarded. The header says whether the draft differs from the file,
+//! whether it is valid (with `toolgate check`'s diagnostics when not), and which gateways
+//! applied which version.
+
+use std::collections::BTreeSet;
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Widget};
+
+use super::cell;
+use crate::console::app::{State, short_hash};
+use crate::console::draft::RuleRow;
+use crate::policy::RuleMatch;
+use crate::sanitize::terminal_string;
+
+/// One row of the Policy view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRow {
+    /// The tool name (or glob) actions on this row edit.
+    pub tool: String,
+    pub kind: RowKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowKind {
+    /// An entry of `tools`; `unmatched` when tools are known and none of them falls under it.
+    Rule { rule: RuleRow, unmatched: bool },
+    /// An offered tool no rule names: the default decides.
+    Unruled { default: String },
+    /// An offered tool `hide` removes.
+    Hidden { pointer: String },
+}
+
+/// Every tool the connected gateways' upstream servers offer, by name.
+pub fn offered_tools(state: &State) -> BTreeSet<String> {
+    state
+        .gateways
+        .iter()
+        .flat_map(|g| g.tools.iter().map(|t| t.name.clone()))
+        .collect()
+}
+
+/// The rows of the Policy view: the rules in file order, then the offered tools without one.
+pub fn policy_rows(state: &State) -> Vec<PolicyRow> {
+    let Some(draft) = &state.authoring.draft else {
+        return Vec::new();
+    };
+    let offered = offered_tools(state);
+    let policy = draft.compiled().ok();
+    // Which rule keys some offered tool falls under.
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut rest = Vec::new();
+    for tool in &offered {
+        match policy.map(|p| p.rule_match(tool)) {
+            Some(RuleMatch::Exact { .. }) => {
+                used.insert(tool.clone());
+            }
+            Some(RuleMatch::Glob { pattern, .. }) => {
+                used.insert(pattern);
+            }
+            Some(RuleMatch::Hidden { pointer, .. }) => {
+                used.insert(tool.clone());
+                rest.push(PolicyRow {
+                    tool: tool.clone(),
+                    kind: RowKind::Hidden { pointer },
+                });
+            }
+            Some(RuleMatch::Default { action }) => rest.push(PolicyRow {
+                tool: tool.clone(),
+                kind: RowKind::Unruled {
+                    default: action.as_str().to_owned(),
+                },
+            }),
+            None => {}
+        }
+    }
+    let mut rows: Vec<PolicyRow> = draft
+        .rules()
+        .into_iter()
+        .map(|rule| PolicyRow {
+            tool: rule.key.clone(),
+            kind: RowKind::Rule {
+                unmatched: !offered.is_empty() && !used.contains(&rule.key),
+                rule,
+            },
+        })
+        .collect();
+    rows.extend(rest);
+    rows
+}
+
+const MARK_W: u16 = 2;
+const KEY_W: u16 = 24;
+const ACTION_W: u16 = 20;
+const LIMITS_W: u16 = 34;
+
+pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
+    let t = &state.theme;
+    let Some(draft) = &state.authoring.draft else {
+        let text = match (&state.authoring.load_error, &state.policy_path) {
+            (Some(e), _) => format!("cannot read the policy: {e}"),
+            _ => "No policy file yet: start the console with --policy P, or connect to a gateway (it reports its file).".into(),
+        };
+        let block = block(state, " Policy ".into());
+        let inner = block.inner(area);
+        block.render(area, buf);
+        cell(buf, inner.x, inner.y, inner.width, &text, t.muted);
+        return;
+    };
+    let status = if !draft.is_modified() {
+        "draft = file".to_string()
+    } else if draft.compiled().is_ok() {
+        "draft modified · valid · w writes".to_string()
+    } else {
+        "draft modified · INVALID".to_string()
+    };
+    let block = block(
+        state,
+        format!(
+            " Policy · {} · {status} ",
+            terminal_string(draft.path.clone())
+        ),
+    );
+    let inner = block.inner(area);
+    block.render(area, buf);
+    if inner.height == 0 || inner.width == 0 {
+        return;
+    }
+    let (x0, w) = (inner.x, inner.width);
+    let mut y = inner.y;
+    let bottom = inner.bottom();
+    let line = |buf: &mut Buffer, y: &mut u16, text: &str, style: Style| {
+        if *y < bottom {
+            cell(buf, x0, *y, w, text, style);
+            *y += 1;
+        }
+    };
+
+    // Header: file, gateways, problems.
+    let mut applied: Vec<String> = Vec::new();
+    for g in &state.gateways {
+        let hash = g.policy_hash.as_deref().map(short_hash).unwrap_or("none");
+        let mark = if g.policy_hash.as_deref() == Some(draft.base_hash.as_str()) {
+            "✓"
+        } else {
+            "≠"
+        };
+        applied.push(format!("{} {mark} {hash}", g.label()));
+    }
+    let gateways = if applied.is_empty() {
+        "no gateway".to_string()
+    } else {
+        applied.join("  ")
+    };
+    line(
+        buf,
+        &mut y,
+        &format!(
+            "file {}  ·  gateways: {gateways}",
+            short_hash(&draft.base_hash)
+        ),
+        t.muted,
+    );
+    if let Some(a) = &state.authoring.awaiting {
+        let mut text = format!(
+            "wrote {}: applied by {} gateway{}",
+            short_hash(&a.hash),
+            a.applied.len(),
+            if a.applied.len() == 1 { "" } else { "s" }
+        );
+        for (conn, _) in &a.rejected {
+            text.push_str(&format!(" · refused by {}", state.gateway_label(*conn)));
+        }
+        line(
+            buf,
+            &mut y,
+            &text,
+            if a.rejected.is_empty() { t.ok } else { t.error },
+        );
+    }
+    if let Some(a) = &state.authoring.awaiting {
+        // Every problem the refusing gateways reported, as `toolgate check` words them.
+        for d in a.rejected.iter().flat_map(|(_, d)| d).take(6) {
+            line(buf, &mut y, &format!("  {d}"), t.error);
+        }
+    }
+    if state.authoring.conflict.is_some() {
+        line(
+            buf,
+            &mut y,
+            "the file changed on disk: :reload takes it (drops the draft), :w! overwrites it",
+            t.error,
+        );
+    }
+    if !state.authoring.refused.is_empty() {
+        line(buf, &mut y, "the last edit was refused:", t.error);
+        for d in state.authoring.refused.iter().take(6) {
+            line(buf, &mut y, &format!("  {d}"), t.error);
+        }
+    }
+    if let Err(diags) = draft.compiled() {
+        for d in diags.0.iter().take(6) {
+            line(buf, &mut y, &terminal_string(d.to_string()), t.error);
+        }
+    }
+    let policy = draft.compiled().ok();
+    if let Some(p) = policy {
+        let hidden = draft.hidden();
+        let mut text = format!(
+            "default: {}  ·  approval timeout {}",
+            p.default_action().as_str(),
+            crate::policy::human_duration(p.approval_timeout_ms())
+        );
+        if !hidden.is_empty() {
+            text.push_str(&format!(
+                "  ·  hide: {}",
+                terminal_string(hidden.join(", "))
+            ));
+        }
+        line(buf, &mut y, &text, t.text);
+    }
+    if y >= bottom {
+        return;
+    }
+
+    // The table.
+    let rest_w = w.saturating_sub(MARK_W + KEY_W + ACTION_W + LIMITS_W + 4);
+    let columns = [
+        (MARK_W, ""),
+        (KEY_W, "TOOL"),
+        (ACTION_W, "ACTION"),
+        (LIMITS_W, "LIMITS"),
+        (rest_w, "REASON · CONDITIONS"),
+    ];
+    let mut x = x0;
+    for (cw, title) in columns {
+        cell(buf, x, y, cw, title, t.muted);
+        x += cw + 1;
+    }
+    y += 1;
+    let rows = policy_rows(state);
+    if rows.is_empty() {
+        line(
+            buf,
+            &mut y,
+            "No rules yet, and no tools known: :allow TOOL, :limit TOOL 30/minute …",
+            t.muted,
+        );
+        return;
+    }
+    let room = bottom.saturating_sub(y) as usize;
+    let selected = state.authoring.selected.min(rows.len() - 1);
+    let top = selected.saturating_sub(room.saturating_sub(1));
+    for (i, row) in rows.iter().enumerate().skip(top).take(room) {
+        let base = if i == selected {
+            t.selection
+        } else {
+            Style::default()
+        };
+        buf.set_style(Rect::new(x0, y, w, 1), base);
+        let (mark, key_style, action, action_style, limits, rest, rest_style) = match &row.kind {
+            RowKind::Rule { rule, unmatched } => {
+                let mut rest: Vec<String> = Vec::new();
+                if *unmatched {
+                    rest.push("⚠ matches no offered tool (typo?)".into());
+                }
+                if let Some(r) = &rule.reason {
+                    rest.push(format!("\"{r}\""));
+                }
+                rest.extend(rule.conditions.iter().cloned());
+                if let Some(a) = &rule.approval_timeout {
+                    rest.push(format!("timeout {a}"));
+                }
+                let action_style = match rule.action.as_str() {
+                    "deny" => t.deny,
+                    "require_approval" => t.hold,
+                    _ => t.allow,
+                };
+                (
+                    if *unmatched { "⚠" } else { " " },
+                    t.text,
+                    rule.action.clone(),
+                    action_style,
+                    rule.limits.join("; "),
+                    rest.join(" · "),
+                    if *unmatched { t.error } else { t.text },
+                )
+            }
+            RowKind::Unruled { default } => (
+                "·",
+                t.muted,
+                format!("→ default ({default})"),
+                t.muted,
+                String::new(),
+                "no rule names it".to_string(),
+                t.muted,
+            ),
+            RowKind::Hidden { pointer } => (
+                "·",
+                t.muted,
+                "hidden".to_string(),
+                t.deny,
+                String::new(),
+                format!("by {pointer}"),
+                t.muted,
+            ),
+        };
+        let mut x = x0;
+        let cells = [
+            (MARK_W, mark.to_string(), t.error),
+            (KEY_W, terminal_string(row.tool.clone()), key_style),
+            (ACTION_W, action, action_style),
+            (LIMITS_W, terminal_string(limits), t.text),
+            (rest_w, terminal_string(rest), rest_style),
+        ];
+        for (cw, text, style) in cells {
+            cell(buf, x, y, cw, &text, base.patch(style));
+            x += cw + 1;
+        }
+        y += 1;
+    }
+}
+
+fn block(state: &State, title: String) -> Block<'static> {
+    let t = &state.theme;
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(t.border)
+        .title(Span::styled(title, t.accent))
+        .title_bottom(Line::from(Span::styled(
+            " :allow :deny :hold :limit :unlimit :default :hide · :w writes · :undo ",
+            t.muted,
+        )))
+}
