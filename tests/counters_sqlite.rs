@@ -51,10 +51,13 @@ fn two_wrap_processes_share_one_limit_exactly_through_the_default_file() {
         "{}",
         refusal.refusal()
     );
-    assert!(
-        home.path().join("state/toolgate/counters.sqlite3").exists(),
-        "the default counter file is in the state directory"
+    let file = home.path().join("state/toolgate/counters.sqlite3");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file)
+            .expect("the default counter file is in the state directory")
+            .permissions(),
     );
+    assert_eq!(mode & 0o777, 0o600, "the counter file is the user's alone");
 }
 
 #[test]
