@@ -13,6 +13,8 @@ mod console;
 mod demo;
 mod explain;
 mod gateways;
+mod grants;
+mod serve;
 pub(crate) mod tail;
 mod wrap;
 
@@ -35,6 +37,8 @@ Examples:
 enum Command {
     Demo(demo::Args),
     Wrap(wrap::Args),
+    Serve(serve::Args),
+    Grants(grants::Args),
     Console(console::Args),
     Check(check::Args),
     Explain(explain::Args),
@@ -59,6 +63,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Wrap(args) => wrap::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Grants(args) => grants::run(args),
         Command::Console(args) => console::run(args),
         Command::Check(args) => check::run(args),
         Command::Explain(args) => explain::run(args),

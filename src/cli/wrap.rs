@@ -93,6 +93,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let server = ServerCommand {
         program: program.clone(),
         args: rest.to_vec(),
+        env: Vec::new(),
     };
     let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let policy_path = crate::gateway::reload::absolute(&args.policy);
@@ -185,7 +186,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn wait_for_signal() {
+pub(super) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -199,7 +200,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_logging(level: &str) {
+pub(super) fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -15,10 +15,14 @@
 //! - [`reload`] — watch the policy file and swap in each valid new version.
 //! - [`upstream`] — spawn and stop an MCP server process.
 //! - [`stdio`] — `wrap`: stdin/stdout + a child process around the core.
+//! - [`http`] — `serve`: Streamable HTTP in front of several servers, each MCP session a run
+//!   of the core; [`grants`] — the bearer tokens that name who calls.
 
 pub mod audit;
 pub mod call;
 pub mod core;
+pub mod grants;
+pub mod http;
 pub mod jsonrpc;
 pub mod reload;
 pub mod stdio;

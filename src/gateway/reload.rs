@@ -32,7 +32,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Why watching could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cannot watch {path} for policy changes: {source}")]
+    #[error("cannot watch {path} for changes: {source}")]
     Watch {
         path: String,
         #[source]
@@ -58,9 +58,56 @@ pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
+/// A debounced watch on the directory of one file, calling back on every quiet burst of
+/// events there. The policy and `serve`'s grants file are both watched through it; what a
+/// change means is the callback's business. Dropping it stops watching.
+pub struct FileWatch {
+    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+}
+
+impl std::fmt::Debug for FileWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWatch").finish_non_exhaustive()
+    }
+}
+
+impl FileWatch {
+    /// Watches the directory of `path` (absolute); `on_change` runs on the debouncer's
+    /// thread after every debounced burst of events.
+    pub fn start(
+        path: &Path,
+        mut on_change: impl FnMut() + Send + 'static,
+    ) -> Result<FileWatch, WatchError> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let watch_err = |source| WatchError::Watch {
+            path: dir.display().to_string(),
+            source,
+        };
+        let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+            if let Err(errors) = &result {
+                for e in errors {
+                    tracing::warn!("file watch: {e}");
+                }
+            }
+            on_change();
+        })
+        .map_err(watch_err)?;
+        debouncer
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(watch_err)?;
+        Ok(FileWatch {
+            _debouncer: debouncer,
+        })
+    }
+}
+
 /// A running watch; dropping it stops watching.
 pub struct PolicyWatcher {
-    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    _debouncer: FileWatch,
     reloader: Arc<Mutex<PolicyReloader>>,
 }
 
@@ -78,28 +125,8 @@ impl PolicyWatcher {
             policy,
             hub,
         )));
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
         let handler_reloader = reloader.clone();
-        let watch_err = |source| WatchError::Watch {
-            path: dir.display().to_string(),
-            source,
-        };
-        let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-            if let Err(errors) = &result {
-                for e in errors {
-                    tracing::warn!("policy watch: {e}");
-                }
-            }
-            lock(&handler_reloader).check();
-        })
-        .map_err(watch_err)?;
-        debouncer
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(watch_err)?;
+        let debouncer = FileWatch::start(path, move || lock(&handler_reloader).check())?;
         Ok(PolicyWatcher {
             _debouncer: debouncer,
             reloader,

@@ -34,6 +34,8 @@ pub struct ServerProcess {
 pub struct ServerCommand {
     pub program: OsString,
     pub args: Vec<OsString>,
+    /// Variables added to the gateway's environment for the server (SERVERS.json `env`).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl ServerCommand {
@@ -59,6 +61,7 @@ impl ServerProcess {
         };
         let mut child = Command::new(&command.program)
             .args(&command.args)
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

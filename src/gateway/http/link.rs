@@ -1,0 +1,545 @@
+//! A link: one run of the core ([`crate::gateway::core::run`]) between the HTTP side and one
+//! upstream connection, and the routing of its answers back to the HTTP requests that wait
+//! for them.
+//!
+//! The HTTP transport does not re-implement the proxy: each MCP session gets a link, whose
+//! client side is an in-process pipe the HTTP handlers write request lines into, and whose
+//! upstream side is a server process (a command in SERVERS.json) or [`super::remote`] (a
+//! URL). Decisions, holds, `hide`, cancellation, `input_required` retries and the answers
+//! owed when the upstream dies are therefore exactly `wrap`'s.
+//!
+//! What comes out of the core is routed here: an answer to the request that waits for it (by
+//! id), a progress notification to the request whose progress token it names, anything else
+//! (server-to-client requests, logging, list changes) to the session's GET stream when one is
+//! open, else to a request in flight, else dropped.
+//!
+//! 2026-07-28 requests without a session share one link per (server, grant). Their ids come
+//! from many clients, so they are renamed on the way in (`"tg-N"`) and restored on the way
+//! out (progress tokens likewise); everything else in the message is passed on as received.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::remote;
+use super::servers::ServerSpec;
+use crate::gateway::Gateway;
+use crate::gateway::core::{self, RunOptions};
+use crate::gateway::jsonrpc::{self, IdKey, Parsed};
+use crate::gateway::upstream::{ServerProcess, SpawnError};
+
+/// Size of the in-process pipes between the HTTP side, the core and a URL upstream.
+const PIPE: usize = 256 * 1024;
+/// Messages queued for one waiting HTTP request.
+const WAITER_QUEUE: usize = 256;
+
+/// What a waiting HTTP request receives.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A message on the way (progress, a server-to-client request).
+    Interim(Vec<u8>),
+    /// The answer: the request is done.
+    Final(Vec<u8>),
+}
+
+/// A request id already waits for its answer on this link.
+#[derive(Debug, thiserror::Error)]
+#[error("a request with id {0} is already in flight in this session")]
+pub struct DuplicateId(pub String);
+
+/// The GET stream of this session is already open.
+#[derive(Debug, thiserror::Error)]
+#[error("this session already has an open GET stream")]
+pub struct ListenerBusy;
+
+struct Waiter {
+    tx: mpsc::Sender<Delivery>,
+    /// The client's own id when it was renamed (stateless links).
+    original: Option<Box<str>>,
+    /// The progress token as the core knows it (JSON text).
+    progress: Option<Box<str>>,
+    /// The client's own progress token when it was renamed (stateless links).
+    original_progress: Option<serde_json::Value>,
+}
+
+#[derive(Default)]
+struct Routes {
+    waiters: HashMap<IdKey, Waiter>,
+    /// Progress token (JSON text) → the request that sent it.
+    progress: HashMap<Box<str>, IdKey>,
+    listener: Option<mpsc::Sender<Vec<u8>>>,
+    /// Set when the core has ended: nothing will be answered any more.
+    ended: bool,
+}
+
+/// One MCP session's (or one stateless group's) run of the core.
+pub struct Link {
+    pub server: String,
+    pub grant: String,
+    /// Rename request ids (shared by many clients).
+    stateless: bool,
+    to_core: mpsc::Sender<Vec<u8>>,
+    routes: Mutex<Routes>,
+    next_id: AtomicU64,
+    last_active: Mutex<Instant>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("server", &self.server)
+            .field("grant", &self.grant)
+            .field("stateless", &self.stateless)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Link {
+    /// Starts the upstream (spawns the server, or prepares the HTTP client side) and the
+    /// core between it and a new link. `session` is the id limits with scope `session` and
+    /// events use.
+    pub fn start(
+        gateway: Arc<Gateway>,
+        spec: &ServerSpec,
+        client: &reqwest::Client,
+        session: String,
+        stateless: bool,
+        grace: Duration,
+    ) -> Result<Arc<Link>, SpawnError> {
+        let (gateway_server, gateway_grant) = (gateway.server.clone(), gateway.grant.clone());
+        let (ours, cores) = tokio::io::duplex(PIPE);
+        let (core_read, core_write) = tokio::io::split(cores);
+        let (our_read, our_write) = tokio::io::split(ours);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let options = RunOptions {
+            session,
+            shutdown: Some(shutdown_rx),
+            client_closed: Some(closed_tx),
+        };
+        let core_client_in = BufReader::with_capacity(64 * 1024, core_read);
+        match spec {
+            ServerSpec::Command(command) => {
+                let (mut process, server_in, server_out) = ServerProcess::spawn(command)?;
+                tracing::info!(
+                    "started `{}` (pid {}) for session {}",
+                    process.command,
+                    process.pid().unwrap_or_default(),
+                    options.session
+                );
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = process.wait() => {}
+                        _ = closed_rx => { process.stop(grace).await; }
+                    }
+                });
+                tokio::spawn(core::run(
+                    gateway,
+                    core_client_in,
+                    core_write,
+                    BufReader::with_capacity(64 * 1024, server_out),
+                    server_in,
+                    options,
+                ));
+            }
+            ServerSpec::Url(url) => {
+                let (core_side, remote_side) = tokio::io::duplex(PIPE);
+                let (up_read, up_write) = tokio::io::split(core_side);
+                let (remote_read, remote_write) = tokio::io::split(remote_side);
+                tokio::spawn(remote::run(
+                    url.clone(),
+                    client.clone(),
+                    BufReader::with_capacity(64 * 1024, remote_read),
+                    remote_write,
+                ));
+                drop(closed_rx);
+                tokio::spawn(core::run(
+                    gateway.clone(),
+                    core_client_in,
+                    core_write,
+                    BufReader::with_capacity(64 * 1024, up_read),
+                    up_write,
+                    options,
+                ));
+            }
+        }
+        let (to_core, rx) = mpsc::channel(1024);
+        tokio::spawn(write_lines(our_write, rx));
+        let link = Arc::new(Link {
+            server: gateway_server,
+            grant: gateway_grant,
+            stateless,
+            to_core,
+            routes: Mutex::new(Routes::default()),
+            next_id: AtomicU64::new(1),
+            last_active: Mutex::new(Instant::now()),
+            shutdown,
+        });
+        tokio::spawn(route(Arc::downgrade(&link), our_read));
+        Ok(link)
+    }
+
+    /// Whether the core has ended (the upstream is gone).
+    pub fn ended(&self) -> bool {
+        lock(&self.routes).ended || self.to_core.is_closed()
+    }
+
+    /// Whether something waits on this link: a request in flight or an open GET stream.
+    pub fn busy(&self) -> bool {
+        let routes = lock(&self.routes);
+        !routes.waiters.is_empty() || routes.listener.as_ref().is_some_and(|l| !l.is_closed())
+    }
+
+    /// How long since the last request.
+    pub fn idle_for(&self) -> Duration {
+        lock(&self.last_active).elapsed()
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_active) = Instant::now();
+    }
+
+    /// Ends the link: holds are denied, the upstream's input closed and the server stopped.
+    pub fn close(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Sends a notification or a response (to a server-to-client request) to the core.
+    pub async fn notify(&self, line: Vec<u8>) -> bool {
+        self.touch();
+        self.to_core.send(line).await.is_ok()
+    }
+
+    /// Sends a request to the core and registers for its answer. Returns the id the core
+    /// knows it by (for [`Link::cancel`]) and the receiver of what is routed to it.
+    pub async fn request(
+        &self,
+        line: &[u8],
+        raw_id: &RawValue,
+        params: Option<&RawValue>,
+    ) -> Result<(IdKey, mpsc::Receiver<Delivery>), DuplicateId> {
+        self.touch();
+        let (tx, rx) = mpsc::channel(WAITER_QUEUE);
+        let mut progress = progress_token(params);
+        let mut original_progress = None;
+        let (core_id, out, original) = if self.stateless {
+            let renamed = format!("\"tg-{}\"", self.next_id.fetch_add(1, Ordering::Relaxed));
+            let mut out = replace_id(line, raw_id, &renamed);
+            if progress.is_some() {
+                // Clients choose progress tokens too: rename it with the id, so two
+                // clients' tokens never meet on the shared link.
+                let renamed_value = serde_json::Value::String(renamed.trim_matches('"').to_owned());
+                if let Some((rewritten, token)) = replace_progress_token(&out, renamed_value) {
+                    out = rewritten;
+                    original_progress = Some(token);
+                    progress = Some(renamed.clone().into());
+                }
+            }
+            (IdKey(renamed.into()), out, Some(IdKey::from_raw(raw_id).0))
+        } else {
+            (IdKey::from_raw(raw_id), line.to_vec(), None)
+        };
+        {
+            let mut routes = lock(&self.routes);
+            if routes.ended {
+                drop(tx);
+            } else {
+                if routes.waiters.contains_key(&core_id) {
+                    return Err(DuplicateId(core_id.json().to_owned()));
+                }
+                if let Some(token) = &progress {
+                    routes.progress.insert(token.clone(), core_id.clone());
+                }
+                routes.waiters.insert(
+                    core_id.clone(),
+                    Waiter {
+                        tx,
+                        original,
+                        progress,
+                        original_progress,
+                    },
+                );
+            }
+        }
+        if self.to_core.send(out).await.is_err() {
+            self.forget(&core_id);
+        }
+        Ok((core_id, rx))
+    }
+
+    fn forget(&self, id: &IdKey) -> bool {
+        let mut routes = lock(&self.routes);
+        let Some(waiter) = routes.waiters.remove(id) else {
+            return false;
+        };
+        if let Some(token) = waiter.progress {
+            routes.progress.remove(&token);
+        }
+        true
+    }
+
+    /// The client stopped waiting for a request (closed its stream): tell the core, which
+    /// drops a held call or passes the cancellation upstream.
+    pub fn cancel(&self, id: &IdKey) {
+        if !self.forget(id) {
+            return;
+        }
+        let note = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{},"reason":"the client closed the request's stream"}}}}"#,
+            id.json()
+        );
+        let _ = self.to_core.try_send(note.into_bytes());
+    }
+
+    /// Opens the session's GET stream.
+    pub fn listen(&self) -> Result<mpsc::Receiver<Vec<u8>>, ListenerBusy> {
+        let mut routes = lock(&self.routes);
+        if routes.listener.as_ref().is_some_and(|l| !l.is_closed()) {
+            return Err(ListenerBusy);
+        }
+        let (tx, rx) = mpsc::channel(WAITER_QUEUE);
+        routes.listener = Some(tx);
+        Ok(rx)
+    }
+
+    /// Routes one message from the core.
+    fn deliver(&self, line: Vec<u8>) {
+        let Parsed::Message(env) = jsonrpc::parse(&line) else {
+            tracing::debug!("dropped an unroutable message from the core");
+            return;
+        };
+        let mut routes = lock(&self.routes);
+        if env.is_response()
+            && let Some(id) = env.id_key()
+            && let Some(waiter) = routes.waiters.remove(&id)
+        {
+            if let Some(token) = &waiter.progress {
+                routes.progress.remove(token);
+            }
+            drop(routes);
+            let out = match (&waiter.original, env.id) {
+                (Some(original), Some(raw)) => replace_id(&line, raw, original),
+                _ => line,
+            };
+            // The waiter may have gone (client closed); nothing is owed to it then. A waiter
+            // whose queue is full of progress still gets its answer, once it reads.
+            if let Err(mpsc::error::TrySendError::Full(answer)) =
+                waiter.tx.try_send(Delivery::Final(out))
+            {
+                tokio::spawn(async move {
+                    let _ = waiter.tx.send(answer).await;
+                });
+            }
+            return;
+        }
+        if env.method.as_deref() == Some("notifications/progress")
+            && let Some(token) = progress_token_of_notification(env.params)
+            && let Some(id) = routes.progress.get(&token)
+            && let Some(waiter) = routes.waiters.get(id)
+        {
+            let line = match &waiter.original_progress {
+                Some(token) => replace_notification_token(&line, token.clone()).unwrap_or(line),
+                None => line,
+            };
+            let _ = waiter.tx.try_send(Delivery::Interim(line));
+            return;
+        }
+        if let Some(listener) = routes.listener.as_ref().filter(|l| !l.is_closed()) {
+            let _ = listener.try_send(line);
+            return;
+        }
+        if let Some(waiter) = routes.waiters.values().next() {
+            let _ = waiter.tx.try_send(Delivery::Interim(line));
+            return;
+        }
+        tracing::debug!("no stream open for a server message; dropped");
+    }
+
+    fn end(&self) {
+        let mut routes = lock(&self.routes);
+        routes.ended = true;
+        // Dropping the senders tells every waiting request that no answer will come.
+        routes.waiters.clear();
+        routes.progress.clear();
+        routes.listener = None;
+    }
+}
+
+async fn write_lines<W: tokio::io::AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(mut line) = rx.recv().await {
+        line.push(b'\n');
+        if w.write_all(&line).await.is_err() {
+            break;
+        }
+        while let Ok(mut more) = rx.try_recv() {
+            more.push(b'\n');
+            if w.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn route<R: tokio::io::AsyncRead + Unpin>(link: std::sync::Weak<Link>, read: R) {
+    let mut reader = BufReader::with_capacity(64 * 1024, read);
+    loop {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        let Some(link) = link.upgrade() else { return };
+        link.deliver(line);
+    }
+    if let Some(link) = link.upgrade() {
+        link.end();
+    }
+}
+
+/// The request's progress token as JSON text.
+fn progress_token(params: Option<&RawValue>) -> Option<Box<str>> {
+    #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, default, rename = "progressToken")]
+        token: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(borrow, default, rename = "_meta")]
+        meta: Option<Meta<'a>>,
+    }
+    let p: P<'_> = serde_json::from_str(params?.get()).ok()?;
+    Some(p.meta?.token?.get().trim().into())
+}
+
+fn progress_token_of_notification(params: Option<&RawValue>) -> Option<Box<str>> {
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(borrow, rename = "progressToken")]
+        token: &'a RawValue,
+    }
+    let p: P<'_> = serde_json::from_str(params?.get()).ok()?;
+    Some(p.token.get().trim().into())
+}
+
+/// A request with `params._meta.progressToken` set to `token`; returns it and the token it
+/// replaced.
+fn replace_progress_token(
+    line: &[u8],
+    token: serde_json::Value,
+) -> Option<(Vec<u8>, serde_json::Value)> {
+    let mut msg: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let slot = msg
+        .get_mut("params")?
+        .get_mut("_meta")?
+        .get_mut("progressToken")?;
+    let old = std::mem::replace(slot, token);
+    Some((msg.to_string().into_bytes(), old))
+}
+
+/// A progress notification with `params.progressToken` set to `token`.
+fn replace_notification_token(line: &[u8], token: serde_json::Value) -> Option<Vec<u8>> {
+    let mut msg: serde_json::Value = serde_json::from_slice(line).ok()?;
+    *msg.get_mut("params")?.get_mut("progressToken")? = token;
+    Some(msg.to_string().into_bytes())
+}
+
+/// `line` with its top-level id (borrowed from it as `raw`) replaced by `new` (JSON text).
+/// Splices the bytes when `raw` points into `line`, so the rest of the message is kept
+/// exactly; otherwise rebuilds the object.
+pub fn replace_id(line: &[u8], raw: &RawValue, new: &str) -> Vec<u8> {
+    let text = raw.get().as_bytes();
+    let start = (text.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
+    if start <= line.len()
+        && start + text.len() <= line.len()
+        && &line[start..start + text.len()] == text
+    {
+        let mut out = Vec::with_capacity(line.len() + new.len());
+        out.extend_from_slice(&line[..start]);
+        out.extend_from_slice(new.as_bytes());
+        out.extend_from_slice(&line[start + text.len()..]);
+        return out;
+    }
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line) {
+        Ok(mut map) => {
+            let id = serde_json::from_str(new).unwrap_or(serde_json::Value::Null);
+            map.insert("id".into(), id);
+            serde_json::Value::Object(map).to_string().into_bytes()
+        }
+        Err(_) => line.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_replaced_and_nothing_else_changes() {
+        let line = br#"{"jsonrpc":"2.0", "id" : 7 ,"method":"x","params":{"id":7}}"#;
+        let Parsed::Message(env) = jsonrpc::parse(line) else {
+            panic!()
+        };
+        let out = replace_id(line, env.id.unwrap(), "\"tg-1\"");
+        assert_eq!(
+            out,
+            br#"{"jsonrpc":"2.0", "id" : "tg-1" ,"method":"x","params":{"id":7}}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn progress_tokens_are_read_from_requests_and_notifications() {
+        let p = RawValue::from_string(r#"{"_meta":{"progressToken":"a"}}"#.into()).unwrap();
+        assert_eq!(progress_token(Some(&p)).as_deref(), Some("\"a\""));
+        let n = RawValue::from_string(r#"{"progressToken":"a","progress":1}"#.into()).unwrap();
+        assert_eq!(
+            progress_token_of_notification(Some(&n)).as_deref(),
+            Some("\"a\"")
+        );
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn progress_tokens_are_renamed_and_restored() {
+        let (out, old) = replace_progress_token(
+            br#"{"id":1,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":7}}}"#,
+            serde_json::json!("tg-1"),
+        )
+        .unwrap();
+        assert_eq!(old, serde_json::json!(7));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["params"]["_meta"]["progressToken"], "tg-1");
+        let back = replace_notification_token(
+            br#"{"method":"notifications/progress","params":{"progressToken":"tg-1","progress":1}}"#,
+            old,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&back).unwrap();
+        assert_eq!(v["params"]["progressToken"], 7);
+    }
+}

@@ -1,0 +1,761 @@
+//! `toolgate serve`'s transport: Streamable HTTP at `/mcp/<name>` for every server in
+//! SERVERS.json, bearer tokens naming grants, the core in between.
+//!
+//! Each request is checked in this order, before anything reaches a server: a foreign
+//! `Origin` → 403; no valid `Authorization: Bearer` token → 401 (the grant is then known);
+//! an unknown server name → 404; a body over [`MAX_BODY`] → 413; routing headers that
+//! disagree with the body (`Mcp-Method`, `Mcp-Name`) → 400. The `Authorization` header is
+//! never passed on: a stdio server never sees HTTP headers, and [`remote`] builds the
+//! upstream's requests from SERVERS.json alone.
+//!
+//! Sessions (both eras):
+//! - An `initialize` POST without `Mcp-Session-Id` opens a session: a [`link::Link`] (one run
+//!   of the core) with its own upstream — a freshly spawned server process for a command (a
+//!   stdio server speaks to exactly one client, so one process per MCP session), or an
+//!   upstream session for a URL. The gateway answers with its own `Mcp-Session-Id`; the
+//!   upstream's, if any, stays inside [`remote`]. A session belongs to the grant that opened
+//!   it: another grant's token on it gets 404, as an unknown session does.
+//! - Later POSTs carry that id; GET opens the session's event stream; DELETE ends the
+//!   session (holds are denied, the server stopped or its session deleted). A session idle
+//!   for the configured time with nothing in flight is ended the same way.
+//! - A request without a session that is not `initialize` is a 2026-07-28 stateless request:
+//!   it goes through one shared link per (server, grant), its id renamed so that many
+//!   clients never collide.
+//!
+//! A request's answer is `application/json` when it is the first thing the core sends for it;
+//! when something comes first (progress while a call is held, a server-to-client request), the
+//! answer becomes an event stream passing each message on as it comes. A client that closes
+//! the stream cancels the request: a held call is dropped, a forwarded one is cancelled
+//! upstream.
+
+pub mod link;
+pub mod remote;
+pub mod servers;
+pub mod sse;
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+
+use self::link::{Delivery, Link};
+use self::servers::ServerSpec;
+use super::Gateway;
+use super::grants::GrantsHandle;
+use super::jsonrpc::{self, IdKey, Parsed};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Default idle time after which a session is ended.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// Most sessions open at once; more get 503.
+pub const DEFAULT_MAX_SESSIONS: usize = 512;
+/// 2026-07-28's error code for routing headers that disagree with the body.
+const HEADER_MISMATCH: i64 = -32020;
+/// JSON-RPC "invalid request".
+const INVALID_REQUEST: i64 = -32600;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+/// How long open connections may take to finish once the gateway stops.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// How `serve` is set up.
+#[derive(Debug)]
+pub struct ServeOptions {
+    pub servers: BTreeMap<String, ServerSpec>,
+    pub grants: GrantsHandle,
+    /// Origins a browser may call from (`scheme://host[:port]`); requests without `Origin`
+    /// (agents, not browsers) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// See [`crate::gateway::upstream::ServerProcess::stop`].
+    pub grace: Duration,
+    pub session_idle: Duration,
+    pub max_sessions: usize,
+}
+
+/// The HTTP gateway: servers, grants, sessions, and the shared decision machinery.
+pub struct HttpGateway {
+    /// Policy, counters, hub, audit and clock shared by every grant and server; its own
+    /// grant and server names are not used.
+    base: Arc<Gateway>,
+    options: ServeOptions,
+    client: reqwest::Client,
+    sessions: Mutex<HashMap<String, Arc<Link>>>,
+    /// Stateless (2026-07-28) links by (server, grant).
+    stateless: Mutex<HashMap<(String, String), Arc<Link>>>,
+    /// A gateway per (grant, server), so events and audit records name both.
+    callers: Mutex<HashMap<(String, String), Arc<Gateway>>>,
+}
+
+impl std::fmt::Debug for HttpGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpGateway")
+            .field("servers", &self.options.servers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HttpGateway {
+    pub fn new(base: Arc<Gateway>, options: ServeOptions) -> Arc<HttpGateway> {
+        Arc::new(HttpGateway {
+            base,
+            options,
+            client: remote::http_client(),
+            sessions: Mutex::new(HashMap::new()),
+            stateless: Mutex::new(HashMap::new()),
+            callers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The router: `/mcp/{name}` for every method.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/mcp/{name}", axum::routing::any(handle))
+            .fallback(|| async {
+                plain(
+                    StatusCode::NOT_FOUND,
+                    "no such endpoint; MCP servers are at /mcp/<name>",
+                )
+            })
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` becomes `true`; then ends every session (held
+    /// calls are denied, servers stopped) and returns.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let reaper = tokio::spawn(self.clone().reap());
+        let gw = self.clone();
+        let mut stopping = shutdown.clone();
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+            gw.close_all();
+        };
+        let served = axum::serve(listener, self.router()).with_graceful_shutdown(stop);
+        // Open streams end with their sessions; a client that keeps a connection anyway
+        // does not keep the gateway from stopping.
+        let deadline = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        };
+        let result = tokio::select! {
+            result = served => result,
+            _ = deadline => Ok(()),
+        };
+        reaper.abort();
+        self.close_all();
+        result
+    }
+
+    /// Ends every session and stateless link.
+    pub fn close_all(&self) {
+        for (_, link) in lock(&self.sessions).drain() {
+            link.close();
+        }
+        for (_, link) in lock(&self.stateless).drain() {
+            link.close();
+        }
+    }
+
+    /// How many sessions are open.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Ends idle sessions and forgets ended ones, periodically.
+    async fn reap(self: Arc<Self>) {
+        let every = (self.options.session_idle / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let idle = self.options.session_idle;
+            let stale =
+                |link: &Arc<Link>| link.ended() || (!link.busy() && link.idle_for() >= idle);
+            let mut ended = Vec::new();
+            lock(&self.sessions).retain(|_, link| {
+                let keep = !stale(link);
+                if !keep {
+                    ended.push(link.clone());
+                }
+                keep
+            });
+            lock(&self.stateless).retain(|_, link| {
+                let keep = !stale(link);
+                if !keep {
+                    ended.push(link.clone());
+                }
+                keep
+            });
+            for link in ended {
+                link.close();
+            }
+        }
+    }
+
+    fn caller(&self, grant: &str, server: &str) -> Arc<Gateway> {
+        let key = (grant.to_owned(), server.to_owned());
+        lock(&self.callers)
+            .entry(key)
+            .or_insert_with(|| {
+                let b = &self.base;
+                Arc::new(Gateway {
+                    policy: b.policy.clone(),
+                    store: b.store.clone(),
+                    hub: b.hub.clone(),
+                    grant: grant.to_owned(),
+                    server: server.to_owned(),
+                    audit: b.audit.clone(),
+                    clock: b.clock.clone(),
+                    hold_progress_interval: b.hold_progress_interval,
+                })
+            })
+            .clone()
+    }
+
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        self.options
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(&origin))
+    }
+
+    /// The grant of the request's bearer token.
+    fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        self.options
+            .grants
+            .load()
+            .authenticate(token.trim())
+            .map(str::to_owned)
+    }
+
+    fn session(&self, id: &str, server: &str, grant: &str) -> Option<Arc<Link>> {
+        let link = lock(&self.sessions).get(id).cloned()?;
+        (link.server == server && link.grant == grant && !link.ended()).then_some(link)
+    }
+
+    fn open_session(&self, server: &str, grant: &str) -> Result<(String, Arc<Link>), NoLink> {
+        if lock(&self.sessions).len() >= self.options.max_sessions {
+            return Err(NoLink::TooManySessions);
+        }
+        let spec = &self.options.servers[server];
+        let id = random_id();
+        let label = format!("{server}-{}", &id[..12]);
+        let link = Link::start(
+            self.caller(grant, server),
+            spec,
+            &self.client,
+            label,
+            false,
+            self.options.grace,
+        )
+        .map_err(|e| {
+            tracing::error!("{e}");
+            NoLink::CannotStart
+        })?;
+        lock(&self.sessions).insert(id.clone(), link.clone());
+        Ok((id, link))
+    }
+
+    fn stateless_link(&self, server: &str, grant: &str) -> Result<Arc<Link>, NoLink> {
+        let key = (server.to_owned(), grant.to_owned());
+        let mut links = lock(&self.stateless);
+        if let Some(link) = links.get(&key).filter(|l| !l.ended()) {
+            return Ok(link.clone());
+        }
+        let spec = &self.options.servers[server];
+        let label = format!("{server}-stateless-{}", &random_id()[..8]);
+        let link = Link::start(
+            self.caller(grant, server),
+            spec,
+            &self.client,
+            label,
+            true,
+            self.options.grace,
+        )
+        .map_err(|e| {
+            tracing::error!("{e}");
+            NoLink::CannotStart
+        })?;
+        links.insert(key, link.clone());
+        Ok(link)
+    }
+}
+
+/// Why no link could serve a request.
+#[derive(Debug, Clone, Copy)]
+enum NoLink {
+    TooManySessions,
+    CannotStart,
+}
+
+impl NoLink {
+    fn response(self) -> Response {
+        match self {
+            NoLink::TooManySessions => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many open MCP sessions; close some (DELETE) or try later",
+            ),
+            NoLink::CannotStart => plain(
+                StatusCode::BAD_GATEWAY,
+                "the MCP server could not be started",
+            ),
+        }
+    }
+}
+
+/// A random 128-bit session id, hex.
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn plain(status: StatusCode, text: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{text}\n"),
+    )
+        .into_response()
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn rpc_error(status: StatusCode, id: Option<&IdKey>, code: i64, message: &str) -> Response {
+    json_response(status, jsonrpc::error_response(id, code, message))
+}
+
+async fn handle(
+    State(gw): State<Arc<HttpGateway>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !gw.origin_allowed(&headers) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "requests from this Origin are not allowed",
+        );
+    }
+    let Some(grant) = gw.authenticate(&headers) else {
+        let mut resp = plain(
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer <token>` is required (toolgate grants add NAME)",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    };
+    if !gw.options.servers.contains_key(&name) {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "no MCP server by that name on this gateway",
+        );
+    }
+    let session = headers
+        .get(SESSION_HEADER)
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    match method {
+        Method::POST => post(&gw, &name, &grant, session, &headers, body).await,
+        Method::GET => get(&gw, &name, &grant, session, &headers),
+        Method::DELETE => delete(&gw, &name, &grant, session),
+        _ => {
+            let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE");
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            resp
+        }
+    }
+}
+
+fn accepts_events(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream") || v.contains("*/*"))
+}
+
+/// Decodes a 2026-07-28 header value (`=?base64?…?=` or plain).
+fn decode_header(value: &str) -> Option<String> {
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        Some(b64) => base64_decode(b64).and_then(|b| String::from_utf8(b).ok()),
+        None => Some(value.to_owned()),
+    }
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Checks `Mcp-Method` and `Mcp-Name` against the body: the policy judges the body, so a
+/// server that routes by header must never be told something else.
+fn routing_headers_agree(
+    headers: &HeaderMap,
+    method: Option<&str>,
+    params: Option<&RawValue>,
+) -> Result<(), &'static str> {
+    if let Some(h) = headers.get("mcp-method") {
+        let h = h.to_str().ok().and_then(decode_header);
+        if h.as_deref() != method {
+            return Err("Mcp-Method header does not match the request body's method");
+        }
+    }
+    if let Some(h) = headers.get("mcp-name") {
+        let key = match method {
+            Some("tools/call" | "prompts/get") => "name",
+            Some("resources/read") => "uri",
+            _ => return Ok(()),
+        };
+        let body_value = params
+            .and_then(|p| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(p.get()).ok()
+            })
+            .and_then(|mut m| m.remove(key))
+            .and_then(|v| v.as_str().map(str::to_owned));
+        let h = h.to_str().ok().and_then(decode_header);
+        if body_value.is_some() && h != body_value {
+            return Err("Mcp-Name header does not match the request body");
+        }
+    }
+    Ok(())
+}
+
+async fn post(
+    gw: &Arc<HttpGateway>,
+    server: &str,
+    grant: &str,
+    session: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request bodies are limited to {MAX_BODY} bytes"),
+            );
+        }
+    };
+    let env = match jsonrpc::parse(&bytes) {
+        Parsed::Message(env) => env,
+        Parsed::Batch(_) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                INVALID_REQUEST,
+                "JSON-RPC batches are not accepted; send one message per POST",
+            );
+        }
+        Parsed::Malformed(e) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                jsonrpc::code::PARSE_ERROR,
+                &format!("parse error: {e}"),
+            );
+        }
+    };
+    let id = env.id_key().filter(|_| env.is_request());
+    if let Err(why) = routing_headers_agree(headers, env.method.as_deref(), env.params) {
+        return rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), HEADER_MISMATCH, why);
+    }
+    let mut new_session = None;
+    let link = match session {
+        Some(sid) => match gw.session(&sid, server, grant) {
+            Some(link) => link,
+            None => {
+                return rpc_error(
+                    StatusCode::NOT_FOUND,
+                    id.as_ref(),
+                    INVALID_REQUEST,
+                    "unknown or ended MCP session; start a new one",
+                );
+            }
+        },
+        None if env.method.as_deref() == Some("initialize") => {
+            match gw.open_session(server, grant) {
+                Ok((sid, link)) => {
+                    new_session = Some(sid);
+                    link
+                }
+                Err(no) => return no.response(),
+            }
+        }
+        None => match gw.stateless_link(server, grant) {
+            Ok(link) => link,
+            Err(no) => return no.response(),
+        },
+    };
+    let (Some(raw_id), true) = (env.id, env.is_request()) else {
+        // A notification, or the client's answer to a server-to-client request. A
+        // stateless client's cancellation names its own ids, which mean nothing on a
+        // shared link; closing the request's stream is how it cancels.
+        let stateless_cancel = new_session.is_none()
+            && headers.get(SESSION_HEADER).is_none()
+            && env.method.as_deref() == Some("notifications/cancelled");
+        if !stateless_cancel && !link.notify(bytes.to_vec()).await {
+            return plain(StatusCode::BAD_GATEWAY, "the MCP server is gone");
+        }
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let client_id = IdKey::from_raw(raw_id);
+    let (core_id, rx) = match link.request(&bytes, raw_id, env.params).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                Some(&client_id),
+                INVALID_REQUEST,
+                &e.to_string(),
+            );
+        }
+    };
+    let mut resp = answer(link, core_id, client_id, rx, accepts_events(headers)).await;
+    if let Some(sid) = new_session
+        && let Ok(value) = HeaderValue::from_str(&sid)
+    {
+        resp.headers_mut().insert(SESSION_HEADER, value);
+    }
+    resp
+}
+
+/// Cancels a request in the core when dropped before its answer came.
+struct Pending {
+    link: Arc<Link>,
+    id: Option<IdKey>,
+}
+
+impl Pending {
+    fn done(&mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.link.cancel(&id);
+        }
+    }
+}
+
+/// Waits for what the core sends for a request and answers the POST with it.
+async fn answer(
+    link: Arc<Link>,
+    core_id: IdKey,
+    client_id: IdKey,
+    mut rx: mpsc::Receiver<Delivery>,
+    events_ok: bool,
+) -> Response {
+    let mut pending = Pending {
+        link,
+        id: Some(core_id),
+    };
+    let gone = |client_id: &IdKey| {
+        json_response(
+            StatusCode::OK,
+            jsonrpc::error_response(
+                Some(client_id),
+                jsonrpc::code::UPSTREAM_GONE,
+                "the MCP server ended before answering",
+            ),
+        )
+    };
+    let first = loop {
+        match rx.recv().await {
+            None => {
+                pending.done();
+                return gone(&client_id);
+            }
+            Some(Delivery::Final(body)) => {
+                pending.done();
+                return json_response(StatusCode::OK, body);
+            }
+            // A client that cannot read an event stream gets the answer alone.
+            Some(Delivery::Interim(_)) if !events_ok => continue,
+            Some(Delivery::Interim(first)) => break first,
+        }
+    };
+    let state = (Some(first), rx, pending, client_id, false);
+    let stream = futures_util::stream::unfold(
+        state,
+        |(first, mut rx, mut pending, client_id, finished)| async move {
+            if finished {
+                return None;
+            }
+            if let Some(first) = first {
+                return Some((
+                    Ok::<Bytes, Infallible>(sse::frame(&first)),
+                    (None, rx, pending, client_id, false),
+                ));
+            }
+            match rx.recv().await {
+                Some(Delivery::Interim(msg)) => {
+                    Some((Ok(sse::frame(&msg)), (None, rx, pending, client_id, false)))
+                }
+                Some(Delivery::Final(msg)) => {
+                    pending.done();
+                    Some((Ok(sse::frame(&msg)), (None, rx, pending, client_id, true)))
+                }
+                None => {
+                    pending.done();
+                    let msg = jsonrpc::error_response(
+                        Some(&client_id),
+                        jsonrpc::code::UPSTREAM_GONE,
+                        "the MCP server ended before answering",
+                    );
+                    Some((Ok(sse::frame(&msg)), (None, rx, pending, client_id, true)))
+                }
+            }
+        },
+    );
+    event_stream(Body::from_stream(stream))
+}
+
+fn event_stream(body: Body) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn get(
+    gw: &Arc<HttpGateway>,
+    server: &str,
+    grant: &str,
+    session: Option<String>,
+    headers: &HeaderMap,
+) -> Response {
+    let Some(sid) = session else {
+        let mut resp = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a GET stream needs an MCP session",
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    };
+    if !accepts_events(headers) {
+        return plain(
+            StatusCode::NOT_ACCEPTABLE,
+            "the GET stream is text/event-stream",
+        );
+    }
+    let Some(link) = gw.session(&sid, server, grant) else {
+        return plain(StatusCode::NOT_FOUND, "unknown or ended MCP session");
+    };
+    let rx = match link.listen() {
+        Ok(rx) => rx,
+        Err(e) => return plain(StatusCode::CONFLICT, &e.to_string()),
+    };
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|msg| (Ok::<Bytes, Infallible>(sse::frame(&msg)), rx))
+    });
+    event_stream(Body::from_stream(stream))
+}
+
+fn delete(gw: &Arc<HttpGateway>, server: &str, grant: &str, session: Option<String>) -> Response {
+    let Some(sid) = session else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "DELETE ends an MCP session: send its Mcp-Session-Id",
+        );
+    };
+    if gw.session(&sid, server, grant).is_none() {
+        return plain(StatusCode::NOT_FOUND, "unknown or ended MCP session");
+    }
+    if let Some(link) = lock(&gw.sessions).remove(&sid) {
+        link.close();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_header_values_decode() {
+        assert_eq!(
+            decode_header("=?base64?aMOpbGxv?=").as_deref(),
+            Some("héllo")
+        );
+        assert_eq!(decode_header("plain").as_deref(), Some("plain"));
+        assert_eq!(decode_header("=?base64?***?="), None);
+    }
+
+    #[test]
+    fn a_name_header_that_disagrees_with_the_body_is_refused() {
+        let params = RawValue::from_string(r#"{"name":"delete_account"}"#.into()).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("mcp-name", HeaderValue::from_static("get_time"));
+        assert!(routing_headers_agree(&headers, Some("tools/call"), Some(&params)).is_err());
+        headers.insert("mcp-name", HeaderValue::from_static("delete_account"));
+        assert!(routing_headers_agree(&headers, Some("tools/call"), Some(&params)).is_ok());
+        headers.insert("mcp-method", HeaderValue::from_static("tools/list"));
+        assert!(routing_headers_agree(&headers, Some("tools/call"), Some(&params)).is_err());
+    }
+}

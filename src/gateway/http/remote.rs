@@ -1,0 +1,530 @@
+//! A Streamable HTTP upstream as a pair of line streams, so the core proxies to it exactly
+//! as it proxies to a stdio server.
+//!
+//! [`run`] reads the messages the core sends upstream, one JSON line each, and POSTs each to
+//! the server's URL; what comes back — a JSON body, or an event stream whose messages
+//! (progress, server-to-client requests, then the answer) are passed on as they arrive — is
+//! written back as lines. It is the client half of the transport: it keeps the upstream's
+//! `Mcp-Session-Id` (the agent never sees it; the gateway gives the agent its own), sends
+//! `MCP-Protocol-Version` (the version `initialize` settled, or a 2026-07-28 request's own),
+//! sets `Mcp-Method`/`Mcp-Name` on 2026-07-28 requests from the body the policy judged (never
+//! from the agent's headers), opens the GET stream once the session is initialized, and
+//! DELETEs the session when the core closes its side. The headers configured in SERVERS.json
+//! are sent with every request; the agent's `Authorization` never is.
+//!
+//! An upstream that fails a request (HTTP error, unreachable, stream cut before the answer)
+//! gets that request answered with a JSON-RPC error, so the core's bookkeeping (pending
+//! calls, units given back) works as it does for a server process that dies.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::servers::UrlServer;
+use super::sse::SseParser;
+use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, code};
+
+/// Largest message accepted from an upstream.
+pub const MAX_UPSTREAM_MESSAGE: usize = 16 * 1024 * 1024;
+/// Times the GET stream is reopened after it fails, before giving up.
+const GET_RETRIES: u32 = 2;
+/// How long closing the upstream session (DELETE) may take.
+const DELETE_WITHIN: Duration = Duration::from_secs(2);
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// The HTTP client for all upstreams: connection pooling, a connect timeout, no redirects
+/// (an upstream's answer comes from the URL configured, or not at all).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The state of one upstream connection.
+struct Remote {
+    server: UrlServer,
+    client: reqwest::Client,
+    /// The upstream's session id, from its `initialize` answer.
+    session: Mutex<Option<String>>,
+    /// The protocol version `initialize` settled.
+    version: Mutex<Option<String>>,
+    /// Lines for the core.
+    to_core: mpsc::Sender<Vec<u8>>,
+}
+
+/// Proxies between the core's upstream side and a Streamable HTTP server until the core
+/// closes its side (then the upstream session is deleted and `to_core` closed).
+pub async fn run<R, W>(server: UrlServer, client: reqwest::Client, mut from_core: R, to_core: W)
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(1024);
+    let writer = tokio::spawn(write_lines(to_core, rx));
+    let remote = Arc::new(Remote {
+        server,
+        client,
+        session: Mutex::new(None),
+        version: Mutex::new(None),
+        to_core: tx,
+    });
+    let mut tasks = JoinSet::new();
+    let mut get_stream = None;
+    loop {
+        let mut line = Vec::new();
+        match from_core.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(_) => {}
+        }
+        // Reap finished requests so the set does not grow with the session.
+        while tasks.try_join_next().is_some() {}
+        let Parsed::Message(env) = jsonrpc::parse(&line) else {
+            // The core only sends what it received from a client that parsed; a batch or
+            // garbage goes as it is and the upstream judges it.
+            remote.post_notification(line, None).await;
+            continue;
+        };
+        let method = env.method.as_deref().map(str::to_owned);
+        let routing = Routing::of(method.as_deref(), env.params);
+        match (env.is_request(), env.id_key()) {
+            (true, Some(id)) => {
+                let remote = remote.clone();
+                tasks.spawn(async move { remote.post_request(line, id, routing).await });
+            }
+            _ => {
+                let initialized = method.as_deref() == Some("notifications/initialized");
+                remote.post_notification(line, Some(routing)).await;
+                if initialized && get_stream.is_none() && lock(&remote.session).is_some() {
+                    get_stream = Some(tokio::spawn(remote.clone().listen()));
+                }
+            }
+        }
+    }
+    tasks.abort_all();
+    if let Some(task) = get_stream {
+        task.abort();
+    }
+    remote.close_session().await;
+    drop(remote);
+    let _ = writer.await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn write_lines<W: AsyncWrite + Unpin>(mut to_core: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(mut line) = rx.recv().await {
+        line.push(b'\n');
+        if to_core.write_all(&line).await.is_err() {
+            return;
+        }
+        // Write everything already queued before one flush.
+        while let Ok(mut more) = rx.try_recv() {
+            more.push(b'\n');
+            if to_core.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if to_core.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = to_core.shutdown().await;
+}
+
+/// The routing headers of a 2026-07-28 request, taken from its body.
+#[derive(Debug, Default)]
+struct Routing {
+    /// The request's own protocol version (`_meta`), when it carries one.
+    version: Option<String>,
+    method: Option<String>,
+    name: Option<String>,
+    initialize: bool,
+}
+
+impl Routing {
+    fn of(method: Option<&str>, params: Option<&RawValue>) -> Routing {
+        #[derive(Deserialize)]
+        struct P {
+            #[serde(default, rename = "_meta")]
+            meta: Option<serde_json::Map<String, serde_json::Value>>,
+            #[serde(default)]
+            name: Option<serde_json::Value>,
+            #[serde(default)]
+            uri: Option<serde_json::Value>,
+        }
+        let p = params.and_then(|p| serde_json::from_str::<P>(p.get()).ok());
+        let version = p
+            .as_ref()
+            .and_then(|p| p.meta.as_ref())
+            .and_then(|m| m.get(META_PROTOCOL_VERSION))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let name = match method {
+            Some("tools/call" | "prompts/get") => p.as_ref().and_then(|p| p.name.clone()),
+            Some("resources/read") => p.as_ref().and_then(|p| p.uri.clone()),
+            _ => None,
+        }
+        .and_then(|v| v.as_str().map(str::to_owned));
+        Routing {
+            version,
+            method: method.map(str::to_owned),
+            name,
+            initialize: method == Some("initialize"),
+        }
+    }
+}
+
+/// A header value as 2026-07-28 encodes it: plain when it is visible ASCII without edge
+/// spaces, else `=?base64?…?=`.
+fn header_value(text: &str) -> String {
+    let plain = text.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !text.starts_with(' ')
+        && !text.ends_with(' ')
+        && !text.starts_with("=?base64?");
+    if plain {
+        text.to_owned()
+    } else {
+        use base64_encode as b64;
+        format!("=?base64?{}?=", b64(text.as_bytes()))
+    }
+}
+
+/// Standard base64 with padding.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl Remote {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        routing: Option<&Routing>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.client.request(method, &self.server.url).header(
+            reqwest::header::ACCEPT,
+            "application/json, text/event-stream",
+        );
+        for (k, v) in &self.server.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(session) = lock(&self.session).as_deref() {
+            req = req.header(SESSION_HEADER, session);
+        }
+        let own_version = routing.and_then(|r| r.version.clone());
+        let modern = own_version.is_some();
+        let version = own_version.or_else(|| {
+            if routing.is_some_and(|r| r.initialize) {
+                None
+            } else {
+                lock(&self.version).clone()
+            }
+        });
+        if let Some(version) = version {
+            req = req.header(VERSION_HEADER, version);
+        }
+        if modern && let Some(routing) = routing {
+            if let Some(method) = &routing.method {
+                req = req.header("mcp-method", header_value(method));
+            }
+            if let Some(name) = &routing.name {
+                req = req.header("mcp-name", header_value(name));
+            }
+        }
+        req
+    }
+
+    async fn deliver(&self, message: &[u8]) {
+        let _ = self.to_core.send(one_line(message)).await;
+    }
+
+    /// POSTs a notification, or a response to a server-to-client request; the answer
+    /// carries nothing for the core.
+    async fn post_notification(&self, line: Vec<u8>, routing: Option<Routing>) {
+        let req = self
+            .request(reqwest::Method::POST, routing.as_ref())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(line);
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(resp) => tracing::debug!("upstream answered a notification with {}", resp.status()),
+            Err(e) => tracing::warn!("cannot reach the upstream {}: {e}", self.server.url),
+        }
+    }
+
+    /// POSTs a request and passes its answer (and whatever the server sends on the way) to
+    /// the core; any failure becomes a JSON-RPC error answer.
+    async fn post_request(&self, line: Vec<u8>, id: IdKey, routing: Routing) {
+        if let Err(why) = self.try_request(line, &id, &routing).await {
+            tracing::warn!("upstream {}: {why}", self.server.url);
+            self.deliver(&jsonrpc::error_response(
+                Some(&id),
+                code::UPSTREAM_GONE,
+                &why,
+            ))
+            .await;
+        }
+    }
+
+    async fn try_request(
+        &self,
+        line: Vec<u8>,
+        id: &IdKey,
+        routing: &Routing,
+    ) -> Result<(), String> {
+        let req = self
+            .request(reqwest::Method::POST, Some(routing))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(line);
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if routing.initialize
+            && status.is_success()
+            && let Some(session) = resp
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+        {
+            *lock(&self.session) = Some(session.to_owned());
+        }
+        if content_type.starts_with("text/event-stream") && status.is_success() {
+            return self.relay_stream(&mut resp, id, routing).await;
+        }
+        let body = read_capped(&mut resp).await?;
+        if content_type.starts_with("application/json")
+            && let Parsed::Message(env) = jsonrpc::parse(&body)
+            && (env.result.is_some() || env.error.is_some())
+        {
+            if status.is_success() {
+                self.answered(&env, routing);
+                self.deliver(&body).await;
+            } else {
+                // An error sent with an HTTP error status may carry a null id.
+                let answer = match env.error {
+                    Some(error) => format!(
+                        r#"{{"jsonrpc":"2.0","id":{},"error":{}}}"#,
+                        id.json(),
+                        error.get()
+                    )
+                    .into_bytes(),
+                    None => body.clone(),
+                };
+                self.deliver(&answer).await;
+            }
+            return Ok(());
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && lock(&self.session).is_some() {
+            return Err("the MCP server ended the session".into());
+        }
+        Err(format!(
+            "the MCP server answered HTTP {status} without a JSON-RPC answer"
+        ))
+    }
+
+    /// Notes what an answer to `initialize` settled.
+    fn answered(&self, env: &jsonrpc::Envelope<'_>, routing: &Routing) {
+        if !routing.initialize {
+            return;
+        }
+        #[derive(Deserialize)]
+        struct Init {
+            #[serde(rename = "protocolVersion")]
+            protocol_version: Option<String>,
+        }
+        if let Some(version) = env
+            .result
+            .and_then(|r| serde_json::from_str::<Init>(r.get()).ok())
+            .and_then(|i| i.protocol_version)
+        {
+            *lock(&self.version) = Some(version);
+        }
+    }
+
+    /// Passes on the messages of a request's event stream as they come, until its answer.
+    async fn relay_stream(
+        &self,
+        resp: &mut reqwest::Response,
+        id: &IdKey,
+        routing: &Routing,
+    ) -> Result<(), String> {
+        let mut parser = SseParser::new(MAX_UPSTREAM_MESSAGE);
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Err(format!("the MCP server's event stream failed: {e}")),
+            };
+            let events = parser.feed(&chunk).map_err(|e| e.to_string())?;
+            for event in events.into_iter().filter(|e| e.is_message()) {
+                let bytes = event.data.as_bytes();
+                let is_answer = matches!(
+                    jsonrpc::parse(bytes),
+                    Parsed::Message(ref env) if env.is_response() && env.id_key().as_ref() == Some(id)
+                );
+                if is_answer {
+                    if let Parsed::Message(env) = jsonrpc::parse(bytes) {
+                        self.answered(&env, routing);
+                    }
+                    self.deliver(bytes).await;
+                    return Ok(());
+                }
+                self.deliver(bytes).await;
+            }
+        }
+        Err("the MCP server's event stream ended without an answer".into())
+    }
+
+    /// The GET stream: messages the server sends outside any request.
+    async fn listen(self: Arc<Self>) {
+        let mut failures = 0;
+        while failures <= GET_RETRIES {
+            let req = self
+                .request(reqwest::Method::GET, None)
+                .header(reqwest::header::ACCEPT, "text/event-stream");
+            let mut resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::debug!("GET stream: {e}");
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if resp.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED {
+                return;
+            }
+            if !resp.status().is_success() {
+                tracing::debug!("GET stream refused: {}", resp.status());
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let mut parser = SseParser::new(MAX_UPSTREAM_MESSAGE);
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                match parser.feed(&chunk) {
+                    Ok(events) => {
+                        failures = 0;
+                        for event in events.into_iter().filter(|e| e.is_message()) {
+                            self.deliver(event.data.as_bytes()).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("GET stream: {e}");
+                        break;
+                    }
+                }
+            }
+            failures += 1;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn close_session(&self) {
+        if lock(&self.session).is_none() {
+            return;
+        }
+        let req = self.request(reqwest::Method::DELETE, None);
+        let _ = tokio::time::timeout(DELETE_WITHIN, req.send()).await;
+    }
+}
+
+/// A message as one line: upstreams may pretty-print, the core reads lines.
+fn one_line(message: &[u8]) -> Vec<u8> {
+    let trimmed = message.trim_ascii();
+    if !trimmed.contains(&b'\n') && !trimmed.contains(&b'\r') {
+        return trimmed.to_vec();
+    }
+    match serde_json::from_slice::<serde_json::Value>(trimmed) {
+        Ok(value) => value.to_string().into_bytes(),
+        // Not JSON: the core reports it as malformed; keep it on one line.
+        Err(_) => trimmed
+            .iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+            .collect(),
+    }
+}
+
+/// Reads a response body, refusing one larger than [`MAX_UPSTREAM_MESSAGE`].
+async fn read_capped(resp: &mut reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_UPSTREAM_MESSAGE {
+                    return Err(format!(
+                        "the MCP server's answer is larger than {MAX_UPSTREAM_MESSAGE} bytes"
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("reading the MCP server's answer: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_outside_visible_ascii_are_base64_encoded() {
+        assert_eq!(header_value("get_time"), "get_time");
+        assert_eq!(header_value("héllo"), "=?base64?aMOpbGxv?=");
+        assert_eq!(base64_encode(b"ab"), "YWI=");
+        assert_eq!(base64_encode(b"abc"), "YWJj");
+    }
+
+    #[test]
+    fn pretty_printed_answers_become_one_line() {
+        assert_eq!(one_line(b"{\n  \"a\": 1\n}\n"), b"{\"a\":1}".to_vec());
+        assert_eq!(one_line(b"{\"a\":1}"), b"{\"a\":1}".to_vec());
+    }
+
+    #[test]
+    fn routing_headers_come_from_the_body() {
+        let params = RawValue::from_string(
+            r#"{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}"#
+                .into(),
+        )
+        .unwrap();
+        let r = Routing::of(Some("tools/call"), Some(&params));
+        assert_eq!(r.version.as_deref(), Some("2026-07-28"));
+        assert_eq!(r.name.as_deref(), Some("t"));
+    }
+}

@@ -1,0 +1,958 @@
+//! `toolgate serve` end to end, with real peers: the Python `mcp` 2.3.0 client over
+//! Streamable HTTP (modes `auto` and `legacy`, `tests/e2e/http_driver.py`) through the built
+//! binary to `@modelcontextprotocol/server-everything` started in `streamableHttp` mode (a URL
+//! upstream) and to `mcp-server-time` (a stdio upstream, spawned per session), plus raw HTTP
+//! for what a client library would not send (no token, a foreign Origin, an unknown server).
+//!
+//! The peers are installed by `scripts/setup-test-peers`; without them these tests fail.
+
+#[path = "serve_support/trivial.rs"]
+mod trivial;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// How long any one answer may take before the test fails instead of hanging.
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+/// How long a grants edit may take to apply (debounce plus slack for CI).
+const RELOAD_WITHIN: Duration = Duration::from_secs(20);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn peer(relative: &str) -> PathBuf {
+    let path = root().join("tests/peers").join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup-test-peers",
+        path.display()
+    );
+    path
+}
+
+fn toolgate(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", dir)
+        .env("XDG_STATE_HOME", dir)
+        .output()
+        .unwrap()
+}
+
+/// Makes a grant with the real CLI and returns its token.
+fn add_grant(dir: &Path, name: &str) -> String {
+    let grants = dir.join("grants.json");
+    let out = toolgate(
+        &["grants", "add", name, "--file", grants.to_str().unwrap()],
+        dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.lines().count(), 1, "the token is alone on stdout");
+    token.trim().to_owned()
+}
+
+/// A child process killed when the test ends, whatever happens.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SIGTERM first, so `serve` stops the servers it spawned.
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// server-everything in `streamableHttp` mode on a free port.
+fn start_everything() -> (Killed, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("node")
+        .arg(peer("node_modules/.bin/mcp-server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start server-everything");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if line.contains("listening on port") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(ANSWER_WITHIN)
+        .expect("server-everything did not start listening");
+    (Killed(child), port)
+}
+
+/// A running `toolgate serve` with its files in a private directory.
+struct Serve {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    _process: Killed,
+}
+
+impl Serve {
+    /// Starts `serve` with `policy` and `servers` (the mcpServers object); `grants` are made
+    /// first and their tokens returned in order.
+    fn start(policy: &str, servers: Value, grants: &[&str]) -> (Serve, Vec<String>) {
+        Serve::start_with(policy, servers, grants, &[])
+    }
+
+    /// Like [`Serve::start`], with more `toolgate serve` options.
+    fn start_with(
+        policy: &str,
+        servers: Value,
+        grants: &[&str],
+        extra: &[&str],
+    ) -> (Serve, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.json"), policy).unwrap();
+        std::fs::write(
+            dir.path().join("servers.json"),
+            json!({ "mcpServers": servers }).to_string(),
+        )
+        .unwrap();
+        let tokens = grants.iter().map(|g| add_grant(dir.path(), g)).collect();
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .arg("serve")
+            .args(["--policy", "policy.json", "--servers", "servers.json"])
+            .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(dir.path())
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env("XDG_STATE_HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log_path = dir.path().join("stderr.log");
+        std::thread::spawn(move || {
+            let mut log = std::fs::File::create(log_path).unwrap();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let _ = writeln!(log, "{line}");
+                if let Some(addr) = line.strip_prefix("toolgate serve: listening on http://") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(ANSWER_WITHIN)
+            .unwrap_or_else(|_| panic!("serve did not start; log:\n{}", read(&dir, "stderr.log")));
+        let serve = Serve {
+            dir,
+            addr,
+            _process: Killed(child),
+        };
+        (serve, tokens)
+    }
+
+    fn url(&self, server: &str) -> String {
+        format!("http://{}/mcp/{server}", self.addr)
+    }
+
+    fn log(&self) -> String {
+        read(&self.dir, "stderr.log")
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        read(&self.dir, "audit.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn client(&self, mode: &str, server: &str, token: &str) -> Client {
+        Client::start(mode, &self.url(server), token)
+    }
+
+    /// One raw HTTP/1.1 request; returns the status, the headers (lowercase names) and the
+    /// body.
+    fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        stream.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    /// A JSON-RPC POST with a bearer token (and a session, when given).
+    fn post(&self, server: &str, token: &str, session: Option<&str>, msg: Value) -> Reply {
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ];
+        if let Some(session) = session {
+            headers.push(("Mcp-Session-Id", session));
+        }
+        self.http(
+            "POST",
+            &format!("/mcp/{server}"),
+            &headers,
+            &msg.to_string(),
+        )
+    }
+}
+
+fn read(dir: &tempfile::TempDir, name: &str) -> String {
+    std::fs::read_to_string(dir.path().join(name)).unwrap_or_default()
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One Python client session over HTTP.
+struct Client {
+    process: Killed,
+    stdin: ChildStdin,
+    answers: mpsc::Receiver<String>,
+}
+
+impl Client {
+    fn start(mode: &str, url: &str, token: &str) -> Client {
+        let mut child = Command::new(peer(".venv/bin/python"))
+            .arg(root().join("tests/e2e/http_driver.py"))
+            .args([mode, url, token])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Python client");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Client {
+            process: Killed(child),
+            stdin,
+            answers,
+        }
+    }
+
+    fn send(&mut self, command: Value) -> Value {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        let line = self
+            .answers
+            .recv_timeout(ANSWER_WITHIN)
+            .expect("no answer from the client");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn tools(&mut self) -> Vec<String> {
+        let answer = self.send(json!({"op": "list_tools"}));
+        serde_json::from_value(answer["tools"].clone())
+            .unwrap_or_else(|_| panic!("no tool list: {answer}"))
+    }
+
+    fn call(&mut self, tool: &str, args: Value) -> Value {
+        self.send(json!({"op": "call", "tool": tool, "args": args}))
+    }
+
+    fn close(mut self) {
+        assert_eq!(self.send(json!({"op": "close"})), json!({"closed": true}));
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        while self.process.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the client did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn text(answer: &Value) -> &str {
+    answer["texts"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {answer}"))
+}
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "hide": ["get-env", "toggle-*"],
+  "tools": {
+    "echo": { "rate_limit": { "max": 2, "window": "hour" } },
+    "get_current_time": { "rate_limit": { "max": 2, "window": "hour" } },
+    "convert_time": { "action": "deny", "reason": "conversions are off in tests" },
+    "get-sum": {},
+    "trigger-long-running-operation": {},
+    "trigger-sampling-request": {}
+  }
+}"#;
+
+/// The tool each upstream is exercised with.
+fn probe(server: &str) -> (&'static str, Value) {
+    match server {
+        "time" => ("get_current_time", json!({"timezone": "UTC"})),
+        _ => ("echo", json!({"message": "hi"})),
+    }
+}
+
+#[test]
+fn http_clients_in_both_modes_see_tools_decisions_and_limits_per_grant() {
+    let (_everything, port) = start_everything();
+    let modes = ["auto", "legacy"];
+    let servers = ["time", "everything"];
+    let mut grants = Vec::new();
+    for mode in modes {
+        for server in servers {
+            grants.push(format!("{mode}-{server}-a"));
+            grants.push(format!("{mode}-{server}-b"));
+        }
+    }
+    let names: Vec<&str> = grants.iter().map(String::as_str).collect();
+    let (serve, tokens) = Serve::start(
+        POLICY,
+        json!({
+            "time": { "command": peer(".venv/bin/mcp-server-time") },
+            "everything": { "url": format!("http://127.0.0.1:{port}/mcp") },
+        }),
+        &names,
+    );
+    let mut next = 0;
+    for mode in modes {
+        for server in servers {
+            let (tool, args) = probe(server);
+            let (a, b) = (&tokens[next], &tokens[next + 1]);
+            next += 2;
+            let context = format!("{mode} → {server}; log:\n{}", serve.log());
+
+            let mut client = serve.client(mode, server, a);
+            let info = client.send(json!({"op": "info"}));
+            let expected = match (mode, server) {
+                // mcp-server-time speaks 2026-07-28: auto settles on it (stateless requests).
+                ("auto", "time") => "2026-07-28",
+                _ => "2025-11-25",
+            };
+            assert_eq!(info["protocol"], expected, "{context}");
+            let tools = client.tools();
+            assert!(tools.contains(&tool.to_owned()), "{tools:?} {context}");
+            assert!(
+                !tools
+                    .iter()
+                    .any(|t| t == "get-env" || t.starts_with("toggle-")),
+                "hidden tools listed: {tools:?}"
+            );
+
+            // Two calls a grant, the third is refused with the limit's reason.
+            for _ in 0..2 {
+                let ok = client.call(tool, args.clone());
+                assert_eq!(ok["is_error"], false, "{ok} {context}");
+            }
+            let limited = client.call(tool, args.clone());
+            assert_eq!(limited["is_error"], true, "{limited}");
+            assert!(
+                text(&limited).starts_with("Rate limit reached: 2 calls per hour"),
+                "{limited}"
+            );
+            if server == "everything" {
+                // The upstream's event stream is passed on as it comes: progress, and a
+                // server-to-client sampling request answered by the client.
+                let long = client.send(
+                    json!({"op": "call", "tool": "trigger-long-running-operation",
+                    "args": {"duration": 1, "steps": 3}, "progress": true}),
+                );
+                assert_eq!(long["is_error"], false, "{long} {context}");
+                assert!(long["progress"].as_u64().unwrap() >= 1, "{long}");
+                let sampled = client.call(
+                    "trigger-sampling-request",
+                    json!({"prompt": "hi", "maxTokens": 5}),
+                );
+                assert!(
+                    text(&sampled).contains("sampled by the e2e driver"),
+                    "{sampled} {context}"
+                );
+            }
+            if server == "time" {
+                let denied = client.call("convert_time", json!({}));
+                assert_eq!(
+                    text(&denied),
+                    "Denied by policy (/tools/convert_time): conversions are off in tests"
+                );
+            }
+            client.close();
+
+            // Another grant has its own budget.
+            let mut other = serve.client(mode, server, b);
+            let ok = other.call(tool, args.clone());
+            assert_eq!(ok["is_error"], false, "{ok} {context}");
+            other.close();
+        }
+    }
+
+    // Events and audit records name the grant and the server.
+    let audit = serve.audit();
+    for mode in modes {
+        for server in servers {
+            let grant = format!("{mode}-{server}-a");
+            let decisions: Vec<&Value> = audit
+                .iter()
+                .filter(|r| r["kind"] == "decision" && r["grant"] == grant.as_str())
+                .collect();
+            assert!(decisions.len() >= 3, "{grant}: {decisions:?}");
+            assert!(
+                decisions.iter().all(|r| r["server"] == server),
+                "{decisions:?}"
+            );
+            assert_eq!(
+                decisions
+                    .iter()
+                    .filter(|r| r["decision"] == "rate_limited")
+                    .count(),
+                1,
+                "{decisions:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_are_refused() {
+    let (serve, tokens) = Serve::start(
+        POLICY,
+        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
+        &["ci"],
+    );
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let path = "/mcp/time";
+    let json_headers = [("Content-Type", "application/json")];
+
+    let none = serve.http("POST", path, &json_headers, &init.to_string());
+    assert_eq!(none.status, 401, "{}", none.body);
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    let wrong = serve.post("time", "tg_not-a-token", None, init.clone());
+    assert_eq!(wrong.status, 401);
+    let basic = serve.http(
+        "POST",
+        path,
+        &[("Authorization", &format!("Basic {}", tokens[0]))],
+        &init.to_string(),
+    );
+    assert_eq!(basic.status, 401);
+
+    let auth = format!("Bearer {}", tokens[0]);
+    let foreign = serve.http(
+        "POST",
+        path,
+        &[("Authorization", &auth), ("Origin", "http://evil.example")],
+        &init.to_string(),
+    );
+    assert_eq!(foreign.status, 403);
+    let own = format!("http://127.0.0.1:{}", serve.addr.port());
+    let same_origin = serve.http(
+        "POST",
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Origin", &own),
+            ("Content-Type", "application/json"),
+        ],
+        &init.to_string(),
+    );
+    assert_eq!(same_origin.status, 200, "{}", same_origin.body);
+
+    let unknown = serve.post("nope", &tokens[0], None, init.clone());
+    assert_eq!(unknown.status, 404);
+
+    // The real client, with a wrong token, cannot connect at all.
+    let mut client = serve.client("legacy", "time", "tg_wrong");
+    let answer = client.send(json!({"op": "info"}));
+    assert!(answer.get("connect_error").is_some(), "{answer}");
+    // Nothing was decided for any of them.
+    assert!(serve.audit().is_empty());
+}
+
+#[test]
+fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
+    let (upstream, seen) = trivial::start(true);
+    let policy = r#"{"version": "1", "default": "allow"}"#;
+    let servers = json!({ "t": {
+        "url": format!("http://{upstream}/mcp"),
+        "headers": { "X-Upstream-Key": "upstream-secret" }
+    }});
+    let (serve, tokens) = Serve::start(policy, servers, &["ci", "other"]);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let reply = serve.post("t", &tokens[0], None, init);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let session = reply
+        .header("mcp-session-id")
+        .expect("a session id")
+        .to_owned();
+    assert_ne!(session, trivial::UPSTREAM_SESSION);
+
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "through"}}});
+    let reply = serve.post("t", &tokens[0], Some(&session), call.clone());
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(answer["id"], 2);
+    assert_eq!(answer["result"]["content"][0]["text"], "through");
+
+    // Another grant cannot use this session.
+    let stolen = serve.post("t", &tokens[1], Some(&session), call.clone());
+    assert_eq!(stolen.status, 404);
+
+    {
+        let seen = seen.headers.lock().unwrap();
+        assert!(seen.len() >= 2);
+        for headers in seen.iter() {
+            assert!(headers.get("authorization").is_none(), "{headers:?}");
+            assert_eq!(headers["x-upstream-key"], "upstream-secret");
+        }
+        let last = seen.last().unwrap();
+        assert_eq!(last["mcp-session-id"], trivial::UPSTREAM_SESSION);
+        assert_eq!(last["mcp-protocol-version"], "2025-11-25");
+    }
+
+    // DELETE ends the session; it is unknown afterwards.
+    let auth = format!("Bearer {}", tokens[0]);
+    let deleted = serve.http(
+        "DELETE",
+        "/mcp/t",
+        &[("Authorization", &auth), ("Mcp-Session-Id", &session)],
+        "",
+    );
+    assert_eq!(deleted.status, 204);
+    let after = serve.post("t", &tokens[0], Some(&session), call);
+    assert_eq!(after.status, 404);
+
+    // A body that names one tool and a header that names another is refused.
+    let mismatch = serve.http(
+        "POST",
+        "/mcp/t",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "echo"),
+        ],
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "delete_everything", "arguments": {}}})
+        .to_string(),
+    );
+    assert_eq!(mismatch.status, 400, "{}", mismatch.body);
+}
+
+#[test]
+fn revoking_a_grant_applies_without_a_restart() {
+    let (serve, tokens) = Serve::start(
+        r#"{"version": "1", "default": "allow"}"#,
+        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
+        &["ci"],
+    );
+    let ping = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(
+        serve.post("time", &tokens[0], None, ping.clone()).status,
+        202
+    );
+    let grants = serve.dir.path().join("grants.json");
+    let out = toolgate(
+        &["grants", "revoke", "ci", "--file", grants.to_str().unwrap()],
+        serve.dir.path(),
+    );
+    assert!(out.status.success());
+    let list = toolgate(
+        &["grants", "list", "--file", grants.to_str().unwrap()],
+        serve.dir.path(),
+    );
+    assert!(String::from_utf8_lossy(&list.stdout).trim().is_empty());
+    let deadline = Instant::now() + RELOAD_WITHIN;
+    while serve.post("time", &tokens[0], None, ping.clone()).status != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "still accepted after revoke; log:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_held_call_streams_progress_until_an_operator_approves_it() {
+    let (_everything, port) = start_everything();
+    let (serve, tokens) = Serve::start(
+        r#"{"version":"1","default":"deny","tools":{"echo":{"action":"require_approval",
+            "reason":"echo needs a person"}}}"#,
+        json!({ "everything": { "url": format!("http://127.0.0.1:{port}/mcp") } }),
+        &["ci"],
+    );
+    let mut client = serve.client("legacy", "everything", &tokens[0]);
+    writeln!(
+        client.stdin,
+        "{}",
+        json!({"op": "call", "tool": "echo", "args": {"message": "may I"}, "progress": true})
+    )
+    .unwrap();
+    client.stdin.flush().unwrap();
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    let call_id = loop {
+        let hold = serve
+            .audit()
+            .into_iter()
+            .find(|r| r["decision"] == "hold")
+            .and_then(|r| r["call_id"].as_str().map(str::to_owned));
+        if let Some(id) = hold {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no hold; log:\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let approved = toolgate(&["approve", &call_id], serve.dir.path());
+    assert!(approved.status.success(), "{approved:?}");
+    let answer: Value = serde_json::from_str(
+        &client
+            .answers
+            .recv_timeout(ANSWER_WITHIN)
+            .expect("no answer"),
+    )
+    .unwrap();
+    assert_eq!(answer["is_error"], false, "{answer}");
+    assert_eq!(text(&answer), "Echo: may I");
+    assert!(answer["progress"].as_u64().unwrap() >= 1, "{answer}");
+    let audit = serve.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["kind"] == "outcome" && r["grant"] == "ci" && r["server"] == "everything"),
+        "{audit:?}"
+    );
+    client.close();
+}
+
+/// A raw request whose answer is an event stream, read event by event.
+fn open_stream(addr: SocketAddr, path: &str, token: &str, body: &Value) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    BufReader::new(stream)
+}
+
+#[test]
+fn a_client_that_closes_a_held_calls_stream_cancels_it() {
+    let (upstream, seen) = trivial::start(true);
+    let (serve, tokens) = Serve::start(
+        r#"{"version":"1","default":"require_approval"}"#,
+        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        &["ci"],
+    );
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"message": "x"}, "_meta": {"progressToken": "p9"}}});
+    let mut stream = open_stream(serve.addr, "/mcp/t", &tokens[0], &call);
+    // The hold's first progress note arrives as an event before any answer.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "stream ended");
+        if line.starts_with("data: ") {
+            break;
+        }
+    }
+    assert!(
+        line.contains("notifications/progress") && line.contains("\"p9\""),
+        "{line}"
+    );
+    // Follow the events, to see the hold end.
+    let mut tail = Killed(
+        Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["tail", "--json"])
+            .env("XDG_RUNTIME_DIR", serve.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let events = BufReader::new(tail.0.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in events.lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The snapshot the tail starts with shows the open hold.
+    let call_id = loop {
+        let line = rx.recv_timeout(ANSWER_WITHIN).expect("no events");
+        if let Some(at) = line.find("\"call_id\":\"") {
+            let rest = &line[at + 11..];
+            break rest[..rest.find('"').unwrap()].to_owned();
+        }
+    };
+    drop(stream);
+
+    // The hold ends as cancelled: an operator can no longer approve it, and the call never
+    // reaches the upstream.
+    loop {
+        let line = rx
+            .recv_timeout(ANSWER_WITHIN)
+            .expect("the hold did not end");
+        if line.contains("hold_resolved") {
+            assert!(line.contains("cancel"), "{line}");
+            break;
+        }
+    }
+    let out = toolgate(&["approve", &call_id], serve.dir.path());
+    assert!(
+        !out.status.success(),
+        "approved a call whose client had gone: {out:?}"
+    );
+    assert!(
+        !seen
+            .methods
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m == "tools/call"),
+        "the cancelled call reached the upstream"
+    );
+}
+
+#[test]
+fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_body() {
+    let (upstream, seen) = trivial::start(true);
+    let (serve, tokens) = Serve::start(
+        r#"{"version": "1", "default": "allow"}"#,
+        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        &["ci"],
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    // Two clients, both using id 1, without sessions: each gets its own answer.
+    let replies: Vec<Reply> = ["first", "second"]
+        .into_iter()
+        .map(|message| {
+            let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": message}, "_meta": meta}});
+            serve.post("t", &tokens[0], None, call)
+        })
+        .collect();
+    for (reply, message) in replies.iter().zip(["first", "second"]) {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.header("mcp-session-id").is_none());
+        let answer: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(answer["id"], 1, "{answer}");
+        assert_eq!(answer["result"]["content"][0]["text"], message);
+    }
+    let headers = seen.headers.lock().unwrap();
+    let last = headers.last().unwrap();
+    assert_eq!(last["mcp-method"], "tools/call");
+    assert_eq!(last["mcp-name"], "echo");
+    assert_eq!(last["mcp-protocol-version"], "2026-07-28");
+    assert!(last.get("authorization").is_none());
+}
+
+#[test]
+fn oversized_bodies_and_batches_are_refused_before_any_decision() {
+    let (serve, tokens) = Serve::start(
+        r#"{"version": "1", "default": "allow"}"#,
+        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
+        &["ci"],
+    );
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "get_current_time", "arguments": {"pad": "x".repeat(5 * 1024 * 1024)}}});
+    assert_eq!(serve.post("time", &tokens[0], None, big).status, 413);
+    let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]);
+    assert_eq!(serve.post("time", &tokens[0], None, batch).status, 400);
+    let garbage = serve.http(
+        "POST",
+        "/mcp/time",
+        &[("Authorization", &format!("Bearer {}", tokens[0]))],
+        "{not json",
+    );
+    assert_eq!(garbage.status, 400);
+    assert!(serve.audit().is_empty());
+}
+
+#[test]
+fn a_stateless_held_call_streams_progress_with_the_clients_own_token() {
+    let (upstream, _seen) = trivial::start(true);
+    let (serve, tokens) = Serve::start(
+        r#"{"version":"1","default":"require_approval"}"#,
+        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        &["ci"],
+    );
+    let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"message": "x"},
+        "_meta": {"progressToken": 42,
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let mut stream = open_stream(serve.addr, "/mcp/t", &tokens[0], &call);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "stream ended");
+        if line.starts_with("data: ") {
+            break;
+        }
+    }
+    let note: Value = serde_json::from_str(line.trim_start_matches("data: ").trim()).unwrap();
+    assert_eq!(note["method"], "notifications/progress");
+    assert_eq!(note["params"]["progressToken"], 42, "{note}");
+}
+
+/// The pid `serve` logged for the server it started for the `n`-th session (1-based).
+fn server_pid(serve: &Serve, n: usize) -> i32 {
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    loop {
+        let pids: Vec<i32> = serve
+            .log()
+            .lines()
+            .filter_map(|l| l.split("(pid ").nth(1))
+            .filter_map(|rest| rest.split(')').next()?.parse().ok())
+            .collect();
+        if let Some(pid) = pids.get(n - 1) {
+            return *pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server started; log:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_gone(pid: i32, why: &str) {
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    // Signal 0 only asks whether the process exists (its parent reaps it).
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "server {pid} still running after {why}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
+    let (serve, tokens) = Serve::start_with(
+        r#"{"version": "1", "default": "allow"}"#,
+        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
+        &["ci"],
+        // 1.2 s idle.
+        &["--session-idle", "0.02"],
+    );
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let first = serve.post("time", &tokens[0], None, init.clone());
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first_session = first.header("mcp-session-id").unwrap().to_owned();
+    let first_pid = server_pid(&serve, 1);
+    let auth = format!("Bearer {}", tokens[0]);
+    let deleted = serve.http(
+        "DELETE",
+        "/mcp/time",
+        &[("Authorization", &auth), ("Mcp-Session-Id", &first_session)],
+        "",
+    );
+    assert_eq!(deleted.status, 204);
+    wait_gone(first_pid, "DELETE");
+
+    let second = serve.post("time", &tokens[0], None, init);
+    assert_eq!(second.status, 200, "{}", second.body);
+    let second_session = second.header("mcp-session-id").unwrap().to_owned();
+    let second_pid = server_pid(&serve, 2);
+    wait_gone(second_pid, "the idle time");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(
+        serve
+            .post("time", &tokens[0], Some(&second_session), list)
+            .status,
+        404
+    );
+}
