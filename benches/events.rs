@@ -329,6 +329,7 @@ fn wrap_proxying(c: &mut Criterion) {
         .arg(dir.path().join("audit.jsonl"))
         .arg("--log-level")
         .arg("warn")
+        .args(["--counters", "memory"])
         .arg("--")
         .arg(std::env::current_exe().unwrap())
         .arg("--trivial-upstream")

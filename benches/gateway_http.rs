@@ -129,6 +129,7 @@ impl Serve {
             .arg("--audit")
             .arg(path("audit.jsonl"))
             .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .args(["--counters", "memory"])
             .env("XDG_RUNTIME_DIR", dir.path())
             .stderr(Stdio::piped())
             .spawn()

@@ -79,6 +79,7 @@ impl Peer {
                 .arg(dir.join("audit.jsonl"))
                 .arg("--log-level")
                 .arg("warn")
+                .args(["--counters", "memory"])
                 .arg("--")
                 .arg(&me)
                 .arg("--trivial-upstream");

@@ -153,6 +153,8 @@ impl Agent {
             .arg(dir.join("audit.jsonl"))
             .arg("--grant")
             .arg("tmux-agent")
+            // Keep the user's real counter file out of tests.
+            .args(["--counters", "memory"])
             .arg("--")
             .arg("node")
             .arg(peer("node_modules/.bin/mcp-server-everything"))

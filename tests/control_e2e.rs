@@ -81,6 +81,9 @@ impl Dir {
             self.path("audit.jsonl").display().to_string(),
             "--grant".into(),
             "e2e".into(),
+            // Keep the user's real counter file out of tests.
+            "--counters".into(),
+            "memory".into(),
             "--".into(),
         ];
         args.extend(everything());

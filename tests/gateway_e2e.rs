@@ -597,6 +597,7 @@ fn wrap_raw(server: &[&str], extra: &[&str]) -> (Child, tempfile::TempDir) {
         .arg("--audit")
         .arg(dir.path().join("audit.jsonl"))
         .args(extra)
+        .args(["--counters", "memory"])
         .arg("--no-events")
         .arg("--")
         .args(server)

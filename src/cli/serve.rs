@@ -14,8 +14,8 @@ use crate::gateway::http::{self, HttpGateway, ServeOptions};
 use crate::gateway::reload::{PolicyWatcher, load_initial};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog, Gateway};
-use crate::policy::MemoryStore;
-use crate::wire::GatewayInfo;
+use crate::policy::CounterArgs;
+use crate::wire::{EventKind, GatewayInfo};
 
 /// Serve MCP over Streamable HTTP at /mcp/<name>, enforcing a policy on every tool call.
 ///
@@ -66,6 +66,8 @@ pub struct Args {
     /// No event websocket and no discovery file: held calls can then only time out.
     #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
     no_events: bool,
+    #[command(flatten)]
+    counters: CounterArgs,
     /// Log level for stderr (overridden by RUST_LOG).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -173,8 +175,13 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         allowed_origins.push(format!("http://{host}:{}", local.port()));
     }
 
-    // COUNTERS: the shared SQLite store replaces this in-process store when it lands.
-    let store = Arc::new(MemoryStore::default());
+    let store = {
+        let hub = hub.clone();
+        args.counters
+            .open(move |status| hub.publish(EventKind::Store(status.clone())))
+            .context("cannot open the counter store (--counters)")?
+    };
+    tracing::info!("counters: {}", args.counters.spec()?);
     let base =
         Arc::new(Gateway::new(policy, store, hub.clone(), "*", "*").with_audit(audit.clone()));
     let names: Vec<String> = servers.keys().cloned().collect();

@@ -320,6 +320,17 @@ pub fn human_line(event: &Event) -> Option<String> {
             }
             line
         }
+        EventKind::Store(store) => {
+            let mut line = format!(
+                "counter store {} {}",
+                terminal_text(&store.store),
+                if store.ok { "ok" } else { "unavailable" }
+            );
+            if let Some(detail) = &store.detail {
+                line += &format!(" · {}", terminal_text(detail));
+            }
+            line
+        }
         EventKind::Tools(tools) => format!(
             "tools from {} · {}",
             terminal_text(&tools.server),

@@ -13,8 +13,8 @@ use crate::gateway::reload::{PolicyWatcher, load_initial};
 use crate::gateway::stdio::{WrapError, WrapOptions, wrap};
 use crate::gateway::upstream::{DEFAULT_GRACE, ServerCommand};
 use crate::gateway::{AuditArgs, AuditLog, Gateway};
-use crate::policy::MemoryStore;
-use crate::wire::GatewayInfo;
+use crate::policy::CounterArgs;
+use crate::wire::{EventKind, GatewayInfo};
 
 /// Enforce a policy on every tool call between an MCP client and a stdio MCP server.
 ///
@@ -49,6 +49,8 @@ pub struct Args {
     /// No event websocket and no discovery file: held calls can then only time out.
     #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
     no_events: bool,
+    #[command(flatten)]
+    counters: CounterArgs,
     /// Log level for stderr (overridden by RUST_LOG).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -140,8 +142,13 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         Some(control)
     };
 
-    // COUNTERS: the shared SQLite store replaces this in-process store when it lands.
-    let store = Arc::new(MemoryStore::default());
+    let store = {
+        let hub = hub.clone();
+        args.counters
+            .open(move |status| hub.publish(EventKind::Store(status.clone())))
+            .context("cannot open the counter store (--counters)")?
+    };
+    tracing::info!("counters: {}", args.counters.spec()?);
     let gateway = Arc::new(
         Gateway::new(policy, store, hub.clone(), args.grant, server.display())
             .with_audit(audit.clone()),

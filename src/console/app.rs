@@ -687,6 +687,21 @@ fn ingest(state: &mut State, key: &str, event: Event) {
                 state.complain(msg);
             }
         }
+        EventKind::Store(s) => {
+            let label = state.gateways[conn].label().to_owned();
+            let store = terminal_text(&s.store);
+            if s.ok {
+                state.say(format!(
+                    "gateway {label}: counter store {store} answers again"
+                ));
+            } else {
+                let why = s.detail.map(|d| terminal_text(&d).into_owned());
+                state.complain(format!(
+                    "gateway {label}: counter store {store} unavailable{}",
+                    why.map(|d| format!(": {d}")).unwrap_or_default()
+                ));
+            }
+        }
         EventKind::Tools(t) => {
             state.gateways[conn].tools = t.tools.into_iter().map(sanitize_tool).collect();
         }

@@ -405,7 +405,10 @@ impl State {
             }
             EventKind::Upstream(upstream) => self.upstream_up = upstream.up,
             EventKind::Tools(tools) => self.tools.clone_from(&tools.tools),
-            EventKind::Hello(_) | EventKind::Missed(_) | EventKind::Reply(_) => {}
+            EventKind::Store(_)
+            | EventKind::Hello(_)
+            | EventKind::Missed(_)
+            | EventKind::Reply(_) => {}
         }
     }
 

@@ -11,7 +11,7 @@
 //!   says `FILE:LINE:COL` and a JSON Pointer, and duplicate keys are caught.
 //! - [`compile`]: validation into a [`Policy`]; every problem at once, in document order.
 //! - [`glob`], [`condition`]: tool-name patterns and argument conditions.
-//! - [`store`]: the [`CounterStore`] that limits count against ([`MemoryStore`] in process).
+//! - [`store`]: the [`CounterStore`] that limits count against: in process, SQLite, Redis.
 //! - [`decision`]: the [`Decision`] and the text an agent reads.
 //!
 //! Deciding follows the format's order: hidden → `action: deny` → `deny_if`/`require` →
@@ -24,14 +24,15 @@ mod condition;
 mod decision;
 mod glob;
 mod json;
-mod store;
+pub mod store;
 
 pub use compile::DEFAULT_APPROVAL_TIMEOUT_MS;
 pub use condition::Op;
 pub use decision::{Call, Decision, Verdict, human_duration};
 pub use store::{
-    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, MemoryStore, Reservation,
-    ReservedUnit, Scope, StoreError,
+    Admission, CounterArgs, CounterKey, CounterStore, FailMode, GuardedStore, KeyUsage,
+    LimitRequest, MemoryStore, RedisStore, Reservation, ReservedUnit, Scope, SqliteStore,
+    StoreError, StoreSpec,
 };
 
 use std::collections::HashMap;

@@ -53,6 +53,8 @@ pub enum EventKind {
     Upstream(Upstream),
     /// The tools the upstream offers (from its `tools/list` answers).
     Tools(Tools),
+    /// The counter store stopped answering, or answers again.
+    Store(StoreStatus),
     /// This client fell behind and events were dropped for it; a fresh `hello` follows.
     Missed(Missed),
     /// The answer to a [`ClientMsg`].
@@ -218,6 +220,17 @@ pub struct CounterState {
 pub struct Upstream {
     pub server: String,
     pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The health of the counter store (`--counters`), sent when it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// The store as configured (`sqlite:PATH`, `redis://HOST:PORT/DB`; never a password).
+    pub store: String,
+    pub ok: bool,
+    /// Why it is down, and what calls with limits get meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }

@@ -1,0 +1,213 @@
+//! [`GuardedStore`]: what a gateway does when its counter store does not answer.
+//!
+//! A shared store (SQLite, Redis) can fail: a disk full, a lock held too long, a Redis that
+//! went away. The guard sits between the decision and such a store and makes the failure a
+//! policy of its own:
+//! - [`FailMode::Closed`] (the default): the error reaches [`crate::policy::Policy::decide`],
+//!   which denies calls that have limits and says the store is unavailable. A limit is a
+//!   promise; an outage must not be a way around it.
+//! - [`FailMode::Open`]: calls are admitted uncounted, with a warning in the log.
+//!
+//! Either way the operators hear of it once per outage: a log line and a
+//! [`crate::wire::StoreStatus`] event when the store stops answering, and again when it
+//! answers. Recovery needs nothing: every call asks the store again. Units that could not be
+//! given back during an outage (a denied hold, a failed transport) are kept and given back
+//! after the next call the store answers, so rollbacks keep their meaning.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{Admission, CounterStore, KeyUsage, LimitRequest, Reservation, Scope, StoreError};
+use crate::wire::StoreStatus;
+
+/// Reservations waiting to be given back, at most; older ones are dropped (their units
+/// leave their windows on their own).
+const MAX_UNRELEASED: usize = 10_000;
+
+/// What calls with limits get while the counter store does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FailMode {
+    /// Denied, with a reason saying the counter store is unavailable.
+    #[default]
+    Closed,
+    /// Admitted without being counted, with a warning in the log.
+    Open,
+}
+
+/// Told of every change of the store's health (down with why, or up again).
+pub type HealthSink = Arc<dyn Fn(&StoreStatus) + Send + Sync>;
+
+/// A store with a failure policy, health reporting and deferred releases.
+pub struct GuardedStore {
+    inner: Arc<dyn CounterStore>,
+    shown: String,
+    fail: FailMode,
+    healthy: AtomicBool,
+    sink: Option<HealthSink>,
+    unreleased: Mutex<Vec<Reservation>>,
+}
+
+impl std::fmt::Debug for GuardedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStore")
+            .field("store", &self.shown)
+            .field("fail", &self.fail)
+            .field("healthy", &self.healthy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardedStore {
+    /// Guards `inner`, shown in messages as `shown` (no secrets in it).
+    pub fn new(inner: Arc<dyn CounterStore>, shown: impl Into<String>, fail: FailMode) -> Self {
+        GuardedStore {
+            inner,
+            shown: shown.into(),
+            fail,
+            healthy: AtomicBool::new(true),
+            sink: None,
+            unreleased: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Tells `sink` of every change of health (a gateway publishes it as an event).
+    pub fn with_health_sink(mut self, sink: HealthSink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Whether the latest call to the store got an answer.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records the result of a call to the store made outside the trait (a start-up ping).
+    pub fn observe(&self, result: Result<(), &StoreError>) {
+        match result {
+            Ok(()) => self.up(),
+            Err(e) => self.down(e),
+        }
+    }
+
+    fn up(&self) {
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!("counter store {} answers again", self.shown);
+            self.tell(StoreStatus {
+                store: self.shown.clone(),
+                ok: true,
+                detail: None,
+            });
+        }
+        self.give_back_unreleased();
+    }
+
+    fn down(&self, e: &StoreError) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            let consequence = match self.fail {
+                FailMode::Closed => "calls with limits are denied",
+                FailMode::Open => "calls with limits are admitted uncounted (--counters-fail open)",
+            };
+            tracing::error!("{e}; {consequence} until it answers again");
+            self.tell(StoreStatus {
+                store: self.shown.clone(),
+                ok: false,
+                detail: Some(format!("{e}; {consequence}")),
+            });
+        }
+    }
+
+    fn tell(&self, status: StoreStatus) {
+        if let Some(sink) = &self.sink {
+            sink(&status);
+        }
+    }
+
+    fn lock_unreleased(&self) -> std::sync::MutexGuard<'_, Vec<Reservation>> {
+        self.unreleased.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn give_back_unreleased(&self) {
+        let pending = std::mem::take(&mut *self.lock_unreleased());
+        if pending.is_empty() {
+            return;
+        }
+        let mut failed = Vec::new();
+        for reservation in pending {
+            if self.inner.try_release(&reservation).is_err() {
+                failed.push(reservation);
+            }
+        }
+        if !failed.is_empty() {
+            let mut unreleased = self.lock_unreleased();
+            failed.append(&mut unreleased);
+            *unreleased = failed;
+        }
+    }
+
+    fn keep_for_later(&self, reservation: &Reservation) {
+        let mut unreleased = self.lock_unreleased();
+        if unreleased.len() >= MAX_UNRELEASED {
+            unreleased.remove(0);
+        }
+        unreleased.push(reservation.clone());
+    }
+}
+
+impl CounterStore for GuardedStore {
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+        match self.inner.admit(limits, now_ms) {
+            Ok(admission) => {
+                self.up();
+                Ok(admission)
+            }
+            Err(e) => {
+                self.down(&e);
+                match self.fail {
+                    FailMode::Closed => Err(e),
+                    FailMode::Open => {
+                        tracing::warn!("admitting a call uncounted: {e}");
+                        Ok(Admission::Admitted(Reservation::default()))
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&self, reservation: &Reservation) {
+        if let Err(e) = self.try_release(reservation) {
+            tracing::warn!("cannot give back counted units yet, will retry: {e}");
+        }
+    }
+
+    fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        if reservation.is_empty() {
+            return Ok(());
+        }
+        match self.inner.try_release(reservation) {
+            Ok(()) => {
+                self.up();
+                Ok(())
+            }
+            Err(e) => {
+                self.down(&e);
+                self.keep_for_later(reservation);
+                Err(e)
+            }
+        }
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
+        let result = self.inner.usage(counter, scope, window_ms, now_ms);
+        match &result {
+            Ok(_) => self.up(),
+            Err(e) => self.down(e),
+        }
+        result
+    }
+}

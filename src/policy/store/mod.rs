@@ -1,0 +1,190 @@
+//! Counters: the store that limits count against, kept outside the policy.
+//!
+//! A policy says which budgets a call counts against ([`LimitRequest`]: a counter name, a
+//! scope key, a `max` per rolling `window`); the store keeps the admitted calls' times and
+//! answers one question atomically: does every one of these budgets have room right now? If
+//! so it takes one unit from each and hands back a [`Reservation`]; if not it takes nothing
+//! and says which budget was full and when room comes back.
+//!
+//! Counters live outside [`super::Policy`] so that reloading a policy never resets them, and
+//! the budget (`max`, `window`) comes with each request, so a changed budget applies to the
+//! calls already counted.
+//!
+//! The stores, one file each, all with the same semantics (one test suite runs against all
+//! three, `tests/counters_semantics.rs`):
+//! - [`memory`]: [`MemoryStore`], in process; the reference implementation.
+//! - [`sqlite`]: [`SqliteStore`], a file shared by every gateway process of a user on one
+//!   machine and kept across restarts; the default for gateways.
+//! - [`redis`]: [`RedisStore`], shared by gateways on many machines (atomic Lua scripts).
+//! - [`guard`]: [`GuardedStore`] wraps a shared store: fail closed or open when it does not
+//!   answer, tell the operators when it goes down and comes back, give back later the units
+//!   it could not give back at once.
+//! - [`spec`]: [`CounterArgs`] (`--counters`, `--counters-prefix`, `--counters-fail`), the
+//!   one place every gateway command turns its options into a store.
+//!
+//! Exactness: a unit counted at time `t` is inside a window of length `w` at `now` when
+//! `now - w < t`. A call is admitted at `now` only when fewer than `max` counted units lie
+//! within `w` of `now` on either side, which guarantees that no span of length `w` ever holds
+//! more than `max` units, even when callers' clocks arrive slightly out of order. (With
+//! in-order times this is the ordinary rolling window.)
+
+pub mod guard;
+pub mod memory;
+pub mod redis;
+pub mod spec;
+pub mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use guard::{FailMode, GuardedStore};
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+pub use spec::{CounterArgs, StoreSpec};
+pub use sqlite::SqliteStore;
+
+/// Whose budget a counter is: one per grant, one per MCP session, or one for everybody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Grant,
+    Session,
+    Global,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Grant => "grant",
+            Scope::Session => "session",
+            Scope::Global => "global",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One budget: a counter name in one scope, for one scope key (the grant, the session, or
+/// `""` for global). Owned, for reservations that outlive the call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    /// Shared with the policy, so a reservation does not copy the name.
+    pub counter: Arc<str>,
+    pub scope: Scope,
+    pub scope_key: String,
+}
+
+/// "Take one unit from this budget if it has room." Borrows its names from the call and the
+/// policy, so asking costs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitRequest<'a> {
+    pub counter: &'a Arc<str>,
+    pub scope: Scope,
+    pub scope_key: &'a str,
+    pub max: u64,
+    pub window_ms: u64,
+}
+
+impl LimitRequest<'_> {
+    pub(crate) fn same_budget(&self, other: &LimitRequest<'_>) -> bool {
+        self.counter == other.counter
+            && self.scope == other.scope
+            && self.scope_key == other.scope_key
+    }
+
+    /// The owned key of this budget.
+    pub fn key(&self) -> CounterKey {
+        CounterKey {
+            counter: Arc::clone(self.counter),
+            scope: self.scope,
+            scope_key: self.scope_key.to_string(),
+        }
+    }
+}
+
+/// One unit taken: which budget, and the time it was counted at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedUnit {
+    pub key: CounterKey,
+    pub at_ms: u64,
+    /// Store-specific identity of the unit (e.g. a sorted-set member); 0 if unused.
+    pub token: u64,
+}
+
+/// Units a decision took, to give back with [`CounterStore::release`] if the call does not
+/// go through (a hold denied or timed out, a transport failure). Release it at most once.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    units: Vec<ReservedUnit>,
+}
+
+impl Reservation {
+    pub fn new(units: Vec<ReservedUnit>) -> Reservation {
+        Reservation { units }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    pub fn units(&self) -> &[ReservedUnit] {
+        &self.units
+    }
+}
+
+/// The answer to [`CounterStore::admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Every budget had room; one unit was taken from each.
+    Admitted(Reservation),
+    /// `limits[index]` was the first without room; nothing was taken. Room comes back in
+    /// `retry_after_ms` (at least 1).
+    Refused { index: usize, retry_after_ms: u64 },
+}
+
+/// How full one budget is, for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub scope_key: String,
+    /// Units counted within the window.
+    pub used: u64,
+    /// When the oldest of them leaves the window; `None` when `used` is 0.
+    pub next_free_in_ms: Option<u64>,
+}
+
+/// The counter store could not answer; limited calls fail closed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("counter store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// Where limits are counted. Thread-safe; admission of all of a call's limits is atomic.
+pub trait CounterStore: Send + Sync {
+    /// Takes one unit from every budget in `limits` if all have room at `now_ms`, else none.
+    /// A budget named twice in `limits` is counted once.
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError>;
+
+    /// Gives back the units of a reservation (those not yet out of their window). A store
+    /// that cannot answer logs it; see [`CounterStore::try_release`].
+    fn release(&self, reservation: &Reservation);
+
+    /// [`CounterStore::release`], saying whether the store answered, so that a caller can
+    /// give the units back later ([`GuardedStore`] does). Releasing a unit already out of
+    /// its window does nothing; so does releasing twice in the shared stores, whose units
+    /// carry tokens (a retry after a lost answer is safe there).
+    fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        self.release(reservation);
+        Ok(())
+    }
+
+    /// Usage of every scope key of `counter` in `scope` that has units within `window_ms`.
+    fn usage(
+        &self,
+        counter: &str,
+        scope: Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<KeyUsage>, StoreError>;
+}

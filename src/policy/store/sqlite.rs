@@ -1,0 +1,495 @@
+//! [`SqliteStore`]: counters in a SQLite file, the default store of every gateway.
+//!
+//! Every `toolgate wrap` is its own process (one per agent session), and agents restart their
+//! MCP servers often; counting in a file that all of them open makes "30 a day" mean 30 a day
+//! for the user, not 30 per process. The file lives in the user's state directory
+//! (`~/.local/state/toolgate/counters.sqlite3`), mode 0600.
+//!
+//! Atomicity across processes: an admission is one `BEGIN IMMEDIATE` transaction (the write
+//! lock is taken first, so no two processes check the same budget at once): read each
+//! budget, prune what has left its retained span, count, and insert one unit per budget or
+//! roll everything back. WAL mode lets readers (`usage`) run beside a writer; other writers
+//! wait up to [`BUSY_TIMEOUT`], then the call fails closed.
+//!
+//! The semantics are [`super::MemoryStore`]'s, row for row: a `budgets` row keeps the largest
+//! window ever asked of the key and its latest time; `units` keeps the time of every counted
+//! call, with a random token so a release removes exactly its own units.
+//!
+//! The store is synchronous (decisions are synchronous); a call holds the caller's thread for
+//! a local transaction, tens of microseconds, or at most [`BUSY_TIMEOUT`] under contention.
+//! Checkpoints (copying the WAL into the database, with an fsync) would cost a decision
+//! milliseconds now and then, so a background thread of each store runs them every
+//! [`CHECKPOINT_EVERY`]; the automatic checkpoint on commit stays only as a backstop for a
+//! WAL grown past [`WAL_BACKSTOP_PAGES`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    Admission, CounterStore, KeyUsage, LimitRequest, Reservation, ReservedUnit, Scope, StoreError,
+};
+
+/// How long a write waits for another process's transaction before the call fails closed.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the background thread copies the WAL into the database.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL size (pages) at which a commit checkpoints by itself (the background thread fell
+/// behind, or is gone).
+const WAL_BACKSTOP_PAGES: i64 = 10_000;
+
+/// The schema this code writes; a file with a newer one is refused, not guessed at.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How many admissions (in this process) between sweeps of idle budgets.
+const SWEEP_EVERY: u64 = 4096;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS budgets (
+    id        INTEGER PRIMARY KEY,
+    counter   TEXT NOT NULL,
+    scope     TEXT NOT NULL,
+    scope_key TEXT NOT NULL,
+    retain_ms INTEGER NOT NULL,
+    latest_ms INTEGER NOT NULL,
+    UNIQUE (counter, scope, scope_key)
+);
+CREATE INDEX IF NOT EXISTS budgets_by_expiry ON budgets (latest_ms + 2 * retain_ms);
+CREATE TABLE IF NOT EXISTS units (
+    budget INTEGER NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    token  INTEGER NOT NULL,
+    PRIMARY KEY (budget, at_ms, token)
+) WITHOUT ROWID;
+";
+
+/// Counters in a SQLite file, shared by every process that opens the same file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    /// `None` after an error that may have broken the connection; reopened on the next call.
+    conn: Mutex<Option<Connection>>,
+    admissions: AtomicU64,
+    /// The checkpoint thread runs while this lives.
+    _alive: Arc<()>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with its directory) the counter file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = connect(path).map_err(|e| describe(path, &e))?;
+        let alive = Arc::new(());
+        spawn_checkpointer(path.to_path_buf(), Arc::downgrade(&alive));
+        let store = SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(Some(conn)),
+            admissions: AtomicU64::new(0),
+            _alive: alive,
+        };
+        // Forget what went idle while no gateway ran.
+        store.with_conn(|conn| sweep(conn, now_ms()))?;
+        Ok(store)
+    }
+
+    /// `<state dir>/toolgate/counters.sqlite3`, e.g. `~/.local/state/toolgate/counters.sqlite3`.
+    pub fn default_path() -> Result<PathBuf, StoreError> {
+        use etcetera::BaseStrategy;
+        let base = etcetera::choose_base_strategy()
+            .map_err(|e| StoreError(format!("no state directory for the counter file: {e}")))?;
+        let dir = base
+            .state_dir()
+            .unwrap_or_else(|| base.data_dir())
+            .join("toolgate");
+        Ok(dir.join("counters.sqlite3"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        // Nothing panics while holding the lock with the connection in a bad state (a
+        // transaction rolls back when dropped), so a poisoned lock is still usable.
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = match &mut *guard {
+            Some(conn) => conn,
+            empty => empty.insert(connect(&self.path).map_err(|e| describe(&self.path, &e))?),
+        };
+        f(conn).map_err(|e| {
+            // A busy database is another process's long write, not a broken connection.
+            if e.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) {
+                *guard = None;
+            }
+            describe(&self.path, &e)
+        })
+    }
+}
+
+fn describe(path: &Path, e: &rusqlite::Error) -> StoreError {
+    StoreError(format!("SQLite {}: {e}", path.display()))
+}
+
+fn now_ms() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// SQLite integers are signed 64-bit; times and windows beyond that are clamped.
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    create_private_file(path).map_err(|e| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("cannot create the counter file: {e}")),
+        )
+    })?;
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers beside one writer, and commits without a sync of the main file.
+    // NORMAL sync: a power cut may lose the last few counted calls, never corrupt the file.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
+    // After a checkpoint, a WAL grown under a burst is cut back to this size.
+    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "the counter file has schema version {version}, written by a newer toolgate \
+                 (this one understands {SCHEMA_VERSION}); upgrade, or choose another file with --counters"
+            )),
+        ));
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(conn)
+}
+
+/// Copies the WAL into the database every [`CHECKPOINT_EVERY`] until the store is dropped.
+/// A passive checkpoint never waits for (or blocks) a decision; failures are retried.
+fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
+    let run = move || {
+        let mut conn: Option<Connection> = None;
+        loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if alive.strong_count() == 0 {
+                return;
+            }
+            if conn.is_none() {
+                conn = Connection::open(&path)
+                    .inspect_err(|e| tracing::debug!("checkpoint: cannot open: {e}"))
+                    .ok();
+            }
+            if let Some(c) = &conn
+                && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::debug!("checkpoint of {}: {e}", path.display());
+                conn = None;
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("counters-checkpoint".into())
+        .spawn(run)
+    {
+        tracing::warn!("no checkpoint thread ({e}); commits will checkpoint by themselves");
+    }
+}
+
+/// The counter file and its directory are the user's alone: they name grants and sessions.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    // SQLite gives its -wal and -shm files the database file's mode.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
+/// Forgets idle budgets: those whose every unit is out of the retained span. (Budgets in use
+/// are pruned as they are admitted.) Uses the expiry index, so it costs what it deletes.
+fn sweep(conn: &mut Connection, now_ms: u64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "DELETE FROM units WHERE budget IN (
+             SELECT id FROM budgets WHERE latest_ms + 2 * retain_ms <= ?1)",
+        params![sql_int(now_ms)],
+    )?;
+    tx.execute(
+        "DELETE FROM budgets WHERE latest_ms + 2 * retain_ms <= ?1",
+        params![sql_int(now_ms)],
+    )?;
+    tx.commit()
+}
+
+/// What one budget's check found.
+enum Check {
+    Room,
+    Full { retry_after_ms: u64 },
+}
+
+impl CounterStore for SqliteStore {
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+        let admission = self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut units: Vec<ReservedUnit> = Vec::with_capacity(limits.len());
+            for (index, limit) in limits.iter().enumerate() {
+                if limits[..index].iter().any(|l| l.same_budget(limit)) {
+                    continue;
+                }
+                let found: Option<(i64, i64, i64)> = tx
+                    .prepare_cached(
+                        "SELECT id, retain_ms, latest_ms FROM budgets
+                         WHERE counter = ?1 AND scope = ?2 AND scope_key = ?3",
+                    )?
+                    .query_row(
+                        params![&**limit.counter, limit.scope.as_str(), limit.scope_key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let (old_retain, old_latest) = found
+                    .map(|(_, r, l)| (from_sql(r), from_sql(l)))
+                    .unwrap_or_default();
+                let retain = old_retain.max(limit.window_ms);
+                // As in memory: a clock far behind this budget's latest is moved forward,
+                // because older units may already be forgotten.
+                let at = now_ms.max(old_latest.saturating_sub(retain));
+                let latest = old_latest.max(at);
+                let budget = match found {
+                    Some((id, _, _)) => {
+                        tx.prepare_cached(
+                            "UPDATE budgets SET retain_ms = ?2, latest_ms = ?3 WHERE id = ?1",
+                        )?
+                        .execute(params![
+                            id,
+                            sql_int(retain),
+                            sql_int(latest)
+                        ])?;
+                        id
+                    }
+                    None => {
+                        tx.prepare_cached(
+                            "INSERT INTO budgets (counter, scope, scope_key, retain_ms, latest_ms)
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![
+                            &**limit.counter,
+                            limit.scope.as_str(),
+                            limit.scope_key,
+                            sql_int(retain),
+                            sql_int(latest)
+                        ])?;
+                        tx.last_insert_rowid()
+                    }
+                };
+                if let Some(horizon) = latest.checked_sub(retain.saturating_mul(2)) {
+                    tx.prepare_cached("DELETE FROM units WHERE budget = ?1 AND at_ms <= ?2")?
+                        .execute(params![budget, sql_int(horizon)])?;
+                }
+                match check(&tx, budget, at, limit.max, limit.window_ms)? {
+                    Check::Room => {}
+                    Check::Full { retry_after_ms } => {
+                        // Dropping the transaction rolls back this call's units and updates.
+                        return Ok(Admission::Refused {
+                            index,
+                            retry_after_ms,
+                        });
+                    }
+                }
+                // Non-negative, so it round-trips through SQLite's signed integers.
+                let token = rand::random::<u64>() >> 1;
+                tx.prepare_cached("INSERT INTO units (budget, at_ms, token) VALUES (?1, ?2, ?3)")?
+                    .execute(params![budget, sql_int(at), sql_int(token)])?;
+                units.push(ReservedUnit {
+                    key: limit.key(),
+                    at_ms: at,
+                    token,
+                });
+            }
+            tx.commit()?;
+            Ok(Admission::Admitted(Reservation::new(units)))
+        })?;
+        let n = self.admissions.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_multiple_of(SWEEP_EVERY)
+            && let Err(e) = self.with_conn(|conn| sweep(conn, now_ms))
+        {
+            tracing::warn!("cannot sweep idle counters: {e}");
+        }
+        Ok(admission)
+    }
+
+    fn release(&self, reservation: &Reservation) {
+        if let Err(e) = self.try_release(reservation) {
+            tracing::warn!("cannot give back counted units: {e}");
+        }
+    }
+
+    fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        if reservation.is_empty() {
+            return Ok(());
+        }
+        self.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for unit in reservation.units() {
+                tx.prepare_cached(
+                    "DELETE FROM units WHERE at_ms = ?4 AND token = ?5 AND budget = (
+                         SELECT id FROM budgets
+                         WHERE counter = ?1 AND scope = ?2 AND scope_key = ?3)",
+                )?
+                .execute(params![
+                    &*unit.key.counter,
+                    unit.key.scope.as_str(),
+                    unit.key.scope_key,
+                    sql_int(unit.at_ms),
+                    sql_int(unit.token)
+                ])?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
+        let low = now_ms.checked_sub(window_ms).map_or(-1, sql_int);
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT b.scope_key, count(*), min(u.at_ms)
+                 FROM budgets b JOIN units u ON u.budget = b.id
+                 WHERE b.counter = ?1 AND b.scope = ?2 AND u.at_ms > ?3
+                 GROUP BY b.id ORDER BY b.scope_key",
+            )?;
+            let rows = stmt.query_map(params![counter, scope.as_str(), low], |r| {
+                let oldest = from_sql(r.get(2)?);
+                Ok(KeyUsage {
+                    scope_key: r.get(0)?,
+                    used: from_sql(r.get(1)?),
+                    next_free_in_ms: Some(
+                        oldest
+                            .saturating_add(window_ms)
+                            .saturating_sub(now_ms)
+                            .max(1),
+                    ),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+/// Whether one more unit fits in `budget` at `at_ms`: counts the units within `window_ms` of
+/// `at_ms` on either side, as [`super::MemoryStore`] does.
+fn check(
+    tx: &rusqlite::Transaction<'_>,
+    budget: i64,
+    at_ms: u64,
+    max: u64,
+    window_ms: u64,
+) -> rusqlite::Result<Check> {
+    let low = at_ms.checked_sub(window_ms).map_or(-1, sql_int);
+    let high = sql_int(at_ms.saturating_add(window_ms));
+    let used: i64 = tx
+        .prepare_cached(
+            "SELECT count(*) FROM units WHERE budget = ?1 AND at_ms > ?2 AND at_ms < ?3",
+        )?
+        .query_row(params![budget, low, high], |r| r.get(0))?;
+    let used = from_sql(used);
+    if used < max {
+        return Ok(Check::Room);
+    }
+    // The (used - max + 1)-th oldest unit must leave the window.
+    let leaving: i64 = tx
+        .prepare_cached(
+            "SELECT at_ms FROM units WHERE budget = ?1 AND at_ms > ?2 AND at_ms < ?3
+             ORDER BY at_ms LIMIT 1 OFFSET ?4",
+        )?
+        .query_row(params![budget, low, high, sql_int(used - max)], |r| {
+            r.get(0)
+        })?;
+    let leaves_at = from_sql(leaving).saturating_add(window_ms);
+    Ok(Check::Full {
+        retry_after_ms: leaves_at.saturating_sub(at_ms).max(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_budgets_are_forgotten_once_out_of_their_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+        let counter: Arc<str> = Arc::from("a");
+        let busy: Arc<str> = Arc::from("b");
+        for i in 0..100u64 {
+            let key = format!("session-{i}");
+            let l = LimitRequest {
+                counter: &counter,
+                scope: Scope::Session,
+                scope_key: &key,
+                max: 1,
+                window_ms: 1000,
+            };
+            assert!(matches!(store.admit(&[l], i), Ok(Admission::Admitted(_))));
+        }
+        let l = LimitRequest {
+            counter: &busy,
+            scope: Scope::Global,
+            scope_key: "",
+            max: u64::MAX,
+            window_ms: 1000,
+        };
+        for i in 0..SWEEP_EVERY {
+            assert!(matches!(
+                store.admit(&[l], 100_000 + i),
+                Ok(Admission::Admitted(_))
+            ));
+        }
+        let (budgets, units): (i64, i64) = store
+            .with_conn(|c| {
+                c.query_row(
+                    "SELECT (SELECT count(*) FROM budgets), (SELECT count(*) FROM units)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!(budgets, 1);
+        // Only the busy budget's units within its retained span (2 s) are left.
+        assert!(units <= 2001, "{units}");
+    }
+}
