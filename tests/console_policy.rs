@@ -888,3 +888,189 @@ fn limits_view_counts_down_to_when_room_comes_back() {
         "{screen}"
     );
 }
+
+/// Moves the Policy view's selection to the row of `tool`.
+fn select_row(s: &mut State, tool: &str) {
+    key(s, KeyCode::Char('3'));
+    key(s, KeyCode::Home);
+    let at = toolgate::console::view::policy_rows(s)
+        .iter()
+        .position(|r| r.tool == tool)
+        .expect("a row for the tool");
+    for _ in 0..at {
+        key(s, KeyCode::Down);
+    }
+    assert_eq!(
+        toolgate::console::authoring::selected_tool(s).as_deref(),
+        Some(tool)
+    );
+}
+
+/// What `toolgate scan` suggests for the offered tool `name`.
+fn suggestion(s: &State, name: &str) -> Value {
+    let info = s.gateways[0]
+        .tools
+        .iter()
+        .find(|t| t.name == name)
+        .expect("an offered tool")
+        .clone();
+    toolgate::scan::suggested_rule(&info, &toolgate::scan::classify(&info))
+}
+
+fn suggest_is_offered(s: &State) -> bool {
+    toolgate::console::keys::active_bindings(s)
+        .any(|b| b.action == toolgate::console::action::Action::SuggestRule)
+}
+
+#[test]
+fn s_gives_a_tool_without_a_rule_the_suggested_rule_then_w_reviews_it() {
+    let mut s = authoring();
+    select_row(&mut s, "book_meeting");
+    assert!(suggest_is_offered(&s));
+    assert_eq!(rule(&s, "book_meeting"), Value::Null);
+    key(&mut s, KeyCode::Char('s'));
+    let r = rule(&s, "book_meeting");
+    assert_eq!(r, suggestion(&s, "book_meeting"));
+    // "book" guesses a write: allowed under a per-grant limit, with a reason a person reads.
+    assert_eq!(r["action"], "allow");
+    assert!(r["rate_limit"]["max"].as_u64().is_some());
+    assert!(r["reason"].as_str().is_some_and(|t| !t.is_empty()));
+    let (text, error) = message(&s);
+    assert!(!error, "{text}");
+    assert!(
+        text.contains("book_meeting") && text.contains(":w"),
+        "{text}"
+    );
+    assert!(draft(&s).compiled().is_ok());
+    key(&mut s, KeyCode::Char('w'));
+    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    let review = s.authoring.review.as_ref().expect("a review");
+    assert!(
+        review
+            .diff
+            .iter()
+            .any(|l| l.starts_with('+') && l.contains("book_meeting"))
+    );
+}
+
+#[test]
+fn s_on_a_tool_with_its_own_rule_says_what_would_change_and_replaces_it_only_on_a_second_s() {
+    let mut s = authoring();
+    select_row(&mut s, "send_message");
+    let own = rule(&s, "send_message");
+    let text_before = draft(&s).text().to_owned();
+    key(&mut s, KeyCode::Char('s'));
+    assert_eq!(draft(&s).text(), text_before, "the person's rule is kept");
+    let (text, error) = message(&s);
+    assert!(error, "{text}");
+    assert!(
+        text.contains("own rule") && text.contains("require_approval") && text.contains("s again"),
+        "{text}"
+    );
+    // Anything else in between disarms it: the next `s` warns again.
+    key(&mut s, KeyCode::Down);
+    key(&mut s, KeyCode::Up);
+    key(&mut s, KeyCode::Char('s'));
+    assert_eq!(rule(&s, "send_message"), own);
+    key(&mut s, KeyCode::Char('s'));
+    assert_eq!(rule(&s, "send_message"), suggestion(&s, "send_message"));
+    assert_ne!(rule(&s, "send_message"), own);
+    // Once it is the suggestion, `s` has nothing to change.
+    key(&mut s, KeyCode::Char('s'));
+    let (text, _) = message(&s);
+    assert!(text.contains("already has the suggested rule"), "{text}");
+}
+
+#[test]
+fn s_refuses_a_hidden_tool_and_is_not_offered_on_a_glob_rule() {
+    let mut s = authoring();
+    command(&mut s, "hide export_data");
+    select_row(&mut s, "export_data");
+    let before = draft(&s).text().to_owned();
+    key(&mut s, KeyCode::Char('s'));
+    assert_eq!(draft(&s).text(), before);
+    let (text, error) = message(&s);
+    assert!(
+        error && text.contains("hidden") && text.contains("hide"),
+        "{text}"
+    );
+
+    select_row(&mut s, "delete_*");
+    assert!(!suggest_is_offered(&s), "a glob has no single risk class");
+    key(&mut s, KeyCode::Char('s'));
+    assert_eq!(draft(&s).text(), before);
+}
+
+#[test]
+fn s_refuses_a_suggestion_that_would_make_the_policy_invalid() {
+    let mut s = authoring();
+    // Another rule already counts against a budget named `book_meeting` with another size:
+    // the suggestion's `rate_limit` (a counter named after the tool) would clash with it.
+    s.authoring
+        .draft
+        .as_mut()
+        .expect("a draft")
+        .apply(&Edit::SetRule {
+            key: "send_message".into(),
+            rule: serde_json::json!({
+                "limits": [ { "counter": "book_meeting", "window": "day", "max": 2, "scope": "grant" } ]
+            }),
+        })
+        .expect("a valid rule");
+    select_row(&mut s, "book_meeting");
+    let before = draft(&s).text().to_owned();
+    key(&mut s, KeyCode::Char('s'));
+    assert_eq!(draft(&s).text(), before);
+    let (text, error) = message(&s);
+    assert!(error && text.contains("refused"), "{text}");
+    assert!(!s.authoring.refused.is_empty());
+    assert!(draft(&s).compiled().is_ok());
+}
+
+#[test]
+fn the_policy_view_shows_risk_classes_and_flags_of_offered_tools() {
+    let s = authoring();
+    let class = |name: &str| {
+        toolgate::console::view::tool_class(&s, name).map(|c| (c.class.as_str(), c.guessed))
+    };
+    assert_eq!(class("list_meetings"), Some(("read", true)));
+    assert_eq!(class("delete_account"), Some(("destructive", true)));
+    assert_eq!(class("delete_*"), None);
+}
+
+#[test]
+fn policy_view_with_classes_snapshot() {
+    let mut s = authoring();
+    let secrets = ToolInfo {
+        name: "rotate_token".into(),
+        description: Some("Rotates the API token and returns the new one".into()),
+        input_schema: Some(
+            serde_json::json!({"type": "object", "properties": {"token": {"type": "string"}}}),
+        ),
+        output_schema: None,
+        annotations: Some(
+            serde_json::json!({"destructiveHint": false, "readOnlyHint": false, "openWorldHint": true}),
+        ),
+    };
+    let mut tools = s.gateways[0].tools.clone();
+    tools.push(secrets);
+    let now = s.now;
+    update(
+        &mut s,
+        net(
+            "a1b2",
+            41,
+            now,
+            EventKind::Tools(Tools {
+                server: "meetings".into(),
+                tools,
+            }),
+        ),
+        now,
+    );
+    select_row(&mut s, "book_meeting");
+    key(&mut s, KeyCode::Char('s'));
+    s.message = None;
+    insta::assert_debug_snapshot!("policy_classes_wide", text(&render(&s, 150, 18)));
+    insta::assert_debug_snapshot!("policy_classes_narrow", text(&render(&s, 80, 18)));
+}

@@ -73,6 +73,9 @@ pub enum Action {
     HoldTool,
     /// Policy view: the selected tool's rule has no limits (`u`).
     UnlimitTool,
+    /// Policy view: the selected tool gets the rule `toolgate scan` suggests for its risk
+    /// class (`s`); a rule of its own is replaced only on a second `s`.
+    SuggestRule,
     /// Policy or Limits: show the diff and the what-if of the draft, and ask to write (`w`).
     ReviewWrite,
     /// Limits view: a new `max` for the selected counter (`m`).

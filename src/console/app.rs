@@ -15,6 +15,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tui_input::Input;
 
 use crate::sanitize::{terminal_string, terminal_text};
+use crate::scan::Classification;
 use crate::wire::{
     CallEvent, ClientMsg, CounterState, Event, EventKind, GatewayInfo, Hello, ResolvedBy, ToolInfo,
     Totals, Verdict,
@@ -151,6 +152,9 @@ pub struct Gateway {
     /// When each of `counters` was reported (same index): `next_free_in_ms` counts from it.
     pub counters_at: Vec<DateTime<Utc>>,
     pub tools: Vec<ToolInfo>,
+    /// The risk class and flags of each of `tools` (same index), worked out once when the
+    /// tools arrive rather than on every frame.
+    pub classes: Vec<Classification>,
     pub upstream_up: bool,
     pub last_seq: u64,
 }
@@ -169,9 +173,22 @@ impl Gateway {
             counters: Vec::new(),
             counters_at: Vec::new(),
             tools: Vec::new(),
+            classes: Vec::new(),
             upstream_up: false,
             last_seq: 0,
         }
+    }
+
+    /// The upstream's tools changed: keep them (text made safe) and classify each.
+    fn set_tools(&mut self, tools: Vec<ToolInfo>) {
+        self.tools = tools.into_iter().map(sanitize_tool).collect();
+        self.classes = self.tools.iter().map(crate::scan::classify).collect();
+    }
+
+    /// The classification of the offered tool `name`, if this gateway offers it.
+    pub fn class_of(&self, name: &str) -> Option<&Classification> {
+        let i = self.tools.iter().position(|t| t.name == name)?;
+        self.classes.get(i)
     }
 
     /// A short name for this gateway: its id once known, else its connection key.
@@ -703,7 +720,7 @@ fn ingest(state: &mut State, key: &str, event: Event) {
             }
         }
         EventKind::Tools(t) => {
-            state.gateways[conn].tools = t.tools.into_iter().map(sanitize_tool).collect();
+            state.gateways[conn].set_tools(t.tools);
         }
         EventKind::Missed(m) => {
             tracing::warn!(gateway = key, dropped = m.dropped, "missed events");
@@ -745,7 +762,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             .map(sanitize_counter)
             .collect();
         g.counters_at = vec![state.now; g.counters.len()];
-        g.tools = snapshot.tools.into_iter().map(sanitize_tool).collect();
+        g.set_tools(snapshot.tools);
         g.upstream_up = snapshot.upstream_up;
         g.totals = snapshot.totals;
     }
@@ -883,6 +900,11 @@ pub fn short_hash(hash: &str) -> &str {
 
 /// Carries out one operator action.
 pub fn apply(state: &mut State, action: Action) {
+    // A suggestion waiting for its second `s` is forgotten once the operator does anything
+    // else, so a later `s` never replaces a rule on the strength of an old warning.
+    if action != Action::SuggestRule {
+        state.authoring.suggest_armed = None;
+    }
     match action {
         Action::ShowView(v) => {
             state.view = v;
@@ -1029,6 +1051,7 @@ pub fn apply(state: &mut State, action: Action) {
                 authoring::edit(state, &edit);
             }
         }
+        Action::SuggestRule => authoring::suggest(state),
         Action::ReviewWrite => authoring::review(state, false),
         Action::OpenRuleEditor => authoring::open_editor(state),
         Action::EditorNext => authoring::with_editor(state, |e| {

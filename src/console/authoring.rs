@@ -43,6 +43,9 @@ pub struct Authoring {
     pub editor: Option<RuleEditor>,
     /// Every diagnostic of the last edit refused as invalid (the message shows the first).
     pub refused: Vec<String>,
+    /// The tool whose own rule the next `s` replaces with the suggestion: set by the first
+    /// `s`, which only says what would change; any other action clears it.
+    pub suggest_armed: Option<String>,
 }
 
 /// A write shown for confirmation.
@@ -342,6 +345,103 @@ pub fn selected_tool(state: &State) -> Option<String> {
         .into_iter()
         .nth(state.authoring.selected)
         .map(|r| r.tool)
+}
+
+/// `s` in the Policy view: the selected tool's rule becomes the one `toolgate scan` suggests
+/// for its risk class. A tool with a rule of its own keeps it until a second `s`: the first
+/// says what would change, because the rule may be a person's considered choice.
+pub fn suggest(state: &mut State) {
+    let Some(tool) = selected_tool(state) else {
+        return;
+    };
+    let Some(class) = super::view::tool_class(state, &tool).cloned() else {
+        state.complain(format!(
+            "no offered tool is named {}: a suggestion is for one tool the servers offer",
+            terminal_text(&tool)
+        ));
+        return;
+    };
+    let row = super::view::policy_rows(state)
+        .into_iter()
+        .nth(state.authoring.selected);
+    if let Some(super::view::PolicyRow {
+        kind: super::view::RowKind::Hidden { pointer },
+        ..
+    }) = row
+    {
+        state.complain(format!(
+            "{} is hidden (by {}): agents never see it, so a rule would change nothing; take it out of hide first",
+            terminal_text(&tool),
+            terminal_text(&pointer)
+        ));
+        return;
+    }
+    let Some(draft) = &state.authoring.draft else {
+        // `edit` says where a policy file comes from.
+        edit(state, &Edit::Allow(tool));
+        return;
+    };
+    let info = state
+        .gateways
+        .iter()
+        .flat_map(|g| g.tools.iter())
+        .find(|t| t.name == tool)
+        .cloned();
+    let Some(info) = info else {
+        return;
+    };
+    let suggested = crate::scan::suggested_rule(&info, &class);
+    let short = crate::scan::suggest::short_rule(&class);
+    let armed = state.authoring.suggest_armed.take();
+    if let Some(own) = draft.rule_value(&tool) {
+        if *own == suggested {
+            state.say(format!(
+                "{} already has the suggested rule ({short})",
+                terminal_text(&tool)
+            ));
+            return;
+        }
+        if armed.as_deref() != Some(tool.as_str()) {
+            let now = draft
+                .rules()
+                .into_iter()
+                .find(|r| r.key == tool)
+                .map(|r| {
+                    let mut words = vec![r.action];
+                    words.extend(r.limits);
+                    words.join(" ")
+                })
+                .unwrap_or_default();
+            state.complain(format!(
+                "{} has its own rule ({}); the suggestion for a {} tool is {short}, with its reason: s again replaces the rule, e edits it",
+                terminal_text(&tool),
+                terminal_text(&now),
+                class_words(&class),
+            ));
+            state.authoring.suggest_armed = Some(tool);
+            return;
+        }
+    }
+    let e = Edit::SetRule {
+        key: tool.clone(),
+        rule: suggested,
+    };
+    if edit(state, &e) {
+        state.say(format!(
+            "draft: {} → {short} (suggested: {}) · :w writes",
+            terminal_text(&tool),
+            crate::scan::suggest::because(&class)
+        ));
+    }
+}
+
+/// A class as the Policy view shows it: `write`, or `write (guessed)`.
+fn class_words(c: &crate::scan::Classification) -> String {
+    if c.guessed {
+        format!("{} (guessed)", c.class.as_str())
+    } else {
+        c.class.as_str().to_owned()
+    }
 }
 
 /// Opens the rule editor on the Policy view's selected row.

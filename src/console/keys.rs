@@ -32,6 +32,9 @@ pub enum Scope {
     Policy,
     /// The Limits view.
     Limits,
+    /// The Policy view, when the selected row is a tool an upstream server offers (so it has
+    /// a risk class and a suggested rule).
+    OfferedTool,
     /// Policy or Limits (where the draft is edited).
     Draft,
     /// The rule editor is open (only these keys apply; others type text).
@@ -171,6 +174,14 @@ pub fn bindings() -> &'static [Binding] {
                 Action::UnlimitTool,
                 "draft: remove the selected tool's limits",
                 None,
+            ),
+            b(
+                OfferedTool,
+                &[Char('s')],
+                "s",
+                Action::SuggestRule,
+                "draft: the rule suggested for the tool's risk class (a rule of its own: s twice)",
+                Some("suggest"),
             ),
             b(
                 Limits,
@@ -475,6 +486,8 @@ pub fn in_scope(state: &State, scope: Scope) -> bool {
         Scope::Holds => state.view == View::Holds,
         Scope::Policy => state.view == View::Policy,
         Scope::Limits => state.view == View::Limits,
+        Scope::OfferedTool => super::authoring::selected_tool(state)
+            .is_some_and(|t| super::view::tool_class(state, &t).is_some()),
         Scope::Draft => matches!(state.view, View::Policy | View::Limits),
         Scope::Call => call_view && state.selected_call().is_some(),
         Scope::Detail => call_view && state.detail_call_id().is_some(),

@@ -27,7 +27,7 @@ use super::theme::Theme;
 
 pub use detail::detail_lines;
 pub use limits::{LimitRow, bar, limit_rows};
-pub use policy::{PolicyRow, RowKind, offered_tools, policy_rows};
+pub use policy::{PolicyRow, RowKind, offered_tools, policy_rows, tool_class};
 
 /// Draws the whole console.
 pub fn draw(frame: &mut Frame, state: &State) {

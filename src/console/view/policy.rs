@@ -19,6 +19,7 @@ use crate::console::app::{State, short_hash};
 use crate::console::draft::RuleRow;
 use crate::policy::RuleMatch;
 use crate::sanitize::terminal_string;
+use crate::scan::{Classification, RiskClass};
 
 /// One row of the Policy view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,18 @@ pub fn offered_tools(state: &State) -> BTreeSet<String> {
         .iter()
         .flat_map(|g| g.tools.iter().map(|t| t.name.clone()))
         .collect()
+}
+
+/// The risk class and flags of the offered tool `name` (from the first gateway offering it),
+/// as classified when its tools arrived.
+pub fn tool_class<'a>(state: &'a State, name: &str) -> Option<&'a Classification> {
+    state.gateways.iter().find_map(|g| g.class_of(name))
+}
+
+/// The CLASS cell: `write`, or `write?` when the class was guessed from the tool's name or
+/// description (the legend above the table says so), so it reads without colour.
+fn class_cell(c: &Classification) -> String {
+    format!("{}{}", c.class.as_str(), if c.guessed { "?" } else { "" })
 }
 
 /// The rows of the Policy view: the rules in file order, then the offered tools without one.
@@ -98,8 +111,42 @@ pub fn policy_rows(state: &State) -> Vec<PolicyRow> {
 
 const MARK_W: u16 = 2;
 const KEY_W: u16 = 24;
+/// `destructive?`.
+const CLASS_W: u16 = 12;
+/// `secrets open-world`.
+const FLAGS_W: u16 = 18;
 const ACTION_W: u16 = 20;
 const LIMITS_W: u16 = 34;
+
+/// Column widths for a table `w` wide: mark, tool, class, flags, action, limits, rest.
+/// On a narrow terminal the wide columns give way first (limits, then the tool name, the
+/// action, then limits again), each down to a floor that keeps `destructive?`,
+/// `secrets open-world` and `require_approval` whole; past that, cells are cut with `…`
+/// but every row keeps the same columns.
+fn column_widths(w: u16) -> [u16; 7] {
+    let mut cols = [MARK_W, KEY_W, CLASS_W, FLAGS_W, ACTION_W, LIMITS_W];
+    // (column, narrowest it gets)
+    let give = [(5, 12), (1, 14), (4, 16), (5, 10), (3, 8), (1, 10), (4, 8)];
+    let gaps = cols.len() as u16;
+    let total = |c: &[u16; 6]| c.iter().sum::<u16>() + gaps;
+    for (i, floor) in give {
+        let over = total(&cols).saturating_sub(w);
+        if over == 0 {
+            break;
+        }
+        cols[i] -= over.min(cols[i].saturating_sub(floor));
+    }
+    let rest = w.saturating_sub(total(&cols));
+    let mut out = [cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], rest];
+    // Narrower than every floor: the columns on the right are cut at the edge, not drawn
+    // over the border.
+    let mut room = w;
+    for c in &mut out {
+        *c = (*c).min(room);
+        room = room.saturating_sub(*c + 1);
+    }
+    out
+}
 
 pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
     let t = &state.theme;
@@ -231,21 +278,37 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
     }
 
     // The table.
-    let rest_w = w.saturating_sub(MARK_W + KEY_W + ACTION_W + LIMITS_W + 4);
-    let columns = [
-        (MARK_W, ""),
-        (KEY_W, "TOOL"),
-        (ACTION_W, "ACTION"),
-        (LIMITS_W, "LIMITS"),
-        (rest_w, "REASON · CONDITIONS"),
+    let rows = policy_rows(state);
+    if rows
+        .iter()
+        .any(|r| tool_class(state, &r.tool).is_some_and(|c| c.guessed))
+    {
+        line(
+            buf,
+            &mut y,
+            "class? = guessed from name or description, no annotations · s: suggested rule",
+            t.muted,
+        );
+    }
+    if y >= bottom {
+        return;
+    }
+    let widths = column_widths(w);
+    let titles = [
+        "",
+        "TOOL",
+        "CLASS",
+        "FLAGS",
+        "ACTION",
+        "LIMITS",
+        "REASON · CONDITIONS",
     ];
     let mut x = x0;
-    for (cw, title) in columns {
+    for (cw, title) in widths.into_iter().zip(titles) {
         cell(buf, x, y, cw, title, t.muted);
         x += cw + 1;
     }
     y += 1;
-    let rows = policy_rows(state);
     if rows.is_empty() {
         line(
             buf,
@@ -312,15 +375,30 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
                 t.muted,
             ),
         };
+        let class = tool_class(state, &row.tool);
+        let (class_text, class_style) = match class {
+            Some(c) => (
+                class_cell(c),
+                match c.class {
+                    RiskClass::Read => t.allow,
+                    RiskClass::Write => t.hold,
+                    RiskClass::Destructive => t.deny,
+                },
+            ),
+            None => (String::new(), t.muted),
+        };
+        let flags = class.map(|c| c.flag_words().join(" ")).unwrap_or_default();
         let mut x = x0;
-        let cells = [
-            (MARK_W, mark.to_string(), t.error),
-            (KEY_W, terminal_string(row.tool.clone()), key_style),
-            (ACTION_W, action, action_style),
-            (LIMITS_W, terminal_string(limits), t.text),
-            (rest_w, terminal_string(rest), rest_style),
+        let texts = [
+            (mark.to_string(), t.error),
+            (terminal_string(row.tool.clone()), key_style),
+            (class_text, class_style),
+            (flags, t.text),
+            (action, action_style),
+            (terminal_string(limits), t.text),
+            (terminal_string(rest), rest_style),
         ];
-        for (cw, text, style) in cells {
+        for (cw, (text, style)) in widths.into_iter().zip(texts) {
             cell(buf, x, y, cw, &text, base.patch(style));
             x += cw + 1;
         }
@@ -335,7 +413,32 @@ fn block(state: &State, title: String) -> Block<'static> {
         .border_style(t.border)
         .title(Span::styled(title, t.accent))
         .title_bottom(Line::from(Span::styled(
-            " :allow :deny :hold :limit :unlimit :default :hide · :w writes · :undo ",
+            " :allow :deny :hold :limit :unlimit :default :hide · s suggests · :w writes · :undo ",
             t.muted,
         )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_fit_the_width_and_keep_class_and_flags_whole_on_80_columns() {
+        for w in 0..=200u16 {
+            let cols = column_widths(w);
+            // Drawn as `draw` does: each column one past the previous one's end.
+            let mut x = 0u16;
+            for c in cols {
+                assert!(c == 0 || x + c <= w, "w={w}: {cols:?} runs past the edge");
+                x += c + 1;
+            }
+            let used: u16 = cols.iter().sum::<u16>() + 6;
+            if w >= 78 {
+                assert_eq!(used, w, "w={w}: the last column takes the rest");
+                assert_eq!(cols[2], CLASS_W, "w={w}");
+                assert_eq!(cols[3], FLAGS_W, "w={w}");
+                assert!(cols[4] >= "require_approval".len() as u16, "w={w}");
+            }
+        }
+    }
 }
