@@ -377,8 +377,6 @@ pub fn suggest(state: &mut State) {
         return;
     }
     let Some(draft) = &state.authoring.draft else {
-        // `edit` says where a policy file comes from.
-        edit(state, &Edit::Allow(tool));
         return;
     };
     let info = state
