@@ -1074,3 +1074,28 @@ fn policy_view_with_classes_snapshot() {
     insta::assert_debug_snapshot!("policy_classes_wide", text(&render(&s, 150, 18)));
     insta::assert_debug_snapshot!("policy_classes_narrow", text(&render(&s, 80, 18)));
 }
+
+#[test]
+fn a_rule_changed_on_disk_between_the_two_s_presses_is_warned_about_again() {
+    let mut s = authoring();
+    select_row(&mut s, "send_message");
+    key(&mut s, KeyCode::Char('s'));
+    assert!(message(&s).1, "the first s only warns");
+    let changed = POLICY.replace("sending messages needs a person", "a person reads each one");
+    let now = s.now;
+    update(
+        &mut s,
+        AppEvent::PolicyFile {
+            path: PATH.into(),
+            result: Ok(changed),
+        },
+        now,
+    );
+    key(&mut s, KeyCode::Char('s'));
+    assert_eq!(
+        rule(&s, "send_message")["reason"],
+        "a person reads each one"
+    );
+    let (text, error) = message(&s);
+    assert!(error && text.contains("s again"), "{text}");
+}

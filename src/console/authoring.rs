@@ -43,9 +43,10 @@ pub struct Authoring {
     pub editor: Option<RuleEditor>,
     /// Every diagnostic of the last edit refused as invalid (the message shows the first).
     pub refused: Vec<String>,
-    /// The tool whose own rule the next `s` replaces with the suggestion: set by the first
-    /// `s`, which only says what would change; any other action clears it.
-    pub suggest_armed: Option<String>,
+    /// The tool whose own rule the next `s` replaces with the suggestion, with that rule as
+    /// the warning showed it: set by the first `s`, which only says what would change; any
+    /// other action clears it, and a rule changed since (a reload) is warned about afresh.
+    pub suggest_armed: Option<(String, serde_json::Value)>,
 }
 
 /// A write shown for confirmation.
@@ -391,15 +392,15 @@ pub fn suggest(state: &mut State) {
     let suggested = crate::scan::suggested_rule(&info, &class);
     let short = crate::scan::suggest::short_rule(&class);
     let armed = state.authoring.suggest_armed.take();
-    if let Some(own) = draft.rule_value(&tool) {
-        if *own == suggested {
+    if let Some(own) = draft.rule_value(&tool).cloned() {
+        if own == suggested {
             state.say(format!(
                 "{} already has the suggested rule ({short})",
                 terminal_text(&tool)
             ));
             return;
         }
-        if armed.as_deref() != Some(tool.as_str()) {
+        if armed != Some((tool.clone(), own.clone())) {
             let now = draft
                 .rules()
                 .into_iter()
@@ -416,7 +417,7 @@ pub fn suggest(state: &mut State) {
                 terminal_text(&now),
                 class_words(&class),
             ));
-            state.authoring.suggest_armed = Some(tool);
+            state.authoring.suggest_armed = Some((tool, own));
             return;
         }
     }
