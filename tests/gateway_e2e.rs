@@ -43,7 +43,10 @@ impl Scenario {
             &dir.path().join("stderr.log"),
             &wrap(dir.path(), "e2e", wrap_args, server),
             // Discovery files and default state stay inside the scenario's directory.
-            &[("XDG_RUNTIME_DIR", dir.path()), ("XDG_STATE_HOME", dir.path())],
+            &[
+                ("XDG_RUNTIME_DIR", dir.path()),
+                ("XDG_STATE_HOME", dir.path()),
+            ],
         );
         Scenario { agent, dir }
     }
