@@ -14,8 +14,8 @@ use std::path::Path;
 use serde_json::{Value, json};
 use support::agent::{Agent, wrap};
 use support::peers::everything;
-use support::tmux::Tmux;
-use support::{ANSWER_WITHIN, private_dir, toolgate};
+use support::tmux;
+use support::{ANSWER_WITHIN, private_dir};
 
 const POLICY: &str = r#"{
   "version": "1",
@@ -54,18 +54,13 @@ fn limit_written_from_the_console_is_applied_and_enforced_by_a_real_gateway() {
     let first = agent.call("echo", json!({"message": "before the limit"}));
     assert_eq!(first["is_error"], false, "{first}");
 
-    let log = dir.path().join("console.log");
-    let term = Tmux::start(
-        toolgate(),
-        &["console", "--log", &log.display().to_string()],
+    let term = tmux::console(
         dir.path(),
-        (200, 50),
         &[
             ("XDG_RUNTIME_DIR", &runtime_dir),
             ("XDG_STATE_HOME", &dir.path().join("state")),
         ],
-    )
-    .showing_log(&log);
+    );
     term.wait_for("the gateway and its echo call", ANSWER_WITHIN, |s| {
         s.contains("1 gateway") && s.contains("echo") && s.contains("✓ allow")
     });

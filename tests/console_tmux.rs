@@ -17,8 +17,8 @@ use std::path::Path;
 use serde_json::json;
 use support::agent::{Agent, wrap};
 use support::peers::everything;
-use support::tmux::Tmux;
-use support::{ANSWER_WITHIN, private_dir, toolgate};
+use support::tmux;
+use support::{ANSWER_WITHIN, private_dir};
 
 const POLICY: &str = r#"{
   "version": "1",
@@ -47,18 +47,13 @@ fn console_shows_calls_from_a_real_gateway_and_approves_a_hold_with_a() {
     let echoed = agent.call("echo", json!({"message": "hello from tmux"}));
     assert_eq!(echoed["is_error"], false, "{echoed}");
 
-    let log = dir.path().join("console.log");
-    let tmux = Tmux::start(
-        toolgate(),
-        &["console", "--log", &log.display().to_string()],
+    let tmux = tmux::console(
         dir.path(),
-        (200, 50),
         &[
             ("XDG_RUNTIME_DIR", &runtime_dir),
             ("TERM", Path::new("xterm-256color")),
         ],
-    )
-    .showing_log(&log);
+    );
 
     // The call made before the console started arrives with the gateway's snapshot.
     tmux.wait_for("the echo call", ANSWER_WITHIN, |s| {

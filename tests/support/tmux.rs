@@ -146,6 +146,20 @@ impl Drop for Tmux {
     }
 }
 
+/// `toolgate console --log <dir>/console.log` in a 200x50 terminal, in `dir`, with `env`
+/// added; the console's log is shown when a wait fails.
+pub fn console(dir: &Path, env: &[(&str, &Path)]) -> Tmux {
+    let log = dir.join("console.log");
+    Tmux::start(
+        super::toolgate(),
+        &["console", "--log", &log.display().to_string()],
+        dir,
+        (200, 50),
+        env,
+    )
+    .showing_log(&log)
+}
+
 fn shell_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
