@@ -4,11 +4,14 @@
 //! `XDG_RUNTIME_DIR` is process-wide, so every test here points it at the same temporary
 //! directory and the tests run one at a time.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use chrono::Utc;
+use support::events::gateway_info;
 use toolgate::control::discovery::{self, DiscoveryEntry};
 use toolgate::control::{self, EventsOptions, Hub};
 use toolgate::wire::GatewayInfo;
@@ -42,15 +45,7 @@ fn entry(id: &str, pid: u32) -> DiscoveryEntry {
 }
 
 fn info(id: &str) -> GatewayInfo {
-    GatewayInfo {
-        id: id.into(),
-        pid: std::process::id(),
-        version: "test".into(),
-        grant: "ci-bot".into(),
-        server: "everything".into(),
-        policy: "/srv/policy.json".into(),
-        started_at: Utc::now(),
-    }
+    gateway_info(id, "/srv/policy.json")
 }
 
 /// Runs async test code with the serialising lock held outside it.

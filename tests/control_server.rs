@@ -2,26 +2,20 @@
 //! port, the real client. What the gateway core does with a resolution is its own business;
 //! here the test plays the gateway (publishes calls, takes hold tickets).
 
+mod support;
+
 use std::sync::Arc;
 
-use chrono::Utc;
 use serde_json::json;
+use support::events::gateway_info;
 use toolgate::control::{self, ClientError, Connection, EventsOptions, Hub};
 use toolgate::wire::{
-    CallEvent, ClientMsg, Event, EventKind, GatewayInfo, Hello, PROTOCOL_VERSION, Reply,
-    ResolvedBy, Upstream, Verdict,
+    CallEvent, ClientMsg, Event, EventKind, Hello, PROTOCOL_VERSION, Reply, ResolvedBy, Upstream,
+    Verdict,
 };
 
 fn new_hub(id: &str) -> Arc<Hub> {
-    Hub::new(GatewayInfo {
-        id: id.into(),
-        pid: std::process::id(),
-        version: "test".into(),
-        grant: "ci-bot".into(),
-        server: "everything".into(),
-        policy: "/tmp/policy.json".into(),
-        started_at: Utc::now(),
-    })
+    Hub::new(gateway_info(id, "/tmp/policy.json"))
 }
 
 async fn serve(hub: &Arc<Hub>) -> control::ControlHandle {

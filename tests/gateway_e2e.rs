@@ -21,6 +21,9 @@ use support::{ANSWER_WITHIN, toolgate, wait_exit};
 /// How long a policy edit may take to show in decisions (debounce plus slack for CI).
 const RELOAD_WITHIN: Duration = Duration::from_secs(20);
 
+/// A policy that allows every call.
+const ALLOW_ALL: &str = r#"{"version":"1","default":"allow"}"#;
+
 /// One client session through `toolgate wrap`, with its policy, audit log and stderr log in
 /// a private directory.
 struct Scenario {
@@ -255,11 +258,7 @@ fn auto_client_falls_back_to_the_handshake_and_sees_every_decision() {
 
 #[test]
 fn audit_log_is_private_and_holds_no_argument_values_by_default() {
-    let mut s = Scenario::start(
-        "legacy",
-        time_server(),
-        r#"{"version":"1","default":"allow"}"#,
-    );
+    let mut s = Scenario::start("legacy", time_server(), ALLOW_ALL);
     assert_allowed(&s.call("get_current_time", json!({"timezone": "Europe/Helsinki"})));
     let path = s.path("audit.jsonl");
     let audit = s.close();
@@ -279,7 +278,7 @@ fn full_audit_mode_writes_argument_values_with_secrets_redacted() {
     let mut s = Scenario::start_with(
         "legacy",
         time_server(),
-        r#"{"version":"1","default":"allow"}"#,
+        ALLOW_ALL,
         &["--audit-args", "full"],
     );
     s.call(
@@ -489,11 +488,7 @@ fn held_calls_wait_for_an_operator_through_the_real_client() {
 /// Runs `toolgate wrap` directly with raw JSON-RPC lines on its stdin.
 fn wrap_raw(server: &[&str], extra: &[&str]) -> (Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("policy.json"),
-        r#"{"version":"1","default":"allow"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("policy.json"), ALLOW_ALL).unwrap();
     let child = Command::new(toolgate())
         .arg("wrap")
         .arg("--policy")
