@@ -7,8 +7,14 @@
 //! - 10,000 sequential calls: the median round trip, and the median added by the gateway;
 //! - 64 calls in flight: calls per second, and the gateway's share of direct throughput.
 //!
+//! The trivial upstream is the worst case for the gateway: it does no work at all, so the
+//! gateway's own per-call work is all that separates the two runs. The same two loads then
+//! run against a real MCP server, the pinned npm `@modelcontextprotocol/server-everything`
+//! (its `echo` tool, over stdio, from `tests/peers`; run `scripts/setup-test-peers` first,
+//! or that comparison is skipped), which is what an agent would see.
+//!
 //! Run: `cargo bench --bench gateway_stdio`. The summary lines (`summary: ...`) print
-//! first; criterion's own measurements of the same two loads follow.
+//! first; criterion's own measurements of the two loads (trivial upstream) follow.
 //! Targets (issue 3): ≤ 50 µs added per call; ≥ 80% of direct throughput with 64 in flight.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -57,6 +63,41 @@ fn trivial_upstream() {
     }
 }
 
+/// The MCP server at the end of the pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    /// [`trivial_upstream`]: answers at once, does nothing.
+    Trivial,
+    /// npm `@modelcontextprotocol/server-everything` (stdio), its `echo` tool.
+    Everything,
+}
+
+impl Upstream {
+    fn name(self) -> &'static str {
+        match self {
+            Upstream::Trivial => "trivial upstream",
+            Upstream::Everything => "server-everything echo",
+        }
+    }
+
+    /// The program and arguments that start it; `None` when it is not installed.
+    fn command(self) -> Option<(std::ffi::OsString, Vec<std::ffi::OsString>)> {
+        match self {
+            Upstream::Trivial => Some((
+                std::env::current_exe().expect("bench binary path").into(),
+                vec!["--trivial-upstream".into()],
+            )),
+            Upstream::Everything => {
+                let entry = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+                entry
+                    .exists()
+                    .then(|| ("node".into(), vec![entry.into(), "stdio".into()]))
+            }
+        }
+    }
+}
+
 struct Peer {
     child: Child,
     stdin: BufWriter<ChildStdin>,
@@ -67,7 +108,13 @@ struct Peer {
 
 impl Peer {
     fn start(through_gateway: bool, dir: &Path) -> Peer {
-        let me = std::env::current_exe().expect("bench binary path");
+        Peer::start_with(Upstream::Trivial, through_gateway, dir).expect("trivial upstream")
+    }
+
+    /// Starts `upstream`, directly or through `toolgate wrap`, and completes the MCP
+    /// handshake; `None` when the upstream is not installed.
+    fn start_with(upstream: Upstream, through_gateway: bool, dir: &Path) -> Option<Peer> {
+        let (program, args) = upstream.command()?;
         let mut command = if through_gateway {
             let policy = dir.join("policy.json");
             std::fs::write(&policy, POLICY).expect("write policy");
@@ -81,12 +128,12 @@ impl Peer {
                 .arg("warn")
                 .args(["--counters", "memory"])
                 .arg("--")
-                .arg(&me)
-                .arg("--trivial-upstream");
+                .arg(&program)
+                .args(&args);
             c
         } else {
-            let mut c = Command::new(&me);
-            c.arg("--trivial-upstream");
+            let mut c = Command::new(&program);
+            c.args(&args);
             c
         };
         let mut child = command
@@ -103,9 +150,30 @@ impl Peer {
             next_id: 0,
             line: String::new(),
         };
+        if upstream == Upstream::Everything {
+            peer.initialize();
+        }
         // Warm up: the first answer proves the pipeline is up.
         peer.round_trip();
-        peer
+        Some(peer)
+    }
+
+    /// The MCP handshake a real server expects before any call.
+    fn initialize(&mut self) {
+        self.next_id += 1;
+        writeln!(
+            self.stdin,
+            r#"{{"jsonrpc":"2.0","id":{},"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"toolgate-bench","version":"0"}}}}}}"#,
+            self.next_id
+        )
+        .expect("write initialize");
+        self.stdin.flush().expect("flush");
+        self.recv();
+        writeln!(
+            self.stdin,
+            r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+        )
+        .expect("write initialized");
     }
 
     fn send(&mut self) {
@@ -118,11 +186,21 @@ impl Peer {
         .expect("write call");
     }
 
+    /// Reads the next answer; notifications a real server sends on its own are skipped.
     fn recv(&mut self) {
-        self.line.clear();
-        let n = self.stdout.read_line(&mut self.line).expect("read answer");
-        assert!(n > 0, "upstream closed");
-        assert!(self.line.contains("\"result\""), "{}", self.line);
+        loop {
+            self.line.clear();
+            let n = self.stdout.read_line(&mut self.line).expect("read answer");
+            assert!(n > 0, "upstream closed");
+            if self.line.contains("\"result\"") {
+                return;
+            }
+            assert!(
+                self.line.contains("\"method\"") && !self.line.contains("\"id\""),
+                "{}",
+                self.line
+            );
+        }
     }
 
     fn round_trip(&mut self) -> Duration {
@@ -170,11 +248,20 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-/// The issue's two measurements. Direct and wrapped calls alternate, so both see the same
-/// machine load (this runs on shared 2-core machines).
-fn summary(dir: &Path) {
-    let mut direct = Peer::start(false, dir);
-    let mut wrapped = Peer::start(true, dir);
+/// The issue's two measurements against `upstream`. Direct and wrapped calls alternate, so
+/// both see the same machine load (this runs on shared 2-core machines).
+fn summary(dir: &Path, upstream: Upstream) {
+    let (Some(mut direct), Some(mut wrapped)) = (
+        Peer::start_with(upstream, false, dir),
+        Peer::start_with(upstream, true, dir),
+    ) else {
+        println!(
+            "summary: {}: not installed (run scripts/setup-test-peers); skipped",
+            upstream.name()
+        );
+        return;
+    };
+    let label = upstream.name();
     let mut direct_samples = Vec::with_capacity(SEQUENTIAL_CALLS);
     let mut wrapped_samples = Vec::with_capacity(SEQUENTIAL_CALLS);
     for _ in 0..SEQUENTIAL_CALLS {
@@ -184,7 +271,7 @@ fn summary(dir: &Path) {
     let (direct_median, wrapped_median) = (median(direct_samples), median(wrapped_samples));
     let added = wrapped_median.saturating_sub(direct_median);
     println!(
-        "summary: {SEQUENTIAL_CALLS} sequential tools/call: median direct {:.1} µs, through wrap {:.1} µs, added {:.1} µs (target ≤ 50 µs)",
+        "summary: {label}: {SEQUENTIAL_CALLS} sequential tools/call: median direct {:.1} µs, through wrap {:.1} µs, added {:.1} µs (target ≤ 50 µs)",
         direct_median.as_secs_f64() * 1e6,
         wrapped_median.as_secs_f64() * 1e6,
         added.as_secs_f64() * 1e6
@@ -203,7 +290,7 @@ fn summary(dir: &Path) {
         calls / wrapped_time.as_secs_f64(),
     );
     println!(
-        "summary: {IN_FLIGHT} in flight ({} calls): direct {direct_rate:.0} calls/s, through wrap {wrapped_rate:.0} calls/s, ratio {:.0}% (target ≥ 80%); gateway cost {:.1} µs per call",
+        "summary: {label}: {IN_FLIGHT} in flight ({} calls): direct {direct_rate:.0} calls/s, through wrap {wrapped_rate:.0} calls/s, ratio {:.0}% (target ≥ 80%); gateway cost {:.1} µs per call",
         per_round * ROUNDS,
         wrapped_rate / direct_rate * 100.0,
         (1.0 / wrapped_rate - 1.0 / direct_rate) * 1e6
@@ -243,7 +330,8 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    summary(dir.path());
+    summary(dir.path(), Upstream::Trivial);
+    summary(dir.path(), Upstream::Everything);
     let mut c = Criterion::default().configure_from_args();
     criterion_benches(&mut c, dir.path());
     c.final_summary();

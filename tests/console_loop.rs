@@ -87,16 +87,40 @@ fn hold_call() -> AppEvent {
     )
 }
 
+/// The gateway's hello, with nothing in it yet.
+fn empty_hello() -> Step {
+    Step::Net(Box::new(net(
+        "a1b2",
+        1,
+        t0(),
+        hello("a1b2", "ci-bot", vec![], vec![]),
+    )))
+}
+
+/// The gateway's reply to the console's first command.
+fn reply_to_first(ok: bool, error: Option<&str>) -> Step {
+    Step::Net(Box::new(net(
+        "a1b2",
+        3,
+        at_ms(58_000),
+        EventKind::Reply(Reply {
+            id: 1,
+            ok,
+            error: error.map(str::to_owned),
+        }),
+    )))
+}
+
+/// The keys typing `text` in the console.
+fn typing(text: &str) -> Vec<Step> {
+    text.chars().map(|c| Step::Key(KeyCode::Char(c))).collect()
+}
+
 #[tokio::test]
 async fn calls_arrive_a_hold_rings_and_a_approves_it_on_its_gateway() {
     let steps = vec![
         Step::Net(Box::new(up("a1b2"))),
-        Step::Net(Box::new(net(
-            "a1b2",
-            1,
-            t0(),
-            hello("a1b2", "ci-bot", vec![], vec![]),
-        ))),
+        empty_hello(),
         Step::Net(Box::new(net(
             "a1b2",
             2,
@@ -106,16 +130,7 @@ async fn calls_arrive_a_hold_rings_and_a_approves_it_on_its_gateway() {
         Step::Net(Box::new(hold_call())),
         Step::Key(KeyCode::Char('2')),
         Step::Key(KeyCode::Char('a')),
-        Step::Net(Box::new(net(
-            "a1b2",
-            3,
-            at_ms(58_000),
-            EventKind::Reply(Reply {
-                id: 1,
-                ok: true,
-                error: None,
-            }),
-        ))),
+        reply_to_first(true, None),
         Step::Key(KeyCode::Char('1')),
     ];
     let (state, backend, sent) = drive(steps).await;
@@ -141,25 +156,11 @@ async fn calls_arrive_a_hold_rings_and_a_approves_it_on_its_gateway() {
 async fn an_approval_the_gateway_refuses_is_shown_as_an_error() {
     let steps = vec![
         Step::Net(Box::new(up("a1b2"))),
-        Step::Net(Box::new(net(
-            "a1b2",
-            1,
-            t0(),
-            hello("a1b2", "ci-bot", vec![], vec![]),
-        ))),
+        empty_hello(),
         Step::Net(Box::new(hold_call())),
         Step::Key(KeyCode::Char('2')),
         Step::Key(KeyCode::Char('a')),
-        Step::Net(Box::new(net(
-            "a1b2",
-            3,
-            at_ms(58_000),
-            EventKind::Reply(Reply {
-                id: 1,
-                ok: false,
-                error: Some("already resolved".into()),
-            }),
-        ))),
+        reply_to_first(false, Some("already resolved")),
         Step::Key(KeyCode::Char('2')),
     ];
     let (_, backend, _) = drive(steps).await;
@@ -186,18 +187,12 @@ async fn q_with_a_held_call_asks_and_y_ends_the_loop() {
 
 #[tokio::test]
 async fn the_theme_command_switches_theme_and_a_bad_name_is_refused() {
-    let mut steps: Vec<Step> = ":theme light"
-        .chars()
-        .map(|c| Step::Key(KeyCode::Char(c)))
-        .collect();
+    let mut steps = typing(":theme light");
     steps.push(Step::Key(KeyCode::Enter));
     let (state, _, _) = drive(steps).await;
     assert_eq!(state.theme.name, "light");
 
-    let mut steps: Vec<Step> = ":theme no-such-theme"
-        .chars()
-        .map(|c| Step::Key(KeyCode::Char(c)))
-        .collect();
+    let mut steps = typing(":theme no-such-theme");
     steps.push(Step::Key(KeyCode::Enter));
     let (state, backend, _) = drive(steps).await;
     assert_eq!(state.theme.name, "dark");

@@ -33,21 +33,6 @@ const POLICY: &str = r#"{
 }
 "#;
 
-fn key(s: &mut State, code: KeyCode) {
-    let now = s.now;
-    update(
-        s,
-        AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)),
-        now,
-    );
-}
-
-fn typed(s: &mut State, text: &str) {
-    for c in text.chars() {
-        key(s, KeyCode::Char(c));
-    }
-}
-
 /// Types `:LINE` and Enter.
 fn command(s: &mut State, line: &str) {
     key(s, KeyCode::Char(':'));

@@ -6,25 +6,10 @@
 mod console_support;
 
 use console_support::*;
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use crossterm::event::KeyCode;
 use toolgate::console::Action;
-use toolgate::console::app::{AppEvent, State, View, update};
+use toolgate::console::app::{AppEvent, View, update};
 use toolgate::console::theme::Theme;
-
-fn key(s: &mut State, code: KeyCode) {
-    let now = s.now;
-    update(
-        s,
-        AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)),
-        now,
-    );
-}
-
-fn typed(s: &mut State, text: &str) {
-    for c in text.chars() {
-        key(s, KeyCode::Char(c));
-    }
-}
 
 #[test]
 fn live_view_follows_with_every_decision() {

@@ -2,15 +2,18 @@
 //! finding an in-process gateway (hub + event websocket) through its discovery file in a
 //! temporary `XDG_RUNTIME_DIR`.
 
+mod support;
+
 use std::process::Stdio;
 use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::json;
+use support::events::gateway_info;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use toolgate::control::{self, ControlHandle, EventsOptions, HoldTicket, Hub};
-use toolgate::wire::{CallEvent, Event, EventKind, GatewayInfo, Verdict};
+use toolgate::wire::{CallEvent, Event, EventKind, Verdict};
 
 struct Gateway {
     hub: Arc<Hub>,
@@ -28,15 +31,7 @@ async fn gateway_in(runtime: tempfile::TempDir, id: &str) -> Gateway {
     let dir = runtime.path().join("toolgate");
     let _ = std::fs::create_dir(&dir);
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let hub = Hub::new(GatewayInfo {
-        id: id.into(),
-        pid: std::process::id(),
-        version: "test".into(),
-        grant: "ci-bot".into(),
-        server: "everything".into(),
-        policy: "/srv/policy.json".into(),
-        started_at: Utc::now(),
-    });
+    let hub = Hub::new(gateway_info(id, "/srv/policy.json"));
     let server = control::start(
         hub.clone(),
         EventsOptions {

@@ -4,11 +4,14 @@
 //! `XDG_RUNTIME_DIR` is process-wide, so every test here points it at the same temporary
 //! directory and the tests run one at a time.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use chrono::Utc;
+use support::events::gateway_info;
 use toolgate::control::discovery::{self, DiscoveryEntry};
 use toolgate::control::{self, EventsOptions, Hub};
 use toolgate::wire::GatewayInfo;
@@ -27,16 +30,22 @@ fn runtime_dir() -> (MutexGuard<'static, ()>, PathBuf) {
     (guard, dir.path().to_owned())
 }
 
-fn info(id: &str) -> GatewayInfo {
-    GatewayInfo {
+/// A discovery entry for gateway `id`, process `pid`, pointing at a closed port.
+fn entry(id: &str, pid: u32) -> DiscoveryEntry {
+    DiscoveryEntry {
         id: id.into(),
-        pid: std::process::id(),
-        version: "test".into(),
-        grant: "ci-bot".into(),
-        server: "everything".into(),
-        policy: "/srv/policy.json".into(),
+        url: "ws://127.0.0.1:9/".into(),
+        token: "t".into(),
+        pid,
+        policy: "/p.json".into(),
+        grant: "g".into(),
+        server: "s".into(),
         started_at: Utc::now(),
     }
+}
+
+fn info(id: &str) -> GatewayInfo {
+    gateway_info(id, "/srv/policy.json")
 }
 
 /// Runs async test code with the serialising lock held outside it.
@@ -106,16 +115,7 @@ fn files_of_dead_processes_and_junk_are_skipped() {
     let dead_pid = child.id();
     child.wait().unwrap();
 
-    let dead = DiscoveryEntry {
-        id: "dead1".into(),
-        url: "ws://127.0.0.1:9/".into(),
-        token: "t".into(),
-        pid: dead_pid,
-        policy: "/p.json".into(),
-        grant: "g".into(),
-        server: "s".into(),
-        started_at: Utc::now(),
-    };
+    let dead = entry("dead1", dead_pid);
     let dead_file = discovery::write_entry(&dead).unwrap();
     let alive = DiscoveryEntry {
         id: "alive1".into(),
@@ -139,16 +139,7 @@ fn files_of_dead_processes_and_junk_are_skipped() {
 fn a_directory_open_to_others_is_refused() {
     let (_serial, _runtime) = runtime_dir();
     let dir = discovery::ensure_discovery_dir().unwrap();
-    let entry = DiscoveryEntry {
-        id: "open1".into(),
-        url: "ws://127.0.0.1:9/".into(),
-        token: "t".into(),
-        pid: std::process::id(),
-        policy: "/p.json".into(),
-        grant: "g".into(),
-        server: "s".into(),
-        started_at: Utc::now(),
-    };
+    let entry = entry("open1", std::process::id());
     let file = discovery::write_entry(&entry).unwrap();
 
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -167,15 +158,6 @@ fn a_directory_open_to_others_is_refused() {
 #[test]
 fn a_gateway_id_cannot_escape_the_directory() {
     let (_serial, _runtime) = runtime_dir();
-    let entry = DiscoveryEntry {
-        id: "../../etc/x".into(),
-        url: "ws://127.0.0.1:9/".into(),
-        token: "t".into(),
-        pid: std::process::id(),
-        policy: "/p.json".into(),
-        grant: "g".into(),
-        server: "s".into(),
-        started_at: Utc::now(),
-    };
+    let entry = entry("../../etc/x", std::process::id());
     assert!(discovery::write_entry(&entry).is_err());
 }

@@ -2,26 +2,20 @@
 //! port, the real client. What the gateway core does with a resolution is its own business;
 //! here the test plays the gateway (publishes calls, takes hold tickets).
 
+mod support;
+
 use std::sync::Arc;
 
-use chrono::Utc;
 use serde_json::json;
+use support::events::gateway_info;
 use toolgate::control::{self, ClientError, Connection, EventsOptions, Hub};
 use toolgate::wire::{
-    CallEvent, ClientMsg, Event, EventKind, GatewayInfo, Hello, PROTOCOL_VERSION, Reply,
-    ResolvedBy, Upstream, Verdict,
+    CallEvent, ClientMsg, Event, EventKind, Hello, PROTOCOL_VERSION, Reply, ResolvedBy, Upstream,
+    Verdict,
 };
 
 fn new_hub(id: &str) -> Arc<Hub> {
-    Hub::new(GatewayInfo {
-        id: id.into(),
-        pid: std::process::id(),
-        version: "test".into(),
-        grant: "ci-bot".into(),
-        server: "everything".into(),
-        policy: "/tmp/policy.json".into(),
-        started_at: Utc::now(),
-    })
+    Hub::new(gateway_info(id, "/tmp/policy.json"))
 }
 
 async fn serve(hub: &Arc<Hub>) -> control::ControlHandle {
@@ -34,6 +28,34 @@ async fn serve(hub: &Arc<Hub>) -> control::ControlHandle {
     )
     .await
     .expect("the event websocket starts")
+}
+
+/// A client of `server`, connected with its token.
+async fn connect(server: &control::ControlHandle) -> Connection {
+    control::connect(server.url(), server.token())
+        .await
+        .unwrap()
+}
+
+/// A client of `server` that has read its hello.
+async fn connected(server: &control::ControlHandle) -> Connection {
+    let mut conn = connect(server).await;
+    hello(&mut conn).await;
+    conn
+}
+
+/// A raw websocket to `server` with the bearer token, for what the client would not send.
+async fn raw_socket(
+    server: &control::ControlHandle,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server.url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", server.token()).parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws
 }
 
 fn call(hub: &Hub, decision: Verdict, args: serde_json::Value) -> CallEvent {
@@ -149,9 +171,7 @@ async fn hello_carries_the_snapshot_and_the_latest_seq() {
     hub.publish(EventKind::Call(call(&hub, Verdict::Deny, json!({}))));
     let (held, _ticket) = held_call(&hub);
 
-    let mut conn = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
+    let mut conn = connect(&server).await;
     let (seq, hello) = hello(&mut conn).await;
     assert_eq!(seq, 3);
     assert_eq!(hello.protocol, PROTOCOL_VERSION);
@@ -174,10 +194,7 @@ async fn an_operator_approval_releases_the_held_call() {
     let hub = new_hub("appr");
     let server = serve(&hub).await;
     let (held, ticket) = held_call(&hub);
-    let mut conn = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
-    hello(&mut conn).await;
+    let mut conn = connected(&server).await;
 
     conn.send(&approve(1, &held.call_id)).await.unwrap();
     let (reply, _) = reply_to(&mut conn, 1).await;
@@ -198,10 +215,7 @@ async fn a_denial_carries_the_operators_reason() {
     let hub = new_hub("deny");
     let server = serve(&hub).await;
     let (held, ticket) = held_call(&hub);
-    let mut conn = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
-    hello(&mut conn).await;
+    let mut conn = connected(&server).await;
 
     let deny = ClientMsg::Deny {
         id: 9,
@@ -221,10 +235,7 @@ async fn unknown_and_already_resolved_calls_are_answered_with_an_error() {
     let hub = new_hub("unk");
     let server = serve(&hub).await;
     let (held, _ticket) = held_call(&hub);
-    let mut conn = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
-    hello(&mut conn).await;
+    let mut conn = connected(&server).await;
 
     let reply = conn.request(&approve(1, "unk-999")).await.unwrap();
     assert!(!reply.ok);
@@ -239,17 +250,12 @@ async fn unknown_and_already_resolved_calls_are_answered_with_an_error() {
 #[tokio::test]
 async fn garbage_commands_get_an_error_reply_and_the_connection_stays_usable() {
     use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    use tokio_tungstenite::tungstenite::Message;
 
     let hub = new_hub("junk");
     let server = serve(&hub).await;
     let (held, _ticket) = held_call(&hub);
-    let mut request = server.url().into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", server.token()).parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = raw_socket(&server).await;
     let read_reply = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
         let msg: Message = ws.next().await.unwrap().unwrap();
         let event: Event = serde_json::from_str(msg.to_text().unwrap()).unwrap();
@@ -282,26 +288,19 @@ async fn garbage_commands_get_an_error_reply_and_the_connection_stays_usable() {
 #[tokio::test]
 async fn an_oversized_command_closes_only_that_connection() {
     use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    use tokio_tungstenite::tungstenite::Message;
 
     let hub = new_hub("big");
     let server = serve(&hub).await;
-    let mut request = server.url().into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", server.token()).parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = raw_socket(&server).await;
     let huge = "x".repeat(control::server::MAX_CLIENT_MESSAGE + 1);
     let _ = ws.send(Message::text(huge)).await;
     // The server drops the connection; the stream ends (possibly after the hello).
     use futures_util::StreamExt;
     while let Some(Ok(_)) = ws.next().await {}
 
-    let mut conn = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
-    hello(&mut conn).await;
+    // Another connection still gets its hello.
+    connected(&server).await;
 }
 
 #[tokio::test]
@@ -309,12 +308,8 @@ async fn two_operators_approving_at_once_first_wins_and_both_see_one_resolution(
     let hub = new_hub("race");
     let server = serve(&hub).await;
     let (held, ticket) = held_call(&hub);
-    let mut a = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
-    let mut b = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
+    let mut a = connect(&server).await;
+    let mut b = connect(&server).await;
     hello(&mut a).await;
     hello(&mut b).await;
 
@@ -361,9 +356,7 @@ async fn a_reconnecting_client_gets_the_state_it_missed_in_the_snapshot() {
     let server = serve(&hub).await;
     let (first, _t1) = held_call(&hub);
     let (second, _t2) = held_call(&hub);
-    let mut conn = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
+    let mut conn = connect(&server).await;
     let (_, before) = hello(&mut conn).await;
     assert_eq!(
         before.snapshot.holds,
@@ -386,9 +379,7 @@ async fn a_reconnecting_client_gets_the_state_it_missed_in_the_snapshot() {
         hash: "3f9a21".into(),
     }));
 
-    let mut again = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
+    let mut again = connect(&server).await;
     let (seq, after) = hello(&mut again).await;
     assert_eq!(seq, hub.latest_seq());
     assert_eq!(after.snapshot.holds, vec![second.call_id.clone()]);
@@ -409,13 +400,8 @@ async fn a_stalled_client_misses_events_then_gets_a_fresh_hello_while_others_kee
     let hub = new_hub("stall");
     let server = serve(&hub).await;
     // Connected and never read until the end: the gateway must not wait for it.
-    let mut stalled = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
-    let mut fast = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
-    hello(&mut fast).await;
+    let mut stalled = connect(&server).await;
+    let mut fast = connected(&server).await;
 
     // Far more than the socket buffers and the per-client queue can hold.
     let payload = "x".repeat(4096);
@@ -502,10 +488,7 @@ async fn a_non_loopback_address_needs_allow_remote() {
 async fn shutdown_closes_the_connections() {
     let hub = new_hub("shut");
     let server = serve(&hub).await;
-    let mut conn = control::connect(server.url(), server.token())
-        .await
-        .unwrap();
-    hello(&mut conn).await;
+    let mut conn = connected(&server).await;
     server.shutdown().await;
     assert!(conn.next_event().await.is_none());
 }

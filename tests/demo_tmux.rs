@@ -1,12 +1,12 @@
 //! `toolgate demo` in a real terminal: every kind of decision shows within seconds, and `q`
 //! (confirmed while calls are held) exits cleanly, leaving nothing behind.
 
-mod tmux;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use tmux::Tmux;
+use support::tmux::Tmux;
 
 #[test]
 fn the_demo_shows_every_decision_kind_within_seconds_and_quits_cleanly() {

@@ -118,6 +118,29 @@ fn start_with(policy: &str, tweak: impl FnOnce(Gateway) -> Gateway) -> Harness {
 }
 
 impl Harness {
+    /// Sends a ping (request `id`) from the client and returns what the server reads next.
+    async fn ping(&mut self, id: u64) -> Value {
+        self.client
+            .send(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#))
+            .await;
+        self.server.recv().await
+    }
+
+    /// An operator's answer to the held call `id`, through the hub.
+    fn resolve(&self, id: &str, approved: bool, operator: Option<&str>, reason: Option<&str>) {
+        self.hub
+            .resolve(
+                id,
+                Resolution {
+                    approved,
+                    by: ResolvedBy::Operator,
+                    operator: operator.map(str::to_owned),
+                    reason: reason.map(str::to_owned),
+                },
+            )
+            .unwrap();
+    }
+
     /// The next event of the given type, skipping others.
     async fn event(&mut self, kind: &str) -> EventKind {
         loop {
@@ -180,10 +203,7 @@ async fn denied_call_is_answered_by_the_gateway_and_never_reaches_the_server() {
     assert!(answer["result"].get("resultType").is_none());
 
     // The next thing the server sees is the ping, not the denied call.
-    h.client
-        .send(r#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#)
-        .await;
-    assert_eq!(h.server.recv().await["method"], "ping");
+    assert_eq!(h.ping(6).await["method"], "ping");
 }
 
 #[tokio::test]
@@ -284,10 +304,7 @@ async fn malformed_lines_get_a_parse_error_only_when_they_look_like_requests() {
     assert_eq!(answer["id"], Value::Null);
     // Noise that is not a request is only logged; the next message still flows.
     h.client.send("garbage").await;
-    h.client
-        .send(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
-        .await;
-    assert_eq!(h.server.recv().await["id"], 2);
+    assert_eq!(h.ping(2).await["id"], 2);
     // A malformed request from the server is answered to the server.
     h.server.send(r#"{"method":"roots/list","id":"#).await;
     assert_eq!(h.server.recv().await["error"]["code"], -32700);
@@ -302,10 +319,7 @@ async fn a_tools_call_without_an_id_never_reaches_the_server() {
     h.client
         .send(r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"delete_everything"}}"#)
         .await;
-    h.client
-        .send(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
-        .await;
-    assert_eq!(h.server.recv().await["method"], "ping");
+    assert_eq!(h.ping(1).await["method"], "ping");
 }
 
 #[tokio::test]
@@ -319,10 +333,7 @@ async fn duplicate_members_cannot_smuggle_a_second_tool_name() {
         .send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"},"params":{"name":"delete_everything"}}"#)
         .await;
     assert_eq!(h.client.recv().await["error"]["code"], -32700);
-    h.client
-        .send(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#)
-        .await;
-    assert_eq!(h.server.recv().await["method"], "ping");
+    assert_eq!(h.ping(3).await["method"], "ping");
 }
 
 #[tokio::test]
@@ -389,17 +400,7 @@ async fn approved_hold_forwards_the_exact_call() {
     h.client.send(&raw).await;
     let id = held_call_id(&mut h).await;
     assert_eq!(h.hub.open_holds(), vec![id.clone()]);
-    h.hub
-        .resolve(
-            &id,
-            Resolution {
-                approved: true,
-                by: ResolvedBy::Operator,
-                operator: Some("ann".into()),
-                reason: None,
-            },
-        )
-        .unwrap();
+    h.resolve(&id, true, Some("ann"), None);
     assert_eq!(h.server.recv_line().await, raw);
     h.server
         .send(r#"{"jsonrpc":"2.0","id":9,"result":{"content":[],"isError":true}}"#)
@@ -416,17 +417,7 @@ async fn operator_denial_reaches_the_agent_with_the_reason() {
     let mut h = start(HOLD_SEND);
     h.client.send_json(call(4, "send", json!({}))).await;
     let id = held_call_id(&mut h).await;
-    h.hub
-        .resolve(
-            &id,
-            Resolution {
-                approved: false,
-                by: ResolvedBy::Operator,
-                operator: None,
-                reason: Some("not today".into()),
-            },
-        )
-        .unwrap();
+    h.resolve(&id, false, None, Some("not today"));
     let answer = h.client.recv().await;
     assert_eq!(
         answer["result"]["content"][0]["text"],
@@ -472,10 +463,7 @@ async fn cancelled_hold_is_dropped_silently_and_frees_its_units() {
     held_call_id(&mut h).await;
     // Nothing was sent for the cancelled request, and the server saw neither call nor
     // cancellation: the next thing either side sees is the ping and its answer.
-    h.client
-        .send(r#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#)
-        .await;
-    assert_eq!(h.server.recv().await["id"], 6);
+    assert_eq!(h.ping(6).await["id"], 6);
     h.server
         .send(r#"{"jsonrpc":"2.0","id":6,"result":{}}"#)
         .await;
@@ -504,17 +492,7 @@ async fn held_call_with_a_progress_token_gets_progress_while_waiting() {
         assert!(progress > last, "progress increases");
         last = progress;
     }
-    h.hub
-        .resolve(
-            &id,
-            Resolution {
-                approved: true,
-                by: ResolvedBy::Operator,
-                operator: None,
-                reason: None,
-            },
-        )
-        .unwrap();
+    h.resolve(&id, true, None, None);
     assert_eq!(h.server.recv().await["id"], 1);
 }
 

@@ -6,58 +6,30 @@
 //! (they never skip). One client process serves a whole scenario: the test sends it JSON
 //! commands (`tests/e2e/driver.py`) and asserts on its answers.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::agent::{Agent, text, wrap};
+use support::peers::{e2e_script, everything, python, time_server};
+use support::{ANSWER_WITHIN, toolgate, wait_exit};
 
-/// How long any one answer may take before the test fails instead of hanging.
-const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 /// How long a policy edit may take to show in decisions (debounce plus slack for CI).
 const RELOAD_WITHIN: Duration = Duration::from_secs(20);
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn peer(relative: &str) -> PathBuf {
-    let path = root().join("tests/peers").join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/setup-test-peers",
-        path.display()
-    );
-    path
-}
-
-fn python() -> PathBuf {
-    peer(".venv/bin/python")
-}
-
-fn everything() -> Vec<String> {
-    vec![
-        "node".into(),
-        peer("node_modules/.bin/mcp-server-everything")
-            .display()
-            .to_string(),
-        "stdio".into(),
-    ]
-}
-
-fn time_server() -> Vec<String> {
-    vec![peer(".venv/bin/mcp-server-time").display().to_string()]
-}
+/// A policy that allows every call.
+const ALLOW_ALL: &str = r#"{"version":"1","default":"allow"}"#;
 
 /// One client session through `toolgate wrap`, with its policy, audit log and stderr log in
 /// a private directory.
 struct Scenario {
+    // Declared first, so the client is stopped before the directory goes.
+    agent: Agent,
     dir: tempfile::TempDir,
-    client: Child,
-    stdin: ChildStdin,
-    answers: mpsc::Receiver<String>,
 }
 
 impl Scenario {
@@ -69,46 +41,17 @@ impl Scenario {
     fn start_with(mode: &str, server: Vec<String>, policy: &str, wrap_args: &[&str]) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.json"), policy).unwrap();
-        let mut client = Command::new(python())
-            .arg(root().join("tests/e2e/driver.py"))
-            .arg(mode)
-            .arg(dir.path().join("stderr.log"))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_toolgate"))
-            .arg("wrap")
-            .arg("--policy")
-            .arg(dir.path().join("policy.json"))
-            .arg("--audit")
-            .arg(dir.path().join("audit.jsonl"))
-            .arg("--grant")
-            .arg("e2e")
-            .args(wrap_args)
-            .arg("--")
-            .args(server)
+        let agent = Agent::stdio(
+            mode,
+            &dir.path().join("stderr.log"),
+            &wrap(dir.path(), "e2e", wrap_args, server),
             // Discovery files and default state stay inside the scenario's directory.
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env("XDG_STATE_HOME", dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the Python client");
-        let stdin = client.stdin.take().unwrap();
-        let stdout = client.stdout.take().unwrap();
-        let (tx, answers) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Scenario {
-            dir,
-            client,
-            stdin,
-            answers,
-        }
+            &[
+                ("XDG_RUNTIME_DIR", dir.path()),
+                ("XDG_STATE_HOME", dir.path()),
+            ],
+        );
+        Scenario { agent, dir }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -116,22 +59,16 @@ impl Scenario {
     }
 
     fn send(&mut self, command: Value) -> Value {
-        self.send_only(&command);
-        self.answer()
+        self.agent.ask(command)
     }
 
     /// Sends a command without waiting for its answer (for calls that will be held).
     fn send_only(&mut self, command: &Value) {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
+        self.agent.send(command);
     }
 
     fn answer(&mut self) -> Value {
-        let line = self
-            .answers
-            .recv_timeout(ANSWER_WITHIN)
-            .unwrap_or_else(|_| panic!("no answer; gateway log:\n{}", self.log()));
-        serde_json::from_str(&line).unwrap()
+        self.agent.answer()
     }
 
     /// The audit log's records so far.
@@ -162,7 +99,7 @@ impl Scenario {
 
     /// Runs `toolgate approve|deny ...` against this scenario's gateway.
     fn operator(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        Command::new(toolgate())
             .args(args)
             .env("XDG_RUNTIME_DIR", self.dir.path())
             .output()
@@ -170,24 +107,21 @@ impl Scenario {
     }
 
     fn call(&mut self, tool: &str, args: Value) -> Value {
-        self.send(json!({"op": "call", "tool": tool, "args": args}))
+        self.agent.call(tool, args)
     }
 
     fn tools(&mut self) -> Vec<String> {
-        let answer = self.send(json!({"op": "list_tools"}));
-        serde_json::from_value(answer["tools"].clone())
-            .unwrap_or_else(|_| panic!("no tool list: {answer}"))
+        self.agent.tools()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+        self.agent.log()
     }
 
     /// Ends the session the way a client does (closing the gateway's stdin) and returns the
     /// audit log's lines.
     fn close(&mut self) -> Vec<Value> {
-        assert_eq!(self.send(json!({"op": "close"})), json!({"closed": true}));
-        let status = wait_exit(&mut self.client);
+        let status = self.agent.close();
         assert!(
             status.success(),
             "client exited {status}; log:\n{}",
@@ -199,30 +133,6 @@ impl Scenario {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
-}
-
-impl Drop for Scenario {
-    fn drop(&mut self) {
-        let _ = self.client.kill();
-        let _ = self.client.wait();
-    }
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn text(answer: &Value) -> &str {
-    answer["texts"][0]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text in {answer}"))
 }
 
 fn assert_allowed(answer: &Value) {
@@ -348,11 +258,7 @@ fn auto_client_falls_back_to_the_handshake_and_sees_every_decision() {
 
 #[test]
 fn audit_log_is_private_and_holds_no_argument_values_by_default() {
-    let mut s = Scenario::start(
-        "legacy",
-        time_server(),
-        r#"{"version":"1","default":"allow"}"#,
-    );
+    let mut s = Scenario::start("legacy", time_server(), ALLOW_ALL);
     assert_allowed(&s.call("get_current_time", json!({"timezone": "Europe/Helsinki"})));
     let path = s.path("audit.jsonl");
     let audit = s.close();
@@ -372,7 +278,7 @@ fn full_audit_mode_writes_argument_values_with_secrets_redacted() {
     let mut s = Scenario::start_with(
         "legacy",
         time_server(),
-        r#"{"version":"1","default":"allow"}"#,
+        ALLOW_ALL,
         &["--audit-args", "full"],
     );
     s.call(
@@ -416,10 +322,7 @@ fn legacy_client_reaches_the_2026_server_over_the_handshake() {
 fn asking_server() -> Vec<String> {
     vec![
         python().display().to_string(),
-        root()
-            .join("tests/e2e/asking_server.py")
-            .display()
-            .to_string(),
+        e2e_script("asking_server.py").display().to_string(),
     ]
 }
 
@@ -585,12 +488,8 @@ fn held_calls_wait_for_an_operator_through_the_real_client() {
 /// Runs `toolgate wrap` directly with raw JSON-RPC lines on its stdin.
 fn wrap_raw(server: &[&str], extra: &[&str]) -> (Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("policy.json"),
-        r#"{"version":"1","default":"allow"}"#,
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+    std::fs::write(dir.path().join("policy.json"), ALLOW_ALL).unwrap();
+    let child = Command::new(toolgate())
         .arg("wrap")
         .arg("--policy")
         .arg(dir.path().join("policy.json"))
@@ -610,10 +509,7 @@ fn wrap_raw(server: &[&str], extra: &[&str]) -> (Child, tempfile::TempDir) {
 }
 
 fn stub_server() -> String {
-    root()
-        .join("tests/e2e/stub_server.py")
-        .display()
-        .to_string()
+    e2e_script("stub_server.py").display().to_string()
 }
 
 #[test]

@@ -9,36 +9,50 @@
 #[path = "serve_support/trivial.rs"]
 mod trivial;
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::ANSWER_WITHIN;
+use support::agent::{Agent, text};
+use support::lines::line_reader;
+use support::peers::peer;
 
-/// How long any one answer may take before the test fails instead of hanging.
-const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 /// How long a grants edit may take to apply (debounce plus slack for CI).
 const RELOAD_WITHIN: Duration = Duration::from_secs(20);
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// A policy that allows every call.
+const ALLOW_ALL: &str = r#"{"version": "1", "default": "allow"}"#;
+/// A policy that holds every call for a person.
+const HOLD_ALL: &str = r#"{"version":"1","default":"require_approval"}"#;
+
+/// The mcpServers object with `mcp-server-time` (stdio) as `time`.
+fn time_servers() -> Value {
+    json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } })
 }
 
-fn peer(relative: &str) -> PathBuf {
-    let path = root().join("tests/peers").join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/setup-test-peers",
-        path.display()
-    );
-    path
+/// The trivial upstream (`serve_support/trivial.rs`) on a port of its own, recording what it
+/// sees, and the mcpServers object naming it `t`.
+fn trivial_upstream() -> (Value, Arc<trivial::Seen>) {
+    let (upstream, seen) = trivial::start(true);
+    let servers = json!({ "t": { "url": format!("http://{upstream}/mcp") } });
+    (servers, seen)
+}
+
+/// An `initialize` request (id 1) of the handshake era.
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
 }
 
 fn toolgate(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_toolgate"))
+    Command::new(support::toolgate())
         .args(args)
         .env("XDG_RUNTIME_DIR", dir)
         .env("XDG_STATE_HOME", dir)
@@ -148,7 +162,7 @@ impl Serve {
         .unwrap();
         let tokens = grants.iter().map(|g| add_grant(dir.path(), g)).collect();
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        let mut child = Command::new(support::toolgate())
             .arg("serve")
             .args(["--policy", "policy.json", "--servers", "servers.json"])
             .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
@@ -186,6 +200,17 @@ impl Serve {
         (serve, tokens)
     }
 
+    /// A DELETE of the session `session` of `server`, ending it.
+    fn delete(&self, server: &str, token: &str, session: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.http(
+            "DELETE",
+            &format!("/mcp/{server}"),
+            &[("Authorization", &auth), ("Mcp-Session-Id", session)],
+            "",
+        )
+    }
+
     fn url(&self, server: &str) -> String {
         format!("http://{}/mcp/{server}", self.addr)
     }
@@ -201,8 +226,9 @@ impl Serve {
             .collect()
     }
 
-    fn client(&self, mode: &str, server: &str, token: &str) -> Client {
-        Client::start(mode, &self.url(server), token)
+    /// The real Python client of `server`, over HTTP, with `token`.
+    fn client(&self, mode: &str, server: &str, token: &str) -> Agent {
+        Agent::http(mode, &self.url(server), token)
     }
 
     /// One raw HTTP/1.1 request; returns the status, the headers (lowercase names) and the
@@ -281,77 +307,6 @@ impl Reply {
     }
 }
 
-/// One Python client session over HTTP.
-struct Client {
-    process: Killed,
-    stdin: ChildStdin,
-    answers: mpsc::Receiver<String>,
-}
-
-impl Client {
-    fn start(mode: &str, url: &str, token: &str) -> Client {
-        let mut child = Command::new(peer(".venv/bin/python"))
-            .arg(root().join("tests/e2e/http_driver.py"))
-            .args([mode, url, token])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the Python client");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, answers) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Client {
-            process: Killed(child),
-            stdin,
-            answers,
-        }
-    }
-
-    fn send(&mut self, command: Value) -> Value {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-        let line = self
-            .answers
-            .recv_timeout(ANSWER_WITHIN)
-            .expect("no answer from the client");
-        serde_json::from_str(&line).unwrap()
-    }
-
-    fn tools(&mut self) -> Vec<String> {
-        let answer = self.send(json!({"op": "list_tools"}));
-        serde_json::from_value(answer["tools"].clone())
-            .unwrap_or_else(|_| panic!("no tool list: {answer}"))
-    }
-
-    fn call(&mut self, tool: &str, args: Value) -> Value {
-        self.send(json!({"op": "call", "tool": tool, "args": args}))
-    }
-
-    fn close(mut self) {
-        assert_eq!(self.send(json!({"op": "close"})), json!({"closed": true}));
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        while self.process.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the client did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn text(answer: &Value) -> &str {
-    answer["texts"][0]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text in {answer}"))
-}
-
 const POLICY: &str = r#"{
   "version": "1",
   "default": "deny",
@@ -404,7 +359,7 @@ fn http_clients_in_both_modes_see_tools_decisions_and_limits_per_grant() {
             let context = format!("{mode} → {server}; log:\n{}", serve.log());
 
             let mut client = serve.client(mode, server, a);
-            let info = client.send(json!({"op": "info"}));
+            let info = client.ask(json!({"op": "info"}));
             let expected = match (mode, server) {
                 // mcp-server-time speaks 2026-07-28: auto settles on it (stateless requests).
                 ("auto", "time") => "2026-07-28",
@@ -434,7 +389,7 @@ fn http_clients_in_both_modes_see_tools_decisions_and_limits_per_grant() {
             if server == "everything" {
                 // The upstream's event stream is passed on as it comes: progress, and a
                 // server-to-client sampling request answered by the client.
-                let long = client.send(
+                let long = client.ask(
                     json!({"op": "call", "tool": "trigger-long-running-operation",
                     "args": {"duration": 1, "steps": 3}, "progress": true}),
                 );
@@ -494,13 +449,8 @@ fn http_clients_in_both_modes_see_tools_decisions_and_limits_per_grant() {
 
 #[test]
 fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_are_refused() {
-    let (serve, tokens) = Serve::start(
-        POLICY,
-        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
-        &["ci"],
-    );
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (serve, tokens) = Serve::start(POLICY, time_servers(), &["ci"]);
+    let init = initialize();
     let path = "/mcp/time";
     let json_headers = [("Content-Type", "application/json")];
 
@@ -543,7 +493,7 @@ fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_
 
     // The real client, with a wrong token, cannot connect at all.
     let mut client = serve.client("legacy", "time", "tg_wrong");
-    let answer = client.send(json!({"op": "info"}));
+    let answer = client.ask(json!({"op": "info"}));
     assert!(answer.get("connect_error").is_some(), "{answer}");
     // Nothing was decided for any of them.
     assert!(serve.audit().is_empty());
@@ -552,14 +502,13 @@ fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_
 #[test]
 fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
     let (upstream, seen) = trivial::start(true);
-    let policy = r#"{"version": "1", "default": "allow"}"#;
+    let policy = ALLOW_ALL;
     let servers = json!({ "t": {
         "url": format!("http://{upstream}/mcp"),
         "headers": { "X-Upstream-Key": "upstream-secret" }
     }});
     let (serve, tokens) = Serve::start(policy, servers, &["ci", "other"]);
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let init = initialize();
     let reply = serve.post("t", &tokens[0], None, init);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let session = reply
@@ -593,17 +542,12 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
     }
 
     // DELETE ends the session; it is unknown afterwards.
-    let auth = format!("Bearer {}", tokens[0]);
-    let deleted = serve.http(
-        "DELETE",
-        "/mcp/t",
-        &[("Authorization", &auth), ("Mcp-Session-Id", &session)],
-        "",
-    );
+    let deleted = serve.delete("t", &tokens[0], &session);
     assert_eq!(deleted.status, 204);
     let after = serve.post("t", &tokens[0], Some(&session), call);
     assert_eq!(after.status, 404);
 
+    let auth = format!("Bearer {}", tokens[0]);
     // A body that names one tool and a header that names another is refused.
     let mismatch = serve.http(
         "POST",
@@ -623,11 +567,7 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
 
 #[test]
 fn revoking_a_grant_applies_without_a_restart() {
-    let (serve, tokens) = Serve::start(
-        r#"{"version": "1", "default": "allow"}"#,
-        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
-        &["ci"],
-    );
+    let (serve, tokens) = Serve::start(ALLOW_ALL, time_servers(), &["ci"]);
     let ping = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     assert_eq!(
         serve.post("time", &tokens[0], None, ping.clone()).status,
@@ -665,13 +605,9 @@ fn a_held_call_streams_progress_until_an_operator_approves_it() {
         &["ci"],
     );
     let mut client = serve.client("legacy", "everything", &tokens[0]);
-    writeln!(
-        client.stdin,
-        "{}",
-        json!({"op": "call", "tool": "echo", "args": {"message": "may I"}, "progress": true})
-    )
-    .unwrap();
-    client.stdin.flush().unwrap();
+    client.send(
+        &json!({"op": "call", "tool": "echo", "args": {"message": "may I"}, "progress": true}),
+    );
     let deadline = Instant::now() + ANSWER_WITHIN;
     let call_id = loop {
         let hold = serve
@@ -687,13 +623,7 @@ fn a_held_call_streams_progress_until_an_operator_approves_it() {
     };
     let approved = toolgate(&["approve", &call_id], serve.dir.path());
     assert!(approved.status.success(), "{approved:?}");
-    let answer: Value = serde_json::from_str(
-        &client
-            .answers
-            .recv_timeout(ANSWER_WITHIN)
-            .expect("no answer"),
-    )
-    .unwrap();
+    let answer = client.answer();
     assert_eq!(answer["is_error"], false, "{answer}");
     assert_eq!(text(&answer), "Echo: may I");
     assert!(answer["progress"].as_u64().unwrap() >= 1, "{answer}");
@@ -705,6 +635,18 @@ fn a_held_call_streams_progress_until_an_operator_approves_it() {
         "{audit:?}"
     );
     client.close();
+}
+
+/// The first `data:` line of an event stream (with its line end).
+fn first_data_line(stream: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "stream ended");
+        if line.starts_with("data: ") {
+            return line;
+        }
+    }
 }
 
 /// A raw request whose answer is an event stream, read event by event.
@@ -722,31 +664,20 @@ fn open_stream(addr: SocketAddr, path: &str, token: &str, body: &Value) -> BufRe
 
 #[test]
 fn a_client_that_closes_a_held_calls_stream_cancels_it() {
-    let (upstream, seen) = trivial::start(true);
-    let (serve, tokens) = Serve::start(
-        r#"{"version":"1","default":"require_approval"}"#,
-        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
-        &["ci"],
-    );
+    let (servers, seen) = trivial_upstream();
+    let (serve, tokens) = Serve::start(HOLD_ALL, servers, &["ci"]);
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
         "name": "echo", "arguments": {"message": "x"}, "_meta": {"progressToken": "p9"}}});
     let mut stream = open_stream(serve.addr, "/mcp/t", &tokens[0], &call);
     // The hold's first progress note arrives as an event before any answer.
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(stream.read_line(&mut line).unwrap() > 0, "stream ended");
-        if line.starts_with("data: ") {
-            break;
-        }
-    }
+    let line = first_data_line(&mut stream);
     assert!(
         line.contains("notifications/progress") && line.contains("\"p9\""),
         "{line}"
     );
     // Follow the events, to see the hold end.
     let mut tail = Killed(
-        Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        Command::new(support::toolgate())
             .args(["tail", "--json"])
             .env("XDG_RUNTIME_DIR", serve.dir.path())
             .stdout(Stdio::piped())
@@ -754,16 +685,7 @@ fn a_client_that_closes_a_held_calls_stream_cancels_it() {
             .spawn()
             .unwrap(),
     );
-    let events = BufReader::new(tail.0.stdout.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in events.lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = line_reader(tail.0.stdout.take().unwrap());
     // The snapshot the tail starts with shows the open hold.
     let call_id = loop {
         let line = rx.recv_timeout(ANSWER_WITHIN).expect("no events");
@@ -803,12 +725,8 @@ fn a_client_that_closes_a_held_calls_stream_cancels_it() {
 
 #[test]
 fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_body() {
-    let (upstream, seen) = trivial::start(true);
-    let (serve, tokens) = Serve::start(
-        r#"{"version": "1", "default": "allow"}"#,
-        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
-        &["ci"],
-    );
+    let (servers, seen) = trivial_upstream();
+    let (serve, tokens) = Serve::start(ALLOW_ALL, servers, &["ci"]);
     let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}});
     // Two clients, both using id 1, without sessions: each gets its own answer.
@@ -837,11 +755,7 @@ fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_bo
 
 #[test]
 fn oversized_bodies_and_batches_are_refused_before_any_decision() {
-    let (serve, tokens) = Serve::start(
-        r#"{"version": "1", "default": "allow"}"#,
-        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
-        &["ci"],
-    );
+    let (serve, tokens) = Serve::start(ALLOW_ALL, time_servers(), &["ci"]);
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "get_current_time", "arguments": {"pad": "x".repeat(5 * 1024 * 1024)}}});
     assert_eq!(serve.post("time", &tokens[0], None, big).status, 413);
@@ -859,26 +773,15 @@ fn oversized_bodies_and_batches_are_refused_before_any_decision() {
 
 #[test]
 fn a_stateless_held_call_streams_progress_with_the_clients_own_token() {
-    let (upstream, _seen) = trivial::start(true);
-    let (serve, tokens) = Serve::start(
-        r#"{"version":"1","default":"require_approval"}"#,
-        json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
-        &["ci"],
-    );
+    let (servers, _seen) = trivial_upstream();
+    let (serve, tokens) = Serve::start(HOLD_ALL, servers, &["ci"]);
     let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
         "name": "echo", "arguments": {"message": "x"},
         "_meta": {"progressToken": 42,
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {}}}});
     let mut stream = open_stream(serve.addr, "/mcp/t", &tokens[0], &call);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(stream.read_line(&mut line).unwrap() > 0, "stream ended");
-        if line.starts_with("data: ") {
-            break;
-        }
-    }
+    let line = first_data_line(&mut stream);
     let note: Value = serde_json::from_str(line.trim_start_matches("data: ").trim()).unwrap();
     assert_eq!(note["method"], "notifications/progress");
     assert_eq!(note["params"]["progressToken"], 42, "{note}");
@@ -921,25 +824,18 @@ fn wait_gone(pid: i32, why: &str) {
 #[test]
 fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
     let (serve, tokens) = Serve::start_with(
-        r#"{"version": "1", "default": "allow"}"#,
-        json!({ "time": { "command": peer(".venv/bin/mcp-server-time") } }),
+        ALLOW_ALL,
+        time_servers(),
         &["ci"],
         // 1.2 s idle.
         &["--session-idle", "0.02"],
     );
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let init = initialize();
     let first = serve.post("time", &tokens[0], None, init.clone());
     assert_eq!(first.status, 200, "{}", first.body);
     let first_session = first.header("mcp-session-id").unwrap().to_owned();
     let first_pid = server_pid(&serve, 1);
-    let auth = format!("Bearer {}", tokens[0]);
-    let deleted = serve.http(
-        "DELETE",
-        "/mcp/time",
-        &[("Authorization", &auth), ("Mcp-Session-Id", &first_session)],
-        "",
-    );
+    let deleted = serve.delete("time", &tokens[0], &first_session);
     assert_eq!(deleted.status, 204);
     wait_gone(first_pid, "DELETE");
 

@@ -12,6 +12,7 @@ mod check;
 mod console;
 mod demo;
 mod explain;
+mod gateway_args;
 mod gateways;
 mod grants;
 mod scan;

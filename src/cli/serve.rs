@@ -8,14 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::control::{EventsOptions, Hub};
+use super::gateway_args::{GatewayArgs, wait_for_signal};
+use crate::gateway::Gateway;
 use crate::gateway::grants::{Grants, GrantsWatcher};
 use crate::gateway::http::{self, HttpGateway, ServeOptions};
-use crate::gateway::reload::{PolicyWatcher, load_initial};
-use crate::gateway::upstream::DEFAULT_GRACE;
-use crate::gateway::{AuditArgs, AuditLog, Gateway};
-use crate::policy::CounterArgs;
-use crate::wire::{EventKind, GatewayInfo};
 
 /// Serve MCP over Streamable HTTP at /mcp/<name>, enforcing a policy on every tool call.
 ///
@@ -25,9 +21,6 @@ use crate::wire::{EventKind, GatewayInfo};
 #[derive(Debug, clap::Args)]
 #[command(after_help = SERVE_EXAMPLE)]
 pub struct Args {
-    /// The policy file (watched: edits apply live, invalid edits are refused).
-    #[arg(long, value_name = "P")]
-    policy: PathBuf,
     /// The servers, in the mcpServers format: {"mcpServers": {"NAME": {"command", "args",
     /// "env"} | {"url", "headers"}}}.
     #[arg(long, value_name = "SERVERS.json")]
@@ -48,29 +41,8 @@ pub struct Args {
     /// Minutes an MCP session may stay idle before it is ended and its server stopped.
     #[arg(long, value_name = "MINUTES", default_value_t = 30.0)]
     session_idle: f64,
-    /// Audit log (JSON lines, mode 0600) [default: ~/.local/state/toolgate/audit.jsonl]
-    #[arg(long, value_name = "PATH")]
-    audit: Option<PathBuf>,
-    /// What the audit log keeps of the arguments.
-    #[arg(long, value_enum, default_value = "keys")]
-    audit_args: AuditArgs,
-    /// Seconds a server gets to exit after its stdin closes, and again after SIGTERM.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs_f64())]
-    grace: f64,
-    /// Where the event websocket listens (operators: `toolgate console`, `tail`, `approve`).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    events: SocketAddr,
-    /// Allow `--events` on a non-loopback address.
-    #[arg(long)]
-    events_allow_remote: bool,
-    /// No event websocket and no discovery file: held calls can then only time out.
-    #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
-    no_events: bool,
     #[command(flatten)]
-    counters: CounterArgs,
-    /// Log level for stderr (overridden by RUST_LOG).
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: String,
+    gateway: GatewayArgs,
 }
 
 const SERVE_EXAMPLE: &str = r#"Example:
@@ -85,7 +57,7 @@ servers.json:
 Agents then use http://127.0.0.1:8787/mcp/time with "Authorization: Bearer <token>"."#;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    super::wrap::init_logging(&args.log_level);
+    args.gateway.init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -122,44 +94,8 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         .inspect_err(|e| tracing::warn!("{e}; grant changes will not apply until a restart"))
         .ok();
 
-    let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let policy_path = crate::gateway::reload::absolute(&args.policy);
-    let hub = Hub::new(GatewayInfo {
-        id: id.clone(),
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        grant: "*".into(),
-        server: servers.keys().cloned().collect::<Vec<_>>().join(","),
-        policy: policy_path.display().to_string(),
-        started_at: chrono::Utc::now(),
-    });
-    let (policy_path, policy) = load_initial(&policy_path, &hub)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("cannot load the policy {}", args.policy.display()))?;
-    let _watcher = PolicyWatcher::start(&policy_path, policy.clone(), hub.clone())
-        .inspect_err(|e| tracing::warn!("{e}; policy edits will not apply until a restart"))
-        .ok();
-    let audit_path = match args.audit {
-        Some(path) => path,
-        None => AuditLog::default_path()?,
-    };
-    let audit = Arc::new(AuditLog::open(&audit_path, args.audit_args)?);
-
-    let control = if args.no_events {
-        None
-    } else {
-        let control = crate::control::start(
-            hub.clone(),
-            EventsOptions {
-                addr: args.events,
-                allow_remote: args.events_allow_remote,
-                discovery: true,
-            },
-        )
-        .await?;
-        tracing::info!("events on {}", control.url());
-        Some(control)
-    };
+    let server_names = servers.keys().cloned().collect::<Vec<_>>().join(",");
+    let started = args.gateway.start("*", &server_names).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -175,15 +111,16 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         allowed_origins.push(format!("http://{host}:{}", local.port()));
     }
 
-    let store = {
-        let hub = hub.clone();
-        args.counters
-            .open(move |status| hub.publish(EventKind::Store(status.clone())))
-            .context("cannot open the counter store (--counters)")?
-    };
-    tracing::info!("counters: {}", args.counters.spec()?);
-    let base =
-        Arc::new(Gateway::new(policy, store, hub.clone(), "*", "*").with_audit(audit.clone()));
+    let base = Arc::new(
+        Gateway::new(
+            started.policy.handle.clone(),
+            started.store.clone(),
+            started.hub.clone(),
+            "*",
+            "*",
+        )
+        .with_audit(started.audit.clone()),
+    );
     let names: Vec<String> = servers.keys().cloned().collect();
     let gateway = HttpGateway::new(
         base,
@@ -191,34 +128,30 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             servers,
             grants,
             allowed_origins,
-            grace: Duration::try_from_secs_f64(args.grace).unwrap_or(DEFAULT_GRACE),
+            grace: args.gateway.grace(),
             session_idle: Duration::try_from_secs_f64(args.session_idle * 60.0)
                 .unwrap_or(http::DEFAULT_SESSION_IDLE),
             max_sessions: http::DEFAULT_MAX_SESSIONS,
         },
     );
     tracing::info!(
-        "gateway {id}: serving {} at http://{local}/mcp/<name>, policy {}, audit {}",
-        names.join(", "),
-        policy_path.display(),
-        audit_path.display()
+        "gateway {}: serving {} at http://{local}/mcp/<name>",
+        started.id,
+        names.join(", ")
     );
     // A line scripts can wait for: the address actually bound (with --listen …:0).
     eprintln!("toolgate serve: listening on http://{local}");
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        super::wrap::wait_for_signal().await;
+        wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
     let served = gateway.serve(listener, shutdown_rx).await;
     // Give the servers of the ended sessions their grace to exit.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    if let Some(control) = control {
-        control.shutdown().await;
-    }
-    audit.close();
+    started.stop().await;
     served.context("the HTTP server failed")?;
     Ok(ExitCode::SUCCESS)
 }

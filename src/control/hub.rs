@@ -21,8 +21,8 @@ use tokio::sync::{broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::wire::{
-    CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, HoldResolved, Outcome,
-    ResolvedBy, Snapshot, ToolInfo, Totals, Verdict,
+    CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, HoldResolved, ResolvedBy,
+    Snapshot, ToolInfo, Totals, Verdict,
 };
 
 /// How many events a subscriber may fall behind before it misses some.
@@ -149,7 +149,8 @@ struct RecentCall {
     /// A `call` event.
     event: Arc<Event>,
     resolution: Option<HoldResolved>,
-    outcome: Option<Outcome>,
+    /// The call's `outcome` event, shared like the call's (copied only into a snapshot).
+    outcome: Option<Arc<Event>>,
 }
 
 impl RecentCall {
@@ -159,7 +160,10 @@ impl RecentCall {
                 ts: Some(self.event.ts),
                 call: call.clone(),
                 resolution: self.resolution.clone(),
-                outcome: self.outcome.clone(),
+                outcome: self.outcome.as_ref().and_then(|e| match &e.kind {
+                    EventKind::Outcome(outcome) => Some(outcome.clone()),
+                    _ => None,
+                }),
             }),
             _ => None,
         }
@@ -280,28 +284,31 @@ impl Hub {
 
     /// Registers a held call (its `call` event is published by the caller first).
     pub fn hold(&self, call: &CallEvent) -> HoldTicket {
+        self.hold_call(&call.call_id)
+    }
+
+    /// [`Hub::hold`] by the call's id.
+    pub fn hold_call(&self, call_id: &str) -> HoldTicket {
         let mut state = self.lock();
-        if let Some(rx) = state.early.remove(&call.call_id) {
+        if let Some(rx) = state.early.remove(call_id) {
             return HoldTicket {
-                call_id: call.call_id.clone(),
+                call_id: call_id.to_owned(),
                 rx,
             };
         }
-        let already_resolved = state.resolved.contains(&call.call_id);
-        let rx = match state.holds.get_mut(&call.call_id) {
+        let already_resolved = state.resolved.contains(call_id);
+        let rx = match state.holds.get_mut(call_id) {
             Some(open) => open
                 .rx
                 .take()
-                .unwrap_or_else(|| refused(format!("call {} is already held once", call.call_id))),
+                .unwrap_or_else(|| refused(format!("call {call_id} is already held once"))),
             // Resolved before this ticket was asked for, and the resolution went to an
             // earlier ticket: fail closed for this one.
-            None if already_resolved => {
-                refused(format!("call {} was already resolved", call.call_id))
-            }
-            None => state.open_hold(&call.call_id),
+            None if already_resolved => refused(format!("call {call_id} was already resolved")),
+            None => state.open_hold(call_id),
         };
         HoldTicket {
-            call_id: call.call_id.clone(),
+            call_id: call_id.to_owned(),
             rx,
         }
     }
@@ -380,7 +387,7 @@ impl State {
             }
             EventKind::Outcome(outcome) => {
                 if let Some(record) = self.recent.get_mut(&outcome.call_id) {
-                    record.outcome = Some(outcome.clone());
+                    record.outcome = Some(event.clone());
                 }
             }
             EventKind::PolicyApplied(applied) => {
@@ -499,7 +506,7 @@ impl HoldTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{PolicyApplied, PolicyRejected};
+    use crate::wire::{Outcome, PolicyApplied, PolicyRejected};
     use serde_json::json;
 
     fn hub() -> Arc<Hub> {

@@ -18,10 +18,10 @@ use tokio::io::BufReader;
 use tokio::sync::mpsc;
 
 use crate::control::Hub;
-use crate::gateway::reload::{PolicyWatcher, absolute, load_initial};
+use crate::gateway::reload::absolute;
+use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::{Gateway, RunOptions};
 use crate::policy::MemoryStore;
-use crate::wire::GatewayInfo;
 
 /// The demo policy, written to a temporary directory at start so the console can edit it.
 pub const POLICY: &str = include_str!("policy.json");
@@ -62,7 +62,7 @@ pub struct Demo {
     pub answers: mpsc::UnboundedReceiver<agents::Answer>,
     /// One task per agent; each ends when its agent has made its calls.
     pub agents: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _watcher: PolicyWatcher,
+    _policy: PolicyInForce,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -88,20 +88,12 @@ pub fn start(options: DemoOptions) -> anyhow::Result<Demo> {
             (Some(dir), path)
         }
     };
-    let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let hub = Hub::new(GatewayInfo {
-        id: id.clone(),
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        grant: "*".to_owned(),
-        server: "meetings-demo".to_owned(),
-        policy: policy_path.display().to_string(),
-        started_at: chrono::Utc::now(),
-    });
-    let (policy_path, policy) = load_initial(&policy_path, &hub)
+    let id = gateway_id();
+    let hub = new_hub(&id, "*", "meetings-demo", &policy_path);
+    let policy_in_force = load_and_watch(&policy_path, &hub)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot load the policy {}", policy_path.display()))?;
-    let watcher = PolicyWatcher::start(&policy_path, policy.clone(), hub.clone())?;
+    let policy = policy_in_force.handle.clone();
     let store = Arc::new(MemoryStore::default());
 
     let pace = Duration::from_secs_f64(1.0 / options.rate.clamp(0.01, 1000.0));
@@ -152,10 +144,10 @@ pub fn start(options: DemoOptions) -> anyhow::Result<Demo> {
     }
     Ok(Demo {
         hub,
-        policy_path,
+        policy_path: policy_in_force.path.clone(),
         answers,
         agents: agent_tasks,
-        _watcher: watcher,
+        _policy: policy_in_force,
         _dir: dir,
     })
 }

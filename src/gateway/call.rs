@@ -37,10 +37,10 @@ pub struct ToolsListed {
 
 impl Gateway {
     /// Decides one call: runs the policy, publishes the `call` event and writes the
-    /// decision's audit record. The caller acts on the verdict (forward, refuse or hold) and
+    /// decision's audit record; returns the call's id and the decision. The caller acts on the verdict (forward, refuse or hold) and
     /// owns the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
     /// gateway all decide through this.
-    pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (CallEvent, Decision) {
+    pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
         let policy = self.policy.load();
         let decision = policy.decide(
             &Call {
@@ -95,9 +95,11 @@ impl Gateway {
                 error: None,
             });
         }
-        self.hub.publish(EventKind::Call(event.clone()));
+        let call_id = event.call_id.clone();
+        // The event moves into the hub: its arguments are not copied a second time.
+        self.hub.publish(EventKind::Call(event));
         self.publish_counters(&decision.reservation);
-        (event, decision)
+        (call_id, decision)
     }
 
     /// Gives a reservation's units back (a call denied, timed out, cancelled, or that never
@@ -251,15 +253,31 @@ impl Gateway {
 /// The arguments as a call event carries them: secrets redacted, capped in size.
 fn event_args(args: &Value) -> (Value, bool) {
     let redacted = crate::redact::redact(args);
-    let text = redacted.to_string();
-    if text.len() <= EVENT_ARGS_CAP {
+    // Measured without building the text: almost every call's arguments fit.
+    let mut size = ByteCount(0);
+    if serde_json::to_writer(&mut size, &redacted).is_ok() && size.0 <= EVENT_ARGS_CAP {
         return (redacted, false);
     }
+    let text = redacted.to_string();
     let mut cut = EVENT_ARGS_CAP;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
     (Value::String(text[..cut].to_owned()), true)
+}
+
+/// Counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What the agent reads when a held call ends without approval.
@@ -297,9 +315,9 @@ impl CallAnswer {
             content: Vec<&'a RawValue>,
         }
         #[derive(Deserialize)]
-        struct Text {
-            #[serde(default)]
-            text: Option<String>,
+        struct Text<'a> {
+            #[serde(default, borrow)]
+            text: Option<std::borrow::Cow<'a, str>>,
         }
         #[derive(Deserialize)]
         struct Error {
@@ -329,7 +347,7 @@ impl CallAnswer {
         let summary = result
             .content
             .first()
-            .and_then(|c| serde_json::from_str::<Text>(c.get()).ok())
+            .and_then(|c| serde_json::from_str::<Text<'_>>(c.get()).ok())
             .and_then(|t| t.text)
             .map(|t| cap(&t));
         CallAnswer {

@@ -31,7 +31,7 @@ use super::call::CallAnswer;
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Parsed, code};
 use crate::control::Resolution;
 use crate::policy::{Decision, Reservation, Verdict};
-use crate::wire::{CallEvent, EventKind, ResolvedBy, ToolInfo, Tools};
+use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
 
 /// At most this many 2026-07-28 calls wait for their `input_required` retry.
 const MAX_CONTINUATIONS: usize = 1024;
@@ -437,7 +437,7 @@ impl Shared {
     }
 
     fn client_call(self: &Arc<Self>, id: IdKey, params: Option<&RawValue>, bytes: &[u8]) -> Action {
-        let params = match params.map(|p| serde_json::from_str::<CallParams>(p.get())) {
+        let mut params = match params.map(|p| serde_json::from_str::<CallParams>(p.get())) {
             Some(Ok(params)) => params,
             Some(Err(e)) => {
                 return Action::Answer(jsonrpc::error_response(
@@ -456,7 +456,7 @@ impl Shared {
         };
         let args = params
             .arguments
-            .clone()
+            .take()
             .unwrap_or_else(|| Value::Object(Default::default()));
         let arrived = Instant::now();
 
@@ -471,13 +471,13 @@ impl Shared {
         }
 
         let modern = params.is_modern();
-        let (event, decision) = self.gateway.decide_call(&self.session, &params.name, &args);
+        let (call_id, decision) = self.gateway.decide_call(&self.session, &params.name, &args);
         match decision.verdict {
             Verdict::Allow => {
                 self.lock().pending.insert(
                     id,
                     Pending::Call(CallInFlight {
-                        call_id: event.call_id,
+                        call_id,
                         tool: params.name,
                         args,
                         arrived,
@@ -490,7 +490,7 @@ impl Shared {
                 Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern))
             }
             Verdict::Hold => {
-                self.start_hold(id, event, decision, params, args, arrived, modern, bytes);
+                self.start_hold(id, call_id, decision, params, args, arrived, modern, bytes);
                 Action::Nothing
             }
         }
@@ -500,7 +500,7 @@ impl Shared {
     fn start_hold(
         self: &Arc<Self>,
         id: IdKey,
-        event: CallEvent,
+        call_id: String,
         decision: Decision,
         params: CallParams,
         args: Value,
@@ -509,12 +509,12 @@ impl Shared {
         line: &[u8],
     ) {
         let timeout = Duration::from_millis(decision.approval_timeout_ms.unwrap_or(120_000));
-        let ticket = self.gateway.hub.hold(&event);
+        let ticket = self.gateway.hub.hold_call(&call_id);
         let (stop_tx, stop_rx) = oneshot::channel();
         self.lock().holds.insert(
             id.clone(),
             HeldCall {
-                call_id: event.call_id.clone(),
+                call_id: call_id.clone(),
                 tool: params.name.clone(),
                 args,
                 arrived,
@@ -528,7 +528,7 @@ impl Shared {
         let token = params.progress_token().cloned();
         tokio::spawn(async move {
             shared
-                .wait_hold(id, event.call_id, ticket, timeout, token, stop_rx)
+                .wait_hold(id, call_id, ticket, timeout, token, stop_rx)
                 .await;
         });
     }

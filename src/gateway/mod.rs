@@ -16,6 +16,7 @@
 //! - [`upstream`] — spawn and stop an MCP server process.
 //! - [`upstream_client`] — a small MCP client session over an upstream's line streams
 //!   (handshake or `server/discover`, paginated `tools/list`), for `toolgate scan`.
+//! - [`startup`] — a gateway's id, hub and watched policy, for every transport.
 //! - [`stdio`] — `wrap`: stdin/stdout + a child process around the core.
 //! - [`http`] — `serve`: Streamable HTTP in front of several servers, each MCP session a run
 //!   of the core; [`grants`] — the bearer tokens that name who calls.
@@ -27,6 +28,7 @@ pub mod grants;
 pub mod http;
 pub mod jsonrpc;
 pub mod reload;
+pub mod startup;
 pub mod stdio;
 pub mod upstream;
 pub mod upstream_client;

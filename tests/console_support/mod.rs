@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, TimeDelta, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
@@ -252,5 +253,22 @@ pub fn record(c: CallEvent) -> CallRecord {
         call: c,
         resolution: None,
         outcome: None,
+    }
+}
+
+/// One key press, at the state's own time.
+pub fn key(s: &mut State, code: KeyCode) {
+    let now = s.now;
+    update(
+        s,
+        AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)),
+        now,
+    );
+}
+
+/// Types `text`, one key press a character.
+pub fn typed(s: &mut State, text: &str) {
+    for c in text.chars() {
+        key(s, KeyCode::Char(c));
     }
 }

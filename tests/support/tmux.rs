@@ -2,8 +2,6 @@
 //! detached session of a known size, type with `send-keys`, read the screen with
 //! `capture-pane`. Each harness has its own tmux server socket, so tests run in parallel.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Tmux {
     socket: PathBuf,
     exit_file: PathBuf,
+    /// A log of the program's own (its `--log`), shown with the screen when a wait fails.
+    log: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -57,8 +57,15 @@ impl Tmux {
         Tmux {
             socket,
             exit_file,
+            log: None,
             _dir: dir,
         }
+    }
+
+    /// Shows `log` (a file the program writes) too when a wait fails.
+    pub fn showing_log(mut self, log: &Path) -> Tmux {
+        self.log = Some(log.to_owned());
+        self
     }
 
     /// Types keys (tmux key names: `q`, `Enter`, `Escape`, `Tab`, or literal text).
@@ -94,8 +101,13 @@ impl Tmux {
                 return screen;
             }
             if Instant::now() > deadline {
+                let log = self
+                    .log
+                    .as_ref()
+                    .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+                    .unwrap_or_default();
                 panic!(
-                    "waited {within:?} for {what}; the screen was:\n{screen}\nstderr:\n{}",
+                    "waited {within:?} for {what}; the screen was:\n{screen}\nstderr:\n{}\nlog:\n{log}",
                     self.stderr()
                 );
             }
@@ -132,6 +144,20 @@ impl Drop for Tmux {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// `toolgate console --log <dir>/console.log` in a 200x50 terminal, in `dir`, with `env`
+/// added; the console's log is shown when a wait fails.
+pub fn console(dir: &Path, env: &[(&str, &Path)]) -> Tmux {
+    let log = dir.join("console.log");
+    Tmux::start(
+        super::toolgate(),
+        &["console", "--log", &log.display().to_string()],
+        dir,
+        (200, 50),
+        env,
+    )
+    .showing_log(&log)
 }
 
 fn shell_quote(path: &Path) -> String {

@@ -1,0 +1,154 @@
+//! What every gateway command (`wrap`, `serve`) takes besides its transport's own options,
+//! and the start-up they share: logging, hub, watched policy, audit log, event websocket,
+//! counter store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::control::{ControlHandle, EventsOptions, Hub};
+use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
+use crate::gateway::upstream::DEFAULT_GRACE;
+use crate::gateway::{AuditArgs, AuditLog};
+use crate::policy::{CounterArgs, CounterStore};
+use crate::wire::EventKind;
+
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// The policy file (watched: edits apply live, invalid edits are refused).
+    #[arg(long, value_name = "P")]
+    pub policy: PathBuf,
+    /// Audit log (JSON lines, mode 0600) [default: ~/.local/state/toolgate/audit.jsonl]
+    #[arg(long, value_name = "PATH")]
+    pub audit: Option<PathBuf>,
+    /// What the audit log keeps of the arguments: keys and a hash, or the values too
+    /// (secret-looking keys redacted).
+    #[arg(long, value_enum, default_value = "keys")]
+    pub audit_args: AuditArgs,
+    /// Seconds a server gets to exit after its stdin closes, and again after SIGTERM.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs_f64())]
+    pub grace: f64,
+    /// Where the event websocket listens (operators: `toolgate console`, `tail`, `approve`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub events: SocketAddr,
+    /// Allow `--events` on a non-loopback address (anyone reaching it with the token can
+    /// approve held calls; the traffic is not encrypted).
+    #[arg(long)]
+    pub events_allow_remote: bool,
+    /// No event websocket and no discovery file: held calls can then only time out.
+    #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
+    pub no_events: bool,
+    #[command(flatten)]
+    pub counters: CounterArgs,
+    /// Log level for stderr (overridden by RUST_LOG).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A gateway's shared parts, started; [`Started::stop`] ends them in order.
+pub struct Started {
+    pub id: String,
+    pub hub: Arc<Hub>,
+    pub policy: PolicyInForce,
+    pub audit: Arc<AuditLog>,
+    pub store: Arc<dyn CounterStore>,
+    control: Option<ControlHandle>,
+}
+
+impl GatewayArgs {
+    /// Logs to stderr at `--log-level` (RUST_LOG wins): stdout may carry the protocol.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new(&self.log_level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
+
+    /// The grace period as a duration (a nonsensical number falls back to the default).
+    pub fn grace(&self) -> Duration {
+        Duration::try_from_secs_f64(self.grace).unwrap_or(DEFAULT_GRACE)
+    }
+
+    /// Starts the hub, the watched policy, the audit log, the event websocket (unless
+    /// `--no-events`) and the counter store, for calls attributed to `grant` in front of
+    /// `server`.
+    pub async fn start(&self, grant: &str, server: &str) -> anyhow::Result<Started> {
+        let id = gateway_id();
+        let hub = new_hub(&id, grant, server, &self.policy);
+        let policy = load_and_watch(&self.policy, &hub)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("cannot load the policy {}", self.policy.display()))?;
+        let audit_path = match &self.audit {
+            Some(path) => path.clone(),
+            None => AuditLog::default_path()?,
+        };
+        let audit = Arc::new(AuditLog::open(&audit_path, self.audit_args)?);
+        let control = if self.no_events {
+            None
+        } else {
+            let control = crate::control::start(
+                hub.clone(),
+                EventsOptions {
+                    addr: self.events,
+                    allow_remote: self.events_allow_remote,
+                    discovery: true,
+                },
+            )
+            .await?;
+            tracing::info!("events on {}", control.url());
+            Some(control)
+        };
+        let store = {
+            let hub = hub.clone();
+            self.counters
+                .open(move |status| hub.publish(EventKind::Store(status.clone())))
+                .context("cannot open the counter store (--counters)")?
+        };
+        tracing::info!(
+            "gateway {id}: policy {}, audit {}, counters {}",
+            policy.path.display(),
+            audit_path.display(),
+            self.counters.spec()?
+        );
+        Ok(Started {
+            id,
+            hub,
+            policy,
+            audit,
+            store,
+            control,
+        })
+    }
+}
+
+impl Started {
+    /// Closes the event websocket (removing the discovery file) and flushes the audit log.
+    pub async fn stop(self) {
+        if let Some(control) = self.control {
+            control.shutdown().await;
+        }
+        self.audit.close();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT: how a gateway is asked to stop.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

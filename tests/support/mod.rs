@@ -1,0 +1,46 @@
+//! Support code shared by the integration tests, so each piece of harness is written once:
+//! finding the real MCP peers (`peers`), driving the Python MCP client over stdio or HTTP
+//! (`agent`), reading a child's output line by line with a deadline (`lines`), driving the
+//! real binary in tmux (`tmux`) and describing an in-process gateway (`events`).
+//!
+//! Each test crate declares `mod support;` and uses only what it needs, so most items are
+//! unused in any one crate.
+
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod events;
+pub mod lines;
+pub mod peers;
+pub mod tmux;
+
+use std::path::Path;
+use std::time::Duration;
+
+/// How long any one answer may take before a test fails instead of hanging. Only a broken
+/// build ever waits this long; nothing asserts on speed.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// The built `toolgate` binary.
+pub fn toolgate() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_toolgate"))
+}
+
+/// Creates `path` as a directory only its owner may enter, as a runtime directory must be.
+pub fn private_dir(path: &Path) {
+    std::fs::create_dir(path).expect("create the private directory");
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod 0700");
+}
+
+/// Waits for `child` to exit; fails if it does not in time.
+pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
