@@ -16,20 +16,8 @@ use super::draft::{Draft, Edit, EditError, parse_window};
 pub const ACTIONS: [&str; 3] = ["allow", "deny", "require_approval"];
 pub const SCOPES: [&str; 3] = ["grant", "session", "global"];
 pub const KINDS: [&str; 2] = ["require", "deny_if"];
-pub const OPS: [&str; 12] = [
-    "eq",
-    "neq",
-    "in",
-    "not_in",
-    "lt",
-    "lte",
-    "gt",
-    "gte",
-    "regex",
-    "contains",
-    "exists",
-    "not_exists",
-];
+/// The condition ops, in the policy module's order (it is the one that defines them).
+pub const OPS: &[&str] = crate::policy::Op::NAMES;
 
 /// One limit's fields.
 #[derive(Debug, Clone, Default)]
@@ -173,7 +161,7 @@ impl RuleEditor {
                 conditions.push(ConditionForm {
                     kind,
                     path: input(text_of(c.get("path"))),
-                    op: index_of(&OPS, c.get("op"), 0),
+                    op: index_of(OPS, c.get("op"), 0),
                     value: input(c.get("value").map(|v| v.to_string()).unwrap_or_default()),
                 });
             }
