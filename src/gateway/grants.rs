@@ -26,10 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::reload::{FileWatch, WatchError};
+use super::reload::{FileWatch, MAX_CONFIG_BYTES, WatchError, read_config_file};
 
-/// Largest grants file read.
-const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Longest grant name.
 const MAX_NAME: usize = 64;
 
@@ -94,19 +92,12 @@ impl Grants {
             path: shown.clone(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
-            &mut text,
-        )
-        .map_err(read_err)?;
-        if text.len() as u64 > MAX_FILE_BYTES {
+        let Some(text) = read_config_file(path).map_err(read_err)? else {
             return Err(GrantsError::Invalid {
                 path: shown,
-                why: format!("larger than {MAX_FILE_BYTES} bytes"),
+                why: format!("larger than {MAX_CONFIG_BYTES} bytes"),
             });
-        }
+        };
         Grants::parse(&text, &shown)
     }
 

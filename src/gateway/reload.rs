@@ -233,3 +233,39 @@ impl PolicyReloader {
         }));
     }
 }
+
+/// How large a configuration file (SERVERS.json, GRANTS.json) may be: far more than any real
+/// one, and a bound on what a runaway or hostile file can make the gateway read.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a configuration file of at most [`MAX_CONFIG_BYTES`]; `Ok(None)` when it is larger.
+pub fn read_config_file(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    Ok((text.len() as u64 <= MAX_CONFIG_BYTES).then_some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_over_the_cap_is_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.json");
+        std::fs::write(&small, "{}").unwrap();
+        assert_eq!(read_config_file(&small).unwrap().as_deref(), Some("{}"));
+        let exact = dir.path().join("exact.json");
+        std::fs::write(&exact, vec![b' '; MAX_CONFIG_BYTES as usize]).unwrap();
+        assert!(
+            read_config_file(&exact).unwrap().is_some(),
+            "the cap itself is allowed"
+        );
+        let large = dir.path().join("large.json");
+        std::fs::write(&large, vec![b' '; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        assert!(read_config_file(&large).unwrap().is_none());
+        assert!(read_config_file(&dir.path().join("missing.json")).is_err());
+    }
+}

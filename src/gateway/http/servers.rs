@@ -18,10 +18,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::gateway::reload::{MAX_CONFIG_BYTES, read_config_file};
 use crate::gateway::upstream::ServerCommand;
-
-/// Largest SERVERS.json read.
-const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Why SERVERS.json could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -96,13 +94,12 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, ServerSpec>, ServersError> {
         path: shown.clone(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
-        &mut text,
-    )
-    .map_err(read_err)?;
+    let Some(text) = read_config_file(path).map_err(read_err)? else {
+        return Err(ServersError::Invalid {
+            path: shown,
+            why: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        });
+    };
     parse(&text, &shown)
 }
 
