@@ -33,9 +33,6 @@ impl CounterStore for Flaky {
         self.fail()?;
         self.inner.admit(limits, now_ms)
     }
-    fn release(&self, reservation: &Reservation) {
-        let _ = self.try_release(reservation);
-    }
     fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
         self.fail()?;
         self.inner.release(reservation);

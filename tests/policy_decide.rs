@@ -674,7 +674,9 @@ impl CounterStore for BrokenStore {
     fn admit(&self, _: &[LimitRequest<'_>], _: u64) -> Result<Admission, StoreError> {
         Err(StoreError("connection refused".into()))
     }
-    fn release(&self, _: &Reservation) {}
+    fn try_release(&self, _: &Reservation) -> Result<(), StoreError> {
+        Err(StoreError("connection refused".into()))
+    }
     fn usage(&self, _: &str, _: Scope, _: u64, _: u64) -> Result<Vec<KeyUsage>, StoreError> {
         Err(StoreError("connection refused".into()))
     }

@@ -173,12 +173,6 @@ impl CounterStore for GuardedStore {
         }
     }
 
-    fn release(&self, reservation: &Reservation) {
-        if let Err(e) = self.try_release(reservation) {
-            tracing::warn!("cannot give back counted units yet, will retry: {e}");
-        }
-    }
-
     fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
         if reservation.is_empty() {
             return Ok(());

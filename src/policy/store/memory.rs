@@ -228,13 +228,14 @@ impl CounterStore for MemoryStore {
         Ok(Admission::Admitted(Reservation { units }))
     }
 
-    fn release(&self, reservation: &Reservation) {
+    fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
         let mut inner = self.lock();
         for unit in &reservation.units {
             if let Some(slot) = inner.existing_slot(&unit.key) {
                 slot.remove(unit.at_ms);
             }
         }
+        Ok(())
     }
 
     fn usage(

@@ -166,17 +166,19 @@ pub trait CounterStore: Send + Sync {
     /// A budget named twice in `limits` is counted once.
     fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError>;
 
-    /// Gives back the units of a reservation (those not yet out of their window). A store
-    /// that cannot answer logs it; see [`CounterStore::try_release`].
-    fn release(&self, reservation: &Reservation);
+    /// Gives back the units of a reservation (those not yet out of their window), saying
+    /// whether the store answered, so that a caller can give them back later
+    /// ([`GuardedStore`] does). Releasing a unit already out of its window does nothing; so
+    /// does releasing twice in the shared stores, whose units carry tokens (a retry after a
+    /// lost answer is safe there).
+    fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError>;
 
-    /// [`CounterStore::release`], saying whether the store answered, so that a caller can
-    /// give the units back later ([`GuardedStore`] does). Releasing a unit already out of
-    /// its window does nothing; so does releasing twice in the shared stores, whose units
-    /// carry tokens (a retry after a lost answer is safe there).
-    fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
-        self.release(reservation);
-        Ok(())
+    /// [`CounterStore::try_release`] for callers with nothing better to do when the store
+    /// does not answer than to log it.
+    fn release(&self, reservation: &Reservation) {
+        if let Err(e) = self.try_release(reservation) {
+            tracing::warn!("cannot give back counted units: {e}");
+        }
     }
 
     /// Usage of every scope key of `counter` in `scope` that has units within `window_ms`.
