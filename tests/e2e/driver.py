@@ -89,23 +89,28 @@ async def main() -> int:
     # where the test keeps its runtime and state files.
     passed = {k: os.environ[k] for k in ("XDG_RUNTIME_DIR", "XDG_STATE_HOME", "RUST_LOG") if k in os.environ}
     params = StdioServerParameters(command=command[0], args=command[1:], env=passed)
-    loop = asyncio.get_running_loop()
     with open(log_path, "a", encoding="utf-8") as log:
         transport = stdio_client(params, errlog=log)
         async with Client(transport, mode=mode, sampling_callback=sampling, read_timeout_seconds=60) as client:
-            while True:
-                line = await loop.run_in_executor(None, sys.stdin.readline)
-                if not line:
-                    return 0
-                cmd = json.loads(line)
-                if cmd.get("op") == "close":
-                    print(json.dumps({"closed": True}), flush=True)
-                    return 0
-                try:
-                    answer = await handle(client, cmd)
-                except Exception as e:  # report, keep the session for the next command
-                    answer = {"error": {"code": -1, "message": f"{type(e).__name__}: {e}"}}
-                print(json.dumps(answer), flush=True)
+            return await serve_commands(client)
+
+
+async def serve_commands(client: Client) -> int:
+    """Answers one JSON command per stdin line until stdin ends or a `close` command."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return 0
+        cmd = json.loads(line)
+        if cmd.get("op") == "close":
+            print(json.dumps({"closed": True}), flush=True)
+            return 0
+        try:
+            answer = await handle(client, cmd)
+        except Exception as e:  # report, keep the session for the next command
+            answer = {"error": {"code": -1, "message": f"{type(e).__name__}: {e}"}}
+        print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":

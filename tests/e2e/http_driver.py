@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from driver import handle, sampling  # noqa: E402
+from driver import sampling, serve_commands  # noqa: E402
 
 from mcp.client.client import Client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
@@ -32,24 +32,11 @@ async def main() -> int:
         return 2
     mode, url = argv[0], argv[1]
     headers = {"Authorization": f"Bearer {argv[2]}"} if len(argv) > 2 else None
-    loop = asyncio.get_running_loop()
     try:
         async with create_mcp_http_client(headers=headers) as http:
             transport = streamable_http_client(url, http_client=http)
             async with Client(transport, mode=mode, sampling_callback=sampling, read_timeout_seconds=60) as client:
-                while True:
-                    line = await loop.run_in_executor(None, sys.stdin.readline)
-                    if not line:
-                        return 0
-                    cmd = json.loads(line)
-                    if cmd.get("op") == "close":
-                        print(json.dumps({"closed": True}), flush=True)
-                        return 0
-                    try:
-                        answer = await handle(client, cmd)
-                    except Exception as e:  # report, keep the session for the next command
-                        answer = {"error": {"code": -1, "message": f"{type(e).__name__}: {e}"}}
-                    print(json.dumps(answer), flush=True)
+                return await serve_commands(client)
     except BaseException as e:  # noqa: BLE001 - the test reads what went wrong
         print(json.dumps({"connect_error": f"{type(e).__name__}: {e}"}), flush=True)
         return 0
