@@ -1537,6 +1537,11 @@ mod tests {
         }
     }
 
+    /// A `call` event with sequence number `seq`, stamped `ts`, arriving at `now`.
+    fn arrive(s: &mut State, seq: u64, ts: DateTime<Utc>, c: CallEvent, now: DateTime<Utc>) {
+        update(s, ev(seq, ts, EventKind::Call(c)), now);
+    }
+
     fn hello(calls: Vec<CallRecord>, holds: Vec<&str>) -> EventKind {
         EventKind::Hello(Box::new(Hello {
             protocol: PROTOCOL_VERSION,
@@ -1574,22 +1579,18 @@ mod tests {
     #[test]
     fn a_call_is_remembered_counted_and_rated() {
         let mut s = state();
-        update(
+        arrive(
             &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "list", Verdict::Allow)),
-            ),
+            1,
+            at(1),
+            call("gw1-1", "list", Verdict::Allow),
             at(1),
         );
-        update(
+        arrive(
             &mut s,
-            ev(
-                2,
-                at(2),
-                EventKind::Call(call("gw1-2", "drop", Verdict::Deny)),
-            ),
+            2,
+            at(2),
+            call("gw1-2", "drop", Verdict::Deny),
             at(2),
         );
         assert_eq!(s.history.len(), 2);
@@ -1602,24 +1603,14 @@ mod tests {
     #[test]
     fn a_new_hold_rings_once_and_is_listed_oldest_first() {
         let mut s = state();
-        update(
+        arrive(
             &mut s,
-            ev(
-                1,
-                at(5),
-                EventKind::Call(call("gw1-2", "send", Verdict::Hold)),
-            ),
+            1,
+            at(5),
+            call("gw1-2", "send", Verdict::Hold),
             at(5),
         );
-        update(
-            &mut s,
-            ev(
-                2,
-                at(3),
-                EventKind::Call(call("gw1-1", "pay", Verdict::Hold)),
-            ),
-            at(5),
-        );
+        arrive(&mut s, 2, at(3), call("gw1-1", "pay", Verdict::Hold), at(5));
         assert_eq!(s.effects.iter().filter(|e| **e == Effect::Bell).count(), 2);
         let ids: Vec<&str> = s.holds.iter().map(|h| h.call.call_id.as_str()).collect();
         assert_eq!(ids, ["gw1-1", "gw1-2"]);
@@ -1629,15 +1620,7 @@ mod tests {
     #[test]
     fn approving_sends_to_the_gateway_holding_the_call_and_shows_the_reply() {
         let mut s = state();
-        update(
-            &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "pay", Verdict::Hold)),
-            ),
-            at(1),
-        );
+        arrive(&mut s, 1, at(1), call("gw1-1", "pay", Verdict::Hold), at(1));
         s.effects.clear();
         update(&mut s, key('2'), at(2));
         update(&mut s, key('a'), at(2));
@@ -1670,15 +1653,7 @@ mod tests {
     #[test]
     fn denying_asks_for_a_reason_and_sends_it() {
         let mut s = state();
-        update(
-            &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "pay", Verdict::Hold)),
-            ),
-            at(1),
-        );
+        arrive(&mut s, 1, at(1), call("gw1-1", "pay", Verdict::Hold), at(1));
         s.effects.clear();
         update(&mut s, key('2'), at(2));
         update(&mut s, key('d'), at(2));
@@ -1696,15 +1671,7 @@ mod tests {
     #[test]
     fn a_resolution_removes_the_hold_and_marks_the_call() {
         let mut s = state();
-        update(
-            &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "pay", Verdict::Hold)),
-            ),
-            at(1),
-        );
+        arrive(&mut s, 1, at(1), call("gw1-1", "pay", Verdict::Hold), at(1));
         let r = HoldResolved {
             call_id: "gw1-1".into(),
             approved: false,
@@ -1734,15 +1701,7 @@ mod tests {
         update(&mut s, code(KeyCode::Up), at(2));
         assert!(!s.following());
         assert_eq!(s.live_selected_index(), Some(3));
-        update(
-            &mut s,
-            ev(
-                9,
-                at(3),
-                EventKind::Call(call("gw1-9", "t", Verdict::Allow)),
-            ),
-            at(3),
-        );
+        arrive(&mut s, 9, at(3), call("gw1-9", "t", Verdict::Allow), at(3));
         assert_eq!(
             s.live_selected_index(),
             Some(3),
@@ -1756,22 +1715,18 @@ mod tests {
     #[test]
     fn the_filter_narrows_live_and_keeps_up_with_new_calls() {
         let mut s = state();
-        update(
+        arrive(
             &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "create_api_key", Verdict::Allow)),
-            ),
+            1,
+            at(1),
+            call("gw1-1", "create_api_key", Verdict::Allow),
             at(1),
         );
-        update(
+        arrive(
             &mut s,
-            ev(
-                2,
-                at(1),
-                EventKind::Call(call("gw1-2", "delete_account", Verdict::Deny)),
-            ),
+            2,
+            at(1),
+            call("gw1-2", "delete_account", Verdict::Deny),
             at(1),
         );
         update(&mut s, key('/'), at(1));
@@ -1780,22 +1735,18 @@ mod tests {
         }
         update(&mut s, code(KeyCode::Enter), at(1));
         assert_eq!(s.live_len(), 1);
-        update(
+        arrive(
             &mut s,
-            ev(
-                3,
-                at(2),
-                EventKind::Call(call("gw1-3", "create_meeting", Verdict::Allow)),
-            ),
+            3,
+            at(2),
+            call("gw1-3", "create_meeting", Verdict::Allow),
             at(2),
         );
-        update(
+        arrive(
             &mut s,
-            ev(
-                4,
-                at(2),
-                EventKind::Call(call("gw1-4", "list", Verdict::Allow)),
-            ),
+            4,
+            at(2),
+            call("gw1-4", "list", Verdict::Allow),
             at(2),
         );
         assert_eq!(s.live_len(), 2);
@@ -1832,22 +1783,12 @@ mod tests {
     #[test]
     fn a_reconnect_resumes_from_the_snapshot_without_duplicates() {
         let mut s = state();
-        update(
+        arrive(&mut s, 1, at(1), call("gw1-1", "pay", Verdict::Hold), at(1));
+        arrive(
             &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "pay", Verdict::Hold)),
-            ),
+            2,
             at(1),
-        );
-        update(
-            &mut s,
-            ev(
-                2,
-                at(1),
-                EventKind::Call(call("gw1-2", "list", Verdict::Allow)),
-            ),
+            call("gw1-2", "list", Verdict::Allow),
             at(1),
         );
         s.effects.clear();
@@ -1914,15 +1855,7 @@ mod tests {
         update(&mut s, key('q'), at(1));
         assert!(s.quit, "nothing held: quits at once");
         let mut s = state();
-        update(
-            &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "pay", Verdict::Hold)),
-            ),
-            at(1),
-        );
+        arrive(&mut s, 1, at(1), call("gw1-1", "pay", Verdict::Hold), at(1));
         update(&mut s, key('q'), at(1));
         assert!(!s.quit);
         assert!(matches!(s.prompt, Prompt::ConfirmQuit));
@@ -1936,13 +1869,11 @@ mod tests {
     #[test]
     fn approve_keys_do_nothing_on_a_call_that_is_not_held() {
         let mut s = state();
-        update(
+        arrive(
             &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "list", Verdict::Allow)),
-            ),
+            1,
+            at(1),
+            call("gw1-1", "list", Verdict::Allow),
             at(1),
         );
         update(&mut s, code(KeyCode::Up), at(1));
@@ -1972,13 +1903,11 @@ mod tests {
     #[test]
     fn esc_run_together_with_a_key_is_esc_then_the_key() {
         let mut s = state();
-        update(
+        arrive(
             &mut s,
-            ev(
-                1,
-                at(1),
-                EventKind::Call(call("gw1-1", "list", Verdict::Allow)),
-            ),
+            1,
+            at(1),
+            call("gw1-1", "list", Verdict::Allow),
             at(1),
         );
         update(&mut s, code(KeyCode::Up), at(1));
