@@ -752,3 +752,47 @@ fn load_reads_files_and_reports_unreadable_ones() {
     let missing = Policy::load(&dir.path().join("missing.json")).unwrap_err();
     assert!(missing.to_string().starts_with("cannot read "), "{missing}");
 }
+
+/// A memory store that remembers which counters it was asked about.
+#[derive(Default)]
+struct Watched {
+    inner: MemoryStore,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl CounterStore for Watched {
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+        self.inner.admit(limits, now_ms)
+    }
+    fn try_release(&self, r: &Reservation) -> Result<(), StoreError> {
+        self.inner.try_release(r)
+    }
+    fn usage(&self, c: &str, s: Scope, w: u64, now: u64) -> Result<Vec<KeyUsage>, StoreError> {
+        self.asked.lock().unwrap().push(c.to_owned());
+        self.inner.usage(c, s, w, now)
+    }
+}
+
+#[test]
+fn counter_states_of_asks_the_store_about_the_named_counters_only() {
+    let p = policy(json!({"version": "1", "default": "deny", "tools": {
+        "a": {"limits": [{"counter": "ca", "window": "minute", "max": 5}]},
+        "b": {"limits": [{"counter": "cb", "window": "minute", "max": 5}]}
+    }}));
+    let store = Watched::default();
+    let args = json!({});
+    let call = Call {
+        tool: "a",
+        args: &args,
+        grant: "g",
+        session: "s",
+    };
+    assert_eq!(p.decide(&call, &store, 1_000).verdict, Verdict::Allow);
+    let states = p.counter_states_of(&store, 1_000, &["ca"]).unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!((states[0].counter.as_str(), states[0].used), ("ca", 1));
+    assert_eq!(*store.asked.lock().unwrap(), ["ca"]);
+    let all = p.counter_states(&store, 1_000).unwrap();
+    assert_eq!(all.len(), 1, "cb has no units, so no scope key to report");
+    assert_eq!(*store.asked.lock().unwrap(), ["ca", "ca", "cb"]);
+}

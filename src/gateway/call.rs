@@ -122,18 +122,12 @@ impl Gateway {
             .iter()
             .map(|u| &*u.key.counter)
             .collect();
-        match self
-            .policy
-            .load()
-            .counter_states(self.store.as_ref(), self.clock.now_ms())
-        {
-            Ok(states) => {
-                let counters = states
-                    .into_iter()
-                    .filter(|c| touched.contains(&c.counter.as_str()))
-                    .collect();
-                self.hub.publish(EventKind::Counters(Counters { counters }));
-            }
+        match self.policy.load().counter_states_of(
+            self.store.as_ref(),
+            self.clock.now_ms(),
+            &touched,
+        ) {
+            Ok(counters) => self.hub.publish(EventKind::Counters(Counters { counters })),
             Err(e) => tracing::warn!("cannot read counter state: {e}"),
         }
     }

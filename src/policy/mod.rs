@@ -498,8 +498,28 @@ impl Policy {
         store: &dyn CounterStore,
         now_ms: u64,
     ) -> Result<Vec<crate::wire::CounterState>, StoreError> {
+        self.counter_states_where(store, now_ms, |_| true)
+    }
+
+    /// [`Policy::counter_states`] of the named counters only: the store is asked about
+    /// those alone (what a gateway publishes after a call touched them).
+    pub fn counter_states_of(
+        &self,
+        store: &dyn CounterStore,
+        now_ms: u64,
+        counters: &[&str],
+    ) -> Result<Vec<crate::wire::CounterState>, StoreError> {
+        self.counter_states_where(store, now_ms, |name| counters.contains(&name))
+    }
+
+    fn counter_states_where(
+        &self,
+        store: &dyn CounterStore,
+        now_ms: u64,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<crate::wire::CounterState>, StoreError> {
         let mut out = Vec::new();
-        for def in &self.counters {
+        for def in self.counters.iter().filter(|d| wanted(&d.name)) {
             for u in store.usage(&def.name, def.scope, def.window_ms, now_ms)? {
                 out.push(crate::wire::CounterState {
                     counter: def.name.clone(),
