@@ -10,7 +10,9 @@ use anyhow::Context;
 
 use super::gateway_args::{GatewayArgs, wait_for_signal};
 use crate::gateway::Gateway;
+use crate::gateway::fd_limit;
 use crate::gateway::grants::{Grants, GrantsWatcher};
+use crate::gateway::http::listener::{self, ConnectionOptions};
 use crate::gateway::http::{self, HttpGateway, ServeOptions};
 
 /// Serve MCP over Streamable HTTP at /mcp/<name>, enforcing a policy on every tool call.
@@ -41,6 +43,33 @@ pub struct Args {
     /// Minutes an MCP session may stay idle before it is ended and its server stopped.
     #[arg(long, value_name = "MINUTES", default_value_t = 30.0)]
     session_idle: f64,
+    /// Most MCP sessions one grant may have open (each may be a server process; a 2026-07-28
+    /// client without sessions counts once per server). Beyond it that grant gets 429 until
+    /// it ends a session (DELETE) or one goes idle; other grants are not affected.
+    #[arg(long, value_name = "N", default_value_t = http::DEFAULT_MAX_SESSIONS_PER_GRANT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_sessions_per_grant: usize,
+    /// Most MCP sessions open at once, all grants together; beyond it every grant gets 503.
+    /// Lowered at start if the open-file limit cannot hold them (the log says so).
+    #[arg(long, value_name = "N", default_value_t = http::DEFAULT_MAX_SESSIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_sessions: usize,
+    /// Most client connections open at once. At the cap a new connection closes the oldest
+    /// one that has not yet shown a valid token; when all have, it gets 503. Lowered at start
+    /// if the open-file limit cannot hold them (the log says so).
+    #[arg(long, value_name = "N", default_value_t = listener::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers; also how long a kept-alive
+    /// connection may sit idle. Slower clients are disconnected.
+    #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_HEADER_TIMEOUT.as_secs_f64(),
+          value_parser = positive_seconds)]
+    header_timeout: f64,
+    /// Seconds a client has, after the headers, to send a request's body; later bodies get
+    /// 408 and the connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_BODY_TIMEOUT.as_secs_f64(),
+          value_parser = positive_seconds)]
+    body_timeout: f64,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -56,19 +85,35 @@ servers.json:
 
 Agents then use http://127.0.0.1:8787/mcp/time with "Authorization: Bearer <token>"."#;
 
+/// A number of seconds above zero and below a day.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if secs > 0.0 && secs < 86_400.0 {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "{secs} s is out of range: give more than 0 and less than 86400"
+        ))
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.gateway.init_logging();
+    // Before any thread starts, so that every descriptor is counted against the new limit.
+    let limit = fd_limit::raise();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run_async(args));
+    let result = runtime.block_on(run_async(args, limit));
     runtime.shutdown_timeout(Duration::from_millis(500));
     result
 }
 
-async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
+async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<ExitCode> {
     if !args.listen.ip().is_loopback() && !args.allow_remote {
         anyhow::bail!(
             "refusing to listen on {}, which is not a loopback address; pass --allow-remote if you mean it",
@@ -122,6 +167,31 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         .with_audit(started.audit.clone()),
     );
     let names: Vec<String> = servers.keys().cloned().collect();
+    // What is open now (runtime, policy watcher, audit log, counters, event websocket) is
+    // counted as used; the plan keeps a reserve beyond it for reloads and the like.
+    let in_use = fd_limit::open_now().unwrap_or(64);
+    let plan = listener::plan(limit.soft, in_use, args.max_connections, args.max_sessions);
+    if plan.lowered {
+        tracing::warn!(
+            "the open-file limit ({}) cannot hold {} connections and {} MCP sessions; serving \
+             at most {} connections and {} sessions. Raise the limit (ulimit -n, or \
+             LimitNOFILE= in a systemd unit) or lower --max-connections / --max-sessions",
+            limit.soft,
+            args.max_connections,
+            args.max_sessions,
+            plan.max_connections,
+            plan.max_sessions
+        );
+    }
+    tracing::info!(
+        "open-file limit {} (was {}), {in_use} in use: up to {} connections, {} MCP sessions \
+         ({} per grant)",
+        limit.soft,
+        limit.was,
+        plan.max_connections,
+        plan.max_sessions,
+        args.max_sessions_per_grant
+    );
     let gateway = HttpGateway::new(
         base,
         ServeOptions {
@@ -131,7 +201,13 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             grace: args.gateway.grace(),
             session_idle: Duration::try_from_secs_f64(args.session_idle * 60.0)
                 .unwrap_or(http::DEFAULT_SESSION_IDLE),
-            max_sessions: http::DEFAULT_MAX_SESSIONS,
+            max_sessions: plan.max_sessions,
+            max_sessions_per_grant: args.max_sessions_per_grant,
+            connections: ConnectionOptions {
+                header_timeout: Duration::from_secs_f64(args.header_timeout),
+                body_timeout: Duration::from_secs_f64(args.body_timeout),
+                max_connections: plan.max_connections,
+            },
         },
     );
     tracing::info!(

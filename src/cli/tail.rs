@@ -331,6 +331,13 @@ pub fn human_line(event: &Event) -> Option<String> {
             }
             line
         }
+        EventKind::SessionRefused(refused) => format!(
+            "grant {} refused {} MCP session(s) (latest for {}): {}",
+            terminal_text(&refused.grant),
+            refused.refused,
+            terminal_text(&refused.server),
+            refused.cap.explain(refused.max)
+        ),
         EventKind::Tools(tools) => format!(
             "tools from {} · {}",
             terminal_text(&tools.server),

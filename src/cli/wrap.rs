@@ -45,6 +45,7 @@ In an MCP client config (Claude Desktop, Claude Code, Cursor):
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.gateway.init_logging();
+    crate::gateway::fd_limit::raise();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

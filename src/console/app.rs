@@ -719,6 +719,15 @@ fn ingest(state: &mut State, key: &str, event: Event) {
                 ));
             }
         }
+        EventKind::SessionRefused(r) => {
+            let label = state.gateways[conn].label().to_owned();
+            state.complain(format!(
+                "gateway {label}: {} MCP session(s) of grant {} refused: {}",
+                r.refused,
+                terminal_text(&r.grant),
+                r.cap.explain(r.max)
+            ));
+        }
         EventKind::Tools(t) => {
             state.gateways[conn].set_tools(t.tools);
         }

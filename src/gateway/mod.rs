@@ -14,6 +14,7 @@
 //! - [`audit`] — the JSON-lines audit log.
 //! - [`reload`] — watch the policy file and swap in each valid new version.
 //! - [`upstream`] — spawn and stop an MCP server process.
+//! - [`fd_limit`] — the open-file limit, raised to the hard limit at start.
 //! - [`upstream_client`] — a small MCP client session over an upstream's line streams
 //!   (handshake or `server/discover`, paginated `tools/list`), for `toolgate scan`.
 //! - [`startup`] — a gateway's id, hub and watched policy, for every transport.
@@ -24,6 +25,7 @@
 pub mod audit;
 pub mod call;
 pub mod core;
+pub mod fd_limit;
 pub mod grants;
 pub mod http;
 pub mod jsonrpc;

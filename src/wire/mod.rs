@@ -55,6 +55,8 @@ pub enum EventKind {
     Tools(Tools),
     /// The counter store stopped answering, or answers again.
     Store(StoreStatus),
+    /// `serve` refused to open MCP sessions for a grant: a session cap was reached.
+    SessionRefused(SessionRefused),
     /// This client fell behind and events were dropped for it; a fresh `hello` follows.
     Missed(Missed),
     /// The answer to a [`ClientMsg`].
@@ -233,6 +235,46 @@ pub struct StoreStatus {
     /// Why it is down, and what calls with limits get meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// Which session cap of `serve` refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionCap {
+    /// The grant has as many sessions as one grant may (`--max-sessions-per-grant`).
+    Grant,
+    /// The gateway has as many sessions as it may (`--max-sessions`).
+    Gateway,
+}
+
+impl SessionCap {
+    /// Which cap of `max` sessions was reached and where it is set, for a person.
+    pub fn explain(self, max: u64) -> String {
+        match self {
+            SessionCap::Grant => format!(
+                "the grant has {max} open sessions, as many as one grant may \
+                 (--max-sessions-per-grant)"
+            ),
+            SessionCap::Gateway => {
+                format!("the gateway has {max} open sessions, as many as it may (--max-sessions)")
+            }
+        }
+    }
+}
+
+/// MCP sessions refused for one grant. Sent at the first refusal, then at most once every
+/// few seconds per grant and cap while refusals go on, counting those in between.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRefused {
+    pub grant: String,
+    /// The server the latest refused session was for.
+    pub server: String,
+    pub cap: SessionCap,
+    /// The cap's value.
+    pub max: u64,
+    /// Sessions refused for this grant and cap since the previous such event, this one's
+    /// included.
+    pub refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

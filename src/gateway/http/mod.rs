@@ -21,6 +21,14 @@
 //! - A request without a session that is not `initialize` is a 2026-07-28 stateless request:
 //!   it goes through one shared link per (server, grant), its id renamed so that many
 //!   clients never collide.
+//! - Sessions and stateless links alike are capped per grant and in all ([`sessions`]); a
+//!   place is reserved before a server is started. A grant at its cap gets 429 (its own
+//!   problem: other grants still open sessions), a full gateway 503, and operators a
+//!   `session_refused` event.
+//!
+//! Connections ([`listener`]): headers and bodies have deadlines, open connections a cap
+//! (the unauthenticated shed first), and the open-file limit is shared out so that the
+//! gateway's own files always find a descriptor.
 //!
 //! A request's answer is `application/json` when it is the first thing the core sends for it;
 //! when something comes first (progress while a call is held, a server-to-client request), the
@@ -29,36 +37,43 @@
 //! upstream.
 
 pub mod link;
+pub mod listener;
 pub mod remote;
 pub mod servers;
+pub mod sessions;
 pub mod sse;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
 use rand::Rng;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 
 use self::link::{Delivery, Link};
+use self::listener::{ConnectionOptions, Peer};
 use self::servers::ServerSpec;
+use self::sessions::{Refused, SessionCaps, Sessions};
 use super::Gateway;
 use super::grants::GrantsHandle;
 use super::jsonrpc::{self, IdKey, Parsed};
+use crate::wire::{EventKind, SessionCap, SessionRefused};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Default idle time after which a session is ended.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-/// Most sessions open at once; more get 503.
+/// Most sessions (and stateless links) open at once; more get 503.
 pub const DEFAULT_MAX_SESSIONS: usize = 512;
+/// Most sessions (and stateless links) one grant may have open; more get 429.
+pub const DEFAULT_MAX_SESSIONS_PER_GRANT: usize = 16;
 /// 2026-07-28's error code for routing headers that disagree with the body.
 const HEADER_MISMATCH: i64 = -32020;
 /// JSON-RPC "invalid request".
@@ -80,6 +95,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     pub session_idle: Duration,
     pub max_sessions: usize,
+    pub max_sessions_per_grant: usize,
+    pub connections: ConnectionOptions,
 }
 
 /// The HTTP gateway: servers, grants, sessions, and the shared decision machinery.
@@ -89,9 +106,11 @@ pub struct HttpGateway {
     base: Arc<Gateway>,
     options: ServeOptions,
     client: reqwest::Client,
-    sessions: Mutex<HashMap<String, Arc<Link>>>,
-    /// Stateless (2026-07-28) links by (server, grant).
-    stateless: Mutex<HashMap<(String, String), Arc<Link>>>,
+    /// MCP sessions and stateless (2026-07-28) links, and their caps.
+    links: Sessions,
+    /// Held while a stateless link is looked up and started, so that concurrent requests
+    /// start one link per (server, grant), not several.
+    stateless_start: Mutex<()>,
     /// A gateway per (grant, server), so events and audit records name both.
     callers: Mutex<HashMap<(String, String), Arc<Gateway>>>,
 }
@@ -110,12 +129,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl HttpGateway {
     pub fn new(base: Arc<Gateway>, options: ServeOptions) -> Arc<HttpGateway> {
+        let links = Sessions::new(SessionCaps {
+            per_grant: options.max_sessions_per_grant,
+            total: options.max_sessions,
+        });
         Arc::new(HttpGateway {
             base,
             options,
             client: remote::http_client(),
-            sessions: Mutex::new(HashMap::new()),
-            stateless: Mutex::new(HashMap::new()),
+            links,
+            stateless_start: Mutex::new(()),
             callers: Mutex::new(HashMap::new()),
         })
     }
@@ -138,44 +161,41 @@ impl HttpGateway {
     pub async fn serve(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
         let reaper = tokio::spawn(self.clone().reap());
         let gw = self.clone();
         let mut stopping = shutdown.clone();
-        let stop = async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-            gw.close_all();
-        };
-        let served = axum::serve(listener, self.router()).with_graceful_shutdown(stop);
         // Open streams end with their sessions; a client that keeps a connection anyway
-        // does not keep the gateway from stopping.
-        let deadline = async move {
+        // does not keep the gateway from stopping (the listener drains for a while only).
+        let closer = tokio::spawn(async move {
             let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_DRAIN).await;
-        };
-        let result = tokio::select! {
-            result = served => result,
-            _ = deadline => Ok(()),
-        };
+            gw.close_all();
+        });
+        let result = listener::serve(
+            listener,
+            self.router(),
+            self.options.connections,
+            shutdown,
+            SHUTDOWN_DRAIN,
+        )
+        .await;
         reaper.abort();
+        closer.abort();
         self.close_all();
         result
     }
 
     /// Ends every session and stateless link.
     pub fn close_all(&self) {
-        for (_, link) in lock(&self.sessions).drain() {
-            link.close();
-        }
-        for (_, link) in lock(&self.stateless).drain() {
+        for link in self.links.drain() {
             link.close();
         }
     }
 
     /// How many sessions are open.
     pub fn session_count(&self) -> usize {
-        lock(&self.sessions).len()
+        self.links.session_count()
     }
 
     /// Ends idle sessions and forgets ended ones, periodically.
@@ -186,24 +206,8 @@ impl HttpGateway {
         loop {
             tick.tick().await;
             let idle = self.options.session_idle;
-            let stale =
-                |link: &Arc<Link>| link.ended() || (!link.busy() && link.idle_for() >= idle);
-            let mut ended = Vec::new();
-            lock(&self.sessions).retain(|_, link| {
-                let keep = !stale(link);
-                if !keep {
-                    ended.push(link.clone());
-                }
-                keep
-            });
-            lock(&self.stateless).retain(|_, link| {
-                let keep = !stale(link);
-                if !keep {
-                    ended.push(link.clone());
-                }
-                keep
-            });
-            for link in ended {
+            let stale = |link: &Link| link.ended() || (!link.busy() && link.idle_for() >= idle);
+            for link in self.links.remove_if(stale) {
                 link.close();
             }
         }
@@ -258,14 +262,34 @@ impl HttpGateway {
     }
 
     fn session(&self, id: &str, server: &str, grant: &str) -> Option<Arc<Link>> {
-        let link = lock(&self.sessions).get(id).cloned()?;
+        let link = self.links.session(id)?;
         (link.server == server && link.grant == grant && !link.ended()).then_some(link)
     }
 
+    /// A place for a new link of `grant`; a refusal is logged and published (throttled).
+    fn reserve(&self, server: &str, grant: &str) -> Result<sessions::Reservation<'_>, NoLink> {
+        self.links.reserve(grant).map_err(|refused| {
+            if let Some(count) = self.links.note_refusal(grant, refused.cap, Instant::now()) {
+                tracing::warn!(
+                    "refused {count} MCP session(s) of grant {grant} (latest for {server}): {}",
+                    refused.cap.explain(refused.max as u64)
+                );
+                self.base
+                    .hub
+                    .publish(EventKind::SessionRefused(SessionRefused {
+                        grant: grant.to_owned(),
+                        server: server.to_owned(),
+                        cap: refused.cap,
+                        max: refused.max as u64,
+                        refused: count,
+                    }));
+            }
+            NoLink::Refused(refused)
+        })
+    }
+
     fn open_session(&self, server: &str, grant: &str) -> Result<(String, Arc<Link>), NoLink> {
-        if lock(&self.sessions).len() >= self.options.max_sessions {
-            return Err(NoLink::TooManySessions);
-        }
+        let place = self.reserve(server, grant)?;
         let spec = &self.options.servers[server];
         let id = random_id();
         let label = format!("{server}-{}", &id[..12]);
@@ -281,16 +305,19 @@ impl HttpGateway {
             tracing::error!("{e}");
             NoLink::CannotStart
         })?;
-        lock(&self.sessions).insert(id.clone(), link.clone());
+        place.open_session(id.clone(), link.clone());
         Ok((id, link))
     }
 
     fn stateless_link(&self, server: &str, grant: &str) -> Result<Arc<Link>, NoLink> {
-        let key = (server.to_owned(), grant.to_owned());
-        let mut links = lock(&self.stateless);
-        if let Some(link) = links.get(&key).filter(|l| !l.ended()) {
-            return Ok(link.clone());
+        if let Some(link) = self.links.stateless(server, grant) {
+            return Ok(link);
         }
+        let _starting = lock(&self.stateless_start);
+        if let Some(link) = self.links.stateless(server, grant) {
+            return Ok(link);
+        }
+        let place = self.reserve(server, grant)?;
         let spec = &self.options.servers[server];
         let label = format!("{server}-stateless-{}", &random_id()[..8]);
         let link = Link::start(
@@ -305,7 +332,7 @@ impl HttpGateway {
             tracing::error!("{e}");
             NoLink::CannotStart
         })?;
-        links.insert(key, link.clone());
+        place.open_stateless(server, link.clone());
         Ok(link)
     }
 }
@@ -313,16 +340,34 @@ impl HttpGateway {
 /// Why no link could serve a request.
 #[derive(Debug, Clone, Copy)]
 enum NoLink {
-    TooManySessions,
+    Refused(Refused),
     CannotStart,
 }
 
 impl NoLink {
     fn response(self) -> Response {
         match self {
-            NoLink::TooManySessions => plain(
+            NoLink::Refused(Refused {
+                cap: SessionCap::Grant,
+                max,
+            }) => plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "this grant has {max} open MCP sessions, as many as one grant may \
+                     (the gateway's --max-sessions-per-grant); end one (DELETE with its \
+                     Mcp-Session-Id), let idle ones end (--session-idle), or ask the \
+                     operator to raise the cap"
+                ),
+            ),
+            NoLink::Refused(Refused {
+                cap: SessionCap::Gateway,
+                max,
+            }) => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too many open MCP sessions; close some (DELETE) or try later",
+                &format!(
+                    "the gateway has {max} open MCP sessions, as many as it may \
+                     (--max-sessions); try again later or ask the operator to raise the cap"
+                ),
             ),
             NoLink::CannotStart => plain(
                 StatusCode::BAD_GATEWAY,
@@ -359,6 +404,7 @@ fn rpc_error(status: StatusCode, id: Option<&IdKey>, code: i64, message: &str) -
 async fn handle(
     State(gw): State<Arc<HttpGateway>>,
     Path(name): Path<String>,
+    peer: Option<Extension<Arc<Peer>>>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -378,6 +424,9 @@ async fn handle(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     };
+    if let Some(Extension(peer)) = peer {
+        peer.authenticated();
+    }
     if !gw.options.servers.contains_key(&name) {
         return plain(
             StatusCode::NOT_FOUND,
@@ -727,7 +776,7 @@ fn delete(gw: &Arc<HttpGateway>, server: &str, grant: &str, session: Option<Stri
     if gw.session(&sid, server, grant).is_none() {
         return plain(StatusCode::NOT_FOUND, "unknown or ended MCP session");
     }
-    if let Some(link) = lock(&gw.sessions).remove(&sid) {
+    if let Some(link) = gw.links.remove(&sid) {
         link.close();
     }
     StatusCode::NO_CONTENT.into_response()

@@ -1,0 +1,498 @@
+//! `serve`'s connections: its own accept loop in front of the router, so that slow, idle and
+//! unauthenticated clients cannot take the descriptors and the time legitimate agents need.
+//!
+//! - **Deadlines.** A request's headers must arrive within the header deadline (hyper's
+//!   `header_read_timeout`, which also closes a kept-alive connection idle for that long),
+//!   and its body within the body deadline from then on; a late body is answered 408 and the
+//!   connection closed.
+//! - **A cap on open connections**, and the unauthenticated shed first. A connection counts
+//!   as authenticated once one of its requests has presented a valid grant token
+//!   ([`Peer::authenticated`]). At the cap, a new connection closes the oldest
+//!   unauthenticated one; when every open connection is authenticated, the newcomer is
+//!   answered 503 and closed.
+//! - **Descriptors run out anyway** (other files, a limit lower than planned): an accept
+//!   that fails with EMFILE sheds an unauthenticated connection and waits a moment before
+//!   trying again, instead of spinning.
+//!
+//! [`plan`] shares the process's open-file limit between connections, server processes and
+//! the gateway's own files before any of this starts.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use axum::response::IntoResponse;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot, watch};
+use tower::ServiceExt;
+
+/// Default deadline for a request's headers (and for an idle kept-alive connection).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default deadline for a request's body, from the end of its headers.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Descriptors kept for the gateway's own files whatever the clients do: the policy and the
+/// grants on each reload, the audit log, the counter store, the event websocket's clients,
+/// watchers, logs.
+pub const FD_RESERVE: u64 = 256;
+/// Descriptors one MCP session may hold: a spawned server's stdin and stdout pipes and its
+/// process handle, and one more while it starts.
+pub const FDS_PER_SESSION: u64 = 4;
+/// How long the accept loop waits after running out of descriptors.
+const EMFILE_PAUSE: Duration = Duration::from_millis(20);
+/// How often, at most, a shedding or refusing accept loop says so in the log.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How `serve` treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionOptions {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// How the open-file limit is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    /// The caps asked for did not fit in the limit and were lowered.
+    pub lowered: bool,
+}
+
+/// Shares `limit` descriptors, of which `in_use` are open already, between the connections
+/// and sessions asked for, keeping [`FD_RESERVE`] for the gateway's own files. When they do
+/// not fit, both caps are lowered in proportion (never below 1).
+pub fn plan(limit: u64, in_use: u64, max_connections: usize, max_sessions: usize) -> Plan {
+    let available = limit.saturating_sub(in_use).saturating_sub(FD_RESERVE);
+    let wanted = max_connections as u64 + FDS_PER_SESSION * max_sessions as u64;
+    if wanted <= available {
+        return Plan {
+            max_connections,
+            max_sessions,
+            lowered: false,
+        };
+    }
+    let scale = |n: usize| ((n as u64 * available / wanted.max(1)) as usize).max(1);
+    Plan {
+        max_connections: scale(max_connections),
+        max_sessions: scale(max_sessions),
+        lowered: true,
+    }
+}
+
+/// A connection as the handlers see it (a request extension).
+#[derive(Debug)]
+pub struct Peer {
+    id: u64,
+    registry: Arc<Registry>,
+    /// Changed only under the registry's lock.
+    authenticated: AtomicBool,
+}
+
+impl Peer {
+    /// The connection presented a valid grant token: it is no longer shed for newcomers.
+    pub fn authenticated(&self) {
+        if self.authenticated.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut open = self.registry.lock();
+        // A connection already shed stays shed.
+        if open.unauthenticated.remove(&self.id).is_some() {
+            open.authenticated += 1;
+            self.authenticated.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let mut open = self.registry.lock();
+        if self.authenticated.load(Ordering::Relaxed) {
+            open.authenticated -= 1;
+        } else {
+            open.unauthenticated.remove(&self.id);
+        }
+        drop(open);
+        self.registry.closed.notify_waiters();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    next_id: u64,
+    /// Oldest first; sending sheds the connection.
+    unauthenticated: BTreeMap<u64, oneshot::Sender<()>>,
+    authenticated: usize,
+}
+
+impl Open {
+    fn len(&self) -> usize {
+        self.unauthenticated.len() + self.authenticated
+    }
+
+    /// Closes the oldest unauthenticated connection; false if there is none.
+    fn shed_oldest(&mut self) -> bool {
+        match self.unauthenticated.pop_first() {
+            Some((_, shed)) => {
+                let _ = shed.send(());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The open connections.
+#[derive(Debug, Default)]
+struct Registry {
+    open: Mutex<Open>,
+    closed: Notify,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Registers a new connection, shedding the oldest unauthenticated one when `max` are
+    /// open; `None` when every open connection is authenticated.
+    fn admit(self: &Arc<Self>, max: usize) -> Option<(Arc<Peer>, oneshot::Receiver<()>)> {
+        let mut open = self.lock();
+        if open.len() >= max && !open.shed_oldest() {
+            return None;
+        }
+        let id = open.next_id;
+        open.next_id += 1;
+        let (shed, shed_rx) = oneshot::channel();
+        open.unauthenticated.insert(id, shed);
+        drop(open);
+        let peer = Arc::new(Peer {
+            id,
+            registry: self.clone(),
+            authenticated: AtomicBool::new(false),
+        });
+        Some((peer, shed_rx))
+    }
+}
+
+/// A warning that is logged at most every [`WARN_EVERY`], with how often it was suppressed.
+struct Throttled {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    fn new() -> Throttled {
+        Throttled {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, what: impl FnOnce() -> String) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < WARN_EVERY)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let more = match std::mem::take(&mut self.suppressed) {
+            0 => String::new(),
+            n => format!(" ({n} more times since the last warning)"),
+        };
+        tracing::warn!("{}{more}", what());
+        self.last = Some(now);
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` becomes true; then stops accepting, lets
+/// open connections finish their requests for up to `drain`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    options: ConnectionOptions,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> io::Result<()> {
+    let registry = Arc::new(Registry::default());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout);
+    let mut out_of_fds = Throttled::new();
+    let mut full = Throttled::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    let shed = registry.lock().shed_oldest();
+                    out_of_fds.warn(|| format!(
+                        "cannot accept a connection: {e}; {}; raise the open-file limit \
+                         (ulimit -n, LimitNOFILE=) or lower --max-connections",
+                        if shed { "closed the oldest unauthenticated connection" }
+                        else { "every open connection is authenticated" }
+                    ));
+                    tokio::time::sleep(EMFILE_PAUSE).await;
+                    continue;
+                }
+                // The client gave up before it was accepted, or a transient error.
+                Err(e) => {
+                    tracing::debug!("accept failed: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let Some((peer, shed)) = registry.admit(options.max_connections) else {
+            full.warn(|| {
+                format!(
+                    "{} authenticated connections are open, the most allowed \
+                     (--max-connections); refusing new ones",
+                    options.max_connections
+                )
+            });
+            refuse(stream, options.max_connections);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            stream,
+            http.clone(),
+            router.clone(),
+            peer,
+            shed,
+            shutdown.clone(),
+            options.body_timeout,
+        ));
+    }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + drain;
+    loop {
+        let closed = registry.closed.notified();
+        if registry.len() == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == nix::libc::EMFILE || code == nix::libc::ENFILE
+    )
+}
+
+/// Answers a connection there is no room for with 503, without waiting for it, and closes
+/// it.
+fn refuse(stream: TcpStream, max: usize) {
+    let text = format!(
+        "all {max} connections this gateway allows are open and authenticated \
+         (--max-connections); try again later\n"
+    );
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    // A fresh socket's send buffer takes this at once; if not, closing is answer enough.
+    // (Written on the plain socket: tokio's `try_write` would wait for the reactor to have
+    // seen the socket writable.)
+    if let Ok(stream) = stream.into_std() {
+        let _ = std::io::Write::write(&mut &stream, reply.as_bytes());
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    http: hyper::server::conn::http1::Builder,
+    router: Router,
+    peer: Arc<Peer>,
+    shed: oneshot::Receiver<()>,
+    mut shutdown: watch::Receiver<bool>,
+    body_timeout: Duration,
+) {
+    let service_peer = peer.clone();
+    let service = hyper::service::service_fn(move |req| {
+        request(router.clone(), service_peer.clone(), body_timeout, req)
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopping = tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!("connection ended: {e}");
+            }
+            false
+        }
+        // Shed for a newcomer: dropping the connection closes it.
+        Ok(()) = shed => false,
+        _ = shutdown.wait_for(|stop| *stop) => true,
+    };
+    if stopping {
+        // Requests under way finish (within the drain the accept loop allows); an idle
+        // connection closes now.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+    drop(peer);
+}
+
+/// One request: the connection attached for the handlers, the body under its deadline.
+async fn request(
+    router: Router,
+    peer: Arc<Peer>,
+    body_timeout: Duration,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let late = Arc::new(AtomicBool::new(false));
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(peer);
+    let body = Body::new(DeadlineBody {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep(body_timeout)),
+        late: late.clone(),
+    });
+    let Ok(response) = router.oneshot(Request::from_parts(parts, body)).await;
+    if late.load(Ordering::Relaxed) {
+        return Ok(body_too_slow(body_timeout));
+    }
+    Ok(response)
+}
+
+fn body_too_slow(body_timeout: Duration) -> Response<Body> {
+    let mut response = (
+        StatusCode::REQUEST_TIMEOUT,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!(
+            "the request body did not arrive within {} s of its headers; send it at once \
+             (the gateway's --body-timeout sets this deadline)\n",
+            body_timeout.as_secs_f64()
+        ),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once its deadline has passed.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    late: Arc<AtomicBool>,
+}
+
+/// The body did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTooSlow;
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.late.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(BodyTooSlow.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_that_fits_is_kept() {
+        let plan = plan(1 << 20, 20, 1024, 512);
+        assert_eq!(
+            plan,
+            Plan {
+                max_connections: 1024,
+                max_sessions: 512,
+                lowered: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_small_limit_lowers_both_caps_and_keeps_the_reserve() {
+        let plan = plan(1024, 30, 1024, 512);
+        assert!(plan.lowered);
+        let used = plan.max_connections as u64 + FDS_PER_SESSION * plan.max_sessions as u64;
+        assert!(used + FD_RESERVE + 30 <= 1024, "{plan:?}");
+        assert!(
+            plan.max_connections >= 200 && plan.max_sessions >= 100,
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn the_oldest_unauthenticated_connection_is_shed_first() {
+        let registry = Arc::new(Registry::default());
+        let (first, mut first_shed) = registry.admit(3).unwrap();
+        let (second, mut second_shed) = registry.admit(3).unwrap();
+        let (third, mut third_shed) = registry.admit(3).unwrap();
+        first.authenticated();
+        let (_fourth, _) = registry.admit(3).unwrap();
+        assert!(
+            first_shed.try_recv().is_err(),
+            "an authenticated one was shed"
+        );
+        assert_eq!(second_shed.try_recv(), Ok(()));
+        assert!(third_shed.try_recv().is_err());
+        drop((second, third));
+    }
+
+    #[test]
+    fn when_every_connection_is_authenticated_the_newcomer_is_refused() {
+        let registry = Arc::new(Registry::default());
+        let (a, _a) = registry.admit(2).unwrap();
+        let (b, _b) = registry.admit(2).unwrap();
+        a.authenticated();
+        b.authenticated();
+        assert!(registry.admit(2).is_none());
+        drop(a);
+        assert_eq!(registry.len(), 1);
+        assert!(registry.admit(2).is_some());
+    }
+}
