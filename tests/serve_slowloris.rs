@@ -281,15 +281,18 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let serve = Serve::start(Setup {
         policy: POLICY,
         servers: json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        grants: &["ci"],
         extra: &["--header-timeout", "1"],
         ..Setup::default()
     });
     let mut slow = TcpStream::connect(serve.addr).unwrap();
     slow.write_all(HALF_REQUEST).unwrap();
-    slow.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    // Shorter than hyper's own default (30 s), so only the flag's deadline can pass this.
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut rest = Vec::new();
-    // Without a deadline the gateway would wait for the rest forever and this read would
-    // time out as an error.
+    // Without the deadline the gateway would wait for the rest and this read would time
+    // out as an error.
     match slow.read_to_end(&mut rest) {
         Ok(_) => {}
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),

@@ -413,6 +413,27 @@ mod tests {
     }
 
     #[test]
+    fn a_session_refused_line_names_the_grant_the_count_and_the_flag() {
+        let line = human_line(&event(EventKind::SessionRefused(
+            crate::wire::SessionRefused {
+                grant: "flood".into(),
+                server: "time".into(),
+                cap: crate::wire::SessionCap::Gateway,
+                max: 512,
+                refused: 3,
+            },
+        )))
+        .unwrap();
+        assert!(
+            line.ends_with(
+                "g1 grant flood refused 3 MCP session(s) (latest for time): the gateway has \
+                 512 open sessions, as many as it may (--max-sessions)"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn replies_are_not_shown() {
         assert!(
             human_line(&event(EventKind::Reply(crate::wire::Reply {

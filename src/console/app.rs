@@ -1945,4 +1945,26 @@ mod tests {
         assert_eq!(latency_label(1_250_000), "1.2 s");
         assert_eq!(latency_label(900), "900 µs");
     }
+
+    #[test]
+    fn a_refused_session_burst_is_shown_with_its_grant_count_and_cap() {
+        let mut s = state();
+        let refused = crate::wire::SessionRefused {
+            grant: "flood\x1b[2J".into(),
+            server: "time".into(),
+            cap: crate::wire::SessionCap::Grant,
+            max: 16,
+            refused: 37,
+        };
+        update(
+            &mut s,
+            ev(1, at(1), EventKind::SessionRefused(refused)),
+            at(1),
+        );
+        let m = s.message.clone().unwrap();
+        assert!(m.error, "{m:?}");
+        assert!(m.text.contains("37 MCP session(s)"), "{m:?}");
+        assert!(m.text.contains("--max-sessions-per-grant"), "{m:?}");
+        assert!(!m.text.contains('\x1b'), "{m:?}");
+    }
 }

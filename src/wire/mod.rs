@@ -364,6 +364,18 @@ mod tests {
     }
 
     #[test]
+    fn a_session_refused_event_reads_as_documented() {
+        let text = r#"{"seq":62,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"session_refused","grant":"ci-bot","server":"time","cap":"grant","max":16,"refused":37}"#;
+        let ev: Event = serde_json::from_str(text).unwrap();
+        let EventKind::SessionRefused(refused) = &ev.kind else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(refused.cap, SessionCap::Grant);
+        assert_eq!(refused.refused, 37);
+        assert_eq!(serde_json::to_string(&ev).unwrap(), text);
+    }
+
+    #[test]
     fn client_messages_reject_unknown_fields() {
         let ok: ClientMsg =
             serde_json::from_str(r#"{"type":"approve","id":1,"call_id":"a1-4"}"#).unwrap();
