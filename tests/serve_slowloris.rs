@@ -404,3 +404,23 @@ fn at_the_connection_cap_the_unauthenticated_are_shed_first_and_then_newcomers_r
         assert_eq!(keep_alive_request(&serve, agent, &token), 200);
     }
 }
+
+#[test]
+fn request_headers_beyond_32_kib_are_refused_with_431() {
+    let (upstream, _seen) = trivial::start(false);
+    let serve = Serve::start(Setup {
+        policy: POLICY,
+        servers: json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        grants: &["ci"],
+        ..Setup::default()
+    });
+    let auth = format!("Bearer {}", serve.tokens[0]);
+    let pad = "x".repeat(100 * 1024);
+    let reply = serve.http(
+        "POST",
+        "/mcp/t",
+        &[("Authorization", &auth), ("X-Pad", &pad)],
+        &initialize().to_string(),
+    );
+    assert_eq!(reply.status, 431, "{reply:?}");
+}

@@ -4,7 +4,8 @@
 //! - **Deadlines.** A request's headers must arrive within the header deadline (hyper's
 //!   `header_read_timeout`, which also closes a kept-alive connection idle for that long),
 //!   and its body within the body deadline from then on; a late body is answered 408 and the
-//!   connection closed.
+//!   connection closed. A request head over [`MAX_HEADER_BYTES`] is answered 431, and
+//!   hyper's buffer per connection is capped, so memory stays bounded per connection.
 //! - **A cap on open connections**, and the unauthenticated shed first. A connection counts
 //!   as authenticated once one of its requests has presented a valid grant token
 //!   ([`Peer::authenticated`]). At the cap, a new connection closes the oldest
@@ -49,6 +50,11 @@ pub const FD_RESERVE: u64 = 256;
 /// Descriptors one MCP session may hold: a spawned server's stdin and stdout pipes and its
 /// process handle, and one more while it starts.
 pub const FDS_PER_SESSION: u64 = 4;
+/// Most bytes hyper buffers per connection (its default, about 400 KiB, would let 1,024
+/// unauthenticated connections hold 400 MiB).
+const CONNECTION_BUFFER: usize = 64 * 1024;
+/// Largest request head (request line and headers) accepted; larger ones get 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// How long the accept loop waits after running out of descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(20);
 /// How often, at most, a shedding or refusing accept loop says so in the log.
@@ -235,7 +241,9 @@ pub async fn serve(
     let registry = Arc::new(Registry::default());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(options.header_timeout);
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(CONNECTION_BUFFER)
+        .max_header_size(MAX_HEADER_BYTES);
     let mut out_of_fds = Throttled::new();
     let mut full = Throttled::new();
     loop {
