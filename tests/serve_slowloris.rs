@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use running::{Reply, Serve, Setup, add_grant, initialize, read_reply};
+use running::{Reply, Serve, Setup, add_grant, initialize, read_reply, soft_nofile, with_nofile};
 use serde_json::json;
 use support::ANSWER_WITHIN;
 use support::agent::{Agent, text};
@@ -176,7 +176,7 @@ fn a_slowloris_flood_at_a_1024_file_limit_leaves_agents_answered_within_a_second
             "t": { "url": format!("http://{upstream}/mcp") },
         }),
         grants: &["agent"],
-        nofile: Some(GATEWAY_NOFILE),
+        nofile: Some((GATEWAY_NOFILE, GATEWAY_NOFILE)),
         ..Setup::default()
     });
     let token = serve.tokens[0].clone();
@@ -423,4 +423,52 @@ fn request_headers_beyond_32_kib_are_refused_with_431() {
         &initialize().to_string(),
     );
     assert_eq!(reply.status, 431, "{reply:?}");
+}
+
+/// Waits until process `pid` has a soft open-file limit of `want`.
+fn wait_soft_nofile(pid: u32, want: u64, who: &str) {
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    while soft_nofile(pid) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{who} kept a soft open-file limit of {:?}, not the hard limit {want}",
+            soft_nofile(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_and_wrap_raise_their_open_file_limit_to_the_hard_limit() {
+    let (upstream, _seen) = trivial::start(false);
+    let serve = Serve::start(Setup {
+        policy: POLICY,
+        servers: json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        grants: &["ci"],
+        nofile: Some((1024, 4096)),
+        ..Setup::default()
+    });
+    wait_soft_nofile(serve.pid(), 4096, "serve");
+    assert!(
+        serve.log().contains("open-file limit 4096 (was 1024)"),
+        "{}",
+        serve.log()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.json"), POLICY).unwrap();
+    let mut wrap = std::process::Command::new(support::toolgate());
+    wrap.args(
+        support::agent::wrap(dir.path(), "ci", &["--no-events"], vec!["cat".into()])[1..].iter(),
+    )
+    .env("XDG_RUNTIME_DIR", dir.path())
+    .env("XDG_STATE_HOME", dir.path())
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    with_nofile(&mut wrap, 1024, 4096);
+    let mut wrap = wrap.spawn().unwrap();
+    wait_soft_nofile(wrap.id(), 4096, "wrap");
+    let _ = wrap.kill();
+    let _ = wrap.wait();
 }

@@ -25,8 +25,8 @@ pub struct Setup<'a> {
     pub servers: Value,
     pub grants: &'a [&'a str],
     pub extra: &'a [&'a str],
-    /// The open-file limit (soft and hard) the process starts with.
-    pub nofile: Option<u64>,
+    /// The open-file limit (soft, hard) the process starts with.
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// A `toolgate serve` process, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -64,19 +64,8 @@ impl Serve {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(limit) = setup.nofile {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                command.pre_exec(move || {
-                    nix::sys::resource::setrlimit(
-                        nix::sys::resource::Resource::RLIMIT_NOFILE,
-                        limit,
-                        limit,
-                    )
-                    .map_err(std::io::Error::from)
-                });
-            }
+        if let Some((soft, hard)) = setup.nofile {
+            with_nofile(&mut command, soft, hard);
         }
         let mut child = command.spawn().expect("start toolgate serve");
         let stderr = child.stderr.take().unwrap();
@@ -248,6 +237,30 @@ pub fn read_reply(stream: &mut TcpStream) -> Reply {
         headers,
         body: body.to_owned(),
     }
+}
+
+/// Starts `command` with an open-file limit of `soft` and `hard`.
+pub fn with_nofile(command: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// The soft open-file limit of process `pid` (`Max open files` in /proc/PID/limits).
+pub fn soft_nofile(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Runs the real CLI with the test's private directories.
