@@ -90,12 +90,12 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let grants = Arc::new(arc_swap::ArcSwap::from_pointee(grants));
-    let _grants_watch = GrantsWatcher::start(&grants_path, grants.clone())
-        .inspect_err(|e| tracing::warn!("{e}; grant changes will not apply until a restart"))
-        .ok();
 
     let server_names = servers.keys().cloned().collect::<Vec<_>>().join(",");
     let started = args.gateway.start("*", &server_names).await?;
+    let _grants_watch = GrantsWatcher::start(&grants_path, grants.clone(), started.hub.clone())
+        .inspect_err(|e| tracing::warn!("{e}; grant changes will not apply until a restart"))
+        .ok();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::control::{self, ClientError};
 use crate::sanitize::terminal_text;
-use crate::wire::{Event, EventKind, ResolvedBy, Verdict};
+use crate::wire::{Event, EventKind, GrantsChange, ResolvedBy, Verdict};
 
 /// How often the discovery directory is scanned for new gateways.
 const RESCAN: Duration = Duration::from_secs(2);
@@ -331,6 +331,15 @@ pub fn human_line(event: &Event) -> Option<String> {
             }
             line
         }
+        EventKind::Grants(grants) => format!(
+            "grants {} · {}",
+            match grants.change {
+                GrantsChange::Applied => "applied",
+                GrantsChange::Refused => "refused",
+                GrantsChange::Deleted => "deleted, every token revoked",
+            },
+            terminal_text(&grants.detail)
+        ),
         EventKind::Tools(tools) => format!(
             "tools from {} · {}",
             terminal_text(&tools.server),

@@ -55,6 +55,9 @@ pub enum EventKind {
     Tools(Tools),
     /// The counter store stopped answering, or answers again.
     Store(StoreStatus),
+    /// `serve`'s grants file changed: applied, refused (the grants in force stay), or
+    /// deleted (every token revoked).
+    Grants(GrantsChanged),
     /// This client fell behind and events were dropped for it; a fresh `hello` follows.
     Missed(Missed),
     /// The answer to a [`ClientMsg`].
@@ -233,6 +236,30 @@ pub struct StoreStatus {
     /// Why it is down, and what calls with limits get meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// What became of a change to `serve`'s grants file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantsChange {
+    /// A valid file: its grants are the ones in force now.
+    Applied,
+    /// An empty, invalid or unreadable file: the grants in force stay.
+    Refused,
+    /// No file at the path any more: every token is revoked until a valid file is back.
+    Deleted,
+}
+
+/// `serve`'s grants file changed (sent once per state the file goes through).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantsChanged {
+    /// Absolute path of the grants file.
+    pub path: String,
+    pub change: GrantsChange,
+    /// How many grants are in force now.
+    pub grants: u64,
+    /// For a person: what changed, or why the file was refused and what to do.
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
