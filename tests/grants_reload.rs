@@ -12,6 +12,7 @@
 #[path = "serve_support/trivial.rs"]
 mod trivial;
 
+mod console_support;
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,6 +28,8 @@ use serde_json::{Value, json};
 use support::lines::line_reader;
 use support::{ANSWER_WITHIN, toolgate};
 use tokio::sync::broadcast::error::TryRecvError;
+use toolgate::console::app::{State, update};
+use toolgate::console::theme::Theme;
 use toolgate::control::Hub;
 use toolgate::gateway::grants::{Grants, GrantsReloader};
 use toolgate::wire::{Event, EventKind, GatewayInfo, GrantsChange, GrantsChanged};
@@ -61,6 +64,9 @@ fn next(events: &mut tokio::sync::broadcast::Receiver<Arc<Event>>) -> Option<Gra
     }
 }
 
+/// Puts a broken grants file at a path.
+type MakeBroken<'a> = &'a dyn Fn(&Path);
+
 /// Puts a FIFO where `path` is (renamed over it, so the name never goes missing).
 fn fifo_over(path: &Path) {
     let fifo = path.with_extension("fifo");
@@ -92,7 +98,7 @@ fn deletion_revokes_every_token_and_an_empty_invalid_or_unreadable_file_keeps_th
     assert_eq!(next(&mut events), None);
 
     // Each kind of broken file is refused once, and both tokens keep working.
-    let broken: [(&str, &dyn Fn(&Path), &str); 4] = [
+    let broken: [(&str, MakeBroken, &str); 4] = [
         ("0 bytes", &|p| std::fs::write(p, "").unwrap(), "empty"),
         (
             "whitespace",
@@ -488,4 +494,59 @@ fn an_empty_invalid_or_unreadable_grants_file_does_not_revoke() {
     assert_eq!(event["grants"], 1, "{event}");
     assert_eq!(serve.status(token), 401, "ci was in the deleted file only");
     assert_eq!(serve.status(&ops), 202, "log:\n{}", serve.log());
+}
+
+#[test]
+fn the_console_shows_a_grants_change_on_its_status_line_errors_as_errors() {
+    use console_support::{at_ms, net, render, t0, text, up};
+    let mut s = State::new(t0(), Theme::builtin_default(), 100);
+    let now = at_ms(10_000);
+    update(&mut s, up("gw"), now);
+    let event = |change, detail: &str| {
+        EventKind::Grants(GrantsChanged {
+            path: "/srv/grants.json".into(),
+            change,
+            grants: 0,
+            detail: detail.into(),
+        })
+    };
+    let deleted = "grants file /srv/grants.json was deleted: every token is revoked\u{1b}[2J";
+    update(
+        &mut s,
+        net("gw", 1, at_ms(1_000), event(GrantsChange::Deleted, deleted)),
+        now,
+    );
+    let message = s.message.clone().expect("a status message");
+    assert!(
+        message.error,
+        "a revocation by deletion is shown as an error"
+    );
+    assert!(
+        message.text.contains("every token is revoked"),
+        "{}",
+        message.text
+    );
+    assert!(
+        !message.text.contains('\u{1b}'),
+        "outside text is sanitised"
+    );
+    let screen = text(&render(&s, 160, 30)).join("\n");
+    assert!(screen.contains("every token is revoked"), "{screen}");
+
+    update(
+        &mut s,
+        net(
+            "gw",
+            2,
+            at_ms(2_000),
+            event(GrantsChange::Applied, "2 grant(s) in force"),
+        ),
+        now,
+    );
+    let message = s.message.clone().expect("a status message");
+    assert!(
+        !message.error && message.text.contains("2 grant(s) in force"),
+        "{}",
+        message.text
+    );
 }
