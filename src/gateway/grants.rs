@@ -34,7 +34,7 @@ use subtle::ConstantTimeEq;
 use super::reload::{
     MAX_CONFIG_BYTES, Seen, gone_link, is_gone, read_config_file, read_watched_file,
 };
-use super::watch::{FileWatch, WatchError};
+use super::watch::{FileWatch, Reread, WatchError};
 use crate::control::Hub;
 use crate::wire::{EventKind, GrantsChange, GrantsChanged};
 
@@ -316,7 +316,7 @@ impl GrantsReloader {
     }
 
     /// Re-reads the file and applies, revokes or refuses.
-    pub fn check(&mut self) {
+    pub fn check(&mut self) -> Reread {
         // `stat` first: it needs no descriptor, so a deletion is seen (and revokes) even when
         // the process is out of file descriptors.
         let read = match std::fs::metadata(&self.path) {
@@ -328,28 +328,28 @@ impl GrantsReloader {
             Ok(None) => {
                 let why = format!("it is larger than {MAX_CONFIG_BYTES} bytes");
                 self.refuse(Seen::Unreadable("too large".into()), &why);
-                return;
+                return Reread::Done;
             }
             Err(e) if is_gone(&e) => {
                 self.deleted();
-                return;
+                return Reread::Done;
             }
             Err(e) => {
                 self.refuse(
                     Seen::Unreadable(e.to_string()),
                     &format!("cannot read it: {e}"),
                 );
-                return;
+                return Reread::Failed;
             }
         };
         let seen = Seen::bytes(&bytes);
         if self.last_seen == seen {
-            return;
+            return Reread::Done;
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             let why = "it is empty (an editor in the middle of a save?)";
             self.refuse(seen, why);
-            return;
+            return Reread::Done;
         }
         let shown = self.path.display().to_string();
         let parsed = match String::from_utf8(bytes) {
@@ -366,6 +366,7 @@ impl GrantsReloader {
             }
             Err(why) => self.refuse(seen, &format!("it is not valid: {why}")),
         }
+        Reread::Done
     }
 
     fn apply(&mut self, new: Grants) {

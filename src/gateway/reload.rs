@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::PolicyHandle;
-pub use super::watch::{DEBOUNCE, FileWatch, WatchError};
+pub use super::watch::{DEBOUNCE, FileWatch, Reread, WatchError};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
 use crate::wire::{EventKind, PolicyApplied, PolicyRejected};
@@ -132,7 +132,7 @@ impl PolicyReloader {
     }
 
     /// Re-reads the file; applies a new valid version, refuses anything else.
-    pub fn check(&mut self) {
+    pub fn check(&mut self) -> Reread {
         let shown = self.path.display().to_string();
         let text = match read_watched_file(&self.path, MAX_POLICY_BYTES) {
             Ok(Some(bytes)) => bytes,
@@ -141,7 +141,7 @@ impl PolicyReloader {
                     Seen::Unreadable("too large".into()),
                     format!("{shown}: larger than {MAX_POLICY_BYTES} bytes; is this the policy?"),
                 );
-                return;
+                return Reread::Done;
             }
             Err(e) if is_gone(&e) => {
                 let why = match gone_link(&self.path) {
@@ -154,26 +154,26 @@ impl PolicyReloader {
                     ),
                 };
                 self.refuse(Seen::Gone, why);
-                return;
+                return Reread::Done;
             }
             Err(e) => {
                 self.refuse(
                     Seen::Unreadable(e.to_string()),
                     format!("{shown}: cannot read: {e}; keeping the policy in force"),
                 );
-                return;
+                return Reread::Failed;
             }
         };
         let seen = Seen::bytes(&text);
         if self.last_seen == seen {
-            return;
+            return Reread::Done;
         }
         self.last_seen = seen;
         let text = match String::from_utf8(text) {
             Ok(text) => text,
             Err(_) => {
                 self.reject(vec![format!("{shown}: not UTF-8 text")]);
-                return;
+                return Reread::Done;
             }
         };
         match Policy::parse(&text, &shown) {
@@ -198,6 +198,7 @@ impl PolicyReloader {
                 self.reject(diagnostics.0.iter().map(ToString::to_string).collect());
             }
         }
+        Reread::Done
     }
 
     /// Refuses a state of the file that is not text at all, once per state.
@@ -270,6 +271,31 @@ pub fn read_config_file(path: &Path) -> std::io::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watched_file_must_be_a_regular_file_and_reading_one_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.json");
+        std::fs::write(&file, "{}").unwrap();
+        assert_eq!(
+            read_watched_file(&file, 2).unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert_eq!(read_watched_file(&file, 1).unwrap(), None, "over the cap");
+        // A FIFO with no writer would block a plain open forever.
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = read_watched_file(&fifo, 1024).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(read_watched_file(dir.path(), 1024).is_err(), "a directory");
+        let e = read_watched_file(&dir.path().join("missing"), 1024).unwrap_err();
+        assert!(is_gone(&e));
+        let e = read_watched_file(&file.join("below-a-file"), 1024).unwrap_err();
+        assert!(
+            is_gone(&e),
+            "a file where a directory should be is gone too: {e}"
+        );
+    }
 
     #[test]
     fn a_config_file_over_the_cap_is_refused_not_truncated() {

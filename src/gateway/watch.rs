@@ -32,8 +32,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode};
 use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
@@ -50,6 +51,20 @@ const MAX_LINKS: usize = 40;
 /// How many debounced bursts may wait for the watch thread; beyond that they are folded
 /// into one "something happened" (the thread re-reads once for all of them).
 const QUEUED_BURSTS: usize = 16;
+
+/// How soon a file that could not be read (out of descriptors, no permission, something not
+/// a file in its place) is tried again when no event comes first: a read that failed must
+/// not leave the file unread until someone happens to touch it again.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// What a watch's callback found when it re-read the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reread {
+    /// The file was read (applied or refused for what it says, or found gone).
+    Done,
+    /// The file is there but could not be read: try again in [`RETRY`].
+    Failed,
+}
 
 /// Why watching could not start.
 #[derive(Debug, thiserror::Error)]
@@ -214,14 +229,16 @@ impl Drop for FileWatch {
 }
 
 impl FileWatch {
-    /// Watches what `path` (absolute) leads to; `on_change` runs on the watch's thread after
-    /// every debounced burst of changes that concern it. `what` names the file in log lines
+    /// Watches what `path` (absolute) leads to; `on_change` runs on the watch's thread once
+    /// the watches are in place (a change made since the caller last read the file is not
+    /// missed), after every debounced burst of changes that concern the file, and every
+    /// [`RETRY`] while it answers [`Reread::Failed`]. `what` names the file in log lines
     /// ("policy", "grants file"). Fails only when not one directory can be watched; one
     /// that cannot is logged, saying which edits will be missed.
     pub fn start(
         path: &Path,
         what: &'static str,
-        on_change: impl FnMut() + Send + 'static,
+        on_change: impl FnMut() -> Reread + Send + 'static,
     ) -> Result<FileWatch, WatchError> {
         let (to_thread, from_debouncer) = sync_channel(QUEUED_BURSTS);
         let overflowed = Arc::new(AtomicBool::new(false));
@@ -300,21 +317,34 @@ impl Watched {
         from_debouncer: Receiver<Message>,
         overflowed: Arc<AtomicBool>,
         stop: Arc<AtomicBool>,
-        mut on_change: impl FnMut(),
+        mut on_change: impl FnMut() -> Reread,
     ) {
-        while let Ok(message) = from_debouncer.recv() {
+        let mut retry_at = match on_change() {
+            Reread::Done => None,
+            Reread::Failed => Some(Instant::now() + RETRY),
+        };
+        loop {
+            let message = match retry_at {
+                None => from_debouncer
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => {
+                    from_debouncer.recv_timeout(at.saturating_duration_since(Instant::now()))
+                }
+            };
             if stop.load(Ordering::SeqCst) {
                 return;
             }
             let mut relevant = match message {
-                Message::Stop => return,
-                Message::Burst(Err(errors)) => {
+                Err(RecvTimeoutError::Disconnected) | Ok(Message::Stop) => return,
+                Err(RecvTimeoutError::Timeout) => true,
+                Ok(Message::Burst(Err(errors))) => {
                     for e in errors {
                         tracing::warn!("{} watch: {e}", self.what);
                     }
                     true
                 }
-                Message::Burst(Ok(events)) => events.iter().any(|e| {
+                Ok(Message::Burst(Ok(events))) => events.iter().any(|e| {
                     e.event.need_rescan()
                         || (is_change(e)
                             && e.event.paths.iter().any(|p| self.resolution.concerns(p)))
@@ -325,7 +355,10 @@ impl Watched {
                 // Watch first, then read: a change landing in between is seen by the read,
                 // and any after it by the new watches.
                 let _ = self.follow();
-                on_change();
+                retry_at = match on_change() {
+                    Reread::Done => None,
+                    Reread::Failed => Some(Instant::now() + RETRY),
+                };
             }
         }
     }
@@ -418,6 +451,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let real = std::fs::canonicalize(dir.path()).unwrap();
         (dir, real)
+    }
+
+    #[test]
+    fn the_callback_runs_once_at_start_and_again_after_a_failed_read_without_any_event() {
+        let (_dir, root) = real_tempdir();
+        let file = root.join("policy.json");
+        std::fs::write(&file, "{}").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut calls = 0;
+        let _watch = FileWatch::start(&file, "test file", move || {
+            calls += 1;
+            let _ = tx.send(calls);
+            if calls < 3 {
+                Reread::Failed
+            } else {
+                Reread::Done
+            }
+        })
+        .unwrap();
+        // Nothing touches the directory: the first call is the one at start, the next two
+        // are retries of a read that failed.
+        for n in 1..=3 {
+            let got = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("callback {n} never came"));
+            assert_eq!(got, n);
+        }
     }
 
     #[test]
