@@ -25,7 +25,8 @@ pub struct Args {
     /// "env"} | {"url", "headers"}}}.
     #[arg(long, value_name = "SERVERS.json")]
     servers: PathBuf,
-    /// The grants file (watched: revoking a grant applies at once).
+    /// The grants file (watched: revoking a grant applies at once; deleting the file revokes
+    /// every token, an empty or invalid one keeps the grants in force).
     #[arg(long, value_name = "GRANTS.json")]
     grants: PathBuf,
     /// Where agents connect.
