@@ -391,6 +391,13 @@ fn a_symlinked_policy_follows_edits_to_its_target_and_the_link_being_re_pointed(
     std::fs::create_dir(root.join("later/sub")).unwrap();
     std::fs::write(&later, version("v13")).unwrap();
     wrap.wait_for("v13", "the missing directories and file created");
+
+    // An editor that saves through a temporary file renamed over the link replaces the link
+    // with a plain file: that file is the policy from then on.
+    write_and_rename(&link, &version("v14"));
+    wrap.wait_for("v14", "the link replaced by a file renamed over it");
+    write_in_place(&link, &version("v15"));
+    wrap.wait_for("v15", "an in-place write of the file that replaced the link");
 }
 
 #[test]
