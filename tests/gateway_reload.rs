@@ -397,7 +397,10 @@ fn a_symlinked_policy_follows_edits_to_its_target_and_the_link_being_re_pointed(
     write_and_rename(&link, &version("v14"));
     wrap.wait_for("v14", "the link replaced by a file renamed over it");
     write_in_place(&link, &version("v15"));
-    wrap.wait_for("v15", "an in-place write of the file that replaced the link");
+    wrap.wait_for(
+        "v15",
+        "an in-place write of the file that replaced the link",
+    );
 }
 
 #[test]

@@ -415,6 +415,23 @@ mod tests {
     }
 
     #[test]
+    fn a_grants_line_says_what_became_of_the_file() {
+        let line = human_line(&event(EventKind::Grants(crate::wire::GrantsChanged {
+            path: "/srv/grants.json".into(),
+            change: GrantsChange::Deleted,
+            grants: 0,
+            detail: "grants file /srv/grants.json was deleted\x1b[2J".into(),
+        })))
+        .unwrap();
+        assert!(
+            line.ends_with(
+                "g1 grants deleted, every token revoked · grants file /srv/grants.json was deleted\\x1b[2J"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn replies_are_not_shown() {
         assert!(
             human_line(&event(EventKind::Reply(crate::wire::Reply {

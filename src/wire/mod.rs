@@ -349,6 +349,21 @@ mod tests {
     }
 
     #[test]
+    fn a_grants_event_reads_as_documented() {
+        let text = r#"{"seq":72,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"grants","path":"/srv/toolgate/grants.json","change":"deleted","grants":0,"detail":"every token is revoked"}"#;
+        let ev: Event = serde_json::from_str(text).unwrap();
+        let EventKind::Grants(grants) = &ev.kind else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(grants.change, GrantsChange::Deleted);
+        assert_eq!(serde_json::to_string(&ev).unwrap(), text);
+        for change in ["applied", "refused"] {
+            let text = text.replace("deleted", change);
+            assert!(serde_json::from_str::<Event>(&text).is_ok(), "{change}");
+        }
+    }
+
+    #[test]
     fn client_messages_reject_unknown_fields() {
         let ok: ClientMsg =
             serde_json::from_str(r#"{"type":"approve","id":1,"call_id":"a1-4"}"#).unwrap();
