@@ -42,7 +42,8 @@ use notify_debouncer_full::{
     DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache, new_debouncer,
 };
 
-/// How long the directory must be quiet before the file is re-read.
+/// How long after a change the file is re-read: the changes of one save (often several
+/// events: truncate, write, close; or rename away, create, write) are read once.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// How many symlinks a path may go through, as Linux allows (`ELOOP` beyond).
