@@ -2,7 +2,8 @@
 //!
 //! `add` prints the new token once, alone on stdout (so `TOKEN=$(toolgate grants add ci)`
 //! works); everything else goes to stderr. Only the token's SHA-256 is stored. A running
-//! `serve` picks up every change to the file.
+//! `serve` picks up every change to the file, and deleting the file revokes every token.
+//! A symlinked grants file stays a symlink: the file it leads to is rewritten.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +33,8 @@ enum GrantsCommand {
         #[command(flatten)]
         file: FileArg,
     },
-    /// Revoke a grant: its token stops working at once in every running `serve`.
+    /// Revoke a grant: its token stops working at once in every running `serve` (deleting
+    /// the file revokes them all).
     Revoke {
         name: String,
         #[command(flatten)]

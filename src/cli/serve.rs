@@ -27,7 +27,8 @@ pub struct Args {
     /// "env"} | {"url", "headers"}}}.
     #[arg(long, value_name = "SERVERS.json")]
     servers: PathBuf,
-    /// The grants file (watched: revoking a grant applies at once).
+    /// The grants file (watched: revoking a grant applies at once; deleting the file revokes
+    /// every token, an empty or invalid one keeps the grants in force).
     #[arg(long, value_name = "GRANTS.json")]
     grants: PathBuf,
     /// Where agents connect.
@@ -135,12 +136,12 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
         );
     }
     let grants = Arc::new(arc_swap::ArcSwap::from_pointee(grants));
-    let _grants_watch = GrantsWatcher::start(&grants_path, grants.clone())
-        .inspect_err(|e| tracing::warn!("{e}; grant changes will not apply until a restart"))
-        .ok();
 
     let server_names = servers.keys().cloned().collect::<Vec<_>>().join(",");
     let started = args.gateway.start("*", &server_names).await?;
+    let _grants_watch = GrantsWatcher::start(&grants_path, grants.clone(), started.hub.clone())
+        .inspect_err(|e| tracing::warn!("{e}; grant changes will not apply until a restart"))
+        .ok();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::control::{self, ClientError};
 use crate::sanitize::terminal_text;
-use crate::wire::{Event, EventKind, ResolvedBy, Verdict};
+use crate::wire::{Event, EventKind, GrantsChange, ResolvedBy, Verdict};
 
 /// How often the discovery directory is scanned for new gateways.
 const RESCAN: Duration = Duration::from_secs(2);
@@ -338,6 +338,15 @@ pub fn human_line(event: &Event) -> Option<String> {
             terminal_text(&refused.server),
             refused.cap.explain(refused.max)
         ),
+        EventKind::Grants(grants) => format!(
+            "grants {} · {}",
+            match grants.change {
+                GrantsChange::Applied => "applied",
+                GrantsChange::Refused => "refused",
+                GrantsChange::Deleted => "deleted, every token revoked",
+            },
+            terminal_text(&grants.detail)
+        ),
         EventKind::Tools(tools) => format!(
             "tools from {} · {}",
             terminal_text(&tools.server),
@@ -428,6 +437,23 @@ mod tests {
             line.ends_with(
                 "g1 grant flood refused 3 MCP session(s) (latest for time): the gateway has \
                  512 open sessions, as many as it may (--max-sessions)"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_grants_line_says_what_became_of_the_file() {
+        let line = human_line(&event(EventKind::Grants(crate::wire::GrantsChanged {
+            path: "/srv/grants.json".into(),
+            change: GrantsChange::Deleted,
+            grants: 0,
+            detail: "grants file /srv/grants.json was deleted\x1b[2J".into(),
+        })))
+        .unwrap();
+        assert!(
+            line.ends_with(
+                "g1 grants deleted, every token revoked · grants file /srv/grants.json was deleted\\x1b[2J"
             ),
             "{line}"
         );

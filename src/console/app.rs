@@ -17,8 +17,8 @@ use tui_input::Input;
 use crate::sanitize::{terminal_string, terminal_text};
 use crate::scan::Classification;
 use crate::wire::{
-    CallEvent, ClientMsg, CounterState, Event, EventKind, GatewayInfo, Hello, ResolvedBy, ToolInfo,
-    Totals, Verdict,
+    CallEvent, ClientMsg, CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello,
+    ResolvedBy, ToolInfo, Totals, Verdict,
 };
 
 use super::action::Action;
@@ -727,6 +727,14 @@ fn ingest(state: &mut State, key: &str, event: Event) {
                 terminal_text(&r.grant),
                 r.cap.explain(r.max)
             ));
+        }
+        EventKind::Grants(grants) => {
+            let label = state.gateways[conn].label().to_owned();
+            let text = format!("gateway {label}: {}", terminal_text(&grants.detail));
+            match grants.change {
+                GrantsChange::Applied => state.say(text),
+                GrantsChange::Refused | GrantsChange::Deleted => state.complain(text),
+            }
         }
         EventKind::Tools(t) => {
             state.gateways[conn].set_tools(t.tools);

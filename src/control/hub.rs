@@ -414,6 +414,7 @@ impl State {
             EventKind::Tools(tools) => self.tools.clone_from(&tools.tools),
             EventKind::Store(_)
             | EventKind::SessionRefused(_)
+            | EventKind::Grants(_)
             | EventKind::Hello(_)
             | EventKind::Missed(_)
             | EventKind::Reply(_) => {}

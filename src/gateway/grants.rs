@@ -6,8 +6,13 @@
 //! holds a usable credential. `serve` hashes each request's bearer token and compares it with
 //! every stored hash in constant time.
 //!
-//! The file is watched like the policy ([`super::reload::FileWatch`]): a revoked grant stops
-//! working without a restart; a file that does not parse keeps the last good grants in force.
+//! The file is watched like the policy ([`super::watch::FileWatch`], symlinks followed), and
+//! [`GrantsReloader`] applies what it finds: a revoked grant stops working without a restart.
+//! Unlike a policy, a grants file is a list of credentials, so its absence fails closed: a
+//! deleted file (or a symlink left dangling) revokes every token until a valid file is back.
+//! A file that is there but empty (an editor in the middle of a save), invalid or unreadable
+//! keeps the last good grants in force. Each of these is logged and published as a `grants`
+//! event.
 //!
 //! ```json
 //! { "version": "1", "grants": { "ci-bot": { "sha256": "9f86d0…", "created_at": "2026-…" } } }
@@ -26,7 +31,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::reload::{FileWatch, MAX_CONFIG_BYTES, WatchError, read_config_file};
+use super::reload::{
+    MAX_CONFIG_BYTES, Seen, gone_link, is_gone, read_config_file, read_watched_file,
+};
+use super::watch::{FileWatch, Reread, WatchError};
+use crate::control::Hub;
+use crate::wire::{EventKind, GrantsChange, GrantsChanged};
 
 /// Longest grant name.
 const MAX_NAME: usize = 64;
@@ -144,13 +154,22 @@ impl Grants {
         }
     }
 
-    /// Writes the file atomically (temp file + rename), mode 0600.
+    /// Writes the file atomically (temp file + rename), mode 0600. A symlink at `path` (a
+    /// dotfiles repository) stays: the file it leads to is the one replaced.
     pub fn save(&self, path: &Path) -> Result<(), GrantsError> {
         let shown = path.display().to_string();
         let write_err = |source| GrantsError::Write {
             path: shown.clone(),
             source,
         };
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        let target = match is_link {
+            false => path.to_owned(),
+            true => super::watch::resolve(path)
+                .target
+                .ok_or_else(|| write_err(std::io::Error::from(nix::errno::Errno::ELOOP)))?,
+        };
+        let path = target.as_path();
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -252,26 +271,201 @@ pub struct GrantsWatcher {
 }
 
 impl GrantsWatcher {
-    /// Watches `path` (absolute) and swaps each valid new version into `grants`. A file that
-    /// is missing or invalid keeps the grants in force, and says so in the log.
-    pub fn start(path: &Path, grants: GrantsHandle) -> Result<GrantsWatcher, WatchError> {
-        let path: PathBuf = path.to_owned();
-        let watched = path.clone();
-        let watch = FileWatch::start(&watched, move || match Grants::load(&path) {
-            Ok(new) => {
-                if **grants.load() != new {
-                    tracing::info!(
-                        "grants {} reloaded: {} grant(s)",
-                        path.display(),
-                        new.grants.len()
-                    );
-                    grants.store(Arc::new(new));
-                }
-            }
-            Err(e) => tracing::warn!("grants change refused, keeping the grants in force: {e}"),
-        })?;
+    /// Watches `path` (absolute) and applies what it finds to `grants` ([`GrantsReloader`]),
+    /// publishing each change on `hub`.
+    pub fn start(
+        path: &Path,
+        grants: GrantsHandle,
+        hub: Arc<Hub>,
+    ) -> Result<GrantsWatcher, WatchError> {
+        let mut reloader = GrantsReloader::new(path.to_owned(), grants, hub);
+        let watch = FileWatch::start(path, "grants file", move || reloader.check())?;
         Ok(GrantsWatcher { _watch: watch })
     }
+}
+
+/// How many grant names a log line or event lists before saying "and N more".
+const NAMES_SHOWN: usize = 10;
+
+/// Re-reads the grants file on demand and applies what it finds: a valid file replaces the
+/// grants in force; no file revokes them all; anything else keeps them. Each state of the
+/// file is logged and published once.
+pub struct GrantsReloader {
+    path: PathBuf,
+    grants: GrantsHandle,
+    hub: Arc<Hub>,
+    last_seen: Seen,
+    /// Whether the last state seen was a valid file (so a valid file after a refused or
+    /// deleted one is announced even when it holds the same grants).
+    last_applied: bool,
+}
+
+impl GrantsReloader {
+    /// A reloader for `path` (absolute) whose grants in force, as read at start, are in
+    /// `grants`.
+    pub fn new(path: PathBuf, grants: GrantsHandle, hub: Arc<Hub>) -> GrantsReloader {
+        // Nothing read yet: the first check reads the file and says nothing if it holds the
+        // grants in force.
+        GrantsReloader {
+            path,
+            grants,
+            hub,
+            last_seen: Seen::Unreadable(String::new()),
+            last_applied: true,
+        }
+    }
+
+    /// Re-reads the file and applies, revokes or refuses.
+    pub fn check(&mut self) -> Reread {
+        // `stat` first: it needs no descriptor, so a deletion is seen (and revokes) even when
+        // the process is out of file descriptors.
+        let read = match std::fs::metadata(&self.path) {
+            Err(e) if is_gone(&e) => Err(e),
+            _ => read_watched_file(&self.path, MAX_CONFIG_BYTES),
+        };
+        let bytes = match read {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                let why = format!("it is larger than {MAX_CONFIG_BYTES} bytes");
+                self.refuse(Seen::Unreadable("too large".into()), &why);
+                return Reread::Done;
+            }
+            Err(e) if is_gone(&e) => {
+                self.deleted();
+                return Reread::Done;
+            }
+            Err(e) => {
+                self.refuse(
+                    Seen::Unreadable(e.to_string()),
+                    &format!("cannot read it: {e}"),
+                );
+                return Reread::Failed;
+            }
+        };
+        let seen = Seen::bytes(&bytes);
+        if self.last_seen == seen {
+            return Reread::Done;
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            let why = "it is empty (an editor in the middle of a save?)";
+            self.refuse(seen, why);
+            return Reread::Done;
+        }
+        let shown = self.path.display().to_string();
+        let parsed = match String::from_utf8(bytes) {
+            Ok(text) => Grants::parse(&text, &shown).map_err(|e| match e {
+                GrantsError::Invalid { why, .. } => why,
+                other => other.to_string(),
+            }),
+            Err(_) => Err("it is not UTF-8 text".to_owned()),
+        };
+        match parsed {
+            Ok(new) => {
+                self.last_seen = seen;
+                self.apply(new);
+            }
+            Err(why) => self.refuse(seen, &format!("it is not valid: {why}")),
+        }
+        Reread::Done
+    }
+
+    fn apply(&mut self, new: Grants) {
+        let old = self.grants.load_full();
+        if *old == new && self.last_applied {
+            return;
+        }
+        self.last_applied = true;
+        let revoked: Vec<&str> = old
+            .grants
+            .iter()
+            .filter(|(name, entry)| new.grants.get(*name) != Some(*entry))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let added: Vec<&str> = new
+            .grants
+            .iter()
+            .filter(|(name, entry)| old.grants.get(*name) != Some(*entry))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let mut detail = format!("{} grant(s) in force", new.grants.len());
+        if !added.is_empty() {
+            detail += &format!("; new or changed: {}", names(&added));
+        }
+        if !revoked.is_empty() {
+            detail += &format!("; revoked: {}", names(&revoked));
+        }
+        let count = new.grants.len() as u64;
+        self.grants.store(Arc::new(new));
+        tracing::info!("grants file {} applied: {detail}", self.path.display());
+        self.publish(GrantsChange::Applied, count, detail);
+    }
+
+    fn deleted(&mut self) {
+        if self.last_seen == Seen::Gone {
+            return;
+        }
+        self.last_seen = Seen::Gone;
+        self.last_applied = false;
+        let old = self.grants.swap(Arc::new(Grants::empty()));
+        let shown = self.path.display().to_string();
+        let gone = match gone_link(&self.path) {
+            Some(target) => format!(
+                "grants file {shown} is gone (the symlink leads to {}, which does not exist)",
+                target.display()
+            ),
+            None => format!("grants file {shown} was deleted"),
+        };
+        let detail = format!(
+            "{gone}: every token is revoked ({} grant(s)) until a valid file is back; `toolgate grants add NAME --file {shown}` starts a new one",
+            old.grants.len()
+        );
+        tracing::warn!("{detail}");
+        self.publish(GrantsChange::Deleted, 0, detail);
+    }
+
+    fn refuse(&mut self, seen: Seen, why: &str) {
+        if self.last_seen == seen {
+            return;
+        }
+        self.last_seen = seen;
+        self.last_applied = false;
+        let kept = self.grants.load().grants.len();
+        let keeping = match kept {
+            0 => "no grant is in force meanwhile".to_owned(),
+            n => {
+                format!("keeping the {n} grant(s) in force (delete the file to revoke every token)")
+            }
+        };
+        let detail = format!(
+            "grants file {} refused: {why}; {keeping}",
+            self.path.display()
+        );
+        tracing::warn!("{detail}");
+        self.publish(GrantsChange::Refused, kept as u64, detail);
+    }
+
+    fn publish(&self, change: GrantsChange, grants: u64, detail: String) {
+        self.hub.publish(EventKind::Grants(GrantsChanged {
+            path: self.path.display().to_string(),
+            change,
+            grants,
+            detail,
+        }));
+    }
+}
+
+/// Up to [`NAMES_SHOWN`] names, then how many more.
+fn names(list: &[&str]) -> String {
+    let mut text = list
+        .iter()
+        .take(NAMES_SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if list.len() > NAMES_SHOWN {
+        text += &format!(" and {} more", list.len() - NAMES_SHOWN);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -304,6 +498,35 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(Grants::load(&path).unwrap(), grants);
+    }
+
+    #[test]
+    fn saving_through_a_symlink_replaces_its_target_and_keeps_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("dotfiles")).unwrap();
+        let target = dir.path().join("dotfiles/grants.json");
+        let link = dir.path().join("grants.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mut grants = Grants::empty();
+        grants.add("ci").unwrap();
+        // The link dangles until the first save creates its target.
+        grants.save(&link).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(Grants::load(&target).unwrap(), grants);
+        grants.add("ops").unwrap();
+        grants.save(&link).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(Grants::load(&link).unwrap(), grants);
     }
 
     #[test]

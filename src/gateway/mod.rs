@@ -13,6 +13,7 @@
 //! - [`core`] — the stdio-style proxy loop: forwarding, pending requests, holds, faults.
 //! - [`audit`] — the JSON-lines audit log.
 //! - [`reload`] — watch the policy file and swap in each valid new version.
+//! - [`watch`] — follow one file (through symlinks) and call back when it may have changed.
 //! - [`upstream`] — spawn and stop an MCP server process.
 //! - [`fd_limit`] — the open-file limit, raised to the hard limit at start.
 //! - [`upstream_client`] — a small MCP client session over an upstream's line streams
@@ -34,6 +35,7 @@ pub mod startup;
 pub mod stdio;
 pub mod upstream;
 pub mod upstream_client;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,44 +1,31 @@
-//! Hot reload: watch the policy file's directory, debounce, re-read, validate, swap.
+//! Hot reload of the policy: re-read, validate, swap.
 //!
-//! The directory is watched rather than the file because editors and atomic writers replace
-//! the file's inode (rename over it, or rename the old one away and a new one in); a watch
-//! on the file itself would die with the first such save. Every debounced burst of events in
-//! the directory re-reads the file; identical bytes are ignored, so editor swap files and
-//! repeated events cost one read.
+//! [`FileWatch`] follows the file (its directory, and through symlinks every directory that
+//! decides where its path leads) and calls back after each quiet burst of changes; the
+//! [`PolicyReloader`] then re-reads the file. Identical bytes are ignored, so repeated events
+//! cost one read.
 //!
-//! A file that does not parse or validate, or that is missing, never replaces the policy in
-//! force: the problem is logged and published as `policy_rejected`, and the last good policy
-//! keeps being enforced. Each applied version is published as `policy_applied`.
-//!
-//! Runs on the debouncer's own thread and needs no async runtime, so `wrap`, `serve` and the
-//! demo all use it as is.
+//! A file that does not parse or validate, or that is missing (a deleted file, a dangling
+//! symlink), never replaces the policy in force: the problem is logged and published as
+//! `policy_rejected`, and the last good policy keeps being enforced. Each applied version is
+//! published as `policy_applied`. Only a regular file is read, up to [`MAX_POLICY_BYTES`]: a
+//! FIFO or a device put in the file's place would otherwise block or flood the watch thread,
+//! and every later edit would be missed.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use sha2::{Digest, Sha256};
 
 use super::PolicyHandle;
+pub use super::watch::{DEBOUNCE, FileWatch, Reread, WatchError};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
 use crate::wire::{EventKind, PolicyApplied, PolicyRejected};
 
-/// How long the directory must be quiet before the file is re-read.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
-
-/// Why watching could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum WatchError {
-    #[error("cannot watch {path} for changes: {source}")]
-    Watch {
-        path: String,
-        #[source]
-        source: notify_debouncer_full::notify::Error,
-    },
-}
+/// The largest policy file a reload reads: far above any real policy (5,000 rules take well
+/// under 1 MiB), and a bound on what a runaway file makes the gateway hold.
+pub const MAX_POLICY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Loads the policy at `path` for a gateway's start and publishes `policy_applied`. The path
 /// is made absolute so later reloads and events name the same file wherever the process is.
@@ -56,53 +43,6 @@ pub fn load_initial(path: &Path, hub: &Hub) -> Result<(PathBuf, PolicyHandle), L
 /// name the person gave).
 pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
-}
-
-/// A debounced watch on the directory of one file, calling back on every quiet burst of
-/// events there. The policy and `serve`'s grants file are both watched through it; what a
-/// change means is the callback's business. Dropping it stops watching.
-pub struct FileWatch {
-    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
-}
-
-impl std::fmt::Debug for FileWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileWatch").finish_non_exhaustive()
-    }
-}
-
-impl FileWatch {
-    /// Watches the directory of `path` (absolute); `on_change` runs on the debouncer's
-    /// thread after every debounced burst of events.
-    pub fn start(
-        path: &Path,
-        mut on_change: impl FnMut() + Send + 'static,
-    ) -> Result<FileWatch, WatchError> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
-        let watch_err = |source| WatchError::Watch {
-            path: dir.display().to_string(),
-            source,
-        };
-        let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-            if let Err(errors) = &result {
-                for e in errors {
-                    tracing::warn!("file watch: {e}");
-                }
-            }
-            on_change();
-        })
-        .map_err(watch_err)?;
-        debouncer
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(watch_err)?;
-        Ok(FileWatch {
-            _debouncer: debouncer,
-        })
-    }
 }
 
 /// A running watch; dropping it stops watching.
@@ -126,7 +66,7 @@ impl PolicyWatcher {
             hub,
         )));
         let handler_reloader = reloader.clone();
-        let debouncer = FileWatch::start(path, move || lock(&handler_reloader).check())?;
+        let debouncer = FileWatch::start(path, "policy", move || lock(&handler_reloader).check())?;
         Ok(PolicyWatcher {
             _debouncer: debouncer,
             reloader,
@@ -144,20 +84,45 @@ fn lock(reloader: &Mutex<PolicyReloader>) -> std::sync::MutexGuard<'_, PolicyRel
 }
 
 /// Re-reads the policy file on demand and applies or refuses what it finds; what the
-/// watcher calls on every burst of directory events. Remembers the last bytes it saw, so
-/// unchanged files cost one read and a refused file is reported once.
+/// watcher calls on every burst of changes. Remembers what it last saw, so unchanged files
+/// cost one read and each refusal is reported once.
 pub struct PolicyReloader {
     path: PathBuf,
     policy: PolicyHandle,
     hub: Arc<Hub>,
-    /// SHA-256 of the last bytes read, good or bad, or `None` after the file went missing.
-    last_seen: Option<String>,
+    last_seen: Seen,
+}
+
+/// What the last read of a watched file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Bytes with this SHA-256 (hex), good or bad.
+    Bytes(String),
+    /// No file at the path (deleted, or a symlink that dangles).
+    Gone,
+    /// A file that could not be read, and why.
+    Unreadable(String),
+}
+
+impl Seen {
+    pub(crate) fn bytes(bytes: &[u8]) -> Seen {
+        Seen::Bytes(hex::encode(Sha256::digest(bytes)))
+    }
+}
+
+/// Whether a read failed because nothing is at the path (as opposed to something there that
+/// cannot be read).
+pub(crate) fn is_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
 }
 
 impl PolicyReloader {
     /// A reloader for `path` (absolute) whose current version is the one in `policy`.
     pub fn new(path: PathBuf, policy: PolicyHandle, hub: Arc<Hub>) -> PolicyReloader {
-        let last_seen = Some(policy.load().hash().to_owned());
+        let last_seen = Seen::Bytes(policy.load().hash().to_owned());
         PolicyReloader {
             path,
             policy,
@@ -167,43 +132,59 @@ impl PolicyReloader {
     }
 
     /// Re-reads the file; applies a new valid version, refuses anything else.
-    pub fn check(&mut self) {
+    pub fn check(&mut self) -> Reread {
         let shown = self.path.display().to_string();
-        let text = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if self.last_seen.take().is_some() {
-                    self.reject(vec![format!(
+        let text = match read_watched_file(&self.path, MAX_POLICY_BYTES) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                self.refuse(
+                    Seen::Unreadable("too large".into()),
+                    format!("{shown}: larger than {MAX_POLICY_BYTES} bytes; is this the policy?"),
+                );
+                return Reread::Done;
+            }
+            Err(e) if is_gone(&e) => {
+                let why = match gone_link(&self.path) {
+                    Some(target) => format!(
+                        "{shown}: the file is gone (the symlink leads to {}, which does not exist); keeping the policy in force until it is back",
+                        target.display()
+                    ),
+                    None => format!(
                         "{shown}: the file is gone; keeping the policy in force until it is back"
-                    )]);
-                }
-                return;
+                    ),
+                };
+                self.refuse(Seen::Gone, why);
+                return Reread::Done;
             }
             Err(e) => {
-                self.last_seen = None;
-                self.reject(vec![format!("{shown}: cannot read: {e}")]);
-                return;
+                self.refuse(
+                    Seen::Unreadable(e.to_string()),
+                    format!("{shown}: cannot read: {e}; keeping the policy in force"),
+                );
+                return Reread::Failed;
             }
         };
-        let seen = hex::encode(Sha256::digest(&text));
-        if self.last_seen.as_deref() == Some(seen.as_str()) {
-            return;
+        let seen = Seen::bytes(&text);
+        if self.last_seen == seen {
+            return Reread::Done;
         }
-        self.last_seen = Some(seen);
+        self.last_seen = seen;
         let text = match String::from_utf8(text) {
             Ok(text) => text,
             Err(_) => {
                 self.reject(vec![format!("{shown}: not UTF-8 text")]);
-                return;
+                return Reread::Done;
             }
         };
         match Policy::parse(&text, &shown) {
             Ok(policy) => {
-                if policy.hash() == self.policy.load().hash() {
-                    return;
-                }
+                // The same version as in force can only get here after a refused one (the
+                // bytes differ from the last seen): announced again, so clients clear the
+                // refusal they show.
                 let hash = policy.hash().to_owned();
-                self.policy.store(Arc::new(policy));
+                if hash != self.policy.load().hash() {
+                    self.policy.store(Arc::new(policy));
+                }
                 tracing::info!(
                     "policy {shown} applied (hash {})",
                     &hash[..hash.len().min(12)]
@@ -216,6 +197,15 @@ impl PolicyReloader {
             Err(diagnostics) => {
                 self.reject(diagnostics.0.iter().map(ToString::to_string).collect());
             }
+        }
+        Reread::Done
+    }
+
+    /// Refuses a state of the file that is not text at all, once per state.
+    fn refuse(&mut self, seen: Seen, why: String) {
+        if self.last_seen != seen {
+            self.last_seen = seen;
+            self.reject(vec![why]);
         }
     }
 
@@ -234,6 +224,37 @@ impl PolicyReloader {
     }
 }
 
+/// Where a symlink at `path` leads, when it leads nowhere: for messages about a file that is
+/// "gone" only because its link dangles.
+pub(crate) fn gone_link(path: &Path) -> Option<PathBuf> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_symlink() {
+        return None;
+    }
+    super::watch::resolve(path).target
+}
+
+/// Reads the regular file at `path`, at most `cap` bytes; `Ok(None)` when it is larger. For
+/// files read again on every change: opening never blocks, and anything but a regular file
+/// in its place (a FIFO, a device, a directory) is an error rather than a stall or a flood.
+pub fn read_watched_file(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= cap).then_some(bytes))
+}
+
 /// How large a configuration file (SERVERS.json, GRANTS.json) may be: far more than any real
 /// one, and a bound on what a runaway or hostile file can make the gateway read.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
@@ -250,6 +271,31 @@ pub fn read_config_file(path: &Path) -> std::io::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watched_file_must_be_a_regular_file_and_reading_one_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.json");
+        std::fs::write(&file, "{}").unwrap();
+        assert_eq!(
+            read_watched_file(&file, 2).unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert_eq!(read_watched_file(&file, 1).unwrap(), None, "over the cap");
+        // A FIFO with no writer would block a plain open forever.
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = read_watched_file(&fifo, 1024).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(read_watched_file(dir.path(), 1024).is_err(), "a directory");
+        let e = read_watched_file(&dir.path().join("missing"), 1024).unwrap_err();
+        assert!(is_gone(&e));
+        let e = read_watched_file(&file.join("below-a-file"), 1024).unwrap_err();
+        assert!(
+            is_gone(&e),
+            "a file where a directory should be is gone too: {e}"
+        );
+    }
 
     #[test]
     fn a_config_file_over_the_cap_is_refused_not_truncated() {

@@ -57,6 +57,9 @@ pub enum EventKind {
     Store(StoreStatus),
     /// `serve` refused to open MCP sessions for a grant: a session cap was reached.
     SessionRefused(SessionRefused),
+    /// `serve`'s grants file changed: applied, refused (the grants in force stay), or
+    /// deleted (every token revoked).
+    Grants(GrantsChanged),
     /// This client fell behind and events were dropped for it; a fresh `hello` follows.
     Missed(Missed),
     /// The answer to a [`ClientMsg`].
@@ -277,6 +280,30 @@ pub struct SessionRefused {
     pub refused: u64,
 }
 
+/// What became of a change to `serve`'s grants file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantsChange {
+    /// A valid file: its grants are the ones in force now.
+    Applied,
+    /// An empty, invalid or unreadable file: the grants in force stay.
+    Refused,
+    /// No file at the path any more: every token is revoked until a valid file is back.
+    Deleted,
+}
+
+/// `serve`'s grants file changed (sent once per state the file goes through).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantsChanged {
+    /// Absolute path of the grants file.
+    pub path: String,
+    pub change: GrantsChange,
+    /// How many grants are in force now.
+    pub grants: u64,
+    /// For a person: what changed, or why the file was refused and what to do.
+    pub detail: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tools {
     pub server: String,
@@ -373,6 +400,21 @@ mod tests {
         assert_eq!(refused.cap, SessionCap::Grant);
         assert_eq!(refused.refused, 37);
         assert_eq!(serde_json::to_string(&ev).unwrap(), text);
+    }
+
+    #[test]
+    fn a_grants_event_reads_as_documented() {
+        let text = r#"{"seq":72,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"grants","path":"/srv/toolgate/grants.json","change":"deleted","grants":0,"detail":"every token is revoked"}"#;
+        let ev: Event = serde_json::from_str(text).unwrap();
+        let EventKind::Grants(grants) = &ev.kind else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(grants.change, GrantsChange::Deleted);
+        assert_eq!(serde_json::to_string(&ev).unwrap(), text);
+        for change in ["applied", "refused"] {
+            let text = text.replace("deleted", change);
+            assert!(serde_json::from_str::<Event>(&text).is_ok(), "{change}");
+        }
     }
 
     #[test]
