@@ -143,12 +143,13 @@ impl ConditionCheck<'_> {
         self.condition.describe()
     }
 
-    /// `true`, `false`, or `unknown: args.amount is an array; gt compares numbers`.
-    pub(crate) fn outcome(&self) -> String {
+    /// `true`, `false` or `unknown`, and for unknown why
+    /// (`args.amount is an array; gt compares numbers`).
+    pub(crate) fn outcome(&self) -> (&'static str, Option<String>) {
         match &self.truth {
-            Truth::True => "true".to_string(),
-            Truth::False => "false".to_string(),
-            Truth::Unknown(u) => format!("unknown: {u}"),
+            Truth::True => ("true", None),
+            Truth::False => ("false", None),
+            Truth::Unknown(u) => ("unknown", Some(u.to_string())),
         }
     }
 
