@@ -14,14 +14,19 @@
 //!   boolean with a boolean, arrays and objects member by member. The policy's number also
 //!   equals a string that is exactly that JSON number (`"5000"` is 5000, see [`number`]);
 //!   a policy value of `null` can be compared with anything and equals only `null`. Any other
-//!   pair of types cannot be compared: unknown. Arrays of different lengths or objects with different keys are not equal
-//!   (false), whatever their members. `in` is true when a listed value equals the argument,
-//!   false when some listed value can be compared with it, unknown when none can.
+//!   pair of types cannot be compared: unknown. Arrays of different lengths or objects with
+//!   different keys are not equal (false), whatever their members; otherwise one member not
+//!   equal makes them unequal, and one that cannot be compared makes them unknown. `in` is
+//!   true when a listed value equals the argument, false when some listed value can be
+//!   compared with it, unknown when none can.
 //! - `lt`, `lte`, `gt`, `gte` take a number or a string that is exactly a JSON number.
 //! - `regex` takes a string; `contains` a string (for a string value) or an array, whose
 //!   elements are compared as `eq` does: true when one equals the value, unknown when none
 //!   does but one cannot be compared, false otherwise.
 //! - `under` takes a string, an absolute path, read lexically (see [`path`]).
+//!
+//! `docs/policy-conditions.md` is the same reading for people, with a table of every op on
+//! every type.
 //!
 //! [`number`]: super::number
 //! [`path`]: super::path
