@@ -841,4 +841,49 @@ mod tests {
         }
         assert!(Op::NAMES.contains(&"under"));
     }
+
+    fn numeric_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        proptest::sample::select(vec![
+            Op::Eq,
+            Op::Neq,
+            Op::Lt,
+            Op::Lte,
+            Op::Gt,
+            Op::Gte,
+            Op::In,
+            Op::NotIn,
+        ])
+    }
+
+    fn any_number() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            proptest::num::f64::NORMAL.prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Quoting a number never changes what a numeric condition says about it: a server
+        /// that coerces `"5000"` gets the verdict 5000 gets.
+        #[test]
+        fn a_quoted_number_is_judged_as_the_number(
+            op in numeric_op(),
+            actual in any_number(),
+            limit in any_number(),
+        ) {
+            let value = match op {
+                Op::In | Op::NotIn => json!([limit]),
+                _ => limit,
+            };
+            let c = cond("args.v", op, value);
+            // Both as the gateway reads a call: from text, by serde_json.
+            let quoted: Value = serde_json::from_str(&format!(r#"{{"v": "{actual}"}}"#)).unwrap();
+            let bare: Value = serde_json::from_str(&format!(r#"{{"v": {actual}}}"#)).unwrap();
+            proptest::prop_assert_eq!(c.evaluate(&quoted), c.evaluate(&bare), "{}", c.describe());
+        }
+    }
 }
