@@ -8,6 +8,7 @@
 //! [`discovery`] lets local clients find the server; [`client`] is the other end.
 //! The wire format is [`crate::wire`], documented in `docs/wire-protocol.md`.
 
+mod admission;
 pub mod client;
 pub mod discovery;
 pub mod hub;
