@@ -15,6 +15,6 @@ pub mod hub;
 pub mod server;
 
 pub use client::{ClientError, CommandWriter, Connection, EventReader, connect};
-pub use discovery::{DiscoveryEntry, discovery_dir, list_gateways};
+pub use discovery::{DiscoveryEntry, describe_dirs, discovery_dir, discovery_dirs, list_gateways};
 pub use hub::{HoldTicket, Hub, Published, Resolution, ResolveError};
 pub use server::{ControlHandle, EventsOptions, start};
