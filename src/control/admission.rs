@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
@@ -25,6 +25,9 @@ pub const MAX_HANDSHAKING: usize = 32;
 
 /// How long a connection has to complete its handshake with the token before it is closed.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// At most one warning about shed handshakes per this long: a flood must not flood the log.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The two pools of one event websocket.
 #[derive(Debug, Clone)]
@@ -39,6 +42,9 @@ struct Handshaking {
     next: u64,
     /// Handshakes in progress, oldest first; dropping a sender sheds that connection.
     queue: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Handshakes shed since the last warning, and when that was.
+    shed_since_warning: u64,
+    warned_at: Option<Instant>,
 }
 
 /// A connection's handshake slot; given back when dropped.
@@ -65,11 +71,19 @@ impl Admission {
         while pool.queue.len() >= self.max_handshaking {
             // Dropping its sender wakes the shed connection, which closes its socket.
             if pool.queue.pop_front().is_some() {
-                tracing::warn!(
-                    "{} event connections are in their handshake; closing the oldest",
-                    self.max_handshaking
-                );
+                pool.shed_since_warning += 1;
             }
+        }
+        if pool.shed_since_warning > 0 && pool.warned_at.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                "all {} handshake slots of the event websocket are taken by connections that \
+                 have not authenticated (a local process opening sockets it does not use?); \
+                 closing the oldest ({} since the last warning)",
+                self.max_handshaking,
+                pool.shed_since_warning
+            );
+            pool.shed_since_warning = 0;
+            pool.warned_at = Some(Instant::now());
         }
         let id = pool.next;
         pool.next += 1;
