@@ -92,8 +92,35 @@ struct Intruder {
     closed: Option<Duration>,
 }
 
+/// Opens the flood in batches smaller than the listen backlog (128), each time waiting until
+/// the gateway has taken them in (all but the newest handshakes shed): beyond the backlog the
+/// kernel would hold connections back for a second or more, and the flood would not be
+/// in front of the operator.
 fn open_flood(addr: &str) -> Vec<Intruder> {
-    (0..FLOOD)
+    const BATCH: usize = 40;
+    let mut flood = Vec::new();
+    while flood.len() < FLOOD {
+        flood.extend(open_sockets(addr, BATCH.min(FLOOD - flood.len())));
+        let expected = flood.len().saturating_sub(MAX_HANDSHAKING);
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        loop {
+            poll_closed(&mut flood);
+            let closed = flood.iter().filter(|i| i.closed.is_some()).count();
+            if closed >= expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway took in only {closed} of {expected} surplus sockets"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    flood
+}
+
+fn open_sockets(addr: &str, count: usize) -> Vec<Intruder> {
+    (0..count)
         .map(|i| {
             let mut socket = TcpStream::connect(addr).expect("connect to the event port");
             if i % 2 == 1 {
@@ -192,7 +219,7 @@ async fn idle_sockets_of_another_user_neither_lock_out_operators_nor_stay_open()
         "the newest handshakes are kept until the deadline, not shed early: {held:?}"
     );
     assert!(
-        latest < AUTH_DEADLINE * 3,
+        latest < AUTH_DEADLINE * 4,
         "sockets that never authenticate are closed at the {AUTH_DEADLINE:?} deadline, \
          the last after {latest:?}"
     );
