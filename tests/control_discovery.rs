@@ -23,8 +23,13 @@ fn runtime_dir() -> (MutexGuard<'static, ()>, PathBuf) {
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        // SAFETY: set once, under the lock, before any test of this binary reads it.
-        unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir.path()) };
+        // SAFETY: set once, under the lock, before any test of this binary reads them. The
+        // fallback directory (under the state directory) is kept in here too, so that no
+        // gateway of the machine's user is ever listed.
+        unsafe {
+            std::env::set_var("XDG_RUNTIME_DIR", dir.path());
+            std::env::set_var("XDG_STATE_HOME", dir.path().join("state"));
+        }
         dir
     });
     (guard, dir.path().to_owned())
@@ -160,4 +165,29 @@ fn a_gateway_id_cannot_escape_the_directory() {
     let (_serial, _runtime) = runtime_dir();
     let entry = entry("../../etc/x", std::process::id());
     assert!(discovery::write_entry(&entry).is_err());
+}
+
+#[test]
+fn readers_also_look_in_the_fallback_directory_under_the_state_dir() {
+    let (_serial, runtime) = runtime_dir();
+    let fallback = runtime.join("state/toolgate/gateways");
+    assert_eq!(discovery::fallback_dir(), Some(fallback.clone()));
+    assert_eq!(
+        control::discovery_dirs(),
+        vec![runtime.join("toolgate"), fallback.clone()]
+    );
+    std::fs::create_dir_all(&fallback).unwrap();
+    std::fs::set_permissions(&fallback, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = fallback.join("fell1.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string(&entry("fell1", std::process::id())).unwrap(),
+    )
+    .unwrap();
+    assert!(control::list_gateways().iter().any(|e| e.id == "fell1"));
+
+    // The same rules as for the first directory: one open to others is not read.
+    std::fs::set_permissions(&fallback, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(control::list_gateways().iter().all(|e| e.id != "fell1"));
+    std::fs::remove_file(file).unwrap();
 }

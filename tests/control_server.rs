@@ -492,3 +492,75 @@ async fn shutdown_closes_the_connections() {
     server.shutdown().await;
     assert!(conn.next_event().await.is_none());
 }
+
+#[tokio::test]
+async fn a_hello_with_a_thousand_holds_carries_them_all_and_the_last_calls_within_1_mib() {
+    use futures_util::StreamExt;
+    use toolgate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, RECENT_CALLS};
+
+    let hub = new_hub("size");
+    let server = serve(&hub).await;
+    // Arguments the size of a typical tool call's: a path and a paragraph.
+    let args = |n: usize| {
+        json!({"path": format!("/home/me/projects/site/src/pages/p{n:05}.tsx"),
+                                 "content": "lorem ipsum dolor sit amet ".repeat(8)})
+    };
+    let grants = DEFAULT_MAX_HOLDS / DEFAULT_MAX_HOLDS_PER_GRANT;
+    let mut held = Vec::new();
+    for n in 0..DEFAULT_MAX_HOLDS {
+        let mut call = call(&hub, Verdict::Hold, args(n));
+        call.grant = format!("grant-{}", n % grants);
+        hub.reserve_hold(&call.call_id, &call.grant)
+            .expect("the default caps leave room for 1,000 holds over 10 grants");
+        hub.publish(EventKind::Call(call.clone()));
+        held.push(call.call_id);
+    }
+    let mut extra = call(&hub, Verdict::Hold, args(0));
+    extra.grant = "grant-0".into();
+    assert!(
+        hub.reserve_hold(&extra.call_id, &extra.grant).is_err(),
+        "the 1,001st hold is refused"
+    );
+    for n in 0..3 * RECENT_CALLS {
+        hub.publish(EventKind::Call(call(&hub, Verdict::Allow, args(n))));
+    }
+
+    let mut ws = raw_socket(&server).await;
+    let frame = tokio::time::timeout(support::ANSWER_WITHIN, ws.next())
+        .await
+        .expect("a hello in time")
+        .expect("the connection stays open")
+        .expect("a valid frame");
+    let text = frame.to_text().expect("a text frame");
+    eprintln!(
+        "hello with {} holds and {} recent calls: {} bytes",
+        held.len(),
+        RECENT_CALLS,
+        text.len()
+    );
+    assert!(
+        text.len() <= 1024 * 1024,
+        "the hello is {} bytes, more than 1 MiB",
+        text.len()
+    );
+    let event: Event = serde_json::from_str(text).expect("a hello");
+    let EventKind::Hello(hello) = event.kind else {
+        panic!("expected a hello first, got {:?}", event.kind);
+    };
+    assert_eq!(hello.snapshot.holds, held);
+    let records = &hello.snapshot.calls;
+    assert_eq!(records.len(), held.len() + RECENT_CALLS);
+    // Every hold with its record (the console shows what is held), then the last calls.
+    assert!(
+        records[..held.len()]
+            .iter()
+            .zip(&held)
+            .all(|(r, id)| &r.call.call_id == id)
+    );
+    assert!(
+        records[held.len()..]
+            .iter()
+            .all(|r| r.call.decision == Verdict::Allow)
+    );
+    assert_eq!(hello.snapshot.totals.allow, 3 * RECENT_CALLS as u64);
+}

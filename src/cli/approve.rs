@@ -94,7 +94,7 @@ fn resolve(
                 anyhow::bail!(
                     "no toolgate gateway is running on this machine (looked in {}); \
                      use --connect URL --token T for a remote one",
-                    control::discovery_dir().display()
+                    control::describe_dirs()
                 );
             }
             order_candidates(call_id, running)

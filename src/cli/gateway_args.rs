@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, HoldCaps};
 use crate::control::{ControlHandle, EventsOptions, Hub};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
@@ -41,6 +42,15 @@ pub struct GatewayArgs {
     /// No event websocket and no discovery file: held calls can then only time out.
     #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
     pub no_events: bool,
+    /// Most calls one grant may have waiting for an operator at once. A call the policy
+    /// would hold beyond this is denied at once, with a reason saying so, so that one agent
+    /// cannot take every other grant's holds. 0 denies every call the policy would hold.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_HOLDS_PER_GRANT)]
+    pub max_holds_per_grant: usize,
+    /// Most calls waiting for an operator in this gateway process at once, all grants
+    /// together; beyond it calls the policy would hold are denied, saying so.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_HOLDS)]
+    pub max_holds: usize,
     #[command(flatten)]
     pub counters: CounterArgs,
     /// Log level for stderr (overridden by RUST_LOG).
@@ -82,6 +92,10 @@ impl GatewayArgs {
     pub async fn start(&self, grant: &str, server: &str) -> anyhow::Result<Started> {
         let id = gateway_id();
         let hub = new_hub(&id, grant, server, &self.policy);
+        hub.set_hold_caps(HoldCaps {
+            per_grant: self.max_holds_per_grant,
+            total: self.max_holds,
+        });
         let policy = load_and_watch(&self.policy, &hub)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot load the policy {}", self.policy.display()))?;

@@ -32,8 +32,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if running.is_empty() {
         println!(
-            "no gateway running (discovery directory {})",
-            control::discovery_dir().display()
+            "no gateway running (looked in {})",
+            control::describe_dirs()
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -100,7 +100,7 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
                 if running.is_empty() && !said_waiting {
                     eprintln!(
                         "toolgate tail: no gateway is running yet (watching {}); waiting…",
-                        control::discovery_dir().display()
+                        control::describe_dirs()
                     );
                     said_waiting = true;
                 }

@@ -146,20 +146,21 @@ async fn reconcile(conns: &mut HashMap<String, ConnHandle>, events: &mpsc::Sende
 
 fn watch_discovery_dir(wake: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let dir = discovery::discovery_dir();
     let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
         let _ = wake.send(());
     })
     .map_err(|e| tracing::warn!("cannot watch for gateways: {e}"))
     .ok()?;
-    // The directory appears with the first gateway; until then the rescan finds it.
-    match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        Ok(()) => Some(watcher),
-        Err(e) => {
-            tracing::info!("not watching {}: {e}; rescanning instead", dir.display());
-            None
+    // A directory appears with the first gateway that writes there; until then the rescan
+    // finds it.
+    let mut watching = false;
+    for dir in discovery::discovery_dirs() {
+        match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => watching = true,
+            Err(e) => tracing::info!("not watching {}: {e}; rescanning instead", dir.display()),
         }
     }
+    watching.then_some(watcher)
 }
 
 fn command_id(msg: &ClientMsg) -> u64 {

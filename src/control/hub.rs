@@ -9,6 +9,11 @@
 //! only by observing the events published, under the same lock that numbers them. A
 //! [`Hub::subscribe_with_snapshot`] therefore returns a snapshot that reflects exactly the
 //! events up to its `seq`, and a receiver that yields exactly the events after it.
+//!
+//! Held calls are capped ([`HoldCaps`]): per grant, so one grant cannot take every other
+//! grant's holds, and per gateway process, so memory and the `hello` stay bounded. The caps
+//! are checked by [`Hub::reserve_hold`] before a call's decision is published, so a call
+//! beyond them is published (and audited) as the denial it is.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Deref;
@@ -28,8 +33,47 @@ use crate::wire::{
 /// How many events a subscriber may fall behind before it misses some.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
 
-/// How many recent calls the snapshot keeps.
-pub const RECENT_CALLS: usize = 2000;
+/// How many recent calls the snapshot keeps (the open holds are sent besides, however old).
+pub const RECENT_CALLS: usize = 500;
+
+/// Default of `--max-holds-per-grant`.
+pub const DEFAULT_MAX_HOLDS_PER_GRANT: usize = 100;
+
+/// Default of `--max-holds`.
+pub const DEFAULT_MAX_HOLDS: usize = 1000;
+
+/// How many calls may wait for an operator at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldCaps {
+    /// Per grant (`--max-holds-per-grant`).
+    pub per_grant: usize,
+    /// In the whole gateway process (`--max-holds`).
+    pub total: usize,
+}
+
+impl Default for HoldCaps {
+    fn default() -> Self {
+        HoldCaps {
+            per_grant: DEFAULT_MAX_HOLDS_PER_GRANT,
+            total: DEFAULT_MAX_HOLDS,
+        }
+    }
+}
+
+/// Why a call the policy would hold is denied instead; the text is the call's deny reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoldRefused {
+    #[error(
+        "too many held calls: grant {grant} already has {cap} calls waiting for an operator \
+         (--max-holds-per-grant {cap}); approve or deny some, or try again later"
+    )]
+    GrantFull { grant: String, cap: usize },
+    #[error(
+        "too many held calls: this gateway already has {cap} calls waiting for an operator \
+         (--max-holds {cap}); approve or deny some, or try again later"
+    )]
+    GatewayFull { cap: usize },
+}
 
 /// How many resolved call ids are remembered, so a late second resolution is told "already
 /// resolved" rather than "unknown". Older ones are forgotten (and then called unknown).
@@ -109,6 +153,9 @@ struct State {
     /// Order of the open holds: registration number → call id (oldest first).
     hold_order: BTreeMap<u64, String>,
     next_hold: u64,
+    /// Open holds per grant, for [`HoldCaps::per_grant`]; a grant with none has no entry.
+    held_by_grant: HashMap<String, usize>,
+    caps: HoldCaps,
     resolved: HashSet<String>,
     resolved_order: VecDeque<String>,
     /// Resolutions that came before the gateway asked for the hold's ticket, waiting for it.
@@ -126,6 +173,13 @@ struct State {
 #[derive(Debug)]
 struct OpenHold {
     order: u64,
+    grant: String,
+    /// False while only reserved ([`Hub::reserve_hold`]): such a hold is neither listed nor
+    /// resolvable until its `call` event is published.
+    published: bool,
+    /// The hold's `call` event: kept so a snapshot carries every open hold, also those older
+    /// than the recent calls.
+    event: Option<Arc<Event>>,
     tx: oneshot::Sender<Resolution>,
     /// Taken by [`Hub::hold`]; `None` once taken.
     rx: Option<oneshot::Receiver<Resolution>>,
@@ -305,7 +359,14 @@ impl Hub {
             // Resolved before this ticket was asked for, and the resolution went to an
             // earlier ticket: fail closed for this one.
             None if already_resolved => refused(format!("call {call_id} was already resolved")),
-            None => state.open_hold(call_id),
+            // Held without a published event (nothing to show), so resolvable at once.
+            None => {
+                let rx = state.open_hold(call_id, "");
+                if let Some(open) = state.holds.get_mut(call_id) {
+                    open.published = true;
+                }
+                rx
+            }
         };
         HoldTicket {
             call_id: call_id.to_owned(),
@@ -315,13 +376,42 @@ impl Hub {
 
     /// Call ids of the open holds, oldest first.
     pub fn open_holds(&self) -> Vec<String> {
-        self.lock().hold_order.values().cloned().collect()
+        self.lock().published_holds().cloned().collect()
+    }
+
+    /// Sets the caps on held calls (default [`HoldCaps::default`]); holds already open stay.
+    pub fn set_hold_caps(&self, caps: HoldCaps) {
+        self.lock().caps = caps;
+    }
+
+    /// Registers call `call_id` of `grant` as held if the caps leave room: called once the
+    /// policy says hold and before the call's event is published, so a call beyond the caps
+    /// is published as denied. The hold is resolvable once its `call` event is published.
+    pub fn reserve_hold(&self, call_id: &str, grant: &str) -> Result<(), HoldRefused> {
+        let mut state = self.lock();
+        let caps = state.caps;
+        if state.holds.len() >= caps.total {
+            return Err(HoldRefused::GatewayFull { cap: caps.total });
+        }
+        if state.held_by_grant.get(grant).copied().unwrap_or(0) >= caps.per_grant {
+            return Err(HoldRefused::GrantFull {
+                grant: grant.to_owned(),
+                cap: caps.per_grant,
+            });
+        }
+        let rx = state.open_hold(call_id, grant);
+        if let Some(open) = state.holds.get_mut(call_id) {
+            open.rx = Some(rx);
+        }
+        Ok(())
     }
 
     /// Resolves a held call; the first resolution wins and is published as `hold_resolved`.
     pub fn resolve(&self, call_id: &str, resolution: Resolution) -> Result<(), ResolveError> {
         let mut state = self.lock();
-        let Some(mut open) = state.holds.remove(call_id) else {
+        // A hold only reserved is not known to anyone yet: its event comes next.
+        let published = state.holds.get(call_id).is_some_and(|h| h.published);
+        let Some(mut open) = published.then(|| state.holds.remove(call_id)).flatten() else {
             return Err(if state.resolved.contains(call_id) {
                 ResolveError::AlreadyResolved(call_id.to_owned())
             } else {
@@ -329,6 +419,7 @@ impl Hub {
             });
         };
         state.hold_order.remove(&open.order);
+        state.release_grant(&open.grant);
         state.remember_resolved(call_id);
         // Published under the lock that removed the hold: every subscriber sees exactly one
         // `hold_resolved` per call, before anything published after it.
@@ -370,11 +461,17 @@ impl State {
                         if !self.holds.contains_key(&call.call_id)
                             && !self.resolved.contains(&call.call_id)
                         {
-                            // Kept for the ticket `Hub::hold` hands out.
-                            let rx = self.open_hold(&call.call_id);
+                            // Published without a reservation (the caps are the publisher's
+                            // to check): registered now, kept for the ticket `Hub::hold` hands
+                            // out.
+                            let rx = self.open_hold(&call.call_id, &call.grant);
                             if let Some(open) = self.holds.get_mut(&call.call_id) {
                                 open.rx = Some(rx);
                             }
+                        }
+                        if let Some(open) = self.holds.get_mut(&call.call_id) {
+                            open.published = true;
+                            open.event = Some(event.clone());
                         }
                     }
                 }
@@ -421,21 +518,43 @@ impl State {
         }
     }
 
-    /// Registers an open hold and returns the receiving end of its resolution.
-    fn open_hold(&mut self, call_id: &str) -> oneshot::Receiver<Resolution> {
+    /// Registers an open hold of `grant` (not yet published) and returns the receiving end of
+    /// its resolution.
+    fn open_hold(&mut self, call_id: &str, grant: &str) -> oneshot::Receiver<Resolution> {
         let (tx, rx) = oneshot::channel();
         let order = self.next_hold;
         self.next_hold += 1;
         self.hold_order.insert(order, call_id.to_owned());
+        *self.held_by_grant.entry(grant.to_owned()).or_default() += 1;
         self.holds.insert(
             call_id.to_owned(),
             OpenHold {
                 order,
+                grant: grant.to_owned(),
+                published: false,
+                event: None,
                 tx,
                 rx: None,
             },
         );
         rx
+    }
+
+    /// One hold of `grant` fewer.
+    fn release_grant(&mut self, grant: &str) {
+        if let Some(n) = self.held_by_grant.get_mut(grant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held_by_grant.remove(grant);
+            }
+        }
+    }
+
+    /// Call ids of the published open holds, oldest first.
+    fn published_holds(&self) -> impl Iterator<Item = &String> {
+        self.hold_order
+            .values()
+            .filter(|id| self.holds.get(*id).is_some_and(|h| h.published))
     }
 
     fn remember_resolved(&mut self, call_id: &str) {
@@ -464,17 +583,32 @@ fn refused(reason: String) -> oneshot::Receiver<Resolution> {
 
 /// What a snapshot is made of, copied cheaply under the lock and built outside it.
 struct SnapshotParts {
+    /// The open holds older than the recent calls, then the recent calls: oldest first.
     calls: Vec<RecentCall>,
     rest: Snapshot,
 }
 
 impl SnapshotParts {
     fn copy(state: &State) -> SnapshotParts {
+        // Every call outside the recent ones was published before all of them.
+        let mut calls: Vec<RecentCall> = state
+            .published_holds()
+            .filter(|id| !state.recent.positions.contains_key(*id))
+            .filter_map(|id| state.holds.get(id)?.event.clone())
+            .map(|event| RecentCall {
+                event,
+                resolution: None,
+                outcome: None,
+            })
+            .collect();
+        // Holds are registered just before their event is published: order by publication.
+        calls.sort_by_key(|c| c.event.seq);
+        calls.extend(state.recent.records.iter().cloned());
         SnapshotParts {
-            calls: state.recent.records.iter().cloned().collect(),
+            calls,
             rest: Snapshot {
                 calls: Vec::new(),
-                holds: state.hold_order.values().cloned().collect(),
+                holds: state.published_holds().cloned().collect(),
                 counters: state.counters.values().cloned().collect(),
                 policy_hash: state.policy_hash.clone(),
                 policy_error: state.policy_error.clone(),
@@ -645,6 +779,93 @@ mod tests {
             hash: "def".into(),
         }));
         assert_eq!(hub.snapshot().0.policy_error, None);
+    }
+
+    /// Decides a held call the way the gateway does: reserve, then publish.
+    fn reserve_and_publish(hub: &Hub, grant: &str) -> Result<CallEvent, HoldRefused> {
+        let mut held = call(hub, Verdict::Hold);
+        held.grant = grant.into();
+        hub.reserve_hold(&held.call_id, grant)?;
+        hub.publish(EventKind::Call(held.clone()));
+        Ok(held)
+    }
+
+    #[test]
+    fn a_grant_at_its_hold_cap_is_refused_while_another_grant_is_still_held() {
+        let hub = hub();
+        hub.set_hold_caps(HoldCaps {
+            per_grant: 2,
+            total: 10,
+        });
+        let first = reserve_and_publish(&hub, "greedy").unwrap();
+        reserve_and_publish(&hub, "greedy").unwrap();
+        assert_eq!(
+            reserve_and_publish(&hub, "greedy").unwrap_err(),
+            HoldRefused::GrantFull {
+                grant: "greedy".into(),
+                cap: 2
+            }
+        );
+        reserve_and_publish(&hub, "other").expect("another grant still gets its hold");
+
+        // A resolution gives the grant its slot back.
+        hub.resolve(&first.call_id, by_operator(false)).unwrap();
+        reserve_and_publish(&hub, "greedy").expect("room again after a resolution");
+    }
+
+    #[test]
+    fn the_gateway_wide_hold_cap_counts_every_grant() {
+        let hub = hub();
+        hub.set_hold_caps(HoldCaps {
+            per_grant: 10,
+            total: 3,
+        });
+        for grant in ["a", "b", "c"] {
+            reserve_and_publish(&hub, grant).unwrap();
+        }
+        assert_eq!(
+            reserve_and_publish(&hub, "d").unwrap_err(),
+            HoldRefused::GatewayFull { cap: 3 }
+        );
+        let message = HoldRefused::GatewayFull { cap: 3 }.to_string();
+        assert!(message.contains("--max-holds 3"), "{message}");
+    }
+
+    #[test]
+    fn a_reserved_hold_is_neither_listed_nor_resolvable_before_its_event() {
+        let hub = hub();
+        let held = call(&hub, Verdict::Hold);
+        hub.reserve_hold(&held.call_id, "ci").unwrap();
+        assert!(hub.open_holds().is_empty());
+        assert!(hub.snapshot().0.holds.is_empty());
+        assert_eq!(
+            hub.resolve(&held.call_id, by_operator(true)),
+            Err(ResolveError::UnknownCall(held.call_id.clone()))
+        );
+        hub.publish(EventKind::Call(held.clone()));
+        assert_eq!(hub.open_holds(), vec![held.call_id.clone()]);
+        hub.resolve(&held.call_id, by_operator(true)).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_carries_every_open_hold_and_only_the_recent_calls() {
+        let hub = hub();
+        let old = reserve_and_publish(&hub, "ci").unwrap();
+        for _ in 0..RECENT_CALLS + 50 {
+            hub.publish(EventKind::Call(call(&hub, Verdict::Allow)));
+        }
+        let (snap, _) = hub.snapshot();
+        assert_eq!(snap.holds, vec![old.call_id.clone()]);
+        assert_eq!(snap.calls.len(), RECENT_CALLS + 1);
+        assert_eq!(
+            snap.calls[0].call.call_id, old.call_id,
+            "the old hold comes first"
+        );
+        assert!(
+            snap.calls[1..]
+                .iter()
+                .all(|r| r.call.decision == Verdict::Allow)
+        );
     }
 
     #[test]

@@ -8,12 +8,13 @@
 //! [`discovery`] lets local clients find the server; [`client`] is the other end.
 //! The wire format is [`crate::wire`], documented in `docs/wire-protocol.md`.
 
+mod admission;
 pub mod client;
 pub mod discovery;
 pub mod hub;
 pub mod server;
 
 pub use client::{ClientError, CommandWriter, Connection, EventReader, connect};
-pub use discovery::{DiscoveryEntry, discovery_dir, list_gateways};
+pub use discovery::{DiscoveryEntry, describe_dirs, discovery_dir, discovery_dirs, list_gateways};
 pub use hub::{HoldTicket, Hub, Published, Resolution, ResolveError};
 pub use server::{ControlHandle, EventsOptions, start};

@@ -10,6 +10,11 @@
 //!
 //! A slow client never slows the gateway: each connection reads from its own bounded
 //! broadcast receiver; when it falls behind it is sent `missed` and a fresh `hello`.
+//!
+//! Sockets that never authenticate cannot lock operators out: a connection has
+//! [`AUTH_DEADLINE`] to complete its handshake with the token, handshakes and open
+//! connections are capped separately, and a new connection sheds the oldest handshake rather
+//! than being refused (see [`super::admission`]).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +33,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::admission::{Admission, Handshake};
 use super::discovery::{DiscoveryEntry, DiscoveryFile};
 use super::hub::{Hub, Published, Resolution, ResolveError};
 use crate::wire::{
@@ -43,12 +49,7 @@ const MAX_TEXT: usize = 2000;
 /// Most events written to one client before a flush.
 const BATCH: usize = 256;
 
-/// Most connections served at once (handshaking or open); more are closed at once, so a
-/// flood of sockets cannot exhaust the gateway's file descriptors.
-pub const MAX_CONNECTIONS: usize = 128;
-
-/// How long a connection may take to complete the websocket handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::admission::{AUTH_DEADLINE, MAX_HANDSHAKING, MAX_OPERATORS};
 
 /// Where and how the event websocket listens.
 #[derive(Debug, Clone)]
@@ -164,12 +165,10 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
              and holds the token can approve held calls, and traffic is not encrypted"
         );
     }
-    let listener = TcpListener::bind(opts.addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: opts.addr,
-            source,
-        })?;
+    let listener = listen(opts.addr).map_err(|source| StartError::Bind {
+        addr: opts.addr,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: opts.addr,
         source,
@@ -208,31 +207,49 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
     })
 }
 
+/// Connections the kernel queues for `accept`. Beyond it, a new connection waits for a
+/// retransmission (a second or more), so a burst of sockets would delay the operator queued
+/// behind it; the shedding in [`super::admission`] needs them accepted first.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted gateway may reuse its port at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn accept_loop(
     listener: TcpListener,
     hub: Arc<Hub>,
     token: Arc<str>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    // At most MAX_HANDSHAKING + MAX_OPERATORS tasks, plus shed ones on their way out: a
+    // flood of sockets cannot exhaust the gateway's file descriptors.
     let mut connections = tokio::task::JoinSet::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(MAX_HANDSHAKING, MAX_OPERATORS);
     loop {
         tokio::select! {
             _ = until_stopped(&mut stopped) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many event connections; refusing one");
-                        continue;
-                    };
+                    let handshake = admission.handshake();
+                    let admission = admission.clone();
                     let hub = hub.clone();
                     let token = token.clone();
                     let stopped = stopped.clone();
                     connections.spawn(async move {
-                        if let Err(e) = serve_connection(stream, hub, token, stopped).await {
+                        let served =
+                            serve_connection(stream, handshake, admission, hub, token, stopped);
+                        if let Err(e) = served.await {
                             tracing::debug!(%peer, error = %e, "event connection ended");
                         }
-                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -277,10 +294,15 @@ fn authorized(request: &Request, token: &str) -> bool {
 }
 
 fn unauthorized() -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(
+    refusal(
+        StatusCode::UNAUTHORIZED,
         "a valid `Authorization: Bearer <token>` header is required\n".to_owned(),
-    ));
-    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    )
+}
+
+fn refusal(status: StatusCode, body: String) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(body));
+    *response.status_mut() = status;
     response
 }
 
@@ -288,8 +310,10 @@ type Socket = WebSocketStream<TcpStream>;
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectionError {
-    #[error("handshake timed out")]
+    #[error("no authenticated handshake within {AUTH_DEADLINE:?}")]
     HandshakeTimeout,
+    #[error("shed to make room for a newer handshake")]
+    Shed,
     #[error(transparent)]
     Websocket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error(transparent)]
@@ -298,6 +322,8 @@ enum ConnectionError {
 
 async fn serve_connection(
     stream: TcpStream,
+    mut handshake: Handshake,
+    admission: Admission,
     hub: Arc<Hub>,
     token: Arc<str>,
     mut stopped: watch::Receiver<bool>,
@@ -306,21 +332,38 @@ async fn serve_connection(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+    // The operator slot, taken once the token checks out; held until the connection ends.
+    let mut slot = None;
     // The error type is tungstenite's, fixed by its `Callback` signature.
     #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| {
-        if authorized(request, &token) {
-            Ok(response)
-        } else {
-            Err(unauthorized())
+        if !authorized(request, &token) {
+            return Err(unauthorized());
         }
+        slot = admission.operator();
+        if slot.is_none() {
+            tracing::warn!("{MAX_OPERATORS} operators are connected; refusing one more");
+            return Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{MAX_OPERATORS} operator connections are open on this gateway; close one \
+                     (a console, `tail`) and try again\n"
+                ),
+            ));
+        }
+        Ok(response)
     };
-    let mut ws = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+    let accepting = tokio::time::timeout(
+        AUTH_DEADLINE,
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
-    )
-    .await
-    .map_err(|_| ConnectionError::HandshakeTimeout)??;
+    );
+    let mut ws = tokio::select! {
+        accepted = accepting => accepted.map_err(|_| ConnectionError::HandshakeTimeout)??,
+        () = handshake.shed() => return Err(ConnectionError::Shed),
+    };
+    // Authenticated: the handshake slot goes to the next connection.
+    drop(handshake);
+    let _slot = slot;
 
     let (mut last_seq, mut events) = send_hello(&mut ws, &hub).await?;
     loop {

@@ -42,7 +42,7 @@ impl Gateway {
     /// gateway all decide through this.
     pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
         let policy = self.policy.load();
-        let decision = policy.decide(
+        let mut decision = policy.decide(
             &Call {
                 tool,
                 args,
@@ -52,6 +52,10 @@ impl Gateway {
             self.store.as_ref(),
             self.clock.now_ms(),
         );
+        let call_id = self.hub.next_call_id();
+        if decision.verdict == Verdict::Hold {
+            self.reserve_hold(&call_id, &mut decision);
+        }
         let (event_args, args_truncated) = event_args(args);
         let hold_deadline = match decision.verdict {
             Verdict::Hold => decision.approval_timeout_ms.and_then(|ms| {
@@ -62,7 +66,7 @@ impl Gateway {
             _ => None,
         };
         let event = CallEvent {
-            call_id: self.hub.next_call_id(),
+            call_id,
             tool: tool.to_owned(),
             grant: self.grant.clone(),
             session: session.to_owned(),
@@ -100,6 +104,19 @@ impl Gateway {
         self.hub.publish(EventKind::Call(event));
         self.publish_counters(&decision.reservation);
         (call_id, decision)
+    }
+
+    /// Registers a held call with the hub, or, beyond the caps on held calls, turns the
+    /// decision into a denial that says so and gives its units back.
+    fn reserve_hold(&self, call_id: &str, decision: &mut Decision) {
+        if let Err(refused) = self.hub.reserve_hold(call_id, &self.grant) {
+            tracing::warn!("call {call_id} denied instead of held: {refused}");
+            self.store
+                .release(&std::mem::take(&mut decision.reservation));
+            decision.verdict = Verdict::Deny;
+            decision.reason = refused.to_string();
+            decision.approval_timeout_ms = None;
+        }
     }
 
     /// Gives a reservation's units back (a call denied, timed out, cancelled, or that never

@@ -1,0 +1,301 @@
+//! Caps on held calls through the real `toolgate serve`: a grant at its cap has further calls
+//! denied, saying so, in the agent's answer, the call event and the audit record, with its
+//! counter units given back, while another grant's calls are still held. Raw stateless
+//! (2026-07-28) requests to the trivial upstream; loopback only.
+
+#[path = "serve_support/trivial.rs"]
+mod trivial;
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::ANSWER_WITHIN;
+use toolgate::control::{self, DiscoveryEntry};
+use toolgate::wire::{EventKind, Verdict};
+
+/// Every echo needs a person; three echoes an hour per grant.
+const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
+    "action": "require_approval", "approval_timeout": "10m",
+    "rate_limit": {"max": 3, "window": "hour"}}}}"#;
+
+const CAP_PHRASE: &str = "too many held calls";
+
+/// `toolgate serve` with its files in a temporary directory; stopped when dropped.
+struct Serve {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Serve {
+    fn start(grants: &[&str], extra: &[&str]) -> (Serve, Vec<String>) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (upstream, _seen) = trivial::start(false);
+        std::fs::write(dir.path().join("policy.json"), POLICY).expect("write the policy");
+        let servers = json!({"mcpServers": {"t": {"url": format!("http://{upstream}/mcp")}}});
+        std::fs::write(dir.path().join("servers.json"), servers.to_string())
+            .expect("write the servers");
+        let tokens = grants.iter().map(|g| add_grant(dir.path(), g)).collect();
+        let mut child = Command::new(support::toolgate())
+            .arg("serve")
+            .args(["--policy", "policy.json", "--servers", "servers.json"])
+            .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
+            .args(["--listen", "127.0.0.1:0", "--counters", "memory"])
+            .args(extra)
+            .current_dir(dir.path())
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env("XDG_STATE_HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start toolgate serve");
+        let stderr = child.stderr.take().expect("serve's stderr");
+        let (tx, rx) = mpsc::channel();
+        let log_path = dir.path().join("stderr.log");
+        std::thread::spawn(move || {
+            let Ok(mut log) = std::fs::File::create(log_path) else {
+                return;
+            };
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let _ = writeln!(log, "{line}");
+                if let Some(addr) = line.strip_prefix("toolgate serve: listening on http://")
+                    && let Ok(addr) = addr.parse::<SocketAddr>()
+                {
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
+            panic!(
+                "serve did not start within {ANSWER_WITHIN:?}; log:\n{}",
+                read(dir.path(), "stderr.log")
+            )
+        });
+        (Serve { dir, addr, child }, tokens)
+    }
+
+    fn log(&self) -> String {
+        read(self.dir.path(), "stderr.log")
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        read(self.dir.path(), "audit.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// A stateless echo call with a progress token, whose answer is an event stream. Returns
+    /// once the first event arrived: a progress note, which only a held call is sent.
+    fn held_echo(&self, token: &str, id: u64) -> BufReader<TcpStream> {
+        let mut stream = self.request(token, &echo(id, true));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = stream.read_line(&mut line).unwrap_or_else(|e| {
+                panic!(
+                    "no answer to call {id} within {ANSWER_WITHIN:?} ({e}); log:\n{}",
+                    self.log()
+                )
+            });
+            assert!(
+                read > 0,
+                "the stream of call {id} ended; log:\n{}",
+                self.log()
+            );
+            if let Some(data) = line.strip_prefix("data: ") {
+                assert!(
+                    data.contains("notifications/progress"),
+                    "call {id} was answered instead of held: {data}"
+                );
+                return stream;
+            }
+        }
+    }
+
+    /// A stateless echo call without a progress token; returns its whole answer.
+    fn echo(&self, token: &str, id: u64) -> String {
+        let mut stream = self.request(token, &echo(id, false));
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    }
+
+    fn request(&self, token: &str, body: &Value) -> BufReader<TcpStream> {
+        let mut stream = TcpStream::connect(self.addr).expect("connect to serve");
+        stream
+            .set_read_timeout(Some(ANSWER_WITHIN))
+            .expect("a read deadline");
+        let body = body.to_string();
+        let request = format!(
+            "POST /mcp/t HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer \
+             {token}\r\nContent-Type: application/json\r\nAccept: application/json, \
+             text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the request");
+        BufReader::new(stream)
+    }
+
+    /// Waits for the gateway's discovery file and reads it.
+    fn discover(&self) -> DiscoveryEntry {
+        let dir = self.dir.path().join("toolgate");
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        loop {
+            let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "json"))
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .and_then(|text| serde_json::from_str(&text).ok())
+            });
+            if let Some(entry) = found {
+                return entry;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no discovery file; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+/// Makes a grant with the real CLI and returns its token.
+fn add_grant(dir: &Path, name: &str) -> String {
+    let grants = dir.join("grants.json");
+    let out = Command::new(support::toolgate())
+        .args(["grants", "add", name, "--file"])
+        .arg(&grants)
+        .output()
+        .expect("run toolgate grants add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn echo(id: u64, progress: bool) -> Value {
+    let mut meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    if progress {
+        meta["progressToken"] = json!(id);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": format!("call {id}")}, "_meta": meta}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_at_its_hold_cap_is_denied_saying_so_while_another_grant_is_still_held() {
+    let (serve, tokens) = Serve::start(
+        &["greedy", "patient"],
+        &["--max-holds-per-grant", "2", "--max-holds", "10"],
+    );
+    let (greedy, patient) = (&tokens[0], &tokens[1]);
+
+    let _first = serve.held_echo(greedy, 1);
+    let _second = serve.held_echo(greedy, 2);
+
+    // The third is denied at once, naming the cap and the flag that sets it.
+    let third = serve.echo(greedy, 3);
+    assert!(
+        third.contains(CAP_PHRASE) && third.contains("--max-holds-per-grant 2"),
+        "the third held call of a grant at its cap: {third}"
+    );
+
+    // Its counter unit was given back: a fourth call (3 an hour are allowed) meets the hold
+    // cap again rather than the rate limit.
+    let fourth = serve.echo(greedy, 4);
+    assert!(
+        fourth.contains(CAP_PHRASE),
+        "the refused call kept its counter unit: {fourth}"
+    );
+
+    // Another grant's call is still held.
+    let _patient = serve.held_echo(patient, 5);
+
+    // The audit record and the call event say deny, with the reason. Records reach the file
+    // a few milliseconds after the decision (the audit writer's flush).
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    let denied = loop {
+        let denied: Vec<Value> = serve
+            .audit()
+            .into_iter()
+            .filter(|r| {
+                r["kind"] == "decision" && r["grant"] == "greedy" && r["decision"] == "deny"
+            })
+            .collect();
+        if denied.len() >= 2 {
+            break denied;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two denials audited within {ANSWER_WITHIN:?}: {denied:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(denied.len(), 2, "two denials audited: {denied:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|r| r["reason"].as_str().is_some_and(|t| t.contains(CAP_PHRASE))),
+        "{denied:?}"
+    );
+    let entry = serve.discover();
+    let mut operator = control::connect(&entry.url, &entry.token)
+        .await
+        .expect("an operator connects");
+    let hello = tokio::time::timeout(ANSWER_WITHIN, operator.next_event())
+        .await
+        .expect("a hello in time")
+        .expect("the connection stays open")
+        .expect("a valid hello");
+    let EventKind::Hello(hello) = hello.kind else {
+        panic!("expected a hello first, got {:?}", hello.kind);
+    };
+    let calls = &hello.snapshot.calls;
+    let denied_events = calls
+        .iter()
+        .filter(|r| r.call.grant == "greedy" && r.call.decision == Verdict::Deny)
+        .filter(|r| r.call.reason.contains(CAP_PHRASE))
+        .count();
+    assert_eq!(denied_events, 2, "{calls:?}");
+    assert_eq!(
+        hello.snapshot.holds.len(),
+        3,
+        "two greedy holds and one patient"
+    );
+    let held_grants: Vec<&str> = calls
+        .iter()
+        .filter(|r| r.call.decision == Verdict::Hold)
+        .map(|r| r.call.grant.as_str())
+        .collect();
+    assert_eq!(held_grants, ["greedy", "greedy", "patient"]);
+}
