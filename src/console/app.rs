@@ -719,6 +719,23 @@ fn ingest(state: &mut State, key: &str, event: Event) {
                 ));
             }
         }
+        EventKind::Audit(a) => {
+            let label = state.gateways[conn].label().to_owned();
+            let path = terminal_text(&a.path);
+            let detail = a
+                .detail
+                .map(|d| format!(": {}", terminal_text(&d)))
+                .unwrap_or_default();
+            if a.ok {
+                state.say(format!(
+                    "gateway {label}: audit log {path} written again{detail}"
+                ));
+            } else {
+                state.complain(format!(
+                    "gateway {label}: audit log {path} cannot be written{detail}"
+                ));
+            }
+        }
         EventKind::Tools(t) => {
             state.gateways[conn].set_tools(t.tools);
         }

@@ -413,6 +413,7 @@ impl State {
             EventKind::Upstream(upstream) => self.upstream_up = upstream.up,
             EventKind::Tools(tools) => self.tools.clone_from(&tools.tools),
             EventKind::Store(_)
+            | EventKind::Audit(_)
             | EventKind::Hello(_)
             | EventKind::Missed(_)
             | EventKind::Reply(_) => {}

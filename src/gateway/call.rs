@@ -41,17 +41,20 @@ impl Gateway {
     /// owns the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
     /// gateway all decide through this.
     pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
-        let policy = self.policy.load();
-        let decision = policy.decide(
-            &Call {
-                tool,
-                args,
-                grant: &self.grant,
-                session,
-            },
-            self.store.as_ref(),
-            self.clock.now_ms(),
-        );
+        let decision = match &self.audit {
+            // A call that could not be audited is not made (`--audit-fail closed`).
+            Some(audit) if audit.refuses_calls() => audit_refusal(tool, audit.refusal_reason()),
+            _ => self.policy.load().decide(
+                &Call {
+                    tool,
+                    args,
+                    grant: &self.grant,
+                    session,
+                },
+                self.store.as_ref(),
+                self.clock.now_ms(),
+            ),
+        };
         let (event_args, args_truncated) = event_args(args);
         let hold_deadline = match decision.verdict {
             Verdict::Hold => decision.approval_timeout_ms.and_then(|ms| {
@@ -89,7 +92,7 @@ impl Gateway {
                 rule: Some(&decision.rule),
                 reason: Some(&decision.reason),
                 arg_keys: Some(digest.keys),
-                args_sha256: Some(digest.sha256),
+                args_hmac: Some(digest.hmac),
                 args: digest.values,
                 latency_us: None,
                 error: None,
@@ -156,7 +159,7 @@ impl Gateway {
                 rule: None,
                 reason: None,
                 arg_keys: None,
-                args_sha256: None,
+                args_hmac: None,
                 args: None,
                 latency_us: Some(latency_us),
                 error: Some(error),
@@ -241,6 +244,20 @@ impl Gateway {
             offered,
             filtered: changed.then_some(Value::Object(result)),
         })
+    }
+}
+
+/// The denial of a call made while the audit log cannot be written; it takes no units.
+fn audit_refusal(tool: &str, reason: String) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        rule: "--audit-fail closed".to_owned(),
+        reason,
+        retry_after_ms: None,
+        hidden: false,
+        approval_timeout_ms: None,
+        reservation: Reservation::default(),
+        tool: tool.to_owned(),
     }
 }
 

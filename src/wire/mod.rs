@@ -55,6 +55,8 @@ pub enum EventKind {
     Tools(Tools),
     /// The counter store stopped answering, or answers again.
     Store(StoreStatus),
+    /// The audit log stopped being writable, or is written again.
+    Audit(AuditStatus),
     /// This client fell behind and events were dropped for it; a fresh `hello` follows.
     Missed(Missed),
     /// The answer to a [`ClientMsg`].
@@ -231,6 +233,18 @@ pub struct StoreStatus {
     pub store: String,
     pub ok: bool,
     /// Why it is down, and what calls with limits get meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The health of the audit log (`--audit`), sent when it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// The audit log's path.
+    pub path: String,
+    pub ok: bool,
+    /// What went wrong and what tool calls get meanwhile (`--audit-fail`); on recovery, what
+    /// was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
