@@ -1936,6 +1936,39 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_log_outage_and_its_recovery_show_under_the_view() {
+        let mut s = state();
+        update(&mut s, ev(1, at(0), hello(Vec::new(), Vec::new())), at(0));
+        let status = |ok: bool, detail: &str| {
+            EventKind::Audit(crate::wire::AuditStatus {
+                path: "/s/audit.jsonl".into(),
+                ok,
+                detail: Some(detail.into()),
+            })
+        };
+        let down = status(false, "No space left on device; tool calls are denied");
+        update(&mut s, ev(2, at(1), down), at(1));
+        let message = s.message.as_ref().expect("a message");
+        assert!(message.error);
+        assert!(
+            message
+                .text
+                .contains("audit log /s/audit.jsonl cannot be written")
+                && message.text.contains("tool calls are denied"),
+            "{}",
+            message.text
+        );
+        update(
+            &mut s,
+            ev(3, at(2), status(true, "records are written again")),
+            at(2),
+        );
+        let message = s.message.as_ref().expect("a message");
+        assert!(!message.error);
+        assert!(message.text.contains("written again"), "{}", message.text);
+    }
+
+    #[test]
     fn messages_expire() {
         let mut s = state();
         s.say("hello");

@@ -315,10 +315,7 @@ impl AuditLog {
             .shared
             .problem()
             .unwrap_or_else(|| "it failed".to_owned());
-        format!(
-            "the audit log cannot be written ({problem}); calls are denied until it can \
-             (--audit-fail closed)"
-        )
+        format!("the audit log cannot be written ({problem}); calls are denied until it can be")
     }
 
     /// Reopens the file at the log's path at the writer's next beat (`SIGHUP`).
