@@ -94,8 +94,10 @@ fn unreachable_pattern(e: &regex::Error) -> Regex {
 }
 
 /// The literal text each [`SECRET_TEXT`] alternative starts with (or contains, for bearer
-/// tokens): a string holding none of these cannot match, and most argument strings hold none.
+/// tokens), and `://` for [`URL_PASSWORD`]: a string holding none of these cannot match, and
+/// most argument strings hold none.
 const TRIGGERS: &[&str] = &[
+    "://",
     "earer",
     "EARER",
     "sk-",
@@ -113,6 +115,13 @@ const TRIGGERS: &[&str] = &[
     "eyJ",
     "-----BEGIN ",
 ];
+
+/// [`TRIGGERS`] as one search: literals only, so the regex crate scans for all of them at
+/// once (a multi-literal searcher), one pass over the text.
+static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
+    let literals: Vec<String> = TRIGGERS.iter().map(|t| regex::escape(t)).collect();
+    Regex::new(&literals.join("|")).unwrap_or_else(|e| unreachable_pattern(&e))
+});
 
 /// Whether an argument key names a secret.
 pub fn is_secret_key(key: &str) -> bool {
@@ -155,6 +164,9 @@ fn words(key: &str) -> impl Iterator<Item = &str> {
 /// none.
 pub fn redact_text(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
+    if !TRIGGER.is_match(text) {
+        return out;
+    }
     if text.contains("://") && URL_PASSWORD.is_match(text) {
         out = Cow::Owned(
             URL_PASSWORD
@@ -164,7 +176,7 @@ pub fn redact_text(text: &str) -> Cow<'_, str> {
                 .into_owned(),
         );
     }
-    if TRIGGERS.iter().any(|t| out.contains(t)) && SECRET_TEXT.is_match(&out) {
+    if SECRET_TEXT.is_match(&out) {
         let replaced = SECRET_TEXT
             .replace_all(&out, |c: &Captures<'_>| {
                 keep_then_redact(c, "keep_bearer", "")
