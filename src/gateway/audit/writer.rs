@@ -39,12 +39,16 @@ use crate::wire::AuditStatus;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
 
 /// Bytes of records queued on the call path, at most; beyond it records are dropped and the
-/// log counts as failing (the writer is stuck).
-pub const MAX_QUEUED: usize = 4 << 20;
+/// log counts as failing (the writer is stuck). Room for several of the largest records
+/// (`--audit-args full` of a 4 MiB HTTP body) in one beat.
+pub const MAX_QUEUED: usize = 16 << 20;
 
 /// Bytes the writer keeps while the log cannot be written, at most; beyond it newer records
 /// are dropped (and counted in a `gap` line).
-pub const MAX_PENDING: usize = 8 << 20;
+pub const MAX_PENDING: usize = 16 << 20;
+
+/// Buffers that grew past this for a burst are given back to the allocator once written.
+const KEEP_CAPACITY: usize = 1 << 20;
 
 /// A record queued for longer than this means the writer is stuck in a write.
 pub const STALL_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
@@ -217,7 +221,8 @@ impl LogFile {
     /// Takes a batch of queued records (and how many were dropped on the way).
     fn take(&mut self, batch: &mut Vec<u8>, dropped: u64) {
         if !batch.is_empty() {
-            if self.pending.len() + batch.len() > MAX_PENDING {
+            // Only a log that is failing has records pending; a healthy one takes any batch.
+            if !self.pending.is_empty() && self.pending.len() + batch.len() > MAX_PENDING {
                 self.lost += count_lines(batch);
             } else {
                 if self.lost > 0 {
@@ -227,6 +232,9 @@ impl LogFile {
                 self.pending.extend_from_slice(batch);
             }
             batch.clear();
+            if batch.capacity() > KEEP_CAPACITY {
+                batch.shrink_to(KEEP_CAPACITY);
+            }
         }
         self.lost += dropped;
     }
@@ -256,6 +264,9 @@ impl LogFile {
             Ok(()) => {
                 let lines = count_lines(&self.pending);
                 self.pending.clear();
+                if self.pending.capacity() > KEEP_CAPACITY {
+                    self.pending.shrink_to(KEEP_CAPACITY);
+                }
                 self.written = 0;
                 let note = (backlog > 0).then(|| {
                     format!("records are written again ({lines} waiting records written)")
@@ -433,5 +444,40 @@ mod tests {
         assert_eq!(lines[2]["kind"], "gap");
         assert_eq!(lines[2]["lost"], 3);
         assert_eq!(lines[3]["n"], 3);
+    }
+
+    #[test]
+    fn a_healthy_log_takes_a_batch_larger_than_what_an_outage_may_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut file = LogFile::open(&path).unwrap();
+        let shared = Shared::new(&path, AuditFail::Closed, None);
+        let mut line = vec![b'x'; MAX_PENDING + 1];
+        line.push(b'\n');
+        file.take(&mut line, 0);
+        file.flush(&shared);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            MAX_PENDING as u64 + 2
+        );
+        assert!(!shared.refusing());
+    }
+
+    #[test]
+    fn records_queued_for_longer_than_a_second_mean_the_writer_is_stuck() {
+        let t0 = Utc::now();
+        let queue = |oldest| Queue {
+            oldest,
+            ..Queue::default()
+        };
+        assert!(!Shared::stalled(&queue(None), t0));
+        assert!(!Shared::stalled(
+            &queue(Some(t0)),
+            t0 + chrono::TimeDelta::milliseconds(900)
+        ));
+        assert!(Shared::stalled(
+            &queue(Some(t0)),
+            t0 + chrono::TimeDelta::milliseconds(1100)
+        ));
     }
 }
