@@ -390,9 +390,11 @@ pub(super) fn run(mut log: LogFile, shared: &Shared) {
             )
         };
         // A fixed beat: the time a write took comes off the next wait, unless it took longer
-        // than a beat.
+        // than a beat. Woken early (a reopen), the beat stays: no record waits longer.
         let now = Instant::now();
-        beat = (beat + FLUSH_EVERY).max(now);
+        if now >= beat {
+            beat = (beat + FLUSH_EVERY).max(now);
+        }
         log.take(&mut batch, dropped);
         log.flush(shared);
         if closed {
