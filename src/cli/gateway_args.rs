@@ -31,11 +31,13 @@ pub struct GatewayArgs {
     pub audit_args: AuditArgs,
     /// What tool calls get while the audit log cannot be written (disk full, permissions,
     /// directory gone): `closed` denies them until it can be written again, `open` lets them
-    /// through unrecorded. Either way the outage and the recovery are logged and published.
+    /// through while their records wait in memory. Either way the outage and the recovery
+    /// are logged and published (`audit` event), and recovery is automatic.
     #[arg(long, value_enum, value_name = "MODE", default_value = "closed")]
     pub audit_fail: AuditFail,
-    /// The key of the arguments' hash in audit records (32 bytes, mode 0600). Give replicas
-    /// the same file so their records compare
+    /// The key of the arguments' HMAC in audit records: exactly 32 bytes, mode 0600 (make one
+    /// with `head -c 32 /dev/urandom > FILE && chmod 600 FILE`). Give gateways the same file
+    /// so their records compare
     /// [default: ~/.local/state/toolgate/audit.key, made on first use]
     #[arg(long, value_name = "FILE")]
     pub audit_key: Option<PathBuf>,

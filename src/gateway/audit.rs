@@ -48,7 +48,8 @@ pub enum AuditFail {
     /// Denied, with a reason saying the audit log cannot be written, until it can again.
     #[default]
     Closed,
-    /// Decided as usual, without records; the outage is reported all the same.
+    /// Decided as usual, their records waiting in memory (up to 16 MiB) until the log can
+    /// be written; the outage is reported all the same.
     Open,
 }
 

@@ -145,7 +145,9 @@ impl Shared {
         if first {
             let then = match self.fail {
                 AuditFail::Closed => "tool calls are denied until it can be written again",
-                AuditFail::Open => "tool calls go on without audit records (--audit-fail open)",
+                AuditFail::Open => {
+                    "tool calls go on, their records kept in memory until it can (--audit-fail open)"
+                }
             };
             let detail = format!("{problem}; {then}");
             tracing::error!("audit log {}: {detail}", self.shown);
