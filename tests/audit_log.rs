@@ -467,6 +467,51 @@ fn a_log_that_cannot_be_written_denies_calls_until_it_can_and_loses_no_record() 
 }
 
 #[test]
+fn a_gateway_stopped_while_its_log_is_full_leaves_only_whole_lines_and_says_what_was_lost() {
+    let Some(tmpfs) = Tmpfs::mount() else {
+        eprintln!("skipped: this process cannot mount a tmpfs (the full-disk case needs one)");
+        return;
+    };
+    let home = Home::new();
+    let audit = tmpfs.path().join("audit.jsonl");
+    let mut wrap = Wrap::start(&home, &audit, &[]);
+    assert!(allowed(&wrap.call(json!({"n": 0}))));
+    wait_until("the first records on disk", || {
+        records(&[&audit]).len() == 2
+    });
+    fill(tmpfs.path());
+    let mut refused = 0;
+    for n in 1..=MAX_CALLS {
+        let result = wrap.call(json!({"n": n, "pad": "x".repeat(300)}));
+        if !allowed(&result) {
+            refused += 1;
+            if refused == 50 {
+                break;
+            }
+        }
+    }
+    assert_eq!(refused, 50, "log:\n{}", wrap.log());
+    wrap.stop();
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        text.ends_with('\n'),
+        "a record cut short: {:?}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not a whole record: {line}"
+        );
+    }
+    let stderr = std::fs::read_to_string(home.path("stderr.log")).unwrap();
+    assert!(
+        stderr.contains("records could not be written and are lost"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn after_the_log_is_renamed_away_the_next_record_goes_to_a_new_file_at_its_path() {
     let home = Home::new();
     let audit = home.path("audit.jsonl");

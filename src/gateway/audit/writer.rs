@@ -9,7 +9,9 @@
 //!   the default), the one atomic flag every call checks, and the operators hear of it once
 //!   (a log line and an [`AuditStatus`] event). Nothing is dropped: what could not be written
 //!   stays queued here ([`MAX_PENDING`]) and is written, in order, as soon as a retry (every
-//!   beat) succeeds; then calls are admitted again and a second event says so. A writer that
+//!   beat) succeeds; then calls are admitted again and a second event says so. A record cut
+//!   short by a full disk is taken back (the file truncated to its last whole line), so the
+//!   log holds whole lines only, even if the gateway stops before the disk has room again. A writer that
 //!   hangs in a write instead of failing is noticed by the call path: a record waiting for
 //!   longer than [`STALL_AFTER`], or a queue over [`MAX_QUEUED`], counts as a failure too.
 //! - **Rotation.** Before each write the path is checked: when it no longer names the open
@@ -277,6 +279,7 @@ impl LogFile {
                 shared.succeeded(note);
             }
             Err(e) => {
+                self.keep_whole_lines();
                 self.failing = true;
                 shared.failed(format!("cannot write {}: {e}", self.path.display()));
             }
@@ -297,6 +300,33 @@ impl LogFile {
             }
         }
         Ok(())
+    }
+
+    /// After a failed write: takes back a record cut short (the file is truncated to the end
+    /// of the last whole line), so the log holds only whole lines and that record is written
+    /// again in full; forgets the records already written.
+    fn keep_whole_lines(&mut self) {
+        let done = &self.pending[..self.written];
+        let whole = done.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let cut = (self.written - whole) as u64;
+        // Only when the file still ends where this write ended: several gateways may append to
+        // one log, and another's bytes are not ours to cut.
+        if cut > 0
+            && let Some(mut file) = self.file.as_ref()
+            && let Ok(end) = std::io::Seek::stream_position(&mut file)
+            && file.metadata().is_ok_and(|m| m.len() == end)
+            && end >= cut
+            && file.set_len(end - cut).is_ok()
+        {
+            self.written = whole;
+        }
+        // Whatever cannot be taken back stays counted in `written`: the line is finished later.
+        let whole = self.pending[..self.written]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        self.pending.drain(..whole);
+        self.written -= whole;
     }
 
     /// Whether the path no longer names the open file (renamed away, deleted, or out of
