@@ -257,10 +257,8 @@ impl LogFile {
             return;
         }
         if self.lost > 0 {
-            let mut marked = gap_line(self.lost);
-            marked.extend_from_slice(&self.pending[self.written..]);
-            self.pending.truncate(self.written);
-            self.pending.extend_from_slice(&marked);
+            // The dropped records came after everything pending.
+            self.pending.extend_from_slice(&gap_line(self.lost));
             self.lost = 0;
         }
         let backlog = self.pending.len() - self.written;
@@ -513,5 +511,25 @@ mod tests {
             &queue(Some(t0)),
             t0 + chrono::TimeDelta::milliseconds(1100)
         ));
+    }
+
+    #[test]
+    fn records_dropped_after_the_last_batch_are_marked_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut file = LogFile::open(&path).unwrap();
+        let shared = Shared::new(&path, AuditFail::Closed, None);
+        file.take(&mut b"{\"n\":1}\n".to_vec(), 0);
+        file.take(&mut Vec::new(), 2);
+        file.flush(&shared);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["n"], 1);
+        assert_eq!(lines[1]["kind"], "gap");
+        assert_eq!(lines[1]["lost"], 2);
     }
 }
