@@ -1,9 +1,24 @@
-//! Secret-looking argument keys, and redaction of them.
+//! What looks secret in tool-call arguments, and redaction of it.
 //!
-//! Used wherever arguments leave the gateway's memory: the audit log, the event stream and the
-//! console. A key is secret-looking when, with case, `_` and `-` ignored, it contains one of a
-//! fixed list of words (`apikey`, `token`, `secret`, `password`, ...).
+//! Used wherever arguments leave the gateway's memory: the audit log, the event stream (and so
+//! the console and `toolgate tail`). Two things look secret:
+//!
+//! - a **key** that, with case, `_` and `-` ignored, contains one of a fixed list of words
+//!   (`apikey`, `token`, `secret`, `password`, ...), or has `auth` or `pwd` as a whole word
+//!   (`basicAuth`, `db_pwd`; not `author`): its whole value is replaced;
+//! - a **string value** holding a well-known credential shape, whatever its key: a URL with a
+//!   password (`postgres://me:pw@db`), a bearer token, provider key formats (`sk-…`, `ghp_…`,
+//!   `github_pat_…`, `AKIA…`, `xox…`, ...), a JWT, a PEM block. Only the secret part of the
+//!   text is replaced, so `connect to postgres://[redacted]@db/app` still says where.
+//!
+//! This runs for every call, so the patterns are compiled once, and a string is only searched
+//! after a cheap test for the literal text every pattern starts with (most argument strings
+//! are short words, paths and numbers that hold none).
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::{Captures, Regex};
 use serde_json::Value;
 
 /// What a redacted value is replaced with.
@@ -28,6 +43,86 @@ const SECRET_FRAGMENTS: &[&str] = &[
     "accesskey",
 ];
 
+/// Words that mark a key as secret only when they are a whole word of it (`auth` is in
+/// `author`, `pwd` in nothing common, but both are short enough to appear by chance).
+const SECRET_WORDS: &[&str] = &["auth", "pwd"];
+
+/// Credential shapes with a recognisable literal start. Each alternative's secret part is the
+/// whole match, except where a `keep…` group names text to leave in place.
+static SECRET_TEXT: LazyLock<Regex> = LazyLock::new(|| {
+    let patterns = [
+        // A bearer token in a header value or a command line.
+        r"(?P<keep_bearer>\b(?:[Bb]earer|BEARER)\s+)[A-Za-z0-9._~+/-]{16,}=*",
+        // OpenAI, Anthropic (`sk-ant-`) and similar `sk-` keys.
+        r"\bsk-[A-Za-z0-9_-]{20,}",
+        // Stripe secret and restricted keys.
+        r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
+        // GitHub tokens: classic personal, OAuth, user-to-server, server-to-server, refresh;
+        // and fine-grained personal tokens.
+        r"\bgh[pousr]_[A-Za-z0-9]{30,}",
+        r"\bgithub_pat_[A-Za-z0-9_]{22,}",
+        // GitLab personal tokens.
+        r"\bglpat-[A-Za-z0-9_-]{20,}",
+        // AWS access key ids (long-lived and temporary).
+        r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+        // Google API keys.
+        r"\bAIza[A-Za-z0-9_-]{35}",
+        // Slack tokens (bot, user, app-level, refresh, ...).
+        r"\bxox[abeoprs]-[A-Za-z0-9-]{10,}",
+        r"\bxapp-[A-Za-z0-9-]{10,}",
+        // npm tokens.
+        r"\bnpm_[A-Za-z0-9]{36}",
+        // A JWT: a JSON header and payload (both start `{"`, `eyJ` in base64url), signature.
+        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+        // A PEM block, to its end or to the end of the text (a block cut short is still a key).
+        r"(?s)-----BEGIN [A-Z0-9 ]{1,40}-----.*?(?:-----END [A-Z0-9 ]{1,40}-----|\z)",
+    ];
+    Regex::new(&patterns.join("|")).unwrap_or_else(|e| unreachable_pattern(&e))
+});
+
+/// `scheme://user:password@` in a URL; the scheme stays, and the `@` is put back.
+static URL_PASSWORD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?P<keep_scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@:]*:[^\s/?#@]+@")
+        .unwrap_or_else(|e| unreachable_pattern(&e))
+});
+
+/// The patterns above are constants checked by the tests; a failure to compile them is a
+/// bug in this file, not a condition of the input.
+#[cold]
+fn unreachable_pattern(e: &regex::Error) -> Regex {
+    panic!("a redaction pattern does not compile: {e}")
+}
+
+/// The literal text each [`SECRET_TEXT`] alternative starts with (or contains, for bearer
+/// tokens), and `://` for [`URL_PASSWORD`]: a string holding none of these cannot match, and
+/// most argument strings hold none.
+const TRIGGERS: &[&str] = &[
+    "://",
+    "earer",
+    "EARER",
+    "sk-",
+    "k_live_",
+    "k_test_",
+    "gh",
+    "github_pat_",
+    "glpat-",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "xox",
+    "xapp-",
+    "npm_",
+    "eyJ",
+    "-----BEGIN ",
+];
+
+/// [`TRIGGERS`] as one search: literals only, so the regex crate scans for all of them at
+/// once (a multi-literal searcher), one pass over the text.
+static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
+    let literals: Vec<String> = TRIGGERS.iter().map(|t| regex::escape(t)).collect();
+    Regex::new(&literals.join("|")).unwrap_or_else(|e| unreachable_pattern(&e))
+});
+
 /// Whether an argument key names a secret.
 pub fn is_secret_key(key: &str) -> bool {
     let folded: String = key
@@ -36,10 +131,84 @@ pub fn is_secret_key(key: &str) -> bool {
         .flat_map(char::to_lowercase)
         .collect();
     SECRET_FRAGMENTS.iter().any(|f| folded.contains(f))
+        || (SECRET_WORDS.iter().any(|w| folded.contains(w))
+            && words(key).any(|w| SECRET_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s))))
+}
+
+/// The words of an identifier: split at anything not a letter or digit and at case changes
+/// (`basicAuth` → `basic`, `Auth`; `HTTPAuth` → `HTTP`, `Auth`; `db_pwd` → `db`, `pwd`).
+fn words(key: &str) -> impl Iterator<Item = &str> {
+    let chars: Vec<(usize, char)> = key.char_indices().collect();
+    let mut cuts = vec![0];
+    for i in 1..chars.len() {
+        let (at, c) = chars[i];
+        let prev = chars[i - 1].1;
+        let next_lower = chars.get(i + 1).is_some_and(|(_, n)| n.is_lowercase());
+        let boundary = !c.is_alphanumeric()
+            || !prev.is_alphanumeric()
+            || (c.is_uppercase() && (prev.is_lowercase() || prev.is_numeric()))
+            || (c.is_uppercase() && prev.is_uppercase() && next_lower);
+        if boundary {
+            cuts.push(at);
+        }
+    }
+    cuts.push(key.len());
+    cuts.windows(2)
+        .map(move |w| key[w[0]..w[1]].trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// `text` with every credential-shaped part replaced by [`REDACTED`]; borrowed when there is
+/// none.
+pub fn redact_text(text: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(text);
+    if !TRIGGER.is_match(text) {
+        return out;
+    }
+    if text.contains("://") && URL_PASSWORD.is_match(text) {
+        out = Cow::Owned(
+            URL_PASSWORD
+                .replace_all(text, |c: &Captures<'_>| {
+                    keep_then_redact(c, "keep_scheme", "@")
+                })
+                .into_owned(),
+        );
+    }
+    if SECRET_TEXT.is_match(&out) {
+        let replaced = SECRET_TEXT
+            .replace_all(&out, |c: &Captures<'_>| {
+                keep_then_redact(c, "keep_bearer", "")
+            })
+            .into_owned();
+        out = Cow::Owned(replaced);
+    }
+    out
+}
+
+/// The match's `keep` group (if any), [`REDACTED`], then `after`.
+fn keep_then_redact(captures: &Captures<'_>, keep: &str, after: &str) -> String {
+    let kept = captures.name(keep).map_or("", |m| m.as_str());
+    format!("{kept}{REDACTED}{after}")
+}
+
+/// Whether [`redact`] would change `value`: a secret-looking key whose value is not already
+/// [`REDACTED`], or a string holding a credential, at any depth. Lets readers of already
+/// redacted arguments (the console) skip the copy.
+pub fn needs_redaction(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| (is_secret_key(k) && v.as_str() != Some(REDACTED)) || needs_redaction(v)),
+        Value::Array(items) => items.iter().any(needs_redaction),
+        Value::String(text) => matches!(redact_text(text), Cow::Owned(_)),
+        _ => false,
+    }
 }
 
 /// A copy of `value` in which every object member with a secret-looking key, at any depth,
-/// has its value replaced by [`REDACTED`].
+/// has its value replaced by [`REDACTED`], and every credential in a string is replaced by it.
 pub fn redact(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
@@ -55,6 +224,7 @@ pub fn redact(value: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        Value::String(text) => Value::String(redact_text(text).into_owned()),
         other => other.clone(),
     }
 }
@@ -73,10 +243,36 @@ mod tests {
             "access_token",
             "Authorization",
             "password",
+            "pwd",
+            "DB_PWD",
+            "auth",
+            "basicAuth",
+            "HTTPAuth",
+            "x-auth",
+            "auth_header",
+            "proxy.auth",
         ] {
             assert!(is_secret_key(key), "{key}");
         }
-        for key in ["keyName", "amount", "owner", "name"] {
+    }
+
+    #[test]
+    fn keys_that_only_contain_auth_or_pwd_inside_a_word_are_not_secret() {
+        for key in [
+            "keyName",
+            "amount",
+            "owner",
+            "name",
+            "author",
+            "authors",
+            "Author",
+            "authorName",
+            "co_author",
+            "authority",
+            "oauthority",
+            "cwd",
+            "pwdx",
+        ] {
             assert!(!is_secret_key(key), "{key}");
         }
     }
@@ -88,5 +284,114 @@ mod tests {
             redact(&v),
             json!({"keyName": "staging", "apiKey": "[redacted]", "nested": [{"token": "[redacted]", "x": 1}]})
         );
+    }
+
+    /// Each credential shape, inside ordinary text, with what must remain of the text.
+    const CREDENTIALS: &[(&str, &str)] = &[
+        (
+            "postgres://app:hunter2@db.internal:5432/app",
+            "postgres://[redacted]@db.internal:5432/app",
+        ),
+        (
+            "clone https://me:ghp_x@github.com/o/r.git now",
+            "clone https://[redacted]@github.com/o/r.git now",
+        ),
+        (
+            "Authorization: Bearer abcdefghijklmnop0123456789.xyz",
+            "Authorization: Bearer [redacted]",
+        ),
+        (
+            "curl -H 'authorization: bearer 0123456789abcdef0123'",
+            "curl -H 'authorization: bearer [redacted]'",
+        ),
+        (
+            "key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx1234 here",
+            "key [redacted] here",
+        ),
+        ("sk-ant-api03-AAAAAAAAAAAAAAAAAAAAAAAAAAAA", "[redacted]"),
+        ("sk_live_51HabcdefGHIJKLMNOPqrst", "[redacted]"),
+        (
+            "token=ghp_0123456789abcdefghijABCDEFGHIJ012345",
+            "token=[redacted]",
+        ),
+        ("gho_0123456789abcdefghijABCDEFGHIJ012345", "[redacted]"),
+        (
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+            "[redacted]",
+        ),
+        ("glpat-abcdefghij0123456789", "[redacted]"),
+        ("aws AKIAIOSFODNN7EXAMPLE key", "aws [redacted] key"),
+        ("ASIAY34FZKBOKMUTVV7A", "[redacted]"),
+        ("AIzaSyA-0123456789abcdefghijklmnopqrstu", "[redacted]"),
+        ("xoxb-1234567890-0987654321-AbCdEfGhIjKl", "[redacted]"),
+        ("xapp-1-A0123456789-0123456789012-abcdef", "[redacted]"),
+        ("npm_abcdefghijklmnopqrstuvwxyz0123456789", "[redacted]"),
+        (
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk end",
+            "jwt [redacted] end",
+        ),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\nafter",
+            "[redacted]\nafter",
+        ),
+        (
+            "cut short: -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAA",
+            "cut short: [redacted]",
+        ),
+    ];
+
+    #[test]
+    fn credentials_in_values_are_redacted_whatever_the_key() {
+        for (text, expected) in CREDENTIALS {
+            assert_eq!(redact_text(text), *expected, "{text}");
+            let args = json!({"note": text, "list": [text]});
+            assert_eq!(
+                redact(&args),
+                json!({"note": expected, "list": [expected]}),
+                "{text}"
+            );
+            assert!(needs_redaction(&args), "{text}");
+        }
+    }
+
+    #[test]
+    fn ordinary_values_are_left_alone() {
+        for text in [
+            "",
+            "hello world",
+            "Europe/Helsinki",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "https://example.com/path?q=1#frag",
+            "https://user@example.com/",
+            "mailto:someone@example.com",
+            "see http://host:8080/x@y",
+            "the bearer of bad news",
+            "task-0123456789012345678901234",
+            "risk-management-and-compliance-2026",
+            "desk_live_0123456789abcdefgh",
+            "a sketch of ghosts",
+            "ghp_short",
+            "AKIA-not-a-key",
+            "eyJust.eyJoking.",
+            "-----BEGIN",
+            "d41d8cd98f00b204e9800998ecf8427e",
+            "/home/me/.ssh/id_ed25519",
+            "SELECT * FROM users WHERE author = 'me'",
+        ] {
+            assert_eq!(redact_text(text), text, "{text}");
+            assert!(!needs_redaction(&json!({"note": text})), "{text}");
+        }
+        let args = json!({"author": "Ada", "n": 3, "ok": true, "id": "550e8400-e29b-41d4-a716-446655440000"});
+        assert_eq!(redact(&args), args);
+        assert!(!needs_redaction(&args));
+    }
+
+    #[test]
+    fn already_redacted_arguments_need_nothing_more() {
+        let args =
+            json!({"apiKey": "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx1234", "url": "https://a:b@h/"});
+        let once = redact(&args);
+        assert!(!needs_redaction(&once), "{once}");
+        assert_eq!(redact(&once), once);
     }
 }

@@ -238,7 +238,7 @@ fn decisions_through_server_everything(mode: &str) {
     assert_eq!(first["tool"], "echo");
     assert_eq!(first["decision"], "allow");
     assert_eq!(first["arg_keys"], json!(["message"]));
-    assert_eq!(first["args_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(first["args_hmac"].as_str().unwrap().len(), 64);
     let verdicts: Vec<&str> = decisions
         .iter()
         .map(|d| d["decision"].as_str().unwrap())

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, HoldCaps};
 use crate::control::{ControlHandle, EventsOptions, Hub};
+use crate::gateway::audit::{AuditFail, AuditKey, AuditOptions};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
@@ -25,10 +26,22 @@ pub struct GatewayArgs {
     /// Audit log (JSON lines, mode 0600) [default: ~/.local/state/toolgate/audit.jsonl]
     #[arg(long, value_name = "PATH")]
     pub audit: Option<PathBuf>,
-    /// What the audit log keeps of the arguments: keys and a hash, or the values too
-    /// (secret-looking keys redacted).
+    /// What the audit log keeps of the arguments: keys and a keyed hash, or the values too
+    /// (whatever looks secret redacted).
     #[arg(long, value_enum, default_value = "keys")]
     pub audit_args: AuditArgs,
+    /// What tool calls get while the audit log cannot be written (disk full, permissions,
+    /// directory gone): `closed` denies them until it can be written again, `open` lets them
+    /// through while their records wait in memory. Either way the outage and the recovery
+    /// are logged and published (`audit` event), and recovery is automatic.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "closed")]
+    pub audit_fail: AuditFail,
+    /// The key of the arguments' HMAC in audit records: exactly 32 bytes, mode 0600 (make one
+    /// with `head -c 32 /dev/urandom > FILE && chmod 600 FILE`). Give gateways the same file
+    /// so their records compare
+    /// [default: ~/.local/state/toolgate/audit.key, made on first use]
+    #[arg(long, value_name = "FILE")]
+    pub audit_key: Option<PathBuf>,
     /// Seconds a server gets to exit after its stdin closes, and again after SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs_f64())]
     pub grace: f64,
@@ -103,7 +116,25 @@ impl GatewayArgs {
             Some(path) => path.clone(),
             None => AuditLog::default_path()?,
         };
-        let audit = Arc::new(AuditLog::open(&audit_path, self.audit_args)?);
+        let key = match &self.audit_key {
+            Some(path) => AuditKey::load(path)?,
+            None => AuditKey::load_or_create(&AuditKey::default_path()?)?,
+        };
+        let audit = {
+            let hub = hub.clone();
+            Arc::new(AuditLog::open(
+                &audit_path,
+                AuditOptions {
+                    args: self.audit_args,
+                    fail: self.audit_fail,
+                    key,
+                    health: Some(Arc::new(move |status| {
+                        hub.publish(EventKind::Audit(status.clone()));
+                    })),
+                },
+            )?)
+        };
+        reopen_audit_on_sighup(&audit)?;
         let control = if self.no_events {
             None
         } else {
@@ -126,9 +157,10 @@ impl GatewayArgs {
                 .context("cannot open the counter store (--counters)")?
         };
         tracing::info!(
-            "gateway {id}: policy {}, audit {}, counters {}",
+            "gateway {id}: policy {}, audit {} (key {}), counters {}",
             policy.path.display(),
             audit_path.display(),
+            audit.key().path().display(),
             self.counters.spec()?
         );
         Ok(Started {
@@ -150,6 +182,22 @@ impl Started {
         }
         self.audit.close();
     }
+}
+
+/// Reopens the audit log at its path on every SIGHUP (after rotation by a tool that expects
+/// it). The handler replaces SIGHUP's default action, which would end the gateway.
+fn reopen_audit_on_sighup(audit: &Arc<AuditLog>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let audit = Arc::downgrade(audit);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let Some(audit) = audit.upgrade() else { return };
+            tracing::info!("SIGHUP: reopening the audit log {}", audit.path().display());
+            audit.reopen();
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT: how a gateway is asked to stop.

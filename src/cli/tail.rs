@@ -219,7 +219,8 @@ pub fn human_line(event: &Event) -> Option<String> {
                 },
                 Verdict::Hold => "⏸ held".to_owned(),
             };
-            let mut args = call.args.to_string();
+            // Redacted again: the gateway should have done it, but tail does not rely on that.
+            let mut args = crate::redact::redact(&call.args).to_string();
             if args.chars().count() > ARGS_PREVIEW {
                 args = args.chars().take(ARGS_PREVIEW).collect::<String>() + "…";
             } else if call.args_truncated {
@@ -350,6 +351,21 @@ pub fn human_line(event: &Event) -> Option<String> {
             },
             terminal_text(&grants.detail)
         ),
+        EventKind::Audit(audit) => {
+            let mut line = format!(
+                "audit log {} {}",
+                terminal_text(&audit.path),
+                if audit.ok {
+                    "written again"
+                } else {
+                    "cannot be written"
+                }
+            );
+            if let Some(detail) = &audit.detail {
+                line += &format!(" · {}", terminal_text(detail));
+            }
+            line
+        }
         EventKind::Tools(tools) => format!(
             "tools from {} · {}",
             terminal_text(&tools.server),

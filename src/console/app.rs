@@ -736,6 +736,23 @@ fn ingest(state: &mut State, key: &str, event: Event) {
                 GrantsChange::Refused | GrantsChange::Deleted => state.complain(text),
             }
         }
+        EventKind::Audit(a) => {
+            let label = state.gateways[conn].label().to_owned();
+            let path = terminal_text(&a.path);
+            let detail = a
+                .detail
+                .map(|d| format!(": {}", terminal_text(&d)))
+                .unwrap_or_default();
+            if a.ok {
+                state.say(format!(
+                    "gateway {label}: audit log {path} written again{detail}"
+                ));
+            } else {
+                state.complain(format!(
+                    "gateway {label}: audit log {path} cannot be written{detail}"
+                ));
+            }
+        }
         EventKind::Tools(t) => {
             state.gateways[conn].set_tools(t.tools);
         }
@@ -1933,6 +1950,39 @@ mod tests {
         update(&mut s, alt_q, at(1));
         assert!(matches!(s.prompt, Prompt::None));
         assert!(s.quit, "Esc closed the filter line, then q quit");
+    }
+
+    #[test]
+    fn an_audit_log_outage_and_its_recovery_show_under_the_view() {
+        let mut s = state();
+        update(&mut s, ev(1, at(0), hello(Vec::new(), Vec::new())), at(0));
+        let status = |ok: bool, detail: &str| {
+            EventKind::Audit(crate::wire::AuditStatus {
+                path: "/s/audit.jsonl".into(),
+                ok,
+                detail: Some(detail.into()),
+            })
+        };
+        let down = status(false, "No space left on device; tool calls are denied");
+        update(&mut s, ev(2, at(1), down), at(1));
+        let message = s.message.as_ref().expect("a message");
+        assert!(message.error);
+        assert!(
+            message
+                .text
+                .contains("audit log /s/audit.jsonl cannot be written")
+                && message.text.contains("tool calls are denied"),
+            "{}",
+            message.text
+        );
+        update(
+            &mut s,
+            ev(3, at(2), status(true, "records are written again")),
+            at(2),
+        );
+        let message = s.message.as_ref().expect("a message");
+        assert!(!message.error);
+        assert!(message.text.contains("written again"), "{}", message.text);
     }
 
     #[test]

@@ -90,8 +90,8 @@ impl CallRow {
     pub fn new(conn: usize, ts: chrono::DateTime<chrono::Utc>, mut call: CallEvent) -> CallRow {
         let args = std::mem::take(&mut call.args);
         // Redacted again here: the gateway should have done it, but the console does not rely
-        // on that. Copying the tree only when a secret-looking key is present keeps ingest fast.
-        let text = if has_secret_key(&args) {
+        // on that. Copying the tree only when something is left to redact keeps ingest fast.
+        let text = if crate::redact::needs_redaction(&args) {
             serde_json::to_string(&crate::redact::redact(&args))
         } else {
             serde_json::to_string(&args)
@@ -111,19 +111,6 @@ impl CallRow {
     /// The arguments as a JSON tree (for the detail pane).
     pub fn args_value(&self) -> serde_json::Value {
         serde_json::from_str(&self.args).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-/// Whether any object in `v`, at any depth, has a secret-looking key with a value that is
-/// not already the redaction marker.
-fn has_secret_key(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::Object(map) => map.iter().any(|(k, v)| {
-            (crate::redact::is_secret_key(k) && v.as_str() != Some(crate::redact::REDACTED))
-                || has_secret_key(v)
-        }),
-        serde_json::Value::Array(items) => items.iter().any(has_secret_key),
-        _ => false,
     }
 }
 
@@ -341,6 +328,10 @@ mod tests {
         c.args = serde_json::json!({"name": "x", "token": "[redacted]"});
         let row = CallRow::new(0, chrono::Utc::now(), c);
         assert_eq!(&*row.args, r#"{"name":"x","token":"[redacted]"}"#);
+        let mut c = call("c");
+        c.args = serde_json::json!({"db": "postgres://app:hunter2@db/app"});
+        let row = CallRow::new(0, chrono::Utc::now(), c);
+        assert_eq!(&*row.args, r#"{"db":"postgres://[redacted]@db/app"}"#);
     }
 
     #[test]

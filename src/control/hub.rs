@@ -512,6 +512,7 @@ impl State {
             EventKind::Store(_)
             | EventKind::SessionRefused(_)
             | EventKind::Grants(_)
+            | EventKind::Audit(_)
             | EventKind::Hello(_)
             | EventKind::Missed(_)
             | EventKind::Reply(_) => {}

@@ -2,21 +2,24 @@
 //! can read (mode 0600).
 //!
 //! Argument values are not written by default: a record names the argument keys and carries
-//! a SHA-256 of the canonical argument JSON, so a call can be matched later without the log
-//! holding its data. `--audit-args full` adds the values with secret-looking keys redacted.
+//! an HMAC-SHA-256 of the canonical argument JSON under the installation's key ([`key`]), so a
+//! call can be matched later without the log holding its data, and without anyone who reads
+//! the log being able to recover small arguments by guessing. `--audit-args full` adds the
+//! values, with whatever looks secret redacted ([`crate::redact`]).
 //!
-//! Writing happens on a dedicated thread, so a slow disk never adds latency to a call: a
-//! record is appended to an in-memory buffer (no system call, no thread wake-up on the call's
-//! path) and the thread writes the buffer out every [`FLUSH_EVERY`], and at close.
+//! Writing happens on a dedicated thread ([`writer`]), so a slow disk never adds latency to a
+//! call: a record is appended to an in-memory buffer (no system call, no thread wake-up on the
+//! call's path) and the thread writes the buffer out every [`FLUSH_EVERY`], and at close. The
+//! same thread follows rotation and `SIGHUP`, and reports a log that cannot be written; while
+//! it cannot, [`AuditLog::refuses_calls`] tells the gateway to deny calls (`--audit-fail`).
 
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+pub mod key;
+pub mod writer;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -25,17 +28,40 @@ use sha2::{Digest, Sha256};
 
 use crate::policy::Verdict;
 
-/// How often queued records are written out.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
+pub use key::{AuditKey, KeyError};
+pub use writer::{FLUSH_EVERY, HealthSink};
+use writer::{LogFile, MAX_QUEUED, Shared};
 
 /// How much of the arguments the audit log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum AuditArgs {
-    /// Argument keys and a SHA-256 of the arguments; no values.
+    /// Argument keys and a keyed hash (HMAC) of the arguments; no values.
     #[default]
     Keys,
-    /// Keys, hash, and the values with secret-looking keys redacted.
+    /// Keys, hash, and the values with whatever looks secret redacted.
     Full,
+}
+
+/// What tool calls get while the audit log cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AuditFail {
+    /// Denied, with a reason saying the audit log cannot be written, until it can again.
+    #[default]
+    Closed,
+    /// Decided as usual, their records waiting in memory (up to 16 MiB) until the log can
+    /// be written; the outage is reported all the same.
+    Open,
+}
+
+/// How an audit log is kept.
+#[derive(Clone)]
+pub struct AuditOptions {
+    pub args: AuditArgs,
+    pub fail: AuditFail,
+    /// The key of the arguments' HMAC.
+    pub key: AuditKey,
+    /// Told when the log stops being writable and when it is again.
+    pub health: Option<HealthSink>,
 }
 
 /// Why the audit log could not be opened.
@@ -49,6 +75,8 @@ pub enum AuditError {
     },
     #[error("no state directory for the default audit log ({0}); pass --audit PATH")]
     NoStateDir(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// One line of the audit log.
@@ -71,8 +99,9 @@ pub struct AuditRecord<'a> {
     pub reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arg_keys: Option<Vec<&'a str>>,
+    /// HMAC-SHA-256 (hex) of the canonical arguments under the log's key.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub args_sha256: Option<String>,
+    pub args_hmac: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,11 +111,11 @@ pub struct AuditRecord<'a> {
 }
 
 /// An open audit log. Cheap to share behind an `Arc`.
-#[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
     args: AuditArgs,
-    queue: Arc<Queue>,
+    key: AuditKey,
+    shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The last record's grant, session and server, already written as JSON. They are the
     /// same for every record of a gateway, so they are escaped once, not twice per call.
@@ -150,8 +179,8 @@ fn write_record(
     if let Some(keys) = &record.arg_keys {
         member(out, "arg_keys", keys)?;
     }
-    if let Some(sha) = &record.args_sha256 {
-        member(out, "args_sha256", sha)?;
+    if let Some(hmac) = &record.args_hmac {
+        member(out, "args_hmac", hmac)?;
     }
     if let Some(args) = &record.args {
         member(out, "args", args)?;
@@ -178,53 +207,37 @@ fn member<T: Serialize + ?Sized>(
     serde_json::to_writer(out, value)
 }
 
-/// Records waiting for the writer thread.
-#[derive(Debug, Default)]
-struct Queue {
-    buffer: Mutex<Vec<u8>>,
-    closed: AtomicBool,
-    /// Wakes the writer at close, so closing does not wait for the next tick.
-    wake: Condvar,
-}
-
-impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
-        self.buffer.lock().unwrap_or_else(|p| p.into_inner())
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("args", &self.args)
+            .field("key", &self.key)
+            .field("refusing", &self.shared.refusing())
+            .finish_non_exhaustive()
     }
 }
 
 impl AuditLog {
     /// Opens (creating with mode 0600, appending) the log at `path`, creating its directory
-    /// (mode 0700) if needed.
-    pub fn open(path: &Path, args: AuditArgs) -> Result<AuditLog, AuditError> {
+    /// (mode 0700) if needed; an existing file others can read is made 0600, with a warning.
+    pub fn open(path: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
         let open_err = |source| AuditError::Open {
             path: path.display().to_string(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(open_err)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(open_err)?;
-        let queue = Arc::new(Queue::default());
-        let shown = path.display().to_string();
-        let thread_queue = queue.clone();
+        let file = LogFile::open(path).map_err(open_err)?;
+        let shared = Arc::new(Shared::new(path, options.fail, options.health));
+        let thread_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("toolgate-audit".into())
-            .spawn(move || write_lines(BufWriter::new(file), &thread_queue, &shown))
+            .spawn(move || writer::run(file, &thread_shared))
             .map_err(open_err)?;
         Ok(AuditLog {
             path: path.to_owned(),
-            args,
-            queue,
+            args: options.args,
+            key: options.key,
+            shared,
             writer: Mutex::new(Some(writer)),
             context: Mutex::new(Context::default()),
         })
@@ -250,27 +263,70 @@ impl AuditLog {
         self.args
     }
 
+    pub fn key(&self) -> &AuditKey {
+        &self.key
+    }
+
     /// Queues one record. Never blocks on the disk.
     pub fn record(&self, record: &AuditRecord<'_>) {
-        if self.queue.closed.load(Ordering::Acquire) {
+        if self.shared.closed.load(Ordering::Acquire) {
             return;
         }
         let mut context = self.context.lock().unwrap_or_else(|p| p.into_inner());
-        let mut buffer = self.queue.lock();
-        let before = buffer.len();
-        match write_record(&mut buffer, record, &mut context) {
-            Ok(()) => buffer.push(b'\n'),
+        let mut queue = self.shared.lock_queue();
+        if queue.buffer.len() >= MAX_QUEUED {
+            queue.dropped += 1;
+            drop(queue);
+            self.shared.failed(format!(
+                "records are not being written ({} MiB wait in memory; the disk does not answer)",
+                MAX_QUEUED >> 20
+            ));
+            return;
+        }
+        let before = queue.buffer.len();
+        match write_record(&mut queue.buffer, record, &mut context) {
+            Ok(()) => queue.buffer.push(b'\n'),
             Err(e) => {
-                buffer.truncate(before);
+                queue.buffer.truncate(before);
                 tracing::error!("audit record not serialisable: {e}");
+                return;
             }
         }
+        // The record's own time is the clock: no second clock read on the call path.
+        let stalled = Shared::stalled(&queue, record.ts);
+        queue.oldest.get_or_insert(record.ts);
+        drop(queue);
+        if stalled && !self.shared.refusing() {
+            self.shared.failed(format!(
+                "no record has been written for over {} s (the disk does not answer)",
+                writer::STALL_AFTER.num_seconds()
+            ));
+        }
+    }
+
+    /// Whether tool calls must be denied now: the log cannot be written and `--audit-fail`
+    /// is `closed`. One atomic load.
+    pub fn refuses_calls(&self) -> bool {
+        self.shared.refusing()
+    }
+
+    /// Why calls are refused, for the refusal (what an agent and an operator read).
+    pub fn refusal_reason(&self) -> String {
+        let problem = self
+            .shared
+            .problem()
+            .unwrap_or_else(|| "it failed".to_owned());
+        format!("the audit log cannot be written ({problem}); calls are denied until it can be")
+    }
+
+    /// Reopens the file at the log's path at the writer's next beat (`SIGHUP`).
+    pub fn reopen(&self) {
+        self.shared.request_reopen();
     }
 
     /// Writes everything queued and stops the writer. Later records are dropped.
     pub fn close(&self) {
-        self.queue.closed.store(true, Ordering::Release);
-        self.queue.wake.notify_all();
+        self.shared.close();
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(writer) = writer {
             let _ = writer.join();
@@ -284,7 +340,7 @@ impl AuditLog {
                 Value::Object(map) => map.keys().map(String::as_str).collect(),
                 _ => Vec::new(),
             },
-            sha256: args_sha256(args),
+            hmac: self.key.args_hmac(args),
             values: (self.args == AuditArgs::Full).then(|| crate::redact::redact(args)),
         }
     }
@@ -300,59 +356,29 @@ impl Drop for AuditLog {
 #[derive(Debug)]
 pub struct ArgsDigest<'v> {
     pub keys: Vec<&'v str>,
-    pub sha256: String,
+    /// See [`AuditRecord::args_hmac`].
+    pub hmac: String,
     pub values: Option<Value>,
 }
 
-fn write_lines(mut out: BufWriter<std::fs::File>, queue: &Queue, path: &str) {
-    let mut failed = false;
-    let mut batch = Vec::new();
-    loop {
-        let closed = {
-            let buffer = queue.lock();
-            let (mut buffer, _) = queue
-                .wake
-                .wait_timeout_while(buffer, FLUSH_EVERY, |_| {
-                    !queue.closed.load(Ordering::Acquire)
-                })
-                .unwrap_or_else(|p| p.into_inner());
-            std::mem::swap(&mut *buffer, &mut batch);
-            queue.closed.load(Ordering::Acquire)
-        };
-        if !batch.is_empty() {
-            let result = out.write_all(&batch).and_then(|()| out.flush());
-            batch.clear();
-            if let Err(e) = result {
-                if !failed {
-                    tracing::error!("cannot write audit log {path}: {e}");
-                }
-                failed = true;
-            }
-        }
-        if closed {
-            // Records queued between the swap and `closed` being seen are written too.
-            let rest = std::mem::take(&mut *queue.lock());
-            let _ = out.write_all(&rest).and_then(|()| out.flush());
-            return;
-        }
-    }
-}
-
 /// SHA-256 (hex) of the canonical JSON of `args`: object keys sorted, no whitespace.
+///
+/// Unkeyed, so not for the audit log (see [`AuditKey::args_hmac`]): the gateway uses it to
+/// recognise the retry of a call in memory, where no one can read it.
 ///
 /// The canonical text is streamed into the hash rather than built first: this runs once per
 /// decided call, and the intermediate string and its per-key allocations were a measurable
 /// share of the gateway's per-call work.
 pub fn args_sha256(args: &Value) -> String {
-    let mut hasher = HashWriter(Sha256::new());
+    let mut hasher = Sha256::new();
     canonical(args, &mut hasher);
-    hex_lower(&hasher.0.finalize())
+    hex_lower(&hasher.finalize())
 }
 
-/// Feeds JSON text straight into the hash.
-struct HashWriter(Sha256);
+/// Feeds JSON text straight into a hash or MAC.
+struct HashWriter<'h, H>(&'h mut H);
 
-impl std::io::Write for HashWriter {
+impl<H: sha2::digest::Update> std::io::Write for HashWriter<'_, H> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.update(buf);
         Ok(buf.len())
@@ -363,41 +389,42 @@ impl std::io::Write for HashWriter {
     }
 }
 
-fn canonical(value: &Value, out: &mut HashWriter) {
+/// Streams the canonical JSON of `value` (object keys sorted, no whitespace) into `out`.
+fn canonical<H: sha2::digest::Update>(value: &Value, out: &mut H) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.0.update(b"{");
+            out.update(b"{");
             for (i, key) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.0.update(b",");
+                    out.update(b",");
                 }
                 // The same escaping as `Value::String(key).to_string()`.
                 json_text(key.as_str(), out);
-                out.0.update(b":");
+                out.update(b":");
                 canonical(&map[key], out);
             }
-            out.0.update(b"}");
+            out.update(b"}");
         }
         Value::Array(items) => {
-            out.0.update(b"[");
+            out.update(b"[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.0.update(b",");
+                    out.update(b",");
                 }
                 canonical(item, out);
             }
-            out.0.update(b"]");
+            out.update(b"]");
         }
         scalar => json_text(scalar, out),
     }
 }
 
 /// Compact JSON of a string or scalar, as `Value`'s `Display` writes it.
-fn json_text<T: Serialize + ?Sized>(value: &T, out: &mut HashWriter) {
+fn json_text<T: Serialize + ?Sized, H: sha2::digest::Update>(value: &T, out: &mut H) {
     // Writing into a hash cannot fail, and strings and scalars always serialise.
-    let _ = serde_json::to_writer(out, value);
+    let _ = serde_json::to_writer(HashWriter(out), value);
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
@@ -596,7 +623,7 @@ mod tests {
             rule: Some("/tools/x"),
             reason: Some("limit \u{1} reached"),
             arg_keys: Some(keys.clone()),
-            args_sha256: Some("ab".repeat(32)),
+            args_hmac: Some("ab".repeat(32)),
             args: Some(json!({"a": [1, null, {"b": "c"}]})),
             latency_us: Some(123),
             error: Some(true),
@@ -607,7 +634,7 @@ mod tests {
             rule: None,
             reason: None,
             arg_keys: None,
-            args_sha256: None,
+            args_hmac: None,
             args: None,
             latency_us: None,
             error: None,
@@ -628,30 +655,76 @@ mod tests {
         }
     }
 
+    fn options(args: AuditArgs) -> AuditOptions {
+        AuditOptions {
+            args,
+            fail: AuditFail::Closed,
+            key: AuditKey::fixed([9; key::KEY_LEN]),
+            health: None,
+        }
+    }
+
+    /// An options' health sink that keeps every status it is told.
+    fn watched(args: AuditArgs) -> (AuditOptions, Arc<Mutex<Vec<crate::wire::AuditStatus>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let options = AuditOptions {
+            health: Some(Arc::new(move |s: &crate::wire::AuditStatus| {
+                sink.lock().unwrap().push(s.clone());
+            })),
+            ..options(args)
+        };
+        (options, seen)
+    }
+
+    fn decision<'a>(call_id: &'a str, digest: &'a ArgsDigest<'a>) -> AuditRecord<'a> {
+        AuditRecord {
+            ts: Utc::now(),
+            kind: "decision",
+            call_id,
+            grant: "default",
+            session: "s",
+            server: "srv",
+            tool: "create_api_key",
+            decision: Some(Verdict::Allow),
+            rule: Some("/tools/create_api_key"),
+            reason: None,
+            arg_keys: Some(digest.keys.clone()),
+            args_hmac: Some(digest.hmac.clone()),
+            args: digest.values.clone(),
+            latency_us: None,
+            error: None,
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Polls `check` until it holds; fails saying `what` was waited for.
+    fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "waited for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn log_file_is_private_and_holds_one_line_per_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/audit.jsonl");
-        let log = AuditLog::open(&path, AuditArgs::Full).unwrap();
+        let log = AuditLog::open(&path, options(AuditArgs::Full)).unwrap();
         let args = json!({"keyName": "staging", "apiKey": "sk-secret"});
         let digest = log.describe_args(&args);
         for kind in ["decision", "outcome"] {
             log.record(&AuditRecord {
-                ts: Utc::now(),
                 kind,
-                call_id: "g-1",
-                grant: "default",
-                session: "s",
-                server: "srv",
-                tool: "create_api_key",
-                decision: Some(Verdict::Allow),
-                rule: Some("/tools/create_api_key"),
-                reason: None,
-                arg_keys: Some(digest.keys.clone()),
-                args_sha256: Some(digest.sha256.clone()),
-                args: digest.values.clone(),
-                latency_us: None,
-                error: None,
+                ..decision("g-1", &digest)
             });
         }
         log.close();
@@ -659,12 +732,154 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("sk-secret"));
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = lines(&path);
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["args"]["apiKey"], crate::redact::REDACTED);
         assert_eq!(lines[0]["arg_keys"], json!(["keyName", "apiKey"]));
+        assert_eq!(
+            lines[0]["args_hmac"],
+            AuditKey::fixed([9; key::KEY_LEN]).args_hmac(&args)
+        );
+        assert!(lines[0].get("args_sha256").is_none());
+    }
+
+    #[test]
+    fn an_existing_log_others_can_read_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, "{\"kind\":\"earlier\"}\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let log = AuditLog::open(&path, options(AuditArgs::Keys)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        log.close();
+        assert_eq!(lines(&path), vec![json!({"kind": "earlier"})]);
+    }
+
+    #[test]
+    fn after_a_rename_the_next_record_goes_to_a_new_file_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotated = dir.path().join("audit.jsonl.1");
+        let log = AuditLog::open(&path, options(AuditArgs::Keys)).unwrap();
+        let args = json!({});
+        let digest = log.describe_args(&args);
+        log.record(&decision("before", &digest));
+        wait_until("the first record on disk", || lines(&path).len() == 1);
+        std::fs::rename(&path, &rotated).unwrap();
+        log.record(&decision("after", &digest));
+        log.close();
+        assert_eq!(lines(&rotated).len(), 1);
+        assert_eq!(lines(&rotated)[0]["call_id"], "before");
+        let fresh = lines(&path);
+        assert_eq!(fresh.len(), 1, "{fresh:?}");
+        assert_eq!(fresh[0]["call_id"], "after");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn reopen_makes_a_new_file_at_once_and_tightens_a_loosened_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, options(AuditArgs::Keys)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        log.reopen();
+        wait_until("the mode made 0600 again", || {
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777 == 0o600
+        });
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        log.reopen();
+        // No record was written: the reopen alone makes the file.
+        wait_until("a new file at the path", || path.exists());
+        log.close();
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_refuses_calls_until_it_can_keeping_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let path = logs.join("audit.jsonl");
+        let (options, seen) = watched(AuditArgs::Keys);
+        let log = AuditLog::open(&path, options).unwrap();
+        let args = json!({"n": 1});
+        let digest = log.describe_args(&args);
+        log.record(&decision("r1", &digest));
+        wait_until("the first record on disk", || lines(&path).len() == 1);
+        assert!(!log.refuses_calls());
+
+        // The log's directory replaced by a file: the path can be neither opened nor made.
+        std::fs::rename(&logs, dir.path().join("logs.old")).unwrap();
+        std::fs::write(&logs, "not a directory").unwrap();
+        log.record(&decision("r2", &digest));
+        wait_until("calls refused", || log.refuses_calls());
+        let reason = log.refusal_reason();
+        assert!(
+            reason.contains("the audit log cannot be written"),
+            "{reason}"
+        );
+        assert!(reason.contains("cannot open"), "{reason}");
+        log.record(&decision("r3", &digest));
+
+        std::fs::remove_file(&logs).unwrap();
+        wait_until("calls admitted again", || !log.refuses_calls());
+        log.close();
+        let ids: Vec<Value> = lines(&path)
+            .into_iter()
+            .map(|l| l["call_id"].clone())
+            .collect();
+        assert_eq!(ids, vec![json!("r2"), json!("r3")]);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(!seen[0].ok);
+        assert!(
+            seen[0].detail.as_deref().unwrap_or("").contains("denied"),
+            "{seen:?}"
+        );
+        assert!(seen[1].ok);
+    }
+
+    #[test]
+    fn with_audit_fail_open_a_failing_log_is_reported_but_calls_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let path = logs.join("audit.jsonl");
+        let (options, seen) = watched(AuditArgs::Keys);
+        let log = AuditLog::open(
+            &path,
+            AuditOptions {
+                fail: AuditFail::Open,
+                ..options
+            },
+        )
+        .unwrap();
+        let args = json!({});
+        let digest = log.describe_args(&args);
+        std::fs::rename(&logs, dir.path().join("logs.old")).unwrap();
+        std::fs::write(&logs, "not a directory").unwrap();
+        log.record(&decision("r1", &digest));
+        wait_until("the outage reported", || !seen.lock().unwrap().is_empty());
+        assert!(!log.refuses_calls());
+        log.close();
+    }
+
+    #[test]
+    fn a_write_error_is_seen_at_once() {
+        // /dev/full answers every write with ENOSPC.
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        let log = AuditLog::open(full, options(AuditArgs::Keys)).unwrap();
+        let args = json!({});
+        let digest = log.describe_args(&args);
+        log.record(&decision("r1", &digest));
+        wait_until("calls refused", || log.refuses_calls());
+        assert!(
+            log.refusal_reason().contains("No space left"),
+            "{}",
+            log.refusal_reason()
+        );
+        log.close();
     }
 }

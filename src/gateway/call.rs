@@ -41,17 +41,20 @@ impl Gateway {
     /// owns the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
     /// gateway all decide through this.
     pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
-        let policy = self.policy.load();
-        let mut decision = policy.decide(
-            &Call {
-                tool,
-                args,
-                grant: &self.grant,
-                session,
-            },
-            self.store.as_ref(),
-            self.clock.now_ms(),
-        );
+        let mut decision = match &self.audit {
+            // A call that could not be audited is not made (`--audit-fail closed`).
+            Some(audit) if audit.refuses_calls() => audit_refusal(tool, audit.refusal_reason()),
+            _ => self.policy.load().decide(
+                &Call {
+                    tool,
+                    args,
+                    grant: &self.grant,
+                    session,
+                },
+                self.store.as_ref(),
+                self.clock.now_ms(),
+            ),
+        };
         let call_id = self.hub.next_call_id();
         if decision.verdict == Verdict::Hold {
             self.reserve_hold(&call_id, &mut decision);
@@ -93,7 +96,7 @@ impl Gateway {
                 rule: Some(&decision.rule),
                 reason: Some(&decision.reason),
                 arg_keys: Some(digest.keys),
-                args_sha256: Some(digest.sha256),
+                args_hmac: Some(digest.hmac),
                 args: digest.values,
                 latency_us: None,
                 error: None,
@@ -173,7 +176,7 @@ impl Gateway {
                 rule: None,
                 reason: None,
                 arg_keys: None,
-                args_sha256: None,
+                args_hmac: None,
                 args: None,
                 latency_us: Some(latency_us),
                 error: Some(error),
@@ -258,6 +261,20 @@ impl Gateway {
             offered,
             filtered: changed.then_some(Value::Object(result)),
         })
+    }
+}
+
+/// The denial of a call made while the audit log cannot be written; it takes no units.
+fn audit_refusal(tool: &str, reason: String) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        rule: "--audit-fail closed".to_owned(),
+        reason,
+        retry_after_ms: None,
+        hidden: false,
+        approval_timeout_ms: None,
+        reservation: Reservation::default(),
+        tool: tool.to_owned(),
     }
 }
 

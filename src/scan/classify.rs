@@ -823,6 +823,8 @@ mod tests {
         assert_eq!(
             c.secret_fields,
             [
+                // `auth` is a secret word of its own (crate::redact), so the object counts too.
+                "input.auth",
                 "input.auth.apiKey",
                 "input.items.private_key",
                 "output.result.access_token",

@@ -60,6 +60,8 @@ pub enum EventKind {
     /// `serve`'s grants file changed: applied, refused (the grants in force stay), or
     /// deleted (every token revoked).
     Grants(GrantsChanged),
+    /// The audit log stopped being writable, or is written again.
+    Audit(AuditStatus),
     /// This client fell behind and events were dropped for it; a fresh `hello` follows.
     Missed(Missed),
     /// The answer to a [`ClientMsg`].
@@ -302,6 +304,18 @@ pub struct GrantsChanged {
     pub grants: u64,
     /// For a person: what changed, or why the file was refused and what to do.
     pub detail: String,
+}
+
+/// The health of the audit log (`--audit`), sent when it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// The audit log's path.
+    pub path: String,
+    pub ok: bool,
+    /// What went wrong and what tool calls get meanwhile (`--audit-fail`); on recovery, what
+    /// was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
