@@ -30,9 +30,10 @@ pub fn hash_bytes(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Reads the policy file as text.
+/// Reads the policy file as text, as the gateways read it (a regular file only, never
+/// blocking, size-capped): a FIFO given as `--policy` cannot freeze the console.
 pub fn read(path: &Path) -> std::io::Result<String> {
-    fs::read_to_string(path)
+    crate::policy::read_source(path)
 }
 
 /// Writes `text` to `path` atomically, if the file's hash is still `expected_hash` (or
