@@ -66,7 +66,9 @@ fn newer(seq: u64, kind: &str) -> String {
 /// A gateway that accepts connections one after another and sends each the next list of
 /// text frames, then keeps the connection open until the test ends.
 async fn fake_gateway(mut scripts: Vec<Vec<String>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     scripts.reverse();
     tokio::spawn(async move {
@@ -179,7 +181,10 @@ async fn a_frame_that_is_not_an_event_or_a_known_event_that_does_not_read_ends_t
         },
         tx,
     );
-    for what in ["a frame that is not JSON", "a grants event that does not read"] {
+    for what in [
+        "a frame that is not JSON",
+        "a grants event that does not read",
+    ] {
         let ev = next(&mut rx, "the hello").await;
         assert!(
             matches!(&ev, AppEvent::Net { event, .. } if matches!(event.kind, EventKind::Hello(_))),

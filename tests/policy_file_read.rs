@@ -45,7 +45,7 @@ fn fifo(dir: &Path) -> String {
 }
 
 #[test]
-fn check_explain_and_wrap_refuse_a_fifo_as_the_policy_without_waiting_on_it() {
+fn check_explain_wrap_and_serve_refuse_a_fifo_as_the_policy_without_waiting_on_it() {
     let dir = tempfile::tempdir().unwrap();
     let policy = fifo(dir.path());
     let runtime = dir.path();
@@ -70,6 +70,37 @@ fn check_explain_and_wrap_refuse_a_fifo_as_the_policy_without_waiting_on_it() {
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("cannot load the policy"), "{out}");
     assert!(out.contains("not a regular file (a FIFO)"), "{out}");
+
+    // `serve` reads its servers and grants first: give it good ones, so that the policy is
+    // what it refuses.
+    let servers = dir.path().join("servers.json");
+    std::fs::write(&servers, r#"{"mcpServers": {"t": {"command": "cat"}}}"#).unwrap();
+    let grants = dir.path().join("grants.json");
+    let grants = grants.display().to_string();
+    let (code, out) = toolgate(&["grants", "add", "ci", "--file", &grants], runtime);
+    assert_eq!(code, Some(0), "{out}");
+    let servers = servers.display().to_string();
+    let (code, out) = toolgate(
+        &[
+            "serve",
+            "--policy",
+            &policy,
+            "--servers",
+            &servers,
+            "--grants",
+            &grants,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        runtime,
+    );
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "cannot load the policy {policy}: cannot read {policy}: not a regular file (a FIFO)"
+        )),
+        "{out}"
+    );
 }
 
 #[test]

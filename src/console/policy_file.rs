@@ -174,11 +174,16 @@ mod tests {
     }
 
     #[test]
-    fn a_fifo_or_a_loop_of_links_in_the_policys_place_is_an_error_not_a_stall_or_a_rename() {
+    fn a_fifo_or_a_loop_of_links_in_the_policys_place_is_an_error_not_a_stall_a_read_or_a_rename() {
         use std::os::unix::fs::symlink;
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("policy.json");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read(&fifo).unwrap_err();
+        assert!(
+            err.to_string().contains("not a regular file (a FIFO)"),
+            "{err}"
+        );
         let err = write_atomic(&fifo, "new", "", true).unwrap_err();
         assert!(
             err.to_string().contains("not a regular file (a FIFO)"),
