@@ -1,5 +1,5 @@
 //! Every command reads a policy file the way a reload does: a regular file only, opened
-//! without blocking, at most 16 MiB. Run as the built binary, each with a deadline: a FIFO
+//! without blocking, at most 16 MiB; `serve` reads its servers and grants files so too. Run as the built binary, each with a deadline: a FIFO
 //! given as the policy must be refused at once, never waited on.
 
 use std::path::Path;
@@ -143,4 +143,46 @@ fn a_directory_or_a_device_as_the_policy_is_named_for_what_it_is() {
         out.contains("/dev/zero: not a regular file (a device)"),
         "{out}"
     );
+}
+
+#[test]
+fn serve_refuses_a_fifo_as_its_servers_or_grants_file_without_waiting_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"version": "1", "default": "deny"}"#).unwrap();
+    let policy = policy.display().to_string();
+    let servers = dir.path().join("servers.json");
+    std::fs::write(&servers, r#"{"mcpServers": {"t": {"command": "cat"}}}"#).unwrap();
+    let servers = servers.display().to_string();
+    let grants = dir.path().join("grants.json").display().to_string();
+    let (code, out) = toolgate(&["grants", "add", "ci", "--file", &grants], runtime);
+    assert_eq!(code, Some(0), "{out}");
+    let fifo_dir = dir.path().join("fifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    let fifo = fifo(&fifo_dir);
+    for (servers, grants, which) in [
+        (fifo.as_str(), grants.as_str(), "--servers"),
+        (servers.as_str(), fifo.as_str(), "--grants"),
+    ] {
+        let (code, out) = toolgate(
+            &[
+                "serve",
+                "--policy",
+                &policy,
+                "--servers",
+                servers,
+                "--grants",
+                grants,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            runtime,
+        );
+        assert_ne!(code, Some(0), "{which}: {out}");
+        assert!(
+            out.contains(&format!("{fifo}: not a regular file (a FIFO)")),
+            "{which}: {out}"
+        );
+    }
 }

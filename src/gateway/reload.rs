@@ -237,12 +237,15 @@ pub(crate) fn gone_link(path: &Path) -> Option<PathBuf> {
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Reads a configuration file of at most [`MAX_CONFIG_BYTES`]; `Ok(None)` when it is larger.
+/// Read as the policy is ([`read_watched_file`]): a FIFO given as `--servers` or `--grants`
+/// is an error at once, not a start that never ends.
 pub fn read_config_file(path: &Path) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
-    Ok((text.len() as u64 <= MAX_CONFIG_BYTES).then_some(text))
+    let Some(bytes) = read_watched_file(path, MAX_CONFIG_BYTES)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 #[cfg(test)]
