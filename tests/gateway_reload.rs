@@ -422,3 +422,39 @@ fn a_policy_in_a_symlinked_directory_follows_the_directory_link() {
     write_in_place(&root.join("backup/toolgate/policy.json"), &version("b2"));
     wrap.wait_for("b2", "an in-place write in the new directory");
 }
+
+#[test]
+fn a_console_write_through_a_symlinked_policy_keeps_the_link_and_the_gateway_applies_it() {
+    use toolgate::console::policy_file::{hash_bytes, write_atomic};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    mkdirs(root, &["config", "dotfiles"]);
+    let target = root.join("dotfiles/policy.json");
+    std::fs::write(&target, version("v1")).unwrap();
+    let link = root.join("config/policy.json");
+    symlink("../dotfiles/policy.json", &link).unwrap();
+    let mut wrap = Wrap::start(&link, root);
+    wrap.wait_for("v1", "start");
+
+    // What the console's `:w` does, given the path the gateway was started with.
+    write_atomic(
+        &link,
+        &version("v2"),
+        &hash_bytes(version("v1").as_bytes()),
+        false,
+    )
+    .expect("the console's write");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the policy path is still a link"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("../dotfiles/policy.json")
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), version("v2"));
+    wrap.wait_for("v2", "the console wrote through the link");
+}

@@ -150,7 +150,7 @@ async fn follow(id: String, mut conn: control::Connection, tx: mpsc::Sender<Note
                     return;
                 }
             }
-            Some(Err(ClientError::Decode(e))) => {
+            Some(Err(e @ (ClientError::Decode(_) | ClientError::UnknownEvent(_)))) => {
                 // One message this version does not understand is not the end of the stream.
                 eprintln!(
                     "toolgate tail: skipped a message: {}",

@@ -6,17 +6,19 @@
 //! connection task connects, forwards every event as [`AppEvent::Net`], reports its state as
 //! [`AppEvent::Link`], and on failure retries with exponential backoff (with jitter, capped);
 //! every (re)connection starts with the gateway's `hello`, whose snapshot the console resumes
-//! from. Commands ([`Outgoing`]) are routed to the connection of the gateway named; one that
+//! from. An event of a type this version does not know (a newer gateway's) is skipped and
+//! logged once per type; a message that is not an event, or a known event that does not
+//! read, ends the connection as before. Commands ([`Outgoing`]) are routed to the connection of the gateway named; one that
 //! cannot be sent comes back as [`AppEvent::SendFailed`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::app::{AppEvent, Link};
-use crate::control::client;
+use crate::control::client::{self, ClientError};
 use crate::control::discovery;
 use crate::wire::ClientMsg;
 
@@ -39,6 +41,9 @@ pub enum Targets {
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// How many unknown event types are remembered (to log each once); a gateway inventing a new
+/// type per message costs a bounded set, and its types beyond this go unlogged.
+const MAX_SKIPPED_KINDS: usize = 64;
 
 /// Starts following `targets`; events go to `events`. Returns where to send commands.
 /// Everything stops when `events`' receiver is dropped.
@@ -190,6 +195,8 @@ async fn connection(
         link,
     };
     let mut backoff = FIRST_BACKOFF;
+    // Event types skipped so far, each logged once for as long as the gateway is followed.
+    let mut skipped: HashSet<String> = HashSet::new();
     loop {
         if events
             .send(link(Link::Connecting { url: url.clone() }))
@@ -216,6 +223,16 @@ async fn connection(
                                 let ev = AppEvent::Net { gateway: key.clone(), event };
                                 if events.send(ev).await.is_err() {
                                     return;
+                                }
+                            }
+                            Some(Err(ClientError::UnknownEvent(kind))) => {
+                                if skipped.len() < MAX_SKIPPED_KINDS && skipped.insert(kind.clone()) {
+                                    tracing::warn!(
+                                        gateway = %key,
+                                        "skipping events of type {kind:?}, which this console \
+                                         does not know (the gateway is newer); upgrade the console \
+                                         to see them"
+                                    );
                                 }
                             }
                             Some(Err(e)) => break e.to_string(),

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::wire::{ClientMsg, Event, EventKind, PROTOCOL_VERSION, Reply};
+use crate::wire::{ClientMsg, DecodeError, Event, EventKind, PROTOCOL_VERSION, Reply};
 
 /// Largest message accepted from a gateway (a `hello` carries up to 2,000 recent calls).
 pub const MAX_GATEWAY_MESSAGE: usize = 64 * 1024 * 1024;
@@ -46,6 +46,11 @@ pub enum ClientError {
     Websocket(#[from] Box<tungstenite::Error>),
     #[error("the gateway sent a message this toolgate does not understand: {0}")]
     Decode(#[from] serde_json::Error),
+    /// An event of a type a newer gateway sends and this version does not know: skip it.
+    #[error(
+        "the gateway sent an event of type {0:?}, which this toolgate does not know (the gateway is newer); skipped"
+    )]
+    UnknownEvent(String),
 }
 
 impl From<tungstenite::Error> for ClientError {
@@ -134,9 +139,10 @@ where
 {
     loop {
         return match stream.next().await? {
-            Ok(Message::Text(text)) => {
-                Some(serde_json::from_str(text.as_str()).map_err(Into::into))
-            }
+            Ok(Message::Text(text)) => Some(Event::decode(text.as_str()).map_err(|e| match e {
+                DecodeError::UnknownType(kind) => ClientError::UnknownEvent(kind),
+                DecodeError::Invalid(e) => ClientError::Decode(e),
+            })),
             Ok(Message::Close(_)) => None,
             // Pings are answered by tungstenite; nothing else is meaningful from a gateway.
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_) | Message::Frame(_)) => {
@@ -183,7 +189,7 @@ impl Connection {
                     kind: EventKind::Reply(reply),
                     ..
                 })) if reply.id == id => return Ok(reply),
-                Some(Ok(_)) => {}
+                Some(Ok(_) | Err(ClientError::UnknownEvent(_))) => {}
                 Some(Err(e)) => return Err(e),
                 None => return Err(ClientError::Closed),
             }

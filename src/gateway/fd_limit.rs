@@ -7,8 +7,18 @@
 //! log runs out long before the machine does. Any process may raise its soft limit up to
 //! its hard limit, so every gateway command does that first (`wrap` and `serve` call
 //! [`raise`]).
+//!
+//! The raised limit is the gateway's alone: a server it spawns gets the limit the gateway
+//! started with ([`restore_in_child`], between fork and exec). A server built on `select()`
+//! breaks on descriptors above 1,023, which a raised soft limit lets it open.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// The soft limit the process started with, recorded by [`raise`] when it changed it; 0
+/// while the limit is the one the process started with.
+static STARTED_WITH: AtomicU64 = AtomicU64::new(0);
 
 /// Where the soft limit is taken when the hard limit is "unlimited" (some systems refuse
 /// an unlimited open-file limit; this is Linux's default ceiling, `fs.nr_open`).
@@ -46,6 +56,7 @@ pub fn raise() -> FileLimit {
     }
     match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
         Ok(()) => {
+            STARTED_WITH.store(soft, Ordering::SeqCst);
             tracing::debug!("open-file limit raised from {soft} to {target}");
             FileLimit {
                 soft: target,
@@ -59,6 +70,21 @@ pub fn raise() -> FileLimit {
             );
             FileLimit { soft, was: soft }
         }
+    }
+}
+
+/// Puts back the soft open-file limit the process started with, if [`raise`] changed it.
+/// For a spawned server, between fork and exec: it only reads an atomic and makes two
+/// system calls (no allocation, no lock), as code there must. A failure keeps the raised
+/// limit: the server then has more descriptors than it would have had, which is no reason
+/// not to start it.
+pub fn restore_in_child() {
+    let started_with = STARTED_WITH.load(Ordering::SeqCst);
+    if started_with == 0 {
+        return;
+    }
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, started_with.min(hard), hard);
     }
 }
 

@@ -18,14 +18,12 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::PolicyHandle;
-pub use super::watch::{DEBOUNCE, FileWatch, Reread, WatchError};
+pub use super::watch::{DEBOUNCE, FileWatch, Reread, WatchError, read_watched_file};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
 use crate::wire::{EventKind, PolicyApplied, PolicyRejected};
 
-/// The largest policy file a reload reads: far above any real policy (5,000 rules take well
-/// under 1 MiB), and a bound on what a runaway file makes the gateway hold.
-pub const MAX_POLICY_BYTES: u64 = 16 * 1024 * 1024;
+pub use crate::policy::MAX_POLICY_BYTES;
 
 /// Loads the policy at `path` for a gateway's start and publishes `policy_applied`. The path
 /// is made absolute so later reloads and events name the same file wherever the process is.
@@ -234,68 +232,25 @@ pub(crate) fn gone_link(path: &Path) -> Option<PathBuf> {
     super::watch::resolve(path).target
 }
 
-/// Reads the regular file at `path`, at most `cap` bytes; `Ok(None)` when it is larger. For
-/// files read again on every change: opening never blocks, and anything but a regular file
-/// in its place (a FIFO, a device, a directory) is an error rather than a stall or a flood.
-pub fn read_watched_file(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut bytes = Vec::new();
-    file.take(cap + 1).read_to_end(&mut bytes)?;
-    Ok((bytes.len() as u64 <= cap).then_some(bytes))
-}
-
 /// How large a configuration file (SERVERS.json, GRANTS.json) may be: far more than any real
 /// one, and a bound on what a runaway or hostile file can make the gateway read.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Reads a configuration file of at most [`MAX_CONFIG_BYTES`]; `Ok(None)` when it is larger.
+/// Read as the policy is ([`read_watched_file`]): a FIFO given as `--servers` or `--grants`
+/// is an error at once, not a start that never ends.
 pub fn read_config_file(path: &Path) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
-    Ok((text.len() as u64 <= MAX_CONFIG_BYTES).then_some(text))
+    let Some(bytes) = read_watched_file(path, MAX_CONFIG_BYTES)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_watched_file_must_be_a_regular_file_and_reading_one_never_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("policy.json");
-        std::fs::write(&file, "{}").unwrap();
-        assert_eq!(
-            read_watched_file(&file, 2).unwrap().as_deref(),
-            Some(&b"{}"[..])
-        );
-        assert_eq!(read_watched_file(&file, 1).unwrap(), None, "over the cap");
-        // A FIFO with no writer would block a plain open forever.
-        let fifo = dir.path().join("fifo.json");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let e = read_watched_file(&fifo, 1024).unwrap_err();
-        assert!(e.to_string().contains("not a regular file"), "{e}");
-        assert!(read_watched_file(dir.path(), 1024).is_err(), "a directory");
-        let e = read_watched_file(&dir.path().join("missing"), 1024).unwrap_err();
-        assert!(is_gone(&e));
-        let e = read_watched_file(&file.join("below-a-file"), 1024).unwrap_err();
-        assert!(
-            is_gone(&e),
-            "a file where a directory should be is gone too: {e}"
-        );
-    }
 
     #[test]
     fn a_config_file_over_the_cap_is_refused_not_truncated() {

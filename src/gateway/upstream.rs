@@ -1,7 +1,8 @@
 //! The upstream MCP server as a child process: spawn it with piped stdin/stdout (its stderr
 //! stays the gateway's, so its logs reach the agent's log like before), and stop it the way
 //! MCP's stdio transport prescribes: close its input, give it a grace period, then SIGTERM,
-//! then SIGKILL.
+//! then SIGKILL. A server starts with the open-file limit the gateway started with, not the
+//! one the gateway raised itself to (`fd_limit`).
 
 use std::ffi::OsString;
 use std::process::{ExitStatus, Stdio};
@@ -59,7 +60,16 @@ impl ServerProcess {
             command: shown.clone(),
             source,
         };
-        let mut child = Command::new(&command.program)
+        let mut process = Command::new(&command.program);
+        // SAFETY: the closure runs in the child between fork and exec; `restore_in_child`
+        // only reads an atomic and calls getrlimit/setrlimit, which are async-signal-safe.
+        unsafe {
+            process.pre_exec(|| {
+                super::fd_limit::restore_in_child();
+                Ok(())
+            });
+        }
+        let mut child = process
             .args(&command.args)
             .envs(command.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())

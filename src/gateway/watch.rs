@@ -431,6 +431,41 @@ impl Watched {
     }
 }
 
+/// Reads the regular file at `path`, at most `cap` bytes; `Ok(None)` when it is larger. The
+/// one way a policy (at start and on every reload, in every command and in the console) and
+/// a grants file are read: opening never blocks, and anything but a regular file in its
+/// place (a FIFO, a device, a directory) is an error naming what it is, rather than a stall
+/// or a flood.
+pub fn read_watched_file(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY).bits())
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "something else"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file ({what}); point it at a regular file"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= cap).then_some(bytes))
+}
+
 fn shown_dirs(dirs: &BTreeSet<PathBuf>) -> String {
     dirs.iter()
         .map(|d| d.display().to_string())
@@ -479,6 +514,31 @@ mod tests {
                 .unwrap_or_else(|_| panic!("callback {n} never came"));
             assert_eq!(got, n);
         }
+    }
+
+    #[test]
+    fn a_watched_file_must_be_a_regular_file_and_reading_one_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.json");
+        std::fs::write(&file, "{}").unwrap();
+        assert_eq!(
+            read_watched_file(&file, 2).unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert_eq!(read_watched_file(&file, 1).unwrap(), None, "over the cap");
+        // A FIFO with no writer would block a plain open forever.
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = read_watched_file(&fifo, 1024).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(read_watched_file(dir.path(), 1024).is_err(), "a directory");
+        let e = read_watched_file(&dir.path().join("missing"), 1024).unwrap_err();
+        assert!(super::super::reload::is_gone(&e));
+        let e = read_watched_file(&file.join("below-a-file"), 1024).unwrap_err();
+        assert!(
+            super::super::reload::is_gone(&e),
+            "a file where a directory should be is gone too: {e}"
+        );
     }
 
     #[test]

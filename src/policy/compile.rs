@@ -58,6 +58,64 @@ const RATE_LIMIT_FIELDS: &[&str] = &["max", "window"];
 const ALL_TOOLS_FIELDS: &[&str] = &["limits"];
 const CONDITION_FIELDS: &[&str] = &["path", "op", "value"];
 
+/// A field the policy format defines for a feature this version does not implement yet.
+/// Its presence refuses the policy (with a message saying so, not "unknown field"): a
+/// `shadow` rule silently enforced, or `"pins": "enforce"` silently ignored, would both make
+/// the gateway do something other than what the file says.
+struct LaterField {
+    /// Where the field belongs (the `what` of [`Compiler::object`]).
+    within: &'static str,
+    name: &'static str,
+    /// The values the format allows, for a type check that costs nothing.
+    values: LaterValues,
+    /// The feature it belongs to.
+    feature: &'static str,
+    /// What enforcing the file without the feature would get wrong.
+    without: &'static str,
+}
+
+enum LaterValues {
+    Boolean,
+    OneOf(&'static [&'static str]),
+}
+
+const LATER_FIELDS: &[LaterField] = &[
+    LaterField {
+        within: "the policy",
+        name: "pins",
+        values: LaterValues::OneOf(&["enforce", "warn", "off"]),
+        feature: "tool pinning",
+        without: "a changed tool definition would go unnoticed",
+    },
+    LaterField {
+        within: "the policy",
+        name: "quarantine_flagged",
+        values: LaterValues::Boolean,
+        feature: "quarantine of flagged tools",
+        without: "a flagged tool would stay callable",
+    },
+    LaterField {
+        within: "the policy",
+        name: "learn",
+        values: LaterValues::Boolean,
+        feature: "learn mode",
+        without: "no observations would be recorded",
+    },
+    LaterField {
+        within: "a rule",
+        name: "shadow",
+        values: LaterValues::Boolean,
+        feature: "shadow rules",
+        without: "the rule would be enforced instead of only recorded",
+    },
+];
+
+fn later_field(within: &str, name: &str) -> Option<&'static LaterField> {
+    LATER_FIELDS
+        .iter()
+        .find(|f| f.within == within && f.name == name)
+}
+
 const WINDOW_HINT: &str = "expected second, minute, hour, day, seconds or a duration like \"10m\"";
 
 struct Problem {
@@ -161,7 +219,9 @@ impl Compiler {
             return None;
         };
         for m in members {
-            if !allowed.contains(&m.key.as_str()) {
+            if let Some(later) = later_field(what, &m.key) {
+                self.not_implemented(m, &child(pointer, &m.key), later);
+            } else if !allowed.contains(&m.key.as_str()) {
                 self.problem(
                     m.key_offset,
                     child(pointer, &m.key),
@@ -171,6 +231,50 @@ impl Compiler {
             }
         }
         Some(members)
+    }
+
+    /// Reports a field of the format this version does not implement: its value checked for
+    /// type first (a wrong value is reported as such), then the field itself.
+    fn not_implemented(&mut self, m: &Member, pointer: &str, later: &LaterField) {
+        let node = &m.value;
+        let name = later.name;
+        let fits = match (&later.values, &node.value) {
+            (LaterValues::Boolean, Value::Bool(_)) => true,
+            (LaterValues::OneOf(values), Value::String(s)) => values.contains(&s.as_str()),
+            _ => false,
+        };
+        if !fits {
+            let expected = match later.values {
+                LaterValues::Boolean => "true or false".to_string(),
+                LaterValues::OneOf(values) => values
+                    .iter()
+                    .map(|v| quote(v))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            self.problem(
+                node.offset,
+                pointer.to_string(),
+                format!("{} must be {expected}, found {}", quote(name), shown(node)),
+                String::new(),
+            );
+        }
+        self.problem(
+            m.key_offset,
+            pointer.to_string(),
+            format!(
+                "field {} is part of the policy format ({}) but this toolgate ({}) does not \
+                 implement it; the policy is refused, since without it {}",
+                quote(name),
+                later.feature,
+                env!("CARGO_PKG_VERSION"),
+                later.without,
+            ),
+            format!(
+                "remove {} to use this policy with this version, or upgrade toolgate",
+                quote(name)
+            ),
+        );
     }
 
     fn require_field<'n>(
@@ -386,6 +490,7 @@ impl Compiler {
 
     fn rule(&mut self, key: &str, node: &Node, ptr: &str) -> Option<Rule> {
         let members = self.object(node, ptr, "a rule", RULE_FIELDS)?;
+        // Unknown fields and fields of later versions were reported by `object`.
         let mut ok = !members
             .iter()
             .any(|m| !RULE_FIELDS.contains(&m.key.as_str()));
@@ -873,6 +978,15 @@ fn get<'n>(members: &'n [Member], name: &str) -> Option<&'n Node> {
 }
 
 /// A JSON number written as plain digits (no sign, fraction or exponent) that fits a u64.
+/// A value as a diagnostic shows it: strings and numbers as written, anything else by kind.
+fn shown(node: &Node) -> String {
+    match &node.value {
+        Value::String(s) => quote(s),
+        Value::Number(n) => n.clone(),
+        _ => node.kind().to_string(),
+    }
+}
+
 fn whole_number(node: &Node) -> Option<u64> {
     match &node.value {
         Value::Number(raw) if raw.bytes().all(|b| b.is_ascii_digit()) => raw.parse().ok(),

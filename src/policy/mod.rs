@@ -225,6 +225,26 @@ impl std::fmt::Display for Diagnostic {
     }
 }
 
+/// The largest policy file read, at start or on a reload: far above any real policy (5,000
+/// rules take well under 1 MiB), and a bound on what a runaway file makes a process hold.
+pub const MAX_POLICY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The text of the policy file at `path`, read the one way policy files are read (see
+/// [`Policy::load`]); an error says what is wrong with the file.
+pub fn read_source(path: &Path) -> std::io::Result<String> {
+    let bytes = crate::gateway::watch::read_watched_file(path, MAX_POLICY_BYTES)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {MAX_POLICY_BYTES} bytes ({} MiB), the most a policy file may be; is this the policy?",
+                MAX_POLICY_BYTES >> 20
+            ),
+        )
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// Why a policy file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -272,10 +292,11 @@ impl Policy {
         compile::compile(source, file).map_err(Diagnostics)
     }
 
-    /// Reads and parses a policy file.
+    /// Reads and parses a policy file, as every command and every reload reads one: a
+    /// regular file only, opened without blocking, at most [`MAX_POLICY_BYTES`].
     pub fn load(path: &Path) -> Result<Policy, LoadError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        let text = read_source(path).map_err(|source| LoadError::Io {
             path: shown.clone(),
             source,
         })?;

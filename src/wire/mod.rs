@@ -31,6 +31,97 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// How much of an unknown event type's name [`DecodeError::UnknownType`] keeps.
+const MAX_TYPE_SHOWN: usize = 64;
+
+/// Why a gateway's message could not be read as an [`Event`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A well-formed event (`seq`, `ts`, `gateway`, `type`) of a type this version does not
+    /// know: a newer gateway's. A client skips it.
+    #[error("an event of type {0:?}, which this toolgate does not know (the gateway is newer)")]
+    UnknownType(String),
+    /// Not JSON, not an event, or an event of a known type that does not read as that type.
+    #[error(transparent)]
+    Invalid(#[from] serde_json::Error),
+}
+
+impl Event {
+    /// Reads one message from a gateway. A newer gateway sends event types this version
+    /// does not know; they come back as [`DecodeError::UnknownType`], apart from messages that
+    /// are broken, so that a client can skip the first and still refuse the second.
+    pub fn decode(text: &str) -> Result<Event, DecodeError> {
+        let error = match serde_json::from_str::<Event>(text) {
+            Ok(event) => return Ok(event),
+            Err(e) => e,
+        };
+        /// What every event has, whatever its type.
+        #[derive(Deserialize)]
+        struct Envelope {
+            #[serde(rename = "seq")]
+            _seq: u64,
+            #[serde(rename = "ts")]
+            _ts: DateTime<Utc>,
+            #[serde(rename = "gateway")]
+            _gateway: String,
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        match serde_json::from_str::<Envelope>(text) {
+            Ok(envelope) if !EventKind::knows(&envelope.kind) => {
+                // The name is a hostile gateway's text: kept short for the logs it reaches.
+                let mut kind: String = envelope.kind.chars().take(MAX_TYPE_SHOWN).collect();
+                if kind.len() < envelope.kind.len() {
+                    kind.push('…');
+                }
+                Err(DecodeError::UnknownType(kind))
+            }
+            _ => Err(DecodeError::Invalid(error)),
+        }
+    }
+}
+
+/// The error [`EventKind::knows`] reads serde's verdict on a tag with: whether the tag named
+/// no variant.
+#[derive(Debug)]
+enum TagProbe {
+    UnknownVariant(String),
+    Other,
+}
+
+impl std::fmt::Display for TagProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for TagProbe {}
+
+impl serde::de::Error for TagProbe {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        TagProbe::Other
+    }
+
+    fn unknown_variant(variant: &str, _expected: &'static [&'static str]) -> Self {
+        TagProbe::UnknownVariant(variant.to_owned())
+    }
+}
+
+impl EventKind {
+    /// Whether `kind` is the `type` of an event this version knows. Asked of serde's own
+    /// reading of the tag (an object holding only the tag: a known type then fails on a
+    /// missing field, an unknown one on the tag), so there is no second list of type names
+    /// to fall out of step with the enum.
+    pub fn knows(kind: &str) -> bool {
+        let tag_only =
+            serde::de::value::MapDeserializer::<_, TagProbe>::new(std::iter::once(("type", kind)));
+        !matches!(
+            EventKind::deserialize(tag_only),
+            Err(TagProbe::UnknownVariant(v)) if v == kind
+        )
+    }
+}
+
 /// What an [`Event`] says; serialised as its `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -428,6 +519,70 @@ mod tests {
         for change in ["applied", "refused"] {
             let text = text.replace("deleted", change);
             assert!(serde_json::from_str::<Event>(&text).is_ok(), "{change}");
+        }
+    }
+
+    #[test]
+    fn an_event_of_a_type_this_version_does_not_know_is_told_apart_from_a_broken_one() {
+        let unknown = r#"{"seq":80,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"quota_changed","grant":"ci-bot","left":3}"#;
+        assert!(
+            matches!(Event::decode(unknown), Err(DecodeError::UnknownType(k)) if k == "quota_changed")
+        );
+        let known = r#"{"seq":7,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"missed","dropped":3}"#;
+        assert!(matches!(
+            Event::decode(known),
+            Ok(Event {
+                kind: EventKind::Missed(Missed { dropped: 3 }),
+                ..
+            })
+        ));
+        let broken = [
+            // Not JSON, not an object.
+            "hello",
+            r#"["type","quota_changed"]"#,
+            // A known type that does not read as that type.
+            r#"{"seq":7,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"grants","path":1}"#,
+            r#"{"seq":7,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"missed"}"#,
+            // An unknown type without what every event has.
+            r#"{"type":"quota_changed"}"#,
+            r#"{"seq":"x","ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":"quota_changed"}"#,
+            // A type that is not a string.
+            r#"{"seq":7,"ts":"2026-11-26T12:00:00Z","gateway":"a1b2c3","type":7}"#,
+        ];
+        let long = unknown.replace("quota_changed", &"x".repeat(10_000));
+        assert!(
+            matches!(Event::decode(&long), Err(DecodeError::UnknownType(k)) if k.chars().count() == MAX_TYPE_SHOWN + 1)
+        );
+        for text in broken {
+            assert!(
+                matches!(Event::decode(text), Err(DecodeError::Invalid(_))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_event_type_is_known_and_others_are_not() {
+        for kind in [
+            "hello",
+            "call",
+            "hold_resolved",
+            "outcome",
+            "policy_applied",
+            "policy_rejected",
+            "counters",
+            "upstream",
+            "tools",
+            "store",
+            "session_refused",
+            "grants",
+            "missed",
+            "reply",
+        ] {
+            assert!(EventKind::knows(kind), "{kind}");
+        }
+        for kind in ["", "Hello", "policyApplied", "quota_changed", "type"] {
+            assert!(!EventKind::knows(kind), "{kind:?}");
         }
     }
 
