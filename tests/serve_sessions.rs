@@ -77,6 +77,9 @@ fn a_grant_flooding_initialize_is_capped_alone_while_another_grant_opens_a_sessi
         ..Setup::default()
     });
     let (mut tail_child, events) = tail(serve.dir.path());
+    // The refusal is reported at once and then at most every 5 s: tail must be connected
+    // before the flood starts, or a short flood's one event goes by unseen.
+    wait_event(&events, "hello");
     let flood_token = serve.tokens[0].clone();
 
     // The flood: every thread sends `initialize` as fast as it is answered, until told to
