@@ -224,8 +224,9 @@ impl Gateway {
     /// `tools` is an array of objects each with a string `name`; a 2026-07-28 interim result
     /// (`resultType` other than `complete`) may carry no `tools` at all.
     pub fn filter_tools_list(&self, result: &RawValue) -> Result<ToolsListed, String> {
+        // The reasons quote nothing from the result: they reach the client.
         let mut result: serde_json::Map<String, Value> = serde_json::from_str(result.get())
-            .map_err(|e| format!("the result is not an object: {e}"))?;
+            .map_err(|_| "the result is not an object".to_owned())?;
         let interim = result
             .get("resultType")
             .is_some_and(|t| t.as_str() != Some("complete"));

@@ -358,6 +358,8 @@ pub struct Sniffed {
 /// more than the id.
 pub fn sniff(prefix: &[u8]) -> Sniffed {
     let mut out = Sniffed::default();
+    // A byte order mark makes the text invalid, but the sender still deserves its answer.
+    let prefix = prefix.strip_prefix(b"\xef\xbb\xbf").unwrap_or(prefix);
     let mut s = Scan { b: prefix, i: 0 };
     s.ws();
     if !s.eat(b'{') {
@@ -374,19 +376,20 @@ pub fn sniff(prefix: &[u8]) -> Sniffed {
             return out;
         }
         s.ws();
+        // A member counts once its key is seen: its value may be what was cut.
+        match key.as_deref() {
+            Some("method") => out.method = true,
+            Some("result" | "error") => out.answer = true,
+            _ => {}
+        }
         let start = s.i;
         if !s.value() {
             return out;
         }
-        match key.as_deref() {
-            Some("id") => {
-                out.id = std::str::from_utf8(&prefix[start..s.i])
-                    .ok()
-                    .and_then(|t| IdKey::from_json(t).ok());
-            }
-            Some("method") => out.method = true,
-            Some("result" | "error") => out.answer = true,
-            _ => {}
+        if key.as_deref() == Some("id") {
+            out.id = std::str::from_utf8(&prefix[start..s.i])
+                .ok()
+                .and_then(|t| IdKey::from_json(t).ok());
         }
         s.ws();
         if !s.eat(b',') {
@@ -767,7 +770,11 @@ mod tests {
         assert_eq!(sniff(br#"{"id":12"#).id, None);
         assert_eq!(sniff(br#"{"id":1.0,"method":"a"}"#).id, None);
         assert_eq!(sniff(b"not json"), Sniffed::default());
-        assert_eq!(sniff(br#"{"result":"\"#), Sniffed::default());
+        assert_eq!(
+            sniff(br#"{"result":"\"#),
+            Sniffed { answer: true, ..Sniffed::default() }
+        );
+        assert!(sniff(b"\xef\xbb\xbf{\"method\":").method);
     }
 
     #[test]
