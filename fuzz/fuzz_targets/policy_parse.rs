@@ -36,12 +36,7 @@ fuzz_target!(|data: &[u8]| {
             for tool in ["create_api_key", "send_mail", "", "x", "admin_users", "é?*"] {
                 for now in [0, 1_000, u64::MAX] {
                     let d = policy.decide(
-                        &Call {
-                            tool,
-                            args: &args,
-                            grant: "g",
-                            session: "s",
-                        },
+                        &Call { tool, args: &args, grant: "g", session: "s" },
                         &store,
                         now,
                     );
