@@ -50,7 +50,8 @@ pub const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
 pub struct Envelope<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
-    #[serde(default)]
+    /// A string when present: `"method": null` is not "no method".
+    #[serde(borrow, default, deserialize_with = "present_str")]
     pub method: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     pub params: Option<&'a RawValue>,
@@ -63,6 +64,11 @@ pub struct Envelope<'a> {
 /// A member that is present, whatever its value (`null` included).
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// A member that, when present, is a string (decoded, borrowed when it had no escapes).
+fn present_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Key::deserialize(d).map(|Key(s)| Some(s))
 }
 
 /// What one line is, as far as the gateway cares.
@@ -730,7 +736,14 @@ mod tests {
 
     #[test]
     fn json_that_is_not_an_object_is_not_a_message() {
-        for line in [&b"42"[..], b"\"x\"", b"null", b"true", br#"{"method":5}"#] {
+        for line in [
+            &b"42"[..],
+            b"\"x\"",
+            b"null",
+            b"true",
+            br#"{"method":5}"#,
+            br#"{"id":1,"method":null,"result":{}}"#,
+        ] {
             assert!(matches!(parse(line), Parsed::NotAMessage(_)), "{line:?}");
         }
     }
