@@ -209,6 +209,7 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
                 body_timeout: Duration::from_secs_f64(args.body_timeout),
                 max_connections: plan.max_connections,
             },
+            max_message: args.gateway.max_message,
         },
     );
     tracing::info!(
