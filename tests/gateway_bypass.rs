@@ -18,7 +18,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use attack_support::{Failures, Probe, Serve, UPSTREAMS, Wrap, call, list, peak_rss};
+use attack_support::{Failures, Probe, Serve, UPSTREAMS, Wrap, call, list, peak_rss, reset_peak};
 use serde_json::{Value, json};
 
 const POLICY: &str = r#"{
@@ -51,7 +51,11 @@ fn only_ok(_name: &str, args: &Value) -> bool {
 
 /// The checks every probe gets: nothing denied executed, nothing hidden shown.
 fn judge(failures: &mut Failures, variant: &str, probe: &Probe) {
-    failures.check(variant, "executed although denied", probe.forbidden(only_ok));
+    failures.check(
+        variant,
+        "executed although denied",
+        probe.forbidden(only_ok),
+    );
     failures.check(variant, "hidden tool shown to the client", probe.leaked());
 }
 
@@ -95,24 +99,35 @@ fn wrap_nested_batches_and_non_object_elements_never_reach_the_server() {
     };
     let variants: Vec<(&str, String)> = vec![
         ("nested", format!("[[{}]]", shell("1", "nested"))),
-        ("nested-deeper", format!("[[[{}]]]", shell("2", "nested-deeper"))),
         (
-            "nested-pair",
-            format!("[[{}],[{}]]", echo("3", "nested-pair", false), shell("4", "nested-pair")),
+            "nested-deeper",
+            format!("[[[{}]]]", shell("2", "nested-deeper")),
         ),
         (
-            "non-objects",
+            "nested-pair",
             format!(
-                r#"[1,"x",null,true,[{}],{{}}]"#,
-                shell("5", "non-objects")
+                "[[{}],[{}]]",
+                echo("3", "nested-pair", false),
+                shell("4", "nested-pair")
             ),
         ),
         (
+            "non-objects",
+            format!(r#"[1,"x",null,true,[{}],{{}}]"#, shell("5", "non-objects")),
+        ),
+        (
             "object-then-array",
-            format!("[{},[{}]]", echo("6", "object-then-array", true), shell("7", "object-then-array")),
+            format!(
+                "[{},[{}]]",
+                echo("6", "object-then-array", true),
+                shell("7", "object-then-array")
+            ),
         ),
         ("flat-batch", format!("[{}]", shell("8", "flat-batch"))),
-        ("nested-with-spaces", format!(" [ [ {} ] ] ", shell("9", "nested-with-spaces"))),
+        (
+            "nested-with-spaces",
+            format!(" [ [ {} ] ] ", shell("9", "nested-with-spaces")),
+        ),
     ];
     for (variant, line) in &variants {
         let probe = gw.probe(&[bytes(line)]);
@@ -121,13 +136,19 @@ fn wrap_nested_batches_and_non_object_elements_never_reach_the_server() {
         for unit in &probe.received {
             if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(unit) {
                 failures.expect(variant, items.iter().all(Value::is_object), || {
-                    format!("forwarded a batch with non-objects: {}", attack_support::preview(unit))
+                    format!(
+                        "forwarded a batch with non-objects: {}",
+                        attack_support::preview(unit)
+                    )
                 });
             }
         }
         if *variant != "flat-batch" {
             failures.expect(variant, got_error(&probe, -32600), || {
-                format!("no -32600 Invalid Request for a non-object element: {:?}", probe.messages())
+                format!(
+                    "no -32600 Invalid Request for a non-object element: {}",
+                    probe.summary()
+                )
             });
         }
     }
@@ -193,14 +214,19 @@ fn wrap_a_message_without_method_reaches_the_server_only_as_an_answer_it_asked_f
         .into_iter()
         .find(|m| m["method"] == "sampling/createMessage");
     failures.expect("server-request", request.is_some(), || {
-        format!("the server's request did not reach the client: {:?}", asked.messages())
+        format!(
+            "the server's request did not reach the client: {}",
+            asked.summary()
+        )
     });
     let answer = r#"{"jsonrpc":"2.0","id":"L1","result":{"role":"assistant","content":{"type":"text","text":"answer-1"},"model":"m"}}"#;
     let answered = gw.probe(&[bytes(answer)]);
     judge(&mut failures, "server-request", &answered);
-    failures.expect("server-request", answered.reached_server("answer-1"), || {
-        "the client's answer to the server's own request did not reach it".into()
-    });
+    failures.expect(
+        "server-request",
+        answered.reached_server("answer-1"),
+        || "the client's answer to the server's own request did not reach it".into(),
+    );
     let again = answer.replace("answer-1", "answer-2");
     let repeated = gw.probe(&[bytes(&again)]);
     never_reached(&mut failures, "answer-twice", &repeated, "answer-2");
@@ -326,7 +352,9 @@ fn wrap_duplicate_keys_and_extra_values_never_carry_a_call_past_the_policy() {
 }
 
 /// Request ids MCP does not allow (it allows strings and integers).
-const BAD_IDS: [&str; 9] = ["6.0", "1e1", "1.5", "true", "false", "{}", "[1]", "null", "-1.0e0"];
+const BAD_IDS: [&str; 9] = [
+    "6.0", "1e1", "1.5", "true", "false", "{}", "[1]", "null", "-1.0e0",
+];
 
 #[test]
 fn wrap_request_ids_other_than_strings_and_integers_are_refused() {
@@ -342,7 +370,7 @@ fn wrap_request_ids_other_than_strings_and_integers_are_refused() {
         judge(&mut failures, &variant, &probe);
         never_reached(&mut failures, &variant, &probe, &marker);
         failures.expect(&variant, got_error(&probe, -32600), || {
-            format!("no -32600 Invalid Request: {:?}", probe.messages())
+            format!("no -32600 Invalid Request: {}", probe.summary())
         });
     }
     // Strings and integers in any spelling are fine, and answered with the client's id.
@@ -354,9 +382,11 @@ fn wrap_request_ids_other_than_strings_and_integers_are_refused() {
         failures.expect(&variant, probe.reached_server(&tag), || {
             "a call with a valid id did not reach the server".into()
         });
-        failures.expect(&variant, probe.messages().iter().any(|m| m.get("result").is_some()), || {
-            format!("no answer: {:?}", probe.messages())
-        });
+        failures.expect(
+            &variant,
+            probe.messages().iter().any(|m| m.get("result").is_some()),
+            || format!("no answer: {}", probe.summary()),
+        );
     }
     let evidence = gw.finish();
     evidence.assert_audit_matches_events();
@@ -364,8 +394,10 @@ fn wrap_request_ids_other_than_strings_and_integers_are_refused() {
         .map(|n| (format!("bad-id-{n}"), vec![]))
         .chain((0..4).map(|n| (format!("good-id-{n}"), vec![("echo", "allow")])))
         .collect();
-    let expected: Vec<(&str, Vec<(&str, &str)>)> =
-        expected.iter().map(|(t, d)| (t.as_str(), d.clone())).collect();
+    let expected: Vec<(&str, Vec<(&str, &str)>)> = expected
+        .iter()
+        .map(|(t, d)| (t.as_str(), d.clone()))
+        .collect();
     evidence.check_decisions(&mut failures, &expected);
     failures.assert_none();
 }
@@ -383,9 +415,16 @@ fn wrap_an_id_still_in_flight_cannot_be_reused() {
     let probe = gw.probe(&[first, second]);
     judge(&mut failures, "pending", &probe);
     never_reached(&mut failures, "pending", &probe, "pending-2");
-    failures.expect("pending", probe.error_codes(&json!(41)).contains(&-32600), || {
-        format!("the reused id was not refused with -32600: {:?}", probe.messages())
-    });
+    failures.expect(
+        "pending",
+        probe.error_codes(&json!(41)).contains(&-32600),
+        || {
+            format!(
+                "the reused id was not refused with -32600: {}",
+                probe.summary()
+            )
+        },
+    );
 
     // Held: the second call with the same id is refused, the first still ends on its own.
     let probe = gw.probe(&[
@@ -393,9 +432,16 @@ fn wrap_an_id_still_in_flight_cannot_be_reused() {
         call("42", "ask", json!({"tag": "held-2"})),
     ]);
     judge(&mut failures, "held", &probe);
-    failures.expect("held", probe.error_codes(&json!(42)).contains(&-32600), || {
-        format!("the reused id of a held call was not refused with -32600: {:?}", probe.messages())
-    });
+    failures.expect(
+        "held",
+        probe.error_codes(&json!(42)).contains(&-32600),
+        || {
+            format!(
+                "the reused id of a held call was not refused with -32600: {}",
+                probe.summary()
+            )
+        },
+    );
     // The first hold times out (3 s) and is answered.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut timed_out = false;
@@ -404,7 +450,9 @@ fn wrap_an_id_still_in_flight_cannot_be_reused() {
         let msg: Value = serde_json::from_slice(&line).unwrap_or_default();
         timed_out = msg["id"] == 42 && msg["result"]["isError"] == true;
     }
-    failures.expect("held", timed_out, || "the held call was never answered".into());
+    failures.expect("held", timed_out, || {
+        "the held call was never answered".into()
+    });
     let probe = gw.probe(&[]);
     judge(&mut failures, "after", &probe);
     let evidence = gw.finish();
@@ -443,26 +491,62 @@ fn list_attacks() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             "escaped-request-id",
             vec![list(r#""\u0062""#, json!({"fake/answer_id": r#""b""#}))],
         ),
-        ("float-answer-id", vec![list("6", json!({"fake/answer_id": "6.0"}))]),
-        ("exponent-answer-id", vec![list("10", json!({"fake/answer_id": "1e1"}))]),
-        ("minus-zero-answer-id", vec![list("0", json!({"fake/answer_id": "-0"}))]),
-        ("minus-zero-request-id", vec![list("-0", json!({"fake/answer_id": "0"}))]),
-        ("spaced-answer-id", vec![list("11", json!({"fake/answer_id": " 11 "}))]),
-        ("lone-surrogate", vec![list("12", json!({"fake/form": "surrogate"}))]),
-        ("duplicate-tools-key", vec![list("13", json!({"fake/form": "dup_tools_key"}))]),
-        ("tools-object", vec![list("14", json!({"fake/form": "tools_object"}))]),
-        ("duplicate-tool-name", vec![list("15", json!({"fake/form": "dup_name"}))]),
-        ("modern-result", vec![list("16", json!({"fake/form": "modern"}))]),
+        (
+            "float-answer-id",
+            vec![list("6", json!({"fake/answer_id": "6.0"}))],
+        ),
+        (
+            "exponent-answer-id",
+            vec![list("10", json!({"fake/answer_id": "1e1"}))],
+        ),
+        (
+            "minus-zero-answer-id",
+            vec![list("0", json!({"fake/answer_id": "-0"}))],
+        ),
+        (
+            "spaced-answer-id",
+            vec![list("11", json!({"fake/answer_id": " 11 "}))],
+        ),
+        (
+            "lone-surrogate",
+            vec![list("12", json!({"fake/form": "surrogate"}))],
+        ),
+        (
+            "duplicate-tools-key",
+            vec![list("13", json!({"fake/form": "dup_tools_key"}))],
+        ),
+        (
+            "tools-object",
+            vec![list("14", json!({"fake/form": "tools_object"}))],
+        ),
+        (
+            "duplicate-tool-name",
+            vec![list("15", json!({"fake/form": "dup_name"}))],
+        ),
+        (
+            "modern-result",
+            vec![list("16", json!({"fake/form": "modern"}))],
+        ),
         (
             "pages",
             vec![
                 list("17", json!({"fake/form": "paged"})),
-                bytes(r#"{"jsonrpc":"2.0","id":18,"method":"tools/list","params":{"cursor":"3","_meta":{"fake/form":"paged"}}}"#),
-                bytes(r#"{"jsonrpc":"2.0","id":19,"method":"tools/list","params":{"cursor":"6","_meta":{"fake/form":"paged"}}}"#),
+                bytes(
+                    r#"{"jsonrpc":"2.0","id":18,"method":"tools/list","params":{"cursor":"3","_meta":{"fake/form":"paged"}}}"#,
+                ),
+                bytes(
+                    r#"{"jsonrpc":"2.0","id":19,"method":"tools/list","params":{"cursor":"6","_meta":{"fake/form":"paged"}}}"#,
+                ),
             ],
         ),
-        ("answered-twice", vec![list("20", json!({"fake/repeat": true}))]),
-        ("unsolicited-answer", vec![list("21", json!({"fake/unsolicited": true}))]),
+        (
+            "answered-twice",
+            vec![list("20", json!({"fake/repeat": true}))],
+        ),
+        (
+            "unsolicited-answer",
+            vec![list("21", json!({"fake/unsolicited": true}))],
+        ),
     ]
 }
 
@@ -480,7 +564,7 @@ fn wrap_hidden_tools_never_reach_the_client() {
                     .is_some_and(|t| t.iter().any(|t| t["name"] == "echo"))
             });
             failures.expect(variant, shown, || {
-                format!("the filtered list never came: {:?}", probe.messages())
+                format!("the filtered list never came: {}", probe.summary())
             });
         }
     }
@@ -500,9 +584,11 @@ fn wrap_hidden_tools_never_reach_the_client() {
         r#"{"jsonrpc":"2.0","id":60,"result":{"role":"assistant","content":{"type":"text","text":"answer-60"},"model":"m"}}"#,
     )]);
     judge(&mut failures, "colliding-server-request", &answered);
-    failures.expect("colliding-server-request", answered.reached_server("answer-60"), || {
-        "the client's answer to the server's request did not reach it".into()
-    });
+    failures.expect(
+        "colliding-server-request",
+        answered.reached_server("answer-60"),
+        || "the client's answer to the server's request did not reach it".into(),
+    );
     gw.finish().assert_audit_matches_events();
     failures.assert_none();
 }
@@ -539,7 +625,10 @@ fn wrap_deny_if_fails_closed_on_values_it_cannot_compare() {
         }
         let probe = gw.probe(&[call(&(100 + n).to_string(), "transfer", args)]);
         judge(&mut failures, tag, &probe);
-        expected.push((tag, vec![("transfer", if allowed { "allow" } else { "deny" })]));
+        expected.push((
+            tag,
+            vec![("transfer", if allowed { "allow" } else { "deny" })],
+        ));
     }
     let evidence = gw.finish();
     evidence.assert_audit_matches_events();
@@ -550,30 +639,105 @@ fn wrap_deny_if_fails_closed_on_values_it_cannot_compare() {
 /// Calls against the `under` rules of [`PATH_POLICY`]: (tag, tool, path, allowed).
 fn paths() -> Vec<(&'static str, &'static str, Value, bool)> {
     vec![
-        ("read-inside", "read_file", json!("/home/me/notes/a.txt"), true),
+        (
+            "read-inside",
+            "read_file",
+            json!("/home/me/notes/a.txt"),
+            true,
+        ),
         ("read-the-root", "read_file", json!("/home/me/notes"), true),
-        ("read-trailing-slash", "read_file", json!("/home/me/notes/"), true),
-        ("read-dots-inside", "read_file", json!("/home/me/notes/./sub/../b.txt"), true),
-        ("read-climb-out", "read_file", json!("/home/me/notes/../../../etc/shadow"), false),
-        ("read-sibling", "read_file", json!("/home/me/notes/../notes2/x"), false),
-        ("read-prefix-sibling", "read_file", json!("/home/me/notes2/x"), false),
-        ("read-double-slash-out", "read_file", json!("//home/me/notes/../../etc"), false),
-        ("read-relative", "read_file", json!("home/me/notes/x"), false),
-        ("read-above-root", "read_file", json!("/../home/me/notes/x"), false),
-        ("read-array", "read_file", json!(["/home/me/notes/a"]), false),
+        (
+            "read-trailing-slash",
+            "read_file",
+            json!("/home/me/notes/"),
+            true,
+        ),
+        (
+            "read-dots-inside",
+            "read_file",
+            json!("/home/me/notes/./sub/../b.txt"),
+            true,
+        ),
+        (
+            "read-climb-out",
+            "read_file",
+            json!("/home/me/notes/../../../etc/shadow"),
+            false,
+        ),
+        (
+            "read-sibling",
+            "read_file",
+            json!("/home/me/notes/../notes2/x"),
+            false,
+        ),
+        (
+            "read-prefix-sibling",
+            "read_file",
+            json!("/home/me/notes2/x"),
+            false,
+        ),
+        (
+            "read-double-slash-out",
+            "read_file",
+            json!("//home/me/notes/../../etc"),
+            false,
+        ),
+        (
+            "read-relative",
+            "read_file",
+            json!("home/me/notes/x"),
+            false,
+        ),
+        (
+            "read-above-root",
+            "read_file",
+            json!("/../home/me/notes/x"),
+            false,
+        ),
+        (
+            "read-array",
+            "read_file",
+            json!(["/home/me/notes/a"]),
+            false,
+        ),
         ("read-number", "read_file", json!(5), false),
         ("write-elsewhere", "write_file", json!("/tmp/x"), true),
         ("write-etcetera", "write_file", json!("/etcetera/x"), true),
         ("write-etc", "write_file", json!("/etc/passwd"), false),
-        ("write-double-slash", "write_file", json!("//etc/passwd"), false),
+        (
+            "write-double-slash",
+            "write_file",
+            json!("//etc/passwd"),
+            false,
+        ),
         ("write-dot", "write_file", json!("/./etc/passwd"), false),
-        ("write-dotdot", "write_file", json!("/tmp/../etc/passwd"), false),
+        (
+            "write-dotdot",
+            "write_file",
+            json!("/tmp/../etc/passwd"),
+            false,
+        ),
         ("write-trailing-slash", "write_file", json!("/etc/"), false),
         ("write-the-root", "write_file", json!("/etc"), false),
-        ("write-inner-double-slash", "write_file", json!("/etc//shadow"), false),
-        ("write-above-root", "write_file", json!("/../etc/passwd"), false),
+        (
+            "write-inner-double-slash",
+            "write_file",
+            json!("/etc//shadow"),
+            false,
+        ),
+        (
+            "write-above-root",
+            "write_file",
+            json!("/../etc/passwd"),
+            false,
+        ),
         ("write-relative", "write_file", json!("etc/passwd"), false),
-        ("write-object", "write_file", json!({"p": "/etc/passwd"}), false),
+        (
+            "write-object",
+            "write_file",
+            json!({"p": "/etc/passwd"}),
+            false,
+        ),
     ]
 }
 
@@ -621,7 +785,7 @@ fn wrap_an_oversized_client_line_is_refused_and_memory_stays_flat() {
     let mut failures = Failures::default();
     let warm = gw.probe(&[list("1", json!({}))]);
     judge(&mut failures, "warm-up", &warm);
-    let base = peak_rss(gw.pid()).expect("the gateway's memory");
+    let base = reset_peak(gw.pid());
 
     let mut line = huge_call("77", HUGE);
     line.push(b'\n');
@@ -629,35 +793,66 @@ fn wrap_an_oversized_client_line_is_refused_and_memory_stays_flat() {
     drop(line);
     let probe = gw.probe(&[]);
     judge(&mut failures, "with-newline", &probe);
-    failures.expect("with-newline", probe.received.iter().all(|u| u.len() < HUGE), || {
-        "the oversized call reached the server".into()
-    });
-    failures.expect("with-newline", !probe.error_codes(&json!(77)).is_empty(), || {
-        format!("the oversized call was not answered with an error for its id: {:?}", probe.messages())
-    });
+    failures.expect(
+        "with-newline",
+        probe.received.iter().all(|u| u.len() < HUGE),
+        || "the oversized call reached the server".into(),
+    );
+    failures.expect(
+        "with-newline",
+        !probe.error_codes(&json!(77)).is_empty(),
+        || {
+            format!(
+                "the oversized call was not answered with an error for its id: {}",
+                probe.summary()
+            )
+        },
+    );
     let peak = peak_rss(gw.pid()).expect("the gateway's memory");
-    failures.expect("with-newline", peak - base < GROWTH_BOUND, || {
-        format!("peak memory grew by {} MiB for one {} MiB line", (peak - base) >> 20, HUGE >> 20)
-    });
+    failures.expect(
+        "with-newline",
+        peak.saturating_sub(base) < GROWTH_BOUND,
+        || {
+            format!(
+                "peak memory grew by {} MiB for one {} MiB line",
+                peak.saturating_sub(base) >> 20,
+                HUGE >> 20
+            )
+        },
+    );
 
     // No newline at all: the gateway must not keep reading it into memory.
+    let base = reset_peak(gw.pid());
     let line = huge_call("78", HUGE);
     gw.write(&line);
     drop(line);
     let peak = peak_rss(gw.pid()).expect("the gateway's memory");
-    failures.expect("without-newline", peak - base < GROWTH_BOUND, || {
-        format!("peak memory grew by {} MiB for a line without end", (peak - base) >> 20)
-    });
+    failures.expect(
+        "without-newline",
+        peak.saturating_sub(base) < GROWTH_BOUND,
+        || {
+            format!(
+                "peak memory grew by {} MiB for a line without end",
+                peak.saturating_sub(base) >> 20
+            )
+        },
+    );
     // Once the line ends, the gateway carries on.
     gw.write(b"\n");
     let probe = gw.probe(&[call("79", "echo", json!({"tag": "after", "ok": true}))]);
     judge(&mut failures, "without-newline", &probe);
     failures.expect("without-newline", probe.answered(&json!(79)), || {
-        format!("the gateway did not carry on after the oversized line: {:?}", probe.messages())
+        format!(
+            "the gateway did not carry on after the oversized line: {}",
+            probe.summary()
+        )
     });
     let evidence = gw.finish();
     evidence.assert_audit_matches_events();
-    evidence.check_decisions(&mut failures, &[("huge", vec![]), ("after", vec![("echo", "allow")])]);
+    evidence.check_decisions(
+        &mut failures,
+        &[("huge", vec![]), ("after", vec![("echo", "allow")])],
+    );
     failures.assert_none();
 }
 
@@ -675,23 +870,41 @@ fn wrap_an_oversized_server_line_becomes_an_error_and_memory_stays_flat() {
     let mut failures = Failures::default();
     let warm = gw.probe(&[list("1", json!({}))]);
     judge(&mut failures, "warm-up", &warm);
-    let base = peak_rss(gw.pid()).expect("the gateway's memory");
+    let base = reset_peak(gw.pid());
 
     let probe = gw.probe(&[oversize_answer("80", HUGE, true)]);
     judge(&mut failures, "with-newline", &probe);
-    failures.expect("with-newline", probe.output.iter().all(|l| l.len() < HUGE), || {
-        "the oversized answer reached the client".into()
-    });
-    failures.expect("with-newline", !probe.error_codes(&json!(80)).is_empty(), || {
-        format!("the caller did not get an error for the oversized answer: {:?}", probe.messages())
-    });
+    failures.expect(
+        "with-newline",
+        probe.output.iter().all(|l| l.len() < HUGE),
+        || "the oversized answer reached the client".into(),
+    );
+    failures.expect(
+        "with-newline",
+        !probe.error_codes(&json!(80)).is_empty(),
+        || {
+            format!(
+                "the caller did not get an error for the oversized answer: {}",
+                probe.summary()
+            )
+        },
+    );
     let peak = peak_rss(gw.pid()).expect("the gateway's memory");
-    failures.expect("with-newline", peak - base < GROWTH_BOUND, || {
-        format!("peak memory grew by {} MiB for one {} MiB answer", (peak - base) >> 20, HUGE >> 20)
-    });
+    failures.expect(
+        "with-newline",
+        peak.saturating_sub(base) < GROWTH_BOUND,
+        || {
+            format!(
+                "peak memory grew by {} MiB for one {} MiB answer",
+                peak.saturating_sub(base) >> 20,
+                HUGE >> 20
+            )
+        },
+    );
 
     // A line that never ends, then the server exits: the caller gets an error, and the
     // gateway's memory never held the line.
+    let base = reset_peak(gw.pid());
     gw.write(&oversize_answer("81", HUGE, false));
     gw.write(b"\n");
     let mut answered = false;
@@ -701,17 +914,36 @@ fn wrap_an_oversized_server_line_becomes_an_error_and_memory_stays_flat() {
         if let Some(now) = peak_rss(gw.pid()) {
             peak = peak.max(now);
         }
-        let line = gw.next_line(support::ANSWER_WITHIN, "an answer to the call whose answer never ends");
+        let Some(line) = gw.try_next_line(Duration::from_millis(100)) else {
+            continue;
+        };
         failures.expect("without-newline", line.len() < HUGE, || {
             "the endless answer reached the client".into()
         });
         let msg: Value = serde_json::from_slice(&line).unwrap_or_default();
-        answered = msg["id"] == 81 && msg.get("error").is_some();
+        if msg["id"] == 81 {
+            answered = true;
+            failures.expect("without-newline", msg.get("error").is_some(), || {
+                format!(
+                    "the caller got no error: {}",
+                    attack_support::preview(&line)
+                )
+            });
+        }
     }
-    failures.expect("without-newline", answered, || "the caller got no error".into());
-    failures.expect("without-newline", peak - base < GROWTH_BOUND, || {
-        format!("peak memory grew by {} MiB for an endless answer", (peak - base) >> 20)
+    failures.expect("without-newline", answered, || {
+        "the caller got no answer".into()
     });
+    failures.expect(
+        "without-newline",
+        peak.saturating_sub(base) < GROWTH_BOUND,
+        || {
+            format!(
+                "peak memory grew by {} MiB for an endless answer",
+                peak.saturating_sub(base) >> 20
+            )
+        },
+    );
     failures.assert_none();
 }
 
@@ -733,7 +965,11 @@ fn serve_a_body_is_one_message_never_split_on_newlines() {
         .unwrap_or_default();
         let nested_in_notification = format!(
             "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"x\":\n[[{}]]\n}}}}",
-            String::from_utf8_lossy(&call("1", "shell", json!({"tag": tag("nested-in-notification")})))
+            String::from_utf8_lossy(&call(
+                "1",
+                "shell",
+                json!({"tag": tag("nested-in-notification")})
+            ))
         );
         let nested_in_call = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":\"c1\",\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"tag\":\"{}\",\"ok\":true,\"x\":\n[[{}]]\n}}}}}}",
@@ -776,7 +1012,10 @@ fn serve_a_body_is_one_message_never_split_on_newlines() {
             for unit in &probe.received {
                 let is_line = !unit.contains(&b'\n');
                 failures.expect(variant, server == "u" || is_line, || {
-                    format!("a unit with a newline reached the server: {}", attack_support::preview(unit))
+                    format!(
+                        "a unit with a newline reached the server: {}",
+                        attack_support::preview(unit)
+                    )
                 });
             }
         }
@@ -799,8 +1038,10 @@ fn serve_a_body_is_one_message_never_split_on_newlines() {
     }
     let evidence = gw.finish();
     evidence.assert_audit_matches_events();
-    let expected: Vec<(&str, Vec<(&str, &str)>)> =
-        expected.iter().map(|(t, d)| (t.as_str(), d.clone())).collect();
+    let expected: Vec<(&str, Vec<(&str, &str)>)> = expected
+        .iter()
+        .map(|(t, d)| (t.as_str(), d.clone()))
+        .collect();
     evidence.check_decisions(&mut failures, &expected);
     failures.assert_none();
 }
@@ -889,7 +1130,7 @@ fn serve_request_ids_other_than_strings_and_integers_are_refused() {
             judge(&mut failures, &variant, &probe);
             never_reached(&mut failures, &variant, &probe, &marker);
             failures.expect(&variant, got_error(&probe, -32600), || {
-                format!("no -32600 Invalid Request: {:?}", probe.messages())
+                format!("no -32600 Invalid Request: {}", probe.summary())
             });
         }
     }
@@ -917,7 +1158,14 @@ fn serve_hidden_tools_never_reach_the_client() {
             judge(&mut failures, &variant, &probe);
         }
         // Stateless (2026-07-28) requests share a link and have their ids renamed.
-        for form in ["plain", "surrogate", "dup_tools_key", "tools_object", "dup_name", "modern"] {
+        for form in [
+            "plain",
+            "surrogate",
+            "dup_tools_key",
+            "tools_object",
+            "dup_name",
+            "modern",
+        ] {
             let variant = format!("{server}-stateless-{form}");
             let body = list(
                 r#""st""#,
@@ -945,15 +1193,24 @@ fn serve_deny_if_fails_closed_on_values_it_cannot_compare() {
             if allowed {
                 args["ok"] = json!(true);
             }
-            let probe = gw.probe(server, Some(&session), &[call(&(100 + n).to_string(), "transfer", args)]);
+            let probe = gw.probe(
+                server,
+                Some(&session),
+                &[call(&(100 + n).to_string(), "transfer", args)],
+            );
             judge(&mut failures, &tag, &probe);
-            expected.push((tag, vec![("transfer", if allowed { "allow" } else { "deny" })]));
+            expected.push((
+                tag,
+                vec![("transfer", if allowed { "allow" } else { "deny" })],
+            ));
         }
     }
     let evidence = gw.finish();
     evidence.assert_audit_matches_events();
-    let expected: Vec<(&str, Vec<(&str, &str)>)> =
-        expected.iter().map(|(t, d)| (t.as_str(), d.clone())).collect();
+    let expected: Vec<(&str, Vec<(&str, &str)>)> = expected
+        .iter()
+        .map(|(t, d)| (t.as_str(), d.clone()))
+        .collect();
     evidence.check_decisions(&mut failures, &expected);
     failures.assert_none();
 }
@@ -971,15 +1228,21 @@ fn serve_under_normalises_paths_before_comparing() {
             if allowed {
                 args["ok"] = json!(true);
             }
-            let probe = gw.probe(server, Some(&session), &[call(&(200 + n).to_string(), tool, args)]);
+            let probe = gw.probe(
+                server,
+                Some(&session),
+                &[call(&(200 + n).to_string(), tool, args)],
+            );
             judge(&mut failures, &tag, &probe);
             expected.push((tag, vec![(tool, if allowed { "allow" } else { "deny" })]));
         }
     }
     let evidence = gw.finish();
     evidence.assert_audit_matches_events();
-    let expected: Vec<(&str, Vec<(&str, &str)>)> =
-        expected.iter().map(|(t, d)| (t.as_str(), d.clone())).collect();
+    let expected: Vec<(&str, Vec<(&str, &str)>)> = expected
+        .iter()
+        .map(|(t, d)| (t.as_str(), d.clone()))
+        .collect();
     evidence.check_decisions(&mut failures, &expected);
     failures.assert_none();
 }
@@ -989,8 +1252,8 @@ fn serve_oversized_messages_become_errors_and_memory_stays_flat() {
     let mut gw = Serve::start(POLICY, &[]);
     let mut failures = Failures::default();
     let sessions: Vec<(&str, String)> = UPSTREAMS.iter().map(|s| (*s, gw.initialize(s))).collect();
-    let base = peak_rss(gw.pid()).expect("serve's memory");
     for (server, session) in &sessions {
+        let base = reset_peak(gw.pid());
         // A request body over the cap is refused, never decided.
         let reply = gw.post(server, Some(session), &huge_call("70", HUGE));
         failures.expect(&format!("{server}-request"), reply.status == 413, || {
@@ -1000,28 +1263,50 @@ fn serve_oversized_messages_become_errors_and_memory_stays_flat() {
         let probe = gw.probe(server, Some(session), &[oversize_answer("71", HUGE, true)]);
         let variant = format!("{server}-answer");
         judge(&mut failures, &variant, &probe);
-        failures.expect(&variant, probe.output.iter().all(|l| l.len() < HUGE), || {
-            "the oversized answer reached the client".into()
-        });
+        failures.expect(
+            &variant,
+            probe.output.iter().all(|l| l.len() < HUGE),
+            || "the oversized answer reached the client".into(),
+        );
         failures.expect(&variant, !probe.error_codes(&json!(71)).is_empty(), || {
-            format!("the caller did not get an error: {:?}", probe.messages())
+            format!("the caller did not get an error: {}", probe.summary())
         });
         let peak = peak_rss(gw.pid()).expect("serve's memory");
-        failures.expect(&variant, peak - base < GROWTH_BOUND, || {
-            format!("peak memory grew by {} MiB for one {} MiB answer", (peak - base) >> 20, HUGE >> 20)
+        failures.expect(&variant, peak.saturating_sub(base) < GROWTH_BOUND, || {
+            format!(
+                "peak memory grew by {} MiB for one {} MiB answer",
+                peak.saturating_sub(base) >> 20,
+                HUGE >> 20
+            )
         });
     }
     // A stdio upstream whose answer never ends (it exits after it): an error, flat memory.
     let (_, session) = &sessions[0];
+    let base = reset_peak(gw.pid());
     let reply = gw.post("s", Some(session), &oversize_answer("72", HUGE, false));
     let text = String::from_utf8_lossy(&reply.body[..reply.body.len().min(2000)]).into_owned();
-    failures.expect("s-endless-answer", reply.body.len() < HUGE && text.contains("error"), || {
-        format!("status {} body {}", reply.status, attack_support::preview(&reply.body))
-    });
+    failures.expect(
+        "s-endless-answer",
+        reply.body.len() < HUGE && text.contains("error"),
+        || {
+            format!(
+                "status {} body {}",
+                reply.status,
+                attack_support::preview(&reply.body)
+            )
+        },
+    );
     let peak = peak_rss(gw.pid()).expect("serve's memory");
-    failures.expect("s-endless-answer", peak - base < GROWTH_BOUND, || {
-        format!("peak memory grew by {} MiB for an endless answer", (peak - base) >> 20)
-    });
+    failures.expect(
+        "s-endless-answer",
+        peak.saturating_sub(base) < GROWTH_BOUND,
+        || {
+            format!(
+                "peak memory grew by {} MiB for an endless answer",
+                peak.saturating_sub(base) >> 20
+            )
+        },
+    );
     let evidence = gw.finish();
     evidence.assert_audit_matches_events();
     failures.assert_none();

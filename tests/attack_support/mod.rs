@@ -170,8 +170,21 @@ impl Probe {
         self.executed
             .iter()
             .filter(|e| !allowed(e.name.as_str().unwrap_or("<not a string>"), &e.arguments))
-            .map(|e| format!("{} {} (parser keeping the {} key)", e.name, e.arguments, e.interp))
+            .map(|e| {
+                let call = format!("{} {}", e.name, e.arguments);
+                format!(
+                    "{} (parser keeping the {} key)",
+                    preview(call.as_bytes()),
+                    e.interp
+                )
+            })
             .collect()
+    }
+
+    /// What the client was sent, cut short for a failure message.
+    pub fn summary(&self) -> String {
+        let all: Vec<String> = self.output.iter().map(|u| preview(u)).collect();
+        preview(all.join(" | ").as_bytes())
     }
 }
 
@@ -276,8 +289,7 @@ impl Evidence {
                 None => problems.push(format!("audit record without event: {record}")),
                 Some(event) => {
                     let verdict = serde_json::to_value(event.call.decision).unwrap_or_default();
-                    if record["tool"] != event.call.tool.as_str() || record["decision"] != verdict
-                    {
+                    if record["tool"] != event.call.tool.as_str() || record["decision"] != verdict {
                         problems.push(format!(
                             "audit {record} disagrees with event {:?}",
                             event.call
@@ -415,12 +427,24 @@ fn byte_lines(output: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
     rx
 }
 
-/// The peak resident memory (`VmHWM`) of process `pid`, in bytes.
-pub fn peak_rss(pid: u32) -> Option<u64> {
+/// A line of `/proc/<pid>/status` in bytes (`VmHWM`, `VmRSS`).
+fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The peak resident memory (`VmHWM`) of process `pid` since [`reset_peak`], in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Starts a new peak for process `pid` (`clear_refs` 5 resets `VmHWM` to the current
+/// resident size) and returns that size: each measurement then covers one attack only.
+pub fn reset_peak(pid: u32) -> u64 {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak memory");
+    status_bytes(pid, "VmRSS:").expect("the process's memory")
 }
 
 /// The recording server's command line (stdio).
@@ -504,6 +528,12 @@ impl Wrap {
         })
     }
 
+    /// The next line the client is sent, if one comes within `within` (`None` also once the
+    /// gateway has exited).
+    pub fn try_next_line(&self, within: Duration) -> Option<Vec<u8>> {
+        self.out.recv_timeout(within).ok()
+    }
+
     /// Sends `lines` (each followed by a newline), then a sentinel `ping`, and returns what
     /// the client was sent up to the sentinel's answer and what reached the server.
     pub fn probe(&mut self, lines: &[Vec<u8>]) -> Probe {
@@ -514,7 +544,9 @@ impl Wrap {
         }
         self.sentinels += 1;
         let id = format!("sentinel-{}", self.sentinels);
-        self.write(format!("{{\"jsonrpc\":\"2.0\",\"id\":\"{id}\",\"method\":\"ping\"}}\n").as_bytes());
+        self.write(
+            format!("{{\"jsonrpc\":\"2.0\",\"id\":\"{id}\",\"method\":\"ping\"}}\n").as_bytes(),
+        );
         let mut output = Vec::new();
         loop {
             let line = self.next_line(ANSWER_WITHIN, &format!("the answer to {id}"));
@@ -672,7 +704,11 @@ impl Serve {
             .env("XDG_STATE_HOME", dir.path())
             .output()
             .expect("toolgate grants add");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
         let mut child = Command::new(toolgate())
@@ -778,7 +814,11 @@ impl Serve {
         let chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-        let body = if chunked { dechunk(body) } else { body.to_vec() };
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_vec()
+        };
         Reply {
             status,
             headers,

@@ -35,7 +35,7 @@ keys of `params._meta` (forwarded by the gateway unchanged):
                    same id as the client's request; answer once the client has answered it
   fake/defer       (stdio) answer only after the next unit has been handled
   fake/oversize    answer with a line of this many bytes; with fake/newline false the line
-                   never ends and the server exits after it
+                   never ends (no closing brackets, no newline) and the server exits
 """
 
 from __future__ import annotations
@@ -207,9 +207,10 @@ def answers(msg: dict[str, Any]) -> list[str]:
     return out
 
 
-def oversize_line(msg: dict[str, Any], size: int) -> bytes:
+def oversize_line(msg: dict[str, Any], size: int, complete: bool = True) -> bytes:
+    """An answer `size` bytes long; not `complete`, it is a line that never ends."""
     head = '{"jsonrpc":"2.0","id":' + id_text(msg) + ',"result":{"content":[{"type":"text","text":"'
-    tail = '"}]}}'
+    tail = '"}]}}' if complete else ""
     return head.encode() + b"x" * max(0, size - len(head) - len(tail)) + tail.encode()
 
 
@@ -251,8 +252,9 @@ class Stdio:
         m = meta(msg)
         size = m.get("fake/oversize")
         if isinstance(size, int):
-            self.out.write(oversize_line(msg, size))
-            if m.get("fake/newline", True):
+            newline = m.get("fake/newline", True)
+            self.out.write(oversize_line(msg, size, complete=newline))
+            if newline:
                 self.out.write(b"\n")
                 self.out.flush()
                 return
