@@ -298,3 +298,135 @@ fn explain_help_shows_an_example() {
     let o = toolgate(&["explain", "--help"]);
     assert!(stdout(&o).contains("toolgate explain --policy policy.json --tool create_api_key"));
 }
+
+fn paths_policy(dir: &Path) -> String {
+    write(
+        dir,
+        "paths.json",
+        r#"{"version": "1", "default": "deny", "tools": {
+            "read_file": {
+                "require": [{"path": "args.path", "op": "under", "value": "/home/me/notes"}],
+                "deny_if": [{"path": "args.size", "op": "gt", "value": 1000}]
+            }
+        }}"#,
+    )
+}
+
+#[test]
+fn check_accepts_under_and_names_what_is_wrong_with_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = paths_policy(dir.path());
+    let o = toolgate(&["check", &good]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let bad = write(
+        dir.path(),
+        "bad.json",
+        "{\"version\": \"1\", \"default\": \"deny\", \"tools\": {\"t\": {\"require\": [\n  {\"path\": \"args.p\", \"op\": \"under\", \"value\": \"notes\"}]}}}",
+    );
+    let o = toolgate(&["check", &bad]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{bad}:2:46: error: op \"under\" needs an absolute path as its value, found a relative path (\"notes\") (at /tools/t/require/0/value); write the directory from the root, like \"/home/me/notes\" (no ~, no relative paths: nothing is expanded)\n"
+        )
+    );
+}
+
+#[test]
+fn explain_shows_each_condition_true_false_or_unknown_and_which_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = paths_policy(dir.path());
+    let explain = |args: &str, json: bool| {
+        let mut argv = vec![
+            "explain",
+            "--policy",
+            &p,
+            "--tool",
+            "read_file",
+            "--args",
+            args,
+        ];
+        if json {
+            argv.push("--json");
+        }
+        let o = toolgate(&argv);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stdout(&o)
+    };
+
+    let out = explain(
+        r#"{"path": "/home/me/notes/../.ssh/id_ed25519", "size": "5000"}"#,
+        false,
+    );
+    assert!(
+        out.contains("  conditions, in the order they are checked (the first that denies decides):\n    /tools/read_file/deny_if/0: deny_if args.size gt 1000 → true: denies the call\n    /tools/read_file/require/0: require args.path under \"/home/me/notes\" → false: denies the call\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("deny, by /tools/read_file/deny_if/0: deny_if holds: args.size gt 1000"),
+        "{out}"
+    );
+
+    let out = explain(r#"{"path": "notes/todo.md", "size": [1]}"#, false);
+    assert!(
+        out.contains("/tools/read_file/deny_if/0: deny_if args.size gt 1000 → unknown (args.size is an array; gt compares numbers): cannot be evaluated, so it denies the call"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/tools/read_file/require/0: require args.path under \"/home/me/notes\" → unknown (args.path is a relative path; under needs an absolute path): cannot be evaluated, so it denies the call"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the agent reads: Denied by policy (/tools/read_file/deny_if/0): deny_if args.size gt 1000 is unknown: args.size is an array; gt compares numbers: denied"),
+        "{out}"
+    );
+
+    let out = explain(r#"{"path": "/home/me/notes/todo.md", "size": 10}"#, false);
+    assert!(
+        out.contains("deny_if args.size gt 1000 → false: passes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("require args.path under \"/home/me/notes\" → true: passes"),
+        "{out}"
+    );
+    assert!(out.contains("allow, by /tools/read_file"), "{out}");
+
+    let out = explain(r#"{"path": "/etc/passwd", "size": [1]}"#, true);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(
+        v["conditions"],
+        serde_json::json!([
+            {"pointer": "/tools/read_file/deny_if/0", "list": "deny_if",
+             "condition": "args.size gt 1000", "outcome": "unknown", "denies": true,
+             "why": "args.size is an array; gt compares numbers"},
+            {"pointer": "/tools/read_file/require/0", "list": "require",
+             "condition": "args.path under \"/home/me/notes\"", "outcome": "false",
+             "denies": true}
+        ])
+    );
+}
+
+#[test]
+fn explain_lists_no_conditions_when_the_arguments_are_never_looked_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "p.json",
+        r#"{"version": "1", "default": "deny", "tools": {
+            "t": {"action": "deny", "deny_if": [{"path": "args.a", "op": "exists"}]},
+            "u": {}
+        }}"#,
+    );
+    for tool in ["t", "u", "unnamed"] {
+        let out = stdout(&toolgate(&["explain", "--policy", &p, "--tool", tool]));
+        assert!(!out.contains("conditions"), "{tool}: {out}");
+        let out = stdout(&toolgate(&[
+            "explain", "--policy", &p, "--tool", tool, "--json",
+        ]));
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(v.get("conditions").is_none(), "{tool}: {out}");
+    }
+}

@@ -628,3 +628,50 @@ fn a_byte_order_mark_is_skipped_and_not_counted_as_a_column() {
     let d = diagnostics("\u{feff}{\"version\": \"1\", \"default\": 5}");
     assert_eq!((d[0].line, d[0].column), (1, 29));
 }
+
+#[test]
+fn under_needs_an_absolute_path_that_stays_inside_the_root() {
+    let cond = |value: &str| {
+        with_rule(&format!(
+            "{{\"require\": [{{\"path\": \"args.p\", \"op\": \"under\", \"value\": {value}}}]}}"
+        ))
+    };
+    for (value, words) in [
+        ("\"notes\"", "found a relative path (\"notes\")"),
+        ("\"~/notes\"", "no ~, no relative paths"),
+        ("\"\"", "found a relative path"),
+        ("\"/a/../..\"", "climbs above /"),
+        ("\"/a\\\\b\"", "a backslash"),
+        ("\"/a/%2e%2e/b\"", "percent-encoded"),
+        ("\"/a\\u0000b\"", "a NUL byte"),
+        ("5", "op \"under\" needs a string (an absolute path"),
+        ("[\"/a\"]", "found an array"),
+    ] {
+        single(&cond(value), value, "/tools/t/require/0/value", words);
+    }
+    let missing = with_rule("{\"require\": [{\"path\": \"args.p\", \"op\": \"under\"}]}");
+    let d = diagnostics(&missing);
+    assert_eq!(d.len(), 1, "{}", lines(&d));
+    assert!(
+        d[0].message.contains("op \"under\" needs a \"value\""),
+        "{}",
+        d[0]
+    );
+}
+
+#[test]
+fn under_accepts_absolute_paths_written_loosely() {
+    for value in [
+        "/",
+        "/home/me/notes",
+        "/home/me/notes/",
+        "//home/./me/x/../notes",
+    ] {
+        let text = with_rule(&format!(
+            "{{\"deny_if\": [{{\"path\": \"args.p\", \"op\": \"under\", \"value\": \"{value}\"}}]}}"
+        ));
+        if let Err(e) = Policy::parse(&text, "policy.json") {
+            panic!("{value} should be accepted:\n{e}");
+        }
+    }
+}

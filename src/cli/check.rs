@@ -1,7 +1,9 @@
 //! `toolgate check`: validate policy files, compiler-style.
 //!
 //! A thin shell over [`crate::policy::Policy::load`]: one summary line per valid file, every
-//! diagnostic of an invalid one, exit 1 when any file is invalid or unreadable.
+//! diagnostic of an invalid one, exit 1 when any file is invalid or unreadable. Diagnostics
+//! quote the policy's own text (tool names, keys, values), so every line goes through
+//! [`crate::sanitize`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +11,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use crate::policy::{LoadError, Policy};
+use crate::sanitize::{self, terminal_text};
 
 /// Validate policy files: every problem at once, with FILE:LINE:COL and a JSON Pointer.
 ///
@@ -21,7 +24,12 @@ Examples:
   toolgate check --json policy.json staging.json      one JSON object per file, per line
 
 Windows: second, minute, hour, day, a whole number of seconds (60), or \"90s\", \"10m\",
-\"1h\", \"1d\". `hide` entries and `tools` keys with * or ? are globs (no escaping).")]
+\"1h\", \"1d\". `hide` entries and `tools` keys with * or ? are globs (no escaping).
+
+Condition ops: eq, neq, in, not_in, lt, lte, gt, gte, regex, contains, exists, not_exists,
+and under (the value an absolute directory: {\"path\": \"args.path\", \"op\": \"under\",
+\"value\": \"/home/me/notes\"}). A condition that cannot be evaluated on the value a call
+sends (an array where a number is needed) denies the call, in deny_if and require alike.")]
 pub struct Args {
     /// Policy files to check.
     #[arg(required = true, value_name = "FILE")]
@@ -38,16 +46,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let result = Policy::load(path);
         all_ok &= result.is_ok();
         if args.json {
-            println!("{}", json_report(&shown, &result));
+            println!("{}", sanitize::json(&json_report(&shown, &result))?);
         } else {
-            match &result {
-                Ok(policy) => println!("{shown}: ok — {}", summary(policy)),
-                Err(LoadError::Invalid(diags)) => {
-                    for d in &diags.0 {
-                        println!("{d}");
-                    }
-                }
-                Err(e @ LoadError::Io { .. }) => println!("{shown}: error: {e}"),
+            let lines = match &result {
+                Ok(policy) => vec![format!("{shown}: ok — {}", summary(policy))],
+                Err(LoadError::Invalid(diags)) => diags.0.iter().map(|d| d.to_string()).collect(),
+                Err(e @ LoadError::Io { .. }) => vec![format!("{shown}: error: {e}")],
+            };
+            for line in lines {
+                println!("{}", terminal_text(&line));
             }
         }
     }

@@ -1,9 +1,13 @@
 //! `toolgate explain`: which rule decides a call, and why, without running a gateway.
 //!
 //! Decides `--repeat N` identical calls at one instant on a fresh in-memory counter store,
-//! so a person can see where a limit starts refusing. Human output explains in words; with
-//! `--json`, one object per call per line. Exit 0 whatever the decision; 2 on bad input
+//! so a person can see where a limit starts refusing. Human output explains in words, with
+//! every condition of the deciding rule and what it gave (true, false, or unknown and why);
+//! with `--json`, one object per call per line. Exit 0 whatever the decision; 2 on bad input
 //! (an invalid policy, arguments that are not a JSON object).
+//!
+//! Tool names, reasons, glob patterns and argument values come from a policy file or the
+//! command line, so every line goes through [`crate::sanitize`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +17,17 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::policy::{
-    Call, Decision, LoadError, MemoryStore, Policy, RuleMatch, Verdict, human_duration,
+    Action, Call, Decision, LoadError, MemoryStore, Policy, RuleMatch, Verdict, human_duration,
     window_words,
 };
+use crate::sanitize::{self, terminal_text};
+
+/// Prints one line of outside text, neutralised.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", terminal_text(&format!($($arg)*)))
+    };
+}
 
 /// Explain which rule decides a tool call and why.
 #[derive(Debug, clap::Args)]
@@ -24,6 +36,11 @@ Examples:
   toolgate explain --policy policy.json --tool create_api_key
   toolgate explain --policy policy.json --tool transfer --args '{\"amount\": 20000}'
   toolgate explain --policy policy.json --tool create_api_key --repeat 31 --json
+  toolgate explain --policy policy.json --tool read_file --args '{\"path\": \"/home/me/notes/../.ssh/id_ed25519\"}'
+
+Every condition of the rule is shown with what it gave: true, false, or unknown (the value
+cannot be compared: an array where a number is needed, a relative path for `under`). An
+unknown condition denies the call, in `deny_if` and in `require` alike.
 
 Exit status 0 whatever the decision; 2 when the policy is invalid or --args is not a JSON
 object.")]
@@ -57,11 +74,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(LoadError::Invalid(diags)) => {
             for d in &diags.0 {
-                eprintln!("{d}");
+                eprintln!("{}", terminal_text(&d.to_string()));
             }
             eprintln!(
                 "toolgate: error: {} is not a valid policy; fix the problems above",
-                args.policy.display()
+                terminal_text(&args.policy.display().to_string())
             );
             return Ok(ExitCode::from(2));
         }
@@ -87,14 +104,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|_| policy.decide(&call, &store, now_ms))
         .collect();
 
+    let conditions = conditions(&policy, &args.tool, &call_args);
+
     if args.json {
+        let conditions_json: Vec<Value> = conditions.iter().map(Shown::to_json).collect();
         for (i, d) in decisions.iter().enumerate() {
-            println!("{}", decision_json(i as u64 + 1, d));
+            let mut v = decision_json(i as u64 + 1, d);
+            if !conditions_json.is_empty() {
+                v["conditions"] = Value::Array(conditions_json.clone());
+            }
+            println!("{}", sanitize::json(&v)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
 
-    println!(
+    say!(
         "{} (grant {}, session {}){}",
         args.tool,
         args.grant,
@@ -105,7 +129,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             String::new()
         }
     );
-    println!("  {}", describe_match(&policy, &args.tool));
+    say!("  {}", describe_match(&policy, &args.tool));
+    if !conditions.is_empty() {
+        say!("  conditions, in the order they are checked (the first that denies decides):");
+        for c in &conditions {
+            say!("    {}", c.line());
+        }
+    }
     let mut start = 0;
     while start < decisions.len() {
         let d = &decisions[start];
@@ -120,12 +150,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             format!("calls {}–{}: ", start + 1, end)
         };
-        println!("  {which}{}", describe_decision(d));
+        say!("  {which}{}", describe_decision(d));
         match d.verdict {
             Verdict::Deny | Verdict::RateLimited => {
-                println!("    the agent reads: {}", d.agent_text());
+                say!("    the agent reads: {}", d.agent_text());
             }
-            Verdict::Hold => println!(
+            Verdict::Hold => say!(
                 "    the call waits; it goes through if an operator approves, and is denied if one denies it or the time runs out (its counter units are then given back)"
             ),
             Verdict::Allow => {}
@@ -140,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     format!("{} {}", s.scope, s.key)
                 };
-                println!(
+                say!(
                     "  counter {}: {}/{} used per {} ({whose})",
                     s.counter,
                     s.used,
@@ -149,9 +179,80 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Err(e) => println!("  counters: {e}"),
+        Err(e) => say!("  counters: {e}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One condition of the deciding rule and what it gave, owned for printing.
+struct Shown {
+    pointer: String,
+    deny_if: bool,
+    condition: String,
+    outcome: &'static str,
+    why: Option<String>,
+    denies: bool,
+}
+
+impl Shown {
+    /// `/tools/t/deny_if/0: deny_if args.amount gt 1000 → unknown (args.amount is an array;
+    /// gt compares numbers), so it denies the call`.
+    fn line(&self) -> String {
+        let list = if self.deny_if { "deny_if" } else { "require" };
+        let outcome = match &self.why {
+            Some(why) => format!("{} ({why})", self.outcome),
+            None => self.outcome.to_string(),
+        };
+        let effect = match (self.denies, self.outcome) {
+            (true, "unknown") => "cannot be evaluated, so it denies the call",
+            (true, _) => "denies the call",
+            (false, _) => "passes",
+        };
+        format!(
+            "{}: {list} {} → {outcome}: {effect}",
+            self.pointer, self.condition
+        )
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "pointer": self.pointer,
+            "list": if self.deny_if { "deny_if" } else { "require" },
+            "condition": self.condition,
+            "outcome": self.outcome,
+            "denies": self.denies,
+        });
+        if let Some(why) = &self.why {
+            v["why"] = json!(why);
+        }
+        v
+    }
+}
+
+/// The deciding rule's conditions evaluated on `args`; none when the rule (or `hide`, or the
+/// default) decides without looking at arguments.
+fn conditions(policy: &Policy, tool: &str, args: &Value) -> Vec<Shown> {
+    if policy
+        .treatment(tool)
+        .is_none_or(|t| t.action == Action::Deny || !t.conditions)
+    {
+        return Vec::new();
+    }
+    policy
+        .condition_checks(tool, args)
+        .iter()
+        .map(|c| {
+            let (outcome, why) = c.outcome();
+            Shown {
+                pointer: c.pointer.to_string(),
+                deny_if: c.deny_if,
+                condition: c.describe(),
+                outcome,
+                why,
+                denies: c.denies(),
+            }
+        })
+        .collect()
 }
 
 fn decision_json(n: u64, d: &Decision) -> Value {

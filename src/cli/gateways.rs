@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::control;
-use crate::sanitize::terminal_text;
+use crate::sanitize::{self, terminal_text};
 
 /// List the gateways running on this machine.
 #[derive(Debug, clap::Args)]
@@ -27,7 +27,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 g.token.clear();
             }
         }
-        println!("{}", serde_json::to_string_pretty(&running)?);
+        println!("{}", sanitize::json_pretty(&running)?);
         return Ok(ExitCode::SUCCESS);
     }
     if running.is_empty() {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::gateway::grants::Grants;
+use crate::sanitize::terminal_text;
 
 /// Manage the grants (bearer tokens) of `toolgate serve`.
 #[derive(Debug, clap::Args)]
@@ -55,17 +56,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             grants.save(&file.file)?;
             println!("{token}");
             eprintln!(
-                "grant {name:?} added to {}; the token above is shown only this once",
-                file.file.display()
+                "{}",
+                terminal_text(&format!(
+                    "grant {name:?} added to {}; the token above is shown only this once",
+                    file.file.display()
+                ))
             );
         }
         GrantsCommand::List { file } => {
             let grants = Grants::load_or_empty(&file.file)?;
             if grants.grants.is_empty() {
-                eprintln!("no grants in {}", file.file.display());
+                eprintln!(
+                    "no grants in {}",
+                    terminal_text(&file.file.display().to_string())
+                );
             }
             for (name, entry) in &grants.grants {
-                println!("{name}\t{}", entry.created_at.to_rfc3339());
+                println!("{}\t{}", terminal_text(name), entry.created_at.to_rfc3339());
             }
         }
         GrantsCommand::Revoke { name, file } => {
@@ -75,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no grant named {name:?} in {}", file.file.display());
             }
             grants.save(&file.file)?;
-            eprintln!("grant {name:?} revoked");
+            eprintln!("{}", terminal_text(&format!("grant {name:?} revoked")));
         }
     }
     Ok(ExitCode::SUCCESS)

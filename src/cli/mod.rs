@@ -91,7 +91,12 @@ pub fn main() -> ExitCode {
         // say it to.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("toolgate: error: {err:#}");
+            // Errors quote what they were given (arguments, file contents, answers from a
+            // gateway or a server): neutralised line by line, so multi-line errors keep their
+            // shape.
+            let text = format!("{err:#}");
+            let lines: Vec<_> = text.lines().map(crate::sanitize::terminal_text).collect();
+            eprintln!("toolgate: error: {}", lines.join("\n"));
             ExitCode::from(2)
         }
     }

@@ -22,7 +22,7 @@ use crate::gateway::http::servers::UrlServer;
 use crate::gateway::upstream::{ServerCommand, ServerProcess};
 use crate::gateway::upstream_client::{ClientError, Session};
 use crate::policy::{LoadError, Policy};
-use crate::sanitize::terminal_text;
+use crate::sanitize::{self, terminal_text};
 use crate::scan::{ScannedTool, compare, report, starting_policy};
 use crate::wire::ToolInfo;
 
@@ -216,13 +216,18 @@ fn report_scan(args: &Args, scan: &Scan) -> anyhow::Result<ExitCode> {
         return report_against(args, path, scan);
     }
     let text = if args.json {
-        serde_json::to_string_pretty(&report::tools_json(&scan.tools))?
+        sanitize::json_pretty(&report::tools_json(&scan.tools))?
     } else {
         let (policy, skipped) = starting_policy(&scan.tools);
         for s in &skipped {
-            eprintln!("warning: {}: {}", terminal_text(&s.name), s.why);
+            eprintln!(
+                "warning: {}",
+                terminal_text(&format!("{}: {}", s.name, s.why))
+            );
         }
-        let text = serde_json::to_string_pretty(&policy)?;
+        // Tool names come from the server: escaped in the JSON, so the file means the same
+        // and shows nothing a terminal would interpret when printed.
+        let text = sanitize::json_pretty(&policy)?;
         // The suggestion is only useful if it loads; a failure here is a bug in scan.
         Policy::parse(&text, SUGGESTED_FILE).map_err(|d| {
             anyhow::anyhow!("the suggested policy does not validate (a toolgate bug):\n{d}")
@@ -232,7 +237,7 @@ fn report_scan(args: &Args, scan: &Scan) -> anyhow::Result<ExitCode> {
     match &args.output {
         Some(path) => {
             write_output(path, &text, args.force)?;
-            eprintln!("wrote {}", path.display());
+            eprintln!("wrote {}", terminal_text(&path.display().to_string()));
         }
         None => {
             let mut out = std::io::stdout().lock();
@@ -255,16 +260,20 @@ fn report_against(args: &Args, path: &Path, scan: &Scan) -> anyhow::Result<ExitC
             "tools": report::tools_json(&scan.tools),
             "findings": findings,
         });
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        writeln!(out, "{}", sanitize::json_pretty(&doc)?)?;
     } else if findings.is_empty() {
         writeln!(
             out,
             "{}: no gaps: every offered tool has a rule no looser than its class suggests, and every rule matches a tool",
-            path.display()
+            terminal_text(&path.display().to_string())
         )?;
     } else {
         for f in &findings {
-            writeln!(out, "{}: {}", path.display(), terminal_text(&f.to_string()))?;
+            writeln!(
+                out,
+                "{}",
+                terminal_text(&format!("{}: {f}", path.display()))
+            )?;
         }
         writeln!(
             out,

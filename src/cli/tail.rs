@@ -5,7 +5,8 @@
 //! few seconds, so gateways that start later are followed and ones that stop are let go.
 //! Every string that came from outside (tool names, arguments, reasons, paths) goes through
 //! [`crate::sanitize::terminal_text`] before it reaches the terminal in human mode; JSON mode
-//! is escaped by the JSON encoder itself.
+//! goes through [`crate::sanitize::json`], which writes C1 controls, bidi and invisible
+//! characters as `\u` escapes (serde_json alone passes them through raw).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -17,7 +18,7 @@ use chrono::Local;
 use tokio::sync::mpsc;
 
 use crate::control::{self, ClientError};
-use crate::sanitize::terminal_text;
+use crate::sanitize::{self, terminal_text};
 use crate::wire::{Event, EventKind, ResolvedBy, Verdict};
 
 /// How often the discovery directory is scanned for new gateways.
@@ -151,7 +152,10 @@ async fn follow(id: String, mut conn: control::Connection, tx: mpsc::Sender<Note
             }
             Some(Err(ClientError::Decode(e))) => {
                 // One message this version does not understand is not the end of the stream.
-                eprintln!("toolgate tail: skipped a message: {e}");
+                eprintln!(
+                    "toolgate tail: skipped a message: {}",
+                    terminal_text(&e.to_string())
+                );
             }
             Some(Err(e)) => break Some(e.to_string()),
             None => break None,
@@ -162,8 +166,7 @@ async fn follow(id: String, mut conn: control::Connection, tx: mpsc::Sender<Note
 
 fn print(out: &mut impl Write, event: &Event, json: bool) -> anyhow::Result<()> {
     if json {
-        serde_json::to_writer(&mut *out, event)?;
-        writeln!(out)?;
+        writeln!(out, "{}", sanitize::json(event)?)?;
     } else if let Some(line) = human_line(event) {
         writeln!(out, "{line}")?;
         if let EventKind::Hello(hello) = &event.kind {

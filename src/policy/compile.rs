@@ -25,6 +25,7 @@ use regex::RegexBuilder;
 use super::condition::{Condition, Op};
 use super::glob::Glob;
 use super::json::{self, Member, Node, Value};
+use super::path::{PathProblem, Root};
 use super::store::Scope;
 use super::{Action, CounterDef, Diagnostic, LimitUse, Policy, Rule};
 
@@ -532,6 +533,7 @@ impl Compiler {
         let vptr = child(ptr, "value");
         let mut value = serde_json::Value::Null;
         let mut regex = None;
+        let mut root = None;
         match (op, value_node) {
             (Op::Exists | Op::NotExists, Some(v)) => {
                 self.problem(
@@ -565,13 +567,14 @@ impl Compiler {
                     let fits = match op {
                         Op::In | Op::NotIn => converted.is_array(),
                         Op::Lt | Op::Lte | Op::Gt | Op::Gte => converted.is_number(),
-                        Op::Regex => converted.is_string(),
+                        Op::Regex | Op::Under => converted.is_string(),
                         _ => true,
                     };
                     if !fits {
                         let want = match op {
                             Op::In | Op::NotIn => "an array of values",
                             Op::Lt | Op::Lte | Op::Gt | Op::Gte => "a number",
+                            Op::Under => "a string (an absolute path, like \"/home/me/notes\")",
                             _ => "a string (the regex)",
                         };
                         self.error(
@@ -600,6 +603,23 @@ impl Compiler {
                                 ok = false;
                             }
                         }
+                    } else if let (Op::Under, Some(text)) = (op, converted.as_str()) {
+                        match Root::parse(text) {
+                            Ok(r) => root = Some(r),
+                            Err(problem) => {
+                                self.problem(
+                                    v.offset,
+                                    vptr,
+                                    format!(
+                                        "op \"under\" needs an absolute path as its value, found {} ({})",
+                                        problem.description(),
+                                        quote(text)
+                                    ),
+                                    under_hint(problem).to_string(),
+                                );
+                                ok = false;
+                            }
+                        }
                     }
                     value = converted;
                 }
@@ -611,6 +631,7 @@ impl Compiler {
             op,
             value,
             regex,
+            root,
         })
     }
 
@@ -880,6 +901,19 @@ fn parse_duration(s: &str) -> Option<Option<u64>> {
             .ok()
             .and_then(|n| n.checked_mul(factor)),
     )
+}
+
+/// What to do about an `under` value that is not a usable absolute path.
+fn under_hint(problem: PathProblem) -> &'static str {
+    match problem {
+        PathProblem::Relative => {
+            "write the directory from the root, like \"/home/me/notes\" (no ~, no relative paths: nothing is expanded)"
+        }
+        PathProblem::ClimbsAboveRoot => "remove the .. segments that go above /",
+        PathProblem::Nul | PathProblem::Backslash | PathProblem::PercentEncoded => {
+            "write the directory with / separators and plain names (arguments holding these are refused anyway)"
+        }
+    }
 }
 
 /// The one-line gist of a regex error (the crate's message spans several lines).

@@ -10,7 +10,9 @@
 //! - [`json`]: a strict JSON parser that keeps every value's position, so each diagnostic
 //!   says `FILE:LINE:COL` and a JSON Pointer, and duplicate keys are caught.
 //! - [`compile`]: validation into a [`Policy`]; every problem at once, in document order.
-//! - [`glob`], [`condition`]: tool-name patterns and argument conditions.
+//! - [`glob`], [`condition`]: tool-name patterns and argument conditions, which are true,
+//!   false or unknown (and fail closed); [`number`] and [`path`] say how numbers and file
+//!   paths are read in them.
 //! - [`store`]: the [`CounterStore`] that limits count against: in process, SQLite, Redis.
 //! - [`decision`]: the [`Decision`] and the text an agent reads.
 //!
@@ -24,6 +26,8 @@ mod condition;
 mod decision;
 mod glob;
 mod json;
+mod number;
+mod path;
 pub mod store;
 
 pub use compile::DEFAULT_APPROVAL_TIMEOUT_MS;
@@ -39,7 +43,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use condition::Condition;
+use condition::{Condition, Truth};
 use glob::Glob;
 
 /// What a rule (or the default) does with a call that passes its conditions and limits.
@@ -90,6 +94,76 @@ struct Rule {
     /// `limits` then `rate_limit`, in file order.
     limits: Vec<LimitUse>,
     approval_timeout_ms: Option<u64>,
+}
+
+impl Rule {
+    /// Every condition of the rule evaluated on `args`, `deny_if` first, in file order.
+    /// Lazy: `decide` stops at the first that denies.
+    fn checks<'r>(
+        &'r self,
+        args: &'r serde_json::Value,
+    ) -> impl Iterator<Item = ConditionCheck<'r>> {
+        let deny_if = self.deny_if.iter().map(|c| (true, c));
+        let require = self.require.iter().map(|c| (false, c));
+        deny_if
+            .chain(require)
+            .map(move |(deny_if, (pointer, condition))| ConditionCheck {
+                pointer,
+                deny_if,
+                condition,
+                truth: condition.evaluate(args),
+            })
+    }
+}
+
+/// One condition of a rule, evaluated on one call's arguments (for `decide` and `explain`).
+#[derive(Debug, Clone)]
+pub(crate) struct ConditionCheck<'r> {
+    /// `/tools/transfer/deny_if/0`.
+    pub(crate) pointer: &'r str,
+    /// In `deny_if` (else in `require`).
+    pub(crate) deny_if: bool,
+    condition: &'r Condition,
+    truth: Truth,
+}
+
+impl ConditionCheck<'_> {
+    /// Whether this condition denies the call: a `deny_if` that holds or is unknown, a
+    /// `require` that fails or is unknown.
+    pub(crate) fn denies(&self) -> bool {
+        match self.truth {
+            Truth::True => self.deny_if,
+            Truth::False => !self.deny_if,
+            Truth::Unknown(_) => true,
+        }
+    }
+
+    /// The condition in words (`args.amount lte 10000`).
+    pub(crate) fn describe(&self) -> String {
+        self.condition.describe()
+    }
+
+    /// `true`, `false` or `unknown`, and for unknown why
+    /// (`args.amount is an array; gt compares numbers`).
+    pub(crate) fn outcome(&self) -> (&'static str, Option<String>) {
+        match &self.truth {
+            Truth::True => ("true", None),
+            Truth::False => ("false", None),
+            Truth::Unknown(u) => ("unknown", Some(u.to_string())),
+        }
+    }
+
+    /// The reason a denying condition gives: `deny_if holds: args.to eq "x"`,
+    /// `require not met: args.amount lte 100`, or for an unknown one
+    /// `deny_if args.amount gt 1000 is unknown: args.amount is an array; gt compares numbers: denied`.
+    pub(crate) fn because(&self) -> String {
+        let list = if self.deny_if { "deny_if" } else { "require" };
+        match &self.truth {
+            Truth::Unknown(u) => format!("{list} {} is unknown: {u}: denied", self.describe()),
+            _ if self.deny_if => format!("deny_if holds: {}", self.describe()),
+            _ => format!("require not met: {}", self.describe()),
+        }
+    }
 }
 
 /// A parsed, validated, compiled policy. Immutable; cheap to share behind an `Arc`.
@@ -341,6 +415,23 @@ impl Policy {
         }
     }
 
+    /// The conditions of the rule that decides `tool`, each evaluated on `args`, in the order
+    /// `decide` looks at them (`deny_if`, then `require`). Empty for a hidden tool or one no
+    /// rule names. For `explain`.
+    pub(crate) fn condition_checks<'p>(
+        &'p self,
+        tool: &str,
+        args: &'p serde_json::Value,
+    ) -> Vec<ConditionCheck<'p>> {
+        if self.hidden_by(tool).is_some() {
+            return Vec::new();
+        }
+        match self.rule_for(tool) {
+            Some(rule) => rule.checks(args).collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Decides one call at `now_ms` (milliseconds since the Unix epoch), taking units from
     /// `store` when the call is admitted or held. Never panics, whatever the arguments.
     pub fn decide(&self, call: &Call<'_>, store: &dyn CounterStore, now_ms: u64) -> Decision {
@@ -385,27 +476,17 @@ impl Policy {
             return d;
         }
 
-        // 3. Argument conditions.
-        if let Some(r) = rule {
-            let failed = r
-                .deny_if
-                .iter()
-                .find(|(_, c)| c.holds(call.args))
-                .map(|(p, c)| (p, format!("deny_if holds: {}", c.describe())))
-                .or_else(|| {
-                    r.require
-                        .iter()
-                        .find(|(_, c)| !c.holds(call.args))
-                        .map(|(p, c)| (p, format!("require not met: {}", c.describe())))
-                });
-            if let Some((p, why)) = failed {
-                d.rule = p.clone();
-                d.reason = match &r.reason {
-                    Some(reason) => format!("{reason} ({why})"),
-                    None => why,
-                };
-                return d;
-            }
+        // 3. Argument conditions: deny_if first, then require. Unknown denies in both.
+        if let Some(r) = rule
+            && let Some(check) = r.checks(call.args).find(|c| c.denies())
+        {
+            d.rule = check.pointer.to_string();
+            let why = check.because();
+            d.reason = match &r.reason {
+                Some(reason) => format!("{reason} ({why})"),
+                None => why,
+            };
+            return d;
         }
 
         // 4. Limits: the rule's, then all_tools', admitted atomically.
