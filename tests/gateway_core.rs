@@ -80,6 +80,21 @@ fn start(policy: &str) -> Harness {
 }
 
 fn start_with(policy: &str, tweak: impl FnOnce(Gateway) -> Gateway) -> Harness {
+    start_full(policy, tweak, RunOptions::new("session-1"))
+}
+
+/// A gateway that accepts messages of at most `max` bytes.
+fn start_max(policy: &str, max: usize) -> Harness {
+    let mut options = RunOptions::new("session-1");
+    options.max_message = max;
+    start_full(policy, |g| g, options)
+}
+
+fn start_full(
+    policy: &str,
+    tweak: impl FnOnce(Gateway) -> Gateway,
+    options: RunOptions,
+) -> Harness {
     let policy = Policy::parse(policy, "policy.json").expect("test policy is valid");
     let hub = Hub::new(GatewayInfo {
         id: "gw".into(),
@@ -106,7 +121,7 @@ fn start_with(policy: &str, tweak: impl FnOnce(Gateway) -> Gateway) -> Harness {
         c_w,
         BufReader::new(s_r),
         s_w,
-        RunOptions::new("session-1"),
+        options,
     ));
     Harness {
         client,
@@ -272,24 +287,24 @@ async fn hidden_tools_vanish_from_every_tools_list_page_and_the_tools_event_list
 #[tokio::test]
 async fn everything_else_passes_through_untouched_in_both_directions() {
     let mut h = start(ALLOW_ECHO);
-    let up = [
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"t","version":"1"}}}"#,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        r#"{"jsonrpc":"2.0","id":2,"method":"vendor/unknown","params":{"_meta":{"k":[1,2]}}}"#,
-        r#"{"jsonrpc":"2.0","id":"s1","result":{"model":"m","role":"assistant","content":{"type":"text","text":"sampled"}}}"#,
+    // (from the client?, line): in this order, each read unchanged on the other side.
+    let lines = [
+        (true, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"t","version":"1"}}}"#),
+        (true, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+        (true, r#"{"jsonrpc":"2.0","id":2,"method":"vendor/unknown","params":{"_meta":{"k":[1,2]}}}"#),
+        (false, r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{"messages":[],"maxTokens":5}}"#),
+        (true, r#"{"jsonrpc":"2.0","id":"s1","result":{"model":"m","role":"assistant","content":{"type":"text","text":"sampled"}}}"#),
+        (false, r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#),
+        (false, r#"{"jsonrpc":"2.0","id":2,"result":{"unknownField":true}}"#),
     ];
-    let down = [
-        r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{"messages":[],"maxTokens":5}}"#,
-        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#,
-        r#"{"jsonrpc":"2.0","id":2,"result":{"unknownField":true}}"#,
-    ];
-    for line in up {
-        h.client.send(line).await;
-        assert_eq!(h.server.recv_line().await, line);
-    }
-    for line in down {
-        h.server.send(line).await;
-        assert_eq!(h.client.recv_line().await, line);
+    for (from_client, line) in lines {
+        if from_client {
+            h.client.send(line).await;
+            assert_eq!(h.server.recv_line().await, line);
+        } else {
+            h.server.send(line).await;
+            assert_eq!(h.client.recv_line().await, line);
+        }
     }
 }
 
@@ -588,4 +603,407 @@ async fn client_closing_closes_the_server_input_and_ends_cleanly() {
     server.expect_end().await;
     drop(server);
     assert_eq!(end.await.unwrap(), End::ClientClosed);
+}
+
+// --- Message shapes, ids and sizes (issue 13 items 1, 4, 6) ---
+
+const HIDE_SECRETS: &str =
+    r#"{"version":"1","default":"deny","hide":["secret_*"],"tools":{"echo":{},"send":{"action":"require_approval"}}}"#;
+
+/// Sends a ping from the client and checks it is the next thing the server reads: whatever
+/// was sent before it never reached the server.
+async fn server_saw_nothing_before(h: &mut Harness, ping: u64) {
+    let next = h.ping(ping).await;
+    assert_eq!(next["method"], "ping", "the server read {next} first");
+    assert_eq!(next["id"], ping);
+}
+
+/// The client's next line is an error with this code; returns its id.
+async fn client_error(h: &mut Harness, code: i64) -> Value {
+    let answer = h.client.recv().await;
+    assert_eq!(answer["error"]["code"], code, "{answer}");
+    answer["id"].clone()
+}
+
+#[tokio::test]
+async fn nested_batches_and_elements_that_are_not_objects_never_reach_the_server() {
+    let mut h = start(HIDE_SECRETS);
+    let delete = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_file"}}"#;
+    // Each line, and how many -32600 answers it gets.
+    let lines = [
+        (format!("[[{delete}]]"), 1),
+        (format!("[[[{delete}]],[{delete}]]"), 2),
+        // `{}` is neither request nor answer: dropped, not answered.
+        (format!(r#"[{delete}, 5, "x", null, true, [], {{}}]"#), 5),
+        ("[]".to_owned(), 1),
+        ("42".to_owned(), 1),
+        (r#""{\"id\":1,\"method\":\"tools/call\"}""#.to_owned(), 1),
+        ("null".to_owned(), 1),
+    ];
+    for (line, invalid) in &lines {
+        h.client.send(line).await;
+        let mut seen = 0;
+        while seen < *invalid {
+            let answer = h.client.recv().await;
+            if answer["error"]["code"] == -32600 {
+                assert_eq!(answer["id"], Value::Null, "{line}: {answer}");
+                seen += 1;
+            } else {
+                // The one object in a batch is judged on its own: a denied call.
+                assert_eq!(answer["result"]["isError"], true, "{line}: {answer}");
+            }
+        }
+    }
+    // An answer-shaped wrapper around a call is an answer to nothing: dropped.
+    h.client
+        .send(&format!(r#"{{"jsonrpc":"2.0","id":3,"result":[{delete}]}}"#))
+        .await;
+    h.client
+        .send(&format!(r#"{{"jsonrpc":"2.0","id":4,"error":{{"code":1,"message":"x","data":{delete}}}}}"#))
+        .await;
+    server_saw_nothing_before(&mut h, 9).await;
+}
+
+#[tokio::test]
+async fn answers_are_forwarded_only_to_requests_the_other_side_still_waits_on() {
+    let mut h = start(HIDE_SECRETS);
+    // Answers to nothing, from either side, are dropped.
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#)
+        .await;
+    server_saw_nothing_before(&mut h, 2).await;
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":77,"result":{"tools":[{"name":"secret_a"}]}}"#)
+        .await;
+    h.server.send(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#).await;
+    assert_eq!(h.client.recv().await["id"], 2, "the unsolicited answer was dropped");
+
+    // The same id in both directions: two requests, told apart by who sent them.
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#)
+        .await;
+    h.server.recv().await;
+    let server_request = r#"{"jsonrpc":"2.0","id":5,"method":"roots/list"}"#;
+    h.server.send(server_request).await;
+    assert_eq!(h.client.recv_line().await, server_request);
+    let client_answer = r#"{"jsonrpc":"2.0","id":5,"result":{"roots":[]}}"#;
+    h.client.send(client_answer).await;
+    assert_eq!(h.server.recv_line().await, client_answer);
+    // A second answer to the same server request is not owed: dropped.
+    h.client.send(client_answer).await;
+    server_saw_nothing_before(&mut h, 6).await;
+    // The server's answer to the client's tools/list is filtered as one.
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"secret_a"},{"name":"echo"}]}}"#)
+        .await;
+    let listed = h.client.recv().await;
+    assert_eq!(listed["result"]["tools"], json!([{"name":"echo"}]));
+
+    // A server request the server itself cancelled is not answered either.
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":"s2","method":"sampling/createMessage","params":{}}"#)
+        .await;
+    h.client.recv().await;
+    h.server
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"s2"}}"#)
+        .await;
+    h.client.recv().await;
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":"s2","result":{}}"#)
+        .await;
+    server_saw_nothing_before(&mut h, 7).await;
+}
+
+#[tokio::test]
+async fn ids_match_by_value_and_ids_that_are_not_strings_or_integers_are_refused() {
+    let mut h = start(HIDE_SECRETS);
+    // (the client's id, the server's spelling of it, the id the client reads back)
+    for (sent, answered, back) in [
+        (r#""\u0061""#, r#""a""#, json!("a")),
+        ("-0", "0", json!(0)),
+        (r#""\ud83d\ude00""#, "\"\u{1F600}\"", json!("\u{1F600}")),
+        ("9007199254740991", "9007199254740991", json!(9007199254740991u64)),
+    ] {
+        let request = format!(r#"{{"jsonrpc":"2.0","id":{sent},"method":"tools/list"}}"#);
+        h.client.send(&request).await;
+        assert_eq!(h.server.recv_line().await, request, "forwarded as sent");
+        h.server
+            .send(&format!(
+                r#"{{"jsonrpc":"2.0","id":{answered},"result":{{"tools":[{{"name":"secret_x"}},{{"name":"echo"}}]}}}}"#
+            ))
+            .await;
+        let listed = h.client.recv().await;
+        assert_eq!(listed["id"], back);
+        assert_eq!(listed["result"]["tools"], json!([{"name":"echo"}]), "{sent}");
+    }
+    for bad in [
+        "6.0", "1e1", "-1.5", "true", "null", "{}", "[1]", "9007199254740992", "-9007199254740992",
+    ] {
+        for method in ["tools/list", "tools/call", "ping"] {
+            h.client
+                .send(&format!(
+                    r#"{{"jsonrpc":"2.0","id":{bad},"method":"{method}","params":{{"name":"delete_file"}}}}"#
+                ))
+                .await;
+            assert_eq!(client_error(&mut h, -32600).await, Value::Null, "{bad}");
+        }
+    }
+    server_saw_nothing_before(&mut h, 1).await;
+}
+
+#[tokio::test]
+async fn a_request_reusing_an_id_in_flight_is_refused_and_a_hold_is_never_orphaned() {
+    let mut h = start(
+        r#"{"version":"1","default":"deny","tools":{"send":{"action":"require_approval","rate_limit":{"max":1,"window":"hour"}}}}"#,
+    );
+    h.client.send_json(call(1, "send", json!({"to":"a"}))).await;
+    let first = held_call_id(&mut h).await;
+    // The same id again, however it is spelled, while the first is held.
+    for spelled in ["1", "-0", "1"] {
+        let again = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"send","arguments":{{}}}}}}"#,
+            if spelled == "-0" { "1" } else { spelled }
+        );
+        h.client.send(&again).await;
+        assert_eq!(client_error(&mut h, -32600).await, 1);
+    }
+    // A forwarded request's id is in flight until its answer, also for other methods.
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":"p","method":"ping"}"#)
+        .await;
+    h.server.recv().await;
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":"\u0070","method":"tools/list"}"#)
+        .await;
+    assert_eq!(client_error(&mut h, -32600).await, "p");
+    h.client.send_json(call(1, "send", json!({}))).await;
+    assert_eq!(client_error(&mut h, -32600).await, 1);
+
+    // The first hold is still there: the operator's denial reaches the client, and its unit
+    // comes back (the next call is held again, not rate limited).
+    h.resolve(&first, false, Some("op"), Some("no"));
+    let denied = h.client.recv().await;
+    assert_eq!(denied["id"], 1);
+    assert_eq!(denied["result"]["isError"], true);
+    h.client.send_json(call(1, "send", json!({}))).await;
+    held_call_id(&mut h).await;
+    // Answered: the id is free again.
+    h.server.send(r#"{"jsonrpc":"2.0","id":"p","result":{}}"#).await;
+    assert_eq!(h.client.recv().await["id"], "p");
+    server_saw_nothing_before(&mut h, 2).await;
+}
+
+#[tokio::test]
+async fn a_tools_list_answer_that_cannot_be_filtered_is_replaced_by_an_error() {
+    let mut h = start(HIDE_SECRETS);
+    let answers = [
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":{"secret_a":{}}}}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":[{"name":"secret_a"},{"name":5}]}}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":[{"name":"echo"},"secret_a"]}}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":[{"title":"secret_a"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":["secret_a"]}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":"secret_a"}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tool":[{"name":"secret_a"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"resultType":"complete","tool":[{"name":"secret_a"}]}}"#,
+        // Text no two parsers are sure to read alike.
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":[{"name":"secret_a","description":"\ud800"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":[{"name":"secret_a"}],"tools":[]}}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":[{"name":"secret_a","name":"echo"}]}}"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":[{"name":"secret_a"}]}} trailing"#,
+        r#"{"jsonrpc":"2.0","id":ID,"result":{"tools":[{"name":"secret_a"}]},"error":{"code":1}}"#,
+    ];
+    for (n, answer) in answers.iter().enumerate() {
+        let id = n + 1;
+        h.client
+            .send(&format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list","params":{{"cursor":"c{id}"}}}}"#
+            ))
+            .await;
+        h.server.recv().await;
+        h.server.send(&answer.replace("ID", &id.to_string())).await;
+        let line = h.client.recv_line().await;
+        assert!(!line.contains("secret_a"), "{answer} leaked: {line}");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], id, "{answer}: {line}");
+        assert_eq!(v["error"]["code"], -32004, "{answer}: {line}");
+    }
+    // The 2026-07-28 forms are filtered like the others, and an interim result without
+    // tools passes.
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":"m","method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#)
+        .await;
+    h.server.recv().await;
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":"m","result":{"resultType":"complete","tools":[{"name":"secret_a"},{"name":"echo"}],"ttl":5}}"#)
+        .await;
+    let listed = h.client.recv().await;
+    assert_eq!(listed["result"]["tools"], json!([{"name":"echo"}]));
+    assert_eq!(listed["result"]["resultType"], "complete");
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":"n","method":"tools/list"}"#)
+        .await;
+    h.server.recv().await;
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":"n","result":{"resultType":"input_required","inputRequests":{}}}"#)
+        .await;
+    assert_eq!(h.client.recv().await["result"]["resultType"], "input_required");
+}
+
+#[tokio::test]
+async fn a_cancelled_tools_list_keeps_its_id_and_its_late_answer_is_still_filtered() {
+    let mut h = start(HIDE_SECRETS);
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .await;
+    h.server.recv().await;
+    h.client
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#)
+        .await;
+    assert_eq!(h.server.recv().await["method"], "notifications/cancelled");
+    // Reusing the id now would let the late list pass as the answer to something else.
+    h.client
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .await;
+    assert_eq!(client_error(&mut h, -32600).await, 1);
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret_a"}]}}"#)
+        .await;
+    let line = h.client.recv_line().await;
+    assert!(!line.contains("secret_a"), "{line}");
+}
+
+#[tokio::test]
+async fn text_parsers_could_read_differently_never_reaches_the_server() {
+    let mut h = start(HIDE_SECRETS);
+    let lines: [&[u8]; 10] = [
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"name":"delete_file"}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete_file"}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":[{"path":"/tmp","path":"/etc"}]}}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","n\u0061me":"delete_file"}}"#,
+        b"\xef\xbb\xbf{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\"}}",
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}} {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_file"}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}x"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call\ud800","params":{"name":"delete_file"}}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo\udc00"}}"#,
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"x\":\"\xff\"}}",
+    ];
+    for line in lines {
+        h.client.writer.write_all(line).await.unwrap();
+        h.client.writer.write_all(b"\n").await.unwrap();
+        let answer = h.client.recv().await;
+        assert_eq!(
+            answer["error"]["code"],
+            -32700,
+            "{}: {answer}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    server_saw_nothing_before(&mut h, 3).await;
+}
+
+#[tokio::test]
+async fn tools_call_params_and_arguments_must_be_objects() {
+    let mut h = start(HIDE_SECRETS);
+    for params in [
+        r#"["echo",{}]"#,
+        r#""echo""#,
+        r#"{"name":"echo","arguments":"{\"a\":1}"}"#,
+        r#"{"name":"echo","arguments":[1]}"#,
+        r#"{"name":"echo","arguments":5}"#,
+        r#"{"name":5}"#,
+    ] {
+        h.client
+            .send(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#
+            ))
+            .await;
+        assert_eq!(client_error(&mut h, -32602).await, 1, "{params}");
+    }
+    server_saw_nothing_before(&mut h, 2).await;
+}
+
+#[tokio::test]
+async fn messages_over_the_size_limit_are_answered_from_their_prefix_and_never_forwarded() {
+    let mut h = start_max(HIDE_SECRETS, 4096);
+    let big = "x".repeat(100_000);
+    // The id before the bulk: the error names it.
+    h.client
+        .send_json(call(7, "echo", json!({ "text": big })))
+        .await;
+    let answer = h.client.recv().await;
+    assert_eq!(answer["id"], 7, "{answer}");
+    assert_eq!(answer["error"]["code"], -32600);
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--max-message"), "{message}");
+    // The id after the bulk is not known: a null id.
+    h.client
+        .send(&format!(
+            r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"echo","arguments":{{"t":"{big}"}}}},"id":8}}"#
+        ))
+        .await;
+    assert_eq!(client_error(&mut h, -32600).await, Value::Null);
+    server_saw_nothing_before(&mut h, 9).await;
+    h.server.send(r#"{"jsonrpc":"2.0","id":9,"result":{}}"#).await;
+    h.client.recv().await;
+
+    // An answer over the limit becomes an error for the request it answered.
+    h.client.send_json(call(10, "echo", json!({}))).await;
+    h.server.recv().await;
+    h.server
+        .send(&format!(
+            r#"{{"jsonrpc":"2.0","id":10,"result":{{"content":[{{"type":"text","text":"{big}"}}]}}}}"#
+        ))
+        .await;
+    let answer = h.client.recv().await;
+    assert_eq!(answer["id"], 10);
+    assert_eq!(answer["error"]["code"], -32004);
+    let EventKind::Outcome(outcome) = h.event("outcome").await else {
+        unreachable!()
+    };
+    assert!(outcome.error);
+    // A server request over the limit is answered to the server.
+    h.server
+        .send(&format!(
+            r#"{{"jsonrpc":"2.0","id":"s","method":"sampling/createMessage","params":{{"t":"{big}"}}}}"#
+        ))
+        .await;
+    let to_server = h.server.recv().await;
+    assert_eq!(to_server["id"], "s");
+    assert_eq!(to_server["error"]["code"], -32600);
+    // Both directions still flow.
+    server_saw_nothing_before(&mut h, 11).await;
+    h.server.send(r#"{"jsonrpc":"2.0","id":11,"result":{}}"#).await;
+    assert_eq!(h.client.recv().await["id"], 11);
+}
+
+#[tokio::test]
+async fn each_side_has_at_most_max_in_flight_requests_waiting() {
+    let mut h = start(HIDE_SECRETS);
+    let max = toolgate::gateway::core::MAX_IN_FLIGHT as u64;
+    for id in 0..max {
+        h.client
+            .send(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#))
+            .await;
+        h.server.recv().await;
+    }
+    h.client
+        .send(&format!(r#"{{"jsonrpc":"2.0","id":{max},"method":"ping"}}"#))
+        .await;
+    assert_eq!(client_error(&mut h, -32005).await, max);
+    h.server.send(r#"{"jsonrpc":"2.0","id":0,"result":{}}"#).await;
+    assert_eq!(h.client.recv().await["id"], 0);
+    assert_eq!(h.ping(max).await["id"], max, "room again after an answer");
+
+    for id in 0..max {
+        h.server
+            .send(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"roots/list"}}"#))
+            .await;
+        h.client.recv().await;
+    }
+    h.server
+        .send(&format!(r#"{{"jsonrpc":"2.0","id":{max},"method":"roots/list"}}"#))
+        .await;
+    let to_server = h.server.recv().await;
+    assert_eq!(to_server["error"]["code"], -32005, "{to_server}");
+    assert_eq!(to_server["id"], max);
 }

@@ -755,10 +755,13 @@ fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_bo
 
 #[test]
 fn oversized_bodies_and_batches_are_refused_before_any_decision() {
-    let (serve, tokens) = Serve::start(ALLOW_ALL, time_servers(), &["ci"]);
+    let (serve, tokens) =
+        Serve::start_with(ALLOW_ALL, time_servers(), &["ci"], &["--max-message", "1MiB"]);
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "get_current_time", "arguments": {"pad": "x".repeat(5 * 1024 * 1024)}}});
-    assert_eq!(serve.post("time", &tokens[0], None, big).status, 413);
+        "params": {"name": "get_current_time", "arguments": {"pad": "x".repeat(2 * 1024 * 1024)}}});
+    let refused = serve.post("time", &tokens[0], None, big);
+    assert_eq!(refused.status, 413);
+    assert!(refused.body.contains("--max-message"), "{}", refused.body);
     let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]);
     assert_eq!(serve.post("time", &tokens[0], None, batch).status, 400);
     let garbage = serve.http(
@@ -769,6 +772,91 @@ fn oversized_bodies_and_batches_are_refused_before_any_decision() {
     );
     assert_eq!(garbage.status, 400);
     assert!(serve.audit().is_empty());
+}
+
+#[test]
+fn a_post_body_is_one_message_beyond_dispute_or_it_is_refused_before_any_decision() {
+    let (servers, seen) = trivial_upstream();
+    let (serve, tokens) = Serve::start(
+        r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#,
+        servers,
+        &["ci"],
+    );
+    let auth = format!("Bearer {}", tokens[0]);
+    let post = |body: &str| {
+        serve.http(
+            "POST",
+            "/mcp/t",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+            ],
+            body,
+        )
+    };
+    let delete = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_file","arguments":{}}}"#;
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    for body in [
+        // Split on newlines, these would be two messages: the second never decided.
+        format!("{ping}\n{delete}"),
+        format!("{ping}\r\n{delete}\n"),
+        format!("[[{delete}]]"),
+        format!("[{delete}]"),
+        format!("\u{feff}{delete}"),
+        delete.replace(r#""name":"delete_file""#, r#""name":"echo","name":"delete_file""#),
+        delete.replace(r#""arguments":{}"#, r#""arguments":{"a":1,"a":2}"#),
+        delete.replace("delete_file", r"delete_file\ud800"),
+        format!("{delete} x"),
+        delete.replace(r#""id":2"#, r#""id":2.0"#),
+        delete.replace(r#""id":2"#, r#""id":null"#),
+        delete.replace(r#""id":2"#, r#""id":true"#),
+        format!("{:?}", delete),
+        "42".to_owned(),
+    ] {
+        let reply = post(&body);
+        assert_eq!(reply.status, 400, "{body}: {}", reply.body);
+        let answer: Value = serde_json::from_str(&reply.body).unwrap();
+        let code = answer["error"]["code"].as_i64().unwrap();
+        assert!(code == -32600 || code == -32700, "{body}: {answer}");
+    }
+    // One object with newlines inside is one message: decided once, on what it says.
+    let pretty = |tool: &str, message: &str| {
+        serde_json::to_string_pretty(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"message": message}}}))
+        .unwrap()
+    };
+    let refused = post(&pretty("delete_file", "x"));
+    assert_eq!(refused.status, 200, "{}", refused.body);
+    let refused: Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    let echoed = post(&pretty("echo", "two\nlines"));
+    assert_eq!(echoed.status, 200, "{}", echoed.body);
+    let echoed: Value = serde_json::from_str(&echoed.body).unwrap();
+    assert_eq!(echoed["id"], 3);
+    assert_eq!(echoed["result"]["content"][0]["text"], "two\nlines");
+    // The upstream was asked one call, the allowed one; both decisions are audited.
+    let methods = seen.methods.lock().unwrap().clone();
+    assert_eq!(
+        methods.iter().filter(|m| *m == "tools/call").count(),
+        1,
+        "{methods:?}"
+    );
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    loop {
+        let tools: Vec<String> = serve
+            .audit()
+            .iter()
+            .filter(|r| r["kind"] == "decision")
+            .map(|r| r["tool"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if tools.len() >= 2 {
+            assert_eq!(tools, ["delete_file", "echo"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "audit records: {tools:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -41,6 +41,12 @@ pub struct GatewayArgs {
     /// No event websocket and no discovery file: held calls can then only time out.
     #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
     pub no_events: bool,
+    /// The largest JSON-RPC message accepted in either direction, in bytes or with a unit
+    /// (`512KiB`, `16MiB`). A larger request is answered with an error, a larger answer is
+    /// replaced by an error to the caller; neither is kept in memory whole. Over HTTP it
+    /// also caps request bodies (413).
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub max_message: usize,
     #[command(flatten)]
     pub counters: CounterArgs,
     /// Log level for stderr (overridden by RUST_LOG).
@@ -138,6 +144,45 @@ impl Started {
     }
 }
 
+/// The smallest `--max-message`: below it ordinary MCP messages (an `initialize`, a tool
+/// list) would not fit.
+const MIN_MAX_MESSAGE: usize = 4 * 1024;
+/// The largest `--max-message`: each side of a connection may hold one message this size.
+const MAX_MAX_MESSAGE: usize = 1 << 30;
+
+/// Reads a size: bytes (`1048576`) or a number with a binary unit (`KiB`, `MiB`, `GiB`; `B`
+/// for bytes), between 4 KiB and 1 GiB.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size; write bytes or a number with KiB, MiB or GiB, e.g. 16MiB"
+            ));
+        }
+    };
+    let size = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("`{text}` is not a size; write e.g. 512KiB or 16MiB"))?;
+    if !(MIN_MAX_MESSAGE..=MAX_MAX_MESSAGE).contains(&size) {
+        return Err(format!(
+            "{size} bytes is outside what the gateway accepts: between 4KiB and 1GiB"
+        ));
+    }
+    Ok(size)
+}
+
 /// Resolves on SIGTERM or SIGINT: how a gateway is asked to stop.
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -150,5 +195,26 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::lines::DEFAULT_MAX_MESSAGE;
+
+    #[test]
+    fn sizes_read_with_binary_units_or_as_bytes() {
+        assert_eq!(parse_size("16MiB"), Ok(DEFAULT_MAX_MESSAGE));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("8192 b"), Ok(8192));
+        for bad in ["", "MiB", "16MB", "1.5MiB", "-1", "16 Mi", "99999999999999999999GiB"] {
+            let err = parse_size(bad).expect_err(bad);
+            assert!(err.contains("e.g."), "{bad}: {err}");
+        }
+        assert!(parse_size("1KiB").unwrap_err().contains("between 4KiB and 1GiB"));
+        assert!(parse_size("2GiB").unwrap_err().contains("between 4KiB and 1GiB"));
     }
 }

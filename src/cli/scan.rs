@@ -128,6 +128,7 @@ async fn scan_server(args: &Args) -> anyhow::Result<Scan> {
             let transport = tokio::spawn(remote::run(
                 server,
                 remote::http_client(),
+                crate::gateway::lines::DEFAULT_MAX_MESSAGE,
                 BufReader::new(transport_in),
                 transport_out,
             ));

@@ -132,6 +132,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             session_idle: Duration::try_from_secs_f64(args.session_idle * 60.0)
                 .unwrap_or(http::DEFAULT_SESSION_IDLE),
             max_sessions: http::DEFAULT_MAX_SESSIONS,
+            max_message: args.gateway.max_message,
         },
     );
     tracing::info!(

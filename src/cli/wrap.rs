@@ -92,6 +92,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             session: started.id.clone(),
             grace: args.gateway.grace(),
             shutdown: shutdown_rx,
+            max_message: args.gateway.max_message,
         },
     )
     .await;

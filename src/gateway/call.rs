@@ -30,9 +30,9 @@ const SUMMARY_CAP: usize = 200;
 pub struct ToolsListed {
     /// Every tool the upstream offered on this page, hidden ones included (for operators).
     pub offered: Vec<ToolInfo>,
-    /// The result to send instead, when `hide` removed something; `None` means "forward the
-    /// original bytes".
-    pub filtered: Option<Value>,
+    /// The result the client gets: the upstream's, re-encoded, without the hidden tools.
+    /// Always re-encoded, so the client reads exactly what was filtered.
+    pub result: Value,
 }
 
 impl Gateway {
@@ -219,27 +219,47 @@ impl Gateway {
         }
     }
 
-    /// Applies `hide` to a `tools/list` result. `None` when the result is not a tool list.
-    pub fn filter_tools_list(&self, result: &RawValue) -> Option<ToolsListed> {
-        let mut result: serde_json::Map<String, Value> = serde_json::from_str(result.get()).ok()?;
-        let Some(Value::Array(tools)) = result.get_mut("tools") else {
-            return None;
+    /// Applies `hide` to a `tools/list` result, or says why it cannot be filtered: then the
+    /// answer must not reach the client. A result is filtered when it is an object whose
+    /// `tools` is an array of objects each with a string `name`; a 2026-07-28 interim result
+    /// (`resultType` other than `complete`) may carry no `tools` at all.
+    pub fn filter_tools_list(&self, result: &RawValue) -> Result<ToolsListed, String> {
+        // The reasons quote nothing from the result: they reach the client.
+        let mut result: serde_json::Map<String, Value> = serde_json::from_str(result.get())
+            .map_err(|_| "the result is not an object".to_owned())?;
+        let interim = result
+            .get("resultType")
+            .is_some_and(|t| t.as_str() != Some("complete"));
+        let tools = match result.get_mut("tools") {
+            Some(Value::Array(tools)) => tools,
+            None if interim => {
+                return Ok(ToolsListed {
+                    offered: Vec::new(),
+                    result: Value::Object(result),
+                });
+            }
+            None => return Err("the result has no `tools`".into()),
+            Some(_) => return Err("`tools` is not an array".into()),
         };
-        let offered: Vec<ToolInfo> = tools
-            .iter()
-            .filter_map(|t| serde_json::from_value(t.clone()).ok())
-            .collect();
         let policy = self.policy.load();
-        let before = tools.len();
-        tools.retain(|t| {
-            t.get("name")
-                .and_then(Value::as_str)
-                .is_none_or(|name| !policy.is_hidden(name))
-        });
-        let changed = tools.len() != before;
-        Some(ToolsListed {
+        let mut offered = Vec::with_capacity(tools.len());
+        let mut kept = Vec::with_capacity(tools.len());
+        for (n, tool) in std::mem::take(tools).into_iter().enumerate() {
+            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                return Err(format!("tool {n} has no string `name`"));
+            };
+            let hidden = policy.is_hidden(name);
+            if let Ok(info) = serde_json::from_value::<ToolInfo>(tool.clone()) {
+                offered.push(info);
+            }
+            if !hidden {
+                kept.push(tool);
+            }
+        }
+        *tools = kept;
+        Ok(ToolsListed {
             offered,
-            filtered: changed.then_some(Value::Object(result)),
+            result: Value::Object(result),
         })
     }
 }

@@ -1,34 +1,46 @@
 //! The proxy loop: newline-delimited JSON-RPC between a client and an upstream server, every
 //! `tools/call` decided by the policy on the way.
 //!
-//! Transparency is the rule. Each line is classified by a borrowed parse of its `method` and
-//! `id`; only `tools/call`, `tools/list` and `notifications/cancelled` from the client, and
-//! the responses to the client's requests, are looked into. Everything else — and every
-//! message the gateway does not change — is forwarded as the exact bytes received.
+//! Transparency is the rule, for messages beyond dispute. Each line is classified by
+//! [`jsonrpc::parse`] (one JSON object or a batch of them, with no duplicate key, no lone
+//! surrogate, nothing after it) and by its [`Shape`]; what fails is refused — answered with
+//! an error when its sender waits for one — and never forwarded. Only `tools/call`,
+//! `tools/list` and `notifications/cancelled` from the client, and the answers to the
+//! client's requests, are looked into. Every other message is forwarded as the exact bytes
+//! received; a `tools/list` answer is always re-encoded from what `hide` filtered.
+//!
+//! Each side has its own id space: the client's requests (waiting for the upstream, held,
+//! by id) and the upstream's requests to the client (sampling, elicitation, roots). A
+//! message without a method is forwarded only as the answer to a request the other side
+//! sent and still waits on; a request reusing an id still in flight is refused, and at most
+//! [`MAX_IN_FLIGHT`] requests per side wait at once. No line is kept beyond
+//! `--max-message` ([`super::lines`]): a longer request is answered with an error, a longer
+//! answer replaced by one.
 //!
 //! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
 //! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
 //! task per held call. The bookkeeping of a connection is `ConnState`: which client
 //! requests are waiting for the upstream (so a server that dies answers each of them), which
-//! calls are held, and which 2026-07-28 calls asked for more input (so their retry is not
-//! counted twice).
+//! calls are held, which upstream requests wait for the client, and which 2026-07-28 calls
+//! asked for more input (so their retry is not counted twice).
 //!
 //! Ownership rule for held calls: whoever removes a hold from `ConnState::holds` answers
 //! it and settles its reservation; the others back off. That makes operator approval,
 //! timeout, cancellation and shutdown race-free without further locking.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
 use super::call::CallAnswer;
-use super::jsonrpc::{self, CallParams, Envelope, IdKey, Parsed, code};
+use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, code};
+use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
 use crate::policy::{Decision, Reservation, Verdict};
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
@@ -39,6 +51,9 @@ const MAX_CONTINUATIONS: usize = 1024;
 const CLIENT_DRAIN: Duration = Duration::from_secs(5);
 /// Queue length between a reader and the other side's writer.
 const QUEUE: usize = 1024;
+/// At most this many requests of one side wait for the other side's answer (for the
+/// client: forwarded or held); more are answered with an error.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +77,8 @@ pub struct RunOptions {
     /// Fired once the client side is done (closed, or shutdown): the upstream's input has
     /// been closed, and the transport may now start stopping the server.
     pub client_closed: Option<oneshot::Sender<()>>,
+    /// The largest message accepted from either side, in bytes (`--max-message`).
+    pub max_message: usize,
 }
 
 impl RunOptions {
@@ -70,6 +87,7 @@ impl RunOptions {
             session: session.into(),
             shutdown: None,
             client_closed: None,
+            max_message: DEFAULT_MAX_MESSAGE,
         }
     }
 }
@@ -101,8 +119,11 @@ where
         to_upstream,
         state: Mutex::new(ConnState::default()),
         closing,
+        max_message: options.max_message,
     });
 
+    let client_reader = LineReader::new(client_reader, options.max_message);
+    let upstream_reader = LineReader::new(upstream_reader, options.max_message);
     let client_side = tokio::spawn(client_loop(shared.clone(), client_reader));
     let mut upstream_side = tokio::spawn(upstream_loop(shared.clone(), upstream_reader));
     let mut client_side = Some(client_side);
@@ -234,22 +255,6 @@ async fn write_lines<W: AsyncWrite + Unpin>(
     let _ = writer.shutdown().await;
 }
 
-/// Reads the next non-blank line (with its newline); `None` at the end of the stream.
-async fn next_line<R: AsyncBufRead + Unpin>(reader: &mut R, side: &str) -> Option<Vec<u8>> {
-    loop {
-        let mut line = Vec::new();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) => return None,
-            Ok(_) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(_) => return Some(line),
-            Err(e) => {
-                tracing::warn!("reading from the {side}: {e}");
-                return None;
-            }
-        }
-    }
-}
-
 /// Resolves once the connection is closing.
 async fn until_closing(mut closing: watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
@@ -265,6 +270,8 @@ struct Shared {
     state: Mutex<ConnState>,
     /// Becomes `true` when the connection is closing; hold tasks stop waiting.
     closing: watch::Receiver<bool>,
+    /// See [`RunOptions::max_message`].
+    max_message: usize,
 }
 
 #[derive(Debug, Default)]
@@ -278,6 +285,18 @@ struct ConnState {
     continuations: HashMap<(String, String), CallInFlight>,
     /// The tools seen in the current `tools/list` pagination.
     tools: Vec<ToolInfo>,
+    /// Requests the upstream sent the client (sampling, elicitation, roots) and that the
+    /// client has not answered yet: the only answers from the client that are forwarded.
+    server_pending: HashSet<IdKey>,
+}
+
+impl ConnState {
+    /// Whether a client request id is in flight: forwarded and unanswered, or held. (A
+    /// call waiting for its `input_required` retry is not: it was answered, and its retry
+    /// is found by tool and arguments.)
+    fn client_id_in_flight(&self, id: &IdKey) -> bool {
+        self.pending.contains_key(id) || self.holds.contains_key(id)
+    }
 }
 
 #[derive(Debug)]
@@ -314,22 +333,47 @@ struct HeldCall {
     line: Vec<u8>,
 }
 
-async fn client_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: R) {
-    while let Some(line) = next_line(&mut reader, "client").await {
-        shared.on_client_line(line).await;
+async fn client_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: LineReader<R>) {
+    while let Some(line) = reader.next("client").await {
+        match line {
+            Line::Whole(line) => shared.on_line(Side::Client, line).await,
+            Line::TooLong { prefix, len } => shared.too_long(Side::Client, &prefix, len).await,
+        }
     }
 }
 
-async fn upstream_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: R) {
-    while let Some(line) = next_line(&mut reader, "upstream").await {
-        shared.on_upstream_line(line).await;
+async fn upstream_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: LineReader<R>) {
+    while let Some(line) = reader.next("upstream").await {
+        match line {
+            Line::Whole(line) => shared.on_line(Side::Upstream, line).await,
+            Line::TooLong { prefix, len } => shared.too_long(Side::Upstream, &prefix, len).await,
+        }
     }
 }
 
-/// What the client side decided to do with one message.
+/// Which peer a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        }
+    }
+}
+
+/// What to do with one message.
 enum Action {
-    /// Send the message's own bytes upstream.
+    /// Send the message's own bytes to the other side.
     Forward,
+    /// Send this to the other side instead.
+    Replace(Vec<u8>),
+    /// Answer the sender with this.
     Answer(Vec<u8>),
     Nothing,
 }
@@ -343,56 +387,211 @@ impl Shared {
         let _ = self.to_client.send(Out::Line(line)).await;
     }
 
-    async fn on_client_line(self: &Arc<Self>, line: Vec<u8>) {
+    /// Handles one whole line from `side`.
+    async fn on_line(self: &Arc<Self>, side: Side, line: Vec<u8>) {
         match jsonrpc::parse(&line) {
             Parsed::Message(env) => {
-                let action = self.client_message(&env, &line);
-                // The line itself goes upstream: no copy.
-                self.act(action, line).await;
+                let action = self.message(side, &env, &line);
+                // The line itself is forwarded: no copy.
+                self.act(side, action, line).await;
             }
             Parsed::Batch(items) => {
                 for item in items {
                     let bytes = item.get().as_bytes();
-                    let action = match serde_json::from_slice::<Envelope<'_>>(bytes) {
-                        Ok(env) => self.client_message(&env, bytes),
-                        Err(e) => malformed("client", bytes, &e.to_string()),
+                    let action = match jsonrpc::parse_element(item) {
+                        Parsed::Message(env) => self.message(side, &env, bytes),
+                        Parsed::NotAMessage(why) => not_a_message(side, why),
+                        Parsed::Batch(_) | Parsed::Malformed(_) => {
+                            not_a_message(side, "a batch element is an object")
+                        }
                     };
-                    self.act(action, bytes.to_vec()).await;
+                    self.act(side, action, bytes.to_vec()).await;
                 }
             }
+            Parsed::NotAMessage(why) => {
+                let action = not_a_message(side, why);
+                self.act(side, action, line).await;
+            }
             Parsed::Malformed(err) => {
-                let action = malformed("client", &line, &err);
-                self.act(action, line).await;
+                let action = self.unreadable(side, &line, &err, false);
+                self.act(side, action, line).await;
             }
         }
     }
 
-    async fn act(&self, action: Action, bytes: Vec<u8>) {
-        match action {
-            Action::Forward => self.forward_upstream(bytes).await,
-            Action::Answer(reply) => self.send_client(reply).await,
-            Action::Nothing => {}
+    /// Handles a line from `side` that was longer than `--max-message`, from its prefix.
+    async fn too_long(self: &Arc<Self>, side: Side, prefix: &[u8], len: u64) {
+        let why = format!(
+            "a message of {len} bytes is larger than the gateway accepts ({} bytes; --max-message)",
+            self.max_message
+        );
+        let action = self.unreadable(side, prefix, &why, true);
+        self.act(side, action, Vec::new()).await;
+    }
+
+    async fn act(&self, side: Side, action: Action, bytes: Vec<u8>) {
+        match (side, action) {
+            (_, Action::Nothing) => {}
+            (Side::Client, Action::Forward) => self.forward_upstream(bytes).await,
+            (Side::Client, Action::Replace(other)) | (Side::Upstream, Action::Answer(other)) => {
+                let _ = self.to_upstream.send(Out::Line(other)).await;
+            }
+            (Side::Upstream, Action::Forward) => self.send_client(bytes).await,
+            (Side::Upstream, Action::Replace(other)) | (Side::Client, Action::Answer(other)) => {
+                self.send_client(other).await;
+            }
         }
+    }
+
+    fn message(self: &Arc<Self>, side: Side, env: &Envelope<'_>, bytes: &[u8]) -> Action {
+        match env.shape() {
+            Ok(shape) => match side {
+                Side::Client => self.client_message(shape, env, bytes),
+                Side::Upstream => self.upstream_message(shape, env),
+            },
+            Err(invalid) => self.invalid(side, invalid),
+        }
+    }
+
+    /// A message whose members make no JSON-RPC message: refused, never forwarded.
+    fn invalid(&self, side: Side, invalid: Invalid) -> Action {
+        tracing::warn!(
+            "invalid JSON-RPC message from the {}: {}",
+            side.name(),
+            invalid.why
+        );
+        if invalid.request {
+            return Action::Answer(jsonrpc::error_response(
+                None,
+                code::INVALID_REQUEST,
+                &format!("invalid request: {}", invalid.why),
+            ));
+        }
+        // An answer that makes no sense, to a request the other side waits for: that side
+        // gets an error instead of waiting forever.
+        match invalid
+            .id
+            .and_then(|id| self.answer_refused(side, &id, &invalid.why))
+        {
+            Some(reply) => Action::Replace(reply),
+            None => Action::Nothing,
+        }
+    }
+
+    /// A line from `side` that cannot be read (malformed) or was too long to keep
+    /// (`too_long`, then `bytes` is its prefix): whatever its top-level members reveal says
+    /// who is owed an answer.
+    fn unreadable(&self, side: Side, bytes: &[u8], why: &str, too_long: bool) -> Action {
+        let preview = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+        tracing::warn!(
+            "{} from the {}: {why}: {}",
+            if too_long { "dropped a message" } else { "malformed JSON-RPC" },
+            side.name(),
+            preview.trim_end()
+        );
+        let seen = jsonrpc::sniff(bytes);
+        if seen.answer && !seen.method {
+            let reply = seen.id.and_then(|id| self.answer_refused(side, &id, why));
+            return reply.map_or(Action::Nothing, Action::Replace);
+        }
+        if too_long {
+            // A request, or a message that cannot be told apart from one: its sender gets an
+            // error (with the id when the prefix shows it) instead of an answer.
+            return Action::Answer(jsonrpc::error_response(
+                seen.id.as_ref(),
+                code::INVALID_REQUEST,
+                why,
+            ));
+        }
+        if seen.method {
+            // JSON-RPC: the id of a request that does not parse is not known.
+            return Action::Answer(jsonrpc::error_response(
+                None,
+                code::PARSE_ERROR,
+                &format!("parse error: {why}"),
+            ));
+        }
+        Action::Nothing
+    }
+
+    /// An answer from `side` to the other side's request `id` was refused: returns the
+    /// error the other side gets instead, when it waits for such an answer.
+    fn answer_refused(&self, side: Side, id: &IdKey, why: &str) -> Option<Vec<u8>> {
+        let message = match side {
+            Side::Upstream => {
+                let pending = self.lock().pending.remove(id)?;
+                if let Pending::Call(call) = &pending {
+                    self.finish_call(call, true, Some(why.to_owned()));
+                }
+                format!("the MCP server's answer was withheld by the gateway: {why}")
+            }
+            Side::Client => {
+                if !self.lock().server_pending.remove(id) {
+                    return None;
+                }
+                format!("the client's answer was withheld by the gateway: {why}")
+            }
+        };
+        Some(jsonrpc::error_response(
+            Some(id),
+            code::ANSWER_REFUSED,
+            &message,
+        ))
     }
 
     /// Decides what to do with one client message; `bytes` are its own bytes.
-    fn client_message(self: &Arc<Self>, env: &Envelope<'_>, bytes: &[u8]) -> Action {
-        let Some(method) = env.method.as_deref() else {
-            // A response to a server-to-client request, or noise: not ours to judge.
-            return Action::Forward;
-        };
-        let Some(id) = env.id_key() else {
-            return match method {
-                "notifications/cancelled" => self.client_cancelled(env),
-                // A call without an id (or with a null one) cannot be answered, so it cannot
-                // be refused either: it never reaches the server undecided.
-                "tools/call" => {
-                    tracing::warn!("dropped a tools/call without an id");
-                    Action::Nothing
+    fn client_message(
+        self: &Arc<Self>,
+        shape: Shape<'_>,
+        env: &Envelope<'_>,
+        bytes: &[u8],
+    ) -> Action {
+        let (id, method) = match shape {
+            Shape::Response { id } => {
+                // Only the answer to a request the upstream sent, and once.
+                if self.lock().server_pending.remove(&id) {
+                    return Action::Forward;
                 }
-                _ => Action::Forward,
-            };
+                tracing::warn!(
+                    "dropped an answer from the client to no request of the upstream (id {id})"
+                );
+                return Action::Nothing;
+            }
+            Shape::Notification { method } => {
+                return match method {
+                    "notifications/cancelled" => self.client_cancelled(env),
+                    // A call without an id cannot be answered, so it cannot be refused
+                    // either: it never reaches the server undecided.
+                    "tools/call" => {
+                        tracing::warn!("dropped a tools/call without an id");
+                        Action::Nothing
+                    }
+                    _ => Action::Forward,
+                };
+            }
+            Shape::Request { id, method } => (id, method),
         };
+        {
+            let state = self.lock();
+            if state.client_id_in_flight(&id) {
+                return Action::Answer(jsonrpc::error_response(
+                    Some(&id),
+                    code::INVALID_REQUEST,
+                    &format!("a request with id {id} is already in flight; use a new id"),
+                ));
+            }
+            if state.pending.len() + state.holds.len() >= MAX_IN_FLIGHT {
+                return Action::Answer(jsonrpc::error_response(
+                    Some(&id),
+                    code::TOO_MANY_IN_FLIGHT,
+                    &format!(
+                        "{MAX_IN_FLIGHT} requests are already waiting for answers; wait for some before sending more"
+                    ),
+                ));
+            }
+        }
+        // Client requests are handled one at a time (this task): nothing else can take
+        // the id between the check above and the insertions below.
         match method {
             "tools/call" => self.client_call(id, env.params, bytes),
             "tools/list" => {
@@ -429,7 +628,18 @@ impl Shared {
             self.gateway.release(&held.reservation);
             return Action::Nothing;
         }
-        let pending = self.lock().pending.remove(&target);
+        let pending = {
+            let mut state = self.lock();
+            match state.pending.remove(&target) {
+                // A `tools/list` stays pending: its late answer must still be filtered, and
+                // must never be taken for the answer to a new request reusing the id.
+                Some(list @ Pending::ToolsList { .. }) => {
+                    state.pending.insert(target, list);
+                    None
+                }
+                other => other,
+            }
+        };
         if let Some(Pending::Call(call)) = pending {
             self.finish_call(&call, true, Some("cancelled by the client".into()));
         }
@@ -437,6 +647,8 @@ impl Shared {
     }
 
     fn client_call(self: &Arc<Self>, id: IdKey, params: Option<&RawValue>, bytes: &[u8]) -> Action {
+        // serde reads a struct from an array too; the server would not.
+        let params = params.filter(|p| p.get().starts_with('{'));
         let mut params = match params.map(|p| serde_json::from_str::<CallParams>(p.get())) {
             Some(Ok(params)) => params,
             Some(Err(e)) => {
@@ -450,10 +662,19 @@ impl Shared {
                 return Action::Answer(jsonrpc::error_response(
                     Some(&id),
                     code::INVALID_PARAMS,
-                    "tools/call without params",
+                    "tools/call needs params, an object with the tool's name",
                 ));
             }
         };
+        // The policy judges an object; a server could read a string as JSON, or an array
+        // by position.
+        if params.arguments.as_ref().is_some_and(|a| !a.is_object()) {
+            return Action::Answer(jsonrpc::error_response(
+                Some(&id),
+                code::INVALID_PARAMS,
+                "tools/call arguments must be an object",
+            ));
+        }
         let args = params
             .arguments
             .take()
@@ -564,21 +785,33 @@ impl Shared {
         else {
             return;
         };
-        let Some(held) = self.lock().holds.remove(&id) else {
-            return;
-        };
-        if resolution.approved {
-            let call = CallInFlight {
-                call_id: held.call_id,
-                tool: held.tool,
-                args: held.args,
-                arrived: held.arrived,
-                reservation: held.reservation,
+        let held = {
+            let mut state = self.lock();
+            let Some(held) = state.holds.remove(&id) else {
+                return;
             };
-            self.lock().pending.insert(id.clone(), Pending::Call(call));
-            self.forward_upstream(held.line).await;
-            return;
-        }
+            if resolution.approved {
+                let call = CallInFlight {
+                    call_id: held.call_id,
+                    tool: held.tool,
+                    args: held.args,
+                    arrived: held.arrived,
+                    reservation: held.reservation,
+                };
+                // Held to pending in one step: the id never looks free in between.
+                state.pending.insert(id.clone(), Pending::Call(call));
+                Err(held.line)
+            } else {
+                Ok(held)
+            }
+        };
+        let held = match held {
+            Ok(held) => held,
+            Err(line) => {
+                self.forward_upstream(line).await;
+                return;
+            }
+        };
         self.gateway.release(&held.reservation);
         if resolution.by == ResolvedBy::Cancellation {
             return;
@@ -597,7 +830,7 @@ impl Shared {
             return;
         };
         if let Parsed::Message(env) = jsonrpc::parse(&line)
-            && let Some(id) = env.id_key().filter(|_| env.is_request())
+            && let Ok(Shape::Request { id, .. }) = env.shape()
         {
             let pending = self.lock().pending.remove(&id);
             if let Some(Pending::Call(call)) = &pending {
@@ -614,61 +847,68 @@ impl Shared {
         }
     }
 
-    async fn on_upstream_line(&self, line: Vec<u8>) {
-        match jsonrpc::parse(&line) {
-            Parsed::Message(env) => {
-                let out = self.upstream_message(&env).unwrap_or(line);
-                self.send_client(out).await;
-            }
-            Parsed::Batch(items) => {
-                for item in items {
-                    let bytes = item.get().as_bytes();
-                    match serde_json::from_slice::<Envelope<'_>>(bytes) {
-                        Ok(env) => {
-                            let out = self
-                                .upstream_message(&env)
-                                .unwrap_or_else(|| bytes.to_vec());
-                            self.send_client(out).await;
+    /// Decides what to do with one upstream message.
+    fn upstream_message(&self, shape: Shape<'_>, env: &Envelope<'_>) -> Action {
+        match shape {
+            Shape::Response { id } => {
+                let Some(pending) = self.lock().pending.remove(&id) else {
+                    tracing::warn!(
+                        "dropped an answer from the upstream to no request of the client (id {id})"
+                    );
+                    return Action::Nothing;
+                };
+                match pending {
+                    Pending::Plain => Action::Forward,
+                    Pending::ToolsList { first_page } => match env.result {
+                        Some(result) => Action::Replace(self.tools_listed(&id, result, first_page)),
+                        // An error lists no tools.
+                        None => Action::Forward,
+                    },
+                    Pending::Call(call) => {
+                        let answer = CallAnswer::of(env);
+                        if answer.input_required {
+                            let key = (call.tool.clone(), super::audit::args_sha256(&call.args));
+                            let mut state = self.lock();
+                            // Calls whose retry never comes must not pile up; forgetting them
+                            // only means a very late retry is counted again (fail closed).
+                            if state.continuations.len() >= MAX_CONTINUATIONS {
+                                state.continuations.clear();
+                            }
+                            state.continuations.insert(key, call);
+                        } else {
+                            self.finish_call(&call, answer.error, answer.summary);
                         }
-                        Err(e) => self.upstream_malformed(bytes, &e.to_string()).await,
+                        Action::Forward
                     }
                 }
             }
-            Parsed::Malformed(err) => self.upstream_malformed(&line, &err).await,
-        }
-    }
-
-    async fn upstream_malformed(&self, line: &[u8], err: &str) {
-        if let Action::Answer(reply) = malformed("upstream", line, err) {
-            let _ = self.to_upstream.send(Out::Line(reply)).await;
-        }
-    }
-
-    /// Looks at an upstream message; returns a replacement when it must change.
-    fn upstream_message(&self, env: &Envelope<'_>) -> Option<Vec<u8>> {
-        if !env.is_response() {
-            return None;
-        }
-        let id = env.id_key()?;
-        let pending = self.lock().pending.remove(&id)?;
-        match pending {
-            Pending::Plain => None,
-            Pending::ToolsList { first_page } => self.tools_listed(&id, env, first_page),
-            Pending::Call(call) => {
-                let answer = CallAnswer::of(env);
-                if answer.input_required {
-                    let key = (call.tool.clone(), super::audit::args_sha256(&call.args));
-                    let mut state = self.lock();
-                    // Calls whose retry never comes must not pile up; forgetting them only
-                    // means a very late retry is counted again (fail closed).
-                    if state.continuations.len() >= MAX_CONTINUATIONS {
-                        state.continuations.clear();
-                    }
-                    state.continuations.insert(key, call);
-                } else {
-                    self.finish_call(&call, answer.error, answer.summary);
+            Shape::Request { id, .. } => {
+                let mut state = self.lock();
+                if state.server_pending.contains(&id) {
+                    return Action::Answer(jsonrpc::error_response(
+                        Some(&id),
+                        code::INVALID_REQUEST,
+                        &format!("a request with id {id} is already in flight; use a new id"),
+                    ));
                 }
-                None
+                if state.server_pending.len() >= MAX_IN_FLIGHT {
+                    return Action::Answer(jsonrpc::error_response(
+                        Some(&id),
+                        code::TOO_MANY_IN_FLIGHT,
+                        &format!("{MAX_IN_FLIGHT} requests already wait for the client's answers"),
+                    ));
+                }
+                state.server_pending.insert(id);
+                Action::Forward
+            }
+            Shape::Notification { method } => {
+                if method == "notifications/cancelled"
+                    && let Some(target) = jsonrpc::cancelled_request(env.params)
+                {
+                    // The client's late answer to it is not owed any more.
+                    self.lock().server_pending.remove(&target);
+                }
+                Action::Forward
             }
         }
     }
@@ -685,9 +925,21 @@ impl Shared {
         );
     }
 
-    /// Applies `hide` to a `tools/list` answer and publishes the tools offered.
-    fn tools_listed(&self, id: &IdKey, env: &Envelope<'_>, first_page: bool) -> Option<Vec<u8>> {
-        let listed = self.gateway.filter_tools_list(env.result?)?;
+    /// Applies `hide` to a `tools/list` answer and publishes the tools offered; returns
+    /// what the client gets instead: the filtered list, re-encoded, or an error when the
+    /// answer cannot be filtered (never the upstream's bytes).
+    fn tools_listed(&self, id: &IdKey, result: &RawValue, first_page: bool) -> Vec<u8> {
+        let listed = match self.gateway.filter_tools_list(result) {
+            Ok(listed) => listed,
+            Err(why) => {
+                tracing::warn!("withheld a tools/list answer from the upstream: {why}");
+                return jsonrpc::error_response(
+                    Some(id),
+                    code::ANSWER_REFUSED,
+                    &format!("the MCP server's tools/list answer was withheld by the gateway: {why}"),
+                );
+            }
+        };
         let all = {
             let mut state = self.lock();
             if first_page {
@@ -700,9 +952,7 @@ impl Shared {
             server: self.gateway.server.clone(),
             tools: all,
         }));
-        listed
-            .filtered
-            .map(|result| jsonrpc::result_response(id, &result))
+        jsonrpc::result_response(id, &listed.result)
     }
 
     /// Denies every held call (the connection is closing).
@@ -744,20 +994,13 @@ impl Shared {
     }
 }
 
-/// Logs a malformed line and, when it looks like a request, answers with a parse error.
-fn malformed(side: &str, line: &[u8], err: &str) -> Action {
-    let preview = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-    tracing::warn!(
-        "malformed JSON-RPC from the {side}: {err}: {}",
-        preview.trim_end()
-    );
-    if jsonrpc::looks_like_request(line) {
-        Action::Answer(jsonrpc::error_response(
-            None,
-            code::PARSE_ERROR,
-            &format!("parse error: {err}"),
-        ))
-    } else {
-        Action::Nothing
-    }
+/// Valid JSON that is not a JSON-RPC message (not an object, an empty batch, a batch
+/// element that is not an object): answered `-32600` with a null id, never forwarded.
+fn not_a_message(side: Side, why: &str) -> Action {
+    tracing::warn!("invalid JSON-RPC from the {}: {why}", side.name());
+    Action::Answer(jsonrpc::error_response(
+        None,
+        code::INVALID_REQUEST,
+        &format!("invalid request: {why}"),
+    ))
 }

@@ -3,8 +3,20 @@
 //! errors, progress).
 //!
 //! The gateway forwards every message it does not need to change as the exact bytes it
-//! received, so this module never re-serialises a message it only looked at.
+//! received, so this module never re-serialises a message it only looked at. That is only
+//! safe if every JSON parser downstream reads those bytes the way the gateway did, so a line
+//! is classified only once it is beyond dispute ([`parse`]): valid UTF-8, one JSON value and
+//! nothing after it, no object anywhere with a key twice (parsers disagree on which one
+//! wins), no string that does not decode (a lone surrogate). A message is then an object
+//! ([`Envelope`]) of one of three [`Shape`]s; anything else is refused, never forwarded.
+//!
+//! Request ids are compared by value ([`IdKey`]): a string after decoding, an integer by
+//! value. Anything else (a fraction, an exponent, `true`, `null`, an object) is not an id.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -12,102 +24,478 @@ use serde_json::value::RawValue;
 /// JSON-RPC error codes the gateway answers with.
 pub mod code {
     pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
     pub const INVALID_PARAMS: i64 = -32602;
     /// Implementation-defined server error: the upstream went away before answering.
     pub const UPSTREAM_GONE: i64 = -32000;
+    /// Implementation-defined: the answer was larger than `--max-message`, or could not be
+    /// read, and was replaced by this error.
+    pub const ANSWER_REFUSED: i64 = -32004;
+    /// Implementation-defined: too many requests of this side are waiting for answers.
+    pub const TOO_MANY_IN_FLIGHT: i64 = -32005;
 }
 
 /// The `_meta` key 2026-07-28 clients stamp on every request with their protocol version.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
-/// The top-level members of a JSON-RPC message, borrowed from the line.
+/// The largest integer id accepted, in magnitude: 2^53 - 1, the range in which every JSON
+/// parser (JavaScript's numbers are doubles) reads the same integer. Beyond it two ids that
+/// differ here could be the same id to the server.
+pub const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
+
+/// The top-level members of a JSON-RPC message, borrowed from the line. A member that is
+/// present is `Some` even when its value is `null` (`"result": null` is a result; `"id":
+/// null` is an id this gateway refuses).
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
     #[serde(default)]
-    pub method: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
+    pub method: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
     pub params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub result: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub error: Option<&'a RawValue>,
+}
+
+/// A member that is present, whatever its value (`null` included).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 /// What one line is, as far as the gateway cares.
 #[derive(Debug)]
 pub enum Parsed<'a> {
-    /// A single JSON-RPC message (object).
+    /// A single JSON-RPC message (object); its [`Envelope::shape`] says which kind.
     Message(Envelope<'a>),
-    /// An old-style batch: each element is handled on its own.
+    /// An old-style batch: each element is handled on its own ([`parse_element`]).
     Batch(Vec<&'a RawValue>),
-    /// Not JSON, or JSON that is not an object or array.
+    /// Valid JSON, but neither an object nor an array (or an empty array): an invalid
+    /// request, answered `-32600`.
+    NotAMessage(&'static str),
+    /// Not JSON, or JSON that no two parsers are sure to read alike.
     Malformed(String),
 }
 
-/// Classifies one line (without its newline).
+/// Classifies one line (a trailing newline is ignored).
 pub fn parse(line: &[u8]) -> Parsed<'_> {
-    let first = line.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    if first == Some(b'[') {
-        return match serde_json::from_slice::<Vec<&RawValue>>(line) {
+    let text = match std::str::from_utf8(line) {
+        Ok(text) => text,
+        Err(e) => return Parsed::Malformed(format!("not UTF-8 (byte {})", e.valid_up_to())),
+    };
+    if let Err(e) = check_unambiguous(text) {
+        return Parsed::Malformed(e);
+    }
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
+            Ok(items) if items.is_empty() => Parsed::NotAMessage("an empty batch"),
             Ok(items) => Parsed::Batch(items),
             Err(e) => Parsed::Malformed(e.to_string()),
-        };
+        },
+        Some(b'{') => match serde_json::from_str::<Envelope<'_>>(text) {
+            Ok(env) => Parsed::Message(env),
+            // The JSON is sound (checked above): a member of the wrong type.
+            Err(e) => Parsed::NotAMessage(member_type_error(&e)),
+        },
+        _ => Parsed::NotAMessage("a JSON-RPC message is an object"),
     }
-    match serde_json::from_slice::<Envelope<'_>>(line) {
-        Ok(env) => Parsed::Message(env),
-        Err(e) => Parsed::Malformed(e.to_string()),
+}
+
+/// Classifies one element of a batch: an object, or not a message. A batch in a batch is
+/// not a message either: batches are one level deep.
+pub fn parse_element(item: &RawValue) -> Parsed<'_> {
+    match item.get().as_bytes().first() {
+        Some(b'{') => match serde_json::from_str::<Envelope<'_>>(item.get()) {
+            Ok(env) => Parsed::Message(env),
+            Err(e) => Parsed::NotAMessage(member_type_error(&e)),
+        },
+        _ => Parsed::NotAMessage("a batch element is an object"),
     }
+}
+
+fn member_type_error(e: &serde_json::Error) -> &'static str {
+    tracing::debug!("message with a member of the wrong type: {e}");
+    "a member of the message has the wrong type (method is a string)"
+}
+
+/// Refuses a JSON text that parsers could read differently: not exactly one JSON value, a
+/// key twice in any object (at any depth, compared after decoding), or a string that does
+/// not decode to Unicode (a lone surrogate). Nesting is bounded by serde_json (128).
+pub fn check_unambiguous(text: &str) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    Unambiguous
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| e.to_string())
+}
+
+/// Walks a value without building it; see [`check_unambiguous`].
+struct Unambiguous;
+
+impl<'de> DeserializeSeed<'de> for Unambiguous {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Unambiguous {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    // Strings arrive decoded: serde_json refuses lone surrogates while decoding.
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Unambiguous)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys: Vec<Cow<'de, str>> = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            map.next_value_seed(Unambiguous)?;
+            keys.push(key);
+        }
+        keys.sort_unstable();
+        if let Some(twice) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(de::Error::custom(format_args!(
+                "duplicate key {:?} (parsers disagree on which one counts)",
+                twice[0]
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An object key, decoded, borrowed when it had no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// What a message is, once its members are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape<'e> {
+    /// `method` and a valid id: an answer is owed.
+    Request { id: IdKey, method: &'e str },
+    /// `method` and no id.
+    Notification { method: &'e str },
+    /// No method, exactly one of `result` and `error`, and a valid id.
+    Response { id: IdKey },
+}
+
+/// Why a message's members do not make a JSON-RPC message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// It has a method: its sender expects an answer, an error with a null id.
+    pub request: bool,
+    /// The id, when it is a valid one (a response with both `result` and `error`).
+    pub id: Option<IdKey>,
+    pub why: String,
 }
 
 impl Envelope<'_> {
-    /// A request: has a method and an id.
-    pub fn is_request(&self) -> bool {
-        self.method.is_some() && self.id.is_some()
-    }
-
-    /// A response: an id and no method.
-    pub fn is_response(&self) -> bool {
-        self.method.is_none() && self.id.is_some()
-    }
-
-    /// The id as a map key: its JSON text (so `1` and `"1"` stay distinct).
-    pub fn id_key(&self) -> Option<IdKey> {
-        self.id.map(IdKey::from_raw)
+    /// The message's kind, or why it is not a valid message.
+    pub fn shape(&self) -> Result<Shape<'_>, Invalid> {
+        let invalid = |request: bool, id: Option<IdKey>, why: String| Invalid { request, id, why };
+        match self.method.as_deref() {
+            Some(method) => {
+                if self.result.is_some() || self.error.is_some() {
+                    return Err(invalid(
+                        true,
+                        None,
+                        "a request or notification cannot carry result or error".into(),
+                    ));
+                }
+                match self.id {
+                    None => Ok(Shape::Notification { method }),
+                    Some(raw) => match IdKey::from_raw(raw) {
+                        Ok(id) => Ok(Shape::Request { id, method }),
+                        Err(e) => Err(invalid(true, None, e.to_string())),
+                    },
+                }
+            }
+            None => {
+                let id = self.id.map(IdKey::from_raw);
+                match (self.result.is_some(), self.error.is_some(), id) {
+                    (true, false, Some(Ok(id))) | (false, true, Some(Ok(id))) => {
+                        Ok(Shape::Response { id })
+                    }
+                    (_, _, Some(Err(e))) => Err(invalid(false, None, e.to_string())),
+                    (_, _, None) => Err(invalid(
+                        false,
+                        None,
+                        "a message without a method is a response, and needs an id".into(),
+                    )),
+                    (_, _, Some(Ok(id))) => Err(invalid(
+                        false,
+                        Some(id),
+                        "a response carries exactly one of result and error".into(),
+                    )),
+                }
+            }
+        }
     }
 }
 
-/// A request id as the text of its JSON value.
+/// A request id, by value: a string (decoded: `"\u0061"` is `"a"`) or an integer (`-0` is
+/// `0`) of magnitude at most [`MAX_INTEGER_ID`]. `1` and `"1"` stay distinct.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdKey(pub Box<str>);
+pub enum IdKey {
+    Int(i64),
+    Str(Box<str>),
+}
+
+/// A value that is not an id MCP allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a request id is a string or an integer (at most 2^53-1 in magnitude), not {0}")]
+pub struct BadId(String);
 
 impl IdKey {
-    pub fn from_raw(raw: &RawValue) -> IdKey {
-        IdKey(raw.get().trim().into())
+    /// Reads an id from its JSON text.
+    pub fn from_raw(raw: &RawValue) -> Result<IdKey, BadId> {
+        IdKey::from_json(raw.get())
     }
 
-    /// Builds the key for an id held as a value (from `notifications/cancelled`).
-    pub fn from_value(value: &Value) -> IdKey {
-        IdKey(value.to_string().into())
+    /// Reads an id from its JSON text (surrounding whitespace allowed).
+    pub fn from_json(text: &str) -> Result<IdKey, BadId> {
+        let text = text.trim_matches([' ', '\t', '\n', '\r']);
+        let bad = || {
+            let shown: String = text.chars().take(40).collect();
+            BadId(shown)
+        };
+        if text.starts_with('"') {
+            return serde_json::from_str::<String>(text)
+                .map(|s| IdKey::Str(s.into()))
+                .map_err(|_| bad());
+        }
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        // JSON's integer grammar: no fraction, no exponent, no leading zero, no plus.
+        let integer = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'))
+            && digits.len() <= 16;
+        if !integer {
+            return Err(bad());
+        }
+        match text.parse::<i64>() {
+            Ok(n) if n.abs() <= MAX_INTEGER_ID => Ok(IdKey::Int(n)),
+            _ => Err(bad()),
+        }
     }
 
-    /// The id's JSON text, to write back into a response.
-    pub fn json(&self) -> &str {
-        &self.0
+    /// The id's canonical JSON text, to write into a message.
+    pub fn json(&self) -> String {
+        self.to_string()
     }
 }
 
-/// Whether a malformed line looks like a request (so it deserves a parse-error answer)
-/// rather than a response or noise.
-pub fn looks_like_request(line: &[u8]) -> bool {
-    line.windows(8).any(|w| w == b"\"method\"")
+impl fmt::Display for IdKey {
+    /// The canonical JSON text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdKey::Int(n) => write!(f, "{n}"),
+            IdKey::Str(s) => write!(f, "{}", Value::String(s.to_string())),
+        }
+    }
+}
+
+/// What could be read of a message that was too large to keep, or that does not parse:
+/// the top-level members seen before it stopped making sense.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sniffed {
+    /// The top-level id, when its whole value was seen and is a valid id.
+    pub id: Option<IdKey>,
+    /// A top-level `method` member was seen.
+    pub method: bool,
+    /// A top-level `result` or `error` member was seen.
+    pub answer: bool,
+}
+
+/// Reads the top-level members of the start of a JSON object, leniently: stops at the first
+/// byte that does not fit (or the end of `prefix`) and reports what it saw. Values other
+/// than the id are skipped, never decoded, so this runs in one pass without allocating
+/// more than the id.
+pub fn sniff(prefix: &[u8]) -> Sniffed {
+    let mut out = Sniffed::default();
+    // A byte order mark makes the text invalid, but the sender still deserves its answer.
+    let prefix = prefix.strip_prefix(b"\xef\xbb\xbf").unwrap_or(prefix);
+    let mut s = Scan { b: prefix, i: 0 };
+    s.ws();
+    if !s.eat(b'{') {
+        return out;
+    }
+    loop {
+        s.ws();
+        let Some(key) = s.string() else { return out };
+        let key = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| serde_json::from_str::<String>(k).ok());
+        s.ws();
+        if !s.eat(b':') {
+            return out;
+        }
+        s.ws();
+        // A member counts once its key is seen: its value may be what was cut.
+        match key.as_deref() {
+            Some("method") => out.method = true,
+            Some("result" | "error") => out.answer = true,
+            _ => {}
+        }
+        let start = s.i;
+        if !s.value() {
+            return out;
+        }
+        if key.as_deref() == Some("id") {
+            out.id = std::str::from_utf8(&prefix[start..s.i])
+                .ok()
+                .and_then(|t| IdKey::from_json(t).ok());
+        }
+        s.ws();
+        if !s.eat(b',') {
+            return out;
+        }
+    }
+}
+
+/// A byte cursor for [`sniff`]; every method returns false / `None` at the end of input.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        if self.b.get(self.i) == Some(&c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A whole string, quotes included.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        if !self.eat(b'"') {
+            return None;
+        }
+        while let Some(&c) = self.b.get(self.i) {
+            self.i += 1;
+            match c {
+                b'\\' => self.i += 1,
+                b'"' => return (self.i <= self.b.len()).then(|| &self.b[start..self.i]),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Skips one whole value; false when it does not end within the input.
+    fn value(&mut self) -> bool {
+        match self.b.get(self.i) {
+            Some(b'"') => self.string().is_some(),
+            Some(b'{' | b'[') => {
+                let mut depth = 0usize;
+                while let Some(&c) = self.b.get(self.i) {
+                    match c {
+                        b'"' => {
+                            if self.string().is_none() {
+                                return false;
+                            }
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i += 1;
+                                return true;
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+                false
+            }
+            Some(_) => {
+                let start = self.i;
+                while let Some(&c) = self.b.get(self.i) {
+                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                        break;
+                    }
+                    self.i += 1;
+                }
+                // A scalar cut by the end of the prefix is not known whole.
+                self.i > start && self.i < self.b.len()
+            }
+            None => false,
+        }
+    }
+}
+
+/// A valid JSON text on one line: inside valid JSON a raw CR or LF can only be whitespace
+/// between tokens (in strings they must be escaped, and UTF-8 never uses those bytes inside
+/// a multi-byte character), so replacing each by a space changes no value. Only for text
+/// that [`parse`] accepted.
+pub fn one_line(text: &[u8]) -> Vec<u8> {
+    text.trim_ascii()
+        .iter()
+        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+        .collect()
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"error":{"code":C,"message":M}}` with a `null` id when `id` is
 /// `None`.
 pub fn error_response(id: Option<&IdKey>, code: i64, message: &str) -> Vec<u8> {
-    let id = id.map(IdKey::json).unwrap_or("null");
+    let id = id.map_or_else(|| "null".to_owned(), IdKey::json);
     let message = Value::String(message.to_owned());
     format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#)
         .into_bytes()
@@ -205,71 +593,203 @@ pub fn cursor(params: Option<&RawValue>) -> Option<String> {
         .and_then(|p| p.cursor)
 }
 
-/// The `requestId` of a `notifications/cancelled`.
+/// The `requestId` of a `notifications/cancelled`, when it is a valid id.
 pub fn cancelled_request(params: Option<&RawValue>) -> Option<IdKey> {
     #[derive(Deserialize)]
-    struct P {
-        #[serde(rename = "requestId")]
-        request_id: Value,
+    struct P<'a> {
+        #[serde(borrow, rename = "requestId")]
+        request_id: &'a RawValue,
     }
-    let p: P = serde_json::from_str(params?.get()).ok()?;
-    Some(IdKey::from_value(&p.request_id))
+    let p: P<'_> = serde_json::from_str(params?.get()).ok()?;
+    IdKey::from_raw(p.request_id).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn shape_of(line: &str) -> Result<Shape<'static>, Invalid> {
+        let line: &'static str = Box::leak(line.to_owned().into_boxed_str());
+        let Parsed::Message(env) = parse(line.as_bytes()) else {
+            panic!("not a message: {line}")
+        };
+        let env: &'static Envelope<'static> = Box::leak(Box::new(env));
+        env.shape()
+    }
+
+    fn id(text: &str) -> Result<IdKey, BadId> {
+        IdKey::from_json(text)
+    }
+
     #[test]
     fn requests_responses_and_notifications_are_told_apart() {
-        let Parsed::Message(req) = parse(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#)
-        else {
-            panic!("not a message")
-        };
-        assert!(req.is_request());
-        assert_eq!(req.id_key().unwrap().json(), "7");
-        let Parsed::Message(resp) = parse(br#"{"result":{},"jsonrpc":"2.0","id":"a"}"#) else {
-            panic!("not a message")
-        };
-        assert!(resp.is_response());
-        assert_eq!(resp.id_key().unwrap().json(), "\"a\"");
-        let Parsed::Message(note) = parse(br#"{"jsonrpc":"2.0","method":"notifications/x"}"#)
-        else {
-            panic!("not a message")
-        };
-        assert!(!note.is_request() && !note.is_response());
-    }
-
-    #[test]
-    fn ids_of_different_types_stay_distinct() {
-        assert_ne!(
-            IdKey::from_value(&serde_json::json!(1)),
-            IdKey::from_value(&serde_json::json!("1"))
+        assert_eq!(
+            shape_of(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#),
+            Ok(Shape::Request { id: IdKey::Int(7), method: "tools/call" })
         );
         assert_eq!(
-            IdKey::from_value(&serde_json::json!("x")),
-            IdKey::from_raw(&RawValue::from_string("\"x\"".into()).unwrap())
+            shape_of(r#"{"result":{},"jsonrpc":"2.0","id":"a"}"#),
+            Ok(Shape::Response { id: IdKey::Str("a".into()) })
+        );
+        assert_eq!(
+            shape_of(r#"{"jsonrpc":"2.0","id":"a","result":null}"#),
+            Ok(Shape::Response { id: IdKey::Str("a".into()) }),
+            "a null result is a result"
+        );
+        assert_eq!(
+            shape_of(r#"{"jsonrpc":"2.0","method":"notifications/x"}"#),
+            Ok(Shape::Notification { method: "notifications/x" })
         );
     }
 
     #[test]
-    fn batches_split_into_their_elements() {
-        let Parsed::Batch(items) = parse(br#"[{"id":1,"method":"a"}, {"method":"b"}]"#) else {
+    fn messages_that_are_neither_request_nor_response_are_invalid() {
+        for (line, request) in [
+            (r#"{"id":null,"method":"tools/call"}"#, true),
+            (r#"{"id":1.5,"method":"tools/call"}"#, true),
+            (r#"{"id":1,"method":"ping","result":{}}"#, true),
+            (r#"{"method":"ping","error":{}}"#, true),
+            (r#"{"id":1}"#, false),
+            (r#"{"id":1,"result":{},"error":{}}"#, false),
+            (r#"{"result":{}}"#, false),
+            (r#"{"id":null,"error":{"code":1}}"#, false),
+            (r#"{"id":[1],"result":{}}"#, false),
+            (r#"{}"#, false),
+        ] {
+            let err = shape_of(line).expect_err(line);
+            assert_eq!(err.request, request, "{line}");
+        }
+    }
+
+    #[test]
+    fn ids_are_strings_or_safe_integers_compared_by_value() {
+        assert_eq!(id(r#""\u0061""#), id(r#""a""#));
+        assert_eq!(id("-0"), id("0"));
+        assert_eq!(id("9007199254740991"), Ok(IdKey::Int(MAX_INTEGER_ID)));
+        assert_eq!(id("-9007199254740991"), Ok(IdKey::Int(-MAX_INTEGER_ID)));
+        assert_ne!(id("1"), id(r#""1""#));
+        for bad in [
+            "6.0", "1e1", "1E1", "-", "01", "+1", "true", "null", "{}", "[]", "0x1",
+            "9007199254740992", "-9007199254740992", "123456789012345678901234567890",
+            r#""\ud800""#, r#""a"#,
+        ] {
+            assert!(id(bad).is_err(), "{bad} is not an id");
+        }
+    }
+
+    #[test]
+    fn ids_are_written_back_canonically() {
+        assert_eq!(id(r#""\u0061\"""#).unwrap().json(), r#""a\"""#);
+        assert_eq!(id("-0").unwrap().json(), "0");
+        assert_eq!(
+            IdKey::from_raw(&RawValue::from_string(" 42 ".into()).unwrap()),
+            Ok(IdKey::Int(42))
+        );
+    }
+
+    #[test]
+    fn batches_split_into_their_elements_and_only_objects_are_messages() {
+        let Parsed::Batch(items) = parse(br#"[{"id":1,"method":"a"}, {"method":"b"}, [{"id":2,"method":"c"}], 3, null]"#) else {
             panic!("not a batch")
         };
-        assert_eq!(items.len(), 2);
+        assert_eq!(items.len(), 5);
+        assert!(matches!(parse_element(items[0]), Parsed::Message(_)));
+        assert!(matches!(parse_element(items[1]), Parsed::Message(_)));
+        for nested in &items[2..] {
+            assert!(matches!(parse_element(nested), Parsed::NotAMessage(_)), "{nested}");
+        }
+        assert!(matches!(parse(b"[]"), Parsed::NotAMessage(_)));
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_is_not_a_message() {
+        for line in [&b"42"[..], b"\"x\"", b"null", b"true", br#"{"method":5}"#] {
+            assert!(matches!(parse(line), Parsed::NotAMessage(_)), "{line:?}");
+        }
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for line in [&b"{"[..], b"nul", b"\xff\xfe", b"42", b"[1,", b"\"x\""] {
+        for line in [&b"{"[..], b"nul", b"\xff\xfe", b"[1,", b"", b"   "] {
             assert!(matches!(parse(line), Parsed::Malformed(_)), "{line:?}");
         }
     }
 
     #[test]
+    fn text_parsers_could_read_differently_is_refused() {
+        for line in [
+            // Duplicate keys, at the top, in params, deep in arguments, spelled with escapes.
+            &br#"{"method":"ping","method":"tools/call","id":1}"#[..],
+            br#"{"jsonrpc":"2.0","jsonrpc":"2.0","method":"ping"}"#,
+            br#"{"id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            br#"{"id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":[{"p":1,"p":2}]}}}"#,
+            br#"{"id":1,"method":"tools/call","params":{"name":"a","n\u0061me":"b"}}"#,
+            // A byte order mark, trailing garbage, a second value, invalid UTF-8.
+            b"\xef\xbb\xbf{\"method\":\"ping\"}",
+            br#"{"method":"ping"} x"#,
+            br#"{"method":"ping"}{"method":"tools/call"}"#,
+            b"{\"method\":\"ping\",\"x\":\"\xff\"}",
+            // Lone surrogates, in the method, a name, or anywhere.
+            br#"{"id":1,"method":"tools/call\ud800"}"#,
+            br#"{"id":1,"method":"tools/call","params":{"name":"a\udc00"}}"#,
+            br#"{"id":1,"method":"x","params":{"z":["\ud800x"]}}"#,
+            // Numbers no parser can hold, NaN, comments.
+            br#"{"id":1,"method":"x","params":{"n":1e400}}"#,
+            br#"{"id":1,"method":"x","params":{"n":NaN}}"#,
+            br#"{"id":1,"method":"x"} // hi"#,
+        ] {
+            assert!(
+                matches!(parse(line), Parsed::Malformed(_)),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // The same keys in different objects are fine, and escapes that decode are fine.
+        assert!(matches!(
+            parse(br#"{"id":1,"method":"x","params":{"a":{"b":1},"c":{"b":1},"d":"\ud83d\ude00"}}"#),
+            Parsed::Message(_)
+        ));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = format!(r#"{{"method":"x","params":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(parse(deep.as_bytes()), Parsed::Malformed(_)));
+    }
+
+    #[test]
+    fn sniffing_finds_top_level_members_of_a_prefix() {
+        let s = sniff(br#"{"jsonrpc":"2.0","id":"x\"y","method":"tools/call","params":{"arguments":{"id":9,"s":"#);
+        assert_eq!(s.id, Some(IdKey::Str("x\"y".into())));
+        assert!(s.method && !s.answer);
+        let s = sniff(br#" { "result" : {"id":3, "a":[1,{"b":"}"}]}, "\u0069d": 5 , "#);
+        assert_eq!(s.id, Some(IdKey::Int(5)));
+        assert!(s.answer && !s.method);
+        // The id nested deeper, or cut by the end of the prefix, is not the id.
+        assert_eq!(sniff(br#"{"params":{"id":1},"x":"#).id, None);
+        assert_eq!(sniff(br#"{"id":12"#).id, None);
+        assert_eq!(sniff(br#"{"id":1.0,"method":"a"}"#).id, None);
+        assert_eq!(sniff(b"not json"), Sniffed::default());
+        assert_eq!(
+            sniff(br#"{"result":"\"#),
+            Sniffed { answer: true, ..Sniffed::default() }
+        );
+        assert!(sniff(b"\xef\xbb\xbf{\"method\":").method);
+    }
+
+    #[test]
+    fn one_line_changes_no_value() {
+        let body = b" {\r\n \"method\" :\t\"x\",\n\"params\":{\"s\":\"a\\nb\"}}\n";
+        let line = one_line(body);
+        assert!(!line.contains(&b'\n') && !line.contains(&b'\r'));
+        let before: Value = serde_json::from_slice(body).unwrap();
+        let after: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(before, after);
+    }
+
+    #[test]
     fn refusal_is_a_tool_result_with_result_type_for_modern_peers() {
-        let id = IdKey("3".into());
+        let id = IdKey::Int(3);
         let legacy: Value = serde_json::from_slice(&refusal(&id, "no", false)).unwrap();
         assert_eq!(legacy["result"]["isError"], true);
         assert_eq!(legacy["result"]["content"][0]["text"], "no");
@@ -286,5 +806,13 @@ mod tests {
                 .unwrap();
         assert_eq!(v["id"], Value::Null);
         assert_eq!(v["error"]["message"], "bad \"x\"\n");
+    }
+
+    #[test]
+    fn cancellations_name_ids_by_value() {
+        let p = RawValue::from_string(r#"{"requestId":"\u0061"}"#.into()).unwrap();
+        assert_eq!(cancelled_request(Some(&p)), Some(IdKey::Str("a".into())));
+        let p = RawValue::from_string(r#"{"requestId":1.0}"#.into()).unwrap();
+        assert_eq!(cancelled_request(Some(&p)), None);
     }
 }

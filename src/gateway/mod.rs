@@ -9,6 +9,7 @@
 //! about streams, so the HTTP transport reuses it message by message.
 //!
 //! - [`jsonrpc`] — classify a line by `method` and `id`; build refusals and errors.
+//! - [`lines`] — read a peer's lines, none kept beyond `--max-message`.
 //! - [`call`] — per-call logic shared by every transport: decide, hold, `hide`, outcome.
 //! - [`core`] — the stdio-style proxy loop: forwarding, pending requests, holds, faults.
 //! - [`audit`] — the JSON-lines audit log.
@@ -27,6 +28,7 @@ pub mod core;
 pub mod grants;
 pub mod http;
 pub mod jsonrpc;
+pub mod lines;
 pub mod reload;
 pub mod startup;
 pub mod stdio;

@@ -38,6 +38,8 @@ pub struct WrapOptions {
     pub grace: Duration,
     /// Set to `true` to shut the gateway down (SIGTERM/SIGINT).
     pub shutdown: watch::Receiver<bool>,
+    /// The largest message in either direction (`--max-message`).
+    pub max_message: usize,
 }
 
 /// Runs the gateway between this process's stdin/stdout and `server` until the session ends.
@@ -84,6 +86,7 @@ pub async fn wrap(
             session: options.session,
             shutdown: Some(options.shutdown),
             client_closed: Some(closed_tx),
+            max_message: options.max_message,
         },
     )
     .await;

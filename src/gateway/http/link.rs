@@ -9,9 +9,10 @@
 //! owed when the upstream dies are therefore exactly `wrap`'s.
 //!
 //! What comes out of the core is routed here: an answer to the request that waits for it (by
-//! id), a progress notification to the request whose progress token it names, anything else
-//! (server-to-client requests, logging, list changes) to the session's GET stream when one is
-//! open, else to a request in flight, else dropped.
+//! id, and only to it: an answer nobody waits for is dropped), a progress notification to the
+//! request whose progress token it names, anything else (server-to-client requests, logging,
+//! list changes) to the session's GET stream when one is open, else to a request in flight,
+//! else dropped.
 //!
 //! 2026-07-28 requests without a session share one link per (server, grant). Their ids come
 //! from many clients, so they are renamed on the way in (`"tg-N"`) and restored on the way
@@ -24,20 +25,24 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::remote;
 use super::servers::ServerSpec;
 use crate::gateway::Gateway;
 use crate::gateway::core::{self, RunOptions};
-use crate::gateway::jsonrpc::{self, IdKey, Parsed};
+use crate::gateway::jsonrpc::{self, IdKey, Parsed, Shape};
+use crate::gateway::lines::{Line, LineReader};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
 
 /// Size of the in-process pipes between the HTTP side, the core and a URL upstream.
 const PIPE: usize = 256 * 1024;
 /// Messages queued for one waiting HTTP request.
 const WAITER_QUEUE: usize = 256;
+/// What the core writes may exceed `--max-message` by this much (an error it builds, a
+/// re-encoded list); the core already refused anything larger from the peers.
+const CORE_SLACK: usize = 64 * 1024;
 
 /// What a waiting HTTP request receives.
 #[derive(Debug)]
@@ -116,6 +121,7 @@ impl Link {
         session: String,
         stateless: bool,
         grace: Duration,
+        max_message: usize,
     ) -> Result<Arc<Link>, SpawnError> {
         let (gateway_server, gateway_grant) = (gateway.server.clone(), gateway.grant.clone());
         let (ours, cores) = tokio::io::duplex(PIPE);
@@ -127,6 +133,7 @@ impl Link {
             session,
             shutdown: Some(shutdown_rx),
             client_closed: Some(closed_tx),
+            max_message,
         };
         let core_client_in = BufReader::with_capacity(64 * 1024, core_read);
         match spec {
@@ -160,6 +167,7 @@ impl Link {
                 tokio::spawn(remote::run(
                     url.clone(),
                     client.clone(),
+                    max_message,
                     BufReader::with_capacity(64 * 1024, remote_read),
                     remote_write,
                 ));
@@ -186,7 +194,11 @@ impl Link {
             last_active: Mutex::new(Instant::now()),
             shutdown,
         });
-        tokio::spawn(route(Arc::downgrade(&link), our_read));
+        tokio::spawn(route(
+            Arc::downgrade(&link),
+            our_read,
+            max_message.saturating_add(CORE_SLACK),
+        ));
         Ok(link)
     }
 
@@ -221,11 +233,13 @@ impl Link {
         self.to_core.send(line).await.is_ok()
     }
 
-    /// Sends a request to the core and registers for its answer. Returns the id the core
-    /// knows it by (for [`Link::cancel`]) and the receiver of what is routed to it.
+    /// Sends a request (whose id `id` was read from `raw_id`, borrowed from `line`) to the
+    /// core and registers for its answer. Returns the id the core knows it by (for
+    /// [`Link::cancel`]) and the receiver of what is routed to it.
     pub async fn request(
         &self,
         line: &[u8],
+        id: &IdKey,
         raw_id: &RawValue,
         params: Option<&RawValue>,
     ) -> Result<(IdKey, mpsc::Receiver<Delivery>), DuplicateId> {
@@ -234,7 +248,10 @@ impl Link {
         let mut progress = progress_token(params);
         let mut original_progress = None;
         let (core_id, out, original) = if self.stateless {
-            let renamed = format!("\"tg-{}\"", self.next_id.fetch_add(1, Ordering::Relaxed));
+            let core_id = IdKey::Str(
+                format!("tg-{}", self.next_id.fetch_add(1, Ordering::Relaxed)).into(),
+            );
+            let renamed = core_id.json();
             let mut out = replace_id(line, raw_id, &renamed);
             if progress.is_some() {
                 // Clients choose progress tokens too: rename it with the id, so two
@@ -246,9 +263,10 @@ impl Link {
                     progress = Some(renamed.clone().into());
                 }
             }
-            (IdKey(renamed.into()), out, Some(IdKey::from_raw(raw_id).0))
+            // The client's id goes back exactly as it sent it.
+            (core_id, out, Some(raw_id.get().trim().into()))
         } else {
-            (IdKey::from_raw(raw_id), line.to_vec(), None)
+            (id.clone(), line.to_vec(), None)
         };
         {
             let mut routes = lock(&self.routes);
@@ -256,7 +274,7 @@ impl Link {
                 drop(tx);
             } else {
                 if routes.waiters.contains_key(&core_id) {
-                    return Err(DuplicateId(core_id.json().to_owned()));
+                    return Err(DuplicateId(core_id.json()));
                 }
                 if let Some(token) = &progress {
                     routes.progress.insert(token.clone(), core_id.clone());
@@ -320,10 +338,19 @@ impl Link {
             return;
         };
         let mut routes = lock(&self.routes);
-        if env.is_response()
-            && let Some(id) = env.id_key()
-            && let Some(waiter) = routes.waiters.remove(&id)
-        {
+        let answer = match env.shape() {
+            Ok(Shape::Response { id }) => Some(Some(id)),
+            // An answer with no usable id (an error about an unreadable message).
+            Err(invalid) if !invalid.request => Some(invalid.id),
+            _ => None,
+        };
+        if let Some(id) = answer {
+            // An answer goes to the request that waits for it, or nowhere: on a stateless
+            // link, another client's stream is not the place for it.
+            let Some(waiter) = id.and_then(|id| routes.waiters.remove(&id)) else {
+                tracing::debug!("dropped an answer no request waits for");
+                return;
+            };
             if let Some(token) = &waiter.progress {
                 routes.progress.remove(token);
             }
@@ -395,20 +422,13 @@ async fn write_lines<W: tokio::io::AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::R
     let _ = w.shutdown().await;
 }
 
-async fn route<R: tokio::io::AsyncRead + Unpin>(link: std::sync::Weak<Link>, read: R) {
-    let mut reader = BufReader::with_capacity(64 * 1024, read);
-    loop {
-        let mut line = Vec::new();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
+async fn route<R: tokio::io::AsyncRead + Unpin>(link: std::sync::Weak<Link>, read: R, max: usize) {
+    let mut reader = LineReader::new(BufReader::with_capacity(64 * 1024, read), max);
+    while let Some(line) = reader.next("core").await {
+        let Line::Whole(line) = line else {
+            tracing::warn!("dropped a message from the core larger than {max} bytes");
             continue;
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        }
+        };
         let Some(link) = link.upgrade() else { return };
         link.deliver(line);
     }

@@ -3,8 +3,9 @@
 //!
 //! Each request is checked in this order, before anything reaches a server: a foreign
 //! `Origin` → 403; no valid `Authorization: Bearer` token → 401 (the grant is then known);
-//! an unknown server name → 404; a body over [`MAX_BODY`] → 413; routing headers that
-//! disagree with the body (`Mcp-Method`, `Mcp-Name`) → 400. The `Authorization` header is
+//! an unknown server name → 404; a body over `--max-message` → 413; a body that is not one
+//! JSON-RPC message beyond dispute ([`body`]) → 400; routing headers that disagree with the
+//! body (`Mcp-Method`, `Mcp-Name`) → 400. The `Authorization` header is
 //! never passed on: a stdio server never sees HTTP headers, and [`remote`] builds the
 //! upstream's requests from SERVERS.json alone.
 //!
@@ -28,6 +29,7 @@
 //! the stream cancels the request: a held call is dropped, a forwarded one is cancelled
 //! upstream.
 
+pub mod body;
 pub mod link;
 pub mod remote;
 pub mod servers;
@@ -51,10 +53,7 @@ use self::link::{Delivery, Link};
 use self::servers::ServerSpec;
 use super::Gateway;
 use super::grants::GrantsHandle;
-use super::jsonrpc::{self, IdKey, Parsed};
-
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
+use super::jsonrpc::{self, IdKey, Shape};
 /// Default idle time after which a session is ended.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// Most sessions open at once; more get 503.
@@ -62,7 +61,7 @@ pub const DEFAULT_MAX_SESSIONS: usize = 512;
 /// 2026-07-28's error code for routing headers that disagree with the body.
 const HEADER_MISMATCH: i64 = -32020;
 /// JSON-RPC "invalid request".
-const INVALID_REQUEST: i64 = -32600;
+const INVALID_REQUEST: i64 = jsonrpc::code::INVALID_REQUEST;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 /// How long open connections may take to finish once the gateway stops.
@@ -80,6 +79,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     pub session_idle: Duration,
     pub max_sessions: usize,
+    /// The largest message in either direction, request bodies included (`--max-message`).
+    pub max_message: usize,
 }
 
 /// The HTTP gateway: servers, grants, sessions, and the shared decision machinery.
@@ -276,6 +277,7 @@ impl HttpGateway {
             label,
             false,
             self.options.grace,
+            self.options.max_message,
         )
         .map_err(|e| {
             tracing::error!("{e}");
@@ -300,6 +302,7 @@ impl HttpGateway {
             label,
             true,
             self.options.grace,
+            self.options.max_message,
         )
         .map_err(|e| {
             tracing::error!("{e}");
@@ -483,36 +486,53 @@ async fn post(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+    let max = gw.options.max_message;
+    let bytes = match axum::body::to_bytes(body, max).await {
         Ok(bytes) => bytes,
         Err(_) => {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request bodies are limited to {MAX_BODY} bytes"),
+                &format!(
+                    "request bodies are limited to {max} bytes (the gateway's --max-message)"
+                ),
             );
         }
     };
-    let env = match jsonrpc::parse(&bytes) {
-        Parsed::Message(env) => env,
-        Parsed::Batch(_) => {
+    // From here on the request is one line, exactly as the core will read it.
+    let line = match body::message_line(&bytes) {
+        Ok(line) => line,
+        Err(refused) => {
+            return rpc_error(StatusCode::BAD_REQUEST, None, refused.code(), &refused.to_string());
+        }
+    };
+    let jsonrpc::Parsed::Message(env) = jsonrpc::parse(&line) else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            INVALID_REQUEST,
+            "invalid request: not one JSON-RPC message",
+        );
+    };
+    let shape = match env.shape() {
+        Ok(shape) => shape,
+        Err(invalid) => {
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 None,
                 INVALID_REQUEST,
-                "JSON-RPC batches are not accepted; send one message per POST",
-            );
-        }
-        Parsed::Malformed(e) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                None,
-                jsonrpc::code::PARSE_ERROR,
-                &format!("parse error: {e}"),
+                &format!("invalid request: {}", invalid.why),
             );
         }
     };
-    let id = env.id_key().filter(|_| env.is_request());
-    if let Err(why) = routing_headers_agree(headers, env.method.as_deref(), env.params) {
+    let method = match &shape {
+        Shape::Request { method, .. } | Shape::Notification { method } => Some(*method),
+        Shape::Response { .. } => None,
+    };
+    let id = match &shape {
+        Shape::Request { id, .. } => Some(id.clone()),
+        _ => None,
+    };
+    if let Err(why) = routing_headers_agree(headers, method, env.params) {
         return rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), HEADER_MISMATCH, why);
     }
     let mut new_session = None;
@@ -528,7 +548,7 @@ async fn post(
                 );
             }
         },
-        None if env.method.as_deref() == Some("initialize") => {
+        None if method == Some("initialize") => {
             match gw.open_session(server, grant) {
                 Ok((sid, link)) => {
                     new_session = Some(sid);
@@ -542,20 +562,19 @@ async fn post(
             Err(no) => return no.response(),
         },
     };
-    let (Some(raw_id), true) = (env.id, env.is_request()) else {
+    let (Some(client_id), Some(raw_id)) = (id, env.id) else {
         // A notification, or the client's answer to a server-to-client request. A
         // stateless client's cancellation names its own ids, which mean nothing on a
         // shared link; closing the request's stream is how it cancels.
         let stateless_cancel = new_session.is_none()
             && headers.get(SESSION_HEADER).is_none()
-            && env.method.as_deref() == Some("notifications/cancelled");
-        if !stateless_cancel && !link.notify(bytes.to_vec()).await {
+            && method == Some("notifications/cancelled");
+        if !stateless_cancel && !link.notify(line.clone()).await {
             return plain(StatusCode::BAD_GATEWAY, "the MCP server is gone");
         }
         return StatusCode::ACCEPTED.into_response();
     };
-    let client_id = IdKey::from_raw(raw_id);
-    let (core_id, rx) = match link.request(&bytes, raw_id, env.params).await {
+    let (core_id, rx) = match link.request(&line, &client_id, raw_id, env.params).await {
         Ok(pair) => pair,
         Err(e) => {
             return rpc_error(

@@ -12,25 +12,24 @@
 //! DELETEs the session when the core closes its side. The headers configured in SERVERS.json
 //! are sent with every request; the agent's `Authorization` never is.
 //!
-//! An upstream that fails a request (HTTP error, unreachable, stream cut before the answer)
-//! gets that request answered with a JSON-RPC error, so the core's bookkeeping (pending
-//! calls, units given back) works as it does for a server process that dies.
+//! An upstream that fails a request (HTTP error, unreachable, stream cut before the answer,
+//! an answer larger than `--max-message`) gets that request answered with a JSON-RPC error,
+//! so the core's bookkeeping (pending calls, units given back) works as it does for a
+//! server process that dies.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::servers::UrlServer;
 use super::sse::SseParser;
-use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, code};
-
-/// Largest message accepted from an upstream.
-pub const MAX_UPSTREAM_MESSAGE: usize = 16 * 1024 * 1024;
+use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, Shape, code};
+use crate::gateway::lines::{Line, LineReader};
 /// Times the GET stream is reopened after it fails, before giving up.
 const GET_RETRIES: u32 = 2;
 /// How long closing the upstream session (DELETE) may take.
@@ -60,12 +59,19 @@ struct Remote {
     version: Mutex<Option<String>>,
     /// Lines for the core.
     to_core: mpsc::Sender<Vec<u8>>,
+    /// The largest answer (or event) accepted from the upstream (`--max-message`).
+    max: usize,
 }
 
 /// Proxies between the core's upstream side and a Streamable HTTP server until the core
 /// closes its side (then the upstream session is deleted and `to_core` closed).
-pub async fn run<R, W>(server: UrlServer, client: reqwest::Client, mut from_core: R, to_core: W)
-where
+pub async fn run<R, W>(
+    server: UrlServer,
+    client: reqwest::Client,
+    max: usize,
+    from_core: R,
+    to_core: W,
+) where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -77,28 +83,28 @@ where
         session: Mutex::new(None),
         version: Mutex::new(None),
         to_core: tx,
+        max,
     });
+    // The core only writes what it accepted (at most `max`) or built itself.
+    let mut from_core = LineReader::new(from_core, max.saturating_add(64 * 1024));
     let mut tasks = JoinSet::new();
     let mut get_stream = None;
-    loop {
-        let mut line = Vec::new();
-        match from_core.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(_) => {}
-        }
+    while let Some(line) = from_core.next("core").await {
+        let Line::Whole(line) = line else {
+            tracing::warn!("dropped a message from the core larger than --max-message");
+            continue;
+        };
         // Reap finished requests so the set does not grow with the session.
         while tasks.try_join_next().is_some() {}
         let Parsed::Message(env) = jsonrpc::parse(&line) else {
-            // The core only sends what it received from a client that parsed; a batch or
-            // garbage goes as it is and the upstream judges it.
-            remote.post_notification(line, None).await;
+            // The core only forwards single messages it classified.
+            tracing::warn!("dropped a line from the core that is not one message");
             continue;
         };
         let method = env.method.as_deref().map(str::to_owned);
         let routing = Routing::of(method.as_deref(), env.params);
-        match (env.is_request(), env.id_key()) {
-            (true, Some(id)) => {
+        match env.shape() {
+            Ok(Shape::Request { id, .. }) => {
                 let remote = remote.clone();
                 tasks.spawn(async move { remote.post_request(line, id, routing).await });
             }
@@ -325,7 +331,7 @@ impl Remote {
         if content_type.starts_with("text/event-stream") && status.is_success() {
             return self.relay_stream(&mut resp, id, routing).await;
         }
-        let body = read_capped(&mut resp).await?;
+        let body = read_capped(&mut resp, self.max).await?;
         if content_type.starts_with("application/json")
             && let Parsed::Message(env) = jsonrpc::parse(&body)
             && (env.result.is_some() || env.error.is_some())
@@ -382,7 +388,7 @@ impl Remote {
         id: &IdKey,
         routing: &Routing,
     ) -> Result<(), String> {
-        let mut parser = SseParser::new(MAX_UPSTREAM_MESSAGE);
+        let mut parser = SseParser::new(self.max);
         loop {
             let chunk = match resp.chunk().await {
                 Ok(Some(chunk)) => chunk,
@@ -394,7 +400,8 @@ impl Remote {
                 let bytes = event.data.as_bytes();
                 let is_answer = matches!(
                     jsonrpc::parse(bytes),
-                    Parsed::Message(ref env) if env.is_response() && env.id_key().as_ref() == Some(id)
+                    Parsed::Message(ref env)
+                        if matches!(env.shape(), Ok(Shape::Response { id: ref answered }) if answered == id)
                 );
                 if is_answer {
                     if let Parsed::Message(env) = jsonrpc::parse(bytes) {
@@ -434,7 +441,7 @@ impl Remote {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            let mut parser = SseParser::new(MAX_UPSTREAM_MESSAGE);
+            let mut parser = SseParser::new(self.max);
             while let Ok(Some(chunk)) = resp.chunk().await {
                 match parser.feed(&chunk) {
                     Ok(events) => {
@@ -465,29 +472,20 @@ impl Remote {
 
 /// A message as one line: upstreams may pretty-print, the core reads lines.
 fn one_line(message: &[u8]) -> Vec<u8> {
-    let trimmed = message.trim_ascii();
-    if !trimmed.contains(&b'\n') && !trimmed.contains(&b'\r') {
-        return trimmed.to_vec();
-    }
-    match serde_json::from_slice::<serde_json::Value>(trimmed) {
-        Ok(value) => value.to_string().into_bytes(),
-        // Not JSON: the core reports it as malformed; keep it on one line.
-        Err(_) => trimmed
-            .iter()
-            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
-            .collect(),
-    }
+    // Valid JSON or not, CR and LF become spaces: between tokens that changes nothing, and
+    // anything else the core refuses as malformed, whole, on its one line.
+    jsonrpc::one_line(message)
 }
 
-/// Reads a response body, refusing one larger than [`MAX_UPSTREAM_MESSAGE`].
-async fn read_capped(resp: &mut reqwest::Response) -> Result<Vec<u8>, String> {
+/// Reads a response body, refusing one larger than `max` (before buffering it whole).
+async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_UPSTREAM_MESSAGE {
+                if body.len() + chunk.len() > max {
                     return Err(format!(
-                        "the MCP server's answer is larger than {MAX_UPSTREAM_MESSAGE} bytes"
+                        "the MCP server's answer is larger than the gateway accepts ({max} bytes; --max-message)"
                     ));
                 }
                 body.extend_from_slice(&chunk);
@@ -512,7 +510,7 @@ mod tests {
 
     #[test]
     fn pretty_printed_answers_become_one_line() {
-        assert_eq!(one_line(b"{\n  \"a\": 1\n}\n"), b"{\"a\":1}".to_vec());
+        assert_eq!(one_line(b"{\n  \"a\": 1\r\n}\n"), b"{   \"a\": 1  }".to_vec());
         assert_eq!(one_line(b"{\"a\":1}"), b"{\"a\":1}".to_vec());
     }
 

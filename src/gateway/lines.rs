@@ -1,0 +1,181 @@
+//! Newline-delimited messages from a peer, never buffered beyond `--max-message`.
+//!
+//! A peer decides how long its lines are, so a reader that keeps a whole line before looking
+//! at it lets one peer take the gateway's memory (a 1 GiB line, or bytes with no newline
+//! at all). [`LineReader`] keeps at most `max` bytes of a line; a longer one is discarded as
+//! it streams past, keeping only its first [`PREFIX`] bytes, from which the caller can still
+//! tell whose request it was ([`super::jsonrpc::sniff`]) and answer it.
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// Default largest message, in either direction (`--max-message`).
+pub const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// How much of an oversized line is kept to find its id.
+pub const PREFIX: usize = 64 * 1024;
+
+/// One line from a peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A line within the limit, without its newline (nor a CR before it).
+    Whole(Vec<u8>),
+    /// A line over the limit: its first bytes, and its length in bytes (newline excluded).
+    TooLong { prefix: Vec<u8>, len: u64 },
+}
+
+/// Reads lines of at most `max` bytes from a buffered stream.
+#[derive(Debug)]
+pub struct LineReader<R> {
+    inner: R,
+    max: usize,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    pub fn new(inner: R, max: usize) -> LineReader<R> {
+        LineReader { inner, max }
+    }
+
+    /// The next line that is not blank; `None` at the end of the stream or on a read error
+    /// (logged with `side`). A last line without a newline still counts.
+    pub async fn next(&mut self, side: &str) -> Option<Line> {
+        loop {
+            match self.read_line().await {
+                Ok(Some(Line::Whole(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
+                Ok(line) => return line,
+                Err(e) => {
+                    tracing::warn!("reading from the {side}: {e}");
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn read_line(&mut self) -> std::io::Result<Option<Line>> {
+        let mut line = Vec::new();
+        // Set once the line outgrew `max`: `line` then only keeps the prefix.
+        let mut too_long: Option<u64> = None;
+        let mut any = false;
+        loop {
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                if !any {
+                    return Ok(None);
+                }
+                break;
+            }
+            any = true;
+            let newline = buf.iter().position(|&b| b == b'\n');
+            let chunk = &buf[..newline.unwrap_or(buf.len())];
+            match too_long.as_mut() {
+                None if line.len() + chunk.len() <= self.max => line.extend_from_slice(chunk),
+                None => {
+                    let total = (line.len() + chunk.len()) as u64;
+                    line.truncate(PREFIX);
+                    let room = PREFIX - line.len();
+                    line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    // What was kept beyond the prefix is given back.
+                    line.shrink_to(PREFIX);
+                    too_long = Some(total);
+                }
+                Some(len) => {
+                    let room = PREFIX.saturating_sub(line.len());
+                    line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    *len += chunk.len() as u64;
+                }
+            }
+            let used = newline.map_or(buf.len(), |at| at + 1);
+            self.inner.consume(used);
+            if newline.is_some() {
+                break;
+            }
+        }
+        Ok(Some(match too_long {
+            None => {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Line::Whole(line)
+            }
+            Some(len) => Line::TooLong { prefix: line, len },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads every line of `input` in chunks of `chunk` bytes.
+    async fn lines(input: &[u8], max: usize, chunk: usize) -> Vec<Line> {
+        let reader = tokio::io::BufReader::with_capacity(chunk, input);
+        let mut reader = LineReader::new(reader, max);
+        let mut out = Vec::new();
+        while let Some(line) = reader.next("test").await {
+            out.push(line);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_within_the_limit_come_whole_whatever_the_chunking() {
+        for chunk in [1, 3, 64] {
+            assert_eq!(
+                lines(b"abc\r\n\n  \nde\nlast", 5, chunk).await,
+                vec![
+                    Line::Whole(b"abc".to_vec()),
+                    Line::Whole(b"de".to_vec()),
+                    Line::Whole(b"last".to_vec()),
+                ],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_is_cut_to_its_prefix_and_the_next_line_survives() {
+        let mut input = vec![b'x'; PREFIX * 3];
+        input.extend_from_slice(b"\nok\n");
+        for chunk in [7, 4096, PREFIX * 4] {
+            let got = lines(&input, 100, chunk).await;
+            assert_eq!(got.len(), 2, "chunk {chunk}");
+            let Line::TooLong { prefix, len } = &got[0] else {
+                panic!("not cut: chunk {chunk}")
+            };
+            assert_eq!(prefix.len(), PREFIX);
+            assert_eq!(*len, (PREFIX * 3) as u64);
+            assert_eq!(got[1], Line::Whole(b"ok".to_vec()));
+        }
+        // Exactly the limit is still whole; one more byte is not.
+        assert_eq!(lines(b"12345\n", 5, 2).await, vec![Line::Whole(b"12345".to_vec())]);
+        assert!(matches!(
+            &lines(b"123456\n", 5, 2).await[0],
+            Line::TooLong { len: 6, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_newlines_never_grows_past_the_prefix() {
+        // 64 MiB of bytes with no newline, streamed: only the prefix is ever kept.
+        struct Endless(usize);
+        impl tokio::io::AsyncRead for Endless {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let n = buf.remaining().min(self.0);
+                buf.put_slice(&vec![b'a'; n]);
+                self.0 -= n;
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let reader = tokio::io::BufReader::with_capacity(64 * 1024, Endless(64 << 20));
+        let mut reader = LineReader::new(reader, 1024);
+        let Some(Line::TooLong { prefix, len }) = reader.next("test").await else {
+            panic!("expected a cut line")
+        };
+        assert_eq!(prefix.len(), PREFIX);
+        assert!(prefix.capacity() <= 2 * PREFIX, "{}", prefix.capacity());
+        assert_eq!(len, 64 << 20);
+        assert_eq!(reader.next("test").await, None);
+    }
+}
