@@ -49,7 +49,8 @@ fn only_ok(_name: &str, args: &Value) -> bool {
     args["ok"] == true
 }
 
-/// The checks every probe gets: nothing denied executed, nothing hidden shown.
+/// The checks every probe gets: nothing denied executed, nothing hidden shown. An HTTP
+/// request left without an end is not a bypass, but it is said (run with `--nocapture`).
 fn judge(failures: &mut Failures, variant: &str, probe: &Probe) {
     failures.check(
         variant,
@@ -57,6 +58,32 @@ fn judge(failures: &mut Failures, variant: &str, probe: &Probe) {
         probe.forbidden(only_ok),
     );
     failures.check(variant, "hidden tool shown to the client", probe.leaked());
+    if probe.timed_out > 0 {
+        eprintln!(
+            "note [{variant}]: {} request(s) still unanswered after {:?}",
+            probe.timed_out,
+            attack_support::POST_WITHIN
+        );
+    }
+}
+
+/// Says how much a gateway's memory grew for one oversized message (`--nocapture`).
+fn growth(failures: &mut Failures, variant: &str, base: u64, peak: u64) {
+    let grew = peak.saturating_sub(base);
+    eprintln!(
+        "figure [{variant}]: peak resident memory {} MiB, {} MiB above the {} MiB before, for a {} MiB message",
+        peak >> 20,
+        grew >> 20,
+        base >> 20,
+        HUGE >> 20
+    );
+    failures.expect(variant, grew < GROWTH_BOUND, || {
+        format!(
+            "peak memory grew by {} MiB for a {} MiB message",
+            grew >> 20,
+            HUGE >> 20
+        )
+    });
 }
 
 /// Fails a variant whose `marker` reached the server.
@@ -809,17 +836,7 @@ fn wrap_an_oversized_client_line_is_refused_and_memory_stays_flat() {
         },
     );
     let peak = peak_rss(gw.pid()).expect("the gateway's memory");
-    failures.expect(
-        "with-newline",
-        peak.saturating_sub(base) < GROWTH_BOUND,
-        || {
-            format!(
-                "peak memory grew by {} MiB for one {} MiB line",
-                peak.saturating_sub(base) >> 20,
-                HUGE >> 20
-            )
-        },
-    );
+    growth(&mut failures, "with-newline", base, peak);
 
     // No newline at all: the gateway must not keep reading it into memory.
     let base = reset_peak(gw.pid());
@@ -827,16 +844,7 @@ fn wrap_an_oversized_client_line_is_refused_and_memory_stays_flat() {
     gw.write(&line);
     drop(line);
     let peak = peak_rss(gw.pid()).expect("the gateway's memory");
-    failures.expect(
-        "without-newline",
-        peak.saturating_sub(base) < GROWTH_BOUND,
-        || {
-            format!(
-                "peak memory grew by {} MiB for a line without end",
-                peak.saturating_sub(base) >> 20
-            )
-        },
-    );
+    growth(&mut failures, "without-newline", base, peak);
     // Once the line ends, the gateway carries on.
     gw.write(b"\n");
     let probe = gw.probe(&[call("79", "echo", json!({"tag": "after", "ok": true}))]);
@@ -890,17 +898,7 @@ fn wrap_an_oversized_server_line_becomes_an_error_and_memory_stays_flat() {
         },
     );
     let peak = peak_rss(gw.pid()).expect("the gateway's memory");
-    failures.expect(
-        "with-newline",
-        peak.saturating_sub(base) < GROWTH_BOUND,
-        || {
-            format!(
-                "peak memory grew by {} MiB for one {} MiB answer",
-                peak.saturating_sub(base) >> 20,
-                HUGE >> 20
-            )
-        },
-    );
+    growth(&mut failures, "with-newline", base, peak);
 
     // A line that never ends, then the server exits: the caller gets an error, and the
     // gateway's memory never held the line.
@@ -934,16 +932,7 @@ fn wrap_an_oversized_server_line_becomes_an_error_and_memory_stays_flat() {
     failures.expect("without-newline", answered, || {
         "the caller got no answer".into()
     });
-    failures.expect(
-        "without-newline",
-        peak.saturating_sub(base) < GROWTH_BOUND,
-        || {
-            format!(
-                "peak memory grew by {} MiB for an endless answer",
-                peak.saturating_sub(base) >> 20
-            )
-        },
-    );
+    growth(&mut failures, "without-newline", base, peak);
     failures.assert_none();
 }
 
@@ -1272,13 +1261,7 @@ fn serve_oversized_messages_become_errors_and_memory_stays_flat() {
             format!("the caller did not get an error: {}", probe.summary())
         });
         let peak = peak_rss(gw.pid()).expect("serve's memory");
-        failures.expect(&variant, peak.saturating_sub(base) < GROWTH_BOUND, || {
-            format!(
-                "peak memory grew by {} MiB for one {} MiB answer",
-                peak.saturating_sub(base) >> 20,
-                HUGE >> 20
-            )
-        });
+        growth(&mut failures, &variant, base, peak);
     }
     // A stdio upstream whose answer never ends (it exits after it): an error, flat memory.
     let (_, session) = &sessions[0];
@@ -1297,17 +1280,147 @@ fn serve_oversized_messages_become_errors_and_memory_stays_flat() {
         },
     );
     let peak = peak_rss(gw.pid()).expect("serve's memory");
-    failures.expect(
-        "s-endless-answer",
-        peak.saturating_sub(base) < GROWTH_BOUND,
-        || {
-            format!(
-                "peak memory grew by {} MiB for an endless answer",
-                peak.saturating_sub(base) >> 20
-            )
-        },
-    );
+    growth(&mut failures, "s-endless-answer", base, peak);
     let evidence = gw.finish();
     evidence.assert_audit_matches_events();
+    failures.assert_none();
+}
+
+#[test]
+fn serve_an_id_still_in_flight_cannot_be_reused() {
+    let gw = Serve::start(POLICY, &[]);
+    let mut failures = Failures::default();
+    for server in UPSTREAMS {
+        let session = gw.initialize(server);
+        let tag = |t: &str| format!("{server}-{t}");
+        // A held call (it times out after 3 s), and the same id again while it waits.
+        let first_body = call("42", "ask", json!({"tag": tag("held-1")}));
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| gw.post(server, Some(&session), &first_body));
+            gw.wait_decided(&tag("held-1"));
+            let second = gw.post(
+                server,
+                Some(&session),
+                &call("42", "ask", json!({"tag": tag("held-2")})),
+            );
+            let text = String::from_utf8_lossy(&second.body).into_owned();
+            failures.expect(&tag("held"), text.contains("-32600"), || {
+                format!("the reused id was not refused: {} {text}", second.status)
+            });
+            let first = first.join().expect("the first request's thread");
+            let text = String::from_utf8_lossy(&first.body).into_owned();
+            failures.expect(&tag("held"), text.contains("Not approved"), || {
+                format!("the first held call did not end on its own: {text}")
+            });
+        });
+    }
+    // Pending upstream: the stdio server holds its answer to 41 until its next message.
+    let session = gw.initialize("s");
+    let first_body = bytes(
+        r#"{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"echo","arguments":{"tag":"s-pending-1","ok":true},"_meta":{"fake/defer":true}}}"#,
+    );
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| gw.post("s", Some(&session), &first_body));
+        gw.wait_decided("s-pending-1");
+        let second = gw.post(
+            "s",
+            Some(&session),
+            &call(
+                "41",
+                "echo",
+                json!({"tag": "s-pending-2", "m": "s-pending-2"}),
+            ),
+        );
+        let text = String::from_utf8_lossy(&second.body).into_owned();
+        failures.expect("s-pending", text.contains("-32600"), || {
+            format!("the reused id was not refused: {} {text}", second.status)
+        });
+        // The next message releases the first answer.
+        let ping = gw.post(
+            "s",
+            Some(&session),
+            br#"{"jsonrpc":"2.0","id":"release","method":"ping"}"#,
+        );
+        failures.expect("s-pending", ping.status == 200, || {
+            format!("ping: {}", ping.status)
+        });
+        let first = first.join().expect("the first request's thread");
+        failures.expect("s-pending", first.status == 200 && !first.timed_out, || {
+            format!("the first call was not answered: {}", first.status)
+        });
+    });
+    let mut gw = gw;
+    let probe = gw.probe("s", Some(&session), &[]);
+    never_reached(&mut failures, "s-pending", &probe, "s-pending-2");
+    judge(&mut failures, "s-pending", &probe);
+    let evidence = gw.finish();
+    evidence.assert_audit_matches_events();
+    evidence.check_decisions(
+        &mut failures,
+        &[
+            ("s-held-1", vec![("ask", "hold")]),
+            ("s-held-2", vec![]),
+            ("u-held-1", vec![("ask", "hold")]),
+            ("u-held-2", vec![]),
+            ("s-pending-1", vec![("echo", "allow")]),
+            ("s-pending-2", vec![]),
+        ],
+    );
+    failures.assert_none();
+}
+
+#[test]
+fn serve_a_servers_own_request_with_a_clients_id_neither_leaks_tools_nor_swallows_answers() {
+    let mut gw = Serve::start(POLICY, &[]);
+    let mut failures = Failures::default();
+    let session = gw.initialize("s");
+    let (asked_tx, asked) = std::sync::mpsc::channel();
+    let body = list("60", json!({"fake/ask_first": true}));
+    std::thread::scope(|scope| {
+        let listing = scope.spawn(|| {
+            gw.post_watching(
+                "s",
+                Some(&session),
+                &body,
+                Some(("sampling/createMessage", asked_tx)),
+            )
+        });
+        let came = asked.recv_timeout(support::ANSWER_WITHIN).is_ok();
+        failures.expect("server-request", came, || {
+            "the server's request never reached the client".into()
+        });
+        let answer = gw.post(
+            "s",
+            Some(&session),
+            br#"{"jsonrpc":"2.0","id":60,"result":{"role":"assistant","content":{"type":"text","text":"answer-60"},"model":"m"}}"#,
+        );
+        failures.expect("server-request", answer.status == 202, || {
+            format!(
+                "the client's answer was refused: {} {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            )
+        });
+        let listed = listing.join().expect("the listing thread");
+        let probe = Probe {
+            output: vec![listed.body],
+            ..Probe::default()
+        };
+        judge(&mut failures, "server-request", &probe);
+        let shown = probe.messages().iter().any(|m| {
+            m["id"] == 60
+                && m["result"]["tools"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t["name"] == "echo"))
+        });
+        failures.expect("server-request", shown, || {
+            format!("the filtered list never came: {}", probe.summary())
+        });
+    });
+    let after = gw.probe("s", Some(&session), &[]);
+    failures.expect("server-request", after.reached_server("answer-60"), || {
+        "the client's answer to the server's request never reached it".into()
+    });
+    gw.finish().assert_audit_matches_events();
     failures.assert_none();
 }

@@ -110,6 +110,8 @@ pub struct Probe {
     pub received: Vec<Vec<u8>>,
     /// Every call the server executed.
     pub executed: Vec<Exec>,
+    /// HTTP requests whose answer had not ended after [`POST_WITHIN`].
+    pub timed_out: usize,
 }
 
 impl Probe {
@@ -561,6 +563,7 @@ impl Wrap {
             output,
             received,
             executed,
+            timed_out: 0,
         }
     }
 
@@ -609,6 +612,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The answer had not ended after [`POST_WITHIN`] (the body is what came until then).
+    pub timed_out: bool,
 }
 
 impl Reply {
@@ -640,7 +645,7 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 }
 
 /// How long one POST may take before its variant counts as unanswered.
-const POST_WITHIN: Duration = Duration::from_secs(20);
+pub const POST_WITHIN: Duration = Duration::from_secs(20);
 
 /// The upstreams `serve` fronts in these tests: `s`, the recording server over stdio (one
 /// process per session), and `u`, the recording server over Streamable HTTP.
@@ -771,6 +776,19 @@ impl Serve {
 
     /// One raw POST to `/mcp/<server>` with the token, JSON headers and `session`.
     pub fn post(&self, server: &str, session: Option<&str>, body: &[u8]) -> Reply {
+        self.post_watching(server, session, body, None)
+    }
+
+    /// Like [`Serve::post`], telling `watch.1` once the answer so far contains `watch.0`
+    /// (for a request whose stream carries something the test must react to).
+    pub fn post_watching(
+        &self,
+        server: &str,
+        session: Option<&str>,
+        body: &[u8],
+        watch: Option<(&str, mpsc::Sender<()>)>,
+    ) -> Reply {
+        let started = Instant::now();
         let mut head = format!(
             "POST /mcp/{server} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
             self.addr,
@@ -794,7 +812,21 @@ impl Serve {
         // The body may be refused before it is all read: a failed write is the answer's to tell.
         let _ = stream.write_all(body);
         let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
+        let mut watch = watch;
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+            if let Some((needle, _)) = &watch
+                && contains(&String::from_utf8_lossy(&raw), needle)
+                && let Some((_, tx)) = watch.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+        let timed_out = started.elapsed() >= POST_WITHIN;
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -823,6 +855,7 @@ impl Serve {
             status,
             headers,
             body,
+            timed_out,
         }
     }
 
@@ -856,8 +889,12 @@ impl Serve {
     /// replies (status line first) and what reached the server.
     pub fn probe(&mut self, server: &str, session: Option<&str>, bodies: &[Vec<u8>]) -> Probe {
         let mut output = Vec::new();
+        let mut timed_out = 0;
         for body in bodies {
             let reply = self.post(server, session, body);
+            if reply.timed_out {
+                timed_out += 1;
+            }
             let mut unit = format!("HTTP {}\n", reply.status).into_bytes();
             unit.extend_from_slice(&reply.body);
             output.push(unit);
@@ -881,6 +918,24 @@ impl Serve {
             output,
             received,
             executed,
+            timed_out,
+        }
+    }
+
+    /// Waits until the audit log holds a decision for a call tagged `tag`.
+    pub fn wait_decided(&self, tag: &str) {
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        let audit = self.dir.path().join("audit.jsonl");
+        while !audit_decisions(&audit)
+            .iter()
+            .any(|r| r["args"]["tag"] == tag)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no decision for {tag}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
