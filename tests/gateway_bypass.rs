@@ -794,10 +794,16 @@ const HUGE: usize = 96 * 1024 * 1024;
 /// to the cap may be held, one many times larger must not be.
 const GROWTH_BOUND: u64 = 40 * 1024 * 1024;
 
-/// A `tools/call` of `echo` padded to `size` bytes.
+/// A `tools/call` of `echo` padded to `size` bytes, tagged `huge` (never to be executed).
 fn huge_call(id: &str, size: usize) -> Vec<u8> {
+    padded_call(id, size, r#""tag":"huge""#)
+}
+
+/// A `tools/call` of `echo` whose arguments are `args` (JSON members) and a pad, `size`
+/// bytes in all.
+fn padded_call(id: &str, size: usize, args: &str) -> Vec<u8> {
     let head = format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"tag":"huge","pad":""#
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{{args},"pad":""#
     );
     let tail = r#""}}}"#;
     let mut line = head.into_bytes();
@@ -1422,5 +1428,54 @@ fn serve_a_servers_own_request_with_a_clients_id_neither_leaks_tools_nor_swallow
         "the client's answer to the server's request never reached it".into()
     });
     gw.finish().assert_audit_matches_events();
+    failures.assert_none();
+}
+
+#[test]
+fn wrap_memory_follows_a_smaller_max_message_in_both_directions() {
+    let mut gw = Wrap::start(POLICY, &["--max-message", "1MiB"]);
+    let mut failures = Failures::default();
+    let warm = gw.probe(&[list("1", json!({}))]);
+    judge(&mut failures, "warm-up", &warm);
+    // Within the cap: passes both ways.
+    let small = gw.probe(&[padded_call("90", 512 * 1024, r#""tag":"small","ok":true"#)]);
+    judge(&mut failures, "under-the-cap", &small);
+    failures.expect("under-the-cap", small.answered(&json!(90)), || {
+        format!(
+            "a message under the cap was not answered: {}",
+            small.summary()
+        )
+    });
+    for (variant, lines) in [
+        ("client-line", vec![huge_call("91", HUGE)]),
+        ("server-line", vec![oversize_answer("92", HUGE, true)]),
+    ] {
+        let base = reset_peak(gw.pid());
+        let probe = gw.probe(&lines);
+        judge(&mut failures, variant, &probe);
+        let peak = peak_rss(gw.pid()).expect("the gateway's memory");
+        let grew = peak.saturating_sub(base);
+        eprintln!(
+            "figure [{variant} with --max-message 1MiB]: peak {} MiB, {} KiB above before, for a {} MiB message",
+            peak >> 20,
+            grew >> 10,
+            HUGE >> 20
+        );
+        failures.expect(variant, grew < 8 * 1024 * 1024, || {
+            format!("peak memory grew by {} KiB with a 1 MiB cap", grew >> 10)
+        });
+        failures.expect(
+            variant,
+            probe.output.iter().all(|l| l.len() < 1 << 20),
+            || "a message over the cap reached the client".into(),
+        );
+        failures.expect(
+            variant,
+            probe.received.iter().all(|u| u.len() < 1 << 20),
+            || "a message over the cap reached the server".into(),
+        );
+    }
+    let evidence = gw.finish();
+    evidence.assert_audit_matches_events();
     failures.assert_none();
 }
