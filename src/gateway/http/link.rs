@@ -11,8 +11,8 @@
 //! What comes out of the core is routed here: an answer to the request that waits for it (by
 //! id, and only to it: an answer nobody waits for is dropped), a progress notification to the
 //! request whose progress token it names, anything else (server-to-client requests, logging,
-//! list changes) to the session's GET stream when one is open, else to a request in flight,
-//! else dropped.
+//! list changes) to the session's GET stream when one is open, else to a request in flight
+//! (of a session link: on a stateless link those are other clients'), else dropped.
 //!
 //! 2026-07-28 requests without a session share one link per (server, grant). Their ids come
 //! from many clients, so they are renamed on the way in (`"tg-N"`) and restored on the way
@@ -386,7 +386,11 @@ impl Link {
             let _ = listener.try_send(line);
             return;
         }
-        if let Some(waiter) = routes.waiters.values().next() {
+        // On a stateless link the requests in flight are other clients': a message for no
+        // one in particular is none of theirs.
+        if !self.stateless
+            && let Some(waiter) = routes.waiters.values().next()
+        {
             let _ = waiter.tx.try_send(Delivery::Interim(line));
             return;
         }
