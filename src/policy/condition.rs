@@ -14,14 +14,19 @@
 //!   boolean with a boolean, arrays and objects member by member. The policy's number also
 //!   equals a string that is exactly that JSON number (`"5000"` is 5000, see [`number`]);
 //!   a policy value of `null` can be compared with anything and equals only `null`. Any other
-//!   pair of types cannot be compared: unknown. Arrays of different lengths or objects with different keys are not equal
-//!   (false), whatever their members. `in` is true when a listed value equals the argument,
-//!   false when some listed value can be compared with it, unknown when none can.
+//!   pair of types cannot be compared: unknown. Arrays of different lengths or objects with
+//!   different keys are not equal (false), whatever their members; otherwise one member not
+//!   equal makes them unequal, and one that cannot be compared makes them unknown. `in` is
+//!   true when a listed value equals the argument, false when some listed value can be
+//!   compared with it, unknown when none can.
 //! - `lt`, `lte`, `gt`, `gte` take a number or a string that is exactly a JSON number.
 //! - `regex` takes a string; `contains` a string (for a string value) or an array, whose
 //!   elements are compared as `eq` does: true when one equals the value, unknown when none
 //!   does but one cannot be compared, false otherwise.
 //! - `under` takes a string, an absolute path, read lexically (see [`path`]).
+//!
+//! `docs/policy-conditions.md` is the same reading for people, with a table of every op on
+//! every type.
 //!
 //! [`number`]: super::number
 //! [`path`]: super::path
@@ -835,5 +840,50 @@ mod tests {
             assert_eq!(Op::parse(name).map(Op::name), Some(*name));
         }
         assert!(Op::NAMES.contains(&"under"));
+    }
+
+    fn numeric_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        proptest::sample::select(vec![
+            Op::Eq,
+            Op::Neq,
+            Op::Lt,
+            Op::Lte,
+            Op::Gt,
+            Op::Gte,
+            Op::In,
+            Op::NotIn,
+        ])
+    }
+
+    fn any_number() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            proptest::num::f64::NORMAL.prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Quoting a number never changes what a numeric condition says about it: a server
+        /// that coerces `"5000"` gets the verdict 5000 gets.
+        #[test]
+        fn a_quoted_number_is_judged_as_the_number(
+            op in numeric_op(),
+            actual in any_number(),
+            limit in any_number(),
+        ) {
+            let value = match op {
+                Op::In | Op::NotIn => json!([limit]),
+                _ => limit,
+            };
+            let c = cond("args.v", op, value);
+            // Both as the gateway reads a call: from text, by serde_json.
+            let quoted: Value = serde_json::from_str(&format!(r#"{{"v": "{actual}"}}"#)).unwrap();
+            let bare: Value = serde_json::from_str(&format!(r#"{{"v": {actual}}}"#)).unwrap();
+            proptest::prop_assert_eq!(c.evaluate(&quoted), c.evaluate(&bare), "{}", c.describe());
+        }
     }
 }

@@ -207,4 +207,38 @@ mod tests {
             assert_eq!(compare(&n(b), &n(a)), want.reverse(), "{b} vs {a}");
         }
     }
+
+    proptest::proptest! {
+        /// The grammar agrees with RFC 8259's `number` written as a regex, on strings made of
+        /// the characters that matter.
+        #[test]
+        fn the_grammar_is_rfc_8259s_number(text in "[-+0-9.eE x]{0,8}") {
+            let rfc = regex::Regex::new(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
+                .expect("the oracle compiles");
+            proptest::prop_assert_eq!(is_json_number(text.as_bytes()), rfc.is_match(&text));
+        }
+
+        /// A number in a string reads as the same number unquoted does (serde_json reads the
+        /// call's arguments and the policy's values), so `"0.1"` and `0.1` are equal.
+        #[test]
+        fn a_number_in_a_string_reads_as_the_same_number_unquoted(
+            i in proptest::num::i64::ANY,
+            u in proptest::num::u64::ANY,
+            f in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO,
+        ) {
+            for number in [Number::from(i), Number::from(u), Number::from_f64(f).expect("finite")] {
+                let text = number.to_string();
+                let unquoted: Number = serde_json::from_str(&text).expect("serde_json reads its own");
+                match parse(&text) {
+                    NumberText::Number(quoted) => proptest::prop_assert_eq!(
+                        compare(&quoted, &unquoted),
+                        Ordering::Equal,
+                        "{}",
+                        text
+                    ),
+                    other => proptest::prop_assert!(false, "{} read as {:?}", text, other),
+                }
+            }
+        }
+    }
 }

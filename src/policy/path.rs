@@ -261,4 +261,50 @@ mod tests {
         let long_name = format!("/home/me/notes/{}", "n".repeat(1 << 20));
         assert_eq!(under("/home/me/notes", &long_name), Ok(true));
     }
+
+    /// The reference: the whole normalised path kept, then compared segment by segment.
+    fn reference(root: &str, path: &str) -> Result<bool, PathProblem> {
+        let normalise = |text: &str| -> Result<Vec<String>, PathProblem> {
+            let mut kept: Vec<String> = Vec::new();
+            walk(text, |step| match step {
+                Step::Down(s) => kept.push(s.to_string()),
+                Step::Up => {
+                    kept.pop();
+                }
+            })?;
+            Ok(kept)
+        };
+        let root = normalise(root)?;
+        let path = normalise(path)?;
+        Ok(path.len() >= root.len() && path[..root.len()] == root[..])
+    }
+
+    fn spelled() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                Just("a"),
+                Just("b"),
+                Just("ab"),
+                Just("."),
+                Just(".."),
+                Just(""),
+                Just("..."),
+            ],
+            0..12,
+        )
+        .prop_map(|segments| format!("/{}", segments.join("/")))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn containment_with_bounded_memory_agrees_with_the_whole_path_kept(
+            root in spelled(),
+            path in spelled(),
+        ) {
+            if let Ok(r) = Root::parse(&root) {
+                proptest::prop_assert_eq!(r.contains(&path), reference(&root, &path));
+            }
+        }
+    }
 }
