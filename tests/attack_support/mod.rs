@@ -150,7 +150,7 @@ impl Probe {
     pub fn reached_server(&self, marker: &str) -> bool {
         self.received
             .iter()
-            .any(|unit| contains(&String::from_utf8_lossy(unit), marker))
+            .any(|unit| String::from_utf8_lossy(unit).contains(marker))
     }
 
     /// The hidden tool names the client was shown, in any spelling.
@@ -188,10 +188,6 @@ impl Probe {
         let all: Vec<String> = self.output.iter().map(|u| preview(u)).collect();
         preview(all.join(" | ").as_bytes())
     }
-}
-
-fn contains(haystack: &str, needle: &str) -> bool {
-    haystack.contains(needle)
 }
 
 /// Text with every `\uXXXX` escape decoded (lone surrogates become U+FFFD), so a name spelled
@@ -820,7 +816,7 @@ impl Serve {
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
             }
             if let Some((needle, _)) = &watch
-                && contains(&String::from_utf8_lossy(&raw), needle)
+                && String::from_utf8_lossy(&raw).contains(needle)
                 && let Some((_, tx)) = watch.take()
             {
                 let _ = tx.send(());
