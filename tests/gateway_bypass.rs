@@ -155,10 +155,36 @@ fn wrap_nested_batches_and_non_object_elements_never_reach_the_server() {
             "nested-with-spaces",
             format!(" [ [ {} ] ] ", shell("9", "nested-with-spaces")),
         ),
+        // The issue's own reproduction, byte for byte.
+        (
+            "issue-example",
+            r#"[[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_file"}}]]"#
+                .to_owned(),
+        ),
+        (
+            "hidden-in-flat-batch",
+            format!(
+                "[{}]",
+                String::from_utf8_lossy(&call(
+                    "10",
+                    "delete_file",
+                    json!({"tag": "hidden-in-flat-batch"})
+                ))
+            ),
+        ),
     ];
     for (variant, line) in &variants {
         let probe = gw.probe(&[bytes(line)]);
-        judge(&mut failures, variant, &probe);
+        if *variant == "hidden-in-flat-batch" {
+            // The refusal names the tool the client asked for by name: not a leak.
+            failures.check(
+                variant,
+                "executed although denied",
+                probe.forbidden(only_ok),
+            );
+        } else {
+            judge(&mut failures, variant, &probe);
+        }
         // What reaches the server is a message or a batch of messages, never deeper.
         for unit in &probe.received {
             if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(unit) {
@@ -170,7 +196,7 @@ fn wrap_nested_batches_and_non_object_elements_never_reach_the_server() {
                 });
             }
         }
-        if *variant != "flat-batch" {
+        if !variant.starts_with("flat-batch") && !variant.ends_with("flat-batch") {
             failures.expect(variant, got_error(&probe, -32600), || {
                 format!(
                     "no -32600 Invalid Request for a non-object element: {}",
@@ -191,6 +217,7 @@ fn wrap_nested_batches_and_non_object_elements_never_reach_the_server() {
             ("object-then-array", vec![("echo", "allow")]),
             ("flat-batch", vec![("shell", "deny")]),
             ("nested-with-spaces", vec![]),
+            ("hidden-in-flat-batch", vec![("delete_file", "deny")]),
         ],
     );
     failures.assert_none();
