@@ -601,6 +601,10 @@ fn list_attacks() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             "unsolicited-answer",
             vec![list("21", json!({"fake/unsolicited": true}))],
         ),
+        (
+            "escaped-string-answer-id",
+            vec![list(r#""esc""#, json!({"fake/escape_id": true}))],
+        ),
     ]
 }
 
@@ -631,18 +635,43 @@ fn wrap_hidden_tools_never_reach_the_client() {
     // The deferred answer comes after the sentinel: look at what follows too.
     let after = gw.probe(&[]);
     judge(&mut failures, "reused-id", &after);
-    // The server's own request with the id of the client's pending tools/list.
-    let asked = gw.probe(&[list("60", json!({"fake/ask_first": true}))]);
-    judge(&mut failures, "colliding-server-request", &asked);
-    let answered = gw.probe(&[bytes(
-        r#"{"jsonrpc":"2.0","id":60,"result":{"role":"assistant","content":{"type":"text","text":"answer-60"},"model":"m"}}"#,
-    )]);
-    judge(&mut failures, "colliding-server-request", &answered);
-    failures.expect(
-        "colliding-server-request",
-        answered.reached_server("answer-60"),
-        || "the client's answer to the server's request did not reach it".into(),
-    );
+    // The server's own requests with the id of the client's pending tools/list: the client's
+    // answers reach the server, and the list is still filtered.
+    for (id, method) in [
+        (60, "sampling/createMessage"),
+        (61, "roots/list"),
+        (62, "elicitation/create"),
+    ] {
+        let variant = format!("colliding-{method}");
+        let asked = gw.probe(&[list(&id.to_string(), json!({"fake/ask_first": method}))]);
+        judge(&mut failures, &variant, &asked);
+        failures.expect(
+            &variant,
+            asked.messages().iter().any(|m| m["method"] == method),
+            || {
+                format!(
+                    "the server's request never reached the client: {}",
+                    asked.summary()
+                )
+            },
+        );
+        let marker = format!("answer-{id}");
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"m":"{marker}"}}}}"#);
+        let answered = gw.probe(&[bytes(&answer)]);
+        judge(&mut failures, &variant, &answered);
+        failures.expect(&variant, answered.reached_server(&marker), || {
+            "the client's answer to the server's request did not reach it".into()
+        });
+        let listed = answered.messages().iter().any(|m| {
+            m["id"] == id
+                && m["result"]["tools"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t["name"] == "echo"))
+        });
+        failures.expect(&variant, listed, || {
+            format!("the filtered list never came: {}", answered.summary())
+        });
+    }
     gw.finish().assert_audit_matches_events();
     failures.assert_none();
 }
@@ -1174,29 +1203,49 @@ fn serve_hidden_tools_never_reach_the_client() {
     let mut failures = Failures::default();
     for server in UPSTREAMS {
         let session = gw.initialize(server);
+        // A GET stream is where a server's unrouted messages go: watch it too.
+        let mut stream = gw.open_stream(server, &session);
         for (variant, lines) in list_attacks() {
             let variant = format!("{server}-{variant}");
             let probe = gw.probe(server, Some(&session), &lines);
             judge(&mut failures, &variant, &probe);
         }
         // Stateless (2026-07-28) requests share a link and have their ids renamed.
-        for form in [
-            "plain",
-            "surrogate",
-            "dup_tools_key",
-            "tools_object",
-            "dup_name",
-            "modern",
+        for (name, steer) in [
+            ("plain", json!({})),
+            ("surrogate", json!({"fake/form": "surrogate"})),
+            ("dup_tools_key", json!({"fake/form": "dup_tools_key"})),
+            ("tools_object", json!({"fake/form": "tools_object"})),
+            ("dup_name", json!({"fake/form": "dup_name"})),
+            ("modern", json!({"fake/form": "modern"})),
+            ("escaped-answer-id", json!({"fake/escape_id": true})),
+            ("unsolicited-answer", json!({"fake/unsolicited": true})),
+            ("answered-twice", json!({"fake/repeat": true})),
         ] {
-            let variant = format!("{server}-stateless-{form}");
-            let body = list(
-                r#""st""#,
-                json!({"fake/form": form, "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                    "io.modelcontextprotocol/clientCapabilities": {}}),
-            );
-            let probe = gw.probe(server, None, &[body]);
+            let variant = format!("{server}-stateless-{name}");
+            let mut meta = steer;
+            meta["io.modelcontextprotocol/protocolVersion"] = json!("2026-07-28");
+            meta["io.modelcontextprotocol/clientCapabilities"] = json!({});
+            let probe = gw.probe(server, None, &[list(r#""st""#, meta)]);
             judge(&mut failures, &variant, &probe);
         }
+        // Whatever the gateway sent on the session's GET stream meanwhile.
+        let pushed = stream.drain();
+        failures.expect(
+            &format!("{server}-get-stream"),
+            pushed.starts_with(b"HTTP/1.1 200"),
+            || {
+                format!(
+                    "the GET stream did not open: {}",
+                    attack_support::preview(&pushed)
+                )
+            },
+        );
+        let probe = Probe {
+            output: vec![pushed],
+            ..Probe::default()
+        };
+        judge(&mut failures, &format!("{server}-get-stream"), &probe);
     }
     gw.finish().assert_audit_matches_events();
     failures.assert_none();

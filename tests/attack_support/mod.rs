@@ -643,6 +643,23 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 /// How long one POST may take before its variant counts as unanswered.
 pub const POST_WITHIN: Duration = Duration::from_secs(20);
 
+/// A session's GET event stream, as raw bytes.
+pub struct GetStream {
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl GetStream {
+    /// Everything received so far, waiting until nothing more came for a moment (what is
+    /// checked is an absence, so some window is needed; a longer one only slows the test).
+    pub fn drain(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Ok(bytes) = self.rx.recv_timeout(Duration::from_millis(500)) {
+            out.extend_from_slice(&bytes);
+        }
+        out
+    }
+}
+
 /// The upstreams `serve` fronts in these tests: `s`, the recording server over stdio (one
 /// process per session), and `u`, the recording server over Streamable HTTP.
 pub const UPSTREAMS: [&str; 2] = ["s", "u"];
@@ -853,6 +870,31 @@ impl Serve {
             body,
             timed_out,
         }
+    }
+
+    /// Opens the GET event stream of `session`, read on a thread of its own.
+    pub fn open_stream(&self, server: &str, session: &str) -> GetStream {
+        let mut stream = TcpStream::connect(self.addr).expect("connect to serve");
+        let head = format!(
+            "GET /mcp/{server} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {session}\r\n\r\n",
+            self.addr, self.token
+        );
+        stream.write_all(head.as_bytes()).expect("send the GET");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        GetStream { rx }
     }
 
     /// Opens an MCP session on `server`; returns its id.

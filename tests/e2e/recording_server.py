@@ -25,14 +25,16 @@ other request with an empty result. The client steers its misbehaviour per reque
 keys of `params._meta` (forwarded by the gateway unchanged):
 
   fake/answer_id   raw JSON text used as the id of the answer (`"\\u0061"`, `6.0`, `1e1`)
+  fake/escape_id   answer a string id with every character written as a \\u escape
   fake/form        shape of a tools/list answer: plain, surrogate (a lone surrogate in a
                    description), dup_tools_key (`tools` twice, hidden ones first),
                    tools_object (`tools` as an object), dup_name (a tool named twice),
                    modern (2026-07-28 `resultType`), paged (cursor pages of 3)
   fake/repeat      answer twice (the second is unsolicited)
   fake/unsolicited also send a response to an id nobody asked ("never-asked") with every tool
-  fake/ask_first   (stdio) first send the client a `sampling/createMessage` request with the
-                   same id as the client's request; answer once the client has answered it
+  fake/ask_first   (stdio) first send the client a request with the same id as the client's
+                   request (`sampling/createMessage`, or the method named, e.g. `roots/list`,
+                   `elicitation/create`); answer once the client has answered it
   fake/defer       (stdio) answer only after the next unit has been handled
   fake/oversize    answer with a line of this many bytes; with fake/newline false the line
                    never ends (no closing brackets, no newline) and the server exits
@@ -142,7 +144,12 @@ def meta(msg: dict[str, Any]) -> dict[str, Any]:
 
 def id_text(msg: dict[str, Any]) -> str:
     forced = meta(msg).get("fake/answer_id")
-    return forced if isinstance(forced, str) else json.dumps(msg.get("id"))
+    if isinstance(forced, str):
+        return forced
+    ident = msg.get("id")
+    if meta(msg).get("fake/escape_id") and isinstance(ident, str):
+        return '"' + "".join(f"\\u{ord(c):04x}" for c in ident) + '"'
+    return json.dumps(ident)
 
 
 def response(id_json: str, result_json: str) -> str:
@@ -261,10 +268,12 @@ class Stdio:
             self.out.flush()
             os._exit(0)
         lines = answers(msg)
-        if m.get("fake/ask_first"):
+        ask = m.get("fake/ask_first")
+        if ask:
             ident = json.dumps(msg.get("id"))
             self.asked[ident] = lines
-            self.write('{"jsonrpc":"2.0","id":' + ident + ',"method":"sampling/createMessage",'
+            method = ask if isinstance(ask, str) else "sampling/createMessage"
+            self.write('{"jsonrpc":"2.0","id":' + ident + ',"method":' + json.dumps(method) + ','
                        '"params":{"messages":[],"maxTokens":1}}')
         elif m.get("fake/defer"):
             self.deferred.extend(lines)
