@@ -289,13 +289,34 @@ async fn everything_else_passes_through_untouched_in_both_directions() {
     let mut h = start(ALLOW_ECHO);
     // (from the client?, line): in this order, each read unchanged on the other side.
     let lines = [
-        (true, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"t","version":"1"}}}"#),
-        (true, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
-        (true, r#"{"jsonrpc":"2.0","id":2,"method":"vendor/unknown","params":{"_meta":{"k":[1,2]}}}"#),
-        (false, r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{"messages":[],"maxTokens":5}}"#),
-        (true, r#"{"jsonrpc":"2.0","id":"s1","result":{"model":"m","role":"assistant","content":{"type":"text","text":"sampled"}}}"#),
-        (false, r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#),
-        (false, r#"{"jsonrpc":"2.0","id":2,"result":{"unknownField":true}}"#),
+        (
+            true,
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"t","version":"1"}}}"#,
+        ),
+        (
+            true,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ),
+        (
+            true,
+            r#"{"jsonrpc":"2.0","id":2,"method":"vendor/unknown","params":{"_meta":{"k":[1,2]}}}"#,
+        ),
+        (
+            false,
+            r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{"messages":[],"maxTokens":5}}"#,
+        ),
+        (
+            true,
+            r#"{"jsonrpc":"2.0","id":"s1","result":{"model":"m","role":"assistant","content":{"type":"text","text":"sampled"}}}"#,
+        ),
+        (
+            false,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#,
+        ),
+        (
+            false,
+            r#"{"jsonrpc":"2.0","id":2,"result":{"unknownField":true}}"#,
+        ),
     ];
     for (from_client, line) in lines {
         if from_client {
@@ -607,8 +628,7 @@ async fn client_closing_closes_the_server_input_and_ends_cleanly() {
 
 // --- Message shapes, ids and sizes (issue 13 items 1, 4, 6) ---
 
-const HIDE_SECRETS: &str =
-    r#"{"version":"1","default":"deny","hide":["secret_*"],"tools":{"echo":{},"send":{"action":"require_approval"}}}"#;
+const HIDE_SECRETS: &str = r#"{"version":"1","default":"deny","hide":["secret_*"],"tools":{"echo":{},"send":{"action":"require_approval"}}}"#;
 
 /// Sends a ping from the client and checks it is the next thing the server reads: whatever
 /// was sent before it never reached the server.
@@ -628,7 +648,8 @@ async fn client_error(h: &mut Harness, code: i64) -> Value {
 #[tokio::test]
 async fn nested_batches_and_elements_that_are_not_objects_never_reach_the_server() {
     let mut h = start(HIDE_SECRETS);
-    let delete = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_file"}}"#;
+    let delete =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_file"}}"#;
     // Each line, and how many -32600 answers it gets.
     let lines = [
         (format!("[[{delete}]]"), 1),
@@ -656,10 +677,14 @@ async fn nested_batches_and_elements_that_are_not_objects_never_reach_the_server
     }
     // An answer-shaped wrapper around a call is an answer to nothing: dropped.
     h.client
-        .send(&format!(r#"{{"jsonrpc":"2.0","id":3,"result":[{delete}]}}"#))
+        .send(&format!(
+            r#"{{"jsonrpc":"2.0","id":3,"result":[{delete}]}}"#
+        ))
         .await;
     h.client
-        .send(&format!(r#"{{"jsonrpc":"2.0","id":4,"error":{{"code":1,"message":"x","data":{delete}}}}}"#))
+        .send(&format!(
+            r#"{{"jsonrpc":"2.0","id":4,"error":{{"code":1,"message":"x","data":{delete}}}}}"#
+        ))
         .await;
     server_saw_nothing_before(&mut h, 9).await;
 }
@@ -675,8 +700,14 @@ async fn answers_are_forwarded_only_to_requests_the_other_side_still_waits_on() 
     h.server
         .send(r#"{"jsonrpc":"2.0","id":77,"result":{"tools":[{"name":"secret_a"}]}}"#)
         .await;
-    h.server.send(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#).await;
-    assert_eq!(h.client.recv().await["id"], 2, "the unsolicited answer was dropped");
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#)
+        .await;
+    assert_eq!(
+        h.client.recv().await["id"],
+        2,
+        "the unsolicited answer was dropped"
+    );
 
     // The same id in both directions: two requests, told apart by who sent them.
     h.client
@@ -694,7 +725,9 @@ async fn answers_are_forwarded_only_to_requests_the_other_side_still_waits_on() 
     server_saw_nothing_before(&mut h, 6).await;
     // The server's answer to the client's tools/list is filtered as one.
     h.server
-        .send(r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"secret_a"},{"name":"echo"}]}}"#)
+        .send(
+            r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"secret_a"},{"name":"echo"}]}}"#,
+        )
         .await;
     let listed = h.client.recv().await;
     assert_eq!(listed["result"]["tools"], json!([{"name":"echo"}]));
@@ -722,7 +755,11 @@ async fn ids_match_by_value_and_ids_that_are_not_strings_or_integers_are_refused
         (r#""\u0061""#, r#""a""#, json!("a")),
         ("-0", "0", json!(0)),
         (r#""\ud83d\ude00""#, "\"\u{1F600}\"", json!("\u{1F600}")),
-        ("9007199254740991", "9007199254740991", json!(9007199254740991u64)),
+        (
+            "9007199254740991",
+            "9007199254740991",
+            json!(9007199254740991u64),
+        ),
     ] {
         let request = format!(r#"{{"jsonrpc":"2.0","id":{sent},"method":"tools/list"}}"#);
         h.client.send(&request).await;
@@ -734,10 +771,22 @@ async fn ids_match_by_value_and_ids_that_are_not_strings_or_integers_are_refused
             .await;
         let listed = h.client.recv().await;
         assert_eq!(listed["id"], back);
-        assert_eq!(listed["result"]["tools"], json!([{"name":"echo"}]), "{sent}");
+        assert_eq!(
+            listed["result"]["tools"],
+            json!([{"name":"echo"}]),
+            "{sent}"
+        );
     }
     for bad in [
-        "6.0", "1e1", "-1.5", "true", "null", "{}", "[1]", "9007199254740992", "-9007199254740992",
+        "6.0",
+        "1e1",
+        "-1.5",
+        "true",
+        "null",
+        "{}",
+        "[1]",
+        "9007199254740992",
+        "-9007199254740992",
     ] {
         for method in ["tools/list", "tools/call", "ping"] {
             h.client
@@ -788,7 +837,9 @@ async fn a_request_reusing_an_id_in_flight_is_refused_and_a_hold_is_never_orphan
     h.client.send_json(call(1, "send", json!({}))).await;
     held_call_id(&mut h).await;
     // Answered: the id is free again.
-    h.server.send(r#"{"jsonrpc":"2.0","id":"p","result":{}}"#).await;
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":"p","result":{}}"#)
+        .await;
     assert_eq!(h.client.recv().await["id"], "p");
     server_saw_nothing_before(&mut h, 2).await;
 }
@@ -846,7 +897,10 @@ async fn a_tools_list_answer_that_cannot_be_filtered_is_replaced_by_an_error() {
     h.server
         .send(r#"{"jsonrpc":"2.0","id":"n","result":{"resultType":"input_required","inputRequests":{}}}"#)
         .await;
-    assert_eq!(h.client.recv().await["result"]["resultType"], "input_required");
+    assert_eq!(
+        h.client.recv().await["result"]["resultType"],
+        "input_required"
+    );
 }
 
 #[tokio::test]
@@ -943,7 +997,9 @@ async fn messages_over_the_size_limit_are_answered_from_their_prefix_and_never_f
         .await;
     assert_eq!(client_error(&mut h, -32600).await, Value::Null);
     server_saw_nothing_before(&mut h, 9).await;
-    h.server.send(r#"{"jsonrpc":"2.0","id":9,"result":{}}"#).await;
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":9,"result":{}}"#)
+        .await;
     h.client.recv().await;
 
     // An answer over the limit becomes an error for the request it answered.
@@ -972,7 +1028,9 @@ async fn messages_over_the_size_limit_are_answered_from_their_prefix_and_never_f
     assert_eq!(to_server["error"]["code"], -32600);
     // Both directions still flow.
     server_saw_nothing_before(&mut h, 11).await;
-    h.server.send(r#"{"jsonrpc":"2.0","id":11,"result":{}}"#).await;
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":11,"result":{}}"#)
+        .await;
     assert_eq!(h.client.recv().await["id"], 11);
 }
 
@@ -987,21 +1045,29 @@ async fn each_side_has_at_most_max_in_flight_requests_waiting() {
         h.server.recv().await;
     }
     h.client
-        .send(&format!(r#"{{"jsonrpc":"2.0","id":{max},"method":"ping"}}"#))
+        .send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{max},"method":"ping"}}"#
+        ))
         .await;
     assert_eq!(client_error(&mut h, -32005).await, max);
-    h.server.send(r#"{"jsonrpc":"2.0","id":0,"result":{}}"#).await;
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":0,"result":{}}"#)
+        .await;
     assert_eq!(h.client.recv().await["id"], 0);
     assert_eq!(h.ping(max).await["id"], max, "room again after an answer");
 
     for id in 0..max {
         h.server
-            .send(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"roots/list"}}"#))
+            .send(&format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"roots/list"}}"#
+            ))
             .await;
         h.client.recv().await;
     }
     h.server
-        .send(&format!(r#"{{"jsonrpc":"2.0","id":{max},"method":"roots/list"}}"#))
+        .send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{max},"method":"roots/list"}}"#
+        ))
         .await;
     let to_server = h.server.recv().await;
     assert_eq!(to_server["error"]["code"], -32005, "{to_server}");

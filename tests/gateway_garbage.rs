@@ -49,6 +49,18 @@ fn line() -> impl Strategy<Value = Vec<u8>> {
         ),
         Just(br#"{"jsonrpc":"2.0","id":"a","error":{"code":1}}"#.to_vec()),
         Just(br#"[{"id":1,"result":null},1,"x",[]]"#.to_vec()),
+        Just(
+            br#"[[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}]]"#
+                .to_vec()
+        ),
+        Just(br#"{"jsonrpc":"2.0","id":6.0,"method":"tools/list","method":"tools/call"}"#.to_vec()),
+        Just(
+            br#"{"jsonrpc":"2.0","id":"\u0061","result":{"tools":[{"name":"h\ud800"}]}}"#.to_vec()
+        ),
+        Just(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"hidden"}],"tools":[]}}"#
+                .to_vec()
+        ),
     ];
     let bytes = proptest::collection::vec(any::<u8>(), 0..80).prop_map(|mut b| {
         b.retain(|c| *c != b'\n');

@@ -755,8 +755,12 @@ fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_bo
 
 #[test]
 fn oversized_bodies_and_batches_are_refused_before_any_decision() {
-    let (serve, tokens) =
-        Serve::start_with(ALLOW_ALL, time_servers(), &["ci"], &["--max-message", "1MiB"]);
+    let (serve, tokens) = Serve::start_with(
+        ALLOW_ALL,
+        time_servers(),
+        &["ci"],
+        &["--max-message", "1MiB"],
+    );
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "get_current_time", "arguments": {"pad": "x".repeat(2 * 1024 * 1024)}}});
     let refused = serve.post("time", &tokens[0], None, big);
@@ -804,7 +808,10 @@ fn a_post_body_is_one_message_beyond_dispute_or_it_is_refused_before_any_decisio
         format!("[[{delete}]]"),
         format!("[{delete}]"),
         format!("\u{feff}{delete}"),
-        delete.replace(r#""name":"delete_file""#, r#""name":"echo","name":"delete_file""#),
+        delete.replace(
+            r#""name":"delete_file""#,
+            r#""name":"echo","name":"delete_file""#,
+        ),
         delete.replace(r#""arguments":{}"#, r#""arguments":{"a":1,"a":2}"#),
         delete.replace("delete_file", r"delete_file\ud800"),
         format!("{delete} x"),

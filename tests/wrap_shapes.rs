@@ -165,16 +165,31 @@ fn assert_server_ran_nothing_denied(wrap: &Wrap) {
 #[test]
 fn the_issues_nested_batch_and_its_variants_never_reach_the_server() {
     let mut wrap = Wrap::start(&[]);
-    let delete = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_file"}}"#;
+    let delete =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_file"}}"#;
     // (line, answers it gets)
     let probes: Vec<(String, usize)> = vec![
         (format!("[[{delete}]]"), 1),
         (format!("[[[{delete}]]]"), 1),
         (format!("[{delete},[{delete}],\"{{}}\",7]"), 4),
-        (format!(r#"{{"jsonrpc":"2.0","id":2,"result":[{delete}]}}"#), 0),
-        (format!(r#"{{"jsonrpc":"2.0","id":3,"result":{{"x":{delete}}}}}"#), 0),
-        (format!(r#"{{"jsonrpc":"2.0","id":4,"error":{{"code":1,"message":"m","data":[{delete}]}}}}"#), 0),
-        (format!("[{{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{delete}}}]"), 0),
+        (
+            format!(r#"{{"jsonrpc":"2.0","id":2,"result":[{delete}]}}"#),
+            0,
+        ),
+        (
+            format!(r#"{{"jsonrpc":"2.0","id":3,"result":{{"x":{delete}}}}}"#),
+            0,
+        ),
+        (
+            format!(
+                r#"{{"jsonrpc":"2.0","id":4,"error":{{"code":1,"message":"m","data":[{delete}]}}}}"#
+            ),
+            0,
+        ),
+        (
+            format!("[{{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{delete}}}]"),
+            0,
+        ),
         (format!("\"{}\"", delete.replace('"', "\\\"")), 1),
     ];
     for (n, (line, answers)) in probes.iter().enumerate() {
@@ -219,11 +234,27 @@ fn text_parsers_could_read_differently_never_reaches_the_server() {
     for (n, line) in probes.iter().enumerate() {
         wrap.send(line);
         let answer = wrap.recv(&String::from_utf8_lossy(line));
-        assert_eq!(answer["error"]["code"], -32700, "{}: {answer}", String::from_utf8_lossy(line));
+        assert_eq!(
+            answer["error"]["code"],
+            -32700,
+            "{}: {answer}",
+            String::from_utf8_lossy(line)
+        );
         wrap.round_trip(100 + n as u64);
     }
     // Ids that are not strings or integers: refused, never forwarded.
-    for (n, id) in ["6.0", "1e1", "true", "null", "{}", "[1]", "9007199254740993"].iter().enumerate() {
+    for (n, id) in [
+        "6.0",
+        "1e1",
+        "true",
+        "null",
+        "{}",
+        "[1]",
+        "9007199254740993",
+    ]
+    .iter()
+    .enumerate()
+    {
         wrap.send(
             format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"delete_file"}}}}"#)
                 .as_bytes(),
@@ -233,7 +264,10 @@ fn text_parsers_could_read_differently_never_reaches_the_server() {
         wrap.round_trip(200 + n as u64);
     }
     assert_server_ran_nothing_denied(&wrap);
-    assert!(wrap.audit().iter().all(|r| r["kind"] != "decision"), "nothing was decided");
+    assert!(
+        wrap.audit().iter().all(|r| r["kind"] != "decision"),
+        "nothing was decided"
+    );
 }
 
 #[test]
@@ -242,14 +276,22 @@ fn hidden_tools_stay_hidden_whatever_the_id() {
     for id in [r#""\u0061""#, "-0", "6", r#""b""#] {
         wrap.send(format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#).as_bytes());
         let listed = wrap.recv(id);
-        assert_eq!(listed["result"]["tools"], json!([{"name":"echo"}]), "{id}: {listed}");
+        assert_eq!(
+            listed["result"]["tools"],
+            json!([{"name":"echo"}]),
+            "{id}: {listed}"
+        );
     }
     // A second request with an id in flight is refused: start one that the server answers
     // only after the refusal has been written (the server answers in order).
     wrap.send(br#"[{"jsonrpc":"2.0","id":"x","method":"tools/list"},{"jsonrpc":"2.0","id":"x","method":"tools/list"}]"#);
     let first = wrap.recv("the refusal or the list");
     let second = wrap.recv("the refusal or the list");
-    let (refusal, list) = if first.get("error").is_some() { (first, second) } else { (second, first) };
+    let (refusal, list) = if first.get("error").is_some() {
+        (first, second)
+    } else {
+        (second, first)
+    };
     assert_eq!(refusal["error"]["code"], -32600, "{refusal}");
     assert_eq!(list["result"]["tools"], json!([{"name":"echo"}]), "{list}");
 }
@@ -278,12 +320,19 @@ fn an_oversized_request_is_answered_and_memory_stays_flat() {
     let answer = wrap.recv("the oversized request's error");
     assert_eq!(answer["id"], 5, "{answer}");
     assert_eq!(answer["error"]["code"], -32600);
-    assert!(answer["error"]["message"].as_str().unwrap().contains("--max-message"));
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-message")
+    );
     wrap.round_trip(2);
     let before = peak_rss(wrap.pid());
     // 256 MiB in one line: streamed past, never kept.
     let chunk = vec![b'7'; 1 << 20];
-    wrap.stdin.write_all(br#"{"jsonrpc":"2.0","id":6,"method":"ping","params":{"n":"#).unwrap();
+    wrap.stdin
+        .write_all(br#"{"jsonrpc":"2.0","id":6,"method":"ping","params":{"n":"#)
+        .unwrap();
     for _ in 0..256 {
         wrap.stdin.write_all(&chunk).unwrap();
     }
@@ -297,5 +346,9 @@ fn an_oversized_request_is_answered_and_memory_stays_flat() {
         "the peak memory grew from {before} to {after} bytes for one oversized line"
     );
     let recorded = wrap.recorded();
-    assert!(recorded.len() < 4096, "the server was given {} bytes", recorded.len());
+    assert!(
+        recorded.len() < 4096,
+        "the server was given {} bytes",
+        recorded.len()
+    );
 }

@@ -65,7 +65,7 @@ fn gateway() -> Arc<Gateway> {
 fn exchange(client_bytes: Vec<u8>, server_bytes: Vec<u8>) -> Vec<u8> {
     runtime().block_on(async move {
         let (mut client, client_end) = tokio::io::duplex(1 << 20);
-        let (mut server, server_end) = tokio::io::duplex(1 << 20);
+        let (server, server_end) = tokio::io::duplex(1 << 20);
         let (cr, cw) = tokio::io::split(client_end);
         let (sr, sw) = tokio::io::split(server_end);
         let mut options = RunOptions::new("fuzz");

@@ -210,11 +210,27 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("65536"), Ok(65536));
         assert_eq!(parse_size("8192 b"), Ok(8192));
-        for bad in ["", "MiB", "16MB", "1.5MiB", "-1", "16 Mi", "99999999999999999999GiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "16MB",
+            "1.5MiB",
+            "-1",
+            "16 Mi",
+            "99999999999999999999GiB",
+        ] {
             let err = parse_size(bad).expect_err(bad);
             assert!(err.contains("e.g."), "{bad}: {err}");
         }
-        assert!(parse_size("1KiB").unwrap_err().contains("between 4KiB and 1GiB"));
-        assert!(parse_size("2GiB").unwrap_err().contains("between 4KiB and 1GiB"));
+        assert!(
+            parse_size("1KiB")
+                .unwrap_err()
+                .contains("between 4KiB and 1GiB")
+        );
+        assert!(
+            parse_size("2GiB")
+                .unwrap_err()
+                .contains("between 4KiB and 1GiB")
+        );
     }
 }

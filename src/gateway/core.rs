@@ -485,7 +485,11 @@ impl Shared {
         let preview = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
         tracing::warn!(
             "{} from the {}: {why}: {}",
-            if too_long { "dropped a message" } else { "malformed JSON-RPC" },
+            if too_long {
+                "dropped a message"
+            } else {
+                "malformed JSON-RPC"
+            },
             side.name(),
             preview.trim_end()
         );
@@ -936,7 +940,9 @@ impl Shared {
                 return jsonrpc::error_response(
                     Some(id),
                     code::ANSWER_REFUSED,
-                    &format!("the MCP server's tools/list answer was withheld by the gateway: {why}"),
+                    &format!(
+                        "the MCP server's tools/list answer was withheld by the gateway: {why}"
+                    ),
                 );
             }
         };

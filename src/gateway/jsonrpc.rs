@@ -16,8 +16,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -50,7 +50,8 @@ pub const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
 pub struct Envelope<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
-    #[serde(default)]
+    /// A string when present: `"method": null` is not "no method".
+    #[serde(borrow, default, deserialize_with = "present_str")]
     pub method: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     pub params: Option<&'a RawValue>,
@@ -63,6 +64,11 @@ pub struct Envelope<'a> {
 /// A member that is present, whatever its value (`null` included).
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// A member that, when present, is a string (decoded, borrowed when it had no escapes).
+fn present_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    Key::deserialize(d).map(|Key(s)| Some(s))
 }
 
 /// What one line is, as far as the gateway cares.
@@ -625,20 +631,29 @@ mod tests {
     fn requests_responses_and_notifications_are_told_apart() {
         assert_eq!(
             shape_of(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#),
-            Ok(Shape::Request { id: IdKey::Int(7), method: "tools/call" })
+            Ok(Shape::Request {
+                id: IdKey::Int(7),
+                method: "tools/call"
+            })
         );
         assert_eq!(
             shape_of(r#"{"result":{},"jsonrpc":"2.0","id":"a"}"#),
-            Ok(Shape::Response { id: IdKey::Str("a".into()) })
+            Ok(Shape::Response {
+                id: IdKey::Str("a".into())
+            })
         );
         assert_eq!(
             shape_of(r#"{"jsonrpc":"2.0","id":"a","result":null}"#),
-            Ok(Shape::Response { id: IdKey::Str("a".into()) }),
+            Ok(Shape::Response {
+                id: IdKey::Str("a".into())
+            }),
             "a null result is a result"
         );
         assert_eq!(
             shape_of(r#"{"jsonrpc":"2.0","method":"notifications/x"}"#),
-            Ok(Shape::Notification { method: "notifications/x" })
+            Ok(Shape::Notification {
+                method: "notifications/x"
+            })
         );
     }
 
@@ -669,9 +684,22 @@ mod tests {
         assert_eq!(id("-9007199254740991"), Ok(IdKey::Int(-MAX_INTEGER_ID)));
         assert_ne!(id("1"), id(r#""1""#));
         for bad in [
-            "6.0", "1e1", "1E1", "-", "01", "+1", "true", "null", "{}", "[]", "0x1",
-            "9007199254740992", "-9007199254740992", "123456789012345678901234567890",
-            r#""\ud800""#, r#""a"#,
+            "6.0",
+            "1e1",
+            "1E1",
+            "-",
+            "01",
+            "+1",
+            "true",
+            "null",
+            "{}",
+            "[]",
+            "0x1",
+            "9007199254740992",
+            "-9007199254740992",
+            "123456789012345678901234567890",
+            r#""\ud800""#,
+            r#""a"#,
         ] {
             assert!(id(bad).is_err(), "{bad} is not an id");
         }
@@ -689,21 +717,33 @@ mod tests {
 
     #[test]
     fn batches_split_into_their_elements_and_only_objects_are_messages() {
-        let Parsed::Batch(items) = parse(br#"[{"id":1,"method":"a"}, {"method":"b"}, [{"id":2,"method":"c"}], 3, null]"#) else {
+        let Parsed::Batch(items) =
+            parse(br#"[{"id":1,"method":"a"}, {"method":"b"}, [{"id":2,"method":"c"}], 3, null]"#)
+        else {
             panic!("not a batch")
         };
         assert_eq!(items.len(), 5);
         assert!(matches!(parse_element(items[0]), Parsed::Message(_)));
         assert!(matches!(parse_element(items[1]), Parsed::Message(_)));
         for nested in &items[2..] {
-            assert!(matches!(parse_element(nested), Parsed::NotAMessage(_)), "{nested}");
+            assert!(
+                matches!(parse_element(nested), Parsed::NotAMessage(_)),
+                "{nested}"
+            );
         }
         assert!(matches!(parse(b"[]"), Parsed::NotAMessage(_)));
     }
 
     #[test]
     fn json_that_is_not_an_object_is_not_a_message() {
-        for line in [&b"42"[..], b"\"x\"", b"null", b"true", br#"{"method":5}"#] {
+        for line in [
+            &b"42"[..],
+            b"\"x\"",
+            b"null",
+            b"true",
+            br#"{"method":5}"#,
+            br#"{"id":1,"method":null,"result":{}}"#,
+        ] {
             assert!(matches!(parse(line), Parsed::NotAMessage(_)), "{line:?}");
         }
     }
@@ -746,14 +786,20 @@ mod tests {
         }
         // The same keys in different objects are fine, and escapes that decode are fine.
         assert!(matches!(
-            parse(br#"{"id":1,"method":"x","params":{"a":{"b":1},"c":{"b":1},"d":"\ud83d\ude00"}}"#),
+            parse(
+                br#"{"id":1,"method":"x","params":{"a":{"b":1},"c":{"b":1},"d":"\ud83d\ude00"}}"#
+            ),
             Parsed::Message(_)
         ));
     }
 
     #[test]
     fn deep_nesting_is_refused_not_a_stack_overflow() {
-        let deep = format!(r#"{{"method":"x","params":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            r#"{{"method":"x","params":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert!(matches!(parse(deep.as_bytes()), Parsed::Malformed(_)));
     }
 
@@ -772,7 +818,10 @@ mod tests {
         assert_eq!(sniff(b"not json"), Sniffed::default());
         assert_eq!(
             sniff(br#"{"result":"\"#),
-            Sniffed { answer: true, ..Sniffed::default() }
+            Sniffed {
+                answer: true,
+                ..Sniffed::default()
+            }
         );
         assert!(sniff(b"\xef\xbb\xbf{\"method\":").method);
     }

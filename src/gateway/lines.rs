@@ -145,7 +145,10 @@ mod tests {
             assert_eq!(got[1], Line::Whole(b"ok".to_vec()));
         }
         // Exactly the limit is still whole; one more byte is not.
-        assert_eq!(lines(b"12345\n", 5, 2).await, vec![Line::Whole(b"12345".to_vec())]);
+        assert_eq!(
+            lines(b"12345\n", 5, 2).await,
+            vec![Line::Whole(b"12345".to_vec())]
+        );
         assert!(matches!(
             &lines(b"123456\n", 5, 2).await[0],
             Line::TooLong { len: 6, .. }

@@ -248,9 +248,8 @@ impl Link {
         let mut progress = progress_token(params);
         let mut original_progress = None;
         let (core_id, out, original) = if self.stateless {
-            let core_id = IdKey::Str(
-                format!("tg-{}", self.next_id.fetch_add(1, Ordering::Relaxed)).into(),
-            );
+            let core_id =
+                IdKey::Str(format!("tg-{}", self.next_id.fetch_add(1, Ordering::Relaxed)).into());
             let renamed = core_id.json();
             let mut out = replace_id(line, raw_id, &renamed);
             if progress.is_some() {

@@ -492,9 +492,7 @@ async fn post(
         Err(_) => {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "request bodies are limited to {max} bytes (the gateway's --max-message)"
-                ),
+                &format!("request bodies are limited to {max} bytes (the gateway's --max-message)"),
             );
         }
     };
@@ -502,7 +500,12 @@ async fn post(
     let line = match body::message_line(&bytes) {
         Ok(line) => line,
         Err(refused) => {
-            return rpc_error(StatusCode::BAD_REQUEST, None, refused.code(), &refused.to_string());
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                refused.code(),
+                &refused.to_string(),
+            );
         }
     };
     let jsonrpc::Parsed::Message(env) = jsonrpc::parse(&line) else {
@@ -548,15 +551,13 @@ async fn post(
                 );
             }
         },
-        None if method == Some("initialize") => {
-            match gw.open_session(server, grant) {
-                Ok((sid, link)) => {
-                    new_session = Some(sid);
-                    link
-                }
-                Err(no) => return no.response(),
+        None if method == Some("initialize") => match gw.open_session(server, grant) {
+            Ok((sid, link)) => {
+                new_session = Some(sid);
+                link
             }
-        }
+            Err(no) => return no.response(),
+        },
         None => match gw.stateless_link(server, grant) {
             Ok(link) => link,
             Err(no) => return no.response(),

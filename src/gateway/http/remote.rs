@@ -510,7 +510,10 @@ mod tests {
 
     #[test]
     fn pretty_printed_answers_become_one_line() {
-        assert_eq!(one_line(b"{\n  \"a\": 1\r\n}\n"), b"{   \"a\": 1  }".to_vec());
+        assert_eq!(
+            one_line(b"{\n  \"a\": 1\r\n}\n"),
+            b"{   \"a\": 1  }".to_vec()
+        );
         assert_eq!(one_line(b"{\"a\":1}"), b"{\"a\":1}".to_vec());
     }
 
