@@ -19,7 +19,12 @@
 //!
 //! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
 //! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
-//! task per held call. The bookkeeping of a connection is `ConnState`: which client
+//! task per held call. Each queue is bounded in bytes by a [`ByteBudget`] of
+//! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
+//! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
+//! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.
+//! The gateway's own answers wait for room like any line, except the progress notes of held
+//! calls, which are skipped when there is none. The bookkeeping of a connection is `ConnState`: which client
 //! requests are waiting for the upstream (so a server that dies answers each of them), which
 //! calls are held, which upstream requests wait for the client, and which 2026-07-28 calls
 //! asked for more input (so their retry is not counted twice).
@@ -38,6 +43,7 @@ use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
+use super::budget::{ByteBudget, Charge};
 use super::call::CallAnswer;
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, code};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
@@ -49,7 +55,8 @@ use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
 const MAX_CONTINUATIONS: usize = 1024;
 /// How long the last answers may take to reach the client when the connection ends.
 const CLIENT_DRAIN: Duration = Duration::from_secs(5);
-/// Queue length between a reader and the other side's writer.
+/// Queue length between a reader and the other side's writer (its bytes are bounded by a
+/// [`ByteBudget`] too).
 const QUEUE: usize = 1024;
 /// At most this many requests of one side wait for the other side's answer (for the
 /// client: forwarded or held); more are answered with an error.
@@ -107,10 +114,20 @@ where
     UR: AsyncBufRead + Unpin + Send + 'static,
     UW: AsyncWrite + Unpin + Send + 'static,
 {
-    let (to_client, client_rx) = mpsc::channel(QUEUE);
-    let (to_upstream, upstream_rx) = mpsc::channel(QUEUE);
-    let client_writer = tokio::spawn(write_lines(client_writer, client_rx, "client"));
-    tokio::spawn(write_lines(upstream_writer, upstream_rx, "upstream"));
+    let (to_client, client_rx) = Queue::new(options.max_message);
+    let (to_upstream, upstream_rx) = Queue::new(options.max_message);
+    let client_writer = tokio::spawn(write_lines(
+        client_writer,
+        client_rx,
+        to_client.budget.clone(),
+        "client",
+    ));
+    tokio::spawn(write_lines(
+        upstream_writer,
+        upstream_rx,
+        to_upstream.budget.clone(),
+        "upstream",
+    ));
     let (closing_tx, closing) = watch::channel(false);
     let shared = Arc::new(Shared {
         gateway,
@@ -159,14 +176,19 @@ where
         }
         let _ = closing_tx.send(true);
         tracing::error!("the MCP server closed its output; answering pending requests");
-        shared.fail_pending("the MCP server exited before answering");
-    } else {
-        // Anything still waiting can no longer be answered by the upstream.
-        shared.fail_pending("the MCP server closed before answering");
     }
+    let why = match end {
+        End::UpstreamClosed => "the MCP server exited before answering",
+        // Anything still waiting can no longer be answered by the upstream.
+        End::ClientClosed => "the MCP server closed before answering",
+    };
+    let owed = shared.fail_pending(why);
     // A client that stopped reading must not keep the gateway from ending.
     let drained = async {
-        let _ = shared.to_client.send(Out::Close).await;
+        for line in owed {
+            shared.send_client(line).await;
+        }
+        shared.to_client.close().await;
         let _ = client_writer.await;
     };
     if tokio::time::timeout(CLIENT_DRAIN, drained).await.is_err() {
@@ -196,23 +218,86 @@ async fn finish_client(
     options: &mut RunOptions,
 ) {
     let _ = closing_tx.send(true);
-    shared.fail_holds("the gateway is shutting down");
-    let _ = shared.to_upstream.send(Out::Close).await;
+    let owed = shared.fail_holds("the gateway is shutting down");
+    shared.to_upstream.close().await;
     if let Some(tx) = options.client_closed.take() {
         let _ = tx.send(());
+    }
+    // The denied holds' answers wait for room like any line, but a client that stopped
+    // reading must not keep the connection from ending.
+    let answered = async {
+        for line in owed {
+            shared.send_client(line).await;
+        }
+    };
+    if tokio::time::timeout(CLIENT_DRAIN, answered).await.is_err() {
+        tracing::warn!("the client is not reading; the answers to its held calls are dropped");
     }
 }
 
 /// What a writer task is asked to do.
 #[derive(Debug)]
 enum Out {
-    /// Write this line (a newline is added when missing).
-    Line(Vec<u8>),
+    /// Write this line (a newline is added when missing); its bytes are given back to the
+    /// queue's budget once written (or dropped).
+    Line(Vec<u8>, Charge),
     /// Flush and close the stream.
     Close,
 }
 
+/// The sending end of a writer's queue: bounded in count and in bytes.
+#[derive(Debug)]
+struct Queue {
+    tx: mpsc::Sender<Out>,
+    budget: ByteBudget,
+}
+
+impl Queue {
+    fn new(max_message: usize) -> (Queue, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let budget = ByteBudget::for_messages(max_message);
+        (Queue { tx, budget }, rx)
+    }
+
+    /// Queues a line once its bytes fit; gives it back when the writer is gone.
+    async fn send(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        let Some(charge) = self.budget.charge(line.len()).await else {
+            return Err(line);
+        };
+        match self.tx.send(Out::Line(line, charge)).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(Out::Line(line, _))) => Err(line),
+            Err(mpsc::error::SendError(Out::Close)) => Err(Vec::new()),
+        }
+    }
+
+    /// Queues a line only if there is room now.
+    fn try_send(&self, line: Vec<u8>) -> bool {
+        let Some(charge) = self.budget.try_charge(line.len()) else {
+            return false;
+        };
+        self.tx.try_send(Out::Line(line, charge)).is_ok()
+    }
+
+    /// Asks the writer to flush and close (after what is queued).
+    async fn close(&self) {
+        let _ = self.tx.send(Out::Close).await;
+    }
+}
+
 async fn write_lines<W: AsyncWrite + Unpin>(
+    writer: W,
+    rx: mpsc::Receiver<Out>,
+    budget: ByteBudget,
+    side: &'static str,
+) {
+    write_queued(writer, rx, side).await;
+    // Nothing will give bytes back any more (what was queued is dropped with the
+    // receiver): whoever waits for room stops waiting.
+    budget.close();
+}
+
+async fn write_queued<W: AsyncWrite + Unpin>(
     writer: W,
     mut rx: mpsc::Receiver<Out>,
     side: &'static str,
@@ -225,13 +310,17 @@ async fn write_lines<W: AsyncWrite + Unpin>(
         // Write everything already queued before paying for one flush.
         while let Some(out) = next.take() {
             match out {
-                Out::Line(mut line) => {
+                Out::Line(mut line, charge) => {
                     if line.last() != Some(&b'\n') {
                         line.push(b'\n');
                     }
                     if result.is_ok() {
                         result = writer.write_all(&line).await;
                     }
+                    // Written (at most the BufWriter's 64 KiB wait for the flush): the
+                    // bytes go back to the budget with the line.
+                    drop(charge);
+                    drop(line);
                 }
                 Out::Close => closing = true,
             }
@@ -265,8 +354,8 @@ async fn until_closing(mut closing: watch::Receiver<bool>) {
 struct Shared {
     gateway: Arc<Gateway>,
     session: String,
-    to_client: mpsc::Sender<Out>,
-    to_upstream: mpsc::Sender<Out>,
+    to_client: Queue,
+    to_upstream: Queue,
     state: Mutex<ConnState>,
     /// Becomes `true` when the connection is closing; hold tasks stop waiting.
     closing: watch::Receiver<bool>,
@@ -384,7 +473,7 @@ impl Shared {
     }
 
     async fn send_client(&self, line: Vec<u8>) {
-        let _ = self.to_client.send(Out::Line(line)).await;
+        let _ = self.to_client.send(line).await;
     }
 
     /// Handles one whole line from `side`.
@@ -434,7 +523,7 @@ impl Shared {
             (_, Action::Nothing) => {}
             (Side::Client, Action::Forward) => self.forward_upstream(bytes).await,
             (Side::Client, Action::Replace(other)) | (Side::Upstream, Action::Answer(other)) => {
-                let _ = self.to_upstream.send(Out::Line(other)).await;
+                let _ = self.to_upstream.send(other).await;
             }
             (Side::Upstream, Action::Forward) => self.send_client(bytes).await,
             (Side::Upstream, Action::Replace(other)) | (Side::Client, Action::Answer(other)) => {
@@ -767,12 +856,14 @@ impl Shared {
         progress_token: Option<Value>,
         stop: oneshot::Receiver<()>,
     ) {
-        let to_client = self.to_client.clone();
+        let shared = self.clone();
         let progress = progress_token.map(|token| {
             let message = format!("waiting for an operator to approve call {call_id}");
             move |n: u64| {
                 // A progress note that does not fit the queue is skipped; the next one will.
-                let _ = to_client.try_send(Out::Line(jsonrpc::progress(&token, n, &message)));
+                let _ = shared
+                    .to_client
+                    .try_send(jsonrpc::progress(&token, n, &message));
             }
         });
         let closing = until_closing(self.closing.clone());
@@ -828,9 +919,7 @@ impl Shared {
     /// Sends a client message upstream; when the upstream is gone, answers the request
     /// that carried it with an error (and gives a call's units back).
     async fn forward_upstream(&self, line: Vec<u8>) {
-        let Err(mpsc::error::SendError(Out::Line(line))) =
-            self.to_upstream.send(Out::Line(line)).await
-        else {
+        let Err(line) = self.to_upstream.send(line).await else {
             return;
         };
         if let Parsed::Message(env) = jsonrpc::parse(&line)
@@ -961,8 +1050,10 @@ impl Shared {
         jsonrpc::result_response(id, &listed.result)
     }
 
-    /// Denies every held call (the connection is closing).
-    fn fail_holds(&self, why: &str) {
+    /// Denies every held call (the connection is closing); returns the answers owed to the
+    /// client, for the caller to send when it may wait for room.
+    fn fail_holds(&self, why: &str) -> Vec<Vec<u8>> {
+        let mut owed = Vec::new();
         let holds: Vec<(IdKey, HeldCall)> = self.lock().holds.drain().collect();
         for (id, held) in holds {
             let _ = self.gateway.hub.resolve(
@@ -975,28 +1066,23 @@ impl Shared {
                 },
             );
             self.gateway.release(&held.reservation);
-            let _ = self.to_client.try_send(Out::Line(jsonrpc::error_response(
-                Some(&id),
-                code::UPSTREAM_GONE,
-                why,
-            )));
+            owed.push(jsonrpc::error_response(Some(&id), code::UPSTREAM_GONE, why));
         }
+        owed
     }
 
-    /// Answers every request still waiting for the upstream with an error.
-    fn fail_pending(&self, why: &str) {
-        self.fail_holds(why);
+    /// Settles every request still waiting for the upstream (held or forwarded); returns
+    /// the error answers owed to the client.
+    fn fail_pending(&self, why: &str) -> Vec<Vec<u8>> {
+        let mut owed = self.fail_holds(why);
         let pending: Vec<(IdKey, Pending)> = self.lock().pending.drain().collect();
         for (id, pending) in pending {
             if let Pending::Call(call) = &pending {
                 self.finish_call(call, true, Some(why.to_owned()));
             }
-            let _ = self.to_client.try_send(Out::Line(jsonrpc::error_response(
-                Some(&id),
-                code::UPSTREAM_GONE,
-                why,
-            )));
+            owed.push(jsonrpc::error_response(Some(&id), code::UPSTREAM_GONE, why));
         }
+        owed
     }
 }
 
