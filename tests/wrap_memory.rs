@@ -69,8 +69,12 @@ struct Wrap {
 
 impl Wrap {
     fn start() -> Wrap {
+        Wrap::with_policy(POLICY)
+    }
+
+    fn with_policy(policy: &str) -> Wrap {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("policy.json"), POLICY).unwrap();
+        std::fs::write(dir.path().join("policy.json"), policy).unwrap();
         std::fs::write(dir.path().join("server.py"), SERVER).unwrap();
         let mut child = Command::new(support::toolgate())
             .args(["wrap", "--policy", "policy.json", "--audit", "audit.jsonl"])
@@ -290,4 +294,41 @@ fn a_client_flooding_a_server_that_does_not_read_is_pushed_back_and_memory_stays
     );
     drop(wrap);
     let _ = writer.join();
+}
+
+#[test]
+fn held_calls_beyond_the_connections_byte_budget_are_denied_instead_of_held() {
+    // With --max-message 1MiB a connection keeps at most 2 MiB + 64 KiB of held lines: two
+    // calls of just under 1 MiB each.
+    let mut wrap = Wrap::with_policy(
+        r#"{"version":"1","default":"deny","approval_timeout":"10m",
+            "tools":{"send":{"action":"require_approval"}}}"#,
+    );
+    wrap.ping(1);
+    let lines = support::lines::line_reader(wrap.stdout.take().expect("stdout"));
+    let pad = "x".repeat(PAD);
+    for id in [10, 11, 12] {
+        wrap.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"send","arguments":{{"pad":"{pad}"}}}}}}"#
+        ));
+    }
+    wrap.send(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let line = lines.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
+            panic!(
+                "no answer for the third held call or the ping; stderr:\n{}",
+                wrap.stderr()
+            )
+        });
+        answers.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    // The first two stay held (their answers would come first); the third is refused.
+    assert_eq!(answers[0]["id"], 12, "{}", answers[0]);
+    let text = answers[0].to_string();
+    assert!(
+        text.contains("already holds") && text.contains("denied instead of held"),
+        "{text}"
+    );
+    assert_eq!(answers[1]["id"], 2, "{}", answers[1]);
 }

@@ -58,6 +58,11 @@ impl ByteBudget {
         self.permits.available_permits() * UNIT
     }
 
+    /// Bytes charged now (to say so in an error).
+    pub(crate) fn charged(&self) -> usize {
+        (self.units as usize).saturating_sub(self.permits.available_permits()) * UNIT
+    }
+
     fn units_for(&self, len: usize) -> u32 {
         let units = u32::try_from(len.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX);
         units.min(self.units)

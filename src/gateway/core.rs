@@ -137,6 +137,7 @@ where
         state: Mutex::new(ConnState::default()),
         closing,
         max_message: options.max_message,
+        held_lines: ByteBudget::for_messages(options.max_message),
     });
 
     let client_reader = LineReader::new(client_reader, options.max_message);
@@ -361,6 +362,9 @@ struct Shared {
     closing: watch::Receiver<bool>,
     /// See [`RunOptions::max_message`].
     max_message: usize,
+    /// The bytes of held calls' lines this connection may keep (2 × `--max-message` +
+    /// 64 KiB): a call that would be held beyond it is denied instead.
+    held_lines: ByteBudget,
 }
 
 #[derive(Debug, Default)]
@@ -420,6 +424,8 @@ struct HeldCall {
     _stop: oneshot::Sender<()>,
     /// The original request line, forwarded as is when approved.
     line: Vec<u8>,
+    /// The line's bytes in `Shared::held_lines`, given back with the hold.
+    _room: Charge,
 }
 
 async fn client_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: LineReader<R>) {
@@ -785,7 +791,19 @@ impl Shared {
         }
 
         let modern = params.is_modern();
-        let (call_id, decision) = self.gateway.decide_call(&self.session, &params.name, &args);
+        // A held call keeps its line until an operator answers: the room for it is taken
+        // now (one atomic), and given back below unless the call is held.
+        let held_room = self.held_lines.try_charge(bytes.len());
+        let no_hold = held_room.is_none().then(|| {
+            format!(
+                "this connection already holds {} bytes of calls waiting for an operator \
+                 (at most 2 × --max-message + 64 KiB); denied instead of held",
+                self.held_lines.charged()
+            )
+        });
+        let (call_id, decision) =
+            self.gateway
+                .decide_call_unless_held(&self.session, &params.name, &args, no_hold);
         match decision.verdict {
             Verdict::Allow => {
                 self.lock().pending.insert(
@@ -803,24 +821,31 @@ impl Shared {
             Verdict::Deny | Verdict::RateLimited => {
                 Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern))
             }
-            Verdict::Hold => {
-                self.start_hold(id, call_id, decision, params, args, arrived, modern, bytes);
-                Action::Nothing
-            }
+            Verdict::Hold => match held_room {
+                Some(room) => {
+                    let call = (call_id, decision, params, args, arrived, modern);
+                    self.start_hold(id, call, bytes, room);
+                    Action::Nothing
+                }
+                // decide_call_unless_held denied it: not reached.
+                None => Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern)),
+            },
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_hold(
         self: &Arc<Self>,
         id: IdKey,
-        call_id: String,
-        decision: Decision,
-        params: CallParams,
-        args: Value,
-        arrived: Instant,
-        modern: bool,
+        (call_id, decision, params, args, arrived, modern): (
+            String,
+            Decision,
+            CallParams,
+            Value,
+            Instant,
+            bool,
+        ),
         line: &[u8],
+        room: Charge,
     ) {
         let timeout = Duration::from_millis(decision.approval_timeout_ms.unwrap_or(120_000));
         let ticket = self.gateway.hub.hold_call(&call_id);
@@ -836,6 +861,7 @@ impl Shared {
                 modern,
                 _stop: stop_tx,
                 line: line.to_vec(),
+                _room: room,
             },
         );
         let shared = self.clone();
