@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 
 /// The unit of a permit.
 const UNIT: usize = 1024;
@@ -31,7 +31,7 @@ pub(crate) struct ByteBudget {
 
 /// Bytes taken from a [`ByteBudget`]; given back when dropped.
 #[derive(Debug)]
-pub(crate) struct Charge {
+pub struct Charge {
     _permit: OwnedSemaphorePermit,
 }
 
@@ -88,6 +88,24 @@ impl ByteBudget {
     /// Wakes everyone waiting for room with `None`: the writer has ended.
     pub(crate) fn close(&self) {
         self.permits.close();
+    }
+}
+
+/// The receiving end of a queue whose items carry their [`Charge`]: an item's bytes come
+/// back as it is taken.
+#[derive(Debug)]
+pub struct ChargedReceiver<T> {
+    rx: mpsc::Receiver<(T, Charge)>,
+}
+
+impl<T> ChargedReceiver<T> {
+    pub(crate) fn new(rx: mpsc::Receiver<(T, Charge)>) -> ChargedReceiver<T> {
+        ChargedReceiver { rx }
+    }
+
+    /// The next item; `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<T> {
+        self.rx.recv().await.map(|(item, _charge)| item)
     }
 }
 

@@ -26,7 +26,7 @@
 //!   of the core; [`grants`] — the bearer tokens that name who calls.
 
 pub mod audit;
-pub(crate) mod budget;
+pub mod budget;
 pub mod call;
 pub mod core;
 pub mod fd_limit;
