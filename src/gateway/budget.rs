@@ -7,17 +7,16 @@
 //! [`Charge`] travels with the line and gives its bytes back when dropped — after the
 //! writer wrote it, or when the queue is dropped with it, or when sending it failed.
 //!
-//! Permits are counted in KiB (rounded up) so that a budget of several GiB fits the
-//! semaphore's `u32` requests. A charge is never larger than the whole budget, so a single
-//! line always gets through once the queue has drained: nothing waits forever on its own
-//! size. Cost per line: one semaphore acquire and one release (an atomic on the fast path).
+//! Permits are bytes; a request is a `u32`, so a budget is at most 4 GiB (`--max-message`
+//! is at most 1 GiB: a queue's budget at most 2 GiB + 64 KiB). A charge is never larger than
+//! the whole budget, so a single line always gets through once the queue has drained:
+//! nothing waits forever on its own size. An empty line costs one byte. Cost per line: one
+//! semaphore acquire and one release (an atomic on the fast path).
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 
-/// The unit of a permit.
-const UNIT: usize = 1024;
 /// Room beyond the messages themselves: errors and notes the gateway writes, a re-encoded
 /// `tools/list`.
 const SLACK: usize = 64 * 1024;
@@ -26,7 +25,7 @@ const SLACK: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct ByteBudget {
     permits: Arc<Semaphore>,
-    units: u32,
+    bytes: u32,
 }
 
 /// Bytes taken from a [`ByteBudget`]; given back when dropped.
@@ -36,13 +35,13 @@ pub struct Charge {
 }
 
 impl ByteBudget {
-    /// A budget of `bytes` (at least one unit).
+    /// A budget of `bytes` (at least one).
     pub(crate) fn new(bytes: usize) -> ByteBudget {
-        let units = u32::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX);
+        let units = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
         let units = units.min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
         ByteBudget {
             permits: Arc::new(Semaphore::new(units as usize)),
-            units,
+            bytes: units,
         }
     }
 
@@ -55,17 +54,18 @@ impl ByteBudget {
     /// Bytes not charged now.
     #[cfg(test)]
     pub(crate) fn available(&self) -> usize {
-        self.permits.available_permits() * UNIT
+        self.permits.available_permits()
     }
 
     /// Bytes charged now (to say so in an error).
     pub(crate) fn charged(&self) -> usize {
-        (self.units as usize).saturating_sub(self.permits.available_permits()) * UNIT
+        (self.bytes as usize).saturating_sub(self.permits.available_permits())
     }
 
+    /// A line's charge: its length, at least one byte, at most the whole budget.
     fn units_for(&self, len: usize) -> u32 {
-        let units = u32::try_from(len.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX);
-        units.min(self.units)
+        let units = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
+        units.min(self.bytes)
     }
 
     /// Charges `len` bytes, waiting until they fit; `None` once the budget is closed (its
@@ -116,49 +116,49 @@ mod tests {
 
     #[test]
     fn bytes_come_back_when_the_charge_is_dropped() {
-        let budget = ByteBudget::new(10 * UNIT);
-        let a = budget.try_charge(3 * UNIT).expect("room for 3 KiB of 10");
-        let b = budget.try_charge(UNIT + 1).expect("room for 2 KiB more");
-        assert_eq!(budget.available(), 5 * UNIT);
+        let budget = ByteBudget::new(10);
+        let a = budget.try_charge(3).expect("room for 3 bytes of 10");
+        let b = budget.try_charge(2).expect("room for 2 more");
+        assert_eq!(budget.available(), 5);
         drop(a);
-        assert_eq!(budget.available(), 8 * UNIT);
+        assert_eq!(budget.available(), 8);
         drop(b);
-        assert_eq!(budget.available(), 10 * UNIT);
+        assert_eq!(budget.available(), 10);
     }
 
     #[test]
     fn a_charge_that_does_not_fit_now_is_refused_and_takes_nothing() {
-        let budget = ByteBudget::new(4 * UNIT);
-        let _held = budget.try_charge(3 * UNIT).expect("room for 3 KiB of 4");
-        assert!(budget.try_charge(2 * UNIT).is_none());
-        assert_eq!(budget.available(), UNIT);
+        let budget = ByteBudget::new(4);
+        let _held = budget.try_charge(3).expect("room for 3 bytes of 4");
+        assert!(budget.try_charge(2).is_none());
+        assert_eq!(budget.available(), 1);
     }
 
     #[test]
     fn a_line_larger_than_the_budget_takes_all_of_it_instead_of_never_fitting() {
-        let budget = ByteBudget::new(4 * UNIT);
+        let budget = ByteBudget::new(4);
         let all = budget
-            .try_charge(100 * UNIT)
+            .try_charge(100)
             .expect("an empty budget fits any one line");
         assert_eq!(budget.available(), 0);
         drop(all);
-        assert_eq!(budget.available(), 4 * UNIT);
+        assert_eq!(budget.available(), 4);
     }
 
     #[test]
-    fn an_empty_line_still_costs_a_unit() {
-        let budget = ByteBudget::new(UNIT);
-        let _one = budget.try_charge(0).expect("an empty budget has a unit");
+    fn an_empty_line_still_costs_a_byte() {
+        let budget = ByteBudget::new(1);
+        let _one = budget.try_charge(0).expect("an empty budget has a byte");
         assert!(budget.try_charge(0).is_none());
     }
 
     #[tokio::test]
     async fn a_waiting_charge_goes_through_when_room_is_given_back() {
-        let budget = ByteBudget::new(2 * UNIT);
-        let first = budget.try_charge(2 * UNIT).expect("empty budget");
+        let budget = ByteBudget::new(2);
+        let first = budget.try_charge(2).expect("empty budget");
         let waiter = {
             let budget = budget.clone();
-            tokio::spawn(async move { budget.charge(2 * UNIT).await.is_some() })
+            tokio::spawn(async move { budget.charge(2).await.is_some() })
         };
         tokio::task::yield_now().await;
         assert!(
@@ -175,11 +175,11 @@ mod tests {
 
     #[tokio::test]
     async fn closing_the_budget_ends_every_wait_with_none() {
-        let budget = ByteBudget::new(UNIT);
-        let _full = budget.try_charge(UNIT).expect("empty budget");
+        let budget = ByteBudget::new(1);
+        let _full = budget.try_charge(1).expect("empty budget");
         let waiter = {
             let budget = budget.clone();
-            tokio::spawn(async move { budget.charge(UNIT).await.is_none() })
+            tokio::spawn(async move { budget.charge(1).await.is_none() })
         };
         tokio::task::yield_now().await;
         budget.close();
