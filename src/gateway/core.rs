@@ -24,10 +24,14 @@
 //! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
 //! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.
 //! The gateway's own answers wait for room like any line, except the progress notes of held
-//! calls, which are skipped when there is none. The bookkeeping of a connection is `ConnState`: which client
-//! requests are waiting for the upstream (so a server that dies answers each of them), which
-//! calls are held, which upstream requests wait for the client, and which 2026-07-28 calls
-//! asked for more input (so their retry is not counted twice).
+//! calls, which are skipped when there is none; the answers owed when a connection ends wait
+//! at most [`CLIENT_DRAIN`]. Held calls' lines have a budget of the same size per
+//! connection: a call the policy would hold beyond it is denied instead.
+//!
+//! The bookkeeping of a connection is `ConnState`: which client requests are waiting for the
+//! upstream (so a server that dies answers each of them), which calls are held, which
+//! upstream requests wait for the client, and which 2026-07-28 calls asked for more input
+//! (so their retry is not counted twice).
 //!
 //! Ownership rule for held calls: whoever removes a hold from `ConnState::holds` answers
 //! it and settles its reservation; the others back off. That makes operator approval,
