@@ -411,7 +411,10 @@ enum Pending {
 struct CallInFlight {
     call_id: String,
     tool: String,
-    args: Value,
+    /// The arguments' hash, by which an `input_required` retry finds this call (2026-07-28
+    /// calls only). The arguments themselves are not kept: up to `--max-message` each,
+    /// for every call in flight.
+    continuation: Option<String>,
     arrived: Instant,
     reservation: Reservation,
 }
@@ -420,7 +423,8 @@ struct CallInFlight {
 struct HeldCall {
     call_id: String,
     tool: String,
-    args: Value,
+    /// See [`CallInFlight::continuation`].
+    continuation: Option<String>,
     arrived: Instant,
     reservation: Reservation,
     modern: bool,
@@ -815,7 +819,7 @@ impl Shared {
                     Pending::Call(CallInFlight {
                         call_id,
                         tool: params.name,
-                        args,
+                        continuation: continuation_key(modern, &args),
                         arrived,
                         reservation: decision.reservation,
                     }),
@@ -859,7 +863,7 @@ impl Shared {
             HeldCall {
                 call_id: call_id.clone(),
                 tool: params.name.clone(),
-                args,
+                continuation: continuation_key(modern, &args),
                 arrived,
                 reservation: decision.reservation,
                 modern,
@@ -919,7 +923,7 @@ impl Shared {
                 let call = CallInFlight {
                     call_id: held.call_id,
                     tool: held.tool,
-                    args: held.args,
+                    continuation: held.continuation,
                     arrived: held.arrived,
                     reservation: held.reservation,
                 };
@@ -989,8 +993,10 @@ impl Shared {
                     },
                     Pending::Call(call) => {
                         let answer = CallAnswer::of(env);
-                        if answer.input_required {
-                            let key = (call.tool.clone(), super::audit::args_sha256(&call.args));
+                        if answer.input_required
+                            && let Some(hash) = call.continuation.clone()
+                        {
+                            let key = (call.tool.clone(), hash);
                             let mut state = self.lock();
                             // Calls whose retry never comes must not pile up; forgetting them
                             // only means a very late retry is counted again (fail closed).
@@ -1114,6 +1120,12 @@ impl Shared {
         }
         owed
     }
+}
+
+/// What an `input_required` retry of a call is found by: only 2026-07-28 calls continue
+/// that way, so only they pay for the hash.
+fn continuation_key(modern: bool, args: &Value) -> Option<String> {
+    modern.then(|| super::audit::args_sha256(args))
 }
 
 /// Valid JSON that is not a JSON-RPC message (not an object, an empty batch, a batch
