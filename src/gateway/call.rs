@@ -41,6 +41,18 @@ impl Gateway {
     /// owns the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
     /// gateway all decide through this.
     pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
+        self.decide_call_unless_held(session, tool, args, None)
+    }
+
+    /// [`Gateway::decide_call`], where a call the policy would hold is denied with
+    /// `no_hold` as its reason when that is given (its connection cannot keep one more).
+    pub(crate) fn decide_call_unless_held(
+        &self,
+        session: &str,
+        tool: &str,
+        args: &Value,
+        no_hold: Option<String>,
+    ) -> (String, Decision) {
         let mut decision = match &self.audit {
             // A call that could not be audited is not made (`--audit-fail closed`).
             Some(audit) if audit.refuses_calls() => audit_refusal(tool, audit.refusal_reason()),
@@ -57,7 +69,7 @@ impl Gateway {
         };
         let call_id = self.hub.next_call_id();
         if decision.verdict == Verdict::Hold {
-            self.reserve_hold(&call_id, &mut decision);
+            self.reserve_hold(&call_id, &mut decision, no_hold);
         }
         let (event_args, args_truncated) = event_args(args);
         let hold_deadline = match decision.verdict {
@@ -111,13 +123,20 @@ impl Gateway {
 
     /// Registers a held call with the hub, or, beyond the caps on held calls, turns the
     /// decision into a denial that says so and gives its units back.
-    fn reserve_hold(&self, call_id: &str, decision: &mut Decision) {
-        if let Err(refused) = self.hub.reserve_hold(call_id, &self.grant) {
+    fn reserve_hold(&self, call_id: &str, decision: &mut Decision, no_hold: Option<String>) {
+        let refused = match no_hold {
+            Some(why) => Err(why),
+            None => self
+                .hub
+                .reserve_hold(call_id, &self.grant)
+                .map_err(|refused| refused.to_string()),
+        };
+        if let Err(refused) = refused {
             tracing::warn!("call {call_id} denied instead of held: {refused}");
             self.store
                 .release(&std::mem::take(&mut decision.reservation));
             decision.verdict = Verdict::Deny;
-            decision.reason = refused.to_string();
+            decision.reason = refused;
             decision.approval_timeout_ms = None;
         }
     }

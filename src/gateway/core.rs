@@ -19,10 +19,19 @@
 //!
 //! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
 //! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
-//! task per held call. The bookkeeping of a connection is `ConnState`: which client
-//! requests are waiting for the upstream (so a server that dies answers each of them), which
-//! calls are held, which upstream requests wait for the client, and which 2026-07-28 calls
-//! asked for more input (so their retry is not counted twice).
+//! task per held call. Each queue is bounded in bytes by a [`ByteBudget`] of
+//! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
+//! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
+//! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.
+//! The gateway's own answers wait for room like any line, except the progress notes of held
+//! calls, which are skipped when there is none; the answers owed when a connection ends wait
+//! at most [`CLIENT_DRAIN`]. Held calls' lines have a budget of the same size per
+//! connection: a call the policy would hold beyond it is denied instead.
+//!
+//! The bookkeeping of a connection is `ConnState`: which client requests are waiting for the
+//! upstream (so a server that dies answers each of them), which calls are held, which
+//! upstream requests wait for the client, and which 2026-07-28 calls asked for more input
+//! (so their retry is not counted twice).
 //!
 //! Ownership rule for held calls: whoever removes a hold from `ConnState::holds` answers
 //! it and settles its reservation; the others back off. That makes operator approval,
@@ -38,6 +47,7 @@ use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
+use super::budget::{ByteBudget, Charge};
 use super::call::CallAnswer;
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, code};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
@@ -49,7 +59,8 @@ use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
 const MAX_CONTINUATIONS: usize = 1024;
 /// How long the last answers may take to reach the client when the connection ends.
 const CLIENT_DRAIN: Duration = Duration::from_secs(5);
-/// Queue length between a reader and the other side's writer.
+/// Queue length between a reader and the other side's writer (its bytes are bounded by a
+/// [`ByteBudget`] too).
 const QUEUE: usize = 1024;
 /// At most this many requests of one side wait for the other side's answer (for the
 /// client: forwarded or held); more are answered with an error.
@@ -107,10 +118,20 @@ where
     UR: AsyncBufRead + Unpin + Send + 'static,
     UW: AsyncWrite + Unpin + Send + 'static,
 {
-    let (to_client, client_rx) = mpsc::channel(QUEUE);
-    let (to_upstream, upstream_rx) = mpsc::channel(QUEUE);
-    let client_writer = tokio::spawn(write_lines(client_writer, client_rx, "client"));
-    tokio::spawn(write_lines(upstream_writer, upstream_rx, "upstream"));
+    let (to_client, client_rx) = Queue::new(options.max_message);
+    let (to_upstream, upstream_rx) = Queue::new(options.max_message);
+    let client_writer = tokio::spawn(write_lines(
+        client_writer,
+        client_rx,
+        to_client.budget.clone(),
+        "client",
+    ));
+    tokio::spawn(write_lines(
+        upstream_writer,
+        upstream_rx,
+        to_upstream.budget.clone(),
+        "upstream",
+    ));
     let (closing_tx, closing) = watch::channel(false);
     let shared = Arc::new(Shared {
         gateway,
@@ -120,6 +141,7 @@ where
         state: Mutex::new(ConnState::default()),
         closing,
         max_message: options.max_message,
+        held_lines: ByteBudget::for_messages(options.max_message),
     });
 
     let client_reader = LineReader::new(client_reader, options.max_message);
@@ -159,14 +181,19 @@ where
         }
         let _ = closing_tx.send(true);
         tracing::error!("the MCP server closed its output; answering pending requests");
-        shared.fail_pending("the MCP server exited before answering");
-    } else {
-        // Anything still waiting can no longer be answered by the upstream.
-        shared.fail_pending("the MCP server closed before answering");
     }
+    let why = match end {
+        End::UpstreamClosed => "the MCP server exited before answering",
+        // Anything still waiting can no longer be answered by the upstream.
+        End::ClientClosed => "the MCP server closed before answering",
+    };
+    let owed = shared.fail_pending(why);
     // A client that stopped reading must not keep the gateway from ending.
     let drained = async {
-        let _ = shared.to_client.send(Out::Close).await;
+        for line in owed {
+            shared.send_client(line).await;
+        }
+        shared.to_client.close().await;
         let _ = client_writer.await;
     };
     if tokio::time::timeout(CLIENT_DRAIN, drained).await.is_err() {
@@ -196,23 +223,86 @@ async fn finish_client(
     options: &mut RunOptions,
 ) {
     let _ = closing_tx.send(true);
-    shared.fail_holds("the gateway is shutting down");
-    let _ = shared.to_upstream.send(Out::Close).await;
+    let owed = shared.fail_holds("the gateway is shutting down");
+    shared.to_upstream.close().await;
     if let Some(tx) = options.client_closed.take() {
         let _ = tx.send(());
+    }
+    // The denied holds' answers wait for room like any line, but a client that stopped
+    // reading must not keep the connection from ending.
+    let answered = async {
+        for line in owed {
+            shared.send_client(line).await;
+        }
+    };
+    if tokio::time::timeout(CLIENT_DRAIN, answered).await.is_err() {
+        tracing::warn!("the client is not reading; the answers to its held calls are dropped");
     }
 }
 
 /// What a writer task is asked to do.
 #[derive(Debug)]
 enum Out {
-    /// Write this line (a newline is added when missing).
-    Line(Vec<u8>),
+    /// Write this line (a newline is added when missing); its bytes are given back to the
+    /// queue's budget once written (or dropped).
+    Line(Vec<u8>, Charge),
     /// Flush and close the stream.
     Close,
 }
 
+/// The sending end of a writer's queue: bounded in count and in bytes.
+#[derive(Debug)]
+struct Queue {
+    tx: mpsc::Sender<Out>,
+    budget: ByteBudget,
+}
+
+impl Queue {
+    fn new(max_message: usize) -> (Queue, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let budget = ByteBudget::for_messages(max_message);
+        (Queue { tx, budget }, rx)
+    }
+
+    /// Queues a line once its bytes fit; gives it back when the writer is gone.
+    async fn send(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        let Some(charge) = self.budget.charge(line.len()).await else {
+            return Err(line);
+        };
+        match self.tx.send(Out::Line(line, charge)).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(Out::Line(line, _))) => Err(line),
+            Err(mpsc::error::SendError(Out::Close)) => Err(Vec::new()),
+        }
+    }
+
+    /// Queues a line only if there is room now.
+    fn try_send(&self, line: Vec<u8>) -> bool {
+        let Some(charge) = self.budget.try_charge(line.len()) else {
+            return false;
+        };
+        self.tx.try_send(Out::Line(line, charge)).is_ok()
+    }
+
+    /// Asks the writer to flush and close (after what is queued).
+    async fn close(&self) {
+        let _ = self.tx.send(Out::Close).await;
+    }
+}
+
 async fn write_lines<W: AsyncWrite + Unpin>(
+    writer: W,
+    rx: mpsc::Receiver<Out>,
+    budget: ByteBudget,
+    side: &'static str,
+) {
+    write_queued(writer, rx, side).await;
+    // Nothing will give bytes back any more (what was queued is dropped with the
+    // receiver): whoever waits for room stops waiting.
+    budget.close();
+}
+
+async fn write_queued<W: AsyncWrite + Unpin>(
     writer: W,
     mut rx: mpsc::Receiver<Out>,
     side: &'static str,
@@ -225,13 +315,17 @@ async fn write_lines<W: AsyncWrite + Unpin>(
         // Write everything already queued before paying for one flush.
         while let Some(out) = next.take() {
             match out {
-                Out::Line(mut line) => {
+                Out::Line(mut line, charge) => {
                     if line.last() != Some(&b'\n') {
                         line.push(b'\n');
                     }
                     if result.is_ok() {
                         result = writer.write_all(&line).await;
                     }
+                    // Written (at most the BufWriter's 64 KiB wait for the flush): the
+                    // bytes go back to the budget with the line.
+                    drop(charge);
+                    drop(line);
                 }
                 Out::Close => closing = true,
             }
@@ -265,13 +359,16 @@ async fn until_closing(mut closing: watch::Receiver<bool>) {
 struct Shared {
     gateway: Arc<Gateway>,
     session: String,
-    to_client: mpsc::Sender<Out>,
-    to_upstream: mpsc::Sender<Out>,
+    to_client: Queue,
+    to_upstream: Queue,
     state: Mutex<ConnState>,
     /// Becomes `true` when the connection is closing; hold tasks stop waiting.
     closing: watch::Receiver<bool>,
     /// See [`RunOptions::max_message`].
     max_message: usize,
+    /// The bytes of held calls' lines this connection may keep (2 × `--max-message` +
+    /// 64 KiB): a call that would be held beyond it is denied instead.
+    held_lines: ByteBudget,
 }
 
 #[derive(Debug, Default)]
@@ -314,7 +411,10 @@ enum Pending {
 struct CallInFlight {
     call_id: String,
     tool: String,
-    args: Value,
+    /// The arguments' hash, by which an `input_required` retry finds this call (2026-07-28
+    /// calls only). The arguments themselves are not kept: up to `--max-message` each,
+    /// for every call in flight.
+    continuation: Option<String>,
     arrived: Instant,
     reservation: Reservation,
 }
@@ -323,7 +423,8 @@ struct CallInFlight {
 struct HeldCall {
     call_id: String,
     tool: String,
-    args: Value,
+    /// See [`CallInFlight::continuation`].
+    continuation: Option<String>,
     arrived: Instant,
     reservation: Reservation,
     modern: bool,
@@ -331,6 +432,8 @@ struct HeldCall {
     _stop: oneshot::Sender<()>,
     /// The original request line, forwarded as is when approved.
     line: Vec<u8>,
+    /// The line's bytes in `Shared::held_lines`, given back with the hold.
+    _room: Charge,
 }
 
 async fn client_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: LineReader<R>) {
@@ -384,7 +487,7 @@ impl Shared {
     }
 
     async fn send_client(&self, line: Vec<u8>) {
-        let _ = self.to_client.send(Out::Line(line)).await;
+        let _ = self.to_client.send(line).await;
     }
 
     /// Handles one whole line from `side`.
@@ -434,7 +537,7 @@ impl Shared {
             (_, Action::Nothing) => {}
             (Side::Client, Action::Forward) => self.forward_upstream(bytes).await,
             (Side::Client, Action::Replace(other)) | (Side::Upstream, Action::Answer(other)) => {
-                let _ = self.to_upstream.send(Out::Line(other)).await;
+                let _ = self.to_upstream.send(other).await;
             }
             (Side::Upstream, Action::Forward) => self.send_client(bytes).await,
             (Side::Upstream, Action::Replace(other)) | (Side::Client, Action::Answer(other)) => {
@@ -696,7 +799,19 @@ impl Shared {
         }
 
         let modern = params.is_modern();
-        let (call_id, decision) = self.gateway.decide_call(&self.session, &params.name, &args);
+        // A held call keeps its line until an operator answers: the room for it is taken
+        // now (one atomic), and given back below unless the call is held.
+        let held_room = self.held_lines.try_charge(bytes.len());
+        let no_hold = held_room.is_none().then(|| {
+            format!(
+                "this connection already holds {} bytes of calls waiting for an operator \
+                 (at most 2 × --max-message + 64 KiB); denied instead of held",
+                self.held_lines.charged()
+            )
+        });
+        let (call_id, decision) =
+            self.gateway
+                .decide_call_unless_held(&self.session, &params.name, &args, no_hold);
         match decision.verdict {
             Verdict::Allow => {
                 self.lock().pending.insert(
@@ -704,7 +819,7 @@ impl Shared {
                     Pending::Call(CallInFlight {
                         call_id,
                         tool: params.name,
-                        args,
+                        continuation: continuation_key(modern, &args),
                         arrived,
                         reservation: decision.reservation,
                     }),
@@ -714,24 +829,31 @@ impl Shared {
             Verdict::Deny | Verdict::RateLimited => {
                 Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern))
             }
-            Verdict::Hold => {
-                self.start_hold(id, call_id, decision, params, args, arrived, modern, bytes);
-                Action::Nothing
-            }
+            Verdict::Hold => match held_room {
+                Some(room) => {
+                    let call = (call_id, decision, params, args, arrived, modern);
+                    self.start_hold(id, call, bytes, room);
+                    Action::Nothing
+                }
+                // decide_call_unless_held denied it: not reached.
+                None => Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern)),
+            },
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_hold(
         self: &Arc<Self>,
         id: IdKey,
-        call_id: String,
-        decision: Decision,
-        params: CallParams,
-        args: Value,
-        arrived: Instant,
-        modern: bool,
+        (call_id, decision, params, args, arrived, modern): (
+            String,
+            Decision,
+            CallParams,
+            Value,
+            Instant,
+            bool,
+        ),
         line: &[u8],
+        room: Charge,
     ) {
         let timeout = Duration::from_millis(decision.approval_timeout_ms.unwrap_or(120_000));
         let ticket = self.gateway.hub.hold_call(&call_id);
@@ -741,12 +863,13 @@ impl Shared {
             HeldCall {
                 call_id: call_id.clone(),
                 tool: params.name.clone(),
-                args,
+                continuation: continuation_key(modern, &args),
                 arrived,
                 reservation: decision.reservation,
                 modern,
                 _stop: stop_tx,
                 line: line.to_vec(),
+                _room: room,
             },
         );
         let shared = self.clone();
@@ -767,12 +890,14 @@ impl Shared {
         progress_token: Option<Value>,
         stop: oneshot::Receiver<()>,
     ) {
-        let to_client = self.to_client.clone();
+        let shared = self.clone();
         let progress = progress_token.map(|token| {
             let message = format!("waiting for an operator to approve call {call_id}");
             move |n: u64| {
                 // A progress note that does not fit the queue is skipped; the next one will.
-                let _ = to_client.try_send(Out::Line(jsonrpc::progress(&token, n, &message)));
+                let _ = shared
+                    .to_client
+                    .try_send(jsonrpc::progress(&token, n, &message));
             }
         });
         let closing = until_closing(self.closing.clone());
@@ -798,7 +923,7 @@ impl Shared {
                 let call = CallInFlight {
                     call_id: held.call_id,
                     tool: held.tool,
-                    args: held.args,
+                    continuation: held.continuation,
                     arrived: held.arrived,
                     reservation: held.reservation,
                 };
@@ -828,9 +953,7 @@ impl Shared {
     /// Sends a client message upstream; when the upstream is gone, answers the request
     /// that carried it with an error (and gives a call's units back).
     async fn forward_upstream(&self, line: Vec<u8>) {
-        let Err(mpsc::error::SendError(Out::Line(line))) =
-            self.to_upstream.send(Out::Line(line)).await
-        else {
+        let Err(line) = self.to_upstream.send(line).await else {
             return;
         };
         if let Parsed::Message(env) = jsonrpc::parse(&line)
@@ -870,8 +993,10 @@ impl Shared {
                     },
                     Pending::Call(call) => {
                         let answer = CallAnswer::of(env);
-                        if answer.input_required {
-                            let key = (call.tool.clone(), super::audit::args_sha256(&call.args));
+                        if answer.input_required
+                            && let Some(hash) = call.continuation.clone()
+                        {
+                            let key = (call.tool.clone(), hash);
                             let mut state = self.lock();
                             // Calls whose retry never comes must not pile up; forgetting them
                             // only means a very late retry is counted again (fail closed).
@@ -961,8 +1086,10 @@ impl Shared {
         jsonrpc::result_response(id, &listed.result)
     }
 
-    /// Denies every held call (the connection is closing).
-    fn fail_holds(&self, why: &str) {
+    /// Denies every held call (the connection is closing); returns the answers owed to the
+    /// client, for the caller to send when it may wait for room.
+    fn fail_holds(&self, why: &str) -> Vec<Vec<u8>> {
+        let mut owed = Vec::new();
         let holds: Vec<(IdKey, HeldCall)> = self.lock().holds.drain().collect();
         for (id, held) in holds {
             let _ = self.gateway.hub.resolve(
@@ -975,29 +1102,30 @@ impl Shared {
                 },
             );
             self.gateway.release(&held.reservation);
-            let _ = self.to_client.try_send(Out::Line(jsonrpc::error_response(
-                Some(&id),
-                code::UPSTREAM_GONE,
-                why,
-            )));
+            owed.push(jsonrpc::error_response(Some(&id), code::UPSTREAM_GONE, why));
         }
+        owed
     }
 
-    /// Answers every request still waiting for the upstream with an error.
-    fn fail_pending(&self, why: &str) {
-        self.fail_holds(why);
+    /// Settles every request still waiting for the upstream (held or forwarded); returns
+    /// the error answers owed to the client.
+    fn fail_pending(&self, why: &str) -> Vec<Vec<u8>> {
+        let mut owed = self.fail_holds(why);
         let pending: Vec<(IdKey, Pending)> = self.lock().pending.drain().collect();
         for (id, pending) in pending {
             if let Pending::Call(call) = &pending {
                 self.finish_call(call, true, Some(why.to_owned()));
             }
-            let _ = self.to_client.try_send(Out::Line(jsonrpc::error_response(
-                Some(&id),
-                code::UPSTREAM_GONE,
-                why,
-            )));
+            owed.push(jsonrpc::error_response(Some(&id), code::UPSTREAM_GONE, why));
         }
+        owed
     }
+}
+
+/// What an `input_required` retry of a call is found by: only 2026-07-28 calls continue
+/// that way, so only they pay for the hash.
+fn continuation_key(modern: bool, args: &Value) -> Option<String> {
+    modern.then(|| super::audit::args_sha256(args))
 }
 
 /// Valid JSON that is not a JSON-RPC message (not an object, an empty batch, a batch

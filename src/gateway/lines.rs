@@ -37,14 +37,22 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// The next line that is not blank; `None` at the end of the stream or on a read error
     /// (logged with `side`). A last line without a newline still counts.
     pub async fn next(&mut self, side: &str) -> Option<Line> {
+        match self.try_next().await {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::warn!("reading from the {side}: {e}");
+                None
+            }
+        }
+    }
+
+    /// The next line that is not blank, `None` at the end of the stream; a read error is
+    /// the caller's to report.
+    pub async fn try_next(&mut self) -> std::io::Result<Option<Line>> {
         loop {
-            match self.read_line().await {
-                Ok(Some(Line::Whole(line))) if line.iter().all(u8::is_ascii_whitespace) => {}
-                Ok(line) => return line,
-                Err(e) => {
-                    tracing::warn!("reading from the {side}: {e}");
-                    return None;
-                }
+            match self.read_line().await? {
+                Some(Line::Whole(line)) if line.iter().all(u8::is_ascii_whitespace) => {}
+                line => return Ok(line),
             }
         }
     }

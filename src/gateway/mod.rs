@@ -10,6 +10,7 @@
 //!
 //! - [`jsonrpc`] — classify a line by `method` and `id`; build refusals and errors.
 //! - [`lines`] — read a peer's lines, none kept beyond `--max-message`.
+//! - [`budget`] — byte budgets on the queues between a reader and a writer.
 //! - [`call`] — per-call logic shared by every transport: decide, hold, `hide`, outcome.
 //! - [`core`] — the stdio-style proxy loop: forwarding, pending requests, holds, faults.
 //! - [`audit`] — the JSON-lines audit log.
@@ -25,6 +26,7 @@
 //!   of the core; [`grants`] — the bearer tokens that name who calls.
 
 pub mod audit;
+pub mod budget;
 pub mod call;
 pub mod core;
 pub mod fd_limit;

@@ -16,10 +16,11 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::jsonrpc::{META_PROTOCOL_VERSION, code};
+use super::lines::{Line, LineReader};
 
 /// The handshake-era version offered in `initialize`.
 pub const HANDSHAKE_VERSION: &str = "2025-11-25";
@@ -79,7 +80,7 @@ pub enum ClientError {
 /// A connected client session. Requests go one at a time.
 #[derive(Debug)]
 pub struct Session<R, W> {
-    reader: R,
+    reader: LineReader<R>,
     writer: W,
     next_id: u64,
     era: Era,
@@ -104,7 +105,7 @@ where
         budget: Duration,
     ) -> Result<Session<R, W>, ClientError> {
         let mut session = Session {
-            reader,
+            reader: LineReader::new(reader, MAX_MESSAGE),
             writer,
             next_id: 0,
             era: Era::Handshake,
@@ -339,32 +340,28 @@ where
         self.send(&answer).await
     }
 
+    /// The next line from the server, never kept beyond [`MAX_MESSAGE`] bytes.
     async fn read_line(&mut self, method: &str) -> Result<Vec<u8>, ClientError> {
-        loop {
-            let mut line = Vec::new();
-            let limit = u64::try_from(MAX_MESSAGE).unwrap_or(u64::MAX) + 1;
-            let n = (&mut self.reader)
-                .take(limit)
-                .read_until(b'\n', &mut line)
-                .await
-                .map_err(|error| ClientError::Io {
-                    method: method.to_string(),
-                    error,
-                })?;
-            if n == 0 {
-                return Err(ClientError::Closed {
-                    method: method.to_string(),
-                });
-            }
-            if line.len() > MAX_MESSAGE {
-                return Err(ClientError::Malformed {
-                    method: method.to_string(),
-                    detail: format!("a message larger than {} MiB", MAX_MESSAGE >> 20),
-                });
-            }
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                return Ok(line);
-            }
+        let line = self
+            .reader
+            .try_next()
+            .await
+            .map_err(|error| ClientError::Io {
+                method: method.to_string(),
+                error,
+            })?;
+        match line {
+            Some(Line::Whole(line)) => Ok(line),
+            Some(Line::TooLong { len, .. }) => Err(ClientError::Malformed {
+                method: method.to_string(),
+                detail: format!(
+                    "a message of {len} bytes, larger than {} MiB",
+                    MAX_MESSAGE >> 20
+                ),
+            }),
+            None => Err(ClientError::Closed {
+                method: method.to_string(),
+            }),
         }
     }
 
@@ -387,7 +384,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{BufReader, duplex};
+    use tokio::io::{AsyncBufReadExt, BufReader, duplex};
 
     /// A scripted server on the far end of in-memory pipes: answers each request line with
     /// what `answer` returns (`None`: stay silent).
@@ -520,5 +517,31 @@ mod tests {
             err.to_string().contains("`initialize` within 0.2s"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_limit_is_an_error_naming_its_size_not_a_buffer() {
+        let (client_out, _server_in) = duplex(1 << 16);
+        let (mut server_out, client_in) = duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            // No newline at all: the reader must give up at the limit, not wait for one.
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..(MAX_MESSAGE >> 20) + 1 {
+                if server_out.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let err = Session::connect(
+            BufReader::new(client_in),
+            client_out,
+            "test",
+            Duration::from_secs(30),
+        )
+        .await
+        .expect_err("an endless line is not an answer");
+        assert!(matches!(err, ClientError::Malformed { .. }), "{err:?}");
+        assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+        server.abort();
     }
 }

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::remote;
 use super::servers::ServerSpec;
 use crate::gateway::Gateway;
+use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
 use crate::gateway::core::{self, RunOptions};
 use crate::gateway::jsonrpc::{self, IdKey, Parsed, Shape};
 use crate::gateway::lines::{Line, LineReader};
@@ -64,7 +65,7 @@ pub struct DuplicateId(pub String);
 pub struct ListenerBusy;
 
 struct Waiter {
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<(Delivery, Charge)>,
     /// The client's own id when it was renamed (stateless links).
     original: Option<Box<str>>,
     /// The progress token as the core knows it (JSON text).
@@ -78,7 +79,7 @@ struct Routes {
     waiters: HashMap<IdKey, Waiter>,
     /// Progress token (JSON text) → the request that sent it.
     progress: HashMap<Box<str>, IdKey>,
-    listener: Option<mpsc::Sender<Vec<u8>>>,
+    listener: Option<mpsc::Sender<(Vec<u8>, Charge)>>,
     /// Set when the core has ended: nothing will be answered any more.
     ended: bool,
 }
@@ -89,7 +90,9 @@ pub struct Link {
     pub grant: String,
     /// Rename request ids (shared by many clients).
     stateless: bool,
-    to_core: mpsc::Sender<Vec<u8>>,
+    to_core: mpsc::Sender<(Vec<u8>, Charge)>,
+    /// Bytes queued for the core (2 × `--max-message` + 64 KiB): a request waits for room.
+    to_core_budget: ByteBudget,
     routes: Mutex<Routes>,
     next_id: AtomicU64,
     last_active: Mutex<Instant>,
@@ -183,12 +186,14 @@ impl Link {
             }
         }
         let (to_core, rx) = mpsc::channel(1024);
-        tokio::spawn(write_lines(our_write, rx));
+        let to_core_budget = ByteBudget::for_messages(max_message);
+        tokio::spawn(write_lines(our_write, rx, to_core_budget.clone()));
         let link = Arc::new(Link {
             server: gateway_server,
             grant: gateway_grant,
             stateless,
             to_core,
+            to_core_budget,
             routes: Mutex::new(Routes::default()),
             next_id: AtomicU64::new(1),
             last_active: Mutex::new(Instant::now()),
@@ -198,6 +203,7 @@ impl Link {
             Arc::downgrade(&link),
             our_read,
             max_message.saturating_add(CORE_SLACK),
+            ByteBudget::for_messages(max_message),
         ));
         Ok(link)
     }
@@ -230,7 +236,15 @@ impl Link {
     /// Sends a notification or a response (to a server-to-client request) to the core.
     pub async fn notify(&self, line: Vec<u8>) -> bool {
         self.touch();
-        self.to_core.send(line).await.is_ok()
+        self.send_to_core(line).await
+    }
+
+    /// Queues a line for the core once its bytes fit the link's budget.
+    async fn send_to_core(&self, line: Vec<u8>) -> bool {
+        let Some(charge) = self.to_core_budget.charge(line.len()).await else {
+            return false;
+        };
+        self.to_core.send((line, charge)).await.is_ok()
     }
 
     /// Sends a request (whose id `id` was read from `raw_id`, borrowed from `line`) to the
@@ -242,7 +256,7 @@ impl Link {
         id: &IdKey,
         raw_id: &RawValue,
         params: Option<&RawValue>,
-    ) -> Result<(IdKey, mpsc::Receiver<Delivery>), DuplicateId> {
+    ) -> Result<(IdKey, ChargedReceiver<Delivery>), DuplicateId> {
         self.touch();
         let (tx, rx) = mpsc::channel(WAITER_QUEUE);
         let mut progress = progress_token(params);
@@ -289,10 +303,10 @@ impl Link {
                 );
             }
         }
-        if self.to_core.send(out).await.is_err() {
+        if !self.send_to_core(out).await {
             self.forget(&core_id);
         }
-        Ok((core_id, rx))
+        Ok((core_id, ChargedReceiver::new(rx)))
     }
 
     fn forget(&self, id: &IdKey) -> bool {
@@ -316,22 +330,26 @@ impl Link {
             r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{},"reason":"the client closed the request's stream"}}}}"#,
             id.json()
         );
-        let _ = self.to_core.try_send(note.into_bytes());
+        // Small, and skipped when the queue is full: the core then answers the request
+        // anyway, to no one.
+        if let Some(charge) = self.to_core_budget.try_charge(note.len()) {
+            let _ = self.to_core.try_send((note.into_bytes(), charge));
+        }
     }
 
     /// Opens the session's GET stream.
-    pub fn listen(&self) -> Result<mpsc::Receiver<Vec<u8>>, ListenerBusy> {
+    pub fn listen(&self) -> Result<ChargedReceiver<Vec<u8>>, ListenerBusy> {
         let mut routes = lock(&self.routes);
         if routes.listener.as_ref().is_some_and(|l| !l.is_closed()) {
             return Err(ListenerBusy);
         }
         let (tx, rx) = mpsc::channel(WAITER_QUEUE);
         routes.listener = Some(tx);
-        Ok(rx)
+        Ok(ChargedReceiver::new(rx))
     }
 
-    /// Routes one message from the core.
-    fn deliver(&self, line: Vec<u8>) {
+    /// Routes one message from the core; `charge` goes with it to whoever takes it.
+    fn deliver(&self, line: Vec<u8>, charge: Charge) {
         let Parsed::Message(env) = jsonrpc::parse(&line) else {
             tracing::debug!("dropped an unroutable message from the core");
             return;
@@ -361,7 +379,7 @@ impl Link {
             // The waiter may have gone (client closed); nothing is owed to it then. A waiter
             // whose queue is full of progress still gets its answer, once it reads.
             if let Err(mpsc::error::TrySendError::Full(answer)) =
-                waiter.tx.try_send(Delivery::Final(out))
+                waiter.tx.try_send((Delivery::Final(out), charge))
             {
                 tokio::spawn(async move {
                     let _ = waiter.tx.send(answer).await;
@@ -378,11 +396,11 @@ impl Link {
                 Some(token) => replace_notification_token(&line, token.clone()).unwrap_or(line),
                 None => line,
             };
-            let _ = waiter.tx.try_send(Delivery::Interim(line));
+            let _ = waiter.tx.try_send((Delivery::Interim(line), charge));
             return;
         }
         if let Some(listener) = routes.listener.as_ref().filter(|l| !l.is_closed()) {
-            let _ = listener.try_send(line);
+            let _ = listener.try_send((line, charge));
             return;
         }
         // On a stateless link the requests in flight are other clients': a message for no
@@ -390,7 +408,7 @@ impl Link {
         if !self.stateless
             && let Some(waiter) = routes.waiters.values().next()
         {
-            let _ = waiter.tx.try_send(Delivery::Interim(line));
+            let _ = waiter.tx.try_send((Delivery::Interim(line), charge));
             return;
         }
         tracing::debug!("no stream open for a server message; dropped");
@@ -406,13 +424,28 @@ impl Link {
     }
 }
 
-async fn write_lines<W: tokio::io::AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(mut line) = rx.recv().await {
+async fn write_lines<W: tokio::io::AsyncWrite + Unpin>(
+    w: W,
+    rx: mpsc::Receiver<(Vec<u8>, Charge)>,
+    budget: ByteBudget,
+) {
+    write_queued(w, rx).await;
+    // Nothing gives bytes back any more: a request waiting for room stops waiting.
+    budget.close();
+}
+
+/// Writes each queued line; its bytes go back to the budget once written (the charge is
+/// dropped with the line).
+async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<(Vec<u8>, Charge)>,
+) {
+    while let Some((mut line, _charge)) = rx.recv().await {
         line.push(b'\n');
         if w.write_all(&line).await.is_err() {
             break;
         }
-        while let Ok(mut more) = rx.try_recv() {
+        while let Ok((mut more, _charge)) = rx.try_recv() {
             more.push(b'\n');
             if w.write_all(&more).await.is_err() {
                 return;
@@ -425,15 +458,26 @@ async fn write_lines<W: tokio::io::AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::R
     let _ = w.shutdown().await;
 }
 
-async fn route<R: tokio::io::AsyncRead + Unpin>(link: std::sync::Weak<Link>, read: R, max: usize) {
+/// Reads what the core sends the client and routes it. Each line is charged to `budget`
+/// first and its bytes come back when the HTTP side takes it, so streams that are not read
+/// push back on the core (and so on the upstream) instead of piling up here.
+async fn route<R: tokio::io::AsyncRead + Unpin>(
+    link: std::sync::Weak<Link>,
+    read: R,
+    max: usize,
+    budget: ByteBudget,
+) {
     let mut reader = LineReader::new(BufReader::with_capacity(64 * 1024, read), max);
     while let Some(line) = reader.next("core").await {
         let Line::Whole(line) = line else {
             tracing::warn!("dropped a message from the core larger than {max} bytes");
             continue;
         };
+        let Some(charge) = budget.charge(line.len()).await else {
+            return;
+        };
         let Some(link) = link.upgrade() else { return };
-        link.deliver(line);
+        link.deliver(line, charge);
     }
     if let Some(link) = link.upgrade() {
         link.end();

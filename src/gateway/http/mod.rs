@@ -57,7 +57,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use rand::Rng;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use self::link::{Delivery, Link};
 use self::listener::{ConnectionOptions, Peer};
@@ -669,7 +669,7 @@ async fn answer(
     link: Arc<Link>,
     core_id: IdKey,
     client_id: IdKey,
-    mut rx: mpsc::Receiver<Delivery>,
+    mut rx: crate::gateway::budget::ChargedReceiver<Delivery>,
     events_ok: bool,
 ) -> Response {
     let mut pending = Pending {

@@ -24,6 +24,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+use crate::gateway::budget::{ByteBudget, Charge};
 use tokio::task::JoinSet;
 
 use super::servers::UrlServer;
@@ -58,7 +60,9 @@ struct Remote {
     /// The protocol version `initialize` settled.
     version: Mutex<Option<String>>,
     /// Lines for the core.
-    to_core: mpsc::Sender<Vec<u8>>,
+    to_core: mpsc::Sender<(Vec<u8>, Charge)>,
+    /// Bytes queued for the core (2 × `--max-message` + 64 KiB): an answer waits for room.
+    to_core_budget: ByteBudget,
     /// The largest answer (or event) accepted from the upstream (`--max-message`).
     max: usize,
 }
@@ -76,13 +80,15 @@ pub async fn run<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(1024);
-    let writer = tokio::spawn(write_lines(to_core, rx));
+    let to_core_budget = ByteBudget::for_messages(max);
+    let writer = tokio::spawn(write_lines(to_core, rx, to_core_budget.clone()));
     let remote = Arc::new(Remote {
         server,
         client,
         session: Mutex::new(None),
         version: Mutex::new(None),
         to_core: tx,
+        to_core_budget,
         max,
     });
     // The core only writes what it accepted (at most `max`) or built itself.
@@ -130,14 +136,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn write_lines<W: AsyncWrite + Unpin>(mut to_core: W, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(mut line) = rx.recv().await {
+async fn write_lines<W: AsyncWrite + Unpin>(
+    to_core: W,
+    rx: mpsc::Receiver<(Vec<u8>, Charge)>,
+    budget: ByteBudget,
+) {
+    write_queued(to_core, rx).await;
+    // Nothing gives bytes back any more: an answer waiting for room stops waiting.
+    budget.close();
+}
+
+/// Writes each queued line; its bytes go back to the budget once written.
+async fn write_queued<W: AsyncWrite + Unpin>(
+    mut to_core: W,
+    mut rx: mpsc::Receiver<(Vec<u8>, Charge)>,
+) {
+    while let Some((mut line, _charge)) = rx.recv().await {
         line.push(b'\n');
         if to_core.write_all(&line).await.is_err() {
             return;
         }
         // Write everything already queued before one flush.
-        while let Ok(mut more) = rx.try_recv() {
+        while let Ok((mut more, _charge)) = rx.try_recv() {
             more.push(b'\n');
             if to_core.write_all(&more).await.is_err() {
                 return;
@@ -267,7 +287,11 @@ impl Remote {
     }
 
     async fn deliver(&self, message: &[u8]) {
-        let _ = self.to_core.send(one_line(message)).await;
+        let line = one_line(message);
+        let Some(charge) = self.to_core_budget.charge(line.len()).await else {
+            return;
+        };
+        let _ = self.to_core.send((line, charge)).await;
     }
 
     /// POSTs a notification, or a response to a server-to-client request; the answer
