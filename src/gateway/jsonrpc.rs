@@ -43,6 +43,11 @@ pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion
 /// differ here could be the same id to the server.
 pub const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
 
+/// The longest string id accepted, in bytes of its JSON text. Ids are kept for as long as a
+/// request is in flight (up to 1,024 a side), so their size must be bounded apart from
+/// `--max-message`; real clients use numbers or short strings (a UUID is 38 bytes).
+pub const MAX_STRING_ID: usize = 256;
+
 /// The top-level members of a JSON-RPC message, borrowed from the line. A member that is
 /// present is `Some` even when its value is `null` (`"result": null` is a result; `"id":
 /// null` is an id this gateway refuses).
@@ -294,7 +299,9 @@ pub enum IdKey {
 
 /// A value that is not an id MCP allows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a request id is a string or an integer (at most 2^53-1 in magnitude), not {0}")]
+#[error(
+    "a request id is a string (at most 256 bytes) or an integer (at most 2^53-1 in magnitude), not {0}"
+)]
 pub struct BadId(String);
 
 impl IdKey {
@@ -311,6 +318,9 @@ impl IdKey {
             BadId(shown)
         };
         if text.starts_with('"') {
+            if text.len() > MAX_STRING_ID {
+                return Err(bad());
+            }
             return serde_json::from_str::<String>(text)
                 .map(|s| IdKey::Str(s.into()))
                 .map_err(|_| bad());
@@ -625,6 +635,20 @@ mod tests {
 
     fn id(text: &str) -> Result<IdKey, BadId> {
         IdKey::from_json(text)
+    }
+
+    #[test]
+    fn string_ids_are_bounded_in_length() {
+        let longest = format!("\"{}\"", "x".repeat(MAX_STRING_ID - 2));
+        assert_eq!(
+            id(&longest),
+            Ok(IdKey::Str("x".repeat(MAX_STRING_ID - 2).into()))
+        );
+        let too_long = format!("\"{}\"", "x".repeat(MAX_STRING_ID - 1));
+        assert!(id(&too_long).is_err(), "a {}-byte id", too_long.len());
+        // Escapes count as written: a short id spelled long is refused too.
+        let spelled_long = format!("\"{}\"", "\\u0061".repeat(60));
+        assert!(id(&spelled_long).is_err());
     }
 
     #[test]
