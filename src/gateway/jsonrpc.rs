@@ -272,7 +272,14 @@ impl Envelope<'_> {
                     (true, false, Some(Ok(id))) | (false, true, Some(Ok(id))) => {
                         Ok(Shape::Response { id })
                     }
-                    (_, _, Some(Err(e))) => Err(invalid(false, None, e.to_string())),
+                    // An answer whose id is a number spelled as no id may be (`6.0`,
+                    // `1e1`) is not passed on, but the request it plainly answers is
+                    // owed an error rather than a wait that never ends.
+                    (_, _, Some(Err(e))) => Err(invalid(
+                        false,
+                        self.id.and_then(IdKey::integral_number),
+                        e.to_string(),
+                    )),
                     (_, _, None) => Err(invalid(
                         false,
                         None,
@@ -338,6 +345,15 @@ impl IdKey {
             Ok(n) if n.abs() <= MAX_INTEGER_ID => Ok(IdKey::Int(n)),
             _ => Err(bad()),
         }
+    }
+
+    /// The integer a number that is not a valid id stands for (`6.0`, `1e1`), if it is one
+    /// within range: only ever used to fail the request it answers, never to match an answer.
+    fn integral_number(raw: &RawValue) -> Option<IdKey> {
+        let n = serde_json::from_str::<f64>(raw.get()).ok()?;
+        let whole = n.is_finite() && n.fract() == 0.0 && n.abs() <= MAX_INTEGER_ID as f64;
+        // The cast is exact: a whole number of magnitude at most 2^53 - 1.
+        whole.then(|| IdKey::Int(n as i64))
     }
 
     /// The id's canonical JSON text, to write into a message.
@@ -635,6 +651,27 @@ mod tests {
 
     fn id(text: &str) -> Result<IdKey, BadId> {
         IdKey::from_json(text)
+    }
+
+    #[test]
+    fn an_answer_with_a_number_spelled_as_no_id_may_be_names_the_request_it_fails() {
+        for (text, owed) in [
+            (r#"{"id":6.0,"result":{}}"#, Some(IdKey::Int(6))),
+            (
+                r#"{"id":1e1,"error":{"code":1,"message":"x"}}"#,
+                Some(IdKey::Int(10)),
+            ),
+            (r#"{"id":-0.0,"result":{}}"#, Some(IdKey::Int(0))),
+            (r#"{"id":6.5,"result":{}}"#, None),
+            (r#"{"id":1e300,"result":{}}"#, None),
+            (r#"{"id":true,"result":{}}"#, None),
+        ] {
+            let Err(invalid) = shape_of(text) else {
+                panic!("{text} was taken for a valid message")
+            };
+            assert!(!invalid.request, "{text}");
+            assert_eq!(invalid.id, owed, "{text}");
+        }
     }
 
     #[test]
