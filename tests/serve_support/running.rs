@@ -1,6 +1,6 @@
-//! A running `toolgate serve` (the built binary) for the load tests: its files in a private
-//! directory, grants made with the real CLI, raw HTTP/1.1 requests, and what the kernel says
-//! about the process (children, memory, descriptors).
+//! A running `toolgate serve` (the built binary) for the end-to-end and load tests: its files
+//! in a private directory, grants made with the real CLI, raw HTTP/1.1 requests, its log and
+//! audit records, and what the kernel says about the process (children, memory, descriptors).
 //!
 //! Each test crate uses only part of it.
 
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::agent::Agent;
 use crate::support::{self, ANSWER_WITHIN};
 
 /// How `serve` is started.
@@ -27,6 +28,9 @@ pub struct Setup<'a> {
     pub extra: &'a [&'a str],
     /// The open-file limit (soft, hard) the process starts with.
     pub nofile: Option<(u64, u64)>,
+    /// Leave the counter store to `serve`'s own default (under `XDG_STATE_HOME`, the test's
+    /// directory) instead of `--counters memory`.
+    pub default_counters: bool,
 }
 
 /// A `toolgate serve` process, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -56,13 +60,18 @@ impl Serve {
             .arg("serve")
             .args(["--policy", "policy.json", "--servers", "servers.json"])
             .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
-            .args(["--listen", "127.0.0.1:0", "--counters", "memory"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(if setup.default_counters {
+                &[][..]
+            } else {
+                &["--counters", "memory"][..]
+            })
             .args(setup.extra)
             .current_dir(dir.path())
             .env("XDG_RUNTIME_DIR", dir.path())
             .env("XDG_STATE_HOME", dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("serve.log")).unwrap())
             .stderr(Stdio::piped());
         if let Some((soft, hard)) = setup.nofile {
             with_nofile(&mut command, soft, hard);
@@ -107,6 +116,30 @@ impl Serve {
         format!("http://{}/mcp/{server}", self.addr)
     }
 
+    /// The audit records written so far (a line that is not JSON yet is skipped).
+    pub fn audit(&self) -> Vec<Value> {
+        read(self.dir.path(), "audit.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The real Python client of `server`, over HTTP (`mode`: `auto` or `legacy`), with `token`.
+    pub fn client(&self, mode: &str, server: &str, token: &str) -> Agent {
+        Agent::http(mode, &self.url(server), token)
+    }
+
+    /// A DELETE of the session `session` of `server`, ending it.
+    pub fn delete(&self, server: &str, token: &str, session: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.http(
+            "DELETE",
+            &format!("/mcp/{server}"),
+            &[("Authorization", &auth), ("Mcp-Session-Id", session)],
+            "",
+        )
+    }
+
     /// One raw HTTP/1.1 request on a new connection.
     pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         let mut stream = TcpStream::connect(self.addr).unwrap();
@@ -125,8 +158,15 @@ impl Serve {
         read_reply(&mut stream)
     }
 
-    /// A JSON-RPC POST with a bearer token (and a session, when given).
-    pub fn post(&self, server: &str, token: &str, session: Option<&str>, msg: &Value) -> Reply {
+    /// A JSON-RPC POST with a bearer token (and a session, when given); `msg` by value or by
+    /// reference.
+    pub fn post(
+        &self,
+        server: &str,
+        token: &str,
+        session: Option<&str>,
+        msg: impl std::borrow::Borrow<Value>,
+    ) -> Reply {
         let auth = format!("Bearer {token}");
         let mut headers = vec![
             ("Authorization", auth.as_str()),
@@ -140,7 +180,7 @@ impl Serve {
             "POST",
             &format!("/mcp/{server}"),
             &headers,
-            &msg.to_string(),
+            &msg.borrow().to_string(),
         )
     }
 
@@ -285,7 +325,9 @@ pub fn add_grant(dir: &Path, name: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.lines().count(), 1, "the token is alone on stdout");
+    token.trim().to_owned()
 }
 
 fn read(dir: &Path, name: &str) -> String {
