@@ -23,7 +23,6 @@ use running::{Reply, Serve, Setup, toolgate};
 use serde_json::{Value, json};
 use support::ANSWER_WITHIN;
 use support::agent::text;
-use support::lines::line_reader;
 use support::peers::peer;
 
 /// How long a grants edit may take to apply (debounce plus slack for CI).
@@ -502,16 +501,8 @@ fn a_client_that_closes_a_held_calls_stream_cancels_it() {
         "{line}"
     );
     // Follow the events, to see the hold end.
-    let mut tail = Killed(
-        Command::new(support::toolgate())
-            .args(["tail", "--json"])
-            .env("XDG_RUNTIME_DIR", serve.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let rx = line_reader(tail.0.stdout.take().unwrap());
+    let tail = serve.tail();
+    let rx = &tail.lines;
     // The snapshot the tail starts with shows the open hold.
     let call_id = loop {
         let line = rx.recv_timeout(ANSWER_WITHIN).expect("no events");

@@ -1,6 +1,7 @@
 //! A running `toolgate serve` (the built binary) for the end-to-end and load tests: its files
 //! in a private directory, grants made with the real CLI, raw HTTP/1.1 requests, its log and
-//! audit records, and what the kernel says about the process (children, memory, descriptors).
+//! audit records, `toolgate tail --json` following its events, and what the kernel says about
+//! the process (children, memory, descriptors).
 //!
 //! Each test crate uses only part of it.
 
@@ -8,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::agent::Agent;
+use crate::support::lines::line_reader;
 use crate::support::{self, ANSWER_WITHIN};
 
 /// How `serve` is started.
@@ -129,6 +131,24 @@ impl Serve {
         Agent::http(mode, &self.url(server), token)
     }
 
+    /// `toolgate tail --json` following this gateway's events (its runtime directory).
+    pub fn tail(&self) -> Tail {
+        let mut child = Command::new(support::toolgate())
+            .args(["tail", "--json"])
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start toolgate tail");
+        let lines = line_reader(child.stdout.take().expect("tail's stdout"));
+        Tail {
+            child,
+            lines,
+            serve_log: self.dir.path().join("stderr.log"),
+        }
+    }
+
     /// A DELETE of the session `session` of `server`, ending it.
     pub fn delete(&self, server: &str, token: &str, session: &str) -> Reply {
         let auth = format!("Bearer {token}");
@@ -234,6 +254,49 @@ impl Drop for Serve {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `toolgate tail --json` process, killed when dropped.
+pub struct Tail {
+    child: Child,
+    /// Its stdout, one event a line.
+    pub lines: mpsc::Receiver<String>,
+    serve_log: PathBuf,
+}
+
+impl Tail {
+    /// Waits up to `within` for the next event matching `matches`, skipping others and lines
+    /// that are not JSON; fails naming `what` and showing the gateway's log.
+    pub fn wait_event(
+        &self,
+        what: &str,
+        within: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no {what} event within {within:?}; gateway log:\n{}",
+                    std::fs::read_to_string(&self.serve_log).unwrap_or_default()
+                )
+            });
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if matches(&event) {
+                return event;
+            }
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
