@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use running::{Serve, Setup};
 use serde_json::{Value, json};
 use support::ANSWER_WITHIN;
-use toolgate::control::{self, DiscoveryEntry};
-use toolgate::wire::{EventKind, Verdict};
+use support::discovery::{operator, wait_discovery};
+use toolgate::wire::Verdict;
 
 /// Every echo needs a person; three echoes an hour per grant.
 const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
@@ -98,31 +98,6 @@ impl Serve {
             .expect("send the request");
         BufReader::new(stream)
     }
-
-    /// Waits for the gateway's discovery file and reads it.
-    fn discover(&self) -> DiscoveryEntry {
-        let dir = self.dir.path().join("toolgate");
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        loop {
-            let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|x| x == "json"))
-                    .and_then(|p| std::fs::read_to_string(p).ok())
-                    .and_then(|text| serde_json::from_str(&text).ok())
-            });
-            if let Some(entry) = found {
-                return entry;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no discovery file; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 fn echo(id: u64, progress: bool) -> Value {
@@ -191,18 +166,8 @@ async fn a_grant_at_its_hold_cap_is_denied_saying_so_while_another_grant_is_stil
             .all(|r| r["reason"].as_str().is_some_and(|t| t.contains(CAP_PHRASE))),
         "{denied:?}"
     );
-    let entry = serve.discover();
-    let mut operator = control::connect(&entry.url, &entry.token)
-        .await
-        .expect("an operator connects");
-    let hello = tokio::time::timeout(ANSWER_WITHIN, operator.next_event())
-        .await
-        .expect("a hello in time")
-        .expect("the connection stays open")
-        .expect("a valid hello");
-    let EventKind::Hello(hello) = hello.kind else {
-        panic!("expected a hello first, got {:?}", hello.kind);
-    };
+    let entry = wait_discovery(serve.dir.path(), || serve.log());
+    let (_operator, hello) = operator(&entry).await;
     let calls = &hello.snapshot.calls;
     let denied_events = calls
         .iter()

@@ -1,7 +1,8 @@
 //! Support code shared by the integration tests, so each piece of harness is written once:
 //! finding the real MCP peers (`peers`), driving the Python MCP client over stdio or HTTP
-//! (`agent`), reading a child's output line by line with a deadline (`lines`), driving the
-//! real binary in tmux (`tmux`) and describing an in-process gateway (`events`).
+//! (`agent`), finding a gateway and its hello as an operator does (`discovery`), reading a
+//! child's output line by line with a deadline (`lines`), driving the real binary in tmux
+//! (`tmux`) and describing an in-process gateway (`events`).
 //!
 //! Each test crate declares `mod support;` and uses only what it needs, so most items are
 //! unused in any one crate.
@@ -9,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod discovery;
 pub mod events;
 pub mod lines;
 pub mod peers;
