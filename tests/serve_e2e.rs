@@ -15,15 +15,15 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use running::{Reply, Serve, Setup, toolgate};
 use serde_json::{Value, json};
-use support::ANSWER_WITHIN;
 use support::agent::text;
 use support::peers::peer;
+use support::{ANSWER_WITHIN, Stopped};
 
 /// How long a grants edit may take to apply (debounce plus slack for CI).
 const RELOAD_WITHIN: Duration = Duration::from_secs(20);
@@ -52,32 +52,8 @@ fn initialize() -> Value {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
 }
 
-/// A child process killed when the test ends, whatever happens.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // SIGTERM first, so `serve` stops the servers it spawned.
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// server-everything in `streamableHttp` mode on a free port.
-fn start_everything() -> (Killed, u16) {
+fn start_everything() -> (Stopped, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -104,7 +80,7 @@ fn start_everything() -> (Killed, u16) {
     });
     rx.recv_timeout(ANSWER_WITHIN)
         .expect("server-everything did not start listening");
-    (Killed(child), port)
+    (Stopped(child), port)
 }
 
 /// Starts `serve` with `policy` and `servers` (the mcpServers object) and its own default
