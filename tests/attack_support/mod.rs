@@ -18,11 +18,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toolgate::control::DiscoveryEntry;
-use toolgate::wire::{CallRecord, EventKind};
+use toolgate::wire::CallRecord;
 
+use crate::support::discovery::{operator, wait_discovery};
 use crate::support::peers::{e2e_script, python};
-use crate::support::{ANSWER_WITHIN, private_dir, toolgate};
+use crate::support::{ANSWER_WITHIN, Stopped, private_dir, toolgate};
 
 /// Tools the test policies hide; their names must never reach a client.
 pub const HIDDEN: [&str; 2] = ["delete_file", "secret_keys"];
@@ -354,40 +354,12 @@ fn audit_decisions(path: &Path) -> Vec<Value> {
 
 /// The calls in the snapshot a new operator of the gateway discovered in `run_dir` gets.
 fn event_calls(run_dir: &Path) -> Vec<CallRecord> {
-    let dir = run_dir.join("toolgate");
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let entry: DiscoveryEntry = loop {
-        let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .find_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
-        });
-        if let Some(entry) = found {
-            break entry;
-        }
-        assert!(Instant::now() < deadline, "no discovery file in {dir:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let entry = wait_discovery(run_dir, String::new);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime for the events client");
-    runtime.block_on(async {
-        let mut conn = toolgate::control::connect(&entry.url, &entry.token)
-            .await
-            .expect("connect to the event websocket");
-        let event = tokio::time::timeout(ANSWER_WITHIN, conn.next_event())
-            .await
-            .expect("a hello in time")
-            .expect("the connection stays open")
-            .expect("a valid event");
-        match event.kind {
-            EventKind::Hello(hello) => hello.snapshot.calls,
-            other => panic!("expected a hello, got {other:?}"),
-        }
-    })
+    runtime.block_on(async { operator(&entry).await.1.snapshot.calls })
 }
 
 /// Reads the audit log until it holds as many decisions as the events name (it is written
@@ -579,29 +551,6 @@ impl Drop for Wrap {
     }
 }
 
-/// A child killed when the test ends (SIGTERM first, so `serve` stops its servers).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An HTTP reply, its body de-chunked.
 #[derive(Debug)]
 pub struct Reply {
@@ -669,8 +618,8 @@ pub struct Serve {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     token: String,
-    process: Killed,
-    _url_server: Killed,
+    process: Stopped,
+    _url_server: Stopped,
     pub record: Record,
     sentinels: u64,
 }
@@ -693,7 +642,7 @@ impl Serve {
             .spawn()
             .expect("start the recording server over HTTP");
         let stderr = url_server.stderr.take().expect("its stderr");
-        let url_server = Killed(url_server);
+        let url_server = Stopped(url_server);
         let mut first = String::new();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -745,7 +694,7 @@ impl Serve {
             .spawn()
             .expect("start toolgate serve");
         let stderr = child.stderr.take().expect("serve's stderr");
-        let process = Killed(child);
+        let process = Stopped(child);
         let (tx, rx) = mpsc::channel();
         let log_path = path("stderr.log");
         std::thread::spawn(move || {
