@@ -258,7 +258,7 @@ fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_
     let none = serve.http("POST", path, &json_headers, &init.to_string());
     assert_eq!(none.status, 401, "{}", none.body);
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
-    let wrong = serve.post("time", "tg_not-a-token", None, init.clone());
+    let wrong = serve.post("time", "tg_not-a-token", None, &init);
     assert_eq!(wrong.status, 401);
     let basic = serve.http(
         "POST",
@@ -289,7 +289,7 @@ fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_
     );
     assert_eq!(same_origin.status, 200, "{}", same_origin.body);
 
-    let unknown = serve.post("nope", &tokens[0], None, init.clone());
+    let unknown = serve.post("nope", &tokens[0], None, &init);
     assert_eq!(unknown.status, 404);
 
     // The real client, with a wrong token, cannot connect at all.
@@ -310,7 +310,7 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
     }});
     let (serve, tokens) = start(policy, servers, &["ci", "other"]);
     let init = initialize();
-    let reply = serve.post("t", &tokens[0], None, init);
+    let reply = serve.post("t", &tokens[0], None, &init);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let session = reply
         .header("mcp-session-id")
@@ -320,14 +320,14 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
 
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "echo", "arguments": {"message": "through"}}});
-    let reply = serve.post("t", &tokens[0], Some(&session), call.clone());
+    let reply = serve.post("t", &tokens[0], Some(&session), &call);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let answer: Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(answer["id"], 2);
     assert_eq!(answer["result"]["content"][0]["text"], "through");
 
     // Another grant cannot use this session.
-    let stolen = serve.post("t", &tokens[1], Some(&session), call.clone());
+    let stolen = serve.post("t", &tokens[1], Some(&session), &call);
     assert_eq!(stolen.status, 404);
 
     {
@@ -345,7 +345,7 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
     // DELETE ends the session; it is unknown afterwards.
     let deleted = serve.delete("t", &tokens[0], &session);
     assert_eq!(deleted.status, 204);
-    let after = serve.post("t", &tokens[0], Some(&session), call);
+    let after = serve.post("t", &tokens[0], Some(&session), &call);
     assert_eq!(after.status, 404);
 
     let auth = format!("Bearer {}", tokens[0]);
@@ -370,10 +370,7 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
 fn revoking_a_grant_applies_without_a_restart() {
     let (serve, tokens) = start(ALLOW_ALL, time_servers(), &["ci"]);
     let ping = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    assert_eq!(
-        serve.post("time", &tokens[0], None, ping.clone()).status,
-        202
-    );
+    assert_eq!(serve.post("time", &tokens[0], None, &ping).status, 202);
     let grants = serve.dir.path().join("grants.json");
     let out = toolgate(
         &["grants", "revoke", "ci", "--file", grants.to_str().unwrap()],
@@ -386,7 +383,7 @@ fn revoking_a_grant_applies_without_a_restart() {
     );
     assert!(String::from_utf8_lossy(&list.stdout).trim().is_empty());
     let deadline = Instant::now() + RELOAD_WITHIN;
-    while serve.post("time", &tokens[0], None, ping.clone()).status != 401 {
+    while serve.post("time", &tokens[0], None, &ping).status != 401 {
         assert!(
             Instant::now() < deadline,
             "still accepted after revoke; log:\n{}",
@@ -528,7 +525,7 @@ fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_bo
         .map(|message| {
             let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                 "params": {"name": "echo", "arguments": {"message": message}, "_meta": meta}});
-            serve.post("t", &tokens[0], None, call)
+            serve.post("t", &tokens[0], None, &call)
         })
         .collect();
     for (reply, message) in replies.iter().zip(["first", "second"]) {
@@ -556,11 +553,11 @@ fn oversized_bodies_and_batches_are_refused_before_any_decision() {
     );
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "get_current_time", "arguments": {"pad": "x".repeat(2 * 1024 * 1024)}}});
-    let refused = serve.post("time", &tokens[0], None, big);
+    let refused = serve.post("time", &tokens[0], None, &big);
     assert_eq!(refused.status, 413);
     assert!(refused.body.contains("--max-message"), "{}", refused.body);
     let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]);
-    assert_eq!(serve.post("time", &tokens[0], None, batch).status, 400);
+    assert_eq!(serve.post("time", &tokens[0], None, &batch).status, 400);
     let garbage = serve.http(
         "POST",
         "/mcp/time",
@@ -719,7 +716,7 @@ fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
         &["--session-idle", "0.02"],
     );
     let init = initialize();
-    let first = serve.post("time", &tokens[0], None, init.clone());
+    let first = serve.post("time", &tokens[0], None, &init);
     assert_eq!(first.status, 200, "{}", first.body);
     let first_session = first.header("mcp-session-id").unwrap().to_owned();
     let first_pid = server_pid(&serve, 1);
@@ -727,7 +724,7 @@ fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
     assert_eq!(deleted.status, 204);
     wait_gone(first_pid, "DELETE");
 
-    let second = serve.post("time", &tokens[0], None, init);
+    let second = serve.post("time", &tokens[0], None, &init);
     assert_eq!(second.status, 200, "{}", second.body);
     let second_session = second.header("mcp-session-id").unwrap().to_owned();
     let second_pid = server_pid(&serve, 2);
@@ -735,7 +732,7 @@ fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     assert_eq!(
         serve
-            .post("time", &tokens[0], Some(&second_session), list)
+            .post("time", &tokens[0], Some(&second_session), &list)
             .status,
         404
     );

@@ -178,15 +178,8 @@ impl Serve {
         read_reply(&mut stream)
     }
 
-    /// A JSON-RPC POST with a bearer token (and a session, when given); `msg` by value or by
-    /// reference.
-    pub fn post(
-        &self,
-        server: &str,
-        token: &str,
-        session: Option<&str>,
-        msg: impl std::borrow::Borrow<Value>,
-    ) -> Reply {
+    /// A JSON-RPC POST with a bearer token (and a session, when given).
+    pub fn post(&self, server: &str, token: &str, session: Option<&str>, msg: &Value) -> Reply {
         let auth = format!("Bearer {token}");
         let mut headers = vec![
             ("Authorization", auth.as_str()),
@@ -200,7 +193,7 @@ impl Serve {
             "POST",
             &format!("/mcp/{server}"),
             &headers,
-            &msg.borrow().to_string(),
+            &msg.to_string(),
         )
     }
 
