@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
+use support::discovery::wait_discovery;
 use support::lines::line_reader;
 use support::peers::{e2e_script, python};
 use support::{ANSWER_WITHIN, private_dir, toolgate, wait_exit};
-use toolgate::control::{self, Connection, DiscoveryEntry};
+use toolgate::control::{self, Connection};
 use toolgate::wire::{AuditStatus, CallEvent, EventKind};
 
 const ALLOW_ALL: &str = r#"{"version":"1","default":"allow"}"#;
@@ -234,7 +235,7 @@ impl Operator {
             .enable_all()
             .build()
             .unwrap();
-        let entry = discover(home);
+        let entry = wait_discovery(&home.path("run"), String::new);
         let conn = runtime
             .block_on(control::connect(&entry.url, &entry.token))
             .expect("connect to the gateway's websocket");
@@ -274,27 +275,6 @@ impl Operator {
             EventKind::Call(call) => Some(call),
             _ => None,
         })
-    }
-}
-
-fn discover(home: &Home) -> DiscoveryEntry {
-    let dir = home.path("run").join("toolgate");
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    loop {
-        let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "json"))
-        });
-        if let Some(file) = found
-            && let Ok(text) = std::fs::read_to_string(&file)
-            && let Ok(entry) = serde_json::from_str(&text)
-        {
-            return entry;
-        }
-        assert!(Instant::now() < deadline, "no discovery file");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

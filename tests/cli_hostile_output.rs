@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
+use support::events::{Listed as Gateway, listed};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use toolgate::control::{self, EventsOptions, Hub};
+use toolgate::control::{self, Hub};
 use toolgate::wire::{CallEvent, Event, EventKind, Verdict};
 
 /// OSC 52 (sets the clipboard), clear screen, a C1 CSI, C1 NEL, a bidi override, DEL and a
@@ -310,44 +311,22 @@ fn scan_prints_a_hostile_servers_names_inert_and_writes_them_escaped() {
     }
 }
 
-/// A hub with an event websocket, found through a discovery file in its own runtime dir.
-struct Gateway {
-    hub: std::sync::Arc<Hub>,
-    _server: control::ControlHandle,
-    runtime: tempfile::TempDir,
-}
-
+/// A hub with an event websocket, found through a discovery file in its own runtime dir
+/// that names it with hostile text.
 async fn gateway(id: &str) -> Gateway {
     let runtime = tempfile::tempdir().unwrap();
-    support::private_dir(&runtime.path().join("toolgate"));
     let hub = Hub::new(support::events::gateway_info(id, "/srv/policy.json"));
-    let server = control::start(
-        hub.clone(),
-        EventsOptions {
-            discovery: false,
-            ..EventsOptions::default()
-        },
-    )
-    .await
-    .unwrap();
     let entry = control::DiscoveryEntry {
         id: id.into(),
-        url: server.url().into(),
-        token: server.token().into(),
+        url: String::new(),
+        token: String::new(),
         pid: std::process::id(),
         policy: format!("/srv/policy{HOSTILE}.json"),
         grant: format!("ci{HOSTILE}"),
         server: format!("srv{HOSTILE}"),
         started_at: Utc::now(),
     };
-    let file = runtime.path().join("toolgate").join(format!("{id}.json"));
-    std::fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    Gateway {
-        hub,
-        _server: server,
-        runtime,
-    }
+    listed(runtime, hub, entry).await
 }
 
 impl Gateway {

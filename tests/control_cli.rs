@@ -5,21 +5,14 @@
 mod support;
 
 use std::process::Stdio;
-use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::json;
-use support::events::gateway_info;
+use support::events::{Listed as Gateway, gateway_info, listed};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use toolgate::control::{self, ControlHandle, EventsOptions, HoldTicket, Hub};
+use toolgate::control::{self, HoldTicket, Hub};
 use toolgate::wire::{CallEvent, Event, EventKind, Verdict};
-
-struct Gateway {
-    hub: Arc<Hub>,
-    _server: ControlHandle,
-    runtime: tempfile::TempDir,
-}
 
 /// A gateway whose discovery file lives in its own runtime dir; the binary is pointed at it
 /// through the child's environment, never this process's.
@@ -28,39 +21,18 @@ async fn gateway(id: &str) -> Gateway {
 }
 
 async fn gateway_in(runtime: tempfile::TempDir, id: &str) -> Gateway {
-    let dir = runtime.path().join("toolgate");
-    let _ = std::fs::create_dir(&dir);
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let hub = Hub::new(gateway_info(id, "/srv/policy.json"));
-    let server = control::start(
-        hub.clone(),
-        EventsOptions {
-            discovery: false,
-            ..EventsOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    // The library writes into the process-wide XDG_RUNTIME_DIR; these tests run in parallel,
-    // so write the same entry by hand into this gateway's own directory.
+    let info = gateway_info(id, "/srv/policy.json");
     let entry = control::DiscoveryEntry {
         id: id.into(),
-        url: server.url().into(),
-        token: server.token().into(),
+        url: String::new(),
+        token: String::new(),
         pid: std::process::id(),
         policy: "/srv/policy.json".into(),
         grant: "ci-bot".into(),
         server: "everything".into(),
         started_at: Utc::now(),
     };
-    let file = dir.join(format!("{id}.json"));
-    std::fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    Gateway {
-        hub,
-        _server: server,
-        runtime,
-    }
+    listed(runtime, Hub::new(info), entry).await
 }
 
 impl Gateway {

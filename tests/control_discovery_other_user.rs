@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::agent::wrap;
+use support::discovery::next_event;
 use support::{ANSWER_WITHIN, toolgate, wait_exit};
 use toolgate::control::{self, DiscoveryEntry};
 use toolgate::wire::EventKind;
@@ -203,11 +204,7 @@ async fn a_tmp_directory_made_first_by_another_user_is_refused_and_wrap_uses_the
     let mut operator = control::connect(&entry.url, &entry.token)
         .await
         .expect("an operator connects");
-    let hello = tokio::time::timeout(ANSWER_WITHIN, operator.next_event())
-        .await
-        .expect("a hello in time")
-        .expect("the connection stays open")
-        .expect("a valid hello");
+    let hello = next_event(&mut operator).await;
     assert!(matches!(hello.kind, EventKind::Hello(_)), "{hello:?}");
 
     // Stopping the gateway removes its file.

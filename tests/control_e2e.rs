@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::agent::{Agent as Client, wrap};
+use support::discovery::{next_event as next, operator, wait_discovery};
 use support::lines::line_reader;
 use support::peers::everything;
 use support::{ANSWER_WITHIN as WITHIN, private_dir};
@@ -57,28 +58,7 @@ impl Dir {
 
     /// Waits for the gateway's discovery file and reads it.
     fn discover(&self) -> DiscoveryEntry {
-        let dir = self.path("run").join("toolgate");
-        let deadline = Instant::now() + WITHIN;
-        loop {
-            let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|x| x == "json"))
-            });
-            if let Some(file) = found
-                && let Ok(text) = std::fs::read_to_string(&file)
-                && let Ok(entry) = serde_json::from_str(&text)
-            {
-                return entry;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no discovery file; gateway log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_discovery(&self.path("run"), || self.log())
     }
 
     fn log(&self) -> String {
@@ -203,23 +183,6 @@ async fn approve(conn: &mut Connection, id: u64, call_id: &str, operator: Option
     })
     .await
     .unwrap()
-}
-
-async fn operator(entry: &DiscoveryEntry) -> (Connection, Hello) {
-    let mut conn = control::connect(&entry.url, &entry.token).await.unwrap();
-    let hello = match next(&mut conn).await.kind {
-        EventKind::Hello(hello) => *hello,
-        other => panic!("expected a hello, got {other:?}"),
-    };
-    (conn, hello)
-}
-
-async fn next(conn: &mut Connection) -> Event {
-    tokio::time::timeout(WITHIN, conn.next_event())
-        .await
-        .expect("an event in time")
-        .expect("the connection stays open")
-        .expect("a valid event")
 }
 
 /// The id of the held call to `tool`: from the hello's open holds, or the stream.

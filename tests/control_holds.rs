@@ -3,22 +3,22 @@
 //! counter units given back, while another grant's calls are still held. Raw stateless
 //! (2026-07-28) requests to the trivial upstream; loopback only.
 
+#[path = "serve_support/running.rs"]
+mod running;
 #[path = "serve_support/trivial.rs"]
 mod trivial;
 
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use running::{Serve, Setup};
 use serde_json::{Value, json};
 use support::ANSWER_WITHIN;
-use toolgate::control::{self, DiscoveryEntry};
-use toolgate::wire::{EventKind, Verdict};
+use support::discovery::{operator, wait_discovery};
+use toolgate::wire::Verdict;
 
 /// Every echo needs a person; three echoes an hour per grant.
 const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
@@ -27,73 +27,23 @@ const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
 
 const CAP_PHRASE: &str = "too many held calls";
 
-/// `toolgate serve` with its files in a temporary directory; stopped when dropped.
-struct Serve {
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    child: Child,
+/// `serve` in front of the trivial upstream (as server `t`) with [`POLICY`] and `grants`;
+/// `extra` are more `toolgate serve` options.
+fn start(grants: &[&str], extra: &[&str]) -> (Serve, Vec<String>) {
+    let (upstream, _seen) = trivial::start(false);
+    let serve = Serve::start(Setup {
+        policy: POLICY,
+        servers: json!({"t": {"url": format!("http://{upstream}/mcp")}}),
+        grants,
+        extra,
+        ..Setup::default()
+    });
+    let tokens = serve.tokens.clone();
+    (serve, tokens)
 }
 
+// The raw requests of these tests, on the shared harness's `Serve`.
 impl Serve {
-    fn start(grants: &[&str], extra: &[&str]) -> (Serve, Vec<String>) {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let (upstream, _seen) = trivial::start(false);
-        std::fs::write(dir.path().join("policy.json"), POLICY).expect("write the policy");
-        let servers = json!({"mcpServers": {"t": {"url": format!("http://{upstream}/mcp")}}});
-        std::fs::write(dir.path().join("servers.json"), servers.to_string())
-            .expect("write the servers");
-        let tokens = grants.iter().map(|g| add_grant(dir.path(), g)).collect();
-        let mut child = Command::new(support::toolgate())
-            .arg("serve")
-            .args(["--policy", "policy.json", "--servers", "servers.json"])
-            .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
-            .args(["--listen", "127.0.0.1:0", "--counters", "memory"])
-            .args(extra)
-            .current_dir(dir.path())
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env("XDG_STATE_HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start toolgate serve");
-        let stderr = child.stderr.take().expect("serve's stderr");
-        let (tx, rx) = mpsc::channel();
-        let log_path = dir.path().join("stderr.log");
-        std::thread::spawn(move || {
-            let Ok(mut log) = std::fs::File::create(log_path) else {
-                return;
-            };
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let _ = writeln!(log, "{line}");
-                if let Some(addr) = line.strip_prefix("toolgate serve: listening on http://")
-                    && let Ok(addr) = addr.parse::<SocketAddr>()
-                {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
-            panic!(
-                "serve did not start within {ANSWER_WITHIN:?}; log:\n{}",
-                read(dir.path(), "stderr.log")
-            )
-        });
-        (Serve { dir, addr, child }, tokens)
-    }
-
-    fn log(&self) -> String {
-        read(self.dir.path(), "stderr.log")
-    }
-
-    fn audit(&self) -> Vec<Value> {
-        read(self.dir.path(), "audit.jsonl")
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
     /// A stateless echo call with a progress token, whose answer is an event stream. Returns
     /// once the first event arrived: a progress note, which only a held call is sent.
     fn held_echo(&self, token: &str, id: u64) -> BufReader<TcpStream> {
@@ -148,58 +98,6 @@ impl Serve {
             .expect("send the request");
         BufReader::new(stream)
     }
-
-    /// Waits for the gateway's discovery file and reads it.
-    fn discover(&self) -> DiscoveryEntry {
-        let dir = self.dir.path().join("toolgate");
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        loop {
-            let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|x| x == "json"))
-                    .and_then(|p| std::fs::read_to_string(p).ok())
-                    .and_then(|text| serde_json::from_str(&text).ok())
-            });
-            if let Some(entry) = found {
-                return entry;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no discovery file; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
-}
-
-/// Makes a grant with the real CLI and returns its token.
-fn add_grant(dir: &Path, name: &str) -> String {
-    let grants = dir.join("grants.json");
-    let out = Command::new(support::toolgate())
-        .args(["grants", "add", name, "--file"])
-        .arg(&grants)
-        .output()
-        .expect("run toolgate grants add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn echo(id: u64, progress: bool) -> Value {
@@ -214,7 +112,7 @@ fn echo(id: u64, progress: bool) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_at_its_hold_cap_is_denied_saying_so_while_another_grant_is_still_held() {
-    let (serve, tokens) = Serve::start(
+    let (serve, tokens) = start(
         &["greedy", "patient"],
         &["--max-holds-per-grant", "2", "--max-holds", "10"],
     );
@@ -268,18 +166,8 @@ async fn a_grant_at_its_hold_cap_is_denied_saying_so_while_another_grant_is_stil
             .all(|r| r["reason"].as_str().is_some_and(|t| t.contains(CAP_PHRASE))),
         "{denied:?}"
     );
-    let entry = serve.discover();
-    let mut operator = control::connect(&entry.url, &entry.token)
-        .await
-        .expect("an operator connects");
-    let hello = tokio::time::timeout(ANSWER_WITHIN, operator.next_event())
-        .await
-        .expect("a hello in time")
-        .expect("the connection stays open")
-        .expect("a valid hello");
-    let EventKind::Hello(hello) = hello.kind else {
-        panic!("expected a hello first, got {:?}", hello.kind);
-    };
+    let entry = wait_discovery(serve.dir.path(), || serve.log());
+    let (_operator, hello) = operator(&entry).await;
     let calls = &hello.snapshot.calls;
     let denied_events = calls
         .iter()

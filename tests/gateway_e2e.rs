@@ -9,14 +9,14 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::agent::{Agent, text, wrap};
 use support::peers::{e2e_script, everything, python, time_server};
-use support::{ANSWER_WITHIN, toolgate, wait_exit};
+use support::{ANSWER_WITHIN, toolgate, wait_exit, write_in_place};
 
 /// How long a policy edit may take to show in decisions (debounce plus slack for CI).
 const RELOAD_WITHIN: Duration = Duration::from_secs(20);
@@ -396,18 +396,6 @@ fn wait_for_log(s: &Scenario, needle: &str, count: usize) {
 const ALLOWING: &str = r#"{"version":"1","default":"deny","tools":{"get_current_time":{}}}"#;
 const DENYING: &str =
     r#"{"version":"1","default":"deny","tools":{"get_current_time":{"action":"deny"}}}"#;
-
-fn write_in_place(path: &Path, text: &str) {
-    // Overwrite the same inode without truncating: pad to cover the old contents.
-    let old_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as usize;
-    let mut padded = text.to_owned();
-    while padded.len() < old_len {
-        padded.push(' ');
-    }
-    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all(padded.as_bytes()).unwrap();
-    file.sync_all().unwrap();
-}
 
 #[test]
 fn policy_reloads_through_every_save_style_and_ignores_broken_files() {

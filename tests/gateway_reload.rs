@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::lines::line_reader;
 use support::peers::{e2e_script, python};
-use support::{ANSWER_WITHIN, toolgate};
+use support::{ANSWER_WITHIN, toolgate, write_in_place};
 use tokio::sync::broadcast::error::TryRecvError;
 use toolgate::control::Hub;
 use toolgate::gateway::reload::{PolicyReloader, load_initial};
@@ -264,28 +264,8 @@ impl Wrap {
 impl Drop for Wrap {
     fn drop(&mut self) {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        support::stop_within(&mut self.child, Duration::from_secs(10));
     }
-}
-
-/// Writes `text` over the file's existing inode (no truncation: padded with spaces).
-fn write_in_place(path: &Path, text: &str) {
-    let old_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as usize;
-    let mut padded = text.to_owned();
-    while padded.len() < old_len {
-        padded.push(' ');
-    }
-    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all(padded.as_bytes()).unwrap();
-    file.sync_all().unwrap();
 }
 
 /// Writes a temporary file beside `path` and renames it over `path` (atomic writers).

@@ -9,24 +9,23 @@
 //! real binary: `toolgate serve` in front of an in-process upstream, raw HTTP requests with
 //! the tokens, and `toolgate tail --json` reading the events.
 
+#[path = "serve_support/running.rs"]
+mod running;
 #[path = "serve_support/trivial.rs"]
 mod trivial;
 
 mod console_support;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use running::{Serve, Setup, Tail};
 use serde_json::{Value, json};
-use support::lines::line_reader;
-use support::{ANSWER_WITHIN, toolgate};
+use support::toolgate;
 use tokio::sync::broadcast::error::TryRecvError;
 use toolgate::console::app::{State, update};
 use toolgate::console::theme::Theme;
@@ -218,114 +217,24 @@ fn a_symlinked_grants_file_whose_target_is_deleted_revokes_every_token() {
     assert!(handle.load().authenticate(&ci).is_none());
 }
 
-/// A child process stopped when the test ends, whatever happens (SIGTERM, then SIGKILL).
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `toolgate serve` in front of the trivial upstream (as server `t`), with grants made by the
-/// real CLI, and `toolgate tail --json` following its events.
-struct Serve {
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    // Declared before the gateway, so the tail stops first.
-    _tail: Stopped,
-    events: Receiver<String>,
-    _process: Stopped,
+/// real CLI, and `toolgate tail --json` following its events (its hello already seen).
+fn start(grants: &[&str]) -> (Serve, Tail, Vec<String>) {
+    let (upstream, _) = trivial::start(false);
+    let serve = Serve::start(Setup {
+        policy: r#"{"version":"1","default":"allow"}"#,
+        servers: json!({"t": {"url": format!("http://{upstream}/mcp")}}),
+        grants,
+        ..Setup::default()
+    });
+    let tail = serve.tail();
+    tail.wait_event("the tail's hello", RELOAD_WITHIN, |e| e["type"] == "hello");
+    let tokens = serve.tokens.clone();
+    (serve, tail, tokens)
 }
 
+// What these tests do with the shared harness's gateway and tail.
 impl Serve {
-    fn start(grants: &[&str]) -> (Serve, Vec<String>) {
-        let (upstream, _) = trivial::start(false);
-        let dir = tempfile::tempdir().unwrap();
-        let path = |name: &str| dir.path().join(name);
-        std::fs::write(path("policy.json"), r#"{"version":"1","default":"allow"}"#).unwrap();
-        let servers = json!({"mcpServers": {"t": {"url": format!("http://{upstream}/mcp")}}});
-        std::fs::write(path("servers.json"), servers.to_string()).unwrap();
-        let tokens = grants
-            .iter()
-            .map(|name| {
-                let out = cli(
-                    dir.path(),
-                    &["grants", "add", name, "--file", "grants.json"],
-                );
-                String::from_utf8(out.stdout).unwrap().trim().to_owned()
-            })
-            .collect();
-        let mut child = Command::new(toolgate())
-            .arg("serve")
-            .args(["--policy", "policy.json", "--servers", "servers.json"])
-            .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
-            .args(["--listen", "127.0.0.1:0", "--counters", "memory"])
-            .current_dir(dir.path())
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env("XDG_STATE_HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start toolgate serve");
-        let stderr = child.stderr.take().expect("serve's stderr");
-        let (tx, rx) = mpsc::channel();
-        let log_path = path("serve.log");
-        std::thread::spawn(move || {
-            let Ok(mut log) = std::fs::File::create(log_path) else {
-                return;
-            };
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let _ = writeln!(log, "{line}");
-                if let Some(addr) = line.strip_prefix("toolgate serve: listening on http://") {
-                    let _ = tx.send(addr.parse::<SocketAddr>());
-                }
-            }
-        });
-        let process = Stopped(child);
-        let addr = match rx.recv_timeout(ANSWER_WITHIN) {
-            Ok(Ok(addr)) => addr,
-            _ => panic!(
-                "serve did not start; log:\n{}",
-                std::fs::read_to_string(path("serve.log")).unwrap_or_default()
-            ),
-        };
-        let mut tail = Command::new(toolgate())
-            .args(["tail", "--json"])
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start toolgate tail");
-        let events = line_reader(tail.stdout.take().expect("tail's stdout"));
-        let serve = Serve {
-            dir,
-            addr,
-            _tail: Stopped(tail),
-            events,
-            _process: process,
-        };
-        serve.wait_event("the tail's hello", |e| e["type"] == "hello");
-        (serve, tokens)
-    }
-
     fn grants(&self) -> std::path::PathBuf {
         self.dir.path().join("grants.json")
     }
@@ -333,51 +242,17 @@ impl Serve {
     /// The status of a POST of `notifications/initialized` to server `t` with `token`: 202
     /// when the token is accepted, 401 when it is not.
     fn status(&self, token: &str) -> u16 {
-        let body = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
-        let mut stream = TcpStream::connect(self.addr).expect("connect to serve");
-        stream.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
-        let request = format!(
-            "POST /mcp/t HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        String::from_utf8_lossy(&raw)
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
+        let body = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        self.post("t", token, None, &body).status
     }
+}
 
-    /// Waits for the next event matching `matches`, skipping others; `what` names it.
-    fn wait_event(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + RELOAD_WITHIN;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {what} event; log:\n{}", self.log()));
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if matches(&event) {
-                return event;
-            }
-        }
-    }
-
+impl Tail {
     /// Waits for a `grants` event with `change`.
     fn wait_grants(&self, change: &str) -> Value {
-        self.wait_event(&format!("grants {change}"), |e| {
+        self.wait_event(&format!("grants {change}"), RELOAD_WITHIN, |e| {
             e["type"] == "grants" && e["change"] == change
         })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 }
 
@@ -397,7 +272,7 @@ fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn deleting_the_grants_file_revokes_every_token_within_a_second() {
-    let (serve, tokens) = Serve::start(&["ci", "ops"]);
+    let (serve, tail, tokens) = start(&["ci", "ops"]);
     for token in &tokens {
         assert_eq!(serve.status(token), 202, "log:\n{}", serve.log());
     }
@@ -414,7 +289,7 @@ fn deleting_the_grants_file_revokes_every_token_within_a_second() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(serve.status(&tokens[1]), 401, "every token is revoked");
-    let event = serve.wait_grants("deleted");
+    let event = tail.wait_grants("deleted");
     assert_eq!(event["grants"], 0);
     assert!(
         serve.log().contains("every token is revoked"),
@@ -424,7 +299,7 @@ fn deleting_the_grants_file_revokes_every_token_within_a_second() {
 
     // The file back: its tokens work again.
     std::fs::write(serve.grants(), &saved).unwrap();
-    let event = serve.wait_grants("applied");
+    let event = tail.wait_grants("applied");
     assert_eq!(event["grants"], 2);
     for token in &tokens {
         assert_eq!(serve.status(token), 202, "log:\n{}", serve.log());
@@ -433,7 +308,7 @@ fn deleting_the_grants_file_revokes_every_token_within_a_second() {
 
 #[test]
 fn an_empty_invalid_or_unreadable_grants_file_does_not_revoke() {
-    let (serve, tokens) = Serve::start(&["ci"]);
+    let (serve, tail, tokens) = start(&["ci"]);
     let token = &tokens[0];
     assert_eq!(serve.status(token), 202, "log:\n{}", serve.log());
 
@@ -444,7 +319,7 @@ fn an_empty_invalid_or_unreadable_grants_file_does_not_revoke() {
         .unwrap()
         .set_len(0)
         .unwrap();
-    let event = serve.wait_grants("refused");
+    let event = tail.wait_grants("refused");
     assert!(
         event["detail"].as_str().unwrap().contains("empty"),
         "{event}"
@@ -453,7 +328,7 @@ fn an_empty_invalid_or_unreadable_grants_file_does_not_revoke() {
     assert_eq!(serve.status(token), 202, "a 0-byte file revoked the token");
 
     std::fs::write(serve.grants(), r#"{"version":"1","grants":{"#).unwrap();
-    let event = serve.wait_grants("refused");
+    let event = tail.wait_grants("refused");
     assert!(
         event["detail"].as_str().unwrap().contains("not valid"),
         "{event}"
@@ -467,7 +342,7 @@ fn an_empty_invalid_or_unreadable_grants_file_does_not_revoke() {
     // Unreadable: something that is not a file in its place (root reads any mode, so a
     // FIFO stands in for a file without permission; it would also block a naive reader).
     fifo_over(&serve.grants());
-    let event = serve.wait_grants("refused");
+    let event = tail.wait_grants("refused");
     assert!(
         event["detail"]
             .as_str()
@@ -484,13 +359,13 @@ fn an_empty_invalid_or_unreadable_grants_file_does_not_revoke() {
     // Deleted after all that (the watch outlived the FIFO), then a new file from the CLI:
     // only the new file's grant counts.
     std::fs::remove_file(serve.grants()).unwrap();
-    serve.wait_grants("deleted");
+    tail.wait_grants("deleted");
     let out = cli(
         serve.dir.path(),
         &["grants", "add", "ops", "--file", "grants.json"],
     );
     let ops = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let event = serve.wait_grants("applied");
+    let event = tail.wait_grants("applied");
     assert_eq!(event["grants"], 1, "{event}");
     assert_eq!(serve.status(token), 401, "ci was in the deleted file only");
     assert_eq!(serve.status(&ops), 202, "log:\n{}", serve.log());

@@ -6,23 +6,24 @@
 //!
 //! The peers are installed by `scripts/setup-test-peers`; without them these tests fail.
 
+#[path = "serve_support/running.rs"]
+mod running;
 #[path = "serve_support/trivial.rs"]
 mod trivial;
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use running::{Reply, Serve, Setup, toolgate};
 use serde_json::{Value, json};
-use support::ANSWER_WITHIN;
-use support::agent::{Agent, text};
-use support::lines::line_reader;
+use support::agent::text;
 use support::peers::peer;
+use support::{ANSWER_WITHIN, Stopped};
 
 /// How long a grants edit may take to apply (debounce plus slack for CI).
 const RELOAD_WITHIN: Duration = Duration::from_secs(20);
@@ -51,58 +52,8 @@ fn initialize() -> Value {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
 }
 
-fn toolgate(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(support::toolgate())
-        .args(args)
-        .env("XDG_RUNTIME_DIR", dir)
-        .env("XDG_STATE_HOME", dir)
-        .output()
-        .unwrap()
-}
-
-/// Makes a grant with the real CLI and returns its token.
-fn add_grant(dir: &Path, name: &str) -> String {
-    let grants = dir.join("grants.json");
-    let out = toolgate(
-        &["grants", "add", name, "--file", grants.to_str().unwrap()],
-        dir,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(token.lines().count(), 1, "the token is alone on stdout");
-    token.trim().to_owned()
-}
-
-/// A child process killed when the test ends, whatever happens.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // SIGTERM first, so `serve` stops the servers it spawned.
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// server-everything in `streamableHttp` mode on a free port.
-fn start_everything() -> (Killed, u16) {
+fn start_everything() -> (Stopped, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -129,182 +80,32 @@ fn start_everything() -> (Killed, u16) {
     });
     rx.recv_timeout(ANSWER_WITHIN)
         .expect("server-everything did not start listening");
-    (Killed(child), port)
+    (Stopped(child), port)
 }
 
-/// A running `toolgate serve` with its files in a private directory.
-struct Serve {
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    _process: Killed,
+/// Starts `serve` with `policy` and `servers` (the mcpServers object) and its own default
+/// counter store; `grants` are made first and their tokens returned in order.
+fn start(policy: &str, servers: Value, grants: &[&str]) -> (Serve, Vec<String>) {
+    start_with(policy, servers, grants, &[])
 }
 
-impl Serve {
-    /// Starts `serve` with `policy` and `servers` (the mcpServers object); `grants` are made
-    /// first and their tokens returned in order.
-    fn start(policy: &str, servers: Value, grants: &[&str]) -> (Serve, Vec<String>) {
-        Serve::start_with(policy, servers, grants, &[])
-    }
-
-    /// Like [`Serve::start`], with more `toolgate serve` options.
-    fn start_with(
-        policy: &str,
-        servers: Value,
-        grants: &[&str],
-        extra: &[&str],
-    ) -> (Serve, Vec<String>) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("policy.json"), policy).unwrap();
-        std::fs::write(
-            dir.path().join("servers.json"),
-            json!({ "mcpServers": servers }).to_string(),
-        )
-        .unwrap();
-        let tokens = grants.iter().map(|g| add_grant(dir.path(), g)).collect();
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let mut child = Command::new(support::toolgate())
-            .arg("serve")
-            .args(["--policy", "policy.json", "--servers", "servers.json"])
-            .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(dir.path())
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env("XDG_STATE_HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log_path = dir.path().join("stderr.log");
-        std::thread::spawn(move || {
-            let mut log = std::fs::File::create(log_path).unwrap();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let _ = writeln!(log, "{line}");
-                if let Some(addr) = line.strip_prefix("toolgate serve: listening on http://") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(ANSWER_WITHIN)
-            .unwrap_or_else(|_| panic!("serve did not start; log:\n{}", read(&dir, "stderr.log")));
-        let serve = Serve {
-            dir,
-            addr,
-            _process: Killed(child),
-        };
-        (serve, tokens)
-    }
-
-    /// A DELETE of the session `session` of `server`, ending it.
-    fn delete(&self, server: &str, token: &str, session: &str) -> Reply {
-        let auth = format!("Bearer {token}");
-        self.http(
-            "DELETE",
-            &format!("/mcp/{server}"),
-            &[("Authorization", &auth), ("Mcp-Session-Id", session)],
-            "",
-        )
-    }
-
-    fn url(&self, server: &str) -> String {
-        format!("http://{}/mcp/{server}", self.addr)
-    }
-
-    fn log(&self) -> String {
-        read(&self.dir, "stderr.log")
-    }
-
-    fn audit(&self) -> Vec<Value> {
-        read(&self.dir, "audit.jsonl")
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// The real Python client of `server`, over HTTP, with `token`.
-    fn client(&self, mode: &str, server: &str, token: &str) -> Agent {
-        Agent::http(mode, &self.url(server), token)
-    }
-
-    /// One raw HTTP/1.1 request; returns the status, the headers (lowercase names) and the
-    /// body.
-    fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        let mut stream = TcpStream::connect(self.addr).unwrap();
-        stream.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        stream.write_all(req.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Reply {
-            status,
-            headers,
-            body: body.to_owned(),
-        }
-    }
-
-    /// A JSON-RPC POST with a bearer token (and a session, when given).
-    fn post(&self, server: &str, token: &str, session: Option<&str>, msg: Value) -> Reply {
-        let auth = format!("Bearer {token}");
-        let mut headers = vec![
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-        ];
-        if let Some(session) = session {
-            headers.push(("Mcp-Session-Id", session));
-        }
-        self.http(
-            "POST",
-            &format!("/mcp/{server}"),
-            &headers,
-            &msg.to_string(),
-        )
-    }
-}
-
-fn read(dir: &tempfile::TempDir, name: &str) -> String {
-    std::fs::read_to_string(dir.path().join(name)).unwrap_or_default()
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
+/// Like [`start`], with more `toolgate serve` options.
+fn start_with(
+    policy: &str,
+    servers: Value,
+    grants: &[&str],
+    extra: &[&str],
+) -> (Serve, Vec<String>) {
+    let serve = Serve::start(Setup {
+        policy,
+        servers,
+        grants,
+        extra,
+        default_counters: true,
+        ..Setup::default()
+    });
+    let tokens = serve.tokens.clone();
+    (serve, tokens)
 }
 
 const POLICY: &str = r#"{
@@ -342,7 +143,7 @@ fn http_clients_in_both_modes_see_tools_decisions_and_limits_per_grant() {
         }
     }
     let names: Vec<&str> = grants.iter().map(String::as_str).collect();
-    let (serve, tokens) = Serve::start(
+    let (serve, tokens) = start(
         POLICY,
         json!({
             "time": { "command": peer(".venv/bin/mcp-server-time") },
@@ -449,7 +250,7 @@ fn http_clients_in_both_modes_see_tools_decisions_and_limits_per_grant() {
 
 #[test]
 fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_are_refused() {
-    let (serve, tokens) = Serve::start(POLICY, time_servers(), &["ci"]);
+    let (serve, tokens) = start(POLICY, time_servers(), &["ci"]);
     let init = initialize();
     let path = "/mcp/time";
     let json_headers = [("Content-Type", "application/json")];
@@ -457,7 +258,7 @@ fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_
     let none = serve.http("POST", path, &json_headers, &init.to_string());
     assert_eq!(none.status, 401, "{}", none.body);
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
-    let wrong = serve.post("time", "tg_not-a-token", None, init.clone());
+    let wrong = serve.post("time", "tg_not-a-token", None, &init);
     assert_eq!(wrong.status, 401);
     let basic = serve.http(
         "POST",
@@ -488,7 +289,7 @@ fn requests_without_a_valid_token_from_a_foreign_origin_or_to_an_unknown_server_
     );
     assert_eq!(same_origin.status, 200, "{}", same_origin.body);
 
-    let unknown = serve.post("nope", &tokens[0], None, init.clone());
+    let unknown = serve.post("nope", &tokens[0], None, &init);
     assert_eq!(unknown.status, 404);
 
     // The real client, with a wrong token, cannot connect at all.
@@ -507,9 +308,9 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
         "url": format!("http://{upstream}/mcp"),
         "headers": { "X-Upstream-Key": "upstream-secret" }
     }});
-    let (serve, tokens) = Serve::start(policy, servers, &["ci", "other"]);
+    let (serve, tokens) = start(policy, servers, &["ci", "other"]);
     let init = initialize();
-    let reply = serve.post("t", &tokens[0], None, init);
+    let reply = serve.post("t", &tokens[0], None, &init);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let session = reply
         .header("mcp-session-id")
@@ -519,14 +320,14 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
 
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
         "params": {"name": "echo", "arguments": {"message": "through"}}});
-    let reply = serve.post("t", &tokens[0], Some(&session), call.clone());
+    let reply = serve.post("t", &tokens[0], Some(&session), &call);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let answer: Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(answer["id"], 2);
     assert_eq!(answer["result"]["content"][0]["text"], "through");
 
     // Another grant cannot use this session.
-    let stolen = serve.post("t", &tokens[1], Some(&session), call.clone());
+    let stolen = serve.post("t", &tokens[1], Some(&session), &call);
     assert_eq!(stolen.status, 404);
 
     {
@@ -544,7 +345,7 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
     // DELETE ends the session; it is unknown afterwards.
     let deleted = serve.delete("t", &tokens[0], &session);
     assert_eq!(deleted.status, 204);
-    let after = serve.post("t", &tokens[0], Some(&session), call);
+    let after = serve.post("t", &tokens[0], Some(&session), &call);
     assert_eq!(after.status, 404);
 
     let auth = format!("Bearer {}", tokens[0]);
@@ -567,12 +368,9 @@ fn sessions_are_mapped_and_the_bearer_token_never_reaches_the_upstream() {
 
 #[test]
 fn revoking_a_grant_applies_without_a_restart() {
-    let (serve, tokens) = Serve::start(ALLOW_ALL, time_servers(), &["ci"]);
+    let (serve, tokens) = start(ALLOW_ALL, time_servers(), &["ci"]);
     let ping = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    assert_eq!(
-        serve.post("time", &tokens[0], None, ping.clone()).status,
-        202
-    );
+    assert_eq!(serve.post("time", &tokens[0], None, &ping).status, 202);
     let grants = serve.dir.path().join("grants.json");
     let out = toolgate(
         &["grants", "revoke", "ci", "--file", grants.to_str().unwrap()],
@@ -585,7 +383,7 @@ fn revoking_a_grant_applies_without_a_restart() {
     );
     assert!(String::from_utf8_lossy(&list.stdout).trim().is_empty());
     let deadline = Instant::now() + RELOAD_WITHIN;
-    while serve.post("time", &tokens[0], None, ping.clone()).status != 401 {
+    while serve.post("time", &tokens[0], None, &ping).status != 401 {
         assert!(
             Instant::now() < deadline,
             "still accepted after revoke; log:\n{}",
@@ -598,7 +396,7 @@ fn revoking_a_grant_applies_without_a_restart() {
 #[test]
 fn a_held_call_streams_progress_until_an_operator_approves_it() {
     let (_everything, port) = start_everything();
-    let (serve, tokens) = Serve::start(
+    let (serve, tokens) = start(
         r#"{"version":"1","default":"deny","tools":{"echo":{"action":"require_approval",
             "reason":"echo needs a person"}}}"#,
         json!({ "everything": { "url": format!("http://127.0.0.1:{port}/mcp") } }),
@@ -665,7 +463,7 @@ fn open_stream(addr: SocketAddr, path: &str, token: &str, body: &Value) -> BufRe
 #[test]
 fn a_client_that_closes_a_held_calls_stream_cancels_it() {
     let (servers, seen) = trivial_upstream();
-    let (serve, tokens) = Serve::start(HOLD_ALL, servers, &["ci"]);
+    let (serve, tokens) = start(HOLD_ALL, servers, &["ci"]);
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
         "name": "echo", "arguments": {"message": "x"}, "_meta": {"progressToken": "p9"}}});
     let mut stream = open_stream(serve.addr, "/mcp/t", &tokens[0], &call);
@@ -676,16 +474,8 @@ fn a_client_that_closes_a_held_calls_stream_cancels_it() {
         "{line}"
     );
     // Follow the events, to see the hold end.
-    let mut tail = Killed(
-        Command::new(support::toolgate())
-            .args(["tail", "--json"])
-            .env("XDG_RUNTIME_DIR", serve.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let rx = line_reader(tail.0.stdout.take().unwrap());
+    let tail = serve.tail();
+    let rx = &tail.lines;
     // The snapshot the tail starts with shows the open hold.
     let call_id = loop {
         let line = rx.recv_timeout(ANSWER_WITHIN).expect("no events");
@@ -726,7 +516,7 @@ fn a_client_that_closes_a_held_calls_stream_cancels_it() {
 #[test]
 fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_body() {
     let (servers, seen) = trivial_upstream();
-    let (serve, tokens) = Serve::start(ALLOW_ALL, servers, &["ci"]);
+    let (serve, tokens) = start(ALLOW_ALL, servers, &["ci"]);
     let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}});
     // Two clients, both using id 1, without sessions: each gets its own answer.
@@ -735,7 +525,7 @@ fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_bo
         .map(|message| {
             let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                 "params": {"name": "echo", "arguments": {"message": message}, "_meta": meta}});
-            serve.post("t", &tokens[0], None, call)
+            serve.post("t", &tokens[0], None, &call)
         })
         .collect();
     for (reply, message) in replies.iter().zip(["first", "second"]) {
@@ -755,7 +545,7 @@ fn stateless_requests_keep_their_ids_and_carry_routing_headers_built_from_the_bo
 
 #[test]
 fn oversized_bodies_and_batches_are_refused_before_any_decision() {
-    let (serve, tokens) = Serve::start_with(
+    let (serve, tokens) = start_with(
         ALLOW_ALL,
         time_servers(),
         &["ci"],
@@ -763,11 +553,11 @@ fn oversized_bodies_and_batches_are_refused_before_any_decision() {
     );
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "get_current_time", "arguments": {"pad": "x".repeat(2 * 1024 * 1024)}}});
-    let refused = serve.post("time", &tokens[0], None, big);
+    let refused = serve.post("time", &tokens[0], None, &big);
     assert_eq!(refused.status, 413);
     assert!(refused.body.contains("--max-message"), "{}", refused.body);
     let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]);
-    assert_eq!(serve.post("time", &tokens[0], None, batch).status, 400);
+    assert_eq!(serve.post("time", &tokens[0], None, &batch).status, 400);
     let garbage = serve.http(
         "POST",
         "/mcp/time",
@@ -781,7 +571,7 @@ fn oversized_bodies_and_batches_are_refused_before_any_decision() {
 #[test]
 fn a_post_body_is_one_message_beyond_dispute_or_it_is_refused_before_any_decision() {
     let (servers, seen) = trivial_upstream();
-    let (serve, tokens) = Serve::start(
+    let (serve, tokens) = start(
         r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#,
         servers,
         &["ci"],
@@ -869,7 +659,7 @@ fn a_post_body_is_one_message_beyond_dispute_or_it_is_refused_before_any_decisio
 #[test]
 fn a_stateless_held_call_streams_progress_with_the_clients_own_token() {
     let (servers, _seen) = trivial_upstream();
-    let (serve, tokens) = Serve::start(HOLD_ALL, servers, &["ci"]);
+    let (serve, tokens) = start(HOLD_ALL, servers, &["ci"]);
     let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
         "name": "echo", "arguments": {"message": "x"},
         "_meta": {"progressToken": 42,
@@ -918,7 +708,7 @@ fn wait_gone(pid: i32, why: &str) {
 
 #[test]
 fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
-    let (serve, tokens) = Serve::start_with(
+    let (serve, tokens) = start_with(
         ALLOW_ALL,
         time_servers(),
         &["ci"],
@@ -926,7 +716,7 @@ fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
         &["--session-idle", "0.02"],
     );
     let init = initialize();
-    let first = serve.post("time", &tokens[0], None, init.clone());
+    let first = serve.post("time", &tokens[0], None, &init);
     assert_eq!(first.status, 200, "{}", first.body);
     let first_session = first.header("mcp-session-id").unwrap().to_owned();
     let first_pid = server_pid(&serve, 1);
@@ -934,7 +724,7 @@ fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
     assert_eq!(deleted.status, 204);
     wait_gone(first_pid, "DELETE");
 
-    let second = serve.post("time", &tokens[0], None, init);
+    let second = serve.post("time", &tokens[0], None, &init);
     assert_eq!(second.status, 200, "{}", second.body);
     let second_session = second.header("mcp-session-id").unwrap().to_owned();
     let second_pid = server_pid(&serve, 2);
@@ -942,7 +732,7 @@ fn a_sessions_server_process_stops_when_the_session_is_deleted_or_idle() {
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     assert_eq!(
         serve
-            .post("time", &tokens[0], Some(&second_session), list)
+            .post("time", &tokens[0], Some(&second_session), &list)
             .status,
         404
     );

@@ -16,9 +16,8 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use running::{Serve, Setup, initialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::agent::{Agent, text};
-use support::lines::line_reader;
 use support::peers::{e2e_script, peer, python};
 use support::{ANSWER_WITHIN, toolgate};
 
@@ -33,36 +32,6 @@ const FLOOD_PAUSE: Duration = Duration::from_millis(50);
 /// Longest the flood runs.
 const FLOOD_MAX_TIME: Duration = Duration::from_secs(60);
 
-/// `toolgate tail --json` on the gateways of `dir`, as lines.
-fn tail(dir: &std::path::Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = std::process::Command::new(toolgate())
-        .args(["tail", "--json"])
-        .env("XDG_RUNTIME_DIR", dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = line_reader(child.stdout.take().unwrap());
-    (child, lines)
-}
-
-/// The first event of type `kind` that `lines` shows; fails if none comes in time.
-fn wait_event(lines: &std::sync::mpsc::Receiver<String>, kind: &str) -> Value {
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no `{kind}` event"));
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if event["type"] == kind {
-            return event;
-        }
-    }
-}
-
 #[test]
 fn a_grant_flooding_initialize_is_capped_alone_while_another_grant_opens_a_session_and_calls() {
     let stub = e2e_script("stub_server.py");
@@ -76,10 +45,10 @@ fn a_grant_flooding_initialize_is_capped_alone_while_another_grant_opens_a_sessi
         grants: &["flood", "agent"],
         ..Setup::default()
     });
-    let (mut tail_child, events) = tail(serve.dir.path());
+    let tail = serve.tail();
     // The refusal is reported at once and then at most every 5 s: tail must be connected
     // before the flood starts, or a short flood's one event goes by unseen.
-    wait_event(&events, "hello");
+    tail.wait_event("`hello`", ANSWER_WITHIN, |e| e["type"] == "hello");
     let flood_token = serve.tokens[0].clone();
 
     // The flood: every thread sends `initialize` as fast as it is answered, until told to
@@ -170,13 +139,14 @@ fn a_grant_flooding_initialize_is_capped_alone_while_another_grant_opens_a_sessi
     );
 
     // Operators are told, once for the burst, with a count.
-    let event = wait_event(&events, "session_refused");
+    let event = tail.wait_event("`session_refused`", ANSWER_WITHIN, |e| {
+        e["type"] == "session_refused"
+    });
     assert_eq!(event["grant"], "flood");
     assert_eq!(event["cap"], "grant");
     assert_eq!(event["max"], 16);
     assert!(event["refused"].as_u64().unwrap() >= 1, "{event}");
-    let _ = tail_child.kill();
-    let _ = tail_child.wait();
+    drop(tail);
 
     // Ending a session gives its place back.
     let sessions = sessions.into_inner().unwrap();

@@ -9,20 +9,23 @@
 //! log's decisions and the event stream's (the snapshot a new operator gets), which must name
 //! the same calls with the same verdicts.
 
+#[path = "../serve_support/running.rs"]
+mod running;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toolgate::control::DiscoveryEntry;
-use toolgate::wire::{CallRecord, EventKind};
+use toolgate::wire::CallRecord;
 
+use crate::support::discovery::{operator, wait_discovery};
 use crate::support::peers::{e2e_script, python};
-use crate::support::{ANSWER_WITHIN, private_dir, toolgate};
+use crate::support::{ANSWER_WITHIN, Stopped, private_dir, toolgate};
 
 /// Tools the test policies hide; their names must never reach a client.
 pub const HIDDEN: [&str; 2] = ["delete_file", "secret_keys"];
@@ -354,40 +357,12 @@ fn audit_decisions(path: &Path) -> Vec<Value> {
 
 /// The calls in the snapshot a new operator of the gateway discovered in `run_dir` gets.
 fn event_calls(run_dir: &Path) -> Vec<CallRecord> {
-    let dir = run_dir.join("toolgate");
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let entry: DiscoveryEntry = loop {
-        let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .find_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
-        });
-        if let Some(entry) = found {
-            break entry;
-        }
-        assert!(Instant::now() < deadline, "no discovery file in {dir:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let entry = wait_discovery(run_dir, String::new);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime for the events client");
-    runtime.block_on(async {
-        let mut conn = toolgate::control::connect(&entry.url, &entry.token)
-            .await
-            .expect("connect to the event websocket");
-        let event = tokio::time::timeout(ANSWER_WITHIN, conn.next_event())
-            .await
-            .expect("a hello in time")
-            .expect("the connection stays open")
-            .expect("a valid event");
-        match event.kind {
-            EventKind::Hello(hello) => hello.snapshot.calls,
-            other => panic!("expected a hello, got {other:?}"),
-        }
-    })
+    runtime.block_on(async { operator(&entry).await.1.snapshot.calls })
 }
 
 /// Reads the audit log until it holds as many decisions as the events name (it is written
@@ -579,29 +554,6 @@ impl Drop for Wrap {
     }
 }
 
-/// A child killed when the test ends (SIGTERM first, so `serve` stops its servers).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An HTTP reply, its body de-chunked.
 #[derive(Debug)]
 pub struct Reply {
@@ -666,22 +618,19 @@ pub const UPSTREAMS: [&str; 2] = ["s", "u"];
 
 /// `toolgate serve` in front of the recording server, spoken to with raw HTTP.
 pub struct Serve {
-    pub dir: tempfile::TempDir,
-    pub addr: SocketAddr,
-    token: String,
-    process: Killed,
-    _url_server: Killed,
+    // Declared first, so the gateway stops before the server behind it.
+    gateway: running::Serve,
+    _url_server: Stopped,
+    /// Where the recording server writes, apart from the gateway's own files.
+    _record_dir: tempfile::TempDir,
     pub record: Record,
     sentinels: u64,
 }
 
 impl Serve {
     pub fn start(policy: &str, extra: &[&str]) -> Serve {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let path = |name: &str| dir.path().join(name);
-        std::fs::write(path("policy.json"), policy).expect("write the policy");
-        private_dir(&path("run"));
-        let record_path = path("record.jsonl");
+        let record_dir = tempfile::tempdir().expect("a temp dir");
+        let record_path = record_dir.path().join("record.jsonl");
 
         let mut url_server = Command::new(python())
             .arg(e2e_script("recording_server.py"))
@@ -693,7 +642,7 @@ impl Serve {
             .spawn()
             .expect("start the recording server over HTTP");
         let stderr = url_server.stderr.take().expect("its stderr");
-        let url_server = Killed(url_server);
+        let url_server = Stopped(url_server);
         let mut first = String::new();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -710,81 +659,35 @@ impl Serve {
             .expect("the recording server announces its port");
 
         let command = recording_server(&record_path);
-        let servers = json!({"mcpServers": {
-            "s": {"command": command[0], "args": command[1..]},
-            "u": {"url": format!("http://127.0.0.1:{port}/mcp")},
-        }});
-        std::fs::write(path("servers.json"), servers.to_string()).expect("write SERVERS.json");
-        let out = Command::new(toolgate())
-            .args(["grants", "add", "attacker", "--file"])
-            .arg(path("grants.json"))
-            .env("XDG_RUNTIME_DIR", path("run"))
-            .env("XDG_STATE_HOME", dir.path())
-            .output()
-            .expect("toolgate grants add");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-
-        let mut child = Command::new(toolgate())
-            .arg("serve")
-            .args(["--policy", "policy.json", "--servers", "servers.json"])
-            .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
-            .args(["--audit-args", "full", "--counters", "memory"])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(dir.path())
-            .env("XDG_RUNTIME_DIR", path("run"))
-            .env("XDG_STATE_HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start toolgate serve");
-        let stderr = child.stderr.take().expect("serve's stderr");
-        let process = Killed(child);
-        let (tx, rx) = mpsc::channel();
-        let log_path = path("stderr.log");
-        std::thread::spawn(move || {
-            let Ok(mut log) = std::fs::File::create(log_path) else {
-                return;
-            };
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let _ = writeln!(log, "{line}");
-                if let Some(addr) = line.strip_prefix("toolgate serve: listening on http://")
-                    && let Ok(addr) = addr.parse::<SocketAddr>()
-                {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
-            panic!(
-                "serve did not start; log:\n{}",
-                std::fs::read_to_string(path("stderr.log")).unwrap_or_default()
-            )
+        let extra: Vec<&str> = ["--audit-args", "full"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let gateway = running::Serve::start(running::Setup {
+            policy,
+            servers: json!({
+                "s": {"command": command[0], "args": command[1..]},
+                "u": {"url": format!("http://127.0.0.1:{port}/mcp")},
+            }),
+            grants: &["attacker"],
+            extra: &extra,
+            ..running::Setup::default()
         });
         Serve {
-            dir,
-            addr,
-            token,
-            process,
+            gateway,
             _url_server: url_server,
+            _record_dir: record_dir,
             record: Record::new(record_path),
             sentinels: 0,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.process.0.id()
+        self.gateway.pid()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.gateway.log()
     }
 
     /// One raw POST to `/mcp/<server>` with the token, JSON headers and `session`.
@@ -804,15 +707,15 @@ impl Serve {
         let started = Instant::now();
         let mut head = format!(
             "POST /mcp/{server} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
-            self.addr,
-            self.token,
+            self.gateway.addr,
+            self.gateway.tokens[0],
             body.len()
         );
         if let Some(session) = session {
             head.push_str(&format!("Mcp-Session-Id: {session}\r\n"));
         }
         head.push_str("\r\n");
-        let mut stream = TcpStream::connect(self.addr).expect("connect to serve");
+        let mut stream = TcpStream::connect(self.gateway.addr).expect("connect to serve");
         // Shorter than a test's patience: an answer that never comes fails one variant, not
         // the whole run.
         stream
@@ -874,10 +777,10 @@ impl Serve {
 
     /// Opens the GET event stream of `session`, read on a thread of its own.
     pub fn open_stream(&self, server: &str, session: &str) -> GetStream {
-        let mut stream = TcpStream::connect(self.addr).expect("connect to serve");
+        let mut stream = TcpStream::connect(self.gateway.addr).expect("connect to serve");
         let head = format!(
             "GET /mcp/{server} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {session}\r\n\r\n",
-            self.addr, self.token
+            self.gateway.addr, self.gateway.tokens[0]
         );
         stream.write_all(head.as_bytes()).expect("send the GET");
         let (tx, rx) = mpsc::channel();
@@ -963,7 +866,7 @@ impl Serve {
     /// Waits until the audit log holds a decision for a call tagged `tag`.
     pub fn wait_decided(&self, tag: &str) {
         let deadline = Instant::now() + ANSWER_WITHIN;
-        let audit = self.dir.path().join("audit.jsonl");
+        let audit = self.gateway.dir.path().join("audit.jsonl");
         while !audit_decisions(&audit)
             .iter()
             .any(|r| r["args"]["tag"] == tag)
@@ -979,7 +882,7 @@ impl Serve {
 
     /// The audit log and the events (the gateway keeps running until dropped).
     pub fn finish(self) -> Evidence {
-        let events = event_calls(&self.dir.path().join("run"));
-        evidence(&self.dir.path().join("audit.jsonl"), events)
+        let events = event_calls(self.gateway.dir.path());
+        evidence(&self.gateway.dir.path().join("audit.jsonl"), events)
     }
 }

@@ -1,6 +1,7 @@
-//! A running `toolgate serve` (the built binary) for the load tests: its files in a private
-//! directory, grants made with the real CLI, raw HTTP/1.1 requests, and what the kernel says
-//! about the process (children, memory, descriptors).
+//! A running `toolgate serve` (the built binary) for the end-to-end and load tests: its files
+//! in a private directory, grants made with the real CLI, raw HTTP/1.1 requests, its log and
+//! audit records, `toolgate tail --json` following its events, and what the kernel says about
+//! the process (children, memory, descriptors).
 //!
 //! Each test crate uses only part of it.
 
@@ -8,13 +9,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::agent::Agent;
+use crate::support::lines::line_reader;
 use crate::support::{self, ANSWER_WITHIN};
 
 /// How `serve` is started.
@@ -27,6 +30,9 @@ pub struct Setup<'a> {
     pub extra: &'a [&'a str],
     /// The open-file limit (soft, hard) the process starts with.
     pub nofile: Option<(u64, u64)>,
+    /// Leave the counter store to `serve`'s own default (under `XDG_STATE_HOME`, the test's
+    /// directory) instead of `--counters memory`.
+    pub default_counters: bool,
 }
 
 /// A `toolgate serve` process, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -56,13 +62,18 @@ impl Serve {
             .arg("serve")
             .args(["--policy", "policy.json", "--servers", "servers.json"])
             .args(["--grants", "grants.json", "--audit", "audit.jsonl"])
-            .args(["--listen", "127.0.0.1:0", "--counters", "memory"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(if setup.default_counters {
+                &[][..]
+            } else {
+                &["--counters", "memory"][..]
+            })
             .args(setup.extra)
             .current_dir(dir.path())
             .env("XDG_RUNTIME_DIR", dir.path())
             .env("XDG_STATE_HOME", dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("serve.log")).unwrap())
             .stderr(Stdio::piped());
         if let Some((soft, hard)) = setup.nofile {
             with_nofile(&mut command, soft, hard);
@@ -105,6 +116,48 @@ impl Serve {
 
     pub fn url(&self, server: &str) -> String {
         format!("http://{}/mcp/{server}", self.addr)
+    }
+
+    /// The audit records written so far (a line that is not JSON yet is skipped).
+    pub fn audit(&self) -> Vec<Value> {
+        read(self.dir.path(), "audit.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The real Python client of `server`, over HTTP (`mode`: `auto` or `legacy`), with `token`.
+    pub fn client(&self, mode: &str, server: &str, token: &str) -> Agent {
+        Agent::http(mode, &self.url(server), token)
+    }
+
+    /// `toolgate tail --json` following this gateway's events (its runtime directory).
+    pub fn tail(&self) -> Tail {
+        let mut child = Command::new(support::toolgate())
+            .args(["tail", "--json"])
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start toolgate tail");
+        let lines = line_reader(child.stdout.take().expect("tail's stdout"));
+        Tail {
+            child,
+            lines,
+            serve_log: self.dir.path().join("stderr.log"),
+        }
+    }
+
+    /// A DELETE of the session `session` of `server`, ending it.
+    pub fn delete(&self, server: &str, token: &str, session: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.http(
+            "DELETE",
+            &format!("/mcp/{server}"),
+            &[("Authorization", &auth), ("Mcp-Session-Id", session)],
+            "",
+        )
     }
 
     /// One raw HTTP/1.1 request on a new connection.
@@ -180,20 +233,48 @@ impl Serve {
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        // SIGTERM first, so `serve` stops the servers it spawned.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        support::terminate(&mut self.child);
+    }
+}
+
+/// A `toolgate tail --json` process, killed when dropped.
+pub struct Tail {
+    child: Child,
+    /// Its stdout, one event a line.
+    pub lines: mpsc::Receiver<String>,
+    serve_log: PathBuf,
+}
+
+impl Tail {
+    /// Waits up to `within` for the next event matching `matches`, skipping others and lines
+    /// that are not JSON; fails naming `what` and showing the gateway's log.
+    pub fn wait_event(
+        &self,
+        what: &str,
+        within: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no {what} event within {within:?}; gateway log:\n{}",
+                    std::fs::read_to_string(&self.serve_log).unwrap_or_default()
+                )
+            });
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if matches(&event) {
+                return event;
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -285,7 +366,9 @@ pub fn add_grant(dir: &Path, name: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.lines().count(), 1, "the token is alone on stdout");
+    token.trim().to_owned()
 }
 
 fn read(dir: &Path, name: &str) -> String {

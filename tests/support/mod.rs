@@ -1,7 +1,8 @@
 //! Support code shared by the integration tests, so each piece of harness is written once:
 //! finding the real MCP peers (`peers`), driving the Python MCP client over stdio or HTTP
-//! (`agent`), reading a child's output line by line with a deadline (`lines`), driving the
-//! real binary in tmux (`tmux`) and describing an in-process gateway (`events`).
+//! (`agent`), finding a gateway and its hello as an operator does (`discovery`), reading a
+//! child's output line by line with a deadline (`lines`), driving the real binary in tmux
+//! (`tmux`) and describing an in-process gateway (`events`).
 //!
 //! Each test crate declares `mod support;` and uses only what it needs, so most items are
 //! unused in any one crate.
@@ -9,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod discovery;
 pub mod events;
 pub mod lines;
 pub mod peers;
@@ -43,4 +45,53 @@ pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
         assert!(std::time::Instant::now() < deadline, "process did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Gives `child` up to `grace` to exit on its own, then kills it. Never fails: it runs in
+/// `Drop`, where the test has already said what it had to.
+pub fn stop_within(child: &mut std::process::Child, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends `child` SIGTERM, so that `serve` stops the servers it spawned and a gateway removes
+/// its discovery file, then gives it 10 s before killing it.
+pub fn terminate(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    stop_within(child, Duration::from_secs(10));
+}
+
+/// A child process [`terminate`]d when the test ends, whatever happens.
+pub struct Stopped(pub std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+/// Writes `text` over the file's existing inode, as an editor that saves in place does: no
+/// truncation, the old contents padded over with spaces.
+pub fn write_in_place(path: &Path, text: &str) {
+    use std::io::Write;
+    let old_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as usize;
+    let mut padded = text.to_owned();
+    while padded.len() < old_len {
+        padded.push(' ');
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all(padded.as_bytes()).unwrap();
+    file.sync_all().unwrap();
 }
