@@ -353,7 +353,7 @@ impl IdKey {
         let n = serde_json::from_str::<f64>(raw.get()).ok()?;
         let whole = n.is_finite() && n.fract() == 0.0 && n.abs() <= MAX_INTEGER_ID as f64;
         // The cast is exact: a whole number of magnitude at most 2^53 - 1.
-        whole.then(|| IdKey::Int(n as i64))
+        whole.then_some(IdKey::Int(n as i64))
     }
 
     /// The id's canonical JSON text, to write into a message.
