@@ -266,15 +266,17 @@ impl LogFile {
         let backlog = self.pending.len() - self.written;
         match self.write_pending() {
             Ok(()) => {
-                let lines = count_lines(&self.pending);
+                // Counted only when recovering from an outage (the note is for that alone): on
+                // every healthy beat it would be a pass over every byte written.
+                let note = (self.failing && backlog > 0).then(|| {
+                    let lines = count_lines(&self.pending);
+                    format!("records are written again ({lines} waiting records written)")
+                });
                 self.pending.clear();
                 if self.pending.capacity() > KEEP_CAPACITY {
                     self.pending.shrink_to(KEEP_CAPACITY);
                 }
                 self.written = 0;
-                let note = (backlog > 0).then(|| {
-                    format!("records are written again ({lines} waiting records written)")
-                });
                 self.failing = false;
                 shared.succeeded(note);
             }
