@@ -17,6 +17,7 @@ use serde_json::json;
 
 use running::{Serve, Setup, initialize};
 use support::ANSWER_WITHIN;
+use support::memory::peak_rss;
 
 const FLOOD: usize = 200;
 /// The whole line stays under `--max-message 1MiB`.
@@ -50,16 +51,6 @@ for raw in sys.stdin.buffer:
                 f.write(str(i + 1))
             os.replace(progress_path + ".tmp", progress_path)
 "#;
-
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
 
 fn read_count(path: &Path) -> usize {
     std::fs::read_to_string(path)
@@ -128,7 +119,7 @@ fn a_get_stream_that_is_not_read_pushes_the_server_back_and_memory_stays_flat() 
         String::from_utf8_lossy(&head)
     );
 
-    let before = peak_rss(serve.pid());
+    let before = peak_rss(serve.pid()).expect("the gateway's memory");
     let flood = json!({"jsonrpc": "2.0", "method": "notifications/flood"});
     let reply = serve.post("flood", &token, Some(&session), &flood);
     assert_eq!(reply.status, 202, "{reply:?}");
@@ -151,7 +142,7 @@ fn a_get_stream_that_is_not_read_pushes_the_server_back_and_memory_stays_flat() 
             "the flood kept moving ({now} of {FLOOD})"
         );
     };
-    let after = peak_rss(serve.pid());
+    let after = peak_rss(serve.pid()).expect("the gateway's memory");
     eprintln!("peak RSS {before} -> {after} bytes; {written} of {FLOOD} messages written");
     assert!(
         written < FLOOD,

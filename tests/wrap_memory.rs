@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::ANSWER_WITHIN;
+use support::memory::peak_rss;
 
 /// Messages each flood sends.
 const FLOOD: usize = 200;
@@ -152,17 +153,6 @@ impl Drop for Wrap {
     }
 }
 
-/// The largest amount of memory the process has held (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 /// Waits until `count` reaches `all` or stops moving for [`STILL_FOR`]; returns it.
 fn until_pushed_back_or_done(what: &str, all: usize, count: impl Fn() -> usize) -> usize {
     let deadline = Instant::now() + ANSWER_WITHIN;
@@ -198,12 +188,12 @@ fn read_count(path: &Path) -> usize {
 fn a_server_flooding_a_client_that_does_not_read_is_pushed_back_and_memory_stays_flat() {
     let mut wrap = Wrap::start();
     wrap.ping(1);
-    let before = peak_rss(wrap.pid());
+    let before = peak_rss(wrap.pid()).expect("the gateway's memory");
     wrap.send(r#"{"jsonrpc":"2.0","method":"notifications/flood"}"#);
     let progress = wrap.dir.path().join("progress");
     // The client reads nothing now.
     let written = until_pushed_back_or_done("the server's flood", FLOOD, || read_count(&progress));
-    let after = peak_rss(wrap.pid());
+    let after = peak_rss(wrap.pid()).expect("the gateway's memory");
     eprintln!("peak RSS {before} -> {after} bytes; {written} of {FLOOD} messages written");
     assert!(
         written < FLOOD,
@@ -238,7 +228,7 @@ fn a_client_flooding_a_server_that_does_not_read_is_pushed_back_and_memory_stays
     let mut wrap = Wrap::start();
     wrap.ping(1);
     let lines = support::lines::line_reader(wrap.stdout.take().expect("stdout"));
-    let before = peak_rss(wrap.pid());
+    let before = peak_rss(wrap.pid()).expect("the gateway's memory");
     wrap.send(r#"{"jsonrpc":"2.0","method":"notifications/stall"}"#);
     let alive = |within: Duration| -> Option<u64> {
         let deadline = Instant::now() + within;
@@ -273,7 +263,7 @@ fn a_client_flooding_a_server_that_does_not_read_is_pushed_back_and_memory_stays
     };
     let written =
         until_pushed_back_or_done("the client's flood", FLOOD, || sent.load(Ordering::SeqCst));
-    let after = peak_rss(wrap.pid());
+    let after = peak_rss(wrap.pid()).expect("the gateway's memory");
     eprintln!("peak RSS {before} -> {after} bytes; {written} of {FLOOD} messages written");
     assert!(
         written < FLOOD,

@@ -12,6 +12,7 @@ use std::sync::mpsc::Receiver;
 use serde_json::{Value, json};
 
 use support::ANSWER_WITHIN;
+use support::memory::peak_rss;
 
 /// Records each line it reads (raw) to the file named by argv[1] and answers every request
 /// it finds, at the top or inside a batch, as a permissive server would: it "executes"
@@ -296,17 +297,6 @@ fn hidden_tools_stay_hidden_whatever_the_id() {
     assert_eq!(list["result"]["tools"], json!([{"name":"echo"}]), "{list}");
 }
 
-/// The largest amount of memory the process has held (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 #[test]
 fn an_oversized_request_is_answered_and_memory_stays_flat() {
     let mut wrap = Wrap::start(&["--max-message", "1MiB"]);
@@ -327,7 +317,7 @@ fn an_oversized_request_is_answered_and_memory_stays_flat() {
             .contains("--max-message")
     );
     wrap.round_trip(2);
-    let before = peak_rss(wrap.pid());
+    let before = peak_rss(wrap.pid()).expect("the gateway's memory");
     // 256 MiB in one line: streamed past, never kept.
     let chunk = vec![b'7'; 1 << 20];
     wrap.stdin
@@ -340,7 +330,7 @@ fn an_oversized_request_is_answered_and_memory_stays_flat() {
     let answer = wrap.recv("the 256 MiB line's error");
     assert_eq!(answer["id"], 6, "{answer}");
     wrap.round_trip(3);
-    let after = peak_rss(wrap.pid());
+    let after = peak_rss(wrap.pid()).expect("the gateway's memory");
     assert!(
         after < before + (32 << 20),
         "the peak memory grew from {before} to {after} bytes for one oversized line"

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use toolgate::wire::CallRecord;
 
 use crate::support::discovery::{operator, wait_discovery};
+pub use crate::support::memory::{peak_rss, reset_peak};
 use crate::support::peers::{e2e_script, python};
 use crate::support::{ANSWER_WITHIN, Stopped, private_dir, toolgate};
 
@@ -398,26 +399,6 @@ fn byte_lines(output: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
         }
     });
     rx
-}
-
-/// A line of `/proc/<pid>/status` in bytes (`VmHWM`, `VmRSS`).
-fn status_bytes(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// The peak resident memory (`VmHWM`) of process `pid` since [`reset_peak`], in bytes.
-pub fn peak_rss(pid: u32) -> Option<u64> {
-    status_bytes(pid, "VmHWM:")
-}
-
-/// Starts a new peak for process `pid` (`clear_refs` 5 resets `VmHWM` to the current
-/// resident size) and returns that size: each measurement then covers one attack only.
-pub fn reset_peak(pid: u32) -> u64 {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak memory");
-    status_bytes(pid, "VmRSS:").expect("the process's memory")
 }
 
 /// The recording server's command line (stdio).

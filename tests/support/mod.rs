@@ -1,7 +1,7 @@
 //! Support code shared by the integration tests, so each piece of harness is written once:
 //! finding the real MCP peers (`peers`), driving the Python MCP client over stdio or HTTP
 //! (`agent`), finding a gateway and its hello as an operator does (`discovery`), reading a
-//! child's output line by line with a deadline (`lines`), driving the real binary in tmux
+//! child's output line by line with a deadline (`lines`), reading its memory (`memory`), driving the real binary in tmux
 //! (`tmux`) and describing an in-process gateway (`events`).
 //!
 //! Each test crate declares `mod support;` and uses only what it needs, so most items are
@@ -13,6 +13,7 @@ pub mod agent;
 pub mod discovery;
 pub mod events;
 pub mod lines;
+pub mod memory;
 pub mod peers;
 pub mod tmux;
 
