@@ -15,7 +15,7 @@ use ratatui::backend::TestBackend;
 use serde_json::json;
 use toolgate::console::app::{AppEvent, State, set_filter, update};
 use toolgate::console::theme::Theme;
-use toolgate::wire::{CallEvent, Event, EventKind, Verdict};
+use toolgate::testing::wire::{CallEvent, Event, EventKind, Verdict};
 
 /// Counts bytes currently allocated, to report the state's memory.
 struct Counting;

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
-use toolgate::policy::{Call, CounterStore, MemoryStore, Policy, RedisStore, SqliteStore, Verdict};
+use toolgate::testing::policy::{
+    Call, CounterStore, MemoryStore, Policy, RedisStore, SqliteStore, Verdict,
+};
 
 const T0: u64 = 1_764_000_000_000;
 const GRANTS: usize = 20_000;

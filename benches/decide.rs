@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use toolgate::policy::{Call, MemoryStore, Policy, Verdict};
+use toolgate::testing::policy::{Call, MemoryStore, Policy, Verdict};
 
 fn seed_policy() -> Policy {
     let text = include_str!("../tests/fixtures/seed-policy.json");

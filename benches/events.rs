@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group};
 use serde_json::json;
-use toolgate::control::{self, ControlHandle, EventsOptions, Hub};
-use toolgate::wire::{CallEvent, EventKind, GatewayInfo, Verdict};
+use toolgate::testing::control::{self, ControlHandle, EventsOptions, Hub};
+use toolgate::testing::wire::{CallEvent, EventKind, GatewayInfo, Verdict};
 
 const CLIENTS: usize = 4;
 const BATCH: u64 = 20_000;
@@ -172,7 +172,7 @@ fn fanout(c: &mut Criterion) {
 /// spinning, so the publisher leaves the cores to the server), and waits for all of them
 /// to arrive.
 fn publish_paced(hub: &Hub, clients: &[Arc<AtomicU64>], n: u64) {
-    let window = (control::hub::SUBSCRIBER_QUEUE / 2) as u64;
+    let window = (control::SUBSCRIBER_QUEUE / 2) as u64;
     let target = hub.latest_seq() + n;
     while hub.latest_seq() < target {
         let room = window.saturating_sub(hub.latest_seq() - slowest(clients));

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use toolgate::console::app::{AppEvent, State, update};
 use toolgate::console::net::{self, Targets};
 use toolgate::console::theme::Theme;
-use toolgate::control::EventsOptions;
-use toolgate::demo::DemoOptions;
+use toolgate::testing::control::EventsOptions;
+use toolgate::testing::demo::DemoOptions;
 
 const SIZE: (u16, u16) = (150, 40);
 
@@ -30,12 +30,12 @@ async fn main() -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let demo = toolgate::demo::start(DemoOptions {
+    let demo = toolgate::testing::demo::start(DemoOptions {
         rate: 4.0,
         seed: 7,
         ..DemoOptions::default()
     })?;
-    let control = toolgate::control::start(
+    let control = toolgate::testing::control::start(
         demo.hub.clone(),
         EventsOptions {
             discovery: false,
@@ -118,7 +118,7 @@ impl Console<'_> {
         let state = &*self.state;
         self.terminal
             .draw(|frame| toolgate::console::view::draw(frame, state))?;
-        let svg = toolgate::screenshot::to_svg(self.terminal.backend().buffer());
+        let svg = toolgate::testing::screenshot::to_svg(self.terminal.backend().buffer());
         let path = out.join(format!("{name}.svg"));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());

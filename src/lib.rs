@@ -16,6 +16,7 @@
 //! - [`redact`] — which argument keys are secrets, and how they are hidden.
 //! - [`sanitize`] — the one way outside text reaches a terminal.
 //! - [`cli`] — the command line.
+//! - `testing` — the one door for tests, benches, examples and fuzz targets (hidden).
 
 pub mod cli;
 pub mod console;
@@ -26,5 +27,6 @@ pub mod policy;
 pub mod redact;
 pub mod sanitize;
 pub mod scan;
-pub mod screenshot;
+#[doc(hidden)]
+pub mod testing;
 pub mod wire;

@@ -24,8 +24,8 @@ use support::discovery::wait_discovery;
 use support::lines::line_reader;
 use support::peers::{e2e_script, python};
 use support::{ANSWER_WITHIN, private_dir, toolgate, wait_exit};
-use toolgate::control::{self, Connection};
-use toolgate::wire::{AuditStatus, CallEvent, EventKind};
+use toolgate::testing::control::{self, Connection};
+use toolgate::testing::wire::{AuditStatus, CallEvent, EventKind};
 
 const ALLOW_ALL: &str = r#"{"version":"1","default":"allow"}"#;
 

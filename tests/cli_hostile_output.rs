@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use support::events::{Listed as Gateway, listed};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use toolgate::control::{self, Hub};
-use toolgate::wire::{CallEvent, Event, EventKind, Verdict};
+use toolgate::testing::control::{self, Hub};
+use toolgate::testing::wire::{CallEvent, Event, EventKind, Verdict};
 
 /// OSC 52 (sets the clipboard), clear screen, a C1 CSI, C1 NEL, a bidi override, DEL and a
 /// zero-width space.

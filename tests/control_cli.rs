@@ -11,8 +11,8 @@ use serde_json::json;
 use support::events::{Listed as Gateway, gateway_info, listed};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use toolgate::control::{self, HoldTicket, Hub};
-use toolgate::wire::{CallEvent, Event, EventKind, Verdict};
+use toolgate::testing::control::{self, HoldTicket, Hub};
+use toolgate::testing::wire::{CallEvent, Event, EventKind, Verdict};
 
 /// A gateway whose discovery file lives in its own runtime dir; the binary is pointed at it
 /// through the child's environment, never this process's.
@@ -179,7 +179,7 @@ async fn tail_shows_human_lines_with_outside_text_neutralised() {
     assert!(hello.contains("clihum connected"), "{hello}");
 
     gw.hub
-        .publish(EventKind::Upstream(toolgate::wire::Upstream {
+        .publish(EventKind::Upstream(toolgate::testing::wire::Upstream {
             server: "srv\x1b]0;pwned\x07".into(),
             up: false,
             detail: None,

@@ -12,9 +12,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use chrono::Utc;
 use support::events::gateway_info;
-use toolgate::control::discovery::{self, DiscoveryEntry};
-use toolgate::control::{self, EventsOptions, Hub};
-use toolgate::wire::GatewayInfo;
+use toolgate::testing::control::discovery::{self, DiscoveryEntry};
+use toolgate::testing::control::{self, EventsOptions, Hub};
+use toolgate::testing::wire::GatewayInfo;
 
 /// Points `XDG_RUNTIME_DIR` at a private temporary directory and serialises the tests.
 fn runtime_dir() -> (MutexGuard<'static, ()>, PathBuf) {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use support::agent::wrap;
 use support::discovery::next_event;
 use support::{ANSWER_WITHIN, toolgate, wait_exit};
-use toolgate::control::{self, DiscoveryEntry};
-use toolgate::wire::EventKind;
+use toolgate::testing::control::{self, DiscoveryEntry};
+use toolgate::testing::wire::EventKind;
 
 /// The second local user, created once (and left for later runs).
 const INTRUDER: &str = "toolgate-intruder";

@@ -20,8 +20,8 @@ use support::discovery::{next_event as next, operator, wait_discovery};
 use support::lines::line_reader;
 use support::peers::everything;
 use support::{ANSWER_WITHIN as WITHIN, private_dir};
-use toolgate::control::{self, ClientError, Connection, DiscoveryEntry};
-use toolgate::wire::{
+use toolgate::testing::control::{self, ClientError, Connection, DiscoveryEntry};
+use toolgate::testing::wire::{
     ClientMsg, Event, EventKind, Hello, HoldResolved, Reply, ResolvedBy, Verdict,
 };
 

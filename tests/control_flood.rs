@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use support::agent::wrap;
 use support::{ANSWER_WITHIN, private_dir};
-use toolgate::control::server::{AUTH_DEADLINE, MAX_HANDSHAKING, MAX_OPERATORS};
-use toolgate::control::{self, DiscoveryEntry};
-use toolgate::wire::{ClientMsg, EventKind};
+use toolgate::testing::control::{self, DiscoveryEntry};
+use toolgate::testing::control::{AUTH_DEADLINE, MAX_HANDSHAKING, MAX_OPERATORS};
+use toolgate::testing::wire::{ClientMsg, EventKind};
 
 const POLICY: &str = r#"{ "version": "1", "default": "allow" }"#;
 

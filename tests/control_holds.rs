@@ -18,7 +18,7 @@ use running::{Serve, Setup};
 use serde_json::{Value, json};
 use support::ANSWER_WITHIN;
 use support::discovery::{operator, wait_discovery};
-use toolgate::wire::Verdict;
+use toolgate::testing::wire::Verdict;
 
 /// Every echo needs a person; three echoes an hour per grant.
 const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {

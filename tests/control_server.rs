@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use support::events::gateway_info;
-use toolgate::control::{self, ClientError, Connection, EventsOptions, Hub};
-use toolgate::wire::{
+use toolgate::testing::control::{self, ClientError, Connection, EventsOptions, Hub};
+use toolgate::testing::wire::{
     CallEvent, ClientMsg, Event, EventKind, Hello, PROTOCOL_VERSION, Reply, ResolvedBy, Upstream,
     Verdict,
 };
@@ -293,7 +293,7 @@ async fn an_oversized_command_closes_only_that_connection() {
     let hub = new_hub("big");
     let server = serve(&hub).await;
     let mut ws = raw_socket(&server).await;
-    let huge = "x".repeat(control::server::MAX_CLIENT_MESSAGE + 1);
+    let huge = "x".repeat(control::MAX_CLIENT_MESSAGE + 1);
     let _ = ws.send(Message::text(huge)).await;
     // The server drops the connection; the stream ends (possibly after the hello).
     use futures_util::StreamExt;
@@ -374,10 +374,12 @@ async fn a_reconnecting_client_gets_the_state_it_missed_in_the_snapshot() {
         },
     )
     .unwrap();
-    hub.publish(EventKind::PolicyApplied(toolgate::wire::PolicyApplied {
-        path: "/tmp/policy.json".into(),
-        hash: "3f9a21".into(),
-    }));
+    hub.publish(EventKind::PolicyApplied(
+        toolgate::testing::wire::PolicyApplied {
+            path: "/tmp/policy.json".into(),
+            hash: "3f9a21".into(),
+        },
+    ));
 
     let mut again = connect(&server).await;
     let (seq, after) = hello(&mut again).await;
@@ -446,7 +448,7 @@ async fn a_stalled_client_misses_events_then_gets_a_fresh_hello_while_others_kee
     assert_eq!(hello_seq, last_seq + dropped);
     assert_eq!(
         fresh.snapshot.calls.len(),
-        toolgate::control::hub::RECENT_CALLS
+        toolgate::testing::control::RECENT_CALLS
     );
     assert_eq!(fresh.snapshot.totals.allow, hello_seq);
 
@@ -496,7 +498,9 @@ async fn shutdown_closes_the_connections() {
 #[tokio::test]
 async fn a_hello_with_a_thousand_holds_carries_them_all_and_the_last_calls_within_1_mib() {
     use futures_util::StreamExt;
-    use toolgate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, RECENT_CALLS};
+    use toolgate::testing::control::{
+        DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, RECENT_CALLS,
+    };
 
     let hub = new_hub("size");
     let server = serve(&hub).await;

@@ -5,11 +5,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use toolgate::policy::{
+use toolgate::testing::policy::{
     Admission, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest, MemoryStore,
     Reservation, Scope, StoreError,
 };
-use toolgate::wire::StoreStatus;
+use toolgate::testing::wire::StoreStatus;
 
 /// A memory store that can be switched off, as a shared store goes away.
 #[derive(Default)]

@@ -8,7 +8,7 @@ mod counters_support;
 use std::sync::Arc;
 
 use counters_support::{RedisServer, unique_prefix};
-use toolgate::policy::{
+use toolgate::testing::policy::{
     Admission, CounterStore, KeyUsage, LimitRequest, MemoryStore, RedisStore, Reservation, Scope,
     SqliteStore,
 };

@@ -9,10 +9,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHal
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use toolgate::control::{Hub, Resolution};
-use toolgate::gateway::{End, Gateway, RunOptions, run};
-use toolgate::policy::{MemoryStore, Policy};
-use toolgate::wire::{Event, EventKind, GatewayInfo, ResolvedBy};
+use toolgate::testing::control::{Hub, Resolution};
+use toolgate::testing::gateway::{End, Gateway, RunOptions, run};
+use toolgate::testing::policy::{MemoryStore, Policy};
+use toolgate::testing::wire::{Event, EventKind, GatewayInfo, ResolvedBy};
 
 /// Every step of a test waits at most this long; a hang fails instead of blocking CI.
 const STEP: Duration = Duration::from_secs(10);
@@ -195,7 +195,7 @@ async fn allowed_call_reaches_the_server_byte_for_byte_and_its_answer_comes_back
     assert_eq!(call.tool, "echo");
     assert_eq!(call.grant, "tester");
     assert_eq!(call.session, "session-1");
-    assert_eq!(call.decision, toolgate::policy::Verdict::Allow);
+    assert_eq!(call.decision, toolgate::testing::policy::Verdict::Allow);
     let EventKind::Outcome(outcome) = h.event("outcome").await else {
         unreachable!()
     };
@@ -424,7 +424,7 @@ async fn held_call_id(h: &mut Harness) -> String {
     let EventKind::Call(call) = h.event("call").await else {
         unreachable!()
     };
-    assert_eq!(call.decision, toolgate::policy::Verdict::Hold);
+    assert_eq!(call.decision, toolgate::testing::policy::Verdict::Hold);
     assert!(call.hold_deadline.is_some());
     call.call_id
 }
@@ -1037,7 +1037,7 @@ async fn messages_over_the_size_limit_are_answered_from_their_prefix_and_never_f
 #[tokio::test]
 async fn each_side_has_at_most_max_in_flight_requests_waiting() {
     let mut h = start(HIDE_SECRETS);
-    let max = toolgate::gateway::core::MAX_IN_FLIGHT as u64;
+    let max = toolgate::testing::gateway::MAX_IN_FLIGHT as u64;
     for id in 0..max {
         h.client
             .send(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#))

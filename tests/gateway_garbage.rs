@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
-use toolgate::control::Hub;
-use toolgate::gateway::{End, Gateway, RunOptions, run};
-use toolgate::policy::{MemoryStore, Policy};
-use toolgate::wire::GatewayInfo;
+use toolgate::testing::control::Hub;
+use toolgate::testing::gateway::{End, Gateway, RunOptions, run};
+use toolgate::testing::policy::{MemoryStore, Policy};
+use toolgate::testing::wire::GatewayInfo;
 
 const POLICY: &str = r#"{"version":"1","default":"deny","hide":["h*"],
   "tools":{"echo":{"rate_limit":{"max":2,"window":"minute"}},"hold":{"action":"require_approval"}}}"#;

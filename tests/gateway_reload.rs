@@ -26,9 +26,9 @@ use support::lines::line_reader;
 use support::peers::{e2e_script, python};
 use support::{ANSWER_WITHIN, toolgate, write_in_place};
 use tokio::sync::broadcast::error::TryRecvError;
-use toolgate::control::Hub;
-use toolgate::gateway::reload::{PolicyReloader, load_initial};
-use toolgate::wire::{Event, EventKind, GatewayInfo};
+use toolgate::testing::control::Hub;
+use toolgate::testing::gateway::{PolicyReloader, load_initial};
+use toolgate::testing::wire::{Event, EventKind, GatewayInfo};
 
 fn hub() -> Arc<Hub> {
     Hub::new(GatewayInfo {

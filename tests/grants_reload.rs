@@ -29,9 +29,9 @@ use support::toolgate;
 use tokio::sync::broadcast::error::TryRecvError;
 use toolgate::console::app::{State, update};
 use toolgate::console::theme::Theme;
-use toolgate::control::Hub;
-use toolgate::gateway::grants::{Grants, GrantsReloader};
-use toolgate::wire::{Event, EventKind, GatewayInfo, GrantsChange, GrantsChanged};
+use toolgate::testing::control::Hub;
+use toolgate::testing::gateway::{Grants, GrantsReloader};
+use toolgate::testing::wire::{Event, EventKind, GatewayInfo, GrantsChange, GrantsChanged};
 
 /// How long a grants edit other than a deletion may take to apply (debounce plus slack for
 /// a loaded CI machine; only a broken watch ever waits this long).

@@ -36,7 +36,7 @@ fn check_summarises_a_valid_policy_and_exits_zero() {
     let o = toolgate(&["check", SEED]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
-    let hash = toolgate::policy::Policy::load(Path::new(SEED))
+    let hash = toolgate::testing::policy::Policy::load(Path::new(SEED))
         .unwrap()
         .hash()[..6]
         .to_string();

@@ -2,7 +2,7 @@
 //! order, limits (scopes, shared counters, atomic admission, release) and the agent's text.
 
 use serde_json::{Value, json};
-use toolgate::policy::{
+use toolgate::testing::policy::{
     Action, Admission, Call, CounterStore, Decision, KeyUsage, LimitRequest, MemoryStore, Policy,
     Reservation, Scope, StoreError, Verdict,
 };

@@ -1,7 +1,7 @@
 //! Invalid policies: every kind of problem is reported with the right FILE:LINE:COL and JSON
 //! Pointer, all problems at once, in document order.
 
-use toolgate::policy::{Diagnostic, Policy};
+use toolgate::testing::policy::{Diagnostic, Policy};
 
 fn diagnostics(text: &str) -> Vec<Diagnostic> {
     match Policy::parse(text, "policy.json") {

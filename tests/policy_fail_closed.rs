@@ -3,7 +3,7 @@
 //! exactly JSON numbers compare as numbers, and `under` places file paths lexically.
 
 use serde_json::{Value, json};
-use toolgate::policy::{Call, Decision, MemoryStore, Policy, Verdict};
+use toolgate::testing::policy::{Call, Decision, MemoryStore, Policy, Verdict};
 
 fn policy(v: Value) -> Policy {
     let text = serde_json::to_string_pretty(&v).unwrap();

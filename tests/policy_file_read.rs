@@ -106,7 +106,7 @@ fn check_explain_wrap_and_serve_refuse_a_fifo_as_the_policy_without_waiting_on_i
 #[test]
 fn a_policy_over_16_mib_is_refused_with_the_cap_and_one_at_the_cap_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let cap = toolgate::policy::MAX_POLICY_BYTES as usize;
+    let cap = toolgate::testing::policy::MAX_POLICY_BYTES as usize;
     let valid = r#"{"version": "1", "default": "deny"}"#;
     // Padding after the JSON: whitespace, so the file at the cap is a valid policy.
     let at_cap = dir.path().join("at-cap.json");

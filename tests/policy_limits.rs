@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::json;
-use toolgate::policy::{
+use toolgate::testing::policy::{
     Admission, Call, CounterStore, LimitRequest, MemoryStore, Policy, Scope, Verdict,
 };
 

@@ -15,11 +15,11 @@ use libfuzzer_sys::fuzz_target;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use toolgate::control::Hub;
-use toolgate::gateway::http::body::message_line;
-use toolgate::gateway::{End, Gateway, RunOptions, run};
-use toolgate::policy::{MemoryStore, Policy};
-use toolgate::wire::GatewayInfo;
+use toolgate::testing::control::Hub;
+use toolgate::testing::gateway::message_line;
+use toolgate::testing::gateway::{End, Gateway, RunOptions, run};
+use toolgate::testing::policy::{MemoryStore, Policy};
+use toolgate::testing::wire::GatewayInfo;
 
 /// Only `echo` may run; `hold` waits for a person who never comes (denied at the end).
 const POLICY: &str = r#"{"version":"1","default":"deny","hide":["secret_*"],

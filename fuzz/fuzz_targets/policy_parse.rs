@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use toolgate::policy::{Call, MemoryStore, Policy};
+use toolgate::testing::policy::{Call, MemoryStore, Policy};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

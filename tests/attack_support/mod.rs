@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use toolgate::wire::CallRecord;
+use toolgate::testing::wire::CallRecord;
 
 use crate::support::discovery::{operator, wait_discovery};
 pub use crate::support::memory::{peak_rss, reset_peak};

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use toolgate::control::{self, Connection, DiscoveryEntry};
-use toolgate::wire::{Event, EventKind, Hello};
+use toolgate::testing::control::{self, Connection, DiscoveryEntry};
+use toolgate::testing::wire::{Event, EventKind, Hello};
 
 use super::ANSWER_WITHIN;
 

@@ -1,7 +1,7 @@
 //! Fixtures for the tests that run a gateway's event side (hub and websocket) in process.
 
 use chrono::Utc;
-use toolgate::wire::GatewayInfo;
+use toolgate::testing::wire::GatewayInfo;
 
 /// What a test gateway `id` says about itself: this process, grant `ci-bot` in front of
 /// `everything`, with its policy at `policy`.
@@ -21,8 +21,8 @@ pub fn gateway_info(id: &str, policy: &str) -> GatewayInfo {
 /// runtime directory of its own, so the real binary finds it through the child's
 /// environment, never this process's (tests run in parallel).
 pub struct Listed {
-    pub hub: std::sync::Arc<toolgate::control::Hub>,
-    pub server: toolgate::control::ControlHandle,
+    pub hub: std::sync::Arc<toolgate::testing::control::Hub>,
+    pub server: toolgate::testing::control::ControlHandle,
     pub runtime: tempfile::TempDir,
 }
 
@@ -32,15 +32,15 @@ pub struct Listed {
 /// websocket's.
 pub async fn listed(
     runtime: tempfile::TempDir,
-    hub: std::sync::Arc<toolgate::control::Hub>,
-    entry: toolgate::control::DiscoveryEntry,
+    hub: std::sync::Arc<toolgate::testing::control::Hub>,
+    entry: toolgate::testing::control::DiscoveryEntry,
 ) -> Listed {
     use std::os::unix::fs::PermissionsExt;
-    let server = toolgate::control::start(
+    let server = toolgate::testing::control::start(
         hub.clone(),
-        toolgate::control::EventsOptions {
+        toolgate::testing::control::EventsOptions {
             discovery: false,
-            ..toolgate::control::EventsOptions::default()
+            ..toolgate::testing::control::EventsOptions::default()
         },
     )
     .await
@@ -49,7 +49,7 @@ pub async fn listed(
     // A `tail` started first may have made it already.
     let _ = std::fs::create_dir(&dir);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod 0700");
-    let entry = toolgate::control::DiscoveryEntry {
+    let entry = toolgate::testing::control::DiscoveryEntry {
         url: server.url().into(),
         token: server.token().into(),
         ..entry

@@ -1,5 +1,5 @@
 //! Renders a ratatui [`Buffer`] to SVG, cell for cell, with its colours and modifiers, so the
-//! README's screenshots are made from the real console's frames (`toolgate screenshots`)
+//! README's screenshots are made from the real console's frames (`cargo run --example screenshots`)
 //! rather than drawn by hand. `scripts/screenshots` turns the SVGs into PNGs.
 
 use std::fmt::Write;

@@ -1,0 +1,73 @@
+//! The one door from outside the crate into its insides, for the integration tests, benches,
+//! examples and fuzz targets, which are separate crates and see only what is `pub` from
+//! `lib.rs`.
+//!
+//! Everything else in the crate is meant to be `pub(crate)`, so that the compiler can report
+//! dead code: only `cli` (the binary's entry) and this module are public. What a test needs
+//! is re-exported here by name, one sub-module per module of the crate, so that a test's
+//! `use toolgate::testing::policy::Policy` reads like the crate's own path. Adding a name here
+//! is the way to reach something new from a test; making a module `pub` again is not.
+//!
+//! The console's insides are reached through `console::testing`, which the console keeps.
+//! Nothing here is a stable interface: it changes with the code it exposes.
+
+pub mod screenshot;
+
+/// The policy language: parse, decide, count.
+pub mod policy {
+    pub use crate::policy::{
+        Action, Admission, Call, CounterStore, Decision, Diagnostic, FailMode, GuardedStore,
+        KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, Policy, RedisStore, Reservation,
+        Scope, SqliteStore, StoreError, Verdict,
+    };
+}
+
+/// The enforcement core and the pieces of its transports that tests drive directly.
+pub mod gateway {
+    pub use crate::gateway::core::MAX_IN_FLIGHT;
+    pub use crate::gateway::grants::{Grants, GrantsReloader};
+    pub use crate::gateway::http::body::message_line;
+    pub use crate::gateway::reload::{PolicyReloader, load_initial};
+    pub use crate::gateway::{End, Gateway, RunOptions, run};
+}
+
+/// The control plane: hub, websocket server, clients, discovery, and the caps tests push.
+pub mod control {
+    pub use crate::control::hub::{
+        DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, RECENT_CALLS, SUBSCRIBER_QUEUE,
+    };
+    pub use crate::control::server::{
+        AUTH_DEADLINE, MAX_CLIENT_MESSAGE, MAX_HANDSHAKING, MAX_OPERATORS,
+    };
+    pub use crate::control::{
+        ClientError, Connection, ControlHandle, DiscoveryEntry, EventsOptions, HoldTicket, Hub,
+        Resolution, connect, discovery_dir, discovery_dirs, list_gateways, start,
+    };
+
+    /// Discovery files, written and read as gateways and operators do.
+    pub mod discovery {
+        pub use crate::control::discovery::{
+            DiscoveryEntry, ensure_discovery_dir, fallback_dir, write_entry,
+        };
+    }
+}
+
+/// The messages between a gateway and its operators.
+pub mod wire {
+    pub use crate::wire::{
+        AuditStatus, CallEvent, CallRecord, ClientMsg, CounterState, Counters, Event, EventKind,
+        GatewayInfo, GrantsChange, GrantsChanged, Hello, HoldResolved, Outcome, PROTOCOL_VERSION,
+        PolicyApplied, PolicyRejected, Reply, ResolvedBy, Snapshot, StoreStatus, ToolInfo, Tools,
+        Totals, Upstream, Verdict,
+    };
+}
+
+/// `toolgate scan`'s classifier.
+pub mod scan {
+    pub use crate::scan::{classify, suggested_rule};
+}
+
+/// The embedded demo.
+pub mod demo {
+    pub use crate::demo::{DemoOptions, start};
+}
