@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod approve;
+mod audit_values;
 mod check;
 mod console;
 mod demo;

@@ -14,7 +14,7 @@ pub mod discovery;
 pub mod hub;
 pub mod server;
 
-pub use client::{ClientError, CommandWriter, Connection, EventReader, connect};
+pub use client::{ClientError, Connection, connect};
 pub use discovery::{DiscoveryEntry, describe_dirs, discovery_dir, discovery_dirs, list_gateways};
-pub use hub::{HoldTicket, Hub, Published, Resolution, ResolveError};
+pub use hub::{HoldTicket, Hub, Resolution};
 pub use server::{ControlHandle, EventsOptions, start};

@@ -9,7 +9,7 @@
 //!
 //! Writing happens on a dedicated thread ([`writer`]), so a slow disk never adds latency to a
 //! call: a record is appended to an in-memory buffer (no system call, no thread wake-up on the
-//! call's path) and the thread writes the buffer out every [`FLUSH_EVERY`], and at close. The
+//! call's path) and the thread writes the buffer out every [`writer::FLUSH_EVERY`], and at close. The
 //! same thread follows rotation and `SIGHUP`, and reports a log that cannot be written; while
 //! it cannot, [`AuditLog::refuses_calls`] tells the gateway to deny calls (`--audit-fail`).
 
@@ -29,11 +29,12 @@ use sha2::{Digest, Sha256};
 use crate::policy::Verdict;
 
 pub use key::{AuditKey, KeyError};
-pub use writer::{FLUSH_EVERY, HealthSink};
+pub use writer::HealthSink;
 use writer::{LogFile, MAX_QUEUED, Shared};
 
-/// How much of the arguments the audit log keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// How much of the arguments the audit log keeps (`--audit-args`, spelled in
+/// `cli::audit_values`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuditArgs {
     /// Argument keys and a keyed hash (HMAC) of the arguments; no values.
     #[default]
@@ -42,8 +43,9 @@ pub enum AuditArgs {
     Full,
 }
 
-/// What tool calls get while the audit log cannot be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// What tool calls get while the audit log cannot be written (`--audit-fail`, spelled in
+/// `cli::audit_values`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuditFail {
     /// Denied, with a reason saying the audit log cannot be written, until it can again.
     #[default]
@@ -257,10 +259,6 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    pub fn args_mode(&self) -> AuditArgs {
-        self.args
     }
 
     pub fn key(&self) -> &AuditKey {

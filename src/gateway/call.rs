@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -74,9 +73,11 @@ impl Gateway {
         let (event_args, args_truncated) = event_args(args);
         let hold_deadline = match decision.verdict {
             Verdict::Hold => decision.approval_timeout_ms.and_then(|ms| {
-                Utc::now().checked_add_signed(chrono::Duration::milliseconds(
-                    i64::try_from(ms).unwrap_or(i64::MAX),
-                ))
+                self.clock
+                    .now()
+                    .checked_add_signed(chrono::Duration::milliseconds(
+                        i64::try_from(ms).unwrap_or(i64::MAX),
+                    ))
             }),
             _ => None,
         };
@@ -97,7 +98,7 @@ impl Gateway {
         if let Some(audit) = &self.audit {
             let digest = audit.describe_args(args);
             audit.record(&AuditRecord {
-                ts: Utc::now(),
+                ts: self.clock.now(),
                 kind: "decision",
                 call_id: &event.call_id,
                 grant: &self.grant,
@@ -184,7 +185,7 @@ impl Gateway {
         let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(audit) = &self.audit {
             audit.record(&AuditRecord {
-                ts: Utc::now(),
+                ts: self.clock.now(),
                 kind: "outcome",
                 call_id,
                 grant: &self.grant,
@@ -243,7 +244,7 @@ impl Gateway {
                         operator: None,
                         reason: Some(format!(
                             "approval timed out after {}",
-                            super::human_duration(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+                            crate::policy::human_duration(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
                         )),
                     });
                 }

@@ -600,19 +600,6 @@ impl CallParams {
     }
 }
 
-/// Whether a request's params carry the 2026-07-28 protocol stamp.
-pub fn params_are_modern(params: Option<&RawValue>) -> bool {
-    #[derive(Deserialize)]
-    struct P {
-        #[serde(default, rename = "_meta")]
-        meta: Option<serde_json::Map<String, Value>>,
-    }
-    params
-        .and_then(|p| serde_json::from_str::<P>(p.get()).ok())
-        .and_then(|p| p.meta)
-        .is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION))
-}
-
 /// The cursor of a paginated request (`tools/list`), if any.
 pub fn cursor(params: Option<&RawValue>) -> Option<String> {
     #[derive(Deserialize)]

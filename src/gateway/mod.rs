@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
 
 use crate::control::Hub;
 use crate::policy::{CounterStore, Policy};
@@ -59,17 +60,26 @@ pub type PolicyHandle = Arc<ArcSwap<Policy>>;
 /// commonly time a request out after 60 s without progress; this keeps well inside that.
 pub const HOLD_PROGRESS_INTERVAL: Duration = Duration::from_secs(8);
 
-/// Wall-clock time for the policy's rate windows; injectable so decisions are testable.
-pub trait Clock: Send + Sync + std::fmt::Debug {
+/// The gateway's wall-clock time: the policy's rate windows, hold deadlines and audit
+/// records all read it, so one injected clock moves all three together in tests.
+pub trait WallClock: Send + Sync + std::fmt::Debug {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+
+    /// The same time as a timestamp (a time beyond chrono's range reads as its last instant).
+    fn now(&self) -> DateTime<Utc> {
+        i64::try_from(self.now_ms())
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
 }
 
 /// The system clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub struct SystemWallClock;
 
-impl Clock for SystemClock {
+impl WallClock for SystemWallClock {
     fn now_ms(&self) -> u64 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -88,7 +98,7 @@ pub struct Gateway {
     /// A human name for the upstream server, as shown in events and audit records.
     pub server: String,
     pub audit: Option<Arc<AuditLog>>,
-    pub clock: Arc<dyn Clock>,
+    pub clock: Arc<dyn WallClock>,
     /// See [`HOLD_PROGRESS_INTERVAL`].
     pub hold_progress_interval: Duration,
 }
@@ -119,7 +129,7 @@ impl Gateway {
             grant: grant.into(),
             server: server.into(),
             audit: None,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemWallClock),
             hold_progress_interval: HOLD_PROGRESS_INTERVAL,
         }
     }
@@ -129,39 +139,93 @@ impl Gateway {
         self
     }
 
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Gateway {
+    /// The same gateway reading `clock` instead of the system's (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Gateway {
         self.clock = clock;
         self
     }
 }
 
-/// A short human form of a duration: `2m`, `90s` → `1m30s`, `1h`.
-pub fn human_duration(ms: u64) -> String {
-    let secs = ms / 1000;
-    if secs == 0 {
-        return format!("{ms}ms");
-    }
-    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+    use serde_json::{Value, json};
+
+    use super::audit::{AuditArgs, AuditFail, AuditKey, AuditOptions, key::KEY_LEN};
+    use super::{AuditLog, Gateway, WallClock};
+    use crate::control::Hub;
+    use crate::policy::{MemoryStore, Policy, Verdict};
+    use crate::wire::{EventKind, GatewayInfo};
+
+    /// A clock that always reads the same instant.
+    #[derive(Debug)]
+    struct Stopped(u64);
+
+    impl WallClock for Stopped {
+        fn now_ms(&self) -> u64 {
+            self.0
+        }
+    }
+
     #[test]
-    fn durations_read_like_the_policy_writes_them() {
-        assert_eq!(super::human_duration(120_000), "2m");
-        assert_eq!(super::human_duration(90_000), "1m30s");
-        assert_eq!(super::human_duration(3_600_000), "1h");
-        assert_eq!(super::human_duration(250), "250ms");
+    fn a_held_calls_deadline_and_its_audit_record_read_the_gateways_clock() {
+        // 2001-09-09T01:46:40Z: far from any real "now", so the system clock cannot pass.
+        let at = DateTime::<Utc>::from_timestamp_millis(1_000_000_000_000).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = AuditLog::open(
+            &path,
+            AuditOptions {
+                args: AuditArgs::Keys,
+                fail: AuditFail::Closed,
+                key: AuditKey::fixed([7; KEY_LEN]),
+                health: None,
+            },
+        )
+        .unwrap();
+        let policy = Policy::parse(
+            r#"{"version":"1","default":"deny","tools":{"send":{"action":"require_approval","approval_timeout":"2m"}}}"#,
+            "policy.json",
+        )
+        .unwrap();
+        let hub = Hub::new(GatewayInfo {
+            id: "gw".into(),
+            pid: 1,
+            version: "test".into(),
+            grant: "tester".into(),
+            server: "fake".into(),
+            policy: "/tmp/policy.json".into(),
+            started_at: Utc::now(),
+        });
+        let mut events = hub.subscribe();
+        let gateway = Gateway::new(
+            Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+            Arc::new(MemoryStore::new()),
+            hub,
+            "tester",
+            "fake",
+        )
+        .with_audit(Arc::new(audit))
+        .with_clock(Arc::new(Stopped(1_000_000_000_000)));
+
+        let (_, decision) = gateway.decide_call("s", "send", &json!({}));
+        assert_eq!(decision.verdict, Verdict::Hold);
+
+        let event = events.try_recv().expect("the decision was published");
+        let EventKind::Call(call) = &event.kind else {
+            panic!("the first event is not the call: {:?}", event.kind);
+        };
+        assert_eq!(call.hold_deadline, Some(at + chrono::Duration::minutes(2)));
+
+        // Closing writes every queued record before it returns.
+        if let Some(audit) = &gateway.audit {
+            audit.close();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let record: Value = serde_json::from_str(text.lines().next().expect("one record")).unwrap();
+        let ts: DateTime<Utc> = serde_json::from_value(record["ts"].clone()).unwrap();
+        assert_eq!(ts, at);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::PolicyHandle;
-pub use super::watch::{DEBOUNCE, FileWatch, Reread, WatchError, read_watched_file};
+pub use super::watch::{FileWatch, Reread, WatchError, read_watched_file};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
 use crate::wire::{EventKind, PolicyApplied, PolicyRejected};
@@ -46,7 +46,6 @@ pub fn absolute(path: &Path) -> PathBuf {
 /// A running watch; dropping it stops watching.
 pub struct PolicyWatcher {
     _debouncer: FileWatch,
-    reloader: Arc<Mutex<PolicyReloader>>,
 }
 
 impl std::fmt::Debug for PolicyWatcher {
@@ -63,17 +62,10 @@ impl PolicyWatcher {
             policy,
             hub,
         )));
-        let handler_reloader = reloader.clone();
-        let debouncer = FileWatch::start(path, "policy", move || lock(&handler_reloader).check())?;
+        let debouncer = FileWatch::start(path, "policy", move || lock(&reloader).check())?;
         Ok(PolicyWatcher {
             _debouncer: debouncer,
-            reloader,
         })
-    }
-
-    /// Re-reads the file now (as a filesystem event would).
-    pub fn check_now(&self) {
-        lock(&self.reloader).check();
     }
 }
 

@@ -186,7 +186,8 @@ where
         Ok(())
     }
 
-    pub fn era(&self) -> Era {
+    #[cfg(test)]
+    fn era(&self) -> Era {
         self.era
     }
 

@@ -16,9 +16,9 @@ pub mod classify;
 pub mod report;
 pub mod suggest;
 
-pub use against::{Finding, compare};
-pub use classify::{Classification, Evidence, RiskClass, classify};
-pub use suggest::{Skipped, starting_policy, suggested_rule};
+pub use against::compare;
+pub use classify::{Classification, RiskClass, classify};
+pub use suggest::{starting_policy, suggested_rule};
 
 use crate::wire::ToolInfo;
 

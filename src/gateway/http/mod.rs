@@ -194,11 +194,6 @@ impl HttpGateway {
         }
     }
 
-    /// How many sessions are open.
-    pub fn session_count(&self) -> usize {
-        self.links.session_count()
-    }
-
     /// Ends idle sessions and forgets ended ones, periodically.
     async fn reap(self: Arc<Self>) {
         let every = (self.options.session_idle / 4)

@@ -43,16 +43,6 @@ pub enum ServerSpec {
     Url(UrlServer),
 }
 
-impl ServerSpec {
-    /// A readable form, for logs and the gateway's info.
-    pub fn display(&self) -> String {
-        match self {
-            ServerSpec::Command(c) => c.display(),
-            ServerSpec::Url(u) => u.url.clone(),
-        }
-    }
-}
-
 /// A Streamable HTTP upstream.
 #[derive(Debug, Clone)]
 pub struct UrlServer {

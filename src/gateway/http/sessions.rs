@@ -154,10 +154,6 @@ impl Sessions {
         }
     }
 
-    pub fn caps(&self) -> SessionCaps {
-        self.caps
-    }
-
     /// Takes a place for a new link of `grant`, or says which cap refuses it.
     pub fn reserve(&self, grant: &str) -> Result<Reservation<'_>, Refused> {
         let mut table = lock(&self.table);
@@ -211,13 +207,9 @@ impl Sessions {
         self.remove_if(|_| true)
     }
 
-    /// How many MCP sessions are open (stateless links not included).
-    pub fn session_count(&self) -> usize {
-        lock(&self.table).sessions.len()
-    }
-
     /// How many links `grant` has open or reserved.
-    pub fn count_of(&self, grant: &str) -> usize {
+    #[cfg(test)]
+    fn count_of(&self, grant: &str) -> usize {
         lock(&self.table).per_grant.get(grant).copied().unwrap_or(0)
     }
 
