@@ -27,6 +27,7 @@ pub mod policy;
 pub mod redact;
 pub mod sanitize;
 pub mod scan;
+mod sync;
 #[doc(hidden)]
 pub mod testing;
 pub mod wire;

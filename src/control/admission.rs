@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// Most connections served at once after presenting the token; more are answered 503.
@@ -122,11 +123,6 @@ impl Drop for Handshake {
             pool.queue.remove(at);
         }
     }
-}
-
-fn lock(pool: &Mutex<Handshaking>) -> std::sync::MutexGuard<'_, Handshaking> {
-    // Plain data: a panic elsewhere leaves it consistent.
-    pool.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

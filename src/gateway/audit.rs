@@ -270,7 +270,7 @@ impl AuditLog {
         if self.shared.closed.load(Ordering::Acquire) {
             return;
         }
-        let mut context = self.context.lock().unwrap_or_else(|p| p.into_inner());
+        let mut context = crate::sync::lock(&self.context);
         let mut queue = self.shared.lock_queue();
         if queue.buffer.len() >= MAX_QUEUED {
             queue.dropped += 1;
@@ -325,7 +325,7 @@ impl AuditLog {
     /// Writes everything queued and stops the writer. Later records are dropped.
     pub fn close(&self) {
         self.shared.close();
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = crate::sync::lock(&self.writer).take();
         if let Some(writer) = writer {
             let _ = writer.join();
         }

@@ -43,13 +43,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
 use super::budget::{ByteBudget, Charge};
 use super::call::CallAnswer;
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, code};
+use super::line_writer::{Out, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
 use crate::policy::{Decision, Reservation, Verdict};
@@ -240,16 +241,6 @@ async fn finish_client(
     }
 }
 
-/// What a writer task is asked to do.
-#[derive(Debug)]
-enum Out {
-    /// Write this line (a newline is added when missing); its bytes are given back to the
-    /// queue's budget once written (or dropped).
-    Line(Vec<u8>, Charge),
-    /// Flush and close the stream.
-    Close,
-}
-
 /// The sending end of a writer's queue: bounded in count and in bytes.
 #[derive(Debug)]
 struct Queue {
@@ -288,65 +279,6 @@ impl Queue {
     async fn close(&self) {
         let _ = self.tx.send(Out::Close).await;
     }
-}
-
-async fn write_lines<W: AsyncWrite + Unpin>(
-    writer: W,
-    rx: mpsc::Receiver<Out>,
-    budget: ByteBudget,
-    side: &'static str,
-) {
-    write_queued(writer, rx, side).await;
-    // Nothing will give bytes back any more (what was queued is dropped with the
-    // receiver): whoever waits for room stops waiting.
-    budget.close();
-}
-
-async fn write_queued<W: AsyncWrite + Unpin>(
-    writer: W,
-    mut rx: mpsc::Receiver<Out>,
-    side: &'static str,
-) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-    let mut closing = false;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut result = Ok(());
-        // Write everything already queued before paying for one flush.
-        while let Some(out) = next.take() {
-            match out {
-                Out::Line(mut line, charge) => {
-                    if line.last() != Some(&b'\n') {
-                        line.push(b'\n');
-                    }
-                    if result.is_ok() {
-                        result = writer.write_all(&line).await;
-                    }
-                    // Written (at most the BufWriter's 64 KiB wait for the flush): the
-                    // bytes go back to the budget with the line.
-                    drop(charge);
-                    drop(line);
-                }
-                Out::Close => closing = true,
-            }
-            if closing {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if result.is_ok() {
-            result = writer.flush().await;
-        }
-        if let Err(e) = result {
-            tracing::debug!("{side} stream closed: {e}");
-            return;
-        }
-        if closing {
-            break;
-        }
-    }
-    let _ = writer.flush().await;
-    let _ = writer.shutdown().await;
 }
 
 /// Resolves once the connection is closing.
@@ -483,7 +415,7 @@ enum Action {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     async fn send_client(&self, line: Vec<u8>) {

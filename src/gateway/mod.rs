@@ -10,6 +10,7 @@
 //!
 //! - [`jsonrpc`] — classify a line by `method` and `id`; build refusals and errors.
 //! - [`lines`] — read a peer's lines, none kept beyond `--max-message`.
+//! - [`line_writer`] — write a queue of lines to a peer, giving their bytes back as written.
 //! - [`budget`] — byte budgets on the queues between a reader and a writer.
 //! - [`call`] — per-call logic shared by every transport: decide, hold, `hide`, outcome.
 //! - [`core`] — the stdio-style proxy loop: forwarding, pending requests, holds, faults.
@@ -33,6 +34,7 @@ pub mod fd_limit;
 pub mod grants;
 pub mod http;
 pub mod jsonrpc;
+pub mod line_writer;
 pub mod lines;
 pub mod reload;
 pub mod startup;

@@ -21,6 +21,7 @@ use super::PolicyHandle;
 pub use super::watch::{FileWatch, Reread, WatchError, read_watched_file};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
+use crate::sync::lock;
 use crate::wire::{EventKind, PolicyApplied, PolicyRejected};
 
 pub use crate::policy::MAX_POLICY_BYTES;
@@ -67,10 +68,6 @@ impl PolicyWatcher {
             _debouncer: debouncer,
         })
     }
-}
-
-fn lock(reloader: &Mutex<PolicyReloader>) -> std::sync::MutexGuard<'_, PolicyReloader> {
-    reloader.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Re-reads the policy file on demand and applies or refuses what it finds; what the

@@ -108,11 +108,11 @@ impl Shared {
     }
 
     pub(super) fn lock_queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.queue)
     }
 
     fn lock_health(&self) -> MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.health)
     }
 
     /// Whether calls must be refused now. One atomic load: this runs on every call.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::remote;
@@ -34,8 +34,10 @@ use crate::gateway::Gateway;
 use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
 use crate::gateway::core::{self, RunOptions};
 use crate::gateway::jsonrpc::{self, IdKey, Parsed, Shape};
+use crate::gateway::line_writer::write_lines;
 use crate::gateway::lines::{Line, LineReader};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
+use crate::sync::lock;
 
 /// Size of the in-process pipes between the HTTP side, the core and a URL upstream.
 const PIPE: usize = 256 * 1024;
@@ -107,10 +109,6 @@ impl std::fmt::Debug for Link {
             .field("stateless", &self.stateless)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Link {
@@ -187,7 +185,7 @@ impl Link {
         }
         let (to_core, rx) = mpsc::channel(1024);
         let to_core_budget = ByteBudget::for_messages(max_message);
-        tokio::spawn(write_lines(our_write, rx, to_core_budget.clone()));
+        tokio::spawn(write_lines(our_write, rx, to_core_budget.clone(), "core"));
         let link = Arc::new(Link {
             server: gateway_server,
             grant: gateway_grant,
@@ -422,40 +420,6 @@ impl Link {
         routes.progress.clear();
         routes.listener = None;
     }
-}
-
-async fn write_lines<W: tokio::io::AsyncWrite + Unpin>(
-    w: W,
-    rx: mpsc::Receiver<(Vec<u8>, Charge)>,
-    budget: ByteBudget,
-) {
-    write_queued(w, rx).await;
-    // Nothing gives bytes back any more: a request waiting for room stops waiting.
-    budget.close();
-}
-
-/// Writes each queued line; its bytes go back to the budget once written (the charge is
-/// dropped with the line).
-async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::Receiver<(Vec<u8>, Charge)>,
-) {
-    while let Some((mut line, _charge)) = rx.recv().await {
-        line.push(b'\n');
-        if w.write_all(&line).await.is_err() {
-            break;
-        }
-        while let Ok((mut more, _charge)) = rx.try_recv() {
-            more.push(b'\n');
-            if w.write_all(&more).await.is_err() {
-                return;
-            }
-        }
-        if w.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = w.shutdown().await;
 }
 
 /// Reads what the core sends the client and routes it. Each line is charged to `budget`

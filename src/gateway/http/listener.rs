@@ -169,7 +169,7 @@ struct Registry {
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.open)
     }
 
     fn len(&self) -> usize {

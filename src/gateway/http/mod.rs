@@ -66,6 +66,7 @@ use self::sessions::{Refused, SessionCaps, Sessions};
 use super::Gateway;
 use super::grants::GrantsHandle;
 use super::jsonrpc::{self, IdKey, Shape};
+use crate::sync::lock;
 use crate::wire::{EventKind, SessionCap, SessionRefused};
 /// Default idle time after which a session is ended.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
@@ -122,10 +123,6 @@ impl std::fmt::Debug for HttpGateway {
             .field("servers", &self.options.servers.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl HttpGateway {

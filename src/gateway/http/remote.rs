@@ -22,16 +22,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::gateway::budget::{ByteBudget, Charge};
+use crate::gateway::line_writer::write_lines;
 use tokio::task::JoinSet;
 
 use super::servers::UrlServer;
 use super::sse::SseParser;
 use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, Shape, code};
 use crate::gateway::lines::{Line, LineReader};
+use crate::sync::lock;
 /// Times the GET stream is reopened after it fails, before giving up.
 const GET_RETRIES: u32 = 2;
 /// How long closing the upstream session (DELETE) may take.
@@ -81,7 +83,7 @@ pub async fn run<R, W>(
 {
     let (tx, rx) = mpsc::channel(1024);
     let to_core_budget = ByteBudget::for_messages(max);
-    let writer = tokio::spawn(write_lines(to_core, rx, to_core_budget.clone()));
+    let writer = tokio::spawn(write_lines(to_core, rx, to_core_budget.clone(), "core"));
     let remote = Arc::new(Remote {
         server,
         client,
@@ -130,44 +132,6 @@ pub async fn run<R, W>(
     remote.close_session().await;
     drop(remote);
     let _ = writer.await;
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-async fn write_lines<W: AsyncWrite + Unpin>(
-    to_core: W,
-    rx: mpsc::Receiver<(Vec<u8>, Charge)>,
-    budget: ByteBudget,
-) {
-    write_queued(to_core, rx).await;
-    // Nothing gives bytes back any more: an answer waiting for room stops waiting.
-    budget.close();
-}
-
-/// Writes each queued line; its bytes go back to the budget once written.
-async fn write_queued<W: AsyncWrite + Unpin>(
-    mut to_core: W,
-    mut rx: mpsc::Receiver<(Vec<u8>, Charge)>,
-) {
-    while let Some((mut line, _charge)) = rx.recv().await {
-        line.push(b'\n');
-        if to_core.write_all(&line).await.is_err() {
-            return;
-        }
-        // Write everything already queued before one flush.
-        while let Ok((mut more, _charge)) = rx.try_recv() {
-            more.push(b'\n');
-            if to_core.write_all(&more).await.is_err() {
-                return;
-            }
-        }
-        if to_core.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = to_core.shutdown().await;
 }
 
 /// The routing headers of a 2026-07-28 request, taken from its body.

@@ -10,10 +10,11 @@
 //! reaper runs.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::link::Link;
+use crate::sync::lock;
 use crate::wire::SessionCap;
 
 /// How often, at most, refusals of one grant at one cap are reported (logged and published).
@@ -102,10 +103,6 @@ pub struct Sessions {
     caps: SessionCaps,
     table: Mutex<Table>,
     refusals: Mutex<RefusalLog>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A place for one link of `grant`, counted against the caps until the link is added or

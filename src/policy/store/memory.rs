@@ -139,7 +139,7 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Nothing panics while holding the lock, and the data stays consistent at every
         // step, so a poisoned lock is still safe to use.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner)
     }
 }
 
