@@ -20,7 +20,7 @@ use tokio::io::BufReader;
 use crate::gateway::http::remote;
 use crate::gateway::http::servers::UrlServer;
 use crate::gateway::upstream::{ServerCommand, ServerProcess};
-use crate::gateway::upstream_client::{ClientError, Session};
+use crate::gateway::upstream_client::{Session, UpstreamError};
 use crate::policy::{LoadError, Policy};
 use crate::sanitize::{self, terminal_text};
 use crate::scan::{ScannedTool, compare, report, starting_policy};
@@ -181,7 +181,7 @@ async fn list<R, W>(
     reader: R,
     writer: W,
     budget: Duration,
-) -> Result<(Option<String>, String, Vec<Value>), ClientError>
+) -> Result<(Option<String>, String, Vec<Value>), UpstreamError>
 where
     R: tokio::io::AsyncBufRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,

@@ -102,7 +102,7 @@ pub enum ResolveError {
 pub struct Hub {
     info: GatewayInfo,
     next_call: AtomicU64,
-    state: Mutex<State>,
+    state: Mutex<HubState>,
     /// Every event, for in-process subscribers ([`Hub::subscribe`]).
     events: broadcast::Sender<Arc<Event>>,
     /// The same events with their shared JSON text, for websocket clients.
@@ -144,7 +144,7 @@ impl Deref for Published {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct HubState {
     seq: u64,
     /// Open holds by call id. Registered when the hold's `call` event is published, so an
     /// operator who answers that event at once finds the hold even if the gateway has not
@@ -264,7 +264,7 @@ impl Hub {
         Arc::new(Hub {
             info,
             next_call: AtomicU64::new(1),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(HubState::default()),
             events,
             frames,
         })
@@ -316,7 +316,7 @@ impl Hub {
         self.publish_locked(&mut state, kind);
     }
 
-    fn publish_locked(&self, state: &mut State, kind: EventKind) {
+    fn publish_locked(&self, state: &mut HubState, kind: EventKind) {
         state.seq += 1;
         let event = Event {
             seq: state.seq,
@@ -441,13 +441,13 @@ impl Hub {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         crate::sync::lock(&self.state)
     }
 }
 
-impl State {
+impl HubState {
     /// Folds one published event into the snapshot state.
     fn observe(&mut self, event: &Arc<Event>) {
         match &event.kind {
@@ -590,7 +590,7 @@ struct SnapshotParts {
 }
 
 impl SnapshotParts {
-    fn copy(state: &State) -> SnapshotParts {
+    fn copy(state: &HubState) -> SnapshotParts {
         // Every call outside the recent ones was published before all of them.
         let mut calls: Vec<RecentCall> = state
             .published_holds()

@@ -9,9 +9,10 @@
 //!
 //! Writing happens on a dedicated thread ([`writer`]), so a slow disk never adds latency to a
 //! call: a record is appended to an in-memory buffer (no system call, no thread wake-up on the
-//! call's path) and the thread writes the buffer out every [`writer::FLUSH_EVERY`], and at close. The
-//! same thread follows rotation and `SIGHUP`, and reports a log that cannot be written; while
-//! it cannot, [`AuditLog::refuses_calls`] tells the gateway to deny calls (`--audit-fail`).
+//! call's path) and the thread writes the buffer out every [`writer::FLUSH_EVERY`], and at
+//! close. The same thread follows rotation and `SIGHUP`, and reports a log that cannot be
+//! written; while it cannot, [`AuditLog::refuses_calls`] tells the gateway to deny calls
+//! (`--audit-fail`).
 
 pub mod key;
 pub mod writer;

@@ -16,7 +16,7 @@ use super::Gateway;
 use super::audit::AuditRecord;
 use super::jsonrpc::Envelope;
 use crate::control::{HoldTicket, Resolution};
-use crate::policy::{Call, Decision, Reservation, Verdict};
+use crate::policy::{Call, Decision, Reservation, Verdict, human_duration};
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
 
 /// Arguments in call events are cut to this many bytes of JSON.
@@ -244,7 +244,7 @@ impl Gateway {
                         operator: None,
                         reason: Some(format!(
                             "approval timed out after {}",
-                            crate::policy::human_duration(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+                            human_duration(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
                         )),
                     });
                 }

@@ -306,7 +306,7 @@ struct Shared {
 #[derive(Debug, Default)]
 struct ConnState {
     /// Client requests forwarded upstream and not answered yet, by id.
-    pending: HashMap<IdKey, Pending>,
+    pending: HashMap<IdKey, Forwarded>,
     /// Calls waiting for an operator, by request id.
     holds: HashMap<IdKey, HeldCall>,
     /// 2026-07-28 calls that answered `input_required`, by tool and argument hash: their
@@ -329,7 +329,7 @@ impl ConnState {
 }
 
 #[derive(Debug)]
-enum Pending {
+enum Forwarded {
     /// Any request the gateway only forwards.
     Plain,
     ToolsList {
@@ -403,7 +403,7 @@ impl Side {
 }
 
 /// What to do with one message.
-enum Action {
+enum Disposition {
     /// Send the message's own bytes to the other side.
     Forward,
     /// Send this to the other side instead.
@@ -464,21 +464,23 @@ impl Shared {
         self.act(side, action, Vec::new()).await;
     }
 
-    async fn act(&self, side: Side, action: Action, bytes: Vec<u8>) {
+    async fn act(&self, side: Side, action: Disposition, bytes: Vec<u8>) {
         match (side, action) {
-            (_, Action::Nothing) => {}
-            (Side::Client, Action::Forward) => self.forward_upstream(bytes).await,
-            (Side::Client, Action::Replace(other)) | (Side::Upstream, Action::Answer(other)) => {
+            (_, Disposition::Nothing) => {}
+            (Side::Client, Disposition::Forward) => self.forward_upstream(bytes).await,
+            (Side::Client, Disposition::Replace(other))
+            | (Side::Upstream, Disposition::Answer(other)) => {
                 let _ = self.to_upstream.send(other).await;
             }
-            (Side::Upstream, Action::Forward) => self.send_client(bytes).await,
-            (Side::Upstream, Action::Replace(other)) | (Side::Client, Action::Answer(other)) => {
+            (Side::Upstream, Disposition::Forward) => self.send_client(bytes).await,
+            (Side::Upstream, Disposition::Replace(other))
+            | (Side::Client, Disposition::Answer(other)) => {
                 self.send_client(other).await;
             }
         }
     }
 
-    fn message(self: &Arc<Self>, side: Side, env: &Envelope<'_>, bytes: &[u8]) -> Action {
+    fn message(self: &Arc<Self>, side: Side, env: &Envelope<'_>, bytes: &[u8]) -> Disposition {
         match env.shape() {
             Ok(shape) => match side {
                 Side::Client => self.client_message(shape, env, bytes),
@@ -489,14 +491,14 @@ impl Shared {
     }
 
     /// A message whose members make no JSON-RPC message: refused, never forwarded.
-    fn invalid(&self, side: Side, invalid: Invalid) -> Action {
+    fn invalid(&self, side: Side, invalid: Invalid) -> Disposition {
         tracing::warn!(
             "invalid JSON-RPC message from the {}: {}",
             side.name(),
             invalid.why
         );
         if invalid.request {
-            return Action::Answer(jsonrpc::error_response(
+            return Disposition::Answer(jsonrpc::error_response(
                 None,
                 code::INVALID_REQUEST,
                 &format!("invalid request: {}", invalid.why),
@@ -508,15 +510,15 @@ impl Shared {
             .id
             .and_then(|id| self.answer_refused(side, &id, &invalid.why))
         {
-            Some(reply) => Action::Replace(reply),
-            None => Action::Nothing,
+            Some(reply) => Disposition::Replace(reply),
+            None => Disposition::Nothing,
         }
     }
 
     /// A line from `side` that cannot be read (malformed) or was too long to keep
     /// (`too_long`, then `bytes` is its prefix): whatever its top-level members reveal says
     /// who is owed an answer.
-    fn unreadable(&self, side: Side, bytes: &[u8], why: &str, too_long: bool) -> Action {
+    fn unreadable(&self, side: Side, bytes: &[u8], why: &str, too_long: bool) -> Disposition {
         let preview = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
         tracing::warn!(
             "{} from the {}: {why}: {}",
@@ -531,12 +533,12 @@ impl Shared {
         let seen = jsonrpc::sniff(bytes);
         if seen.answer && !seen.method {
             let reply = seen.id.and_then(|id| self.answer_refused(side, &id, why));
-            return reply.map_or(Action::Nothing, Action::Replace);
+            return reply.map_or(Disposition::Nothing, Disposition::Replace);
         }
         if too_long {
             // A request, or a message that cannot be told apart from one: its sender gets an
             // error (with the id when the prefix shows it) instead of an answer.
-            return Action::Answer(jsonrpc::error_response(
+            return Disposition::Answer(jsonrpc::error_response(
                 seen.id.as_ref(),
                 code::INVALID_REQUEST,
                 why,
@@ -544,13 +546,13 @@ impl Shared {
         }
         if seen.method {
             // JSON-RPC: the id of a request that does not parse is not known.
-            return Action::Answer(jsonrpc::error_response(
+            return Disposition::Answer(jsonrpc::error_response(
                 None,
                 code::PARSE_ERROR,
                 &format!("parse error: {why}"),
             ));
         }
-        Action::Nothing
+        Disposition::Nothing
     }
 
     /// An answer from `side` to the other side's request `id` was refused: returns the
@@ -559,7 +561,7 @@ impl Shared {
         let message = match side {
             Side::Upstream => {
                 let pending = self.lock().pending.remove(id)?;
-                if let Pending::Call(call) = &pending {
+                if let Forwarded::Call(call) = &pending {
                     self.finish_call(call, true, Some(why.to_owned()));
                 }
                 format!("the MCP server's answer was withheld by the gateway: {why}")
@@ -584,17 +586,17 @@ impl Shared {
         shape: Shape<'_>,
         env: &Envelope<'_>,
         bytes: &[u8],
-    ) -> Action {
+    ) -> Disposition {
         let (id, method) = match shape {
             Shape::Response { id } => {
                 // Only the answer to a request the upstream sent, and once.
                 if self.lock().server_pending.remove(&id) {
-                    return Action::Forward;
+                    return Disposition::Forward;
                 }
                 tracing::warn!(
                     "dropped an answer from the client to no request of the upstream (id {id})"
                 );
-                return Action::Nothing;
+                return Disposition::Nothing;
             }
             Shape::Notification { method } => {
                 return match method {
@@ -603,9 +605,9 @@ impl Shared {
                     // either: it never reaches the server undecided.
                     "tools/call" => {
                         tracing::warn!("dropped a tools/call without an id");
-                        Action::Nothing
+                        Disposition::Nothing
                     }
-                    _ => Action::Forward,
+                    _ => Disposition::Forward,
                 };
             }
             Shape::Request { id, method } => (id, method),
@@ -613,14 +615,14 @@ impl Shared {
         {
             let state = self.lock();
             if state.client_id_in_flight(&id) {
-                return Action::Answer(jsonrpc::error_response(
+                return Disposition::Answer(jsonrpc::error_response(
                     Some(&id),
                     code::INVALID_REQUEST,
                     &format!("a request with id {id} is already in flight; use a new id"),
                 ));
             }
             if state.pending.len() + state.holds.len() >= MAX_IN_FLIGHT {
-                return Action::Answer(jsonrpc::error_response(
+                return Disposition::Answer(jsonrpc::error_response(
                     Some(&id),
                     code::TOO_MANY_IN_FLIGHT,
                     &format!(
@@ -637,19 +639,19 @@ impl Shared {
                 let first_page = jsonrpc::cursor(env.params).is_none();
                 self.lock()
                     .pending
-                    .insert(id, Pending::ToolsList { first_page });
-                Action::Forward
+                    .insert(id, Forwarded::ToolsList { first_page });
+                Disposition::Forward
             }
             _ => {
-                self.lock().pending.insert(id, Pending::Plain);
-                Action::Forward
+                self.lock().pending.insert(id, Forwarded::Plain);
+                Disposition::Forward
             }
         }
     }
 
-    fn client_cancelled(self: &Arc<Self>, env: &Envelope<'_>) -> Action {
+    fn client_cancelled(self: &Arc<Self>, env: &Envelope<'_>) -> Disposition {
         let Some(target) = jsonrpc::cancelled_request(env.params) else {
-            return Action::Forward;
+            return Disposition::Forward;
         };
         let held = self.lock().holds.remove(&target);
         if let Some(held) = held {
@@ -665,40 +667,45 @@ impl Shared {
                 },
             );
             self.gateway.release(&held.reservation);
-            return Action::Nothing;
+            return Disposition::Nothing;
         }
         let pending = {
             let mut state = self.lock();
             match state.pending.remove(&target) {
                 // A `tools/list` stays pending: its late answer must still be filtered, and
                 // must never be taken for the answer to a new request reusing the id.
-                Some(list @ Pending::ToolsList { .. }) => {
+                Some(list @ Forwarded::ToolsList { .. }) => {
                     state.pending.insert(target, list);
                     None
                 }
                 other => other,
             }
         };
-        if let Some(Pending::Call(call)) = pending {
+        if let Some(Forwarded::Call(call)) = pending {
             self.finish_call(&call, true, Some("cancelled by the client".into()));
         }
-        Action::Forward
+        Disposition::Forward
     }
 
-    fn client_call(self: &Arc<Self>, id: IdKey, params: Option<&RawValue>, bytes: &[u8]) -> Action {
+    fn client_call(
+        self: &Arc<Self>,
+        id: IdKey,
+        params: Option<&RawValue>,
+        bytes: &[u8],
+    ) -> Disposition {
         // serde reads a struct from an array too; the server would not.
         let params = params.filter(|p| p.get().starts_with('{'));
         let mut params = match params.map(|p| serde_json::from_str::<CallParams>(p.get())) {
             Some(Ok(params)) => params,
             Some(Err(e)) => {
-                return Action::Answer(jsonrpc::error_response(
+                return Disposition::Answer(jsonrpc::error_response(
                     Some(&id),
                     code::INVALID_PARAMS,
                     &format!("invalid tools/call params: {e}"),
                 ));
             }
             None => {
-                return Action::Answer(jsonrpc::error_response(
+                return Disposition::Answer(jsonrpc::error_response(
                     Some(&id),
                     code::INVALID_PARAMS,
                     "tools/call needs params, an object with the tool's name",
@@ -708,7 +715,7 @@ impl Shared {
         // The policy judges an object; a server could read a string as JSON, or an array
         // by position.
         if params.arguments.as_ref().is_some_and(|a| !a.is_object()) {
-            return Action::Answer(jsonrpc::error_response(
+            return Disposition::Answer(jsonrpc::error_response(
                 Some(&id),
                 code::INVALID_PARAMS,
                 "tools/call arguments must be an object",
@@ -725,8 +732,8 @@ impl Shared {
             let continued = self.lock().continuations.remove(&key);
             if let Some(call) = continued {
                 // The same call, one more round: already decided and counted.
-                self.lock().pending.insert(id, Pending::Call(call));
-                return Action::Forward;
+                self.lock().pending.insert(id, Forwarded::Call(call));
+                return Disposition::Forward;
             }
         }
 
@@ -748,7 +755,7 @@ impl Shared {
             Verdict::Allow => {
                 self.lock().pending.insert(
                     id,
-                    Pending::Call(CallInFlight {
+                    Forwarded::Call(CallInFlight {
                         call_id,
                         tool: params.name,
                         continuation: continuation_key(modern, &args),
@@ -756,19 +763,19 @@ impl Shared {
                         reservation: decision.reservation,
                     }),
                 );
-                Action::Forward
+                Disposition::Forward
             }
             Verdict::Deny | Verdict::RateLimited => {
-                Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern))
+                Disposition::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern))
             }
             Verdict::Hold => match held_room {
                 Some(room) => {
                     let call = (call_id, decision, params, args, arrived, modern);
                     self.start_hold(id, call, bytes, room);
-                    Action::Nothing
+                    Disposition::Nothing
                 }
                 // decide_call_unless_held denied it: not reached.
-                None => Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern)),
+                None => Disposition::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern)),
             },
         }
     }
@@ -860,7 +867,7 @@ impl Shared {
                     reservation: held.reservation,
                 };
                 // Held to pending in one step: the id never looks free in between.
-                state.pending.insert(id.clone(), Pending::Call(call));
+                state.pending.insert(id.clone(), Forwarded::Call(call));
                 Err(held.line)
             } else {
                 Ok(held)
@@ -892,7 +899,7 @@ impl Shared {
             && let Ok(Shape::Request { id, .. }) = env.shape()
         {
             let pending = self.lock().pending.remove(&id);
-            if let Some(Pending::Call(call)) = &pending {
+            if let Some(Forwarded::Call(call)) = &pending {
                 self.gateway.release(&call.reservation);
             }
             if pending.is_some() {
@@ -907,23 +914,25 @@ impl Shared {
     }
 
     /// Decides what to do with one upstream message.
-    fn upstream_message(&self, shape: Shape<'_>, env: &Envelope<'_>) -> Action {
+    fn upstream_message(&self, shape: Shape<'_>, env: &Envelope<'_>) -> Disposition {
         match shape {
             Shape::Response { id } => {
                 let Some(pending) = self.lock().pending.remove(&id) else {
                     tracing::warn!(
                         "dropped an answer from the upstream to no request of the client (id {id})"
                     );
-                    return Action::Nothing;
+                    return Disposition::Nothing;
                 };
                 match pending {
-                    Pending::Plain => Action::Forward,
-                    Pending::ToolsList { first_page } => match env.result {
-                        Some(result) => Action::Replace(self.tools_listed(&id, result, first_page)),
+                    Forwarded::Plain => Disposition::Forward,
+                    Forwarded::ToolsList { first_page } => match env.result {
+                        Some(result) => {
+                            Disposition::Replace(self.tools_listed(&id, result, first_page))
+                        }
                         // An error lists no tools.
-                        None => Action::Forward,
+                        None => Disposition::Forward,
                     },
-                    Pending::Call(call) => {
+                    Forwarded::Call(call) => {
                         let answer = CallAnswer::of(env);
                         if answer.input_required
                             && let Some(hash) = call.continuation.clone()
@@ -939,28 +948,28 @@ impl Shared {
                         } else {
                             self.finish_call(&call, answer.error, answer.summary);
                         }
-                        Action::Forward
+                        Disposition::Forward
                     }
                 }
             }
             Shape::Request { id, .. } => {
                 let mut state = self.lock();
                 if state.server_pending.contains(&id) {
-                    return Action::Answer(jsonrpc::error_response(
+                    return Disposition::Answer(jsonrpc::error_response(
                         Some(&id),
                         code::INVALID_REQUEST,
                         &format!("a request with id {id} is already in flight; use a new id"),
                     ));
                 }
                 if state.server_pending.len() >= MAX_IN_FLIGHT {
-                    return Action::Answer(jsonrpc::error_response(
+                    return Disposition::Answer(jsonrpc::error_response(
                         Some(&id),
                         code::TOO_MANY_IN_FLIGHT,
                         &format!("{MAX_IN_FLIGHT} requests already wait for the client's answers"),
                     ));
                 }
                 state.server_pending.insert(id);
-                Action::Forward
+                Disposition::Forward
             }
             Shape::Notification { method } => {
                 if method == "notifications/cancelled"
@@ -969,7 +978,7 @@ impl Shared {
                     // The client's late answer to it is not owed any more.
                     self.lock().server_pending.remove(&target);
                 }
-                Action::Forward
+                Disposition::Forward
             }
         }
     }
@@ -1043,9 +1052,9 @@ impl Shared {
     /// the error answers owed to the client.
     fn fail_pending(&self, why: &str) -> Vec<Vec<u8>> {
         let mut owed = self.fail_holds(why);
-        let pending: Vec<(IdKey, Pending)> = self.lock().pending.drain().collect();
+        let pending: Vec<(IdKey, Forwarded)> = self.lock().pending.drain().collect();
         for (id, pending) in pending {
-            if let Pending::Call(call) = &pending {
+            if let Forwarded::Call(call) = &pending {
                 self.finish_call(call, true, Some(why.to_owned()));
             }
             owed.push(jsonrpc::error_response(Some(&id), code::UPSTREAM_GONE, why));
@@ -1062,9 +1071,9 @@ fn continuation_key(modern: bool, args: &Value) -> Option<String> {
 
 /// Valid JSON that is not a JSON-RPC message (not an object, an empty batch, a batch
 /// element that is not an object): answered `-32600` with a null id, never forwarded.
-fn not_a_message(side: Side, why: &str) -> Action {
+fn not_a_message(side: Side, why: &str) -> Disposition {
     tracing::warn!("invalid JSON-RPC from the {}: {why}", side.name());
-    Action::Answer(jsonrpc::error_response(
+    Disposition::Answer(jsonrpc::error_response(
         None,
         code::INVALID_REQUEST,
         &format!("invalid request: {why}"),

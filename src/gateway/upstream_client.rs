@@ -8,7 +8,7 @@
 //! [`HANDSHAKE_VERSION`] (the server's answer is accepted as it is), and, when a server
 //! refuses the handshake, the stateless 2026-07-28 era through `server/discover`, after
 //! which every request carries its version in `_meta`. Everything waits against one
-//! deadline, so a silent server ends in [`ClientError::Timeout`] naming the step it was on.
+//! deadline, so a silent server ends in [`UpstreamError::Timeout`] naming the step it was on.
 //!
 //! It is deliberately small: requests one at a time, server notifications ignored, server
 //! requests answered (`ping`) or refused (`method not found`): a scanner needs nothing more.
@@ -45,7 +45,7 @@ pub enum Era {
 
 /// Why talking to the server failed. Every message says what the session was doing.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum UpstreamError {
     #[error("cannot talk to the MCP server (during `{method}`): {error}")]
     Io {
         method: String,
@@ -103,7 +103,7 @@ where
         writer: W,
         client_name: &str,
         budget: Duration,
-    ) -> Result<Session<R, W>, ClientError> {
+    ) -> Result<Session<R, W>, UpstreamError> {
         let mut session = Session {
             reader: LineReader::new(reader, MAX_MESSAGE),
             writer,
@@ -130,7 +130,7 @@ where
                 let version = result
                     .get("protocolVersion")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| ClientError::Malformed {
+                    .ok_or_else(|| UpstreamError::Malformed {
                         method: "initialize".into(),
                         detail: "no protocolVersion".into(),
                     })?;
@@ -139,13 +139,13 @@ where
                 session
                     .send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
                     .await
-                    .map_err(|error| ClientError::Io {
+                    .map_err(|error| UpstreamError::Io {
                         method: "notifications/initialized".into(),
                         error,
                     })?;
                 Ok(session)
             }
-            Err(ClientError::Rpc { message, code, .. }) => {
+            Err(UpstreamError::Rpc { message, code, .. }) => {
                 let handshake = format!("{message} (code {code})");
                 session.discover(handshake).await?;
                 Ok(session)
@@ -155,13 +155,13 @@ where
     }
 
     /// The stateless era: `server/discover` at [`STATELESS_VERSION`].
-    async fn discover(&mut self, handshake: String) -> Result<(), ClientError> {
+    async fn discover(&mut self, handshake: String) -> Result<(), UpstreamError> {
         self.era = Era::Stateless;
         self.protocol_version = STATELESS_VERSION.to_string();
         let result = match self.request("server/discover", json!({})).await {
             Ok(result) => result,
-            Err(ClientError::Rpc { message, code, .. }) => {
-                return Err(ClientError::NoCommonEra {
+            Err(UpstreamError::Rpc { message, code, .. }) => {
+                return Err(UpstreamError::NoCommonEra {
                     handshake,
                     discover: format!("{message} (code {code})"),
                 });
@@ -174,7 +174,7 @@ where
             .map(|v| v.iter().filter_map(Value::as_str).collect::<Vec<_>>())
             .unwrap_or_default();
         if !supported.is_empty() && !supported.contains(&STATELESS_VERSION) {
-            return Err(ClientError::NoCommonEra {
+            return Err(UpstreamError::NoCommonEra {
                 handshake,
                 discover: format!(
                     "it supports {}, toolgate speaks {STATELESS_VERSION}",
@@ -203,7 +203,7 @@ where
     }
 
     /// Every tool the server offers, in its order, following `nextCursor` to the last page.
-    pub async fn list_tools(&mut self) -> Result<Vec<Value>, ClientError> {
+    pub async fn list_tools(&mut self) -> Result<Vec<Value>, UpstreamError> {
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         let mut seen_cursors = std::collections::HashSet::new();
@@ -213,7 +213,7 @@ where
                 None => json!({}),
             };
             let mut result = self.request("tools/list", params).await?;
-            let malformed = |detail: &str| ClientError::Malformed {
+            let malformed = |detail: &str| UpstreamError::Malformed {
                 method: "tools/list".into(),
                 detail: detail.into(),
             };
@@ -232,7 +232,7 @@ where
                 return Err(malformed("`nextCursor` repeats an earlier cursor"));
             }
         }
-        Err(ClientError::Malformed {
+        Err(UpstreamError::Malformed {
             method: "tools/list".into(),
             detail: format!("more than {MAX_PAGES} pages"),
         })
@@ -240,7 +240,11 @@ where
 
     /// Sends a request (stamped with the era's `_meta` in the stateless era) and waits for
     /// its answer.
-    pub async fn request(&mut self, method: &str, mut params: Value) -> Result<Value, ClientError> {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        mut params: Value,
+    ) -> Result<Value, UpstreamError> {
         if self.era == Era::Stateless
             && let Value::Object(map) = &mut params
         {
@@ -256,15 +260,15 @@ where
         self.request_raw(method, params).await
     }
 
-    async fn request_raw(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+    async fn request_raw(&mut self, method: &str, params: Value) -> Result<Value, UpstreamError> {
         self.next_id += 1;
         let id = self.next_id;
         let io = |error: std::io::Error| match error.kind() {
             // The server exited (or closed its input) before it could be asked.
-            std::io::ErrorKind::BrokenPipe => ClientError::Closed {
+            std::io::ErrorKind::BrokenPipe => UpstreamError::Closed {
                 method: method.to_string(),
             },
-            _ => ClientError::Io {
+            _ => UpstreamError::Io {
                 method: method.to_string(),
                 error,
             },
@@ -276,7 +280,7 @@ where
             let line = match tokio::time::timeout_at(self.deadline, self.read_line(method)).await {
                 Ok(line) => line?,
                 Err(_) => {
-                    return Err(ClientError::Timeout {
+                    return Err(UpstreamError::Timeout {
                         method: method.to_string(),
                         after: self.budget,
                     });
@@ -303,25 +307,24 @@ where
                             .to_string();
                         let method = method.to_string();
                         return Err(if code == code::UPSTREAM_GONE {
-                            ClientError::Transport {
+                            UpstreamError::Transport {
                                 method,
                                 message: text,
                             }
                         } else {
-                            ClientError::Rpc {
+                            UpstreamError::Rpc {
                                 method,
                                 code,
                                 message: text,
                             }
                         });
                     }
-                    return message
-                        .get("result")
-                        .cloned()
-                        .ok_or_else(|| ClientError::Malformed {
+                    return message.get("result").cloned().ok_or_else(|| {
+                        UpstreamError::Malformed {
                             method: method.to_string(),
                             detail: "neither result nor error".into(),
-                        });
+                        }
+                    });
                 }
                 _ => {} // an answer to something else: not ours to judge
             }
@@ -342,25 +345,25 @@ where
     }
 
     /// The next line from the server, never kept beyond [`MAX_MESSAGE`] bytes.
-    async fn read_line(&mut self, method: &str) -> Result<Vec<u8>, ClientError> {
+    async fn read_line(&mut self, method: &str) -> Result<Vec<u8>, UpstreamError> {
         let line = self
             .reader
             .try_next()
             .await
-            .map_err(|error| ClientError::Io {
+            .map_err(|error| UpstreamError::Io {
                 method: method.to_string(),
                 error,
             })?;
         match line {
             Some(Line::Whole(line)) => Ok(line),
-            Some(Line::TooLong { len, .. }) => Err(ClientError::Malformed {
+            Some(Line::TooLong { len, .. }) => Err(UpstreamError::Malformed {
                 method: method.to_string(),
                 detail: format!(
                     "a message of {len} bytes, larger than {} MiB",
                     MAX_MESSAGE >> 20
                 ),
             }),
-            None => Err(ClientError::Closed {
+            None => Err(UpstreamError::Closed {
                 method: method.to_string(),
             }),
         }
@@ -513,7 +516,7 @@ mod tests {
         let err = Session::connect(r, w, "test", Duration::from_millis(200))
             .await
             .expect_err("silent");
-        assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+        assert!(matches!(err, UpstreamError::Timeout { .. }), "{err:?}");
         assert!(
             err.to_string().contains("`initialize` within 0.2s"),
             "{err}"
@@ -541,7 +544,7 @@ mod tests {
         )
         .await
         .expect_err("an endless line is not an answer");
-        assert!(matches!(err, ClientError::Malformed { .. }), "{err:?}");
+        assert!(matches!(err, UpstreamError::Malformed { .. }), "{err:?}");
         assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
         server.abort();
     }

@@ -87,7 +87,7 @@ struct Routes {
 }
 
 /// One MCP session's (or one stateless group's) run of the core.
-pub struct Link {
+pub struct CoreLink {
     pub server: String,
     pub grant: String,
     /// Rename request ids (shared by many clients).
@@ -101,9 +101,9 @@ pub struct Link {
     shutdown: watch::Sender<bool>,
 }
 
-impl std::fmt::Debug for Link {
+impl std::fmt::Debug for CoreLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link")
+        f.debug_struct("CoreLink")
             .field("server", &self.server)
             .field("grant", &self.grant)
             .field("stateless", &self.stateless)
@@ -111,7 +111,7 @@ impl std::fmt::Debug for Link {
     }
 }
 
-impl Link {
+impl CoreLink {
     /// Starts the upstream (spawns the server, or prepares the HTTP client side) and the
     /// core between it and a new link. `session` is the id limits with scope `session` and
     /// events use.
@@ -123,7 +123,7 @@ impl Link {
         stateless: bool,
         grace: Duration,
         max_message: usize,
-    ) -> Result<Arc<Link>, SpawnError> {
+    ) -> Result<Arc<CoreLink>, SpawnError> {
         let (gateway_server, gateway_grant) = (gateway.server.clone(), gateway.grant.clone());
         let (ours, cores) = tokio::io::duplex(PIPE);
         let (core_read, core_write) = tokio::io::split(cores);
@@ -186,7 +186,7 @@ impl Link {
         let (to_core, rx) = mpsc::channel(1024);
         let to_core_budget = ByteBudget::for_messages(max_message);
         tokio::spawn(write_lines(our_write, rx, to_core_budget.clone(), "core"));
-        let link = Arc::new(Link {
+        let link = Arc::new(CoreLink {
             server: gateway_server,
             grant: gateway_grant,
             stateless,
@@ -247,7 +247,7 @@ impl Link {
 
     /// Sends a request (whose id `id` was read from `raw_id`, borrowed from `line`) to the
     /// core and registers for its answer. Returns the id the core knows it by (for
-    /// [`Link::cancel`]) and the receiver of what is routed to it.
+    /// [`CoreLink::cancel`]) and the receiver of what is routed to it.
     pub async fn request(
         &self,
         line: &[u8],
@@ -426,7 +426,7 @@ impl Link {
 /// first and its bytes come back when the HTTP side takes it, so streams that are not read
 /// push back on the core (and so on the upstream) instead of piling up here.
 async fn route<R: tokio::io::AsyncRead + Unpin>(
-    link: std::sync::Weak<Link>,
+    link: std::sync::Weak<CoreLink>,
     read: R,
     max: usize,
     budget: ByteBudget,

@@ -10,7 +10,7 @@
 //! upstream's requests from SERVERS.json alone.
 //!
 //! Sessions (both eras):
-//! - An `initialize` POST without `Mcp-Session-Id` opens a session: a [`link::Link`] (one run
+//! - An `initialize` POST without `Mcp-Session-Id` opens a session: a [`link::CoreLink`] (one run
 //!   of the core) with its own upstream — a freshly spawned server process for a command (a
 //!   stdio server speaks to exactly one client, so one process per MCP session), or an
 //!   upstream session for a URL. The gateway answers with its own `Mcp-Session-Id`; the
@@ -59,7 +59,7 @@ use rand::Rng;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
-use self::link::{Delivery, Link};
+use self::link::{CoreLink, Delivery};
 use self::listener::{ConnectionOptions, Peer};
 use self::servers::ServerSpec;
 use self::sessions::{Refused, SessionCaps, Sessions};
@@ -199,7 +199,7 @@ impl HttpGateway {
         loop {
             tick.tick().await;
             let idle = self.options.session_idle;
-            let stale = |link: &Link| link.ended() || (!link.busy() && link.idle_for() >= idle);
+            let stale = |link: &CoreLink| link.ended() || (!link.busy() && link.idle_for() >= idle);
             for link in self.links.remove_if(stale) {
                 link.close();
             }
@@ -254,7 +254,7 @@ impl HttpGateway {
             .map(str::to_owned)
     }
 
-    fn session(&self, id: &str, server: &str, grant: &str) -> Option<Arc<Link>> {
+    fn session(&self, id: &str, server: &str, grant: &str) -> Option<Arc<CoreLink>> {
         let link = self.links.session(id)?;
         (link.server == server && link.grant == grant && !link.ended()).then_some(link)
     }
@@ -281,12 +281,12 @@ impl HttpGateway {
         })
     }
 
-    fn open_session(&self, server: &str, grant: &str) -> Result<(String, Arc<Link>), NoLink> {
+    fn open_session(&self, server: &str, grant: &str) -> Result<(String, Arc<CoreLink>), NoLink> {
         let place = self.reserve(server, grant)?;
         let spec = &self.options.servers[server];
         let id = random_id();
         let label = format!("{server}-{}", &id[..12]);
-        let link = Link::start(
+        let link = CoreLink::start(
             self.caller(grant, server),
             spec,
             &self.client,
@@ -303,7 +303,7 @@ impl HttpGateway {
         Ok((id, link))
     }
 
-    fn stateless_link(&self, server: &str, grant: &str) -> Result<Arc<Link>, NoLink> {
+    fn stateless_link(&self, server: &str, grant: &str) -> Result<Arc<CoreLink>, NoLink> {
         if let Some(link) = self.links.stateless(server, grant) {
             return Ok(link);
         }
@@ -314,7 +314,7 @@ impl HttpGateway {
         let place = self.reserve(server, grant)?;
         let spec = &self.options.servers[server];
         let label = format!("{server}-stateless-{}", &random_id()[..8]);
-        let link = Link::start(
+        let link = CoreLink::start(
             self.caller(grant, server),
             spec,
             &self.client,
@@ -637,18 +637,18 @@ async fn post(
 }
 
 /// Cancels a request in the core when dropped before its answer came.
-struct Pending {
-    link: Arc<Link>,
+struct CancelOnDrop {
+    link: Arc<CoreLink>,
     id: Option<IdKey>,
 }
 
-impl Pending {
+impl CancelOnDrop {
     fn done(&mut self) {
         self.id = None;
     }
 }
 
-impl Drop for Pending {
+impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             self.link.cancel(&id);
@@ -658,13 +658,13 @@ impl Drop for Pending {
 
 /// Waits for what the core sends for a request and answers the POST with it.
 async fn answer(
-    link: Arc<Link>,
+    link: Arc<CoreLink>,
     core_id: IdKey,
     client_id: IdKey,
     mut rx: crate::gateway::budget::ChargedReceiver<Delivery>,
     events_ok: bool,
 ) -> Response {
-    let mut pending = Pending {
+    let mut pending = CancelOnDrop {
         link,
         id: Some(core_id),
     };

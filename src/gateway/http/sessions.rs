@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::link::Link;
+use super::link::CoreLink;
 use crate::sync::lock;
 use crate::wire::SessionCap;
 
@@ -42,8 +42,8 @@ struct RefusalLog {
 
 #[derive(Default)]
 struct Table {
-    sessions: HashMap<String, Arc<Link>>,
-    stateless: HashMap<(String, String), Arc<Link>>,
+    sessions: HashMap<String, Arc<CoreLink>>,
+    stateless: HashMap<(String, String), Arc<CoreLink>>,
     /// Links open or reserved, per grant.
     per_grant: HashMap<String, usize>,
     /// Links open or reserved in all.
@@ -62,7 +62,7 @@ impl Table {
     }
 
     /// Forgets ended links; returns them.
-    fn forget(&mut self, stale: impl Fn(&Link) -> bool) -> Vec<Arc<Link>> {
+    fn forget(&mut self, stale: impl Fn(&CoreLink) -> bool) -> Vec<Arc<CoreLink>> {
         let mut gone = Vec::new();
         self.sessions.retain(|_, link| {
             let keep = !stale(link);
@@ -116,13 +116,13 @@ pub struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// Adds the MCP session `id`, in the place reserved.
-    pub fn open_session(mut self, id: String, link: Arc<Link>) {
+    pub fn open_session(mut self, id: String, link: Arc<CoreLink>) {
         self.taken = true;
         lock(&self.sessions.table).sessions.insert(id, link);
     }
 
     /// Adds the stateless link of (`server`, this grant), in the place reserved.
-    pub fn open_stateless(mut self, server: &str, link: Arc<Link>) {
+    pub fn open_stateless(mut self, server: &str, link: Arc<CoreLink>) {
         self.taken = true;
         let key = (server.to_owned(), self.grant.clone());
         let mut table = lock(&self.sessions.table);
@@ -172,12 +172,12 @@ impl Sessions {
     }
 
     /// The MCP session `id`.
-    pub fn session(&self, id: &str) -> Option<Arc<Link>> {
+    pub fn session(&self, id: &str) -> Option<Arc<CoreLink>> {
         lock(&self.table).sessions.get(id).cloned()
     }
 
     /// The stateless link of (`server`, `grant`), unless it has ended.
-    pub fn stateless(&self, server: &str, grant: &str) -> Option<Arc<Link>> {
+    pub fn stateless(&self, server: &str, grant: &str) -> Option<Arc<CoreLink>> {
         let key = (server.to_owned(), grant.to_owned());
         lock(&self.table)
             .stateless
@@ -187,7 +187,7 @@ impl Sessions {
     }
 
     /// Removes the MCP session `id` and returns it (the caller closes it).
-    pub fn remove(&self, id: &str) -> Option<Arc<Link>> {
+    pub fn remove(&self, id: &str) -> Option<Arc<CoreLink>> {
         let mut table = lock(&self.table);
         let link = table.sessions.remove(id)?;
         table.release(&link.grant);
@@ -195,12 +195,12 @@ impl Sessions {
     }
 
     /// Removes every link for which `stale` holds and returns them (the caller closes them).
-    pub fn remove_if(&self, stale: impl Fn(&Link) -> bool) -> Vec<Arc<Link>> {
+    pub fn remove_if(&self, stale: impl Fn(&CoreLink) -> bool) -> Vec<Arc<CoreLink>> {
         lock(&self.table).forget(stale)
     }
 
     /// Removes every link and returns them (the caller closes them).
-    pub fn drain(&self) -> Vec<Arc<Link>> {
+    pub fn drain(&self) -> Vec<Arc<CoreLink>> {
         self.remove_if(|_| true)
     }
 
