@@ -1073,3 +1073,67 @@ async fn each_side_has_at_most_max_in_flight_requests_waiting() {
     assert_eq!(to_server["error"]["code"], -32005, "{to_server}");
     assert_eq!(to_server["id"], max);
 }
+
+/// A client stream that delivers `first` and then panics when read again: a bug in reading
+/// the client, simulated.
+struct PanicsAfter(Option<Vec<u8>>);
+
+impl tokio::io::AsyncRead for PanicsAfter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let Some(first) = self.0.take() else {
+            panic!("the client's reader fails (simulated)");
+        };
+        buf.put_slice(&first);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_client_reader_that_panics_ends_the_connection_as_a_failure_not_as_a_client_that_left() {
+    let policy = Policy::parse(ALLOW_ECHO, "policy.json").expect("test policy is valid");
+    let hub = Hub::new(GatewayInfo {
+        id: "gw".into(),
+        pid: 1,
+        version: "test".into(),
+        grant: "tester".into(),
+        server: "fake".into(),
+        policy: "/tmp/policy.json".into(),
+        started_at: chrono::Utc::now(),
+    });
+    let gateway = Gateway::new(
+        Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+        Arc::new(MemoryStore::new()),
+        hub,
+        "tester",
+        "fake",
+    );
+    let first = format!("{}\n", call(1, "echo", json!({"message": "hi"})));
+    let (mut client, _, client_w) = pipe();
+    let (mut server, s_r, s_w) = pipe();
+    let end = tokio::spawn(run(
+        Arc::new(gateway),
+        BufReader::new(PanicsAfter(Some(first.into_bytes()))),
+        client_w,
+        BufReader::new(s_r),
+        s_w,
+        RunOptions::new("session-1"),
+    ));
+
+    // The call read before the panic went upstream; then the upstream's input is closed.
+    assert_eq!(server.recv().await["id"], 1);
+    server.expect_end().await;
+    // The server ends too: the call it never answered is answered with an error.
+    drop(server);
+    let answer = client.recv().await;
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert!(answer["error"]["code"].is_i64(), "{answer}");
+    let end = tokio::time::timeout(STEP, end)
+        .await
+        .expect("timed out waiting for the connection to end")
+        .expect("the connection's task itself did not panic");
+    assert_eq!(end, End::Panicked);
+}

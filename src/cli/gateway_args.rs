@@ -116,7 +116,6 @@ impl GatewayArgs {
             total: self.max_holds,
         });
         let policy = load_and_watch(&self.policy, &hub)
-            .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot load the policy {}", self.policy.display()))?;
         let audit_path = match &self.audit {
             Some(path) => path.clone(),

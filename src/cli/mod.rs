@@ -95,12 +95,30 @@ pub fn main() -> ExitCode {
             // Errors quote what they were given (arguments, file contents, answers from a
             // gateway or a server): neutralised line by line, so multi-line errors keep their
             // shape.
-            let text = format!("{err:#}");
+            let text = said_once(&err);
             let lines: Vec<_> = text.lines().map(crate::sanitize::terminal_text).collect();
             eprintln!("toolgate: error: {}", lines.join("\n"));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, joined by `: ` as `{:#}` does, but each said once: a cause whose
+/// text is already part of what was said (an error whose message quotes its `{source}`, as
+/// many here do) is not repeated. The chain itself is kept for whoever inspects it.
+fn said_once(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -109,4 +127,43 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    /// An error that quotes its source in its own message, as `thiserror` types here do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read policy.json: {source}")]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_quoted_by_its_effect_is_said_once_and_kept_in_the_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = Err::<(), _>(Quoting { source: io })
+            .context("cannot load the policy")
+            .unwrap_err();
+        assert_eq!(
+            super::said_once(&err),
+            "cannot load the policy: cannot read policy.json: no such file"
+        );
+        assert!(
+            err.chain()
+                .any(|c| c.downcast_ref::<std::io::Error>().is_some())
+        );
+    }
+
+    #[test]
+    fn causes_that_add_something_are_all_said() {
+        let err = anyhow::anyhow!("disk full")
+            .context("cannot write the audit log")
+            .context("cannot start");
+        assert_eq!(
+            super::said_once(&err),
+            "cannot start: cannot write the audit log: disk full"
+        );
+    }
 }

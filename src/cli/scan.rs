@@ -251,7 +251,7 @@ fn report_scan(args: &Args, scan: &Scan) -> anyhow::Result<ExitCode> {
 fn report_against(args: &Args, path: &Path, scan: &Scan) -> anyhow::Result<ExitCode> {
     let policy = Policy::load(path).map_err(|e| match e {
         LoadError::Invalid(d) => anyhow::anyhow!("{d}\n{} is not a valid policy", path.display()),
-        other => anyhow::anyhow!("{other}"),
+        other => anyhow::Error::new(other),
     })?;
     let findings = compare(&policy, &scan.tools);
     let mut out = std::io::stdout().lock();

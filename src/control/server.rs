@@ -258,8 +258,15 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            // Reap finished connection tasks so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            // Reap finished connection tasks so the set does not grow. One that panicked is
+            // a bug, not an operator who left: say so (its socket is closed with it).
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!("an operator's connection panicked and was closed: {e}");
+                }
+            }
         }
     }
     // Each connection sees `stopped` and closes itself; wait for them briefly.

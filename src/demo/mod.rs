@@ -91,7 +91,6 @@ pub fn start(options: DemoOptions) -> anyhow::Result<Demo> {
     let id = gateway_id();
     let hub = new_hub(&id, "*", "meetings-demo", &policy_path);
     let policy_in_force = load_and_watch(&policy_path, &hub)
-        .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot load the policy {}", policy_path.display()))?;
     let policy = policy_in_force.handle.clone();
     let store = Arc::new(MemoryStore::default());

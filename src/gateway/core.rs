@@ -76,6 +76,10 @@ pub enum End {
     /// The upstream closed its output while the client was still connected: the server
     /// died. Every pending request was answered with an error.
     UpstreamClosed,
+    /// One of the gateway's own readers (of the client or of the upstream) panicked: a bug,
+    /// logged as one. The connection was ended failing closed: nothing more was read or
+    /// forwarded, and every pending request was answered with an error.
+    Panicked,
 }
 
 /// Per-connection settings and hooks.
@@ -153,16 +157,23 @@ where
     let mut shutdown = options.shutdown.clone();
     let watching_shutdown = shutdown.is_some();
 
+    // A reader that panicked must not read as a peer that closed: it is said, and the
+    // connection ends failing closed.
+    let mut panicked = false;
     let end = loop {
         tokio::select! {
-            _ = &mut upstream_side => {
+            done = &mut upstream_side => {
+                if reader_panicked("upstream", done) || panicked {
+                    break End::Panicked;
+                }
                 if client_side.is_none() {
                     break End::ClientClosed;
                 }
                 break End::UpstreamClosed;
             }
-            _ = async { client_side.as_mut().expect("guarded").await }, if client_side.is_some() => {
+            done = async { client_side.as_mut().expect("guarded").await }, if client_side.is_some() => {
                 client_side = None;
+                panicked = reader_panicked("client", done);
                 finish_client(&shared, &closing_tx, &mut options).await;
             }
             stop = wait_shutdown(&mut shutdown), if client_side.is_some() && watching_shutdown => {
@@ -176,17 +187,20 @@ where
         }
     };
 
-    if end == End::UpstreamClosed {
+    if end != End::ClientClosed {
         if let Some(task) = client_side.take() {
             task.abort();
         }
         let _ = closing_tx.send(true);
+    }
+    if end == End::UpstreamClosed {
         tracing::error!("the MCP server closed its output; answering pending requests");
     }
     let why = match end {
         End::UpstreamClosed => "the MCP server exited before answering",
         // Anything still waiting can no longer be answered by the upstream.
         End::ClientClosed => "the MCP server closed before answering",
+        End::Panicked => "the gateway failed (an internal error) before the answer came",
     };
     let owed = shared.fail_pending(why);
     // A client that stopped reading must not keep the gateway from ending.
@@ -218,6 +232,21 @@ async fn wait_shutdown(signal: &mut Option<watch::Receiver<bool>>) -> bool {
 
 /// The client is gone (or the gateway shuts down): deny the holds, close the upstream's
 /// input, and let the transport start stopping the server.
+/// Whether a reader task ended by panicking (logged, naming its side) rather than by its
+/// peer closing.
+fn reader_panicked(side: &str, done: Result<(), tokio::task::JoinError>) -> bool {
+    match done {
+        Err(e) if e.is_panic() => {
+            tracing::error!(
+                "the gateway's reader of the {side} panicked ({e}); ending the connection: \
+                 held calls are denied and pending requests answered with an error"
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
 async fn finish_client(
     shared: &Arc<Shared>,
     closing_tx: &watch::Sender<bool>,

@@ -28,6 +28,11 @@ pub enum WrapError {
     Spawn(#[from] SpawnError),
     #[error("the MCP server `{command}` exited mid-session ({status})")]
     ServerDied { command: String, status: String },
+    #[error(
+        "the gateway failed with an internal error and ended the session (see the log above); \
+         please report it"
+    )]
+    Panicked,
 }
 
 /// Settings of one `wrap` session.
@@ -107,6 +112,7 @@ pub async fn wrap(
             command,
             status: shown,
         }),
+        End::Panicked => Err(WrapError::Panicked),
     }
 }
 
