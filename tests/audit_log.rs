@@ -16,13 +16,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use support::discovery::wait_discovery;
 use support::lines::line_reader;
 use support::peers::{e2e_script, python};
+use support::wait::wait_for;
 use support::{ANSWER_WITHIN, private_dir, toolgate, wait_exit};
 use toolgate::testing::control::{self, Connection};
 use toolgate::testing::wire::{AuditStatus, CallEvent, EventKind};
@@ -141,15 +142,14 @@ impl Wrap {
 
     /// Waits until the gateway's stderr has a line containing `text`.
     fn wait_for_log(&self, text: &str) {
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {text:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(&format!("a log line with {text:?}"), ANSWER_WITHIN, || {
+            let log = self.log();
+            if log.contains(text) {
+                Ok(())
+            } else {
+                Err(format!("log:\n{log}"))
+            }
+        });
     }
 
     fn hang_up(&self) {
@@ -215,12 +215,8 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// Polls `check` until it holds; fails saying `what` was waited for.
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    while !check() {
-        assert!(Instant::now() < deadline, "waited in vain for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(what: &str, check: impl FnMut() -> bool) {
+    support::wait::wait_until(what, ANSWER_WITHIN, check);
 }
 
 /// An operator on the gateway's event websocket (found through its discovery file).

@@ -13,7 +13,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use support::agent::wrap;
 use support::discovery::next_event;
@@ -146,10 +145,10 @@ async fn a_tmp_directory_made_first_by_another_user_is_refused_and_wrap_uses_the
 
     // The gateway starts and writes under our state directory.
     let fallback = home.path().join(".local/state/toolgate/gateways");
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let file = loop {
+    let what = format!("a discovery file in {}", fallback.display());
+    let file = support::wait::wait_for(&what, ANSWER_WITHIN, || {
         if let Some(file) = json_files(&fallback).pop() {
-            break file;
+            return Ok(file);
         }
         if let Ok(Some(status)) = gateway.0.try_wait() {
             panic!(
@@ -157,14 +156,8 @@ async fn a_tmp_directory_made_first_by_another_user_is_refused_and_wrap_uses_the
                 log()
             );
         }
-        assert!(
-            Instant::now() < deadline,
-            "no discovery file in {} within {ANSWER_WITHIN:?}; log:\n{}",
-            fallback.display(),
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        Err(format!("log:\n{}", log()))
+    });
     let meta = std::fs::metadata(&fallback).expect("the fallback directory");
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
     assert_eq!(

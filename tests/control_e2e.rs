@@ -12,7 +12,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::agent::{Agent as Client, wrap};
@@ -432,11 +431,9 @@ async fn stopping_the_gateway_removes_its_discovery_file_and_closes_operators() 
         .await
         .expect("the gateway stops in time")
     {}
-    let deadline = Instant::now() + WITHIN;
-    while file.exists() {
-        assert!(Instant::now() < deadline, "discovery file left behind");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait::wait_until("the discovery file to be removed", WITHIN, || {
+        !file.exists()
+    });
 }
 
 /// Resident memory of a process, from /proc.

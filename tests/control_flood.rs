@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::agent::wrap;
+use support::wait::wait_for;
 use support::{ANSWER_WITHIN, private_dir};
 use toolgate::testing::control::{self, DiscoveryEntry};
 use toolgate::testing::control::{AUTH_DEADLINE, MAX_HANDSHAKING, MAX_OPERATORS};
@@ -54,18 +55,9 @@ impl Gateway {
     /// Waits for the discovery file and reads it.
     fn discover(&self) -> DiscoveryEntry {
         let dir: PathBuf = self.dir.path().join("run/toolgate");
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        loop {
-            if let Some(entry) = read_entry(&dir) {
-                return entry;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no discovery file within {ANSWER_WITHIN:?}; gateway log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("a discovery file", ANSWER_WITHIN, || {
+            read_entry(&dir).ok_or_else(|| format!("gateway log:\n{}", self.log()))
+        })
     }
 }
 
@@ -102,19 +94,16 @@ fn open_flood(addr: &str) -> Vec<Intruder> {
     while flood.len() < FLOOD {
         flood.extend(open_sockets(addr, BATCH.min(FLOOD - flood.len())));
         let expected = flood.len().saturating_sub(MAX_HANDSHAKING);
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        loop {
+        let what = format!("the gateway to shed {expected} surplus sockets");
+        wait_for(&what, ANSWER_WITHIN, || {
             poll_closed(&mut flood);
             let closed = flood.iter().filter(|i| i.closed.is_some()).count();
             if closed >= expected {
-                break;
+                Ok(())
+            } else {
+                Err(format!("it shed only {closed}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway took in only {closed} of {expected} surplus sockets"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        });
     }
     flood
 }
@@ -196,15 +185,14 @@ async fn idle_sockets_of_another_user_neither_lock_out_operators_nor_stay_open()
 
     // Every socket of the flood is closed: the oldest shed at once to make room, the rest at
     // the authentication deadline.
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    while !poll_closed(&mut flood) {
-        assert!(
-            Instant::now() < deadline,
-            "{} flood sockets still open after {ANSWER_WITHIN:?}",
-            flood.iter().filter(|i| i.closed.is_none()).count()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("every flood socket to be closed", ANSWER_WITHIN, || {
+        if poll_closed(&mut flood) {
+            Ok(())
+        } else {
+            let open = flood.iter().filter(|i| i.closed.is_none()).count();
+            Err(format!("{open} still open"))
+        }
+    });
     let mut held: Vec<Duration> = flood.iter().filter_map(|i| i.closed).collect();
     held.sort();
     let latest = held[held.len() - 1];

@@ -12,7 +12,6 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
 
 use running::{Serve, Setup};
 use serde_json::{Value, json};
@@ -141,8 +140,7 @@ async fn a_grant_at_its_hold_cap_is_denied_saying_so_while_another_grant_is_stil
 
     // The audit record and the call event say deny, with the reason. Records reach the file
     // a few milliseconds after the decision (the audit writer's flush).
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let denied = loop {
+    let denied = support::wait::wait_for("two denials audited", ANSWER_WITHIN, || {
         let denied: Vec<Value> = serve
             .audit()
             .into_iter()
@@ -151,14 +149,11 @@ async fn a_grant_at_its_hold_cap_is_denied_saying_so_while_another_grant_is_stil
             })
             .collect();
         if denied.len() >= 2 {
-            break denied;
+            Ok(denied)
+        } else {
+            Err(format!("audited: {denied:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "two denials audited within {ANSWER_WITHIN:?}: {denied:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert_eq!(denied.len(), 2, "two denials audited: {denied:?}");
     assert!(
         denied

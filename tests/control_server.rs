@@ -7,7 +7,9 @@ mod support;
 use std::sync::Arc;
 
 use serde_json::json;
+use support::ANSWER_WITHIN;
 use support::events::gateway_info;
+use support::wait::within;
 use toolgate::testing::control::{self, ClientError, Connection, EventsOptions, Hub};
 use toolgate::testing::wire::{
     CallEvent, ClientMsg, Event, EventKind, Hello, PROTOCOL_VERSION, Reply, ResolvedBy, Upstream,
@@ -32,9 +34,13 @@ async fn serve(hub: &Arc<Hub>) -> control::ControlHandle {
 
 /// A client of `server`, connected with its token.
 async fn connect(server: &control::ControlHandle) -> Connection {
-    control::connect(server.url(), server.token())
-        .await
-        .unwrap()
+    within(
+        "a connection to the event websocket",
+        ANSWER_WITHIN,
+        control::connect(server.url(), server.token()),
+    )
+    .await
+    .unwrap()
 }
 
 /// A client of `server` that has read its hello.
@@ -54,7 +60,10 @@ async fn raw_socket(
         "Authorization",
         format!("Bearer {}", server.token()).parse().unwrap(),
     );
-    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let connecting = tokio_tungstenite::connect_async(request);
+    let (ws, _) = within("a raw websocket connection", ANSWER_WITHIN, connecting)
+        .await
+        .unwrap();
     ws
 }
 
@@ -84,7 +93,7 @@ fn held_call(hub: &Hub) -> (CallEvent, control::HoldTicket) {
 }
 
 async fn next(conn: &mut Connection) -> Event {
-    conn.next_event()
+    within("the next event", ANSWER_WITHIN, conn.next_event())
         .await
         .expect("the connection stays open")
         .expect("the gateway sends valid events")
@@ -140,13 +149,19 @@ async fn a_connection_without_the_token_is_refused_with_401() {
     let hub = new_hub("tok");
     let server = serve(&hub).await;
 
-    let wrong = control::connect(server.url(), &"0".repeat(64)).await;
+    let wrong = within(
+        "the answer to a wrong token",
+        ANSWER_WITHIN,
+        control::connect(server.url(), &"0".repeat(64)),
+    )
+    .await;
     assert!(
         matches!(wrong, Err(ClientError::Unauthorized(_))),
         "{wrong:?}"
     );
 
-    match tokio_tungstenite::connect_async(server.url()).await {
+    let without = tokio_tungstenite::connect_async(server.url());
+    match within("the answer to no token", ANSWER_WITHIN, without).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 401);
         }
@@ -155,12 +170,18 @@ async fn a_connection_without_the_token_is_refused_with_401() {
 
     // The token in the URL is not a way in either.
     let in_query = format!("{}?token={}", server.url(), server.token());
+    let in_query = tokio_tungstenite::connect_async(in_query);
     assert!(matches!(
-        tokio_tungstenite::connect_async(in_query).await,
+        within("the answer to a token in the URL", ANSWER_WITHIN, in_query).await,
         Err(tokio_tungstenite::tungstenite::Error::Http(_))
     ));
 
-    assert!(control::connect(server.url(), server.token()).await.is_ok());
+    let right = control::connect(server.url(), server.token());
+    assert!(
+        within("the answer to the right token", ANSWER_WITHIN, right)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -200,7 +221,7 @@ async fn an_operator_approval_releases_the_held_call() {
     let (reply, _) = reply_to(&mut conn, 1).await;
     assert!(reply.ok, "{reply:?}");
 
-    let resolution = ticket.wait().await;
+    let resolution = within("the held call's resolution", ANSWER_WITHIN, ticket.wait()).await;
     assert!(resolution.approved);
     assert_eq!(resolution.by, ResolvedBy::Operator);
     assert_eq!(resolution.operator.as_deref(), Some("alice"));
@@ -223,9 +244,11 @@ async fn a_denial_carries_the_operators_reason() {
         reason: Some("not on a Friday".into()),
         operator: None,
     };
-    let reply = conn.request(&deny).await.unwrap();
+    let reply = within("a reply", ANSWER_WITHIN, conn.request(&deny))
+        .await
+        .unwrap();
     assert!(reply.ok, "{reply:?}");
-    let resolution = ticket.wait().await;
+    let resolution = within("the held call's resolution", ANSWER_WITHIN, ticket.wait()).await;
     assert!(!resolution.approved);
     assert_eq!(resolution.reason.as_deref(), Some("not on a Friday"));
 }
@@ -237,12 +260,33 @@ async fn unknown_and_already_resolved_calls_are_answered_with_an_error() {
     let (held, _ticket) = held_call(&hub);
     let mut conn = connected(&server).await;
 
-    let reply = conn.request(&approve(1, "unk-999")).await.unwrap();
+    let reply = within(
+        "a reply",
+        ANSWER_WITHIN,
+        conn.request(&approve(1, "unk-999")),
+    )
+    .await
+    .unwrap();
     assert!(!reply.ok);
     assert!(reply.error.unwrap().contains("no held call unk-999"));
 
-    assert!(conn.request(&approve(2, &held.call_id)).await.unwrap().ok);
-    let again = conn.request(&approve(3, &held.call_id)).await.unwrap();
+    assert!(
+        within(
+            "a reply",
+            ANSWER_WITHIN,
+            conn.request(&approve(2, &held.call_id))
+        )
+        .await
+        .unwrap()
+        .ok
+    );
+    let again = within(
+        "a reply",
+        ANSWER_WITHIN,
+        conn.request(&approve(3, &held.call_id)),
+    )
+    .await
+    .unwrap();
     assert!(!again.ok);
     assert!(again.error.unwrap().contains("already resolved"));
 }
@@ -257,7 +301,10 @@ async fn garbage_commands_get_an_error_reply_and_the_connection_stays_usable() {
     let (held, _ticket) = held_call(&hub);
     let mut ws = raw_socket(&server).await;
     let read_reply = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
-        let msg: Message = ws.next().await.unwrap().unwrap();
+        let msg: Message = within("a reply", ANSWER_WITHIN, ws.next())
+            .await
+            .unwrap()
+            .unwrap();
         let event: Event = serde_json::from_str(msg.to_text().unwrap()).unwrap();
         if let EventKind::Reply(reply) = event.kind {
             return reply;
@@ -295,9 +342,22 @@ async fn an_oversized_command_closes_only_that_connection() {
     let mut ws = raw_socket(&server).await;
     let huge = "x".repeat(control::MAX_CLIENT_MESSAGE + 1);
     let _ = ws.send(Message::text(huge)).await;
-    // The server drops the connection; the stream ends (possibly after the hello).
+    // The server drops that connection: its stream ends (possibly after the hello and a
+    // close frame) instead of staying open.
     use futures_util::StreamExt;
-    while let Some(Ok(_)) = ws.next().await {}
+    let closing = async {
+        while let Some(Ok(frame)) = ws.next().await {
+            if frame.is_close() {
+                break;
+            }
+        }
+    };
+    within(
+        "the server to close the connection that sent an oversized command",
+        ANSWER_WITHIN,
+        closing,
+    )
+    .await;
 
     // Another connection still gets its hello.
     connected(&server).await;
@@ -333,7 +393,12 @@ async fn two_operators_approving_at_once_first_wins_and_both_see_one_resolution(
     assert!(loser.error.as_deref().unwrap().contains("already resolved"));
 
     let winner_approved = reply_a.ok;
-    assert_eq!(ticket.wait().await.approved, winner_approved);
+    assert_eq!(
+        within("the held call's resolution", ANSWER_WITHIN, ticket.wait())
+            .await
+            .approved,
+        winner_approved
+    );
 
     seen_a.extend(read_until_marker(&hub, &mut a, "m").await);
     seen_b.extend(read_until_marker(&hub, &mut b, "m2").await);

@@ -4,10 +4,12 @@
 //! when asked) and the log says so; a Redis back again is used again without a restart.
 
 mod counters_support;
-
-use std::time::{Duration, Instant};
+#[allow(dead_code)]
+#[path = "support/wait.rs"]
+mod wait;
 
 use counters_support::{ANSWER_WITHIN, Answer, Gateway, RedisServer, allowed, unique_prefix};
+use wait::wait_for;
 
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
     "free":{},
@@ -22,19 +24,18 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
 
 /// Calls `tool` until it is allowed (each refusal takes nothing), failing after a while.
 fn until_allowed(gateway: &mut Gateway, tool: &str) {
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    loop {
-        let answer = gateway.call(tool);
-        if answer.is_allowed() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never allowed again: {answer:?}\n{}",
-            gateway.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        &format!("{tool} to be allowed again"),
+        ANSWER_WITHIN,
+        || {
+            let answer = gateway.call(tool);
+            if answer.is_allowed() {
+                Ok(())
+            } else {
+                Err(format!("last answer {answer:?}\n{}", gateway.log()))
+            }
+        },
+    );
 }
 
 #[test]

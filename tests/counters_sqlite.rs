@@ -4,11 +4,14 @@
 //! counts and a changed `max` applies to the calls already counted.
 
 mod counters_support;
+#[allow(dead_code)]
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use counters_support::{ANSWER_WITHIN, Answer, Gateway, allowed};
+use wait::wait_for;
 
 fn write_policy(path: &Path, text: &str) {
     // Written beside and renamed over, as editors do, so the watcher never reads half a file.
@@ -113,15 +116,17 @@ fn a_policy_reload_keeps_the_counts_and_a_new_max_applies_to_them() {
             "probe":{},
             "ok":{"limits":[{"counter":"ok_per_day","window":"day","max":3,"scope":"grant"}]}}}"#,
     );
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    while !gateway.call("probe").is_allowed() {
-        assert!(
-            Instant::now() < deadline,
-            "the reload never applied:\n{}",
-            gateway.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        "the reloaded policy to allow `probe`",
+        ANSWER_WITHIN,
+        || {
+            if gateway.call("probe").is_allowed() {
+                Ok(())
+            } else {
+                Err(format!("log:\n{}", gateway.log()))
+            }
+        },
+    );
     // Two already counted: one more fits under the new max, not three.
     let answers = gateway.call_many("ok", 2);
     assert_eq!(answers[0], Answer::Allowed);

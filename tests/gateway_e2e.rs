@@ -11,11 +11,12 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::agent::{Agent, text, wrap};
 use support::peers::{e2e_script, everything, python, time_server};
+use support::wait::wait_for;
 use support::{ANSWER_WITHIN, toolgate, wait_exit, write_in_place};
 
 /// How long a policy edit may take to show in decisions (debounce plus slack for CI).
@@ -82,19 +83,21 @@ impl Scenario {
 
     /// Waits for the `n`-th held call (1-based) and returns its call id.
     fn held_call(&self, n: usize) -> String {
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        loop {
-            let holds: Vec<Value> = self
-                .audit()
-                .into_iter()
-                .filter(|r| r["decision"] == "hold")
-                .collect();
-            if let Some(hold) = holds.get(n - 1) {
-                return hold["call_id"].as_str().unwrap().to_owned();
-            }
-            assert!(Instant::now() < deadline, "no hold; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(
+            &format!("held call {n} in the audit log"),
+            ANSWER_WITHIN,
+            || {
+                let holds: Vec<Value> = self
+                    .audit()
+                    .into_iter()
+                    .filter(|r| r["decision"] == "hold")
+                    .collect();
+                match holds.get(n - 1) {
+                    Some(hold) => Ok(hold["call_id"].as_str().unwrap().to_owned()),
+                    None => Err(format!("log:\n{}", self.log())),
+                }
+            },
+        )
     }
 
     /// Runs `toolgate approve|deny ...` against this scenario's gateway.
@@ -366,31 +369,30 @@ fn mid_call_sampling_of_the_handshake_era_counts_once() {
 
 /// Polls `get_current_time` until its decision is `allowed`.
 fn wait_for_decision(s: &mut Scenario, allowed: bool, after: &str) {
-    let deadline = Instant::now() + RELOAD_WITHIN;
-    loop {
+    let what = format!("the policy change by {after} to apply");
+    wait_for(&what, RELOAD_WITHIN, || {
         let answer = s.call("get_current_time", json!({"timezone": "UTC"}));
         if (answer["is_error"] == false) == allowed {
-            return;
+            Ok(())
+        } else {
+            Err(format!("last answer {answer}; log:\n{}", s.log()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "policy change by {after} not applied; last answer {answer}; log:\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 fn wait_for_log(s: &Scenario, needle: &str, count: usize) {
-    let deadline = Instant::now() + RELOAD_WITHIN;
-    while s.log().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "log never said {needle:?}:\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        &format!("the log to say {needle:?} {count} time(s)"),
+        RELOAD_WITHIN,
+        || {
+            let log = s.log();
+            if log.matches(needle).count() >= count {
+                Ok(())
+            } else {
+                Err(format!("log:\n{log}"))
+            }
+        },
+    );
 }
 
 const ALLOWING: &str = r#"{"version":"1","default":"deny","tools":{"get_current_time":{}}}"#;
@@ -553,17 +555,12 @@ fn closing_stdin_stops_a_stubborn_server_with_sigkill_after_the_grace() {
     let pid_arg = pid_file.display().to_string();
     let (mut child, _policy_dir) =
         wrap_raw(&[&python, &stub, "stubborn", &pid_arg], &["--grace", "0.2"]);
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let pid: i32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
+    let pid: i32 = wait_for("the stub server to write its pid", ANSWER_WITHIN, || {
+        std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|t| t.trim().parse().ok())
-        {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "stub server never started");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+            .ok_or_else(String::new)
+    });
     drop(child.stdin.take());
     let status = wait_exit(&mut child);
     assert!(

@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::lines::line_reader;
 use support::peers::{e2e_script, python};
+use support::wait::wait_for;
 use support::{ANSWER_WITHIN, toolgate, write_in_place};
 use tokio::sync::broadcast::error::TryRecvError;
 use toolgate::testing::control::Hub;
@@ -228,32 +229,31 @@ impl Wrap {
 
     /// Waits until the policy version `version` decides calls; `after` says what was done.
     fn wait_for(&mut self, version: &str, after: &str) {
-        let deadline = Instant::now() + RELOAD_WITHIN;
-        loop {
+        let what = format!("policy {version} to apply after {after}");
+        wait_for(&what, RELOAD_WITHIN, || {
             let now = self.in_force();
             if now.ends_with(&format!(": {version}")) {
-                return;
+                Ok(())
+            } else {
+                Err(format!("still: {now}; log:\n{}", self.log()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "after {after}, policy {version} never applied (still: {now}); log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(30));
-        }
+        });
     }
 
     /// Waits until the log has said `text` at least `n` times.
     fn wait_for_log(&self, text: &str, n: usize) {
-        let deadline = Instant::now() + RELOAD_WITHIN;
-        while self.log().matches(text).count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "the log never said {text:?} {n} time(s); log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(30));
-        }
+        wait_for(
+            &format!("the log to say {text:?} {n} time(s)"),
+            RELOAD_WITHIN,
+            || {
+                let log = self.log();
+                if log.matches(text).count() >= n {
+                    Ok(())
+                } else {
+                    Err(format!("log:\n{log}"))
+                }
+            },
+        );
     }
 
     fn log(&self) -> String {

@@ -17,12 +17,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use running::{Reply, Serve, Setup, toolgate};
 use serde_json::{Value, json};
 use support::agent::text;
 use support::peers::peer;
+use support::wait::{wait_for, wait_until};
 use support::{ANSWER_WITHIN, Stopped};
 
 /// How long a grants edit may take to apply (debounce plus slack for CI).
@@ -382,15 +383,17 @@ fn revoking_a_grant_applies_without_a_restart() {
         serve.dir.path(),
     );
     assert!(String::from_utf8_lossy(&list.stdout).trim().is_empty());
-    let deadline = Instant::now() + RELOAD_WITHIN;
-    while serve.post("time", &tokens[0], None, &ping).status != 401 {
-        assert!(
-            Instant::now() < deadline,
-            "still accepted after revoke; log:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        "the revoked token to be refused (401)",
+        RELOAD_WITHIN,
+        || {
+            if serve.post("time", &tokens[0], None, &ping).status == 401 {
+                Ok(())
+            } else {
+                Err(format!("still accepted; log:\n{}", serve.log()))
+            }
+        },
+    );
 }
 
 #[test]
@@ -406,19 +409,14 @@ fn a_held_call_streams_progress_until_an_operator_approves_it() {
     client.send(
         &json!({"op": "call", "tool": "echo", "args": {"message": "may I"}, "progress": true}),
     );
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let call_id = loop {
-        let hold = serve
+    let call_id = wait_for("a held call in the audit log", ANSWER_WITHIN, || {
+        serve
             .audit()
             .into_iter()
             .find(|r| r["decision"] == "hold")
-            .and_then(|r| r["call_id"].as_str().map(str::to_owned));
-        if let Some(id) = hold {
-            break id;
-        }
-        assert!(Instant::now() < deadline, "no hold; log:\n{}", serve.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+            .and_then(|r| r["call_id"].as_str().map(str::to_owned))
+            .ok_or_else(|| format!("log:\n{}", serve.log()))
+    });
     let approved = toolgate(&["approve", &call_id], serve.dir.path());
     assert!(approved.status.success(), "{approved:?}");
     let answer = client.answer();
@@ -639,8 +637,7 @@ fn a_post_body_is_one_message_beyond_dispute_or_it_is_refused_before_any_decisio
         1,
         "{methods:?}"
     );
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    loop {
+    let tools = wait_for("two decisions in the audit log", ANSWER_WITHIN, || {
         let tools: Vec<String> = serve
             .audit()
             .iter()
@@ -648,12 +645,12 @@ fn a_post_body_is_one_message_beyond_dispute_or_it_is_refused_before_any_decisio
             .map(|r| r["tool"].as_str().unwrap_or("").to_owned())
             .collect();
         if tools.len() >= 2 {
-            assert_eq!(tools, ["delete_file", "echo"]);
-            break;
+            Ok(tools)
+        } else {
+            Err(format!("audit records: {tools:?}"))
         }
-        assert!(Instant::now() < deadline, "audit records: {tools:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
+    assert_eq!(tools, ["delete_file", "echo"]);
 }
 
 #[test]
@@ -674,36 +671,26 @@ fn a_stateless_held_call_streams_progress_with_the_clients_own_token() {
 
 /// The pid `serve` logged for the server it started for the `n`-th session (1-based).
 fn server_pid(serve: &Serve, n: usize) -> i32 {
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    loop {
-        let pids: Vec<i32> = serve
-            .log()
+    wait_for(&format!("server {n} to start"), ANSWER_WITHIN, || {
+        let log = serve.log();
+        let pids: Vec<i32> = log
             .lines()
             .filter_map(|l| l.split("(pid ").nth(1))
             .filter_map(|rest| rest.split(')').next()?.parse().ok())
             .collect();
-        if let Some(pid) = pids.get(n - 1) {
-            return *pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no server started; log:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        pids.get(n - 1)
+            .copied()
+            .ok_or_else(|| format!("log:\n{log}"))
+    })
 }
 
 fn wait_gone(pid: i32, why: &str) {
-    let deadline = Instant::now() + ANSWER_WITHIN;
     // Signal 0 only asks whether the process exists (its parent reaps it).
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "server {pid} still running after {why}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("server {pid} to stop after {why}"),
+        ANSWER_WITHIN,
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+    );
 }
 
 #[test]

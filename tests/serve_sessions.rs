@@ -19,6 +19,7 @@ use running::{Serve, Setup, initialize};
 use serde_json::json;
 use support::agent::{Agent, text};
 use support::peers::{e2e_script, peer, python};
+use support::wait::{wait_for, wait_until};
 use support::{ANSWER_WITHIN, toolgate};
 
 const ALLOW_ALL: &str = r#"{"version": "1", "default": "allow"}"#;
@@ -85,11 +86,9 @@ fn a_grant_flooding_initialize_is_capped_alone_while_another_grant_opens_a_sessi
         }
         started.wait();
         // Wait until the flood is past its cap, so the agent meets it at its worst.
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        while !statuses.lock().unwrap().contains(&429) {
-            assert!(Instant::now() < deadline, "the flood was never refused");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until("the flood to be refused (429)", ANSWER_WITHIN, || {
+            statuses.lock().unwrap().contains(&429)
+        });
         // Meanwhile another grant opens a session (its own server process) and calls a tool.
         let mut agent = Agent::http("legacy", &serve.url("time"), &serve.tokens[1]);
         let answer = agent.call("get_current_time", json!({"timezone": "UTC"}));
@@ -122,16 +121,14 @@ fn a_grant_flooding_initialize_is_capped_alone_while_another_grant_opens_a_sessi
     );
     // One server process per session the flood got; none for the refused ones (the agent's
     // has ended with its session, or is ending).
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    while serve.children() != 16 {
-        assert!(
-            Instant::now() < deadline,
-            "{} server processes for 16 sessions; log:\n{}",
-            serve.children(),
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("16 server processes for 16 sessions", ANSWER_WITHIN, || {
+        let children = serve.children();
+        if children == 16 {
+            Ok(())
+        } else {
+            Err(format!("{children} now; log:\n{}", serve.log()))
+        }
+    });
     eprintln!(
         "session flood: {} initialize requests from one grant, {ok} opened, {refused} refused; \
          gateway during the flood: VmRSS {rss_during} KiB, {fds_during} descriptors",

@@ -23,6 +23,7 @@ use serde_json::json;
 use support::ANSWER_WITHIN;
 use support::agent::{Agent, text};
 use support::peers::peer;
+use support::wait::{wait_for, wait_until};
 
 /// Half-sent requests the flood keeps open.
 const FLOOD_SOCKETS: usize = 1_100;
@@ -190,13 +191,10 @@ fn a_slowloris_flood_at_a_1024_file_limit_leaves_agents_answered_within_a_second
     assert_eq!(first["is_error"], false, "{first}");
 
     let flood = Flood::start(serve.addr);
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    while flood.connects.load(Ordering::SeqCst) < FLOOD_SOCKETS
-        || flood.closed_by_gateway.load(Ordering::SeqCst) == 0
-    {
-        assert!(Instant::now() < deadline, "the flood did not build up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the flood to build up", ANSWER_WITHIN, || {
+        flood.connects.load(Ordering::SeqCst) >= FLOOD_SOCKETS
+            && flood.closed_by_gateway.load(Ordering::SeqCst) > 0
+    });
 
     let (mut peak_fds, mut peak_rss, mut slowest) = (0, 0, Duration::ZERO);
     let mut sample = |serve: &Serve, took: Duration| {
@@ -427,15 +425,11 @@ fn request_headers_beyond_32_kib_are_refused_with_431() {
 
 /// Waits until process `pid` has a soft open-file limit of `want`.
 fn wait_soft_nofile(pid: u32, want: u64, who: &str) {
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    while soft_nofile(pid) != Some(want) {
-        assert!(
-            Instant::now() < deadline,
-            "{who} kept a soft open-file limit of {:?}, not the hard limit {want}",
-            soft_nofile(pid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let what = format!("{who} to raise its soft open-file limit to the hard limit {want}");
+    wait_for(&what, ANSWER_WITHIN, || match soft_nofile(pid) {
+        Some(now) if now == want => Ok(()),
+        now => Err(format!("it is {now:?}")),
+    });
 }
 
 #[test]

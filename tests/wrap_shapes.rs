@@ -205,14 +205,14 @@ fn the_issues_nested_batch_and_its_variants_never_reach_the_server() {
     assert_server_ran_nothing_denied(&wrap);
     // The one call that was a message of its own was decided, and audited (the log is
     // flushed by a thread of its own: wait for it).
-    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
-    let audited = loop {
+    let audited = support::wait::wait_for("a decision in the audit log", ANSWER_WITHIN, || {
         let audited = wrap.audit();
-        if audited.iter().any(|r| r["kind"] == "decision") || std::time::Instant::now() > deadline {
-            break audited;
+        if audited.iter().any(|r| r["kind"] == "decision") {
+            Ok(audited)
+        } else {
+            Err(format!("audited: {audited:?}"))
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    });
     let decisions: Vec<&Value> = audited.iter().filter(|r| r["kind"] == "decision").collect();
     assert_eq!(decisions.len(), 1, "{audited:?}");
     assert_eq!(decisions[0]["tool"], "delete_file");

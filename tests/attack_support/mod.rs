@@ -846,19 +846,18 @@ impl Serve {
 
     /// Waits until the audit log holds a decision for a call tagged `tag`.
     pub fn wait_decided(&self, tag: &str) {
-        let deadline = Instant::now() + ANSWER_WITHIN;
         let audit = self.gateway.dir.path().join("audit.jsonl");
-        while !audit_decisions(&audit)
-            .iter()
-            .any(|r| r["args"]["tag"] == tag)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no decision for {tag}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("a decision for {tag} in the audit log");
+        crate::support::wait::wait_for(&what, ANSWER_WITHIN, || {
+            if audit_decisions(&audit)
+                .iter()
+                .any(|r| r["args"]["tag"] == tag)
+            {
+                Ok(())
+            } else {
+                Err(format!("log:\n{}", self.log()))
+            }
+        });
     }
 
     /// The audit log and the events (the gateway keeps running until dropped).

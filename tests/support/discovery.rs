@@ -3,19 +3,19 @@
 //! first.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use toolgate::testing::control::{self, Connection, DiscoveryEntry};
 use toolgate::testing::wire::{Event, EventKind, Hello};
 
 use super::ANSWER_WITHIN;
+use super::wait::wait_for;
 
 /// Waits for a discovery file in `runtime_dir/toolgate` that reads as an entry and returns
 /// it; fails after [`ANSWER_WITHIN`] showing `log()` (the gateway's log, or nothing).
 pub fn wait_discovery(runtime_dir: &Path, log: impl Fn() -> String) -> DiscoveryEntry {
     let dir = runtime_dir.join("toolgate");
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    loop {
+    let what = format!("a discovery file in {}", dir.display());
+    wait_for(&what, ANSWER_WITHIN, || {
         // A file being written does not parse yet: it is read again on the next round.
         let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
             entries
@@ -24,17 +24,8 @@ pub fn wait_discovery(runtime_dir: &Path, log: impl Fn() -> String) -> Discovery
                 .filter(|p| p.extension().is_some_and(|x| x == "json"))
                 .find_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
         });
-        if let Some(entry) = found {
-            return entry;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no discovery file in {} within {ANSWER_WITHIN:?}; log:\n{}",
-            dir.display(),
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        found.ok_or_else(|| format!("log:\n{}", log()))
+    })
 }
 
 /// The next event on `conn`; fails if none comes within [`ANSWER_WITHIN`], the connection

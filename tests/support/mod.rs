@@ -2,7 +2,7 @@
 //! finding the real MCP peers (`peers`), driving the Python MCP client over stdio or HTTP
 //! (`agent`), finding a gateway and its hello as an operator does (`discovery`), reading a
 //! child's output line by line with a deadline (`lines`), reading its memory (`memory`), driving the real binary in tmux
-//! (`tmux`) and describing an in-process gateway (`events`).
+//! (`tmux`), describing an in-process gateway (`events`) and waiting with a deadline (`wait`).
 //!
 //! Each test crate declares `mod support;` and uses only what it needs, so most items are
 //! unused in any one crate.
@@ -16,6 +16,7 @@ pub mod lines;
 pub mod memory;
 pub mod peers;
 pub mod tmux;
+pub mod wait;
 
 use std::path::Path;
 use std::time::Duration;
@@ -38,14 +39,12 @@ pub fn private_dir(path: &Path) {
 
 /// Waits for `child` to exit; fails if it does not in time.
 pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
-    loop {
-        if let Some(status) = child.try_wait().expect("the child's status") {
-            return status;
-        }
-        assert!(std::time::Instant::now() < deadline, "process did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::wait_for("the process to exit", ANSWER_WITHIN, || {
+        child
+            .try_wait()
+            .expect("the child's status")
+            .ok_or_else(String::new)
+    })
 }
 
 /// Gives `child` up to `grace` to exit on its own, then kills it. Never fails: it runs in
