@@ -439,7 +439,13 @@ async fn gateways_lists_hostile_discovery_entries_inert() {
             text(&o.stdout)
         );
     }
-    let o = gw.toolgate(&["gateways", "--json"]).output().await.unwrap();
+    let o = tokio::time::timeout(
+        Duration::from_secs(60),
+        gw.toolgate(&["gateways", "--json"]).output(),
+    )
+    .await
+    .expect("gateways --json answers within a minute")
+    .unwrap();
     let listed: Vec<control::DiscoveryEntry> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(listed[0].grant, format!("ci{HOSTILE}"));
 }

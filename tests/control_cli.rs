@@ -8,7 +8,9 @@ use std::process::Stdio;
 
 use chrono::Utc;
 use serde_json::json;
+use support::ANSWER_WITHIN;
 use support::events::{Listed as Gateway, gateway_info, listed};
+use support::wait::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use toolgate::testing::control::{self, HoldTicket, Hub};
@@ -67,7 +69,10 @@ impl Gateway {
     }
 
     async fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self.toolgate(args).output().await.unwrap();
+        let what = format!("toolgate {args:?} to exit");
+        let out = within(&what, ANSWER_WITHIN, self.toolgate(args).output())
+            .await
+            .unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -83,7 +88,7 @@ async fn approve_finds_the_gateway_by_the_call_id_and_exits_0() {
     let (code, stdout, stderr) = gw.run(&["approve", &call_id]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&format!("approved {call_id}")));
-    let resolution = ticket.wait().await;
+    let resolution = within("the held call's resolution", ANSWER_WITHIN, ticket.wait()).await;
     assert!(resolution.approved);
     assert_eq!(resolution.operator.as_deref(), Some("alice"));
 }
@@ -94,7 +99,7 @@ async fn deny_passes_the_reason_to_the_held_call() {
     let (call_id, ticket) = gw.hold();
     let (code, _, stderr) = gw.run(&["deny", &call_id, "--reason", "not from CI"]).await;
     assert_eq!(code, 0, "{stderr}");
-    let resolution = ticket.wait().await;
+    let resolution = within("the held call's resolution", ANSWER_WITHIN, ticket.wait()).await;
     assert!(!resolution.approved);
     assert_eq!(resolution.reason.as_deref(), Some("not from CI"));
 }
@@ -116,10 +121,11 @@ async fn approving_an_unknown_or_resolved_call_exits_1_with_the_reason() {
 #[tokio::test]
 async fn approve_with_no_gateway_running_says_so() {
     let runtime = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+    let approving = Command::new(env!("CARGO_BIN_EXE_toolgate"))
         .args(["approve", "x-1"])
         .env("XDG_RUNTIME_DIR", runtime.path())
-        .output()
+        .output();
+    let out = within("toolgate approve to exit", ANSWER_WITHIN, approving)
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -152,12 +158,24 @@ async fn tail_json_prints_the_hello_then_each_event_as_one_line() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
 
-    let first: Event = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let first: Event = serde_json::from_str(
+        &within("a line from tail", ANSWER_WITHIN, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert!(matches!(first.kind, EventKind::Hello(_)));
     assert_eq!(first.gateway, "clitail");
 
     let (call_id, _ticket) = gw.hold();
-    let next: Event = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let next: Event = serde_json::from_str(
+        &within("a line from tail", ANSWER_WITHIN, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     match next.kind {
         EventKind::Call(call) => assert_eq!(call.call_id, call_id),
         other => panic!("expected the call, got {other:?}"),
@@ -175,7 +193,10 @@ async fn tail_shows_human_lines_with_outside_text_neutralised() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let hello = lines.next_line().await.unwrap().unwrap();
+    let hello = within("a line from tail", ANSWER_WITHIN, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(hello.contains("clihum connected"), "{hello}");
 
     gw.hub
@@ -184,7 +205,10 @@ async fn tail_shows_human_lines_with_outside_text_neutralised() {
             up: false,
             detail: None,
         }));
-    let line = lines.next_line().await.unwrap().unwrap();
+    let line = within("a line from tail", ANSWER_WITHIN, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         line.contains("upstream srv\\x1b]0;pwned\\x07 down"),
         "{line}"
@@ -206,15 +230,28 @@ async fn tail_picks_up_a_gateway_that_starts_after_it() {
         .unwrap();
     // Tail says it is waiting before any gateway exists.
     let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
-    let waiting = errors.next_line().await.unwrap().unwrap();
+    let waiting = within(
+        "tail's first line on stderr",
+        ANSWER_WITHIN,
+        errors.next_line(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(waiting.contains("no gateway is running yet"), "{waiting}");
 
     let gw = gateway_in(runtime, "clilate").await;
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let hello = lines.next_line().await.unwrap().unwrap();
+    let hello = within("a line from tail", ANSWER_WITHIN, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(hello.contains("clilate connected"), "{hello}");
     let (call_id, _ticket) = gw.hold();
-    let call = lines.next_line().await.unwrap().unwrap();
+    let call = within("a line from tail", ANSWER_WITHIN, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(call.contains(&call_id) && call.contains("⏸ held"), "{call}");
     child.kill().await.unwrap();
 }

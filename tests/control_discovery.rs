@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use chrono::Utc;
+use support::ANSWER_WITHIN;
 use support::events::gateway_info;
 use toolgate::testing::control::discovery::{self, DiscoveryEntry};
 use toolgate::testing::control::{self, EventsOptions, Hub};
@@ -90,9 +91,18 @@ fn a_started_gateway_is_listed_with_a_private_file_until_it_stops() {
         assert_eq!(entry.server, "everything");
 
         // What the file says is enough to connect.
-        assert!(control::connect(&entry.url, &entry.token).await.is_ok());
+        let connecting = control::connect(&entry.url, &entry.token);
+        let connected = tokio::time::timeout(ANSWER_WITHIN, connecting).await;
+        assert!(
+            connected
+                .expect("an answer from the gateway in time")
+                .is_ok(),
+            "the file's url and token connect"
+        );
 
-        server.shutdown().await;
+        tokio::time::timeout(ANSWER_WITHIN, server.shutdown())
+            .await
+            .expect("the event websocket shuts down in time");
         assert!(!file.exists());
         assert!(control::list_gateways().iter().all(|e| e.id != "live1"));
     });

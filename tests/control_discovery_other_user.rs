@@ -194,7 +194,8 @@ async fn a_tmp_directory_made_first_by_another_user_is_refused_and_wrap_uses_the
     assert_eq!(ids, [entry.id.as_str()], "only our gateway is listed");
 
     // What the file says is enough to connect.
-    let mut operator = control::connect(&entry.url, &entry.token)
+    let connecting = control::connect(&entry.url, &entry.token);
+    let mut operator = support::wait::within("an operator's connection", ANSWER_WITHIN, connecting)
         .await
         .expect("an operator connects");
     let hello = next_event(&mut operator).await;

@@ -18,6 +18,7 @@ use support::agent::{Agent as Client, wrap};
 use support::discovery::{next_event as next, operator, wait_discovery};
 use support::lines::line_reader;
 use support::peers::everything;
+use support::wait::within;
 use support::{ANSWER_WITHIN as WITHIN, private_dir};
 use toolgate::testing::control::{self, ClientError, Connection, DiscoveryEntry};
 use toolgate::testing::wire::{
@@ -175,13 +176,14 @@ impl Drop for RawGateway {
 
 /// An operator's approval of `call_id`, as command `id`.
 async fn approve(conn: &mut Connection, id: u64, call_id: &str, operator: Option<&str>) -> Reply {
-    conn.request(&ClientMsg::Approve {
+    let approve = ClientMsg::Approve {
         id,
         call_id: call_id.to_owned(),
         operator: operator.map(str::to_owned),
-    })
-    .await
-    .unwrap()
+    };
+    within("the reply to an approval", WITHIN, conn.request(&approve))
+        .await
+        .unwrap()
 }
 
 /// The id of the held call to `tool`: from the hello's open holds, or the stream.
@@ -220,8 +222,10 @@ async fn resolution_of(conn: &mut Connection, call_id: &str) -> HoldResolved {
 async fn an_operator_approves_a_held_call_and_the_agent_gets_the_servers_answer() {
     let mut agent = Agent::start();
     let entry = agent.dir.discover();
+    let wrong_token = "f".repeat(64);
+    let wrong = control::connect(&entry.url, &wrong_token);
     assert!(matches!(
-        control::connect(&entry.url, &"f".repeat(64)).await,
+        within("the answer to a wrong token", WITHIN, wrong).await,
         Err(ClientError::Unauthorized(_))
     ));
     let (mut conn, hello) = operator(&entry).await;
@@ -260,13 +264,13 @@ async fn an_operators_denial_reaches_the_agent_with_its_reason() {
 
     agent.call("echo", json!({"message": "please"}));
     let call_id = held_call(&mut conn, &hello, "echo").await;
-    let reply = conn
-        .request(&ClientMsg::Deny {
-            id: 1,
-            call_id: call_id.clone(),
-            reason: Some("not during the freeze".into()),
-            operator: Some("bob".into()),
-        })
+    let deny = ClientMsg::Deny {
+        id: 1,
+        call_id: call_id.clone(),
+        reason: Some("not during the freeze".into()),
+        operator: Some("bob".into()),
+    };
+    let reply = within("the reply to a denial", WITHIN, conn.request(&deny))
         .await
         .unwrap();
     assert!(reply.ok, "{reply:?}");
@@ -366,7 +370,7 @@ async fn a_reconnecting_operator_finds_the_open_hold_in_its_snapshot() {
     let (mut first, hello) = operator(&entry).await;
     agent.call("echo", json!({"message": "still waiting"}));
     let call_id = held_call(&mut first, &hello, "echo").await;
-    first.close().await;
+    within("the operator's connection to close", WITHIN, first.close()).await;
 
     let (mut again, hello) = operator(&entry).await;
     assert_eq!(hello.snapshot.holds, vec![call_id.clone()]);
@@ -464,7 +468,10 @@ async fn a_stalled_operator_overflows_without_harming_the_gateway_and_gets_a_fre
         "Authorization",
         format!("Bearer {}", entry.token).parse().unwrap(),
     );
-    let (mut stalled, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let connecting = tokio_tungstenite::connect_async(request);
+    let (mut stalled, _) = within("a raw websocket connection", WITHIN, connecting)
+        .await
+        .unwrap();
 
     // Denied calls with arguments near the event cap: each is one ~3 KiB event. A round is
     // far more than the socket buffers and the per-client queue hold together.

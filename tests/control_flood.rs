@@ -214,13 +214,14 @@ async fn idle_sockets_of_another_user_neither_lock_out_operators_nor_stay_open()
 
     // The operator, past its handshake, is not subject to the deadline.
     let (mut conn, _) = operator;
-    let reply = conn
-        .request(&ClientMsg::Deny {
-            id: 7,
-            call_id: "nobody-1".into(),
-            reason: None,
-            operator: None,
-        })
+    let deny = ClientMsg::Deny {
+        id: 7,
+        call_id: "nobody-1".into(),
+        reason: None,
+        operator: None,
+    };
+    let denial = conn.request(&deny);
+    let reply = support::wait::within("the reply to a denial", ANSWER_WITHIN, denial)
         .await
         .expect("the operator's connection is still open after the deadline");
     assert_eq!(reply.id, 7);

@@ -607,7 +607,10 @@ async fn a_dying_server_answers_every_pending_request_with_an_error() {
     }
     ids.sort();
     assert_eq!(ids, [1, 2]);
-    assert_eq!(end.await.unwrap(), End::UpstreamClosed);
+    let end = tokio::time::timeout(STEP, end)
+        .await
+        .expect("timed out waiting for the connection to end");
+    assert_eq!(end.unwrap(), End::UpstreamClosed);
     client.expect_end().await;
 }
 
@@ -623,7 +626,10 @@ async fn client_closing_closes_the_server_input_and_ends_cleanly() {
     drop(client);
     server.expect_end().await;
     drop(server);
-    assert_eq!(end.await.unwrap(), End::ClientClosed);
+    let end = tokio::time::timeout(STEP, end)
+        .await
+        .expect("timed out waiting for the connection to end");
+    assert_eq!(end.unwrap(), End::ClientClosed);
 }
 
 // --- Message shapes, ids and sizes (issue 13 items 1, 4, 6) ---

@@ -94,7 +94,9 @@ proptest! {
     ) {
         count_panics();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let end = runtime.block_on(async move {
+        // A connection that does not end is a failure, not a hang.
+        let within = std::time::Duration::from_secs(60);
+        let end = runtime.block_on(async move { tokio::time::timeout(within, async move {
             let hub = Hub::new(GatewayInfo {
                 id: "gw".into(), pid: 1, version: "t".into(), grant: "g".into(),
                 server: "s".into(), policy: "p".into(), started_at: chrono::Utc::now(),
@@ -129,7 +131,7 @@ proptest! {
             let mut rest = Vec::new();
             client.read_to_end(&mut rest).await.unwrap();
             task.await
-        });
+        }).await }).expect("the connection to end within 60 s of both sides' lines");
         prop_assert!(end.is_ok(), "the connection task panicked");
         prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a gateway task panicked");
         prop_assert_eq!(end.unwrap(), End::ClientClosed);

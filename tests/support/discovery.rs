@@ -8,7 +8,7 @@ use toolgate::testing::control::{self, Connection, DiscoveryEntry};
 use toolgate::testing::wire::{Event, EventKind, Hello};
 
 use super::ANSWER_WITHIN;
-use super::wait::wait_for;
+use super::wait::{wait_for, within};
 
 /// Waits for a discovery file in `runtime_dir/toolgate` that reads as an entry and returns
 /// it; fails after [`ANSWER_WITHIN`] showing `log()` (the gateway's log, or nothing).
@@ -41,7 +41,8 @@ pub async fn next_event(conn: &mut Connection) -> Event {
 /// Connects to the gateway `entry` names as an operator; returns the connection and the
 /// hello it sends first (failing if the first event is anything else).
 pub async fn operator(entry: &DiscoveryEntry) -> (Connection, Hello) {
-    let mut conn = control::connect(&entry.url, &entry.token)
+    let connecting = control::connect(&entry.url, &entry.token);
+    let mut conn = within("an operator's connection", ANSWER_WITHIN, connecting)
         .await
         .expect("an operator connects");
     let hello = match next_event(&mut conn).await.kind {
