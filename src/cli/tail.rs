@@ -75,7 +75,7 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
         let conn = control::connect(&url, &token)
             .await
             .with_context(|| format!("cannot follow {url}"))?;
-        tokio::spawn(follow(url.clone(), conn, tx));
+        spawn_follower(url.clone(), tx.clone(), follow(url.clone(), conn, tx));
         while let Some(note) = rx.recv().await {
             match note {
                 Note::Event(event) => print(&mut stdout, &event, args.json)?,
@@ -110,7 +110,7 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     following.insert(gateway.id.clone());
                     let tx = tx.clone();
-                    tokio::spawn(async move {
+                    spawn_follower(gateway.id.clone(), tx.clone(), async move {
                         match control::connect(&gateway.url, &gateway.token).await {
                             Ok(conn) => follow(gateway.id, conn, tx).await,
                             Err(e) => {
@@ -139,6 +139,30 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
             },
         }
     }
+}
+
+/// Runs `follower` (which says `Gone` itself when its stream ends). If it panics instead,
+/// the printer is told the gateway `id` is gone with that as the error: a bug must not read
+/// as a gateway that closed its stream, nor leave its events silently missing.
+fn spawn_follower(
+    id: String,
+    tx: mpsc::Sender<Note>,
+    follower: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = tokio::spawn(follower).await
+            && e.is_panic()
+        {
+            let error =
+                format!("following it failed with an internal error ({e}); please report it");
+            let _ = tx
+                .send(Note::Gone {
+                    id,
+                    error: Some(error),
+                })
+                .await;
+        }
+    });
 }
 
 /// Forwards one connection's events until it closes.
@@ -390,6 +414,30 @@ mod tests {
     use super::*;
     use crate::wire::{CallEvent, HoldResolved};
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_follower_that_panics_is_reported_gone_with_an_error_not_as_a_closed_stream() {
+        let (tx, mut rx) = mpsc::channel(4);
+        spawn_follower("gw-1".into(), tx.clone(), async move {
+            let _keeps_the_channel_open = tx;
+            panic!("a bug in following (simulated)");
+        });
+        let note = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("timed out waiting for the follower's note");
+        match note {
+            Some(Note::Gone {
+                id,
+                error: Some(error),
+            }) => {
+                assert_eq!(id, "gw-1");
+                assert!(error.contains("internal error"), "{error}");
+            }
+            Some(Note::Gone { error: None, .. }) => panic!("the panic read as a closed stream"),
+            Some(Note::Event(_)) => panic!("an event instead of the failure"),
+            None => panic!("the channel closed without saying the follower failed"),
+        }
+    }
 
     fn event(kind: EventKind) -> Event {
         Event {
