@@ -77,8 +77,9 @@ pub enum End {
     /// died. Every pending request was answered with an error.
     UpstreamClosed,
     /// One of the gateway's own readers (of the client or of the upstream) panicked: a bug,
-    /// logged as one. The connection was ended failing closed: nothing more was read or
-    /// forwarded, and every pending request was answered with an error.
+    /// logged as one. The connection ended as it would have had that peer gone (no further
+    /// request reached the upstream; held and pending calls were answered with errors), and
+    /// the transport reports a failure, not a clean end.
     Panicked,
 }
 
@@ -230,8 +231,6 @@ async fn wait_shutdown(signal: &mut Option<watch::Receiver<bool>>) -> bool {
     stop
 }
 
-/// The client is gone (or the gateway shuts down): deny the holds, close the upstream's
-/// input, and let the transport start stopping the server.
 /// Whether a reader task ended by panicking (logged, naming its side) rather than by its
 /// peer closing.
 fn reader_panicked(side: &str, done: Result<(), tokio::task::JoinError>) -> bool {
@@ -247,6 +246,8 @@ fn reader_panicked(side: &str, done: Result<(), tokio::task::JoinError>) -> bool
     }
 }
 
+/// The client is gone (or the gateway shuts down): deny the holds, close the upstream's
+/// input, and let the transport start stopping the server.
 async fn finish_client(
     shared: &Arc<Shared>,
     closing_tx: &watch::Sender<bool>,
