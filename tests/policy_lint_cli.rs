@@ -149,3 +149,18 @@ fn a_tools_file_that_is_not_a_scan_report_says_how_to_make_one() {
         stderr(&o)
     );
 }
+
+#[test]
+fn conditions_the_input_schema_settles_are_reported_when_the_tools_are_known() {
+    let (code, lines) = warnings("conditions_schema.json", false);
+    assert_eq!((code, lines.len()), (Some(0), 0), "{lines:?}");
+    let (code, lines) = warnings("conditions_schema.json", true);
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        lines,
+        vec![
+            "6:19: warning: deny_if args.ammount gt 10000 can never hold for \"transfer\", so it never denies: its input schema has no property \"ammount\" and allows no other (at /tools/transfer/deny_if/0); check the argument's name against the tool's input schema (toolgate scan --json)",
+            "8:9: warning: require args.to exists can never fail for \"transfer\", so it checks nothing: its input schema requires \"to\" (at /tools/transfer/require/0); the server already requires it; remove the condition, or make it test the value",
+        ]
+    );
+}

@@ -46,8 +46,9 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Also warn about what is valid but almost certainly a mistake: a glob rule that never
-    /// decides a call, a rule for a hidden tool, and with --tools a destructive tool allowed
-    /// with no limit. Exit status 3 when there are warnings and no errors.
+    /// decides a call, a rule for a hidden tool, and with --tools a glob behind exact keys, a
+    /// destructive tool allowed with no limit, and a deny_if/require its input schema settles.
+    /// Exit status 3 when there are warnings and no errors.
     #[arg(long)]
     lint: bool,
     /// The tools a server offers, as `toolgate scan --json` prints them, for the lint checks
@@ -160,6 +161,11 @@ fn known_tools(path: &std::path::Path) -> anyhow::Result<Vec<lint::KnownTool>> {
             Ok(lint::KnownTool {
                 name: name.to_string(),
                 class: t.get("class").and_then(|c| c.as_str()).map(str::to_string),
+                input_schema: t
+                    .get("input_schema")
+                    .or_else(|| t.get("inputSchema"))
+                    .filter(|s| s.is_object())
+                    .cloned(),
             })
         })
         .collect()

@@ -10,7 +10,13 @@
 //!   read;
 //! - when the tools are known (`--tools`, from `toolgate scan --json`): a glob rule that
 //!   decides none of the offered tools it matches (each has a more specific key), and a
-//!   destructive tool the policy allows with no limit at all.
+//!   destructive tool the policy allows with no limit at all; with their input schemas, a
+//!   `deny_if` or `require` condition that can never hold, or never fail, because the schema
+//!   says its argument is never there (not a property, no others allowed) or always there
+//!   (required) — a misspelt key, most often.
+//!
+//! A counter named with two different windows is not a warning: the policy's validation
+//! refuses it as an error (`compile.rs`).
 //!
 //! Glob coverage is decided on the patterns themselves (no tool list needed): pattern A
 //! covers pattern B when every name B matches, A matches. The test is sufficient, never a
@@ -58,6 +64,8 @@ pub struct KnownTool {
     pub name: String,
     /// `toolgate scan`'s risk class (`read`, `write`, `destructive`), when known.
     pub class: Option<String>,
+    /// The tool's `inputSchema`, when known.
+    pub input_schema: Option<serde_json::Value>,
 }
 
 /// Every warning for `policy`, parsed from `text` (reported as `file`), in document order.
@@ -69,6 +77,7 @@ pub fn lint(policy: &Policy, text: &str, file: &str, tools: &[KnownTool]) -> Vec
     dominated_globs(policy, &mut found);
     globs_behind_keys(policy, tools, &mut found);
     unlimited_destructive(policy, tools, &mut found);
+    conditions_against_schemas(policy, tools, &mut found);
 
     let root = json::parse(text).ok().map(|d| d.root);
     let locator = json::Locator::new(text);
@@ -216,6 +225,89 @@ fn unlimited_destructive(
                 quote(&tool.name)
             ),
         ));
+    }
+}
+
+/// Conditions whose outcome the tool's input schema settles: on an argument the schema never
+/// allows (not among `properties`, `additionalProperties: false`) or always has (`required`).
+fn conditions_against_schemas(
+    policy: &Policy,
+    tools: &[KnownTool],
+    found: &mut Vec<(String, String, String)>,
+) {
+    use super::condition::Op;
+    for tool in tools {
+        let Some(schema) = &tool.input_schema else {
+            continue;
+        };
+        let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else {
+            continue;
+        };
+        if policy.is_hidden(&tool.name) {
+            continue;
+        }
+        let Some(rule) = policy.rule_for(&tool.name) else {
+            continue;
+        };
+        let closed = schema.get("additionalProperties") == Some(&serde_json::Value::Bool(false));
+        let required = |name: &str| {
+            schema
+                .get("required")
+                .and_then(|r| r.as_array())
+                .is_some_and(|r| r.iter().any(|v| v.as_str() == Some(name)))
+        };
+        let lists = rule
+            .deny_if
+            .iter()
+            .map(|c| (true, c))
+            .chain(rule.require.iter().map(|c| (false, c)));
+        for (deny_if, (pointer, condition)) in lists {
+            let Some(first) = condition.segments.first() else {
+                continue;
+            };
+            let never_there = closed && !properties.contains_key(first);
+            let always_there = condition.segments.len() == 1 && required(first);
+            // Whether the condition is true, when the schema settles it.
+            let truth = match condition.op {
+                Op::Exists if always_there => Some(true),
+                Op::NotExists if always_there => Some(false),
+                Op::NotExists if never_there => Some(true),
+                _ if never_there => Some(false),
+                _ => None,
+            };
+            let Some(truth) = truth else {
+                continue;
+            };
+            let (list, verdict, so) = match (deny_if, truth) {
+                (true, true) => ("deny_if", "always holds", "every call is denied"),
+                (true, false) => ("deny_if", "can never hold", "it never denies"),
+                (false, true) => ("require", "can never fail", "it checks nothing"),
+                (false, false) => ("require", "can never be met", "every call is denied"),
+            };
+            let (why, hint) = if never_there {
+                (
+                    format!(
+                        "its input schema has no property {} and allows no other",
+                        quote(first)
+                    ),
+                    "check the argument's name against the tool's input schema (toolgate scan --json)",
+                )
+            } else {
+                (
+                    format!("its input schema requires {}", quote(first)),
+                    "the server already requires it; remove the condition, or make it test the value",
+                )
+            };
+            found.push((
+                pointer.clone(),
+                format!(
+                    "{list} {} {verdict} for {}, so {so}: {why}",
+                    condition.describe(),
+                    quote(&tool.name)
+                ),
+                hint.to_string(),
+            ));
+        }
     }
 }
 
