@@ -164,3 +164,20 @@ fn conditions_the_input_schema_settles_are_reported_when_the_tools_are_known() {
         ]
     );
 }
+
+#[test]
+fn json_output_carries_each_warning_with_its_pointer_and_position() {
+    let file = lint_fixture("hidden_rule.json");
+    let o = toolgate(&["check", "--json", "--lint", &file]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    assert_eq!(report["ok"], true);
+    let warnings = report["warnings"].as_array().expect("a warnings array");
+    assert_eq!(warnings.len(), 2, "{report}");
+    assert_eq!(warnings[0]["pointer"], "/tools/shutdown");
+    assert_eq!(
+        (warnings[0]["line"].as_u64(), warnings[0]["column"].as_u64()),
+        (Some(6), Some(17))
+    );
+}

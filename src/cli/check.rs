@@ -30,6 +30,9 @@ Examples:
   toolgate check policy.json
       policy.json: ok — default deny, 1 rule, 1 counter, hash 3f9a21
   toolgate check --json policy.json staging.json      one JSON object per file, per line
+  toolgate check --lint policy.json cases.json        warnings too; exit 3 if any
+  toolgate scan --json -- node server.js > tools.json
+  toolgate check --lint --tools tools.json policy.json  the checks that need the server's tools
 
 Windows: second, minute, hour, day, a whole number of seconds (60), or \"90s\", \"10m\",
 \"1h\", \"1d\". `hide` entries and `tools` keys with * or ? are globs (no escaping).

@@ -92,8 +92,9 @@ struct Problem {
     hint: String,
 }
 
-struct Reader {
+struct Reader<'t> {
     problems: Vec<Problem>,
+    locator: &'t json::Locator<'t>,
 }
 
 fn child(pointer: &str, token: &str) -> String {
@@ -132,6 +133,7 @@ impl CaseFile {
         };
         let mut r = Reader {
             problems: Vec::new(),
+            locator: &locator,
         };
         for d in &doc.duplicates {
             r.problem(
@@ -143,11 +145,8 @@ impl CaseFile {
         }
         let cases = r.top(&doc.root);
         if r.problems.is_empty()
-            && let Some(mut cases) = cases
+            && let Some(cases) = cases
         {
-            for case in &mut cases {
-                (case.line, case.column) = locator.locate(case.line);
-            }
             return Ok(CaseFile { cases });
         }
         let mut problems = r.problems;
@@ -156,7 +155,7 @@ impl CaseFile {
     }
 }
 
-impl Reader {
+impl Reader<'_> {
     fn problem(&mut self, offset: usize, pointer: String, message: String, hint: String) {
         self.problems.push(Problem {
             offset,
@@ -218,7 +217,6 @@ impl Reader {
         }
     }
 
-    /// The `cases`, with each case's `line` holding its byte offset until located.
     fn top(&mut self, root: &Node) -> Option<Vec<Case>> {
         let members = self.object(root, "", "a case file", TOP_FIELDS)?;
         let Some(list) = get(members, "cases") else {
@@ -335,10 +333,11 @@ impl Reader {
                 None
             }
         };
+        let (line, column) = self.locator.locate(node.offset);
         Some(Case {
             name: name?,
-            line: node.offset,
-            column: 0,
+            line,
+            column,
             pointer: ptr.to_string(),
             calls: calls?,
             expect: expect?,
