@@ -244,3 +244,26 @@ fn a_directory_without_case_files_is_an_error_that_says_what_to_name() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_run_of_more_calls_than_its_bound_runs_nothing_and_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // 101 cases of 100,000 calls each: every case within its own bound, the run beyond 10M.
+    let case = r#"{"name": "N", "call": {"tool": "create_api_key", "repeat": 100000}, "expect": {"decision": "allow"}}"#;
+    let cases: Vec<String> = (0..101)
+        .map(|i| case.replace('N', &format!("flood {i}")))
+        .collect();
+    let file = write(
+        dir.path(),
+        "flood.json",
+        &format!("{{\"cases\": [{}]}}", cases.join(",")),
+    );
+    let o = toolgate(&["test", &policy(), &file]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("10100000 calls in all"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("passed"), "{}", stdout(&o));
+}

@@ -22,6 +22,10 @@ use super::junit;
 /// Most case files one directory may give: far above a real suite, a bound on a wrong path.
 const MAX_CASE_FILES: usize = 10_000;
 
+/// Most calls one run decides, all cases added up (each case has its own bound): a few
+/// seconds of work, so a case file cannot make a CI job run for hours.
+const MAX_CALLS_PER_RUN: u64 = 10_000_000;
+
 /// Test a policy against a table of cases: each a call (or a sequence of calls at virtual
 /// times) and the decision expected for the last one.
 ///
@@ -99,6 +103,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if invalid {
         println!("a case file is invalid; no case was run");
+        return Ok(ExitCode::from(2));
+    }
+    let calls: u64 = files
+        .iter()
+        .flat_map(|(_, f)| &f.cases)
+        .flat_map(|c| &c.calls)
+        .fold(0u64, |sum, c| sum.saturating_add(c.repeat));
+    if calls > MAX_CALLS_PER_RUN {
+        println!(
+            "the cases make {calls} calls in all, more than the {MAX_CALLS_PER_RUN} one run decides; no case was run (a limit is tested with max + 1 calls: lower the repeats, or run the files separately)"
+        );
         return Ok(ExitCode::from(2));
     }
 
