@@ -16,9 +16,11 @@ mod explain;
 mod gateway_args;
 mod gateways;
 mod grants;
+mod junit;
 mod scan;
 mod serve;
 pub(crate) mod tail;
+mod test;
 mod wrap;
 
 /// Deterministic rules on every MCP tool call, and a console to watch and steer them.
@@ -33,6 +35,7 @@ const EXAMPLES: &str = "\
 Examples:
   toolgate demo                                   see everything working, nothing to configure
   toolgate check policy.json                      validate a policy
+  toolgate test policy.json cases.json            run a policy's test cases
   toolgate scan -- npx -y @modelcontextprotocol/server-everything > policy.json
   toolgate wrap --policy policy.json -- npx -y @modelcontextprotocol/server-everything
   toolgate console                                watch and steer every gateway on this machine";
@@ -45,6 +48,7 @@ enum Command {
     Grants(grants::Args),
     Console(console::Args),
     Check(check::Args),
+    Test(test::Args),
     Explain(explain::Args),
     Tail(tail::Args),
     Approve(approve::ApproveArgs),
@@ -72,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Grants(args) => grants::run(args),
         Command::Console(args) => console::run(args),
         Command::Check(args) => check::run(args),
+        Command::Test(args) => test::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Tail(args) => tail::run(args),
         Command::Approve(args) => approve::run_approve(args),

@@ -135,7 +135,7 @@ fn child(pointer: &str, token: &str) -> String {
     format!("{pointer}/{}", json::escape_token(token))
 }
 
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
@@ -987,7 +987,7 @@ fn shown(node: &Node) -> String {
     }
 }
 
-fn whole_number(node: &Node) -> Option<u64> {
+pub(super) fn whole_number(node: &Node) -> Option<u64> {
     match &node.value {
         Value::Number(raw) if raw.bytes().all(|b| b.is_ascii_digit()) => raw.parse().ok(),
         _ => None,
@@ -996,7 +996,7 @@ fn whole_number(node: &Node) -> Option<u64> {
 
 /// `"90s"`, `"10m"`, `"1h"`, `"1d"` in milliseconds. `None`: not a duration;
 /// `Some(None)`: a duration that overflows.
-fn parse_duration(s: &str) -> Option<Option<u64>> {
+pub(super) fn parse_duration(s: &str) -> Option<Option<u64>> {
     let unit = s.chars().last()?;
     let digits = &s[..s.len() - unit.len_utf8()];
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {

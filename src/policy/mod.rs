@@ -15,17 +15,23 @@
 //!   paths are read in them.
 //! - [`store`]: the [`CounterStore`] that limits count against: in process, SQLite, Redis.
 //! - [`decision`]: the [`Decision`] and the text an agent reads.
+//! - [`lint`]: what is valid but almost certainly a mistake (`check --lint`, the console).
+//! - [`cases`], [`case_run`]: policy test cases (`toolgate test`), decided by `decide` on a
+//!   virtual clock.
 //!
 //! Deciding follows the format's order: hidden → `action: deny` → `deny_if`/`require` →
 //! limits (all of the call's limits admitted atomically, or none) → `require_approval` →
 //! allow. Rule lookup is a hash map for exact names (thousands of rules cost nothing) and then
 //! the globs, pre-sorted by literal characters (most first, ties in file order).
 
+pub mod case_run;
+pub mod cases;
 mod compile;
 mod condition;
 mod decision;
 mod glob;
 mod json;
+pub mod lint;
 mod number;
 mod path;
 pub mod store;

@@ -91,6 +91,8 @@ pub fn tools_json(tools: &[ScannedTool]) -> Value {
                     "open_world_declared": c.open_world_declared,
                     "idempotent": c.idempotent,
                     "suggested_rule": suggested_rule(&t.info, c),
+                    // For `toolgate check --lint --tools`, which reads conditions against it.
+                    "input_schema": t.info.input_schema,
                 })
             })
             .collect(),
