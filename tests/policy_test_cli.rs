@@ -37,11 +37,17 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-/// Validates `xml` against the public JUnit schema kept in `tests/fixtures/junit/` with
-/// Debian's `xmllint` (installed by `scripts/setup-test-peers`); a missing xmllint fails.
+/// Validates `xml` against the public JUnit schema (Jenkins' xunit plugin's `junit-10.xsd`)
+/// that `scripts/setup-test-peers` puts in `tests/peers/junit/`, with Debian's `xmllint`
+/// (installed by the same script); a missing schema or xmllint fails.
 fn assert_valid_junit(xml: &Path) {
     let schema: PathBuf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/junit/junit-10.xsd");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/junit/junit-10.xsd");
+    assert!(
+        schema.is_file(),
+        "the JUnit schema is missing: run scripts/setup-test-peers ({})",
+        schema.display()
+    );
     let o = Command::new("xmllint")
         .args(["--noout", "--schema"])
         .arg(&schema)

@@ -76,9 +76,10 @@ fn failures(suite: &Suite) -> usize {
     suite.cases.iter().filter(|c| c.failure.is_some()).count()
 }
 
-/// Seconds as JUnit readers parse them: digits, a dot, digits.
+/// Seconds as JUnit readers parse them: digits, a dot, three digits (milliseconds, as Surefire
+/// writes them; later revisions of the xunit plugin's schema refuse more decimals).
 fn time(seconds: f64) -> String {
-    format!("{:.6}", seconds.max(0.0))
+    format!("{:.3}", seconds.max(0.0))
 }
 
 /// Text safe in an XML 1.0 attribute or text node.
