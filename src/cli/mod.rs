@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod approve;
 mod check;
 mod console;
+mod counter_args;
 mod demo;
 mod explain;
 mod gateway_args;

@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
 use super::budget::{ByteBudget, Charge};
-use super::call::CallAnswer;
+use super::call::{CallAnswer, Deciding};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, code};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
@@ -400,10 +400,26 @@ impl ConnState {
 enum Pending {
     /// Any request the gateway only forwards.
     Plain,
+    /// A call waiting for the counter store to admit its limits; not forwarded yet. An
+    /// upstream answer to its id is dropped; the task that waits for the store takes it
+    /// out (forwarding, refusing or holding the call) unless it was cancelled or failed
+    /// first.
+    Deciding,
     ToolsList {
         first_page: bool,
     },
     Call(CallInFlight),
+}
+
+/// A `tools/call` between its arrival and its decision.
+struct Deliberation {
+    id: IdKey,
+    params: CallParams,
+    args: Value,
+    arrived: Instant,
+    modern: bool,
+    /// Room for its line should it be held.
+    held_room: Option<Charge>,
 }
 
 /// A call admitted upstream, until its answer.
@@ -626,7 +642,17 @@ impl Shared {
     fn answer_refused(&self, side: Side, id: &IdKey, why: &str) -> Option<Vec<u8>> {
         let message = match side {
             Side::Upstream => {
-                let pending = self.lock().pending.remove(id)?;
+                let pending = {
+                    let mut state = self.lock();
+                    match state.pending.remove(id)? {
+                        // Not sent upstream yet: the upstream answers nothing of it.
+                        Pending::Deciding => {
+                            state.pending.insert(id.clone(), Pending::Deciding);
+                            return None;
+                        }
+                        other => other,
+                    }
+                };
                 if let Pending::Call(call) = &pending {
                     self.finish_call(call, true, Some(why.to_owned()));
                 }
@@ -747,8 +773,13 @@ impl Shared {
                 other => other,
             }
         };
-        if let Some(Pending::Call(call)) = pending {
-            self.finish_call(&call, true, Some("cancelled by the client".into()));
+        match pending {
+            Some(Pending::Call(call)) => {
+                self.finish_call(&call, true, Some("cancelled by the client".into()));
+            }
+            // The upstream never saw this call: its admission's task gives its units back.
+            Some(Pending::Deciding) => return Action::Nothing,
+            _ => {}
         }
         Action::Forward
     }
@@ -809,12 +840,77 @@ impl Shared {
                 self.held_lines.charged()
             )
         });
+        let call = Deliberation {
+            id,
+            params,
+            args,
+            arrived,
+            modern,
+            held_room,
+        };
+        match self
+            .gateway
+            .start_decision(&self.session, &call.params.name, &call.args)
+        {
+            Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, false),
+            Deciding::Admitting(admitting) => {
+                // The store may take a while (another process's lock): the id stays in
+                // flight while this call waits, and the connection goes on with the others.
+                self.lock().pending.insert(call.id.clone(), Pending::Deciding);
+                let shared = self.clone();
+                let line = bytes.to_vec();
+                tokio::spawn(async move {
+                    let decision = admitting.decision().await;
+                    let ended = !matches!(shared.lock().pending.get(&call.id), Some(Pending::Deciding));
+                    let no_hold = if ended {
+                        Some("the call ended (cancelled, or its connection closed) while its limits were counted".to_owned())
+                    } else {
+                        no_hold
+                    };
+                    let action = shared.decided(call, decision, no_hold, &line, true);
+                    shared.act(Side::Client, action, line).await;
+                });
+                Action::Nothing
+            }
+        }
+    }
+
+    /// Acts on a call's decision: publishes it, then forwards, refuses or holds the call.
+    /// `deciding`: the call waited for the counter store as `Pending::Deciding`, which it
+    /// leaves now; if that entry is gone (cancelled, or the connection ended and answered
+    /// it), the call is not forwarded and its units are given back.
+    fn decided(
+        self: &Arc<Self>,
+        call: Deliberation,
+        decision: Decision,
+        no_hold: Option<String>,
+        bytes: &[u8],
+        deciding: bool,
+    ) -> Action {
+        let Deliberation {
+            id,
+            params,
+            args,
+            arrived,
+            modern,
+            held_room,
+        } = call;
         let (call_id, decision) =
             self.gateway
-                .decide_call_unless_held(&self.session, &params.name, &args, no_hold);
+                .publish_decision(&self.session, &params.name, &args, decision, no_hold);
+        // Whether this call still owns its id (always, unless it waited for the store).
+        let owns_id = |state: &ConnState| {
+            !deciding || matches!(state.pending.get(&id), Some(Pending::Deciding))
+        };
         match decision.verdict {
             Verdict::Allow => {
-                self.lock().pending.insert(
+                let mut state = self.lock();
+                if !owns_id(&state) {
+                    drop(state);
+                    self.gateway.release(&decision.reservation);
+                    return Action::Nothing;
+                }
+                state.pending.insert(
                     id,
                     Pending::Call(CallInFlight {
                         call_id,
@@ -827,15 +923,22 @@ impl Shared {
                 Action::Forward
             }
             Verdict::Deny | Verdict::RateLimited => {
+                if deciding {
+                    let mut state = self.lock();
+                    if !owns_id(&state) {
+                        return Action::Nothing;
+                    }
+                    state.pending.remove(&id);
+                }
                 Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern))
             }
             Verdict::Hold => match held_room {
                 Some(room) => {
                     let call = (call_id, decision, params, args, arrived, modern);
-                    self.start_hold(id, call, bytes, room);
+                    self.start_hold(id, call, bytes, room, deciding);
                     Action::Nothing
                 }
-                // decide_call_unless_held denied it: not reached.
+                // publish_decision denied it: not reached.
                 None => Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern)),
             },
         }
@@ -854,11 +957,32 @@ impl Shared {
         ),
         line: &[u8],
         room: Charge,
+        deciding: bool,
     ) {
         let timeout = Duration::from_millis(decision.approval_timeout_ms.unwrap_or(120_000));
         let ticket = self.gateway.hub.hold_call(&call_id);
         let (stop_tx, stop_rx) = oneshot::channel();
-        self.lock().holds.insert(
+        let mut state = self.lock();
+        if deciding {
+            // From deciding to held in one step: the id never looks free in between.
+            if !matches!(state.pending.get(&id), Some(Pending::Deciding)) {
+                drop(state);
+                // Ended in the instant since the decision was published.
+                let _ = self.gateway.hub.resolve(
+                    &call_id,
+                    Resolution {
+                        approved: false,
+                        by: ResolvedBy::Cancellation,
+                        operator: None,
+                        reason: Some("the call ended while its limits were counted".into()),
+                    },
+                );
+                self.gateway.release(&decision.reservation);
+                return;
+            }
+            state.pending.remove(&id);
+        }
+        state.holds.insert(
             id.clone(),
             HeldCall {
                 call_id: call_id.clone(),
@@ -872,6 +996,7 @@ impl Shared {
                 _room: room,
             },
         );
+        drop(state);
         let shared = self.clone();
         let token = params.progress_token().cloned();
         tokio::spawn(async move {
@@ -978,13 +1103,25 @@ impl Shared {
     fn upstream_message(&self, shape: Shape<'_>, env: &Envelope<'_>) -> Action {
         match shape {
             Shape::Response { id } => {
-                let Some(pending) = self.lock().pending.remove(&id) else {
+                let pending = {
+                    let mut state = self.lock();
+                    match state.pending.remove(&id) {
+                        // The upstream has not been sent this call yet.
+                        Some(Pending::Deciding) => {
+                            state.pending.insert(id.clone(), Pending::Deciding);
+                            None
+                        }
+                        other => other,
+                    }
+                };
+                let Some(pending) = pending else {
                     tracing::warn!(
                         "dropped an answer from the upstream to no request of the client (id {id})"
                     );
                     return Action::Nothing;
                 };
                 match pending {
+                    Pending::Deciding => Action::Nothing,
                     Pending::Plain => Action::Forward,
                     Pending::ToolsList { first_page } => match env.result {
                         Some(result) => Action::Replace(self.tools_listed(&id, result, first_page)),

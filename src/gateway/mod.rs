@@ -47,7 +47,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::control::Hub;
-use crate::policy::{CounterStore, Policy};
+use crate::policy::{Policy, StoreWorker};
 
 pub use audit::{AuditArgs, AuditLog};
 pub use core::{End, RunOptions, run};
@@ -81,7 +81,9 @@ impl Clock for SystemClock {
 /// Everything one gateway needs to decide calls, shared by all its connections.
 pub struct Gateway {
     pub policy: PolicyHandle,
-    pub store: Arc<dyn CounterStore>,
+    /// The counter store, asked off the runtime when it may block (shared by every
+    /// connection and session of the gateway: clone it, do not make another).
+    pub store: StoreWorker,
     pub hub: Arc<Hub>,
     /// Who the calls of this gateway are attributed to (`wrap --grant`).
     pub grant: String,
@@ -105,16 +107,17 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// A gateway with no audit log, the system clock and the default progress interval.
+    /// `store` is a [`StoreWorker`], or a store to start one for.
     pub fn new(
         policy: PolicyHandle,
-        store: Arc<dyn CounterStore>,
+        store: impl Into<StoreWorker>,
         hub: Arc<Hub>,
         grant: impl Into<String>,
         server: impl Into<String>,
     ) -> Gateway {
         Gateway {
             policy,
-            store,
+            store: store.into(),
             hub,
             grant: grant.into(),
             server: server.into(),
