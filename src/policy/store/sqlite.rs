@@ -85,7 +85,7 @@ pub struct SqliteStore {
     /// `None` after an error that may have broken the connection; reopened on the next call.
     conn: Mutex<Option<Connection>>,
     admissions: AtomicU64,
-    /// Whether this process has swept idle budgets since it opened the file.
+    /// Whether this store has swept idle budgets since it was opened.
     swept: std::sync::atomic::AtomicBool,
     /// The checkpoint thread runs while this lives.
     _alive: Arc<()>,
@@ -146,16 +146,7 @@ impl SqliteStore {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let conn = match &mut *guard {
             Some(conn) => conn,
-            empty => {
-                let conn = empty.insert(connect(&self.path).map_err(|e| describe(&self.path, &e))?);
-                // Forget what went idle while no gateway ran, once per process.
-                if !self.swept.swap(true, Ordering::Relaxed)
-                    && let Err(e) = sweep(conn, now_ms())
-                {
-                    tracing::warn!("cannot sweep idle counters: {}", describe(&self.path, &e));
-                }
-                conn
-            }
+            empty => empty.insert(connect(&self.path).map_err(|e| describe(&self.path, &e))?),
         };
         f(conn).map_err(|e| {
             // A busy database is another process's long write, not a broken connection.
@@ -353,7 +344,10 @@ impl CounterStore for SqliteStore {
         let n = u64::try_from(calls.len()).unwrap_or(u64::MAX);
         let before = self.admissions.fetch_add(n, Ordering::Relaxed);
         let now = calls.last().map_or(0, |(_, now_ms)| *now_ms);
-        if before / SWEEP_EVERY != before.saturating_add(n) / SWEEP_EVERY
+        // The first admission forgets what went idle while no gateway ran (at the calls'
+        // time, as every sweep: the clock a gateway decides with); then every SWEEP_EVERY.
+        let first = !self.swept.swap(true, Ordering::Relaxed);
+        if (first || before / SWEEP_EVERY != before.saturating_add(n) / SWEEP_EVERY)
             && let Err(e) = self.with_conn(|conn| sweep(conn, now))
         {
             tracing::warn!("cannot sweep idle counters: {e}");
