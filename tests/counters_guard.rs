@@ -21,7 +21,10 @@ struct Flaky {
 impl Flaky {
     fn fail(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::new(StoreErrorKind::Io, "test store switched off"))
+            Err(StoreError::new(
+                StoreErrorKind::Io,
+                "test store switched off",
+            ))
         } else {
             Ok(())
         }

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::counter_args::CounterArgs;
 use crate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, HoldCaps};
 use crate::control::{ControlHandle, EventsOptions, Hub};
 use crate::gateway::audit::{AuditFail, AuditKey, AuditOptions};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
-use super::counter_args::CounterArgs;
 use crate::policy::StoreWorker;
 use crate::wire::EventKind;
 

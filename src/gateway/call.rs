@@ -83,10 +83,7 @@ impl Gateway {
                     admissible,
                     answer,
                 };
-                match admitting.now() {
-                    Ok(decision) => Deciding::Decided(decision),
-                    Err(admitting) => Deciding::Admitting(admitting),
-                }
+                admitting.now()
             }
         }
     }
@@ -351,11 +348,11 @@ pub(crate) struct Admitting {
 }
 
 impl Admitting {
-    /// The decision, when the store has already answered.
-    fn now(self) -> Result<Decision, Admitting> {
+    /// Decided now when the store has already answered, else still admitting.
+    fn now(self) -> Deciding {
         match self.answer {
-            Answer::Ready(answer) => Ok(self.policy.settle(self.admissible, answer)),
-            waiting => Err(Admitting {
+            Answer::Ready(answer) => Deciding::Decided(self.policy.settle(self.admissible, answer)),
+            waiting => Deciding::Admitting(Admitting {
                 answer: waiting,
                 ..self
             }),

@@ -856,12 +856,15 @@ impl Shared {
             Deciding::Admitting(admitting) => {
                 // The store may take a while (another process's lock): the id stays in
                 // flight while this call waits, and the connection goes on with the others.
-                self.lock().pending.insert(call.id.clone(), Pending::Deciding);
+                self.lock()
+                    .pending
+                    .insert(call.id.clone(), Pending::Deciding);
                 let shared = self.clone();
                 let line = bytes.to_vec();
                 tokio::spawn(async move {
                     let decision = admitting.decision().await;
-                    let ended = !matches!(shared.lock().pending.get(&call.id), Some(Pending::Deciding));
+                    let ended =
+                        !matches!(shared.lock().pending.get(&call.id), Some(Pending::Deciding));
                     let no_hold = if ended {
                         Some("the call ended (cancelled, or its connection closed) while its limits were counted".to_owned())
                     } else {

@@ -35,8 +35,8 @@ pub use condition::Op;
 pub use decision::{Call, Decision, Verdict, human_duration};
 pub use store::{
     Admission, CounterKey, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest,
-    MemoryStore, OwnedLimit, RedisStore, Reservation, ReservedUnit, Scope, SqliteStore,
-    StoreError, StoreErrorKind, StoreSpec, StoreWorker,
+    MemoryStore, OwnedLimit, RedisStore, Reservation, ReservedUnit, Scope, SqliteStore, StoreError,
+    StoreErrorKind, StoreSpec, StoreWorker,
 };
 
 use std::collections::HashMap;
@@ -735,7 +735,10 @@ impl Policy {
     ) -> Result<Vec<crate::wire::CounterState>, StoreError> {
         let mut out = Vec::with_capacity(reservation.units().len());
         for unit in reservation.units() {
-            let Some(def) = self.counters.iter().find(|d| *d.name == *unit.key.counter && d.scope == unit.key.scope)
+            let Some(def) = self
+                .counters
+                .iter()
+                .find(|d| *d.name == *unit.key.counter && d.scope == unit.key.scope)
             else {
                 continue;
             };

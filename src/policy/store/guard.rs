@@ -17,7 +17,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, Scope, StoreError};
+use super::{
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, Scope, StoreError,
+};
 use crate::wire::StoreStatus;
 
 /// Reservations waiting to be given back, at most; older ones are dropped (their units
@@ -187,7 +189,10 @@ impl CounterStore for GuardedStore {
         self.settle(answer)
     }
 
-    fn admit_many(&self, calls: &[(&[LimitRequest<'_>], u64)]) -> Vec<Result<Admission, StoreError>> {
+    fn admit_many(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+    ) -> Vec<Result<Admission, StoreError>> {
         let answers = self.inner.admit_many(calls);
         self.observe_answers(&answers);
         answers.into_iter().map(|a| self.settle(a)).collect()
@@ -214,7 +219,12 @@ impl CounterStore for GuardedStore {
         }
     }
 
-    fn usage_of(&self, key: &CounterKey, window_ms: u64, now_ms: u64) -> Result<KeyUsage, StoreError> {
+    fn usage_of(
+        &self,
+        key: &CounterKey,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<KeyUsage, StoreError> {
         let result = self.inner.usage_of(key, window_ms, now_ms);
         match &result {
             Ok(_) => self.up(),

@@ -256,7 +256,10 @@ pub trait CounterStore: Send + Sync {
     /// [`CounterStore::admit`] for several calls, in order, each all-or-nothing as if admitted
     /// alone one after the other. A shared store decides them in one transaction (group
     /// commit); the default admits them one by one.
-    fn admit_many(&self, calls: &[(&[LimitRequest<'_>], u64)]) -> Vec<Result<Admission, StoreError>> {
+    fn admit_many(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+    ) -> Vec<Result<Admission, StoreError>> {
         calls
             .iter()
             .map(|(limits, now_ms)| self.admit(limits, *now_ms))
@@ -287,7 +290,12 @@ pub trait CounterStore: Send + Sync {
 
     /// Usage of one budget (its own scope key only) within `window_ms`: what a gateway
     /// publishes after a call touched it. Zero units are `used: 0`.
-    fn usage_of(&self, key: &CounterKey, window_ms: u64, now_ms: u64) -> Result<KeyUsage, StoreError> {
+    fn usage_of(
+        &self,
+        key: &CounterKey,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<KeyUsage, StoreError> {
         let found = self
             .usage(&key.counter, key.scope, window_ms, now_ms)?
             .into_iter()

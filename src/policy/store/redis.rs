@@ -128,11 +128,12 @@ impl RedisStore {
     /// yet: a gateway starts while Redis is down, failing its limited calls until it is up.
     /// `shown` is the URL as messages may show it (without a password).
     pub fn new(url: &str, shown: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::new(
+        let client = redis::Client::open(url).map_err(|e| {
+            StoreError::new(
                 StoreErrorKind::Config,
                 format!("{shown} is not a usable Redis URL: {e}"),
-            ))?;
+            )
+        })?;
         Ok(RedisStore {
             client,
             prefix: prefix.to_owned(),
@@ -293,10 +294,12 @@ impl CounterStore for RedisStore {
                     .ok()
                     .and_then(|i| sent.get(i))
                     .map(|(index, _, _)| *index)
-                    .ok_or_else(|| StoreError::new(
-                        StoreErrorKind::Other,
-                        format!("Redis {}: bad script reply", self.shown),
-                    ))?;
+                    .ok_or_else(|| {
+                        StoreError::new(
+                            StoreErrorKind::Other,
+                            format!("Redis {}: bad script reply", self.shown),
+                        )
+                    })?;
                 Ok(Admission::Refused {
                     index: position,
                     retry_after_ms: u64::try_from(*retry).unwrap_or(1).max(1),
@@ -338,10 +341,12 @@ impl CounterStore for RedisStore {
                 .arg(window_ms)
                 .invoke(conn)
         })?;
-        let bad = || StoreError::new(
+        let bad = || {
+            StoreError::new(
                 StoreErrorKind::Other,
                 format!("Redis {}: unexpected usage reply", self.shown),
-            );
+            )
+        };
         let mut out = Vec::with_capacity(reply.len() / 3);
         for row in reply.chunks(3) {
             let [key, used, oldest] = row else {

@@ -182,7 +182,12 @@ mod tests {
 
     #[test]
     fn a_prefix_without_redis_is_refused_rather_than_ignored() {
-        let refused = open(&StoreSpec::Memory, Some("tenant-a"), FailMode::Closed, |_| {});
+        let refused = open(
+            &StoreSpec::Memory,
+            Some("tenant-a"),
+            FailMode::Closed,
+            |_| {},
+        );
         assert!(matches!(refused, Err(e) if e.kind == StoreErrorKind::Config));
     }
 }

@@ -39,8 +39,8 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, ReservedUnit, Scope, StoreError,
-    StoreErrorKind,
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, ReservedUnit, Scope,
+    StoreError, StoreErrorKind,
 };
 
 /// How long a write waits for another process's transaction before the call fails closed.
@@ -119,13 +119,14 @@ impl SqliteStore {
     /// `<state dir>/toolgate/counters.sqlite3`, e.g. `~/.local/state/toolgate/counters.sqlite3`.
     pub fn default_path() -> Result<PathBuf, StoreError> {
         use etcetera::BaseStrategy;
-        let base = etcetera::choose_base_strategy()
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Config,
-                    format!("no state directory for the counter file ({e}); give one with --counters PATH"),
-                )
-            })?;
+        let base = etcetera::choose_base_strategy().map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Config,
+                format!(
+                    "no state directory for the counter file ({e}); give one with --counters PATH"
+                ),
+            )
+        })?;
         let dir = base
             .state_dir()
             .unwrap_or_else(|| base.data_dir())
@@ -183,13 +184,6 @@ fn describe(path: &Path, e: &rusqlite::Error) -> StoreError {
         _ => String::new(),
     };
     StoreError::new(kind, format!("SQLite {}: {e}{hint}", path.display()))
-}
-
-fn now_ms() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// SQLite integers are signed 64-bit; times and windows beyond that are clamped.
@@ -313,7 +307,10 @@ impl CounterStore for SqliteStore {
             .unwrap_or_else(|| Err(StoreError::new(StoreErrorKind::Other, "no answer")))
     }
 
-    fn admit_many(&self, calls: &[(&[LimitRequest<'_>], u64)]) -> Vec<Result<Admission, StoreError>> {
+    fn admit_many(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+    ) -> Vec<Result<Admission, StoreError>> {
         let decided = self.with_conn(|conn| {
             let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut answers = Vec::with_capacity(calls.len());
@@ -379,7 +376,12 @@ impl CounterStore for SqliteStore {
         })
     }
 
-    fn usage_of(&self, key: &CounterKey, window_ms: u64, now_ms: u64) -> Result<KeyUsage, StoreError> {
+    fn usage_of(
+        &self,
+        key: &CounterKey,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<KeyUsage, StoreError> {
         let low = now_ms.checked_sub(window_ms).map_or(-1, sql_int);
         let (used, oldest): (i64, Option<i64>) = self.with_conn(|conn| {
             conn.prepare_cached(
@@ -471,8 +473,10 @@ fn admit_in(
             // Unchanged rows are not written again: fewer pages per admission.
             Some((id, _, _)) if retain == old_retain && latest == old_latest => id,
             Some((id, _, _)) => {
-                tx.prepare_cached("UPDATE budgets SET retain_ms = ?2, latest_ms = ?3 WHERE id = ?1")?
-                    .execute(params![id, sql_int(retain), sql_int(latest)])?;
+                tx.prepare_cached(
+                    "UPDATE budgets SET retain_ms = ?2, latest_ms = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id, sql_int(retain), sql_int(latest)])?;
                 id
             }
             None => {

@@ -44,8 +44,10 @@ enum Job {
         reply: Reply,
     },
     /// Anything else a gateway does with its store (give units back, read usage).
-    Run(Box<dyn FnOnce(&dyn CounterStore) + Send>),
+    Run(Work),
 }
+
+type Work = Box<dyn FnOnce(&dyn CounterStore) + Send>;
 
 /// A store and the thread that asks it. Cloning shares the thread; it ends when the last
 /// clone is dropped and its queue is empty.
@@ -140,7 +142,9 @@ impl StoreWorker {
             return;
         };
         if queue.try_send(Job::Run(Box::new(work))).is_err() {
-            tracing::warn!("the counter store is {QUEUE} jobs behind; skipped a release or a usage read");
+            tracing::warn!(
+                "the counter store is {QUEUE} jobs behind; skipped a release or a usage read"
+            );
         }
     }
 }
@@ -331,7 +335,12 @@ mod tests {
             verdicts.push(matches!(answer.get().await, Ok(Admission::Admitted(_))));
         }
         // Exactly max in all, and in arrival order: the first four queued got the room.
-        assert_eq!(verdicts, [true, true, true, true, false, false, false, false, false, false]);
+        assert_eq!(
+            verdicts,
+            [
+                true, true, true, true, false, false, false, false, false, false
+            ]
+        );
         let batches = store.batches.lock().unwrap().clone();
         assert_eq!(batches.iter().sum::<usize>(), 11, "{batches:?}");
         assert!(batches.len() < 11, "no admission was batched: {batches:?}");
