@@ -1073,3 +1073,88 @@ async fn each_side_has_at_most_max_in_flight_requests_waiting() {
     assert_eq!(to_server["error"]["code"], -32005, "{to_server}");
     assert_eq!(to_server["id"], max);
 }
+
+/// A store that makes every admission wait until the test opens its gate.
+struct GatedStore {
+    inner: MemoryStore,
+    gate: std::sync::Mutex<()>,
+}
+
+impl toolgate::policy::CounterStore for GatedStore {
+    fn admit(
+        &self,
+        limits: &[toolgate::policy::LimitRequest<'_>],
+        now_ms: u64,
+    ) -> Result<toolgate::policy::Admission, toolgate::policy::StoreError> {
+        let _open = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.admit(limits, now_ms)
+    }
+
+    fn try_release(
+        &self,
+        reservation: &toolgate::policy::Reservation,
+    ) -> Result<(), toolgate::policy::StoreError> {
+        self.inner.try_release(reservation)
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: toolgate::policy::Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<toolgate::policy::KeyUsage>, toolgate::policy::StoreError> {
+        self.inner.usage(counter, scope, window_ms, now_ms)
+    }
+}
+
+#[tokio::test]
+async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cancel_gives_its_unit_back()
+ {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(),
+        gate: std::sync::Mutex::new(()),
+    });
+    let worker = toolgate::policy::StoreWorker::new(store.clone());
+    let mut h = start_with(
+        r#"{"version":"1","default":"deny","tools":{"echo":{},
+            "slow":{"limits":[{"counter":"c","window":"minute","max":5,"scope":"global"}]}}}"#,
+        move |mut g| {
+            g.store = worker;
+            g
+        },
+    );
+    let closed = store.gate.lock().unwrap();
+    h.client.send_json(call(1, "slow", json!({}))).await;
+    h.client.send_json(call(2, "echo", json!({}))).await;
+    // The call without limits goes through while the limited one waits for the store.
+    assert_eq!(h.server.recv().await["id"], 2);
+    // An answer from the server to the waiting call's id is not taken for its answer.
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#)
+        .await;
+    h.client
+        .send_json(json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+                          "params":{"requestId":1}}))
+        .await;
+    drop(closed);
+    // The store admitted it, but the call was cancelled meanwhile: its unit goes back.
+    loop {
+        let EventKind::Counters(counters) = h.event("counters").await else {
+            unreachable!()
+        };
+        if counters
+            .counters
+            .iter()
+            .any(|c| c.counter == "c" && c.used == 0)
+        {
+            break;
+        }
+    }
+    // And it never reaches the server: the next line there is this ping.
+    assert_eq!(h.ping(3).await["method"], "ping");
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#)
+        .await;
+    assert_eq!(h.client.recv().await["id"], 2);
+}
