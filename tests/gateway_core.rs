@@ -1074,10 +1074,10 @@ async fn each_side_has_at_most_max_in_flight_requests_waiting() {
     assert_eq!(to_server["id"], max);
 }
 
-/// A store that makes every admission wait until the test opens its gate.
+/// A store that makes every admission wait until the test opens its gate (at most 10 s).
 struct GatedStore {
     inner: MemoryStore,
-    gate: std::sync::Mutex<()>,
+    open: std::sync::atomic::AtomicBool,
 }
 
 impl toolgate::policy::CounterStore for GatedStore {
@@ -1086,7 +1086,12 @@ impl toolgate::policy::CounterStore for GatedStore {
         limits: &[toolgate::policy::LimitRequest<'_>],
         now_ms: u64,
     ) -> Result<toolgate::policy::Admission, toolgate::policy::StoreError> {
-        let _open = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = std::time::Instant::now() + STEP;
+        while !self.open.load(std::sync::atomic::Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         self.inner.admit(limits, now_ms)
     }
 
@@ -1113,7 +1118,7 @@ async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cance
  {
     let store = Arc::new(GatedStore {
         inner: MemoryStore::new(),
-        gate: std::sync::Mutex::new(()),
+        open: std::sync::atomic::AtomicBool::new(false),
     });
     let worker = toolgate::policy::StoreWorker::new(store.clone());
     let mut h = start_with(
@@ -1124,7 +1129,6 @@ async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cance
             g
         },
     );
-    let closed = store.gate.lock().unwrap();
     h.client.send_json(call(1, "slow", json!({}))).await;
     h.client.send_json(call(2, "echo", json!({}))).await;
     // The call without limits goes through while the limited one waits for the store.
@@ -1137,7 +1141,7 @@ async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cance
         .send_json(json!({"jsonrpc":"2.0","method":"notifications/cancelled",
                           "params":{"requestId":1}}))
         .await;
-    drop(closed);
+    store.open.store(true, std::sync::atomic::Ordering::SeqCst);
     // The store admitted it, but the call was cancelled meanwhile: its unit goes back.
     loop {
         let EventKind::Counters(counters) = h.event("counters").await else {
