@@ -185,43 +185,31 @@ impl Answer {
     }
 }
 
-/// The store thread: one job at a time, admissions in batches.
+/// The store thread: one job at a time, admissions in batches. Other jobs that queued up
+/// among a batch's admissions (usage reads, releases) run right after it: they never split a
+/// batch. (A release that waited behind admissions can only make them stricter.)
 fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
-    let mut next: Option<Job> = None;
     let mut batch: Vec<(Vec<OwnedLimit>, u64, Reply)> = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match rx.blocking_recv() {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        match job {
-            Job::Run(work) => work(store),
-            Job::Admit {
-                limits,
-                now_ms,
-                reply,
-            } => {
-                batch.push((limits, now_ms, reply));
-                // Everything that queued up meanwhile goes into the same transaction.
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(Job::Admit {
-                            limits,
-                            now_ms,
-                            reply,
-                        }) => batch.push((limits, now_ms, reply)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                admit_batch(store, &mut batch);
+    let mut after: Vec<Work> = Vec::new();
+    while let Some(job) = rx.blocking_recv() {
+        let mut next = Some(job);
+        // Everything that queued up meanwhile goes into the same transaction.
+        while let Some(job) = next.take() {
+            match job {
+                Job::Run(work) => after.push(work),
+                Job::Admit {
+                    limits,
+                    now_ms,
+                    reply,
+                } => batch.push((limits, now_ms, reply)),
             }
+            if batch.len() < MAX_BATCH && after.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        admit_batch(store, &mut batch);
+        for work in after.drain(..) {
+            work(store);
         }
     }
 }
