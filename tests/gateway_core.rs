@@ -1142,7 +1142,18 @@ async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cance
                           "params":{"requestId":1}}))
         .await;
     store.open.store(true, std::sync::atomic::Ordering::SeqCst);
-    // The store admitted it, but the call was cancelled meanwhile: its unit goes back.
+    // The store admitted it, but the call was cancelled meanwhile: it is recorded as denied
+    // (it never ran), and its unit goes back.
+    let slow = loop {
+        let EventKind::Call(call) = h.event("call").await else {
+            unreachable!()
+        };
+        if call.tool == "slow" {
+            break call;
+        }
+    };
+    assert_eq!(slow.decision, toolgate::policy::Verdict::Deny);
+    assert!(slow.reason.contains("ended"), "{}", slow.reason);
     loop {
         let EventKind::Counters(counters) = h.event("counters").await else {
             unreachable!()

@@ -862,14 +862,22 @@ impl Shared {
                 let shared = self.clone();
                 let line = bytes.to_vec();
                 tokio::spawn(async move {
-                    let decision = admitting.decision().await;
+                    let mut decision = admitting.decision().await;
                     let ended =
                         !matches!(shared.lock().pending.get(&call.id), Some(Pending::Deciding));
-                    let no_hold = if ended {
-                        Some("the call ended (cancelled, or its connection closed) while its limits were counted".to_owned())
-                    } else {
-                        no_hold
-                    };
+                    if ended && decision.verdict != Verdict::Deny {
+                        // Nobody waits for this call any more: recorded as what happened to
+                        // it, and whatever it took is given back.
+                        shared
+                            .gateway
+                            .release(&std::mem::take(&mut decision.reservation));
+                        decision.verdict = Verdict::Deny;
+                        decision.reason = "the call ended (cancelled, or its connection \
+                                           closed) while its limits were counted"
+                            .to_owned();
+                        decision.retry_after_ms = None;
+                        decision.approval_timeout_ms = None;
+                    }
                     let action = shared.decided(call, decision, no_hold, &line, true);
                     shared.act(Side::Client, action, line).await;
                 });
