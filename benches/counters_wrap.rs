@@ -91,8 +91,9 @@ impl Peer {
         let upstream = std::env::current_exe().expect("bench binary path");
         let mut command = match counters {
             Some(file) => {
+                // Written once by `main`: gateways starting together must not read it half
+                // written.
                 let policy = dir.join("policy.json");
-                std::fs::write(&policy, POLICY).expect("write policy");
                 let mut c = Command::new(env!("CARGO_BIN_EXE_toolgate"));
                 c.arg("wrap")
                     .arg("--policy")
@@ -351,6 +352,7 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("policy.json"), POLICY).expect("write policy");
     side_by_side(dir.path());
     contention(dir.path());
     locked_store(dir.path());
