@@ -194,8 +194,10 @@ impl Gateway {
             return;
         }
         let reservation = reservation.clone();
+        let key = reservation.units().iter().map(|u| u.key.clone()).collect();
         let (policy, hub, clock) = (self.policy.clone(), self.hub.clone(), self.clock.clone());
-        self.store.run(move |store| {
+        // Calls admitted together publish the state after them once.
+        self.store.read(key, move |store| {
             publish_counters(store, &policy.load(), &hub, clock.now_ms(), &reservation);
         });
     }

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Admission, CounterStore, LimitRequest, OwnedLimit, StoreError, StoreErrorKind};
+use super::{
+    Admission, CounterKey, CounterStore, LimitRequest, OwnedLimit, StoreError, StoreErrorKind,
+};
 
 /// Jobs waiting for the store thread, at most; beyond it an admission is refused at once.
 pub const QUEUE: usize = 4096;
@@ -45,6 +47,9 @@ enum Job {
     },
     /// Anything else a gateway does with its store (give units back, read usage).
     Run(Work),
+    /// A read whose answer depends only on the store's state when it runs: of several with
+    /// the same `key` queued among one batch, only the last runs (after the batch).
+    Read { key: Vec<CounterKey>, work: Work },
 }
 
 type Work = Box<dyn FnOnce(&dyn CounterStore) + Send>;
@@ -137,11 +142,30 @@ impl StoreWorker {
     /// place for a store that does not block). Dropped, with a warning, when the queue is
     /// full: what it would have given back leaves its window by itself.
     pub fn run(&self, work: impl FnOnce(&dyn CounterStore) + Send + 'static) {
+        self.queue_job(Box::new(work), None);
+    }
+
+    /// [`StoreWorker::run`] for a read of the budgets `key` names, whose result depends only
+    /// on the store's state when it runs (the usage a gateway publishes after a call): of
+    /// several such reads of the same budgets waiting together, only the last runs.
+    pub fn read(
+        &self,
+        key: Vec<CounterKey>,
+        work: impl FnOnce(&dyn CounterStore) + Send + 'static,
+    ) {
+        self.queue_job(Box::new(work), Some(key));
+    }
+
+    fn queue_job(&self, work: Work, key: Option<Vec<CounterKey>>) {
         let Some(queue) = &self.queue else {
             work(self.store.as_ref());
             return;
         };
-        if queue.try_send(Job::Run(Box::new(work))).is_err() {
+        let job = match key {
+            Some(key) => Job::Read { key, work },
+            None => Job::Run(work),
+        };
+        if queue.try_send(job).is_err() {
             tracing::warn!(
                 "the counter store is {QUEUE} jobs behind; skipped a release or a usage read"
             );
@@ -186,17 +210,23 @@ impl Answer {
 }
 
 /// The store thread: one job at a time, admissions in batches. Other jobs that queued up
-/// among a batch's admissions (usage reads, releases) run right after it: they never split a
-/// batch. (A release that waited behind admissions can only make them stricter.)
+/// among a batch's admissions (usage reads, releases) run right after it, in order: they
+/// never split a batch (a release that waited behind admissions can only make them
+/// stricter), and of several reads of the same budgets only the last runs.
 fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<(Vec<OwnedLimit>, u64, Reply)> = Vec::with_capacity(MAX_BATCH);
-    let mut after: Vec<Work> = Vec::new();
+    let mut after: Vec<(Option<Vec<CounterKey>>, Work)> = Vec::new();
     while let Some(job) = rx.blocking_recv() {
         let mut next = Some(job);
         // Everything that queued up meanwhile goes into the same transaction.
         while let Some(job) = next.take() {
             match job {
-                Job::Run(work) => after.push(work),
+                Job::Run(work) => after.push((None, work)),
+                Job::Read { key, work } => {
+                    // An earlier read of the same budgets would see what this one sees.
+                    after.retain(|(k, _)| k.as_ref() != Some(&key));
+                    after.push((Some(key), work));
+                }
                 Job::Admit {
                     limits,
                     now_ms,
@@ -208,7 +238,7 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
             }
         }
         admit_batch(store, &mut batch);
-        for work in after.drain(..) {
+        for (_, work) in after.drain(..) {
             work(store);
         }
     }
@@ -332,6 +362,53 @@ mod tests {
         let batches = store.batches.lock().unwrap().clone();
         assert_eq!(batches.iter().sum::<usize>(), 11, "{batches:?}");
         assert!(batches.len() < 11, "no admission was batched: {batches:?}");
+    }
+
+    #[tokio::test]
+    async fn reads_of_the_same_budgets_queued_together_run_once() {
+        let store = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Mutex::new(()),
+            entered: Default::default(),
+            batches: Mutex::new(Vec::new()),
+        });
+        let worker = StoreWorker::new(store.clone());
+        let closed = store.gate.lock().unwrap();
+        let first = worker.admit(limit(5), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never started the admission"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let key = |k: &str| {
+            vec![super::super::CounterKey {
+                counter: Arc::from("c"),
+                scope: Scope::Global,
+                scope_key: k.to_owned(),
+            }]
+        };
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        for (i, k) in ["a", "a", "b", "a", "a"].into_iter().enumerate() {
+            let (runs, done_tx) = (runs.clone(), done_tx.clone());
+            worker.read(key(k), move |_| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = done_tx.send(i);
+            });
+        }
+        drop(done_tx);
+        drop(closed);
+        assert!(matches!(first.get().await, Ok(Admission::Admitted(_))));
+        let mut ran = Vec::new();
+        while let Ok(Some(i)) = tokio::time::timeout(Duration::from_secs(5), done.recv()).await {
+            ran.push(i);
+        }
+        // One read of `b`, and of `a` only the last.
+        assert_eq!(ran, [2, 4]);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
