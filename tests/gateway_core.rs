@@ -156,6 +156,20 @@ impl Harness {
             .unwrap();
     }
 
+    /// The next event of any of the given types, skipping others.
+    async fn event_of(&mut self, kinds: &[&str]) -> EventKind {
+        loop {
+            let ev = tokio::time::timeout(STEP, self.events.recv())
+                .await
+                .expect("timed out waiting for an event")
+                .unwrap();
+            let name = serde_json::to_value(&ev.kind).unwrap()["type"].clone();
+            if kinds.iter().any(|k| name == *k) {
+                return ev.kind.clone();
+            }
+        }
+    }
+
     /// The next event of the given type, skipping others.
     async fn event(&mut self, kind: &str) -> EventKind {
         loop {
@@ -1144,28 +1158,22 @@ async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cance
     store.open.store(true, std::sync::atomic::Ordering::SeqCst);
     // The store admitted it, but the call was cancelled meanwhile: it is recorded as denied
     // (it never ran), and its unit goes back.
-    let slow = loop {
-        let EventKind::Call(call) = h.event("call").await else {
-            unreachable!()
-        };
-        if call.tool == "slow" {
-            break call;
-        }
-    };
-    assert_eq!(slow.decision, toolgate::policy::Verdict::Deny);
-    assert!(slow.reason.contains("ended"), "{}", slow.reason);
-    loop {
-        let EventKind::Counters(counters) = h.event("counters").await else {
-            unreachable!()
-        };
-        if counters
-            .counters
-            .iter()
-            .any(|c| c.counter == "c" && c.used == 0)
-        {
-            break;
+    let (mut slow, mut given_back) = (None, false);
+    while slow.is_none() || !given_back {
+        match h.event_of(&["call", "counters"]).await {
+            EventKind::Call(call) if call.tool == "slow" => slow = Some(call),
+            EventKind::Counters(counters) => {
+                given_back |= counters
+                    .counters
+                    .iter()
+                    .any(|c| c.counter == "c" && c.used == 0);
+            }
+            _ => {}
         }
     }
+    let slow = slow.expect("the loop ends with it");
+    assert_eq!(slow.decision, toolgate::policy::Verdict::Deny);
+    assert!(slow.reason.contains("ended"), "{}", slow.reason);
     // And it never reaches the server: the next line there is this ping.
     assert_eq!(h.ping(3).await["method"], "ping");
     h.server

@@ -865,20 +865,21 @@ impl Shared {
                     let mut decision = admitting.decision().await;
                     let ended =
                         !matches!(shared.lock().pending.get(&call.id), Some(Pending::Deciding));
-                    if ended && decision.verdict != Verdict::Deny {
-                        // Nobody waits for this call any more: recorded as what happened to
-                        // it, and whatever it took is given back.
-                        shared
-                            .gateway
-                            .release(&std::mem::take(&mut decision.reservation));
+                    // Nobody waits for this call any more: recorded as what happened to it
+                    // (the decision first, then the units it took going back).
+                    let taken = if ended && decision.verdict != Verdict::Deny {
                         decision.verdict = Verdict::Deny;
                         decision.reason = "the call ended (cancelled, or its connection \
                                            closed) while its limits were counted"
                             .to_owned();
                         decision.retry_after_ms = None;
                         decision.approval_timeout_ms = None;
-                    }
+                        std::mem::take(&mut decision.reservation)
+                    } else {
+                        Reservation::default()
+                    };
                     let action = shared.decided(call, decision, no_hold, &line, true);
+                    shared.gateway.release(&taken);
                     shared.act(Side::Client, action, line).await;
                 });
                 Action::Nothing
