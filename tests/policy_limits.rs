@@ -127,8 +127,10 @@ proptest! {
                         } else {
                             kept.push(r);
                         }
-                    } else {
-                        prop_assert!(answer.is_ok(), "the store failed: {:?}", answer);
+                    } else if let Err(e) = &answer {
+                        // A lock held too long fails the call closed: a refusal, never an
+                        // admission. Anything else is a broken store.
+                        prop_assert!(e.is_transient(), "the store failed: {:?}", e);
                     }
                 }
                 Ok(kept)
