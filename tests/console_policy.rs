@@ -12,7 +12,7 @@ use toolgate::console::app::{AppEvent, Effect, Prompt, State, View, update};
 use toolgate::console::authoring::WriteFailure;
 use toolgate::console::draft::{Draft, Edit};
 use toolgate::console::policy_file;
-use toolgate::policy::Policy;
+use toolgate::testing::policy::Policy;
 use toolgate::wire::{EventKind, PolicyApplied, PolicyRejected, ToolInfo, Tools};
 
 const PATH: &str = "/home/op/policy.json";

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use toolgate::testing::policy::{
     Admission, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest, MemoryStore,
-    Reservation, Scope, StoreError,
+    Reservation, Scope, StoreError, StoreErrorKind,
 };
 use toolgate::testing::wire::StoreStatus;
 
@@ -21,7 +21,10 @@ struct Flaky {
 impl Flaky {
     fn fail(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(StoreError("test store switched off".into()))
+            Err(StoreError::new(
+                StoreErrorKind::Io,
+                "test store switched off",
+            ))
         } else {
             Ok(())
         }

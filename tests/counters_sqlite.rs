@@ -159,3 +159,49 @@ fn a_counter_file_that_cannot_be_created_stops_the_gateway_with_a_clear_error() 
     assert!(stderr.contains("cannot open the counter store"), "{stderr}");
     assert!(stderr.contains("not-a-dir"), "{stderr}");
 }
+
+#[test]
+fn a_counter_file_locked_by_another_process_delays_only_the_limited_calls_and_recovers() {
+    let home = tempfile::tempdir().unwrap();
+    let policy = home.path().join("policy.json");
+    write_policy(
+        &policy,
+        r#"{"version":"1","default":"deny","tools":{
+            "free":{},
+            "ok":{"limits":[{"counter":"ok_per_day","window":"day","max":5,"scope":"grant"}]}}}"#,
+    );
+    let file = home.path().join("locked.sqlite3");
+    // This test process is the other process: it holds the file's write lock from before
+    // the gateway starts until told otherwise.
+    let locker = rusqlite::Connection::open(&file).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let spec = format!("sqlite:{}", file.display());
+
+    // Starting (the initialize answer) does not need the lock.
+    let mut gateway = Gateway::start(home.path(), &policy, "g", &["--counters", &spec]);
+    assert_eq!(gateway.call("free"), Answer::Allowed, "{}", gateway.log());
+
+    // A limited call waits for the store; a call without limits sent after it is answered
+    // first, while the lock is still held.
+    let limited = gateway.send_call("ok");
+    let free = gateway.send_call("free");
+    assert_eq!(gateway.answer(free), Answer::Allowed);
+    assert!(
+        !gateway.answered(limited),
+        "the limited call was answered before the call without limits"
+    );
+    let refused = gateway.answer(limited);
+    assert!(
+        refused.refusal().contains("counter store unavailable")
+            && refused.refusal().contains("locked"),
+        "a limited call fails closed, saying why: {refused:?}"
+    );
+
+    // The lock goes away: the next limited call is counted, with nothing to restart.
+    locker.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(gateway.call("ok"), Answer::Allowed, "{}", gateway.log());
+    let counted: i64 = locker
+        .query_row("SELECT count(*) FROM units", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(counted, 1, "the recovered store counted the call");
+}

@@ -156,6 +156,20 @@ impl Harness {
             .unwrap();
     }
 
+    /// The next event of any of the given types, skipping others.
+    async fn event_of(&mut self, kinds: &[&str]) -> EventKind {
+        loop {
+            let ev = tokio::time::timeout(STEP, self.events.recv())
+                .await
+                .expect("timed out waiting for an event")
+                .unwrap();
+            let name = serde_json::to_value(&ev.kind).unwrap()["type"].clone();
+            if kinds.iter().any(|k| name == *k) {
+                return ev.kind.clone();
+            }
+        }
+    }
+
     /// The next event of the given type, skipping others.
     async fn event(&mut self, kind: &str) -> EventKind {
         loop {
@@ -1098,6 +1112,46 @@ impl tokio::io::AsyncRead for PanicsAfter {
     }
 }
 
+/// A store that makes every admission wait until the test opens its gate (at most 10 s).
+struct GatedStore {
+    inner: MemoryStore,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl toolgate::testing::policy::CounterStore for GatedStore {
+    fn admit(
+        &self,
+        limits: &[toolgate::testing::policy::LimitRequest<'_>],
+        now_ms: u64,
+    ) -> Result<toolgate::testing::policy::Admission, toolgate::testing::policy::StoreError> {
+        let deadline = std::time::Instant::now() + STEP;
+        while !self.open.load(std::sync::atomic::Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.admit(limits, now_ms)
+    }
+
+    fn try_release(
+        &self,
+        reservation: &toolgate::testing::policy::Reservation,
+    ) -> Result<(), toolgate::testing::policy::StoreError> {
+        self.inner.try_release(reservation)
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: toolgate::testing::policy::Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<toolgate::testing::policy::KeyUsage>, toolgate::testing::policy::StoreError>
+    {
+        self.inner.usage(counter, scope, window_ms, now_ms)
+    }
+}
+
 #[tokio::test]
 async fn a_client_reader_that_panics_ends_the_connection_as_a_failure_not_as_a_client_that_left() {
     let policy = Policy::parse(ALLOW_ECHO, "policy.json").expect("test policy is valid");
@@ -1142,4 +1196,59 @@ async fn a_client_reader_that_panics_ends_the_connection_as_a_failure_not_as_a_c
         .expect("timed out waiting for the connection to end")
         .expect("the connection's task itself did not panic");
     assert_eq!(end, End::Panicked);
+}
+
+#[tokio::test]
+async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cancel_gives_its_unit_back()
+ {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(),
+        open: std::sync::atomic::AtomicBool::new(false),
+    });
+    let worker = toolgate::testing::policy::StoreWorker::new(store.clone());
+    let mut h = start_with(
+        r#"{"version":"1","default":"deny","tools":{"echo":{},
+            "slow":{"limits":[{"counter":"c","window":"minute","max":5,"scope":"global"}]}}}"#,
+        move |mut g| {
+            g.store = worker;
+            g
+        },
+    );
+    h.client.send_json(call(1, "slow", json!({}))).await;
+    h.client.send_json(call(2, "echo", json!({}))).await;
+    // The call without limits goes through while the limited one waits for the store.
+    assert_eq!(h.server.recv().await["id"], 2);
+    // An answer from the server to the waiting call's id is not taken for its answer.
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#)
+        .await;
+    h.client
+        .send_json(json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+                          "params":{"requestId":1}}))
+        .await;
+    store.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The store admitted it, but the call was cancelled meanwhile: it is recorded as denied
+    // (it never ran), and its unit goes back.
+    let (mut slow, mut given_back) = (None, false);
+    while slow.is_none() || !given_back {
+        match h.event_of(&["call", "counters"]).await {
+            EventKind::Call(call) if call.tool == "slow" => slow = Some(call),
+            EventKind::Counters(counters) => {
+                given_back |= counters
+                    .counters
+                    .iter()
+                    .any(|c| c.counter == "c" && c.used == 0);
+            }
+            _ => {}
+        }
+    }
+    let slow = slow.expect("the loop ends with it");
+    assert_eq!(slow.decision, toolgate::testing::policy::Verdict::Deny);
+    assert!(slow.reason.contains("ended"), "{}", slow.reason);
+    // And it never reaches the server: the next line there is this ping.
+    assert_eq!(h.ping(3).await["method"], "ping");
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#)
+        .await;
+    assert_eq!(h.client.recv().await["id"], 2);
 }

@@ -672,13 +672,22 @@ struct BrokenStore;
 
 impl CounterStore for BrokenStore {
     fn admit(&self, _: &[LimitRequest<'_>], _: u64) -> Result<Admission, StoreError> {
-        Err(StoreError("connection refused".into()))
+        Err(StoreError::new(
+            toolgate::testing::policy::StoreErrorKind::Io,
+            "connection refused",
+        ))
     }
     fn try_release(&self, _: &Reservation) -> Result<(), StoreError> {
-        Err(StoreError("connection refused".into()))
+        Err(StoreError::new(
+            toolgate::testing::policy::StoreErrorKind::Io,
+            "connection refused",
+        ))
     }
     fn usage(&self, _: &str, _: Scope, _: u64, _: u64) -> Result<Vec<KeyUsage>, StoreError> {
-        Err(StoreError("connection refused".into()))
+        Err(StoreError::new(
+            toolgate::testing::policy::StoreErrorKind::Io,
+            "connection refused",
+        ))
     }
 }
 

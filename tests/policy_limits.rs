@@ -8,7 +8,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::json;
 use toolgate::testing::policy::{
-    Admission, Call, CounterStore, LimitRequest, MemoryStore, Policy, Scope, Verdict,
+    Admission, Call, CounterStore, LimitRequest, MemoryStore, OwnedLimit, Policy, Scope,
+    SqliteStore, StoreWorker, Verdict,
 };
 
 fn limit(counter: &Arc<str>, max: u64, window_ms: u64) -> LimitRequest<'_> {
@@ -75,6 +76,75 @@ proptest! {
             }
         }
         // Atomicity: every kept call took a unit from both budgets.
+        prop_assert_eq!(a_times.len(), b_times.len());
+        prop_assert!(densest_span(&mut a_times, window) <= max as usize);
+        prop_assert!(densest_span(&mut b_times, window * 2) <= max as usize + 1);
+    }
+
+    #[test]
+    fn never_more_than_max_in_any_window_span_through_batched_sqlite_admissions(
+        max in 1u64..6,
+        window in 1u64..200,
+        arrivals in prop::collection::vec(prop::collection::vec(0u64..1_000, 1..60), 2..6),
+        release_every in 0usize..4,
+    ) {
+        // Two stores on one file (two connections, as two gateway processes have), each
+        // with its worker thread; every caller queues all its admissions at once, so the
+        // workers decide them in batches (one transaction, a savepoint per call) while the
+        // other worker's transactions contend for the file's lock.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("counters.sqlite3");
+        let stores: Vec<Arc<dyn CounterStore>> = (0..2)
+            .map(|_| Arc::new(SqliteStore::open(&file).unwrap()) as Arc<dyn CounterStore>)
+            .collect();
+        let workers: Vec<StoreWorker> = stores.iter().cloned().map(StoreWorker::new).collect();
+        let handles: Vec<_> = arrivals.into_iter().enumerate().map(|(n, times)| {
+            let worker = workers[n % workers.len()].clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let limits = |c: &str, max, window| OwnedLimit {
+                    counter: Arc::from(c),
+                    scope: Scope::Global,
+                    scope_key: String::new(),
+                    max,
+                    window_ms: window,
+                };
+                let answers: Vec<_> = times
+                    .iter()
+                    .map(|&now| {
+                        worker.admit(vec![limits("a", max, window), limits("b", max + 1, window * 2)], now)
+                    })
+                    .collect();
+                let mut kept = Vec::new();
+                for (i, answer) in answers.into_iter().enumerate() {
+                    let answer = runtime.block_on(answer.get());
+                    if let Ok(Admission::Admitted(r)) = answer {
+                        if release_every > 0 && i % (release_every + 1) == 0 {
+                            worker.store().release(&r);
+                        } else {
+                            kept.push(r);
+                        }
+                    } else if let Err(e) = &answer {
+                        // A lock held too long fails the call closed: a refusal, never an
+                        // admission. Anything else is a broken store.
+                        prop_assert!(e.is_transient(), "the store failed: {:?}", e);
+                    }
+                }
+                Ok(kept)
+            })
+        }).collect();
+        let mut a_times = Vec::new();
+        let mut b_times = Vec::new();
+        for h in handles {
+            for r in h.join().unwrap()? {
+                for u in r.units() {
+                    if &*u.key.counter == "a" { a_times.push(u.at_ms) } else { b_times.push(u.at_ms) }
+                }
+            }
+        }
         prop_assert_eq!(a_times.len(), b_times.len());
         prop_assert!(densest_span(&mut a_times, window) <= max as usize);
         prop_assert!(densest_span(&mut b_times, window * 2) <= max as usize + 1);

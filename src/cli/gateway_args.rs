@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::counter_args::CounterArgs;
 use crate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, HoldCaps};
 use crate::control::{ControlHandle, EventsOptions, Hub};
 use crate::gateway::audit::{AuditFail, AuditKey, AuditOptions};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
-use crate::policy::{CounterArgs, CounterStore};
+use crate::policy::StoreWorker;
 use crate::wire::EventKind;
 
 #[derive(Debug, clap::Args)]
@@ -83,7 +84,7 @@ pub struct Started {
     pub hub: Arc<Hub>,
     pub policy: PolicyInForce,
     pub audit: Arc<AuditLog>,
-    pub store: Arc<dyn CounterStore>,
+    pub store: StoreWorker,
     control: Option<ControlHandle>,
 }
 
@@ -161,6 +162,8 @@ impl GatewayArgs {
                 .open(move |status| hub.publish(EventKind::Store(status.clone())))
                 .context("cannot open the counter store (--counters)")?
         };
+        // Every connection and session of this gateway asks the store through one thread.
+        let store = StoreWorker::new(store);
         tracing::info!(
             "gateway {id}: policy {}, audit {} (key {}), counters {}",
             policy.path.display(),

@@ -11,6 +11,7 @@ mod approve;
 mod audit_values;
 mod check;
 mod console;
+mod counter_args;
 mod demo;
 mod explain;
 mod gateway_args;

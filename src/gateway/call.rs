@@ -6,6 +6,7 @@
 //! HTTP gateway call these per message.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -15,8 +16,12 @@ use serde_json::value::RawValue;
 use super::Gateway;
 use super::audit::AuditRecord;
 use super::jsonrpc::Envelope;
-use crate::control::{HoldTicket, Resolution};
-use crate::policy::{Call, Decision, Reservation, Verdict, human_duration};
+use crate::control::{HoldTicket, Hub, Resolution};
+use crate::policy::store::Answer;
+use crate::policy::{
+    Admissible, Call, CounterStore, Decision, Judgement, Policy, Reservation, Verdict,
+    human_duration,
+};
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
 
 /// Arguments in call events are cut to this many bytes of JSON.
@@ -35,37 +40,66 @@ pub struct ToolsListed {
 }
 
 impl Gateway {
-    /// Decides one call: runs the policy, publishes the `call` event and writes the
-    /// decision's audit record; returns the call's id and the decision. The caller acts on the verdict (forward, refuse or hold) and
-    /// owns the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
-    /// gateway all decide through this.
-    pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
-        self.decide_call_unless_held(session, tool, args, None)
+    /// Decides one call: runs the policy, asks the counter store when the call has limits,
+    /// publishes the `call` event and writes the decision's audit record; returns the call's
+    /// id and the decision. The caller acts on the verdict (forward, refuse or hold) and owns
+    /// the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
+    /// gateway all decide through [`Gateway::start_decision`] and
+    /// [`Gateway::publish_decision`], as this does.
+    pub async fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
+        let decision = match self.start_decision(session, tool, args) {
+            Deciding::Decided(decision) => decision,
+            Deciding::Admitting(admitting) => admitting.decision().await,
+        };
+        self.publish_decision(session, tool, args, decision, None)
     }
 
-    /// [`Gateway::decide_call`], where a call the policy would hold is denied with
-    /// `no_hold` as its reason when that is given (its connection cannot keep one more).
-    pub(crate) fn decide_call_unless_held(
+    /// The first step of deciding a call: the policy's decision, and for a call with limits
+    /// its admission queued at the counter store now (so admissions keep the calls' order).
+    /// Nothing is published yet.
+    pub(crate) fn start_decision(&self, session: &str, tool: &str, args: &Value) -> Deciding {
+        if let Some(audit) = &self.audit
+            && audit.refuses_calls()
+        {
+            // A call that could not be audited is not made (`--audit-fail closed`).
+            return Deciding::Decided(audit_refusal(tool, audit.refusal_reason()));
+        }
+        let policy = self.policy.load();
+        let call = Call {
+            tool,
+            args,
+            grant: &self.grant,
+            session,
+        };
+        match policy.judge(&call) {
+            Judgement::Decided(decision) => Deciding::Decided(decision),
+            Judgement::Admit(mut admissible) => {
+                let answer = self
+                    .store
+                    .admit(admissible.take_limits(), self.clock.now_ms());
+                let admitting = Admitting {
+                    // The same policy settles the decision, whatever a reload swaps in.
+                    policy: arc_swap::Guard::into_inner(policy),
+                    admissible,
+                    answer,
+                };
+                admitting.now()
+            }
+        }
+    }
+
+    /// The second step: publishes the `call` event and writes the audit record of a
+    /// decision, and registers a hold with the hub; returns the call's id and the decision.
+    /// A call the policy would hold is denied with `no_hold` as its reason when that is given
+    /// (its connection cannot keep one more, or it ended while its limits were counted).
+    pub(crate) fn publish_decision(
         &self,
         session: &str,
         tool: &str,
         args: &Value,
+        mut decision: Decision,
         no_hold: Option<String>,
     ) -> (String, Decision) {
-        let mut decision = match &self.audit {
-            // A call that could not be audited is not made (`--audit-fail closed`).
-            Some(audit) if audit.refuses_calls() => audit_refusal(tool, audit.refusal_reason()),
-            _ => self.policy.load().decide(
-                &Call {
-                    tool,
-                    args,
-                    grant: &self.grant,
-                    session,
-                },
-                self.store.as_ref(),
-                self.clock.now_ms(),
-            ),
-        };
         let call_id = self.hub.next_call_id();
         if decision.verdict == Verdict::Hold {
             self.reserve_hold(&call_id, &mut decision, no_hold);
@@ -134,8 +168,7 @@ impl Gateway {
         };
         if let Err(refused) = refused {
             tracing::warn!("call {call_id} denied instead of held: {refused}");
-            self.store
-                .release(&std::mem::take(&mut decision.reservation));
+            self.release(&std::mem::take(&mut decision.reservation));
             decision.verdict = Verdict::Deny;
             decision.reason = refused;
             decision.approval_timeout_ms = None;
@@ -143,33 +176,32 @@ impl Gateway {
     }
 
     /// Gives a reservation's units back (a call denied, timed out, cancelled, or that never
-    /// reached the upstream) and publishes the counters' new state.
+    /// reached the upstream) and publishes the counters' new state, on the store's thread.
     pub fn release(&self, reservation: &Reservation) {
         if reservation.is_empty() {
             return;
         }
-        self.store.release(reservation);
-        self.publish_counters(reservation);
+        let reservation = reservation.clone();
+        let (policy, hub, clock) = (self.policy.clone(), self.hub.clone(), self.clock.clone());
+        self.store.run(move |store| {
+            store.release(&reservation);
+            publish_counters(store, &policy.load(), &hub, clock.now_ms(), &reservation);
+        });
     }
 
-    /// Publishes the state of the counters a reservation touched.
+    /// Publishes the state of the budgets a reservation took units from, read on the store's
+    /// thread.
     fn publish_counters(&self, reservation: &Reservation) {
         if reservation.is_empty() {
             return;
         }
-        let touched: Vec<&str> = reservation
-            .units()
-            .iter()
-            .map(|u| &*u.key.counter)
-            .collect();
-        match self.policy.load().counter_states_of(
-            self.store.as_ref(),
-            self.clock.now_ms(),
-            &touched,
-        ) {
-            Ok(counters) => self.hub.publish(EventKind::Counters(Counters { counters })),
-            Err(e) => tracing::warn!("cannot read counter state: {e}"),
-        }
+        let reservation = reservation.clone();
+        let key = reservation.units().iter().map(|u| u.key.clone()).collect();
+        let (policy, hub, clock) = (self.policy.clone(), self.hub.clone(), self.clock.clone());
+        // Calls admitted together publish the state after them once.
+        self.store.read(key, move |store| {
+            publish_counters(store, &policy.load(), &hub, clock.now_ms(), &reservation);
+        });
     }
 
     /// Publishes and audits the outcome of a call that went upstream.
@@ -301,6 +333,59 @@ impl Gateway {
             offered,
             result: Value::Object(result),
         })
+    }
+}
+
+/// The first step of a decision ([`Gateway::start_decision`]).
+pub(crate) enum Deciding {
+    /// Decided: no counter needed, or the store answered at once.
+    Decided(Decision),
+    /// Waiting for the counter store.
+    Admitting(Admitting),
+}
+
+/// A call whose limits the counter store is admitting.
+pub(crate) struct Admitting {
+    policy: Arc<Policy>,
+    admissible: Admissible,
+    answer: Answer,
+}
+
+impl Admitting {
+    /// Decided now when the store has already answered, else still admitting.
+    fn now(self) -> Deciding {
+        match self.answer {
+            Answer::Ready(answer) => Deciding::Decided(self.policy.settle(self.admissible, answer)),
+            waiting => Deciding::Admitting(Admitting {
+                answer: waiting,
+                ..self
+            }),
+        }
+    }
+
+    /// The decision once the store answers (or fails, closed, after
+    /// [`crate::policy::store::worker::ANSWER_WITHIN`]).
+    pub(crate) async fn decision(self) -> Decision {
+        let answer = self.answer.get().await;
+        self.policy.settle(self.admissible, answer)
+    }
+}
+
+/// Reads and publishes the state of the budgets `reservation` touched, each for its own
+/// scope key only.
+fn publish_counters(
+    store: &dyn CounterStore,
+    policy: &Policy,
+    hub: &Hub,
+    now_ms: u64,
+    reservation: &Reservation,
+) {
+    match policy.counter_states_for(store, now_ms, reservation) {
+        Ok(counters) if !counters.is_empty() => {
+            hub.publish(EventKind::Counters(Counters { counters }));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read counter state: {e}"),
     }
 }
 

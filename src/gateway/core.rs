@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
 use super::budget::{ByteBudget, Charge};
-use super::call::CallAnswer;
+use super::call::{CallAnswer, Deciding};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, code};
 use super::line_writer::{Out, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
@@ -362,10 +362,26 @@ impl ConnState {
 enum Forwarded {
     /// Any request the gateway only forwards.
     Plain,
+    /// A call waiting for the counter store to admit its limits; not forwarded yet. An
+    /// upstream answer to its id is dropped; the task that waits for the store takes it
+    /// out (forwarding, refusing or holding the call) unless it was cancelled or failed
+    /// first.
+    Deciding,
     ToolsList {
         first_page: bool,
     },
     Call(CallInFlight),
+}
+
+/// A `tools/call` between its arrival and its decision.
+struct Deliberation {
+    id: IdKey,
+    params: CallParams,
+    args: Value,
+    arrived: Instant,
+    modern: bool,
+    /// Room for its line should it be held.
+    held_room: Option<Charge>,
 }
 
 /// A call admitted upstream, until its answer.
@@ -590,7 +606,17 @@ impl Shared {
     fn answer_refused(&self, side: Side, id: &IdKey, why: &str) -> Option<Vec<u8>> {
         let message = match side {
             Side::Upstream => {
-                let pending = self.lock().pending.remove(id)?;
+                let pending = {
+                    let mut state = self.lock();
+                    match state.pending.remove(id)? {
+                        // Not sent upstream yet: the upstream answers nothing of it.
+                        Forwarded::Deciding => {
+                            state.pending.insert(id.clone(), Forwarded::Deciding);
+                            return None;
+                        }
+                        other => other,
+                    }
+                };
                 if let Forwarded::Call(call) = &pending {
                     self.finish_call(call, true, Some(why.to_owned()));
                 }
@@ -711,8 +737,13 @@ impl Shared {
                 other => other,
             }
         };
-        if let Some(Forwarded::Call(call)) = pending {
-            self.finish_call(&call, true, Some("cancelled by the client".into()));
+        match pending {
+            Some(Forwarded::Call(call)) => {
+                self.finish_call(&call, true, Some("cancelled by the client".into()));
+            }
+            // The upstream never saw this call: its admission's task gives its units back.
+            Some(Forwarded::Deciding) => return Disposition::Nothing,
+            _ => {}
         }
         Disposition::Forward
     }
@@ -778,12 +809,91 @@ impl Shared {
                 self.held_lines.charged()
             )
         });
+        let call = Deliberation {
+            id,
+            params,
+            args,
+            arrived,
+            modern,
+            held_room,
+        };
+        match self
+            .gateway
+            .start_decision(&self.session, &call.params.name, &call.args)
+        {
+            Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, false),
+            Deciding::Admitting(admitting) => {
+                // The store may take a while (another process's lock): the id stays in
+                // flight while this call waits, and the connection goes on with the others.
+                self.lock()
+                    .pending
+                    .insert(call.id.clone(), Forwarded::Deciding);
+                let shared = self.clone();
+                let line = bytes.to_vec();
+                tokio::spawn(async move {
+                    let mut decision = admitting.decision().await;
+                    let ended = !matches!(
+                        shared.lock().pending.get(&call.id),
+                        Some(Forwarded::Deciding)
+                    );
+                    // Nobody waits for this call any more: recorded as what happened to it
+                    // (the decision first, then the units it took going back).
+                    let taken = if ended && decision.verdict != Verdict::Deny {
+                        decision.verdict = Verdict::Deny;
+                        decision.reason = "the call ended (cancelled, or its connection \
+                                           closed) while its limits were counted"
+                            .to_owned();
+                        decision.retry_after_ms = None;
+                        decision.approval_timeout_ms = None;
+                        std::mem::take(&mut decision.reservation)
+                    } else {
+                        Reservation::default()
+                    };
+                    let action = shared.decided(call, decision, no_hold, &line, true);
+                    shared.gateway.release(&taken);
+                    shared.act(Side::Client, action, line).await;
+                });
+                Disposition::Nothing
+            }
+        }
+    }
+
+    /// Acts on a call's decision: publishes it, then forwards, refuses or holds the call.
+    /// `deciding`: the call waited for the counter store as `Forwarded::Deciding`, which it
+    /// leaves now; if that entry is gone (cancelled, or the connection ended and answered
+    /// it), the call is not forwarded and its units are given back.
+    fn decided(
+        self: &Arc<Self>,
+        call: Deliberation,
+        decision: Decision,
+        no_hold: Option<String>,
+        bytes: &[u8],
+        deciding: bool,
+    ) -> Disposition {
+        let Deliberation {
+            id,
+            params,
+            args,
+            arrived,
+            modern,
+            held_room,
+        } = call;
         let (call_id, decision) =
             self.gateway
-                .decide_call_unless_held(&self.session, &params.name, &args, no_hold);
+                .publish_decision(&self.session, &params.name, &args, decision, no_hold);
+        // Whether this call still owns its id (always, unless it waited for the store).
+        let owns_id = |state: &ConnState| {
+            !deciding || matches!(state.pending.get(&id), Some(Forwarded::Deciding))
+        };
         match decision.verdict {
             Verdict::Allow => {
-                self.lock().pending.insert(
+                let mut state = self.lock();
+                if !owns_id(&state) {
+                    drop(state);
+                    self.gateway.release(&decision.reservation);
+                    return Disposition::Nothing;
+                }
+                state.pending.insert(
                     id,
                     Forwarded::Call(CallInFlight {
                         call_id,
@@ -796,15 +906,22 @@ impl Shared {
                 Disposition::Forward
             }
             Verdict::Deny | Verdict::RateLimited => {
+                if deciding {
+                    let mut state = self.lock();
+                    if !owns_id(&state) {
+                        return Disposition::Nothing;
+                    }
+                    state.pending.remove(&id);
+                }
                 Disposition::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern))
             }
             Verdict::Hold => match held_room {
                 Some(room) => {
                     let call = (call_id, decision, params, args, arrived, modern);
-                    self.start_hold(id, call, bytes, room);
+                    self.start_hold(id, call, bytes, room, deciding);
                     Disposition::Nothing
                 }
-                // decide_call_unless_held denied it: not reached.
+                // publish_decision denied it: not reached.
                 None => Disposition::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern)),
             },
         }
@@ -823,11 +940,32 @@ impl Shared {
         ),
         line: &[u8],
         room: Charge,
+        deciding: bool,
     ) {
         let timeout = Duration::from_millis(decision.approval_timeout_ms.unwrap_or(120_000));
         let ticket = self.gateway.hub.hold_call(&call_id);
         let (stop_tx, stop_rx) = oneshot::channel();
-        self.lock().holds.insert(
+        let mut state = self.lock();
+        if deciding {
+            // From deciding to held in one step: the id never looks free in between.
+            if !matches!(state.pending.get(&id), Some(Forwarded::Deciding)) {
+                drop(state);
+                // Ended in the instant since the decision was published.
+                let _ = self.gateway.hub.resolve(
+                    &call_id,
+                    Resolution {
+                        approved: false,
+                        by: ResolvedBy::Cancellation,
+                        operator: None,
+                        reason: Some("the call ended while its limits were counted".into()),
+                    },
+                );
+                self.gateway.release(&decision.reservation);
+                return;
+            }
+            state.pending.remove(&id);
+        }
+        state.holds.insert(
             id.clone(),
             HeldCall {
                 call_id: call_id.clone(),
@@ -841,6 +979,7 @@ impl Shared {
                 _room: room,
             },
         );
+        drop(state);
         let shared = self.clone();
         let token = params.progress_token().cloned();
         tokio::spawn(async move {
@@ -947,13 +1086,25 @@ impl Shared {
     fn upstream_message(&self, shape: Shape<'_>, env: &Envelope<'_>) -> Disposition {
         match shape {
             Shape::Response { id } => {
-                let Some(pending) = self.lock().pending.remove(&id) else {
+                let pending = {
+                    let mut state = self.lock();
+                    match state.pending.remove(&id) {
+                        // The upstream has not been sent this call yet.
+                        Some(Forwarded::Deciding) => {
+                            state.pending.insert(id.clone(), Forwarded::Deciding);
+                            None
+                        }
+                        other => other,
+                    }
+                };
+                let Some(pending) = pending else {
                     tracing::warn!(
                         "dropped an answer from the upstream to no request of the client (id {id})"
                     );
                     return Disposition::Nothing;
                 };
                 match pending {
+                    Forwarded::Deciding => Disposition::Nothing,
                     Forwarded::Plain => Disposition::Forward,
                     Forwarded::ToolsList { first_page } => match env.result {
                         Some(result) => {

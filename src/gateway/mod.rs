@@ -50,7 +50,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
 use crate::control::Hub;
-use crate::policy::{CounterStore, Policy};
+use crate::policy::{Policy, StoreWorker};
 
 pub use audit::{AuditArgs, AuditLog};
 pub use core::{End, RunOptions, run};
@@ -93,7 +93,9 @@ impl WallClock for SystemWallClock {
 /// Everything one gateway needs to decide calls, shared by all its connections.
 pub struct Gateway {
     pub policy: PolicyHandle,
-    pub store: Arc<dyn CounterStore>,
+    /// The counter store, asked off the runtime when it may block (shared by every
+    /// connection and session of the gateway: clone it, do not make another).
+    pub store: StoreWorker,
     pub hub: Arc<Hub>,
     /// Who the calls of this gateway are attributed to (`wrap --grant`).
     pub grant: String,
@@ -117,16 +119,17 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// A gateway with no audit log, the system clock and the default progress interval.
+    /// `store` is a [`StoreWorker`], or a store to start one for.
     pub fn new(
         policy: PolicyHandle,
-        store: Arc<dyn CounterStore>,
+        store: impl Into<StoreWorker>,
         hub: Arc<Hub>,
         grant: impl Into<String>,
         server: impl Into<String>,
     ) -> Gateway {
         Gateway {
             policy,
-            store,
+            store: store.into(),
             hub,
             grant: grant.into(),
             server: server.into(),
@@ -171,8 +174,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_held_calls_deadline_and_its_audit_record_read_the_gateways_clock() {
+    #[tokio::test]
+    async fn a_held_calls_deadline_and_its_audit_record_read_the_gateways_clock() {
         // 2001-09-09T01:46:40Z: far from any real "now", so the system clock cannot pass.
         let at = DateTime::<Utc>::from_timestamp_millis(1_000_000_000_000).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -212,7 +215,7 @@ mod tests {
         .with_audit(Arc::new(audit))
         .with_clock(Arc::new(Stopped(1_000_000_000_000)));
 
-        let (_, decision) = gateway.decide_call("s", "send", &json!({}));
+        let (_, decision) = gateway.decide_call("s", "send", &json!({})).await;
         assert_eq!(decision.verdict, Verdict::Hold);
 
         let event = events.try_recv().expect("the decision was published");

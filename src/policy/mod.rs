@@ -40,9 +40,9 @@ pub use compile::DEFAULT_APPROVAL_TIMEOUT_MS;
 pub use condition::Op;
 pub use decision::{Call, Decision, Verdict, human_duration};
 pub use store::{
-    Admission, CounterArgs, CounterKey, CounterStore, FailMode, GuardedStore, KeyUsage,
-    LimitRequest, MemoryStore, RedisStore, Reservation, ReservedUnit, Scope, SqliteStore,
-    StoreError, StoreSpec,
+    Admission, CounterKey, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest,
+    MemoryStore, OwnedLimit, RedisStore, Reservation, ReservedUnit, Scope, SqliteStore, StoreError,
+    StoreErrorKind, StoreSpec, StoreWorker,
 };
 
 use std::collections::HashMap;
@@ -86,6 +86,46 @@ pub struct CounterDef {
 struct LimitUse {
     counter: usize,
     pointer: String,
+}
+
+/// The first step of a decision ([`Policy::judge`]).
+#[derive(Debug)]
+pub enum Judgement {
+    /// Decided without the counters: hidden, denied, or a call without limits.
+    Decided(Decision),
+    /// Allowed or held if the store admits its limits.
+    Admit(Admissible),
+}
+
+/// A call that passed every check but its limits.
+#[derive(Debug)]
+pub struct Admissible {
+    /// The decision if admitted (allow or hold).
+    decision: Decision,
+    /// The rule that decided, by index.
+    rule: Option<usize>,
+    /// Where each of `limits` comes from, for the refusal's pointer.
+    uses: Vec<UseAt>,
+    limits: Vec<OwnedLimit>,
+}
+
+impl Admissible {
+    /// The budgets to admit, all or none; taken by whoever asks the store.
+    pub fn take_limits(&mut self) -> Vec<OwnedLimit> {
+        std::mem::take(&mut self.limits)
+    }
+
+    /// The budgets to admit.
+    pub fn limits(&self) -> &[OwnedLimit] {
+        &self.limits
+    }
+}
+
+/// A limit of a call: the rule's `i`-th or `all_tools`' `i`-th.
+#[derive(Debug, Clone, Copy)]
+enum UseAt {
+    Rule(usize),
+    AllTools(usize),
 }
 
 /// A compiled entry of `tools`.
@@ -391,13 +431,17 @@ impl Policy {
     }
 
     fn rule_for(&self, tool: &str) -> Option<&Rule> {
+        self.rule_index(tool).map(|i| &self.rules[i])
+    }
+
+    fn rule_index(&self, tool: &str) -> Option<usize> {
         if let Some(&i) = self.exact.get(tool) {
-            return Some(&self.rules[i]);
+            return Some(i);
         }
         self.globs
             .iter()
             .find(|(g, _)| g.matches(tool))
-            .map(|(_, i)| &self.rules[*i])
+            .map(|(_, i)| *i)
     }
 
     /// Which entry of the policy `tool` falls under (hide, exact rule, glob, default).
@@ -461,7 +505,28 @@ impl Policy {
 
     /// Decides one call at `now_ms` (milliseconds since the Unix epoch), taking units from
     /// `store` when the call is admitted or held. Never panics, whatever the arguments.
+    ///
+    /// The two steps a gateway takes apart (the policy's [`Policy::judge`], then the store's
+    /// admission and [`Policy::settle`]) in one call: `explain`, the console's what-if and
+    /// the tests decide through the same code as a gateway.
     pub fn decide(&self, call: &Call<'_>, store: &dyn CounterStore, now_ms: u64) -> Decision {
+        match self.judge(call) {
+            Judgement::Decided(decision) => decision,
+            Judgement::Admit(admissible) => {
+                let requests: Vec<LimitRequest<'_>> =
+                    admissible.limits.iter().map(OwnedLimit::request).collect();
+                let answer = store.admit(&requests, now_ms);
+                drop(requests);
+                self.settle(admissible, answer)
+            }
+        }
+    }
+
+    /// The first step of a decision, everything but the counters: hidden, denied, the
+    /// conditions, and the verdict the call gets if its limits have room (allow or hold).
+    /// A call with limits comes back [`Judgement::Admit`], for the store to admit and
+    /// [`Policy::settle`] (of this same policy) to finish.
+    pub fn judge(&self, call: &Call<'_>) -> Judgement {
         let tool = call.tool;
         let mut d = Decision {
             verdict: Verdict::Deny,
@@ -481,10 +546,11 @@ impl Policy {
                 "hidden by policy: `hide` names this tool, so it is refused as an unknown tool"
                     .to_string();
             d.hidden = true;
-            return d;
+            return Judgement::Decided(d);
         }
 
-        let rule = self.rule_for(tool);
+        let rule_index = self.rule_index(tool);
+        let rule = rule_index.map(|i| &self.rules[i]);
         let (action, pointer) = match rule {
             Some(r) => (r.action, r.pointer.as_str()),
             None => (self.default, "/default"),
@@ -500,7 +566,7 @@ impl Policy {
                     .unwrap_or_else(|| "the policy denies this tool".to_string()),
                 None => "no rule names this tool and the default is deny".to_string(),
             };
-            return d;
+            return Judgement::Decided(d);
         }
 
         // 3. Argument conditions: deny_if first, then require. Unknown denies in both.
@@ -513,68 +579,10 @@ impl Policy {
                 Some(reason) => format!("{reason} ({why})"),
                 None => why,
             };
-            return d;
+            return Judgement::Decided(d);
         }
 
-        // 4. Limits: the rule's, then all_tools', admitted atomically.
-        let uses = rule
-            .map(|r| r.limits.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .chain(self.all_tools.iter());
-        let mut requests: Vec<LimitRequest<'_>> = Vec::new();
-        let mut request_uses: Vec<&LimitUse> = Vec::new();
-        for u in uses {
-            if request_uses.iter().any(|seen| seen.counter == u.counter) {
-                continue;
-            }
-            let def = &self.counters[u.counter];
-            requests.push(LimitRequest {
-                counter: &self.counter_names[u.counter],
-                scope: def.scope,
-                scope_key: match def.scope {
-                    Scope::Grant => call.grant,
-                    Scope::Session => call.session,
-                    Scope::Global => "",
-                },
-                max: def.max,
-                window_ms: def.window_ms,
-            });
-            request_uses.push(u);
-        }
-        if !requests.is_empty() {
-            match store.admit(&requests, now_ms) {
-                Ok(Admission::Admitted(reservation)) => d.reservation = reservation,
-                Ok(Admission::Refused {
-                    index,
-                    retry_after_ms,
-                }) => {
-                    let (u, def) = match request_uses.get(index) {
-                        Some(u) => (*u, &self.counters[u.counter]),
-                        None => (request_uses[0], &self.counters[request_uses[0].counter]),
-                    };
-                    d.verdict = Verdict::RateLimited;
-                    d.rule = u.pointer.clone();
-                    d.reason = format!(
-                        "{} per {} on counter {}",
-                        plural(def.max, "call", "calls"),
-                        window_words(def.window_ms),
-                        def.name
-                    );
-                    d.retry_after_ms = Some(retry_after_ms.max(1));
-                    return d;
-                }
-                Err(e) => {
-                    d.rule = request_uses[0].pointer.clone();
-                    d.reason = format!(
-                        "{e}; calls with limits are refused until the counter store answers again"
-                    );
-                    return d;
-                }
-            }
-        }
-
-        // 5. Approval, 6. allow.
+        // 5. Approval, 6. allow: what the call gets if its limits have room.
         d.rule = pointer.to_string();
         if action == Action::RequireApproval {
             d.verdict = Verdict::Hold;
@@ -595,6 +603,108 @@ impl Policy {
                 Some(_) => "allowed by its rule".to_string(),
                 None => "no rule names this tool and the default is allow".to_string(),
             };
+        }
+
+        // 4. Limits: the rule's, then all_tools', for the store to admit atomically.
+        let rule_uses = rule.map(|r| r.limits.as_slice()).unwrap_or_default();
+        let uses = rule_uses
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (UseAt::Rule(i), u))
+            .chain(
+                self.all_tools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (UseAt::AllTools(i), u)),
+            );
+        let mut limits: Vec<OwnedLimit> = Vec::new();
+        let mut at: Vec<UseAt> = Vec::new();
+        for (place, u) in uses {
+            if limits
+                .iter()
+                .any(|l| Arc::ptr_eq(&l.counter, &self.counter_names[u.counter]))
+            {
+                continue;
+            }
+            let def = &self.counters[u.counter];
+            limits.push(OwnedLimit {
+                counter: Arc::clone(&self.counter_names[u.counter]),
+                scope: def.scope,
+                scope_key: match def.scope {
+                    Scope::Grant => call.grant,
+                    Scope::Session => call.session,
+                    Scope::Global => "",
+                }
+                .to_owned(),
+                max: def.max,
+                window_ms: def.window_ms,
+            });
+            at.push(place);
+        }
+        if limits.is_empty() {
+            return Judgement::Decided(d);
+        }
+        Judgement::Admit(Admissible {
+            decision: d,
+            rule: rule_index,
+            uses: at,
+            limits,
+        })
+    }
+
+    /// The second step: the decision of a call [`Policy::judge`] (of this same policy) found
+    /// admissible, once the store answered. A refusal is `rate_limited`, naming the full
+    /// counter; a store error denies (the guard already applied `--counters-fail open`).
+    pub fn settle(
+        &self,
+        admissible: Admissible,
+        answer: Result<Admission, StoreError>,
+    ) -> Decision {
+        let Admissible {
+            decision: mut d,
+            rule,
+            uses,
+            ..
+        } = admissible;
+        let limit_use = |index: usize| -> Option<&LimitUse> {
+            match uses.get(index)? {
+                UseAt::Rule(i) => rule.and_then(|r| self.rules.get(r)?.limits.get(*i)),
+                UseAt::AllTools(i) => self.all_tools.get(*i),
+            }
+        };
+        match answer {
+            Ok(Admission::Admitted(reservation)) => d.reservation = reservation,
+            Ok(Admission::Refused {
+                index,
+                retry_after_ms,
+            }) => {
+                d.verdict = Verdict::RateLimited;
+                d.approval_timeout_ms = None;
+                match limit_use(index).or_else(|| limit_use(0)) {
+                    Some(u) => {
+                        let def = &self.counters[u.counter];
+                        d.rule = u.pointer.clone();
+                        d.reason = format!(
+                            "{} per {} on counter {}",
+                            plural(def.max, "call", "calls"),
+                            window_words(def.window_ms),
+                            def.name
+                        );
+                    }
+                    None => d.reason = "a limit of this tool is reached".to_string(),
+                }
+                d.retry_after_ms = Some(retry_after_ms.max(1));
+            }
+            Err(e) => {
+                d.verdict = Verdict::Deny;
+                d.approval_timeout_ms = None;
+                if let Some(u) = limit_use(0) {
+                    d.rule = u.pointer.clone();
+                }
+                d.reason = format!(
+                    "{e}; calls with limits are refused until the counter store answers again"
+                );
+            }
         }
         d
     }
@@ -618,6 +728,38 @@ impl Policy {
         counters: &[&str],
     ) -> Result<Vec<crate::wire::CounterState>, StoreError> {
         self.counter_states_where(store, now_ms, |name| counters.contains(&name))
+    }
+
+    /// The state of the budgets a reservation took units from, each for its own scope key
+    /// only: what a gateway publishes after a call (or a release) touched them. Budgets of
+    /// counters this policy no longer defines are skipped.
+    pub fn counter_states_for(
+        &self,
+        store: &dyn CounterStore,
+        now_ms: u64,
+        reservation: &Reservation,
+    ) -> Result<Vec<crate::wire::CounterState>, StoreError> {
+        let mut out = Vec::with_capacity(reservation.units().len());
+        for unit in reservation.units() {
+            let Some(def) = self
+                .counters
+                .iter()
+                .find(|d| *d.name == *unit.key.counter && d.scope == unit.key.scope)
+            else {
+                continue;
+            };
+            let u = store.usage_of(&unit.key, def.window_ms, now_ms)?;
+            out.push(crate::wire::CounterState {
+                counter: def.name.clone(),
+                scope: def.scope.as_str().to_string(),
+                key: u.scope_key,
+                used: u.used,
+                max: def.max,
+                window_ms: def.window_ms,
+                next_free_in_ms: u.next_free_in_ms,
+            });
+        }
+        Ok(out)
     }
 
     fn counter_states_where(

@@ -237,24 +237,33 @@ impl Gateway {
     /// Sends `n` calls of `tool` at once (without waiting between them), then reads the
     /// answers in order.
     pub fn call_many(&mut self, tool: &str, n: usize) -> Vec<Answer> {
-        let ids: Vec<u64> = (0..n)
-            .map(|_| self.request("tools/call", json!({"name": tool, "arguments": {}})))
-            .collect();
-        ids.into_iter()
-            .map(|id| {
-                let msg = self.wait_for(id);
-                let result = &msg["result"];
-                if result["isError"] == json!(true) {
-                    Answer::Refused(result["content"][0]["text"].as_str().unwrap_or("").into())
-                } else {
-                    assert_eq!(
-                        result["content"][0]["text"], "ok",
-                        "unexpected answer {msg}"
-                    );
-                    Answer::Allowed
-                }
-            })
-            .collect()
+        let ids: Vec<u64> = (0..n).map(|_| self.send_call(tool)).collect();
+        ids.into_iter().map(|id| self.answer(id)).collect()
+    }
+
+    /// Sends one call of `tool` without waiting; returns its request id.
+    pub fn send_call(&mut self, tool: &str) -> u64 {
+        self.request("tools/call", json!({"name": tool, "arguments": {}}))
+    }
+
+    /// Whether the answer to request `id` has already been read (while waiting for another).
+    pub fn answered(&self, id: u64) -> bool {
+        self.early.contains_key(&id)
+    }
+
+    /// Waits (at most [`ANSWER_WITHIN`]) for the answer to call `id`.
+    pub fn answer(&mut self, id: u64) -> Answer {
+        let msg = self.wait_for(id);
+        let result = &msg["result"];
+        if result["isError"] == json!(true) {
+            Answer::Refused(result["content"][0]["text"].as_str().unwrap_or("").into())
+        } else {
+            assert_eq!(
+                result["content"][0]["text"], "ok",
+                "unexpected answer {msg}"
+            );
+            Answer::Allowed
+        }
     }
 
     pub fn call(&mut self, tool: &str) -> Answer {

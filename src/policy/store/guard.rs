@@ -17,7 +17,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Admission, CounterStore, KeyUsage, LimitRequest, Reservation, Scope, StoreError};
+use super::{
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, Scope, StoreError,
+};
 use crate::wire::StoreStatus;
 
 /// Reservations waiting to be given back, at most; older ones are dropped (their units
@@ -25,7 +27,7 @@ use crate::wire::StoreStatus;
 const MAX_UNRELEASED: usize = 10_000;
 
 /// What calls with limits get while the counter store does not answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailMode {
     /// Denied, with a reason saying the counter store is unavailable.
     #[default]
@@ -107,11 +109,17 @@ impl GuardedStore {
                 FailMode::Closed => "calls with limits are denied",
                 FailMode::Open => "calls with limits are admitted uncounted (--counters-fail open)",
             };
-            tracing::error!("{e}; {consequence} until it answers again");
+            // A transient failure passes by itself; a permanent one needs a person.
+            let until = if e.is_transient() {
+                "until it answers again (retried on every such call)"
+            } else {
+                "until it is fixed: this does not pass by itself"
+            };
+            tracing::error!("{e}; {consequence} {until}");
             self.tell(StoreStatus {
                 store: self.shown.clone(),
                 ok: false,
-                detail: Some(format!("{e}; {consequence}")),
+                detail: Some(format!("{e}; {consequence} {until}")),
             });
         }
     }
@@ -153,24 +161,45 @@ impl GuardedStore {
     }
 }
 
+impl GuardedStore {
+    /// Applies the failure policy to one admission's answer (health already recorded).
+    fn settle(&self, answer: Result<Admission, StoreError>) -> Result<Admission, StoreError> {
+        match (answer, self.fail) {
+            (Err(e), FailMode::Open) => {
+                tracing::warn!("admitting a call uncounted: {e}");
+                Ok(Admission::Admitted(Reservation::default()))
+            }
+            (answer, _) => answer,
+        }
+    }
+
+    fn observe_answers(&self, answers: &[Result<Admission, StoreError>]) {
+        match answers.iter().find_map(|a| a.as_ref().err()) {
+            Some(e) => self.down(e),
+            None if !answers.is_empty() => self.up(),
+            None => {}
+        }
+    }
+}
+
 impl CounterStore for GuardedStore {
     fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
-        match self.inner.admit(limits, now_ms) {
-            Ok(admission) => {
-                self.up();
-                Ok(admission)
-            }
-            Err(e) => {
-                self.down(&e);
-                match self.fail {
-                    FailMode::Closed => Err(e),
-                    FailMode::Open => {
-                        tracing::warn!("admitting a call uncounted: {e}");
-                        Ok(Admission::Admitted(Reservation::default()))
-                    }
-                }
-            }
-        }
+        let answer = self.inner.admit(limits, now_ms);
+        self.observe_answers(std::slice::from_ref(&answer));
+        self.settle(answer)
+    }
+
+    fn admit_many(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+    ) -> Vec<Result<Admission, StoreError>> {
+        let answers = self.inner.admit_many(calls);
+        self.observe_answers(&answers);
+        answers.into_iter().map(|a| self.settle(a)).collect()
+    }
+
+    fn may_block(&self) -> bool {
+        self.inner.may_block()
     }
 
     fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
@@ -188,6 +217,20 @@ impl CounterStore for GuardedStore {
                 Err(e)
             }
         }
+    }
+
+    fn usage_of(
+        &self,
+        key: &CounterKey,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<KeyUsage, StoreError> {
+        let result = self.inner.usage_of(key, window_ms, now_ms);
+        match &result {
+            Ok(_) => self.up(),
+            Err(e) => self.down(e),
+        }
+        result
     }
 
     fn usage(

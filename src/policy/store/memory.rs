@@ -188,6 +188,10 @@ impl Inner {
 }
 
 impl CounterStore for MemoryStore {
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
         let mut inner = self.lock();
         inner.latest_ms = inner.latest_ms.max(now_ms);

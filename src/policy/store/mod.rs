@@ -19,8 +19,11 @@
 //! - [`guard`]: [`GuardedStore`] wraps a shared store: fail closed or open when it does not
 //!   answer, tell the operators when it goes down and comes back, give back later the units
 //!   it could not give back at once.
-//! - [`spec`]: [`CounterArgs`] (`--counters`, `--counters-prefix`, `--counters-fail`), the
-//!   one place every gateway command turns its options into a store.
+//! - [`spec`]: [`StoreSpec`] and [`spec::open`], the one place every gateway command turns
+//!   its `--counters` options (parsed in `src/cli/counter_args.rs`) into a store.
+//! - [`worker`]: [`StoreWorker`], the thread a gateway's store work runs on, off the async
+//!   runtime; admissions that queue up while a transaction runs are decided together in the
+//!   next one ([`CounterStore::admit_many`]).
 //!
 //! Exactness: a unit counted at time `t` is inside a window of length `w` at `now` when
 //! `now - w < t`. A call is admitted at `now` only when fewer than `max` counted units lie
@@ -33,6 +36,7 @@ pub mod memory;
 pub mod redis;
 pub mod spec;
 pub mod sqlite;
+pub mod worker;
 
 use std::fmt;
 use std::sync::Arc;
@@ -40,8 +44,9 @@ use std::sync::Arc;
 pub use guard::{FailMode, GuardedStore};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
-pub use spec::{CounterArgs, StoreSpec};
+pub use spec::StoreSpec;
 pub use sqlite::SqliteStore;
+pub use worker::{Answer, StoreWorker};
 
 /// Whose budget a counter is: one per grant, one per MCP session, or one for everybody.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,6 +110,41 @@ impl LimitRequest<'_> {
     }
 }
 
+/// A [`LimitRequest`] that owns its names, for an admission decided on another thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedLimit {
+    pub counter: Arc<str>,
+    pub scope: Scope,
+    pub scope_key: String,
+    pub max: u64,
+    pub window_ms: u64,
+}
+
+impl OwnedLimit {
+    /// The borrowed request the stores take.
+    pub fn request(&self) -> LimitRequest<'_> {
+        LimitRequest {
+            counter: &self.counter,
+            scope: self.scope,
+            scope_key: &self.scope_key,
+            max: self.max,
+            window_ms: self.window_ms,
+        }
+    }
+}
+
+impl From<LimitRequest<'_>> for OwnedLimit {
+    fn from(l: LimitRequest<'_>) -> OwnedLimit {
+        OwnedLimit {
+            counter: Arc::clone(l.counter),
+            scope: l.scope,
+            scope_key: l.scope_key.to_owned(),
+            max: l.max,
+            window_ms: l.window_ms,
+        }
+    }
+}
+
 /// One unit taken: which budget, and the time it was counted at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservedUnit {
@@ -155,16 +195,83 @@ pub struct KeyUsage {
     pub next_free_in_ms: Option<u64>,
 }
 
+/// Why a counter store could not answer, so that a caller can tell a failure that passes by
+/// itself from one that needs a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// Another process holds the store's lock (SQLite `database is locked`).
+    Busy,
+    /// The store did not answer in time (a Redis timeout, the store thread behind).
+    Timeout,
+    /// More admissions wait for the store than its queue holds.
+    Overloaded,
+    /// The file is not a counter store this version understands (a newer schema, not a
+    /// database, corrupt). Does not pass by itself.
+    Schema,
+    /// Reading or writing failed (disk full, permissions, connection refused).
+    Io,
+    /// The options name no usable store (a bad URL, a prefix without Redis). Does not pass
+    /// by itself.
+    Config,
+    /// Anything else the store said.
+    Other,
+}
+
+impl StoreErrorKind {
+    /// Whether retrying later may succeed without anyone changing anything.
+    pub fn is_transient(self) -> bool {
+        !matches!(self, StoreErrorKind::Schema | StoreErrorKind::Config)
+    }
+}
+
 /// The counter store could not answer; limited calls fail closed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("counter store unavailable: {0}")]
-pub struct StoreError(pub String);
+#[error("counter store unavailable: {detail}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    /// What failed, where, and what to do, for people.
+    pub detail: String,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, detail: impl Into<String>) -> StoreError {
+        StoreError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// See [`StoreErrorKind::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        self.kind.is_transient()
+    }
+}
 
 /// Where limits are counted. Thread-safe; admission of all of a call's limits is atomic.
 pub trait CounterStore: Send + Sync {
     /// Takes one unit from every budget in `limits` if all have room at `now_ms`, else none.
     /// A budget named twice in `limits` is counted once.
     fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError>;
+
+    /// [`CounterStore::admit`] for several calls, in order, each all-or-nothing as if admitted
+    /// alone one after the other. A shared store decides them in one transaction (group
+    /// commit); the default admits them one by one.
+    fn admit_many(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+    ) -> Vec<Result<Admission, StoreError>> {
+        calls
+            .iter()
+            .map(|(limits, now_ms)| self.admit(limits, *now_ms))
+            .collect()
+    }
+
+    /// Whether calls may wait on this store (files, locks, the network): then a gateway asks
+    /// it from its [`StoreWorker`] thread, never from the async runtime. An in-memory store
+    /// answers in a few hundred nanoseconds and is asked in place.
+    fn may_block(&self) -> bool {
+        true
+    }
 
     /// Gives back the units of a reservation (those not yet out of their window), saying
     /// whether the store answered, so that a caller can give them back later
@@ -179,6 +286,25 @@ pub trait CounterStore: Send + Sync {
         if let Err(e) = self.try_release(reservation) {
             tracing::warn!("cannot give back counted units: {e}");
         }
+    }
+
+    /// Usage of one budget (its own scope key only) within `window_ms`: what a gateway
+    /// publishes after a call touched it. Zero units are `used: 0`.
+    fn usage_of(
+        &self,
+        key: &CounterKey,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<KeyUsage, StoreError> {
+        let found = self
+            .usage(&key.counter, key.scope, window_ms, now_ms)?
+            .into_iter()
+            .find(|u| u.scope_key == key.scope_key);
+        Ok(found.unwrap_or_else(|| KeyUsage {
+            scope_key: key.scope_key.clone(),
+            used: 0,
+            next_free_in_ms: None,
+        }))
     }
 
     /// Usage of every scope key of `counter` in `scope` that has units within `window_ms`.

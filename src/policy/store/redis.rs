@@ -27,7 +27,7 @@ use redis::{ErrorKind, Script};
 
 use super::{
     Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, ReservedUnit, Scope,
-    StoreError,
+    StoreError, StoreErrorKind,
 };
 
 /// The longest a connect, or one command, may take before the call fails closed.
@@ -109,7 +109,7 @@ pub struct RedisStore {
     shown: String,
     pool: Mutex<Vec<redis::Connection>>,
     /// Set after a connection failure: until when to fail at once, and why.
-    backoff: Mutex<Option<(Instant, String)>>,
+    backoff: Mutex<Option<(Instant, StoreError)>>,
     admit: Script,
     usage: Script,
 }
@@ -128,8 +128,12 @@ impl RedisStore {
     /// yet: a gateway starts while Redis is down, failing its limited calls until it is up.
     /// `shown` is the URL as messages may show it (without a password).
     pub fn new(url: &str, shown: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError(format!("{shown} is not a usable Redis URL: {e}")))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Config,
+                format!("{shown} is not a usable Redis URL: {e}"),
+            )
+        })?;
         Ok(RedisStore {
             client,
             prefix: prefix.to_owned(),
@@ -166,7 +170,14 @@ impl RedisStore {
     }
 
     fn error(&self, e: &redis::RedisError) -> StoreError {
-        StoreError(format!("Redis {}: {e}", self.shown))
+        let kind = if e.is_timeout() {
+            StoreErrorKind::Timeout
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+            StoreErrorKind::Io
+        } else {
+            StoreErrorKind::Other
+        };
+        StoreError::new(kind, format!("Redis {}: {e}", self.shown))
     }
 
     fn with_conn<T>(
@@ -204,7 +215,7 @@ impl RedisStore {
             if let Some((until, why)) = &*backoff
                 && Instant::now() < *until
             {
-                return Err(StoreError(why.clone()));
+                return Err(why.clone());
             }
         }
         let connected = self
@@ -230,7 +241,7 @@ impl RedisStore {
 
     fn back_off(&self, err: &StoreError) {
         *self.backoff.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now() + RECONNECT_BACKOFF, err.0.clone()));
+            Some((Instant::now() + RECONNECT_BACKOFF, err.clone()));
     }
 }
 
@@ -283,16 +294,21 @@ impl CounterStore for RedisStore {
                     .ok()
                     .and_then(|i| sent.get(i))
                     .map(|(index, _, _)| *index)
-                    .ok_or_else(|| StoreError(format!("Redis {}: bad script reply", self.shown)))?;
+                    .ok_or_else(|| {
+                        StoreError::new(
+                            StoreErrorKind::Other,
+                            format!("Redis {}: bad script reply", self.shown),
+                        )
+                    })?;
                 Ok(Admission::Refused {
                     index: position,
                     retry_after_ms: u64::try_from(*retry).unwrap_or(1).max(1),
                 })
             }
-            _ => Err(StoreError(format!(
-                "Redis {}: unexpected script reply {reply:?}",
-                self.shown
-            ))),
+            _ => Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!("Redis {}: unexpected script reply {reply:?}", self.shown),
+            )),
         }
     }
 
@@ -325,7 +341,12 @@ impl CounterStore for RedisStore {
                 .arg(window_ms)
                 .invoke(conn)
         })?;
-        let bad = || StoreError(format!("Redis {}: unexpected usage reply", self.shown));
+        let bad = || {
+            StoreError::new(
+                StoreErrorKind::Other,
+                format!("Redis {}: unexpected usage reply", self.shown),
+            )
+        };
         let mut out = Vec::with_capacity(reply.len() / 3);
         for row in reply.chunks(3) {
             let [key, used, oldest] = row else {

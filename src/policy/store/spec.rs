@@ -1,7 +1,8 @@
-//! Choosing a counter store: the `--counters` options every gateway command shares.
+//! Choosing a counter store: what the `--counters` options every gateway command shares mean.
 //!
-//! `toolgate wrap` and `toolgate serve` both `#[command(flatten)]` [`CounterArgs`] and call
-//! [`CounterArgs::open`], so the options read and behave the same everywhere:
+//! `toolgate wrap` and `toolgate serve` both flatten the command-line options of
+//! `src/cli/counter_args.rs`, which parses them into a [`StoreSpec`] and calls [`open`], so
+//! the options read and behave the same everywhere:
 //! - `--counters PATH` or `sqlite:PATH`: a SQLite file (the default is
 //!   [`SqliteStore::default_path`], shared by every gateway of the user on the machine);
 //! - `--counters memory`: in this process only, forgotten on exit;
@@ -15,7 +16,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::guard::{FailMode, GuardedStore, HealthSink};
-use super::{CounterStore, MemoryStore, RedisStore, SqliteStore, StoreError};
+use super::{CounterStore, MemoryStore, RedisStore, SqliteStore, StoreError, StoreErrorKind};
 use crate::wire::StoreStatus;
 
 /// The Redis key prefix when `--counters-prefix` is not given.
@@ -91,71 +92,57 @@ fn without_password(url: &str) -> String {
     format!("{scheme}://{user}:***@{}", &rest[at + 1..])
 }
 
-/// Where a gateway counts its limits (`--counters`, `--counters-prefix`, `--counters-fail`).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct CounterArgs {
-    /// Where limits are counted: a SQLite file (PATH or sqlite:PATH) shared by every gateway
-    /// of this user on this machine and kept across restarts; `memory` (this process only);
-    /// or redis://HOST:PORT/DB, shared by gateways on many machines
-    /// [default: ~/.local/state/toolgate/counters.sqlite3]
-    #[arg(long, value_name = "STORE")]
-    pub counters: Option<StoreSpec>,
-    /// Redis key prefix: gateways with different prefixes keep separate counters (tenants)
-    /// [default: toolgate]
-    #[arg(long, value_name = "PREFIX")]
-    pub counters_prefix: Option<String>,
-    /// When the counter store does not answer: deny calls that have limits (closed), or
-    /// admit them uncounted (open).
-    #[arg(long, value_enum, value_name = "MODE", default_value = "closed")]
-    pub counters_fail: FailMode,
+/// The store `spec` names, the default resolved: [`SqliteStore::default_path`] when `None`.
+pub fn resolve(spec: Option<&StoreSpec>) -> Result<StoreSpec, StoreError> {
+    match spec {
+        Some(spec) => Ok(spec.clone()),
+        None => Ok(StoreSpec::Sqlite(SqliteStore::default_path()?)),
+    }
 }
 
-impl CounterArgs {
-    /// The store chosen, the default resolved.
-    pub fn spec(&self) -> Result<StoreSpec, StoreError> {
-        match &self.counters {
-            Some(spec) => Ok(spec.clone()),
-            None => Ok(StoreSpec::Sqlite(SqliteStore::default_path()?)),
-        }
-    }
-
-    /// Opens the chosen store. `on_health` hears when a shared store stops answering and
-    /// when it answers again (a gateway publishes that on its event stream). Errors only for
-    /// what a restart will not fix: a bad option, or a SQLite file that cannot be opened; a
-    /// Redis that is down at start is reported and retried on every call.
-    pub fn open(
-        &self,
-        on_health: impl Fn(&StoreStatus) + Send + Sync + 'static,
-    ) -> Result<Arc<dyn CounterStore>, StoreError> {
-        let spec = self.spec()?;
-        if self.counters_prefix.is_some() && !matches!(spec, StoreSpec::Redis(_)) {
-            return Err(StoreError(format!(
+/// Opens the store `spec` names, with Redis keys under `prefix` (default
+/// [`DEFAULT_PREFIX`]) and `fail` when a shared store does not answer. `on_health` hears
+/// when a shared store stops answering and when it answers again (a gateway publishes that
+/// on its event stream). Errors only for what a restart will not fix: a bad option, or a
+/// SQLite file that cannot be created. Neither a locked SQLite file nor a Redis that is down
+/// stops a gateway: calls that need a counter fail (closed or open) until it answers.
+pub fn open(
+    spec: &StoreSpec,
+    prefix: Option<&str>,
+    fail: FailMode,
+    on_health: impl Fn(&StoreStatus) + Send + Sync + 'static,
+) -> Result<Arc<dyn CounterStore>, StoreError> {
+    if prefix.is_some() && !matches!(spec, StoreSpec::Redis(_)) {
+        return Err(StoreError::new(
+            StoreErrorKind::Config,
+            format!(
                 "--counters-prefix applies to a Redis store only, not to {spec}; separate \
                  SQLite tenants by file instead"
-            )));
+            ),
+        ));
+    }
+    let shown = spec.to_string();
+    let sink: HealthSink = Arc::new(on_health);
+    match spec {
+        StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreSpec::Sqlite(path) => {
+            let store = SqliteStore::open(path)?;
+            Ok(Arc::new(
+                GuardedStore::new(Arc::new(store), shown, fail).with_health_sink(sink),
+            ))
         }
-        let shown = spec.to_string();
-        let sink: HealthSink = Arc::new(on_health);
-        match spec {
-            StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
-            StoreSpec::Sqlite(path) => {
-                let store = SqliteStore::open(&path)?;
-                Ok(Arc::new(
-                    GuardedStore::new(Arc::new(store), shown, self.counters_fail)
-                        .with_health_sink(sink),
-                ))
+        StoreSpec::Redis(url) => {
+            let prefix = prefix.unwrap_or(DEFAULT_PREFIX);
+            if prefix.is_empty() {
+                return Err(StoreError::new(
+                    StoreErrorKind::Config,
+                    "--counters-prefix must not be empty",
+                ));
             }
-            StoreSpec::Redis(url) => {
-                let prefix = self.counters_prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
-                if prefix.is_empty() {
-                    return Err(StoreError("--counters-prefix must not be empty".into()));
-                }
-                let store = Arc::new(RedisStore::new(&url, &shown, prefix)?);
-                let guarded = GuardedStore::new(store.clone(), shown, self.counters_fail)
-                    .with_health_sink(sink);
-                guarded.observe(store.ping().as_ref().map(|_| ()));
-                Ok(Arc::new(guarded))
-            }
+            let store = Arc::new(RedisStore::new(url, &shown, prefix)?);
+            let guarded = GuardedStore::new(store.clone(), shown, fail).with_health_sink(sink);
+            guarded.observe(store.ping().as_ref().map(|_| ()));
+            Ok(Arc::new(guarded))
         }
     }
 }
@@ -195,11 +182,12 @@ mod tests {
 
     #[test]
     fn a_prefix_without_redis_is_refused_rather_than_ignored() {
-        let args = CounterArgs {
-            counters: Some(StoreSpec::Memory),
-            counters_prefix: Some("tenant-a".into()),
-            counters_fail: FailMode::Closed,
-        };
-        assert!(args.open(|_| {}).is_err());
+        let refused = open(
+            &StoreSpec::Memory,
+            Some("tenant-a"),
+            FailMode::Closed,
+            |_| {},
+        );
+        assert!(matches!(refused, Err(e) if e.kind == StoreErrorKind::Config));
     }
 }

@@ -15,8 +15,17 @@
 //! window ever asked of the key and its latest time; `units` keeps the time of every counted
 //! call, with a random token so a release removes exactly its own units.
 //!
-//! The store is synchronous (decisions are synchronous); a call holds the caller's thread for
-//! a local transaction, tens of microseconds, or at most [`BUSY_TIMEOUT`] under contention.
+//! The store is synchronous; a gateway asks it from its [`super::StoreWorker`] thread, never
+//! from its async runtime, so a call waits for a local transaction (tens of microseconds) or
+//! at most [`BUSY_TIMEOUT`] under contention without stopping anything else. Admissions
+//! queued together are decided in one transaction ([`CounterStore::admit_many`]), each call
+//! in its own savepoint: rolled back alone when refused, so each stays all-or-nothing and
+//! exact, and the batch shares one commit and the pages it writes.
+//!
+//! Opening is lazy: [`SqliteStore::open`] only creates the directory and the file (what a
+//! restart will not fix fails there); the schema check and the sweep of idle budgets need
+//! the write lock and run on the first call that needs a counter. So a gateway starts, and
+//! answers every call without a limit, while another process holds the file's lock.
 //! Checkpoints (copying the WAL into the database, with an fsync) would cost a decision
 //! milliseconds now and then, so a background thread of each store runs them every
 //! [`CHECKPOINT_EVERY`]; the automatic checkpoint on commit stays only as a backstop for a
@@ -30,7 +39,8 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Admission, CounterStore, KeyUsage, LimitRequest, Reservation, ReservedUnit, Scope, StoreError,
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, ReservedUnit, Scope,
+    StoreError, StoreErrorKind,
 };
 
 /// How long a write waits for another process's transaction before the call fails closed.
@@ -75,32 +85,48 @@ pub struct SqliteStore {
     /// `None` after an error that may have broken the connection; reopened on the next call.
     conn: Mutex<Option<Connection>>,
     admissions: AtomicU64,
+    /// Whether this store has swept idle budgets since it was opened.
+    swept: std::sync::atomic::AtomicBool,
     /// The checkpoint thread runs while this lives.
     _alive: Arc<()>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed, with its directory) the counter file at `path`.
+    /// Opens the counter file at `path`, creating it (and its directory) if needed. Takes no
+    /// lock: the schema is checked on the first call that needs the store.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = connect(path).map_err(|e| describe(path, &e))?;
+        create_private_file(path).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Io,
+                format!(
+                    "SQLite {}: cannot create the counter file: {e}; choose a writable place \
+                     with --counters PATH",
+                    path.display()
+                ),
+            )
+        })?;
         let alive = Arc::new(());
         spawn_checkpointer(path.to_path_buf(), Arc::downgrade(&alive));
-        let store = SqliteStore {
+        Ok(SqliteStore {
             path: path.to_path_buf(),
-            conn: Mutex::new(Some(conn)),
+            conn: Mutex::new(None),
             admissions: AtomicU64::new(0),
+            swept: std::sync::atomic::AtomicBool::new(false),
             _alive: alive,
-        };
-        // Forget what went idle while no gateway ran.
-        store.with_conn(|conn| sweep(conn, now_ms()))?;
-        Ok(store)
+        })
     }
 
     /// `<state dir>/toolgate/counters.sqlite3`, e.g. `~/.local/state/toolgate/counters.sqlite3`.
     pub fn default_path() -> Result<PathBuf, StoreError> {
         use etcetera::BaseStrategy;
-        let base = etcetera::choose_base_strategy()
-            .map_err(|e| StoreError(format!("no state directory for the counter file: {e}")))?;
+        let base = etcetera::choose_base_strategy().map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Config,
+                format!(
+                    "no state directory for the counter file ({e}); give one with --counters PATH"
+                ),
+            )
+        })?;
         let dir = base
             .state_dir()
             .unwrap_or_else(|| base.data_dir())
@@ -134,14 +160,30 @@ impl SqliteStore {
 }
 
 fn describe(path: &Path, e: &rusqlite::Error) -> StoreError {
-    StoreError(format!("SQLite {}: {e}", path.display()))
-}
-
-fn now_ms() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
+    let kind = match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreErrorKind::Busy,
+        Some(ErrorCode::TypeMismatch | ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreErrorKind::Schema
+        }
+        Some(
+            ErrorCode::CannotOpen
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::ReadOnly
+            | ErrorCode::PermissionDenied
+            | ErrorCode::FileLockingProtocolFailed,
+        ) => StoreErrorKind::Io,
+        _ => StoreErrorKind::Other,
+    };
+    let hint = match kind {
+        StoreErrorKind::Busy => format!(
+            "; another process held the file's lock for more than {} s",
+            BUSY_TIMEOUT.as_secs()
+        ),
+        StoreErrorKind::Schema => "; choose another file with --counters".to_owned(),
+        _ => String::new(),
+    };
+    StoreError::new(kind, format!("SQLite {}: {e}{hint}", path.display()))
 }
 
 /// SQLite integers are signed 64-bit; times and windows beyond that are clamped.
@@ -154,6 +196,7 @@ fn from_sql(v: i64) -> u64 {
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    // Again: the file may have been removed since the store was opened.
     create_private_file(path).map_err(|e| {
         rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
@@ -259,92 +302,54 @@ enum Check {
 
 impl CounterStore for SqliteStore {
     fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
-        let admission = self.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut units: Vec<ReservedUnit> = Vec::with_capacity(limits.len());
-            for (index, limit) in limits.iter().enumerate() {
-                if limits[..index].iter().any(|l| l.same_budget(limit)) {
-                    continue;
-                }
-                let found: Option<(i64, i64, i64)> = tx
-                    .prepare_cached(
-                        "SELECT id, retain_ms, latest_ms FROM budgets
-                         WHERE counter = ?1 AND scope = ?2 AND scope_key = ?3",
-                    )?
-                    .query_row(
-                        params![&**limit.counter, limit.scope.as_str(), limit.scope_key],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
-                let (old_retain, old_latest) = found
-                    .map(|(_, r, l)| (from_sql(r), from_sql(l)))
-                    .unwrap_or_default();
-                let retain = old_retain.max(limit.window_ms);
-                // As in memory: a clock far behind this budget's latest is moved forward,
-                // because older units may already be forgotten.
-                let at = now_ms.max(old_latest.saturating_sub(retain));
-                let latest = old_latest.max(at);
-                let budget = match found {
-                    Some((id, _, _)) => {
-                        tx.prepare_cached(
-                            "UPDATE budgets SET retain_ms = ?2, latest_ms = ?3 WHERE id = ?1",
-                        )?
-                        .execute(params![
-                            id,
-                            sql_int(retain),
-                            sql_int(latest)
-                        ])?;
-                        id
+        self.admit_many(&[(limits, now_ms)])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::new(StoreErrorKind::Other, "no answer")))
+    }
+
+    fn admit_many(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+    ) -> Vec<Result<Admission, StoreError>> {
+        let decided = self.with_conn(|conn| {
+            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut answers = Vec::with_capacity(calls.len());
+            for (limits, now_ms) in calls {
+                let admission = if calls.len() == 1 {
+                    // Alone, the transaction is the call's: a refusal rolls it back below.
+                    admit_in(&tx, limits, *now_ms)?
+                } else {
+                    let call = tx.savepoint()?;
+                    let admission = admit_in(&call, limits, *now_ms)?;
+                    if matches!(admission, Admission::Admitted(_)) {
+                        call.commit()?;
                     }
-                    None => {
-                        tx.prepare_cached(
-                            "INSERT INTO budgets (counter, scope, scope_key, retain_ms, latest_ms)
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![
-                            &**limit.counter,
-                            limit.scope.as_str(),
-                            limit.scope_key,
-                            sql_int(retain),
-                            sql_int(latest)
-                        ])?;
-                        tx.last_insert_rowid()
-                    }
+                    // Dropped uncommitted: this call's units and updates are rolled back.
+                    admission
                 };
-                if let Some(horizon) = latest.checked_sub(retain.saturating_mul(2)) {
-                    tx.prepare_cached("DELETE FROM units WHERE budget = ?1 AND at_ms <= ?2")?
-                        .execute(params![budget, sql_int(horizon)])?;
-                }
-                match check(&tx, budget, at, limit.max, limit.window_ms)? {
-                    Check::Room => {}
-                    Check::Full { retry_after_ms } => {
-                        // Dropping the transaction rolls back this call's units and updates.
-                        return Ok(Admission::Refused {
-                            index,
-                            retry_after_ms,
-                        });
-                    }
-                }
-                // Non-negative, so it round-trips through SQLite's signed integers.
-                let token = rand::random::<u64>() >> 1;
-                tx.prepare_cached("INSERT INTO units (budget, at_ms, token) VALUES (?1, ?2, ?3)")?
-                    .execute(params![budget, sql_int(at), sql_int(token)])?;
-                units.push(ReservedUnit {
-                    key: limit.key(),
-                    at_ms: at,
-                    token,
-                });
+                answers.push(admission);
             }
-            tx.commit()?;
-            Ok(Admission::Admitted(Reservation::new(units)))
-        })?;
-        let n = self.admissions.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(SWEEP_EVERY)
-            && let Err(e) = self.with_conn(|conn| sweep(conn, now_ms))
+            if answers.iter().any(|a| matches!(a, Admission::Admitted(_))) {
+                tx.commit()?;
+            }
+            Ok(answers)
+        });
+        let answers = match decided {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(e) => return vec![Err(e); calls.len()],
+        };
+        let n = u64::try_from(calls.len()).unwrap_or(u64::MAX);
+        let before = self.admissions.fetch_add(n, Ordering::Relaxed);
+        let now = calls.last().map_or(0, |(_, now_ms)| *now_ms);
+        // The first admission forgets what went idle while no gateway ran (at the calls'
+        // time, as every sweep: the clock a gateway decides with); then every SWEEP_EVERY.
+        let first = !self.swept.swap(true, Ordering::Relaxed);
+        if (first || before / SWEEP_EVERY != before.saturating_add(n) / SWEEP_EVERY)
+            && let Err(e) = self.with_conn(|conn| sweep(conn, now))
         {
             tracing::warn!("cannot sweep idle counters: {e}");
         }
-        Ok(admission)
+        answers
     }
 
     fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
@@ -368,6 +373,36 @@ impl CounterStore for SqliteStore {
                 ])?;
             }
             tx.commit()
+        })
+    }
+
+    fn usage_of(
+        &self,
+        key: &CounterKey,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<KeyUsage, StoreError> {
+        let low = now_ms.checked_sub(window_ms).map_or(-1, sql_int);
+        let (used, oldest): (i64, Option<i64>) = self.with_conn(|conn| {
+            conn.prepare_cached(
+                "SELECT count(*), min(u.at_ms)
+                 FROM budgets b JOIN units u ON u.budget = b.id
+                 WHERE b.counter = ?1 AND b.scope = ?2 AND b.scope_key = ?3 AND u.at_ms > ?4",
+            )?
+            .query_row(
+                params![&*key.counter, key.scope.as_str(), key.scope_key, low],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })?;
+        Ok(KeyUsage {
+            scope_key: key.scope_key.clone(),
+            used: from_sql(used),
+            next_free_in_ms: oldest.filter(|_| used > 0).map(|oldest| {
+                from_sql(oldest)
+                    .saturating_add(window_ms)
+                    .saturating_sub(now_ms)
+                    .max(1)
+            }),
         })
     }
 
@@ -404,10 +439,88 @@ impl CounterStore for SqliteStore {
     }
 }
 
+/// Admits one call inside the caller's transaction or savepoint; on a refusal the caller
+/// rolls back what this wrote.
+fn admit_in(
+    tx: &Connection,
+    limits: &[LimitRequest<'_>],
+    now_ms: u64,
+) -> rusqlite::Result<Admission> {
+    let mut units: Vec<ReservedUnit> = Vec::with_capacity(limits.len());
+    for (index, limit) in limits.iter().enumerate() {
+        if limits[..index].iter().any(|l| l.same_budget(limit)) {
+            continue;
+        }
+        let found: Option<(i64, i64, i64)> = tx
+            .prepare_cached(
+                "SELECT id, retain_ms, latest_ms FROM budgets
+                 WHERE counter = ?1 AND scope = ?2 AND scope_key = ?3",
+            )?
+            .query_row(
+                params![&**limit.counter, limit.scope.as_str(), limit.scope_key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let (old_retain, old_latest) = found
+            .map(|(_, r, l)| (from_sql(r), from_sql(l)))
+            .unwrap_or_default();
+        let retain = old_retain.max(limit.window_ms);
+        // As in memory: a clock far behind this budget's latest is moved forward, because
+        // older units may already be forgotten.
+        let at = now_ms.max(old_latest.saturating_sub(retain));
+        let latest = old_latest.max(at);
+        let budget = match found {
+            // Unchanged rows are not written again: fewer pages per admission.
+            Some((id, _, _)) if retain == old_retain && latest == old_latest => id,
+            Some((id, _, _)) => {
+                tx.prepare_cached(
+                    "UPDATE budgets SET retain_ms = ?2, latest_ms = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id, sql_int(retain), sql_int(latest)])?;
+                id
+            }
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO budgets (counter, scope, scope_key, retain_ms, latest_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    &**limit.counter,
+                    limit.scope.as_str(),
+                    limit.scope_key,
+                    sql_int(retain),
+                    sql_int(latest)
+                ])?;
+                tx.last_insert_rowid()
+            }
+        };
+        if let Some(horizon) = latest.checked_sub(retain.saturating_mul(2)) {
+            tx.prepare_cached("DELETE FROM units WHERE budget = ?1 AND at_ms <= ?2")?
+                .execute(params![budget, sql_int(horizon)])?;
+        }
+        if let Check::Full { retry_after_ms } = check(tx, budget, at, limit.max, limit.window_ms)? {
+            return Ok(Admission::Refused {
+                index,
+                retry_after_ms,
+            });
+        }
+        // Non-negative, so it round-trips through SQLite's signed integers.
+        let token = rand::random::<u64>() >> 1;
+        tx.prepare_cached("INSERT INTO units (budget, at_ms, token) VALUES (?1, ?2, ?3)")?
+            .execute(params![budget, sql_int(at), sql_int(token)])?;
+        units.push(ReservedUnit {
+            key: limit.key(),
+            at_ms: at,
+            token,
+        });
+    }
+    Ok(Admission::Admitted(Reservation::new(units)))
+}
+
 /// Whether one more unit fits in `budget` at `at_ms`: counts the units within `window_ms` of
 /// `at_ms` on either side, as [`super::MemoryStore`] does.
 fn check(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     budget: i64,
     at_ms: u64,
     max: u64,

@@ -1,0 +1,359 @@
+//! What the default counter store costs a `toolgate wrap` call, as separate processes: this
+//! binary is the load driver and (started with `--trivial-upstream`) the do-nothing upstream;
+//! `toolgate wrap` sits between them with the default SQLite store (a file of its own here).
+//!
+//! Summaries (issue 15), each measured side by side in one sitting:
+//! - one call in flight, 10,000 calls: median round trip direct, through `wrap` without a
+//!   limit, and through `wrap` with a limit on the SQLite store (target: the limited call
+//!   ≤ 40 µs more than the unlimited one);
+//! - 64 in flight: calls per second of the three (target: limited ≥ 80 % of unlimited);
+//! - contention: 8 `wrap` processes on one SQLite file, 64 in flight each, one shared global
+//!   counter: admitted calls per second in all, p99 round trip, and over-admissions, counted
+//!   from the answers only the upstream writes (`ok`): must be zero;
+//! - a locked store: another process (this one) holds the file's write lock from before
+//!   `wrap` starts; `wrap` must answer `initialize`, calls without limits keep their p99
+//!   (compared with the same gateway once the lock is gone), and limited calls fail closed.
+//!
+//! Run: `cargo bench --bench counters_wrap` (release; on a shared machine, once). The
+//! `summary:` lines are the results.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SEQUENTIAL_CALLS: usize = 10_000;
+const IN_FLIGHT: usize = 64;
+const IN_FLIGHT_CALLS: usize = 20_000;
+const WRAPS: usize = 8;
+const CALLS_PER_WRAP: usize = 4_000;
+/// The shared budget of the contention run: well below the calls sent, so refusals happen.
+const SHARED_MAX: usize = 10_000;
+
+const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
+    "echo":{},
+    "limited":{"limits":[{"counter":"per_hour","window":"hour","max":1000000000,"scope":"grant"}]},
+    "shared":{"limits":[{"counter":"shared","window":"hour","max":10000,"scope":"global"}]}}}"#;
+
+/// The do-nothing upstream: answers every request at once with a one-line tool result.
+fn trivial_upstream() {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        id: Option<&'a serde_json::value::RawValue>,
+    }
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut reader = BufReader::new(std::io::stdin().lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let Ok(env) = serde_json::from_str::<Envelope<'_>>(&line) else {
+            continue;
+        };
+        let Some(id) = env.id else { continue };
+        let _ = writeln!(
+            out,
+            r#"{{"jsonrpc":"2.0","id":{},"result":{{"content":[{{"type":"text","text":"ok"}}]}}}}"#,
+            id.get()
+        );
+        if !reader.buffer().contains(&b'\n') && out.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// What one answer said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// The upstream answered: the call reached it.
+    Ok,
+    /// The gateway refused it.
+    Refused,
+}
+
+struct Peer {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+    line: String,
+    sent_at: HashMap<u64, Instant>,
+}
+
+impl Peer {
+    /// The upstream alone, or through `wrap` counting in `counters`.
+    fn start(counters: Option<&Path>, dir: &Path) -> Peer {
+        let upstream = std::env::current_exe().expect("bench binary path");
+        let mut command = match counters {
+            Some(file) => {
+                // Written once by `main`: gateways starting together must not read it half
+                // written.
+                let policy = dir.join("policy.json");
+                let mut c = Command::new(env!("CARGO_BIN_EXE_toolgate"));
+                c.arg("wrap")
+                    .arg("--policy")
+                    .arg(&policy)
+                    .arg("--audit")
+                    .arg(dir.join("audit.jsonl"))
+                    .args(["--log-level", "error", "--no-events", "--counters"])
+                    .arg(file)
+                    .arg("--")
+                    .arg(&upstream)
+                    .arg("--trivial-upstream");
+                c
+            }
+            None => {
+                let mut c = Command::new(&upstream);
+                c.arg("--trivial-upstream");
+                c
+            }
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the upstream");
+        Peer {
+            stdin: BufWriter::new(child.stdin.take().expect("stdin")),
+            stdout: BufReader::new(child.stdout.take().expect("stdout")),
+            child,
+            next_id: 0,
+            line: String::new(),
+            sent_at: HashMap::new(),
+        }
+    }
+
+    fn send(&mut self, tool: &str) {
+        self.next_id += 1;
+        self.sent_at.insert(self.next_id, Instant::now());
+        writeln!(
+            self.stdin,
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#,
+            self.next_id
+        )
+        .expect("write call");
+    }
+
+    /// Reads the next answer: what it said and how long its call took.
+    fn recv(&mut self) -> (Reply, Duration) {
+        self.line.clear();
+        let n = self.stdout.read_line(&mut self.line).expect("read answer");
+        assert!(n > 0, "the gateway closed its output");
+        let answer: serde_json::Value = serde_json::from_str(&self.line).expect("JSON answer");
+        let id = answer["id"].as_u64().expect("an answer to a call");
+        let took = self
+            .sent_at
+            .remove(&id)
+            .map_or(Duration::ZERO, |at| at.elapsed());
+        let reply = if answer["result"]["content"][0]["text"] == "ok" {
+            Reply::Ok
+        } else {
+            Reply::Refused
+        };
+        (reply, took)
+    }
+
+    fn round_trip(&mut self, tool: &str) -> (Reply, Duration) {
+        self.send(tool);
+        self.stdin.flush().expect("flush");
+        self.recv()
+    }
+
+    /// `calls` calls of `tool` with `window` in flight: the elapsed time, every call's round
+    /// trip, and how many the upstream answered.
+    fn pipelined(
+        &mut self,
+        tool: &str,
+        calls: usize,
+        window: usize,
+    ) -> (Duration, Vec<Duration>, usize) {
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < window.min(calls) {
+            self.send(tool);
+            sent += 1;
+        }
+        self.stdin.flush().expect("flush");
+        let mut took = Vec::with_capacity(calls);
+        let mut reached = 0;
+        for _ in 0..calls {
+            if !self.stdout.buffer().contains(&b'\n') {
+                self.stdin.flush().expect("flush");
+            }
+            let (reply, t) = self.recv();
+            took.push(t);
+            reached += usize::from(reply == Reply::Ok);
+            if sent < calls {
+                self.send(tool);
+                sent += 1;
+            }
+        }
+        (start.elapsed(), took, reached)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.stdin.flush();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(mut samples: Vec<Duration>, p: f64) -> Duration {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i.min(samples.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Direct, unlimited through `wrap`, limited through `wrap` (SQLite): sequential medians
+/// and 64-in-flight rates, interleaved so all three see the same machine load.
+fn side_by_side(dir: &Path) {
+    let file = dir.join("side.sqlite3");
+    let mut direct = Peer::start(None, dir);
+    let mut wrapped = Peer::start(Some(&file), dir);
+    for _ in 0..100 {
+        direct.round_trip("echo");
+        wrapped.round_trip("echo");
+        wrapped.round_trip("limited");
+    }
+    let (mut d, mut u, mut l) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..SEQUENTIAL_CALLS {
+        d.push(direct.round_trip("echo").1);
+        u.push(wrapped.round_trip("echo").1);
+        let (reply, took) = wrapped.round_trip("limited");
+        assert_eq!(reply, Reply::Ok, "the limited call was refused");
+        l.push(took);
+    }
+    let (d, u, l) = (percentile(d, 0.5), percentile(u, 0.5), percentile(l, 0.5));
+    println!(
+        "summary: one in flight, {SEQUENTIAL_CALLS} calls, p50: direct {:.1} µs; wrap without limit {:.1} µs (+{:.1}); wrap with a limit on SQLite {:.1} µs (+{:.1} over unlimited; target ≤ 40)",
+        us(d),
+        us(u),
+        us(u.saturating_sub(d)),
+        us(l),
+        us(l.saturating_sub(u))
+    );
+    const ROUNDS: usize = 10;
+    let per_round = IN_FLIGHT_CALLS / ROUNDS;
+    let (mut dt, mut ut, mut lt) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        dt += direct.pipelined("echo", per_round, IN_FLIGHT).0;
+        ut += wrapped.pipelined("echo", per_round, IN_FLIGHT).0;
+        lt += wrapped.pipelined("limited", per_round, IN_FLIGHT).0;
+    }
+    let calls = (per_round * ROUNDS) as f64;
+    let (dr, ur, lr) = (
+        calls / dt.as_secs_f64(),
+        calls / ut.as_secs_f64(),
+        calls / lt.as_secs_f64(),
+    );
+    println!(
+        "summary: {IN_FLIGHT} in flight, {} calls: direct {dr:.0}/s; wrap without limit {ur:.0}/s ({:.0}% of direct; target ≥ 50%); limited on SQLite {lr:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
+        per_round * ROUNDS,
+        ur / dr * 100.0,
+        lr / ur * 100.0
+    );
+}
+
+/// 8 gateways, one file, one global budget: rate, p99 and over-admissions.
+fn contention(dir: &Path) {
+    let file = dir.join("shared.sqlite3");
+    let mut peers: Vec<Peer> = (0..WRAPS).map(|_| Peer::start(Some(&file), dir)).collect();
+    for peer in &mut peers {
+        // Up and answering (an unlimited call), before the clock starts.
+        peer.round_trip("echo");
+    }
+    let start = Instant::now();
+    let results: Vec<(Vec<Duration>, usize)> = std::thread::scope(|s| {
+        let runs: Vec<_> = peers
+            .iter_mut()
+            .map(|peer| {
+                s.spawn(move || {
+                    let (_, took, reached) = peer.pipelined("shared", CALLS_PER_WRAP, IN_FLIGHT);
+                    (took, reached)
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("a driver thread"))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let reached: usize = results.iter().map(|(_, n)| n).sum();
+    let took: Vec<Duration> = results.into_iter().flat_map(|(t, _)| t).collect();
+    let answered = took.len();
+    println!(
+        "summary: contention, {WRAPS} wraps × {IN_FLIGHT} in flight on one SQLite file: {answered} calls answered in {:.2} s ({:.0}/s), {reached} reached the upstreams (budget {SHARED_MAX}: over-admissions {}), p50 {:.0} µs, p99 {:.0} µs",
+        elapsed.as_secs_f64(),
+        answered as f64 / elapsed.as_secs_f64(),
+        reached.saturating_sub(SHARED_MAX),
+        us(percentile(took.clone(), 0.5)),
+        us(percentile(took, 0.99))
+    );
+    assert!(
+        reached <= SHARED_MAX,
+        "over-admission: {reached} > {SHARED_MAX}"
+    );
+}
+
+/// The file locked by this process from before `wrap` starts, for 3 s.
+fn locked_store(dir: &Path) {
+    let file = dir.join("locked.sqlite3");
+    let locker = rusqlite::Connection::open(&file).expect("open the counter file");
+    locker
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    let locked_at = Instant::now();
+    let mut wrapped = Peer::start(Some(&file), dir);
+    let (reply, _) = wrapped.round_trip("echo");
+    assert_eq!(reply, Reply::Ok);
+    let first = locked_at.elapsed();
+    // A limited call waits for the lock; unlimited ones go on meanwhile.
+    wrapped.send("limited");
+    wrapped.stdin.flush().expect("flush");
+    let mut locked = Vec::new();
+    let mut limited = None;
+    while locked_at.elapsed() < Duration::from_secs(3) {
+        let (reply, took) = wrapped.round_trip("echo");
+        match reply {
+            Reply::Ok if took < Duration::from_secs(1) => locked.push(took),
+            // The limited call's answer came in place of this one's.
+            _ => limited = Some((reply, took)),
+        }
+    }
+    locker.execute_batch("ROLLBACK").expect("release the lock");
+    let mut idle = Vec::new();
+    for _ in 0..locked.len().max(1000) {
+        idle.push(wrapped.round_trip("echo").1);
+    }
+    println!(
+        "summary: store locked 3 s: spawn to the first answer {:.0} µs; unlimited p99 while locked {:.0} µs vs {:.0} µs unlocked ({} calls); limited call: {:?}",
+        us(first),
+        us(percentile(locked, 0.99)),
+        us(percentile(idle.clone(), 0.99)),
+        idle.len(),
+        limited
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--trivial-upstream") {
+        trivial_upstream();
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("policy.json"), POLICY).expect("write policy");
+    side_by_side(dir.path());
+    contention(dir.path());
+    locked_store(dir.path());
+}

@@ -1,0 +1,421 @@
+//! [`StoreWorker`]: a gateway's counter-store work, off the async runtime.
+//!
+//! A shared store can make its caller wait: a SQLite transaction waits up to
+//! [`super::sqlite::BUSY_TIMEOUT`] for another process's lock, Redis for the network. Asked
+//! from a gateway's async tasks, that wait would stop every other call, hold timer, progress
+//! note and websocket of the gateway with it. So a gateway asks through a worker: one thread
+//! per store, fed by a bounded queue, answering each admission through a oneshot. While the
+//! store is slow, only the calls that need a counter wait.
+//!
+//! Group commit: admissions that queue up while the thread is in a transaction are handed to
+//! [`CounterStore::admit_many`] together (at most [`MAX_BATCH`]), in arrival order. Each call
+//! is still all-or-nothing and decided as if alone, one after the other.
+//!
+//! Deadlines: an admission is answered within [`ANSWER_WITHIN`] or fails (closed); a queue
+//! that is full refuses at once. An admission whose caller stopped waiting is given back by
+//! the thread, so a late answer never keeps units nobody uses.
+//!
+//! A store that never blocks ([`CounterStore::may_block`] is false: [`super::MemoryStore`])
+//! is asked in place: a thread hop would cost more than the admission.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Admission, CounterKey, CounterStore, LimitRequest, OwnedLimit, StoreError, StoreErrorKind,
+};
+
+/// Jobs waiting for the store thread, at most; beyond it an admission is refused at once.
+pub const QUEUE: usize = 4096;
+
+/// Admissions decided in one transaction, at most.
+pub const MAX_BATCH: usize = 256;
+
+/// How long a call waits for its admission before it fails closed: longer than a SQLite
+/// store's busy timeout, so that the store's own, more precise error is the one seen.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+type Reply = oneshot::Sender<Result<Admission, StoreError>>;
+
+enum Job {
+    Admit {
+        limits: Vec<OwnedLimit>,
+        now_ms: u64,
+        reply: Reply,
+    },
+    /// Anything else a gateway does with its store (give units back, read usage).
+    Run(Work),
+    /// A read whose answer depends only on the store's state when it runs: of several with
+    /// the same `key` queued among one batch, only the last runs (after the batch).
+    Read { key: Vec<CounterKey>, work: Work },
+}
+
+type Work = Box<dyn FnOnce(&dyn CounterStore) + Send>;
+
+/// A store and the thread that asks it. Cloning shares the thread; it ends when the last
+/// clone is dropped and its queue is empty.
+#[derive(Clone)]
+pub struct StoreWorker {
+    store: Arc<dyn CounterStore>,
+    /// `None` for a store asked in place.
+    queue: Option<mpsc::Sender<Job>>,
+}
+
+impl std::fmt::Debug for StoreWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWorker")
+            .field("threaded", &self.queue.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<Arc<dyn CounterStore>> for StoreWorker {
+    fn from(store: Arc<dyn CounterStore>) -> StoreWorker {
+        StoreWorker::new(store)
+    }
+}
+
+impl<S: CounterStore + 'static> From<Arc<S>> for StoreWorker {
+    fn from(store: Arc<S>) -> StoreWorker {
+        StoreWorker::new(store)
+    }
+}
+
+impl StoreWorker {
+    /// Starts the thread for `store` when it may block. Without a thread (none could be
+    /// started), the store is asked in place, as before, and a warning says so.
+    pub fn new(store: Arc<dyn CounterStore>) -> StoreWorker {
+        if !store.may_block() {
+            return StoreWorker { store, queue: None };
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let served = Arc::clone(&store);
+        let started = std::thread::Builder::new()
+            .name("counters".into())
+            .spawn(move || serve(served.as_ref(), rx));
+        match started {
+            Ok(_) => StoreWorker {
+                store,
+                queue: Some(tx),
+            },
+            Err(e) => {
+                tracing::warn!("no counter-store thread ({e}); the store is asked in place");
+                StoreWorker { store, queue: None }
+            }
+        }
+    }
+
+    /// The store itself, for callers that are not on an async runtime (`explain`, tests).
+    pub fn store(&self) -> &Arc<dyn CounterStore> {
+        &self.store
+    }
+
+    /// Queues an admission now (so admissions are decided in the order they were asked) and
+    /// returns its answer to wait for.
+    pub fn admit(&self, limits: Vec<OwnedLimit>, now_ms: u64) -> Answer {
+        let Some(queue) = &self.queue else {
+            let requests: Vec<LimitRequest<'_>> = limits.iter().map(OwnedLimit::request).collect();
+            return Answer::Ready(self.store.admit(&requests, now_ms));
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Admit {
+            limits,
+            now_ms,
+            reply,
+        };
+        match queue.try_send(job) {
+            Ok(()) => Answer::Waiting(answer),
+            Err(mpsc::error::TrySendError::Full(_)) => Answer::Ready(Err(StoreError::new(
+                StoreErrorKind::Overloaded,
+                format!("{QUEUE} admissions already wait for the counter store"),
+            ))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Answer::Ready(Err(StoreError::new(
+                StoreErrorKind::Other,
+                "the counter-store thread has stopped",
+            ))),
+        }
+    }
+
+    /// Runs `work` with the store on the worker's thread, after what is already queued (in
+    /// place for a store that does not block). Dropped, with a warning, when the queue is
+    /// full: what it would have given back leaves its window by itself.
+    pub fn run(&self, work: impl FnOnce(&dyn CounterStore) + Send + 'static) {
+        self.queue_job(Box::new(work), None);
+    }
+
+    /// [`StoreWorker::run`] for a read of the budgets `key` names, whose result depends only
+    /// on the store's state when it runs (the usage a gateway publishes after a call): of
+    /// several such reads of the same budgets waiting together, only the last runs.
+    pub fn read(
+        &self,
+        key: Vec<CounterKey>,
+        work: impl FnOnce(&dyn CounterStore) + Send + 'static,
+    ) {
+        self.queue_job(Box::new(work), Some(key));
+    }
+
+    fn queue_job(&self, work: Work, key: Option<Vec<CounterKey>>) {
+        let Some(queue) = &self.queue else {
+            work(self.store.as_ref());
+            return;
+        };
+        let job = match key {
+            Some(key) => Job::Read { key, work },
+            None => Job::Run(work),
+        };
+        if queue.try_send(job).is_err() {
+            tracing::warn!(
+                "the counter store is {QUEUE} jobs behind; skipped a release or a usage read"
+            );
+        }
+    }
+}
+
+/// An admission's answer: at once, or later from the worker's thread.
+#[derive(Debug)]
+pub enum Answer {
+    Ready(Result<Admission, StoreError>),
+    Waiting(oneshot::Receiver<Result<Admission, StoreError>>),
+}
+
+impl Answer {
+    /// Whether the answer is already here.
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Answer::Ready(_))
+    }
+
+    /// The answer, or an error once [`ANSWER_WITHIN`] has passed.
+    pub async fn get(self) -> Result<Admission, StoreError> {
+        let rx = match self {
+            Answer::Ready(answer) => return answer,
+            Answer::Waiting(rx) => rx,
+        };
+        match tokio::time::timeout(ANSWER_WITHIN, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::new(
+                StoreErrorKind::Other,
+                "the counter-store thread stopped before answering",
+            )),
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "the counter store did not answer within {} s",
+                    ANSWER_WITHIN.as_secs()
+                ),
+            )),
+        }
+    }
+}
+
+/// The store thread: one job at a time, admissions in batches. Other jobs that queued up
+/// among a batch's admissions (usage reads, releases) run right after it, in order: they
+/// never split a batch (a release that waited behind admissions can only make them
+/// stricter), and of several reads of the same budgets only the last runs.
+fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<(Vec<OwnedLimit>, u64, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut after: Vec<(Option<Vec<CounterKey>>, Work)> = Vec::new();
+    while let Some(job) = rx.blocking_recv() {
+        let mut next = Some(job);
+        // Everything that queued up meanwhile goes into the same transaction.
+        while let Some(job) = next.take() {
+            match job {
+                Job::Run(work) => after.push((None, work)),
+                Job::Read { key, work } => {
+                    // An earlier read of the same budgets would see what this one sees.
+                    after.retain(|(k, _)| k.as_ref() != Some(&key));
+                    after.push((Some(key), work));
+                }
+                Job::Admit {
+                    limits,
+                    now_ms,
+                    reply,
+                } => batch.push((limits, now_ms, reply)),
+            }
+            if batch.len() < MAX_BATCH && after.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        admit_batch(store, &mut batch);
+        for (_, work) in after.drain(..) {
+            work(store);
+        }
+    }
+}
+
+fn admit_batch(store: &dyn CounterStore, batch: &mut Vec<(Vec<OwnedLimit>, u64, Reply)>) {
+    // Callers that stopped waiting are not admitted at all.
+    batch.retain(|(_, _, reply)| !reply.is_closed());
+    if batch.is_empty() {
+        return;
+    }
+    let requests: Vec<Vec<LimitRequest<'_>>> = batch
+        .iter()
+        .map(|(limits, _, _)| limits.iter().map(OwnedLimit::request).collect())
+        .collect();
+    let calls: Vec<(&[LimitRequest<'_>], u64)> = requests
+        .iter()
+        .zip(batch.iter())
+        .map(|(requests, (_, now_ms, _))| (requests.as_slice(), *now_ms))
+        .collect();
+    let answers = store.admit_many(&calls);
+    drop(calls);
+    drop(requests);
+    for ((_, _, reply), answer) in batch.drain(..).zip(answers) {
+        if let Err(Ok(Admission::Admitted(reservation))) = reply.send(answer) {
+            // The caller gave up waiting: nobody will use or give back these units.
+            store.release(&reservation);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::store::{MemoryStore, Reservation, Scope};
+    use std::sync::Mutex;
+
+    /// A store that blocks until told to go on and records the batches it was given.
+    struct Gated {
+        inner: MemoryStore,
+        gate: Mutex<()>,
+        entered: std::sync::atomic::AtomicUsize,
+        batches: Mutex<Vec<usize>>,
+    }
+
+    impl CounterStore for Gated {
+        fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+            self.inner.admit(limits, now_ms)
+        }
+        fn admit_many(
+            &self,
+            calls: &[(&[LimitRequest<'_>], u64)],
+        ) -> Vec<Result<Admission, StoreError>> {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _open = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            self.batches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(calls.len());
+            calls.iter().map(|(l, now)| self.admit(l, *now)).collect()
+        }
+        fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+            self.inner.try_release(reservation)
+        }
+        fn usage(
+            &self,
+            counter: &str,
+            scope: Scope,
+            window_ms: u64,
+            now_ms: u64,
+        ) -> Result<Vec<super::super::KeyUsage>, StoreError> {
+            self.inner.usage(counter, scope, window_ms, now_ms)
+        }
+    }
+
+    fn limit(max: u64) -> Vec<OwnedLimit> {
+        vec![OwnedLimit {
+            counter: Arc::from("c"),
+            scope: Scope::Global,
+            scope_key: String::new(),
+            max,
+            window_ms: 60_000,
+        }]
+    }
+
+    #[tokio::test]
+    async fn admissions_queued_behind_a_transaction_are_decided_together_in_order() {
+        let store = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Mutex::new(()),
+            entered: Default::default(),
+            batches: Mutex::new(Vec::new()),
+        });
+        let worker = StoreWorker::new(store.clone());
+        let closed = store.gate.lock().unwrap();
+        // The first admission takes the thread and waits at the gate; the next ten queue up.
+        let first = worker.admit(limit(5), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never started the first admission"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let rest: Vec<Answer> = (0..10).map(|i| worker.admit(limit(5), 2 + i)).collect();
+        drop(closed);
+        assert!(matches!(first.get().await, Ok(Admission::Admitted(_))));
+        let mut verdicts = Vec::new();
+        for answer in rest {
+            verdicts.push(matches!(answer.get().await, Ok(Admission::Admitted(_))));
+        }
+        // Exactly max in all, and in arrival order: the first four queued got the room.
+        assert_eq!(
+            verdicts,
+            [
+                true, true, true, true, false, false, false, false, false, false
+            ]
+        );
+        let batches = store.batches.lock().unwrap().clone();
+        assert_eq!(batches.iter().sum::<usize>(), 11, "{batches:?}");
+        assert!(batches.len() < 11, "no admission was batched: {batches:?}");
+    }
+
+    #[tokio::test]
+    async fn reads_of_the_same_budgets_queued_together_run_once() {
+        let store = Arc::new(Gated {
+            inner: MemoryStore::new(),
+            gate: Mutex::new(()),
+            entered: Default::default(),
+            batches: Mutex::new(Vec::new()),
+        });
+        let worker = StoreWorker::new(store.clone());
+        let closed = store.gate.lock().unwrap();
+        let first = worker.admit(limit(5), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never started the admission"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let key = |k: &str| {
+            vec![super::super::CounterKey {
+                counter: Arc::from("c"),
+                scope: Scope::Global,
+                scope_key: k.to_owned(),
+            }]
+        };
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        for (i, k) in ["a", "a", "b", "a", "a"].into_iter().enumerate() {
+            let (runs, done_tx) = (runs.clone(), done_tx.clone());
+            worker.read(key(k), move |_| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = done_tx.send(i);
+            });
+        }
+        drop(done_tx);
+        drop(closed);
+        assert!(matches!(first.get().await, Ok(Admission::Admitted(_))));
+        let mut ran = Vec::new();
+        while let Ok(Some(i)) = tokio::time::timeout(Duration::from_secs(5), done.recv()).await {
+            ran.push(i);
+        }
+        // One read of `b`, and of `a` only the last.
+        assert_eq!(ran, [2, 4]);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_never_blocks_is_asked_in_place() {
+        let worker = StoreWorker::new(Arc::new(MemoryStore::new()));
+        let answer = worker.admit(limit(1), 1);
+        assert!(answer.is_ready());
+        assert!(matches!(answer.get().await, Ok(Admission::Admitted(_))));
+    }
+}
