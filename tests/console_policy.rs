@@ -8,10 +8,10 @@ mod console_support;
 use console_support::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use serde_json::Value;
-use toolgate::console::app::{AppEvent, Effect, Prompt, State, View, update};
-use toolgate::console::authoring::WriteFailure;
-use toolgate::console::draft::{Draft, Edit};
-use toolgate::console::policy_file;
+use toolgate::console::testing;
+use toolgate::console::testing::WriteFailure;
+use toolgate::console::testing::{AppEvent, Effect, Prompt, State, View, update};
+use toolgate::console::testing::{Draft, Edit};
 use toolgate::policy::Policy;
 use toolgate::wire::{EventKind, PolicyApplied, PolicyRejected, ToolInfo, Tools};
 
@@ -104,7 +104,7 @@ fn rule(s: &State, key: &str) -> Value {
 #[test]
 fn the_policy_file_is_asked_for_once_its_path_is_known() {
     let s = {
-        let mut s = State::new(t0(), toolgate::console::Theme::plain("t"), 100);
+        let mut s = State::new(t0(), 100);
         update(&mut s, up("gw"), t0());
         update(
             &mut s,
@@ -117,7 +117,7 @@ fn the_policy_file_is_asked_for_once_its_path_is_known() {
 }
 
 #[test]
-fn allow_deny_and_hold_set_the_tools_action() {
+fn allow_block_and_hold_set_the_tools_action() {
     let mut s = authoring();
     command(&mut s, "allow export_data");
     assert_eq!(
@@ -125,7 +125,7 @@ fn allow_deny_and_hold_set_the_tools_action() {
         ("draft: export_data allowed · :w writes".into(), false)
     );
     assert_eq!(rule(&s, "export_data"), serde_json::json!({}));
-    command(&mut s, "deny send_message not during the freeze");
+    command(&mut s, "block send_message not during the freeze");
     assert_eq!(rule(&s, "send_message")["action"], "deny");
     assert_eq!(rule(&s, "send_message")["reason"], "not during the freeze");
     command(&mut s, "hold list_meetings");
@@ -144,6 +144,20 @@ fn deny_of_a_held_call_id_still_resolves_the_hold() {
         s.effects
     );
     assert!(!draft(&s).is_modified());
+}
+
+#[test]
+fn deny_of_a_call_that_is_not_held_drafts_nothing_and_points_to_block() {
+    let mut s = authoring();
+    // A tool's name, and the id of a hold that has just timed out: neither is held now.
+    for line in ["deny list_meetings", "deny a1b2-4 too late"] {
+        command(&mut s, line);
+        let (text, error) = message(&s);
+        assert!(error && text.contains("no held call"), "{line}: {text}");
+        assert!(text.contains(":block TOOL"), "{line}: {text}");
+        assert!(s.effects.is_empty(), "{line}: {:?}", s.effects);
+        assert!(!draft(&s).is_modified(), "{line} changed the draft");
+    }
 }
 
 #[test]
@@ -214,7 +228,8 @@ fn malformed_commands_are_refused_with_their_usage() {
         ("unlimit", ":unlimit TOOL"),
         ("default", ":default allow|deny|require_approval"),
         ("hide", ":hide TOOL"),
-        ("deny", ":deny TOOL"),
+        ("block", ":block TOOL"),
+        ("deny", ":deny ID"),
     ] {
         command(&mut s, line);
         let (text, error) = message(&s);
@@ -232,7 +247,7 @@ fn malformed_commands_are_refused_with_their_usage() {
 
 #[test]
 fn edits_without_a_policy_file_say_where_to_get_one() {
-    let mut s = State::new(t0(), toolgate::console::Theme::plain("t"), 100);
+    let mut s = State::new(t0(), 100);
     command(&mut s, "allow x");
     let (text, error) = message(&s);
     assert!(error && text.contains("--policy"), "{text}");
@@ -273,7 +288,7 @@ fn write_shows_the_diff_then_y_writes_and_the_gateways_confirm() {
         (PATH, &new_text, &base_hash, false)
     );
     s.effects.clear();
-    let hash = policy_file::hash_bytes(new_text.as_bytes());
+    let hash = testing::hash_bytes(new_text.as_bytes());
     assert_eq!(hash, Policy::parse(&new_text, PATH).unwrap().hash());
     let now = s.now;
     update(
@@ -331,6 +346,20 @@ fn n_keeps_the_draft_and_writes_nothing() {
 }
 
 #[test]
+fn j_and_k_scroll_the_write_review_as_far_as_they_scroll_a_detail() {
+    let mut s = authoring();
+    command(&mut s, "allow export_data");
+    command(&mut s, "w");
+    let scroll = |s: &State| s.authoring.review.as_ref().expect("a review").scroll;
+    key(&mut s, KeyCode::Char('J'));
+    assert_eq!(scroll(&s), testing::SCROLL_STEP as u16);
+    key(&mut s, KeyCode::Char('j'));
+    assert_eq!(scroll(&s), testing::SCROLL_STEP as u16 + 1);
+    key(&mut s, KeyCode::Char('K'));
+    assert_eq!(scroll(&s), 1);
+}
+
+#[test]
 fn an_invalid_draft_cannot_be_written() {
     let mut s = authoring();
     let now = s.now;
@@ -362,7 +391,7 @@ fn a_gateway_that_refuses_the_write_is_named_with_its_diagnostics() {
         &mut s,
         AppEvent::PolicyWritten {
             text: text.clone(),
-            result: Ok(policy_file::hash_bytes(text.as_bytes())),
+            result: Ok(testing::hash_bytes(text.as_bytes())),
         },
         now,
     );
@@ -463,14 +492,14 @@ fn undo_offers_the_version_before_the_last_write() {
     let mut s = authoring();
     command(&mut s, "undo");
     assert!(message(&s).1, "nothing written yet");
-    command(&mut s, "deny list_meetings");
+    command(&mut s, "block list_meetings");
     let written = draft(&s).text().to_owned();
     let now = s.now;
     update(
         &mut s,
         AppEvent::PolicyWritten {
             text: written.clone(),
-            result: Ok(policy_file::hash_bytes(written.as_bytes())),
+            result: Ok(testing::hash_bytes(written.as_bytes())),
         },
         now,
     );
@@ -483,7 +512,7 @@ fn undo_offers_the_version_before_the_last_write() {
 #[test]
 fn what_if_counts_the_recent_calls_the_draft_decides_differently() {
     let mut s = authoring();
-    command(&mut s, "deny list_meetings");
+    command(&mut s, "block list_meetings");
     command(&mut s, "w");
     let review = s.authoring.review.as_ref().unwrap();
     assert!(
@@ -581,13 +610,13 @@ fn policy_view_keys_edit_the_selected_rule() {
 #[test]
 fn the_policy_view_flags_a_rule_no_offered_tool_matches() {
     let s = authoring();
-    let rows = toolgate::console::view::policy_rows(&s);
+    let rows = s.policy_rows();
     let flagged: Vec<&str> = rows
         .iter()
         .filter(|r| {
             matches!(
                 r.kind,
-                toolgate::console::view::RowKind::Rule {
+                toolgate::console::testing::RowKind::Rule {
                     unmatched: true,
                     ..
                 }
@@ -598,7 +627,7 @@ fn the_policy_view_flags_a_rule_no_offered_tool_matches() {
     assert_eq!(flagged, ["book_meting"]);
     let unruled: Vec<&str> = rows
         .iter()
-        .filter(|r| matches!(r.kind, toolgate::console::view::RowKind::Unruled { .. }))
+        .filter(|r| matches!(r.kind, toolgate::console::testing::RowKind::Unruled { .. }))
         .map(|r| r.tool.as_str())
         .collect();
     assert_eq!(unruled, ["book_meeting", "export_data"]);
@@ -608,7 +637,7 @@ fn the_policy_view_flags_a_rule_no_offered_tool_matches() {
 fn limits_view_edits_max_and_window_in_place() {
     let mut s = authoring();
     key(&mut s, KeyCode::Char('4'));
-    let rows = toolgate::console::view::limit_rows(&s);
+    let rows = toolgate::console::testing::limit_rows(&s);
     assert_eq!(rows[0].counter, "create_api_key");
     key(&mut s, KeyCode::Char('m'));
     assert!(matches!(&s.prompt, Prompt::CounterEdit { input, .. } if input.value() == "30"));
@@ -629,7 +658,7 @@ fn limits_view_edits_max_and_window_in_place() {
     key(&mut s, KeyCode::Enter);
     assert_eq!(rule(&s, "create_api_key")["limits"][0]["window"], "10m");
     assert!(
-        toolgate::console::view::limit_rows(&s)[0].draft == Some((50, 600_000)),
+        toolgate::console::testing::limit_rows(&s)[0].draft == Some((50, 600_000)),
         "the row shows the draft's new budget"
     );
 }
@@ -648,7 +677,7 @@ fn the_written_file_keeps_untouched_rules_and_key_order() {
     })
     .unwrap();
     d.apply(&Edit::Allow("export_data".into())).unwrap();
-    policy_file::write_atomic(&path, d.text(), &d.base_hash, false).unwrap();
+    testing::write_atomic(&path, d.text(), &d.base_hash, false).unwrap();
 
     let before: Value = serde_json::from_str(POLICY).unwrap();
     let after: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -709,7 +738,7 @@ fn limits_view_snapshot() {
 #[test]
 fn write_review_snapshot() {
     let mut s = authoring();
-    command(&mut s, "deny list_meetings");
+    command(&mut s, "block list_meetings");
     command(&mut s, "w");
     assert!(matches!(s.view, View::Live));
     insta::assert_debug_snapshot!(text(&render(&s, 120, 24)));
@@ -860,7 +889,7 @@ fn limits_view_counts_down_to_when_room_comes_back() {
     );
     let later = now + chrono::TimeDelta::seconds(4);
     update(&mut s, AppEvent::Tick, later);
-    let rows = toolgate::console::view::limit_rows(&s);
+    let rows = toolgate::console::testing::limit_rows(&s);
     let row = rows
         .iter()
         .find(|r| r.key == "ci-bot" && r.counter == "create_api_key")
@@ -878,7 +907,8 @@ fn limits_view_counts_down_to_when_room_comes_back() {
 fn select_row(s: &mut State, tool: &str) {
     key(s, KeyCode::Char('3'));
     key(s, KeyCode::Home);
-    let at = toolgate::console::view::policy_rows(s)
+    let at = s
+        .policy_rows()
         .iter()
         .position(|r| r.tool == tool)
         .expect("a row for the tool");
@@ -886,7 +916,7 @@ fn select_row(s: &mut State, tool: &str) {
         key(s, KeyCode::Down);
     }
     assert_eq!(
-        toolgate::console::authoring::selected_tool(s).as_deref(),
+        toolgate::console::testing::selected_tool(s).as_deref(),
         Some(tool)
     );
 }
@@ -896,15 +926,16 @@ fn suggestion(s: &State, name: &str) -> Value {
     let info = s.gateways[0]
         .tools
         .iter()
-        .find(|t| t.name == name)
+        .find(|t| t.info.name == name)
         .expect("an offered tool")
+        .info
         .clone();
     toolgate::scan::suggested_rule(&info, &toolgate::scan::classify(&info))
 }
 
 fn suggest_is_offered(s: &State) -> bool {
-    toolgate::console::keys::active_bindings(s)
-        .any(|b| b.action == toolgate::console::action::Action::SuggestRule)
+    toolgate::console::testing::active_bindings(s)
+        .any(|b| b.action == toolgate::console::testing::Action::SuggestRule)
 }
 
 #[test]
@@ -1016,7 +1047,7 @@ fn s_refuses_a_suggestion_that_would_make_the_policy_invalid() {
 fn the_policy_view_shows_risk_classes_and_flags_of_offered_tools() {
     let s = authoring();
     let class = |name: &str| {
-        toolgate::console::view::tool_class(&s, name).map(|c| (c.class.as_str(), c.guessed))
+        toolgate::console::testing::tool_class(&s, name).map(|c| (c.class.as_str(), c.guessed))
     };
     assert_eq!(class("list_meetings"), Some(("read", true)));
     assert_eq!(class("delete_account"), Some(("destructive", true)));
@@ -1037,7 +1068,7 @@ fn policy_view_with_classes_snapshot() {
             serde_json::json!({"destructiveHint": false, "readOnlyHint": false, "openWorldHint": true}),
         ),
     };
-    let mut tools = s.gateways[0].tools.clone();
+    let mut tools: Vec<ToolInfo> = s.gateways[0].tools.iter().map(|t| t.info.clone()).collect();
     tools.push(secrets);
     let now = s.now;
     update(

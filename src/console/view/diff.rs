@@ -9,8 +9,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Widget};
 
 use super::cell;
-use crate::console::app::State;
-use crate::console::whatif::verdict_words;
+use crate::console::model::State;
+use crate::console::model::whatif::verdict_words;
+use crate::console::theme::Theme;
 use crate::policy::Verdict;
 use crate::sanitize::terminal_string;
 
@@ -26,8 +27,7 @@ fn mark(v: Verdict) -> &'static str {
     }
 }
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
-    let t = &state.theme;
+pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let (Some(review), Some(draft)) = (&state.authoring.review, &state.authoring.draft) else {
         return;
     };

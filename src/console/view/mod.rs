@@ -1,4 +1,9 @@
-//! Drawing: pure functions from [`State`] to a ratatui frame.
+//! The view: draws a [`State`] on a ratatui frame.
+//!
+//! This is the top layer: it reads the model (and the input layer's bindings, for help and
+//! the hint line) and writes nothing in it. What only drawing needs lives in the
+//! [`ViewState`] the event loop owns: the theme, and where the Live list's window was drawn.
+//! So a key does the same whether or not a frame was drawn since the last one.
 //!
 //! The screen is the status bar (one line), the current view, and the bottom line (prompt,
 //! message or key hints); help and confirmations are drawn over it. Views draw only the rows
@@ -22,23 +27,44 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use unicode_width::UnicodeWidthChar;
 
-use super::app::{DecisionStyle, State, View};
+use super::model::{DecisionStyle, Layout as Screen, State, View};
 use super::theme::Theme;
 
 pub use detail::detail_lines;
-pub use limits::{LimitRow, bar, limit_rows};
-pub use policy::{PolicyRow, RowKind, offered_tools, policy_rows, tool_class};
+pub use limits::bar;
+
+/// What drawing keeps between frames, owned by the event loop beside the [`State`].
+#[derive(Debug)]
+pub struct ViewState {
+    /// The colours; `:theme` replaces it (the event loop loads it off the key loop).
+    pub theme: Theme,
+    live: live::LiveScroll,
+}
+
+impl ViewState {
+    pub fn new(theme: Theme) -> ViewState {
+        ViewState {
+            theme,
+            live: live::LiveScroll::default(),
+        }
+    }
+}
 
 /// Draws the whole console.
-pub fn draw(frame: &mut Frame, state: &State) {
+pub fn draw(frame: &mut Frame, state: &State, view: &mut ViewState) {
+    let t = &view.theme;
     let area = frame.area();
-    if area.height < 3 || area.width < 2 {
+    let screen = Screen {
+        width: area.width,
+        height: area.height,
+    };
+    if screen.body_rows() == 0 {
         // No room for a view: the status bar alone, so the held count still shows.
         let top = Rect {
             height: area.height.min(1),
             ..area
         };
-        status::status_bar(frame.buffer_mut(), top, state);
+        status::status_bar(frame.buffer_mut(), top, state, t);
         return;
     }
     let [top, body, bottom] = Layout::vertical([
@@ -48,22 +74,22 @@ pub fn draw(frame: &mut Frame, state: &State) {
     ])
     .areas(area);
     let buf = frame.buffer_mut();
-    status::status_bar(buf, top, state);
+    status::status_bar(buf, top, state, t);
     match state.view {
-        View::Live => live::draw(buf, body, state),
-        View::Holds => holds::draw(buf, body, state),
-        View::Policy => policy::draw(buf, body, state),
-        View::Limits => limits::draw(buf, body, state),
+        View::Live => live::draw(buf, body, state, t, &mut view.live),
+        View::Holds => holds::draw(buf, body, state, t),
+        View::Policy => policy::draw(buf, body, state, t),
+        View::Limits => limits::draw(buf, body, state, t),
     }
-    status::bottom_line(buf, bottom, state);
+    status::bottom_line(buf, bottom, state, t);
     let mut editor_cursor = None;
-    if matches!(state.prompt, super::app::Prompt::ConfirmWrite) {
-        diff::draw(buf, body, state);
+    if matches!(state.prompt, super::model::Prompt::ConfirmWrite) {
+        diff::draw(buf, body, state, t);
     } else if state.authoring.editor.is_some() {
-        editor_cursor = editor::draw(buf, body, state);
+        editor_cursor = editor::draw(buf, body, state, t);
     }
     if state.help {
-        help::draw(buf, body, state);
+        help::draw(buf, body, state, t);
     }
     if let Some((x, y)) = status::cursor(bottom, state).or(editor_cursor) {
         frame.set_cursor_position((x, y));

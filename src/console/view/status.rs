@@ -5,17 +5,17 @@ use ratatui::layout::Rect;
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 
-use crate::console::app::{Link, Prompt, State, View, short_hash};
-use crate::console::keys;
+use crate::console::input::keys;
+use crate::console::model::{Link, Prompt, State, View, short_hash};
+use crate::console::theme::Theme;
 
 const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
 /// ` toolgate · 2 gateways ● · policy 3f9a21 · ✓ 1204  ✗ 87  ⏱ 31  ⏸ 2 held · 42/min ▁▂▅▇▅▃`
-pub fn status_bar(buf: &mut Buffer, area: Rect, state: &State) {
+pub fn status_bar(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     if area.is_empty() {
         return;
     }
-    let t = &state.theme;
     let bar = t.status_bar;
     buf.set_style(area, bar);
     let mut spans: Vec<Span> = vec![Span::styled(" toolgate", bar.patch(t.accent))];
@@ -132,30 +132,23 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The bottom line: a prompt when one is open, else the views and the message or hints.
-pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
+pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     if area.is_empty() {
         return;
     }
-    let t = &state.theme;
     match &state.prompt {
-        Prompt::Filter(input) => prompt(buf, area, state, "/", input.value()),
-        Prompt::Command(input) => prompt(buf, area, state, ":", input.value()),
+        Prompt::Filter(input) => prompt(buf, area, t, "/", input.value()),
+        Prompt::Command(input) => prompt(buf, area, t, ":", input.value()),
         Prompt::DenyReason { call_id, input } => {
             let label = format!("deny {call_id} · reason (Enter sends, Esc cancels): ");
-            prompt(buf, area, state, &label, input.value())
+            prompt(buf, area, t, &label, input.value())
         }
-        Prompt::Rate { tool, input } => prompt(buf, area, state, &rate_label(tool), input.value()),
+        Prompt::Rate { tool, input } => prompt(buf, area, t, &rate_label(tool), input.value()),
         Prompt::CounterEdit {
             counter,
             max,
             input,
-        } => prompt(
-            buf,
-            area,
-            state,
-            &counter_label(counter, *max),
-            input.value(),
-        ),
+        } => prompt(buf, area, t, &counter_label(counter, *max), input.value()),
         Prompt::ConfirmWrite => {
             buf.set_stringn(
                 area.x,
@@ -209,8 +202,7 @@ pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
     }
 }
 
-fn prompt(buf: &mut Buffer, area: Rect, state: &State, label: &str, value: &str) {
-    let t = &state.theme;
+fn prompt(buf: &mut Buffer, area: Rect, t: &Theme, label: &str, value: &str) {
     let (x, _) = buf.set_stringn(area.x, area.y, label, area.width as usize, t.accent);
     let room = area.right().saturating_sub(x) as usize;
     // Typed text is the operator's own, but it is shown through the same door.

@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn the_memoising_matcher_agrees_with_the_plain_filter() {
-        use crate::console::history::History;
+        use crate::console::model::history::History;
         let mut h = History::new(100);
         let ts = chrono::Utc::now();
         let tools = [

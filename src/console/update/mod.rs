@@ -1,65 +1,32 @@
-//! The console's state, and the one function that changes it.
+//! The update: the one place the console's state changes.
 //!
-//! [`State`] is plain data; [`update`] takes one [`AppEvent`] (a key, an action, a message
-//! from a gateway, a tick) and the current time, and changes the state. Nothing here touches
-//! a socket, a terminal or the system clock: what the console wants done outside (send a
-//! command to a gateway, ring the bell, load a theme) is left in [`State::effects`] for the
-//! event loop to carry out. That is what lets the tests drive every behaviour directly.
+//! [`update`] takes one [`AppEvent`] (a key, an action, a message from a gateway, the answer
+//! to an effect, a tick) and the current time, and changes the [`State`]. Nothing here
+//! touches a socket, a terminal, a file or the system clock: what the console wants done
+//! outside is left in [`State::effects`] for the event loop, whose answers come back as
+//! events. That is what lets the tests drive every behaviour directly.
+//!
+//! This layer reads the model and the input layer (to turn a key into an [`Action`]); it
+//! never imports the view.
 
-use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+pub mod authoring;
+mod command;
+mod ingest;
 
-use chrono::{DateTime, FixedOffset, Offset as _, Utc};
+use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tui_input::Input;
 
-use crate::sanitize::{terminal_string, terminal_text};
-use crate::scan::Classification;
-use crate::wire::{
-    CallEvent, ClientMsg, CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello,
-    ResolvedBy, ToolInfo, Totals, Verdict,
+use crate::console::input::{Action, keys};
+use crate::console::model::draft::{Edit, parse_rate, parse_window};
+use crate::console::model::editor::Field;
+use crate::console::model::filter::{Filter, Matcher};
+use crate::console::model::{
+    Effect, Gateway, Layout, Link, MESSAGE_TTL, Pending, Prompt, State, View, WriteFailure,
+    limit_rows, window_short,
 };
-
-use super::action::Action;
-use super::authoring::{self, Authoring, WriteFailure};
-use super::draft::Edit;
-use super::filter::{Filter, Matcher};
-use super::history::{CallRow, History, sanitize_outcome, sanitize_resolution};
-use super::keys;
-use super::theme::Theme;
-
-/// The console's views, in Tab order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum View {
-    Live,
-    Holds,
-    Policy,
-    Limits,
-}
-
-impl View {
-    pub const ALL: [View; 4] = [View::Live, View::Holds, View::Policy, View::Limits];
-
-    pub fn title(self) -> &'static str {
-        match self {
-            View::Live => "Live",
-            View::Holds => "Holds",
-            View::Policy => "Policy",
-            View::Limits => "Limits",
-        }
-    }
-
-    pub fn number(self) -> usize {
-        View::ALL.iter().position(|v| *v == self).unwrap_or(0) + 1
-    }
-
-    fn step(self, by: isize) -> View {
-        let n = View::ALL.len() as isize;
-        let i = (self.number() as isize - 1 + by).rem_euclid(n);
-        View::ALL[i as usize]
-    }
-}
+use crate::sanitize::terminal_text;
+use crate::wire::{ClientMsg, Event};
 
 /// Something that happened, for [`update`].
 // Gateway events are nearly all of the traffic and are moved, not copied, through the
@@ -94,441 +61,11 @@ pub enum AppEvent {
         text: String,
         result: Result<String, WriteFailure>,
     },
-}
-
-/// The state of one connection, as the network layer reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Link {
-    Connecting {
-        url: String,
-    },
-    Up {
-        url: String,
-    },
-    Down {
-        error: String,
-        retry_in: Duration,
-    },
-    /// The gateway is gone (its discovery file was removed); no more retries.
-    Gone,
-}
-
-/// Something the event loop must do on the console's behalf.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// Send `msg` to the gateway behind connection `gateway`.
-    Send { gateway: String, msg: ClientMsg },
-    /// Ring the terminal bell.
-    Bell,
-    /// Load and apply a theme by name.
-    LoadTheme(String),
-    /// Read the policy file; answer with [`AppEvent::PolicyFile`].
-    LoadPolicy(String),
-    /// Write the policy file atomically if its hash is still `expected_hash` (or `force`);
-    /// answer with [`AppEvent::PolicyWritten`].
-    WritePolicy {
-        path: String,
-        text: String,
-        expected_hash: String,
-        force: bool,
-    },
-}
-
-/// One gateway the console follows.
-#[derive(Debug, Clone)]
-pub struct Gateway {
-    /// The connection key (discovery id or URL): how the network layer names it.
-    pub key: String,
-    /// `key` made safe for the terminal (it comes from a discovery file or the command line).
-    key_label: String,
-    pub link: Link,
-    /// From the gateway's `hello`, text sanitised.
-    pub info: Option<GatewayInfo>,
-    pub policy_hash: Option<String>,
-    pub policy_applied_at: Option<DateTime<Utc>>,
-    pub policy_error: Option<Vec<String>>,
-    pub totals: Totals,
-    pub counters: Vec<CounterState>,
-    /// When each of `counters` was reported (same index): `next_free_in_ms` counts from it.
-    pub counters_at: Vec<DateTime<Utc>>,
-    pub tools: Vec<ToolInfo>,
-    /// The risk class and flags of each of `tools` (same index), worked out once when the
-    /// tools arrive rather than on every frame.
-    pub classes: Vec<Classification>,
-    pub upstream_up: bool,
-    pub last_seq: u64,
-}
-
-impl Gateway {
-    fn new(key: String) -> Gateway {
-        Gateway {
-            key_label: terminal_string(key.clone()),
-            key,
-            link: Link::Connecting { url: String::new() },
-            info: None,
-            policy_hash: None,
-            policy_applied_at: None,
-            policy_error: None,
-            totals: Totals::default(),
-            counters: Vec::new(),
-            counters_at: Vec::new(),
-            tools: Vec::new(),
-            classes: Vec::new(),
-            upstream_up: false,
-            last_seq: 0,
-        }
-    }
-
-    /// The upstream's tools changed: keep them (text made safe) and classify each.
-    fn set_tools(&mut self, tools: Vec<ToolInfo>) {
-        self.tools = tools.into_iter().map(sanitize_tool).collect();
-        self.classes = self.tools.iter().map(crate::scan::classify).collect();
-    }
-
-    /// The classification of the offered tool `name`, if this gateway offers it.
-    pub fn class_of(&self, name: &str) -> Option<&Classification> {
-        let i = self.tools.iter().position(|t| t.name == name)?;
-        self.classes.get(i)
-    }
-
-    /// A short name for this gateway: its id once known, else its connection key.
-    pub fn label(&self) -> &str {
-        self.info
-            .as_ref()
-            .map_or(self.key_label.as_str(), |i| i.id.as_str())
-    }
-
-    pub fn is_up(&self) -> bool {
-        matches!(self.link, Link::Up { .. })
-    }
-}
-
-/// A call waiting for an operator.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hold {
-    /// Index into [`State::gateways`].
-    pub conn: usize,
-    pub ts: DateTime<Utc>,
-    pub call: CallEvent,
-    /// Compact JSON, secrets redacted (see [`CallRow::args`]).
-    pub args: Box<str>,
-}
-
-/// A line of feedback under the view (reply to a command, a refused input).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub text: String,
-    pub error: bool,
-    pub at: DateTime<Utc>,
-}
-
-/// How long a message stays on screen.
-const MESSAGE_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(8);
-
-/// What the bottom line is asking for, if anything.
-#[derive(Debug, Clone, Default)]
-pub enum Prompt {
-    #[default]
-    None,
-    /// `/` filter being typed (applied live as it changes).
-    Filter(Input),
-    /// `:` command being typed.
-    Command(Input),
-    /// The reason for denying `call_id`.
-    DenyReason { call_id: String, input: Input },
-    /// `q` with calls held: quit anyway?
-    ConfirmQuit,
-    /// The diff and what-if of a policy write: write it? (see [`Authoring::review`]).
-    ConfirmWrite,
-    /// `MAX/WINDOW` for a limit on `tool` (`r` on a call, `l` in Policy).
-    Rate { tool: String, input: Input },
-    /// A new `max` (or `window`, when `max` is false) for `counter` (Limits view).
-    CounterEdit {
-        counter: String,
-        max: bool,
-        input: Input,
-    },
-}
-
-/// A command sent and not yet answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    pub gateway: String,
-    pub call_id: String,
-    pub approve: bool,
-}
-
-/// The Live view's own state.
-#[derive(Debug, Default)]
-pub struct LiveState {
-    /// The selected call's position; `None` = following the newest.
-    pub selected: Option<u64>,
-    pub filter: Filter,
-    /// With a filter: positions of the matching calls, oldest first.
-    pub filtered: Vec<u64>,
-    /// Call id shown in the detail pane.
-    pub detail: Option<String>,
-    pub detail_scroll: u16,
-    /// Index (in the visible list) of the top row last drawn; set by rendering so that
-    /// scrolling moves the window only when the selection leaves it.
-    pub top: Cell<usize>,
-    /// Rows that fit, as last drawn (for page up/down).
-    pub page: Cell<usize>,
-}
-
-/// The Holds view's own state.
-#[derive(Debug, Default)]
-pub struct HoldsState {
-    pub selected: usize,
-    pub detail: Option<String>,
-    pub detail_scroll: u16,
-}
-
-/// Calls per second over the last minute, for the status bar.
-#[derive(Debug, Default)]
-pub struct CallRate {
-    /// (unix second, calls), oldest first, at most 60 entries.
-    buckets: VecDeque<(i64, u32)>,
-}
-
-impl CallRate {
-    pub fn record(&mut self, ts: DateTime<Utc>) {
-        let sec = ts.timestamp();
-        match self.buckets.back_mut() {
-            Some((s, n)) if *s == sec => *n += 1,
-            Some((s, _)) if *s > sec => {
-                // Out of order (clock skew between gateways): count it in its bucket if kept.
-                if let Some((_, n)) = self.buckets.iter_mut().find(|(s, _)| *s == sec) {
-                    *n += 1;
-                }
-            }
-            _ => {
-                self.buckets.push_back((sec, 1));
-                while self.buckets.len() > 60 {
-                    self.buckets.pop_front();
-                }
-            }
-        }
-    }
-
-    /// Calls in the minute up to `now`.
-    pub fn per_minute(&self, now: DateTime<Utc>) -> u32 {
-        let now = now.timestamp();
-        self.buckets
-            .iter()
-            .filter(|(s, _)| *s > now - 60 && *s <= now)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// Calls per 10 s over the last minute, oldest first (for a sparkline).
-    pub fn sparkline(&self, now: DateTime<Utc>) -> [u32; 6] {
-        let now = now.timestamp();
-        let mut out = [0u32; 6];
-        for (s, n) in &self.buckets {
-            let age = now - s;
-            if (0..60).contains(&age) {
-                out[5 - (age / 10) as usize] += n;
-            }
-        }
-        out
-    }
-}
-
-/// Everything the console knows and shows.
-#[derive(Debug)]
-pub struct State {
-    pub view: View,
-    pub gateways: Vec<Gateway>,
-    gateway_index: HashMap<String, usize>,
-    pub history: History,
-    /// Calls held now, oldest first.
-    pub holds: Vec<Hold>,
-    pub live: LiveState,
-    pub holds_view: HoldsState,
-    pub prompt: Prompt,
-    pub help: bool,
-    pub message: Option<Message>,
-    pub pending: HashMap<u64, Pending>,
-    next_command_id: u64,
-    /// Work for the event loop, in order.
-    pub effects: Vec<Effect>,
-    pub quit: bool,
-    /// The time of the latest event (the injected clock).
-    pub now: DateTime<Utc>,
-    /// The offset times are shown in (local time in the binary, UTC in tests).
-    pub tz: FixedOffset,
-    pub rate: CallRate,
-    pub theme: Theme,
-    /// Named in approvals and denials.
-    pub operator: Option<String>,
-    /// The policy file given with `--policy`, for the Policy view (issue 6).
-    pub policy_path: Option<String>,
-    /// Bells rung so far (the event loop counts them; tests read it).
-    pub bells_rung: u64,
-    /// The policy draft and its write (Policy and Limits views).
-    pub authoring: Authoring,
-}
-
-impl State {
-    pub fn new(now: DateTime<Utc>, theme: Theme, capacity: usize) -> State {
-        State {
-            view: View::Live,
-            gateways: Vec::new(),
-            gateway_index: HashMap::new(),
-            history: History::new(capacity),
-            holds: Vec::new(),
-            live: LiveState::default(),
-            holds_view: HoldsState::default(),
-            prompt: Prompt::None,
-            help: false,
-            message: None,
-            pending: HashMap::new(),
-            next_command_id: 1,
-            effects: Vec::new(),
-            quit: false,
-            now,
-            tz: Utc.fix(),
-            rate: CallRate::default(),
-            theme,
-            operator: None,
-            policy_path: None,
-            bells_rung: 0,
-            authoring: Authoring::default(),
-        }
-    }
-
-    /// The gateway behind connection `key`, added if new.
-    pub fn gateway_mut(&mut self, key: &str) -> (usize, &mut Gateway) {
-        let i = match self.gateway_index.get(key) {
-            Some(i) => *i,
-            None => {
-                self.gateways.push(Gateway::new(key.to_owned()));
-                let i = self.gateways.len() - 1;
-                self.gateway_index.insert(key.to_owned(), i);
-                i
-            }
-        };
-        (i, &mut self.gateways[i])
-    }
-
-    /// Label of the gateway at `conn`.
-    pub fn gateway_label(&self, conn: usize) -> &str {
-        self.gateways.get(conn).map_or("?", Gateway::label)
-    }
-
-    /// Sum of every gateway's decision counts.
-    pub fn totals(&self) -> Totals {
-        self.gateways.iter().fold(Totals::default(), |a, g| Totals {
-            allow: a.allow + g.totals.allow,
-            deny: a.deny + g.totals.deny,
-            rate_limited: a.rate_limited + g.totals.rate_limited,
-            hold: a.hold + g.totals.hold,
-        })
-    }
-
-    pub fn connected(&self) -> usize {
-        self.gateways.iter().filter(|g| g.is_up()).count()
-    }
-
-    /// How many calls the Live view lists (after the filter).
-    pub fn live_len(&self) -> usize {
-        if self.live.filter.is_empty() {
-            self.history.len()
-        } else {
-            self.visible_filtered().len()
-        }
-    }
-
-    /// The filter's matches still in the history.
-    pub fn visible_filtered(&self) -> &[u64] {
-        let first = self.history.first_pos();
-        let start = self.live.filtered.partition_point(|p| *p < first);
-        &self.live.filtered[start..]
-    }
-
-    /// The position of the `i`-th call the Live view lists.
-    pub fn live_pos(&self, i: usize) -> Option<u64> {
-        if self.live.filter.is_empty() {
-            (i < self.history.len()).then(|| self.history.first_pos() + i as u64)
-        } else {
-            self.visible_filtered().get(i).copied()
-        }
-    }
-
-    /// Where call `pos` is in the Live view's list, or where it would be.
-    pub fn live_index(&self, pos: u64) -> usize {
-        if self.live.filter.is_empty() {
-            pos.saturating_sub(self.history.first_pos()) as usize
-        } else {
-            self.visible_filtered().partition_point(|p| *p < pos)
-        }
-    }
-
-    /// The index of the selected row in the Live list (the newest when following).
-    pub fn live_selected_index(&self) -> Option<usize> {
-        let len = self.live_len();
-        if len == 0 {
-            return None;
-        }
-        Some(match self.live.selected {
-            None => len - 1,
-            Some(pos) => self.live_index(pos).min(len - 1),
-        })
-    }
-
-    pub fn following(&self) -> bool {
-        self.live.selected.is_none()
-    }
-
-    /// The call the current view has selected.
-    pub fn selected_call(&self) -> Option<&CallEvent> {
-        match self.view {
-            View::Live => {
-                let pos = self.live_pos(self.live_selected_index()?)?;
-                self.history.get(pos).map(|r| &r.call)
-            }
-            View::Holds => self.holds.get(self.holds_view.selected).map(|h| &h.call),
-            _ => None,
-        }
-    }
-
-    /// Whether `call_id` is held now.
-    pub fn is_held(&self, call_id: &str) -> bool {
-        self.holds.iter().any(|h| h.call.call_id == call_id)
-    }
-
-    /// The call the open detail pane shows, if one is open in this view.
-    pub fn detail_call_id(&self) -> Option<&str> {
-        match self.view {
-            View::Live => self.live.detail.as_deref(),
-            View::Holds => self.holds_view.detail.as_deref(),
-            _ => None,
-        }
-    }
-
-    /// Whether no prompt is open on the bottom line.
-    pub fn prompt_is_none(&self) -> bool {
-        matches!(self.prompt, Prompt::None)
-    }
-
-    /// Shows a message under the view.
-    pub fn say(&mut self, text: impl Into<String>) {
-        self.message = Some(Message {
-            text: text.into(),
-            error: false,
-            at: self.now,
-        });
-    }
-
-    /// Shows an error under the view.
-    pub fn complain(&mut self, text: impl Into<String>) {
-        self.message = Some(Message {
-            text: text.into(),
-            error: true,
-            at: self.now,
-        });
-    }
+    /// A theme asked for with [`Effect::LoadTheme`] now applies (its name), or could not be
+    /// loaded (why). The event loop keeps the theme itself: the model holds no styles.
+    ThemeLoaded(Result<String, String>),
+    /// The terminal's size: at the start and on every resize.
+    Resize { width: u16, height: u16 },
 }
 
 /// Applies one event to the state.
@@ -552,7 +89,7 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
             }
         }
         AppEvent::Action(action) => apply(state, action),
-        AppEvent::Net { gateway, event } => ingest(state, &gateway, event),
+        AppEvent::Net { gateway, event } => ingest::ingest(state, &gateway, event),
         AppEvent::Link { gateway, link } => {
             let (_, g) = state.gateway_mut(&gateway);
             let was_up = g.is_up();
@@ -577,7 +114,7 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
                 // Its holds can no longer be resolved from here.
                 let conn = state.gateway_index.get(&gateway).copied();
                 state.holds.retain(|h| Some(h.conn) != conn);
-                clamp_holds_selection(state);
+                ingest::clamp_holds_selection(state);
             }
         }
         AppEvent::SendFailed { id, error, .. } => {
@@ -593,8 +130,12 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
         AppEvent::Tick => {}
         AppEvent::PolicyFile { path, result } => authoring::loaded(state, path, result),
         AppEvent::PolicyWritten { text, result } => authoring::written(state, text, result),
+        AppEvent::ThemeLoaded(Ok(name)) => state.say(format!("theme {}", terminal_text(&name))),
+        AppEvent::ThemeLoaded(Err(e)) => state.complain(e),
+        AppEvent::Resize { width, height } => state.screen = Layout { width, height },
     }
     authoring::ensure_loaded(state);
+    state.refresh_derived();
     if state
         .message
         .as_ref()
@@ -604,336 +145,10 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
     }
 }
 
-/// Applies a gateway event.
-fn ingest(state: &mut State, key: &str, event: Event) {
-    let (conn, g) = state.gateway_mut(key);
-    g.last_seq = g.last_seq.max(event.seq);
-    let ts = event.ts;
-    match event.kind {
-        EventKind::Hello(hello) => {
-            tracing::info!(
-                gateway = key,
-                seq = event.seq,
-                calls = hello.snapshot.calls.len(),
-                holds = hello.snapshot.holds.len(),
-                "hello"
-            );
-            resume(state, conn, *hello)
-        }
-        EventKind::Call(call) => {
-            let g = &mut state.gateways[conn];
-            match call.decision {
-                Verdict::Allow => g.totals.allow += 1,
-                Verdict::Deny => g.totals.deny += 1,
-                Verdict::RateLimited => g.totals.rate_limited += 1,
-                Verdict::Hold => g.totals.hold += 1,
-            }
-            add_call(state, CallRow::new(conn, ts, call), true);
-        }
-        EventKind::HoldResolved(r) => {
-            let r = sanitize_resolution(r);
-            state.holds.retain(|h| h.call.call_id != r.call_id);
-            clamp_holds_selection(state);
-            if let Some(row) = state.history.find_mut(&r.call_id) {
-                row.resolution = Some(Box::new(r));
-            }
-        }
-        EventKind::Outcome(o) => {
-            let o = sanitize_outcome(o);
-            if let Some(row) = state.history.find_mut(&o.call_id) {
-                row.outcome = Some(Box::new(o));
-            }
-        }
-        EventKind::PolicyApplied(p) => {
-            let g = &mut state.gateways[conn];
-            g.policy_hash = Some(terminal_string(p.hash));
-            g.policy_applied_at = Some(ts);
-            g.policy_error = None;
-            let msg = format!(
-                "gateway {} applied policy {}",
-                g.label(),
-                short_hash(g.policy_hash.as_deref().unwrap_or(""))
-            );
-            let hash = g.policy_hash.clone().unwrap_or_default();
-            state.say(msg);
-            authoring::applied(state, conn, &hash);
-        }
-        EventKind::PolicyRejected(p) => {
-            let g = &mut state.gateways[conn];
-            let diags: Vec<String> = p.diagnostics.into_iter().map(terminal_string).collect();
-            let first = diags.first().cloned().unwrap_or_default();
-            g.policy_error = Some(diags);
-            g.policy_hash = p.kept_hash.map(terminal_string).or(g.policy_hash.take());
-            let msg = format!("gateway {} refused the policy change: {first}", g.label());
-            let diags = g.policy_error.clone().unwrap_or_default();
-            state.complain(msg);
-            authoring::rejected(state, conn, &diags);
-        }
-        EventKind::Counters(c) => {
-            let now = state.now;
-            let g = &mut state.gateways[conn];
-            g.counters_at.resize(g.counters.len(), now);
-            for new in c.counters {
-                let new = sanitize_counter(new);
-                match g.counters.iter().position(|o| {
-                    o.counter == new.counter && o.scope == new.scope && o.key == new.key
-                }) {
-                    Some(i) => {
-                        g.counters[i] = new;
-                        g.counters_at[i] = now;
-                    }
-                    None => {
-                        g.counters.push(new);
-                        g.counters_at.push(now);
-                    }
-                }
-            }
-        }
-        EventKind::Upstream(u) => {
-            let g = &mut state.gateways[conn];
-            g.upstream_up = u.up;
-            if !u.up {
-                let msg = format!(
-                    "gateway {}: upstream {} is down{}",
-                    g.label(),
-                    terminal_text(&u.server),
-                    u.detail
-                        .map(|d| format!(": {}", terminal_text(&d)))
-                        .unwrap_or_default()
-                );
-                state.complain(msg);
-            }
-        }
-        EventKind::Store(s) => {
-            let label = state.gateways[conn].label().to_owned();
-            let store = terminal_text(&s.store);
-            if s.ok {
-                state.say(format!(
-                    "gateway {label}: counter store {store} answers again"
-                ));
-            } else {
-                let why = s.detail.map(|d| terminal_text(&d).into_owned());
-                state.complain(format!(
-                    "gateway {label}: counter store {store} unavailable{}",
-                    why.map(|d| format!(": {d}")).unwrap_or_default()
-                ));
-            }
-        }
-        EventKind::SessionRefused(r) => {
-            let label = state.gateways[conn].label().to_owned();
-            state.complain(format!(
-                "gateway {label}: {} MCP session(s) of grant {} refused: {}",
-                r.refused,
-                terminal_text(&r.grant),
-                r.cap.explain(r.max)
-            ));
-        }
-        EventKind::Grants(grants) => {
-            let label = state.gateways[conn].label().to_owned();
-            let text = format!("gateway {label}: {}", terminal_text(&grants.detail));
-            match grants.change {
-                GrantsChange::Applied => state.say(text),
-                GrantsChange::Refused | GrantsChange::Deleted => state.complain(text),
-            }
-        }
-        EventKind::Audit(a) => {
-            let label = state.gateways[conn].label().to_owned();
-            let path = terminal_text(&a.path);
-            let detail = a
-                .detail
-                .map(|d| format!(": {}", terminal_text(&d)))
-                .unwrap_or_default();
-            if a.ok {
-                state.say(format!(
-                    "gateway {label}: audit log {path} written again{detail}"
-                ));
-            } else {
-                state.complain(format!(
-                    "gateway {label}: audit log {path} cannot be written{detail}"
-                ));
-            }
-        }
-        EventKind::Tools(t) => {
-            state.gateways[conn].set_tools(t.tools);
-        }
-        EventKind::Missed(m) => {
-            tracing::warn!(gateway = key, dropped = m.dropped, "missed events");
-            let label = state.gateways[conn].label().to_owned();
-            state.complain(format!(
-                "fell behind gateway {label} ({} events dropped); resyncing",
-                m.dropped
-            ));
-        }
-        EventKind::Reply(r) => {
-            let Some(p) = state.pending.remove(&r.id) else {
-                return;
-            };
-            let verb = if p.approve { "approved" } else { "denied" };
-            if r.ok {
-                state.say(format!("{verb} {}", p.call_id));
-            } else {
-                let why = r.error.as_deref().map(terminal_text).unwrap_or_default();
-                let verb = if p.approve { "approve" } else { "deny" };
-                state.complain(format!("could not {verb} {}: {why}", p.call_id));
-            }
-        }
-    }
-}
-
-/// A (re)connection's `hello`: take the gateway's state from its snapshot.
-fn resume(state: &mut State, conn: usize, hello: Hello) {
-    let Hello { info, snapshot, .. } = hello;
-    {
-        let g = &mut state.gateways[conn];
-        g.info = Some(sanitize_info(info));
-        g.policy_hash = snapshot.policy_hash.map(terminal_string);
-        g.policy_error = snapshot
-            .policy_error
-            .map(|d| d.into_iter().map(terminal_string).collect());
-        g.counters = snapshot
-            .counters
-            .into_iter()
-            .map(sanitize_counter)
-            .collect();
-        g.counters_at = vec![state.now; g.counters.len()];
-        g.set_tools(snapshot.tools);
-        g.upstream_up = snapshot.upstream_up;
-        g.totals = snapshot.totals;
-    }
-    let held_before: Vec<String> = state
-        .holds
-        .iter()
-        .filter(|h| h.conn == conn)
-        .map(|h| h.call.call_id.clone())
-        .collect();
-    for record in snapshot.calls {
-        // A record from a gateway that does not send its time is placed at the moment the
-        // snapshot arrived.
-        let mut row = CallRow::new(conn, record.ts.unwrap_or(state.now), record.call);
-        row.resolution = record.resolution.map(|r| Box::new(sanitize_resolution(r)));
-        row.outcome = record.outcome.map(|o| Box::new(sanitize_outcome(o)));
-        add_call(state, row, false);
-    }
-    // Holds resolved while we were away disappear; holds we did not know ring the bell once.
-    let now_held: Vec<String> = snapshot.holds.into_iter().map(terminal_string).collect();
-    state
-        .holds
-        .retain(|h| h.conn != conn || now_held.contains(&h.call.call_id));
-    let mut rang = false;
-    for id in &now_held {
-        if state.is_held(id) {
-            continue;
-        }
-        if let Some(row) = state.history.find(id) {
-            let hold = Hold {
-                conn,
-                ts: row.ts,
-                call: row.call.clone(),
-                args: row.args.clone(),
-            };
-            insert_hold(state, hold);
-            if !held_before.contains(id) && !rang {
-                state.effects.push(Effect::Bell);
-                rang = true;
-            }
-        }
-    }
-    clamp_holds_selection(state);
-}
-
-/// Adds a call to the history (and the filter's list, the holds, the rate). `live` is false
-/// for calls replayed from a snapshot: they neither ring nor count twice.
-fn add_call(state: &mut State, row: CallRow, live: bool) {
-    let known = state.history.position(&row.call.call_id);
-    let row = match known.and_then(|p| state.history.get(p)) {
-        // A replayed call keeps the time it was first seen.
-        Some(old) if !live => CallRow { ts: old.ts, ..row },
-        _ => row,
-    };
-    let held = row.call.decision == Verdict::Hold && row.resolution.is_none();
-    let hold = held.then(|| Hold {
-        conn: row.conn,
-        ts: row.ts,
-        call: row.call.clone(),
-        args: row.args.clone(),
-    });
-    // Calls replayed from a snapshot were counted when they happened (if this console saw
-    // them) or belong to the past: counting them now would make a spike at the connection.
-    if known.is_none() && live {
-        state.rate.record(row.ts);
-    }
-    let conn = row.conn;
-    let matches = !state.live.filter.is_empty()
-        && state
-            .live
-            .filter
-            .matches(&row, state.gateways.get(conn).map_or("", Gateway::label));
-    let pos = state.history.push(row);
-    if matches && known.is_none() {
-        state.live.filtered.push(pos);
-    }
-    if live
-        && let Some(hold) = hold
-        && !state.is_held(&hold.call.call_id)
-    {
-        insert_hold(state, hold);
-        state.effects.push(Effect::Bell);
-    }
-}
-
-fn insert_hold(state: &mut State, hold: Hold) {
-    // Oldest first; equal times keep arrival order.
-    let at = state.holds.partition_point(|h| h.ts <= hold.ts);
-    state.holds.insert(at, hold);
-}
-
-fn clamp_holds_selection(state: &mut State) {
-    let len = state.holds.len();
-    state.holds_view.selected = state.holds_view.selected.min(len.saturating_sub(1));
-    if let Some(id) = &state.holds_view.detail
-        && !state.is_held(id)
-        && state.history.find(id).is_none()
-    {
-        state.holds_view.detail = None;
-    }
-}
-
-fn sanitize_info(i: GatewayInfo) -> GatewayInfo {
-    GatewayInfo {
-        id: terminal_string(i.id),
-        version: terminal_string(i.version),
-        grant: terminal_string(i.grant),
-        server: terminal_string(i.server),
-        policy: terminal_string(i.policy),
-        ..i
-    }
-}
-
-fn sanitize_counter(c: CounterState) -> CounterState {
-    CounterState {
-        counter: terminal_string(c.counter),
-        scope: terminal_string(c.scope),
-        key: terminal_string(c.key),
-        ..c
-    }
-}
-
-fn sanitize_tool(t: ToolInfo) -> ToolInfo {
-    ToolInfo {
-        name: terminal_string(t.name),
-        description: t.description.map(terminal_string),
-        ..t
-    }
-}
-
-/// The first 6 characters of a policy hash, as shown.
-pub fn short_hash(hash: &str) -> &str {
-    let end = hash.char_indices().nth(6).map_or(hash.len(), |(i, _)| i);
-    &hash[..end]
-}
-
 /// Carries out one operator action.
 pub fn apply(state: &mut State, action: Action) {
+    // Rows the action may read are made from what the event so far left.
+    state.refresh_derived();
     // A suggestion waiting for its second `s` is forgotten once the operator does anything
     // else, so a later `s` never replaces a rule on the strength of an old warning.
     if action != Action::SuggestRule {
@@ -959,14 +174,8 @@ pub fn apply(state: &mut State, action: Action) {
         Action::Back => back(state),
         Action::SelectUp => move_selection(state, -1),
         Action::SelectDown => move_selection(state, 1),
-        Action::PageUp => {
-            let page = state.live.page.get().max(1) as isize;
-            move_selection(state, -page)
-        }
-        Action::PageDown => {
-            let page = state.live.page.get().max(1) as isize;
-            move_selection(state, page)
-        }
+        Action::PageUp => move_selection(state, -page(state)),
+        Action::PageDown => move_selection(state, page(state)),
         Action::SelectFirst => match state.view {
             View::Live => {
                 state.live.selected = state.live_pos(0);
@@ -1098,11 +307,11 @@ pub fn apply(state: &mut State, action: Action) {
         }),
         Action::EditorChoose(by) => authoring::with_editor(state, |e| e.choose(by as isize)),
         Action::EditorEnter => authoring::with_editor(state, |e| match e.focused() {
-            super::editor::Field::AddLimit => {
+            Field::AddLimit => {
                 e.add_limit();
                 true
             }
-            super::editor::Field::AddCondition => {
+            Field::AddCondition => {
                 e.add_condition();
                 true
             }
@@ -1124,17 +333,12 @@ pub fn apply(state: &mut State, action: Action) {
         Action::EditorSave => authoring::save_editor(state),
         Action::EditCounterMax | Action::EditCounterWindow => {
             let max = action == Action::EditCounterMax;
-            let rows = super::view::limit_rows(state);
+            let rows = limit_rows(state);
             if let Some(row) = rows.get(state.authoring.limits_selected) {
                 let text = if max {
                     row.max.to_string()
                 } else {
-                    crate::policy::window_words(row.window_ms)
-                        .replace(' ', "")
-                        .replace("seconds", "s")
-                        .replace("minutes", "m")
-                        .replace("hours", "h")
-                        .replace("days", "d")
+                    window_short(row.window_ms)
                 };
                 let cursor = text.chars().count();
                 state.prompt = Prompt::CounterEdit {
@@ -1198,6 +402,13 @@ fn back(state: &mut State) {
     }
 }
 
+/// How far PageUp/PageDown move: the rows the Live list has on this screen, worked out from
+/// the terminal's size (not from the last frame drawn).
+fn page(state: &State) -> isize {
+    let detail_open = state.view == View::Live && state.live.detail.is_some();
+    state.screen.live_page(detail_open).max(1) as isize
+}
+
 fn move_selection(state: &mut State, by: isize) {
     match state.view {
         View::Live => {
@@ -1225,12 +436,12 @@ fn move_selection(state: &mut State, by: isize) {
             }
         }
         View::Policy => {
-            let len = super::view::policy_rows(state).len();
+            let len = state.policy_rows().len();
             let cur = state.authoring.selected as isize;
             state.authoring.selected = (cur + by).clamp(0, (len as isize - 1).max(0)) as usize;
         }
         View::Limits => {
-            let len = super::view::limit_rows(state).len();
+            let len = limit_rows(state).len();
             let cur = state.authoring.limits_selected as isize;
             state.authoring.limits_selected =
                 (cur + by).clamp(0, (len as isize - 1).max(0)) as usize;
@@ -1270,7 +481,7 @@ pub fn set_filter(state: &mut State, text: &str) {
     }
     state.live.filter = filter;
     state.live.filtered = matches;
-    state.live.top.set(0);
+    state.live.filter_revision += 1;
 }
 
 fn submit(state: &mut State) {
@@ -1278,7 +489,7 @@ fn submit(state: &mut State) {
         Prompt::None | Prompt::ConfirmQuit => {}
         Prompt::ConfirmWrite => state.prompt = Prompt::ConfirmWrite,
         Prompt::Filter(input) => set_filter(state, input.value()),
-        Prompt::Rate { tool, input } => match super::draft::parse_rate(input.value()) {
+        Prompt::Rate { tool, input } => match parse_rate(input.value()) {
             Ok((max, window)) => authoring::edit_and_review(
                 state,
                 &Edit::Limit {
@@ -1308,7 +519,7 @@ fn submit(state: &mut State) {
                     Err(_) => Err("max is a whole number >= 1".to_string()),
                 }
             } else {
-                match super::draft::parse_window(input.value()) {
+                match parse_window(input.value()) {
                     Some(w) => Ok(Edit::SetCounter {
                         counter: counter.clone(),
                         max: None,
@@ -1334,98 +545,17 @@ fn submit(state: &mut State) {
             let reason = (!reason.is_empty()).then(|| reason.to_owned());
             send_resolution(state, &call_id, false, reason);
         }
-        Prompt::Command(input) => run_command(state, input.value()),
-    }
-}
-
-/// The `:` commands.
-pub const COMMANDS: &[(&str, &str)] = &[
-    (
-        ":theme NAME",
-        "switch theme (dark, light, high-contrast, or yours)",
-    ),
-    (":approve ID", "approve a held call"),
-    (":deny ID [REASON]", "deny a held call"),
-    (":filter TEXT", "filter the Live view"),
-    (
-        ":allow TOOL  :hold TOOL",
-        "draft: allow the tool / hold its calls for approval",
-    ),
-    (
-        ":deny TOOL [REASON]",
-        "draft: deny the tool (when TOOL is not a held call id)",
-    ),
-    (
-        ":limit TOOL MAX/WINDOW [SCOPE]",
-        "draft: limit the tool, e.g. :limit echo 2/minute",
-    ),
-    (
-        ":unlimit TOOL  :hide TOOL",
-        "draft: drop the tool's limits / hide the tool",
-    ),
-    (
-        ":default allow|deny|require_approval",
-        "draft: the decision no rule makes",
-    ),
-    (
-        ":w  :w!  :undo  :reload",
-        "write (diff, y/n; ! over a changed file), undo, reload",
-    ),
-    (":live :holds :policy :limits", "switch view"),
-    (":q  :q!", "quit (:q! without asking)"),
-];
-
-fn run_command(state: &mut State, line: &str) {
-    let mut words = line.split_whitespace();
-    let Some(cmd) = words.next() else { return };
-    let rest: Vec<&str> = words.collect();
-    match (cmd, rest.as_slice()) {
-        ("q" | "quit", []) => apply(state, Action::Quit),
-        ("q!" | "quit!", []) => apply(state, Action::ForceQuit),
-        ("theme", [name]) => apply(state, Action::SetTheme((*name).to_owned())),
-        ("theme", _) => state.complain(":theme takes one name: dark, light, high-contrast"),
-        ("approve", [id]) => {
-            if state.is_held(id) {
-                send_resolution(state, id, true, None);
-            } else {
-                state.complain(format!("no held call {}", terminal_text(id)));
-            }
-        }
-        ("deny", [id, reason @ ..]) if state.is_held(id) => {
-            let reason = (!reason.is_empty()).then(|| reason.join(" "));
-            send_resolution(state, id, false, reason);
-        }
-        ("filter", words) => {
-            state.view = View::Live;
-            set_filter(state, &words.join(" "));
-        }
-        ("live", []) => apply(state, Action::ShowView(View::Live)),
-        ("holds", []) => apply(state, Action::ShowView(View::Holds)),
-        ("policy", []) => apply(state, Action::ShowView(View::Policy)),
-        ("limits", []) => apply(state, Action::ShowView(View::Limits)),
-        ("help", []) => state.help = true,
-        ("w" | "write", []) => authoring::review(state, false),
-        ("w!" | "write!", []) => authoring::review(state, true),
-        ("undo", []) => authoring::undo(state),
-        ("reload", []) => authoring::reload(state),
-        (cmd, args) if Edit::from_command(cmd, args).is_some() => {
-            match Edit::from_command(cmd, args) {
-                Some(Ok(edit)) => {
-                    authoring::edit(state, &edit);
-                }
-                Some(Err(usage)) => state.complain(usage.to_string()),
-                None => {}
-            }
-        }
-        _ => state.complain(format!(
-            "unknown command ':{}' (try :limit TOOL 30/minute, :deny TOOL, :w, :theme NAME, :q; ? lists them)",
-            terminal_text(line.trim())
-        )),
+        Prompt::Command(input) => command::run_command(state, input.value()),
     }
 }
 
 /// Sends an approval or denial to the gateway that holds `call_id`.
-fn send_resolution(state: &mut State, call_id: &str, approve: bool, reason: Option<String>) {
+pub(super) fn send_resolution(
+    state: &mut State,
+    call_id: &str,
+    approve: bool,
+    reason: Option<String>,
+) {
     let Some(hold) = state.holds.iter().find(|h| h.call.call_id == call_id) else {
         state.complain(format!("{} is no longer held", terminal_text(call_id)));
         return;
@@ -1463,72 +593,14 @@ fn send_resolution(state: &mut State, call_id: &str, approve: bool, reason: Opti
     state.effects.push(Effect::Send { gateway, msg });
 }
 
-/// What a call's decision cell says: a symbol and a word, so it reads without colour.
-pub fn decision_label(row: &CallRow, now: DateTime<Utc>, held: bool) -> (String, DecisionStyle) {
-    match row.call.decision {
-        Verdict::Allow => ("✓ allow".into(), DecisionStyle::Allow),
-        Verdict::Deny => ("✗ deny".into(), DecisionStyle::Deny),
-        Verdict::RateLimited => ("⏱ rate limited".into(), DecisionStyle::RateLimited),
-        Verdict::Hold => match &row.resolution {
-            Some(r) if r.approved => ("✓ approved".into(), DecisionStyle::Allow),
-            Some(r) => (
-                match r.by {
-                    ResolvedBy::Operator => "✗ rejected",
-                    ResolvedBy::Timeout => "✗ timed out",
-                    ResolvedBy::Cancellation => "✗ cancelled",
-                    ResolvedBy::Shutdown => "✗ shut down",
-                }
-                .into(),
-                DecisionStyle::Deny,
-            ),
-            None if held => (
-                format!("⏸ held {}", countdown(row.call.hold_deadline, now)),
-                DecisionStyle::Hold,
-            ),
-            None => ("⏸ hold".into(), DecisionStyle::Hold),
-        },
-    }
-}
-
-/// Which theme slot a decision is drawn in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecisionStyle {
-    Allow,
-    Deny,
-    RateLimited,
-    Hold,
-}
-
-/// `m:ss` until `deadline`, `0:00` once past, `—` without one.
-pub fn countdown(deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
-    match deadline {
-        None => "—".into(),
-        Some(d) => {
-            let secs = (d - now).num_seconds().max(0);
-            format!("{}:{:02}", secs / 60, secs % 60)
-        }
-    }
-}
-
-/// A latency for people: `38 ms`, `1.2 s`.
-pub fn latency_label(us: u64) -> String {
-    if us < 1_000 {
-        format!("{us} µs")
-    } else if us < 10_000_000 {
-        if us < 1_000_000 {
-            format!("{} ms", us / 1_000)
-        } else {
-            format!("{:.1} s", us as f64 / 1e6)
-        }
-    } else {
-        format!("{} s", us / 1_000_000)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{CallRecord, HoldResolved, Outcome, PROTOCOL_VERSION, Reply, Snapshot};
+    use crate::console::model::decision_label;
+    use crate::wire::{
+        CallEvent, CallRecord, EventKind, GatewayInfo, Hello, HoldResolved, Outcome,
+        PROTOCOL_VERSION, Reply, ResolvedBy, Snapshot, Totals, Verdict,
+    };
 
     fn t0() -> DateTime<Utc> {
         "2026-11-26T12:00:00Z".parse().unwrap()
@@ -1539,7 +611,7 @@ mod tests {
     }
 
     fn state() -> State {
-        State::new(t0(), Theme::plain("test"), 1000)
+        State::new(t0(), 1000)
     }
 
     fn call(id: &str, tool: &str, decision: Verdict) -> CallEvent {
@@ -1993,15 +1065,6 @@ mod tests {
         assert!(s.message.is_some());
         update(&mut s, AppEvent::Tick, at(20));
         assert!(s.message.is_none());
-    }
-
-    #[test]
-    fn countdown_and_latency_read_like_a_person_wrote_them() {
-        assert_eq!(countdown(Some(at(114)), t0()), "1:54");
-        assert_eq!(countdown(Some(at(-3)), t0()), "0:00");
-        assert_eq!(latency_label(38_000), "38 ms");
-        assert_eq!(latency_label(1_250_000), "1.2 s");
-        assert_eq!(latency_label(900), "900 µs");
     }
 
     #[test]

@@ -10,72 +10,18 @@
 //! `policy_rejected` diagnostics. A file changed on disk meanwhile is never overwritten
 //! without the operator saying so (`:w!`); `:reload` takes the file instead.
 //!
-//! Like [`super::app`], nothing here does I/O: it changes [`State`] and leaves effects.
+//! Like the rest of [`super`], nothing here does I/O: it changes [`State`] and leaves effects.
 
 use crate::sanitize::terminal_text;
 
-use super::app::{Effect, Prompt, State, View, short_hash};
-use super::draft::{Draft, Edit, unified_diff};
-use super::editor::{RuleEditor, schema_paths};
-use super::whatif::{self, WhatIf};
+use crate::console::model::draft::{Draft, Edit, unified_diff};
+use crate::console::model::editor::{RuleEditor, schema_paths};
+use crate::console::model::whatif;
+use crate::console::model::{
+    Awaiting, Effect, PolicyRow, Prompt, Review, RowKind, State, View, WriteFailure, short_hash,
+    tool_class,
+};
 use crate::policy::RuleMatch;
-
-/// The authoring state.
-#[derive(Debug, Default)]
-pub struct Authoring {
-    /// The draft, once the policy file has been read.
-    pub draft: Option<Draft>,
-    /// The file was asked for (so it is asked for once).
-    pub load_requested: bool,
-    /// Why the file could not be read, if it could not.
-    pub load_error: Option<String>,
-    /// The write being reviewed (diff, what-if), waiting for `y`/`n`.
-    pub review: Option<Review>,
-    /// A write done, waiting for the gateways to apply it.
-    pub awaiting: Option<Awaiting>,
-    /// The file changed on disk under an edited draft: its text now.
-    pub conflict: Option<String>,
-    /// Selected row of the Policy view.
-    pub selected: usize,
-    /// Selected row of the Limits view.
-    pub limits_selected: usize,
-    /// The rule editor, when open.
-    pub editor: Option<RuleEditor>,
-    /// Every diagnostic of the last edit refused as invalid (the message shows the first).
-    pub refused: Vec<String>,
-    /// The tool whose own rule the next `s` replaces with the suggestion, with that rule as
-    /// the warning showed it: set by the first `s`, which only says what would change; any
-    /// other action clears it, and a rule changed since (a reload) is warned about afresh.
-    pub suggest_armed: Option<(String, serde_json::Value)>,
-}
-
-/// A write shown for confirmation.
-#[derive(Debug, Clone)]
-pub struct Review {
-    pub diff: Vec<String>,
-    pub whatif: WhatIf,
-    /// Overwrite even if the file changed on disk (`:w!`).
-    pub force: bool,
-    pub scroll: u16,
-}
-
-/// A written policy the gateways are expected to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Awaiting {
-    pub hash: String,
-    /// Connections (indexes into [`State::gateways`]) that applied it.
-    pub applied: Vec<usize>,
-    /// Connections that refused it, with their diagnostics.
-    pub rejected: Vec<(usize, Vec<String>)>,
-}
-
-/// Why a write failed, as the event loop reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteFailure {
-    /// The file is not what the draft was made from; its text now.
-    ChangedOnDisk(String),
-    Io(String),
-}
 
 /// The policy file the console edits: `--policy`, else the first gateway's.
 pub fn policy_path(state: &State) -> Option<String> {
@@ -137,7 +83,7 @@ pub fn edit(state: &mut State, edit: &Edit) -> bool {
         }
         Err(e) => {
             state.authoring.refused = match &e {
-                super::draft::EditError::Invalid(d) => {
+                crate::console::model::draft::EditError::Invalid(d) => {
                     d.0.iter()
                         .map(|d| terminal_text(&d.to_string()).into_owned())
                         .collect()
@@ -342,10 +288,10 @@ pub fn selected_tool(state: &State) -> Option<String> {
     if state.view != View::Policy {
         return None;
     }
-    super::view::policy_rows(state)
-        .into_iter()
-        .nth(state.authoring.selected)
-        .map(|r| r.tool)
+    state
+        .policy_rows()
+        .get(state.authoring.selected)
+        .map(|r| r.tool.clone())
 }
 
 /// `s` in the Policy view: the selected tool's rule becomes the one `toolgate scan` suggests
@@ -355,18 +301,16 @@ pub fn suggest(state: &mut State) {
     let Some(tool) = selected_tool(state) else {
         return;
     };
-    let Some(class) = super::view::tool_class(state, &tool).cloned() else {
+    let Some(class) = tool_class(state, &tool).cloned() else {
         state.complain(format!(
             "no offered tool is named {}: a suggestion is for one tool the servers offer",
             terminal_text(&tool)
         ));
         return;
     };
-    let row = super::view::policy_rows(state)
-        .into_iter()
-        .nth(state.authoring.selected);
-    if let Some(super::view::PolicyRow {
-        kind: super::view::RowKind::Hidden { pointer },
+    let row = state.policy_rows().get(state.authoring.selected).cloned();
+    if let Some(PolicyRow {
+        kind: RowKind::Hidden { pointer },
         ..
     }) = row
     {
@@ -384,8 +328,8 @@ pub fn suggest(state: &mut State) {
         .gateways
         .iter()
         .flat_map(|g| g.tools.iter())
-        .find(|t| t.name == tool)
-        .cloned();
+        .find(|t| t.info.name == tool)
+        .map(|t| t.info.clone());
     let Some(info) = info else {
         return;
     };
@@ -454,7 +398,7 @@ pub fn open_editor(state: &mut State) {
     let policy = draft.compiled().ok();
     let mut paths: Vec<String> = Vec::new();
     for g in &state.gateways {
-        for t in &g.tools {
+        for t in g.tools.iter().map(|t| &t.info) {
             let falls_under = t.name == key
                 || matches!(policy.map(|p| p.rule_match(&t.name)),
                     Some(RuleMatch::Glob { pattern, .. }) if pattern == key);
@@ -496,13 +440,5 @@ pub fn save_editor(state: &mut State) {
     if edit(state, &e) {
         state.authoring.editor = None;
         review(state, false);
-    }
-}
-
-/// When room comes back, `ms` from now: `in 12s`, or `now`.
-pub fn room_in(ms: Option<u64>) -> String {
-    match ms {
-        None | Some(0) => "now".into(),
-        Some(ms) => format!("in {}", crate::policy::human_duration(ms)),
     }
 }
