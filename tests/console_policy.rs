@@ -260,8 +260,8 @@ fn write_shows_the_diff_then_y_writes_and_the_gateways_confirm() {
     assert_eq!(message(&s).0, "the draft is the file: nothing to write");
     command(&mut s, "limit list_meetings 2/minute");
     command(&mut s, "w");
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
-    let review = s.authoring.review.as_ref().expect("review");
+    assert!(s.overlays.review().is_some());
+    let review = s.overlays.review().expect("review");
     assert!(
         review
             .diff
@@ -340,7 +340,7 @@ fn n_keeps_the_draft_and_writes_nothing() {
     command(&mut s, "allow export_data");
     command(&mut s, "w");
     key(&mut s, KeyCode::Char('n'));
-    assert!(matches!(s.prompt, Prompt::None));
+    assert!(s.overlays.prompt().is_none());
     assert!(s.effects.is_empty());
     assert!(draft(&s).is_modified());
 }
@@ -350,7 +350,7 @@ fn j_and_k_scroll_the_write_review_as_far_as_they_scroll_a_detail() {
     let mut s = authoring();
     command(&mut s, "allow export_data");
     command(&mut s, "w");
-    let scroll = |s: &State| s.authoring.review.as_ref().expect("a review").scroll;
+    let scroll = |s: &State| s.overlays.review().expect("a review").scroll;
     key(&mut s, KeyCode::Char('J'));
     assert_eq!(scroll(&s), testing::SCROLL_STEP as u16);
     key(&mut s, KeyCode::Char('j'));
@@ -376,7 +376,7 @@ fn an_invalid_draft_cannot_be_written() {
     command(&mut s, "allow x");
     let (text, error) = message(&s);
     assert!(error && text.contains("version"), "{text}");
-    assert!(!matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_none());
 }
 
 #[test]
@@ -447,10 +447,7 @@ fn a_file_changed_on_disk_is_never_overwritten_without_w_bang() {
         "{said}"
     );
     command(&mut s, "w");
-    assert!(
-        !matches!(s.prompt, Prompt::ConfirmWrite),
-        "plain :w refuses"
-    );
+    assert!(s.overlays.review().is_none(), "plain :w refuses");
     command(&mut s, "w!");
     key(&mut s, KeyCode::Char('y'));
     assert!(matches!(
@@ -504,7 +501,7 @@ fn undo_offers_the_version_before_the_last_write() {
         now,
     );
     command(&mut s, "undo");
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(draft(&s).text(), POLICY);
     assert_eq!(draft(&s).base, written);
 }
@@ -514,7 +511,7 @@ fn what_if_counts_the_recent_calls_the_draft_decides_differently() {
     let mut s = authoring();
     command(&mut s, "block list_meetings");
     command(&mut s, "w");
-    let review = s.authoring.review.as_ref().unwrap();
+    let review = s.overlays.review().unwrap();
     assert!(
         review
             .whatif
@@ -541,18 +538,20 @@ fn r_on_a_call_asks_for_a_rate_then_reviews_the_write() {
     }
     assert_eq!(s.selected_call().unwrap().tool, "create_api_key");
     key(&mut s, KeyCode::Char('r'));
-    assert!(matches!(&s.prompt, Prompt::Rate { tool, .. } if tool == "create_api_key"));
+    assert!(
+        matches!(s.overlays.prompt(), Some(Prompt::Rate { tool, .. }) if tool == "create_api_key")
+    );
     typed(&mut s, "nonsense");
     key(&mut s, KeyCode::Enter);
     assert!(
-        matches!(s.prompt, Prompt::Rate { .. }),
+        matches!(s.overlays.prompt(), Some(Prompt::Rate { .. })),
         "a bad rate asks again"
     );
     key(&mut s, KeyCode::Esc);
     key(&mut s, KeyCode::Char('r'));
     typed(&mut s, "10/minute");
     key(&mut s, KeyCode::Enter);
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(rule(&s, "create_api_key")["limits"][0]["max"], 10);
     assert_eq!(rule(&s, "create_api_key")["limits"][0]["scope"], "grant");
 }
@@ -564,7 +563,7 @@ fn b_on_a_call_blocks_its_tool_and_a_in_holds_approves_and_allows() {
         key(&mut s, KeyCode::Up);
     }
     key(&mut s, KeyCode::Char('b'));
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(rule(&s, "create_api_key")["action"], "deny");
     key(&mut s, KeyCode::Char('n'));
     s.effects.clear();
@@ -581,7 +580,7 @@ fn b_on_a_call_blocks_its_tool_and_a_in_holds_approves_and_allows() {
         "approved: {:?}",
         s.effects
     );
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(rule(&s, &held.tool)["action"], "allow");
 }
 
@@ -604,7 +603,7 @@ fn policy_view_keys_edit_the_selected_rule() {
     key(&mut s, KeyCode::Char('u'));
     assert!(rule(&s, "list_meetings").get("limits").is_none());
     key(&mut s, KeyCode::Char('w'));
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
 }
 
 #[test]
@@ -640,17 +639,21 @@ fn limits_view_edits_max_and_window_in_place() {
     let rows = toolgate::console::testing::limit_rows(&s);
     assert_eq!(rows[0].counter, "create_api_key");
     key(&mut s, KeyCode::Char('m'));
-    assert!(matches!(&s.prompt, Prompt::CounterEdit { input, .. } if input.value() == "30"));
+    assert!(
+        matches!(s.overlays.prompt(), Some(Prompt::CounterEdit { input, .. }) if input.value() == "30")
+    );
     for _ in 0..2 {
         key(&mut s, KeyCode::Backspace);
     }
     typed(&mut s, "50");
     key(&mut s, KeyCode::Enter);
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(rule(&s, "create_api_key")["limits"][0]["max"], 50);
     key(&mut s, KeyCode::Char('n'));
     key(&mut s, KeyCode::Char('t'));
-    assert!(matches!(&s.prompt, Prompt::CounterEdit { input, .. } if input.value() == "minute"));
+    assert!(
+        matches!(s.overlays.prompt(), Some(Prompt::CounterEdit { input, .. }) if input.value() == "minute")
+    );
     for _ in 0..6 {
         key(&mut s, KeyCode::Backspace);
     }
@@ -788,7 +791,7 @@ fn editing_send_message() -> State {
 #[test]
 fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
     let mut s = editing_send_message();
-    let e = s.authoring.editor.as_ref().expect("editor open");
+    let e = s.overlays.editor().expect("editor open");
     assert_eq!(e.key, "send_message");
     assert_eq!(e.paths, ["args.to", "args.body"]);
     assert!(e.problems.is_empty());
@@ -796,12 +799,12 @@ fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
     ctrl(&mut s, 'l');
     typed(&mut s, "0");
     assert_eq!(s.view, View::Policy);
-    let e = s.authoring.editor.as_ref().unwrap();
+    let e = s.overlays.editor().unwrap();
     assert_eq!(e.limits[0].max.value(), "300");
     key(&mut s, KeyCode::Backspace);
     key(&mut s, KeyCode::Backspace);
     key(&mut s, KeyCode::Backspace);
-    let e = s.authoring.editor.as_ref().unwrap();
+    let e = s.overlays.editor().unwrap();
     assert!(
         e.problems
             .iter()
@@ -811,7 +814,7 @@ fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
     );
     ctrl(&mut s, 's');
     assert!(message(&s).1, "a form with problems is not saved");
-    assert!(s.authoring.editor.is_some());
+    assert!(s.overlays.editor().is_some());
     typed(&mut s, "5");
     ctrl(&mut s, 'n');
     ctrl(&mut s, 'p');
@@ -820,8 +823,8 @@ fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
     key(&mut s, KeyCode::Tab); // value
     typed(&mut s, "ceo@example.com");
     ctrl(&mut s, 's');
-    assert!(s.authoring.editor.is_none());
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.editor().is_none());
+    assert!(s.overlays.review().is_some());
     assert_eq!(
         rule(&s, "send_message"),
         serde_json::json!({
@@ -838,7 +841,7 @@ fn esc_closes_the_editor_without_touching_the_draft() {
     let mut s = editing_send_message();
     key(&mut s, KeyCode::Right);
     key(&mut s, KeyCode::Esc);
-    assert!(s.authoring.editor.is_none());
+    assert!(s.overlays.editor().is_none());
     assert!(!draft(&s).is_modified());
 }
 
@@ -959,8 +962,8 @@ fn s_gives_a_tool_without_a_rule_the_suggested_rule_then_w_reviews_it() {
     );
     assert!(draft(&s).compiled().is_ok());
     key(&mut s, KeyCode::Char('w'));
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
-    let review = s.authoring.review.as_ref().expect("a review");
+    assert!(s.overlays.review().is_some());
+    let review = s.overlays.review().expect("a review");
     assert!(
         review
             .diff

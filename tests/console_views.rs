@@ -270,3 +270,28 @@ fn j_and_k_scroll_a_detail_and_the_write_review_by_the_same_amount_help_shows() 
     key(&mut s, KeyCode::Char('K'));
     assert_eq!(s.holds_view.detail_scroll, 0);
 }
+
+#[test]
+fn esc_closes_the_layer_opened_last_and_help_lets_the_views_keys_through() {
+    use toolgate::console::testing::Prompt;
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('?'));
+    assert!(s.overlays.has_help());
+    key(&mut s, KeyCode::Char('k'));
+    assert!(!s.following(), "k reached the Live view under help");
+    key(&mut s, KeyCode::Char(':'));
+    assert!(matches!(s.overlays.prompt(), Some(Prompt::Command(_))));
+    key(&mut s, KeyCode::Char('?'));
+    assert!(
+        matches!(s.overlays.prompt(), Some(Prompt::Command(i)) if i.value() == "?"),
+        "the command line on top takes ? as text"
+    );
+    key(&mut s, KeyCode::Esc);
+    assert!(s.overlays.prompt().is_none(), "Esc closed the command line");
+    assert!(s.overlays.has_help(), "and only it");
+    key(&mut s, KeyCode::Esc);
+    assert!(s.overlays.is_empty(), "then help");
+    assert!(!s.following(), "the pause is the view's, under the layers");
+    key(&mut s, KeyCode::Esc);
+    assert!(s.following());
+}

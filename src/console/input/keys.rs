@@ -13,7 +13,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use tui_input::InputRequest;
 
 use super::action::Action;
-use crate::console::model::{Prompt, State, View, tool_class};
+use crate::console::model::{Overlay, Prompt, State, View, tool_class};
 
 /// How many lines `J`/`K` scroll a detail pane or the write review, everywhere.
 pub const SCROLL_STEP: i16 = 3;
@@ -572,21 +572,23 @@ pub fn bindings() -> &'static [Binding] {
     &BINDINGS
 }
 
-/// Whether `scope` applies to the state as it is now. An open prompt, then the rule editor,
-/// takes the keys first: while one is open only its own scope applies.
-pub fn in_scope(state: &State, scope: Scope) -> bool {
-    match &state.prompt {
-        Prompt::ConfirmQuit => return scope == Scope::ConfirmQuit,
-        Prompt::ConfirmWrite => return scope == Scope::Review,
-        Prompt::Filter(_)
-        | Prompt::Command(_)
-        | Prompt::DenyReason { .. }
-        | Prompt::Rate { .. }
-        | Prompt::CounterEdit { .. } => return scope == Scope::TextPrompt,
-        Prompt::None => {}
+/// The scope the top layer over the view keeps the keys to, if it keeps them: a prompt,
+/// the write review and the rule editor take every key; help lets the view's keys through.
+fn overlay_scope(overlay: &Overlay) -> Option<Scope> {
+    match overlay {
+        Overlay::Prompt(Prompt::ConfirmQuit) => Some(Scope::ConfirmQuit),
+        Overlay::Prompt(_) => Some(Scope::TextPrompt),
+        Overlay::Review(_) => Some(Scope::Review),
+        Overlay::Editor(_) => Some(Scope::Editor),
+        Overlay::Help => None,
     }
-    if state.authoring.editor.is_some() {
-        return scope == Scope::Editor;
+}
+
+/// Whether `scope` applies to the state as it is now. The top layer over the view gets the
+/// keys first: while a prompt, the review or the editor is on top, only its scope applies.
+pub fn in_scope(state: &State, scope: Scope) -> bool {
+    if let Some(kept) = state.overlays.top().and_then(overlay_scope) {
+        return scope == kept;
     }
     let call_view = matches!(state.view, View::Live | View::Holds);
     match scope {
@@ -633,7 +635,11 @@ pub fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
     let bound = active_bindings(state)
         .find(|b| b.keys.iter().any(|(c, m)| *c == key.code && *m == mods))
         .map(|b| b.action.clone());
-    let takes_text = state.authoring.editor.is_some() || state.prompt.takes_text();
+    let takes_text = match state.overlays.top() {
+        Some(Overlay::Editor(_)) => true,
+        Some(Overlay::Prompt(p)) => p.takes_text(),
+        _ => false,
+    };
     if bound.is_none() && takes_text {
         // In a text prompt or the editor every other key is text.
         return text_edit(key).map(Action::Edit);

@@ -2,7 +2,6 @@
 //! and Limits views. The flow that changes it is [`crate::console::update`]'s `authoring`.
 
 use super::draft::Draft;
-use super::editor::RuleEditor;
 use super::whatif::WhatIf;
 
 /// The authoring state.
@@ -14,8 +13,6 @@ pub struct Authoring {
     pub load_requested: bool,
     /// Why the file could not be read, if it could not.
     pub load_error: Option<String>,
-    /// The write being reviewed (diff, what-if), waiting for `y`/`n`.
-    pub review: Option<Review>,
     /// A write done, waiting for the gateways to apply it.
     pub awaiting: Option<Awaiting>,
     /// The file changed on disk under an edited draft: its text now.
@@ -24,8 +21,6 @@ pub struct Authoring {
     pub selected: usize,
     /// Selected row of the Limits view.
     pub limits_selected: usize,
-    /// The rule editor, when open.
-    pub editor: Option<RuleEditor>,
     /// Every diagnostic of the last edit refused as invalid (the message shows the first).
     pub refused: Vec<String>,
     /// The tool whose own rule the next `s` replaces with the suggestion, with that rule as

@@ -14,6 +14,7 @@ pub mod filter;
 pub mod history;
 mod labels;
 mod layout;
+mod overlay;
 mod rows;
 pub mod splice;
 pub mod whatif;
@@ -22,7 +23,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Offset as _, Utc};
-use tui_input::Input;
 
 use crate::sanitize::terminal_string;
 use crate::scan::Classification;
@@ -35,6 +35,7 @@ pub use labels::{
     DecisionStyle, countdown, decision_label, latency_label, room_in, short_hash, window_short,
 };
 pub use layout::Layout;
+pub use overlay::{Overlay, Overlays, Prompt};
 pub(crate) use rows::Derived;
 pub use rows::{LimitRow, PolicyRow, RowKind, limit_rows, offered_tools, tool_class};
 
@@ -204,45 +205,6 @@ pub struct Message {
 /// How long a message stays on screen.
 pub(crate) const MESSAGE_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(8);
 
-/// What the bottom line is asking for, if anything.
-#[derive(Debug, Clone, Default)]
-pub enum Prompt {
-    #[default]
-    None,
-    /// `/` filter being typed (applied live as it changes).
-    Filter(Input),
-    /// `:` command being typed.
-    Command(Input),
-    /// The reason for denying `call_id`.
-    DenyReason { call_id: String, input: Input },
-    /// `q` with calls held: quit anyway?
-    ConfirmQuit,
-    /// The diff and what-if of a policy write: write it? (see [`Authoring::review`]).
-    ConfirmWrite,
-    /// `MAX/WINDOW` for a limit on `tool` (`r` on a call, `l` in Policy).
-    Rate { tool: String, input: Input },
-    /// A new `max` (or `window`, when `max` is false) for `counter` (Limits view).
-    CounterEdit {
-        counter: String,
-        max: bool,
-        input: Input,
-    },
-}
-
-impl Prompt {
-    /// Whether the prompt is a line of text being typed (every key not bound is text).
-    pub fn takes_text(&self) -> bool {
-        matches!(
-            self,
-            Prompt::Filter(_)
-                | Prompt::Command(_)
-                | Prompt::DenyReason { .. }
-                | Prompt::Rate { .. }
-                | Prompt::CounterEdit { .. }
-        )
-    }
-}
-
 /// A command sent and not yet answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -337,8 +299,9 @@ pub struct State {
     pub holds: Vec<Hold>,
     pub live: LiveState,
     pub holds_view: HoldsState,
-    pub prompt: Prompt,
-    pub help: bool,
+    /// Help, the rule editor, the write review and prompts, over the view: the top one
+    /// gets the keys.
+    pub overlays: Overlays,
     pub message: Option<Message>,
     pub pending: HashMap<u64, Pending>,
     pub(crate) next_command_id: u64,
@@ -377,8 +340,7 @@ impl State {
             holds: Vec::new(),
             live: LiveState::default(),
             holds_view: HoldsState::default(),
-            prompt: Prompt::None,
-            help: false,
+            overlays: Overlays::default(),
             message: None,
             pending: HashMap::new(),
             next_command_id: 1,
@@ -504,11 +466,6 @@ impl State {
             View::Holds => self.holds_view.detail.as_deref(),
             _ => None,
         }
-    }
-
-    /// Whether no prompt is open on the bottom line.
-    pub fn prompt_is_none(&self) -> bool {
-        matches!(self.prompt, Prompt::None)
     }
 
     /// Shows a message under the view.

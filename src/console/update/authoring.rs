@@ -18,7 +18,7 @@ use crate::console::model::draft::{Draft, Edit, unified_diff};
 use crate::console::model::editor::{RuleEditor, schema_paths};
 use crate::console::model::whatif;
 use crate::console::model::{
-    Awaiting, Effect, PolicyRow, Prompt, Review, RowKind, State, View, WriteFailure, short_hash,
+    Awaiting, Effect, Overlay, PolicyRow, Review, RowKind, State, View, WriteFailure, short_hash,
     tool_class,
 };
 use crate::policy::RuleMatch;
@@ -127,7 +127,9 @@ pub fn review(state: &mut State, force: bool) {
         policy,
         state.history.iter().map(|(_, r)| (r.ts, &r.call)),
     );
-    state.authoring.review = Some(Review {
+    // One review at a time: a new one replaces any still open.
+    state.overlays.take_review();
+    state.overlays.push(Overlay::Review(Review {
         diff: diff
             .into_iter()
             .map(|l| terminal_text(&l).into_owned())
@@ -135,8 +137,7 @@ pub fn review(state: &mut State, force: bool) {
         whatif,
         force,
         scroll: 0,
-    });
-    state.prompt = Prompt::ConfirmWrite;
+    }));
 }
 
 fn conflict_text(path: &str) -> String {
@@ -148,11 +149,9 @@ fn conflict_text(path: &str) -> String {
 
 /// `y` on the review: write.
 pub fn confirm(state: &mut State) {
-    state.prompt = Prompt::None;
-    let (Some(review), Some(draft)) = (
-        state.authoring.review.take(),
-        state.authoring.draft.as_ref(),
-    ) else {
+    let (Some(review), Some(draft)) =
+        (state.overlays.take_review(), state.authoring.draft.as_ref())
+    else {
         return;
     };
     state.effects.push(Effect::WritePolicy {
@@ -166,8 +165,7 @@ pub fn confirm(state: &mut State) {
 
 /// `n`/`Esc` on the review.
 pub fn cancel(state: &mut State) {
-    state.prompt = Prompt::None;
-    state.authoring.review = None;
+    state.overlays.take_review();
     state.say("not written; the draft is kept");
 }
 
@@ -413,12 +411,12 @@ pub fn open_editor(state: &mut State) {
     }
     let mut editor = RuleEditor::open(&key, draft.rule_value(&key), paths);
     editor.validate(draft);
-    state.authoring.editor = Some(editor);
+    state.overlays.push(Overlay::Editor(Box::new(editor)));
 }
 
 /// Runs `f` on the open editor, then re-validates it if `f` says the form changed.
 pub fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
-    let (Some(editor), Some(draft)) = (&mut state.authoring.editor, &state.authoring.draft) else {
+    let (Some(editor), Some(draft)) = (state.overlays.editor_mut(), &state.authoring.draft) else {
         return;
     };
     if f(editor) {
@@ -428,7 +426,7 @@ pub fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
 
 /// `C-s` in the editor: the rule goes into the draft, then the write review.
 pub fn save_editor(state: &mut State) {
-    let Some(editor) = &state.authoring.editor else {
+    let Some(editor) = state.overlays.editor() else {
         return;
     };
     if let Some(first) = editor.problems.first() {
@@ -438,7 +436,7 @@ pub fn save_editor(state: &mut State) {
     }
     let e = editor.edit();
     if edit(state, &e) {
-        state.authoring.editor = None;
+        state.overlays.close_editor();
         review(state, false);
     }
 }

@@ -6,7 +6,7 @@
 //! [`crate::console::input::COMMANDS`].
 
 use crate::console::model::draft::{Edit, UsageError, parse_rate};
-use crate::console::model::{State, View};
+use crate::console::model::{Overlay, State, View};
 use crate::sanitize::terminal_text;
 
 use super::{Action, apply, authoring, send_resolution, set_filter};
@@ -48,7 +48,11 @@ pub(super) fn run_command(state: &mut State, line: &str) {
         ("holds", []) => apply(state, Action::ShowView(View::Holds)),
         ("policy", []) => apply(state, Action::ShowView(View::Policy)),
         ("limits", []) => apply(state, Action::ShowView(View::Limits)),
-        ("help", []) => state.help = true,
+        ("help", []) => {
+            if !state.overlays.has_help() {
+                state.overlays.push(Overlay::Help);
+            }
+        }
         ("w" | "write", []) => authoring::review(state, false),
         ("w!" | "write!", []) => authoring::review(state, true),
         ("undo", []) => authoring::undo(state),

@@ -22,8 +22,8 @@ use crate::console::model::draft::{Edit, parse_rate, parse_window};
 use crate::console::model::editor::Field;
 use crate::console::model::filter::{Filter, Matcher};
 use crate::console::model::{
-    Effect, Gateway, Layout, Link, MESSAGE_TTL, Pending, Prompt, State, View, WriteFailure,
-    limit_rows, window_short,
+    Effect, Gateway, Layout, Link, MESSAGE_TTL, Overlay, Pending, Prompt, State, View,
+    WriteFailure, limit_rows, window_short,
 };
 use crate::sanitize::terminal_text;
 use crate::wire::{ClientMsg, Event};
@@ -157,17 +157,24 @@ pub fn apply(state: &mut State, action: Action) {
     match action {
         Action::ShowView(v) => {
             state.view = v;
-            state.help = false;
+            state.overlays.close_help();
         }
         Action::NextView => state.view = state.view.step(1),
         Action::PrevView => state.view = state.view.step(-1),
-        Action::ToggleHelp => state.help = !state.help,
-        Action::OpenCommandLine => state.prompt = Prompt::Command(Input::default()),
+        Action::ToggleHelp => match state.overlays.top() {
+            Some(Overlay::Help) => {
+                state.overlays.pop();
+            }
+            _ => state.overlays.push(Overlay::Help),
+        },
+        Action::OpenCommandLine => state
+            .overlays
+            .open_prompt(Prompt::Command(Input::default())),
         Action::Quit => {
             if state.holds.is_empty() {
                 state.quit = true;
             } else {
-                state.prompt = Prompt::ConfirmQuit;
+                state.overlays.open_prompt(Prompt::ConfirmQuit);
             }
         }
         Action::ForceQuit => state.quit = true,
@@ -193,7 +200,9 @@ pub fn apply(state: &mut State, action: Action) {
             state.view = View::Live;
             let text = state.live.filter.source.clone();
             let cursor = text.chars().count();
-            state.prompt = Prompt::Filter(Input::new(text).with_cursor(cursor));
+            state
+                .overlays
+                .open_prompt(Prompt::Filter(Input::new(text).with_cursor(cursor)));
         }
         Action::ClearFilter => set_filter(state, ""),
         Action::OpenDetail => {
@@ -222,51 +231,55 @@ pub fn apply(state: &mut State, action: Action) {
         }
         Action::Deny => {
             if let Some(call_id) = selected_hold(state) {
-                state.prompt = Prompt::DenyReason {
+                state.overlays.open_prompt(Prompt::DenyReason {
                     call_id,
                     input: Input::default(),
-                };
+                });
             }
         }
-        Action::Edit(req) if state.authoring.editor.is_some() && state.prompt_is_none() => {
+        Action::Edit(req) if matches!(state.overlays.top(), Some(Overlay::Editor(_))) => {
             authoring::with_editor(state, |e| e.type_text(req));
         }
         Action::Edit(req) => {
-            let filter_changed = match &mut state.prompt {
-                Prompt::Filter(input) => {
+            let filter_changed = match state.overlays.prompt_mut() {
+                Some(Prompt::Filter(input)) => {
                     input.handle(req);
                     Some(input.value().to_owned())
                 }
-                Prompt::Command(input)
-                | Prompt::DenyReason { input, .. }
-                | Prompt::Rate { input, .. }
-                | Prompt::CounterEdit { input, .. } => {
+                Some(
+                    Prompt::Command(input)
+                    | Prompt::DenyReason { input, .. }
+                    | Prompt::Rate { input, .. }
+                    | Prompt::CounterEdit { input, .. },
+                ) => {
                     input.handle(req);
                     None
                 }
-                _ => None,
+                Some(Prompt::ConfirmQuit) | None => None,
             };
             if let Some(text) = filter_changed {
                 set_filter(state, &text);
             }
         }
         Action::Submit => submit(state),
-        Action::Confirm => match state.prompt {
-            Prompt::ConfirmQuit => state.quit = true,
-            Prompt::ConfirmWrite => authoring::confirm(state),
+        Action::Confirm => match state.overlays.top() {
+            Some(Overlay::Prompt(Prompt::ConfirmQuit)) => state.quit = true,
+            Some(Overlay::Review(_)) => authoring::confirm(state),
             _ => {}
         },
-        Action::Cancel => match state.prompt {
-            Prompt::ConfirmQuit => state.prompt = Prompt::None,
-            Prompt::ConfirmWrite => authoring::cancel(state),
+        Action::Cancel => match state.overlays.top() {
+            Some(Overlay::Prompt(Prompt::ConfirmQuit)) => {
+                state.overlays.pop();
+            }
+            Some(Overlay::Review(_)) => authoring::cancel(state),
             _ => {}
         },
         Action::LimitTool => {
             if let Some(tool) = acted_on_tool(state) {
-                state.prompt = Prompt::Rate {
+                state.overlays.open_prompt(Prompt::Rate {
                     tool,
                     input: Input::default(),
-                };
+                });
             }
         }
         Action::BlockTool => {
@@ -341,16 +354,18 @@ pub fn apply(state: &mut State, action: Action) {
                     window_short(row.window_ms)
                 };
                 let cursor = text.chars().count();
-                state.prompt = Prompt::CounterEdit {
+                state.overlays.open_prompt(Prompt::CounterEdit {
                     counter: row.counter.clone(),
                     max,
                     input: Input::new(text).with_cursor(cursor),
-                };
+                });
             }
         }
         Action::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
         Action::ScrollDetail(by) => {
-            if let (Prompt::ConfirmWrite, Some(r)) = (&state.prompt, &mut state.authoring.review) {
+            if let Some(Overlay::Review(_)) = state.overlays.top()
+                && let Some(r) = state.overlays.review_mut()
+            {
                 r.scroll = r.scroll.saturating_add_signed(by);
                 return;
             }
@@ -370,35 +385,30 @@ fn selected_hold(state: &State) -> Option<String> {
     state.is_held(&call.call_id).then(|| call.call_id.clone())
 }
 
+/// Esc: closes the top layer; with none open, backs out of the view (its detail pane, then
+/// its filter, then the pause).
 fn back(state: &mut State) {
-    match std::mem::take(&mut state.prompt) {
-        Prompt::None => {}
-        // Esc on the filter line keeps the filter typed so far; `ClearFilter` removes it.
-        Prompt::Filter(_)
-        | Prompt::Command(_)
-        | Prompt::DenyReason { .. }
-        | Prompt::Rate { .. }
-        | Prompt::CounterEdit { .. }
-        | Prompt::ConfirmQuit => return,
-        Prompt::ConfirmWrite => {
-            state.prompt = Prompt::ConfirmWrite;
-            authoring::cancel(state);
-            return;
+    match state.overlays.top() {
+        Some(Overlay::Review(_)) => authoring::cancel(state),
+        Some(Overlay::Editor(_)) => {
+            state.overlays.pop();
+            state.say("rule editor closed; the draft keeps only what was saved (C-s)");
         }
-    }
-    if state.help {
-        state.help = false;
-    } else if state.authoring.editor.is_some() {
-        state.authoring.editor = None;
-        state.say("rule editor closed; the draft keeps only what was saved (C-s)");
-    } else if state.view == View::Live && state.live.detail.is_some() {
-        state.live.detail = None;
-    } else if state.view == View::Holds && state.holds_view.detail.is_some() {
-        state.holds_view.detail = None;
-    } else if state.view == View::Live && !state.live.filter.is_empty() {
-        set_filter(state, "");
-    } else if state.view == View::Live && state.live.selected.is_some() {
-        state.live.selected = None;
+        // Esc on the filter line keeps the filter typed so far; `ClearFilter` removes it.
+        Some(Overlay::Prompt(_) | Overlay::Help) => {
+            state.overlays.pop();
+        }
+        None => {
+            if state.view == View::Live && state.live.detail.is_some() {
+                state.live.detail = None;
+            } else if state.view == View::Holds && state.holds_view.detail.is_some() {
+                state.holds_view.detail = None;
+            } else if state.view == View::Live && !state.live.filter.is_empty() {
+                set_filter(state, "");
+            } else if state.view == View::Live && state.live.selected.is_some() {
+                state.live.selected = None;
+            }
+        }
     }
 }
 
@@ -485,9 +495,11 @@ pub fn set_filter(state: &mut State, text: &str) {
 }
 
 fn submit(state: &mut State) {
-    match std::mem::take(&mut state.prompt) {
-        Prompt::None | Prompt::ConfirmQuit => {}
-        Prompt::ConfirmWrite => state.prompt = Prompt::ConfirmWrite,
+    let Some(prompt) = state.overlays.take_prompt() else {
+        return;
+    };
+    match prompt {
+        Prompt::ConfirmQuit => state.overlays.open_prompt(Prompt::ConfirmQuit),
         Prompt::Filter(input) => set_filter(state, input.value()),
         Prompt::Rate { tool, input } => match parse_rate(input.value()) {
             Ok((max, window)) => authoring::edit_and_review(
@@ -501,7 +513,7 @@ fn submit(state: &mut State) {
             ),
             Err(e) => {
                 state.complain(e.to_string());
-                state.prompt = Prompt::Rate { tool, input };
+                state.overlays.open_prompt(Prompt::Rate { tool, input });
             }
         },
         Prompt::CounterEdit {
@@ -532,11 +544,11 @@ fn submit(state: &mut State) {
                 Ok(e) => authoring::edit_and_review(state, &e),
                 Err(e) => {
                     state.complain(e);
-                    state.prompt = Prompt::CounterEdit {
+                    state.overlays.open_prompt(Prompt::CounterEdit {
                         counter,
                         max,
                         input,
-                    };
+                    });
                 }
             }
         }
@@ -763,7 +775,10 @@ mod tests {
         s.effects.clear();
         update(&mut s, key('2'), at(2));
         update(&mut s, key('d'), at(2));
-        assert!(matches!(s.prompt, Prompt::DenyReason { .. }));
+        assert!(matches!(
+            s.overlays.prompt(),
+            Some(Prompt::DenyReason { .. })
+        ));
         for c in "too much".chars() {
             update(&mut s, key(c), at(2));
         }
@@ -964,9 +979,9 @@ mod tests {
         arrive(&mut s, 1, at(1), call("gw1-1", "pay", Verdict::Hold), at(1));
         update(&mut s, key('q'), at(1));
         assert!(!s.quit);
-        assert!(matches!(s.prompt, Prompt::ConfirmQuit));
+        assert!(matches!(s.overlays.prompt(), Some(Prompt::ConfirmQuit)));
         update(&mut s, key('n'), at(1));
-        assert!(!s.quit && matches!(s.prompt, Prompt::None));
+        assert!(!s.quit && s.overlays.prompt().is_none());
         update(&mut s, key('q'), at(1));
         update(&mut s, key('y'), at(1));
         assert!(s.quit);
@@ -1020,7 +1035,7 @@ mod tests {
         update(&mut s, key('/'), at(1));
         let alt_q = AppEvent::Key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT));
         update(&mut s, alt_q, at(1));
-        assert!(matches!(s.prompt, Prompt::None));
+        assert!(s.overlays.prompt().is_none());
         assert!(s.quit, "Esc closed the filter line, then q quit");
     }
 

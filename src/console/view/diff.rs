@@ -9,8 +9,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Widget};
 
 use super::cell;
-use crate::console::model::State;
 use crate::console::model::whatif::verdict_words;
+use crate::console::model::{Review, State};
 use crate::console::theme::Theme;
 use crate::policy::Verdict;
 use crate::sanitize::terminal_string;
@@ -27,8 +27,8 @@ fn mark(v: Verdict) -> &'static str {
     }
 }
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
-    let (Some(review), Some(draft)) = (&state.authoring.review, &state.authoring.draft) else {
+pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, review: &Review) {
+    let Some(draft) = &state.authoring.draft else {
         return;
     };
     let style_of = |v: Verdict| match v {

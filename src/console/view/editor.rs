@@ -10,7 +10,6 @@ use ratatui::widgets::{Block, Borders, Clear, Widget};
 use tui_input::Input;
 
 use super::cell;
-use crate::console::model::State;
 use crate::console::model::editor::{ACTIONS, Field, KINDS, OPS, RuleEditor, SCOPES};
 use crate::console::theme::Theme;
 use crate::sanitize::{terminal_string, terminal_text};
@@ -54,8 +53,7 @@ fn choice(value: &str, field: Field, style: Style) -> Piece {
 }
 
 /// Draws the editor over `area`; returns where the terminal cursor goes.
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) -> Option<(u16, u16)> {
-    let e: &RuleEditor = state.authoring.editor.as_ref()?;
+pub fn draw(buf: &mut Buffer, area: Rect, t: &Theme, e: &RuleEditor) -> Option<(u16, u16)> {
     Clear.render(area, buf);
     let block = Block::default()
         .borders(Borders::ALL)

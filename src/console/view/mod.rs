@@ -27,7 +27,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use unicode_width::UnicodeWidthChar;
 
-use super::model::{DecisionStyle, Layout as Screen, State, View};
+use super::model::{DecisionStyle, Layout as Screen, Overlay, State, View};
 use super::theme::Theme;
 
 pub use detail::detail_lines;
@@ -82,14 +82,16 @@ pub fn draw(frame: &mut Frame, state: &State, view: &mut ViewState) {
         View::Limits => limits::draw(buf, body, state, t),
     }
     status::bottom_line(buf, bottom, state, t);
+    // The layers over the view, bottom first: each draws itself over what is below it.
     let mut editor_cursor = None;
-    if matches!(state.prompt, super::model::Prompt::ConfirmWrite) {
-        diff::draw(buf, body, state, t);
-    } else if state.authoring.editor.is_some() {
-        editor_cursor = editor::draw(buf, body, state, t);
-    }
-    if state.help {
-        help::draw(buf, body, state, t);
+    for overlay in state.overlays.iter() {
+        match overlay {
+            Overlay::Help => help::draw(buf, body, state, t),
+            Overlay::Editor(e) => editor_cursor = editor::draw(buf, body, t, e),
+            Overlay::Review(r) => diff::draw(buf, body, state, t, r),
+            // A prompt is the bottom line, drawn with it.
+            Overlay::Prompt(_) => {}
+        }
     }
     if let Some((x, y)) = status::cursor(bottom, state).or(editor_cursor) {
         frame.set_cursor_position((x, y));

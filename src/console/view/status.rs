@@ -6,7 +6,7 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 
 use crate::console::input::keys;
-use crate::console::model::{Link, Prompt, State, View, short_hash};
+use crate::console::model::{Link, Overlay, Prompt, State, View, short_hash};
 use crate::console::theme::Theme;
 
 const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -136,29 +136,32 @@ pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     if area.is_empty() {
         return;
     }
-    match &state.prompt {
-        Prompt::Filter(input) => prompt(buf, area, t, "/", input.value()),
-        Prompt::Command(input) => prompt(buf, area, t, ":", input.value()),
-        Prompt::DenyReason { call_id, input } => {
+    if let Some(Overlay::Review(_)) = state.overlays.top() {
+        buf.set_stringn(
+            area.x,
+            area.y,
+            " Write the policy file? y writes · n keeps the draft",
+            area.width as usize,
+            t.hold,
+        );
+        return;
+    }
+    match state.overlays.prompt() {
+        Some(Prompt::Filter(input)) => prompt(buf, area, t, "/", input.value()),
+        Some(Prompt::Command(input)) => prompt(buf, area, t, ":", input.value()),
+        Some(Prompt::DenyReason { call_id, input }) => {
             let label = format!("deny {call_id} · reason (Enter sends, Esc cancels): ");
             prompt(buf, area, t, &label, input.value())
         }
-        Prompt::Rate { tool, input } => prompt(buf, area, t, &rate_label(tool), input.value()),
-        Prompt::CounterEdit {
+        Some(Prompt::Rate { tool, input }) => {
+            prompt(buf, area, t, &rate_label(tool), input.value())
+        }
+        Some(Prompt::CounterEdit {
             counter,
             max,
             input,
-        } => prompt(buf, area, t, &counter_label(counter, *max), input.value()),
-        Prompt::ConfirmWrite => {
-            buf.set_stringn(
-                area.x,
-                area.y,
-                " Write the policy file? y writes · n keeps the draft",
-                area.width as usize,
-                t.hold,
-            );
-        }
-        Prompt::ConfirmQuit => {
+        }) => prompt(buf, area, t, &counter_label(counter, *max), input.value()),
+        Some(Prompt::ConfirmQuit) => {
             let n = state.holds.len();
             let text = format!(
                 " {n} call{} held and waiting for you. Quit anyway? y/n",
@@ -166,7 +169,7 @@ pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
             );
             buf.set_stringn(area.x, area.y, text, area.width as usize, t.hold);
         }
-        Prompt::None => {
+        None => {
             let mut spans = Vec::new();
             for v in View::ALL {
                 let mut label = format!(" {} {}", v.number(), v.title());
@@ -212,7 +215,7 @@ fn prompt(buf: &mut Buffer, area: Rect, t: &Theme, label: &str, value: &str) {
 
 /// Where the terminal cursor goes (in a text prompt).
 pub fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
-    let (label_w, input) = match &state.prompt {
+    let (label_w, input) = match state.overlays.prompt()? {
         Prompt::Filter(i) | Prompt::Command(i) => (1, i),
         Prompt::DenyReason { call_id, input } => (
             super::width(&format!(
@@ -226,7 +229,7 @@ pub fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
             max,
             input,
         } => (super::width(&counter_label(counter, *max)), input),
-        _ => return None,
+        Prompt::ConfirmQuit => return None,
     };
     let x = area.x as usize + label_w + input.visual_cursor();
     Some((
