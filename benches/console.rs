@@ -13,8 +13,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use serde_json::json;
+use toolgate::console::testing::Theme;
 use toolgate::console::testing::{AppEvent, State, ViewState, draw, set_filter, update};
-use toolgate::console::theme::Theme;
 use toolgate::wire::{CallEvent, Event, EventKind, Verdict};
 
 /// Counts bytes currently allocated, to report the state's memory.

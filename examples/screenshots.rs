@@ -13,9 +13,9 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use tokio::sync::mpsc;
-use toolgate::console::net::{self, Targets};
+use toolgate::console::testing::Theme;
 use toolgate::console::testing::{AppEvent, State, ViewState, update};
-use toolgate::console::theme::Theme;
+use toolgate::console::testing::{Targets, net};
 use toolgate::control::EventsOptions;
 use toolgate::demo::DemoOptions;
 
@@ -96,7 +96,7 @@ struct Console<'a> {
     state: &'a mut State,
     view: &'a mut ViewState,
     terminal: &'a mut Terminal<TestBackend>,
-    commands: mpsc::UnboundedSender<toolgate::console::Outgoing>,
+    commands: mpsc::UnboundedSender<toolgate::console::testing::Outgoing>,
 }
 
 impl Console<'_> {

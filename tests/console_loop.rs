@@ -1,4 +1,4 @@
-//! The real event loop ([`toolgate::console::run`]) on a `TestBackend`: gateway events and
+//! The real event loop ([`toolgate::console::testing::run`]) on a `TestBackend`: gateway events and
 //! keys go in through the same channels the binary uses; commands for gateways come out.
 //!
 //! Keys and gateway events are interleaved by one scripted stream. Before it hands the loop
@@ -19,8 +19,8 @@ use futures_util::Stream;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use tokio::sync::mpsc;
+use toolgate::console::testing::Theme;
 use toolgate::console::testing::{AppEvent, Outgoing, State, ViewState, run};
-use toolgate::console::theme::Theme;
 use toolgate::wire::{ClientMsg, EventKind, Reply, Verdict};
 
 enum Step {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use toolgate::console::net::{self, Outgoing, Targets};
 use toolgate::console::testing::{AppEvent, Link};
+use toolgate::console::testing::{Outgoing, Targets, net};
 use toolgate::control::{EventsOptions, Hub};
 use toolgate::wire::{CallEvent, ClientMsg, EventKind, GatewayInfo, Verdict};
 

@@ -8,8 +8,8 @@ use futures_util::SinkExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use toolgate::console::net::{self, Targets};
 use toolgate::console::testing::{AppEvent, Link};
+use toolgate::console::testing::{Targets, net};
 use toolgate::wire::{
     Event, EventKind, GatewayInfo, Hello, PROTOCOL_VERSION, PolicyApplied, Snapshot,
 };

@@ -8,8 +8,8 @@ mod console_support;
 use console_support::*;
 use crossterm::event::KeyCode;
 use toolgate::console::testing::Action;
+use toolgate::console::testing::Theme;
 use toolgate::console::testing::{AppEvent, View, update};
-use toolgate::console::theme::Theme;
 
 #[test]
 fn live_view_follows_with_every_decision() {

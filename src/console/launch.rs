@@ -18,7 +18,7 @@ use super::{ConsoleError, SystemClock};
 
 /// What to show and where to connect.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub targets: Targets,
     /// Already resolved (and stripped of colour under `NO_COLOR`).
     pub theme: Theme,
@@ -29,7 +29,7 @@ pub struct Options {
 }
 
 /// Runs the console on this process's terminal until the operator quits.
-pub async fn run_in_terminal(options: Options) -> Result<(), ConsoleError> {
+pub(crate) async fn run_in_terminal(options: Options) -> Result<(), ConsoleError> {
     let mut state = State::new(chrono::Utc::now(), options.history);
     let mut view = ViewState::new(options.theme);
     state.tz = *chrono::Local::now().offset();

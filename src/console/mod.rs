@@ -1,6 +1,9 @@
 //! The ratatui console: watch calls live, approve held ones, across every gateway on the
 //! machine.
 //!
+//! What is `pub` inside the console is `pub(crate)` in effect (the layers are crate-private)
+//! and said so where the lint asks: `unreachable_pub` is on for this tree.
+//!
 //! It is built in layers, each a module tree, and a layer imports only the layers below it:
 //!
 //! - [`model`] — the state as plain data, and the rows derived from it. Imports no other
@@ -26,16 +29,21 @@
 //! Everything is generic over ratatui's `Backend`, so the tests drive the real loop on a
 //! `TestBackend`.
 
-pub mod effects;
-pub mod input;
-pub mod launch;
-pub mod model;
-pub mod terminal;
+#![warn(unreachable_pub)]
+
+// Everything in the console is for the console (and the command line that starts it):
+// the layers are crate-private, so the compiler reports what nothing uses. Tests, benches
+// and the screenshot tool reach in through `testing`, the one door.
+pub(crate) mod effects;
+pub(crate) mod input;
+pub(crate) mod launch;
+pub(crate) mod model;
+pub(crate) mod terminal;
 #[doc(hidden)]
 pub mod testing;
-pub mod theme;
-pub mod update;
-pub mod view;
+pub(crate) mod theme;
+pub(crate) mod update;
+pub(crate) mod view;
 
 use std::io;
 use std::time::Duration;
@@ -47,14 +55,13 @@ use ratatui::Terminal;
 use ratatui::backend::Backend;
 use tokio::sync::mpsc;
 
-pub use effects::net::{self, Outgoing, Targets};
-pub use input::Action;
-pub use launch::{Options, run_in_terminal};
-pub use model::{Effect, Link, State, View};
-pub use terminal::Bell;
-pub use theme::Theme;
-pub use update::{AppEvent, update};
-pub use view::ViewState;
+pub(crate) use effects::net::{self, Outgoing};
+pub(crate) use launch::{Options, run_in_terminal};
+pub(crate) use model::{Effect, State};
+pub(crate) use terminal::Bell;
+pub(crate) use theme::Theme;
+pub(crate) use update::{AppEvent, update};
+pub(crate) use view::ViewState;
 
 use effects::Answer;
 

@@ -7,8 +7,8 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use serde_json::json;
+use toolgate::console::testing::Theme;
 use toolgate::console::testing::{AppEvent, Link, State, ViewState, update};
-use toolgate::console::theme::Theme;
 use toolgate::wire::{
     CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, Hello, HoldResolved,
     Outcome, PROTOCOL_VERSION, ResolvedBy, Snapshot, Totals, Verdict,
@@ -24,7 +24,7 @@ pub fn at_ms(ms: i64) -> DateTime<Utc> {
 
 pub struct FixedClock(pub DateTime<Utc>);
 
-impl toolgate::console::Clock for FixedClock {
+impl toolgate::console::testing::Clock for FixedClock {
     fn now(&self) -> DateTime<Utc> {
         self.0
     }

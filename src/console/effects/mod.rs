@@ -11,7 +11,7 @@
 //! comes back as data for the loop to hand to the view).
 
 pub mod net;
-pub mod policy_file;
+pub(crate) mod policy_file;
 
 use std::path::Path;
 
@@ -27,7 +27,7 @@ pub(crate) const ANSWERS: usize = 64;
 
 /// The result of an effect that ran off the loop.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// An event for the update (a policy file read or written).
     Event(AppEvent),
     /// A theme, loaded (and stripped of colour under `NO_COLOR`), or why not.
@@ -59,7 +59,7 @@ pub(crate) fn spawn(effect: Effect, answers: mpsc::Sender<Answer>) {
 /// Carries out a slow effect here and now, and returns its answer. The event loop runs it
 /// on the blocking pool ([`spawn`]); the screenshot tool, which has no loop, calls it
 /// directly. Quick effects (send, bell) are the loop's: `None` here.
-pub fn perform(effect: Effect) -> Option<Answer> {
+pub(crate) fn perform(effect: Effect) -> Option<Answer> {
     Some(match effect {
         Effect::LoadTheme(name) => Answer::Theme(
             Theme::load(&name)

@@ -1,7 +1,7 @@
 //! The `:` commands an operator can type, for help.
 
 /// The `:` commands, as help lists them (the grammar is `update`'s `command`).
-pub const COMMANDS: &[(&str, &str)] = &[
+pub(crate) const COMMANDS: &[(&str, &str)] = &[
     (
         ":theme NAME",
         "switch theme (dark, light, high-contrast, or yours)",

@@ -88,7 +88,7 @@ fn b(
 }
 
 /// Every binding, most specific scopes first.
-pub fn bindings() -> &'static [Binding] {
+pub(crate) fn bindings() -> &'static [Binding] {
     static BINDINGS: LazyLock<Vec<Binding>> = LazyLock::new(|| {
         use KeyCode::*;
         use Scope::*;
@@ -586,7 +586,7 @@ fn overlay_scope(overlay: &Overlay) -> Option<Scope> {
 
 /// Whether `scope` applies to the state as it is now. The top layer over the view gets the
 /// keys first: while a prompt, the review or the editor is on top, only its scope applies.
-pub fn in_scope(state: &State, scope: Scope) -> bool {
+pub(crate) fn in_scope(state: &State, scope: Scope) -> bool {
     if let Some(kept) = state.overlays.top().and_then(overlay_scope) {
         return scope == kept;
     }
@@ -621,7 +621,7 @@ pub fn active_bindings(state: &State) -> impl Iterator<Item = &'static Binding> 
 }
 
 /// The action a key asks for, in the current context.
-pub fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
+pub(crate) fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
     if key.kind == KeyEventKind::Release {
         return None;
     }

@@ -6,9 +6,9 @@
 //! above it: the update turns keys into actions through it, the view lists its bindings in
 //! help and on the hint line.
 
-pub mod action;
+pub(crate) mod action;
 mod commands;
-pub mod keys;
+pub(crate) mod keys;
 
 pub use action::Action;
-pub use commands::COMMANDS;
+pub(crate) use commands::COMMANDS;

@@ -76,10 +76,10 @@ fn first_line(d: &Diagnostics) -> String {
 /// A command-line word that is not an edit the draft understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
+pub(crate) struct UsageError(pub String);
 
 /// `30/minute`, `5/10m`, `100/3600`: a max and a window as the policy writes them.
-pub fn parse_rate(rate: &str) -> Result<(u64, Value), UsageError> {
+pub(crate) fn parse_rate(rate: &str) -> Result<(u64, Value), UsageError> {
     let bad = || {
         UsageError(format!(
             "'{}' is not MAX/WINDOW (e.g. 30/minute, 5/10m, 100/3600)",
@@ -93,7 +93,7 @@ pub fn parse_rate(rate: &str) -> Result<(u64, Value), UsageError> {
 
 /// A window as typed: a whole number of seconds becomes a JSON number, anything else a
 /// string (the policy module decides whether it is a window).
-pub fn parse_window(window: &str) -> Option<Value> {
+pub(crate) fn parse_window(window: &str) -> Option<Value> {
     let window = window.trim();
     if window.is_empty() {
         return None;
@@ -569,7 +569,7 @@ fn edit_document(
 }
 
 /// The unified diff from `old` to `new`, as lines (`---`/`+++` headers, `@@` hunks).
-pub fn unified_diff(path: &str, old: &str, new: &str) -> Vec<String> {
+pub(crate) fn unified_diff(path: &str, old: &str, new: &str) -> Vec<String> {
     let diff = similar::TextDiff::from_lines(old, new);
     diff.unified_diff()
         .context_radius(3)

@@ -9,13 +9,17 @@ use super::history::CallRow;
 use crate::wire::{ResolvedBy, Verdict};
 
 /// The first 6 characters of a policy hash, as shown.
-pub fn short_hash(hash: &str) -> &str {
+pub(crate) fn short_hash(hash: &str) -> &str {
     let end = hash.char_indices().nth(6).map_or(hash.len(), |(i, _)| i);
     &hash[..end]
 }
 
 /// What a call's decision cell says: a symbol and a word, so it reads without colour.
-pub fn decision_label(row: &CallRow, now: DateTime<Utc>, held: bool) -> (String, DecisionStyle) {
+pub(crate) fn decision_label(
+    row: &CallRow,
+    now: DateTime<Utc>,
+    held: bool,
+) -> (String, DecisionStyle) {
     match row.call.decision {
         Verdict::Allow => ("✓ allow".into(), DecisionStyle::Allow),
         Verdict::Deny => ("✗ deny".into(), DecisionStyle::Deny),
@@ -43,7 +47,7 @@ pub fn decision_label(row: &CallRow, now: DateTime<Utc>, held: bool) -> (String,
 
 /// Which theme slot a decision is drawn in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecisionStyle {
+pub(crate) enum DecisionStyle {
     Allow,
     Deny,
     RateLimited,
@@ -51,7 +55,7 @@ pub enum DecisionStyle {
 }
 
 /// `m:ss` until `deadline`, `0:00` once past, `—` without one.
-pub fn countdown(deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+pub(crate) fn countdown(deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     match deadline {
         None => "—".into(),
         Some(d) => {
@@ -62,7 +66,7 @@ pub fn countdown(deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String 
 }
 
 /// A latency for people: `38 ms`, `1.2 s`.
-pub fn latency_label(us: u64) -> String {
+pub(crate) fn latency_label(us: u64) -> String {
     if us < 1_000 {
         format!("{us} µs")
     } else if us < 10_000_000 {
@@ -77,7 +81,7 @@ pub fn latency_label(us: u64) -> String {
 }
 
 /// When room comes back, `ms` from now: `in 12s`, or `now`.
-pub fn room_in(ms: Option<u64>) -> String {
+pub(crate) fn room_in(ms: Option<u64>) -> String {
     match ms {
         None | Some(0) => "now".into(),
         Some(ms) => format!("in {}", crate::policy::human_duration(ms)),
@@ -85,7 +89,7 @@ pub fn room_in(ms: Option<u64>) -> String {
 }
 
 /// A window as it is typed back into a prompt: `minute`, `90s`, `10m`, `2h`, `3d`.
-pub fn window_short(ms: u64) -> String {
+pub(crate) fn window_short(ms: u64) -> String {
     const UNITS: [(u64, &str, &str); 4] = [
         (86_400_000, "day", "d"),
         (3_600_000, "hour", "h"),

@@ -8,16 +8,16 @@
 //! loop.
 
 mod authoring;
-pub mod draft;
-pub mod editor;
-pub mod filter;
-pub mod history;
+pub(crate) mod draft;
+pub(crate) mod editor;
+pub(crate) mod filter;
+pub(crate) mod history;
 mod labels;
 mod layout;
 mod overlay;
 mod rows;
-pub mod splice;
-pub mod whatif;
+pub(crate) mod splice;
+pub(crate) mod whatif;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -28,16 +28,18 @@ use crate::sanitize::terminal_string;
 use crate::scan::Classification;
 use crate::wire::{CallEvent, ClientMsg, CounterState, GatewayInfo, ToolInfo, Totals};
 
-pub use authoring::{Authoring, Awaiting, Review, WriteFailure};
-pub use filter::Filter;
-pub use history::{CallRow, History};
-pub use labels::{
+pub use authoring::WriteFailure;
+pub(crate) use authoring::{Authoring, Awaiting, Review};
+pub(crate) use filter::Filter;
+pub(crate) use history::{CallRow, History};
+pub(crate) use labels::{
     DecisionStyle, countdown, decision_label, latency_label, room_in, short_hash, window_short,
 };
 pub use layout::Layout;
-pub use overlay::{Overlay, Overlays, Prompt};
+pub use overlay::Prompt;
+pub(crate) use overlay::{Overlay, Overlays};
 pub(crate) use rows::Derived;
-pub use rows::{LimitRow, PolicyRow, RowKind, limit_rows, offered_tools, tool_class};
+pub use rows::{LimitRow, PolicyRow, RowKind, limit_rows, tool_class};
 
 /// The console's views, in Tab order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

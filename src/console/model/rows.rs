@@ -33,7 +33,7 @@ pub enum RowKind {
 }
 
 /// Every tool the connected gateways' upstream servers offer, by name.
-pub fn offered_tools(state: &State) -> BTreeSet<String> {
+pub(super) fn offered_tools(state: &State) -> BTreeSet<String> {
     state
         .gateways
         .iter()

@@ -24,7 +24,7 @@ use crate::console::model::{
 use crate::policy::RuleMatch;
 
 /// The policy file the console edits: `--policy`, else the first gateway's.
-pub fn policy_path(state: &State) -> Option<String> {
+pub(crate) fn policy_path(state: &State) -> Option<String> {
     state.policy_path.clone().or_else(|| {
         state
             .gateways
@@ -36,7 +36,7 @@ pub fn policy_path(state: &State) -> Option<String> {
 }
 
 /// Asks for the policy file once its path is known.
-pub fn ensure_loaded(state: &mut State) {
+pub(crate) fn ensure_loaded(state: &mut State) {
     if state.authoring.load_requested || state.authoring.draft.is_some() {
         return;
     }
@@ -47,7 +47,7 @@ pub fn ensure_loaded(state: &mut State) {
 }
 
 /// The file was read (first load or `:reload`): it becomes the draft's base.
-pub fn loaded(state: &mut State, path: String, result: Result<String, String>) {
+pub(crate) fn loaded(state: &mut State, path: String, result: Result<String, String>) {
     match result {
         Ok(text) => {
             match &mut state.authoring.draft {
@@ -66,7 +66,7 @@ pub fn loaded(state: &mut State, path: String, result: Result<String, String>) {
 }
 
 /// Applies an edit to the draft; says what changed or why it was refused.
-pub fn edit(state: &mut State, edit: &Edit) -> bool {
+pub(crate) fn edit(state: &mut State, edit: &Edit) -> bool {
     let Some(draft) = state.authoring.draft.as_mut() else {
         let why = state.authoring.load_error.clone().unwrap_or_else(|| {
             "no policy file known: start the console with --policy P, or connect to a gateway"
@@ -97,7 +97,7 @@ pub fn edit(state: &mut State, edit: &Edit) -> bool {
 }
 
 /// `:w` (`force` for `:w!`): shows the diff and the what-if, and asks.
-pub fn review(state: &mut State, force: bool) {
+pub(crate) fn review(state: &mut State, force: bool) {
     let Some(draft) = &state.authoring.draft else {
         state.complain("no policy file loaded");
         return;
@@ -148,7 +148,7 @@ fn conflict_text(path: &str) -> String {
 }
 
 /// `y` on the review: write.
-pub fn confirm(state: &mut State) {
+pub(crate) fn confirm(state: &mut State) {
     let (Some(review), Some(draft)) =
         (state.overlays.take_review(), state.authoring.draft.as_ref())
     else {
@@ -164,13 +164,13 @@ pub fn confirm(state: &mut State) {
 }
 
 /// `n`/`Esc` on the review.
-pub fn cancel(state: &mut State) {
+pub(crate) fn cancel(state: &mut State) {
     state.overlays.take_review();
     state.say("not written; the draft is kept");
 }
 
 /// The event loop's report of a write.
-pub fn written(state: &mut State, text: String, result: Result<String, WriteFailure>) {
+pub(crate) fn written(state: &mut State, text: String, result: Result<String, WriteFailure>) {
     let n = state.connected();
     let Some(draft) = state.authoring.draft.as_mut() else {
         return;
@@ -209,7 +209,7 @@ pub fn written(state: &mut State, text: String, result: Result<String, WriteFail
 }
 
 /// A gateway applied a policy with `hash`.
-pub fn applied(state: &mut State, conn: usize, hash: &str) {
+pub(crate) fn applied(state: &mut State, conn: usize, hash: &str) {
     if let Some(a) = state.authoring.awaiting.as_mut()
         && a.hash == hash
     {
@@ -241,14 +241,14 @@ pub fn applied(state: &mut State, conn: usize, hash: &str) {
 }
 
 /// A gateway refused a policy change.
-pub fn rejected(state: &mut State, conn: usize, diagnostics: &[String]) {
+pub(crate) fn rejected(state: &mut State, conn: usize, diagnostics: &[String]) {
     if let Some(a) = state.authoring.awaiting.as_mut() {
         a.rejected.push((conn, diagnostics.to_vec()));
     }
 }
 
 /// `:reload`: take the file as it is now, dropping the draft's edits.
-pub fn reload(state: &mut State) {
+pub(crate) fn reload(state: &mut State) {
     match policy_path(state) {
         Some(path) => {
             state.effects.push(Effect::LoadPolicy(path));
@@ -259,7 +259,7 @@ pub fn reload(state: &mut State) {
 }
 
 /// `:undo`: the version before the console's last write becomes the draft, for review.
-pub fn undo(state: &mut State) {
+pub(crate) fn undo(state: &mut State) {
     let Some(draft) = state.authoring.draft.as_mut() else {
         state.complain("no policy file loaded");
         return;
@@ -275,7 +275,7 @@ pub fn undo(state: &mut State) {
 }
 
 /// An edit asked for from another view (`r`, `b`, `A`): change the draft, then review.
-pub fn edit_and_review(state: &mut State, e: &Edit) {
+pub(crate) fn edit_and_review(state: &mut State, e: &Edit) {
     if edit(state, e) {
         review(state, false);
     }
@@ -295,7 +295,7 @@ pub fn selected_tool(state: &State) -> Option<String> {
 /// `s` in the Policy view: the selected tool's rule becomes the one `toolgate scan` suggests
 /// for its risk class. A tool with a rule of its own keeps it until a second `s`: the first
 /// says what would change, because the rule may be a person's considered choice.
-pub fn suggest(state: &mut State) {
+pub(crate) fn suggest(state: &mut State) {
     let Some(tool) = selected_tool(state) else {
         return;
     };
@@ -386,7 +386,7 @@ fn class_words(c: &crate::scan::Classification) -> String {
 }
 
 /// Opens the rule editor on the Policy view's selected row.
-pub fn open_editor(state: &mut State) {
+pub(crate) fn open_editor(state: &mut State) {
     let Some(key) = selected_tool(state) else {
         return;
     };
@@ -415,7 +415,7 @@ pub fn open_editor(state: &mut State) {
 }
 
 /// Runs `f` on the open editor, then re-validates it if `f` says the form changed.
-pub fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
+pub(crate) fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
     let (Some(editor), Some(draft)) = (state.overlays.editor_mut(), &state.authoring.draft) else {
         return;
     };
@@ -425,7 +425,7 @@ pub fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
 }
 
 /// `C-s` in the editor: the rule goes into the draft, then the write review.
-pub fn save_editor(state: &mut State) {
+pub(crate) fn save_editor(state: &mut State) {
     let Some(editor) = state.overlays.editor() else {
         return;
     };

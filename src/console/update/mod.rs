@@ -9,7 +9,7 @@
 //! This layer reads the model and the input layer (to turn a key into an [`Action`]); it
 //! never imports the view.
 
-pub mod authoring;
+pub(crate) mod authoring;
 mod command;
 mod ingest;
 
@@ -146,7 +146,7 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
 }
 
 /// Carries out one operator action.
-pub fn apply(state: &mut State, action: Action) {
+pub(crate) fn apply(state: &mut State, action: Action) {
     // Rows the action may read are made from what the event so far left.
     state.refresh_derived();
     // A suggestion waiting for its second `s` is forgotten once the operator does anything

@@ -17,7 +17,14 @@ use crate::sanitize::terminal_text;
 /// console does not trust that.
 const MAX_ARG_LINES: usize = 400;
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, call_id: &str, scroll: u16) {
+pub(super) fn draw(
+    buf: &mut Buffer,
+    area: Rect,
+    state: &State,
+    t: &Theme,
+    call_id: &str,
+    scroll: u16,
+) {
     let row = state.history.find(call_id).cloned().or_else(|| {
         state
             .holds
@@ -73,7 +80,12 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, call_id: &st
 }
 
 /// The detail as lines.
-pub fn detail_lines(row: &CallRow, gateway: &str, state: &State, t: &Theme) -> Vec<Line<'static>> {
+pub(super) fn detail_lines(
+    row: &CallRow,
+    gateway: &str,
+    state: &State,
+    t: &Theme,
+) -> Vec<Line<'static>> {
     let c = &row.call;
     let mut lines = Vec::new();
     let kv = |k: &str, v: String, style: Style| {

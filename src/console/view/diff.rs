@@ -27,7 +27,7 @@ fn mark(v: Verdict) -> &'static str {
     }
 }
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, review: &Review) {
+pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, review: &Review) {
     let Some(draft) = &state.authoring.draft else {
         return;
     };

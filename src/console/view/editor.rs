@@ -53,7 +53,7 @@ fn choice(value: &str, field: Field, style: Style) -> Piece {
 }
 
 /// Draws the editor over `area`; returns where the terminal cursor goes.
-pub fn draw(buf: &mut Buffer, area: Rect, t: &Theme, e: &RuleEditor) -> Option<(u16, u16)> {
+pub(super) fn draw(buf: &mut Buffer, area: Rect, t: &Theme, e: &RuleEditor) -> Option<(u16, u16)> {
     Clear.render(area, buf);
     let block = Block::default()
         .borders(Borders::ALL)

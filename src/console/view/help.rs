@@ -14,7 +14,7 @@ use crate::console::theme::Theme;
 /// Width of one entry in the two-column layout.
 const COLUMN: usize = 52;
 
-pub fn draw(buf: &mut Buffer, body: Rect, state: &State, t: &Theme) {
+pub(super) fn draw(buf: &mut Buffer, body: Rect, state: &State, t: &Theme) {
     let mut entries: Vec<(String, &str)> = keys::active_bindings(state)
         .map(|b| (format!("  {:<8}", b.label), b.help))
         .collect();

@@ -14,7 +14,7 @@ const LEFT_W: u16 = 10;
 const WHO_W: u16 = 22;
 const TOOL_W: u16 = 22;
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
+pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let (list_area, detail_area) = match state.holds_view.detail.as_deref() {
         Some(_) if area.height >= 10 => {
             let detail_h = (area.height * 2 / 3).clamp(6, 24);

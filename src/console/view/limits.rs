@@ -22,7 +22,7 @@ const WINDOW_W: u16 = 12;
 const BAR_W: u16 = 22;
 
 /// A bar of `width` cells, `used` of `max` filled.
-pub fn bar(used: u64, max: u64, width: usize) -> String {
+pub(super) fn bar(used: u64, max: u64, width: usize) -> String {
     let filled = if max == 0 {
         width
     } else {
@@ -31,7 +31,7 @@ pub fn bar(used: u64, max: u64, width: usize) -> String {
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
+pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let rows = limit_rows(state);
     let block = Block::default()
         .borders(Borders::ALL)

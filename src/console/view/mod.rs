@@ -30,9 +30,6 @@ use unicode_width::UnicodeWidthChar;
 use super::model::{DecisionStyle, Layout as Screen, Overlay, State, View};
 use super::theme::Theme;
 
-pub use detail::detail_lines;
-pub use limits::bar;
-
 /// What drawing keeps between frames, owned by the event loop beside the [`State`].
 #[derive(Debug)]
 pub struct ViewState {
@@ -99,7 +96,7 @@ pub fn draw(frame: &mut Frame, state: &State, view: &mut ViewState) {
 }
 
 /// The style of a decision in this theme.
-pub fn decision_style(theme: &Theme, d: DecisionStyle) -> Style {
+pub(crate) fn decision_style(theme: &Theme, d: DecisionStyle) -> Style {
     match d {
         DecisionStyle::Allow => theme.allow,
         DecisionStyle::Deny => theme.deny,
@@ -109,12 +106,12 @@ pub fn decision_style(theme: &Theme, d: DecisionStyle) -> Style {
 }
 
 /// Display width of `text` as the buffer counts it (controls never reach here).
-pub fn width(text: &str) -> usize {
+pub(crate) fn width(text: &str) -> usize {
     text.chars().map(|c| c.width().unwrap_or(0)).sum()
 }
 
 /// `text` cut to `max` columns, with `…` when cut.
-pub fn fit(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn fit(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if width(text) <= max {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -137,7 +134,7 @@ pub fn fit(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 
 /// Writes `text` in the cell starting at column `x` of row `y`, `w` columns wide, patching
 /// `style` over what is there (so a selected row keeps its background).
-pub fn cell(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) {
+pub(crate) fn cell(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) {
     if w == 0 {
         return;
     }
@@ -145,14 +142,14 @@ pub fn cell(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) 
 }
 
 /// Like [`cell`], right-aligned.
-pub fn cell_right(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) {
+pub(crate) fn cell_right(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) {
     let text = fit(text, w as usize);
     let pad = (w as usize).saturating_sub(width(&text)) as u16;
     buf.set_stringn(x + pad, y, text, (w - pad) as usize, style);
 }
 
 /// A rectangle `percent_x` by up to `height` rows, centred in `area`.
-pub fn centered(area: Rect, percent_x: u16, height: u16) -> Rect {
+pub(crate) fn centered(area: Rect, percent_x: u16, height: u16) -> Rect {
     let w = (area.width as u32 * percent_x as u32 / 100) as u16;
     let w = w.max(20).min(area.width);
     let h = height.min(area.height);

@@ -63,7 +63,7 @@ fn column_widths(w: u16) -> [u16; 7] {
     out
 }
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
+pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let Some(draft) = &state.authoring.draft else {
         let text = match (&state.authoring.load_error, &state.policy_path) {
             (Some(e), _) => format!("cannot read the policy: {e}"),

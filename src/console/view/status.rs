@@ -12,7 +12,7 @@ use crate::console::theme::Theme;
 const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
 /// ` toolgate · 2 gateways ● · policy 3f9a21 · ✓ 1204  ✗ 87  ⏱ 31  ⏸ 2 held · 42/min ▁▂▅▇▅▃`
-pub fn status_bar(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
+pub(super) fn status_bar(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     if area.is_empty() {
         return;
     }
@@ -132,7 +132,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The bottom line: a prompt when one is open, else the views and the message or hints.
-pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
+pub(super) fn bottom_line(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     if area.is_empty() {
         return;
     }
@@ -214,7 +214,7 @@ fn prompt(buf: &mut Buffer, area: Rect, t: &Theme, label: &str, value: &str) {
 }
 
 /// Where the terminal cursor goes (in a text prompt).
-pub fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
+pub(super) fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
     let (label_w, input) = match state.overlays.prompt()? {
         Prompt::Filter(i) | Prompt::Command(i) => (1, i),
         Prompt::DenyReason { call_id, input } => (
