@@ -30,6 +30,9 @@ enum Step {
 
 const NET_CAPACITY: usize = 64;
 
+/// Only so that a broken loop fails instead of hanging; nothing asserts on speed.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn script(
     steps: Vec<Step>,
     net: mpsc::Sender<AppEvent>,
@@ -41,8 +44,15 @@ fn script(
                 match steps.next()? {
                     Step::Net(ev) => net.send(*ev).await.ok()?,
                     Step::Key(code) => {
-                        while net.capacity() < NET_CAPACITY {
-                            tokio::task::yield_now().await;
+                        let taken = async {
+                            while net.capacity() < NET_CAPACITY {
+                                tokio::task::yield_now().await;
+                            }
+                        };
+                        if tokio::time::timeout(WITHIN, taken).await.is_err() {
+                            panic!(
+                                "the loop did not take the gateway events sent before key {code:?} within {WITHIN:?}"
+                            );
                         }
                         let key = TermEvent::Key(KeyEvent::new(code, KeyModifiers::NONE));
                         return Some((Ok(key), (steps, net)));
@@ -77,7 +87,7 @@ async fn drive(steps: Vec<Step>) -> Driven {
     let clock = FixedClock(at_ms(60_000));
     // Keep a sender so the loop's network branch stays open to the end.
     let keep = net_tx.clone();
-    run(
+    let ran = run(
         &mut terminal,
         &mut state,
         &mut view,
@@ -86,9 +96,11 @@ async fn drive(steps: Vec<Step>) -> Driven {
         cmd_tx,
         &clock,
         std::time::Duration::from_secs(3600),
-    )
-    .await
-    .expect("console loop");
+    );
+    tokio::time::timeout(WITHIN, ran)
+        .await
+        .unwrap_or_else(|_| panic!("the console loop did not finish its script within {WITHIN:?}"))
+        .expect("console loop");
     drop(keep);
     let mut sent = Vec::new();
     while let Ok(o) = cmd_rx.try_recv() {
