@@ -240,27 +240,7 @@ pub(crate) fn apply(state: &mut State, action: Action) {
         Action::Edit(req) if matches!(state.overlays.top(), Some(Overlay::Editor(_))) => {
             authoring::with_editor(state, |e| e.type_text(req));
         }
-        Action::Edit(req) => {
-            let filter_changed = match state.overlays.prompt_mut() {
-                Some(Prompt::Filter(input)) => {
-                    input.handle(req);
-                    Some(input.value().to_owned())
-                }
-                Some(
-                    Prompt::Command(input)
-                    | Prompt::DenyReason { input, .. }
-                    | Prompt::Rate { input, .. }
-                    | Prompt::CounterEdit { input, .. },
-                ) => {
-                    input.handle(req);
-                    None
-                }
-                Some(Prompt::ConfirmQuit) | None => None,
-            };
-            if let Some(text) = filter_changed {
-                set_filter(state, &text);
-            }
-        }
+        Action::Edit(req) => edit_prompt(state, req),
         Action::Submit => submit(state),
         Action::Confirm => match state.overlays.top() {
             Some(Overlay::Prompt(Prompt::ConfirmQuit)) => state.quit = true,
@@ -310,6 +290,61 @@ pub(crate) fn apply(state: &mut State, action: Action) {
         Action::SuggestRule => authoring::suggest(state),
         Action::ReviewWrite => authoring::review(state, false),
         Action::OpenRuleEditor => authoring::open_editor(state),
+        Action::EditorNext
+        | Action::EditorPrev
+        | Action::EditorChoose(_)
+        | Action::EditorEnter
+        | Action::EditorAddLimit
+        | Action::EditorAddCondition
+        | Action::EditorRemove
+        | Action::EditorCompletePath => edit_rule(state, action),
+        Action::EditorSave => authoring::save_editor(state),
+        Action::EditCounterMax => open_counter_edit(state, true),
+        Action::EditCounterWindow => open_counter_edit(state, false),
+        Action::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
+        Action::ScrollDetail(by) => {
+            if let Some(Overlay::Review(_)) = state.overlays.top()
+                && let Some(r) = state.overlays.review_mut()
+            {
+                r.scroll = r.scroll.saturating_add_signed(by);
+                return;
+            }
+            let scroll = match state.view {
+                View::Live => &mut state.live.detail_scroll,
+                View::Holds => &mut state.holds_view.detail_scroll,
+                _ => return,
+            };
+            *scroll = scroll.saturating_add_signed(by);
+        }
+    }
+}
+
+/// A key typed into the prompt on top (the filter applies as it changes).
+fn edit_prompt(state: &mut State, req: tui_input::InputRequest) {
+    let filter_changed = match state.overlays.prompt_mut() {
+        Some(Prompt::Filter(input)) => {
+            input.handle(req);
+            Some(input.value().to_owned())
+        }
+        Some(
+            Prompt::Command(input)
+            | Prompt::DenyReason { input, .. }
+            | Prompt::Rate { input, .. }
+            | Prompt::CounterEdit { input, .. },
+        ) => {
+            input.handle(req);
+            None
+        }
+        Some(Prompt::ConfirmQuit) | None => None,
+    };
+    if let Some(text) = filter_changed {
+        set_filter(state, &text);
+    }
+}
+
+/// A rule editor action: moves, choices, adding and removing limits and conditions.
+fn edit_rule(state: &mut State, action: Action) {
+    match action {
         Action::EditorNext => authoring::with_editor(state, |e| {
             e.move_focus(1);
             false
@@ -343,39 +378,25 @@ pub(crate) fn apply(state: &mut State, action: Action) {
         }),
         Action::EditorRemove => authoring::with_editor(state, |e| e.remove_focused()),
         Action::EditorCompletePath => authoring::with_editor(state, |e| e.complete_path()),
-        Action::EditorSave => authoring::save_editor(state),
-        Action::EditCounterMax | Action::EditCounterWindow => {
-            let max = action == Action::EditCounterMax;
-            let rows = limit_rows(state);
-            if let Some(row) = rows.get(state.authoring.limits_selected) {
-                let text = if max {
-                    row.max.to_string()
-                } else {
-                    window_short(row.window_ms)
-                };
-                let cursor = text.chars().count();
-                state.overlays.open_prompt(Prompt::CounterEdit {
-                    counter: row.counter.clone(),
-                    max,
-                    input: Input::new(text).with_cursor(cursor),
-                });
-            }
-        }
-        Action::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
-        Action::ScrollDetail(by) => {
-            if let Some(Overlay::Review(_)) = state.overlays.top()
-                && let Some(r) = state.overlays.review_mut()
-            {
-                r.scroll = r.scroll.saturating_add_signed(by);
-                return;
-            }
-            let scroll = match state.view {
-                View::Live => &mut state.live.detail_scroll,
-                View::Holds => &mut state.holds_view.detail_scroll,
-                _ => return,
-            };
-            *scroll = scroll.saturating_add_signed(by);
-        }
+        _ => {}
+    }
+}
+
+/// `m`/`t` in Limits: asks for the selected counter's new max (`max`) or window.
+fn open_counter_edit(state: &mut State, max: bool) {
+    let rows = limit_rows(state);
+    if let Some(row) = rows.get(state.authoring.limits_selected) {
+        let text = if max {
+            row.max.to_string()
+        } else {
+            window_short(row.window_ms)
+        };
+        let cursor = text.chars().count();
+        state.overlays.open_prompt(Prompt::CounterEdit {
+            counter: row.counter.clone(),
+            max,
+            input: Input::new(text).with_cursor(cursor),
+        });
     }
 }
 
