@@ -13,8 +13,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use serde_json::json;
-use toolgate::console::app::{AppEvent, State, set_filter, update};
-use toolgate::console::theme::Theme;
+use toolgate::console::testing::Theme;
+use toolgate::console::testing::{AppEvent, State, ViewState, draw, set_filter, update};
 use toolgate::testing::wire::{CallEvent, Event, EventKind, Verdict};
 
 /// Counts bytes currently allocated, to report the state's memory.
@@ -93,7 +93,7 @@ fn events(n: usize) -> Vec<AppEvent> {
 }
 
 fn full_state() -> State {
-    let mut s = State::new(t0(), Theme::builtin_default(), N);
+    let mut s = State::new(t0(), N);
     let now = t0() + TimeDelta::seconds(100);
     for ev in events(N) {
         update(&mut s, ev, now);
@@ -121,7 +121,7 @@ fn ingest(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("ingest 100k call events", |b| {
         b.iter_batched(
-            || (State::new(t0(), Theme::builtin_default(), N), events(N)),
+            || (State::new(t0(), N), events(N)),
             |(mut s, evs)| {
                 let now = t0() + TimeDelta::seconds(100);
                 for ev in evs {
@@ -138,11 +138,10 @@ fn ingest(c: &mut Criterion) {
 fn render(c: &mut Criterion) {
     let s = full_state();
     let mut terminal = Terminal::new(TestBackend::new(200, 60)).expect("terminal");
+    let mut view = ViewState::new(Theme::builtin_default());
     c.bench_function("console/render 200x60 with 100k calls", |b| {
         b.iter(|| {
-            terminal
-                .draw(|f| toolgate::console::view::draw(f, &s))
-                .expect("draw");
+            terminal.draw(|f| draw(f, &s, &mut view)).expect("draw");
         })
     });
     let mut paused = full_state();
@@ -151,7 +150,7 @@ fn render(c: &mut Criterion) {
     c.bench_function("console/render 200x60 filtered and paused", |b| {
         b.iter(|| {
             terminal
-                .draw(|f| toolgate::console::view::draw(f, &paused))
+                .draw(|f| draw(f, &paused, &mut view))
                 .expect("draw");
         })
     });

@@ -13,9 +13,9 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use tokio::sync::mpsc;
-use toolgate::console::app::{AppEvent, State, update};
-use toolgate::console::net::{self, Targets};
-use toolgate::console::theme::Theme;
+use toolgate::console::testing::Theme;
+use toolgate::console::testing::{AppEvent, State, ViewState, update};
+use toolgate::console::testing::{Targets, net};
 use toolgate::testing::control::EventsOptions;
 use toolgate::testing::demo::DemoOptions;
 
@@ -51,12 +51,14 @@ async fn main() -> anyhow::Result<()> {
         },
         events_tx,
     );
-    let mut state = State::new(chrono::Utc::now(), Theme::load("dark")?, 100_000);
+    let mut state = State::new(chrono::Utc::now(), 100_000);
     state.operator = Some("operator".into());
     state.policy_path = Some(demo.policy_path.display().to_string());
     let mut terminal = Terminal::new(TestBackend::new(SIZE.0, SIZE.1))?;
+    let mut view = ViewState::new(Theme::load("dark")?);
     let mut console = Console {
         state: &mut state,
+        view: &mut view,
         terminal: &mut terminal,
         commands,
     };
@@ -92,15 +94,22 @@ async fn main() -> anyhow::Result<()> {
 /// The console's state driven as its event loop drives it, on a test terminal.
 struct Console<'a> {
     state: &'a mut State,
+    view: &'a mut ViewState,
     terminal: &'a mut Terminal<TestBackend>,
-    commands: mpsc::UnboundedSender<toolgate::console::Outgoing>,
+    commands: mpsc::UnboundedSender<toolgate::console::testing::Outgoing>,
 }
 
 impl Console<'_> {
     fn feed(&mut self, event: AppEvent) {
         let now = chrono::Utc::now();
         update(self.state, event, now);
-        toolgate::console::carry_out_effects(self.terminal, self.state, &self.commands, now);
+        toolgate::console::testing::carry_out_effects_now(
+            self.terminal,
+            self.state,
+            self.view,
+            &self.commands,
+            now,
+        );
     }
 
     fn press(&mut self, keys: &[KeyCode]) {
@@ -116,8 +125,9 @@ impl Console<'_> {
 
     fn shoot(&mut self, out: &Path, name: &str) -> anyhow::Result<()> {
         let state = &*self.state;
+        let view = &mut *self.view;
         self.terminal
-            .draw(|frame| toolgate::console::view::draw(frame, state))?;
+            .draw(|frame| toolgate::console::testing::draw(frame, state, view))?;
         let svg = toolgate::testing::screenshot::to_svg(self.terminal.backend().buffer());
         let path = out.join(format!("{name}.svg"));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;

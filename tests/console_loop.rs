@@ -1,10 +1,13 @@
-//! The real event loop ([`toolgate::console::run`]) on a `TestBackend`: gateway events and
+//! The real event loop ([`toolgate::console::testing::run`]) on a `TestBackend`: gateway events and
 //! keys go in through the same channels the binary uses; commands for gateways come out.
 //!
 //! Keys and gateway events are interleaved by one scripted stream. Before it hands the loop
 //! its next key it waits until the loop has taken every gateway event sent so far (the
 //! bounded channel is empty again): the loop applies an event in the same turn it takes it,
-//! so the script never races the loop, and no test sleeps.
+//! so the script never races the loop, and no test sleeps. File effects (the policy read a
+//! gateway's hello asks for, a theme) run off the loop and answer when they are done; the
+//! console is given a policy file that reads cleanly, so that answer changes nothing on the
+//! screen whenever it lands, and a run whose input has ended waits for what it started.
 
 mod console_support;
 
@@ -16,10 +19,9 @@ use futures_util::Stream;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use tokio::sync::mpsc;
-use toolgate::console::app::{AppEvent, State};
-use toolgate::console::theme::Theme;
-use toolgate::console::{Outgoing, run};
-use toolgate::wire::{ClientMsg, EventKind, Reply, Verdict};
+use toolgate::console::testing::Theme;
+use toolgate::console::testing::{AppEvent, Outgoing, State, ViewState, run};
+use toolgate::testing::wire::{ClientMsg, EventKind, Reply, Verdict};
 
 enum Step {
     Key(KeyCode),
@@ -27,6 +29,9 @@ enum Step {
 }
 
 const NET_CAPACITY: usize = 64;
+
+/// Only so that a broken loop fails instead of hanging; nothing asserts on speed.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn script(
     steps: Vec<Step>,
@@ -39,8 +44,15 @@ fn script(
                 match steps.next()? {
                     Step::Net(ev) => net.send(*ev).await.ok()?,
                     Step::Key(code) => {
-                        while net.capacity() < NET_CAPACITY {
-                            tokio::task::yield_now().await;
+                        let taken = async {
+                            while net.capacity() < NET_CAPACITY {
+                                tokio::task::yield_now().await;
+                            }
+                        };
+                        if tokio::time::timeout(WITHIN, taken).await.is_err() {
+                            panic!(
+                                "the loop did not take the gateway events sent before key {code:?} within {WITHIN:?}"
+                            );
                         }
                         let key = TermEvent::Key(KeyEvent::new(code, KeyModifiers::NONE));
                         return Some((Ok(key), (steps, net)));
@@ -51,31 +63,55 @@ fn script(
     ))
 }
 
-async fn drive(steps: Vec<Step>) -> (State, TestBackend, Vec<Outgoing>) {
-    let mut state = State::new(t0(), Theme::builtin_default(), 1000);
+/// What a scripted run left: the state, the screen, the commands sent, the view's state.
+struct Driven {
+    state: State,
+    backend: TestBackend,
+    sent: Vec<Outgoing>,
+    view: ViewState,
+}
+
+async fn drive(steps: Vec<Step>) -> Driven {
+    let mut state = State::new(t0(), 1000);
+    state.policy_path = Some(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/seed-policy.json"
+        )
+        .to_owned(),
+    );
+    let mut view = ViewState::new(Theme::builtin_default());
     let mut terminal = Terminal::new(TestBackend::new(110, 16)).expect("terminal");
     let (net_tx, net_rx) = mpsc::channel(NET_CAPACITY);
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let clock = FixedClock(at_ms(60_000));
     // Keep a sender so the loop's network branch stays open to the end.
     let keep = net_tx.clone();
-    run(
+    let ran = run(
         &mut terminal,
         &mut state,
+        &mut view,
         script(steps, net_tx),
         net_rx,
         cmd_tx,
         &clock,
         std::time::Duration::from_secs(3600),
-    )
-    .await
-    .expect("console loop");
+    );
+    tokio::time::timeout(WITHIN, ran)
+        .await
+        .unwrap_or_else(|_| panic!("the console loop did not finish its script within {WITHIN:?}"))
+        .expect("console loop");
     drop(keep);
     let mut sent = Vec::new();
     while let Ok(o) = cmd_rx.try_recv() {
         sent.push(o);
     }
-    (state, terminal.backend().clone(), sent)
+    Driven {
+        state,
+        backend: terminal.backend().clone(),
+        sent,
+        view,
+    }
 }
 
 fn hold_call() -> AppEvent {
@@ -133,7 +169,12 @@ async fn calls_arrive_a_hold_rings_and_a_approves_it_on_its_gateway() {
         reply_to_first(true, None),
         Step::Key(KeyCode::Char('1')),
     ];
-    let (state, backend, sent) = drive(steps).await;
+    let Driven {
+        state,
+        backend,
+        sent,
+        ..
+    } = drive(steps).await;
     assert_eq!(state.bells_rung, 1);
     assert_eq!(
         sent,
@@ -163,7 +204,7 @@ async fn an_approval_the_gateway_refuses_is_shown_as_an_error() {
         reply_to_first(false, Some("already resolved")),
         Step::Key(KeyCode::Char('2')),
     ];
-    let (_, backend, _) = drive(steps).await;
+    let Driven { backend, .. } = drive(steps).await;
     let screen = text(backend.buffer()).join("\n");
     assert!(
         screen.contains("could not approve a1b2-7: already resolved"),
@@ -181,7 +222,7 @@ async fn q_with_a_held_call_asks_and_y_ends_the_loop() {
         // Never reached: the loop has returned.
         Step::Key(KeyCode::Char('x')),
     ];
-    let (state, _, _) = drive(steps).await;
+    let Driven { state, .. } = drive(steps).await;
     assert!(state.quit);
 }
 
@@ -189,13 +230,13 @@ async fn q_with_a_held_call_asks_and_y_ends_the_loop() {
 async fn the_theme_command_switches_theme_and_a_bad_name_is_refused() {
     let mut steps = typing(":theme light");
     steps.push(Step::Key(KeyCode::Enter));
-    let (state, _, _) = drive(steps).await;
-    assert_eq!(state.theme.name, "light");
+    let Driven { view, .. } = drive(steps).await;
+    assert_eq!(view.theme.name, "light");
 
     let mut steps = typing(":theme no-such-theme");
     steps.push(Step::Key(KeyCode::Enter));
-    let (state, backend, _) = drive(steps).await;
-    assert_eq!(state.theme.name, "dark");
+    let Driven { view, backend, .. } = drive(steps).await;
+    assert_eq!(view.theme.name, "dark");
     let screen = text(backend.buffer()).join("\n");
     assert!(
         screen.contains("no theme named 'no-such-theme'"),

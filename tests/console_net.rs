@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use toolgate::console::app::{AppEvent, Link};
-use toolgate::console::net::{self, Outgoing, Targets};
-use toolgate::control::{EventsOptions, Hub};
-use toolgate::wire::{CallEvent, ClientMsg, EventKind, GatewayInfo, Verdict};
+use toolgate::console::testing::{AppEvent, Link};
+use toolgate::console::testing::{Outgoing, Targets, net};
+use toolgate::testing::control::{EventsOptions, Hub};
+use toolgate::testing::wire::{CallEvent, ClientMsg, EventKind, GatewayInfo, Verdict};
 
 /// Only so that a broken build fails instead of hanging; nothing asserts on speed.
 const WITHIN: Duration = Duration::from_secs(30);
@@ -71,7 +71,7 @@ async fn discovers_a_gateway_follows_it_approves_on_it_and_sees_it_go() {
         policy: "/p/policy.json".into(),
         started_at: chrono::Utc::now(),
     });
-    let control = toolgate::control::start(Arc::clone(&hub), EventsOptions::default())
+    let control = toolgate::testing::control::start(Arc::clone(&hub), EventsOptions::default())
         .await
         .expect("event websocket");
 

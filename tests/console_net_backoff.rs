@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use toolgate::console::app::{AppEvent, Link};
-use toolgate::console::net::{self, Targets};
+use toolgate::console::testing::{AppEvent, Link};
+use toolgate::console::testing::{Targets, net};
 
 /// Only so that a broken build fails instead of hanging; nothing asserts on speed.
 const WITHIN: Duration = Duration::from_secs(30);

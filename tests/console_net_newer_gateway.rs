@@ -8,9 +8,9 @@ use futures_util::SinkExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use toolgate::console::app::{AppEvent, Link};
-use toolgate::console::net::{self, Targets};
-use toolgate::wire::{
+use toolgate::console::testing::{AppEvent, Link};
+use toolgate::console::testing::{Targets, net};
+use toolgate::testing::wire::{
     Event, EventKind, GatewayInfo, Hello, PROTOCOL_VERSION, PolicyApplied, Snapshot,
 };
 

@@ -8,12 +8,12 @@ mod console_support;
 use console_support::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use serde_json::Value;
-use toolgate::console::app::{AppEvent, Effect, Prompt, State, View, update};
-use toolgate::console::authoring::WriteFailure;
-use toolgate::console::draft::{Draft, Edit};
-use toolgate::console::policy_file;
+use toolgate::console::testing;
+use toolgate::console::testing::WriteFailure;
+use toolgate::console::testing::{AppEvent, Effect, Prompt, State, View, update};
+use toolgate::console::testing::{Draft, Edit};
 use toolgate::testing::policy::Policy;
-use toolgate::wire::{EventKind, PolicyApplied, PolicyRejected, ToolInfo, Tools};
+use toolgate::testing::wire::{EventKind, PolicyApplied, PolicyRejected, ToolInfo, Tools};
 
 const PATH: &str = "/home/op/policy.json";
 
@@ -104,7 +104,7 @@ fn rule(s: &State, key: &str) -> Value {
 #[test]
 fn the_policy_file_is_asked_for_once_its_path_is_known() {
     let s = {
-        let mut s = State::new(t0(), toolgate::console::Theme::plain("t"), 100);
+        let mut s = State::new(t0(), 100);
         update(&mut s, up("gw"), t0());
         update(
             &mut s,
@@ -117,7 +117,7 @@ fn the_policy_file_is_asked_for_once_its_path_is_known() {
 }
 
 #[test]
-fn allow_deny_and_hold_set_the_tools_action() {
+fn allow_block_and_hold_set_the_tools_action() {
     let mut s = authoring();
     command(&mut s, "allow export_data");
     assert_eq!(
@@ -125,7 +125,7 @@ fn allow_deny_and_hold_set_the_tools_action() {
         ("draft: export_data allowed · :w writes".into(), false)
     );
     assert_eq!(rule(&s, "export_data"), serde_json::json!({}));
-    command(&mut s, "deny send_message not during the freeze");
+    command(&mut s, "block send_message not during the freeze");
     assert_eq!(rule(&s, "send_message")["action"], "deny");
     assert_eq!(rule(&s, "send_message")["reason"], "not during the freeze");
     command(&mut s, "hold list_meetings");
@@ -144,6 +144,20 @@ fn deny_of_a_held_call_id_still_resolves_the_hold() {
         s.effects
     );
     assert!(!draft(&s).is_modified());
+}
+
+#[test]
+fn deny_of_a_call_that_is_not_held_drafts_nothing_and_points_to_block() {
+    let mut s = authoring();
+    // A tool's name, and the id of a hold that has just timed out: neither is held now.
+    for line in ["deny list_meetings", "deny a1b2-4 too late"] {
+        command(&mut s, line);
+        let (text, error) = message(&s);
+        assert!(error && text.contains("no held call"), "{line}: {text}");
+        assert!(text.contains(":block TOOL"), "{line}: {text}");
+        assert!(s.effects.is_empty(), "{line}: {:?}", s.effects);
+        assert!(!draft(&s).is_modified(), "{line} changed the draft");
+    }
 }
 
 #[test]
@@ -214,7 +228,8 @@ fn malformed_commands_are_refused_with_their_usage() {
         ("unlimit", ":unlimit TOOL"),
         ("default", ":default allow|deny|require_approval"),
         ("hide", ":hide TOOL"),
-        ("deny", ":deny TOOL"),
+        ("block", ":block TOOL"),
+        ("deny", ":deny ID"),
     ] {
         command(&mut s, line);
         let (text, error) = message(&s);
@@ -232,7 +247,7 @@ fn malformed_commands_are_refused_with_their_usage() {
 
 #[test]
 fn edits_without_a_policy_file_say_where_to_get_one() {
-    let mut s = State::new(t0(), toolgate::console::Theme::plain("t"), 100);
+    let mut s = State::new(t0(), 100);
     command(&mut s, "allow x");
     let (text, error) = message(&s);
     assert!(error && text.contains("--policy"), "{text}");
@@ -245,8 +260,8 @@ fn write_shows_the_diff_then_y_writes_and_the_gateways_confirm() {
     assert_eq!(message(&s).0, "the draft is the file: nothing to write");
     command(&mut s, "limit list_meetings 2/minute");
     command(&mut s, "w");
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
-    let review = s.authoring.review.as_ref().expect("review");
+    assert!(s.overlays.review().is_some());
+    let review = s.overlays.review().expect("review");
     assert!(
         review
             .diff
@@ -273,7 +288,7 @@ fn write_shows_the_diff_then_y_writes_and_the_gateways_confirm() {
         (PATH, &new_text, &base_hash, false)
     );
     s.effects.clear();
-    let hash = policy_file::hash_bytes(new_text.as_bytes());
+    let hash = testing::hash_bytes(new_text.as_bytes());
     assert_eq!(hash, Policy::parse(&new_text, PATH).unwrap().hash());
     let now = s.now;
     update(
@@ -325,9 +340,23 @@ fn n_keeps_the_draft_and_writes_nothing() {
     command(&mut s, "allow export_data");
     command(&mut s, "w");
     key(&mut s, KeyCode::Char('n'));
-    assert!(matches!(s.prompt, Prompt::None));
+    assert!(s.overlays.prompt().is_none());
     assert!(s.effects.is_empty());
     assert!(draft(&s).is_modified());
+}
+
+#[test]
+fn j_and_k_scroll_the_write_review_as_far_as_they_scroll_a_detail() {
+    let mut s = authoring();
+    command(&mut s, "allow export_data");
+    command(&mut s, "w");
+    let scroll = |s: &State| s.overlays.review().expect("a review").scroll;
+    key(&mut s, KeyCode::Char('J'));
+    assert_eq!(scroll(&s), testing::SCROLL_STEP as u16);
+    key(&mut s, KeyCode::Char('j'));
+    assert_eq!(scroll(&s), testing::SCROLL_STEP as u16 + 1);
+    key(&mut s, KeyCode::Char('K'));
+    assert_eq!(scroll(&s), 1);
 }
 
 #[test]
@@ -347,7 +376,7 @@ fn an_invalid_draft_cannot_be_written() {
     command(&mut s, "allow x");
     let (text, error) = message(&s);
     assert!(error && text.contains("version"), "{text}");
-    assert!(!matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_none());
 }
 
 #[test]
@@ -362,7 +391,7 @@ fn a_gateway_that_refuses_the_write_is_named_with_its_diagnostics() {
         &mut s,
         AppEvent::PolicyWritten {
             text: text.clone(),
-            result: Ok(policy_file::hash_bytes(text.as_bytes())),
+            result: Ok(testing::hash_bytes(text.as_bytes())),
         },
         now,
     );
@@ -418,10 +447,7 @@ fn a_file_changed_on_disk_is_never_overwritten_without_w_bang() {
         "{said}"
     );
     command(&mut s, "w");
-    assert!(
-        !matches!(s.prompt, Prompt::ConfirmWrite),
-        "plain :w refuses"
-    );
+    assert!(s.overlays.review().is_none(), "plain :w refuses");
     command(&mut s, "w!");
     key(&mut s, KeyCode::Char('y'));
     assert!(matches!(
@@ -463,19 +489,19 @@ fn undo_offers_the_version_before_the_last_write() {
     let mut s = authoring();
     command(&mut s, "undo");
     assert!(message(&s).1, "nothing written yet");
-    command(&mut s, "deny list_meetings");
+    command(&mut s, "block list_meetings");
     let written = draft(&s).text().to_owned();
     let now = s.now;
     update(
         &mut s,
         AppEvent::PolicyWritten {
             text: written.clone(),
-            result: Ok(policy_file::hash_bytes(written.as_bytes())),
+            result: Ok(testing::hash_bytes(written.as_bytes())),
         },
         now,
     );
     command(&mut s, "undo");
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(draft(&s).text(), POLICY);
     assert_eq!(draft(&s).base, written);
 }
@@ -483,9 +509,9 @@ fn undo_offers_the_version_before_the_last_write() {
 #[test]
 fn what_if_counts_the_recent_calls_the_draft_decides_differently() {
     let mut s = authoring();
-    command(&mut s, "deny list_meetings");
+    command(&mut s, "block list_meetings");
     command(&mut s, "w");
-    let review = s.authoring.review.as_ref().unwrap();
+    let review = s.overlays.review().unwrap();
     assert!(
         review
             .whatif
@@ -512,18 +538,20 @@ fn r_on_a_call_asks_for_a_rate_then_reviews_the_write() {
     }
     assert_eq!(s.selected_call().unwrap().tool, "create_api_key");
     key(&mut s, KeyCode::Char('r'));
-    assert!(matches!(&s.prompt, Prompt::Rate { tool, .. } if tool == "create_api_key"));
+    assert!(
+        matches!(s.overlays.prompt(), Some(Prompt::Rate { tool, .. }) if tool == "create_api_key")
+    );
     typed(&mut s, "nonsense");
     key(&mut s, KeyCode::Enter);
     assert!(
-        matches!(s.prompt, Prompt::Rate { .. }),
+        matches!(s.overlays.prompt(), Some(Prompt::Rate { .. })),
         "a bad rate asks again"
     );
     key(&mut s, KeyCode::Esc);
     key(&mut s, KeyCode::Char('r'));
     typed(&mut s, "10/minute");
     key(&mut s, KeyCode::Enter);
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(rule(&s, "create_api_key")["limits"][0]["max"], 10);
     assert_eq!(rule(&s, "create_api_key")["limits"][0]["scope"], "grant");
 }
@@ -535,7 +563,7 @@ fn b_on_a_call_blocks_its_tool_and_a_in_holds_approves_and_allows() {
         key(&mut s, KeyCode::Up);
     }
     key(&mut s, KeyCode::Char('b'));
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(rule(&s, "create_api_key")["action"], "deny");
     key(&mut s, KeyCode::Char('n'));
     s.effects.clear();
@@ -552,7 +580,7 @@ fn b_on_a_call_blocks_its_tool_and_a_in_holds_approves_and_allows() {
         "approved: {:?}",
         s.effects
     );
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(rule(&s, &held.tool)["action"], "allow");
 }
 
@@ -575,19 +603,19 @@ fn policy_view_keys_edit_the_selected_rule() {
     key(&mut s, KeyCode::Char('u'));
     assert!(rule(&s, "list_meetings").get("limits").is_none());
     key(&mut s, KeyCode::Char('w'));
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
 }
 
 #[test]
 fn the_policy_view_flags_a_rule_no_offered_tool_matches() {
     let s = authoring();
-    let rows = toolgate::console::view::policy_rows(&s);
+    let rows = s.policy_rows();
     let flagged: Vec<&str> = rows
         .iter()
         .filter(|r| {
             matches!(
                 r.kind,
-                toolgate::console::view::RowKind::Rule {
+                toolgate::console::testing::RowKind::Rule {
                     unmatched: true,
                     ..
                 }
@@ -598,7 +626,7 @@ fn the_policy_view_flags_a_rule_no_offered_tool_matches() {
     assert_eq!(flagged, ["book_meting"]);
     let unruled: Vec<&str> = rows
         .iter()
-        .filter(|r| matches!(r.kind, toolgate::console::view::RowKind::Unruled { .. }))
+        .filter(|r| matches!(r.kind, toolgate::console::testing::RowKind::Unruled { .. }))
         .map(|r| r.tool.as_str())
         .collect();
     assert_eq!(unruled, ["book_meeting", "export_data"]);
@@ -608,20 +636,24 @@ fn the_policy_view_flags_a_rule_no_offered_tool_matches() {
 fn limits_view_edits_max_and_window_in_place() {
     let mut s = authoring();
     key(&mut s, KeyCode::Char('4'));
-    let rows = toolgate::console::view::limit_rows(&s);
+    let rows = toolgate::console::testing::limit_rows(&s);
     assert_eq!(rows[0].counter, "create_api_key");
     key(&mut s, KeyCode::Char('m'));
-    assert!(matches!(&s.prompt, Prompt::CounterEdit { input, .. } if input.value() == "30"));
+    assert!(
+        matches!(s.overlays.prompt(), Some(Prompt::CounterEdit { input, .. }) if input.value() == "30")
+    );
     for _ in 0..2 {
         key(&mut s, KeyCode::Backspace);
     }
     typed(&mut s, "50");
     key(&mut s, KeyCode::Enter);
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.review().is_some());
     assert_eq!(rule(&s, "create_api_key")["limits"][0]["max"], 50);
     key(&mut s, KeyCode::Char('n'));
     key(&mut s, KeyCode::Char('t'));
-    assert!(matches!(&s.prompt, Prompt::CounterEdit { input, .. } if input.value() == "minute"));
+    assert!(
+        matches!(s.overlays.prompt(), Some(Prompt::CounterEdit { input, .. }) if input.value() == "minute")
+    );
     for _ in 0..6 {
         key(&mut s, KeyCode::Backspace);
     }
@@ -629,7 +661,7 @@ fn limits_view_edits_max_and_window_in_place() {
     key(&mut s, KeyCode::Enter);
     assert_eq!(rule(&s, "create_api_key")["limits"][0]["window"], "10m");
     assert!(
-        toolgate::console::view::limit_rows(&s)[0].draft == Some((50, 600_000)),
+        toolgate::console::testing::limit_rows(&s)[0].draft == Some((50, 600_000)),
         "the row shows the draft's new budget"
     );
 }
@@ -648,7 +680,7 @@ fn the_written_file_keeps_untouched_rules_and_key_order() {
     })
     .unwrap();
     d.apply(&Edit::Allow("export_data".into())).unwrap();
-    policy_file::write_atomic(&path, d.text(), &d.base_hash, false).unwrap();
+    testing::write_atomic(&path, d.text(), &d.base_hash, false).unwrap();
 
     let before: Value = serde_json::from_str(POLICY).unwrap();
     let after: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -709,7 +741,7 @@ fn limits_view_snapshot() {
 #[test]
 fn write_review_snapshot() {
     let mut s = authoring();
-    command(&mut s, "deny list_meetings");
+    command(&mut s, "block list_meetings");
     command(&mut s, "w");
     assert!(matches!(s.view, View::Live));
     insta::assert_debug_snapshot!(text(&render(&s, 120, 24)));
@@ -759,7 +791,7 @@ fn editing_send_message() -> State {
 #[test]
 fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
     let mut s = editing_send_message();
-    let e = s.authoring.editor.as_ref().expect("editor open");
+    let e = s.overlays.editor().expect("editor open");
     assert_eq!(e.key, "send_message");
     assert_eq!(e.paths, ["args.to", "args.body"]);
     assert!(e.problems.is_empty());
@@ -767,12 +799,12 @@ fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
     ctrl(&mut s, 'l');
     typed(&mut s, "0");
     assert_eq!(s.view, View::Policy);
-    let e = s.authoring.editor.as_ref().unwrap();
+    let e = s.overlays.editor().unwrap();
     assert_eq!(e.limits[0].max.value(), "300");
     key(&mut s, KeyCode::Backspace);
     key(&mut s, KeyCode::Backspace);
     key(&mut s, KeyCode::Backspace);
-    let e = s.authoring.editor.as_ref().unwrap();
+    let e = s.overlays.editor().unwrap();
     assert!(
         e.problems
             .iter()
@@ -782,7 +814,7 @@ fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
     );
     ctrl(&mut s, 's');
     assert!(message(&s).1, "a form with problems is not saved");
-    assert!(s.authoring.editor.is_some());
+    assert!(s.overlays.editor().is_some());
     typed(&mut s, "5");
     ctrl(&mut s, 'n');
     ctrl(&mut s, 'p');
@@ -791,8 +823,8 @@ fn the_rule_editor_validates_as_you_type_and_saves_into_the_draft() {
     key(&mut s, KeyCode::Tab); // value
     typed(&mut s, "ceo@example.com");
     ctrl(&mut s, 's');
-    assert!(s.authoring.editor.is_none());
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
+    assert!(s.overlays.editor().is_none());
+    assert!(s.overlays.review().is_some());
     assert_eq!(
         rule(&s, "send_message"),
         serde_json::json!({
@@ -809,7 +841,7 @@ fn esc_closes_the_editor_without_touching_the_draft() {
     let mut s = editing_send_message();
     key(&mut s, KeyCode::Right);
     key(&mut s, KeyCode::Esc);
-    assert!(s.authoring.editor.is_none());
+    assert!(s.overlays.editor().is_none());
     assert!(!draft(&s).is_modified());
 }
 
@@ -844,8 +876,8 @@ fn limits_view_counts_down_to_when_room_comes_back() {
             "a1b2",
             80,
             now,
-            EventKind::Counters(toolgate::wire::Counters {
-                counters: vec![toolgate::wire::CounterState {
+            EventKind::Counters(toolgate::testing::wire::Counters {
+                counters: vec![toolgate::testing::wire::CounterState {
                     counter: "create_api_key".into(),
                     scope: "grant".into(),
                     key: "ci-bot".into(),
@@ -860,7 +892,7 @@ fn limits_view_counts_down_to_when_room_comes_back() {
     );
     let later = now + chrono::TimeDelta::seconds(4);
     update(&mut s, AppEvent::Tick, later);
-    let rows = toolgate::console::view::limit_rows(&s);
+    let rows = toolgate::console::testing::limit_rows(&s);
     let row = rows
         .iter()
         .find(|r| r.key == "ci-bot" && r.counter == "create_api_key")
@@ -878,7 +910,8 @@ fn limits_view_counts_down_to_when_room_comes_back() {
 fn select_row(s: &mut State, tool: &str) {
     key(s, KeyCode::Char('3'));
     key(s, KeyCode::Home);
-    let at = toolgate::console::view::policy_rows(s)
+    let at = s
+        .policy_rows()
         .iter()
         .position(|r| r.tool == tool)
         .expect("a row for the tool");
@@ -886,7 +919,7 @@ fn select_row(s: &mut State, tool: &str) {
         key(s, KeyCode::Down);
     }
     assert_eq!(
-        toolgate::console::authoring::selected_tool(s).as_deref(),
+        toolgate::console::testing::selected_tool(s).as_deref(),
         Some(tool)
     );
 }
@@ -896,15 +929,16 @@ fn suggestion(s: &State, name: &str) -> Value {
     let info = s.gateways[0]
         .tools
         .iter()
-        .find(|t| t.name == name)
+        .find(|t| t.info.name == name)
         .expect("an offered tool")
+        .info
         .clone();
-    toolgate::scan::suggested_rule(&info, &toolgate::scan::classify(&info))
+    toolgate::testing::scan::suggested_rule(&info, &toolgate::testing::scan::classify(&info))
 }
 
 fn suggest_is_offered(s: &State) -> bool {
-    toolgate::console::keys::active_bindings(s)
-        .any(|b| b.action == toolgate::console::action::Action::SuggestRule)
+    toolgate::console::testing::active_bindings(s)
+        .any(|b| b.action == toolgate::console::testing::Action::SuggestRule)
 }
 
 #[test]
@@ -928,8 +962,8 @@ fn s_gives_a_tool_without_a_rule_the_suggested_rule_then_w_reviews_it() {
     );
     assert!(draft(&s).compiled().is_ok());
     key(&mut s, KeyCode::Char('w'));
-    assert!(matches!(s.prompt, Prompt::ConfirmWrite));
-    let review = s.authoring.review.as_ref().expect("a review");
+    assert!(s.overlays.review().is_some());
+    let review = s.overlays.review().expect("a review");
     assert!(
         review
             .diff
@@ -1016,7 +1050,7 @@ fn s_refuses_a_suggestion_that_would_make_the_policy_invalid() {
 fn the_policy_view_shows_risk_classes_and_flags_of_offered_tools() {
     let s = authoring();
     let class = |name: &str| {
-        toolgate::console::view::tool_class(&s, name).map(|c| (c.class.as_str(), c.guessed))
+        toolgate::console::testing::tool_class(&s, name).map(|c| (c.class.as_str(), c.guessed))
     };
     assert_eq!(class("list_meetings"), Some(("read", true)));
     assert_eq!(class("delete_account"), Some(("destructive", true)));
@@ -1037,7 +1071,7 @@ fn policy_view_with_classes_snapshot() {
             serde_json::json!({"destructiveHint": false, "readOnlyHint": false, "openWorldHint": true}),
         ),
     };
-    let mut tools = s.gateways[0].tools.clone();
+    let mut tools: Vec<ToolInfo> = s.gateways[0].tools.iter().map(|t| t.info.clone()).collect();
     tools.push(secrets);
     let now = s.now;
     update(

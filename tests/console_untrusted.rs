@@ -6,9 +6,8 @@ mod console_support;
 use console_support::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use proptest::prelude::*;
-use toolgate::console::app::{AppEvent, State, update};
-use toolgate::console::theme::Theme;
-use toolgate::wire::{EventKind, Outcome, Verdict};
+use toolgate::console::testing::{AppEvent, State, update};
+use toolgate::testing::wire::{EventKind, Outcome, Verdict};
 
 fn unsafe_char(c: char) -> bool {
     c.is_control()
@@ -29,7 +28,7 @@ proptest! {
         width in 1u16..160,
         height in 1u16..40,
     ) {
-        let mut s = State::new(t0(), Theme::builtin_default(), 100);
+        let mut s = State::new(t0(), 100);
         let now = at_ms(60_000);
         update(&mut s, up("gw"), now);
         let mut c = call("gw", 1, &tool, &grant, Verdict::Hold);

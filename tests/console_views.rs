@@ -7,9 +7,9 @@ mod console_support;
 
 use console_support::*;
 use crossterm::event::KeyCode;
-use toolgate::console::Action;
-use toolgate::console::app::{AppEvent, View, update};
-use toolgate::console::theme::Theme;
+use toolgate::console::testing::Action;
+use toolgate::console::testing::Theme;
+use toolgate::console::testing::{AppEvent, View, update};
 
 #[test]
 fn live_view_follows_with_every_decision() {
@@ -81,9 +81,8 @@ fn quitting_with_held_calls_asks_first() {
 
 #[test]
 fn no_color_theme_has_no_colour_and_decisions_still_read() {
-    let mut s = populated();
-    s.theme = Theme::builtin_default().without_colour();
-    let buf = render(&s, 110, 18);
+    let s = populated();
+    let buf = render_with(&s, Theme::builtin_default().without_colour(), 110, 18);
     for c in buf.content.iter() {
         assert_eq!(
             c.fg,
@@ -187,4 +186,112 @@ fn help_on_a_short_screen_uses_two_columns_and_keeps_every_key() {
     for must in ["F End", "quit now", ":theme NAME", ":q  :q!"] {
         assert!(rows.contains(must), "{must} missing:\n{rows}");
     }
+}
+
+/// `populated()` with `extra` more allowed calls, on a terminal `w`×`h` (as the event loop
+/// reports its size).
+fn many_calls(extra: u32, w: u16, h: u16) -> toolgate::console::testing::State {
+    let mut s = populated();
+    let now = s.now;
+    for n in 0..extra {
+        update(
+            &mut s,
+            net(
+                "a1b2",
+                100 + n as u64,
+                at_ms(59_000),
+                toolgate::testing::wire::EventKind::Call(call(
+                    "a1b2",
+                    100 + n,
+                    "list_meetings",
+                    "ci-bot",
+                    toolgate::testing::wire::Verdict::Allow,
+                )),
+            ),
+            now,
+        );
+    }
+    update(
+        &mut s,
+        AppEvent::Resize {
+            width: w,
+            height: h,
+        },
+        now,
+    );
+    s
+}
+
+#[test]
+fn page_keys_move_by_the_rows_the_live_list_shows_whether_or_not_a_frame_was_drawn() {
+    let (w, h) = (110, 16);
+    let mut undrawn = many_calls(40, w, h);
+    let mut drawn = many_calls(40, w, h);
+    let len = undrawn.history.len();
+    for s in [&mut undrawn, &mut drawn] {
+        key(s, KeyCode::Up);
+    }
+    // The rows the Live list shows on this screen, counted on the screen itself.
+    let screen = text(&render(&drawn, w, h));
+    let shown = screen
+        .iter()
+        .filter(|r| r.contains("list_meetings") || r.contains("create_api_key"))
+        .count();
+    key(&mut undrawn, KeyCode::PageUp);
+    key(&mut drawn, KeyCode::PageUp);
+    assert_eq!(shown, 12, "{screen:#?}");
+    assert_eq!(undrawn.live_selected_index(), Some(len - 2 - shown));
+    assert_eq!(
+        drawn.live_selected_index(),
+        undrawn.live_selected_index(),
+        "drawing a frame changed what PageUp does"
+    );
+    key(&mut undrawn, KeyCode::PageDown);
+    assert_eq!(undrawn.live_selected_index(), Some(len - 2));
+}
+
+#[test]
+fn j_and_k_scroll_a_detail_and_the_write_review_by_the_same_amount_help_shows() {
+    use toolgate::console::testing::{SCROLL_STEP, active_bindings};
+    let mut s = populated();
+    let now = s.now;
+    update(&mut s, AppEvent::Action(Action::ShowView(View::Holds)), now);
+    key(&mut s, KeyCode::Enter);
+    key(&mut s, KeyCode::Char('J'));
+    assert_eq!(s.holds_view.detail_scroll, SCROLL_STEP as u16);
+    let help = active_bindings(&s)
+        .find(|b| b.label == "J")
+        .expect("J is in the help of an open detail");
+    assert_eq!(
+        help.action,
+        Action::ScrollDetail(SCROLL_STEP),
+        "help's J is the key's J"
+    );
+    key(&mut s, KeyCode::Char('K'));
+    assert_eq!(s.holds_view.detail_scroll, 0);
+}
+
+#[test]
+fn esc_closes_the_layer_opened_last_and_help_lets_the_views_keys_through() {
+    use toolgate::console::testing::Prompt;
+    let mut s = populated();
+    key(&mut s, KeyCode::Char('?'));
+    assert!(s.overlays.has_help());
+    key(&mut s, KeyCode::Char('k'));
+    assert!(!s.following(), "k reached the Live view under help");
+    key(&mut s, KeyCode::Char(':'));
+    assert!(matches!(s.overlays.prompt(), Some(Prompt::Command(_))));
+    key(&mut s, KeyCode::Char('?'));
+    assert!(
+        matches!(s.overlays.prompt(), Some(Prompt::Command(i)) if i.value() == "?"),
+        "the command line on top takes ? as text"
+    );
+    key(&mut s, KeyCode::Esc);
+    assert!(s.overlays.prompt().is_none(), "Esc closed the command line");
+    assert!(s.overlays.has_help(), "and only it");
+    key(&mut s, KeyCode::Esc);
+    assert!(s.overlays.is_empty(), "then help");
+    assert!(!s.following(), "the pause is the view's, under the layers");
+    key(&mut s, KeyCode::Esc);
+    assert!(s.following());
 }

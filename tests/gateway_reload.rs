@@ -405,7 +405,7 @@ fn a_policy_in_a_symlinked_directory_follows_the_directory_link() {
 
 #[test]
 fn a_console_write_through_a_symlinked_policy_keeps_the_link_and_the_gateway_applies_it() {
-    use toolgate::console::policy_file::{hash_bytes, write_atomic};
+    use toolgate::console::testing::{hash_bytes, write_atomic};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     mkdirs(root, &["config", "dotfiles"]);

@@ -27,8 +27,7 @@ use running::{Serve, Setup, Tail};
 use serde_json::{Value, json};
 use support::toolgate;
 use tokio::sync::broadcast::error::TryRecvError;
-use toolgate::console::app::{State, update};
-use toolgate::console::theme::Theme;
+use toolgate::console::testing::{State, update};
 use toolgate::testing::control::Hub;
 use toolgate::testing::gateway::{Grants, GrantsReloader};
 use toolgate::testing::wire::{Event, EventKind, GatewayInfo, GrantsChange, GrantsChanged};
@@ -374,7 +373,7 @@ fn an_empty_invalid_or_unreadable_grants_file_does_not_revoke() {
 #[test]
 fn the_console_shows_a_grants_change_on_its_status_line_errors_as_errors() {
     use console_support::{at_ms, net, render, t0, text, up};
-    let mut s = State::new(t0(), Theme::builtin_default(), 100);
+    let mut s = State::new(t0(), 100);
     let now = at_ms(10_000);
     update(&mut s, up("gw"), now);
     let event = |change, detail: &str| {

@@ -2,8 +2,8 @@
 //! module's `Op::NAMES`, and what it writes is validated by the policy module.
 
 use serde_json::json;
-use toolgate::console::draft::Draft;
-use toolgate::console::editor::{Field, OPS, RuleEditor};
+use toolgate::console::testing::Draft;
+use toolgate::console::testing::{Field, OPS, RuleEditor};
 use tui_input::InputRequest;
 
 const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"read_file": {}}}"#;

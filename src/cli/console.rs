@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, value_name = "P")]
     policy: Option<PathBuf>,
     /// How many calls to remember.
-    #[arg(long, value_name = "N", default_value_t = crate::console::history::DEFAULT_CAPACITY)]
+    #[arg(long, value_name = "N", default_value_t = crate::console::model::history::DEFAULT_CAPACITY)]
     history: usize,
     /// Write the log here instead of the state directory.
     #[arg(long, value_name = "FILE")]

@@ -96,7 +96,7 @@ async fn attached(
             token: control.token().to_owned(),
         },
         theme,
-        history: crate::console::history::DEFAULT_CAPACITY,
+        history: crate::console::model::history::DEFAULT_CAPACITY,
         policy_path: Some(demo.policy_path.display().to_string()),
     };
     run_in_terminal(options).await?;

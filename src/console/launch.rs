@@ -10,14 +10,15 @@ use std::time::Duration;
 use crossterm::event::EventStream;
 use tokio::sync::mpsc;
 
-use super::app::State;
-use super::net::{self, Targets};
+use super::effects::net::{self, Targets};
+use super::model::State;
 use super::theme::Theme;
+use super::view::ViewState;
 use super::{ConsoleError, SystemClock};
 
 /// What to show and where to connect.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub targets: Targets,
     /// Already resolved (and stripped of colour under `NO_COLOR`).
     pub theme: Theme,
@@ -28,8 +29,9 @@ pub struct Options {
 }
 
 /// Runs the console on this process's terminal until the operator quits.
-pub async fn run_in_terminal(options: Options) -> Result<(), ConsoleError> {
-    let mut state = State::new(chrono::Utc::now(), options.theme, options.history);
+pub(crate) async fn run_in_terminal(options: Options) -> Result<(), ConsoleError> {
+    let mut state = State::new(chrono::Utc::now(), options.history);
+    let mut view = ViewState::new(options.theme);
     state.tz = *chrono::Local::now().offset();
     state.operator = std::env::var("USER").ok().filter(|u| !u.is_empty());
     state.policy_path = options.policy_path;
@@ -43,6 +45,7 @@ pub async fn run_in_terminal(options: Options) -> Result<(), ConsoleError> {
         r = super::run(
             &mut terminal,
             &mut state,
+            &mut view,
             EventStream::new(),
             events_rx,
             commands,

@@ -27,7 +27,7 @@ const BUILTIN: &[(&str, &str)] = &[
 ];
 
 /// The theme used when none is named.
-pub const DEFAULT_THEME: &str = "dark";
+pub(crate) const DEFAULT_THEME: &str = "dark";
 
 /// A resolved theme: one style per semantic slot.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -197,12 +197,12 @@ impl Theme {
 }
 
 /// Whether the `NO_COLOR` convention asks for no colour (set and not empty).
-pub fn no_color_requested() -> bool {
+pub(crate) fn no_color_requested() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 /// Every semantic slot a theme may set.
-pub const SLOTS: &[&str] = &[
+pub(crate) const SLOTS: &[&str] = &[
     "text",
     "muted",
     "accent",
@@ -217,13 +217,14 @@ pub const SLOTS: &[&str] = &[
     "status_bar",
 ];
 
-/// The names of the built-in themes.
-pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+/// The names of the built-in themes (the tests load each).
+#[cfg(test)]
+fn builtin_names() -> impl Iterator<Item = &'static str> {
     BUILTIN.iter().map(|(n, _)| *n)
 }
 
 /// Where user themes live: `<config dir>/toolgate/themes`.
-pub fn user_theme_dir() -> Option<PathBuf> {
+pub(crate) fn user_theme_dir() -> Option<PathBuf> {
     use etcetera::BaseStrategy;
     etcetera::choose_base_strategy()
         .ok()

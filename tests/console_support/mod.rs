@@ -7,9 +7,9 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use serde_json::json;
-use toolgate::console::app::{AppEvent, Link, State, update};
-use toolgate::console::theme::Theme;
-use toolgate::wire::{
+use toolgate::console::testing::Theme;
+use toolgate::console::testing::{AppEvent, Link, State, ViewState, update};
+use toolgate::testing::wire::{
     CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, Hello, HoldResolved,
     Outcome, PROTOCOL_VERSION, ResolvedBy, Snapshot, Totals, Verdict,
 };
@@ -24,7 +24,7 @@ pub fn at_ms(ms: i64) -> DateTime<Utc> {
 
 pub struct FixedClock(pub DateTime<Utc>);
 
-impl toolgate::console::Clock for FixedClock {
+impl toolgate::console::testing::Clock for FixedClock {
     fn now(&self) -> DateTime<Utc> {
         self.0
     }
@@ -112,7 +112,7 @@ pub fn hello(gw: &str, grant: &str, calls: Vec<CallRecord>, holds: Vec<String>) 
 
 /// A state following two gateways, with one call of every kind, at `t0() + 60 s`.
 pub fn populated() -> State {
-    let mut s = State::new(t0(), Theme::builtin_default(), 1000);
+    let mut s = State::new(t0(), 1000);
     s.operator = Some("ann".into());
     let now = at_ms(60_000);
     for (gw, grant) in [("a1b2", "ci-bot"), ("c3d4", "ops-bot")] {
@@ -228,11 +228,17 @@ pub fn populated() -> State {
     s
 }
 
-/// Draws the state on a `w`×`h` test terminal and returns the screen.
+/// Draws the state on a `w`×`h` test terminal, in the default theme, and returns the screen.
 pub fn render(state: &State, w: u16, h: u16) -> Buffer {
+    render_with(state, Theme::builtin_default(), w, h)
+}
+
+/// Draws the state on a `w`×`h` test terminal in `theme` and returns the screen.
+pub fn render_with(state: &State, theme: Theme, w: u16, h: u16) -> Buffer {
     let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
+    let mut view = ViewState::new(theme);
     terminal
-        .draw(|f| toolgate::console::view::draw(f, state))
+        .draw(|f| toolgate::console::testing::draw(f, state, &mut view))
         .expect("draw");
     terminal.backend().buffer().clone()
 }

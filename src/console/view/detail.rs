@@ -8,8 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
 use super::decision_style;
-use crate::console::app::{State, countdown, decision_label, latency_label};
-use crate::console::history::CallRow;
+use crate::console::model::{CallRow, State, countdown, decision_label, latency_label};
 use crate::console::theme::Theme;
 use crate::redact::redact;
 use crate::sanitize::terminal_text;
@@ -18,8 +17,14 @@ use crate::sanitize::terminal_text;
 /// console does not trust that.
 const MAX_ARG_LINES: usize = 400;
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State, call_id: &str, scroll: u16) {
-    let t = &state.theme;
+pub(super) fn draw(
+    buf: &mut Buffer,
+    area: Rect,
+    state: &State,
+    t: &Theme,
+    call_id: &str,
+    scroll: u16,
+) {
     let row = state.history.find(call_id).cloned().or_else(|| {
         state
             .holds
@@ -75,7 +80,12 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State, call_id: &str, scroll: 
 }
 
 /// The detail as lines.
-pub fn detail_lines(row: &CallRow, gateway: &str, state: &State, t: &Theme) -> Vec<Line<'static>> {
+pub(super) fn detail_lines(
+    row: &CallRow,
+    gateway: &str,
+    state: &State,
+    t: &Theme,
+) -> Vec<Line<'static>> {
     let c = &row.call;
     let mut lines = Vec::new();
     let kv = |k: &str, v: String, style: Style| {

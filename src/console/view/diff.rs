@@ -9,8 +9,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Widget};
 
 use super::cell;
-use crate::console::app::State;
-use crate::console::whatif::verdict_words;
+use crate::console::model::whatif::verdict_words;
+use crate::console::model::{Review, State};
+use crate::console::theme::Theme;
 use crate::policy::Verdict;
 use crate::sanitize::terminal_string;
 
@@ -26,9 +27,8 @@ fn mark(v: Verdict) -> &'static str {
     }
 }
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
-    let t = &state.theme;
-    let (Some(review), Some(draft)) = (&state.authoring.review, &state.authoring.draft) else {
+pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, review: &Review) {
+    let Some(draft) = &state.authoring.draft else {
         return;
     };
     let style_of = |v: Verdict| match v {

@@ -10,8 +10,8 @@ use ratatui::widgets::{Block, Borders, Clear, Widget};
 use tui_input::Input;
 
 use super::cell;
-use crate::console::app::State;
-use crate::console::editor::{ACTIONS, Field, KINDS, OPS, RuleEditor, SCOPES};
+use crate::console::model::editor::{ACTIONS, Field, KINDS, OPS, RuleEditor, SCOPES};
+use crate::console::theme::Theme;
 use crate::sanitize::{terminal_string, terminal_text};
 
 /// One piece of a line: text, and the field it shows (if any).
@@ -53,9 +53,7 @@ fn choice(value: &str, field: Field, style: Style) -> Piece {
 }
 
 /// Draws the editor over `area`; returns where the terminal cursor goes.
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State) -> Option<(u16, u16)> {
-    let t = &state.theme;
-    let e: &RuleEditor = state.authoring.editor.as_ref()?;
+pub(super) fn draw(buf: &mut Buffer, area: Rect, t: &Theme, e: &RuleEditor) -> Option<(u16, u16)> {
     Clear.render(area, buf);
     let block = Block::default()
         .borders(Borders::ALL)

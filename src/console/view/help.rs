@@ -7,14 +7,14 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
 
 use super::{centered, fit};
-use crate::console::app::{COMMANDS, State};
-use crate::console::keys;
+use crate::console::input::{COMMANDS, keys};
+use crate::console::model::State;
+use crate::console::theme::Theme;
 
 /// Width of one entry in the two-column layout.
 const COLUMN: usize = 52;
 
-pub fn draw(buf: &mut Buffer, body: Rect, state: &State) {
-    let t = &state.theme;
+pub(super) fn draw(buf: &mut Buffer, body: Rect, state: &State, t: &Theme) {
     let mut entries: Vec<(String, &str)> = keys::active_bindings(state)
         .map(|b| (format!("  {:<8}", b.label), b.help))
         .collect();

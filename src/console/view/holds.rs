@@ -6,14 +6,15 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
 use super::{cell, detail};
-use crate::console::app::{State, countdown};
+use crate::console::model::{State, countdown};
+use crate::console::theme::Theme;
 
 const WAIT_W: u16 = 8;
 const LEFT_W: u16 = 10;
 const WHO_W: u16 = 22;
 const TOOL_W: u16 = 22;
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
+pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let (list_area, detail_area) = match state.holds_view.detail.as_deref() {
         Some(_) if area.height >= 10 => {
             let detail_h = (area.height * 2 / 3).clamp(6, 24);
@@ -23,14 +24,13 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
         }
         _ => (area, None),
     };
-    list(buf, list_area, state);
+    list(buf, list_area, state, t);
     if let (Some(d), Some(id)) = (detail_area, state.holds_view.detail.as_deref()) {
-        detail::draw(buf, d, state, id, state.holds_view.detail_scroll);
+        detail::draw(buf, d, state, t, id, state.holds_view.detail_scroll);
     }
 }
 
-fn list(buf: &mut Buffer, area: Rect, state: &State) {
-    let t = &state.theme;
+fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let block = Block::default()
         .borders(Borders::ALL)
         .border_style(t.border)

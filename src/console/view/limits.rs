@@ -10,83 +10,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Widget};
 
 use super::cell;
-use crate::console::app::State;
+use crate::console::model::{State, limit_rows, room_in};
+use crate::console::theme::Theme;
 use crate::policy::window_words;
-
-/// One row of the Limits view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitRow {
-    pub counter: String,
-    pub scope: String,
-    /// The grant or session; empty for global or a counter not in use.
-    pub key: String,
-    /// `None` for a counter the draft defines that no call has used yet.
-    pub used: Option<u64>,
-    pub max: u64,
-    pub window_ms: u64,
-    pub next_free_in_ms: Option<u64>,
-    /// The draft's max and window for this counter, when they differ from the gateway's.
-    pub draft: Option<(u64, u64)>,
-}
-
-/// The rows: counters in use (from every gateway, once each), then the draft's unused ones.
-pub fn limit_rows(state: &State) -> Vec<LimitRow> {
-    let defs = state
-        .authoring
-        .draft
-        .as_ref()
-        .and_then(|d| d.compiled().ok())
-        .map(|p| p.counters().to_vec())
-        .unwrap_or_default();
-    let mut rows: Vec<LimitRow> = Vec::new();
-    for g in &state.gateways {
-        for (i, c) in g.counters.iter().enumerate() {
-            if rows
-                .iter()
-                .any(|r| r.counter == c.counter && r.scope == c.scope && r.key == c.key)
-            {
-                continue;
-            }
-            let draft = defs
-                .iter()
-                .find(|d| d.name == c.counter)
-                .map(|d| (d.max, d.window_ms))
-                .filter(|(m, w)| (*m, *w) != (c.max, c.window_ms));
-            rows.push(LimitRow {
-                counter: c.counter.clone(),
-                scope: c.scope.clone(),
-                key: c.key.clone(),
-                used: Some(c.used),
-                max: c.max,
-                window_ms: c.window_ms,
-                // Counted from when it was reported, so the time left keeps going down.
-                next_free_in_ms: c.next_free_in_ms.map(|ms| {
-                    let at = g.counters_at.get(i).copied().unwrap_or(state.now);
-                    let gone = (state.now - at).num_milliseconds().max(0) as u64;
-                    ms.saturating_sub(gone)
-                }),
-                draft,
-            });
-        }
-    }
-    rows.sort_by(|a, b| (&a.counter, &a.scope, &a.key).cmp(&(&b.counter, &b.scope, &b.key)));
-    for d in defs {
-        if rows.iter().any(|r| r.counter == d.name) {
-            continue;
-        }
-        rows.push(LimitRow {
-            counter: d.name.clone(),
-            scope: d.scope.as_str().to_owned(),
-            key: String::new(),
-            used: None,
-            max: d.max,
-            window_ms: d.window_ms,
-            next_free_in_ms: None,
-            draft: None,
-        });
-    }
-    rows
-}
 
 const COUNTER_W: u16 = 24;
 const SCOPE_W: u16 = 8;
@@ -96,7 +22,7 @@ const WINDOW_W: u16 = 12;
 const BAR_W: u16 = 22;
 
 /// A bar of `width` cells, `used` of `max` filled.
-pub fn bar(used: u64, max: u64, width: usize) -> String {
+pub(super) fn bar(used: u64, max: u64, width: usize) -> String {
     let filled = if max == 0 {
         width
     } else {
@@ -105,8 +31,7 @@ pub fn bar(used: u64, max: u64, width: usize) -> String {
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
-    let t = &state.theme;
+pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let rows = limit_rows(state);
     let block = Block::default()
         .borders(Borders::ALL)
@@ -176,7 +101,7 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
             (None, _) => "not in use".to_string(),
             (Some(_), _) if !full => "has room".to_string(),
             (Some(_), Some(0)) => "room again (until the next report)".to_string(),
-            (Some(_), ms) => crate::console::authoring::room_in(ms),
+            (Some(_), ms) => room_in(ms),
         };
         if let Some((m, wms)) = r.draft {
             room_text.push_str(&format!(" · draft: {m}/{}", window_words(wms)));

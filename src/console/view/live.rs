@@ -2,12 +2,24 @@
 //! pane for the selected call.
 
 use ratatui::buffer::Buffer;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Constraint, Layout as Split, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
 use super::{cell, cell_right, decision_style, detail};
-use crate::console::app::{State, decision_label, latency_label};
+use crate::console::model::{Layout, State, decision_label, latency_label};
+use crate::console::theme::Theme;
+
+/// Where the Live list's window was last drawn: it moves only when the selection leaves it.
+/// The event loop owns this with the rest of the [`super::ViewState`]; the model never
+/// reads it.
+#[derive(Debug, Default)]
+pub(crate) struct LiveScroll {
+    /// Index (in the visible list) of the top row last drawn.
+    top: usize,
+    /// The filter the window was drawn under (a new filter starts from the top).
+    filter_revision: u64,
+}
 
 const TIME_W: u16 = 12;
 const WHO_W: u16 = 20;
@@ -15,24 +27,31 @@ const TOOL_W: u16 = 22;
 const DECISION_W: u16 = 15;
 const LATENCY_W: u16 = 9;
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
-    let (list_area, detail_area) = match state.live.detail.as_deref() {
-        Some(_) if area.height >= 10 => {
-            let detail_h = (area.height / 2).clamp(6, 16);
+pub(crate) fn draw(
+    buf: &mut Buffer,
+    area: Rect,
+    state: &State,
+    t: &Theme,
+    scroll: &mut LiveScroll,
+) {
+    let (list_area, detail_area) = match (
+        state.live.detail.as_deref(),
+        Layout::detail_rows(area.height),
+    ) {
+        (Some(_), Some(detail_h)) => {
             let [a, b] =
-                Layout::vertical([Constraint::Min(3), Constraint::Length(detail_h)]).areas(area);
+                Split::vertical([Constraint::Min(3), Constraint::Length(detail_h)]).areas(area);
             (a, Some(b))
         }
         _ => (area, None),
     };
-    list(buf, list_area, state);
+    list(buf, list_area, state, t, scroll);
     if let (Some(d), Some(id)) = (detail_area, state.live.detail.as_deref()) {
-        detail::draw(buf, d, state, id, state.live.detail_scroll);
+        detail::draw(buf, d, state, t, id, state.live.detail_scroll);
     }
 }
 
-fn list(buf: &mut Buffer, area: Rect, state: &State) {
-    let t = &state.theme;
+fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, scroll: &mut LiveScroll) {
     let mode = if state.following() {
         Span::styled("following", t.ok)
     } else {
@@ -79,12 +98,15 @@ fn list(buf: &mut Buffer, area: Rect, state: &State) {
     }
 
     let h = inner.height as usize;
-    state.live.page.set(h);
+    if scroll.filter_revision != state.live.filter_revision {
+        scroll.top = 0;
+        scroll.filter_revision = state.live.filter_revision;
+    }
     let sel = state.live_selected_index().unwrap_or(len - 1);
     let top = if state.following() {
         len.saturating_sub(h)
     } else {
-        let mut top = state.live.top.get().min(len.saturating_sub(h));
+        let mut top = scroll.top.min(len.saturating_sub(h));
         if sel < top {
             top = sel;
         } else if sel >= top + h {
@@ -92,7 +114,7 @@ fn list(buf: &mut Buffer, area: Rect, state: &State) {
         }
         top
     };
-    state.live.top.set(top);
+    scroll.top = top;
 
     let many_gateways = state.gateways.len() > 1;
     let x0 = inner.x;

@@ -1,4 +1,9 @@
-//! Drawing: pure functions from [`State`] to a ratatui frame.
+//! The view: draws a [`State`] on a ratatui frame.
+//!
+//! This is the top layer: it reads the model (and the input layer's bindings, for help and
+//! the hint line) and writes nothing in it. What only drawing needs lives in the
+//! [`ViewState`] the event loop owns: the theme, and where the Live list's window was drawn.
+//! So a key does the same whether or not a frame was drawn since the last one.
 //!
 //! The screen is the status bar (one line), the current view, and the bottom line (prompt,
 //! message or key hints); help and confirmations are drawn over it. Views draw only the rows
@@ -22,23 +27,41 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use unicode_width::UnicodeWidthChar;
 
-use super::app::{DecisionStyle, State, View};
+use super::model::{DecisionStyle, Layout as Screen, Overlay, State, View};
 use super::theme::Theme;
 
-pub use detail::detail_lines;
-pub use limits::{LimitRow, bar, limit_rows};
-pub use policy::{PolicyRow, RowKind, offered_tools, policy_rows, tool_class};
+/// What drawing keeps between frames, owned by the event loop beside the [`State`].
+#[derive(Debug)]
+pub struct ViewState {
+    /// The colours; `:theme` replaces it (the event loop loads it off the key loop).
+    pub theme: Theme,
+    live: live::LiveScroll,
+}
+
+impl ViewState {
+    pub fn new(theme: Theme) -> ViewState {
+        ViewState {
+            theme,
+            live: live::LiveScroll::default(),
+        }
+    }
+}
 
 /// Draws the whole console.
-pub fn draw(frame: &mut Frame, state: &State) {
+pub fn draw(frame: &mut Frame, state: &State, view: &mut ViewState) {
+    let t = &view.theme;
     let area = frame.area();
-    if area.height < 3 || area.width < 2 {
+    let screen = Screen {
+        width: area.width,
+        height: area.height,
+    };
+    if screen.body_rows() == 0 {
         // No room for a view: the status bar alone, so the held count still shows.
         let top = Rect {
             height: area.height.min(1),
             ..area
         };
-        status::status_bar(frame.buffer_mut(), top, state);
+        status::status_bar(frame.buffer_mut(), top, state, t);
         return;
     }
     let [top, body, bottom] = Layout::vertical([
@@ -48,22 +71,24 @@ pub fn draw(frame: &mut Frame, state: &State) {
     ])
     .areas(area);
     let buf = frame.buffer_mut();
-    status::status_bar(buf, top, state);
+    status::status_bar(buf, top, state, t);
     match state.view {
-        View::Live => live::draw(buf, body, state),
-        View::Holds => holds::draw(buf, body, state),
-        View::Policy => policy::draw(buf, body, state),
-        View::Limits => limits::draw(buf, body, state),
+        View::Live => live::draw(buf, body, state, t, &mut view.live),
+        View::Holds => holds::draw(buf, body, state, t),
+        View::Policy => policy::draw(buf, body, state, t),
+        View::Limits => limits::draw(buf, body, state, t),
     }
-    status::bottom_line(buf, bottom, state);
+    status::bottom_line(buf, bottom, state, t);
+    // The layers over the view, bottom first: each draws itself over what is below it.
     let mut editor_cursor = None;
-    if matches!(state.prompt, super::app::Prompt::ConfirmWrite) {
-        diff::draw(buf, body, state);
-    } else if state.authoring.editor.is_some() {
-        editor_cursor = editor::draw(buf, body, state);
-    }
-    if state.help {
-        help::draw(buf, body, state);
+    for overlay in state.overlays.iter() {
+        match overlay {
+            Overlay::Help => help::draw(buf, body, state, t),
+            Overlay::Editor(e) => editor_cursor = editor::draw(buf, body, t, e),
+            Overlay::Review(r) => diff::draw(buf, body, state, t, r),
+            // A prompt is the bottom line, drawn with it.
+            Overlay::Prompt(_) => {}
+        }
     }
     if let Some((x, y)) = status::cursor(bottom, state).or(editor_cursor) {
         frame.set_cursor_position((x, y));
@@ -71,7 +96,7 @@ pub fn draw(frame: &mut Frame, state: &State) {
 }
 
 /// The style of a decision in this theme.
-pub fn decision_style(theme: &Theme, d: DecisionStyle) -> Style {
+pub(crate) fn decision_style(theme: &Theme, d: DecisionStyle) -> Style {
     match d {
         DecisionStyle::Allow => theme.allow,
         DecisionStyle::Deny => theme.deny,
@@ -81,12 +106,12 @@ pub fn decision_style(theme: &Theme, d: DecisionStyle) -> Style {
 }
 
 /// Display width of `text` as the buffer counts it (controls never reach here).
-pub fn width(text: &str) -> usize {
+pub(crate) fn width(text: &str) -> usize {
     text.chars().map(|c| c.width().unwrap_or(0)).sum()
 }
 
 /// `text` cut to `max` columns, with `…` when cut.
-pub fn fit(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn fit(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if width(text) <= max {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -109,7 +134,7 @@ pub fn fit(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 
 /// Writes `text` in the cell starting at column `x` of row `y`, `w` columns wide, patching
 /// `style` over what is there (so a selected row keeps its background).
-pub fn cell(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) {
+pub(crate) fn cell(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) {
     if w == 0 {
         return;
     }
@@ -117,14 +142,14 @@ pub fn cell(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) 
 }
 
 /// Like [`cell`], right-aligned.
-pub fn cell_right(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) {
+pub(crate) fn cell_right(buf: &mut Buffer, x: u16, y: u16, w: u16, text: &str, style: Style) {
     let text = fit(text, w as usize);
     let pad = (w as usize).saturating_sub(width(&text)) as u16;
     buf.set_stringn(x + pad, y, text, (w - pad) as usize, style);
 }
 
 /// A rectangle `percent_x` by up to `height` rows, centred in `area`.
-pub fn centered(area: Rect, percent_x: u16, height: u16) -> Rect {
+pub(crate) fn centered(area: Rect, percent_x: u16, height: u16) -> Rect {
     let w = (area.width as u32 * percent_x as u32 / 100) as u16;
     let w = w.max(20).min(area.width);
     let h = height.min(area.height);

@@ -6,8 +6,6 @@
 //! whether it is valid (with `toolgate check`'s diagnostics when not), and which gateways
 //! applied which version.
 
-use std::collections::BTreeSet;
-
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::Style;
@@ -15,98 +13,15 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Widget};
 
 use super::cell;
-use crate::console::app::{State, short_hash};
-use crate::console::draft::RuleRow;
-use crate::policy::RuleMatch;
+use crate::console::model::{RowKind, State, short_hash, tool_class};
+use crate::console::theme::Theme;
 use crate::sanitize::terminal_string;
 use crate::scan::{Classification, RiskClass};
-
-/// One row of the Policy view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyRow {
-    /// The tool name (or glob) actions on this row edit.
-    pub tool: String,
-    pub kind: RowKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RowKind {
-    /// An entry of `tools`; `unmatched` when tools are known and none of them falls under it.
-    Rule { rule: RuleRow, unmatched: bool },
-    /// An offered tool no rule names: the default decides.
-    Unruled { default: String },
-    /// An offered tool `hide` removes.
-    Hidden { pointer: String },
-}
-
-/// Every tool the connected gateways' upstream servers offer, by name.
-pub fn offered_tools(state: &State) -> BTreeSet<String> {
-    state
-        .gateways
-        .iter()
-        .flat_map(|g| g.tools.iter().map(|t| t.name.clone()))
-        .collect()
-}
-
-/// The risk class and flags of the offered tool `name` (from the first gateway offering it),
-/// as classified when its tools arrived.
-pub fn tool_class<'a>(state: &'a State, name: &str) -> Option<&'a Classification> {
-    state.gateways.iter().find_map(|g| g.class_of(name))
-}
 
 /// The CLASS cell: `write`, or `write?` when the class was guessed from the tool's name or
 /// description (the legend above the table says so), so it reads without colour.
 fn class_cell(c: &Classification) -> String {
     format!("{}{}", c.class.as_str(), if c.guessed { "?" } else { "" })
-}
-
-/// The rows of the Policy view: the rules in file order, then the offered tools without one.
-pub fn policy_rows(state: &State) -> Vec<PolicyRow> {
-    let Some(draft) = &state.authoring.draft else {
-        return Vec::new();
-    };
-    let offered = offered_tools(state);
-    let policy = draft.compiled().ok();
-    // Which rule keys some offered tool falls under.
-    let mut used: BTreeSet<String> = BTreeSet::new();
-    let mut rest = Vec::new();
-    for tool in &offered {
-        match policy.map(|p| p.rule_match(tool)) {
-            Some(RuleMatch::Exact { .. }) => {
-                used.insert(tool.clone());
-            }
-            Some(RuleMatch::Glob { pattern, .. }) => {
-                used.insert(pattern);
-            }
-            Some(RuleMatch::Hidden { pointer, .. }) => {
-                used.insert(tool.clone());
-                rest.push(PolicyRow {
-                    tool: tool.clone(),
-                    kind: RowKind::Hidden { pointer },
-                });
-            }
-            Some(RuleMatch::Default { action }) => rest.push(PolicyRow {
-                tool: tool.clone(),
-                kind: RowKind::Unruled {
-                    default: action.as_str().to_owned(),
-                },
-            }),
-            None => {}
-        }
-    }
-    let mut rows: Vec<PolicyRow> = draft
-        .rules()
-        .into_iter()
-        .map(|rule| PolicyRow {
-            tool: rule.key.clone(),
-            kind: RowKind::Rule {
-                unmatched: !offered.is_empty() && !used.contains(&rule.key),
-                rule,
-            },
-        })
-        .collect();
-    rows.extend(rest);
-    rows
 }
 
 const MARK_W: u16 = 2;
@@ -148,14 +63,13 @@ fn column_widths(w: u16) -> [u16; 7] {
     out
 }
 
-pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
-    let t = &state.theme;
+pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let Some(draft) = &state.authoring.draft else {
         let text = match (&state.authoring.load_error, &state.policy_path) {
             (Some(e), _) => format!("cannot read the policy: {e}"),
             _ => "No policy file yet: start the console with --policy P, or connect to a gateway (it reports its file).".into(),
         };
-        let block = block(state, " Policy ".into());
+        let block = block(t, " Policy ".into());
         let inner = block.inner(area);
         block.render(area, buf);
         cell(buf, inner.x, inner.y, inner.width, &text, t.muted);
@@ -169,7 +83,7 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
         "draft modified · INVALID".to_string()
     };
     let block = block(
-        state,
+        t,
         format!(
             " Policy · {} · {status} ",
             terminal_string(draft.path.clone())
@@ -278,7 +192,7 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
     }
 
     // The table.
-    let rows = policy_rows(state);
+    let rows = state.policy_rows();
     if rows
         .iter()
         .any(|r| tool_class(state, &r.tool).is_some_and(|c| c.guessed))
@@ -406,14 +320,13 @@ pub fn draw(buf: &mut Buffer, area: Rect, state: &State) {
     }
 }
 
-fn block(state: &State, title: String) -> Block<'static> {
-    let t = &state.theme;
+fn block(t: &Theme, title: String) -> Block<'static> {
     Block::default()
         .borders(Borders::ALL)
         .border_style(t.border)
         .title(Span::styled(title, t.accent))
         .title_bottom(Line::from(Span::styled(
-            " :allow :deny :hold :limit :unlimit :default :hide · s suggests · :w writes · :undo ",
+            " :allow :block :hold :limit :unlimit :default :hide · s suggests · :w writes · :undo ",
             t.muted,
         )))
 }

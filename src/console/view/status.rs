@@ -5,17 +5,17 @@ use ratatui::layout::Rect;
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 
-use crate::console::app::{Link, Prompt, State, View, short_hash};
-use crate::console::keys;
+use crate::console::input::keys;
+use crate::console::model::{Link, Overlay, Prompt, State, View, short_hash};
+use crate::console::theme::Theme;
 
 const SPARK: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
 /// ` toolgate · 2 gateways ● · policy 3f9a21 · ✓ 1204  ✗ 87  ⏱ 31  ⏸ 2 held · 42/min ▁▂▅▇▅▃`
-pub fn status_bar(buf: &mut Buffer, area: Rect, state: &State) {
+pub(super) fn status_bar(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     if area.is_empty() {
         return;
     }
-    let t = &state.theme;
     let bar = t.status_bar;
     buf.set_style(area, bar);
     let mut spans: Vec<Span> = vec![Span::styled(" toolgate", bar.patch(t.accent))];
@@ -132,40 +132,36 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The bottom line: a prompt when one is open, else the views and the message or hints.
-pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
+pub(super) fn bottom_line(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     if area.is_empty() {
         return;
     }
-    let t = &state.theme;
-    match &state.prompt {
-        Prompt::Filter(input) => prompt(buf, area, state, "/", input.value()),
-        Prompt::Command(input) => prompt(buf, area, state, ":", input.value()),
-        Prompt::DenyReason { call_id, input } => {
+    if let Some(Overlay::Review(_)) = state.overlays.top() {
+        buf.set_stringn(
+            area.x,
+            area.y,
+            " Write the policy file? y writes · n keeps the draft",
+            area.width as usize,
+            t.hold,
+        );
+        return;
+    }
+    match state.overlays.prompt() {
+        Some(Prompt::Filter(input)) => prompt(buf, area, t, "/", input.value()),
+        Some(Prompt::Command(input)) => prompt(buf, area, t, ":", input.value()),
+        Some(Prompt::DenyReason { call_id, input }) => {
             let label = format!("deny {call_id} · reason (Enter sends, Esc cancels): ");
-            prompt(buf, area, state, &label, input.value())
+            prompt(buf, area, t, &label, input.value())
         }
-        Prompt::Rate { tool, input } => prompt(buf, area, state, &rate_label(tool), input.value()),
-        Prompt::CounterEdit {
+        Some(Prompt::Rate { tool, input }) => {
+            prompt(buf, area, t, &rate_label(tool), input.value())
+        }
+        Some(Prompt::CounterEdit {
             counter,
             max,
             input,
-        } => prompt(
-            buf,
-            area,
-            state,
-            &counter_label(counter, *max),
-            input.value(),
-        ),
-        Prompt::ConfirmWrite => {
-            buf.set_stringn(
-                area.x,
-                area.y,
-                " Write the policy file? y writes · n keeps the draft",
-                area.width as usize,
-                t.hold,
-            );
-        }
-        Prompt::ConfirmQuit => {
+        }) => prompt(buf, area, t, &counter_label(counter, *max), input.value()),
+        Some(Prompt::ConfirmQuit) => {
             let n = state.holds.len();
             let text = format!(
                 " {n} call{} held and waiting for you. Quit anyway? y/n",
@@ -173,7 +169,7 @@ pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
             );
             buf.set_stringn(area.x, area.y, text, area.width as usize, t.hold);
         }
-        Prompt::None => {
+        None => {
             let mut spans = Vec::new();
             for v in View::ALL {
                 let mut label = format!(" {} {}", v.number(), v.title());
@@ -209,8 +205,7 @@ pub fn bottom_line(buf: &mut Buffer, area: Rect, state: &State) {
     }
 }
 
-fn prompt(buf: &mut Buffer, area: Rect, state: &State, label: &str, value: &str) {
-    let t = &state.theme;
+fn prompt(buf: &mut Buffer, area: Rect, t: &Theme, label: &str, value: &str) {
     let (x, _) = buf.set_stringn(area.x, area.y, label, area.width as usize, t.accent);
     let room = area.right().saturating_sub(x) as usize;
     // Typed text is the operator's own, but it is shown through the same door.
@@ -219,8 +214,8 @@ fn prompt(buf: &mut Buffer, area: Rect, state: &State, label: &str, value: &str)
 }
 
 /// Where the terminal cursor goes (in a text prompt).
-pub fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
-    let (label_w, input) = match &state.prompt {
+pub(super) fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
+    let (label_w, input) = match state.overlays.prompt()? {
         Prompt::Filter(i) | Prompt::Command(i) => (1, i),
         Prompt::DenyReason { call_id, input } => (
             super::width(&format!(
@@ -234,7 +229,7 @@ pub fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
             max,
             input,
         } => (super::width(&counter_label(counter, *max)), input),
-        _ => return None,
+        Prompt::ConfirmQuit => return None,
     };
     let x = area.x as usize + label_w + input.visual_cursor();
     Some((

@@ -17,7 +17,7 @@ use crate::policy::{Call, MemoryStore, Policy, Verdict};
 use crate::wire::CallEvent;
 
 /// How many of the most recent calls are replayed.
-pub const REPLAYED: usize = 10_000;
+pub(crate) const REPLAYED: usize = 10_000;
 
 /// One call whose verdict would change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub struct WhatIf {
 }
 
 /// A verdict as the summary says it.
-pub fn verdict_words(v: Verdict) -> &'static str {
+pub(crate) fn verdict_words(v: Verdict) -> &'static str {
     match v {
         Verdict::Allow => "allowed",
         Verdict::Deny => "denied",
@@ -77,7 +77,7 @@ impl WhatIf {
 
 /// Re-decides `calls` (each with the time it was decided) with `draft`, and with `file`
 /// (the policy in the file) when there is one.
-pub fn replay<'a>(
+pub(crate) fn replay<'a>(
     file: Option<&Policy>,
     draft: &Policy,
     calls: impl IntoIterator<Item = (DateTime<Utc>, &'a CallEvent)>,

@@ -162,7 +162,7 @@ struct Patch {
 
 /// `new` written into `old_text`, whose document is `old`. `None` when the text cannot be
 /// spliced (the caller then prints the whole document).
-pub fn splice(old_text: &str, old: &Value, new: &Value) -> Option<String> {
+pub(crate) fn splice(old_text: &str, old: &Value, new: &Value) -> Option<String> {
     let root = scan(old_text.as_bytes(), 0, 0)?;
     let mut patches = Vec::new();
     diff(old_text, &root, old, new, &mut patches);

@@ -66,7 +66,7 @@ impl Filter {
 
 /// A filter applied to many calls of one history: each term is decided once per distinct
 /// string (see [`super::history::RowKeys`]), then by id.
-pub struct Matcher<'a> {
+pub(crate) struct Matcher<'a> {
     filter: &'a Filter,
     strings: &'a Interner,
     /// Per term, per string id: 0 not yet decided, 1 no, 2 yes.
@@ -74,7 +74,7 @@ pub struct Matcher<'a> {
 }
 
 impl<'a> Matcher<'a> {
-    pub fn new(filter: &'a Filter, strings: &'a Interner) -> Matcher<'a> {
+    pub(crate) fn new(filter: &'a Filter, strings: &'a Interner) -> Matcher<'a> {
         Matcher {
             filter,
             strings,
@@ -83,7 +83,7 @@ impl<'a> Matcher<'a> {
     }
 
     /// Same answer as [`Filter::matches`], for a row stored in the history `strings` is from.
-    pub fn matches(&mut self, row: &CallRow, gateway: &str) -> bool {
+    pub(crate) fn matches(&mut self, row: &CallRow, gateway: &str) -> bool {
         let k = row.keys;
         for (i, term) in self.filter.terms.iter().enumerate() {
             let ok = match term {
@@ -210,7 +210,7 @@ fn contains_ignore_case(hay: &str, needle: &str) -> bool {
 }
 
 /// Glob match, case-insensitive: `*` matches any run of characters, `?` exactly one.
-pub fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     if pattern.is_ascii() && text.is_ascii() {
         // The common case, without allocating: what keeps filtering 100,000 calls fast.
         return glob_units(
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn the_memoising_matcher_agrees_with_the_plain_filter() {
-        use crate::console::history::History;
+        use crate::console::model::history::History;
         let mut h = History::new(100);
         let ts = chrono::Utc::now();
         let tools = [

@@ -3,7 +3,9 @@
 //! One table ([`bindings`]) is the source of truth: [`action_for`] looks keys up in it and the
 //! help screen and the hint line list it, so a key cannot work without being documented or be
 //! documented without working. Keys are scoped (mitmproxy style): a binding applies in its
-//! view, and `a`/`d` only where a held call is selected. Text prompts take every key as text.
+//! view, and `a`/`d` only where a held call is selected. The keys of the prompts (a text
+//! prompt's Enter and Esc, a confirmation's y/n, the write review's scrolling) are in the
+//! same table; a text prompt and the rule editor take every other key as text.
 
 use std::sync::LazyLock;
 
@@ -11,7 +13,13 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use tui_input::InputRequest;
 
 use super::action::Action;
-use super::app::{Prompt, State, View};
+use crate::console::model::{Overlay, Prompt, State, View, tool_class};
+
+/// How many lines `J`/`K` scroll a detail pane or the write review, everywhere.
+pub const SCROLL_STEP: i16 = 3;
+
+/// How many lines `PgDn`/`PgUp` scroll the write review.
+const REVIEW_PAGE: i16 = 10;
 
 /// Where a binding applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +47,12 @@ pub enum Scope {
     Draft,
     /// The rule editor is open (only these keys apply; others type text).
     Editor,
+    /// A text prompt is open on the bottom line (only these keys apply; others type text).
+    TextPrompt,
+    /// `q` with calls held is asking: quit anyway?
+    ConfirmQuit,
+    /// The write review (diff and what-if) is asking: write it?
+    Review,
 }
 
 /// One key binding.
@@ -74,7 +88,7 @@ fn b(
 }
 
 /// Every binding, most specific scopes first.
-pub fn bindings() -> &'static [Binding] {
+pub(crate) fn bindings() -> &'static [Binding] {
     static BINDINGS: LazyLock<Vec<Binding>> = LazyLock::new(|| {
         use KeyCode::*;
         use Scope::*;
@@ -83,7 +97,7 @@ pub fn bindings() -> &'static [Binding] {
                 Detail,
                 &[Char('J')],
                 "J",
-                Action::ScrollDetail(3),
+                Action::ScrollDetail(SCROLL_STEP),
                 "scroll the detail down",
                 None,
             ),
@@ -91,7 +105,7 @@ pub fn bindings() -> &'static [Binding] {
                 Detail,
                 &[Char('K')],
                 "K",
-                Action::ScrollDetail(-3),
+                Action::ScrollDetail(-SCROLL_STEP),
                 "scroll the detail up",
                 None,
             ),
@@ -148,7 +162,7 @@ pub fn bindings() -> &'static [Binding] {
                 &[Char('d')],
                 "d",
                 Action::DenyTool,
-                "draft: deny the selected tool (:deny TOOL REASON for a reason)",
+                "draft: deny the selected tool (:block TOOL REASON for a reason)",
                 Some("deny"),
             ),
             b(
@@ -448,7 +462,92 @@ pub fn bindings() -> &'static [Binding] {
                 Some("close"),
             ),
         ];
+        let prompts = [
+            b(TextPrompt, &[Enter], "⏎", Action::Submit, "accept", None),
+            b(TextPrompt, &[Esc], "Esc", Action::Back, "cancel", None),
+            b(
+                ConfirmQuit,
+                &[Char('y'), Char('Y')],
+                "y",
+                Action::Confirm,
+                "quit",
+                None,
+            ),
+            b(
+                ConfirmQuit,
+                &[Char('n'), Char('N'), Esc],
+                "n Esc",
+                Action::Cancel,
+                "stay",
+                None,
+            ),
+            b(
+                Review,
+                &[Char('y'), Char('Y')],
+                "y",
+                Action::Confirm,
+                "write the draft",
+                None,
+            ),
+            b(
+                Review,
+                &[Char('n'), Char('N'), Esc],
+                "n Esc",
+                Action::Cancel,
+                "keep the draft, write nothing",
+                None,
+            ),
+            b(
+                Review,
+                &[Char('j'), Down],
+                "j ↓",
+                Action::ScrollDetail(1),
+                "scroll down a line",
+                None,
+            ),
+            b(
+                Review,
+                &[Char('k'), Up],
+                "k ↑",
+                Action::ScrollDetail(-1),
+                "scroll up a line",
+                None,
+            ),
+            b(
+                Review,
+                &[Char('J')],
+                "J",
+                Action::ScrollDetail(SCROLL_STEP),
+                "scroll down",
+                None,
+            ),
+            b(
+                Review,
+                &[Char('K')],
+                "K",
+                Action::ScrollDetail(-SCROLL_STEP),
+                "scroll up",
+                None,
+            ),
+            b(
+                Review,
+                &[PageDown],
+                "PgDn",
+                Action::ScrollDetail(REVIEW_PAGE),
+                "scroll down a page",
+                None,
+            ),
+            b(
+                Review,
+                &[PageUp],
+                "PgUp",
+                Action::ScrollDetail(-REVIEW_PAGE),
+                "scroll up a page",
+                None,
+            ),
+        ];
         v.splice(0..0, editor);
+        v.splice(0..0, prompts);
         v.insert(
             v.iter().position(|b| b.scope == Policy).unwrap_or(0),
             b(
@@ -473,21 +572,37 @@ pub fn bindings() -> &'static [Binding] {
     &BINDINGS
 }
 
-/// Whether `scope` applies to the state as it is now.
-pub fn in_scope(state: &State, scope: Scope) -> bool {
-    let call_view = matches!(state.view, View::Live | View::Holds);
-    if state.authoring.editor.is_some() {
-        return scope == Scope::Editor;
+/// The scope the top layer over the view keeps the keys to, if it keeps them: a prompt,
+/// the write review and the rule editor take every key; help lets the view's keys through.
+fn overlay_scope(overlay: &Overlay) -> Option<Scope> {
+    match overlay {
+        Overlay::Prompt(Prompt::ConfirmQuit) => Some(Scope::ConfirmQuit),
+        Overlay::Prompt(_) => Some(Scope::TextPrompt),
+        Overlay::Review(_) => Some(Scope::Review),
+        Overlay::Editor(_) => Some(Scope::Editor),
+        Overlay::Help => None,
     }
+}
+
+/// Whether `scope` applies to the state as it is now. The top layer over the view gets the
+/// keys first: while a prompt, the review or the editor is on top, only its scope applies.
+pub(crate) fn in_scope(state: &State, scope: Scope) -> bool {
+    if let Some(kept) = state.overlays.top().and_then(overlay_scope) {
+        return scope == kept;
+    }
+    let call_view = matches!(state.view, View::Live | View::Holds);
     match scope {
-        Scope::Editor => false,
+        Scope::Editor | Scope::TextPrompt | Scope::ConfirmQuit | Scope::Review => false,
         Scope::Global => true,
         Scope::Live => state.view == View::Live,
         Scope::Holds => state.view == View::Holds,
         Scope::Policy => state.view == View::Policy,
         Scope::Limits => state.view == View::Limits,
-        Scope::OfferedTool => super::authoring::selected_tool(state)
-            .is_some_and(|t| super::view::tool_class(state, &t).is_some()),
+        Scope::OfferedTool => state
+            .policy_rows()
+            .get(state.authoring.selected)
+            .filter(|_| state.view == View::Policy)
+            .is_some_and(|r| tool_class(state, &r.tool).is_some()),
         Scope::Draft => matches!(state.view, View::Policy | View::Limits),
         Scope::Call => call_view && state.selected_call().is_some(),
         Scope::Detail => call_view && state.detail_call_id().is_some(),
@@ -506,53 +621,27 @@ pub fn active_bindings(state: &State) -> impl Iterator<Item = &'static Binding> 
 }
 
 /// The action a key asks for, in the current context.
-pub fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
+pub(crate) fn action_for(state: &State, key: KeyEvent) -> Option<Action> {
     if key.kind == KeyEventKind::Release {
         return None;
     }
+    // Ctrl-C quits from anywhere, a prompt or the editor included.
     let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
     if ctrl && key.code == KeyCode::Char('c') {
         return Some(Action::ForceQuit);
-    }
-    match &state.prompt {
-        Prompt::ConfirmQuit => {
-            return match key.code {
-                KeyCode::Char('y' | 'Y') => Some(Action::Confirm),
-                KeyCode::Char('n' | 'N') | KeyCode::Esc => Some(Action::Cancel),
-                _ => None,
-            };
-        }
-        Prompt::ConfirmWrite => {
-            return match key.code {
-                KeyCode::Char('y' | 'Y') => Some(Action::Confirm),
-                KeyCode::Char('n' | 'N') | KeyCode::Esc => Some(Action::Cancel),
-                KeyCode::Char('j') | KeyCode::Down => Some(Action::ScrollDetail(1)),
-                KeyCode::Char('k') | KeyCode::Up => Some(Action::ScrollDetail(-1)),
-                KeyCode::PageDown | KeyCode::Char('J') => Some(Action::ScrollDetail(10)),
-                KeyCode::PageUp | KeyCode::Char('K') => Some(Action::ScrollDetail(-10)),
-                _ => None,
-            };
-        }
-        Prompt::Filter(_)
-        | Prompt::Command(_)
-        | Prompt::DenyReason { .. }
-        | Prompt::Rate { .. }
-        | Prompt::CounterEdit { .. } => {
-            return match key.code {
-                KeyCode::Enter => Some(Action::Submit),
-                KeyCode::Esc => Some(Action::Back),
-                _ => text_edit(key).map(Action::Edit),
-            };
-        }
-        Prompt::None => {}
     }
     // Shift arrives with upper-case characters on most terminals; compare without it.
     let mods = key.modifiers - KeyModifiers::SHIFT;
     let bound = active_bindings(state)
         .find(|b| b.keys.iter().any(|(c, m)| *c == key.code && *m == mods))
         .map(|b| b.action.clone());
-    if bound.is_none() && state.authoring.editor.is_some() {
-        // In the editor every other key is text for the focused field.
+    let takes_text = match state.overlays.top() {
+        Some(Overlay::Editor(_)) => true,
+        Some(Overlay::Prompt(p)) => p.takes_text(),
+        _ => false,
+    };
+    if bound.is_none() && takes_text {
+        // In a text prompt or the editor every other key is text.
         return text_edit(key).map(Action::Edit);
     }
     bound

@@ -13,9 +13,9 @@ use tui_input::{Input, InputRequest};
 
 use super::draft::{Draft, Edit, EditError, parse_window};
 
-pub const ACTIONS: [&str; 3] = ["allow", "deny", "require_approval"];
-pub const SCOPES: [&str; 3] = ["grant", "session", "global"];
-pub const KINDS: [&str; 2] = ["require", "deny_if"];
+pub(crate) const ACTIONS: [&str; 3] = ["allow", "deny", "require_approval"];
+pub(crate) const SCOPES: [&str; 3] = ["grant", "session", "global"];
+pub(crate) const KINDS: [&str; 2] = ["require", "deny_if"];
 /// The condition ops, in the policy module's order (it is the one that defines them).
 pub const OPS: &[&str] = crate::policy::Op::NAMES;
 
@@ -100,7 +100,7 @@ fn index_of(list: &[&str], v: Option<&Value>, default: usize) -> usize {
 }
 
 /// The `args.…` paths an `inputSchema` offers.
-pub fn schema_paths(schema: Option<&Value>) -> Vec<String> {
+pub(crate) fn schema_paths(schema: Option<&Value>) -> Vec<String> {
     let mut out = Vec::new();
     let Some(props) = schema
         .and_then(|s| s.get("properties"))

@@ -10,75 +10,21 @@
 //! `policy_rejected` diagnostics. A file changed on disk meanwhile is never overwritten
 //! without the operator saying so (`:w!`); `:reload` takes the file instead.
 //!
-//! Like [`super::app`], nothing here does I/O: it changes [`State`] and leaves effects.
+//! Like the rest of [`super`], nothing here does I/O: it changes [`State`] and leaves effects.
 
 use crate::sanitize::terminal_text;
 
-use super::app::{Effect, Prompt, State, View, short_hash};
-use super::draft::{Draft, Edit, unified_diff};
-use super::editor::{RuleEditor, schema_paths};
-use super::whatif::{self, WhatIf};
+use crate::console::model::draft::{Draft, Edit, unified_diff};
+use crate::console::model::editor::{RuleEditor, schema_paths};
+use crate::console::model::whatif;
+use crate::console::model::{
+    Awaiting, Effect, Overlay, PolicyRow, Review, RowKind, State, View, WriteFailure, short_hash,
+    tool_class,
+};
 use crate::policy::RuleMatch;
 
-/// The authoring state.
-#[derive(Debug, Default)]
-pub struct Authoring {
-    /// The draft, once the policy file has been read.
-    pub draft: Option<Draft>,
-    /// The file was asked for (so it is asked for once).
-    pub load_requested: bool,
-    /// Why the file could not be read, if it could not.
-    pub load_error: Option<String>,
-    /// The write being reviewed (diff, what-if), waiting for `y`/`n`.
-    pub review: Option<Review>,
-    /// A write done, waiting for the gateways to apply it.
-    pub awaiting: Option<Awaiting>,
-    /// The file changed on disk under an edited draft: its text now.
-    pub conflict: Option<String>,
-    /// Selected row of the Policy view.
-    pub selected: usize,
-    /// Selected row of the Limits view.
-    pub limits_selected: usize,
-    /// The rule editor, when open.
-    pub editor: Option<RuleEditor>,
-    /// Every diagnostic of the last edit refused as invalid (the message shows the first).
-    pub refused: Vec<String>,
-    /// The tool whose own rule the next `s` replaces with the suggestion, with that rule as
-    /// the warning showed it: set by the first `s`, which only says what would change; any
-    /// other action clears it, and a rule changed since (a reload) is warned about afresh.
-    pub suggest_armed: Option<(String, serde_json::Value)>,
-}
-
-/// A write shown for confirmation.
-#[derive(Debug, Clone)]
-pub struct Review {
-    pub diff: Vec<String>,
-    pub whatif: WhatIf,
-    /// Overwrite even if the file changed on disk (`:w!`).
-    pub force: bool,
-    pub scroll: u16,
-}
-
-/// A written policy the gateways are expected to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Awaiting {
-    pub hash: String,
-    /// Connections (indexes into [`State::gateways`]) that applied it.
-    pub applied: Vec<usize>,
-    /// Connections that refused it, with their diagnostics.
-    pub rejected: Vec<(usize, Vec<String>)>,
-}
-
-/// Why a write failed, as the event loop reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteFailure {
-    /// The file is not what the draft was made from; its text now.
-    ChangedOnDisk(String),
-    Io(String),
-}
-
 /// The policy file the console edits: `--policy`, else the first gateway's.
-pub fn policy_path(state: &State) -> Option<String> {
+pub(crate) fn policy_path(state: &State) -> Option<String> {
     state.policy_path.clone().or_else(|| {
         state
             .gateways
@@ -90,7 +36,7 @@ pub fn policy_path(state: &State) -> Option<String> {
 }
 
 /// Asks for the policy file once its path is known.
-pub fn ensure_loaded(state: &mut State) {
+pub(crate) fn ensure_loaded(state: &mut State) {
     if state.authoring.load_requested || state.authoring.draft.is_some() {
         return;
     }
@@ -101,7 +47,7 @@ pub fn ensure_loaded(state: &mut State) {
 }
 
 /// The file was read (first load or `:reload`): it becomes the draft's base.
-pub fn loaded(state: &mut State, path: String, result: Result<String, String>) {
+pub(crate) fn loaded(state: &mut State, path: String, result: Result<String, String>) {
     match result {
         Ok(text) => {
             match &mut state.authoring.draft {
@@ -120,7 +66,7 @@ pub fn loaded(state: &mut State, path: String, result: Result<String, String>) {
 }
 
 /// Applies an edit to the draft; says what changed or why it was refused.
-pub fn edit(state: &mut State, edit: &Edit) -> bool {
+pub(crate) fn edit(state: &mut State, edit: &Edit) -> bool {
     let Some(draft) = state.authoring.draft.as_mut() else {
         let why = state.authoring.load_error.clone().unwrap_or_else(|| {
             "no policy file known: start the console with --policy P, or connect to a gateway"
@@ -137,7 +83,7 @@ pub fn edit(state: &mut State, edit: &Edit) -> bool {
         }
         Err(e) => {
             state.authoring.refused = match &e {
-                super::draft::EditError::Invalid(d) => {
+                crate::console::model::draft::EditError::Invalid(d) => {
                     d.0.iter()
                         .map(|d| terminal_text(&d.to_string()).into_owned())
                         .collect()
@@ -151,7 +97,7 @@ pub fn edit(state: &mut State, edit: &Edit) -> bool {
 }
 
 /// `:w` (`force` for `:w!`): shows the diff and the what-if, and asks.
-pub fn review(state: &mut State, force: bool) {
+pub(crate) fn review(state: &mut State, force: bool) {
     let Some(draft) = &state.authoring.draft else {
         state.complain("no policy file loaded");
         return;
@@ -181,7 +127,9 @@ pub fn review(state: &mut State, force: bool) {
         policy,
         state.history.iter().map(|(_, r)| (r.ts, &r.call)),
     );
-    state.authoring.review = Some(Review {
+    // One review at a time: a new one replaces any still open.
+    state.overlays.take_review();
+    state.overlays.push(Overlay::Review(Review {
         diff: diff
             .into_iter()
             .map(|l| terminal_text(&l).into_owned())
@@ -189,8 +137,7 @@ pub fn review(state: &mut State, force: bool) {
         whatif,
         force,
         scroll: 0,
-    });
-    state.prompt = Prompt::ConfirmWrite;
+    }));
 }
 
 fn conflict_text(path: &str) -> String {
@@ -201,12 +148,10 @@ fn conflict_text(path: &str) -> String {
 }
 
 /// `y` on the review: write.
-pub fn confirm(state: &mut State) {
-    state.prompt = Prompt::None;
-    let (Some(review), Some(draft)) = (
-        state.authoring.review.take(),
-        state.authoring.draft.as_ref(),
-    ) else {
+pub(crate) fn confirm(state: &mut State) {
+    let (Some(review), Some(draft)) =
+        (state.overlays.take_review(), state.authoring.draft.as_ref())
+    else {
         return;
     };
     state.effects.push(Effect::WritePolicy {
@@ -219,14 +164,13 @@ pub fn confirm(state: &mut State) {
 }
 
 /// `n`/`Esc` on the review.
-pub fn cancel(state: &mut State) {
-    state.prompt = Prompt::None;
-    state.authoring.review = None;
+pub(crate) fn cancel(state: &mut State) {
+    state.overlays.take_review();
     state.say("not written; the draft is kept");
 }
 
 /// The event loop's report of a write.
-pub fn written(state: &mut State, text: String, result: Result<String, WriteFailure>) {
+pub(crate) fn written(state: &mut State, text: String, result: Result<String, WriteFailure>) {
     let n = state.connected();
     let Some(draft) = state.authoring.draft.as_mut() else {
         return;
@@ -265,7 +209,7 @@ pub fn written(state: &mut State, text: String, result: Result<String, WriteFail
 }
 
 /// A gateway applied a policy with `hash`.
-pub fn applied(state: &mut State, conn: usize, hash: &str) {
+pub(crate) fn applied(state: &mut State, conn: usize, hash: &str) {
     if let Some(a) = state.authoring.awaiting.as_mut()
         && a.hash == hash
     {
@@ -297,14 +241,14 @@ pub fn applied(state: &mut State, conn: usize, hash: &str) {
 }
 
 /// A gateway refused a policy change.
-pub fn rejected(state: &mut State, conn: usize, diagnostics: &[String]) {
+pub(crate) fn rejected(state: &mut State, conn: usize, diagnostics: &[String]) {
     if let Some(a) = state.authoring.awaiting.as_mut() {
         a.rejected.push((conn, diagnostics.to_vec()));
     }
 }
 
 /// `:reload`: take the file as it is now, dropping the draft's edits.
-pub fn reload(state: &mut State) {
+pub(crate) fn reload(state: &mut State) {
     match policy_path(state) {
         Some(path) => {
             state.effects.push(Effect::LoadPolicy(path));
@@ -315,7 +259,7 @@ pub fn reload(state: &mut State) {
 }
 
 /// `:undo`: the version before the console's last write becomes the draft, for review.
-pub fn undo(state: &mut State) {
+pub(crate) fn undo(state: &mut State) {
     let Some(draft) = state.authoring.draft.as_mut() else {
         state.complain("no policy file loaded");
         return;
@@ -331,7 +275,7 @@ pub fn undo(state: &mut State) {
 }
 
 /// An edit asked for from another view (`r`, `b`, `A`): change the draft, then review.
-pub fn edit_and_review(state: &mut State, e: &Edit) {
+pub(crate) fn edit_and_review(state: &mut State, e: &Edit) {
     if edit(state, e) {
         review(state, false);
     }
@@ -342,31 +286,29 @@ pub fn selected_tool(state: &State) -> Option<String> {
     if state.view != View::Policy {
         return None;
     }
-    super::view::policy_rows(state)
-        .into_iter()
-        .nth(state.authoring.selected)
-        .map(|r| r.tool)
+    state
+        .policy_rows()
+        .get(state.authoring.selected)
+        .map(|r| r.tool.clone())
 }
 
 /// `s` in the Policy view: the selected tool's rule becomes the one `toolgate scan` suggests
 /// for its risk class. A tool with a rule of its own keeps it until a second `s`: the first
 /// says what would change, because the rule may be a person's considered choice.
-pub fn suggest(state: &mut State) {
+pub(crate) fn suggest(state: &mut State) {
     let Some(tool) = selected_tool(state) else {
         return;
     };
-    let Some(class) = super::view::tool_class(state, &tool).cloned() else {
+    let Some(class) = tool_class(state, &tool).cloned() else {
         state.complain(format!(
             "no offered tool is named {}: a suggestion is for one tool the servers offer",
             terminal_text(&tool)
         ));
         return;
     };
-    let row = super::view::policy_rows(state)
-        .into_iter()
-        .nth(state.authoring.selected);
-    if let Some(super::view::PolicyRow {
-        kind: super::view::RowKind::Hidden { pointer },
+    let row = state.policy_rows().get(state.authoring.selected).cloned();
+    if let Some(PolicyRow {
+        kind: RowKind::Hidden { pointer },
         ..
     }) = row
     {
@@ -384,8 +326,8 @@ pub fn suggest(state: &mut State) {
         .gateways
         .iter()
         .flat_map(|g| g.tools.iter())
-        .find(|t| t.name == tool)
-        .cloned();
+        .find(|t| t.info.name == tool)
+        .map(|t| t.info.clone());
     let Some(info) = info else {
         return;
     };
@@ -444,7 +386,7 @@ fn class_words(c: &crate::scan::Classification) -> String {
 }
 
 /// Opens the rule editor on the Policy view's selected row.
-pub fn open_editor(state: &mut State) {
+pub(crate) fn open_editor(state: &mut State) {
     let Some(key) = selected_tool(state) else {
         return;
     };
@@ -454,7 +396,7 @@ pub fn open_editor(state: &mut State) {
     let policy = draft.compiled().ok();
     let mut paths: Vec<String> = Vec::new();
     for g in &state.gateways {
-        for t in &g.tools {
+        for t in g.tools.iter().map(|t| &t.info) {
             let falls_under = t.name == key
                 || matches!(policy.map(|p| p.rule_match(&t.name)),
                     Some(RuleMatch::Glob { pattern, .. }) if pattern == key);
@@ -469,12 +411,12 @@ pub fn open_editor(state: &mut State) {
     }
     let mut editor = RuleEditor::open(&key, draft.rule_value(&key), paths);
     editor.validate(draft);
-    state.authoring.editor = Some(editor);
+    state.overlays.push(Overlay::Editor(Box::new(editor)));
 }
 
 /// Runs `f` on the open editor, then re-validates it if `f` says the form changed.
-pub fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
-    let (Some(editor), Some(draft)) = (&mut state.authoring.editor, &state.authoring.draft) else {
+pub(crate) fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
+    let (Some(editor), Some(draft)) = (state.overlays.editor_mut(), &state.authoring.draft) else {
         return;
     };
     if f(editor) {
@@ -483,8 +425,8 @@ pub fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
 }
 
 /// `C-s` in the editor: the rule goes into the draft, then the write review.
-pub fn save_editor(state: &mut State) {
-    let Some(editor) = &state.authoring.editor else {
+pub(crate) fn save_editor(state: &mut State) {
+    let Some(editor) = state.overlays.editor() else {
         return;
     };
     if let Some(first) = editor.problems.first() {
@@ -494,15 +436,7 @@ pub fn save_editor(state: &mut State) {
     }
     let e = editor.edit();
     if edit(state, &e) {
-        state.authoring.editor = None;
+        state.overlays.close_editor();
         review(state, false);
-    }
-}
-
-/// When room comes back, `ms` from now: `in 12s`, or `now`.
-pub fn room_in(ms: Option<u64>) -> String {
-    match ms {
-        None | Some(0) => "now".into(),
-        Some(ms) => format!("in {}", crate::policy::human_duration(ms)),
     }
 }

@@ -76,44 +76,10 @@ fn first_line(d: &Diagnostics) -> String {
 /// A command-line word that is not an edit the draft understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
-
-impl Edit {
-    /// The edit a `:` command asks for: `None` if `cmd` is not an editing command.
-    pub fn from_command(cmd: &str, args: &[&str]) -> Option<Result<Edit, UsageError>> {
-        let usage = |u: &str| Err(UsageError(format!("usage: {u}")));
-        Some(match (cmd, args) {
-            ("allow", [tool]) => Ok(Edit::Allow((*tool).into())),
-            ("allow", _) => usage(":allow TOOL"),
-            ("deny", [tool, reason @ ..]) => Ok(Edit::Deny(
-                (*tool).into(),
-                (!reason.is_empty()).then(|| reason.join(" ")),
-            )),
-            ("deny", _) => usage(":deny TOOL [REASON...]"),
-            ("hold", [tool]) => Ok(Edit::Hold((*tool).into())),
-            ("hold", _) => usage(":hold TOOL"),
-            ("limit", [tool, rate, scope @ ..]) if scope.len() <= 1 => {
-                parse_rate(rate).map(|(max, window)| Edit::Limit {
-                    tool: (*tool).into(),
-                    max,
-                    window,
-                    scope: scope.first().map(|s| (*s).into()),
-                })
-            }
-            ("limit", _) => usage(":limit TOOL MAX/WINDOW [grant|session|global]"),
-            ("unlimit", [tool]) => Ok(Edit::Unlimit((*tool).into())),
-            ("unlimit", _) => usage(":unlimit TOOL"),
-            ("default", [d]) => Ok(Edit::Default((*d).into())),
-            ("default", _) => usage(":default allow|deny|require_approval"),
-            ("hide", [tool]) => Ok(Edit::Hide((*tool).into())),
-            ("hide", _) => usage(":hide TOOL"),
-            _ => return None,
-        })
-    }
-}
+pub(crate) struct UsageError(pub String);
 
 /// `30/minute`, `5/10m`, `100/3600`: a max and a window as the policy writes them.
-pub fn parse_rate(rate: &str) -> Result<(u64, Value), UsageError> {
+pub(crate) fn parse_rate(rate: &str) -> Result<(u64, Value), UsageError> {
     let bad = || {
         UsageError(format!(
             "'{}' is not MAX/WINDOW (e.g. 30/minute, 5/10m, 100/3600)",
@@ -127,7 +93,7 @@ pub fn parse_rate(rate: &str) -> Result<(u64, Value), UsageError> {
 
 /// A window as typed: a whole number of seconds becomes a JSON number, anything else a
 /// string (the policy module decides whether it is a window).
-pub fn parse_window(window: &str) -> Option<Value> {
+pub(crate) fn parse_window(window: &str) -> Option<Value> {
     let window = window.trim();
     if window.is_empty() {
         return None;
@@ -168,6 +134,15 @@ pub struct Draft {
     compiled: Result<Policy, Diagnostics>,
     /// The text before the last write, for `:undo`.
     pub previous: Option<String>,
+    /// Which version of a draft this is: different for every load and every change, so
+    /// rows derived from a draft can be kept until it changes.
+    revision: u64,
+}
+
+/// A fresh draft revision, unique in the process.
+fn next_revision() -> u64 {
+    static REVISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    REVISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Draft {
@@ -185,7 +160,13 @@ impl Draft {
             text,
             compiled,
             previous: None,
+            revision: next_revision(),
         }
+    }
+
+    /// This version of the draft (see [`Draft`]'s `revision`).
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// The draft's text, as it would be written.
@@ -232,6 +213,7 @@ impl Draft {
             .filter(Value::is_object);
         self.text = text;
         self.compiled = Ok(compiled);
+        self.revision = next_revision();
         Ok(())
     }
 
@@ -241,6 +223,7 @@ impl Draft {
         self.doc = Some(doc);
         self.text = text;
         self.compiled = Ok(compiled);
+        self.revision = next_revision();
         Ok(said)
     }
 
@@ -586,7 +569,7 @@ fn edit_document(
 }
 
 /// The unified diff from `old` to `new`, as lines (`---`/`+++` headers, `@@` hunks).
-pub fn unified_diff(path: &str, old: &str, new: &str) -> Vec<String> {
+pub(crate) fn unified_diff(path: &str, old: &str, new: &str) -> Vec<String> {
     let diff = similar::TextDiff::from_lines(old, new);
     diff.unified_diff()
         .context_radius(3)

@@ -42,7 +42,7 @@ pub fn hash_bytes(bytes: &[u8]) -> String {
 
 /// Reads the policy file as text, as the gateways read it (a regular file only, never
 /// blocking, size-capped): a FIFO given as `--policy` cannot freeze the console.
-pub fn read(path: &Path) -> std::io::Result<String> {
+pub(crate) fn read(path: &Path) -> std::io::Result<String> {
     crate::policy::read_source(path)
 }
 

@@ -17,7 +17,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::app::{AppEvent, Link};
+use crate::console::model::Link;
+use crate::console::update::AppEvent;
 use crate::control::client::{self, ClientError};
 use crate::control::discovery;
 use crate::wire::ClientMsg;

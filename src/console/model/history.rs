@@ -114,7 +114,7 @@ impl CallRow {
     }
 }
 
-pub fn sanitize_call(c: CallEvent) -> CallEvent {
+pub(crate) fn sanitize_call(c: CallEvent) -> CallEvent {
     CallEvent {
         call_id: terminal_string(c.call_id),
         tool: terminal_string(c.tool),
@@ -129,7 +129,7 @@ pub fn sanitize_call(c: CallEvent) -> CallEvent {
     }
 }
 
-pub fn sanitize_resolution(r: HoldResolved) -> HoldResolved {
+pub(crate) fn sanitize_resolution(r: HoldResolved) -> HoldResolved {
     HoldResolved {
         call_id: terminal_string(r.call_id),
         operator: r.operator.map(terminal_string),
@@ -138,7 +138,7 @@ pub fn sanitize_resolution(r: HoldResolved) -> HoldResolved {
     }
 }
 
-pub fn sanitize_outcome(o: Outcome) -> Outcome {
+pub(crate) fn sanitize_outcome(o: Outcome) -> Outcome {
     Outcome {
         call_id: terminal_string(o.call_id),
         summary: o.summary.map(terminal_string),

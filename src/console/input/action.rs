@@ -1,10 +1,10 @@
 //! Every thing an operator can ask the console to do, as one enum.
 //!
-//! Keys (see [`super::keys`]) and `:` commands map to these names; [`super::app::update`]
-//! carries them out. Keeping them in one place means the help screen, the key table and the
+//! Keys (see [`super::keys`]) and `:` commands map to these names; the update
+//! ([`crate::console::update::update`]) carries them out. Keeping them in one place means the help screen, the key table and the
 //! tests all speak the same vocabulary.
 
-use super::app::View;
+use crate::console::model::View;
 
 /// One operator action.
 #[derive(Debug, Clone, PartialEq, Eq)]
