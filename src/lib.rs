@@ -15,6 +15,7 @@
 //! - [`scan`] — `toolgate scan`: classify a server's tools by risk, suggest a policy.
 //! - [`redact`] — which argument keys are secrets, and how they are hidden.
 //! - [`sanitize`] — the one way outside text reaches a terminal.
+//! - [`telemetry`] — metrics (Prometheus `/metrics`) for observability stacks.
 //! - [`cli`] — the command line.
 
 pub mod cli;
@@ -27,4 +28,5 @@ pub mod redact;
 pub mod sanitize;
 pub mod scan;
 pub mod screenshot;
+pub mod telemetry;
 pub mod wire;

@@ -181,6 +181,11 @@ impl GatewayArgs {
 }
 
 impl Started {
+    /// The event websocket's token: the operator's credential (none with `--no-events`).
+    pub fn events_token(&self) -> Option<&str> {
+        self.control.as_ref().map(|c| c.token())
+    }
+
     /// Closes the event websocket (removing the discovery file) and flushes the audit log.
     pub async fn stop(self) {
         if let Some(control) = self.control {

@@ -98,6 +98,8 @@ pub struct ServeOptions {
     pub connections: ConnectionOptions,
     /// The largest message in either direction, request bodies included (`--max-message`).
     pub max_message: usize,
+    /// `/metrics`, in the Prometheus text format.
+    pub metrics: Option<crate::telemetry::MetricsEndpoint>,
 }
 
 /// The HTTP gateway: servers, grants, sessions, and the shared decision machinery.
@@ -148,6 +150,7 @@ impl HttpGateway {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/mcp/{name}", axum::routing::any(handle))
+            .route("/metrics", axum::routing::get(metrics))
             .fallback(|| async {
                 plain(
                     StatusCode::NOT_FOUND,
@@ -449,6 +452,14 @@ async fn handle(
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             resp
         }
+    }
+}
+
+/// `GET /metrics` (see [`crate::telemetry::scrape`]).
+async fn metrics(State(gw): State<Arc<HttpGateway>>, headers: HeaderMap) -> Response {
+    match &gw.options.metrics {
+        Some(endpoint) => endpoint.answer(&headers),
+        None => plain(StatusCode::NOT_FOUND, "this gateway serves no metrics"),
     }
 }
 
