@@ -18,6 +18,7 @@ use super::audit::AuditRecord;
 use super::jsonrpc::Envelope;
 use crate::control::{HoldTicket, Resolution};
 use crate::policy::{Call, Decision, Reservation, Verdict};
+use crate::telemetry::CallSpans;
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
 
 /// Arguments in call events are cut to this many bytes of JSON.
@@ -41,17 +42,19 @@ impl Gateway {
     /// owns the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
     /// gateway all decide through this.
     pub fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
-        self.decide_call_unless_held(session, tool, args, None)
+        self.decide_call_unless_held(session, tool, args, None, None)
     }
 
     /// [`Gateway::decide_call`], where a call the policy would hold is denied with
-    /// `no_hold` as its reason when that is given (its connection cannot keep one more).
+    /// `no_hold` as its reason when that is given (its connection cannot keep one more);
+    /// the audit record names the call's trace when it has `spans`.
     pub(crate) fn decide_call_unless_held(
         &self,
         session: &str,
         tool: &str,
         args: &Value,
         no_hold: Option<String>,
+        spans: Option<&CallSpans>,
     ) -> (String, Decision) {
         let mut decision = match &self.audit {
             // A call that could not be audited is not made (`--audit-fail closed`).
@@ -96,6 +99,7 @@ impl Gateway {
         };
         if let Some(audit) = &self.audit {
             let digest = audit.describe_args(args);
+            let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
                 ts: Utc::now(),
                 kind: "decision",
@@ -112,6 +116,8 @@ impl Gateway {
                 args: digest.values,
                 latency_us: None,
                 error: None,
+                trace_id: trace.as_ref().map(|(trace, _)| trace.as_str()),
+                span_id: trace.as_ref().map(|(_, span)| span.as_str()),
             });
         }
         let call_id = event.call_id.clone();
@@ -171,7 +177,9 @@ impl Gateway {
         }
     }
 
-    /// Publishes and audits the outcome of a call that went upstream.
+    /// Publishes and audits the outcome of a call that went upstream (its record names
+    /// the call's trace when it has `spans`).
+    #[allow(clippy::too_many_arguments)]
     pub fn record_outcome(
         &self,
         session: &str,
@@ -180,9 +188,11 @@ impl Gateway {
         arrived: Instant,
         error: bool,
         summary: Option<String>,
+        spans: Option<&CallSpans>,
     ) {
         let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(audit) = &self.audit {
+            let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
                 ts: Utc::now(),
                 kind: "outcome",
@@ -199,6 +209,8 @@ impl Gateway {
                 args: None,
                 latency_us: Some(latency_us),
                 error: Some(error),
+                trace_id: trace.as_ref().map(|(trace, _)| trace.as_str()),
+                span_id: trace.as_ref().map(|(_, span)| span.as_str()),
             });
         }
         self.hub.publish(EventKind::Outcome(Outcome {

@@ -53,6 +53,7 @@ use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, 
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
 use crate::policy::{Decision, Reservation, Verdict};
+use crate::telemetry::CallSpans;
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
 
 /// At most this many 2026-07-28 calls wait for their `input_required` retry.
@@ -417,6 +418,8 @@ struct CallInFlight {
     continuation: Option<String>,
     arrived: Instant,
     reservation: Reservation,
+    /// Its spans, when tracing is on; ended with the answer.
+    spans: Option<Box<CallSpans>>,
 }
 
 #[derive(Debug)]
@@ -434,6 +437,8 @@ struct HeldCall {
     line: Vec<u8>,
     /// The line's bytes in `Shared::held_lines`, given back with the hold.
     _room: Charge,
+    /// See [`CallInFlight::spans`].
+    spans: Option<Box<CallSpans>>,
 }
 
 async fn client_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: LineReader<R>) {
@@ -809,11 +814,22 @@ impl Shared {
                 self.held_lines.charged()
             )
         });
-        let (call_id, decision) =
-            self.gateway
-                .decide_call_unless_held(&self.session, &params.name, &args, no_hold);
+        let spans = self.gateway.traces.as_ref().map(|traces| {
+            Box::new(traces.start_call(&self.session, &id, &params.name, params.meta.as_ref()))
+        });
+        let (call_id, decision) = self.gateway.decide_call_unless_held(
+            &self.session,
+            &params.name,
+            &args,
+            no_hold,
+            spans.as_deref(),
+        );
+        if let Some(spans) = &spans {
+            spans.decided(&self.gateway.grant, &decision);
+        }
         match decision.verdict {
             Verdict::Allow => {
+                let traced = self.traced(spans.as_deref(), bytes);
                 self.lock().pending.insert(
                     id,
                     Pending::Call(CallInFlight {
@@ -822,16 +838,20 @@ impl Shared {
                         continuation: continuation_key(modern, &args),
                         arrived,
                         reservation: decision.reservation,
+                        spans,
                     }),
                 );
-                Action::Forward
+                match traced {
+                    Some(line) => Action::Replace(line),
+                    None => Action::Forward,
+                }
             }
             Verdict::Deny | Verdict::RateLimited => {
                 Action::Answer(jsonrpc::refusal(&id, &decision.agent_text(), modern))
             }
             Verdict::Hold => match held_room {
                 Some(room) => {
-                    let call = (call_id, decision, params, args, arrived, modern);
+                    let call = (call_id, decision, params, args, arrived, modern, spans);
                     self.start_hold(id, call, bytes, room);
                     Action::Nothing
                 }
@@ -844,13 +864,14 @@ impl Shared {
     fn start_hold(
         self: &Arc<Self>,
         id: IdKey,
-        (call_id, decision, params, args, arrived, modern): (
+        (call_id, decision, params, args, arrived, modern, spans): (
             String,
             Decision,
             CallParams,
             Value,
             Instant,
             bool,
+            Option<Box<CallSpans>>,
         ),
         line: &[u8],
         room: Charge,
@@ -870,6 +891,7 @@ impl Shared {
                 _stop: stop_tx,
                 line: line.to_vec(),
                 _room: room,
+                spans,
             },
         );
         let shared = self.clone();
@@ -919,17 +941,24 @@ impl Shared {
             let Some(held) = state.holds.remove(&id) else {
                 return;
             };
+            if let Some(spans) = &held.spans {
+                spans.resolved(&resolution);
+            }
             if resolution.approved {
+                let line = self
+                    .traced(held.spans.as_deref(), &held.line)
+                    .unwrap_or(held.line);
                 let call = CallInFlight {
                     call_id: held.call_id,
                     tool: held.tool,
                     continuation: held.continuation,
                     arrived: held.arrived,
                     reservation: held.reservation,
+                    spans: held.spans,
                 };
                 // Held to pending in one step: the id never looks free in between.
                 state.pending.insert(id.clone(), Pending::Call(call));
-                Err(held.line)
+                Err(line)
             } else {
                 Ok(held)
             }
@@ -1044,6 +1073,9 @@ impl Shared {
 
     /// Publishes the outcome of a call that went upstream and audits it.
     fn finish_call(&self, call: &CallInFlight, error: bool, summary: Option<String>) {
+        if let Some(spans) = &call.spans {
+            spans.answered(error);
+        }
         self.gateway.record_outcome(
             &self.session,
             &call.call_id,
@@ -1051,7 +1083,14 @@ impl Shared {
             call.arrived,
             error,
             summary,
+            call.spans.as_deref(),
         );
+    }
+
+    /// Starts a traced call's CLIENT span as it goes upstream; the line to forward instead
+    /// when the gateway adds its `traceparent` (see [`crate::telemetry::trace`]).
+    fn traced(&self, spans: Option<&CallSpans>, line: &[u8]) -> Option<Vec<u8>> {
+        self.gateway.traces.as_ref()?.forwarded(spans?, line)
     }
 
     /// Applies `hide` to a `tools/list` answer and publishes the tools offered; returns

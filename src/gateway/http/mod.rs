@@ -232,6 +232,7 @@ impl HttpGateway {
                     audit: b.audit.clone(),
                     clock: b.clock.clone(),
                     hold_progress_interval: b.hold_progress_interval,
+                    traces: b.traces.clone(),
                 })
             })
             .clone()
