@@ -15,6 +15,7 @@
 //! - [`scan`] — `toolgate scan`: classify a server's tools by risk, suggest a policy.
 //! - [`redact`] — which argument keys are secrets, and how they are hidden.
 //! - [`sanitize`] — the one way outside text reaches a terminal.
+//! - [`telemetry`] — metrics (Prometheus `/metrics`) for observability stacks.
 //! - [`cli`] — the command line.
 //! - `testing` — the one door for tests, benches, examples and fuzz targets (hidden).
 
@@ -28,6 +29,7 @@ pub mod redact;
 pub mod sanitize;
 pub mod scan;
 mod sync;
+pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 pub mod wire;

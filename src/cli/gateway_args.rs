@@ -73,6 +73,14 @@ pub struct GatewayArgs {
     pub max_message: usize,
     #[command(flatten)]
     pub counters: CounterArgs,
+    /// Export traces (a SERVER and a CLIENT span per tool call) to this OpenTelemetry
+    /// collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (they go to /v1/traces).
+    /// The standard OTEL_EXPORTER_OTLP_ENDPOINT does the same; OTEL_SERVICE_NAME (default
+    /// toolgate), OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER apply. With tracing on, a
+    /// sampled call that carries no traceparent in params._meta is forwarded with the
+    /// gateway's. Off by default.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
     /// Log level for stderr (overridden by RUST_LOG).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -85,6 +93,8 @@ pub struct Started {
     pub policy: PolicyInForce,
     pub audit: Arc<AuditLog>,
     pub store: StoreWorker,
+    /// Spans per call, when tracing is configured.
+    pub traces: Option<Arc<crate::telemetry::Tracing>>,
     control: Option<ControlHandle>,
 }
 
@@ -110,6 +120,22 @@ impl GatewayArgs {
     /// `--no-events`) and the counter store, for calls attributed to `grant` in front of
     /// `server`.
     pub async fn start(&self, grant: &str, server: &str) -> anyhow::Result<Started> {
+        let traces = match crate::telemetry::TraceConfig::from(self.otlp.as_deref(), |name| {
+            std::env::var(name).ok()
+        })? {
+            Some(config) => {
+                let traces = crate::telemetry::Tracing::start(&config)?;
+                tracing::info!(
+                    "traces exported by OTLP to {}",
+                    config
+                        .endpoint
+                        .as_deref()
+                        .unwrap_or("OTEL_EXPORTER_OTLP_ENDPOINT")
+                );
+                Some(Arc::new(traces))
+            }
+            None => None,
+        };
         let id = gateway_id();
         let hub = new_hub(&id, grant, server, &self.policy);
         hub.set_hold_caps(HoldCaps {
@@ -177,18 +203,28 @@ impl GatewayArgs {
             policy,
             audit,
             store,
+            traces,
             control,
         })
     }
 }
 
 impl Started {
+    /// The event websocket's token: the operator's credential (none with `--no-events`).
+    pub fn events_token(&self) -> Option<&str> {
+        self.control.as_ref().map(|c| c.token())
+    }
+
     /// Closes the event websocket (removing the discovery file) and flushes the audit log.
     pub async fn stop(self) {
         if let Some(control) = self.control {
             control.shutdown().await;
         }
         self.audit.close();
+        if let Some(traces) = self.traces {
+            // Exporting what is queued blocks (at most the exporter's timeout).
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use crate::gateway::fd_limit;
 use crate::gateway::grants::{Grants, GrantsWatcher};
 use crate::gateway::http::listener::{self, ConnectionOptions};
 use crate::gateway::http::{self, HttpGateway, ServeOptions};
+use crate::telemetry::{Access, Metrics, MetricsEndpoint};
 
 /// Serve MCP over Streamable HTTP at /mcp/<name>, enforcing a policy on every tool call.
 ///
@@ -71,6 +72,12 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_BODY_TIMEOUT.as_secs_f64(),
           value_parser = positive_seconds)]
     body_timeout: f64,
+    /// Serve /metrics without a token, for a Prometheus on this host. Refused unless
+    /// --listen is a loopback address (the traffic is plain HTTP). Without it, /metrics
+    /// needs `Authorization: Bearer <operator token>`: the event websocket's token, from this
+    /// gateway's discovery file.
+    #[arg(long)]
+    metrics_public: bool,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -84,7 +91,9 @@ servers.json:
       "time":       { "command": "uvx", "args": ["mcp-server-time"] },
       "everything": { "url": "http://127.0.0.1:3001/mcp" } } }
 
-Agents then use http://127.0.0.1:8787/mcp/time with "Authorization: Bearer <token>"."#;
+Agents then use http://127.0.0.1:8787/mcp/time with "Authorization: Bearer <token>".
+Prometheus on this host scrapes http://127.0.0.1:8787/metrics when serve runs with
+--metrics-public (see the README's Observability section)."#;
 
 /// A number of seconds above zero and below a day.
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -118,6 +127,15 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
     if !args.listen.ip().is_loopback() && !args.allow_remote {
         anyhow::bail!(
             "refusing to listen on {}, which is not a loopback address; pass --allow-remote if you mean it",
+            args.listen
+        );
+    }
+    if args.metrics_public && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing --metrics-public on {}, which is not a loopback address: anyone reaching \
+             it would read every grant's, server's and tool's calls over plain HTTP (toolgate \
+             has no TLS yet). Listen on 127.0.0.1 and scrape from this host, or drop \
+             --metrics-public and scrape with the operator token",
             args.listen
         );
     }
@@ -165,7 +183,8 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
             "*",
             "*",
         )
-        .with_audit(started.audit.clone()),
+        .with_audit(started.audit.clone())
+        .with_traces(started.traces.clone()),
     );
     let names: Vec<String> = servers.keys().cloned().collect();
     // What is open now (runtime, policy watcher, audit log, counters, event websocket) is
@@ -210,6 +229,14 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
                 max_connections: plan.max_connections,
             },
             max_message: args.gateway.max_message,
+            metrics: Some(MetricsEndpoint {
+                metrics: Metrics::start(&started.hub),
+                access: match (args.metrics_public, started.events_token()) {
+                    (true, _) => Access::Public,
+                    (false, Some(token)) => Access::Operator(Arc::from(token)),
+                    (false, None) => Access::Closed,
+                },
+            }),
         },
     );
     tracing::info!(

@@ -76,7 +76,8 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             args.grant,
             server.display(),
         )
-        .with_audit(started.audit.clone()),
+        .with_audit(started.audit.clone())
+        .with_traces(started.traces.clone()),
     );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -111,6 +111,12 @@ pub struct AuditRecord<'a> {
     pub latency_us: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<bool>,
+    /// The call's trace and its SERVER span (lowercase hex), when tracing is on: a record
+    /// and a trace join on these.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<&'a str>,
 }
 
 /// An open audit log. Cheap to share behind an `Arc`.
@@ -193,6 +199,12 @@ fn write_record(
     }
     if let Some(error) = &record.error {
         member(out, "error", error)?;
+    }
+    if let Some(trace_id) = record.trace_id {
+        member(out, "trace_id", trace_id)?;
+    }
+    if let Some(span_id) = record.span_id {
+        member(out, "span_id", span_id)?;
     }
     out.push(b'}');
     Ok(())
@@ -626,6 +638,8 @@ mod tests {
             args: Some(json!({"a": [1, null, {"b": "c"}]})),
             latency_us: Some(123),
             error: Some(true),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span_id: Some("00f067aa0ba902b7"),
         };
         let bare = AuditRecord {
             kind: "outcome",
@@ -637,6 +651,8 @@ mod tests {
             args: None,
             latency_us: None,
             error: None,
+            trace_id: None,
+            span_id: None,
             ..full.clone()
         };
         let other_session = AuditRecord {
@@ -693,6 +709,8 @@ mod tests {
             args: digest.values.clone(),
             latency_us: None,
             error: None,
+            trace_id: None,
+            span_id: None,
         }
     }
 

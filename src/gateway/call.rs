@@ -22,6 +22,7 @@ use crate::policy::{
     Admissible, Call, CounterStore, Decision, Judgement, Policy, Reservation, Verdict,
     human_duration,
 };
+use crate::telemetry::CallSpans;
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
 
 /// Arguments in call events are cut to this many bytes of JSON.
@@ -51,7 +52,7 @@ impl Gateway {
             Deciding::Decided(decision) => decision,
             Deciding::Admitting(admitting) => admitting.decision().await,
         };
-        self.publish_decision(session, tool, args, decision, None)
+        self.publish_decision(session, tool, args, decision, None, None)
     }
 
     /// The first step of deciding a call: the policy's decision, and for a call with limits
@@ -91,7 +92,8 @@ impl Gateway {
     /// The second step: publishes the `call` event and writes the audit record of a
     /// decision, and registers a hold with the hub; returns the call's id and the decision.
     /// A call the policy would hold is denied with `no_hold` as its reason when that is given
-    /// (its connection cannot keep one more, or it ended while its limits were counted).
+    /// (its connection cannot keep one more, or it ended while its limits were counted); the
+    /// audit record names the call's trace when it has `spans`.
     pub(crate) fn publish_decision(
         &self,
         session: &str,
@@ -99,6 +101,7 @@ impl Gateway {
         args: &Value,
         mut decision: Decision,
         no_hold: Option<String>,
+        spans: Option<&CallSpans>,
     ) -> (String, Decision) {
         let call_id = self.hub.next_call_id();
         if decision.verdict == Verdict::Hold {
@@ -131,6 +134,7 @@ impl Gateway {
         };
         if let Some(audit) = &self.audit {
             let digest = audit.describe_args(args);
+            let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
                 ts: self.clock.now(),
                 kind: "decision",
@@ -147,6 +151,8 @@ impl Gateway {
                 args: digest.values,
                 latency_us: None,
                 error: None,
+                trace_id: trace.as_ref().map(|(trace, _)| trace.as_str()),
+                span_id: trace.as_ref().map(|(_, span)| span.as_str()),
             });
         }
         let call_id = event.call_id.clone();
@@ -204,7 +210,9 @@ impl Gateway {
         });
     }
 
-    /// Publishes and audits the outcome of a call that went upstream.
+    /// Publishes and audits the outcome of a call that went upstream (its record names
+    /// the call's trace when it has `spans`).
+    #[allow(clippy::too_many_arguments)]
     pub fn record_outcome(
         &self,
         session: &str,
@@ -213,9 +221,11 @@ impl Gateway {
         arrived: Instant,
         error: bool,
         summary: Option<String>,
+        spans: Option<&CallSpans>,
     ) {
         let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(audit) = &self.audit {
+            let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
                 ts: self.clock.now(),
                 kind: "outcome",
@@ -232,6 +242,8 @@ impl Gateway {
                 args: None,
                 latency_us: Some(latency_us),
                 error: Some(error),
+                trace_id: trace.as_ref().map(|(trace, _)| trace.as_str()),
+                span_id: trace.as_ref().map(|(_, span)| span.as_str()),
             });
         }
         self.hub.publish(EventKind::Outcome(Outcome {

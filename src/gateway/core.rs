@@ -54,6 +54,7 @@ use super::line_writer::{Out, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
 use crate::policy::{Decision, Reservation, Verdict};
+use crate::telemetry::CallSpans;
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
 
 /// At most this many 2026-07-28 calls wait for their `input_required` retry.
@@ -382,6 +383,8 @@ struct Deliberation {
     modern: bool,
     /// Room for its line should it be held.
     held_room: Option<Charge>,
+    /// Its spans, when tracing is on.
+    spans: Option<Box<CallSpans>>,
 }
 
 /// A call admitted upstream, until its answer.
@@ -395,6 +398,8 @@ struct CallInFlight {
     continuation: Option<String>,
     arrived: Instant,
     reservation: Reservation,
+    /// Its spans, when tracing is on; ended with the answer.
+    spans: Option<Box<CallSpans>>,
 }
 
 #[derive(Debug)]
@@ -412,6 +417,8 @@ struct HeldCall {
     line: Vec<u8>,
     /// The line's bytes in `Shared::held_lines`, given back with the hold.
     _room: Charge,
+    /// See [`CallInFlight::spans`].
+    spans: Option<Box<CallSpans>>,
 }
 
 async fn client_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: LineReader<R>) {
@@ -809,6 +816,9 @@ impl Shared {
                 self.held_lines.charged()
             )
         });
+        let spans = self.gateway.traces.as_ref().map(|traces| {
+            Box::new(traces.start_call(&self.session, &id, &params.name, params.meta.as_ref()))
+        });
         let call = Deliberation {
             id,
             params,
@@ -816,6 +826,7 @@ impl Shared {
             arrived,
             modern,
             held_room,
+            spans,
         };
         match self
             .gateway
@@ -877,16 +888,26 @@ impl Shared {
             arrived,
             modern,
             held_room,
+            spans,
         } = call;
-        let (call_id, decision) =
-            self.gateway
-                .publish_decision(&self.session, &params.name, &args, decision, no_hold);
+        let (call_id, decision) = self.gateway.publish_decision(
+            &self.session,
+            &params.name,
+            &args,
+            decision,
+            no_hold,
+            spans.as_deref(),
+        );
+        if let Some(spans) = &spans {
+            spans.decided(&self.gateway.grant, &decision);
+        }
         // Whether this call still owns its id (always, unless it waited for the store).
         let owns_id = |state: &ConnState| {
             !deciding || matches!(state.pending.get(&id), Some(Forwarded::Deciding))
         };
         match decision.verdict {
             Verdict::Allow => {
+                let traced = self.traced(spans.as_deref(), bytes);
                 let mut state = self.lock();
                 if !owns_id(&state) {
                     drop(state);
@@ -901,9 +922,13 @@ impl Shared {
                         continuation: continuation_key(modern, &args),
                         arrived,
                         reservation: decision.reservation,
+                        spans,
                     }),
                 );
-                Disposition::Forward
+                match traced {
+                    Some(line) => Disposition::Replace(line),
+                    None => Disposition::Forward,
+                }
             }
             Verdict::Deny | Verdict::RateLimited => {
                 if deciding {
@@ -917,7 +942,7 @@ impl Shared {
             }
             Verdict::Hold => match held_room {
                 Some(room) => {
-                    let call = (call_id, decision, params, args, arrived, modern);
+                    let call = (call_id, decision, params, args, arrived, modern, spans);
                     self.start_hold(id, call, bytes, room, deciding);
                     Disposition::Nothing
                 }
@@ -930,13 +955,14 @@ impl Shared {
     fn start_hold(
         self: &Arc<Self>,
         id: IdKey,
-        (call_id, decision, params, args, arrived, modern): (
+        (call_id, decision, params, args, arrived, modern, spans): (
             String,
             Decision,
             CallParams,
             Value,
             Instant,
             bool,
+            Option<Box<CallSpans>>,
         ),
         line: &[u8],
         room: Charge,
@@ -977,6 +1003,7 @@ impl Shared {
                 _stop: stop_tx,
                 line: line.to_vec(),
                 _room: room,
+                spans,
             },
         );
         drop(state);
@@ -1027,17 +1054,24 @@ impl Shared {
             let Some(held) = state.holds.remove(&id) else {
                 return;
             };
+            if let Some(spans) = &held.spans {
+                spans.resolved(&resolution);
+            }
             if resolution.approved {
+                let line = self
+                    .traced(held.spans.as_deref(), &held.line)
+                    .unwrap_or(held.line);
                 let call = CallInFlight {
                     call_id: held.call_id,
                     tool: held.tool,
                     continuation: held.continuation,
                     arrived: held.arrived,
                     reservation: held.reservation,
+                    spans: held.spans,
                 };
                 // Held to pending in one step: the id never looks free in between.
                 state.pending.insert(id.clone(), Forwarded::Call(call));
-                Err(held.line)
+                Err(line)
             } else {
                 Ok(held)
             }
@@ -1166,6 +1200,9 @@ impl Shared {
 
     /// Publishes the outcome of a call that went upstream and audits it.
     fn finish_call(&self, call: &CallInFlight, error: bool, summary: Option<String>) {
+        if let Some(spans) = &call.spans {
+            spans.answered(error);
+        }
         self.gateway.record_outcome(
             &self.session,
             &call.call_id,
@@ -1173,7 +1210,14 @@ impl Shared {
             call.arrived,
             error,
             summary,
+            call.spans.as_deref(),
         );
+    }
+
+    /// Starts a traced call's CLIENT span as it goes upstream; the line to forward instead
+    /// when the gateway adds its `traceparent` (see [`crate::telemetry::trace`]).
+    fn traced(&self, spans: Option<&CallSpans>, line: &[u8]) -> Option<Vec<u8>> {
+        self.gateway.traces.as_ref()?.forwarded(spans?, line)
     }
 
     /// Applies `hide` to a `tools/list` answer and publishes the tools offered; returns

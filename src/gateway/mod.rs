@@ -105,6 +105,8 @@ pub struct Gateway {
     pub clock: Arc<dyn WallClock>,
     /// See [`HOLD_PROGRESS_INTERVAL`].
     pub hold_progress_interval: Duration,
+    /// Spans per call, when tracing is on (`--otlp`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub traces: Option<Arc<crate::telemetry::Tracing>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -136,11 +138,17 @@ impl Gateway {
             audit: None,
             clock: Arc::new(SystemWallClock),
             hold_progress_interval: HOLD_PROGRESS_INTERVAL,
+            traces: None,
         }
     }
 
     pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Gateway {
         self.audit = Some(audit);
+        self
+    }
+
+    pub fn with_traces(mut self, traces: Option<Arc<crate::telemetry::Tracing>>) -> Gateway {
+        self.traces = traces;
         self
     }
 

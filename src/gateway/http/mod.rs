@@ -99,6 +99,8 @@ pub struct ServeOptions {
     pub connections: ConnectionOptions,
     /// The largest message in either direction, request bodies included (`--max-message`).
     pub max_message: usize,
+    /// `/metrics`, in the Prometheus text format.
+    pub metrics: Option<crate::telemetry::MetricsEndpoint>,
 }
 
 /// The HTTP gateway: servers, grants, sessions, and the shared decision machinery.
@@ -145,6 +147,7 @@ impl HttpGateway {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/mcp/{name}", axum::routing::any(handle))
+            .route("/metrics", axum::routing::get(metrics))
             .fallback(|| async {
                 plain(
                     StatusCode::NOT_FOUND,
@@ -221,6 +224,7 @@ impl HttpGateway {
                     audit: b.audit.clone(),
                     clock: b.clock.clone(),
                     hold_progress_interval: b.hold_progress_interval,
+                    traces: b.traces.clone(),
                 })
             })
             .clone()
@@ -441,6 +445,14 @@ async fn handle(
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             resp
         }
+    }
+}
+
+/// `GET /metrics` (see [`crate::telemetry::scrape`]).
+async fn metrics(State(gw): State<Arc<HttpGateway>>, headers: HeaderMap) -> Response {
+    match &gw.options.metrics {
+        Some(endpoint) => endpoint.answer(&headers),
+        None => plain(StatusCode::NOT_FOUND, "this gateway serves no metrics"),
     }
 }
 

@@ -1,0 +1,629 @@
+//! The gateway's metrics, kept from its own events and rendered in the Prometheus text
+//! format for `serve`'s `/metrics`.
+//!
+//! The metrics are a subscriber of the [`Hub`], like the console: every number here is
+//! read from an event the gateway publishes anyway, on a task of its own, so a call pays
+//! nothing for them and the decision path has no hook. The price is that a scrape may lag
+//! the last calls by the time that task takes to read them (microseconds), and that events
+//! lost because the task fell more than the hub's queue behind are counted, not guessed
+//! (`toolgate_metrics_events_missed_total`).
+//!
+//! Names are in base units, counters end in `_total` (OpenTelemetry's Prometheus naming);
+//! every label an agent or a session can choose is a [`BoundedLabel`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, Weak};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::labels::BoundedLabel;
+use crate::control::Hub;
+use crate::policy::Verdict;
+use crate::wire::{
+    CallEvent, CounterState, Event, EventKind, HoldResolved, Outcome, ResolvedBy, Tools,
+};
+
+/// Calls remembered between their decision and their outcome (to label the outcome with
+/// the tool). Beyond it the oldest is forgotten, and its outcome is labelled `other`.
+const MAX_IN_FLIGHT: usize = 8192;
+
+/// Upper bounds of the buckets of call and operation durations, in seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Upper bounds of the buckets of hold waits, in seconds: people answer in seconds to hours.
+const HOLD_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// The metrics of one gateway process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// For the number of open holds, read from the hub at each scrape. Weak: the hub's
+    /// subscriber task must not keep the hub alive.
+    hub: Weak<Hub>,
+}
+
+impl Metrics {
+    /// Starts following `hub`'s events on a task of the current runtime.
+    pub fn start(hub: &Arc<Hub>) -> Arc<Metrics> {
+        let metrics = Arc::new(Metrics {
+            registry: Mutex::new(Registry::default()),
+            hub: Arc::downgrade(hub),
+        });
+        let mut events = hub.subscribe();
+        let follower = Arc::downgrade(&metrics);
+        tokio::spawn(async move {
+            loop {
+                let event = events.recv().await;
+                let Some(metrics) = follower.upgrade() else {
+                    return;
+                };
+                match event {
+                    Ok(event) => metrics.observe(&event),
+                    Err(RecvError::Lagged(n)) => metrics.lock().missed += n,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        metrics
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one event.
+    pub(crate) fn observe(&self, event: &Event) {
+        let mut registry = self.lock();
+        match &event.kind {
+            EventKind::Call(call) => registry.call(call, event.ts),
+            EventKind::HoldResolved(resolved) => registry.hold_resolved(resolved, event.ts),
+            EventKind::Outcome(outcome) => registry.outcome(outcome),
+            EventKind::Counters(counters) => {
+                for state in &counters.counters {
+                    registry.counter(state);
+                }
+            }
+            EventKind::Store(status) if !status.ok => registry.store_errors += 1,
+            EventKind::PolicyApplied(_) => registry.reloads.applied += 1,
+            EventKind::PolicyRejected(_) => registry.reloads.rejected += 1,
+            EventKind::Tools(tools) => registry.tools_listed(tools),
+            _ => {}
+        }
+    }
+
+    /// Every metric in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let held = self.hub.upgrade().map_or(0, |hub| hub.open_holds().len());
+        self.lock().render(held)
+    }
+}
+
+/// A histogram with fixed buckets.
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at most each bound (not cumulative; summed when rendered).
+    counts: Vec<u64>,
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        let value = if value.is_finite() {
+            value.max(0.0)
+        } else {
+            0.0
+        };
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&self.counts) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
+        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
+    }
+}
+
+fn braces(labels: &str) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    }
+}
+
+/// A label value in the text format: backslash, double quote and line feed escaped.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A call between its decision and its outcome.
+#[derive(Debug)]
+struct Flight {
+    tool: Arc<str>,
+    server: Arc<str>,
+    decided: DateTime<Utc>,
+    /// Seconds it waited for an operator, once approved.
+    held_for: f64,
+}
+
+#[derive(Debug, Default)]
+struct Reloads {
+    applied: u64,
+    rejected: u64,
+}
+
+/// A call series: decision, tool, grant, server.
+type CallLabels = (&'static str, Arc<str>, Arc<str>, Arc<str>);
+/// A counter series: counter, scope, key.
+type CounterLabels = (Arc<str>, Arc<str>, Arc<str>);
+
+#[derive(Debug, Default)]
+struct Registry {
+    tools: BoundedLabel,
+    grants: BoundedLabel,
+    servers: BoundedLabel,
+    counter_names: BoundedLabel,
+    scope_keys: BoundedLabel,
+    /// By decision, tool, grant, server.
+    calls: BTreeMap<CallLabels, u64>,
+    /// Upstream latency by tool, server and whether it failed.
+    call_duration: BTreeMap<(Arc<str>, Arc<str>, bool), Histogram>,
+    /// The whole `tools/call` operation (hold included) by tool and whether it failed.
+    operation_duration: BTreeMap<(Arc<str>, bool), Histogram>,
+    /// By how the hold ended.
+    hold_wait: BTreeMap<&'static str, Histogram>,
+    /// (used, max) by counter, scope and key.
+    counters: BTreeMap<CounterLabels, (u64, u64)>,
+    store_errors: u64,
+    reloads: Reloads,
+    tool_changes: u64,
+    /// A hash of each server's last tool list, to count changes.
+    tool_lists: HashMap<Arc<str>, u64>,
+    missed: u64,
+    in_flight: HashMap<String, Flight>,
+    in_flight_order: VecDeque<String>,
+}
+
+impl Registry {
+    fn call(&mut self, call: &CallEvent, ts: DateTime<Utc>) {
+        let tool = self.tools.value(&call.tool);
+        let server = self.servers.value(&call.server);
+        let grant = self.grants.value(&call.grant);
+        *self
+            .calls
+            .entry((call.decision.as_str(), tool.clone(), grant, server.clone()))
+            .or_default() += 1;
+        if matches!(call.decision, Verdict::Allow | Verdict::Hold) {
+            if self.in_flight.len() >= MAX_IN_FLIGHT
+                && let Some(oldest) = self.in_flight_order.pop_front()
+            {
+                self.in_flight.remove(&oldest);
+            }
+            self.in_flight_order.push_back(call.call_id.clone());
+            self.in_flight.insert(
+                call.call_id.clone(),
+                Flight {
+                    tool,
+                    server,
+                    decided: ts,
+                    held_for: 0.0,
+                },
+            );
+        }
+    }
+
+    fn hold_resolved(&mut self, resolved: &HoldResolved, ts: DateTime<Utc>) {
+        let resolution = match (resolved.by, resolved.approved) {
+            (ResolvedBy::Operator, true) => "approved",
+            (ResolvedBy::Operator, false) => "denied",
+            (ResolvedBy::Timeout, _) => "timeout",
+            (ResolvedBy::Cancellation, _) => "cancelled",
+            (ResolvedBy::Shutdown, _) => "shutdown",
+        };
+        let waited = match self.in_flight.get_mut(&resolved.call_id) {
+            Some(flight) => {
+                let waited = seconds_between(flight.decided, ts);
+                flight.held_for = waited;
+                waited
+            }
+            None => return,
+        };
+        self.hold_wait
+            .entry(resolution)
+            .or_insert_with(|| Histogram::new(HOLD_BUCKETS))
+            .observe(waited);
+        if !resolved.approved {
+            self.forget(&resolved.call_id);
+        }
+    }
+
+    fn outcome(&mut self, outcome: &Outcome) {
+        let flight = self.forget(&outcome.call_id);
+        let (tool, server, held_for) = match flight {
+            Some(f) => (f.tool, f.server, f.held_for),
+            None => {
+                let other = self.tools.value(super::labels::OTHER);
+                (other.clone(), other, 0.0)
+            }
+        };
+        let whole = outcome.latency_us as f64 / 1e6;
+        self.operation_duration
+            .entry((tool.clone(), outcome.error))
+            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+            .observe(whole);
+        self.call_duration
+            .entry((tool, server, outcome.error))
+            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+            .observe(whole - held_for);
+    }
+
+    fn forget(&mut self, call_id: &str) -> Option<Flight> {
+        let flight = self.in_flight.remove(call_id)?;
+        if let Some(at) = self.in_flight_order.iter().position(|id| id == call_id) {
+            self.in_flight_order.remove(at);
+        }
+        Some(flight)
+    }
+
+    fn counter(&mut self, state: &CounterState) {
+        let counter = self.counter_names.value(&state.counter);
+        let key = self.scope_keys.value(&state.key);
+        let scope: Arc<str> = Arc::from(state.scope.as_str());
+        self.counters
+            .insert((counter, scope, key), (state.used, state.max));
+    }
+
+    fn tools_listed(&mut self, tools: &Tools) {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for tool in &tools.tools {
+            tool.name.hash(&mut hasher);
+            tool.description.hash(&mut hasher);
+            tool.input_schema
+                .as_ref()
+                .map(|s| s.to_string())
+                .hash(&mut hasher);
+        }
+        let hash = hasher.finish();
+        let server = self.servers.value(&tools.server);
+        if let Some(previous) = self.tool_lists.insert(server, hash)
+            && previous != hash
+        {
+            self.tool_changes += 1;
+        }
+    }
+
+    fn render(&self, held: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        header(
+            &mut out,
+            "toolgate_calls_total",
+            "counter",
+            "Tool calls decided, by decision.",
+        );
+        for ((decision, tool, grant, server), n) in &self.calls {
+            let _ = writeln!(
+                out,
+                "toolgate_calls_total{{decision=\"{decision}\",tool=\"{}\",grant=\"{}\",server=\"{}\"}} {n}",
+                escape(tool),
+                escape(grant),
+                escape(server)
+            );
+        }
+        header(
+            &mut out,
+            "toolgate_call_duration_seconds",
+            "histogram",
+            "Upstream latency of the tool calls that went upstream (hold time excluded).",
+        );
+        for ((tool, server, error), h) in &self.call_duration {
+            let labels = format!(
+                "tool=\"{}\",server=\"{}\",error=\"{error}\"",
+                escape(tool),
+                escape(server)
+            );
+            h.render(&mut out, "toolgate_call_duration_seconds", &labels);
+        }
+        header(
+            &mut out,
+            "mcp_server_operation_duration_seconds",
+            "histogram",
+            "MCP tools/call operations the gateway passed upstream, from arrival to answer (hold included).",
+        );
+        for ((tool, error), h) in &self.operation_duration {
+            let mut labels = format!(
+                "mcp_method_name=\"tools/call\",gen_ai_tool_name=\"{}\"",
+                escape(tool)
+            );
+            if *error {
+                labels.push_str(",error_type=\"tool_error\"");
+            }
+            h.render(&mut out, "mcp_server_operation_duration_seconds", &labels);
+        }
+        header(
+            &mut out,
+            "toolgate_held_calls",
+            "gauge",
+            "Calls waiting for an operator now.",
+        );
+        let _ = writeln!(out, "toolgate_held_calls {held}");
+        header(
+            &mut out,
+            "toolgate_hold_wait_seconds",
+            "histogram",
+            "How long held calls waited, by how the hold ended.",
+        );
+        for (resolution, h) in &self.hold_wait {
+            h.render(
+                &mut out,
+                "toolgate_hold_wait_seconds",
+                &format!("resolution=\"{resolution}\""),
+            );
+        }
+        header(
+            &mut out,
+            "toolgate_counter_used",
+            "gauge",
+            "Units used in a counter's window, by counter and scope key.",
+        );
+        for ((counter, scope, key), (used, _)) in &self.counters {
+            let _ = writeln!(
+                out,
+                "toolgate_counter_used{{counter=\"{}\",scope=\"{}\",key=\"{}\"}} {used}",
+                escape(counter),
+                escape(scope),
+                escape(key)
+            );
+        }
+        header(
+            &mut out,
+            "toolgate_counter_max",
+            "gauge",
+            "A counter's budget per window, by counter and scope key.",
+        );
+        for ((counter, scope, key), (_, max)) in &self.counters {
+            let _ = writeln!(
+                out,
+                "toolgate_counter_max{{counter=\"{}\",scope=\"{}\",key=\"{}\"}} {max}",
+                escape(counter),
+                escape(scope),
+                escape(key)
+            );
+        }
+        header(
+            &mut out,
+            "toolgate_store_errors_total",
+            "counter",
+            "Times the counter store stopped answering.",
+        );
+        let _ = writeln!(out, "toolgate_store_errors_total {}", self.store_errors);
+        header(
+            &mut out,
+            "toolgate_policy_reloads_total",
+            "counter",
+            "Policy versions applied or refused.",
+        );
+        let _ = writeln!(
+            out,
+            "toolgate_policy_reloads_total{{result=\"applied\"}} {}",
+            self.reloads.applied
+        );
+        let _ = writeln!(
+            out,
+            "toolgate_policy_reloads_total{{result=\"rejected\"}} {}",
+            self.reloads.rejected
+        );
+        header(
+            &mut out,
+            "toolgate_tool_changes_total",
+            "counter",
+            "Times a server's tool list changed.",
+        );
+        let _ = writeln!(out, "toolgate_tool_changes_total {}", self.tool_changes);
+        header(
+            &mut out,
+            "toolgate_metrics_events_missed_total",
+            "counter",
+            "Events the metrics fell too far behind to count (the numbers above then undercount).",
+        );
+        let _ = writeln!(out, "toolgate_metrics_events_missed_total {}", self.missed);
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).to_std().map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Counters, StoreStatus};
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            seq: 1,
+            ts: Utc::now(),
+            gateway: "g".into(),
+            kind,
+        }
+    }
+
+    fn call(call_id: &str, tool: &str, decision: Verdict) -> EventKind {
+        EventKind::Call(CallEvent {
+            call_id: call_id.into(),
+            tool: tool.into(),
+            grant: "ci".into(),
+            session: "s".into(),
+            server: "srv".into(),
+            decision,
+            rule: "/default".into(),
+            reason: String::new(),
+            args: Value::Null,
+            args_truncated: false,
+            retry_after_ms: None,
+            hold_deadline: None,
+        })
+    }
+
+    use serde_json::Value;
+
+    fn registry_after(events: Vec<EventKind>) -> String {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            registry: Mutex::new(std::mem::take(&mut registry)),
+            hub: Weak::new(),
+        };
+        for kind in events {
+            metrics.observe(&event(kind));
+        }
+        metrics.render()
+    }
+
+    #[test]
+    fn calls_are_counted_by_decision_tool_grant_and_server() {
+        let text = registry_after(vec![
+            call("1", "echo", Verdict::Allow),
+            call("2", "echo", Verdict::Allow),
+            call("3", "rm", Verdict::Deny),
+        ]);
+        assert!(
+            text.contains(
+                "toolgate_calls_total{decision=\"allow\",tool=\"echo\",grant=\"ci\",server=\"srv\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "toolgate_calls_total{decision=\"deny\",tool=\"rm\",grant=\"ci\",server=\"srv\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_outcome_is_a_duration_of_the_tool_it_was_decided_for() {
+        let text = registry_after(vec![
+            call("1", "echo", Verdict::Allow),
+            EventKind::Outcome(Outcome {
+                call_id: "1".into(),
+                latency_us: 20_000,
+                error: true,
+                summary: None,
+            }),
+        ]);
+        assert!(text.contains(
+            "mcp_server_operation_duration_seconds_bucket{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"echo\",error_type=\"tool_error\",le=\"0.025\"} 1\n"
+        ), "{text}");
+        assert!(text.contains(
+            "toolgate_call_duration_seconds_count{tool=\"echo\",server=\"srv\",error=\"true\"} 1\n"
+        ), "{text}");
+    }
+
+    #[test]
+    fn hostile_tool_names_are_escaped_and_capped_at_200_series() {
+        let mut events: Vec<EventKind> = (0..1000)
+            .map(|n| {
+                call(
+                    &n.to_string(),
+                    &format!("t{n}\"}} 9\n# evil\\"),
+                    Verdict::Deny,
+                )
+            })
+            .collect();
+        events.push(EventKind::Store(StoreStatus {
+            store: "sqlite".into(),
+            ok: false,
+            detail: None,
+        }));
+        let text = registry_after(events);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("toolgate_calls_total{"))
+            .count();
+        assert_eq!(series, 201, "200 tools and `other`");
+        assert!(
+            text.contains("tool=\"other\",grant=\"ci\",server=\"srv\"} 800\n"),
+            "{text}"
+        );
+        assert!(text.contains("tool=\"t0\\\"} 9\\n# evil\\\\\""), "{text}");
+        // Every line is a comment or a sample: nothing an agent sent starts a line.
+        assert!(
+            text.lines().all(|l| l.starts_with("# HELP ")
+                || l.starts_with("# TYPE ")
+                || l.starts_with("toolgate_")
+                || l.starts_with("mcp_")),
+            "{text}"
+        );
+        assert!(text.contains("toolgate_store_errors_total 1\n"));
+    }
+
+    #[test]
+    fn scope_keys_are_capped_at_200_series() {
+        let counters = (0..500)
+            .map(|n| CounterState {
+                counter: "c".into(),
+                scope: "session".into(),
+                key: format!("session-{n}"),
+                used: 1,
+                max: 5,
+                window_ms: 1000,
+                next_free_in_ms: None,
+            })
+            .collect();
+        let text = registry_after(vec![EventKind::Counters(Counters { counters })]);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("toolgate_counter_used{"))
+            .count();
+        assert_eq!(series, 201, "{text}");
+    }
+}

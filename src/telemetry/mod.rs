@@ -1,0 +1,16 @@
+//! Telemetry for the observability stacks people already run: metrics in the Prometheus
+//! text format (`serve`'s `/metrics`), and OpenTelemetry traces exported by OTLP.
+//!
+//! - [`metrics`] — the gateway's metrics, counted from its own events off the call path.
+//! - [`labels`] — label values with a bounded number of series (tool names come from agents).
+//! - [`scrape`] — who may read `/metrics`, and the answer.
+//! - [`trace`] — spans per `tools/call` (off unless configured), `traceparent` in `_meta`.
+
+pub(crate) mod labels;
+pub mod metrics;
+pub mod scrape;
+pub mod trace;
+
+pub use metrics::Metrics;
+pub use scrape::{Access, MetricsEndpoint};
+pub use trace::{CallSpans, TraceConfig, Tracing};

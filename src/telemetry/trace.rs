@@ -1,0 +1,519 @@
+//! OpenTelemetry traces of the calls the gateway handles, exported by OTLP (http/protobuf)
+//! in batches, off the call path.
+//!
+//! Off unless configured: `--otlp URL`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`. The SDK reads the rest of the standard variables
+//! itself (`OTEL_SERVICE_NAME`, default here `toolgate`; `OTEL_RESOURCE_ATTRIBUTES`;
+//! `OTEL_TRACES_SAMPLER`; `OTEL_BSP_*` for the batch queue; `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `_TIMEOUT`). Only http/protobuf is built in; `grpc` and `http/json` are refused at start,
+//! saying so, rather than silently exporting nothing.
+//!
+//! Each `tools/call` gets, following the OpenTelemetry conventions for MCP, a SERVER span
+//! (toward the client) and, when it goes upstream, a CLIENT span (toward the server), both
+//! named `tools/call {tool}`. A `traceparent`/`tracestate` in the request's `params._meta`
+//! is continued, and the request passes upstream untouched. A sampled request without one
+//! gets the CLIENT span's `traceparent` written into the `_meta` it is forwarded with: the
+//! one change the gateway makes to a message it does not refuse, and only with tracing on.
+//!
+//! Spans go to the SDK's batch processor: a bounded queue (2048 spans by default; a full
+//! queue drops spans, never waits) read by the SDK's own thread. Its export requests run on
+//! the gateway's runtime through [`RuntimeClient`], each with the exporter's timeout, so a
+//! slow or absent collector costs a call nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
+use serde_json::{Map, Value};
+
+use crate::control::Resolution;
+use crate::policy::{Decision, Verdict};
+use crate::wire::ResolvedBy;
+
+/// The two `_meta` keys of W3C trace context.
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// Where and how traces are exported, from the command line and the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// The traces endpoint (`…/v1/traces`), or `None` for the SDK's reading of the
+    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables.
+    pub endpoint: Option<String>,
+}
+
+impl TraceConfig {
+    /// Tracing as configured by `--otlp` (`otlp`) and the environment (`env`); `None` when
+    /// tracing is off. Errors say which setting is wrong and what to use instead.
+    pub fn from(
+        otlp: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<TraceConfig>> {
+        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+        {
+            return Ok(None);
+        }
+        let configured = otlp.is_some()
+            || set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+            || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+        if !configured {
+            return Ok(None);
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(protocol) = set(name) {
+                if protocol != "http/protobuf" {
+                    anyhow::bail!(
+                        "{name}={protocol} is not supported: toolgate exports OTLP over \
+                         http/protobuf only (a collector's port 4318); set {name}=http/protobuf \
+                         or unset it"
+                    );
+                }
+                break;
+            }
+        }
+        let endpoint = match otlp {
+            Some(url) => {
+                let base = url.trim_end_matches('/');
+                if !(base.starts_with("http://") || base.starts_with("https://")) {
+                    anyhow::bail!(
+                        "--otlp {url}: give the collector's OTLP/HTTP base URL, such as \
+                         http://127.0.0.1:4318 (traces go to its /v1/traces)"
+                    );
+                }
+                Some(format!("{base}/v1/traces"))
+            }
+            None => None,
+        };
+        Ok(Some(TraceConfig { endpoint }))
+    }
+}
+
+/// The tracer of one gateway process.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing").finish_non_exhaustive()
+    }
+}
+
+impl Tracing {
+    /// Starts exporting per `config`; must run inside the gateway's tokio runtime (export
+    /// requests are spawned onto it).
+    pub fn start(config: &TraceConfig) -> anyhow::Result<Tracing> {
+        use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+        let client = RuntimeClient {
+            runtime: tokio::runtime::Handle::try_current()
+                .context("tracing needs the async runtime")?,
+            client: reqwest::Client::new(),
+        };
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_http_client(client);
+        if let Some(endpoint) = &config.endpoint {
+            exporter = exporter.with_endpoint(endpoint.clone());
+        }
+        let exporter = exporter
+            .build()
+            .context("cannot set up the OTLP exporter (--otlp, OTEL_EXPORTER_OTLP_*)")?;
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+                v.split(',')
+                    .any(|kv| kv.trim().starts_with("service.name="))
+            });
+        if !named {
+            resource = resource.with_service_name("toolgate");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        let tracer = provider.tracer("toolgate");
+        Ok(Tracing {
+            provider,
+            tracer,
+            propagator: TraceContextPropagator::new(),
+        })
+    }
+
+    /// Exports what is queued and stops the exporter (at most its timeout). Blocking: call
+    /// it from a thread that may block, at the gateway's stop.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!("traces not all exported at stop: {e}");
+        }
+    }
+
+    /// Starts the SERVER span of a `tools/call` of `tool` (request `id`) in `session`,
+    /// continuing the trace of a `traceparent` in its `_meta`.
+    pub(crate) fn start_call(
+        &self,
+        session: &str,
+        id: &impl std::fmt::Display,
+        tool: &str,
+        meta: Option<&Map<String, Value>>,
+    ) -> CallSpans {
+        let incoming = meta.is_some_and(|m| m.get(TRACEPARENT).is_some_and(Value::is_string));
+        let parent = match meta {
+            Some(meta) if incoming => self.propagator.extract(&MetaExtractor(meta)),
+            _ => Context::new(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("mcp.method.name", "tools/call"),
+            KeyValue::new("gen_ai.tool.name", tool.to_owned()),
+            KeyValue::new("gen_ai.operation.name", "execute_tool"),
+            KeyValue::new("jsonrpc.request.id", id.to_string()),
+            KeyValue::new("mcp.session.id", session.to_owned()),
+        ];
+        if let Some(version) = meta
+            .and_then(|m| m.get(crate::gateway::jsonrpc::META_PROTOCOL_VERSION))
+            .and_then(Value::as_str)
+        {
+            attributes.push(KeyValue::new("mcp.protocol.version", version.to_owned()));
+        }
+        let name = format!("tools/call {tool}");
+        let server = self
+            .tracer
+            .span_builder(name.clone())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes.clone())
+            .start_with_context(&self.tracer, &parent);
+        CallSpans {
+            inner: Mutex::new(Inner {
+                name,
+                attributes,
+                server,
+                client: None,
+                incoming,
+            }),
+        }
+    }
+
+    /// Starts the CLIENT span of a call going upstream, child of its SERVER span. Returns
+    /// the request `line` to forward instead, with the CLIENT span's `traceparent` in its
+    /// `_meta`, when the trace is sampled and the client sent none; `None` to forward the
+    /// line as it is.
+    pub(crate) fn forwarded(&self, spans: &CallSpans, line: &[u8]) -> Option<Vec<u8>> {
+        let mut inner = spans.lock();
+        let parent = Context::new().with_remote_span_context(inner.server.span_context().clone());
+        let client = self
+            .tracer
+            .span_builder(inner.name.clone())
+            .with_kind(SpanKind::Client)
+            .with_attributes(inner.attributes.clone())
+            .start_with_context(&self.tracer, &parent);
+        let context = client.span_context().clone();
+        inner.client = Some(client);
+        if inner.incoming || !context.is_sampled() {
+            return None;
+        }
+        let mut carrier = MetaInjector(HashMap::new());
+        self.propagator.inject_context(
+            &Context::new().with_remote_span_context(context),
+            &mut carrier,
+        );
+        with_meta(line, carrier.0)
+    }
+}
+
+/// The spans of one `tools/call`, from its arrival to its answer. Dropping it ends them.
+pub struct CallSpans {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    name: String,
+    attributes: Vec<KeyValue>,
+    server: Span,
+    client: Option<Span>,
+    /// The client sent a `traceparent`: the request goes upstream untouched.
+    incoming: bool,
+}
+
+impl std::fmt::Debug for CallSpans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (trace, span) = self.ids();
+        write!(f, "CallSpans({trace}/{span})")
+    }
+}
+
+impl CallSpans {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The trace id and the SERVER span's id, lowercase hex, for the audit log.
+    pub(crate) fn ids(&self) -> (String, String) {
+        let inner = self.lock();
+        let context: &SpanContext = inner.server.span_context();
+        (
+            context.trace_id().to_string(),
+            context.span_id().to_string(),
+        )
+    }
+
+    /// Records the policy's decision.
+    pub(crate) fn decided(&self, grant: &str, decision: &Decision) {
+        let mut inner = self.lock();
+        let span = &mut inner.server;
+        span.set_attribute(KeyValue::new(
+            "toolgate.decision",
+            decision.verdict.as_str(),
+        ));
+        span.set_attribute(KeyValue::new("toolgate.rule", decision.rule.clone()));
+        span.set_attribute(KeyValue::new("toolgate.grant", grant.to_owned()));
+        if decision.verdict == Verdict::RateLimited
+            && let Some(counter) = decision.rule.strip_prefix("/counters/")
+        {
+            span.set_attribute(KeyValue::new("toolgate.counter", counter.to_owned()));
+        }
+        if matches!(decision.verdict, Verdict::Deny | Verdict::RateLimited) {
+            let kind = decision.verdict.as_str();
+            span.set_attribute(KeyValue::new("error.type", kind));
+            span.set_status(Status::error(kind));
+        }
+        if decision.verdict == Verdict::Hold {
+            span.add_event("toolgate.hold", vec![]);
+        }
+    }
+
+    /// Records how a hold ended, and by whom.
+    pub(crate) fn resolved(&self, resolution: &Resolution) {
+        let by = match resolution.by {
+            ResolvedBy::Operator => "operator",
+            ResolvedBy::Timeout => "timeout",
+            ResolvedBy::Cancellation => "cancellation",
+            ResolvedBy::Shutdown => "shutdown",
+        };
+        let mut attributes = vec![
+            KeyValue::new("toolgate.approved", resolution.approved),
+            KeyValue::new("toolgate.resolved_by", by),
+        ];
+        if let Some(operator) = &resolution.operator {
+            attributes.push(KeyValue::new("toolgate.operator", operator.clone()));
+        }
+        let mut inner = self.lock();
+        inner.server.add_event("toolgate.hold_resolved", attributes);
+        if !resolution.approved {
+            inner
+                .server
+                .set_attribute(KeyValue::new("error.type", "hold_denied"));
+            inner.server.set_status(Status::error("hold_denied"));
+        }
+    }
+
+    /// Ends both spans; `error` when the upstream answered with an error or did not answer.
+    pub(crate) fn answered(&self, error: bool) {
+        let mut inner = self.lock();
+        if error {
+            if let Some(client) = &mut inner.client {
+                client.set_attribute(KeyValue::new("error.type", "tool_error"));
+                client.set_status(Status::error("tool_error"));
+            }
+            inner
+                .server
+                .set_attribute(KeyValue::new("error.type", "tool_error"));
+            inner.server.set_status(Status::error("tool_error"));
+        }
+        if let Some(client) = &mut inner.client {
+            client.end();
+        }
+        inner.server.end();
+    }
+}
+
+/// `line` (a request) with `entries` added to its `params._meta`; `None` when it cannot be
+/// re-encoded (then it is forwarded as it is).
+fn with_meta(line: &[u8], entries: HashMap<String, String>) -> Option<Vec<u8>> {
+    let mut message: Value = serde_json::from_slice(line).ok()?;
+    let params = message.get_mut("params")?.as_object_mut()?;
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()?;
+    for (key, value) in entries {
+        meta.insert(key, Value::String(value));
+    }
+    let mut out = serde_json::to_vec(&message).ok()?;
+    if line.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    Some(out)
+}
+
+struct MetaExtractor<'a>(&'a Map<String, Value>);
+
+impl Extractor for MetaExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT | TRACESTATE => self.0.get(key)?.as_str(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT, TRACESTATE]
+    }
+}
+
+struct MetaInjector(HashMap<String, String>);
+
+impl Injector for MetaInjector {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+/// The OTLP exporter's HTTP client: each export request runs on the gateway's runtime
+/// (the SDK's batch thread has none), bounded by the exporter's timeout and a cap on the
+/// answer's size.
+#[derive(Debug)]
+struct RuntimeClient {
+    runtime: tokio::runtime::Handle,
+    client: reqwest::Client,
+}
+
+/// A collector's answer is a small protobuf message; more is not read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The longest an export request may take, whatever the exporter asks.
+const EXPORT_DEADLINE: Duration = Duration::from_secs(10);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for RuntimeClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let client = self.client.clone();
+        let task = self.runtime.spawn(async move {
+            let request = reqwest::Request::try_from(request)?;
+            let mut response =
+                tokio::time::timeout(EXPORT_DEADLINE, client.execute(request)).await??;
+            let status = response.status();
+            let mut body = Vec::new();
+            while let Some(chunk) =
+                tokio::time::timeout(EXPORT_DEADLINE, response.chunk()).await??
+            {
+                if body.len() + chunk.len() > MAX_ANSWER {
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let answer = http::Response::builder()
+                .status(status)
+                .body(bytes::Bytes::from(body))?;
+            Ok::<_, opentelemetry_http::HttpError>(answer)
+        });
+        task.await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn tracing_is_off_unless_an_endpoint_is_configured() {
+        assert_eq!(TraceConfig::from(None, env(&[])).unwrap(), None);
+        assert_eq!(
+            TraceConfig::from(None, env(&[("OTEL_SERVICE_NAME", "x")])).unwrap(),
+            None
+        );
+        assert!(
+            TraceConfig::from(
+                None,
+                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])
+            )
+            .unwrap()
+            .is_some()
+        );
+        assert_eq!(
+            TraceConfig::from(
+                Some("http://127.0.0.1:4318/"),
+                env(&[("OTEL_SDK_DISABLED", "true")])
+            )
+            .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn otlp_flag_names_the_base_url_and_traces_go_to_v1_traces() {
+        let config = TraceConfig::from(Some("http://127.0.0.1:4318/"), env(&[]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            config.endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert!(TraceConfig::from(Some("127.0.0.1:4318"), env(&[])).is_err());
+    }
+
+    #[test]
+    fn grpc_and_json_protocols_are_refused_saying_what_to_use() {
+        let err = TraceConfig::from(
+            Some("http://c:4317"),
+            env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("http/protobuf"), "{err}");
+        assert!(
+            TraceConfig::from(
+                Some("http://c:4318"),
+                env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_traceparent_is_added_to_the_meta_and_nothing_else_changes() {
+        let line = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"b":1,"a":2},"_meta":{"progressToken":3}}}
+"#;
+        let entries = HashMap::from([(TRACEPARENT.to_owned(), "00-ab-cd-01".to_owned())]);
+        let out = with_meta(line, entries).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"t\",\"arguments\":{\"b\":1,\"a\":2},\"_meta\":{\"progressToken\":3,\"traceparent\":\"00-ab-cd-01\"}}}\n"
+        );
+        let no_meta = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t"}}"#;
+        let entries = HashMap::from([(TRACEPARENT.to_owned(), "x".to_owned())]);
+        let out = with_meta(no_meta, entries).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains(r#""_meta":{"traceparent":"x"}"#)
+        );
+    }
+}
