@@ -5,8 +5,9 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`. The SDK reads the rest of the standard variables
 //! itself (`OTEL_SERVICE_NAME`, default here `toolgate`; `OTEL_RESOURCE_ATTRIBUTES`;
 //! `OTEL_TRACES_SAMPLER`; `OTEL_BSP_*` for the batch queue; `OTEL_EXPORTER_OTLP_HEADERS`,
-//! `_TIMEOUT`). Only http/protobuf is built in; `grpc` and `http/json` are refused at start,
-//! saying so, rather than silently exporting nothing.
+//! `_TIMEOUT`). Only http/protobuf over plain HTTP is built in; `grpc`, `http/json` and
+//! `https://` endpoints are refused at start, saying so, rather than silently exporting
+//! nothing.
 //!
 //! Each `tools/call` gets, following the OpenTelemetry conventions for MCP, a SERVER span
 //! (toward the client) and, when it goes upstream, a CLIENT span (toward the server), both
@@ -32,6 +33,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::control::Resolution;
@@ -82,6 +84,28 @@ impl TraceConfig {
                     );
                 }
                 break;
+            }
+        }
+        // The gateway's HTTP client is built without TLS (its upstreams are plain HTTP too).
+        for (what, url) in [
+            ("--otlp", otlp.map(str::to_owned)),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                set("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            ),
+        ] {
+            if let Some(url) = url
+                && url.trim().to_ascii_lowercase().starts_with("https://")
+            {
+                anyhow::bail!(
+                    "{what} {url}: toolgate exports OTLP over plain HTTP only (no TLS client is \
+                     built in); run a collector on this host (http://127.0.0.1:4318) and let \
+                     it forward over TLS"
+                );
             }
         }
         let endpoint = match otlp {
@@ -342,22 +366,79 @@ impl CallSpans {
 }
 
 /// `line` (a request) with `entries` added to its `params._meta`; `None` when it cannot be
-/// re-encoded (then it is forwarded as it is).
+/// re-encoded (then it is forwarded as it is). Every other member keeps its place and its
+/// bytes (the arguments are never re-encoded: a number keeps its spelling); only the
+/// whitespace between the members of the three objects touched may change.
 fn with_meta(line: &[u8], entries: HashMap<String, String>) -> Option<Vec<u8>> {
-    let mut message: Value = serde_json::from_slice(line).ok()?;
-    let params = message.get_mut("params")?.as_object_mut()?;
-    let meta = params
-        .entry("_meta")
-        .or_insert_with(|| Value::Object(Map::new()))
-        .as_object_mut()?;
+    let text = std::str::from_utf8(line).ok()?;
+    let mut message: Members = serde_json::from_str(text.trim_end()).ok()?;
+    let mut params: Members = serde_json::from_str(message.get("params")?.get()).ok()?;
+    let mut meta: Members = match params.get("_meta") {
+        Some(meta) => serde_json::from_str(meta.get()).ok()?,
+        None => Members::default(),
+    };
     for (key, value) in entries {
-        meta.insert(key, Value::String(value));
+        meta.set(&key, serde_json::value::to_raw_value(&value).ok()?);
     }
+    params.set("_meta", serde_json::value::to_raw_value(&meta).ok()?);
+    message.set("params", serde_json::value::to_raw_value(&params).ok()?);
     let mut out = serde_json::to_vec(&message).ok()?;
     if line.ends_with(b"\n") {
         out.push(b'\n');
     }
     Some(out)
+}
+
+/// A JSON object's members in order, each value's text kept as it was.
+#[derive(Default)]
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl Members {
+    fn get(&self, key: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| &**v)
+    }
+
+    /// Replaces `key`'s value in its place, or adds it last.
+    fn set(&mut self, key: &str, value: Box<RawValue>) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some((_, old)) => *old = value,
+            None => self.0.push((key.to_owned(), value)),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Members, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+impl serde::Serialize for Members {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
 }
 
 struct MetaExtractor<'a>(&'a Map<String, Value>);
@@ -476,6 +557,10 @@ mod tests {
             Some("http://127.0.0.1:4318/v1/traces")
         );
         assert!(TraceConfig::from(Some("127.0.0.1:4318"), env(&[])).is_err());
+        let err = TraceConfig::from(Some("https://collector:4318"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plain HTTP only"), "{err}");
     }
 
     #[test]
@@ -498,14 +583,14 @@ mod tests {
 
     #[test]
     fn a_traceparent_is_added_to_the_meta_and_nothing_else_changes() {
-        let line = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"b":1,"a":2},"_meta":{"progressToken":3}}}
+        let line = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"b":1E2,"a":123456789012345678901234567890},"_meta":{"progressToken":3}}}
 "#;
         let entries = HashMap::from([(TRACEPARENT.to_owned(), "00-ab-cd-01".to_owned())]);
         let out = with_meta(line, entries).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
-            "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"t\",\"arguments\":{\"b\":1,\"a\":2},\"_meta\":{\"progressToken\":3,\"traceparent\":\"00-ab-cd-01\"}}}\n"
+            "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"t\",\"arguments\":{\"b\":1E2,\"a\":123456789012345678901234567890},\"_meta\":{\"progressToken\":3,\"traceparent\":\"00-ab-cd-01\"}}}\n"
         );
         let no_meta = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t"}}"#;
         let entries = HashMap::from([(TRACEPARENT.to_owned(), "x".to_owned())]);
