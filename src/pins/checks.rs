@@ -77,13 +77,36 @@ pub enum Flag {
 }
 
 impl Flag {
-    /// A short word for tables: `invisible`, `to-model`, `other-tool`, `secret`.
+    /// A short word for tables: `invisible-text`, `to-model`, `names-tool`, `names-secret`.
     pub fn word(&self) -> &'static str {
         match self {
-            Flag::InvisibleText { .. } => "invisible",
+            Flag::InvisibleText { .. } => "invisible-text",
             Flag::AddressedToModel { .. } => "to-model",
-            Flag::MentionsTool { .. } => "other-tool",
-            Flag::MentionsSecret { .. } => "secret",
+            Flag::MentionsTool { .. } => "names-tool",
+            Flag::MentionsSecret { .. } => "names-secret",
+        }
+    }
+
+    /// What exactly was found, in a few words (`concealment`, `tag characters ×12`).
+    pub fn detail(&self) -> String {
+        match self {
+            Flag::InvisibleText { kind, count } => {
+                let kind = match kind {
+                    Invisible::Tag => "tag characters",
+                    Invisible::ZeroWidth => "zero-width characters",
+                    Invisible::Bidi => "bidi controls",
+                };
+                format!("{kind} ×{count}")
+            }
+            Flag::AddressedToModel { family } => match family {
+                ToModel::Override => "overrides instructions",
+                ToModel::Concealment => "hides from the user",
+                ToModel::DirectiveMarkup => "directive markup",
+                ToModel::ModelDirective => "speaks to the assistant",
+            }
+            .to_string(),
+            Flag::MentionsTool { tool } => format!("names tool {tool}"),
+            Flag::MentionsSecret { what } => (*what).to_string(),
         }
     }
 }
@@ -112,16 +135,6 @@ pub fn check_description(text: &str, other_tools: &[&str]) -> Vec<Finding> {
             });
         }
     }
-    let compact = Folded::compact(text);
-    if let Some(m) = MARKUP.find(&compact.text) {
-        findings.push(Finding {
-            flag: Flag::AddressedToModel {
-                family: ToModel::DirectiveMarkup,
-            },
-            excerpt: compact.excerpt(text, m.start(), m.end()),
-        });
-    }
-
     let lower = text.to_lowercase();
     // Lower-casing can change lengths (a few letters outside ASCII): excerpts then come from
     // the lower-cased text itself, which is still the description.
@@ -130,6 +143,22 @@ pub fn check_description(text: &str, other_tools: &[&str]) -> Vec<Finding> {
     } else {
         &lower
     };
+    let compact = Folded::compact(text);
+    let markup = match MARKUP.find(&compact.text) {
+        Some(m) => Some(compact.excerpt(text, m.start(), m.end())),
+        // A heading needs its line breaks, which the compact form has removed.
+        None => SYSTEM_HEADING
+            .find(&lower)
+            .map(|m| excerpt(source, m.start(), m.end())),
+    };
+    if let Some(excerpt) = markup {
+        findings.push(Finding {
+            flag: Flag::AddressedToModel {
+                family: ToModel::DirectiveMarkup,
+            },
+            excerpt,
+        });
+    }
     for name in other_tools.iter().take(MAX_OTHER_TOOLS) {
         if !distinctive(name) {
             continue;
@@ -147,7 +176,7 @@ pub fn check_description(text: &str, other_tools: &[&str]) -> Vec<Finding> {
     for (what, pattern) in SECRETS.iter() {
         if let Some(m) = pattern.find(&lower) {
             findings.push(Finding {
-                flag: Flag::MentionsSecret { what },
+                flag: Flag::MentionsSecret { what: *what },
                 excerpt: excerpt(source, m.start(), m.end()),
             });
         }
@@ -366,9 +395,12 @@ static MARKUP: LazyLock<Regex> = LazyLock::new(|| {
     regex(concat!(
         r"<\|?/?(important|system|instructions?|hidden|secret|admin|critical|assistant",
         r"|system-reminder|im_start|sys)\|?>",
-        r"|\[/?(system|inst|important|admin)\]|<<sys>>|<!--|#{1,6}system\b",
+        r"|\[/?(system|inst|important|admin)\]|<<sys>>|<!--",
     ))
 });
+
+/// A Markdown heading `# System`, over the lower-cased text.
+static SYSTEM_HEADING: LazyLock<Regex> = LazyLock::new(|| regex(r"(?m)^[ \t]*#{1,6}[ \t]*system\b"));
 
 /// Credential files and key material, over the lower-cased text.
 static SECRETS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
@@ -416,6 +448,7 @@ mod tests {
     fn every_pattern_compiles() {
         LazyLock::force(&SKELETON_PATTERNS);
         LazyLock::force(&MARKUP);
+        LazyLock::force(&SYSTEM_HEADING);
         LazyLock::force(&SECRETS);
     }
 
