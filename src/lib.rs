@@ -12,6 +12,7 @@
 //!   and the clients `tail`, `approve`, `deny` use.
 //! - [`console`] — the ratatui console.
 //! - [`demo`] — the embedded demo: demo MCP server, simulated agents.
+//! - `pins` — tool pinning: fingerprints, description checks, diffs, the pin store.
 //! - [`scan`] — `toolgate scan`: classify a server's tools by risk, suggest a policy.
 //! - [`redact`] — which argument keys are secrets, and how they are hidden.
 //! - [`sanitize`] — the one way outside text reaches a terminal.
@@ -24,6 +25,7 @@ pub mod console;
 pub mod control;
 pub mod demo;
 pub mod gateway;
+mod pins;
 pub mod policy;
 pub mod redact;
 pub mod sanitize;

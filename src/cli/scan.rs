@@ -77,7 +77,11 @@ Examples:
   toolgate scan --against policy.json -- npx -y @modelcontextprotocol/server-filesystem ~/notes
   toolgate scan --url http://127.0.0.1:3001/mcp --header \"Authorization: Bearer $TOKEN\"
 
-The table on stderr marks guessed classes with *; review them before using the policy.";
+The table on stderr marks guessed classes with *; review them before using the policy.
+Descriptions are checked for what poisoned tools carry: FLAGS shows invisible-text (hidden
+Unicode), to-model (text addressed to the AI, e.g. \"do not tell the user\", <IMPORTANT>),
+names-secret (credential files such as ~/.ssh/id_rsa, .env); each finding is listed below the
+table with an excerpt, and in --json as description_flags.";
 
 /// Where the suggested policy is first named in messages.
 const SUGGESTED_FILE: &str = "suggested policy";
@@ -212,6 +216,7 @@ fn report_scan(args: &Args, scan: &Scan) -> anyhow::Result<ExitCode> {
         );
     }
     eprint!("{}", report::table(&scan.tools));
+    eprint!("{}", report::description_flags(&scan.tools));
 
     if let Some(path) = &args.against {
         return report_against(args, path, scan);

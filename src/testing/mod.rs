@@ -62,6 +62,17 @@ pub mod wire {
     };
 }
 
+/// Tool pinning: canonical JSON, fingerprints, description checks, diffs, pin stores.
+pub mod pins {
+    pub use crate::pins::canonical::canonical;
+    pub use crate::pins::checks::{Invisible, ToModel};
+    pub use crate::pins::diff::{DefinitionDiff, JsonChange, WordKind, definition_diff};
+    pub use crate::pins::{
+        Finding, Fingerprint, Flag, MemoryPins, Pin, PinOutcome, PinStore, PinStoreError,
+        SqlitePins, ToolDefinition, check_description, fingerprint_list,
+    };
+}
+
 /// `toolgate scan`'s classifier.
 pub mod scan {
     pub use crate::scan::{classify, suggested_rule};

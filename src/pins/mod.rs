@@ -1,0 +1,26 @@
+//! Tool pinning: a server cannot change what a tool does behind the policy's back.
+//!
+//! The parts that stand alone, for the gateway, the console and `scan` to use:
+//!
+//! - [`canonical`] — RFC 8785 (JSON Canonicalization Scheme): one byte string per JSON value.
+//! - [`fingerprint`] — a [`ToolDefinition`] read untrusted from a `tools/list` entry, and its
+//!   [`Fingerprint`] (SHA-256 of the canonical definition).
+//! - [`checks`] — description checks: invisible Unicode, text addressed to the model,
+//!   mentions of other tools and of secrets, as typed [`Flag`]s.
+//! - [`diff`] — what changed between a pinned definition and a new one (word diff of the
+//!   description, structural diff of the rest, risk class change), as data.
+//! - [`store`] — [`PinStore`]: first fingerprint wins, in memory or in the SQLite counter
+//!   file.
+//!
+//! Not yet wired: the gateway does not pin or quarantine, and the policy's `pins` and
+//! `quarantine_flagged` fields are still refused by the policy compiler.
+
+pub mod canonical;
+pub mod checks;
+pub mod diff;
+pub mod fingerprint;
+pub mod store;
+
+pub use checks::{Finding, Flag, check_description};
+pub use fingerprint::{Fingerprint, ToolDefinition, fingerprint_list};
+pub use store::{MemoryPins, Pin, PinOutcome, PinStore, PinStoreError, SqlitePins};
