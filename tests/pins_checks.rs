@@ -174,13 +174,16 @@ fn the_real_descriptions_fixture_matches_the_installed_peer_versions() {
     }
 }
 
+/// Whether a flag is of one family.
+type IsFamily = fn(&Flag) -> bool;
+
 #[test]
 fn each_family_is_told_apart() {
     let tag_text: String = "hi"
         .chars()
         .map(|c| char::from_u32(c as u32 + 0xe0000).expect("tag"))
         .collect();
-    let cases: [(&str, fn(&Flag) -> bool); 4] = [
+    let cases: [(&str, IsFamily); 4] = [
         ("Adds.\u{202e}x", |f| {
             matches!(f, Flag::InvisibleText { .. })
         }),

@@ -52,8 +52,7 @@ fn two_stores_on_one_file_agree_and_the_first_pin_wins() {
     let listed = stores[0].list(Some("srv")).expect("list");
     assert_eq!(listed, stores[1].list(Some("srv")).expect("list"));
     assert_eq!(listed.len(), ROUNDS);
-    for round in 0..ROUNDS {
-        let (a, b) = (&outcomes[0][round], &outcomes[1][round]);
+    for (round, (a, b)) in outcomes[0].iter().zip(&outcomes[1]).enumerate() {
         let winner = match (a, b) {
             (PinOutcome::New, PinOutcome::Changed { pinned }) => {
                 assert_eq!(pinned.definition.description.as_deref(), Some("seen by 0"));

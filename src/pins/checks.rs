@@ -176,7 +176,7 @@ pub fn check_description(text: &str, other_tools: &[&str]) -> Vec<Finding> {
     for (what, pattern) in SECRETS.iter() {
         if let Some(m) = pattern.find(&lower) {
             findings.push(Finding {
-                flag: Flag::MentionsSecret { what: *what },
+                flag: Flag::MentionsSecret { what },
                 excerpt: excerpt(source, m.start(), m.end()),
             });
         }

@@ -46,6 +46,8 @@ pub struct Pin {
 }
 
 /// What [`PinStore::pin_or_compare`] found.
+// One per tool per `tools/list`, never stored in bulk: the size of `Changed` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum PinOutcome {
     /// Never seen before: pinned now.
