@@ -20,18 +20,23 @@
 //! - [`cli`] — the command line.
 //! - `testing` — the one door for tests, benches, examples and fuzz targets (hidden).
 
+// Everything is crate-private unless the binary (`cli`), the console's own door or the
+// testing door needs it: with this lint, a `pub` nobody outside reaches is reported, and so is
+// dead code.
+#![warn(unreachable_pub)]
+
 pub mod cli;
 pub mod console;
-pub mod control;
-pub mod demo;
-pub mod gateway;
+mod control;
+mod demo;
+mod gateway;
 mod pins;
-pub mod policy;
-pub mod redact;
-pub mod sanitize;
-pub mod scan;
+mod policy;
+mod redact;
+mod sanitize;
+mod scan;
 mod sync;
-pub mod telemetry;
+mod telemetry;
 #[doc(hidden)]
 pub mod testing;
-pub mod wire;
+mod wire;

@@ -22,7 +22,7 @@ use regex::{Captures, Regex};
 use serde_json::Value;
 
 /// What a redacted value is replaced with.
-pub const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[redacted]";
 
 /// Fragments that mark a key as secret, compared against the key lowercased with `_`/`-`
 /// removed.
@@ -124,7 +124,7 @@ static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Whether an argument key names a secret.
-pub fn is_secret_key(key: &str) -> bool {
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let folded: String = key
         .chars()
         .filter(|c| *c != '_' && *c != '-')
@@ -162,7 +162,7 @@ fn words(key: &str) -> impl Iterator<Item = &str> {
 
 /// `text` with every credential-shaped part replaced by [`REDACTED`]; borrowed when there is
 /// none.
-pub fn redact_text(text: &str) -> Cow<'_, str> {
+pub(crate) fn redact_text(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
     if !TRIGGER.is_match(text) {
         return out;
@@ -196,7 +196,7 @@ fn keep_then_redact(captures: &Captures<'_>, keep: &str, after: &str) -> String 
 /// Whether [`redact`] would change `value`: a secret-looking key whose value is not already
 /// [`REDACTED`], or a string holding a credential, at any depth. Lets readers of already
 /// redacted arguments (the console) skip the copy.
-pub fn needs_redaction(value: &Value) -> bool {
+pub(crate) fn needs_redaction(value: &Value) -> bool {
     match value {
         Value::Object(map) => map
             .iter()
@@ -209,7 +209,7 @@ pub fn needs_redaction(value: &Value) -> bool {
 
 /// A copy of `value` in which every object member with a secret-looking key, at any depth,
 /// has its value replaced by [`REDACTED`], and every credential in a string is replaced by it.
-pub fn redact(value: &Value) -> Value {
+pub(crate) fn redact(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()

@@ -38,7 +38,7 @@ fn is_unsafe(c: char) -> bool {
 
 /// `text` with everything a terminal would interpret replaced by a visible escape.
 /// Borrows when nothing needs replacing (the common case).
-pub fn terminal_text(text: &str) -> Cow<'_, str> {
+pub(crate) fn terminal_text(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_unsafe) {
         return Cow::Borrowed(text);
     }
@@ -57,7 +57,7 @@ pub fn terminal_text(text: &str) -> Cow<'_, str> {
 
 /// Like [`terminal_text`] for an owned string: hands `text` back untouched (no copy) when it
 /// is already safe. The console sanitises every string once, when an event arrives.
-pub fn terminal_string(text: String) -> String {
+pub(crate) fn terminal_string(text: String) -> String {
     match terminal_text(&text) {
         Cow::Borrowed(_) => text,
         Cow::Owned(escaped) => escaped,
@@ -67,12 +67,12 @@ pub fn terminal_string(text: String) -> String {
 /// `value` as one line of JSON, with every character [`terminal_text`] would escape written
 /// as a `\u` escape (serde_json already escapes C0 controls; this adds DEL, C1, bidi and
 /// invisible characters). The JSON is equal to serde_json's.
-pub fn json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+pub(crate) fn json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
     serde_json::to_string(value).map(escape_json)
 }
 
 /// [`json`], indented.
-pub fn json_pretty<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+pub(crate) fn json_pretty<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
     serde_json::to_string_pretty(value).map(escape_json)
 }
 

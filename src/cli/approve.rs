@@ -18,7 +18,7 @@ use crate::wire::ClientMsg;
 #[command(
     after_help = "Examples:\n  toolgate approve a1b2c3-17\n  toolgate approve a1b2c3-17 --connect ws://10.0.0.5:40123/ --token \"$TOKEN\""
 )]
-pub struct ApproveArgs {
+pub(super) struct ApproveArgs {
     /// The held call's id, as shown by `toolgate tail` or the console.
     call_id: String,
     #[command(flatten)]
@@ -30,7 +30,7 @@ pub struct ApproveArgs {
 #[command(
     after_help = "Examples:\n  toolgate deny a1b2c3-17\n  toolgate deny a1b2c3-17 --reason \"no production keys from CI\""
 )]
-pub struct DenyArgs {
+pub(super) struct DenyArgs {
     /// The held call's id, as shown by `toolgate tail` or the console.
     call_id: String,
     /// Why; passed on to the agent.
@@ -53,11 +53,11 @@ struct Target {
     operator: Option<String>,
 }
 
-pub fn run_approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run_approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
     resolve(&args.call_id, true, None, args.target)
 }
 
-pub fn run_deny(args: DenyArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run_deny(args: DenyArgs) -> anyhow::Result<ExitCode> {
     resolve(&args.call_id, false, args.reason, args.target)
 }
 

@@ -41,7 +41,7 @@ Condition ops: eq, neq, in, not_in, lt, lte, gt, gte, regex, contains, exists, n
 and under (the value an absolute directory: {\"path\": \"args.path\", \"op\": \"under\",
 \"value\": \"/home/me/notes\"}). A condition that cannot be evaluated on the value a call
 sends (an array where a number is needed) denies the call, in deny_if and require alike.")]
-pub struct Args {
+pub(super) struct Args {
     /// Policy files (or case files) to check.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
@@ -63,7 +63,7 @@ pub struct Args {
 /// The largest `--tools` file read: far above any server's tool list.
 const MAX_TOOLS_BYTES: u64 = 16 * 1024 * 1024;
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let lint = args.lint || args.tools.is_some();
     let tools = match &args.tools {
         Some(path) => known_tools(path)?,
@@ -209,7 +209,7 @@ fn report_cases(
 }
 
 /// `default deny, 1 rule, 1 counter, hash 3f9a21`.
-pub fn summary(policy: &Policy) -> String {
+pub(super) fn summary(policy: &Policy) -> String {
     let mut parts = vec![
         format!("default {}", policy.default_action().as_str()),
         count(policy.rule_count(), "rule", "rules"),

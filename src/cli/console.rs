@@ -21,7 +21,7 @@ use crate::console::{Options, Theme, net, run_in_terminal, theme};
 ///
 /// Example: toolgate console --theme light
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Follow one gateway by its event websocket URL instead of discovering them.
     #[arg(long, value_name = "URL", requires = "token")]
     connect: Option<String>,
@@ -43,7 +43,7 @@ pub struct Args {
     log: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let log_path = args.log.clone().unwrap_or_else(default_log_path);
     init_logging(&log_path)?;
     let mut theme = Theme::load(&args.theme).context("--theme")?;

@@ -28,7 +28,7 @@ impl From<FailArg> for FailMode {
 
 /// Where a gateway counts its limits (`--counters`, `--counters-prefix`, `--counters-fail`).
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct CounterArgs {
+pub(super) struct CounterArgs {
     /// Where limits are counted: a SQLite file (PATH or sqlite:PATH) shared by every gateway
     /// of this user on this machine and kept across restarts; `memory` (this process only);
     /// or redis://HOST:PORT/DB, shared by gateways on many machines
@@ -48,12 +48,12 @@ pub struct CounterArgs {
 
 impl CounterArgs {
     /// The store chosen, the default resolved.
-    pub fn spec(&self) -> Result<StoreSpec, StoreError> {
+    pub(super) fn spec(&self) -> Result<StoreSpec, StoreError> {
         spec::resolve(self.counters.as_ref())
     }
 
     /// Opens the chosen store; see [`spec::open`].
-    pub fn open(
+    pub(super) fn open(
         &self,
         on_health: impl Fn(&StoreStatus) + Send + Sync + 'static,
     ) -> Result<Arc<dyn CounterStore>, StoreError> {

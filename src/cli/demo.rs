@@ -21,7 +21,7 @@ use crate::demo::{self, DemoOptions};
 #[command(
     after_help = "Examples:\n  toolgate demo\n  toolgate demo --rate 5\n  toolgate demo --headless --calls 20"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// Calls per second for each simulated agent.
     #[arg(long, default_value_t = 1.5, value_parser = parse_rate)]
     rate: f64,
@@ -51,7 +51,7 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

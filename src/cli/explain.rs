@@ -44,7 +44,7 @@ unknown condition denies the call, in `deny_if` and in `require` alike.
 
 Exit status 0 whatever the decision; 2 when the policy is invalid or --args is not a JSON
 object.")]
-pub struct Args {
+pub(super) struct Args {
     /// The policy file.
     #[arg(long, value_name = "FILE")]
     policy: PathBuf,
@@ -69,7 +69,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let policy = match Policy::load(&args.policy) {
         Ok(p) => p,
         Err(LoadError::Invalid(diags)) => {

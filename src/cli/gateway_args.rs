@@ -20,7 +20,7 @@ use crate::policy::StoreWorker;
 use crate::wire::EventKind;
 
 #[derive(Debug, clap::Args)]
-pub struct GatewayArgs {
+pub(super) struct GatewayArgs {
     /// The policy file (watched: edits apply live, invalid edits are refused).
     #[arg(long, value_name = "P")]
     pub policy: PathBuf,
@@ -87,7 +87,7 @@ pub struct GatewayArgs {
 }
 
 /// A gateway's shared parts, started; [`Started::stop`] ends them in order.
-pub struct Started {
+pub(super) struct Started {
     pub id: String,
     pub hub: Arc<Hub>,
     pub policy: PolicyInForce,
@@ -100,7 +100,7 @@ pub struct Started {
 
 impl GatewayArgs {
     /// Logs to stderr at `--log-level` (RUST_LOG wins): stdout may carry the protocol.
-    pub fn init_logging(&self) {
+    pub(super) fn init_logging(&self) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .or_else(|_| tracing_subscriber::EnvFilter::try_new(&self.log_level))
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -112,14 +112,14 @@ impl GatewayArgs {
     }
 
     /// The grace period as a duration (a nonsensical number falls back to the default).
-    pub fn grace(&self) -> Duration {
+    pub(super) fn grace(&self) -> Duration {
         Duration::try_from_secs_f64(self.grace).unwrap_or(DEFAULT_GRACE)
     }
 
     /// Starts the hub, the watched policy, the audit log, the event websocket (unless
     /// `--no-events`) and the counter store, for calls attributed to `grant` in front of
     /// `server`.
-    pub async fn start(&self, grant: &str, server: &str) -> anyhow::Result<Started> {
+    pub(super) async fn start(&self, grant: &str, server: &str) -> anyhow::Result<Started> {
         let traces = match crate::telemetry::TraceConfig::from(self.otlp.as_deref(), |name| {
             std::env::var(name).ok()
         })? {
@@ -211,12 +211,12 @@ impl GatewayArgs {
 
 impl Started {
     /// The event websocket's token: the operator's credential (none with `--no-events`).
-    pub fn events_token(&self) -> Option<&str> {
+    pub(super) fn events_token(&self) -> Option<&str> {
         self.control.as_ref().map(|c| c.token())
     }
 
     /// Closes the event websocket (removing the discovery file) and flushes the audit log.
-    pub async fn stop(self) {
+    pub(super) async fn stop(self) {
         if let Some(control) = self.control {
             control.shutdown().await;
         }
@@ -284,7 +284,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 /// Resolves on SIGTERM or SIGINT: how a gateway is asked to stop.
-pub async fn wait_for_signal() {
+pub(super) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -10,7 +10,7 @@ use crate::sanitize::{self, terminal_text};
 #[command(
     after_help = "Examples:\n  toolgate gateways\n  toolgate gateways --json | jq -r '.[].id'"
 )]
-pub struct Args {
+pub(super) struct Args {
     /// A JSON array of the gateways' discovery entries (tokens left out).
     #[arg(long)]
     json: bool,
@@ -19,7 +19,7 @@ pub struct Args {
     with_token: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut running = control::list_gateways();
     if args.json {
         if !args.with_token {

@@ -15,7 +15,7 @@ use crate::sanitize::terminal_text;
 
 /// Manage the grants (bearer tokens) of `toolgate serve`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(subcommand)]
     command: GrantsCommand,
 }
@@ -50,7 +50,7 @@ struct FileArg {
     file: PathBuf,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         GrantsCommand::Add { name, file } => {
             let mut grants = Grants::load_or_empty(&file.file)?;

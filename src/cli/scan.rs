@@ -38,7 +38,7 @@ use crate::wire::ToolInfo;
 /// server could not be started or did not answer in time, a file could not be written).
 #[derive(Debug, clap::Args)]
 #[command(after_help = SCAN_EXAMPLES)]
-pub struct Args {
+pub(super) struct Args {
     /// Write the policy (or the JSON) to FILE instead of stdout; an existing file is kept
     /// unless --force.
     #[arg(long, short, value_name = "FILE")]
@@ -86,7 +86,7 @@ table with an excerpt, and in --json as description_flags.";
 /// Where the suggested policy is first named in messages.
 const SUGGESTED_FILE: &str = "suggested policy";
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

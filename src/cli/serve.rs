@@ -23,7 +23,7 @@ use crate::telemetry::{Access, Metrics, MetricsEndpoint};
 /// session (a stdio server speaks to one client) and stopped when the session ends.
 #[derive(Debug, clap::Args)]
 #[command(after_help = SERVE_EXAMPLE)]
-pub struct Args {
+pub(super) struct Args {
     /// The servers, in the mcpServers format: {"mcpServers": {"NAME": {"command", "args",
     /// "env"} | {"url", "headers"}}}.
     #[arg(long, value_name = "SERVERS.json")]
@@ -109,7 +109,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.gateway.init_logging();
     // Before any thread starts, so that every descriptor is counted against the new limit.
     let limit = fd_limit::raise();

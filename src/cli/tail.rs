@@ -36,7 +36,7 @@ const ARGS_PREVIEW: usize = 160;
 #[command(
     after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect ws://127.0.0.1:40123/ --token \"$TOKEN\""
 )]
-pub struct Args {
+pub(crate) struct Args {
     /// One JSON object per line instead of human lines.
     #[arg(long)]
     json: bool,
@@ -58,7 +58,7 @@ enum Note {
     },
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -213,7 +213,7 @@ fn print(out: &mut impl Write, event: &Event, json: bool) -> anyhow::Result<()> 
 
 /// One line saying what an event means, every outside string neutralised; `None` for events
 /// a tail does not show (replies to commands it never sends).
-pub fn human_line(event: &Event) -> Option<String> {
+pub(crate) fn human_line(event: &Event) -> Option<String> {
     let time = event.ts.with_timezone(&Local).format("%H:%M:%S%.3f");
     let gateway = terminal_text(&event.gateway);
     let what = match &event.kind {

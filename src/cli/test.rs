@@ -55,7 +55,7 @@ hold), optionally rule (the deciding rule's JSON Pointer) and reason_contains.
 Limits run on a virtual clock, nothing sleeps: each case starts with empty counters at a
 fixed instant, and a call's `at` moves the clock. Allowed and held calls keep their units.
 The format in full: docs/policy-tests.md; JSON Schema: docs/policy-cases.schema.json.")]
-pub struct Args {
+pub(super) struct Args {
     /// The policy to test.
     #[arg(value_name = "POLICY")]
     policy: PathBuf,
@@ -67,7 +67,7 @@ pub struct Args {
     junit: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let policy = match Policy::load(&args.policy) {
         Ok(p) => p,
         Err(LoadError::Invalid(diags)) => {

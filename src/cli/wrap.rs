@@ -18,7 +18,7 @@ use crate::gateway::upstream::ServerCommand;
 /// MCP protocol only; logs go to stderr.
 #[derive(Debug, clap::Args)]
 #[command(after_help = WRAP_EXAMPLE)]
-pub struct Args {
+pub(super) struct Args {
     /// Who the calls are attributed to (limits with scope "grant" count per grant).
     #[arg(long, value_name = "NAME", default_value = "default")]
     grant: String,
@@ -43,7 +43,7 @@ In an MCP client config (Claude Desktop, Claude Code, Cursor):
     }
   }"#;
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.gateway.init_logging();
     crate::gateway::fd_limit::raise();
     let runtime = tokio::runtime::Builder::new_current_thread()

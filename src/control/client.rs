@@ -17,7 +17,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::wire::{ClientMsg, DecodeError, Event, EventKind, PROTOCOL_VERSION, Reply};
 
 /// Largest message accepted from a gateway (a `hello` carries up to 2,000 recent calls).
-pub const MAX_GATEWAY_MESSAGE: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_GATEWAY_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// What can go wrong talking to a gateway.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ pub struct CommandWriter {
 }
 
 /// How long connecting, up to and including the `hello`, may take.
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects to a gateway's event websocket and reads its `hello`.
 pub async fn connect(url: &str, token: &str) -> Result<Connection, ClientError> {

@@ -97,7 +97,7 @@ pub fn discovery_dirs() -> Vec<PathBuf> {
 }
 
 /// The directories readers look in, for messages: `A, B and C`.
-pub fn describe_dirs() -> String {
+pub(crate) fn describe_dirs() -> String {
     let dirs: Vec<String> = discovery_dirs()
         .iter()
         .map(|d| d.display().to_string())
@@ -287,19 +287,19 @@ fn process_alive(pid: u32) -> bool {
 
 /// The discovery file of one running gateway; removed when dropped.
 #[derive(Debug)]
-pub struct DiscoveryFile {
+pub(crate) struct DiscoveryFile {
     path: PathBuf,
 }
 
 impl DiscoveryFile {
     /// Writes the file for `entry` (see [`write_entry`]).
-    pub fn create(entry: &DiscoveryEntry) -> Result<DiscoveryFile, DiscoveryError> {
+    pub(crate) fn create(entry: &DiscoveryEntry) -> Result<DiscoveryFile, DiscoveryError> {
         Ok(DiscoveryFile {
             path: write_entry(entry)?,
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -77,7 +77,7 @@ pub enum HoldRefused {
 
 /// How many resolved call ids are remembered, so a late second resolution is told "already
 /// resolved" rather than "unknown". Older ones are forgotten (and then called unknown).
-pub const REMEMBERED_RESOLUTIONS: usize = 10_000;
+pub(crate) const REMEMBERED_RESOLUTIONS: usize = 10_000;
 
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

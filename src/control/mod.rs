@@ -9,12 +9,13 @@
 //! The wire format is [`crate::wire`], documented in `docs/wire-protocol.md`.
 
 mod admission;
-pub mod client;
-pub mod discovery;
-pub mod hub;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod discovery;
+pub(crate) mod hub;
+pub(crate) mod server;
 
 pub use client::{ClientError, Connection, connect};
-pub use discovery::{DiscoveryEntry, describe_dirs, discovery_dir, discovery_dirs, list_gateways};
+pub(crate) use discovery::describe_dirs;
+pub use discovery::{DiscoveryEntry, discovery_dir, discovery_dirs, list_gateways};
 pub use hub::{HoldTicket, Hub, Resolution};
 pub use server::{ControlHandle, EventsOptions, start};

@@ -74,7 +74,7 @@ impl Default for EventsOptions {
 
 /// Why the event websocket could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error(
         "refusing to listen for events on {0}, which is not a loopback address; pass the flag \
          that allows remote operators if you mean it"

@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 
 /// A small deterministic generator, so a demo run is repeatable for a given seed.
 #[derive(Debug, Clone)]
-pub struct Dice(u64);
+pub(crate) struct Dice(u64);
 
 impl Dice {
-    pub fn new(seed: u64) -> Dice {
+    pub(crate) fn new(seed: u64) -> Dice {
         Dice(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
@@ -36,14 +36,14 @@ impl Dice {
 
 /// One call an agent makes: a tool and its arguments, and whether it waits for a person.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Intent {
+pub(crate) struct Intent {
     pub tool: &'static str,
     pub args: Value,
 }
 
 /// The next call of an agent, by weighted choice. `holds_open` lowers the chance of asking
 /// for another approval while one is pending, as a real agent blocked on it would.
-pub fn next_intent(dice: &mut Dice, grant: &str, n: u64, holds_open: usize) -> Intent {
+pub(crate) fn next_intent(dice: &mut Dice, grant: &str, n: u64, holds_open: usize) -> Intent {
     let day = format!("2026-11-{:02}", 20 + dice.below(9));
     let pick = dice.below(100);
     let intent = |tool, args| Intent { tool, args };
@@ -110,7 +110,7 @@ pub struct Answer {
 
 /// Runs one simulated agent over an MCP connection until `calls` calls were answered (or
 /// forever with `None`), one call every `pace`.
-pub async fn run<R, W>(
+pub(crate) async fn run<R, W>(
     grant: String,
     reader: R,
     mut writer: W,

@@ -6,8 +6,8 @@
 //! in-process pipes. The connections share one policy (watched, so edits apply live), one
 //! counter store and one event hub, exactly as the connections of one `serve` gateway would.
 
-pub mod agents;
-pub mod server;
+pub(crate) mod agents;
+pub(crate) mod server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,10 +24,10 @@ use crate::gateway::{Gateway, RunOptions};
 use crate::policy::MemoryStore;
 
 /// The demo policy, written to a temporary directory at start so the console can edit it.
-pub const POLICY: &str = include_str!("policy.json");
+pub(crate) const POLICY: &str = include_str!("policy.json");
 
 /// The simulated agents' grants.
-pub const GRANTS: &[&str] = &["ci-bot", "ops-bot", "support-bot"];
+pub(crate) const GRANTS: &[&str] = &["ci-bot", "ops-bot", "support-bot"];
 
 /// How a demo runs.
 #[derive(Debug, Clone)]

@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Tools per `tools/list` page.
-pub const PAGE_SIZE: usize = 4;
+pub(crate) const PAGE_SIZE: usize = 4;
 
 /// The protocol versions the demo server speaks (newest first).
 const VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
 /// The catalogue: name, description, input schema properties (name, type, description),
 /// required properties, annotations.
-pub fn catalogue() -> Vec<Value> {
+pub(crate) fn catalogue() -> Vec<Value> {
     let tool = |name: &str, desc: &str, props: Value, required: &[&str], hints: Value| {
         json!({
             "name": name,
@@ -193,7 +193,7 @@ impl Service {
 }
 
 /// Serves one MCP connection until the reader ends.
-pub async fn serve<R, W>(reader: R, mut writer: W) -> std::io::Result<()>
+pub(crate) async fn serve<R, W>(reader: R, mut writer: W) -> std::io::Result<()>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,

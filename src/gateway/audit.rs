@@ -14,8 +14,8 @@
 //! written; while it cannot, [`AuditLog::refuses_calls`] tells the gateway to deny calls
 //! (`--audit-fail`).
 
-pub mod key;
-pub mod writer;
+pub(crate) mod key;
+pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 
 use crate::policy::Verdict;
 
-pub use key::{AuditKey, KeyError};
-pub use writer::HealthSink;
+pub(crate) use key::{AuditKey, KeyError};
+pub(crate) use writer::HealthSink;
 use writer::{LogFile, MAX_QUEUED, Shared};
 
 /// How much of the arguments the audit log keeps (`--audit-args`, spelled in
@@ -380,7 +380,7 @@ pub struct ArgsDigest<'v> {
 /// The canonical text is streamed into the hash rather than built first: this runs once per
 /// decided call, and the intermediate string and its per-key allocations were a measurable
 /// share of the gateway's per-call work.
-pub fn args_sha256(args: &Value) -> String {
+pub(crate) fn args_sha256(args: &Value) -> String {
     let mut hasher = Sha256::new();
     canonical(args, &mut hasher);
     hex_lower(&hasher.finalize())

@@ -30,7 +30,7 @@ pub(crate) struct ByteBudget {
 
 /// Bytes taken from a [`ByteBudget`]; given back when dropped.
 #[derive(Debug)]
-pub struct Charge {
+pub(crate) struct Charge {
     _permit: OwnedSemaphorePermit,
 }
 
@@ -94,7 +94,7 @@ impl ByteBudget {
 /// The receiving end of a queue whose items carry their [`Charge`]: an item's bytes come
 /// back as it is taken.
 #[derive(Debug)]
-pub struct ChargedReceiver<T> {
+pub(crate) struct ChargedReceiver<T> {
     rx: mpsc::Receiver<(T, Charge)>,
 }
 
@@ -104,7 +104,7 @@ impl<T> ChargedReceiver<T> {
     }
 
     /// The next item; `None` once every sender is gone and the queue is empty.
-    pub async fn recv(&mut self) -> Option<T> {
+    pub(crate) async fn recv(&mut self) -> Option<T> {
         self.rx.recv().await.map(|(item, _charge)| item)
     }
 }

@@ -26,7 +26,7 @@ use crate::telemetry::CallSpans;
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
 
 /// Arguments in call events are cut to this many bytes of JSON.
-pub const EVENT_ARGS_CAP: usize = 4096;
+pub(crate) const EVENT_ARGS_CAP: usize = 4096;
 /// Outcome summaries are cut to this many characters.
 const SUMMARY_CAP: usize = 200;
 
@@ -446,7 +446,7 @@ impl std::io::Write for ByteCount {
 }
 
 /// What the agent reads when a held call ends without approval.
-pub fn refusal_text(resolution: &Resolution) -> String {
+pub(crate) fn refusal_text(resolution: &Resolution) -> String {
     match (resolution.by, resolution.reason.as_deref()) {
         (ResolvedBy::Operator, Some(reason)) if !reason.is_empty() => {
             format!("Denied by an operator: {reason}")
@@ -458,7 +458,7 @@ pub fn refusal_text(resolution: &Resolution) -> String {
 }
 
 /// What a `tools/call` answer says, for the outcome event.
-pub struct CallAnswer {
+pub(crate) struct CallAnswer {
     /// A JSON-RPC error, `isError: true`, or an unreadable result.
     pub error: bool,
     /// A 2026-07-28 `input_required` interim result: the call continues in a retry.
@@ -469,7 +469,7 @@ pub struct CallAnswer {
 
 impl CallAnswer {
     /// Reads an answer (`result` or `error`) to a `tools/call`.
-    pub fn of(env: &Envelope<'_>) -> CallAnswer {
+    pub(crate) fn of(env: &Envelope<'_>) -> CallAnswer {
         #[derive(Deserialize)]
         struct Result<'a> {
             #[serde(default, rename = "isError")]

@@ -26,7 +26,7 @@ const UNLIMITED_TARGET: u64 = 1 << 20;
 
 /// The open-file limit after [`raise`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileLimit {
+pub(crate) struct FileLimit {
     /// The soft limit now in force: the most descriptors this process can have open.
     pub soft: u64,
     /// The limit it started with.
@@ -35,7 +35,7 @@ pub struct FileLimit {
 
 /// Raises the soft open-file limit to the hard limit, logging what it did; a failure is
 /// logged and the old limit kept (the gateway still works, with fewer descriptors).
-pub fn raise() -> FileLimit {
+pub(crate) fn raise() -> FileLimit {
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(limits) => limits,
         Err(e) => {
@@ -78,7 +78,7 @@ pub fn raise() -> FileLimit {
 /// system calls (no allocation, no lock), as code there must. A failure keeps the raised
 /// limit: the server then has more descriptors than it would have had, which is no reason
 /// not to start it.
-pub fn restore_in_child() {
+pub(crate) fn restore_in_child() {
     let started_with = STARTED_WITH.load(Ordering::SeqCst);
     if started_with == 0 {
         return;
@@ -90,7 +90,7 @@ pub fn restore_in_child() {
 
 /// How many descriptors this process has open now, when the system can say (Linux's
 /// `/proc/self/fd`; the directory's own descriptor is not counted).
-pub fn open_now() -> Option<u64> {
+pub(crate) fn open_now() -> Option<u64> {
     let entries = std::fs::read_dir("/proc/self/fd").ok()?;
     let count = entries.count() as u64;
     Some(count.saturating_sub(1))

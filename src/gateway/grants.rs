@@ -84,7 +84,7 @@ pub struct Grants {
 }
 
 /// The grants in force, swapped by [`GrantsWatcher`] and read lock-free by every request.
-pub type GrantsHandle = Arc<ArcSwap<Grants>>;
+pub(crate) type GrantsHandle = Arc<ArcSwap<Grants>>;
 
 impl Grants {
     /// An empty grants file.
@@ -244,7 +244,7 @@ impl Grants {
 }
 
 /// Whether `name` can name a grant: short, and safe in logs, events and file names.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
         && name
@@ -260,20 +260,20 @@ fn new_token() -> String {
 }
 
 /// The hex SHA-256 of a token, as stored.
-pub fn token_sha256(token: &str) -> String {
+pub(crate) fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// A running watch on the grants file; dropping it stops watching.
 #[derive(Debug)]
-pub struct GrantsWatcher {
+pub(crate) struct GrantsWatcher {
     _watch: FileWatch,
 }
 
 impl GrantsWatcher {
     /// Watches `path` (absolute) and applies what it finds to `grants` ([`GrantsReloader`]),
     /// publishing each change on `hub`.
-    pub fn start(
+    pub(crate) fn start(
         path: &Path,
         grants: GrantsHandle,
         hub: Arc<Hub>,

@@ -22,37 +22,37 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// JSON-RPC error codes the gateway answers with.
-pub mod code {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    pub const INVALID_PARAMS: i64 = -32602;
+pub(crate) mod code {
+    pub(crate) const PARSE_ERROR: i64 = -32700;
+    pub(crate) const INVALID_REQUEST: i64 = -32600;
+    pub(crate) const INVALID_PARAMS: i64 = -32602;
     /// Implementation-defined server error: the upstream went away before answering.
-    pub const UPSTREAM_GONE: i64 = -32000;
+    pub(crate) const UPSTREAM_GONE: i64 = -32000;
     /// Implementation-defined: the answer was larger than `--max-message`, or could not be
     /// read, and was replaced by this error.
-    pub const ANSWER_REFUSED: i64 = -32004;
+    pub(crate) const ANSWER_REFUSED: i64 = -32004;
     /// Implementation-defined: too many requests of this side are waiting for answers.
-    pub const TOO_MANY_IN_FLIGHT: i64 = -32005;
+    pub(crate) const TOO_MANY_IN_FLIGHT: i64 = -32005;
 }
 
 /// The `_meta` key 2026-07-28 clients stamp on every request with their protocol version.
-pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
 /// The largest integer id accepted, in magnitude: 2^53 - 1, the range in which every JSON
 /// parser (JavaScript's numbers are doubles) reads the same integer. Beyond it two ids that
 /// differ here could be the same id to the server.
-pub const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
+pub(crate) const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
 
 /// The longest string id accepted, in bytes of its JSON text. Ids are kept for as long as a
 /// request is in flight (up to 1,024 a side), so their size must be bounded apart from
 /// `--max-message`; real clients use numbers or short strings (a UUID is 38 bytes).
-pub const MAX_STRING_ID: usize = 256;
+pub(crate) const MAX_STRING_ID: usize = 256;
 
 /// The top-level members of a JSON-RPC message, borrowed from the line. A member that is
 /// present is `Some` even when its value is `null` (`"result": null` is a result; `"id":
 /// null` is an id this gateway refuses).
 #[derive(Debug, Deserialize)]
-pub struct Envelope<'a> {
+pub(crate) struct Envelope<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
     /// A string when present: `"method": null` is not "no method".
@@ -78,7 +78,7 @@ fn present_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>,
 
 /// What one line is, as far as the gateway cares.
 #[derive(Debug)]
-pub enum Parsed<'a> {
+pub(crate) enum Parsed<'a> {
     /// A single JSON-RPC message (object); its [`Envelope::shape`] says which kind.
     Message(Envelope<'a>),
     /// An old-style batch: each element is handled on its own ([`parse_element`]).
@@ -91,7 +91,7 @@ pub enum Parsed<'a> {
 }
 
 /// Classifies one line (a trailing newline is ignored).
-pub fn parse(line: &[u8]) -> Parsed<'_> {
+pub(crate) fn parse(line: &[u8]) -> Parsed<'_> {
     let text = match std::str::from_utf8(line) {
         Ok(text) => text,
         Err(e) => return Parsed::Malformed(format!("not UTF-8 (byte {})", e.valid_up_to())),
@@ -116,7 +116,7 @@ pub fn parse(line: &[u8]) -> Parsed<'_> {
 
 /// Classifies one element of a batch: an object, or not a message. A batch in a batch is
 /// not a message either: batches are one level deep.
-pub fn parse_element(item: &RawValue) -> Parsed<'_> {
+pub(crate) fn parse_element(item: &RawValue) -> Parsed<'_> {
     match item.get().as_bytes().first() {
         Some(b'{') => match serde_json::from_str::<Envelope<'_>>(item.get()) {
             Ok(env) => Parsed::Message(env),
@@ -134,7 +134,7 @@ fn member_type_error(e: &serde_json::Error) -> &'static str {
 /// Refuses a JSON text that parsers could read differently: not exactly one JSON value, a
 /// key twice in any object (at any depth, compared after decoding), or a string that does
 /// not decode to Unicode (a lone surrogate). Nesting is bounded by serde_json (128).
-pub fn check_unambiguous(text: &str) -> Result<(), String> {
+pub(crate) fn check_unambiguous(text: &str) -> Result<(), String> {
     let mut de = serde_json::Deserializer::from_str(text);
     Unambiguous
         .deserialize(&mut de)
@@ -226,7 +226,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// What a message is, once its members are checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shape<'e> {
+pub(crate) enum Shape<'e> {
     /// `method` and a valid id: an answer is owed.
     Request { id: IdKey, method: &'e str },
     /// `method` and no id.
@@ -237,7 +237,7 @@ pub enum Shape<'e> {
 
 /// Why a message's members do not make a JSON-RPC message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
+pub(crate) struct Invalid {
     /// It has a method: its sender expects an answer, an error with a null id.
     pub request: bool,
     /// The id, when it is a valid one (a response with both `result` and `error`).
@@ -247,7 +247,7 @@ pub struct Invalid {
 
 impl Envelope<'_> {
     /// The message's kind, or why it is not a valid message.
-    pub fn shape(&self) -> Result<Shape<'_>, Invalid> {
+    pub(crate) fn shape(&self) -> Result<Shape<'_>, Invalid> {
         let invalid = |request: bool, id: Option<IdKey>, why: String| Invalid { request, id, why };
         match self.method.as_deref() {
             Some(method) => {
@@ -299,7 +299,7 @@ impl Envelope<'_> {
 /// A request id, by value: a string (decoded: `"\u0061"` is `"a"`) or an integer (`-0` is
 /// `0`) of magnitude at most [`MAX_INTEGER_ID`]. `1` and `"1"` stay distinct.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum IdKey {
+pub(crate) enum IdKey {
     Int(i64),
     Str(Box<str>),
 }
@@ -309,16 +309,16 @@ pub enum IdKey {
 #[error(
     "a request id is a string (at most 256 bytes) or an integer (at most 2^53-1 in magnitude), not {0}"
 )]
-pub struct BadId(String);
+pub(crate) struct BadId(String);
 
 impl IdKey {
     /// Reads an id from its JSON text.
-    pub fn from_raw(raw: &RawValue) -> Result<IdKey, BadId> {
+    pub(crate) fn from_raw(raw: &RawValue) -> Result<IdKey, BadId> {
         IdKey::from_json(raw.get())
     }
 
     /// Reads an id from its JSON text (surrounding whitespace allowed).
-    pub fn from_json(text: &str) -> Result<IdKey, BadId> {
+    pub(crate) fn from_json(text: &str) -> Result<IdKey, BadId> {
         let text = text.trim_matches([' ', '\t', '\n', '\r']);
         let bad = || {
             let shown: String = text.chars().take(40).collect();
@@ -357,7 +357,7 @@ impl IdKey {
     }
 
     /// The id's canonical JSON text, to write into a message.
-    pub fn json(&self) -> String {
+    pub(crate) fn json(&self) -> String {
         self.to_string()
     }
 }
@@ -375,7 +375,7 @@ impl fmt::Display for IdKey {
 /// What could be read of a message that was too large to keep, or that does not parse:
 /// the top-level members seen before it stopped making sense.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Sniffed {
+pub(crate) struct Sniffed {
     /// The top-level id, when its whole value was seen and is a valid id.
     pub id: Option<IdKey>,
     /// A top-level `method` member was seen.
@@ -388,7 +388,7 @@ pub struct Sniffed {
 /// byte that does not fit (or the end of `prefix`) and reports what it saw. Values other
 /// than the id are skipped, never decoded, so this runs in one pass without allocating
 /// more than the id.
-pub fn sniff(prefix: &[u8]) -> Sniffed {
+pub(crate) fn sniff(prefix: &[u8]) -> Sniffed {
     let mut out = Sniffed::default();
     // A byte order mark makes the text invalid, but the sender still deserves its answer.
     let prefix = prefix.strip_prefix(b"\xef\xbb\xbf").unwrap_or(prefix);
@@ -517,7 +517,7 @@ impl<'a> Scan<'a> {
 /// between tokens (in strings they must be escaped, and UTF-8 never uses those bytes inside
 /// a multi-byte character), so replacing each by a space changes no value. Only for text
 /// that [`parse`] accepted.
-pub fn one_line(text: &[u8]) -> Vec<u8> {
+pub(crate) fn one_line(text: &[u8]) -> Vec<u8> {
     text.trim_ascii()
         .iter()
         .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
@@ -526,7 +526,7 @@ pub fn one_line(text: &[u8]) -> Vec<u8> {
 
 /// `{"jsonrpc":"2.0","id":ID,"error":{"code":C,"message":M}}` with a `null` id when `id` is
 /// `None`.
-pub fn error_response(id: Option<&IdKey>, code: i64, message: &str) -> Vec<u8> {
+pub(crate) fn error_response(id: Option<&IdKey>, code: i64, message: &str) -> Vec<u8> {
     let id = id.map_or_else(|| "null".to_owned(), IdKey::json);
     let message = Value::String(message.to_owned());
     format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{message}}}}}"#)
@@ -534,7 +534,7 @@ pub fn error_response(id: Option<&IdKey>, code: i64, message: &str) -> Vec<u8> {
 }
 
 /// A successful response carrying `result`.
-pub fn result_response(id: &IdKey, result: &Value) -> Vec<u8> {
+pub(crate) fn result_response(id: &IdKey, result: &Value) -> Vec<u8> {
     format!(
         r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
         id.json(),
@@ -545,7 +545,7 @@ pub fn result_response(id: &IdKey, result: &Value) -> Vec<u8> {
 
 /// The tool result an agent gets for a refused call: a result, not an error, so that the
 /// model reads the reason. `modern` peers (2026-07-28) also get `resultType`.
-pub fn refusal(id: &IdKey, text: &str, modern: bool) -> Vec<u8> {
+pub(crate) fn refusal(id: &IdKey, text: &str, modern: bool) -> Vec<u8> {
     let mut result = serde_json::json!({
         "content": [{"type": "text", "text": text}],
         "isError": true,
@@ -557,7 +557,7 @@ pub fn refusal(id: &IdKey, text: &str, modern: bool) -> Vec<u8> {
 }
 
 /// A `notifications/progress` for `token`.
-pub fn progress(token: &Value, progress: u64, message: &str) -> Vec<u8> {
+pub(crate) fn progress(token: &Value, progress: u64, message: &str) -> Vec<u8> {
     let params = serde_json::json!({
         "progressToken": token,
         "progress": progress,
@@ -569,7 +569,7 @@ pub fn progress(token: &Value, progress: u64, message: &str) -> Vec<u8> {
 
 /// The parts of `tools/call` params the gateway needs.
 #[derive(Debug, Deserialize)]
-pub struct CallParams {
+pub(crate) struct CallParams {
     pub name: String,
     #[serde(default)]
     pub arguments: Option<Value>,
@@ -583,25 +583,25 @@ pub struct CallParams {
 }
 
 impl CallParams {
-    pub fn progress_token(&self) -> Option<&Value> {
+    pub(crate) fn progress_token(&self) -> Option<&Value> {
         self.meta.as_ref()?.get("progressToken")
     }
 
     /// Whether the request says it speaks 2026-07-28 or later.
-    pub fn is_modern(&self) -> bool {
+    pub(crate) fn is_modern(&self) -> bool {
         self.meta
             .as_ref()
             .is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION))
     }
 
     /// A retry of an earlier call that answered `input_required`.
-    pub fn is_input_retry(&self) -> bool {
+    pub(crate) fn is_input_retry(&self) -> bool {
         self.input_responses.is_some() || self.request_state.is_some()
     }
 }
 
 /// The cursor of a paginated request (`tools/list`), if any.
-pub fn cursor(params: Option<&RawValue>) -> Option<String> {
+pub(crate) fn cursor(params: Option<&RawValue>) -> Option<String> {
     #[derive(Deserialize)]
     struct P {
         #[serde(default)]
@@ -613,7 +613,7 @@ pub fn cursor(params: Option<&RawValue>) -> Option<String> {
 }
 
 /// The `requestId` of a `notifications/cancelled`, when it is a valid id.
-pub fn cancelled_request(params: Option<&RawValue>) -> Option<IdKey> {
+pub(crate) fn cancelled_request(params: Option<&RawValue>) -> Option<IdKey> {
     #[derive(Deserialize)]
     struct P<'a> {
         #[serde(borrow, rename = "requestId")]

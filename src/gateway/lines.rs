@@ -9,13 +9,13 @@
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// Default largest message, in either direction (`--max-message`).
-pub const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// How much of an oversized line is kept to find its id.
-pub const PREFIX: usize = 64 * 1024;
+pub(crate) const PREFIX: usize = 64 * 1024;
 
 /// One line from a peer.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Line {
+pub(crate) enum Line {
     /// A line within the limit, without its newline (nor a CR before it).
     Whole(Vec<u8>),
     /// A line over the limit: its first bytes, and its length in bytes (newline excluded).
@@ -24,19 +24,19 @@ pub enum Line {
 
 /// Reads lines of at most `max` bytes from a buffered stream.
 #[derive(Debug)]
-pub struct LineReader<R> {
+pub(crate) struct LineReader<R> {
     inner: R,
     max: usize,
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
-    pub fn new(inner: R, max: usize) -> LineReader<R> {
+    pub(crate) fn new(inner: R, max: usize) -> LineReader<R> {
         LineReader { inner, max }
     }
 
     /// The next line that is not blank; `None` at the end of the stream or on a read error
     /// (logged with `side`). A last line without a newline still counts.
-    pub async fn next(&mut self, side: &str) -> Option<Line> {
+    pub(crate) async fn next(&mut self, side: &str) -> Option<Line> {
         match self.try_next().await {
             Ok(line) => line,
             Err(e) => {
@@ -48,7 +48,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
 
     /// The next line that is not blank, `None` at the end of the stream; a read error is
     /// the caller's to report.
-    pub async fn try_next(&mut self) -> std::io::Result<Option<Line>> {
+    pub(crate) async fn try_next(&mut self) -> std::io::Result<Option<Line>> {
         loop {
             match self.read_line().await? {
                 Some(Line::Whole(line)) if line.iter().all(u8::is_ascii_whitespace) => {}

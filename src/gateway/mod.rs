@@ -26,22 +26,22 @@
 //! - [`http`] — `serve`: Streamable HTTP in front of several servers, each MCP session a run
 //!   of the core; [`grants`] — the bearer tokens that name who calls.
 
-pub mod audit;
-pub mod budget;
-pub mod call;
-pub mod core;
-pub mod fd_limit;
-pub mod grants;
-pub mod http;
-pub mod jsonrpc;
-pub mod line_writer;
-pub mod lines;
-pub mod reload;
-pub mod startup;
-pub mod stdio;
-pub mod upstream;
-pub mod upstream_client;
-pub mod watch;
+pub(crate) mod audit;
+pub(crate) mod budget;
+pub(crate) mod call;
+pub(crate) mod core;
+pub(crate) mod fd_limit;
+pub(crate) mod grants;
+pub(crate) mod http;
+pub(crate) mod jsonrpc;
+pub(crate) mod line_writer;
+pub(crate) mod lines;
+pub(crate) mod reload;
+pub(crate) mod startup;
+pub(crate) mod stdio;
+pub(crate) mod upstream;
+pub(crate) mod upstream_client;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,15 +52,15 @@ use chrono::{DateTime, Utc};
 use crate::control::Hub;
 use crate::policy::{Policy, StoreWorker};
 
-pub use audit::{AuditArgs, AuditLog};
+pub(crate) use audit::{AuditArgs, AuditLog};
 pub use core::{End, RunOptions, run};
 
 /// The policy in force, swapped atomically by [`reload`] and read lock-free by every call.
-pub type PolicyHandle = Arc<ArcSwap<Policy>>;
+pub(crate) type PolicyHandle = Arc<ArcSwap<Policy>>;
 
 /// How often a held call with a progress token gets a progress notification. MCP clients
 /// commonly time a request out after 60 s without progress; this keeps well inside that.
-pub const HOLD_PROGRESS_INTERVAL: Duration = Duration::from_secs(8);
+pub(crate) const HOLD_PROGRESS_INTERVAL: Duration = Duration::from_secs(8);
 
 /// The gateway's wall-clock time: the policy's rate windows, hold deadlines and audit
 /// records all read it, so one injected clock moves all three together in tests.
@@ -79,7 +79,7 @@ pub trait WallClock: Send + Sync + std::fmt::Debug {
 
 /// The system clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemWallClock;
+pub(crate) struct SystemWallClock;
 
 impl WallClock for SystemWallClock {
     fn now_ms(&self) -> u64 {

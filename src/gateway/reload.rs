@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::PolicyHandle;
-pub use super::watch::{FileWatch, Reread, WatchError, read_watched_file};
+pub(crate) use super::watch::{FileWatch, Reread, WatchError, read_watched_file};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
 use crate::sync::lock;
 use crate::wire::{EventKind, PolicyApplied, PolicyRejected};
 
-pub use crate::policy::MAX_POLICY_BYTES;
+pub(crate) use crate::policy::MAX_POLICY_BYTES;
 
 /// Loads the policy at `path` for a gateway's start and publishes `policy_applied`. The path
 /// is made absolute so later reloads and events name the same file wherever the process is.
@@ -40,12 +40,12 @@ pub fn load_initial(path: &Path, hub: &Hub) -> Result<(PathBuf, PolicyHandle), L
 
 /// The path as an absolute path, without resolving symlinks (a symlinked policy stays the
 /// name the person gave).
-pub fn absolute(path: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// A running watch; dropping it stops watching.
-pub struct PolicyWatcher {
+pub(crate) struct PolicyWatcher {
     _debouncer: FileWatch,
 }
 
@@ -57,7 +57,11 @@ impl std::fmt::Debug for PolicyWatcher {
 
 impl PolicyWatcher {
     /// Starts watching `path` (absolute), swapping each valid new version into `policy`.
-    pub fn start(path: &Path, policy: PolicyHandle, hub: Arc<Hub>) -> Result<Self, WatchError> {
+    pub(crate) fn start(
+        path: &Path,
+        policy: PolicyHandle,
+        hub: Arc<Hub>,
+    ) -> Result<Self, WatchError> {
         let reloader = Arc::new(Mutex::new(PolicyReloader::new(
             path.to_owned(),
             policy,
@@ -223,12 +227,12 @@ pub(crate) fn gone_link(path: &Path) -> Option<PathBuf> {
 
 /// How large a configuration file (SERVERS.json, GRANTS.json) may be: far more than any real
 /// one, and a bound on what a runaway or hostile file can make the gateway read.
-pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Reads a configuration file of at most [`MAX_CONFIG_BYTES`]; `Ok(None)` when it is larger.
 /// Read as the policy is ([`read_watched_file`]): a FIFO given as `--servers` or `--grants`
 /// is an error at once, not a start that never ends.
-pub fn read_config_file(path: &Path) -> std::io::Result<Option<String>> {
+pub(crate) fn read_config_file(path: &Path) -> std::io::Result<Option<String>> {
     let Some(bytes) = read_watched_file(path, MAX_CONFIG_BYTES)? else {
         return Ok(None);
     };

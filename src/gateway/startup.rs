@@ -12,12 +12,12 @@ use super::PolicyHandle;
 use super::reload::{PolicyWatcher, absolute, load_initial};
 
 /// A short random gateway id: it names the gateway in discovery and prefixes its call ids.
-pub fn gateway_id() -> String {
+pub(crate) fn gateway_id() -> String {
     format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// The policy in force and the watch that swaps in each valid new version.
-pub struct PolicyInForce {
+pub(crate) struct PolicyInForce {
     /// Absolute path of the policy file.
     pub path: PathBuf,
     pub handle: PolicyHandle,
@@ -37,7 +37,7 @@ impl std::fmt::Debug for PolicyInForce {
 
 /// A hub for a new gateway with id `id`, attributing calls to `grant` (`*` when tokens name
 /// the grants) in front of `server`.
-pub fn new_hub(id: &str, grant: &str, server: &str, policy: &Path) -> Arc<Hub> {
+pub(crate) fn new_hub(id: &str, grant: &str, server: &str, policy: &Path) -> Arc<Hub> {
     Hub::new(GatewayInfo {
         id: id.to_owned(),
         pid: std::process::id(),
@@ -50,7 +50,7 @@ pub fn new_hub(id: &str, grant: &str, server: &str, policy: &Path) -> Arc<Hub> {
 }
 
 /// Loads the policy (publishing `policy_applied`) and starts watching it.
-pub fn load_and_watch(path: &Path, hub: &Arc<Hub>) -> Result<PolicyInForce, LoadError> {
+pub(crate) fn load_and_watch(path: &Path, hub: &Arc<Hub>) -> Result<PolicyInForce, LoadError> {
     let (path, handle) = load_initial(path, hub)?;
     let watcher = PolicyWatcher::start(&path, handle.clone(), hub.clone())
         .inspect_err(|e| tracing::warn!("{e}; policy edits will not apply until a restart"))

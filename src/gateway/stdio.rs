@@ -23,7 +23,7 @@ use crate::wire::{EventKind, Upstream};
 
 /// How a `wrap` session failed.
 #[derive(Debug, thiserror::Error)]
-pub enum WrapError {
+pub(crate) enum WrapError {
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     #[error("the MCP server `{command}` exited mid-session ({status})")]
@@ -37,7 +37,7 @@ pub enum WrapError {
 
 /// Settings of one `wrap` session.
 #[derive(Debug)]
-pub struct WrapOptions {
+pub(crate) struct WrapOptions {
     pub session: String,
     /// See [`super::upstream::ServerProcess::stop`].
     pub grace: Duration,
@@ -48,7 +48,7 @@ pub struct WrapOptions {
 }
 
 /// Runs the gateway between this process's stdin/stdout and `server` until the session ends.
-pub async fn wrap(
+pub(crate) async fn wrap(
     gateway: Arc<Gateway>,
     server: &ServerCommand,
     options: WrapOptions,

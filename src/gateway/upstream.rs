@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// The default time a server gets to exit after its input closes, and again after SIGTERM.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
 /// The server could not be started.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the MCP server `{command}`: {source}; check the command after `--`")]
-pub struct SpawnError {
+pub(crate) struct SpawnError {
     pub command: String,
     #[source]
     pub source: std::io::Error,
@@ -24,7 +24,7 @@ pub struct SpawnError {
 
 /// A running server process.
 #[derive(Debug)]
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
     /// The command line, for messages.
     pub command: String,
@@ -32,7 +32,7 @@ pub struct ServerProcess {
 
 /// The command that starts a server.
 #[derive(Debug, Clone)]
-pub struct ServerCommand {
+pub(crate) struct ServerCommand {
     pub program: OsString,
     pub args: Vec<OsString>,
     /// Variables added to the gateway's environment for the server (SERVERS.json `env`).
@@ -41,7 +41,7 @@ pub struct ServerCommand {
 
 impl ServerCommand {
     /// A readable form of the command line.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         std::iter::once(&self.program)
             .chain(&self.args)
             .map(|s| s.to_string_lossy().into_owned())
@@ -52,7 +52,7 @@ impl ServerCommand {
 
 impl ServerProcess {
     /// Spawns `command` with piped stdin and stdout.
-    pub fn spawn(
+    pub(crate) fn spawn(
         command: &ServerCommand,
     ) -> Result<(ServerProcess, ChildStdin, ChildStdout), SpawnError> {
         let shown = command.display();
@@ -91,18 +91,18 @@ impl ServerProcess {
         ))
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
     /// Waits for the process to exit by itself.
-    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+    pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         self.child.wait().await
     }
 
     /// Stops the process whose input is already closed: waits `grace` for it to exit, then
     /// sends SIGTERM and waits `grace` again, then SIGKILL.
-    pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
         if let Ok(Ok(status)) = tokio::time::timeout(grace, self.child.wait()).await {
             return Some(status);
         }

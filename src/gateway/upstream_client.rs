@@ -23,20 +23,20 @@ use super::jsonrpc::{META_PROTOCOL_VERSION, code};
 use super::lines::{Line, LineReader};
 
 /// The handshake-era version offered in `initialize`.
-pub const HANDSHAKE_VERSION: &str = "2025-11-25";
+pub(crate) const HANDSHAKE_VERSION: &str = "2025-11-25";
 /// The stateless era's version, proposed in `server/discover` and stamped on each request.
-pub const STATELESS_VERSION: &str = "2026-07-28";
+pub(crate) const STATELESS_VERSION: &str = "2026-07-28";
 /// The `_meta` keys a 2026-07-28 request carries besides the version.
 const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// Largest message accepted from a server (a tool list with big schemas fits many times).
-pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Pages of `tools/list` followed before the server is judged to be looping.
-pub const MAX_PAGES: usize = 10_000;
+pub(crate) const MAX_PAGES: usize = 10_000;
 
 /// Which protocol era the session settled on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Era {
+pub(crate) enum Era {
     /// `initialize` + `notifications/initialized` (2024-11-05 … 2025-11-25).
     Handshake,
     /// `server/discover`, then a `_meta` envelope on every request (2026-07-28).
@@ -45,7 +45,7 @@ pub enum Era {
 
 /// Why talking to the server failed. Every message says what the session was doing.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("cannot talk to the MCP server (during `{method}`): {error}")]
     Io {
         method: String,
@@ -79,7 +79,7 @@ pub enum UpstreamError {
 
 /// A connected client session. Requests go one at a time.
 #[derive(Debug)]
-pub struct Session<R, W> {
+pub(crate) struct Session<R, W> {
     reader: LineReader<R>,
     writer: W,
     next_id: u64,
@@ -98,7 +98,7 @@ where
 {
     /// Opens a session: the handshake, or `server/discover` for a server that refuses it.
     /// Every step of this session, later requests included, must finish within `budget`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         reader: R,
         writer: W,
         client_name: &str,
@@ -193,17 +193,17 @@ where
 
     /// The protocol version in use: what the server answered to `initialize`, or
     /// [`STATELESS_VERSION`].
-    pub fn protocol_version(&self) -> &str {
+    pub(crate) fn protocol_version(&self) -> &str {
         &self.protocol_version
     }
 
     /// The server's `serverInfo` (`name`, `version`), when it sent one.
-    pub fn server_info(&self) -> Option<&Value> {
+    pub(crate) fn server_info(&self) -> Option<&Value> {
         self.server_info.as_ref()
     }
 
     /// Every tool the server offers, in its order, following `nextCursor` to the last page.
-    pub async fn list_tools(&mut self) -> Result<Vec<Value>, UpstreamError> {
+    pub(crate) async fn list_tools(&mut self) -> Result<Vec<Value>, UpstreamError> {
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         let mut seen_cursors = std::collections::HashSet::new();
@@ -240,7 +240,7 @@ where
 
     /// Sends a request (stamped with the era's `_meta` in the stateless era) and waits for
     /// its answer.
-    pub async fn request(
+    pub(crate) async fn request(
         &mut self,
         method: &str,
         mut params: Value,
@@ -377,7 +377,7 @@ where
     }
 
     /// Ends the session by closing the server's input (a stdio server exits on that).
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.writer.shutdown().await;
     }
 }

@@ -44,7 +44,7 @@ use notify_debouncer_full::{
 
 /// How long after a change the file is re-read: the changes of one save (often several
 /// events: truncate, write, close; or rename away, create, write) are read once.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// How many symlinks a path may go through, as Linux allows (`ELOOP` beyond).
 const MAX_LINKS: usize = 40;
@@ -56,7 +56,7 @@ const QUEUED_BURSTS: usize = 16;
 /// How soon a file that could not be read (out of descriptors, no permission, something not
 /// a file in its place) is tried again when no event comes first: a read that failed must
 /// not leave the file unread until someone happens to touch it again.
-pub const RETRY: Duration = Duration::from_secs(1);
+pub(crate) const RETRY: Duration = Duration::from_secs(1);
 
 /// What a watch's callback found when it re-read the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub enum Reread {
 
 /// Why watching could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum WatchError {
+pub(crate) enum WatchError {
     #[error("cannot watch {path} for changes: {source}")]
     Watch {
         path: String,
@@ -80,7 +80,7 @@ pub enum WatchError {
 
 /// Where a path leads now, and what to watch to notice when that changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resolution {
+pub(crate) struct Resolution {
     /// Symlink-free directories whose entries decide where the path leads.
     pub dirs: BTreeSet<PathBuf>,
     /// The entries in those directories that matter: every symlink met, the file reached,
@@ -96,7 +96,7 @@ pub struct Resolution {
 impl Resolution {
     /// Whether a change to `path` (as a watch on [`Resolution::dirs`] reports it) can change
     /// what the resolved path reads.
-    pub fn concerns(&self, path: &Path) -> bool {
+    pub(crate) fn concerns(&self, path: &Path) -> bool {
         self.names.contains(path) || self.dirs.contains(path)
     }
 }
@@ -127,7 +127,7 @@ fn push_steps(pending: &mut Vec<Step>, path: &Path) -> bool {
 /// Walks `path` (absolute) component by component as the kernel would, following symlinks,
 /// and says which directories and names decide where it leads. Touches the filesystem only
 /// with `lstat` and `readlink`.
-pub fn resolve(path: &Path) -> Resolution {
+pub(crate) fn resolve(path: &Path) -> Resolution {
     let mut res = Resolution::default();
     let mut pending = Vec::new();
     push_steps(
@@ -210,7 +210,7 @@ enum Message {
 
 /// A debounced watch on the directories that decide what one path reads, calling back after
 /// every quiet burst of changes that concern it. Dropping it stops watching.
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     to_thread: SyncSender<Message>,
     stop: Arc<AtomicBool>,
 }
@@ -236,7 +236,7 @@ impl FileWatch {
     /// [`RETRY`] while it answers [`Reread::Failed`]. `what` names the file in log lines
     /// ("policy", "grants file"). Fails only when not one directory can be watched; one
     /// that cannot is logged, saying which edits will be missed.
-    pub fn start(
+    pub(crate) fn start(
         path: &Path,
         what: &'static str,
         on_change: impl FnMut() -> Reread + Send + 'static,
@@ -436,7 +436,7 @@ impl Watched {
 /// a grants file are read: opening never blocks, and anything but a regular file in its
 /// place (a FIFO, a device, a directory) is an error naming what it is, rather than a stall
 /// or a flood.
-pub fn read_watched_file(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_watched_file(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()

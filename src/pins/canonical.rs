@@ -25,7 +25,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 /// Deepest nesting canonicalised (serde_json's own reader stops at 128).
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// The value nests deeper than [`MAX_DEPTH`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

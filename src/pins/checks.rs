@@ -34,9 +34,9 @@ use serde::Serialize;
 use crate::sanitize::terminal_text;
 
 /// Findings kept per description (the first ones, in family order).
-pub const MAX_FINDINGS: usize = 16;
+pub(crate) const MAX_FINDINGS: usize = 16;
 /// Other tools' names looked for (the first ones given).
-pub const MAX_OTHER_TOOLS: usize = 1000;
+pub(crate) const MAX_OTHER_TOOLS: usize = 1000;
 /// Longest excerpt, in characters, before sanitising.
 const EXCERPT_CHARS: usize = 80;
 

@@ -19,11 +19,11 @@ use super::fingerprint::ToolDefinition;
 use crate::scan::{RiskClass, classify};
 
 /// Time the word diff may take before it settles for a coarser answer.
-pub const WORD_DIFF_BUDGET: Duration = Duration::from_millis(50);
+pub(crate) const WORD_DIFF_BUDGET: Duration = Duration::from_millis(50);
 /// Changes listed by one structural diff.
-pub const MAX_CHANGES: usize = 500;
+pub(crate) const MAX_CHANGES: usize = 500;
 /// Nesting followed by the structural diff; deeper, a subtree that differs is one change.
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Whether a run of words is in both texts, only the old one, or only the new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,7 +43,7 @@ pub struct WordRun {
 
 /// The word-level diff from `before` to `after`: runs that, read in order, spell `before`
 /// when the `Added` ones are skipped and `after` when the `Removed` ones are.
-pub fn word_diff(before: &str, after: &str) -> Vec<WordRun> {
+pub(crate) fn word_diff(before: &str, after: &str) -> Vec<WordRun> {
     let diff = similar::TextDiff::configure()
         .timeout(WORD_DIFF_BUDGET)
         .diff_words(before, after);
@@ -108,7 +108,7 @@ impl JsonDiff {
 
 /// The structural diff from `before` to `after`. Objects are compared by member name
 /// (`before`'s order, then members only `after` has), arrays by index.
-pub fn json_diff(before: &Value, after: &Value) -> JsonDiff {
+pub(crate) fn json_diff(before: &Value, after: &Value) -> JsonDiff {
     let mut diff = JsonDiff::default();
     walk(before, after, &mut String::new(), 0, &mut diff);
     diff
@@ -232,7 +232,7 @@ pub fn definition_diff(pinned: &ToolDefinition, offered: &ToolDefinition) -> Def
 }
 
 /// The risk class change from `pinned` to `offered`, if the class differs.
-pub fn risk_change(pinned: &ToolDefinition, offered: &ToolDefinition) -> Option<RiskChange> {
+pub(crate) fn risk_change(pinned: &ToolDefinition, offered: &ToolDefinition) -> Option<RiskChange> {
     let before = classify(&pinned.to_tool_info()).class;
     let after = classify(&offered.to_tool_info()).class;
     (before != after).then_some(RiskChange { before, after })

@@ -25,9 +25,9 @@ use super::canonical::{self, TooDeep};
 use crate::wire::ToolInfo;
 
 /// Longest tool name accepted (MCP suggests 128 characters; this is a cap, not a style).
-pub const MAX_NAME_BYTES: usize = 512;
+pub(crate) const MAX_NAME_BYTES: usize = 512;
 /// Largest canonical definition accepted: one tool's name, texts, schemas and annotations.
-pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_DEFINITION_BYTES: usize = 256 * 1024;
 
 /// The parts of a tool that are pinned. `None` is "not given" (absent or `null`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

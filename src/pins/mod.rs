@@ -15,11 +15,11 @@
 //! Not yet wired: the gateway does not pin or quarantine, and the policy's `pins` and
 //! `quarantine_flagged` fields are still refused by the policy compiler.
 
-pub mod canonical;
-pub mod checks;
-pub mod diff;
-pub mod fingerprint;
-pub mod store;
+pub(crate) mod canonical;
+pub(crate) mod checks;
+pub(crate) mod diff;
+pub(crate) mod fingerprint;
+pub(crate) mod store;
 
 pub use checks::{Finding, Flag, check_description};
 pub use fingerprint::{Fingerprint, ToolDefinition, fingerprint_list};

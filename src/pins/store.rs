@@ -29,9 +29,9 @@ use super::fingerprint::{Fingerprint, MAX_DEFINITION_BYTES, ToolDefinition};
 use crate::sync::lock;
 
 /// Pins one server may have.
-pub const MAX_PINS_PER_SERVER: usize = 10_000;
+pub(crate) const MAX_PINS_PER_SERVER: usize = 10_000;
 /// How long a SQLite call waits for another process's write before failing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A pinned tool definition.
 #[derive(Debug, Clone, PartialEq)]

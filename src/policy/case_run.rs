@@ -17,7 +17,7 @@ const START_MS: u64 = 1_767_225_600_000;
 
 /// What the last call of a case was decided, beside what was expected.
 #[derive(Debug, Clone)]
-pub struct CaseOutcome {
+pub(crate) struct CaseOutcome {
     pub actual: Decision,
     /// What did not match, in words (`decision: expected deny, got allow`); empty when the
     /// case passed.
@@ -25,13 +25,13 @@ pub struct CaseOutcome {
 }
 
 impl CaseOutcome {
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.mismatches.is_empty()
     }
 }
 
 /// Runs one case against `policy`.
-pub fn run_case(policy: &Policy, case: &Case) -> CaseOutcome {
+pub(crate) fn run_case(policy: &Policy, case: &Case) -> CaseOutcome {
     let store = MemoryStore::new();
     let mut last = None;
     for call in &case.calls {

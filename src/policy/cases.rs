@@ -16,14 +16,14 @@ use super::{Diagnostic, Verdict};
 
 /// Most calls one case may make, `repeat`s added up: every call is decided and counted in
 /// memory, so a case file cannot make `toolgate test` hold or spend without bound.
-pub const MAX_CALLS_PER_CASE: u64 = 100_000;
+pub(crate) const MAX_CALLS_PER_CASE: u64 = 100_000;
 
 /// The latest a call may be placed (`at`), from the first call: a year.
 const MAX_AT_MS: u64 = 366 * 86_400_000;
 
 /// The grant and session a call has when the case does not name them.
-pub const DEFAULT_GRANT: &str = "default";
-pub const DEFAULT_SESSION: &str = "default";
+pub(crate) const DEFAULT_GRANT: &str = "default";
+pub(crate) const DEFAULT_SESSION: &str = "default";
 
 const TOP_FIELDS: &[&str] = &["cases"];
 const CASE_FIELDS: &[&str] = &["name", "call", "calls", "expect"];
@@ -32,13 +32,13 @@ const EXPECT_FIELDS: &[&str] = &["decision", "rule", "reason_contains"];
 
 /// A validated case file.
 #[derive(Debug, Clone)]
-pub struct CaseFile {
+pub(crate) struct CaseFile {
     pub cases: Vec<Case>,
 }
 
 /// One case: calls made in order, and what the last one must be decided.
 #[derive(Debug, Clone)]
-pub struct Case {
+pub(crate) struct Case {
     pub name: String,
     /// Where the case is written, for failures (`cases.json:3:5`).
     pub line: usize,
@@ -52,7 +52,7 @@ pub struct Case {
 
 /// One call of a case (made `repeat` times at the same virtual time).
 #[derive(Debug, Clone)]
-pub struct CaseCall {
+pub(crate) struct CaseCall {
     pub tool: String,
     pub args: Json,
     pub grant: String,
@@ -64,7 +64,7 @@ pub struct CaseCall {
 
 /// What the last call's decision must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expect {
+pub(crate) struct Expect {
     pub decision: Verdict,
     /// The deciding rule's JSON Pointer, exactly.
     pub rule: Option<String>,
@@ -75,7 +75,7 @@ pub struct Expect {
 /// Whether `text` is a case file rather than a policy: a JSON object with `cases` at its top
 /// level. Anything else (including text that is not JSON) is read as a policy, so its
 /// diagnostics come from the policy's checks.
-pub fn is_case_file(text: &str) -> bool {
+pub(crate) fn is_case_file(text: &str) -> bool {
     match json::parse(text) {
         Ok(doc) => match &doc.root.value {
             Value::Object(members) => members.iter().any(|m| m.key == "cases"),
@@ -107,7 +107,7 @@ fn get<'n>(members: &'n [Member], name: &str) -> Option<&'n Node> {
 
 impl CaseFile {
     /// Parses and validates a case file; `file` is the name diagnostics are reported under.
-    pub fn parse(text: &str, file: &str) -> Result<CaseFile, Vec<Diagnostic>> {
+    pub(crate) fn parse(text: &str, file: &str) -> Result<CaseFile, Vec<Diagnostic>> {
         let locator = json::Locator::new(text);
         let to_diag = |p: Problem| {
             let (line, column) = locator.locate(p.offset);

@@ -30,7 +30,7 @@ use super::store::Scope;
 use super::{Action, CounterDef, Diagnostic, LimitUse, Policy, Rule};
 
 /// Default time a held call waits for an operator.
-pub const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 120_000;
+pub(super) const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 120_000;
 
 /// Largest compiled regex accepted, to bound load time and memory on hostile files.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -140,7 +140,7 @@ pub(super) fn quote(s: &str) -> String {
 }
 
 /// Parses and validates `text` (reported as `file`).
-pub fn compile(text: &str, file: &str) -> Result<Policy, Vec<Diagnostic>> {
+pub(super) fn compile(text: &str, file: &str) -> Result<Policy, Vec<Diagnostic>> {
     let locator = json::Locator::new(text);
     let to_diag = |p: Problem| {
         let (line, column) = locator.locate(p.offset);

@@ -41,7 +41,7 @@ use super::path::{PathProblem, Root};
 
 /// The comparison a condition makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Eq,
     Neq,
     In,
@@ -58,7 +58,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const NAMES: &'static [&'static str] = &[
+    pub(crate) const NAMES: &'static [&'static str] = &[
         "eq",
         "neq",
         "in",
@@ -74,7 +74,7 @@ impl Op {
         "under",
     ];
 
-    pub fn parse(name: &str) -> Option<Op> {
+    pub(crate) fn parse(name: &str) -> Option<Op> {
         Some(match name {
             "eq" => Op::Eq,
             "neq" => Op::Neq,
@@ -93,7 +93,7 @@ impl Op {
         })
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Eq => "eq",
             Op::Neq => "neq",
@@ -114,7 +114,7 @@ impl Op {
 
 /// A validated condition, ready to evaluate.
 #[derive(Debug, Clone)]
-pub struct Condition {
+pub(super) struct Condition {
     /// The path as written (`args.filter.owner`).
     pub path: String,
     /// The segments after `args.`.
@@ -256,7 +256,7 @@ impl Condition {
     }
 
     /// The condition in words: `args.amount lte 10000`.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match self.op {
             Op::Exists | Op::NotExists => format!("{} {}", self.path, self.op.name()),
             _ => format!("{} {} {}", self.path, self.op.name(), self.value),

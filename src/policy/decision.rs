@@ -84,7 +84,7 @@ impl Decision {
 }
 
 /// A wait in words for people: `12s`, `2m 5s`, `1h 3m`, `2d 4h`; rounded up to the second.
-pub fn human_duration(ms: u64) -> String {
+pub(crate) fn human_duration(ms: u64) -> String {
     let s = ms.div_ceil(1000).max(1);
     if s < 120 {
         format!("{s}s")

@@ -7,13 +7,13 @@
 
 /// A compiled glob.
 #[derive(Debug, Clone)]
-pub struct Glob {
+pub(super) struct Glob {
     pattern: String,
     literal_chars: usize,
 }
 
 impl Glob {
-    pub fn new(pattern: &str) -> Glob {
+    pub(super) fn new(pattern: &str) -> Glob {
         Glob {
             pattern: pattern.to_string(),
             literal_chars: pattern.chars().filter(|c| !is_wildcard(*c)).count(),
@@ -21,21 +21,21 @@ impl Glob {
     }
 
     /// Whether `pattern` has a wildcard, i.e. is a glob rather than an exact name.
-    pub fn is_glob(pattern: &str) -> bool {
+    pub(super) fn is_glob(pattern: &str) -> bool {
         pattern.contains(['*', '?'])
     }
 
     /// How many non-wildcard characters the pattern has: more is more specific.
-    pub fn literal_chars(&self) -> usize {
+    pub(super) fn literal_chars(&self) -> usize {
         self.literal_chars
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(super) fn as_str(&self) -> &str {
         &self.pattern
     }
 
     /// Whether the whole of `name` matches the pattern.
-    pub fn matches(&self, name: &str) -> bool {
+    pub(super) fn matches(&self, name: &str) -> bool {
         let p = self.pattern.as_bytes();
         let t = name.as_bytes();
         // Cursors stay on character boundaries: literals are compared byte by byte (UTF-8

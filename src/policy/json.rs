@@ -12,18 +12,18 @@
 //! than [`MAX_DEPTH`] is refused, so hostile input cannot exhaust the stack.
 
 /// How deep arrays and objects may nest. Policies need about six levels.
-pub const MAX_DEPTH: usize = 128;
+pub(super) const MAX_DEPTH: usize = 128;
 
 /// A JSON value and the byte offset where it starts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
+pub(super) struct Node {
     pub offset: usize,
     pub value: Value,
 }
 
 /// A JSON value. Numbers keep their source text so that the reader decides how strict to be.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(super) enum Value {
     Null,
     Bool(bool),
     Number(String),
@@ -34,7 +34,7 @@ pub enum Value {
 
 /// One `"key": value` of an object, in source order.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Member {
+pub(super) struct Member {
     pub key: String,
     pub key_offset: usize,
     pub value: Node,
@@ -42,7 +42,7 @@ pub struct Member {
 
 /// The text is not JSON; parsing stops at the first such problem.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SyntaxError {
+pub(super) struct SyntaxError {
     pub offset: usize,
     pub message: String,
     /// JSON Pointer of the value being read when the problem was found.
@@ -51,7 +51,7 @@ pub struct SyntaxError {
 
 /// A key written a second time in one object. The second one is dropped from the tree.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DuplicateKey {
+pub(super) struct DuplicateKey {
     pub key_offset: usize,
     pub pointer: String,
     pub key: String,
@@ -59,14 +59,14 @@ pub struct DuplicateKey {
 
 /// A parsed document: the root value and the duplicate keys found on the way.
 #[derive(Debug)]
-pub struct Document {
+pub(super) struct Document {
     pub root: Node,
     pub duplicates: Vec<DuplicateKey>,
 }
 
 impl Node {
     /// A short name of the value's type, for messages ("expected a string, found a number").
-    pub fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self.value {
             Value::Null => "null",
             Value::Bool(_) => "a boolean",
@@ -79,7 +79,7 @@ impl Node {
 
     /// Converts to a `serde_json::Value` (for condition values compared against arguments).
     /// Fails on a number `serde_json` cannot represent (such as `1e400`), with its offset.
-    pub fn to_serde(&self) -> Result<serde_json::Value, usize> {
+    pub(super) fn to_serde(&self) -> Result<serde_json::Value, usize> {
         Ok(match &self.value {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
@@ -110,7 +110,7 @@ impl Node {
 }
 
 /// Escapes one reference token of a JSON Pointer (RFC 6901: `~` as `~0`, `/` as `~1`).
-pub fn escape_token(token: &str) -> String {
+pub(super) fn escape_token(token: &str) -> String {
     if !token.contains(['~', '/']) {
         return token.to_string();
     }
@@ -118,7 +118,7 @@ pub fn escape_token(token: &str) -> String {
 }
 
 /// Parses `text` as one JSON document.
-pub fn parse(text: &str) -> Result<Document, SyntaxError> {
+pub(super) fn parse(text: &str) -> Result<Document, SyntaxError> {
     let start = if text.starts_with('\u{feff}') { 3 } else { 0 };
     let mut parser = Parser {
         text,
@@ -497,13 +497,13 @@ impl Parser<'_> {
 }
 
 /// Turns byte offsets into 1-based line and column (counted in characters).
-pub struct Locator<'a> {
+pub(super) struct Locator<'a> {
     text: &'a str,
     line_starts: Vec<usize>,
 }
 
 impl<'a> Locator<'a> {
-    pub fn new(text: &'a str) -> Self {
+    pub(super) fn new(text: &'a str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(
             text.bytes()
@@ -514,7 +514,7 @@ impl<'a> Locator<'a> {
         Locator { text, line_starts }
     }
 
-    pub fn locate(&self, offset: usize) -> (usize, usize) {
+    pub(super) fn locate(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset);
         let start = self.line_starts[line.saturating_sub(1)];

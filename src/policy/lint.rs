@@ -34,7 +34,7 @@ const MAX_COMPARED_GLOBS: usize = 2_000;
 
 /// One finding, placed like a diagnostic.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warning {
+pub(crate) struct Warning {
     pub file: String,
     pub line: usize,
     pub column: usize,
@@ -60,7 +60,7 @@ impl std::fmt::Display for Warning {
 
 /// A tool a server offers, as far as the linter needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownTool {
+pub(crate) struct KnownTool {
     pub name: String,
     /// `toolgate scan`'s risk class (`read`, `write`, `destructive`), when known.
     pub class: Option<String>,
@@ -71,7 +71,7 @@ pub struct KnownTool {
 /// Every warning for `policy`, parsed from `text` (reported as `file`), in document order.
 /// `tools`: the tools a server offers, when known (empty: the checks that need them are not
 /// made).
-pub fn lint(policy: &Policy, text: &str, file: &str, tools: &[KnownTool]) -> Vec<Warning> {
+pub(crate) fn lint(policy: &Policy, text: &str, file: &str, tools: &[KnownTool]) -> Vec<Warning> {
     let mut found: Vec<(String, String, String)> = Vec::new();
     hidden_rules(policy, &mut found);
     dominated_globs(policy, &mut found);

@@ -24,25 +24,26 @@
 //! allow. Rule lookup is a hash map for exact names (thousands of rules cost nothing) and then
 //! the globs, pre-sorted by literal characters (most first, ties in file order).
 
-pub mod case_run;
-pub mod cases;
+pub(crate) mod case_run;
+pub(crate) mod cases;
 mod compile;
 mod condition;
 mod decision;
 mod glob;
 mod json;
-pub mod lint;
+pub(crate) mod lint;
 mod number;
 mod path;
-pub mod store;
+pub(crate) mod store;
 
-pub use compile::DEFAULT_APPROVAL_TIMEOUT_MS;
-pub use condition::Op;
-pub use decision::{Call, Decision, Verdict, human_duration};
+pub(crate) use condition::Op;
+pub(crate) use decision::human_duration;
+pub use decision::{Call, Decision, Verdict};
+pub(crate) use store::StoreSpec;
 pub use store::{
-    Admission, CounterKey, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest,
-    MemoryStore, OwnedLimit, RedisStore, Reservation, ReservedUnit, Scope, SqliteStore, StoreError,
-    StoreErrorKind, StoreSpec, StoreWorker,
+    Admission, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest, MemoryStore,
+    OwnedLimit, RedisStore, Reservation, Scope, SqliteStore, StoreError, StoreErrorKind,
+    StoreWorker,
 };
 
 use std::collections::HashMap;
@@ -277,7 +278,7 @@ pub const MAX_POLICY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The text of the policy file at `path`, read the one way policy files are read (see
 /// [`Policy::load`]); an error says what is wrong with the file.
-pub fn read_source(path: &Path) -> std::io::Result<String> {
+pub(crate) fn read_source(path: &Path) -> std::io::Result<String> {
     let bytes = crate::gateway::watch::read_watched_file(path, MAX_POLICY_BYTES)?.ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -795,7 +796,7 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 }
 
 /// A window in words: `minute`, `hour`, `90 seconds`, `10 minutes`, `2 days`.
-pub fn window_words(ms: u64) -> String {
+pub(crate) fn window_words(ms: u64) -> String {
     const UNITS: [(u64, &str, &str); 4] = [
         (86_400_000, "day", "days"),
         (3_600_000, "hour", "hours"),

@@ -20,7 +20,7 @@ use crate::policy::{Action, Policy, RuleMatch, Treatment};
 /// One gap between a policy and a server's tools.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Finding {
+pub(crate) enum Finding {
     /// No rule names the tool; `default` decides it.
     LeftToDefault {
         tool: String,
@@ -104,7 +104,7 @@ impl std::fmt::Display for Finding {
 /// Every finding, in this order: tools in server order (left to the default, or too
 /// permissive), then unmatched rules in file order. Hidden tools are the policy's choice
 /// and are not findings.
-pub fn compare(policy: &Policy, tools: &[ScannedTool]) -> Vec<Finding> {
+pub(crate) fn compare(policy: &Policy, tools: &[ScannedTool]) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut matched: HashSet<String> = HashSet::new();
     for t in tools {

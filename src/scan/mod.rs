@@ -11,26 +11,28 @@
 //! - [`compare`] — `--against`: what an existing policy leaves open.
 //! - [`report`] — the summary table and the `--json` form.
 
-pub mod against;
+pub(crate) mod against;
 pub mod classify;
-pub mod report;
-pub mod suggest;
+pub(crate) mod report;
+pub(crate) mod suggest;
 
-pub use against::compare;
-pub use classify::{Classification, RiskClass, classify};
-pub use suggest::{starting_policy, suggested_rule};
+pub(crate) use against::compare;
+pub use classify::classify;
+pub(crate) use classify::{Classification, RiskClass};
+pub(crate) use suggest::starting_policy;
+pub use suggest::suggested_rule;
 
 use crate::wire::ToolInfo;
 
 /// A tool as offered, with its classification.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ScannedTool {
+pub(crate) struct ScannedTool {
     pub info: ToolInfo,
     pub classification: Classification,
 }
 
 impl ScannedTool {
-    pub fn new(info: ToolInfo) -> ScannedTool {
+    pub(crate) fn new(info: ToolInfo) -> ScannedTool {
         ScannedTool {
             classification: classify(&info),
             info,

@@ -16,7 +16,7 @@ const NAME_COLUMN_MAX: usize = 40;
 
 /// The summary table: tool, class (`*` marks a guess), flags, suggested rule; one line per
 /// tool, then a legend.
-pub fn table(tools: &[ScannedTool]) -> String {
+pub(crate) fn table(tools: &[ScannedTool]) -> String {
     let rows: Vec<[String; 4]> = tools
         .iter()
         .map(|t| {
@@ -78,7 +78,7 @@ fn description_findings(tool: &ScannedTool) -> Vec<Finding> {
 
 /// The description checks' findings, one line each (tool, what, sanitised excerpt), after a
 /// count; empty when no description is flagged.
-pub fn description_flags(tools: &[ScannedTool]) -> String {
+pub(crate) fn description_flags(tools: &[ScannedTool]) -> String {
     let mut out = String::new();
     let mut flagged = 0;
     for t in tools {
@@ -116,7 +116,7 @@ fn cut(text: &str, max: usize) -> String {
 }
 
 /// The classification of every tool, for `--json`.
-pub fn tools_json(tools: &[ScannedTool]) -> Value {
+pub(crate) fn tools_json(tools: &[ScannedTool]) -> Value {
     Value::Array(
         tools
             .iter()

@@ -14,13 +14,13 @@ use super::classify::{Classification, Evidence, RiskClass};
 use crate::wire::ToolInfo;
 
 /// Calls a minute a `write` tool is allowed per grant.
-pub const WRITE_PER_MINUTE: u64 = 30;
+pub(crate) const WRITE_PER_MINUTE: u64 = 30;
 /// Calls a minute a tool that handles secrets or reaches outside is allowed per grant.
-pub const SENSITIVE_PER_MINUTE: u64 = 10;
+pub(crate) const SENSITIVE_PER_MINUTE: u64 = 10;
 
 /// How much a rule lets through without a person: the order `--against` compares by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Permission {
+pub(crate) enum Permission {
     Denied,
     Approval,
     Limited,
@@ -28,7 +28,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub fn words(self) -> &'static str {
+    pub(crate) fn words(self) -> &'static str {
         match self {
             Permission::Denied => "denies it",
             Permission::Approval => "holds each call for a person",
@@ -102,7 +102,7 @@ fn per_minute(c: &Classification) -> Option<u64> {
 }
 
 /// How permissive the suggestion for `c` is.
-pub fn suggested_permission(c: &Classification) -> Permission {
+pub(crate) fn suggested_permission(c: &Classification) -> Permission {
     match (c.class, per_minute(c)) {
         (RiskClass::Destructive, _) => Permission::Approval,
         (_, Some(_)) => Permission::Limited,
@@ -112,7 +112,7 @@ pub fn suggested_permission(c: &Classification) -> Permission {
 
 /// The suggestion in a few words, for the summary table: `allow`, `allow 30/minute`,
 /// `require_approval`.
-pub fn short_rule(c: &Classification) -> String {
+pub(crate) fn short_rule(c: &Classification) -> String {
     match (c.class, per_minute(c)) {
         (RiskClass::Destructive, _) => "require_approval".into(),
         (_, Some(max)) => format!("allow {max}/minute"),
@@ -121,7 +121,7 @@ pub fn short_rule(c: &Classification) -> String {
 }
 
 /// Why the class: what the server said, or what the guess rests on.
-pub fn because(c: &Classification) -> String {
+pub(crate) fn because(c: &Classification) -> String {
     match (&c.evidence, c.class) {
         (Evidence::Annotations { .. }, RiskClass::Read) => "the server marks it read-only".into(),
         (Evidence::Annotations { .. }, RiskClass::Write) => {
@@ -174,13 +174,13 @@ fn flag_sentence(c: &Classification) -> String {
 /// A tool the policy cannot name: its name has `*` or `?` (a policy key with them is a
 /// glob, and the format has no escape), or an earlier tool had the same name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
+pub(crate) struct Skipped {
     pub name: String,
     pub why: &'static str,
 }
 
 /// The starting policy: `default: deny`, one suggested rule per tool in the server's order.
-pub fn starting_policy(tools: &[ScannedTool]) -> (Value, Vec<Skipped>) {
+pub(crate) fn starting_policy(tools: &[ScannedTool]) -> (Value, Vec<Skipped>) {
     let mut rules = Map::new();
     let mut skipped = Vec::new();
     for t in tools {

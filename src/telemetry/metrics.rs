@@ -42,7 +42,7 @@ const HOLD_BUCKETS: &[f64] = &[
 
 /// The metrics of one gateway process.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     /// For the number of open holds, read from the hub at each scrape. Weak: the hub's
     /// subscriber task must not keep the hub alive.
@@ -51,7 +51,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Starts following `hub`'s events on a task of the current runtime.
-    pub fn start(hub: &Arc<Hub>) -> Arc<Metrics> {
+    pub(crate) fn start(hub: &Arc<Hub>) -> Arc<Metrics> {
         let metrics = Arc::new(Metrics {
             registry: Mutex::new(Registry::default()),
             hub: Arc::downgrade(hub),
@@ -99,7 +99,7 @@ impl Metrics {
     }
 
     /// Every metric in the Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let held = self.hub.upgrade().map_or(0, |hub| hub.open_holds().len());
         self.lock().render(held)
     }

@@ -7,10 +7,10 @@
 //! - [`trace`] — spans per `tools/call` (off unless configured), `traceparent` in `_meta`.
 
 pub(crate) mod labels;
-pub mod metrics;
-pub mod scrape;
-pub mod trace;
+pub(crate) mod metrics;
+pub(crate) mod scrape;
+pub(crate) mod trace;
 
-pub use metrics::Metrics;
-pub use scrape::{Access, MetricsEndpoint};
-pub use trace::{CallSpans, TraceConfig, Tracing};
+pub(crate) use metrics::Metrics;
+pub(crate) use scrape::{Access, MetricsEndpoint};
+pub(crate) use trace::{CallSpans, TraceConfig, Tracing};

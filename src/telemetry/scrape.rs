@@ -20,7 +20,7 @@ use super::metrics::Metrics;
 
 /// Who may scrape.
 #[derive(Debug, Clone)]
-pub enum Access {
+pub(crate) enum Access {
     /// Anyone reaching the (loopback) address, through a loopback host name.
     Public,
     /// `Authorization: Bearer <operator token>`.
@@ -31,7 +31,7 @@ pub enum Access {
 
 /// The `/metrics` endpoint of one `serve`.
 #[derive(Debug, Clone)]
-pub struct MetricsEndpoint {
+pub(crate) struct MetricsEndpoint {
     pub metrics: Arc<Metrics>,
     pub access: Access,
 }
@@ -41,7 +41,7 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 impl MetricsEndpoint {
     /// Answers one `GET /metrics`.
-    pub fn answer(&self, headers: &HeaderMap) -> Response {
+    pub(crate) fn answer(&self, headers: &HeaderMap) -> Response {
         match &self.access {
             Access::Closed => {
                 return plain(

@@ -20,7 +20,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 /// The length of a key file, in bytes.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 
 /// Why a key could not be had.
 #[derive(Debug, thiserror::Error)]

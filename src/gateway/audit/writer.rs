@@ -38,16 +38,16 @@ use super::AuditFail;
 use crate::wire::AuditStatus;
 
 /// How often queued records are written out.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(5);
 
 /// Bytes of records queued on the call path, at most; beyond it records are dropped and the
 /// log counts as failing (the writer is stuck). Room for several of the largest records
 /// (`--audit-args full` of a 4 MiB HTTP body) in one beat.
-pub const MAX_QUEUED: usize = 16 << 20;
+pub(crate) const MAX_QUEUED: usize = 16 << 20;
 
 /// Bytes the writer keeps while the log cannot be written, at most; beyond it newer records
 /// are dropped (and counted in a `gap` line).
-pub const MAX_PENDING: usize = 16 << 20;
+pub(crate) const MAX_PENDING: usize = 16 << 20;
 
 /// Buffers that grew past this for a burst are given back to the allocator once written.
 const KEEP_CAPACITY: usize = 1 << 20;
@@ -55,10 +55,10 @@ const KEEP_CAPACITY: usize = 1 << 20;
 /// A record queued for longer than this means the writer is stuck in a write. Far above any
 /// scheduling delay of the writer thread on a loaded machine, so only a disk that hangs
 /// trips it.
-pub const STALL_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+pub(crate) const STALL_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// Told of every change of the log's health (a gateway publishes it as an event).
-pub type HealthSink = Arc<dyn Fn(&AuditStatus) + Send + Sync>;
+pub(crate) type HealthSink = Arc<dyn Fn(&AuditStatus) + Send + Sync>;
 
 /// What the call path and the writer thread share.
 pub(super) struct Shared {

@@ -49,7 +49,7 @@ const CORE_SLACK: usize = 64 * 1024;
 
 /// What a waiting HTTP request receives.
 #[derive(Debug)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// A message on the way (progress, a server-to-client request).
     Interim(Vec<u8>),
     /// The answer: the request is done.
@@ -59,12 +59,12 @@ pub enum Delivery {
 /// A request id already waits for its answer on this link.
 #[derive(Debug, thiserror::Error)]
 #[error("a request with id {0} is already in flight in this session")]
-pub struct DuplicateId(pub String);
+pub(crate) struct DuplicateId(pub String);
 
 /// The GET stream of this session is already open.
 #[derive(Debug, thiserror::Error)]
 #[error("this session already has an open GET stream")]
-pub struct ListenerBusy;
+pub(crate) struct ListenerBusy;
 
 struct Waiter {
     tx: mpsc::Sender<(Delivery, Charge)>,
@@ -87,7 +87,7 @@ struct Routes {
 }
 
 /// One MCP session's (or one stateless group's) run of the core.
-pub struct CoreLink {
+pub(crate) struct CoreLink {
     pub server: String,
     pub grant: String,
     /// Rename request ids (shared by many clients).
@@ -115,7 +115,7 @@ impl CoreLink {
     /// Starts the upstream (spawns the server, or prepares the HTTP client side) and the
     /// core between it and a new link. `session` is the id limits with scope `session` and
     /// events use.
-    pub fn start(
+    pub(crate) fn start(
         gateway: Arc<Gateway>,
         spec: &ServerSpec,
         client: &reqwest::Client,
@@ -207,18 +207,18 @@ impl CoreLink {
     }
 
     /// Whether the core has ended (the upstream is gone).
-    pub fn ended(&self) -> bool {
+    pub(crate) fn ended(&self) -> bool {
         lock(&self.routes).ended || self.to_core.is_closed()
     }
 
     /// Whether something waits on this link: a request in flight or an open GET stream.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         let routes = lock(&self.routes);
         !routes.waiters.is_empty() || routes.listener.as_ref().is_some_and(|l| !l.is_closed())
     }
 
     /// How long since the last request.
-    pub fn idle_for(&self) -> Duration {
+    pub(crate) fn idle_for(&self) -> Duration {
         lock(&self.last_active).elapsed()
     }
 
@@ -227,12 +227,12 @@ impl CoreLink {
     }
 
     /// Ends the link: holds are denied, the upstream's input closed and the server stopped.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let _ = self.shutdown.send(true);
     }
 
     /// Sends a notification or a response (to a server-to-client request) to the core.
-    pub async fn notify(&self, line: Vec<u8>) -> bool {
+    pub(crate) async fn notify(&self, line: Vec<u8>) -> bool {
         self.touch();
         self.send_to_core(line).await
     }
@@ -248,7 +248,7 @@ impl CoreLink {
     /// Sends a request (whose id `id` was read from `raw_id`, borrowed from `line`) to the
     /// core and registers for its answer. Returns the id the core knows it by (for
     /// [`CoreLink::cancel`]) and the receiver of what is routed to it.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         line: &[u8],
         id: &IdKey,
@@ -320,7 +320,7 @@ impl CoreLink {
 
     /// The client stopped waiting for a request (closed its stream): tell the core, which
     /// drops a held call or passes the cancellation upstream.
-    pub fn cancel(&self, id: &IdKey) {
+    pub(crate) fn cancel(&self, id: &IdKey) {
         if !self.forget(id) {
             return;
         }
@@ -336,7 +336,7 @@ impl CoreLink {
     }
 
     /// Opens the session's GET stream.
-    pub fn listen(&self) -> Result<ChargedReceiver<Vec<u8>>, ListenerBusy> {
+    pub(crate) fn listen(&self) -> Result<ChargedReceiver<Vec<u8>>, ListenerBusy> {
         let mut routes = lock(&self.routes);
         if routes.listener.as_ref().is_some_and(|l| !l.is_closed()) {
             return Err(ListenerBusy);
@@ -499,7 +499,7 @@ fn replace_notification_token(line: &[u8], token: serde_json::Value) -> Option<V
 /// `line` with its top-level id (borrowed from it as `raw`) replaced by `new` (JSON text).
 /// Splices the bytes when `raw` points into `line`, so the rest of the message is kept
 /// exactly; otherwise rebuilds the object.
-pub fn replace_id(line: &[u8], raw: &RawValue, new: &str) -> Vec<u8> {
+pub(crate) fn replace_id(line: &[u8], raw: &RawValue, new: &str) -> Vec<u8> {
     let text = raw.get().as_bytes();
     let start = (text.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
     if start <= line.len()

@@ -38,23 +38,23 @@ use tokio::sync::{Notify, oneshot, watch};
 use tower::ServiceExt;
 
 /// Default deadline for a request's headers (and for an idle kept-alive connection).
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline for a request's body, from the end of its headers.
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on open connections.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Descriptors kept for the gateway's own files whatever the clients do: the policy and the
 /// grants on each reload, the audit log, the counter store, the event websocket's clients,
 /// watchers, logs.
-pub const FD_RESERVE: u64 = 256;
+pub(crate) const FD_RESERVE: u64 = 256;
 /// Descriptors one MCP session may hold: a spawned server's stdin and stdout pipes and its
 /// process handle, and one more while it starts.
-pub const FDS_PER_SESSION: u64 = 4;
+pub(crate) const FDS_PER_SESSION: u64 = 4;
 /// Most bytes hyper buffers per connection (its default, about 400 KiB, would let 1,024
 /// unauthenticated connections hold 400 MiB).
 const CONNECTION_BUFFER: usize = 64 * 1024;
 /// Largest request head (request line and headers) accepted; larger ones get 431.
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// How long the accept loop waits after running out of descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(20);
 /// How often, at most, a shedding or refusing accept loop says so in the log.
@@ -62,7 +62,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// How `serve` treats connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionOptions {
+pub(crate) struct ConnectionOptions {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
@@ -70,7 +70,7 @@ pub struct ConnectionOptions {
 
 /// How the open-file limit is shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub max_connections: usize,
     pub max_sessions: usize,
     /// The caps asked for did not fit in the limit and were lowered.
@@ -80,7 +80,7 @@ pub struct Plan {
 /// Shares `limit` descriptors, of which `in_use` are open already, between the connections
 /// and sessions asked for, keeping [`FD_RESERVE`] for the gateway's own files. When they do
 /// not fit, both caps are lowered in proportion (never below 1).
-pub fn plan(limit: u64, in_use: u64, max_connections: usize, max_sessions: usize) -> Plan {
+pub(crate) fn plan(limit: u64, in_use: u64, max_connections: usize, max_sessions: usize) -> Plan {
     let available = limit.saturating_sub(in_use).saturating_sub(FD_RESERVE);
     let wanted = max_connections as u64 + FDS_PER_SESSION * max_sessions as u64;
     if wanted <= available {
@@ -100,7 +100,7 @@ pub fn plan(limit: u64, in_use: u64, max_connections: usize, max_sessions: usize
 
 /// A connection as the handlers see it (a request extension).
 #[derive(Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     id: u64,
     registry: Arc<Registry>,
     /// Changed only under the registry's lock.
@@ -109,7 +109,7 @@ pub struct Peer {
 
 impl Peer {
     /// The connection presented a valid grant token: it is no longer shed for newcomers.
-    pub fn authenticated(&self) {
+    pub(crate) fn authenticated(&self) {
         if self.authenticated.load(Ordering::Relaxed) {
             return;
         }
@@ -231,7 +231,7 @@ impl Throttled {
 
 /// Serves `router` on `listener` until `shutdown` becomes true; then stops accepting, lets
 /// open connections finish their requests for up to `drain`, and returns.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     options: ConnectionOptions,

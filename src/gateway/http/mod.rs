@@ -37,13 +37,13 @@
 //! the stream cancels the request: a held call is dropped, a forwarded one is cancelled
 //! upstream.
 
-pub mod body;
-pub mod link;
-pub mod listener;
-pub mod remote;
-pub mod servers;
-pub mod sessions;
-pub mod sse;
+pub(crate) mod body;
+pub(crate) mod link;
+pub(crate) mod listener;
+pub(crate) mod remote;
+pub(crate) mod servers;
+pub(crate) mod sessions;
+pub(crate) mod sse;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -69,11 +69,11 @@ use super::jsonrpc::{self, IdKey, Shape};
 use crate::sync::lock;
 use crate::wire::{EventKind, SessionCap, SessionRefused};
 /// Default idle time after which a session is ended.
-pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+pub(crate) const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// Most sessions (and stateless links) open at once; more get 503.
-pub const DEFAULT_MAX_SESSIONS: usize = 512;
+pub(crate) const DEFAULT_MAX_SESSIONS: usize = 512;
 /// Most sessions (and stateless links) one grant may have open; more get 429.
-pub const DEFAULT_MAX_SESSIONS_PER_GRANT: usize = 16;
+pub(crate) const DEFAULT_MAX_SESSIONS_PER_GRANT: usize = 16;
 /// 2026-07-28's error code for routing headers that disagree with the body.
 const HEADER_MISMATCH: i64 = -32020;
 /// JSON-RPC "invalid request".
@@ -85,7 +85,7 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// How `serve` is set up.
 #[derive(Debug)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     pub servers: BTreeMap<String, ServerSpec>,
     pub grants: GrantsHandle,
     /// Origins a browser may call from (`scheme://host[:port]`); requests without `Origin`
@@ -104,7 +104,7 @@ pub struct ServeOptions {
 }
 
 /// The HTTP gateway: servers, grants, sessions, and the shared decision machinery.
-pub struct HttpGateway {
+pub(crate) struct HttpGateway {
     /// Policy, counters, hub, audit and clock shared by every grant and server; its own
     /// grant and server names are not used.
     base: Arc<Gateway>,
@@ -128,7 +128,7 @@ impl std::fmt::Debug for HttpGateway {
 }
 
 impl HttpGateway {
-    pub fn new(base: Arc<Gateway>, options: ServeOptions) -> Arc<HttpGateway> {
+    pub(crate) fn new(base: Arc<Gateway>, options: ServeOptions) -> Arc<HttpGateway> {
         let links = Sessions::new(SessionCaps {
             per_grant: options.max_sessions_per_grant,
             total: options.max_sessions,
@@ -144,7 +144,7 @@ impl HttpGateway {
     }
 
     /// The router: `/mcp/{name}` for every method.
-    pub fn router(self: &Arc<Self>) -> Router {
+    pub(crate) fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/mcp/{name}", axum::routing::any(handle))
             .route("/metrics", axum::routing::get(metrics))
@@ -159,7 +159,7 @@ impl HttpGateway {
 
     /// Serves on `listener` until `shutdown` becomes `true`; then ends every session (held
     /// calls are denied, servers stopped) and returns.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
         shutdown: watch::Receiver<bool>,
@@ -188,7 +188,7 @@ impl HttpGateway {
     }
 
     /// Ends every session and stateless link.
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         for link in self.links.drain() {
             link.close();
         }

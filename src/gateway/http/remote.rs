@@ -44,7 +44,7 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 
 /// The HTTP client for all upstreams: connection pooling, a connect timeout, no redirects
 /// (an upstream's answer comes from the URL configured, or not at all).
-pub fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
@@ -71,7 +71,7 @@ struct Remote {
 
 /// Proxies between the core's upstream side and a Streamable HTTP server until the core
 /// closes its side (then the upstream session is deleted and `to_core` closed).
-pub async fn run<R, W>(
+pub(crate) async fn run<R, W>(
     server: UrlServer,
     client: reqwest::Client,
     max: usize,

@@ -23,7 +23,7 @@ use crate::gateway::upstream::ServerCommand;
 
 /// Why SERVERS.json could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ServersError {
+pub(crate) enum ServersError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -36,7 +36,7 @@ pub enum ServersError {
 
 /// One upstream server.
 #[derive(Debug, Clone)]
-pub enum ServerSpec {
+pub(crate) enum ServerSpec {
     /// Spawned per MCP session and spoken to over stdio.
     Command(ServerCommand),
     /// Reached over Streamable HTTP.
@@ -45,7 +45,7 @@ pub enum ServerSpec {
 
 /// A Streamable HTTP upstream.
 #[derive(Debug, Clone)]
-pub struct UrlServer {
+pub(crate) struct UrlServer {
     /// `http://…` (plain HTTP: this build reaches upstreams on trusted networks only).
     pub url: String,
     /// Sent with every request to this upstream.
@@ -78,7 +78,7 @@ struct Entry {
 }
 
 /// Reads and validates SERVERS.json.
-pub fn load(path: &Path) -> Result<BTreeMap<String, ServerSpec>, ServersError> {
+pub(crate) fn load(path: &Path) -> Result<BTreeMap<String, ServerSpec>, ServersError> {
     let shown = path.display().to_string();
     let read_err = |source| ServersError::Read {
         path: shown.clone(),
@@ -94,7 +94,7 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, ServerSpec>, ServersError> {
 }
 
 /// Parses and validates the text of SERVERS.json.
-pub fn parse(text: &str, shown: &str) -> Result<BTreeMap<String, ServerSpec>, ServersError> {
+pub(crate) fn parse(text: &str, shown: &str) -> Result<BTreeMap<String, ServerSpec>, ServersError> {
     let invalid = |why: String| ServersError::Invalid {
         path: shown.to_owned(),
         why,

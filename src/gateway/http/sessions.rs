@@ -18,18 +18,18 @@ use crate::sync::lock;
 use crate::wire::SessionCap;
 
 /// How often, at most, refusals of one grant at one cap are reported (logged and published).
-pub const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// How many links may be open.
 #[derive(Debug, Clone, Copy)]
-pub struct SessionCaps {
+pub(crate) struct SessionCaps {
     pub per_grant: usize,
     pub total: usize,
 }
 
 /// A cap refused a new link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub cap: SessionCap,
     pub max: usize,
 }
@@ -99,7 +99,7 @@ impl Table {
 }
 
 /// The open links and their caps.
-pub struct Sessions {
+pub(crate) struct Sessions {
     caps: SessionCaps,
     table: Mutex<Table>,
     refusals: Mutex<RefusalLog>,
@@ -108,7 +108,7 @@ pub struct Sessions {
 /// A place for one link of `grant`, counted against the caps until the link is added or
 /// this is dropped.
 #[must_use = "a reservation is given back when dropped"]
-pub struct Reservation<'a> {
+pub(crate) struct Reservation<'a> {
     sessions: &'a Sessions,
     grant: String,
     taken: bool,
@@ -116,13 +116,13 @@ pub struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// Adds the MCP session `id`, in the place reserved.
-    pub fn open_session(mut self, id: String, link: Arc<CoreLink>) {
+    pub(crate) fn open_session(mut self, id: String, link: Arc<CoreLink>) {
         self.taken = true;
         lock(&self.sessions.table).sessions.insert(id, link);
     }
 
     /// Adds the stateless link of (`server`, this grant), in the place reserved.
-    pub fn open_stateless(mut self, server: &str, link: Arc<CoreLink>) {
+    pub(crate) fn open_stateless(mut self, server: &str, link: Arc<CoreLink>) {
         self.taken = true;
         let key = (server.to_owned(), self.grant.clone());
         let mut table = lock(&self.sessions.table);
@@ -143,7 +143,7 @@ impl Drop for Reservation<'_> {
 }
 
 impl Sessions {
-    pub fn new(caps: SessionCaps) -> Sessions {
+    pub(crate) fn new(caps: SessionCaps) -> Sessions {
         Sessions {
             caps,
             table: Mutex::new(Table::default()),
@@ -152,7 +152,7 @@ impl Sessions {
     }
 
     /// Takes a place for a new link of `grant`, or says which cap refuses it.
-    pub fn reserve(&self, grant: &str) -> Result<Reservation<'_>, Refused> {
+    pub(crate) fn reserve(&self, grant: &str) -> Result<Reservation<'_>, Refused> {
         let mut table = lock(&self.table);
         if table.refusal(grant, self.caps).is_some() {
             for link in table.forget(|link| link.ended()) {
@@ -172,12 +172,12 @@ impl Sessions {
     }
 
     /// The MCP session `id`.
-    pub fn session(&self, id: &str) -> Option<Arc<CoreLink>> {
+    pub(crate) fn session(&self, id: &str) -> Option<Arc<CoreLink>> {
         lock(&self.table).sessions.get(id).cloned()
     }
 
     /// The stateless link of (`server`, `grant`), unless it has ended.
-    pub fn stateless(&self, server: &str, grant: &str) -> Option<Arc<CoreLink>> {
+    pub(crate) fn stateless(&self, server: &str, grant: &str) -> Option<Arc<CoreLink>> {
         let key = (server.to_owned(), grant.to_owned());
         lock(&self.table)
             .stateless
@@ -187,7 +187,7 @@ impl Sessions {
     }
 
     /// Removes the MCP session `id` and returns it (the caller closes it).
-    pub fn remove(&self, id: &str) -> Option<Arc<CoreLink>> {
+    pub(crate) fn remove(&self, id: &str) -> Option<Arc<CoreLink>> {
         let mut table = lock(&self.table);
         let link = table.sessions.remove(id)?;
         table.release(&link.grant);
@@ -195,12 +195,12 @@ impl Sessions {
     }
 
     /// Removes every link for which `stale` holds and returns them (the caller closes them).
-    pub fn remove_if(&self, stale: impl Fn(&CoreLink) -> bool) -> Vec<Arc<CoreLink>> {
+    pub(crate) fn remove_if(&self, stale: impl Fn(&CoreLink) -> bool) -> Vec<Arc<CoreLink>> {
         lock(&self.table).forget(stale)
     }
 
     /// Removes every link and returns them (the caller closes them).
-    pub fn drain(&self) -> Vec<Arc<CoreLink>> {
+    pub(crate) fn drain(&self) -> Vec<Arc<CoreLink>> {
         self.remove_if(|_| true)
     }
 
@@ -212,7 +212,7 @@ impl Sessions {
 
     /// Counts a refusal of `grant` at `cap`; returns how many to report now, if it is time
     /// to report (the first refusal, then at most every [`REFUSAL_REPORT_EVERY`]).
-    pub fn note_refusal(&self, grant: &str, cap: SessionCap, now: Instant) -> Option<u64> {
+    pub(crate) fn note_refusal(&self, grant: &str, cap: SessionCap, now: Instant) -> Option<u64> {
         let mut log = lock(&self.refusals);
         let (count, last) = log
             .since_report

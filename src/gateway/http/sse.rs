@@ -8,7 +8,7 @@
 
 /// One event's payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
+pub(crate) struct SseEvent {
     pub event: Option<String>,
     pub data: String,
 }
@@ -16,11 +16,11 @@ pub struct SseEvent {
 /// An event grew beyond the cap.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("an event stream event is larger than {0} bytes")]
-pub struct TooLarge(pub usize);
+pub(crate) struct TooLarge(pub usize);
 
 /// Incremental parser: feed it chunks, take complete events out.
 #[derive(Debug)]
-pub struct SseParser {
+pub(crate) struct SseParser {
     cap: usize,
     line: Vec<u8>,
     /// The last chunk ended in `\r`: a following `\n` belongs to the same line end.
@@ -31,7 +31,7 @@ pub struct SseParser {
 }
 
 impl SseParser {
-    pub fn new(cap: usize) -> SseParser {
+    pub(crate) fn new(cap: usize) -> SseParser {
         SseParser {
             cap,
             line: Vec::new(),
@@ -43,7 +43,7 @@ impl SseParser {
     }
 
     /// Feeds bytes; returns the events they completed.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, TooLarge> {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, TooLarge> {
         let mut out = Vec::new();
         for &b in chunk {
             if self.after_cr {
@@ -103,13 +103,13 @@ impl SseParser {
 
 impl SseEvent {
     /// Whether this event carries an MCP message.
-    pub fn is_message(&self) -> bool {
+    pub(crate) fn is_message(&self) -> bool {
         matches!(self.event.as_deref(), None | Some("message")) && !self.data.is_empty()
     }
 }
 
 /// Frames one JSON-RPC message (a single line of JSON) as an SSE `message` event.
-pub fn frame(message: &[u8]) -> bytes::Bytes {
+pub(crate) fn frame(message: &[u8]) -> bytes::Bytes {
     let mut out = Vec::with_capacity(message.len() + 24);
     out.extend_from_slice(b"event: message\ndata: ");
     // The gateway's messages are single lines; a stray line break must not end the event.

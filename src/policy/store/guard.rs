@@ -37,7 +37,7 @@ pub enum FailMode {
 }
 
 /// Told of every change of the store's health (down with why, or up again).
-pub type HealthSink = Arc<dyn Fn(&StoreStatus) + Send + Sync>;
+pub(crate) type HealthSink = Arc<dyn Fn(&StoreStatus) + Send + Sync>;
 
 /// A store with a failure policy, health reporting and deferred releases.
 pub struct GuardedStore {

@@ -31,12 +31,12 @@
 //! more than `max` units, even when callers' clocks arrive slightly out of order. (With
 //! in-order times this is the ordinary rolling window.)
 
-pub mod guard;
-pub mod memory;
-pub mod redis;
-pub mod spec;
-pub mod sqlite;
-pub mod worker;
+pub(crate) mod guard;
+pub(crate) mod memory;
+pub(crate) mod redis;
+pub(crate) mod spec;
+pub(crate) mod sqlite;
+pub(crate) mod worker;
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,9 +44,10 @@ use std::sync::Arc;
 pub use guard::{FailMode, GuardedStore};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
-pub use spec::StoreSpec;
+pub(crate) use spec::StoreSpec;
 pub use sqlite::SqliteStore;
-pub use worker::{Answer, StoreWorker};
+pub(crate) use worker::Answer;
+pub use worker::StoreWorker;
 
 /// Whose budget a counter is: one per grant, one per MCP session, or one for everybody.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

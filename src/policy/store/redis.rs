@@ -31,9 +31,9 @@ use super::{
 };
 
 /// The longest a connect, or one command, may take before the call fails closed.
-pub const IO_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a connection failure, how long calls fail at once before the next attempt.
-pub const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 /// Idle connections kept for reuse (one per concurrently deciding thread).
 const POOL_SIZE: usize = 8;
 

@@ -20,11 +20,11 @@ use super::{CounterStore, MemoryStore, RedisStore, SqliteStore, StoreError, Stor
 use crate::wire::StoreStatus;
 
 /// The Redis key prefix when `--counters-prefix` is not given.
-pub const DEFAULT_PREFIX: &str = "toolgate";
+pub(crate) const DEFAULT_PREFIX: &str = "toolgate";
 
 /// Which store, as written after `--counters`.
 #[derive(Clone, PartialEq, Eq)]
-pub enum StoreSpec {
+pub(crate) enum StoreSpec {
     Memory,
     Sqlite(PathBuf),
     /// The URL as given (it may hold a password: shown only through [`StoreSpec`]'s Display).
@@ -93,7 +93,7 @@ fn without_password(url: &str) -> String {
 }
 
 /// The store `spec` names, the default resolved: [`SqliteStore::default_path`] when `None`.
-pub fn resolve(spec: Option<&StoreSpec>) -> Result<StoreSpec, StoreError> {
+pub(crate) fn resolve(spec: Option<&StoreSpec>) -> Result<StoreSpec, StoreError> {
     match spec {
         Some(spec) => Ok(spec.clone()),
         None => Ok(StoreSpec::Sqlite(SqliteStore::default_path()?)),
@@ -106,7 +106,7 @@ pub fn resolve(spec: Option<&StoreSpec>) -> Result<StoreSpec, StoreError> {
 /// on its event stream). Errors only for what a restart will not fix: a bad option, or a
 /// SQLite file that cannot be created. Neither a locked SQLite file nor a Redis that is down
 /// stops a gateway: calls that need a counter fail (closed or open) until it answers.
-pub fn open(
+pub(crate) fn open(
     spec: &StoreSpec,
     prefix: Option<&str>,
     fail: FailMode,

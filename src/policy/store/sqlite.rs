@@ -44,10 +44,10 @@ use super::{
 };
 
 /// How long a write waits for another process's transaction before the call fails closed.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the background thread copies the WAL into the database.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// WAL size (pages) at which a commit checkpoints by itself (the background thread fell
 /// behind, or is gone).

@@ -28,14 +28,14 @@ use super::{
 };
 
 /// Jobs waiting for the store thread, at most; beyond it an admission is refused at once.
-pub const QUEUE: usize = 4096;
+pub(crate) const QUEUE: usize = 4096;
 
 /// Admissions decided in one transaction, at most.
-pub const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 
 /// How long a call waits for its admission before it fails closed: longer than a SQLite
 /// store's busy timeout, so that the store's own, more precise error is the one seen.
-pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Result<Admission, StoreError>>;
 
