@@ -938,7 +938,7 @@ fn suggestion(s: &State, name: &str) -> Value {
 
 fn suggest_is_offered(s: &State) -> bool {
     toolgate::console::testing::active_bindings(s)
-        .any(|b| b.action == toolgate::console::testing::Action::SuggestRule)
+        .any(|b| b.action == toolgate::console::testing::KeyAction::SuggestRule)
 }
 
 #[test]

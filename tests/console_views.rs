@@ -7,7 +7,7 @@ mod console_support;
 
 use console_support::*;
 use crossterm::event::KeyCode;
-use toolgate::console::testing::Action;
+use toolgate::console::testing::KeyAction;
 use toolgate::console::testing::Theme;
 use toolgate::console::testing::{AppEvent, View, update};
 
@@ -40,7 +40,7 @@ fn live_view_filtered() {
 fn holds_view_oldest_first_with_countdowns() {
     let mut s = populated();
     let now = s.now;
-    update(&mut s, AppEvent::Action(Action::ShowView(View::Holds)), now);
+    update(&mut s, AppEvent::Act(KeyAction::ShowView(View::Holds)), now);
     insta::assert_debug_snapshot!(render(&s, 110, 12));
 }
 
@@ -255,7 +255,7 @@ fn j_and_k_scroll_a_detail_and_the_write_review_by_the_same_amount_help_shows() 
     use toolgate::console::testing::{SCROLL_STEP, active_bindings};
     let mut s = populated();
     let now = s.now;
-    update(&mut s, AppEvent::Action(Action::ShowView(View::Holds)), now);
+    update(&mut s, AppEvent::Act(KeyAction::ShowView(View::Holds)), now);
     key(&mut s, KeyCode::Enter);
     key(&mut s, KeyCode::Char('J'));
     assert_eq!(s.holds_view.detail_scroll, SCROLL_STEP as u16);
@@ -264,7 +264,7 @@ fn j_and_k_scroll_a_detail_and_the_write_review_by_the_same_amount_help_shows() 
         .expect("J is in the help of an open detail");
     assert_eq!(
         help.action,
-        Action::ScrollDetail(SCROLL_STEP),
+        KeyAction::ScrollDetail(SCROLL_STEP),
         "help's J is the key's J"
     );
     key(&mut s, KeyCode::Char('K'));

@@ -8,7 +8,7 @@
 //!
 //! - [`model`] — the state as plain data, and the rows derived from it. Imports no other
 //!   layer and nothing of ratatui or crossterm.
-//! - [`input`] — every [`Action`], the one binding table (prompt keys included) and the
+//! - [`input`] — every [`KeyAction`], the one binding table (prompt keys included) and the
 //!   `:` commands' help. Reads the model.
 //! - [`update`] — [`update()`]: one [`AppEvent`] (a key, a gateway's message, an effect's
 //!   answer, a tick) and the time in, a changed state and [`Effect`]s out; the `:` command

@@ -7,7 +7,7 @@
 
 pub use super::effects::net::{self, Outgoing, Targets};
 pub use super::effects::policy_file::{hash_bytes, write_atomic};
-pub use super::input::Action;
+pub use super::input::KeyAction;
 pub use super::input::keys::{SCROLL_STEP, active_bindings};
 pub use super::model::draft::{Draft, Edit};
 pub use super::model::editor::{Field, OPS, RuleEditor};

@@ -8,7 +8,7 @@ use crate::console::model::View;
 
 /// One operator action.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum KeyAction {
     /// Switch to a view (`1`..`4`).
     ShowView(View),
     /// Next view (`Tab`).

@@ -113,7 +113,7 @@ pub enum Effect {
 
 /// One gateway the console follows.
 #[derive(Debug, Clone)]
-pub struct Gateway {
+pub struct SeenGateway {
     /// The connection key (discovery id or URL): how the network layer names it.
     pub key: String,
     /// `key` made safe for the terminal (it comes from a discovery file or the command line).
@@ -133,9 +133,9 @@ pub struct Gateway {
     pub last_seq: u64,
 }
 
-impl Gateway {
-    pub(crate) fn new(key: String) -> Gateway {
-        Gateway {
+impl SeenGateway {
+    pub(crate) fn new(key: String) -> SeenGateway {
+        SeenGateway {
             key_label: terminal_string(key.clone()),
             key,
             link: Link::Connecting { url: String::new() },
@@ -294,7 +294,7 @@ impl CallRate {
 #[derive(Debug)]
 pub struct State {
     pub view: View,
-    pub gateways: Vec<Gateway>,
+    pub gateways: Vec<SeenGateway>,
     pub(crate) gateway_index: HashMap<String, usize>,
     pub history: History,
     /// Calls held now, oldest first.
@@ -362,11 +362,11 @@ impl State {
     }
 
     /// The gateway behind connection `key`, added if new.
-    pub fn gateway_mut(&mut self, key: &str) -> (usize, &mut Gateway) {
+    pub fn gateway_mut(&mut self, key: &str) -> (usize, &mut SeenGateway) {
         let i = match self.gateway_index.get(key) {
             Some(i) => *i,
             None => {
-                self.gateways.push(Gateway::new(key.to_owned()));
+                self.gateways.push(SeenGateway::new(key.to_owned()));
                 let i = self.gateways.len() - 1;
                 self.gateway_index.insert(key.to_owned(), i);
                 i
@@ -377,7 +377,7 @@ impl State {
 
     /// Label of the gateway at `conn`.
     pub fn gateway_label(&self, conn: usize) -> &str {
-        self.gateways.get(conn).map_or("?", Gateway::label)
+        self.gateways.get(conn).map_or("?", SeenGateway::label)
     }
 
     /// Sum of every gateway's decision counts.

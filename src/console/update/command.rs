@@ -9,7 +9,7 @@ use crate::console::model::draft::{Edit, UsageError, parse_rate};
 use crate::console::model::{Overlay, State, View};
 use crate::sanitize::terminal_text;
 
-use super::{Action, apply, authoring, send_resolution, set_filter};
+use super::{KeyAction, apply, authoring, send_resolution, set_filter};
 
 /// Carries out the command line `line` (without its `:`).
 pub(super) fn run_command(state: &mut State, line: &str) {
@@ -17,9 +17,9 @@ pub(super) fn run_command(state: &mut State, line: &str) {
     let Some(cmd) = words.next() else { return };
     let rest: Vec<&str> = words.collect();
     match (cmd, rest.as_slice()) {
-        ("q" | "quit", []) => apply(state, Action::Quit),
-        ("q!" | "quit!", []) => apply(state, Action::ForceQuit),
-        ("theme", [name]) => apply(state, Action::SetTheme((*name).to_owned())),
+        ("q" | "quit", []) => apply(state, KeyAction::Quit),
+        ("q!" | "quit!", []) => apply(state, KeyAction::ForceQuit),
+        ("theme", [name]) => apply(state, KeyAction::SetTheme((*name).to_owned())),
         ("theme", _) => state.complain(":theme takes one name: dark, light, high-contrast"),
         ("approve", [id]) => {
             if state.is_held(id) {
@@ -44,10 +44,10 @@ pub(super) fn run_command(state: &mut State, line: &str) {
             state.view = View::Live;
             set_filter(state, &words.join(" "));
         }
-        ("live", []) => apply(state, Action::ShowView(View::Live)),
-        ("holds", []) => apply(state, Action::ShowView(View::Holds)),
-        ("policy", []) => apply(state, Action::ShowView(View::Policy)),
-        ("limits", []) => apply(state, Action::ShowView(View::Limits)),
+        ("live", []) => apply(state, KeyAction::ShowView(View::Live)),
+        ("holds", []) => apply(state, KeyAction::ShowView(View::Holds)),
+        ("policy", []) => apply(state, KeyAction::ShowView(View::Policy)),
+        ("limits", []) => apply(state, KeyAction::ShowView(View::Limits)),
         ("help", []) => {
             if !state.overlays.has_help() {
                 state.overlays.push(Overlay::Help);

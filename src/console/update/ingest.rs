@@ -4,7 +4,7 @@
 
 use crate::console::model::history::{sanitize_outcome, sanitize_resolution};
 use crate::console::model::{
-    CallRow, Effect, Gateway, Hold, OfferedTool, SeenCounter, State, short_hash,
+    CallRow, Effect, Hold, OfferedTool, SeenCounter, SeenGateway, State, short_hash,
 };
 use crate::sanitize::{terminal_string, terminal_text};
 use crate::wire::{
@@ -273,10 +273,10 @@ fn add_call(state: &mut State, row: CallRow, live: bool) {
     }
     let conn = row.conn;
     let matches = !state.live.filter.is_empty()
-        && state
-            .live
-            .filter
-            .matches(&row, state.gateways.get(conn).map_or("", Gateway::label));
+        && state.live.filter.matches(
+            &row,
+            state.gateways.get(conn).map_or("", SeenGateway::label),
+        );
     let pos = state.history.push(row);
     if matches && known.is_none() {
         state.live.filtered.push(pos);

@@ -6,7 +6,7 @@
 //! outside is left in [`State::effects`] for the event loop, whose answers come back as
 //! events. That is what lets the tests drive every behaviour directly.
 //!
-//! This layer reads the model and the input layer (to turn a key into an [`Action`]); it
+//! This layer reads the model and the input layer (to turn a key into a [`KeyAction`]); it
 //! never imports the view.
 
 pub(crate) mod authoring;
@@ -17,12 +17,12 @@ use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tui_input::Input;
 
-use crate::console::input::{Action, keys};
+use crate::console::input::{KeyAction, keys};
 use crate::console::model::draft::{Edit, parse_rate, parse_window};
 use crate::console::model::editor::Field;
 use crate::console::model::filter::{Filter, Matcher};
 use crate::console::model::{
-    Effect, Gateway, Layout, Link, MESSAGE_TTL, Overlay, Pending, Prompt, State, View,
+    Effect, Layout, Link, MESSAGE_TTL, Overlay, Pending, Prompt, SeenGateway, State, View,
     WriteFailure, limit_rows, window_short,
 };
 use crate::sanitize::terminal_text;
@@ -34,10 +34,10 @@ use crate::wire::{ClientMsg, Event};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AppEvent {
-    /// A key from the terminal; mapped to an [`Action`] by [`keys::action_for`].
+    /// A key from the terminal; mapped to a [`KeyAction`] by [`keys::action_for`].
     Key(KeyEvent),
     /// An action (from a key, a command, or a test).
-    Action(Action),
+    Act(KeyAction),
     /// A message from the gateway reached through connection `gateway`.
     Net { gateway: String, event: Event },
     /// The connection to `gateway` changed state.
@@ -79,7 +79,7 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
                 && !key.modifiers.contains(KeyModifiers::CONTROL)
                 && matches!(key.code, KeyCode::Char(_));
             let key = if alt_char {
-                apply(state, Action::Back);
+                apply(state, KeyAction::Back);
                 KeyEvent::new(key.code, key.modifiers - KeyModifiers::ALT)
             } else {
                 key
@@ -88,7 +88,7 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
                 apply(state, action);
             }
         }
-        AppEvent::Action(action) => apply(state, action),
+        AppEvent::Act(action) => apply(state, action),
         AppEvent::Net { gateway, event } => ingest::ingest(state, &gateway, event),
         AppEvent::Link { gateway, link } => {
             let (_, g) = state.gateway_mut(&gateway);
@@ -146,44 +146,44 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
 }
 
 /// Carries out one operator action.
-pub(crate) fn apply(state: &mut State, action: Action) {
+pub(crate) fn apply(state: &mut State, action: KeyAction) {
     // Rows the action may read are made from what the event so far left.
     state.refresh_derived();
     // A suggestion waiting for its second `s` is forgotten once the operator does anything
     // else, so a later `s` never replaces a rule on the strength of an old warning.
-    if action != Action::SuggestRule {
+    if action != KeyAction::SuggestRule {
         state.authoring.suggest_armed = None;
     }
     match action {
-        Action::ShowView(v) => {
+        KeyAction::ShowView(v) => {
             state.view = v;
             state.overlays.close_help();
         }
-        Action::NextView => state.view = state.view.step(1),
-        Action::PrevView => state.view = state.view.step(-1),
-        Action::ToggleHelp => match state.overlays.top() {
+        KeyAction::NextView => state.view = state.view.step(1),
+        KeyAction::PrevView => state.view = state.view.step(-1),
+        KeyAction::ToggleHelp => match state.overlays.top() {
             Some(Overlay::Help) => {
                 state.overlays.pop();
             }
             _ => state.overlays.push(Overlay::Help),
         },
-        Action::OpenCommandLine => state
+        KeyAction::OpenCommandLine => state
             .overlays
             .open_prompt(Prompt::Command(Input::default())),
-        Action::Quit => {
+        KeyAction::Quit => {
             if state.holds.is_empty() {
                 state.quit = true;
             } else {
                 state.overlays.open_prompt(Prompt::ConfirmQuit);
             }
         }
-        Action::ForceQuit => state.quit = true,
-        Action::Back => back(state),
-        Action::SelectUp => move_selection(state, -1),
-        Action::SelectDown => move_selection(state, 1),
-        Action::PageUp => move_selection(state, -page(state)),
-        Action::PageDown => move_selection(state, page(state)),
-        Action::SelectFirst => match state.view {
+        KeyAction::ForceQuit => state.quit = true,
+        KeyAction::Back => back(state),
+        KeyAction::SelectUp => move_selection(state, -1),
+        KeyAction::SelectDown => move_selection(state, 1),
+        KeyAction::PageUp => move_selection(state, -page(state)),
+        KeyAction::PageDown => move_selection(state, page(state)),
+        KeyAction::SelectFirst => match state.view {
             View::Live => {
                 state.live.selected = state.live_pos(0);
             }
@@ -191,12 +191,12 @@ pub(crate) fn apply(state: &mut State, action: Action) {
             View::Policy => state.authoring.selected = 0,
             View::Limits => state.authoring.limits_selected = 0,
         },
-        Action::Follow => {
+        KeyAction::Follow => {
             if state.view == View::Live {
                 state.live.selected = None;
             }
         }
-        Action::OpenFilter => {
+        KeyAction::OpenFilter => {
             state.view = View::Live;
             let text = state.live.filter.source.clone();
             let cursor = text.chars().count();
@@ -204,8 +204,8 @@ pub(crate) fn apply(state: &mut State, action: Action) {
                 .overlays
                 .open_prompt(Prompt::Filter(Input::new(text).with_cursor(cursor)));
         }
-        Action::ClearFilter => set_filter(state, ""),
-        Action::OpenDetail => {
+        KeyAction::ClearFilter => set_filter(state, ""),
+        KeyAction::OpenDetail => {
             let id = state.selected_call().map(|c| c.call_id.clone());
             match state.view {
                 View::Live => {
@@ -224,12 +224,12 @@ pub(crate) fn apply(state: &mut State, action: Action) {
                 _ => {}
             }
         }
-        Action::Approve => {
+        KeyAction::Approve => {
             if let Some(call_id) = selected_hold(state) {
                 send_resolution(state, &call_id, true, None);
             }
         }
-        Action::Deny => {
+        KeyAction::Deny => {
             if let Some(call_id) = selected_hold(state) {
                 state.overlays.open_prompt(Prompt::DenyReason {
                     call_id,
@@ -237,24 +237,24 @@ pub(crate) fn apply(state: &mut State, action: Action) {
                 });
             }
         }
-        Action::Edit(req) if matches!(state.overlays.top(), Some(Overlay::Editor(_))) => {
+        KeyAction::Edit(req) if matches!(state.overlays.top(), Some(Overlay::Editor(_))) => {
             authoring::with_editor(state, |e| e.type_text(req));
         }
-        Action::Edit(req) => edit_prompt(state, req),
-        Action::Submit => submit(state),
-        Action::Confirm => match state.overlays.top() {
+        KeyAction::Edit(req) => edit_prompt(state, req),
+        KeyAction::Submit => submit(state),
+        KeyAction::Confirm => match state.overlays.top() {
             Some(Overlay::Prompt(Prompt::ConfirmQuit)) => state.quit = true,
             Some(Overlay::Review(_)) => authoring::confirm(state),
             _ => {}
         },
-        Action::Cancel => match state.overlays.top() {
+        KeyAction::Cancel => match state.overlays.top() {
             Some(Overlay::Prompt(Prompt::ConfirmQuit)) => {
                 state.overlays.pop();
             }
             Some(Overlay::Review(_)) => authoring::cancel(state),
             _ => {}
         },
-        Action::LimitTool => {
+        KeyAction::LimitTool => {
             if let Some(tool) = acted_on_tool(state) {
                 state.overlays.open_prompt(Prompt::Rate {
                     tool,
@@ -262,12 +262,12 @@ pub(crate) fn apply(state: &mut State, action: Action) {
                 });
             }
         }
-        Action::BlockTool => {
+        KeyAction::BlockTool => {
             if let Some(tool) = acted_on_tool(state) {
                 authoring::edit_and_review(state, &Edit::Deny(tool, None));
             }
         }
-        Action::ApproveAndAllow => {
+        KeyAction::ApproveAndAllow => {
             if let Some(call_id) = selected_hold(state) {
                 let tool = acted_on_tool(state);
                 send_resolution(state, &call_id, true, None);
@@ -276,33 +276,36 @@ pub(crate) fn apply(state: &mut State, action: Action) {
                 }
             }
         }
-        Action::AllowTool | Action::DenyTool | Action::HoldTool | Action::UnlimitTool => {
+        KeyAction::AllowTool
+        | KeyAction::DenyTool
+        | KeyAction::HoldTool
+        | KeyAction::UnlimitTool => {
             if let Some(tool) = authoring::selected_tool(state) {
                 let edit = match action {
-                    Action::AllowTool => Edit::Allow(tool),
-                    Action::DenyTool => Edit::Deny(tool, None),
-                    Action::HoldTool => Edit::Hold(tool),
+                    KeyAction::AllowTool => Edit::Allow(tool),
+                    KeyAction::DenyTool => Edit::Deny(tool, None),
+                    KeyAction::HoldTool => Edit::Hold(tool),
                     _ => Edit::Unlimit(tool),
                 };
                 authoring::edit(state, &edit);
             }
         }
-        Action::SuggestRule => authoring::suggest(state),
-        Action::ReviewWrite => authoring::review(state, false),
-        Action::OpenRuleEditor => authoring::open_editor(state),
-        Action::EditorNext
-        | Action::EditorPrev
-        | Action::EditorChoose(_)
-        | Action::EditorEnter
-        | Action::EditorAddLimit
-        | Action::EditorAddCondition
-        | Action::EditorRemove
-        | Action::EditorCompletePath => edit_rule(state, action),
-        Action::EditorSave => authoring::save_editor(state),
-        Action::EditCounterMax => open_counter_edit(state, true),
-        Action::EditCounterWindow => open_counter_edit(state, false),
-        Action::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
-        Action::ScrollDetail(by) => {
+        KeyAction::SuggestRule => authoring::suggest(state),
+        KeyAction::ReviewWrite => authoring::review(state, false),
+        KeyAction::OpenRuleEditor => authoring::open_editor(state),
+        KeyAction::EditorNext
+        | KeyAction::EditorPrev
+        | KeyAction::EditorChoose(_)
+        | KeyAction::EditorEnter
+        | KeyAction::EditorAddLimit
+        | KeyAction::EditorAddCondition
+        | KeyAction::EditorRemove
+        | KeyAction::EditorCompletePath => edit_rule(state, action),
+        KeyAction::EditorSave => authoring::save_editor(state),
+        KeyAction::EditCounterMax => open_counter_edit(state, true),
+        KeyAction::EditCounterWindow => open_counter_edit(state, false),
+        KeyAction::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
+        KeyAction::ScrollDetail(by) => {
             if let Some(Overlay::Review(_)) = state.overlays.top()
                 && let Some(r) = state.overlays.review_mut()
             {
@@ -343,18 +346,18 @@ fn edit_prompt(state: &mut State, req: tui_input::InputRequest) {
 }
 
 /// A rule editor action: moves, choices, adding and removing limits and conditions.
-fn edit_rule(state: &mut State, action: Action) {
+fn edit_rule(state: &mut State, action: KeyAction) {
     match action {
-        Action::EditorNext => authoring::with_editor(state, |e| {
+        KeyAction::EditorNext => authoring::with_editor(state, |e| {
             e.move_focus(1);
             false
         }),
-        Action::EditorPrev => authoring::with_editor(state, |e| {
+        KeyAction::EditorPrev => authoring::with_editor(state, |e| {
             e.move_focus(-1);
             false
         }),
-        Action::EditorChoose(by) => authoring::with_editor(state, |e| e.choose(by as isize)),
-        Action::EditorEnter => authoring::with_editor(state, |e| match e.focused() {
+        KeyAction::EditorChoose(by) => authoring::with_editor(state, |e| e.choose(by as isize)),
+        KeyAction::EditorEnter => authoring::with_editor(state, |e| match e.focused() {
             Field::AddLimit => {
                 e.add_limit();
                 true
@@ -368,16 +371,16 @@ fn edit_rule(state: &mut State, action: Action) {
                 false
             }
         }),
-        Action::EditorAddLimit => authoring::with_editor(state, |e| {
+        KeyAction::EditorAddLimit => authoring::with_editor(state, |e| {
             e.add_limit();
             true
         }),
-        Action::EditorAddCondition => authoring::with_editor(state, |e| {
+        KeyAction::EditorAddCondition => authoring::with_editor(state, |e| {
             e.add_condition();
             true
         }),
-        Action::EditorRemove => authoring::with_editor(state, |e| e.remove_focused()),
-        Action::EditorCompletePath => authoring::with_editor(state, |e| e.complete_path()),
+        KeyAction::EditorRemove => authoring::with_editor(state, |e| e.remove_focused()),
+        KeyAction::EditorCompletePath => authoring::with_editor(state, |e| e.complete_path()),
         _ => {}
     }
 }
@@ -504,7 +507,7 @@ pub fn set_filter(state: &mut State, text: &str) {
     if !filter.is_empty() {
         let mut matcher = Matcher::new(&filter, &state.history.strings);
         for (pos, row) in state.history.iter() {
-            let label = state.gateways.get(row.conn).map_or("", Gateway::label);
+            let label = state.gateways.get(row.conn).map_or("", SeenGateway::label);
             if matcher.matches(row, label) {
                 matches.push(pos);
             }

@@ -195,7 +195,30 @@ fn from_sql(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// Opens the counter file and checks its schema, waiting out another process's lock. The busy
+/// handler does not cover every step of this: two gateways opening a new file at once can see
+/// `SQLITE_BUSY` at once (switching the file to WAL needs it alone), so a busy answer is
+/// retried here, with growing pauses, for as long as the busy timeout would have waited.
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match connect_once(path) {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
+}
+
+fn connect_once(path: &Path) -> rusqlite::Result<Connection> {
     // Again: the file may have been removed since the store was opened.
     create_private_file(path).map_err(|e| {
         rusqlite::Error::SqliteFailure(
