@@ -37,7 +37,7 @@ pub(crate) async fn run_in_terminal(options: Options) -> Result<(), ConsoleError
     state.policy_path = options.policy_path;
 
     // ratatui's hook restores the terminal before the panic is reported; ours then exits.
-    let mut terminal = ratatui::try_init().map_err(|e| ConsoleError::Terminal(e.to_string()))?;
+    let mut terminal = ratatui::try_init().map_err(|e| ConsoleError::Terminal(e.into()))?;
     exit_on_panic();
     let (events_tx, events_rx) = mpsc::channel(65_536);
     let commands = net::spawn(options.targets, events_tx);

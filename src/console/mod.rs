@@ -83,8 +83,9 @@ impl Clock for SystemClock {
 /// Why the console stopped other than by the operator's choice.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
-    #[error("terminal: {0}")]
-    Terminal(String),
+    /// The terminal could not be set up, sized or drawn on; the cause is kept as the source.
+    #[error("terminal")]
+    Terminal(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("reading the keyboard: {0}")]
     Input(#[from] io::Error),
 }
@@ -116,6 +117,7 @@ pub async fn run<B, S, C>(
 ) -> Result<(), ConsoleError>
 where
     B: Backend + Bell,
+    B::Error: Send + Sync + 'static,
     S: Stream<Item = io::Result<TermEvent>> + Unpin,
     C: Clock + ?Sized,
 {
@@ -131,7 +133,7 @@ where
             ev = term_events.next() => match ev {
                 Some(Ok(TermEvent::Key(key))) => update(state, AppEvent::Key(key), clock.now()),
                 Some(Ok(TermEvent::Resize(..))) => {
-                    terminal.autoresize().map_err(|e| ConsoleError::Terminal(e.to_string()))?;
+                    terminal.autoresize().map_err(|e| ConsoleError::Terminal(e.into()))?;
                     report_size(terminal, state, clock.now())?;
                 }
                 Some(Ok(_)) => {}
@@ -171,14 +173,14 @@ where
 }
 
 /// Tells the update the terminal's size (pages are worked out from it).
-fn report_size<B: Backend>(
+fn report_size<B: Backend<Error: Send + Sync + 'static>>(
     terminal: &Terminal<B>,
     state: &mut State,
     now: DateTime<Utc>,
 ) -> Result<(), ConsoleError> {
     let size = terminal
         .size()
-        .map_err(|e| ConsoleError::Terminal(e.to_string()))?;
+        .map_err(|e| ConsoleError::Terminal(e.into()))?;
     update(
         state,
         AppEvent::Resize {
@@ -235,7 +237,7 @@ async fn finish_effects<C: Clock + ?Sized>(
     }
 }
 
-fn draw<B: Backend>(
+fn draw<B: Backend<Error: Send + Sync + 'static>>(
     terminal: &mut Terminal<B>,
     state: &State,
     view: &mut ViewState,
@@ -243,13 +245,13 @@ fn draw<B: Backend>(
     terminal
         .draw(|f| view::draw(f, state, view))
         .map(|_| ())
-        .map_err(|e| ConsoleError::Terminal(e.to_string()))
+        .map_err(|e| ConsoleError::Terminal(e.into()))
 }
 
 /// Carries out the effects [`update`] left in `state`: sends and the bell at once, slow ones
 /// (files, themes) started on the blocking pool, to answer on `answers`. Returns how many
 /// were started.
-fn carry_out_effects<B: Backend + Bell>(
+fn carry_out_effects<B: Backend<Error: Send + Sync + 'static> + Bell>(
     terminal: &mut Terminal<B>,
     state: &mut State,
     commands: &mpsc::UnboundedSender<Outgoing>,
@@ -272,7 +274,7 @@ fn carry_out_effects<B: Backend + Bell>(
 }
 
 /// A send or the bell.
-fn carry_out_quick<B: Backend + Bell>(
+fn carry_out_quick<B: Backend<Error: Send + Sync + 'static> + Bell>(
     terminal: &mut Terminal<B>,
     state: &mut State,
     commands: &mpsc::UnboundedSender<Outgoing>,
@@ -316,7 +318,7 @@ fn carry_out_quick<B: Backend + Bell>(
 /// Carries out every effect `update` left in `state` here and now, files included, feeding
 /// the answers back: for a tool that drives `update` itself without the event loop (the
 /// README's screenshots). The console's own loop never blocks on files; this does.
-pub fn carry_out_effects_now<B: Backend + Bell>(
+pub fn carry_out_effects_now<B: Backend<Error: Send + Sync + 'static> + Bell>(
     terminal: &mut Terminal<B>,
     state: &mut State,
     view: &mut ViewState,
