@@ -36,36 +36,9 @@ const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
     "limited":{"limits":[{"counter":"per_hour","window":"hour","max":1000000000,"scope":"grant"}]},
     "shared":{"limits":[{"counter":"shared","window":"hour","max":10000,"scope":"global"}]}}}"#;
 
-/// The do-nothing upstream: answers every request at once with a one-line tool result.
-fn trivial_upstream() {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        id: Option<&'a serde_json::value::RawValue>,
-    }
-    let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut reader = BufReader::new(std::io::stdin().lock());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let Ok(env) = serde_json::from_str::<Envelope<'_>>(&line) else {
-            continue;
-        };
-        let Some(id) = env.id else { continue };
-        let _ = writeln!(
-            out,
-            r#"{{"jsonrpc":"2.0","id":{},"result":{{"content":[{{"type":"text","text":"ok"}}]}}}}"#,
-            id.get()
-        );
-        if !reader.buffer().contains(&b'\n') && out.flush().is_err() {
-            return;
-        }
-    }
-}
+#[path = "support/upstream.rs"]
+mod upstream;
+use upstream::trivial_upstream;
 
 /// What one answer said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

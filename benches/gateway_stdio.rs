@@ -30,38 +30,9 @@ const IN_FLIGHT_CALLS: usize = 20_000;
 
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#;
 
-/// The trivial upstream: answers every request with a one-line tool result.
-fn trivial_upstream() {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        id: Option<&'a serde_json::value::RawValue>,
-    }
-    let stdin = std::io::stdin().lock();
-    let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut reader = BufReader::new(stdin);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let Ok(env) = serde_json::from_str::<Envelope<'_>>(&line) else {
-            continue;
-        };
-        let Some(id) = env.id else { continue };
-        let _ = writeln!(
-            out,
-            r#"{{"jsonrpc":"2.0","id":{},"result":{{"content":[{{"type":"text","text":"ok"}}]}}}}"#,
-            id.get()
-        );
-        // Flush only when no more input is already buffered: answer bursts in one write.
-        if !reader.buffer().contains(&b'\n') && out.flush().is_err() {
-            return;
-        }
-    }
-}
+#[path = "support/upstream.rs"]
+mod upstream;
+use upstream::trivial_upstream;
 
 /// The MCP server at the end of the pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

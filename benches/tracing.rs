@@ -24,32 +24,9 @@ const IN_FLIGHT_CALLS: usize = 20_000;
 
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#;
 
-/// Answers every request with a one-line tool result.
-fn trivial_upstream() {
-    let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut reader = BufReader::new(std::io::stdin().lock());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let Some(id) = message.get("id") else {
-            continue;
-        };
-        let _ = writeln!(
-            out,
-            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"ok"}}]}}}}"#
-        );
-        if !reader.buffer().contains(&b'\n') && out.flush().is_err() {
-            return;
-        }
-    }
-}
+#[path = "support/upstream.rs"]
+mod upstream;
+use upstream::trivial_upstream;
 
 /// An OTLP/HTTP sink on loopback: reads each request whole and answers 200.
 fn otlp_sink() -> u16 {
