@@ -325,26 +325,33 @@ mod tests {
         }]
     }
 
-    #[tokio::test]
-    async fn admissions_queued_behind_a_transaction_are_decided_together_in_order() {
-        let store = Arc::new(Gated {
+    fn gated() -> Arc<Gated> {
+        Arc::new(Gated {
             inner: MemoryStore::new(),
             gate: Mutex::new(()),
             entered: Default::default(),
             batches: Mutex::new(Vec::new()),
-        });
+        })
+    }
+
+    /// Waits (at most 5 s) until the worker is inside the gated store; `what` says which
+    /// admission the test expected there.
+    fn wait_entered(store: &Gated, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[tokio::test]
+    async fn admissions_queued_behind_a_transaction_are_decided_together_in_order() {
+        let store = gated();
         let worker = StoreWorker::new(store.clone());
         let closed = store.gate.lock().unwrap();
         // The first admission takes the thread and waits at the gate; the next ten queue up.
         let first = worker.admit(limit(5), 1);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the worker never started the first admission"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_entered(&store, "the worker never started the first admission");
         let rest: Vec<Answer> = (0..10).map(|i| worker.admit(limit(5), 2 + i)).collect();
         drop(closed);
         assert!(matches!(first.get().await, Ok(Admission::Admitted(_))));
@@ -366,23 +373,11 @@ mod tests {
 
     #[tokio::test]
     async fn reads_of_the_same_budgets_queued_together_run_once() {
-        let store = Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gate: Mutex::new(()),
-            entered: Default::default(),
-            batches: Mutex::new(Vec::new()),
-        });
+        let store = gated();
         let worker = StoreWorker::new(store.clone());
         let closed = store.gate.lock().unwrap();
         let first = worker.admit(limit(5), 1);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the worker never started the admission"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_entered(&store, "the worker never started the admission");
         let key = |k: &str| {
             vec![super::super::CounterKey {
                 counter: Arc::from("c"),
