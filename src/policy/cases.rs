@@ -10,7 +10,7 @@
 
 use serde_json::Value as Json;
 
-use super::compile::{parse_duration, quote, whole_number};
+use super::compile::{Problem, child, parse_duration, quote, read_document, whole_number};
 use super::json::{self, Member, Node, Value};
 use super::{Diagnostic, Verdict};
 
@@ -85,20 +85,9 @@ pub(crate) fn is_case_file(text: &str) -> bool {
     }
 }
 
-struct Problem {
-    offset: usize,
-    pointer: String,
-    message: String,
-    hint: String,
-}
-
 struct Reader<'t> {
     problems: Vec<Problem>,
     locator: &'t json::Locator<'t>,
-}
-
-fn child(pointer: &str, token: &str) -> String {
-    format!("{pointer}/{}", json::escape_token(token))
 }
 
 fn get<'n>(members: &'n [Member], name: &str) -> Option<&'n Node> {
@@ -108,50 +97,11 @@ fn get<'n>(members: &'n [Member], name: &str) -> Option<&'n Node> {
 impl CaseFile {
     /// Parses and validates a case file; `file` is the name diagnostics are reported under.
     pub(crate) fn parse(text: &str, file: &str) -> Result<CaseFile, Vec<Diagnostic>> {
-        let locator = json::Locator::new(text);
-        let to_diag = |p: Problem| {
-            let (line, column) = locator.locate(p.offset);
-            Diagnostic {
-                file: file.to_string(),
-                line,
-                column,
-                message: p.message,
-                pointer: p.pointer,
-                hint: p.hint,
-            }
-        };
-        let doc = match json::parse(text) {
-            Ok(doc) => doc,
-            Err(e) => {
-                return Err(vec![to_diag(Problem {
-                    offset: e.offset,
-                    pointer: e.pointer,
-                    message: format!("invalid JSON: {}", e.message),
-                    hint: String::new(),
-                })]);
-            }
-        };
-        let mut r = Reader {
-            problems: Vec::new(),
-            locator: &locator,
-        };
-        for d in &doc.duplicates {
-            r.problem(
-                d.key_offset,
-                d.pointer.clone(),
-                format!("field {} is written twice in one object", quote(&d.key)),
-                "keep one; the first is the one read".to_string(),
-            );
-        }
-        let cases = r.top(&doc.root);
-        if r.problems.is_empty()
-            && let Some(cases) = cases
-        {
-            return Ok(CaseFile { cases });
-        }
-        let mut problems = r.problems;
-        problems.sort_by_key(|p| p.offset);
-        Err(problems.into_iter().map(to_diag).collect())
+        read_document(text, file, |root, locator, problems| {
+            let mut r = Reader { problems, locator };
+            let cases = r.top(root);
+            (cases.map(|cases| CaseFile { cases }), r.problems)
+        })
     }
 }
 

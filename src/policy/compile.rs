@@ -118,11 +118,11 @@ fn later_field(within: &str, name: &str) -> Option<&'static LaterField> {
 
 const WINDOW_HINT: &str = "expected second, minute, hour, day, seconds or a duration like \"10m\"";
 
-struct Problem {
-    offset: usize,
-    pointer: String,
-    message: String,
-    hint: String,
+pub(super) struct Problem {
+    pub(super) offset: usize,
+    pub(super) pointer: String,
+    pub(super) message: String,
+    pub(super) hint: String,
 }
 
 struct Compiler {
@@ -131,7 +131,7 @@ struct Compiler {
     counter_index: HashMap<String, usize>,
 }
 
-fn child(pointer: &str, token: &str) -> String {
+pub(super) fn child(pointer: &str, token: &str) -> String {
     format!("{pointer}/{}", json::escape_token(token))
 }
 
@@ -141,6 +141,26 @@ pub(super) fn quote(s: &str) -> String {
 
 /// Parses and validates `text` (reported as `file`).
 pub(super) fn compile(text: &str, file: &str) -> Result<Policy, Vec<Diagnostic>> {
+    read_document(text, file, |root, _, problems| {
+        let mut c = Compiler {
+            problems,
+            counters: Vec::new(),
+            counter_index: HashMap::new(),
+        };
+        let policy = c.top(root, text);
+        (policy, c.problems)
+    })
+}
+
+/// The frame every file of ours is read in (policies, case files): strict JSON, a problem
+/// for each duplicate key, then `read` over the root with those problems (and the locator,
+/// for a reader that records positions); the result only
+/// when no problem was found, else every problem as a diagnostic in file order.
+pub(super) fn read_document<T>(
+    text: &str,
+    file: &str,
+    read: impl FnOnce(&Node, &json::Locator<'_>, Vec<Problem>) -> (Option<T>, Vec<Problem>),
+) -> Result<T, Vec<Diagnostic>> {
     let locator = json::Locator::new(text);
     let to_diag = |p: Problem| {
         let (line, column) = locator.locate(p.offset);
@@ -164,26 +184,22 @@ pub(super) fn compile(text: &str, file: &str) -> Result<Policy, Vec<Diagnostic>>
             })]);
         }
     };
-    let mut c = Compiler {
-        problems: Vec::new(),
-        counters: Vec::new(),
-        counter_index: HashMap::new(),
-    };
-    for d in &doc.duplicates {
-        c.problem(
-            d.key_offset,
-            d.pointer.clone(),
-            format!("field {} is written twice in one object", quote(&d.key)),
-            "keep one; the first is the one read".to_string(),
-        );
-    }
-    let policy = c.top(&doc.root, text);
-    if c.problems.is_empty()
-        && let Some(policy) = policy
+    let duplicates = doc
+        .duplicates
+        .iter()
+        .map(|d| Problem {
+            offset: d.key_offset,
+            pointer: d.pointer.clone(),
+            message: format!("field {} is written twice in one object", quote(&d.key)),
+            hint: "keep one; the first is the one read".to_string(),
+        })
+        .collect();
+    let (read, mut problems) = read(&doc.root, &locator, duplicates);
+    if problems.is_empty()
+        && let Some(read) = read
     {
-        return Ok(policy);
+        return Ok(read);
     }
-    let mut problems = c.problems;
     problems.sort_by_key(|p| p.offset);
     Err(problems.into_iter().map(to_diag).collect())
 }
