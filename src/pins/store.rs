@@ -18,6 +18,7 @@
 //! process's write): the gateway calls stores from a blocking thread, never from an async
 //! task others wait behind.
 
+use crate::policy::store::sqlite::create_private_file;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -313,24 +314,6 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
-}
-
-/// Creates `path` (and its directory) private to the user if it does not exist, as the
-/// counter store does: SQLite gives its -wal and -shm files the database file's mode.
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map(drop)
 }
 
 fn sql_int(v: u64) -> i64 {

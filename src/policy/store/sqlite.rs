@@ -283,8 +283,9 @@ fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
     }
 }
 
-/// The counter file and its directory are the user's alone: they name grants and sessions.
-fn create_private_file(path: &Path) -> std::io::Result<()> {
+/// The counter file and its directory are the user's alone: they name grants and sessions
+/// (the pin store keeps its table in the same file, created the same way).
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
