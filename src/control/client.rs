@@ -179,9 +179,7 @@ impl Connection {
     /// Sends a command and waits for its [`Reply`]; events arriving meanwhile are dropped
     /// (this is for one-shot clients such as `toolgate approve`).
     pub async fn request(&mut self, msg: &ClientMsg) -> Result<Reply, ClientError> {
-        let id = match msg {
-            ClientMsg::Approve { id, .. } | ClientMsg::Deny { id, .. } => *id,
-        };
+        let id = msg.id();
         self.send(msg).await?;
         loop {
             match self.next_event().await {

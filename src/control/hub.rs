@@ -616,6 +616,7 @@ impl SnapshotParts {
                 tools: state.tools.clone(),
                 upstream_up: state.upstream_up,
                 totals: state.totals,
+                tool_changes: Vec::new(),
             },
         }
     }

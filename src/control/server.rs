@@ -562,6 +562,13 @@ fn handle_command(hub: &Hub, text: &str) -> Reply {
                 reason: reason.map(cap),
             },
         ),
+        ClientMsg::AcceptPin { id, .. } => {
+            return Reply {
+                id,
+                ok: false,
+                error: Some("this gateway does not pin tools".into()),
+            };
+        }
     };
     match hub.resolve(&call_id, resolution) {
         Ok(()) => Reply {

@@ -57,8 +57,8 @@ pub mod wire {
     pub use crate::wire::{
         AuditStatus, CallEvent, CallRecord, ClientMsg, CounterState, Counters, Event, EventKind,
         GatewayInfo, GrantsChange, GrantsChanged, Hello, HoldResolved, Outcome, PROTOCOL_VERSION,
-        PolicyApplied, PolicyRejected, Reply, ResolvedBy, Snapshot, StoreStatus, ToolInfo, Tools,
-        Totals, Upstream, Verdict,
+        PinChange, PolicyApplied, PolicyRejected, Reply, ResolvedBy, Snapshot, StoreStatus,
+        ToolChanged, ToolInfo, Tools, Totals, Upstream, Verdict,
     };
 }
 

@@ -153,6 +153,9 @@ pub enum EventKind {
     Grants(GrantsChanged),
     /// The audit log stopped being writable, or is written again.
     Audit(AuditStatus),
+    /// A tool's definition no longer matches its pin, or an operator accepted it (tool
+    /// pinning: `pins` in the policy).
+    ToolChanged(ToolChanged),
     /// This client fell behind and events were dropped for it; a fresh `hello` follows.
     Missed(Missed),
     /// The answer to a [`ClientMsg`].
@@ -197,6 +200,10 @@ pub struct Snapshot {
     pub tools: Vec<ToolInfo>,
     pub upstream_up: bool,
     pub totals: Totals,
+    /// Tools whose definition changed since it was pinned and that no operator has accepted
+    /// yet (each as its latest `tool_changed` event). Absent from older gateways.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_changes: Vec<ToolChanged>,
 }
 
 /// Counts of decisions since the gateway started.
@@ -409,6 +416,50 @@ pub struct AuditStatus {
     pub detail: Option<String>,
 }
 
+/// What happened to a tool's pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinChange {
+    /// The server offers a definition that differs from the pinned one: awaiting review.
+    Changed,
+    /// An operator accepted the offered definition: it is the pin now; the review is over.
+    Accepted,
+}
+
+/// A tool definition that differs from its pin (`change: changed`), or the end of that
+/// review (`change: accepted`).
+///
+/// Definitions are the pinned fields of a `tools/list` entry as JSON (`name`, `title`,
+/// `description`, `inputSchema`, `outputSchema`, `annotations`; absent fields omitted), as the
+/// server sent them: outside text, to be sanitised before it reaches a screen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolChanged {
+    /// The server identity the pin belongs to (`--server-id`, the `serve` server name, or the
+    /// server's `serverInfo.name`).
+    pub server: String,
+    pub tool: String,
+    pub change: PinChange,
+    /// The pinned definition's fingerprint: lowercase hex SHA-256 of its RFC 8785 form.
+    pub pinned_fingerprint: String,
+    /// The offered definition's fingerprint (for `accepted`, the one now pinned).
+    pub offered_fingerprint: String,
+    /// The pinned definition (for `accepted`, the one it replaced).
+    pub pinned: Value,
+    /// The definition the server offers now.
+    pub offered: Value,
+    /// Calls to the tool are refused and it is left out of `tools/list` (`"pins":
+    /// "enforce"`, or a flagged description under `quarantine_flagged`); `false` under
+    /// `"pins": "warn"`.
+    pub quarantined: bool,
+    /// Description checks on the offered definition (`pins::Finding` as JSON: `flag`, its
+    /// fields, `excerpt`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Value>,
+    /// The operator who accepted it (`accepted` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tools {
     pub server: String,
@@ -472,6 +523,28 @@ pub enum ClientMsg {
         #[serde(default)]
         operator: Option<String>,
     },
+    /// Pins the offered definition of `tool` (the one whose fingerprint is given, so that a
+    /// definition that changed again after the operator looked is not accepted unseen), and
+    /// lifts its quarantine.
+    AcceptPin {
+        id: u64,
+        server: String,
+        tool: String,
+        fingerprint: String,
+        #[serde(default)]
+        operator: Option<String>,
+    },
+}
+
+impl ClientMsg {
+    /// The id its [`Reply`] repeats.
+    pub fn id(&self) -> u64 {
+        match self {
+            ClientMsg::Approve { id, .. }
+            | ClientMsg::Deny { id, .. }
+            | ClientMsg::AcceptPin { id, .. } => *id,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ pub fn hello(gw: &str, grant: &str, calls: Vec<CallRecord>, holds: Vec<String>) 
             tools: vec![],
             upstream_up: true,
             totals: Totals::default(),
+            tool_changes: vec![],
         },
     }))
 }

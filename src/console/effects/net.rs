@@ -101,7 +101,7 @@ async fn supervise(
                 if sent != Some(true) {
                     let failed = AppEvent::SendFailed {
                         gateway,
-                        id: command_id(&msg),
+                        id: ClientMsg::id(&msg),
                         error: "not connected to that gateway".into(),
                     };
                     if events.send(failed).await.is_err() {
@@ -167,12 +167,6 @@ fn watch_discovery_dir(wake: mpsc::UnboundedSender<()>) -> Option<notify::Recomm
         }
     }
     watching.then_some(watcher)
-}
-
-fn command_id(msg: &ClientMsg) -> u64 {
-    match msg {
-        ClientMsg::Approve { id, .. } | ClientMsg::Deny { id, .. } => *id,
-    }
 }
 
 fn open(key: String, url: String, token: String, events: mpsc::Sender<AppEvent>) -> ConnHandle {
@@ -244,7 +238,7 @@ async fn connection(
                             if let Err(e) = writer.send(&msg).await {
                                 let failed = AppEvent::SendFailed {
                                     gateway: key.clone(),
-                                    id: command_id(&msg),
+                                    id: ClientMsg::id(&msg),
                                     error: e.to_string(),
                                 };
                                 let _ = events.send(failed).await;
@@ -275,7 +269,7 @@ async fn connection(
                     let Some(msg) = cmd else { return };
                     let failed = AppEvent::SendFailed {
                         gateway: key.clone(),
-                        id: command_id(&msg),
+                        id: ClientMsg::id(&msg),
                         error: "gateway not connected; reconnecting".into(),
                     };
                     if events.send(failed).await.is_err() {
