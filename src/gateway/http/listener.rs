@@ -16,7 +16,9 @@
 //!   open connection is authenticated, the newcomer is answered 503 and closed.
 //! - **A deep accept queue** (`crate::listen`): connections are shed only once accepted, so
 //!   the kernel must be able to queue a flood's sockets; a full queue would drop an agent's
-//!   SYN and cost it a second's retransmission.
+//!   SYN and cost it a second's retransmission. A shed connection is reset rather than
+//!   closed, so the flood leaves no TIME_WAIT entries that new connections' SYNs would run
+//!   into (the same second, for another reason).
 //! - **Descriptors run out anyway** (other files, a limit lower than planned): an accept
 //!   that fails with EMFILE sheds an unauthenticated connection and waits a moment before
 //!   trying again, instead of spinning.
@@ -355,6 +357,36 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// Makes closing `socket` send a reset instead of a FIN (`SO_LINGER` 0), for a connection
+/// shed under a flood: there is nothing to deliver to it, and a graceful close would leave a
+/// TIME_WAIT entry per shed connection on the gateway's side. Tens of thousands of those
+/// collide with the ephemeral ports of new connections from the same address, whose SYNs
+/// then wait a second for a retransmission; a reset leaves nothing behind.
+fn reset_on_close(socket: std::os::fd::RawFd) {
+    use nix::libc;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `socket` is the descriptor of the connection's stream, which the caller still
+    // owns (not yet dropped), and `linger` is a valid `struct linger` for the call.
+    let done = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if done != 0 {
+        tracing::debug!(
+            "cannot set SO_LINGER on a shed connection: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Whether a complete request head (up to [`PEEKED_HEAD`] bytes) is already waiting on a
 /// connection just accepted, read without taking it from the socket.
 ///
@@ -423,6 +455,7 @@ async fn connection(
     let service = hyper::service::service_fn(move |req| {
         request(router.clone(), service_peer.clone(), body_timeout, req)
     });
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let conn = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let stopping = tokio::select! {
@@ -432,8 +465,11 @@ async fn connection(
             }
             false
         }
-        // Shed for a newcomer: dropping the connection closes it.
-        Ok(()) = shed => false,
+        // Shed for a newcomer: reset, then dropping the connection closes it.
+        Ok(()) = shed => {
+            reset_on_close(socket);
+            false
+        }
         _ = shutdown.wait_for(|stop| *stop) => true,
     };
     if stopping {
