@@ -57,6 +57,9 @@ pub use core::{End, RunOptions, run};
 
 /// The policy in force, swapped atomically by [`reload`] and read lock-free by every call.
 pub(crate) type PolicyHandle = Arc<ArcSwap<Policy>>;
+/// The candidate policy of `--shadow-policy`: decided beside the enforced one, never
+/// enforced; empty while its file is missing or has never been valid.
+pub(crate) type ShadowPolicyHandle = Arc<arc_swap::ArcSwapOption<Policy>>;
 
 /// How often a held call with a progress token gets a progress notification. MCP clients
 /// commonly time a request out after 60 s without progress; this keeps well inside that.
@@ -107,6 +110,9 @@ pub struct Gateway {
     pub hold_progress_interval: Duration,
     /// Spans per call, when tracing is on (`--otlp`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub traces: Option<Arc<crate::telemetry::Tracing>>,
+    /// `--shadow-policy`: every call is also decided by it, and a difference is reported as
+    /// the decision's shadow.
+    pub shadow_policy: Option<ShadowPolicyHandle>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -139,6 +145,7 @@ impl Gateway {
             clock: Arc::new(SystemWallClock),
             hold_progress_interval: HOLD_PROGRESS_INTERVAL,
             traces: None,
+            shadow_policy: None,
         }
     }
 
@@ -149,6 +156,12 @@ impl Gateway {
 
     pub fn with_traces(mut self, traces: Option<Arc<crate::telemetry::Tracing>>) -> Gateway {
         self.traces = traces;
+        self
+    }
+
+    /// The same gateway deciding every call by `shadow` too (`--shadow-policy`).
+    pub fn with_shadow_policy(mut self, shadow: Option<ShadowPolicyHandle>) -> Gateway {
+        self.shadow_policy = shadow;
         self
     }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::PolicyHandle;
+use super::{PolicyHandle, ShadowPolicyHandle};
 pub(crate) use super::watch::{FileWatch, Reread, WatchError, read_watched_file};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
@@ -212,6 +212,106 @@ impl PolicyReloader {
             diagnostics,
             kept_hash: Some(kept),
         }));
+    }
+}
+
+/// A `--shadow-policy` in force: the candidate (when its file has ever been valid) and the
+/// watch that swaps in each valid new version. Its problems are logged and never touch the
+/// enforced policy, nor its `policy_applied` / `policy_rejected` events (those are about the
+/// file operators edit).
+pub(crate) struct ShadowPolicyInForce {
+    pub handle: ShadowPolicyHandle,
+    pub watcher: Option<FileWatch>,
+}
+
+impl std::fmt::Debug for ShadowPolicyInForce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShadowPolicyInForce")
+            .field("loaded", &self.handle.load().is_some())
+            .field("watched", &self.watcher.is_some())
+            .finish()
+    }
+}
+
+/// Loads the candidate policy at `path` and watches it. A file that cannot be read or does
+/// not validate is reported (logged, and returned as the problem for the command to print)
+/// and leaves the candidate empty, or the last good one, in place: a shadow never stops a
+/// gateway from starting or changes what it enforces.
+pub(crate) fn load_and_watch_shadow(path: &Path) -> (ShadowPolicyInForce, Option<String>) {
+    let path = absolute(path);
+    let handle: ShadowPolicyHandle = Arc::new(arc_swap::ArcSwapOption::empty());
+    let mut reloader = ShadowReloader {
+        path: path.clone(),
+        handle: handle.clone(),
+        last_seen: None,
+    };
+    let problem = reloader.check_reporting();
+    let reloader = Arc::new(Mutex::new(reloader));
+    let watcher = FileWatch::start(&path, "shadow policy", move || {
+        lock(&reloader).check_reporting();
+        Reread::Done
+    })
+    .inspect_err(|e| tracing::warn!("{e}; shadow policy edits will not apply until a restart"))
+    .ok();
+    (ShadowPolicyInForce { handle, watcher }, problem)
+}
+
+/// Re-reads the shadow policy file: each new valid version replaces the candidate; anything
+/// else is logged once and keeps the last good candidate.
+struct ShadowReloader {
+    path: PathBuf,
+    handle: ShadowPolicyHandle,
+    last_seen: Option<Seen>,
+}
+
+impl ShadowReloader {
+    /// Re-reads the file; `Some(problem)` when this read found a problem not reported yet.
+    fn check_reporting(&mut self) -> Option<String> {
+        let shown = self.path.display().to_string();
+        let (seen, result) = match read_watched_file(&self.path, MAX_POLICY_BYTES) {
+            Ok(Some(bytes)) => {
+                let seen = Seen::bytes(&bytes);
+                let result = String::from_utf8(bytes)
+                    .map_err(|_| format!("{shown}: not UTF-8 text"))
+                    .and_then(|text| {
+                        Policy::parse(&text, &shown).map_err(|d| d.to_string())
+                    });
+                (seen, result)
+            }
+            Ok(None) => (
+                Seen::Unreadable("too large".into()),
+                Err(format!("{shown}: larger than {MAX_POLICY_BYTES} bytes")),
+            ),
+            Err(e) if is_gone(&e) => (Seen::Gone, Err(format!("{shown}: the file is gone"))),
+            Err(e) => (
+                Seen::Unreadable(e.to_string()),
+                Err(format!("{shown}: cannot read: {e}")),
+            ),
+        };
+        if self.last_seen.as_ref() == Some(&seen) {
+            return None;
+        }
+        self.last_seen = Some(seen);
+        match result {
+            Ok(policy) => {
+                let hash = policy.hash().to_owned();
+                self.handle.store(Some(Arc::new(policy)));
+                tracing::info!(
+                    "shadow policy {shown} applied (hash {}); its decisions are reported, not enforced",
+                    &hash[..hash.len().min(12)]
+                );
+                None
+            }
+            Err(problem) => {
+                let kept = if self.handle.load().is_some() {
+                    "keeping the last good shadow policy"
+                } else {
+                    "no shadow decisions until it is valid"
+                };
+                tracing::warn!("shadow policy refused ({kept}); enforcement is unchanged:\n{problem}");
+                Some(problem)
+            }
+        }
     }
 }
 

@@ -18,7 +18,8 @@ pub mod policy {
     pub use crate::policy::{
         Action, Admission, Call, CounterStore, Decision, Diagnostic, FailMode, GuardedStore,
         KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, OwnedLimit, Policy, RedisStore,
-        Reservation, Scope, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
+        Reservation, SHADOW_POLICY_COUNTER_PREFIX, SHADOW_RULE_COUNTER_PREFIX, Scope, Shadow,
+        ShadowSource, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
     };
 }
 

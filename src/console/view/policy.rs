@@ -4,7 +4,8 @@
 //! A rule that matches no offered tool is flagged: a typo in a tool name must not silently
 //! leave the real tool unguarded. The header says whether the draft differs from the file,
 //! whether it is valid (with `toolgate check`'s diagnostics when not), and which gateways
-//! applied which version.
+//! applied which version. A shadow rule's action is marked `◐` (decided, not enforced), and
+//! its row says how many calls it would have changed since the file was loaded or written.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -245,6 +246,15 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         let (mark, key_style, action, action_style, limits, rest, rest_style) = match &row.kind {
             RowKind::Rule { rule, unmatched } => {
                 let mut rest: Vec<String> = Vec::new();
+                if rule.shadow {
+                    // What trying it on live traffic has shown so far, first: it is what
+                    // decides whether to promote it.
+                    let n = state.authoring.shadow_tally.for_rule(&rule.key);
+                    rest.push(format!(
+                        "shadow: would have changed {n} call{} · P promotes",
+                        if n == 1 { "" } else { "s" }
+                    ));
+                }
                 if *unmatched {
                     rest.push("⚠ matches no offered tool (typo?)".into());
                 }
@@ -263,8 +273,12 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
                 (
                     if *unmatched { "⚠" } else { " " },
                     t.text,
-                    rule.action.clone(),
-                    action_style,
+                    if rule.shadow {
+                        format!("◐ {}", rule.action)
+                    } else {
+                        rule.action.clone()
+                    },
+                    if rule.shadow { t.muted } else { action_style },
                     rule.limits.join("; "),
                     rest.join(" · "),
                     if *unmatched { t.error } else { t.text },
