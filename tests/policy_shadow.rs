@@ -48,14 +48,26 @@ fn a_shadow_deny_if_is_reported_as_would_deny_while_the_call_is_allowed() {
             "deny_if": [{"path": "args.timezone", "op": "neq", "value": "UTC"}]}}
     }));
     let store = MemoryStore::new();
-    let d = decide(&p, &store, "get_current_time", json!({"timezone": "Europe/Paris"}));
+    let d = decide(
+        &p,
+        &store,
+        "get_current_time",
+        json!({"timezone": "Europe/Paris"}),
+    );
     assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
-    assert_eq!(d.rule, "/default", "enforced as if the shadow rule were not there");
+    assert_eq!(
+        d.rule, "/default",
+        "enforced as if the shadow rule were not there"
+    );
     let shadow = d.shadow.expect("the shadow rule would deny");
     assert_eq!(shadow.verdict, Verdict::Deny);
     assert_eq!(shadow.source, ShadowSource::Rule);
     assert_eq!(shadow.rule, "/tools/get_current_time/deny_if/0");
-    assert!(shadow.reason.contains("only UTC for now"), "{}", shadow.reason);
+    assert!(
+        shadow.reason.contains("only UTC for now"),
+        "{}",
+        shadow.reason
+    );
     assert_eq!(shadow.would(), "would deny");
 
     let same = decide(&p, &store, "get_current_time", json!({"timezone": "UTC"}));
@@ -90,7 +102,9 @@ fn a_shadow_rule_beside_a_glob_leaves_the_call_to_the_glob_and_reports_its_own_v
     }));
     let d = decide(&p, &store, "read_file", json!({}));
     assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Deny, "/default"));
-    let shadow = d.shadow.expect("a shadow allow differs from the default's deny");
+    let shadow = d
+        .shadow
+        .expect("a shadow allow differs from the default's deny");
     assert_eq!(shadow.verdict, Verdict::Allow);
     assert_eq!(shadow.would(), "would allow");
 }
@@ -123,10 +137,17 @@ fn a_full_shadow_limit_is_a_would_rate_limit_and_never_refuses_the_call() {
     assert!(verdicts.iter().all(|d| d.verdict == Verdict::Allow));
     assert_eq!(verdicts[0].shadow, None);
     assert_eq!(verdicts[1].shadow, None);
-    let third = verdicts[2].shadow.as_ref().expect("the third would be limited");
+    let third = verdicts[2]
+        .shadow
+        .as_ref()
+        .expect("the third would be limited");
     assert_eq!(third.verdict, Verdict::RateLimited);
     assert_eq!(third.rule, "/tools/create_api_key/rate_limit");
-    assert!(third.reason.contains("2 calls per minute"), "{}", third.reason);
+    assert!(
+        third.reason.contains("2 calls per minute"),
+        "{}",
+        third.reason
+    );
 }
 
 /// The same budgets through any store: a shadow rule's limit and an enforcing rule's limit
@@ -148,10 +169,17 @@ fn shadow_limits_never_take_a_real_budget(store: &dyn CounterStore) {
     }
     assert_eq!(used(store, "api"), 0, "the real budget is untouched");
     let shadow_api = format!("{SHADOW_RULE_COUNTER_PREFIX}api");
-    assert_eq!(used(store, &shadow_api), 3, "the shadow budget counted them");
+    assert_eq!(
+        used(store, &shadow_api),
+        3,
+        "the shadow budget counted them"
+    );
     // The real budget is whole: three real calls pass, the fourth is limited.
     for _ in 0..3 {
-        assert_eq!(decide(&p, store, "search", json!({})).verdict, Verdict::Allow);
+        assert_eq!(
+            decide(&p, store, "search", json!({})).verdict,
+            Verdict::Allow
+        );
     }
     assert_eq!(
         decide(&p, store, "search", json!({})).verdict,
@@ -232,7 +260,11 @@ fn a_call_refused_by_all_tools_is_no_shadow_difference() {
         second.shadow, None,
         "all_tools would refuse it under the shadow rule as well"
     );
-    assert_eq!(used(&store, "all"), 1, "all_tools counted once, by the enforced decision");
+    assert_eq!(
+        used(&store, "all"),
+        1,
+        "all_tools counted once, by the enforced decision"
+    );
 }
 
 #[test]
@@ -249,7 +281,10 @@ fn a_hidden_tool_has_no_shadow_and_explain_sees_the_enforcing_rule() {
     assert_eq!(p.shadow_rule_count(), 2);
     assert_eq!(
         p.shadow_rules().collect::<Vec<_>>(),
-        [("secret_dump", "/tools/secret_dump"), ("wipe", "/tools/wipe")]
+        [
+            ("secret_dump", "/tools/secret_dump"),
+            ("wipe", "/tools/wipe")
+        ]
     );
     let treatment = p.treatment("wipe").unwrap();
     assert_eq!(

@@ -55,13 +55,15 @@ fn tail(dir: &Path) -> (Stopped, Receiver<String>) {
 
 /// The next tail line containing `needle`.
 fn tail_line(lines: &Receiver<String>, needle: &str) -> String {
-    wait_for(&format!("a tail line with {needle:?}"), ANSWER_WITHIN, || {
-        match lines.recv_timeout(ANSWER_WITHIN) {
+    wait_for(
+        &format!("a tail line with {needle:?}"),
+        ANSWER_WITHIN,
+        || match lines.recv_timeout(ANSWER_WITHIN) {
             Ok(line) if line.contains(needle) => Ok(line),
             Ok(other) => Err(format!("last line: {other}")),
             Err(e) => Err(format!("tail ended or was silent: {e}")),
-        }
-    })
+        },
+    )
 }
 
 fn decisions(dir: &Path) -> Vec<Value> {

@@ -19,8 +19,8 @@ use super::jsonrpc::Envelope;
 use crate::control::{HoldTicket, Hub, Resolution};
 use crate::policy::store::Answer;
 use crate::policy::{
-    Admissible, Call, CounterStore, Decision, Judgement, Policy, Reservation, Shadow,
-    ShadowSource, Verdict, human_duration,
+    Admissible, Call, CounterStore, Decision, Judgement, Policy, Reservation, Shadow, ShadowSource,
+    Verdict, human_duration,
 };
 use crate::telemetry::CallSpans;
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
@@ -442,9 +442,9 @@ impl Admitting {
                 )),
             ),
         };
-        let enforced = now(enforced, &policy);
-        let shadow_rule = shadow_rule.map(|step| now(step, &policy));
-        let shadow_policy = shadow_policy.map(|(candidate, step)| now(step, &candidate));
+        let enforced = now(enforced, &*policy);
+        let shadow_rule = shadow_rule.map(|step| now(step, &*policy));
+        let shadow_policy = shadow_policy.map(|(candidate, step)| now(step, &*candidate));
         Deciding::Decided(with_shadows(enforced, shadow_rule, shadow_policy))
     }
 

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::{PolicyHandle, ShadowPolicyHandle};
 pub(crate) use super::watch::{FileWatch, Reread, WatchError, read_watched_file};
+use super::{PolicyHandle, ShadowPolicyHandle};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
 use crate::sync::lock;
@@ -273,9 +273,7 @@ impl ShadowReloader {
                 let seen = Seen::bytes(&bytes);
                 let result = String::from_utf8(bytes)
                     .map_err(|_| format!("{shown}: not UTF-8 text"))
-                    .and_then(|text| {
-                        Policy::parse(&text, &shown).map_err(|d| d.to_string())
-                    });
+                    .and_then(|text| Policy::parse(&text, &shown).map_err(|d| d.to_string()));
                 (seen, result)
             }
             Ok(None) => (
@@ -308,7 +306,9 @@ impl ShadowReloader {
                 } else {
                     "no shadow decisions until it is valid"
                 };
-                tracing::warn!("shadow policy refused ({kept}); enforcement is unchanged:\n{problem}");
+                tracing::warn!(
+                    "shadow policy refused ({kept}); enforcement is unchanged:\n{problem}"
+                );
                 Some(problem)
             }
         }

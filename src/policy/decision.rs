@@ -127,7 +127,7 @@ impl Shadow {
 }
 
 /// `would deny`, `would rate limit`, `would hold`, `would allow`: a shadow verdict in words.
-pub fn would(verdict: Verdict) -> &'static str {
+pub(crate) fn would(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Allow => "would allow",
         Verdict::Deny => "would deny",

@@ -37,8 +37,8 @@ mod path;
 pub(crate) mod store;
 
 pub(crate) use condition::Op;
-pub(crate) use decision::human_duration;
-pub use decision::{Call, Decision, Shadow, ShadowSource, Verdict, would};
+pub use decision::{Call, Decision, Shadow, ShadowSource, Verdict};
+pub(crate) use decision::{human_duration, would};
 pub(crate) use store::StoreSpec;
 pub use store::{
     Admission, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest, MemoryStore,
@@ -666,7 +666,12 @@ impl Policy {
 
     /// Steps 2 to 6 of a decision by the rule `rule_index` (or `default`), its limits
     /// counted as `counting` says.
-    fn judge_by(&self, call: &Call<'_>, rule_index: Option<usize>, counting: Counting) -> Judgement {
+    fn judge_by(
+        &self,
+        call: &Call<'_>,
+        rule_index: Option<usize>,
+        counting: Counting,
+    ) -> Judgement {
         let mut d = blank_decision(call.tool);
         let rule = rule_index.map(|i| &self.rules[i]);
         let (action, pointer) = match rule {

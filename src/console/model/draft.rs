@@ -519,10 +519,7 @@ fn edit_document(
             let Value::Object(tools) = tools else {
                 return Err(EditError::Nothing("tools is not an object".into()));
             };
-            tools.insert(
-                tool.clone(),
-                json!({"action": "deny", "shadow": true}),
-            );
+            tools.insert(tool.clone(), json!({"action": "deny", "shadow": true}));
             format!("{tool}: shadow deny rule (reported as would deny, not enforced)")
         }
         Edit::Promote(key) => {
@@ -651,8 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shadow_rule_is_drafted_only_for_a_tool_without_a_rule_and_promoting_removes_only_shadow()
-    {
+    fn a_shadow_rule_is_drafted_only_for_a_tool_without_a_rule_and_promoting_removes_only_shadow() {
         let mut d = draft();
         let refused = d.apply(&Edit::ShadowDeny("create_api_key".into()));
         assert!(

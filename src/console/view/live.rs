@@ -188,7 +188,9 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, scroll: &mut Liv
             buf,
             rule_x,
             y,
-            (x + rule_w).saturating_sub(rule_x).min(right(x0, w, rule_x)),
+            (x + rule_w)
+                .saturating_sub(rule_x)
+                .min(right(x0, w, rule_x)),
             &row.call.rule,
             t.muted,
         );
