@@ -307,3 +307,71 @@ fn shadow_must_be_a_boolean() {
     let d = decide(&p, &MemoryStore::new(), "x", json!({}));
     assert_eq!((d.verdict, d.shadow), (Verdict::Allow, None));
 }
+
+/// `toolgate test` on a policy with a shadow rule: `expect.decision` is the enforced decision,
+/// `expect.shadow` what the shadow rule would have decided (`none`: nothing different).
+#[test]
+fn policy_tests_expect_the_enforced_decision_and_optionally_the_shadow() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"version": "1", "default": "allow", "tools": {"transfer": {"shadow": true,
+            "deny_if": [{"path": "args.amount", "op": "gt", "value": 100}]}}}"#,
+    )
+    .unwrap();
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        r#"{"cases": [
+  {"name": "big transfers go through, for now",
+   "call": {"tool": "transfer", "args": {"amount": 500}},
+   "expect": {"decision": "allow", "rule": "/default", "shadow": "deny"}},
+  {"name": "small transfers are fine either way",
+   "call": {"tool": "transfer", "args": {"amount": 5}},
+   "expect": {"decision": "allow", "shadow": "none"}},
+  {"name": "wrong: the shadow rule is not enforced",
+   "call": {"tool": "transfer", "args": {"amount": 500}},
+   "expect": {"decision": "deny"}},
+  {"name": "wrong: no shadow for small ones",
+   "call": {"tool": "transfer", "args": {"amount": 5}},
+   "expect": {"decision": "allow", "shadow": "deny"}}
+]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .arg("test")
+        .arg(&policy)
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("decision: expected deny, got allow"),
+        "{text}"
+    );
+    assert!(text.contains("shadow: expected deny, got none"), "{text}");
+    assert!(
+        text.contains("2 passed") && text.contains("2 failed"),
+        "{text}"
+    );
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"cases": [{"name": "x", "call": {"tool": "t"}, "expect": {"decision": "allow", "shadow": "maybe"}}]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(r#"unknown shadow decision "maybe" (at /cases/0/expect/shadow)"#),
+        "{text}"
+    );
+}

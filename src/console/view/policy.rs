@@ -188,6 +188,31 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         }
         line(buf, &mut y, &text, t.text);
     }
+    // Shadow rules in the header, so their counts read at any width: trying a rule on live
+    // traffic is what decides whether to promote it.
+    let shadows: Vec<String> = state
+        .policy_rows()
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RowKind::Rule { rule, .. } if rule.shadow => Some(format!(
+                "{} {}",
+                terminal_string(rule.key.clone()),
+                changed_calls(state.authoring.shadow_tally.for_rule(&rule.key))
+            )),
+            _ => None,
+        })
+        .collect();
+    if !shadows.is_empty() {
+        line(
+            buf,
+            &mut y,
+            &format!(
+                "◐ shadow, not enforced: {} · P on its row promotes it",
+                shadows.join(" · ")
+            ),
+            t.rate_limited,
+        );
+    }
     if y >= bottom {
         return;
     }
@@ -250,10 +275,7 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
                     // What trying it on live traffic has shown so far, first: it is what
                     // decides whether to promote it.
                     let n = state.authoring.shadow_tally.for_rule(&rule.key);
-                    rest.push(format!(
-                        "shadow: would have changed {n} call{} · P promotes",
-                        if n == 1 { "" } else { "s" }
-                    ));
+                    rest.push(format!("shadow: {} · P promotes", changed_calls(n)));
                 }
                 if *unmatched {
                     rest.push("⚠ matches no offered tool (typo?)".into());
@@ -332,6 +354,14 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         }
         y += 1;
     }
+}
+
+/// `would have changed 2 calls`: what a shadow rule did since the file was loaded or written.
+fn changed_calls(n: u64) -> String {
+    format!(
+        "would have changed {n} call{}",
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 fn block(t: &Theme, title: String) -> Block<'static> {
