@@ -87,12 +87,17 @@ impl Gateway {
         {
             return Deciding::Decided(decision);
         }
+        let shadows = (shadow_rule.is_some() || shadow_policy.is_some()).then(|| {
+            Box::new(Shadows {
+                rule: shadow_rule,
+                policy: shadow_policy,
+            })
+        });
         Admitting {
             // The same policy settles the decision, whatever a reload swaps in.
             policy: arc_swap::Guard::into_inner(policy),
             enforced,
-            shadow_rule,
-            shadow_policy,
+            shadows,
         }
         .now()
     }
@@ -385,8 +390,16 @@ pub(crate) enum Deciding {
 pub(crate) struct Admitting {
     policy: Arc<Policy>,
     enforced: Step,
-    shadow_rule: Option<Step>,
-    shadow_policy: Option<(Arc<Policy>, Step)>,
+    /// Boxed: most calls have none, and a call waiting for the store is kept small.
+    shadows: Option<Box<Shadows>>,
+}
+
+/// The shadow sides of a call.
+struct Shadows {
+    /// A shadow rule of the enforced policy (settled by it).
+    rule: Option<Step>,
+    /// The `--shadow-policy`, and its side.
+    policy: Option<(Arc<Policy>, Step)>,
 }
 
 /// One side of a decision: made, or waiting for the store's answer.
@@ -416,20 +429,22 @@ impl Admitting {
     /// Decided now when the store has already answered every side, else still admitting.
     fn now(self) -> Deciding {
         let ready = self.enforced.is_ready()
-            && self.shadow_rule.as_ref().is_none_or(Step::is_ready)
-            && self
-                .shadow_policy
-                .as_ref()
-                .is_none_or(|(_, step)| step.is_ready());
+            && self.shadows.as_deref().is_none_or(|s| {
+                s.rule.as_ref().is_none_or(Step::is_ready)
+                    && s.policy.as_ref().is_none_or(|(_, step)| step.is_ready())
+            });
         if !ready {
             return Deciding::Admitting(self);
         }
         let Admitting {
             policy,
             enforced,
-            shadow_rule,
-            shadow_policy,
+            shadows,
         } = self;
+        let (shadow_rule, shadow_policy) = match shadows {
+            Some(s) => (s.rule, s.policy),
+            None => (None, None),
+        };
         let now = |step: Step, policy: &Policy| match step {
             Step::Decided(decision) => decision,
             Step::Admitting(admissible, Answer::Ready(answer)) => policy.settle(admissible, answer),
@@ -442,9 +457,9 @@ impl Admitting {
                 )),
             ),
         };
-        let enforced = now(enforced, &*policy);
-        let shadow_rule = shadow_rule.map(|step| now(step, &*policy));
-        let shadow_policy = shadow_policy.map(|(candidate, step)| now(step, &*candidate));
+        let enforced = now(enforced, &policy);
+        let shadow_rule = shadow_rule.map(|step| now(step, &policy));
+        let shadow_policy = shadow_policy.map(|(candidate, step)| now(step, &candidate));
         Deciding::Decided(with_shadows(enforced, shadow_rule, shadow_policy))
     }
 
@@ -454,11 +469,15 @@ impl Admitting {
     pub(crate) async fn decision(self) -> Decision {
         let policy = self.policy;
         let enforced = self.enforced.decision(&policy).await;
-        let shadow_rule = match self.shadow_rule {
+        let (shadow_rule, shadow_policy) = match self.shadows {
+            Some(s) => (s.rule, s.policy),
+            None => (None, None),
+        };
+        let shadow_rule = match shadow_rule {
             Some(step) => Some(step.decision(&policy).await),
             None => None,
         };
-        let shadow_policy = match self.shadow_policy {
+        let shadow_policy = match shadow_policy {
             Some((candidate, step)) => Some(step.decision(&candidate).await),
             None => None,
         };
