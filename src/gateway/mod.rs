@@ -254,4 +254,67 @@ mod tests {
         let ts: DateTime<Utc> = serde_json::from_value(record["ts"].clone()).unwrap();
         assert_eq!(ts, at);
     }
+    /// Shadow limits through a store that answers on its own thread (SQLite), so the
+    /// admissions of the enforced decision and of both shadows are waited for together.
+    #[tokio::test]
+    async fn shadow_admissions_are_waited_for_apart_from_the_enforced_one_and_never_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::policy::SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+        let policy = Policy::parse(
+            r#"{"version":"1","default":"allow","tools":{
+                "ping":{"limits":[{"counter":"ping","window":"minute","max":5}]},
+                "pi*":{"shadow":true,"limits":[{"counter":"tight","window":"minute","max":1}]}}}"#,
+            "policy.json",
+        )
+        .unwrap();
+        let candidate = Policy::parse(
+            r#"{"version":"1","default":"allow","tools":{"pong":{"action":"deny"}}}"#,
+            "candidate.json",
+        )
+        .unwrap();
+        let hub = Hub::new(GatewayInfo {
+            id: "gw".into(),
+            pid: 1,
+            version: "test".into(),
+            grant: "tester".into(),
+            server: "fake".into(),
+            policy: "/tmp/policy.json".into(),
+            started_at: Utc::now(),
+        });
+        let gateway = Gateway::new(
+            Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+            Arc::new(store),
+            hub,
+            "tester",
+            "fake",
+        )
+        .with_shadow_policy(Some(Arc::new(arc_swap::ArcSwapOption::from_pointee(
+            candidate,
+        ))));
+        // `ping` has its own rule: the shadow glob never decides it.
+        for _ in 0..2 {
+            let (_, d) = gateway.decide_call("s", "ping", &json!({})).await;
+            assert_eq!((d.verdict, d.shadow), (Verdict::Allow, None));
+        }
+        // `pipe` falls to the default, beside the shadow glob's one-a-minute limit.
+        let (_, first) = gateway.decide_call("s", "pipe", &json!({})).await;
+        assert_eq!((first.verdict, first.shadow), (Verdict::Allow, None));
+        let (_, second) = gateway.decide_call("s", "pipe", &json!({})).await;
+        assert_eq!(
+            second.verdict,
+            Verdict::Allow,
+            "a full shadow limit never refuses"
+        );
+        let shadow = second.shadow.expect("would rate limit");
+        assert_eq!(shadow.verdict, Verdict::RateLimited);
+        assert_eq!(shadow.rule, "/tools/pi*/limits/0");
+        // The candidate's difference, where no shadow rule has one.
+        let (_, pong) = gateway.decide_call("s", "pong", &json!({})).await;
+        assert_eq!(pong.verdict, Verdict::Allow);
+        let shadow = pong.shadow.expect("the candidate would deny");
+        assert_eq!(
+            (shadow.verdict, shadow.source),
+            (Verdict::Deny, crate::policy::ShadowSource::Policy)
+        );
+    }
 }
