@@ -375,3 +375,42 @@ fn policy_tests_expect_the_enforced_decision_and_optionally_the_shadow() {
         "{text}"
     );
 }
+
+#[test]
+fn explain_says_what_the_shadow_rule_would_do_beside_what_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"version": "1", "default": "allow", "tools": {"transfer": {"shadow": true,
+            "deny_if": [{"path": "args.amount", "op": "gt", "value": 100}]}}}"#,
+    )
+    .unwrap();
+    let explain = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"));
+        cmd.arg("explain").arg("--policy").arg(&policy).args([
+            "--tool",
+            "transfer",
+            "--args",
+            r#"{"amount": 500}"#,
+        ]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = explain(false);
+    assert!(text.contains("allow, by /default"), "{text}");
+    assert!(
+        text.contains(
+            "shadow rule /tools/transfer/deny_if/0: would deny (not enforced): deny_if holds: args.amount gt 100"
+        ),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(explain(true).trim()).unwrap();
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["shadow"]["decision"], "deny");
+    assert_eq!(v["shadow"]["source"], "rule");
+}
