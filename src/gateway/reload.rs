@@ -346,6 +346,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shadow_policy_applies_each_valid_version_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("candidate.json");
+        std::fs::write(&path, "{ broken").unwrap();
+        let (shadow, problem) = load_and_watch_shadow(&path);
+        assert!(
+            problem.is_some_and(|p| p.contains("candidate.json")),
+            "a broken candidate is reported"
+        );
+        assert!(
+            shadow.handle.load().is_none(),
+            "and nothing is decided by it"
+        );
+
+        let good = r#"{"version":"1","default":"deny"}"#;
+        std::fs::write(&path, good).unwrap();
+        let mut reloader = ShadowReloader {
+            path: path.clone(),
+            handle: shadow.handle.clone(),
+            last_seen: None,
+        };
+        assert_eq!(reloader.check_reporting(), None);
+        let applied = shadow.handle.load_full().expect("the valid candidate");
+        assert_eq!(applied.default_action(), crate::policy::Action::Deny);
+
+        std::fs::write(&path, r#"{"version":"2"}"#).unwrap();
+        let problem = reloader
+            .check_reporting()
+            .expect("the refusal is reported once");
+        assert!(problem.contains("version"), "{problem}");
+        assert_eq!(
+            reloader.check_reporting(),
+            None,
+            "the same bytes: reported once"
+        );
+        assert_eq!(
+            shadow.handle.load_full().map(|p| p.hash().to_owned()),
+            Some(applied.hash().to_owned()),
+            "the last good candidate stays"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            reloader
+                .check_reporting()
+                .is_some_and(|p| p.contains("gone"))
+        );
+        assert!(shadow.handle.load().is_some());
+    }
+
+    #[test]
     fn a_config_file_over_the_cap_is_refused_not_truncated() {
         let dir = tempfile::tempdir().unwrap();
         let small = dir.path().join("small.json");
