@@ -183,7 +183,8 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
             "*",
         )
         .with_audit(started.audit.clone())
-        .with_traces(started.traces.clone()),
+        .with_traces(started.traces.clone())
+        .with_shadow_policy(started.shadow_handle()),
     );
     let names: Vec<String> = servers.keys().cloned().collect();
     // What is open now (runtime, policy watcher, audit log, counters, event websocket) is

@@ -77,7 +77,8 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             server.display(),
         )
         .with_audit(started.audit.clone())
-        .with_traces(started.traces.clone()),
+        .with_traces(started.traces.clone())
+        .with_shadow_policy(started.shadow_handle()),
     );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

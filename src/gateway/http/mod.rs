@@ -225,6 +225,7 @@ impl HttpGateway {
                     clock: b.clock.clone(),
                     hold_progress_interval: b.hold_progress_interval,
                     traces: b.traces.clone(),
+                    shadow_policy: b.shadow_policy.clone(),
                 })
             })
             .clone()
