@@ -162,6 +162,7 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
             }
         }
         EventKind::Tools(t) => set_tools(state, conn, t.tools),
+        EventKind::ToolChanged(t) => super::pins::changed(state, conn, t, ts),
         EventKind::Missed(m) => {
             tracing::warn!(gateway = key, dropped = m.dropped, "missed events");
             let label = state.gateways[conn].label().to_owned();
@@ -171,6 +172,9 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
             ));
         }
         EventKind::Reply(r) => {
+            if super::pins::replied(state, &r) {
+                return;
+            }
             let Some(p) = state.pending.remove(&r.id) else {
                 return;
             };
@@ -209,6 +213,8 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
         g.totals = snapshot.totals;
     }
     set_tools(state, conn, snapshot.tools);
+    let now = state.now;
+    super::pins::resume(state, conn, snapshot.tool_changes, now);
     let held_before: Vec<String> = state
         .holds
         .iter()
