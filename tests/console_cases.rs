@@ -73,7 +73,13 @@ impl Console {
     /// Carries out what the console asked for (reading the policy, writing the case file).
     fn effects(&mut self, now: DateTime<Utc>) {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        carry_out_effects_now(&mut self.terminal, &mut self.state, &mut self.view, &tx, now);
+        carry_out_effects_now(
+            &mut self.terminal,
+            &mut self.state,
+            &mut self.view,
+            &tx,
+            now,
+        );
     }
 
     /// A call decided by the policy at `ms` after t0, as the gateway would publish it
@@ -107,7 +113,11 @@ impl Console {
             hold_deadline: None,
         };
         let ts = at_ms(ms);
-        update(&mut self.state, net("a1b2", self.seq, ts, EventKind::Call(event)), ts);
+        update(
+            &mut self.state,
+            net("a1b2", self.seq, ts, EventKind::Call(event)),
+            ts,
+        );
         call_id
     }
 
@@ -163,14 +173,41 @@ fn a_rate_limited_call_becomes_a_case_with_the_calls_before_it_and_passes_toolga
     let mut c = Console::new(dir.path(), &cases);
     let args = json!({"keyName": "staging"});
     for i in 0..3 {
-        c.call("create_api_key", "ci-bot", args.clone(), args.clone(), 1_000 + i * 10_000);
+        c.call(
+            "create_api_key",
+            "ci-bot",
+            args.clone(),
+            args.clone(),
+            1_000 + i * 10_000,
+        );
     }
     // Neither counts against ci-bot's budget: another grant's, and a refused call.
-    c.call("create_api_key", "ops-bot", args.clone(), args.clone(), 25_000);
-    c.call("delete_account", "ci-bot", json!({"id": "a1"}), json!({"id": "a1"}), 26_000);
-    let limited = c.call("create_api_key", "ci-bot", args.clone(), args.clone(), 30_500);
+    c.call(
+        "create_api_key",
+        "ops-bot",
+        args.clone(),
+        args.clone(),
+        25_000,
+    );
+    c.call(
+        "delete_account",
+        "ci-bot",
+        json!({"id": "a1"}),
+        json!({"id": "a1"}),
+        26_000,
+    );
+    let limited = c.call(
+        "create_api_key",
+        "ci-bot",
+        args.clone(),
+        args.clone(),
+        30_500,
+    );
     assert_eq!(
-        c.state.history.find(&limited).map(|r| r.call.decision.as_str()),
+        c.state
+            .history
+            .find(&limited)
+            .map(|r| r.call.decision.as_str()),
         Some("rate_limited")
     );
     c.write_case(&limited);
@@ -178,7 +215,8 @@ fn a_rate_limited_call_becomes_a_case_with_the_calls_before_it_and_passes_toolga
     assert_eq!(c.message(), format!("case '{name}' added to cases.json"));
 
     let written: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cases).expect("the case file")).expect("JSON");
+        serde_json::from_str(&std::fs::read_to_string(&cases).expect("the case file"))
+            .expect("JSON");
     let case = &written["cases"][0];
     assert_eq!(case["name"], json!(name));
     assert_eq!(
@@ -188,7 +226,10 @@ fn a_rate_limited_call_becomes_a_case_with_the_calls_before_it_and_passes_toolga
     let calls = case["calls"].as_array().expect("a sequence of calls");
     let ats: Vec<Value> = calls.iter().map(|c| c["at"].clone()).collect();
     assert_eq!(ats, [Value::Null, json!(10), json!(20), json!(29)]);
-    assert!(calls.iter().all(|c| c["grant"] == json!("ci-bot")), "{calls:?}");
+    assert!(
+        calls.iter().all(|c| c["grant"] == json!("ci-bot")),
+        "{calls:?}"
+    );
 
     let (code, out) = check(&cases);
     assert_eq!(code, 0, "{out}");
@@ -205,9 +246,27 @@ fn cases_accumulate_in_the_file_and_each_passes() {
     let mine = "{\n  \"cases\": [\n    {\"name\": \"mine\", \"call\": {\"tool\": \"nope\"}, \"expect\": {\"decision\": \"deny\", \"rule\": \"/default\"}}\n  ]\n}\n";
     std::fs::write(&cases, mine).expect("written");
     let mut c = Console::new(dir.path(), &cases);
-    let deny = c.call("delete_account", "ci-bot", json!({"id": "a1"}), json!({"id": "a1"}), 1_000);
-    let held = c.call("send_message", "ci-bot", json!({"to": "x"}), json!({"to": "x"}), 2_000);
-    let held2 = c.call("send_message", "ci-bot", json!({"to": "y"}), json!({"to": "y"}), 2_000);
+    let deny = c.call(
+        "delete_account",
+        "ci-bot",
+        json!({"id": "a1"}),
+        json!({"id": "a1"}),
+        1_000,
+    );
+    let held = c.call(
+        "send_message",
+        "ci-bot",
+        json!({"to": "x"}),
+        json!({"to": "x"}),
+        2_000,
+    );
+    let held2 = c.call(
+        "send_message",
+        "ci-bot",
+        json!({"to": "y"}),
+        json!({"to": "y"}),
+        2_000,
+    );
     c.write_case(&deny);
     c.write_case(&held2);
     c.write_case(&held);
@@ -226,8 +285,15 @@ fn cases_accumulate_in_the_file_and_each_passes() {
 
     // The same call again: refused, the file untouched.
     c.write_case(&deny);
-    assert!(c.message().contains("already has a case named"), "{}", c.message());
-    assert_eq!(std::fs::read_to_string(&cases).expect("the case file"), text);
+    assert!(
+        c.message().contains("already has a case named"),
+        "{}",
+        c.message()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cases).expect("the case file"),
+        text
+    );
 }
 
 #[test]
@@ -244,7 +310,8 @@ fn redacted_arguments_are_marked_and_the_case_refuses_to_run_until_filled_in() {
     );
     c.write_case(&id);
     assert!(
-        c.message().contains("1 redacted or cut argument(s) to fill in"),
+        c.message()
+            .contains("1 redacted or cut argument(s) to fill in"),
         "{}",
         c.message()
     );
@@ -252,11 +319,19 @@ fn redacted_arguments_are_marked_and_the_case_refuses_to_run_until_filled_in() {
     let file: Value = serde_json::from_str(&text).expect("JSON");
     let case = &file["cases"][0];
     assert!(
-        case["note"].as_str().is_some_and(|n| n.contains("/call/args/apiKey")),
+        case["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("/call/args/apiKey")),
         "{case}"
     );
-    let placeholder = case["call"]["args"]["apiKey"].as_str().expect("a placeholder").to_owned();
-    assert!(placeholder.starts_with("FILL IN (toolgate)"), "{placeholder}");
+    let placeholder = case["call"]["args"]["apiKey"]
+        .as_str()
+        .expect("a placeholder")
+        .to_owned();
+    assert!(
+        placeholder.starts_with("FILL IN (toolgate)"),
+        "{placeholder}"
+    );
 
     for (code, out) in [check(&cases), run_cases(dir.path(), &cases)] {
         assert_ne!(code, 0, "{out}");

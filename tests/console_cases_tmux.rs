@@ -65,7 +65,10 @@ fn t_on_a_call_appends_a_case_that_toolgate_test_passes() {
     term.wait_for(
         "a denied delete_account call in the Live view",
         Duration::from_secs(30),
-        |s| s.lines().any(|l| l.contains("delete_account") && l.contains("✗ deny")),
+        |s| {
+            s.lines()
+                .any(|l| l.contains("delete_account") && l.contains("✗ deny"))
+        },
     );
     term.send(&["/"]);
     term.send(&["tool:delete_account", "Enter"]);

@@ -59,7 +59,10 @@ fn flags(description: &str) -> Vec<Value> {
 }
 
 fn change(server: &str, tool: &str, offered_fp: &str, offered: Value) -> ToolChanged {
-    let description = offered["description"].as_str().unwrap_or_default().to_owned();
+    let description = offered["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     ToolChanged {
         server: server.into(),
         tool: tool.into(),
@@ -108,7 +111,11 @@ fn a_changed_tool_is_counted_in_the_header_and_on_its_view_tab() {
     let bottom = screen.last().expect("a bottom line");
     assert!(bottom.contains("5 Tools (1)"), "{bottom}");
     let none = text(&render(&populated(), 120, 12));
-    assert!(!none[0].contains("changed"), "nothing to review, nothing said: {}", none[0]);
+    assert!(
+        !none[0].contains("changed"),
+        "nothing to review, nothing said: {}",
+        none[0]
+    );
 }
 
 #[test]
@@ -126,7 +133,8 @@ fn a_newer_change_replaces_the_older_and_acceptance_ends_the_review() {
         now,
     );
     assert_eq!(s.open_reviews().len(), 2);
-    let again = json!({"name": "send_message", "description": "Sends a message. Now also deletes it."});
+    let again =
+        json!({"name": "send_message", "description": "Sends a message. Now also deletes it."});
     update(
         &mut s,
         net(
@@ -146,10 +154,19 @@ fn a_newer_change_replaces_the_older_and_acceptance_ends_the_review() {
     assert_eq!(send.1.offered_fingerprint.as_deref(), Some(AGAIN_FP));
     update(
         &mut s,
-        net("c3d4", 43, now, EventKind::ToolChanged(accepted("notes", "send_message"))),
+        net(
+            "c3d4",
+            43,
+            now,
+            EventKind::ToolChanged(accepted("notes", "send_message")),
+        ),
         now,
     );
-    let left: Vec<&str> = s.open_reviews().iter().map(|(_, r)| r.tool.as_str()).collect();
+    let left: Vec<&str> = s
+        .open_reviews()
+        .iter()
+        .map(|(_, r)| r.tool.as_str())
+        .collect();
     assert_eq!(left, ["search"]);
     let m = s.message.clone().expect("a message");
     assert!(m.text.contains("accepted by ann"), "{m:?}");
@@ -191,7 +208,10 @@ fn accepting_sends_accept_pin_with_the_offered_fingerprint_to_the_gateway_of_the
     assert_eq!(s.view, View::Tools);
     key(&mut s, KeyCode::Char('a'));
     key(&mut s, KeyCode::Char('d'));
-    assert!(s.effects.is_empty(), "a and d are the Policy view's; here they do nothing");
+    assert!(
+        s.effects.is_empty(),
+        "a and d are the Policy view's; here they do nothing"
+    );
     key(&mut s, KeyCode::Char('p'));
     let [Effect::Send { gateway, msg }] = s.effects.as_slice() else {
         panic!("expected one send, got {:?}", s.effects);
@@ -230,11 +250,19 @@ fn accepting_sends_accept_pin_with_the_offered_fingerprint_to_the_gateway_of_the
     );
     let m = s.message.clone().expect("the reply is shown");
     assert!(m.error, "{m:?}");
-    assert!(m.text.contains("could not accept notes/send_message: send_message changed again"), "{m:?}");
+    assert!(
+        m.text
+            .contains("could not accept notes/send_message: send_message changed again"),
+        "{m:?}"
+    );
     assert!(!m.text.contains('\x1b'), "{m:?}");
     let bottom = text(&render(&s, 140, 30)).pop().unwrap_or_default();
     assert!(bottom.contains("changed again"), "{bottom}");
-    assert_eq!(s.open_reviews().len(), 1, "still to review until the gateway accepts it");
+    assert_eq!(
+        s.open_reviews().len(),
+        1,
+        "still to review until the gateway accepts it"
+    );
 }
 
 #[test]
@@ -243,9 +271,16 @@ fn keeping_it_quarantined_hides_it_here_until_its_definition_changes_again() {
     s.effects.clear();
     key(&mut s, KeyCode::Char('5'));
     key(&mut s, KeyCode::Char('x'));
-    assert!(s.effects.is_empty(), "nothing is sent: the gateway keeps it quarantined");
+    assert!(
+        s.effects.is_empty(),
+        "nothing is sent: the gateway keeps it quarantined"
+    );
     assert!(s.open_reviews().is_empty());
-    assert!(s.message.as_ref().is_some_and(|m| m.text.contains("kept notes/send_message quarantined")));
+    assert!(
+        s.message
+            .as_ref()
+            .is_some_and(|m| m.text.contains("kept notes/send_message quarantined"))
+    );
     let now = s.now;
     let again = json!({"name": "send_message", "description": "Something else again."});
     update(
@@ -258,7 +293,11 @@ fn keeping_it_quarantined_hides_it_here_until_its_definition_changes_again() {
         ),
         now,
     );
-    assert_eq!(s.open_reviews().len(), 1, "a new definition is a new review");
+    assert_eq!(
+        s.open_reviews().len(),
+        1,
+        "a new definition is a new review"
+    );
 }
 
 #[test]
@@ -294,7 +333,10 @@ fn tools_view_reads_without_colour() {
     }
     let rows = text(&screen).join("\n");
     assert!(rows.contains("{+<IMPORTANT>"), "{rows}");
-    assert!(rows.contains("~ /inputSchema/properties/to/type: \"string\" → [\"string\",\"array\"]"), "{rows}");
+    assert!(
+        rows.contains("~ /inputSchema/properties/to/type: \"string\" → [\"string\",\"array\"]"),
+        "{rows}"
+    );
     insta::assert_debug_snapshot!(screen);
 }
 
@@ -323,7 +365,10 @@ fn the_diff_scrolls_with_j_and_k_and_hostile_names_are_shown_escaped() {
     key(&mut s, KeyCode::Down);
     assert_eq!(s.tools_view.selected, 1);
     let screen = text(&render(&s, 120, 30)).join("\n");
-    assert!(!screen.contains('\x1b') && !screen.contains('\u{202e}'), "{screen}");
+    assert!(
+        !screen.contains('\x1b') && !screen.contains('\u{202e}'),
+        "{screen}"
+    );
     assert!(screen.contains("ev\\x1b[2Jil"), "{screen}");
 }
 

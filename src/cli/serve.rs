@@ -161,8 +161,7 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
         .inspect_err(|e| tracing::warn!("{e}; grant changes will not apply until a restart"))
         .ok();
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = crate::listen::listen(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     let mut allowed_origins = args.allow_origin.clone();

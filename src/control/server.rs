@@ -165,7 +165,7 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
              and holds the token can approve held calls, and traffic is not encrypted"
         );
     }
-    let listener = listen(opts.addr).map_err(|source| StartError::Bind {
+    let listener = crate::listen::listen(opts.addr).map_err(|source| StartError::Bind {
         addr: opts.addr,
         source,
     })?;
@@ -205,23 +205,6 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
         stop,
         accept: Some(accept),
     })
-}
-
-/// Connections the kernel queues for `accept`. Beyond it, a new connection waits for a
-/// retransmission (a second or more), so a burst of sockets would delay the operator queued
-/// behind it; the shedding in [`super::admission`] needs them accepted first.
-const LISTEN_BACKLOG: u32 = 1024;
-
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // As `TcpListener::bind` does: a restarted gateway may reuse its port at once.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(

@@ -31,13 +31,20 @@ pub(crate) fn append_case(
     name: &str,
     case: &Json,
 ) -> Result<String, AppendError> {
-    let pretty = serde_json::to_string_pretty(case).map_err(|e| AppendError::Encode(e.to_string()))?;
+    let pretty =
+        serde_json::to_string_pretty(case).map_err(|e| AppendError::Encode(e.to_string()))?;
     let Some(text) = existing.filter(|t| !t.trim().is_empty()) else {
-        return Ok(format!("{{\"cases\": [\n{}\n]}}\n", indented(&pretty, "  ")));
+        return Ok(format!(
+            "{{\"cases\": [\n{}\n]}}\n",
+            indented(&pretty, "  ")
+        ));
     };
     let doc = json::parse(text).map_err(|e| {
         let (line, column) = json::Locator::new(text).locate(e.offset);
-        AppendError::NotACaseFile(format!("it is not JSON ({}, at {line}:{column})", e.message))
+        AppendError::NotACaseFile(format!(
+            "it is not JSON ({}, at {line}:{column})",
+            e.message
+        ))
     })?;
     let Value::Object(members) = &doc.root.value else {
         return Err(AppendError::NotACaseFile(
@@ -106,7 +113,10 @@ fn indented(text: &str, indent: &str) -> String {
 fn indent_before(text: &str, offset: usize) -> Option<&str> {
     let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let before = &text[start..offset];
-    before.chars().all(|c| c == ' ' || c == '\t').then_some(before)
+    before
+        .chars()
+        .all(|c| c == ' ' || c == '\t')
+        .then_some(before)
 }
 
 /// The leading whitespace of the line `offset` is on.
@@ -184,7 +194,10 @@ mod tests {
             assert_eq!(CaseFile::parse(&out, "c.json").unwrap().cases.len(), 1);
         }
         let out = append_case(Some("{\"cases\": []}\n"), "one", &case("one")).unwrap();
-        assert!(out.starts_with("{\"cases\": [\n  {\n    \"name\": \"one\""), "{out}");
+        assert!(
+            out.starts_with("{\"cases\": [\n  {\n    \"name\": \"one\""),
+            "{out}"
+        );
         assert!(out.ends_with("\n]}\n"), "{out}");
         assert_eq!(CaseFile::parse(&out, "c.json").unwrap().cases.len(), 1);
     }

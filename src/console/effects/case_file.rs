@@ -62,7 +62,8 @@ mod tests {
     fn a_case_is_added_to_a_new_then_an_existing_file_and_a_policy_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cases.json");
-        let case = |n: &str| json!({"name": n, "call": {"tool": "t"}, "expect": {"decision": "allow"}});
+        let case =
+            |n: &str| json!({"name": n, "call": {"tool": "t"}, "expect": {"decision": "allow"}});
         append(&path, "one", &case("one")).unwrap();
         append(&path, "two", &case("two")).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -75,7 +76,14 @@ mod tests {
         std::fs::write(&policy, "{\"default\": \"deny\"}").unwrap();
         let refused = append(&policy, "one", &case("one")).unwrap_err();
         assert!(refused.contains("not a case file"), "{refused}");
-        assert_eq!(std::fs::read_to_string(&policy).unwrap(), "{\"default\": \"deny\"}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file left");
+        assert_eq!(
+            std::fs::read_to_string(&policy).unwrap(),
+            "{\"default\": \"deny\"}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
     }
 }

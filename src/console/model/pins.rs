@@ -77,7 +77,12 @@ impl ToolReview {
             pinned_fingerprint,
             offered_fingerprint,
             quarantined: t.quarantined,
-            flags: t.flags.iter().take(MAX_FLAGS).map(FlagLabel::from_json).collect(),
+            flags: t
+                .flags
+                .iter()
+                .take(MAX_FLAGS)
+                .map(FlagLabel::from_json)
+                .collect(),
             at,
             diff,
         }

@@ -8,7 +8,9 @@ use crate::sanitize::terminal_text;
 /// `T`: the selected call, as a case for the `--cases` file.
 pub(super) fn write_case(state: &mut State) {
     let Some(path) = state.cases_path.clone() else {
-        state.complain("no case file: start the console with --cases FILE to write calls as test cases");
+        state.complain(
+            "no case file: start the console with --cases FILE to write calls as test cases",
+        );
         return;
     };
     let Some(call_id) = state.selected_call().map(|c| c.call_id.clone()) else {
@@ -22,7 +24,11 @@ pub(super) fn write_case(state: &mut State) {
     };
     match case_for(state, pos) {
         Ok(new) => {
-            state.say(format!("adding case '{}' to {}…", new.name, file_name(&path)));
+            state.say(format!(
+                "adding case '{}' to {}…",
+                new.name,
+                file_name(&path)
+            ));
             state.effects.push(Effect::AppendCase {
                 path,
                 name: new.name,

@@ -64,7 +64,10 @@ pub(super) fn resume(state: &mut State, conn: usize, changes: Vec<ToolChanged>, 
         }
         let known = old.iter().find(|r| r.is_for(&t.server, &t.tool));
         let review = ToolReview::from_event(t, known.map_or(at, |k| k.at), known);
-        match new.iter().position(|r| r.is_for(&review.raw_server, &review.raw_tool)) {
+        match new
+            .iter()
+            .position(|r| r.is_for(&review.raw_server, &review.raw_tool))
+        {
             Some(i) => new[i] = review,
             None => new.push(review),
         }
@@ -147,7 +150,11 @@ pub(super) fn replied(state: &mut State, reply: &Reply) -> bool {
             p.server, p.tool
         ));
     } else {
-        let why = reply.error.as_deref().map(terminal_text).unwrap_or_default();
+        let why = reply
+            .error
+            .as_deref()
+            .map(terminal_text)
+            .unwrap_or_default();
         state.complain(format!("could not accept {}/{}: {why}", p.server, p.tool));
     }
     true

@@ -86,7 +86,10 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, reviews: &[(usiz
     col(buf, area.y, RISK_W, "RISK CLASS", head);
     col(buf, area.y, w, "FLAGS", head);
     let rows = area.height.saturating_sub(1) as usize;
-    let selected = state.tools_view.selected.min(reviews.len().saturating_sub(1));
+    let selected = state
+        .tools_view
+        .selected
+        .min(reviews.len().saturating_sub(1));
     let first = selected.saturating_sub(rows.saturating_sub(1));
     for (i, (_, r)) in reviews.iter().enumerate().skip(first).take(rows) {
         let y = area.y + 1 + (i - first) as u16;
@@ -165,10 +168,7 @@ fn detail_lines(r: &ToolReview, t: &Theme, width: usize) -> Vec<Line<'static>> {
     let heading = |text: &str| Line::from(Span::styled(text.to_string(), t.accent));
     let d = &r.diff;
     if let Some(why) = &d.unreadable {
-        out.push(Line::from(Span::styled(
-            format!("No diff: {why}"),
-            t.error,
-        )));
+        out.push(Line::from(Span::styled(format!("No diff: {why}"), t.error)));
     }
     if let Some(risk) = d.risk {
         out.push(Line::from(Span::styled(
@@ -186,7 +186,11 @@ fn detail_lines(r: &ToolReview, t: &Theme, width: usize) -> Vec<Line<'static>> {
         } else {
             "Warned only (\"pins\": \"warn\"): calls still go through under the old rule."
         },
-        if r.quarantined { t.deny } else { t.rate_limited },
+        if r.quarantined {
+            t.deny
+        } else {
+            t.rate_limited
+        },
     )));
     if !r.flags.is_empty() {
         out.push(heading("Description checks"));
@@ -213,7 +217,9 @@ fn detail_lines(r: &ToolReview, t: &Theme, width: usize) -> Vec<Line<'static>> {
         out.extend(word_lines(r, t, width.saturating_sub(2)));
     }
     if !d.parts.is_empty() {
-        out.push(heading("Schemas and annotations (JSON Pointer: before → after)"));
+        out.push(heading(
+            "Schemas and annotations (JSON Pointer: before → after)",
+        ));
         for p in &d.parts {
             let (mark, style) = match (&p.before, &p.after) {
                 (None, _) => ("+", t.allow),
