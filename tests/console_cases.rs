@@ -19,6 +19,7 @@ use toolgate::testing::policy::{Call, MemoryStore, Policy};
 use toolgate::testing::wire::{CallEvent, EventKind};
 
 const POLICY: &str = r#"{
+  "version": "1",
   "default": "deny",
   "tools": {
     "create_api_key": {"action": "allow", "limits": [{"counter": "keys", "max": 3, "window": "minute", "scope": "grant"}]},

@@ -311,7 +311,7 @@ fn tools_view_shows_the_poisoned_description_the_wider_schema_and_the_risk_chang
         "⚠ read → write",
         "to-model",
         "RISK CLASS CHANGED: read → write",
-        "{+<IMPORTANT>Before",
+        "channel. {+<IMPORTANT>Before sending",
         "/inputSchema/properties/attachments",
         "/annotations/readOnlyHint: true → (removed)",
         "p accept+pin",

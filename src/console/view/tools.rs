@@ -121,7 +121,12 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, reviews: &[(usiz
             ),
             None => col(buf, RISK_W, "same", t.muted),
         }
-        let flags: Vec<&str> = r.flags.iter().map(|f| f.word.as_str()).collect();
+        let mut flags: Vec<&str> = Vec::new();
+        for f in &r.flags {
+            if !flags.contains(&f.word.as_str()) {
+                flags.push(&f.word);
+            }
+        }
         let flags = if flags.is_empty() {
             "none".to_string()
         } else {
@@ -291,42 +296,54 @@ fn word_lines(r: &ToolReview, t: &Theme, width: usize) -> Vec<Line<'static>> {
             WordKind::Removed => ("[-", "-]", removed(t)),
             WordKind::Added => ("{+", "+}", added(t)),
         };
-        let text = format!("{open}{}{close}", run.text);
-        let mut piece = String::new();
-        for word in words(&text) {
-            if word == "\n" {
-                if !piece.is_empty() {
-                    current.push(Span::styled(std::mem::take(&mut piece), style));
-                }
-                flush(&mut current, &mut used);
-                continue;
-            }
-            let ww = super::width(word);
-            // A word that does not fit goes to the next line; one longer than a line is cut
-            // character by character.
-            if used > 0 && used + ww > width && ww <= width {
-                if !piece.is_empty() {
-                    current.push(Span::styled(std::mem::take(&mut piece), style));
-                }
-                flush(&mut current, &mut used);
-                if word.trim().is_empty() {
-                    continue;
-                }
-            }
-            for c in word.chars() {
-                let cw = c.width().unwrap_or(0);
-                if used + cw > width {
+        // Spaces and line breaks around a change stay outside its markers.
+        let inner = run.text.trim_matches(char::is_whitespace);
+        let (lead, trail) = match run.text.find(inner) {
+            Some(at) if !inner.is_empty() => (&run.text[..at], &run.text[at + inner.len()..]),
+            _ => (run.text.as_str(), ""),
+        };
+        let mut segments = vec![(lead.to_string(), t.text)];
+        if !inner.is_empty() {
+            segments.push((format!("{open}{inner}{close}"), style));
+        }
+        segments.push((trail.to_string(), t.text));
+        for (text, style) in segments {
+            let mut piece = String::new();
+            for word in words(&text) {
+                if word == "\n" {
                     if !piece.is_empty() {
                         current.push(Span::styled(std::mem::take(&mut piece), style));
                     }
                     flush(&mut current, &mut used);
+                    continue;
                 }
-                piece.push(c);
-                used += cw;
+                let ww = super::width(word);
+                // A word that does not fit goes to the next line; one longer than a line is cut
+                // character by character.
+                if used > 0 && used + ww > width && ww <= width {
+                    if !piece.is_empty() {
+                        current.push(Span::styled(std::mem::take(&mut piece), style));
+                    }
+                    flush(&mut current, &mut used);
+                    if word.trim().is_empty() {
+                        continue;
+                    }
+                }
+                for c in word.chars() {
+                    let cw = c.width().unwrap_or(0);
+                    if used + cw > width {
+                        if !piece.is_empty() {
+                            current.push(Span::styled(std::mem::take(&mut piece), style));
+                        }
+                        flush(&mut current, &mut used);
+                    }
+                    piece.push(c);
+                    used += cw;
+                }
             }
-        }
-        if !piece.is_empty() {
-            current.push(Span::styled(piece, style));
+            if !piece.is_empty() {
+                current.push(Span::styled(piece, style));
+            }
         }
     }
     if !current.is_empty() {
