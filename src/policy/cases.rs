@@ -578,3 +578,36 @@ fn shown(node: &Node) -> String {
         _ => node.kind().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match CaseFile::parse(text, "c.json") {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_note_is_free_text_and_placeholders_anywhere_in_args_are_refused_where_they_are() {
+        let ok = r#"{"cases": [{"name": "n", "note": "from the console", "call": {"tool": "t", "args": {"a": "FILL IN later"}}, "expect": {"decision": "allow"}}]}"#;
+        assert!(problems(ok).is_empty(), "{:?}", problems(ok));
+        let bad_note = ok.replace("\"from the console\"", "3");
+        assert!(
+            problems(&bad_note)
+                .iter()
+                .any(|p| p.contains("/cases/0/note"))
+        );
+        let nested = r#"{"cases": [{"name": "n", "calls": [{"tool": "t"}, {"tool": "t", "args": {"list": [1, {"k": "FILL IN (toolgate): redacted"}], "FILL IN (toolgate): the arguments": "x"}}], "expect": {"decision": "allow"}}]}"#;
+        let found = problems(nested);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().any(|p| p.contains("still to be filled in")
+                && p.contains("(at /cases/0/calls/1/args/list/1/k)")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|p| p.contains("(at /cases/0/calls/1/args/FILL IN (toolgate): the arguments)")), "{found:?}");
+    }
+}

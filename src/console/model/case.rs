@@ -46,6 +46,16 @@ pub(crate) fn case_for(state: &State, pos: u64) -> Result<NewCase, String> {
         .get(pos)
         .ok_or("that call is no longer in the console's history")?;
     let c = &row.call;
+    // Names are sanitised on arrival: one with control characters is shown escaped, and a
+    // case written with the escaped form would be about another tool (or grant, or session).
+    if [&c.tool, &c.grant, &c.session]
+        .iter()
+        .any(|s| s.contains('\\'))
+    {
+        return Err(
+            "its tool, grant or session has control characters; write this case by hand".into(),
+        );
+    }
     let mut holes: Vec<String> = Vec::new();
     let policy = state
         .authoring
