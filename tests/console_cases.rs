@@ -99,20 +99,21 @@ impl Console {
         );
         self.seq += 1;
         let call_id = format!("a1b2-{}", self.seq);
-        let event = CallEvent {
-            call_id: call_id.clone(),
-            tool: tool.into(),
-            grant: grant.into(),
-            session: "s1".into(),
-            server: "keys".into(),
-            decision: d.verdict,
-            rule: d.rule,
-            reason: d.reason,
-            args: args_seen,
-            args_truncated: false,
-            retry_after_ms: d.retry_after_ms,
-            hold_deadline: None,
-        };
+        // Read from JSON as a gateway's event is, so fields added to the event later (with
+        // their defaults) do not change what this test says.
+        let event: CallEvent = serde_json::from_value(json!({
+            "call_id": call_id,
+            "tool": tool,
+            "grant": grant,
+            "session": "s1",
+            "server": "keys",
+            "decision": d.verdict,
+            "rule": d.rule,
+            "reason": d.reason,
+            "args": args_seen,
+            "retry_after_ms": d.retry_after_ms,
+        }))
+        .expect("a call event");
         let ts = at_ms(ms);
         update(
             &mut self.state,
