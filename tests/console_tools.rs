@@ -176,7 +176,15 @@ fn a_newer_change_replaces_the_older_and_acceptance_ends_the_review() {
 fn a_reconnection_takes_the_open_reviews_from_the_snapshot_without_diffing_them_again() {
     let mut s = with_change();
     let now = s.now;
-    let before = std::sync::Arc::clone(&s.gateways[1].tool_changes[0].diff);
+    assert!(
+        s.gateways[1].tool_changes[0].diff.is_none(),
+        "nobody looked yet: no diff made"
+    );
+    key(&mut s, KeyCode::Char('5'));
+    let before = s.gateways[1].tool_changes[0]
+        .diff
+        .clone()
+        .expect("selected: its diff is made");
     let mut hello_kind = hello("c3d4", "ops-bot", vec![], vec![]);
     if let EventKind::Hello(h) = &mut hello_kind {
         h.snapshot.tool_changes = vec![
@@ -188,7 +196,10 @@ fn a_reconnection_takes_the_open_reviews_from_the_snapshot_without_diffing_them_
     let reviews = &s.gateways[1].tool_changes;
     assert_eq!(reviews.len(), 2);
     assert!(
-        std::sync::Arc::ptr_eq(&before, &reviews[0].diff),
+        reviews[0]
+            .diff
+            .as_ref()
+            .is_some_and(|d| std::sync::Arc::ptr_eq(&before, d)),
         "the same change (same fingerprints) keeps its diff"
     );
     // A hello without it: accepted elsewhere while the console was away.
@@ -385,4 +396,25 @@ fn the_tools_view_draws_on_tiny_terminals_without_panicking() {
             render(&s, w, h);
         }
     }
+}
+
+#[test]
+fn a_gateway_reporting_too_many_changes_fills_the_list_only_up_to_its_cap() {
+    let mut s = populated();
+    let now = s.now;
+    for i in 0..1001u64 {
+        let event =
+            EventKind::ToolChanged(change("notes", &format!("tool_{i}"), OFFERED_FP, offered()));
+        update(&mut s, net("c3d4", 100 + i, now, event), now);
+    }
+    assert_eq!(s.open_reviews().len(), 1000);
+    assert!(
+        s.gateways[1].tool_changes.iter().all(|r| r.diff.is_none()),
+        "no diff is made for changes nobody selected"
+    );
+    let m = s.message.clone().expect("a message");
+    assert!(
+        m.error && m.text.contains("more than 1000 changed tools"),
+        "{m:?}"
+    );
 }

@@ -3,11 +3,15 @@
 //! with what changed worked out once per change.
 //!
 //! A review is keyed by (gateway, server, tool): a newer `changed` replaces the older one, an
-//! `accepted` ends it. Its diff ([`ReviewDiff`]: the word diff of the description, the
-//! structural diff of the rest, the risk class change) is computed by [`crate::pins::diff`]
-//! when the change arrives and kept behind an `Arc` keyed by the pinned and offered
-//! fingerprints, so a snapshot that repeats a change, or a frame that draws it, never
-//! computes it again. Every string a person reads is sanitised here, as it enters; the
+//! `accepted` ends it. The risk class change is worked out when the change arrives (the list
+//! shows it for every row; it is two classifications). The diff ([`ReviewDiff`]: the word diff
+//! of the description, the structural diff of the rest) is computed by [`crate::pins::diff`]
+//! once, when the review is first selected ([`ToolReview::prepare`], called by the update),
+//! and kept behind an `Arc` keyed by the pinned and offered fingerprints: a snapshot that
+//! repeats a change, or a frame that draws it, never computes it again, and a server that
+//! changes hundreds of tools at once costs the console nothing until someone looks. At most
+//! [`MAX_REVIEWS`] changes are kept per gateway. Every string a person reads is sanitised
+//! here, as it enters; the
 //! server's and tool's names as the gateway sent them are kept apart, only to be sent back
 //! in `accept_pin`, and never drawn.
 
@@ -17,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::pins::ToolDefinition;
-use crate::pins::diff::{JsonChange, RiskChange, WordKind, definition_diff};
+use crate::pins::diff::{JsonChange, RiskChange, WordKind, definition_diff, risk_change};
 use crate::sanitize::{terminal_string, terminal_text};
 use crate::wire::ToolChanged;
 
@@ -25,6 +29,8 @@ use crate::wire::ToolChanged;
 const VALUE_CHARS: usize = 200;
 /// Most flags shown per review (the gateway's checks cap them too).
 const MAX_FLAGS: usize = 16;
+/// Most changes kept per gateway; the pin store caps pins per server too.
+pub(crate) const MAX_REVIEWS: usize = 1000;
 
 /// One changed tool awaiting review on one gateway.
 #[derive(Debug, Clone)]
@@ -46,7 +52,12 @@ pub struct ToolReview {
     pub flags: Vec<FlagLabel>,
     /// When the change arrived.
     pub at: DateTime<Utc>,
-    pub diff: Arc<ReviewDiff>,
+    /// The risk class change, as `toolgate scan` classifies both definitions.
+    pub risk: Option<RiskChange>,
+    /// What changed, once the review has been selected ([`ToolReview::prepare`]).
+    pub diff: Option<Arc<ReviewDiff>>,
+    /// The definitions as the gateway sent them, until the diff is made from them.
+    definitions: Option<Box<(Value, Value)>>,
 }
 
 impl ToolReview {
@@ -58,17 +69,24 @@ impl ToolReview {
     ) -> ToolReview {
         let pinned_fingerprint = fingerprint(&t.pinned_fingerprint);
         let offered_fingerprint = fingerprint(&t.offered_fingerprint);
-        let diff = match known {
-            Some(k)
-                if k.pinned_fingerprint.is_some()
-                    && k.offered_fingerprint.is_some()
-                    && k.pinned_fingerprint == pinned_fingerprint
-                    && k.offered_fingerprint == offered_fingerprint =>
-            {
-                Arc::clone(&k.diff)
-            }
-            _ => Arc::new(ReviewDiff::compute(&t.pinned, &t.offered)),
+        let same = known.filter(|k| {
+            k.pinned_fingerprint.is_some()
+                && k.offered_fingerprint.is_some()
+                && k.pinned_fingerprint == pinned_fingerprint
+                && k.offered_fingerprint == offered_fingerprint
+        });
+        let diff = same.and_then(|k| k.diff.clone());
+        let risk = match same {
+            Some(k) => k.risk,
+            None => match (
+                ToolDefinition::from_entry(&t.pinned),
+                ToolDefinition::from_entry(&t.offered),
+            ) {
+                (Ok(p), Ok(o)) => risk_change(&p, &o),
+                _ => None,
+            },
         };
+        let definitions = diff.is_none().then(|| Box::new((t.pinned, t.offered)));
         ToolReview {
             server: terminal_string(t.server.clone()),
             tool: terminal_string(t.tool.clone()),
@@ -84,8 +102,22 @@ impl ToolReview {
                 .map(FlagLabel::from_json)
                 .collect(),
             at,
+            risk,
             diff,
+            definitions,
         }
+    }
+
+    /// Makes the diff, if it is not made yet (once per change).
+    pub(crate) fn prepare(&mut self) {
+        if self.diff.is_some() {
+            return;
+        }
+        let diff = match self.definitions.take() {
+            Some(d) => ReviewDiff::compute(&d.0, &d.1),
+            None => ReviewDiff::default(),
+        };
+        self.diff = Some(Arc::new(diff));
     }
 
     /// Whether `t` is about the same tool of the same server.
@@ -166,7 +198,6 @@ pub struct ReviewDiff {
     pub parts: Vec<PartChange>,
     /// The structural diff was cut at its cap.
     pub truncated: bool,
-    pub risk: Option<RiskChange>,
     /// Why no diff could be made (a definition the gateway sent does not read as one).
     pub unreadable: Option<String>,
 }
@@ -224,7 +255,6 @@ impl ReviewDiff {
                 })
                 .collect(),
             truncated: d.parts.truncated,
-            risk: d.risk,
             unreadable: None,
         }
     }

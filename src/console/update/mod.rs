@@ -152,6 +152,7 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
         AppEvent::Resize { width, height } => state.screen = Layout { width, height },
     }
     authoring::ensure_loaded(state);
+    pins::prepare_selected(state);
     state.refresh_derived();
     if state
         .message

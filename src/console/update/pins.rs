@@ -4,7 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::console::model::{Effect, PendingPin, State, ToolReview};
+use crate::console::model::pins::MAX_REVIEWS;
+use crate::console::model::{Effect, PendingPin, State, ToolReview, View};
 use crate::sanitize::terminal_text;
 use crate::wire::{ClientMsg, PinChange, Reply, ToolChanged};
 
@@ -31,6 +32,12 @@ pub(super) fn changed(state: &mut State, conn: usize, t: ToolChanged, at: DateTi
             );
             match known {
                 Some(i) => g.tool_changes[i] = review,
+                None if g.tool_changes.len() >= MAX_REVIEWS => {
+                    state.complain(format!(
+                        "gateway {label}: more than {MAX_REVIEWS} changed tools; the Tools view lists the first {MAX_REVIEWS} (toolgate pins list shows them all)"
+                    ));
+                    return;
+                }
                 None => g.tool_changes.push(review),
             }
             state.complain(text);
@@ -58,7 +65,7 @@ pub(super) fn changed(state: &mut State, conn: usize, t: ToolChanged, at: DateTi
 pub(super) fn resume(state: &mut State, conn: usize, changes: Vec<ToolChanged>, at: DateTime<Utc>) {
     let old = std::mem::take(&mut state.gateways[conn].tool_changes);
     let mut new: Vec<ToolReview> = Vec::with_capacity(changes.len());
-    for t in changes {
+    for t in changes.into_iter().take(MAX_REVIEWS) {
         if t.change != PinChange::Changed {
             continue;
         }
@@ -172,6 +179,28 @@ pub(super) fn send_failed(state: &mut State, id: u64, error: &str) -> bool {
         terminal_text(error)
     ));
     true
+}
+
+/// Makes the diff of the change the Tools view shows, if it is not made yet: a diff is
+/// computed once, for a change someone looks at.
+pub(super) fn prepare_selected(state: &mut State) {
+    if state.view != View::Tools {
+        return;
+    }
+    let Some((conn, server, tool)) = state
+        .selected_review()
+        .filter(|(_, r)| r.diff.is_none())
+        .map(|(conn, r)| (conn, r.raw_server.clone(), r.raw_tool.clone()))
+    else {
+        return;
+    };
+    if let Some(r) = state.gateways[conn]
+        .tool_changes
+        .iter_mut()
+        .find(|r| r.is_for(&server, &tool))
+    {
+        r.prepare();
+    }
 }
 
 /// Keeps the selection on a listed change, and the scroll with it.

@@ -18,6 +18,7 @@ use ratatui::widgets::{Block, Borders, Widget};
 use unicode_width::UnicodeWidthChar;
 
 use super::cell;
+use crate::console::model::pins::ReviewDiff;
 use crate::console::model::{State, ToolReview};
 use crate::console::theme::Theme;
 use crate::pins::diff::WordKind;
@@ -112,7 +113,7 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, reviews: &[(usiz
             ("warned", t.rate_limited)
         };
         col(buf, STATE_W, state_word, state_style);
-        match r.diff.risk {
+        match r.risk {
             Some(risk) => col(
                 buf,
                 RISK_W,
@@ -171,11 +172,14 @@ fn detail(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, conn: usize, r
 fn detail_lines(r: &ToolReview, t: &Theme, width: usize) -> Vec<Line<'static>> {
     let mut out: Vec<Line<'static>> = Vec::new();
     let heading = |text: &str| Line::from(Span::styled(text.to_string(), t.accent));
-    let d = &r.diff;
+    let Some(d) = r.diff.as_deref() else {
+        // The update makes the selected change's diff before any frame is drawn.
+        return vec![Line::from(Span::styled("No diff yet.", t.muted))];
+    };
     if let Some(why) = &d.unreadable {
         out.push(Line::from(Span::styled(format!("No diff: {why}"), t.error)));
     }
-    if let Some(risk) = d.risk {
+    if let Some(risk) = r.risk {
         out.push(Line::from(Span::styled(
             format!(
                 "⚠ RISK CLASS CHANGED: {} → {} (as toolgate scan classifies it)",
@@ -219,7 +223,7 @@ fn detail_lines(r: &ToolReview, t: &Theme, width: usize) -> Vec<Line<'static>> {
     }
     if !d.description.is_empty() {
         out.push(heading("Description ([-removed-] {+added+})"));
-        out.extend(word_lines(r, t, width.saturating_sub(2)));
+        out.extend(word_lines(d, t, width.saturating_sub(2)));
     }
     if !d.parts.is_empty() {
         out.push(heading(
@@ -279,7 +283,7 @@ fn added(t: &Theme) -> Style {
 
 /// The description's word diff wrapped to `width` columns, two spaces in; removed runs as
 /// `[-…-]`, added ones as `{+…+}`, line breaks kept.
-fn word_lines(r: &ToolReview, t: &Theme, width: usize) -> Vec<Line<'static>> {
+fn word_lines(d: &ReviewDiff, t: &Theme, width: usize) -> Vec<Line<'static>> {
     let width = width.max(10);
     let mut lines: Vec<Line<'static>> = Vec::new();
     let mut current: Vec<Span<'static>> = Vec::new();
@@ -290,7 +294,7 @@ fn word_lines(r: &ToolReview, t: &Theme, width: usize) -> Vec<Line<'static>> {
         lines.push(Line::from(spans));
         *used = 0;
     };
-    for run in &r.diff.description {
+    for run in &d.description {
         let (open, close, style) = match run.kind {
             WordKind::Same => ("", "", t.text),
             WordKind::Removed => ("[-", "-]", removed(t)),
