@@ -44,7 +44,7 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
             inner.x,
             inner.y,
             inner.width,
-            "Every tool the gateways have seen matches its pin. A changed definition shows here for review.",
+            "No changed tool definitions reported. A tool whose definition changes after it was pinned shows here for review.",
             t.muted,
         );
         return;
