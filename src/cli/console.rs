@@ -19,7 +19,7 @@ use crate::console::{Options, Theme, net, run_in_terminal, theme};
 /// Without --connect, follows every gateway running on this machine (new ones appear by
 /// themselves). Logs go to <state dir>/toolgate/console.log, or --log FILE.
 ///
-/// Example: toolgate console --theme light
+/// Example: toolgate console --theme light --cases policy-cases.json
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     /// Follow one gateway by its event websocket URL instead of discovering them.
@@ -35,6 +35,10 @@ pub(super) struct Args {
     /// The policy file (for the Policy view; default: the one the gateways report).
     #[arg(long, value_name = "P")]
     policy: Option<PathBuf>,
+    /// A `toolgate test` case file: T on a call in the Live view appends it, with the
+    /// decision it got, as a case (the file is created if missing; see docs/policy-tests.md).
+    #[arg(long, value_name = "FILE")]
+    cases: Option<PathBuf>,
     /// How many calls to remember.
     #[arg(long, value_name = "N", default_value_t = crate::console::model::history::DEFAULT_CAPACITY)]
     history: usize,
@@ -64,6 +68,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         theme,
         history: args.history,
         policy_path: args.policy.as_ref().map(|p| p.display().to_string()),
+        cases_path: args.cases.as_ref().map(|p| p.display().to_string()),
     };
     let result = runtime.block_on(run_in_terminal(options));
     // Network tasks may be mid-connect; do not wait for them.

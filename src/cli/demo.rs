@@ -40,6 +40,10 @@ pub(super) struct Args {
     /// Colour theme of the console: dark, light, high-contrast, or a user theme's name.
     #[arg(long, value_name = "NAME", env = "TOOLGATE_THEME", default_value = theme::DEFAULT_THEME)]
     theme: String,
+    /// A `toolgate test` case file: T in the console appends the selected call to it as a
+    /// case (the file is created if missing).
+    #[arg(long, value_name = "FILE")]
+    cases: Option<PathBuf>,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -73,7 +77,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let code = if args.headless {
         headless(demo, &control).await
     } else {
-        attached(demo, &control, &args.theme).await
+        attached(demo, &control, &args.theme, args.cases.as_deref()).await
     };
     control.shutdown().await;
     code
@@ -84,6 +88,7 @@ async fn attached(
     demo: demo::Demo,
     control: &ControlHandle,
     theme_name: &str,
+    cases: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     super::console::init_logging(&super::console::default_log_path())?;
     let mut theme = Theme::load(theme_name).context("--theme")?;
@@ -98,6 +103,7 @@ async fn attached(
         theme,
         history: crate::console::model::history::DEFAULT_CAPACITY,
         policy_path: Some(demo.policy_path.display().to_string()),
+        cases_path: cases.map(|p| p.display().to_string()),
     };
     run_in_terminal(options).await?;
     drop(demo);

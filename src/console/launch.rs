@@ -26,6 +26,8 @@ pub(crate) struct Options {
     pub history: usize,
     /// `--policy`, for the Policy view.
     pub policy_path: Option<String>,
+    /// `--cases`, where `T` appends calls as test cases.
+    pub cases_path: Option<String>,
 }
 
 /// Runs the console on this process's terminal until the operator quits.
@@ -35,6 +37,7 @@ pub(crate) async fn run_in_terminal(options: Options) -> Result<(), ConsoleError
     state.tz = *chrono::Local::now().offset();
     state.operator = std::env::var("USER").ok().filter(|u| !u.is_empty());
     state.policy_path = options.policy_path;
+    state.cases_path = options.cases_path;
 
     // ratatui's hook restores the terminal before the panic is reported; ours then exits.
     let mut terminal = ratatui::try_init().map_err(|e| ConsoleError::Terminal(e.into()))?;

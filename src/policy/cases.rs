@@ -21,12 +21,18 @@ pub(crate) const MAX_CALLS_PER_CASE: u64 = 100_000;
 /// The latest a call may be placed (`at`), from the first call: a year.
 const MAX_AT_MS: u64 = 366 * 86_400_000;
 
+/// How a value still to be written by a person starts. `toolgate console --cases` writes it
+/// in place of an argument it only saw redacted or cut (as a value, or as the key of the
+/// whole `args` when the gateway cut them); a case holding one is refused, by `check` and
+/// `test` alike, until someone writes the real value, so it can never pass by accident.
+pub(crate) const FILL_IN: &str = "FILL IN (toolgate)";
+
 /// The grant and session a call has when the case does not name them.
 pub(crate) const DEFAULT_GRANT: &str = "default";
 pub(crate) const DEFAULT_SESSION: &str = "default";
 
 const TOP_FIELDS: &[&str] = &["cases"];
-const CASE_FIELDS: &[&str] = &["name", "call", "calls", "expect"];
+const CASE_FIELDS: &[&str] = &["name", "note", "call", "calls", "expect"];
 const CALL_FIELDS: &[&str] = &["tool", "args", "grant", "session", "at", "repeat"];
 const EXPECT_FIELDS: &[&str] = &["decision", "rule", "reason_contains", "shadow"];
 
@@ -237,6 +243,9 @@ impl Reader<'_> {
                 None
             }
         };
+        if let Some(n) = get(members, "note") {
+            self.string(n, &child(ptr, "note"), "\"note\"");
+        }
         let calls = match (get(members, "call"), get(members, "calls")) {
             (Some(_), Some(_)) => {
                 self.error(
@@ -348,6 +357,7 @@ impl Reader<'_> {
         let args = match get(members, "args") {
             None => Some(Json::Object(Default::default())),
             Some(a) => match (&a.value, a.to_serde()) {
+                (Value::Object(_), Ok(_)) if self.unfilled(a, &child(ptr, "args")) => None,
                 (Value::Object(_), Ok(v)) => Some(v),
                 (Value::Object(_), Err(offset)) => {
                     self.problem(
@@ -404,6 +414,48 @@ impl Reader<'_> {
             at_ms: at_ms?,
             repeat: repeat?,
         })
+    }
+
+    /// Reports every [`FILL_IN`] placeholder in `node` (keys and string values, at any
+    /// depth); true when there was one.
+    fn unfilled(&mut self, node: &Node, ptr: &str) -> bool {
+        match &node.value {
+            Value::String(s) if s.starts_with(FILL_IN) => {
+                self.error(
+                    node,
+                    ptr,
+                    "this argument is still to be filled in: the console wrote the case from a call whose argument it only saw redacted or cut".to_string(),
+                    "replace the placeholder with the value the call had (or one that is decided the same way); the case's \"note\" says which",
+                );
+                true
+            }
+            Value::Array(items) => {
+                let mut found = false;
+                for (i, item) in items.iter().enumerate() {
+                    found |= self.unfilled(item, &format!("{ptr}/{i}"));
+                }
+                found
+            }
+            Value::Object(members) => {
+                let mut found = false;
+                for m in members {
+                    let p = child(ptr, &m.key);
+                    if m.key.starts_with(FILL_IN) {
+                        self.problem(
+                            m.key_offset,
+                            p.clone(),
+                            "these arguments are still to be filled in: the console wrote the case from a call whose arguments the gateway cut to a preview".to_string(),
+                            "replace this member with the call's arguments as the agent sent them; the value holds the start the gateway kept".to_string(),
+                        );
+                        found = true;
+                    } else {
+                        found |= self.unfilled(&m.value, &p);
+                    }
+                }
+                found
+            }
+            _ => false,
+        }
     }
 
     /// An `at`: seconds (`61`) or a duration (`"61s"`, `"2m"`, `"1h"`, `"1d"`, `"0s"`) after
@@ -548,5 +600,38 @@ fn shown(node: &Node) -> String {
         Value::String(s) => quote(s),
         Value::Number(n) => n.clone(),
         _ => node.kind().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match CaseFile::parse(text, "c.json") {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_note_is_free_text_and_placeholders_anywhere_in_args_are_refused_where_they_are() {
+        let ok = r#"{"cases": [{"name": "n", "note": "from the console", "call": {"tool": "t", "args": {"a": "FILL IN later"}}, "expect": {"decision": "allow"}}]}"#;
+        assert!(problems(ok).is_empty(), "{:?}", problems(ok));
+        let bad_note = ok.replace("\"from the console\"", "3");
+        assert!(
+            problems(&bad_note)
+                .iter()
+                .any(|p| p.contains("/cases/0/note"))
+        );
+        let nested = r#"{"cases": [{"name": "n", "calls": [{"tool": "t"}, {"tool": "t", "args": {"list": [1, {"k": "FILL IN (toolgate): redacted"}], "FILL IN (toolgate): the arguments": "x"}}], "expect": {"decision": "allow"}}]}"#;
+        let found = problems(nested);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().any(|p| p.contains("still to be filled in")
+                && p.contains("(at /cases/0/calls/1/args/list/1/k)")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|p| p.contains("(at /cases/0/calls/1/args/FILL IN (toolgate): the arguments)")), "{found:?}");
     }
 }

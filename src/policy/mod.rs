@@ -24,6 +24,7 @@
 //! allow. Rule lookup is a hash map for exact names (thousands of rules cost nothing) and then
 //! the globs, pre-sorted by literal characters (most first, ties in file order).
 
+pub(crate) mod case_append;
 pub(crate) mod case_run;
 pub(crate) mod cases;
 mod compile;

@@ -2,14 +2,15 @@
 //!
 //! The update leaves [`Effect`]s in the state; the event loop takes them after each batch.
 //! Sending a command (a channel send) and the bell are immediate. Everything that can block
-//! — reading or writing the policy file (with its fsyncs), loading a theme from disk — runs
-//! on tokio's blocking pool through [`spawn`], never on the task that reads the keyboard,
-//! and its result comes back to the loop as an [`Answer`] on a bounded channel, to be
+//! — reading or writing the policy file (with its fsyncs), appending to the case file
+//! (`--cases`), loading a theme from disk — runs on tokio's blocking pool through [`spawn`],
+//! never on the task that reads the keyboard, and its result comes back to the loop as an [`Answer`] on a bounded channel, to be
 //! applied like any other event. [`net`] is the network side: one task per gateway.
 //!
 //! This layer reads the model and the update's events; it never imports the view (a theme
 //! comes back as data for the loop to hand to the view).
 
+pub(crate) mod case_file;
 pub mod net;
 pub(crate) mod policy_file;
 
@@ -38,7 +39,10 @@ pub(crate) enum Answer {
 pub(crate) fn is_slow(effect: &Effect) -> bool {
     matches!(
         effect,
-        Effect::LoadTheme(_) | Effect::LoadPolicy(_) | Effect::WritePolicy { .. }
+        Effect::LoadTheme(_)
+            | Effect::LoadPolicy(_)
+            | Effect::WritePolicy { .. }
+            | Effect::AppendCase { .. }
     )
 }
 
@@ -91,6 +95,20 @@ pub(crate) fn perform(effect: Effect) -> Option<Answer> {
                 });
             Answer::Event(AppEvent::PolicyWritten { text, result })
         }
+        Effect::AppendCase {
+            path,
+            name,
+            case,
+            fill_in,
+        } => {
+            let result = case_file::append(Path::new(&path), &name, &case);
+            Answer::Event(AppEvent::CaseWritten {
+                path,
+                name,
+                fill_in,
+                result,
+            })
+        }
         Effect::Send { .. } | Effect::Bell => return None,
     })
 }
@@ -110,6 +128,19 @@ fn failure_of(effect: &Effect) -> Answer {
             result: Err(WriteFailure::Io(format!(
                 "{path}: the write task failed unexpectedly (see the log); check the file before writing again"
             ))),
+        }),
+        Effect::AppendCase {
+            path,
+            name,
+            fill_in,
+            ..
+        } => Answer::Event(AppEvent::CaseWritten {
+            path: path.clone(),
+            name: name.clone(),
+            fill_in: *fill_in,
+            result: Err(format!(
+                "the case file task failed unexpectedly (see the log); check {path} before adding again"
+            )),
         }),
         Effect::Send { .. } | Effect::Bell => Answer::Event(AppEvent::Tick),
     }

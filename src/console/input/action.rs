@@ -9,7 +9,7 @@ use crate::console::model::View;
 /// One operator action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyAction {
-    /// Switch to a view (`1`..`4`).
+    /// Switch to a view (`1`..`5`).
     ShowView(View),
     /// Next view (`Tab`).
     NextView,
@@ -85,6 +85,15 @@ pub enum KeyAction {
     EditCounterMax,
     /// Limits view: a new `window` for the selected counter (`t`).
     EditCounterWindow,
+    /// Tools view: accept the selected tool's new definition, re-pinning it on the gateway
+    /// that reported it (`p`).
+    AcceptPin,
+    /// Tools view: keep the selected tool quarantined and stop listing it until its
+    /// definition changes again (`x`).
+    KeepQuarantined,
+    /// Live: append the selected call, with the decision it got, to the `--cases` file as a
+    /// `toolgate test` case (`T`).
+    WriteCase,
     /// Policy view: open the rule editor on the selected row (`Enter`, `e`).
     OpenRuleEditor,
     /// Rule editor: next field (`Tab`, `↓`).

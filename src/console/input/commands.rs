@@ -34,6 +34,6 @@ pub(crate) const COMMANDS: &[(&str, &str)] = &[
         ":w  :w!  :undo  :reload",
         "write (diff, y/n; ! over a changed file), undo, reload",
     ),
-    (":live :holds :policy :limits", "switch view"),
+    (":live :holds :policy :limits", "switch view (and :tools)"),
     (":q  :q!", "quit (:q! without asking)"),
 ];

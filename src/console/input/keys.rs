@@ -34,6 +34,8 @@ pub enum Scope {
     HeldCall,
     /// Live or Holds, when a call is selected.
     Call,
+    /// Live or Holds, when a call is selected and the console has a case file (`--cases`).
+    CaseCall,
     /// Live or Holds, when the detail pane is open.
     Detail,
     /// The Policy view.
@@ -45,6 +47,10 @@ pub enum Scope {
     OfferedTool,
     /// The Policy view, when the selected row is a shadow rule.
     ShadowRule,
+    /// The Tools view.
+    Tools,
+    /// The Tools view, when a changed tool is selected.
+    ToolChange,
     /// Policy or Limits (where the draft is edited).
     Draft,
     /// The rule editor is open (only these keys apply; others type text).
@@ -133,6 +139,54 @@ pub(crate) fn bindings() -> &'static [Binding] {
                 "A",
                 KeyAction::ApproveAndAllow,
                 "approve, and write an allow rule for its tool (diff, y/n)",
+                None,
+            ),
+            b(
+                CaseCall,
+                &[Char('T')],
+                "T",
+                KeyAction::WriteCase,
+                "append this call, with its decision, to the --cases file as a test case",
+                Some("case"),
+            ),
+            b(
+                ToolChange,
+                &[Char('J')],
+                "J",
+                KeyAction::ScrollDetail(SCROLL_STEP),
+                "scroll the change down",
+                None,
+            ),
+            b(
+                ToolChange,
+                &[Char('K')],
+                "K",
+                KeyAction::ScrollDetail(-SCROLL_STEP),
+                "scroll the change up",
+                None,
+            ),
+            b(
+                ToolChange,
+                &[Char('p')],
+                "p",
+                KeyAction::AcceptPin,
+                "accept the new definition: pin it on its gateway (calls go through again)",
+                Some("accept+pin"),
+            ),
+            b(
+                ToolChange,
+                &[Char('x')],
+                "x",
+                KeyAction::KeepQuarantined,
+                "keep it quarantined; hide it here until it changes again",
+                Some("keep"),
+            ),
+            b(
+                Tools,
+                &[Char('g'), Home],
+                "g Home",
+                KeyAction::SelectFirst,
+                "first changed tool",
                 None,
             ),
             b(
@@ -341,6 +395,14 @@ pub(crate) fn bindings() -> &'static [Binding] {
                 "4",
                 KeyAction::ShowView(View::Limits),
                 "Limits view",
+                None,
+            ),
+            b(
+                Global,
+                &[Char('5')],
+                "5",
+                KeyAction::ShowView(View::Tools),
+                "Tools view: changed tool definitions to review",
                 None,
             ),
             b(
@@ -632,8 +694,13 @@ pub(crate) fn in_scope(state: &State, scope: Scope) -> bool {
             .get(state.authoring.selected)
             .filter(|_| state.view == View::Policy)
             .is_some_and(|r| matches!(&r.kind, RowKind::Rule { rule, .. } if rule.shadow)),
+        Scope::Tools => state.view == View::Tools,
+        Scope::ToolChange => state.view == View::Tools && state.selected_review().is_some(),
         Scope::Draft => matches!(state.view, View::Policy | View::Limits),
         Scope::Call => call_view && state.selected_call().is_some(),
+        Scope::CaseCall => {
+            call_view && state.cases_path.is_some() && state.selected_call().is_some()
+        }
         Scope::Detail => call_view && state.detail_call_id().is_some(),
         Scope::HeldCall => {
             call_view

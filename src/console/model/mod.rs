@@ -8,6 +8,7 @@
 //! loop.
 
 mod authoring;
+pub(crate) mod case;
 pub(crate) mod draft;
 pub(crate) mod editor;
 pub(crate) mod filter;
@@ -15,6 +16,7 @@ pub(crate) mod history;
 mod labels;
 mod layout;
 mod overlay;
+pub(crate) mod pins;
 mod rows;
 pub(crate) mod splice;
 pub(crate) mod whatif;
@@ -39,6 +41,7 @@ pub(crate) use labels::{
 pub use layout::Layout;
 pub use overlay::Prompt;
 pub(crate) use overlay::{Overlay, Overlays};
+pub(crate) use pins::{PendingPin, ToolReview, ToolsState};
 pub(crate) use rows::Derived;
 pub use rows::{LimitRow, PolicyRow, RowKind, limit_rows, tool_class};
 
@@ -49,10 +52,18 @@ pub enum View {
     Holds,
     Policy,
     Limits,
+    /// Tool review: definitions that changed since they were pinned.
+    Tools,
 }
 
 impl View {
-    pub const ALL: [View; 4] = [View::Live, View::Holds, View::Policy, View::Limits];
+    pub const ALL: [View; 5] = [
+        View::Live,
+        View::Holds,
+        View::Policy,
+        View::Limits,
+        View::Tools,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -60,6 +71,7 @@ impl View {
             View::Holds => "Holds",
             View::Policy => "Policy",
             View::Limits => "Limits",
+            View::Tools => "Tools",
         }
     }
 
@@ -110,6 +122,14 @@ pub enum Effect {
         expected_hash: String,
         force: bool,
     },
+    /// Append `case` (named `name`) to the case file at `path` (`--cases`), creating it if
+    /// missing; answer with [`AppEvent::CaseWritten`].
+    AppendCase {
+        path: String,
+        name: String,
+        case: serde_json::Value,
+        fill_in: usize,
+    },
 }
 
 /// One gateway the console follows.
@@ -132,6 +152,9 @@ pub struct SeenGateway {
     pub tools: Vec<OfferedTool>,
     pub upstream_up: bool,
     pub last_seq: u64,
+    /// Tools whose definition changed since it was pinned, awaiting review, in the order
+    /// they arrived.
+    pub tool_changes: Vec<ToolReview>,
 }
 
 impl SeenGateway {
@@ -149,6 +172,7 @@ impl SeenGateway {
             tools: Vec::new(),
             upstream_up: false,
             last_seq: 0,
+            tool_changes: Vec::new(),
         }
     }
 
@@ -307,6 +331,12 @@ pub struct State {
     pub overlays: Overlays,
     pub message: Option<Message>,
     pub pending: HashMap<u64, Pending>,
+    /// `accept_pin` commands sent and not answered yet.
+    pub pending_pins: HashMap<u64, PendingPin>,
+    /// The Tools view's own state.
+    pub tools_view: ToolsState,
+    /// The case file given with `--cases`, where `T` appends the selected call as a case.
+    pub cases_path: Option<String>,
     pub(crate) next_command_id: u64,
     /// Work for the event loop, in order.
     pub effects: Vec<Effect>,
@@ -346,6 +376,9 @@ impl State {
             overlays: Overlays::default(),
             message: None,
             pending: HashMap::new(),
+            pending_pins: HashMap::new(),
+            tools_view: ToolsState::default(),
+            cases_path: None,
             next_command_id: 1,
             effects: Vec::new(),
             quit: false,
@@ -455,6 +488,29 @@ impl State {
             View::Holds => self.holds.get(self.holds_view.selected).map(|h| &h.call),
             _ => None,
         }
+    }
+
+    /// The changed tools awaiting review on every gateway, less those kept quarantined
+    /// here: (connection, review), gateways in order, each's reviews as they arrived.
+    pub fn open_reviews(&self) -> Vec<(usize, &ToolReview)> {
+        let kept = &self.tools_view.kept;
+        self.gateways
+            .iter()
+            .enumerate()
+            .flat_map(|(conn, g)| {
+                g.tool_changes.iter().filter_map(move |r| {
+                    let hidden = kept.iter().any(|(key, server, tool, fp)| {
+                        *key == g.key && r.is_for(server, tool) && *fp == r.offered_fingerprint
+                    });
+                    (!hidden).then_some((conn, r))
+                })
+            })
+            .collect()
+    }
+
+    /// The review the Tools view has selected.
+    pub fn selected_review(&self) -> Option<(usize, &ToolReview)> {
+        self.open_reviews().get(self.tools_view.selected).copied()
     }
 
     /// Whether `call_id` is held now.

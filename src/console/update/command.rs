@@ -48,6 +48,7 @@ pub(super) fn run_command(state: &mut State, line: &str) {
         ("holds", []) => apply(state, KeyAction::ShowView(View::Holds)),
         ("policy", []) => apply(state, KeyAction::ShowView(View::Policy)),
         ("limits", []) => apply(state, KeyAction::ShowView(View::Limits)),
+        ("tools", []) => apply(state, KeyAction::ShowView(View::Tools)),
         ("help", []) => {
             if !state.overlays.has_help() {
                 state.overlays.push(Overlay::Help);

@@ -8,7 +8,7 @@ use crate::console::model::{
 };
 use crate::sanitize::{terminal_string, terminal_text};
 use crate::wire::{
-    CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello, PinChange, ToolInfo, Verdict,
+    CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello, ToolInfo, Verdict,
 };
 
 use super::authoring;
@@ -163,23 +163,7 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
             }
         }
         EventKind::Tools(t) => set_tools(state, conn, t.tools),
-        EventKind::ToolChanged(change) => {
-            let label = state.gateways[conn].label().to_owned();
-            let (server, tool) = (terminal_text(&change.server), terminal_text(&change.tool));
-            match change.change {
-                PinChange::Changed => state.complain(format!(
-                    "gateway {label}: tool {tool} of {server} changed since it was pinned ({})",
-                    if change.quarantined {
-                        "quarantined"
-                    } else {
-                        "not enforced: pins warn"
-                    }
-                )),
-                PinChange::Accepted => state.say(format!(
-                    "gateway {label}: the new definition of {tool} of {server} was accepted"
-                )),
-            }
-        }
+        EventKind::ToolChanged(t) => super::pins::changed(state, conn, t, ts),
         EventKind::Missed(m) => {
             tracing::warn!(gateway = key, dropped = m.dropped, "missed events");
             let label = state.gateways[conn].label().to_owned();
@@ -189,6 +173,9 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
             ));
         }
         EventKind::Reply(r) => {
+            if super::pins::replied(state, &r) {
+                return;
+            }
             let Some(p) = state.pending.remove(&r.id) else {
                 return;
             };
@@ -227,6 +214,8 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
         g.totals = snapshot.totals;
     }
     set_tools(state, conn, snapshot.tools);
+    let now = state.now;
+    super::pins::resume(state, conn, snapshot.tool_changes, now);
     let held_before: Vec<String> = state
         .holds
         .iter()

@@ -10,8 +10,10 @@
 //! never imports the view.
 
 pub(crate) mod authoring;
+mod cases;
 mod command;
 mod ingest;
+mod pins;
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -64,6 +66,13 @@ pub enum AppEvent {
     /// A theme asked for with [`Effect::LoadTheme`] now applies (its name), or could not be
     /// loaded (why). The event loop keeps the theme itself: the model holds no styles.
     ThemeLoaded(Result<String, String>),
+    /// The case file was appended to, or not (for [`Effect::AppendCase`]): why not.
+    CaseWritten {
+        path: String,
+        name: String,
+        fill_in: usize,
+        result: Result<(), String>,
+    },
     /// The terminal's size: at the start and on every resize.
     Resize { width: u16, height: u16 },
 }
@@ -118,7 +127,9 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
             }
         }
         AppEvent::SendFailed { id, error, .. } => {
-            if let Some(p) = state.pending.remove(&id) {
+            if !pins::send_failed(state, id, &error)
+                && let Some(p) = state.pending.remove(&id)
+            {
                 let verb = if p.approve { "approve" } else { "deny" };
                 state.complain(format!(
                     "could not {verb} {}: {}",
@@ -130,11 +141,18 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
         AppEvent::Tick => {}
         AppEvent::PolicyFile { path, result } => authoring::loaded(state, path, result),
         AppEvent::PolicyWritten { text, result } => authoring::written(state, text, result),
+        AppEvent::CaseWritten {
+            path,
+            name,
+            fill_in,
+            result,
+        } => cases::written(state, &path, &name, fill_in, result),
         AppEvent::ThemeLoaded(Ok(name)) => state.say(format!("theme {}", terminal_text(&name))),
         AppEvent::ThemeLoaded(Err(e)) => state.complain(e),
         AppEvent::Resize { width, height } => state.screen = Layout { width, height },
     }
     authoring::ensure_loaded(state);
+    pins::prepare_selected(state);
     state.refresh_derived();
     if state
         .message
@@ -190,6 +208,10 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
             View::Holds => state.holds_view.selected = 0,
             View::Policy => state.authoring.selected = 0,
             View::Limits => state.authoring.limits_selected = 0,
+            View::Tools => {
+                state.tools_view.selected = 0;
+                state.tools_view.scroll = 0;
+            }
         },
         KeyAction::Follow => {
             if state.view == View::Live {
@@ -296,6 +318,9 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
                 authoring::edit_and_review(state, &Edit::Promote(tool));
             }
         }
+        KeyAction::AcceptPin => pins::accept(state),
+        KeyAction::KeepQuarantined => pins::keep(state),
+        KeyAction::WriteCase => cases::write_case(state),
         KeyAction::ReviewWrite => authoring::review(state, false),
         KeyAction::OpenRuleEditor => authoring::open_editor(state),
         KeyAction::EditorNext
@@ -320,6 +345,7 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
             let scroll = match state.view {
                 View::Live => &mut state.live.detail_scroll,
                 View::Holds => &mut state.holds_view.detail_scroll,
+                View::Tools => &mut state.tools_view.scroll,
                 _ => return,
             };
             *scroll = scroll.saturating_add_signed(by);
@@ -485,6 +511,7 @@ fn move_selection(state: &mut State, by: isize) {
             state.authoring.limits_selected =
                 (cur + by).clamp(0, (len as isize - 1).max(0)) as usize;
         }
+        View::Tools => pins::move_selection(state, by),
     }
 }
 

@@ -20,6 +20,7 @@ mod limits;
 mod live;
 mod policy;
 mod status;
+mod tools;
 
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
@@ -77,6 +78,7 @@ pub fn draw(frame: &mut Frame, state: &State, view: &mut ViewState) {
         View::Holds => holds::draw(buf, body, state, t),
         View::Policy => policy::draw(buf, body, state, t),
         View::Limits => limits::draw(buf, body, state, t),
+        View::Tools => tools::draw(buf, body, state, t),
     }
     status::bottom_line(buf, bottom, state, t);
     // The layers over the view, bottom first: each draws itself over what is below it.

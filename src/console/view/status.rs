@@ -112,6 +112,14 @@ pub(super) fn status_bar(buf: &mut Buffer, area: Rect, state: &State, t: &Theme)
             bar.patch(t.muted)
         },
     ));
+    // Shown only when there is something to review, so the bar stays short otherwise.
+    let changed = state.open_reviews().len();
+    if changed > 0 {
+        spans.push(Span::styled(
+            format!("  ⚠ {changed} tool{} changed", plural(changed)),
+            bar.patch(t.deny),
+        ));
+    }
     spans.push(sep());
     spans.push(Span::styled(
         format!("{}/min ", state.rate.per_minute(state.now)),
@@ -171,15 +179,21 @@ pub(super) fn bottom_line(buf: &mut Buffer, area: Rect, state: &State, t: &Theme
         }
         None => {
             let mut spans = Vec::new();
+            let changed = state.open_reviews().len();
             for v in View::ALL {
                 let mut label = format!(" {} {}", v.number(), v.title());
                 if v == View::Holds && !state.holds.is_empty() {
                     label.push_str(&format!(" ({})", state.holds.len()));
                 }
+                if v == View::Tools && changed > 0 {
+                    label.push_str(&format!(" ({changed})"));
+                }
                 let style = if v == state.view {
                     t.accent
                 } else if v == View::Holds && !state.holds.is_empty() {
                     t.hold
+                } else if v == View::Tools && changed > 0 {
+                    t.deny
                 } else {
                     t.muted
                 };
