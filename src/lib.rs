@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod console;
 mod control;
+mod credentials;
 mod demo;
 mod gateway;
 mod listen;

@@ -10,7 +10,10 @@ use serde_json::json;
 use support::ANSWER_WITHIN;
 use support::events::gateway_info;
 use support::wait::within;
-use toolgate::testing::control::{self, ClientError, Connection, EventsOptions, Hub};
+use toolgate::testing::control::{
+    self, ClientError, Connection, EventsOptions, Hub, Operators, OperatorsHandle,
+    OperatorsWatcher, Role,
+};
 use toolgate::testing::wire::{
     CallEvent, ClientMsg, Event, EventKind, Hello, PROTOCOL_VERSION, Reply, ResolvedBy, Upstream,
     Verdict,
@@ -143,6 +146,178 @@ fn approve(id: u64, call_id: &str) -> ClientMsg {
         call_id: call_id.into(),
         operator: Some("alice".into()),
     }
+}
+
+/// A server that also accepts the accounts of `operators`.
+async fn serve_with_operators(
+    hub: &Arc<Hub>,
+    operators: &OperatorsHandle,
+) -> control::ControlHandle {
+    control::start(
+        hub.clone(),
+        EventsOptions {
+            discovery: false,
+            operators: Some(operators.clone()),
+            ..EventsOptions::default()
+        },
+    )
+    .await
+    .expect("the event websocket starts")
+}
+
+/// A client that connected with `token` and read its hello.
+async fn connected_as(server: &control::ControlHandle, token: &str) -> Connection {
+    let connecting = control::connect(server.url(), token);
+    let mut conn = within("an operator's connection", ANSWER_WITHIN, connecting)
+        .await
+        .unwrap();
+    hello(&mut conn).await;
+    conn
+}
+
+#[tokio::test]
+async fn each_role_may_do_what_it_allows_and_decisions_name_the_account_not_the_client() {
+    let hub = new_hub("roles");
+    let mut accounts = Operators::empty();
+    let viewer = accounts.add("bob", Role::Viewer).unwrap();
+    let approver = accounts.add("alice", Role::Approver).unwrap();
+    let operators = OperatorsHandle::new(accounts);
+    let server = serve_with_operators(&hub, &operators).await;
+    let (held, ticket) = held_call(&hub);
+
+    let mut bob = connected_as(&server, &viewer).await;
+    bob.send(&approve(1, &held.call_id)).await.unwrap();
+    let (reply, _) = reply_to(&mut bob, 1).await;
+    assert!(!reply.ok, "a viewer approved a held call");
+    let error = reply.error.unwrap();
+    assert!(
+        error.contains("operator bob has the viewer role"),
+        "{error}"
+    );
+    assert!(error.contains("approver"), "{error}");
+    let pin = ClientMsg::AcceptPin {
+        id: 2,
+        server: "s".into(),
+        tool: "t".into(),
+        fingerprint: "00".into(),
+        operator: None,
+    };
+    bob.send(&pin).await.unwrap();
+    assert!(
+        reply_to(&mut bob, 2)
+            .await
+            .0
+            .error
+            .unwrap()
+            .contains("admin")
+    );
+
+    // Alice may approve; the record names her account whatever name the client claims.
+    let mut alice = connected_as(&server, &approver).await;
+    let claimed = ClientMsg::Approve {
+        id: 3,
+        call_id: held.call_id.clone(),
+        operator: Some("mallory".into()),
+    };
+    alice.send(&claimed).await.unwrap();
+    let (reply, _) = reply_to(&mut alice, 3).await;
+    assert!(reply.ok, "{reply:?}");
+    let resolution = within("the resolution", ANSWER_WITHIN, ticket.wait()).await;
+    assert!(resolution.approved);
+    assert_eq!(resolution.operator.as_deref(), Some("alice"));
+    // Not an admin either.
+    alice
+        .send(&ClientMsg::AcceptPin {
+            id: 4,
+            server: "s".into(),
+            tool: "t".into(),
+            fingerprint: "00".into(),
+            operator: None,
+        })
+        .await
+        .unwrap();
+    assert!(!reply_to(&mut alice, 4).await.0.ok);
+
+    // The gateway's own token keeps every right.
+    let mut local = connected(&server).await;
+    let (second, _ticket) = held_call(&hub);
+    local.send(&approve(5, &second.call_id)).await.unwrap();
+    assert!(reply_to(&mut local, 5).await.0.ok);
+}
+
+#[tokio::test]
+async fn a_grant_token_or_an_unknown_operator_token_is_refused() {
+    let hub = new_hub("notop");
+    let mut accounts = Operators::empty();
+    let token = accounts.add("alice", Role::Admin).unwrap();
+    let operators = OperatorsHandle::new(accounts);
+    let server = serve_with_operators(&hub, &operators).await;
+    for wrong in [
+        format!("tg_{}", &token[5..]),
+        format!("{}0", &token[..token.len() - 1]),
+        String::new(),
+    ] {
+        let attempt = within(
+            "a refusal",
+            ANSWER_WITHIN,
+            control::connect(server.url(), &wrong),
+        )
+        .await;
+        assert!(
+            matches!(attempt, Err(ClientError::Unauthorized(_))),
+            "{wrong}: {attempt:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_operator_is_disconnected_as_soon_as_the_file_changes() {
+    let hub = new_hub("revoke");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("operators.json");
+    let mut accounts = Operators::empty();
+    let alice = accounts.add("alice", Role::Approver).unwrap();
+    let bob = accounts.add("bob", Role::Viewer).unwrap();
+    accounts.save(&path).unwrap();
+    let operators = OperatorsHandle::new(Operators::load(&path).unwrap());
+    let _watch = OperatorsWatcher::start(&path, operators.clone()).unwrap();
+    let server = serve_with_operators(&hub, &operators).await;
+    let mut alice_conn = connected_as(&server, &alice).await;
+    let mut bob_conn = connected_as(&server, &bob).await;
+
+    accounts.revoke("alice");
+    let revoked_at = std::time::Instant::now();
+    accounts.save(&path).unwrap();
+    // The connection ends (a close frame, then nothing) without anything else to read.
+    loop {
+        match within(
+            "alice's connection to close",
+            ANSWER_WITHIN,
+            alice_conn.next_event(),
+        )
+        .await
+        {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+    eprintln!(
+        "revoked operator disconnected {:?} after the file was written",
+        revoked_at.elapsed()
+    );
+    let again = within(
+        "a refusal",
+        ANSWER_WITHIN,
+        control::connect(server.url(), &alice),
+    )
+    .await;
+    assert!(
+        matches!(again, Err(ClientError::Unauthorized(_))),
+        "{again:?}"
+    );
+    // Bob's account did not change: still connected.
+    let seen = read_until_marker(&hub, &mut bob_conn, "still-here").await;
+    assert!(seen.is_empty(), "{seen:?}");
 }
 
 #[tokio::test]
@@ -534,6 +709,7 @@ async fn a_non_loopback_address_needs_allow_remote() {
             addr: "0.0.0.0:0".parse().unwrap(),
             allow_remote: false,
             discovery: false,
+            operators: None,
         },
     )
     .await;
@@ -546,6 +722,7 @@ async fn a_non_loopback_address_needs_allow_remote() {
             addr: "0.0.0.0:0".parse().unwrap(),
             allow_remote: true,
             discovery: false,
+            operators: None,
         },
     )
     .await;

@@ -11,7 +11,8 @@ use anyhow::Context;
 
 use super::counter_args::CounterArgs;
 use crate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, HoldCaps};
-use crate::control::{ControlHandle, EventsOptions, Hub};
+use crate::control::operators::Operators;
+use crate::control::{ControlHandle, EventsOptions, Hub, OperatorsHandle, OperatorsWatcher};
 use crate::gateway::audit::{AuditFail, AuditKey, AuditOptions};
 use crate::gateway::reload::{ShadowPolicyInForce, load_and_watch_shadow};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
@@ -61,8 +62,14 @@ pub(super) struct GatewayArgs {
     #[arg(long)]
     pub events_allow_remote: bool,
     /// No event websocket and no discovery file: held calls can then only time out.
-    #[arg(long, conflicts_with_all = ["events", "events_allow_remote"])]
+    #[arg(long, conflicts_with_all = ["events", "events_allow_remote", "operators"])]
     pub no_events: bool,
+    /// Operator accounts (`toolgate operators add NAME --role ROLE --file FILE`): their
+    /// tokens are accepted on the event websocket besides this gateway's own, each with its
+    /// role (viewer, approver, admin). The file is watched: a revoked account's connections
+    /// are closed at once, and a deleted file revokes every account.
+    #[arg(long, value_name = "OPERATORS.json", env = "TOOLGATE_OPERATORS")]
+    pub operators: Option<PathBuf>,
     /// Most calls one grant may have waiting for an operator at once. A call the policy
     /// would hold beyond this is denied at once, with a reason saying so, so that one agent
     /// cannot take every other grant's holds. 0 denies every call the policy would hold.
@@ -105,6 +112,8 @@ pub(super) struct Started {
     /// Spans per call, when tracing is configured.
     pub traces: Option<Arc<crate::telemetry::Tracing>>,
     control: Option<ControlHandle>,
+    /// Applies changes to `--operators` while the gateway runs.
+    _operators: Option<OperatorsWatcher>,
 }
 
 impl GatewayArgs {
@@ -189,6 +198,28 @@ impl GatewayArgs {
             )?)
         };
         reopen_audit_on_sighup(&audit)?;
+        let (operators, operators_watch) = match &self.operators {
+            None => (None, None),
+            Some(path) => {
+                let path = std::path::absolute(path)
+                    .with_context(|| format!("cannot use --operators {}", path.display()))?;
+                let accounts = Operators::load(&path).context("cannot start (--operators)")?;
+                tracing::info!(
+                    "operators file {}: {} account(s)",
+                    path.display(),
+                    accounts.operators.len()
+                );
+                let handle = OperatorsHandle::new(accounts);
+                let watch = OperatorsWatcher::start(&path, handle.clone())
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "{e}; operator account changes will not apply until a restart"
+                        )
+                    })
+                    .ok();
+                (Some(handle), watch)
+            }
+        };
         let control = if self.no_events {
             None
         } else {
@@ -198,6 +229,7 @@ impl GatewayArgs {
                     addr: self.events,
                     allow_remote: self.events_allow_remote,
                     discovery: true,
+                    operators,
                 },
             )
             .await?;
@@ -228,6 +260,7 @@ impl GatewayArgs {
             store,
             traces,
             control,
+            _operators: operators_watch,
         })
     }
 }

@@ -18,6 +18,7 @@ mod gateway_args;
 mod gateways;
 mod grants;
 mod junit;
+mod operators;
 mod scan;
 mod serve;
 pub(crate) mod tail;
@@ -47,6 +48,7 @@ enum Command {
     Wrap(wrap::Args),
     Serve(serve::Args),
     Grants(grants::Args),
+    Operators(operators::Args),
     Console(console::Args),
     Check(check::Args),
     Test(test::Args),
@@ -75,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Wrap(args) => wrap::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Grants(args) => grants::run(args),
+        Command::Operators(args) => operators::run(args),
         Command::Console(args) => console::run(args),
         Command::Check(args) => check::run(args),
         Command::Test(args) => test::run(args),

@@ -12,10 +12,12 @@ mod admission;
 pub(crate) mod client;
 pub(crate) mod discovery;
 pub(crate) mod hub;
+pub(crate) mod operators;
 pub(crate) mod server;
 
 pub use client::{ClientError, Connection, connect};
 pub(crate) use discovery::describe_dirs;
 pub use discovery::{DiscoveryEntry, discovery_dir, discovery_dirs, list_gateways};
 pub use hub::{HoldTicket, Hub, Resolution};
+pub(crate) use operators::{OperatorsHandle, OperatorsWatcher};
 pub use server::{ControlHandle, EventsOptions, start};

@@ -30,12 +30,14 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::admission::{Admission, Handshake};
 use super::discovery::{DiscoveryEntry, DiscoveryFile};
 use super::hub::{Hub, Published, Resolution, ResolveError};
+use super::operators::{Identity, OperatorsHandle, Role};
 use crate::wire::{
     ClientMsg, Event, EventKind, Hello, Missed, PROTOCOL_VERSION, Reply, ResolvedBy,
 };
@@ -60,6 +62,9 @@ pub struct EventsOptions {
     pub allow_remote: bool,
     /// Write a discovery file so local consoles and the CLI find this gateway.
     pub discovery: bool,
+    /// Operator accounts (`--operators FILE`) whose tokens are accepted besides the
+    /// discovery token, each with its role.
+    pub operators: Option<OperatorsHandle>,
 }
 
 impl Default for EventsOptions {
@@ -68,6 +73,7 @@ impl Default for EventsOptions {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             allow_remote: false,
             discovery: true,
+            operators: None,
         }
     }
 }
@@ -191,12 +197,11 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
         None
     };
     let (stop, stopped) = watch::channel(false);
-    let accept = tokio::spawn(accept_loop(
-        listener,
-        hub,
-        Arc::from(token.as_str()),
-        stopped,
-    ));
+    let access = Arc::new(Access {
+        token: token.clone(),
+        operators: opts.operators.clone(),
+    });
+    let accept = tokio::spawn(accept_loop(listener, hub, access, stopped));
     Ok(ControlHandle {
         url,
         token,
@@ -210,7 +215,7 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
 async fn accept_loop(
     listener: TcpListener,
     hub: Arc<Hub>,
-    token: Arc<str>,
+    access: Arc<Access>,
     mut stopped: watch::Receiver<bool>,
 ) {
     // At most MAX_HANDSHAKING + MAX_OPERATORS tasks, plus shed ones on their way out: a
@@ -225,11 +230,11 @@ async fn accept_loop(
                     let handshake = admission.handshake();
                     let admission = admission.clone();
                     let hub = hub.clone();
-                    let token = token.clone();
+                    let access = access.clone();
                     let stopped = stopped.clone();
                     connections.spawn(async move {
                         let served =
-                            serve_connection(stream, handshake, admission, hub, token, stopped);
+                            serve_connection(stream, handshake, admission, hub, access, stopped);
                         if let Err(e) = served.await {
                             tracing::debug!(%peer, error = %e, "event connection ended");
                         }
@@ -259,28 +264,58 @@ async fn accept_loop(
     .await;
 }
 
+/// Returns once the operator accounts change; never when there are none.
+async fn changed(
+    accounts: &mut Option<watch::Receiver<u64>>,
+) -> Result<(), watch::error::RecvError> {
+    match accounts {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Returns once the server is told to stop (or its handle is gone).
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: drop it here, not across an await.
     let _ = stopped.wait_for(|s| *s).await.is_ok();
 }
 
+/// Who may connect: the holder of the gateway's own token, and operator accounts.
+#[derive(Debug)]
+struct Access {
+    token: String,
+    operators: Option<OperatorsHandle>,
+}
+
+impl Access {
+    /// Who the upgrade request's bearer token says the client is; `None`: nobody we know.
+    fn identify(&self, request: &Request) -> Option<Identity> {
+        if authorized(request, &self.token) {
+            return Some(Identity::Local);
+        }
+        let operators = self.operators.as_ref()?;
+        let presented = bearer(request)?;
+        operators.current().authenticate(presented)
+    }
+}
+
+/// The bearer token of an upgrade request, if it has one.
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(tokio_tungstenite::tungstenite::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// Whether the upgrade request carries `Authorization: Bearer <token>`.
 fn authorized(request: &Request, token: &str) -> bool {
-    let Some(value) = request.headers().get("authorization") else {
-        return false;
-    };
-    let Ok(value) = value.to_str() else {
-        return false;
-    };
-    let Some(presented) = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-    else {
-        return false;
-    };
     // Constant time in the token's content; lengths are not secret (always 64).
-    presented.trim().as_bytes().ct_eq(token.as_bytes()).into()
+    bearer(request).is_some_and(|presented| presented.as_bytes().ct_eq(token.as_bytes()).into())
 }
 
 fn unauthorized() -> ErrorResponse {
@@ -315,7 +350,7 @@ async fn serve_connection(
     mut handshake: Handshake,
     admission: Admission,
     hub: Arc<Hub>,
-    token: Arc<str>,
+    access: Arc<Access>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
@@ -324,12 +359,14 @@ async fn serve_connection(
         .max_frame_size(Some(MAX_CLIENT_MESSAGE));
     // The operator slot, taken once the token checks out; held until the connection ends.
     let mut slot = None;
+    let mut identity = None;
     // The error type is tungstenite's, fixed by its `Callback` signature.
     #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| {
-        if !authorized(request, &token) {
+        let Some(who) = access.identify(request) else {
             return Err(unauthorized());
-        }
+        };
+        identity = Some(who);
         slot = admission.operator();
         if slot.is_none() {
             tracing::warn!("{MAX_OPERATORS} operators are connected; refusing one more");
@@ -354,6 +391,8 @@ async fn serve_connection(
     // Authenticated: the handshake slot goes to the next connection.
     drop(handshake);
     let _slot = slot;
+    let identity = identity.unwrap_or(Identity::Local);
+    let mut accounts = access.operators.as_ref().map(OperatorsHandle::subscribe);
 
     let (mut last_seq, mut events) = send_hello(&mut ws, &hub).await?;
     loop {
@@ -361,6 +400,22 @@ async fn serve_connection(
             _ = until_stopped(&mut stopped) => {
                 let _ = ws.close(None).await;
                 return Ok(());
+            }
+            Ok(()) = changed(&mut accounts) => {
+                let still = access
+                    .operators
+                    .as_ref()
+                    .is_none_or(|handle| identity.still_valid(&handle.current()));
+                if !still {
+                    let _ = ws.close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "this operator account was revoked or its role changed; \
+                                 connect again with a valid token"
+                            .into(),
+                    }))
+                    .await;
+                    return Ok(());
+                }
             }
             event = events.recv() => {
                 if forward_burst(&mut ws, &hub, event, &mut events, &mut last_seq).await?
@@ -372,7 +427,7 @@ async fn serve_connection(
             }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    let reply = handle_command(&hub, text.as_str());
+                    let reply = handle_command(&hub, &identity, text.as_str());
                     send_event(&mut ws, &per_client(&hub, hub.latest_seq(), EventKind::Reply(reply)))
                         .await?;
                 }
@@ -499,7 +554,7 @@ async fn send_event(ws: &mut Socket, event: &Event) -> Result<(), ConnectionErro
 }
 
 /// Runs one client command; every outcome, including garbage, is a [`Reply`].
-fn handle_command(hub: &Hub, text: &str) -> Reply {
+fn handle_command(hub: &Hub, identity: &Identity, text: &str) -> Reply {
     let msg: ClientMsg = match serde_json::from_str(text) {
         Ok(msg) => msg,
         Err(e) => {
@@ -515,6 +570,9 @@ fn handle_command(hub: &Hub, text: &str) -> Reply {
             };
         }
     };
+    if let Some(refused) = refused_for_role(identity, &msg) {
+        return refused;
+    }
     let (id, call_id, resolution) = match msg {
         ClientMsg::Approve {
             id,
@@ -526,7 +584,7 @@ fn handle_command(hub: &Hub, text: &str) -> Reply {
             Resolution {
                 approved: true,
                 by: ResolvedBy::Operator,
-                operator: operator.map(cap),
+                operator: identity.operator_name(operator).map(cap),
                 reason: None,
             },
         ),
@@ -541,7 +599,7 @@ fn handle_command(hub: &Hub, text: &str) -> Reply {
             Resolution {
                 approved: false,
                 by: ResolvedBy::Operator,
-                operator: operator.map(cap),
+                operator: identity.operator_name(operator).map(cap),
                 reason: reason.map(cap),
             },
         ),
@@ -565,6 +623,31 @@ fn handle_command(hub: &Hub, text: &str) -> Reply {
             error: Some(e.to_string()),
         },
     }
+}
+
+/// The refusal of a command the connection's role does not allow; `None` when allowed.
+fn refused_for_role(identity: &Identity, msg: &ClientMsg) -> Option<Reply> {
+    let (needed, what) = match msg {
+        ClientMsg::Approve { .. } => (Role::Approver, "approving a held call"),
+        ClientMsg::Deny { .. } => (Role::Approver, "denying a held call"),
+        ClientMsg::AcceptPin { .. } => (Role::Admin, "accepting a tool's new definition"),
+    };
+    let role = identity.role();
+    if role >= needed {
+        return None;
+    }
+    let who = match identity {
+        Identity::Local => "this connection".to_owned(),
+        Identity::Operator { name, .. } => format!("operator {name}"),
+    };
+    Some(Reply {
+        id: msg.id(),
+        ok: false,
+        error: Some(format!(
+            "refused: {who} has the {role} role, and {what} needs the {needed} role or above \
+             (toolgate operators add NAME --role {needed})"
+        )),
+    })
 }
 
 /// Cuts operator-supplied text to [`MAX_TEXT`] characters.

@@ -19,27 +19,23 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::reload::{
     MAX_CONFIG_BYTES, Seen, gone_link, is_gone, read_config_file, read_watched_file,
 };
 use super::watch::{FileWatch, Reread, WatchError};
 use crate::control::Hub;
+pub(crate) use crate::credentials::valid_name;
+use crate::credentials::{
+    Hashed, MAX_NAME, authenticate, new_token, save_private_json, token_sha256, valid_sha256,
+};
 use crate::wire::{EventKind, GrantsChange, GrantsChanged};
-
-/// Longest grant name.
-const MAX_NAME: usize = 64;
 
 /// Why a grants file could not be used or changed.
 #[derive(Debug, thiserror::Error)]
@@ -128,12 +124,7 @@ impl Grants {
             if !valid_name(name) {
                 return Err(invalid(format!("grant name {name:?} is not allowed")));
             }
-            let ok = entry.sha256.len() == 64
-                && entry
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !ok {
+            if !valid_sha256(&entry.sha256) {
                 return Err(invalid(format!(
                     "grant {name:?}: sha256 must be 64 lowercase hex digits"
                 )));
@@ -157,48 +148,10 @@ impl Grants {
     /// Writes the file atomically (temp file + rename), mode 0600. A symlink at `path` (a
     /// dotfiles repository) stays: the file it leads to is the one replaced.
     pub fn save(&self, path: &Path) -> Result<(), GrantsError> {
-        let shown = path.display().to_string();
-        let write_err = |source| GrantsError::Write {
-            path: shown.clone(),
+        save_private_json(path, self).map_err(|source| GrantsError::Write {
+            path: path.display().to_string(),
             source,
-        };
-        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-        let target = match is_link {
-            false => path.to_owned(),
-            true => super::watch::resolve(path)
-                .target
-                .ok_or_else(|| write_err(std::io::Error::from(nix::errno::Errno::ELOOP)))?,
-        };
-        let path = target.as_path();
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut text =
-            serde_json::to_string_pretty(self).map_err(|e| write_err(std::io::Error::other(e)))?;
-        text.push('\n');
-        let tmp = dir.join(format!(
-            ".{}.{:08x}.tmp",
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "grants".into()),
-            rand::random::<u32>()
-        ));
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-            std::fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(write_err)
+        })
     }
 
     /// Adds a grant named `name` with a fresh token; returns the token (the only time it
@@ -210,7 +163,7 @@ impl Grants {
         if self.grants.contains_key(name) {
             return Err(GrantsError::Exists(name.to_owned()));
         }
-        let token = new_token();
+        let token = new_token(TOKEN_PREFIX);
         self.grants.insert(
             name.to_owned(),
             GrantEntry {
@@ -229,40 +182,18 @@ impl Grants {
     /// The grant a bearer token belongs to. Every stored hash is compared, in constant time,
     /// so timing says nothing about which grants exist or how close a guess was.
     pub fn authenticate(&self, token: &str) -> Option<&str> {
-        let presented = Sha256::digest(token.as_bytes());
-        let mut found = None;
-        for (name, entry) in &self.grants {
-            let Ok(stored) = hex::decode(&entry.sha256) else {
-                continue;
-            };
-            if bool::from(stored.as_slice().ct_eq(presented.as_slice())) {
-                found = Some(name.as_str());
-            }
-        }
-        found
+        authenticate(&self.grants, token).map(|(name, _)| name)
     }
 }
 
-/// Whether `name` can name a grant: short, and safe in logs, events and file names.
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+impl Hashed for GrantEntry {
+    fn sha256(&self) -> &str {
+        &self.sha256
+    }
 }
 
-/// A new random token: `tg_` and 256 random bits in hex.
-fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("tg_{}", hex::encode(bytes))
-}
-
-/// The hex SHA-256 of a token, as stored.
-pub(crate) fn token_sha256(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+/// What a grant's token starts with.
+const TOKEN_PREFIX: &str = "tg_";
 
 /// A running watch on the grants file; dropping it stops watching.
 #[derive(Debug)]
@@ -470,6 +401,8 @@ fn names(list: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -37,6 +37,7 @@ pub mod control {
     pub use crate::control::hub::{
         DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, RECENT_CALLS, SUBSCRIBER_QUEUE,
     };
+    pub use crate::control::operators::{Operators, OperatorsHandle, OperatorsWatcher, Role};
     pub use crate::control::server::{
         AUTH_DEADLINE, MAX_CLIENT_MESSAGE, MAX_HANDSHAKING, MAX_OPERATORS,
     };
