@@ -134,6 +134,9 @@ fn histograms(meter: &Meter) -> OtlpHistograms {
     }
 }
 
+/// A counter without attributes: its name, its description and where the registry keeps it.
+type Total = (&'static str, &'static str, fn(&Registry) -> u64);
+
 /// Registers the counters and gauges, each read from the registry when the reader
 /// collects. Their callbacks hold the metrics weakly: after the gateway stops they report
 /// nothing.
@@ -216,7 +219,7 @@ fn observe(meter: &Meter, metrics: &Weak<Metrics>) {
             );
         })
         .build();
-    let totals: [(&'static str, &'static str, fn(&Registry) -> u64); 3] = [
+    let totals: [Total; 3] = [
         (
             "toolgate.store.errors",
             "Times the counter store stopped answering.",
