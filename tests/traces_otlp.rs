@@ -1,10 +1,11 @@
-//! OpenTelemetry traces against a real receiver: an OTLP/HTTP endpoint inside the test that
-//! decodes the export requests of the built binary (`toolgate wrap --otlp`) with the official
-//! `opentelemetry-proto` definitions, in front of `tests/e2e/recording_server.py`, which
-//! records every line that reaches it. Checks span names, kinds, parent links client →
-//! gateway → server, attributes, the `traceparent` the server receives, the audit records'
-//! `trace_id`/`span_id`; and that a collector that is down or never answers costs calls
-//! nothing.
+//! OpenTelemetry traces and metrics against a real receiver: an OTLP/HTTP endpoint inside the
+//! test that decodes the export requests of the built binary (`toolgate wrap --otlp`) with the
+//! official `opentelemetry-proto` definitions (`/v1/traces` and `/v1/metrics`), in front of
+//! `tests/e2e/recording_server.py`, which records every line that reaches it. Checks span
+//! names, kinds, parent links client → gateway → server, attributes, for `tools/call` and the
+//! other MCP requests, the `traceparent` the server receives, the audit records'
+//! `trace_id`/`span_id`; the metrics `wrap` pushes; and that a collector that is down or never
+//! answers costs calls nothing.
 
 mod support;
 
@@ -16,9 +17,12 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as NumberValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use serde_json::{Value, json};
@@ -62,10 +66,24 @@ fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// An OTLP/HTTP receiver on loopback: every span of every export request, decoded.
+/// One data point of an exported metric: a sum's or gauge's value, or a histogram's count
+/// (and its sum).
+#[derive(Debug, Clone, PartialEq)]
+struct Point {
+    attributes: BTreeMap<String, String>,
+    value: f64,
+    sum: Option<f64>,
+}
+
+/// Each metric's data points in the latest export that had it (they are cumulative).
+type Latest = BTreeMap<String, Vec<Point>>;
+
+/// An OTLP/HTTP receiver on loopback: every span of every export request, decoded, and the
+/// latest data points of every metric.
 struct Receiver {
     port: u16,
     spans: Arc<Mutex<Vec<Exported>>>,
+    metrics: Arc<Mutex<Latest>>,
 }
 
 impl Receiver {
@@ -73,14 +91,35 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
         let port = listener.local_addr().expect("receiver address").port();
         let spans = Arc::new(Mutex::new(Vec::new()));
-        let kept = spans.clone();
+        let metrics = Arc::new(Mutex::new(Latest::new()));
+        let (kept, kept_metrics) = (spans.clone(), metrics.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let kept = kept.clone();
-                std::thread::spawn(move || serve_exports(stream, &kept));
+                let (kept, kept_metrics) = (kept.clone(), kept_metrics.clone());
+                std::thread::spawn(move || serve_exports(stream, &kept, &kept_metrics));
             }
         });
-        Receiver { port, spans }
+        Receiver {
+            port,
+            spans,
+            metrics,
+        }
+    }
+
+    /// Waits until `done` holds for the latest metrics; fails saying what it waited for.
+    fn wait_metrics(&self, what: &str, done: impl Fn(&Latest) -> bool) -> Latest {
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        loop {
+            let metrics = self.metrics.lock().expect("metrics").clone();
+            if done(&metrics) {
+                return metrics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the receiver did not get {what} within {ANSWER_WITHIN:?}; got {metrics:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn url(&self) -> String {
@@ -105,7 +144,7 @@ impl Receiver {
 }
 
 /// Answers export requests on one (kept-alive) connection, decoding each body.
-fn serve_exports(stream: TcpStream, spans: &Mutex<Vec<Exported>>) {
+fn serve_exports(stream: TcpStream, spans: &Mutex<Vec<Exported>>, metrics: &Mutex<Latest>) {
     let _ = stream.set_read_timeout(Some(ANSWER_WITHIN));
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -114,6 +153,7 @@ fn serve_exports(stream: TcpStream, spans: &Mutex<Vec<Exported>>) {
     loop {
         let mut length = 0usize;
         let mut line = String::new();
+        let mut request_line = None;
         loop {
             line.clear();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -121,6 +161,9 @@ fn serve_exports(stream: TcpStream, spans: &Mutex<Vec<Exported>>) {
             }
             if line == "\r\n" {
                 break;
+            }
+            if request_line.is_none() {
+                request_line = Some(line.clone());
             }
             if let Some((name, value)) = line.split_once(':')
                 && name.eq_ignore_ascii_case("content-length")
@@ -131,6 +174,20 @@ fn serve_exports(stream: TcpStream, spans: &Mutex<Vec<Exported>>) {
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
+        }
+        let answer =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+        if request_line.is_some_and(|l| l.starts_with("POST /v1/metrics ")) {
+            let request = ExportMetricsServiceRequest::decode(body.as_slice())
+                .expect("an OTLP metrics export request");
+            metrics
+                .lock()
+                .expect("metrics")
+                .extend(decode_metrics(&request));
+            if writer.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            continue;
         }
         let request =
             ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP export request");
@@ -164,12 +221,61 @@ fn serve_exports(stream: TcpStream, spans: &Mutex<Vec<Exported>>) {
             }
         }
         spans.lock().expect("spans").extend(decoded);
-        let answer =
-            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
         if writer.write_all(answer.as_bytes()).is_err() {
             return;
         }
     }
+}
+
+/// Every metric of one export request, by name, with its data points.
+fn decode_metrics(request: &ExportMetricsServiceRequest) -> Latest {
+    let mut latest = Latest::new();
+    for resource in &request.resource_metrics {
+        for scope in &resource.scope_metrics {
+            for metric in &scope.metrics {
+                let points: Vec<Point> = match &metric.data {
+                    Some(Data::Sum(sum)) => sum.data_points.iter().map(number).collect(),
+                    Some(Data::Gauge(gauge)) => gauge.data_points.iter().map(number).collect(),
+                    Some(Data::Histogram(histogram)) => histogram
+                        .data_points
+                        .iter()
+                        .map(|p| Point {
+                            attributes: attributes(&p.attributes),
+                            value: p.count as f64,
+                            sum: p.sum,
+                        })
+                        .collect(),
+                    other => panic!("an unexpected kind of metric {}: {other:?}", metric.name),
+                };
+                latest.insert(metric.name.clone(), points);
+            }
+        }
+    }
+    latest
+}
+
+fn number(point: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> Point {
+    Point {
+        attributes: attributes(&point.attributes),
+        value: match point.value {
+            Some(NumberValue::AsInt(n)) => n as f64,
+            Some(NumberValue::AsDouble(x)) => x,
+            None => f64::NAN,
+        },
+        sum: None,
+    }
+}
+
+/// The value of `metric`'s point whose attributes include `with`, if exported.
+fn point(latest: &Latest, metric: &str, with: &[(&str, &str)]) -> Option<f64> {
+    latest
+        .get(metric)?
+        .iter()
+        .find(|p| {
+            with.iter()
+                .all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|p| p.value)
 }
 
 /// `toolgate wrap --otlp URL` in front of the recording server, spoken to in raw lines.
@@ -182,6 +288,11 @@ struct Wrap {
 
 impl Wrap {
     fn start(otlp: &str) -> Wrap {
+        Wrap::start_with(otlp, &[])
+    }
+
+    /// With `env` set for the gateway.
+    fn start_with(otlp: &str, env: &[(&str, &str)]) -> Wrap {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = |name: &str| dir.path().join(name);
         std::fs::write(path("policy.json"), POLICY).expect("write the policy");
@@ -203,6 +314,8 @@ impl Wrap {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_SERVICE_NAME")
             .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+            .env_remove("OTEL_METRIC_EXPORT_INTERVAL")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(path("stderr.log")).expect("the log"))
@@ -360,7 +473,10 @@ fn calls_are_traced_client_to_gateway_to_server_with_mcp_attributes() {
     assert_eq!(denied["result"]["isError"], true, "{denied}");
     let dir = wrap.finish();
 
-    let spans = receiver.wait("5 spans (2 allowed calls × 2, 1 denied)", |s| s.len() >= 5);
+    let spans = receiver.wait(
+        "7 spans (initialize × 2, 2 allowed calls × 2, 1 denied)",
+        |s| s.len() >= 7,
+    );
     let server_kind = SpanKind::Server as i32;
     let client_kind = SpanKind::Client as i32;
 
@@ -536,4 +652,221 @@ fn a_held_call_has_events_when_held_and_when_resolved() {
             .iter()
             .all(|s| !by_request("5", SpanKind::Client as i32)(s))
     );
+}
+
+/// The lines of `method` that reached the recording server, by request id.
+fn received_requests(dir: &Path, method: &str) -> BTreeMap<u64, Value> {
+    let text = std::fs::read_to_string(dir.join("record.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["t"] == "recv")
+        .filter_map(|r| serde_json::from_str::<Value>(r["raw"].as_str()?.trim()).ok())
+        .filter(|m| m["method"] == method)
+        .filter_map(|m| Some((m["id"].as_u64()?, m)))
+        .collect()
+}
+
+#[test]
+fn every_request_is_traced_named_by_method_and_target() {
+    let receiver = Receiver::start();
+    let mut wrap = Wrap::start(&receiver.url());
+    wrap.handshake();
+    let requests = [
+        json!({"jsonrpc": "2.0", "id": 10, "method": "tools/list"}),
+        json!({"jsonrpc": "2.0", "id": 11, "method": "prompts/get",
+               "params": {"name": "review", "arguments": {"code": "x"}}}),
+        json!({"jsonrpc": "2.0", "id": 12, "method": "resources/read",
+               "params": {"uri": "file:///etc/motd", "_meta": {"progressToken": 1}}}),
+        json!({"jsonrpc": "2.0", "id": 13, "method": "vendor/thing\u{1b}[31m", "params": {}}),
+    ];
+    for request in requests {
+        let answer = wrap.ask(request);
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    let dir = wrap.finish();
+    let spans = receiver.wait("10 spans (5 requests × SERVER and CLIENT)", |s| {
+        s.len() >= 10
+    });
+    let server_kind = SpanKind::Server as i32;
+    let client_kind = SpanKind::Client as i32;
+
+    for (id, name, method) in [
+        ("0", "initialize", "initialize"),
+        ("10", "tools/list", "tools/list"),
+        ("11", "prompts/get review", "prompts/get"),
+        ("12", "resources/read", "resources/read"),
+        ("13", "_OTHER", "_OTHER"),
+    ] {
+        let server = the(
+            &spans,
+            &format!("SERVER of {id}"),
+            by_request(id, server_kind),
+        );
+        let client = the(
+            &spans,
+            &format!("CLIENT of {id}"),
+            by_request(id, client_kind),
+        );
+        assert_eq!(server.name, name, "{server:#?}");
+        assert_eq!(client.name, name, "{client:#?}");
+        assert_eq!(client.parent, server.span_id, "{client:#?}");
+        assert_eq!(client.trace_id, server.trace_id);
+        assert_eq!(server.parent, "", "no traceparent came: {server:#?}");
+        for span in [server, client] {
+            assert_eq!(
+                span.attributes.get("mcp.method.name").map(String::as_str),
+                Some(method),
+                "{span:#?}"
+            );
+            assert!(span.attributes.contains_key("mcp.session.id"), "{span:#?}");
+            // The version `initialize` settled on (the client's ask, on `initialize` itself).
+            assert_eq!(
+                span.attributes
+                    .get("mcp.protocol.version")
+                    .map(String::as_str),
+                Some("2025-11-25"),
+                "{span:#?}"
+            );
+            assert_eq!(span.status_code, 0, "not an error: {span:#?}");
+        }
+    }
+    let prompt = the(&spans, "SERVER of 11", by_request("11", server_kind));
+    assert_eq!(
+        prompt
+            .attributes
+            .get("gen_ai.prompt.name")
+            .map(String::as_str),
+        Some("review")
+    );
+    let read = the(&spans, "SERVER of 12", by_request("12", server_kind));
+    assert_eq!(
+        read.attributes.get("mcp.resource.uri").map(String::as_str),
+        Some("file:///etc/motd")
+    );
+    // Arguments are never recorded.
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attributes.values().all(|v| !v.contains("\"code\""))),
+        "{spans:#?}"
+    );
+
+    // Each request reached the server with its CLIENT span's traceparent, everything else
+    // as sent.
+    for (method, id, rest) in [
+        ("initialize", "0", json!({"protocolVersion": "2025-11-25"})),
+        (
+            "prompts/get",
+            "11",
+            json!({"name": "review", "arguments": {"code": "x"}}),
+        ),
+        ("resources/read", "12", json!({"uri": "file:///etc/motd"})),
+    ] {
+        let number: u64 = id.parse().expect("a numeric id");
+        let received = &received_requests(dir.path(), method)[&number];
+        let client = the(
+            &spans,
+            &format!("CLIENT of {id}"),
+            by_request(id, client_kind),
+        );
+        assert_eq!(
+            received["params"]["_meta"]["traceparent"],
+            json!(format!("00-{}-{}-01", client.trace_id, client.span_id)),
+            "{received}"
+        );
+        for (key, value) in rest.as_object().expect("an object") {
+            assert_eq!(&received["params"][key], value, "{received}");
+        }
+    }
+    assert_eq!(
+        received_requests(dir.path(), "resources/read")[&12]["params"]["_meta"]["progressToken"],
+        json!(1)
+    );
+    // A request without params goes as it came.
+    assert_eq!(
+        received_requests(dir.path(), "tools/list")[&10].get("params"),
+        None
+    );
+}
+
+#[test]
+fn wrap_pushes_the_metrics_by_otlp() {
+    let receiver = Receiver::start();
+    // Collect every 200 ms instead of every minute: the test waits less.
+    let mut wrap = Wrap::start_with(&receiver.url(), &[("OTEL_METRIC_EXPORT_INTERVAL", "200")]);
+    wrap.handshake();
+    for id in 1..=2 {
+        let answer = wrap.ask(call(id, "echo", None));
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    let denied = wrap.ask(call(3, "rm", None));
+    assert_eq!(denied["result"]["isError"], true, "{denied}");
+    // Counted and exported while the gateway runs, not only at its stop.
+    let calls = |m: &Latest, decision: &str, tool: &str| {
+        point(
+            m,
+            "toolgate.calls",
+            &[("decision", decision), ("tool", tool), ("grant", "ci")],
+        )
+    };
+    receiver.wait_metrics("2 allowed and 1 denied call", |m| {
+        calls(m, "allow", "echo") == Some(2.0) && calls(m, "deny", "rm") == Some(1.0)
+    });
+    let held = wrap.ask(call(4, "wait", None));
+    assert_eq!(held["result"]["isError"], true, "{held}");
+    let _ = wrap.finish();
+
+    let latest = receiver.wait_metrics("the timed-out hold and the durations", |m| {
+        point(m, "toolgate.hold.wait", &[("resolution", "timeout")]) == Some(1.0)
+            && point(
+                m,
+                "mcp.server.operation.duration",
+                &[("gen_ai.tool.name", "echo")],
+            ) == Some(2.0)
+    });
+    assert_eq!(
+        point(
+            &latest,
+            "toolgate.call.duration",
+            &[("tool", "echo"), ("error", "false")]
+        ),
+        Some(2.0),
+        "{latest:#?}"
+    );
+    assert_eq!(
+        point(
+            &latest,
+            "mcp.server.operation.duration",
+            &[
+                ("mcp.method.name", "tools/call"),
+                ("gen_ai.tool.name", "echo")
+            ]
+        ),
+        Some(2.0),
+        "{latest:#?}"
+    );
+    // The hold waited about its 1 s timeout.
+    let wait = latest["toolgate.hold.wait"]
+        .iter()
+        .find(|p| p.attributes.get("resolution").map(String::as_str) == Some("timeout"))
+        .and_then(|p| p.sum)
+        .expect("the hold wait's sum");
+    assert!((0.9..10.0).contains(&wait), "{wait}");
+    assert_eq!(
+        point(&latest, "toolgate.held_calls", &[]),
+        Some(0.0),
+        "{latest:#?}"
+    );
+    assert_eq!(
+        point(
+            &latest,
+            "toolgate.policy.reloads",
+            &[("result", "rejected")]
+        ),
+        Some(0.0),
+        "{latest:#?}"
+    );
+    for name in ["toolgate.store.errors", "toolgate.tool_changes"] {
+        assert!(latest.contains_key(name), "{name}: {latest:#?}");
+    }
 }

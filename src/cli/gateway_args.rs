@@ -87,8 +87,9 @@ pub(super) struct GatewayArgs {
     pub max_message: usize,
     #[command(flatten)]
     pub counters: CounterArgs,
-    /// Export traces (a SERVER and a CLIENT span per tool call) to this OpenTelemetry
-    /// collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (they go to /v1/traces).
+    /// Export traces (a SERVER and a CLIENT span per MCP request) and metrics to this
+    /// OpenTelemetry collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (they go
+    /// to /v1/traces and /v1/metrics; OTEL_METRIC_EXPORT_INTERVAL, default 60000 ms).
     /// The standard OTEL_EXPORTER_OTLP_ENDPOINT does the same; OTEL_SERVICE_NAME (default
     /// toolgate), OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER apply. With tracing on, a
     /// sampled call that carries no traceparent in params._meta is forwarded with the
@@ -111,6 +112,10 @@ pub(super) struct Started {
     pub store: StoreWorker,
     /// Spans per call, when tracing is configured.
     pub traces: Option<Arc<crate::telemetry::Tracing>>,
+    /// The gateway's metrics, when they are exported by OTLP (`serve` also serves them at
+    /// `/metrics`, and starts them itself otherwise).
+    pub metrics: Option<Arc<crate::telemetry::Metrics>>,
+    metrics_export: Option<crate::telemetry::MetricsExport>,
     control: Option<ControlHandle>,
     /// Applies changes to `--operators` while the gateway runs.
     _operators: Option<OperatorsWatcher>,
@@ -154,8 +159,27 @@ impl GatewayArgs {
             }
             None => None,
         };
+        let metrics_config = crate::telemetry::MetricsConfig::from(self.otlp.as_deref(), |name| {
+            std::env::var(name).ok()
+        })?;
         let id = gateway_id();
         let hub = new_hub(&id, grant, server, &self.policy);
+        let (metrics, metrics_export) = match metrics_config {
+            Some(config) => {
+                // Started before anything publishes, so every event is counted.
+                let metrics = crate::telemetry::Metrics::start(&hub);
+                let export = metrics.export_otlp(&config)?;
+                tracing::info!(
+                    "metrics exported by OTLP to {}",
+                    config
+                        .endpoint
+                        .as_deref()
+                        .unwrap_or("OTEL_EXPORTER_OTLP_ENDPOINT")
+                );
+                (Some(metrics), Some(export))
+            }
+            None => (None, None),
+        };
         hub.set_hold_caps(HoldCaps {
             per_grant: self.max_holds_per_grant,
             total: self.max_holds,
@@ -259,6 +283,8 @@ impl GatewayArgs {
             audit,
             store,
             traces,
+            metrics,
+            metrics_export,
             control,
             _operators: operators_watch,
         })
@@ -285,6 +311,11 @@ impl Started {
         if let Some(traces) = self.traces {
             // Exporting what is queued blocks (at most the exporter's timeout).
             let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
+        if let (Some(metrics), Some(export)) = (self.metrics, self.metrics_export) {
+            // The last events counted, then one last export (blocking, bounded likewise).
+            metrics.settle(Duration::from_secs(1)).await;
+            let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
         }
     }
 }

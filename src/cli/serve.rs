@@ -230,7 +230,11 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
             },
             max_message: args.gateway.max_message,
             metrics: Some(MetricsEndpoint {
-                metrics: Metrics::start(&started.hub),
+                // The same metrics the OTLP export reads, when it is on.
+                metrics: started
+                    .metrics
+                    .clone()
+                    .unwrap_or_else(|| Metrics::start(&started.hub)),
                 access: match (args.metrics_public, started.events_token()) {
                     (true, _) => Access::Public,
                     (false, Some(token)) => Access::Operator(Arc::from(token)),

@@ -149,6 +149,7 @@ where
         closing,
         max_message: options.max_message,
         held_lines: ByteBudget::for_messages(options.max_message),
+        protocol_version: std::sync::OnceLock::new(),
     });
 
     let client_reader = LineReader::new(client_reader, options.max_message);
@@ -332,6 +333,9 @@ struct Shared {
     /// The bytes of held calls' lines this connection may keep (2 × `--max-message` +
     /// 64 KiB): a call that would be held beyond it is denied instead.
     held_lines: ByteBudget,
+    /// The protocol version the connection's `initialize` settled on, read from its answer
+    /// only when tracing is on (spans carry it as `mcp.protocol.version`).
+    protocol_version: std::sync::OnceLock<Box<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -361,8 +365,8 @@ impl ConnState {
 
 #[derive(Debug)]
 enum Forwarded {
-    /// Any request the gateway only forwards.
-    Plain,
+    /// Any request the gateway only forwards (with its spans, when tracing is on).
+    Plain(Option<Box<CallSpans>>),
     /// A call waiting for the counter store to admit its limits; not forwarded yet. An
     /// upstream answer to its id is dropped; the task that waits for the store takes it
     /// out (forwarding, refusing or holding the call) unless it was cancelled or failed
@@ -370,6 +374,7 @@ enum Forwarded {
     Deciding,
     ToolsList {
         first_page: bool,
+        spans: Option<Box<CallSpans>>,
     },
     Call(CallInFlight),
 }
@@ -700,14 +705,16 @@ impl Shared {
             "tools/call" => self.client_call(id, env.params, bytes),
             "tools/list" => {
                 let first_page = jsonrpc::cursor(env.params).is_none();
+                let (spans, traced) = self.trace_request(&id, method, env.params, bytes);
                 self.lock()
                     .pending
-                    .insert(id, Forwarded::ToolsList { first_page });
-                Disposition::Forward
+                    .insert(id, Forwarded::ToolsList { first_page, spans });
+                traced.map_or(Disposition::Forward, Disposition::Replace)
             }
             _ => {
-                self.lock().pending.insert(id, Forwarded::Plain);
-                Disposition::Forward
+                let (spans, traced) = self.trace_request(&id, method, env.params, bytes);
+                self.lock().pending.insert(id, Forwarded::Plain(spans));
+                traced.map_or(Disposition::Forward, Disposition::Replace)
             }
         }
     }
@@ -817,7 +824,14 @@ impl Shared {
             )
         });
         let spans = self.gateway.traces.as_ref().map(|traces| {
-            Box::new(traces.start_call(&self.session, &id, &params.name, params.meta.as_ref()))
+            let version = self.protocol_version.get().map(|v| &**v);
+            Box::new(traces.start_call(
+                &self.session,
+                &id,
+                &params.name,
+                params.meta.as_ref(),
+                version,
+            ))
         });
         let call = Deliberation {
             id,
@@ -1139,14 +1153,24 @@ impl Shared {
                 };
                 match pending {
                     Forwarded::Deciding => Disposition::Nothing,
-                    Forwarded::Plain => Disposition::Forward,
-                    Forwarded::ToolsList { first_page } => match env.result {
-                        Some(result) => {
-                            Disposition::Replace(self.tools_listed(&id, result, first_page))
+                    Forwarded::Plain(spans) => {
+                        if let Some(spans) = spans {
+                            self.request_answered(&spans, env);
                         }
-                        // An error lists no tools.
-                        None => Disposition::Forward,
-                    },
+                        Disposition::Forward
+                    }
+                    Forwarded::ToolsList { first_page, spans } => {
+                        if let Some(spans) = spans {
+                            self.request_answered(&spans, env);
+                        }
+                        match env.result {
+                            Some(result) => {
+                                Disposition::Replace(self.tools_listed(&id, result, first_page))
+                            }
+                            // An error lists no tools.
+                            None => Disposition::Forward,
+                        }
+                    }
                     Forwarded::Call(call) => {
                         let answer = CallAnswer::of(env);
                         if answer.input_required
@@ -1214,6 +1238,35 @@ impl Shared {
         );
     }
 
+    /// Starts the spans of a request other than `tools/call` when tracing is on; with them,
+    /// the line to forward instead when the gateway adds its `traceparent`.
+    fn trace_request(
+        &self,
+        id: &IdKey,
+        method: &str,
+        params: Option<&RawValue>,
+        line: &[u8],
+    ) -> (Option<Box<CallSpans>>, Option<Vec<u8>>) {
+        let Some(traces) = &self.gateway.traces else {
+            return (None, None);
+        };
+        let version = self.protocol_version.get().map(|v| &**v);
+        let spans = traces.start_request(&self.session, id, method, params, version);
+        let traced = traces.forwarded(&spans, line);
+        (Some(Box::new(spans)), traced)
+    }
+
+    /// Ends a traced request's spans with the upstream's answer; an `initialize` answer
+    /// also says the protocol version the connection's later spans carry.
+    fn request_answered(&self, spans: &CallSpans, answer: &Envelope<'_>) {
+        if spans.is_initialize()
+            && let Some(version) = jsonrpc::protocol_version(answer.result)
+        {
+            let _ = self.protocol_version.set(version.into());
+        }
+        spans.answered_with(jsonrpc::error_code(answer.error));
+    }
+
     /// Starts a traced call's CLIENT span as it goes upstream; the line to forward instead
     /// when the gateway adds its `traceparent` (see [`crate::telemetry::trace`]).
     fn traced(&self, spans: Option<&CallSpans>, line: &[u8]) -> Option<Vec<u8>> {
@@ -1279,8 +1332,13 @@ impl Shared {
         let mut owed = self.fail_holds(why);
         let pending: Vec<(IdKey, Forwarded)> = self.lock().pending.drain().collect();
         for (id, pending) in pending {
-            if let Forwarded::Call(call) = &pending {
-                self.finish_call(call, true, Some(why.to_owned()));
+            match &pending {
+                Forwarded::Call(call) => self.finish_call(call, true, Some(why.to_owned())),
+                Forwarded::Plain(Some(spans))
+                | Forwarded::ToolsList {
+                    spans: Some(spans), ..
+                } => spans.failed("upstream_gone"),
+                _ => {}
             }
             owed.push(jsonrpc::error_response(Some(&id), code::UPSTREAM_GONE, why));
         }

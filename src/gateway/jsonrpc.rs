@@ -26,6 +26,7 @@ pub(crate) mod code {
     pub(crate) const PARSE_ERROR: i64 = -32700;
     pub(crate) const INVALID_REQUEST: i64 = -32600;
     pub(crate) const INVALID_PARAMS: i64 = -32602;
+    pub(crate) const INTERNAL_ERROR: i64 = -32603;
     /// Implementation-defined server error: the upstream went away before answering.
     pub(crate) const UPSTREAM_GONE: i64 = -32000;
     /// Implementation-defined: the answer was larger than `--max-message`, or could not be
@@ -610,6 +611,36 @@ pub(crate) fn cursor(params: Option<&RawValue>) -> Option<String> {
     params
         .and_then(|p| serde_json::from_str::<P>(p.get()).ok())
         .and_then(|p| p.cursor)
+}
+
+/// The `protocolVersion` of an `initialize` answer's result, when it is a string.
+pub(crate) fn protocol_version(result: Option<&RawValue>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct R {
+        #[serde(default, rename = "protocolVersion")]
+        protocol_version: Option<String>,
+    }
+    result
+        .filter(|r| r.get().starts_with('{'))
+        .and_then(|r| serde_json::from_str::<R>(r.get()).ok())
+        .and_then(|r| r.protocol_version)
+}
+
+/// The `code` of an error answer's `error`, when it is an integer.
+pub(crate) fn error_code(error: Option<&RawValue>) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct E {
+        #[serde(default)]
+        code: Option<i64>,
+    }
+    let error = error?;
+    // An error answer with a code that is not an integer still failed.
+    Some(
+        serde_json::from_str::<E>(error.get())
+            .ok()
+            .and_then(|e| e.code)
+            .unwrap_or(code::INTERNAL_ERROR),
+    )
 }
 
 /// The `requestId` of a `notifications/cancelled`, when it is a valid id.

@@ -17,7 +17,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use chrono::{DateTime, Utc};
+use opentelemetry::KeyValue;
 use tokio::sync::broadcast::error::RecvError;
+
+mod otlp;
+
+pub(crate) use otlp::{MetricsConfig, MetricsExport};
 
 use super::labels::BoundedLabel;
 use crate::control::Hub;
@@ -81,6 +86,7 @@ impl Metrics {
     /// Counts one event.
     pub(crate) fn observe(&self, event: &Event) {
         let mut registry = self.lock();
+        registry.seen = registry.seen.max(event.seq);
         match &event.kind {
             EventKind::Call(call) => registry.call(call, event.ts),
             EventKind::HoldResolved(resolved) => registry.hold_resolved(resolved, event.ts),
@@ -100,8 +106,29 @@ impl Metrics {
 
     /// Every metric in the Prometheus text exposition format (version 0.0.4).
     pub(crate) fn render(&self) -> String {
-        let held = self.hub.upgrade().map_or(0, |hub| hub.open_holds().len());
+        let held = self.held();
         self.lock().render(held)
+    }
+
+    /// Calls waiting for an operator now.
+    fn held(&self) -> usize {
+        self.hub.upgrade().map_or(0, |hub| hub.open_holds().len())
+    }
+
+    /// Waits (at most `deadline`) until every event the hub published so far is counted:
+    /// at a gateway's stop, before the last export.
+    pub(crate) async fn settle(&self, deadline: std::time::Duration) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let published = hub.latest_seq();
+        drop(hub);
+        let _ = tokio::time::timeout(deadline, async {
+            while self.lock().seen < published {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await;
     }
 }
 
@@ -228,6 +255,10 @@ struct Registry {
     /// A hash of each server's last tool list, to count changes.
     tool_lists: HashMap<Arc<str>, u64>,
     missed: u64,
+    /// The last event's `seq`.
+    seen: u64,
+    /// When metrics are exported by OTLP too: the histograms recorded as events come.
+    otlp: Option<otlp::OtlpHistograms>,
     in_flight: HashMap<String, Flight>,
     in_flight_order: VecDeque<String>,
 }
@@ -292,6 +323,10 @@ impl Registry {
             .entry(resolution)
             .or_insert_with(|| Histogram::new(HOLD_BUCKETS))
             .observe(waited);
+        if let Some(otlp) = &self.otlp {
+            otlp.hold_wait
+                .record(waited, &[KeyValue::new("resolution", resolution)]);
+        }
         if !resolved.approved {
             self.forget(&resolved.call_id);
         }
@@ -311,6 +346,24 @@ impl Registry {
             .entry((tool.clone(), outcome.error))
             .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
             .observe(whole);
+        if let Some(otlp) = &self.otlp {
+            let mut attributes = vec![
+                KeyValue::new("mcp.method.name", "tools/call"),
+                KeyValue::new("gen_ai.tool.name", tool.clone()),
+            ];
+            if outcome.error {
+                attributes.push(KeyValue::new("error.type", "tool_error"));
+            }
+            otlp.operation_duration.record(whole, &attributes);
+            otlp.call_duration.record(
+                (whole - held_for).max(0.0),
+                &[
+                    KeyValue::new("tool", tool.clone()),
+                    KeyValue::new("server", server.clone()),
+                    KeyValue::new("error", outcome.error),
+                ],
+            );
+        }
         self.call_duration
             .entry((tool, server, outcome.error))
             .or_insert_with(|| Histogram::new(DURATION_BUCKETS))

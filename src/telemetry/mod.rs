@@ -4,13 +4,16 @@
 //! - [`metrics`] — the gateway's metrics, counted from its own events off the call path.
 //! - [`labels`] — label values with a bounded number of series (tool names come from agents).
 //! - [`scrape`] — who may read `/metrics`, and the answer.
-//! - [`trace`] — spans per `tools/call` (off unless configured), `traceparent` in `_meta`.
+//! - [`trace`] — spans per MCP request (off unless configured), `traceparent` in `_meta`.
+//!
+//! Both signals are exported by OTLP when configured (`metrics/otlp.rs` pushes the same
+//! metrics as `/metrics`, for `wrap` too).
 
 pub(crate) mod labels;
 pub(crate) mod metrics;
 pub(crate) mod scrape;
 pub(crate) mod trace;
 
-pub(crate) use metrics::Metrics;
+pub(crate) use metrics::{Metrics, MetricsConfig, MetricsExport};
 pub(crate) use scrape::{Access, MetricsEndpoint};
 pub(crate) use trace::{CallSpans, TraceConfig, Tracing};

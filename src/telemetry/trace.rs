@@ -22,11 +22,11 @@
 //! slow or absent collector costs a call nothing.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
@@ -59,27 +59,70 @@ impl TraceConfig {
         otlp: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Option<TraceConfig>> {
+        Ok(Signal::Traces
+            .configured(otlp, env)?
+            .map(|endpoint| TraceConfig { endpoint }))
+    }
+}
+
+/// What OTLP exports: each has its own variables beside the shared ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// `TRACES` / `METRICS`, as in `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    fn upper(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+        }
+    }
+
+    /// The path under a collector's base URL.
+    fn path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// Whether this signal is exported, and where: `None` when off, `Some(None)` for the
+    /// SDK's reading of the `OTEL_EXPORTER_OTLP_*ENDPOINT` variables, `Some(Some(url))`
+    /// for `--otlp`'s base URL with the signal's path. Errors say which setting is wrong
+    /// and what to use instead.
+    pub(crate) fn configured(
+        self,
+        otlp: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<Option<String>>> {
         let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let upper = self.upper();
+        let exporter = format!("OTEL_{upper}_EXPORTER");
         if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+            || set(&exporter).is_some_and(|v| v.eq_ignore_ascii_case("none"))
         {
             return Ok(None);
         }
+        let own_endpoint = format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT");
         let configured = otlp.is_some()
             || set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-            || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+            || set(&own_endpoint).is_some();
         if !configured {
             return Ok(None);
         }
         for name in [
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            format!("OTEL_EXPORTER_OTLP_{upper}_PROTOCOL"),
+            "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
         ] {
-            if let Some(protocol) = set(name) {
+            if let Some(protocol) = set(&name) {
                 if protocol != "http/protobuf" {
                     anyhow::bail!(
                         "{name}={protocol} is not supported: toolgate exports OTLP over \
-                         http/protobuf only (a collector's port 4318); set {name}=http/protobuf \
+                         http/protobuf only (a collector's port 4318; gRPC is not built in, \
+                         see the README's Observability section); set {name}=http/protobuf \
                          or unset it"
                     );
                 }
@@ -88,13 +131,10 @@ impl TraceConfig {
         }
         // The gateway's HTTP client is built without TLS (its upstreams are plain HTTP too).
         for (what, url) in [
-            ("--otlp", otlp.map(str::to_owned)),
+            ("--otlp".to_owned(), otlp.map(str::to_owned)),
+            (own_endpoint.clone(), set(&own_endpoint)),
             (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
                 set("OTEL_EXPORTER_OTLP_ENDPOINT"),
             ),
         ] {
@@ -108,21 +148,45 @@ impl TraceConfig {
                 );
             }
         }
-        let endpoint = match otlp {
+        match otlp {
             Some(url) => {
                 let base = url.trim_end_matches('/');
                 if !(base.starts_with("http://") || base.starts_with("https://")) {
                     anyhow::bail!(
                         "--otlp {url}: give the collector's OTLP/HTTP base URL, such as \
-                         http://127.0.0.1:4318 (traces go to its /v1/traces)"
+                         http://127.0.0.1:4318 (traces go to its /v1/traces, metrics to its \
+                         /v1/metrics)"
                     );
                 }
-                Some(format!("{base}/v1/traces"))
+                Ok(Some(Some(format!("{base}{}", self.path()))))
             }
-            None => None,
-        };
-        Ok(Some(TraceConfig { endpoint }))
+            None => Ok(Some(None)),
+        }
     }
+}
+
+/// The HTTP client of OTLP exporters, running its requests on the current runtime.
+pub(crate) fn runtime_client() -> anyhow::Result<impl opentelemetry_http::HttpClient + 'static> {
+    Ok(RuntimeClient {
+        runtime: tokio::runtime::Handle::try_current()
+            .context("OTLP export needs the async runtime")?,
+        client: reqwest::Client::new(),
+    })
+}
+
+/// The resource every export names: `service.name` is `toolgate` unless
+/// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` says otherwise (the SDK reads both).
+pub(crate) fn resource() -> opentelemetry_sdk::Resource {
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+            v.split(',')
+                .any(|kv| kv.trim().starts_with("service.name="))
+        });
+    if !named {
+        resource = resource.with_service_name("toolgate");
+    }
+    resource.build()
 }
 
 /// The tracer of one gateway process.
@@ -143,11 +207,7 @@ impl Tracing {
     /// requests are spawned onto it).
     pub fn start(config: &TraceConfig) -> anyhow::Result<Tracing> {
         use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-        let client = RuntimeClient {
-            runtime: tokio::runtime::Handle::try_current()
-                .context("tracing needs the async runtime")?,
-            client: reqwest::Client::new(),
-        };
+        let client = runtime_client()?;
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
@@ -158,18 +218,9 @@ impl Tracing {
         let exporter = exporter
             .build()
             .context("cannot set up the OTLP exporter (--otlp, OTEL_EXPORTER_OTLP_*)")?;
-        let mut resource = opentelemetry_sdk::Resource::builder();
-        let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
-            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
-                v.split(',')
-                    .any(|kv| kv.trim().starts_with("service.name="))
-            });
-        if !named {
-            resource = resource.with_service_name("toolgate");
-        }
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(resource.build())
+            .with_resource(resource())
             .build();
         let tracer = provider.tracer("toolgate");
         Ok(Tracing {
@@ -188,33 +239,108 @@ impl Tracing {
     }
 
     /// Starts the SERVER span of a `tools/call` of `tool` (request `id`) in `session`,
-    /// continuing the trace of a `traceparent` in its `_meta`.
+    /// continuing the trace of a `traceparent` in its `_meta`. `version` is the protocol
+    /// version the connection's `initialize` settled on, when known.
     pub(crate) fn start_call(
         &self,
         session: &str,
         id: &impl std::fmt::Display,
         tool: &str,
         meta: Option<&Map<String, Value>>,
+        version: Option<&str>,
+    ) -> CallSpans {
+        let tool: Arc<str> = Arc::from(tool);
+        let mut attributes = Vec::with_capacity(7);
+        attributes.push(KeyValue::new("mcp.method.name", "tools/call"));
+        attributes.push(KeyValue::new("gen_ai.tool.name", tool.clone()));
+        attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+        self.open_spans(
+            "tools/call",
+            format!("tools/call {tool}"),
+            attributes,
+            (session, id),
+            meta,
+            version,
+        )
+    }
+
+    /// Starts the SERVER span of any other request the client sends (`initialize`,
+    /// `tools/list`, `resources/read`, `prompts/get`...), named as the MCP conventions say:
+    /// `{mcp.method.name} {target}` where the target is a prompt's name, the method alone
+    /// otherwise (a resource's URI is an attribute, never in the name: too many values).
+    /// A method outside MCP's plain spelling is named `_OTHER` (clients choose methods).
+    pub(crate) fn start_request(
+        &self,
+        session: &str,
+        id: &impl std::fmt::Display,
+        method: &str,
+        params: Option<&RawValue>,
+        version: Option<&str>,
+    ) -> CallSpans {
+        let params: RequestParams = params
+            .filter(|p| p.get().starts_with('{'))
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or_default();
+        let plain = method.len() <= 64
+            && method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.'));
+        let method_name: Arc<str> = Arc::from(if plain { method } else { "_OTHER" });
+        let mut attributes = Vec::with_capacity(7);
+        attributes.push(KeyValue::new("mcp.method.name", method_name.clone()));
+        let version = match (method, &params.protocol_version) {
+            // The version the client asks for; its answer says the one settled on.
+            ("initialize", Some(asked)) => Some(asked.as_str()),
+            _ => version,
+        };
+        let name = match (method, params.name) {
+            ("prompts/get", Some(prompt)) => {
+                let name = format!("prompts/get {prompt}");
+                attributes.push(KeyValue::new("gen_ai.prompt.name", prompt));
+                name
+            }
+            _ => method_name.to_string(),
+        };
+        if let Some(uri) = params.uri
+            && method.starts_with("resources/")
+        {
+            attributes.push(KeyValue::new("mcp.resource.uri", uri));
+        }
+        self.open_spans(
+            &method_name,
+            name,
+            attributes,
+            (session, id),
+            params.meta.as_ref(),
+            version,
+        )
+    }
+
+    /// Starts a SERVER span named `name` with `attributes` and the session's, the request
+    /// id's and the protocol version's.
+    fn open_spans(
+        &self,
+        method: &str,
+        name: String,
+        mut attributes: Vec<KeyValue>,
+        (session, id): (&str, &impl std::fmt::Display),
+        meta: Option<&Map<String, Value>>,
+        version: Option<&str>,
     ) -> CallSpans {
         let incoming = meta.is_some_and(|m| m.get(TRACEPARENT).is_some_and(Value::is_string));
         let parent = match meta {
             Some(meta) if incoming => self.propagator.extract(&MetaExtractor(meta)),
             _ => Context::new(),
         };
-        let mut attributes = vec![
-            KeyValue::new("mcp.method.name", "tools/call"),
-            KeyValue::new("gen_ai.tool.name", tool.to_owned()),
-            KeyValue::new("gen_ai.operation.name", "execute_tool"),
-            KeyValue::new("jsonrpc.request.id", id.to_string()),
-            KeyValue::new("mcp.session.id", session.to_owned()),
-        ];
-        if let Some(version) = meta
+        attributes.push(KeyValue::new("jsonrpc.request.id", id.to_string()));
+        attributes.push(KeyValue::new("mcp.session.id", session.to_owned()));
+        // A 2026-07-28 request says its version in every `_meta`.
+        let stated = meta
             .and_then(|m| m.get(crate::gateway::jsonrpc::META_PROTOCOL_VERSION))
-            .and_then(Value::as_str)
-        {
+            .and_then(Value::as_str);
+        if let Some(version) = stated.or(version) {
             attributes.push(KeyValue::new("mcp.protocol.version", version.to_owned()));
         }
-        let name = format!("tools/call {tool}");
         let server = self
             .tracer
             .span_builder(name.clone())
@@ -222,6 +348,7 @@ impl Tracing {
             .with_attributes(attributes.clone())
             .start_with_context(&self.tracer, &parent);
         CallSpans {
+            initialize: method == "initialize",
             inner: Mutex::new(Inner {
                 name,
                 attributes,
@@ -232,40 +359,62 @@ impl Tracing {
         }
     }
 
-    /// Starts the CLIENT span of a call going upstream, child of its SERVER span. Returns
-    /// the request `line` to forward instead, with the CLIENT span's `traceparent` in its
-    /// `_meta`, when the trace is sampled and the client sent none; `None` to forward the
-    /// line as it is.
+    /// Starts the CLIENT span of a request going upstream, child of its SERVER span.
+    /// Returns the request `line` to forward instead, with the CLIENT span's `traceparent`
+    /// in its `_meta`, when the trace is sampled and the client sent none; `None` to
+    /// forward the line as it is.
     pub(crate) fn forwarded(&self, spans: &CallSpans, line: &[u8]) -> Option<Vec<u8>> {
         let mut inner = spans.lock();
         let parent = Context::new().with_remote_span_context(inner.server.span_context().clone());
+        // The CLIENT span takes the SERVER span's attributes: its own copy, since the SDK
+        // owns a span's attributes; the values are shared (`Arc<str>`) where they are long.
+        let attributes = std::mem::take(&mut inner.attributes);
         let client = self
             .tracer
             .span_builder(inner.name.clone())
             .with_kind(SpanKind::Client)
-            .with_attributes(inner.attributes.clone())
+            .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
         let context = client.span_context().clone();
         inner.client = Some(client);
         if inner.incoming || !context.is_sampled() {
             return None;
         }
-        let mut carrier = MetaInjector(HashMap::new());
-        self.propagator.inject_context(
-            &Context::new().with_remote_span_context(context),
-            &mut carrier,
+        let traceparent = format!(
+            "00-{}-{}-{:02x}",
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().to_u8()
         );
-        with_meta(line, carrier.0)
+        with_traceparent(line, &traceparent)
+            .or_else(|| with_meta(line, HashMap::from([(TRACEPARENT.to_owned(), traceparent)])))
     }
 }
 
-/// The spans of one `tools/call`, from its arrival to its answer. Dropping it ends them.
+/// The members of a request's params that name its span; the rest is skipped unread.
+#[derive(Default, serde::Deserialize)]
+struct RequestParams {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    uri: Option<String>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Map<String, Value>>,
+    #[serde(default, rename = "protocolVersion")]
+    protocol_version: Option<String>,
+}
+
+/// The spans of one MCP request, from its arrival to its answer: a SERVER span, and a
+/// CLIENT span once it goes upstream. Dropping it ends them.
 pub struct CallSpans {
+    /// An `initialize`: its answer says the connection's protocol version.
+    initialize: bool,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
     name: String,
+    /// Given to the CLIENT span when it starts.
     attributes: Vec<KeyValue>,
     server: Span,
     client: Option<Span>,
@@ -283,6 +432,11 @@ impl std::fmt::Debug for CallSpans {
 impl CallSpans {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether these are the spans of an `initialize`.
+    pub(crate) fn is_initialize(&self) -> bool {
+        self.initialize
     }
 
     /// The trace id and the SERVER span's id, lowercase hex, for the audit log.
@@ -305,9 +459,7 @@ impl CallSpans {
         ));
         span.set_attribute(KeyValue::new("toolgate.rule", decision.rule.clone()));
         span.set_attribute(KeyValue::new("toolgate.grant", grant.to_owned()));
-        if decision.verdict == Verdict::RateLimited
-            && let Some(counter) = decision.rule.strip_prefix("/counters/")
-        {
+        if let Some(counter) = limited_counter(decision) {
             span.set_attribute(KeyValue::new("toolgate.counter", counter.to_owned()));
         }
         if matches!(decision.verdict, Verdict::Deny | Verdict::RateLimited) {
@@ -362,6 +514,144 @@ impl CallSpans {
             client.end();
         }
         inner.server.end();
+    }
+
+    /// Ends both spans of a request other than `tools/call` with its answer: `error`, the
+    /// JSON-RPC error's code, when it was refused. `error.type` is that code, as the MCP
+    /// conventions say.
+    pub(crate) fn answered_with(&self, error: Option<i64>) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some(code) = error {
+            let kind = code.to_string();
+            for span in inner
+                .client
+                .iter_mut()
+                .chain(std::iter::once(&mut inner.server))
+            {
+                span.set_attribute(KeyValue::new("error.type", kind.clone()));
+                span.set_attribute(KeyValue::new("rpc.response.status_code", kind.clone()));
+                span.set_status(Status::error(kind.clone()));
+            }
+        }
+        if let Some(client) = &mut inner.client {
+            client.end();
+        }
+        inner.server.end();
+    }
+
+    /// Ends both spans of a request that will never be answered by the upstream (`kind`
+    /// says why, as `error.type`).
+    pub(crate) fn failed(&self, kind: &'static str) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        for span in inner
+            .client
+            .iter_mut()
+            .chain(std::iter::once(&mut inner.server))
+        {
+            span.set_attribute(KeyValue::new("error.type", kind));
+            span.set_status(Status::error(kind));
+        }
+        if let Some(client) = &mut inner.client {
+            client.end();
+        }
+        inner.server.end();
+    }
+}
+
+/// The counter without room that refused a rate-limited call. The decision's rule is the
+/// limit's place (`/tools/x/limits/0`), its reason the policy's words, which name the
+/// counter last ("… on counter NAME"); `tests::the_counter_of_a_limited_call_is_named`
+/// holds the two together.
+fn limited_counter(decision: &Decision) -> Option<&str> {
+    if decision.verdict != Verdict::RateLimited {
+        return None;
+    }
+    decision
+        .reason
+        .rsplit_once(" on counter ")
+        .map(|(_, counter)| counter)
+}
+
+/// `line` (a request) with `"traceparent": traceparent` added last to its
+/// `params._meta` (made when absent), spliced into the bytes: nothing else is copied
+/// differently, nothing re-encoded. `None` when the line is not that simple (no params
+/// object, a `_meta` that is not an object or already has trace context, an escaped
+/// key); then [`with_meta`] decides.
+fn with_traceparent(line: &[u8], traceparent: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let message: Borrowed<'_> = serde_json::from_str(text.trim_end()).ok()?;
+    let params = message.get("params")?;
+    if !params.starts_with('{') {
+        return None;
+    }
+    let members: Borrowed<'_> = serde_json::from_str(params).ok()?;
+    let (object, empty, entry) = match members.get("_meta") {
+        Some(meta) => {
+            if !meta.starts_with('{') {
+                return None;
+            }
+            let meta_members: Borrowed<'_> = serde_json::from_str(meta).ok()?;
+            if meta_members.get(TRACEPARENT).is_some() || meta_members.get(TRACESTATE).is_some() {
+                return None;
+            }
+            let entry = format!("\"{TRACEPARENT}\":\"{traceparent}\"");
+            (meta, meta_members.0.is_empty(), entry)
+        }
+        None => {
+            let entry = format!("\"_meta\":{{\"{TRACEPARENT}\":\"{traceparent}\"}}");
+            (params, members.0.is_empty(), entry)
+        }
+    };
+    // The object's closing brace, found by where its text lies in the line.
+    let start = (object.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let close = start + object.len() - 1;
+    if text.as_bytes().get(close) != Some(&b'}') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(line.len() + entry.len() + 1);
+    out.extend_from_slice(&line[..close]);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(entry.as_bytes());
+    out.extend_from_slice(&line[close..]);
+    Some(out)
+}
+
+/// A JSON object's members, borrowed from the text: keys without escapes only (an escaped
+/// key fails the read).
+struct Borrowed<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Borrowed<'a> {
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Borrowed<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Borrowed<'de>, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Borrowed<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Borrowed<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some((key, value)) = map.next_entry::<&'de str, &'de RawValue>()? {
+                    members.push((key, value.get()));
+                }
+                Ok(Borrowed(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
 }
 
@@ -453,14 +743,6 @@ impl Extractor for MetaExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         vec![TRACEPARENT, TRACESTATE]
-    }
-}
-
-struct MetaInjector(HashMap<String, String>);
-
-impl Injector for MetaInjector {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
     }
 }
 
@@ -579,6 +861,72 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn the_counter_of_a_limited_call_is_named() {
+        use crate::policy::{Call, MemoryStore, Policy};
+        let policy = Policy::parse(
+            r#"{"version": "1", "default": "deny", "tools": {"echo": {"limits": [
+                {"counter": "echo budget", "window": "minute", "max": 1, "scope": "grant"}]}}}"#,
+            "policy.json",
+        )
+        .expect("a valid policy");
+        let store = MemoryStore::new();
+        let args = serde_json::json!({});
+        let call = Call {
+            tool: "echo",
+            args: &args,
+            grant: "ci",
+            session: "s",
+        };
+        let first = policy.decide(&call, &store, 1_000);
+        assert_eq!(limited_counter(&first), None);
+        let second = policy.decide(&call, &store, 1_001);
+        assert_eq!(second.verdict, Verdict::RateLimited);
+        assert_eq!(limited_counter(&second), Some("echo budget"), "{second:?}");
+    }
+
+    #[test]
+    fn the_spliced_traceparent_goes_last_in_the_meta_and_every_other_byte_stays() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"b":1E2},"_meta":{"progressToken":3}}}"#,
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"b":1E2},"_meta":{"progressToken":3,"traceparent":"TP"}}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta": { } , "a" : [1, 2]}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta": { "traceparent":"TP"} , "a" : [1, 2]}}"#,
+            ),
+            (
+                r#"{"params":{"name":"t"},"jsonrpc":"2.0","id":1,"method":"prompts/get"}"#,
+                r#"{"params":{"name":"t","_meta":{"traceparent":"TP"}},"jsonrpc":"2.0","id":1,"method":"prompts/get"}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"traceparent":"TP"}}}"#,
+            ),
+        ];
+        for (line, want) in cases {
+            let want = want.replace("TP", tp);
+            let out = with_traceparent(line.as_bytes(), tp).expect(line);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+            let mut with_newline = line.as_bytes().to_vec();
+            with_newline.push(b'\n');
+            let out = with_traceparent(&with_newline, tp).expect(line);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{want}\n"));
+        }
+        // Not simple: left to `with_meta` (or forwarded as it is).
+        for line in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":null}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"traceparent":5}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_m\u0065ta":{}}}"#,
+        ] {
+            assert_eq!(with_traceparent(line.as_bytes(), tp), None, "{line}");
+        }
     }
 
     #[test]
