@@ -134,3 +134,49 @@ fn a_gateway_refuses_to_start_with_a_broken_operators_file() {
         "{err}"
     );
 }
+
+#[test]
+fn connect_takes_its_token_from_a_file_or_says_where_to_put_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens here: only how the token is found is under test.
+    let url = "ws://127.0.0.1:9/";
+    let without = Command::new(toolgate())
+        .args(["tail", "--connect", url])
+        .env_remove("TOOLGATE_TOKEN")
+        .env_remove("TOOLGATE_OPERATOR_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!without.status.success());
+    let err = text(&without.stderr);
+    assert!(
+        err.contains("--token-file") && err.contains("TOOLGATE_OPERATOR_TOKEN"),
+        "{err}"
+    );
+
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = Command::new(toolgate())
+        .args(["tail", "--connect", url, "--token-file"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("is empty"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A readable token file gets as far as connecting (refused: nothing listens).
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tgop_0123\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(toolgate())
+        .args(["tail", "--connect", url, "--token-file"])
+        .arg(&token)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(err.contains("cannot follow ws://127.0.0.1:9/"), "{err}");
+}

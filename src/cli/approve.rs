@@ -42,12 +42,8 @@ pub(super) struct DenyArgs {
 
 #[derive(Debug, clap::Args)]
 struct Target {
-    /// Ask the gateway at this websocket URL instead of finding it among the local ones.
-    #[arg(long, value_name = "URL", requires = "token")]
-    connect: Option<String>,
-    /// The token for --connect.
-    #[arg(long, value_name = "T", env = "TOOLGATE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    remote: super::remote_args::RemoteArgs,
     /// The name recorded as having resolved the call (default: $USER).
     #[arg(long, value_name = "NAME")]
     operator: Option<String>,
@@ -86,14 +82,14 @@ fn resolve(
             operator,
         }
     };
-    let candidates: Vec<(String, String)> = match (target.connect, target.token) {
-        (Some(url), token) => vec![(url, token.unwrap_or_default())],
-        (None, _) => {
+    let candidates: Vec<(String, String)> = match target.remote.target()? {
+        Some(remote) => vec![remote],
+        None => {
             let running = control::list_gateways();
             if running.is_empty() {
                 anyhow::bail!(
                     "no toolgate gateway is running on this machine (looked in {}); \
-                     use --connect URL --token T for a remote one",
+                     use --connect URL --token-file FILE for a remote one",
                     control::describe_dirs()
                 );
             }

@@ -22,12 +22,8 @@ use crate::console::{Options, Theme, net, run_in_terminal, theme};
 /// Example: toolgate console --theme light --cases policy-cases.json
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    /// Follow one gateway by its event websocket URL instead of discovering them.
-    #[arg(long, value_name = "URL", requires = "token")]
-    connect: Option<String>,
-    /// The websocket token of the --connect gateway.
-    #[arg(long, value_name = "T", env = "TOOLGATE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    remote: super::remote_args::RemoteArgs,
     /// Colour theme: dark, light, high-contrast, or a file in the config directory's
     /// toolgate/themes/.
     #[arg(long, value_name = "NAME", env = "TOOLGATE_THEME", default_value = theme::DEFAULT_THEME)]
@@ -54,13 +50,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if theme::no_color_requested() {
         theme = theme.without_colour();
     }
-    let targets = match (&args.connect, &args.token) {
-        (Some(url), Some(token)) => net::Targets::Fixed {
-            url: url.clone(),
-            token: token.clone(),
-        },
-        (Some(_), None) => anyhow::bail!("--connect needs --token (or TOOLGATE_TOKEN)"),
-        _ => net::Targets::Discover,
+    let targets = match args.remote.target()? {
+        Some((url, token)) => net::Targets::Fixed { url, token },
+        None => net::Targets::Discover,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let options = Options {

@@ -19,6 +19,7 @@ mod gateways;
 mod grants;
 mod junit;
 mod operators;
+mod remote_args;
 mod scan;
 mod serve;
 pub(crate) mod tail;

@@ -40,12 +40,8 @@ pub(crate) struct Args {
     /// One JSON object per line instead of human lines.
     #[arg(long)]
     json: bool,
-    /// Follow only the gateway at this websocket URL (ends when it closes).
-    #[arg(long, value_name = "URL", requires = "token")]
-    connect: Option<String>,
-    /// The token for --connect.
-    #[arg(long, value_name = "T", env = "TOOLGATE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    remote: super::remote_args::RemoteArgs,
 }
 
 /// What the followers tell the printer.
@@ -70,8 +66,7 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
     let (tx, mut rx) = mpsc::channel::<Note>(1024);
     let mut stdout = std::io::stdout().lock();
 
-    if let Some(url) = args.connect {
-        let token = args.token.unwrap_or_default();
+    if let Some((url, token)) = args.remote.target()? {
         let conn = control::connect(&url, &token)
             .await
             .with_context(|| format!("cannot follow {url}"))?;
