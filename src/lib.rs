@@ -30,6 +30,7 @@ pub mod console;
 mod control;
 mod demo;
 mod gateway;
+mod listen;
 mod pins;
 mod policy;
 mod redact;

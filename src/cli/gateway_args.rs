@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::counter_args::CounterArgs;
+use crate::control::hub::PinReview;
 use crate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, HoldCaps};
 use crate::control::{ControlHandle, EventsOptions, Hub};
 use crate::gateway::audit::{AuditFail, AuditKey, AuditOptions};
+use crate::gateway::pinning::ToolPins;
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
@@ -95,6 +97,8 @@ pub(super) struct Started {
     pub store: StoreWorker,
     /// Spans per call, when tracing is configured.
     pub traces: Option<Arc<crate::telemetry::Tracing>>,
+    /// Tool pins, in the counters' store; they answer the `accept_pin` command.
+    pub pins: Arc<ToolPins>,
     control: Option<ControlHandle>,
 }
 
@@ -190,6 +194,14 @@ impl GatewayArgs {
         };
         // Every connection and session of this gateway asks the store through one thread.
         let store = StoreWorker::new(store);
+        let (pin_store, pins_at) = self
+            .counters
+            .open_pins()
+            .context("cannot open the pin store (where --counters are)")?;
+        tracing::info!("{pins_at}");
+        let pins = Arc::new(ToolPins::new(pin_store, hub.clone()));
+        let review: std::sync::Weak<dyn PinReview> = Arc::downgrade(&pins) as _;
+        hub.set_pin_review(review);
         tracing::info!(
             "gateway {id}: policy {}, audit {} (key {}), counters {}",
             policy.path.display(),
@@ -204,6 +216,7 @@ impl GatewayArgs {
             audit,
             store,
             traces,
+            pins,
             control,
         })
     }

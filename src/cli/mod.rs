@@ -18,6 +18,7 @@ mod gateway_args;
 mod gateways;
 mod grants;
 mod junit;
+mod pins;
 mod scan;
 mod serve;
 pub(crate) mod tail;
@@ -56,6 +57,7 @@ enum Command {
     Deny(approve::DenyArgs),
     Gateways(gateways::Args),
     Scan(scan::Args),
+    Pins(pins::Args),
     Completions(CompletionsArgs),
 }
 
@@ -84,6 +86,7 @@ pub fn main() -> ExitCode {
         Command::Deny(args) => approve::run_deny(args),
         Command::Gateways(args) => gateways::run(args),
         Command::Scan(args) => scan::run(args),
+        Command::Pins(args) => pins::run(args),
         Command::Completions(args) => {
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), "toolgate", &mut script);

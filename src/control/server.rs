@@ -165,7 +165,7 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
              and holds the token can approve held calls, and traffic is not encrypted"
         );
     }
-    let listener = listen(opts.addr).map_err(|source| StartError::Bind {
+    let listener = crate::listen::listen(opts.addr).map_err(|source| StartError::Bind {
         addr: opts.addr,
         source,
     })?;
@@ -205,23 +205,6 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
         stop,
         accept: Some(accept),
     })
-}
-
-/// Connections the kernel queues for `accept`. Beyond it, a new connection waits for a
-/// retransmission (a second or more), so a burst of sockets would delay the operator queued
-/// behind it; the shedding in [`super::admission`] needs them accepted first.
-const LISTEN_BACKLOG: u32 = 1024;
-
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // As `TcpListener::bind` does: a restarted gateway may reuse its port at once.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(
@@ -389,7 +372,7 @@ async fn serve_connection(
             }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    let reply = handle_command(&hub, text.as_str());
+                    let reply = handle_command(&hub, text.as_str()).await;
                     send_event(&mut ws, &per_client(&hub, hub.latest_seq(), EventKind::Reply(reply)))
                         .await?;
                 }
@@ -516,7 +499,7 @@ async fn send_event(ws: &mut Socket, event: &Event) -> Result<(), ConnectionErro
 }
 
 /// Runs one client command; every outcome, including garbage, is a [`Reply`].
-fn handle_command(hub: &Hub, text: &str) -> Reply {
+async fn handle_command(hub: &Hub, text: &str) -> Reply {
     let msg: ClientMsg = match serde_json::from_str(text) {
         Ok(msg) => msg,
         Err(e) => {
@@ -562,11 +545,25 @@ fn handle_command(hub: &Hub, text: &str) -> Reply {
                 reason: reason.map(cap),
             },
         ),
-        ClientMsg::AcceptPin { id, .. } => {
+        ClientMsg::AcceptPin {
+            id,
+            server,
+            tool,
+            fingerprint,
+            operator,
+        } => {
+            let accepted = match hub.pin_review() {
+                Some(review) => {
+                    review
+                        .accept_pin(&server, &tool, &fingerprint, operator.map(cap))
+                        .await
+                }
+                None => Err("this gateway does not pin tools".into()),
+            };
             return Reply {
                 id,
-                ok: false,
-                error: Some("this gateway does not pin tools".into()),
+                ok: accepted.is_ok(),
+                error: accepted.err(),
             };
         }
     };

@@ -27,7 +27,7 @@ use super::glob::Glob;
 use super::json::{self, Member, Node, Value};
 use super::path::{PathProblem, Root};
 use super::store::Scope;
-use super::{Action, CounterDef, Diagnostic, LimitUse, Policy, Rule};
+use super::{Action, CounterDef, Diagnostic, LimitUse, PinMode, Policy, Rule};
 
 /// Default time a held call waits for an operator.
 pub(super) const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 120_000;
@@ -42,6 +42,8 @@ const TOP_FIELDS: &[&str] = &[
     "approval_timeout",
     "all_tools",
     "tools",
+    "pins",
+    "quarantine_flagged",
 ];
 const RULE_FIELDS: &[&str] = &[
     "action",
@@ -60,7 +62,7 @@ const CONDITION_FIELDS: &[&str] = &["path", "op", "value"];
 
 /// A field the policy format defines for a feature this version does not implement yet.
 /// Its presence refuses the policy (with a message saying so, not "unknown field"): a
-/// `shadow` rule silently enforced, or `"pins": "enforce"` silently ignored, would both make
+/// `shadow` rule silently enforced, or `"learn": true` silently ignored, would both make
 /// the gateway do something other than what the file says.
 struct LaterField {
     /// Where the field belongs (the `what` of [`Compiler::object`]).
@@ -80,20 +82,6 @@ enum LaterValues {
 }
 
 const LATER_FIELDS: &[LaterField] = &[
-    LaterField {
-        within: "the policy",
-        name: "pins",
-        values: LaterValues::OneOf(&["enforce", "warn", "off"]),
-        feature: "tool pinning",
-        without: "a changed tool definition would go unnoticed",
-    },
-    LaterField {
-        within: "the policy",
-        name: "quarantine_flagged",
-        values: LaterValues::Boolean,
-        feature: "quarantine of flagged tools",
-        without: "a flagged tool would stay callable",
-    },
     LaterField {
         within: "the policy",
         name: "learn",
@@ -340,6 +328,23 @@ impl Compiler {
         }
     }
 
+    fn pin_mode(&mut self, node: &Node, pointer: &str) -> Option<PinMode> {
+        match self.string(node, pointer, "pins")? {
+            "enforce" => Some(PinMode::Enforce),
+            "warn" => Some(PinMode::Warn),
+            "off" => Some(PinMode::Off),
+            other => {
+                self.problem(
+                    node.offset,
+                    pointer.to_string(),
+                    format!("unknown pins mode {}", quote(other)),
+                    "expected enforce, warn or off".to_string(),
+                );
+                None
+            }
+        }
+    }
+
     fn action(&mut self, node: &Node, pointer: &str, what: &str) -> Option<Action> {
         let s = self.string(node, pointer, what)?;
         match s {
@@ -377,6 +382,8 @@ impl Compiler {
             all_tools: Vec::new(),
             counters: Vec::new(),
             counter_names: Vec::new(),
+            pins: PinMode::Warn,
+            quarantine_flagged: false,
         };
 
         // Members in document order, so that "the second definition" of a counter is the
@@ -425,6 +432,24 @@ impl Compiler {
                     }
                 }
                 "tools" => ok &= self.tools(node, &ptr, &mut policy),
+                "pins" => match self.pin_mode(node, &ptr) {
+                    Some(mode) => policy.pins = mode,
+                    None => ok = false,
+                },
+                "quarantine_flagged" => match &node.value {
+                    Value::Bool(b) => policy.quarantine_flagged = *b,
+                    _ => {
+                        self.error(
+                            node,
+                            &ptr,
+                            format!(
+                                "quarantine_flagged must be true or false, found {}",
+                                node.kind()
+                            ),
+                        );
+                        ok = false;
+                    }
+                },
                 _ => ok = false,
             }
         }

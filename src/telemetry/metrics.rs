@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use chrono::{DateTime, Utc};
@@ -23,7 +22,7 @@ use super::labels::BoundedLabel;
 use crate::control::Hub;
 use crate::policy::Verdict;
 use crate::wire::{
-    CallEvent, CounterState, Event, EventKind, HoldResolved, Outcome, ResolvedBy, Tools,
+    CallEvent, CounterState, Event, EventKind, HoldResolved, Outcome, PinChange, ResolvedBy,
 };
 
 /// Calls remembered between their decision and their outcome (to label the outcome with
@@ -93,7 +92,10 @@ impl Metrics {
             EventKind::Store(status) if !status.ok => registry.store_errors += 1,
             EventKind::PolicyApplied(_) => registry.reloads.applied += 1,
             EventKind::PolicyRejected(_) => registry.reloads.rejected += 1,
-            EventKind::Tools(tools) => registry.tools_listed(tools),
+            // One per tool definition found to differ from its pin (tool pinning).
+            EventKind::ToolChanged(changed) if changed.change == PinChange::Changed => {
+                registry.tool_changes += 1;
+            }
             _ => {}
         }
     }
@@ -221,8 +223,6 @@ struct Registry {
     store_errors: u64,
     reloads: Reloads,
     tool_changes: u64,
-    /// A hash of each server's last tool list, to count changes.
-    tool_lists: HashMap<Arc<str>, u64>,
     missed: u64,
     in_flight: HashMap<String, Flight>,
     in_flight_order: VecDeque<String>,
@@ -315,25 +315,6 @@ impl Registry {
         let scope: Arc<str> = Arc::from(state.scope.as_str());
         self.counters
             .insert((counter, scope, key), (state.used, state.max));
-    }
-
-    fn tools_listed(&mut self, tools: &Tools) {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for tool in &tools.tools {
-            tool.name.hash(&mut hasher);
-            tool.description.hash(&mut hasher);
-            tool.input_schema
-                .as_ref()
-                .map(|s| s.to_string())
-                .hash(&mut hasher);
-        }
-        let hash = hasher.finish();
-        let server = self.servers.value(&tools.server);
-        if let Some(previous) = self.tool_lists.insert(server, hash)
-            && previous != hash
-        {
-            self.tool_changes += 1;
-        }
     }
 
     fn render(&self, held: usize) -> String {
@@ -460,7 +441,7 @@ impl Registry {
             &mut out,
             "toolgate_tool_changes_total",
             "counter",
-            "Times a server's tool list changed.",
+            "Tool definitions found to differ from their pins (tool_changed events).",
         );
         let _ = writeln!(out, "toolgate_tool_changes_total {}", self.tool_changes);
         header(

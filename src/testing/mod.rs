@@ -17,8 +17,9 @@ pub mod screenshot;
 pub mod policy {
     pub use crate::policy::{
         Action, Admission, Call, CounterStore, Decision, Diagnostic, FailMode, GuardedStore,
-        KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, OwnedLimit, Policy, RedisStore,
-        Reservation, Scope, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
+        KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, OwnedLimit, PinMode, Policy,
+        RedisStore, Reservation, Scope, SqliteStore, StoreError, StoreErrorKind, StoreWorker,
+        Verdict,
     };
 }
 

@@ -11,6 +11,9 @@
 //!   ([`Peer::authenticated`]). At the cap, a new connection closes the oldest
 //!   unauthenticated one; when every open connection is authenticated, the newcomer is
 //!   answered 503 and closed.
+//! - **A deep accept queue** (`crate::listen`): connections are shed only once accepted, so
+//!   the kernel must be able to queue a flood's sockets; a full queue would drop an agent's
+//!   SYN and cost it a second's retransmission.
 //! - **Descriptors run out anyway** (other files, a limit lower than planned): an accept
 //!   that fails with EMFILE sheds an unauthenticated connection and waits a moment before
 //!   trying again, instead of spinning.
