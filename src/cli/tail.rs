@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::control::{self, ClientError};
 use crate::sanitize::{self, terminal_text};
-use crate::wire::{Event, EventKind, GrantsChange, ResolvedBy, Verdict};
+use crate::wire::{Event, EventKind, GrantsChange, PinChange, ResolvedBy, Verdict};
 
 /// How often the discovery directory is scanned for new gateways.
 const RESCAN: Duration = Duration::from_secs(2);
@@ -375,6 +375,36 @@ pub(crate) fn human_line(event: &Event) -> Option<String> {
             },
             terminal_text(&grants.detail)
         ),
+        EventKind::ToolChanged(change) => {
+            let (server, tool) = (terminal_text(&change.server), terminal_text(&change.tool));
+            match change.change {
+                PinChange::Changed => {
+                    let mut line = format!(
+                        "tool {tool} of {server} changed since it was pinned ({} → {}) · {}",
+                        short_hash(&change.pinned_fingerprint),
+                        short_hash(&change.offered_fingerprint),
+                        if change.quarantined {
+                            "quarantined until accepted"
+                        } else {
+                            "not enforced (pins: warn)"
+                        }
+                    );
+                    if !change.flags.is_empty() {
+                        line += &format!(" · {} description flag(s)", change.flags.len());
+                    }
+                    line
+                }
+                PinChange::Accepted => format!(
+                    "tool {tool} of {server}: new definition {} accepted{}",
+                    short_hash(&change.offered_fingerprint),
+                    change
+                        .operator
+                        .as_deref()
+                        .map(|o| format!(" by {}", terminal_text(o)))
+                        .unwrap_or_default()
+                ),
+            }
+        }
         EventKind::Audit(audit) => {
             let mut line = format!(
                 "audit log {} {}",
@@ -537,4 +567,9 @@ mod tests {
             .is_none()
         );
     }
+}
+
+/// The first 12 characters of a fingerprint, sanitised (it came from outside).
+fn short_hash(hex: &str) -> String {
+    terminal_text(&hex.chars().take(12).collect::<String>()).into_owned()
 }

@@ -283,10 +283,7 @@ fn carry_out_quick<B: Backend<Error: Send + Sync + 'static> + Bell>(
 ) {
     match effect {
         Effect::Send { gateway, msg } => {
-            let id = match &msg {
-                crate::wire::ClientMsg::Approve { id, .. }
-                | crate::wire::ClientMsg::Deny { id, .. } => *id,
-            };
+            let id = msg.id();
             if commands
                 .send(Outgoing {
                     gateway: gateway.clone(),

@@ -26,8 +26,8 @@ use tokio::sync::{broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::wire::{
-    CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, HoldResolved, ResolvedBy,
-    Snapshot, ToolInfo, Totals, Verdict,
+    CallEvent, CallRecord, CounterState, Event, EventKind, GatewayInfo, HoldResolved, PinChange,
+    ResolvedBy, Snapshot, ToolChanged, ToolInfo, Totals, Verdict,
 };
 
 /// How many events a subscriber may fall behind before it misses some.
@@ -184,6 +184,9 @@ struct HubState {
     tools: Vec<ToolInfo>,
     upstream_up: bool,
     totals: Totals,
+    /// Open tool-pin reviews by (server, tool): each tool's latest `changed` event, removed
+    /// by its `accepted`.
+    tool_changes: BTreeMap<(String, String), ToolChanged>,
 }
 
 #[derive(Debug)]
@@ -535,6 +538,17 @@ impl HubState {
                 }
             }
             EventKind::Upstream(upstream) => self.upstream_up = upstream.up,
+            EventKind::ToolChanged(change) => {
+                let key = (change.server.clone(), change.tool.clone());
+                match change.change {
+                    PinChange::Changed => {
+                        self.tool_changes.insert(key, change.clone());
+                    }
+                    PinChange::Accepted => {
+                        self.tool_changes.remove(&key);
+                    }
+                }
+            }
             EventKind::Tools(tools) => self.tools.clone_from(&tools.tools),
             EventKind::Store(_)
             | EventKind::SessionRefused(_)
@@ -643,7 +657,7 @@ impl SnapshotParts {
                 tools: state.tools.clone(),
                 upstream_up: state.upstream_up,
                 totals: state.totals,
-                tool_changes: Vec::new(),
+                tool_changes: state.tool_changes.values().cloned().collect(),
             },
         }
     }

@@ -8,7 +8,7 @@ use crate::console::model::{
 };
 use crate::sanitize::{terminal_string, terminal_text};
 use crate::wire::{
-    CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello, ToolInfo, Verdict,
+    CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello, PinChange, ToolInfo, Verdict,
 };
 
 use super::authoring;
@@ -162,6 +162,23 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
             }
         }
         EventKind::Tools(t) => set_tools(state, conn, t.tools),
+        EventKind::ToolChanged(change) => {
+            let label = state.gateways[conn].label().to_owned();
+            let (server, tool) = (terminal_text(&change.server), terminal_text(&change.tool));
+            match change.change {
+                PinChange::Changed => state.complain(format!(
+                    "gateway {label}: tool {tool} of {server} changed since it was pinned ({})",
+                    if change.quarantined {
+                        "quarantined"
+                    } else {
+                        "not enforced: pins warn"
+                    }
+                )),
+                PinChange::Accepted => state.say(format!(
+                    "gateway {label}: the new definition of {tool} of {server} was accepted"
+                )),
+            }
+        }
         EventKind::Missed(m) => {
             tracing::warn!(gateway = key, dropped = m.dropped, "missed events");
             let label = state.gateways[conn].label().to_owned();
