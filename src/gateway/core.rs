@@ -54,7 +54,7 @@ use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, 
 use super::line_writer::{Out, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
-use crate::policy::{Decision, Reservation, Verdict};
+use crate::policy::{Decision, PinMode, Reservation, Verdict};
 use crate::telemetry::CallSpans;
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
 
@@ -571,8 +571,9 @@ impl Shared {
             (Side::Upstream, Disposition::Relisted { result }) => self.relisted(&result).await,
             (Side::Upstream, Disposition::ForwardThenRelist) => {
                 self.send_client(bytes).await;
-                if self.gateway.pins.is_some() {
-                    self.relist(None).await;
+                if self.gateway.pins.is_some() && self.gateway.policy.load().pins() != PinMode::Off
+                {
+                    self.relist(None);
                 }
             }
             // Only upstream messages are listed.
@@ -1342,12 +1343,12 @@ impl Shared {
 
     /// Sends the gateway's own `tools/list` upstream (the page after `cursor`, or the first),
     /// under an id of its own that no client request holds.
-    async fn relist(&self, cursor: Option<String>) {
+    fn relist(&self, cursor: Option<String>) {
         let (id, meta) = {
             let mut state = self.lock();
             if state.relists.len() >= MAX_RELISTS {
                 tracing::warn!(
-                    "{MAX_RELISTS} of the gateway's own tools/list requests are unanswered; not                      sending another"
+                    "{MAX_RELISTS} of the gateway's own tools/list requests are unanswered; not sending another"
                 );
                 return;
             }
@@ -1376,7 +1377,10 @@ impl Shared {
             r#"{{"jsonrpc":"2.0","id":{},"method":"tools/list","params":{params}}}"#,
             id.json()
         );
-        if self.to_upstream.send(line.into_bytes()).await.is_err() {
+        // Never waits for room: this runs on the upstream's reader, which must keep reading
+        // for the upstream to drain its input. A list that does not fit now is skipped.
+        if !self.to_upstream.try_send(line.into_bytes()) {
+            tracing::warn!("the upstream's queue is full; the gateway's own tools/list is skipped");
             self.lock().relists.remove(&id);
         }
     }
@@ -1393,7 +1397,7 @@ impl Shared {
         };
         self.pins_withheld(&page).await;
         if let Some(cursor) = page.next_cursor() {
-            self.relist(Some(cursor)).await;
+            self.relist(Some(cursor));
         }
     }
 

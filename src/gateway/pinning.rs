@@ -87,6 +87,8 @@ impl Review {
 }
 
 /// One `tools/list` entry after the store answered.
+// One per tool of one page, never kept: the size of `Read` costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Seen {
     Read {
         definition: ToolDefinition,

@@ -78,7 +78,6 @@ struct LaterField {
 
 enum LaterValues {
     Boolean,
-    OneOf(&'static [&'static str]),
 }
 
 const LATER_FIELDS: &[LaterField] = &[
@@ -242,19 +241,12 @@ impl Compiler {
     fn not_implemented(&mut self, m: &Member, pointer: &str, later: &LaterField) {
         let node = &m.value;
         let name = later.name;
-        let fits = match (&later.values, &node.value) {
-            (LaterValues::Boolean, Value::Bool(_)) => true,
-            (LaterValues::OneOf(values), Value::String(s)) => values.contains(&s.as_str()),
-            _ => false,
+        let fits = match later.values {
+            LaterValues::Boolean => matches!(node.value, Value::Bool(_)),
         };
         if !fits {
             let expected = match later.values {
                 LaterValues::Boolean => "true or false".to_string(),
-                LaterValues::OneOf(values) => values
-                    .iter()
-                    .map(|v| quote(v))
-                    .collect::<Vec<_>>()
-                    .join(", "),
             };
             self.problem(
                 node.offset,

@@ -70,7 +70,7 @@ pub mod pins {
     pub use crate::pins::diff::{DefinitionDiff, JsonChange, WordKind, definition_diff};
     pub use crate::pins::{
         Finding, Fingerprint, Flag, MemoryPins, Pin, PinOutcome, PinStore, PinStoreError,
-        SqlitePins, ToolDefinition, check_description, fingerprint_list,
+        RedisPins, SqlitePins, ToolDefinition, check_description, fingerprint_list,
     };
 }
 
