@@ -161,26 +161,25 @@ impl ToolPins {
             }
         }
         let owned_server = server.to_owned();
-        let asked: Vec<(String, Fingerprint, ToolDefinition)> = to_store
-            .iter()
-            .map(|(d, f)| (d.name.clone(), *f, d.clone()))
-            .collect();
+        let asked: Vec<(Fingerprint, ToolDefinition)> =
+            to_store.iter().map(|(d, f)| (*f, d.clone())).collect();
         let outcomes = self
             .blocking(move |store| {
-                asked
-                    .iter()
-                    .map(|(tool, fingerprint, definition)| {
-                        let outcome = store
-                            .pin_or_compare(&owned_server, tool, fingerprint, definition)
-                            .map_err(|e| e.0);
-                        if let Ok(PinOutcome::Changed { .. }) = &outcome
-                            && let Err(e) =
-                                store.offer(&owned_server, tool, fingerprint, definition)
-                        {
-                            tracing::warn!("cannot record the offered definition of {tool}: {e}");
-                        }
-                        outcome
-                    })
+                let outcomes = store.pin_or_compare_all(&owned_server, &asked);
+                for ((fingerprint, definition), outcome) in asked.iter().zip(&outcomes) {
+                    if let Ok(PinOutcome::Changed { .. }) = outcome
+                        && let Err(e) =
+                            store.offer(&owned_server, &definition.name, fingerprint, definition)
+                    {
+                        tracing::warn!(
+                            "cannot record the offered definition of {}: {e}",
+                            definition.name
+                        );
+                    }
+                }
+                outcomes
+                    .into_iter()
+                    .map(|o| o.map_err(|e| e.0))
                     .collect::<Vec<_>>()
             })
             .await;
