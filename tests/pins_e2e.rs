@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use support::agent::Agent;
 use support::discovery::{next_event, operator, wait_discovery};
 use support::peers::{e2e_script, python};
-use support::wait::wait_until;
+use support::wait::{wait_until, within};
 use support::{ANSWER_WITHIN, private_dir, toolgate};
 use toolgate::testing::wire::{ClientMsg, EventKind, PinChange};
 
@@ -256,18 +256,21 @@ async fn a_list_changed_notification_quarantines_a_client_that_never_relists_and
         "the <IMPORTANT> block is flagged"
     );
     refused_as_changed(&send(&mut agent), "changing");
-    let own: Vec<(Value, Value)> = dir
-        .lists()
-        .into_iter()
-        .filter(|(id, _)| {
-            id.as_str()
-                .is_some_and(|id| id.starts_with("toolgate-pins-"))
-        })
-        .collect();
-    assert!(
-        own.iter().any(|(_, cursor)| cursor.is_null())
-            && own.iter().any(|(_, cursor)| cursor == "page-2"),
-        "the gateway listed both pages itself: {own:?}"
+    wait_until(
+        "the gateway's own tools/list of both pages",
+        ANSWER_WITHIN,
+        || {
+            let own: Vec<(Value, Value)> = dir
+                .lists()
+                .into_iter()
+                .filter(|(id, _)| {
+                    id.as_str()
+                        .is_some_and(|id| id.starts_with("toolgate-pins-"))
+                })
+                .collect();
+            own.iter().any(|(_, cursor)| cursor.is_null())
+                && own.iter().any(|(_, cursor)| cursor == "page-2")
+        },
     );
 
     // An operator accepts the reviewed definition over the websocket: at once, no re-list.
@@ -278,7 +281,13 @@ async fn a_list_changed_notification_quarantines_a_client_that_never_relists_and
         fingerprint: changed.pinned_fingerprint.clone(),
         operator: Some("alice".into()),
     };
-    let reply = conn.request(&wrong).await.expect("a reply");
+    let reply = within(
+        "the reply to accept_pin",
+        ANSWER_WITHIN,
+        conn.request(&wrong),
+    )
+    .await
+    .expect("a reply");
     assert!(!reply.ok, "an unreviewed fingerprint is refused: {reply:?}");
     let accept = ClientMsg::AcceptPin {
         id: 2,
@@ -287,7 +296,13 @@ async fn a_list_changed_notification_quarantines_a_client_that_never_relists_and
         fingerprint: changed.offered_fingerprint.clone(),
         operator: Some("alice".into()),
     };
-    let reply = conn.request(&accept).await.expect("a reply");
+    let reply = within(
+        "the reply to accept_pin",
+        ANSWER_WITHIN,
+        conn.request(&accept),
+    )
+    .await
+    .expect("a reply");
     assert!(reply.ok, "{reply:?}");
     works(&mut agent);
     let (_, hello) = operator(&entry).await;

@@ -510,6 +510,30 @@ mod tests {
     }
 
     #[test]
+    fn tool_changes_count_changed_definitions_not_their_acceptance() {
+        let changed = |change| {
+            EventKind::ToolChanged(crate::wire::ToolChanged {
+                server: "srv".into(),
+                tool: "send".into(),
+                change,
+                pinned_fingerprint: "a".repeat(64),
+                offered_fingerprint: "b".repeat(64),
+                pinned: Value::Null,
+                offered: Value::Null,
+                quarantined: true,
+                flags: Vec::new(),
+                operator: None,
+            })
+        };
+        let text = registry_after(vec![
+            changed(PinChange::Changed),
+            changed(PinChange::Accepted),
+            changed(PinChange::Changed),
+        ]);
+        assert!(text.contains("\ntoolgate_tool_changes_total 2\n"), "{text}");
+    }
+
+    #[test]
     fn calls_are_counted_by_decision_tool_grant_and_server() {
         let text = registry_after(vec![
             call("1", "echo", Verdict::Allow),
