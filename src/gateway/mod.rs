@@ -152,7 +152,7 @@ impl Gateway {
     }
 
     /// The same gateway pinning tools in `pins`, under the identity `server_id` when given.
-    pub(crate) fn with_pins(
+    pub fn with_pins(
         mut self,
         pins: Option<Arc<pinning::ToolPins>>,
         server_id: Option<String>,

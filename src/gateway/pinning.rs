@@ -47,7 +47,7 @@ const MAX_SERVERS: usize = 1024;
 
 /// The pins of one gateway process: the store, and what the last `tools/list` of each
 /// server said about its tools.
-pub(crate) struct ToolPins {
+pub struct ToolPins {
     store: Arc<dyn PinStore>,
     permits: Arc<Semaphore>,
     hub: Arc<Hub>,
@@ -100,7 +100,7 @@ enum Seen {
 }
 
 impl ToolPins {
-    pub(crate) fn new(store: Arc<dyn PinStore>, hub: Arc<Hub>) -> ToolPins {
+    pub fn new(store: Arc<dyn PinStore>, hub: Arc<Hub>) -> ToolPins {
         ToolPins {
             store,
             permits: Arc::new(Semaphore::new(PARALLEL_STORE_CALLS)),

@@ -28,6 +28,7 @@ pub mod gateway {
     pub use crate::gateway::core::MAX_IN_FLIGHT;
     pub use crate::gateway::grants::{Grants, GrantsReloader};
     pub use crate::gateway::http::body::message_line;
+    pub use crate::gateway::pinning::ToolPins;
     pub use crate::gateway::reload::{PolicyReloader, load_initial};
     pub use crate::gateway::{End, Gateway, RunOptions, run};
 }
