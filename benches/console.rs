@@ -85,6 +85,7 @@ fn events(n: usize) -> Vec<AppEvent> {
                         retry_after_ms: None,
                         hold_deadline: (decision == Verdict::Hold)
                             .then(|| ts + TimeDelta::seconds(120)),
+                        shadow: None,
                     }),
                 },
             }

@@ -57,6 +57,7 @@ fn call(hub: &Hub) -> EventKind {
         args_truncated: false,
         retry_after_ms: None,
         hold_deadline: None,
+        shadow: None,
     })
 }
 

@@ -353,6 +353,7 @@ impl Gateway {
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
+            shadow: None,
         };
         self.hub.publish(EventKind::Call(call.clone()));
         call

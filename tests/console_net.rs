@@ -47,6 +47,7 @@ fn held_call(id: String) -> CallEvent {
         args_truncated: false,
         retry_after_ms: None,
         hold_deadline: Some(chrono::Utc::now() + chrono::TimeDelta::minutes(5)),
+        shadow: None,
     }
 }
 

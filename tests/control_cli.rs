@@ -52,6 +52,7 @@ impl Gateway {
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
+            shadow: None,
         };
         self.hub.publish(EventKind::Call(call.clone()));
         let ticket = self.hub.hold(&call);

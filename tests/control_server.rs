@@ -81,6 +81,7 @@ fn call(hub: &Hub, decision: Verdict, args: serde_json::Value) -> CallEvent {
         args_truncated: false,
         retry_after_ms: None,
         hold_deadline: None,
+        shadow: None,
     }
 }
 

@@ -141,7 +141,12 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         let d = &decisions[start];
         let end = decisions[start..]
             .iter()
-            .position(|e| e.verdict != d.verdict || e.rule != d.rule || e.reason != d.reason)
+            .position(|e| {
+                e.verdict != d.verdict
+                    || e.rule != d.rule
+                    || e.reason != d.reason
+                    || e.shadow != d.shadow
+            })
             .map_or(decisions.len(), |n| start + n);
         let which = if decisions.len() == 1 {
             String::new()
@@ -151,6 +156,14 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
             format!("calls {}–{}: ", start + 1, end)
         };
         say!("  {which}{}", describe_decision(d));
+        if let Some(s) = &d.shadow {
+            say!(
+                "    shadow rule {}: {} (not enforced): {}",
+                s.rule,
+                s.would(),
+                s.reason
+            );
+        }
         match d.verdict {
             Verdict::Deny | Verdict::RateLimited => {
                 say!("    the agent reads: {}", d.agent_text());
@@ -269,6 +282,14 @@ fn decision_json(n: u64, d: &Decision) -> Value {
     }
     if let Some(ms) = d.approval_timeout_ms {
         v["approval_timeout_ms"] = json!(ms);
+    }
+    if let Some(s) = &d.shadow {
+        v["shadow"] = json!({
+            "decision": s.verdict,
+            "rule": s.rule,
+            "reason": s.reason,
+            "source": s.source,
+        });
     }
     v
 }

@@ -15,6 +15,7 @@ use crate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, HoldCa
 use crate::control::{ControlHandle, EventsOptions, Hub};
 use crate::gateway::audit::{AuditFail, AuditKey, AuditOptions};
 use crate::gateway::pinning::ToolPins;
+use crate::gateway::reload::{ShadowPolicyInForce, load_and_watch_shadow};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
@@ -26,6 +27,12 @@ pub(super) struct GatewayArgs {
     /// The policy file (watched: edits apply live, invalid edits are refused).
     #[arg(long, value_name = "P")]
     pub policy: PathBuf,
+    /// A candidate policy run beside --policy: every call is decided by both, enforced by
+    /// --policy, and where the candidate would decide differently that is reported as a
+    /// shadow decision (in the call event, the audit record, `tail`, metrics). Watched like
+    /// the policy; a missing or invalid file is reported and never changes what is enforced.
+    #[arg(long, value_name = "FILE")]
+    pub shadow_policy: Option<PathBuf>,
     /// Audit log (JSON lines, mode 0600) [default: ~/.local/state/toolgate/audit.jsonl]
     #[arg(long, value_name = "PATH")]
     pub audit: Option<PathBuf>,
@@ -93,6 +100,8 @@ pub(super) struct Started {
     pub id: String,
     pub hub: Arc<Hub>,
     pub policy: PolicyInForce,
+    /// `--shadow-policy`, when given.
+    pub shadow: Option<ShadowPolicyInForce>,
     pub audit: Arc<AuditLog>,
     pub store: StoreWorker,
     /// Spans per call, when tracing is configured.
@@ -148,6 +157,19 @@ impl GatewayArgs {
         });
         let policy = load_and_watch(&self.policy, &hub)
             .with_context(|| format!("cannot load the policy {}", self.policy.display()))?;
+        let shadow = self.shadow_policy.as_deref().map(|path| {
+            let (shadow, problem) = load_and_watch_shadow(path);
+            if let Some(problem) = problem {
+                // Reported where the person starting the gateway reads, then logged on each
+                // change: a bad candidate never stops the gateway.
+                eprintln!(
+                    "toolgate: warning: the shadow policy is not valid; calls are enforced by \
+                     --policy alone until it is:\n{}",
+                    crate::sanitize::terminal_text(&problem)
+                );
+            }
+            shadow
+        });
         let audit_path = match &self.audit {
             Some(path) => path.clone(),
             None => AuditLog::default_path()?,
@@ -213,6 +235,7 @@ impl GatewayArgs {
             id,
             hub,
             policy,
+            shadow,
             audit,
             store,
             traces,
@@ -223,6 +246,11 @@ impl GatewayArgs {
 }
 
 impl Started {
+    /// The candidate policy's handle, for each gateway's [`crate::gateway::Gateway::with_shadow_policy`].
+    pub(super) fn shadow_handle(&self) -> Option<crate::gateway::ShadowPolicyHandle> {
+        self.shadow.as_ref().map(|s| s.handle.clone())
+    }
+
     /// The event websocket's token: the operator's credential (none with `--no-events`).
     pub(super) fn events_token(&self) -> Option<&str> {
         self.control.as_ref().map(|c| c.token())

@@ -262,6 +262,19 @@ pub(crate) fn human_line(event: &Event) -> Option<String> {
                 line += &format!(" · {}", terminal_text(&call.reason));
             }
             line += &format!(" · {}", terminal_text(&args));
+            if let Some(shadow) = &call.shadow {
+                // `(shadow rule /tools/x/deny_if/0: would deny: deny_if holds: ...)`
+                line += &format!(
+                    " · (shadow {} {}: {}",
+                    shadow.source.as_str(),
+                    terminal_text(&shadow.rule),
+                    shadow.would(),
+                );
+                if !shadow.reason.is_empty() {
+                    line += &format!(": {}", terminal_text(&shadow.reason));
+                }
+                line.push(')');
+            }
             line
         }
         EventKind::HoldResolved(resolved) => {
@@ -498,6 +511,7 @@ mod tests {
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
+            shadow: None,
         })))
         .unwrap();
         assert!(!line.contains('\x1b'));
@@ -505,6 +519,39 @@ mod tests {
         assert!(!line.contains('\u{202e}'));
         assert!(line.contains("evil\\x1b[2Jtool"));
         assert!(line.contains("✗ deny"));
+    }
+
+    #[test]
+    fn a_call_with_a_shadow_decision_says_what_would_have_happened_and_why() {
+        let line = human_line(&event(EventKind::Call(CallEvent {
+            call_id: "g1-3".into(),
+            tool: "get_current_time".into(),
+            grant: "ci".into(),
+            session: "s".into(),
+            server: "srv".into(),
+            decision: Verdict::Allow,
+            rule: "/default".into(),
+            reason: String::new(),
+            args: json!({}),
+            args_truncated: false,
+            retry_after_ms: None,
+            hold_deadline: None,
+            shadow: Some(Box::new(crate::wire::ShadowDecision {
+                decision: Verdict::Deny,
+                rule: "/tools/get_current_time/deny_if/0".into(),
+                reason: "deny_if holds:\x1b[2J args.timezone eq \"UTC\"".into(),
+                source: crate::wire::ShadowSource::Rule,
+            })),
+        })))
+        .unwrap();
+        assert!(line.contains("✓ allow"), "{line}");
+        assert!(
+            line.contains(
+                "(shadow rule /tools/get_current_time/deny_if/0: would deny: deny_if holds:"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains('\x1b'), "{line}");
     }
 
     #[test]

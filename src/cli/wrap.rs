@@ -83,7 +83,8 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         )
         .with_audit(started.audit.clone())
         .with_traces(started.traces.clone())
-        .with_pins(Some(started.pins.clone()), args.server_id),
+        .with_pins(Some(started.pins.clone()), args.server_id)
+        .with_shadow_policy(started.shadow_handle()),
     );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

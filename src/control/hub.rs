@@ -714,6 +714,7 @@ mod tests {
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
+            shadow: None,
         }
     }
 

@@ -117,6 +117,10 @@ pub struct AuditRecord<'a> {
     pub trace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span_id: Option<&'a str>,
+    /// What a shadow rule or the shadow policy would have decided instead (decision
+    /// records whose shadow differs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<&'a crate::wire::ShadowDecision>,
 }
 
 /// An open audit log. Cheap to share behind an `Arc`.
@@ -205,6 +209,9 @@ fn write_record(
     }
     if let Some(span_id) = record.span_id {
         member(out, "span_id", span_id)?;
+    }
+    if let Some(shadow) = record.shadow {
+        member(out, "shadow", shadow)?;
     }
     out.push(b'}');
     Ok(())
@@ -622,6 +629,12 @@ mod tests {
     #[test]
     fn audit_lines_match_serde() {
         let keys = vec!["a", "we\"ird"];
+        let shadow = crate::wire::ShadowDecision {
+            decision: Verdict::Deny,
+            rule: "/tools/x/deny_if/0".to_owned(),
+            reason: "deny_if holds: \"q\"\u{7}".to_owned(),
+            source: crate::wire::ShadowSource::Rule,
+        };
         let full = AuditRecord {
             ts: Utc::now(),
             kind: "decision",
@@ -640,6 +653,7 @@ mod tests {
             error: Some(true),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             span_id: Some("00f067aa0ba902b7"),
+            shadow: Some(&shadow),
         };
         let bare = AuditRecord {
             kind: "outcome",
@@ -653,6 +667,7 @@ mod tests {
             error: None,
             trace_id: None,
             span_id: None,
+            shadow: None,
             ..full.clone()
         };
         let other_session = AuditRecord {
@@ -711,6 +726,7 @@ mod tests {
             error: None,
             trace_id: None,
             span_id: None,
+            shadow: None,
         }
     }
 

@@ -20,8 +20,8 @@ use super::jsonrpc::Envelope;
 use crate::control::{HoldTicket, Hub, Resolution};
 use crate::policy::store::Answer;
 use crate::policy::{
-    Admissible, Call, CounterStore, Decision, Judgement, Policy, Reservation, Verdict,
-    human_duration,
+    Admissible, Call, CounterStore, Decision, Judgement, Policy, Reservation, Shadow, ShadowSource,
+    Verdict, human_duration,
 };
 use crate::telemetry::CallSpans;
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
@@ -73,19 +73,45 @@ impl Gateway {
             grant: &self.grant,
             session,
         };
-        match policy.judge(&call) {
-            Judgement::Decided(decision) => Deciding::Decided(decision),
+        let enforced = self.step(policy.judge(&call));
+        // Shadow admissions are queued after the enforced one, in counters of their own: a
+        // full shadow budget never refuses the call.
+        let shadow_rule = policy.judge_shadow(&call).map(|j| self.step(j));
+        let shadow_policy = self.shadow_policy.as_ref().and_then(|candidate| {
+            let candidate = candidate.load_full()?;
+            let step = self.step(candidate.judge_candidate(&call));
+            Some((candidate, step))
+        });
+        if shadow_rule.is_none()
+            && shadow_policy.is_none()
+            && let Step::Decided(decision) = enforced
+        {
+            return Deciding::Decided(decision);
+        }
+        let shadows = (shadow_rule.is_some() || shadow_policy.is_some()).then(|| {
+            Box::new(Shadows {
+                rule: shadow_rule,
+                policy: shadow_policy,
+            })
+        });
+        Admitting {
+            // The same policy settles the decision, whatever a reload swaps in.
+            policy: arc_swap::Guard::into_inner(policy),
+            enforced,
+            shadows,
+        }
+        .now()
+    }
+
+    /// A judgement, with its admission queued at the store when it has limits.
+    fn step(&self, judgement: Judgement) -> Step {
+        match judgement {
+            Judgement::Decided(decision) => Step::Decided(decision),
             Judgement::Admit(mut admissible) => {
                 let answer = self
                     .store
                     .admit(admissible.take_limits(), self.clock.now_ms());
-                let admitting = Admitting {
-                    // The same policy settles the decision, whatever a reload swaps in.
-                    policy: arc_swap::Guard::into_inner(policy),
-                    admissible,
-                    answer,
-                };
-                admitting.now()
+                Step::Admitting(admissible, answer)
             }
         }
     }
@@ -132,6 +158,7 @@ impl Gateway {
             args_truncated,
             retry_after_ms: decision.retry_after_ms,
             hold_deadline,
+            shadow: decision.shadow.clone().map(|s| Box::new(s.into())),
         };
         if let Some(audit) = &self.audit {
             let digest = audit.describe_args(args);
@@ -154,6 +181,7 @@ impl Gateway {
                 error: None,
                 trace_id: trace.as_ref().map(|(trace, _)| trace.as_str()),
                 span_id: trace.as_ref().map(|(_, span)| span.as_str()),
+                shadow: event.shadow.as_deref(),
             });
         }
         let call_id = event.call_id.clone();
@@ -245,6 +273,7 @@ impl Gateway {
                 error: Some(error),
                 trace_id: trace.as_ref().map(|(trace, _)| trace.as_str()),
                 span_id: trace.as_ref().map(|(_, span)| span.as_str()),
+                shadow: None,
             });
         }
         self.hub.publish(EventKind::Outcome(Outcome {
@@ -359,6 +388,7 @@ impl Gateway {
             approval_timeout_ms: None,
             reservation: Reservation::default(),
             tool: tool.to_owned(),
+            shadow: None,
         })
     }
 }
@@ -421,31 +451,119 @@ pub(crate) enum Deciding {
     Admitting(Admitting),
 }
 
-/// A call whose limits the counter store is admitting.
+/// A call whose limits the counter store is admitting: the enforced decision's, and those of
+/// its shadow decisions (a shadow rule of the same policy, the shadow policy's own).
 pub(crate) struct Admitting {
     policy: Arc<Policy>,
-    admissible: Admissible,
-    answer: Answer,
+    enforced: Step,
+    /// Boxed: most calls have none, and a call waiting for the store is kept small.
+    shadows: Option<Box<Shadows>>,
 }
 
-impl Admitting {
-    /// Decided now when the store has already answered, else still admitting.
-    fn now(self) -> Deciding {
-        match self.answer {
-            Answer::Ready(answer) => Deciding::Decided(self.policy.settle(self.admissible, answer)),
-            waiting => Deciding::Admitting(Admitting {
-                answer: waiting,
-                ..self
-            }),
+/// The shadow sides of a call.
+struct Shadows {
+    /// A shadow rule of the enforced policy (settled by it).
+    rule: Option<Step>,
+    /// The `--shadow-policy`, and its side.
+    policy: Option<(Arc<Policy>, Step)>,
+}
+
+/// One side of a decision: made, or waiting for the store's answer.
+enum Step {
+    Decided(Decision),
+    Admitting(Admissible, Answer),
+}
+
+impl Step {
+    fn is_ready(&self) -> bool {
+        match self {
+            Step::Decided(_) => true,
+            Step::Admitting(_, answer) => answer.is_ready(),
         }
     }
 
-    /// The decision once the store answers (or fails, closed, after
-    /// [`crate::policy::store::worker::ANSWER_WITHIN`]).
-    pub(crate) async fn decision(self) -> Decision {
-        let answer = self.answer.get().await;
-        self.policy.settle(self.admissible, answer)
+    /// The decision, settled by `policy` (the one that judged it).
+    async fn decision(self, policy: &Policy) -> Decision {
+        match self {
+            Step::Decided(decision) => decision,
+            Step::Admitting(admissible, answer) => policy.settle(admissible, answer.get().await),
+        }
     }
+}
+
+impl Admitting {
+    /// Decided now when the store has already answered every side, else still admitting.
+    fn now(self) -> Deciding {
+        let ready = self.enforced.is_ready()
+            && self.shadows.as_deref().is_none_or(|s| {
+                s.rule.as_ref().is_none_or(Step::is_ready)
+                    && s.policy.as_ref().is_none_or(|(_, step)| step.is_ready())
+            });
+        if !ready {
+            return Deciding::Admitting(self);
+        }
+        let Admitting {
+            policy,
+            enforced,
+            shadows,
+        } = self;
+        let (shadow_rule, shadow_policy) = match shadows {
+            Some(s) => (s.rule, s.policy),
+            None => (None, None),
+        };
+        let now = |step: Step, policy: &Policy| match step {
+            Step::Decided(decision) => decision,
+            Step::Admitting(admissible, Answer::Ready(answer)) => policy.settle(admissible, answer),
+            // Not reached (every step is ready); were it ever, the call fails closed.
+            Step::Admitting(admissible, Answer::Waiting(_)) => policy.settle(
+                admissible,
+                Err(crate::policy::StoreError::new(
+                    crate::policy::StoreErrorKind::Other,
+                    "the counter store's answer was not there",
+                )),
+            ),
+        };
+        let enforced = now(enforced, &policy);
+        let shadow_rule = shadow_rule.map(|step| now(step, &policy));
+        let shadow_policy = shadow_policy.map(|(candidate, step)| now(step, &candidate));
+        Deciding::Decided(with_shadows(enforced, shadow_rule, shadow_policy))
+    }
+
+    /// The decision once the store answers (or fails, closed, after
+    /// [`crate::policy::store::worker::ANSWER_WITHIN`]), with what its shadows would have
+    /// decided when that differs.
+    pub(crate) async fn decision(self) -> Decision {
+        let policy = self.policy;
+        let enforced = self.enforced.decision(&policy).await;
+        let (shadow_rule, shadow_policy) = match self.shadows {
+            Some(s) => (s.rule, s.policy),
+            None => (None, None),
+        };
+        let shadow_rule = match shadow_rule {
+            Some(step) => Some(step.decision(&policy).await),
+            None => None,
+        };
+        let shadow_policy = match shadow_policy {
+            Some((candidate, step)) => Some(step.decision(&candidate).await),
+            None => None,
+        };
+        with_shadows(enforced, shadow_rule, shadow_policy)
+    }
+}
+
+/// The enforced decision with the first of its shadow decisions that differs from it (a
+/// shadow rule's before the shadow policy's).
+fn with_shadows(
+    mut decision: Decision,
+    shadow_rule: Option<Decision>,
+    shadow_policy: Option<Decision>,
+) -> Decision {
+    decision.shadow = shadow_rule
+        .and_then(|s| Shadow::between(&decision, s, ShadowSource::Rule))
+        .or_else(|| {
+            shadow_policy.and_then(|s| Shadow::between(&decision, s, ShadowSource::Policy))
+        });
+    decision
 }
 
 /// Reads and publishes the state of the budgets `reservation` touched, each for its own
@@ -477,6 +595,7 @@ fn audit_refusal(tool: &str, reason: String) -> Decision {
         approval_timeout_ms: None,
         reservation: Reservation::default(),
         tool: tool.to_owned(),
+        shadow: None,
     }
 }
 

@@ -59,6 +59,9 @@ pub use core::{End, RunOptions, run};
 
 /// The policy in force, swapped atomically by [`reload`] and read lock-free by every call.
 pub(crate) type PolicyHandle = Arc<ArcSwap<Policy>>;
+/// The candidate policy of `--shadow-policy`: decided beside the enforced one, never
+/// enforced; empty while its file is missing or has never been valid.
+pub(crate) type ShadowPolicyHandle = Arc<arc_swap::ArcSwapOption<Policy>>;
 
 /// How often a held call with a progress token gets a progress notification. MCP clients
 /// commonly time a request out after 60 s without progress; this keeps well inside that.
@@ -114,6 +117,9 @@ pub struct Gateway {
     /// The server identity pins belong to (`--server-id`, the `serve` server name); `None`:
     /// the server's own `serverInfo.name`, once its `initialize` answer is seen.
     pub(crate) server_id: Option<String>,
+    /// `--shadow-policy`: every call is also decided by it, and a difference is reported as
+    /// the decision's shadow.
+    pub shadow_policy: Option<ShadowPolicyHandle>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -148,6 +154,7 @@ impl Gateway {
             traces: None,
             pins: None,
             server_id: None,
+            shadow_policy: None,
         }
     }
 
@@ -169,6 +176,12 @@ impl Gateway {
 
     pub fn with_traces(mut self, traces: Option<Arc<crate::telemetry::Tracing>>) -> Gateway {
         self.traces = traces;
+        self
+    }
+
+    /// The same gateway deciding every call by `shadow` too (`--shadow-policy`).
+    pub fn with_shadow_policy(mut self, shadow: Option<ShadowPolicyHandle>) -> Gateway {
+        self.shadow_policy = shadow;
         self
     }
 
@@ -260,5 +273,68 @@ mod tests {
         let record: Value = serde_json::from_str(text.lines().next().expect("one record")).unwrap();
         let ts: DateTime<Utc> = serde_json::from_value(record["ts"].clone()).unwrap();
         assert_eq!(ts, at);
+    }
+    /// Shadow limits through a store that answers on its own thread (SQLite), so the
+    /// admissions of the enforced decision and of both shadows are waited for together.
+    #[tokio::test]
+    async fn shadow_admissions_are_waited_for_apart_from_the_enforced_one_and_never_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::policy::SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+        let policy = Policy::parse(
+            r#"{"version":"1","default":"allow","tools":{
+                "ping":{"limits":[{"counter":"ping","window":"minute","max":5}]},
+                "pi*":{"shadow":true,"limits":[{"counter":"tight","window":"minute","max":1}]}}}"#,
+            "policy.json",
+        )
+        .unwrap();
+        let candidate = Policy::parse(
+            r#"{"version":"1","default":"allow","tools":{"pong":{"action":"deny"}}}"#,
+            "candidate.json",
+        )
+        .unwrap();
+        let hub = Hub::new(GatewayInfo {
+            id: "gw".into(),
+            pid: 1,
+            version: "test".into(),
+            grant: "tester".into(),
+            server: "fake".into(),
+            policy: "/tmp/policy.json".into(),
+            started_at: Utc::now(),
+        });
+        let gateway = Gateway::new(
+            Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+            Arc::new(store),
+            hub,
+            "tester",
+            "fake",
+        )
+        .with_shadow_policy(Some(Arc::new(arc_swap::ArcSwapOption::from_pointee(
+            candidate,
+        ))));
+        // `ping` has its own rule: the shadow glob never decides it.
+        for _ in 0..2 {
+            let (_, d) = gateway.decide_call("s", "ping", &json!({})).await;
+            assert_eq!((d.verdict, d.shadow), (Verdict::Allow, None));
+        }
+        // `pipe` falls to the default, beside the shadow glob's one-a-minute limit.
+        let (_, first) = gateway.decide_call("s", "pipe", &json!({})).await;
+        assert_eq!((first.verdict, first.shadow), (Verdict::Allow, None));
+        let (_, second) = gateway.decide_call("s", "pipe", &json!({})).await;
+        assert_eq!(
+            second.verdict,
+            Verdict::Allow,
+            "a full shadow limit never refuses"
+        );
+        let shadow = second.shadow.expect("would rate limit");
+        assert_eq!(shadow.verdict, Verdict::RateLimited);
+        assert_eq!(shadow.rule, "/tools/pi*/limits/0");
+        // The candidate's difference, where no shadow rule has one.
+        let (_, pong) = gateway.decide_call("s", "pong", &json!({})).await;
+        assert_eq!(pong.verdict, Verdict::Allow);
+        let shadow = pong.shadow.expect("the candidate would deny");
+        assert_eq!(
+            (shadow.verdict, shadow.source),
+            (Verdict::Deny, crate::policy::ShadowSource::Policy)
+        );
     }
 }

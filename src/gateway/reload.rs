@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::PolicyHandle;
 pub(crate) use super::watch::{FileWatch, Reread, WatchError, read_watched_file};
+use super::{PolicyHandle, ShadowPolicyHandle};
 use crate::control::Hub;
 use crate::policy::{LoadError, Policy};
 use crate::sync::lock;
@@ -215,6 +215,106 @@ impl PolicyReloader {
     }
 }
 
+/// A `--shadow-policy` in force: the candidate (when its file has ever been valid) and the
+/// watch that swaps in each valid new version. Its problems are logged and never touch the
+/// enforced policy, nor its `policy_applied` / `policy_rejected` events (those are about the
+/// file operators edit).
+pub(crate) struct ShadowPolicyInForce {
+    pub handle: ShadowPolicyHandle,
+    pub watcher: Option<FileWatch>,
+}
+
+impl std::fmt::Debug for ShadowPolicyInForce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShadowPolicyInForce")
+            .field("loaded", &self.handle.load().is_some())
+            .field("watched", &self.watcher.is_some())
+            .finish()
+    }
+}
+
+/// Loads the candidate policy at `path` and watches it. A file that cannot be read or does
+/// not validate is reported (logged, and returned as the problem for the command to print)
+/// and leaves the candidate empty, or the last good one, in place: a shadow never stops a
+/// gateway from starting or changes what it enforces.
+pub(crate) fn load_and_watch_shadow(path: &Path) -> (ShadowPolicyInForce, Option<String>) {
+    let path = absolute(path);
+    let handle: ShadowPolicyHandle = Arc::new(arc_swap::ArcSwapOption::empty());
+    let mut reloader = ShadowReloader {
+        path: path.clone(),
+        handle: handle.clone(),
+        last_seen: None,
+    };
+    let problem = reloader.check_reporting();
+    let reloader = Arc::new(Mutex::new(reloader));
+    let watcher = FileWatch::start(&path, "shadow policy", move || {
+        lock(&reloader).check_reporting();
+        Reread::Done
+    })
+    .inspect_err(|e| tracing::warn!("{e}; shadow policy edits will not apply until a restart"))
+    .ok();
+    (ShadowPolicyInForce { handle, watcher }, problem)
+}
+
+/// Re-reads the shadow policy file: each new valid version replaces the candidate; anything
+/// else is logged once and keeps the last good candidate.
+struct ShadowReloader {
+    path: PathBuf,
+    handle: ShadowPolicyHandle,
+    last_seen: Option<Seen>,
+}
+
+impl ShadowReloader {
+    /// Re-reads the file; `Some(problem)` when this read found a problem not reported yet.
+    fn check_reporting(&mut self) -> Option<String> {
+        let shown = self.path.display().to_string();
+        let (seen, result) = match read_watched_file(&self.path, MAX_POLICY_BYTES) {
+            Ok(Some(bytes)) => {
+                let seen = Seen::bytes(&bytes);
+                let result = String::from_utf8(bytes)
+                    .map_err(|_| format!("{shown}: not UTF-8 text"))
+                    .and_then(|text| Policy::parse(&text, &shown).map_err(|d| d.to_string()));
+                (seen, result)
+            }
+            Ok(None) => (
+                Seen::Unreadable("too large".into()),
+                Err(format!("{shown}: larger than {MAX_POLICY_BYTES} bytes")),
+            ),
+            Err(e) if is_gone(&e) => (Seen::Gone, Err(format!("{shown}: the file is gone"))),
+            Err(e) => (
+                Seen::Unreadable(e.to_string()),
+                Err(format!("{shown}: cannot read: {e}")),
+            ),
+        };
+        if self.last_seen.as_ref() == Some(&seen) {
+            return None;
+        }
+        self.last_seen = Some(seen);
+        match result {
+            Ok(policy) => {
+                let hash = policy.hash().to_owned();
+                self.handle.store(Some(Arc::new(policy)));
+                tracing::info!(
+                    "shadow policy {shown} applied (hash {}); its decisions are reported, not enforced",
+                    &hash[..hash.len().min(12)]
+                );
+                None
+            }
+            Err(problem) => {
+                let kept = if self.handle.load().is_some() {
+                    "keeping the last good shadow policy"
+                } else {
+                    "no shadow decisions until it is valid"
+                };
+                tracing::warn!(
+                    "shadow policy refused ({kept}); enforcement is unchanged:\n{problem}"
+                );
+                Some(problem)
+            }
+        }
+    }
+}
+
 /// Where a symlink at `path` leads, when it leads nowhere: for messages about a file that is
 /// "gone" only because its link dangles.
 pub(crate) fn gone_link(path: &Path) -> Option<PathBuf> {
@@ -244,6 +344,56 @@ pub(crate) fn read_config_file(path: &Path) -> std::io::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shadow_policy_applies_each_valid_version_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("candidate.json");
+        std::fs::write(&path, "{ broken").unwrap();
+        let (shadow, problem) = load_and_watch_shadow(&path);
+        assert!(
+            problem.is_some_and(|p| p.contains("candidate.json")),
+            "a broken candidate is reported"
+        );
+        assert!(
+            shadow.handle.load().is_none(),
+            "and nothing is decided by it"
+        );
+
+        let good = r#"{"version":"1","default":"deny"}"#;
+        std::fs::write(&path, good).unwrap();
+        let mut reloader = ShadowReloader {
+            path: path.clone(),
+            handle: shadow.handle.clone(),
+            last_seen: None,
+        };
+        assert_eq!(reloader.check_reporting(), None);
+        let applied = shadow.handle.load_full().expect("the valid candidate");
+        assert_eq!(applied.default_action(), crate::policy::Action::Deny);
+
+        std::fs::write(&path, r#"{"version":"2"}"#).unwrap();
+        let problem = reloader
+            .check_reporting()
+            .expect("the refusal is reported once");
+        assert!(problem.contains("version"), "{problem}");
+        assert_eq!(
+            reloader.check_reporting(),
+            None,
+            "the same bytes: reported once"
+        );
+        assert_eq!(
+            shadow.handle.load_full().map(|p| p.hash().to_owned()),
+            Some(applied.hash().to_owned()),
+            "the last good candidate stays"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            reloader
+                .check_reporting()
+                .is_some_and(|p| p.contains("gone"))
+        );
+        assert!(shadow.handle.load().is_some());
+    }
 
     #[test]
     fn a_config_file_over_the_cap_is_refused_not_truncated() {

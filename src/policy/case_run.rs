@@ -7,6 +7,10 @@
 //! counters, so cases do not depend on each other or on their order. An allowed or held call
 //! keeps the units it took (a held call as if an operator approved it, or were still
 //! deciding); a refused call takes nothing, as in the gateway.
+//!
+//! `expect.decision` is about the enforced decision, as the agent gets it; what a shadow rule
+//! would have decided instead is `expect.shadow` (shadow limits count in their own counters
+//! here too).
 
 use super::cases::{Case, Expect};
 use super::{Call, Decision, MemoryStore, Policy, Verdict};
@@ -81,6 +85,17 @@ fn compare(expect: &Expect, actual: &Decision) -> Vec<String> {
             serde_json::Value::String(actual.reason.clone())
         ));
     }
+    if let Some(expected) = expect.shadow {
+        let actual = actual.shadow.as_ref().map(|s| s.verdict);
+        if expected != actual {
+            let say = |v: Option<Verdict>| v.map_or("none", Verdict::as_str);
+            out.push(format!(
+                "shadow: expected {}, got {}",
+                say(expected),
+                say(actual)
+            ));
+        }
+    }
     out
 }
 
@@ -94,5 +109,6 @@ fn no_call() -> Decision {
         approval_timeout_ms: None,
         reservation: Default::default(),
         tool: String::new(),
+        shadow: None,
     }
 }

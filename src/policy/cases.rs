@@ -28,7 +28,7 @@ pub(crate) const DEFAULT_SESSION: &str = "default";
 const TOP_FIELDS: &[&str] = &["cases"];
 const CASE_FIELDS: &[&str] = &["name", "call", "calls", "expect"];
 const CALL_FIELDS: &[&str] = &["tool", "args", "grant", "session", "at", "repeat"];
-const EXPECT_FIELDS: &[&str] = &["decision", "rule", "reason_contains"];
+const EXPECT_FIELDS: &[&str] = &["decision", "rule", "reason_contains", "shadow"];
 
 /// A validated case file.
 #[derive(Debug, Clone)]
@@ -70,6 +70,9 @@ pub(crate) struct Expect {
     pub rule: Option<String>,
     /// Text the decision's reason must contain.
     pub reason_contains: Option<String>,
+    /// What the call's shadow must be: `Some(None)` for none (`"shadow": "none"`: no shadow
+    /// rule would decide otherwise), `Some(Some(v))` for a shadow rule that would decide `v`.
+    pub shadow: Option<Option<Verdict>>,
 }
 
 /// Whether `text` is a case file rather than a policy: a JSON object with `cases` at its top
@@ -466,13 +469,7 @@ impl Reader<'_> {
             }
             Some(d) => {
                 let verdict = match &d.value {
-                    Value::String(s) => match s.as_str() {
-                        "allow" => Some(Verdict::Allow),
-                        "deny" => Some(Verdict::Deny),
-                        "rate_limited" => Some(Verdict::RateLimited),
-                        "hold" => Some(Verdict::Hold),
-                        _ => None,
-                    },
+                    Value::String(s) => verdict(s),
                     _ => None,
                 };
                 if verdict.is_none() {
@@ -511,11 +508,38 @@ impl Reader<'_> {
                 .string(r, &child(ptr, "reason_contains"), "\"reason_contains\"")
                 .map(Some),
         };
+        let shadow = match get(members, "shadow") {
+            None => Some(None),
+            Some(node) => match &node.value {
+                Value::String(s) if s == "none" => Some(Some(None)),
+                Value::String(s) if verdict(s).is_some() => Some(Some(verdict(s))),
+                _ => {
+                    self.error(
+                        node,
+                        &child(ptr, "shadow"),
+                        format!("unknown shadow decision {}", shown(node)),
+                        "expected one of: allow, deny, rate_limited, hold, or none (no shadow rule decides otherwise)",
+                    );
+                    None
+                }
+            },
+        };
         Some(Expect {
             decision: decision?,
             rule: rule?,
             reason_contains: reason_contains?,
+            shadow: shadow?,
         })
+    }
+}
+
+fn verdict(s: &str) -> Option<Verdict> {
+    match s {
+        "allow" => Some(Verdict::Allow),
+        "deny" => Some(Verdict::Deny),
+        "rate_limited" => Some(Verdict::RateLimited),
+        "hold" => Some(Verdict::Hold),
+        _ => None,
     }
 }
 

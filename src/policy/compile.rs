@@ -17,6 +17,10 @@
 //! - A `rate_limit` is a counter named after the rule's key (so a glob rule's tools share it).
 //!   When one call would count against the same counter twice (a rule's limit and an
 //!   `all_tools` limit naming it), it takes one unit, not two.
+//! - `"shadow": true` takes a rule out of enforcement: the rule that decides a tool is looked
+//!   up without shadow rules, and a shadow rule is decided beside it (see
+//!   [`super::Policy::judge_shadow`]). A shadow rule's limits name counters as any limit does
+//!   (the same name must mean the same budget), but are counted apart, as `shadow:NAME`.
 
 use std::collections::HashMap;
 
@@ -54,6 +58,7 @@ const RULE_FIELDS: &[&str] = &[
     "limits",
     "rate_limit",
     "approval_timeout",
+    "shadow",
 ];
 const LIMIT_FIELDS: &[&str] = &["counter", "window", "max", "scope"];
 const RATE_LIMIT_FIELDS: &[&str] = &["max", "window"];
@@ -62,8 +67,8 @@ const CONDITION_FIELDS: &[&str] = &["path", "op", "value"];
 
 /// A field the policy format defines for a feature this version does not implement yet.
 /// Its presence refuses the policy (with a message saying so, not "unknown field"): a
-/// `shadow` rule silently enforced, or `"learn": true` silently ignored, would both make
-/// the gateway do something other than what the file says.
+/// `"learn": true` silently ignored would make the gateway do something other than what the
+/// file says.
 struct LaterField {
     /// Where the field belongs (the `what` of [`Compiler::object`]).
     within: &'static str,
@@ -80,22 +85,13 @@ enum LaterValues {
     Boolean,
 }
 
-const LATER_FIELDS: &[LaterField] = &[
-    LaterField {
-        within: "the policy",
-        name: "learn",
-        values: LaterValues::Boolean,
-        feature: "learn mode",
-        without: "no observations would be recorded",
-    },
-    LaterField {
-        within: "a rule",
-        name: "shadow",
-        values: LaterValues::Boolean,
-        feature: "shadow rules",
-        without: "the rule would be enforced instead of only recorded",
-    },
-];
+const LATER_FIELDS: &[LaterField] = &[LaterField {
+    within: "the policy",
+    name: "learn",
+    values: LaterValues::Boolean,
+    feature: "learn mode",
+    without: "no observations would be recorded",
+}];
 
 fn later_field(within: &str, name: &str) -> Option<&'static LaterField> {
     LATER_FIELDS
@@ -374,6 +370,9 @@ impl Compiler {
             all_tools: Vec::new(),
             counters: Vec::new(),
             counter_names: Vec::new(),
+            shadow_rules: 0,
+            shadow_rule_counter_names: Vec::new(),
+            shadow_policy_counter_names: Vec::new(),
             pins: PinMode::Warn,
             quarantine_flagged: false,
         };
@@ -455,6 +454,16 @@ impl Compiler {
             .iter()
             .map(|c| std::sync::Arc::from(c.name.as_str()))
             .collect();
+        let prefixed = |prefix: &str| {
+            policy
+                .counters
+                .iter()
+                .map(|c| std::sync::Arc::from(format!("{prefix}{}", c.name)))
+                .collect()
+        };
+        policy.shadow_rule_counter_names = prefixed(super::SHADOW_RULE_COUNTER_PREFIX);
+        policy.shadow_policy_counter_names = prefixed(super::SHADOW_POLICY_COUNTER_PREFIX);
+        policy.shadow_rules = policy.rules.iter().filter(|r| r.shadow).count();
         ok.then_some(policy)
     }
 
@@ -536,6 +545,7 @@ impl Compiler {
             require: Vec::new(),
             limits: Vec::new(),
             approval_timeout_ms: None,
+            shadow: false,
         };
         let mut reason_field: Option<&str> = None;
         for m in members {
@@ -597,6 +607,18 @@ impl Compiler {
                 "approval_timeout" => match self.duration(node, &p, "approval_timeout", false) {
                     Some(ms) => rule.approval_timeout_ms = Some(ms),
                     None => ok = false,
+                },
+                "shadow" => match &node.value {
+                    Value::Bool(b) => rule.shadow = *b,
+                    _ => {
+                        self.problem(
+                            node.offset,
+                            p,
+                            format!("\"shadow\" must be true or false, found {}", shown(node)),
+                            String::new(),
+                        );
+                        ok = false;
+                    }
                 },
                 _ => {}
             }

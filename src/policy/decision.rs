@@ -58,6 +58,82 @@ pub struct Decision {
     pub reservation: Reservation,
     /// The tool the call named (a hidden tool's refusal repeats it, as for an unknown tool).
     pub tool: String,
+    /// What a shadow rule (or a `--shadow-policy`) would have decided instead, when that
+    /// differs from this decision; recorded, never enforced.
+    pub shadow: Option<Shadow>,
+}
+
+/// Where a shadow decision comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowSource {
+    /// A rule marked `"shadow": true` in the enforced policy.
+    Rule,
+    /// The candidate policy of `--shadow-policy`.
+    Policy,
+}
+
+impl ShadowSource {
+    /// The wire name: `rule`, `policy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowSource::Rule => "rule",
+            ShadowSource::Policy => "policy",
+        }
+    }
+}
+
+/// A decision that was made but not enforced: what a shadow rule or the shadow policy would
+/// have done with a call, kept only when it differs from what was enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow {
+    pub verdict: Verdict,
+    /// JSON Pointer of the deciding rule, in the policy it comes from.
+    pub rule: String,
+    pub reason: String,
+    pub source: ShadowSource,
+}
+
+impl Shadow {
+    /// The shadow side of a call when it differs from what was enforced, else `None`.
+    ///
+    /// Only the verdict is compared: a shadow rule that denies a call the enforced policy also
+    /// denies changes nothing a person would see. A call refused by an `all_tools` limit would
+    /// have been refused under the shadow rule too (the shadow decision leaves `all_tools` to
+    /// the enforced one, which counts it once), so it is no difference either.
+    pub fn between(enforced: &Decision, shadow: Decision, source: ShadowSource) -> Option<Shadow> {
+        if shadow.verdict == enforced.verdict {
+            return None;
+        }
+        let refused_by_all_tools = enforced.verdict == Verdict::RateLimited
+            && enforced.rule.starts_with("/all_tools/")
+            && source == ShadowSource::Rule
+            && matches!(shadow.verdict, Verdict::Allow | Verdict::Hold);
+        if refused_by_all_tools {
+            return None;
+        }
+        Some(Shadow {
+            verdict: shadow.verdict,
+            rule: shadow.rule,
+            reason: shadow.reason,
+            source,
+        })
+    }
+
+    /// `would deny`, `would rate limit`, `would hold`, `would allow`.
+    pub fn would(&self) -> &'static str {
+        would(self.verdict)
+    }
+}
+
+/// `would deny`, `would rate limit`, `would hold`, `would allow`: a shadow verdict in words.
+pub(crate) fn would(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Allow => "would allow",
+        Verdict::Deny => "would deny",
+        Verdict::RateLimited => "would rate limit",
+        Verdict::Hold => "would hold",
+    }
 }
 
 impl Decision {

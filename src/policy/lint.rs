@@ -133,15 +133,17 @@ fn hidden_rules(policy: &Policy, found: &mut Vec<(String, String, String)>) {
 
 /// Glob rules that never win: a glob earlier in precedence order covers every name they match.
 /// (Only ties can do that: the earlier one has as many literal characters and is written
-/// first.)
+/// first.) A shadow glob takes nothing from an enforcing one (enforcing, it is not there);
+/// any earlier glob silences a shadow glob, which is decided as if it were enforced.
 fn dominated_globs(policy: &Policy, found: &mut Vec<(String, String, String)>) {
     if policy.globs.len() > MAX_COMPARED_GLOBS {
         return;
     }
     for (j, (glob, rule)) in policy.globs.iter().enumerate() {
-        let winner = policy.globs[..j]
-            .iter()
-            .find(|(earlier, _)| covers(earlier.as_str(), glob.as_str()));
+        let shadow = policy.rules[*rule].shadow;
+        let winner = policy.globs[..j].iter().find(|(earlier, i)| {
+            (shadow || !policy.rules[*i].shadow) && covers(earlier.as_str(), glob.as_str())
+        });
         if let Some((earlier, i)) = winner {
             let rule = &policy.rules[*rule];
             let other = &policy.rules[*i];
@@ -169,6 +171,10 @@ fn globs_behind_keys(
 ) {
     for (glob, rule) in &policy.globs {
         let rule = &policy.rules[*rule];
+        if rule.shadow {
+            // It decides no call by design; what it would decide is reported, not enforced.
+            continue;
+        }
         let matched: Vec<&KnownTool> = tools
             .iter()
             .filter(|t| glob.matches(&t.name) && !policy.is_hidden(&t.name))
@@ -373,6 +379,28 @@ fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::covers;
+
+    #[test]
+    fn shadow_globs_neither_hide_enforcing_globs_nor_count_as_deciding_nothing() {
+        use super::{KnownTool, lint};
+        let text = r#"{"version": "1", "default": "deny", "tools": {
+            "*read*": {"shadow": true, "action": "deny"},
+            "read*": {},
+            "*send*": {"action": "deny"},
+            "send*": {"shadow": true}
+        }}"#;
+        let policy = crate::policy::Policy::parse(text, "p.json").unwrap();
+        let tools = [KnownTool {
+            name: "read_file".into(),
+            class: None,
+            input_schema: None,
+        }];
+        let warnings = lint(&policy, text, "p.json", &tools);
+        let pointers: Vec<&str> = warnings.iter().map(|w| w.pointer.as_str()).collect();
+        // `read*` enforces whatever the shadow `*read*` says; the shadow `send*` is never
+        // decided, `*send*` being as specific and written first.
+        assert_eq!(pointers, ["/tools/send*"], "{warnings:?}");
+    }
 
     #[test]
     fn a_glob_covers_exactly_the_patterns_whose_names_it_all_matches() {

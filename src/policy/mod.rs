@@ -37,8 +37,8 @@ mod path;
 pub(crate) mod store;
 
 pub(crate) use condition::Op;
-pub(crate) use decision::human_duration;
-pub use decision::{Call, Decision, Verdict};
+pub use decision::{Call, Decision, Shadow, ShadowSource, Verdict};
+pub(crate) use decision::{human_duration, would};
 pub(crate) use store::StoreSpec;
 pub use store::{
     Admission, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest, MemoryStore,
@@ -141,6 +141,8 @@ struct Rule {
     /// `limits` then `rate_limit`, in file order.
     limits: Vec<LimitUse>,
     approval_timeout_ms: Option<u64>,
+    /// `"shadow": true`: decided beside the enforced decision, never enforced.
+    shadow: bool,
 }
 
 impl Rule {
@@ -233,6 +235,12 @@ pub struct Policy {
     counters: Vec<CounterDef>,
     /// `counters[i].name`, shared with the reservations that name it.
     counter_names: Vec<Arc<str>>,
+    /// How many rules are shadow rules (none: no shadow lookup at all).
+    shadow_rules: usize,
+    /// `counters[i].name` in the namespaces of shadow decisions (see [`Counting`]), so a
+    /// shadow limit never takes a unit from a real budget.
+    shadow_rule_counter_names: Vec<Arc<str>>,
+    shadow_policy_counter_names: Vec<Arc<str>>,
     /// `pins`: what a changed tool definition gets.
     pins: PinMode,
     /// `quarantine_flagged`: a flagged description quarantines its tool.
@@ -251,6 +259,21 @@ pub enum PinMode {
     /// No pinning at all.
     Off,
 }
+
+/// Whose budgets a decision counts against. Shadow decisions count in counters of their own,
+/// named with a prefix no policy counter can collide with in meaning: a counter `x` of a
+/// shadow rule is `shadow:x` in the store, of a `--shadow-policy` `shadow-policy:x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    Enforced,
+    ShadowRule,
+    ShadowPolicy,
+}
+
+/// The store prefix of a shadow rule's counters.
+pub const SHADOW_RULE_COUNTER_PREFIX: &str = "shadow:";
+/// The store prefix of a shadow policy's counters.
+pub const SHADOW_POLICY_COUNTER_PREFIX: &str = "shadow-policy:";
 
 /// Everything wrong with a policy text, every problem at once.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -462,7 +485,25 @@ impl Policy {
         self.rule_index(tool).map(|i| &self.rules[i])
     }
 
+    /// The rule that decides `tool` when enforcing: shadow rules are not there.
     fn rule_index(&self, tool: &str) -> Option<usize> {
+        if self.shadow_rules == 0 {
+            return self.written_rule_index(tool);
+        }
+        if let Some(&i) = self.exact.get(tool)
+            && !self.rules[i].shadow
+        {
+            return Some(i);
+        }
+        self.globs
+            .iter()
+            .find(|(g, i)| !self.rules[*i].shadow && g.matches(tool))
+            .map(|(_, i)| *i)
+    }
+
+    /// The rule that decides `tool` with every rule as written, shadow rules included: the
+    /// policy as it would be if its shadow rules were promoted.
+    fn written_rule_index(&self, tool: &str) -> Option<usize> {
         if let Some(&i) = self.exact.get(tool) {
             return Some(i);
         }
@@ -470,6 +511,19 @@ impl Policy {
             .iter()
             .find(|(g, _)| g.matches(tool))
             .map(|(_, i)| *i)
+    }
+
+    /// The number of shadow rules.
+    pub fn shadow_rule_count(&self) -> usize {
+        self.shadow_rules
+    }
+
+    /// The keys and pointers of the shadow rules, in file order.
+    pub fn shadow_rules(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rules
+            .iter()
+            .filter(|r| r.shadow)
+            .map(|r| (r.key.as_str(), r.pointer.as_str()))
     }
 
     /// Which entry of the policy `tool` falls under (hide, exact rule, glob, default).
@@ -492,13 +546,18 @@ impl Policy {
                 entry,
             };
         }
-        if let Some(&i) = self.exact.get(tool) {
+        if let Some(&i) = self.exact.get(tool)
+            && !self.rules[i].shadow
+        {
             return RuleMatch::Exact {
                 pointer: self.rules[i].pointer.clone(),
             };
         }
-        let matching: Vec<&(Glob, usize)> =
-            self.globs.iter().filter(|(g, _)| g.matches(tool)).collect();
+        let matching: Vec<&(Glob, usize)> = self
+            .globs
+            .iter()
+            .filter(|(g, i)| !self.rules[*i].shadow && g.matches(tool))
+            .collect();
         match matching.first() {
             Some((g, i)) => RuleMatch::Glob {
                 pointer: self.rules[*i].pointer.clone(),
@@ -537,8 +596,40 @@ impl Policy {
     /// The two steps a gateway takes apart (the policy's [`Policy::judge`], then the store's
     /// admission and [`Policy::settle`]) in one call: `explain`, the console's what-if and
     /// the tests decide through the same code as a gateway.
+    ///
+    /// A shadow rule for the call is decided too, after the enforced decision, and its
+    /// decision lands in [`Decision::shadow`] when it differs.
     pub fn decide(&self, call: &Call<'_>, store: &dyn CounterStore, now_ms: u64) -> Decision {
-        match self.judge(call) {
+        let mut decision = self.finish(self.judge(call), store, now_ms);
+        if let Some(shadow) = self.judge_shadow(call) {
+            let shadow = self.finish(shadow, store, now_ms);
+            decision.shadow = Shadow::between(&decision, shadow, ShadowSource::Rule);
+        }
+        decision
+    }
+
+    /// [`Policy::decide`] beside a candidate policy (`--shadow-policy`): enforced by this
+    /// one, the candidate's decision (its own counters, see [`Policy::judge_candidate`]) in
+    /// [`Decision::shadow`] when it differs and no shadow rule of this policy already said
+    /// something.
+    pub fn decide_beside(
+        &self,
+        candidate: &Policy,
+        call: &Call<'_>,
+        store: &dyn CounterStore,
+        now_ms: u64,
+    ) -> Decision {
+        let mut decision = self.decide(call, store, now_ms);
+        let other = candidate.finish(candidate.judge_candidate(call), store, now_ms);
+        if decision.shadow.is_none() {
+            decision.shadow = Shadow::between(&decision, other, ShadowSource::Policy);
+        }
+        decision
+    }
+
+    /// A judgement finished with the store's answer, when it needs one.
+    fn finish(&self, judgement: Judgement, store: &dyn CounterStore, now_ms: u64) -> Decision {
+        match judgement {
             Judgement::Decided(decision) => decision,
             Judgement::Admit(admissible) => {
                 let requests: Vec<LimitRequest<'_>> =
@@ -550,34 +641,65 @@ impl Policy {
         }
     }
 
+    /// The shadow rule's side of a call: `None` unless the rule that would decide `call`, were
+    /// every shadow rule promoted, is a shadow rule. Then the call is judged by that rule as
+    /// if it were enforced: its action, conditions (one that cannot be evaluated denies, as
+    /// always) and its own limits, counted in `shadow:` counters (`all_tools` limits are left
+    /// to the enforced decision). Finished like [`Policy::judge`]'s, by [`Policy::settle`]
+    /// of this policy; then [`Shadow::between`] says whether it differs.
+    pub fn judge_shadow(&self, call: &Call<'_>) -> Option<Judgement> {
+        if self.shadow_rules == 0 || self.hidden_by(call.tool).is_some() {
+            return None;
+        }
+        let index = self.written_rule_index(call.tool)?;
+        if !self.rules[index].shadow {
+            return None;
+        }
+        Some(self.judge_by(call, Some(index), Counting::ShadowRule))
+    }
+
+    /// This policy's decision as a candidate (`--shadow-policy`): [`Policy::judge`] with
+    /// every limit counted in `shadow-policy:` counters, so running a candidate beside the
+    /// enforced policy never takes from a real budget. The candidate's own shadow rules are
+    /// not consulted.
+    pub fn judge_candidate(&self, call: &Call<'_>) -> Judgement {
+        match self.hidden(call) {
+            Some(decision) => Judgement::Decided(decision),
+            None => self.judge_by(call, self.rule_index(call.tool), Counting::ShadowPolicy),
+        }
+    }
+
     /// The first step of a decision, everything but the counters: hidden, denied, the
     /// conditions, and the verdict the call gets if its limits have room (allow or hold).
     /// A call with limits comes back [`Judgement::Admit`], for the store to admit and
     /// [`Policy::settle`] (of this same policy) to finish.
     pub fn judge(&self, call: &Call<'_>) -> Judgement {
-        let tool = call.tool;
-        let mut d = Decision {
-            verdict: Verdict::Deny,
-            rule: String::new(),
-            reason: String::new(),
-            retry_after_ms: None,
-            hidden: false,
-            approval_timeout_ms: None,
-            reservation: Reservation::default(),
-            tool: tool.to_string(),
-        };
-
-        // 1. Hidden: denied as if the tool did not exist.
-        if let Some(i) = self.hidden_by(tool) {
-            d.rule = format!("/hide/{i}");
-            d.reason =
-                "hidden by policy: `hide` names this tool, so it is refused as an unknown tool"
-                    .to_string();
-            d.hidden = true;
-            return Judgement::Decided(d);
+        match self.hidden(call) {
+            Some(decision) => Judgement::Decided(decision),
+            None => self.judge_by(call, self.rule_index(call.tool), Counting::Enforced),
         }
+    }
 
-        let rule_index = self.rule_index(tool);
+    /// 1. Hidden: denied as if the tool did not exist.
+    fn hidden(&self, call: &Call<'_>) -> Option<Decision> {
+        let i = self.hidden_by(call.tool)?;
+        let mut d = blank_decision(call.tool);
+        d.rule = format!("/hide/{i}");
+        d.reason = "hidden by policy: `hide` names this tool, so it is refused as an unknown tool"
+            .to_string();
+        d.hidden = true;
+        Some(d)
+    }
+
+    /// Steps 2 to 6 of a decision by the rule `rule_index` (or `default`), its limits
+    /// counted as `counting` says.
+    fn judge_by(
+        &self,
+        call: &Call<'_>,
+        rule_index: Option<usize>,
+        counting: Counting,
+    ) -> Judgement {
+        let mut d = blank_decision(call.tool);
         let rule = rule_index.map(|i| &self.rules[i]);
         let (action, pointer) = match rule {
             Some(r) => (r.action, r.pointer.as_str()),
@@ -635,12 +757,21 @@ impl Policy {
 
         // 4. Limits: the rule's, then all_tools', for the store to admit atomically.
         let rule_uses = rule.map(|r| r.limits.as_slice()).unwrap_or_default();
+        let all_tools: &[LimitUse] = match counting {
+            Counting::ShadowRule => &[],
+            Counting::Enforced | Counting::ShadowPolicy => &self.all_tools,
+        };
+        let names = match counting {
+            Counting::Enforced => &self.counter_names,
+            Counting::ShadowRule => &self.shadow_rule_counter_names,
+            Counting::ShadowPolicy => &self.shadow_policy_counter_names,
+        };
         let uses = rule_uses
             .iter()
             .enumerate()
             .map(|(i, u)| (UseAt::Rule(i), u))
             .chain(
-                self.all_tools
+                all_tools
                     .iter()
                     .enumerate()
                     .map(|(i, u)| (UseAt::AllTools(i), u)),
@@ -650,13 +781,13 @@ impl Policy {
         for (place, u) in uses {
             if limits
                 .iter()
-                .any(|l| Arc::ptr_eq(&l.counter, &self.counter_names[u.counter]))
+                .any(|l| Arc::ptr_eq(&l.counter, &names[u.counter]))
             {
                 continue;
             }
             let def = &self.counters[u.counter];
             limits.push(OwnedLimit {
-                counter: Arc::clone(&self.counter_names[u.counter]),
+                counter: Arc::clone(&names[u.counter]),
                 scope: def.scope,
                 scope_key: match def.scope {
                     Scope::Grant => call.grant,
@@ -811,6 +942,21 @@ impl Policy {
             }
         }
         Ok(out)
+    }
+}
+
+/// A decision before any step has made it: a denial naming nothing yet.
+fn blank_decision(tool: &str) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        rule: String::new(),
+        reason: String::new(),
+        retry_after_ms: None,
+        hidden: false,
+        approval_timeout_ms: None,
+        reservation: Reservation::default(),
+        tool: tool.to_string(),
+        shadow: None,
     }
 }
 

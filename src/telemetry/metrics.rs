@@ -200,6 +200,8 @@ struct Reloads {
 
 /// A call series: decision, tool, grant, server.
 type CallLabels = (&'static str, Arc<str>, Arc<str>, Arc<str>);
+/// A shadow decision series: shadow decision, enforced decision, source, tool, server.
+type ShadowLabels = (&'static str, &'static str, &'static str, Arc<str>, Arc<str>);
 /// A counter series: counter, scope, key.
 type CounterLabels = (Arc<str>, Arc<str>, Arc<str>);
 
@@ -212,6 +214,8 @@ struct Registry {
     scope_keys: BoundedLabel,
     /// By decision, tool, grant, server.
     calls: BTreeMap<CallLabels, u64>,
+    /// Calls whose shadow (rule or policy) would have decided otherwise.
+    shadow_decisions: BTreeMap<ShadowLabels, u64>,
     /// Upstream latency by tool, server and whether it failed.
     call_duration: BTreeMap<(Arc<str>, Arc<str>, bool), Histogram>,
     /// The whole `tools/call` operation (hold included) by tool and whether it failed.
@@ -237,6 +241,18 @@ impl Registry {
             .calls
             .entry((call.decision.as_str(), tool.clone(), grant, server.clone()))
             .or_default() += 1;
+        if let Some(shadow) = &call.shadow {
+            *self
+                .shadow_decisions
+                .entry((
+                    shadow.decision.as_str(),
+                    call.decision.as_str(),
+                    shadow.source.as_str(),
+                    tool.clone(),
+                    server.clone(),
+                ))
+                .or_default() += 1;
+        }
         if matches!(call.decision, Verdict::Allow | Verdict::Hold) {
             if self.in_flight.len() >= MAX_IN_FLIGHT
                 && let Some(oldest) = self.in_flight_order.pop_front()
@@ -331,6 +347,20 @@ impl Registry {
                 "toolgate_calls_total{{decision=\"{decision}\",tool=\"{}\",grant=\"{}\",server=\"{}\"}} {n}",
                 escape(tool),
                 escape(grant),
+                escape(server)
+            );
+        }
+        header(
+            &mut out,
+            "toolgate_shadow_decisions_total",
+            "counter",
+            "Tool calls a shadow rule or the shadow policy would have decided otherwise (not enforced), by what it would have decided and what was enforced.",
+        );
+        for ((decision, enforced, source, tool, server), n) in &self.shadow_decisions {
+            let _ = writeln!(
+                out,
+                "toolgate_shadow_decisions_total{{decision=\"{decision}\",enforced=\"{enforced}\",source=\"{source}\",tool=\"{}\",server=\"{}\"}} {n}",
+                escape(tool),
                 escape(server)
             );
         }
@@ -492,6 +522,7 @@ mod tests {
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
+            shadow: None,
         })
     }
 
@@ -551,6 +582,32 @@ mod tests {
                 "toolgate_calls_total{decision=\"deny\",tool=\"rm\",grant=\"ci\",server=\"srv\"} 1\n"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn shadow_decisions_are_counted_apart_by_what_would_have_been_decided() {
+        let mut shadowed = call("2", "echo", Verdict::Allow);
+        if let EventKind::Call(c) = &mut shadowed {
+            c.shadow = Some(Box::new(crate::wire::ShadowDecision {
+                decision: Verdict::Deny,
+                rule: "/tools/echo/deny_if/0".into(),
+                reason: "deny_if holds".into(),
+                source: crate::wire::ShadowSource::Rule,
+            }));
+        }
+        let text = registry_after(vec![call("1", "echo", Verdict::Allow), shadowed]);
+        assert!(
+            text.contains(
+                "toolgate_shadow_decisions_total{decision=\"deny\",enforced=\"allow\",source=\"rule\",tool=\"echo\",server=\"srv\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "toolgate_calls_total{decision=\"allow\",tool=\"echo\",grant=\"ci\",server=\"srv\"} 2\n"
+            ),
+            "the enforced decision is what calls_total counts: {text}"
         );
     }
 

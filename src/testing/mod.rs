@@ -18,8 +18,8 @@ pub mod policy {
     pub use crate::policy::{
         Action, Admission, Call, CounterStore, Decision, Diagnostic, FailMode, GuardedStore,
         KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, OwnedLimit, PinMode, Policy,
-        RedisStore, Reservation, Scope, SqliteStore, StoreError, StoreErrorKind, StoreWorker,
-        Verdict,
+        RedisStore, Reservation, SHADOW_POLICY_COUNTER_PREFIX, SHADOW_RULE_COUNTER_PREFIX, Scope,
+        Shadow, ShadowSource, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
     };
 }
 
@@ -59,8 +59,8 @@ pub mod wire {
     pub use crate::wire::{
         AuditStatus, CallEvent, CallRecord, ClientMsg, CounterState, Counters, Event, EventKind,
         GatewayInfo, GrantsChange, GrantsChanged, Hello, HoldResolved, Outcome, PROTOCOL_VERSION,
-        PinChange, PolicyApplied, PolicyRejected, Reply, ResolvedBy, Snapshot, StoreStatus,
-        ToolChanged, ToolInfo, Tools, Totals, Upstream, Verdict,
+        PinChange, PolicyApplied, PolicyRejected, Reply, ResolvedBy, ShadowDecision, ShadowSource,
+        Snapshot, StoreStatus, ToolChanged, ToolInfo, Tools, Totals, Upstream, Verdict,
     };
 }
 

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::policy::Verdict;
+pub use crate::policy::{ShadowSource, Verdict};
 
 /// The protocol version, sent in every `hello`. A client refuses versions it does not know.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -249,6 +249,41 @@ pub struct CallEvent {
     /// For holds: when the approval times out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_deadline: Option<DateTime<Utc>>,
+    /// What a shadow rule or the shadow policy would have decided instead, when that
+    /// differs from `decision` (recorded, not enforced). Boxed: most calls have none, and
+    /// the console keeps 100,000 of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<ShadowDecision>>,
+}
+
+/// A decision made beside the enforced one and not enforced (a call event's `shadow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowDecision {
+    /// What the shadow side would have done: `deny`, `rate_limited`, `hold` or `allow`.
+    pub decision: Verdict,
+    /// JSON Pointer of its deciding rule, in the policy named by `source`.
+    pub rule: String,
+    pub reason: String,
+    /// `rule`: a `"shadow": true` rule of the enforced policy; `policy`: `--shadow-policy`.
+    pub source: ShadowSource,
+}
+
+impl ShadowDecision {
+    /// `would deny`, `would rate limit`, `would hold`, `would allow`.
+    pub fn would(&self) -> &'static str {
+        crate::policy::would(self.decision)
+    }
+}
+
+impl From<crate::policy::Shadow> for ShadowDecision {
+    fn from(s: crate::policy::Shadow) -> Self {
+        ShadowDecision {
+            decision: s.verdict,
+            rule: s.rule,
+            reason: s.reason,
+            source: s.source,
+        }
+    }
 }
 
 /// Who or what ended a hold.

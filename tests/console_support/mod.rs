@@ -53,6 +53,7 @@ pub fn call(gw: &str, n: u32, tool: &str, grant: &str, decision: Verdict) -> Cal
         args_truncated: false,
         retry_after_ms: (decision == Verdict::RateLimited).then_some(12_000),
         hold_deadline: (decision == Verdict::Hold).then(|| at_ms(120_000 + n as i64 * 1000)),
+        shadow: None,
     }
 }
 

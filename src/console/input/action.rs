@@ -73,6 +73,9 @@ pub enum KeyAction {
     HoldTool,
     /// Policy view: the selected tool's rule has no limits (`u`).
     UnlimitTool,
+    /// Policy view, on a shadow rule: enforce it (its `shadow` removed), then review the
+    /// write (`P`).
+    PromoteShadow,
     /// Policy view: the selected tool gets the rule `toolgate scan` suggests for its risk
     /// class (`s`); a rule of its own is replaced only on a second `s`.
     SuggestRule,

@@ -15,6 +15,10 @@ pub(crate) const COMMANDS: &[(&str, &str)] = &[
     ),
     (":block TOOL [REASON]", "draft: deny the tool (a deny rule)"),
     (
+        ":shadow TOOL",
+        "draft: a shadow deny rule: reported as would deny, not enforced (P promotes it)",
+    ),
+    (
         ":limit TOOL MAX/WINDOW [SCOPE]",
         "draft: limit the tool, e.g. :limit echo 2/minute",
     ),

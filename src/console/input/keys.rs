@@ -13,7 +13,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use tui_input::InputRequest;
 
 use super::action::KeyAction;
-use crate::console::model::{Overlay, Prompt, State, View, tool_class};
+use crate::console::model::{Overlay, Prompt, RowKind, State, View, tool_class};
 
 /// How many lines `J`/`K` scroll a detail pane or the write review, everywhere.
 pub const SCROLL_STEP: i16 = 3;
@@ -43,6 +43,8 @@ pub enum Scope {
     /// The Policy view, when the selected row is a tool an upstream server offers (so it has
     /// a risk class and a suggested rule).
     OfferedTool,
+    /// The Policy view, when the selected row is a shadow rule.
+    ShadowRule,
     /// Policy or Limits (where the draft is edited).
     Draft,
     /// The rule editor is open (only these keys apply; others type text).
@@ -188,6 +190,14 @@ pub(crate) fn bindings() -> &'static [Binding] {
                 KeyAction::UnlimitTool,
                 "draft: remove the selected tool's limits",
                 None,
+            ),
+            b(
+                ShadowRule,
+                &[Char('P')],
+                "P",
+                KeyAction::PromoteShadow,
+                "promote the shadow rule: enforce it (diff, y/n)",
+                Some("promote"),
             ),
             b(
                 OfferedTool,
@@ -617,6 +627,11 @@ pub(crate) fn in_scope(state: &State, scope: Scope) -> bool {
             .get(state.authoring.selected)
             .filter(|_| state.view == View::Policy)
             .is_some_and(|r| tool_class(state, &r.tool).is_some()),
+        Scope::ShadowRule => state
+            .policy_rows()
+            .get(state.authoring.selected)
+            .filter(|_| state.view == View::Policy)
+            .is_some_and(|r| matches!(&r.kind, RowKind::Rule { rule, .. } if rule.shadow)),
         Scope::Draft => matches!(state.view, View::Policy | View::Limits),
         Scope::Call => call_view && state.selected_call().is_some(),
         Scope::Detail => call_view && state.detail_call_id().is_some(),

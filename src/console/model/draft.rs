@@ -39,6 +39,12 @@ pub enum Edit {
     Default(String),
     /// `:hide TOOL`.
     Hide(String),
+    /// `:shadow TOOL`: a shadow rule that would deny the tool, for a tool without a rule of
+    /// its own (one key has one rule: a shadow rule in its place would stop enforcing it).
+    ShadowDeny(String),
+    /// Policy view `P`: the shadow rule `tools[key]` is enforced from now on (its `shadow`
+    /// removed).
+    Promote(String),
     /// The rule editor: `tools[key]` becomes `rule` (in place if it exists, else last).
     SetRule { key: String, rule: Value },
     /// Limits view: a new `max` and/or `window` for every limit naming `counter`.
@@ -115,6 +121,8 @@ pub struct RuleRow {
     /// `require args.amount lte 10000`.
     pub conditions: Vec<String>,
     pub approval_timeout: Option<String>,
+    /// `"shadow": true`: decided and reported, not enforced.
+    pub shadow: bool,
 }
 
 /// The policy being edited.
@@ -348,6 +356,7 @@ fn rule_row(key: &str, rule: &Value) -> RuleRow {
         limits,
         conditions,
         approval_timeout: get("approval_timeout").map(short),
+        shadow: get("shadow").and_then(Value::as_bool) == Some(true),
     }
 }
 
@@ -497,6 +506,34 @@ fn edit_document(
             tools.insert(key.clone(), rule.clone());
             format!("rule {key} updated")
         }
+        Edit::ShadowDeny(tool) => {
+            if has_rule(root, tool) {
+                return Err(EditError::Nothing(format!(
+                    "{tool} has a rule of its own: a shadow rule would take its place and stop \
+                     enforcing it; edit that rule (e) instead, or shadow a new key"
+                )));
+            }
+            let tools = root
+                .entry("tools")
+                .or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(tools) = tools else {
+                return Err(EditError::Nothing("tools is not an object".into()));
+            };
+            tools.insert(tool.clone(), json!({"action": "deny", "shadow": true}));
+            format!("{tool}: shadow deny rule (reported as would deny, not enforced)")
+        }
+        Edit::Promote(key) => {
+            let rule = root
+                .get_mut("tools")
+                .and_then(|t| t.get_mut(key.as_str()))
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| EditError::Nothing(format!("no rule named {key}")))?;
+            if rule.get("shadow") != Some(&Value::Bool(true)) {
+                return Err(EditError::Nothing(format!("{key} is not a shadow rule")));
+            }
+            rule.remove("shadow");
+            format!("{key} promoted: enforced once written")
+        }
         Edit::Default(d) => {
             root.insert("default".into(), json!(d));
             format!("default is now {d}")
@@ -608,6 +645,32 @@ mod tests {
             d.compiled().map(|p| p.hash().to_owned()).ok(),
             Some(d.base_hash.clone())
         );
+    }
+
+    #[test]
+    fn a_shadow_rule_is_drafted_only_for_a_tool_without_a_rule_and_promoting_removes_only_shadow() {
+        let mut d = draft();
+        let refused = d.apply(&Edit::ShadowDeny("create_api_key".into()));
+        assert!(
+            matches!(&refused, Err(EditError::Nothing(why)) if why.contains("rule of its own")),
+            "{refused:?}"
+        );
+        d.apply(&Edit::ShadowDeny("delete_user".into())).unwrap();
+        let rules = d.rules();
+        let r = rules.iter().find(|r| r.key == "delete_user").unwrap();
+        assert!(r.shadow);
+        assert_eq!(r.action, "deny");
+        assert_eq!(d.compiled().unwrap().shadow_rule_count(), 1);
+        assert!(matches!(
+            d.apply(&Edit::Promote("create_api_key".into())),
+            Err(EditError::Nothing(_))
+        ));
+        d.apply(&Edit::Promote("delete_user".into())).unwrap();
+        assert_eq!(
+            d.rule_value("delete_user"),
+            Some(&json!({"action": "deny"}))
+        );
+        assert_eq!(d.compiled().unwrap().shadow_rule_count(), 0);
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //!
 //! A filter is a list of terms that must all match. `key:value` terms compare one field with a
 //! glob (`*` any run, `?` one character, case-insensitive); any other word must appear
-//! (case-insensitive) in the tool, grant, server, gateway, rule, reason or call id. Parsing
+//! (case-insensitive) in the tool, grant, server, gateway, rule, reason or call id.
+//! `shadow:` selects the calls with a shadow decision (a shadow rule or the shadow policy
+//! would have decided otherwise), `shadow:deny` those whose shadow would deny (`allow`,
+//! `rate_limited`, `hold` alike); any other `shadow:VALUE` is a glob on the shadow's rule
+//! pointer. Parsing
 //! never fails: an unknown `key:` is taken as free text, so what the operator typed still
 //! narrows the list instead of being silently ignored.
 
@@ -19,7 +23,20 @@ pub enum Term {
     Gateway(String),
     Rule(String),
     Decision(DecisionTerm),
+    /// `shadow:`: calls with a shadow decision, of any verdict or of one.
+    Shadow(ShadowTerm),
     Text(String),
+}
+
+/// What `shadow:` may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShadowTerm {
+    /// `shadow:` or `shadow:*`: any shadow decision.
+    Any,
+    /// `shadow:deny`: a shadow that would decide this.
+    Verdict(Verdict),
+    /// `shadow:/tools/x*`: a glob on the shadow's rule pointer.
+    Rule(String),
 }
 
 /// What `decision:` may name. `held` means held now; `hold` any call the policy held.
@@ -44,7 +61,7 @@ impl Filter {
         let mut terms: Vec<Term> = text.split_whitespace().map(parse_term).collect();
         // Cheapest tests first: most calls are rejected before any text is scanned.
         terms.sort_by_key(|t| match t {
-            Term::Decision(_) => 0,
+            Term::Decision(_) | Term::Shadow(_) => 0,
             Term::Text(_) => 2,
             _ => 1,
         });
@@ -99,7 +116,9 @@ impl<'a> Matcher<'a> {
                         || has(gateway)
                         || has(&row.call.call_id)
                 }
-                Term::Gateway(_) | Term::Decision(_) => term_matches(term, row, gateway),
+                Term::Gateway(_) | Term::Decision(_) | Term::Shadow(_) => {
+                    term_matches(term, row, gateway)
+                }
             };
             if !ok {
                 return false;
@@ -135,6 +154,13 @@ fn parse_term(word: &str) -> Term {
         "server" => Term::Server(value),
         "gateway" | "gw" => Term::Gateway(value),
         "rule" => Term::Rule(value),
+        "shadow" => Term::Shadow(match value.as_str() {
+            "" | "*" | "any" => ShadowTerm::Any,
+            v => match decision_term(v) {
+                Some(DecisionTerm::Verdict(verdict)) => ShadowTerm::Verdict(verdict),
+                _ => ShadowTerm::Rule(value),
+            },
+        }),
         "decision" | "d" => match decision_term(&value) {
             Some(d) => Term::Decision(d),
             None => Term::Text(word.to_lowercase()),
@@ -167,6 +193,11 @@ fn term_matches(term: &Term, row: &CallRow, gateway: &str) -> bool {
         Term::Gateway(p) => glob(p, gateway),
         Term::Rule(p) => glob(p, &call.rule),
         Term::Decision(DecisionTerm::Verdict(v)) => call.decision == *v,
+        Term::Shadow(want) => call.shadow.as_ref().is_some_and(|s| match want {
+            ShadowTerm::Any => true,
+            ShadowTerm::Verdict(v) => s.decision == *v,
+            ShadowTerm::Rule(p) => glob(p, &s.rule),
+        }),
         Term::Decision(DecisionTerm::Approved) => {
             row.resolution.as_ref().is_some_and(|r| r.approved)
         }
@@ -319,6 +350,14 @@ mod tests {
                 args_truncated: false,
                 retry_after_ms: None,
                 hold_deadline: None,
+                shadow: (i % 3 == 0).then(|| {
+                    Box::new(crate::wire::ShadowDecision {
+                        decision: verdicts[(i + 1) % 4],
+                        rule: format!("/tools/{}/deny_if/0", tools[i % 4]),
+                        reason: String::new(),
+                        source: crate::wire::ShadowSource::Rule,
+                    })
+                }),
             };
             h.push(CallRow::new(0, ts, call));
         }
@@ -331,6 +370,9 @@ mod tests {
             "rule:*account ärger",
             "nothing-matches",
             "gateway:g*",
+            "shadow:",
+            "shadow:deny tool:create_*",
+            "shadow:/tools/delete*",
         ] {
             let f = Filter::parse(text);
             let mut m = Matcher::new(&f, &h.strings);
@@ -342,6 +384,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn shadow_selects_calls_with_a_shadow_decision_by_verdict_or_rule() {
+        let ts = chrono::Utc::now();
+        let row = |shadow: Option<(Verdict, &str)>| {
+            let call = crate::wire::CallEvent {
+                call_id: "gw-1".into(),
+                tool: "get_time".into(),
+                grant: "ci".into(),
+                session: "s".into(),
+                server: "time".into(),
+                decision: Verdict::Allow,
+                rule: "/default".into(),
+                reason: String::new(),
+                args: serde_json::Value::Null,
+                args_truncated: false,
+                retry_after_ms: None,
+                hold_deadline: None,
+                shadow: shadow.map(|(decision, rule)| {
+                    Box::new(crate::wire::ShadowDecision {
+                        decision,
+                        rule: rule.into(),
+                        reason: "r".into(),
+                        source: crate::wire::ShadowSource::Rule,
+                    })
+                }),
+            };
+            CallRow::new(0, ts, call)
+        };
+        let plain = row(None);
+        let would_deny = row(Some((Verdict::Deny, "/tools/get_time/deny_if/0")));
+        let would_hold = row(Some((Verdict::Hold, "/tools/get_*")));
+        let pass = |text: &str, r: &CallRow| Filter::parse(text).matches(r, "gw");
+        for text in ["shadow:", "shadow:*", "shadow:any"] {
+            assert!(!pass(text, &plain), "{text}");
+            assert!(pass(text, &would_deny) && pass(text, &would_hold), "{text}");
+        }
+        assert!(pass("shadow:deny", &would_deny));
+        assert!(!pass("shadow:deny", &would_hold));
+        assert!(pass("shadow:held", &would_hold));
+        assert!(pass("shadow:/tools/get_time*", &would_deny));
+        assert!(!pass("shadow:/tools/get_time*", &would_hold));
+        assert!(!pass("shadow:deny", &plain));
     }
 
     #[test]

@@ -123,6 +123,13 @@ pub(crate) fn sanitize_call(c: CallEvent) -> CallEvent {
         server: terminal_string(c.server),
         rule: terminal_string(c.rule),
         reason: terminal_string(c.reason),
+        shadow: c.shadow.map(|s| {
+            Box::new(crate::wire::ShadowDecision {
+                rule: terminal_string(s.rule),
+                reason: terminal_string(s.reason),
+                ..*s
+            })
+        }),
         // Argument values are sanitised when they are laid out for display: they are JSON,
         // and escaping inside the tree would change what a pretty-printer shows.
         ..c
@@ -284,6 +291,7 @@ mod tests {
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
+            shadow: None,
         }
     }
 

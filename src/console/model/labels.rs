@@ -45,6 +45,12 @@ pub(crate) fn decision_label(
     }
 }
 
+/// The Live view's mark for a call a shadow rule or the shadow policy would have decided
+/// otherwise: `◐ would deny`, `◐ would hold`, ...; `None` for a call without one.
+pub(crate) fn shadow_label(row: &CallRow) -> Option<String> {
+    row.call.shadow.as_ref().map(|s| format!("◐ {}", s.would()))
+}
+
 /// Which theme slot a decision is drawn in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DecisionStyle {

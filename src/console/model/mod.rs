@@ -33,7 +33,8 @@ pub(crate) use authoring::{Authoring, Awaiting, Review};
 pub(crate) use filter::Filter;
 pub(crate) use history::{CallRow, History};
 pub(crate) use labels::{
-    DecisionStyle, countdown, decision_label, latency_label, room_in, short_hash, window_short,
+    DecisionStyle, countdown, decision_label, latency_label, room_in, shadow_label, short_hash,
+    window_short,
 };
 pub use layout::Layout;
 pub use overlay::Prompt;

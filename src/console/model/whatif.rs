@@ -42,6 +42,9 @@ pub struct WhatIf {
     pub replayed: usize,
     /// The calls decided differently, in time order.
     pub changed: Vec<Changed>,
+    /// Calls the draft's shadow rules would have decided otherwise (reported by the gateway
+    /// once written, not enforced).
+    pub shadowed: usize,
 }
 
 /// A verdict as the summary says it.
@@ -71,7 +74,15 @@ impl WhatIf {
             })
             .collect();
         lines.sort_by_key(|l| std::cmp::Reverse(l.0));
-        lines.into_iter().map(|(_, l)| l).collect()
+        let mut out: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
+        if self.shadowed > 0 {
+            let n = self.shadowed;
+            out.push(format!(
+                "{n} {} would be decided otherwise by shadow rules (reported, not enforced)",
+                if n == 1 { "call" } else { "calls" }
+            ));
+        }
+        out
     }
 }
 
@@ -93,6 +104,7 @@ pub(crate) fn replay<'a>(
     let mut out = WhatIf {
         replayed: calls.len(),
         changed: Vec::new(),
+        shadowed: 0,
     };
     for (ts, call) in calls {
         let now_ms = u64::try_from(ts.timestamp_millis()).unwrap_or(0);
@@ -103,6 +115,7 @@ pub(crate) fn replay<'a>(
             session: &call.session,
         };
         let d = draft.decide(&c, &store, now_ms);
+        out.shadowed += usize::from(d.shadow.is_some());
         let before = file.map_or(call.decision, |f| f.decide(&c, &file_store, now_ms).verdict);
         if d.verdict != before {
             out.changed.push(Changed {
@@ -138,6 +151,7 @@ mod tests {
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
+            shadow: None,
         }
     }
 
@@ -163,6 +177,38 @@ mod tests {
         let ids: Vec<&str> = w.changed.iter().map(|c| c.call_id.as_str()).collect();
         assert_eq!(ids, ["c2"]);
         assert_eq!(w.summary(), ["1 call allowed before would now be denied"]);
+    }
+
+    #[test]
+    fn a_shadow_rule_changes_no_verdict_but_counts_the_calls_it_would_change() {
+        let file = Policy::parse(r#"{"version":"1","default":"allow"}"#, "p").unwrap();
+        let draft = Policy::parse(
+            r#"{"version":"1","default":"allow","tools":{"echo":{"shadow":true,"action":"deny"}}}"#,
+            "p",
+        )
+        .unwrap();
+        let t0: DateTime<Utc> = "2026-11-26T12:00:00Z".parse().unwrap();
+        let calls = [
+            call(1, "echo", Verdict::Allow),
+            call(2, "add", Verdict::Allow),
+            call(3, "echo", Verdict::Allow),
+        ];
+        let w = replay(Some(&file), &draft, calls.iter().map(|c| (t0, c)));
+        assert!(w.changed.is_empty(), "{w:?}");
+        assert_eq!(w.shadowed, 2);
+        assert_eq!(
+            w.summary(),
+            ["2 calls would be decided otherwise by shadow rules (reported, not enforced)"]
+        );
+        // Promoted, the same calls are denied.
+        let promoted = Policy::parse(
+            r#"{"version":"1","default":"allow","tools":{"echo":{"action":"deny"}}}"#,
+            "p",
+        )
+        .unwrap();
+        let w = replay(Some(&draft), &promoted, calls.iter().map(|c| (t0, c)));
+        assert_eq!(w.changed.len(), 2);
+        assert_eq!(w.shadowed, 0);
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub(crate) fn loaded(state: &mut State, path: String, result: Result<String, Str
                 Some(d) if d.path == path => d.rebase(text),
                 _ => state.authoring.draft = Some(Draft::load(&path, text)),
             }
+            if let Some(d) = &state.authoring.draft {
+                state.authoring.shadow_tally.policy_is(&d.base_hash);
+            }
             state.authoring.load_error = None;
             state.authoring.conflict = None;
         }
@@ -180,6 +183,7 @@ pub(crate) fn written(state: &mut State, text: String, result: Result<String, Wr
             let path = terminal_text(&draft.path).into_owned();
             draft.previous = Some(draft.base.clone());
             draft.rebase(text);
+            state.authoring.shadow_tally.policy_is(&draft.base_hash);
             state.authoring.conflict = None;
             state.authoring.awaiting = Some(Awaiting {
                 hash: hash.clone(),

@@ -98,6 +98,8 @@ fn draft_edit(cmd: &str, args: &[&str]) -> Option<Result<Edit, UsageError>> {
         ("default", [d]) => Ok(Edit::Default((*d).into())),
         ("default", _) => usage(":default allow|deny|require_approval"),
         ("hide", [tool]) => Ok(Edit::Hide((*tool).into())),
+        ("shadow", [tool]) => Ok(Edit::ShadowDeny((*tool).into())),
+        ("shadow", _) => usage(":shadow TOOL"),
         ("hide", _) => usage(":hide TOOL"),
         _ => return None,
     })

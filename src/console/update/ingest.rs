@@ -37,6 +37,7 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
                 Verdict::RateLimited => g.totals.rate_limited += 1,
                 Verdict::Hold => g.totals.hold += 1,
             }
+            state.authoring.shadow_tally.count(&call);
             add_call(state, CallRow::new(conn, ts, call), true);
         }
         EventKind::HoldResolved(r) => {

@@ -291,6 +291,11 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
             }
         }
         KeyAction::SuggestRule => authoring::suggest(state),
+        KeyAction::PromoteShadow => {
+            if let Some(tool) = authoring::selected_tool(state) {
+                authoring::edit_and_review(state, &Edit::Promote(tool));
+            }
+        }
         KeyAction::ReviewWrite => authoring::review(state, false),
         KeyAction::OpenRuleEditor => authoring::open_editor(state),
         KeyAction::EditorNext
@@ -664,6 +669,7 @@ mod tests {
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: (decision == Verdict::Hold).then(|| at(120)),
+            shadow: None,
         }
     }
 

@@ -104,6 +104,17 @@ pub(super) fn detail_lines(
     if !c.reason.is_empty() {
         lines.push(kv("why", c.reason.clone(), t.text));
     }
+    if let Some(s) = &c.shadow {
+        let from = match s.source {
+            crate::wire::ShadowSource::Rule => "shadow rule",
+            crate::wire::ShadowSource::Policy => "shadow policy",
+        };
+        let mut text = format!("◐ {} by {from} {}", s.would(), s.rule);
+        if !s.reason.is_empty() {
+            text.push_str(&format!(": {}", s.reason));
+        }
+        lines.push(kv("shadow", text, t.rate_limited));
+    }
     if let Some(ms) = c.retry_after_ms {
         lines.push(kv(
             "retry",

@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
 use super::{cell, cell_right, decision_style, detail};
-use crate::console::model::{Layout, State, decision_label, latency_label};
+use crate::console::model::{Layout, State, decision_label, latency_label, shadow_label};
 use crate::console::theme::Theme;
 
 /// Where the Live list's window was last drawn: it moves only when the selection leaves it.
@@ -169,11 +169,28 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, scroll: &mut Liv
             decision_style(t, ds),
         );
         x += DECISION_W + 1;
+        // A shadow decision is marked before the rule, so a call it would have changed stands
+        // out in a list of ordinary ones.
+        let mut rule_x = x;
+        if let Some(mark) = shadow_label(row) {
+            let mark_w = (mark.chars().count() as u16 + 1).min(rule_w);
+            cell(
+                buf,
+                rule_x,
+                y,
+                mark_w.min(right(x0, w, rule_x)),
+                &mark,
+                t.rate_limited,
+            );
+            rule_x += mark_w;
+        }
         cell(
             buf,
-            x,
+            rule_x,
             y,
-            rule_w.min(right(x0, w, x)),
+            (x + rule_w)
+                .saturating_sub(rule_x)
+                .min(right(x0, w, rule_x)),
             &row.call.rule,
             t.muted,
         );

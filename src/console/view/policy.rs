@@ -4,7 +4,8 @@
 //! A rule that matches no offered tool is flagged: a typo in a tool name must not silently
 //! leave the real tool unguarded. The header says whether the draft differs from the file,
 //! whether it is valid (with `toolgate check`'s diagnostics when not), and which gateways
-//! applied which version.
+//! applied which version. A shadow rule's action is marked `◐` (decided, not enforced), and
+//! its row says how many calls it would have changed since the file was loaded or written.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -187,6 +188,31 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         }
         line(buf, &mut y, &text, t.text);
     }
+    // Shadow rules in the header, so their counts read at any width: trying a rule on live
+    // traffic is what decides whether to promote it.
+    let shadows: Vec<String> = state
+        .policy_rows()
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RowKind::Rule { rule, .. } if rule.shadow => Some(format!(
+                "{} {}",
+                terminal_string(rule.key.clone()),
+                changed_calls(state.authoring.shadow_tally.for_rule(&rule.key))
+            )),
+            _ => None,
+        })
+        .collect();
+    if !shadows.is_empty() {
+        line(
+            buf,
+            &mut y,
+            &format!(
+                "◐ shadow, not enforced: {} · P on its row promotes it",
+                shadows.join(" · ")
+            ),
+            t.rate_limited,
+        );
+    }
     if y >= bottom {
         return;
     }
@@ -245,6 +271,12 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         let (mark, key_style, action, action_style, limits, rest, rest_style) = match &row.kind {
             RowKind::Rule { rule, unmatched } => {
                 let mut rest: Vec<String> = Vec::new();
+                if rule.shadow {
+                    // What trying it on live traffic has shown so far, first: it is what
+                    // decides whether to promote it.
+                    let n = state.authoring.shadow_tally.for_rule(&rule.key);
+                    rest.push(format!("shadow: {} · P promotes", changed_calls(n)));
+                }
                 if *unmatched {
                     rest.push("⚠ matches no offered tool (typo?)".into());
                 }
@@ -263,8 +295,12 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
                 (
                     if *unmatched { "⚠" } else { " " },
                     t.text,
-                    rule.action.clone(),
-                    action_style,
+                    if rule.shadow {
+                        format!("◐ {}", rule.action)
+                    } else {
+                        rule.action.clone()
+                    },
+                    if rule.shadow { t.muted } else { action_style },
                     rule.limits.join("; "),
                     rest.join(" · "),
                     if *unmatched { t.error } else { t.text },
@@ -318,6 +354,14 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         }
         y += 1;
     }
+}
+
+/// `would have changed 2 calls`: what a shadow rule did since the file was loaded or written.
+fn changed_calls(n: u64) -> String {
+    format!(
+        "would have changed {n} call{}",
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 fn block(t: &Theme, title: String) -> Block<'static> {

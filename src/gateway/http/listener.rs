@@ -9,11 +9,16 @@
 //! - **A cap on open connections**, and the unauthenticated shed first. A connection counts
 //!   as authenticated once one of its requests has presented a valid grant token
 //!   ([`Peer::authenticated`]). At the cap, a new connection closes the oldest
-//!   unauthenticated one; when every open connection is authenticated, the newcomer is
-//!   answered 503 and closed.
+//!   unauthenticated one, preferring one with no request under way: a slowloris never
+//!   completes a request head, while an agent's connection sends one at once (seen at accept
+//!   by peeking at the socket, so a flood accepted faster than connections are first read
+//!   cannot shed it before its token is checked, unless nothing else is left). When every
+//!   open connection is authenticated, the newcomer is answered 503 and closed.
 //! - **A deep accept queue** (`crate::listen`): connections are shed only once accepted, so
 //!   the kernel must be able to queue a flood's sockets; a full queue would drop an agent's
-//!   SYN and cost it a second's retransmission.
+//!   SYN and cost it a second's retransmission. A shed connection is reset rather than
+//!   closed, so the flood leaves no TIME_WAIT entries that new connections' SYNs would run
+//!   into (the same second, for another reason).
 //! - **Descriptors run out anyway** (other files, a limit lower than planned): an accept
 //!   that fails with EMFILE sheds an unauthenticated connection and waits a moment before
 //!   trying again, instead of spinning.
@@ -58,6 +63,8 @@ pub(crate) const FDS_PER_SESSION: u64 = 4;
 const CONNECTION_BUFFER: usize = 64 * 1024;
 /// Largest request head (request line and headers) accepted; larger ones get 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Most bytes looked at, at accept, for a complete request head (see [`has_complete_head`]).
+const PEEKED_HEAD: usize = 4096;
 /// How long the accept loop waits after running out of descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(20);
 /// How often, at most, a shedding or refusing accept loop says so in the log.
@@ -118,9 +125,32 @@ impl Peer {
         }
         let mut open = self.registry.lock();
         // A connection already shed stays shed.
-        if open.unauthenticated.remove(&self.id).is_some() {
+        let shed = match open.idle.remove(&self.id) {
+            Some(shed) => Some(shed),
+            None => open.in_request.remove(&self.id),
+        };
+        if shed.is_some() {
             open.authenticated += 1;
             self.authenticated.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A complete request head arrived (`true`), or its answer was sent (`false`). An
+    /// unauthenticated connection with a request under way is shed only when no idle one is
+    /// left: a slowloris never completes a head, an agent sends one at once.
+    fn in_request(&self, started: bool) {
+        if self.authenticated.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut guard = self.registry.lock();
+        let open = &mut *guard;
+        let (from, to) = if started {
+            (&mut open.idle, &mut open.in_request)
+        } else {
+            (&mut open.in_request, &mut open.idle)
+        };
+        if let Some(shed) = from.remove(&self.id) {
+            to.insert(self.id, shed);
         }
     }
 }
@@ -130,30 +160,39 @@ impl Drop for Peer {
         let mut open = self.registry.lock();
         if self.authenticated.load(Ordering::Relaxed) {
             open.authenticated -= 1;
-        } else {
-            open.unauthenticated.remove(&self.id);
+        } else if open.idle.remove(&self.id).is_none() {
+            open.in_request.remove(&self.id);
         }
         drop(open);
         self.registry.closed.notify_waiters();
     }
 }
 
+/// The open connections by kind. Unauthenticated ones are keyed by admission order (oldest
+/// first); sending on a connection's sender sheds it.
 #[derive(Debug, Default)]
 struct Open {
     next_id: u64,
-    /// Oldest first; sending sheds the connection.
-    unauthenticated: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Unauthenticated, with no request under way: shed first.
+    idle: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Unauthenticated, a request head received and not answered yet.
+    in_request: BTreeMap<u64, oneshot::Sender<()>>,
     authenticated: usize,
 }
 
 impl Open {
     fn len(&self) -> usize {
-        self.unauthenticated.len() + self.authenticated
+        self.idle.len() + self.in_request.len() + self.authenticated
     }
 
-    /// Closes the oldest unauthenticated connection; false if there is none.
+    /// Closes the oldest idle unauthenticated connection, else the oldest unauthenticated
+    /// one with a request under way; false if every open connection is authenticated.
     fn shed_oldest(&mut self) -> bool {
-        match self.unauthenticated.pop_first() {
+        match self
+            .idle
+            .pop_first()
+            .or_else(|| self.in_request.pop_first())
+        {
             Some((_, shed)) => {
                 let _ = shed.send(());
                 true
@@ -180,8 +219,13 @@ impl Registry {
     }
 
     /// Registers a new connection, shedding the oldest unauthenticated one when `max` are
-    /// open; `None` when every open connection is authenticated.
-    fn admit(self: &Arc<Self>, max: usize) -> Option<(Arc<Peer>, oneshot::Receiver<()>)> {
+    /// open; `None` when every open connection is authenticated. `in_request`: a complete
+    /// request head is waiting on it already.
+    fn admit(
+        self: &Arc<Self>,
+        max: usize,
+        in_request: bool,
+    ) -> Option<(Arc<Peer>, oneshot::Receiver<()>)> {
         let mut open = self.lock();
         if open.len() >= max && !open.shed_oldest() {
             return None;
@@ -189,7 +233,11 @@ impl Registry {
         let id = open.next_id;
         open.next_id += 1;
         let (shed, shed_rx) = oneshot::channel();
-        open.unauthenticated.insert(id, shed);
+        if in_request {
+            open.in_request.insert(id, shed);
+        } else {
+            open.idle.insert(id, shed);
+        }
         drop(open);
         let peer = Arc::new(Peer {
             id,
@@ -272,7 +320,8 @@ pub(crate) async fn serve(
             },
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let Some((peer, shed)) = registry.admit(options.max_connections) else {
+        let head = has_complete_head(&stream);
+        let Some((peer, shed)) = registry.admit(options.max_connections, head) else {
             full.warn(|| {
                 format!(
                     "{} authenticated connections are open, the most allowed \
@@ -306,6 +355,64 @@ pub(crate) async fn serve(
         }
     }
     Ok(())
+}
+
+/// Makes closing `socket` send a reset instead of a FIN (`SO_LINGER` 0), for a connection
+/// shed under a flood: there is nothing to deliver to it, and a graceful close would leave a
+/// TIME_WAIT entry per shed connection on the gateway's side. Tens of thousands of those
+/// collide with the ephemeral ports of new connections from the same address, whose SYNs
+/// then wait a second for a retransmission; a reset leaves nothing behind.
+fn reset_on_close(socket: std::os::fd::RawFd) {
+    use nix::libc;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `socket` is the descriptor of the connection's stream, which the caller still
+    // owns (not yet dropped), and `linger` is a valid `struct linger` for the call.
+    let done = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if done != 0 {
+        tracing::debug!(
+            "cannot set SO_LINGER on a shed connection: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Whether a complete request head (up to [`PEEKED_HEAD`] bytes) is already waiting on a
+/// connection just accepted, read without taking it from the socket.
+///
+/// Under a flood, connections are shed oldest first, and an accepted connection may be
+/// shed before its task first reads it. An agent's request is in the socket by the time the
+/// connection leaves the accept queue; a slowloris's head never completes. So this is decided
+/// here, at accept, rather than when the connection's task gets to it.
+fn has_complete_head(stream: &TcpStream) -> bool {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; PEEKED_HEAD];
+    // SAFETY: `buf` is valid for writes of its length for the whole call, and the descriptor
+    // is the stream's own, open while it is borrowed. (tokio's `peek` would wait for the
+    // reactor to have seen the socket readable, which it has not yet.)
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    let Ok(n) = usize::try_from(n) else {
+        return false;
+    };
+    buf[..n].windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {
@@ -348,6 +455,7 @@ async fn connection(
     let service = hyper::service::service_fn(move |req| {
         request(router.clone(), service_peer.clone(), body_timeout, req)
     });
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let conn = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let stopping = tokio::select! {
@@ -357,8 +465,11 @@ async fn connection(
             }
             false
         }
-        // Shed for a newcomer: dropping the connection closes it.
-        Ok(()) = shed => false,
+        // Shed for a newcomer: reset, then dropping the connection closes it.
+        Ok(()) = shed => {
+            reset_on_close(socket);
+            false
+        }
         _ = shutdown.wait_for(|stop| *stop) => true,
     };
     if stopping {
@@ -379,6 +490,8 @@ async fn request(
 ) -> Result<Response<Body>, Infallible> {
     let late = Arc::new(AtomicBool::new(false));
     let (mut parts, body) = req.into_parts();
+    peer.in_request(true);
+    let answered = peer.clone();
     parts.extensions.insert(peer);
     let body = Body::new(DeadlineBody {
         inner: body,
@@ -386,6 +499,7 @@ async fn request(
         late: late.clone(),
     });
     let Ok(response) = router.oneshot(Request::from_parts(parts, body)).await;
+    answered.in_request(false);
     if late.load(Ordering::Relaxed) {
         return Ok(body_too_slow(body_timeout));
     }
@@ -480,11 +594,11 @@ mod tests {
     #[test]
     fn the_oldest_unauthenticated_connection_is_shed_first() {
         let registry = Arc::new(Registry::default());
-        let (first, mut first_shed) = registry.admit(3).unwrap();
-        let (second, mut second_shed) = registry.admit(3).unwrap();
-        let (third, mut third_shed) = registry.admit(3).unwrap();
+        let (first, mut first_shed) = registry.admit(3, false).unwrap();
+        let (second, mut second_shed) = registry.admit(3, false).unwrap();
+        let (third, mut third_shed) = registry.admit(3, false).unwrap();
         first.authenticated();
-        let (_fourth, _) = registry.admit(3).unwrap();
+        let (_fourth, _) = registry.admit(3, false).unwrap();
         assert!(
             first_shed.try_recv().is_err(),
             "an authenticated one was shed"
@@ -495,15 +609,67 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_with_a_request_under_way_is_shed_after_idle_ones_and_counts_once() {
+        let registry = Arc::new(Registry::default());
+        let (agent, mut agent_shed) = registry.admit(3, false).unwrap();
+        let (idle, mut idle_shed) = registry.admit(3, false).unwrap();
+        let (_other, mut other_shed) = registry.admit(3, false).unwrap();
+        agent.in_request(true);
+        assert_eq!(registry.len(), 3);
+        // The agent's connection is the oldest, but a request head has arrived on it.
+        let (_new, _) = registry.admit(3, false).unwrap();
+        assert_eq!(idle_shed.try_recv(), Ok(()));
+        assert!(agent_shed.try_recv().is_err());
+        drop(idle);
+        // Answered without a valid token: idle again, and the oldest.
+        agent.in_request(false);
+        let (_newer, _) = registry.admit(3, false).unwrap();
+        assert_eq!(agent_shed.try_recv(), Ok(()));
+        assert!(other_shed.try_recv().is_err());
+        // Shed already: authenticating later does not bring it back.
+        agent.authenticated();
+        drop(agent);
+        assert_eq!(registry.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_complete_head_is_seen_at_accept_and_a_slowloris_head_is_not() {
+        use tokio::io::AsyncWriteExt;
+        let listener = crate::listen::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (sent, complete) in [
+            (&b"POST /mcp/t HTTP/1.1\r\nHost: x\r\n\r\n{}"[..], true),
+            (
+                &b"POST /mcp/t HTTP/1.1\r\nHost: x\r\nContent-Type: app"[..],
+                false,
+            ),
+            (&b""[..], false),
+        ] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(sent).await.unwrap();
+            client.flush().await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            // Loopback delivers a write before `write_all` returns; give it a moment anyway.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while complete && !has_complete_head(&accepted) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(has_complete_head(&accepted), complete, "{sent:?}");
+            // Peeking takes nothing from the socket.
+            assert_eq!(has_complete_head(&accepted), complete, "{sent:?}");
+        }
+    }
+
+    #[test]
     fn when_every_connection_is_authenticated_the_newcomer_is_refused() {
         let registry = Arc::new(Registry::default());
-        let (a, _a) = registry.admit(2).unwrap();
-        let (b, _b) = registry.admit(2).unwrap();
+        let (a, _a) = registry.admit(2, false).unwrap();
+        let (b, _b) = registry.admit(2, false).unwrap();
         a.authenticated();
         b.authenticated();
-        assert!(registry.admit(2).is_none());
+        assert!(registry.admit(2, false).is_none());
         drop(a);
         assert_eq!(registry.len(), 1);
-        assert!(registry.admit(2).is_some());
+        assert!(registry.admit(2, false).is_some());
     }
 }

@@ -238,6 +238,7 @@ impl HttpGateway {
                             .cloned()
                             .unwrap_or_else(|| server.to_owned()),
                     ),
+                    shadow_policy: b.shadow_policy.clone(),
                 })
             })
             .clone()
