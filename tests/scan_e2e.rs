@@ -109,6 +109,8 @@ fn scan_and_check(dir: &Path, server: &[String]) -> Map<String, Value> {
         serde_json::from_str(&std::fs::read_to_string(&path).expect("written")).expect("JSON");
     assert_eq!(policy["version"], "1");
     assert_eq!(policy["default"], "deny");
+    // A tool that changes after the scan is quarantined until someone reviews it.
+    assert_eq!(policy["pins"], "enforce");
     policy["tools"].as_object().expect("tools").clone()
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::pins::PinStore;
 use crate::policy::store::spec;
 use crate::policy::{CounterStore, FailMode, StoreError, StoreSpec};
 use crate::wire::StoreStatus;
@@ -50,6 +51,11 @@ impl CounterArgs {
     /// The store chosen, the default resolved.
     pub(super) fn spec(&self) -> Result<StoreSpec, StoreError> {
         spec::resolve(self.counters.as_ref())
+    }
+
+    /// Opens the pin store where the chosen counters are; see [`spec::open_pins`].
+    pub(super) fn open_pins(&self) -> Result<(Arc<dyn PinStore>, String), StoreError> {
+        spec::open_pins(&self.spec()?, self.counters_prefix.as_deref())
     }
 
     /// Opens the chosen store; see [`spec::open`].

@@ -10,10 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::counter_args::CounterArgs;
+use crate::control::hub::PinReview;
 use crate::control::hub::{DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, HoldCaps};
 use crate::control::operators::Operators;
 use crate::control::{ControlHandle, EventsOptions, Hub, OperatorsHandle, OperatorsWatcher};
 use crate::gateway::audit::{AuditFail, AuditKey, AuditOptions};
+use crate::gateway::pinning::ToolPins;
 use crate::gateway::reload::{ShadowPolicyInForce, load_and_watch_shadow};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
@@ -116,6 +118,8 @@ pub(super) struct Started {
     /// `/metrics`, and starts them itself otherwise).
     pub metrics: Option<Arc<crate::telemetry::Metrics>>,
     metrics_export: Option<crate::telemetry::MetricsExport>,
+    /// Tool pins, in the counters' store; they answer the `accept_pin` command.
+    pub pins: Arc<ToolPins>,
     control: Option<ControlHandle>,
     /// Applies changes to `--operators` while the gateway runs.
     _operators: Option<OperatorsWatcher>,
@@ -268,6 +272,14 @@ impl GatewayArgs {
         };
         // Every connection and session of this gateway asks the store through one thread.
         let store = StoreWorker::new(store);
+        let (pin_store, pins_at) = self
+            .counters
+            .open_pins()
+            .context("cannot open the pin store (where --counters are)")?;
+        tracing::info!("{pins_at}");
+        let pins = Arc::new(ToolPins::new(pin_store, hub.clone()));
+        let review: std::sync::Weak<dyn PinReview> = Arc::downgrade(&pins) as _;
+        hub.set_pin_review(review);
         tracing::info!(
             "gateway {id}: policy {}, audit {} (key {}), counters {}",
             policy.path.display(),
@@ -285,6 +297,7 @@ impl GatewayArgs {
             traces,
             metrics,
             metrics_export,
+            pins,
             control,
             _operators: operators_watch,
         })

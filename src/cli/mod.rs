@@ -19,6 +19,7 @@ mod gateways;
 mod grants;
 mod junit;
 mod operators;
+mod pins;
 mod remote_args;
 mod scan;
 mod serve;
@@ -59,6 +60,7 @@ enum Command {
     Deny(approve::DenyArgs),
     Gateways(gateways::Args),
     Scan(scan::Args),
+    Pins(pins::Args),
     Completions(CompletionsArgs),
 }
 
@@ -88,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Deny(args) => approve::run_deny(args),
         Command::Gateways(args) => gateways::run(args),
         Command::Scan(args) => scan::run(args),
+        Command::Pins(args) => pins::run(args),
         Command::Completions(args) => {
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), "toolgate", &mut script);

@@ -17,13 +17,14 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::io::BufReader;
 
+use super::counter_args::CounterArgs;
 use crate::gateway::http::remote;
 use crate::gateway::http::servers::UrlServer;
 use crate::gateway::upstream::{ServerCommand, ServerProcess};
 use crate::gateway::upstream_client::{Session, UpstreamError};
-use crate::policy::{LoadError, Policy};
+use crate::policy::{LoadError, Policy, StoreSpec};
 use crate::sanitize::{self, terminal_text};
-use crate::scan::{ScannedTool, compare, report, starting_policy};
+use crate::scan::{ScannedTool, against, compare, report, starting_policy};
 use crate::wire::ToolInfo;
 
 /// Read an MCP server's tools, classify their risk and write a starting policy.
@@ -64,6 +65,14 @@ pub(super) struct Args {
     /// A header sent with every request to --url, e.g. "Authorization: Bearer …" (repeatable).
     #[arg(long, value_name = "K: V", requires = "url")]
     header: Vec<String>,
+    /// With --against: the identity the server's tool pins belong to, as a gateway gives it
+    /// (`wrap --server-id`, the `serve` name) [default: the server's own name].
+    #[arg(long, value_name = "NAME", requires = "against")]
+    server_id: Option<String>,
+    /// With --against, where the gateways keep their pins (their `--counters`), to report
+    /// tools whose definition differs from its pin.
+    #[command(flatten)]
+    counters: CounterArgs,
     /// The server's command and its arguments.
     #[arg(last = true, required_unless_present = "url", value_name = "CMD")]
     command: Vec<OsString>,
@@ -100,6 +109,8 @@ struct Scan {
     server: String,
     protocol: String,
     tools: Vec<ScannedTool>,
+    /// The `tools/list` entries as the server sent them (for the pins).
+    entries: Vec<Value>,
     /// Entries of `tools/list` that are not tools (no name): shown, not classified.
     unreadable: usize,
 }
@@ -163,7 +174,8 @@ async fn scan_server(args: &Args) -> anyhow::Result<Scan> {
     let (server, protocol, raw) = listed.with_context(|| format!("scanning `{shown}`"))?;
     let mut unreadable = 0;
     let tools = raw
-        .into_iter()
+        .iter()
+        .cloned()
         .filter_map(|t| match serde_json::from_value::<ToolInfo>(t) {
             Ok(info) => Some(ScannedTool::new(info)),
             Err(_) => {
@@ -176,6 +188,7 @@ async fn scan_server(args: &Args) -> anyhow::Result<Scan> {
         server: server.unwrap_or(shown),
         protocol,
         tools,
+        entries: raw,
         unreadable,
     })
 }
@@ -258,7 +271,8 @@ fn report_against(args: &Args, path: &Path, scan: &Scan) -> anyhow::Result<ExitC
         LoadError::Invalid(d) => anyhow::anyhow!("{d}\n{} is not a valid policy", path.display()),
         other => anyhow::Error::new(other),
     })?;
-    let findings = compare(&policy, &scan.tools);
+    let mut findings = compare(&policy, &scan.tools);
+    findings.extend(pin_findings(args, scan)?);
     let mut out = std::io::stdout().lock();
     if args.json {
         let doc = serde_json::json!({
@@ -293,6 +307,27 @@ fn report_against(args: &Args, path: &Path, scan: &Scan) -> anyhow::Result<ExitC
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The offered tools whose definition differs from its pin in the gateways' pin store
+/// (none with `--counters memory`: each gateway keeps its own).
+fn pin_findings(args: &Args, scan: &Scan) -> anyhow::Result<Vec<against::Finding>> {
+    match args.counters.spec()? {
+        StoreSpec::Memory => {
+            eprintln!("note: with --counters memory there is no pin store to compare with");
+            return Ok(Vec::new());
+        }
+        // No file, no pins: nothing is created for a comparison.
+        StoreSpec::Sqlite(path) if !path.exists() => return Ok(Vec::new()),
+        _ => {}
+    }
+    let server = args.server_id.as_deref().unwrap_or(&scan.server);
+    let (store, _) = args
+        .counters
+        .open_pins()
+        .context("cannot open the pin store (where --counters are)")?;
+    let pins = store.list(Some(server)).map_err(|e| anyhow::anyhow!(e.0))?;
+    Ok(against::changed_pins(server, &pins, &scan.entries))
 }
 
 /// Parses a `--header "Name: value"`. The transport's own headers (session, protocol

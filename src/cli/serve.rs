@@ -78,6 +78,10 @@ pub(super) struct Args {
     /// gateway's discovery file.
     #[arg(long)]
     metrics_public: bool,
+    /// NAME=ID: the tool pins of server NAME belong to identity ID instead of NAME
+    /// (repeatable), e.g. to share pins with a `wrap --server-id ID` of the same server.
+    #[arg(long, value_name = "NAME=ID", value_parser = server_id)]
+    server_id: Vec<(String, String)>,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -94,6 +98,18 @@ servers.json:
 Agents then use http://127.0.0.1:8787/mcp/time with "Authorization: Bearer <token>".
 Prometheus on this host scrapes http://127.0.0.1:8787/metrics when serve runs with
 --metrics-public (see the README's Observability section)."#;
+
+/// Reads `NAME=ID` (both non-empty).
+fn server_id(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, id)) if !name.is_empty() && !id.is_empty() => {
+            Ok((name.to_owned(), id.to_owned()))
+        }
+        _ => Err(format!(
+            "`{text}` is not NAME=ID (a server of SERVERS.json, then the identity of its pins)"
+        )),
+    }
+}
 
 /// A number of seconds above zero and below a day.
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -184,9 +200,20 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
         )
         .with_audit(started.audit.clone())
         .with_traces(started.traces.clone())
+        .with_pins(Some(started.pins.clone()), None)
         .with_shadow_policy(started.shadow_handle()),
     );
     let names: Vec<String> = servers.keys().cloned().collect();
+    if let Some((unknown, _)) = args
+        .server_id
+        .iter()
+        .find(|(name, _)| !servers.contains_key(name))
+    {
+        anyhow::bail!(
+            "--server-id names `{unknown}`, which is not a server of {}",
+            args.servers.display()
+        );
+    }
     // What is open now (runtime, policy watcher, audit log, counters, event websocket) is
     // counted as used; the plan keeps a reserve beyond it for reloads and the like.
     let in_use = fd_limit::open_now().unwrap_or(64);
@@ -241,6 +268,7 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
                     (false, None) => Access::Closed,
                 },
             }),
+            server_ids: args.server_id.iter().cloned().collect(),
         },
     );
     tracing::info!(

@@ -22,6 +22,11 @@ pub(super) struct Args {
     /// Who the calls are attributed to (limits with scope "grant" count per grant).
     #[arg(long, value_name = "NAME", default_value = "default")]
     grant: String,
+    /// The identity the server's tool pins belong to [default: the server's own name, its
+    /// `serverInfo.name`]. Not the command line: upgrading the server keeps its pins, and
+    /// its changed tools are reviewed rather than pinned afresh.
+    #[arg(long, value_name = "NAME")]
+    server_id: Option<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
     /// The server's command and its arguments.
@@ -78,6 +83,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         )
         .with_audit(started.audit.clone())
         .with_traces(started.traces.clone())
+        .with_pins(Some(started.pins.clone()), args.server_id)
         .with_shadow_policy(started.shadow_handle()),
     );
 

@@ -97,10 +97,26 @@ pub enum ResolveError {
     AlreadyResolved(String),
 }
 
+/// Who answers the `accept_pin` command: the gateway's tool pins
+/// ([`crate::gateway::pinning::ToolPins`]). A hub without one refuses the command.
+pub(crate) trait PinReview: Send + Sync {
+    /// Accepts the offered definition of `tool` of `server` whose fingerprint is given; an
+    /// error says why nothing was accepted.
+    fn accept_pin<'a>(
+        &'a self,
+        server: &'a str,
+        tool: &'a str,
+        fingerprint: &'a str,
+        operator: Option<String>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), String>>;
+}
+
 /// The hub of one gateway.
 #[derive(Debug)]
 pub struct Hub {
     info: GatewayInfo,
+    /// Set once by a gateway that pins tools; weak, since the pins publish through the hub.
+    pin_review: OnceLock<std::sync::Weak<dyn PinReview>>,
     next_call: AtomicU64,
     state: Mutex<HubState>,
     /// Every event, for in-process subscribers ([`Hub::subscribe`]).
@@ -266,6 +282,7 @@ impl Hub {
         let (frames, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         Arc::new(Hub {
             info,
+            pin_review: OnceLock::new(),
             next_call: AtomicU64::new(1),
             state: Mutex::new(HubState::default()),
             events,
@@ -275,6 +292,16 @@ impl Hub {
 
     pub fn info(&self) -> &GatewayInfo {
         &self.info
+    }
+
+    /// Makes `review` answer `accept_pin` (the first one set stays).
+    pub(crate) fn set_pin_review(&self, review: std::sync::Weak<dyn PinReview>) {
+        let _ = self.pin_review.set(review);
+    }
+
+    /// Who answers `accept_pin`, if this gateway pins tools.
+    pub(crate) fn pin_review(&self) -> Option<Arc<dyn PinReview>> {
+        self.pin_review.get()?.upgrade()
     }
 
     /// A fresh call id, `<gateway id>-<n>`.

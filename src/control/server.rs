@@ -427,7 +427,7 @@ async fn serve_connection(
             }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    let reply = handle_command(&hub, &identity, text.as_str());
+                    let reply = handle_command(&hub, &identity, text.as_str()).await;
                     send_event(&mut ws, &per_client(&hub, hub.latest_seq(), EventKind::Reply(reply)))
                         .await?;
                 }
@@ -554,7 +554,7 @@ async fn send_event(ws: &mut Socket, event: &Event) -> Result<(), ConnectionErro
 }
 
 /// Runs one client command; every outcome, including garbage, is a [`Reply`].
-fn handle_command(hub: &Hub, identity: &Identity, text: &str) -> Reply {
+async fn handle_command(hub: &Hub, identity: &Identity, text: &str) -> Reply {
     let msg: ClientMsg = match serde_json::from_str(text) {
         Ok(msg) => msg,
         Err(e) => {
@@ -603,11 +603,30 @@ fn handle_command(hub: &Hub, identity: &Identity, text: &str) -> Reply {
                 reason: reason.map(cap),
             },
         ),
-        ClientMsg::AcceptPin { id, .. } => {
+        ClientMsg::AcceptPin {
+            id,
+            server,
+            tool,
+            fingerprint,
+            operator,
+        } => {
+            let accepted = match hub.pin_review() {
+                Some(review) => {
+                    review
+                        .accept_pin(
+                            &server,
+                            &tool,
+                            &fingerprint,
+                            identity.operator_name(operator).map(cap),
+                        )
+                        .await
+                }
+                None => Err("this gateway does not pin tools".into()),
+            };
             return Reply {
                 id,
-                ok: false,
-                error: Some("this gateway does not pin tools".into()),
+                ok: accepted.is_ok(),
+                error: accepted.err(),
             };
         }
     };

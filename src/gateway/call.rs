@@ -5,6 +5,7 @@
 //! Nothing here knows about streams or connections: the stdio core ([`super::core`]) and the
 //! HTTP gateway call these per message.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -333,35 +334,31 @@ impl Gateway {
     }
 
     /// Applies `hide` to a `tools/list` result, or says why it cannot be filtered: then the
-    /// answer must not reach the client. A result is filtered when it is an object whose
-    /// `tools` is an array of objects each with a string `name`; a 2026-07-28 interim result
-    /// (`resultType` other than `complete`) may carry no `tools` at all.
+    /// answer must not reach the client (see [`ToolsPage::read`]).
     pub fn filter_tools_list(&self, result: &RawValue) -> Result<ToolsListed, String> {
-        // The reasons quote nothing from the result: they reach the client.
-        let mut result: serde_json::Map<String, Value> = serde_json::from_str(result.get())
-            .map_err(|_| "the result is not an object".to_owned())?;
-        let interim = result
-            .get("resultType")
-            .is_some_and(|t| t.as_str() != Some("complete"));
-        let tools = match result.get_mut("tools") {
-            Some(Value::Array(tools)) => tools,
-            None if interim => {
-                return Ok(ToolsListed {
-                    offered: Vec::new(),
-                    result: Value::Object(result),
-                });
-            }
-            None => return Err("the result has no `tools`".into()),
-            Some(_) => return Err("`tools` is not an array".into()),
+        Ok(self.filter_tools_page(ToolsPage::read(result)?, &HashSet::new()))
+    }
+
+    /// Applies `hide`, and leaves out the `withheld` tools (quarantined by their pins).
+    pub(crate) fn filter_tools_page(
+        &self,
+        page: ToolsPage,
+        withheld: &HashSet<String>,
+    ) -> ToolsListed {
+        let mut result = page.result;
+        let Some(Value::Array(tools)) = result.get_mut("tools") else {
+            return ToolsListed {
+                offered: Vec::new(),
+                result: Value::Object(result),
+            };
         };
         let policy = self.policy.load();
         let mut offered = Vec::with_capacity(tools.len());
         let mut kept = Vec::with_capacity(tools.len());
-        for (n, tool) in std::mem::take(tools).into_iter().enumerate() {
-            let Some(name) = tool.get("name").and_then(Value::as_str) else {
-                return Err(format!("tool {n} has no string `name`"));
-            };
-            let hidden = policy.is_hidden(name);
+        for tool in std::mem::take(tools) {
+            // `ToolsPage::read` checked that every tool has a string name.
+            let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+            let hidden = policy.is_hidden(name) || withheld.contains(name);
             if let Ok(info) = serde_json::from_value::<ToolInfo>(tool.clone()) {
                 offered.push(info);
             }
@@ -370,10 +367,79 @@ impl Gateway {
             }
         }
         *tools = kept;
-        Ok(ToolsListed {
+        ToolsListed {
             offered,
             result: Value::Object(result),
+        }
+    }
+
+    /// Why a call to `tool` is refused because its tool is quarantined by its pin (see
+    /// [`super::pinning::ToolPins::refusal`]), as the decision to publish; `server_id` is
+    /// the identity the connection's pins belong to. One lookup in memory.
+    pub(crate) fn pin_refusal(&self, server_id: &str, tool: &str) -> Option<Decision> {
+        let pins = self.pins.as_ref()?;
+        let refusal = pins.refusal(server_id, tool, &self.policy.load())?;
+        Some(Decision {
+            verdict: Verdict::Deny,
+            rule: refusal.rule.to_owned(),
+            reason: refusal.reason,
+            retry_after_ms: None,
+            hidden: false,
+            approval_timeout_ms: None,
+            reservation: Reservation::default(),
+            tool: tool.to_owned(),
+            shadow: None,
         })
+    }
+}
+
+/// A `tools/list` result read and checked, before filtering.
+#[derive(Debug)]
+pub(crate) struct ToolsPage {
+    result: serde_json::Map<String, Value>,
+}
+
+impl ToolsPage {
+    /// Reads a `tools/list` result, or says why it cannot be filtered: then the answer must
+    /// not reach the client. A result is filtered when it is an object whose `tools` is an
+    /// array of objects each with a string `name`; a 2026-07-28 interim result (`resultType`
+    /// other than `complete`) may carry no `tools` at all.
+    pub(crate) fn read(result: &RawValue) -> Result<ToolsPage, String> {
+        // The reasons quote nothing from the result: they reach the client.
+        let result: serde_json::Map<String, Value> = serde_json::from_str(result.get())
+            .map_err(|_| "the result is not an object".to_owned())?;
+        let interim = result
+            .get("resultType")
+            .is_some_and(|t| t.as_str() != Some("complete"));
+        match result.get("tools") {
+            Some(Value::Array(tools)) => {
+                for (n, tool) in tools.iter().enumerate() {
+                    if tool.get("name").and_then(Value::as_str).is_none() {
+                        return Err(format!("tool {n} has no string `name`"));
+                    }
+                }
+            }
+            None if interim => {}
+            None => return Err("the result has no `tools`".into()),
+            Some(_) => return Err("`tools` is not an array".into()),
+        }
+        Ok(ToolsPage { result })
+    }
+
+    /// The page's tool entries (none for an interim result).
+    pub(crate) fn tools(&self) -> &[Value] {
+        match self.result.get("tools") {
+            Some(Value::Array(tools)) => tools,
+            _ => &[],
+        }
+    }
+
+    /// The cursor of the next page, if the server says there is one.
+    pub(crate) fn next_cursor(&self) -> Option<String> {
+        self.result
+            .get("nextCursor")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 }
 

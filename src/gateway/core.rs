@@ -38,7 +38,8 @@
 //! timeout, cancellation and shutdown race-free without further locking.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -48,17 +49,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
 use super::budget::{ByteBudget, Charge};
-use super::call::{CallAnswer, Deciding};
+use super::call::{CallAnswer, Deciding, ToolsPage};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, code};
 use super::line_writer::{Out, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
-use crate::policy::{Decision, Reservation, Verdict};
+use crate::policy::{Decision, PinMode, Reservation, Verdict};
 use crate::telemetry::CallSpans;
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
 
 /// At most this many 2026-07-28 calls wait for their `input_required` retry.
 const MAX_CONTINUATIONS: usize = 1024;
+/// At most this many of the gateway's own `tools/list` requests wait for their answers.
+const MAX_RELISTS: usize = 16;
 /// How long the last answers may take to reach the client when the connection ends.
 const CLIENT_DRAIN: Duration = Duration::from_secs(5);
 /// Queue length between a reader and the other side's writer (its bytes are bounded by a
@@ -150,6 +153,8 @@ where
         max_message: options.max_message,
         held_lines: ByteBudget::for_messages(options.max_message),
         protocol_version: std::sync::OnceLock::new(),
+        server_name: OnceLock::new(),
+        next_relist: AtomicU64::new(1),
     });
 
     let client_reader = LineReader::new(client_reader, options.max_message);
@@ -336,6 +341,11 @@ struct Shared {
     /// The protocol version the connection's `initialize` settled on, read from its answer
     /// only when tracing is on (spans carry it as `mcp.protocol.version`).
     protocol_version: std::sync::OnceLock<Box<str>>,
+    /// The server's own name (`serverInfo.name` of its `initialize` or `server/discover`
+    /// answer): the identity of its tool pins when the gateway was given none.
+    server_name: OnceLock<String>,
+    /// Numbers the gateway's own `tools/list` requests (`toolgate-pins-N`).
+    next_relist: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -352,6 +362,14 @@ struct ConnState {
     /// Requests the upstream sent the client (sampling, elicitation, roots) and that the
     /// client has not answered yet: the only answers from the client that are forwarded.
     server_pending: HashSet<IdKey>,
+    /// The gateway's own `tools/list` requests upstream (after
+    /// `notifications/tools/list_changed`), by id, each with whether it asks for the first
+    /// page. Their answers are the gateway's: never forwarded to the client. Their ids are
+    /// in flight for the client too, so a client request cannot take one.
+    relists: HashMap<IdKey, bool>,
+    /// The `_meta` of the client's latest `tools/list` (2026-07-28 clients send their
+    /// protocol version there), repeated on the gateway's own.
+    list_meta: Option<Box<RawValue>>,
 }
 
 impl ConnState {
@@ -359,7 +377,9 @@ impl ConnState {
     /// call waiting for its `input_required` retry is not: it was answered, and its retry
     /// is found by tool and arguments.)
     fn client_id_in_flight(&self, id: &IdKey) -> bool {
-        self.pending.contains_key(id) || self.holds.contains_key(id)
+        self.pending.contains_key(id)
+            || self.holds.contains_key(id)
+            || self.relists.contains_key(id)
     }
 }
 
@@ -376,6 +396,9 @@ enum Forwarded {
         first_page: bool,
         spans: Option<Box<CallSpans>>,
     },
+    /// `initialize` or `server/discover`: its answer names the server (`serverInfo`).
+    /// With its spans, when tracing is on.
+    Handshake(Option<Box<CallSpans>>),
     Call(CallInFlight),
 }
 
@@ -468,6 +491,21 @@ enum Disposition {
     Replace(Vec<u8>),
     /// Answer the sender with this.
     Answer(Vec<u8>),
+    /// An upstream answer to the client's `tools/list`: pins checked (which may wait for
+    /// the pin store), then filtered and sent to the client.
+    Listed {
+        id: IdKey,
+        result: Box<RawValue>,
+        first_page: bool,
+    },
+    /// An upstream answer to the gateway's own `tools/list`: pins checked, the next page
+    /// asked for; nothing reaches the client.
+    Relisted {
+        result: Box<RawValue>,
+    },
+    /// Forward the upstream's `notifications/tools/list_changed`, then list the tools again
+    /// for the pins.
+    ForwardThenRelist,
     Nothing,
 }
 
@@ -525,6 +563,32 @@ impl Shared {
     async fn act(&self, side: Side, action: Disposition, bytes: Vec<u8>) {
         match (side, action) {
             (_, Disposition::Nothing) => {}
+            (
+                Side::Upstream,
+                Disposition::Listed {
+                    id,
+                    result,
+                    first_page,
+                },
+            ) => {
+                let line = self.tools_listed(&id, &result, first_page).await;
+                self.send_client(line).await;
+            }
+            (Side::Upstream, Disposition::Relisted { result }) => self.relisted(&result).await,
+            (Side::Upstream, Disposition::ForwardThenRelist) => {
+                self.send_client(bytes).await;
+                if self.gateway.pins.is_some() && self.gateway.policy.load().pins() != PinMode::Off
+                {
+                    self.relist(None);
+                }
+            }
+            // Only upstream messages are listed.
+            (
+                Side::Client,
+                Disposition::Listed { .. }
+                | Disposition::Relisted { .. }
+                | Disposition::ForwardThenRelist,
+            ) => {}
             (Side::Client, Disposition::Forward) => self.forward_upstream(bytes).await,
             (Side::Client, Disposition::Replace(other))
             | (Side::Upstream, Disposition::Answer(other)) => {
@@ -706,9 +770,16 @@ impl Shared {
             "tools/list" => {
                 let first_page = jsonrpc::cursor(env.params).is_none();
                 let (spans, traced) = self.trace_request(&id, method, env.params, bytes);
-                self.lock()
+                let mut state = self.lock();
+                state.list_meta = jsonrpc::meta(env.params);
+                state
                     .pending
                     .insert(id, Forwarded::ToolsList { first_page, spans });
+                traced.map_or(Disposition::Forward, Disposition::Replace)
+            }
+            "initialize" | "server/discover" => {
+                let (spans, traced) = self.trace_request(&id, method, env.params, bytes);
+                self.lock().pending.insert(id, Forwarded::Handshake(spans));
                 traced.map_or(Disposition::Forward, Disposition::Replace)
             }
             _ => {
@@ -842,6 +913,13 @@ impl Shared {
             held_room,
             spans,
         };
+        // A quarantined tool is refused before the policy is asked: it takes no units.
+        if let Some(decision) = self
+            .gateway
+            .pin_refusal(self.server_identity(), &call.params.name)
+        {
+            return self.decided(call, decision, no_hold, bytes, false);
+        }
         match self
             .gateway
             .start_decision(&self.session, &call.params.name, &call.args)
@@ -1136,6 +1214,20 @@ impl Shared {
             Shape::Response { id } => {
                 let pending = {
                     let mut state = self.lock();
+                    if state.relists.remove(&id).is_some() {
+                        drop(state);
+                        return match env.result {
+                            Some(result) => Disposition::Relisted {
+                                result: result.to_owned(),
+                            },
+                            None => {
+                                tracing::warn!(
+                                    "the MCP server answered the gateway's own tools/list with an error"
+                                );
+                                Disposition::Nothing
+                            }
+                        };
+                    }
                     match state.pending.remove(&id) {
                         // The upstream has not been sent this call yet.
                         Some(Forwarded::Deciding) => {
@@ -1159,14 +1251,25 @@ impl Shared {
                         }
                         Disposition::Forward
                     }
+                    Forwarded::Handshake(spans) => {
+                        if let Some(spans) = spans {
+                            self.request_answered(&spans, env);
+                        }
+                        if let Some(name) = env.result.and_then(server_name) {
+                            let _ = self.server_name.set(name);
+                        }
+                        Disposition::Forward
+                    }
                     Forwarded::ToolsList { first_page, spans } => {
                         if let Some(spans) = spans {
                             self.request_answered(&spans, env);
                         }
                         match env.result {
-                            Some(result) => {
-                                Disposition::Replace(self.tools_listed(&id, result, first_page))
-                            }
+                            Some(result) => Disposition::Listed {
+                                id,
+                                result: result.to_owned(),
+                                first_page,
+                            },
                             // An error lists no tools.
                             None => Disposition::Forward,
                         }
@@ -1216,6 +1319,9 @@ impl Shared {
                 {
                     // The client's late answer to it is not owed any more.
                     self.lock().server_pending.remove(&target);
+                }
+                if method == "notifications/tools/list_changed" {
+                    return Disposition::ForwardThenRelist;
                 }
                 Disposition::Forward
             }
@@ -1273,11 +1379,98 @@ impl Shared {
         self.gateway.traces.as_ref()?.forwarded(spans?, line)
     }
 
-    /// Applies `hide` to a `tools/list` answer and publishes the tools offered; returns
-    /// what the client gets instead: the filtered list, re-encoded, or an error when the
-    /// answer cannot be filtered (never the upstream's bytes).
-    fn tools_listed(&self, id: &IdKey, result: &RawValue, first_page: bool) -> Vec<u8> {
-        let listed = match self.gateway.filter_tools_list(result) {
+    /// The identity this connection's tool pins belong to: the gateway's (`--server-id`,
+    /// the `serve` name), else the server's own name, else the gateway's name for it.
+    fn server_identity(&self) -> &str {
+        self.gateway
+            .server_id
+            .as_deref()
+            .or_else(|| self.server_name.get().map(String::as_str))
+            .unwrap_or(&self.gateway.server)
+    }
+
+    /// Checks a `tools/list` page against the pins; answers the tools to withhold.
+    async fn pins_withheld(&self, page: &ToolsPage) -> HashSet<String> {
+        let Some(pins) = &self.gateway.pins else {
+            return HashSet::new();
+        };
+        let policy = self.gateway.policy.load_full();
+        pins.check_page(self.server_identity(), &policy, page.tools())
+            .await
+    }
+
+    /// Sends the gateway's own `tools/list` upstream (the page after `cursor`, or the first),
+    /// under an id of its own that no client request holds.
+    fn relist(&self, cursor: Option<String>) {
+        let (id, meta) = {
+            let mut state = self.lock();
+            if state.relists.len() >= MAX_RELISTS {
+                tracing::warn!(
+                    "{MAX_RELISTS} of the gateway's own tools/list requests are unanswered; not sending another"
+                );
+                return;
+            }
+            let id = loop {
+                let n = self.next_relist.fetch_add(1, Ordering::Relaxed);
+                let id = IdKey::Str(format!("toolgate-pins-{n}").into());
+                if !state.client_id_in_flight(&id) {
+                    break id;
+                }
+            };
+            state.relists.insert(id.clone(), cursor.is_none());
+            (id, state.list_meta.as_ref().map(|m| m.get().to_owned()))
+        };
+        let mut params = String::from("{");
+        if let Some(cursor) = &cursor {
+            params.push_str(&format!("\"cursor\":{}", Value::String(cursor.clone())));
+        }
+        if let Some(meta) = meta {
+            if cursor.is_some() {
+                params.push(',');
+            }
+            params.push_str(&format!("\"_meta\":{meta}"));
+        }
+        params.push('}');
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/list","params":{params}}}"#,
+            id.json()
+        );
+        // Never waits for room: this runs on the upstream's reader, which must keep reading
+        // for the upstream to drain its input. A list that does not fit now is skipped.
+        if !self.to_upstream.try_send(line.into_bytes()) {
+            tracing::warn!("the upstream's queue is full; the gateway's own tools/list is skipped");
+            self.lock().relists.remove(&id);
+        }
+    }
+
+    /// The answer to one of the gateway's own `tools/list` requests: pins checked, the next
+    /// page asked for.
+    async fn relisted(&self, result: &RawValue) {
+        let page = match ToolsPage::read(result) {
+            Ok(page) => page,
+            Err(why) => {
+                tracing::warn!("the MCP server's answer to the gateway's own tools/list: {why}");
+                return;
+            }
+        };
+        self.pins_withheld(&page).await;
+        if let Some(cursor) = page.next_cursor() {
+            self.relist(Some(cursor));
+        }
+    }
+
+    /// Applies `hide` and the pins to a `tools/list` answer and publishes the tools offered;
+    /// returns what the client gets instead: the filtered list, re-encoded, or an error when
+    /// the answer cannot be filtered (never the upstream's bytes).
+    async fn tools_listed(&self, id: &IdKey, result: &RawValue, first_page: bool) -> Vec<u8> {
+        let page = match ToolsPage::read(result) {
+            Ok(page) => {
+                let withheld = self.pins_withheld(&page).await;
+                Ok(self.gateway.filter_tools_page(page, &withheld))
+            }
+            Err(why) => Err(why),
+        };
+        let listed = match page {
             Ok(listed) => listed,
             Err(why) => {
                 tracing::warn!("withheld a tools/list answer from the upstream: {why}");
@@ -1335,6 +1528,7 @@ impl Shared {
             match &pending {
                 Forwarded::Call(call) => self.finish_call(call, true, Some(why.to_owned())),
                 Forwarded::Plain(Some(spans))
+                | Forwarded::Handshake(Some(spans))
                 | Forwarded::ToolsList {
                     spans: Some(spans), ..
                 } => spans.failed("upstream_gone"),
@@ -1361,4 +1555,23 @@ fn not_a_message(side: Side, why: &str) -> Disposition {
         code::INVALID_REQUEST,
         &format!("invalid request: {why}"),
     ))
+}
+
+/// `serverInfo.name` of an `initialize` or `server/discover` result, when it is a non-empty
+/// string of at most 256 bytes.
+fn server_name(result: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        name: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Handshake {
+        #[serde(rename = "serverInfo")]
+        server_info: Info,
+    }
+    let name = serde_json::from_str::<Handshake>(result.get())
+        .ok()?
+        .server_info
+        .name;
+    (!name.is_empty() && name.len() <= 256).then_some(name)
 }

@@ -643,6 +643,19 @@ pub(crate) fn error_code(error: Option<&RawValue>) -> Option<i64> {
     )
 }
 
+/// The `_meta` of a request's params, as sent, when it is an object.
+pub(crate) fn meta(params: Option<&RawValue>) -> Option<Box<RawValue>> {
+    #[derive(Deserialize)]
+    struct P<'a> {
+        #[serde(default, borrow, rename = "_meta")]
+        meta: Option<&'a RawValue>,
+    }
+    let p: P<'_> = serde_json::from_str(params?.get()).ok()?;
+    p.meta
+        .filter(|m| m.get().starts_with('{'))
+        .map(ToOwned::to_owned)
+}
+
 /// The `requestId` of a `notifications/cancelled`, when it is a valid id.
 pub(crate) fn cancelled_request(params: Option<&RawValue>) -> Option<IdKey> {
     #[derive(Deserialize)]

@@ -13,6 +13,7 @@
 //! - [`line_writer`] — write a queue of lines to a peer, giving their bytes back as written.
 //! - [`budget`] — byte budgets on the queues between a reader and a writer.
 //! - [`call`] — per-call logic shared by every transport: decide, hold, `hide`, outcome.
+//! - [`pinning`] — tool pins: fingerprint each listed tool, compare with its pin, quarantine.
 //! - [`core`] — the stdio-style proxy loop: forwarding, pending requests, holds, faults.
 //! - [`audit`] — the JSON-lines audit log.
 //! - [`reload`] — watch the policy file and swap in each valid new version.
@@ -36,6 +37,7 @@ pub(crate) mod http;
 pub(crate) mod jsonrpc;
 pub(crate) mod line_writer;
 pub(crate) mod lines;
+pub(crate) mod pinning;
 pub(crate) mod reload;
 pub(crate) mod startup;
 pub(crate) mod stdio;
@@ -110,6 +112,11 @@ pub struct Gateway {
     pub hold_progress_interval: Duration,
     /// Spans per call, when tracing is on (`--otlp`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub traces: Option<Arc<crate::telemetry::Tracing>>,
+    /// Tool pins, shared by every connection of the gateway process; `None`: no pinning.
+    pub(crate) pins: Option<Arc<pinning::ToolPins>>,
+    /// The server identity pins belong to (`--server-id`, the `serve` server name); `None`:
+    /// the server's own `serverInfo.name`, once its `initialize` answer is seen.
+    pub(crate) server_id: Option<String>,
     /// `--shadow-policy`: every call is also decided by it, and a difference is reported as
     /// the decision's shadow.
     pub shadow_policy: Option<ShadowPolicyHandle>,
@@ -145,8 +152,21 @@ impl Gateway {
             clock: Arc::new(SystemWallClock),
             hold_progress_interval: HOLD_PROGRESS_INTERVAL,
             traces: None,
+            pins: None,
+            server_id: None,
             shadow_policy: None,
         }
+    }
+
+    /// The same gateway pinning tools in `pins`, under the identity `server_id` when given.
+    pub fn with_pins(
+        mut self,
+        pins: Option<Arc<pinning::ToolPins>>,
+        server_id: Option<String>,
+    ) -> Gateway {
+        self.pins = pins;
+        self.server_id = server_id;
+        self
     }
 
     pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Gateway {

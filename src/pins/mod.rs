@@ -10,17 +10,20 @@
 //! - [`diff`] — what changed between a pinned definition and a new one (word diff of the
 //!   description, structural diff of the rest, risk class change), as data.
 //! - [`store`] — [`PinStore`]: first fingerprint wins, in memory or in the SQLite counter
-//!   file.
+//!   file; [`redis`] — the same in the counters' Redis.
 //!
-//! Not yet wired: the gateway does not pin or quarantine, and the policy's `pins` and
-//! `quarantine_flagged` fields are still refused by the policy compiler.
+//! The gateway uses them in `gateway::pinning` (fingerprint every listed tool, quarantine
+//! under the policy's `pins` and `quarantine_flagged`); `toolgate pins` (`cli/pins.rs`)
+//! lists, accepts and resets pins in the same store.
 
 pub(crate) mod canonical;
 pub(crate) mod checks;
 pub(crate) mod diff;
 pub(crate) mod fingerprint;
+pub(crate) mod redis;
 pub(crate) mod store;
 
 pub use checks::{Finding, Flag, check_description};
 pub use fingerprint::{Fingerprint, ToolDefinition, fingerprint_list};
+pub use redis::RedisPins;
 pub use store::{MemoryPins, Pin, PinOutcome, PinStore, PinStoreError, SqlitePins};

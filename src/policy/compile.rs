@@ -31,7 +31,7 @@ use super::glob::Glob;
 use super::json::{self, Member, Node, Value};
 use super::path::{PathProblem, Root};
 use super::store::Scope;
-use super::{Action, CounterDef, Diagnostic, LimitUse, Policy, Rule};
+use super::{Action, CounterDef, Diagnostic, LimitUse, PinMode, Policy, Rule};
 
 /// Default time a held call waits for an operator.
 pub(super) const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 120_000;
@@ -46,6 +46,8 @@ const TOP_FIELDS: &[&str] = &[
     "approval_timeout",
     "all_tools",
     "tools",
+    "pins",
+    "quarantine_flagged",
 ];
 const RULE_FIELDS: &[&str] = &[
     "action",
@@ -65,8 +67,8 @@ const CONDITION_FIELDS: &[&str] = &["path", "op", "value"];
 
 /// A field the policy format defines for a feature this version does not implement yet.
 /// Its presence refuses the policy (with a message saying so, not "unknown field"): a
-/// `"pins": "enforce"` silently ignored would make the gateway do something other than what
-/// the file says.
+/// `"learn": true` silently ignored would make the gateway do something other than what the
+/// file says.
 struct LaterField {
     /// Where the field belongs (the `what` of [`Compiler::object`]).
     within: &'static str,
@@ -81,32 +83,15 @@ struct LaterField {
 
 enum LaterValues {
     Boolean,
-    OneOf(&'static [&'static str]),
 }
 
-const LATER_FIELDS: &[LaterField] = &[
-    LaterField {
-        within: "the policy",
-        name: "pins",
-        values: LaterValues::OneOf(&["enforce", "warn", "off"]),
-        feature: "tool pinning",
-        without: "a changed tool definition would go unnoticed",
-    },
-    LaterField {
-        within: "the policy",
-        name: "quarantine_flagged",
-        values: LaterValues::Boolean,
-        feature: "quarantine of flagged tools",
-        without: "a flagged tool would stay callable",
-    },
-    LaterField {
-        within: "the policy",
-        name: "learn",
-        values: LaterValues::Boolean,
-        feature: "learn mode",
-        without: "no observations would be recorded",
-    },
-];
+const LATER_FIELDS: &[LaterField] = &[LaterField {
+    within: "the policy",
+    name: "learn",
+    values: LaterValues::Boolean,
+    feature: "learn mode",
+    without: "no observations would be recorded",
+}];
 
 fn later_field(within: &str, name: &str) -> Option<&'static LaterField> {
     LATER_FIELDS
@@ -252,19 +237,12 @@ impl Compiler {
     fn not_implemented(&mut self, m: &Member, pointer: &str, later: &LaterField) {
         let node = &m.value;
         let name = later.name;
-        let fits = match (&later.values, &node.value) {
-            (LaterValues::Boolean, Value::Bool(_)) => true,
-            (LaterValues::OneOf(values), Value::String(s)) => values.contains(&s.as_str()),
-            _ => false,
+        let fits = match later.values {
+            LaterValues::Boolean => matches!(node.value, Value::Bool(_)),
         };
         if !fits {
             let expected = match later.values {
                 LaterValues::Boolean => "true or false".to_string(),
-                LaterValues::OneOf(values) => values
-                    .iter()
-                    .map(|v| quote(v))
-                    .collect::<Vec<_>>()
-                    .join(", "),
             };
             self.problem(
                 node.offset,
@@ -338,6 +316,23 @@ impl Compiler {
         }
     }
 
+    fn pin_mode(&mut self, node: &Node, pointer: &str) -> Option<PinMode> {
+        match self.string(node, pointer, "pins")? {
+            "enforce" => Some(PinMode::Enforce),
+            "warn" => Some(PinMode::Warn),
+            "off" => Some(PinMode::Off),
+            other => {
+                self.problem(
+                    node.offset,
+                    pointer.to_string(),
+                    format!("unknown pins mode {}", quote(other)),
+                    "expected enforce, warn or off".to_string(),
+                );
+                None
+            }
+        }
+    }
+
     fn action(&mut self, node: &Node, pointer: &str, what: &str) -> Option<Action> {
         let s = self.string(node, pointer, what)?;
         match s {
@@ -378,6 +373,8 @@ impl Compiler {
             shadow_rules: 0,
             shadow_rule_counter_names: Vec::new(),
             shadow_policy_counter_names: Vec::new(),
+            pins: PinMode::Warn,
+            quarantine_flagged: false,
         };
 
         // Members in document order, so that "the second definition" of a counter is the
@@ -426,6 +423,24 @@ impl Compiler {
                     }
                 }
                 "tools" => ok &= self.tools(node, &ptr, &mut policy),
+                "pins" => match self.pin_mode(node, &ptr) {
+                    Some(mode) => policy.pins = mode,
+                    None => ok = false,
+                },
+                "quarantine_flagged" => match &node.value {
+                    Value::Bool(b) => policy.quarantine_flagged = *b,
+                    _ => {
+                        self.error(
+                            node,
+                            &ptr,
+                            format!(
+                                "quarantine_flagged must be true or false, found {}",
+                                node.kind()
+                            ),
+                        );
+                        ok = false;
+                    }
+                },
                 _ => ok = false,
             }
         }

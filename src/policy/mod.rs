@@ -242,6 +242,23 @@ pub struct Policy {
     /// shadow limit never takes a unit from a real budget.
     shadow_rule_counter_names: Vec<Arc<str>>,
     shadow_policy_counter_names: Vec<Arc<str>>,
+    /// `pins`: what a changed tool definition gets.
+    pins: PinMode,
+    /// `quarantine_flagged`: a flagged description quarantines its tool.
+    quarantine_flagged: bool,
+}
+
+/// The policy's `pins`: what happens when a tool's definition differs from its pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PinMode {
+    /// The changed tool is quarantined: left out of `tools/list`, its calls refused, until
+    /// an operator accepts the new definition.
+    Enforce,
+    /// The change is reported; the tool stays listed and callable (an absent `pins`).
+    #[default]
+    Warn,
+    /// No pinning at all.
+    Off,
 }
 
 /// Whose budgets a decision counts against. Shadow decisions count in counters of their own,
@@ -382,6 +399,16 @@ impl Policy {
     /// The decision for tools no rule names.
     pub fn default_action(&self) -> Action {
         self.default
+    }
+
+    /// The policy's `pins` (`warn` when absent).
+    pub fn pins(&self) -> PinMode {
+        self.pins
+    }
+
+    /// The policy's `quarantine_flagged` (`false` when absent).
+    pub fn quarantine_flagged(&self) -> bool {
+        self.quarantine_flagged
     }
 
     /// How long a held call waits by default.
@@ -966,4 +993,56 @@ pub(crate) fn window_words(ms: u64) -> String {
 fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PinMode, Policy};
+
+    fn parse(top: &str) -> Result<Policy, super::Diagnostics> {
+        Policy::parse(
+            &format!(r#"{{"version": "1", "default": "deny"{top}}}"#),
+            "policy.json",
+        )
+    }
+
+    #[test]
+    fn pins_is_warn_and_quarantine_flagged_false_when_absent() {
+        let policy = parse("").expect("valid");
+        assert_eq!(policy.pins(), PinMode::Warn);
+        assert!(!policy.quarantine_flagged());
+    }
+
+    #[test]
+    fn pins_and_quarantine_flagged_are_read_at_the_top_level() {
+        for (text, mode) in [
+            ("enforce", PinMode::Enforce),
+            ("warn", PinMode::Warn),
+            ("off", PinMode::Off),
+        ] {
+            let policy = parse(&format!(
+                r#", "pins": "{text}", "quarantine_flagged": true"#
+            ))
+            .expect("valid");
+            assert_eq!(policy.pins(), mode);
+            assert!(policy.quarantine_flagged());
+        }
+    }
+
+    #[test]
+    fn a_wrong_pins_value_is_an_error_that_names_the_modes() {
+        let err = parse(r#", "pins": "sometimes""#).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("unknown pins mode \"sometimes\" (at /pins)"),
+            "{text}"
+        );
+        assert!(text.contains("expected enforce, warn or off"), "{text}");
+        let err = parse(r#", "quarantine_flagged": "yes""#).expect_err("invalid");
+        assert!(
+            err.to_string()
+                .contains("quarantine_flagged must be true or false, found a string"),
+            "{err}"
+        );
+    }
 }

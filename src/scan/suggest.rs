@@ -4,7 +4,7 @@
 //! person (`require_approval`). A tool that takes or returns secrets, or reaches outside,
 //! gets a stricter limit. Every rule carries a `reason` that says, in words, why it was
 //! suggested, so the person reviewing the file (and an agent whose call is held) reads why.
-//! The policy is `default: deny` with one rule per tool, in the server's order; it is
+//! The policy is `default: deny` and `pins: enforce` with one rule per tool, in the server's order; it is
 //! checked with [`crate::policy::Policy::parse`] before anyone sees it.
 
 use serde_json::{Map, Value, json};
@@ -199,9 +199,11 @@ pub(crate) fn starting_policy(tools: &[ScannedTool]) -> (Value, Vec<Skipped>) {
             rules.insert(name.clone(), suggested_rule(&t.info, &t.classification));
         }
     }
+    // A tool that changes after this policy was written is quarantined until reviewed.
     let policy = json!({
         "version": "1",
         "default": "deny",
+        "pins": "enforce",
         "tools": Value::Object(rules),
     });
     (policy, skipped)
@@ -290,6 +292,7 @@ mod tests {
             ["list_users", "create_user", "delete_user"]
         );
         assert_eq!(parsed.default_action(), crate::policy::Action::Deny);
+        assert_eq!(parsed.pins(), crate::policy::PinMode::Enforce);
         assert_eq!(
             skipped.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             ["odd*name", "list_users"]

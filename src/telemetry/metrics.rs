@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use chrono::{DateTime, Utc};
@@ -28,7 +27,7 @@ use super::labels::BoundedLabel;
 use crate::control::Hub;
 use crate::policy::Verdict;
 use crate::wire::{
-    CallEvent, CounterState, Event, EventKind, HoldResolved, Outcome, ResolvedBy, Tools,
+    CallEvent, CounterState, Event, EventKind, HoldResolved, Outcome, PinChange, ResolvedBy,
 };
 
 /// Calls remembered between their decision and their outcome (to label the outcome with
@@ -99,7 +98,10 @@ impl Metrics {
             EventKind::Store(status) if !status.ok => registry.store_errors += 1,
             EventKind::PolicyApplied(_) => registry.reloads.applied += 1,
             EventKind::PolicyRejected(_) => registry.reloads.rejected += 1,
-            EventKind::Tools(tools) => registry.tools_listed(tools),
+            // One per tool definition found to differ from its pin (tool pinning).
+            EventKind::ToolChanged(changed) if changed.change == PinChange::Changed => {
+                registry.tool_changes += 1;
+            }
             _ => {}
         }
     }
@@ -252,8 +254,6 @@ struct Registry {
     store_errors: u64,
     reloads: Reloads,
     tool_changes: u64,
-    /// A hash of each server's last tool list, to count changes.
-    tool_lists: HashMap<Arc<str>, u64>,
     missed: u64,
     /// The last event's `seq`.
     seen: u64,
@@ -384,25 +384,6 @@ impl Registry {
         let scope: Arc<str> = Arc::from(state.scope.as_str());
         self.counters
             .insert((counter, scope, key), (state.used, state.max));
-    }
-
-    fn tools_listed(&mut self, tools: &Tools) {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for tool in &tools.tools {
-            tool.name.hash(&mut hasher);
-            tool.description.hash(&mut hasher);
-            tool.input_schema
-                .as_ref()
-                .map(|s| s.to_string())
-                .hash(&mut hasher);
-        }
-        let hash = hasher.finish();
-        let server = self.servers.value(&tools.server);
-        if let Some(previous) = self.tool_lists.insert(server, hash)
-            && previous != hash
-        {
-            self.tool_changes += 1;
-        }
     }
 
     fn render(&self, held: usize) -> String {
@@ -543,7 +524,7 @@ impl Registry {
             &mut out,
             "toolgate_tool_changes_total",
             "counter",
-            "Times a server's tool list changed.",
+            "Tool definitions found to differ from their pins (tool_changed events).",
         );
         let _ = writeln!(out, "toolgate_tool_changes_total {}", self.tool_changes);
         header(
@@ -610,6 +591,30 @@ mod tests {
             metrics.observe(&event(kind));
         }
         metrics.render()
+    }
+
+    #[test]
+    fn tool_changes_count_changed_definitions_not_their_acceptance() {
+        let changed = |change| {
+            EventKind::ToolChanged(crate::wire::ToolChanged {
+                server: "srv".into(),
+                tool: "send".into(),
+                change,
+                pinned_fingerprint: "a".repeat(64),
+                offered_fingerprint: "b".repeat(64),
+                pinned: Value::Null,
+                offered: Value::Null,
+                quarantined: true,
+                flags: Vec::new(),
+                operator: None,
+            })
+        };
+        let text = registry_after(vec![
+            changed(PinChange::Changed),
+            changed(PinChange::Accepted),
+            changed(PinChange::Changed),
+        ]);
+        assert!(text.contains("\ntoolgate_tool_changes_total 2\n"), "{text}");
     }
 
     #[test]

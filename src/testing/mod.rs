@@ -17,9 +17,9 @@ pub mod screenshot;
 pub mod policy {
     pub use crate::policy::{
         Action, Admission, Call, CounterStore, Decision, Diagnostic, FailMode, GuardedStore,
-        KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, OwnedLimit, Policy, RedisStore,
-        Reservation, SHADOW_POLICY_COUNTER_PREFIX, SHADOW_RULE_COUNTER_PREFIX, Scope, Shadow,
-        ShadowSource, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
+        KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, OwnedLimit, PinMode, Policy,
+        RedisStore, Reservation, SHADOW_POLICY_COUNTER_PREFIX, SHADOW_RULE_COUNTER_PREFIX, Scope,
+        Shadow, ShadowSource, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
     };
 }
 
@@ -28,6 +28,7 @@ pub mod gateway {
     pub use crate::gateway::core::MAX_IN_FLIGHT;
     pub use crate::gateway::grants::{Grants, GrantsReloader};
     pub use crate::gateway::http::body::message_line;
+    pub use crate::gateway::pinning::ToolPins;
     pub use crate::gateway::reload::{PolicyReloader, load_initial};
     pub use crate::gateway::{End, Gateway, RunOptions, run};
 }
@@ -71,7 +72,7 @@ pub mod pins {
     pub use crate::pins::diff::{DefinitionDiff, JsonChange, WordKind, definition_diff};
     pub use crate::pins::{
         Finding, Fingerprint, Flag, MemoryPins, Pin, PinOutcome, PinStore, PinStoreError,
-        SqlitePins, ToolDefinition, check_description, fingerprint_list,
+        RedisPins, SqlitePins, ToolDefinition, check_description, fingerprint_list,
     };
 }
 

@@ -101,6 +101,9 @@ pub(crate) struct ServeOptions {
     pub max_message: usize,
     /// `/metrics`, in the Prometheus text format.
     pub metrics: Option<crate::telemetry::MetricsEndpoint>,
+    /// Server name → the identity its tool pins belong to (`--server-id NAME=ID`); a server
+    /// not named here pins under its own name.
+    pub server_ids: HashMap<String, String>,
 }
 
 /// The HTTP gateway: servers, grants, sessions, and the shared decision machinery.
@@ -225,6 +228,16 @@ impl HttpGateway {
                     clock: b.clock.clone(),
                     hold_progress_interval: b.hold_progress_interval,
                     traces: b.traces.clone(),
+                    pins: b.pins.clone(),
+                    // Pins belong to the server's name in SERVERS.json, unless
+                    // `--server-id NAME=ID` names another identity for it.
+                    server_id: Some(
+                        self.options
+                            .server_ids
+                            .get(server)
+                            .cloned()
+                            .unwrap_or_else(|| server.to_owned()),
+                    ),
                     shadow_policy: b.shadow_policy.clone(),
                 })
             })

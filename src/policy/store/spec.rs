@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::guard::{FailMode, GuardedStore, HealthSink};
 use super::{CounterStore, MemoryStore, RedisStore, SqliteStore, StoreError, StoreErrorKind};
+use crate::pins::{MemoryPins, PinStore, RedisPins, SqlitePins};
 use crate::wire::StoreStatus;
 
 /// The Redis key prefix when `--counters-prefix` is not given.
@@ -143,6 +144,35 @@ pub(crate) fn open(
             let guarded = GuardedStore::new(store.clone(), shown, fail).with_health_sink(sink);
             guarded.observe(store.ping().as_ref().map(|_| ()));
             Ok(Arc::new(guarded))
+        }
+    }
+}
+
+/// Opens the pin store that lives where `spec`'s counters do (tool pinning): the same SQLite
+/// file (table `tool_pins`), the same Redis under `prefix`, or this process's memory. Answers
+/// the store and a line for the start-up log saying where pins live.
+pub(crate) fn open_pins(
+    spec: &StoreSpec,
+    prefix: Option<&str>,
+) -> Result<(Arc<dyn PinStore>, String), StoreError> {
+    let failed = |e: crate::pins::PinStoreError| StoreError::new(StoreErrorKind::Config, e.0);
+    match spec {
+        StoreSpec::Memory => Ok((
+            Arc::new(MemoryPins::new()),
+            "tool pins live in this process's memory (--counters memory): they are forgotten \
+             at exit and not shared with other gateways"
+                .to_owned(),
+        )),
+        StoreSpec::Sqlite(path) => Ok((
+            Arc::new(SqlitePins::open(path).map_err(failed)?),
+            format!("tool pins in {spec}"),
+        )),
+        StoreSpec::Redis(url) => {
+            let prefix = prefix.unwrap_or(DEFAULT_PREFIX);
+            Ok((
+                Arc::new(RedisPins::new(url, &spec.to_string(), prefix).map_err(failed)?),
+                format!("tool pins in {spec} (prefix {prefix})"),
+            ))
         }
     }
 }
