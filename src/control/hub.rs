@@ -195,8 +195,9 @@ struct OpenHold {
 #[derive(Debug, Default)]
 struct RecentCalls {
     records: VecDeque<RecentCall>,
-    /// Call id → absolute position (`first + index`).
-    positions: HashMap<String, u64>,
+    /// Call id → absolute position (`first + index`), hashed cheaply ([`crate::hashing`]):
+    /// the ids are the gateway's own, at most [`RECENT_CALLS`] of them.
+    positions: crate::hashing::FastMap<String, u64>,
     /// Absolute position of `records[0]`.
     first: u64,
 }

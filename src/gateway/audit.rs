@@ -404,17 +404,18 @@ impl<H: sha2::digest::Update> std::io::Write for HashWriter<'_, H> {
 fn canonical<H: sha2::digest::Update>(value: &Value, out: &mut H) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+            // Sorted with their values: no lookup (a hash of the key) per member.
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.update(b"{");
-            for (i, key) in keys.into_iter().enumerate() {
+            for (i, (key, value)) in members.into_iter().enumerate() {
                 if i > 0 {
                     out.update(b",");
                 }
                 // The same escaping as `Value::String(key).to_string()`.
                 json_text(key.as_str(), out);
                 out.update(b":");
-                canonical(&map[key], out);
+                canonical(value, out);
             }
             out.update(b"}");
         }

@@ -52,7 +52,7 @@ impl Gateway {
             Deciding::Decided(decision) => decision,
             Deciding::Admitting(admitting) => admitting.decision().await,
         };
-        self.publish_decision(session, tool, args, decision, None, None)
+        self.publish_decision(session, tool, args.clone(), decision, None, None)
     }
 
     /// The first step of deciding a call: the policy's decision, and for a call with limits
@@ -93,12 +93,13 @@ impl Gateway {
     /// decision, and registers a hold with the hub; returns the call's id and the decision.
     /// A call the policy would hold is denied with `no_hold` as its reason when that is given
     /// (its connection cannot keep one more, or it ended while its limits were counted); the
-    /// audit record names the call's trace when it has `spans`.
+    /// audit record names the call's trace when it has `spans`. The arguments move into the
+    /// event (redacted if need be): they are not copied on the call's path.
     pub(crate) fn publish_decision(
         &self,
         session: &str,
         tool: &str,
-        args: &Value,
+        args: Value,
         mut decision: Decision,
         no_hold: Option<String>,
         spans: Option<&CallSpans>,
@@ -107,7 +108,6 @@ impl Gateway {
         if decision.verdict == Verdict::Hold {
             self.reserve_hold(&call_id, &mut decision, no_hold);
         }
-        let (event_args, args_truncated) = event_args(args);
         let hold_deadline = match decision.verdict {
             Verdict::Hold => decision.approval_timeout_ms.and_then(|ms| {
                 self.clock
@@ -118,27 +118,13 @@ impl Gateway {
             }),
             _ => None,
         };
-        let event = CallEvent {
-            call_id,
-            tool: tool.to_owned(),
-            grant: self.grant.clone(),
-            session: session.to_owned(),
-            server: self.server.clone(),
-            decision: decision.verdict,
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-            args: event_args,
-            args_truncated,
-            retry_after_ms: decision.retry_after_ms,
-            hold_deadline,
-        };
         if let Some(audit) = &self.audit {
-            let digest = audit.describe_args(args);
+            let digest = audit.describe_args(&args);
             let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
                 ts: self.clock.now(),
                 kind: "decision",
-                call_id: &event.call_id,
+                call_id: &call_id,
                 grant: &self.grant,
                 session,
                 server: &self.server,
@@ -155,8 +141,22 @@ impl Gateway {
                 span_id: trace.as_ref().map(|(_, span)| span.as_str()),
             });
         }
-        let call_id = event.call_id.clone();
-        // The event moves into the hub: its arguments are not copied a second time.
+        let (args, args_truncated) = event_args(args);
+        let event = CallEvent {
+            call_id: call_id.clone(),
+            tool: tool.to_owned(),
+            grant: self.grant.clone(),
+            session: session.to_owned(),
+            server: self.server.clone(),
+            decision: decision.verdict,
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            args,
+            args_truncated,
+            retry_after_ms: decision.retry_after_ms,
+            hold_deadline,
+        };
+        // The event moves into the hub: its arguments are not copied.
         self.hub.publish(EventKind::Call(event));
         self.publish_counters(&decision.reservation);
         (call_id, decision)
@@ -375,8 +375,9 @@ impl Admitting {
         }
     }
 
-    /// The decision once the store answers (or fails, closed, after
-    /// [`crate::policy::store::worker::ANSWER_WITHIN`]).
+    /// The decision once the store answers (or, after
+    /// [`crate::policy::store::worker::ANSWER_WITHIN`], what `--counters-fail` gives a call
+    /// the store did not answer: denied when closed, admitted uncounted when open).
     pub(crate) async fn decision(self) -> Decision {
         let answer = self.answer.get().await;
         self.policy.settle(self.admissible, answer)
@@ -415,9 +416,14 @@ fn audit_refusal(tool: &str, reason: String) -> Decision {
     }
 }
 
-/// The arguments as a call event carries them: secrets redacted, capped in size.
-fn event_args(args: &Value) -> (Value, bool) {
-    let redacted = crate::redact::redact(args);
+/// The arguments as a call event carries them: secrets redacted, capped in size. Most
+/// arguments hold no secret: those are kept as they are, not copied.
+fn event_args(args: Value) -> (Value, bool) {
+    let redacted = if crate::redact::needs_redaction(&args) {
+        crate::redact::redact(&args)
+    } else {
+        args
+    };
     // Measured without building the text: almost every call's arguments fit.
     let mut size = ByteCount(0);
     if serde_json::to_writer(&mut size, &redacted).is_ok() && size.0 <= EVENT_ARGS_CAP {
@@ -477,7 +483,7 @@ impl CallAnswer {
             #[serde(default, rename = "resultType")]
             result_type: Option<std::borrow::Cow<'a, str>>,
             #[serde(default, borrow)]
-            content: Vec<&'a RawValue>,
+            content: FirstItem<'a>,
         }
         #[derive(Deserialize)]
         struct Text<'a> {
@@ -511,7 +517,7 @@ impl CallAnswer {
         };
         let summary = result
             .content
-            .first()
+            .0
             .and_then(|c| serde_json::from_str::<Text<'_>>(c.get()).ok())
             .and_then(|t| t.text)
             .map(|t| cap(&t));
@@ -520,6 +526,31 @@ impl CallAnswer {
             input_required: result.result_type.as_deref() == Some("input_required"),
             summary,
         }
+    }
+}
+
+/// The first item of an array, the others read past without being kept.
+#[derive(Default)]
+struct FirstItem<'a>(Option<&'a RawValue>);
+
+impl<'de> Deserialize<'de> for FirstItem<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items;
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = FirstItem<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut items: A,
+            ) -> Result<FirstItem<'de>, A::Error> {
+                let first = items.next_element::<&'de RawValue>()?;
+                while items.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstItem(first))
+            }
+        }
+        d.deserialize_seq(Items)
     }
 }
 

@@ -37,7 +37,7 @@
 //! it and settles its reservation; the others back off. That makes operator approval,
 //! timeout, cancellation and shutdown race-free without further locking.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -334,12 +334,16 @@ struct Shared {
     held_lines: ByteBudget,
 }
 
+/// The ids in flight, hashed cheaply ([`crate::hashing`]): each map holds at most
+/// [`MAX_IN_FLIGHT`] of them.
+type IdMap<V> = crate::hashing::FastMap<IdKey, V>;
+
 #[derive(Debug, Default)]
 struct ConnState {
     /// Client requests forwarded upstream and not answered yet, by id.
-    pending: HashMap<IdKey, Forwarded>,
+    pending: IdMap<Forwarded>,
     /// Calls waiting for an operator, by request id.
-    holds: HashMap<IdKey, HeldCall>,
+    holds: IdMap<HeldCall>,
     /// 2026-07-28 calls that answered `input_required`, by tool and argument hash: their
     /// retry continues the same call.
     continuations: HashMap<(String, String), CallInFlight>,
@@ -347,7 +351,7 @@ struct ConnState {
     tools: Vec<ToolInfo>,
     /// Requests the upstream sent the client (sampling, elicitation, roots) and that the
     /// client has not answered yet: the only answers from the client that are forwarded.
-    server_pending: HashSet<IdKey>,
+    server_pending: crate::hashing::FastSet<IdKey>,
 }
 
 impl ConnState {
@@ -890,10 +894,12 @@ impl Shared {
             held_room,
             spans,
         } = call;
+        // Taken before the arguments move into the call's event.
+        let continuation = continuation_key(modern, &args);
         let (call_id, decision) = self.gateway.publish_decision(
             &self.session,
             &params.name,
-            &args,
+            args,
             decision,
             no_hold,
             spans.as_deref(),
@@ -919,7 +925,7 @@ impl Shared {
                     Forwarded::Call(CallInFlight {
                         call_id,
                         tool: params.name,
-                        continuation: continuation_key(modern, &args),
+                        continuation,
                         arrived,
                         reservation: decision.reservation,
                         spans,
@@ -942,7 +948,15 @@ impl Shared {
             }
             Verdict::Hold => match held_room {
                 Some(room) => {
-                    let call = (call_id, decision, params, args, arrived, modern, spans);
+                    let call = (
+                        call_id,
+                        decision,
+                        params,
+                        continuation,
+                        arrived,
+                        modern,
+                        spans,
+                    );
                     self.start_hold(id, call, bytes, room, deciding);
                     Disposition::Nothing
                 }
@@ -955,11 +969,11 @@ impl Shared {
     fn start_hold(
         self: &Arc<Self>,
         id: IdKey,
-        (call_id, decision, params, args, arrived, modern, spans): (
+        (call_id, decision, params, continuation, arrived, modern, spans): (
             String,
             Decision,
             CallParams,
-            Value,
+            Option<String>,
             Instant,
             bool,
             Option<Box<CallSpans>>,
@@ -996,7 +1010,7 @@ impl Shared {
             HeldCall {
                 call_id: call_id.clone(),
                 tool: params.name.clone(),
-                continuation: continuation_key(modern, &args),
+                continuation,
                 arrived,
                 reservation: decision.reservation,
                 modern,
