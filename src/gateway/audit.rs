@@ -441,12 +441,14 @@ fn json_text<T: Serialize + ?Sized, H: sha2::digest::Update>(value: &T, out: &mu
 
 fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
+    // Bytes, not chars: no UTF-8 encoding per digit.
+    let mut text = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        text.push(char::from(DIGITS[usize::from(b >> 4)]));
-        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        text.push(DIGITS[usize::from(b >> 4)]);
+        text.push(DIGITS[usize::from(b & 0x0f)]);
     }
-    text
+    // Hex digits are ASCII: this never fails.
+    String::from_utf8(text).unwrap_or_default()
 }
 
 /// Writes `ts` exactly as chrono's own `Serialize` does (RFC 3339, `Z`, the fraction in 0, 3,

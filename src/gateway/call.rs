@@ -533,24 +533,24 @@ impl CallAnswer {
 #[derive(Default)]
 struct FirstItem<'a>(Option<&'a RawValue>);
 
-impl<'de> Deserialize<'de> for FirstItem<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for FirstItem<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Items;
         impl<'de> serde::de::Visitor<'de> for Items {
-            type Value = FirstItem<'de>;
+            type Value = Option<&'de RawValue>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an array")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut items: A,
-            ) -> Result<FirstItem<'de>, A::Error> {
+            ) -> Result<Option<&'de RawValue>, A::Error> {
                 let first = items.next_element::<&'de RawValue>()?;
                 while items.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(FirstItem(first))
+                Ok(first)
             }
         }
-        d.deserialize_seq(Items)
+        d.deserialize_seq(Items).map(FirstItem)
     }
 }
 
