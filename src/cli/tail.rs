@@ -439,6 +439,11 @@ pub(crate) fn human_line(event: &Event) -> Option<String> {
     Some(format!("{time} {gateway} {what}"))
 }
 
+/// The first 12 characters of a fingerprint, sanitised (it came from outside).
+fn short_hash(hex: &str) -> String {
+    terminal_text(&hex.chars().take(12).collect::<String>()).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,9 +572,4 @@ mod tests {
             .is_none()
         );
     }
-}
-
-/// The first 12 characters of a fingerprint, sanitised (it came from outside).
-fn short_hash(hex: &str) -> String {
-    terminal_text(&hex.chars().take(12).collect::<String>()).into_owned()
 }

@@ -466,11 +466,22 @@ mod tests {
             let guarded = Arc::new(GuardedStore::new(store.clone(), "gated", fail));
             let mut worker = StoreWorker::new(guarded);
             worker.answer_within = Duration::from_millis(50);
-            let closed = store.gate.lock().unwrap();
+            // The gate is held by a thread of its own until the answer is in: the store
+            // cannot answer in time.
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let (held, holding) = std::sync::mpsc::channel::<()>();
+            let gate = store.clone();
+            let holder = std::thread::spawn(move || {
+                let _closed = gate.gate.lock().unwrap();
+                let _ = held.send(());
+                let _ = released.recv();
+            });
+            holding.recv().expect("the gate is held");
             let answer = worker.admit(limit(5), 1);
             wait_entered(&store, "the worker never started the admission");
             let got = answer.get().await;
-            drop(closed);
+            let _ = release.send(());
+            holder.join().expect("the gate's holder");
             match (&got, admitted) {
                 (Ok(Admission::Admitted(reservation)), true) => {
                     assert!(reservation.is_empty(), "{fail:?}: counted: {reservation:?}");
