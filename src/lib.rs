@@ -15,6 +15,7 @@
 //! - `pins` — tool pinning: fingerprints, description checks, diffs, the pin store.
 //! - [`scan`] — `toolgate scan`: classify a server's tools by risk, suggest a policy.
 //! - [`redact`] — which argument keys are secrets, and how they are hidden.
+//! - [`hashing`] — the cheap, randomly seeded hasher of the maps on a call's path.
 //! - [`sanitize`] — the one way outside text reaches a terminal.
 //! - [`telemetry`] — metrics (Prometheus `/metrics`) for observability stacks.
 //! - [`cli`] — the command line.
@@ -31,6 +32,7 @@ mod control;
 mod credentials;
 mod demo;
 mod gateway;
+mod hashing;
 mod listen;
 mod pins;
 mod policy;

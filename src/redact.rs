@@ -125,13 +125,34 @@ static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Whether an argument key names a secret.
 pub(crate) fn is_secret_key(key: &str) -> bool {
+    // This runs for every key of every call, and nearly every key is short ASCII: folded on
+    // the stack then, without allocating (for ASCII, `to_ascii_lowercase` is `to_lowercase`).
+    const SHORT: usize = 64;
+    if key.len() <= SHORT && key.is_ascii() {
+        let mut buf = [0u8; SHORT];
+        let mut len = 0;
+        for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+            buf[len] = b.to_ascii_lowercase();
+            len += 1;
+        }
+        return folded_names_secret(&buf[..len], key);
+    }
     let folded: String = key
         .chars()
         .filter(|c| *c != '_' && *c != '-')
         .flat_map(char::to_lowercase)
         .collect();
-    SECRET_FRAGMENTS.iter().any(|f| folded.contains(f))
-        || (SECRET_WORDS.iter().any(|w| folded.contains(w))
+    folded_names_secret(folded.as_bytes(), key)
+}
+
+/// [`is_secret_key`] once `key` is folded (lowercase, without `_` and `-`).
+fn folded_names_secret(folded: &[u8], key: &str) -> bool {
+    let holds = |needle: &str| {
+        let needle = needle.as_bytes();
+        folded.len() >= needle.len() && folded.windows(needle.len()).any(|w| w == needle)
+    };
+    SECRET_FRAGMENTS.iter().any(|f| holds(f))
+        || (SECRET_WORDS.iter().any(|w| holds(w))
             && words(key).any(|w| SECRET_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s))))
 }
 
@@ -275,6 +296,18 @@ mod tests {
         ] {
             assert!(!is_secret_key(key), "{key}");
         }
+    }
+
+    #[test]
+    fn long_and_non_ascii_keys_are_judged_like_short_ascii_ones() {
+        let long = format!("{}_Api-Key", "x".repeat(80));
+        assert!(is_secret_key(&long));
+        assert!(!is_secret_key(&"author".repeat(20)));
+        // U+212A KELVIN SIGN lowercases to an ASCII `k`.
+        assert!(is_secret_key("API\u{212A}EY"));
+        assert!(is_secret_key("clé_api_token"));
+        assert!(!is_secret_key("clé_publique"));
+        assert!(is_secret_key("x_auth_é"));
     }
 
     #[test]

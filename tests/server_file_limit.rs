@@ -72,12 +72,19 @@ fn a_server_spawned_by_wrap_gets_the_soft_limit_the_gateway_started_with() {
     let own = Path::new("/proc")
         .join(gateway.id().to_string())
         .join("limits");
-    let (gateway_soft, _) = wait_for_limits(&own, "the gateway");
-    assert_eq!(
-        gateway_soft,
-        hard.to_string(),
-        "the gateway raises its own soft limit to the hard one"
-    );
+    // `wrap` raises its own limit just after it started the server.
+    let raised = format!("the gateway to raise its soft limit to the hard one ({hard})");
+    wait::wait_for(&raised, WITHIN, || {
+        match std::fs::read_to_string(&own)
+            .ok()
+            .as_deref()
+            .and_then(open_files)
+        {
+            Some((soft, _)) if soft == hard.to_string() => Ok(()),
+            Some((soft, _)) => Err(format!("its soft limit is {soft}")),
+            None => Err(String::new()),
+        }
+    });
     assert_eq!(
         server_soft,
         STARTED_WITH.to_string(),

@@ -147,6 +147,14 @@ impl GatewayArgs {
     /// `--no-events`) and the counter store, for calls attributed to `grant` in front of
     /// `server`.
     pub(super) async fn start(&self, grant: &str, server: &str) -> anyhow::Result<Started> {
+        self.begin(grant, server)?.finish(self).await
+    }
+
+    /// The first part of [`GatewayArgs::start`]: tracing and metrics, the hub and the policy
+    /// (and the shadow policy), loaded and watched. What must hold before a server is
+    /// started; `wrap` starts its server once this is done, so that the server's own
+    /// start-up overlaps the rest of the gateway's ([`Begun::finish`]).
+    pub(super) fn begin(&self, grant: &str, server: &str) -> anyhow::Result<Begun> {
         let traces = match crate::telemetry::TraceConfig::from(self.otlp.as_deref(), |name| {
             std::env::var(name).ok()
         })? {
@@ -203,11 +211,47 @@ impl GatewayArgs {
             }
             shadow
         });
-        let audit_path = match &self.audit {
+        Ok(Begun {
+            id,
+            hub,
+            policy,
+            shadow,
+            traces,
+            metrics,
+            metrics_export,
+        })
+    }
+}
+
+/// A gateway with its policy loaded ([`GatewayArgs::begin`]).
+pub(super) struct Begun {
+    id: String,
+    hub: Arc<Hub>,
+    policy: PolicyInForce,
+    shadow: Option<ShadowPolicyInForce>,
+    traces: Option<Arc<crate::telemetry::Tracing>>,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
+    metrics_export: Option<crate::telemetry::MetricsExport>,
+}
+
+impl Begun {
+    /// The rest of [`GatewayArgs::start`]: the audit log, operator accounts, the event
+    /// websocket (unless `--no-events`), the counter store and the tool pins.
+    pub(super) async fn finish(self, args: &GatewayArgs) -> anyhow::Result<Started> {
+        let Begun {
+            id,
+            hub,
+            policy,
+            shadow,
+            traces,
+            metrics,
+            metrics_export,
+        } = self;
+        let audit_path = match &args.audit {
             Some(path) => path.clone(),
             None => AuditLog::default_path()?,
         };
-        let key = match &self.audit_key {
+        let key = match &args.audit_key {
             Some(path) => AuditKey::load(path)?,
             None => AuditKey::load_or_create(&AuditKey::default_path()?)?,
         };
@@ -216,8 +260,8 @@ impl GatewayArgs {
             Arc::new(AuditLog::open(
                 &audit_path,
                 AuditOptions {
-                    args: self.audit_args,
-                    fail: self.audit_fail,
+                    args: args.audit_args,
+                    fail: args.audit_fail,
                     key,
                     health: Some(Arc::new(move |status| {
                         hub.publish(EventKind::Audit(status.clone()));
@@ -226,7 +270,7 @@ impl GatewayArgs {
             )?)
         };
         reopen_audit_on_sighup(&audit)?;
-        let (operators, operators_watch) = match &self.operators {
+        let (operators, operators_watch) = match &args.operators {
             None => (None, None),
             Some(path) => {
                 let path = std::path::absolute(path)
@@ -248,14 +292,14 @@ impl GatewayArgs {
                 (Some(handle), watch)
             }
         };
-        let control = if self.no_events {
+        let control = if args.no_events {
             None
         } else {
             let control = crate::control::start(
                 hub.clone(),
                 EventsOptions {
-                    addr: self.events,
-                    allow_remote: self.events_allow_remote,
+                    addr: args.events,
+                    allow_remote: args.events_allow_remote,
                     discovery: true,
                     operators,
                 },
@@ -266,13 +310,13 @@ impl GatewayArgs {
         };
         let store = {
             let hub = hub.clone();
-            self.counters
+            args.counters
                 .open(move |status| hub.publish(EventKind::Store(status.clone())))
                 .context("cannot open the counter store (--counters)")?
         };
         // Every connection and session of this gateway asks the store through one thread.
         let store = StoreWorker::new(store);
-        let (pin_store, pins_at) = self
+        let (pin_store, pins_at) = args
             .counters
             .open_pins()
             .context("cannot open the pin store (where --counters are)")?;
@@ -285,7 +329,7 @@ impl GatewayArgs {
             policy.path.display(),
             audit_path.display(),
             audit.key().path().display(),
-            self.counters.spec()?
+            args.counters.spec()?
         );
         Ok(Started {
             id,

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::gateway_args::{GatewayArgs, wait_for_signal};
 use crate::gateway::Gateway;
-use crate::gateway::stdio::{WrapError, WrapOptions, wrap};
+use crate::gateway::stdio::{Server, WrapError, WrapOptions, wrap};
 use crate::gateway::upstream::ServerCommand;
 
 /// Enforce a policy on every tool call between an MCP client and a stdio MCP server.
@@ -50,7 +50,6 @@ In an MCP client config (Claude Desktop, Claude Code, Cursor):
 
 pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.gateway.init_logging();
-    crate::gateway::fd_limit::raise();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,7 +70,15 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         args: rest.to_vec(),
         env: Vec::new(),
     };
-    let started = args.gateway.start(&args.grant, &server.display()).await?;
+    let begun = args.gateway.begin(&args.grant, &server.display())?;
+    // The server starts once the policy is loaded, while the audit log, the event websocket
+    // and the counter store start: a client's first message then waits for the slower of
+    // the two start-ups, not for their sum. Should the rest fail, dropping it kills it.
+    let upstream = Server::start(&server)?;
+    // Raised once the server has started, so it keeps the limit the gateway started with
+    // without a step between fork and exec (see `ServerProcess::spawn`).
+    crate::gateway::fd_limit::raise();
+    let started = begun.finish(&args.gateway).await?;
     tracing::info!("gateway {}: grant {}", started.id, args.grant);
     let gateway = Arc::new(
         Gateway::new(
@@ -96,7 +103,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
 
     let result = wrap(
         gateway,
-        &server,
+        upstream,
         WrapOptions {
             session: started.id.clone(),
             grace: args.gateway.grace(),

@@ -211,8 +211,9 @@ struct OpenHold {
 #[derive(Debug, Default)]
 struct RecentCalls {
     records: VecDeque<RecentCall>,
-    /// Call id → absolute position (`first + index`).
-    positions: HashMap<String, u64>,
+    /// Call id → absolute position (`first + index`), hashed cheaply ([`crate::hashing`]):
+    /// the ids are the gateway's own, at most [`RECENT_CALLS`] of them.
+    positions: crate::hashing::FastMap<String, u64>,
     /// Absolute position of `records[0]`.
     first: u64,
 }
@@ -307,7 +308,14 @@ impl Hub {
     /// A fresh call id, `<gateway id>-<n>`.
     pub fn next_call_id(&self) -> String {
         let n = self.next_call.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.info.id)
+        // Once per call: written directly rather than through `format!`.
+        let mut number = itoa::Buffer::new();
+        let number = number.format(n);
+        let mut id = String::with_capacity(self.info.id.len() + 1 + number.len());
+        id.push_str(&self.info.id);
+        id.push('-');
+        id.push_str(number);
+        id
     }
 
     /// A receiver of every event published from now on.

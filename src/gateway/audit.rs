@@ -411,17 +411,18 @@ impl<H: sha2::digest::Update> std::io::Write for HashWriter<'_, H> {
 fn canonical<H: sha2::digest::Update>(value: &Value, out: &mut H) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+            // Sorted with their values: no lookup (a hash of the key) per member.
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.update(b"{");
-            for (i, key) in keys.into_iter().enumerate() {
+            for (i, (key, value)) in members.into_iter().enumerate() {
                 if i > 0 {
                     out.update(b",");
                 }
                 // The same escaping as `Value::String(key).to_string()`.
                 json_text(key.as_str(), out);
                 out.update(b":");
-                canonical(&map[key], out);
+                canonical(value, out);
             }
             out.update(b"}");
         }
@@ -447,12 +448,14 @@ fn json_text<T: Serialize + ?Sized, H: sha2::digest::Update>(value: &T, out: &mu
 
 fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
+    // Bytes, not chars: no UTF-8 encoding per digit.
+    let mut text = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        text.push(char::from(DIGITS[usize::from(b >> 4)]));
-        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        text.push(DIGITS[usize::from(b >> 4)]);
+        text.push(DIGITS[usize::from(b & 0x0f)]);
     }
-    text
+    // Hex digits are ASCII: this never fails.
+    String::from_utf8(text).unwrap_or_default()
 }
 
 /// Writes `ts` exactly as chrono's own `Serialize` does (RFC 3339, `Z`, the fraction in 0, 3,

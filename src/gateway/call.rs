@@ -53,7 +53,7 @@ impl Gateway {
             Deciding::Decided(decision) => decision,
             Deciding::Admitting(admitting) => admitting.decision().await,
         };
-        self.publish_decision(session, tool, args, decision, None, None)
+        self.publish_decision(session, tool, args.clone(), decision, None, None)
     }
 
     /// The first step of deciding a call: the policy's decision, and for a call with limits
@@ -120,12 +120,13 @@ impl Gateway {
     /// decision, and registers a hold with the hub; returns the call's id and the decision.
     /// A call the policy would hold is denied with `no_hold` as its reason when that is given
     /// (its connection cannot keep one more, or it ended while its limits were counted); the
-    /// audit record names the call's trace when it has `spans`.
+    /// audit record names the call's trace when it has `spans`. The arguments move into the
+    /// event (redacted if need be): they are not copied on the call's path.
     pub(crate) fn publish_decision(
         &self,
         session: &str,
         tool: &str,
-        args: &Value,
+        args: Value,
         mut decision: Decision,
         no_hold: Option<String>,
         spans: Option<&CallSpans>,
@@ -134,7 +135,6 @@ impl Gateway {
         if decision.verdict == Verdict::Hold {
             self.reserve_hold(&call_id, &mut decision, no_hold);
         }
-        let (event_args, args_truncated) = event_args(args);
         let hold_deadline = match decision.verdict {
             Verdict::Hold => decision.approval_timeout_ms.and_then(|ms| {
                 self.clock
@@ -145,28 +145,15 @@ impl Gateway {
             }),
             _ => None,
         };
-        let event = CallEvent {
-            call_id,
-            tool: tool.to_owned(),
-            grant: self.grant.clone(),
-            session: session.to_owned(),
-            server: self.server.clone(),
-            decision: decision.verdict,
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-            args: event_args,
-            args_truncated,
-            retry_after_ms: decision.retry_after_ms,
-            hold_deadline,
-            shadow: decision.shadow.clone().map(|s| Box::new(s.into())),
-        };
+        let shadow: Option<Box<crate::wire::ShadowDecision>> =
+            decision.shadow.clone().map(|s| Box::new(s.into()));
         if let Some(audit) = &self.audit {
-            let digest = audit.describe_args(args);
+            let digest = audit.describe_args(&args);
             let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
                 ts: self.clock.now(),
                 kind: "decision",
-                call_id: &event.call_id,
+                call_id: &call_id,
                 grant: &self.grant,
                 session,
                 server: &self.server,
@@ -181,11 +168,26 @@ impl Gateway {
                 error: None,
                 trace_id: trace.as_ref().map(|(trace, _)| trace.as_str()),
                 span_id: trace.as_ref().map(|(_, span)| span.as_str()),
-                shadow: event.shadow.as_deref(),
+                shadow: shadow.as_deref(),
             });
         }
-        let call_id = event.call_id.clone();
-        // The event moves into the hub: its arguments are not copied a second time.
+        let (args, args_truncated) = event_args(args);
+        let event = CallEvent {
+            call_id: call_id.clone(),
+            tool: tool.to_owned(),
+            grant: self.grant.clone(),
+            session: session.to_owned(),
+            server: self.server.clone(),
+            decision: decision.verdict,
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            args,
+            args_truncated,
+            retry_after_ms: decision.retry_after_ms,
+            hold_deadline,
+            shadow,
+        };
+        // The event moves into the hub: its arguments are not copied.
         self.hub.publish(EventKind::Call(event));
         self.publish_counters(&decision.reservation);
         (call_id, decision)
@@ -482,7 +484,10 @@ impl Step {
         }
     }
 
-    /// The decision, settled by `policy` (the one that judged it).
+    /// The decision, settled by `policy` (the one that judged it), once the store answers
+    /// (or, after [`crate::policy::store::worker::ANSWER_WITHIN`], what `--counters-fail`
+    /// gives a call the store did not answer: denied when closed, admitted uncounted when
+    /// open).
     async fn decision(self, policy: &Policy) -> Decision {
         match self {
             Step::Decided(decision) => decision,
@@ -515,7 +520,7 @@ impl Admitting {
             Step::Decided(decision) => decision,
             Step::Admitting(admissible, Answer::Ready(answer)) => policy.settle(admissible, answer),
             // Not reached (every step is ready); were it ever, the call fails closed.
-            Step::Admitting(admissible, Answer::Waiting(_)) => policy.settle(
+            Step::Admitting(admissible, Answer::Waiting { .. }) => policy.settle(
                 admissible,
                 Err(crate::policy::StoreError::new(
                     crate::policy::StoreErrorKind::Other,
@@ -599,9 +604,14 @@ fn audit_refusal(tool: &str, reason: String) -> Decision {
     }
 }
 
-/// The arguments as a call event carries them: secrets redacted, capped in size.
-fn event_args(args: &Value) -> (Value, bool) {
-    let redacted = crate::redact::redact(args);
+/// The arguments as a call event carries them: secrets redacted, capped in size. Most
+/// arguments hold no secret: those are kept as they are, not copied.
+fn event_args(args: Value) -> (Value, bool) {
+    let redacted = if crate::redact::needs_redaction(&args) {
+        crate::redact::redact(&args)
+    } else {
+        args
+    };
     // Measured without building the text: almost every call's arguments fit.
     let mut size = ByteCount(0);
     if serde_json::to_writer(&mut size, &redacted).is_ok() && size.0 <= EVENT_ARGS_CAP {
@@ -661,7 +671,7 @@ impl CallAnswer {
             #[serde(default, rename = "resultType")]
             result_type: Option<std::borrow::Cow<'a, str>>,
             #[serde(default, borrow)]
-            content: Vec<&'a RawValue>,
+            content: FirstItem<'a>,
         }
         #[derive(Deserialize)]
         struct Text<'a> {
@@ -695,7 +705,7 @@ impl CallAnswer {
         };
         let summary = result
             .content
-            .first()
+            .0
             .and_then(|c| serde_json::from_str::<Text<'_>>(c.get()).ok())
             .and_then(|t| t.text)
             .map(|t| cap(&t));
@@ -704,6 +714,31 @@ impl CallAnswer {
             input_required: result.result_type.as_deref() == Some("input_required"),
             summary,
         }
+    }
+}
+
+/// The first item of an array, the others read past without being kept.
+#[derive(Default)]
+struct FirstItem<'a>(Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstItem<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items;
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = Option<&'de RawValue>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut items: A,
+            ) -> Result<Option<&'de RawValue>, A::Error> {
+                let first = items.next_element::<&'de RawValue>()?;
+                while items.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(first)
+            }
+        }
+        d.deserialize_seq(Items).map(FirstItem)
     }
 }
 

@@ -348,12 +348,16 @@ struct Shared {
     next_relist: AtomicU64,
 }
 
+/// The ids in flight, hashed cheaply ([`crate::hashing`]): each map holds at most
+/// [`MAX_IN_FLIGHT`] of them.
+type IdMap<V> = crate::hashing::FastMap<IdKey, V>;
+
 #[derive(Debug, Default)]
 struct ConnState {
     /// Client requests forwarded upstream and not answered yet, by id.
-    pending: HashMap<IdKey, Forwarded>,
+    pending: IdMap<Forwarded>,
     /// Calls waiting for an operator, by request id.
-    holds: HashMap<IdKey, HeldCall>,
+    holds: IdMap<HeldCall>,
     /// 2026-07-28 calls that answered `input_required`, by tool and argument hash: their
     /// retry continues the same call.
     continuations: HashMap<(String, String), CallInFlight>,
@@ -361,7 +365,7 @@ struct ConnState {
     tools: Vec<ToolInfo>,
     /// Requests the upstream sent the client (sampling, elicitation, roots) and that the
     /// client has not answered yet: the only answers from the client that are forwarded.
-    server_pending: HashSet<IdKey>,
+    server_pending: crate::hashing::FastSet<IdKey>,
     /// The gateway's own `tools/list` requests upstream (after
     /// `notifications/tools/list_changed`), by id, each with whether it asks for the first
     /// page. Their answers are the gateway's: never forwarded to the client. Their ids are
@@ -982,10 +986,12 @@ impl Shared {
             held_room,
             spans,
         } = call;
+        // Taken before the arguments move into the call's event.
+        let continuation = continuation_key(modern, &args);
         let (call_id, decision) = self.gateway.publish_decision(
             &self.session,
             &params.name,
-            &args,
+            args,
             decision,
             no_hold,
             spans.as_deref(),
@@ -1011,7 +1017,7 @@ impl Shared {
                     Forwarded::Call(CallInFlight {
                         call_id,
                         tool: params.name,
-                        continuation: continuation_key(modern, &args),
+                        continuation,
                         arrived,
                         reservation: decision.reservation,
                         spans,
@@ -1034,7 +1040,15 @@ impl Shared {
             }
             Verdict::Hold => match held_room {
                 Some(room) => {
-                    let call = (call_id, decision, params, args, arrived, modern, spans);
+                    let call = (
+                        call_id,
+                        decision,
+                        params,
+                        continuation,
+                        arrived,
+                        modern,
+                        spans,
+                    );
                     self.start_hold(id, call, bytes, room, deciding);
                     Disposition::Nothing
                 }
@@ -1047,11 +1061,11 @@ impl Shared {
     fn start_hold(
         self: &Arc<Self>,
         id: IdKey,
-        (call_id, decision, params, args, arrived, modern, spans): (
+        (call_id, decision, params, continuation, arrived, modern, spans): (
             String,
             Decision,
             CallParams,
-            Value,
+            Option<String>,
             Instant,
             bool,
             Option<Box<CallSpans>>,
@@ -1088,7 +1102,7 @@ impl Shared {
             HeldCall {
                 call_id: call_id.clone(),
                 tool: params.name.clone(),
-                continuation: continuation_key(modern, &args),
+                continuation,
                 arrived,
                 reservation: decision.reservation,
                 modern,

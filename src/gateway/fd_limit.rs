@@ -73,6 +73,11 @@ pub(crate) fn raise() -> FileLimit {
     }
 }
 
+/// Whether [`raise`] changed the limit, so a spawned server needs [`restore_in_child`].
+pub(crate) fn raised() -> bool {
+    STARTED_WITH.load(Ordering::SeqCst) != 0
+}
+
 /// Puts back the soft open-file limit the process started with, if [`raise`] changed it.
 /// For a spawned server, between fork and exec: it only reads an atomic and makes two
 /// system calls (no allocation, no lock), as code there must. A failure keeps the raised

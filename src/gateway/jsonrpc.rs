@@ -146,6 +146,9 @@ pub(crate) fn check_unambiguous(text: &str) -> Result<(), String> {
 /// Walks a value without building it; see [`check_unambiguous`].
 struct Unambiguous;
 
+/// Keys of one object compared in place before [`Unambiguous`] allocates for them.
+const INLINE_KEYS: usize = 8;
+
 impl<'de> DeserializeSeed<'de> for Unambiguous {
     type Value = ();
 
@@ -187,10 +190,26 @@ impl<'de> Visitor<'de> for Unambiguous {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Almost every object of a message has a few keys: those are compared in place,
+        // without allocating. The first duplicate, or a ninth key, moves them all to `keys`,
+        // which is sorted at the end as before (so the same duplicate is named).
+        let mut few: [Option<Cow<'de, str>>; INLINE_KEYS] = Default::default();
+        let mut held = 0;
         let mut keys: Vec<Cow<'de, str>> = Vec::new();
         while let Some(Key(key)) = map.next_key()? {
             map.next_value_seed(Unambiguous)?;
-            keys.push(key);
+            if !keys.is_empty() {
+                keys.push(key);
+            } else if held < INLINE_KEYS && few[..held].iter().all(|k| k.as_ref() != Some(&key)) {
+                few[held] = Some(key);
+                held += 1;
+            } else {
+                keys.extend(few[..held].iter_mut().filter_map(Option::take));
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
         }
         keys.sort_unstable();
         if let Some(twice) = keys.windows(2).find(|w| w[0] == w[1]) {

@@ -74,7 +74,13 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             let newline = buf.iter().position(|&b| b == b'\n');
             let chunk = &buf[..newline.unwrap_or(buf.len())];
             match too_long.as_mut() {
-                None if line.len() + chunk.len() <= self.max => line.extend_from_slice(chunk),
+                None if line.len() + chunk.len() <= self.max => {
+                    if line.is_empty() {
+                        // Room for the newline its writer adds: no second allocation.
+                        line.reserve_exact(chunk.len() + 1);
+                    }
+                    line.extend_from_slice(chunk);
+                }
                 None => {
                     let total = (line.len() + chunk.len()) as u64;
                     line.truncate(PREFIX);

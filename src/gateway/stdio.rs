@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{oneshot, watch};
 
 use super::Gateway;
@@ -47,18 +48,44 @@ pub(crate) struct WrapOptions {
     pub max_message: usize,
 }
 
+/// The MCP server of a `wrap` session, started ([`Server::start`]) before the gateway has
+/// finished starting: its start-up overlaps the gateway's. Dropped without a session, it is
+/// killed.
+#[derive(Debug)]
+pub(crate) struct Server {
+    process: ServerProcess,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+impl Server {
+    /// Spawns `command`. Its output waits in the pipe until the session starts.
+    pub(crate) fn start(command: &ServerCommand) -> Result<Server, WrapError> {
+        let (process, stdin, stdout) = ServerProcess::spawn(command)?;
+        tracing::info!(
+            "started the MCP server `{}` (pid {})",
+            process.command,
+            process.pid().unwrap_or_default()
+        );
+        Ok(Server {
+            process,
+            stdin,
+            stdout,
+        })
+    }
+}
+
 /// Runs the gateway between this process's stdin/stdout and `server` until the session ends.
 pub(crate) async fn wrap(
     gateway: Arc<Gateway>,
-    server: &ServerCommand,
+    server: Server,
     options: WrapOptions,
 ) -> Result<(), WrapError> {
-    let (mut process, server_in, server_out) = ServerProcess::spawn(server)?;
-    tracing::info!(
-        "started the MCP server `{}` (pid {})",
-        process.command,
-        process.pid().unwrap_or_default()
-    );
+    let Server {
+        mut process,
+        stdin: server_in,
+        stdout: server_out,
+    } = server;
     let hub = gateway.hub.clone();
     let server_name = gateway.server.clone();
     hub.publish(EventKind::Upstream(Upstream {

@@ -61,13 +61,18 @@ impl ServerProcess {
             source,
         };
         let mut process = Command::new(&command.program);
-        // SAFETY: the closure runs in the child between fork and exec; `restore_in_child`
-        // only reads an atomic and calls getrlimit/setrlimit, which are async-signal-safe.
-        unsafe {
-            process.pre_exec(|| {
-                super::fd_limit::restore_in_child();
-                Ok(())
-            });
+        // Only when the limit was raised (`serve`; `wrap` starts its server first): with no
+        // code to run between fork and exec, the standard library spawns with posix_spawn,
+        // which does not copy the gateway's memory map and starts the server sooner.
+        if super::fd_limit::raised() {
+            // SAFETY: the closure runs in the child between fork and exec; `restore_in_child`
+            // only reads an atomic and calls getrlimit/setrlimit, which are async-signal-safe.
+            unsafe {
+                process.pre_exec(|| {
+                    super::fd_limit::restore_in_child();
+                    Ok(())
+                });
+            }
         }
         let mut child = process
             .args(&command.args)

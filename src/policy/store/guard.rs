@@ -202,6 +202,10 @@ impl CounterStore for GuardedStore {
         self.inner.may_block()
     }
 
+    fn fails_open(&self) -> bool {
+        self.fail == FailMode::Open
+    }
+
     fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
         if reservation.is_empty() {
             return Ok(());

@@ -274,6 +274,13 @@ pub trait CounterStore: Send + Sync {
         true
     }
 
+    /// Whether a call whose admission gets no answer at all (the worker's deadline passed,
+    /// its queue is full) is admitted uncounted rather than denied: `--counters-fail open`,
+    /// which only [`GuardedStore`] carries.
+    fn fails_open(&self) -> bool {
+        false
+    }
+
     /// Gives back the units of a reservation (those not yet out of their window), saying
     /// whether the store answered, so that a caller can give them back later
     /// ([`GuardedStore`] does). Releasing a unit already out of its window does nothing; so

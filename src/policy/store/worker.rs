@@ -11,9 +11,12 @@
 //! [`CounterStore::admit_many`] together (at most [`MAX_BATCH`]), in arrival order. Each call
 //! is still all-or-nothing and decided as if alone, one after the other.
 //!
-//! Deadlines: an admission is answered within [`ANSWER_WITHIN`] or fails (closed); a queue
-//! that is full refuses at once. An admission whose caller stopped waiting is given back by
-//! the thread, so a late answer never keeps units nobody uses.
+//! Deadlines: an admission is answered within [`ANSWER_WITHIN`] or fails; a queue that is
+//! full refuses at once. Either failure follows the store's failure policy
+//! ([`CounterStore::fails_open`]: `--counters-fail`): closed, the call is denied; open, it is
+//! admitted uncounted, as the guard admits it when the store itself fails. An admission
+//! whose caller stopped waiting is given back by the thread, so a late answer never keeps
+//! units nobody uses.
 //!
 //! A store that never blocks ([`CounterStore::may_block`] is false: [`super::MemoryStore`])
 //! is asked in place: a thread hop would cost more than the admission.
@@ -61,6 +64,10 @@ pub struct StoreWorker {
     store: Arc<dyn CounterStore>,
     /// `None` for a store asked in place.
     queue: Option<mpsc::Sender<Job>>,
+    /// See [`CounterStore::fails_open`].
+    fails_open: bool,
+    /// [`ANSWER_WITHIN`] (shorter in tests).
+    answer_within: Duration,
 }
 
 impl std::fmt::Debug for StoreWorker {
@@ -87,8 +94,14 @@ impl StoreWorker {
     /// Starts the thread for `store` when it may block. Without a thread (none could be
     /// started), the store is asked in place, as before, and a warning says so.
     pub fn new(store: Arc<dyn CounterStore>) -> StoreWorker {
+        let fails_open = store.fails_open();
         if !store.may_block() {
-            return StoreWorker { store, queue: None };
+            return StoreWorker {
+                store,
+                queue: None,
+                fails_open,
+                answer_within: ANSWER_WITHIN,
+            };
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let served = Arc::clone(&store);
@@ -99,10 +112,17 @@ impl StoreWorker {
             Ok(_) => StoreWorker {
                 store,
                 queue: Some(tx),
+                fails_open,
+                answer_within: ANSWER_WITHIN,
             },
             Err(e) => {
                 tracing::warn!("no counter-store thread ({e}); the store is asked in place");
-                StoreWorker { store, queue: None }
+                StoreWorker {
+                    store,
+                    queue: None,
+                    fails_open,
+                    answer_within: ANSWER_WITHIN,
+                }
             }
         }
     }
@@ -125,17 +145,24 @@ impl StoreWorker {
             now_ms,
             reply,
         };
-        match queue.try_send(job) {
-            Ok(()) => Answer::Waiting(answer),
-            Err(mpsc::error::TrySendError::Full(_)) => Answer::Ready(Err(StoreError::new(
+        let failed = match queue.try_send(job) {
+            Ok(()) => {
+                return Answer::Waiting {
+                    answer,
+                    within: self.answer_within,
+                    fails_open: self.fails_open,
+                };
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => StoreError::new(
                 StoreErrorKind::Overloaded,
                 format!("{QUEUE} admissions already wait for the counter store"),
-            ))),
-            Err(mpsc::error::TrySendError::Closed(_)) => Answer::Ready(Err(StoreError::new(
+            ),
+            Err(mpsc::error::TrySendError::Closed(_)) => StoreError::new(
                 StoreErrorKind::Other,
                 "the counter-store thread has stopped",
-            ))),
-        }
+            ),
+        };
+        Answer::Ready(unanswered(failed, self.fails_open))
     }
 
     /// Runs `work` with the store on the worker's thread, after what is already queued (in
@@ -177,7 +204,24 @@ impl StoreWorker {
 #[derive(Debug)]
 pub enum Answer {
     Ready(Result<Admission, StoreError>),
-    Waiting(oneshot::Receiver<Result<Admission, StoreError>>),
+    Waiting {
+        answer: oneshot::Receiver<Result<Admission, StoreError>>,
+        /// How long the answer is waited for ([`ANSWER_WITHIN`]).
+        within: Duration,
+        /// What a call gets when no answer comes ([`unanswered`]).
+        fails_open: bool,
+    },
+}
+
+/// What a call gets when the worker cannot have its admission answered (queue full, thread
+/// gone, deadline passed): the error under `--counters-fail closed`; admitted uncounted, with
+/// a warning, under `open`.
+fn unanswered(error: StoreError, fails_open: bool) -> Result<Admission, StoreError> {
+    if fails_open {
+        tracing::warn!("admitting a call uncounted: {error}");
+        return Ok(Admission::Admitted(super::Reservation::default()));
+    }
+    Err(error)
 }
 
 impl Answer {
@@ -186,26 +230,32 @@ impl Answer {
         matches!(self, Answer::Ready(_))
     }
 
-    /// The answer, or an error once [`ANSWER_WITHIN`] has passed.
+    /// The answer, or once [`ANSWER_WITHIN`] has passed what the failure policy gives
+    /// ([`unanswered`]).
     pub async fn get(self) -> Result<Admission, StoreError> {
-        let rx = match self {
+        let (rx, within, fails_open) = match self {
             Answer::Ready(answer) => return answer,
-            Answer::Waiting(rx) => rx,
+            Answer::Waiting {
+                answer,
+                within,
+                fails_open,
+            } => (answer, within, fails_open),
         };
-        match tokio::time::timeout(ANSWER_WITHIN, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(StoreError::new(
+        let failed = match tokio::time::timeout(within, rx).await {
+            Ok(Ok(answer)) => return answer,
+            Ok(Err(_)) => StoreError::new(
                 StoreErrorKind::Other,
                 "the counter-store thread stopped before answering",
-            )),
-            Err(_) => Err(StoreError::new(
+            ),
+            Err(_) => StoreError::new(
                 StoreErrorKind::Timeout,
                 format!(
                     "the counter store did not answer within {} s",
-                    ANSWER_WITHIN.as_secs()
+                    within.as_secs_f64()
                 ),
-            )),
-        }
+            ),
+        };
+        unanswered(failed, fails_open)
     }
 }
 
@@ -404,6 +454,44 @@ mod tests {
         // One read of `b`, and of `a` only the last.
         assert_eq!(ran, [2, 4]);
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A store that does not answer within the deadline: the call is denied under
+    /// `--counters-fail closed` and admitted uncounted under `open`.
+    #[tokio::test]
+    async fn an_admission_past_its_deadline_follows_the_failure_policy() {
+        use super::super::guard::{FailMode, GuardedStore};
+        for (fail, admitted) in [(FailMode::Closed, false), (FailMode::Open, true)] {
+            let store = gated();
+            let guarded = Arc::new(GuardedStore::new(store.clone(), "gated", fail));
+            let mut worker = StoreWorker::new(guarded);
+            worker.answer_within = Duration::from_millis(50);
+            // The gate is held by a thread of its own until the answer is in: the store
+            // cannot answer in time.
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let (held, holding) = std::sync::mpsc::channel::<()>();
+            let gate = store.clone();
+            let holder = std::thread::spawn(move || {
+                let _closed = gate.gate.lock().unwrap();
+                let _ = held.send(());
+                let _ = released.recv();
+            });
+            holding.recv().expect("the gate is held");
+            let answer = worker.admit(limit(5), 1);
+            wait_entered(&store, "the worker never started the admission");
+            let got = answer.get().await;
+            let _ = release.send(());
+            holder.join().expect("the gate's holder");
+            match (&got, admitted) {
+                (Ok(Admission::Admitted(reservation)), true) => {
+                    assert!(reservation.is_empty(), "{fail:?}: counted: {reservation:?}");
+                }
+                (Err(e), false) => {
+                    assert_eq!(e.kind, StoreErrorKind::Timeout, "{fail:?}: {e}");
+                }
+                _ => panic!("{fail:?}: {got:?}"),
+            }
+        }
     }
 
     #[tokio::test]
