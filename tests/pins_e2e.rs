@@ -404,3 +404,53 @@ fn scan_against_reports_a_definition_that_differs_from_its_pin() {
         "{report}"
     );
 }
+
+/// The whole loop with a person at the console: a real client through `wrap`, the
+/// server changes a tool, the real console (tmux) shows the change with its diff, `a` in the
+/// Tools view accepts it, and the same client's calls work again, nothing restarted.
+#[test]
+fn the_console_shows_a_quarantined_change_and_a_accepts_it_for_the_running_gateway() {
+    let dir = Dir::new(ENFORCE);
+    let store = dir.store();
+    let mut agent = dir.wrap("agent", &store);
+    assert_eq!(agent.tools(), ["send_message", "get_time"]);
+    works(&mut agent);
+    let state = dir.path("console-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let run = dir.path("run-agent");
+    let term = support::tmux::console(
+        &dir.path(""),
+        &[
+            ("XDG_RUNTIME_DIR", &run),
+            ("XDG_STATE_HOME", &state),
+            ("HOME", &state),
+        ],
+    );
+    term.wait_for("the console to follow the gateway", ANSWER_WITHIN, |s| {
+        s.contains("send_message")
+    });
+
+    dir.change_the_tool();
+    assert_eq!(agent.tools(), ["get_time"]);
+    refused_as_changed(&send(&mut agent), "changing");
+    term.wait_for("the header counting the change", ANSWER_WITHIN, |s| {
+        s.contains("⚠ 1 tool changed")
+    });
+    term.send(&["5"]);
+    let screen = term.wait_for("the diff in the Tools view", ANSWER_WITHIN, |s| {
+        s.contains("send_message") && s.contains("{+")
+    });
+    assert!(screen.contains("quarantined"), "{screen}");
+    term.send(&["a"]);
+    // The gateway's `accepted` event ends the review: the change leaves the list.
+    term.wait_for("the gateway's acceptance", ANSWER_WITHIN, |s| {
+        s.contains("no changed definitions") && !s.contains("tool changed")
+    });
+
+    // The same client, the same gateway: the call goes through, and the tool is listed.
+    let answer = send(&mut agent);
+    assert_eq!(answer["is_error"], false, "{answer}");
+    assert_eq!(agent.tools(), ["send_message", "get_time"]);
+    term.send(&["q"]);
+    assert_eq!(term.exit_status(ANSWER_WITHIN), Some(0));
+}

@@ -302,6 +302,16 @@ impl SqlitePins {
         })
     }
 
+    /// The pins in the file at `path`, opened on first use (as the counter store is): a
+    /// file locked by another process at start does not stop a gateway, whose first
+    /// `tools/list` then finds the store not answering and fails closed for it.
+    pub fn lazy(path: &Path) -> SqlitePins {
+        SqlitePins {
+            path: path.to_path_buf(),
+            conn: Mutex::new(None),
+        }
+    }
+
     fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, PinStoreError>,

@@ -167,8 +167,8 @@ pub(crate) fn bindings() -> &'static [Binding] {
             ),
             b(
                 ToolChange,
-                &[Char('p')],
-                "p",
+                &[Char('a'), Char('p')],
+                "a p",
                 KeyAction::AcceptPin,
                 "accept the new definition: pin it on its gateway (calls go through again)",
                 Some("accept+pin"),

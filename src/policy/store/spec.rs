@@ -163,8 +163,9 @@ pub(crate) fn open_pins(
              at exit and not shared with other gateways"
                 .to_owned(),
         )),
+        // Opened on first use, like the counters: a locked file must not stop start-up.
         StoreSpec::Sqlite(path) => Ok((
-            Arc::new(SqlitePins::open(path).map_err(failed)?),
+            Arc::new(SqlitePins::lazy(path)),
             format!("tool pins in {spec}"),
         )),
         StoreSpec::Redis(url) => {
