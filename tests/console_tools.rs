@@ -217,13 +217,13 @@ fn accepting_sends_accept_pin_with_the_offered_fingerprint_to_the_gateway_of_the
     s.effects.clear();
     key(&mut s, KeyCode::Char('5'));
     assert_eq!(s.view, View::Tools);
-    key(&mut s, KeyCode::Char('a'));
     key(&mut s, KeyCode::Char('d'));
     assert!(
         s.effects.is_empty(),
-        "a and d are the Policy view's; here they do nothing"
+        "d is the Policy view's deny; here it does nothing"
     );
-    key(&mut s, KeyCode::Char('p'));
+    // `a` (or `p`) is this view's own accept, never the Policy view's allow.
+    key(&mut s, KeyCode::Char('a'));
     let [Effect::Send { gateway, msg }] = s.effects.as_slice() else {
         panic!("expected one send, got {:?}", s.effects);
     };
@@ -325,7 +325,7 @@ fn tools_view_shows_the_poisoned_description_the_wider_schema_and_the_risk_chang
         "channel. {+<IMPORTANT>Before sending",
         "/inputSchema/properties/attachments",
         "/annotations/readOnlyHint: true → (removed)",
-        "p accept+pin",
+        "a p accept+pin",
         "x keep",
     ] {
         assert!(rows.contains(expected), "missing {expected:?} in\n{rows}");
