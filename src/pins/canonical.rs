@@ -47,6 +47,11 @@ pub(crate) fn write_value(value: &Value, out: &mut String, depth: usize) -> Resu
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        // An integer of at most 2^53 in magnitude is its own shortest form: ECMAScript
+        // writes it as plain digits (it is below 1e21), so no float formatting is needed.
+        Value::Number(n) if n.as_i64().is_some_and(|i| i.unsigned_abs() <= 1 << 53) => {
+            let _ = write!(out, "{}", n.as_i64().unwrap_or(0));
+        }
         Value::Number(n) => match n.as_f64() {
             Some(x) => write_number(x, out),
             // Without serde_json's arbitrary precision every number is an i64, a u64 or a
@@ -64,26 +69,56 @@ pub(crate) fn write_value(value: &Value, out: &mut String, depth: usize) -> Resu
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            out.push('{');
-            for (i, (name, item)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(name, out);
-                out.push(':');
-                write_value(item, out, depth + 1)?;
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_map(map, out, depth)?,
     }
     Ok(())
 }
 
-fn write_string(s: &str, out: &mut String) {
+/// Appends the canonical form of an object at `depth`.
+pub(crate) fn write_map(
+    map: &serde_json::Map<String, Value>,
+    out: &mut String,
+    depth: usize,
+) -> Result<(), TooDeep> {
+    if depth > MAX_DEPTH {
+        return Err(TooDeep);
+    }
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    members.sort_by(|a, b| utf16_order(a.0, b.0));
+    out.push('{');
+    for (i, (name, item)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(name, out);
+        out.push(':');
+        write_value(item, out, depth + 1)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// Orders member names by their UTF-16 code units. UTF-8 byte order is the same below U+E000
+/// (it is code point order, and UTF-16 differs only where surrogates sort below U+E000..FFFF),
+/// so names with no byte from that range's lead bytes on compare as bytes.
+fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
+    // 0xEE and 0xEF lead U+E000..U+FFFF, 0xF0..0xF4 lead U+10000.. (surrogate pairs).
+    let plain = |s: &str| !s.bytes().any(|b| b >= 0xEE);
+    if plain(a) && plain(b) {
+        a.as_bytes().cmp(b.as_bytes())
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
+}
+
+/// Appends the canonical form of a string.
+pub(crate) fn write_string(s: &str, out: &mut String) {
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

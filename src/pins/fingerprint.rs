@@ -102,6 +102,15 @@ impl ToolDefinition {
     /// Reads the pinned parts of one `tools/list` entry (see the module doc for what is
     /// refused).
     pub fn from_entry(entry: &Value) -> Result<ToolDefinition, DefinitionError> {
+        let definition = ToolDefinition::read_parts(entry)?;
+        // Checks the size and depth once, here, so that fingerprinting a definition that
+        // was read cannot fail.
+        definition.canonical()?;
+        Ok(definition)
+    }
+
+    /// The parts, type-checked, without the size and depth check of the canonical form.
+    fn read_parts(entry: &Value) -> Result<ToolDefinition, DefinitionError> {
         let entry = entry.as_object().ok_or(DefinitionError::NotAnObject)?;
         let name = entry
             .get("name")
@@ -133,41 +142,64 @@ impl ToolDefinition {
             output_schema: object("outputSchema")?,
             annotations: object("annotations")?,
         };
-        // Checks the size and depth once, here, so that fingerprinting a definition that
-        // was read cannot fail.
-        definition.canonical()?;
         Ok(definition)
     }
 
     /// The canonical form of the given parts, as one JSON object.
     pub fn canonical(&self) -> Result<String, DefinitionError> {
-        let mut doc = Map::new();
-        doc.insert("name".into(), Value::String(self.name.clone()));
-        let mut put = |key: &str, value: Option<Value>| {
-            if let Some(v) = value {
-                doc.insert(key.into(), v);
-            }
-        };
-        put("title", self.title.clone().map(Value::String));
-        put("description", self.description.clone().map(Value::String));
-        put("inputSchema", self.input_schema.clone().map(Value::Object));
-        put(
-            "outputSchema",
-            self.output_schema.clone().map(Value::Object),
-        );
-        put("annotations", self.annotations.clone().map(Value::Object));
-        let text = canonical::canonical(&Value::Object(doc)).map_err(|source| {
-            DefinitionError::TooDeep {
+        let text = self
+            .write_canonical()
+            .map_err(|source| DefinitionError::TooDeep {
                 tool: self.name.clone(),
                 source,
-            }
-        })?;
+            })?;
         if text.len() > MAX_DEFINITION_BYTES {
             return Err(DefinitionError::TooLarge {
                 tool: self.name.clone(),
             });
         }
         Ok(text)
+    }
+
+    /// Writes the parts as one canonical object without building it: the members in the
+    /// order RFC 8785 sorts these six names (`annotations`, `description`, `inputSchema`,
+    /// `name`, `outputSchema`, `title`), absent ones left out; each value one level down,
+    /// as in the object it stands for.
+    fn write_canonical(&self) -> Result<String, canonical::TooDeep> {
+        let mut out = String::with_capacity(512);
+        out.push('{');
+        let mut sep = "";
+        let mut key = |out: &mut String, name: &str| {
+            out.push_str(sep);
+            sep = ",";
+            out.push('"');
+            out.push_str(name);
+            out.push_str("\":");
+        };
+        if let Some(map) = &self.annotations {
+            key(&mut out, "annotations");
+            canonical::write_map(map, &mut out, 1)?;
+        }
+        if let Some(text) = &self.description {
+            key(&mut out, "description");
+            canonical::write_string(text, &mut out);
+        }
+        if let Some(map) = &self.input_schema {
+            key(&mut out, "inputSchema");
+            canonical::write_map(map, &mut out, 1)?;
+        }
+        key(&mut out, "name");
+        canonical::write_string(&self.name, &mut out);
+        if let Some(map) = &self.output_schema {
+            key(&mut out, "outputSchema");
+            canonical::write_map(map, &mut out, 1)?;
+        }
+        if let Some(text) = &self.title {
+            key(&mut out, "title");
+            canonical::write_string(text, &mut out);
+        }
+        out.push('}');
+        Ok(out)
     }
 
     /// The SHA-256 of [`ToolDefinition::canonical`].
@@ -196,7 +228,8 @@ pub fn fingerprint_list(
     tools
         .iter()
         .map(|entry| {
-            let definition = ToolDefinition::from_entry(entry)?;
+            // One canonical form per tool: `fingerprint` checks its size and depth too.
+            let definition = ToolDefinition::read_parts(entry)?;
             let fingerprint = definition.fingerprint()?;
             Ok((definition, fingerprint))
         })
@@ -213,6 +246,34 @@ mod tests {
         ToolDefinition::from_entry(&entry)
             .and_then(|d| d.fingerprint())
             .expect("a valid entry")
+    }
+
+    #[test]
+    fn the_direct_writer_equals_canonicalising_the_definition_as_one_object() {
+        let entry = json!({
+            "name": "sënd_☃", "title": "Send \"it\"\n", "description": "a\u{1}b é \u{10348}",
+            "inputSchema": {"type": "object", "properties": {"\u{e000}": {"maximum": 1e21},
+                "\u{10348}": {"minimum": -0.0, "default": 9007199254740993_u64},
+                "b": [1, 2.5, 1e-7, 123456789012345678_i64, true, null]}},
+            "outputSchema": {"z": {}, "a": []},
+            "annotations": {"readOnlyHint": false, "title": "x"},
+            "ignored": 1
+        });
+        let d = ToolDefinition::from_entry(&entry).expect("valid");
+        let mut whole = entry.as_object().unwrap().clone();
+        whole.remove("ignored");
+        assert_eq!(
+            d.canonical().unwrap(),
+            canonical::canonical(&Value::Object(whole)).unwrap()
+        );
+        let minimal = json!({"name": "t"});
+        assert_eq!(
+            ToolDefinition::from_entry(&minimal)
+                .unwrap()
+                .canonical()
+                .unwrap(),
+            r#"{"name":"t"}"#
+        );
     }
 
     #[test]
