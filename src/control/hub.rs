@@ -30,6 +30,9 @@ use crate::wire::{
     ResolvedBy, Snapshot, ToolChanged, ToolInfo, Totals, Verdict,
 };
 
+/// Most open tool-pin reviews a snapshot carries (as many as a console keeps per gateway).
+pub(crate) const MAX_OPEN_REVIEWS: usize = 1000;
+
 /// How many events a subscriber may fall behind before it misses some.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
 
@@ -187,6 +190,8 @@ struct HubState {
     /// Open tool-pin reviews by (server, tool): each tool's latest `changed` event, removed
     /// by its `accepted`.
     tool_changes: BTreeMap<(String, String), ToolChanged>,
+    /// Changes left out of `tool_changes` because it was full.
+    reviews_left_out: u64,
 }
 
 #[derive(Debug)]
@@ -549,6 +554,22 @@ impl HubState {
             EventKind::ToolChanged(change) => {
                 let key = (change.server.clone(), change.tool.clone());
                 match change.change {
+                    // A server decides how many tools change and how large their
+                    // definitions are (up to 256 KiB each): the snapshot keeps a bounded
+                    // number; the events themselves still reach every client live.
+                    PinChange::Changed
+                        if self.tool_changes.len() >= MAX_OPEN_REVIEWS
+                            && !self.tool_changes.contains_key(&key) =>
+                    {
+                        self.reviews_left_out += 1;
+                        if self.reviews_left_out == 1 {
+                            tracing::warn!(
+                                "more than {MAX_OPEN_REVIEWS} tools changed and not reviewed: \
+                                 later ones are left out of the snapshot new consoles get \
+                                 (`toolgate pins list` shows every pin)"
+                            );
+                        }
+                    }
                     PinChange::Changed => {
                         self.tool_changes.insert(key, change.clone());
                     }
@@ -931,5 +952,38 @@ mod tests {
         let state = hub.lock();
         assert_eq!(state.resolved.len(), REMEMBERED_RESOLUTIONS);
         assert_eq!(state.resolved_order.len(), REMEMBERED_RESOLUTIONS);
+    }
+
+    #[test]
+    fn open_tool_reviews_in_the_snapshot_are_capped_and_acceptance_makes_room() {
+        let hub = hub();
+        let change = |tool: String, change: PinChange| {
+            EventKind::ToolChanged(ToolChanged {
+                server: "s".into(),
+                tool,
+                change,
+                pinned_fingerprint: "1".repeat(64),
+                offered_fingerprint: "2".repeat(64),
+                pinned: serde_json::json!({}),
+                offered: serde_json::json!({}),
+                quarantined: true,
+                flags: vec![],
+                operator: None,
+            })
+        };
+        for i in 0..MAX_OPEN_REVIEWS + 5 {
+            hub.publish(change(format!("t{i:05}"), PinChange::Changed));
+        }
+        let open = |hub: &Hub| hub.subscribe_with_snapshot().0.tool_changes.len();
+        assert_eq!(open(&hub), MAX_OPEN_REVIEWS);
+        // A newer change of a tool already listed replaces it; an acceptance makes room.
+        hub.publish(change("t00000".into(), PinChange::Changed));
+        assert_eq!(open(&hub), MAX_OPEN_REVIEWS);
+        hub.publish(change("t00001".into(), PinChange::Accepted));
+        hub.publish(change("late".into(), PinChange::Changed));
+        let snapshot = hub.subscribe_with_snapshot().0;
+        assert_eq!(snapshot.tool_changes.len(), MAX_OPEN_REVIEWS);
+        assert!(snapshot.tool_changes.iter().any(|c| c.tool == "late"));
+        assert!(!snapshot.tool_changes.iter().any(|c| c.tool == "t00001"));
     }
 }
