@@ -9,13 +9,9 @@
 
 mod support;
 
-use std::path::Path;
-
 use serde_json::{Value, json};
-use support::agent::{Agent, wrap};
-use support::peers::everything;
-use support::tmux;
-use support::{ANSWER_WITHIN, private_dir};
+use support::ANSWER_WITHIN;
+use support::tmux::{self, WrapAndConsole};
 
 const POLICY: &str = r#"{
   "version": "1",
@@ -27,43 +23,14 @@ const POLICY: &str = r#"{
 }
 "#;
 
-/// The MCP client session through `toolgate wrap`, with its runtime and state directories
-/// private to the test.
-fn start_agent(dir: &Path, runtime_dir: &Path) -> Agent {
-    Agent::stdio(
-        "legacy",
-        &dir.join("gateway.log"),
-        &wrap(dir, "tmux-agent", &[], everything()),
-        &[
-            ("XDG_RUNTIME_DIR", runtime_dir),
-            ("XDG_STATE_HOME", &dir.join("state")),
-        ],
-    )
-}
-
 #[test]
 fn limit_written_from_the_console_is_applied_and_enforced_by_a_real_gateway() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let runtime_dir = dir.path().join("run");
-    private_dir(&runtime_dir);
-    let policy = dir.path().join("policy.json");
-    std::fs::write(&policy, POLICY).expect("policy");
-
-    let mut agent = start_agent(dir.path(), &runtime_dir);
-    // The first answer means the gateway is up (and its discovery file written).
-    let first = agent.call("echo", json!({"message": "before the limit"}));
-    assert_eq!(first["is_error"], false, "{first}");
-
-    let term = tmux::console(
-        dir.path(),
-        &[
-            ("XDG_RUNTIME_DIR", &runtime_dir),
-            ("XDG_STATE_HOME", &dir.path().join("state")),
-        ],
-    );
-    term.wait_for("the gateway and its echo call", ANSWER_WITHIN, |s| {
-        s.contains("1 gateway") && s.contains("echo") && s.contains("✓ allow")
-    });
+    let WrapAndConsole {
+        dir: _dir,
+        policy,
+        mut agent,
+        term,
+    } = tmux::wrap_and_console(POLICY);
 
     // The console found the policy file through the gateway; the Policy view lists it.
     term.send(&["3"]);

@@ -9,13 +9,9 @@
 
 mod support;
 
-use std::path::Path;
-
 use serde_json::{Value, json};
-use support::agent::{Agent, wrap};
-use support::peers::everything;
-use support::tmux;
-use support::{ANSWER_WITHIN, private_dir};
+use support::ANSWER_WITHIN;
+use support::tmux::{self, WrapAndConsole};
 
 const POLICY: &str = r#"{
   "version": "1",
@@ -30,40 +26,14 @@ const POLICY: &str = r#"{
 }
 "#;
 
-fn start_agent(dir: &Path, runtime_dir: &Path) -> Agent {
-    Agent::stdio(
-        "legacy",
-        &dir.join("gateway.log"),
-        &wrap(dir, "tmux-agent", &[], everything()),
-        &[
-            ("XDG_RUNTIME_DIR", runtime_dir),
-            ("XDG_STATE_HOME", &dir.join("state")),
-        ],
-    )
-}
-
 #[test]
 fn a_shadow_rule_is_marked_and_counted_then_promoted_from_the_console_and_enforced() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let runtime_dir = dir.path().join("run");
-    private_dir(&runtime_dir);
-    let policy = dir.path().join("policy.json");
-    std::fs::write(&policy, POLICY).expect("policy");
-
-    let mut agent = start_agent(dir.path(), &runtime_dir);
-    let first = agent.call("echo", json!({"message": "hello"}));
-    assert_eq!(first["is_error"], false, "{first}");
-
-    let term = tmux::console(
-        dir.path(),
-        &[
-            ("XDG_RUNTIME_DIR", &runtime_dir),
-            ("XDG_STATE_HOME", &dir.path().join("state")),
-        ],
-    );
-    term.wait_for("the gateway and its echo call", ANSWER_WITHIN, |s| {
-        s.contains("1 gateway") && s.contains("echo") && s.contains("✓ allow")
-    });
+    let WrapAndConsole {
+        dir: _dir,
+        policy,
+        mut agent,
+        term,
+    } = tmux::wrap_and_console(POLICY);
     term.send(&["3"]);
     term.wait_for("the Policy view with the shadow rule", ANSWER_WITHIN, |s| {
         s.contains("policy.json") && s.contains("◐ allow") && s.contains("would have changed 0")

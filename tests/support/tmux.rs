@@ -163,3 +163,51 @@ pub fn console(dir: &Path, env: &[(&str, &Path)]) -> Tmux {
 fn shell_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
+
+/// A real gateway and the real console following it: `toolgate wrap` in front of
+/// server-everything with `policy` (in `dir`, as `policy.json`), driven by the Python MCP
+/// client, which has made one allowed `echo` call; and `toolgate console` in tmux, showing that
+/// call. Runtime and state directories are the test's own.
+pub struct WrapAndConsole {
+    pub dir: tempfile::TempDir,
+    pub policy: PathBuf,
+    pub agent: super::agent::Agent,
+    pub term: Tmux,
+}
+
+pub fn wrap_and_console(policy: &str) -> WrapAndConsole {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime_dir = dir.path().join("run");
+    super::private_dir(&runtime_dir);
+    let state = dir.path().join("state");
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, policy).expect("policy");
+    let mut agent = super::agent::Agent::stdio(
+        "legacy",
+        &dir.path().join("gateway.log"),
+        &super::agent::wrap(dir.path(), "tmux-agent", &[], super::peers::everything()),
+        &[
+            ("XDG_RUNTIME_DIR", &runtime_dir),
+            ("XDG_STATE_HOME", &state),
+        ],
+    );
+    // The first answer means the gateway is up (and its discovery file written).
+    let first = agent.call("echo", serde_json::json!({"message": "hello"}));
+    assert_eq!(first["is_error"], false, "{first}");
+    let term = console(
+        dir.path(),
+        &[
+            ("XDG_RUNTIME_DIR", &runtime_dir),
+            ("XDG_STATE_HOME", &state),
+        ],
+    );
+    term.wait_for("the gateway and its echo call", super::ANSWER_WITHIN, |s| {
+        s.contains("1 gateway") && s.contains("echo") && s.contains("✓ allow")
+    });
+    WrapAndConsole {
+        dir,
+        policy: policy_path,
+        agent,
+        term,
+    }
+}
