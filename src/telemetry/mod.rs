@@ -17,3 +17,18 @@ pub(crate) mod trace;
 pub(crate) use metrics::{Metrics, MetricsConfig, MetricsExport};
 pub(crate) use scrape::{Access, MetricsEndpoint};
 pub(crate) use trace::{CallSpans, TraceConfig, Tracing};
+
+/// The environment as tests give it to the configuration readers (`OTEL_*` variables).
+#[cfg(test)]
+mod test_env {
+    pub(crate) fn env(
+        pairs: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+}

@@ -794,15 +794,7 @@ impl opentelemetry_http::HttpClient for RuntimeClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use crate::telemetry::test_env::env;
 
     #[test]
     fn tracing_is_off_unless_an_endpoint_is_configured() {

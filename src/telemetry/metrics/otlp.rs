@@ -253,15 +253,7 @@ fn observe(meter: &Meter, metrics: &Weak<Metrics>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use crate::telemetry::test_env::env;
 
     #[test]
     fn metrics_go_to_v1_metrics_and_follow_their_own_variables() {
