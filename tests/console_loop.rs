@@ -143,6 +143,7 @@ fn reply_to_first(ok: bool, error: Option<&str>) -> Step {
             id: 1,
             ok,
             error: error.map(str::to_owned),
+            ..Reply::default()
         }),
     )))
 }

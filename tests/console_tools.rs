@@ -255,6 +255,7 @@ fn accepting_sends_accept_pin_with_the_offered_fingerprint_to_the_gateway_of_the
                 id,
                 ok: false,
                 error: Some("send_message changed again since you looked\x1b[2J".into()),
+                ..Reply::default()
             }),
         ),
         now,

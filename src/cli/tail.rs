@@ -609,7 +609,7 @@ mod tests {
             human_line(&event(EventKind::Reply(crate::wire::Reply {
                 id: 1,
                 ok: true,
-                error: None
+                ..Default::default()
             })))
             .is_none()
         );

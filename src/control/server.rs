@@ -39,7 +39,7 @@ use super::discovery::{DiscoveryEntry, DiscoveryFile};
 use super::hub::{Hub, Published, Resolution, ResolveError};
 use super::operators::{Identity, OperatorsHandle, Role};
 use crate::wire::{
-    ClientMsg, Event, EventKind, Hello, Missed, PROTOCOL_VERSION, Reply, ResolvedBy,
+    ClientMsg, Event, EventKind, Hello, Missed, PROTOCOL_VERSION, Reply, ReplyCode, ResolvedBy,
 };
 
 /// Largest message a client may send; commands are small.
@@ -436,6 +436,8 @@ async fn serve_connection(
                         id: 0,
                         ok: false,
                         error: Some("commands are JSON text frames".into()),
+                        code: Some(ReplyCode::Failed),
+                        ..Reply::default()
                     };
                     send_event(&mut ws, &per_client(&hub, hub.latest_seq(), EventKind::Reply(reply)))
                         .await?;
@@ -567,6 +569,8 @@ async fn handle_command(hub: &Hub, identity: &Identity, text: &str) -> Reply {
                 id,
                 ok: false,
                 error: Some(format!("not a command this gateway understands: {e}")),
+                code: Some(ReplyCode::Unsupported),
+                ..Reply::default()
             };
         }
     };
@@ -626,7 +630,18 @@ async fn handle_command(hub: &Hub, identity: &Identity, text: &str) -> Reply {
             return Reply {
                 id,
                 ok: accepted.is_ok(),
+                code: accepted.is_err().then_some(ReplyCode::Failed),
                 error: accepted.err(),
+                ..Reply::default()
+            };
+        }
+        ClientMsg::ReadPolicy { id } | ClientMsg::WritePolicy { id, .. } => {
+            return Reply {
+                id,
+                ok: false,
+                error: Some("this gateway does not serve its policy to consoles yet".into()),
+                code: Some(ReplyCode::Unsupported),
+                ..Reply::default()
             };
         }
     };
@@ -634,12 +649,14 @@ async fn handle_command(hub: &Hub, identity: &Identity, text: &str) -> Reply {
         Ok(()) => Reply {
             id,
             ok: true,
-            error: None,
+            ..Reply::default()
         },
         Err(e @ (ResolveError::UnknownCall(_) | ResolveError::AlreadyResolved(_))) => Reply {
             id,
             ok: false,
             error: Some(e.to_string()),
+            code: Some(ReplyCode::Failed),
+            ..Reply::default()
         },
     }
 }
@@ -650,6 +667,8 @@ fn refused_for_role(identity: &Identity, msg: &ClientMsg) -> Option<Reply> {
         ClientMsg::Approve { .. } => (Role::Approver, "approving a held call"),
         ClientMsg::Deny { .. } => (Role::Approver, "denying a held call"),
         ClientMsg::AcceptPin { .. } => (Role::Admin, "accepting a tool's new definition"),
+        ClientMsg::ReadPolicy { .. } => (Role::Viewer, "reading the policy"),
+        ClientMsg::WritePolicy { .. } => (Role::Admin, "writing the policy"),
     };
     let role = identity.role();
     if role >= needed {
@@ -666,6 +685,8 @@ fn refused_for_role(identity: &Identity, msg: &ClientMsg) -> Option<Reply> {
             "refused: {who} has the {role} role, and {what} needs the {needed} role or above \
              (toolgate operators add NAME --role {needed})"
         )),
+        code: Some(ReplyCode::Forbidden),
+        ..Reply::default()
     })
 }
 

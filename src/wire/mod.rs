@@ -531,13 +531,53 @@ pub struct Missed {
     pub dropped: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Reply {
     /// The `id` of the [`ClientMsg`] answered.
     pub id: u64,
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why a command was refused, for a client to act on (`error` is for people). Absent
+    /// from older gateways and on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ReplyCode>,
+    /// The answer to [`ClientMsg::ReadPolicy`], and to a [`ClientMsg::WritePolicy`] refused as
+    /// a `conflict` (the file as it is now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyText>,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyCode {
+    /// The connection's role does not allow it.
+    Forbidden,
+    /// `write_policy`: the file changed since the text the edit started from (`base_hash`).
+    Conflict,
+    /// `write_policy`: the text is not a valid policy (`error` holds the diagnostics).
+    Invalid,
+    /// `write_policy`: the gateway cannot write its policy file (a read-only mount: the
+    /// policy is managed elsewhere).
+    ReadOnly,
+    /// The gateway does not offer this (no policy file, no pinning, ...).
+    Unsupported,
+    /// Anything else (the call is unknown or already resolved, an I/O error, ...).
+    Failed,
+}
+
+/// A gateway's policy file as it is on its disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyText {
+    /// Where the gateway reads it (for people; a client never opens it).
+    pub path: String,
+    /// The file's text.
+    pub text: String,
+    /// SHA-256 of the file's bytes, lowercase hex: the `base_hash` of a later write.
+    pub hash: String,
+    /// Whether the gateway can write the file (false: managed elsewhere, read-only).
+    pub writable: bool,
 }
 
 /// A command from a client. Each carries an `id` its [`Reply`] repeats.
@@ -569,6 +609,19 @@ pub enum ClientMsg {
         #[serde(default)]
         operator: Option<String>,
     },
+    /// Asks for the gateway's policy file (any role); the reply carries it in `policy`.
+    ReadPolicy { id: u64 },
+    /// Replaces the gateway's policy file (admin role). `base_hash` is the `hash` of the text
+    /// the edit started from (a `read_policy` reply); when the file changed since, the write
+    /// is refused with code `conflict` unless `force`. The gateway validates `text` as `check`
+    /// does (code `invalid`), writes it atomically, and its watcher applies it as any edit.
+    WritePolicy {
+        id: u64,
+        text: String,
+        base_hash: String,
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 impl ClientMsg {
@@ -577,7 +630,9 @@ impl ClientMsg {
         match self {
             ClientMsg::Approve { id, .. }
             | ClientMsg::Deny { id, .. }
-            | ClientMsg::AcceptPin { id, .. } => *id,
+            | ClientMsg::AcceptPin { id, .. }
+            | ClientMsg::ReadPolicy { id }
+            | ClientMsg::WritePolicy { id, .. } => *id,
         }
     }
 }

@@ -817,6 +817,7 @@ mod tests {
                     id,
                     ok: false,
                     error: Some("already resolved".into()),
+                    ..Reply::default()
                 }),
             ),
             at(3),
