@@ -85,6 +85,51 @@ pub struct CommandWriter {
 /// How long connecting, up to and including the `hello`, may take.
 pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How a client trusts a gateway's certificate on a `wss://` URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsClientOptions {
+    /// A PEM file of CA certificates to trust besides the system's (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// The websocket URL of a gateway's control plane from what an operator typed: an
+/// `https://H:P` URL means `wss://H:P/control` (and `http://` `ws://`); a `ws://` or `wss://`
+/// URL is used as given. A path other than `/` on an http(s) URL is kept.
+pub fn control_url(given: &str) -> Result<String, ClientError> {
+    let bad = || ClientError::BadUrl(given.to_owned());
+    let (scheme, rest) = given.split_once("://").ok_or_else(bad)?;
+    let ws_scheme = match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "wss" => return Ok(given.to_owned()),
+        "https" => "wss",
+        "http" => "ws",
+        _ => return Err(bad()),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return Err(bad());
+    }
+    let path = if path.is_empty() || path == "/" {
+        "/control"
+    } else {
+        path
+    };
+    Ok(format!("{ws_scheme}://{authority}{path}"))
+}
+
+/// Connects as [`connect`] does, trusting the gateway's certificate as `tls` says.
+pub async fn connect_with(
+    url: &str,
+    token: &str,
+    tls: &TlsClientOptions,
+) -> Result<Connection, ClientError> {
+    // The TLS connector that honours `tls.ca_file` is the next change (issue 17).
+    let _ = tls;
+    connect(url, token).await
+}
+
 /// Connects to a gateway's event websocket and reads its `hello`.
 pub async fn connect(url: &str, token: &str) -> Result<Connection, ClientError> {
     tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url, token))
@@ -230,5 +275,43 @@ impl CommandWriter {
     /// Closes the connection politely.
     pub async fn close(mut self) {
         let _ = self.sink.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_means_the_control_websocket_and_ws_urls_are_kept() {
+        let cases = [
+            ("https://gw.example:8787", "wss://gw.example:8787/control"),
+            ("https://gw.example:8787/", "wss://gw.example:8787/control"),
+            ("HTTPS://gw.example:8787", "wss://gw.example:8787/control"),
+            ("http://127.0.0.1:9", "ws://127.0.0.1:9/control"),
+            (
+                "https://gw.example/ops/control",
+                "wss://gw.example/ops/control",
+            ),
+            ("ws://127.0.0.1:9/", "ws://127.0.0.1:9/"),
+            (
+                "wss://gw.example:8787/control",
+                "wss://gw.example:8787/control",
+            ),
+        ];
+        for (given, want) in cases {
+            assert_eq!(control_url(given).unwrap(), want, "{given}");
+        }
+        for bad in [
+            "gw.example:8787",
+            "ftp://gw.example",
+            "https://",
+            "https:///control",
+        ] {
+            assert!(
+                matches!(control_url(bad), Err(ClientError::BadUrl(_))),
+                "{bad}"
+            );
+        }
     }
 }
