@@ -18,8 +18,8 @@ const MAX_TOKEN_FILE: u64 = 4096;
 /// Which gateway to talk to when not the local ones.
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct RemoteArgs {
-    /// The event websocket URL of one gateway (ws://HOST:PORT/) instead of the local ones
-    /// found by discovery. Needs a token: --token-file, TOOLGATE_OPERATOR_TOKEN or --token.
+    /// One gateway instead of the local ones found by discovery: https://HOST:PORT (its
+    /// control websocket, wss://HOST:PORT/control), or a ws:// or wss:// URL used as given. Needs a token: --token-file, TOOLGATE_OPERATOR_TOKEN or --token.
     #[arg(long, value_name = "URL")]
     pub connect: Option<String>,
     /// A file holding the token for --connect (an operator account's, from `toolgate
@@ -48,7 +48,8 @@ impl RemoteArgs {
                 )
             })?,
         };
-        Ok(Some((url.clone(), token)))
+        let url = crate::control::client::control_url(url)?;
+        Ok(Some((url, token)))
     }
 }
 

@@ -87,15 +87,15 @@ pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 
 /// How a client trusts a gateway's certificate on a `wss://` URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsClientOptions {
+pub(crate) struct TlsClientOptions {
     /// A PEM file of CA certificates to trust besides the system's (a private CA).
-    pub ca_file: Option<std::path::PathBuf>,
+    pub(crate) ca_file: Option<std::path::PathBuf>,
 }
 
 /// The websocket URL of a gateway's control plane from what an operator typed: an
 /// `https://H:P` URL means `wss://H:P/control` (and `http://` `ws://`); a `ws://` or `wss://`
 /// URL is used as given. A path other than `/` on an http(s) URL is kept.
-pub fn control_url(given: &str) -> Result<String, ClientError> {
+pub(crate) fn control_url(given: &str) -> Result<String, ClientError> {
     let bad = || ClientError::BadUrl(given.to_owned());
     let (scheme, rest) = given.split_once("://").ok_or_else(bad)?;
     let ws_scheme = match scheme.to_ascii_lowercase().as_str() {
@@ -120,7 +120,7 @@ pub fn control_url(given: &str) -> Result<String, ClientError> {
 }
 
 /// Connects as [`connect`] does, trusting the gateway's certificate as `tls` says.
-pub async fn connect_with(
+pub(crate) async fn connect_with(
     url: &str,
     token: &str,
     tls: &TlsClientOptions,

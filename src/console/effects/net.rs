@@ -200,7 +200,9 @@ async fn connection(
         {
             return;
         }
-        let error = match client::connect(&url, &token).await {
+        let error = match client::connect_with(&url, &token, &client::TlsClientOptions::default())
+            .await
+        {
             Ok(conn) => {
                 backoff = FIRST_BACKOFF;
                 if events
