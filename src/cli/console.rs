@@ -93,11 +93,7 @@ const MAX_DRAFT_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Reads the learned draft (outside input: refused with a clear error, never trusted) and
 /// makes the review, whose target is `policy`, or with `shadow` the candidate beside it.
-fn learn_review(
-    draft: &Path,
-    policy: &Path,
-    shadow: bool,
-) -> anyhow::Result<(LearnReview, bool)> {
+fn learn_review(draft: &Path, policy: &Path, shadow: bool) -> anyhow::Result<(LearnReview, bool)> {
     let shown = draft.display().to_string();
     let size = std::fs::metadata(draft)
         .with_context(|| format!("--review-learned {shown}"))?

@@ -79,7 +79,9 @@ pub fn write_atomic(
     };
     // A missing file is the empty text: a draft made for a file that does not exist yet
     // (`--review-learned` writing a new policy) creates it, and only that draft does.
-    let current_hash = current.as_deref().map_or_else(|| hash_bytes(b""), hash_bytes);
+    let current_hash = current
+        .as_deref()
+        .map_or_else(|| hash_bytes(b""), hash_bytes);
     if !force && current_hash != expected_hash {
         return Err(WriteError::ChangedOnDisk {
             path: shown.clone(),

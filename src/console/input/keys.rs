@@ -688,6 +688,22 @@ pub(crate) fn bindings() -> &'static [Binding] {
             ),
             b(
                 LearnProposal,
+                &[Char('J')],
+                "J",
+                KeyAction::ScrollDetail(SCROLL_STEP),
+                "scroll the proposal down",
+                None,
+            ),
+            b(
+                LearnProposal,
+                &[Char('K')],
+                "K",
+                KeyAction::ScrollDetail(-SCROLL_STEP),
+                "scroll the proposal up",
+                None,
+            ),
+            b(
+                LearnProposal,
                 &[Esc],
                 "Esc",
                 KeyAction::Back,

@@ -166,7 +166,7 @@ pub struct LearnReview {
     pub stage: Stage,
     /// The summary's outcome, worked out when the summary opens.
     pub outcome: Option<Outcome>,
-    /// Lines the summary is scrolled by.
+    /// Lines the proposal or the summary is scrolled by.
     pub scroll: u16,
     /// The `y` of the write review was pressed for this review's result.
     pub writing: bool,
@@ -439,6 +439,7 @@ impl LearnReview {
 
     /// The next proposal, or the summary after the last.
     pub(crate) fn advance(&mut self) {
+        self.scroll = 0;
         if self.at + 1 < self.items.len() {
             self.at += 1;
         } else {
@@ -448,6 +449,7 @@ impl LearnReview {
 
     /// One step back: the previous proposal, or from the summary the last one.
     pub(crate) fn back(&mut self) -> bool {
+        self.scroll = 0;
         match self.stage {
             Stage::Summary if !self.items.is_empty() => {
                 self.stage = Stage::Proposals;

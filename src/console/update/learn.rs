@@ -108,10 +108,7 @@ pub(crate) fn open_editor(state: &mut State) {
 
 /// Re-validates the open editor against the policy the review's other choices make, after
 /// `f` changed the form (it says whether it did). Whether a review is open.
-pub(crate) fn with_editor(
-    state: &mut State,
-    f: impl FnOnce(&mut RuleEditor) -> bool,
-) -> bool {
+pub(crate) fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) -> bool {
     let Some(review) = state.overlays.learn() else {
         return false;
     };
@@ -207,7 +204,9 @@ pub(crate) fn leave(state: &mut State) {
 /// `q` during the review: asks first if choices would be lost. Whether it asked.
 pub(crate) fn quit(state: &mut State) -> bool {
     if state.overlays.learn().is_some_and(|r| r.has_choices()) {
-        state.overlays.open_prompt(Prompt::DropLearned { quit: true });
+        state
+            .overlays
+            .open_prompt(Prompt::DropLearned { quit: true });
         return true;
     }
     false

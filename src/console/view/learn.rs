@@ -35,7 +35,7 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, revie
         return;
     }
     let (lines, scroll) = match review.current() {
-        Some(item) => (proposal_lines(review, item, t), 0),
+        Some(item) => (proposal_lines(review, item, t), review.scroll as usize),
         None => (summary_lines(review, state, t), review.scroll as usize),
     };
     for (y, line) in (inner.y..inner.bottom()).zip(lines.iter().skip(scroll)) {
@@ -74,11 +74,7 @@ fn choice_style(t: &Theme, c: Choice) -> Style {
 
 fn proposal_lines(review: &LearnReview, item: &Item, t: &Theme) -> Vec<Line<'static>> {
     let mut out = Vec::new();
-    let progress = format!(
-        " {} of {} · ",
-        review.at + 1,
-        review.items.len()
-    );
+    let progress = format!(" {} of {} · ", review.at + 1, review.items.len());
     let (mark, words) = choice_words(item);
     out.push(Line::from(vec![
         Span::styled(progress, t.accent),
@@ -106,7 +102,8 @@ fn proposal_lines(review: &LearnReview, item: &Item, t: &Theme) -> Vec<Line<'sta
         }
         out.push(Line::default());
     }
-    let before_after = item.proposal.kind == ProposalKind::Tighten && !item.shown.current.is_empty();
+    let before_after =
+        item.proposal.kind == ProposalKind::Tighten && !item.shown.current.is_empty();
     if before_after || item.proposal.kind == ProposalKind::Remove {
         out.push(Line::styled(" The policy's rule now", t.muted));
         for l in &item.shown.current {
@@ -134,21 +131,28 @@ fn proposal_lines(review: &LearnReview, item: &Item, t: &Theme) -> Vec<Line<'sta
 fn summary_lines(review: &LearnReview, state: &State, t: &Theme) -> Vec<Line<'static>> {
     let mut out = Vec::new();
     let edited = review.items.iter().filter(|i| i.edited).count();
-    let widened = review.items.iter().filter(|i| i.widened && !i.edited).count();
+    let widened = review
+        .items
+        .iter()
+        .filter(|i| i.widened && !i.edited)
+        .count();
     out.push(Line::from(vec![
         Span::styled(
             format!(" {} accepted", review.count(Choice::Accepted)),
             t.allow,
         ),
+        Span::styled(format!(" ({edited} edited, {widened} widened)"), t.muted),
         Span::styled(
-            format!(" ({edited} edited, {widened} widened)"),
-            t.muted,
+            format!(" · {} rejected", review.count(Choice::Rejected)),
+            t.deny,
         ),
-        Span::styled(format!(" · {} rejected", review.count(Choice::Rejected)), t.deny),
-        Span::styled(format!(" · {} skipped", review.count(Choice::Skipped)), t.hold),
+        Span::styled(
+            format!(" · {} skipped", review.count(Choice::Skipped)),
+            t.hold,
+        ),
         Span::styled(
             format!(
-                " · written to {}{}",
+                " · the result goes to {}{}",
                 crate::sanitize::terminal_text(&review.target),
                 if review.shadow {
                     " (shadow candidate)"
@@ -230,7 +234,10 @@ fn summary_lines(review: &LearnReview, state: &State, t: &Theme) -> Vec<Line<'st
         ));
     }
     for r in outcome.refused.iter().take(LISTED_REFUSALS) {
-        let time = r.at.with_timezone(&state.tz).format("%m-%d %H:%M:%S").to_string();
+        let time =
+            r.at.with_timezone(&state.tz)
+                .format("%m-%d %H:%M:%S")
+                .to_string();
         out.push(Line::from(vec![
             Span::styled(format!("   {time}  "), t.muted),
             Span::styled(

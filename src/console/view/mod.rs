@@ -88,7 +88,10 @@ pub fn draw(frame: &mut Frame, state: &State, view: &mut ViewState) {
         match overlay {
             Overlay::Help => help::draw(buf, body, state, t),
             Overlay::Learn(l) => learn::draw(buf, body, state, t, l),
-            Overlay::Editor(e) => editor_cursor = editor::draw(buf, body, t, e),
+            Overlay::Editor(e) => {
+                let learned = state.overlays.learn().is_some();
+                editor_cursor = editor::draw(buf, body, t, e, learned);
+            }
             Overlay::Review(r) => diff::draw(buf, body, state, t, r),
             // A prompt is the bottom line, drawn with it.
             Overlay::Prompt(_) => {}
