@@ -181,11 +181,7 @@ fn summary_lines(review: &LearnReview, state: &State, t: &Theme) -> Vec<Line<'st
     let Some(outcome) = &review.outcome else {
         return out;
     };
-    let problems = match &outcome.text {
-        Ok(_) => None,
-        Err(p) => Some(p),
-    };
-    if let Some(problems) = problems {
+    if let Err(problems) = &outcome.text {
         out.push(Line::styled(
             " The result is not a valid policy (toolgate check says):",
             t.error,
