@@ -510,3 +510,40 @@ fn snapshot_the_summary_with_a_rejected_tool_refused() {
     s.message = None;
     insta::assert_debug_snapshot!(text(&render(&s, 130, 32)));
 }
+
+#[test]
+fn with_shadow_the_result_is_written_as_a_candidate_and_the_message_says_how_to_try_it() {
+    let shadow = "/home/op/policy.shadow.json";
+    let mut s = State::new(t0(), 10);
+    review_learned(&mut s, "d.json", &draft().to_string(), shadow, true, false).unwrap();
+    for _ in 0..5 {
+        press(&mut s, 'a');
+    }
+    key(&mut s, KeyCode::Enter);
+    press(&mut s, 'y');
+    let (path, text) = s
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::WritePolicy { path, text, .. } => Some((path.clone(), text.clone())),
+            _ => None,
+        })
+        .expect("y writes");
+    assert_eq!(path, shadow);
+    let now = s.now;
+    update(
+        &mut s,
+        AppEvent::PolicyWritten {
+            text,
+            result: Ok("h".into()),
+        },
+        now,
+    );
+    let m = s.message.clone().unwrap();
+    assert!(
+        m.text
+            .contains("--shadow-policy /home/op/policy.shadow.json"),
+        "{}",
+        m.text
+    );
+}

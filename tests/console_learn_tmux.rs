@@ -128,7 +128,9 @@ fn a_learned_policy_is_reviewed_proposal_by_proposal_and_written_as_chosen() {
     });
     term.send(&["C-s"]);
     term.wait_for("the tighten, before and after", ANSWER_WITHIN, |s| {
-        s.contains("proposal 4 of 5") && s.contains("The policy's rule now") && s.contains("Proposed instead")
+        s.contains("proposal 4 of 5")
+            && s.contains("The policy's rule now")
+            && s.contains("Proposed instead")
     });
     term.send(&["a"]);
     term.wait_for("the last proposal", ANSWER_WITHIN, |s| {
@@ -202,5 +204,10 @@ fn a_learned_policy_is_reviewed_proposal_by_proposal_and_written_as_chosen() {
 
     // The choices are written: q quits without asking.
     term.send(&["q"]);
-    assert_eq!(term.exit_status(ANSWER_WITHIN), Some(0), "{}", term.screen());
+    assert_eq!(
+        term.exit_status(ANSWER_WITHIN),
+        Some(0),
+        "{}",
+        term.screen()
+    );
 }

@@ -160,3 +160,17 @@ pub(super) fn init_logging(path: &PathBuf) -> anyhow::Result<()> {
         .try_init();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shadow_candidate_sits_beside_the_policy() {
+        assert_eq!(
+            shadow_path(Path::new("/etc/tg/policy.json")),
+            Path::new("/etc/tg/policy.shadow.json")
+        );
+        assert_eq!(shadow_path(Path::new("rules")), Path::new("rules.shadow"));
+    }
+}

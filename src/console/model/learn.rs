@@ -643,3 +643,44 @@ impl LearnReview {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_name_widens_to_its_prefix_up_to_the_last_separator() {
+        assert_eq!(widen_name("notes_read").as_deref(), Some("notes_*"));
+        assert_eq!(widen_name("fs.read-file").as_deref(), Some("fs.read-*"));
+        assert_eq!(widen_name("echo"), None, "no prefix to keep");
+        assert_eq!(widen_name("_x"), None, "nothing before the separator");
+        assert_eq!(widen_name("notes_*"), None, "already a glob");
+    }
+
+    #[test]
+    fn ranges_widen_outwards_in_require_and_in_deny_if() {
+        let mut rule = json!({
+            "require": [
+                { "path": "args.n", "op": "lte", "value": 100 },
+                { "path": "args.n", "op": "gte", "value": 10 },
+                { "path": "args.x", "op": "gt", "value": -3 },
+                { "path": "args.t", "op": "in", "value": [1, 2] }
+            ],
+            "deny_if": [ { "path": "args.size", "op": "gt", "value": 2.5 } ]
+        });
+        assert!(widen_ranges(&mut rule));
+        assert_eq!(rule["require"][0]["value"], 200);
+        assert_eq!(rule["require"][1]["value"], 5);
+        assert_eq!(rule["require"][2]["value"], -6);
+        assert_eq!(
+            rule["require"][3]["value"],
+            json!([1, 2]),
+            "a set is not a range"
+        );
+        assert_eq!(rule["deny_if"][0]["value"], 5.0);
+        let mut none =
+            json!({ "require": [ { "path": "args.p", "op": "under", "value": "/srv" } ] });
+        assert!(!widen_ranges(&mut none));
+    }
+}
