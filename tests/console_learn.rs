@@ -547,3 +547,66 @@ fn with_shadow_the_result_is_written_as_a_candidate_and_the_message_says_how_to_
         m.text
     );
 }
+
+#[test]
+fn a_file_changed_on_disk_is_read_again_and_the_result_diffed_against_it() {
+    let mut s = reviewing();
+    for _ in 0..5 {
+        press(&mut s, 'a');
+    }
+    key(&mut s, KeyCode::Enter);
+    press(&mut s, 'y');
+    let text = s
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::WritePolicy { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .expect("y writes");
+    s.effects.clear();
+    let changed = BASE.replace("\"notes_export\": {}", "\"notes_export\": {}, \"x\": {}");
+    let now = s.now;
+    update(
+        &mut s,
+        AppEvent::PolicyWritten {
+            text,
+            result: Err(toolgate::console::testing::WriteFailure::ChangedOnDisk(
+                changed.clone(),
+            )),
+        },
+        now,
+    );
+    assert_eq!(
+        stage(&s),
+        Stage::Summary,
+        "the review stays, its choices kept"
+    );
+    key(&mut s, KeyCode::Enter);
+    assert!(
+        s.effects
+            .iter()
+            .any(|e| matches!(e, Effect::LoadPolicy(p) if p == TARGET)),
+        "{:?}",
+        s.effects
+    );
+    update(
+        &mut s,
+        AppEvent::PolicyFile {
+            path: TARGET.into(),
+            result: Ok(changed.clone()),
+        },
+        now,
+    );
+    key(&mut s, KeyCode::Enter);
+    press(&mut s, 'y');
+    let expected = s.effects.iter().find_map(|e| match e {
+        Effect::WritePolicy { expected_hash, .. } => Some(expected_hash.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        expected,
+        Some(toolgate::console::testing::hash_bytes(changed.as_bytes())),
+        "written over the file as read again"
+    );
+}

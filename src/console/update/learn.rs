@@ -11,7 +11,7 @@
 use crate::console::model::draft::Draft;
 use crate::console::model::editor::RuleEditor;
 use crate::console::model::learn::{Choice, LearnReview, Stage};
-use crate::console::model::{Overlay, Prompt, State};
+use crate::console::model::{Effect, Overlay, Prompt, State};
 use crate::learn::ProposalKind;
 use crate::sanitize::terminal_text;
 
@@ -171,6 +171,16 @@ pub(crate) fn write(state: &mut State) {
         }
         None => return,
     };
+    if state.authoring.conflict.is_some() {
+        // The file changed on disk since it was read: read it again, and diff against that
+        // (the result is made from the learned draft's base, not from the file).
+        state.effects.push(Effect::LoadPolicy(target.clone()));
+        state.complain(format!(
+            "{} changed on disk: reading it again; ⏎ then shows the diff against it",
+            terminal_text(&target)
+        ));
+        return;
+    }
     let Some(draft) = state.authoring.draft.as_mut().filter(|d| d.path == target) else {
         let why = state
             .authoring
