@@ -223,4 +223,18 @@ mod tests {
         write_atomic(&path, "mine", &hash_bytes(b"as loaded"), true).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "mine");
     }
+
+    #[test]
+    fn a_missing_file_is_created_only_by_a_draft_of_the_empty_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.json");
+        let refused = write_atomic(&path, "new", &hash_bytes(b"as loaded"), false);
+        assert!(matches!(refused, Err(WriteError::ChangedOnDisk { .. })));
+        assert!(!path.exists());
+        write_atomic(&path, "new", &hash_bytes(b""), false).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        // Once it exists, the empty text's draft is out of date.
+        let again = write_atomic(&path, "other", &hash_bytes(b""), false);
+        assert!(matches!(again, Err(WriteError::ChangedOnDisk { .. })));
+    }
 }
