@@ -211,3 +211,44 @@ fn a_learned_policy_is_reviewed_proposal_by_proposal_and_written_as_chosen() {
         term.screen()
     );
 }
+
+#[test]
+fn a_file_that_is_not_a_learned_draft_is_refused_with_a_clear_error_before_the_terminal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("draft.json");
+    std::fs::write(&bad, r#"{"proposals": "all of them"}"#).expect("draft");
+    let policy = dir.path().join("policy.json");
+    let out = Command::new(support::toolgate())
+        .arg("console")
+        .arg("--log")
+        .arg(dir.path().join("console.log"))
+        .arg("--review-learned")
+        .arg(&bad)
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .expect("toolgate console");
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a draft written by `toolgate learn --proposals`")
+            && stderr.contains("draft.json"),
+        "{stderr}"
+    );
+    assert!(!policy.exists(), "nothing written");
+
+    let without_policy = Command::new(support::toolgate())
+        .args(["console", "--review-learned"])
+        .arg(&bad)
+        .output()
+        .expect("toolgate console");
+    assert_eq!(
+        without_policy.status.code(),
+        Some(2),
+        "clap refuses it: {without_policy:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&without_policy.stderr).contains("--policy"),
+        "{without_policy:?}"
+    );
+}
