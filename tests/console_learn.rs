@@ -318,6 +318,11 @@ fn widen_globs_the_name_and_loosens_the_numeric_range_and_again_undoes_it() {
     press(&mut s, 'w'); // notes_read
     let item = &s.overlays.learn().unwrap().items[2];
     assert_eq!(item.key, "notes_*");
+    assert_eq!(
+        item.rule.as_ref().unwrap()["limits"][0]["counter"],
+        "notes_*",
+        "the rule's own counter follows its key"
+    );
     assert_eq!(item.rule.as_ref().unwrap()["require"][1]["value"], 8192);
     assert_eq!(
         item.rule.as_ref().unwrap()["require"][0]["value"],
@@ -337,6 +342,29 @@ fn widen_globs_the_name_and_loosens_the_numeric_range_and_again_undoes_it() {
     assert!(result["tools"].get("notes_read").is_none(), "{result}");
     let outcome = s.overlays.learn().unwrap().outcome.clone().unwrap();
     assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+}
+
+#[test]
+fn a_widened_glob_that_lets_a_rejected_tool_through_is_shown() {
+    let mut s = reviewing();
+    press(&mut s, 'a');
+    press(&mut s, 'a');
+    press(&mut s, 'w'); // notes_read → notes_*
+    press(&mut s, 'a');
+    press(&mut s, 'a');
+    press(&mut s, 'r'); // notes_write: but notes_* matches it
+    let outcome = s.overlays.learn().unwrap().outcome.clone().unwrap();
+    assert_eq!(
+        outcome.widened_over,
+        [
+            "notes_* (widened) also decides notes_write, whose proposal you rejected: its calls get the glob's rule"
+        ]
+    );
+    let screen = text(&render(&s, 140, 30)).join("\n");
+    assert!(
+        screen.contains("⚠ notes_* (widened) also decides notes_write"),
+        "{screen}"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::whatif::{self, WhatIf};
 use crate::learn::{Draft as Learned, Observation, Proposal, ProposalKind};
-use crate::policy::{Policy, Verdict};
+use crate::policy::{Policy, RuleMatch, Verdict};
 use crate::sanitize::{json_pretty, terminal_string, terminal_text};
 use crate::wire::CallEvent;
 
@@ -142,6 +142,9 @@ pub struct Outcome {
     pub refused: Vec<Refused>,
     /// The replayed calls the result would hold for a person.
     pub held: usize,
+    /// Tools whose proposal was rejected or skipped that a widened glob now decides
+    /// (sanitised lines): widening `notes_read` to `notes_*` lets `notes_write` through too.
+    pub widened_over: Vec<String>,
 }
 
 impl Outcome {
@@ -343,6 +346,19 @@ impl Item {
             && let Some(glob) = widen_name(&self.key)
         {
             said.push(format!("key {}", terminal_text(&glob)));
+            // The rule's own counter follows its key: one budget for the glob's tools.
+            if let Some(limits) = self
+                .rule
+                .as_mut()
+                .and_then(|r| r.get_mut("limits"))
+                .and_then(Value::as_array_mut)
+            {
+                for l in limits {
+                    if l.get("counter").and_then(Value::as_str) == Some(self.key.as_str()) {
+                        l["counter"] = Value::String(glob.clone());
+                    }
+                }
+            }
             self.key = glob;
         }
         if let Some(rule) = self.rule.as_mut()
@@ -542,6 +558,7 @@ impl LearnReview {
                     whatif: WhatIf::default(),
                     refused: Vec::new(),
                     held: 0,
+                    widened_over: Vec::new(),
                 };
             }
         };
@@ -557,9 +574,11 @@ impl LearnReview {
                     whatif: WhatIf::default(),
                     refused: Vec::new(),
                     held: 0,
+                    widened_over: Vec::new(),
                 };
             }
         };
+        let widened_over = self.widened_over(&policy);
         let allow_all = Policy::parse(r#"{"version":"1","default":"allow"}"#, "allow-all").ok();
         let whatif = whatif::replay(
             allow_all.as_ref(),
@@ -597,7 +616,40 @@ impl LearnReview {
             whatif,
             refused,
             held,
+            widened_over,
         }
+    }
+
+    /// The tools not accepted that a glob made by widening decides in `policy` (the policy
+    /// module says which rule decides each).
+    fn widened_over(&self, policy: &Policy) -> Vec<String> {
+        let globs: Vec<&str> = self
+            .items
+            .iter()
+            .filter(|i| i.choice == Choice::Accepted && i.widened && i.key != i.proposal.tool)
+            .map(|i| i.key.as_str())
+            .collect();
+        let mut out = Vec::new();
+        for item in &self.items {
+            if item.choice == Choice::Accepted || item.proposal.kind == ProposalKind::Remove {
+                continue;
+            }
+            if let RuleMatch::Glob { pattern, .. } = policy.rule_match(&item.proposal.tool)
+                && globs.contains(&pattern.as_str())
+            {
+                let choice = if item.choice == Choice::Rejected {
+                    "rejected"
+                } else {
+                    "did not accept"
+                };
+                out.push(format!(
+                    "{} (widened) also decides {}, whose proposal you {choice}: its calls get the glob's rule",
+                    terminal_text(&pattern),
+                    item.shown.tool
+                ));
+            }
+        }
+        out
     }
 
     fn time_of(&self, call: &CallEvent) -> DateTime<Utc> {

@@ -229,6 +229,9 @@ fn summary_lines(review: &LearnReview, state: &State, t: &Theme) -> Vec<Line<'st
             t.hold,
         ));
     }
+    for w in &outcome.widened_over {
+        out.push(Line::styled(format!("   ⚠ {w}"), t.error));
+    }
     for r in outcome.refused.iter().take(LISTED_REFUSALS) {
         let time =
             r.at.with_timezone(&state.tz)
