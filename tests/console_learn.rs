@@ -638,3 +638,30 @@ fn a_file_changed_on_disk_is_read_again_and_the_result_diffed_against_it() {
         "written over the file as read again"
     );
 }
+
+#[test]
+fn a_long_recording_replays_its_newest_calls_and_says_how_many_of_all() {
+    let mut observations: Vec<Value> = (1..=10_000)
+        .rev()
+        .map(|n| obs(n, "ping", "ci", json!({})))
+        .collect();
+    // The oldest, refused if it were replayed (no proposal names it).
+    observations.push(obs(0, "unnamed", "ci", json!({})));
+    let d = json!({
+        "base": BASE,
+        "proposals": [ { "kind": "add", "tool": "ping", "rule": {}, "current": null,
+                         "reason": "10000 calls", "evidence": [] } ],
+        "observations": observations,
+    });
+    let mut s = State::new(t0(), 10);
+    review_learned(&mut s, "d.json", &d.to_string(), TARGET, false, true).unwrap();
+    press(&mut s, 'a');
+    let outcome = s.overlays.learn().unwrap().outcome.clone().unwrap();
+    assert_eq!(outcome.whatif.replayed, 10_000);
+    assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+    let screen = text(&render(&s, 120, 30)).join("\n");
+    assert!(
+        screen.contains("re-decides the 10000 recorded calls (the newest 10000 of 10001)"),
+        "{screen}"
+    );
+}

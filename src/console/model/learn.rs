@@ -386,14 +386,12 @@ impl LearnReview {
     /// A review of `learned`, whose result goes to `target` (as a shadow candidate when
     /// `shadow`).
     pub(crate) fn new(source: &str, learned: Learned, target: &str, shadow: bool) -> LearnReview {
-        let redacted = learned
-            .observations
-            .iter()
-            .map(|o| has_type_only(&o.args))
-            .collect();
-        let times = learned.observations.iter().map(|o| o.at).collect();
-        let observations = learned
-            .observations
+        // Oldest first, so a replay capped at the newest calls takes the newest.
+        let mut recorded: Vec<&Observation> = learned.observations.iter().collect();
+        recorded.sort_by_key(|o| o.at);
+        let times = recorded.iter().map(|o| o.at).collect();
+        let redacted = recorded.iter().map(|o| has_type_only(&o.args)).collect();
+        let observations = recorded
             .iter()
             .enumerate()
             .map(|(n, o)| as_call(n, o))
