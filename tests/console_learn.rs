@@ -665,3 +665,24 @@ fn a_long_recording_replays_its_newest_calls_and_says_how_many_of_all() {
         "{screen}"
     );
 }
+
+#[test]
+fn a_call_refused_when_recorded_and_refused_again_is_expected_not_flagged() {
+    let mut d = draft();
+    let mut denied = obs(40, "drop_table", "ci", json!({}));
+    denied["decision"] = json!("deny");
+    d["observations"].as_array_mut().unwrap().push(denied);
+    d["observations"]
+        .as_array_mut()
+        .unwrap()
+        .push(obs(41, "drop_table", "ci", json!({})));
+    let mut s = State::new(t0(), 10);
+    review_learned(&mut s, "d.json", &d.to_string(), TARGET, false, true).unwrap();
+    for _ in 0..5 {
+        press(&mut s, 'a');
+    }
+    let outcome = s.overlays.learn().unwrap().outcome.clone().unwrap();
+    let causes: Vec<Cause> = outcome.refused.iter().map(|r| r.cause).collect();
+    assert_eq!(causes, [Cause::RefusedThen, Cause::Unproposed]);
+    assert_eq!(outcome.unchosen(), 1, "the one allowed then is flagged");
+}

@@ -93,14 +93,17 @@ pub enum Cause {
     Proposal,
     /// No proposal names its tool: the base policy refuses it.
     Unproposed,
+    /// The gateway refused it when it was recorded too (the draft keeps what was refused).
+    RefusedThen,
 }
 
 impl Cause {
-    /// Whether the operator chose this refusal.
+    /// Whether the refusal is expected: the operator chose it, or the call was refused when
+    /// it was recorded as well.
     pub fn chosen(self) -> bool {
         matches!(
             self,
-            Cause::Rejected | Cause::Skipped | Cause::Edited | Cause::Removed
+            Cause::Rejected | Cause::Skipped | Cause::Edited | Cause::Removed | Cause::RefusedThen
         )
     }
 
@@ -113,6 +116,7 @@ impl Cause {
             Cause::Redacted => "a secret argument was recorded as its type only",
             Cause::Proposal => "the proposal as made (check it)",
             Cause::Unproposed => "no proposal for this tool: the base policy decides",
+            Cause::RefusedThen => "refused when it was recorded too",
         }
     }
 }
@@ -600,7 +604,14 @@ impl LearnReview {
                         tool: terminal_text(&c.tool).into_owned(),
                         grant: terminal_text(&c.grant).into_owned(),
                         verdict: c.after,
-                        cause: self.cause(&c.tool, redacted),
+                        cause: match self.cause(&c.tool, redacted) {
+                            Cause::Proposal | Cause::Unproposed
+                                if matches!(c.decided, Verdict::Deny | Verdict::RateLimited) =>
+                            {
+                                Cause::RefusedThen
+                            }
+                            cause => cause,
+                        },
                         args: call
                             .and_then(|c| crate::sanitize::json(&c.args).ok())
                             .unwrap_or_default(),
