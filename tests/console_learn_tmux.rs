@@ -213,6 +213,86 @@ fn a_learned_policy_is_reviewed_proposal_by_proposal_and_written_as_chosen() {
 }
 
 #[test]
+fn with_shadow_the_result_is_a_new_candidate_beside_the_policy_which_stays_as_it_was() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = dir.path().join("run");
+    support::private_dir(&runtime);
+    let state = dir.path().join("state");
+    let policy = dir.path().join("policy.json");
+    let draft_path = dir.path().join("draft.json");
+    std::fs::write(&policy, BASE).expect("policy");
+    std::fs::write(&draft_path, draft().to_string()).expect("draft");
+    let log = dir.path().join("console.log");
+    let args = [
+        "console".to_owned(),
+        "--log".to_owned(),
+        log.display().to_string(),
+        "--review-learned".to_owned(),
+        draft_path.display().to_string(),
+        "--policy".to_owned(),
+        policy.display().to_string(),
+        "--shadow".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let term = Tmux::start(
+        support::toolgate(),
+        &args,
+        dir.path(),
+        (160, 50),
+        &[("XDG_RUNTIME_DIR", &runtime), ("XDG_STATE_HOME", &state)],
+    )
+    .showing_log(&log);
+    term.wait_for("the first proposal", ANSWER_WITHIN, |s| {
+        s.contains("proposal 1 of 5")
+    });
+    for n in 2..=5 {
+        term.send(&["a"]);
+        term.wait_for("the next proposal", ANSWER_WITHIN, |s| {
+            s.contains(&format!("proposal {n} of 5"))
+        });
+    }
+    term.send(&["a"]);
+    term.wait_for("the summary", ANSWER_WITHIN, |s| {
+        s.contains("policy.shadow.json (shadow candidate)") && s.contains("0 would be refused")
+    });
+    term.send(&["Enter"]);
+    term.wait_for("the diff of a new file", ANSWER_WITHIN, |s| {
+        s.contains("y writes") && s.contains("+  \"default\": \"deny\",")
+    });
+    term.send(&["y"]);
+    term.wait_for("the write and how to try it", ANSWER_WITHIN, |s| {
+        s.contains("--shadow-policy")
+    });
+    let candidate = dir.path().join("policy.shadow.json");
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&candidate).expect("candidate"))
+            .expect("JSON");
+    assert!(written["tools"].get("notes_export").is_none(), "{written}");
+    assert_eq!(
+        written["tools"]["notes_search"]["limits"][0]["max"], 6,
+        "{written}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&policy).expect("policy"),
+        BASE,
+        "the enforced policy is untouched"
+    );
+    let check = Command::new(support::toolgate())
+        .arg("check")
+        .arg(&candidate)
+        .output()
+        .expect("toolgate check");
+    assert!(check.status.success(), "{check:?}");
+    term.send(&["q"]);
+    assert_eq!(
+        term.exit_status(ANSWER_WITHIN),
+        Some(0),
+        "{}",
+        term.screen()
+    );
+}
+
+#[test]
 fn a_file_that_is_not_a_learned_draft_is_refused_with_a_clear_error_before_the_terminal() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bad = dir.path().join("draft.json");
