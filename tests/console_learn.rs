@@ -196,6 +196,11 @@ fn the_review_walks_the_proposals_one_by_one_and_says_how_far_it_is() {
     press(&mut s, 'b');
     assert_eq!(at(&s), 0, "b goes back to the previous proposal");
     assert_eq!(choices(&s)[0], Choice::Accepted, "and keeps its choice");
+    key(&mut s, KeyCode::Right);
+    assert_eq!(at(&s), 1, "→ moves on, the choice kept");
+    key(&mut s, KeyCode::Right);
+    assert_eq!(at(&s), 1, "not past an undecided proposal");
+    assert!(s.message.clone().unwrap().error);
 }
 
 #[test]

@@ -128,6 +128,8 @@ pub enum KeyAction {
     LearnSkip,
     /// Learned-policy review: back to the previous proposal (`b`, `←`).
     LearnPrevious,
+    /// Learned-policy review: on to the next proposal, keeping this one's choice (`→`).
+    LearnNext,
     /// Learned-policy review, at the summary: the diff of the result, then y/n (`Enter`,
     /// `w`).
     LearnWrite,

@@ -688,6 +688,14 @@ pub(crate) fn bindings() -> &'static [Binding] {
             ),
             b(
                 LearnProposal,
+                &[Right],
+                "→",
+                KeyAction::LearnNext,
+                "on to the next proposal, keeping this one's choice",
+                None,
+            ),
+            b(
+                LearnProposal,
                 &[Char('J')],
                 "J",
                 KeyAction::ScrollDetail(SCROLL_STEP),

@@ -81,6 +81,18 @@ pub(crate) fn previous(state: &mut State) {
     }
 }
 
+/// `→`: the next proposal, once this one is decided.
+pub(crate) fn next(state: &mut State) {
+    let Some(review) = state.overlays.learn_mut() else {
+        return;
+    };
+    match review.current().map(|i| i.choice) {
+        Some(Choice::Open) => state.complain("decide this proposal first (s skips it)"),
+        Some(_) => review.advance(),
+        None => {}
+    }
+}
+
 /// `e`: the rule editor on the proposed rule.
 pub(crate) fn open_editor(state: &mut State) {
     let Some(review) = state.overlays.learn() else {

@@ -358,6 +358,7 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
         KeyAction::LearnEdit => learn::open_editor(state),
         KeyAction::LearnWiden => learn::widen(state),
         KeyAction::LearnPrevious => learn::previous(state),
+        KeyAction::LearnNext => learn::next(state),
         KeyAction::LearnWrite => learn::write(state),
         KeyAction::EditCounterMax => open_counter_edit(state, true),
         KeyAction::EditCounterWindow => open_counter_edit(state, false),
