@@ -800,4 +800,117 @@ mod tests {
         // Only the busy budget's units within its retained span (2 s) are left.
         assert!(units <= 2001, "{units}");
     }
+
+    /// Version 1's schema, as the previous release wrote it.
+    const SCHEMA_V1: &str = "
+        CREATE TABLE budgets (
+            id INTEGER PRIMARY KEY, counter TEXT NOT NULL, scope TEXT NOT NULL,
+            scope_key TEXT NOT NULL, retain_ms INTEGER NOT NULL, latest_ms INTEGER NOT NULL,
+            UNIQUE (counter, scope, scope_key));
+        CREATE INDEX budgets_by_expiry ON budgets (latest_ms + 2 * retain_ms);
+        CREATE TABLE units (
+            budget INTEGER NOT NULL, at_ms INTEGER NOT NULL, token INTEGER NOT NULL,
+            PRIMARY KEY (budget, at_ms, token)) WITHOUT ROWID;
+        PRAGMA user_version = 1;";
+
+    fn global(counter: &Arc<str>, max: u64, window_ms: u64) -> LimitRequest<'_> {
+        LimitRequest {
+            counter,
+            scope: Scope::Global,
+            scope_key: "",
+            max,
+            window_ms,
+        }
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_with_its_counts_and_its_units_releasable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(SCHEMA_V1).unwrap();
+        old.execute_batch(
+            "INSERT INTO budgets VALUES (7, 'c', 'global', '', 1000, 5000);
+             INSERT INTO units VALUES (7, 4100, 11), (7, 4500, 12), (7, 5000, 13);",
+        )
+        .unwrap();
+        drop(old);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        // Three units in the window (4100, 4500, 5000): a max of 3 is full until 5100.
+        assert_eq!(
+            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
+            Admission::Refused {
+                index: 0,
+                retry_after_ms: 50
+            }
+        );
+        // A unit counted by the old version is given back by its token.
+        let old_unit = Reservation::new(vec![ReservedUnit {
+            key: global(&c, 3, 1000).key(),
+            at_ms: 4500,
+            token: 12,
+        }]);
+        store.try_release(&old_unit).unwrap();
+        assert!(matches!(
+            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
+            Admission::Admitted(_)
+        ));
+        let usage = store
+            .usage_of(&global(&c, 3, 1000).key(), 1000, 5050)
+            .unwrap();
+        assert_eq!(usage.used, 3);
+        let (version, old_tables): (i64, i64) = store
+            .with_conn(|c| {
+                c.query_row(
+                    "SELECT (SELECT user_version FROM pragma_user_version),
+                            (SELECT count(*) FROM sqlite_master WHERE name IN ('budgets', 'units'))",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!((version, old_tables), (SCHEMA_VERSION, 0));
+    }
+
+    #[test]
+    fn a_file_from_a_newer_version_is_refused_not_guessed_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 3")
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        let e = store.admit(&[global(&c, 3, 1000)], 1).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Schema);
+        assert!(e.detail.contains("schema version 3"), "{}", e.detail);
+        assert!(e.detail.contains("newer toolgate"), "{}", e.detail);
+    }
+
+    #[test]
+    fn a_version_1_connection_open_during_the_migration_fails_instead_of_miscounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        // An old gateway, connected before the upgrade, with its statement prepared.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(SCHEMA_V1).unwrap();
+        old.execute_batch("INSERT INTO budgets VALUES (1, 'c', 'global', '', 1000, 0)")
+            .unwrap();
+        let mut insert = old
+            .prepare("INSERT INTO units (budget, at_ms, token) VALUES (1, ?1, ?2)")
+            .unwrap();
+        insert.execute(params![10, 1]).unwrap();
+
+        let store = SqliteStore::open(&path).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        assert!(matches!(
+            store.admit(&[global(&c, 5, 1000)], 20).unwrap(),
+            Admission::Admitted(_)
+        ));
+        let e = insert.execute(params![30, 2]).unwrap_err();
+        assert!(e.to_string().contains("no such table"), "{e}");
+    }
 }
