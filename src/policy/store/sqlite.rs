@@ -415,7 +415,9 @@ impl Budget {
     /// cursor and `low` (few: those that left the window since the cursor last moved, or
     /// those of a clock slightly behind).
     fn after(&self, tx: &Connection, low: i64) -> rusqlite::Result<u64> {
-        Ok(if low >= self.cursor_ms {
+        Ok(if low == self.cursor_ms {
+            self.above
+        } else if low > self.cursor_ms {
             self.above
                 .saturating_sub(count_between(tx, self.id, self.cursor_ms, low)?)
         } else {
@@ -529,11 +531,13 @@ impl CounterStore for SqliteStore {
     ) -> Result<KeyUsage, StoreError> {
         let low = window_start(now_ms, window_ms);
         let found = self.with_conn(|conn| {
-            let Some(budget) = Budget::find(conn, &key.counter, key.scope, &key.scope_key)? else {
+            // One read transaction: the row and its units from one snapshot.
+            let tx = conn.transaction()?;
+            let Some(budget) = Budget::find(&tx, &key.counter, key.scope, &key.scope_key)? else {
                 return Ok(None);
             };
-            let used = budget.after(conn, low)?;
-            let oldest = oldest_after(conn, budget.id, low)?;
+            let used = budget.after(&tx, low)?;
+            let oldest = oldest_after(&tx, budget.id, low)?;
             Ok(Some((used, oldest)))
         })?;
         let (used, oldest) = found.unwrap_or((0, None));
@@ -558,7 +562,8 @@ impl CounterStore for SqliteStore {
     ) -> Result<Vec<KeyUsage>, StoreError> {
         let low = window_start(now_ms, window_ms);
         self.with_conn(|conn| {
-            let budgets: Vec<(String, Budget)> = conn
+            let tx = conn.transaction()?;
+            let budgets: Vec<(String, Budget)> = tx
                 .prepare_cached(
                     "SELECT scope_key, id, retain_ms, latest_ms, cursor_ms, above FROM counter_budgets
                      WHERE counter = ?1 AND scope = ?2 ORDER BY scope_key",
@@ -578,8 +583,8 @@ impl CounterStore for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let mut found = Vec::with_capacity(budgets.len());
             for (scope_key, budget) in budgets {
-                let used = budget.after(conn, low)?;
-                let Some(oldest) = oldest_after(conn, budget.id, low)?.filter(|_| used > 0) else {
+                let used = budget.after(&tx, low)?;
+                let Some(oldest) = oldest_after(&tx, budget.id, low)?.filter(|_| used > 0) else {
                     continue;
                 };
                 found.push(KeyUsage {
