@@ -184,9 +184,10 @@ fn wal_pages_per_admission(batch: usize) -> (f64, f64) {
     // The budget exists and the first sweep ran before measuring.
     admit(1);
     let reader = rusqlite::Connection::open(&path).expect("open a reader");
-    let page_size: u64 = reader
+    let page_size: i64 = reader
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .expect("page size");
+    let page_size = u64::try_from(page_size).expect("a positive page size");
     // A read transaction keeps the WAL from being checkpointed and restarted: it only grows.
     reader
         .execute_batch("BEGIN; SELECT count(*) FROM sqlite_master;")

@@ -201,7 +201,7 @@ fn us(d: Duration) -> f64 {
 /// Direct, unlimited through `wrap`, limited through `wrap` (SQLite): sequential medians
 /// and 64-in-flight rates, interleaved so all three see the same machine load.
 fn side_by_side(dir: &Path) {
-    let file = dir.join("side.sqlite3");
+    let file = dir.join("state/side.sqlite3");
     let mut direct = Peer::start(None, dir);
     let mut wrapped = Peer::start(Some(&file), dir);
     for _ in 0..100 {
@@ -250,7 +250,7 @@ fn side_by_side(dir: &Path) {
 
 /// 8 gateways, one file, one global budget: rate, p99 and over-admissions.
 fn contention(dir: &Path) {
-    let file = dir.join("shared.sqlite3");
+    let file = dir.join("state/shared.sqlite3");
     let mut peers: Vec<Peer> = (0..WRAPS).map(|_| Peer::start(Some(&file), dir)).collect();
     for peer in &mut peers {
         // Up and answering (an unlimited call), before the clock starts.
@@ -293,7 +293,7 @@ fn contention(dir: &Path) {
 
 /// The file locked by this process from before `wrap` starts, for 3 s.
 fn locked_store(dir: &Path) {
-    let file = dir.join("locked.sqlite3");
+    let file = dir.join("state/locked.sqlite3");
     let locker = rusqlite::Connection::open(&file).expect("open the counter file");
     locker
         .execute_batch("BEGIN EXCLUSIVE")
@@ -338,6 +338,9 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("policy.json"), POLICY).expect("write policy");
+    // The counter files live apart from the policy, as in a user's state directory: `wrap`
+    // watches the policy's directory, and every WAL write there would wake its watcher.
+    std::fs::create_dir(dir.path().join("state")).expect("state directory");
     side_by_side(dir.path());
     contention(dir.path());
     locked_store(dir.path());

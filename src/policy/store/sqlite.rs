@@ -7,19 +7,23 @@
 //!
 //! Atomicity across processes: an admission is one `BEGIN IMMEDIATE` transaction (the write
 //! lock is taken first, so no two processes check the same budget at once): read each
-//! budget, prune what has left its retained span, count, and insert one unit per budget or
-//! roll everything back. WAL mode lets readers (`usage`) run beside a writer; other writers
-//! wait up to [`BUSY_TIMEOUT`], then the call fails closed.
+//! budget's row, bring its running count up to the call's window, prune what has left its
+//! retained span, check every budget, and only if all have room insert one unit per budget.
+//! WAL mode lets readers (`usage`) run beside a writer; other writers wait, in short naps
+//! ([`wait_for_lock`]), up to [`BUSY_TIMEOUT`], then the call fails closed.
 //!
-//! The semantics are [`super::MemoryStore`]'s, row for row: a `budgets` row keeps the largest
-//! window ever asked of the key and its latest time; `units` keeps the time of every counted
-//! call, with a random token so a release removes exactly its own units.
+//! The semantics are [`super::MemoryStore`]'s, row for row: a budget row keeps the largest
+//! window ever asked of the key and its latest time; units keep the time of every counted
+//! call, with a random token so a release removes exactly its own units. The row also keeps
+//! a running count (schema version 2, see [`SCHEMA`]), so an admission reads the few units
+//! that left its window since the last one instead of counting the whole window: its cost
+//! does not grow with `max`.
 //!
 //! The store is synchronous; a gateway asks it from its [`super::StoreWorker`] thread, never
 //! from its async runtime, so a call waits for a local transaction (tens of microseconds) or
 //! at most [`BUSY_TIMEOUT`] under contention without stopping anything else. Admissions
-//! queued together are decided in one transaction ([`CounterStore::admit_many`]), each call
-//! in its own savepoint: rolled back alone when refused, so each stays all-or-nothing and
+//! queued together are decided in one transaction ([`CounterStore::admit_many`]): each call
+//! checks all its budgets before taking a unit from any, so each stays all-or-nothing and
 //! exact, and the batch shares one commit and the pages it writes.
 //!
 //! Opening is lazy: [`SqliteStore::open`] only creates the directory and the file (what a
@@ -61,7 +65,8 @@ const SCHEMA_VERSION: i64 = 2;
 /// How many admissions (in this process) between sweeps of idle budgets.
 const SWEEP_EVERY: u64 = 4096;
 
-/// Schema version 2. A `counter_budgets` row carries a running count: `above` is the number
+/// Schema version 2 (no index on the budgets' expiry, unlike version 1: see [`sweep`]). A
+/// `counter_budgets` row carries a running count: `above` is the number
 /// of its units counted after `cursor_ms`, kept exact by every insert, release and prune. An
 /// admission moves the cursor to its window's start, reading only the units that left the
 /// window since the last admission, instead of counting every unit in the window.
@@ -82,8 +87,6 @@ CREATE TABLE IF NOT EXISTS counter_budgets (
     above     INTEGER NOT NULL,
     UNIQUE (counter, scope, scope_key)
 );
-CREATE INDEX IF NOT EXISTS counter_budgets_by_expiry
-    ON counter_budgets (latest_ms + 2 * retain_ms);
 CREATE TABLE IF NOT EXISTS counter_units (
     budget INTEGER NOT NULL,
     at_ms  INTEGER NOT NULL,
@@ -255,6 +258,8 @@ fn connect_once(path: &Path) -> rusqlite::Result<Connection> {
     })?;
     let mut conn = Connection::open(path)?;
     conn.busy_handler(Some(wait_for_lock))?;
+    // Every statement an admission, a release and a read use stays prepared.
+    conn.set_prepared_statement_cache_capacity(32);
     // WAL: readers beside one writer, and commits without a sync of the main file.
     // NORMAL sync: a power cut may lose the last few counted calls, never corrupt the file.
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -363,7 +368,9 @@ pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
 }
 
 /// Forgets idle budgets: those whose every unit is out of the retained span. (Budgets in use
-/// are pruned as they are admitted.) Uses the expiry index, so it costs what it deletes.
+/// are pruned as they are admitted.) Reads every budget row, once per [`SWEEP_EVERY`]
+/// admissions: an index on their expiry would be rewritten by every admission (a page more
+/// written per call, for a sweep that runs once in thousands).
 fn sweep(conn: &mut Connection, now_ms: u64) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
@@ -464,16 +471,15 @@ impl CounterStore for SqliteStore {
         calls: &[(&[LimitRequest<'_>], u64)],
     ) -> Vec<Result<Admission, StoreError>> {
         let decided = self.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Each call checks all its budgets before it takes a unit from any, so a refused
-            // call wrote nothing but what any call would have (its budgets' cursors and
-            // latest times): the calls share one transaction without savepoints.
-            let answers = calls
-                .iter()
-                .map(|(limits, now_ms)| admit_in(&tx, limits, *now_ms))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            tx.commit()?;
-            Ok(answers)
+            in_transaction(conn, Begin::Write, |tx| {
+                // Each call checks all its budgets before it takes a unit from any, so a refused
+                // call wrote nothing but what any call would have (its budgets' cursors and
+                // latest times): the calls share one transaction without savepoints.
+                calls
+                    .iter()
+                    .map(|(limits, now_ms)| admit_in(tx, limits, *now_ms))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
         });
         let answers = match decided {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
@@ -498,28 +504,29 @@ impl CounterStore for SqliteStore {
             return Ok(());
         }
         self.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for unit in reservation.units() {
-                let key = &unit.key;
-                let Some(budget) = Budget::find(&tx, &key.counter, key.scope, &key.scope_key)?
-                else {
-                    continue;
-                };
-                let removed = tx
+            in_transaction(conn, Begin::Write, |tx| {
+                for unit in reservation.units() {
+                    let key = &unit.key;
+                    let Some(budget) = Budget::find(tx, &key.counter, key.scope, &key.scope_key)?
+                    else {
+                        continue;
+                    };
+                    let removed = tx
                     .prepare_cached(
                         "DELETE FROM counter_units WHERE budget = ?1 AND at_ms = ?2 AND token = ?3",
                     )?
                     .execute(params![budget.id, sql_int(unit.at_ms), sql_int(unit.token)])?;
-                // Only a unit that was there, and counted after the cursor, was in `above`
-                // (a second release of the same unit removes nothing).
-                if removed == 1 && sql_int(unit.at_ms) > budget.cursor_ms {
-                    tx.prepare_cached(
-                        "UPDATE counter_budgets SET above = above - 1 WHERE id = ?1",
-                    )?
-                    .execute(params![budget.id])?;
+                    // Only a unit that was there, and counted after the cursor, was in `above`
+                    // (a second release of the same unit removes nothing).
+                    if removed == 1 && sql_int(unit.at_ms) > budget.cursor_ms {
+                        tx.prepare_cached(
+                            "UPDATE counter_budgets SET above = above - 1 WHERE id = ?1",
+                        )?
+                        .execute(params![budget.id])?;
+                    }
                 }
-            }
-            tx.commit()
+                Ok(())
+            })
         })
     }
 
@@ -530,15 +537,17 @@ impl CounterStore for SqliteStore {
         now_ms: u64,
     ) -> Result<KeyUsage, StoreError> {
         let low = window_start(now_ms, window_ms);
+        // One read transaction: the row and its units from one snapshot.
         let found = self.with_conn(|conn| {
-            // One read transaction: the row and its units from one snapshot.
-            let tx = conn.transaction()?;
-            let Some(budget) = Budget::find(&tx, &key.counter, key.scope, &key.scope_key)? else {
-                return Ok(None);
-            };
-            let used = budget.after(&tx, low)?;
-            let oldest = oldest_after(&tx, budget.id, low)?;
-            Ok(Some((used, oldest)))
+            in_transaction(conn, Begin::Read, |tx| {
+                let Some(budget) = Budget::find(tx, &key.counter, key.scope, &key.scope_key)?
+                else {
+                    return Ok(None);
+                };
+                let used = budget.after(tx, low)?;
+                let oldest = oldest_after(tx, budget.id, low)?;
+                Ok(Some((used, oldest)))
+            })
         })?;
         let (used, oldest) = found.unwrap_or((0, None));
         Ok(KeyUsage {
@@ -561,8 +570,7 @@ impl CounterStore for SqliteStore {
         now_ms: u64,
     ) -> Result<Vec<KeyUsage>, StoreError> {
         let low = window_start(now_ms, window_ms);
-        self.with_conn(|conn| {
-            let tx = conn.transaction()?;
+        self.with_conn(|conn| in_transaction(conn, Begin::Read, |tx| {
             let budgets: Vec<(String, Budget)> = tx
                 .prepare_cached(
                     "SELECT scope_key, id, retain_ms, latest_ms, cursor_ms, above FROM counter_budgets
@@ -583,8 +591,8 @@ impl CounterStore for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let mut found = Vec::with_capacity(budgets.len());
             for (scope_key, budget) in budgets {
-                let used = budget.after(&tx, low)?;
-                let Some(oldest) = oldest_after(&tx, budget.id, low)?.filter(|_| used > 0) else {
+                let used = budget.after(tx, low)?;
+                let Some(oldest) = oldest_after(tx, budget.id, low)?.filter(|_| used > 0) else {
                     continue;
                 };
                 found.push(KeyUsage {
@@ -599,8 +607,43 @@ impl CounterStore for SqliteStore {
                 });
             }
             Ok(found)
-        })
+        }))
     }
+}
+
+/// How a transaction starts.
+#[derive(Clone, Copy)]
+enum Begin {
+    /// Takes the write lock first, so no two processes check the same budget at once.
+    Write,
+    /// Reads one snapshot.
+    Read,
+}
+
+/// Runs `f` in a transaction begun and committed through cached statements (rusqlite's
+/// `Transaction` parses its BEGIN and COMMIT again on every use: a tenth of an admission's
+/// work). Rolled back if anything fails.
+fn in_transaction<T>(
+    conn: &Connection,
+    begin: Begin,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let sql = match begin {
+        Begin::Write => "BEGIN IMMEDIATE",
+        Begin::Read => "BEGIN",
+    };
+    conn.prepare_cached(sql)?.execute([])?;
+    let done = f(conn).and_then(|value| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(value)
+    });
+    if done.is_err()
+        && !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::debug!("rollback of a failed counter transaction: {e}");
+    }
+    done
 }
 
 /// The time of the oldest unit of `budget` counted after `low`.
