@@ -89,7 +89,7 @@ fn child(args: &[String]) -> Result<(), String> {
                 for (i, answer) in answers.into_iter().enumerate() {
                     match runtime.block_on(answer.get()) {
                         Ok(Admission::Admitted(r)) => {
-                            if release_every > 0 && i as u64 % (release_every + 1) == 0 {
+                            if release_every > 0 && (i as u64).is_multiple_of(release_every + 1) {
                                 worker.store().release(&r);
                                 continue;
                             }

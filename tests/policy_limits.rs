@@ -90,7 +90,7 @@ proptest! {
     ) {
         // Two stores on one file (two connections, as two gateway processes have), each
         // with its worker thread; every caller queues all its admissions at once, so the
-        // workers decide them in batches (one transaction, a savepoint per call) while the
+        // workers decide them in batches (one transaction for many calls) while the
         // other worker's transactions contend for the file's lock.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("counters.sqlite3");
@@ -229,7 +229,7 @@ proptest! {
                         prop_assert!(!one_window || in_window < max, "admitted at {} with {} in window", t - T0, in_window);
                         prop_assert_eq!(r.units()[0].at_ms, t);
                         // Given back after the batch: until then it counts.
-                        if release_every > 0 && admitted.len() % (release_every + 1) == 0 {
+                        if release_every > 0 && admitted.len().is_multiple_of(release_every + 1) {
                             give_back.push((r, expected));
                         }
                         admitted.push(t);

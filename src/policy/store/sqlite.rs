@@ -764,8 +764,8 @@ fn admit_in(
     Ok(refused.unwrap_or_else(|| Admission::Admitted(Reservation::new(units))))
 }
 
-/// `None` if one more unit fits in `budget` at `at_ms`; else when it will (ms from now,
-/// >= 1). Counts the units within `window_ms` of `at_ms` on either side, as
+/// `None` if one more unit fits in `budget` at `at_ms`; else when it will (ms from now, at
+/// least 1). Counts the units within `window_ms` of `at_ms` on either side, as
 /// [`super::MemoryStore`] does: those after the window's start (the running count), less
 /// those at or after its end (only a clock running a window ahead leaves any there).
 fn full(
