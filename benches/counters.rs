@@ -7,6 +7,10 @@
 //! advances 1 ms per call, so each grant's budget (30 a minute) always has room, while units
 //! keep being pruned as they would in a long-running gateway.
 //!
+//! Before them, `summary:` lines give the SQLite pages written per admitted call (the WAL's
+//! growth while a reader holds checkpoints off) when calls are decided alone, 8 or 64 to a
+//! transaction (as the store thread batches calls that queue up while it commits).
+//!
 //! Run: `cargo bench --bench counters` (needs `redis-server`; scripts/setup-test-peers).
 
 use std::hint::black_box;
@@ -16,8 +20,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
+use std::sync::Arc;
+
 use toolgate::testing::policy::{
-    Call, CounterStore, MemoryStore, Policy, RedisStore, SqliteStore, Verdict,
+    Admission, Call, CounterStore, LimitRequest, MemoryStore, Policy, RedisStore, Scope,
+    SqliteStore, Verdict,
 };
 
 const T0: u64 = 1_764_000_000_000;
@@ -143,7 +150,70 @@ impl Drop for Redis {
     }
 }
 
+/// WAL frames written per admitted call, `batch` calls per transaction, on one budget that
+/// always has room (as the limited tool of `benches/counters_wrap.rs`).
+/// Returns the pages and the bytes (with the frame headers).
+fn wal_pages_per_admission(batch: usize) -> (f64, f64) {
+    const CALLS: usize = 4096;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("counters.sqlite3");
+    let store = SqliteStore::open(&path).expect("sqlite store");
+    let counter: Arc<str> = Arc::from("per_hour");
+    let limits = [LimitRequest {
+        counter: &counter,
+        scope: Scope::Grant,
+        scope_key: "laptop",
+        max: 1_000_000_000,
+        window_ms: 3_600_000,
+    }];
+    let mut n = 0u64;
+    let mut admit = |count: usize| {
+        let calls: Vec<(&[LimitRequest<'_>], u64)> = (0..count)
+            .map(|_| {
+                n += 1;
+                (&limits[..], T0 + n)
+            })
+            .collect();
+        for answer in store.admit_many(&calls) {
+            assert!(
+                matches!(answer, Ok(Admission::Admitted(_))),
+                "not admitted: {answer:?}"
+            );
+        }
+    };
+    // The budget exists and the first sweep ran before measuring.
+    admit(1);
+    let reader = rusqlite::Connection::open(&path).expect("open a reader");
+    let page_size: i64 = reader
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    let page_size = u64::try_from(page_size).expect("a positive page size");
+    // A read transaction keeps the WAL from being checkpointed and restarted: it only grows.
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM sqlite_master;")
+        .expect("hold a read transaction");
+    let wal = path.with_extension("sqlite3-wal");
+    let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let before = size();
+    for _ in 0..CALLS / batch {
+        admit(batch);
+    }
+    let calls = (CALLS / batch * batch) as f64;
+    let grown = size() - before;
+    (
+        (grown / (page_size + 24)) as f64 / calls,
+        grown as f64 / calls,
+    )
+}
+
 fn counters(c: &mut Criterion) {
+    for batch in [1, 8, 64] {
+        let (pages, bytes) = wal_pages_per_admission(batch);
+        println!(
+            "summary: SQLite pages written per admitted call, {batch} per transaction: {pages:.2} ({:.1} KB)",
+            bytes / 1000.0
+        );
+    }
     bench_store(c, "memory", &MemoryStore::new());
 
     let dir = tempfile::tempdir().expect("temp dir");

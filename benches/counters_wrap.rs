@@ -45,8 +45,11 @@ use upstream::trivial_upstream;
 enum Reply {
     /// The upstream answered: the call reached it.
     Ok,
-    /// The gateway refused it.
+    /// The gateway refused it (a full budget).
     Refused,
+    /// The gateway failed it closed: the counter store did not answer (a lock held past the
+    /// busy timeout).
+    Unavailable,
 }
 
 struct Peer {
@@ -123,8 +126,13 @@ impl Peer {
             .sent_at
             .remove(&id)
             .map_or(Duration::ZERO, |at| at.elapsed());
-        let reply = if answer["result"]["content"][0]["text"] == "ok" {
+        let text = answer["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("");
+        let reply = if text == "ok" {
             Reply::Ok
+        } else if text.contains("counter store unavailable") {
+            Reply::Unavailable
         } else {
             Reply::Refused
         };
@@ -138,13 +146,13 @@ impl Peer {
     }
 
     /// `calls` calls of `tool` with `window` in flight: the elapsed time, every call's round
-    /// trip, and how many the upstream answered.
+    /// trip, how many the upstream answered, and how many failed closed (store unavailable).
     fn pipelined(
         &mut self,
         tool: &str,
         calls: usize,
         window: usize,
-    ) -> (Duration, Vec<Duration>, usize) {
+    ) -> (Duration, Vec<Duration>, usize, usize) {
         let start = Instant::now();
         let mut sent = 0;
         while sent < window.min(calls) {
@@ -154,6 +162,7 @@ impl Peer {
         self.stdin.flush().expect("flush");
         let mut took = Vec::with_capacity(calls);
         let mut reached = 0;
+        let mut unavailable = 0;
         for _ in 0..calls {
             if !self.stdout.buffer().contains(&b'\n') {
                 self.stdin.flush().expect("flush");
@@ -161,12 +170,13 @@ impl Peer {
             let (reply, t) = self.recv();
             took.push(t);
             reached += usize::from(reply == Reply::Ok);
+            unavailable += usize::from(reply == Reply::Unavailable);
             if sent < calls {
                 self.send(tool);
                 sent += 1;
             }
         }
-        (start.elapsed(), took, reached)
+        (start.elapsed(), took, reached, unavailable)
     }
 }
 
@@ -191,7 +201,7 @@ fn us(d: Duration) -> f64 {
 /// Direct, unlimited through `wrap`, limited through `wrap` (SQLite): sequential medians
 /// and 64-in-flight rates, interleaved so all three see the same machine load.
 fn side_by_side(dir: &Path) {
-    let file = dir.join("side.sqlite3");
+    let file = dir.join("state/side.sqlite3");
     let mut direct = Peer::start(None, dir);
     let mut wrapped = Peer::start(Some(&file), dir);
     for _ in 0..100 {
@@ -240,20 +250,21 @@ fn side_by_side(dir: &Path) {
 
 /// 8 gateways, one file, one global budget: rate, p99 and over-admissions.
 fn contention(dir: &Path) {
-    let file = dir.join("shared.sqlite3");
+    let file = dir.join("state/shared.sqlite3");
     let mut peers: Vec<Peer> = (0..WRAPS).map(|_| Peer::start(Some(&file), dir)).collect();
     for peer in &mut peers {
         // Up and answering (an unlimited call), before the clock starts.
         peer.round_trip("echo");
     }
     let start = Instant::now();
-    let results: Vec<(Vec<Duration>, usize)> = std::thread::scope(|s| {
+    let results: Vec<(Vec<Duration>, usize, usize)> = std::thread::scope(|s| {
         let runs: Vec<_> = peers
             .iter_mut()
             .map(|peer| {
                 s.spawn(move || {
-                    let (_, took, reached) = peer.pipelined("shared", CALLS_PER_WRAP, IN_FLIGHT);
-                    (took, reached)
+                    let (_, took, reached, unavailable) =
+                        peer.pipelined("shared", CALLS_PER_WRAP, IN_FLIGHT);
+                    (took, reached, unavailable)
                 })
             })
             .collect();
@@ -262,11 +273,12 @@ fn contention(dir: &Path) {
             .collect()
     });
     let elapsed = start.elapsed();
-    let reached: usize = results.iter().map(|(_, n)| n).sum();
-    let took: Vec<Duration> = results.into_iter().flat_map(|(t, _)| t).collect();
+    let reached: usize = results.iter().map(|(_, n, _)| n).sum();
+    let unavailable: usize = results.iter().map(|(_, _, n)| n).sum();
+    let took: Vec<Duration> = results.into_iter().flat_map(|(t, _, _)| t).collect();
     let answered = took.len();
     println!(
-        "summary: contention, {WRAPS} wraps × {IN_FLIGHT} in flight on one SQLite file: {answered} calls answered in {:.2} s ({:.0}/s), {reached} reached the upstreams (budget {SHARED_MAX}: over-admissions {}), p50 {:.0} µs, p99 {:.0} µs",
+        "summary: contention, {WRAPS} wraps × {IN_FLIGHT} in flight on one SQLite file: {answered} calls answered in {:.2} s ({:.0}/s), {reached} reached the upstreams (budget {SHARED_MAX}: over-admissions {}), {unavailable} failed closed (store unavailable), p50 {:.0} µs, p99 {:.0} µs",
         elapsed.as_secs_f64(),
         answered as f64 / elapsed.as_secs_f64(),
         reached.saturating_sub(SHARED_MAX),
@@ -281,7 +293,7 @@ fn contention(dir: &Path) {
 
 /// The file locked by this process from before `wrap` starts, for 3 s.
 fn locked_store(dir: &Path) {
-    let file = dir.join("locked.sqlite3");
+    let file = dir.join("state/locked.sqlite3");
     let locker = rusqlite::Connection::open(&file).expect("open the counter file");
     locker
         .execute_batch("BEGIN EXCLUSIVE")
@@ -326,6 +338,9 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("policy.json"), POLICY).expect("write policy");
+    // The counter files live apart from the policy, as in a user's state directory: `wrap`
+    // watches the policy's directory, and every WAL write there would wake its watcher.
+    std::fs::create_dir(dir.path().join("state")).expect("state directory");
     side_by_side(dir.path());
     contention(dir.path());
     locked_store(dir.path());

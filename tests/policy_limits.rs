@@ -90,7 +90,7 @@ proptest! {
     ) {
         // Two stores on one file (two connections, as two gateway processes have), each
         // with its worker thread; every caller queues all its admissions at once, so the
-        // workers decide them in batches (one transaction, a savepoint per call) while the
+        // workers decide them in batches (one transaction for many calls) while the
         // other worker's transactions contend for the file's lock.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("counters.sqlite3");
@@ -180,6 +180,83 @@ proptest! {
                     prop_assert!(then < max && just_before >= max);
                 }
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// The running counts of the SQLite store against the reference store (memory) and,
+    /// while the window stays the same, against a plain count of the units in it: calls in
+    /// order, decided in batches of one transaction, some given back after their batch, and
+    /// the window changed now and then (a policy reload), at realistic clock magnitudes.
+    #[test]
+    fn in_order_batched_sqlite_admissions_get_exactly_the_rolling_window_answer(
+        max in 1u64..5,
+        windows in prop::collection::vec(1u64..100, 1..3),
+        batches in prop::collection::vec(prop::collection::vec(0u64..40, 1..12), 1..30),
+        release_every in 0usize..4,
+    ) {
+        const T0: u64 = 1_764_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("counters.sqlite3")).unwrap();
+        let reference = MemoryStore::new();
+        let one_window = windows.iter().all(|&w| w == windows[0]);
+        let a: Arc<str> = "a".into();
+        let mut admitted: Vec<u64> = Vec::new();
+        let mut give_back = Vec::new();
+        let mut now = T0;
+        for (n, gaps) in batches.into_iter().enumerate() {
+            let window = windows[n % windows.len()];
+            let limits = [limit(&a, max, window)];
+            let times: Vec<u64> = gaps.iter().map(|gap| { now += gap; now }).collect();
+            let calls: Vec<(&[LimitRequest<'_>], u64)> =
+                times.iter().map(|&t| (&limits[..], t)).collect();
+            let answers = store.admit_many(&calls);
+            for (&t, answer) in times.iter().zip(answers) {
+                let answer = answer.unwrap();
+                let expected = reference.admit(&limits, t).unwrap();
+                match (&answer, &expected) {
+                    (Admission::Admitted(r), Admission::Admitted(e)) => {
+                        prop_assert_eq!(r.units()[0].at_ms, e.units()[0].at_ms);
+                    }
+                    _ => prop_assert_eq!(&answer, &expected, "at {}", t - T0),
+                }
+                let in_window = admitted.iter().filter(|&&u| u + window > t).count() as u64;
+                match answer {
+                    Admission::Admitted(r) => {
+                        prop_assert!(!one_window || in_window < max, "admitted at {} with {} in window", t - T0, in_window);
+                        prop_assert_eq!(r.units()[0].at_ms, t);
+                        // Given back after the batch: until then it counts.
+                        if release_every > 0 && admitted.len().is_multiple_of(release_every + 1) {
+                            give_back.push((r, expected));
+                        }
+                        admitted.push(t);
+                    }
+                    Admission::Refused { retry_after_ms, .. } => {
+                        prop_assert!(!one_window || in_window >= max, "refused at {} with room", t - T0);
+                        let later = t + retry_after_ms;
+                        let then = admitted.iter().filter(|&&u| u + window > later).count() as u64;
+                        let just_before =
+                            admitted.iter().filter(|&&u| u + window > later - 1).count() as u64;
+                        prop_assert!(!one_window || (then < max && just_before >= max));
+                    }
+                }
+            }
+            for (r, e) in give_back.drain(..) {
+                store.release(&r);
+                if let Admission::Admitted(e) = e {
+                    reference.release(&e);
+                }
+                let at = r.units()[0].at_ms;
+                let i = admitted.iter().position(|&u| u == at).unwrap();
+                admitted.remove(i);
+            }
+            // What the console reads agrees too.
+            let used = store.usage("a", Scope::Global, window, now).unwrap();
+            let expected = reference.usage("a", Scope::Global, window, now).unwrap();
+            prop_assert_eq!(used, expected);
         }
     }
 }

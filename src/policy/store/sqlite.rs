@@ -7,19 +7,23 @@
 //!
 //! Atomicity across processes: an admission is one `BEGIN IMMEDIATE` transaction (the write
 //! lock is taken first, so no two processes check the same budget at once): read each
-//! budget, prune what has left its retained span, count, and insert one unit per budget or
-//! roll everything back. WAL mode lets readers (`usage`) run beside a writer; other writers
-//! wait up to [`BUSY_TIMEOUT`], then the call fails closed.
+//! budget's row, bring its running count up to the call's window, prune what has left its
+//! retained span, check every budget, and only if all have room insert one unit per budget.
+//! WAL mode lets readers (`usage`) run beside a writer; other writers wait, in short naps
+//! ([`wait_for_lock`]), up to [`BUSY_TIMEOUT`], then the call fails closed.
 //!
-//! The semantics are [`super::MemoryStore`]'s, row for row: a `budgets` row keeps the largest
-//! window ever asked of the key and its latest time; `units` keeps the time of every counted
-//! call, with a random token so a release removes exactly its own units.
+//! The semantics are [`super::MemoryStore`]'s, row for row: a budget row keeps the largest
+//! window ever asked of the key and its latest time; units keep the time of every counted
+//! call, with a random token so a release removes exactly its own units. The row also keeps
+//! a running count (schema version 2, see [`SCHEMA`]), so an admission reads the few units
+//! that left its window since the last one instead of counting the whole window: its cost
+//! does not grow with `max`.
 //!
 //! The store is synchronous; a gateway asks it from its [`super::StoreWorker`] thread, never
 //! from its async runtime, so a call waits for a local transaction (tens of microseconds) or
 //! at most [`BUSY_TIMEOUT`] under contention without stopping anything else. Admissions
-//! queued together are decided in one transaction ([`CounterStore::admit_many`]), each call
-//! in its own savepoint: rolled back alone when refused, so each stays all-or-nothing and
+//! queued together are decided in one transaction ([`CounterStore::admit_many`]): each call
+//! checks all its budgets before taking a unit from any, so each stays all-or-nothing and
 //! exact, and the batch shares one commit and the pages it writes.
 //!
 //! Opening is lazy: [`SqliteStore::open`] only creates the directory and the file (what a
@@ -53,29 +57,55 @@ pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// behind, or is gone).
 const WAL_BACKSTOP_PAGES: i64 = 10_000;
 
-/// The schema this code writes; a file with a newer one is refused, not guessed at.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this code writes; a file with a newer one is refused, not guessed at (version 1,
+/// before running counts, refused version 2 files the same way: an older binary never
+/// miscounts a newer file, it fails its limited calls closed and says to upgrade).
+const SCHEMA_VERSION: i64 = 2;
 
 /// How many admissions (in this process) between sweeps of idle budgets.
 const SWEEP_EVERY: u64 = 4096;
 
+/// Schema version 2 (no index on the budgets' expiry, unlike version 1: see [`sweep`]). A
+/// `counter_budgets` row carries a running count: `above` is the number
+/// of its units counted after `cursor_ms`, kept exact by every insert, release and prune. An
+/// admission moves the cursor to its window's start, reading only the units that left the
+/// window since the last admission, instead of counting every unit in the window.
+///
+/// The tables have new names (version 1's were `budgets` and `units`): a version-1 gateway
+/// still running when the file is migrated finds its tables gone, so its next statement
+/// fails (its call fails closed), and when it reconnects it reads the new version and refuses
+/// the file. It never writes units the running counts do not know of.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS budgets (
+CREATE TABLE IF NOT EXISTS counter_budgets (
     id        INTEGER PRIMARY KEY,
     counter   TEXT NOT NULL,
     scope     TEXT NOT NULL,
     scope_key TEXT NOT NULL,
     retain_ms INTEGER NOT NULL,
     latest_ms INTEGER NOT NULL,
+    cursor_ms INTEGER NOT NULL,
+    above     INTEGER NOT NULL,
     UNIQUE (counter, scope, scope_key)
 );
-CREATE INDEX IF NOT EXISTS budgets_by_expiry ON budgets (latest_ms + 2 * retain_ms);
-CREATE TABLE IF NOT EXISTS units (
+CREATE TABLE IF NOT EXISTS counter_units (
     budget INTEGER NOT NULL,
     at_ms  INTEGER NOT NULL,
     token  INTEGER NOT NULL,
     PRIMARY KEY (budget, at_ms, token)
 ) WITHOUT ROWID;
+";
+
+/// From version 1 (after [`SCHEMA`] created the new tables): every unit is copied, and every
+/// budget's running count starts before its first unit. Runs in the transaction that read
+/// the version, so the file is migrated whole or not at all.
+const MIGRATE_1_TO_2: &str = "
+INSERT INTO counter_units (budget, at_ms, token) SELECT budget, at_ms, token FROM units;
+INSERT INTO counter_budgets (id, counter, scope, scope_key, retain_ms, latest_ms, cursor_ms, above)
+    SELECT id, counter, scope, scope_key, retain_ms, latest_ms, -1,
+           (SELECT count(*) FROM units WHERE units.budget = budgets.id)
+    FROM budgets;
+DROP TABLE units;
+DROP TABLE budgets;
 ";
 
 /// Counters in a SQLite file, shared by every process that opens the same file.
@@ -227,7 +257,9 @@ fn connect_once(path: &Path) -> rusqlite::Result<Connection> {
         )
     })?;
     let mut conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_handler(Some(wait_for_lock))?;
+    // Every statement an admission, a release and a read use stays prepared.
+    conn.set_prepared_statement_cache_capacity(32);
     // WAL: readers beside one writer, and commits without a sync of the main file.
     // NORMAL sync: a power cut may lose the last few counted calls, never corrupt the file.
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -246,10 +278,43 @@ fn connect_once(path: &Path) -> rusqlite::Result<Connection> {
             )),
         ));
     }
-    tx.execute_batch(SCHEMA)?;
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    if version < SCHEMA_VERSION {
+        tx.execute_batch(SCHEMA)?;
+        if version == 1 {
+            tx.execute_batch(MIGRATE_1_TO_2)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
     tx.commit()?;
     Ok(conn)
+}
+
+/// SQLite's busy handler for the store's connections: waits out another process's
+/// transaction in short naps (20 µs doubling to at most 1 ms, jittered) for up to
+/// [`BUSY_TIMEOUT`]. SQLite's own handler naps up to 100 ms at a time: with eight gateways
+/// taking turns on one file in transactions of tens of microseconds, a gateway that napped
+/// that long kept losing the lock to those that had just committed, until its calls failed
+/// at the busy timeout. Short naps keep the turns fair and the waits about one transaction.
+fn wait_for_lock(attempt: i32) -> bool {
+    thread_local! {
+        static WAITING_SINCE: std::cell::Cell<Option<std::time::Instant>> =
+            const { std::cell::Cell::new(None) };
+    }
+    let now = std::time::Instant::now();
+    let since = if attempt == 0 {
+        now
+    } else {
+        WAITING_SINCE.get().unwrap_or(now)
+    };
+    WAITING_SINCE.set(Some(since));
+    if now.duration_since(since) >= BUSY_TIMEOUT {
+        return false;
+    }
+    let shift = u32::try_from(attempt.clamp(0, 6)).unwrap_or(6);
+    let nap_us: u64 = (20u64 << shift).min(1000);
+    let nap_us = nap_us / 2 + rand::random::<u64>() % (nap_us / 2 + 1);
+    std::thread::sleep(Duration::from_micros(nap_us));
+    true
 }
 
 /// Copies the WAL into the database every [`CHECKPOINT_EVERY`] until the store is dropped.
@@ -303,25 +368,95 @@ pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
 }
 
 /// Forgets idle budgets: those whose every unit is out of the retained span. (Budgets in use
-/// are pruned as they are admitted.) Uses the expiry index, so it costs what it deletes.
+/// are pruned as they are admitted.) Reads every budget row, once per [`SWEEP_EVERY`]
+/// admissions: an index on their expiry would be rewritten by every admission (a page more
+/// written per call, for a sweep that runs once in thousands).
 fn sweep(conn: &mut Connection, now_ms: u64) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
-        "DELETE FROM units WHERE budget IN (
-             SELECT id FROM budgets WHERE latest_ms + 2 * retain_ms <= ?1)",
+        "DELETE FROM counter_units WHERE budget IN (
+             SELECT id FROM counter_budgets WHERE latest_ms + 2 * retain_ms <= ?1)",
         params![sql_int(now_ms)],
     )?;
     tx.execute(
-        "DELETE FROM budgets WHERE latest_ms + 2 * retain_ms <= ?1",
+        "DELETE FROM counter_budgets WHERE latest_ms + 2 * retain_ms <= ?1",
         params![sql_int(now_ms)],
     )?;
     tx.commit()
 }
 
-/// What one budget's check found.
-enum Check {
-    Room,
-    Full { retry_after_ms: u64 },
+/// One budget's row, as an admission reads and rewrites it.
+struct Budget {
+    id: i64,
+    retain_ms: u64,
+    latest_ms: u64,
+    /// Units counted after this time number `above`.
+    cursor_ms: i64,
+    above: u64,
+}
+
+impl Budget {
+    fn find(
+        tx: &Connection,
+        counter: &str,
+        scope: Scope,
+        scope_key: &str,
+    ) -> rusqlite::Result<Option<Budget>> {
+        tx.prepare_cached(
+            "SELECT id, retain_ms, latest_ms, cursor_ms, above FROM counter_budgets
+             WHERE counter = ?1 AND scope = ?2 AND scope_key = ?3",
+        )?
+        .query_row(params![counter, scope.as_str(), scope_key], |r| {
+            Ok(Budget {
+                id: r.get(0)?,
+                retain_ms: from_sql(r.get(1)?),
+                latest_ms: from_sql(r.get(2)?),
+                cursor_ms: r.get(3)?,
+                above: from_sql(r.get(4)?),
+            })
+        })
+        .optional()
+    }
+
+    /// Units counted after `low`: the running count, corrected by the units between the
+    /// cursor and `low` (few: those that left the window since the cursor last moved, or
+    /// those of a clock slightly behind).
+    fn after(&self, tx: &Connection, low: i64) -> rusqlite::Result<u64> {
+        Ok(if low == self.cursor_ms {
+            self.above
+        } else if low > self.cursor_ms {
+            self.above
+                .saturating_sub(count_between(tx, self.id, self.cursor_ms, low)?)
+        } else {
+            self.above
+                .saturating_add(count_between(tx, self.id, low, self.cursor_ms)?)
+        })
+    }
+
+    /// Moves the cursor forward to `low` (never back: a clock behind reads the difference
+    /// instead, so clocks that take turns do not move it to and fro).
+    fn advance(&mut self, tx: &Connection, low: i64) -> rusqlite::Result<()> {
+        if low > self.cursor_ms {
+            self.above = self.after(tx, low)?;
+            self.cursor_ms = low;
+        }
+        Ok(())
+    }
+}
+
+/// Units of `budget` counted in `(low, high]`.
+fn count_between(tx: &Connection, budget: i64, low: i64, high: i64) -> rusqlite::Result<u64> {
+    let n: i64 = tx
+        .prepare_cached(
+            "SELECT count(*) FROM counter_units WHERE budget = ?1 AND at_ms > ?2 AND at_ms <= ?3",
+        )?
+        .query_row(params![budget, low, high], |r| r.get(0))?;
+    Ok(from_sql(n))
+}
+
+/// The start of a window of `window_ms` at `at_ms` (units counted after it are inside).
+fn window_start(at_ms: u64, window_ms: u64) -> i64 {
+    at_ms.checked_sub(window_ms).map_or(-1, sql_int)
 }
 
 impl CounterStore for SqliteStore {
@@ -336,27 +471,15 @@ impl CounterStore for SqliteStore {
         calls: &[(&[LimitRequest<'_>], u64)],
     ) -> Vec<Result<Admission, StoreError>> {
         let decided = self.with_conn(|conn| {
-            let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut answers = Vec::with_capacity(calls.len());
-            for (limits, now_ms) in calls {
-                let admission = if calls.len() == 1 {
-                    // Alone, the transaction is the call's: a refusal rolls it back below.
-                    admit_in(&tx, limits, *now_ms)?
-                } else {
-                    let call = tx.savepoint()?;
-                    let admission = admit_in(&call, limits, *now_ms)?;
-                    if matches!(admission, Admission::Admitted(_)) {
-                        call.commit()?;
-                    }
-                    // Dropped uncommitted: this call's units and updates are rolled back.
-                    admission
-                };
-                answers.push(admission);
-            }
-            if answers.iter().any(|a| matches!(a, Admission::Admitted(_))) {
-                tx.commit()?;
-            }
-            Ok(answers)
+            in_transaction(conn, Begin::Write, |tx| {
+                // Each call checks all its budgets before it takes a unit from any, so a refused
+                // call wrote nothing but what any call would have (its budgets' cursors and
+                // latest times): the calls share one transaction without savepoints.
+                calls
+                    .iter()
+                    .map(|(limits, now_ms)| admit_in(tx, limits, *now_ms))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
         });
         let answers = match decided {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
@@ -381,22 +504,29 @@ impl CounterStore for SqliteStore {
             return Ok(());
         }
         self.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for unit in reservation.units() {
-                tx.prepare_cached(
-                    "DELETE FROM units WHERE at_ms = ?4 AND token = ?5 AND budget = (
-                         SELECT id FROM budgets
-                         WHERE counter = ?1 AND scope = ?2 AND scope_key = ?3)",
-                )?
-                .execute(params![
-                    &*unit.key.counter,
-                    unit.key.scope.as_str(),
-                    unit.key.scope_key,
-                    sql_int(unit.at_ms),
-                    sql_int(unit.token)
-                ])?;
-            }
-            tx.commit()
+            in_transaction(conn, Begin::Write, |tx| {
+                for unit in reservation.units() {
+                    let key = &unit.key;
+                    let Some(budget) = Budget::find(tx, &key.counter, key.scope, &key.scope_key)?
+                    else {
+                        continue;
+                    };
+                    let removed = tx
+                    .prepare_cached(
+                        "DELETE FROM counter_units WHERE budget = ?1 AND at_ms = ?2 AND token = ?3",
+                    )?
+                    .execute(params![budget.id, sql_int(unit.at_ms), sql_int(unit.token)])?;
+                    // Only a unit that was there, and counted after the cursor, was in `above`
+                    // (a second release of the same unit removes nothing).
+                    if removed == 1 && sql_int(unit.at_ms) > budget.cursor_ms {
+                        tx.prepare_cached(
+                            "UPDATE counter_budgets SET above = above - 1 WHERE id = ?1",
+                        )?
+                        .execute(params![budget.id])?;
+                    }
+                }
+                Ok(())
+            })
         })
     }
 
@@ -406,23 +536,25 @@ impl CounterStore for SqliteStore {
         window_ms: u64,
         now_ms: u64,
     ) -> Result<KeyUsage, StoreError> {
-        let low = now_ms.checked_sub(window_ms).map_or(-1, sql_int);
-        let (used, oldest): (i64, Option<i64>) = self.with_conn(|conn| {
-            conn.prepare_cached(
-                "SELECT count(*), min(u.at_ms)
-                 FROM budgets b JOIN units u ON u.budget = b.id
-                 WHERE b.counter = ?1 AND b.scope = ?2 AND b.scope_key = ?3 AND u.at_ms > ?4",
-            )?
-            .query_row(
-                params![&*key.counter, key.scope.as_str(), key.scope_key, low],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        let low = window_start(now_ms, window_ms);
+        // One read transaction: the row and its units from one snapshot.
+        let found = self.with_conn(|conn| {
+            in_transaction(conn, Begin::Read, |tx| {
+                let Some(budget) = Budget::find(tx, &key.counter, key.scope, &key.scope_key)?
+                else {
+                    return Ok(None);
+                };
+                let used = budget.after(tx, low)?;
+                let oldest = oldest_after(tx, budget.id, low)?;
+                Ok(Some((used, oldest)))
+            })
         })?;
+        let (used, oldest) = found.unwrap_or((0, None));
         Ok(KeyUsage {
             scope_key: key.scope_key.clone(),
-            used: from_sql(used),
+            used,
             next_free_in_ms: oldest.filter(|_| used > 0).map(|oldest| {
-                from_sql(oldest)
+                oldest
                     .saturating_add(window_ms)
                     .saturating_sub(now_ms)
                     .max(1)
@@ -437,143 +569,243 @@ impl CounterStore for SqliteStore {
         window_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<KeyUsage>, StoreError> {
-        let low = now_ms.checked_sub(window_ms).map_or(-1, sql_int);
-        self.with_conn(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT b.scope_key, count(*), min(u.at_ms)
-                 FROM budgets b JOIN units u ON u.budget = b.id
-                 WHERE b.counter = ?1 AND b.scope = ?2 AND u.at_ms > ?3
-                 GROUP BY b.id ORDER BY b.scope_key",
-            )?;
-            let rows = stmt.query_map(params![counter, scope.as_str(), low], |r| {
-                let oldest = from_sql(r.get(2)?);
-                Ok(KeyUsage {
-                    scope_key: r.get(0)?,
-                    used: from_sql(r.get(1)?),
+        let low = window_start(now_ms, window_ms);
+        self.with_conn(|conn| in_transaction(conn, Begin::Read, |tx| {
+            let budgets: Vec<(String, Budget)> = tx
+                .prepare_cached(
+                    "SELECT scope_key, id, retain_ms, latest_ms, cursor_ms, above FROM counter_budgets
+                     WHERE counter = ?1 AND scope = ?2 ORDER BY scope_key",
+                )?
+                .query_map(params![counter, scope.as_str()], |r| {
+                    Ok((
+                        r.get(0)?,
+                        Budget {
+                            id: r.get(1)?,
+                            retain_ms: from_sql(r.get(2)?),
+                            latest_ms: from_sql(r.get(3)?),
+                            cursor_ms: r.get(4)?,
+                            above: from_sql(r.get(5)?),
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut found = Vec::with_capacity(budgets.len());
+            for (scope_key, budget) in budgets {
+                let used = budget.after(tx, low)?;
+                let Some(oldest) = oldest_after(tx, budget.id, low)?.filter(|_| used > 0) else {
+                    continue;
+                };
+                found.push(KeyUsage {
+                    scope_key,
+                    used,
                     next_free_in_ms: Some(
                         oldest
                             .saturating_add(window_ms)
                             .saturating_sub(now_ms)
                             .max(1),
                     ),
-                })
-            })?;
-            rows.collect()
-        })
+                });
+            }
+            Ok(found)
+        }))
     }
 }
 
-/// Admits one call inside the caller's transaction or savepoint; on a refusal the caller
-/// rolls back what this wrote.
+/// How a transaction starts.
+#[derive(Clone, Copy)]
+enum Begin {
+    /// Takes the write lock first, so no two processes check the same budget at once.
+    Write,
+    /// Reads one snapshot.
+    Read,
+}
+
+/// Runs `f` in a transaction begun and committed through cached statements (rusqlite's
+/// `Transaction` parses its BEGIN and COMMIT again on every use: a tenth of an admission's
+/// work). Rolled back if anything fails.
+fn in_transaction<T>(
+    conn: &Connection,
+    begin: Begin,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let sql = match begin {
+        Begin::Write => "BEGIN IMMEDIATE",
+        Begin::Read => "BEGIN",
+    };
+    conn.prepare_cached(sql)?.execute([])?;
+    let done = f(conn).and_then(|value| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(value)
+    });
+    if done.is_err()
+        && !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::debug!("rollback of a failed counter transaction: {e}");
+    }
+    done
+}
+
+/// The time of the oldest unit of `budget` counted after `low`.
+///
+/// The first row of the range, not `min(at_ms)` nor `ORDER BY at_ms`: with either, the
+/// bundled SQLite (built with STAT4) re-prepares the statement every time it is bound again,
+/// a fifth of the store thread's work under load. `counter_units` is a `WITHOUT ROWID` table
+/// keyed by `(budget, at_ms, token)`, so a range of one budget is read in `at_ms` order
+/// (`tests/policy_limits.rs` compares the times it gives with the reference store's).
+fn oldest_after(tx: &Connection, budget: i64, low: i64) -> rusqlite::Result<Option<u64>> {
+    let oldest: Option<i64> = tx
+        .prepare_cached("SELECT at_ms FROM counter_units WHERE budget = ?1 AND at_ms > ?2 LIMIT 1")?
+        .query_row(params![budget, low], |r| r.get(0))
+        .optional()?;
+    Ok(oldest.map(from_sql))
+}
+
+/// One of a call's budgets, read and brought up to date, before the call is decided.
+struct Taking {
+    budget: Budget,
+    /// The time its unit is counted at.
+    at_ms: u64,
+    /// Index of its limit in the call's `limits`.
+    index: usize,
+}
+
+/// Decides one call inside the caller's transaction: reads and updates each distinct budget
+/// (retained span, latest time, cursor, pruning), checks them all, and only if every one has
+/// room takes a unit from each. A refused call takes nothing.
 fn admit_in(
     tx: &Connection,
     limits: &[LimitRequest<'_>],
     now_ms: u64,
 ) -> rusqlite::Result<Admission> {
-    let mut units: Vec<ReservedUnit> = Vec::with_capacity(limits.len());
+    let mut taking: Vec<Taking> = Vec::with_capacity(limits.len());
     for (index, limit) in limits.iter().enumerate() {
         if limits[..index].iter().any(|l| l.same_budget(limit)) {
             continue;
         }
-        let found: Option<(i64, i64, i64)> = tx
-            .prepare_cached(
-                "SELECT id, retain_ms, latest_ms FROM budgets
-                 WHERE counter = ?1 AND scope = ?2 AND scope_key = ?3",
-            )?
-            .query_row(
-                params![&**limit.counter, limit.scope.as_str(), limit.scope_key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let (old_retain, old_latest) = found
-            .map(|(_, r, l)| (from_sql(r), from_sql(l)))
-            .unwrap_or_default();
-        let retain = old_retain.max(limit.window_ms);
+        let found = Budget::find(tx, limit.counter, limit.scope, limit.scope_key)?;
+        let mut budget =
+            match found {
+                Some(budget) => budget,
+                None => {
+                    tx.prepare_cached(
+                    "INSERT INTO counter_budgets (counter, scope, scope_key, retain_ms, latest_ms,
+                                          cursor_ms, above)
+                     VALUES (?1, ?2, ?3, 0, 0, -1, 0)",
+                )?
+                .execute(params![&**limit.counter, limit.scope.as_str(), limit.scope_key])?;
+                    Budget {
+                        id: tx.last_insert_rowid(),
+                        retain_ms: 0,
+                        latest_ms: 0,
+                        cursor_ms: -1,
+                        above: 0,
+                    }
+                }
+            };
+        budget.retain_ms = budget.retain_ms.max(limit.window_ms);
         // As in memory: a clock far behind this budget's latest is moved forward, because
         // older units may already be forgotten.
-        let at = now_ms.max(old_latest.saturating_sub(retain));
-        let latest = old_latest.max(at);
-        let budget = match found {
-            // Unchanged rows are not written again: fewer pages per admission.
-            Some((id, _, _)) if retain == old_retain && latest == old_latest => id,
-            Some((id, _, _)) => {
-                tx.prepare_cached(
-                    "UPDATE budgets SET retain_ms = ?2, latest_ms = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id, sql_int(retain), sql_int(latest)])?;
-                id
-            }
-            None => {
-                tx.prepare_cached(
-                    "INSERT INTO budgets (counter, scope, scope_key, retain_ms, latest_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    &**limit.counter,
-                    limit.scope.as_str(),
-                    limit.scope_key,
-                    sql_int(retain),
-                    sql_int(latest)
-                ])?;
-                tx.last_insert_rowid()
-            }
-        };
-        if let Some(horizon) = latest.checked_sub(retain.saturating_mul(2)) {
-            tx.prepare_cached("DELETE FROM units WHERE budget = ?1 AND at_ms <= ?2")?
-                .execute(params![budget, sql_int(horizon)])?;
+        let at = now_ms.max(budget.latest_ms.saturating_sub(budget.retain_ms));
+        budget.latest_ms = budget.latest_ms.max(at);
+        // The window's start is never before the pruning horizon (`at` is within the
+        // retained span of `latest`, and the window within the retained span), so with the
+        // cursor there every pruned unit is one the running count no longer holds.
+        budget.advance(tx, window_start(at, limit.window_ms))?;
+        if let Some(horizon) = budget
+            .latest_ms
+            .checked_sub(budget.retain_ms.saturating_mul(2))
+        {
+            let horizon = sql_int(horizon).min(budget.cursor_ms);
+            tx.prepare_cached("DELETE FROM counter_units WHERE budget = ?1 AND at_ms <= ?2")?
+                .execute(params![budget.id, horizon])?;
         }
-        if let Check::Full { retry_after_ms } = check(tx, budget, at, limit.max, limit.window_ms)? {
-            return Ok(Admission::Refused {
-                index,
-                retry_after_ms,
-            });
-        }
-        // Non-negative, so it round-trips through SQLite's signed integers.
-        let token = rand::random::<u64>() >> 1;
-        tx.prepare_cached("INSERT INTO units (budget, at_ms, token) VALUES (?1, ?2, ?3)")?
-            .execute(params![budget, sql_int(at), sql_int(token)])?;
-        units.push(ReservedUnit {
-            key: limit.key(),
+        taking.push(Taking {
+            budget,
             at_ms: at,
-            token,
+            index,
         });
     }
-    Ok(Admission::Admitted(Reservation::new(units)))
+    let mut refused = None;
+    for t in &taking {
+        let limit = &limits[t.index];
+        if let Some(retry_after_ms) = full(tx, &t.budget, t.at_ms, limit.max, limit.window_ms)? {
+            refused = Some(Admission::Refused {
+                index: t.index,
+                retry_after_ms,
+            });
+            break;
+        }
+    }
+    let mut units: Vec<ReservedUnit> = Vec::with_capacity(taking.len());
+    for t in &mut taking {
+        if refused.is_none() {
+            // Non-negative, so it round-trips through SQLite's signed integers.
+            let token = rand::random::<u64>() >> 1;
+            tx.prepare_cached(
+                "INSERT INTO counter_units (budget, at_ms, token) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![t.budget.id, sql_int(t.at_ms), sql_int(token)])?;
+            if sql_int(t.at_ms) > t.budget.cursor_ms {
+                t.budget.above += 1;
+            }
+            units.push(ReservedUnit {
+                key: limits[t.index].key(),
+                at_ms: t.at_ms,
+                token,
+            });
+        }
+        let b = &t.budget;
+        tx.prepare_cached(
+            "UPDATE counter_budgets SET retain_ms = ?2, latest_ms = ?3, cursor_ms = ?4, above = ?5
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            b.id,
+            sql_int(b.retain_ms),
+            sql_int(b.latest_ms),
+            b.cursor_ms,
+            sql_int(b.above)
+        ])?;
+    }
+    Ok(refused.unwrap_or_else(|| Admission::Admitted(Reservation::new(units))))
 }
 
-/// Whether one more unit fits in `budget` at `at_ms`: counts the units within `window_ms` of
-/// `at_ms` on either side, as [`super::MemoryStore`] does.
-fn check(
+/// `None` if one more unit fits in `budget` at `at_ms`; else when it will (ms from now, at
+/// least 1). Counts the units within `window_ms` of `at_ms` on either side, as
+/// [`super::MemoryStore`] does: those after the window's start (the running count), less
+/// those at or after its end (only a clock running a window ahead leaves any there).
+fn full(
     tx: &Connection,
-    budget: i64,
+    budget: &Budget,
     at_ms: u64,
     max: u64,
     window_ms: u64,
-) -> rusqlite::Result<Check> {
-    let low = at_ms.checked_sub(window_ms).map_or(-1, sql_int);
+) -> rusqlite::Result<Option<u64>> {
+    let low = window_start(at_ms, window_ms);
     let high = sql_int(at_ms.saturating_add(window_ms));
-    let used: i64 = tx
-        .prepare_cached(
-            "SELECT count(*) FROM units WHERE budget = ?1 AND at_ms > ?2 AND at_ms < ?3",
-        )?
-        .query_row(params![budget, low, high], |r| r.get(0))?;
-    let used = from_sql(used);
-    if used < max {
-        return Ok(Check::Room);
+    let mut used = budget.after(tx, low)?;
+    if sql_int(budget.latest_ms) >= high {
+        let beyond: i64 = tx
+            .prepare_cached("SELECT count(*) FROM counter_units WHERE budget = ?1 AND at_ms >= ?2")?
+            .query_row(params![budget.id, high], |r| r.get(0))?;
+        used = used.saturating_sub(from_sql(beyond));
     }
-    // The (used - max + 1)-th oldest unit must leave the window.
+    if used < max {
+        return Ok(None);
+    }
+    // The (used - max + 1)-th oldest unit must leave the window (with an exact count that
+    // is the oldest one, unless `max` was lowered).
     let leaving: i64 = tx
         .prepare_cached(
-            "SELECT at_ms FROM units WHERE budget = ?1 AND at_ms > ?2 AND at_ms < ?3
+            "SELECT at_ms FROM counter_units WHERE budget = ?1 AND at_ms > ?2 AND at_ms < ?3
              ORDER BY at_ms LIMIT 1 OFFSET ?4",
         )?
-        .query_row(params![budget, low, high, sql_int(used - max)], |r| {
+        .query_row(params![budget.id, low, high, sql_int(used - max)], |r| {
             r.get(0)
         })?;
     let leaves_at = from_sql(leaving).saturating_add(window_ms);
-    Ok(Check::Full {
-        retry_after_ms: leaves_at.saturating_sub(at_ms).max(1),
-    })
+    Ok(Some(leaves_at.saturating_sub(at_ms).max(1)))
 }
 
 #[cfg(test)]
@@ -613,7 +845,7 @@ mod tests {
         let (budgets, units): (i64, i64) = store
             .with_conn(|c| {
                 c.query_row(
-                    "SELECT (SELECT count(*) FROM budgets), (SELECT count(*) FROM units)",
+                    "SELECT (SELECT count(*) FROM counter_budgets), (SELECT count(*) FROM counter_units)",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -622,5 +854,118 @@ mod tests {
         assert_eq!(budgets, 1);
         // Only the busy budget's units within its retained span (2 s) are left.
         assert!(units <= 2001, "{units}");
+    }
+
+    /// Version 1's schema, as the previous release wrote it.
+    const SCHEMA_V1: &str = "
+        CREATE TABLE budgets (
+            id INTEGER PRIMARY KEY, counter TEXT NOT NULL, scope TEXT NOT NULL,
+            scope_key TEXT NOT NULL, retain_ms INTEGER NOT NULL, latest_ms INTEGER NOT NULL,
+            UNIQUE (counter, scope, scope_key));
+        CREATE INDEX budgets_by_expiry ON budgets (latest_ms + 2 * retain_ms);
+        CREATE TABLE units (
+            budget INTEGER NOT NULL, at_ms INTEGER NOT NULL, token INTEGER NOT NULL,
+            PRIMARY KEY (budget, at_ms, token)) WITHOUT ROWID;
+        PRAGMA user_version = 1;";
+
+    fn global(counter: &Arc<str>, max: u64, window_ms: u64) -> LimitRequest<'_> {
+        LimitRequest {
+            counter,
+            scope: Scope::Global,
+            scope_key: "",
+            max,
+            window_ms,
+        }
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_with_its_counts_and_its_units_releasable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(SCHEMA_V1).unwrap();
+        old.execute_batch(
+            "INSERT INTO budgets VALUES (7, 'c', 'global', '', 1000, 5000);
+             INSERT INTO units VALUES (7, 4100, 11), (7, 4500, 12), (7, 5000, 13);",
+        )
+        .unwrap();
+        drop(old);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        // Three units in the window (4100, 4500, 5000): a max of 3 is full until 5100.
+        assert_eq!(
+            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
+            Admission::Refused {
+                index: 0,
+                retry_after_ms: 50
+            }
+        );
+        // A unit counted by the old version is given back by its token.
+        let old_unit = Reservation::new(vec![ReservedUnit {
+            key: global(&c, 3, 1000).key(),
+            at_ms: 4500,
+            token: 12,
+        }]);
+        store.try_release(&old_unit).unwrap();
+        assert!(matches!(
+            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
+            Admission::Admitted(_)
+        ));
+        let usage = store
+            .usage_of(&global(&c, 3, 1000).key(), 1000, 5050)
+            .unwrap();
+        assert_eq!(usage.used, 3);
+        let (version, old_tables): (i64, i64) = store
+            .with_conn(|c| {
+                c.query_row(
+                    "SELECT (SELECT user_version FROM pragma_user_version),
+                            (SELECT count(*) FROM sqlite_master WHERE name IN ('budgets', 'units'))",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!((version, old_tables), (SCHEMA_VERSION, 0));
+    }
+
+    #[test]
+    fn a_file_from_a_newer_version_is_refused_not_guessed_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 3")
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        let e = store.admit(&[global(&c, 3, 1000)], 1).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Schema);
+        assert!(e.detail.contains("schema version 3"), "{}", e.detail);
+        assert!(e.detail.contains("newer toolgate"), "{}", e.detail);
+    }
+
+    #[test]
+    fn a_version_1_connection_open_during_the_migration_fails_instead_of_miscounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        // An old gateway, connected before the upgrade, with its statement prepared.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(SCHEMA_V1).unwrap();
+        old.execute_batch("INSERT INTO budgets VALUES (1, 'c', 'global', '', 1000, 0)")
+            .unwrap();
+        let mut insert = old
+            .prepare("INSERT INTO units (budget, at_ms, token) VALUES (1, ?1, ?2)")
+            .unwrap();
+        insert.execute(params![10, 1]).unwrap();
+
+        let store = SqliteStore::open(&path).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        assert!(matches!(
+            store.admit(&[global(&c, 5, 1000)], 20).unwrap(),
+            Admission::Admitted(_)
+        ));
+        let e = insert.execute(params![30, 2]).unwrap_err();
+        assert!(e.to_string().contains("no such table"), "{e}");
     }
 }
