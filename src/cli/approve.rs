@@ -82,6 +82,7 @@ fn resolve(
             operator,
         }
     };
+    let tls = target.remote.tls();
     let candidates: Vec<(String, String)> = match target.remote.target()? {
         Some(remote) => vec![remote],
         None => {
@@ -110,7 +111,7 @@ fn resolve(
     let mut unreachable = Vec::new();
     for (url, token) in candidates {
         let answer = runtime.block_on(async {
-            let mut conn = control::connect(&url, &token).await?;
+            let mut conn = control::client::connect_with(&url, &token, &tls).await?;
             let reply = conn.request(&msg).await;
             conn.close().await;
             reply

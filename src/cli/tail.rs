@@ -67,7 +67,7 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
 
     if let Some((url, token)) = args.remote.target()? {
-        let conn = control::connect(&url, &token)
+        let conn = control::client::connect_with(&url, &token, &args.remote.tls())
             .await
             .with_context(|| format!("cannot follow {url}"))?;
         spawn_follower(url.clone(), tx.clone(), follow(url.clone(), conn, tx));
