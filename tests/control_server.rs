@@ -780,8 +780,9 @@ async fn a_non_loopback_address_needs_tls_and_then_speaks_only_tls() {
     .expect_err("a CA that did not sign it");
     assert!(matches!(err, ClientError::Untrusted { .. }), "{err:?}");
     assert!(
-        err.to_string()
-            .starts_with(&format!("the certificate of 127.0.0.1:{port} is not trusted")),
+        err.to_string().starts_with(&format!(
+            "the certificate of 127.0.0.1:{port} is not trusted"
+        )),
         "{err}"
     );
     assert!(err.to_string().contains("--ca-file"), "{err}");
@@ -790,11 +791,7 @@ async fn a_non_loopback_address_needs_tls_and_then_speaks_only_tls() {
     let err = within(
         "a plain ws connection to the TLS port",
         ANSWER_WITHIN,
-        connect_with(
-            &format!("ws://127.0.0.1:{port}/"),
-            server.token(),
-            &trusted,
-        ),
+        connect_with(&format!("ws://127.0.0.1:{port}/"), server.token(), &trusted),
     )
     .await
     .expect_err("plain text to a TLS port");
