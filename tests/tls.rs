@@ -78,10 +78,15 @@ struct TlsServe {
 
 impl TlsServe {
     fn start(ca: &Ca) -> TlsServe {
+        TlsServe::start_with(ca, &[])
+    }
+
+    /// With `more` flags for `serve`.
+    fn start_with(ca: &Ca, more: &[&str]) -> TlsServe {
         let keys = tempfile::tempdir().unwrap();
         let files = ca.write_server(keys.path(), "gw");
         let ops = operators(keys.path(), &[("val", "viewer"), ("alice", "approver")]);
-        let extra = [
+        let mut extra = vec![
             "--tls-cert",
             files.cert.to_str().unwrap(),
             "--tls-key",
@@ -89,6 +94,7 @@ impl TlsServe {
             "--operators",
             ops.to_str().unwrap(),
         ];
+        extra.extend(more);
         let serve = Serve::start(Setup {
             policy: POLICY,
             servers: time_servers(),
@@ -359,6 +365,39 @@ fn tokens_stay_on_their_side_and_plain_http_is_told_to_use_https() {
     assert!(
         reply.body.contains("this port speaks TLS; use https://"),
         "{reply:?}"
+    );
+}
+
+/// A TCP connection that starts a TLS handshake and never finishes it: a record header
+/// announcing a ClientHello, and nothing more.
+fn stalled_handshake(gw: &TlsServe) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut socket = std::net::TcpStream::connect(gw.serve.addr).unwrap();
+    socket.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    socket
+}
+
+#[test]
+fn handshakes_that_never_finish_are_shed_for_agents_and_closed_at_the_header_deadline() {
+    use std::io::Read;
+    let ca = Ca::new("toolgate test CA");
+    let gw = TlsServe::start_with(&ca, &["--max-connections", "8", "--header-timeout", "2"]);
+    // More stalled handshakes than the cap: each newcomer sheds the oldest.
+    let mut stalled: Vec<_> = (0..20).map(|_| stalled_handshake(&gw)).collect();
+    // An agent's request still gets through (shedding makes room for it).
+    let (status, body) = https_post(&gw, "/mcp/time", &gw.grant);
+    assert_eq!(status, 200, "{body}");
+    // And a handshake that does not finish within the header deadline is closed.
+    let mut last = stalled.pop().unwrap();
+    // (Shed or timed out, it is reset; a read that times out here means it was kept.)
+    last.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = last.read(&mut buf);
+    assert!(
+        matches!(&read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a stalled handshake was kept open or answered: {read:?}"
     );
 }
 
