@@ -16,7 +16,7 @@ use crate::wire::ClientMsg;
 /// Approve a held call: it goes on to the upstream server.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  toolgate approve a1b2c3-17\n  toolgate approve a1b2c3-17 --connect ws://10.0.0.5:40123/ --token \"$TOKEN\""
+    after_help = "Examples:\n  toolgate approve a1b2c3-17\n  toolgate approve a1b2c3-17 --connect https://gw.example:8787 --ca-file ca.pem --token-file alice.token"
 )]
 pub(super) struct ApproveArgs {
     /// The held call's id, as shown by `toolgate tail` or the console.

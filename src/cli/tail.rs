@@ -34,7 +34,7 @@ const ARGS_PREVIEW: usize = 160;
 /// docs/wire-protocol.md).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect ws://127.0.0.1:40123/ --token \"$TOKEN\""
+    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect https://gw.example:8787 --ca-file ca.pem --token-file alice.token"
 )]
 pub(crate) struct Args {
     /// One JSON object per line instead of human lines.

@@ -340,7 +340,10 @@ pub(crate) async fn serve(
                     options.max_connections
                 )
             });
-            refuse(stream, options.max_connections);
+            // A TLS client could not read a plain answer: closing is all it gets.
+            if tls.is_none() {
+                refuse(stream, options.max_connections);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
