@@ -3,8 +3,10 @@
 //! real Python `mcp` client over https (trusting the CA through `SSL_CERT_FILE`), and
 //! `toolgate tail` / `approve` over wss at `/control` with `--ca-file` and `--token-file`.
 //! Wrong certificates, wrong tokens and plain HTTP each fail with a clear error and approve
-//! nothing; a replaced certificate is used by new connections; control addresses off
-//! loopback without TLS are refused before anything is bound.
+//! nothing; a replaced certificate is used by new connections; stalled handshakes are shed
+//! and timed out; the console's network task connects with `--ca-file`'s CA and says why it
+//! cannot without it; control addresses off loopback without TLS are refused before anything
+//! is bound.
 
 #[path = "serve_support/running.rs"]
 mod running;
@@ -603,4 +605,52 @@ fn clear_text_control_addresses_off_loopback_are_refused_before_binding() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn the_console_follows_a_tls_gateway_trusting_its_ca_file_and_says_why_it_cannot_otherwise() {
+    use toolgate::console::testing::{AppEvent, Link, Targets, net};
+    use toolgate::testing::control::TlsClientOptions;
+
+    let ca = Ca::new("toolgate test CA");
+    let gw = TlsServe::start(&ca);
+    let token = std::fs::read_to_string(gw.token_file("val")).unwrap();
+    let other_ca = gw.keys.path().join("other-ca.pem");
+    std::fs::write(&other_ca, Ca::new("some other CA").pem()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The first link report after connecting: up, or down with the error.
+    let first_report = |ca_file: &Path| {
+        runtime.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+            let _commands = net::spawn(
+                Targets::Remote {
+                    url: format!("wss://{}/control", gw.serve.addr),
+                    token: token.trim().to_owned(),
+                    tls: TlsClientOptions {
+                        ca_file: Some(ca_file.to_owned()),
+                    },
+                },
+                tx,
+            );
+            let report = async {
+                while let Some(event) = rx.recv().await {
+                    if let AppEvent::Link { link, .. } = event
+                        && !matches!(link, Link::Connecting { .. })
+                    {
+                        return link;
+                    }
+                }
+                panic!("the console's network task ended");
+            };
+            support::wait::within("the console's first link report", ANSWER_WITHIN, report).await
+        })
+    };
+    assert!(
+        matches!(first_report(&gw.files.ca), Link::Up { .. }),
+        "the console did not connect with the CA"
+    );
+    match first_report(&other_ca) {
+        Link::Down { error, .. } => assert!(error.contains("is not trusted"), "{error}"),
+        other => panic!("connected without trusting the certificate: {other:?}"),
+    }
 }
