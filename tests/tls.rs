@@ -654,3 +654,51 @@ fn the_console_follows_a_tls_gateway_trusting_its_ca_file_and_says_why_it_cannot
         other => panic!("connected without trusting the certificate: {other:?}"),
     }
 }
+
+#[test]
+fn a_revoked_operator_is_disconnected_from_control() {
+    use toolgate::testing::control::{TlsClientOptions, connect_with};
+
+    let ca = Ca::new("toolgate test CA");
+    let gw = TlsServe::start(&ca);
+    let token = std::fs::read_to_string(gw.token_file("val")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("wss://{}/control", gw.serve.addr);
+    let trust = TlsClientOptions {
+        ca_file: Some(gw.files.ca.clone()),
+    };
+    let mut conn = runtime.block_on(async {
+        let connecting = connect_with(&url, token.trim(), &trust);
+        support::wait::within("the viewer's connection", ANSWER_WITHIN, connecting)
+            .await
+            .expect("the viewer connects")
+    });
+    let ops = gw.keys.path().join("operators.json");
+    let out = toolgate(
+        &[
+            "operators",
+            "revoke",
+            "val",
+            "--file",
+            ops.to_str().unwrap(),
+        ],
+        gw.keys.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    runtime.block_on(async {
+        let closed = async {
+            loop {
+                match conn.next_event().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return,
+                }
+            }
+        };
+        support::wait::within(
+            "the revoked viewer's connection to close",
+            RELOAD_WITHIN,
+            closed,
+        )
+        .await;
+    });
+}
