@@ -45,4 +45,5 @@ mod sync;
 mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+mod tls;
 mod wire;

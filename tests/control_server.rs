@@ -706,32 +706,117 @@ async fn a_stalled_client_misses_events_then_gets_a_fresh_hello_while_others_kee
 }
 
 #[tokio::test]
-async fn a_non_loopback_address_needs_allow_remote() {
+async fn a_non_loopback_address_needs_tls_and_then_speaks_only_tls() {
+    use toolgate::testing::control::{TlsClientOptions, connect_with};
+    use toolgate::testing::tls::{ServerTls, TlsFiles};
+
     let hub = new_hub("remote");
     let refused = control::start(
         hub.clone(),
         EventsOptions {
             addr: "0.0.0.0:0".parse().unwrap(),
-            allow_remote: false,
             discovery: false,
-            operators: None,
+            ..EventsOptions::default()
         },
     )
     .await;
-    let err = refused.expect_err("0.0.0.0 without allow_remote is refused");
-    assert!(err.to_string().contains("not a loopback address"), "{err}");
+    let err = refused.expect_err("0.0.0.0 without TLS is refused");
+    let err = err.to_string();
+    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(err.contains("--tls-cert PEM --tls-key PEM"), "{err}");
 
-    let allowed = control::start(
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::Ca::new("test CA");
+    let files = ca.write_server(dir.path(), "gw");
+    let tls = ServerTls::start(TlsFiles {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+    })
+    .expect("the pair loads");
+    let server = control::start(
         hub,
         EventsOptions {
             addr: "0.0.0.0:0".parse().unwrap(),
-            allow_remote: true,
+            tls: Some(tls),
             discovery: false,
-            operators: None,
+            ..EventsOptions::default()
         },
     )
-    .await;
-    assert!(allowed.is_ok());
+    .await
+    .expect("0.0.0.0 with TLS starts");
+    assert!(server.url().starts_with("wss://"), "{}", server.url());
+    let port = server.local_addr().port();
+    let wss = format!("wss://127.0.0.1:{port}/");
+    let trusted = TlsClientOptions {
+        ca_file: Some(files.ca.clone()),
+    };
+    let mut conn = within(
+        "a wss connection trusting the private CA",
+        ANSWER_WITHIN,
+        connect_with(&wss, server.token(), &trusted),
+    )
+    .await
+    .expect("connects over TLS");
+    assert!(matches!(
+        conn.next_event().await,
+        Some(Ok(Event {
+            kind: EventKind::Hello(_),
+            ..
+        }))
+    ));
+
+    // Without the CA: not trusted, said so.
+    let other = support::tls::Ca::new("another CA");
+    std::fs::write(dir.path().join("other.pem"), other.pem()).unwrap();
+    let untrusted = TlsClientOptions {
+        ca_file: Some(dir.path().join("other.pem")),
+    };
+    let err = within(
+        "a wss connection trusting another CA",
+        ANSWER_WITHIN,
+        connect_with(&wss, server.token(), &untrusted),
+    )
+    .await
+    .expect_err("a CA that did not sign it");
+    assert!(matches!(err, ClientError::Untrusted { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "the certificate of 127.0.0.1:{port} is not trusted"
+        )),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--ca-file"), "{err}");
+
+    // Plain ws:// to the TLS port: told to use TLS.
+    let err = within(
+        "a plain ws connection to the TLS port",
+        ANSWER_WITHIN,
+        connect_with(&format!("ws://127.0.0.1:{port}/"), server.token(), &trusted),
+    )
+    .await
+    .expect_err("plain text to a TLS port");
+    assert!(matches!(err, ClientError::PlainToTls(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn wss_to_a_plain_port_says_it_is_not_tls() {
+    use toolgate::testing::control::{TlsClientOptions, connect_with};
+    let hub = new_hub("plain");
+    let server = serve(&hub).await;
+    let port = server.local_addr().port();
+    let err = within(
+        "a wss connection to a plain port",
+        ANSWER_WITHIN,
+        connect_with(
+            &format!("wss://127.0.0.1:{port}/"),
+            server.token(),
+            &TlsClientOptions::default(),
+        ),
+    )
+    .await
+    .expect_err("TLS to a plain port");
+    assert!(matches!(err, ClientError::NotTls { .. }), "{err:?}");
+    assert!(err.to_string().contains("connect with ws://"), "{err}");
 }
 
 #[tokio::test]

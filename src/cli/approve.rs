@@ -16,7 +16,7 @@ use crate::wire::ClientMsg;
 /// Approve a held call: it goes on to the upstream server.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  toolgate approve a1b2c3-17\n  toolgate approve a1b2c3-17 --connect ws://10.0.0.5:40123/ --token \"$TOKEN\""
+    after_help = "Examples:\n  toolgate approve a1b2c3-17\n  toolgate approve a1b2c3-17 --connect https://gw.example:8787 --ca-file ca.pem --token-file alice.token"
 )]
 pub(super) struct ApproveArgs {
     /// The held call's id, as shown by `toolgate tail` or the console.
@@ -82,6 +82,7 @@ fn resolve(
             operator,
         }
     };
+    let tls = target.remote.tls();
     let candidates: Vec<(String, String)> = match target.remote.target()? {
         Some(remote) => vec![remote],
         None => {
@@ -110,7 +111,7 @@ fn resolve(
     let mut unreachable = Vec::new();
     for (url, token) in candidates {
         let answer = runtime.block_on(async {
-            let mut conn = control::connect(&url, &token).await?;
+            let mut conn = control::client::connect_with(&url, &token, &tls).await?;
             let reply = conn.request(&msg).await;
             conn.close().await;
             reply

@@ -65,7 +65,11 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         theme = theme.without_colour();
     }
     let targets = match args.remote.target()? {
-        Some((url, token)) => net::Targets::Fixed { url, token },
+        Some((url, token)) => net::Targets::Remote {
+            url,
+            token,
+            tls: args.remote.tls(),
+        },
         None => net::Targets::Discover,
     };
     let learn = match (&args.review_learned, &args.policy) {

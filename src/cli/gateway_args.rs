@@ -21,6 +21,7 @@ use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
 use crate::policy::StoreWorker;
+use crate::tls::{ServerTls, TlsFiles};
 use crate::wire::EventKind;
 
 #[derive(Debug, clap::Args)]
@@ -57,15 +58,21 @@ pub(super) struct GatewayArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs_f64())]
     pub grace: f64,
     /// Where the event websocket listens (operators: `toolgate console`, `tail`, `approve`).
+    /// A non-loopback address needs --tls-cert and --tls-key (it is then served as wss://).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub events: SocketAddr,
-    /// Allow `--events` on a non-loopback address (anyone reaching it with the token can
-    /// approve held calls; the traffic is not encrypted).
-    #[arg(long)]
-    pub events_allow_remote: bool,
     /// No event websocket and no discovery file: held calls can then only time out.
-    #[arg(long, conflicts_with_all = ["events", "events_allow_remote", "operators"])]
+    #[arg(long, conflicts_with_all = ["events", "operators"])]
     pub no_events: bool,
+    /// The server certificate chain (PEM) for TLS: `serve` then speaks https:// (its MCP
+    /// endpoint and /control) and an event websocket on a non-loopback --events speaks
+    /// wss://. Watched with --tls-key: a new pair applies to new connections; a broken one
+    /// keeps the last good pair and the log says why. TLS 1.2 and 1.3.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Operator accounts (`toolgate operators add NAME --role ROLE --file FILE`): their
     /// tokens are accepted on the event websocket besides this gateway's own, each with its
     /// role (viewer, approver, admin). The file is watched: a revoked account's connections
@@ -121,8 +128,12 @@ pub(super) struct Started {
     /// Tool pins, in the counters' store; they answer the `accept_pin` command.
     pub pins: Arc<ToolPins>,
     control: Option<ControlHandle>,
+    /// `--operators`, applied as the file changes (for `serve`'s `/control` too).
+    pub operators: Option<OperatorsHandle>,
     /// Applies changes to `--operators` while the gateway runs.
     _operators: Option<OperatorsWatcher>,
+    /// `--tls-cert` and `--tls-key`, loaded and watched.
+    pub tls: Option<ServerTls>,
 }
 
 impl GatewayArgs {
@@ -155,6 +166,14 @@ impl GatewayArgs {
     /// started; `wrap` starts its server once this is done, so that the server's own
     /// start-up overlaps the rest of the gateway's ([`Begun::finish`]).
     pub(super) fn begin(&self, grant: &str, server: &str) -> anyhow::Result<Begun> {
+        if !self.no_events && !self.events.ip().is_loopback() && self.tls_cert.is_none() {
+            anyhow::bail!(
+                "refusing --events {}: it is not a loopback address, and without TLS the \
+                 operators' tokens and approvals would cross the network in clear text. Pass \
+                 --tls-cert PEM --tls-key PEM, or listen on 127.0.0.1",
+                self.events
+            );
+        }
         let traces = match crate::telemetry::TraceConfig::from(self.otlp.as_deref(), |name| {
             std::env::var(name).ok()
         })? {
@@ -292,6 +311,16 @@ impl Begun {
                 (Some(handle), watch)
             }
         };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                ServerTls::start(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .context("cannot start TLS (--tls-cert, --tls-key)")?,
+            ),
+            _ => None,
+        };
         let control = if args.no_events {
             None
         } else {
@@ -299,9 +328,12 @@ impl Begun {
                 hub.clone(),
                 EventsOptions {
                     addr: args.events,
-                    allow_remote: args.events_allow_remote,
+                    // On loopback the event websocket stays ws://: only this machine reaches
+                    // it, and local consoles find it by its discovery file.
+                    tls: tls.clone().filter(|_| !args.events.ip().is_loopback()),
+                    local_token: true,
                     discovery: true,
-                    operators,
+                    operators: operators.clone(),
                 },
             )
             .await?;
@@ -343,7 +375,9 @@ impl Begun {
             metrics_export,
             pins,
             control,
+            operators,
             _operators: operators_watch,
+            tls,
         })
     }
 }

@@ -30,9 +30,20 @@ pub(super) struct RemoteArgs {
     /// visible to other users and kept in shell history).
     #[arg(long, value_name = "T", env = "TOOLGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificates (PEM, one or more) to trust for --connect's TLS besides the system's:
+    /// a gateway whose certificate a private CA signed.
+    #[arg(long, value_name = "FILE", requires = "connect")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RemoteArgs {
+    /// How to trust --connect's certificate.
+    pub(super) fn tls(&self) -> crate::control::client::TlsClientOptions {
+        crate::control::client::TlsClientOptions {
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
     /// The URL and token to use, or `None` to find local gateways.
     pub(super) fn target(&self) -> anyhow::Result<Option<(String, String)>> {
         let Some(url) = &self.connect else {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::gateway_args::{GatewayArgs, wait_for_signal};
+use crate::control::server::ControlPlane;
 use crate::gateway::Gateway;
 use crate::gateway::fd_limit;
 use crate::gateway::grants::{Grants, GrantsWatcher};
@@ -35,9 +36,15 @@ pub(super) struct Args {
     /// Where agents connect.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
-    /// Allow `--listen` on a non-loopback address (traffic is plain HTTP: put TLS in front).
+    /// Allow `--listen` on a non-loopback address without TLS (agents' traffic is then plain
+    /// HTTP: put a TLS proxy in front). Not needed with --tls-cert; never enough for /control
+    /// (--operators) or --metrics-public, which need TLS off loopback.
     #[arg(long)]
     allow_remote: bool,
+    /// Serve the control websocket (--operators) on this address instead of at /control on
+    /// --listen. Off loopback it needs --tls-cert and --tls-key (the same pair is used).
+    #[arg(long, value_name = "ADDR", requires = "operators")]
+    control_listen: Option<SocketAddr>,
     /// A browser origin allowed to call (`http://host:port`); repeatable. Requests with any
     /// other Origin get 403; requests without one (agents) are not affected.
     #[arg(long, value_name = "ORIGIN")]
@@ -72,8 +79,8 @@ pub(super) struct Args {
     #[arg(long, value_name = "SECS", default_value_t = listener::DEFAULT_BODY_TIMEOUT.as_secs_f64(),
           value_parser = positive_seconds)]
     body_timeout: f64,
-    /// Serve /metrics without a token, for a Prometheus on this host. Refused unless
-    /// --listen is a loopback address (the traffic is plain HTTP). Without it, /metrics
+    /// Serve /metrics without a token, for a Prometheus on this host. Refused on a
+    /// non-loopback --listen without TLS. Without it, /metrics
     /// needs `Authorization: Bearer <operator token>`: the event websocket's token, from this
     /// gateway's discovery file.
     #[arg(long)]
@@ -139,22 +146,51 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     result
 }
 
+/// Refuses, before anything is bound, what would serve secrets or approvals in clear text
+/// off this machine.
+fn refuse_clear_text(args: &Args) -> anyhow::Result<()> {
+    let tls = args.gateway.tls_cert.is_some();
+    let remote = !args.listen.ip().is_loopback();
+    if remote && !tls && !args.allow_remote {
+        anyhow::bail!(
+            "refusing to listen on {}, which is not a loopback address, without TLS: pass \
+             --tls-cert PEM --tls-key PEM (or --allow-remote to serve agents plain HTTP behind \
+             a TLS proxy of your own)",
+            args.listen
+        );
+    }
+    if remote && !tls && args.gateway.operators.is_some() && args.control_listen.is_none() {
+        anyhow::bail!(
+            "refusing to serve the control websocket (--operators) at /control on {}, which is \
+             not a loopback address, without TLS: operators' tokens and approvals would cross \
+             the network in clear text. Pass --tls-cert PEM --tls-key PEM, or --control-listen \
+             127.0.0.1:PORT",
+            args.listen
+        );
+    }
+    if let Some(control) = args.control_listen
+        && !control.ip().is_loopback()
+        && !tls
+    {
+        anyhow::bail!(
+            "refusing --control-listen {control}, which is not a loopback address, without \
+             TLS: pass --tls-cert PEM --tls-key PEM, or listen on 127.0.0.1"
+        );
+    }
+    if args.metrics_public && remote && !tls {
+        anyhow::bail!(
+            "refusing --metrics-public on {}, which is not a loopback address, without TLS: \
+             anyone reaching it would read every grant's, server's and tool's calls in clear \
+             text. Pass --tls-cert PEM --tls-key PEM, listen on 127.0.0.1 and scrape from this \
+             host, or drop --metrics-public and scrape with the operator token",
+            args.listen
+        );
+    }
+    Ok(())
+}
+
 async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<ExitCode> {
-    if !args.listen.ip().is_loopback() && !args.allow_remote {
-        anyhow::bail!(
-            "refusing to listen on {}, which is not a loopback address; pass --allow-remote if you mean it",
-            args.listen
-        );
-    }
-    if args.metrics_public && !args.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing --metrics-public on {}, which is not a loopback address: anyone reaching \
-             it would read every grant's, server's and tool's calls over plain HTTP (toolgate \
-             has no TLS yet). Listen on 127.0.0.1 and scrape from this host, or drop \
-             --metrics-public and scrape with the operator token",
-            args.listen
-        );
-    }
+    refuse_clear_text(&args)?;
     let servers = http::servers::load(&args.servers)?;
     let grants_path = crate::gateway::reload::absolute(&args.grants);
     let grants = Grants::load(&grants_path).with_context(|| {
@@ -180,6 +216,11 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
     let listener = crate::listen::listen(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+    let scheme = if started.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut allowed_origins = args.allow_origin.clone();
     for host in [
         "127.0.0.1".to_owned(),
@@ -187,7 +228,38 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
         "[::1]".to_owned(),
         local.ip().to_string(),
     ] {
-        allowed_origins.push(format!("http://{host}:{}", local.port()));
+        allowed_origins.push(format!("{scheme}://{host}:{}", local.port()));
+    }
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // The control websocket for operator accounts: on its own listener, or at /control.
+    let mut control_listener = None;
+    let mut control_route = None;
+    if let Some(operators) = &started.operators {
+        match args.control_listen {
+            Some(addr) => {
+                let handle = crate::control::start(
+                    started.hub.clone(),
+                    crate::control::EventsOptions {
+                        addr,
+                        tls: started.tls.clone(),
+                        local_token: false,
+                        discovery: false,
+                        operators: Some(operators.clone()),
+                    },
+                )
+                .await
+                .with_context(|| format!("cannot serve --control-listen {addr}"))?;
+                eprintln!("toolgate serve: control websocket on {}", handle.url());
+                control_listener = Some(handle);
+            }
+            None => {
+                control_route = Some(ControlPlane::new(
+                    started.hub.clone(),
+                    operators.clone(),
+                    shutdown_rx.clone(),
+                ));
+            }
+        }
     }
 
     let base = Arc::new(
@@ -269,23 +341,26 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
                 },
             }),
             server_ids: args.server_id.iter().cloned().collect(),
+            tls: started.tls.clone(),
+            control: control_route,
         },
     );
     tracing::info!(
-        "gateway {}: serving {} at http://{local}/mcp/<name>",
+        "gateway {}: serving {} at {scheme}://{local}/mcp/<name>",
         started.id,
         names.join(", ")
     );
     // A line scripts can wait for: the address actually bound (with --listen …:0).
-    eprintln!("toolgate serve: listening on http://{local}");
-
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    eprintln!("toolgate serve: listening on {scheme}://{local}");
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = shutdown_tx.send(true);
     });
     let served = gateway.serve(listener, shutdown_rx).await;
+    if let Some(control) = control_listener {
+        control.shutdown().await;
+    }
     // Give the servers of the ended sessions their grace to exit.
     tokio::time::sleep(Duration::from_millis(200)).await;
     started.stop().await;

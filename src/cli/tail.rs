@@ -34,7 +34,7 @@ const ARGS_PREVIEW: usize = 160;
 /// docs/wire-protocol.md).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect ws://127.0.0.1:40123/ --token \"$TOKEN\""
+    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect https://gw.example:8787 --ca-file ca.pem --token-file alice.token"
 )]
 pub(crate) struct Args {
     /// One JSON object per line instead of human lines.
@@ -67,7 +67,7 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
 
     if let Some((url, token)) = args.remote.target()? {
-        let conn = control::connect(&url, &token)
+        let conn = control::client::connect_with(&url, &token, &args.remote.tls())
             .await
             .with_context(|| format!("cannot follow {url}"))?;
         spawn_follower(url.clone(), tx.clone(), follow(url.clone(), conn, tx));

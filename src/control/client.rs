@@ -4,15 +4,23 @@
 //! refuses a protocol version it does not know; [`Connection::next_event`] then yields that
 //! `hello` first and the live stream after it. [`Connection::split`] gives a reader and a
 //! writer for use from two tasks.
+//!
+//! `wss://` is TLS by rustls (`crate::tls::client_config`: the system's roots and an optional
+//! CA file); its failures are told apart for a person: a certificate not trusted or not for
+//! that host, a plain port asked for TLS, a TLS port asked in plain text.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::wire::{ClientMsg, DecodeError, Event, EventKind, PROTOCOL_VERSION, Reply};
 
@@ -26,6 +34,20 @@ pub enum ClientError {
     BadUrl(String),
     #[error("the gateway at {0} refused the token")]
     Unauthorized(String),
+    #[error(
+        "the certificate of {place} is not trusted: {detail}; pass its CA with --ca-file \
+         (ca_file in remotes.toml), or connect by a name the certificate is for"
+    )]
+    Untrusted { place: String, detail: String },
+    #[error(
+        "{place} did not answer with TLS ({detail}); if it serves plain ws://, connect with \
+         ws:// or http://"
+    )]
+    NotTls { place: String, detail: String },
+    #[error("{0} speaks TLS: connect with https:// or wss://")]
+    PlainToTls(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot connect to {url}: {source}")]
     Connect {
         url: String,
@@ -59,7 +81,54 @@ impl From<tungstenite::Error> for ClientError {
     }
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Socket = WebSocketStream<ClientStream>;
+
+/// A connection to a gateway, in plain text or TLS.
+#[derive(Debug)]
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// An open connection to one gateway.
 #[derive(Debug)]
@@ -87,9 +156,9 @@ pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 
 /// How a client trusts a gateway's certificate on a `wss://` URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct TlsClientOptions {
+pub struct TlsClientOptions {
     /// A PEM file of CA certificates to trust besides the system's (a private CA).
-    pub(crate) ca_file: Option<std::path::PathBuf>,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The websocket URL of a gateway's control plane from what an operator typed: an
@@ -119,41 +188,89 @@ pub(crate) fn control_url(given: &str) -> Result<String, ClientError> {
     Ok(format!("{ws_scheme}://{authority}{path}"))
 }
 
-/// Connects as [`connect`] does, trusting the gateway's certificate as `tls` says.
-pub(crate) async fn connect_with(
+/// Connects to a gateway's control websocket and reads its `hello`, trusting a `wss://`
+/// gateway's certificate as `tls` says.
+pub async fn connect_with(
     url: &str,
     token: &str,
     tls: &TlsClientOptions,
 ) -> Result<Connection, ClientError> {
-    // The TLS connector that honours `tls.ca_file` is the next change (issue 17).
-    let _ = tls;
-    connect(url, token).await
-}
-
-/// Connects to a gateway's event websocket and reads its `hello`.
-pub async fn connect(url: &str, token: &str) -> Result<Connection, ClientError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url, token))
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url, token, tls))
         .await
         .map_err(|_| ClientError::Timeout(url.to_owned()))?
 }
 
-async fn connect_now(url: &str, token: &str) -> Result<Connection, ClientError> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|_| ClientError::BadUrl(url.to_owned()))?;
+/// Connects to a gateway's event websocket and reads its `hello` (`wss://` trusted by the
+/// system's roots alone).
+pub async fn connect(url: &str, token: &str) -> Result<Connection, ClientError> {
+    connect_with(url, token, &TlsClientOptions::default()).await
+}
+
+async fn connect_now(
+    url: &str,
+    token: &str,
+    tls: &TlsClientOptions,
+) -> Result<Connection, ClientError> {
+    let bad = || ClientError::BadUrl(url.to_owned());
+    let mut request = url.into_client_request().map_err(|_| bad())?;
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| ClientError::Unauthorized(url.to_owned()))?;
     request.headers_mut().insert("Authorization", bearer);
+    let secure = match request.uri().scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        _ => return Err(bad()),
+    };
+    let host = request
+        .uri()
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(bad)?;
+    let port = request
+        .uri()
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let place = request
+        .uri()
+        .authority()
+        .map_or_else(|| host.clone(), |a| a.to_string());
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_GATEWAY_MESSAGE))
         .max_frame_size(Some(MAX_GATEWAY_MESSAGE));
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| ClientError::Connect {
+            url: url.to_owned(),
+            source: Box::new(tungstenite::Error::Io(e)),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let stream = if secure {
+        let client = crate::tls::client_config(tls.ca_file.as_deref())?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| bad())?;
+        let secured = tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls_failure(e, &place))?;
+        ClientStream::Tls(Box::new(secured))
+    } else {
+        ClientStream::Plain(tcp)
+    };
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| match e {
             tungstenite::Error::Http(ref response)
                 if response.status() == StatusCode::UNAUTHORIZED =>
             {
                 ClientError::Unauthorized(url.to_owned())
+            }
+            tungstenite::Error::Http(ref response)
+                if response.status() == StatusCode::BAD_REQUEST
+                    && response.body().as_deref().is_some_and(|body| {
+                        String::from_utf8_lossy(body).contains(crate::tls::PLAIN_ON_TLS_PORT)
+                    }) =>
+            {
+                ClientError::PlainToTls(place.clone())
             }
             tungstenite::Error::Url(_) => ClientError::BadUrl(url.to_owned()),
             e => ClientError::Connect {
@@ -175,6 +292,29 @@ async fn connect_now(url: &str, token: &str) -> Result<Connection, ClientError> 
         ws,
         hello: Some(hello),
     })
+}
+
+/// What a failed TLS handshake means for the person connecting.
+fn tls_failure(e: std::io::Error, place: &str) -> ClientError {
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(why)) => ClientError::Untrusted {
+            place: place.to_owned(),
+            detail: why.to_string(),
+        },
+        Some(other) => ClientError::NotTls {
+            place: place.to_owned(),
+            detail: other.to_string(),
+        },
+        // The peer closed or reset the connection instead of answering the ClientHello: a
+        // plain server that gave up on what it read.
+        None => ClientError::NotTls {
+            place: place.to_owned(),
+            detail: e.to_string(),
+        },
+    }
 }
 
 /// The next event from a stream of websocket messages; `None` when it closed.

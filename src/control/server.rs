@@ -2,7 +2,8 @@
 //!
 //! One task accepts connections; each connection gets its own task that sends a `hello` with
 //! a snapshot, then the live stream from the [`Hub`], and answers the client's commands.
-//! Security: loopback unless `allow_remote`; a random 256-bit token per start, required as
+//! Security: loopback unless it speaks TLS (`--tls-cert`); a random 256-bit token per start
+//! (and operator accounts' tokens, with `--operators`), required as
 //! `Authorization: Bearer <token>` on the upgrade request and compared in constant time;
 //! without it the upgrade is answered 401. Tokens in the URL are not accepted: URLs end up in
 //! logs and shell history, and a browser page cannot set the header, so a web page the
@@ -14,7 +15,11 @@
 //! Sockets that never authenticate cannot lock operators out: a connection has
 //! [`AUTH_DEADLINE`] to complete its handshake with the token, handshakes and open
 //! connections are capped separately, and a new connection sheds the oldest handshake rather
-//! than being refused (see [`super::admission`]).
+//! than being refused (see [`super::admission`]). Under TLS the handshake counts towards
+//! that deadline, and a plain-HTTP client is answered 400 saying to use `wss://`.
+//!
+//! The same sessions are served on another listener's upgrade by [`ControlPlane`]: `serve`
+//! routes `/control` on its own port to it, where only operator accounts are accepted.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,12 +29,14 @@ use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::http::{HeaderMap, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -38,6 +45,7 @@ use super::admission::{Admission, Handshake};
 use super::discovery::{DiscoveryEntry, DiscoveryFile};
 use super::hub::{Hub, Published, Resolution, ResolveError};
 use super::operators::{Identity, OperatorsHandle, Role};
+use crate::tls::ServerTls;
 use crate::wire::{
     ClientMsg, Event, EventKind, Hello, Missed, PROTOCOL_VERSION, Reply, ReplyCode, ResolvedBy,
 };
@@ -58,8 +66,11 @@ pub use super::admission::{AUTH_DEADLINE, MAX_HANDSHAKING, MAX_OPERATORS};
 pub struct EventsOptions {
     /// Default `127.0.0.1:0`: loopback, a free port.
     pub addr: SocketAddr,
-    /// Required to listen on a non-loopback address.
-    pub allow_remote: bool,
+    /// Serve `wss://` with this certificate; required to listen on a non-loopback address.
+    pub tls: Option<ServerTls>,
+    /// Accept the gateway's own per-start token (the discovery token, the local operator's
+    /// credential). Off for a control listener meant for operator accounts only.
+    pub local_token: bool,
     /// Write a discovery file so local consoles and the CLI find this gateway.
     pub discovery: bool,
     /// Operator accounts (`--operators FILE`) whose tokens are accepted besides the
@@ -71,7 +82,8 @@ impl Default for EventsOptions {
     fn default() -> Self {
         EventsOptions {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            allow_remote: false,
+            tls: None,
+            local_token: true,
             discovery: true,
             operators: None,
         }
@@ -82,8 +94,9 @@ impl Default for EventsOptions {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StartError {
     #[error(
-        "refusing to listen for events on {0}, which is not a loopback address; pass the flag \
-         that allows remote operators if you mean it"
+        "refusing to serve the control websocket on {0}, which is not a loopback address, \
+         without TLS: approvals and tokens would cross the network in clear text. Pass \
+         --tls-cert PEM --tls-key PEM, or listen on 127.0.0.1"
     )]
     NotLoopback(SocketAddr),
     #[error("cannot listen for events on {addr}: {source}")]
@@ -161,15 +174,8 @@ pub async fn start(hub: Arc<Hub>, opts: EventsOptions) -> anyhow::Result<Control
 }
 
 async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandle, StartError> {
-    if !opts.addr.ip().is_loopback() {
-        if !opts.allow_remote {
-            return Err(StartError::NotLoopback(opts.addr));
-        }
-        tracing::warn!(
-            addr = %opts.addr,
-            "the event websocket listens on a non-loopback address: anyone who can reach it \
-             and holds the token can approve held calls, and traffic is not encrypted"
-        );
+    if !opts.addr.ip().is_loopback() && opts.tls.is_none() {
+        return Err(StartError::NotLoopback(opts.addr));
     }
     let listener = crate::listen::listen(opts.addr).map_err(|source| StartError::Bind {
         addr: opts.addr,
@@ -180,7 +186,8 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
         source,
     })?;
     let token = new_token();
-    let url = format!("ws://{addr}/");
+    let scheme = if opts.tls.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{addr}/");
     let discovery = if opts.discovery {
         let info = hub.info();
         Some(DiscoveryFile::create(&DiscoveryEntry {
@@ -198,10 +205,10 @@ async fn start_server(hub: Arc<Hub>, opts: EventsOptions) -> Result<ControlHandl
     };
     let (stop, stopped) = watch::channel(false);
     let access = Arc::new(Access {
-        token: token.clone(),
+        token: opts.local_token.then(|| token.clone()),
         operators: opts.operators.clone(),
     });
-    let accept = tokio::spawn(accept_loop(listener, hub, access, stopped));
+    let accept = tokio::spawn(accept_loop(listener, hub, access, opts.tls, stopped));
     Ok(ControlHandle {
         url,
         token,
@@ -216,6 +223,7 @@ async fn accept_loop(
     listener: TcpListener,
     hub: Arc<Hub>,
     access: Arc<Access>,
+    tls: Option<ServerTls>,
     mut stopped: watch::Receiver<bool>,
 ) {
     // At most MAX_HANDSHAKING + MAX_OPERATORS tasks, plus shed ones on their way out: a
@@ -232,9 +240,11 @@ async fn accept_loop(
                     let hub = hub.clone();
                     let access = access.clone();
                     let stopped = stopped.clone();
+                    let tls = tls.clone();
                     connections.spawn(async move {
-                        let served =
-                            serve_connection(stream, handshake, admission, hub, access, stopped);
+                        let served = serve_connection(
+                            stream, handshake, admission, hub, access, tls, stopped,
+                        );
                         if let Err(e) = served.await {
                             tracing::debug!(%peer, error = %e, "event connection ended");
                         }
@@ -280,29 +290,31 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await.is_ok();
 }
 
-/// Who may connect: the holder of the gateway's own token, and operator accounts.
+/// Who may connect: the holder of the gateway's own token (when accepted), and operator
+/// accounts.
 #[derive(Debug)]
 struct Access {
-    token: String,
+    token: Option<String>,
     operators: Option<OperatorsHandle>,
 }
 
 impl Access {
     /// Who the upgrade request's bearer token says the client is; `None`: nobody we know.
-    fn identify(&self, request: &Request) -> Option<Identity> {
-        if authorized(request, &self.token) {
+    fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
+        if let Some(token) = &self.token
+            && authorized(headers, token)
+        {
             return Some(Identity::Local);
         }
         let operators = self.operators.as_ref()?;
-        let presented = bearer(request)?;
+        let presented = bearer(headers)?;
         operators.current().authenticate(presented)
     }
 }
 
 /// The bearer token of an upgrade request, if it has one.
-fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
         .get(tokio_tungstenite::tungstenite::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
@@ -313,16 +325,9 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 /// Whether the upgrade request carries `Authorization: Bearer <token>`.
-fn authorized(request: &Request, token: &str) -> bool {
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
     // Constant time in the token's content; lengths are not secret (always 64).
-    bearer(request).is_some_and(|presented| presented.as_bytes().ct_eq(token.as_bytes()).into())
-}
-
-fn unauthorized() -> ErrorResponse {
-    refusal(
-        StatusCode::UNAUTHORIZED,
-        "a valid `Authorization: Bearer <token>` header is required\n".to_owned(),
-    )
+    bearer(headers).is_some_and(|presented| presented.as_bytes().ct_eq(token.as_bytes()).into())
 }
 
 fn refusal(status: StatusCode, body: String) -> ErrorResponse {
@@ -331,70 +336,209 @@ fn refusal(status: StatusCode, body: String) -> ErrorResponse {
     response
 }
 
-type Socket = WebSocketStream<TcpStream>;
-
 #[derive(Debug, thiserror::Error)]
 enum ConnectionError {
     #[error("no authenticated handshake within {AUTH_DEADLINE:?}")]
     HandshakeTimeout,
     #[error("shed to make room for a newer handshake")]
     Shed,
+    #[error("not a TLS client (answered 400), or it left before its TLS handshake")]
+    NotTls,
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
     #[error(transparent)]
     Websocket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
 }
 
+/// The websocket settings of the gateway's side.
+fn server_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+}
+
+/// A connection that presented a token we know, with its operator slot (held until the
+/// connection ends).
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    identity: Identity,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Who the request's token says the client is, and an operator slot for it; otherwise the
+/// status and text to refuse it with.
+fn admit(
+    access: &Access,
+    admission: &Admission,
+    headers: &HeaderMap,
+) -> Result<Admitted, (StatusCode, String)> {
+    let Some(identity) = access.identify(headers) else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer <token>` header is required\n".to_owned(),
+        ));
+    };
+    let Some(slot) = admission.operator() else {
+        tracing::warn!("{MAX_OPERATORS} operators are connected; refusing one more");
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_OPERATORS} operator connections are open on this gateway; close one \
+                 (a console, `tail`) and try again\n"
+            ),
+        ));
+    };
+    Ok(Admitted {
+        identity,
+        _slot: slot,
+    })
+}
+
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     mut handshake: Handshake,
     admission: Admission,
     hub: Arc<Hub>,
     access: Arc<Access>,
-    mut stopped: watch::Receiver<bool>,
+    tls: Option<ServerTls>,
+    stopped: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_CLIENT_MESSAGE))
-        .max_frame_size(Some(MAX_CLIENT_MESSAGE));
-    // The operator slot, taken once the token checks out; held until the connection ends.
-    let mut slot = None;
-    let mut identity = None;
+    let deadline = tokio::time::Instant::now() + AUTH_DEADLINE;
+    let Some(tls) = tls else {
+        let (ws, admitted) = upgrade(stream, &mut handshake, &admission, &access, deadline).await?;
+        drop(handshake);
+        return run_session(ws, admitted, &hub, &access, stopped).await;
+    };
+    // The TLS handshake is part of the time a connection has to authenticate, and can be
+    // shed like any other handshake.
+    let secure = async {
+        match crate::tls::sniff(&mut stream).await {
+            crate::tls::Sniffed::Tls => tls
+                .acceptor()
+                .accept(stream)
+                .await
+                .map_err(ConnectionError::Tls),
+            crate::tls::Sniffed::Plain => {
+                crate::tls::refuse_plain(&mut stream).await;
+                Err(ConnectionError::NotTls)
+            }
+            crate::tls::Sniffed::Gone => Err(ConnectionError::NotTls),
+        }
+    };
+    let secured = tokio::select! {
+        secured = tokio::time::timeout_at(deadline, secure) =>
+            secured.map_err(|_| ConnectionError::HandshakeTimeout)??,
+        () = handshake.shed() => return Err(ConnectionError::Shed),
+    };
+    let (ws, admitted) = upgrade(secured, &mut handshake, &admission, &access, deadline).await?;
+    drop(handshake);
+    run_session(ws, admitted, &hub, &access, stopped).await
+}
+
+/// The websocket handshake with the token check, by `deadline`, unless shed first.
+async fn upgrade<S>(
+    stream: S,
+    handshake: &mut Handshake,
+    admission: &Admission,
+    access: &Access,
+    deadline: tokio::time::Instant,
+) -> Result<(WebSocketStream<S>, Admitted), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut admitted = None;
     // The error type is tungstenite's, fixed by its `Callback` signature.
     #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: Response| {
-        let Some(who) = access.identify(request) else {
-            return Err(unauthorized());
-        };
-        identity = Some(who);
-        slot = admission.operator();
-        if slot.is_none() {
-            tracing::warn!("{MAX_OPERATORS} operators are connected; refusing one more");
-            return Err(refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{MAX_OPERATORS} operator connections are open on this gateway; close one \
-                     (a console, `tail`) and try again\n"
-                ),
-            ));
+        match admit(access, admission, request.headers()) {
+            Ok(ok) => admitted = Some(ok),
+            Err((status, text)) => return Err(refusal(status, text)),
         }
         Ok(response)
     };
-    let accepting = tokio::time::timeout(
-        AUTH_DEADLINE,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
+    let accepting = tokio::time::timeout_at(
+        deadline,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(server_config())),
     );
-    let mut ws = tokio::select! {
+    let ws = tokio::select! {
         accepted = accepting => accepted.map_err(|_| ConnectionError::HandshakeTimeout)??,
         () = handshake.shed() => return Err(ConnectionError::Shed),
     };
-    // Authenticated: the handshake slot goes to the next connection.
-    drop(handshake);
-    let _slot = slot;
-    let identity = identity.unwrap_or(Identity::Local);
+    // The callback ran and accepted, or the handshake failed above.
+    let admitted = admitted.ok_or(ConnectionError::HandshakeTimeout)?;
+    Ok((ws, admitted))
+}
+
+/// The control websocket served on an upgrade of another listener: `serve`'s `/control`.
+/// Only operator accounts are accepted there; the local discovery token stays on the
+/// loopback event websocket.
+#[derive(Debug, Clone)]
+pub(crate) struct ControlPlane {
+    hub: Arc<Hub>,
+    access: Arc<Access>,
+    admission: Admission,
+    stopped: watch::Receiver<bool>,
+}
+
+impl ControlPlane {
+    /// Sessions of `hub` for the accounts of `operators`, until `stopped` becomes true.
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        operators: OperatorsHandle,
+        stopped: watch::Receiver<bool>,
+    ) -> ControlPlane {
+        ControlPlane {
+            hub,
+            access: Arc::new(Access {
+                token: None,
+                operators: Some(operators),
+            }),
+            admission: Admission::new(MAX_HANDSHAKING, MAX_OPERATORS),
+            stopped,
+        }
+    }
+
+    /// Checks an upgrade request's token and takes an operator slot; otherwise the status
+    /// and text to refuse it with.
+    pub(crate) fn admit(&self, headers: &HeaderMap) -> Result<Admitted, (StatusCode, String)> {
+        admit(&self.access, &self.admission, headers)
+    }
+
+    /// Runs the session of an admitted, upgraded connection until it ends.
+    pub(crate) async fn serve<S>(&self, ws: WebSocketStream<S>, admitted: Admitted)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let run = run_session(ws, admitted, &self.hub, &self.access, self.stopped.clone());
+        if let Err(e) = run.await {
+            tracing::debug!(error = %e, "control connection ended");
+        }
+    }
+
+    /// The websocket settings to wrap an upgraded connection with.
+    pub(crate) fn websocket_config() -> WebSocketConfig {
+        server_config()
+    }
+}
+
+/// An authenticated session: the `hello`, then the stream and the client's commands.
+async fn run_session<S>(
+    mut ws: WebSocketStream<S>,
+    admitted: Admitted,
+    hub: &Hub,
+    access: &Access,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Admitted { identity, _slot } = admitted;
     let mut accounts = access.operators.as_ref().map(OperatorsHandle::subscribe);
 
-    let (mut last_seq, mut events) = send_hello(&mut ws, &hub).await?;
+    let (mut last_seq, mut events) = send_hello(&mut ws, hub).await?;
     loop {
         tokio::select! {
             _ = until_stopped(&mut stopped) => {
@@ -418,7 +562,7 @@ async fn serve_connection(
                 }
             }
             event = events.recv() => {
-                if forward_burst(&mut ws, &hub, event, &mut events, &mut last_seq).await?
+                if forward_burst(&mut ws, hub, event, &mut events, &mut last_seq).await?
                     == Stream::Closed
                 {
                     let _ = ws.close(None).await;
@@ -427,8 +571,8 @@ async fn serve_connection(
             }
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    let reply = handle_command(&hub, &identity, text.as_str()).await;
-                    send_event(&mut ws, &per_client(&hub, hub.latest_seq(), EventKind::Reply(reply)))
+                    let reply = handle_command(hub, &identity, text.as_str()).await;
+                    send_event(&mut ws, &per_client(hub, hub.latest_seq(), EventKind::Reply(reply)))
                         .await?;
                 }
                 Some(Ok(Message::Binary(_))) => {
@@ -439,7 +583,7 @@ async fn serve_connection(
                         code: Some(ReplyCode::Failed),
                         ..Reply::default()
                     };
-                    send_event(&mut ws, &per_client(&hub, hub.latest_seq(), EventKind::Reply(reply)))
+                    send_event(&mut ws, &per_client(hub, hub.latest_seq(), EventKind::Reply(reply)))
                         .await?;
                 }
                 // Pings are answered by tungstenite itself.
@@ -461,8 +605,8 @@ enum Stream {
 /// Writes `first` and whatever else is already queued (up to [`BATCH`]), then flushes once:
 /// one write for a burst instead of one per event. A client that fell behind is sent
 /// `missed` and a fresh `hello`, and `events` is replaced by a receiver that follows it.
-async fn forward_burst(
-    ws: &mut Socket,
+async fn forward_burst<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
     hub: &Hub,
     first: Result<Arc<Published>, broadcast::error::RecvError>,
     events: &mut broadcast::Receiver<Arc<Published>>,
@@ -510,8 +654,8 @@ async fn forward_burst(
 }
 
 /// Sends a `hello` with a snapshot; returns its `seq` and the receiver of what follows it.
-async fn send_hello(
-    ws: &mut Socket,
+async fn send_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
     hub: &Hub,
 ) -> Result<(u64, broadcast::Receiver<Arc<Published>>), ConnectionError> {
     let (snapshot, seq, events) = hub.subscribe_with_snapshot();
@@ -543,13 +687,19 @@ fn per_client(hub: &Hub, seq: u64, kind: EventKind) -> Event {
 }
 
 /// Queues one event on the socket without flushing.
-async fn feed_event(ws: &mut Socket, event: &Event) -> Result<(), ConnectionError> {
+async fn feed_event<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    event: &Event,
+) -> Result<(), ConnectionError> {
     let text = serde_json::to_string(event)?;
     ws.feed(Message::Text(Utf8Bytes::from(text))).await?;
     Ok(())
 }
 
-async fn send_event(ws: &mut Socket, event: &Event) -> Result<(), ConnectionError> {
+async fn send_event<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    event: &Event,
+) -> Result<(), ConnectionError> {
     let text = serde_json::to_string(event)?;
     ws.send(Message::Text(Utf8Bytes::from(text))).await?;
     Ok(())
@@ -714,19 +864,20 @@ mod tests {
     fn only_the_exact_bearer_token_is_authorized() {
         let token = new_token();
         assert_eq!(token.len(), 64);
+        let authorized = |request: Request, token: &str| authorized(request.headers(), token);
         assert!(authorized(
-            &request(Some(&format!("Bearer {token}"))),
+            request(Some(&format!("Bearer {token}"))),
             &token
         ));
-        assert!(!authorized(&request(None), &token));
-        assert!(!authorized(&request(Some(&token)), &token));
-        assert!(!authorized(&request(Some("Bearer ")), &token));
+        assert!(!authorized(request(None), &token));
+        assert!(!authorized(request(Some(&token)), &token));
+        assert!(!authorized(request(Some("Bearer ")), &token));
         assert!(!authorized(
-            &request(Some(&format!("Bearer {}", &token[..63]))),
+            request(Some(&format!("Bearer {}", &token[..63]))),
             &token
         ));
         assert!(!authorized(
-            &request(Some(&format!("Basic {token}"))),
+            request(Some(&format!("Basic {token}"))),
             &token
         ));
     }

@@ -35,6 +35,7 @@ pub mod gateway {
 
 /// The control plane: hub, websocket server, clients, discovery, and the caps tests push.
 pub mod control {
+    pub use crate::control::client::{TlsClientOptions, connect_with};
     pub use crate::control::hub::{
         DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, RECENT_CALLS, SUBSCRIBER_QUEUE,
     };
@@ -53,6 +54,11 @@ pub mod control {
             DiscoveryEntry, ensure_discovery_dir, fallback_dir, write_entry,
         };
     }
+}
+
+/// TLS for the gateway's listeners.
+pub mod tls {
+    pub use crate::tls::{ServerTls, TlsError, TlsFiles};
 }
 
 /// The messages between a gateway and its operators.

@@ -87,7 +87,10 @@ impl Serve {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 let _ = writeln!(log, "{line}");
-                if let Some(addr) = line.strip_prefix("toolgate serve: listening on http://") {
+                let listening = line
+                    .strip_prefix("toolgate serve: listening on http://")
+                    .or_else(|| line.strip_prefix("toolgate serve: listening on https://"));
+                if let Some(addr) = listening {
                     let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
             }

@@ -49,6 +49,18 @@ impl Agent {
         Agent::spawn(command, None)
     }
 
+    /// As [`Agent::http`], for an `https://` endpoint whose certificate `ca` (PEM) signed:
+    /// httpx trusts it through `SSL_CERT_FILE`, as a person's client would be configured.
+    pub fn https(mode: &str, url: &str, token: &str, ca: &Path) -> Agent {
+        let mut command = Command::new(python());
+        command
+            .arg(e2e_script("http_driver.py"))
+            .args([mode, url, token])
+            .env("SSL_CERT_FILE", ca)
+            .stderr(Stdio::null());
+        Agent::spawn(command, None)
+    }
+
     fn spawn(mut command: Command, log: Option<PathBuf>) -> Agent {
         let mut child = command
             .stdin(Stdio::piped())

@@ -2,7 +2,8 @@
 //! finding the real MCP peers (`peers`), driving the Python MCP client over stdio or HTTP
 //! (`agent`), finding a gateway and its hello as an operator does (`discovery`), reading a
 //! child's output line by line with a deadline (`lines`), reading its memory (`memory`), driving the real binary in tmux
-//! (`tmux`), describing an in-process gateway (`events`) and waiting with a deadline (`wait`).
+//! (`tmux`), describing an in-process gateway (`events`), certificates from a private CA (`tls`)
+//! and waiting with a deadline (`wait`).
 //!
 //! Each test crate declares `mod support;` and uses only what it needs, so most items are
 //! unused in any one crate.
@@ -15,6 +16,7 @@ pub mod events;
 pub mod lines;
 pub mod memory;
 pub mod peers;
+pub mod tls;
 pub mod tmux;
 pub mod wait;
 

@@ -35,8 +35,14 @@ pub struct Outgoing {
 pub enum Targets {
     /// Every gateway in the discovery directory, as they come and go.
     Discover,
-    /// One gateway, by URL and token (`--connect`).
+    /// One gateway, by URL and token.
     Fixed { url: String, token: String },
+    /// One gateway by `--connect`, trusting its certificate as `tls` says (`--ca-file`).
+    Remote {
+        url: String,
+        token: String,
+        tls: client::TlsClientOptions,
+    },
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -75,12 +81,17 @@ async fn supervise(
     // Kept alive for as long as we supervise; dropping it stops the watch.
     let _watcher = match &targets {
         Targets::Discover => watch_discovery_dir(wake_tx),
-        Targets::Fixed { .. } => None,
+        Targets::Fixed { .. } | Targets::Remote { .. } => None,
     };
-    if let Targets::Fixed { url, token } = &targets {
+    let fixed = match &targets {
+        Targets::Discover => None,
+        Targets::Fixed { url, token } => Some((url, token, client::TlsClientOptions::default())),
+        Targets::Remote { url, token, tls } => Some((url, token, tls.clone())),
+    };
+    if let Some((url, token, tls)) = fixed {
         conns.insert(
             url.clone(),
-            open(url.clone(), url.clone(), token.clone(), events.clone()),
+            open(url.clone(), url.clone(), token.clone(), tls, events.clone()),
         );
     }
     let mut rescan = tokio::time::interval(RESCAN_EVERY);
@@ -128,6 +139,7 @@ async fn reconcile(conns: &mut HashMap<String, ConnHandle>, events: &mpsc::Sende
                     entry.id.clone(),
                     entry.url.clone(),
                     entry.token.clone(),
+                    client::TlsClientOptions::default(),
                     events.clone(),
                 ),
             );
@@ -169,11 +181,17 @@ fn watch_discovery_dir(wake: mpsc::UnboundedSender<()>) -> Option<notify::Recomm
     watching.then_some(watcher)
 }
 
-fn open(key: String, url: String, token: String, events: mpsc::Sender<AppEvent>) -> ConnHandle {
+fn open(
+    key: String,
+    url: String,
+    token: String,
+    tls: client::TlsClientOptions,
+    events: mpsc::Sender<AppEvent>,
+) -> ConnHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     ConnHandle {
         commands: tx,
-        task: tokio::spawn(connection(key, url, token, events, rx)),
+        task: tokio::spawn(connection(key, url, token, tls, events, rx)),
     }
 }
 
@@ -182,6 +200,7 @@ async fn connection(
     key: String,
     url: String,
     token: String,
+    tls: client::TlsClientOptions,
     events: mpsc::Sender<AppEvent>,
     mut commands: mpsc::UnboundedReceiver<ClientMsg>,
 ) {
@@ -200,9 +219,7 @@ async fn connection(
         {
             return;
         }
-        let error = match client::connect_with(&url, &token, &client::TlsClientOptions::default())
-            .await
-        {
+        let error = match client::connect_with(&url, &token, &tls).await {
             Ok(conn) => {
                 backoff = FIRST_BACKOFF;
                 if events

@@ -23,6 +23,11 @@
 //!   that fails with EMFILE sheds an unauthenticated connection and waits a moment before
 //!   trying again, instead of spinning.
 //!
+//! - **TLS** (`--tls-cert`): a connection's first byte is awaited, then its handshake, both
+//!   within the header deadline and while the connection counts as idle and
+//!   unauthenticated, so a flood of handshakes that never finish is shed like idle sockets.
+//!   A plain-HTTP request on the TLS port is answered 400, saying to use https://.
+//!
 //! [`plan`] shares the process's open-file limit between connections, server processes and
 //! the gateway's own files before any of this starts.
 
@@ -44,6 +49,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
 use tower::ServiceExt;
+
+use crate::tls::{self, ServerTls};
 
 /// Default deadline for a request's headers (and for an idle kept-alive connection).
 pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -282,10 +289,12 @@ impl Throttled {
 
 /// Serves `router` on `listener` until `shutdown` becomes true; then stops accepting, lets
 /// open connections finish their requests for up to `drain`, and returns.
+/// With `tls`, every connection speaks TLS.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     options: ConnectionOptions,
+    tls: Option<ServerTls>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> io::Result<()> {
@@ -320,7 +329,9 @@ pub(crate) async fn serve(
             },
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let head = has_complete_head(&stream);
+        // Under TLS the head is encrypted: every connection starts idle, and one that
+        // completes its handshake and sends a request moves on as a plain one does.
+        let head = tls.is_none() && has_complete_head(&stream);
         let Some((peer, shed)) = registry.admit(options.max_connections, head) else {
             full.warn(|| {
                 format!(
@@ -329,18 +340,25 @@ pub(crate) async fn serve(
                     options.max_connections
                 )
             });
-            refuse(stream, options.max_connections);
+            // A TLS client could not read a plain answer: closing is all it gets.
+            if tls.is_none() {
+                refuse(stream, options.max_connections);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
             stream,
-            http.clone(),
-            router.clone(),
+            Serving {
+                http: http.clone(),
+                router: router.clone(),
+                tls: tls.clone(),
+                header_timeout: options.header_timeout,
+                body_timeout: options.body_timeout,
+            },
             peer,
             shed,
             shutdown.clone(),
-            options.body_timeout,
         ));
     }
     drop(listener);
@@ -363,13 +381,18 @@ pub(crate) async fn serve(
 /// collide with the ephemeral ports of new connections from the same address, whose SYNs
 /// then wait a second for a retransmission; a reset leaves nothing behind.
 fn reset_on_close(socket: std::os::fd::RawFd) {
+    set_reset_on_close(socket, true);
+}
+
+/// Turns [`reset_on_close`] on or off (`SO_LINGER` 0, or the default graceful close).
+fn set_reset_on_close(socket: std::os::fd::RawFd, reset: bool) {
     use nix::libc;
     let linger = libc::linger {
-        l_onoff: 1,
+        l_onoff: i32::from(reset),
         l_linger: 0,
     };
-    // SAFETY: `socket` is the descriptor of the connection's stream, which the caller still
-    // owns (not yet dropped), and `linger` is a valid `struct linger` for the call.
+    // SAFETY: `socket` is the descriptor of the connection's stream, which the caller (or a
+    // future the caller holds) still owns, not yet dropped, and `linger` is a valid `struct linger` for the call.
     let done = unsafe {
         libc::setsockopt(
             socket,
@@ -442,21 +465,84 @@ fn refuse(stream: TcpStream, max: usize) {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// What every connection of one listener is served with.
+struct Serving {
     http: hyper::server::conn::http1::Builder,
     router: Router,
+    tls: Option<ServerTls>,
+    header_timeout: Duration,
+    body_timeout: Duration,
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    serving: Serving,
+    peer: Arc<Peer>,
+    mut shed: oneshot::Receiver<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let Some(tls) = serving.tls.clone() else {
+        drive(TokioIo::new(stream), socket, serving, peer, shed, shutdown).await;
+        return;
+    };
+    // The handshake is part of the request head's time: a client that does not finish it
+    // within the header deadline is dropped, and until then it is idle and unauthenticated.
+    // The handshake future owns the socket, and whichever way it is dropped (deadline,
+    // shed, stopping) the socket closes with it: reset, as a shed connection is, unless the
+    // handshake completes.
+    set_reset_on_close(socket, true);
+    let handshake = async {
+        match tls::sniff(&mut stream).await {
+            tls::Sniffed::Tls => tls.acceptor().accept(stream).await.ok(),
+            tls::Sniffed::Plain => {
+                // The answer must reach the client: a graceful close.
+                set_reset_on_close(socket, false);
+                tls::refuse_plain(&mut stream).await;
+                None
+            }
+            tls::Sniffed::Gone => None,
+        }
+    };
+    let secured = tokio::select! {
+        done = tokio::time::timeout(serving.header_timeout, handshake) => match done {
+            Ok(Some(secured)) => secured,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!("a TLS handshake did not finish within the header deadline");
+                return;
+            }
+        },
+        Ok(()) = &mut shed => return,
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    };
+    set_reset_on_close(socket, false);
+    drive(TokioIo::new(secured), socket, serving, peer, shed, shutdown).await;
+}
+
+/// Serves HTTP/1.1 (upgrades included: `/control`'s websocket) on an open connection until
+/// it ends, is shed, or the gateway stops.
+async fn drive<I>(
+    io: I,
+    socket: std::os::fd::RawFd,
+    serving: Serving,
     peer: Arc<Peer>,
     shed: oneshot::Receiver<()>,
     mut shutdown: watch::Receiver<bool>,
-    body_timeout: Duration,
-) {
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let Serving {
+        http,
+        router,
+        body_timeout,
+        ..
+    } = serving;
     let service_peer = peer.clone();
     let service = hyper::service::service_fn(move |req| {
         request(router.clone(), service_peer.clone(), body_timeout, req)
     });
-    let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    let conn = http.serve_connection(TokioIo::new(stream), service);
+    let conn = http.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let stopping = tokio::select! {
         result = conn.as_mut() => {

@@ -38,6 +38,7 @@
 //! upstream.
 
 pub(crate) mod body;
+mod control_route;
 pub(crate) mod link;
 pub(crate) mod listener;
 pub(crate) mod remote;
@@ -104,6 +105,10 @@ pub(crate) struct ServeOptions {
     /// Server name → the identity its tool pins belong to (`--server-id NAME=ID`); a server
     /// not named here pins under its own name.
     pub server_ids: HashMap<String, String>,
+    /// `--tls-cert`: every connection speaks TLS.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// The control websocket at `/control` (`--operators`, without `--control-listen`).
+    pub control: Option<crate::control::server::ControlPlane>,
 }
 
 /// The HTTP gateway: servers, grants, sessions, and the shared decision machinery.
@@ -151,6 +156,7 @@ impl HttpGateway {
         Router::new()
             .route("/mcp/{name}", axum::routing::any(handle))
             .route("/metrics", axum::routing::get(metrics))
+            .route("/control", axum::routing::get(control_route::control))
             .fallback(|| async {
                 plain(
                     StatusCode::NOT_FOUND,
@@ -180,6 +186,7 @@ impl HttpGateway {
             listener,
             self.router(),
             self.options.connections,
+            self.options.tls.clone(),
             shutdown,
             SHUTDOWN_DRAIN,
         )
