@@ -119,10 +119,8 @@ impl Received {
                             Some(NumberValue::AsDouble(x)) => x,
                             None => f64::NAN,
                         };
-                        self.calls.insert(
-                            (label("decision"), label("tool"), label("server")),
-                            value,
-                        );
+                        self.calls
+                            .insert((label("decision"), label("tool"), label("server")), value);
                     }
                 }
             }
@@ -137,10 +135,13 @@ impl Received {
             .find(|s| s.name == name && s.kind == kind as i32)
     }
 
+    /// The latest `toolgate.calls` of `decision` and `tool` through a server whose label
+    /// ends with `server` (`serve` names its server; `wrap` its server's command line).
     fn calls(&self, decision: &str, tool: &str, server: &str) -> Option<f64> {
         self.calls
-            .get(&(decision.to_owned(), tool.to_owned(), server.to_owned()))
-            .copied()
+            .iter()
+            .find(|((d, t, s), _)| d == decision && t == tool && s.ends_with(server))
+            .map(|(_, n)| *n)
     }
 }
 
@@ -270,7 +271,10 @@ fn reply(
 /// A gRPC answer with `status` in its trailers, after an empty Export…ServiceResponse when OK.
 fn grpc_reply(status: &'static str) -> hyper::Response<Body> {
     let mut trailers = hyper::HeaderMap::new();
-    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static(status));
+    trailers.insert(
+        "grpc-status",
+        hyper::header::HeaderValue::from_static(status),
+    );
     let mut frames = Vec::new();
     if status == "0" {
         // An empty message: no partial success.
@@ -300,15 +304,17 @@ async fn answer(
     let mut received = kept.lock().expect("received");
     received.requests.push(format!("{version:?} {path}"));
     let Ok(body) = body else {
-        received.problems.push(format!("{path}: the body broke off"));
+        received
+            .problems
+            .push(format!("{path}: the body broke off"));
         return reply(400, &[], Vec::new());
     };
     match speaks {
         Speaks::Grpc => {
             if content_type != "application/grpc" || te != "trailers" {
-                received.problems.push(format!(
-                    "{path}: content-type {content_type:?}, te {te:?}"
-                ));
+                received
+                    .problems
+                    .push(format!("{path}: content-type {content_type:?}, te {te:?}"));
             }
             // One uncompressed message behind its 5-byte prefix.
             let message = match body.get(..5) {
@@ -347,7 +353,11 @@ async fn answer(
                 received.problems.push(format!("{path}: {e}"));
                 return reply(400, &[], Vec::new());
             }
-            reply(200, &[("content-type", "application/x-protobuf")], Vec::new())
+            reply(
+                200,
+                &[("content-type", "application/x-protobuf")],
+                Vec::new(),
+            )
         }
     }
 }
@@ -422,19 +432,28 @@ fn check_call_spans(collector: &Collector) {
     });
     assert_eq!(client.parent, server.span_id, "{client:#?} {server:#?}");
     assert_eq!(
-        server.attributes.get("toolgate.decision").map(String::as_str),
+        server
+            .attributes
+            .get("toolgate.decision")
+            .map(String::as_str),
         Some("allow"),
         "{server:#?}"
     );
     assert_eq!(
-        server.attributes.get("gen_ai.tool.name").map(String::as_str),
+        server
+            .attributes
+            .get("gen_ai.tool.name")
+            .map(String::as_str),
         Some("echo")
     );
     let denied = collector.wait("the SERVER span of get-env", |r| {
         r.span("tools/call get-env", SpanKind::Server).cloned()
     });
     assert_eq!(
-        denied.attributes.get("toolgate.decision").map(String::as_str),
+        denied
+            .attributes
+            .get("toolgate.decision")
+            .map(String::as_str),
         Some("deny"),
         "{denied:#?}"
     );
@@ -471,8 +490,8 @@ fn wrap_exports_spans_and_metrics_over_grpc() {
     allowed_and_denied(&mut client);
     check_call_spans(&collector);
     collector.wait("toolgate.calls: echo allowed, get-env denied", |r| {
-        (r.calls("allow", "echo", "everything") == Some(1.0)
-            && r.calls("deny", "get-env", "everything") == Some(1.0))
+        (r.calls("allow", "echo", "mcp-server-everything stdio") == Some(1.0)
+            && r.calls("deny", "get-env", "mcp-server-everything stdio") == Some(1.0))
         .then_some(())
     });
     assert!(client.close().success(), "{}", client.log());
@@ -504,11 +523,14 @@ fn serve_exports_metrics_and_spans_over_grpc_with_tls_to_a_private_ca() {
     });
     let mut client = serve.client("legacy", "everything", &serve.tokens[0]);
     allowed_and_denied(&mut client);
-    collector.wait("toolgate.calls from serve: echo allowed, get-env denied", |r| {
-        (r.calls("allow", "echo", "everything") == Some(1.0)
-            && r.calls("deny", "get-env", "everything") == Some(1.0))
-        .then_some(())
-    });
+    collector.wait(
+        "toolgate.calls from serve: echo allowed, get-env denied",
+        |r| {
+            (r.calls("allow", "echo", "everything") == Some(1.0)
+                && r.calls("deny", "get-env", "everything") == Some(1.0))
+            .then_some(())
+        },
+    );
     check_call_spans(&collector);
     check_grpc_requests(&collector);
     assert_eq!(collector.received().handshakes_failed, 0);
