@@ -622,3 +622,31 @@ fn a_grpc_collector_that_never_answers_costs_calls_nothing() {
         !held.lock().expect("streams").is_empty()
     });
 }
+
+#[test]
+fn an_unreadable_certificate_file_stops_the_gateway_at_start_saying_which() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("policy.json"), POLICY).expect("write the policy");
+    let missing = dir.path().join("no-such-ca.pem");
+    let args = support::agent::wrap(
+        dir.path(),
+        "ci",
+        &["--no-events", "--otlp", "https://127.0.0.1:4317"],
+        vec!["true".to_owned()],
+    );
+    let output = std::process::Command::new(&args[0])
+        .args(&args[1..])
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &missing)
+        .env("XDG_STATE_HOME", dir.path())
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run toolgate wrap");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && stderr.contains("no-such-ca.pem"),
+        "{stderr}"
+    );
+}
