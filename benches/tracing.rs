@@ -1,7 +1,8 @@
 //! What tracing adds to a `tools/call` through `toolgate wrap`: the same trivial upstream
 //! (this bench binary, `--trivial-upstream`: it answers every request at once) behind `wrap`
-//! with tracing off, and on with every call sampled, exporting by OTLP/HTTP to a receiver in
-//! this process that reads each export request and answers 200.
+//! with tracing off, and on with every call sampled, exporting by OTLP to a receiver in this
+//! process that reads each export request and answers OK: over HTTP/1.1 (http/protobuf), then
+//! over gRPC (HTTP/2, `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`).
 //!
 //! - 5,000 sequential calls, the two gateways alternating (the machine is shared): the
 //!   median round trip of each, and the difference;
@@ -10,6 +11,7 @@
 //! Run: `cargo bench --bench tracing`. Target (issue 19): ≤ 5 µs added per call with export
 //! on. The off path (`Gateway::traces` is `None`) is one branch per call.
 
+use std::convert::Infallible;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -71,6 +73,63 @@ fn otlp_sink() -> u16 {
     port
 }
 
+/// An OTLP/gRPC sink on loopback: reads each call whole and answers `grpc-status: 0` after an
+/// empty response message.
+fn grpc_sink() -> u16 {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, StreamBody};
+    use hyper::body::Frame;
+    use hyper::header::HeaderValue;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the gRPC sink's runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind the gRPC sink");
+            let port = listener.local_addr().expect("sink address").port();
+            port_tx.send(port).expect("the sink's port");
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(
+                    |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let _ = request.into_body().collect().await;
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        let frames = [
+                            Frame::data(Bytes::from_static(&[0; 5])),
+                            Frame::trailers(trailers),
+                        ];
+                        let body = StreamBody::new(futures_util::stream::iter(
+                            frames.into_iter().map(Ok::<_, Infallible>),
+                        ));
+                        let mut response = hyper::Response::new(body);
+                        response
+                            .headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/grpc"));
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+    });
+    port_rx.recv().expect("the gRPC sink's port")
+}
+
+/// Where a traced gateway exports: the collector's URL and `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[derive(Clone, Copy)]
+struct Export<'a> {
+    url: &'a str,
+    protocol: &'a str,
+}
+
 struct Peer {
     child: Child,
     stdin: BufWriter<ChildStdin>,
@@ -81,7 +140,7 @@ struct Peer {
 
 impl Peer {
     /// `wrap` in front of the trivial upstream; traced to `otlp` when given.
-    fn start(dir: &Path, otlp: Option<&str>) -> Peer {
+    fn start(dir: &Path, otlp: Option<Export<'_>>) -> Peer {
         let policy = dir.join("policy.json");
         std::fs::write(&policy, POLICY).expect("write policy");
         let mut command = Command::new(env!("CARGO_BIN_EXE_toolgate"));
@@ -94,8 +153,10 @@ impl Peer {
             .args(["--log-level", "warn", "--counters", "memory", "--no-events"])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("OTEL_TRACES_SAMPLER", "always_on");
-        if let Some(url) = otlp {
-            command.args(["--otlp", url]);
+        if let Some(export) = otlp {
+            command
+                .args(["--otlp", export.url])
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", export.protocol);
         }
         let mut child = command
             .arg("--")
@@ -177,7 +238,8 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-fn summary(dir: &Path, otlp: &str) {
+fn summary(dir: &Path, otlp: Export<'_>) {
+    let protocol = otlp.protocol;
     let mut off = Peer::start(dir, None);
     let mut on = Peer::start(dir, Some(otlp));
     let (mut off_samples, mut on_samples) = (Vec::new(), Vec::new());
@@ -187,7 +249,7 @@ fn summary(dir: &Path, otlp: &str) {
     }
     let (off_median, on_median) = (median(off_samples), median(on_samples));
     println!(
-        "summary: {SEQUENTIAL_CALLS} sequential tools/call through wrap: median tracing off {:.1} µs, on (100 % sampled, exported) {:.1} µs, added {:.1} µs (target ≤ 5 µs)",
+        "summary: {protocol}: {SEQUENTIAL_CALLS} sequential tools/call through wrap: median tracing off {:.1} µs, on (100 % sampled, exported) {:.1} µs, added {:.1} µs (target ≤ 5 µs)",
         off_median.as_secs_f64() * 1e6,
         on_median.as_secs_f64() * 1e6,
         on_median.as_secs_f64() * 1e6 - off_median.as_secs_f64() * 1e6
@@ -205,7 +267,7 @@ fn summary(dir: &Path, otlp: &str) {
         calls / on_time.as_secs_f64(),
     );
     println!(
-        "summary: {IN_FLIGHT} in flight: tracing off {off_rate:.0} calls/s, on {on_rate:.0} calls/s; tracing costs {:.1} µs per call",
+        "summary: {protocol}: {IN_FLIGHT} in flight: tracing off {off_rate:.0} calls/s, on {on_rate:.0} calls/s; tracing costs {:.1} µs per call",
         (1.0 / on_rate - 1.0 / off_rate) * 1e6
     );
 }
@@ -216,13 +278,23 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let otlp = format!("http://127.0.0.1:{}", otlp_sink());
-    summary(dir.path(), &otlp);
+    let http_url = format!("http://127.0.0.1:{}", otlp_sink());
+    let grpc_url = format!("http://127.0.0.1:{}", grpc_sink());
+    let http = Export {
+        url: &http_url,
+        protocol: "http/protobuf",
+    };
+    let grpc = Export {
+        url: &grpc_url,
+        protocol: "grpc",
+    };
+    summary(dir.path(), http);
+    summary(dir.path(), grpc);
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("tools_call_tracing");
     group.sample_size(20);
-    for (name, url) in [("off", None), ("on", Some(otlp.as_str()))] {
-        let mut peer = Peer::start(dir.path(), url);
+    for (name, export) in [("off", None), ("on", Some(http)), ("on-grpc", Some(grpc))] {
+        let mut peer = Peer::start(dir.path(), export);
         group.bench_function(BenchmarkId::new("sequential", name), |b| {
             b.iter_custom(|iters| (0..iters).map(|_| peer.round_trip()).sum());
         });

@@ -80,10 +80,17 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// The crypto every config here is built with: rustls' `ring` provider (no cmake, no C
-/// toolchain beyond `cc`, unlike aws-lc-rs).
+/// The crypto every TLS config of toolgate is built with (here and the OTLP exporter's):
+/// rustls' `ring` provider (no cmake, no C toolchain beyond `cc`, unlike aws-lc-rs). rustls
+/// 0.23.48 deprecates it for having no post-quantum key exchange; the classical groups it
+/// offers are what consoles, agents and collectors speak today.
+#[allow(deprecated)]
+pub(crate) fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(ring_provider())
 }
 
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =

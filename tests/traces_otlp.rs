@@ -597,15 +597,7 @@ fn a_collector_that_is_down_costs_calls_nothing() {
 #[test]
 fn a_collector_that_never_answers_costs_calls_nothing() {
     // Accepts connections and reads nothing: every export waits for its timeout.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let keep = held.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            keep.lock().expect("streams").push(stream);
-        }
-    });
+    let (port, _held) = support::silent_listener();
     calls_are_answered_with_collector_at(&format!("http://127.0.0.1:{port}"));
 }
 

@@ -97,8 +97,10 @@ pub(super) struct GatewayArgs {
     #[command(flatten)]
     pub counters: CounterArgs,
     /// Export traces (a SERVER and a CLIENT span per MCP request) and metrics to this
-    /// OpenTelemetry collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (they go
-    /// to /v1/traces and /v1/metrics; OTEL_METRIC_EXPORT_INTERVAL, default 60000 ms).
+    /// OpenTelemetry collector's OTLP base URL, e.g. http://127.0.0.1:4318 (they go to
+    /// /v1/traces and /v1/metrics; OTEL_METRIC_EXPORT_INTERVAL, default 60000 ms), or
+    /// http://127.0.0.1:4317 with OTEL_EXPORTER_OTLP_PROTOCOL=grpc; https:// for TLS
+    /// (OTEL_EXPORTER_OTLP_CERTIFICATE: the CA's PEM file, else the system's roots).
     /// The standard OTEL_EXPORTER_OTLP_ENDPOINT does the same; OTEL_SERVICE_NAME (default
     /// toolgate), OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER apply. With tracing on, a
     /// sampled call that carries no traceparent in params._meta is forwarded with the
@@ -180,11 +182,9 @@ impl GatewayArgs {
             Some(config) => {
                 let traces = crate::telemetry::Tracing::start(&config)?;
                 tracing::info!(
-                    "traces exported by OTLP to {}",
-                    config
-                        .endpoint
-                        .as_deref()
-                        .unwrap_or("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    "traces exported by OTLP ({}) to {}",
+                    config.export.protocol.name(),
+                    config.export.endpoint
                 );
                 Some(Arc::new(traces))
             }
@@ -201,11 +201,9 @@ impl GatewayArgs {
                 let metrics = crate::telemetry::Metrics::start(&hub);
                 let export = metrics.export_otlp(&config)?;
                 tracing::info!(
-                    "metrics exported by OTLP to {}",
-                    config
-                        .endpoint
-                        .as_deref()
-                        .unwrap_or("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    "metrics exported by OTLP ({}) to {}",
+                    config.export.protocol.name(),
+                    config.export.endpoint
                 );
                 (Some(metrics), Some(export))
             }

@@ -5,10 +5,13 @@
 //! - [`labels`] — label values with a bounded number of series (tool names come from agents).
 //! - [`scrape`] — who may read `/metrics`, and the answer.
 //! - [`trace`] — spans per MCP request (off unless configured), `traceparent` in `_meta`.
+//! - [`exporter`] — the OTLP settings both signals read, and the client that carries their
+//!   export requests: http/protobuf or gRPC, plain or over TLS.
 //!
 //! Both signals are exported by OTLP when configured (`metrics/otlp.rs` pushes the same
 //! metrics as `/metrics`, for `wrap` too).
 
+pub(crate) mod exporter;
 pub(crate) mod labels;
 pub(crate) mod metrics;
 pub(crate) mod scrape;

@@ -1,13 +1,13 @@
-//! OpenTelemetry traces of the calls the gateway handles, exported by OTLP (http/protobuf)
-//! in batches, off the call path.
+//! OpenTelemetry traces of the calls the gateway handles, exported by OTLP in batches, off
+//! the call path.
 //!
 //! Off unless configured: `--otlp URL`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`. The SDK reads the rest of the standard variables
-//! itself (`OTEL_SERVICE_NAME`, default here `toolgate`; `OTEL_RESOURCE_ATTRIBUTES`;
-//! `OTEL_TRACES_SAMPLER`; `OTEL_BSP_*` for the batch queue; `OTEL_EXPORTER_OTLP_HEADERS`,
-//! `_TIMEOUT`). Only http/protobuf over plain HTTP is built in; `grpc`, `http/json` and
-//! `https://` endpoints are refused at start, saying so, rather than silently exporting
-//! nothing.
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_EXPORTER_OTLP_PROTOCOL` picks http/protobuf
+//! (the default) or grpc, and an `https://` endpoint is spoken to over TLS
+//! (`super::exporter` reads those settings and carries the requests). The SDK reads the rest
+//! of the standard variables itself (`OTEL_SERVICE_NAME`, default here `toolgate`;
+//! `OTEL_RESOURCE_ATTRIBUTES`; `OTEL_TRACES_SAMPLER`; `OTEL_BSP_*` for the batch queue;
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`).
 //!
 //! Each `tools/call` gets, following the OpenTelemetry conventions for MCP, a SERVER span
 //! (toward the client) and, when it goes upstream, a CLIENT span (toward the server), both
@@ -18,12 +18,11 @@
 //!
 //! Spans go to the SDK's batch processor: a bounded queue (2048 spans by default; a full
 //! queue drops spans, never waits) read by the SDK's own thread. Its export requests run on
-//! the gateway's runtime through [`RuntimeClient`], each with the exporter's timeout, so a
-//! slow or absent collector costs a call nothing.
+//! the gateway's runtime through [`super::exporter::ExportClient`], each bounded by a
+//! deadline, so a slow or absent collector costs a call nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -36,6 +35,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::exporter::{Export, Signal, resource};
 use crate::control::Resolution;
 use crate::policy::{Decision, Verdict};
 use crate::wire::ResolvedBy;
@@ -47,9 +47,8 @@ const TRACESTATE: &str = "tracestate";
 /// Where and how traces are exported, from the command line and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceConfig {
-    /// The traces endpoint (`…/v1/traces`), or `None` for the SDK's reading of the
-    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables.
-    pub endpoint: Option<String>,
+    /// Where and how the spans go.
+    pub(crate) export: Export,
 }
 
 impl TraceConfig {
@@ -61,132 +60,8 @@ impl TraceConfig {
     ) -> anyhow::Result<Option<TraceConfig>> {
         Ok(Signal::Traces
             .configured(otlp, env)?
-            .map(|endpoint| TraceConfig { endpoint }))
+            .map(|export| TraceConfig { export }))
     }
-}
-
-/// What OTLP exports: each has its own variables beside the shared ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
-    Traces,
-    Metrics,
-}
-
-impl Signal {
-    /// `TRACES` / `METRICS`, as in `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
-    fn upper(self) -> &'static str {
-        match self {
-            Signal::Traces => "TRACES",
-            Signal::Metrics => "METRICS",
-        }
-    }
-
-    /// The path under a collector's base URL.
-    fn path(self) -> &'static str {
-        match self {
-            Signal::Traces => "/v1/traces",
-            Signal::Metrics => "/v1/metrics",
-        }
-    }
-
-    /// Whether this signal is exported, and where: `None` when off, `Some(None)` for the
-    /// SDK's reading of the `OTEL_EXPORTER_OTLP_*ENDPOINT` variables, `Some(Some(url))`
-    /// for `--otlp`'s base URL with the signal's path. Errors say which setting is wrong
-    /// and what to use instead.
-    pub(crate) fn configured(
-        self,
-        otlp: Option<&str>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> anyhow::Result<Option<Option<String>>> {
-        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let upper = self.upper();
-        let exporter = format!("OTEL_{upper}_EXPORTER");
-        if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            || set(&exporter).is_some_and(|v| v.eq_ignore_ascii_case("none"))
-        {
-            return Ok(None);
-        }
-        let own_endpoint = format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT");
-        let configured = otlp.is_some()
-            || set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-            || set(&own_endpoint).is_some();
-        if !configured {
-            return Ok(None);
-        }
-        for name in [
-            format!("OTEL_EXPORTER_OTLP_{upper}_PROTOCOL"),
-            "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
-        ] {
-            if let Some(protocol) = set(&name) {
-                if protocol != "http/protobuf" {
-                    anyhow::bail!(
-                        "{name}={protocol} is not supported: toolgate exports OTLP over \
-                         http/protobuf only (a collector's port 4318; gRPC is not built in, \
-                         see the README's Observability section); set {name}=http/protobuf \
-                         or unset it"
-                    );
-                }
-                break;
-            }
-        }
-        // The gateway's HTTP client is built without TLS (its upstreams are plain HTTP too).
-        for (what, url) in [
-            ("--otlp".to_owned(), otlp.map(str::to_owned)),
-            (own_endpoint.clone(), set(&own_endpoint)),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-                set("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            ),
-        ] {
-            if let Some(url) = url
-                && url.trim().to_ascii_lowercase().starts_with("https://")
-            {
-                anyhow::bail!(
-                    "{what} {url}: toolgate exports OTLP over plain HTTP only (no TLS client is \
-                     built in); run a collector on this host (http://127.0.0.1:4318) and let \
-                     it forward over TLS"
-                );
-            }
-        }
-        match otlp {
-            Some(url) => {
-                let base = url.trim_end_matches('/');
-                if !(base.starts_with("http://") || base.starts_with("https://")) {
-                    anyhow::bail!(
-                        "--otlp {url}: give the collector's OTLP/HTTP base URL, such as \
-                         http://127.0.0.1:4318 (traces go to its /v1/traces, metrics to its \
-                         /v1/metrics)"
-                    );
-                }
-                Ok(Some(Some(format!("{base}{}", self.path()))))
-            }
-            None => Ok(Some(None)),
-        }
-    }
-}
-
-/// The HTTP client of OTLP exporters, running its requests on the current runtime.
-pub(crate) fn runtime_client() -> anyhow::Result<impl opentelemetry_http::HttpClient + 'static> {
-    Ok(RuntimeClient {
-        runtime: tokio::runtime::Handle::try_current()
-            .context("OTLP export needs the async runtime")?,
-        client: reqwest::Client::new(),
-    })
-}
-
-/// The resource every export names: `service.name` is `toolgate` unless
-/// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` says otherwise (the SDK reads both).
-pub(crate) fn resource() -> opentelemetry_sdk::Resource {
-    let mut resource = opentelemetry_sdk::Resource::builder();
-    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
-            v.split(',')
-                .any(|kv| kv.trim().starts_with("service.name="))
-        });
-    if !named {
-        resource = resource.with_service_name("toolgate");
-    }
-    resource.build()
 }
 
 /// The tracer of one gateway process.
@@ -207,15 +82,12 @@ impl Tracing {
     /// requests are spawned onto it).
     pub fn start(config: &TraceConfig) -> anyhow::Result<Tracing> {
         use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-        let client = runtime_client()?;
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        // The SDK's OTLP/HTTP exporter encodes; our client carries it as HTTP or gRPC.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
-            .with_http_client(client);
-        if let Some(endpoint) = &config.endpoint {
-            exporter = exporter.with_endpoint(endpoint.clone());
-        }
-        let exporter = exporter
+            .with_http_client(config.export.client(Signal::Traces)?)
+            .with_endpoint(config.export.endpoint.clone())
             .build()
             .context("cannot set up the OTLP exporter (--otlp, OTEL_EXPORTER_OTLP_*)")?;
         let provider = SdkTracerProvider::builder()
@@ -746,51 +618,6 @@ impl Extractor for MetaExtractor<'_> {
     }
 }
 
-/// The OTLP exporter's HTTP client: each export request runs on the gateway's runtime
-/// (the SDK's batch thread has none), bounded by the exporter's timeout and a cap on the
-/// answer's size.
-#[derive(Debug)]
-struct RuntimeClient {
-    runtime: tokio::runtime::Handle,
-    client: reqwest::Client,
-}
-
-/// A collector's answer is a small protobuf message; more is not read.
-const MAX_ANSWER: usize = 64 * 1024;
-
-/// The longest an export request may take, whatever the exporter asks.
-const EXPORT_DEADLINE: Duration = Duration::from_secs(10);
-
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for RuntimeClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<bytes::Bytes>,
-    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
-        let client = self.client.clone();
-        let task = self.runtime.spawn(async move {
-            let request = reqwest::Request::try_from(request)?;
-            let mut response =
-                tokio::time::timeout(EXPORT_DEADLINE, client.execute(request)).await??;
-            let status = response.status();
-            let mut body = Vec::new();
-            while let Some(chunk) =
-                tokio::time::timeout(EXPORT_DEADLINE, response.chunk()).await??
-            {
-                if body.len() + chunk.len() > MAX_ANSWER {
-                    break;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            let answer = http::Response::builder()
-                .status(status)
-                .body(bytes::Bytes::from(body))?;
-            Ok::<_, opentelemetry_http::HttpError>(answer)
-        });
-        task.await?
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -826,33 +653,12 @@ mod tests {
         let config = TraceConfig::from(Some("http://127.0.0.1:4318/"), env(&[]))
             .unwrap()
             .unwrap();
-        assert_eq!(
-            config.endpoint.as_deref(),
-            Some("http://127.0.0.1:4318/v1/traces")
-        );
+        assert_eq!(config.export.endpoint, "http://127.0.0.1:4318/v1/traces");
         assert!(TraceConfig::from(Some("127.0.0.1:4318"), env(&[])).is_err());
-        let err = TraceConfig::from(Some("https://collector:4318"), env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("plain HTTP only"), "{err}");
-    }
-
-    #[test]
-    fn grpc_and_json_protocols_are_refused_saying_what_to_use() {
-        let err = TraceConfig::from(
-            Some("http://c:4317"),
-            env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("http/protobuf"), "{err}");
-        assert!(
-            TraceConfig::from(
-                Some("http://c:4318"),
-                env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
-            )
-            .is_ok()
-        );
+        let secure = TraceConfig::from(Some("https://collector:4318"), env(&[]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(secure.export.endpoint, "https://collector:4318/v1/traces");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Setup<'a> {
     pub extra: &'a [&'a str],
     /// The open-file limit (soft, hard) the process starts with.
     pub nofile: Option<(u64, u64)>,
+    /// Environment variables set for `serve` (`OTEL_*`).
+    pub env: &'a [(&'a str, &'a str)],
     /// Leave the counter store to `serve`'s own default (under `XDG_STATE_HOME`, the test's
     /// directory) instead of `--counters memory`.
     pub default_counters: bool,
@@ -72,6 +74,7 @@ impl Serve {
             .current_dir(dir.path())
             .env("XDG_RUNTIME_DIR", dir.path())
             .env("XDG_STATE_HOME", dir.path())
+            .envs(setup.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("serve.log")).unwrap())
             .stderr(Stdio::piped());

@@ -97,3 +97,21 @@ pub fn write_in_place(path: &Path, text: &str) {
     file.write_all(padded.as_bytes()).unwrap();
     file.sync_all().unwrap();
 }
+
+/// A peer that hangs: a loopback listener that accepts connections and never reads or
+/// answers them. Its port, and the connections it holds (kept open as long as it lives).
+pub fn silent_listener() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().expect("streams").push(stream);
+        }
+    });
+    (port, held)
+}

@@ -1,4 +1,4 @@
-//! The same metrics as `/metrics`, pushed by OTLP (http/protobuf) to a collector: the only
+//! The same metrics as `/metrics`, pushed by OTLP (http/protobuf or grpc) to a collector: the only
 //! way for `wrap`, which runs once per agent session where no scraper could find it.
 //!
 //! On when an OTLP endpoint is configured (`--otlp`, `OTEL_EXPORTER_OTLP_ENDPOINT` or
@@ -25,14 +25,13 @@ use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use super::{DURATION_BUCKETS, HOLD_BUCKETS, Metrics, Registry};
-use crate::telemetry::trace::{Signal, resource, runtime_client};
+use crate::telemetry::exporter::{Export, Signal, resource};
 
 /// Where metrics are exported, from the command line and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MetricsConfig {
-    /// The metrics endpoint (`…/v1/metrics`), or `None` for the SDK's reading of the
-    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables.
-    pub(crate) endpoint: Option<String>,
+    /// Where and how the metrics go.
+    pub(crate) export: Export,
 }
 
 impl MetricsConfig {
@@ -44,7 +43,7 @@ impl MetricsConfig {
     ) -> anyhow::Result<Option<MetricsConfig>> {
         Ok(Signal::Metrics
             .configured(otlp, env)?
-            .map(|endpoint| MetricsConfig { endpoint }))
+            .map(|export| MetricsConfig { export }))
     }
 }
 
@@ -86,14 +85,11 @@ impl Metrics {
         config: &MetricsConfig,
     ) -> anyhow::Result<MetricsExport> {
         use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-        let mut exporter = opentelemetry_otlp::MetricExporter::builder()
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
-            .with_http_client(runtime_client()?);
-        if let Some(endpoint) = &config.endpoint {
-            exporter = exporter.with_endpoint(endpoint.clone());
-        }
-        let exporter = exporter
+            .with_http_client(config.export.client(Signal::Metrics)?)
+            .with_endpoint(config.export.endpoint.clone())
             .build()
             .context("cannot set up the OTLP metrics exporter (--otlp, OTEL_EXPORTER_OTLP_*)")?;
         let provider = SdkMeterProvider::builder()
@@ -260,10 +256,7 @@ mod tests {
         let config = MetricsConfig::from(Some("http://127.0.0.1:4318/"), env(&[]))
             .unwrap()
             .unwrap();
-        assert_eq!(
-            config.endpoint.as_deref(),
-            Some("http://127.0.0.1:4318/v1/metrics")
-        );
+        assert_eq!(config.export.endpoint, "http://127.0.0.1:4318/v1/metrics");
         assert_eq!(MetricsConfig::from(None, env(&[])).unwrap(), None);
         assert_eq!(
             MetricsConfig::from(
@@ -273,8 +266,9 @@ mod tests {
                     "http://c:4318/v1/metrics"
                 )])
             )
-            .unwrap(),
-            Some(MetricsConfig { endpoint: None })
+            .unwrap()
+            .map(|c| c.export.endpoint),
+            Some("http://c:4318/v1/metrics".to_owned())
         );
         // Traces on, metrics off: each signal has its own `none`.
         const BOTH: &[(&str, &str)] = &[
@@ -287,20 +281,5 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-    }
-
-    #[test]
-    fn grpc_for_metrics_is_a_start_up_error_saying_what_to_use() {
-        let err = MetricsConfig::from(
-            Some("http://c:4317"),
-            env(&[("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc")]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=grpc"),
-            "{err}"
-        );
-        assert!(err.contains("http/protobuf"), "{err}");
     }
 }
