@@ -113,7 +113,7 @@ async fn raw_console(addr: SocketAddr, token: &str, ca: &Path) -> Arc<AtomicU64>
         roots.add(cert.expect("a certificate")).expect("a root");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        toolgate::testing::tls::ring_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
@@ -348,7 +348,7 @@ impl TlsServe {
             roots.add(cert.expect("a certificate")).expect("a root");
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            toolgate::testing::tls::ring_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("versions")

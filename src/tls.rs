@@ -85,7 +85,7 @@ pub struct TlsFiles {
 /// 0.23.48 deprecates it for having no post-quantum key exchange; the classical groups it
 /// offers are what consoles, agents and collectors speak today.
 #[allow(deprecated)]
-pub(crate) fn ring_provider() -> rustls::crypto::CryptoProvider {
+pub fn ring_provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 

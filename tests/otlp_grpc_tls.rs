@@ -366,7 +366,7 @@ async fn answer(
 /// lacking post-quantum key exchange, which is beside the point of these tests).
 #[allow(deprecated)]
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(toolgate::testing::tls::ring_provider())
 }
 
 /// A private CA and a server certificate it signed for 127.0.0.1: the CA's PEM, and the

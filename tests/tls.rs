@@ -201,7 +201,7 @@ fn https_post(gw: &TlsServe, path: &str, token: &str) -> (u16, String) {
         roots.add(cert.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        toolgate::testing::tls::ring_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

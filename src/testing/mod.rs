@@ -58,7 +58,7 @@ pub mod control {
 
 /// TLS for the gateway's listeners.
 pub mod tls {
-    pub use crate::tls::{ServerTls, TlsError, TlsFiles};
+    pub use crate::tls::{ServerTls, TlsError, TlsFiles, ring_provider};
 }
 
 /// The messages between a gateway and its operators.
