@@ -1,5 +1,5 @@
-//! `toolgate tail`: the live event stream of every local gateway (or one given by URL), as
-//! human lines or one JSON object per line.
+//! `toolgate tail`: the live event stream of every local gateway (or of the remote ones given
+//! by `--connect URL|@NAME`), as human lines or one JSON object per line.
 //!
 //! Gateways are found through their discovery files; the directory is scanned again every
 //! few seconds, so gateways that start later are followed and ones that stop are let go.
@@ -34,7 +34,7 @@ const ARGS_PREVIEW: usize = 160;
 /// docs/wire-protocol.md).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect ws://127.0.0.1:40123/ --token \"$TOKEN\""
+    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect ws://127.0.0.1:40123/ --token \"$TOKEN\"\n  toolgate tail --connect @prod --json"
 )]
 pub(crate) struct Args {
     /// One JSON object per line instead of human lines.
@@ -66,19 +66,9 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
     let (tx, mut rx) = mpsc::channel::<Note>(1024);
     let mut stdout = std::io::stdout().lock();
 
-    if let Some((url, token)) = args.remote.target()? {
-        let conn = control::connect(&url, &token)
-            .await
-            .with_context(|| format!("cannot follow {url}"))?;
-        spawn_follower(url.clone(), tx.clone(), follow(url.clone(), conn, tx));
-        while let Some(note) = rx.recv().await {
-            match note {
-                Note::Event(event) => print(&mut stdout, &event, args.json)?,
-                Note::Gone { error: Some(e), .. } => anyhow::bail!("{url}: {e}"),
-                Note::Gone { error: None, .. } => break,
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
+    let remotes = args.remote.targets(&[])?;
+    if !remotes.is_empty() {
+        return tail_remotes(remotes, args.json, tx, rx, &mut stdout).await;
     }
 
     // Gateway id → whether its follower is running. Ids whose connection failed are kept
@@ -134,6 +124,61 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
             },
         }
     }
+}
+
+/// Follows the remote gateways `remotes` (`--connect`, `@NAME`) until every stream has ended.
+/// Each is connected to first, so a wrong URL, token or certificate is an error at once;
+/// a stream that ends with an error is said, and makes the exit status 1.
+async fn tail_remotes(
+    remotes: Vec<control::remotes::Remote>,
+    json: bool,
+    tx: mpsc::Sender<Note>,
+    mut rx: mpsc::Receiver<Note>,
+    stdout: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let mut open = 0usize;
+    for remote in remotes {
+        let conn = control::client::connect_with(&remote.url, &remote.token, &remote.tls())
+            .await
+            .with_context(|| format!("cannot follow {}", remote.url))?;
+        open += 1;
+        spawn_follower(
+            remote.url.clone(),
+            tx.clone(),
+            follow(remote.url, conn, tx.clone()),
+        );
+    }
+    drop(tx);
+    let mut failed = false;
+    while open > 0 {
+        let Some(note) = rx.recv().await else { break };
+        match note {
+            Note::Event(event) => print(stdout, &event, json)?,
+            Note::Gone { id, error } => {
+                open -= 1;
+                match error {
+                    Some(e) => {
+                        eprintln!(
+                            "toolgate tail: {}: {}",
+                            terminal_text(&id),
+                            terminal_text(&e)
+                        );
+                        failed = true;
+                    }
+                    None if !json => {
+                        writeln!(stdout, "── gateway {} disconnected", terminal_text(&id))?;
+                        stdout.flush()?;
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs `follower` (which says `Gone` itself when its stream ends). If it panics instead,
