@@ -35,8 +35,8 @@ pub(crate) use authoring::{Authoring, Awaiting, Review};
 pub(crate) use filter::Filter;
 pub(crate) use history::{CallRow, History};
 pub(crate) use labels::{
-    DecisionStyle, countdown, decision_label, latency_label, room_in, shadow_label, short_hash,
-    window_short,
+    DecisionStyle, countdown, decision_label, latency_label, resolution_label, room_in,
+    shadow_label, short_hash, window_short,
 };
 pub use layout::Layout;
 pub use overlay::Prompt;
@@ -262,6 +262,11 @@ pub struct HoldsState {
     pub selected: usize,
     pub detail: Option<String>,
     pub detail_scroll: u16,
+    /// The selected hold was resolved by someone else (another console, `toolgate approve`,
+    /// the timeout), at this time: the selection stays on it, shown in the detail pane, until
+    /// the operator moves, so that `a` pressed a moment later cannot land on the next call
+    /// that slid into its place.
+    pub resolved_elsewhere: Option<(String, DateTime<Utc>)>,
 }
 
 /// Calls per second over the last minute, for the status bar.
@@ -485,7 +490,10 @@ impl State {
                 let pos = self.live_pos(self.live_selected_index()?)?;
                 self.history.get(pos).map(|r| &r.call)
             }
-            View::Holds => self.holds.get(self.holds_view.selected).map(|h| &h.call),
+            View::Holds => match &self.holds_view.resolved_elsewhere {
+                Some((id, _)) => self.history.find(id).map(|r| &r.call),
+                None => self.holds.get(self.holds_view.selected).map(|h| &h.call),
+            },
             _ => None,
         }
     }

@@ -4,11 +4,13 @@
 
 use crate::console::model::history::{sanitize_outcome, sanitize_resolution};
 use crate::console::model::{
-    CallRow, Effect, Hold, OfferedTool, SeenCounter, SeenGateway, State, short_hash,
+    CallRow, Effect, Hold, OfferedTool, SeenCounter, SeenGateway, State, View, resolution_label,
+    short_hash,
 };
 use crate::sanitize::{terminal_string, terminal_text};
 use crate::wire::{
-    CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello, ToolInfo, Verdict,
+    CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello, HoldResolved, ToolInfo,
+    Verdict,
 };
 
 use super::authoring;
@@ -42,6 +44,7 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
         }
         EventKind::HoldResolved(r) => {
             let r = sanitize_resolution(r);
+            resolved_elsewhere(state, &r, ts);
             state.holds.retain(|h| h.call.call_id != r.call_id);
             clamp_holds_selection(state);
             if let Some(row) = state.history.find_mut(&r.call_id) {
@@ -188,6 +191,35 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
                 state.complain(format!("could not {verb} {}: {why}", p.call_id));
             }
         }
+    }
+}
+
+/// Keeps the Holds view's selection on a hold someone else resolved (another console, a
+/// script, the timeout) when it is the one selected, and says who did it; a resolution this
+/// console asked for is not "elsewhere".
+fn resolved_elsewhere(state: &mut State, r: &HoldResolved, ts: chrono::DateTime<chrono::Utc>) {
+    let selected = state
+        .holds
+        .get(state.holds_view.selected)
+        .is_some_and(|h| h.call.call_id == r.call_id);
+    let ours = state.pending.values().any(|p| p.call_id == r.call_id);
+    if !selected || ours || state.holds_view.resolved_elsewhere.is_some() {
+        return;
+    }
+    state.holds_view.resolved_elsewhere = Some((r.call_id.clone(), ts));
+    state.holds_view.detail = Some(r.call_id.clone());
+    state.holds_view.detail_scroll = 0;
+    if state.view == View::Holds {
+        let tool = state
+            .history
+            .find(&r.call_id)
+            .map(|row| row.call.tool.clone())
+            .unwrap_or_default();
+        state.say(format!(
+            "{} ({tool}) was {}",
+            r.call_id,
+            resolution_label(r, None, state.now)
+        ));
     }
 }
 

@@ -205,7 +205,10 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
             View::Live => {
                 state.live.selected = state.live_pos(0);
             }
-            View::Holds => state.holds_view.selected = 0,
+            View::Holds => {
+                state.holds_view.selected = 0;
+                state.holds_view.resolved_elsewhere = None;
+            }
             View::Policy => state.authoring.selected = 0,
             View::Limits => state.authoring.limits_selected = 0,
             View::Tools => {
@@ -249,6 +252,8 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
         KeyAction::Approve => {
             if let Some(call_id) = selected_hold(state) {
                 send_resolution(state, &call_id, true, None);
+            } else {
+                already_resolved(state);
             }
         }
         KeyAction::Deny => {
@@ -257,6 +262,8 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
                     call_id,
                     input: Input::default(),
                 });
+            } else {
+                already_resolved(state);
             }
         }
         KeyAction::Edit(req) if matches!(state.overlays.top(), Some(Overlay::Editor(_))) => {
@@ -296,6 +303,8 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
                 if let Some(tool) = tool {
                     authoring::edit_and_review(state, &Edit::Allow(tool));
                 }
+            } else {
+                already_resolved(state);
             }
         }
         KeyAction::AllowTool
@@ -440,6 +449,33 @@ fn selected_hold(state: &State) -> Option<String> {
     state.is_held(&call.call_id).then(|| call.call_id.clone())
 }
 
+/// An approve or deny key on a call that is no longer held: nothing is sent, and the
+/// operator is told who ended the hold (another console may have been first).
+fn already_resolved(state: &mut State) {
+    let Some(call) = state.selected_call() else {
+        return;
+    };
+    let Some(row) = state.history.find(&call.call_id) else {
+        return;
+    };
+    let Some(r) = &row.resolution else {
+        return;
+    };
+    let at = state
+        .holds_view
+        .resolved_elsewhere
+        .as_ref()
+        .filter(|(id, _)| *id == r.call_id)
+        .map(|(_, at)| *at);
+    let text = format!(
+        "{} ({}) was already {}: nothing done",
+        r.call_id,
+        row.call.tool,
+        crate::console::model::resolution_label(r, at, state.now)
+    );
+    state.complain(text);
+}
+
 /// Esc: closes the top layer; with none open, backs out of the view (its detail pane, then
 /// its filter, then the pause).
 fn back(state: &mut State) {
@@ -458,6 +494,7 @@ fn back(state: &mut State) {
                 state.live.detail = None;
             } else if state.view == View::Holds && state.holds_view.detail.is_some() {
                 state.holds_view.detail = None;
+                state.holds_view.resolved_elsewhere = None;
             } else if state.view == View::Live && !state.live.filter.is_empty() {
                 set_filter(state, "");
             } else if state.view == View::Live && state.live.selected.is_some() {
@@ -491,6 +528,8 @@ fn move_selection(state: &mut State, by: isize) {
         }
         View::Holds => {
             let len = state.holds.len();
+            // Moving on from a hold resolved elsewhere starts from where it stood.
+            state.holds_view.resolved_elsewhere = None;
             if len == 0 {
                 return;
             }

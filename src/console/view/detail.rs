@@ -8,7 +8,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
 use super::decision_style;
-use crate::console::model::{CallRow, State, countdown, decision_label, latency_label};
+use crate::console::model::{
+    CallRow, State, countdown, decision_label, latency_label, resolution_label,
+};
 use crate::console::theme::Theme;
 use crate::redact::redact;
 use crate::sanitize::terminal_text;
@@ -133,12 +135,13 @@ pub(super) fn detail_lines(
         ));
     }
     if let Some(r) = &row.resolution {
-        let by = match (&r.operator, r.by) {
-            (Some(op), _) => format!("by {op}"),
-            (None, by) => format!("by {}", format!("{by:?}").to_lowercase()),
-        };
-        let what = if r.approved { "approved" } else { "denied" };
-        let mut text = format!("{what} {by}");
+        let at = state
+            .holds_view
+            .resolved_elsewhere
+            .as_ref()
+            .filter(|(id, _)| *id == r.call_id)
+            .map(|(_, at)| *at);
+        let mut text = resolution_label(r, at, state.now);
         if let Some(reason) = &r.reason {
             text.push_str(&format!(": {reason}"));
         }

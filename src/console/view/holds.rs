@@ -88,7 +88,8 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let top = sel.saturating_sub(h.saturating_sub(1));
     for (row_i, hold) in state.holds.iter().enumerate().skip(top).take(h) {
         let y = inner.y + 1 + (row_i - top) as u16;
-        if row_i == sel {
+        // A selected hold resolved elsewhere stays selected in the detail; no row here is.
+        if row_i == sel && state.holds_view.resolved_elsewhere.is_none() {
             buf.set_style(Rect::new(x0, y, w, 1), t.selection);
         }
         let waited = (state.now - hold.ts).num_seconds().max(0);
