@@ -103,3 +103,110 @@ fn a_hold_this_console_approved_is_not_pinned_as_resolved_elsewhere() {
         "the next hold is selected, as before"
     );
 }
+
+const GW1: &str = "wss://gw1.example:8787/control";
+const GW2: &str = "wss://gw2.example:8787/control";
+
+/// A console following two replicas (`r1` on gw1, `r2` on gw2) by URL, and `r1` a second
+/// time under its local discovery key (the operator's console runs on gw1 too).
+fn replicas() -> toolgate::console::testing::State {
+    let mut s = toolgate::console::testing::State::new(t0(), 1000);
+    s.remote_hosts.insert(GW1.into(), "gw1.example:8787".into());
+    s.remote_hosts.insert(GW2.into(), "gw2.example:8787".into());
+    let now = at_ms(60_000);
+    for (key, id) in [(GW1, "r1"), (GW2, "r2"), ("r1", "r1")] {
+        update(&mut s, up(key), now);
+        let mut hello = hello(id, "*", vec![], vec![]);
+        if let EventKind::Hello(h) = &mut hello {
+            // The same Redis budget, reported by each replica at its own moment.
+            h.snapshot.counters[0].used = if id == "r2" { 29 } else { 28 };
+        }
+        let seq = if key == GW2 { 1 } else { 2 };
+        let received = now + chrono::TimeDelta::milliseconds(if id == "r2" { 500 } else { 0 });
+        update(&mut s, net(key, seq, t0(), hello), received);
+    }
+    // The same call reaches the console through both connections to r1.
+    for key in [GW1, "r1"] {
+        update(
+            &mut s,
+            net(
+                key,
+                3,
+                at_ms(59_000),
+                EventKind::Call(call(
+                    "r1",
+                    1,
+                    "send_message",
+                    "ci-bot",
+                    toolgate::testing::wire::Verdict::Hold,
+                )),
+            ),
+            now,
+        );
+    }
+    update(
+        &mut s,
+        net(
+            GW2,
+            2,
+            at_ms(59_500),
+            EventKind::Call(call(
+                "r2",
+                1,
+                "create_api_key",
+                "ci-bot",
+                toolgate::testing::wire::Verdict::Allow,
+            )),
+        ),
+        now + chrono::TimeDelta::seconds(1),
+    );
+    s.effects.clear();
+    s.message = None;
+    s
+}
+
+#[test]
+fn replicas_show_as_one_stream_with_their_hosts_and_a_gateway_reached_twice_counts_once() {
+    let s = replicas();
+    assert_eq!(s.gateways.len(), 3, "three connections");
+    assert!(
+        s.is_duplicate(2),
+        "the local connection to r1 repeats the remote one"
+    );
+    assert_eq!(s.distinct_gateways().count(), 2);
+    assert_eq!(s.connected(), 2);
+    assert_eq!(s.history.len(), 2, "one row per call");
+    assert_eq!(
+        s.holds.len(),
+        1,
+        "one hold, however many connections report it"
+    );
+    let totals = s.totals();
+    assert_eq!((totals.allow, totals.hold), (1, 1), "counted once");
+    let screen = text(&render(&s, 110, 8)).join("\n");
+    assert!(screen.contains("2 gateways ●"), "{screen}");
+    assert!(screen.contains("r1@gw1.example:8787/ci-bot"), "{screen}");
+    assert!(screen.contains("r2@gw2.example:8787/ci-bot"), "{screen}");
+    insta::assert_snapshot!("replicas_live", screen);
+}
+
+#[test]
+fn a_budget_shared_through_redis_is_one_limits_row_with_the_latest_report() {
+    let s = replicas();
+    let rows = toolgate::console::testing::limit_rows(&s);
+    let shared: Vec<_> = rows
+        .iter()
+        .filter(|r| r.counter == "create_api_key" && r.key == "*")
+        .collect();
+    assert_eq!(shared.len(), 1, "{rows:?}");
+    assert_eq!(shared[0].used, Some(29), "r2 reported last");
+}
+
+#[test]
+fn the_holds_view_names_the_gateway_and_host_of_each_hold() {
+    let mut s = replicas();
+    key(&mut s, KeyCode::Char('2'));
+    let screen = text(&render(&s, 110, 6)).join("\n");
+    assert!(screen.contains("gateway@host/grant"), "{screen}");
+    assert!(screen.contains("r1@gw1.example:8787/ci-bot"), "{screen}");
+}

@@ -38,6 +38,7 @@ pub(crate) async fn run_in_terminal(options: Options) -> Result<(), ConsoleError
     state.operator = std::env::var("USER").ok().filter(|u| !u.is_empty());
     state.policy_path = options.policy_path;
     state.cases_path = options.cases_path;
+    state.remote_hosts = options.targets.remote_hosts();
 
     // ratatui's hook restores the terminal before the panic is reported; ours then exits.
     let mut terminal = ratatui::try_init().map_err(|e| ConsoleError::Terminal(e.into()))?;

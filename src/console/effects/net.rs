@@ -56,6 +56,17 @@ impl Targets {
         }
     }
 
+    /// Where each remote gateway runs (`HOST:PORT`), by its connection key: for `Several`
+    /// only (`Fixed` is the demo's own gateway, or a test's, on this machine).
+    pub(crate) fn remote_hosts(&self) -> HashMap<String, String> {
+        match self {
+            Targets::Several { remotes, .. } => {
+                remotes.iter().map(|r| (r.url.clone(), r.host())).collect()
+            }
+            _ => HashMap::new(),
+        }
+    }
+
     /// The gateways followed by URL, each under its connection key (its URL).
     pub(crate) fn remotes(&self) -> Vec<Remote> {
         match self {

@@ -155,6 +155,9 @@ pub struct SeenGateway {
     /// Tools whose definition changed since it was pinned, awaiting review, in the order
     /// they arrived.
     pub tool_changes: Vec<ToolReview>,
+    /// Where it runs, for a remote gateway (`HOST:PORT` of its URL, sanitised); `None` for
+    /// one found on this machine.
+    pub host: Option<String>,
 }
 
 impl SeenGateway {
@@ -173,6 +176,21 @@ impl SeenGateway {
             upstream_up: false,
             last_seq: 0,
             tool_changes: Vec::new(),
+            host: None,
+        }
+    }
+
+    /// Whether it was reached over the network (`--connect`, `@NAME`).
+    pub fn is_remote(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// Its label with where it runs: `a1b2@gw1.example:8787`, or the label alone for a
+    /// gateway on this machine.
+    pub fn place(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{}@{host}", self.label()),
+            None => self.label().to_owned(),
         }
     }
 
@@ -358,6 +376,9 @@ pub struct State {
     pub operator: Option<String>,
     /// The policy file given with `--policy`, for the Policy view (issue 6).
     pub policy_path: Option<String>,
+    /// The connection keys of remote gateways (their URLs), each with its `HOST:PORT`: set
+    /// before the first event, so each [`SeenGateway`] knows where it runs.
+    pub remote_hosts: HashMap<String, String>,
     /// Bells rung so far (the event loop counts them; tests read it).
     pub bells_rung: u64,
     /// The policy draft and its write (Policy and Limits views).
@@ -393,6 +414,7 @@ impl State {
             screen: Layout::default(),
             operator: None,
             policy_path: None,
+            remote_hosts: HashMap::new(),
             bells_rung: 0,
             authoring: Authoring::default(),
             tools_revision: 0,
@@ -405,7 +427,12 @@ impl State {
         let i = match self.gateway_index.get(key) {
             Some(i) => *i,
             None => {
-                self.gateways.push(SeenGateway::new(key.to_owned()));
+                let mut g = SeenGateway::new(key.to_owned());
+                g.host = self
+                    .remote_hosts
+                    .get(key)
+                    .map(|h| terminal_string(h.clone()));
+                self.gateways.push(g);
                 let i = self.gateways.len() - 1;
                 self.gateway_index.insert(key.to_owned(), i);
                 i
@@ -414,23 +441,64 @@ impl State {
         (i, &mut self.gateways[i])
     }
 
+    /// The gateway at `conn` with where it runs ([`SeenGateway::place`]).
+    pub fn gateway_place(&self, conn: usize) -> String {
+        self.gateways
+            .get(conn)
+            .map_or_else(|| "?".to_owned(), SeenGateway::place)
+    }
+
     /// Label of the gateway at `conn`.
     pub fn gateway_label(&self, conn: usize) -> &str {
         self.gateways.get(conn).map_or("?", SeenGateway::label)
     }
 
     /// Sum of every gateway's decision counts.
-    pub fn totals(&self) -> Totals {
-        self.gateways.iter().fold(Totals::default(), |a, g| Totals {
-            allow: a.allow + g.totals.allow,
-            deny: a.deny + g.totals.deny,
-            rate_limited: a.rate_limited + g.totals.rate_limited,
-            hold: a.hold + g.totals.hold,
-        })
+    /// Whether connection `conn` reaches a gateway an earlier connection already follows
+    /// (the same gateway id: a URL given twice, or a local gateway also given by URL). Its
+    /// events change nothing twice (calls and holds are kept by call id), and it is left out
+    /// of totals and counts.
+    pub fn is_duplicate(&self, conn: usize) -> bool {
+        let Some(id) = self
+            .gateways
+            .get(conn)
+            .and_then(|g| g.info.as_ref())
+            .map(|i| &i.id)
+        else {
+            return false;
+        };
+        self.gateways[..conn]
+            .iter()
+            .any(|g| g.is_up() && g.info.as_ref().is_some_and(|i| &i.id == id))
     }
 
+    /// The connections that are not duplicates, with their index.
+    pub fn distinct_gateways(&self) -> impl Iterator<Item = (usize, &SeenGateway)> {
+        self.gateways
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.is_duplicate(*i))
+    }
+
+    /// Whether any gateway followed is remote.
+    pub fn any_remote(&self) -> bool {
+        self.gateways.iter().any(SeenGateway::is_remote)
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.distinct_gateways()
+            .map(|(_, g)| g)
+            .fold(Totals::default(), |a, g| Totals {
+                allow: a.allow + g.totals.allow,
+                deny: a.deny + g.totals.deny,
+                rate_limited: a.rate_limited + g.totals.rate_limited,
+                hold: a.hold + g.totals.hold,
+            })
+    }
+
+    /// Gateways connected now, each counted once.
     pub fn connected(&self) -> usize {
-        self.gateways.iter().filter(|g| g.is_up()).count()
+        self.distinct_gateways().filter(|(_, g)| g.is_up()).count()
     }
 
     /// How many calls the Live view lists (after the filter).

@@ -9,8 +9,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
-use super::State;
 use super::draft::RuleRow;
+use super::{SeenCounter, State};
 use crate::policy::RuleMatch;
 use crate::scan::Classification;
 
@@ -166,14 +166,24 @@ pub fn limit_rows(state: &State) -> Vec<LimitRow> {
         .iter()
         .map(|d| (d.name.as_str(), (d.max, d.window_ms)))
         .collect();
-    let mut seen: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
-    let mut rows: Vec<LimitRow> = Vec::new();
-    for g in &state.gateways {
+    // One budget (counter, scope, key) is one row: replicas sharing a counter store (Redis)
+    // report the same budget, and the latest report of it is the truest.
+    let mut latest: HashMap<(&str, &str, &str), &SeenCounter> = HashMap::new();
+    for (_, g) in state.distinct_gateways() {
         for seen_counter in &g.counters {
             let c = &seen_counter.state;
-            if !seen.insert((&c.counter, &c.scope, &c.key)) {
-                continue;
+            let slot = latest
+                .entry((&c.counter, &c.scope, &c.key))
+                .or_insert(seen_counter);
+            if seen_counter.at > slot.at {
+                *slot = seen_counter;
             }
+        }
+    }
+    let mut rows: Vec<LimitRow> = Vec::new();
+    {
+        for seen_counter in latest.into_values() {
+            let c = &seen_counter.state;
             let draft = by_name
                 .get(c.counter.as_str())
                 .copied()

@@ -75,7 +75,7 @@ pub(super) fn draw(
             ))
             .right_aligned(),
         );
-    Paragraph::new(detail_lines(&row, state.gateway_label(row.conn), state, t))
+    Paragraph::new(detail_lines(&row, &state.gateway_place(row.conn), state, t))
         .block(block)
         .scroll((scroll, 0))
         .render(area, buf);
