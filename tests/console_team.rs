@@ -210,3 +210,268 @@ fn the_holds_view_names_the_gateway_and_host_of_each_hold() {
     assert!(screen.contains("gateway@host/grant"), "{screen}");
     assert!(screen.contains("r1@gw1.example:8787/ci-bot"), "{screen}");
 }
+
+// ---- The remote policy write -------------------------------------------------------------
+
+const POLICY: &str = r#"{
+  "version": "1",
+  "default": "deny",
+  "tools": {
+    "send_message": { "action": "require_approval" },
+    "create_api_key": {}
+  }
+}
+"#;
+
+fn sha(text: &str) -> String {
+    toolgate::console::testing::hash_bytes(text.as_bytes())
+}
+
+/// Types `:LINE` and Enter.
+fn command(s: &mut toolgate::console::testing::State, line: &str) {
+    key(s, KeyCode::Char(':'));
+    typed(s, line);
+    key(s, KeyCode::Enter);
+}
+
+/// The commands the console asked to send, as (connection key, message).
+fn sent(s: &toolgate::console::testing::State) -> Vec<(String, ClientMsg)> {
+    s.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { gateway, msg } => Some((gateway.clone(), msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reply(s: &mut toolgate::console::testing::State, key: &str, r: toolgate::testing::wire::Reply) {
+    let now = s.now;
+    update(s, net(key, 90, now, EventKind::Reply(r)), now);
+}
+
+/// Two remote replicas running `POLICY`; the console has read it from the first.
+fn remote_authoring(writable: bool) -> toolgate::console::testing::State {
+    let mut s = toolgate::console::testing::State::new(t0(), 1000);
+    s.remote_hosts.insert(GW1.into(), "gw1.example:8787".into());
+    s.remote_hosts.insert(GW2.into(), "gw2.example:8787".into());
+    let now = at_ms(60_000);
+    for (key, id) in [(GW1, "r1"), (GW2, "r2")] {
+        update(&mut s, up(key), now);
+        let mut hello = hello(id, "*", vec![], vec![]);
+        if let EventKind::Hello(h) = &mut hello {
+            h.snapshot.policy_hash = Some(sha(POLICY));
+            h.info.policy = "/etc/toolgate/policy.json".into();
+        }
+        update(&mut s, net(key, 1, t0(), hello), now);
+    }
+    let asked = sent(&s);
+    assert_eq!(asked.len(), 1, "the policy is asked for once: {asked:?}");
+    let (to, ClientMsg::ReadPolicy { id }) = &asked[0] else {
+        panic!("expected read_policy, got {asked:?}");
+    };
+    assert_eq!(to, GW1, "from the first remote gateway");
+    let id = *id;
+    s.effects.clear();
+    reply(
+        &mut s,
+        GW1,
+        toolgate::testing::wire::Reply {
+            id,
+            ok: true,
+            policy: Some(toolgate::testing::wire::PolicyText {
+                path: "/etc/toolgate/policy.json".into(),
+                text: POLICY.into(),
+                hash: sha(POLICY),
+                writable,
+            }),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.authoring.draft.as_ref().map(|d| d.base_hash.clone()),
+        Some(sha(POLICY)),
+        "the draft is the gateway's text"
+    );
+    s
+}
+
+/// `:limit`, `:w`, `y`: returns the write_policy commands sent.
+fn limit_and_write(s: &mut toolgate::console::testing::State, w: &str) -> Vec<(String, ClientMsg)> {
+    command(s, "limit create_api_key 3/minute");
+    command(s, w);
+    s.effects.clear();
+    key(s, KeyCode::Char('y'));
+    sent(s)
+}
+
+#[test]
+fn a_remote_write_goes_to_every_replica_running_the_policy_and_reports_n_of_m() {
+    let mut s = remote_authoring(true);
+    let writes = limit_and_write(&mut s, "w");
+    let text = s.authoring.draft.as_ref().unwrap().text().to_owned();
+    assert!(text.contains("\"max\": 3"), "{text}");
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    let mut ids = Vec::new();
+    for (to, msg) in &writes {
+        let ClientMsg::WritePolicy {
+            id,
+            text: sent_text,
+            base_hash,
+            force,
+        } = msg
+        else {
+            panic!("{msg:?}");
+        };
+        assert_eq!(sent_text, &text, "the text as edited, to {to}");
+        assert_eq!(base_hash, &sha(POLICY));
+        assert!(!force);
+        ids.push((to.clone(), *id));
+    }
+    // r1 writes it; r2 refuses: its file was changed by someone else meanwhile.
+    reply(
+        &mut s,
+        &ids[0].0,
+        toolgate::testing::wire::Reply {
+            id: ids[0].1,
+            ok: true,
+            ..Default::default()
+        },
+    );
+    reply(
+        &mut s,
+        &ids[1].0,
+        toolgate::testing::wire::Reply {
+            id: ids[1].1,
+            ok: false,
+            error: Some(
+                "/etc/toolgate/policy.json changed since the text this edit started from".into(),
+            ),
+            code: Some(toolgate::testing::wire::ReplyCode::Conflict),
+            ..Default::default()
+        },
+    );
+    let m = s.message.clone().unwrap();
+    assert!(m.text.contains("written by 1 of 2 gateways"), "{m:?}");
+    assert!(
+        m.text
+            .contains("refused by r2@gw2.example:8787 (changed since read)"),
+        "{m:?}"
+    );
+    // r1's watcher applies it.
+    let now = s.now;
+    update(
+        &mut s,
+        net(
+            GW1,
+            5,
+            now,
+            EventKind::PolicyApplied(toolgate::testing::wire::PolicyApplied {
+                path: "/etc/toolgate/policy.json".into(),
+                hash: sha(&text),
+            }),
+        ),
+        now,
+    );
+    let m = s.message.clone().unwrap();
+    assert_eq!(
+        m.text,
+        format!("policy {} applied by 1 of 2 gateways", &sha(&text)[..6])
+    );
+    key(&mut s, KeyCode::Char('3'));
+    let screen = text_of(&s);
+    assert!(screen.contains("on r1@gw1.example:8787"), "{screen}");
+    assert!(screen.contains("applied by 1 of 2 gateways"), "{screen}");
+    assert!(
+        screen.contains("not written by r2@gw2.example:8787: /etc/toolgate/policy.json changed"),
+        "{screen}"
+    );
+    insta::assert_snapshot!("remote_policy_applied_by_1_of_2", screen);
+}
+
+fn text_of(s: &toolgate::console::testing::State) -> String {
+    text(&render(s, 120, 20)).join("\n")
+}
+
+#[test]
+fn a_remote_conflict_everywhere_offers_reload_and_force() {
+    let mut s = remote_authoring(true);
+    let writes = limit_and_write(&mut s, "w");
+    let changed = POLICY.replace("\"deny\"", "\"allow\"");
+    for (to, msg) in &writes {
+        reply(
+            &mut s,
+            to,
+            toolgate::testing::wire::Reply {
+                id: msg.id(),
+                ok: false,
+                error: Some("changed since".into()),
+                code: Some(toolgate::testing::wire::ReplyCode::Conflict),
+                policy: Some(toolgate::testing::wire::PolicyText {
+                    path: "/etc/toolgate/policy.json".into(),
+                    text: changed.clone(),
+                    hash: sha(&changed),
+                    writable: true,
+                }),
+            },
+        );
+    }
+    let m = s.message.clone().unwrap();
+    assert!(m.error && m.text.contains(":reload takes it"), "{m:?}");
+    assert!(
+        s.authoring.draft.as_ref().unwrap().is_modified(),
+        "the draft is kept"
+    );
+    // :w without ! is refused while the conflict stands; :w! sends with force.
+    command(&mut s, "w");
+    assert!(s.overlays.top().is_none(), "no review opens");
+    let forced = limit_and_write(&mut s, "w!");
+    assert!(
+        forced
+            .iter()
+            .all(|(_, m)| matches!(m, ClientMsg::WritePolicy { force: true, .. })),
+        "{forced:?}"
+    );
+    // :reload asks the gateway again.
+    s.effects.clear();
+    command(&mut s, "reload");
+    assert!(matches!(sent(&s).as_slice(), [(to, ClientMsg::ReadPolicy { .. })] if to == GW1));
+}
+
+#[test]
+fn a_read_only_remote_policy_is_managed_elsewhere_and_nothing_is_sent() {
+    let mut s = remote_authoring(false);
+    let m = s.message.clone().unwrap();
+    assert!(m.error && m.text.contains("managed elsewhere"), "{m:?}");
+    command(&mut s, "limit create_api_key 3/minute");
+    s.effects.clear();
+    command(&mut s, "w");
+    let m = s.message.clone().unwrap();
+    assert!(m.text.contains("managed elsewhere"), "{m:?}");
+    assert!(sent(&s).is_empty());
+    key(&mut s, KeyCode::Char('3'));
+    assert!(text_of(&s).contains("(read-only: managed elsewhere)"));
+}
+
+#[test]
+fn a_gateway_refusing_for_its_role_is_named_with_its_reason() {
+    let mut s = remote_authoring(true);
+    let writes = limit_and_write(&mut s, "w");
+    for (to, msg) in &writes {
+        reply(
+            &mut s,
+            to,
+            toolgate::testing::wire::Reply {
+                id: msg.id(),
+                ok: false,
+                error: Some("refused: operator bob has the approver role, and writing the policy needs the admin role or above".into()),
+                code: Some(toolgate::testing::wire::ReplyCode::Forbidden),
+                ..Default::default()
+            },
+        );
+    }
+    let m = s.message.clone().unwrap();
+    assert!(m.error, "{m:?}");
+    assert!(m.text.starts_with("the policy was not written: r1@gw1.example:8787 (not allowed): refused: operator bob has the approver role"), "{m:?}");
+    assert!(s.authoring.draft.as_ref().unwrap().is_modified());
+}

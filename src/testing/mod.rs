@@ -60,8 +60,9 @@ pub mod wire {
     pub use crate::wire::{
         AuditStatus, CallEvent, CallRecord, ClientMsg, CounterState, Counters, Event, EventKind,
         GatewayInfo, GrantsChange, GrantsChanged, Hello, HoldResolved, Outcome, PROTOCOL_VERSION,
-        PinChange, PolicyApplied, PolicyRejected, Reply, ResolvedBy, ShadowDecision, ShadowSource,
-        Snapshot, StoreStatus, ToolChanged, ToolInfo, Tools, Totals, Upstream, Verdict,
+        PinChange, PolicyApplied, PolicyRejected, PolicyText, Reply, ReplyCode, ResolvedBy,
+        ShadowDecision, ShadowSource, Snapshot, StoreStatus, ToolChanged, ToolInfo, Tools, Totals,
+        Upstream, Verdict,
     };
 }
 

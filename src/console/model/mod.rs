@@ -17,6 +17,7 @@ mod labels;
 mod layout;
 mod overlay;
 pub(crate) mod pins;
+pub(crate) mod remote_policy;
 mod rows;
 pub(crate) mod splice;
 pub(crate) mod whatif;

@@ -176,7 +176,7 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
             ));
         }
         EventKind::Reply(r) => {
-            if super::pins::replied(state, &r) {
+            if super::pins::replied(state, &r) || super::remote_policy::replied(state, conn, &r) {
                 return;
             }
             let Some(p) = state.pending.remove(&r.id) else {

@@ -14,6 +14,7 @@ mod cases;
 mod command;
 mod ingest;
 mod pins;
+mod remote_policy;
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -128,6 +129,7 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
         }
         AppEvent::SendFailed { id, error, .. } => {
             if !pins::send_failed(state, id, &error)
+                && !remote_policy::send_failed(state, id, &error)
                 && let Some(p) = state.pending.remove(&id)
             {
                 let verb = if p.approve { "approve" } else { "deny" };
