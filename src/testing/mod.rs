@@ -39,6 +39,7 @@ pub mod control {
         DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, RECENT_CALLS, SUBSCRIBER_QUEUE,
     };
     pub use crate::control::operators::{Operators, OperatorsHandle, OperatorsWatcher, Role};
+    pub use crate::control::remotes::Remote;
     pub use crate::control::server::{
         AUTH_DEADLINE, MAX_CLIENT_MESSAGE, MAX_HANDSHAKING, MAX_OPERATORS,
     };
