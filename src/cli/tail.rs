@@ -603,6 +603,7 @@ mod tests {
             }
             Some(Note::Gone { error: None, .. }) => panic!("the panic read as a closed stream"),
             Some(Note::Event(_)) => panic!("an event instead of the failure"),
+            Some(Note::Retrying { .. }) => panic!("a retry instead of the failure"),
             None => panic!("the channel closed without saying the follower failed"),
         }
     }
