@@ -64,11 +64,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // Let the agents work long enough for every kind of decision and a few holds.
-    let until = tokio::time::Instant::now() + Duration::from_secs(12);
-    while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
-        console.feed(event);
-    }
-    console.feed(AppEvent::Tick);
+    console.follow(&mut events, Duration::from_secs(12)).await;
 
     console.shoot(&out, "live")?;
     console.press(&[KeyCode::Up, KeyCode::Up, KeyCode::Up, KeyCode::Enter]);
@@ -143,11 +139,7 @@ async fn team_scene(
         terminal: &mut terminal,
         commands,
     };
-    let until = tokio::time::Instant::now() + Duration::from_secs(8);
-    while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
-        console.feed(event);
-    }
-    console.feed(AppEvent::Tick);
+    console.follow(&mut events, Duration::from_secs(8)).await;
     console.shoot(out, "replicas")?;
     Ok(())
 }
@@ -171,6 +163,15 @@ impl Console<'_> {
             &self.commands,
             now,
         );
+    }
+
+    /// Feeds the gateways' events for `how_long`, then a tick.
+    async fn follow(&mut self, events: &mut mpsc::Receiver<AppEvent>, how_long: Duration) {
+        let until = tokio::time::Instant::now() + how_long;
+        while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
+            self.feed(event);
+        }
+        self.feed(AppEvent::Tick);
     }
 
     fn press(&mut self, keys: &[KeyCode]) {

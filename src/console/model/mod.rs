@@ -595,6 +595,16 @@ impl State {
         self.holds.iter().any(|h| h.call.call_id == call_id)
     }
 
+    /// When `call_id`'s hold was resolved by someone else, if it is the one kept selected
+    /// in the Holds view ([`HoldsState::resolved_elsewhere`]).
+    pub fn resolved_elsewhere_at(&self, call_id: &str) -> Option<DateTime<Utc>> {
+        self.holds_view
+            .resolved_elsewhere
+            .as_ref()
+            .filter(|(id, _)| id == call_id)
+            .map(|(_, at)| *at)
+    }
+
     /// The call the open detail pane shows, if one is open in this view.
     pub fn detail_call_id(&self) -> Option<&str> {
         match self.view {

@@ -463,12 +463,7 @@ fn already_resolved(state: &mut State) {
     let Some(r) = &row.resolution else {
         return;
     };
-    let at = state
-        .holds_view
-        .resolved_elsewhere
-        .as_ref()
-        .filter(|(id, _)| *id == r.call_id)
-        .map(|(_, at)| *at);
+    let at = state.resolved_elsewhere_at(&r.call_id);
     let text = format!(
         "{} ({}) was already {}: nothing done",
         r.call_id,

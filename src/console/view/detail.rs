@@ -135,12 +135,7 @@ pub(super) fn detail_lines(
         ));
     }
     if let Some(r) = &row.resolution {
-        let at = state
-            .holds_view
-            .resolved_elsewhere
-            .as_ref()
-            .filter(|(id, _)| *id == r.call_id)
-            .map(|(_, at)| *at);
+        let at = state.resolved_elsewhere_at(&r.call_id);
         let mut text = resolution_label(r, at, state.now);
         if let Some(reason) = &r.reason {
             text.push_str(&format!(": {reason}"));
