@@ -88,6 +88,17 @@ fn a_hold_approved_on_another_console_stays_selected_says_who_and_the_approve_ke
 }
 
 #[test]
+fn a_hold_resolved_elsewhere_while_the_operator_is_in_the_live_view_pins_nothing() {
+    let mut s = populated();
+    assert_eq!(s.view, View::Live);
+    let first = s.holds[0].call.call_id.clone();
+    let gw = first.split('-').next().unwrap().to_owned();
+    alice_approves(&mut s, &first, &gw);
+    assert_eq!(s.holds_view.resolved_elsewhere, None);
+    assert_eq!(s.holds_view.detail, None);
+}
+
+#[test]
 fn a_hold_this_console_approved_is_not_pinned_as_resolved_elsewhere() {
     let mut s = populated();
     key(&mut s, KeyCode::Char('2'));

@@ -203,24 +203,27 @@ fn resolved_elsewhere(state: &mut State, r: &HoldResolved, ts: chrono::DateTime<
         .get(state.holds_view.selected)
         .is_some_and(|h| h.call.call_id == r.call_id);
     let ours = state.pending.values().any(|p| p.call_id == r.call_id);
-    if !selected || ours || state.holds_view.resolved_elsewhere.is_some() {
+    // Only the Holds view selects by position in a list that shrinks under the operator.
+    if state.view != View::Holds
+        || !selected
+        || ours
+        || state.holds_view.resolved_elsewhere.is_some()
+    {
         return;
     }
     state.holds_view.resolved_elsewhere = Some((r.call_id.clone(), ts));
     state.holds_view.detail = Some(r.call_id.clone());
     state.holds_view.detail_scroll = 0;
-    if state.view == View::Holds {
-        let tool = state
-            .history
-            .find(&r.call_id)
-            .map(|row| row.call.tool.clone())
-            .unwrap_or_default();
-        state.say(format!(
-            "{} ({tool}) was {}",
-            r.call_id,
-            resolution_label(r, None, state.now)
-        ));
-    }
+    let tool = state
+        .history
+        .find(&r.call_id)
+        .map(|row| row.call.tool.clone())
+        .unwrap_or_default();
+    state.say(format!(
+        "{} ({tool}) was {}",
+        r.call_id,
+        resolution_label(r, None, state.now)
+    ));
 }
 
 /// A (re)connection's `hello`: take the gateway's state from its snapshot.
