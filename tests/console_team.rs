@@ -121,6 +121,11 @@ const GW2: &str = "wss://gw2.example:8787/control";
 /// A console following two replicas (`r1` on gw1, `r2` on gw2) by URL, and `r1` a second
 /// time under its local discovery key (the operator's console runs on gw1 too).
 fn replicas() -> toolgate::console::testing::State {
+    replicas_counting_in(["redis://10.0.0.9:6379/0", "redis://10.0.0.9:6379/0"])
+}
+
+/// [`replicas`], `r1` and `r2` saying they count in `stores`.
+fn replicas_counting_in(stores: [&str; 2]) -> toolgate::console::testing::State {
     let mut s = toolgate::console::testing::State::new(t0(), 1000);
     s.remote_hosts.insert(GW1.into(), "gw1.example:8787".into());
     s.remote_hosts.insert(GW2.into(), "gw2.example:8787".into());
@@ -131,6 +136,7 @@ fn replicas() -> toolgate::console::testing::State {
         if let EventKind::Hello(h) = &mut hello {
             // The same Redis budget, reported by each replica at its own moment.
             h.snapshot.counters[0].used = if id == "r2" { 29 } else { 28 };
+            h.snapshot.counter_store = Some(stores[usize::from(id == "r2")].into());
         }
         let seq = if key == GW2 { 1 } else { 2 };
         let received = now + chrono::TimeDelta::milliseconds(if id == "r2" { 500 } else { 0 });
@@ -211,6 +217,31 @@ fn a_budget_shared_through_redis_is_one_limits_row_with_the_latest_report() {
         .collect();
     assert_eq!(shared.len(), 1, "{rows:?}");
     assert_eq!(shared[0].used, Some(29), "r2 reported last");
+}
+
+#[test]
+fn the_same_budget_name_in_two_stores_is_two_limits_rows_each_saying_where() {
+    let s = replicas_counting_in(["redis://10.0.0.9:6379/0", "redis://10.0.0.7:6379/0"]);
+    let rows = toolgate::console::testing::limit_rows(&s);
+    let shown: Vec<_> = rows
+        .iter()
+        .filter(|r| r.counter == "create_api_key")
+        .map(|r| (r.used, r.store.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (Some(29), Some("redis://10.0.0.7:6379/0".to_owned())),
+            (Some(28), Some("redis://10.0.0.9:6379/0".to_owned())),
+        ]
+    );
+    let mut s = s;
+    key(&mut s, KeyCode::Char('4'));
+    let screen = text(&render(&s, 160, 8)).join("\n");
+    assert!(
+        screen.contains("has room · counted in redis://10.0.0.7:6379/0"),
+        "{screen}"
+    );
 }
 
 #[test]

@@ -159,6 +159,9 @@ pub struct SeenGateway {
     /// Where it runs, for a remote gateway (`HOST:PORT` of its URL, sanitised); `None` for
     /// one found on this machine.
     pub host: Option<String>,
+    /// The counter store its counters are in, as its hello says (sanitised); `None` from
+    /// gateways that do not say.
+    pub counter_store: Option<String>,
 }
 
 impl SeenGateway {
@@ -178,6 +181,7 @@ impl SeenGateway {
             last_seq: 0,
             tool_changes: Vec::new(),
             host: None,
+            counter_store: None,
         }
     }
 

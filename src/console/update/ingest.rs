@@ -247,6 +247,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             .collect();
         g.upstream_up = snapshot.upstream_up;
         g.totals = snapshot.totals;
+        g.counter_store = snapshot.counter_store.map(terminal_string);
     }
     set_tools(state, conn, snapshot.tools);
     let now = state.now;
