@@ -214,6 +214,17 @@ fn two_replicas_three_operators_one_held_call_one_limit_and_a_revocation() {
     let second = other.call("convert_time", convert);
     assert_eq!(second["is_error"], true, "{second}");
     assert!(text(&second).contains("Rate limit reached"), "{second}");
+    // The admin's Limits view shows that one budget once, though both replicas report it.
+    admin.send(&["4"]);
+    let limits = admin.wait_for("the shared budget in the Limits view", ANSWER_WITHIN, |s| {
+        s.lines()
+            .any(|l| l.contains("convert_time") && l.contains("1/1"))
+    });
+    let rows = limits
+        .lines()
+        .filter(|l| l.contains("convert_time") && l.contains("minute"))
+        .count();
+    assert_eq!(rows, 1, "one row for one budget:\n{limits}");
 
     // Revoking vic closes vic's connections within a second.
     let runtime = tokio::runtime::Runtime::new().unwrap();
