@@ -19,12 +19,10 @@ use crate::console::{Options, Theme, net, run_in_terminal, theme};
 /// Follows every gateway running on this machine (new ones appear by themselves), and beside
 /// them the remote gateways of --connect and @NAME (named remotes of remotes.toml). Logs go
 /// to <state dir>/toolgate/console.log, or --log FILE.
-///
-/// Examples:
-///   toolgate console --theme light --cases policy-cases.json
-///   toolgate console @prod
-///   toolgate console --connect https://gw1.example:8787 --token-file ~/.toolgate-token
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  toolgate console --theme light --cases policy-cases.json\n  toolgate console @prod\n  toolgate console --connect https://gw1.example:8787 --token-file ~/.toolgate-token"
+)]
 pub(super) struct Args {
     /// Named remotes to follow (@prod: a table of remotes.toml).
     #[arg(value_name = "@NAME")]
