@@ -107,7 +107,7 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
 
     // Header: file, gateways, problems.
     let mut applied: Vec<String> = Vec::new();
-    for g in &state.gateways {
+    for (_, g) in state.distinct_gateways() {
         let hash = g.policy_hash.as_deref().map(short_hash).unwrap_or("none");
         let mark = if g.policy_hash.as_deref() == Some(draft.base_hash.as_str()) {
             "✓"
