@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use toolgate::console::testing::Theme;
 use toolgate::console::testing::{AppEvent, State, ViewState, update};
 use toolgate::console::testing::{Targets, net};
-use toolgate::testing::control::EventsOptions;
+use toolgate::testing::control::{EventsOptions, Remote};
 use toolgate::testing::demo::DemoOptions;
 
 const SIZE: (u16, u16) = (150, 40);
@@ -64,11 +64,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // Let the agents work long enough for every kind of decision and a few holds.
-    let until = tokio::time::Instant::now() + Duration::from_secs(12);
-    while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
-        console.feed(event);
-    }
-    console.feed(AppEvent::Tick);
+    console.follow(&mut events, Duration::from_secs(12)).await;
 
     console.shoot(&out, "live")?;
     console.press(&[KeyCode::Up, KeyCode::Up, KeyCode::Up, KeyCode::Enter]);
@@ -101,6 +97,26 @@ async fn main() -> anyhow::Result<()> {
     console.state.message = None;
     console.shoot(&out, "learn-review")?;
     console.press(&[KeyCode::Esc, KeyCode::Char('y')]);
+
+    // A team's console: two replicas of one gateway (the second demo runs the first one's
+    // policy file), followed by URL as `--connect` follows remote ones.
+    let replica = toolgate::testing::demo::start(DemoOptions {
+        policy: Some(demo.policy_path.clone()),
+        rate: 4.0,
+        seed: 8,
+        ..DemoOptions::default()
+    })?;
+    let replica_control = toolgate::testing::control::start(
+        replica.hub.clone(),
+        EventsOptions {
+            discovery: false,
+            ..EventsOptions::default()
+        },
+    )
+    .await?;
+    team_scene(&out, &[&control, &replica_control]).await?;
+    replica_control.shutdown().await;
+    drop(replica);
     control.shutdown().await;
     drop(demo);
     Ok(())
@@ -147,6 +163,43 @@ fn learned_draft() -> serde_json::Value {
     })
 }
 
+/// The console following two replicas by URL: one stream, each call with the replica and
+/// host it came from, a hold in the Holds view.
+async fn team_scene(
+    out: &Path,
+    replicas: &[&toolgate::testing::control::ControlHandle],
+) -> anyhow::Result<()> {
+    let remotes: Vec<Remote> = replicas
+        .iter()
+        .map(|c| Remote::new(c.url(), c.token()))
+        .collect();
+    let (events_tx, mut events) = mpsc::channel(65_536);
+    let mut state = State::new(chrono::Utc::now(), 100_000);
+    state.operator = Some("pat".into());
+    for r in &remotes {
+        let host = r.url.trim_start_matches("ws://").trim_end_matches('/');
+        state.remote_hosts.insert(r.url.clone(), host.to_owned());
+    }
+    let commands = net::spawn(
+        Targets::Several {
+            remotes,
+            discover: false,
+        },
+        events_tx,
+    );
+    let mut terminal = Terminal::new(TestBackend::new(SIZE.0, SIZE.1))?;
+    let mut view = ViewState::new(Theme::load("dark")?);
+    let mut console = Console {
+        state: &mut state,
+        view: &mut view,
+        terminal: &mut terminal,
+        commands,
+    };
+    console.follow(&mut events, Duration::from_secs(8)).await;
+    console.shoot(out, "replicas")?;
+    Ok(())
+}
+
 /// The console's state driven as its event loop drives it, on a test terminal.
 struct Console<'a> {
     state: &'a mut State,
@@ -166,6 +219,15 @@ impl Console<'_> {
             &self.commands,
             now,
         );
+    }
+
+    /// Feeds the gateways' events for `how_long`, then a tick.
+    async fn follow(&mut self, events: &mut mpsc::Receiver<AppEvent>, how_long: Duration) {
+        let until = tokio::time::Instant::now() + how_long;
+        while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
+            self.feed(event);
+        }
+        self.feed(AppEvent::Tick);
     }
 
     fn press(&mut self, keys: &[KeyCode]) {

@@ -610,7 +610,7 @@ fn clear_text_control_addresses_off_loopback_are_refused_before_binding() {
 #[test]
 fn the_console_follows_a_tls_gateway_trusting_its_ca_file_and_says_why_it_cannot_otherwise() {
     use toolgate::console::testing::{AppEvent, Link, Targets, net};
-    use toolgate::testing::control::TlsClientOptions;
+    use toolgate::testing::control::Remote;
 
     let ca = Ca::new("toolgate test CA");
     let gw = TlsServe::start(&ca);
@@ -623,12 +623,15 @@ fn the_console_follows_a_tls_gateway_trusting_its_ca_file_and_says_why_it_cannot
         runtime.block_on(async {
             let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
             let _commands = net::spawn(
-                Targets::Remote {
-                    url: format!("wss://{}/control", gw.serve.addr),
-                    token: token.trim().to_owned(),
-                    tls: TlsClientOptions {
+                Targets::Several {
+                    remotes: vec![Remote {
                         ca_file: Some(ca_file.to_owned()),
-                    },
+                        ..Remote::new(
+                            format!("wss://{}/control", gw.serve.addr),
+                            token.trim().to_owned(),
+                        )
+                    }],
+                    discover: false,
                 },
                 tx,
             );

@@ -9,9 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::control::remotes::Remote;
 use crate::control::{self, DiscoveryEntry};
 use crate::sanitize::terminal_text;
-use crate::wire::ClientMsg;
+use crate::wire::{ClientMsg, ReplyCode};
 
 /// Approve a held call: it goes on to the upstream server.
 #[derive(Debug, clap::Args)]
@@ -82,23 +83,24 @@ fn resolve(
             operator,
         }
     };
-    let tls = target.remote.tls();
-    let candidates: Vec<(String, String)> = match target.remote.target()? {
-        Some(remote) => vec![remote],
-        None => {
-            let running = control::list_gateways();
-            if running.is_empty() {
-                anyhow::bail!(
-                    "no toolgate gateway is running on this machine (looked in {}); \
-                     use --connect URL --token-file FILE for a remote one",
-                    control::describe_dirs()
-                );
-            }
-            order_candidates(call_id, running)
-                .into_iter()
-                .map(|g| (g.url, g.token))
-                .collect()
+    let remotes = target.remote.targets(&[])?;
+    let candidates: Vec<Remote> = if remotes.is_empty() {
+        let running = control::list_gateways();
+        if running.is_empty() {
+            anyhow::bail!(
+                "no toolgate gateway is running on this machine (looked in {}); \
+                 use --connect URL --token-file FILE (or --connect @NAME) for a remote one",
+                control::describe_dirs()
+            );
         }
+        order_candidates(call_id, running)
+            .into_iter()
+            .map(|g| Remote::new(g.url, g.token))
+            .collect()
+    } else {
+        // Replicas: the call is held by one of them; the others answer that they do not
+        // know it, and the next is asked.
+        remotes
     };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -109,9 +111,11 @@ fn resolve(
     let shown = terminal_text(call_id);
     let mut refusal = None;
     let mut unreachable = Vec::new();
-    for (url, token) in candidates {
+    for remote in candidates {
+        let url = &remote.url;
         let answer = runtime.block_on(async {
-            let mut conn = control::client::connect_with(&url, &token, &tls).await?;
+            let mut conn =
+                control::client::connect_with(&remote.url, &remote.token, &remote.tls()).await?;
             let reply = conn.request(&msg).await;
             conn.close().await;
             reply
@@ -123,8 +127,9 @@ fn resolve(
             }
             Ok(reply) => {
                 let error = reply.error.unwrap_or_else(|| "refused".into());
-                // "Already resolved" is final; "unknown" may just be the wrong gateway.
-                if error.contains("already resolved") {
+                // "Already resolved" and a role that may not are final; "unknown" may just
+                // be the wrong gateway.
+                if error.contains("already resolved") || reply.code == Some(ReplyCode::Forbidden) {
                     eprintln!("toolgate: {}", terminal_text(&error));
                     return Ok(ExitCode::from(1));
                 }

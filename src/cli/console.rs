@@ -18,15 +18,20 @@ use crate::learn::Draft as Learned;
 
 /// Watch calls live and approve held ones.
 ///
-/// Without --connect, follows every gateway running on this machine (new ones appear by
-/// themselves). Logs go to <state dir>/toolgate/console.log, or --log FILE.
-///
-/// Example: toolgate console --theme light --cases policy-cases.json
+/// Follows every gateway running on this machine (new ones appear by themselves), and beside
+/// them the remote gateways of --connect and @NAME (named remotes of remotes.toml). Logs go
+/// to <state dir>/toolgate/console.log, or --log FILE.
 ///
 /// Reviewing a learned policy: toolgate console --review-learned draft.json --policy
 /// policy.json walks the proposals of `toolgate learn --proposals draft.json` one by one.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  toolgate console --theme light --cases policy-cases.json\n  toolgate console @prod\n  toolgate console --connect https://gw1.example:8787 --token-file ~/.toolgate-token"
+)]
 pub(super) struct Args {
+    /// Named remotes to follow (@prod: a table of remotes.toml).
+    #[arg(value_name = "@NAME")]
+    named: Vec<String>,
     #[command(flatten)]
     remote: super::remote_args::RemoteArgs,
     /// Colour theme: dark, light, high-contrast, or a file in the config directory's
@@ -64,13 +69,17 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if theme::no_color_requested() {
         theme = theme.without_colour();
     }
-    let targets = match args.remote.target()? {
-        Some((url, token)) => net::Targets::Remote {
-            url,
-            token,
-            tls: args.remote.tls(),
-        },
-        None => net::Targets::Discover,
+    let named = super::remote_args::named_remotes(&args.named)?;
+    let remotes = args.remote.targets(&named)?;
+    // Local gateways are always followed too: an operator's own machine is never hidden
+    // because remote ones were asked for.
+    let targets = if remotes.is_empty() {
+        net::Targets::Discover
+    } else {
+        net::Targets::Several {
+            remotes,
+            discover: true,
+        }
     };
     let learn = match (&args.review_learned, &args.policy) {
         (Some(draft), Some(policy)) => Some(learn_review(draft, policy, args.shadow)?),

@@ -20,7 +20,7 @@ use crate::gateway::reload::{ShadowPolicyInForce, load_and_watch_shadow};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
-use crate::policy::StoreWorker;
+use crate::policy::{StoreSpec, StoreWorker};
 use crate::tls::{ServerTls, TlsFiles};
 use crate::wire::EventKind;
 
@@ -344,6 +344,11 @@ impl Begun {
                 .open(move |status| hub.publish(EventKind::Store(status.clone())))
                 .context("cannot open the counter store (--counters)")?
         };
+        hub.set_counter_store(store_identity(
+            &args.counters.spec()?,
+            args.counters.counters_prefix.as_deref(),
+            &id,
+        ));
         // Every connection and session of this gateway asks the store through one thread.
         let store = StoreWorker::new(store);
         let (pin_store, pins_at) = args
@@ -479,10 +484,53 @@ pub(super) async fn wait_for_signal() {
     }
 }
 
+/// The counter store's identity in the snapshot (`counter_store`): the same text for every
+/// gateway counting in the same store, so a console shows a budget replicas share once. A
+/// Redis URL (without its password) and prefix name a shared store; a SQLite file is shared
+/// only on one machine (its `/etc/machine-id`); memory belongs to one gateway.
+fn store_identity(spec: &StoreSpec, prefix: Option<&str>, gateway: &str) -> String {
+    match spec {
+        StoreSpec::Memory => format!("memory:{gateway}"),
+        StoreSpec::Sqlite(path) => {
+            let machine = std::fs::read_to_string("/etc/machine-id")
+                .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
+                .map(|m| m.trim().to_owned())
+                .unwrap_or_default();
+            format!("sqlite:{machine}:{}", path.display())
+        }
+        StoreSpec::Redis(_) => match prefix {
+            Some(prefix) => format!("{spec} prefix {prefix}"),
+            None => spec.to_string(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gateway::lines::DEFAULT_MAX_MESSAGE;
+
+    #[test]
+    fn a_store_is_named_alike_only_where_gateways_share_it() {
+        let redis: StoreSpec = "redis://user:secret@10.0.0.9:6379/0".parse().unwrap();
+        let shared = store_identity(&redis, None, "a1");
+        assert_eq!(
+            shared,
+            store_identity(&redis, None, "b2"),
+            "replicas share Redis"
+        );
+        assert!(!shared.contains("secret"), "{shared}");
+        assert_ne!(shared, store_identity(&redis, Some("tenant-b"), "b2"));
+        assert_ne!(
+            store_identity(&StoreSpec::Memory, None, "a1"),
+            store_identity(&StoreSpec::Memory, None, "b2")
+        );
+        let sqlite = StoreSpec::Sqlite("/home/op/.local/state/toolgate/counters.sqlite3".into());
+        assert!(
+            store_identity(&sqlite, None, "a1")
+                .ends_with(":/home/op/.local/state/toolgate/counters.sqlite3")
+        );
+    }
 
     #[test]
     fn sizes_read_with_binary_units_or_as_bytes() {

@@ -1,5 +1,6 @@
-//! `--connect` and its credential, shared by `console`, `tail`, `approve` and `deny`: one
-//! gateway's event websocket by URL instead of the local ones found by discovery.
+//! `--connect` and its credential, shared by `console`, `tail`, `approve`, `deny` and
+//! `gateways`: gateways' control websockets by URL, or named remotes of `remotes.toml`
+//! (`@prod`: URLs, token file, CA file; see `control::remotes`).
 //!
 //! The token comes from `--token-file` (the way to keep it out of shell history and process
 //! lists), else `TOOLGATE_OPERATOR_TOKEN`, else `--token` / `TOOLGATE_TOKEN` (a gateway's own
@@ -12,16 +13,20 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::control::remotes::{self, Remote};
+
 /// Largest token file read (a token is under a hundred bytes).
 const MAX_TOKEN_FILE: u64 = 4096;
 
-/// Which gateway to talk to when not the local ones.
+/// Which gateways to talk to besides (or instead of) the local ones.
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct RemoteArgs {
-    /// One gateway instead of the local ones found by discovery: https://HOST:PORT (its
-    /// control websocket, wss://HOST:PORT/control), or a ws:// or wss:// URL used as given. Needs a token: --token-file, TOOLGATE_OPERATOR_TOKEN or --token.
-    #[arg(long, value_name = "URL")]
-    pub connect: Option<String>,
+    /// A gateway to follow: https://HOST:PORT (its control websocket,
+    /// wss://HOST:PORT/control), a ws:// or wss:// URL used as given, or @NAME, a remote of
+    /// remotes.toml (its URLs, token file and CA file). Repeatable. A URL needs a token:
+    /// --token-file, TOOLGATE_OPERATOR_TOKEN or --token.
+    #[arg(long, value_name = "URL|@NAME")]
+    pub connect: Vec<String>,
     /// A file holding the token for --connect (an operator account's, from `toolgate
     /// operators add`, or the gateway's own); keep it mode 0600.
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
@@ -31,37 +36,87 @@ pub(super) struct RemoteArgs {
     #[arg(long, value_name = "T", env = "TOOLGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// CA certificates (PEM, one or more) to trust for --connect's TLS besides the system's:
-    /// a gateway whose certificate a private CA signed.
+    /// a gateway whose certificate a private CA signed (a named remote gives its own
+    /// `ca_file` in remotes.toml).
     #[arg(long, value_name = "FILE", requires = "connect")]
     pub ca_file: Option<PathBuf>,
+    /// The remotes file (default $XDG_CONFIG_HOME/toolgate/remotes.toml, else
+    /// ~/.config/toolgate/remotes.toml).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TOOLGATE_REMOTES",
+        hide_env_values = true
+    )]
+    pub remotes: Option<PathBuf>,
 }
 
 impl RemoteArgs {
-    /// How to trust --connect's certificate.
-    pub(super) fn tls(&self) -> crate::control::client::TlsClientOptions {
-        crate::control::client::TlsClientOptions {
-            ca_file: self.ca_file.clone(),
+    /// The remote gateways asked for (`--connect`, and `named`: `@NAME`s given otherwise,
+    /// such as `toolgate console @prod`), in order, each URL once; empty: only local ones.
+    pub(super) fn targets(&self, named: &[String]) -> anyhow::Result<Vec<Remote>> {
+        let mut out: Vec<Remote> = Vec::new();
+        for given in self.connect.iter().chain(named) {
+            let found = match given.strip_prefix('@') {
+                Some(name) => {
+                    let path = self.remotes.clone().unwrap_or_else(remotes::default_path);
+                    let token = self.token_if_given()?;
+                    remotes::resolve(&path, name, token.as_deref(), read_token_file)?
+                }
+                None => vec![Remote {
+                    ca_file: self.ca_file.clone(),
+                    ..Remote::new(
+                        crate::control::client::control_url(given)?,
+                        self.token_for(given)?,
+                    )
+                }],
+            };
+            for remote in found {
+                if !out.iter().any(|r| r.url == remote.url) {
+                    out.push(remote);
+                }
+            }
         }
+        Ok(out)
     }
 
-    /// The URL and token to use, or `None` to find local gateways.
-    pub(super) fn target(&self) -> anyhow::Result<Option<(String, String)>> {
-        let Some(url) = &self.connect else {
-            return Ok(None);
-        };
-        let token = match (&self.token_file, std::env::var("TOOLGATE_OPERATOR_TOKEN")) {
-            (Some(path), _) => read_token_file(path)?,
-            (None, Ok(token)) if !token.trim().is_empty() => token.trim().to_owned(),
-            _ => self.token.clone().with_context(|| {
-                format!(
-                    "--connect {url} needs a token: --token-file FILE, the \
-                     TOOLGATE_OPERATOR_TOKEN variable, or --token"
-                )
-            })?,
-        };
-        let url = crate::control::client::control_url(url)?;
-        Ok(Some((url, token)))
+    /// The token from --token-file, TOOLGATE_OPERATOR_TOKEN or --token, if any was given.
+    fn token_if_given(&self) -> anyhow::Result<Option<String>> {
+        Ok(
+            match (&self.token_file, std::env::var("TOOLGATE_OPERATOR_TOKEN")) {
+                (Some(path), _) => Some(read_token_file(path)?),
+                (None, Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+                _ => self.token.clone(),
+            },
+        )
     }
+
+    /// The token for the URL `url`, which must have one.
+    fn token_for(&self, url: &str) -> anyhow::Result<String> {
+        self.token_if_given()?.with_context(|| {
+            format!(
+                "--connect {url} needs a token: --token-file FILE, the \
+                 TOOLGATE_OPERATOR_TOKEN variable, or --token"
+            )
+        })
+    }
+}
+
+/// `@NAME` arguments (named remotes) given where a command takes them positionally.
+pub(super) fn named_remotes(given: &[String]) -> anyhow::Result<Vec<String>> {
+    given
+        .iter()
+        .map(|g| {
+            if g.starts_with('@') && g.len() > 1 {
+                Ok(g.clone())
+            } else {
+                anyhow::bail!(
+                    "{g:?} is not a named remote: write @NAME (a table of remotes.toml), or \
+                     --connect URL"
+                )
+            }
+        })
+        .collect()
 }
 
 /// Reads a token file: its first line, trimmed. Refuses an empty or oversized file, and warns

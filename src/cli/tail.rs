@@ -1,5 +1,5 @@
-//! `toolgate tail`: the live event stream of every local gateway (or one given by URL), as
-//! human lines or one JSON object per line.
+//! `toolgate tail`: the live event stream of every local gateway (or of the remote ones given
+//! by `--connect URL|@NAME`), as human lines or one JSON object per line.
 //!
 //! Gateways are found through their discovery files; the directory is scanned again every
 //! few seconds, so gateways that start later are followed and ones that stop are let go.
@@ -17,6 +17,8 @@ use anyhow::Context;
 use chrono::Local;
 use tokio::sync::mpsc;
 
+use crate::control::client::connect_with;
+use crate::control::remotes::Remote;
 use crate::control::{self, ClientError};
 use crate::sanitize::{self, terminal_text};
 use crate::wire::{Event, EventKind, GrantsChange, PinChange, ResolvedBy, Verdict};
@@ -34,7 +36,7 @@ const ARGS_PREVIEW: usize = 160;
 /// docs/wire-protocol.md).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect https://gw.example:8787 --ca-file ca.pem --token-file alice.token"
+    after_help = "Examples:\n  toolgate tail\n  toolgate tail --json | jq -c 'select(.type == \"call\" and .decision == \"deny\")'\n  toolgate tail --connect https://gw.example:8787 --ca-file ca.pem --token-file alice.token\n  toolgate tail --connect @prod --json"
 )]
 pub(crate) struct Args {
     /// One JSON object per line instead of human lines.
@@ -52,7 +54,19 @@ enum Note {
         id: String,
         error: Option<String>,
     },
+    /// A remote gateway's connection was lost, or could not be made again; another attempt
+    /// follows after `retry_in`.
+    Retrying {
+        id: String,
+        error: String,
+        retry_in: Duration,
+    },
 }
+
+/// The first wait before a lost remote gateway is tried again; it doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -66,19 +80,9 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
     let (tx, mut rx) = mpsc::channel::<Note>(1024);
     let mut stdout = std::io::stdout().lock();
 
-    if let Some((url, token)) = args.remote.target()? {
-        let conn = control::client::connect_with(&url, &token, &args.remote.tls())
-            .await
-            .with_context(|| format!("cannot follow {url}"))?;
-        spawn_follower(url.clone(), tx.clone(), follow(url.clone(), conn, tx));
-        while let Some(note) = rx.recv().await {
-            match note {
-                Note::Event(event) => print(&mut stdout, &event, args.json)?,
-                Note::Gone { error: Some(e), .. } => anyhow::bail!("{url}: {e}"),
-                Note::Gone { error: None, .. } => break,
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
+    let remotes = args.remote.targets(&[])?;
+    if !remotes.is_empty() {
+        return tail_remotes(remotes, args.json, tx, rx, &mut stdout).await;
     }
 
     // Gateway id → whether its follower is running. Ids whose connection failed are kept
@@ -117,6 +121,8 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
             }
             Some(note) = rx.recv() => match note {
                 Note::Event(event) => print(&mut stdout, &event, args.json)?,
+                // Local gateways are not retried: a new start is found by the next scan.
+                Note::Retrying { .. } => {}
                 Note::Gone { id, error } => {
                     following.remove(&id);
                     match error {
@@ -134,6 +140,74 @@ async fn tail(args: Args) -> anyhow::Result<ExitCode> {
             },
         }
     }
+}
+
+/// Follows the remote gateways `remotes` (`--connect`, `@NAME`) until every one has ended.
+/// Each is connected to first, so a wrong URL, token or certificate is an error at once; a
+/// lost connection is retried with backoff (said on stderr); a gateway that no longer takes
+/// the token ends with an error and makes the exit status 1.
+async fn tail_remotes(
+    remotes: Vec<Remote>,
+    json: bool,
+    tx: mpsc::Sender<Note>,
+    mut rx: mpsc::Receiver<Note>,
+    stdout: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let mut open = 0usize;
+    for remote in remotes {
+        let conn = connect_with(&remote.url, &remote.token, &remote.tls())
+            .await
+            .with_context(|| format!("cannot follow {}", remote.url))?;
+        open += 1;
+        spawn_follower(
+            remote.url.clone(),
+            tx.clone(),
+            follow_remote(remote, conn, tx.clone()),
+        );
+    }
+    drop(tx);
+    let mut failed = false;
+    while open > 0 {
+        let Some(note) = rx.recv().await else { break };
+        match note {
+            Note::Event(event) => print(stdout, &event, json)?,
+            Note::Retrying {
+                id,
+                error,
+                retry_in,
+            } => {
+                eprintln!(
+                    "toolgate tail: {}: {}; retrying in {:.1} s",
+                    terminal_text(&id),
+                    terminal_text(&error),
+                    retry_in.as_secs_f64()
+                );
+            }
+            Note::Gone { id, error } => {
+                open -= 1;
+                match error {
+                    Some(e) => {
+                        eprintln!(
+                            "toolgate tail: {}: {}",
+                            terminal_text(&id),
+                            terminal_text(&e)
+                        );
+                        failed = true;
+                    }
+                    None if !json => {
+                        writeln!(stdout, "── gateway {} disconnected", terminal_text(&id))?;
+                        stdout.flush()?;
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs `follower` (which says `Gone` itself when its stream ends). If it panics instead,
@@ -161,12 +235,63 @@ fn spawn_follower(
 }
 
 /// Forwards one connection's events until it closes.
-async fn follow(id: String, mut conn: control::Connection, tx: mpsc::Sender<Note>) {
+async fn follow(id: String, conn: control::Connection, tx: mpsc::Sender<Note>) {
+    if let Some(error) = forward(conn, &tx).await {
+        let _ = tx.send(Note::Gone { id, error }).await;
+    }
+}
+
+/// Follows a remote gateway for as long as the printer wants it: when the connection is lost
+/// it is retried with backoff (the printer is told), and each new connection starts from the
+/// gateway's fresh `hello`, so nothing is printed twice. A token the gateway no longer
+/// accepts (a revoked account) ends it, as an error.
+async fn follow_remote(remote: Remote, first: control::Connection, tx: mpsc::Sender<Note>) {
+    let id = remote.url.clone();
+    let mut conn = Some(first);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let error = match conn.take() {
+            Some(c) => {
+                backoff = FIRST_BACKOFF;
+                match forward(c, &tx).await {
+                    None => return,
+                    Some(error) => error.unwrap_or_else(|| "the gateway closed the stream".into()),
+                }
+            }
+            None => match connect_with(&remote.url, &remote.token, &remote.tls()).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    continue;
+                }
+                Err(e @ ClientError::Unauthorized(_)) => {
+                    let error = Some(format!("{e} (revoked, or the token changed)"));
+                    let _ = tx.send(Note::Gone { id, error }).await;
+                    return;
+                }
+                Err(e) => e.to_string(),
+            },
+        };
+        let retrying = Note::Retrying {
+            id: id.clone(),
+            error,
+            retry_in: backoff,
+        };
+        if tx.send(retrying).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Forwards a connection's events to the printer until it ends: `Some(why)` (`None` inside
+/// for a clean close), or `None` when the printer is gone.
+async fn forward(mut conn: control::Connection, tx: &mpsc::Sender<Note>) -> Option<Option<String>> {
     let error = loop {
         match conn.next_event().await {
             Some(Ok(event)) => {
                 if tx.send(Note::Event(Box::new(event))).await.is_err() {
-                    return;
+                    return None;
                 }
             }
             Some(Err(e @ (ClientError::Decode(_) | ClientError::UnknownEvent(_)))) => {
@@ -180,7 +305,7 @@ async fn follow(id: String, mut conn: control::Connection, tx: mpsc::Sender<Note
             None => break None,
         }
     };
-    let _ = tx.send(Note::Gone { id, error }).await;
+    Some(error)
 }
 
 fn print(out: &mut impl Write, event: &Event, json: bool) -> anyhow::Result<()> {
@@ -478,6 +603,7 @@ mod tests {
             }
             Some(Note::Gone { error: None, .. }) => panic!("the panic read as a closed stream"),
             Some(Note::Event(_)) => panic!("an event instead of the failure"),
+            Some(Note::Retrying { .. }) => panic!("a retry instead of the failure"),
             None => panic!("the channel closed without saying the follower failed"),
         }
     }

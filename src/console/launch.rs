@@ -44,6 +44,7 @@ pub(crate) async fn run_in_terminal(options: Options) -> Result<(), ConsoleError
     if let Some((review, target_exists)) = options.learn {
         super::update::learn::start(&mut state, review, target_exists);
     }
+    state.remote_hosts = options.targets.remote_hosts();
 
     // ratatui's hook restores the terminal before the panic is reported; ours then exits.
     let mut terminal = ratatui::try_init().map_err(|e| ConsoleError::Terminal(e.into()))?;

@@ -192,6 +192,8 @@ struct HubState {
     tool_changes: BTreeMap<(String, String), ToolChanged>,
     /// Changes left out of `tool_changes` because it was full.
     reviews_left_out: u64,
+    /// The counter store's identity ([`Hub::set_counter_store`]).
+    counter_store: Option<String>,
 }
 
 #[derive(Debug)]
@@ -298,6 +300,12 @@ impl Hub {
 
     pub fn info(&self) -> &GatewayInfo {
         &self.info
+    }
+
+    /// Says which counter store this gateway's counters are in (the snapshot's
+    /// `counter_store`): the same text for every gateway sharing the store.
+    pub(crate) fn set_counter_store(&self, identity: String) {
+        crate::sync::lock(&self.state).counter_store = Some(identity);
     }
 
     /// Makes `review` answer `accept_pin` (the first one set stays).
@@ -687,6 +695,7 @@ impl SnapshotParts {
                 upstream_up: state.upstream_up,
                 totals: state.totals,
                 tool_changes: state.tool_changes.values().cloned().collect(),
+                counter_store: state.counter_store.clone(),
             },
         }
     }
@@ -829,6 +838,17 @@ mod tests {
         assert_eq!(
             hub.resolve("g1-999", by_operator(false)),
             Err(ResolveError::UnknownCall("g1-999".into()))
+        );
+    }
+
+    #[test]
+    fn the_snapshot_says_which_counter_store_the_counters_are_in() {
+        let hub = hub();
+        assert_eq!(hub.snapshot().0.counter_store, None);
+        hub.set_counter_store("redis://10.0.0.9:6379/0".into());
+        assert_eq!(
+            hub.snapshot().0.counter_store.as_deref(),
+            Some("redis://10.0.0.9:6379/0")
         );
     }
 

@@ -13,6 +13,8 @@ pub(crate) mod client;
 pub(crate) mod discovery;
 pub(crate) mod hub;
 pub(crate) mod operators;
+mod remote_policy;
+pub(crate) mod remotes;
 pub(crate) mod server;
 
 pub use client::{ClientError, Connection, connect};

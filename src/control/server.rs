@@ -50,8 +50,10 @@ use crate::wire::{
     ClientMsg, Event, EventKind, Hello, Missed, PROTOCOL_VERSION, Reply, ReplyCode, ResolvedBy,
 };
 
-/// Largest message a client may send; commands are small.
-pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// Largest message a client may send: commands are small, but `write_policy` carries a whole
+/// policy file (a larger one is edited on the gateway's machine). Only an authenticated
+/// operator gets to send anything.
+pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
 
 /// Longest deny reason or operator name kept; the rest is cut.
 const MAX_TEXT: usize = 2000;
@@ -785,14 +787,21 @@ async fn handle_command(hub: &Hub, identity: &Identity, text: &str) -> Reply {
                 ..Reply::default()
             };
         }
-        ClientMsg::ReadPolicy { id } | ClientMsg::WritePolicy { id, .. } => {
-            return Reply {
-                id,
-                ok: false,
-                error: Some("this gateway does not serve its policy to consoles yet".into()),
-                code: Some(ReplyCode::Unsupported),
-                ..Reply::default()
-            };
+        ClientMsg::ReadPolicy { id } => {
+            return super::remote_policy::read_reply(id, hub.info().policy.clone().into()).await;
+        }
+        ClientMsg::WritePolicy {
+            id,
+            text,
+            base_hash,
+            force,
+        } => {
+            let operator = identity
+                .operator_name(None)
+                .unwrap_or_else(|| "the local token".into());
+            let path = hub.info().policy.clone().into();
+            return super::remote_policy::write_reply(id, path, text, base_hash, force, operator)
+                .await;
         }
     };
     match hub.resolve(&call_id, resolution) {

@@ -30,6 +30,7 @@ pub(crate) mod cases;
 mod compile;
 mod condition;
 mod decision;
+pub(crate) mod file;
 mod glob;
 mod json;
 pub(crate) mod lint;

@@ -40,6 +40,7 @@ pub mod control {
         DEFAULT_MAX_HOLDS, DEFAULT_MAX_HOLDS_PER_GRANT, RECENT_CALLS, SUBSCRIBER_QUEUE,
     };
     pub use crate::control::operators::{Operators, OperatorsHandle, OperatorsWatcher, Role};
+    pub use crate::control::remotes::Remote;
     pub use crate::control::server::{
         AUTH_DEADLINE, MAX_CLIENT_MESSAGE, MAX_HANDSHAKING, MAX_OPERATORS,
     };
@@ -66,8 +67,9 @@ pub mod wire {
     pub use crate::wire::{
         AuditStatus, CallEvent, CallRecord, ClientMsg, CounterState, Counters, Event, EventKind,
         GatewayInfo, GrantsChange, GrantsChanged, Hello, HoldResolved, Outcome, PROTOCOL_VERSION,
-        PinChange, PolicyApplied, PolicyRejected, Reply, ResolvedBy, ShadowDecision, ShadowSource,
-        Snapshot, StoreStatus, ToolChanged, ToolInfo, Tools, Totals, Upstream, Verdict,
+        PinChange, PolicyApplied, PolicyRejected, PolicyText, Reply, ReplyCode, ResolvedBy,
+        ShadowDecision, ShadowSource, Snapshot, StoreStatus, ToolChanged, ToolInfo, Tools, Totals,
+        Upstream, Verdict,
     };
 }
 

@@ -204,6 +204,11 @@ pub struct Snapshot {
     /// yet (each as its latest `tool_changed` event). Absent from older gateways.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_changes: Vec<ToolChanged>,
+    /// Which counter store `counters` are kept in, the same text for every gateway sharing
+    /// it (`redis://HOST:PORT/DB` without a password, `sqlite:HOST:PATH`, `memory:GATEWAY`),
+    /// so that a client shows a budget replicas share once. Absent from older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter_store: Option<String>,
 }
 
 /// Counts of decisions since the gateway started.

@@ -108,6 +108,7 @@ pub fn hello(gw: &str, grant: &str, calls: Vec<CallRecord>, holds: Vec<String>) 
             upstream_up: true,
             totals: Totals::default(),
             tool_changes: vec![],
+            counter_store: None,
         },
     }))
 }

@@ -21,6 +21,7 @@ use crate::console::model::Link;
 use crate::console::update::AppEvent;
 use crate::control::client::{self, ClientError};
 use crate::control::discovery;
+use crate::control::remotes::Remote;
 use crate::wire::ClientMsg;
 
 /// A command for the gateway behind connection `gateway`.
@@ -35,14 +36,45 @@ pub struct Outgoing {
 pub enum Targets {
     /// Every gateway in the discovery directory, as they come and go.
     Discover,
-    /// One gateway, by URL and token.
+    /// One gateway, by URL and token (`toolgate demo`, tests).
     Fixed { url: String, token: String },
-    /// One gateway by `--connect`, trusting its certificate as `tls` says (`--ca-file`).
-    Remote {
-        url: String,
-        token: String,
-        tls: client::TlsClientOptions,
+    /// Remote gateways (`--connect`, `@NAME`), each keyed by its URL, and with `discover`
+    /// the local gateways beside them.
+    Several {
+        remotes: Vec<Remote>,
+        discover: bool,
     },
+}
+
+impl Targets {
+    /// Whether local gateways are followed.
+    fn discovers(&self) -> bool {
+        match self {
+            Targets::Discover => true,
+            Targets::Fixed { .. } => false,
+            Targets::Several { discover, .. } => *discover,
+        }
+    }
+
+    /// Where each remote gateway runs (`HOST:PORT`), by its connection key: for `Several`
+    /// only (`Fixed` is the demo's own gateway, or a test's, on this machine).
+    pub(crate) fn remote_hosts(&self) -> HashMap<String, String> {
+        match self {
+            Targets::Several { remotes, .. } => {
+                remotes.iter().map(|r| (r.url.clone(), r.host())).collect()
+            }
+            _ => HashMap::new(),
+        }
+    }
+
+    /// The gateways followed by URL, each under its connection key (its URL).
+    pub(crate) fn remotes(&self) -> Vec<Remote> {
+        match self {
+            Targets::Discover => Vec::new(),
+            Targets::Fixed { url, token } => vec![Remote::new(url.clone(), token.clone())],
+            Targets::Several { remotes, .. } => remotes.clone(),
+        }
+    }
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -79,25 +111,22 @@ async fn supervise(
     let mut conns: HashMap<String, ConnHandle> = HashMap::new();
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
     // Kept alive for as long as we supervise; dropping it stops the watch.
-    let _watcher = match &targets {
-        Targets::Discover => watch_discovery_dir(wake_tx),
-        Targets::Fixed { .. } | Targets::Remote { .. } => None,
+    let discover = targets.discovers();
+    let _watcher = if discover {
+        watch_discovery_dir(wake_tx)
+    } else {
+        None
     };
-    let fixed = match &targets {
-        Targets::Discover => None,
-        Targets::Fixed { url, token } => Some((url, token, client::TlsClientOptions::default())),
-        Targets::Remote { url, token, tls } => Some((url, token, tls.clone())),
-    };
-    if let Some((url, token, tls)) = fixed {
+    for remote in targets.remotes() {
         conns.insert(
-            url.clone(),
-            open(url.clone(), url.clone(), token.clone(), tls, events.clone()),
+            remote.url.clone(),
+            open(remote.url.clone(), remote, events.clone()),
         );
     }
     let mut rescan = tokio::time::interval(RESCAN_EVERY);
     loop {
         tokio::select! {
-            _ = rescan.tick(), if matches!(targets, Targets::Discover) => {
+            _ = rescan.tick(), if discover => {
                 reconcile(&mut conns, &events).await;
             }
             Some(()) = wake_rx.recv() => {
@@ -126,6 +155,7 @@ async fn supervise(
 }
 
 /// Opens connections to new gateways and retires the ones that are gone.
+/// Connections to remote gateways (keyed by URL) are left alone.
 async fn reconcile(conns: &mut HashMap<String, ConnHandle>, events: &mpsc::Sender<AppEvent>) {
     let found = tokio::task::spawn_blocking(discovery::list_gateways)
         .await
@@ -137,9 +167,7 @@ async fn reconcile(conns: &mut HashMap<String, ConnHandle>, events: &mpsc::Sende
                 entry.id.clone(),
                 open(
                     entry.id.clone(),
-                    entry.url.clone(),
-                    entry.token.clone(),
-                    client::TlsClientOptions::default(),
+                    Remote::new(entry.url.clone(), entry.token.clone()),
                     events.clone(),
                 ),
             );
@@ -147,7 +175,7 @@ async fn reconcile(conns: &mut HashMap<String, ConnHandle>, events: &mpsc::Sende
     }
     let gone: Vec<String> = conns
         .keys()
-        .filter(|k| !found.iter().any(|e| &e.id == *k))
+        .filter(|k| !is_url(k) && !found.iter().any(|e| &e.id == *k))
         .cloned()
         .collect();
     for key in gone {
@@ -181,26 +209,23 @@ fn watch_discovery_dir(wake: mpsc::UnboundedSender<()>) -> Option<notify::Recomm
     watching.then_some(watcher)
 }
 
-fn open(
-    key: String,
-    url: String,
-    token: String,
-    tls: client::TlsClientOptions,
-    events: mpsc::Sender<AppEvent>,
-) -> ConnHandle {
+/// Whether a connection key is a URL (a remote gateway) rather than a discovery id.
+fn is_url(key: &str) -> bool {
+    key.contains("://")
+}
+
+fn open(key: String, target: Remote, events: mpsc::Sender<AppEvent>) -> ConnHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     ConnHandle {
         commands: tx,
-        task: tokio::spawn(connection(key, url, token, tls, events, rx)),
+        task: tokio::spawn(connection(key, target, events, rx)),
     }
 }
 
 /// One gateway's connection, for as long as the console wants it.
 async fn connection(
     key: String,
-    url: String,
-    token: String,
-    tls: client::TlsClientOptions,
+    target: Remote,
     events: mpsc::Sender<AppEvent>,
     mut commands: mpsc::UnboundedReceiver<ClientMsg>,
 ) {
@@ -211,6 +236,8 @@ async fn connection(
     let mut backoff = FIRST_BACKOFF;
     // Event types skipped so far, each logged once for as long as the gateway is followed.
     let mut skipped: HashSet<String> = HashSet::new();
+    let url = target.url.clone();
+    let tls = target.tls();
     loop {
         if events
             .send(link(Link::Connecting { url: url.clone() }))
@@ -219,7 +246,7 @@ async fn connection(
         {
             return;
         }
-        let error = match client::connect_with(&url, &token, &tls).await {
+        let error = match client::connect_with(&url, &target.token, &tls).await {
             Ok(conn) => {
                 backoff = FIRST_BACKOFF;
                 if events

@@ -1,4 +1,6 @@
-//! Reading and hot-writing `policy.json`: the only console code that touches the file.
+//! Reading and hot-writing `policy.json`: the only console code that touches the file. The
+//! writer itself is `policy::file` (a gateway answering a remote console's `write_policy`
+//! uses the same one).
 //!
 //! A write is atomic and careful: the file must still be the one the draft was made from
 //! (its SHA-256 is compared first, so a change made meanwhile in an editor is never
@@ -13,32 +15,10 @@
 //! the links, apply the new version. Renaming over the link itself would replace it with a
 //! plain file and leave the repository's copy behind.
 
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 
-use crate::gateway::watch::read_watched_file;
-use crate::policy::MAX_POLICY_BYTES;
-
-/// Why the policy file could not be written.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// The file is no longer what the draft was made from.
-    #[error("{path} changed on disk since it was loaded")]
-    ChangedOnDisk { path: String, text: String },
-    #[error("cannot write {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// SHA-256 (hex) of `bytes`, as the gateways report a policy's hash.
-pub fn hash_bytes(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
+pub(crate) use crate::policy::file::WriteError;
+pub use crate::policy::file::{hash_bytes, write_atomic};
 
 /// Reads the policy file as text, as the gateways read it (a regular file only, never
 /// blocking, size-capped): a FIFO given as `--policy` cannot freeze the console.
@@ -46,78 +26,10 @@ pub(crate) fn read(path: &Path) -> std::io::Result<String> {
     crate::policy::read_source(path)
 }
 
-/// Writes `text` to `path` atomically, if the file's hash is still `expected_hash` (or
-/// `force`). Returns the new text's hash.
-pub fn write_atomic(
-    path: &Path,
-    text: &str,
-    expected_hash: &str,
-    force: bool,
-) -> Result<String, WriteError> {
-    let shown = path.display().to_string();
-    let io = |source| WriteError::Io {
-        path: shown.clone(),
-        source,
-    };
-    let Some(target) = crate::gateway::watch::resolve(path).target else {
-        return Err(io(std::io::Error::other(
-            "too many levels of symbolic links (a loop?); fix the links, then write again",
-        )));
-    };
-    let path = target.as_path();
-    // Read as every policy is read: a FIFO or a device in the file's place is an error here,
-    // never a stall, and is never renamed over.
-    let current = match read_watched_file(path, MAX_POLICY_BYTES) {
-        Ok(Some(bytes)) => Some(bytes),
-        Ok(None) => {
-            return Err(io(std::io::Error::other(format!(
-                "the file there is larger than {MAX_POLICY_BYTES} bytes; is it the policy?"
-            ))));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io(e)),
-    };
-    // A missing file is the empty text: a draft made for a file that does not exist yet
-    // (`--review-learned` writing a new policy) creates it, and only that draft does.
-    let current_hash = current
-        .as_deref()
-        .map_or_else(|| hash_bytes(b""), hash_bytes);
-    if !force && current_hash != expected_hash {
-        return Err(WriteError::ChangedOnDisk {
-            path: shown.clone(),
-            text: current
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default(),
-        });
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let permissions = fs::metadata(path).ok().map(|m| m.permissions());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".policy-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(text.as_bytes()).map_err(io)?;
-    if let Some(p) = permissions {
-        fs::set_permissions(tmp.path(), p).map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    // The rename is durable only once the directory is on disk too.
-    if let Ok(d) = fs::File::open(dir)
-        && let Err(e) = d.sync_all()
-    {
-        tracing::warn!("cannot flush the directory of {shown}: {e}");
-    }
-    Ok(hash_bytes(text.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
     #[test]

@@ -33,6 +33,9 @@ pub enum Scope {
     Holds,
     /// Live or Holds, when the selected call is held now.
     HeldCall,
+    /// Live or Holds, when the selected call was held and is no longer (another operator,
+    /// the timeout): `a`/`d` then only say who resolved it.
+    ResolvedHold,
     /// Live or Holds, when a call is selected.
     Call,
     /// Live or Holds, when a call is selected and the console has a case file (`--cases`).
@@ -137,6 +140,14 @@ pub(crate) fn bindings() -> &'static [Binding] {
                 KeyAction::Deny,
                 "deny the held call (asks for a reason)",
                 Some("deny"),
+            ),
+            b(
+                ResolvedHold,
+                &[Char('a'), Char('d'), Char('A')],
+                "a d",
+                KeyAction::Approve,
+                "the hold is over: say who resolved it (nothing is sent)",
+                None,
             ),
             b(
                 HeldCall,
@@ -870,6 +881,16 @@ pub(crate) fn in_scope(state: &State, scope: Scope) -> bool {
                 && state
                     .selected_call()
                     .is_some_and(|c| state.is_held(&c.call_id))
+        }
+        Scope::ResolvedHold => {
+            call_view
+                && state.selected_call().is_some_and(|c| {
+                    !state.is_held(&c.call_id)
+                        && state
+                            .history
+                            .find(&c.call_id)
+                            .is_some_and(|r| r.resolution.is_some())
+                })
         }
     }
 }

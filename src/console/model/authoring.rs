@@ -32,6 +32,8 @@ pub struct Authoring {
     pub suggest_armed: Option<(String, serde_json::Value)>,
     /// Calls each shadow rule would have changed, for the Policy view.
     pub shadow_tally: ShadowTally,
+    /// When the policy is a remote gateway's: where it was read, and the write under way.
+    pub remote: super::remote_policy::RemotePolicy,
 }
 
 /// How many calls each shadow rule would have decided otherwise, counted from the call

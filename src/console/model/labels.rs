@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use super::history::CallRow;
-use crate::wire::{ResolvedBy, Verdict};
+use crate::wire::{HoldResolved, ResolvedBy, Verdict};
 
 /// The first 6 characters of a policy hash, as shown.
 pub(crate) fn short_hash(hash: &str) -> &str {
@@ -43,6 +43,34 @@ pub(crate) fn decision_label(
             None => ("⏸ hold".into(), DecisionStyle::Hold),
         },
     }
+}
+
+/// Who ended a hold, and when if known: `approved by alice 3 s ago`, `denied by timeout`.
+/// The operator's name is the gateway's (from the account), already sanitised on the way in.
+pub(crate) fn resolution_label(
+    r: &HoldResolved,
+    at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> String {
+    let what = if r.approved { "approved" } else { "denied" };
+    let by = match (&r.operator, r.by) {
+        (Some(op), ResolvedBy::Operator) => op.clone(),
+        (None, ResolvedBy::Operator) => "an operator".to_owned(),
+        (_, ResolvedBy::Timeout) => "timeout".to_owned(),
+        (_, ResolvedBy::Cancellation) => "the agent's cancellation".to_owned(),
+        (_, ResolvedBy::Shutdown) => "the gateway's shutdown".to_owned(),
+    };
+    let mut text = format!("{what} by {by}");
+    if let Some(at) = at {
+        let secs = (now - at).num_seconds().max(0);
+        let ago = match secs {
+            0..60 => format!("{secs} s"),
+            60..3600 => format!("{} min", secs / 60),
+            _ => format!("{} h", secs / 3600),
+        };
+        text.push_str(&format!(" {ago} ago"));
+    }
+    text
 }
 
 /// The Live view's mark for a call a shadow rule or the shadow policy would have decided

@@ -18,6 +18,7 @@ mod layout;
 pub(crate) mod learn;
 mod overlay;
 pub(crate) mod pins;
+pub(crate) mod remote_policy;
 mod rows;
 pub(crate) mod splice;
 pub(crate) mod whatif;
@@ -36,8 +37,8 @@ pub(crate) use authoring::{Authoring, Awaiting, Review};
 pub(crate) use filter::Filter;
 pub(crate) use history::{CallRow, History};
 pub(crate) use labels::{
-    DecisionStyle, countdown, decision_label, latency_label, room_in, shadow_label, short_hash,
-    window_short,
+    DecisionStyle, countdown, decision_label, latency_label, resolution_label, room_in,
+    shadow_label, short_hash, window_short,
 };
 pub use layout::Layout;
 pub use overlay::Prompt;
@@ -156,6 +157,12 @@ pub struct SeenGateway {
     /// Tools whose definition changed since it was pinned, awaiting review, in the order
     /// they arrived.
     pub tool_changes: Vec<ToolReview>,
+    /// Where it runs, for a remote gateway (`HOST:PORT` of its URL, sanitised); `None` for
+    /// one found on this machine.
+    pub host: Option<String>,
+    /// The counter store its counters are in, as its hello says (sanitised); `None` from
+    /// gateways that do not say.
+    pub counter_store: Option<String>,
 }
 
 impl SeenGateway {
@@ -174,6 +181,22 @@ impl SeenGateway {
             upstream_up: false,
             last_seq: 0,
             tool_changes: Vec::new(),
+            host: None,
+            counter_store: None,
+        }
+    }
+
+    /// Whether it was reached over the network (`--connect`, `@NAME`).
+    pub fn is_remote(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// Its label with where it runs: `a1b2@gw1.example:8787`, or the label alone for a
+    /// gateway on this machine.
+    pub fn place(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{}@{host}", self.label()),
+            None => self.label().to_owned(),
         }
     }
 
@@ -263,6 +286,11 @@ pub struct HoldsState {
     pub selected: usize,
     pub detail: Option<String>,
     pub detail_scroll: u16,
+    /// The selected hold was resolved by someone else (another console, `toolgate approve`,
+    /// the timeout), at this time: the selection stays on it, shown in the detail pane, until
+    /// the operator moves, so that `a` pressed a moment later cannot land on the next call
+    /// that slid into its place.
+    pub resolved_elsewhere: Option<(String, DateTime<Utc>)>,
 }
 
 /// Calls per second over the last minute, for the status bar.
@@ -354,6 +382,9 @@ pub struct State {
     pub operator: Option<String>,
     /// The policy file given with `--policy`, for the Policy view (issue 6).
     pub policy_path: Option<String>,
+    /// The connection keys of remote gateways (their URLs), each with its `HOST:PORT`: set
+    /// before the first event, so each [`SeenGateway`] knows where it runs.
+    pub remote_hosts: HashMap<String, String>,
     /// Bells rung so far (the event loop counts them; tests read it).
     pub bells_rung: u64,
     /// The policy draft and its write (Policy and Limits views).
@@ -389,6 +420,7 @@ impl State {
             screen: Layout::default(),
             operator: None,
             policy_path: None,
+            remote_hosts: HashMap::new(),
             bells_rung: 0,
             authoring: Authoring::default(),
             tools_revision: 0,
@@ -401,7 +433,12 @@ impl State {
         let i = match self.gateway_index.get(key) {
             Some(i) => *i,
             None => {
-                self.gateways.push(SeenGateway::new(key.to_owned()));
+                let mut g = SeenGateway::new(key.to_owned());
+                g.host = self
+                    .remote_hosts
+                    .get(key)
+                    .map(|h| terminal_string(h.clone()));
+                self.gateways.push(g);
                 let i = self.gateways.len() - 1;
                 self.gateway_index.insert(key.to_owned(), i);
                 i
@@ -410,23 +447,64 @@ impl State {
         (i, &mut self.gateways[i])
     }
 
+    /// The gateway at `conn` with where it runs ([`SeenGateway::place`]).
+    pub fn gateway_place(&self, conn: usize) -> String {
+        self.gateways
+            .get(conn)
+            .map_or_else(|| "?".to_owned(), SeenGateway::place)
+    }
+
     /// Label of the gateway at `conn`.
     pub fn gateway_label(&self, conn: usize) -> &str {
         self.gateways.get(conn).map_or("?", SeenGateway::label)
     }
 
     /// Sum of every gateway's decision counts.
-    pub fn totals(&self) -> Totals {
-        self.gateways.iter().fold(Totals::default(), |a, g| Totals {
-            allow: a.allow + g.totals.allow,
-            deny: a.deny + g.totals.deny,
-            rate_limited: a.rate_limited + g.totals.rate_limited,
-            hold: a.hold + g.totals.hold,
-        })
+    /// Whether connection `conn` reaches a gateway an earlier connection already follows
+    /// (the same gateway id: a URL given twice, or a local gateway also given by URL). Its
+    /// events change nothing twice (calls and holds are kept by call id), and it is left out
+    /// of totals and counts.
+    pub fn is_duplicate(&self, conn: usize) -> bool {
+        let Some(id) = self
+            .gateways
+            .get(conn)
+            .and_then(|g| g.info.as_ref())
+            .map(|i| &i.id)
+        else {
+            return false;
+        };
+        self.gateways[..conn]
+            .iter()
+            .any(|g| g.is_up() && g.info.as_ref().is_some_and(|i| &i.id == id))
     }
 
+    /// The connections that are not duplicates, with their index.
+    pub fn distinct_gateways(&self) -> impl Iterator<Item = (usize, &SeenGateway)> {
+        self.gateways
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.is_duplicate(*i))
+    }
+
+    /// Whether any gateway followed is remote.
+    pub fn any_remote(&self) -> bool {
+        self.gateways.iter().any(SeenGateway::is_remote)
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.distinct_gateways()
+            .map(|(_, g)| g)
+            .fold(Totals::default(), |a, g| Totals {
+                allow: a.allow + g.totals.allow,
+                deny: a.deny + g.totals.deny,
+                rate_limited: a.rate_limited + g.totals.rate_limited,
+                hold: a.hold + g.totals.hold,
+            })
+    }
+
+    /// Gateways connected now, each counted once.
     pub fn connected(&self) -> usize {
-        self.gateways.iter().filter(|g| g.is_up()).count()
+        self.distinct_gateways().filter(|(_, g)| g.is_up()).count()
     }
 
     /// How many calls the Live view lists (after the filter).
@@ -486,7 +564,10 @@ impl State {
                 let pos = self.live_pos(self.live_selected_index()?)?;
                 self.history.get(pos).map(|r| &r.call)
             }
-            View::Holds => self.holds.get(self.holds_view.selected).map(|h| &h.call),
+            View::Holds => match &self.holds_view.resolved_elsewhere {
+                Some((id, _)) => self.history.find(id).map(|r| &r.call),
+                None => self.holds.get(self.holds_view.selected).map(|h| &h.call),
+            },
             _ => None,
         }
     }
@@ -517,6 +598,16 @@ impl State {
     /// Whether `call_id` is held now.
     pub fn is_held(&self, call_id: &str) -> bool {
         self.holds.iter().any(|h| h.call.call_id == call_id)
+    }
+
+    /// When `call_id`'s hold was resolved by someone else, if it is the one kept selected
+    /// in the Holds view ([`HoldsState::resolved_elsewhere`]).
+    pub fn resolved_elsewhere_at(&self, call_id: &str) -> Option<DateTime<Utc>> {
+        self.holds_view
+            .resolved_elsewhere
+            .as_ref()
+            .filter(|(id, _)| id == call_id)
+            .map(|(_, at)| *at)
     }
 
     /// The call the open detail pane shows, if one is open in this view.

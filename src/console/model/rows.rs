@@ -9,8 +9,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
-use super::State;
 use super::draft::RuleRow;
+use super::{SeenCounter, State};
 use crate::policy::RuleMatch;
 use crate::scan::Classification;
 
@@ -150,6 +150,9 @@ pub struct LimitRow {
     pub next_free_in_ms: Option<u64>,
     /// The draft's max and window for this counter, when they differ from the gateway's.
     pub draft: Option<(u64, u64)>,
+    /// The counter store it is kept in, when the gateways followed count in more than one
+    /// (the same budget name in two stores is two budgets).
+    pub store: Option<String>,
 }
 
 /// The rows of the Limits view: counters in use (from every gateway, once each: the first
@@ -166,14 +169,30 @@ pub fn limit_rows(state: &State) -> Vec<LimitRow> {
         .iter()
         .map(|d| (d.name.as_str(), (d.max, d.window_ms)))
         .collect();
-    let mut seen: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
-    let mut rows: Vec<LimitRow> = Vec::new();
-    for g in &state.gateways {
+    // One budget (store, counter, scope, key) is one row: replicas sharing a counter store
+    // (Redis) report the same budget, and the latest report of it is the truest. Gateways
+    // that do not say which store they count in (older ones) are taken to share one.
+    type Budget<'a> = (Option<&'a str>, &'a str, &'a str, &'a str);
+    let mut latest: HashMap<Budget<'_>, &SeenCounter> = HashMap::new();
+    let mut stores: BTreeSet<Option<&str>> = BTreeSet::new();
+    for (_, g) in state.distinct_gateways() {
+        let store = g.counter_store.as_deref();
+        stores.insert(store);
         for seen_counter in &g.counters {
             let c = &seen_counter.state;
-            if !seen.insert((&c.counter, &c.scope, &c.key)) {
-                continue;
+            let slot = latest
+                .entry((store, &c.counter, &c.scope, &c.key))
+                .or_insert(seen_counter);
+            if seen_counter.at > slot.at {
+                *slot = seen_counter;
             }
+        }
+    }
+    let several_stores = stores.len() > 1;
+    let mut rows: Vec<LimitRow> = Vec::new();
+    {
+        for ((store, ..), seen_counter) in latest {
+            let c = &seen_counter.state;
             let draft = by_name
                 .get(c.counter.as_str())
                 .copied()
@@ -191,10 +210,13 @@ pub fn limit_rows(state: &State) -> Vec<LimitRow> {
                     ms.saturating_sub(gone)
                 }),
                 draft,
+                store: store.filter(|_| several_stores).map(str::to_owned),
             });
         }
     }
-    rows.sort_by(|a, b| (&a.counter, &a.scope, &a.key).cmp(&(&b.counter, &b.scope, &b.key)));
+    rows.sort_by(|a, b| {
+        (&a.counter, &a.scope, &a.key, &a.store).cmp(&(&b.counter, &b.scope, &b.key, &b.store))
+    });
     let mut in_use: BTreeSet<String> = rows.iter().map(|r| r.counter.clone()).collect();
     for d in defs {
         if !in_use.insert(d.name.clone()) {
@@ -209,6 +231,7 @@ pub fn limit_rows(state: &State) -> Vec<LimitRow> {
             window_ms: d.window_ms,
             next_free_in_ms: None,
             draft: None,
+            store: None,
         });
     }
     rows

@@ -40,6 +40,10 @@ pub(crate) fn ensure_loaded(state: &mut State) {
     if state.authoring.load_requested || state.authoring.draft.is_some() {
         return;
     }
+    if super::remote_policy::is_remote(state) {
+        super::remote_policy::ensure_loaded(state);
+        return;
+    }
     if let Some(path) = policy_path(state) {
         state.authoring.load_requested = true;
         state.effects.push(Effect::LoadPolicy(path));
@@ -123,6 +127,13 @@ pub(crate) fn review(state: &mut State, force: bool) {
         state.complain(conflict_text(&draft.path));
         return;
     }
+    if super::remote_policy::is_remote(state) && !state.authoring.remote.writable {
+        state.complain(
+            "the policy is managed elsewhere (the gateway cannot write its file): edits \
+             cannot be written from here",
+        );
+        return;
+    }
     let diff = unified_diff(&draft.path, &draft.base, draft.text());
     let file = crate::policy::Policy::parse(&draft.base, &draft.path).ok();
     let whatif = whatif::replay(
@@ -157,6 +168,10 @@ pub(crate) fn confirm(state: &mut State) {
     else {
         return;
     };
+    if super::remote_policy::is_remote(state) {
+        super::remote_policy::write(state, review.force);
+        return;
+    }
     state.effects.push(Effect::WritePolicy {
         path: draft.path.clone(),
         text: draft.text().to_owned(),
@@ -221,11 +236,19 @@ pub(crate) fn applied(state: &mut State, conn: usize, hash: &str) {
             a.applied.push(conn);
         }
         let n = a.applied.len();
-        state.say(format!(
-            "policy {} applied by {n} gateway{}",
-            short_hash(hash),
-            if n == 1 { "" } else { "s" }
-        ));
+        let text = match super::remote_policy::of_total(state, hash) {
+            Some(m) => format!(
+                "policy {} applied by {n} of {m} gateway{}",
+                short_hash(hash),
+                if m == 1 { "" } else { "s" }
+            ),
+            None => format!(
+                "policy {} applied by {n} gateway{}",
+                short_hash(hash),
+                if n == 1 { "" } else { "s" }
+            ),
+        };
+        state.say(text);
         return;
     }
     // Not the console's write: someone changed the file.
@@ -239,6 +262,8 @@ pub(crate) fn applied(state: &mut State, conn: usize, hash: &str) {
         let path = draft.path.clone();
         state.authoring.conflict = Some(String::new());
         state.complain(conflict_text(&path));
+    } else if super::remote_policy::is_remote(state) {
+        super::remote_policy::reload(state);
     } else {
         state.effects.push(Effect::LoadPolicy(draft.path.clone()));
     }
@@ -253,6 +278,10 @@ pub(crate) fn rejected(state: &mut State, conn: usize, diagnostics: &[String]) {
 
 /// `:reload`: take the file as it is now, dropping the draft's edits.
 pub(crate) fn reload(state: &mut State) {
+    if super::remote_policy::is_remote(state) {
+        super::remote_policy::reload(state);
+        return;
+    }
     match policy_path(state) {
         Some(path) => {
             state.effects.push(Effect::LoadPolicy(path));

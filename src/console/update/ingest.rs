@@ -4,11 +4,13 @@
 
 use crate::console::model::history::{sanitize_outcome, sanitize_resolution};
 use crate::console::model::{
-    CallRow, Effect, Hold, OfferedTool, SeenCounter, SeenGateway, State, short_hash,
+    CallRow, Effect, Hold, OfferedTool, SeenCounter, SeenGateway, State, View, resolution_label,
+    short_hash,
 };
 use crate::sanitize::{terminal_string, terminal_text};
 use crate::wire::{
-    CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello, ToolInfo, Verdict,
+    CounterState, Event, EventKind, GatewayInfo, GrantsChange, Hello, HoldResolved, ToolInfo,
+    Verdict,
 };
 
 use super::authoring;
@@ -42,6 +44,7 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
         }
         EventKind::HoldResolved(r) => {
             let r = sanitize_resolution(r);
+            resolved_elsewhere(state, &r, ts);
             state.holds.retain(|h| h.call.call_id != r.call_id);
             clamp_holds_selection(state);
             if let Some(row) = state.history.find_mut(&r.call_id) {
@@ -173,7 +176,7 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
             ));
         }
         EventKind::Reply(r) => {
-            if super::pins::replied(state, &r) {
+            if super::pins::replied(state, &r) || super::remote_policy::replied(state, conn, &r) {
                 return;
             }
             let Some(p) = state.pending.remove(&r.id) else {
@@ -189,6 +192,38 @@ pub(super) fn ingest(state: &mut State, key: &str, event: Event) {
             }
         }
     }
+}
+
+/// Keeps the Holds view's selection on a hold someone else resolved (another console, a
+/// script, the timeout) when it is the one selected, and says who did it; a resolution this
+/// console asked for is not "elsewhere".
+fn resolved_elsewhere(state: &mut State, r: &HoldResolved, ts: chrono::DateTime<chrono::Utc>) {
+    let selected = state
+        .holds
+        .get(state.holds_view.selected)
+        .is_some_and(|h| h.call.call_id == r.call_id);
+    let ours = state.pending.values().any(|p| p.call_id == r.call_id);
+    // Only the Holds view selects by position in a list that shrinks under the operator.
+    if state.view != View::Holds
+        || !selected
+        || ours
+        || state.holds_view.resolved_elsewhere.is_some()
+    {
+        return;
+    }
+    state.holds_view.resolved_elsewhere = Some((r.call_id.clone(), ts));
+    state.holds_view.detail = Some(r.call_id.clone());
+    state.holds_view.detail_scroll = 0;
+    let tool = state
+        .history
+        .find(&r.call_id)
+        .map(|row| row.call.tool.clone())
+        .unwrap_or_default();
+    state.say(format!(
+        "{} ({tool}) was {}",
+        r.call_id,
+        resolution_label(r, None, state.now)
+    ));
 }
 
 /// A (re)connection's `hello`: take the gateway's state from its snapshot.
@@ -212,6 +247,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
             .collect();
         g.upstream_up = snapshot.upstream_up;
         g.totals = snapshot.totals;
+        g.counter_store = snapshot.counter_store.map(terminal_string);
     }
     set_tools(state, conn, snapshot.tools);
     let now = state.now;

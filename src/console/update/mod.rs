@@ -15,6 +15,7 @@ mod command;
 mod ingest;
 pub(crate) mod learn;
 mod pins;
+mod remote_policy;
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -130,6 +131,7 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
         }
         AppEvent::SendFailed { id, error, .. } => {
             if !pins::send_failed(state, id, &error)
+                && !remote_policy::send_failed(state, id, &error)
                 && let Some(p) = state.pending.remove(&id)
             {
                 let verb = if p.approve { "approve" } else { "deny" };
@@ -214,7 +216,10 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
             View::Live => {
                 state.live.selected = state.live_pos(0);
             }
-            View::Holds => state.holds_view.selected = 0,
+            View::Holds => {
+                state.holds_view.selected = 0;
+                state.holds_view.resolved_elsewhere = None;
+            }
             View::Policy => state.authoring.selected = 0,
             View::Limits => state.authoring.limits_selected = 0,
             View::Tools => {
@@ -258,6 +263,8 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
         KeyAction::Approve => {
             if let Some(call_id) = selected_hold(state) {
                 send_resolution(state, &call_id, true, None);
+            } else {
+                already_resolved(state);
             }
         }
         KeyAction::Deny => {
@@ -266,6 +273,8 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
                     call_id,
                     input: Input::default(),
                 });
+            } else {
+                already_resolved(state);
             }
         }
         KeyAction::Edit(req) if matches!(state.overlays.top(), Some(Overlay::Editor(_))) => {
@@ -312,6 +321,8 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
                 if let Some(tool) = tool {
                     authoring::edit_and_review(state, &Edit::Allow(tool));
                 }
+            } else {
+                already_resolved(state);
             }
         }
         KeyAction::AllowTool
@@ -474,6 +485,28 @@ fn selected_hold(state: &State) -> Option<String> {
     state.is_held(&call.call_id).then(|| call.call_id.clone())
 }
 
+/// An approve or deny key on a call that is no longer held: nothing is sent, and the
+/// operator is told who ended the hold (another console may have been first).
+fn already_resolved(state: &mut State) {
+    let Some(call) = state.selected_call() else {
+        return;
+    };
+    let Some(row) = state.history.find(&call.call_id) else {
+        return;
+    };
+    let Some(r) = &row.resolution else {
+        return;
+    };
+    let at = state.resolved_elsewhere_at(&r.call_id);
+    let text = format!(
+        "{} ({}) was already {}: nothing done",
+        r.call_id,
+        row.call.tool,
+        crate::console::model::resolution_label(r, at, state.now)
+    );
+    state.complain(text);
+}
+
 /// Esc: closes the top layer; with none open, backs out of the view (its detail pane, then
 /// its filter, then the pause).
 fn back(state: &mut State) {
@@ -497,6 +530,7 @@ fn back(state: &mut State) {
                 state.live.detail = None;
             } else if state.view == View::Holds && state.holds_view.detail.is_some() {
                 state.holds_view.detail = None;
+                state.holds_view.resolved_elsewhere = None;
             } else if state.view == View::Live && !state.live.filter.is_empty() {
                 set_filter(state, "");
             } else if state.view == View::Live && state.live.selected.is_some() {
@@ -530,6 +564,8 @@ fn move_selection(state: &mut State, by: isize) {
         }
         View::Holds => {
             let len = state.holds.len();
+            // Moving on from a hold resolved elsewhere starts from where it stood.
+            state.holds_view.resolved_elsewhere = None;
             if len == 0 {
                 return;
             }

@@ -8,7 +8,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
 use super::decision_style;
-use crate::console::model::{CallRow, State, countdown, decision_label, latency_label};
+use crate::console::model::{
+    CallRow, State, countdown, decision_label, latency_label, resolution_label,
+};
 use crate::console::theme::Theme;
 use crate::redact::redact;
 use crate::sanitize::terminal_text;
@@ -73,7 +75,7 @@ pub(super) fn draw(
             ))
             .right_aligned(),
         );
-    Paragraph::new(detail_lines(&row, state.gateway_label(row.conn), state, t))
+    Paragraph::new(detail_lines(&row, &state.gateway_place(row.conn), state, t))
         .block(block)
         .scroll((scroll, 0))
         .render(area, buf);
@@ -133,12 +135,8 @@ pub(super) fn detail_lines(
         ));
     }
     if let Some(r) = &row.resolution {
-        let by = match (&r.operator, r.by) {
-            (Some(op), _) => format!("by {op}"),
-            (None, by) => format!("by {}", format!("{by:?}").to_lowercase()),
-        };
-        let what = if r.approved { "approved" } else { "denied" };
-        let mut text = format!("{what} {by}");
+        let at = state.resolved_elsewhere_at(&r.call_id);
+        let mut text = resolution_label(r, at, state.now);
         if let Some(reason) = &r.reason {
             text.push_str(&format!(": {reason}"));
         }

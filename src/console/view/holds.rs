@@ -12,6 +12,8 @@ use crate::console::theme::Theme;
 const WAIT_W: u16 = 8;
 const LEFT_W: u16 = 10;
 const WHO_W: u16 = 22;
+/// The "who" column when a remote gateway is followed: `id@HOST:PORT/grant`.
+const WHO_REMOTE_W: u16 = 34;
 const TOOL_W: u16 = 22;
 
 pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
@@ -56,13 +58,20 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     }
     let (x0, w) = (inner.x, inner.width);
     let header_y = inner.y;
-    let args_w = w.saturating_sub(WAIT_W + LEFT_W + WHO_W + TOOL_W + 4);
+    let who_w = if state.any_remote() {
+        WHO_REMOTE_W
+    } else {
+        WHO_W
+    };
+    let args_w = w.saturating_sub(WAIT_W + LEFT_W + who_w + TOOL_W + 4);
     let columns = [
         (WAIT_W, "waited"),
         (LEFT_W, "time left"),
         (
-            WHO_W,
-            if state.gateways.len() > 1 {
+            who_w,
+            if state.any_remote() {
+                "gateway@host/grant"
+            } else if state.gateways.len() > 1 {
                 "gateway/grant"
             } else {
                 "grant"
@@ -88,7 +97,8 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     let top = sel.saturating_sub(h.saturating_sub(1));
     for (row_i, hold) in state.holds.iter().enumerate().skip(top).take(h) {
         let y = inner.y + 1 + (row_i - top) as u16;
-        if row_i == sel {
+        // A selected hold resolved elsewhere stays selected in the detail; no row here is.
+        if row_i == sel && state.holds_view.resolved_elsewhere.is_none() {
             buf.set_style(Rect::new(x0, y, w, 1), t.selection);
         }
         let waited = (state.now - hold.ts).num_seconds().max(0);
@@ -98,7 +108,7 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
             .hold_deadline
             .is_some_and(|d| (d - state.now).num_seconds() < 30);
         let who = if state.gateways.len() > 1 {
-            format!("{}/{}", state.gateway_label(hold.conn), hold.call.grant)
+            format!("{}/{}", state.gateway_place(hold.conn), hold.call.grant)
         } else {
             hold.call.grant.clone()
         };
@@ -114,7 +124,7 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
                 format!("⏸ {left}"),
                 if urgent { t.error } else { t.hold },
             ),
-            (WHO_W, who, t.text),
+            (who_w, who, t.text),
             (TOOL_W, hold.call.tool.clone(), t.text),
             (args_w, args, t.muted),
         ];

@@ -111,6 +111,9 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         } else {
             r.key.clone()
         };
+        if let Some(store) = &r.store {
+            room_text.push_str(&format!(" · counted in {store}"));
+        }
         let cells = [
             (COUNTER_W, r.counter.clone(), t.text),
             (SCOPE_W, r.scope.clone(), t.muted),

@@ -23,6 +23,8 @@ pub(crate) struct LiveScroll {
 
 const TIME_W: u16 = 12;
 const WHO_W: u16 = 20;
+/// The "who" column when a remote gateway is followed: `id@HOST:PORT/grant`.
+const WHO_REMOTE_W: u16 = 34;
 const TOOL_W: u16 = 22;
 const DECISION_W: u16 = 15;
 const LATENCY_W: u16 = 9;
@@ -120,7 +122,12 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, scroll: &mut Liv
     let x0 = inner.x;
     let w = inner.width;
     // Columns: time, who, tool, decision, rule (what is left), latency.
-    let fixed = TIME_W + WHO_W + TOOL_W + DECISION_W + LATENCY_W + 5;
+    let who_w = if state.any_remote() {
+        WHO_REMOTE_W
+    } else {
+        WHO_W
+    };
+    let fixed = TIME_W + who_w + TOOL_W + DECISION_W + LATENCY_W + 5;
     let rule_w = w.saturating_sub(fixed);
     for (row_i, i) in (top..len.min(top + h)).enumerate() {
         let Some(pos) = state.live_pos(i) else { break };
@@ -141,12 +148,12 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, scroll: &mut Liv
         cell(buf, x, y, TIME_W.min(w), &time, t.muted);
         x += TIME_W + 1;
         let who = if many_gateways {
-            format!("{}/{}", state.gateway_label(row.conn), row.call.grant)
+            format!("{}/{}", state.gateway_place(row.conn), row.call.grant)
         } else {
             row.call.grant.clone()
         };
-        cell(buf, x, y, WHO_W.min(right(x0, w, x)), &who, t.text);
-        x += WHO_W + 1;
+        cell(buf, x, y, who_w.min(right(x0, w, x)), &who, t.text);
+        x += who_w + 1;
         cell(
             buf,
             x,

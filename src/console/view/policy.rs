@@ -107,7 +107,7 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
 
     // Header: file, gateways, problems.
     let mut applied: Vec<String> = Vec::new();
-    for g in &state.gateways {
+    for (_, g) in state.distinct_gateways() {
         let hash = g.policy_hash.as_deref().map(short_hash).unwrap_or("none");
         let mark = if g.policy_hash.as_deref() == Some(draft.base_hash.as_str()) {
             "✓"
@@ -121,30 +121,71 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
     } else {
         applied.join("  ")
     };
+    let from = match state
+        .authoring
+        .remote
+        .source
+        .as_ref()
+        .and_then(|k| state.gateway_index.get(k))
+    {
+        Some(conn) if state.authoring.remote.writable => {
+            format!(" on {}", state.gateway_place(*conn))
+        }
+        Some(conn) => format!(
+            " on {} (read-only: managed elsewhere)",
+            state.gateway_place(*conn)
+        ),
+        None => String::new(),
+    };
     line(
         buf,
         &mut y,
         &format!(
-            "file {}  ·  gateways: {gateways}",
+            "file {}{from}  ·  gateways: {gateways}",
             short_hash(&draft.base_hash)
         ),
         t.muted,
     );
     if let Some(a) = &state.authoring.awaiting {
+        // A remote write: applied by N of the M gateways it was sent to, and who refused it.
+        let remote = state
+            .authoring
+            .remote
+            .write
+            .as_ref()
+            .filter(|w| w.hash == a.hash);
+        let of = remote
+            .map(|w| format!(" of {}", w.total()))
+            .unwrap_or_default();
         let mut text = format!(
-            "wrote {}: applied by {} gateway{}",
+            "wrote {}: applied by {}{of} gateway{}",
             short_hash(&a.hash),
             a.applied.len(),
-            if a.applied.len() == 1 { "" } else { "s" }
+            if a.applied.len() == 1 && of.is_empty() {
+                ""
+            } else {
+                "s"
+            }
         );
         for (conn, _) in &a.rejected {
             text.push_str(&format!(" · refused by {}", state.gateway_label(*conn)));
+        }
+        let refused_write = remote.map_or(&[][..], |w| w.refused.as_slice());
+        for (conn, _, why) in refused_write {
+            text.push_str(&format!(
+                " · not written by {}: {why}",
+                state.gateway_place(*conn)
+            ));
         }
         line(
             buf,
             &mut y,
             &text,
-            if a.rejected.is_empty() { t.ok } else { t.error },
+            if a.rejected.is_empty() && refused_write.is_empty() {
+                t.ok
+            } else {
+                t.error
+            },
         );
     }
     if let Some(a) = &state.authoring.awaiting {
@@ -157,7 +198,11 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         line(
             buf,
             &mut y,
-            "the file changed on disk: :reload takes it (drops the draft), :w! overwrites it",
+            if state.authoring.remote.source.is_some() {
+                "the policy changed on the gateway: :reload takes it (drops the draft), :w! overwrites it"
+            } else {
+                "the file changed on disk: :reload takes it (drops the draft), :w! overwrites it"
+            },
             t.error,
         );
     }

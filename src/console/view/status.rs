@@ -22,7 +22,7 @@ pub(super) fn status_bar(buf: &mut Buffer, area: Rect, state: &State, t: &Theme)
     let sep = || Span::styled(" · ", bar.patch(t.muted));
 
     spans.push(sep());
-    let total = state.gateways.len();
+    let total = state.distinct_gateways().count();
     let up = state.connected();
     if total == 0 {
         spans.push(Span::styled("no gateways yet", bar.patch(t.muted)));
