@@ -120,6 +120,9 @@ pub struct Gateway {
     /// `--shadow-policy`: every call is also decided by it, and a difference is reported as
     /// the decision's shadow.
     pub shadow_policy: Option<ShadowPolicyHandle>,
+    /// Learn mode's recorder (where observations can be kept); a call is recorded when
+    /// `--learn` was given or the policy in force says `"learn": true`.
+    pub(crate) learn: Option<Arc<crate::learn::record::Recorder>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -155,6 +158,7 @@ impl Gateway {
             pins: None,
             server_id: None,
             shadow_policy: None,
+            learn: None,
         }
     }
 
@@ -182,6 +186,15 @@ impl Gateway {
     /// The same gateway deciding every call by `shadow` too (`--shadow-policy`).
     pub fn with_shadow_policy(mut self, shadow: Option<ShadowPolicyHandle>) -> Gateway {
         self.shadow_policy = shadow;
+        self
+    }
+
+    /// The same gateway recording observations through `recorder` (learn mode).
+    pub(crate) fn with_learn(
+        mut self,
+        recorder: Option<Arc<crate::learn::record::Recorder>>,
+    ) -> Gateway {
+        self.learn = recorder;
         self
     }
 
