@@ -51,9 +51,12 @@ fn bench(c: &mut Criterion) {
         "apiKey": "sk-abcdefghijklmnopqrstuvwxyz012345",
         "options": {"encoding": "utf-8", "follow": false},
     });
-    c.bench_function("learn: record one call (decide to, copy arguments, queue)", |b| {
-        b.iter(|| observe_allowed(&gateway, "fs", "read_text_file", &args));
-    });
+    c.bench_function(
+        "learn: record one call (decide to, copy arguments, queue)",
+        |b| {
+            b.iter(|| observe_allowed(&gateway, "fs", "read_text_file", &args));
+        },
+    );
     match settle(&gateway, Duration::from_secs(60)) {
         Some(dropped) => println!(
             "summary: {dropped} observation(s) dropped while the writer was behind (counted, never blocking)"

@@ -221,7 +221,10 @@ fn wrap_learn_records_calls_and_learn_proposes_a_draft_that_allows_them_and_no_m
         "a tool never used"
     );
     assert_eq!(
-        allowed("read_text_file", json!({"path": file("a.md"), "head": 100_000})),
+        allowed(
+            "read_text_file",
+            json!({"path": file("a.md"), "head": 100_000})
+        ),
         "deny",
         "a number far outside the observed range"
     );
@@ -258,7 +261,11 @@ fn wrap_learn_records_calls_and_learn_proposes_a_draft_that_allows_them_and_no_m
         "fs",
     ]);
     assert_eq!(after.status.code(), Some(1));
-    assert!(text(&after.stderr).contains("no recorded calls"), "{}", text(&after.stderr));
+    assert!(
+        text(&after.stderr).contains("no recorded calls"),
+        "{}",
+        text(&after.stderr)
+    );
 }
 
 #[test]
@@ -280,7 +287,10 @@ fn serve_learn_records_two_grants_whose_peaks_appear_in_each_rules_reason() {
     let mut alice = serve.client("legacy", "fs", &serve.tokens[0]);
     let mut bob = serve.client("legacy", "fs", &serve.tokens[1]);
     for head in 1..=5 {
-        let answer = alice.call("read_text_file", json!({"path": file("a.md"), "head": head}));
+        let answer = alice.call(
+            "read_text_file",
+            json!({"path": file("a.md"), "head": head}),
+        );
         assert_eq!(answer["is_error"], json!(false), "{answer}");
         let answer = alice.call("list_directory", json!({"path": file("")}));
         assert_eq!(answer["is_error"], json!(false), "{answer}");
@@ -299,12 +309,16 @@ fn serve_learn_records_two_grants_whose_peaks_appear_in_each_rules_reason() {
     );
     let policy: Value =
         serde_json::from_str(&std::fs::read_to_string(&draft_path).unwrap()).unwrap();
-    let read = policy["tools"]["read_text_file"]["reason"].as_str().unwrap();
+    let read = policy["tools"]["read_text_file"]["reason"]
+        .as_str()
+        .unwrap();
     assert!(
         read.starts_with("7 calls from 2 grants over") && read.contains("(alice 5, bob 2)"),
         "{read}"
     );
-    let list = policy["tools"]["list_directory"]["reason"].as_str().unwrap();
+    let list = policy["tools"]["list_directory"]["reason"]
+        .as_str()
+        .unwrap();
     assert!(
         list.starts_with("5 calls from 1 grant over") && list.contains("(alice 5)"),
         "{list}"
@@ -312,11 +326,21 @@ fn serve_learn_records_two_grants_whose_peaks_appear_in_each_rules_reason() {
     let check = run(&["check", &draft_path.display().to_string()]);
     assert!(check.status.success(), "{}", text(&check.stdout));
     assert_eq!(
-        verdict(&draft_path, "bob", "read_text_file", json!({"path": file("b.md"), "head": 2})),
+        verdict(
+            &draft_path,
+            "bob",
+            "read_text_file",
+            json!({"path": file("b.md"), "head": 2})
+        ),
         "allow"
     );
     assert_eq!(
-        verdict(&draft_path, "bob", "move_file", json!({"source": file("b.md"), "destination": "/tmp/x"})),
+        verdict(
+            &draft_path,
+            "bob",
+            "move_file",
+            json!({"source": file("b.md"), "destination": "/tmp/x"})
+        ),
         "deny"
     );
 }

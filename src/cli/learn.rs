@@ -239,9 +239,8 @@ fn print_summary(draft: &Draft, against: Option<&Path>, whatif: &WhatIf) {
         lines.push("+++ learned".to_owned());
     }
     for p in &draft.proposals {
-        let rule = |r: &Option<serde_json::Value>| {
-            r.as_ref().map_or(String::new(), |r| r.to_string())
-        };
+        let rule =
+            |r: &Option<serde_json::Value>| r.as_ref().map_or(String::new(), |r| r.to_string());
         match (against.is_some(), p.kind) {
             (false, _) => lines.push(format!("{}: {}", p.tool, p.reason)),
             (true, ProposalKind::Add) => {

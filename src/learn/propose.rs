@@ -75,7 +75,10 @@ pub(crate) fn against(
     let doc: Value =
         serde_json::from_str(base).map_err(|e| format!("the base policy is not JSON: {e}"))?;
     let empty = Map::new();
-    let tools = doc.get("tools").and_then(Value::as_object).unwrap_or(&empty);
+    let tools = doc
+        .get("tools")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     let observed = by_tool(observations);
     let mut proposals = Vec::new();
     for (tool, calls) in &observed {
@@ -212,7 +215,9 @@ fn by_tool(observations: &[Observation]) -> BTreeMap<&str, Vec<&Observation>> {
 }
 
 fn rule_action(rule: &Value) -> &str {
-    rule.get("action").and_then(Value::as_str).unwrap_or("allow")
+    rule.get("action")
+        .and_then(Value::as_str)
+        .unwrap_or("allow")
 }
 
 /// Whether `current` lets through more than `learned` would: no limit where one is
@@ -239,12 +244,12 @@ fn looser(current: &Value, learned: &Value) -> bool {
     let approval = |rule: &Value| rule_action(rule) == "require_approval";
     let limit_looser = match (limit(current), limit(learned)) {
         (None, Some(_)) => true,
-        (Some((cur_max, cur_window)), Some((max, window))) => {
-            cur_max > max || cur_window != window
-        }
+        (Some((cur_max, cur_window)), Some((max, window))) => cur_max > max || cur_window != window,
         _ => false,
     };
-    limit_looser || conditions(current) < conditions(learned) || (approval(learned) && !approval(current))
+    limit_looser
+        || conditions(current) < conditions(learned)
+        || (approval(learned) && !approval(current))
 }
 
 /// A learned rule and what it was learned from.
@@ -557,7 +562,11 @@ fn conditions_for(
         );
     }
     if only("string") {
-        if let Some(dir) = stats.common_dir.as_ref().filter(|d| stats.all_absolute && !d.is_empty()) {
+        if let Some(dir) = stats
+            .common_dir
+            .as_ref()
+            .filter(|d| stats.all_absolute && !d.is_empty())
+        {
             let dir = format!("/{}", dir.join("/"));
             // There is no negated `under`: an optional path is described, not constrained.
             if always {
@@ -620,7 +629,10 @@ fn conditions_for(
         let op = if always { "in" } else { "not_in" };
         return (
             vec![(op, Value::Array(values))],
-            Some(format!("{presence}; always {}", stats.bools.iter().next().copied().unwrap_or_default())),
+            Some(format!(
+                "{presence}; always {}",
+                stats.bools.iter().next().copied().unwrap_or_default()
+            )),
         );
     }
     let note = match (stats.array_lengths, stats.types.iter().next()) {
@@ -668,8 +680,11 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// "6 days", "3 hours", "12 minutes", "40 seconds".
+/// "6 days", "3 hours", "12 minutes", "40 seconds", "under a second".
 fn human_span(ms: i64) -> String {
+    if ms < 1000 {
+        return "under a second".to_owned();
+    }
     let (n, unit) = if ms >= 2 * 24 * HOUR_MS {
         (ms / (24 * HOUR_MS), "day")
     } else if ms >= HOUR_MS {
@@ -698,7 +713,11 @@ pub(crate) fn since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Str
         "h" => 3_600,
         "m" => 60,
         "s" => 1,
-        _ => return Err(format!("`{text}` is not a duration; write e.g. 7d, 12h, 30m")),
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration; write e.g. 7d, 12h, 30m"
+            ));
+        }
     };
     n.checked_mul(seconds)
         .and_then(chrono::Duration::try_seconds)
@@ -767,7 +786,12 @@ mod tests {
                 json!({"path": "/srv/notes/sub/x.md", "lines": 20, "mode": "fast"}),
             ));
         }
-        calls.push(call(T0 + 5000, "ci", "delete_file", json!({"path": "/srv/notes/old.md"})));
+        calls.push(call(
+            T0 + 5000,
+            "ci",
+            "delete_file",
+            json!({"path": "/srv/notes/old.md"}),
+        ));
         calls
     }
 
@@ -793,22 +817,38 @@ mod tests {
             "a tool never used"
         );
         assert_eq!(
-            decide(&policy, "read_file", json!({"path": "/etc/passwd", "lines": 12})),
+            decide(
+                &policy,
+                "read_file",
+                json!({"path": "/etc/passwd", "lines": 12})
+            ),
             Verdict::Deny,
             "a path outside the directory"
         );
         assert_eq!(
-            decide(&policy, "read_file", json!({"path": "/srv/notes/../../etc/passwd", "lines": 12})),
+            decide(
+                &policy,
+                "read_file",
+                json!({"path": "/srv/notes/../../etc/passwd", "lines": 12})
+            ),
             Verdict::Deny,
             "a path climbing out"
         );
         assert_eq!(
-            decide(&policy, "read_file", json!({"path": "/srv/notes/a.md", "lines": 100000})),
+            decide(
+                &policy,
+                "read_file",
+                json!({"path": "/srv/notes/a.md", "lines": 100000})
+            ),
             Verdict::Deny,
             "a number far outside the range"
         );
         assert_eq!(
-            decide(&policy, "read_file", json!({"path": "/srv/notes/a.md", "lines": 12, "mode": "slow"})),
+            decide(
+                &policy,
+                "read_file",
+                json!({"path": "/srv/notes/a.md", "lines": 12, "mode": "slow"})
+            ),
             Verdict::Deny,
             "an optional key with a value never seen"
         );
@@ -853,8 +893,15 @@ mod tests {
         };
         let mut calls = traffic();
         let draft = propose(&calls, &destructive);
-        let delete = draft.proposals.iter().find(|p| p.tool == "delete_file").unwrap();
-        assert_eq!(delete.rule.as_ref().unwrap()["action"], json!("require_approval"));
+        let delete = draft
+            .proposals
+            .iter()
+            .find(|p| p.tool == "delete_file")
+            .unwrap();
+        assert_eq!(
+            delete.rule.as_ref().unwrap()["action"],
+            json!("require_approval")
+        );
         for c in &mut calls {
             if c.tool == "delete_file" {
                 c.approved = Some(true);
@@ -862,13 +909,20 @@ mod tests {
             }
         }
         let draft = propose(&calls, &destructive);
-        let delete = draft.proposals.iter().find(|p| p.tool == "delete_file").unwrap();
+        let delete = draft
+            .proposals
+            .iter()
+            .find(|p| p.tool == "delete_file")
+            .unwrap();
         assert_eq!(delete.rule.as_ref().unwrap()["action"], json!("allow"));
     }
 
     #[test]
     fn the_rolling_peak_counts_the_busiest_window() {
-        assert_eq!(rolling_peak(&[0, 10, 20, 59_999, 60_000, 60_010], 60_000), 4);
+        assert_eq!(
+            rolling_peak(&[0, 10, 20, 59_999, 60_000, 60_010], 60_000),
+            4
+        );
         assert_eq!(rolling_peak(&[0, 10, 20, 59_999], 60_000), 4);
         assert_eq!(rolling_peak(&[0, 60_000, 120_000], 60_000), 1);
         assert_eq!(rolling_peak(&[], 60_000), 0);
@@ -917,10 +971,7 @@ mod tests {
     #[test]
     fn since_reads_durations_back_from_now() {
         let now = DateTime::from_timestamp_millis(T0).unwrap();
-        assert_eq!(
-            since("7d", now).unwrap(),
-            now - chrono::Duration::days(7)
-        );
+        assert_eq!(since("7d", now).unwrap(), now - chrono::Duration::days(7));
         assert!(since("7 days", now).is_err());
         assert!(since("", now).is_err());
     }

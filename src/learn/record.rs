@@ -108,7 +108,7 @@ impl Recorder {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if dropped == 1 || dropped % 1000 == 0 {
+                if dropped == 1 || dropped.is_multiple_of(1000) {
                     tracing::warn!(
                         "learn: {dropped} observation(s) dropped so far: the recorder is \
                          behind (the calls themselves are not affected)"
@@ -243,7 +243,7 @@ impl Writer {
         let now_ms = crate::gateway::SystemWallClock.now_ms();
         if let Err(e) = self.store.append(&self.batch, now_ms) {
             self.failures += 1;
-            if self.failures == 1 || self.failures % 100 == 0 {
+            if self.failures == 1 || self.failures.is_multiple_of(100) {
                 tracing::warn!(
                     "learn: {} observation(s) not recorded: {e}",
                     self.batch.len()
@@ -342,6 +342,10 @@ mod tests {
         assert!(dropped > 0, "a queue of 4 cannot take 100 at once");
         recorder.close();
         let written = *crate::sync::lock(&store.0);
-        assert_eq!(written as u64 + dropped, 100, "every call written or counted");
+        assert_eq!(
+            written as u64 + dropped,
+            100,
+            "every call written or counted"
+        );
     }
 }

@@ -81,9 +81,9 @@ pub(crate) fn open(
 ) -> Result<Option<std::sync::Arc<dyn LearnStore>>, LearnStoreError> {
     match spec {
         StoreSpec::Memory => Ok(None),
-        StoreSpec::Sqlite(path) => Ok(Some(std::sync::Arc::new(SqliteLearn::lazy(
-            &sibling_path(path),
-        )))),
+        StoreSpec::Sqlite(path) => Ok(Some(std::sync::Arc::new(SqliteLearn::lazy(&sibling_path(
+            path,
+        ))))),
         StoreSpec::Redis(url) => {
             let prefix = prefix.unwrap_or(crate::policy::store::spec::DEFAULT_PREFIX);
             Ok(Some(std::sync::Arc::new(RedisLearn::new(
@@ -588,11 +588,12 @@ mod tests {
         let batch: Vec<Observation> = (0..MAX_PER_SERVER as i64 + 5)
             .map(|i| observation(now - 1_000_000 + i, "fs", "t"))
             .collect();
+        store.append(&batch, u64::try_from(now).unwrap()).unwrap();
         store
-            .append(&batch, u64::try_from(now).unwrap())
-            .unwrap();
-        store
-            .append(&[observation(now, "other", "t")], u64::try_from(now).unwrap())
+            .append(
+                &[observation(now, "other", "t")],
+                u64::try_from(now).unwrap(),
+            )
             .unwrap();
         let fs = store
             .read(Some("fs"), at_of(0), u64::try_from(now).unwrap())
