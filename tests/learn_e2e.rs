@@ -9,6 +9,7 @@
 //! The peers are installed by `scripts/setup-test-peers`; without them these tests fail
 //! (they never skip).
 
+mod counters_support;
 #[path = "serve_support/running.rs"]
 mod running;
 
@@ -17,6 +18,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use counters_support::{RedisServer, unique_prefix};
 use running::{Serve, Setup};
 use serde_json::{Value, json};
 use support::agent::Agent;
@@ -87,23 +89,26 @@ fn verdict(policy: &Path, grant: &str, tool: &str, args: Value) -> String {
 
 /// Waits until `toolgate learn` reads `calls` recorded calls from `counters`, and answers
 /// its proposals file (the draft, its base and the observations used).
-fn learned(counters: &Path, server: &str, calls: usize, out: &Path) -> (Output, Value) {
+fn learned(counters: &[String], server: &str, calls: usize, out: &Path) -> (Output, Value) {
     let proposals = out.with_extension("proposals.json");
     wait_for(
         &format!("{calls} recorded calls of {server} read by toolgate learn"),
         ANSWER_WITHIN,
         || {
+            let mut args = vec!["learn"];
+            args.extend(counters.iter().map(String::as_str));
             let output = run(&[
-                "learn",
-                "--counters",
-                &counters.display().to_string(),
-                "--server",
-                server,
-                "--output",
-                &out.display().to_string(),
-                "--proposals",
-                &proposals.display().to_string(),
-            ]);
+                &args[..],
+                &[
+                    "--server",
+                    server,
+                    "--output",
+                    &out.display().to_string(),
+                    "--proposals",
+                    &proposals.display().to_string(),
+                ],
+            ]
+            .concat());
             let draft: Value = std::fs::read_to_string(&proposals)
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
@@ -125,18 +130,53 @@ fn learned(counters: &Path, server: &str, calls: usize, out: &Path) -> (Output, 
 #[test]
 fn wrap_learn_records_calls_and_learn_proposes_a_draft_that_allows_them_and_no_more() {
     let dir = tempfile::tempdir().unwrap();
+    let counters = dir.path().join("counters.sqlite3");
+    wrap_learn_then_learn(&dir, &["--counters".into(), counters.display().to_string()]);
+    // Beside the counter file, private.
+    let file = dir.path().join("counters.learn.sqlite3");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn with_redis_counters_the_observations_live_in_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    wrap_learn_then_learn(
+        &dir,
+        &[
+            "--counters".into(),
+            redis.url(),
+            "--counters-prefix".into(),
+            unique_prefix("learn"),
+        ],
+    );
+    assert!(
+        !dir.path().join("counters.learn.sqlite3").exists()
+            && !dir
+                .path()
+                .join("toolgate")
+                .join("counters.learn.sqlite3")
+                .exists(),
+        "nothing recorded on disk"
+    );
+}
+
+/// Calls through `wrap --learn` with `counters` (the `--counters` options), then proposes,
+/// checks and explains the draft, and forgets the records.
+fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String]) {
     let root = notes(dir.path());
     std::fs::write(dir.path().join("policy.json"), ALLOW_ALL).unwrap();
-    let counters = dir.path().join("counters.sqlite3");
     let mut gateway = vec![toolgate().display().to_string(), "wrap".into()];
     for (flag, value) in [
         ("--policy", dir.path().join("policy.json")),
         ("--audit", dir.path().join("audit.jsonl")),
-        ("--counters", counters.clone()),
     ] {
         gateway.push(flag.into());
         gateway.push(value.display().to_string());
     }
+    gateway.extend(counters.iter().cloned());
     gateway.extend(["--grant", "laptop", "--server-id", "fs", "--learn", "--"].map(String::from));
     gateway.extend(filesystem(&root));
     let mut agent = Agent::stdio(
@@ -169,7 +209,7 @@ fn wrap_learn_records_calls_and_learn_proposes_a_draft_that_allows_them_and_no_m
     assert!(agent.close().success(), "log:\n{}", agent.log());
 
     let draft_path = dir.path().join("draft.json");
-    let (output, draft) = learned(&counters, "fs", calls, &draft_path);
+    let (output, draft) = learned(counters, "fs", calls, &draft_path);
     let stderr = text(&output.stderr);
     assert!(
         stderr.contains(&format!(
@@ -240,26 +280,19 @@ fn wrap_learn_records_calls_and_learn_proposes_a_draft_that_allows_them_and_no_m
     );
 
     // `--forget` erases them.
-    let forget = run(&[
-        "learn",
-        "--counters",
-        &counters.display().to_string(),
-        "--forget",
-        "--server",
-        "fs",
-    ]);
+    let with_counters = |rest: &[&str]| {
+        let mut args = vec!["learn"];
+        args.extend(counters.iter().map(String::as_str));
+        args.extend(rest);
+        run(&args)
+    };
+    let forget = with_counters(&["--forget", "--server", "fs"]);
     assert!(
         text(&forget.stdout).contains(&format!("forgot {calls} recorded call(s) of server fs")),
         "{}",
         text(&forget.stdout)
     );
-    let after = run(&[
-        "learn",
-        "--counters",
-        &counters.display().to_string(),
-        "--server",
-        "fs",
-    ]);
+    let after = with_counters(&["--server", "fs"]);
     assert_eq!(after.status.code(), Some(1));
     assert!(
         text(&after.stderr).contains("no recorded calls"),
@@ -301,7 +334,12 @@ fn serve_learn_records_two_grants_whose_peaks_appear_in_each_rules_reason() {
     }
     let counters = serve.dir.path().join("toolgate/counters.sqlite3");
     let draft_path = scratch.path().join("draft.json");
-    let (output, _) = learned(&counters, "fs", 12, &draft_path);
+    let (output, _) = learned(
+        &["--counters".into(), counters.display().to_string()],
+        "fs",
+        12,
+        &draft_path,
+    );
     let stderr = text(&output.stderr);
     assert!(
         stderr.contains("what-if: 0 of 12 recorded calls would be refused"),
