@@ -131,7 +131,11 @@ fn learned(counters: &[String], server: &str, calls: usize, out: &Path) -> (Outp
 fn wrap_learn_records_calls_and_learn_proposes_a_draft_that_allows_them_and_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let counters = dir.path().join("counters.sqlite3");
-    wrap_learn_then_learn(&dir, &["--counters".into(), counters.display().to_string()]);
+    wrap_learn_then_learn(
+        &dir,
+        &["--counters".into(), counters.display().to_string()],
+        Mode::Flag,
+    );
     // Beside the counter file, private.
     let file = dir.path().join("counters.learn.sqlite3");
     let mode =
@@ -151,6 +155,7 @@ fn with_redis_counters_the_observations_live_in_redis() {
             "--counters-prefix".into(),
             unique_prefix("learn"),
         ],
+        Mode::Policy,
     );
     assert!(
         !dir.path().join("counters.learn.sqlite3").exists()
@@ -163,11 +168,50 @@ fn with_redis_counters_the_observations_live_in_redis() {
     );
 }
 
-/// Calls through `wrap --learn` with `counters` (the `--counters` options), then proposes,
-/// checks and explains the draft, and forgets the records.
-fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String]) {
+/// How learn mode is turned on.
+enum Mode {
+    /// `--learn`.
+    Flag,
+    /// `"learn": true` in the policy.
+    Policy,
+}
+
+/// Allows every call but one tool, which a person approves: its observation says so.
+const ONE_HELD: &str = r#""tools": {"list_allowed_directories": {"action": "require_approval"}}"#;
+
+/// The audit log's held calls' ids, once there are `n`.
+fn held_calls(dir: &Path, n: usize) -> Vec<String> {
+    wait_for(
+        &format!("{n} held call(s) in the audit log"),
+        ANSWER_WITHIN,
+        || {
+            let ids: Vec<String> = std::fs::read_to_string(dir.join("audit.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|r| r["decision"] == "hold")
+                .filter_map(|r| r["call_id"].as_str().map(str::to_owned))
+                .collect();
+            if ids.len() >= n {
+                Ok(ids)
+            } else {
+                Err(format!("{} so far", ids.len()))
+            }
+        },
+    )
+}
+
+/// Calls through `wrap` in learn mode with `counters` (the `--counters` options), one held
+/// and approved; then proposes, checks and explains the draft, and forgets the records.
+fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String], mode: Mode) {
     let root = notes(dir.path());
-    std::fs::write(dir.path().join("policy.json"), ALLOW_ALL).unwrap();
+    let policy = match mode {
+        Mode::Flag => format!(r#"{{"version":"1","default":"allow",{ONE_HELD}}}"#),
+        Mode::Policy => {
+            format!(r#"{{"version":"1","default":"allow","learn":true,{ONE_HELD}}}"#)
+        }
+    };
+    std::fs::write(dir.path().join("policy.json"), policy).unwrap();
     let mut gateway = vec![toolgate().display().to_string(), "wrap".into()];
     for (flag, value) in [
         ("--policy", dir.path().join("policy.json")),
@@ -177,7 +221,11 @@ fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String]) {
         gateway.push(value.display().to_string());
     }
     gateway.extend(counters.iter().cloned());
-    gateway.extend(["--grant", "laptop", "--server-id", "fs", "--learn", "--"].map(String::from));
+    gateway.extend(["--grant", "laptop", "--server-id", "fs"].map(String::from));
+    if let Mode::Flag = mode {
+        gateway.push("--learn".into());
+    }
+    gateway.push("--".into());
     gateway.extend(filesystem(&root));
     let mut agent = Agent::stdio(
         "legacy",
@@ -206,6 +254,18 @@ fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String]) {
         json!({"path": file("b.md"), "apiKey": "hunter2-hunter2", "note": SECRET}),
     );
     calls += 1;
+    // A held call, approved by a person.
+    agent.start_call("list_allowed_directories", json!({}));
+    let held = held_calls(dir.path(), 1);
+    let approve = Command::new(toolgate())
+        .args(["approve", &held[0]])
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(approve.status.success(), "{approve:?}");
+    let answer = agent.answer();
+    assert_eq!(answer["is_error"], json!(false), "{answer}");
+    calls += 1;
     assert!(agent.close().success(), "log:\n{}", agent.log());
 
     let draft_path = dir.path().join("draft.json");
@@ -233,6 +293,16 @@ fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String]) {
     assert_eq!(info["args"]["path"], json!(file("b.md")));
     assert_eq!(info["grant"], json!("laptop"));
     assert_eq!(info["server"], json!("fs"));
+    let approved = draft["observations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["tool"] == "list_allowed_directories")
+        .unwrap();
+    assert_eq!(
+        (&approved["decision"], &approved["approved"]),
+        (&json!("hold"), &json!(true))
+    );
 
     // The draft passes `check`, and each rule says what it was learned from.
     let check = run(&["check", &draft_path.display().to_string()]);
