@@ -349,13 +349,39 @@ fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String], mode: Mod
         "a directory outside the observed one"
     );
 
-    // `--forget` erases them.
     let with_counters = |rest: &[&str]| {
         let mut args = vec!["learn"];
         args.extend(counters.iter().map(String::as_str));
         args.extend(rest);
         run(&args)
     };
+    // Against the policy in force: the tools it leaves to its default are added, as a diff.
+    let base = dir.path().join("policy.json").display().to_string();
+    let revised = dir.path().join("revised.json").display().to_string();
+    let against = with_counters(&["--server", "fs", "--against", &base, "--output", &revised]);
+    let diff = text(&against.stderr);
+    assert!(against.status.success(), "{diff}");
+    assert!(diff.contains(&format!("--- {base}")), "{diff}");
+    assert!(diff.contains("+ \"read_text_file\": {"), "{diff}");
+    assert!(
+        diff.contains(
+            "- \"list_allowed_directories\": {\"action\":\"require_approval\"}\n\
+             + \"list_allowed_directories\": {\"action\":\"require_approval\","
+        ),
+        "a held tool stays held when tightened: {diff}"
+    );
+    assert!(
+        diff.contains("note: the policy's default lets tools"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains(&format!("what-if: 0 of {calls} recorded calls")),
+        "{diff}"
+    );
+    let check = run(&["check", &revised]);
+    assert!(check.status.success(), "{}", text(&check.stdout));
+
+    // `--forget` erases them.
     let forget = with_counters(&["--forget", "--server", "fs"]);
     assert!(
         text(&forget.stdout).contains(&format!("forgot {calls} recorded call(s) of server fs")),

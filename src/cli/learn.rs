@@ -258,6 +258,16 @@ fn print_summary(draft: &Draft, against: Option<&Path>, whatif: &WhatIf) {
             lines.push(format!("  # {}", p.reason));
         }
     }
+    if against.is_some()
+        && let Ok(base) = Policy::parse(&draft.base, "base")
+        && base.default_action() != crate::policy::Action::Deny
+    {
+        lines.push(
+            "note: the policy's default lets tools no rule names through (or holds them); \
+             --against leaves it as written, a draft without --against denies by default"
+                .to_owned(),
+        );
+    }
     if against.is_some() && draft.proposals.is_empty() {
         lines.push("(no changes: the policy is as tight as the traffic allows)".to_owned());
     }

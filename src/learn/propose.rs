@@ -82,8 +82,18 @@ pub(crate) fn against(
     let observed = by_tool(observations);
     let mut proposals = Vec::new();
     for (tool, calls) in &observed {
-        let learned = learn_rule(tool, calls, class(tool));
+        let mut learned = learn_rule(tool, calls, class(tool));
         let current = tools.get(*tool);
+        // Tightening never loosens: a tool a person approves stays so.
+        if current.is_some_and(|rule| rule_action(rule) == "require_approval")
+            && let Some(rule) = learned.rule.as_object_mut()
+            && rule.get("action") != Some(&json!("require_approval"))
+        {
+            rule.insert("action".into(), json!("require_approval"));
+            learned
+                .evidence
+                .push("the policy holds it for a person: kept".to_owned());
+        }
         let kind = match current {
             None => ProposalKind::Add,
             Some(rule) if rule_action(rule) == "deny" => continue,
@@ -965,6 +975,24 @@ mod tests {
             decide(&policy, "delete_file", json!({"path": "/srv/notes/old.md"})),
             Verdict::Deny,
             "a deny rule is left alone"
+        );
+    }
+
+    #[test]
+    fn against_never_turns_a_held_tool_into_an_allowed_one() {
+        let base = r#"{"version": "1", "default": "deny", "tools": {
+            "read_file": {"action": "require_approval"}
+        }}"#;
+        let draft = against(base, &traffic(), &read_only).unwrap();
+        let read = draft
+            .proposals
+            .iter()
+            .find(|p| p.tool == "read_file")
+            .unwrap();
+        assert_eq!(read.kind, ProposalKind::Tighten);
+        assert_eq!(
+            read.rule.as_ref().unwrap()["action"],
+            json!("require_approval")
         );
     }
 
