@@ -102,6 +102,7 @@ fn learned(counters: &[String], server: &str, calls: usize, out: &Path) -> (Outp
                 &[
                     "--server",
                     server,
+                    "--force",
                     "--output",
                     &out.display().to_string(),
                     "--proposals",
@@ -355,6 +356,19 @@ fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String], mode: Mod
         args.extend(rest);
         run(&args)
     };
+    // An existing draft is kept unless --force.
+    let again = with_counters(&[
+        "--server",
+        "fs",
+        "--output",
+        &draft_path.display().to_string(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("exists; not overwriting it"),
+        "{}",
+        text(&again.stderr)
+    );
     // Against the policy in force: the tools it leaves to its default are added, as a diff.
     let base = dir.path().join("policy.json").display().to_string();
     let revised = dir.path().join("revised.json").display().to_string();

@@ -61,8 +61,11 @@ pub(super) struct Args {
     /// it holds argument values), for `toolgate console --review-learned FILE`.
     #[arg(long, value_name = "FILE")]
     proposals: Option<PathBuf>,
+    /// Replace --output if it exists (without it an existing file is kept).
+    #[arg(long, requires = "output")]
+    force: bool,
     /// Erase the recorded calls (of --server only, when given) and exit.
-    #[arg(long, conflicts_with_all = ["since", "grant", "output", "against", "proposals"])]
+    #[arg(long, conflicts_with_all = ["since", "grant", "output", "against", "proposals", "force"])]
     forget: bool,
     #[command(flatten)]
     counters: CounterArgs,
@@ -177,7 +180,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(path) = &args.proposals {
-        write_private(path, &serde_json::to_string_pretty(&draft)?)
+        write_private(path, &crate::sanitize::json_pretty(&draft)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!(
             "{}",
@@ -190,8 +193,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     match &args.output {
         Some(path) => {
-            std::fs::write(path, &text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            write_output(path, &text, args.force)?;
             eprintln!(
                 "{}",
                 terminal_text(&format!(
@@ -279,6 +281,28 @@ fn print_summary(draft: &Draft, against: Option<&Path>, whatif: &WhatIf) {
     for line in lines {
         eprintln!("{}", terminal_text(&line));
     }
+}
+
+/// Writes the draft, keeping an existing file unless `force`.
+fn write_output(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+            "{} exists; not overwriting it (pass --force to replace it)",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+    };
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes a file only its owner can read (it holds argument values).

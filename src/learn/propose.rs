@@ -160,7 +160,9 @@ impl Draft {
                 }
             }
         }
-        serde_json::to_string_pretty(&doc)
+        // Names and values came from agents: escaped in the JSON (same meaning), so the file
+        // shows nothing a terminal would interpret when printed.
+        crate::sanitize::json_pretty(&doc)
             .map(|mut text| {
                 text.push('\n');
                 text

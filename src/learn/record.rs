@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
 use super::Observation;
@@ -181,12 +181,8 @@ impl Writer {
     }
 
     fn run(mut self, rx: Receiver<Message>) {
-        loop {
-            let first = match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(message) => message,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+        // Ends on `Stop`, or when every sender is gone.
+        while let Ok(first) = rx.recv() {
             let mut acks = Vec::new();
             let mut stop = self.take(first, &mut acks);
             while !stop && self.batch.len() < BATCH {
