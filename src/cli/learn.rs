@@ -15,10 +15,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::Utc;
 
-use super::counter_args::CounterArgs;
 use crate::learn::propose::{self, WhatIf};
 use crate::learn::{Draft, ProposalKind};
-use crate::policy::Policy;
+use crate::policy::store::spec;
+use crate::policy::{Policy, StoreSpec};
 use crate::sanitize::terminal_text;
 use crate::scan::RiskClass;
 use crate::wire::ToolInfo;
@@ -67,13 +67,18 @@ pub(super) struct Args {
     /// Erase the recorded calls (of --server only, when given) and exit.
     #[arg(long, conflicts_with_all = ["since", "grant", "output", "against", "proposals", "force"])]
     forget: bool,
-    #[command(flatten)]
-    counters: CounterArgs,
+    /// The --counters the gateways were started with: observations live beside them
+    /// [default: ~/.local/state/toolgate/counters.sqlite3]
+    #[arg(long, value_name = "STORE")]
+    counters: Option<StoreSpec>,
+    /// The --counters-prefix of a Redis store [default: toolgate]
+    #[arg(long, value_name = "PREFIX")]
+    counters_prefix: Option<String>,
 }
 
 pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let spec = args.counters.spec()?;
-    let prefix = args.counters.counters_prefix.as_deref();
+    let spec = spec::resolve(args.counters.as_ref())?;
+    let prefix = args.counters_prefix.as_deref();
     let Some(store) = crate::learn::store::open(&spec, prefix)? else {
         anyhow::bail!(
             "--counters memory keeps no observations; give the --counters the gateway used"
@@ -112,7 +117,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
 
-    let classes = classes(&args.counters, server);
+    let classes = classes(&spec, prefix, server);
     let class = |tool: &str| {
         classes.get(tool).copied().unwrap_or_else(|| {
             crate::scan::classify(&ToolInfo {
@@ -211,9 +216,12 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Each tool's risk class from its pinned definition (the pins live where the counters
 /// do); a tool without a pin is classed by its name by the caller.
-fn classes(counters: &CounterArgs, server: Option<&str>) -> HashMap<String, RiskClass> {
-    let pins = counters
-        .open_pins()
+fn classes(
+    spec: &StoreSpec,
+    prefix: Option<&str>,
+    server: Option<&str>,
+) -> HashMap<String, RiskClass> {
+    let pins = spec::open_pins(spec, prefix)
         .ok()
         .and_then(|(store, _)| store.list(server).ok())
         .unwrap_or_default();
