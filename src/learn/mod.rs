@@ -86,15 +86,21 @@ pub(crate) struct Draft {
     pub(crate) observations: Vec<Observation>,
 }
 
+/// Strings longer than this many bytes are recorded as their type only: no policy lists such
+/// values (a file's content, a prompt), and 100,000 calls of them would fill a disk.
+pub(crate) const MAX_RECORDED_STRING: usize = 4096;
+
 /// The arguments as an observation keeps them: every value the redaction rules find secret
-/// (a secret-looking key's whole value, a string holding a credential shape) replaced by
-/// `{"$toolgate_type": "<its JSON type>"}`, so that a draft can still require the key and
-/// its type without the value ever being stored.
+/// (a secret-looking key's whole value, a string holding a credential shape), and every
+/// string longer than [`MAX_RECORDED_STRING`], replaced by `{"$toolgate_type": "<its JSON
+/// type>"}`, so that a draft can still require the key and its type without the value ever
+/// being stored.
 pub(crate) fn observed_args(args: &Value) -> Value {
-    if !crate::redact::needs_redaction(args) {
+    if !crate::redact::needs_redaction(args) && !has_long_string(args) {
         return args.clone();
     }
     match args {
+        Value::String(s) if s.len() > MAX_RECORDED_STRING => type_marker(args),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
@@ -108,8 +114,17 @@ pub(crate) fn observed_args(args: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(observed_args).collect()),
-        // `needs_redaction` said this string holds a credential.
+        // Past the first test, a scalar here is a string holding a credential.
         other => type_marker(other),
+    }
+}
+
+fn has_long_string(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.len() > MAX_RECORDED_STRING,
+        Value::Array(items) => items.iter().any(has_long_string),
+        Value::Object(map) => map.values().any(has_long_string),
+        _ => false,
     }
 }
 
@@ -175,5 +190,19 @@ mod tests {
         assert!(!seen.to_string().contains("abcdefghijklmnop"));
         assert_eq!(marked_type(&seen["apiKey"]), Some("string"));
         assert_eq!(marked_type(&seen["path"]), None);
+    }
+
+    #[test]
+    fn long_strings_are_recorded_as_their_type_only_and_short_ones_beside_them_kept() {
+        let content = "x".repeat(MAX_RECORDED_STRING + 1);
+        let args = json!({"path": "/srv/a.md", "content": content, "lines": ["a", content]});
+        assert_eq!(
+            observed_args(&args),
+            json!({
+                "path": "/srv/a.md",
+                "content": {"$toolgate_type": "string"},
+                "lines": ["a", {"$toolgate_type": "string"}],
+            })
+        );
     }
 }

@@ -558,7 +558,7 @@ fn conditions_for(
         return (
             Vec::new(),
             Some(format!(
-                "{presence}; secret-looking, recorded as its type only ({})",
+                "{presence}; recorded as its type only, secret-looking or long ({})",
                 types.join(", ")
             )),
         );
