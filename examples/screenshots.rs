@@ -86,9 +86,65 @@ async fn main() -> anyhow::Result<()> {
     console.shoot(&out, "policy-diff")?;
     console.press(&[KeyCode::Char('n'), KeyCode::Char('4')]);
     console.shoot(&out, "limits")?;
+    // The review of a learned policy, over the demo's policy file (nothing is written: no y).
+    let policy_path = demo.policy_path.display().to_string();
+    toolgate::console::testing::review_learned(
+        console.state,
+        "learned.json",
+        &learned_draft().to_string(),
+        &policy_path,
+        false,
+        true,
+    )
+    .map_err(anyhow::Error::msg)?;
+    console.press(&[KeyCode::Char('a')]);
+    console.state.message = None;
+    console.shoot(&out, "learn-review")?;
+    console.press(&[KeyCode::Esc, KeyCode::Char('y')]);
     control.shutdown().await;
     drop(demo);
     Ok(())
+}
+
+/// A draft as `toolgate learn --proposals` writes it, for the review's screenshot.
+fn learned_draft() -> serde_json::Value {
+    use serde_json::json;
+    let at = |s: &str| format!("2026-12-06T09:{s}Z");
+    let obs = |t: &str, tool: &str, grant: &str, args: serde_json::Value| {
+        json!({ "at": at(t), "server": "meetings", "tool": tool, "grant": grant,
+                "decision": "allow", "approved": null, "args": args })
+    };
+    json!({
+        "base": "{\n  \"version\": \"1\",\n  \"default\": \"deny\",\n  \"tools\": {}\n}\n",
+        "proposals": [
+            { "kind": "add", "tool": "list_meetings",
+              "rule": { "reason": "214 calls from 3 grants over 6 days; peak 12 a minute",
+                        "limits": [ { "counter": "list_meetings", "window": "minute", "max": 15, "scope": "grant" } ] },
+              "current": null,
+              "reason": "214 calls from 3 grants over 6 days; peak 12 a minute",
+              "evidence": [ "ci-bot: 120 calls, peak 12 a minute", "ops-bot: 80 calls, peak 7 a minute",
+                            "support: 14 calls, peak 2 a minute", "args: none seen" ] },
+            { "kind": "add", "tool": "book_meeting",
+              "rule": { "reason": "41 calls from 2 grants; durations 15 to 60 minutes",
+                        "limits": [ { "counter": "book_meeting", "window": "hour", "max": 10, "scope": "grant" } ],
+                        "require": [ { "path": "args.duration_minutes", "op": "lte", "value": 90 },
+                                     { "path": "args.title", "op": "exists" } ] },
+              "current": null,
+              "reason": "41 calls from 2 grants; durations 15 to 60 minutes",
+              "evidence": [ "ci-bot: 30 calls, peak 6 an hour", "ops-bot: 11 calls, peak 3 an hour",
+                            "args.duration_minutes: 15 to 60", "args.title: always present" ] },
+            { "kind": "add", "tool": "cancel_meeting",
+              "rule": { "action": "require_approval", "reason": "destructive: 3 calls, each approved by a person" },
+              "current": null,
+              "reason": "destructive: 3 calls, each approved by a person",
+              "evidence": [ "ops-bot: 3 calls, held, approved" ] }
+        ],
+        "observations": [
+            obs("00:00", "list_meetings", "ci-bot", json!({})),
+            obs("00:05", "book_meeting", "ci-bot", json!({"title": "standup", "duration_minutes": 15})),
+            obs("01:00", "cancel_meeting", "ops-bot", json!({"meeting_id": "m-12"}))
+        ]
+    })
 }
 
 /// The console's state driven as its event loop drives it, on a test terminal.

@@ -5,14 +5,16 @@
 //! theme, the runtime; then hands over to `console::run_in_terminal`.
 
 use std::fs::OpenOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::console::model::learn::LearnReview;
 use crate::console::{Options, Theme, net, run_in_terminal, theme};
+use crate::learn::Draft as Learned;
 
 /// Watch calls live and approve held ones.
 ///
@@ -20,6 +22,9 @@ use crate::console::{Options, Theme, net, run_in_terminal, theme};
 /// themselves). Logs go to <state dir>/toolgate/console.log, or --log FILE.
 ///
 /// Example: toolgate console --theme light --cases policy-cases.json
+///
+/// Reviewing a learned policy: toolgate console --review-learned draft.json --policy
+/// policy.json walks the proposals of `toolgate learn --proposals draft.json` one by one.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     #[command(flatten)]
@@ -35,6 +40,15 @@ pub(super) struct Args {
     /// decision it got, as a case (the file is created if missing; see docs/policy-tests.md).
     #[arg(long, value_name = "FILE")]
     cases: Option<PathBuf>,
+    /// Open on the review of a learned policy: the proposals `toolgate learn --proposals
+    /// FILE` wrote, one by one (accept, reject, edit, widen, skip), what the result would
+    /// refuse of the recorded calls, then the diff and y to write --policy.
+    #[arg(long, value_name = "DRAFT.json", requires = "policy")]
+    review_learned: Option<PathBuf>,
+    /// With --review-learned: write the result as a shadow candidate beside the policy
+    /// (policy.json → policy.shadow.json) for `wrap`/`serve --shadow-policy`, to promote later.
+    #[arg(long, requires = "review_learned")]
+    shadow: bool,
     /// How many calls to remember.
     #[arg(long, value_name = "N", default_value_t = crate::console::model::history::DEFAULT_CAPACITY)]
     history: usize,
@@ -54,8 +68,13 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some((url, token)) => net::Targets::Fixed { url, token },
         None => net::Targets::Discover,
     };
+    let learn = match (&args.review_learned, &args.policy) {
+        (Some(draft), Some(policy)) => Some(learn_review(draft, policy, args.shadow)?),
+        _ => None,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let options = Options {
+        learn,
         targets,
         theme,
         history: args.history,
@@ -67,6 +86,48 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.shutdown_timeout(Duration::from_millis(100));
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The largest draft file read: observations carry arguments, up to 100,000 calls a server.
+const MAX_DRAFT_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Reads the learned draft (outside input: refused with a clear error, never trusted) and
+/// makes the review, whose target is `policy`, or with `shadow` the candidate beside it.
+fn learn_review(draft: &Path, policy: &Path, shadow: bool) -> anyhow::Result<(LearnReview, bool)> {
+    let shown = draft.display().to_string();
+    let size = std::fs::metadata(draft)
+        .with_context(|| format!("--review-learned {shown}"))?
+        .len();
+    if size > MAX_DRAFT_BYTES {
+        anyhow::bail!(
+            "--review-learned {shown}: {size} bytes is more than a draft can be ({MAX_DRAFT_BYTES}); make one with a shorter --since"
+        );
+    }
+    let bytes = std::fs::read(draft).with_context(|| format!("--review-learned {shown}"))?;
+    let learned: Learned = serde_json::from_slice(&bytes).with_context(|| {
+        format!("--review-learned {shown}: not a draft written by `toolgate learn --proposals`")
+    })?;
+    let target = if shadow {
+        shadow_path(policy)
+    } else {
+        policy.to_path_buf()
+    };
+    let exists = target.exists();
+    let target = target.display().to_string();
+    Ok((LearnReview::new(&shown, learned, &target, shadow), exists))
+}
+
+/// `policy.json` → `policy.shadow.json`, in the same directory.
+fn shadow_path(policy: &Path) -> PathBuf {
+    let stem = policy
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "policy".into());
+    let name = match policy.extension() {
+        Some(ext) => format!("{stem}.shadow.{}", ext.to_string_lossy()),
+        None => format!("{stem}.shadow"),
+    };
+    policy.with_file_name(name)
 }
 
 pub(super) fn default_log_path() -> PathBuf {
@@ -98,4 +159,18 @@ pub(super) fn init_logging(path: &PathBuf) -> anyhow::Result<()> {
         .with_writer(Mutex::new(file))
         .try_init();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shadow_candidate_sits_beside_the_policy() {
+        assert_eq!(
+            shadow_path(Path::new("/etc/tg/policy.json")),
+            Path::new("/etc/tg/policy.shadow.json")
+        );
+        assert_eq!(shadow_path(Path::new("rules")), Path::new("rules.shadow"));
+    }
 }

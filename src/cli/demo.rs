@@ -104,6 +104,7 @@ async fn attached(
         history: crate::console::model::history::DEFAULT_CAPACITY,
         policy_path: Some(demo.policy_path.display().to_string()),
         cases_path: cases.map(|p| p.display().to_string()),
+        learn: None,
     };
     run_in_terminal(options).await?;
     drop(demo);

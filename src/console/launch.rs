@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::effects::net::{self, Targets};
 use super::model::State;
+use super::model::learn::LearnReview;
 use super::theme::Theme;
 use super::view::ViewState;
 use super::{ConsoleError, SystemClock};
@@ -28,6 +29,8 @@ pub(crate) struct Options {
     pub policy_path: Option<String>,
     /// `--cases`, where `T` appends calls as test cases.
     pub cases_path: Option<String>,
+    /// `--review-learned`: the review to open, and whether its target file exists.
+    pub learn: Option<(LearnReview, bool)>,
 }
 
 /// Runs the console on this process's terminal until the operator quits.
@@ -38,6 +41,9 @@ pub(crate) async fn run_in_terminal(options: Options) -> Result<(), ConsoleError
     state.operator = std::env::var("USER").ok().filter(|u| !u.is_empty());
     state.policy_path = options.policy_path;
     state.cases_path = options.cases_path;
+    if let Some((review, target_exists)) = options.learn {
+        super::update::learn::start(&mut state, review, target_exists);
+    }
 
     // ratatui's hook restores the terminal before the panic is reported; ours then exits.
     let mut terminal = ratatui::try_init().map_err(|e| ConsoleError::Terminal(e.into()))?;

@@ -77,8 +77,12 @@ pub fn write_atomic(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io(e)),
     };
-    let current_hash = current.as_deref().map(hash_bytes);
-    if !force && current_hash.as_deref() != Some(expected_hash) {
+    // A missing file is the empty text: a draft made for a file that does not exist yet
+    // (`--review-learned` writing a new policy) creates it, and only that draft does.
+    let current_hash = current
+        .as_deref()
+        .map_or_else(|| hash_bytes(b""), hash_bytes);
+    if !force && current_hash != expected_hash {
         return Err(WriteError::ChangedOnDisk {
             path: shown.clone(),
             text: current
@@ -218,5 +222,19 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "edited elsewhere");
         write_atomic(&path, "mine", &hash_bytes(b"as loaded"), true).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "mine");
+    }
+
+    #[test]
+    fn a_missing_file_is_created_only_by_a_draft_of_the_empty_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.json");
+        let refused = write_atomic(&path, "new", &hash_bytes(b"as loaded"), false);
+        assert!(matches!(refused, Err(WriteError::ChangedOnDisk { .. })));
+        assert!(!path.exists());
+        write_atomic(&path, "new", &hash_bytes(b""), false).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        // Once it exists, the empty text's draft is out of date.
+        let again = write_atomic(&path, "other", &hash_bytes(b""), false);
+        assert!(matches!(again, Err(WriteError::ChangedOnDisk { .. })));
     }
 }

@@ -114,4 +114,23 @@ pub enum KeyAction {
     EditorCompletePath,
     /// Rule editor: put the rule in the draft, then diff and y/n (`C-s`).
     EditorSave,
+    /// Learned-policy review: accept the proposal shown (`a`).
+    LearnAccept,
+    /// Learned-policy review: reject the proposal shown (`r`).
+    LearnReject,
+    /// Learned-policy review: open the rule editor on the proposed rule; saving accepts it
+    /// as edited (`e`).
+    LearnEdit,
+    /// Learned-policy review: widen the proposal (glob the tool name, loosen numeric
+    /// ranges), or undo the widening (`w`).
+    LearnWiden,
+    /// Learned-policy review: skip the proposal, to decide on a later review (`s`).
+    LearnSkip,
+    /// Learned-policy review: back to the previous proposal (`b`, `←`).
+    LearnPrevious,
+    /// Learned-policy review: on to the next proposal, keeping this one's choice (`→`).
+    LearnNext,
+    /// Learned-policy review, at the summary: the diff of the result, then y/n (`Enter`,
+    /// `w`).
+    LearnWrite,
 }

@@ -13,6 +13,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use tui_input::InputRequest;
 
 use super::action::KeyAction;
+use crate::console::model::learn::Stage;
 use crate::console::model::{Overlay, Prompt, RowKind, State, View, tool_class};
 
 /// How many lines `J`/`K` scroll a detail pane or the write review, everywhere.
@@ -61,6 +62,10 @@ pub enum Scope {
     ConfirmQuit,
     /// The write review (diff and what-if) is asking: write it?
     Review,
+    /// The learned-policy review shows a proposal.
+    LearnProposal,
+    /// The learned-policy review shows its summary and what-if.
+    LearnSummary,
 }
 
 /// One key binding.
@@ -632,6 +637,153 @@ pub(crate) fn bindings() -> &'static [Binding] {
                 None,
             ),
         ];
+        let learn = [
+            b(
+                LearnProposal,
+                &[Char('a')],
+                "a",
+                KeyAction::LearnAccept,
+                "accept the proposed rule",
+                Some("accept"),
+            ),
+            b(
+                LearnProposal,
+                &[Char('r')],
+                "r",
+                KeyAction::LearnReject,
+                "reject it (its tool's calls stay refused)",
+                Some("reject"),
+            ),
+            b(
+                LearnProposal,
+                &[Char('e')],
+                "e",
+                KeyAction::LearnEdit,
+                "edit the rule in the rule editor (C-s accepts it as edited)",
+                Some("edit"),
+            ),
+            b(
+                LearnProposal,
+                &[Char('w')],
+                "w",
+                KeyAction::LearnWiden,
+                "widen: glob the tool name, loosen numeric ranges (again: undo)",
+                Some("widen"),
+            ),
+            b(
+                LearnProposal,
+                &[Char('s')],
+                "s",
+                KeyAction::LearnSkip,
+                "skip: decide on a later review (not in this write)",
+                Some("skip"),
+            ),
+            b(
+                LearnProposal,
+                &[Char('b'), Left],
+                "b ←",
+                KeyAction::LearnPrevious,
+                "back to the previous proposal",
+                Some("back"),
+            ),
+            b(
+                LearnProposal,
+                &[Right],
+                "→",
+                KeyAction::LearnNext,
+                "on to the next proposal, keeping this one's choice",
+                None,
+            ),
+            b(
+                LearnProposal,
+                &[Char('J')],
+                "J",
+                KeyAction::ScrollDetail(SCROLL_STEP),
+                "scroll the proposal down",
+                None,
+            ),
+            b(
+                LearnProposal,
+                &[Char('K')],
+                "K",
+                KeyAction::ScrollDetail(-SCROLL_STEP),
+                "scroll the proposal up",
+                None,
+            ),
+            b(
+                LearnProposal,
+                &[Esc],
+                "Esc",
+                KeyAction::Back,
+                "leave the review (asks if choices would be lost)",
+                None,
+            ),
+            b(
+                LearnProposal,
+                &[Char('q')],
+                "q",
+                KeyAction::Quit,
+                "quit (asks if choices would be lost)",
+                Some("quit"),
+            ),
+            b(
+                LearnSummary,
+                &[Enter, Char('w')],
+                "⏎ w",
+                KeyAction::LearnWrite,
+                "the diff of the result, then y writes it",
+                Some("diff+write"),
+            ),
+            b(
+                LearnSummary,
+                &[Char('b'), Left, Esc],
+                "b ← Esc",
+                KeyAction::LearnPrevious,
+                "back to the last proposal",
+                Some("back"),
+            ),
+            b(
+                LearnSummary,
+                &[Char('j'), Down],
+                "j ↓",
+                KeyAction::ScrollDetail(1),
+                "scroll down a line",
+                None,
+            ),
+            b(
+                LearnSummary,
+                &[Char('k'), Up],
+                "k ↑",
+                KeyAction::ScrollDetail(-1),
+                "scroll up a line",
+                None,
+            ),
+            b(
+                LearnSummary,
+                &[Char('J')],
+                "J",
+                KeyAction::ScrollDetail(SCROLL_STEP),
+                "scroll down",
+                None,
+            ),
+            b(
+                LearnSummary,
+                &[Char('K')],
+                "K",
+                KeyAction::ScrollDetail(-SCROLL_STEP),
+                "scroll up",
+                None,
+            ),
+            b(
+                LearnSummary,
+                &[Char('q')],
+                "q",
+                KeyAction::Quit,
+                "quit (asks if choices would be lost)",
+                Some("quit"),
+            ),
+        ];
+        v.splice(0..0, learn);
         v.splice(0..0, editor);
         v.splice(0..0, prompts);
         v.insert(
@@ -662,10 +814,16 @@ pub(crate) fn bindings() -> &'static [Binding] {
 /// the write review and the rule editor take every key; help lets the view's keys through.
 fn overlay_scope(overlay: &Overlay) -> Option<Scope> {
     match overlay {
-        Overlay::Prompt(Prompt::ConfirmQuit) => Some(Scope::ConfirmQuit),
+        Overlay::Prompt(Prompt::ConfirmQuit | Prompt::DropLearned { .. }) => {
+            Some(Scope::ConfirmQuit)
+        }
         Overlay::Prompt(_) => Some(Scope::TextPrompt),
         Overlay::Review(_) => Some(Scope::Review),
         Overlay::Editor(_) => Some(Scope::Editor),
+        Overlay::Learn(l) => Some(match l.stage {
+            Stage::Proposals => Scope::LearnProposal,
+            Stage::Summary => Scope::LearnSummary,
+        }),
         Overlay::Help => None,
     }
 }
@@ -678,7 +836,12 @@ pub(crate) fn in_scope(state: &State, scope: Scope) -> bool {
     }
     let call_view = matches!(state.view, View::Live | View::Holds);
     match scope {
-        Scope::Editor | Scope::TextPrompt | Scope::ConfirmQuit | Scope::Review => false,
+        Scope::Editor
+        | Scope::TextPrompt
+        | Scope::ConfirmQuit
+        | Scope::Review
+        | Scope::LearnProposal
+        | Scope::LearnSummary => false,
         Scope::Global => true,
         Scope::Live => state.view == View::Live,
         Scope::Holds => state.view == View::Holds,

@@ -15,6 +15,7 @@ pub(crate) mod filter;
 pub(crate) mod history;
 mod labels;
 mod layout;
+pub(crate) mod learn;
 mod overlay;
 pub(crate) mod pins;
 mod rows;

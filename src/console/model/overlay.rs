@@ -1,4 +1,5 @@
-//! The layers drawn over a view: help, the rule editor, the write review, a prompt.
+//! The layers drawn over a view: help, the review of a learned policy, the rule editor, the
+//! write review, a prompt.
 //!
 //! They form a stack, as helix's compositor does: the top layer gets the keys first (each
 //! layer has its own scope in the binding table; help lets the view's keys through), is
@@ -9,13 +10,17 @@ use tui_input::Input;
 
 use super::authoring::Review;
 use super::editor::RuleEditor;
+use super::learn::LearnReview;
 
 /// One layer over the view.
 #[derive(Debug, Clone)]
 pub enum Overlay {
     /// The keys of what is under it (`?`).
     Help,
-    /// The rule editor on a Policy row.
+    /// The review of a learned policy (`--review-learned`): its proposals one by one, then
+    /// the summary and what-if; the rule editor and the write review open over it.
+    Learn(Box<LearnReview>),
+    /// The rule editor on a Policy row (or on a learned proposal, over [`Overlay::Learn`]).
     Editor(Box<RuleEditor>),
     /// The diff and what-if of a policy write, asking `y`/`n`.
     Review(Review),
@@ -34,6 +39,9 @@ pub enum Prompt {
     DenyReason { call_id: String, input: Input },
     /// `q` with calls held: quit anyway?
     ConfirmQuit,
+    /// Leaving the learned-policy review (`quit`: quitting the console) would drop the
+    /// choices made in it: drop them?
+    DropLearned { quit: bool },
     /// `MAX/WINDOW` for a limit on `tool` (`r` on a call, `l` in Policy).
     Rate { tool: String, input: Input },
     /// A new `max` (or `window`, when `max` is false) for `counter` (Limits view).
@@ -47,7 +55,7 @@ pub enum Prompt {
 impl Prompt {
     /// Whether the prompt is a line of text being typed (every key not bound is text).
     pub fn takes_text(&self) -> bool {
-        !matches!(self, Prompt::ConfirmQuit)
+        !matches!(self, Prompt::ConfirmQuit | Prompt::DropLearned { .. })
     }
 }
 
@@ -161,6 +169,32 @@ impl Overlays {
         let before = self.0.len();
         self.0.retain(|o| !matches!(o, Overlay::Editor(_)));
         self.0.len() != before
+    }
+
+    /// The learned-policy review, if one is open.
+    pub fn learn(&self) -> Option<&LearnReview> {
+        self.0.iter().rev().find_map(|o| match o {
+            Overlay::Learn(l) => Some(&**l),
+            _ => None,
+        })
+    }
+
+    pub fn learn_mut(&mut self) -> Option<&mut LearnReview> {
+        self.0.iter_mut().rev().find_map(|o| match o {
+            Overlay::Learn(l) => Some(&mut **l),
+            _ => None,
+        })
+    }
+
+    /// Closes the learned-policy review and every layer opened over it.
+    pub fn close_learn(&mut self) -> bool {
+        match self.0.iter().rposition(|o| matches!(o, Overlay::Learn(_))) {
+            Some(i) => {
+                self.0.truncate(i);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn has_help(&self) -> bool {

@@ -420,6 +420,11 @@ pub(crate) fn open_editor(state: &mut State) {
 
 /// Runs `f` on the open editor, then re-validates it if `f` says the form changed.
 pub(crate) fn with_editor(state: &mut State, f: impl FnOnce(&mut RuleEditor) -> bool) {
+    if state.overlays.learn().is_some() {
+        // Opened from the learned-policy review: checked against the policy it makes.
+        super::learn::with_editor(state, f);
+        return;
+    }
     let (Some(editor), Some(draft)) = (state.overlays.editor_mut(), &state.authoring.draft) else {
         return;
     };

@@ -13,6 +13,7 @@ pub(crate) mod authoring;
 mod cases;
 mod command;
 mod ingest;
+pub(crate) mod learn;
 mod pins;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,7 @@ use crate::console::input::{KeyAction, keys};
 use crate::console::model::draft::{Edit, parse_rate, parse_window};
 use crate::console::model::editor::Field;
 use crate::console::model::filter::{Filter, Matcher};
+use crate::console::model::learn::Choice;
 use crate::console::model::{
     Effect, Layout, Link, MESSAGE_TTL, Overlay, Pending, Prompt, SeenGateway, State, View,
     WriteFailure, limit_rows, window_short,
@@ -140,7 +142,11 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
         }
         AppEvent::Tick => {}
         AppEvent::PolicyFile { path, result } => authoring::loaded(state, path, result),
-        AppEvent::PolicyWritten { text, result } => authoring::written(state, text, result),
+        AppEvent::PolicyWritten { text, result } => {
+            let ok = result.is_ok();
+            authoring::written(state, text, result);
+            learn::written(state, ok);
+        }
         AppEvent::CaseWritten {
             path,
             name,
@@ -189,6 +195,9 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
             .overlays
             .open_prompt(Prompt::Command(Input::default())),
         KeyAction::Quit => {
+            if learn::quit(state) {
+                return;
+            }
             if state.holds.is_empty() {
                 state.quit = true;
             } else {
@@ -266,11 +275,18 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
         KeyAction::Submit => submit(state),
         KeyAction::Confirm => match state.overlays.top() {
             Some(Overlay::Prompt(Prompt::ConfirmQuit)) => state.quit = true,
-            Some(Overlay::Review(_)) => authoring::confirm(state),
+            Some(Overlay::Prompt(Prompt::DropLearned { quit })) => {
+                let quit = *quit;
+                learn::drop_choices(state, quit);
+            }
+            Some(Overlay::Review(_)) => {
+                authoring::confirm(state);
+                learn::confirmed(state);
+            }
             _ => {}
         },
         KeyAction::Cancel => match state.overlays.top() {
-            Some(Overlay::Prompt(Prompt::ConfirmQuit)) => {
+            Some(Overlay::Prompt(Prompt::ConfirmQuit | Prompt::DropLearned { .. })) => {
                 state.overlays.pop();
             }
             Some(Overlay::Review(_)) => authoring::cancel(state),
@@ -331,7 +347,19 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
         | KeyAction::EditorAddCondition
         | KeyAction::EditorRemove
         | KeyAction::EditorCompletePath => edit_rule(state, action),
-        KeyAction::EditorSave => authoring::save_editor(state),
+        KeyAction::EditorSave => {
+            if !learn::save_editor(state) {
+                authoring::save_editor(state);
+            }
+        }
+        KeyAction::LearnAccept => learn::decide(state, Choice::Accepted),
+        KeyAction::LearnReject => learn::decide(state, Choice::Rejected),
+        KeyAction::LearnSkip => learn::decide(state, Choice::Skipped),
+        KeyAction::LearnEdit => learn::open_editor(state),
+        KeyAction::LearnWiden => learn::widen(state),
+        KeyAction::LearnPrevious => learn::previous(state),
+        KeyAction::LearnNext => learn::next(state),
+        KeyAction::LearnWrite => learn::write(state),
         KeyAction::EditCounterMax => open_counter_edit(state, true),
         KeyAction::EditCounterWindow => open_counter_edit(state, false),
         KeyAction::SetTheme(name) => state.effects.push(Effect::LoadTheme(name)),
@@ -340,6 +368,12 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
                 && let Some(r) = state.overlays.review_mut()
             {
                 r.scroll = r.scroll.saturating_add_signed(by);
+                return;
+            }
+            if let Some(Overlay::Learn(_)) = state.overlays.top()
+                && let Some(l) = state.overlays.learn_mut()
+            {
+                l.scroll = l.scroll.saturating_add_signed(by);
                 return;
             }
             let scroll = match state.view {
@@ -369,7 +403,7 @@ fn edit_prompt(state: &mut State, req: tui_input::InputRequest) {
             input.handle(req);
             None
         }
-        Some(Prompt::ConfirmQuit) | None => None,
+        Some(Prompt::ConfirmQuit | Prompt::DropLearned { .. }) | None => None,
     };
     if let Some(text) = filter_changed {
         set_filter(state, &text);
@@ -447,8 +481,13 @@ fn back(state: &mut State) {
         Some(Overlay::Review(_)) => authoring::cancel(state),
         Some(Overlay::Editor(_)) => {
             state.overlays.pop();
-            state.say("rule editor closed; the draft keeps only what was saved (C-s)");
+            if state.overlays.learn().is_some() {
+                state.say("rule editor closed; the proposal is as it was");
+            } else {
+                state.say("rule editor closed; the draft keeps only what was saved (C-s)");
+            }
         }
+        Some(Overlay::Learn(_)) => learn::leave(state),
         // Esc on the filter line keeps the filter typed so far; `ClearFilter` removes it.
         Some(Overlay::Prompt(_) | Overlay::Help) => {
             state.overlays.pop();
@@ -556,6 +595,7 @@ fn submit(state: &mut State) {
     };
     match prompt {
         Prompt::ConfirmQuit => state.overlays.open_prompt(Prompt::ConfirmQuit),
+        Prompt::DropLearned { quit } => state.overlays.open_prompt(Prompt::DropLearned { quit }),
         Prompt::Filter(input) => set_filter(state, input.value()),
         Prompt::Rate { tool, input } => match parse_rate(input.value()) {
             Ok((max, window)) => authoring::edit_and_review(

@@ -53,14 +53,26 @@ fn choice(value: &str, field: Field, style: Style) -> Piece {
 }
 
 /// Draws the editor over `area`; returns where the terminal cursor goes.
-pub(super) fn draw(buf: &mut Buffer, area: Rect, t: &Theme, e: &RuleEditor) -> Option<(u16, u16)> {
+/// `learned`: opened on a proposal of the learned-policy review, where saving accepts it.
+pub(super) fn draw(
+    buf: &mut Buffer,
+    area: Rect,
+    t: &Theme,
+    e: &RuleEditor,
+    learned: bool,
+) -> Option<(u16, u16)> {
     Clear.render(area, buf);
+    let save = if learned {
+        "C-s accept as edited"
+    } else {
+        "C-s save+write"
+    };
     let block = Block::default()
         .borders(Borders::ALL)
         .border_style(t.accent)
         .title(Span::styled(
             format!(
-                " Rule {} · C-s save+write · Esc close · Tab next · ←→ choose ",
+                " Rule {} · {save} · Esc close · Tab next · ←→ choose ",
                 terminal_string(e.key.clone())
             ),
             t.accent,
@@ -135,7 +147,11 @@ pub(super) fn draw(buf: &mut Buffer, area: Rect, t: &Theme, e: &RuleEditor) -> O
     lines.push(Vec::new());
     if e.problems.is_empty() {
         lines.push(vec![label(
-            "✓ valid: C-s puts it in the draft and shows the diff",
+            if learned {
+                "✓ valid: C-s accepts the proposal with this rule"
+            } else {
+                "✓ valid: C-s puts it in the draft and shows the diff"
+            },
             t.ok,
         )]);
     } else {

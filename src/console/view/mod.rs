@@ -16,6 +16,7 @@ mod diff;
 mod editor;
 mod help;
 mod holds;
+mod learn;
 mod limits;
 mod live;
 mod policy;
@@ -86,7 +87,11 @@ pub fn draw(frame: &mut Frame, state: &State, view: &mut ViewState) {
     for overlay in state.overlays.iter() {
         match overlay {
             Overlay::Help => help::draw(buf, body, state, t),
-            Overlay::Editor(e) => editor_cursor = editor::draw(buf, body, t, e),
+            Overlay::Learn(l) => learn::draw(buf, body, state, t, l),
+            Overlay::Editor(e) => {
+                let learned = state.overlays.learn().is_some();
+                editor_cursor = editor::draw(buf, body, t, e, learned);
+            }
             Overlay::Review(r) => diff::draw(buf, body, state, t, r),
             // A prompt is the bottom line, drawn with it.
             Overlay::Prompt(_) => {}

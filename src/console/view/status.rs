@@ -177,6 +177,21 @@ pub(super) fn bottom_line(buf: &mut Buffer, area: Rect, state: &State, t: &Theme
             );
             buf.set_stringn(area.x, area.y, text, area.width as usize, t.hold);
         }
+        Some(Prompt::DropLearned { quit }) => {
+            let n = state.overlays.learn().map_or(0, |r| {
+                r.items
+                    .iter()
+                    .filter(|i| i.choice != crate::console::model::learn::Choice::Open)
+                    .count()
+            });
+            let text = format!(
+                " {n} choice{} in the learned-policy review not written. Drop {} and {}? y/n",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "it" } else { "them" },
+                if *quit { "quit" } else { "close the review" }
+            );
+            buf.set_stringn(area.x, area.y, text, area.width as usize, t.hold);
+        }
         None => {
             let mut spans = Vec::new();
             let changed = state.open_reviews().len();
@@ -243,7 +258,7 @@ pub(super) fn cursor(area: Rect, state: &State) -> Option<(u16, u16)> {
             max,
             input,
         } => (super::width(&counter_label(counter, *max)), input),
-        Prompt::ConfirmQuit => return None,
+        Prompt::ConfirmQuit | Prompt::DropLearned { .. } => return None,
     };
     let x = area.x as usize + label_w + input.visual_cursor();
     Some((
