@@ -998,6 +998,15 @@ mod tests {
         );
     }
 
+    /// The proposals file is what the console's review reads back (`--review-learned`).
+    #[test]
+    fn a_draft_written_as_the_proposals_file_reads_back_the_same() {
+        let draft = propose(&traffic(), &read_only);
+        let text = crate::sanitize::json_pretty(&draft).unwrap();
+        let read: Draft = serde_json::from_str(&text).unwrap();
+        assert_eq!(read, draft);
+    }
+
     #[test]
     fn since_reads_durations_back_from_now() {
         let now = DateTime::from_timestamp_millis(T0).unwrap();
