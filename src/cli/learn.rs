@@ -104,6 +104,22 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(grant) = &args.grant {
         observations.retain(|o| o.grant.as_deref() == Some(grant.as_str()));
     }
+    let unnameable: std::collections::BTreeSet<String> = observations
+        .iter()
+        .filter(|o| !propose::nameable(&o.tool))
+        .map(|o| o.tool.clone())
+        .collect();
+    for tool in &unnameable {
+        eprintln!(
+            "{}",
+            terminal_text(&format!(
+                "warning: tool {tool:?} has * or ? in its name, which a policy key reads as a \
+                 glob: not proposed (its calls are left to the default) and left out of the \
+                 what-if"
+            ))
+        );
+    }
+    observations.retain(|o| propose::nameable(&o.tool));
     if observations.is_empty() {
         eprintln!(
             "{}",

@@ -217,10 +217,18 @@ pub(crate) struct Refused {
     pub(crate) reason: String,
 }
 
-/// The calls grouped by tool name, tools in name order, calls in the order given.
+/// Whether a policy can name `tool` by a key: a key with `*` or `?` is a glob (there is no
+/// escaping), so a rule for a tool named `*` would decide every tool. Such tools are never
+/// proposed; their calls stay with the default.
+pub(crate) fn nameable(tool: &str) -> bool {
+    !tool.contains(['*', '?'])
+}
+
+/// The calls grouped by tool name, tools in name order, calls in the order given; tools a
+/// key cannot name ([`nameable`]) are left out.
 fn by_tool(observations: &[Observation]) -> BTreeMap<&str, Vec<&Observation>> {
     let mut tools: BTreeMap<&str, Vec<&Observation>> = BTreeMap::new();
-    for o in observations {
+    for o in observations.iter().filter(|o| nameable(&o.tool)) {
         tools.entry(o.tool.as_str()).or_default().push(o);
     }
     tools
@@ -995,6 +1003,22 @@ mod tests {
         assert_eq!(
             read.rule.as_ref().unwrap()["action"],
             json!("require_approval")
+        );
+    }
+
+    #[test]
+    fn a_tool_named_like_a_glob_is_never_proposed() {
+        let calls = vec![
+            call(T0, "ci", "*", json!({})),
+            call(T0, "ci", "read?", json!({})),
+            call(T0, "ci", "read", json!({})),
+        ];
+        let draft = propose(&calls, &read_only);
+        let tools: Vec<&str> = draft.proposals.iter().map(|p| p.tool.as_str()).collect();
+        assert_eq!(tools, ["read"]);
+        assert_eq!(
+            decide(&policy_of(&draft), "write", json!({})),
+            Verdict::Deny
         );
     }
 
