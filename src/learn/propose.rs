@@ -614,10 +614,15 @@ fn conditions_for(
         }
         let values: Vec<Value> = stats.strings.iter().map(|s| json!(s)).collect();
         let n = values.len();
+        let shown: Vec<String> = values.iter().take(5).map(Value::to_string).collect();
+        let more = if n > 5 { ", ..." } else { "" };
         let op = if always { "in" } else { "not_in" };
         return (
             vec![(op, Value::Array(values))],
-            Some(format!("{presence}; {n} distinct string(s)")),
+            Some(format!(
+                "{presence}; {n} distinct string(s): {}{more}",
+                shown.join(", ")
+            )),
         );
     }
     if only("number")
