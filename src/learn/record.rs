@@ -1,21 +1,22 @@
 //! The gateway's recorder: each decided `tools/call` becomes an [`Observation`], stored off
 //! the call's path.
 //!
-//! A call hands its observation (arguments as they came, not yet redacted) to a bounded
-//! channel with `try_send` and goes on: the call never waits for the recorder. A thread of
-//! its own redacts the arguments ([`super::observed_args`]) and writes observations to the
-//! [`LearnStore`] in batches (whatever queued while it wrote). When the channel is full the
-//! observation is dropped and counted, and the log says so (the first time, then every
-//! 1,000th): under overload learning loses calls, the gateway never slows down for it.
+//! A call pushes its observation (arguments as they came, not yet redacted) onto a bounded
+//! queue and goes on: the call never waits for the recorder, and never wakes it (a wake-up
+//! is a system call). A thread of its own takes the queue every 50 ms (sooner when it is
+//! half full), redacts the arguments ([`super::observed_args`]) and writes the observations
+//! to the [`LearnStore`] in one batch. When the queue is full the observation is dropped and
+//! counted, and the log says so (the first time, then every 1,000th): under overload
+//! learning loses calls, the gateway never slows down for it.
 //!
 //! A held call is kept by the thread until its resolution arrives, so that its observation
 //! says whether a person approved it; one still held when the gateway stops is written
 //! unresolved (`approved: None`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::Observation;
@@ -27,8 +28,10 @@ pub(crate) const QUEUE: usize = 8192;
 /// Held calls whose resolution the thread waits for; beyond it a held call is written at
 /// once, unresolved.
 const MAX_WAITING_HOLDS: usize = 10_000;
-/// The most observations written in one transaction.
-const BATCH: usize = 512;
+/// How often the thread takes what was queued. A call never wakes it (a wake-up is a system
+/// call, several microseconds on a busy machine): it wakes on this tick, or early when the
+/// queue is half full.
+const TICK: Duration = Duration::from_millis(50);
 
 enum Message {
     Call {
@@ -46,14 +49,40 @@ enum Message {
     Stop,
 }
 
+/// The queue between the calls and the thread.
+struct Queue {
+    messages: Mutex<Vec<Message>>,
+    /// Wakes the thread before its tick (half full, flush, stop).
+    wake: Condvar,
+    capacity: usize,
+}
+
+impl Queue {
+    /// Queues `message` unless the queue holds `capacity` messages already; control messages
+    /// (flush, stop) always fit.
+    fn push(&self, message: Message, control: bool) -> bool {
+        let mut messages = crate::sync::lock(&self.messages);
+        if !control && messages.len() >= self.capacity {
+            return false;
+        }
+        messages.push(message);
+        let wake = control || messages.len() == self.capacity / 2;
+        drop(messages);
+        if wake {
+            self.wake.notify_one();
+        }
+        true
+    }
+}
+
 /// One per gateway process: hands observations to the recording thread.
 pub(crate) struct Recorder {
-    tx: SyncSender<Message>,
+    queue: Arc<Queue>,
     /// `--learn`: record whatever the policy says; otherwise only while the policy in force
     /// has `"learn": true`.
     always: bool,
-    dropped: Arc<AtomicU64>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    dropped: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     store: String,
 }
 
@@ -78,16 +107,23 @@ impl Recorder {
         always: bool,
         queue: usize,
     ) -> std::io::Result<Recorder> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        let queue = Arc::new(Queue {
+            messages: Mutex::new(Vec::with_capacity(queue)),
+            wake: Condvar::new(),
+            capacity: queue.max(1),
+        });
         let shown = store.describe();
-        let thread = std::thread::Builder::new()
-            .name("toolgate-learn".into())
-            .spawn(move || Writer::new(store).run(rx))?;
+        let thread = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("toolgate-learn".into())
+                .spawn(move || Writer::new(store).run(&queue))?
+        };
         Ok(Recorder {
-            tx,
+            queue,
             always,
-            dropped: Arc::new(AtomicU64::new(0)),
-            thread: std::sync::Mutex::new(Some(thread)),
+            dropped: AtomicU64::new(0),
+            thread: Mutex::new(Some(thread)),
             store: shown,
         })
     }
@@ -102,18 +138,16 @@ impl Recorder {
         &self.store
     }
 
-    /// Queues one decided call (`held`: its call id, when it is held). Never blocks.
+    /// Queues one decided call (`held`: its call id, when it is held). Never blocks beyond
+    /// the queue's lock, held only to push.
     pub(crate) fn record(&self, observation: Observation, held: Option<String>) {
-        match self.tx.try_send(Message::Call { observation, held }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if dropped == 1 || dropped.is_multiple_of(1000) {
-                    tracing::warn!(
-                        "learn: {dropped} observation(s) dropped so far: the recorder is \
-                         behind (the calls themselves are not affected)"
-                    );
-                }
+        if !self.queue.push(Message::Call { observation, held }, false) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped == 1 || dropped.is_multiple_of(1000) {
+                tracing::warn!(
+                    "learn: {dropped} observation(s) dropped so far: the recorder is behind \
+                     (the calls themselves are not affected)"
+                );
             }
         }
     }
@@ -123,10 +157,13 @@ impl Recorder {
     pub(crate) fn resolved(&self, call_id: &str, approved: Option<bool>) {
         // A resolution that does not fit leaves the call unresolved, which is what the
         // review then reads (never "approved").
-        let _ = self.tx.try_send(Message::Resolved {
-            call_id: call_id.to_owned(),
-            approved,
-        });
+        self.queue.push(
+            Message::Resolved {
+                call_id: call_id.to_owned(),
+                approved,
+            },
+            false,
+        );
     }
 
     /// How many observations were dropped because the recorder was behind.
@@ -137,18 +174,17 @@ impl Recorder {
     /// Waits until everything queued so far is written (at most `within`).
     pub(crate) fn flush(&self, within: Duration) -> bool {
         let (ack, done) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(Message::Flush(ack)).is_err() {
-            return false;
-        }
+        self.queue.push(Message::Flush(ack), true);
         done.recv_timeout(within).is_ok()
     }
 
     /// Writes everything (held calls unresolved) and ends the thread.
     pub(crate) fn close(&self) {
-        let _ = self.tx.send(Message::Stop);
-        if let Some(thread) = crate::sync::lock(&self.thread).take() {
-            let _ = thread.join();
-        }
+        let Some(thread) = crate::sync::lock(&self.thread).take() else {
+            return;
+        };
+        self.queue.push(Message::Stop, true);
+        let _ = thread.join();
         let dropped = self.dropped();
         if dropped > 0 {
             tracing::warn!("learn: {dropped} observation(s) were dropped while recording");
@@ -180,16 +216,24 @@ impl Writer {
         }
     }
 
-    fn run(mut self, rx: Receiver<Message>) {
-        // Ends on `Stop`, or when every sender is gone.
-        while let Ok(first) = rx.recv() {
-            let mut acks = Vec::new();
-            let mut stop = self.take(first, &mut acks);
-            while !stop && self.batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(message) => stop = self.take(message, &mut acks),
-                    Err(_) => break,
+    /// Takes what was queued on each tick (or wake-up) and writes it, until `Stop`.
+    fn run(mut self, queue: &Queue) {
+        let mut taken = Vec::new();
+        loop {
+            {
+                let mut messages = crate::sync::lock(&queue.messages);
+                if messages.is_empty() {
+                    messages = match queue.wake.wait_timeout(messages, TICK) {
+                        Ok((messages, _)) => messages,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    };
                 }
+                std::mem::swap(&mut *messages, &mut taken);
+            }
+            let mut acks = Vec::new();
+            let mut stop = false;
+            for message in taken.drain(..) {
+                stop |= self.take(message, &mut acks);
             }
             self.write();
             for ack in acks {
