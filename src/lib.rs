@@ -12,6 +12,7 @@
 //!   and the clients `tail`, `approve`, `deny` use.
 //! - [`console`] — the ratatui console.
 //! - [`demo`] — the embedded demo: demo MCP server, simulated agents.
+//! - `learn` — learn mode: observations recorded by a gateway, and the policy proposed from them.
 //! - `pins` — tool pinning: fingerprints, description checks, diffs, the pin store.
 //! - [`scan`] — `toolgate scan`: classify a server's tools by risk, suggest a policy.
 //! - [`redact`] — which argument keys are secrets, and how they are hidden.
@@ -33,7 +34,6 @@ mod credentials;
 mod demo;
 mod gateway;
 mod hashing;
-#[allow(dead_code)] // the recorder and `toolgate learn` land next (issue 21)
 mod learn;
 mod listen;
 mod pins;

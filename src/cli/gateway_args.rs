@@ -20,6 +20,7 @@ use crate::gateway::reload::{ShadowPolicyInForce, load_and_watch_shadow};
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
+use crate::learn::record::Recorder;
 use crate::policy::{StoreSpec, StoreWorker};
 use crate::tls::{ServerTls, TlsFiles};
 use crate::wire::EventKind;
@@ -96,6 +97,13 @@ pub(super) struct GatewayArgs {
     pub max_message: usize,
     #[command(flatten)]
     pub counters: CounterArgs,
+    /// Learn mode: record every tool call (time, server, tool, grant, decision, and its
+    /// argument values, secret-looking ones as their type only) beside the counters, for
+    /// `toolgate learn` to propose a policy from. Kept 7 days, at most 100,000 calls per
+    /// server; `toolgate learn --forget` erases them. A policy's `"learn": true` does the
+    /// same while it is in force.
+    #[arg(long)]
+    pub learn: bool,
     /// Export traces (a SERVER and a CLIENT span per MCP request) and metrics to this
     /// OpenTelemetry collector's OTLP base URL, e.g. http://127.0.0.1:4318 (they go to
     /// /v1/traces and /v1/metrics; OTEL_METRIC_EXPORT_INTERVAL, default 60000 ms), or
@@ -129,6 +137,9 @@ pub(super) struct Started {
     metrics_export: Option<crate::telemetry::MetricsExport>,
     /// Tool pins, in the counters' store; they answer the `accept_pin` command.
     pub pins: Arc<ToolPins>,
+    /// Learn mode's recorder, where the counters keep observations (none with
+    /// `--counters memory`).
+    pub learn: Option<Arc<Recorder>>,
     control: Option<ControlHandle>,
     /// `--operators`, applied as the file changes (for `serve`'s `/control` too).
     pub operators: Option<OperatorsHandle>,
@@ -359,6 +370,7 @@ impl Begun {
         let pins = Arc::new(ToolPins::new(pin_store, hub.clone()));
         let review: std::sync::Weak<dyn PinReview> = Arc::downgrade(&pins) as _;
         hub.set_pin_review(review);
+        let learn = start_recorder(args, &policy)?;
         tracing::info!(
             "gateway {id}: policy {}, audit {} (key {}), counters {}",
             policy.path.display(),
@@ -377,6 +389,7 @@ impl Begun {
             metrics,
             metrics_export,
             pins,
+            learn,
             control,
             operators,
             _operators: operators_watch,
@@ -402,6 +415,10 @@ impl Started {
             control.shutdown().await;
         }
         self.audit.close();
+        if let Some(learn) = self.learn {
+            // Writes what is queued (held calls unresolved) on a thread that may block.
+            let _ = tokio::task::spawn_blocking(move || learn.close()).await;
+        }
         if let Some(traces) = self.traces {
             // Exporting what is queued blocks (at most the exporter's timeout).
             let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
@@ -412,6 +429,41 @@ impl Started {
             let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
         }
     }
+}
+
+/// Starts learn mode's recorder where the counters are: always (it costs nothing until a
+/// call is recorded), so that a policy that turns `"learn": true` on applies at once.
+/// `--learn` with `--counters memory` is refused: nothing would outlive the process.
+fn start_recorder(
+    args: &GatewayArgs,
+    policy: &PolicyInForce,
+) -> anyhow::Result<Option<Arc<Recorder>>> {
+    let spec = args.counters.spec()?;
+    let store = crate::learn::store::open(&spec, args.counters.counters_prefix.as_deref())
+        .context("cannot open the observation store (where --counters are)")?;
+    let Some(store) = store else {
+        if args.learn {
+            anyhow::bail!(
+                "--learn needs counters that outlive this process (a SQLite file or Redis): \
+                 with --counters memory the observations would be lost at exit"
+            );
+        }
+        if policy.handle.load().learn() {
+            tracing::warn!(
+                "the policy says \"learn\": true, but --counters memory keeps nothing: no \
+                 observations are recorded"
+            );
+        }
+        return Ok(None);
+    };
+    let recorder = Recorder::start(store, args.learn).context("cannot start the recorder")?;
+    if args.learn || policy.handle.load().learn() {
+        tracing::info!(
+            "learn mode: every tool call is recorded, argument values included, in {}",
+            recorder.store()
+        );
+    }
+    Ok(Some(Arc::new(recorder)))
 }
 
 /// Reopens the audit log at its path on every SIGHUP (after rotation by a tool that expects

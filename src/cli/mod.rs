@@ -18,6 +18,7 @@ mod gateway_args;
 mod gateways;
 mod grants;
 mod junit;
+mod learn;
 mod operators;
 mod pins;
 mod remote_args;
@@ -61,6 +62,7 @@ enum Command {
     Gateways(gateways::Args),
     Scan(scan::Args),
     Pins(pins::Args),
+    Learn(learn::Args),
     Completions(CompletionsArgs),
 }
 
@@ -91,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Gateways(args) => gateways::run(args),
         Command::Scan(args) => scan::run(args),
         Command::Pins(args) => pins::run(args),
+        Command::Learn(args) => learn::run(args),
         Command::Completions(args) => {
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), "toolgate", &mut script);

@@ -273,7 +273,8 @@ async fn run_async(args: Args, limit: fd_limit::FileLimit) -> anyhow::Result<Exi
         .with_audit(started.audit.clone())
         .with_traces(started.traces.clone())
         .with_pins(Some(started.pins.clone()), None)
-        .with_shadow_policy(started.shadow_handle()),
+        .with_shadow_policy(started.shadow_handle())
+        .with_learn(started.learn.clone()),
     );
     let names: Vec<String> = servers.keys().cloned().collect();
     if let Some((unknown, _)) = args

@@ -91,7 +91,8 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         .with_audit(started.audit.clone())
         .with_traces(started.traces.clone())
         .with_pins(Some(started.pins.clone()), args.server_id)
-        .with_shadow_policy(started.shadow_handle()),
+        .with_shadow_policy(started.shadow_handle())
+        .with_learn(started.learn.clone()),
     );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

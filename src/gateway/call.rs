@@ -212,6 +212,58 @@ impl Gateway {
         }
     }
 
+    /// Whether this call is to be recorded for learn mode: a recorder, and `--learn` or the
+    /// policy in force's `"learn": true`. Asked before the arguments move into the event.
+    pub(crate) fn observing(&self) -> bool {
+        self.learn
+            .as_ref()
+            .is_some_and(|r| r.always() || self.policy.load().learn())
+    }
+
+    /// Hands a decided call to the recorder (see [`crate::learn::record`]): queued, never
+    /// waited for; the arguments are redacted on the recorder's thread.
+    pub(crate) fn observe(
+        &self,
+        server: &str,
+        tool: &str,
+        args: Value,
+        call_id: &str,
+        verdict: Verdict,
+    ) {
+        let Some(recorder) = &self.learn else { return };
+        let decision = match verdict {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::Hold => "hold",
+        };
+        let held = (verdict == Verdict::Hold).then(|| call_id.to_owned());
+        recorder.record(
+            crate::learn::Observation {
+                at: self.clock.now(),
+                server: server.to_owned(),
+                tool: tool.to_owned(),
+                grant: Some(self.grant.clone()),
+                decision: decision.to_owned(),
+                approved: None,
+                args,
+            },
+            held,
+        );
+    }
+
+    /// A held call's resolution, for its observation: approved or not by a person, or the
+    /// timeout's refusal (not approved); a cancelled call was never decided.
+    pub(crate) fn observe_resolution(&self, call_id: &str, resolution: &Resolution) {
+        let Some(recorder) = &self.learn else { return };
+        let approved = match resolution.by {
+            ResolvedBy::Operator => Some(resolution.approved),
+            ResolvedBy::Timeout => Some(false),
+            ResolvedBy::Cancellation | ResolvedBy::Shutdown => None,
+        };
+        recorder.resolved(call_id, approved);
+    }
+
     /// Gives a reservation's units back (a call denied, timed out, cancelled, or that never
     /// reached the upstream) and publishes the counters' new state, on the store's thread.
     pub fn release(&self, reservation: &Reservation) {

@@ -988,6 +988,8 @@ impl Shared {
         } = call;
         // Taken before the arguments move into the call's event.
         let continuation = continuation_key(modern, &args);
+        // Learn mode keeps a copy, recorded once the decision is final.
+        let observed = self.gateway.observing().then(|| args.clone());
         let (call_id, decision) = self.gateway.publish_decision(
             &self.session,
             &params.name,
@@ -998,6 +1000,15 @@ impl Shared {
         );
         if let Some(spans) = &spans {
             spans.decided(&self.gateway.grant, &decision);
+        }
+        if let Some(args) = observed {
+            self.gateway.observe(
+                self.server_identity(),
+                &params.name,
+                args,
+                &call_id,
+                decision.verdict,
+            );
         }
         // Whether this call still owns its id (always, unless it waited for the store).
         let owns_id = |state: &ConnState| {
@@ -1155,6 +1166,7 @@ impl Shared {
         else {
             return;
         };
+        self.gateway.observe_resolution(&call_id, &resolution);
         let held = {
             let mut state = self.lock();
             let Some(held) = state.holds.remove(&id) else {

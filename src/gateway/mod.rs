@@ -120,6 +120,9 @@ pub struct Gateway {
     /// `--shadow-policy`: every call is also decided by it, and a difference is reported as
     /// the decision's shadow.
     pub shadow_policy: Option<ShadowPolicyHandle>,
+    /// Learn mode's recorder (where observations can be kept); a call is recorded when
+    /// `--learn` was given or the policy in force says `"learn": true`.
+    pub(crate) learn: Option<Arc<crate::learn::record::Recorder>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -155,6 +158,7 @@ impl Gateway {
             pins: None,
             server_id: None,
             shadow_policy: None,
+            learn: None,
         }
     }
 
@@ -182,6 +186,15 @@ impl Gateway {
     /// The same gateway deciding every call by `shadow` too (`--shadow-policy`).
     pub fn with_shadow_policy(mut self, shadow: Option<ShadowPolicyHandle>) -> Gateway {
         self.shadow_policy = shadow;
+        self
+    }
+
+    /// The same gateway recording observations through `recorder` (learn mode).
+    pub(crate) fn with_learn(
+        mut self,
+        recorder: Option<Arc<crate::learn::record::Recorder>>,
+    ) -> Gateway {
+        self.learn = recorder;
         self
     }
 
@@ -274,6 +287,41 @@ mod tests {
         let ts: DateTime<Utc> = serde_json::from_value(record["ts"].clone()).unwrap();
         assert_eq!(ts, at);
     }
+    /// Learn mode is opt-in: a gateway whose counters persist has a recorder, but records
+    /// only with `--learn` or while the policy in force says `"learn": true`.
+    #[test]
+    fn calls_are_observed_only_with_learn_on_the_command_line_or_in_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = |learn_policy: bool, flag: bool| {
+            let text = format!(r#"{{"version":"1","default":"allow","learn":{learn_policy}}}"#);
+            let policy = Policy::parse(&text, "policy.json").unwrap();
+            let hub = Hub::new(GatewayInfo {
+                id: "gw".into(),
+                pid: 1,
+                version: "test".into(),
+                grant: "tester".into(),
+                server: "fake".into(),
+                policy: "/tmp/policy.json".into(),
+                started_at: Utc::now(),
+            });
+            let store = crate::learn::store::SqliteLearn::lazy(&dir.path().join("l.sqlite3"));
+            let recorder = crate::learn::record::Recorder::start(Arc::new(store), flag).unwrap();
+            Gateway::new(
+                Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+                Arc::new(MemoryStore::new()),
+                hub,
+                "tester",
+                "fake",
+            )
+            .with_learn(Some(Arc::new(recorder)))
+        };
+        assert!(!gateway(false, false).observing());
+        assert!(gateway(true, false).observing());
+        assert!(gateway(false, true).observing());
+        let without = gateway(false, false).with_learn(None);
+        assert!(!without.observing());
+    }
+
     /// Shadow limits through a store that answers on its own thread (SQLite), so the
     /// admissions of the enforced decision and of both shadows are waited for together.
     #[tokio::test]

@@ -48,6 +48,7 @@ const TOP_FIELDS: &[&str] = &[
     "tools",
     "pins",
     "quarantine_flagged",
+    "learn",
 ];
 const RULE_FIELDS: &[&str] = &[
     "action",
@@ -64,40 +65,6 @@ const LIMIT_FIELDS: &[&str] = &["counter", "window", "max", "scope"];
 const RATE_LIMIT_FIELDS: &[&str] = &["max", "window"];
 const ALL_TOOLS_FIELDS: &[&str] = &["limits"];
 const CONDITION_FIELDS: &[&str] = &["path", "op", "value"];
-
-/// A field the policy format defines for a feature this version does not implement yet.
-/// Its presence refuses the policy (with a message saying so, not "unknown field"): a
-/// `"learn": true` silently ignored would make the gateway do something other than what the
-/// file says.
-struct LaterField {
-    /// Where the field belongs (the `what` of [`Compiler::object`]).
-    within: &'static str,
-    name: &'static str,
-    /// The values the format allows, for a type check that costs nothing.
-    values: LaterValues,
-    /// The feature it belongs to.
-    feature: &'static str,
-    /// What enforcing the file without the feature would get wrong.
-    without: &'static str,
-}
-
-enum LaterValues {
-    Boolean,
-}
-
-const LATER_FIELDS: &[LaterField] = &[LaterField {
-    within: "the policy",
-    name: "learn",
-    values: LaterValues::Boolean,
-    feature: "learn mode",
-    without: "no observations would be recorded",
-}];
-
-fn later_field(within: &str, name: &str) -> Option<&'static LaterField> {
-    LATER_FIELDS
-        .iter()
-        .find(|f| f.within == within && f.name == name)
-}
 
 const WINDOW_HINT: &str = "expected second, minute, hour, day, seconds or a duration like \"10m\"";
 
@@ -218,9 +185,7 @@ impl Compiler {
             return None;
         };
         for m in members {
-            if let Some(later) = later_field(what, &m.key) {
-                self.not_implemented(m, &child(pointer, &m.key), later);
-            } else if !allowed.contains(&m.key.as_str()) {
+            if !allowed.contains(&m.key.as_str()) {
                 self.problem(
                     m.key_offset,
                     child(pointer, &m.key),
@@ -230,43 +195,6 @@ impl Compiler {
             }
         }
         Some(members)
-    }
-
-    /// Reports a field of the format this version does not implement: its value checked for
-    /// type first (a wrong value is reported as such), then the field itself.
-    fn not_implemented(&mut self, m: &Member, pointer: &str, later: &LaterField) {
-        let node = &m.value;
-        let name = later.name;
-        let fits = match later.values {
-            LaterValues::Boolean => matches!(node.value, Value::Bool(_)),
-        };
-        if !fits {
-            let expected = match later.values {
-                LaterValues::Boolean => "true or false".to_string(),
-            };
-            self.problem(
-                node.offset,
-                pointer.to_string(),
-                format!("{} must be {expected}, found {}", quote(name), shown(node)),
-                String::new(),
-            );
-        }
-        self.problem(
-            m.key_offset,
-            pointer.to_string(),
-            format!(
-                "field {} is part of the policy format ({}) but this toolgate ({}) does not \
-                 implement it; the policy is refused, since without it {}",
-                quote(name),
-                later.feature,
-                env!("CARGO_PKG_VERSION"),
-                later.without,
-            ),
-            format!(
-                "remove {} to use this policy with this version, or upgrade toolgate",
-                quote(name)
-            ),
-        );
     }
 
     fn require_field<'n>(
@@ -375,6 +303,7 @@ impl Compiler {
             shadow_policy_counter_names: Vec::new(),
             pins: PinMode::Warn,
             quarantine_flagged: false,
+            learn: false,
         };
 
         // Members in document order, so that "the second definition" of a counter is the
@@ -437,6 +366,17 @@ impl Compiler {
                                 "quarantine_flagged must be true or false, found {}",
                                 node.kind()
                             ),
+                        );
+                        ok = false;
+                    }
+                },
+                "learn" => match &node.value {
+                    Value::Bool(b) => policy.learn = *b,
+                    _ => {
+                        self.error(
+                            node,
+                            &ptr,
+                            format!("\"learn\" must be true or false, found {}", shown(node)),
                         );
                         ok = false;
                     }

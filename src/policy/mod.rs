@@ -247,6 +247,8 @@ pub struct Policy {
     pins: PinMode,
     /// `quarantine_flagged`: a flagged description quarantines its tool.
     quarantine_flagged: bool,
+    /// `learn`: the gateway records observations for `toolgate learn`.
+    learn: bool,
 }
 
 /// The policy's `pins`: what happens when a tool's definition differs from its pin.
@@ -405,6 +407,11 @@ impl Policy {
     /// The policy's `pins` (`warn` when absent).
     pub fn pins(&self) -> PinMode {
         self.pins
+    }
+
+    /// The policy's `learn` (`false` when absent): record observations (learn mode).
+    pub fn learn(&self) -> bool {
+        self.learn
     }
 
     /// The policy's `quarantine_flagged` (`false` when absent).

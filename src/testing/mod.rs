@@ -89,6 +89,45 @@ pub mod scan {
     pub use crate::scan::{classify, suggested_rule};
 }
 
+/// Learn mode: what a gateway does for each call it records, for the bench and tests.
+pub mod learn {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use crate::gateway::Gateway;
+    use crate::learn::record::Recorder;
+    use crate::learn::store::SqliteLearn;
+    use crate::policy::Verdict;
+
+    /// `gateway` recording every call (`--learn`) into the observation file `path`, through
+    /// a queue of `queue` observations.
+    pub fn recording(gateway: Gateway, path: &Path, queue: usize) -> std::io::Result<Gateway> {
+        let recorder = Recorder::with_queue(Arc::new(SqliteLearn::lazy(path)), true, queue)?;
+        Ok(gateway.with_learn(Some(Arc::new(recorder))))
+    }
+
+    /// What the gateway's core adds to an allowed call in learn mode: whether to record it,
+    /// a copy of its arguments, and the observation queued.
+    pub fn observe_allowed(gateway: &Gateway, server: &str, tool: &str, args: &Value) {
+        if gateway.observing() {
+            gateway.observe(server, tool, args.clone(), "c-1", Verdict::Allow);
+        }
+    }
+
+    /// Waits (at most `within`) until what was queued is written; answers how many
+    /// observations were dropped because the recorder was behind.
+    pub fn settle(gateway: &Gateway, within: Duration) -> Option<u64> {
+        let recorder = gateway.learn.as_ref()?;
+        recorder.flush(within).then(|| recorder.dropped())
+    }
+
+    /// The recorder's queue, in observations.
+    pub const QUEUE: usize = crate::learn::record::QUEUE;
+}
+
 /// The embedded demo.
 pub mod demo {
     pub use crate::demo::{DemoOptions, start};

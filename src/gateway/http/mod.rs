@@ -246,6 +246,7 @@ impl HttpGateway {
                             .unwrap_or_else(|| server.to_owned()),
                     ),
                     shadow_policy: b.shadow_policy.clone(),
+                    learn: b.learn.clone(),
                 })
             })
             .clone()

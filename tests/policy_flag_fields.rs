@@ -1,7 +1,5 @@
-//! Fields of the policy format that this version does not implement yet (`learn`):
-//! `toolgate check` refuses the policy and says why, rather than calling it unknown or
-//! ignoring it. A rule's `shadow`, and `pins` and `quarantine_flagged`, are implemented; the
-//! type check and the place of `shadow` (in a rule, not at the top) are checked here too.
+//! The policy format's flag fields (`learn` at the top, a rule's `shadow`): accepted where
+//! they belong, their type checked, and a misplaced or misspelt one reported as unknown.
 
 use std::process::{Command, Output};
 
@@ -26,40 +24,17 @@ fn policy(top: &str, rule: &str) -> String {
 }
 
 #[test]
-fn the_policy_without_the_later_fields_is_valid() {
+fn the_policy_with_or_without_learn_is_valid() {
     let (code, out) = check(&policy("", ""));
     assert_eq!(code, Some(0), "{out}");
-}
-
-#[test]
-fn each_later_field_refuses_the_policy_saying_it_is_not_implemented_by_this_version() {
-    let version = env!("CARGO_PKG_VERSION");
-    let cases = [(
-        policy(r#", "learn": true"#, ""),
-        "learn",
-        "learn mode",
-        "/learn",
-    )];
-    for (text, field, feature, pointer) in cases {
-        let (code, out) = check(&text);
-        assert_eq!(code, Some(1), "{field} must refuse the policy: {out}");
-        assert!(
-            out.contains(&format!(
-                "error: field \"{field}\" is part of the policy format ({feature}) but this toolgate ({version}) does not implement it; the policy is refused"
-            )),
-            "{out}"
-        );
-        assert!(out.contains(&format!("(at {pointer})")), "{out}");
-        assert!(
-            out.contains(&format!("remove \"{field}\" to use this policy")),
-            "{out}"
-        );
-        assert!(!out.contains("unknown field"), "{out}");
+    for value in ["true", "false"] {
+        let (code, out) = check(&policy(&format!(r#", "learn": {value}"#), ""));
+        assert_eq!(code, Some(0), "learn: {value}: {out}");
     }
 }
 
 #[test]
-fn a_later_field_with_a_value_of_the_wrong_type_is_reported_as_such_too() {
+fn a_flag_field_with_a_value_of_the_wrong_type_is_reported_as_such() {
     let (code, out) = check(&policy("", r#", "shadow": "yes""#));
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -77,15 +52,18 @@ fn a_later_field_with_a_value_of_the_wrong_type_is_reported_as_such_too() {
 }
 
 #[test]
-fn a_misspelt_field_is_still_unknown_and_a_later_field_elsewhere_too() {
+fn a_misspelt_field_is_unknown_and_a_flag_field_elsewhere_too() {
     let (code, out) = check(&policy(r#", "pin": "enforce""#, ""));
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("error: unknown field \"pin\" in the policy"),
         "{out}"
     );
-    // `shadow` belongs in a rule, `pins` at the top: elsewhere they are plain typos.
-    let (code, out) = check(&policy(r#", "shadow": true"#, r#", "pins": "warn""#));
+    // `shadow` belongs in a rule, `pins` and `learn` at the top: elsewhere they are typos.
+    let (code, out) = check(&policy(
+        r#", "shadow": true"#,
+        r#", "pins": "warn", "learn": true"#,
+    ));
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("error: unknown field \"shadow\" in the policy"),
@@ -93,6 +71,10 @@ fn a_misspelt_field_is_still_unknown_and_a_later_field_elsewhere_too() {
     );
     assert!(
         out.contains("error: unknown field \"pins\" in a rule"),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: unknown field \"learn\" in a rule"),
         "{out}"
     );
 }
