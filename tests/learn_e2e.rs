@@ -23,6 +23,7 @@ use running::{Serve, Setup};
 use serde_json::{Value, json};
 use support::agent::Agent;
 use support::peers::peer;
+use support::tmux::Tmux;
 use support::wait::wait_for;
 use support::{ANSWER_WITHIN, toolgate};
 
@@ -395,6 +396,10 @@ fn wrap_learn_then_learn(dir: &tempfile::TempDir, counters: &[String], mode: Mod
     let check = run(&["check", &revised]);
     assert!(check.status.success(), "{}", text(&check.stdout));
 
+    // `--review`: the console walks the proposals; accepting every one and writing with `y`
+    // gives the same policy as the draft written by --output.
+    review_accepting_everything(dir.path(), counters, &draft_path);
+
     // `--forget` erases them.
     let forget = with_counters(&["--forget", "--server", "fs"]);
     assert!(
@@ -491,4 +496,57 @@ fn serve_learn_records_two_grants_whose_peaks_appear_in_each_rules_reason() {
         ),
         "deny"
     );
+}
+
+/// `toolgate learn --review FILE` in tmux: every proposal accepted, the result written with
+/// `y`; the file is then the policy `--output` wrote from the same recorded calls.
+fn review_accepting_everything(dir: &Path, counters: &[String], draft_path: &Path) {
+    let reviewed = dir.join("reviewed.json");
+    let state = dir.join("review-state");
+    let mut args = vec!["learn".to_owned()];
+    args.extend(counters.iter().cloned());
+    args.extend(["--server", "fs", "--review"].map(str::to_owned));
+    args.push(reviewed.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let term = Tmux::start(
+        support::toolgate(),
+        &args,
+        dir,
+        (160, 50),
+        &[("XDG_STATE_HOME", &state)],
+    );
+    let first = term.wait_for("the first proposal", ANSWER_WITHIN, |s| {
+        s.contains("proposal 1 of ")
+    });
+    let total: usize = first
+        .split("proposal 1 of ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("the number of proposals");
+    for k in 1..=total {
+        let shown = format!("proposal {k} of {total}");
+        term.wait_for(&shown, ANSWER_WITHIN, |s| s.contains(&shown));
+        term.send(&["a"]);
+    }
+    term.wait_for("the summary", ANSWER_WITHIN, |s| {
+        s.contains("summary") && s.contains(&format!("{total} accepted"))
+    });
+    term.send(&["Enter"]);
+    term.wait_for("the diff and the question", ANSWER_WITHIN, |s| {
+        s.contains("y writes")
+    });
+    term.send(&["y"]);
+    term.wait_for("the write", ANSWER_WITHIN, |s| s.contains("wrote "));
+    term.send(&["q"]);
+    let read = |p: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p).expect("a policy file")).expect("JSON")
+    };
+    assert_eq!(
+        read(&reviewed),
+        read(draft_path),
+        "accepting every proposal writes the draft"
+    );
+    let check = run(&["check", &reviewed.display().to_string()]);
+    assert!(check.status.success(), "{}", text(&check.stdout));
 }

@@ -101,6 +101,34 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `toolgate learn --review POLICY`: the console opened on the review of `learned`, as
+/// `console --review-learned` opens it on a draft file (handed over through a private
+/// temporary file, so both read the draft the same way).
+pub(super) fn review_learned(learned: &Learned, policy: &Path) -> anyhow::Result<ExitCode> {
+    #[derive(clap::Parser)]
+    struct Console {
+        #[command(flatten)]
+        args: Args,
+    }
+    // A directory of our own (0700): the draft holds recorded argument values.
+    let dir = tempfile::Builder::new()
+        .prefix("toolgate-learn-")
+        .tempdir()
+        .context("cannot make a temporary directory for the draft")?;
+    let path = dir.path().join("learned.json");
+    std::fs::write(&path, serde_json::to_vec(learned)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let args = [
+        "toolgate console".as_ref(),
+        "--review-learned".as_ref(),
+        path.as_os_str(),
+        "--policy".as_ref(),
+        policy.as_os_str(),
+    ];
+    let console = <Console as clap::Parser>::try_parse_from(args)?;
+    run(console.args)
+}
+
 /// The largest draft file read: observations carry arguments, up to 100,000 calls a server.
 const MAX_DRAFT_BYTES: u64 = 512 * 1024 * 1024;
 

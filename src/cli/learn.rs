@@ -61,11 +61,17 @@ pub(super) struct Args {
     /// it holds argument values), for `toolgate console --review-learned FILE`.
     #[arg(long, value_name = "FILE")]
     proposals: Option<PathBuf>,
+    /// Review the proposals in the console, one by one (accept, reject, edit, widen, skip),
+    /// with what the result would refuse of the recorded calls, then the diff and y to write
+    /// POLICY (the --against file, or a new one). The same as --proposals FILE followed by
+    /// `toolgate console --review-learned FILE --policy POLICY`.
+    #[arg(long, value_name = "POLICY", conflicts_with = "output")]
+    review: Option<PathBuf>,
     /// Replace --output if it exists (without it an existing file is kept).
     #[arg(long, requires = "output")]
     force: bool,
     /// Erase the recorded calls (of --server only, when given) and exit.
-    #[arg(long, conflicts_with_all = ["since", "grant", "output", "against", "proposals", "force"])]
+    #[arg(long, conflicts_with_all = ["since", "grant", "output", "against", "proposals", "force", "review"])]
     forget: bool,
     /// The --counters the gateways were started with: observations live beside them
     /// [default: ~/.local/state/toolgate/counters.sqlite3]
@@ -211,6 +217,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 path.display()
             ))
         );
+    }
+    if let Some(policy) = &args.review {
+        return super::console::review_learned(&draft, policy);
     }
     match &args.output {
         Some(path) => {
