@@ -223,7 +223,12 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     match &args.output {
         Some(path) => {
-            write_output(path, &text, args.force)?;
+            super::write_output(
+                path,
+                &text,
+                args.force,
+                &format!(", or --against {} to propose changes to it", path.display()),
+            )?;
             eprintln!(
                 "{}",
                 terminal_text(&format!(
@@ -314,28 +319,6 @@ fn print_summary(draft: &Draft, against: Option<&Path>, whatif: &WhatIf) {
     for line in lines {
         eprintln!("{}", terminal_text(&line));
     }
-}
-
-/// Writes the draft, keeping an existing file unless `force`.
-fn write_output(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let mut file = match options.open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
-            "{} exists; not overwriting it (pass --force to replace it)",
-            path.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
-    };
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes a file only its owner can read (it holds argument values).

@@ -122,6 +122,30 @@ pub fn main() -> ExitCode {
 /// The error and its causes, joined by `: ` as `{:#}` does, but each said once: a cause whose
 /// text is already part of what was said (an error whose message quotes its `{source}`, as
 /// many here do) is not repeated. The chain itself is kept for whoever inspects it.
+/// Writes a command's `--output` file, refusing to replace an existing one unless `force`;
+/// `hint` follows "pass --force to replace it" in the refusal (another way out, or nothing).
+fn write_output(path: &std::path::Path, text: &str, force: bool, hint: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+            "{} exists; not overwriting it (pass --force to replace it{hint})",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+    };
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn said_once(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {

@@ -255,7 +255,12 @@ fn report_scan(args: &Args, scan: &Scan) -> anyhow::Result<ExitCode> {
     };
     match &args.output {
         Some(path) => {
-            write_output(path, &text, args.force)?;
+            super::write_output(
+                path,
+                &format!("{text}\n"),
+                args.force,
+                &format!(", or --against {} to compare with it", path.display()),
+            )?;
             eprintln!("wrote {}", terminal_text(&path.display().to_string()));
         }
         None => {
@@ -351,31 +356,6 @@ fn parse_header(text: &str) -> anyhow::Result<(String, String)> {
         bail!("--header {name}: set by the transport itself, not on the command line");
     }
     Ok((name.to_string(), value.to_string()))
-}
-
-/// Writes `text` to `path`, refusing to replace an existing file unless `force`.
-fn write_output(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let mut file = match options.open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            bail!(
-                "{} exists; not overwriting it (pass --force to replace it, or --against {} to compare with it)",
-                path.display(),
-                path.display()
-            )
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
-    };
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.write_all(b"\n"))
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
