@@ -218,6 +218,19 @@ mod tests {
     use crate::policy::{MemoryStore, Policy, Verdict};
     use crate::wire::{EventKind, GatewayInfo};
 
+    /// The hub of a gateway `gw` for the grant `tester` in front of the server `fake`.
+    fn test_hub() -> Arc<Hub> {
+        Hub::new(GatewayInfo {
+            id: "gw".into(),
+            pid: 1,
+            version: "test".into(),
+            grant: "tester".into(),
+            server: "fake".into(),
+            policy: "/tmp/policy.json".into(),
+            started_at: Utc::now(),
+        })
+    }
+
     /// A clock that always reads the same instant.
     #[derive(Debug)]
     struct Stopped(u64);
@@ -249,15 +262,7 @@ mod tests {
             "policy.json",
         )
         .unwrap();
-        let hub = Hub::new(GatewayInfo {
-            id: "gw".into(),
-            pid: 1,
-            version: "test".into(),
-            grant: "tester".into(),
-            server: "fake".into(),
-            policy: "/tmp/policy.json".into(),
-            started_at: Utc::now(),
-        });
+        let hub = test_hub();
         let mut events = hub.subscribe();
         let gateway = Gateway::new(
             Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
@@ -295,15 +300,7 @@ mod tests {
         let gateway = |learn_policy: bool, flag: bool| {
             let text = format!(r#"{{"version":"1","default":"allow","learn":{learn_policy}}}"#);
             let policy = Policy::parse(&text, "policy.json").unwrap();
-            let hub = Hub::new(GatewayInfo {
-                id: "gw".into(),
-                pid: 1,
-                version: "test".into(),
-                grant: "tester".into(),
-                server: "fake".into(),
-                policy: "/tmp/policy.json".into(),
-                started_at: Utc::now(),
-            });
+            let hub = test_hub();
             let store = crate::learn::store::SqliteLearn::lazy(&dir.path().join("l.sqlite3"));
             let recorder = crate::learn::record::Recorder::start(Arc::new(store), flag).unwrap();
             Gateway::new(
@@ -340,15 +337,7 @@ mod tests {
             "candidate.json",
         )
         .unwrap();
-        let hub = Hub::new(GatewayInfo {
-            id: "gw".into(),
-            pid: 1,
-            version: "test".into(),
-            grant: "tester".into(),
-            server: "fake".into(),
-            policy: "/tmp/policy.json".into(),
-            started_at: Utc::now(),
-        });
+        let hub = test_hub();
         let gateway = Gateway::new(
             Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
             Arc::new(store),
