@@ -614,7 +614,7 @@ fn diagnostics_display_compiler_style() {
     let d = diagnostics("{\"version\": \"1\", \"default\": \"deny\", \"x\": 1}");
     assert_eq!(
         d[0].to_string(),
-        "policy.json:1:37: error: unknown field \"x\" in the policy (at /x); expected one of: version, default, hide, approval_timeout, all_tools, tools, pins, quarantine_flagged"
+        "policy.json:1:37: error: unknown field \"x\" in the policy (at /x); expected one of: version, default, hide, approval_timeout, all_tools, tools, pins, quarantine_flagged, learn"
     );
 }
 
