@@ -11,9 +11,11 @@
 //! An `https://` endpoint is spoken to over rustls (the `ring` provider), trusting the
 //! system's roots, or only the CA file `OTEL_EXPORTER_OTLP_CERTIFICATE` names when set.
 //!
-//! Every request runs on the gateway's runtime (the SDK's export threads have none), bounded
-//! by [`EXPORT_DEADLINE`] and a cap on the answer's size: a slow or absent collector costs a
-//! call nothing (the spans and points wait in the SDK's queues, off the call path).
+//! Every request runs on a runtime of its own, on one thread ([`export_runtime`]; the SDK's
+//! export threads have none), bounded by [`EXPORT_DEADLINE`] and a cap on the answer's size:
+//! a slow or absent collector costs a call nothing (the spans and points wait in the SDK's
+//! queues, off the call path), and the requests' work (HTTP, TLS, the collector's sockets)
+//! never takes the gateway's runtime threads from its calls (`wrap` has one).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -181,13 +183,37 @@ pub(crate) struct Export {
     pub(crate) certificate: Option<PathBuf>,
 }
 
+/// The runtime every export request runs on: a current-thread runtime on a thread of its own
+/// (`toolgate-otlp`), started by the first exporter and shared by both signals. Measured with
+/// `cargo bench --bench tracing`: requests spawned on the gateway's own runtime added their
+/// HTTP work to the calls that thread was serving.
+fn export_runtime() -> anyhow::Result<tokio::runtime::Handle> {
+    static HANDLE: std::sync::Mutex<Option<tokio::runtime::Handle>> = std::sync::Mutex::new(None);
+    let mut handle = HANDLE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = handle.as_ref() {
+        return Ok(handle.clone());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the OTLP export runtime")?;
+    let started = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("toolgate-otlp".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .context("starting the OTLP export thread")?;
+    *handle = Some(started.clone());
+    Ok(started)
+}
+
 impl Export {
-    /// The exporter's HTTP client for `signal`, running its requests on the current
-    /// runtime. Reads the certificate file (or the system's roots) for an `https://`
+    /// The exporter's HTTP client for `signal`, running its requests on the export thread
+    /// ([`export_runtime`]). Reads the certificate file (or the system's roots) for an `https://`
     /// endpoint; fails saying which file and why.
     pub(crate) fn client(&self, signal: Signal) -> anyhow::Result<ExportClient> {
-        let runtime =
-            tokio::runtime::Handle::try_current().context("OTLP export needs the async runtime")?;
+        let runtime = export_runtime()?;
         let secure = self.endpoint.starts_with("https://");
         let roots = if secure {
             self.roots()?

@@ -18,7 +18,7 @@
 //!
 //! Spans go to the SDK's batch processor: a bounded queue (2048 spans by default; a full
 //! queue drops spans, never waits) read by the SDK's own thread. Its export requests run on
-//! the gateway's runtime through [`super::exporter::ExportClient`], each bounded by a
+//! the export thread's runtime through [`super::exporter::ExportClient`], each bounded by a
 //! deadline, so a slow or absent collector costs a call nothing.
 
 use std::collections::HashMap;
@@ -78,8 +78,7 @@ impl std::fmt::Debug for Tracing {
 }
 
 impl Tracing {
-    /// Starts exporting per `config`; must run inside the gateway's tokio runtime (export
-    /// requests are spawned onto it).
+    /// Starts exporting per `config` (export requests run on the export thread's runtime).
     pub fn start(config: &TraceConfig) -> anyhow::Result<Tracing> {
         use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
         // The SDK's OTLP/HTTP exporter encodes; our client carries it as HTTP or gRPC.

@@ -5,7 +5,7 @@
 //! `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`; `OTEL_METRICS_EXPORTER=none` turns it off). The
 //! SDK's periodic reader collects on its own thread every `OTEL_METRIC_EXPORT_INTERVAL`
 //! milliseconds (60 s by default) and once more at stop; the export request runs on the
-//! gateway's runtime, like the traces'. Nothing here is on a call's path: counters and
+//! export thread's runtime, like the traces'. Nothing here is on a call's path: counters and
 //! gauges are read from the [`Registry`] when the reader collects (observable instruments,
 //! cumulative like Prometheus's), and the histograms are recorded by the metrics task as
 //! it counts the events.
@@ -78,8 +78,8 @@ impl MetricsExport {
 }
 
 impl Metrics {
-    /// Starts exporting these metrics per `config`; must run inside the gateway's tokio
-    /// runtime (export requests are spawned onto it).
+    /// Starts exporting these metrics per `config` (export requests run on the export
+    /// thread's runtime).
     pub(crate) fn export_otlp(
         self: &Arc<Self>,
         config: &MetricsConfig,
