@@ -37,7 +37,8 @@ Examples:
   toolgate learn --output policy.json                 a draft from the last 7 days
   toolgate learn --server fs --since 2d --grant ci    one server, two days, one grant
   toolgate learn --against policy.json                what to tighten or remove, as a diff
-  toolgate learn --proposals draft.json               the proposals for the console's review
+  toolgate learn --review policy.json                 review them one by one in the console
+  toolgate learn --proposals draft.json               the proposals, to review later
   toolgate learn --forget --server fs                 erase what was recorded")]
 pub(super) struct Args {
     /// Only the calls to this server (its identity: `--server-id`, the `serve` name, or
