@@ -7,7 +7,7 @@ mod console_support;
 
 use console_support::*;
 use crossterm::event::KeyCode;
-use toolgate::console::testing::{Effect, View, update};
+use toolgate::console::testing::{AppEvent, Effect, Link, View, update};
 use toolgate::testing::wire::{ClientMsg, EventKind, HoldResolved, ResolvedBy};
 
 /// Another console (alice's) approves the hold this operator has selected.
@@ -516,4 +516,102 @@ fn a_gateway_refusing_for_its_role_is_named_with_its_reason() {
     assert!(m.error, "{m:?}");
     assert!(m.text.starts_with("the policy was not written: r1@gw1.example:8787 (not allowed): refused: operator bob has the approver role"), "{m:?}");
     assert!(s.authoring.draft.as_ref().unwrap().is_modified());
+}
+
+/// The connection to `gw` drops.
+fn down(s: &mut toolgate::console::testing::State, gw: &str) {
+    let now = s.now;
+    let lost = AppEvent::Link {
+        gateway: gw.into(),
+        link: Link::Down {
+            error: "connection reset".into(),
+            retry_in: std::time::Duration::from_secs(1),
+        },
+    };
+    update(s, lost, now);
+}
+
+#[test]
+fn a_gateway_answering_a_write_twice_counts_once() {
+    let mut s = remote_authoring(true);
+    let writes = limit_and_write(&mut s, "w");
+    let (to, msg) = &writes[0];
+    let ok = toolgate::testing::wire::Reply {
+        id: msg.id(),
+        ok: true,
+        ..Default::default()
+    };
+    reply(&mut s, to, ok.clone());
+    reply(&mut s, to, ok);
+    let write = s
+        .authoring
+        .remote
+        .write
+        .as_ref()
+        .expect("the write under way");
+    assert_eq!(write.written.len(), 1, "{write:?}");
+    assert!(!write.answered(), "r2 has not answered: {write:?}");
+    assert!(
+        !s.message
+            .as_ref()
+            .is_some_and(|m| m.text.contains("written by")),
+        "{:?}",
+        s.message
+    );
+}
+
+#[test]
+fn a_write_whose_gateway_drops_before_answering_ends_as_not_known() {
+    let mut s = remote_authoring(true);
+    let writes = limit_and_write(&mut s, "w");
+    let (to, msg) = &writes[0];
+    reply(
+        &mut s,
+        to,
+        toolgate::testing::wire::Reply {
+            id: msg.id(),
+            ok: true,
+            ..Default::default()
+        },
+    );
+    // r2 never answers: its connection drops, and an answer is never carried over a
+    // reconnect.
+    down(&mut s, &writes[1].0);
+    let m = s.message.clone().expect("the write's outcome");
+    assert!(m.text.contains("written by 1 of 2 gateways"), "{m:?}");
+    assert!(
+        m.text
+            .contains("the connection was lost before it answered"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn a_policy_read_whose_gateway_drops_is_asked_again_of_a_connected_one() {
+    let mut s = toolgate::console::testing::State::new(t0(), 1000);
+    s.remote_hosts.insert(GW1.into(), "gw1.example:8787".into());
+    s.remote_hosts.insert(GW2.into(), "gw2.example:8787".into());
+    let now = at_ms(60_000);
+    for (key, id) in [(GW1, "r1"), (GW2, "r2")] {
+        update(&mut s, up(key), now);
+        update(
+            &mut s,
+            net(key, 1, t0(), hello(id, "*", vec![], vec![])),
+            now,
+        );
+    }
+    let asked = sent(&s);
+    assert!(
+        matches!(&asked[..], [(to, ClientMsg::ReadPolicy { .. })] if to == GW1),
+        "{asked:?}"
+    );
+    s.effects.clear();
+    down(&mut s, GW1);
+    // The next update after the loss asks the gateway still connected.
+    update(&mut s, up(GW2), now);
+    let asked = sent(&s);
+    assert!(
+        matches!(&asked[..], [(to, ClientMsg::ReadPolicy { .. })] if to == GW2),
+        "the read is asked again of r2: {asked:?}"
+    );
 }

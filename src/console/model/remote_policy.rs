@@ -13,8 +13,8 @@ pub struct RemotePolicy {
     /// Whether that gateway can write its file (false: a read-only mount, the policy is
     /// managed elsewhere).
     pub writable: bool,
-    /// The `read_policy` sent and not answered yet.
-    pub reading: Option<u64>,
+    /// The `read_policy` sent and not answered yet: its id and the connection it went to.
+    pub reading: Option<(u64, usize)>,
     /// The latest `:w`, sent to every gateway running the same policy.
     pub write: Option<RemoteWrite>,
 }
@@ -47,6 +47,11 @@ impl RemoteWrite {
     /// Whether every gateway has answered.
     pub fn answered(&self) -> bool {
         self.written.len() + self.refused.len() >= self.sent.len()
+    }
+
+    /// Whether the connection `conn` has answered (written or refused).
+    pub fn answered_by(&self, conn: usize) -> bool {
+        self.written.contains(&conn) || self.refused.iter().any(|(c, _, _)| *c == conn)
     }
 
     /// The connection a command id went to, if it is one of this write's.

@@ -103,10 +103,17 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
         AppEvent::Act(action) => apply(state, action),
         AppEvent::Net { gateway, event } => ingest::ingest(state, &gateway, event),
         AppEvent::Link { gateway, link } => {
-            let (_, g) = state.gateway_mut(&gateway);
+            let (conn, g) = state.gateway_mut(&gateway);
             let was_up = g.is_up();
             g.link = link.clone();
             let label = g.label().to_owned();
+            // Its unanswered policy commands end with the connection (said after the loss
+            // itself, so that the status line shows what became of the write).
+            let lost = match &link {
+                Link::Down { error, .. } if was_up => Some(terminal_text(error).into_owned()),
+                Link::Gone => Some("the gateway has stopped".to_owned()),
+                _ => None,
+            };
             match link {
                 Link::Down { error, .. } if was_up => state.complain(format!(
                     "lost gateway {label}: {}; reconnecting",
@@ -114,6 +121,9 @@ pub fn update(state: &mut State, event: AppEvent, now: DateTime<Utc>) {
                 )),
                 Link::Gone => state.say(format!("gateway {label} has stopped")),
                 _ => {}
+            }
+            if let Some(error) = lost {
+                remote_policy::connection_lost(state, conn, &error);
             }
             if matches!(
                 state

@@ -74,7 +74,7 @@ fn request(state: &mut State) -> bool {
     };
     let id = next_id(state);
     let gateway = state.gateways[conn].key.clone();
-    state.authoring.remote.reading = Some(id);
+    state.authoring.remote.reading = Some((id, conn));
     state.effects.push(Effect::Send {
         gateway,
         msg: ClientMsg::ReadPolicy { id },
@@ -84,7 +84,7 @@ fn request(state: &mut State) -> bool {
 
 /// A gateway's answer; false when `reply` is not to a policy command of this console.
 pub(crate) fn replied(state: &mut State, conn: usize, reply: &Reply) -> bool {
-    if state.authoring.remote.reading == Some(reply.id) {
+    if state.authoring.remote.reading.map(|(id, _)| id) == Some(reply.id) {
         state.authoring.remote.reading = None;
         read_answered(state, conn, reply);
         return true;
@@ -95,6 +95,11 @@ pub(crate) fn replied(state: &mut State, conn: usize, reply: &Reply) -> bool {
     let Some(to) = write.conn_of(reply.id) else {
         return false;
     };
+    if write.answered_by(to) {
+        // A second answer to one command (a gateway is outside input): the first stands, and
+        // it must not count for a gateway that has not answered yet.
+        return true;
+    }
     if reply.ok {
         write.written.push(to);
     } else {
@@ -115,6 +120,45 @@ pub(crate) fn replied(state: &mut State, conn: usize, reply: &Reply) -> bool {
         write_answered(state);
     }
     true
+}
+
+/// The connection `conn` went down. An answer is never carried over a reconnect, so its
+/// unanswered policy commands are over: a `read_policy` is asked again once a gateway is
+/// connected, and a `write_policy` counts as failed, its outcome unknown (the gateway may
+/// have written the file before the connection dropped; `:reload` shows what it has).
+pub(crate) fn connection_lost(state: &mut State, conn: usize, error: &str) {
+    if let Some((_, to)) = state.authoring.remote.reading
+        && to == conn
+    {
+        state.authoring.remote.reading = None;
+        state.authoring.load_requested = false;
+    }
+    let lost: Vec<u64> = state
+        .authoring
+        .remote
+        .write
+        .as_ref()
+        .map(|w| {
+            w.sent
+                .iter()
+                .filter(|(_, to)| *to == conn && !w.answered_by(conn))
+                .map(|(id, _)| *id)
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in lost {
+        let reply = Reply {
+            id,
+            ok: false,
+            error: Some(format!(
+                "the connection was lost before it answered ({error}); whether it wrote the \
+                 policy is unknown: :reload shows what it has"
+            )),
+            code: Some(ReplyCode::Failed),
+            ..Reply::default()
+        };
+        replied(state, conn, &reply);
+    }
 }
 
 /// A policy command that could not be sent; false when `id` is not one.
