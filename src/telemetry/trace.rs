@@ -471,79 +471,161 @@ fn limited_counter(decision: &Decision) -> Option<&str> {
 /// differently, nothing re-encoded. `None` when the line is not that simple (no params
 /// object, a `_meta` that is not an object or already has trace context, an escaped
 /// key); then [`with_meta`] decides.
+///
+/// The line is a request the gateway has parsed already, so a structural scan finds the
+/// objects (strings skipped, brackets counted) in one pass over the bytes, where parsing
+/// the message, its params and its `_meta` with serde cost three.
 fn with_traceparent(line: &[u8], traceparent: &str) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(line).ok()?;
-    let message: Borrowed<'_> = serde_json::from_str(text.trim_end()).ok()?;
-    let params = message.get("params")?;
-    if !params.starts_with('{') {
+    let start = skip_space(line, 0);
+    let mut params = None;
+    object_members(line, start, |key, value| {
+        if key == b"params" && params.is_none() {
+            params = Some(value);
+        }
+    })?;
+    let params = params?;
+    if line.get(params.start) != Some(&b'{') {
         return None;
     }
-    let members: Borrowed<'_> = serde_json::from_str(params).ok()?;
-    let (object, empty, entry) = match members.get("_meta") {
+    let mut meta = None;
+    let (params_close, params_empty) = object_members(line, params.start, |key, value| {
+        if key == b"_meta" && meta.is_none() {
+            meta = Some(value);
+        }
+    })?;
+    let (close, empty, new_meta) = match meta {
         Some(meta) => {
-            if !meta.starts_with('{') {
+            if line.get(meta.start) != Some(&b'{') {
                 return None;
             }
-            let meta_members: Borrowed<'_> = serde_json::from_str(meta).ok()?;
-            if meta_members.get(TRACEPARENT).is_some() || meta_members.get(TRACESTATE).is_some() {
+            let mut traced = false;
+            let (close, empty) = object_members(line, meta.start, |key, _| {
+                traced |= key == TRACEPARENT.as_bytes() || key == TRACESTATE.as_bytes();
+            })?;
+            if traced {
                 return None;
             }
-            let entry = format!("\"{TRACEPARENT}\":\"{traceparent}\"");
-            (meta, meta_members.0.is_empty(), entry)
+            (close, empty, false)
         }
-        None => {
-            let entry = format!("\"_meta\":{{\"{TRACEPARENT}\":\"{traceparent}\"}}");
-            (params, members.0.is_empty(), entry)
-        }
+        None => (params_close, params_empty, true),
     };
-    // The object's closing brace, found by where its text lies in the line.
-    let start = (object.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-    let close = start + object.len() - 1;
-    if text.as_bytes().get(close) != Some(&b'}') {
-        return None;
-    }
-    let mut out = Vec::with_capacity(line.len() + entry.len() + 1);
+    let mut out = Vec::with_capacity(line.len() + traceparent.len() + 32);
     out.extend_from_slice(&line[..close]);
     if !empty {
         out.push(b',');
     }
-    out.extend_from_slice(entry.as_bytes());
+    if new_meta {
+        out.extend_from_slice(b"\"_meta\":{");
+    }
+    out.extend_from_slice(b"\"traceparent\":\"");
+    out.extend_from_slice(traceparent.as_bytes());
+    out.push(b'"');
+    if new_meta {
+        out.push(b'}');
+    }
     out.extend_from_slice(&line[close..]);
     Some(out)
 }
 
-/// A JSON object's members, borrowed from the text: keys without escapes only (an escaped
-/// key fails the read).
-struct Borrowed<'a>(Vec<(&'a str, &'a str)>);
+fn skip_space(text: &[u8], mut at: usize) -> usize {
+    while matches!(text.get(at), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+        at += 1;
+    }
+    at
+}
 
-impl<'a> Borrowed<'a> {
-    fn get(&self, key: &str) -> Option<&'a str> {
-        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+/// The end (one past the closing quote) of the string starting at `at`, and whether it has
+/// an escape.
+fn string_end(text: &[u8], at: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    let mut i = at + 1;
+    loop {
+        match text.get(i)? {
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            b'"' => return Some((i + 1, escaped)),
+            _ => i += 1,
+        }
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Borrowed<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Borrowed<'de>, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Borrowed<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Borrowed<'de>, A::Error> {
-                let mut members = Vec::new();
-                while let Some((key, value)) = map.next_entry::<&'de str, &'de RawValue>()? {
-                    members.push((key, value.get()));
+/// The end (one past its last byte) of the JSON value starting at `at`.
+fn value_end(text: &[u8], at: usize) -> Option<usize> {
+    match text.get(at)? {
+        b'"' => string_end(text, at).map(|(end, _)| end),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match text.get(i)? {
+                    b'"' => {
+                        i = string_end(text, i)?.0;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
                 }
-                Ok(Borrowed(members))
+                i += 1;
             }
         }
-        deserializer.deserialize_map(Visit)
+        _ => {
+            let mut i = at;
+            while let Some(b) = text.get(i) {
+                if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n') {
+                    break;
+                }
+                i += 1;
+            }
+            (i > at).then_some(i)
+        }
+    }
+}
+
+/// Calls `member` with each key (its bytes between the quotes) and value (its range in
+/// `text`) of the object starting at `at`; answers where its closing brace is and whether
+/// it is empty. `None` when it is not an object, or a key has an escape.
+fn object_members(
+    text: &[u8],
+    at: usize,
+    mut member: impl FnMut(&[u8], std::ops::Range<usize>),
+) -> Option<(usize, bool)> {
+    if text.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut i = skip_space(text, at + 1);
+    if text.get(i) == Some(&b'}') {
+        return Some((i, true));
+    }
+    loop {
+        if text.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (key_end, escaped) = string_end(text, i)?;
+        if escaped {
+            return None;
+        }
+        let key = text.get(i + 1..key_end - 1)?;
+        i = skip_space(text, key_end);
+        if text.get(i) != Some(&b':') {
+            return None;
+        }
+        let value = skip_space(text, i + 1);
+        let end = value_end(text, value)?;
+        member(key, value..end);
+        i = skip_space(text, end);
+        match text.get(i)? {
+            b',' => i = skip_space(text, i + 1),
+            b'}' => return Some((i, false)),
+            _ => return None,
+        }
     }
 }
 
@@ -735,6 +817,11 @@ mod tests {
             let out = with_traceparent(&with_newline, tp).expect(line);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{want}\n"));
         }
+        // Strings holding brackets, quotes and escapes do not end an object early.
+        let tricky = r#"{"id":1,"params":{"arguments":{"s":"}{\"]","n":[{"a":"\\"}],"t":true},"name":"a}"},"method":"tools/call"}"#;
+        let want = r#"{"id":1,"params":{"arguments":{"s":"}{\"]","n":[{"a":"\\"}],"t":true},"name":"a}","_meta":{"traceparent":"TP"}},"method":"tools/call"}"#;
+        let out = with_traceparent(tricky.as_bytes(), tp).expect(tricky);
+        assert_eq!(String::from_utf8(out).unwrap(), want.replace("TP", tp));
         // Not simple: left to `with_meta` (or forwarded as it is).
         for line in [
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
@@ -742,6 +829,8 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":null}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"traceparent":5}}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_m\u0065ta":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"tracestate":"a=b"}}}"#,
+            r#"[{"params":{}}]"#,
         ] {
             assert_eq!(with_traceparent(line.as_bytes(), tp), None, "{line}");
         }
