@@ -856,4 +856,79 @@ mod tests {
                 .contains(r#""_meta":{"traceparent":"x"}"#)
         );
     }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "\\PC{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(("\\PC{0,6}", inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_spliced_request_reads_as_the_request_with_the_traceparent_added(
+            arguments in any_json(),
+            meta in proptest::option::of(proptest::collection::vec(("\\PC{0,6}", any_json()), 0..4)),
+            params_first: bool,
+            pretty: bool,
+        ) {
+            let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+            let meta: Option<Map<String, Value>> = meta.map(|members| {
+                members
+                    .into_iter()
+                    .filter(|(k, _)| k != TRACEPARENT && k != TRACESTATE)
+                    .collect()
+            });
+            let mut params = Map::new();
+            params.insert("name".into(), "t".into());
+            params.insert("arguments".into(), arguments);
+            if let Some(meta) = &meta {
+                params.insert("_meta".into(), Value::Object(meta.clone()));
+            }
+            let mut message = Map::new();
+            if params_first {
+                message.insert("params".into(), Value::Object(params.clone()));
+            }
+            message.insert("jsonrpc".into(), "2.0".into());
+            message.insert("id".into(), 1.into());
+            message.insert("method".into(), "tools/call".into());
+            if !params_first {
+                message.insert("params".into(), Value::Object(params.clone()));
+            }
+            let message = Value::Object(message);
+            let text = if pretty {
+                serde_json::to_string_pretty(&message).unwrap()
+            } else {
+                message.to_string()
+            };
+            // Read back by serde both times, so that floats round alike.
+            let mut want: Value = serde_json::from_str(&text).unwrap();
+            let mut want_meta = want["params"]["_meta"].as_object().cloned().unwrap_or_default();
+            want_meta.insert(TRACEPARENT.into(), tp.into());
+            want["params"]["_meta"] = Value::Object(want_meta);
+            // A key written with an escape is left to `with_meta`.
+            let plain_keys = meta
+                .iter()
+                .flat_map(|m| m.keys())
+                .all(|k| !k.contains(['"', '\\']));
+            match with_traceparent(text.as_bytes(), tp) {
+                Some(out) => {
+                    let read: Value = serde_json::from_slice(&out).expect("the spliced line is JSON");
+                    proptest::prop_assert_eq!(read, want);
+                }
+                None => proptest::prop_assert!(!plain_keys, "not spliced: {}", text),
+            }
+        }
+    }
 }
