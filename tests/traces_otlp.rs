@@ -601,6 +601,49 @@ fn a_collector_that_never_answers_costs_calls_nothing() {
     calls_are_answered_with_collector_at(&format!("http://127.0.0.1:{port}"));
 }
 
+/// The `tools/call echo` spans among `spans`.
+fn echo_spans(spans: &[Exported]) -> usize {
+    spans.iter().filter(|s| s.name == "tools/call echo").count()
+}
+
+#[test]
+fn spans_still_queued_at_stop_are_exported_before_wrap_exits() {
+    let receiver = Receiver::start();
+    // A timer that never fires during the test: only the stop can export these.
+    let mut wrap = Wrap::start_with(&receiver.url(), &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]);
+    wrap.handshake();
+    for id in 1..=3 {
+        let answer = wrap.ask(call(id, "echo", None));
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    wrap.finish();
+    let spans = receiver.wait(
+        "the 3 calls' SERVER and CLIENT spans, exported at stop",
+        |s| echo_spans(s) >= 6,
+    );
+    assert_eq!(echo_spans(&spans), 6, "{spans:#?}");
+}
+
+#[test]
+fn a_full_batch_is_exported_before_the_timer() {
+    let receiver = Receiver::start();
+    let mut wrap = Wrap::start_with(
+        &receiver.url(),
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4"),
+        ],
+    );
+    // `initialize` (2 spans) and one call (2 more) make a batch of 4.
+    wrap.handshake();
+    let answer = wrap.ask(call(1, "echo", None));
+    assert!(answer.get("result").is_some(), "{answer}");
+    receiver.wait("a batch of 4 spans while wrap still runs", |s| {
+        echo_spans(s) == 2
+    });
+    wrap.finish();
+}
+
 #[test]
 fn a_held_call_has_events_when_held_and_when_resolved() {
     let receiver = Receiver::start();

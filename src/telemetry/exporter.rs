@@ -187,7 +187,7 @@ pub(crate) struct Export {
 /// (`toolgate-otlp`), started by the first exporter and shared by both signals. Measured with
 /// `cargo bench --bench tracing`: requests spawned on the gateway's own runtime added their
 /// HTTP work to the calls that thread was serving.
-fn export_runtime() -> anyhow::Result<tokio::runtime::Handle> {
+pub(crate) fn export_runtime() -> anyhow::Result<tokio::runtime::Handle> {
     static HANDLE: std::sync::Mutex<Option<tokio::runtime::Handle>> = std::sync::Mutex::new(None);
     let mut handle = HANDLE
         .lock()

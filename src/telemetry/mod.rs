@@ -5,6 +5,8 @@
 //! - [`labels`] — label values with a bounded number of series (tool names come from agents).
 //! - [`scrape`] — who may read `/metrics`, and the answer.
 //! - [`trace`] — spans per MCP request (off unless configured), `traceparent` in `_meta`.
+//! - [`spans`] — what a traced request records on the call path, its queue, and the export
+//!   task that builds the spans off the call path.
 //! - [`exporter`] — the OTLP settings both signals read, and the client that carries their
 //!   export requests: http/protobuf or gRPC, plain or over TLS.
 //!
@@ -15,6 +17,7 @@ pub(crate) mod exporter;
 pub(crate) mod labels;
 pub(crate) mod metrics;
 pub(crate) mod scrape;
+pub(crate) mod spans;
 pub(crate) mod trace;
 
 pub(crate) use metrics::{Metrics, MetricsConfig, MetricsExport};

@@ -4,10 +4,10 @@
 //! Off unless configured: `--otlp URL`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_EXPORTER_OTLP_PROTOCOL` picks http/protobuf
 //! (the default) or grpc, and an `https://` endpoint is spoken to over TLS
-//! (`super::exporter` reads those settings and carries the requests). The SDK reads the rest
-//! of the standard variables itself (`OTEL_SERVICE_NAME`, default here `toolgate`;
-//! `OTEL_RESOURCE_ATTRIBUTES`; `OTEL_TRACES_SAMPLER`; `OTEL_BSP_*` for the batch queue;
-//! `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`).
+//! (`super::exporter` reads those settings and carries the requests). The SDK reads
+//! `OTEL_SERVICE_NAME` (default here `toolgate`), `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER`(`_ARG`) and `OTEL_EXPORTER_OTLP_HEADERS` / `_TIMEOUT`;
+//! `OTEL_BSP_*` size the queue here (`super::spans`).
 //!
 //! Each `tools/call` gets, following the OpenTelemetry conventions for MCP, a SERVER span
 //! (toward the client) and, when it goes upstream, a CLIENT span (toward the server), both
@@ -16,26 +16,34 @@
 //! gets the CLIENT span's `traceparent` written into the `_meta` it is forwarded with: the
 //! one change the gateway makes to a message it does not refuse, and only with tracing on.
 //!
-//! Spans go to the SDK's batch processor: a bounded queue (2048 spans by default; a full
-//! queue drops spans, never waits) read by the SDK's own thread. Its export requests run on
-//! the export thread's runtime through [`super::exporter::ExportClient`], each bounded by a
-//! deadline, so a slow or absent collector costs a call nothing.
+//! Spans are not the SDK's: the call path fills one small record per request
+//! (`super::spans`), queued when the request ends without waking anyone; the export task on
+//! the export thread builds the SDK's `SpanData` from it and the SDK's OTLP exporter encodes
+//! them, sent through [`super::exporter::ExportClient`] with a deadline per request. A full
+//! queue (2048 spans by default) drops spans, never waits, so a slow or absent collector
+//! costs a call nothing. The sampler is the SDK's, as `OTEL_TRACES_SAMPLER` configures it; the
+//! ids come from the SDK's per-thread generator.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
+use opentelemetry::StringValue;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_sdk::trace::{
+    IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample,
+};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::exporter::{Export, Signal, resource};
+use super::exporter::{Export, Signal, export_runtime, resource};
+use super::spans::{
+    BatchLimits, CallRecord, Decided, ErrorType, Ids, Resolved, SpanQueue, Traceparent,
+    export_queued, hex,
+};
 use crate::control::Resolution;
 use crate::policy::{Decision, Verdict};
 use crate::wire::ResolvedBy;
@@ -66,9 +74,12 @@ impl TraceConfig {
 
 /// The tracer of one gateway process.
 pub struct Tracing {
-    provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    sampler: Box<dyn ShouldSample>,
+    ids: RandomIdGenerator,
     propagator: TraceContextPropagator,
+    queue: Arc<SpanQueue>,
+    /// Asks the export task to export what is left and stop; it answers on the channel given.
+    stop: tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl std::fmt::Debug for Tracing {
@@ -77,35 +88,55 @@ impl std::fmt::Debug for Tracing {
     }
 }
 
+/// The longest the gateway's stop waits for the last spans to be exported.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Tracing {
-    /// Starts exporting per `config` (export requests run on the export thread's runtime).
+    /// Starts exporting per `config`: the export task runs on the export thread
+    /// (`toolgate-otlp`), with the SDK's OTLP exporter and our client.
     pub fn start(config: &TraceConfig) -> anyhow::Result<Tracing> {
         use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+        use opentelemetry_sdk::trace::SpanExporter as _;
         // The SDK's OTLP/HTTP exporter encodes; our client carries it as HTTP or gRPC.
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .with_http_client(config.export.client(Signal::Traces)?)
             .with_endpoint(config.export.endpoint.clone())
             .build()
             .context("cannot set up the OTLP exporter (--otlp, OTEL_EXPORTER_OTLP_*)")?;
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource())
-            .build();
-        let tracer = provider.tracer("toolgate");
+        exporter.set_resource(&resource());
+        let queue = Arc::new(SpanQueue::new(BatchLimits::from_env(|name| {
+            std::env::var(name).ok()
+        })));
+        let (stop, stopped) = tokio::sync::mpsc::unbounded_channel();
+        export_runtime()?.spawn(export_queued(queue.clone(), exporter, stopped));
         Ok(Tracing {
-            provider,
-            tracer,
+            // The SDK's reading of OTEL_TRACES_SAMPLER(_ARG), default parentbased_always_on.
+            sampler: opentelemetry_sdk::trace::Config::default().sampler,
+            ids: RandomIdGenerator::default(),
             propagator: TraceContextPropagator::new(),
+            queue,
+            stop,
         })
     }
 
-    /// Exports what is queued and stops the exporter (at most its timeout). Blocking: call
-    /// it from a thread that may block, at the gateway's stop.
+    /// Exports what is queued and stops the exporter (at most [`SHUTDOWN_WAIT`]). Blocking:
+    /// call it from a thread that may block, at the gateway's stop.
     pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::warn!("traces not all exported at stop: {e}");
+        let (reply, done) = std::sync::mpsc::sync_channel(1);
+        if self.stop.send(reply).is_err() {
+            return;
+        }
+        if done.recv_timeout(SHUTDOWN_WAIT).is_err() {
+            tracing::warn!("traces not all exported at stop: no answer within {SHUTDOWN_WAIT:?}");
+        }
+        let dropped = self.queue.dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                "the spans of {dropped} requests were dropped: the export queue was full \
+                 (OTEL_BSP_MAX_QUEUE_SIZE)"
+            );
         }
     }
 
@@ -120,15 +151,9 @@ impl Tracing {
         meta: Option<&Map<String, Value>>,
         version: Option<&str>,
     ) -> CallSpans {
-        let tool: Arc<str> = Arc::from(tool);
-        let mut attributes = Vec::with_capacity(7);
-        attributes.push(KeyValue::new("mcp.method.name", "tools/call"));
-        attributes.push(KeyValue::new("gen_ai.tool.name", tool.clone()));
-        attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+        let target = StringValue::from(tool.to_owned());
         self.open_spans(
-            "tools/call",
-            format!("tools/call {tool}"),
-            attributes,
+            (StringValue::from("tools/call"), Some(target), true, None),
             (session, id),
             meta,
             version,
@@ -156,77 +181,104 @@ impl Tracing {
             && method
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.'));
-        let method_name: Arc<str> = Arc::from(if plain { method } else { "_OTHER" });
-        let mut attributes = Vec::with_capacity(7);
-        attributes.push(KeyValue::new("mcp.method.name", method_name.clone()));
+        let method_name = StringValue::from(if plain {
+            method.to_owned()
+        } else {
+            "_OTHER".to_owned()
+        });
         let version = match (method, &params.protocol_version) {
             // The version the client asks for; its answer says the one settled on.
             ("initialize", Some(asked)) => Some(asked.as_str()),
             _ => version,
         };
-        let name = match (method, params.name) {
-            ("prompts/get", Some(prompt)) => {
-                let name = format!("prompts/get {prompt}");
-                attributes.push(KeyValue::new("gen_ai.prompt.name", prompt));
-                name
-            }
-            _ => method_name.to_string(),
+        let target = match (method, params.name) {
+            ("prompts/get", Some(prompt)) => Some(StringValue::from(prompt)),
+            _ => None,
         };
-        if let Some(uri) = params.uri
-            && method.starts_with("resources/")
-        {
-            attributes.push(KeyValue::new("mcp.resource.uri", uri));
-        }
-        self.open_spans(
-            &method_name,
-            name,
-            attributes,
+        let uri = params.uri.filter(|_| method.starts_with("resources/"));
+        let mut spans = self.open_spans(
+            (method_name, target, false, uri),
             (session, id),
             params.meta.as_ref(),
             version,
-        )
+        );
+        spans.initialize = method == "initialize";
+        spans
     }
 
-    /// Starts a SERVER span named `name` with `attributes` and the session's, the request
-    /// id's and the protocol version's.
+    /// Starts a SERVER span named by `method` and `target`, with the session, the request
+    /// id and the protocol version.
     fn open_spans(
         &self,
-        method: &str,
-        name: String,
-        mut attributes: Vec<KeyValue>,
+        (method, target, tool_call, uri): (StringValue, Option<StringValue>, bool, Option<String>),
         (session, id): (&str, &impl std::fmt::Display),
         meta: Option<&Map<String, Value>>,
         version: Option<&str>,
     ) -> CallSpans {
+        let start = SystemTime::now();
         let incoming = meta.is_some_and(|m| m.get(TRACEPARENT).is_some_and(Value::is_string));
         let parent = match meta {
-            Some(meta) if incoming => self.propagator.extract(&MetaExtractor(meta)),
-            _ => Context::new(),
+            Some(meta) if incoming => Some(self.propagator.extract(&MetaExtractor(meta))),
+            _ => None,
         };
-        attributes.push(KeyValue::new("jsonrpc.request.id", id.to_string()));
-        attributes.push(KeyValue::new("mcp.session.id", session.to_owned()));
+        let remote = parent
+            .as_ref()
+            .map(|cx| cx.span().span_context().clone())
+            .filter(SpanContext::is_valid);
+        let trace = match &remote {
+            Some(remote) => remote.trace_id(),
+            None => self.ids.new_trace_id(),
+        };
+        let sampling = self.sampler.should_sample(
+            parent.as_ref(),
+            trace,
+            method.as_str(),
+            &SpanKind::Server,
+            &[],
+            &[],
+        );
+        let sampled = sampling.decision == SamplingDecision::RecordAndSample;
+        let ids = Ids {
+            trace,
+            server: self.ids.new_span_id(),
+            client: self.ids.new_span_id(),
+            parent: remote
+                .as_ref()
+                .map_or(SpanId::INVALID, SpanContext::span_id),
+            flags: if sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            state: sampling.trace_state,
+        };
         // A 2026-07-28 request says its version in every `_meta`.
         let stated = meta
             .and_then(|m| m.get(crate::gateway::jsonrpc::META_PROTOCOL_VERSION))
             .and_then(Value::as_str);
-        if let Some(version) = stated.or(version) {
-            attributes.push(KeyValue::new("mcp.protocol.version", version.to_owned()));
-        }
-        let server = self
-            .tracer
-            .span_builder(name.clone())
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes.clone())
-            .start_with_context(&self.tracer, &parent);
+        let record = sampled.then(|| CallRecord {
+            method,
+            target,
+            tool_call,
+            uri,
+            request_id: id.to_string(),
+            session: session.to_owned(),
+            version: stated.or(version).map(str::to_owned),
+            start,
+            forwarded: None,
+            end: None,
+            decided: None,
+            held: None,
+            resolved: None,
+            error: None,
+            client_error: None,
+        });
         CallSpans {
-            initialize: method == "initialize",
-            inner: Mutex::new(Inner {
-                name,
-                attributes,
-                server,
-                client: None,
-                incoming,
-            }),
+            initialize: false,
+            incoming,
+            ids,
+            queue: self.queue.clone(),
+            record: Mutex::new(record),
         }
     }
 
@@ -235,30 +287,21 @@ impl Tracing {
     /// in its `_meta`, when the trace is sampled and the client sent none; `None` to
     /// forward the line as it is.
     pub(crate) fn forwarded(&self, spans: &CallSpans, line: &[u8]) -> Option<Vec<u8>> {
-        let mut inner = spans.lock();
-        let parent = Context::new().with_remote_span_context(inner.server.span_context().clone());
-        // The CLIENT span takes the SERVER span's attributes: its own copy, since the SDK
-        // owns a span's attributes; the values are shared (`Arc<str>`) where they are long.
-        let attributes = std::mem::take(&mut inner.attributes);
-        let client = self
-            .tracer
-            .span_builder(inner.name.clone())
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &parent);
-        let context = client.span_context().clone();
-        inner.client = Some(client);
-        if inner.incoming || !context.is_sampled() {
+        if let Some(record) = spans.lock().as_mut() {
+            record.forwarded = Some(SystemTime::now());
+        }
+        let ids = &spans.ids;
+        if spans.incoming || !ids.sampled() {
             return None;
         }
-        let traceparent = format!(
-            "00-{}-{}-{:02x}",
-            context.trace_id(),
-            context.span_id(),
-            context.trace_flags().to_u8()
-        );
-        with_traceparent(line, &traceparent)
-            .or_else(|| with_meta(line, HashMap::from([(TRACEPARENT.to_owned(), traceparent)])))
+        let traceparent = Traceparent::new(ids.trace, ids.client, ids.flags);
+        let traceparent = traceparent.as_str()?;
+        with_traceparent(line, traceparent).or_else(|| {
+            with_meta(
+                line,
+                HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]),
+            )
+        })
     }
 }
 
@@ -276,21 +319,16 @@ struct RequestParams {
 }
 
 /// The spans of one MCP request, from its arrival to its answer: a SERVER span, and a
-/// CLIENT span once it goes upstream. Dropping it ends them.
+/// CLIENT span once it goes upstream. Ending them (or dropping this) queues them for export.
 pub struct CallSpans {
     /// An `initialize`: its answer says the connection's protocol version.
     initialize: bool,
-    inner: Mutex<Inner>,
-}
-
-struct Inner {
-    name: String,
-    /// Given to the CLIENT span when it starts.
-    attributes: Vec<KeyValue>,
-    server: Span,
-    client: Option<Span>,
     /// The client sent a `traceparent`: the request goes upstream untouched.
     incoming: bool,
+    ids: Ids,
+    queue: Arc<SpanQueue>,
+    /// What the spans say so far; `None` when not sampled, or once queued.
+    record: Mutex<Option<CallRecord>>,
 }
 
 impl std::fmt::Debug for CallSpans {
@@ -300,9 +338,32 @@ impl std::fmt::Debug for CallSpans {
     }
 }
 
+impl Drop for CallSpans {
+    fn drop(&mut self) {
+        self.end(|_| {});
+    }
+}
+
 impl CallSpans {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CallRecord>> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the record, if it is kept.
+    fn update(&self, change: impl FnOnce(&mut CallRecord)) {
+        if let Some(record) = self.lock().as_mut() {
+            change(record);
+        }
+    }
+
+    /// Ends both spans after `change`, and queues them for export (once).
+    fn end(&self, change: impl FnOnce(&mut CallRecord)) {
+        let Some(mut record) = self.lock().take() else {
+            return;
+        };
+        change(&mut record);
+        record.end = Some(SystemTime::now());
+        self.queue.push(self.ids.clone(), record);
     }
 
     /// Whether these are the spans of an `initialize`.
@@ -312,35 +373,30 @@ impl CallSpans {
 
     /// The trace id and the SERVER span's id, lowercase hex, for the audit log.
     pub(crate) fn ids(&self) -> (String, String) {
-        let inner = self.lock();
-        let context: &SpanContext = inner.server.span_context();
+        let trace: [u8; 32] = hex(self.ids.trace.to_bytes());
+        let span: [u8; 16] = hex(self.ids.server.to_bytes());
         (
-            context.trace_id().to_string(),
-            context.span_id().to_string(),
+            String::from_utf8_lossy(&trace).into_owned(),
+            String::from_utf8_lossy(&span).into_owned(),
         )
     }
 
     /// Records the policy's decision.
     pub(crate) fn decided(&self, grant: &str, decision: &Decision) {
-        let mut inner = self.lock();
-        let span = &mut inner.server;
-        span.set_attribute(KeyValue::new(
-            "toolgate.decision",
-            decision.verdict.as_str(),
-        ));
-        span.set_attribute(KeyValue::new("toolgate.rule", decision.rule.clone()));
-        span.set_attribute(KeyValue::new("toolgate.grant", grant.to_owned()));
-        if let Some(counter) = limited_counter(decision) {
-            span.set_attribute(KeyValue::new("toolgate.counter", counter.to_owned()));
-        }
-        if matches!(decision.verdict, Verdict::Deny | Verdict::RateLimited) {
-            let kind = decision.verdict.as_str();
-            span.set_attribute(KeyValue::new("error.type", kind));
-            span.set_status(Status::error(kind));
-        }
-        if decision.verdict == Verdict::Hold {
-            span.add_event("toolgate.hold", vec![]);
-        }
+        self.update(|record| {
+            record.decided = Some(Decided {
+                verdict: decision.verdict,
+                rule: decision.rule.clone(),
+                grant: grant.to_owned(),
+                counter: limited_counter(decision).map(str::to_owned),
+            });
+            if matches!(decision.verdict, Verdict::Deny | Verdict::RateLimited) {
+                record.error = Some(ErrorType::Named(decision.verdict.as_str()));
+            }
+            if decision.verdict == Verdict::Hold {
+                record.held = Some(SystemTime::now());
+            }
+        });
     }
 
     /// Records how a hold ended, and by whom.
@@ -351,83 +407,48 @@ impl CallSpans {
             ResolvedBy::Cancellation => "cancellation",
             ResolvedBy::Shutdown => "shutdown",
         };
-        let mut attributes = vec![
-            KeyValue::new("toolgate.approved", resolution.approved),
-            KeyValue::new("toolgate.resolved_by", by),
-        ];
-        if let Some(operator) = &resolution.operator {
-            attributes.push(KeyValue::new("toolgate.operator", operator.clone()));
-        }
-        let mut inner = self.lock();
-        inner.server.add_event("toolgate.hold_resolved", attributes);
-        if !resolution.approved {
-            inner
-                .server
-                .set_attribute(KeyValue::new("error.type", "hold_denied"));
-            inner.server.set_status(Status::error("hold_denied"));
-        }
+        self.update(|record| {
+            record.resolved = Some(Resolved {
+                at: SystemTime::now(),
+                approved: resolution.approved,
+                by,
+                operator: resolution.operator.clone(),
+            });
+            if !resolution.approved {
+                record.error = Some(ErrorType::Named("hold_denied"));
+            }
+        });
     }
 
     /// Ends both spans; `error` when the upstream answered with an error or did not answer.
     pub(crate) fn answered(&self, error: bool) {
-        let mut inner = self.lock();
-        if error {
-            if let Some(client) = &mut inner.client {
-                client.set_attribute(KeyValue::new("error.type", "tool_error"));
-                client.set_status(Status::error("tool_error"));
+        self.end(|record| {
+            if error {
+                record.error = Some(ErrorType::Named("tool_error"));
+                record.client_error = Some(ErrorType::Named("tool_error"));
             }
-            inner
-                .server
-                .set_attribute(KeyValue::new("error.type", "tool_error"));
-            inner.server.set_status(Status::error("tool_error"));
-        }
-        if let Some(client) = &mut inner.client {
-            client.end();
-        }
-        inner.server.end();
+        });
     }
 
     /// Ends both spans of a request other than `tools/call` with its answer: `error`, the
     /// JSON-RPC error's code, when it was refused. `error.type` is that code, as the MCP
     /// conventions say.
     pub(crate) fn answered_with(&self, error: Option<i64>) {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        if let Some(code) = error {
-            let kind = code.to_string();
-            for span in inner
-                .client
-                .iter_mut()
-                .chain(std::iter::once(&mut inner.server))
-            {
-                span.set_attribute(KeyValue::new("error.type", kind.clone()));
-                span.set_attribute(KeyValue::new("rpc.response.status_code", kind.clone()));
-                span.set_status(Status::error(kind.clone()));
+        self.end(|record| {
+            if let Some(code) = error {
+                record.error = Some(ErrorType::Code(code));
+                record.client_error = Some(ErrorType::Code(code));
             }
-        }
-        if let Some(client) = &mut inner.client {
-            client.end();
-        }
-        inner.server.end();
+        });
     }
 
     /// Ends both spans of a request that will never be answered by the upstream (`kind`
     /// says why, as `error.type`).
     pub(crate) fn failed(&self, kind: &'static str) {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        for span in inner
-            .client
-            .iter_mut()
-            .chain(std::iter::once(&mut inner.server))
-        {
-            span.set_attribute(KeyValue::new("error.type", kind));
-            span.set_status(Status::error(kind));
-        }
-        if let Some(client) = &mut inner.client {
-            client.end();
-        }
-        inner.server.end();
+        self.end(|record| {
+            record.error = Some(ErrorType::Named(kind));
+            record.client_error = Some(ErrorType::Named(kind));
+        });
     }
 }
 
@@ -450,79 +471,161 @@ fn limited_counter(decision: &Decision) -> Option<&str> {
 /// differently, nothing re-encoded. `None` when the line is not that simple (no params
 /// object, a `_meta` that is not an object or already has trace context, an escaped
 /// key); then [`with_meta`] decides.
+///
+/// The line is a request the gateway has parsed already, so a structural scan finds the
+/// objects (strings skipped, brackets counted) in one pass over the bytes, where parsing
+/// the message, its params and its `_meta` with serde cost three.
 fn with_traceparent(line: &[u8], traceparent: &str) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(line).ok()?;
-    let message: Borrowed<'_> = serde_json::from_str(text.trim_end()).ok()?;
-    let params = message.get("params")?;
-    if !params.starts_with('{') {
+    let start = skip_space(line, 0);
+    let mut params = None;
+    object_members(line, start, |key, value| {
+        if key == b"params" && params.is_none() {
+            params = Some(value);
+        }
+    })?;
+    let params = params?;
+    if line.get(params.start) != Some(&b'{') {
         return None;
     }
-    let members: Borrowed<'_> = serde_json::from_str(params).ok()?;
-    let (object, empty, entry) = match members.get("_meta") {
+    let mut meta = None;
+    let (params_close, params_empty) = object_members(line, params.start, |key, value| {
+        if key == b"_meta" && meta.is_none() {
+            meta = Some(value);
+        }
+    })?;
+    let (close, empty, new_meta) = match meta {
         Some(meta) => {
-            if !meta.starts_with('{') {
+            if line.get(meta.start) != Some(&b'{') {
                 return None;
             }
-            let meta_members: Borrowed<'_> = serde_json::from_str(meta).ok()?;
-            if meta_members.get(TRACEPARENT).is_some() || meta_members.get(TRACESTATE).is_some() {
+            let mut traced = false;
+            let (close, empty) = object_members(line, meta.start, |key, _| {
+                traced |= key == TRACEPARENT.as_bytes() || key == TRACESTATE.as_bytes();
+            })?;
+            if traced {
                 return None;
             }
-            let entry = format!("\"{TRACEPARENT}\":\"{traceparent}\"");
-            (meta, meta_members.0.is_empty(), entry)
+            (close, empty, false)
         }
-        None => {
-            let entry = format!("\"_meta\":{{\"{TRACEPARENT}\":\"{traceparent}\"}}");
-            (params, members.0.is_empty(), entry)
-        }
+        None => (params_close, params_empty, true),
     };
-    // The object's closing brace, found by where its text lies in the line.
-    let start = (object.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-    let close = start + object.len() - 1;
-    if text.as_bytes().get(close) != Some(&b'}') {
-        return None;
-    }
-    let mut out = Vec::with_capacity(line.len() + entry.len() + 1);
+    let mut out = Vec::with_capacity(line.len() + traceparent.len() + 32);
     out.extend_from_slice(&line[..close]);
     if !empty {
         out.push(b',');
     }
-    out.extend_from_slice(entry.as_bytes());
+    if new_meta {
+        out.extend_from_slice(b"\"_meta\":{");
+    }
+    out.extend_from_slice(b"\"traceparent\":\"");
+    out.extend_from_slice(traceparent.as_bytes());
+    out.push(b'"');
+    if new_meta {
+        out.push(b'}');
+    }
     out.extend_from_slice(&line[close..]);
     Some(out)
 }
 
-/// A JSON object's members, borrowed from the text: keys without escapes only (an escaped
-/// key fails the read).
-struct Borrowed<'a>(Vec<(&'a str, &'a str)>);
+fn skip_space(text: &[u8], mut at: usize) -> usize {
+    while matches!(text.get(at), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+        at += 1;
+    }
+    at
+}
 
-impl<'a> Borrowed<'a> {
-    fn get(&self, key: &str) -> Option<&'a str> {
-        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+/// The end (one past the closing quote) of the string starting at `at`, and whether it has
+/// an escape.
+fn string_end(text: &[u8], at: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    let mut i = at + 1;
+    loop {
+        match text.get(i)? {
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            b'"' => return Some((i + 1, escaped)),
+            _ => i += 1,
+        }
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Borrowed<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Borrowed<'de>, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Borrowed<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Borrowed<'de>, A::Error> {
-                let mut members = Vec::new();
-                while let Some((key, value)) = map.next_entry::<&'de str, &'de RawValue>()? {
-                    members.push((key, value.get()));
+/// The end (one past its last byte) of the JSON value starting at `at`.
+fn value_end(text: &[u8], at: usize) -> Option<usize> {
+    match text.get(at)? {
+        b'"' => string_end(text, at).map(|(end, _)| end),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match text.get(i)? {
+                    b'"' => {
+                        i = string_end(text, i)?.0;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
                 }
-                Ok(Borrowed(members))
+                i += 1;
             }
         }
-        deserializer.deserialize_map(Visit)
+        _ => {
+            let mut i = at;
+            while let Some(b) = text.get(i) {
+                if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n') {
+                    break;
+                }
+                i += 1;
+            }
+            (i > at).then_some(i)
+        }
+    }
+}
+
+/// Calls `member` with each key (its bytes between the quotes) and value (its range in
+/// `text`) of the object starting at `at`; answers where its closing brace is and whether
+/// it is empty. `None` when it is not an object, or a key has an escape.
+fn object_members(
+    text: &[u8],
+    at: usize,
+    mut member: impl FnMut(&[u8], std::ops::Range<usize>),
+) -> Option<(usize, bool)> {
+    if text.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut i = skip_space(text, at + 1);
+    if text.get(i) == Some(&b'}') {
+        return Some((i, true));
+    }
+    loop {
+        if text.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (key_end, escaped) = string_end(text, i)?;
+        if escaped {
+            return None;
+        }
+        let key = text.get(i + 1..key_end - 1)?;
+        i = skip_space(text, key_end);
+        if text.get(i) != Some(&b':') {
+            return None;
+        }
+        let value = skip_space(text, i + 1);
+        let end = value_end(text, value)?;
+        member(key, value..end);
+        i = skip_space(text, end);
+        match text.get(i)? {
+            b',' => i = skip_space(text, i + 1),
+            b'}' => return Some((i, false)),
+            _ => return None,
+        }
     }
 }
 
@@ -714,6 +817,11 @@ mod tests {
             let out = with_traceparent(&with_newline, tp).expect(line);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{want}\n"));
         }
+        // Strings holding brackets, quotes and escapes do not end an object early.
+        let tricky = r#"{"id":1,"params":{"arguments":{"s":"}{\"]","n":[{"a":"\\"}],"t":true},"name":"a}"},"method":"tools/call"}"#;
+        let want = r#"{"id":1,"params":{"arguments":{"s":"}{\"]","n":[{"a":"\\"}],"t":true},"name":"a}","_meta":{"traceparent":"TP"}},"method":"tools/call"}"#;
+        let out = with_traceparent(tricky.as_bytes(), tp).expect(tricky);
+        assert_eq!(String::from_utf8(out).unwrap(), want.replace("TP", tp));
         // Not simple: left to `with_meta` (or forwarded as it is).
         for line in [
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
@@ -721,6 +829,8 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":null}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"traceparent":5}}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_m\u0065ta":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"tracestate":"a=b"}}}"#,
+            r#"[{"params":{}}]"#,
         ] {
             assert_eq!(with_traceparent(line.as_bytes(), tp), None, "{line}");
         }
@@ -745,5 +855,80 @@ mod tests {
                 .unwrap()
                 .contains(r#""_meta":{"traceparent":"x"}"#)
         );
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "\\PC{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(("\\PC{0,6}", inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_spliced_request_reads_as_the_request_with_the_traceparent_added(
+            arguments in any_json(),
+            meta in proptest::option::of(proptest::collection::vec(("\\PC{0,6}", any_json()), 0..4)),
+            params_first: bool,
+            pretty: bool,
+        ) {
+            let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+            let meta: Option<Map<String, Value>> = meta.map(|members| {
+                members
+                    .into_iter()
+                    .filter(|(k, _)| k != TRACEPARENT && k != TRACESTATE)
+                    .collect()
+            });
+            let mut params = Map::new();
+            params.insert("name".into(), "t".into());
+            params.insert("arguments".into(), arguments);
+            if let Some(meta) = &meta {
+                params.insert("_meta".into(), Value::Object(meta.clone()));
+            }
+            let mut message = Map::new();
+            if params_first {
+                message.insert("params".into(), Value::Object(params.clone()));
+            }
+            message.insert("jsonrpc".into(), "2.0".into());
+            message.insert("id".into(), 1.into());
+            message.insert("method".into(), "tools/call".into());
+            if !params_first {
+                message.insert("params".into(), Value::Object(params.clone()));
+            }
+            let message = Value::Object(message);
+            let text = if pretty {
+                serde_json::to_string_pretty(&message).unwrap()
+            } else {
+                message.to_string()
+            };
+            // Read back by serde both times, so that floats round alike.
+            let mut want: Value = serde_json::from_str(&text).unwrap();
+            let mut want_meta = want["params"]["_meta"].as_object().cloned().unwrap_or_default();
+            want_meta.insert(TRACEPARENT.into(), tp.into());
+            want["params"]["_meta"] = Value::Object(want_meta);
+            // A key written with an escape is left to `with_meta`.
+            let plain_keys = meta
+                .iter()
+                .flat_map(|m| m.keys())
+                .all(|k| !k.contains(['"', '\\']));
+            match with_traceparent(text.as_bytes(), tp) {
+                Some(out) => {
+                    let read: Value = serde_json::from_slice(&out).expect("the spliced line is JSON");
+                    proptest::prop_assert_eq!(read, want);
+                }
+                None => proptest::prop_assert!(!plain_keys, "not spliced: {}", text),
+            }
+        }
     }
 }
