@@ -22,12 +22,14 @@
 //! is asked in place: a thread hop would cost more than the admission.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, CounterKey, CounterStore, LimitRequest, OwnedLimit, StoreError, StoreErrorKind,
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, NotedUsage, OwnedLimit,
+    Reservation, Scope, StoreError, StoreErrorKind,
 };
 
 /// Jobs waiting for the store thread, at most; beyond it an admission is refused at once.
@@ -259,13 +261,26 @@ impl Answer {
     }
 }
 
+/// Budgets whose state after this thread's last admission is remembered, at most; beyond it
+/// the memory starts again empty.
+const KNOWN: usize = 1024;
+
 /// The store thread: one job at a time, admissions in batches. Other jobs that queued up
 /// among a batch's admissions (usage reads, releases) run right after it, in order: they
 /// never split a batch (a release that waited behind admissions can only make them
 /// stricter), and of several reads of the same budgets only the last runs.
+///
+/// A usage read is answered, where it can be, from what the batches noted of each budget
+/// in their own transactions ([`CounterStore::admit_many_noting`]): the state the last
+/// admission through this thread left it in, as long as only time has passed since (see
+/// [`NotedUsage::usage_at`]). Any other job may have written (a release), so it forgets
+/// all of it; a read it cannot answer asks the store. A read answered this way does not see
+/// another process's admissions since this thread's last one (a read a moment earlier would
+/// not either); the events are published in the order the state changed here, as before.
 fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<(Vec<OwnedLimit>, u64, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut after: Vec<(Option<Vec<CounterKey>>, Work)> = Vec::new();
+    let mut known = Known::default();
     while let Some(job) = rx.blocking_recv() {
         let mut next = Some(job);
         // Everything that queued up meanwhile goes into the same transaction.
@@ -287,14 +302,122 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
                 next = rx.try_recv().ok();
             }
         }
-        admit_batch(store, &mut batch);
-        for (_, work) in after.drain(..) {
-            work(store);
+        admit_batch(store, &mut batch, &mut known);
+        for (key, work) in after.drain(..) {
+            if key.is_none() {
+                known.forget();
+                work(store);
+                continue;
+            }
+            let view = Remembered {
+                store,
+                known: &known,
+                asked_store: AtomicBool::new(false),
+            };
+            work(&view);
+            if view.asked_store.load(Ordering::Relaxed) {
+                // What the store did while answering (a guard giving back units it kept
+                // for later) is not in what was noted.
+                known.forget();
+            }
         }
     }
 }
 
-fn admit_batch(store: &dyn CounterStore, batch: &mut Vec<(Vec<OwnedLimit>, u64, Reply)>) {
+/// What the batches noted of each budget (see [`serve`]).
+#[derive(Default)]
+struct Known {
+    usage: std::collections::HashMap<CounterKey, NotedUsage>,
+    noted: Vec<NotedUsage>,
+}
+
+impl Known {
+    fn forget(&mut self) {
+        self.usage.clear();
+    }
+
+    fn learn(&mut self) {
+        for note in self.noted.drain(..) {
+            if self.usage.len() >= KNOWN && !self.usage.contains_key(&note.key) {
+                self.usage.clear();
+            }
+            self.usage.insert(note.key.clone(), note);
+        }
+    }
+
+    fn forget_units_of(&mut self, reservation: &Reservation) {
+        for unit in reservation.units() {
+            self.usage.remove(&unit.key);
+        }
+    }
+}
+
+/// The store as a usage read on the store thread sees it: a budget's usage from what the
+/// batches noted when that is still exact, anything else from the store.
+struct Remembered<'a> {
+    store: &'a dyn CounterStore,
+    known: &'a Known,
+    /// Whether anything was asked of the store itself.
+    asked_store: AtomicBool,
+}
+
+impl Remembered<'_> {
+    fn store(&self) -> &dyn CounterStore {
+        self.asked_store.store(true, Ordering::Relaxed);
+        self.store
+    }
+}
+
+impl CounterStore for Remembered<'_> {
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+        self.store().admit(limits, now_ms)
+    }
+
+    fn may_block(&self) -> bool {
+        self.store.may_block()
+    }
+
+    fn fails_open(&self) -> bool {
+        self.store.fails_open()
+    }
+
+    fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        self.store().try_release(reservation)
+    }
+
+    fn usage_of(
+        &self,
+        key: &CounterKey,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<KeyUsage, StoreError> {
+        let remembered = self
+            .known
+            .usage
+            .get(key)
+            .and_then(|noted| noted.usage_at(window_ms, now_ms));
+        match remembered {
+            Some(usage) => Ok(usage),
+            None => self.store().usage_of(key, window_ms, now_ms),
+        }
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
+        self.store().usage(counter, scope, window_ms, now_ms)
+    }
+}
+
+fn admit_batch(
+    store: &dyn CounterStore,
+    batch: &mut Vec<(Vec<OwnedLimit>, u64, Reply)>,
+    known: &mut Known,
+) {
     // Callers that stopped waiting are not admitted at all.
     batch.retain(|(_, _, reply)| !reply.is_closed());
     if batch.is_empty() {
@@ -309,13 +432,15 @@ fn admit_batch(store: &dyn CounterStore, batch: &mut Vec<(Vec<OwnedLimit>, u64, 
         .zip(batch.iter())
         .map(|(requests, (_, now_ms, _))| (requests.as_slice(), *now_ms))
         .collect();
-    let answers = store.admit_many(&calls);
+    let answers = store.admit_many_noting(&calls, &mut known.noted);
     drop(calls);
     drop(requests);
+    known.learn();
     for ((_, _, reply), answer) in batch.drain(..).zip(answers) {
         if let Err(Ok(Admission::Admitted(reservation))) = reply.send(answer) {
             // The caller gave up waiting: nobody will use or give back these units.
             store.release(&reservation);
+            known.forget_units_of(&reservation);
         }
     }
 }
@@ -492,6 +617,126 @@ mod tests {
                 _ => panic!("{fail:?}: {got:?}"),
             }
         }
+    }
+
+    /// A SQLite store that counts the usage reads asked of it.
+    struct CountingReads {
+        inner: crate::policy::store::SqliteStore,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl CounterStore for CountingReads {
+        fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+            self.inner.admit(limits, now_ms)
+        }
+        fn admit_many_noting(
+            &self,
+            calls: &[(&[LimitRequest<'_>], u64)],
+            noted: &mut Vec<NotedUsage>,
+        ) -> Vec<Result<Admission, StoreError>> {
+            self.inner.admit_many_noting(calls, noted)
+        }
+        fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+            self.inner.try_release(reservation)
+        }
+        fn usage_of(
+            &self,
+            key: &CounterKey,
+            window_ms: u64,
+            now_ms: u64,
+        ) -> Result<KeyUsage, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.usage_of(key, window_ms, now_ms)
+        }
+        fn usage(
+            &self,
+            counter: &str,
+            scope: Scope,
+            window_ms: u64,
+            now_ms: u64,
+        ) -> Result<Vec<KeyUsage>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.usage(counter, scope, window_ms, now_ms)
+        }
+    }
+
+    /// The budget of [`limit`], read on the worker's thread as a gateway reads it for its
+    /// `counters` event.
+    async fn read_usage(worker: &StoreWorker, window_ms: u64, now_ms: u64) -> KeyUsage {
+        let key = limit(1).remove(0).request().key();
+        let (tx, rx) = oneshot::channel();
+        let asked = key.clone();
+        worker.read(vec![key], move |store| {
+            let _ = tx.send(store.usage_of(&asked, window_ms, now_ms));
+        });
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("the usage read ran within 5 s")
+            .expect("the usage read answered")
+            .expect("the usage read succeeded")
+    }
+
+    #[tokio::test]
+    async fn a_usage_read_after_an_admission_is_answered_from_its_transaction_until_a_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(CountingReads {
+            inner: crate::policy::store::SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap(),
+            reads: Default::default(),
+        });
+        let worker = StoreWorker::new(store.clone());
+        let reads = || store.reads.load(Ordering::SeqCst);
+        let mut admitted = Vec::new();
+        for now in [1_000, 1_500] {
+            match worker.admit(limit(5), now).get().await {
+                Ok(Admission::Admitted(r)) => admitted.push(r),
+                other => panic!("not admitted at {now}: {other:?}"),
+            }
+        }
+        let expected = KeyUsage {
+            scope_key: String::new(),
+            used: 2,
+            next_free_in_ms: Some(59_000),
+        };
+        assert_eq!(read_usage(&worker, 60_000, 2_000).await, expected);
+        assert_eq!(reads(), 0, "the store was read again");
+        // A release may change any budget: the next read asks the store, and sees it.
+        let (released_tx, released) = oneshot::channel();
+        let first = admitted.remove(0);
+        worker.run(move |store| {
+            store.release(&first);
+            let _ = released_tx.send(());
+        });
+        tokio::time::timeout(Duration::from_secs(5), released)
+            .await
+            .expect("the release ran within 5 s")
+            .expect("the release ran");
+        let after = read_usage(&worker, 60_000, 2_000).await;
+        assert_eq!((after.used, reads()), (1, 1));
+        // The next admission's note answers again.
+        assert!(matches!(
+            worker.admit(limit(5), 3_000).get().await,
+            Ok(Admission::Admitted(_))
+        ));
+        assert_eq!(read_usage(&worker, 60_000, 3_000).await.used, 2);
+        assert_eq!(reads(), 1, "the store was read again");
+        // Once the oldest unit has left the window, the store is asked.
+        assert_eq!(read_usage(&worker, 60_000, 61_600).await.used, 1);
+        assert_eq!(
+            reads(),
+            2,
+            "a unit left the window, yet the store was not asked"
+        );
+        // So is a read in another window than the admissions'.
+        assert!(matches!(
+            worker.admit(limit(5), 3_500).get().await,
+            Ok(Admission::Admitted(_))
+        ));
+        assert_eq!(read_usage(&worker, 1_000, 3_600).await.used, 2);
+        assert_eq!(
+            reads(),
+            3,
+            "a read in another window was not asked of the store"
+        );
     }
 
     #[tokio::test]
