@@ -11,6 +11,13 @@
 //! [`CounterStore::admit_many`] together (at most [`MAX_BATCH`]), in arrival order. Each call
 //! is still all-or-nothing and decided as if alone, one after the other.
 //!
+//! Publishing: what a gateway publishes about the budgets an admitted call took units from
+//! (the `counters` event) runs on the thread right after the batch
+//! ([`StoreWorker::admit_then`]), and reads them from what the batch's own transaction noted
+//! ([`CounterStore::admit_many_noting`]) instead of a second transaction: a limited call
+//! costs the gateway one transaction and one hop to the thread and back, and the states
+//! are published in the order they changed.
+//!
 //! Deadlines: an admission is answered within [`ANSWER_WITHIN`] or fails; a queue that is
 //! full refuses at once. Either failure follows the store's failure policy
 //! ([`CounterStore::fails_open`]: `--counters-fail`): closed, the call is denied; open, it is
