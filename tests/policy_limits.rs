@@ -220,9 +220,9 @@ proptest! {
             let last_admitted = times
                 .iter()
                 .zip(&answers)
-                .filter(|(_, a)| matches!(a, Ok(Admission::Admitted(_))))
-                .map(|(&t, _)| t)
-                .last();
+                .rev()
+                .find(|(_, a)| matches!(a, Ok(Admission::Admitted(_))))
+                .map(|(&t, _)| t);
             for (&t, answer) in times.iter().zip(answers) {
                 let answer = answer.unwrap();
                 let expected = reference.admit(&limits, t).unwrap();
