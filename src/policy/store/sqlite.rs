@@ -480,9 +480,10 @@ impl SqliteStore {
                     let touching = noted.is_some().then_some((call, &mut touched));
                     answers.push(admit_in(tx, limits, *now_ms, touching)?);
                 }
-                let notes = match noted.is_some() {
-                    true => note_usage(tx, &answers, &touched)?,
-                    false => Vec::new(),
+                let notes = if noted.is_some() {
+                    note_usage(tx, &answers, &touched)?
+                } else {
+                    Vec::new()
                 };
                 Ok((answers, notes))
             })
@@ -532,6 +533,7 @@ impl CounterStore for SqliteStore {
     ) -> Vec<Result<Admission, StoreError>> {
         self.admit_batch(calls, Some(noted))
     }
+
     fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
         if reservation.is_empty() {
             return Ok(());
