@@ -191,6 +191,8 @@ proptest! {
     /// while the window stays the same, against a plain count of the units in it: calls in
     /// order, decided in batches of one transaction, some given back after their batch, and
     /// the window changed now and then (a policy reload), at realistic clock magnitudes.
+    /// What each batch notes of the budget for the events (its count and oldest unit, from
+    /// the batch's own transaction) is what the reference store reads after the batch.
     #[test]
     fn in_order_batched_sqlite_admissions_get_exactly_the_rolling_window_answer(
         max in 1u64..5,
@@ -213,7 +215,14 @@ proptest! {
             let times: Vec<u64> = gaps.iter().map(|gap| { now += gap; now }).collect();
             let calls: Vec<(&[LimitRequest<'_>], u64)> =
                 times.iter().map(|&t| (&limits[..], t)).collect();
-            let answers = store.admit_many(&calls);
+            let mut noted = Vec::new();
+            let answers = store.admit_many_noting(&calls, &mut noted);
+            let last_admitted = times
+                .iter()
+                .zip(&answers)
+                .rev()
+                .find(|(_, a)| matches!(a, Ok(Admission::Admitted(_))))
+                .map(|(&t, _)| t);
             for (&t, answer) in times.iter().zip(answers) {
                 let answer = answer.unwrap();
                 let expected = reference.admit(&limits, t).unwrap();
@@ -242,6 +251,24 @@ proptest! {
                             admitted.iter().filter(|&&u| u + window > later - 1).count() as u64;
                         prop_assert!(!one_window || (then < max && just_before >= max));
                     }
+                }
+            }
+            prop_assert_eq!(noted.len(), usize::from(last_admitted.is_some()), "{:?}", noted);
+            if let Some(note) = noted.first() {
+                prop_assert_eq!(Some(note.at_ms), last_admitted);
+                prop_assert_eq!(note.window_ms, window);
+                let key = limits[0].key();
+                prop_assert_eq!(&note.key, &key);
+                // Right after the batch (its last call's time) the note holds, and says what
+                // a read says.
+                let read = reference.usage_of(&key, window, now).unwrap();
+                match note.usage_at(window, now) {
+                    Some(usage) => prop_assert_eq!(usage, read),
+                    // Only once its oldest unit has left the window.
+                    None => prop_assert!(
+                        note.oldest_ms.is_some_and(|o| o + window <= now),
+                        "no usage from {:?} at {}", note, now - T0
+                    ),
                 }
             }
             for (r, e) in give_back.drain(..) {

@@ -58,7 +58,8 @@ impl Gateway {
 
     /// The first step of deciding a call: the policy's decision, and for a call with limits
     /// its admission queued at the counter store now (so admissions keep the calls' order).
-    /// Nothing is published yet.
+    /// Nothing is published yet but, once the store admits it, the state of the budgets it
+    /// took units from (the `counters` event, from the store's thread).
     pub(crate) fn start_decision(&self, session: &str, tool: &str, args: &Value) -> Deciding {
         if let Some(audit) = &self.audit
             && audit.refuses_calls()
@@ -73,13 +74,13 @@ impl Gateway {
             grant: &self.grant,
             session,
         };
-        let enforced = self.step(policy.judge(&call));
+        let enforced = self.step(policy.judge(&call), true);
         // Shadow admissions are queued after the enforced one, in counters of their own: a
         // full shadow budget never refuses the call.
-        let shadow_rule = policy.judge_shadow(&call).map(|j| self.step(j));
+        let shadow_rule = policy.judge_shadow(&call).map(|j| self.step(j, false));
         let shadow_policy = self.shadow_policy.as_ref().and_then(|candidate| {
             let candidate = candidate.load_full()?;
-            let step = self.step(candidate.judge_candidate(&call));
+            let step = self.step(candidate.judge_candidate(&call), false);
             Some((candidate, step))
         });
         if shadow_rule.is_none()
@@ -103,14 +104,17 @@ impl Gateway {
         .now()
     }
 
-    /// A judgement, with its admission queued at the store when it has limits.
-    fn step(&self, judgement: Judgement) -> Step {
+    /// A judgement, with its admission queued at the store when it has limits; an enforced
+    /// one (`publish`) has the state of the budgets it took units from published right after
+    /// it, on the store's thread (see [`crate::policy::StoreWorker::admit_then`]).
+    fn step(&self, judgement: Judgement, publish: bool) -> Step {
         match judgement {
             Judgement::Decided(decision) => Step::Decided(decision),
             Judgement::Admit(mut admissible) => {
-                let answer = self
-                    .store
-                    .admit(admissible.take_limits(), self.clock.now_ms());
+                let then = publish.then(|| self.counters_publisher());
+                let answer =
+                    self.store
+                        .admit_then(admissible.take_limits(), self.clock.now_ms(), then);
                 Step::Admitting(admissible, answer)
             }
         }
@@ -189,7 +193,6 @@ impl Gateway {
         };
         // The event moves into the hub: its arguments are not copied.
         self.hub.publish(EventKind::Call(event));
-        self.publish_counters(&decision.reservation);
         (call_id, decision)
     }
 
@@ -278,19 +281,13 @@ impl Gateway {
         });
     }
 
-    /// Publishes the state of the budgets a reservation took units from, read on the store's
-    /// thread.
-    fn publish_counters(&self, reservation: &Reservation) {
-        if reservation.is_empty() {
-            return;
-        }
-        let reservation = reservation.clone();
-        let key = reservation.units().iter().map(|u| u.key.clone()).collect();
+    /// Publishes the state of the budgets an admission took units from, on the store's
+    /// thread right after it (calls admitted together publish the state after them once).
+    fn counters_publisher(&self) -> crate::policy::store::worker::Then {
         let (policy, hub, clock) = (self.policy.clone(), self.hub.clone(), self.clock.clone());
-        // Calls admitted together publish the state after them once.
-        self.store.read(key, move |store| {
-            publish_counters(store, &policy.load(), &hub, clock.now_ms(), &reservation);
-        });
+        Box::new(move |store, reservation| {
+            publish_counters(store, &policy.load(), &hub, clock.now_ms(), reservation);
+        })
     }
 
     /// Publishes and audits the outcome of a call that went upstream (its record names

@@ -44,8 +44,8 @@ pub(crate) use decision::{human_duration, would};
 pub(crate) use store::StoreSpec;
 pub use store::{
     Admission, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest, MemoryStore,
-    OwnedLimit, RedisStore, Reservation, Scope, SqliteStore, StoreError, StoreErrorKind,
-    StoreWorker,
+    NotedUsage, OwnedLimit, RedisStore, Reservation, Scope, SqliteStore, StoreError,
+    StoreErrorKind, StoreWorker,
 };
 
 use std::collections::HashMap;

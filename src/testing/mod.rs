@@ -17,9 +17,9 @@ pub mod screenshot;
 pub mod policy {
     pub use crate::policy::{
         Action, Admission, Call, CounterStore, Decision, Diagnostic, FailMode, GuardedStore,
-        KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, OwnedLimit, PinMode, Policy,
-        RedisStore, Reservation, SHADOW_POLICY_COUNTER_PREFIX, SHADOW_RULE_COUNTER_PREFIX, Scope,
-        Shadow, ShadowSource, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
+        KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, NotedUsage, OwnedLimit, PinMode,
+        Policy, RedisStore, Reservation, SHADOW_POLICY_COUNTER_PREFIX, SHADOW_RULE_COUNTER_PREFIX,
+        Scope, Shadow, ShadowSource, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
     };
 }
 

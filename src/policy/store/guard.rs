@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, Scope, StoreError,
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, NotedUsage, Reservation, Scope,
+    StoreError,
 };
 use crate::wire::StoreStatus;
 
@@ -195,6 +196,23 @@ impl CounterStore for GuardedStore {
     ) -> Vec<Result<Admission, StoreError>> {
         let answers = self.inner.admit_many(calls);
         self.observe_answers(&answers);
+        answers.into_iter().map(|a| self.settle(a)).collect()
+    }
+
+    fn admit_many_noting(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+        noted: &mut Vec<NotedUsage>,
+    ) -> Vec<Result<Admission, StoreError>> {
+        let from = noted.len();
+        // Units kept for later are given back once the store answers, after the batch: what
+        // the batch noted of their budgets would no longer hold.
+        let gives_back = !self.lock_unreleased().is_empty();
+        let answers = self.inner.admit_many_noting(calls, noted);
+        self.observe_answers(&answers);
+        if gives_back {
+            noted.truncate(from);
+        }
         answers.into_iter().map(|a| self.settle(a)).collect()
     }
 

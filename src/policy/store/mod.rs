@@ -196,6 +196,51 @@ pub struct KeyUsage {
     pub next_free_in_ms: Option<u64>,
 }
 
+/// How a budget stood right after an admission took a unit from it, read in the admission's
+/// own transaction ([`CounterStore::admit_many_noting`]): what a gateway publishes about the
+/// budget, without a second read, while it is still exact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotedUsage {
+    pub key: CounterKey,
+    /// The window the budget was asked with.
+    pub window_ms: u64,
+    /// The time the admission's unit was counted at.
+    pub at_ms: u64,
+    /// Units counted after `at_ms - window_ms`, the admission's own included.
+    pub used: u64,
+    /// The time of the oldest of them; `None` when `used` is 0.
+    pub oldest_ms: Option<u64>,
+}
+
+impl NotedUsage {
+    /// What [`CounterStore::usage_of`] would answer for this budget at `now_ms` in a window of
+    /// `window_ms`, if nothing but time has passed since the admission: `None` when that is
+    /// not certain (another window, a clock behind the admission's, or a unit that has left
+    /// the window since, which a fresh read must count out).
+    pub fn usage_at(&self, window_ms: u64, now_ms: u64) -> Option<KeyUsage> {
+        if window_ms != self.window_ms || now_ms < self.at_ms {
+            return None;
+        }
+        // Units leave the window oldest first: while the oldest is inside, all are.
+        let still_inside = self
+            .oldest_ms
+            .is_none_or(|oldest| oldest.saturating_add(window_ms) > now_ms);
+        if !still_inside {
+            return None;
+        }
+        Some(KeyUsage {
+            scope_key: self.key.scope_key.clone(),
+            used: self.used,
+            next_free_in_ms: self.oldest_ms.filter(|_| self.used > 0).map(|oldest| {
+                oldest
+                    .saturating_add(window_ms)
+                    .saturating_sub(now_ms)
+                    .max(1)
+            }),
+        })
+    }
+}
+
 /// Why a counter store could not answer, so that a caller can tell a failure that passes by
 /// itself from one that needs a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +310,19 @@ pub trait CounterStore: Send + Sync {
             .iter()
             .map(|(limits, now_ms)| self.admit(limits, *now_ms))
             .collect()
+    }
+
+    /// [`CounterStore::admit_many`], also noting in `noted` how each budget an admitted call
+    /// took a unit from stood after the last such call of the batch, when the store can tell
+    /// from the batch's own transaction (a gateway's [`StoreWorker`] publishes that instead of
+    /// reading the budget again). The default notes nothing.
+    fn admit_many_noting(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+        noted: &mut Vec<NotedUsage>,
+    ) -> Vec<Result<Admission, StoreError>> {
+        let _ = noted;
+        self.admit_many(calls)
     }
 
     /// Whether calls may wait on this store (files, locks, the network): then a gateway asks

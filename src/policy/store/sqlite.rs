@@ -43,8 +43,8 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Reservation, ReservedUnit, Scope,
-    StoreError, StoreErrorKind,
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, NotedUsage, Reservation,
+    ReservedUnit, Scope, StoreError, StoreErrorKind,
 };
 
 /// How long a write waits for another process's transaction before the call fails closed.
@@ -459,30 +459,42 @@ fn window_start(at_ms: u64, window_ms: u64) -> i64 {
     at_ms.checked_sub(window_ms).map_or(-1, sql_int)
 }
 
-impl CounterStore for SqliteStore {
-    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
-        self.admit_many(&[(limits, now_ms)])
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::new(StoreErrorKind::Other, "no answer")))
-    }
-
-    fn admit_many(
+impl SqliteStore {
+    /// Decides `calls` in one transaction; with `noted`, also notes how each budget an
+    /// admitted call took a unit from stood after the batch's last such call (see
+    /// [`NotedUsage`]): its running count is known there, and its oldest unit is one more
+    /// read of an index, once per budget and batch.
+    fn admit_batch(
         &self,
         calls: &[(&[LimitRequest<'_>], u64)],
+        noted: Option<&mut Vec<NotedUsage>>,
     ) -> Vec<Result<Admission, StoreError>> {
         let decided = self.with_conn(|conn| {
             in_transaction(conn, Begin::Write, |tx| {
+                let mut touched: Vec<Touched> = Vec::new();
                 // Each call checks all its budgets before it takes a unit from any, so a refused
                 // call wrote nothing but what any call would have (its budgets' cursors and
                 // latest times): the calls share one transaction without savepoints.
-                calls
-                    .iter()
-                    .map(|(limits, now_ms)| admit_in(tx, limits, *now_ms))
-                    .collect::<rusqlite::Result<Vec<_>>>()
+                let mut answers = Vec::with_capacity(calls.len());
+                for (call, (limits, now_ms)) in calls.iter().enumerate() {
+                    let touching = noted.is_some().then_some((call, &mut touched));
+                    answers.push(admit_in(tx, limits, *now_ms, touching)?);
+                }
+                let notes = if noted.is_some() {
+                    note_usage(tx, &answers, &touched)?
+                } else {
+                    Vec::new()
+                };
+                Ok((answers, notes))
             })
         });
         let answers = match decided {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Ok((answers, notes)) => {
+                if let Some(noted) = noted {
+                    noted.extend(notes);
+                }
+                answers.into_iter().map(Ok).collect()
+            }
             Err(e) => return vec![Err(e); calls.len()],
         };
         let n = u64::try_from(calls.len()).unwrap_or(u64::MAX);
@@ -497,6 +509,29 @@ impl CounterStore for SqliteStore {
             tracing::warn!("cannot sweep idle counters: {e}");
         }
         answers
+    }
+}
+
+impl CounterStore for SqliteStore {
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+        self.admit_many(&[(limits, now_ms)])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::new(StoreErrorKind::Other, "no answer")))
+    }
+
+    fn admit_many(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+    ) -> Vec<Result<Admission, StoreError>> {
+        self.admit_batch(calls, None)
+    }
+
+    fn admit_many_noting(
+        &self,
+        calls: &[(&[LimitRequest<'_>], u64)],
+        noted: &mut Vec<NotedUsage>,
+    ) -> Vec<Result<Admission, StoreError>> {
+        self.admit_batch(calls, Some(noted))
     }
 
     fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
@@ -677,6 +712,7 @@ fn admit_in(
     tx: &Connection,
     limits: &[LimitRequest<'_>],
     now_ms: u64,
+    touched: Option<(usize, &mut Vec<Touched>)>,
 ) -> rusqlite::Result<Admission> {
     let mut taking: Vec<Taking> = Vec::with_capacity(limits.len());
     for (index, limit) in limits.iter().enumerate() {
@@ -738,6 +774,7 @@ fn admit_in(
         }
     }
     let mut units: Vec<ReservedUnit> = Vec::with_capacity(taking.len());
+    let mut touched = if refused.is_none() { touched } else { None };
     for t in &mut taking {
         if refused.is_none() {
             // Non-negative, so it round-trips through SQLite's signed integers.
@@ -748,6 +785,19 @@ fn admit_in(
             .execute(params![t.budget.id, sql_int(t.at_ms), sql_int(token)])?;
             if sql_int(t.at_ms) > t.budget.cursor_ms {
                 t.budget.above += 1;
+            }
+            if let Some((call, touched)) = touched.as_mut() {
+                let limit = &limits[t.index];
+                let low = window_start(t.at_ms, limit.window_ms);
+                touched.push(Touched {
+                    call: *call,
+                    unit: units.len(),
+                    budget: t.budget.id,
+                    window_ms: limit.window_ms,
+                    at_ms: t.at_ms,
+                    low,
+                    used: t.budget.after(tx, low)?,
+                });
             }
             units.push(ReservedUnit {
                 key: limits[t.index].key(),
@@ -769,6 +819,56 @@ fn admit_in(
         ])?;
     }
     Ok(refused.unwrap_or_else(|| Admission::Admitted(Reservation::new(units))))
+}
+
+/// A unit an admitted call of a batch took, and how its budget stood right after.
+struct Touched {
+    /// The call's index in the batch, and the unit's in its reservation.
+    call: usize,
+    unit: usize,
+    budget: i64,
+    window_ms: u64,
+    at_ms: u64,
+    /// The start of the call's window, and the units counted after it.
+    low: i64,
+    used: u64,
+}
+
+/// Per budget, how the last admitted call of the batch that took a unit from it left it:
+/// the count it was admitted with, and its oldest unit in the window (from the units'
+/// primary key, in the batch's own transaction).
+fn note_usage(
+    tx: &Connection,
+    answers: &[Admission],
+    touched: &[Touched],
+) -> rusqlite::Result<Vec<NotedUsage>> {
+    let mut notes: Vec<NotedUsage> = Vec::new();
+    for (i, t) in touched.iter().enumerate() {
+        if touched[i + 1..]
+            .iter()
+            .any(|later| later.budget == t.budget)
+        {
+            continue;
+        }
+        let Some(Admission::Admitted(reservation)) = answers.get(t.call) else {
+            continue;
+        };
+        let Some(unit) = reservation.units().get(t.unit) else {
+            continue;
+        };
+        let oldest_ms = match t.used {
+            0 => None,
+            _ => oldest_after(tx, t.budget, t.low)?,
+        };
+        notes.push(NotedUsage {
+            key: unit.key.clone(),
+            window_ms: t.window_ms,
+            at_ms: t.at_ms,
+            used: t.used,
+            oldest_ms,
+        });
+    }
+    Ok(notes)
 }
 
 /// `None` if one more unit fits in `budget` at `at_ms`; else when it will (ms from now, at

@@ -11,6 +11,13 @@
 //! [`CounterStore::admit_many`] together (at most [`MAX_BATCH`]), in arrival order. Each call
 //! is still all-or-nothing and decided as if alone, one after the other.
 //!
+//! Publishing: what a gateway publishes about the budgets an admitted call took units from
+//! (the `counters` event) runs on the thread right after the batch
+//! ([`StoreWorker::admit_then`]), and reads them from what the batch's own transaction noted
+//! ([`CounterStore::admit_many_noting`]) instead of a second transaction: a limited call
+//! costs the gateway one transaction and one hop to the thread and back, and the states
+//! are published in the order they changed.
+//!
 //! Deadlines: an admission is answered within [`ANSWER_WITHIN`] or fails; a queue that is
 //! full refuses at once. Either failure follows the store's failure policy
 //! ([`CounterStore::fails_open`]: `--counters-fail`): closed, the call is denied; open, it is
@@ -22,12 +29,14 @@
 //! is asked in place: a thread hop would cost more than the admission.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, CounterKey, CounterStore, LimitRequest, OwnedLimit, StoreError, StoreErrorKind,
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, NotedUsage, OwnedLimit,
+    Reservation, Scope, StoreError, StoreErrorKind,
 };
 
 /// Jobs waiting for the store thread, at most; beyond it an admission is refused at once.
@@ -42,17 +51,20 @@ pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Result<Admission, StoreError>>;
 
+/// What runs with the store, on the worker's thread, right after an admission that took
+/// units: a gateway publishes the state of the budgets the call took them from.
+pub(crate) type Then = Box<dyn FnOnce(&dyn CounterStore, &Reservation) + Send>;
+
 enum Job {
     Admit {
         limits: Vec<OwnedLimit>,
         now_ms: u64,
         reply: Reply,
+        then: Option<Then>,
     },
-    /// Anything else a gateway does with its store (give units back, read usage).
+    /// Anything else a gateway does with its store (give units back and publish the state
+    /// after).
     Run(Work),
-    /// A read whose answer depends only on the store's state when it runs: of several with
-    /// the same `key` queued among one batch, only the last runs (after the batch).
-    Read { key: Vec<CounterKey>, work: Work },
 }
 
 type Work = Box<dyn FnOnce(&dyn CounterStore) + Send>;
@@ -135,15 +147,33 @@ impl StoreWorker {
     /// Queues an admission now (so admissions are decided in the order they were asked) and
     /// returns its answer to wait for.
     pub fn admit(&self, limits: Vec<OwnedLimit>, now_ms: u64) -> Answer {
+        self.admit_then(limits, now_ms, None)
+    }
+
+    /// [`StoreWorker::admit`], and if the call is admitted with units, `then` runs with the
+    /// store and its reservation on the worker's thread right after its batch, before any job
+    /// queued after it (in place, right away, for a store asked in place). So what `then`
+    /// reads of the store is the state the admission left (from what the batch noted, see
+    /// [`serve`]), and what it publishes comes in the order the state changed. Of several
+    /// admissions of one batch that took units from the same budgets, only the last one's
+    /// `then` runs: it sees what the earlier ones would have.
+    pub fn admit_then(&self, limits: Vec<OwnedLimit>, now_ms: u64, then: Option<Then>) -> Answer {
         let Some(queue) = &self.queue else {
             let requests: Vec<LimitRequest<'_>> = limits.iter().map(OwnedLimit::request).collect();
-            return Answer::Ready(self.store.admit(&requests, now_ms));
+            let answer = self.store.admit(&requests, now_ms);
+            if let (Ok(Admission::Admitted(reservation)), Some(then)) = (&answer, then)
+                && !reservation.is_empty()
+            {
+                then(self.store.as_ref(), reservation);
+            }
+            return Answer::Ready(answer);
         };
         let (reply, answer) = oneshot::channel();
         let job = Job::Admit {
             limits,
             now_ms,
             reply,
+            then,
         };
         let failed = match queue.try_send(job) {
             Ok(()) => {
@@ -169,33 +199,12 @@ impl StoreWorker {
     /// place for a store that does not block). Dropped, with a warning, when the queue is
     /// full: what it would have given back leaves its window by itself.
     pub fn run(&self, work: impl FnOnce(&dyn CounterStore) + Send + 'static) {
-        self.queue_job(Box::new(work), None);
-    }
-
-    /// [`StoreWorker::run`] for a read of the budgets `key` names, whose result depends only
-    /// on the store's state when it runs (the usage a gateway publishes after a call): of
-    /// several such reads of the same budgets waiting together, only the last runs.
-    pub fn read(
-        &self,
-        key: Vec<CounterKey>,
-        work: impl FnOnce(&dyn CounterStore) + Send + 'static,
-    ) {
-        self.queue_job(Box::new(work), Some(key));
-    }
-
-    fn queue_job(&self, work: Work, key: Option<Vec<CounterKey>>) {
         let Some(queue) = &self.queue else {
             work(self.store.as_ref());
             return;
         };
-        let job = match key {
-            Some(key) => Job::Read { key, work },
-            None => Job::Run(work),
-        };
-        if queue.try_send(job).is_err() {
-            tracing::warn!(
-                "the counter store is {QUEUE} jobs behind; skipped a release or a usage read"
-            );
+        if queue.try_send(Job::Run(Box::new(work))).is_err() {
+            tracing::warn!("the counter store is {QUEUE} jobs behind; skipped a release");
         }
     }
 }
@@ -259,65 +268,231 @@ impl Answer {
     }
 }
 
+/// Budgets whose state after this thread's last admission is remembered, at most; beyond it
+/// the memory starts again empty.
+const KNOWN: usize = 1024;
+
 /// The store thread: one job at a time, admissions in batches. Other jobs that queued up
-/// among a batch's admissions (usage reads, releases) run right after it, in order: they
-/// never split a batch (a release that waited behind admissions can only make them
-/// stricter), and of several reads of the same budgets only the last runs.
+/// among a batch's admissions (releases) run right after it, in order: they never split a
+/// batch (a release that waited behind admissions can only make them stricter).
+///
+/// What runs right after an admission ([`StoreWorker::admit_then`]: a gateway publishing
+/// the budgets' state) reads a budget's usage, where it can, from what the batch noted of
+/// it in its own transaction ([`CounterStore::admit_many_noting`]): the state the last
+/// admission through this thread left it in, as long as only time has passed since (see
+/// [`NotedUsage::usage_at`]), so a limited call costs one transaction, not two. A release
+/// may change any budget, so the thread forgets what it noted before one runs; a read it
+/// cannot answer asks the store. Read this way, a budget does not show another process's
+/// admissions since this thread's last one (a read a moment earlier would not either); the
+/// states are published in the order they changed here.
 fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<(Vec<OwnedLimit>, u64, Reply)> = Vec::with_capacity(MAX_BATCH);
-    let mut after: Vec<(Option<Vec<CounterKey>>, Work)> = Vec::new();
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut after: Vec<Work> = Vec::new();
+    let mut known = Known::default();
     while let Some(job) = rx.blocking_recv() {
         let mut next = Some(job);
         // Everything that queued up meanwhile goes into the same transaction.
         while let Some(job) = next.take() {
             match job {
-                Job::Run(work) => after.push((None, work)),
-                Job::Read { key, work } => {
-                    // An earlier read of the same budgets would see what this one sees.
-                    after.retain(|(k, _)| k.as_ref() != Some(&key));
-                    after.push((Some(key), work));
-                }
+                Job::Run(work) => after.push(work),
                 Job::Admit {
                     limits,
                     now_ms,
                     reply,
-                } => batch.push((limits, now_ms, reply)),
+                    then,
+                } => batch.push(Queued {
+                    limits,
+                    now_ms,
+                    reply,
+                    then,
+                }),
             }
             if batch.len() < MAX_BATCH && after.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        admit_batch(store, &mut batch);
-        for (_, work) in after.drain(..) {
+        for (reservation, then) in admit_batch(store, &mut batch, &mut known) {
+            remembering(store, &mut known, |view| then(view, &reservation));
+        }
+        for work in after.drain(..) {
+            known.forget();
             work(store);
         }
     }
 }
 
-fn admit_batch(store: &dyn CounterStore, batch: &mut Vec<(Vec<OwnedLimit>, u64, Reply)>) {
+/// An admission waiting in a batch.
+struct Queued {
+    limits: Vec<OwnedLimit>,
+    now_ms: u64,
+    reply: Reply,
+    then: Option<Then>,
+}
+
+/// Runs `work` with the store as the batches noted it ([`Remembered`]).
+fn remembering(store: &dyn CounterStore, known: &mut Known, work: impl FnOnce(&dyn CounterStore)) {
+    let view = Remembered {
+        store,
+        known,
+        asked_store: AtomicBool::new(false),
+    };
+    work(&view);
+    if view.asked_store.load(Ordering::Relaxed) {
+        // What the store did while answering (a guard giving back units it kept for later)
+        // is not in what was noted.
+        known.forget();
+    }
+}
+
+/// What the batches noted of each budget (see [`serve`]).
+#[derive(Default)]
+struct Known {
+    usage: std::collections::HashMap<CounterKey, NotedUsage>,
+    noted: Vec<NotedUsage>,
+}
+
+impl Known {
+    fn forget(&mut self) {
+        self.usage.clear();
+    }
+
+    fn learn(&mut self) {
+        for note in self.noted.drain(..) {
+            if self.usage.len() >= KNOWN && !self.usage.contains_key(&note.key) {
+                self.usage.clear();
+            }
+            self.usage.insert(note.key.clone(), note);
+        }
+    }
+
+    fn forget_units_of(&mut self, reservation: &Reservation) {
+        for unit in reservation.units() {
+            self.usage.remove(&unit.key);
+        }
+    }
+}
+
+/// The store as a usage read on the store thread sees it: a budget's usage from what the
+/// batches noted when that is still exact, anything else from the store.
+struct Remembered<'a> {
+    store: &'a dyn CounterStore,
+    known: &'a Known,
+    /// Whether anything was asked of the store itself.
+    asked_store: AtomicBool,
+}
+
+impl Remembered<'_> {
+    fn store(&self) -> &dyn CounterStore {
+        self.asked_store.store(true, Ordering::Relaxed);
+        self.store
+    }
+}
+
+impl CounterStore for Remembered<'_> {
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+        self.store().admit(limits, now_ms)
+    }
+
+    fn may_block(&self) -> bool {
+        self.store.may_block()
+    }
+
+    fn fails_open(&self) -> bool {
+        self.store.fails_open()
+    }
+
+    fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        self.store().try_release(reservation)
+    }
+
+    fn usage_of(
+        &self,
+        key: &CounterKey,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<KeyUsage, StoreError> {
+        let remembered = self
+            .known
+            .usage
+            .get(key)
+            .and_then(|noted| noted.usage_at(window_ms, now_ms));
+        match remembered {
+            Some(usage) => Ok(usage),
+            None => self.store().usage_of(key, window_ms, now_ms),
+        }
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
+        self.store().usage(counter, scope, window_ms, now_ms)
+    }
+}
+
+/// Decides a batch in one call to the store and answers each caller; returns the `then` of
+/// each admitted call to run, of several with the same budgets only the last.
+fn admit_batch(
+    store: &dyn CounterStore,
+    batch: &mut Vec<Queued>,
+    known: &mut Known,
+) -> Vec<(Reservation, Then)> {
     // Callers that stopped waiting are not admitted at all.
-    batch.retain(|(_, _, reply)| !reply.is_closed());
+    batch.retain(|queued| !queued.reply.is_closed());
     if batch.is_empty() {
-        return;
+        return Vec::new();
     }
     let requests: Vec<Vec<LimitRequest<'_>>> = batch
         .iter()
-        .map(|(limits, _, _)| limits.iter().map(OwnedLimit::request).collect())
+        .map(|queued| queued.limits.iter().map(OwnedLimit::request).collect())
         .collect();
     let calls: Vec<(&[LimitRequest<'_>], u64)> = requests
         .iter()
         .zip(batch.iter())
-        .map(|(requests, (_, now_ms, _))| (requests.as_slice(), *now_ms))
+        .map(|(requests, queued)| (requests.as_slice(), queued.now_ms))
         .collect();
-    let answers = store.admit_many(&calls);
+    let answers = store.admit_many_noting(&calls, &mut known.noted);
     drop(calls);
     drop(requests);
-    for ((_, _, reply), answer) in batch.drain(..).zip(answers) {
-        if let Err(Ok(Admission::Admitted(reservation))) = reply.send(answer) {
-            // The caller gave up waiting: nobody will use or give back these units.
-            store.release(&reservation);
+    known.learn();
+    let mut thens: Vec<(Reservation, Then)> = Vec::new();
+    for (queued, answer) in batch.drain(..).zip(answers) {
+        let then = match (&answer, queued.then) {
+            (Ok(Admission::Admitted(reservation)), Some(then)) if !reservation.is_empty() => {
+                Some((reservation.clone(), then))
+            }
+            _ => None,
+        };
+        match queued.reply.send(answer) {
+            Ok(()) => thens.extend(then),
+            Err(Ok(Admission::Admitted(reservation))) => {
+                // The caller gave up waiting: nobody will use or give back these units.
+                store.release(&reservation);
+                known.forget_units_of(&reservation);
+            }
+            Err(_) => {}
         }
     }
+    // A later admission of the same budgets runs its own, on the same or a newer state.
+    let mut i = 0;
+    while i < thens.len() {
+        let same = |(later, _): &(Reservation, Then)| same_budgets(&thens[i].0, later);
+        if thens[i + 1..].iter().any(same) {
+            drop(thens.remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    thens
+}
+
+/// Whether two reservations took units from the same budgets, in the same order.
+fn same_budgets(a: &Reservation, b: &Reservation) -> bool {
+    a.units().len() == b.units().len()
+        && a.units().iter().zip(b.units()).all(|(a, b)| a.key == b.key)
 }
 
 #[cfg(test)]
@@ -422,38 +597,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_of_the_same_budgets_queued_together_run_once() {
+    async fn of_admissions_of_the_same_budgets_decided_together_only_the_last_runs_its_then() {
         let store = gated();
         let worker = StoreWorker::new(store.clone());
         let closed = store.gate.lock().unwrap();
         let first = worker.admit(limit(5), 1);
         wait_entered(&store, "the worker never started the admission");
-        let key = |k: &str| {
-            vec![super::super::CounterKey {
-                counter: Arc::from("c"),
-                scope: Scope::Global,
-                scope_key: k.to_owned(),
-            }]
+        let of = |k: &str| {
+            let mut l = limit(5);
+            l[0].scope_key = k.to_owned();
+            l
         };
-        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        let mut answers = Vec::new();
         for (i, k) in ["a", "a", "b", "a", "a"].into_iter().enumerate() {
-            let (runs, done_tx) = (runs.clone(), done_tx.clone());
-            worker.read(key(k), move |_| {
-                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = done_tx.send(i);
+            let done_tx = done_tx.clone();
+            let then: Then = Box::new(move |_, reservation| {
+                let _ = done_tx.send((i, reservation.units()[0].key.scope_key.clone()));
             });
+            answers.push(worker.admit_then(of(k), 2, Some(then)));
         }
         drop(done_tx);
         drop(closed);
         assert!(matches!(first.get().await, Ok(Admission::Admitted(_))));
+        for answer in answers {
+            assert!(matches!(answer.get().await, Ok(Admission::Admitted(_))));
+        }
         let mut ran = Vec::new();
         while let Ok(Some(i)) = tokio::time::timeout(Duration::from_secs(5), done.recv()).await {
             ran.push(i);
         }
-        // One read of `b`, and of `a` only the last.
-        assert_eq!(ran, [2, 4]);
-        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // The one of `b`, and of `a` only the last, each with its own reservation.
+        assert_eq!(ran, [(2, "b".to_owned()), (4, "a".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_admission_runs_no_then() {
+        let worker = StoreWorker::new(gated());
+        let (ran_tx, ran) = std::sync::mpsc::channel();
+        for _ in 0..2 {
+            let ran_tx = ran_tx.clone();
+            let then: Then = Box::new(move |_, _| {
+                let _ = ran_tx.send(());
+            });
+            let _ = worker.admit_then(limit(1), 1, Some(then)).get().await;
+        }
+        // The second admission was answered after the first one's `then` had run.
+        assert_eq!(ran.try_iter().count(), 1);
     }
 
     /// A store that does not answer within the deadline: the call is denied under
@@ -492,6 +682,121 @@ mod tests {
                 _ => panic!("{fail:?}: {got:?}"),
             }
         }
+    }
+
+    /// A SQLite store that counts the usage reads asked of it.
+    struct CountingReads {
+        inner: crate::policy::store::SqliteStore,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl CounterStore for CountingReads {
+        fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
+            self.inner.admit(limits, now_ms)
+        }
+        fn admit_many_noting(
+            &self,
+            calls: &[(&[LimitRequest<'_>], u64)],
+            noted: &mut Vec<NotedUsage>,
+        ) -> Vec<Result<Admission, StoreError>> {
+            self.inner.admit_many_noting(calls, noted)
+        }
+        fn try_release(&self, reservation: &Reservation) -> Result<(), StoreError> {
+            self.inner.try_release(reservation)
+        }
+        fn usage_of(
+            &self,
+            key: &CounterKey,
+            window_ms: u64,
+            now_ms: u64,
+        ) -> Result<KeyUsage, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.usage_of(key, window_ms, now_ms)
+        }
+        fn usage(
+            &self,
+            counter: &str,
+            scope: Scope,
+            window_ms: u64,
+            now_ms: u64,
+        ) -> Result<Vec<KeyUsage>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.usage(counter, scope, window_ms, now_ms)
+        }
+    }
+
+    /// Admits [`limit`] at `at_ms`; right after, on the worker's thread, reads its budget at
+    /// `now_ms` in a window of `window_ms`, as a gateway reads it for its `counters` event.
+    async fn admit_and_read(
+        worker: &StoreWorker,
+        at_ms: u64,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> (Reservation, KeyUsage) {
+        let (tx, rx) = oneshot::channel();
+        let then: Then = Box::new(move |store, reservation| {
+            let key = &reservation.units()[0].key;
+            let _ = tx.send(store.usage_of(key, window_ms, now_ms));
+        });
+        let reservation = match worker.admit_then(limit(5), at_ms, Some(then)).get().await {
+            Ok(Admission::Admitted(reservation)) => reservation,
+            other => panic!("not admitted at {at_ms}: {other:?}"),
+        };
+        let usage = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("the usage read ran within 5 s")
+            .expect("the usage read answered")
+            .expect("the usage read succeeded");
+        (reservation, usage)
+    }
+
+    #[tokio::test]
+    async fn the_usage_read_after_an_admission_is_answered_from_its_transaction_until_a_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(CountingReads {
+            inner: crate::policy::store::SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap(),
+            reads: Default::default(),
+        });
+        let worker = StoreWorker::new(store.clone());
+        let reads = || store.reads.load(Ordering::SeqCst);
+        let (first, _) = admit_and_read(&worker, 1_000, 60_000, 1_000).await;
+        let (_, usage) = admit_and_read(&worker, 1_500, 60_000, 2_000).await;
+        let expected = KeyUsage {
+            scope_key: String::new(),
+            used: 2,
+            next_free_in_ms: Some(59_000),
+        };
+        assert_eq!((usage, reads()), (expected, 0), "the store was read again");
+        // A release may change any budget: a read after it asks the store, and sees it.
+        let (released_tx, released) = oneshot::channel();
+        worker.run(move |store| {
+            store.release(&first);
+            let _ = released_tx.send(store.usage_of(&first.units()[0].key, 60_000, 2_000));
+        });
+        let after = tokio::time::timeout(Duration::from_secs(5), released)
+            .await
+            .expect("the release ran within 5 s")
+            .expect("the release ran")
+            .expect("the read after the release succeeded");
+        assert_eq!((after.used, reads()), (1, 1));
+        // The next admission's note answers again: units at 1,500 and 3,000.
+        let (_, usage) = admit_and_read(&worker, 3_000, 60_000, 3_000).await;
+        assert_eq!((usage.used, reads()), (2, 1), "the store was read again");
+        // Once the oldest unit (1,500) has left the window, the store is asked.
+        let (_, usage) = admit_and_read(&worker, 3_500, 60_000, 61_600).await;
+        assert_eq!(usage.used, 2);
+        assert_eq!(
+            reads(),
+            2,
+            "a unit left the window, yet the store was not asked"
+        );
+        // So is a read in another window than the admission's.
+        let (_, usage) = admit_and_read(&worker, 3_600, 1_000, 3_600).await;
+        assert_eq!(
+            (usage.used, reads()),
+            (3, 3),
+            "another window was not asked of the store"
+        );
     }
 
     #[tokio::test]
