@@ -387,11 +387,6 @@ pub(crate) async fn serve(
             shed,
             shutdown.clone(),
         ));
-        // Let the connections run before the next accept: on one runtime thread (`serve`'s
-        // default) a flood accepted back to back would otherwise queue its connections'
-        // tasks, the shed ones' closing included, faster than they run, and the descriptors
-        // of connections already shed would pile up until none is left.
-        tokio::task::yield_now().await;
     }
     drop(listener);
     let deadline = tokio::time::Instant::now() + drain;

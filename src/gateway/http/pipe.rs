@@ -268,8 +268,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
+    /// What a sink handed on: lines, lines too long, ends.
+    type Handed = (Vec<Vec<u8>>, usize, usize);
+
     #[derive(Default, Clone)]
-    struct Seen(Arc<Mutex<(Vec<Vec<u8>>, usize, usize)>>);
+    struct Seen(Arc<Mutex<Handed>>);
 
     impl LineHandler for Seen {
         fn line(&mut self, line: Vec<u8>, _charge: Charge) {
@@ -332,8 +335,9 @@ mod tests {
     #[tokio::test]
     async fn a_sink_waits_for_room_before_handing_on_a_line() {
         // Lines are kept (with their charges) by the handler until the test drops them.
+        type Kept = Vec<(Vec<u8>, Charge)>;
         #[derive(Clone, Default)]
-        struct Keep(Arc<Mutex<Vec<(Vec<u8>, Charge)>>>);
+        struct Keep(Arc<Mutex<Kept>>);
         impl LineHandler for Keep {
             fn line(&mut self, line: Vec<u8>, charge: Charge) {
                 self.0.lock().unwrap().push((line, charge));
