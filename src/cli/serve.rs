@@ -91,9 +91,9 @@ pub(super) struct Args {
     server_id: Vec<(String, String)>,
     /// Threads that serve agents' connections (connections are accepted on one more). With
     /// 1 (the default) a call's steps all run on one thread and never wait for another to
-    /// wake up: the lowest latency, and on a machine of a few cores the most calls per
-    /// second too. More spread connections over that many threads, for many busy agents on
-    /// a machine with cores to spare.
+    /// wake up: the lowest latency per call. More spread connections over that many
+    /// threads: more calls per second when agents keep many in flight on a machine with
+    /// cores to spare.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     threads: usize,
