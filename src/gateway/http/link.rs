@@ -3,7 +3,9 @@
 //! for them.
 //!
 //! The HTTP transport does not re-implement the proxy: each MCP session gets a link, whose
-//! client side is an in-process pipe the HTTP handlers write request lines into, and whose
+//! client side is a queue the HTTP handlers put request lines on (read by the core as a
+//! stream, [`super::pipe::LineSource`]; its answers come back through a
+//! [`super::pipe::LineSink`]), and whose
 //! upstream side is a server process (a command in SERVERS.json) or [`super::remote`] (a
 //! URL). Decisions, holds, `hide`, cancellation, `input_required` retries and the answers
 //! owed when the upstream dies are therefore exactly `wrap`'s.
