@@ -2,7 +2,8 @@
 //! `initialize` gets 429 beyond its own cap (and starts no more server processes) while
 //! another grant opens a session with the real Python client and calls a tool; the gateway
 //! cap refuses every grant with 503; a server that cannot start gives its place back; a
-//! stateless (2026-07-28) link counts as a session; operators see `session_refused`.
+//! stateless (2026-07-28) link counts as a session; operators see `session_refused`; sessions
+//! calling at once get their own answers whether `serve` runs on one thread or several.
 
 #[path = "serve_support/running.rs"]
 mod running;
@@ -230,6 +231,7 @@ fn serve_help_teaches_the_session_and_connection_flags() {
         "--max-connections <N>",
         "--header-timeout <SECS>",
         "--body-timeout <SECS>",
+        "--threads <N>",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
@@ -239,4 +241,70 @@ fn serve_help_teaches_the_session_and_connection_flags() {
         .output()
         .unwrap();
     assert!(!zero.status.success());
+    let no_threads = std::process::Command::new(toolgate())
+        .args(["serve", "--threads", "0"])
+        .output()
+        .unwrap();
+    assert!(!no_threads.status.success());
+}
+
+/// Sessions calling at once, each on its own connections, through a `serve` on one runtime
+/// thread (the default) and on several (`--threads 3`): every call gets its own answer, none
+/// another session's, and the denied tool is denied in each.
+#[test]
+fn concurrent_sessions_get_their_own_answers_on_one_thread_and_on_several() {
+    const SESSIONS: usize = 6;
+    const CALLS: usize = 15;
+    let (upstream, _) = trivial::start(false);
+    for threads in [None, Some("3")] {
+        let extra: Vec<&str> = threads.map(|n| vec!["--threads", n]).unwrap_or_default();
+        let serve = Serve::start(Setup {
+            policy: r#"{"version": "1", "default": "allow",
+                "tools": {"forbidden": {"action": "deny", "reason": "not here"}}}"#,
+            servers: json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+            grants: &["agent"],
+            extra: &extra,
+            ..Setup::default()
+        });
+        let token = serve.tokens[0].clone();
+        let answered = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for s in 0..SESSIONS {
+                let (serve, token, answered) = (&serve, &token, &answered);
+                scope.spawn(move || {
+                    let opened = serve.post("t", token, None, &initialize());
+                    assert_eq!(opened.status, 200, "initialize: {}", opened.body);
+                    let session = opened.header("mcp-session-id").expect("a session id");
+                    for c in 0..CALLS {
+                        let message = format!("session {s} call {c}");
+                        let (tool, id) = if c % 5 == 4 {
+                            ("forbidden", c + 1000)
+                        } else {
+                            ("echo", c + 10)
+                        };
+                        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                            "params": {"name": tool, "arguments": {"message": message}}});
+                        let reply = serve.post("t", token, Some(session), &call);
+                        assert_eq!(reply.status, 200, "{threads:?}: {}", reply.body);
+                        let answer: serde_json::Value = serde_json::from_str(&reply.body)
+                            .unwrap_or_else(|e| panic!("{e}: {}", reply.body));
+                        assert_eq!(answer["id"], id, "{answer}");
+                        if tool == "forbidden" {
+                            assert!(
+                                answer.to_string().contains("not here"),
+                                "{threads:?}: not denied: {answer}"
+                            );
+                        } else {
+                            assert_eq!(
+                                answer["result"]["content"][0]["text"], message,
+                                "{threads:?}: another call's answer"
+                            );
+                        }
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(answered.load(Ordering::Relaxed), SESSIONS * CALLS);
+    }
 }

@@ -89,6 +89,14 @@ pub(super) struct Args {
     /// (repeatable), e.g. to share pins with a `wrap --server-id ID` of the same server.
     #[arg(long, value_name = "NAME=ID", value_parser = server_id)]
     server_id: Vec<(String, String)>,
+    /// Threads that serve agents' connections (connections are accepted on one more). With
+    /// 1 (the default) a call's steps all run on one thread and never wait for another to
+    /// wake up: the lowest latency per call. More spread connections over that many
+    /// threads: more calls per second when agents keep many in flight on a machine with
+    /// cores to spare.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    threads: usize,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -136,8 +144,13 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.gateway.init_logging();
     // Before any thread starts, so that every descriptor is counted against the new limit.
     let limit = fd_limit::raise();
+    // One worker by default: a call crosses several tasks (the connection, the core, the
+    // upstream's client), and with two workers each hand-over could wake the other thread
+    // (a futex and an eventfd write per wake-up, measured with `strace -c`), which cost
+    // more than the work itself. The accept loop runs on this thread (`block_on`), so a
+    // flood of connections is accepted and shed beside the calls, not between them.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -3,7 +3,9 @@
 //! for them.
 //!
 //! The HTTP transport does not re-implement the proxy: each MCP session gets a link, whose
-//! client side is an in-process pipe the HTTP handlers write request lines into, and whose
+//! client side is a queue the HTTP handlers put request lines on (read by the core as a
+//! stream, [`super::pipe::LineSource`]; its answers come back through a
+//! [`super::pipe::LineSink`]), and whose
 //! upstream side is a server process (a command in SERVERS.json) or [`super::remote`] (a
 //! URL). Decisions, holds, `hide`, cancellation, `input_required` retries and the answers
 //! owed when the upstream dies are therefore exactly `wrap`'s.
@@ -20,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -28,18 +30,17 @@ use serde_json::value::RawValue;
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::pipe::{LineHandler, LineSink, LineSource};
 use super::remote;
 use super::servers::ServerSpec;
 use crate::gateway::Gateway;
 use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
 use crate::gateway::core::{self, RunOptions};
 use crate::gateway::jsonrpc::{self, IdKey, Parsed, Shape};
-use crate::gateway::line_writer::write_lines;
-use crate::gateway::lines::{Line, LineReader};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
 use crate::sync::lock;
 
-/// Size of the in-process pipes between the HTTP side, the core and a URL upstream.
+/// Size of the in-process pipe from a core to a URL upstream.
 const PIPE: usize = 256 * 1024;
 /// Messages queued for one waiting HTTP request.
 const WAITER_QUEUE: usize = 256;
@@ -124,10 +125,6 @@ impl CoreLink {
         grace: Duration,
         max_message: usize,
     ) -> Result<Arc<CoreLink>, SpawnError> {
-        let (gateway_server, gateway_grant) = (gateway.server.clone(), gateway.grant.clone());
-        let (ours, cores) = tokio::io::duplex(PIPE);
-        let (core_read, core_write) = tokio::io::split(cores);
-        let (our_read, our_write) = tokio::io::split(ours);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (closed_tx, closed_rx) = oneshot::channel();
         let options = RunOptions {
@@ -136,7 +133,28 @@ impl CoreLink {
             client_closed: Some(closed_tx),
             max_message,
         };
-        let core_client_in = BufReader::with_capacity(64 * 1024, core_read);
+        // The HTTP handlers queue request lines that the core reads straight from the
+        // queue, and the core's answers are routed in its own writer's task: no task and
+        // no pipe in between (see `pipe`).
+        let (to_core, core_rx) = mpsc::channel(1024);
+        let to_core_budget = ByteBudget::for_messages(max_message);
+        let core_client_in = LineSource::new(core_rx, to_core_budget.clone());
+        let link = Arc::new(CoreLink {
+            server: gateway.server.clone(),
+            grant: gateway.grant.clone(),
+            stateless,
+            to_core,
+            to_core_budget,
+            routes: Mutex::new(Routes::default()),
+            next_id: AtomicU64::new(1),
+            last_active: Mutex::new(Instant::now()),
+            shutdown,
+        });
+        let core_client_out = LineSink::new(
+            Router(Arc::downgrade(&link)),
+            ByteBudget::for_messages(max_message),
+            max_message.saturating_add(CORE_SLACK),
+        );
         match spec {
             ServerSpec::Command(command) => {
                 let (mut process, server_in, server_out) = ServerProcess::spawn(command)?;
@@ -155,7 +173,7 @@ impl CoreLink {
                 tokio::spawn(core::run(
                     gateway,
                     core_client_in,
-                    core_write,
+                    core_client_out,
                     BufReader::with_capacity(64 * 1024, server_out),
                     server_in,
                     options,
@@ -163,46 +181,28 @@ impl CoreLink {
             }
             ServerSpec::Url(url) => {
                 let (core_side, remote_side) = tokio::io::duplex(PIPE);
-                let (up_read, up_write) = tokio::io::split(core_side);
-                let (remote_read, remote_write) = tokio::io::split(remote_side);
-                tokio::spawn(remote::run(
+                let (answers_tx, answers_rx) = mpsc::channel(1024);
+                let answers_budget = ByteBudget::for_messages(max_message);
+                let answers = LineSource::new(answers_rx, answers_budget.clone());
+                tokio::spawn(remote::run_queued(
                     url.clone(),
                     client.clone(),
                     max_message,
-                    BufReader::with_capacity(64 * 1024, remote_read),
-                    remote_write,
+                    BufReader::with_capacity(64 * 1024, remote_side),
+                    answers_tx,
+                    answers_budget,
                 ));
                 drop(closed_rx);
                 tokio::spawn(core::run(
-                    gateway.clone(),
+                    gateway,
                     core_client_in,
-                    core_write,
-                    BufReader::with_capacity(64 * 1024, up_read),
-                    up_write,
+                    core_client_out,
+                    answers,
+                    core_side,
                     options,
                 ));
             }
         }
-        let (to_core, rx) = mpsc::channel(1024);
-        let to_core_budget = ByteBudget::for_messages(max_message);
-        tokio::spawn(write_lines(our_write, rx, to_core_budget.clone(), "core"));
-        let link = Arc::new(CoreLink {
-            server: gateway_server,
-            grant: gateway_grant,
-            stateless,
-            to_core,
-            to_core_budget,
-            routes: Mutex::new(Routes::default()),
-            next_id: AtomicU64::new(1),
-            last_active: Mutex::new(Instant::now()),
-            shutdown,
-        });
-        tokio::spawn(route(
-            Arc::downgrade(&link),
-            our_read,
-            max_message.saturating_add(CORE_SLACK),
-            ByteBudget::for_messages(max_message),
-        ));
         Ok(link)
     }
 
@@ -422,29 +422,27 @@ impl CoreLink {
     }
 }
 
-/// Reads what the core sends the client and routes it. Each line is charged to `budget`
-/// first and its bytes come back when the HTTP side takes it, so streams that are not read
-/// push back on the core (and so on the upstream) instead of piling up here.
-async fn route<R: tokio::io::AsyncRead + Unpin>(
-    link: std::sync::Weak<CoreLink>,
-    read: R,
-    max: usize,
-    budget: ByteBudget,
-) {
-    let mut reader = LineReader::new(BufReader::with_capacity(64 * 1024, read), max);
-    while let Some(line) = reader.next("core").await {
-        let Line::Whole(line) = line else {
-            tracing::warn!("dropped a message from the core larger than {max} bytes");
-            continue;
-        };
-        let Some(charge) = budget.charge(line.len()).await else {
-            return;
-        };
-        let Some(link) = link.upgrade() else { return };
-        link.deliver(line, charge);
+/// Routes what the core sends the client, in the core's writer task. Each line is charged
+/// to the sink's budget first and its bytes come back when the HTTP side takes it, so
+/// streams that are not read push back on the core (and so on the upstream) instead of
+/// piling up here.
+struct Router(Weak<CoreLink>);
+
+impl LineHandler for Router {
+    fn line(&mut self, line: Vec<u8>, charge: Charge) {
+        if let Some(link) = self.0.upgrade() {
+            link.deliver(line, charge);
+        }
     }
-    if let Some(link) = link.upgrade() {
-        link.end();
+
+    fn too_long(&mut self) {
+        tracing::warn!("dropped a message from the core larger than --max-message");
+    }
+
+    fn end(&mut self) {
+        if let Some(link) = self.0.upgrade() {
+            link.end();
+        }
     }
 }
 

@@ -74,6 +74,10 @@ pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
 const PEEKED_HEAD: usize = 4096;
 /// How long the accept loop waits after running out of descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(20);
+/// Most shed connections whose tasks have not closed them yet before the accept loop waits
+/// for them: accepting faster than shed connections close would spend the descriptors the
+/// shedding is meant to free (the kernel's accept queue holds the newcomers meanwhile).
+const MAX_CLOSING: usize = 64;
 /// How often, at most, a shedding or refusing accept loop says so in the log.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -167,8 +171,10 @@ impl Drop for Peer {
         let mut open = self.registry.lock();
         if self.authenticated.load(Ordering::Relaxed) {
             open.authenticated -= 1;
-        } else if open.idle.remove(&self.id).is_none() {
-            open.in_request.remove(&self.id);
+        } else if open.idle.remove(&self.id).is_none() && open.in_request.remove(&self.id).is_none()
+        {
+            // Shed: its descriptor closes now.
+            open.closing = open.closing.saturating_sub(1);
         }
         drop(open);
         self.registry.closed.notify_waiters();
@@ -185,6 +191,9 @@ struct Open {
     /// Unauthenticated, a request head received and not answered yet.
     in_request: BTreeMap<u64, oneshot::Sender<()>>,
     authenticated: usize,
+    /// Connections shed whose task has not closed them yet: their descriptors are still
+    /// open.
+    closing: usize,
 }
 
 impl Open {
@@ -202,6 +211,9 @@ impl Open {
         {
             Some((_, shed)) => {
                 let _ = shed.send(());
+                // Counted until its `Peer` is dropped, which follows whether or not the
+                // connection was still listening.
+                self.closing += 1;
                 true
             }
             None => false,
@@ -223,6 +235,17 @@ impl Registry {
 
     fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Waits until fewer than [`MAX_CLOSING`] shed connections are still open.
+    async fn closing_below_cap(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.lock().closing < MAX_CLOSING {
+                return;
+            }
+            closed.await;
+        }
     }
 
     /// Registers a new connection, shedding the oldest unauthenticated one when `max` are
@@ -307,6 +330,10 @@ pub(crate) async fn serve(
     let mut out_of_fds = Throttled::new();
     let mut full = Throttled::new();
     loop {
+        tokio::select! {
+            () = registry.closing_below_cap() => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -744,6 +771,34 @@ mod tests {
             // Peeking takes nothing from the socket.
             assert_eq!(has_complete_head(&accepted), complete, "{sent:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn shed_connections_count_as_closing_until_dropped_and_the_accept_loop_waits_for_them() {
+        let registry = Arc::new(Registry::default());
+        let mut shed = Vec::new();
+        for _ in 0..MAX_CLOSING {
+            shed.push(registry.admit(1, false).unwrap());
+        }
+        // Each admission at the cap of 1 shed the one before it; the last is open.
+        assert_eq!(registry.lock().closing, MAX_CLOSING - 1);
+        assert_eq!(registry.len(), 1);
+        let (open, _) = registry.admit(1, false).unwrap();
+        assert_eq!(registry.lock().closing, MAX_CLOSING);
+        let waiting = registry.closing_below_cap();
+        tokio::pin!(waiting);
+        let early = tokio::time::timeout(Duration::from_millis(20), &mut waiting).await;
+        assert!(early.is_err(), "the accept loop did not wait");
+        // One shed connection closes: the loop goes on.
+        drop(shed.remove(0));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the accept loop went on once a shed connection closed");
+        assert_eq!(registry.lock().closing, MAX_CLOSING - 1);
+        drop(shed);
+        assert_eq!(registry.lock().closing, 0);
+        assert_eq!(registry.len(), 1);
+        drop(open);
     }
 
     #[test]

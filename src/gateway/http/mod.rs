@@ -41,6 +41,7 @@ pub(crate) mod body;
 mod control_route;
 pub(crate) mod link;
 pub(crate) mod listener;
+mod pipe;
 pub(crate) mod remote;
 pub(crate) mod servers;
 pub(crate) mod sessions;

@@ -56,6 +56,9 @@ pub(crate) fn http_client() -> reqwest::Client {
 /// The state of one upstream connection.
 struct Remote {
     server: UrlServer,
+    /// `server.url`, parsed once rather than for every request (`None`: it does not parse,
+    /// and each request then fails saying why).
+    url: Option<reqwest::Url>,
     client: reqwest::Client,
     /// The upstream's session id, from its `initialize` answer.
     session: Mutex<Option<String>>,
@@ -84,12 +87,31 @@ pub(crate) async fn run<R, W>(
     let (tx, rx) = mpsc::channel(1024);
     let to_core_budget = ByteBudget::for_messages(max);
     let writer = tokio::spawn(write_lines(to_core, rx, to_core_budget.clone(), "core"));
+    run_queued(server, client, max, from_core, tx, to_core_budget).await;
+    let _ = writer.await;
+}
+
+/// [`run`], with what goes to the core queued on `to_core` (each line charged to
+/// `to_core_budget`) instead of written to a stream: `serve`'s links hand the queue to the
+/// core as its upstream stream ([`super::pipe::LineSource`]), with no writer task between.
+/// The queue closes once the upstream session is deleted.
+pub(crate) async fn run_queued<R>(
+    server: UrlServer,
+    client: reqwest::Client,
+    max: usize,
+    from_core: R,
+    to_core: mpsc::Sender<(Vec<u8>, Charge)>,
+    to_core_budget: ByteBudget,
+) where
+    R: AsyncBufRead + Unpin,
+{
     let remote = Arc::new(Remote {
+        url: reqwest::Url::parse(&server.url).ok(),
         server,
         client,
         session: Mutex::new(None),
         version: Mutex::new(None),
-        to_core: tx,
+        to_core,
         to_core_budget,
         max,
     });
@@ -130,8 +152,6 @@ pub(crate) async fn run<R, W>(
         task.abort();
     }
     remote.close_session().await;
-    drop(remote);
-    let _ = writer.await;
 }
 
 /// The routing headers of a 2026-07-28 request, taken from its body.
@@ -217,7 +237,11 @@ impl Remote {
         method: reqwest::Method,
         routing: Option<&Routing>,
     ) -> reqwest::RequestBuilder {
-        let mut req = self.client.request(method, &self.server.url).header(
+        let req = match &self.url {
+            Some(url) => self.client.request(method, url.clone()),
+            None => self.client.request(method, &self.server.url),
+        };
+        let mut req = req.header(
             reqwest::header::ACCEPT,
             "application/json, text/event-stream",
         );
