@@ -32,8 +32,9 @@
 //! answers every call without a limit, while another process holds the file's lock.
 //! Checkpoints (copying the WAL into the database, with an fsync) would cost a decision
 //! milliseconds now and then, so a background thread of each store runs them every
-//! [`CHECKPOINT_EVERY`]; the automatic checkpoint on commit stays only as a backstop for a
-//! WAL grown past [`WAL_BACKSTOP_PAGES`].
+//! [`CHECKPOINT_EVERY`], and starts a WAL grown past [`RESTART_AFTER_FRAMES`] over (a long
+//! WAL makes every commit dearer); the automatic checkpoint on commit stays only as a
+//! backstop for a WAL grown past [`WAL_BACKSTOP_PAGES`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,9 @@ pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// WAL size (pages) at which a commit checkpoints by itself (the background thread fell
 /// behind, or is gone).
 const WAL_BACKSTOP_PAGES: i64 = 10_000;
+
+/// WAL size (frames) past which the checkpoint thread starts the WAL over (see [`checkpoint`]).
+const RESTART_AFTER_FRAMES: i64 = 256;
 
 /// The schema this code writes; a file with a newer one is refused, not guessed at (version 1,
 /// before running counts, refused version 2 files the same way: an older binary never
@@ -317,8 +321,39 @@ fn wait_for_lock(attempt: i32) -> bool {
     true
 }
 
+/// One round of the checkpoint thread: a passive checkpoint, then, when the WAL has grown
+/// past [`RESTART_AFTER_FRAMES`], a restart of it.
+///
+/// Why the restart: under steady load the store commits every few tens of microseconds, so a
+/// passive checkpoint never finds the whole WAL copied, and SQLite only starts the WAL over
+/// when it does. The WAL then grows to the backstop, and since every admission writes the
+/// same two pages again, the WAL's hash index holds ever longer runs of one page number:
+/// each commit's append and each read of those pages walks them (in a callgrind profile of
+/// one limited call, `walIndexAppend` alone was 13k instructions). A restart holds off the
+/// store's writes for the copy of a few pages and the syncs, once per
+/// [`RESTART_AFTER_FRAMES`] frames.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    let log: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    if log >= RESTART_AFTER_FRAMES {
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
+/// The checkpoint thread's busy handler: a restart waits for the write lock, and then,
+/// holding it, for readers of older snapshots; it gives up after about 5 ms (and tries again
+/// at its next round), so it never holds a decision for long.
+fn wait_briefly(attempt: i32) -> bool {
+    if attempt >= 25 {
+        return false;
+    }
+    std::thread::sleep(Duration::from_micros(200));
+    true
+}
+
 /// Copies the WAL into the database every [`CHECKPOINT_EVERY`] until the store is dropped.
-/// A passive checkpoint never waits for (or blocks) a decision; failures are retried.
+/// The passive checkpoint never waits for (or blocks) a decision; the restart of a long WAL
+/// may hold one for a few milliseconds (see [`checkpoint`]); failures are retried.
 fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
     let run = move || {
         let mut conn: Option<Connection> = None;
@@ -329,11 +364,12 @@ fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
             }
             if conn.is_none() {
                 conn = Connection::open(&path)
+                    .and_then(|mut c| c.busy_handler(Some(wait_briefly)).map(|()| c))
                     .inspect_err(|e| tracing::debug!("checkpoint: cannot open: {e}"))
                     .ok();
             }
             if let Some(c) = &conn
-                && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                && let Err(e) = checkpoint(c)
             {
                 tracing::debug!("checkpoint of {}: {e}", path.display());
                 conn = None;
