@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 mod scan;
 
-pub(crate) use scan::ParamsMembers;
+pub(crate) use scan::{ParamsMembers, ResultMembers};
 
 /// JSON-RPC error codes the gateway answers with.
 pub(crate) mod code {
@@ -88,6 +88,9 @@ pub(crate) struct Envelope<'a> {
     pub error: Option<Raw<'a>>,
     /// The members of `params` a `tools/call` is read from, when `params` is an object.
     pub params_members: ParamsMembers<'a>,
+    /// The members of `result` a `tools/call`'s outcome is read from, when `result` is an
+    /// object.
+    pub result_members: ResultMembers<'a>,
 }
 
 /// What one line is, as far as the gateway cares.
@@ -138,6 +141,12 @@ pub(crate) fn parse_element(item: &RawValue) -> Parsed<'_> {
     }
 }
 
+/// The decoded text of a JSON string value from a line [`parse`] accepted (`raw` with its
+/// quotes), borrowed when it has no escapes; `None` when it is not a string.
+pub(crate) fn string_value(raw: &str) -> Option<Cow<'_, str>> {
+    scan::string_value(raw)
+}
+
 /// The envelope of an object [`scan`] accepted: a message, unless its method is not a
 /// string.
 fn envelope(found: scan::Found<'_>) -> Parsed<'_> {
@@ -157,6 +166,7 @@ fn envelope(found: scan::Found<'_>) -> Parsed<'_> {
         result: found.result.map(Raw),
         error: found.error.map(Raw),
         params_members: found.params_members,
+        result_members: found.result_members,
     })
 }
 

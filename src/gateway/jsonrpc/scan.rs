@@ -32,6 +32,20 @@ pub(super) struct Found<'a> {
     pub error: Option<&'a str>,
     /// Members of `params`, when it is an object.
     pub params_members: ParamsMembers<'a>,
+    /// Members of `result`, when it is an object.
+    pub result_members: ResultMembers<'a>,
+}
+
+/// The members of an answer's `result` object that a `tools/call`'s outcome is read from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResultMembers<'a> {
+    pub is_error: Option<&'a str>,
+    pub result_type: Option<&'a str>,
+    pub content: Option<&'a str>,
+    /// The first element of `content`, when it is an array.
+    pub first_content: Option<&'a str>,
+    /// The `text` member of that element, when it is an object.
+    pub first_text: Option<&'a str>,
 }
 
 /// The members of a request's `params` object that a `tools/call` is read from.
@@ -51,6 +65,12 @@ enum Place {
     Top,
     /// The message's `params`.
     Params,
+    /// The message's `result`.
+    Result,
+    /// The elements of `result.content`.
+    Content,
+    /// The first element of `result.content`.
+    FirstContent,
     /// Anything deeper: only checked.
     Inside,
 }
@@ -194,7 +214,7 @@ impl<'a> Scanner<'a> {
     fn value(&mut self, depth: u32, place: Place) -> Result<(), String> {
         match self.peek() {
             Some(b'{') => self.object(depth + 1, place),
-            Some(b'[') => self.array(depth + 1),
+            Some(b'[') => self.array(depth + 1, place),
             Some(b'"') => self.string().map(|_| ()),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
@@ -340,7 +360,7 @@ impl<'a> Scanner<'a> {
         Ok(n)
     }
 
-    fn array(&mut self, depth: u32) -> Result<(), String> {
+    fn array(&mut self, depth: u32, place: Place) -> Result<(), String> {
         if depth >= MAX_DEPTH {
             return Err(self.error("nested too deep (at most 127 levels)"));
         }
@@ -350,8 +370,16 @@ impl<'a> Scanner<'a> {
             self.i += 1;
             return Ok(());
         }
+        let mut first = place == Place::Content;
         loop {
-            self.value(depth, Place::Inside)?;
+            if first {
+                let start = self.i;
+                self.value(depth, Place::FirstContent)?;
+                self.found.result_members.first_content = Some(self.since(start));
+                first = false;
+            } else {
+                self.value(depth, Place::Inside)?;
+            }
             self.ws();
             match self.peek() {
                 Some(b',') => {
@@ -391,11 +419,15 @@ impl<'a> Scanner<'a> {
             self.ws();
             let start = self.i;
             let member = match place {
-                Place::Inside => None,
-                Place::Top | Place::Params => Some(key.decoded()),
+                Place::Inside | Place::Content => None,
+                Place::Top | Place::Params | Place::Result | Place::FirstContent => {
+                    Some(key.decoded())
+                }
             };
             let inner = match (place, member.as_deref()) {
                 (Place::Top, Some("params")) => Place::Params,
+                (Place::Top, Some("result")) => Place::Result,
+                (Place::Result, Some("content")) => Place::Content,
                 _ => Place::Inside,
             };
             self.value(depth, inner)?;
@@ -442,6 +474,10 @@ impl<'a> Scanner<'a> {
             (Place::Params, "_meta") => &mut found.params_members.meta,
             (Place::Params, "inputResponses") => &mut found.params_members.input_responses,
             (Place::Params, "requestState") => &mut found.params_members.request_state,
+            (Place::Result, "isError") => &mut found.result_members.is_error,
+            (Place::Result, "resultType") => &mut found.result_members.result_type,
+            (Place::Result, "content") => &mut found.result_members.content,
+            (Place::FirstContent, "text") => &mut found.result_members.first_text,
             _ => return,
         };
         *slot = value;
@@ -577,14 +613,33 @@ mod tests {
         for (name, text_found) in inner {
             let expected = params.and_then(|p| member_of(p, name));
             let read = value_of(text_found);
-            prop_assert_eq!(
-                read.as_ref(),
-                expected,
-                "params.{} of {:?}",
-                name,
-                text
-            );
+            prop_assert_eq!(read.as_ref(), expected, "params.{} of {:?}", name, text);
         }
+        let result = member_of(&value, "result").filter(|r| r.is_object());
+        let r = found.result_members;
+        for (name, text_found) in [
+            ("isError", r.is_error),
+            ("resultType", r.result_type),
+            ("content", r.content),
+        ] {
+            let read = value_of(text_found);
+            let expected = result.and_then(|p| member_of(p, name));
+            prop_assert_eq!(read.as_ref(), expected, "result.{} of {:?}", name, text);
+        }
+        let first = result
+            .and_then(|r| member_of(r, "content"))
+            .and_then(Value::as_array)
+            .and_then(|c| c.first());
+        let read = value_of(r.first_content);
+        prop_assert_eq!(read.as_ref(), first, "result.content[0] of {:?}", text);
+        let read = value_of(r.first_text);
+        let expected = first.and_then(|f| member_of(f, "text"));
+        prop_assert_eq!(
+            read.as_ref(),
+            expected,
+            "result.content[0].text of {:?}",
+            text
+        );
         if let Some(method) = found.method {
             let decoded = string_value(method);
             prop_assert_eq!(
@@ -704,13 +759,13 @@ mod tests {
 
     fn leaf() -> impl Strategy<Value = String> {
         prop_oneof![
-            prop::sample::select(&["null", "true", "false", "nul", "tru", "falsey"][..])
+            1 => prop::sample::select(&["null", "true", "false", "nul", "tru", "falsey"][..])
                 .prop_map(str::to_owned),
-            prop::sample::select(NUMBERS).prop_map(str::to_owned),
-            prop::sample::select(STRINGS).prop_map(str::to_owned),
-            any::<i64>().prop_map(|n| n.to_string()),
-            any::<f64>().prop_map(|f| format!("{f:e}")),
-            any::<String>().prop_map(|s| Value::String(s).to_string()),
+            1 => prop::sample::select(NUMBERS).prop_map(str::to_owned),
+            1 => prop::sample::select(STRINGS).prop_map(str::to_owned),
+            3 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<f64>().prop_map(|f| format!("{f:e}")),
+            3 => any::<String>().prop_map(|s| Value::String(s).to_string()),
         ]
     }
 
@@ -744,7 +799,7 @@ mod tests {
             any::<prop::sample::Index>(),
             prop::sample::select(JUNK),
         );
-        (ws(), json(), ws(), prop::collection::vec(edit, 0..3)).prop_map(|(a, v, b, edits)| {
+        (ws(), json(), ws(), prop::collection::vec(edit, 0..2)).prop_map(|(a, v, b, edits)| {
             let mut text = format!("{a}{v}{b}");
             for (kind, at, junk) in edits {
                 let mut cut = at.index(text.len() + 1);
@@ -790,6 +845,25 @@ mod tests {
             };
             agree(&text)?;
         }
+
+        #[test]
+        fn answers_are_read_member_for_member_as_serde_json_reads_them(
+            is_error in leaf(),
+            result_type in prop_oneof![Just(r#""input_required""#.to_owned()), leaf()],
+            first in prop_oneof![
+                leaf().prop_map(|t| format!(r#"{{"type":"text","text":{t}}}"#)),
+                json(),
+            ],
+            rest in json(),
+            order in any::<bool>(),
+        ) {
+            let result = if order {
+                format!(r#"{{"content":[{first},{rest}],"isError":{is_error},"resultType":{result_type}}}"#)
+            } else {
+                format!(r#"{{"resultType":{result_type},"isError":{is_error},"content":[ {first} ]}}"#)
+            };
+            agree(&format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#))?;
+        }
     }
 
     /// The property above says something only if the texts it is given are both accepted
@@ -808,7 +882,10 @@ mod tests {
                 Err(e) => panic!("no text generated: {e}"),
             }
         }
-        assert!(accepted > 200 && refused > 200, "{accepted} accepted, {refused} refused");
+        assert!(
+            accepted > 200 && refused > 200,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     #[test]
