@@ -104,7 +104,7 @@ pub struct AuditRecord<'a> {
     pub arg_keys: Option<Vec<&'a str>>,
     /// HMAC-SHA-256 (hex) of the canonical arguments under the log's key.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub args_hmac: Option<String>,
+    pub args_hmac: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -358,7 +358,7 @@ impl AuditLog {
                 Value::Object(map) => map.keys().map(String::as_str).collect(),
                 _ => Vec::new(),
             },
-            hmac: self.key.args_hmac(args),
+            hmac: self.key.args_hmac_hex(args),
             values: (self.args == AuditArgs::Full).then(|| crate::redact::redact(args)),
         }
     }
@@ -375,7 +375,7 @@ impl Drop for AuditLog {
 pub struct ArgsDigest<'v> {
     pub keys: Vec<&'v str>,
     /// See [`AuditRecord::args_hmac`].
-    pub hmac: String,
+    pub hmac: Hex64,
     pub values: Option<Value>,
 }
 
@@ -444,6 +444,29 @@ fn canonical<H: sha2::digest::Update>(value: &Value, out: &mut H) {
 fn json_text<T: Serialize + ?Sized, H: sha2::digest::Update>(value: &T, out: &mut H) {
     // Writing into a hash cannot fail, and strings and scalars always serialise.
     let _ = serde_json::to_writer(HashWriter(out), value);
+}
+
+/// The 64 lowercase hex digits of a SHA-256 or HMAC-SHA-256, on the stack: the call's
+/// path writes them into the audit record, never into a `String` of their own.
+#[derive(Debug, Clone, Copy)]
+pub struct Hex64([u8; 64]);
+
+impl Hex64 {
+    /// The hex of the first 32 bytes of `bytes` (all of a SHA-256).
+    fn of(bytes: &[u8]) -> Hex64 {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b'0'; 64];
+        for (pair, b) in text.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        Hex64(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only hex digits were written: never the fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
@@ -650,7 +673,7 @@ mod tests {
             rule: Some("/tools/x"),
             reason: Some("limit \u{1} reached"),
             arg_keys: Some(keys.clone()),
-            args_hmac: Some("ab".repeat(32)),
+            args_hmac: Some("abababababababababababababababababababababababababababababababab"),
             args: Some(json!({"a": [1, null, {"b": "c"}]})),
             latency_us: Some(123),
             error: Some(true),
@@ -723,7 +746,7 @@ mod tests {
             rule: Some("/tools/create_api_key"),
             reason: None,
             arg_keys: Some(digest.keys.clone()),
-            args_hmac: Some(digest.hmac.clone()),
+            args_hmac: Some(digest.hmac.as_str()),
             args: digest.values.clone(),
             latency_us: None,
             error: None,

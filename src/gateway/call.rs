@@ -162,7 +162,7 @@ impl Gateway {
                 rule: Some(&decision.rule),
                 reason: Some(&decision.reason),
                 arg_keys: Some(digest.keys),
-                args_hmac: Some(digest.hmac),
+                args_hmac: Some(digest.hmac.as_str()),
                 args: digest.values,
                 latency_us: None,
                 error: None,
