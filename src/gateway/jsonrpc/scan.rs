@@ -83,15 +83,31 @@ pub(super) fn scan(text: &str) -> Result<(u8, Found<'_>), String> {
         b: text.as_bytes(),
         i: 0,
         found: Found::default(),
+        twice: None,
     };
     s.ws();
     let first = s.peek().unwrap_or(0);
-    s.value(0, Place::Top)?;
-    s.ws();
-    if s.i < s.b.len() {
-        return Err(s.error("trailing characters after the JSON value"));
+    let scanned = s.value(0, Place::Top).and_then(|()| {
+        s.ws();
+        match s.i < s.b.len() {
+            true => Err(s.error("trailing characters after the JSON value")),
+            false => Ok(()),
+        }
+    });
+    match (scanned, s.twice) {
+        (Ok(()), _) => Ok((first, s.found)),
+        (Err(Refused { at, .. }), Some(key)) => Err(format!(
+            "duplicate key {key:?} (parsers disagree on which one counts) (byte {at})"
+        )),
+        (Err(Refused { what, at }), None) => Err(format!("{what} (byte {at})")),
     }
-    Ok((first, s.found))
+}
+
+/// Why a text was refused, and where; made into a message only once, at the end.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    what: &'static str,
+    at: usize,
 }
 
 /// The decoded text of a JSON string value (`raw` with its quotes), borrowed when it has no
@@ -109,6 +125,8 @@ struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     found: Found<'a>,
+    /// The key found twice, when that is why the text is refused.
+    twice: Option<String>,
 }
 
 /// An object key as written (between its quotes), and whether it has escapes.
@@ -191,8 +209,8 @@ impl<'a> Keys<'a> {
 }
 
 impl<'a> Scanner<'a> {
-    fn error(&self, what: &str) -> String {
-        format!("{what} (byte {})", self.i)
+    fn error(&self, what: &'static str) -> Refused {
+        Refused { what, at: self.i }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -211,7 +229,7 @@ impl<'a> Scanner<'a> {
         self.text.get(start..self.i).unwrap_or_default()
     }
 
-    fn value(&mut self, depth: u32, place: Place) -> Result<(), String> {
+    fn value(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
         match self.peek() {
             Some(b'{') => self.object(depth + 1, place),
             Some(b'[') => self.array(depth + 1, place),
@@ -225,7 +243,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn literal(&mut self, word: &[u8]) -> Result<(), String> {
+    fn literal(&mut self, word: &[u8]) -> Result<(), Refused> {
         if self.b[self.i..].starts_with(word) {
             self.i += word.len();
             Ok(())
@@ -244,7 +262,7 @@ impl<'a> Scanner<'a> {
 
     /// JSON's number grammar; numbers that may be out of `f64`'s range are asked of
     /// `serde_json`, which refuses them.
-    fn number(&mut self) -> Result<(), String> {
+    fn number(&mut self) -> Result<(), Refused> {
         let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -287,18 +305,17 @@ impl<'a> Scanner<'a> {
 
     /// At an opening quote: reads through the closing one; the text between them and whether
     /// it has escapes.
-    fn string(&mut self) -> Result<Key<'a>, String> {
+    fn string(&mut self) -> Result<Key<'a>, Refused> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
         loop {
             // Bytes of multi-byte characters are all >= 0x80: only these three stop the scan.
-            while let Some(&c) = self.b.get(self.i) {
-                if c == b'"' || c == b'\\' || c < 0x20 {
-                    break;
-                }
-                self.i += 1;
-            }
+            let rest = self.b.get(self.i..).unwrap_or_default();
+            self.i += rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(rest.len());
             match self.peek() {
                 Some(b'"') => {
                     let raw = self.since(start);
@@ -318,7 +335,7 @@ impl<'a> Scanner<'a> {
 
     /// After a backslash: one escape; a `\u` of a leading surrogate must be followed by the
     /// `\u` of a trailing one.
-    fn escape(&mut self) -> Result<(), String> {
+    fn escape(&mut self) -> Result<(), Refused> {
         match self.peek() {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
                 self.i += 1;
@@ -345,7 +362,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn hex4(&mut self) -> Result<u16, String> {
+    fn hex4(&mut self) -> Result<u16, Refused> {
         let mut n = 0u16;
         for _ in 0..4 {
             let digit = match self.peek() {
@@ -360,7 +377,7 @@ impl<'a> Scanner<'a> {
         Ok(n)
     }
 
-    fn array(&mut self, depth: u32, place: Place) -> Result<(), String> {
+    fn array(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
         if depth >= MAX_DEPTH {
             return Err(self.error("nested too deep (at most 127 levels)"));
         }
@@ -395,7 +412,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn object(&mut self, depth: u32, place: Place) -> Result<(), String> {
+    fn object(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
         if depth >= MAX_DEPTH {
             return Err(self.error("nested too deep (at most 127 levels)"));
         }
@@ -435,7 +452,7 @@ impl<'a> Scanner<'a> {
                 self.note(place, &member, start);
             }
             if let Err(twice) = keys.push(key) {
-                return Err(self.duplicate(&twice));
+                return Err(self.duplicate(twice));
             }
             self.ws();
             match self.peek() {
@@ -450,13 +467,15 @@ impl<'a> Scanner<'a> {
                 _ => return Err(self.error("expected `,` or `}` in an object")),
             }
         }
-        keys.finish().map_err(|twice| self.duplicate(&twice))
+        match keys.finish() {
+            Ok(()) => Ok(()),
+            Err(twice) => Err(self.duplicate(twice)),
+        }
     }
 
-    fn duplicate(&self, key: &str) -> String {
-        self.error(&format!(
-            "duplicate key {key:?} (parsers disagree on which one counts)"
-        ))
+    fn duplicate(&mut self, key: Cow<'_, str>) -> Refused {
+        self.twice = Some(key.into_owned());
+        self.error("duplicate key")
     }
 
     /// Keeps the value that began at `start` if it is a member the gateway reads.
