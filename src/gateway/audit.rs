@@ -157,7 +157,7 @@ impl Context {
                 ("session", record.session),
                 ("server", record.server),
             ] {
-                member(&mut self.json, key, value)?;
+                member_str(&mut self.json, key, value);
             }
             record.grant.clone_into(&mut self.grant);
             record.session.clone_into(&mut self.session);
@@ -176,24 +176,31 @@ fn write_record(
 ) -> Result<(), serde_json::Error> {
     out.extend_from_slice(b"{\"ts\":");
     serialize_ts(&record.ts, &mut serde_json::Serializer::new(&mut *out))?;
-    member(out, "kind", record.kind)?;
-    member(out, "call_id", record.call_id)?;
+    member_str(out, "kind", record.kind);
+    member_str(out, "call_id", record.call_id);
     out.extend_from_slice(context.json(record)?);
-    member(out, "tool", record.tool)?;
+    member_str(out, "tool", record.tool);
     if let Some(decision) = &record.decision {
         member(out, "decision", decision)?;
     }
     if let Some(rule) = record.rule {
-        member(out, "rule", rule)?;
+        member_str(out, "rule", rule);
     }
     if let Some(reason) = record.reason {
-        member(out, "reason", reason)?;
+        member_str(out, "reason", reason);
     }
     if let Some(keys) = &record.arg_keys {
-        member(out, "arg_keys", keys)?;
+        out.extend_from_slice(b",\"arg_keys\":[");
+        for (i, key) in keys.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(out, key);
+        }
+        out.push(b']');
     }
-    if let Some(hmac) = &record.args_hmac {
-        member(out, "args_hmac", hmac)?;
+    if let Some(hmac) = record.args_hmac {
+        member_str(out, "args_hmac", hmac);
     }
     if let Some(args) = &record.args {
         member(out, "args", args)?;
@@ -205,16 +212,37 @@ fn write_record(
         member(out, "error", error)?;
     }
     if let Some(trace_id) = record.trace_id {
-        member(out, "trace_id", trace_id)?;
+        member_str(out, "trace_id", trace_id);
     }
     if let Some(span_id) = record.span_id {
-        member(out, "span_id", span_id)?;
+        member_str(out, "span_id", span_id);
     }
     if let Some(shadow) = record.shadow {
         member(out, "shadow", shadow)?;
     }
     out.push(b'}');
     Ok(())
+}
+
+/// `,"key":"value"` for a string value (keys here never need escaping).
+fn member_str(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    string(out, value);
+}
+
+/// A JSON string escaped exactly as `serde_json` escapes it: only `"`, `\` and control
+/// characters are; text without them (almost every value here) is copied as it is.
+fn string(out: &mut Vec<u8>, value: &str) {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
 }
 
 /// `,"key":value` (keys here never need escaping).
@@ -654,7 +682,7 @@ mod tests {
 
     #[test]
     fn audit_lines_match_serde() {
-        let keys = vec!["a", "we\"ird"];
+        let keys = vec!["a", "we\"ird", "del\u{7f}", "", "tab\there"];
         let shadow = crate::wire::ShadowDecision {
             decision: Verdict::Deny,
             rule: "/tools/x/deny_if/0".to_owned(),
