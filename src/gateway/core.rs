@@ -370,7 +370,7 @@ struct ConnState {
     /// `notifications/tools/list_changed`), by id, each with whether it asks for the first
     /// page. Their answers are the gateway's: never forwarded to the client. Their ids are
     /// in flight for the client too, so a client request cannot take one.
-    relists: HashMap<IdKey, bool>,
+    relists: IdMap<bool>,
     /// The `_meta` of the client's latest `tools/list` (2026-07-28 clients send their
     /// protocol version there), repeated on the gateway's own.
     list_meta: Option<Box<RawValue>>,
