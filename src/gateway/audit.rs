@@ -235,7 +235,7 @@ fn member_str(out: &mut Vec<u8>, key: &str, value: &str) {
 /// A JSON string escaped exactly as `serde_json` escapes it: only `"`, `\` and control
 /// characters are; text without them (almost every value here) is copied as it is.
 fn string(out: &mut Vec<u8>, value: &str) {
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if super::jsonrpc::plain_prefix(value.as_bytes()) == value.len() {
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
         out.push(b'"');

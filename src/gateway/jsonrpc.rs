@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 mod scan;
 
-pub(crate) use scan::{ParamsMembers, ResultMembers};
+pub(crate) use scan::{ParamsMembers, ResultMembers, plain_prefix};
 
 /// JSON-RPC error codes the gateway answers with.
 pub(crate) mod code {

@@ -110,6 +110,34 @@ struct Refused {
     at: usize,
 }
 
+/// How many bytes at the start of `bytes` a JSON string holds as they are: none of them is
+/// `"`, `\` or a control character (every other byte, those of multi-byte characters
+/// included, needs no attention). Eight bytes at a time: this is most of a line's walk.
+pub(crate) fn plain_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` flagged in `zero(x)` is zero; a flag can be wrong only above a right one,
+    // and only the lowest (the first byte in the text) is read.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+        let special = zero(word ^ (ONES * u64::from(b'"')))
+            | zero(word ^ (ONES * u64::from(b'\\')))
+            | control;
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    let rest = bytes.get(i..).unwrap_or_default();
+    i + rest
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(rest.len())
+}
+
 /// The decoded text of a JSON string value (`raw` with its quotes), borrowed when it has no
 /// escapes; `None` when `raw` is not a string. Only for text [`scan`] accepted.
 pub(super) fn string_value(raw: &str) -> Option<Cow<'_, str>> {
@@ -311,11 +339,7 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         loop {
             // Bytes of multi-byte characters are all >= 0x80: only these three stop the scan.
-            let rest = self.b.get(self.i..).unwrap_or_default();
-            self.i += rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                .unwrap_or(rest.len());
+            self.i += plain_prefix(self.b.get(self.i..).unwrap_or_default());
             match self.peek() {
                 Some(b'"') => {
                     let raw = self.since(start);
@@ -841,6 +865,20 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn plain_prefixes_stop_at_the_first_byte_a_string_cannot_hold_as_is(
+            bytes in prop::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), Just(0x1f), Just(0x20), Just(0x7f), Just(0x80), Just(0xff), any::<u8>(), b'a'..b'z'],
+                0..40,
+            ),
+        ) {
+            let naive = bytes
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(bytes.len());
+            prop_assert_eq!(plain_prefix(&bytes), naive);
+        }
 
         #[test]
         fn the_scanner_accepts_exactly_what_serde_json_reads_one_way(text in text()) {
