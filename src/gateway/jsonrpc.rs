@@ -94,6 +94,9 @@ pub(crate) struct Envelope<'a> {
 }
 
 /// What one line is, as far as the gateway cares.
+// A message is most lines: boxing its envelope would be an allocation per line, for an
+// enum that lives on the stack only until it is matched.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Parsed<'a> {
     /// A single JSON-RPC message (object); its [`Envelope::shape`] says which kind.
