@@ -113,6 +113,7 @@ struct Refused {
 /// How many bytes at the start of `bytes` a JSON string holds as they are: none of them is
 /// `"`, `\` or a control character (every other byte, those of multi-byte characters
 /// included, needs no attention). Eight bytes at a time: this is most of a line's walk.
+#[inline]
 pub(crate) fn plain_prefix(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -165,6 +166,7 @@ struct Key<'a> {
 }
 
 impl<'a> Key<'a> {
+    #[inline]
     fn decoded(self) -> Cow<'a, str> {
         if !self.escaped {
             return Cow::Borrowed(self.raw);
@@ -241,10 +243,12 @@ impl<'a> Scanner<'a> {
         Refused { what, at: self.i }
     }
 
+    #[inline]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
+    #[inline]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
             self.i += 1;
@@ -253,6 +257,7 @@ impl<'a> Scanner<'a> {
 
     /// The text from `start` to the current position (both at ASCII bytes, so on character
     /// boundaries).
+    #[inline]
     fn since(&self, start: usize) -> &'a str {
         self.text.get(start..self.i).unwrap_or_default()
     }
@@ -333,6 +338,7 @@ impl<'a> Scanner<'a> {
 
     /// At an opening quote: reads through the closing one; the text between them and whether
     /// it has escapes.
+    #[inline]
     fn string(&mut self) -> Result<Key<'a>, Refused> {
         self.i += 1;
         let start = self.i;
