@@ -838,6 +838,7 @@ impl Shared {
     }
 
     fn client_call(self: &Arc<Self>, id: IdKey, env: &Envelope<'_>, bytes: &[u8]) -> Disposition {
+        // Params that are not an object (an array read by position, a string) name no tool.
         let params = env.params.filter(|p| p.get().starts_with('{'));
         let mut params = match params.map(|_| CallParams::read(&env.params_members)) {
             Some(Ok(params)) => params,
