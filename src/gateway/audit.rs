@@ -141,9 +141,45 @@ struct Context {
     session: String,
     server: String,
     json: Vec<u8>,
+    /// The last record's minute (seconds since the epoch / 60) and its
+    /// `YYYY-MM-DDTHH:MM:` text: the calendar is most of a timestamp's cost, and every record
+    /// of a minute shares it.
+    minute: Option<(i64, [u8; 17])>,
 }
 
 impl Context {
+    /// Writes `ts` as [`serialize_ts`] does (a test keeps the two equal).
+    fn ts(&mut self, ts: &DateTime<Utc>, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let seconds = ts.timestamp();
+        let nanos = ts.timestamp_subsec_nanos();
+        let minute = seconds.div_euclid(60);
+        if let Some((cached, prefix)) = &self.minute
+            && *cached == minute
+            && nanos < 1_000_000_000
+        {
+            let mut tail = Digits::default();
+            // Within 0..60: the cast is exact.
+            tail.number(seconds.rem_euclid(60) as u32, 2);
+            fraction(&mut tail, nanos);
+            tail.byte(b'Z');
+            out.push(b'"');
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(&tail.out[..tail.len]);
+            out.push(b'"');
+            return Ok(());
+        }
+        if let Some((text, len)) = rfc3339(ts) {
+            let mut prefix = [0u8; 17];
+            prefix.copy_from_slice(&text[..17]);
+            self.minute = Some((minute, prefix));
+            out.push(b'"');
+            out.extend_from_slice(&text[..len]);
+            out.push(b'"');
+            return Ok(());
+        }
+        serialize_ts(ts, &mut serde_json::Serializer::new(&mut *out))
+    }
+
     /// `,"grant":..,"session":..,"server":..` for this record.
     fn json(&mut self, record: &AuditRecord<'_>) -> Result<&[u8], serde_json::Error> {
         if self.json.is_empty()
@@ -175,7 +211,7 @@ fn write_record(
     context: &mut Context,
 ) -> Result<(), serde_json::Error> {
     out.extend_from_slice(b"{\"ts\":");
-    serialize_ts(&record.ts, &mut serde_json::Serializer::new(&mut *out))?;
+    context.ts(&record.ts, out)?;
     member_str(out, "kind", record.kind);
     member_str(out, "call_id", record.call_id);
     out.extend_from_slice(context.json(record)?);
@@ -547,6 +583,14 @@ fn rfc3339(ts: &DateTime<Utc>) -> Option<([u8; 30], usize)> {
     text.number(ts.minute(), 2);
     text.byte(b':');
     text.number(ts.second(), 2);
+    fraction(&mut text, nanos);
+    text.byte(b'Z');
+    Some((text.out, text.len))
+}
+
+/// The fraction of a second as chrono writes it: none, or 3, 6 or 9 digits, whichever is
+/// shortest and exact (`nanos` below a second).
+fn fraction(text: &mut Digits, nanos: u32) {
     if nanos != 0 {
         text.byte(b'.');
         if nanos.is_multiple_of(1_000_000) {
@@ -557,8 +601,6 @@ fn rfc3339(ts: &DateTime<Utc>) -> Option<([u8; 30], usize)> {
             text.number(nanos, 9);
         }
     }
-    text.byte(b'Z');
-    Some((text.out, text.len))
 }
 
 /// A small fixed buffer of ASCII for [`rfc3339`] (at most 30 bytes are written).
@@ -660,15 +702,27 @@ mod tests {
             250_000_000_000,
             300_000_000_000,
         ];
+        // The record writer's own path keeps the minute's text: asked twice for each time,
+        // and across minutes, it writes what serde writes.
+        let mut context = Context::default();
         for s in seconds {
             for n in nanos {
                 let ts = base + chrono::Duration::seconds(s) + chrono::Duration::nanoseconds(n);
                 let mut ours = Vec::new();
                 serialize_ts(&ts, &mut serde_json::Serializer::new(&mut ours)).unwrap();
-                assert_eq!(
-                    String::from_utf8(ours).unwrap(),
-                    serde_json::to_string(&ts).unwrap()
-                );
+                let theirs = serde_json::to_string(&ts).unwrap();
+                assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+                for later in [0, 1, 59, 60] {
+                    let ts = ts + chrono::Duration::seconds(later);
+                    for _ in 0..2 {
+                        let mut written = Vec::new();
+                        context.ts(&ts, &mut written).unwrap();
+                        assert_eq!(
+                            String::from_utf8(written).unwrap(),
+                            serde_json::to_string(&ts).unwrap()
+                        );
+                    }
+                }
             }
         }
         let now = Utc::now();
