@@ -1,4 +1,5 @@
-//! The hasher of the maps on a call's path (ids in flight, the hub's recent calls): foldhash,
+//! The hasher of the maps on a call's path (ids in flight, the hub's recent calls, a policy's
+//! exact tool names, whose keys come from the policy file and are bounded by it): foldhash,
 //! several times cheaper than std's SipHash on short keys. Its seeds come from the OS's
 //! random source, once per process and again per map, so a client cannot choose ids that
 //! collide without knowing them; the maps keyed by a client's ids are also bounded in

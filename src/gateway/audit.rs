@@ -104,7 +104,7 @@ pub struct AuditRecord<'a> {
     pub arg_keys: Option<Vec<&'a str>>,
     /// HMAC-SHA-256 (hex) of the canonical arguments under the log's key.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub args_hmac: Option<String>,
+    pub args_hmac: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,9 +141,45 @@ struct Context {
     session: String,
     server: String,
     json: Vec<u8>,
+    /// The last record's minute (seconds since the epoch / 60) and its
+    /// `YYYY-MM-DDTHH:MM:` text: the calendar is most of a timestamp's cost, and every record
+    /// of a minute shares it.
+    minute: Option<(i64, [u8; 17])>,
 }
 
 impl Context {
+    /// Writes `ts` as [`serialize_ts`] does (a test keeps the two equal).
+    fn ts(&mut self, ts: &DateTime<Utc>, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let seconds = ts.timestamp();
+        let nanos = ts.timestamp_subsec_nanos();
+        let minute = seconds.div_euclid(60);
+        if let Some((cached, prefix)) = &self.minute
+            && *cached == minute
+            && nanos < 1_000_000_000
+        {
+            let mut tail = Digits::default();
+            // Within 0..60: the cast is exact.
+            tail.number(seconds.rem_euclid(60) as u32, 2);
+            fraction(&mut tail, nanos);
+            tail.byte(b'Z');
+            out.push(b'"');
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(&tail.out[..tail.len]);
+            out.push(b'"');
+            return Ok(());
+        }
+        if let Some((text, len)) = rfc3339(ts) {
+            let mut prefix = [0u8; 17];
+            prefix.copy_from_slice(&text[..17]);
+            self.minute = Some((minute, prefix));
+            out.push(b'"');
+            out.extend_from_slice(&text[..len]);
+            out.push(b'"');
+            return Ok(());
+        }
+        serialize_ts(ts, &mut serde_json::Serializer::new(&mut *out))
+    }
+
     /// `,"grant":..,"session":..,"server":..` for this record.
     fn json(&mut self, record: &AuditRecord<'_>) -> Result<&[u8], serde_json::Error> {
         if self.json.is_empty()
@@ -157,7 +193,7 @@ impl Context {
                 ("session", record.session),
                 ("server", record.server),
             ] {
-                member(&mut self.json, key, value)?;
+                member_str(&mut self.json, key, value);
             }
             record.grant.clone_into(&mut self.grant);
             record.session.clone_into(&mut self.session);
@@ -175,25 +211,32 @@ fn write_record(
     context: &mut Context,
 ) -> Result<(), serde_json::Error> {
     out.extend_from_slice(b"{\"ts\":");
-    serialize_ts(&record.ts, &mut serde_json::Serializer::new(&mut *out))?;
-    member(out, "kind", record.kind)?;
-    member(out, "call_id", record.call_id)?;
+    context.ts(&record.ts, out)?;
+    member_str(out, "kind", record.kind);
+    member_str(out, "call_id", record.call_id);
     out.extend_from_slice(context.json(record)?);
-    member(out, "tool", record.tool)?;
+    member_str(out, "tool", record.tool);
     if let Some(decision) = &record.decision {
         member(out, "decision", decision)?;
     }
     if let Some(rule) = record.rule {
-        member(out, "rule", rule)?;
+        member_str(out, "rule", rule);
     }
     if let Some(reason) = record.reason {
-        member(out, "reason", reason)?;
+        member_str(out, "reason", reason);
     }
     if let Some(keys) = &record.arg_keys {
-        member(out, "arg_keys", keys)?;
+        out.extend_from_slice(b",\"arg_keys\":[");
+        for (i, key) in keys.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(out, key);
+        }
+        out.push(b']');
     }
-    if let Some(hmac) = &record.args_hmac {
-        member(out, "args_hmac", hmac)?;
+    if let Some(hmac) = record.args_hmac {
+        member_str(out, "args_hmac", hmac);
     }
     if let Some(args) = &record.args {
         member(out, "args", args)?;
@@ -205,16 +248,37 @@ fn write_record(
         member(out, "error", error)?;
     }
     if let Some(trace_id) = record.trace_id {
-        member(out, "trace_id", trace_id)?;
+        member_str(out, "trace_id", trace_id);
     }
     if let Some(span_id) = record.span_id {
-        member(out, "span_id", span_id)?;
+        member_str(out, "span_id", span_id);
     }
     if let Some(shadow) = record.shadow {
         member(out, "shadow", shadow)?;
     }
     out.push(b'}');
     Ok(())
+}
+
+/// `,"key":"value"` for a string value (keys here never need escaping).
+fn member_str(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    string(out, value);
+}
+
+/// A JSON string escaped exactly as `serde_json` escapes it: only `"`, `\` and control
+/// characters are; text without them (almost every value here) is copied as it is.
+fn string(out: &mut Vec<u8>, value: &str) {
+    if super::jsonrpc::plain_prefix(value.as_bytes()) == value.len() {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
 }
 
 /// `,"key":value` (keys here never need escaping).
@@ -358,7 +422,7 @@ impl AuditLog {
                 Value::Object(map) => map.keys().map(String::as_str).collect(),
                 _ => Vec::new(),
             },
-            hmac: self.key.args_hmac(args),
+            hmac: self.key.args_hmac_hex(args),
             values: (self.args == AuditArgs::Full).then(|| crate::redact::redact(args)),
         }
     }
@@ -375,7 +439,7 @@ impl Drop for AuditLog {
 pub struct ArgsDigest<'v> {
     pub keys: Vec<&'v str>,
     /// See [`AuditRecord::args_hmac`].
-    pub hmac: String,
+    pub hmac: Hex64,
     pub values: Option<Value>,
 }
 
@@ -446,6 +510,29 @@ fn json_text<T: Serialize + ?Sized, H: sha2::digest::Update>(value: &T, out: &mu
     let _ = serde_json::to_writer(HashWriter(out), value);
 }
 
+/// The 64 lowercase hex digits of a SHA-256 or HMAC-SHA-256, on the stack: the call's
+/// path writes them into the audit record, never into a `String` of their own.
+#[derive(Debug, Clone, Copy)]
+pub struct Hex64([u8; 64]);
+
+impl Hex64 {
+    /// The hex of the first 32 bytes of `bytes` (all of a SHA-256).
+    fn of(bytes: &[u8]) -> Hex64 {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b'0'; 64];
+        for (pair, b) in text.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        Hex64(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only hex digits were written: never the fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     // Bytes, not chars: no UTF-8 encoding per digit.
@@ -496,6 +583,14 @@ fn rfc3339(ts: &DateTime<Utc>) -> Option<([u8; 30], usize)> {
     text.number(ts.minute(), 2);
     text.byte(b':');
     text.number(ts.second(), 2);
+    fraction(&mut text, nanos);
+    text.byte(b'Z');
+    Some((text.out, text.len))
+}
+
+/// The fraction of a second as chrono writes it: none, or 3, 6 or 9 digits, whichever is
+/// shortest and exact (`nanos` below a second).
+fn fraction(text: &mut Digits, nanos: u32) {
     if nanos != 0 {
         text.byte(b'.');
         if nanos.is_multiple_of(1_000_000) {
@@ -506,8 +601,6 @@ fn rfc3339(ts: &DateTime<Utc>) -> Option<([u8; 30], usize)> {
             text.number(nanos, 9);
         }
     }
-    text.byte(b'Z');
-    Some((text.out, text.len))
 }
 
 /// A small fixed buffer of ASCII for [`rfc3339`] (at most 30 bytes are written).
@@ -609,15 +702,27 @@ mod tests {
             250_000_000_000,
             300_000_000_000,
         ];
+        // The record writer's own path keeps the minute's text: asked twice for each time,
+        // and across minutes, it writes what serde writes.
+        let mut context = Context::default();
         for s in seconds {
             for n in nanos {
                 let ts = base + chrono::Duration::seconds(s) + chrono::Duration::nanoseconds(n);
                 let mut ours = Vec::new();
                 serialize_ts(&ts, &mut serde_json::Serializer::new(&mut ours)).unwrap();
-                assert_eq!(
-                    String::from_utf8(ours).unwrap(),
-                    serde_json::to_string(&ts).unwrap()
-                );
+                let theirs = serde_json::to_string(&ts).unwrap();
+                assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+                for later in [0, 1, 59, 60] {
+                    let ts = ts + chrono::Duration::seconds(later);
+                    for _ in 0..2 {
+                        let mut written = Vec::new();
+                        context.ts(&ts, &mut written).unwrap();
+                        assert_eq!(
+                            String::from_utf8(written).unwrap(),
+                            serde_json::to_string(&ts).unwrap()
+                        );
+                    }
+                }
             }
         }
         let now = Utc::now();
@@ -631,7 +736,7 @@ mod tests {
 
     #[test]
     fn audit_lines_match_serde() {
-        let keys = vec!["a", "we\"ird"];
+        let keys = vec!["a", "we\"ird", "del\u{7f}", "", "tab\there"];
         let shadow = crate::wire::ShadowDecision {
             decision: Verdict::Deny,
             rule: "/tools/x/deny_if/0".to_owned(),
@@ -650,7 +755,7 @@ mod tests {
             rule: Some("/tools/x"),
             reason: Some("limit \u{1} reached"),
             arg_keys: Some(keys.clone()),
-            args_hmac: Some("ab".repeat(32)),
+            args_hmac: Some("abababababababababababababababababababababababababababababababab"),
             args: Some(json!({"a": [1, null, {"b": "c"}]})),
             latency_us: Some(123),
             error: Some(true),
@@ -723,7 +828,7 @@ mod tests {
             rule: Some("/tools/create_api_key"),
             reason: None,
             arg_keys: Some(digest.keys.clone()),
-            args_hmac: Some(digest.hmac.clone()),
+            args_hmac: Some(digest.hmac.as_str()),
             args: digest.values.clone(),
             latency_us: None,
             error: None,

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::Gateway;
 use super::audit::AuditRecord;
-use super::jsonrpc::Envelope;
+use super::jsonrpc::{Envelope, ResultMembers, string_value};
 use crate::control::{HoldTicket, Hub, Resolution};
 use crate::policy::store::Answer;
 use crate::policy::{
@@ -166,7 +166,7 @@ impl Gateway {
                 rule: Some(&decision.rule),
                 reason: Some(&decision.reason),
                 arg_keys: Some(digest.keys),
-                args_hmac: Some(digest.hmac),
+                args_hmac: Some(digest.hmac.as_str()),
                 args: digest.values,
                 latency_us: None,
                 error: None,
@@ -723,11 +723,6 @@ impl CallAnswer {
             content: FirstItem<'a>,
         }
         #[derive(Deserialize)]
-        struct Text<'a> {
-            #[serde(default, borrow)]
-            text: Option<std::borrow::Cow<'a, str>>,
-        }
-        #[derive(Deserialize)]
         struct Error {
             #[serde(default)]
             message: Option<String>,
@@ -742,15 +737,20 @@ impl CallAnswer {
                 summary: message.map(|m| cap(&m)),
             };
         }
-        let Some(result) = env
-            .result
-            .and_then(|r| serde_json::from_str::<Result<'_>>(r.get()).ok())
-        else {
-            return CallAnswer {
-                error: true,
-                input_required: false,
-                summary: Some("unreadable result".into()),
-            };
+        let unreadable = CallAnswer {
+            error: true,
+            input_required: false,
+            summary: Some("unreadable result".into()),
+        };
+        let Some(result) = env.result else {
+            return unreadable;
+        };
+        if result.get().starts_with('{') {
+            // Read from the members the line's one pass found, as serde reads them below.
+            return CallAnswer::of_members(&env.result_members).unwrap_or(unreadable);
+        }
+        let Ok(result) = serde_json::from_str::<Result<'_>>(result.get()) else {
+            return unreadable;
         };
         let summary = result
             .content
@@ -764,6 +764,46 @@ impl CallAnswer {
             summary,
         }
     }
+
+    /// An object `result` from its members: `isError` a boolean, `resultType` a string or
+    /// null, `content` an array, when present (else `None`: unreadable); the summary is the
+    /// first content's `text` when it is a string.
+    fn of_members(result: &ResultMembers<'_>) -> Option<CallAnswer> {
+        let error = match result.is_error {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return None,
+        };
+        let input_required = match result.result_type {
+            None | Some("null") => false,
+            Some(t) => string_value(t)? == "input_required",
+        };
+        let first = match result.content {
+            None => None,
+            Some(content) if content.starts_with('[') => result.first_content,
+            Some(_) => return None,
+        };
+        let summary = match first {
+            Some(first) if first.starts_with('{') => result.first_text.and_then(string_value),
+            // serde reads a struct from an array too.
+            Some(first) => serde_json::from_str::<Text<'_>>(first)
+                .ok()
+                .and_then(|t| t.text),
+            None => None,
+        };
+        Some(CallAnswer {
+            error,
+            input_required,
+            summary: summary.map(|t| cap(&t)),
+        })
+    }
+}
+
+/// The first content item of a result, read for its `text` only.
+#[derive(Deserialize)]
+struct Text<'a> {
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The first item of an array, the others read past without being kept.
@@ -795,5 +835,76 @@ fn cap(text: &str) -> String {
     match text.char_indices().nth(SUMMARY_CAP) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::jsonrpc::{self, Parsed};
+
+    /// The outcome as serde reads the whole `result` (as it was read before the one pass).
+    fn by_serde(result: &str) -> (bool, bool, Option<String>) {
+        #[derive(Deserialize)]
+        struct Whole<'a> {
+            #[serde(default, rename = "isError")]
+            is_error: bool,
+            #[serde(default, rename = "resultType")]
+            result_type: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default, borrow)]
+            content: FirstItem<'a>,
+        }
+        let Ok(whole) = serde_json::from_str::<Whole<'_>>(result) else {
+            return (true, false, Some("unreadable result".into()));
+        };
+        let summary = whole
+            .content
+            .0
+            .and_then(|c| serde_json::from_str::<Text<'_>>(c.get()).ok())
+            .and_then(|t| t.text)
+            .map(|t| cap(&t));
+        let input_required = whole.result_type.as_deref() == Some("input_required");
+        (whole.is_error, input_required, summary)
+    }
+
+    #[test]
+    fn an_answer_is_read_from_its_members_as_serde_reads_the_whole_result() {
+        let long = format!(r#"{{"content":[{{"text":"{}"}}]}}"#, "é".repeat(300));
+        for result in [
+            r#"{"content":[{"type":"text","text":"ok"}]}"#,
+            r#"{"content":[{"type":"text","text":"a\nb\u00e9"}],"isError":true}"#,
+            r#"{"isError":false,"content":[]}"#,
+            r#"{"isError":null,"content":[]}"#,
+            r#"{"isError":"true"}"#,
+            r#"{"resultType":"input_required","content":[{"text":"more"}]}"#,
+            r#"{"resultType":"input_\u0072equired"}"#,
+            r#"{"resultType":null}"#,
+            r#"{"resultType":7}"#,
+            r#"{"content":null}"#,
+            r#"{"content":{"text":"x"}}"#,
+            r#"{"content":["just text",{"text":"second"}]}"#,
+            r#"{"content":[["in an array"]]}"#,
+            r#"{"content":[{"text":5}]}"#,
+            r#"{"content":[{"text":null,"type":"image"}]}"#,
+            r#"{"content":[{"type":"text","text":"x","text2":"y"}],"structuredContent":{"text":"z"}}"#,
+            r#"{"other":{"content":[{"text":"not this"}]}}"#,
+            r#"{}"#,
+            r#"[false, null, [{"text":"by position"}]]"#,
+            r#"[]"#,
+            r#""a string""#,
+            r#"null"#,
+            long.as_str(),
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
+            let Parsed::Message(env) = jsonrpc::parse(line.as_bytes()) else {
+                panic!("{line} is not a message")
+            };
+            let answer = CallAnswer::of(&env);
+            assert_eq!(
+                (answer.error, answer.input_required, answer.summary),
+                by_serde(result),
+                "{result}"
+            );
+        }
     }
 }

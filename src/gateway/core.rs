@@ -50,7 +50,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::Gateway;
 use super::budget::{ByteBudget, Charge};
 use super::call::{CallAnswer, Deciding, ToolsPage};
-use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Shape, code};
+use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Shape, code};
 use super::line_writer::{Out, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
@@ -370,7 +370,7 @@ struct ConnState {
     /// `notifications/tools/list_changed`), by id, each with whether it asks for the first
     /// page. Their answers are the gateway's: never forwarded to the client. Their ids are
     /// in flight for the client too, so a client request cannot take one.
-    relists: HashMap<IdKey, bool>,
+    relists: IdMap<bool>,
     /// The `_meta` of the client's latest `tools/list` (2026-07-28 clients send their
     /// protocol version there), repeated on the gateway's own.
     list_meta: Option<Box<RawValue>>,
@@ -770,7 +770,7 @@ impl Shared {
         // Client requests are handled one at a time (this task): nothing else can take
         // the id between the check above and the insertions below.
         match method {
-            "tools/call" => self.client_call(id, env.params, bytes),
+            "tools/call" => self.client_call(id, env, bytes),
             "tools/list" => {
                 let first_page = jsonrpc::cursor(env.params).is_none();
                 let (spans, traced) = self.trace_request(&id, method, env.params, bytes);
@@ -837,15 +837,10 @@ impl Shared {
         Disposition::Forward
     }
 
-    fn client_call(
-        self: &Arc<Self>,
-        id: IdKey,
-        params: Option<&RawValue>,
-        bytes: &[u8],
-    ) -> Disposition {
-        // serde reads a struct from an array too; the server would not.
-        let params = params.filter(|p| p.get().starts_with('{'));
-        let mut params = match params.map(|p| serde_json::from_str::<CallParams>(p.get())) {
+    fn client_call(self: &Arc<Self>, id: IdKey, env: &Envelope<'_>, bytes: &[u8]) -> Disposition {
+        // Params that are not an object (an array read by position, a string) name no tool.
+        let params = env.params.filter(|p| p.get().starts_with('{'));
+        let mut params = match params.map(|_| CallParams::read(&env.params_members)) {
             Some(Ok(params)) => params,
             Some(Err(e)) => {
                 return Disposition::Answer(jsonrpc::error_response(
@@ -1244,7 +1239,7 @@ impl Shared {
                         drop(state);
                         return match env.result {
                             Some(result) => Disposition::Relisted {
-                                result: result.to_owned(),
+                                result: result.to_raw_value(),
                             },
                             None => {
                                 tracing::warn!(
@@ -1293,7 +1288,7 @@ impl Shared {
                         match env.result {
                             Some(result) => Disposition::Listed {
                                 id,
-                                result: result.to_owned(),
+                                result: result.to_raw_value(),
                                 first_page,
                             },
                             // An error lists no tools.
@@ -1376,14 +1371,15 @@ impl Shared {
         &self,
         id: &IdKey,
         method: &str,
-        params: Option<&RawValue>,
+        params: Option<Raw<'_>>,
         line: &[u8],
     ) -> (Option<Box<CallSpans>>, Option<Vec<u8>>) {
         let Some(traces) = &self.gateway.traces else {
             return (None, None);
         };
         let version = self.protocol_version.get().map(|v| &**v);
-        let spans = traces.start_request(&self.session, id, method, params, version);
+        let params = params.map(Raw::to_raw_value);
+        let spans = traces.start_request(&self.session, id, method, params.as_deref(), version);
         let traced = traces.forwarded(&spans, line);
         (Some(Box::new(spans)), traced)
     }
@@ -1585,7 +1581,7 @@ fn not_a_message(side: Side, why: &str) -> Disposition {
 
 /// `serverInfo.name` of an `initialize` or `server/discover` result, when it is a non-empty
 /// string of at most 256 bytes.
-fn server_name(result: &RawValue) -> Option<String> {
+fn server_name(result: Raw<'_>) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Info {
         name: String,

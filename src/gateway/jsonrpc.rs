@@ -17,9 +17,12 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+mod scan;
+
+pub(crate) use scan::{ParamsMembers, ResultMembers, plain_prefix};
 
 /// JSON-RPC error codes the gateway answers with.
 pub(crate) mod code {
@@ -49,35 +52,51 @@ pub(crate) const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
 /// `--max-message`; real clients use numbers or short strings (a UUID is 38 bytes).
 pub(crate) const MAX_STRING_ID: usize = 256;
 
+/// The JSON text of one value inside a line that [`parse`] accepted, borrowed from the line:
+/// valid JSON, with nothing before or after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// The value's JSON text, as received.
+    pub(crate) fn get(self) -> &'a str {
+        self.0
+    }
+
+    /// An owned copy, for the few places that keep a value beyond its line.
+    pub(crate) fn to_raw_value(self) -> Box<RawValue> {
+        // The text is JSON [`parse`] accepted, so this never falls back.
+        RawValue::from_string(self.0.to_owned()).unwrap_or_else(|_| RawValue::NULL.to_owned())
+    }
+
+    /// Valid JSON text from elsewhere (tests, and values already held as `RawValue`).
+    pub(crate) fn of(value: &'a RawValue) -> Raw<'a> {
+        Raw(value.get())
+    }
+}
+
 /// The top-level members of a JSON-RPC message, borrowed from the line. A member that is
 /// present is `Some` even when its value is `null` (`"result": null` is a result; `"id":
 /// null` is an id this gateway refuses).
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub(crate) struct Envelope<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    pub id: Option<&'a RawValue>,
+    pub id: Option<Raw<'a>>,
     /// A string when present: `"method": null` is not "no method".
-    #[serde(borrow, default, deserialize_with = "present_str")]
     pub method: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    pub params: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    pub result: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    pub error: Option<&'a RawValue>,
-}
-
-/// A member that is present, whatever its value (`null` included).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue>::deserialize(d).map(Some)
-}
-
-/// A member that, when present, is a string (decoded, borrowed when it had no escapes).
-fn present_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    Key::deserialize(d).map(|Key(s)| Some(s))
+    pub params: Option<Raw<'a>>,
+    pub result: Option<Raw<'a>>,
+    pub error: Option<Raw<'a>>,
+    /// The members of `params` a `tools/call` is read from, when `params` is an object.
+    pub params_members: ParamsMembers<'a>,
+    /// The members of `result` a `tools/call`'s outcome is read from, when `result` is an
+    /// object.
+    pub result_members: ResultMembers<'a>,
 }
 
 /// What one line is, as far as the gateway cares.
+// A message is most lines: boxing its envelope would be an allocation per line, for an
+// enum that lives on the stack only until it is matched.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Parsed<'a> {
     /// A single JSON-RPC message (object); its [`Envelope::shape`] says which kind.
@@ -91,26 +110,26 @@ pub(crate) enum Parsed<'a> {
     Malformed(String),
 }
 
-/// Classifies one line (a trailing newline is ignored).
+/// Classifies one line (a trailing newline is ignored), in one pass over it ([`scan`]):
+/// refused unless it is UTF-8 and exactly one JSON value that every parser reads alike (no
+/// key twice in any object at any depth, compared after decoding; no lone surrogate; at
+/// most 127 levels of nesting; no number beyond `f64`).
 pub(crate) fn parse(line: &[u8]) -> Parsed<'_> {
     let text = match std::str::from_utf8(line) {
         Ok(text) => text,
         Err(e) => return Parsed::Malformed(format!("not UTF-8 (byte {})", e.valid_up_to())),
     };
-    if let Err(e) = check_unambiguous(text) {
-        return Parsed::Malformed(e);
-    }
-    match text.trim_start().as_bytes().first() {
-        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
+    let (first, found) = match scan::scan(text) {
+        Ok(scanned) => scanned,
+        Err(e) => return Parsed::Malformed(e),
+    };
+    match first {
+        b'[' => match serde_json::from_str::<Vec<&RawValue>>(text) {
             Ok(items) if items.is_empty() => Parsed::NotAMessage("an empty batch"),
             Ok(items) => Parsed::Batch(items),
             Err(e) => Parsed::Malformed(e.to_string()),
         },
-        Some(b'{') => match serde_json::from_str::<Envelope<'_>>(text) {
-            Ok(env) => Parsed::Message(env),
-            // The JSON is sound (checked above): a member of the wrong type.
-            Err(e) => Parsed::NotAMessage(member_type_error(&e)),
-        },
+        b'{' => envelope(found),
         _ => Parsed::NotAMessage("a JSON-RPC message is an object"),
     }
 }
@@ -118,130 +137,40 @@ pub(crate) fn parse(line: &[u8]) -> Parsed<'_> {
 /// Classifies one element of a batch: an object, or not a message. A batch in a batch is
 /// not a message either: batches are one level deep.
 pub(crate) fn parse_element(item: &RawValue) -> Parsed<'_> {
-    match item.get().as_bytes().first() {
-        Some(b'{') => match serde_json::from_str::<Envelope<'_>>(item.get()) {
-            Ok(env) => Parsed::Message(env),
-            Err(e) => Parsed::NotAMessage(member_type_error(&e)),
-        },
-        _ => Parsed::NotAMessage("a batch element is an object"),
+    match scan::scan(item.get()) {
+        Ok((b'{', found)) => envelope(found),
+        Ok(_) => Parsed::NotAMessage("a batch element is an object"),
+        Err(e) => Parsed::Malformed(e),
     }
 }
 
-fn member_type_error(e: &serde_json::Error) -> &'static str {
-    tracing::debug!("message with a member of the wrong type: {e}");
-    "a member of the message has the wrong type (method is a string)"
+/// The decoded text of a JSON string value from a line [`parse`] accepted (`raw` with its
+/// quotes), borrowed when it has no escapes; `None` when it is not a string.
+pub(crate) fn string_value(raw: &str) -> Option<Cow<'_, str>> {
+    scan::string_value(raw)
 }
 
-/// Refuses a JSON text that parsers could read differently: not exactly one JSON value, a
-/// key twice in any object (at any depth, compared after decoding), or a string that does
-/// not decode to Unicode (a lone surrogate). Nesting is bounded by serde_json (128).
-pub(crate) fn check_unambiguous(text: &str) -> Result<(), String> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    Unambiguous
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| e.to_string())
-}
-
-/// Walks a value without building it; see [`check_unambiguous`].
-struct Unambiguous;
-
-/// Keys of one object compared in place before [`Unambiguous`] allocates for them.
-const INLINE_KEYS: usize = 8;
-
-impl<'de> DeserializeSeed<'de> for Unambiguous {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Unambiguous {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    // Strings arrive decoded: serde_json refuses lone surrogates while decoding.
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Unambiguous)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        // Almost every object of a message has a few keys: those are compared in place,
-        // without allocating. The first duplicate, or a ninth key, moves them all to `keys`,
-        // which is sorted at the end as before (so the same duplicate is named).
-        let mut few: [Option<Cow<'de, str>>; INLINE_KEYS] = Default::default();
-        let mut held = 0;
-        let mut keys: Vec<Cow<'de, str>> = Vec::new();
-        while let Some(Key(key)) = map.next_key()? {
-            map.next_value_seed(Unambiguous)?;
-            if !keys.is_empty() {
-                keys.push(key);
-            } else if held < INLINE_KEYS && few[..held].iter().all(|k| k.as_ref() != Some(&key)) {
-                few[held] = Some(key);
-                held += 1;
-            } else {
-                keys.extend(few[..held].iter_mut().filter_map(Option::take));
-                keys.push(key);
-            }
+/// The envelope of an object [`scan`] accepted: a message, unless its method is not a
+/// string.
+fn envelope(found: scan::Found<'_>) -> Parsed<'_> {
+    let method = match found.method.map(scan::string_value) {
+        Some(Some(method)) => Some(method),
+        Some(None) => {
+            return Parsed::NotAMessage(
+                "a member of the message has the wrong type (method is a string)",
+            );
         }
-        if keys.is_empty() {
-            return Ok(());
-        }
-        keys.sort_unstable();
-        if let Some(twice) = keys.windows(2).find(|w| w[0] == w[1]) {
-            return Err(de::Error::custom(format_args!(
-                "duplicate key {:?} (parsers disagree on which one counts)",
-                twice[0]
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// An object key, decoded, borrowed when it had no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
+        None => None,
+    };
+    Parsed::Message(Envelope {
+        id: found.id.map(Raw),
+        method,
+        params: found.params.map(Raw),
+        result: found.result.map(Raw),
+        error: found.error.map(Raw),
+        params_members: found.params_members,
+        result_members: found.result_members,
+    })
 }
 
 /// What a message is, once its members are checked.
@@ -333,7 +262,7 @@ pub(crate) struct BadId(String);
 
 impl IdKey {
     /// Reads an id from its JSON text.
-    pub(crate) fn from_raw(raw: &RawValue) -> Result<IdKey, BadId> {
+    pub(crate) fn from_raw(raw: Raw<'_>) -> Result<IdKey, BadId> {
         IdKey::from_json(raw.get())
     }
 
@@ -369,7 +298,7 @@ impl IdKey {
 
     /// The integer a number that is not a valid id stands for (`6.0`, `1e1`), if it is one
     /// within range: only ever used to fail the request it answers, never to match an answer.
-    fn integral_number(raw: &RawValue) -> Option<IdKey> {
+    fn integral_number(raw: Raw<'_>) -> Option<IdKey> {
         let n = serde_json::from_str::<f64>(raw.get()).ok()?;
         let whole = n.is_finite() && n.fract() == 0.0 && n.abs() <= MAX_INTEGER_ID as f64;
         // The cast is exact: a whole number of magnitude at most 2^53 - 1.
@@ -587,22 +516,46 @@ pub(crate) fn progress(token: &Value, progress: u64, message: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The parts of `tools/call` params the gateway needs.
-#[derive(Debug, Deserialize)]
+/// The parts of `tools/call` params the gateway needs. A member that is `null` counts as
+/// absent, as serde reads an `Option`.
+#[derive(Debug)]
 pub(crate) struct CallParams {
     pub name: String,
-    #[serde(default)]
     pub arguments: Option<Value>,
-    #[serde(default, rename = "_meta")]
     pub meta: Option<serde_json::Map<String, Value>>,
     /// Present on a 2026-07-28 retry after `input_required`.
-    #[serde(default, rename = "inputResponses")]
     pub input_responses: Option<Value>,
-    #[serde(default, rename = "requestState")]
     pub request_state: Option<Value>,
 }
 
 impl CallParams {
+    /// Reads the params of a `tools/call` from the members [`parse`] found in its `params`
+    /// object: only the members the gateway uses are read, each from its own text.
+    pub(crate) fn read(members: &ParamsMembers<'_>) -> Result<CallParams, String> {
+        fn member<T: serde::de::DeserializeOwned>(
+            text: Option<&str>,
+            what: &str,
+        ) -> Result<Option<T>, String> {
+            match text.map(serde_json::from_str::<Option<T>>) {
+                None => Ok(None),
+                Some(Ok(value)) => Ok(value),
+                Some(Err(e)) => Err(format!("{what}: {e}")),
+            }
+        }
+        let name = match members.name.map(scan::string_value) {
+            Some(Some(name)) => name.into_owned(),
+            Some(None) => return Err("name: the tool's name is a string".to_owned()),
+            None => return Err("missing field `name`".to_owned()),
+        };
+        Ok(CallParams {
+            name,
+            arguments: member(members.arguments, "arguments")?,
+            meta: member(members.meta, "_meta")?,
+            input_responses: member(members.input_responses, "inputResponses")?,
+            request_state: member(members.request_state, "requestState")?,
+        })
+    }
+
     pub(crate) fn progress_token(&self) -> Option<&Value> {
         self.meta.as_ref()?.get("progressToken")
     }
@@ -621,7 +574,7 @@ impl CallParams {
 }
 
 /// The cursor of a paginated request (`tools/list`), if any.
-pub(crate) fn cursor(params: Option<&RawValue>) -> Option<String> {
+pub(crate) fn cursor(params: Option<Raw<'_>>) -> Option<String> {
     #[derive(Deserialize)]
     struct P {
         #[serde(default)]
@@ -633,7 +586,7 @@ pub(crate) fn cursor(params: Option<&RawValue>) -> Option<String> {
 }
 
 /// The `protocolVersion` of an `initialize` answer's result, when it is a string.
-pub(crate) fn protocol_version(result: Option<&RawValue>) -> Option<String> {
+pub(crate) fn protocol_version(result: Option<Raw<'_>>) -> Option<String> {
     #[derive(Deserialize)]
     struct R {
         #[serde(default, rename = "protocolVersion")]
@@ -646,7 +599,7 @@ pub(crate) fn protocol_version(result: Option<&RawValue>) -> Option<String> {
 }
 
 /// The `code` of an error answer's `error`, when it is an integer.
-pub(crate) fn error_code(error: Option<&RawValue>) -> Option<i64> {
+pub(crate) fn error_code(error: Option<Raw<'_>>) -> Option<i64> {
     #[derive(Deserialize)]
     struct E {
         #[serde(default)]
@@ -663,7 +616,7 @@ pub(crate) fn error_code(error: Option<&RawValue>) -> Option<i64> {
 }
 
 /// The `_meta` of a request's params, as sent, when it is an object.
-pub(crate) fn meta(params: Option<&RawValue>) -> Option<Box<RawValue>> {
+pub(crate) fn meta(params: Option<Raw<'_>>) -> Option<Box<RawValue>> {
     #[derive(Deserialize)]
     struct P<'a> {
         #[serde(default, borrow, rename = "_meta")]
@@ -676,14 +629,14 @@ pub(crate) fn meta(params: Option<&RawValue>) -> Option<Box<RawValue>> {
 }
 
 /// The `requestId` of a `notifications/cancelled`, when it is a valid id.
-pub(crate) fn cancelled_request(params: Option<&RawValue>) -> Option<IdKey> {
+pub(crate) fn cancelled_request(params: Option<Raw<'_>>) -> Option<IdKey> {
     #[derive(Deserialize)]
     struct P<'a> {
         #[serde(borrow, rename = "requestId")]
         request_id: &'a RawValue,
     }
     let p: P<'_> = serde_json::from_str(params?.get()).ok()?;
-    IdKey::from_raw(p.request_id).ok()
+    IdKey::from_raw(Raw::of(p.request_id)).ok()
 }
 
 #[cfg(test)]
@@ -820,10 +773,7 @@ mod tests {
     fn ids_are_written_back_canonically() {
         assert_eq!(id(r#""\u0061\"""#).unwrap().json(), r#""a\"""#);
         assert_eq!(id("-0").unwrap().json(), "0");
-        assert_eq!(
-            IdKey::from_raw(&RawValue::from_string(" 42 ".into()).unwrap()),
-            Ok(IdKey::Int(42))
-        );
+        assert_eq!(IdKey::from_raw(Raw(" 42 ")), Ok(IdKey::Int(42)));
     }
 
     #[test]
@@ -971,8 +921,11 @@ mod tests {
     #[test]
     fn cancellations_name_ids_by_value() {
         let p = RawValue::from_string(r#"{"requestId":"\u0061"}"#.into()).unwrap();
-        assert_eq!(cancelled_request(Some(&p)), Some(IdKey::Str("a".into())));
+        assert_eq!(
+            cancelled_request(Some(Raw::of(&p))),
+            Some(IdKey::Str("a".into()))
+        );
         let p = RawValue::from_string(r#"{"requestId":1.0}"#.into()).unwrap();
-        assert_eq!(cancelled_request(Some(&p)), None);
+        assert_eq!(cancelled_request(Some(Raw::of(&p))), None);
     }
 }

@@ -71,7 +71,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 break;
             }
             any = true;
-            let newline = buf.iter().position(|&b| b == b'\n');
+            let newline = newline_in(buf);
             let chunk = &buf[..newline.unwrap_or(buf.len())];
             match too_long.as_mut() {
                 None if line.len() + chunk.len() <= self.max => {
@@ -114,8 +114,52 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     }
 }
 
+/// Where the first `\n` of `bytes` is, eight bytes at a time (every byte of every line
+/// passes here).
+fn newline_in(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+        let x = word ^ (ONES * u64::from(b'\n'));
+        // Flags a zero byte of `x`; a flag can be wrong only above a right one, and only the
+        // lowest (the first in the text) is read.
+        let found = x.wrapping_sub(ONES) & !x & HIGH;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    bytes
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        .map(|at| i + at)
+}
+
 #[cfg(test)]
 mod tests {
+
+    proptest::proptest! {
+        #[test]
+        fn the_first_newline_is_found_wherever_it_is(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(0x0a ^ 0x80),
+                    proptest::strategy::Just(0x0b),
+                    proptest::strategy::Just(0x09),
+                    proptest::num::u8::ANY,
+                ],
+                0..40,
+            ),
+        ) {
+            proptest::prop_assert_eq!(
+                newline_in(&bytes),
+                bytes.iter().position(|&b| b == b'\n')
+            );
+        }
+    }
     use super::*;
 
     /// Reads every line of `input` in chunks of `chunk` bytes.

@@ -48,7 +48,6 @@ pub use store::{
     StoreErrorKind, StoreWorker,
 };
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -224,12 +223,12 @@ pub struct Policy {
     default: Action,
     approval_timeout_ms: u64,
     /// Exact `hide` names, to the first index naming them.
-    hide_exact: HashMap<String, usize>,
+    hide_exact: crate::hashing::FastMap<String, usize>,
     /// Glob `hide` entries in file order.
     hide_globs: Vec<(Glob, usize)>,
     hide_len: usize,
     /// Exact tool names to their rule.
-    exact: HashMap<String, usize>,
+    exact: crate::hashing::FastMap<String, usize>,
     /// Glob keys, most literal characters first, ties in file order.
     globs: Vec<(Glob, usize)>,
     rules: Vec<Rule>,

@@ -191,9 +191,14 @@ impl AuditKey {
 
     /// HMAC-SHA-256 (hex) of the canonical JSON of `args` (see [`super::canonical`]).
     pub fn args_hmac(&self, args: &Value) -> String {
+        self.args_hmac_hex(args).as_str().to_owned()
+    }
+
+    /// [`AuditKey::args_hmac`] on the stack, for the call's path.
+    pub(crate) fn args_hmac_hex(&self, args: &Value) -> super::Hex64 {
         let mut mac = self.mac.clone();
         super::canonical(args, &mut mac);
-        super::hex_lower(&mac.finalize().into_bytes())
+        super::Hex64::of(&mac.finalize().into_bytes())
     }
 }
 

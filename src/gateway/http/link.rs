@@ -36,7 +36,7 @@ use super::servers::ServerSpec;
 use crate::gateway::Gateway;
 use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
 use crate::gateway::core::{self, RunOptions};
-use crate::gateway::jsonrpc::{self, IdKey, Parsed, Shape};
+use crate::gateway::jsonrpc::{self, IdKey, Parsed, Raw, Shape};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
 use crate::sync::lock;
 
@@ -252,8 +252,8 @@ impl CoreLink {
         &self,
         line: &[u8],
         id: &IdKey,
-        raw_id: &RawValue,
-        params: Option<&RawValue>,
+        raw_id: Raw<'_>,
+        params: Option<Raw<'_>>,
     ) -> Result<(IdKey, ChargedReceiver<Delivery>), DuplicateId> {
         self.touch();
         let (tx, rx) = mpsc::channel(WAITER_QUEUE);
@@ -447,7 +447,7 @@ impl LineHandler for Router {
 }
 
 /// The request's progress token as JSON text.
-fn progress_token(params: Option<&RawValue>) -> Option<Box<str>> {
+fn progress_token(params: Option<Raw<'_>>) -> Option<Box<str>> {
     #[derive(Deserialize)]
     struct Meta<'a> {
         #[serde(borrow, default, rename = "progressToken")]
@@ -462,7 +462,7 @@ fn progress_token(params: Option<&RawValue>) -> Option<Box<str>> {
     Some(p.meta?.token?.get().trim().into())
 }
 
-fn progress_token_of_notification(params: Option<&RawValue>) -> Option<Box<str>> {
+fn progress_token_of_notification(params: Option<Raw<'_>>) -> Option<Box<str>> {
     #[derive(Deserialize)]
     struct P<'a> {
         #[serde(borrow, rename = "progressToken")]
@@ -497,7 +497,7 @@ fn replace_notification_token(line: &[u8], token: serde_json::Value) -> Option<V
 /// `line` with its top-level id (borrowed from it as `raw`) replaced by `new` (JSON text).
 /// Splices the bytes when `raw` points into `line`, so the rest of the message is kept
 /// exactly; otherwise rebuilds the object.
-pub(crate) fn replace_id(line: &[u8], raw: &RawValue, new: &str) -> Vec<u8> {
+pub(crate) fn replace_id(line: &[u8], raw: Raw<'_>, new: &str) -> Vec<u8> {
     let text = raw.get().as_bytes();
     let start = (text.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
     if start <= line.len()
@@ -540,10 +540,10 @@ mod tests {
     #[test]
     fn progress_tokens_are_read_from_requests_and_notifications() {
         let p = RawValue::from_string(r#"{"_meta":{"progressToken":"a"}}"#.into()).unwrap();
-        assert_eq!(progress_token(Some(&p)).as_deref(), Some("\"a\""));
+        assert_eq!(progress_token(Some(Raw::of(&p))).as_deref(), Some("\"a\""));
         let n = RawValue::from_string(r#"{"progressToken":"a","progress":1}"#.into()).unwrap();
         assert_eq!(
-            progress_token_of_notification(Some(&n)).as_deref(),
+            progress_token_of_notification(Some(Raw::of(&n))).as_deref(),
             Some("\"a\"")
         );
     }

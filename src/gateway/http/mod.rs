@@ -58,7 +58,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use rand::Rng;
-use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use self::link::{CoreLink, Delivery};
@@ -67,7 +66,7 @@ use self::servers::ServerSpec;
 use self::sessions::{Refused, SessionCaps, Sessions};
 use super::Gateway;
 use super::grants::GrantsHandle;
-use super::jsonrpc::{self, IdKey, Shape};
+use super::jsonrpc::{self, IdKey, Raw, Shape};
 use crate::sync::lock;
 use crate::wire::{EventKind, SessionCap, SessionRefused};
 /// Default idle time after which a session is ended.
@@ -526,7 +525,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 fn routing_headers_agree(
     headers: &HeaderMap,
     method: Option<&str>,
-    params: Option<&RawValue>,
+    params: Option<Raw<'_>>,
 ) -> Result<(), &'static str> {
     if let Some(h) = headers.get("mcp-method") {
         let h = h.to_str().ok().and_then(decode_header);
@@ -832,6 +831,7 @@ fn delete(gw: &Arc<HttpGateway>, server: &str, grant: &str, session: Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
 
     #[test]
     fn base64_header_values_decode() {
@@ -848,10 +848,16 @@ mod tests {
         let params = RawValue::from_string(r#"{"name":"delete_account"}"#.into()).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("mcp-name", HeaderValue::from_static("get_time"));
-        assert!(routing_headers_agree(&headers, Some("tools/call"), Some(&params)).is_err());
+        assert!(
+            routing_headers_agree(&headers, Some("tools/call"), Some(Raw::of(&params))).is_err()
+        );
         headers.insert("mcp-name", HeaderValue::from_static("delete_account"));
-        assert!(routing_headers_agree(&headers, Some("tools/call"), Some(&params)).is_ok());
+        assert!(
+            routing_headers_agree(&headers, Some("tools/call"), Some(Raw::of(&params))).is_ok()
+        );
         headers.insert("mcp-method", HeaderValue::from_static("tools/list"));
-        assert!(routing_headers_agree(&headers, Some("tools/call"), Some(&params)).is_err());
+        assert!(
+            routing_headers_agree(&headers, Some("tools/call"), Some(Raw::of(&params))).is_err()
+        );
     }
 }

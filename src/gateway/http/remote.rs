@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -31,7 +30,7 @@ use tokio::task::JoinSet;
 
 use super::servers::UrlServer;
 use super::sse::SseParser;
-use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, Shape, code};
+use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, Raw, Shape, code};
 use crate::gateway::lines::{Line, LineReader};
 use crate::sync::lock;
 /// Times the GET stream is reopened after it fails, before giving up.
@@ -165,7 +164,7 @@ struct Routing {
 }
 
 impl Routing {
-    fn of(method: Option<&str>, params: Option<&RawValue>) -> Routing {
+    fn of(method: Option<&str>, params: Option<Raw<'_>>) -> Routing {
         #[derive(Deserialize)]
         struct P {
             #[serde(default, rename = "_meta")]
@@ -511,6 +510,7 @@ async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
 
     #[test]
     fn header_values_outside_visible_ascii_are_base64_encoded() {
@@ -536,7 +536,7 @@ mod tests {
                 .into(),
         )
         .unwrap();
-        let r = Routing::of(Some("tools/call"), Some(&params));
+        let r = Routing::of(Some("tools/call"), Some(Raw::of(&params)));
         assert_eq!(r.version.as_deref(), Some("2026-07-28"));
         assert_eq!(r.name.as_deref(), Some("t"));
     }

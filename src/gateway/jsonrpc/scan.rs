@@ -1,0 +1,1011 @@
+//! The one pass [`super::parse`] makes over a line: it checks that the text is JSON every
+//! parser reads alike and, in the same walk, notes where the members the gateway reads are,
+//! borrowing them from the line. No tree is built and no value is decoded except object keys
+//! that contain escapes (so `"n\u0061me"` is `name`, for duplicates and for the members).
+//!
+//! It accepts exactly what `serde_json` accepts (the same grammar, the same nesting limit of
+//! 127 levels, the same numbers out of range, the same string escapes, lone surrogates
+//! refused), and refuses in addition an object with a key twice at any depth, compared after
+//! decoding. The tests hold it to a `serde_json` reference on random and adversarial input.
+
+use std::borrow::Cow;
+
+/// `serde_json`'s nesting limit: a 128th level of arrays or objects is refused.
+const MAX_DEPTH: u32 = 128;
+
+/// Keys of one object compared with each other in place; an object with more is checked by
+/// sorting, so a huge object costs `n log n`, never `n²`.
+const INLINE_KEYS: usize = 8;
+
+/// Integers with more digits than this may be beyond `f64` (about 1.8e308): those, and every
+/// number with an exponent, are checked by `serde_json` itself, so the range is its own.
+const SURELY_IN_RANGE_DIGITS: usize = 300;
+
+/// The members of a message the gateway reads, as the JSON text of their values (strings
+/// with their quotes). A member that is absent is `None`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Found<'a> {
+    pub id: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub params: Option<&'a str>,
+    pub result: Option<&'a str>,
+    pub error: Option<&'a str>,
+    /// Members of `params`, when it is an object.
+    pub params_members: ParamsMembers<'a>,
+    /// Members of `result`, when it is an object.
+    pub result_members: ResultMembers<'a>,
+}
+
+/// The members of an answer's `result` object that a `tools/call`'s outcome is read from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResultMembers<'a> {
+    pub is_error: Option<&'a str>,
+    pub result_type: Option<&'a str>,
+    pub content: Option<&'a str>,
+    /// The first element of `content`, when it is an array.
+    pub first_content: Option<&'a str>,
+    /// The `text` member of that element, when it is an object.
+    pub first_text: Option<&'a str>,
+}
+
+/// The members of a request's `params` object that a `tools/call` is read from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ParamsMembers<'a> {
+    pub name: Option<&'a str>,
+    pub arguments: Option<&'a str>,
+    pub meta: Option<&'a str>,
+    pub input_responses: Option<&'a str>,
+    pub request_state: Option<&'a str>,
+}
+
+/// Whose members an object's keys are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The message itself.
+    Top,
+    /// The message's `params`.
+    Params,
+    /// The message's `result`.
+    Result,
+    /// The elements of `result.content`.
+    Content,
+    /// The first element of `result.content`.
+    FirstContent,
+    /// Anything deeper: only checked.
+    Inside,
+}
+
+/// Checks `text` (already known to be UTF-8) and notes the members of its top-level object.
+/// Returns the first non-whitespace byte (what kind of value it is) with the members found.
+pub(super) fn scan(text: &str) -> Result<(u8, Found<'_>), String> {
+    let mut s = Scanner {
+        text,
+        b: text.as_bytes(),
+        i: 0,
+        found: Found::default(),
+        twice: None,
+    };
+    s.ws();
+    let first = s.peek().unwrap_or(0);
+    let scanned = s.value(0, Place::Top).and_then(|()| {
+        s.ws();
+        match s.i < s.b.len() {
+            true => Err(s.error("trailing characters after the JSON value")),
+            false => Ok(()),
+        }
+    });
+    match (scanned, s.twice) {
+        (Ok(()), _) => Ok((first, s.found)),
+        (Err(Refused { at, .. }), Some(key)) => Err(format!(
+            "duplicate key {key:?} (parsers disagree on which one counts) (byte {at})"
+        )),
+        (Err(Refused { what, at }), None) => Err(format!("{what} (byte {at})")),
+    }
+}
+
+/// Why a text was refused, and where; made into a message only once, at the end.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    what: &'static str,
+    at: usize,
+}
+
+/// How many bytes at the start of `bytes` a JSON string holds as they are: none of them is
+/// `"`, `\` or a control character (every other byte, those of multi-byte characters
+/// included, needs no attention). Eight bytes at a time: this is most of a line's walk.
+#[inline]
+pub(crate) fn plain_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` flagged in `zero(x)` is zero; a flag can be wrong only above a right one,
+    // and only the lowest (the first byte in the text) is read.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+        let special = zero(word ^ (ONES * u64::from(b'"')))
+            | zero(word ^ (ONES * u64::from(b'\\')))
+            | control;
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    let rest = bytes.get(i..).unwrap_or_default();
+    i + rest
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(rest.len())
+}
+
+/// The decoded text of a JSON string value (`raw` with its quotes), borrowed when it has no
+/// escapes; `None` when `raw` is not a string. Only for text [`scan`] accepted.
+pub(super) fn string_value(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+    found: Found<'a>,
+    /// The key found twice, when that is why the text is refused.
+    twice: Option<String>,
+}
+
+/// An object key as written (between its quotes), and whether it has escapes.
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    raw: &'a str,
+    escaped: bool,
+}
+
+impl<'a> Key<'a> {
+    #[inline]
+    fn decoded(self) -> Cow<'a, str> {
+        if !self.escaped {
+            return Cow::Borrowed(self.raw);
+        }
+        decode_inner(self.raw)
+    }
+
+    fn same(self, other: Key<'a>) -> bool {
+        if !self.escaped && !other.escaped {
+            return self.raw == other.raw;
+        }
+        self.decoded() == other.decoded()
+    }
+}
+
+/// Decodes the inside of a string [`Scanner::string`] accepted.
+fn decode_inner(inner: &str) -> Cow<'_, str> {
+    // Accepted strings always decode; an empty key is only a fallback that cannot happen.
+    let quoted = format!("\"{inner}\"");
+    Cow::Owned(serde_json::from_str::<String>(&quoted).unwrap_or_default())
+}
+
+/// The keys of one object, for the duplicate check.
+struct Keys<'a> {
+    few: [Option<Key<'a>>; INLINE_KEYS],
+    held: usize,
+    many: Vec<Cow<'a, str>>,
+}
+
+impl<'a> Keys<'a> {
+    fn new() -> Keys<'a> {
+        Keys {
+            few: [None; INLINE_KEYS],
+            held: 0,
+            many: Vec::new(),
+        }
+    }
+
+    /// Adds a key; the duplicate found among the first few, if any.
+    fn push(&mut self, key: Key<'a>) -> Result<(), Cow<'a, str>> {
+        if !self.many.is_empty() {
+            self.many.push(key.decoded());
+            return Ok(());
+        }
+        if self.few[..self.held].iter().flatten().any(|k| k.same(key)) {
+            return Err(key.decoded());
+        }
+        if self.held < INLINE_KEYS {
+            self.few[self.held] = Some(key);
+            self.held += 1;
+        } else {
+            self.many
+                .extend(self.few.iter().flatten().map(|k| k.decoded()));
+            self.many.push(key.decoded());
+        }
+        Ok(())
+    }
+
+    /// The duplicate among many keys, if any.
+    fn finish(mut self) -> Result<(), Cow<'a, str>> {
+        if self.many.is_empty() {
+            return Ok(());
+        }
+        self.many.sort_unstable();
+        match self.many.windows(2).find(|w| w[0] == w[1]) {
+            Some(twice) => Err(twice[0].clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<'a> Scanner<'a> {
+    fn error(&self, what: &'static str) -> Refused {
+        Refused { what, at: self.i }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// The text from `start` to the current position (both at ASCII bytes, so on character
+    /// boundaries).
+    #[inline]
+    fn since(&self, start: usize) -> &'a str {
+        self.text.get(start..self.i).unwrap_or_default()
+    }
+
+    fn value(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
+        match self.peek() {
+            Some(b'{') => self.object(depth + 1, place),
+            Some(b'[') => self.array(depth + 1, place),
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.error("expected a JSON value")),
+            None => Err(self.error("the text ends where a value was expected")),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Refused> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.error("expected a JSON value"))
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.b.get(self.i) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// JSON's number grammar; numbers that may be out of `f64`'s range are asked of
+    /// `serde_json`, which refuses them.
+    fn number(&mut self) -> Result<(), Refused> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        let whole = match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return Err(self.error("a number with a leading zero"));
+                }
+                1
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.error("an invalid number")),
+        };
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return Err(self.error("an invalid number"));
+            }
+        }
+        let mut exponent = false;
+        if let Some(b'e' | b'E') = self.peek() {
+            exponent = true;
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.error("an invalid number"));
+            }
+        }
+        if (exponent || whole > SURELY_IN_RANGE_DIGITS)
+            && serde_json::from_str::<serde_json::Number>(self.since(start)).is_err()
+        {
+            return Err(self.error("a number out of range"));
+        }
+        Ok(())
+    }
+
+    /// At an opening quote: reads through the closing one; the text between them and whether
+    /// it has escapes.
+    #[inline]
+    fn string(&mut self) -> Result<Key<'a>, Refused> {
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            // Bytes of multi-byte characters are all >= 0x80: only these three stop the scan.
+            self.i += plain_prefix(self.b.get(self.i..).unwrap_or_default());
+            match self.peek() {
+                Some(b'"') => {
+                    let raw = self.since(start);
+                    self.i += 1;
+                    return Ok(Key { raw, escaped });
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.i += 1;
+                    self.escape()?;
+                }
+                Some(_) => return Err(self.error("a control character in a string")),
+                None => return Err(self.error("the text ends inside a string")),
+            }
+        }
+    }
+
+    /// After a backslash: one escape; a `\u` of a leading surrogate must be followed by the
+    /// `\u` of a trailing one.
+    fn escape(&mut self) -> Result<(), Refused> {
+        match self.peek() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.i += 1;
+                Ok(())
+            }
+            Some(b'u') => {
+                self.i += 1;
+                match self.hex4()? {
+                    0xDC00..=0xDFFF => Err(self.error("a lone surrogate in a string")),
+                    0xD800..=0xDBFF => {
+                        if !self.b[self.i..].starts_with(b"\\u") {
+                            return Err(self.error("a lone surrogate in a string"));
+                        }
+                        self.i += 2;
+                        match self.hex4()? {
+                            0xDC00..=0xDFFF => Ok(()),
+                            _ => Err(self.error("a lone surrogate in a string")),
+                        }
+                    }
+                    _ => Ok(()),
+                }
+            }
+            _ => Err(self.error("an invalid escape in a string")),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u16, Refused> {
+        let mut n = 0u16;
+        for _ in 0..4 {
+            let digit = match self.peek() {
+                Some(c @ b'0'..=b'9') => c - b'0',
+                Some(c @ b'a'..=b'f') => c - b'a' + 10,
+                Some(c @ b'A'..=b'F') => c - b'A' + 10,
+                _ => return Err(self.error("an invalid \\u escape in a string")),
+            };
+            n = n << 4 | u16::from(digit);
+            self.i += 1;
+        }
+        Ok(n)
+    }
+
+    fn array(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
+        if depth >= MAX_DEPTH {
+            return Err(self.error("nested too deep (at most 127 levels)"));
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut first = place == Place::Content;
+        loop {
+            if first {
+                let start = self.i;
+                self.value(depth, Place::FirstContent)?;
+                self.found.result_members.first_content = Some(self.since(start));
+                first = false;
+            } else {
+                self.value(depth, Place::Inside)?;
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.error("expected `,` or `]` in an array")),
+            }
+        }
+    }
+
+    fn object(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
+        if depth >= MAX_DEPTH {
+            return Err(self.error("nested too deep (at most 127 levels)"));
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut keys = Keys::new();
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(self.error("expected a key (a string) in an object"));
+            }
+            let key = self.string()?;
+            self.ws();
+            if self.peek() != Some(b':') {
+                return Err(self.error("expected `:` after a key"));
+            }
+            self.i += 1;
+            self.ws();
+            let start = self.i;
+            let member = match place {
+                Place::Inside | Place::Content => None,
+                Place::Top | Place::Params | Place::Result | Place::FirstContent => {
+                    Some(key.decoded())
+                }
+            };
+            let inner = match (place, member.as_deref()) {
+                (Place::Top, Some("params")) => Place::Params,
+                (Place::Top, Some("result")) => Place::Result,
+                (Place::Result, Some("content")) => Place::Content,
+                _ => Place::Inside,
+            };
+            self.value(depth, inner)?;
+            if let Some(member) = member {
+                self.note(place, &member, start);
+            }
+            if let Err(twice) = keys.push(key) {
+                return Err(self.duplicate(twice));
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b'}') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(self.error("expected `,` or `}` in an object")),
+            }
+        }
+        match keys.finish() {
+            Ok(()) => Ok(()),
+            Err(twice) => Err(self.duplicate(twice)),
+        }
+    }
+
+    fn duplicate(&mut self, key: Cow<'_, str>) -> Refused {
+        self.twice = Some(key.into_owned());
+        self.error("duplicate key")
+    }
+
+    /// Keeps the value that began at `start` if it is a member the gateway reads.
+    fn note(&mut self, place: Place, member: &str, start: usize) {
+        let value = Some(self.since(start));
+        let found = &mut self.found;
+        let slot = match (place, member) {
+            (Place::Top, "id") => &mut found.id,
+            (Place::Top, "method") => &mut found.method,
+            (Place::Top, "params") => &mut found.params,
+            (Place::Top, "result") => &mut found.result,
+            (Place::Top, "error") => &mut found.error,
+            (Place::Params, "name") => &mut found.params_members.name,
+            (Place::Params, "arguments") => &mut found.params_members.arguments,
+            (Place::Params, "_meta") => &mut found.params_members.meta,
+            (Place::Params, "inputResponses") => &mut found.params_members.input_responses,
+            (Place::Params, "requestState") => &mut found.params_members.request_state,
+            (Place::Result, "isError") => &mut found.result_members.is_error,
+            (Place::Result, "resultType") => &mut found.result_members.result_type,
+            (Place::Result, "content") => &mut found.result_members.content,
+            (Place::FirstContent, "text") => &mut found.result_members.first_text,
+            _ => return,
+        };
+        *slot = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use proptest::prelude::*;
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The reference the scanner is held to, written on `serde_json` alone: its parser
+    /// walks the whole text, decoding every string, and an object with a key twice (compared
+    /// after decoding) is refused.
+    fn reference(text: &str) -> Result<(), String> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        Walk.deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| e.to_string())
+    }
+
+    struct Walk;
+
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Walk)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value_seed(Walk)?;
+                if !seen.insert(key.clone()) {
+                    return Err(de::Error::custom(format!("duplicate key {key:?}")));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The value of `member` in `object`, by `serde_json`.
+    fn member_of<'v>(object: &'v Value, member: &str) -> Option<&'v Value> {
+        object.as_object()?.get(member)
+    }
+
+    /// A member's text as the scanner gives it: exactly the value, nothing around it.
+    fn value_of(text: Option<&str>) -> Option<Value> {
+        text.map(|t| {
+            assert_eq!(t, t.trim(), "a member's text has whitespace around it");
+            serde_json::from_str(t).unwrap_or_else(|e| panic!("{t:?} is not one value: {e}"))
+        })
+    }
+
+    /// The scanner and the reference agree on `text`, and what the scanner found is what
+    /// `serde_json` reads there.
+    fn agree(text: &str) -> Result<(), TestCaseError> {
+        let ours = scan(text);
+        let theirs = reference(text);
+        prop_assert_eq!(
+            ours.is_ok(),
+            theirs.is_ok(),
+            "{:?}: scanner {:?}, serde_json {:?}",
+            text,
+            ours.as_ref().err(),
+            theirs.err()
+        );
+        let Ok((first, found)) = ours else {
+            return Ok(());
+        };
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(first == b'{', value.is_object(), "{:?}", text);
+        let top = [
+            ("id", found.id),
+            ("method", found.method),
+            ("params", found.params),
+            ("result", found.result),
+            ("error", found.error),
+        ];
+        for (name, text_found) in top {
+            let read = value_of(text_found);
+            prop_assert_eq!(
+                read.as_ref(),
+                member_of(&value, name),
+                "{} of {:?}",
+                name,
+                text
+            );
+        }
+        let params = member_of(&value, "params").filter(|p| p.is_object());
+        let m = found.params_members;
+        let inner = [
+            ("name", m.name),
+            ("arguments", m.arguments),
+            ("_meta", m.meta),
+            ("inputResponses", m.input_responses),
+            ("requestState", m.request_state),
+        ];
+        for (name, text_found) in inner {
+            let expected = params.and_then(|p| member_of(p, name));
+            let read = value_of(text_found);
+            prop_assert_eq!(read.as_ref(), expected, "params.{} of {:?}", name, text);
+        }
+        let result = member_of(&value, "result").filter(|r| r.is_object());
+        let r = found.result_members;
+        for (name, text_found) in [
+            ("isError", r.is_error),
+            ("resultType", r.result_type),
+            ("content", r.content),
+        ] {
+            let read = value_of(text_found);
+            let expected = result.and_then(|p| member_of(p, name));
+            prop_assert_eq!(read.as_ref(), expected, "result.{} of {:?}", name, text);
+        }
+        let first = result
+            .and_then(|r| member_of(r, "content"))
+            .and_then(Value::as_array)
+            .and_then(|c| c.first());
+        let read = value_of(r.first_content);
+        prop_assert_eq!(read.as_ref(), first, "result.content[0] of {:?}", text);
+        let read = value_of(r.first_text);
+        let expected = first.and_then(|f| member_of(f, "text"));
+        prop_assert_eq!(
+            read.as_ref(),
+            expected,
+            "result.content[0].text of {:?}",
+            text
+        );
+        if let Some(method) = found.method {
+            let decoded = string_value(method);
+            prop_assert_eq!(
+                decoded.as_deref(),
+                member_of(&value, "method").and_then(Value::as_str),
+                "{:?}",
+                text
+            );
+        }
+        Ok(())
+    }
+
+    fn check(text: &str) {
+        if let Err(e) = agree(text) {
+            panic!("{e}");
+        }
+    }
+
+    const NUMBERS: &[&str] = &[
+        "0",
+        "-0",
+        "1",
+        "-1",
+        "01",
+        "-01",
+        "00",
+        "1.",
+        ".5",
+        "-",
+        "+1",
+        "1.5",
+        "-1.5e3",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "1E+2",
+        "1e",
+        "1e+",
+        "2.5E-3",
+        "0.0",
+        "0e0",
+        "0e999999",
+        "1.7976931348623157e308",
+        "1.7976931348623159e308",
+        "1.8e308",
+        "9007199254740993",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "1x",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "0x1",
+        "1_0",
+    ];
+
+    const STRINGS: &[&str] = &[
+        r#""""#,
+        r#""a""#,
+        r#""id""#,
+        r#""\u0069d""#,
+        r#""method""#,
+        r#""n\u0061me""#,
+        r#""\ud83d\ude00""#,
+        r#""\ud800""#,
+        r#""\udc00""#,
+        r#""\ud800x""#,
+        r#""\ud800\u0041""#,
+        r#""\ud800\ud800""#,
+        r#""\uDBFF\uDFFF""#,
+        r#""\u00e9""#,
+        r#""é""#,
+        "\"\u{1}\"",
+        "\"\u{7f}\"",
+        r#""\x""#,
+        r#""\u12""#,
+        r#""\u12g4""#,
+        r#""\"""#,
+        r#""\\""#,
+        r#""\/""#,
+        r#""\b\f\n\r\t""#,
+        r#""a"#,
+        "\"tab\there\"",
+        r#""\""#,
+        r#""\u0000""#,
+    ];
+
+    const KEYS: &[&str] = &[
+        r#""id""#,
+        r#""method""#,
+        r#""params""#,
+        r#""result""#,
+        r#""error""#,
+        r#""name""#,
+        r#""arguments""#,
+        r#""_meta""#,
+        r#""inputResponses""#,
+        r#""requestState""#,
+        r#""\u0069d""#,
+        r#""n\u0061me""#,
+        r#""a""#,
+        r#""b""#,
+        r#""""#,
+        r#""\ud800""#,
+        "1",
+    ];
+
+    const JUNK: &[&str] = &[
+        "{", "}", "[", "]", ",", ":", "\"", "\\", " ", "\n", "x", "\u{0}", "\u{feff}", "é", "0",
+        "-", "e", "null", "//", "/*",
+    ];
+
+    fn ws() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(&["", "", "", " ", "\n", "\t", "\r\n ", "\u{a0}", "\u{b}"][..])
+    }
+
+    fn leaf() -> impl Strategy<Value = String> {
+        prop_oneof![
+            1 => prop::sample::select(&["null", "true", "false", "nul", "tru", "falsey"][..])
+                .prop_map(str::to_owned),
+            1 => prop::sample::select(NUMBERS).prop_map(str::to_owned),
+            1 => prop::sample::select(STRINGS).prop_map(str::to_owned),
+            3 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<f64>().prop_map(|f| format!("{f:e}")),
+            3 => any::<String>().prop_map(|s| Value::String(s).to_string()),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = String> {
+        leaf().prop_recursive(5, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec((ws(), inner.clone(), ws()), 0..5).prop_map(|items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(a, v, b)| format!("{a}{v}{b}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }),
+                prop::collection::vec((prop::sample::select(KEYS), ws(), inner), 0..10).prop_map(
+                    |members| {
+                        let members: Vec<String> = members
+                            .into_iter()
+                            .map(|(k, w, v)| format!("{w}{k}{w}:{w}{v}"))
+                            .collect();
+                        format!("{{{}}}", members.join(","))
+                    }
+                ),
+            ]
+        })
+    }
+
+    /// JSON and near-JSON: values, then a few bytes cut, inserted or doubled.
+    fn text() -> impl Strategy<Value = String> {
+        let edit = (
+            0usize..4,
+            any::<prop::sample::Index>(),
+            prop::sample::select(JUNK),
+        );
+        (ws(), json(), ws(), prop::collection::vec(edit, 0..2)).prop_map(|(a, v, b, edits)| {
+            let mut text = format!("{a}{v}{b}");
+            for (kind, at, junk) in edits {
+                let mut cut = at.index(text.len() + 1);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                match kind {
+                    0 => text.truncate(cut),
+                    1 => text.insert_str(cut, junk),
+                    2 => {
+                        let tail = text[cut..].to_owned();
+                        text.push_str(&tail);
+                    }
+                    _ => {}
+                }
+            }
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn plain_prefixes_stop_at_the_first_byte_a_string_cannot_hold_as_is(
+            bytes in prop::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), Just(0x1f), Just(0x20), Just(0x7f), Just(0x80), Just(0xff), any::<u8>(), b'a'..=b'z'],
+                0..40,
+            ),
+        ) {
+            let naive = bytes
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(bytes.len());
+            prop_assert_eq!(plain_prefix(&bytes), naive);
+        }
+
+        #[test]
+        fn the_scanner_accepts_exactly_what_serde_json_reads_one_way(text in text()) {
+            agree(&text)?;
+        }
+
+        #[test]
+        fn messages_are_read_member_for_member_as_serde_json_reads_them(
+            id in prop_oneof![leaf(), json()],
+            method in prop_oneof![Just(r#""tools/call""#.to_owned()), leaf()],
+            name in leaf(),
+            arguments in json(),
+            extra in prop::sample::select(KEYS),
+            order in any::<bool>(),
+        ) {
+            let params = format!(r#"{{"name":{name},"arguments":{arguments},{extra}:1}}"#);
+            let text = if order {
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"method":{method},"params":{params}}}"#)
+            } else {
+                format!(r#"{{"params" : {params} , "method":{method},"id":{id}}}"#)
+            };
+            agree(&text)?;
+        }
+
+        #[test]
+        fn answers_are_read_member_for_member_as_serde_json_reads_them(
+            is_error in leaf(),
+            result_type in prop_oneof![Just(r#""input_required""#.to_owned()), leaf()],
+            first in prop_oneof![
+                leaf().prop_map(|t| format!(r#"{{"type":"text","text":{t}}}"#)),
+                json(),
+            ],
+            rest in json(),
+            order in any::<bool>(),
+        ) {
+            let result = if order {
+                format!(r#"{{"content":[{first},{rest}],"isError":{is_error},"resultType":{result_type}}}"#)
+            } else {
+                format!(r#"{{"resultType":{result_type},"isError":{is_error},"content":[ {first} ]}}"#)
+            };
+            agree(&format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#))?;
+        }
+    }
+
+    /// The property above says something only if the texts it is given are both accepted
+    /// and refused often.
+    #[test]
+    fn the_random_texts_are_often_json_and_often_not() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = text();
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..2000 {
+            let text = strategy.new_tree(&mut runner).map(|t| t.current());
+            match text.map(|t| reference(&t).is_ok()) {
+                Ok(true) => accepted += 1,
+                Ok(false) => refused += 1,
+                Err(e) => panic!("no text generated: {e}"),
+            }
+        }
+        assert!(
+            accepted > 200 && refused > 200,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn nesting_is_refused_where_serde_json_refuses_it() {
+        for depth in [1, 126, 127, 128, 129, 10_000] {
+            for (open, close) in [("[", "]"), (r#"{"a":"#, "}")] {
+                let text = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                check(&text);
+                assert_eq!(scan(&text).is_ok(), depth <= 127, "depth {depth}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_compared_after_decoding_however_many_there_are() {
+        let keys = |n: usize| (0..n).map(|i| format!(r#""k{i}":{i}"#)).collect::<Vec<_>>();
+        for n in [1, 7, 8, 9, 50, 20_000] {
+            let distinct = keys(n);
+            check(&format!("{{{}}}", distinct.join(",")));
+            assert!(
+                scan(&format!("{{{}}}", distinct.join(","))).is_ok(),
+                "{n} keys"
+            );
+            for twice in [0, n / 2, n - 1] {
+                let mut members = distinct.clone();
+                members.push(format!(r#""k{twice}":"again""#));
+                let text = format!("{{{}}}", members.join(","));
+                check(&text);
+                assert!(scan(&text).is_err(), "{n} keys, k{twice} twice");
+                // The same key spelled with an escape.
+                let spelled = format!(r#""\u006b{twice}":0"#);
+                let text = format!("{{{},{spelled}}}", distinct.join(","));
+                check(&text);
+                assert!(scan(&text).is_err(), "{n} keys, k{twice} twice, escaped");
+            }
+        }
+    }
+
+    #[test]
+    fn the_examples_of_the_reference_agree() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"}}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"a","n\u0061me":"b"}}"#,
+            r#"{"\u0069d":1,"id":2}"#,
+            r#"{"id":1,"method":"x","params":{"a":{"b":1},"c":{"b":1},"d":"\ud83d\ude00"}}"#,
+            r#"{"params":[1,{"name":2}],"method":"m"}"#,
+            r#"{"params":{"name":"x","arguments":null,"_meta":null}}"#,
+            r#"{"method":"a\"b","id":"\u00e9"}"#,
+            "  {\"method\" :\t\"x\" }\n",
+            "[]",
+            "[{\"id\":1},{\"id\":1}]",
+            "\u{feff}{}",
+            "",
+            " ",
+            "\"\\ud800\\udc00\"",
+        ] {
+            check(text);
+        }
+    }
+}
