@@ -15,7 +15,8 @@
 //!   (compared with the same gateway once the lock is gone), and limited calls fail closed.
 //!
 //! Run: `cargo bench --bench counters_wrap` (release; on a shared machine, once). The
-//! `summary:` lines are the results.
+//! `summary:` lines are the results. `TOOLGATE=OTHER-BINARY` runs another build as the
+//! gateway (to compare two builds in one sitting).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -70,7 +71,9 @@ impl Peer {
                 // Written once by `main`: gateways starting together must not read it half
                 // written.
                 let policy = dir.join("policy.json");
-                let mut c = Command::new(env!("CARGO_BIN_EXE_toolgate"));
+                let mut c = Command::new(
+                    std::env::var_os("TOOLGATE").unwrap_or(env!("CARGO_BIN_EXE_toolgate").into()),
+                );
                 c.arg("wrap")
                     .arg("--policy")
                     .arg(&policy)
