@@ -32,9 +32,27 @@ impl BodyRefused {
 /// The body as one line holding one JSON-RPC message object (its shape is checked by the
 /// caller, [`jsonrpc::Envelope::shape`]).
 pub fn message_line(body: &[u8]) -> Result<Vec<u8>, BodyRefused> {
-    // Parsed first: only a text that is valid JSON may have its CR and LF replaced.
-    match jsonrpc::parse(body) {
-        Parsed::Message(_) => Ok(jsonrpc::one_line(body)),
+    let line = unread_line(body)?;
+    message(&line)?;
+    Ok(line)
+}
+
+/// The body on one line, still to be read with [`message`] (which refuses what is not one
+/// message): `serve` parses each request once, from the line the core will get.
+///
+/// Only a text that is valid JSON may have its CR and LF replaced, so a body with line breaks
+/// is read here first; one without (the usual case) is only trimmed.
+pub(crate) fn unread_line(body: &[u8]) -> Result<Vec<u8>, BodyRefused> {
+    if body.trim_ascii().iter().any(|&b| b == b'\n' || b == b'\r') {
+        message(body)?;
+    }
+    Ok(jsonrpc::one_line(body))
+}
+
+/// The one JSON-RPC message `text` holds, or why it is refused.
+pub(crate) fn message(text: &[u8]) -> Result<jsonrpc::Envelope<'_>, BodyRefused> {
+    match jsonrpc::parse(text) {
+        Parsed::Message(env) => Ok(env),
         Parsed::Batch(_) => Err(BodyRefused::Batch),
         Parsed::NotAMessage(why) => Err(BodyRefused::NotAMessage(why)),
         Parsed::Malformed(e) => Err(BodyRefused::Malformed(e)),

@@ -572,24 +572,21 @@ async fn post(
         }
     };
     // From here on the request is one line, exactly as the core will read it.
-    let line = match body::message_line(&bytes) {
-        Ok(line) => line,
-        Err(refused) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                None,
-                refused.code(),
-                &refused.to_string(),
-            );
-        }
-    };
-    let jsonrpc::Parsed::Message(env) = jsonrpc::parse(&line) else {
-        return rpc_error(
+    let refused = |refused: body::BodyRefused| {
+        rpc_error(
             StatusCode::BAD_REQUEST,
             None,
-            INVALID_REQUEST,
-            "invalid request: not one JSON-RPC message",
-        );
+            refused.code(),
+            &refused.to_string(),
+        )
+    };
+    let line = match body::unread_line(&bytes) {
+        Ok(line) => line,
+        Err(why) => return refused(why),
+    };
+    let env = match body::message(&line) {
+        Ok(env) => env,
+        Err(why) => return refused(why),
     };
     let shape = match env.shape() {
         Ok(shape) => shape,

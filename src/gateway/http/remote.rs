@@ -174,7 +174,11 @@ impl Routing {
             #[serde(default)]
             uri: Option<serde_json::Value>,
         }
-        let p = params.and_then(|p| serde_json::from_str::<P>(p.get()).ok());
+        // Only a request that carries its own version (in `_meta`) gets routing headers: one
+        // whose text cannot hold that key (not even escaped) is not read a second time.
+        let p = params
+            .filter(|p| may_hold_meta(p.get()))
+            .and_then(|p| serde_json::from_str::<P>(p.get()).ok());
         let version = p
             .as_ref()
             .and_then(|p| p.meta.as_ref())
@@ -194,6 +198,11 @@ impl Routing {
             initialize: method == Some("initialize"),
         }
     }
+}
+
+/// Whether a JSON text may have a `_meta` key: it spells it, or has an escape that could.
+fn may_hold_meta(text: &str) -> bool {
+    text.contains("_meta") || text.contains('\\')
 }
 
 /// A header value as 2026-07-28 encodes it: plain when it is visible ASCII without edge
@@ -539,5 +548,19 @@ mod tests {
         let r = Routing::of(Some("tools/call"), Some(Raw::of(&params)));
         assert_eq!(r.version.as_deref(), Some("2026-07-28"));
         assert_eq!(r.name.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn a_meta_key_spelled_with_an_escape_still_gives_routing_headers() {
+        let params = RawValue::from_string(
+            r#"{"name":"t","\u005fmeta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}"#
+                .into(),
+        )
+        .unwrap();
+        let r = Routing::of(Some("tools/call"), Some(Raw::of(&params)));
+        assert_eq!(r.version.as_deref(), Some("2026-07-28"));
+        let plain = RawValue::from_string(r#"{"name":"t","arguments":{}}"#.into()).unwrap();
+        let r = Routing::of(Some("tools/call"), Some(Raw::of(&plain)));
+        assert_eq!((r.version, r.name), (None, None));
     }
 }
