@@ -117,7 +117,7 @@ DROP TABLE budgets;
 pub struct SqliteStore {
     path: PathBuf,
     /// `None` after an error that may have broken the connection; reopened on the next call.
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Option<Open>>,
     admissions: AtomicU64,
     /// Whether this store has swept idle budgets since it was opened.
     swept: std::sync::atomic::AtomicBool,
@@ -172,24 +172,118 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Runs `f` on the connection; what the store knew of the oldest units is forgotten
+    /// (`f` may release or sweep units).
     fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
+        self.with_open(|open| {
+            open.oldest.forget();
+            f(&mut open.conn)
+        })
+    }
+
+    fn with_open<T>(
+        &self,
+        f: impl FnOnce(&mut Open) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         // Nothing panics while holding the lock with the connection in a bad state (a
         // transaction rolls back when dropped), so a poisoned lock is still usable.
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let conn = match &mut *guard {
-            Some(conn) => conn,
-            empty => empty.insert(connect(&self.path).map_err(|e| describe(&self.path, &e))?),
+        let open = match &mut *guard {
+            Some(open) => open,
+            empty => empty.insert(Open {
+                conn: connect(&self.path).map_err(|e| describe(&self.path, &e))?,
+                oldest: OldestKnown::default(),
+            }),
         };
-        f(conn).map_err(|e| {
-            // A busy database is another process's long write, not a broken connection.
-            if e.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) {
-                *guard = None;
+        let done = f(open);
+        done.map_err(|e| {
+            // A busy database is another process's long write, not a broken connection;
+            // what a failed transaction noted was rolled back with it.
+            match &mut *guard {
+                Some(open) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
+                    open.oldest.forget();
+                }
+                broken => *broken = None,
             }
             describe(&self.path, &e)
         })
+    }
+}
+
+/// The store's connection, and what its own admissions learnt of the oldest units.
+#[derive(Debug)]
+struct Open {
+    conn: Connection,
+    oldest: OldestKnown,
+}
+
+/// Per budget, the oldest unit counted after its cursor, as this connection's admissions
+/// left it: a call in the same millisecond as the last (its window starts at the cursor)
+/// needs it for its `counters` event, and it then costs no read. It holds only while no
+/// other connection has written the file since (SQLite's `data_version`, read once per
+/// batch), nor this one released or swept units (every other use of the connection
+/// forgets it), and only for the cursor it was noted at (the cursor moves only forward, and
+/// pruning removes only units at or before it).
+#[derive(Debug, Default)]
+struct OldestKnown {
+    data_version: Option<i64>,
+    /// Budget id → (cursor, its oldest unit after the cursor: `None` if there is none).
+    by_budget: std::collections::HashMap<i64, (i64, Option<u64>)>,
+}
+
+/// [`OldestKnown`] forgets everything past this many budgets (gateways with many sessions).
+const OLDEST_KNOWN_MAX: usize = 1024;
+
+impl OldestKnown {
+    fn forget(&mut self) {
+        self.data_version = None;
+        self.by_budget.clear();
+    }
+
+    /// At the start of a batch's transaction: keeps what is known only if no other
+    /// connection has committed since.
+    fn check(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if self.data_version != Some(version) {
+            self.by_budget.clear();
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
+    fn get(&self, budget: i64, cursor_ms: i64) -> Option<Option<u64>> {
+        self.by_budget
+            .get(&budget)
+            .filter(|(at, _)| *at == cursor_ms)
+            .map(|(_, oldest)| *oldest)
+    }
+
+    fn set(&mut self, budget: i64, cursor_ms: i64, oldest: Option<Option<u64>>) {
+        match oldest {
+            Some(oldest) => {
+                if self.by_budget.len() >= OLDEST_KNOWN_MAX {
+                    self.by_budget.clear();
+                }
+                self.by_budget.insert(budget, (cursor_ms, oldest));
+            }
+            None => {
+                self.by_budget.remove(&budget);
+            }
+        }
+    }
+
+    /// A unit was counted at `at_ms`.
+    fn counted(&mut self, budget: i64, at_ms: u64) {
+        if let Some((cursor_ms, oldest)) = self.by_budget.get_mut(&budget)
+            && sql_int(at_ms) > *cursor_ms
+        {
+            *oldest = Some(oldest.map_or(at_ms, |o| o.min(at_ms)));
+        }
     }
 }
 
@@ -470,13 +564,52 @@ impl Budget {
     }
 
     /// Moves the cursor forward to `low` (never back: a clock behind reads the difference
-    /// instead, so clocks that take turns do not move it to and fro).
-    fn advance(&mut self, tx: &Connection, low: i64) -> rusqlite::Result<()> {
-        if low > self.cursor_ms {
-            self.above = self.after(tx, low)?;
-            self.cursor_ms = low;
+    /// instead, so clocks that take turns do not move it to and fro). Returns the oldest unit
+    /// counted after `low` (`Some(None)`: there is none) when the walk that moved the cursor
+    /// came upon it; `None` when it was not read.
+    ///
+    /// The units that left the window are walked in the primary key's order (at most
+    /// [`WALK_LEAVING`] of them, else counted): the walk stops at the first unit still in
+    /// the window, which is the oldest one a call's `counters` event needs, so that takes no
+    /// read of its own.
+    fn advance(&mut self, tx: &Connection, low: i64) -> rusqlite::Result<Option<Option<u64>>> {
+        if low <= self.cursor_ms {
+            return Ok(None);
         }
-        Ok(())
+        let mut rows = tx
+            .prepare_cached("SELECT at_ms FROM counter_units WHERE budget=?1 AND at_ms>?2")?;
+        let mut rows = rows.query(params![self.id, self.cursor_ms])?;
+        let mut leaving: u64 = 0;
+        let mut oldest = None;
+        while let Some(row) = rows.next()? {
+            let at_ms: i64 = row.get(0)?;
+            if at_ms > low {
+                oldest = Some(from_sql(at_ms));
+                break;
+            }
+            leaving += 1;
+            if leaving > WALK_LEAVING {
+                drop(rows);
+                self.above = self.after(tx, low)?;
+                self.cursor_ms = low;
+                return Ok(None);
+            }
+        }
+        self.above = self.above.saturating_sub(leaving);
+        self.cursor_ms = low;
+        Ok(Some(oldest))
+    }
+}
+
+/// How many units that left a window [`Budget::advance`] walks one by one before it counts
+/// them instead (a budget idle for a while, or a burst leaving the window at once).
+const WALK_LEAVING: u64 = 64;
+
+impl Budget {
+    /// Units counted at or before this time are never counted again (see [`admit_in`]).
+    fn horizon(&self) -> Option<i64> {
+        let horizon = self.latest_ms.checked_sub(self.retain_ms.saturating_mul(2))?;
+        Some(sql_int(horizon).min(self.cursor_ms))
     }
 }
 
@@ -505,8 +638,10 @@ impl SqliteStore {
         calls: &[(&[LimitRequest<'_>], u64)],
         noted: Option<&mut Vec<NotedUsage>>,
     ) -> Vec<Result<Admission, StoreError>> {
-        let decided = self.with_conn(|conn| {
-            in_transaction(conn, Begin::Write, |tx| {
+        let decided = self.with_open(|open| {
+            let known = &mut open.oldest;
+            in_transaction(&open.conn, Begin::Write, |tx| {
+                known.check(tx)?;
                 let mut touched: Vec<Touched> = Vec::new();
                 // Each call checks all its budgets before it takes a unit from any, so a refused
                 // call wrote nothing but what any call would have (its budgets' cursors and
@@ -514,7 +649,7 @@ impl SqliteStore {
                 let mut answers = Vec::with_capacity(calls.len());
                 for (call, (limits, now_ms)) in calls.iter().enumerate() {
                     let touching = noted.is_some().then_some((call, &mut touched));
-                    answers.push(admit_in(tx, limits, *now_ms, touching)?);
+                    answers.push(admit_in(tx, known, limits, *now_ms, touching)?);
                 }
                 let notes = if noted.is_some() {
                     note_usage(tx, &answers, &touched)?
@@ -739,13 +874,20 @@ struct Taking {
     at_ms: u64,
     /// Index of its limit in the call's `limits`.
     index: usize,
+    /// Its oldest unit in the call's window before the call took one, if
+    /// [`Budget::advance`] came upon it.
+    oldest_before: Option<Option<u64>>,
 }
+
+/// Units past a budget's horizon are pruned in steps of this fraction of its longest window.
+const PRUNE_STEPS: u64 = 16;
 
 /// Decides one call inside the caller's transaction: reads and updates each distinct budget
 /// (retained span, latest time, cursor, pruning), checks them all, and only if every one has
 /// room takes a unit from each. A refused call takes nothing.
 fn admit_in(
     tx: &Connection,
+    known: &mut OldestKnown,
     limits: &[LimitRequest<'_>],
     now_ms: u64,
     touched: Option<(usize, &mut Vec<Touched>)>,
@@ -775,6 +917,7 @@ fn admit_in(
                     }
                 }
             };
+        let was = budget.horizon();
         budget.retain_ms = budget.retain_ms.max(limit.window_ms);
         // As in memory: a clock far behind this budget's latest is moved forward, because
         // older units may already be forgotten.
@@ -783,19 +926,30 @@ fn admit_in(
         // The window's start is never before the pruning horizon (`at` is within the
         // retained span of `latest`, and the window within the retained span), so with the
         // cursor there every pruned unit is one the running count no longer holds.
-        budget.advance(tx, window_start(at, limit.window_ms))?;
-        if let Some(horizon) = budget
-            .latest_ms
-            .checked_sub(budget.retain_ms.saturating_mul(2))
-        {
-            let horizon = sql_int(horizon).min(budget.cursor_ms);
-            tx.prepare_cached("DELETE FROM counter_units WHERE budget = ?1 AND at_ms <= ?2")?
-                .execute(params![budget.id, horizon])?;
+        let low = window_start(at, limit.window_ms);
+        let oldest_before = match budget.advance(tx, low)? {
+            Some(walked) => {
+                known.set(budget.id, budget.cursor_ms, Some(walked));
+                Some(walked)
+            }
+            None if low == budget.cursor_ms => known.get(budget.id, low),
+            None => None,
+        };
+        // Units past the horizon are never counted again, only kept: they are pruned when
+        // the horizon crosses into the next step of a sixteenth of the budget's longest
+        // window, not by a statement on every admission.
+        if let Some(horizon) = budget.horizon() {
+            let step = sql_int((budget.retain_ms / PRUNE_STEPS).max(1));
+            if was.is_none_or(|was| was.div_euclid(step) != horizon.div_euclid(step)) {
+                tx.prepare_cached("DELETE FROM counter_units WHERE budget = ?1 AND at_ms <= ?2")?
+                    .execute(params![budget.id, horizon])?;
+            }
         }
         taking.push(Taking {
             budget,
             at_ms: at,
             index,
+            oldest_before,
         });
     }
     let mut refused = None;
@@ -819,12 +973,19 @@ fn admit_in(
                 "INSERT INTO counter_units (budget, at_ms, token) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![t.budget.id, sql_int(t.at_ms), sql_int(token)])?;
+            known.counted(t.budget.id, t.at_ms);
             if sql_int(t.at_ms) > t.budget.cursor_ms {
                 t.budget.above += 1;
             }
             if let Some((call, touched)) = touched.as_mut() {
                 let limit = &limits[t.index];
                 let low = window_start(t.at_ms, limit.window_ms);
+                // The unit just taken is in the window; only this call took one from the
+                // budget since the read.
+                let own = (sql_int(t.at_ms) > low).then_some(t.at_ms);
+                let oldest_ms = t
+                    .oldest_before
+                    .map(|before| before.into_iter().chain(own).min());
                 touched.push(Touched {
                     call: *call,
                     unit: units.len(),
@@ -833,6 +994,7 @@ fn admit_in(
                     at_ms: t.at_ms,
                     low,
                     used: t.budget.after(tx, low)?,
+                    oldest_ms,
                 });
             }
             units.push(ReservedUnit {
@@ -868,6 +1030,8 @@ struct Touched {
     /// The start of the call's window, and the units counted after it.
     low: i64,
     used: u64,
+    /// Its oldest unit in the window, if known without a read.
+    oldest_ms: Option<Option<u64>>,
 }
 
 /// Per budget, how the last admitted call of the batch that took a unit from it left it:
@@ -892,9 +1056,10 @@ fn note_usage(
         let Some(unit) = reservation.units().get(t.unit) else {
             continue;
         };
-        let oldest_ms = match t.used {
-            0 => None,
-            _ => oldest_after(tx, t.budget, t.low)?,
+        let oldest_ms = match (t.used, t.oldest_ms) {
+            (0, _) => None,
+            (_, Some(known)) => known,
+            (_, None) => oldest_after(tx, t.budget, t.low)?,
         };
         notes.push(NotedUsage {
             key: unit.key.clone(),
@@ -988,8 +1153,11 @@ mod tests {
             })
             .unwrap();
         assert_eq!(budgets, 1);
-        // Only the busy budget's units within its retained span (2 s) are left.
-        assert!(units <= 2001, "{units}");
+        // Only the busy budget's units within its retained span (2 s) are left, and those
+        // of the last step of pruning (a sixteenth of its window).
+        let step = i64::try_from(1000 / PRUNE_STEPS).unwrap();
+        assert!(units <= 2001 + step, "{units}");
+        assert!(units >= 2000, "{units}");
     }
 
     /// Version 1's schema, as the previous release wrote it.
