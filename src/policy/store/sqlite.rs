@@ -179,7 +179,7 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         self.with_open(|open| {
-            open.oldest.forget();
+            open.known.forget();
             f(&mut open.conn)
         })
     }
@@ -195,7 +195,7 @@ impl SqliteStore {
             Some(open) => open,
             empty => empty.insert(Open {
                 conn: connect(&self.path).map_err(|e| describe(&self.path, &e))?,
-                oldest: OldestKnown::default(),
+                known: Known::default(),
             }),
         };
         let done = f(open);
@@ -204,7 +204,7 @@ impl SqliteStore {
             // what a failed transaction noted was rolled back with it.
             match &mut *guard {
                 Some(open) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
-                    open.oldest.forget();
+                    open.known.forget();
                 }
                 broken => *broken = None,
             }
@@ -213,34 +213,46 @@ impl SqliteStore {
     }
 }
 
-/// The store's connection, and what its own admissions learnt of the oldest units.
+/// The store's connection, and what its own admissions left in the file.
 #[derive(Debug)]
 struct Open {
     conn: Connection,
-    oldest: OldestKnown,
+    known: Known,
 }
 
-/// Per budget, the oldest unit counted after its cursor, as this connection's admissions
-/// left it: a call in the same millisecond as the last (its window starts at the cursor)
-/// needs it for its `counters` event, and it then costs no read. It holds only while no
-/// other connection has written the file since (SQLite's `data_version`, read once per
-/// batch), nor this one released or swept units (every other use of the connection
-/// forgets it), and only for the cursor it was noted at (the cursor moves only forward, and
-/// pruning removes only units at or before it).
+/// The budget rows as this connection's admissions left them, each with its oldest unit
+/// after its cursor when known: an admission then reads no row, and a call in the same
+/// millisecond as the last (its window starts at the cursor) reads nothing for its
+/// `counters` event. It holds only while no other connection has written the file since
+/// (SQLite's `data_version`, read once per batch, inside its write transaction) and this
+/// one has not released or swept units (every use of the connection but an admission or a
+/// read forgets it, and so does a failed transaction). Pruning removes only units at or
+/// before a cursor.
 #[derive(Debug, Default)]
-struct OldestKnown {
+struct Known {
     data_version: Option<i64>,
-    /// Budget id → (cursor, its oldest unit after the cursor: `None` if there is none).
-    by_budget: std::collections::HashMap<i64, (i64, Option<u64>)>,
+    /// By a hash of the budget's names (checked against the names on a hit).
+    budgets: crate::hashing::FastMap<u64, KnownBudget>,
+    hasher: crate::hashing::Seeded,
 }
 
-/// [`OldestKnown`] forgets everything past this many budgets (gateways with many sessions).
-const OLDEST_KNOWN_MAX: usize = 1024;
+#[derive(Debug)]
+struct KnownBudget {
+    counter: Arc<str>,
+    scope: Scope,
+    scope_key: String,
+    row: Budget,
+    /// The oldest unit counted after `row.cursor_ms` (`Some(None)`: there is none), if known.
+    oldest: Option<Option<u64>>,
+}
 
-impl OldestKnown {
+/// [`Known`] forgets everything past this many budgets (gateways with many sessions).
+const KNOWN_MAX: usize = 1024;
+
+impl Known {
     fn forget(&mut self) {
         self.data_version = None;
-        self.by_budget.clear();
+        self.budgets.clear();
     }
 
     /// At the start of a batch's transaction: keeps what is known only if no other
@@ -250,40 +262,52 @@ impl OldestKnown {
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
         if self.data_version != Some(version) {
-            self.by_budget.clear();
+            self.budgets.clear();
             self.data_version = Some(version);
         }
         Ok(())
     }
 
-    fn get(&self, budget: i64, cursor_ms: i64) -> Option<Option<u64>> {
-        self.by_budget
-            .get(&budget)
-            .filter(|(at, _)| *at == cursor_ms)
-            .map(|(_, oldest)| *oldest)
+    fn hash(&self, limit: &LimitRequest<'_>) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher
+            .hash_one((&**limit.counter, limit.scope.as_str(), limit.scope_key))
     }
 
-    fn set(&mut self, budget: i64, cursor_ms: i64, oldest: Option<Option<u64>>) {
-        match oldest {
-            Some(oldest) => {
-                if self.by_budget.len() >= OLDEST_KNOWN_MAX {
-                    self.by_budget.clear();
-                }
-                self.by_budget.insert(budget, (cursor_ms, oldest));
-            }
-            None => {
-                self.by_budget.remove(&budget);
-            }
-        }
+    /// The budget's row and its oldest unit after the cursor, as this connection left them.
+    fn get(&self, limit: &LimitRequest<'_>) -> Option<(Budget, Option<Option<u64>>)> {
+        self.budgets
+            .get(&self.hash(limit))
+            .filter(|k| {
+                *k.counter == **limit.counter
+                    && k.scope == limit.scope
+                    && k.scope_key == limit.scope_key
+            })
+            .map(|k| (k.row.clone(), k.oldest))
     }
 
-    /// A unit was counted at `at_ms`.
-    fn counted(&mut self, budget: i64, at_ms: u64) {
-        if let Some((cursor_ms, oldest)) = self.by_budget.get_mut(&budget)
-            && sql_int(at_ms) > *cursor_ms
+    fn set(&mut self, limit: &LimitRequest<'_>, row: &Budget, oldest: Option<Option<u64>>) {
+        let hash = self.hash(limit);
+        if let Some(known) = self.budgets.get_mut(&hash)
+            && known.row.id == row.id
         {
-            *oldest = Some(oldest.map_or(at_ms, |o| o.min(at_ms)));
+            known.row = row.clone();
+            known.oldest = oldest;
+            return;
         }
+        if self.budgets.len() >= KNOWN_MAX {
+            self.budgets.clear();
+        }
+        self.budgets.insert(
+            hash,
+            KnownBudget {
+                counter: Arc::clone(limit.counter),
+                scope: limit.scope,
+                scope_key: limit.scope_key.to_owned(),
+                row: row.clone(),
+                oldest,
+            },
+        );
     }
 }
 
@@ -516,6 +540,7 @@ fn sweep(conn: &mut Connection, now_ms: u64) -> rusqlite::Result<()> {
 }
 
 /// One budget's row, as an admission reads and rewrites it.
+#[derive(Debug, Clone)]
 struct Budget {
     id: i64,
     retain_ms: u64,
@@ -639,7 +664,7 @@ impl SqliteStore {
         noted: Option<&mut Vec<NotedUsage>>,
     ) -> Vec<Result<Admission, StoreError>> {
         let decided = self.with_open(|open| {
-            let known = &mut open.oldest;
+            let known = &mut open.known;
             in_transaction(&open.conn, Begin::Write, |tx| {
                 known.check(tx)?;
                 let mut touched: Vec<Touched> = Vec::new();
@@ -744,8 +769,9 @@ impl CounterStore for SqliteStore {
     ) -> Result<KeyUsage, StoreError> {
         let low = window_start(now_ms, window_ms);
         // One read transaction: the row and its units from one snapshot.
-        let found = self.with_conn(|conn| {
-            in_transaction(conn, Begin::Read, |tx| {
+        // Reads leave what the connection knows as it is.
+        let found = self.with_open(|open| {
+            in_transaction(&open.conn, Begin::Read, |tx| {
                 let Some(budget) = Budget::find(tx, &key.counter, key.scope, &key.scope_key)?
                 else {
                     return Ok(None);
@@ -776,7 +802,7 @@ impl CounterStore for SqliteStore {
         now_ms: u64,
     ) -> Result<Vec<KeyUsage>, StoreError> {
         let low = window_start(now_ms, window_ms);
-        self.with_conn(|conn| in_transaction(conn, Begin::Read, |tx| {
+        self.with_open(|open| in_transaction(&open.conn, Begin::Read, |tx| {
             let budgets: Vec<(String, Budget)> = tx
                 .prepare_cached(
                     "SELECT scope_key, id, retain_ms, latest_ms, cursor_ms, above FROM counter_budgets
@@ -877,6 +903,8 @@ struct Taking {
     /// Its oldest unit in the call's window before the call took one, if
     /// [`Budget::advance`] came upon it.
     oldest_before: Option<Option<u64>>,
+    /// Its oldest unit after its cursor, if known (see [`Known`]).
+    oldest: Option<Option<u64>>,
 }
 
 /// Units past a budget's horizon are pruned in steps of this fraction of its longest window.
@@ -887,7 +915,7 @@ const PRUNE_STEPS: u64 = 16;
 /// room takes a unit from each. A refused call takes nothing.
 fn admit_in(
     tx: &Connection,
-    known: &mut OldestKnown,
+    known: &mut Known,
     limits: &[LimitRequest<'_>],
     now_ms: u64,
     touched: Option<(usize, &mut Vec<Touched>)>,
@@ -897,7 +925,13 @@ fn admit_in(
         if limits[..index].iter().any(|l| l.same_budget(limit)) {
             continue;
         }
-        let found = Budget::find(tx, limit.counter, limit.scope, limit.scope_key)?;
+        let (found, mut oldest) = match known.get(limit) {
+            Some((row, oldest)) => (Some(row), oldest),
+            None => (
+                Budget::find(tx, limit.counter, limit.scope, limit.scope_key)?,
+                None,
+            ),
+        };
         let mut budget =
             match found {
                 Some(budget) => budget,
@@ -927,14 +961,13 @@ fn admit_in(
         // retained span of `latest`, and the window within the retained span), so with the
         // cursor there every pruned unit is one the running count no longer holds.
         let low = window_start(at, limit.window_ms);
-        let oldest_before = match budget.advance(tx, low)? {
-            Some(walked) => {
-                known.set(budget.id, budget.cursor_ms, Some(walked));
-                Some(walked)
-            }
-            None if low == budget.cursor_ms => known.get(budget.id, low),
-            None => None,
-        };
+        let cursor_was = budget.cursor_ms;
+        match budget.advance(tx, low)? {
+            Some(walked) => oldest = Some(walked),
+            None if budget.cursor_ms != cursor_was => oldest = None,
+            None => {}
+        }
+        let oldest_before = oldest.filter(|_| low == budget.cursor_ms);
         // Units past the horizon are never counted again, only kept: they are pruned when
         // the horizon crosses into the next step of a sixteenth of the budget's longest
         // window, not by a statement on every admission.
@@ -950,6 +983,7 @@ fn admit_in(
             at_ms: at,
             index,
             oldest_before,
+            oldest,
         });
     }
     let mut refused = None;
@@ -973,9 +1007,9 @@ fn admit_in(
                 "INSERT INTO counter_units (budget, at_ms, token) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![t.budget.id, sql_int(t.at_ms), sql_int(token)])?;
-            known.counted(t.budget.id, t.at_ms);
             if sql_int(t.at_ms) > t.budget.cursor_ms {
                 t.budget.above += 1;
+                t.oldest = t.oldest.map(|o| Some(o.map_or(t.at_ms, |o| o.min(t.at_ms))));
             }
             if let Some((call, touched)) = touched.as_mut() {
                 let limit = &limits[t.index];
@@ -1015,6 +1049,7 @@ fn admit_in(
             b.cursor_ms,
             sql_int(b.above)
         ])?;
+        known.set(&limits[t.index], b, t.oldest);
     }
     Ok(refused.unwrap_or_else(|| Admission::Admitted(Reservation::new(units))))
 }
