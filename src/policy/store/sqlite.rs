@@ -601,8 +601,8 @@ impl Budget {
         if low <= self.cursor_ms {
             return Ok(None);
         }
-        let mut rows = tx
-            .prepare_cached("SELECT at_ms FROM counter_units WHERE budget=?1 AND at_ms>?2")?;
+        let mut rows =
+            tx.prepare_cached("SELECT at_ms FROM counter_units WHERE budget=?1 AND at_ms>?2")?;
         let mut rows = rows.query(params![self.id, self.cursor_ms])?;
         let mut leaving: u64 = 0;
         let mut oldest = None;
@@ -633,7 +633,9 @@ const WALK_LEAVING: u64 = 64;
 impl Budget {
     /// Units counted at or before this time are never counted again (see [`admit_in`]).
     fn horizon(&self) -> Option<i64> {
-        let horizon = self.latest_ms.checked_sub(self.retain_ms.saturating_mul(2))?;
+        let horizon = self
+            .latest_ms
+            .checked_sub(self.retain_ms.saturating_mul(2))?;
         Some(sql_int(horizon).min(self.cursor_ms))
     }
 }
@@ -1009,7 +1011,9 @@ fn admit_in(
             .execute(params![t.budget.id, sql_int(t.at_ms), sql_int(token)])?;
             if sql_int(t.at_ms) > t.budget.cursor_ms {
                 t.budget.above += 1;
-                t.oldest = t.oldest.map(|o| Some(o.map_or(t.at_ms, |o| o.min(t.at_ms))));
+                t.oldest = t
+                    .oldest
+                    .map(|o| Some(o.map_or(t.at_ms, |o| o.min(t.at_ms))));
             }
             if let Some((call, touched)) = touched.as_mut() {
                 let limit = &limits[t.index];
@@ -1215,6 +1219,39 @@ mod tests {
             max,
             window_ms,
         }
+    }
+
+    #[test]
+    fn what_a_connection_knows_of_a_budget_is_dropped_once_another_writes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        let (a, b) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        let c: Arc<str> = Arc::from("c");
+        let admitted = |store: &SqliteStore, at| match store.admit(&[global(&c, 3, 1000)], at) {
+            Ok(Admission::Admitted(reservation)) => reservation,
+            other => panic!("at {at}: {other:?}"),
+        };
+        admitted(&a, 10);
+        admitted(&a, 11);
+        // `a` last left the budget at two units; `b` takes the third.
+        let third = admitted(&b, 12);
+        assert_eq!(
+            a.admit(&[global(&c, 3, 1000)], 13).unwrap(),
+            Admission::Refused {
+                index: 0,
+                retry_after_ms: 997
+            }
+        );
+        // And gives it back: `a` sees the room again (its refusal read the file anew).
+        b.try_release(&third).unwrap();
+        admitted(&a, 14);
+        assert!(matches!(
+            a.admit(&[global(&c, 3, 1000)], 14).unwrap(),
+            Admission::Refused { .. }
+        ));
     }
 
     #[test]
