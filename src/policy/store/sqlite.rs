@@ -7,8 +7,10 @@
 //!
 //! Atomicity across processes: an admission is one `BEGIN IMMEDIATE` transaction (the write
 //! lock is taken first, so no two processes check the same budget at once): read each
-//! budget's row, bring its running count up to the call's window, prune what has left its
-//! retained span, check every budget, and only if all have room insert one unit per budget.
+//! budget's row (or take it as this connection last wrote it, when no other connection has
+//! written since: [`Known`]), bring its running count up to the call's window, prune what
+//! has left its retained span (in steps), check every budget, and only if all have room
+//! insert one unit per budget.
 //! WAL mode lets readers (`usage`) run beside a writer; other writers wait, in short naps
 //! ([`wait_for_lock`]), up to [`BUSY_TIMEOUT`], then the call fails closed.
 //!
