@@ -7,8 +7,10 @@
 //!
 //! Atomicity across processes: an admission is one `BEGIN IMMEDIATE` transaction (the write
 //! lock is taken first, so no two processes check the same budget at once): read each
-//! budget's row, bring its running count up to the call's window, prune what has left its
-//! retained span, check every budget, and only if all have room insert one unit per budget.
+//! budget's row (or take it as this connection last wrote it, when no other connection has
+//! written since: [`Known`]), bring its running count up to the call's window, prune what
+//! has left its retained span (in steps), check every budget, and only if all have room
+//! insert one unit per budget.
 //! WAL mode lets readers (`usage`) run beside a writer; other writers wait, in short naps
 //! ([`wait_for_lock`]), up to [`BUSY_TIMEOUT`], then the call fails closed.
 //!
@@ -117,7 +119,7 @@ DROP TABLE budgets;
 pub struct SqliteStore {
     path: PathBuf,
     /// `None` after an error that may have broken the connection; reopened on the next call.
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Option<Open>>,
     admissions: AtomicU64,
     /// Whether this store has swept idle budgets since it was opened.
     swept: std::sync::atomic::AtomicBool,
@@ -172,24 +174,142 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Runs `f` on the connection; what the store knew of the oldest units is forgotten
+    /// (`f` may release or sweep units).
     fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
+        self.with_open(|open| {
+            open.known.forget();
+            f(&mut open.conn)
+        })
+    }
+
+    fn with_open<T>(
+        &self,
+        f: impl FnOnce(&mut Open) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         // Nothing panics while holding the lock with the connection in a bad state (a
         // transaction rolls back when dropped), so a poisoned lock is still usable.
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let conn = match &mut *guard {
-            Some(conn) => conn,
-            empty => empty.insert(connect(&self.path).map_err(|e| describe(&self.path, &e))?),
+        let open = match &mut *guard {
+            Some(open) => open,
+            empty => empty.insert(Open {
+                conn: connect(&self.path).map_err(|e| describe(&self.path, &e))?,
+                known: Known::default(),
+            }),
         };
-        f(conn).map_err(|e| {
-            // A busy database is another process's long write, not a broken connection.
-            if e.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) {
-                *guard = None;
+        let done = f(open);
+        done.map_err(|e| {
+            // A busy database is another process's long write, not a broken connection;
+            // what a failed transaction noted was rolled back with it.
+            match &mut *guard {
+                Some(open) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
+                    open.known.forget();
+                }
+                broken => *broken = None,
             }
             describe(&self.path, &e)
         })
+    }
+}
+
+/// The store's connection, and what its own admissions left in the file.
+#[derive(Debug)]
+struct Open {
+    conn: Connection,
+    known: Known,
+}
+
+/// The budget rows as this connection's admissions left them, each with its oldest unit
+/// after its cursor when known: an admission then reads no row, and a call in the same
+/// millisecond as the last (its window starts at the cursor) reads nothing for its
+/// `counters` event. It holds only while no other connection has written the file since
+/// (SQLite's `data_version`, read once per batch, inside its write transaction) and this
+/// one has not released or swept units (every use of the connection but an admission or a
+/// read forgets it, and so does a failed transaction). Pruning removes only units at or
+/// before a cursor.
+#[derive(Debug, Default)]
+struct Known {
+    data_version: Option<i64>,
+    /// By a hash of the budget's names (checked against the names on a hit).
+    budgets: crate::hashing::FastMap<u64, KnownBudget>,
+    hasher: crate::hashing::Seeded,
+}
+
+#[derive(Debug)]
+struct KnownBudget {
+    counter: Arc<str>,
+    scope: Scope,
+    scope_key: String,
+    row: Budget,
+    /// The oldest unit counted after `row.cursor_ms` (`Some(None)`: there is none), if known.
+    oldest: Option<Option<u64>>,
+}
+
+/// [`Known`] forgets everything past this many budgets (gateways with many sessions).
+const KNOWN_MAX: usize = 1024;
+
+impl Known {
+    fn forget(&mut self) {
+        self.data_version = None;
+        self.budgets.clear();
+    }
+
+    /// At the start of a batch's transaction: keeps what is known only if no other
+    /// connection has committed since.
+    fn check(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if self.data_version != Some(version) {
+            self.budgets.clear();
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
+    fn hash(&self, limit: &LimitRequest<'_>) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher
+            .hash_one((&**limit.counter, limit.scope.as_str(), limit.scope_key))
+    }
+
+    /// The budget's row and its oldest unit after the cursor, as this connection left them.
+    fn get(&self, limit: &LimitRequest<'_>) -> Option<(Budget, Option<Option<u64>>)> {
+        self.budgets
+            .get(&self.hash(limit))
+            .filter(|k| {
+                *k.counter == **limit.counter
+                    && k.scope == limit.scope
+                    && k.scope_key == limit.scope_key
+            })
+            .map(|k| (k.row.clone(), k.oldest))
+    }
+
+    fn set(&mut self, limit: &LimitRequest<'_>, row: &Budget, oldest: Option<Option<u64>>) {
+        let hash = self.hash(limit);
+        if let Some(known) = self.budgets.get_mut(&hash)
+            && known.row.id == row.id
+        {
+            known.row = row.clone();
+            known.oldest = oldest;
+            return;
+        }
+        if self.budgets.len() >= KNOWN_MAX {
+            self.budgets.clear();
+        }
+        self.budgets.insert(
+            hash,
+            KnownBudget {
+                counter: Arc::clone(limit.counter),
+                scope: limit.scope,
+                scope_key: limit.scope_key.to_owned(),
+                row: row.clone(),
+                oldest,
+            },
+        );
     }
 }
 
@@ -422,6 +542,7 @@ fn sweep(conn: &mut Connection, now_ms: u64) -> rusqlite::Result<()> {
 }
 
 /// One budget's row, as an admission reads and rewrites it.
+#[derive(Debug, Clone)]
 struct Budget {
     id: i64,
     retain_ms: u64,
@@ -470,13 +591,54 @@ impl Budget {
     }
 
     /// Moves the cursor forward to `low` (never back: a clock behind reads the difference
-    /// instead, so clocks that take turns do not move it to and fro).
-    fn advance(&mut self, tx: &Connection, low: i64) -> rusqlite::Result<()> {
-        if low > self.cursor_ms {
-            self.above = self.after(tx, low)?;
-            self.cursor_ms = low;
+    /// instead, so clocks that take turns do not move it to and fro). Returns the oldest unit
+    /// counted after `low` (`Some(None)`: there is none) when the walk that moved the cursor
+    /// came upon it; `None` when it was not read.
+    ///
+    /// The units that left the window are walked in the primary key's order (at most
+    /// [`WALK_LEAVING`] of them, else counted): the walk stops at the first unit still in
+    /// the window, which is the oldest one a call's `counters` event needs, so that takes no
+    /// read of its own.
+    fn advance(&mut self, tx: &Connection, low: i64) -> rusqlite::Result<Option<Option<u64>>> {
+        if low <= self.cursor_ms {
+            return Ok(None);
         }
-        Ok(())
+        let mut rows =
+            tx.prepare_cached("SELECT at_ms FROM counter_units WHERE budget=?1 AND at_ms>?2")?;
+        let mut rows = rows.query(params![self.id, self.cursor_ms])?;
+        let mut leaving: u64 = 0;
+        let mut oldest = None;
+        while let Some(row) = rows.next()? {
+            let at_ms: i64 = row.get(0)?;
+            if at_ms > low {
+                oldest = Some(from_sql(at_ms));
+                break;
+            }
+            leaving += 1;
+            if leaving > WALK_LEAVING {
+                drop(rows);
+                self.above = self.after(tx, low)?;
+                self.cursor_ms = low;
+                return Ok(None);
+            }
+        }
+        self.above = self.above.saturating_sub(leaving);
+        self.cursor_ms = low;
+        Ok(Some(oldest))
+    }
+}
+
+/// How many units that left a window [`Budget::advance`] walks one by one before it counts
+/// them instead (a budget idle for a while, or a burst leaving the window at once).
+const WALK_LEAVING: u64 = 64;
+
+impl Budget {
+    /// Units counted at or before this time are never counted again (see [`admit_in`]).
+    fn horizon(&self) -> Option<i64> {
+        let horizon = self
+            .latest_ms
+            .checked_sub(self.retain_ms.saturating_mul(2))?;
+        Some(sql_int(horizon).min(self.cursor_ms))
     }
 }
 
@@ -505,8 +667,10 @@ impl SqliteStore {
         calls: &[(&[LimitRequest<'_>], u64)],
         noted: Option<&mut Vec<NotedUsage>>,
     ) -> Vec<Result<Admission, StoreError>> {
-        let decided = self.with_conn(|conn| {
-            in_transaction(conn, Begin::Write, |tx| {
+        let decided = self.with_open(|open| {
+            let known = &mut open.known;
+            in_transaction(&open.conn, Begin::Write, |tx| {
+                known.check(tx)?;
                 let mut touched: Vec<Touched> = Vec::new();
                 // Each call checks all its budgets before it takes a unit from any, so a refused
                 // call wrote nothing but what any call would have (its budgets' cursors and
@@ -514,7 +678,7 @@ impl SqliteStore {
                 let mut answers = Vec::with_capacity(calls.len());
                 for (call, (limits, now_ms)) in calls.iter().enumerate() {
                     let touching = noted.is_some().then_some((call, &mut touched));
-                    answers.push(admit_in(tx, limits, *now_ms, touching)?);
+                    answers.push(admit_in(tx, known, limits, *now_ms, touching)?);
                 }
                 let notes = if noted.is_some() {
                     note_usage(tx, &answers, &touched)?
@@ -609,8 +773,9 @@ impl CounterStore for SqliteStore {
     ) -> Result<KeyUsage, StoreError> {
         let low = window_start(now_ms, window_ms);
         // One read transaction: the row and its units from one snapshot.
-        let found = self.with_conn(|conn| {
-            in_transaction(conn, Begin::Read, |tx| {
+        // Reads leave what the connection knows as it is.
+        let found = self.with_open(|open| {
+            in_transaction(&open.conn, Begin::Read, |tx| {
                 let Some(budget) = Budget::find(tx, &key.counter, key.scope, &key.scope_key)?
                 else {
                     return Ok(None);
@@ -641,7 +806,7 @@ impl CounterStore for SqliteStore {
         now_ms: u64,
     ) -> Result<Vec<KeyUsage>, StoreError> {
         let low = window_start(now_ms, window_ms);
-        self.with_conn(|conn| in_transaction(conn, Begin::Read, |tx| {
+        self.with_open(|open| in_transaction(&open.conn, Begin::Read, |tx| {
             let budgets: Vec<(String, Budget)> = tx
                 .prepare_cached(
                     "SELECT scope_key, id, retain_ms, latest_ms, cursor_ms, above FROM counter_budgets
@@ -739,13 +904,22 @@ struct Taking {
     at_ms: u64,
     /// Index of its limit in the call's `limits`.
     index: usize,
+    /// Its oldest unit in the call's window before the call took one, if
+    /// [`Budget::advance`] came upon it.
+    oldest_before: Option<Option<u64>>,
+    /// Its oldest unit after its cursor, if known (see [`Known`]).
+    oldest: Option<Option<u64>>,
 }
+
+/// Units past a budget's horizon are pruned in steps of this fraction of its longest window.
+const PRUNE_STEPS: u64 = 16;
 
 /// Decides one call inside the caller's transaction: reads and updates each distinct budget
 /// (retained span, latest time, cursor, pruning), checks them all, and only if every one has
 /// room takes a unit from each. A refused call takes nothing.
 fn admit_in(
     tx: &Connection,
+    known: &mut Known,
     limits: &[LimitRequest<'_>],
     now_ms: u64,
     touched: Option<(usize, &mut Vec<Touched>)>,
@@ -755,7 +929,13 @@ fn admit_in(
         if limits[..index].iter().any(|l| l.same_budget(limit)) {
             continue;
         }
-        let found = Budget::find(tx, limit.counter, limit.scope, limit.scope_key)?;
+        let (found, mut oldest) = match known.get(limit) {
+            Some((row, oldest)) => (Some(row), oldest),
+            None => (
+                Budget::find(tx, limit.counter, limit.scope, limit.scope_key)?,
+                None,
+            ),
+        };
         let mut budget =
             match found {
                 Some(budget) => budget,
@@ -775,6 +955,7 @@ fn admit_in(
                     }
                 }
             };
+        let was = budget.horizon();
         budget.retain_ms = budget.retain_ms.max(limit.window_ms);
         // As in memory: a clock far behind this budget's latest is moved forward, because
         // older units may already be forgotten.
@@ -783,19 +964,30 @@ fn admit_in(
         // The window's start is never before the pruning horizon (`at` is within the
         // retained span of `latest`, and the window within the retained span), so with the
         // cursor there every pruned unit is one the running count no longer holds.
-        budget.advance(tx, window_start(at, limit.window_ms))?;
-        if let Some(horizon) = budget
-            .latest_ms
-            .checked_sub(budget.retain_ms.saturating_mul(2))
-        {
-            let horizon = sql_int(horizon).min(budget.cursor_ms);
-            tx.prepare_cached("DELETE FROM counter_units WHERE budget = ?1 AND at_ms <= ?2")?
-                .execute(params![budget.id, horizon])?;
+        let low = window_start(at, limit.window_ms);
+        let cursor_was = budget.cursor_ms;
+        match budget.advance(tx, low)? {
+            Some(walked) => oldest = Some(walked),
+            None if budget.cursor_ms != cursor_was => oldest = None,
+            None => {}
+        }
+        let oldest_before = oldest.filter(|_| low == budget.cursor_ms);
+        // Units past the horizon are never counted again, only kept: they are pruned when
+        // the horizon crosses into the next step of a sixteenth of the budget's longest
+        // window, not by a statement on every admission.
+        if let Some(horizon) = budget.horizon() {
+            let step = sql_int((budget.retain_ms / PRUNE_STEPS).max(1));
+            if was.is_none_or(|was| was.div_euclid(step) != horizon.div_euclid(step)) {
+                tx.prepare_cached("DELETE FROM counter_units WHERE budget = ?1 AND at_ms <= ?2")?
+                    .execute(params![budget.id, horizon])?;
+            }
         }
         taking.push(Taking {
             budget,
             at_ms: at,
             index,
+            oldest_before,
+            oldest,
         });
     }
     let mut refused = None;
@@ -821,10 +1013,19 @@ fn admit_in(
             .execute(params![t.budget.id, sql_int(t.at_ms), sql_int(token)])?;
             if sql_int(t.at_ms) > t.budget.cursor_ms {
                 t.budget.above += 1;
+                t.oldest = t
+                    .oldest
+                    .map(|o| Some(o.map_or(t.at_ms, |o| o.min(t.at_ms))));
             }
             if let Some((call, touched)) = touched.as_mut() {
                 let limit = &limits[t.index];
                 let low = window_start(t.at_ms, limit.window_ms);
+                // The unit just taken is in the window; only this call took one from the
+                // budget since the read.
+                let own = (sql_int(t.at_ms) > low).then_some(t.at_ms);
+                let oldest_ms = t
+                    .oldest_before
+                    .map(|before| before.into_iter().chain(own).min());
                 touched.push(Touched {
                     call: *call,
                     unit: units.len(),
@@ -833,6 +1034,7 @@ fn admit_in(
                     at_ms: t.at_ms,
                     low,
                     used: t.budget.after(tx, low)?,
+                    oldest_ms,
                 });
             }
             units.push(ReservedUnit {
@@ -853,6 +1055,7 @@ fn admit_in(
             b.cursor_ms,
             sql_int(b.above)
         ])?;
+        known.set(&limits[t.index], b, t.oldest);
     }
     Ok(refused.unwrap_or_else(|| Admission::Admitted(Reservation::new(units))))
 }
@@ -868,6 +1071,8 @@ struct Touched {
     /// The start of the call's window, and the units counted after it.
     low: i64,
     used: u64,
+    /// Its oldest unit in the window, if known without a read.
+    oldest_ms: Option<Option<u64>>,
 }
 
 /// Per budget, how the last admitted call of the batch that took a unit from it left it:
@@ -892,9 +1097,10 @@ fn note_usage(
         let Some(unit) = reservation.units().get(t.unit) else {
             continue;
         };
-        let oldest_ms = match t.used {
-            0 => None,
-            _ => oldest_after(tx, t.budget, t.low)?,
+        let oldest_ms = match (t.used, t.oldest_ms) {
+            (0, _) => None,
+            (_, Some(known)) => known,
+            (_, None) => oldest_after(tx, t.budget, t.low)?,
         };
         notes.push(NotedUsage {
             key: unit.key.clone(),
@@ -988,8 +1194,11 @@ mod tests {
             })
             .unwrap();
         assert_eq!(budgets, 1);
-        // Only the busy budget's units within its retained span (2 s) are left.
-        assert!(units <= 2001, "{units}");
+        // Only the busy budget's units within its retained span (2 s) are left, and those
+        // of the last step of pruning (a sixteenth of its window).
+        let step = i64::try_from(1000 / PRUNE_STEPS).unwrap();
+        assert!(units <= 2001 + step, "{units}");
+        assert!(units >= 2000, "{units}");
     }
 
     /// Version 1's schema, as the previous release wrote it.
@@ -1012,6 +1221,39 @@ mod tests {
             max,
             window_ms,
         }
+    }
+
+    #[test]
+    fn what_a_connection_knows_of_a_budget_is_dropped_once_another_writes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        let (a, b) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        let c: Arc<str> = Arc::from("c");
+        let admitted = |store: &SqliteStore, at| match store.admit(&[global(&c, 3, 1000)], at) {
+            Ok(Admission::Admitted(reservation)) => reservation,
+            other => panic!("at {at}: {other:?}"),
+        };
+        admitted(&a, 10);
+        admitted(&a, 11);
+        // `a` last left the budget at two units; `b` takes the third.
+        let third = admitted(&b, 12);
+        assert_eq!(
+            a.admit(&[global(&c, 3, 1000)], 13).unwrap(),
+            Admission::Refused {
+                index: 0,
+                retry_after_ms: 997
+            }
+        );
+        // And gives it back: `a` sees the room again (its refusal read the file anew).
+        b.try_release(&third).unwrap();
+        admitted(&a, 14);
+        assert!(matches!(
+            a.admit(&[global(&c, 3, 1000)], 14).unwrap(),
+            Admission::Refused { .. }
+        ));
     }
 
     #[test]
