@@ -779,20 +779,21 @@ impl CallAnswer {
                 summary: message.map(|m| cap(&m)),
             };
         }
-        let unreadable = CallAnswer {
+        // Made only when needed: its summary is a `String`.
+        let unreadable = || CallAnswer {
             error: true,
             input_required: false,
             summary: Some("unreadable result".into()),
         };
         let Some(result) = env.result else {
-            return unreadable;
+            return unreadable();
         };
         if result.get().starts_with('{') {
             // Read from the members the line's one pass found, as serde reads them below.
-            return CallAnswer::of_members(&env.result_members).unwrap_or(unreadable);
+            return CallAnswer::of_members(&env.result_members).unwrap_or_else(unreadable);
         }
         let Ok(result) = serde_json::from_str::<Result<'_>>(result.get()) else {
-            return unreadable;
+            return unreadable();
         };
         let summary = result
             .content
