@@ -101,7 +101,7 @@ pub struct AuditRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub arg_keys: Option<Vec<&'a str>>,
+    pub arg_keys: Option<ArgKeys<'a>>,
     /// HMAC-SHA-256 (hex) of the canonical arguments under the log's key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args_hmac: Option<&'a str>,
@@ -121,6 +121,39 @@ pub struct AuditRecord<'a> {
     /// records whose shadow differs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<&'a crate::wire::ShadowDecision>,
+}
+
+/// The top-level keys of a call's arguments (none unless they are an object), in their
+/// order: read from the arguments when the record is written, never collected per call.
+#[derive(Debug, Clone, Copy)]
+pub enum ArgKeys<'a> {
+    Of(&'a serde_json::Map<String, Value>),
+    /// Given as a list (tests).
+    Listed(&'a [&'a str]),
+}
+
+impl<'a> ArgKeys<'a> {
+    pub fn of(args: &'a Value) -> ArgKeys<'a> {
+        match args {
+            Value::Object(map) => ArgKeys::Of(map),
+            _ => ArgKeys::Listed(&[]),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        let (map, listed) = match *self {
+            ArgKeys::Of(map) => (Some(map), None),
+            ArgKeys::Listed(keys) => (None, Some(keys)),
+        };
+        let from_map = map.into_iter().flat_map(|m| m.keys().map(String::as_str));
+        from_map.chain(listed.into_iter().flatten().copied())
+    }
+}
+
+impl Serialize for ArgKeys<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 /// An open audit log. Cheap to share behind an `Arc`.
@@ -418,10 +451,7 @@ impl AuditLog {
     /// The argument fields of a decision record for `args`, as this log's mode wants them.
     pub fn describe_args<'v>(&self, args: &'v Value) -> ArgsDigest<'v> {
         ArgsDigest {
-            keys: match args {
-                Value::Object(map) => map.keys().map(String::as_str).collect(),
-                _ => Vec::new(),
-            },
+            keys: ArgKeys::of(args),
             hmac: self.key.args_hmac_hex(args),
             values: (self.args == AuditArgs::Full).then(|| crate::redact::redact(args)),
         }
@@ -437,7 +467,7 @@ impl Drop for AuditLog {
 /// What a decision record says about the arguments.
 #[derive(Debug)]
 pub struct ArgsDigest<'v> {
-    pub keys: Vec<&'v str>,
+    pub keys: ArgKeys<'v>,
     /// See [`AuditRecord::args_hmac`].
     pub hmac: Hex64,
     pub values: Option<Value>,
@@ -475,18 +505,15 @@ impl<H: sha2::digest::Update> std::io::Write for HashWriter<'_, H> {
 fn canonical<H: sha2::digest::Update>(value: &Value, out: &mut H) {
     match value {
         Value::Object(map) => {
-            // Sorted with their values: no lookup (a hash of the key) per member.
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.update(b"{");
-            for (i, (key, value)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                // The same escaping as `Value::String(key).to_string()`.
-                json_text(key.as_str(), out);
-                out.update(b":");
-                canonical(value, out);
+            if map.keys().is_sorted() {
+                // Most arguments (one member, or written in order): no sorted copy to make.
+                members(map.iter(), out);
+            } else {
+                // Sorted with their values: no lookup (a hash of the key) per member.
+                let mut sorted: Vec<(&String, &Value)> = map.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                members(sorted.into_iter(), out);
             }
             out.update(b"}");
         }
@@ -501,6 +528,22 @@ fn canonical<H: sha2::digest::Update>(value: &Value, out: &mut H) {
             out.update(b"]");
         }
         scalar => json_text(scalar, out),
+    }
+}
+
+/// An object's members, in the order given, for [`canonical`].
+fn members<'v, H: sha2::digest::Update>(
+    members: impl Iterator<Item = (&'v String, &'v Value)>,
+    out: &mut H,
+) {
+    for (i, (key, value)) in members.enumerate() {
+        if i > 0 {
+            out.update(b",");
+        }
+        // The same escaping as `Value::String(key).to_string()`.
+        json_text(key.as_str(), out);
+        out.update(b":");
+        canonical(value, out);
     }
 }
 
@@ -668,6 +711,8 @@ mod tests {
             json!({"b": [1, 2.5, -3e40, true, null], "a": "q\"uote\\ \n \u{0001} é 🦀", "": {}}),
             json!({"z": {"y": {"x": [{"k2": 1, "k1": "v"}]}}, "Z": 18446744073709551615u64}),
             json!(["x", 1, {"\t": "tab key"}]),
+            // Written in order already (hashed without a sorted copy), at every depth.
+            json!({"a": 1, "b": {"c": [2, {"d": "e", "f": null}], "g": "h"}}),
         ];
         for value in values {
             let text = canonical_text(&value);
@@ -754,7 +799,7 @@ mod tests {
             decision: Some(Verdict::RateLimited),
             rule: Some("/tools/x"),
             reason: Some("limit \u{1} reached"),
-            arg_keys: Some(keys.clone()),
+            arg_keys: Some(ArgKeys::Listed(&keys)),
             args_hmac: Some("abababababababababababababababababababababababababababababababab"),
             args: Some(json!({"a": [1, null, {"b": "c"}]})),
             latency_us: Some(123),
@@ -827,7 +872,7 @@ mod tests {
             decision: Some(Verdict::Allow),
             rule: Some("/tools/create_api_key"),
             reason: None,
-            arg_keys: Some(digest.keys.clone()),
+            arg_keys: Some(digest.keys),
             args_hmac: Some(digest.hmac.as_str()),
             args: digest.values.clone(),
             latency_us: None,

@@ -661,7 +661,11 @@ fn event_args(args: Value) -> (Value, bool) {
     } else {
         args
     };
-    // Measured without building the text: almost every call's arguments fit.
+    // Almost every call's arguments fit: a bound on their text settles it without writing
+    // them; otherwise they are measured without building the text.
+    if json_len_bound(&redacted, EVENT_ARGS_CAP).is_some() {
+        return (redacted, false);
+    }
     let mut size = ByteCount(0);
     if serde_json::to_writer(&mut size, &redacted).is_ok() && size.0 <= EVENT_ARGS_CAP {
         return (redacted, false);
@@ -672,6 +676,44 @@ fn event_args(args: Value) -> (Value, bool) {
         cut -= 1;
     }
     (Value::String(text[..cut].to_owned()), true)
+}
+
+/// At least as many bytes as `value`'s compact JSON text has, if that is at most `cap`;
+/// `None` beyond `cap` (the text may still fit: then it has to be measured). A string's
+/// byte may take six (`\u001f`), a number at most 24 (`-2.2250738585072014e-308`).
+fn json_len_bound(value: &Value, cap: usize) -> Option<usize> {
+    let len = match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(text) => string_len_bound(text)?,
+        Value::Array(items) => {
+            let mut len = 2 + items.len();
+            for item in items {
+                len = len.checked_add(json_len_bound(item, cap)?)?;
+                if len > cap {
+                    return None;
+                }
+            }
+            len
+        }
+        Value::Object(map) => {
+            let mut len = 2 + 2 * map.len();
+            for (key, value) in map {
+                len = len.checked_add(string_len_bound(key)?)?;
+                len = len.checked_add(json_len_bound(value, cap)?)?;
+                if len > cap {
+                    return None;
+                }
+            }
+            len
+        }
+    };
+    (len <= cap).then_some(len)
+}
+
+/// See [`json_len_bound`]: the quotes, and six bytes for every byte of `text`.
+fn string_len_bound(text: &str) -> Option<usize> {
+    text.len().checked_mul(6)?.checked_add(2)
 }
 
 /// Counts the bytes written to it.
@@ -737,20 +779,21 @@ impl CallAnswer {
                 summary: message.map(|m| cap(&m)),
             };
         }
-        let unreadable = CallAnswer {
+        // Made only when needed: its summary is a `String`.
+        let unreadable = || CallAnswer {
             error: true,
             input_required: false,
             summary: Some("unreadable result".into()),
         };
         let Some(result) = env.result else {
-            return unreadable;
+            return unreadable();
         };
         if result.get().starts_with('{') {
             // Read from the members the line's one pass found, as serde reads them below.
-            return CallAnswer::of_members(&env.result_members).unwrap_or(unreadable);
+            return CallAnswer::of_members(&env.result_members).unwrap_or_else(unreadable);
         }
         let Ok(result) = serde_json::from_str::<Result<'_>>(result.get()) else {
-            return unreadable;
+            return unreadable();
         };
         let summary = result
             .content
@@ -842,6 +885,42 @@ fn cap(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::gateway::jsonrpc::{self, Parsed};
+    use serde_json::json;
+
+    #[test]
+    fn the_bound_on_an_event_s_arguments_is_never_below_their_text() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(-9223372036854775808i64),
+            json!(18446744073709551615u64),
+            json!(-2.2250738585072014e-308),
+            json!(-1.7976931348623157e308),
+            json!(1e-7),
+            json!(f64::NAN),
+            json!(""),
+            json!("\u{1}\u{1f}\u{7f}\"\\/\n é 🦀"),
+            json!([]),
+            json!({}),
+            json!([[], {}, [null, [true]], {"": {"": []}}]),
+            json!({"message": "hello", "n": [1, 2.5, -3e40], "\u{1}k\"": {"a": null}}),
+        ];
+        for value in values {
+            let text = value.to_string();
+            let bound = json_len_bound(&value, usize::MAX).expect("no cap");
+            assert!(bound >= text.len(), "{text}: bound {bound}");
+            assert_eq!(json_len_bound(&value, text.len() - 1), None, "{text}");
+        }
+        // Arguments the bound cannot place under the cap are measured, and kept when they fit.
+        let fits = json!({"s": "\u{1}".repeat(EVENT_ARGS_CAP / 6 - 1)});
+        assert_eq!(json_len_bound(&fits, EVENT_ARGS_CAP), None);
+        assert_eq!(event_args(fits.clone()), (fits, false));
+        let over = json!({"s": "x".repeat(EVENT_ARGS_CAP)});
+        let (preview, truncated) = event_args(over);
+        assert!(truncated);
+        assert_eq!(preview.as_str().map(str::len), Some(EVENT_ARGS_CAP));
+    }
 
     /// The outcome as serde reads the whole `result` (as it was read before the one pass).
     fn by_serde(result: &str) -> (bool, bool, Option<String>) {

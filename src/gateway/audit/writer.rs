@@ -230,6 +230,10 @@ impl LogFile {
             // Only a log that is failing has records pending; a healthy one takes any batch.
             if !self.pending.is_empty() && self.pending.len() + batch.len() > MAX_PENDING {
                 self.lost += count_lines(batch);
+            } else if self.pending.is_empty() && self.lost == 0 {
+                // The healthy case: the batch becomes what is pending without a copy, and
+                // the queue gets the emptied buffer back (its capacity kept).
+                std::mem::swap(&mut self.pending, batch);
             } else {
                 if self.lost > 0 {
                     self.pending.extend_from_slice(&gap_line(self.lost));
