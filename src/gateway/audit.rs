@@ -484,7 +484,7 @@ pub struct ArgsDigest<'v> {
 pub(crate) fn args_sha256(args: &Value) -> String {
     let mut hasher = Sha256::new();
     canonical(args, &mut hasher);
-    hex_lower(&hasher.finalize())
+    hex::encode(hasher.finalize())
 }
 
 /// Feeds JSON text straight into a hash or MAC.
@@ -561,11 +561,10 @@ pub struct Hex64([u8; 64]);
 impl Hex64 {
     /// The hex of the first 32 bytes of `bytes` (all of a SHA-256).
     fn of(bytes: &[u8]) -> Hex64 {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut text = [b'0'; 64];
-        for (pair, b) in text.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = DIGITS[usize::from(b >> 4)];
-            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        if let Some(bytes) = bytes.get(..32) {
+            // 64 digits for 32 bytes: the encoding cannot fail.
+            let _ = hex::encode_to_slice(bytes, &mut text);
         }
         Hex64(text)
     }
@@ -574,18 +573,6 @@ impl Hex64 {
         // Only hex digits were written: never the fallback.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    // Bytes, not chars: no UTF-8 encoding per digit.
-    let mut text = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        text.push(DIGITS[usize::from(b >> 4)]);
-        text.push(DIGITS[usize::from(b & 0x0f)]);
-    }
-    // Hex digits are ASCII: this never fails.
-    String::from_utf8(text).unwrap_or_default()
 }
 
 /// Writes `ts` exactly as chrono's own `Serialize` does (RFC 3339, `Z`, the fraction in 0, 3,

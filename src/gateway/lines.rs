@@ -114,27 +114,10 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     }
 }
 
-/// Where the first `\n` of `bytes` is, eight bytes at a time (every byte of every line
-/// passes here).
-fn newline_in(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
-        let x = word ^ (ONES * u64::from(b'\n'));
-        // Flags a zero byte of `x`; a flag can be wrong only above a right one, and only the
-        // lowest (the first in the text) is read.
-        let found = x.wrapping_sub(ONES) & !x & HIGH;
-        if found != 0 {
-            return Some(i + (found.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    bytes
-        .get(i..)
-        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
-        .map(|at| i + at)
+/// Where the first `\n` of `bytes` is (every byte of every line passes here: `memchr`
+/// looks at a word or a vector register at a time).
+pub(crate) fn newline_in(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr(b'\n', bytes)
 }
 
 #[cfg(test)]

@@ -402,19 +402,6 @@ async fn send<E: SpanExporter>(exporter: &E, batch: Vec<SpanData>, timeout: Dura
     }
 }
 
-/// `bytes` as lowercase hex, on the stack.
-pub(crate) fn hex<const N: usize, const M: usize>(bytes: [u8; N]) -> [u8; M] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'0'; M];
-    for (i, byte) in bytes.iter().enumerate() {
-        if let Some(pair) = out.get_mut(2 * i..2 * i + 2) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0x0f)];
-        }
-    }
-    out
-}
-
 /// A W3C `traceparent` (`00-{trace}-{span}-{flags}`), written on the stack.
 pub(crate) struct Traceparent([u8; 55]);
 
@@ -422,9 +409,10 @@ impl Traceparent {
     pub(crate) fn new(trace: TraceId, span: SpanId, flags: TraceFlags) -> Traceparent {
         let mut out = [b'-'; 55];
         out[..2].copy_from_slice(b"00");
-        out[3..35].copy_from_slice(&hex::<16, 32>(trace.to_bytes()));
-        out[36..52].copy_from_slice(&hex::<8, 16>(span.to_bytes()));
-        out[53..].copy_from_slice(&hex::<1, 2>([flags.to_u8()]));
+        // Each slice is exactly twice its bytes' length: the encoding cannot fail.
+        let _ = hex::encode_to_slice(trace.to_bytes(), &mut out[3..35]);
+        let _ = hex::encode_to_slice(span.to_bytes(), &mut out[36..52]);
+        let _ = hex::encode_to_slice([flags.to_u8()], &mut out[53..]);
         Traceparent(out)
     }
 
@@ -453,7 +441,18 @@ mod tests {
             unsampled.as_str(),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
         );
-        assert_eq!(&hex::<2, 4>([0xab, 0x0c]), b"ab0c");
+        // A byte below 0x10 keeps its leading zero digit.
+        let mut trace = [0u8; 16];
+        trace[..2].copy_from_slice(&[0xab, 0x0c]);
+        let padded = Traceparent::new(
+            TraceId::from_bytes(trace),
+            SpanId::from_bytes([0x0c, 0xab, 0, 0, 0, 0, 0, 1]),
+            TraceFlags::SAMPLED,
+        );
+        assert_eq!(
+            padded.as_str(),
+            Some("00-ab0c0000000000000000000000000000-0cab000000000001-01")
+        );
     }
 
     #[test]

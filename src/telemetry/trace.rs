@@ -42,7 +42,7 @@ use serde_json::{Map, Value};
 use super::exporter::{Export, Signal, export_runtime, resource};
 use super::spans::{
     BatchLimits, CallRecord, Decided, ErrorType, Ids, Resolved, SpanQueue, Traceparent,
-    export_queued, hex,
+    export_queued,
 };
 use crate::control::Resolution;
 use crate::policy::{Decision, Verdict};
@@ -373,11 +373,9 @@ impl CallSpans {
 
     /// The trace id and the SERVER span's id, lowercase hex, for the audit log.
     pub(crate) fn ids(&self) -> (String, String) {
-        let trace: [u8; 32] = hex(self.ids.trace.to_bytes());
-        let span: [u8; 16] = hex(self.ids.server.to_bytes());
         (
-            String::from_utf8_lossy(&trace).into_owned(),
-            String::from_utf8_lossy(&span).into_owned(),
+            hex::encode(self.ids.trace.to_bytes()),
+            hex::encode(self.ids.server.to_bytes()),
         )
     }
 

@@ -217,7 +217,7 @@ impl<H: LineHandler + Unpin> AsyncWrite for LineSink<H> {
         // Stops after a line that must wait for room: the writer offers the rest again.
         while taken < buf.len() && this.waiting.is_none() {
             let rest = &buf[taken..];
-            let newline = rest.iter().position(|&b| b == b'\n');
+            let newline = crate::gateway::lines::newline_in(rest);
             let chunk = &rest[..newline.unwrap_or(rest.len())];
             taken += newline.map_or(rest.len(), |at| at + 1);
             if this.skipping || this.partial.len() + chunk.len() > this.max {
