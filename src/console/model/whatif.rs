@@ -119,14 +119,14 @@ pub(crate) fn replay<'a>(
         let before = file.map_or(call.decision, |f| f.decide(&c, &file_store, now_ms).verdict);
         if d.verdict != before {
             out.changed.push(Changed {
-                call_id: call.call_id.clone(),
+                call_id: call.call_id.to_string(),
                 ts,
-                tool: call.tool.clone(),
-                grant: call.grant.clone(),
+                tool: call.tool.to_string(),
+                grant: call.grant.to_string(),
                 decided: call.decision,
                 before,
                 after: d.verdict,
-                rule: d.rule,
+                rule: d.rule.into(),
             });
         }
     }
