@@ -753,7 +753,7 @@ mod tests {
             server: "srv".into(),
             decision,
             rule: "/default".into(),
-            reason: String::new(),
+            reason: Default::default(),
             args: json!({}),
             args_truncated: false,
             retry_after_ms: None,
@@ -839,7 +839,7 @@ mod tests {
         hub.resolve(&held.call_id, by_operator(true)).unwrap();
         assert_eq!(
             hub.resolve(&held.call_id, by_operator(false)),
-            Err(ResolveError::AlreadyResolved(held.call_id.clone()))
+            Err(ResolveError::AlreadyResolved(held.call_id.to_string()))
         );
         assert_eq!(
             hub.resolve("g1-999", by_operator(false)),
@@ -939,7 +939,7 @@ mod tests {
         assert!(hub.snapshot().0.holds.is_empty());
         assert_eq!(
             hub.resolve(&held.call_id, by_operator(true)),
-            Err(ResolveError::UnknownCall(held.call_id.clone()))
+            Err(ResolveError::UnknownCall(held.call_id.to_string()))
         );
         hub.publish(EventKind::Call(held.clone()));
         assert_eq!(hub.open_holds(), vec![held.call_id.clone()]);

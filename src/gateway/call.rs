@@ -930,7 +930,7 @@ mod tests {
     }
 
     /// The outcome as serde reads the whole `result` (as it was read before the one pass).
-    fn by_serde(result: &str) -> (bool, bool, Option<String>) {
+    fn by_serde(result: &str) -> (bool, bool, Option<SmolStr>) {
         #[derive(Deserialize)]
         struct Whole<'a> {
             #[serde(default, rename = "isError")]

@@ -830,7 +830,11 @@ impl Shared {
         };
         match pending {
             Some(Forwarded::Call(call)) => {
-                self.finish_call(&call, true, Some(SmolStr::new_static("cancelled by the client")));
+                self.finish_call(
+                    &call,
+                    true,
+                    Some(SmolStr::new_static("cancelled by the client")),
+                );
             }
             // The upstream never saw this call: its admission's task gives its units back.
             Some(Forwarded::Deciding) => return Disposition::Nothing,

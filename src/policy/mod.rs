@@ -48,9 +48,9 @@ pub use store::{
     StoreErrorKind, StoreWorker,
 };
 
+use smol_str::SmolStr;
 use std::path::Path;
 use std::sync::Arc;
-use smol_str::SmolStr;
 
 use condition::{Condition, Truth};
 use glob::Glob;

@@ -570,7 +570,7 @@ mod tests {
             server: "srv".into(),
             decision,
             rule: "/default".into(),
-            reason: String::new(),
+            reason: Default::default(),
             args: Value::Null,
             args_truncated: false,
             retry_after_ms: None,

@@ -286,7 +286,7 @@ mod tests {
             server: "srv".into(),
             decision: Verdict::Allow,
             rule: "/default".into(),
-            reason: String::new(),
+            reason: Default::default(),
             args: serde_json::Value::Null,
             args_truncated: false,
             retry_after_ms: None,
@@ -348,7 +348,7 @@ mod tests {
         let ts = chrono::Utc::now();
         for i in 0..5000 {
             let mut c = call(&format!("c{i}"));
-            c.tool = format!("tool-{i}");
+            c.tool = smol_str::format_smolstr!("tool-{i}");
             h.push(CallRow::new(0, ts, c));
         }
         assert!(h.strings.len() <= 4 * 2 + 1024 + 5, "{}", h.strings.len());

@@ -139,14 +139,14 @@ mod tests {
 
     fn call(n: u32, tool: &str, decision: Verdict) -> CallEvent {
         CallEvent {
-            call_id: format!("c{n}"),
+            call_id: format!("c{n}").into(),
             tool: tool.into(),
             grant: "ci".into(),
             session: "s".into(),
             server: "srv".into(),
             decision,
-            rule: String::new(),
-            reason: String::new(),
+            rule: Default::default(),
+            reason: Default::default(),
             args: serde_json::json!({}),
             args_truncated: false,
             retry_after_ms: None,

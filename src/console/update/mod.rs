@@ -492,7 +492,9 @@ fn open_counter_edit(state: &mut State, max: bool) {
 /// The held call the current view points at, if it is held now.
 fn selected_hold(state: &State) -> Option<String> {
     let call = state.selected_call()?;
-    state.is_held(&call.call_id).then(|| call.call_id.to_string())
+    state
+        .is_held(&call.call_id)
+        .then(|| call.call_id.to_string())
 }
 
 /// An approve or deny key on a call that is no longer held: nothing is sent, and the
@@ -776,8 +778,8 @@ mod tests {
             session: "s1".into(),
             server: "meet".into(),
             decision,
-            rule: format!("/tools/{tool}"),
-            reason: String::new(),
+            rule: format!("/tools/{tool}").into(),
+            reason: Default::default(),
             args: serde_json::json!({"name": "x"}),
             args_truncated: false,
             retry_after_ms: None,
