@@ -823,8 +823,26 @@ mod tests {
             session: "s2",
             ..full.clone()
         };
+        // Every verdict, both answers and the ends of the latency's range, written directly.
+        let written_directly: Vec<AuditRecord<'_>> = [
+            (Verdict::Allow, 0, false),
+            (Verdict::Deny, 1, true),
+            (Verdict::RateLimited, 10_000, false),
+            (Verdict::Hold, u64::MAX, false),
+        ]
+        .into_iter()
+        .map(|(verdict, latency, error)| AuditRecord {
+            decision: Some(verdict),
+            latency_us: Some(latency),
+            error: Some(error),
+            ..full.clone()
+        })
+        .collect();
         let mut context = Context::default();
-        for record in [&full, &bare, &full, &other_session, &bare] {
+        for record in [&full, &bare, &full, &other_session, &bare]
+            .into_iter()
+            .chain(&written_directly)
+        {
             let mut ours = Vec::new();
             write_record(&mut ours, record, &mut context).unwrap();
             assert_eq!(
