@@ -446,7 +446,7 @@ async fn approval(
     approver
         .send(&ClientMsg::Approve {
             id: n,
-            call_id,
+            call_id: call_id.to_string(),
             operator: None,
         })
         .await

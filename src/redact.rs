@@ -123,6 +123,37 @@ static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&literals.join("|")).unwrap_or_else(|e| unreachable_pattern(&e))
 });
 
+/// Strings up to this many bytes are searched for [`TRIGGERS`] by [`holds_trigger`]'s own
+/// walk: a search of the regex crate costs a few hundred instructions before it reads a
+/// byte, more than that walk of a whole short string, and most argument strings are short.
+const SHORT_TEXT: usize = 64;
+
+/// `FIRST_BYTE[b]`: some [`TRIGGERS`] literal starts with the byte `b`.
+static FIRST_BYTE: [bool; 256] = {
+    let mut first = [false; 256];
+    let mut i = 0;
+    while i < TRIGGERS.len() {
+        first[TRIGGERS[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    first
+};
+
+/// Whether `text` holds one of [`TRIGGERS`]: what `TRIGGER.is_match` says, without the
+/// regex search's set-up for short strings.
+fn holds_trigger(text: &str) -> bool {
+    if text.len() > SHORT_TEXT {
+        return TRIGGER.is_match(text);
+    }
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        FIRST_BYTE[usize::from(b)]
+            && TRIGGERS
+                .iter()
+                .any(|t| bytes[i..].starts_with(t.as_bytes()))
+    })
+}
+
 /// Whether an argument key names a secret.
 pub(crate) fn is_secret_key(key: &str) -> bool {
     // This runs for every key of every call, and nearly every key is short ASCII: folded on
@@ -185,7 +216,7 @@ fn words(key: &str) -> impl Iterator<Item = &str> {
 /// none.
 pub(crate) fn redact_text(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
-    if !TRIGGER.is_match(text) {
+    if !holds_trigger(text) {
         return out;
     }
     if text.contains("://") && URL_PASSWORD.is_match(text) {
@@ -253,7 +284,49 @@ pub(crate) fn redact(value: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Strings made of pieces of the literals (and bytes around them), short and long:
+        /// the walk for short strings finds exactly what the regex search finds.
+        #[test]
+        fn short_strings_hold_a_trigger_exactly_when_the_regex_search_says_so(
+            pieces in prop::collection::vec(
+                prop_oneof![
+                    prop::sample::select(TRIGGERS).prop_map(str::to_owned),
+                    prop::sample::select(TRIGGERS).prop_flat_map(|t| {
+                        (0..t.len()).prop_map(move |cut| t[..cut].to_owned())
+                    }),
+                    prop::sample::select(TRIGGERS).prop_flat_map(|t| {
+                        (1..=t.len()).prop_map(move |cut| t[cut..].to_owned())
+                    }),
+                    "[a-zA-Z:/_ é-]{0,6}",
+                ],
+                0..12,
+            ),
+        ) {
+            let text: String = pieces.concat();
+            prop_assert_eq!(holds_trigger(&text), TRIGGER.is_match(&text), "{:?}", text);
+        }
+    }
+
+    #[test]
+    fn every_trigger_is_found_at_the_start_middle_and_end_of_a_short_string() {
+        for t in TRIGGERS {
+            for text in [t.to_string(), format!("ab{t}cd"), format!("xy{t}")] {
+                assert!(text.len() <= SHORT_TEXT);
+                assert!(holds_trigger(&text), "{text}");
+            }
+            // One byte short of the literal, it is found only where the regex finds it too.
+            let short = &t[..t.len() - 1];
+            assert_eq!(holds_trigger(short), TRIGGER.is_match(short), "{short}");
+        }
+        assert!(!holds_trigger("hello"));
+        assert!(!holds_trigger(""));
+    }
 
     #[test]
     fn secret_keys_are_recognised_in_any_spelling() {

@@ -64,6 +64,14 @@ pub(crate) fn terminal_string(text: String) -> String {
     }
 }
 
+/// [`terminal_string`] for the shared names of the wire's call events.
+pub(crate) fn terminal_smol(text: smol_str::SmolStr) -> smol_str::SmolStr {
+    match terminal_text(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(escaped) => escaped.into(),
+    }
+}
+
 /// `value` as one line of JSON, with every character [`terminal_text`] would escape written
 /// as a `\u` escape (serde_json already escapes C0 controls; this adds DEL, C1, bidi and
 /// invisible characters). The JSON is equal to serde_json's.

@@ -33,9 +33,9 @@ async fn next_matching(
         .unwrap_or_else(|_| panic!("never got {what}"))
 }
 
-fn held_call(id: String) -> CallEvent {
+fn held_call(id: impl Into<smol_str::SmolStr>) -> CallEvent {
     CallEvent {
-        call_id: id,
+        call_id: id.into(),
         tool: "send_message".into(),
         grant: "ci-bot".into(),
         session: "s1".into(),
@@ -107,7 +107,7 @@ async fn discovers_a_gateway_follows_it_approves_on_it_and_sees_it_go() {
             gateway: "feed01".into(),
             msg: ClientMsg::Approve {
                 id: 7,
-                call_id: call_id.clone(),
+                call_id: call_id.to_string(),
                 operator: Some("test".into()),
             },
         })

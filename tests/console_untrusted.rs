@@ -32,14 +32,14 @@ proptest! {
         let now = at_ms(60_000);
         update(&mut s, up("gw"), now);
         let mut c = call("gw", 1, &tool, &grant, Verdict::Hold);
-        c.reason = reason;
+        c.reason = reason.into();
         c.args = serde_json::json!({ arg_key: arg_value });
         update(&mut s, net("gw", 1, at_ms(1_000), EventKind::Call(c)), now);
         update(&mut s, net("gw", 2, at_ms(2_000), EventKind::Outcome(Outcome {
             call_id: "gw-1".into(),
             latency_us: 1,
             error: true,
-            summary: Some(summary),
+            summary: Some(summary.into()),
         })), now);
         for code in [KeyCode::Up, KeyCode::Enter] {
             update(&mut s, AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)), now);

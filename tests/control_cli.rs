@@ -56,7 +56,7 @@ impl Gateway {
         };
         self.hub.publish(EventKind::Call(call.clone()));
         let ticket = self.hub.hold(&call);
-        (call.call_id, ticket)
+        (call.call_id.to_string(), ticket)
     }
 
     fn toolgate(&self, args: &[&str]) -> Command {

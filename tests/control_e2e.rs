@@ -193,7 +193,7 @@ async fn held_call(conn: &mut Connection, hello: &Hello, tool: &str) -> String {
             .snapshot
             .calls
             .iter()
-            .any(|r| &r.call.call_id == *id && r.call.tool == tool)
+            .any(|r| r.call.call_id == *id && r.call.tool == tool)
     });
     if let Some(id) = open {
         return id.clone();
@@ -203,7 +203,7 @@ async fn held_call(conn: &mut Connection, hello: &Hello, tool: &str) -> String {
             && call.tool == tool
         {
             assert_eq!(call.decision, Verdict::Hold);
-            return call.call_id;
+            return call.call_id.to_string();
         }
     }
 }

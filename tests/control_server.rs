@@ -216,7 +216,7 @@ async fn each_role_may_do_what_it_allows_and_decisions_name_the_account_not_the_
     let mut alice = connected_as(&server, &approver).await;
     let claimed = ClientMsg::Approve {
         id: 3,
-        call_id: held.call_id.clone(),
+        call_id: held.call_id.to_string(),
         operator: Some("mallory".into()),
     };
     alice.send(&claimed).await.unwrap();
@@ -421,7 +421,7 @@ async fn a_denial_carries_the_operators_reason() {
 
     let deny = ClientMsg::Deny {
         id: 9,
-        call_id: held.call_id.clone(),
+        call_id: held.call_id.to_string(),
         reason: Some("not on a Friday".into()),
         operator: None,
     };
@@ -557,7 +557,7 @@ async fn two_operators_approving_at_once_first_wins_and_both_see_one_resolution(
     let approval = approve(1, &held.call_id);
     let denial = ClientMsg::Deny {
         id: 1,
-        call_id: held.call_id.clone(),
+        call_id: held.call_id.to_string(),
         reason: Some("no".into()),
         operator: Some("bob".into()),
     };
@@ -846,7 +846,7 @@ async fn a_hello_with_a_thousand_holds_carries_them_all_and_the_last_calls_withi
     let mut held = Vec::new();
     for n in 0..DEFAULT_MAX_HOLDS {
         let mut call = call(&hub, Verdict::Hold, args(n));
-        call.grant = format!("grant-{}", n % grants);
+        call.grant = format!("grant-{}", n % grants).into();
         hub.reserve_hold(&call.call_id, &call.grant)
             .expect("the default caps leave room for 1,000 holds over 10 grants");
         hub.publish(EventKind::Call(call.clone()));

@@ -440,7 +440,7 @@ async fn held_call_id(h: &mut Harness) -> String {
     };
     assert_eq!(call.decision, toolgate::testing::policy::Verdict::Hold);
     assert!(call.hold_deadline.is_some());
-    call.call_id
+    call.call_id.to_string()
 }
 
 #[tokio::test]

@@ -55,7 +55,7 @@ fn held(hub: &Hub) -> (String, HoldTicket) {
     };
     hub.publish(EventKind::Call(call.clone()));
     let ticket = hub.hold(&call);
-    (call.call_id, ticket)
+    (call.call_id.to_string(), ticket)
 }
 
 /// Runs the CLI with `config` as `XDG_CONFIG_HOME` and `token` as the operator token.

@@ -320,7 +320,7 @@ fn print(out: &mut impl Write, event: &Event, json: bool) -> anyhow::Result<()> 
                     .snapshot
                     .calls
                     .iter()
-                    .find(|r| &r.call.call_id == call_id)
+                    .find(|r| r.call.call_id == call_id)
                     .map(|r| terminal_text(&r.call.tool).into_owned())
                     .unwrap_or_default();
                 writeln!(out, "  ⏸ held: {} {tool}", terminal_text(call_id))?;
@@ -652,7 +652,7 @@ mod tests {
             server: "srv".into(),
             decision: Verdict::Allow,
             rule: "/default".into(),
-            reason: String::new(),
+            reason: Default::default(),
             args: json!({}),
             args_truncated: false,
             retry_after_ms: None,

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use chrono::Utc;
+use smol_str::{SmolStr, SmolStrBuilder};
 use tokio::sync::{broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -118,6 +119,8 @@ pub(crate) trait PinReview: Send + Sync {
 #[derive(Debug)]
 pub struct Hub {
     info: GatewayInfo,
+    /// `info.id` as every event carries it (inline: no allocation per event).
+    gateway: SmolStr,
     /// Set once by a gateway that pins tools; weak, since the pins publish through the hub.
     pin_review: OnceLock<std::sync::Weak<dyn PinReview>>,
     next_call: AtomicU64,
@@ -220,7 +223,7 @@ struct RecentCalls {
     records: VecDeque<RecentCall>,
     /// Call id → absolute position (`first + index`), hashed cheaply ([`crate::hashing`]):
     /// the ids are the gateway's own, at most [`RECENT_CALLS`] of them.
-    positions: crate::hashing::FastMap<String, u64>,
+    positions: crate::hashing::FastMap<SmolStr, u64>,
     /// Absolute position of `records[0]`.
     first: u64,
 }
@@ -252,7 +255,7 @@ impl RecentCall {
 }
 
 impl RecentCalls {
-    fn push(&mut self, call_id: &str, event: Arc<Event>) {
+    fn push(&mut self, call_id: &SmolStr, event: Arc<Event>) {
         if self.records.len() == RECENT_CALLS
             && let Some(old) = self.records.pop_front()
         {
@@ -262,7 +265,7 @@ impl RecentCalls {
             self.first += 1;
         }
         let position = self.first + self.records.len() as u64;
-        self.positions.insert(call_id.to_owned(), position);
+        self.positions.insert(call_id.clone(), position);
         self.records.push_back(RecentCall {
             event,
             resolution: None,
@@ -289,6 +292,7 @@ impl Hub {
         let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         let (frames, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         Arc::new(Hub {
+            gateway: SmolStr::new(&info.id),
             info,
             pin_review: OnceLock::new(),
             next_call: AtomicU64::new(1),
@@ -319,16 +323,18 @@ impl Hub {
     }
 
     /// A fresh call id, `<gateway id>-<n>`.
-    pub fn next_call_id(&self) -> String {
+    pub fn next_call_id(&self) -> SmolStr {
         let n = self.next_call.fetch_add(1, Ordering::Relaxed);
-        // Once per call: written directly rather than through `format!`.
+        // Once per call: written directly rather than through `format!`, and held inline
+        // (a gateway's own id is 6 characters), so the id, its copies in the events and the
+        // recent calls' index allocate nothing.
         let mut number = itoa::Buffer::new();
         let number = number.format(n);
-        let mut id = String::with_capacity(self.info.id.len() + 1 + number.len());
-        id.push_str(&self.info.id);
+        let mut id = SmolStrBuilder::new();
+        id.push_str(&self.gateway);
         id.push('-');
         id.push_str(number);
-        id
+        id.finish()
     }
 
     /// A receiver of every event published from now on.
@@ -372,7 +378,7 @@ impl Hub {
         let event = Event {
             seq: state.seq,
             ts: Utc::now(),
-            gateway: self.info.id.clone(),
+            gateway: self.gateway.clone(),
             kind,
         };
         let event = Arc::new(event);
@@ -509,18 +515,18 @@ impl HubState {
                     Verdict::RateLimited => self.totals.rate_limited += 1,
                     Verdict::Hold => {
                         self.totals.hold += 1;
-                        if !self.holds.contains_key(&call.call_id)
-                            && !self.resolved.contains(&call.call_id)
+                        if !self.holds.contains_key(call.call_id.as_str())
+                            && !self.resolved.contains(call.call_id.as_str())
                         {
                             // Published without a reservation (the caps are the publisher's
                             // to check): registered now, kept for the ticket `Hub::hold` hands
                             // out.
                             let rx = self.open_hold(&call.call_id, &call.grant);
-                            if let Some(open) = self.holds.get_mut(&call.call_id) {
+                            if let Some(open) = self.holds.get_mut(call.call_id.as_str()) {
                                 open.rx = Some(rx);
                             }
                         }
-                        if let Some(open) = self.holds.get_mut(&call.call_id) {
+                        if let Some(open) = self.holds.get_mut(call.call_id.as_str()) {
                             open.published = true;
                             open.event = Some(event.clone());
                         }
@@ -672,7 +678,7 @@ impl SnapshotParts {
         // Every call outside the recent ones was published before all of them.
         let mut calls: Vec<RecentCall> = state
             .published_holds()
-            .filter(|id| !state.recent.positions.contains_key(*id))
+            .filter(|id| !state.recent.positions.contains_key(id.as_str()))
             .filter_map(|id| state.holds.get(id)?.event.clone())
             .map(|event| RecentCall {
                 event,
@@ -747,7 +753,7 @@ mod tests {
             server: "srv".into(),
             decision,
             rule: "/default".into(),
-            reason: String::new(),
+            reason: Default::default(),
             args: json!({}),
             args_truncated: false,
             retry_after_ms: None,
@@ -833,7 +839,7 @@ mod tests {
         hub.resolve(&held.call_id, by_operator(true)).unwrap();
         assert_eq!(
             hub.resolve(&held.call_id, by_operator(false)),
-            Err(ResolveError::AlreadyResolved(held.call_id.clone()))
+            Err(ResolveError::AlreadyResolved(held.call_id.to_string()))
         );
         assert_eq!(
             hub.resolve("g1-999", by_operator(false)),
@@ -933,7 +939,7 @@ mod tests {
         assert!(hub.snapshot().0.holds.is_empty());
         assert_eq!(
             hub.resolve(&held.call_id, by_operator(true)),
-            Err(ResolveError::UnknownCall(held.call_id.clone()))
+            Err(ResolveError::UnknownCall(held.call_id.to_string()))
         );
         hub.publish(EventKind::Call(held.clone()));
         assert_eq!(hub.open_holds(), vec![held.call_id.clone()]);

@@ -683,7 +683,7 @@ fn per_client(hub: &Hub, seq: u64, kind: EventKind) -> Event {
     Event {
         seq,
         ts: Utc::now(),
-        gateway: hub.info().id.clone(),
+        gateway: hub.info().id.as_str().into(),
         kind,
     }
 }

@@ -33,6 +33,15 @@ pub(crate) use key::{AuditKey, KeyError};
 pub(crate) use writer::HealthSink;
 use writer::{LogFile, MAX_QUEUED, Shared};
 
+/// `,"NAME":`, the text before a member's value, made at compile time: a member is then one
+/// copy of it and one of its value (each copy of a few bytes is a call to `memcpy`, and a
+/// record has a dozen members).
+macro_rules! member_key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 /// How much of the arguments the audit log keeps (`--audit-args`, spelled in
 /// `cli::audit_values`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -222,9 +231,9 @@ impl Context {
         {
             self.json.clear();
             for (key, value) in [
-                ("grant", record.grant),
-                ("session", record.session),
-                ("server", record.server),
+                (member_key!("grant"), record.grant),
+                (member_key!("session"), record.session),
+                (member_key!("server"), record.server),
             ] {
                 member_str(&mut self.json, key, value);
             }
@@ -245,18 +254,19 @@ fn write_record(
 ) -> Result<(), serde_json::Error> {
     out.extend_from_slice(b"{\"ts\":");
     context.ts(&record.ts, out)?;
-    member_str(out, "kind", record.kind);
-    member_str(out, "call_id", record.call_id);
+    member_str(out, member_key!("kind"), record.kind);
+    member_str(out, member_key!("call_id"), record.call_id);
     out.extend_from_slice(context.json(record)?);
-    member_str(out, "tool", record.tool);
-    if let Some(decision) = &record.decision {
-        member(out, "decision", decision)?;
+    member_str(out, member_key!("tool"), record.tool);
+    if let Some(decision) = record.decision {
+        // The wire name, as serde writes it.
+        member_str(out, member_key!("decision"), decision.as_str());
     }
     if let Some(rule) = record.rule {
-        member_str(out, "rule", rule);
+        member_str(out, member_key!("rule"), rule);
     }
     if let Some(reason) = record.reason {
-        member_str(out, "reason", reason);
+        member_str(out, member_key!("reason"), reason);
     }
     if let Some(keys) = &record.arg_keys {
         out.extend_from_slice(b",\"arg_keys\":[");
@@ -269,35 +279,35 @@ fn write_record(
         out.push(b']');
     }
     if let Some(hmac) = record.args_hmac {
-        member_str(out, "args_hmac", hmac);
+        member_str(out, member_key!("args_hmac"), hmac);
     }
     if let Some(args) = &record.args {
-        member(out, "args", args)?;
+        member(out, member_key!("args"), args)?;
     }
-    if let Some(latency) = &record.latency_us {
-        member(out, "latency_us", latency)?;
+    if let Some(latency) = record.latency_us {
+        out.extend_from_slice(member_key!("latency_us").as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(latency).as_bytes());
     }
-    if let Some(error) = &record.error {
-        member(out, "error", error)?;
+    if let Some(error) = record.error {
+        out.extend_from_slice(member_key!("error").as_bytes());
+        out.extend_from_slice(if error { b"true" } else { b"false" });
     }
     if let Some(trace_id) = record.trace_id {
-        member_str(out, "trace_id", trace_id);
+        member_str(out, member_key!("trace_id"), trace_id);
     }
     if let Some(span_id) = record.span_id {
-        member_str(out, "span_id", span_id);
+        member_str(out, member_key!("span_id"), span_id);
     }
     if let Some(shadow) = record.shadow {
-        member(out, "shadow", shadow)?;
+        member(out, member_key!("shadow"), shadow)?;
     }
     out.push(b'}');
     Ok(())
 }
 
-/// `,"key":"value"` for a string value (keys here never need escaping).
+/// `,"key":"value"` for a string value; `key` is [`member_key!`]'s (keys here never need escaping).
 fn member_str(out: &mut Vec<u8>, key: &str, value: &str) {
-    out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
     string(out, value);
 }
 
@@ -305,6 +315,7 @@ fn member_str(out: &mut Vec<u8>, key: &str, value: &str) {
 /// characters are; text without them (almost every value here) is copied as it is.
 fn string(out: &mut Vec<u8>, value: &str) {
     if super::jsonrpc::plain_prefix(value.as_bytes()) == value.len() {
+        out.reserve(value.len() + 2);
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
         out.push(b'"');
@@ -314,15 +325,13 @@ fn string(out: &mut Vec<u8>, value: &str) {
     }
 }
 
-/// `,"key":value` (keys here never need escaping).
+/// `,"key":value`; `key` is [`member_key!`]'s.
 fn member<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     key: &str,
     value: &T,
 ) -> Result<(), serde_json::Error> {
-    out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
     serde_json::to_writer(out, value)
 }
 
@@ -814,8 +823,26 @@ mod tests {
             session: "s2",
             ..full.clone()
         };
+        // Every verdict, both answers and the ends of the latency's range, written directly.
+        let written_directly: Vec<AuditRecord<'_>> = [
+            (Verdict::Allow, 0, false),
+            (Verdict::Deny, 1, true),
+            (Verdict::RateLimited, 10_000, false),
+            (Verdict::Hold, u64::MAX, false),
+        ]
+        .into_iter()
+        .map(|(verdict, latency, error)| AuditRecord {
+            decision: Some(verdict),
+            latency_us: Some(latency),
+            error: Some(error),
+            ..full.clone()
+        })
+        .collect();
         let mut context = Context::default();
-        for record in [&full, &bare, &full, &other_session, &bare] {
+        for record in [&full, &bare, &full, &other_session, &bare]
+            .into_iter()
+            .chain(&written_directly)
+        {
             let mut ours = Vec::new();
             write_record(&mut ours, record, &mut context).unwrap();
             assert_eq!(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use smol_str::SmolStr;
 
 use super::Gateway;
 use super::audit::AuditRecord;
@@ -48,12 +49,18 @@ impl Gateway {
     /// the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
     /// gateway all decide through [`Gateway::start_decision`] and
     /// [`Gateway::publish_decision`], as this does.
-    pub async fn decide_call(&self, session: &str, tool: &str, args: &Value) -> (String, Decision) {
+    pub async fn decide_call(
+        &self,
+        session: &str,
+        tool: &str,
+        args: &Value,
+    ) -> (SmolStr, Decision) {
         let decision = match self.start_decision(session, tool, args) {
             Deciding::Decided(decision) => decision,
             Deciding::Admitting(admitting) => admitting.decision().await,
         };
-        self.publish_decision(session, tool, args.clone(), decision, None, None)
+        let (session, tool) = (SmolStr::new(session), SmolStr::new(tool));
+        self.publish_decision(&session, &tool, args.clone(), decision, None, None)
     }
 
     /// The first step of deciding a call: the policy's decision, and for a call with limits
@@ -128,13 +135,13 @@ impl Gateway {
     /// event (redacted if need be): they are not copied on the call's path.
     pub(crate) fn publish_decision(
         &self,
-        session: &str,
-        tool: &str,
+        session: &SmolStr,
+        tool: &SmolStr,
         args: Value,
         mut decision: Decision,
         no_hold: Option<String>,
         spans: Option<&CallSpans>,
-    ) -> (String, Decision) {
+    ) -> (SmolStr, Decision) {
         let call_id = self.hub.next_call_id();
         if decision.verdict == Verdict::Hold {
             self.reserve_hold(&call_id, &mut decision, no_hold);
@@ -176,11 +183,12 @@ impl Gateway {
             });
         }
         let (args, args_truncated) = event_args(args);
+        // Every name is a `SmolStr`: inline or shared, none is allocated for the event.
         let event = CallEvent {
             call_id: call_id.clone(),
-            tool: tool.to_owned(),
+            tool: tool.clone(),
             grant: self.grant.clone(),
-            session: session.to_owned(),
+            session: session.clone(),
             server: self.server.clone(),
             decision: decision.verdict,
             rule: decision.rule.clone(),
@@ -210,7 +218,7 @@ impl Gateway {
             tracing::warn!("call {call_id} denied instead of held: {refused}");
             self.release(&std::mem::take(&mut decision.reservation));
             decision.verdict = Verdict::Deny;
-            decision.reason = refused;
+            decision.reason = refused.into();
             decision.approval_timeout_ms = None;
         }
     }
@@ -246,7 +254,7 @@ impl Gateway {
                 at: self.clock.now(),
                 server: server.to_owned(),
                 tool: tool.to_owned(),
-                grant: Some(self.grant.clone()),
+                grant: Some(self.grant.to_string()),
                 decision: decision.to_owned(),
                 approved: None,
                 args,
@@ -296,11 +304,11 @@ impl Gateway {
     pub fn record_outcome(
         &self,
         session: &str,
-        call_id: &str,
+        call_id: &SmolStr,
         tool: &str,
         arrived: Instant,
         error: bool,
-        summary: Option<String>,
+        summary: Option<SmolStr>,
         spans: Option<&CallSpans>,
     ) {
         let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -328,7 +336,7 @@ impl Gateway {
             });
         }
         self.hub.publish(EventKind::Outcome(Outcome {
-            call_id: call_id.to_owned(),
+            call_id: call_id.clone(),
             latency_us,
             error,
             summary,
@@ -432,13 +440,13 @@ impl Gateway {
         let refusal = pins.refusal(server_id, tool, &self.policy.load())?;
         Some(Decision {
             verdict: Verdict::Deny,
-            rule: refusal.rule.to_owned(),
-            reason: refusal.reason,
+            rule: refusal.rule.into(),
+            reason: refusal.reason.into(),
             retry_after_ms: None,
             hidden: false,
             approval_timeout_ms: None,
             reservation: Reservation::default(),
-            tool: tool.to_owned(),
+            tool: tool.into(),
             shadow: None,
         })
     }
@@ -642,13 +650,13 @@ fn publish_counters(
 fn audit_refusal(tool: &str, reason: String) -> Decision {
     Decision {
         verdict: Verdict::Deny,
-        rule: "--audit-fail closed".to_owned(),
-        reason,
+        rule: SmolStr::new_static("--audit-fail closed"),
+        reason: reason.into(),
         retry_after_ms: None,
         hidden: false,
         approval_timeout_ms: None,
         reservation: Reservation::default(),
-        tool: tool.to_owned(),
+        tool: tool.into(),
         shadow: None,
     }
 }
@@ -748,8 +756,8 @@ pub(crate) struct CallAnswer {
     pub error: bool,
     /// A 2026-07-28 `input_required` interim result: the call continues in a retry.
     pub input_required: bool,
-    /// The error message or the first text content, cut short.
-    pub summary: Option<String>,
+    /// The error message or the first text content, cut short (inline when short).
+    pub summary: Option<SmolStr>,
 }
 
 impl CallAnswer {
@@ -779,11 +787,10 @@ impl CallAnswer {
                 summary: message.map(|m| cap(&m)),
             };
         }
-        // Made only when needed: its summary is a `String`.
         let unreadable = || CallAnswer {
             error: true,
             input_required: false,
-            summary: Some("unreadable result".into()),
+            summary: Some(SmolStr::new_static("unreadable result")),
         };
         let Some(result) = env.result else {
             return unreadable();
@@ -874,10 +881,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for FirstItem<'a> {
     }
 }
 
-fn cap(text: &str) -> String {
+fn cap(text: &str) -> SmolStr {
     match text.char_indices().nth(SUMMARY_CAP) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+        Some((cut, _)) => smol_str::format_smolstr!("{}…", &text[..cut]),
+        None => SmolStr::new(text),
     }
 }
 
@@ -923,7 +930,7 @@ mod tests {
     }
 
     /// The outcome as serde reads the whole `result` (as it was read before the one pass).
-    fn by_serde(result: &str) -> (bool, bool, Option<String>) {
+    fn by_serde(result: &str) -> (bool, bool, Option<SmolStr>) {
         #[derive(Deserialize)]
         struct Whole<'a> {
             #[serde(default, rename = "isError")]

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serde_json::value::RawValue;
+use smol_str::SmolStr;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -145,7 +146,7 @@ where
     let (closing_tx, closing) = watch::channel(false);
     let shared = Arc::new(Shared {
         gateway,
-        session: options.session.clone(),
+        session: SmolStr::new(&options.session),
         to_client,
         to_upstream,
         state: Mutex::new(ConnState::default()),
@@ -327,7 +328,8 @@ async fn until_closing(mut closing: watch::Receiver<bool>) {
 #[derive(Debug)]
 struct Shared {
     gateway: Arc<Gateway>,
-    session: String,
+    /// Repeated in every call event: a [`SmolStr`] clones without allocating.
+    session: SmolStr,
     to_client: Queue,
     to_upstream: Queue,
     state: Mutex<ConnState>,
@@ -360,7 +362,7 @@ struct ConnState {
     holds: IdMap<HeldCall>,
     /// 2026-07-28 calls that answered `input_required`, by tool and argument hash: their
     /// retry continues the same call.
-    continuations: HashMap<(String, String), CallInFlight>,
+    continuations: HashMap<(SmolStr, String), CallInFlight>,
     /// The tools seen in the current `tools/list` pagination.
     tools: Vec<ToolInfo>,
     /// Requests the upstream sent the client (sampling, elicitation, roots) and that the
@@ -422,8 +424,8 @@ struct Deliberation {
 /// A call admitted upstream, until its answer.
 #[derive(Debug)]
 struct CallInFlight {
-    call_id: String,
-    tool: String,
+    call_id: SmolStr,
+    tool: SmolStr,
     /// The arguments' hash, by which an `input_required` retry finds this call (2026-07-28
     /// calls only). The arguments themselves are not kept: up to `--max-message` each,
     /// for every call in flight.
@@ -436,8 +438,8 @@ struct CallInFlight {
 
 #[derive(Debug)]
 struct HeldCall {
-    call_id: String,
-    tool: String,
+    call_id: SmolStr,
+    tool: SmolStr,
     /// See [`CallInFlight::continuation`].
     continuation: Option<String>,
     arrived: Instant,
@@ -698,7 +700,7 @@ impl Shared {
                     }
                 };
                 if let Forwarded::Call(call) = &pending {
-                    self.finish_call(call, true, Some(why.to_owned()));
+                    self.finish_call(call, true, Some(SmolStr::new(why)));
                 }
                 format!("the MCP server's answer was withheld by the gateway: {why}")
             }
@@ -828,7 +830,11 @@ impl Shared {
         };
         match pending {
             Some(Forwarded::Call(call)) => {
-                self.finish_call(&call, true, Some("cancelled by the client".into()));
+                self.finish_call(
+                    &call,
+                    true,
+                    Some(SmolStr::new_static("cancelled by the client")),
+                );
             }
             // The upstream never saw this call: its admission's task gives its units back.
             Some(Forwarded::Deciding) => return Disposition::Nothing,
@@ -942,9 +948,10 @@ impl Shared {
                     // (the decision first, then the units it took going back).
                     let taken = if ended && decision.verdict != Verdict::Deny {
                         decision.verdict = Verdict::Deny;
-                        decision.reason = "the call ended (cancelled, or its connection \
-                                           closed) while its limits were counted"
-                            .to_owned();
+                        decision.reason = SmolStr::new_static(
+                            "the call ended (cancelled, or its connection closed) while its \
+                             limits were counted",
+                        );
                         decision.retry_after_ms = None;
                         decision.approval_timeout_ms = None;
                         std::mem::take(&mut decision.reservation)
@@ -1068,7 +1075,7 @@ impl Shared {
         self: &Arc<Self>,
         id: IdKey,
         (call_id, decision, params, continuation, arrived, modern, spans): (
-            String,
+            SmolStr,
             Decision,
             CallParams,
             Option<String>,
@@ -1131,7 +1138,7 @@ impl Shared {
     async fn wait_hold(
         self: Arc<Self>,
         id: IdKey,
-        call_id: String,
+        call_id: SmolStr,
         ticket: crate::control::HoldTicket,
         timeout: Duration,
         progress_token: Option<Value>,
@@ -1350,7 +1357,7 @@ impl Shared {
     }
 
     /// Publishes the outcome of a call that went upstream and audits it.
-    fn finish_call(&self, call: &CallInFlight, error: bool, summary: Option<String>) {
+    fn finish_call(&self, call: &CallInFlight, error: bool, summary: Option<SmolStr>) {
         if let Some(spans) = &call.spans {
             spans.answered(error);
         }
@@ -1514,7 +1521,7 @@ impl Shared {
             state.tools.clone()
         };
         self.gateway.hub.publish(EventKind::Tools(Tools {
-            server: self.gateway.server.clone(),
+            server: self.gateway.server.to_string(),
             tools: all,
         }));
         jsonrpc::result_response(id, &listed.result)
@@ -1548,7 +1555,7 @@ impl Shared {
         let pending: Vec<(IdKey, Forwarded)> = self.lock().pending.drain().collect();
         for (id, pending) in pending {
             match &pending {
-                Forwarded::Call(call) => self.finish_call(call, true, Some(why.to_owned())),
+                Forwarded::Call(call) => self.finish_call(call, true, Some(SmolStr::new(why))),
                 Forwarded::Plain(Some(spans))
                 | Forwarded::Handshake(Some(spans))
                 | Forwarded::ToolsList {

@@ -520,7 +520,9 @@ pub(crate) fn progress(token: &Value, progress: u64, message: &str) -> Vec<u8> {
 /// absent, as serde reads an `Option`.
 #[derive(Debug)]
 pub(crate) struct CallParams {
-    pub name: String,
+    /// The tool's name: inline when short, as most are (it is repeated in the decision, the
+    /// call event and the call in flight).
+    pub name: smol_str::SmolStr,
     pub arguments: Option<Value>,
     pub meta: Option<serde_json::Map<String, Value>>,
     /// Present on a 2026-07-28 retry after `input_required`.
@@ -543,7 +545,7 @@ impl CallParams {
             }
         }
         let name = match members.name.map(scan::string_value) {
-            Some(Some(name)) => name.into_owned(),
+            Some(Some(name)) => smol_str::SmolStr::from(name),
             Some(None) => return Err("name: the tool's name is a string".to_owned()),
             None => return Err("missing field `name`".to_owned()),
         };

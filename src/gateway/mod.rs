@@ -50,6 +50,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use smol_str::SmolStr;
 
 use crate::control::Hub;
 use crate::policy::{Policy, StoreWorker};
@@ -102,10 +103,11 @@ pub struct Gateway {
     /// connection and session of the gateway: clone it, do not make another).
     pub store: StoreWorker,
     pub hub: Arc<Hub>,
-    /// Who the calls of this gateway are attributed to (`wrap --grant`).
-    pub grant: String,
+    /// Who the calls of this gateway are attributed to (`wrap --grant`). Shared with every
+    /// call event ([`SmolStr`]: cloned without allocating).
+    pub grant: SmolStr,
     /// A human name for the upstream server, as shown in events and audit records.
-    pub server: String,
+    pub server: SmolStr,
     pub audit: Option<Arc<AuditLog>>,
     pub clock: Arc<dyn WallClock>,
     /// See [`HOLD_PROGRESS_INTERVAL`].
@@ -142,8 +144,8 @@ impl Gateway {
         policy: PolicyHandle,
         store: impl Into<StoreWorker>,
         hub: Arc<Hub>,
-        grant: impl Into<String>,
-        server: impl Into<String>,
+        grant: impl Into<SmolStr>,
+        server: impl Into<SmolStr>,
     ) -> Gateway {
         Gateway {
             policy,

@@ -87,7 +87,7 @@ pub(crate) async fn wrap(
         stdout: server_out,
     } = server;
     let hub = gateway.hub.clone();
-    let server_name = gateway.server.clone();
+    let server_name = gateway.server.to_string();
     hub.publish(EventKind::Upstream(Upstream {
         server: server_name.clone(),
         up: true,

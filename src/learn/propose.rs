@@ -191,8 +191,8 @@ pub(crate) fn what_if(policy: &Policy, observations: &[Observation]) -> WhatIf {
         if matches!(decision.verdict, Verdict::Deny | Verdict::RateLimited) {
             refused.push(Refused {
                 observation: (*o).clone(),
-                rule: decision.rule,
-                reason: decision.reason,
+                rule: decision.rule.into(),
+                reason: decision.reason.into(),
             });
         }
     }

@@ -14,6 +14,7 @@
 
 use super::cases::{Case, Expect};
 use super::{Call, Decision, MemoryStore, Policy, Verdict};
+use smol_str::SmolStr;
 
 /// The virtual time of every case's first call: a fixed instant, so runs are reproducible
 /// (2026-01-01T00:00:00Z in milliseconds).
@@ -82,7 +83,7 @@ fn compare(expect: &Expect, actual: &Decision) -> Vec<String> {
         out.push(format!(
             "reason: expected it to contain {}, got {}",
             serde_json::Value::String(part.clone()),
-            serde_json::Value::String(actual.reason.clone())
+            serde_json::Value::String(actual.reason.to_string())
         ));
     }
     if let Some(expected) = expect.shadow {
@@ -102,13 +103,13 @@ fn compare(expect: &Expect, actual: &Decision) -> Vec<String> {
 fn no_call() -> Decision {
     Decision {
         verdict: Verdict::Deny,
-        rule: String::new(),
-        reason: String::new(),
+        rule: SmolStr::default(),
+        reason: SmolStr::default(),
         retry_after_ms: None,
         hidden: false,
         approval_timeout_ms: None,
         reservation: Default::default(),
-        tool: String::new(),
+        tool: SmolStr::default(),
         shadow: None,
     }
 }

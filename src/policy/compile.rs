@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 
 use regex::RegexBuilder;
+use smol_str::SmolStr;
 
 use super::condition::{Condition, Op};
 use super::glob::Glob;
@@ -478,7 +479,7 @@ impl Compiler {
             .any(|m| !RULE_FIELDS.contains(&m.key.as_str()));
         let mut rule = Rule {
             key: key.to_string(),
-            pointer: ptr.to_string(),
+            pointer: SmolStr::new(ptr),
             action: Action::Allow,
             reason: None,
             deny_if: Vec::new(),
@@ -513,7 +514,7 @@ impl Compiler {
                         "on_deny"
                     });
                     match self.string(node, &p, &m.key) {
-                        Some(s) => rule.reason = Some(s.to_string()),
+                        Some(s) => rule.reason = Some(SmolStr::new(s)),
                         None => ok = false,
                     }
                 }
@@ -829,7 +830,7 @@ impl Compiler {
             }
             return Some(LimitUse {
                 counter: i,
-                pointer: ptr.to_string(),
+                pointer: SmolStr::new(ptr),
             });
         }
         let i = self.counters.len();
@@ -843,7 +844,7 @@ impl Compiler {
         self.counter_index.insert(name.to_string(), i);
         Some(LimitUse {
             counter: i,
-            pointer: ptr.to_string(),
+            pointer: SmolStr::new(ptr),
         })
     }
 

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use smol_str::SmolStr;
 
 use super::store::Reservation;
 
@@ -43,9 +44,10 @@ impl Verdict {
 pub struct Decision {
     pub verdict: Verdict,
     /// JSON Pointer into the policy of the rule that decided (`/tools/x`, `/default`, `/hide/2`).
-    pub rule: String,
+    pub rule: SmolStr,
     /// Why, in words a person (and a model) can act on. For holds, written for the operator.
-    pub reason: String,
+    /// Rule pointers and reasons are the compiled policy's own, shared (see [`SmolStr`]).
+    pub reason: SmolStr,
     /// For [`Verdict::RateLimited`]: when room comes back.
     pub retry_after_ms: Option<u64>,
     /// The call was refused because `hide` names the tool.
@@ -57,7 +59,7 @@ pub struct Decision {
     /// the upstream.
     pub reservation: Reservation,
     /// The tool the call named (a hidden tool's refusal repeats it, as for an unknown tool).
-    pub tool: String,
+    pub tool: SmolStr,
     /// What a shadow rule (or a `--shadow-policy`) would have decided instead, when that
     /// differs from this decision; recorded, never enforced.
     pub shadow: Option<Shadow>,
@@ -114,8 +116,8 @@ impl Shadow {
         }
         Some(Shadow {
             verdict: shadow.verdict,
-            rule: shadow.rule,
-            reason: shadow.reason,
+            rule: shadow.rule.into(),
+            reason: shadow.reason.into(),
             source,
         })
     }

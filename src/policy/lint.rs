@@ -120,7 +120,7 @@ fn hidden_rules(policy: &Policy, found: &mut Vec<(String, String, String)>) {
         };
         if let Some(i) = by {
             found.push((
-                rule.pointer.clone(),
+                rule.pointer.to_string(),
                 format!(
                     "the rule for {} is never read: /hide/{i} hides every tool it names",
                     quote(&rule.key)
@@ -150,7 +150,7 @@ fn dominated_globs(policy: &Policy, found: &mut Vec<(String, String, String)>) {
             // A glob covering another has no more literal characters than it (each of its
             // literals must meet the same literal), so the earlier one won the tie by order.
             found.push((
-                rule.pointer.clone(),
+                rule.pointer.to_string(),
                 format!(
                     "the glob rule {} never decides a call: every tool it matches is decided by {} ({}), which is as specific and written first",
                     quote(glob.as_str()),
@@ -188,7 +188,7 @@ fn globs_behind_keys(
         let names: Vec<String> = matched.iter().take(3).map(|t| quote(&t.name)).collect();
         let more = if matched.len() > 3 { ", ..." } else { "" };
         found.push((
-            rule.pointer.clone(),
+            rule.pointer.to_string(),
             format!(
                 "the glob rule {} decides none of the server's tools it matches ({}{more}): a more specific key decides each",
                 quote(glob.as_str()),

@@ -48,6 +48,7 @@ pub use store::{
     StoreErrorKind, StoreWorker,
 };
 
+use smol_str::SmolStr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -87,7 +88,7 @@ pub struct CounterDef {
 #[derive(Debug, Clone)]
 struct LimitUse {
     counter: usize,
-    pointer: String,
+    pointer: SmolStr,
 }
 
 /// The first step of a decision ([`Policy::judge`]).
@@ -134,9 +135,10 @@ enum UseAt {
 #[derive(Debug, Clone)]
 struct Rule {
     key: String,
-    pointer: String,
+    /// Shared with every decision this rule makes ([`SmolStr`]: no copy per call).
+    pointer: SmolStr,
     action: Action,
-    reason: Option<String>,
+    reason: Option<SmolStr>,
     deny_if: Vec<(String, Condition)>,
     require: Vec<(String, Condition)>,
     /// `limits` then `rate_limit`, in file order.
@@ -558,7 +560,7 @@ impl Policy {
             && !self.rules[i].shadow
         {
             return RuleMatch::Exact {
-                pointer: self.rules[i].pointer.clone(),
+                pointer: self.rules[i].pointer.to_string(),
             };
         }
         let matching: Vec<&(Glob, usize)> = self
@@ -568,11 +570,11 @@ impl Policy {
             .collect();
         match matching.first() {
             Some((g, i)) => RuleMatch::Glob {
-                pointer: self.rules[*i].pointer.clone(),
+                pointer: self.rules[*i].pointer.to_string(),
                 pattern: g.as_str().to_string(),
                 candidates: matching
                     .iter()
-                    .map(|(_, i)| self.rules[*i].pointer.clone())
+                    .map(|(_, i)| self.rules[*i].pointer.to_string())
                     .collect(),
             },
             None => RuleMatch::Default {
@@ -692,9 +694,10 @@ impl Policy {
     fn hidden(&self, call: &Call<'_>) -> Option<Decision> {
         let i = self.hidden_by(call.tool)?;
         let mut d = blank_decision(call.tool);
-        d.rule = format!("/hide/{i}");
-        d.reason = "hidden by policy: `hide` names this tool, so it is refused as an unknown tool"
-            .to_string();
+        d.rule = smol_str::format_smolstr!("/hide/{i}");
+        d.reason = SmolStr::new_static(
+            "hidden by policy: `hide` names this tool, so it is refused as an unknown tool",
+        );
         d.hidden = true;
         Some(d)
     }
@@ -709,20 +712,22 @@ impl Policy {
     ) -> Judgement {
         let mut d = blank_decision(call.tool);
         let rule = rule_index.map(|i| &self.rules[i]);
+        // The rule's pointer and reason are the compiled policy's own, and the other texts
+        // static: a decision copies none of them.
         let (action, pointer) = match rule {
-            Some(r) => (r.action, r.pointer.as_str()),
-            None => (self.default, "/default"),
+            Some(r) => (r.action, r.pointer.clone()),
+            None => (self.default, SmolStr::new_static("/default")),
         };
 
         // 2. An explicit deny.
         if action == Action::Deny {
-            d.rule = pointer.to_string();
+            d.rule = pointer;
             d.reason = match rule {
                 Some(r) => r
                     .reason
                     .clone()
-                    .unwrap_or_else(|| "the policy denies this tool".to_string()),
-                None => "no rule names this tool and the default is deny".to_string(),
+                    .unwrap_or_else(|| SmolStr::new_static("the policy denies this tool")),
+                None => SmolStr::new_static("no rule names this tool and the default is deny"),
             };
             return Judgement::Decided(d);
         }
@@ -731,17 +736,17 @@ impl Policy {
         if let Some(r) = rule
             && let Some(check) = r.checks(call.args).find(|c| c.denies())
         {
-            d.rule = check.pointer.to_string();
+            d.rule = SmolStr::new(check.pointer);
             let why = check.because();
             d.reason = match &r.reason {
-                Some(reason) => format!("{reason} ({why})"),
-                None => why,
+                Some(reason) => smol_str::format_smolstr!("{reason} ({why})"),
+                None => SmolStr::from(why),
             };
             return Judgement::Decided(d);
         }
 
         // 5. Approval, 6. allow: what the call gets if its limits have room.
-        d.rule = pointer.to_string();
+        d.rule = pointer;
         if action == Action::RequireApproval {
             d.verdict = Verdict::Hold;
             d.approval_timeout_ms = Some(
@@ -749,17 +754,18 @@ impl Policy {
                     .unwrap_or(self.approval_timeout_ms),
             );
             d.reason = match rule {
-                Some(r) => r
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "this tool needs an operator's approval".to_string()),
-                None => "no rule names this tool and the default is require_approval".to_string(),
+                Some(r) => r.reason.clone().unwrap_or_else(|| {
+                    SmolStr::new_static("this tool needs an operator's approval")
+                }),
+                None => SmolStr::new_static(
+                    "no rule names this tool and the default is require_approval",
+                ),
             };
         } else {
             d.verdict = Verdict::Allow;
             d.reason = match rule {
-                Some(_) => "allowed by its rule".to_string(),
-                None => "no rule names this tool and the default is allow".to_string(),
+                Some(_) => SmolStr::new_static("allowed by its rule"),
+                None => SmolStr::new_static("no rule names this tool and the default is allow"),
             };
         }
 
@@ -851,14 +857,14 @@ impl Policy {
                     Some(u) => {
                         let def = &self.counters[u.counter];
                         d.rule = u.pointer.clone();
-                        d.reason = format!(
+                        d.reason = smol_str::format_smolstr!(
                             "{} per {} on counter {}",
                             plural(def.max, "call", "calls"),
                             window_words(def.window_ms),
                             def.name
                         );
                     }
-                    None => d.reason = "a limit of this tool is reached".to_string(),
+                    None => d.reason = SmolStr::new_static("a limit of this tool is reached"),
                 }
                 d.retry_after_ms = Some(retry_after_ms.max(1));
             }
@@ -868,7 +874,7 @@ impl Policy {
                 if let Some(u) = limit_use(0) {
                     d.rule = u.pointer.clone();
                 }
-                d.reason = format!(
+                d.reason = smol_str::format_smolstr!(
                     "{e}; calls with limits are refused until the counter store answers again"
                 );
             }
@@ -957,13 +963,13 @@ impl Policy {
 fn blank_decision(tool: &str) -> Decision {
     Decision {
         verdict: Verdict::Deny,
-        rule: String::new(),
-        reason: String::new(),
+        rule: SmolStr::default(),
+        reason: SmolStr::default(),
         retry_after_ms: None,
         hidden: false,
         approval_timeout_ms: None,
         reservation: Reservation::default(),
-        tool: tool.to_string(),
+        tool: SmolStr::new(tool),
         shadow: None,
     }
 }

@@ -259,8 +259,8 @@ struct Registry {
     seen: u64,
     /// When metrics are exported by OTLP too: the histograms recorded as events come.
     otlp: Option<otlp::OtlpHistograms>,
-    in_flight: HashMap<String, Flight>,
-    in_flight_order: VecDeque<String>,
+    in_flight: HashMap<smol_str::SmolStr, Flight>,
+    in_flight_order: VecDeque<smol_str::SmolStr>,
 }
 
 impl Registry {
@@ -311,7 +311,7 @@ impl Registry {
             (ResolvedBy::Cancellation, _) => "cancelled",
             (ResolvedBy::Shutdown, _) => "shutdown",
         };
-        let waited = match self.in_flight.get_mut(&resolved.call_id) {
+        let waited = match self.in_flight.get_mut(resolved.call_id.as_str()) {
             Some(flight) => {
                 let waited = seconds_between(flight.decided, ts);
                 flight.held_for = waited;
@@ -570,7 +570,7 @@ mod tests {
             server: "srv".into(),
             decision,
             rule: "/default".into(),
-            reason: String::new(),
+            reason: Default::default(),
             args: Value::Null,
             args_truncated: false,
             retry_after_ms: None,

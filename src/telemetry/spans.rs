@@ -115,8 +115,10 @@ impl ErrorType {
 #[derive(Debug)]
 pub(crate) struct Decided {
     pub(crate) verdict: Verdict,
-    pub(crate) rule: String,
-    pub(crate) grant: String,
+    /// Shared with the decision and the gateway (a [`smol_str::SmolStr`] clones without
+    /// allocating); made a `String` on the export thread.
+    pub(crate) rule: smol_str::SmolStr,
+    pub(crate) grant: smol_str::SmolStr,
     pub(crate) counter: Option<String>,
 }
 
@@ -238,8 +240,8 @@ impl CallRecord {
         let mut attributes = base;
         if let Some(decided) = self.decided {
             attributes.push(KeyValue::new("toolgate.decision", decided.verdict.as_str()));
-            attributes.push(KeyValue::new("toolgate.rule", decided.rule));
-            attributes.push(KeyValue::new("toolgate.grant", decided.grant));
+            attributes.push(KeyValue::new("toolgate.rule", decided.rule.to_string()));
+            attributes.push(KeyValue::new("toolgate.grant", decided.grant.to_string()));
             if let Some(counter) = decided.counter {
                 attributes.push(KeyValue::new("toolgate.counter", counter));
             }

@@ -380,12 +380,12 @@ impl CallSpans {
     }
 
     /// Records the policy's decision.
-    pub(crate) fn decided(&self, grant: &str, decision: &Decision) {
+    pub(crate) fn decided(&self, grant: &smol_str::SmolStr, decision: &Decision) {
         self.update(|record| {
             record.decided = Some(Decided {
                 verdict: decision.verdict,
                 rule: decision.rule.clone(),
-                grant: grant.to_owned(),
+                grant: grant.clone(),
                 counter: limited_counter(decision).map(str::to_owned),
             });
             if matches!(decision.verdict, Verdict::Deny | Verdict::RateLimited) {

@@ -14,6 +14,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use smol_str::SmolStr;
 
 pub use crate::policy::{ShadowSource, Verdict};
 
@@ -25,8 +26,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub struct Event {
     pub seq: u64,
     pub ts: DateTime<Utc>,
-    /// The id of the gateway that sent it ([`GatewayInfo::id`]).
-    pub gateway: String,
+    /// The id of the gateway that sent it ([`GatewayInfo::id`]). A [`SmolStr`], as are the
+    /// names a call event repeats: short ones are held inline and long ones shared, so
+    /// publishing a call allocates none of them.
+    pub gateway: SmolStr,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -235,15 +238,15 @@ pub struct CallRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallEvent {
     /// `<gateway id>-<n>`: unique on this machine, so `toolgate approve ID` finds its gateway.
-    pub call_id: String,
-    pub tool: String,
-    pub grant: String,
-    pub session: String,
-    pub server: String,
+    pub call_id: SmolStr,
+    pub tool: SmolStr,
+    pub grant: SmolStr,
+    pub session: SmolStr,
+    pub server: SmolStr,
     pub decision: Verdict,
     /// JSON Pointer of the deciding rule.
-    pub rule: String,
-    pub reason: String,
+    pub rule: SmolStr,
+    pub reason: SmolStr,
     /// The arguments, secret-looking keys redacted, cut to a size cap.
     pub args: Value,
     /// The arguments were larger than the cap and `args` is a truncated preview.
@@ -315,14 +318,14 @@ pub struct HoldResolved {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
-    pub call_id: String,
+    pub call_id: SmolStr,
     /// From the call's arrival to its answer leaving the gateway, hold time included.
     pub latency_us: u64,
     /// The upstream answered with an error, or with `isError: true`, or did not answer.
     pub error: bool,
     /// A short preview of the result or error, size-capped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
+    pub summary: Option<SmolStr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

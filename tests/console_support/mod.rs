@@ -32,7 +32,7 @@ impl toolgate::console::testing::Clock for FixedClock {
 
 pub fn call(gw: &str, n: u32, tool: &str, grant: &str, decision: Verdict) -> CallEvent {
     CallEvent {
-        call_id: format!("{gw}-{n}"),
+        call_id: format!("{gw}-{n}").into(),
         tool: tool.into(),
         grant: grant.into(),
         session: "sess-1".into(),
@@ -40,14 +40,14 @@ pub fn call(gw: &str, n: u32, tool: &str, grant: &str, decision: Verdict) -> Cal
         decision,
         rule: match decision {
             Verdict::Deny => "/tools/delete_*".into(),
-            Verdict::RateLimited => format!("/tools/{tool}/limits/0"),
-            _ => format!("/tools/{tool}"),
+            Verdict::RateLimited => format!("/tools/{tool}/limits/0").into(),
+            _ => format!("/tools/{tool}").into(),
         },
         reason: match decision {
             Verdict::Deny => "deleting accounts is not allowed for agents".into(),
             Verdict::RateLimited => "30 per minute per grant".into(),
             Verdict::Hold => "sending messages needs a person".into(),
-            Verdict::Allow => String::new(),
+            Verdict::Allow => Default::default(),
         },
         args: json!({"keyName": "staging", "apiKey": "sk-live-123", "count": n}),
         args_truncated: false,

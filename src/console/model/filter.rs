@@ -338,13 +338,13 @@ mod tests {
         ];
         for i in 0..40 {
             let call = crate::wire::CallEvent {
-                call_id: format!("gw-{i}"),
+                call_id: format!("gw-{i}").into(),
                 tool: tools[i % 4].into(),
                 grant: ["ci", "ops"][i % 2].into(),
                 session: "s".into(),
                 server: "meetings".into(),
                 decision: verdicts[i % 4],
-                rule: format!("/tools/{}", tools[(i + 1) % 4]),
+                rule: format!("/tools/{}", tools[(i + 1) % 4]).into(),
                 reason: ["", "too many", "needs a person"][i % 3].into(),
                 args: serde_json::Value::Null,
                 args_truncated: false,
@@ -398,7 +398,7 @@ mod tests {
                 server: "time".into(),
                 decision: Verdict::Allow,
                 rule: "/default".into(),
-                reason: String::new(),
+                reason: Default::default(),
                 args: serde_json::Value::Null,
                 args_truncated: false,
                 retry_after_ms: None,

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::sanitize::terminal_string;
+use crate::sanitize::{terminal_smol, terminal_string};
 use crate::wire::{CallEvent, HoldResolved, Outcome};
 
 /// Default bound on remembered calls.
@@ -116,13 +116,13 @@ impl CallRow {
 
 pub(crate) fn sanitize_call(c: CallEvent) -> CallEvent {
     CallEvent {
-        call_id: terminal_string(c.call_id),
-        tool: terminal_string(c.tool),
-        grant: terminal_string(c.grant),
-        session: terminal_string(c.session),
-        server: terminal_string(c.server),
-        rule: terminal_string(c.rule),
-        reason: terminal_string(c.reason),
+        call_id: terminal_smol(c.call_id),
+        tool: terminal_smol(c.tool),
+        grant: terminal_smol(c.grant),
+        session: terminal_smol(c.session),
+        server: terminal_smol(c.server),
+        rule: terminal_smol(c.rule),
+        reason: terminal_smol(c.reason),
         shadow: c.shadow.map(|s| {
             Box::new(crate::wire::ShadowDecision {
                 rule: terminal_string(s.rule),
@@ -147,8 +147,8 @@ pub(crate) fn sanitize_resolution(r: HoldResolved) -> HoldResolved {
 
 pub(crate) fn sanitize_outcome(o: Outcome) -> Outcome {
     Outcome {
-        call_id: terminal_string(o.call_id),
-        summary: o.summary.map(terminal_string),
+        call_id: terminal_smol(o.call_id),
+        summary: o.summary.map(terminal_smol),
         ..o
     }
 }
@@ -159,7 +159,7 @@ pub struct History {
     rows: VecDeque<CallRow>,
     /// Absolute position of `rows[0]`.
     first: u64,
-    by_id: HashMap<String, u64>,
+    by_id: HashMap<smol_str::SmolStr, u64>,
     capacity: usize,
     /// The rows' repeated strings; rebuilt from the rows when calls that fell off the front
     /// have left too many strings behind (a gateway sending ever new tool names).
@@ -286,7 +286,7 @@ mod tests {
             server: "srv".into(),
             decision: Verdict::Allow,
             rule: "/default".into(),
-            reason: String::new(),
+            reason: Default::default(),
             args: serde_json::Value::Null,
             args_truncated: false,
             retry_after_ms: None,
@@ -348,7 +348,7 @@ mod tests {
         let ts = chrono::Utc::now();
         for i in 0..5000 {
             let mut c = call(&format!("c{i}"));
-            c.tool = format!("tool-{i}");
+            c.tool = smol_str::format_smolstr!("tool-{i}");
             h.push(CallRow::new(0, ts, c));
         }
         assert!(h.strings.len() <= 4 * 2 + 1024 + 5, "{}", h.strings.len());

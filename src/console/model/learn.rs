@@ -210,14 +210,14 @@ fn as_call(n: usize, o: &Observation) -> CallEvent {
     let decision = serde_json::from_value::<Verdict>(Value::String(o.decision.clone()))
         .unwrap_or(Verdict::Allow);
     CallEvent {
-        call_id: format!("observation-{n}"),
-        tool: o.tool.clone(),
-        grant: o.grant.clone().unwrap_or_default(),
-        session: String::new(),
-        server: o.server.clone(),
+        call_id: smol_str::format_smolstr!("observation-{n}"),
+        tool: o.tool.as_str().into(),
+        grant: o.grant.as_deref().unwrap_or_default().into(),
+        session: Default::default(),
+        server: o.server.as_str().into(),
         decision,
-        rule: String::new(),
-        reason: String::new(),
+        rule: Default::default(),
+        reason: Default::default(),
         args: o.args.clone(),
         args_truncated: false,
         retry_after_ms: None,

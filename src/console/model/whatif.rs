@@ -119,14 +119,14 @@ pub(crate) fn replay<'a>(
         let before = file.map_or(call.decision, |f| f.decide(&c, &file_store, now_ms).verdict);
         if d.verdict != before {
             out.changed.push(Changed {
-                call_id: call.call_id.clone(),
+                call_id: call.call_id.to_string(),
                 ts,
-                tool: call.tool.clone(),
-                grant: call.grant.clone(),
+                tool: call.tool.to_string(),
+                grant: call.grant.to_string(),
                 decided: call.decision,
                 before,
                 after: d.verdict,
-                rule: d.rule,
+                rule: d.rule.into(),
             });
         }
     }
@@ -139,14 +139,14 @@ mod tests {
 
     fn call(n: u32, tool: &str, decision: Verdict) -> CallEvent {
         CallEvent {
-            call_id: format!("c{n}"),
+            call_id: format!("c{n}").into(),
             tool: tool.into(),
             grant: "ci".into(),
             session: "s".into(),
             server: "srv".into(),
             decision,
-            rule: String::new(),
-            reason: String::new(),
+            rule: Default::default(),
+            reason: Default::default(),
             args: serde_json::json!({}),
             args_truncated: false,
             retry_after_ms: None,

@@ -256,7 +256,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
         .holds
         .iter()
         .filter(|h| h.conn == conn)
-        .map(|h| h.call.call_id.clone())
+        .map(|h| h.call.call_id.to_string())
         .collect();
     for record in snapshot.calls {
         // A record from a gateway that does not send its time is placed at the moment the
@@ -270,7 +270,7 @@ fn resume(state: &mut State, conn: usize, hello: Hello) {
     let now_held: Vec<String> = snapshot.holds.into_iter().map(terminal_string).collect();
     state
         .holds
-        .retain(|h| h.conn != conn || now_held.contains(&h.call.call_id));
+        .retain(|h| h.conn != conn || now_held.iter().any(|id| *id == h.call.call_id));
     let mut rang = false;
     for id in &now_held {
         if state.is_held(id) {

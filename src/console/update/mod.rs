@@ -252,7 +252,7 @@ pub(crate) fn apply(state: &mut State, action: KeyAction) {
         }
         KeyAction::ClearFilter => set_filter(state, ""),
         KeyAction::OpenDetail => {
-            let id = state.selected_call().map(|c| c.call_id.clone());
+            let id = state.selected_call().map(|c| c.call_id.to_string());
             match state.view {
                 View::Live => {
                     state.live.detail = id;
@@ -492,7 +492,9 @@ fn open_counter_edit(state: &mut State, max: bool) {
 /// The held call the current view points at, if it is held now.
 fn selected_hold(state: &State) -> Option<String> {
     let call = state.selected_call()?;
-    state.is_held(&call.call_id).then(|| call.call_id.clone())
+    state
+        .is_held(&call.call_id)
+        .then(|| call.call_id.to_string())
 }
 
 /// An approve or deny key on a call that is no longer held: nothing is sent, and the
@@ -568,7 +570,7 @@ fn move_selection(state: &mut State, by: isize) {
             // Moving down onto the newest row keeps the pause: only F/End resumes following.
             state.live.selected = state.live_pos(next);
             if state.live.detail.is_some() {
-                state.live.detail = state.selected_call().map(|c| c.call_id.clone());
+                state.live.detail = state.selected_call().map(|c| c.call_id.to_string());
                 state.live.detail_scroll = 0;
             }
         }
@@ -582,7 +584,7 @@ fn move_selection(state: &mut State, by: isize) {
             let cur = state.holds_view.selected as isize;
             state.holds_view.selected = (cur + by).clamp(0, len as isize - 1) as usize;
             if state.holds_view.detail.is_some() {
-                state.holds_view.detail = state.selected_call().map(|c| c.call_id.clone());
+                state.holds_view.detail = state.selected_call().map(|c| c.call_id.to_string());
             }
         }
         View::Policy => {
@@ -604,7 +606,7 @@ fn move_selection(state: &mut State, by: isize) {
 fn acted_on_tool(state: &mut State) -> Option<String> {
     let tool = match state.view {
         View::Policy => authoring::selected_tool(state),
-        _ => state.selected_call().map(|c| c.tool.clone()),
+        _ => state.selected_call().map(|c| c.tool.to_string()),
     }?;
     // Names are sanitised on arrival: one with control characters is shown escaped, and a
     // rule written for the escaped form would not match the real tool.
@@ -776,8 +778,8 @@ mod tests {
             session: "s1".into(),
             server: "meet".into(),
             decision,
-            rule: format!("/tools/{tool}"),
-            reason: String::new(),
+            rule: format!("/tools/{tool}").into(),
+            reason: Default::default(),
             args: serde_json::json!({"name": "x"}),
             args_truncated: false,
             retry_after_ms: None,

@@ -104,7 +104,7 @@ pub(super) fn detail_lines(
     };
     lines.push(kv("rule", format!("{verb} {}", c.rule), t.text));
     if !c.reason.is_empty() {
-        lines.push(kv("why", c.reason.clone(), t.text));
+        lines.push(kv("why", c.reason.to_string(), t.text));
     }
     if let Some(s) = &c.shadow {
         let from = match s.source {

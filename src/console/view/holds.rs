@@ -110,7 +110,7 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
         let who = if state.gateways.len() > 1 {
             format!("{}/{}", state.gateway_place(hold.conn), hold.call.grant)
         } else {
-            hold.call.grant.clone()
+            hold.call.grant.to_string()
         };
         let args = crate::sanitize::terminal_text(&hold.args).into_owned();
         let cells = [
@@ -125,7 +125,7 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme) {
                 if urgent { t.error } else { t.hold },
             ),
             (who_w, who, t.text),
-            (TOOL_W, hold.call.tool.clone(), t.text),
+            (TOOL_W, hold.call.tool.to_string(), t.text),
             (args_w, args, t.muted),
         ];
         let mut x = x0;

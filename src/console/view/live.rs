@@ -150,7 +150,7 @@ fn list(buf: &mut Buffer, area: Rect, state: &State, t: &Theme, scroll: &mut Liv
         let who = if many_gateways {
             format!("{}/{}", state.gateway_place(row.conn), row.call.grant)
         } else {
-            row.call.grant.clone()
+            row.call.grant.to_string()
         };
         cell(buf, x, y, who_w.min(right(x0, w, x)), &who, t.text);
         x += who_w + 1;

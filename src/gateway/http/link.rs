@@ -140,8 +140,8 @@ impl CoreLink {
         let to_core_budget = ByteBudget::for_messages(max_message);
         let core_client_in = LineSource::new(core_rx, to_core_budget.clone());
         let link = Arc::new(CoreLink {
-            server: gateway.server.clone(),
-            grant: gateway.grant.clone(),
+            server: gateway.server.to_string(),
+            grant: gateway.grant.to_string(),
             stateless,
             to_core,
             to_core_budget,
