@@ -453,6 +453,9 @@ fn locked_store(dir: &Path) {
     );
 }
 
+/// A part of the bench, by the name that chooses it.
+type Part = (&'static str, fn(&Path));
+
 fn main() {
     if std::env::args().any(|a| a == "--trivial-upstream") {
         trivial_upstream();
@@ -464,7 +467,7 @@ fn main() {
     // watches the policy's directory, and every WAL write there would wake its watcher.
     std::fs::create_dir(dir.path().join("state")).expect("state directory");
     std::fs::create_dir(dir.path().join("run")).expect("runtime directory");
-    let parts: [(&str, fn(&Path)); 4] = [
+    let parts: [Part; 4] = [
         ("sequential", sequential),
         ("pipelined", pipelined),
         ("contention", contention),
