@@ -7,12 +7,14 @@
 //! SIGKILL); when the server dies, every pending request is answered with an error and the
 //! gateway exits non-zero.
 //!
-//! Two threads share a session: the gateway's runtime reads the agent and writes the
-//! server (every decision is made there), and [`AnswersThread`] reads the server and writes
-//! the agent. With many calls in flight the decisions of new calls and the answers of
-//! earlier ones are then worked on at once, and no line crosses from one thread to the
-//! other on its way (a refusal the gateway writes to the agent itself does); with one call
-//! in flight each thread waits for its own stream as the one thread did.
+//! By default one thread runs the whole session. With `--threads 2` two share it: the
+//! gateway's runtime reads the agent and writes the server (every decision is made there),
+//! and [`AnswersThread`] reads the server and writes the agent. With many calls in flight
+//! the decisions of new calls and the answers of earlier ones are then worked on at once,
+//! and no line crosses from one thread to the other on its way (a refusal the gateway writes
+//! to the agent itself does). With one call in flight it costs a few microseconds per call
+//! instead: the answer wakes a thread that slept, where the one thread was often still
+//! awake from the request.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -55,6 +57,9 @@ pub(crate) struct WrapOptions {
     pub shutdown: watch::Receiver<bool>,
     /// The largest message in either direction (`--max-message`).
     pub max_message: usize,
+    /// Whether the answers run on a thread of their own (`--threads 2`; see the module
+    /// documentation).
+    pub answers_thread: bool,
 }
 
 /// The MCP server of a `wrap` session, started ([`Server::start`]) before the gateway has
@@ -123,12 +128,19 @@ pub(crate) async fn wrap(
         max_message: options.max_message,
     };
     let client_in = BufReader::with_capacity(64 * 1024, client_reader());
-    // With many calls in flight the new calls' decisions and the earlier calls' answers are
-    // worked on at once, on two threads; the answers' streams are registered with the
-    // reactor of the thread that reads and writes them. Without that thread, everything
-    // runs here.
-    let end = match AnswersThread::start() {
-        Ok(answers) => {
+    // The answers' streams are registered with the reactor of the thread that reads and
+    // writes them. Without that thread, everything runs here.
+    let answers = if options.answers_thread {
+        AnswersThread::start()
+            .inspect_err(|e| {
+                tracing::warn!("no thread of its own for the answers ({e}); one thread does all")
+            })
+            .ok()
+    } else {
+        None
+    };
+    let end = match answers {
+        Some(answers) => {
             let (client_out, server_out) = {
                 let _inside = answers.handle.enter();
                 let server_out = reregistered(server_out).map_err(WrapError::ServerOutput)?;
@@ -149,8 +161,7 @@ pub(crate) async fn wrap(
             drop(answers);
             end
         }
-        Err(e) => {
-            tracing::warn!("no thread of its own for the answers ({e}); one thread does all");
+        None => {
             core::run(
                 gateway,
                 client_in,
