@@ -7,9 +7,8 @@
 //!   limit, and through `wrap` with a limit on the SQLite store (target: the limited call
 //!   ≤ 40 µs more than the unlimited one);
 //! - 64 in flight: calls per second direct, through `wrap` without a limit (with
-//!   `--no-events`, and with the event websocket on, the default, on one thread and with
-//!   `--threads 2`: target ≥ 50 % of direct with audit and events on), and with a limit on
-//!   SQLite (target: ≥ 80 % of unlimited);
+//!   `--no-events`, and with the event websocket on, the default: target ≥ 50 % of direct
+//!   with audit and events on), and with a limit on SQLite (target: ≥ 80 % of unlimited);
 //!   with the CPU time and the context switches of the `wrap` process per call (every
 //!   thread, from `/proc`), which do not depend on the machine's load as the rates do;
 //! - contention: 8 `wrap` processes on one SQLite file, 64 in flight each, one shared global
@@ -338,18 +337,15 @@ fn pipelined(dir: &Path) {
     let mut direct = Peer::start(None, dir);
     let mut quiet = Peer::start(Some(&file), dir);
     let mut events = Peer::start_with(Some(&file), true, &[], dir);
-    let mut two = Peer::start_with(Some(&file), true, &["--threads", "2"], dir);
     for _ in 0..100 {
         direct.round_trip("echo");
         quiet.round_trip("echo");
         quiet.round_trip("limited");
         events.round_trip("echo");
-        two.round_trip("echo");
     }
     const ROUNDS: usize = 10;
     let per_round = IN_FLIGHT_CALLS / ROUNDS;
-    let (mut d, mut u, mut e, mut t, mut l) = (
-        Pipelined::default(),
+    let (mut d, mut u, mut e, mut l) = (
         Pipelined::default(),
         Pipelined::default(),
         Pipelined::default(),
@@ -359,28 +355,19 @@ fn pipelined(dir: &Path) {
         d.elapsed += direct.pipelined("echo", per_round, IN_FLIGHT).0;
         u.add(&mut quiet, "echo", per_round);
         e.add(&mut events, "echo", per_round);
-        t.add(&mut two, "echo", per_round);
         l.add(&mut quiet, "limited", per_round);
     }
     let calls = per_round * ROUNDS;
-    let (dr, ur, er, tr, lr) = (
-        d.rate(calls),
-        u.rate(calls),
-        e.rate(calls),
-        t.rate(calls),
-        l.rate(calls),
-    );
+    let (dr, ur, er, lr) = (d.rate(calls), u.rate(calls), e.rate(calls), l.rate(calls));
     println!(
-        "summary: {IN_FLIGHT} in flight, {calls} calls: direct {dr:.0}/s; wrap without limit, events on {er:.0}/s ({:.0}% of direct; target ≥ 50%), --threads 2 {tr:.0}/s ({:.0}%), --no-events {ur:.0}/s ({:.0}%); limited on SQLite {lr:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
+        "summary: {IN_FLIGHT} in flight, {calls} calls: direct {dr:.0}/s; wrap without limit, events on {er:.0}/s ({:.0}% of direct; target ≥ 50%), --no-events {ur:.0}/s ({:.0}%); limited on SQLite {lr:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
         er / dr * 100.0,
-        tr / dr * 100.0,
         ur / dr * 100.0,
         lr / ur * 100.0
     );
     println!(
-        "summary: {IN_FLIGHT} in flight, the gateway's work: without limit, events on: {}; --threads 2: {}; --no-events: {}; limited: {}",
+        "summary: {IN_FLIGHT} in flight, the gateway's work: without limit, events on: {}; --no-events: {}; limited: {}",
         e.per_call(calls),
-        t.per_call(calls),
         u.per_call(calls),
         l.per_call(calls)
     );

@@ -1,8 +1,7 @@
-//! Many calls in flight through the real `toolgate wrap`, on one thread (the default) and on
-//! two (`--threads 2`: the agent's lines are read and decided on one, the server's read and
-//! written back on the other). With two, the agent's output has two writers (the gateway's
-//! own refusals, the server's answers) and the server's requests to the agent cross from one
-//! thread to the other; every line must still arrive whole, once, and only where it belongs.
+//! Many calls in flight through the real `toolgate wrap`: the agent's output carries both the
+//! gateway's own refusals and the server's answers, and the server's requests to the agent
+//! and the agent's answers to them cross the calls going the other way; every line must
+//! still arrive whole, once, and only where it belongs.
 
 mod support;
 
@@ -51,34 +50,13 @@ fn denied(n: u64) -> bool {
 }
 
 #[test]
-fn on_two_threads_every_call_gets_one_whole_answer_and_server_requests_cross_both_ways() {
-    calls_in_flight(&["--threads", "2"], true);
-}
-
-#[test]
-fn on_one_thread_every_call_gets_one_whole_answer_and_server_requests_cross_both_ways() {
-    calls_in_flight(&[], false);
-}
-
-/// The threads of process `pid`, by name.
-fn thread_names(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-        .map(|name| name.trim().to_owned())
-        .collect()
-}
-
-fn calls_in_flight(extra: &[&str], answers_thread: bool) {
+fn many_calls_in_flight_each_get_one_whole_answer_and_server_requests_cross_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policy.json"), POLICY).unwrap();
     std::fs::write(dir.path().join("server.py"), SERVER).unwrap();
     let mut child = Command::new(support::toolgate())
         .args(["wrap", "--policy", "policy.json", "--audit", "audit.jsonl"])
-        .args(["--no-events", "--counters", "memory"])
-        .args(extra)
-        .arg("--")
+        .args(["--no-events", "--counters", "memory", "--"])
         .arg(support::peers::python())
         .arg("server.py")
         .current_dir(dir.path())
@@ -124,7 +102,6 @@ fn calls_in_flight(extra: &[&str], answers_thread: bool) {
     };
 
     let mut answers: HashMap<u64, Value> = HashMap::new();
-    let mut threads_seen = false;
     let mut roots_asked = HashSet::new();
     while (answers.len() as u64) < CALLS {
         let line = stdout.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {

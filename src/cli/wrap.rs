@@ -27,14 +27,6 @@ pub(super) struct Args {
     /// its changed tools are reviewed rather than pinned afresh.
     #[arg(long, value_name = "NAME")]
     server_id: Option<String>,
-    /// Threads of the session. With 1 (the default) one thread reads, decides and writes
-    /// both ways: the lowest latency per call, as nothing waits for another thread to wake
-    /// up. With 2 the server's answers are read and written back to the agent on a second
-    /// thread while the first decides new calls: more calls per second when an agent keeps
-    /// many in flight on a machine with a core to spare.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::builder::RangedU64ValueParser::<u8>::new().range(1..=2))]
-    threads: u8,
     #[command(flatten)]
     gateway: GatewayArgs,
     /// The server's command and its arguments.
@@ -118,7 +110,6 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             grace: args.gateway.grace(),
             shutdown: shutdown_rx,
             max_message: args.gateway.max_message,
-            answers_thread: args.threads == 2,
         },
     )
     .await;
@@ -126,7 +117,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(WrapError::Spawn(e)) => Err(e.into()),
-        Err(e @ (WrapError::Panicked | WrapError::ServerOutput(_))) => Err(e.into()),
+        Err(e @ WrapError::Panicked) => Err(e.into()),
         Err(e @ WrapError::ServerDied { .. }) => {
             tracing::error!("{e}");
             Ok(ExitCode::from(1))

@@ -120,41 +120,7 @@ pub async fn run<CR, CW, UR, UW>(
     client_writer: CW,
     upstream_reader: UR,
     upstream_writer: UW,
-    options: RunOptions,
-) -> End
-where
-    CR: AsyncBufRead + Unpin + Send + 'static,
-    CW: AsyncWrite + Unpin + Send + 'static,
-    UR: AsyncBufRead + Unpin + Send + 'static,
-    UW: AsyncWrite + Unpin + Send + 'static,
-{
-    let streams = Streams {
-        client_reader,
-        client_writer,
-        upstream_reader,
-        upstream_writer,
-    };
-    run_split(gateway, streams, options, None).await
-}
-
-/// The four streams of one connection.
-pub(crate) struct Streams<CR, CW, UR, UW> {
-    pub(crate) client_reader: CR,
-    pub(crate) client_writer: CW,
-    pub(crate) upstream_reader: UR,
-    pub(crate) upstream_writer: UW,
-}
-
-/// [`run`], with the answers' direction (the upstream's reader, and the client's writer it
-/// hands lines to) on `answers` when given: another runtime, on a thread of its own, so that
-/// with many calls in flight the decisions of new calls and the answers of earlier ones are
-/// worked on at once. The streams those two tasks use must be registered with `answers`'
-/// reactor (made inside its context); the rest run on the caller's runtime.
-pub(crate) async fn run_split<CR, CW, UR, UW>(
-    gateway: Arc<Gateway>,
-    streams: Streams<CR, CW, UR, UW>,
     mut options: RunOptions,
-    answers: Option<tokio::runtime::Handle>,
 ) -> End
 where
     CR: AsyncBufRead + Unpin + Send + 'static,
@@ -162,16 +128,9 @@ where
     UR: AsyncBufRead + Unpin + Send + 'static,
     UW: AsyncWrite + Unpin + Send + 'static,
 {
-    let Streams {
-        client_reader,
-        client_writer,
-        upstream_reader,
-        upstream_writer,
-    } = streams;
-    let answers = answers.unwrap_or_else(tokio::runtime::Handle::current);
     let (to_client, client_rx) = Queue::new(options.max_message);
     let (to_upstream, upstream_rx) = Queue::new(options.max_message);
-    let client_writer = answers.spawn(write_lines(
+    let client_writer = tokio::spawn(write_lines(
         client_writer,
         client_rx,
         to_client.budget.clone(),
@@ -201,7 +160,7 @@ where
     let client_reader = LineReader::new(client_reader, options.max_message);
     let upstream_reader = LineReader::new(upstream_reader, options.max_message);
     let client_side = tokio::spawn(client_loop(shared.clone(), client_reader));
-    let mut upstream_side = answers.spawn(upstream_loop(shared.clone(), upstream_reader));
+    let mut upstream_side = tokio::spawn(upstream_loop(shared.clone(), upstream_reader));
     let mut client_side = Some(client_side);
     let mut shutdown = options.shutdown.clone();
     let watching_shutdown = shutdown.is_some();

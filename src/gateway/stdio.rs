@@ -6,15 +6,6 @@
 //! agent closes stdin the server's stdin is closed and the server stopped (grace, SIGTERM,
 //! SIGKILL); when the server dies, every pending request is answered with an error and the
 //! gateway exits non-zero.
-//!
-//! By default one thread runs the whole session. With `--threads 2` two share it: the
-//! gateway's runtime reads the agent and writes the server (every decision is made there),
-//! and [`AnswersThread`] reads the server and writes the agent. With many calls in flight
-//! the decisions of new calls and the answers of earlier ones are then worked on at once,
-//! and no line crosses from one thread to the other on its way (a refusal the gateway writes
-//! to the agent itself does). With one call in flight it costs a few microseconds per call
-//! instead: the answer wakes a thread that slept, where the one thread was often still
-//! awake from the request.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -43,8 +34,6 @@ pub(crate) enum WrapError {
          please report it"
     )]
     Panicked,
-    #[error("cannot read the MCP server's output ({0}); please report it")]
-    ServerOutput(std::io::Error),
 }
 
 /// Settings of one `wrap` session.
@@ -57,9 +46,6 @@ pub(crate) struct WrapOptions {
     pub shutdown: watch::Receiver<bool>,
     /// The largest message in either direction (`--max-message`).
     pub max_message: usize,
-    /// Whether the answers run on a thread of their own (`--threads 2`; see the module
-    /// documentation).
-    pub answers_thread: bool,
 }
 
 /// The MCP server of a `wrap` session, started ([`Server::start`]) before the gateway has
@@ -121,58 +107,21 @@ pub(crate) async fn wrap(
         }
     });
 
-    let run_options = RunOptions {
-        session: options.session,
-        shutdown: Some(options.shutdown),
-        client_closed: Some(closed_tx),
-        max_message: options.max_message,
-    };
-    let client_in = BufReader::with_capacity(64 * 1024, client_reader());
-    // The answers' streams are registered with the reactor of the thread that reads and
-    // writes them. Without that thread, everything runs here.
-    let answers = if options.answers_thread {
-        AnswersThread::start()
-            .inspect_err(|e| {
-                tracing::warn!("no thread of its own for the answers ({e}); one thread does all")
-            })
-            .ok()
-    } else {
-        None
-    };
-    let end = match answers {
-        Some(answers) => {
-            let (client_out, server_out) = {
-                let _inside = answers.handle.enter();
-                let server_out = reregistered(server_out).map_err(WrapError::ServerOutput)?;
-                (client_writer(), server_out)
-            };
-            let end = core::run_split(
-                gateway,
-                core::Streams {
-                    client_reader: client_in,
-                    client_writer: client_out,
-                    upstream_reader: BufReader::with_capacity(64 * 1024, server_out),
-                    upstream_writer: server_in,
-                },
-                run_options,
-                Some(answers.handle.clone()),
-            )
-            .await;
-            drop(answers);
-            end
-        }
-        None => {
-            core::run(
-                gateway,
-                client_in,
-                client_writer(),
-                BufReader::with_capacity(64 * 1024, server_out),
-                server_in,
-                run_options,
-            )
-            .await
-        }
-    };
+    let (client_in, client_out) = client_streams();
+    let end = core::run(
+        gateway,
+        BufReader::with_capacity(64 * 1024, client_in),
+        client_out,
+        BufReader::with_capacity(64 * 1024, server_out),
+        server_in,
+        RunOptions {
+            session: options.session,
+            shutdown: Some(options.shutdown),
+            client_closed: Some(closed_tx),
+            max_message: options.max_message,
+        },
+    )
+    .await;
 
     let status: Option<ExitStatus> = process_task.await.ok().flatten();
     let shown = status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string());
@@ -194,88 +143,35 @@ pub(crate) async fn wrap(
     }
 }
 
-/// A current-thread runtime on a thread of its own, where a session's answers are read from
-/// the server and written to the agent (see [`core::run_split`]). Dropped, it stops and
-/// its thread is joined.
-struct AnswersThread {
-    handle: tokio::runtime::Handle,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl AnswersThread {
-    fn start() -> std::io::Result<AnswersThread> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("toolgate-answers".into())
-            .spawn(move || {
-                // Its tasks run while this waits; a session that ends drops the rest.
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
-                runtime.shutdown_background();
-            })?;
-        Ok(AnswersThread {
-            handle,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for AnswersThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The server's output, registered again with the reactor of the runtime this runs in.
-fn reregistered(out: ChildStdout) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
-    tokio::net::unix::pipe::Receiver::from_owned_fd(out.into_owned_fd()?)
-}
-
 type ClientRead = Box<dyn AsyncRead + Send + Unpin>;
 type ClientWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// This process's stdin as an async stream. Pipes and sockets (what MCP clients spawn
-/// servers with) are driven by the reactor directly; `tokio::io::stdin`/`stdout` hand
+/// This process's stdin and stdout as async streams. Pipes and sockets (what MCP clients
+/// spawn servers with) are driven by the reactor directly; `tokio::io::stdin`/`stdout` hand
 /// every read and write to a blocking thread, which costs tens of microseconds per message.
 /// Anything else (a terminal, a file) falls back to those.
-fn client_reader() -> ClientRead {
+fn client_streams() -> (ClientRead, ClientWrite) {
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .ok()
         .and_then(|fd| reactor_stream(fd, Direction::Read));
-    match stdin {
-        Some(Stream::Pipe(Pipe::Read(rx))) => Box::new(rx),
-        Some(Stream::Socket(sock)) => Box::new(sock),
-        _ => Box::new(tokio::io::stdin()),
-    }
-}
-
-/// This process's stdout as an async stream, registered with the reactor of the runtime
-/// this runs in (see [`client_reader`]).
-fn client_writer() -> ClientWrite {
     let stdout = std::io::stdout()
         .as_fd()
         .try_clone_to_owned()
         .ok()
         .and_then(|fd| reactor_stream(fd, Direction::Write));
-    match stdout {
+    let stdin: ClientRead = match stdin {
+        Some(Stream::Pipe(Pipe::Read(rx))) => Box::new(rx),
+        Some(Stream::Socket(sock)) => Box::new(sock),
+        _ => Box::new(tokio::io::stdin()),
+    };
+    let stdout: ClientWrite = match stdout {
         Some(Stream::Pipe(Pipe::Write(tx))) => Box::new(tx),
         Some(Stream::Socket(sock)) => Box::new(sock),
         _ => Box::new(tokio::io::stdout()),
-    }
+    };
+    (stdin, stdout)
 }
 
 enum Direction {
