@@ -71,12 +71,12 @@ struct Peer {
 impl Peer {
     /// The upstream alone, or through `wrap` counting in `counters`, with `--no-events`.
     fn start(counters: Option<&Path>, dir: &Path) -> Peer {
-        Peer::start_with(counters, false, &[], dir)
+        Peer::start_with(counters, false, dir)
     }
 
     /// The upstream alone, or through `wrap` counting in `counters`, with the event
-    /// websocket (the default) when `events`, and `extra` arguments.
-    fn start_with(counters: Option<&Path>, events: bool, extra: &[&str], dir: &Path) -> Peer {
+    /// websocket (the default) when `events`.
+    fn start_with(counters: Option<&Path>, events: bool, dir: &Path) -> Peer {
         let upstream = std::env::current_exe().expect("bench binary path");
         let mut command = match counters {
             Some(file) => {
@@ -102,10 +102,7 @@ impl Peer {
                 } else {
                     c.arg("--no-events");
                 }
-                c.args(extra)
-                    .arg("--")
-                    .arg(&upstream)
-                    .arg("--trivial-upstream");
+                c.arg("--").arg(&upstream).arg("--trivial-upstream");
                 c
             }
             None => {
@@ -336,7 +333,7 @@ fn pipelined(dir: &Path) {
     let file = dir.join("state/pipelined.sqlite3");
     let mut direct = Peer::start(None, dir);
     let mut quiet = Peer::start(Some(&file), dir);
-    let mut events = Peer::start_with(Some(&file), true, &[], dir);
+    let mut events = Peer::start_with(Some(&file), true, dir);
     for _ in 0..100 {
         direct.round_trip("echo");
         quiet.round_trip("echo");
