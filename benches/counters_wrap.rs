@@ -6,7 +6,11 @@
 //! - one call in flight, 10,000 calls: median round trip direct, through `wrap` without a
 //!   limit, and through `wrap` with a limit on the SQLite store (target: the limited call
 //!   ≤ 40 µs more than the unlimited one);
-//! - 64 in flight: calls per second of the three (target: limited ≥ 80 % of unlimited);
+//! - 64 in flight: calls per second direct, through `wrap` without a limit (with
+//!   `--no-events`, and with the event websocket on, the default: target ≥ 50 % of direct
+//!   with audit and events on), and with a limit on SQLite (target: ≥ 80 % of unlimited);
+//!   with the CPU time and the context switches of the `wrap` process per call (every
+//!   thread, from `/proc`), which do not depend on the machine's load as the rates do;
 //! - contention: 8 `wrap` processes on one SQLite file, 64 in flight each, one shared global
 //!   counter: admitted calls per second in all, p99 round trip, and over-admissions, counted
 //!   from the answers only the upstream writes (`ok`): must be zero;
@@ -16,7 +20,9 @@
 //!
 //! Run: `cargo bench --bench counters_wrap` (release; on a shared machine, once). The
 //! `summary:` lines are the results. `TOOLGATE=OTHER-BINARY` runs another build as the
-//! gateway (to compare two builds in one sitting).
+//! gateway (to compare two builds in one sitting). Names after `--` run only those parts:
+//! `sequential`, `pipelined`, `contention`, `locked` (`cargo bench --bench counters_wrap --
+//! pipelined`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 
 const SEQUENTIAL_CALLS: usize = 10_000;
 const IN_FLIGHT: usize = 64;
-const IN_FLIGHT_CALLS: usize = 20_000;
+const IN_FLIGHT_CALLS: usize = 40_000;
 const WRAPS: usize = 8;
 const CALLS_PER_WRAP: usize = 4_000;
 /// The shared budget of the contention run: well below the calls sent, so refusals happen.
@@ -63,8 +69,14 @@ struct Peer {
 }
 
 impl Peer {
-    /// The upstream alone, or through `wrap` counting in `counters`.
+    /// The upstream alone, or through `wrap` counting in `counters`, with `--no-events`.
     fn start(counters: Option<&Path>, dir: &Path) -> Peer {
+        Peer::start_with(counters, false, dir)
+    }
+
+    /// The upstream alone, or through `wrap` counting in `counters`, with the event
+    /// websocket (the default) when `events`.
+    fn start_with(counters: Option<&Path>, events: bool, dir: &Path) -> Peer {
         let upstream = std::env::current_exe().expect("bench binary path");
         let mut command = match counters {
             Some(file) => {
@@ -78,12 +90,19 @@ impl Peer {
                     .arg("--policy")
                     .arg(&policy)
                     .arg("--audit")
-                    .arg(dir.join("audit.jsonl"))
-                    .args(["--log-level", "error", "--no-events", "--counters"])
-                    .arg(file)
-                    .arg("--")
-                    .arg(&upstream)
-                    .arg("--trivial-upstream");
+                    // Beside the counters, as by default (the user's state directory), not
+                    // beside the policy: every write there would wake the policy's watcher.
+                    .arg(dir.join("state/audit.jsonl"))
+                    .args(["--log-level", "error", "--counters"])
+                    .arg(file);
+                if events {
+                    // On a loopback port of its own; its discovery file in the bench's
+                    // directory, not the user's.
+                    c.env("XDG_RUNTIME_DIR", dir.join("run"));
+                } else {
+                    c.arg("--no-events");
+                }
+                c.arg("--").arg(&upstream).arg("--trivial-upstream");
                 c
             }
             None => {
@@ -201,9 +220,9 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Direct, unlimited through `wrap`, limited through `wrap` (SQLite): sequential medians
-/// and 64-in-flight rates, interleaved so all three see the same machine load.
-fn side_by_side(dir: &Path) {
+/// Direct, unlimited through `wrap`, limited through `wrap` (SQLite), one call in flight:
+/// medians, interleaved so all three see the same machine load.
+fn sequential(dir: &Path) {
     let file = dir.join("state/side.sqlite3");
     let mut direct = Peer::start(None, dir);
     let mut wrapped = Peer::start(Some(&file), dir);
@@ -229,25 +248,125 @@ fn side_by_side(dir: &Path) {
         us(l),
         us(l.saturating_sub(u))
     );
+}
+
+/// What a process has used so far, over its live threads (Linux `/proc`).
+#[derive(Debug, Clone, Default)]
+struct Usage {
+    /// Time on a CPU, by thread id.
+    cpu: HashMap<String, Duration>,
+    /// Context switches, voluntary (waiting) and not (preempted).
+    switches: u64,
+}
+
+impl Usage {
+    fn of(pid: u32) -> Usage {
+        let mut usage = Usage::default();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gateway's threads");
+        for task in tasks.flatten() {
+            let path = task.path();
+            // A thread that ended between the listing and the read counts as nothing.
+            if let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) {
+                let ns = stat.split_whitespace().next().and_then(|n| n.parse().ok());
+                usage.cpu.insert(
+                    task.file_name().to_string_lossy().into_owned(),
+                    Duration::from_nanos(ns.unwrap_or(0)),
+                );
+            }
+            if let Ok(status) = std::fs::read_to_string(path.join("status")) {
+                usage.switches += status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+        }
+        usage
+    }
+
+    /// What was used between `before` and this, added to `total`.
+    fn add_since(&self, before: &Usage, total: &mut Usage) {
+        for (task, cpu) in &self.cpu {
+            let was = before.cpu.get(task).copied().unwrap_or_default();
+            *total.cpu.entry(task.clone()).or_default() += cpu.saturating_sub(was);
+        }
+        total.switches += self.switches.saturating_sub(before.switches);
+    }
+}
+
+/// A pipelined run's total: elapsed time, and what the gateway (if any) used.
+#[derive(Default)]
+struct Pipelined {
+    elapsed: Duration,
+    used: Usage,
+}
+
+impl Pipelined {
+    fn add(&mut self, peer: &mut Peer, tool: &str, calls: usize) {
+        let pid = peer.child.id();
+        let before = Usage::of(pid);
+        self.elapsed += peer.pipelined(tool, calls, IN_FLIGHT).0;
+        Usage::of(pid).add_since(&before, &mut self.used);
+    }
+
+    fn rate(&self, calls: usize) -> f64 {
+        calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The gateway's CPU time (all threads, and the busiest one: a thread's CPU time per
+    /// call bounds its calls per second) and context switches per call, as text.
+    fn per_call(&self, calls: usize) -> String {
+        let all: Duration = self.used.cpu.values().sum();
+        let busiest = self.used.cpu.values().max().copied().unwrap_or_default();
+        format!(
+            "{:.2} µs CPU ({:.2} on its busiest thread) and {:.3} context switches of `wrap` per call",
+            us(all) / calls as f64,
+            us(busiest) / calls as f64,
+            self.used.switches as f64 / calls as f64
+        )
+    }
+}
+
+/// Direct, unlimited through `wrap` (`--no-events`, and events on), limited through `wrap`
+/// (SQLite), 64 in flight: rates, interleaved in rounds so all see the same machine load.
+fn pipelined(dir: &Path) {
+    let file = dir.join("state/pipelined.sqlite3");
+    let mut direct = Peer::start(None, dir);
+    let mut quiet = Peer::start(Some(&file), dir);
+    let mut events = Peer::start_with(Some(&file), true, dir);
+    for _ in 0..100 {
+        direct.round_trip("echo");
+        quiet.round_trip("echo");
+        quiet.round_trip("limited");
+        events.round_trip("echo");
+    }
     const ROUNDS: usize = 10;
     let per_round = IN_FLIGHT_CALLS / ROUNDS;
-    let (mut dt, mut ut, mut lt) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    for _ in 0..ROUNDS {
-        dt += direct.pipelined("echo", per_round, IN_FLIGHT).0;
-        ut += wrapped.pipelined("echo", per_round, IN_FLIGHT).0;
-        lt += wrapped.pipelined("limited", per_round, IN_FLIGHT).0;
-    }
-    let calls = (per_round * ROUNDS) as f64;
-    let (dr, ur, lr) = (
-        calls / dt.as_secs_f64(),
-        calls / ut.as_secs_f64(),
-        calls / lt.as_secs_f64(),
+    let (mut d, mut u, mut e, mut l) = (
+        Pipelined::default(),
+        Pipelined::default(),
+        Pipelined::default(),
+        Pipelined::default(),
     );
+    for _ in 0..ROUNDS {
+        d.elapsed += direct.pipelined("echo", per_round, IN_FLIGHT).0;
+        u.add(&mut quiet, "echo", per_round);
+        e.add(&mut events, "echo", per_round);
+        l.add(&mut quiet, "limited", per_round);
+    }
+    let calls = per_round * ROUNDS;
+    let (dr, ur, er, lr) = (d.rate(calls), u.rate(calls), e.rate(calls), l.rate(calls));
     println!(
-        "summary: {IN_FLIGHT} in flight, {} calls: direct {dr:.0}/s; wrap without limit {ur:.0}/s ({:.0}% of direct; target ≥ 50%); limited on SQLite {lr:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
-        per_round * ROUNDS,
+        "summary: {IN_FLIGHT} in flight, {calls} calls: direct {dr:.0}/s; wrap without limit, events on {er:.0}/s ({:.0}% of direct; target ≥ 50%), --no-events {ur:.0}/s ({:.0}%); limited on SQLite {lr:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
+        er / dr * 100.0,
         ur / dr * 100.0,
         lr / ur * 100.0
+    );
+    println!(
+        "summary: {IN_FLIGHT} in flight, the gateway's work: without limit, events on: {}; --no-events: {}; limited: {}",
+        e.per_call(calls),
+        u.per_call(calls),
+        l.per_call(calls)
     );
 }
 
@@ -334,6 +453,9 @@ fn locked_store(dir: &Path) {
     );
 }
 
+/// A part of the bench, by the name that chooses it.
+type Part = (&'static str, fn(&Path));
+
 fn main() {
     if std::env::args().any(|a| a == "--trivial-upstream") {
         trivial_upstream();
@@ -344,7 +466,21 @@ fn main() {
     // The counter files live apart from the policy, as in a user's state directory: `wrap`
     // watches the policy's directory, and every WAL write there would wake its watcher.
     std::fs::create_dir(dir.path().join("state")).expect("state directory");
-    side_by_side(dir.path());
-    contention(dir.path());
-    locked_store(dir.path());
+    std::fs::create_dir(dir.path().join("run")).expect("runtime directory");
+    let parts: [Part; 4] = [
+        ("sequential", sequential),
+        ("pipelined", pipelined),
+        ("contention", contention),
+        ("locked", locked_store),
+    ];
+    // `cargo bench` passes `--bench`; other words name the parts to run (all without any).
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    for (name, part) in parts {
+        if chosen.is_empty() || chosen.iter().any(|c| c == name) {
+            part(dir.path());
+        }
+    }
 }
