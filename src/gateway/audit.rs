@@ -419,7 +419,11 @@ impl AuditLog {
         // The record's own time is the clock: no second clock read on the call path.
         let stalled = Shared::stalled(&queue, record.ts);
         queue.oldest.get_or_insert(record.ts);
+        let wake = queue.note_record();
         drop(queue);
+        if wake {
+            self.shared.wake_writer();
+        }
         if stalled && !self.shared.refusing() {
             self.shared.failed(format!(
                 "no record has been written for over {} s (the disk does not answer)",

@@ -2,7 +2,8 @@
 //!
 //! Records are queued in memory on the call path and handed to the kernel by one thread every
 //! [`FLUSH_EVERY`], on a fixed beat (a slow write shortens the next wait rather than adding
-//! to it). The thread also keeps the log where the operator expects it:
+//! to it; with nothing to write it sleeps until a record comes, and that record starts the
+//! beat again). The thread also keeps the log where the operator expects it:
 //!
 //! - **Failure.** A write or an open that fails (disk full, permissions, the directory gone)
 //!   is seen at once: from then on [`Shared::refusing`] is set (with `--audit-fail closed`,
@@ -83,6 +84,17 @@ pub(super) struct Queue {
     pub(super) oldest: Option<DateTime<Utc>>,
     /// Records dropped because `buffer` was full.
     pub(super) dropped: u64,
+    /// The writer sleeps with no beat: it had nothing to write, and the next record must
+    /// wake it (see [`Queue::note_record`]).
+    parked: bool,
+}
+
+impl Queue {
+    /// Called by the call path with the queue locked, after adding a record: whether the
+    /// writer sleeps without a beat and must be woken (once) to start one.
+    pub(super) fn note_record(&mut self) -> bool {
+        std::mem::take(&mut self.parked)
+    }
 }
 
 #[derive(Default)]
@@ -126,13 +138,24 @@ impl Shared {
         health.failing.then(|| health.problem.clone())
     }
 
+    /// Wakes the writer for a record added to a queue it had found empty.
+    pub(super) fn wake_writer(&self) {
+        self.wake.notify_one();
+    }
+
     pub(super) fn request_reopen(&self) {
+        // Set with the queue locked: the writer checks it with the queue locked before it
+        // sleeps without a beat, so the wake cannot come between its check and its sleep.
+        let queue = self.lock_queue();
         self.reopen.store(true, Ordering::Release);
+        drop(queue);
         self.wake.notify_all();
     }
 
     pub(super) fn close(&self) {
+        let queue = self.lock_queue();
         self.closed.store(true, Ordering::Release);
+        drop(queue);
         self.wake.notify_all();
     }
 
@@ -247,6 +270,11 @@ impl LogFile {
             }
         }
         self.lost += dropped;
+    }
+
+    /// Nothing waits to be written or retried: the writer may sleep until a record comes.
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.lost == 0 && !self.failing
     }
 
     /// Writes what is pending, reopening first when asked to or when the path moved.
@@ -400,6 +428,10 @@ fn gap_line(lost: u64) -> Vec<u8> {
 
 /// The writer thread: every [`FLUSH_EVERY`] (or at once for a close or a reopen), takes the
 /// queued records and writes them; at close, writes what is left and says what could not be.
+///
+/// With nothing queued and nothing waiting to be written (or retried), it sleeps without a
+/// beat until a record comes, which starts one: an idle gateway's writer does not wake 200
+/// times a second, and a record still waits at most one beat.
 pub(super) fn run(mut log: LogFile, shared: &Shared) {
     let mut batch = Vec::new();
     let mut beat = Instant::now() + FLUSH_EVERY;
@@ -407,11 +439,19 @@ pub(super) fn run(mut log: LogFile, shared: &Shared) {
         let (closed, dropped) = {
             let mut queue = shared.lock_queue();
             loop {
+                if shared.closed.load(Ordering::Acquire) || shared.reopen.load(Ordering::Acquire) {
+                    break;
+                }
+                if queue.buffer.is_empty() && queue.dropped == 0 && log.idle() {
+                    queue.parked = true;
+                    queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                    if !queue.buffer.is_empty() || queue.dropped > 0 {
+                        beat = Instant::now() + FLUSH_EVERY;
+                    }
+                    continue;
+                }
                 let now = Instant::now();
-                if now >= beat
-                    || shared.closed.load(Ordering::Acquire)
-                    || shared.reopen.load(Ordering::Acquire)
-                {
+                if now >= beat {
                     break;
                 }
                 queue = shared
@@ -420,6 +460,7 @@ pub(super) fn run(mut log: LogFile, shared: &Shared) {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
+            queue.parked = false;
             std::mem::swap(&mut queue.buffer, &mut batch);
             queue.oldest = None;
             (
@@ -462,6 +503,68 @@ pub(super) fn run(mut log: LogFile, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Voluntary context switches of this process's thread named `name` (Linux).
+    fn sleeps_of_thread(name: &str) -> Option<u64> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == name {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                return status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|n| n.trim().parse().ok());
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn an_idle_writer_sleeps_until_a_record_comes_and_then_writes_it_within_a_beat() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let shared = Arc::new(Shared::new(&path, AuditFail::Open, None));
+        let log = LogFile::open(&path).unwrap();
+        let thread_shared = Arc::clone(&shared);
+        let name = "audit-idle-test";
+        let writer = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(log, &thread_shared))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = loop {
+            if let Some(n) = sleeps_of_thread(name) {
+                break n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the writer thread never showed in /proc"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // Sixty beats' time: a writer on a fixed beat wakes about sixty times.
+        std::thread::sleep(FLUSH_EVERY * 60);
+        let idle = sleeps_of_thread(name).unwrap() - first;
+        assert!(idle <= 3, "an idle writer woke {idle} times in 60 beats");
+
+        {
+            let mut queue = shared.lock_queue();
+            queue.buffer.extend_from_slice(b"{\"n\":1}\n");
+            if queue.note_record() {
+                drop(queue);
+                shared.wake_writer();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&path).unwrap_or_default() != "{\"n\":1}\n" {
+            assert!(Instant::now() < deadline, "the record was never written");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Idle again, then closed: the close wakes it and it ends.
+        std::thread::sleep(FLUSH_EVERY * 4);
+        shared.close();
+        writer.join().unwrap();
+    }
 
     #[test]
     fn records_beyond_what_can_be_kept_leave_a_gap_line() {
