@@ -6,8 +6,16 @@
 //! session):
 //!
 //! - sequential calls, direct and through the gateway alternating: the median round trip
-//!   and the median added by the gateway;
-//! - 64 calls in flight through the gateway: calls per second.
+//!   and the median added by the gateway. The client runs on a runtime of one thread, so
+//!   that a call and its connection's task (reqwest's) never wake each other across
+//!   threads: driven from the main thread with the connection on a worker, as before, the
+//!   client alone added two cross-thread wake-ups to every exchange, direct or not;
+//! - 64 calls in flight, direct and through the gateway: calls per second (the client on
+//!   two worker threads).
+//!
+//! Both paths use the same client in each part. The audit log is written outside the
+//! directory of the policy and grants files, which `serve` watches (as a deployment would
+//! put it), so its flushes do not wake the file watcher.
 //!
 //! Run: `cargo bench --bench gateway_http`. The `summary:` lines print first; criterion's own
 //! measurements of one call, direct and through the gateway, follow.
@@ -108,6 +116,7 @@ impl Serve {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = |name: &str| dir.path().join(name);
         std::fs::write(path("policy.json"), POLICY).expect("policy");
+        std::fs::create_dir(path("log")).expect("log directory");
         std::fs::write(
             path("servers.json"),
             json!({"mcpServers": {"t": {"url": format!("http://{upstream}/mcp")}}}).to_string(),
@@ -134,7 +143,7 @@ impl Serve {
             .arg("--grants")
             .arg(path("grants.json"))
             .arg("--audit")
-            .arg(path("audit.jsonl"))
+            .arg(path("log").join("audit.jsonl"))
             .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
             .args(["--counters", "memory"])
             .args(extra.split_whitespace())
@@ -225,20 +234,37 @@ fn main() {
         gateway.initialize().await;
         (direct, gateway)
     });
+    // The sequential client: its own runtime of one thread, and its own connections there.
+    let sequential = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("sequential runtime");
+    let one_thread = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+    let direct_seq = Endpoint {
+        http: one_thread.clone(),
+        ..direct.clone()
+    };
+    let gateway_seq = Endpoint {
+        http: one_thread,
+        ..gateway.clone()
+    };
     let direct = Arc::new(direct);
     let gateway = Arc::new(gateway);
 
-    runtime.block_on(async {
+    sequential.block_on(async {
         // Warm up both paths (connections, the upstream's pool behind the gateway).
         for i in 0..200 {
-            direct.call(i).await;
-            gateway.call(i).await;
+            direct_seq.call(i).await;
+            gateway_seq.call(i).await;
         }
         let mut direct_samples = Vec::with_capacity(SEQUENTIAL_CALLS);
         let mut gateway_samples = Vec::with_capacity(SEQUENTIAL_CALLS);
         for i in 0..SEQUENTIAL_CALLS as u64 {
-            direct_samples.push(direct.call(i).await);
-            gateway_samples.push(gateway.call(i).await);
+            direct_samples.push(direct_seq.call(i).await);
+            gateway_samples.push(gateway_seq.call(i).await);
         }
         let (d, g) = (median(direct_samples), median(gateway_samples));
         println!(
@@ -247,6 +273,8 @@ fn main() {
             micros(g),
             micros(g.saturating_sub(d))
         );
+    });
+    runtime.block_on(async {
         let direct_rate = throughput(&direct).await;
         let gateway_rate = throughput(&gateway).await;
         println!(
@@ -257,9 +285,11 @@ fn main() {
 
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("http tools/call");
-    group.bench_function("direct", |b| b.iter(|| runtime.block_on(direct.call(1))));
+    group.bench_function("direct", |b| {
+        b.iter(|| sequential.block_on(direct_seq.call(1)))
+    });
     group.bench_function("through serve", |b| {
-        b.iter(|| runtime.block_on(gateway.call(1)))
+        b.iter(|| sequential.block_on(gateway_seq.call(1)))
     });
     group.finish();
     c.final_summary();

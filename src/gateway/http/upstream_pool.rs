@@ -1,0 +1,344 @@
+//! The HTTP/1.1 connections one upstream session ([`super::remote`]) keeps open to its URL
+//! server, and the requests sent over them.
+//!
+//! Every request of a session goes to the same origin, so most of what a general client
+//! does per request is spent for nothing: reqwest parses the URL again, asks its proxy
+//! matcher, checks a connection out of a pool keyed by origin (with its own locks, timer
+//! and task), and converts the request and response between its types and hyper's. Here a
+//! plain `http://` URL is read once, when the session starts, and its requests go straight
+//! to a [`hyper::client::conn::http1`] connection of the session's own: idle ones are
+//! reused (a request that an idle connection, closed by the server meanwhile, gives back
+//! unsent is tried on the next one), a new one is opened when none is idle (`TCP_NODELAY`,
+//! within [`CONNECT_WITHIN`]), and a connection goes back to the idle list once its answer
+//! has been read to the end. Nothing is followed: a redirect is an answer like any other.
+//!
+//! What this path does not do goes through reqwest, as every request did before: a URL the
+//! environment's proxy settings (`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`) send through a
+//! proxy, one with credentials in it, one that does not parse as a plain `http://` URL.
+//! `https://` upstreams are refused when SERVERS.json is read (this build speaks no TLS to
+//! upstreams, through either path).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::TokioIo;
+
+use crate::sync::lock;
+
+/// How long opening a connection to the upstream may take (reqwest's `connect_timeout`
+/// before).
+pub(crate) const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// Idle connections kept per upstream session; more are closed when their answer ends.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than reused (reqwest's default).
+const IDLE_FOR: Duration = Duration::from_secs(90);
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// One upstream session's way to its URL server.
+pub(crate) struct Upstream {
+    route: Route,
+}
+
+enum Route {
+    /// Straight to the server over connections of this session's own.
+    Direct(Arc<Direct>),
+    /// Through reqwest (a proxy from the environment, credentials in the URL...).
+    General {
+        client: reqwest::Client,
+        /// The URL, parsed once (`None`: it does not parse, and each request says so).
+        url: Option<reqwest::Url>,
+        text: String,
+    },
+}
+
+struct Direct {
+    /// `host:port` to connect to.
+    address: String,
+    /// The `Host` header: the URL's authority.
+    host: HeaderValue,
+    /// The request target: the URL's path and query.
+    target: Uri,
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+impl Upstream {
+    /// The way to `url`: straight to it when it is a plain `http://` URL that no proxy
+    /// setting of the environment applies to, else through `client`.
+    pub(crate) fn new(url: &str, client: reqwest::Client) -> Upstream {
+        let proxies = Matcher::from_system();
+        let route = match Direct::for_url(url, &proxies) {
+            Some(direct) => Route::Direct(Arc::new(direct)),
+            None => Route::General {
+                client,
+                url: reqwest::Url::parse(url).ok(),
+                text: url.to_owned(),
+            },
+        };
+        Upstream { route }
+    }
+
+    /// Whether requests go over this session's own connections (not through reqwest).
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
+        matches!(self.route, Route::Direct(_))
+    }
+
+    /// Sends one request; `Err` says why no answer came (in words for the agent).
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        match &self.route {
+            Route::Direct(direct) => direct.send(method, headers, body).await,
+            Route::General { client, url, text } => {
+                let req = match url {
+                    Some(url) => client.request(method, url.clone()),
+                    None => client.request(method, text.as_str()),
+                };
+                let resp = req
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
+                Ok(Answer {
+                    status: resp.status(),
+                    headers: resp.headers().clone(),
+                    body: AnswerBody::General(resp),
+                })
+            }
+        }
+    }
+}
+
+impl Direct {
+    /// `None` unless `url` is a plain `http://` URL that `proxies` leave alone.
+    fn for_url(url: &str, proxies: &Matcher) -> Option<Direct> {
+        let uri: Uri = url.parse().ok()?;
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let authority = uri.authority()?;
+        // Credentials in the URL: reqwest turns them into a Basic header.
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        if proxies.intercept(&uri).is_some() {
+            return None;
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let address = format!("{}:{port}", authority.host());
+        let host = HeaderValue::from_str(authority.as_str()).ok()?;
+        let target = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        Some(Direct {
+            address,
+            host,
+            target,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        method: Method,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        headers.insert(header::HOST, self.host.clone());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = self.target.clone();
+        *request.headers_mut() = headers;
+        loop {
+            let (mut sender, fresh) = match self.take_idle() {
+                Some(sender) => (sender, false),
+                None => (self.connect().await?, true),
+            };
+            if let Err(e) = sender.ready().await {
+                if fresh {
+                    return Err(format!("cannot reach the MCP server: {e}"));
+                }
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    return Ok(Answer {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body: AnswerBody::Direct {
+                            body,
+                            connection: Some((sender, self.clone())),
+                        },
+                    });
+                }
+                Err(mut failed) => match failed.take_message() {
+                    // Never written: an idle connection the server had closed.
+                    Some(unsent) if !fresh => request = unsent,
+                    _ => {
+                        return Err(format!(
+                            "cannot reach the MCP server: {}",
+                            failed.into_error()
+                        ));
+                    }
+                },
+            }
+        }
+    }
+
+    /// An idle connection still open, if any.
+    fn take_idle(&self) -> Option<Sender> {
+        let mut idle = lock(&self.idle);
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_FOR {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose answer was read to the end for the next request.
+    fn put_back(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, String> {
+        let stream = tokio::time::timeout(
+            CONNECT_WITHIN,
+            tokio::net::TcpStream::connect(self.address.as_str()),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "cannot reach the MCP server: no connection to {} within {} s",
+                self.address,
+                CONNECT_WITHIN.as_secs()
+            )
+        })?
+        .map_err(|e| format!("cannot reach the MCP server at {}: {e}", self.address))?;
+        // A request is one write, but an answer must not wait for the ACK of the last one.
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// An upstream's answer: its head, and its body to read.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: AnswerBody,
+}
+
+enum AnswerBody {
+    /// On a connection of the session's own, which goes back to it once the body ends.
+    Direct {
+        body: Incoming,
+        connection: Option<(Sender, Arc<Direct>)>,
+    },
+    General(reqwest::Response),
+}
+
+impl Answer {
+    /// Drops an answer whose body is not wanted, without waiting for it: a connection whose
+    /// body has already ended (an empty `202`) goes back to the idle list, any other is
+    /// closed.
+    pub(crate) fn discard(mut self) {
+        if let AnswerBody::Direct { body, connection } = &mut self.body
+            && body.is_end_stream()
+            && let Some((sender, direct)) = connection.take()
+        {
+            direct.put_back(sender);
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+        match &mut self.body {
+            AnswerBody::General(resp) => resp.chunk().await.map_err(|e| e.to_string()),
+            AnswerBody::Direct { body, connection } => loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Ok(Some(data));
+                        }
+                    }
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => {
+                        if let Some((sender, direct)) = connection.take() {
+                            direct.put_back(sender);
+                        }
+                        return Ok(None);
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    #[test]
+    fn plain_http_urls_go_direct_and_others_through_reqwest() {
+        let none = Matcher::builder().build();
+        assert!(Direct::for_url("http://127.0.0.1:3001/mcp", &none).is_some());
+        assert!(Direct::for_url("http://[::1]:3001/mcp?x=1", &none).is_some());
+        assert!(Direct::for_url("http://user:pw@127.0.0.1:3001/mcp", &none).is_none());
+        assert!(Direct::for_url("not a url", &none).is_none());
+        assert!(!Upstream::new("not a url", client()).is_direct());
+    }
+
+    #[test]
+    fn a_url_a_proxy_setting_applies_to_goes_through_reqwest() {
+        let proxies = Matcher::builder()
+            .http("http://proxy.example:3128")
+            .no("localhost")
+            .build();
+        assert!(Direct::for_url("http://10.0.0.7:3001/mcp", &proxies).is_none());
+        assert!(Direct::for_url("http://localhost:3001/mcp", &proxies).is_some());
+        let none = Matcher::builder().build();
+        assert!(Direct::for_url("http://10.0.0.7:3001/mcp", &none).is_some());
+    }
+
+    #[test]
+    fn the_request_target_is_the_path_and_query_and_the_host_the_authority() {
+        let none = Matcher::builder().build();
+        let direct = Direct::for_url("http://127.0.0.1:3001/mcp/x?a=1", &none).expect("plain URL");
+        assert_eq!(direct.address, "127.0.0.1:3001");
+        assert_eq!(direct.host, "127.0.0.1:3001");
+        assert_eq!(direct.target, "/mcp/x?a=1");
+        let bare = Direct::for_url("http://localhost", &none).expect("plain URL");
+        assert_eq!(bare.address, "localhost:80");
+        assert_eq!(bare.target, "/");
+    }
+}
