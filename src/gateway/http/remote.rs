@@ -314,15 +314,15 @@ impl Remote {
             headers.insert(VERSION_HEADER, version);
         }
         if modern && let Some(routing) = routing {
-            if let Some(method) = routing.method.as_deref().map(header_value) {
-                if let Ok(value) = HeaderValue::from_str(&method) {
-                    headers.insert(HeaderName::from_static("mcp-method"), value);
-                }
+            if let Some(method) = routing.method.as_deref().map(header_value)
+                && let Ok(value) = HeaderValue::from_str(&method)
+            {
+                headers.insert(HeaderName::from_static("mcp-method"), value);
             }
-            if let Some(name) = routing.name.as_deref().map(header_value) {
-                if let Ok(value) = HeaderValue::from_str(&name) {
-                    headers.insert(HeaderName::from_static("mcp-name"), value);
-                }
+            if let Some(name) = routing.name.as_deref().map(header_value)
+                && let Ok(value) = HeaderValue::from_str(&name)
+            {
+                headers.insert(HeaderName::from_static("mcp-name"), value);
             }
         }
         headers
