@@ -20,7 +20,6 @@
 //! from many clients, so they are renamed on the way in (`"tg-N"`) and restored on the way
 //! out (progress tokens likewise); everything else in the message is passed on as received.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -38,6 +37,7 @@ use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
 use crate::gateway::core::{self, RunOptions};
 use crate::gateway::jsonrpc::{self, IdKey, Parsed, Raw, Shape};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
+use crate::hashing::FastMap;
 use crate::sync::lock;
 
 /// Messages queued for one waiting HTTP request.
@@ -75,11 +75,13 @@ struct Waiter {
     original_progress: Option<serde_json::Value>,
 }
 
+/// Looked up on every request and answer; keyed by the clients' ids and tokens, bounded
+/// by the requests in flight (one per connection), so hashed with [`FastMap`].
 #[derive(Default)]
 struct Routes {
-    waiters: HashMap<IdKey, Waiter>,
+    waiters: FastMap<IdKey, Waiter>,
     /// Progress token (JSON text) → the request that sent it.
-    progress: HashMap<Box<str>, IdKey>,
+    progress: FastMap<Box<str>, IdKey>,
     listener: Option<mpsc::Sender<(Vec<u8>, Charge)>>,
     /// Set when the core has ended: nothing will be answered any more.
     ended: bool,
