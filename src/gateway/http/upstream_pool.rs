@@ -303,6 +303,124 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request on a connection with `answer` (a whole HTTP
+    /// response), closing the connection after each one when `close`; counts connections.
+    async fn server(answer: &'static str, close: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        // A request: its head, then as many body bytes as it says.
+                        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        if seen.len() < end + 4 + length {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                            continue;
+                        }
+                        seen.drain(..end + 4 + length);
+                        if stream.write_all(answer.as_bytes()).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    const OK: &str =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+
+    async fn post(upstream: &Upstream) -> (StatusCode, Vec<u8>) {
+        let mut answer = upstream
+            .send(Method::POST, HeaderMap::new(), Bytes::from_static(b"{}"))
+            .await
+            .expect("an answer");
+        let mut body = Vec::new();
+        while let Some(chunk) = answer.chunk().await.expect("the body") {
+            body.extend_from_slice(&chunk);
+        }
+        (answer.status, body)
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_answer_was_read() {
+        let (url, accepted) = server(OK, false).await;
+        let upstream = Upstream::new(&url, client());
+        assert!(upstream.is_direct());
+        for _ in 0..3 {
+            assert_eq!(post(&upstream).await, (StatusCode::OK, b"{}".to_vec()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_replaced() {
+        let (url, accepted) = server(OK, true).await;
+        let upstream = Upstream::new(&url, client());
+        for _ in 0..3 {
+            assert_eq!(post(&upstream).await, (StatusCode::OK, b"{}".to_vec()));
+            // The close reaches the idle connection before the next request.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_an_answer_not_followed() {
+        let (url, accepted) = server(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:1/elsewhere\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .await;
+        let upstream = Upstream::new(&url, client());
+        assert_eq!(
+            post(&upstream).await,
+            (StatusCode::TEMPORARY_REDIRECT, Vec::new())
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_an_error_that_says_so() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        drop(listener);
+        let upstream = Upstream::new(&url, client());
+        let Err(why) = upstream
+            .send(Method::POST, HeaderMap::new(), Bytes::new())
+            .await
+        else {
+            panic!("a closed port answered");
+        };
+        assert!(why.starts_with("cannot reach the MCP server"), "{why}");
+    }
 
     fn client() -> reqwest::Client {
         reqwest::Client::new()
