@@ -10,7 +10,8 @@
 //! reused (a request that an idle connection, closed by the server meanwhile, gives back
 //! unsent is tried on the next one), a new one is opened when none is idle (`TCP_NODELAY`,
 //! within [`CONNECT_WITHIN`]), and a connection goes back to the idle list once its answer
-//! has been read to the end. Nothing is followed: a redirect is an answer like any other.
+//! has been read to the end, while the process keeps fewer than [`MAX_IDLE`] idle ones in
+//! all. Nothing is followed: a redirect is an answer like any other.
 //!
 //! What this path does not do goes through reqwest, as every request did before: a URL the
 //! environment's proxy settings (`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`) send through a
@@ -18,6 +19,7 @@
 //! `https://` upstreams are refused when SERVERS.json is read (this build speaks no TLS to
 //! upstreams, through either path).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,8 +36,13 @@ use crate::sync::lock;
 /// How long opening a connection to the upstream may take (reqwest's `connect_timeout`
 /// before).
 pub(crate) const CONNECT_WITHIN: Duration = Duration::from_secs(10);
-/// Idle connections kept per upstream session; more are closed when their answer ends.
-const MAX_IDLE: usize = 256;
+/// Idle connections kept by all upstream sessions of the process together; more are closed
+/// when their answer ends. Each is a descriptor, and sessions are many (`--max-sessions`):
+/// kept per session without a common cap, a grant could leave thousands open. (Connections
+/// in use are bounded by the requests in flight, that is by the agents' connections.)
+const MAX_IDLE: usize = 64;
+/// How many connections are idle now, in every session.
+static IDLE: AtomicUsize = AtomicUsize::new(0);
 /// An idle connection older than this is closed rather than reused (reqwest's default).
 const IDLE_FOR: Duration = Duration::from_secs(90);
 
@@ -65,7 +72,34 @@ struct Direct {
     host: HeaderValue,
     /// The request target: the URL's path and query.
     target: Uri,
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// A connection in an idle list, counted in [`IDLE`] while it is there.
+struct Idle {
+    /// Taken out when the connection is used again.
+    sender: Option<Sender>,
+    since: Instant,
+}
+
+impl Idle {
+    /// Takes a place under [`MAX_IDLE`], if one is left.
+    fn new(sender: Sender) -> Option<Idle> {
+        IDLE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_IDLE).then_some(n + 1)
+        })
+        .ok()?;
+        Some(Idle {
+            sender: Some(sender),
+            since: Instant::now(),
+        })
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        IDLE.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Upstream {
@@ -200,8 +234,12 @@ impl Direct {
     /// An idle connection still open, if any.
     fn take_idle(&self) -> Option<Sender> {
         let mut idle = lock(&self.idle);
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_FOR {
+        while let Some(mut entry) = idle.pop() {
+            let recent = entry.since.elapsed() < IDLE_FOR;
+            if let Some(sender) = entry.sender.take()
+                && recent
+                && !sender.is_closed()
+            {
                 return Some(sender);
             }
         }
@@ -213,9 +251,8 @@ impl Direct {
         if sender.is_closed() {
             return;
         }
-        let mut idle = lock(&self.idle);
-        if idle.len() < MAX_IDLE {
-            idle.push((sender, Instant::now()));
+        if let Some(idle) = Idle::new(sender) {
+            lock(&self.idle).push(idle);
         }
     }
 
@@ -303,7 +340,6 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A server that answers every request on a connection with `answer` (a whole HTTP
@@ -378,6 +414,31 @@ mod tests {
             assert_eq!(post(&upstream).await, (StatusCode::OK, b"{}".to_vec()));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_capped_across_sessions() {
+        let (url, _) = server(OK, false).await;
+        let sessions: Vec<Upstream> = (0..MAX_IDLE + 8)
+            .map(|_| Upstream::new(&url, client()))
+            .collect();
+        for upstream in &sessions {
+            post(upstream).await;
+        }
+        // Other tests of this process may hold places too, never more than the cap.
+        assert!(IDLE.load(Ordering::SeqCst) <= MAX_IDLE);
+        let kept: usize = sessions
+            .iter()
+            .map(|u| match &u.route {
+                Route::Direct(direct) => lock(&direct.idle).len(),
+                Route::General { .. } => 0,
+            })
+            .sum();
+        assert!(kept <= MAX_IDLE, "{kept} idle connections kept");
+        assert!(kept >= MAX_IDLE - 8, "only {kept} idle connections kept");
+        drop(sessions);
+        // Their places are given back: what is left is other tests' (a few at most).
+        assert!(IDLE.load(Ordering::SeqCst) <= 8);
     }
 
     #[tokio::test]
