@@ -20,7 +20,6 @@
 //! from many clients, so they are renamed on the way in (`"tg-N"`) and restored on the way
 //! out (progress tokens likewise); everything else in the message is passed on as received.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -38,10 +37,9 @@ use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
 use crate::gateway::core::{self, RunOptions};
 use crate::gateway::jsonrpc::{self, IdKey, Parsed, Raw, Shape};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
+use crate::hashing::FastMap;
 use crate::sync::lock;
 
-/// Size of the in-process pipe from a core to a URL upstream.
-const PIPE: usize = 256 * 1024;
 /// Messages queued for one waiting HTTP request.
 const WAITER_QUEUE: usize = 256;
 /// What the core writes may exceed `--max-message` by this much (an error it builds, a
@@ -77,11 +75,13 @@ struct Waiter {
     original_progress: Option<serde_json::Value>,
 }
 
+/// Looked up on every request and answer; keyed by the clients' ids and tokens, bounded
+/// by the requests in flight (one per connection), so hashed with [`FastMap`].
 #[derive(Default)]
 struct Routes {
-    waiters: HashMap<IdKey, Waiter>,
+    waiters: FastMap<IdKey, Waiter>,
     /// Progress token (JSON text) → the request that sent it.
-    progress: HashMap<Box<str>, IdKey>,
+    progress: FastMap<Box<str>, IdKey>,
     listener: Option<mpsc::Sender<(Vec<u8>, Charge)>>,
     /// Set when the core has ended: nothing will be answered any more.
     ended: bool,
@@ -180,7 +180,15 @@ impl CoreLink {
                 ));
             }
             ServerSpec::Url(url) => {
-                let (core_side, remote_side) = tokio::io::duplex(PIPE);
+                // Both ways are queues: the core's lines for the upstream are handed to
+                // `remote` as the core's writer produces them, and its answers read by the
+                // core straight from their queue.
+                let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+                let requests = LineSink::new(
+                    ToRemote(Some(requests_tx)),
+                    ByteBudget::for_messages(max_message),
+                    max_message.saturating_add(CORE_SLACK),
+                );
                 let (answers_tx, answers_rx) = mpsc::channel(1024);
                 let answers_budget = ByteBudget::for_messages(max_message);
                 let answers = LineSource::new(answers_rx, answers_budget.clone());
@@ -188,7 +196,7 @@ impl CoreLink {
                     url.clone(),
                     client.clone(),
                     max_message,
-                    BufReader::with_capacity(64 * 1024, remote_side),
+                    requests_rx,
                     answers_tx,
                     answers_budget,
                 ));
@@ -198,7 +206,7 @@ impl CoreLink {
                     core_client_in,
                     core_client_out,
                     answers,
-                    core_side,
+                    requests,
                     options,
                 ));
             }
@@ -443,6 +451,28 @@ impl LineHandler for Router {
         if let Some(link) = self.0.upgrade() {
             link.end();
         }
+    }
+}
+
+/// Hands the lines a core writes for its URL upstream to [`remote::run_queued`]. The queue
+/// is unbounded in count but not in bytes: each line holds its charge of the sink's budget
+/// until `remote` takes it.
+struct ToRemote(Option<mpsc::UnboundedSender<(Vec<u8>, Charge)>>);
+
+impl LineHandler for ToRemote {
+    fn line(&mut self, line: Vec<u8>, charge: Charge) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send((line, charge));
+        }
+    }
+
+    fn too_long(&mut self) {
+        tracing::warn!("dropped a message from the core larger than --max-message");
+    }
+
+    fn end(&mut self) {
+        // The core closed the upstream's side: `remote` ends the upstream session.
+        self.0 = None;
     }
 }
 

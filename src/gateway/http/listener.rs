@@ -46,10 +46,13 @@ use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
 use tower::ServiceExt;
 
+use crate::gateway::grants::Grants;
+use crate::sync::lock;
 use crate::tls::{self, ServerTls};
 
 /// Default deadline for a request's headers (and for an idle kept-alive connection).
@@ -126,9 +129,44 @@ pub(crate) struct Peer {
     registry: Arc<Registry>,
     /// Changed only under the registry's lock.
     authenticated: AtomicBool,
+    /// The last bearer token this connection presented that named a grant (see
+    /// [`Peer::known_grant`]).
+    token: Mutex<Option<KnownToken>>,
+}
+
+/// A token checked on this connection, against the grants in force then.
+#[derive(Debug)]
+struct KnownToken {
+    token: Box<[u8]>,
+    /// The grants it was checked against: kept alive, so that a reload (a new set) is
+    /// never mistaken for this one.
+    grants: Arc<Grants>,
+    grant: String,
 }
 
 impl Peer {
+    /// The grant `token` named when this connection last presented it, if the grants in
+    /// force are still the ones it was checked against (a reload, or a revoked grant,
+    /// makes the next request check again). An agent sends the same token on every request
+    /// of a connection: this spares each one the SHA-256 and the comparison with every
+    /// stored hash. The comparison with the remembered token is in constant time.
+    pub(crate) fn known_grant(&self, token: &str, grants: &Arc<Grants>) -> Option<String> {
+        let known = lock(&self.token);
+        let known = known.as_ref()?;
+        let same = Arc::ptr_eq(&known.grants, grants)
+            && bool::from(known.token.as_ref().ct_eq(token.as_bytes()));
+        same.then(|| known.grant.clone())
+    }
+
+    /// Remembers that `token` named `grant` under `grants`.
+    pub(crate) fn remember_grant(&self, token: &str, grants: Arc<Grants>, grant: &str) {
+        *lock(&self.token) = Some(KnownToken {
+            token: token.as_bytes().into(),
+            grants,
+            grant: grant.to_owned(),
+        });
+    }
+
     /// The connection presented a valid grant token: it is no longer shed for newcomers.
     pub(crate) fn authenticated(&self) {
         if self.authenticated.load(Ordering::Relaxed) {
@@ -273,6 +311,7 @@ impl Registry {
             id,
             registry: self.clone(),
             authenticated: AtomicBool::new(false),
+            token: Mutex::new(None),
         });
         Some((peer, shed_rx))
     }

@@ -46,6 +46,7 @@ pub(crate) mod remote;
 pub(crate) mod servers;
 pub(crate) mod sessions;
 pub(crate) mod sse;
+mod upstream_pool;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -266,18 +267,24 @@ impl HttpGateway {
             .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(&origin))
     }
 
-    /// The grant of the request's bearer token.
-    fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+    /// The grant of the request's bearer token; `peer` (the connection) remembers the last
+    /// one it checked.
+    fn authenticate(&self, headers: &HeaderMap, peer: Option<&Peer>) -> Option<String> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = value.trim().split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
         }
-        self.options
-            .grants
-            .load()
-            .authenticate(token.trim())
-            .map(str::to_owned)
+        let token = token.trim();
+        let grants = self.options.grants.load_full();
+        if let Some(grant) = peer.and_then(|p| p.known_grant(token, &grants)) {
+            return Some(grant);
+        }
+        let grant = grants.authenticate(token)?.to_owned();
+        if let Some(peer) = peer {
+            peer.remember_grant(token, grants.clone(), &grant);
+        }
+        Some(grant)
     }
 
     fn session(&self, id: &str, server: &str, grant: &str) -> Option<Arc<CoreLink>> {
@@ -436,7 +443,8 @@ async fn handle(
             "requests from this Origin are not allowed",
         );
     }
-    let Some(grant) = gw.authenticate(&headers) else {
+    let peer = peer.map(|Extension(peer)| peer);
+    let Some(grant) = gw.authenticate(&headers, peer.as_deref()) else {
         let mut resp = plain(
             StatusCode::UNAUTHORIZED,
             "a valid `Authorization: Bearer <token>` is required (toolgate grants add NAME)",
@@ -445,7 +453,7 @@ async fn handle(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     };
-    if let Some(Extension(peer)) = peer {
+    if let Some(peer) = &peer {
         peer.authenticated();
     }
     if !gw.options.servers.contains_key(&name) {

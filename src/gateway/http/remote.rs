@@ -20,17 +20,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::gateway::budget::{ByteBudget, Charge};
-use crate::gateway::line_writer::write_lines;
-use tokio::task::JoinSet;
-
 use super::servers::UrlServer;
 use super::sse::SseParser;
+use super::upstream_pool::{Answer, CONNECT_WITHIN, Upstream};
+use crate::gateway::budget::{ByteBudget, Charge};
 use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, Raw, Shape, code};
+use crate::gateway::line_writer::write_lines;
 use crate::gateway::lines::{Line, LineReader};
 use crate::sync::lock;
 /// Times the GET stream is reopened after it fails, before giving up.
@@ -38,14 +41,18 @@ const GET_RETRIES: u32 = 2;
 /// How long closing the upstream session (DELETE) may take.
 const DELETE_WITHIN: Duration = Duration::from_secs(2);
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const VERSION_HEADER: &str = "mcp-protocol-version";
+const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// The HTTP client for all upstreams: connection pooling, a connect timeout, no redirects
-/// (an upstream's answer comes from the URL configured, or not at all).
+/// The HTTP client for upstreams reached through a proxy (and for `toolgate scan`'s): a
+/// connect timeout, no redirects (an upstream's answer comes from the URL configured, or
+/// not at all). Plain `http://` upstreams are reached without it
+/// ([`super::upstream_pool`]), with the same timeout and no redirects either.
 pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_WITHIN)
         .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .build()
@@ -55,14 +62,13 @@ pub(crate) fn http_client() -> reqwest::Client {
 /// The state of one upstream connection.
 struct Remote {
     server: UrlServer,
-    /// `server.url`, parsed once rather than for every request (`None`: it does not parse,
-    /// and each request then fails saying why).
-    url: Option<reqwest::Url>,
-    client: reqwest::Client,
+    upstream: Upstream,
+    /// `server.headers`, converted once.
+    headers: HeaderMap,
     /// The upstream's session id, from its `initialize` answer.
-    session: Mutex<Option<String>>,
+    session: Mutex<Option<HeaderValue>>,
     /// The protocol version `initialize` settled.
-    version: Mutex<Option<String>>,
+    version: Mutex<Option<HeaderValue>>,
     /// Lines for the core.
     to_core: mpsc::Sender<(Vec<u8>, Charge)>,
     /// Bytes queued for the core (2 × `--max-message` + 64 KiB): an answer waits for room.
@@ -71,7 +77,11 @@ struct Remote {
     max: usize,
 }
 
-/// Proxies between the core's upstream side and a Streamable HTTP server until the core
+/// Lines from the core, each with the charge it took from its queue's budget.
+pub(crate) type FromCore = mpsc::UnboundedReceiver<(Vec<u8>, Charge)>;
+
+/// Proxies between a pair of line streams (for `toolgate scan`, whose MCP session meets
+/// this transport over in-memory pipes) and a Streamable HTTP server until the session
 /// closes its side (then the upstream session is deleted and `to_core` closed).
 pub(crate) async fn run<R, W>(
     server: UrlServer,
@@ -83,48 +93,80 @@ pub(crate) async fn run<R, W>(
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+    let from_budget = ByteBudget::for_messages(max);
+    // The core only writes what it accepted (at most `max`) or built itself.
+    let mut lines = LineReader::new(from_core, max.saturating_add(64 * 1024));
+    let read = async move {
+        while let Some(line) = lines.next("core").await {
+            let Line::Whole(line) = line else {
+                tracing::warn!("dropped a message from the core larger than --max-message");
+                continue;
+            };
+            let Some(charge) = from_budget.charge(line.len()).await else {
+                break;
+            };
+            if lines_tx.send((line, charge)).is_err() {
+                break;
+            }
+        }
+    };
     let (tx, rx) = mpsc::channel(1024);
     let to_core_budget = ByteBudget::for_messages(max);
     let writer = tokio::spawn(write_lines(to_core, rx, to_core_budget.clone(), "core"));
-    run_queued(server, client, max, from_core, tx, to_core_budget).await;
+    tokio::join!(
+        read,
+        run_queued(server, client, max, lines_rx, tx, to_core_budget)
+    );
     let _ = writer.await;
 }
 
-/// [`run`], with what goes to the core queued on `to_core` (each line charged to
-/// `to_core_budget`) instead of written to a stream: `serve`'s links hand the queue to the
-/// core as its upstream stream ([`super::pipe::LineSource`]), with no writer task between.
-/// The queue closes once the upstream session is deleted.
-pub(crate) async fn run_queued<R>(
+/// Proxies between the core's upstream side and a Streamable HTTP server until the core
+/// closes its side (then the upstream session is deleted and `to_core` closed). Lines come
+/// from the core's queue and go back on `to_core` (each charged to `to_core_budget`):
+/// `serve`'s links hand both queues to the core as its upstream streams
+/// ([`super::pipe`]), with no pipe or task between. Requests in flight are driven here, in
+/// this task, not one task each.
+pub(crate) async fn run_queued(
     server: UrlServer,
     client: reqwest::Client,
     max: usize,
-    from_core: R,
+    mut from_core: FromCore,
     to_core: mpsc::Sender<(Vec<u8>, Charge)>,
     to_core_budget: ByteBudget,
-) where
-    R: AsyncBufRead + Unpin,
-{
+) {
+    let mut headers = HeaderMap::with_capacity(server.headers.len() + 4);
+    for (k, v) in &server.headers {
+        // SERVERS.json's headers were checked when it was read.
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
     let remote = Arc::new(Remote {
-        url: reqwest::Url::parse(&server.url).ok(),
+        upstream: Upstream::new(&server.url, client),
         server,
-        client,
+        headers,
         session: Mutex::new(None),
         version: Mutex::new(None),
         to_core,
         to_core_budget,
         max,
     });
-    // The core only writes what it accepted (at most `max`) or built itself.
-    let mut from_core = LineReader::new(from_core, max.saturating_add(64 * 1024));
-    let mut tasks = JoinSet::new();
+    let mut in_flight = FuturesUnordered::new();
     let mut get_stream = None;
-    while let Some(line) = from_core.next("core").await {
-        let Line::Whole(line) = line else {
-            tracing::warn!("dropped a message from the core larger than --max-message");
-            continue;
+    loop {
+        let line = tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            next = from_core.recv() => match next {
+                // The line's bytes go back to the queue's budget once it is posted.
+                Some((line, _charge)) => line,
+                None => break,
+            },
         };
-        // Reap finished requests so the set does not grow with the session.
-        while tasks.try_join_next().is_some() {}
         let Parsed::Message(env) = jsonrpc::parse(&line) else {
             // The core only forwards single messages it classified.
             tracing::warn!("dropped a line from the core that is not one message");
@@ -135,18 +177,27 @@ pub(crate) async fn run_queued<R>(
         match env.shape() {
             Ok(Shape::Request { id, .. }) => {
                 let remote = remote.clone();
-                tasks.spawn(async move { remote.post_request(line, id, routing).await });
+                in_flight.push(async move { remote.post_request(line, id, routing).await });
             }
             _ => {
                 let initialized = method.as_deref() == Some("notifications/initialized");
-                remote.post_notification(line, Some(routing)).await;
+                // The next line waits for this one (in order), the requests in flight not.
+                let posted = remote.post_notification(line, Some(routing));
+                tokio::pin!(posted);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut posted => break,
+                        Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                    }
+                }
                 if initialized && get_stream.is_none() && lock(&remote.session).is_some() {
                     get_stream = Some(tokio::spawn(remote.clone().listen()));
                 }
             }
         }
     }
-    tasks.abort_all();
+    drop(in_flight);
     if let Some(task) = get_stream {
         task.abort();
     }
@@ -240,26 +291,17 @@ fn base64_encode(bytes: &[u8]) -> String {
 }
 
 impl Remote {
-    fn request(
-        &self,
-        method: reqwest::Method,
-        routing: Option<&Routing>,
-    ) -> reqwest::RequestBuilder {
-        let req = match &self.url {
-            Some(url) => self.client.request(method, url.clone()),
-            None => self.client.request(method, &self.server.url),
-        };
-        let mut req = req.header(
-            reqwest::header::ACCEPT,
-            "application/json, text/event-stream",
-        );
-        for (k, v) in &self.server.headers {
-            req = req.header(k.as_str(), v.as_str());
+    /// The headers of a request to the upstream: SERVERS.json's, the upstream session's,
+    /// the protocol version and, for a 2026-07-28 request, its routing headers.
+    fn headers(&self, routing: Option<&Routing>) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        headers.insert(header::ACCEPT, ACCEPT_BOTH);
+        if let Some(session) = lock(&self.session).as_ref() {
+            headers.insert(SESSION_HEADER, session.clone());
         }
-        if let Some(session) = lock(&self.session).as_deref() {
-            req = req.header(SESSION_HEADER, session);
-        }
-        let own_version = routing.and_then(|r| r.version.clone());
+        let own_version = routing
+            .and_then(|r| r.version.as_deref())
+            .and_then(|v| HeaderValue::from_str(v).ok());
         let modern = own_version.is_some();
         let version = own_version.or_else(|| {
             if routing.is_some_and(|r| r.initialize) {
@@ -269,17 +311,30 @@ impl Remote {
             }
         });
         if let Some(version) = version {
-            req = req.header(VERSION_HEADER, version);
+            headers.insert(VERSION_HEADER, version);
         }
         if modern && let Some(routing) = routing {
-            if let Some(method) = &routing.method {
-                req = req.header("mcp-method", header_value(method));
+            if let Some(method) = routing.method.as_deref().map(header_value)
+                && let Ok(value) = HeaderValue::from_str(&method)
+            {
+                headers.insert(HeaderName::from_static("mcp-method"), value);
             }
-            if let Some(name) = &routing.name {
-                req = req.header("mcp-name", header_value(name));
+            if let Some(name) = routing.name.as_deref().map(header_value)
+                && let Ok(value) = HeaderValue::from_str(&name)
+            {
+                headers.insert(HeaderName::from_static("mcp-name"), value);
             }
         }
-        req
+        headers
+    }
+
+    /// POSTs a JSON-RPC message.
+    async fn post(&self, line: Vec<u8>, routing: Option<&Routing>) -> Result<Answer, String> {
+        let mut headers = self.headers(routing);
+        headers.insert(header::CONTENT_TYPE, JSON);
+        self.upstream
+            .send(Method::POST, headers, Bytes::from(line))
+            .await
     }
 
     async fn deliver(&self, message: &[u8]) {
@@ -293,14 +348,14 @@ impl Remote {
     /// POSTs a notification, or a response to a server-to-client request; the answer
     /// carries nothing for the core.
     async fn post_notification(&self, line: Vec<u8>, routing: Option<Routing>) {
-        let req = self
-            .request(reqwest::Method::POST, routing.as_ref())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(line);
-        match req.send().await {
-            Ok(resp) if resp.status().is_success() => {}
-            Ok(resp) => tracing::debug!("upstream answered a notification with {}", resp.status()),
-            Err(e) => tracing::warn!("cannot reach the upstream {}: {e}", self.server.url),
+        match self.post(line, routing.as_ref()).await {
+            Ok(answer) => {
+                if !answer.status.is_success() {
+                    tracing::debug!("upstream answered a notification with {}", answer.status);
+                }
+                answer.discard();
+            }
+            Err(e) => tracing::warn!("upstream {}: {e}", self.server.url),
         }
     }
 
@@ -324,29 +379,19 @@ impl Remote {
         id: &IdKey,
         routing: &Routing,
     ) -> Result<(), String> {
-        let req = self
-            .request(reqwest::Method::POST, Some(routing))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(line);
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
-        let status = resp.status();
+        let mut resp = self.post(line, Some(routing)).await?;
+        let status = resp.status;
         let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .headers
+            .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
         if routing.initialize
             && status.is_success()
-            && let Some(session) = resp
-                .headers()
-                .get(SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
+            && let Some(session) = resp.headers.get(SESSION_HEADER)
         {
-            *lock(&self.session) = Some(session.to_owned());
+            *lock(&self.session) = Some(session.clone());
         }
         if content_type.starts_with("text/event-stream") && status.is_success() {
             return self.relay_stream(&mut resp, id, routing).await;
@@ -374,7 +419,7 @@ impl Remote {
             }
             return Ok(());
         }
-        if status == reqwest::StatusCode::NOT_FOUND && lock(&self.session).is_some() {
+        if status == StatusCode::NOT_FOUND && lock(&self.session).is_some() {
             return Err("the MCP server ended the session".into());
         }
         Err(format!(
@@ -397,14 +442,14 @@ impl Remote {
             .and_then(|r| serde_json::from_str::<Init>(r.get()).ok())
             .and_then(|i| i.protocol_version)
         {
-            *lock(&self.version) = Some(version);
+            *lock(&self.version) = HeaderValue::from_str(&version).ok();
         }
     }
 
     /// Passes on the messages of a request's event stream as they come, until its answer.
     async fn relay_stream(
         &self,
-        resp: &mut reqwest::Response,
+        resp: &mut Answer,
         id: &IdKey,
         routing: &Routing,
     ) -> Result<(), String> {
@@ -440,10 +485,12 @@ impl Remote {
     async fn listen(self: Arc<Self>) {
         let mut failures = 0;
         while failures <= GET_RETRIES {
-            let req = self
-                .request(reqwest::Method::GET, None)
-                .header(reqwest::header::ACCEPT, "text/event-stream");
-            let mut resp = match req.send().await {
+            let mut headers = self.headers(None);
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            let mut resp = match self.upstream.send(Method::GET, headers, Bytes::new()).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     tracing::debug!("GET stream: {e}");
@@ -452,11 +499,11 @@ impl Remote {
                     continue;
                 }
             };
-            if resp.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED {
+            if resp.status == StatusCode::METHOD_NOT_ALLOWED {
                 return;
             }
-            if !resp.status().is_success() {
-                tracing::debug!("GET stream refused: {}", resp.status());
+            if !resp.status.is_success() {
+                tracing::debug!("GET stream refused: {}", resp.status);
                 failures += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -485,8 +532,10 @@ impl Remote {
         if lock(&self.session).is_none() {
             return;
         }
-        let req = self.request(reqwest::Method::DELETE, None);
-        let _ = tokio::time::timeout(DELETE_WITHIN, req.send()).await;
+        let deleted = self
+            .upstream
+            .send(Method::DELETE, self.headers(None), Bytes::new());
+        let _ = tokio::time::timeout(DELETE_WITHIN, deleted).await;
     }
 }
 
@@ -498,7 +547,7 @@ fn one_line(message: &[u8]) -> Vec<u8> {
 }
 
 /// Reads a response body, refusing one larger than `max` (before buffering it whole).
-async fn read_capped(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+async fn read_capped(resp: &mut Answer, max: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
         match resp.chunk().await {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::link::CoreLink;
+use crate::hashing::FastMap;
 use crate::sync::lock;
 use crate::wire::SessionCap;
 
@@ -42,7 +43,8 @@ struct RefusalLog {
 
 #[derive(Default)]
 struct Table {
-    sessions: HashMap<String, Arc<CoreLink>>,
+    /// Looked up on every request (bounded by the caps), so hashed with [`FastMap`].
+    sessions: FastMap<String, Arc<CoreLink>>,
     stateless: HashMap<(String, String), Arc<CoreLink>>,
     /// Links open or reserved, per grant.
     per_grant: HashMap<String, usize>,
