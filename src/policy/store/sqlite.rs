@@ -43,7 +43,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{
+    CachedStatement, Connection, ErrorCode, OptionalExtension, TransactionBehavior, params,
+};
 
 use super::{
     Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, NotedUsage, Reservation,
@@ -226,16 +228,24 @@ struct Open {
 /// after its cursor when known: an admission then reads no row, and a call in the same
 /// millisecond as the last (its window starts at the cursor) reads nothing for its
 /// `counters` event. It holds only while no other connection has written the file since
-/// (SQLite's `data_version`, read once per batch, inside its write transaction) and this
-/// one has not released or swept units (every use of the connection but an admission or a
-/// read forgets it, and so does a failed transaction). Pruning removes only units at or
-/// before a cursor.
+/// (the pager's data version, read once per batch inside its write transaction and again
+/// right after its commit, see [`Known::check`]) and this one has not released or swept
+/// units (every use of the connection but an admission or a read forgets it, and so does a
+/// failed transaction). Pruning removes only units at or before a cursor.
+///
+/// Within a batch it is also the rows' only up-to-date copy: an admission rewrites its
+/// budgets' rows here, and the batch writes each changed row once, before its commit
+/// ([`Known::write_dirty`]). So nothing is forgotten in the middle of a batch (the size
+/// cap applies at the start of the next one).
 #[derive(Debug, Default)]
 struct Known {
-    data_version: Option<i64>,
+    /// The pager's data version after this connection's last commit.
+    data_version: Option<u32>,
     /// By a hash of the budget's names (checked against the names on a hit).
     budgets: crate::hashing::FastMap<u64, KnownBudget>,
     hasher: crate::hashing::Seeded,
+    /// Rows this batch changed and has not written yet (their hashes in `budgets`).
+    dirty: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -246,28 +256,52 @@ struct KnownBudget {
     row: Budget,
     /// The oldest unit counted after `row.cursor_ms` (`Some(None)`: there is none), if known.
     oldest: Option<Option<u64>>,
+    /// Whether `dirty` lists it.
+    dirty: bool,
 }
 
 /// [`Known`] forgets everything past this many budgets (gateways with many sessions).
 const KNOWN_MAX: usize = 1024;
 
+/// The pager's data version of the connection's main database: it changes with every commit
+/// of any connection, this one's included, and whenever this connection finds the file
+/// changed by another (`PRAGMA data_version` is the same counter, less this connection's
+/// own commits; read this way it costs no statement).
+fn data_version(conn: &Connection) -> rusqlite::Result<u32> {
+    let mut version: std::ffi::c_uint = 0;
+    conn.file_control(
+        Some(rusqlite::MAIN_DB),
+        rusqlite::FileControl::DataVersion(&mut version),
+    )?;
+    Ok(version)
+}
+
 impl Known {
     fn forget(&mut self) {
         self.data_version = None;
         self.budgets.clear();
+        self.dirty.clear();
     }
 
-    /// At the start of a batch's transaction: keeps what is known only if no other
-    /// connection has committed since.
+    /// At the start of a batch's transaction (the write lock taken, so the file as this
+    /// batch will see it): keeps what is known only if no connection has committed since
+    /// this one's last commit.
     fn check(&mut self, tx: &Connection) -> rusqlite::Result<()> {
-        let version: i64 = tx
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
-        if self.data_version != Some(version) {
+        self.dirty.clear();
+        let version = data_version(tx)?;
+        if self.data_version != Some(version) || self.budgets.len() >= KNOWN_MAX {
             self.budgets.clear();
-            self.data_version = Some(version);
         }
+        self.data_version = None;
         Ok(())
+    }
+
+    /// Right after this connection's commit: the version it left the file at.
+    fn committed(&mut self, conn: &Connection) {
+        match data_version(conn) {
+            Ok(version) => self.data_version = Some(version),
+            Err(_) => self.forget(),
+        }
     }
 
     fn hash(&self, limit: &LimitRequest<'_>) -> u64 {
@@ -288,19 +322,28 @@ impl Known {
             .map(|k| (k.row.clone(), k.oldest))
     }
 
-    fn set(&mut self, limit: &LimitRequest<'_>, row: &Budget, oldest: Option<Option<u64>>) {
+    /// Notes the row as an admission of this batch left it, to be written before the commit
+    /// ([`Known::write_dirty`]).
+    fn set(
+        &mut self,
+        tx: &Connection,
+        limit: &LimitRequest<'_>,
+        row: &Budget,
+        oldest: Option<Option<u64>>,
+    ) -> rusqlite::Result<()> {
         let hash = self.hash(limit);
         if let Some(known) = self.budgets.get_mut(&hash)
             && known.row.id == row.id
         {
             known.row = row.clone();
             known.oldest = oldest;
-            return;
+            if !known.dirty {
+                known.dirty = true;
+                self.dirty.push(hash);
+            }
+            return Ok(());
         }
-        if self.budgets.len() >= KNOWN_MAX {
-            self.budgets.clear();
-        }
-        self.budgets.insert(
+        let replaced = self.budgets.insert(
             hash,
             KnownBudget {
                 counter: Arc::clone(limit.counter),
@@ -308,8 +351,31 @@ impl Known {
                 scope_key: limit.scope_key.to_owned(),
                 row: row.clone(),
                 oldest,
+                dirty: true,
             },
         );
+        match replaced {
+            // Another budget under the same hash (names that collide): its row is written
+            // now, since from here on it is read from the file.
+            Some(old) if old.dirty => old.row.write(tx),
+            _ => {
+                self.dirty.push(hash);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the rows this batch changed, each once.
+    fn write_dirty(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        for hash in self.dirty.drain(..) {
+            if let Some(known) = self.budgets.get_mut(&hash)
+                && known.dirty
+            {
+                known.dirty = false;
+                known.row.write(tx)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -553,6 +619,22 @@ struct Budget {
 }
 
 impl Budget {
+    /// Writes the row as it is here.
+    fn write(&self, tx: &Connection) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "UPDATE counter_budgets SET retain_ms = ?2, latest_ms = ?3, cursor_ms = ?4, above = ?5
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            self.id,
+            sql_int(self.retain_ms),
+            sql_int(self.latest_ms),
+            self.cursor_ms,
+            sql_int(self.above)
+        ])?;
+        Ok(())
+    }
+
     fn find(
         tx: &Connection,
         counter: &str,
@@ -599,9 +681,23 @@ impl Budget {
     /// [`WALK_LEAVING`] of them, else counted): the walk stops at the first unit still in
     /// the window, which is the oldest one a call's `counters` event needs, so that takes no
     /// read of its own.
-    fn advance(&mut self, tx: &Connection, low: i64) -> rusqlite::Result<Option<Option<u64>>> {
+    ///
+    /// `oldest` is the oldest unit after the cursor, when known (see [`Known`]): if it is
+    /// still in the window (or there is none), no unit left it and nothing is read.
+    fn advance(
+        &mut self,
+        tx: &Connection,
+        low: i64,
+        oldest: Option<Option<u64>>,
+    ) -> rusqlite::Result<Option<Option<u64>>> {
         if low <= self.cursor_ms {
             return Ok(None);
+        }
+        if let Some(oldest) = oldest
+            && oldest.is_none_or(|at_ms| sql_int(at_ms) > low)
+        {
+            self.cursor_ms = low;
+            return Ok(Some(oldest));
         }
         let mut rows =
             tx.prepare_cached("SELECT at_ms FROM counter_units WHERE budget=?1 AND at_ms>?2")?;
@@ -672,21 +768,33 @@ impl SqliteStore {
             in_transaction(&open.conn, Begin::Write, |tx| {
                 known.check(tx)?;
                 let mut touched: Vec<Touched> = Vec::new();
+                let mut insert_unit = Held::new(
+                    "INSERT INTO counter_units (budget, at_ms, token) VALUES (?1, ?2, ?3)",
+                );
                 // Each call checks all its budgets before it takes a unit from any, so a refused
                 // call wrote nothing but what any call would have (its budgets' cursors and
                 // latest times): the calls share one transaction without savepoints.
                 let mut answers = Vec::with_capacity(calls.len());
                 for (call, (limits, now_ms)) in calls.iter().enumerate() {
                     let touching = noted.is_some().then_some((call, &mut touched));
-                    answers.push(admit_in(tx, known, limits, *now_ms, touching)?);
+                    answers.push(admit_in(
+                        tx,
+                        known,
+                        &mut insert_unit,
+                        limits,
+                        *now_ms,
+                        touching,
+                    )?);
                 }
                 let notes = if noted.is_some() {
                     note_usage(tx, &answers, &touched)?
                 } else {
                     Vec::new()
                 };
+                known.write_dirty(tx)?;
                 Ok((answers, notes))
             })
+            .inspect(|_| known.committed(&open.conn))
         });
         let answers = match decided {
             Ok((answers, notes)) => {
@@ -897,6 +1005,29 @@ fn oldest_after(tx: &Connection, budget: i64, low: i64) -> rusqlite::Result<Opti
     Ok(oldest.map(from_sql))
 }
 
+/// A statement every admission of a batch runs, taken from the connection's cache once per
+/// batch instead of once per admission (each take hashes its text and allocates its key).
+struct Held<'c> {
+    sql: &'static str,
+    statement: Option<CachedStatement<'c>>,
+}
+
+impl<'c> Held<'c> {
+    fn new(sql: &'static str) -> Held<'c> {
+        Held {
+            sql,
+            statement: None,
+        }
+    }
+
+    fn held(&mut self, tx: &'c Connection) -> rusqlite::Result<&mut CachedStatement<'c>> {
+        match &mut self.statement {
+            Some(statement) => Ok(statement),
+            empty => Ok(empty.insert(tx.prepare_cached(self.sql)?)),
+        }
+    }
+}
+
 /// One of a call's budgets, read and brought up to date, before the call is decided.
 struct Taking {
     budget: Budget,
@@ -917,9 +1048,10 @@ const PRUNE_STEPS: u64 = 16;
 /// Decides one call inside the caller's transaction: reads and updates each distinct budget
 /// (retained span, latest time, cursor, pruning), checks them all, and only if every one has
 /// room takes a unit from each. A refused call takes nothing.
-fn admit_in(
-    tx: &Connection,
+fn admit_in<'c>(
+    tx: &'c Connection,
     known: &mut Known,
+    insert_unit: &mut Held<'c>,
     limits: &[LimitRequest<'_>],
     now_ms: u64,
     touched: Option<(usize, &mut Vec<Touched>)>,
@@ -966,7 +1098,7 @@ fn admit_in(
         // cursor there every pruned unit is one the running count no longer holds.
         let low = window_start(at, limit.window_ms);
         let cursor_was = budget.cursor_ms;
-        match budget.advance(tx, low)? {
+        match budget.advance(tx, low, oldest)? {
             Some(walked) => oldest = Some(walked),
             None if budget.cursor_ms != cursor_was => oldest = None,
             None => {}
@@ -1007,10 +1139,11 @@ fn admit_in(
         if refused.is_none() {
             // Non-negative, so it round-trips through SQLite's signed integers.
             let token = rand::random::<u64>() >> 1;
-            tx.prepare_cached(
-                "INSERT INTO counter_units (budget, at_ms, token) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![t.budget.id, sql_int(t.at_ms), sql_int(token)])?;
+            insert_unit.held(tx)?.execute(params![
+                t.budget.id,
+                sql_int(t.at_ms),
+                sql_int(token)
+            ])?;
             if sql_int(t.at_ms) > t.budget.cursor_ms {
                 t.budget.above += 1;
                 t.oldest = t
@@ -1043,19 +1176,7 @@ fn admit_in(
                 token,
             });
         }
-        let b = &t.budget;
-        tx.prepare_cached(
-            "UPDATE counter_budgets SET retain_ms = ?2, latest_ms = ?3, cursor_ms = ?4, above = ?5
-             WHERE id = ?1",
-        )?
-        .execute(params![
-            b.id,
-            sql_int(b.retain_ms),
-            sql_int(b.latest_ms),
-            b.cursor_ms,
-            sql_int(b.above)
-        ])?;
-        known.set(&limits[t.index], b, t.oldest);
+        known.set(tx, &limits[t.index], &t.budget, t.oldest)?;
     }
     Ok(refused.unwrap_or_else(|| Admission::Admitted(Reservation::new(units))))
 }
