@@ -1378,6 +1378,54 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_leaves_its_budget_rows_written_for_other_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        let (a, b) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        let c: Arc<str> = Arc::from("c");
+        let limits = [global(&c, 5, 1000)];
+        // Four calls decided together (the row is written once, before the commit), the
+        // first of them when the budget did not exist yet.
+        let calls: Vec<(&[LimitRequest<'_>], u64)> =
+            (0..4).map(|i| (&limits[..], 100 + i)).collect();
+        for answer in a.admit_many(&calls) {
+            assert!(matches!(answer, Ok(Admission::Admitted(_))), "{answer:?}");
+        }
+        let usage = b.usage_of(&limits[0].key(), 1000, 200).unwrap();
+        assert_eq!((usage.used, usage.next_free_in_ms), (4, Some(900)));
+        assert!(matches!(
+            b.admit(&limits, 200).unwrap(),
+            Admission::Admitted(_)
+        ));
+        // The sixth is refused on either connection until the first unit leaves (at 1100).
+        for store in [&a, &b] {
+            assert_eq!(
+                store.admit(&limits, 300).unwrap(),
+                Admission::Refused {
+                    index: 0,
+                    retry_after_ms: 800
+                }
+            );
+        }
+        // Once it has left, four are in the window: one more fits.
+        assert!(matches!(
+            a.admit(&limits, 1100).unwrap(),
+            Admission::Admitted(_)
+        ));
+        assert_eq!(
+            a.admit(&limits, 1100).unwrap(),
+            Admission::Refused {
+                index: 0,
+                retry_after_ms: 1
+            }
+        );
+        assert_eq!(b.usage_of(&limits[0].key(), 1000, 1100).unwrap().used, 5);
+    }
+
+    #[test]
     fn a_version_1_file_is_migrated_with_its_counts_and_its_units_releasable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite3");
