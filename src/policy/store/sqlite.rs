@@ -10,7 +10,8 @@
 //! budget's row (or take it as this connection last wrote it, when no other connection has
 //! written since: [`Known`]), bring its running count up to the call's window, prune what
 //! has left its retained span (in steps), check every budget, and only if all have room
-//! insert one unit per budget.
+//! insert one unit per budget. The rows a batch changed are written once each, before its
+//! commit.
 //! WAL mode lets readers (`usage`) run beside a writer; other writers wait, in short naps
 //! ([`wait_for_lock`]), up to [`BUSY_TIMEOUT`], then the call fails closed.
 //!
