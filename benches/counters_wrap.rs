@@ -239,6 +239,7 @@ fn sequential(dir: &Path) {
         assert_eq!(reply, Reply::Ok, "the limited call was refused");
         l.push(took);
     }
+    let tails = (percentile(u.clone(), 0.99), percentile(l.clone(), 0.99));
     let (d, u, l) = (percentile(d, 0.5), percentile(u, 0.5), percentile(l, 0.5));
     println!(
         "summary: one in flight, {SEQUENTIAL_CALLS} calls, p50: direct {:.1} µs; wrap without limit {:.1} µs (+{:.1}); wrap with a limit on SQLite {:.1} µs (+{:.1} over unlimited; target ≤ 40)",
@@ -247,6 +248,12 @@ fn sequential(dir: &Path) {
         us(u.saturating_sub(d)),
         us(l),
         us(l.saturating_sub(u))
+    );
+    // The WAL's restarts hold a limited call for their fsyncs now and then: seen here.
+    println!(
+        "summary: one in flight, p99: wrap without limit {:.1} µs; with a limit on SQLite {:.1} µs",
+        us(tails.0),
+        us(tails.1)
     );
 }
 
