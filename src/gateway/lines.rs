@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_written_line_s_buffer_is_read_into_again_and_a_large_one_is_freed() {
-        // Each test runs on a thread of its own: this thread's pool starts empty.
+        SPARE.with(|spare| spare.borrow_mut().clear());
         let small = Vec::with_capacity(200);
         let at = small.as_ptr();
         recycle(small);
