@@ -68,7 +68,7 @@ where
                     // Written (at most the BufWriter's 64 KiB wait for the flush): the
                     // bytes go back to the budget with the line.
                     drop(charge);
-                    drop(line);
+                    super::lines::recycle(line);
                 }
                 Out::Close => closing = true,
             }

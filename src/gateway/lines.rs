@@ -58,7 +58,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     }
 
     async fn read_line(&mut self) -> std::io::Result<Option<Line>> {
-        let mut line = Vec::new();
+        let mut line = reused();
         // Set once the line outgrew `max`: `line` then only keeps the prefix.
         let mut too_long: Option<u64> = None;
         let mut any = false;
@@ -112,6 +112,42 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             Some(len) => Line::TooLong { prefix: line, len },
         }))
     }
+}
+
+/// The most buffers [`recycle`] keeps per thread.
+const POOL: usize = 64;
+/// The largest buffer [`recycle`] keeps: a line longer than most calls and answers.
+const POOLED_CAPACITY: usize = 4096;
+
+thread_local! {
+    /// Line buffers given back once written, for the next lines read on this thread: at most
+    /// [`POOL`] of at most [`POOLED_CAPACITY`] bytes (256 KiB a thread), so a gateway that
+    /// reads and writes lines on one thread (`wrap`) allocates none per line once warm.
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer for the next line: a spare one when this thread has one.
+fn reused() -> Vec<u8> {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Gives a written line's buffer back for the next line read on this thread (emptied); a
+/// large one, or one beyond the [`POOL`], is freed.
+pub(crate) fn recycle(mut line: Vec<u8>) {
+    if line.capacity() == 0 || line.capacity() > POOLED_CAPACITY {
+        return;
+    }
+    line.clear();
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < POOL {
+            spare.push(line);
+        }
+    });
 }
 
 /// Where the first `\n` of `bytes` is (every byte of every line passes here: `memchr`
@@ -194,6 +230,37 @@ mod tests {
             &lines(b"123456\n", 5, 2).await[0],
             Line::TooLong { len: 6, .. }
         ));
+    }
+
+    #[test]
+    fn a_written_line_s_buffer_is_read_into_again_and_a_large_one_is_freed() {
+        SPARE.with(|spare| spare.borrow_mut().clear());
+        let small = Vec::with_capacity(200);
+        let at = small.as_ptr();
+        recycle(small);
+        let again = reused();
+        assert_eq!(again.as_ptr(), at, "the spare buffer was not reused");
+        assert!(again.is_empty() && again.capacity() >= 200);
+        recycle(Vec::with_capacity(POOLED_CAPACITY + 1));
+        assert_eq!(reused().capacity(), 0, "a large buffer was kept");
+        for _ in 0..POOL + 10 {
+            recycle(Vec::with_capacity(16));
+        }
+        assert_eq!(SPARE.with(|spare| spare.borrow().len()), POOL);
+    }
+
+    #[tokio::test]
+    async fn lines_read_into_spare_buffers_come_out_the_same() {
+        let mut dirty = b"left over from an earlier line".to_vec();
+        dirty.reserve(100);
+        recycle(dirty);
+        assert_eq!(
+            lines(b"{\"id\":1}\nx\n", 100, 4).await,
+            vec![
+                Line::Whole(b"{\"id\":1}".to_vec()),
+                Line::Whole(b"x".to_vec())
+            ]
+        );
     }
 
     #[tokio::test]
