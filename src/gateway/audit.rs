@@ -574,15 +574,10 @@ pub struct Hex64([u8; 64]);
 impl Hex64 {
     /// The hex of the first 32 bytes of `bytes` (all of a SHA-256).
     fn of(bytes: &[u8]) -> Hex64 {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut text = [b'0'; 64];
         if let Some(bytes) = bytes.get(..32) {
-            // Two digits per byte from a table (`hex::encode_to_slice` cost about 260
-            // instructions a hash).
-            for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
-                pair[0] = DIGITS[usize::from(byte >> 4)];
-                pair[1] = DIGITS[usize::from(byte & 0x0f)];
-            }
+            // 64 digits for 32 bytes: the encoding cannot fail.
+            let _ = hex::encode_to_slice(bytes, &mut text);
         }
         Hex64(text)
     }
