@@ -1468,14 +1468,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn what_a_connection_knows_of_a_budget_is_dropped_once_another_writes_the_file() {
+    /// Two stores (two connections, as two processes would have) on one new file.
+    fn two_connections() -> (tempfile::TempDir, SqliteStore, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite3");
-        let (a, b) = (
-            SqliteStore::open(&path).unwrap(),
-            SqliteStore::open(&path).unwrap(),
-        );
+        let a = SqliteStore::open(&path).unwrap();
+        let b = SqliteStore::open(&path).unwrap();
+        (dir, a, b)
+    }
+
+    #[test]
+    fn what_a_connection_knows_of_a_budget_is_dropped_once_another_writes_the_file() {
+        let (_dir, a, b) = two_connections();
         let c: Arc<str> = Arc::from("c");
         let admitted = |store: &SqliteStore, at| match store.admit(&[global(&c, 3, 1000)], at) {
             Ok(Admission::Admitted(reservation)) => reservation,
@@ -1503,12 +1507,7 @@ mod tests {
 
     #[test]
     fn a_batch_leaves_its_budget_rows_written_for_other_connections() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.sqlite3");
-        let (a, b) = (
-            SqliteStore::open(&path).unwrap(),
-            SqliteStore::open(&path).unwrap(),
-        );
+        let (_dir, a, b) = two_connections();
         let c: Arc<str> = Arc::from("c");
         let limits = [global(&c, 5, 1000)];
         // Four calls decided together (the row is written once, before the commit), the
