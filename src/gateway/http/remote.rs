@@ -162,7 +162,10 @@ pub(crate) async fn run_queued(
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             next = from_core.recv() => match next {
-                // The line's bytes go back to the queue's budget once it is posted.
+                // The line's bytes go back to the queue's budget as it leaves the queue, not
+                // when it is posted: a request waiting on a slow server must not hold back
+                // the lines behind it (a cancellation); requests in flight are bounded by the
+                // core's cap on requests in flight (`MAX_IN_FLIGHT`), as with a task each.
                 Some((line, _charge)) => line,
                 None => break,
             },
