@@ -305,6 +305,60 @@ fn deleting_the_grants_file_revokes_every_token_within_a_second() {
     }
 }
 
+/// The status of a POST of `notifications/initialized` to server `t` with `token`, sent on
+/// `stream`, a connection kept alive between requests (the reply read by its length).
+fn status_on(stream: &mut std::net::TcpStream, serve: &Serve, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let body = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
+    let request = format!(
+        "POST /mcp/t HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        serve.addr,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n\r\n") {
+        let n = stream
+            .read(&mut byte)
+            .expect("a reply on the kept connection");
+        assert_eq!(n, 1, "the connection closed before the reply's head ended");
+        reply.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut rest = vec![0u8; length];
+    stream.read_exact(&mut rest).unwrap();
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_token_revoked_while_its_connection_stays_open_stops_working_on_that_connection() {
+    // The gateway remembers, per connection, the last token that named a grant: the
+    // revocation must reach a connection that keeps being used.
+    let (serve, tail, tokens) = start(&["ci"]);
+    let mut stream = std::net::TcpStream::connect(serve.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(status_on(&mut stream, &serve, &tokens[0]), 202);
+    assert_eq!(status_on(&mut stream, &serve, &tokens[0]), 202);
+
+    std::fs::remove_file(serve.grants()).unwrap();
+    tail.wait_grants("deleted");
+    assert_eq!(
+        status_on(&mut stream, &serve, &tokens[0]),
+        401,
+        "the revoked token still works on the connection that used it; log:\n{}",
+        serve.log()
+    );
+}
+
 #[test]
 fn an_empty_invalid_or_unreadable_grants_file_does_not_revoke() {
     let (serve, tail, tokens) = start(&["ci"]);
