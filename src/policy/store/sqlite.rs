@@ -725,10 +725,11 @@ pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
 fn sweep(conn: &mut Connection, now_ms: u64) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Each budget's state row found by its key (names, then the row that sorts last), not by
-    // a scan of `counter_log`, which holds every unit too.
+    // a scan of `counter_log`, which holds every unit too: `CROSS JOIN` keeps that loop order
+    // (SQLite's planner, without statistics, chose the scan).
     let idle: Vec<i64> = tx
         .prepare(
-            "SELECT k.id FROM counter_keys k JOIN counter_log s
+            "SELECT k.id FROM counter_keys k CROSS JOIN counter_log s
                  ON s.budget = k.id AND s.at_ms = 9223372036854775807 AND s.token = -1
              WHERE s.latest_ms + 2 * s.retain_ms <= ?1",
         )?
