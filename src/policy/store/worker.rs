@@ -236,6 +236,13 @@ impl StoreWorker {
         }
     }
 
+    /// The same worker, failing an admission not answered within `within` instead of
+    /// [`ANSWER_WITHIN`] (for tests: a deadline that passes in milliseconds).
+    pub fn answering_within(mut self, within: Duration) -> StoreWorker {
+        self.answer_within = within;
+        self
+    }
+
     /// The store itself, for callers that are not on an async runtime (`explain`, tests).
     pub fn store(&self) -> &Arc<dyn CounterStore> {
         &self.store
