@@ -18,8 +18,9 @@
 //! answer replaced by one.
 //!
 //! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
-//! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
-//! task per held call. Each queue is bounded in bytes by a [`ByteBudget`] of
+//! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), one
+//! task per held call, and one task ([`admissions`]) that goes on with the limited calls as
+//! the counter store answers them (through one channel, a batch's answers at once). Each queue is bounded in bytes by a [`ByteBudget`] of
 //! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
 //! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
 //! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.

@@ -4,8 +4,10 @@
 //! [`super::sqlite::BUSY_TIMEOUT`] for another process's lock, Redis for the network. Asked
 //! from a gateway's async tasks, that wait would stop every other call, hold timer, progress
 //! note and websocket of the gateway with it. So a gateway asks through a worker: one thread
-//! per store, fed by a bounded queue, answering each admission through a oneshot. While the
-//! store is slow, only the calls that need a counter wait.
+//! per store, fed by a bounded queue, answering each admission through a oneshot, or into a
+//! channel that many admissions share ([`Answers`]: a gateway connection's limited calls,
+//! drained by one task, so a batch costs the runtime one wake, not a task and a oneshot per
+//! call). While the store is slow, only the calls that need a counter wait.
 //!
 //! Group commit: admissions that queue up while the thread is in a transaction are handed to
 //! [`CounterStore::admit_many`] together (at most [`MAX_BATCH`]), in arrival order. Each call
