@@ -1699,6 +1699,9 @@ fn connection_ended() -> StoreError {
     )
 }
 
+/// How late, at most, a call waiting for its admission fails after its deadline.
+const DEADLINE_STEP: Duration = Duration::from_millis(50);
+
 /// Answers a batch delivers, at most, taken at once.
 const ANSWERS_AT_ONCE: usize = 256;
 
@@ -1717,6 +1720,10 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
     let within = shared.gateway.store.answer_within();
     let mut closing = shared.closing.clone();
     let mut closed = *closing.borrow();
+    // Moved only when it would fire too early or more than a step late: a call fails at
+    // most `DEADLINE_STEP` after its deadline, and the timer is not set again per batch.
+    let timer = tokio::time::sleep(within);
+    tokio::pin!(timer);
     loop {
         let next_deadline = {
             let mut state = shared.lock();
@@ -1732,6 +1739,12 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
         };
         // With nothing waiting, a call queued meanwhile has a later deadline than this.
         let wake_at = next_deadline.unwrap_or_else(|| Instant::now() + within);
+        let set_at = timer.deadline().into_std();
+        if timer.is_elapsed() || set_at < wake_at || set_at > wake_at + DEADLINE_STEP {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(wake_at + DEADLINE_STEP));
+        }
         tokio::select! {
             got = answered.recv_many(&mut batch, ANSWERS_AT_ONCE) => {
                 if got == 0 {
@@ -1739,7 +1752,7 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                     break;
                 }
             }
-            () = tokio::time::sleep_until(wake_at.into()) => {}
+            () = &mut timer => {}
             _ = closing.wait_for(|c| *c), if !closed => closed = true,
         }
         {
