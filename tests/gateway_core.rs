@@ -1436,3 +1436,34 @@ async fn a_call_whose_admission_is_not_answered_in_time_fails_closed_and_its_lat
     h.client.send_json(call(2, "slow", json!({}))).await;
     assert_eq!(h.server.recv().await["id"], 2);
 }
+
+/// On a runtime with several threads the store can answer a call before the connection has
+/// put it among the calls waiting: that answer must still reach it. Each of these calls
+/// would otherwise wait for its deadline (a minute here), past the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limited_call_is_answered_when_the_store_answers_faster_than_the_connection() {
+    let store = failing_gate(false);
+    store
+        .gate
+        .open
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut h = start_gated(store, 1_000_000, Some(Duration::from_secs(60)));
+    const CALLS: u64 = 500;
+    let client = tokio::spawn(async move {
+        for id in 1..=CALLS {
+            h.client.send_json(call(id, "slow", json!({}))).await;
+        }
+        h
+    });
+    let mut h = client.await.expect("the client's sender");
+    let mut seen = Vec::new();
+    for _ in 1..=CALLS {
+        let forwarded = h.server.recv().await;
+        seen.push(forwarded["id"].as_u64().expect("an id"));
+    }
+    let expected: Vec<u64> = (1..=CALLS).collect();
+    assert_eq!(
+        seen, expected,
+        "every call forwarded once, in the order it came"
+    );
+}
