@@ -1252,3 +1252,218 @@ async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cance
         .await;
     assert_eq!(h.client.recv().await["id"], 2);
 }
+
+/// A store that lets admissions through only once the test opens its gate (at most
+/// [`STEP`]), and then, if told to, fails as a bug would: it panics, ending the store's
+/// thread with admissions still queued behind it.
+struct FailingGate {
+    gate: GatedStore,
+    panic: bool,
+}
+
+impl toolgate::testing::policy::CounterStore for FailingGate {
+    fn admit(
+        &self,
+        limits: &[toolgate::testing::policy::LimitRequest<'_>],
+        now_ms: u64,
+    ) -> Result<toolgate::testing::policy::Admission, toolgate::testing::policy::StoreError> {
+        let admitted = self.gate.admit(limits, now_ms);
+        assert!(!self.panic, "the counter store fails (simulated)");
+        admitted
+    }
+
+    fn try_release(
+        &self,
+        reservation: &toolgate::testing::policy::Reservation,
+    ) -> Result<(), toolgate::testing::policy::StoreError> {
+        self.gate.try_release(reservation)
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: toolgate::testing::policy::Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<toolgate::testing::policy::KeyUsage>, toolgate::testing::policy::StoreError>
+    {
+        self.gate.usage(counter, scope, window_ms, now_ms)
+    }
+}
+
+/// A gateway whose limited tool `slow` (at most `max` a minute) waits for `store`'s gate.
+fn start_gated(store: Arc<FailingGate>, max: u64, within: Option<Duration>) -> Harness {
+    let mut worker = toolgate::testing::policy::StoreWorker::new(store);
+    if let Some(within) = within {
+        worker = worker.answering_within(within);
+    }
+    let policy = format!(
+        r#"{{"version":"1","default":"deny","tools":{{"echo":{{}},
+            "slow":{{"limits":[{{"counter":"c","window":"minute","max":{max},"scope":"global"}}]}}}}}}"#
+    );
+    start_with(&policy, move |mut g| {
+        g.store = worker;
+        g
+    })
+}
+
+fn failing_gate(panic: bool) -> Arc<FailingGate> {
+    Arc::new(FailingGate {
+        gate: GatedStore {
+            inner: MemoryStore::new(),
+            open: std::sync::atomic::AtomicBool::new(false),
+        },
+        panic,
+    })
+}
+
+/// The text of a refusal (`result` with `isError`) the client got.
+fn refusal_text(answer: &Value) -> &str {
+    assert_eq!(answer["result"]["isError"], true, "not a refusal: {answer}");
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn limited_calls_answered_in_one_batch_go_on_in_the_order_they_came() {
+    let store = failing_gate(false);
+    let mut h = start_gated(store.clone(), 5, None);
+    // The first call takes the store's thread and waits at the gate; the next seven queue
+    // up behind it and are decided together once it opens.
+    for id in 1..=8 {
+        h.client.send_json(call(id, "slow", json!({}))).await;
+    }
+    // None is decided while the store has not answered: this ping passes them all.
+    assert_eq!(h.ping(100).await["method"], "ping");
+    store
+        .gate
+        .open
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Exactly max admitted, the first five in the order they came, the rest refused in
+    // order too.
+    for id in 1..=5 {
+        assert_eq!(h.server.recv().await["id"], id);
+    }
+    for id in 6..=8 {
+        let refused = h.client.recv().await;
+        assert_eq!(refused["id"], id, "{refused}");
+        assert!(
+            refusal_text(&refused).starts_with("Rate limit reached"),
+            "{refused}"
+        );
+    }
+    let mut decided = Vec::new();
+    while decided.len() < 8 {
+        if let EventKind::Call(call) = h.event("call").await {
+            decided.push((call.decision, call.tool.to_string()));
+        }
+    }
+    let verdicts: Vec<_> = decided.iter().map(|(v, _)| *v).collect();
+    use toolgate::testing::policy::Verdict::{Allow, RateLimited};
+    assert_eq!(
+        verdicts,
+        [
+            Allow,
+            Allow,
+            Allow,
+            Allow,
+            Allow,
+            RateLimited,
+            RateLimited,
+            RateLimited
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_store_thread_that_stops_with_calls_waiting_refuses_every_one_of_them() {
+    let store = failing_gate(true);
+    let mut h = start_gated(store.clone(), 100, None);
+    for id in 1..=4 {
+        h.client.send_json(call(id, "slow", json!({}))).await;
+    }
+    assert_eq!(h.ping(100).await["method"], "ping");
+    // The store panics in the first admission: its thread ends, the batch it was deciding
+    // and the calls queued behind it unanswered.
+    store
+        .gate
+        .open
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut refused = Vec::new();
+    for _ in 1..=4 {
+        let answer = h.client.recv().await;
+        // At once, saying what happened: not at the deadline, as for a slow store.
+        assert!(refusal_text(&answer).contains("stopped"), "{answer}");
+        refused.push(answer["id"].as_u64().expect("an id"));
+    }
+    refused.sort_unstable();
+    assert_eq!(refused, [1, 2, 3, 4], "every waiting call is answered once");
+    // None reached the server, and the next limited call is refused at once.
+    assert_eq!(h.ping(101).await["method"], "ping");
+    h.client.send_json(call(5, "slow", json!({}))).await;
+    let answer = h.client.recv().await;
+    assert_eq!(answer["id"], 5);
+    assert!(refusal_text(&answer).contains("stopped"), "{answer}");
+    assert_eq!(h.ping(102).await["method"], "ping");
+}
+
+#[tokio::test]
+async fn a_call_whose_admission_is_not_answered_in_time_fails_closed_and_its_late_unit_goes_back() {
+    let store = failing_gate(false);
+    let mut h = start_gated(store.clone(), 5, Some(Duration::from_millis(200)));
+    h.client.send_json(call(1, "slow", json!({}))).await;
+    // The gate stays closed past the deadline: the call fails closed.
+    let answer = h.client.recv().await;
+    assert_eq!(answer["id"], 1);
+    assert!(refusal_text(&answer).contains("did not answer"), "{answer}");
+    // The store admits it late: nobody uses the unit, so it goes back.
+    store
+        .gate
+        .open
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    loop {
+        if let EventKind::Counters(counters) = h.event("counters").await
+            && counters
+                .counters
+                .iter()
+                .any(|c| c.counter == "c" && c.used == 0)
+        {
+            break;
+        }
+    }
+    // The connection goes on: the next limited call is admitted.
+    h.client.send_json(call(2, "slow", json!({}))).await;
+    assert_eq!(h.server.recv().await["id"], 2);
+}
+
+/// On a runtime with several threads the store can answer a call before the connection has
+/// put it among the calls waiting: that answer must still reach it. Each of these calls
+/// would otherwise wait for its deadline (a minute here), past the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limited_call_is_answered_when_the_store_answers_faster_than_the_connection() {
+    let store = failing_gate(false);
+    store
+        .gate
+        .open
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut h = start_gated(store, 1_000_000, Some(Duration::from_secs(60)));
+    const CALLS: u64 = 500;
+    let client = tokio::spawn(async move {
+        for id in 1..=CALLS {
+            h.client.send_json(call(id, "slow", json!({}))).await;
+        }
+        h
+    });
+    let mut h = client.await.expect("the client's sender");
+    let mut seen = Vec::new();
+    for _ in 1..=CALLS {
+        let forwarded = h.server.recv().await;
+        seen.push(forwarded["id"].as_u64().expect("an id"));
+    }
+    let expected: Vec<u64> = (1..=CALLS).collect();
+    assert_eq!(
+        seen, expected,
+        "every call forwarded once, in the order it came"
+    );
+}

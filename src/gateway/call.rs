@@ -20,9 +20,10 @@ use super::audit::AuditRecord;
 use super::jsonrpc::{Envelope, ResultMembers, string_value};
 use crate::control::{HoldTicket, Hub, Resolution};
 use crate::policy::store::Answer;
+use crate::policy::store::worker::{Answers, Posted};
 use crate::policy::{
-    Admissible, Call, CounterStore, Decision, Judgement, Policy, Reservation, Shadow, ShadowSource,
-    Verdict, human_duration,
+    Admissible, Admission, Call, CounterStore, Decision, Judgement, Policy, Reservation, Shadow,
+    ShadowSource, StoreError, Verdict, human_duration,
 };
 use crate::telemetry::CallSpans;
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
@@ -58,6 +59,8 @@ impl Gateway {
         let decision = match self.start_decision(session, tool, args) {
             Deciding::Decided(decision) => decision,
             Deciding::Admitting(admitting) => admitting.decision().await,
+            // Not reached: no channel was given.
+            Deciding::Queued(queued) => queued.settle(Err(not_there())),
         };
         let (session, tool) = (SmolStr::new(session), SmolStr::new(tool));
         self.publish_decision(&session, &tool, args.clone(), decision, None, None)
@@ -68,6 +71,19 @@ impl Gateway {
     /// Nothing is published yet but, once the store admits it, the state of the budgets it
     /// took units from (the `counters` event, from the store's thread).
     pub(crate) fn start_decision(&self, session: &str, tool: &str, args: &Value) -> Deciding {
+        self.start_decision_into(session, tool, args, None)
+    }
+
+    /// [`Gateway::start_decision`]; a call whose only admission is the enforced one (no
+    /// shadow decision) and that waits for the store is answered into `into`
+    /// ([`Deciding::Queued`]), where one task drains the answers of many calls.
+    pub(crate) fn start_decision_into(
+        &self,
+        session: &str,
+        tool: &str,
+        args: &Value,
+        into: Option<&Answers>,
+    ) -> Deciding {
         if let Some(audit) = &self.audit
             && audit.refuses_calls()
         {
@@ -81,27 +97,43 @@ impl Gateway {
             grant: &self.grant,
             session,
         };
-        let enforced = self.step(policy.judge(&call), true);
+        let judgement = policy.judge(&call);
+        let shadow_rule = policy.judge_shadow(&call);
+        let candidate = self
+            .shadow_policy
+            .as_ref()
+            .and_then(|candidate| candidate.load_full());
+        let shadow_policy = candidate.map(|candidate| {
+            let judgement = candidate.judge_candidate(&call);
+            (candidate, judgement)
+        });
         // Shadow admissions are queued after the enforced one, in counters of their own: a
         // full shadow budget never refuses the call.
-        let shadow_rule = policy.judge_shadow(&call).map(|j| self.step(j, false));
-        let shadow_policy = self.shadow_policy.as_ref().and_then(|candidate| {
-            let candidate = candidate.load_full()?;
-            let step = self.step(candidate.judge_candidate(&call), false);
-            Some((candidate, step))
-        });
-        if shadow_rule.is_none()
-            && shadow_policy.is_none()
-            && let Step::Decided(decision) = enforced
-        {
-            return Deciding::Decided(decision);
+        let alone = shadow_rule.is_none() && shadow_policy.is_none();
+        let enforced = self.step(judgement, true, into.filter(|_| alone));
+        if alone {
+            return match enforced {
+                Step::Decided(decision) => Deciding::Decided(decision),
+                Step::Queued(admissible, ticket) => Deciding::Queued(Queued {
+                    policy: arc_swap::Guard::into_inner(policy),
+                    admissible,
+                    ticket,
+                }),
+                enforced @ Step::Admitting(..) => Admitting {
+                    policy: arc_swap::Guard::into_inner(policy),
+                    enforced,
+                    shadows: None,
+                }
+                .now(),
+            };
         }
-        let shadows = (shadow_rule.is_some() || shadow_policy.is_some()).then(|| {
-            Box::new(Shadows {
-                rule: shadow_rule,
-                policy: shadow_policy,
-            })
-        });
+        let shadow_rule = shadow_rule.map(|j| self.step(j, false, None));
+        let shadow_policy =
+            shadow_policy.map(|(candidate, j)| (candidate, self.step(j, false, None)));
+        let shadows = Some(Box::new(Shadows {
+            rule: shadow_rule,
+            policy: shadow_policy,
+        }));
         Admitting {
             // The same policy settles the decision, whatever a reload swaps in.
             policy: arc_swap::Guard::into_inner(policy),
@@ -111,18 +143,24 @@ impl Gateway {
         .now()
     }
 
-    /// A judgement, with its admission queued at the store when it has limits; an enforced
-    /// one (`publish`) has the state of the budgets it took units from published right after
-    /// it, on the store's thread (see [`crate::policy::StoreWorker::admit_then`]).
-    fn step(&self, judgement: Judgement, publish: bool) -> Step {
+    /// A judgement, with its admission queued at the store when it has limits (answered
+    /// into `into` when given); an enforced one (`publish`) has the state of the budgets it
+    /// took units from published right after it, on the store's thread (see
+    /// [`crate::policy::StoreWorker::admit_then`]).
+    fn step(&self, judgement: Judgement, publish: bool, into: Option<&Answers>) -> Step {
         match judgement {
             Judgement::Decided(decision) => Step::Decided(decision),
             Judgement::Admit(mut admissible) => {
                 let then = publish.then(|| self.counters_publisher());
-                let answer =
-                    self.store
-                        .admit_then(admissible.take_limits(), self.clock.now_ms(), then);
-                Step::Admitting(admissible, answer)
+                let (limits, now_ms) = (admissible.take_limits(), self.clock.now_ms());
+                let Some(into) = into else {
+                    let answer = self.store.admit_then(limits, now_ms, then);
+                    return Step::Admitting(admissible, answer);
+                };
+                match self.store.admit_into(limits, now_ms, then, into) {
+                    Posted::Queued(ticket) => Step::Queued(admissible, ticket),
+                    Posted::Ready(answer) => Step::Admitting(admissible, Answer::Ready(answer)),
+                }
             }
         }
     }
@@ -508,6 +546,28 @@ pub(crate) enum Deciding {
     Decided(Decision),
     /// Waiting for the counter store.
     Admitting(Admitting),
+    /// Waiting for the counter store's answer into the [`Answers`] given, with this ticket.
+    Queued(Queued),
+}
+
+/// A call whose one admission (no shadow decision) is answered into an [`Answers`]
+/// channel ([`Gateway::start_decision_into`]).
+pub(crate) struct Queued {
+    policy: Arc<Policy>,
+    admissible: Admissible,
+    ticket: u64,
+}
+
+impl Queued {
+    /// The ticket its answer comes back with.
+    pub(crate) fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
+    /// The decision, settled by the policy that judged the call, given the store's answer.
+    pub(crate) fn settle(self, answer: Result<Admission, StoreError>) -> Decision {
+        self.policy.settle(self.admissible, answer)
+    }
 }
 
 /// A call whose limits the counter store is admitting: the enforced decision's, and those of
@@ -531,6 +591,9 @@ struct Shadows {
 enum Step {
     Decided(Decision),
     Admitting(Admissible, Answer),
+    /// Answered into an [`Answers`] channel with this ticket (only a call without shadow
+    /// decisions, which [`Gateway::start_decision_into`] returns as [`Deciding::Queued`]).
+    Queued(Admissible, u64),
 }
 
 impl Step {
@@ -538,6 +601,7 @@ impl Step {
         match self {
             Step::Decided(_) => true,
             Step::Admitting(_, answer) => answer.is_ready(),
+            Step::Queued(..) => false,
         }
     }
 
@@ -549,6 +613,8 @@ impl Step {
         match self {
             Step::Decided(decision) => decision,
             Step::Admitting(admissible, answer) => policy.settle(admissible, answer.get().await),
+            // Not reached: such a call is decided from its channel; were it ever, closed.
+            Step::Queued(admissible, _) => policy.settle(admissible, Err(not_there())),
         }
     }
 }
@@ -577,13 +643,9 @@ impl Admitting {
             Step::Decided(decision) => decision,
             Step::Admitting(admissible, Answer::Ready(answer)) => policy.settle(admissible, answer),
             // Not reached (every step is ready); were it ever, the call fails closed.
-            Step::Admitting(admissible, Answer::Waiting { .. }) => policy.settle(
-                admissible,
-                Err(crate::policy::StoreError::new(
-                    crate::policy::StoreErrorKind::Other,
-                    "the counter store's answer was not there",
-                )),
-            ),
+            Step::Admitting(admissible, Answer::Waiting { .. }) | Step::Queued(admissible, _) => {
+                policy.settle(admissible, Err(not_there()))
+            }
         };
         let enforced = now(enforced, &policy);
         let shadow_rule = shadow_rule.map(|step| now(step, &policy));
@@ -611,6 +673,14 @@ impl Admitting {
         };
         with_shadows(enforced, shadow_rule, shadow_policy)
     }
+}
+
+/// The error a step whose answer is not where it is looked for fails closed with.
+fn not_there() -> StoreError {
+    StoreError::new(
+        crate::policy::StoreErrorKind::Other,
+        "the counter store's answer was not there",
+    )
 }
 
 /// The enforced decision with the first of its shadow decisions that differs from it (a

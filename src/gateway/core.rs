@@ -18,8 +18,9 @@
 //! answer replaced by one.
 //!
 //! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
-//! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
-//! task per held call. Each queue is bounded in bytes by a [`ByteBudget`] of
+//! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), one
+//! task per held call, and one task ([`admissions`]) that goes on with the limited calls as
+//! the counter store answers them (through one channel, a batch's answers at once). Each queue is bounded in bytes by a [`ByteBudget`] of
 //! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
 //! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
 //! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.
@@ -37,7 +38,7 @@
 //! it and settles its reservation; the others back off. That makes operator approval,
 //! timeout, cancellation and shutdown race-free without further locking.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -50,12 +51,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
 use super::budget::{ByteBudget, Charge};
-use super::call::{CallAnswer, Deciding, ToolsPage};
+use super::call::{CallAnswer, Deciding, Queued, ToolsPage};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Shape, code};
 use super::line_writer::{Out, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
-use crate::policy::{Decision, PinMode, Reservation, Verdict};
+use crate::policy::store::worker::{Answered, Answers};
+use crate::policy::{Admission, Decision, PinMode, Reservation, StoreError, Verdict};
 use crate::telemetry::CallSpans;
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
 
@@ -144,6 +146,13 @@ where
         "upstream",
     ));
     let (closing_tx, closing) = watch::channel(false);
+    let (answers, answered) = match gateway.store.is_threaded() {
+        true => {
+            let (answers, answered) = Answers::channel();
+            (Some(answers), Some(answered))
+        }
+        false => (None, None),
+    };
     let shared = Arc::new(Shared {
         gateway,
         session: SmolStr::new(&options.session),
@@ -156,7 +165,11 @@ where
         protocol_version: std::sync::OnceLock::new(),
         server_name: OnceLock::new(),
         next_relist: AtomicU64::new(1),
+        answers,
     });
+    if let Some(answered) = answered {
+        tokio::spawn(admissions(shared.clone(), answered));
+    }
 
     let client_reader = LineReader::new(client_reader, options.max_message);
     let upstream_reader = LineReader::new(upstream_reader, options.max_message);
@@ -348,6 +361,9 @@ struct Shared {
     server_name: OnceLock<String>,
     /// Numbers the gateway's own `tools/list` requests (`toolgate-pins-N`).
     next_relist: AtomicU64,
+    /// Where the counter store answers this connection's limited calls (drained by
+    /// [`admissions`]); `None` for a store asked in place.
+    answers: Option<Answers>,
 }
 
 /// The ids in flight, hashed cheaply ([`crate::hashing`]): each map holds at most
@@ -376,6 +392,19 @@ struct ConnState {
     /// The `_meta` of the client's latest `tools/list` (2026-07-28 clients send their
     /// protocol version there), repeated on the gateway's own.
     list_meta: Option<Box<RawValue>>,
+    /// Limited calls waiting for their admission's answer through `Shared::answers`, in
+    /// the order they were asked (which is the order they are answered in); each also has
+    /// its `Forwarded::Deciding` entry in `pending` while nothing ended it.
+    admitting: VecDeque<Waiting>,
+    /// Set by [`admissions`] as it stops (the connection closed and nothing waits): a call
+    /// queued after that is not waited for.
+    admissions_closed: bool,
+    /// The ticket of the last call put in `admitting`: an answer with a later ticket came
+    /// before its call was put there (the store was quicker than the client's reader on a
+    /// runtime with several threads), one with an earlier ticket after its call failed.
+    last_queued: Option<u64>,
+    /// Answers that came before their call (see `last_queued`), for the call to find.
+    early: Vec<Answered>,
 }
 
 impl ConnState {
@@ -419,6 +448,27 @@ struct Deliberation {
     held_room: Option<Charge>,
     /// Its spans, when tracing is on.
     spans: Option<Box<CallSpans>>,
+}
+
+/// A limited call waiting in `ConnState::admitting` for its admission's answer: all it
+/// needs to go on once answered (its decision settled, published, then forwarded, refused
+/// or held by [`admissions`]).
+struct Waiting {
+    queued: Queued,
+    call: Deliberation,
+    no_hold: Option<String>,
+    line: Vec<u8>,
+    /// When it fails (as `--counters-fail` says) if no answer has come.
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("ticket", &self.queued.ticket())
+            .field("id", &self.call.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A call admitted upstream, until its answer.
@@ -836,7 +886,8 @@ impl Shared {
                     Some(SmolStr::new_static("cancelled by the client")),
                 );
             }
-            // The upstream never saw this call: its admission's task gives its units back.
+            // The upstream never saw this call: it is settled (and its units given back)
+            // once its admission is answered.
             Some(Forwarded::Deciding) => return Disposition::Nothing,
             _ => {}
         }
@@ -925,46 +976,102 @@ impl Shared {
         {
             return self.decided(call, decision, no_hold, bytes, false);
         }
-        match self
-            .gateway
-            .start_decision(&self.session, &call.params.name, &call.args)
-        {
+        match self.gateway.start_decision_into(
+            &self.session,
+            &call.params.name,
+            &call.args,
+            self.answers.as_ref(),
+        ) {
             Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, false),
-            Deciding::Admitting(admitting) => {
+            Deciding::Queued(queued) => {
                 // The store may take a while (another process's lock): the id stays in
                 // flight while this call waits, and the connection goes on with the others.
+                // Its answer comes through `answers`, drained by one task for every call.
+                let within = self.gateway.store.answer_within();
+                let waiting = Waiting {
+                    queued,
+                    deadline: call.arrived + within,
+                    call,
+                    no_hold,
+                    line: bytes.to_vec(),
+                };
+                let ticket = waiting.queued.ticket();
+                let mut state = self.lock();
+                if let Some(at) = state.early.iter().position(|a| a.ticket == ticket) {
+                    let answer = state.early.swap_remove(at).answer;
+                    drop(state);
+                    let Waiting {
+                        queued,
+                        call,
+                        no_hold,
+                        line,
+                        ..
+                    } = waiting;
+                    return self.decided(call, queued.settle(answer), no_hold, &line, false);
+                }
+                if state.admissions_closed {
+                    drop(state);
+                    // Its answer will find nobody: the store gives its units back then.
+                    let Waiting {
+                        queued,
+                        call,
+                        no_hold,
+                        line,
+                        ..
+                    } = waiting;
+                    let mut decision = queued.settle(Err(connection_ended()));
+                    let _ = ended(&mut decision);
+                    return self.decided(call, decision, no_hold, &line, false);
+                }
+                state
+                    .pending
+                    .insert(waiting.call.id.clone(), Forwarded::Deciding);
+                state.last_queued = Some(ticket);
+                state.admitting.push_back(waiting);
+                Disposition::Nothing
+            }
+            Deciding::Admitting(admitting) => {
+                // As above, for a call with shadow decisions (more than one admission): a
+                // task of its own waits for them.
                 self.lock()
                     .pending
                     .insert(call.id.clone(), Forwarded::Deciding);
                 let shared = self.clone();
                 let line = bytes.to_vec();
                 tokio::spawn(async move {
-                    let mut decision = admitting.decision().await;
+                    let decision = admitting.decision().await;
                     let ended = !matches!(
                         shared.lock().pending.get(&call.id),
                         Some(Forwarded::Deciding)
                     );
-                    // Nobody waits for this call any more: recorded as what happened to it
-                    // (the decision first, then the units it took going back).
-                    let taken = if ended && decision.verdict != Verdict::Deny {
-                        decision.verdict = Verdict::Deny;
-                        decision.reason = SmolStr::new_static(
-                            "the call ended (cancelled, or its connection closed) while its \
-                             limits were counted",
-                        );
-                        decision.retry_after_ms = None;
-                        decision.approval_timeout_ms = None;
-                        std::mem::take(&mut decision.reservation)
-                    } else {
-                        Reservation::default()
-                    };
-                    let action = shared.decided(call, decision, no_hold, &line, true);
-                    shared.gateway.release(&taken);
-                    shared.act(Side::Client, action, line).await;
+                    shared.admitted(call, decision, ended, no_hold, line).await;
                 });
                 Disposition::Nothing
             }
         }
+    }
+
+    /// Goes on with a call that waited for the counter store, once decided: publishes the
+    /// decision and forwards, refuses or holds the call. `ended`: its `Forwarded::Deciding`
+    /// entry was gone (cancelled, or the connection closed): nobody waits for it any more.
+    async fn admitted(
+        self: &Arc<Self>,
+        call: Deliberation,
+        mut decision: Decision,
+        ended: bool,
+        no_hold: Option<String>,
+        line: Vec<u8>,
+    ) {
+        // Recorded as what happened to it (the decision first, then the units it took
+        // going back).
+        let taken = if ended {
+            self::ended(&mut decision)
+        } else {
+            Reservation::default()
+        };
+        let action = self.decided(call, decision, no_hold, &line, true);
+        self.gateway.release(&taken);
+        self.act(Side::Client, action, line).await;
     }
 
     /// Acts on a call's decision: publishes it, then forwards, refuses or holds the call.
@@ -1566,6 +1673,152 @@ impl Shared {
             owed.push(jsonrpc::error_response(Some(&id), code::UPSTREAM_GONE, why));
         }
         owed
+    }
+}
+
+/// Turns the decision of a call that ended while its limits were counted into the denial
+/// that says so; returns the units it had taken, to give back after publishing it.
+fn ended(decision: &mut Decision) -> Reservation {
+    if decision.verdict == Verdict::Deny {
+        return Reservation::default();
+    }
+    decision.verdict = Verdict::Deny;
+    decision.reason = SmolStr::new_static(
+        "the call ended (cancelled, or its connection closed) while its limits were counted",
+    );
+    decision.retry_after_ms = None;
+    decision.approval_timeout_ms = None;
+    std::mem::take(&mut decision.reservation)
+}
+
+/// What a call queued after its connection's [`admissions`] stopped is settled with.
+fn connection_ended() -> StoreError {
+    StoreError::new(
+        crate::policy::StoreErrorKind::Other,
+        "the connection closed while the call's limits were counted",
+    )
+}
+
+/// How late, at most, a call waiting for its admission fails after its deadline.
+const DEADLINE_STEP: Duration = Duration::from_millis(50);
+
+/// Answers a batch delivers, at most, taken at once.
+const ANSWERS_AT_ONCE: usize = 256;
+
+/// The one task of a connection that goes on with its limited calls (`ConnState::admitting`)
+/// as the counter store answers them through `Shared::answers`: woken once for the answers
+/// a batch delivered, it settles each call's decision and forwards, refuses or holds it, in
+/// the order the calls came. A call not answered within its deadline fails as
+/// `--counters-fail` says (its late answer's units are given back); an answer the store
+/// thread could not give (it stopped) comes as an error, so every call waiting is settled.
+/// The task ends once the connection is closing and no call waits; what is answered after
+/// that is given back.
+async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<Answered>) {
+    let mut batch: Vec<Answered> = Vec::with_capacity(ANSWERS_AT_ONCE);
+    let mut settled: Vec<(Waiting, Result<Admission, StoreError>, bool)> = Vec::new();
+    let mut late: Vec<Reservation> = Vec::new();
+    let within = shared.gateway.store.answer_within();
+    let mut closing = shared.closing.clone();
+    let mut closed = *closing.borrow();
+    // Moved only when it would fire too early or more than a step late: a call fails at
+    // most `DEADLINE_STEP` after its deadline, and the timer is not set again per batch.
+    let timer = tokio::time::sleep(within);
+    tokio::pin!(timer);
+    loop {
+        let next_deadline = {
+            let mut state = shared.lock();
+            if closed && state.admitting.is_empty() {
+                state.admissions_closed = true;
+                late.extend(state.early.drain(..).filter_map(|a| match a.answer {
+                    Ok(Admission::Admitted(reservation)) => Some(reservation),
+                    _ => None,
+                }));
+                break;
+            }
+            state.admitting.front().map(|waiting| waiting.deadline)
+        };
+        // With nothing waiting, a call queued meanwhile has a later deadline than this.
+        let wake_at = next_deadline.unwrap_or_else(|| Instant::now() + within);
+        let set_at = timer.deadline().into_std();
+        if timer.is_elapsed() || set_at < wake_at || set_at > wake_at + DEADLINE_STEP {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(wake_at + DEADLINE_STEP));
+        }
+        tokio::select! {
+            got = answered.recv_many(&mut batch, ANSWERS_AT_ONCE) => {
+                if got == 0 {
+                    // Not reached: `shared` keeps a sender.
+                    break;
+                }
+            }
+            () = &mut timer => {}
+            _ = closing.wait_for(|c| *c), if !closed => closed = true,
+        }
+        {
+            let mut state = shared.lock();
+            let now = Instant::now();
+            // The oldest first: those past their deadline.
+            while state
+                .admitting
+                .front()
+                .is_some_and(|waiting| waiting.deadline <= now)
+            {
+                let Some(waiting) = state.admitting.pop_front() else {
+                    break;
+                };
+                let ended = !matches!(
+                    state.pending.get(&waiting.call.id),
+                    Some(Forwarded::Deciding)
+                );
+                settled.push((waiting, shared.gateway.store.timed_out(), ended));
+            }
+            for Answered { ticket, answer } in batch.drain(..) {
+                let at = state
+                    .admitting
+                    .iter()
+                    .position(|waiting| waiting.queued.ticket() == ticket);
+                let Some(waiting) = at.and_then(|at| state.admitting.remove(at)) else {
+                    if state.last_queued.is_none_or(|last| ticket > last) {
+                        // Its call is not queued yet: it finds its answer there.
+                        state.early.push(Answered { ticket, answer });
+                    } else if let Ok(Admission::Admitted(reservation)) = answer {
+                        // Its call failed at its deadline already.
+                        late.push(reservation);
+                    }
+                    continue;
+                };
+                let ended = !matches!(
+                    state.pending.get(&waiting.call.id),
+                    Some(Forwarded::Deciding)
+                );
+                settled.push((waiting, answer, ended));
+            }
+        }
+        for reservation in late.drain(..) {
+            shared.gateway.release(&reservation);
+        }
+        for (waiting, answer, ended) in settled.drain(..) {
+            let Waiting {
+                queued,
+                call,
+                no_hold,
+                line,
+                ..
+            } = waiting;
+            let decision = queued.settle(answer);
+            shared.admitted(call, decision, ended, no_hold, line).await;
+        }
+    }
+    // Nothing waits any more: what is still answered is given back.
+    for reservation in late.drain(..) {
+        shared.gateway.release(&reservation);
+    }
+    answered.close();
+    while let Ok(Answered { answer, .. }) = answered.try_recv() {
+        if let Ok(Admission::Admitted(reservation)) = answer {
+            shared.gateway.release(&reservation);
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 //! [`super::sqlite::BUSY_TIMEOUT`] for another process's lock, Redis for the network. Asked
 //! from a gateway's async tasks, that wait would stop every other call, hold timer, progress
 //! note and websocket of the gateway with it. So a gateway asks through a worker: one thread
-//! per store, fed by a bounded queue, answering each admission through a oneshot. While the
-//! store is slow, only the calls that need a counter wait.
+//! per store, fed by a bounded queue, answering each admission through a oneshot, or into a
+//! channel that many admissions share ([`Answers`]: a gateway connection's limited calls,
+//! drained by one task, so a batch costs the runtime one wake, not a task and a oneshot per
+//! call). While the store is slow, only the calls that need a counter wait.
 //!
 //! Group commit: admissions that queue up while the thread is in a transaction are handed to
 //! [`CounterStore::admit_many`] together (at most [`MAX_BATCH`]), in arrival order. Each call
@@ -29,7 +31,7 @@
 //! is asked in place: a thread hop would cost more than the admission.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -49,7 +51,104 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// store's busy timeout, so that the store's own, more precise error is the one seen.
 pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
-type Reply = oneshot::Sender<Result<Admission, StoreError>>;
+/// Where an admission's answer goes.
+enum Reply {
+    /// To the one caller waiting for it ([`Answer::Waiting`]).
+    Once(oneshot::Sender<Result<Admission, StoreError>>),
+    /// Into a channel that many admissions share ([`StoreWorker::admit_into`]).
+    Into(Delivery),
+}
+
+impl Reply {
+    /// Whether nobody waits for the answer any more.
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Once(reply) => reply.is_closed(),
+            Reply::Into(delivery) => delivery.to.as_ref().is_none_or(|to| to.is_closed()),
+        }
+    }
+
+    /// Delivers the answer; gives it back when nobody waits for it.
+    fn send(
+        self,
+        answer: Result<Admission, StoreError>,
+    ) -> Result<(), Result<Admission, StoreError>> {
+        match self {
+            Reply::Once(reply) => reply.send(answer),
+            Reply::Into(mut delivery) => {
+                let ticket = delivery.ticket;
+                match delivery.to.take() {
+                    Some(to) => to
+                        .send(Answered { ticket, answer })
+                        .map_err(|unsent| unsent.0.answer),
+                    None => Err(answer),
+                }
+            }
+        }
+    }
+}
+
+/// An admission's answer, delivered into the channel of [`Answers`] with its ticket.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    pub(crate) ticket: u64,
+    pub(crate) answer: Result<Admission, StoreError>,
+}
+
+/// One channel that the admissions of many calls are answered into, in the order they were
+/// asked (a connection's limited calls): one task on the runtime drains it, woken once for
+/// all the answers a batch delivered instead of once per call, with no task or oneshot per
+/// call. Each admission gets a ticket ([`StoreWorker::admit_into`]); its answer comes back
+/// with it, exactly once: if the store thread stops before answering, the admission's
+/// [`Delivery`] answers with the error as it is dropped, so no caller waits for nothing.
+#[derive(Debug)]
+pub(crate) struct Answers {
+    to: mpsc::UnboundedSender<Answered>,
+    next_ticket: AtomicU64,
+}
+
+impl Answers {
+    /// The channel, and its receiving end to drain.
+    pub(crate) fn channel() -> (Answers, mpsc::UnboundedReceiver<Answered>) {
+        let (to, rx) = mpsc::unbounded_channel();
+        let answers = Answers {
+            to,
+            next_ticket: AtomicU64::new(0),
+        };
+        (answers, rx)
+    }
+}
+
+/// The way back of one admission asked through [`Answers`]. Dropped unsent (the store thread
+/// stopped, a batch unwound), it answers with the error a stopped thread gives.
+struct Delivery {
+    /// `None` once sent, or when the admission was never queued.
+    to: Option<mpsc::UnboundedSender<Answered>>,
+    ticket: u64,
+    fails_open: bool,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(to) = self.to.take() {
+            let stopped = StoreError::new(
+                StoreErrorKind::Other,
+                "the counter-store thread stopped before answering",
+            );
+            let _ = to.send(Answered {
+                ticket: self.ticket,
+                answer: unanswered(stopped, self.fails_open),
+            });
+        }
+    }
+}
+
+/// An admission asked through [`Answers`]: answered at once, or queued with its ticket.
+#[derive(Debug)]
+pub(crate) enum Posted {
+    Ready(Result<Admission, StoreError>),
+    Queued(u64),
+}
 
 /// What runs with the store, on the worker's thread, right after an admission that took
 /// units: a gateway publishes the state of the budgets the call took them from.
@@ -139,6 +238,13 @@ impl StoreWorker {
         }
     }
 
+    /// The same worker, failing an admission not answered within `within` instead of
+    /// [`ANSWER_WITHIN`] (for tests: a deadline that passes in milliseconds).
+    pub fn answering_within(mut self, within: Duration) -> StoreWorker {
+        self.answer_within = within;
+        self
+    }
+
     /// The store itself, for callers that are not on an async runtime (`explain`, tests).
     pub fn store(&self) -> &Arc<dyn CounterStore> {
         &self.store
@@ -158,41 +264,124 @@ impl StoreWorker {
     /// admissions of one batch that took units from the same budgets, only the last one's
     /// `then` runs: it sees what the earlier ones would have.
     pub fn admit_then(&self, limits: Vec<OwnedLimit>, now_ms: u64, then: Option<Then>) -> Answer {
-        let Some(queue) = &self.queue else {
-            let requests: Vec<LimitRequest<'_>> = limits.iter().map(OwnedLimit::request).collect();
-            let answer = self.store.admit(&requests, now_ms);
-            if let (Ok(Admission::Admitted(reservation)), Some(then)) = (&answer, then)
-                && !reservation.is_empty()
-            {
-                then(self.store.as_ref(), reservation);
-            }
-            return Answer::Ready(answer);
-        };
+        if self.queue.is_none() {
+            return Answer::Ready(self.admit_in_place(limits, now_ms, then));
+        }
         let (reply, answer) = oneshot::channel();
+        match self.queue_admission(limits, now_ms, then, Reply::Once(reply)) {
+            Ok(()) => Answer::Waiting {
+                answer,
+                within: self.answer_within,
+                fails_open: self.fails_open,
+            },
+            Err(failed) => Answer::Ready(failed),
+        }
+    }
+
+    /// [`StoreWorker::admit_then`], answered into `into` with the ticket returned (in place,
+    /// or when the queue refuses it, answered at once). Admissions through one [`Answers`]
+    /// are answered in the order they were asked.
+    pub(crate) fn admit_into(
+        &self,
+        limits: Vec<OwnedLimit>,
+        now_ms: u64,
+        then: Option<Then>,
+        into: &Answers,
+    ) -> Posted {
+        if self.queue.is_none() {
+            return Posted::Ready(self.admit_in_place(limits, now_ms, then));
+        }
+        let ticket = into.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let delivery = Delivery {
+            to: Some(into.to.clone()),
+            ticket,
+            fails_open: self.fails_open,
+        };
+        match self.queue_admission(limits, now_ms, then, Reply::Into(delivery)) {
+            Ok(()) => Posted::Queued(ticket),
+            Err(failed) => Posted::Ready(failed),
+        }
+    }
+
+    /// Whether admissions are answered from the store's thread (not in place).
+    pub(crate) fn is_threaded(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// How long a call waits for its admission's answer ([`ANSWER_WITHIN`]).
+    pub(crate) fn answer_within(&self) -> Duration {
+        self.answer_within
+    }
+
+    /// What a call gets whose admission was not answered within [`ANSWER_WITHIN`]: the
+    /// timeout's error, or under `--counters-fail open` admitted uncounted.
+    pub(crate) fn timed_out(&self) -> Result<Admission, StoreError> {
+        unanswered(timeout_error(self.answer_within), self.fails_open)
+    }
+
+    fn admit_in_place(
+        &self,
+        limits: Vec<OwnedLimit>,
+        now_ms: u64,
+        then: Option<Then>,
+    ) -> Result<Admission, StoreError> {
+        let requests: Vec<LimitRequest<'_>> = limits.iter().map(OwnedLimit::request).collect();
+        let answer = self.store.admit(&requests, now_ms);
+        if let (Ok(Admission::Admitted(reservation)), Some(then)) = (&answer, then)
+            && !reservation.is_empty()
+        {
+            then(self.store.as_ref(), reservation);
+        }
+        answer
+    }
+
+    /// Queues an admission for the thread, or says at once (as the failure policy gives)
+    /// why it could not be.
+    fn queue_admission(
+        &self,
+        limits: Vec<OwnedLimit>,
+        now_ms: u64,
+        then: Option<Then>,
+        reply: Reply,
+    ) -> Result<(), Result<Admission, StoreError>> {
+        let Some(queue) = &self.queue else {
+            return Err(Err(StoreError::new(
+                StoreErrorKind::Other,
+                "no counter-store thread",
+            )));
+        };
         let job = Job::Admit {
             limits,
             now_ms,
             reply,
             then,
         };
-        let failed = match queue.try_send(job) {
-            Ok(()) => {
-                return Answer::Waiting {
-                    answer,
-                    within: self.answer_within,
-                    fails_open: self.fails_open,
-                };
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => StoreError::new(
-                StoreErrorKind::Overloaded,
-                format!("{QUEUE} admissions already wait for the counter store"),
+        let (failed, job) = match queue.try_send(job) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => (
+                StoreError::new(
+                    StoreErrorKind::Overloaded,
+                    format!("{QUEUE} admissions already wait for the counter store"),
+                ),
+                job,
             ),
-            Err(mpsc::error::TrySendError::Closed(_)) => StoreError::new(
-                StoreErrorKind::Other,
-                "the counter-store thread has stopped",
+            Err(mpsc::error::TrySendError::Closed(job)) => (
+                StoreError::new(
+                    StoreErrorKind::Other,
+                    "the counter-store thread has stopped",
+                ),
+                job,
             ),
         };
-        Answer::Ready(unanswered(failed, self.fails_open))
+        // Answered here, not through its way back.
+        if let Job::Admit {
+            reply: Reply::Into(mut delivery),
+            ..
+        } = job
+        {
+            delivery.to = None;
+        }
+        Err(unanswered(failed, self.fails_open))
     }
 
     /// Runs `work` with the store on the worker's thread, after what is already queued (in
@@ -256,16 +445,20 @@ impl Answer {
                 StoreErrorKind::Other,
                 "the counter-store thread stopped before answering",
             ),
-            Err(_) => StoreError::new(
-                StoreErrorKind::Timeout,
-                format!(
-                    "the counter store did not answer within {} s",
-                    within.as_secs_f64()
-                ),
-            ),
+            Err(_) => timeout_error(within),
         };
         unanswered(failed, fails_open)
     }
+}
+
+fn timeout_error(within: Duration) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Timeout,
+        format!(
+            "the counter store did not answer within {} s",
+            within.as_secs_f64()
+        ),
+    )
 }
 
 /// Budgets whose state after this thread's last admission is remembered, at most; beyond it
