@@ -364,7 +364,7 @@ pub(crate) fn human_line(event: &Event) -> Option<String> {
                 Verdict::Hold => "⏸ held".to_owned(),
             };
             // Redacted again: the gateway should have done it, but tail does not rely on that.
-            let mut args = crate::redact::redact(&call.args).to_string();
+            let mut args = crate::redact::redact(&call.args.tree()).to_string();
             if args.chars().count() > ARGS_PREVIEW {
                 args = args.chars().take(ARGS_PREVIEW).collect::<String>() + "…";
             } else if call.args_truncated {

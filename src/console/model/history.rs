@@ -88,7 +88,7 @@ impl Interner {
 impl CallRow {
     /// A row from a wire call, its text fields made safe for the terminal.
     pub fn new(conn: usize, ts: chrono::DateTime<chrono::Utc>, mut call: CallEvent) -> CallRow {
-        let args = std::mem::take(&mut call.args);
+        let args = std::mem::take(&mut call.args).into_tree();
         // Redacted again here: the gateway should have done it, but the console does not rely
         // on that. Copying the tree only when something is left to redact keeps ingest fast.
         let text = if crate::redact::needs_redaction(&args) {

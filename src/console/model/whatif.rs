@@ -108,9 +108,10 @@ pub(crate) fn replay<'a>(
     };
     for (ts, call) in calls {
         let now_ms = u64::try_from(ts.timestamp_millis()).unwrap_or(0);
+        let args = call.args.tree();
         let c = Call {
             tool: &call.tool,
-            args: &call.args,
+            args: &*args,
             grant: &call.grant,
             session: &call.session,
         };

@@ -1,0 +1,697 @@
+//! A call's arguments as the agent sent them: the JSON text of an object, already checked by
+//! the line's one pass (`jsonrpc/scan.rs`: UTF-8, serde_json's grammar and nesting limit, no
+//! key twice), kept as text and read from it.
+//!
+//! The common call needs no tree of its arguments: the audit record's keys and HMAC, the
+//! call event's arguments (secrets redacted, capped) and the continuation key are all read
+//! from the text here, each byte-identical to what the `serde_json::Value` path gives (the
+//! tests hold them to it). A tree is built once, and only when something asks for one: a
+//! rule's conditions (through [`ArgsTree`]), learn mode, `--audit-args full`, or arguments
+//! whose event must be rewritten because they hold a secret.
+//!
+//! Fail closed: a text this reader cannot follow is refused when the call arrives
+//! ([`RawArgs::read`]), so it is never decided; should a tree still not be had later, every
+//! condition is unknown, which denies.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use smol_str::SmolStr;
+
+use crate::policy::ArgsTree;
+use crate::wire::CallArgs;
+
+/// Arguments in call events are cut to this many bytes of JSON.
+pub(crate) const EVENT_ARGS_CAP: usize = 4096;
+
+/// serde_json's nesting limit (a 128th level is refused), kept here too so that no text
+/// makes the walks below recurse deeper, whoever made it.
+const MAX_DEPTH: u32 = 128;
+
+/// The text could not be read as the JSON object the scan said it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unreadable;
+
+/// A call's arguments: an object's JSON text, and its tree once something needed it.
+pub struct RawArgs {
+    /// Inline up to 23 bytes (most calls' arguments), else shared.
+    text: SmolStr,
+    /// What the walk at arrival found.
+    seen: Seen,
+    tree: OnceLock<Option<Value>>,
+}
+
+impl std::fmt::Debug for RawArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawArgs")
+            .field("len", &self.text.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one walk over the text found, for the call event.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// A secret-looking key, or a credential-shaped string: the event's copy is redacted.
+    secret: bool,
+    /// The text is already what `serde_json` writes for its tree (no whitespace, no escape,
+    /// numbers in serde_json's form): the event carries it as it is.
+    compact: bool,
+}
+
+impl ArgsTree for RawArgs {
+    fn tree(&self) -> Option<&Value> {
+        self.tree
+            .get_or_init(|| serde_json::from_str(&self.text).ok())
+            .as_ref()
+    }
+}
+
+impl RawArgs {
+    /// The arguments of a call that sent none (or `null`).
+    pub(crate) fn empty() -> RawArgs {
+        RawArgs {
+            text: SmolStr::new_static("{}"),
+            seen: Seen {
+                secret: false,
+                compact: true,
+            },
+            tree: OnceLock::new(),
+        }
+    }
+
+    /// Reads an object's JSON text (the scan checked it); refused when it is not an object
+    /// or cannot be followed.
+    pub(crate) fn read(text: &str) -> Result<RawArgs, Unreadable> {
+        let text = text.trim_matches(WHITESPACE);
+        if !text.starts_with('{') {
+            return Err(Unreadable);
+        }
+        let mut walk = Walk::new(text);
+        let mut seen = Seen {
+            secret: false,
+            compact: true,
+        };
+        walk.inspect(0, &mut seen)?;
+        walk.end()?;
+        seen.compact &= !walk.spaced;
+        Ok(RawArgs {
+            text: SmolStr::new(text),
+            seen,
+            tree: OnceLock::new(),
+        })
+    }
+
+    /// The arguments of `value` (the gateway's API for tests and the demo: `decide_call`).
+    pub(crate) fn from_value(value: &Value) -> Result<RawArgs, Unreadable> {
+        let text = serde_json::to_string(value).map_err(|_| Unreadable)?;
+        RawArgs::read(&text)
+    }
+
+    /// The top-level keys, in their order, decoded.
+    pub(crate) fn keys(&self) -> Keys<'_> {
+        let mut walk = Walk::new(&self.text);
+        let open = walk.byte() == Some(b'{');
+        if open {
+            walk.i += 1;
+        }
+        Keys {
+            walk,
+            first: true,
+            done: !open,
+        }
+    }
+
+    /// Streams the canonical JSON (keys sorted by their bytes, no whitespace, strings and
+    /// numbers as `serde_json` writes them) into `out`: the same bytes
+    /// `audit::canonical` streams for the arguments' tree.
+    pub(crate) fn canonical<O: Out>(&self, out: &mut O) -> Result<(), Unreadable> {
+        let mut walk = Walk::new(&self.text);
+        walk.emit(0, true, out)?;
+        walk.end()
+    }
+
+    /// The arguments as a call event carries them: secrets redacted, cut to
+    /// [`EVENT_ARGS_CAP`] bytes of JSON (then a string of the first bytes, and `true`).
+    /// Text already in serde_json's form is carried as it is; anything else is written as
+    /// `serde_json` would write its tree, without building the tree unless a secret is to
+    /// be redacted.
+    pub(crate) fn into_event(self) -> (CallArgs, bool) {
+        if self.seen.secret {
+            return match self.tree() {
+                Some(tree) => event_args(crate::redact::redact(tree)),
+                // Not reached: the text was read at arrival. Nothing of it is shown.
+                None => (CallArgs::Tree(Value::Null), true),
+            };
+        }
+        let text = if self.seen.compact {
+            self.text
+        } else {
+            let mut compact = Vec::with_capacity(self.text.len());
+            let mut walk = Walk::new(&self.text);
+            match walk.emit(0, false, &mut compact).and_then(|()| walk.end()) {
+                // Only whole strings and ASCII punctuation were written: UTF-8.
+                Ok(()) => SmolStr::new(String::from_utf8_lossy(&compact)),
+                Err(Unreadable) => return (CallArgs::Tree(Value::Null), true),
+            }
+        };
+        if text.len() <= EVENT_ARGS_CAP {
+            return (CallArgs::Text(text), false);
+        }
+        let mut cut = EVENT_ARGS_CAP;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        (CallArgs::Tree(Value::String(text[..cut].to_owned())), true)
+    }
+}
+
+/// The arguments' tree as a call event carries it: secrets redacted already, capped in
+/// size (the arguments of a call that held a secret, and of the Value-built events).
+pub(crate) fn event_args(args: Value) -> (CallArgs, bool) {
+    // Almost every call's arguments fit: a bound on their text settles it without writing
+    // them; otherwise they are measured without building the text.
+    if json_len_bound(&args, EVENT_ARGS_CAP).is_some() {
+        return (CallArgs::Tree(args), false);
+    }
+    let mut size = ByteCount(0);
+    if serde_json::to_writer(&mut size, &args).is_ok() && size.0 <= EVENT_ARGS_CAP {
+        return (CallArgs::Tree(args), false);
+    }
+    let text = args.to_string();
+    let mut cut = EVENT_ARGS_CAP;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (CallArgs::Tree(Value::String(text[..cut].to_owned())), true)
+}
+
+/// At least as many bytes as `value`'s compact JSON text has, if that is at most `cap`;
+/// `None` beyond `cap` (the text may still fit: then it has to be measured). A string's
+/// byte may take six (`\u001f`), a number at most 24 (`-2.2250738585072014e-308`).
+fn json_len_bound(value: &Value, cap: usize) -> Option<usize> {
+    let len = match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(text) => string_len_bound(text)?,
+        Value::Array(items) => {
+            let mut len = 2 + items.len();
+            for item in items {
+                len = len.checked_add(json_len_bound(item, cap)?)?;
+                if len > cap {
+                    return None;
+                }
+            }
+            len
+        }
+        Value::Object(map) => {
+            let mut len = 2 + 2 * map.len();
+            for (key, value) in map {
+                len = len.checked_add(string_len_bound(key)?)?;
+                len = len.checked_add(json_len_bound(value, cap)?)?;
+                if len > cap {
+                    return None;
+                }
+            }
+            len
+        }
+    };
+    (len <= cap).then_some(len)
+}
+
+/// See [`json_len_bound`]: the quotes, and six bytes for every byte of `text`.
+fn string_len_bound(text: &str) -> Option<usize> {
+    text.len().checked_mul(6)?.checked_add(2)
+}
+
+/// Counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the walks write JSON text: a hash, or a buffer.
+pub(crate) trait Out {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Hands what `serde_json` writes to an [`Out`].
+struct Writer<'o, O>(&'o mut O);
+
+impl<O: Out> std::io::Write for Writer<'_, O> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.put(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The top-level keys of [`RawArgs`], decoded.
+pub(crate) struct Keys<'a> {
+    walk: Walk<'a>,
+    first: bool,
+    done: bool,
+}
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = Cow<'a, str>;
+
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        if self.done {
+            return None;
+        }
+        let key = self.walk.next_member(&mut self.first).and_then(|member| {
+            let Some(key) = member else { return Ok(None) };
+            self.walk.skip(1)?;
+            Ok(Some(key))
+        });
+        match key {
+            Ok(Some(key)) => Some(key.decoded()),
+            // The end of the object; or a text that cannot be followed, whose keys stop
+            // (it was refused at arrival: not reached).
+            Ok(None) | Err(Unreadable) => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
+/// JSON's whitespace.
+const WHITESPACE: &[char] = &[' ', '\t', '\n', '\r'];
+
+/// A string token as written: its text between the quotes, and whether it has escapes.
+#[derive(Clone, Copy)]
+struct Str<'a> {
+    inner: &'a str,
+    escaped: bool,
+}
+
+impl<'a> Str<'a> {
+    fn decoded(self) -> Cow<'a, str> {
+        if !self.escaped {
+            return Cow::Borrowed(self.inner);
+        }
+        // The escapes of a checked string always decode; were one not to, the text is kept
+        // as written (it was refused at arrival: not reached).
+        let quoted = format!("\"{}\"", self.inner);
+        match serde_json::from_str::<String>(&quoted) {
+            Ok(text) => Cow::Owned(text),
+            Err(_) => Cow::Borrowed(self.inner),
+        }
+    }
+
+    /// Writes the string as `serde_json` writes its decoded text.
+    fn emit<O: Out>(self, out: &mut O) -> Result<(), Unreadable> {
+        if self.escaped {
+            let text = self.try_decoded()?;
+            serde_json::to_writer(Writer(out), text.as_str()).map_err(|_| Unreadable)
+        } else {
+            // No `"`, `\` or control character inside (the grammar): serde_json writes it
+            // as it is.
+            out.put(b"\"");
+            out.put(self.inner.as_bytes());
+            out.put(b"\"");
+            Ok(())
+        }
+    }
+
+    fn try_decoded(self) -> Result<String, Unreadable> {
+        let quoted = format!("\"{}\"", self.inner);
+        serde_json::from_str::<String>(&quoted).map_err(|_| Unreadable)
+    }
+}
+
+/// A cursor over JSON text that the scan has checked; every step still says when the text
+/// is not what it expects (never a panic, never a guess).
+struct Walk<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+    /// Whitespace was read past somewhere (the text is not serde_json's compact form).
+    spaced: bool,
+}
+
+impl<'a> Walk<'a> {
+    fn new(text: &'a str) -> Walk<'a> {
+        Walk {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+            spaced: false,
+        }
+    }
+
+    fn byte(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.byte() {
+            self.i += 1;
+            self.spaced = true;
+        }
+    }
+
+    /// Only whitespace is left.
+    fn end(&mut self) -> Result<(), Unreadable> {
+        self.ws();
+        if self.i == self.b.len() {
+            Ok(())
+        } else {
+            Err(Unreadable)
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), Unreadable> {
+        self.ws();
+        if self.byte() == Some(byte) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(Unreadable)
+        }
+    }
+
+    /// The string starting at the cursor (its opening quote).
+    fn string(&mut self) -> Result<Str<'a>, Unreadable> {
+        if self.byte() != Some(b'"') {
+            return Err(Unreadable);
+        }
+        let start = self.i + 1;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            i += crate::gateway::jsonrpc::plain_prefix(self.b.get(i..).unwrap_or_default());
+            match self.b.get(i) {
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    escaped = true;
+                    // The escaped character (a `\uXXXX`'s digits are read past as plain).
+                    i += 2;
+                }
+                // A control character or the end: not a checked string.
+                _ => return Err(Unreadable),
+            }
+        }
+        let inner = self.text.get(start..i).ok_or(Unreadable)?;
+        self.i = i + 1;
+        Ok(Str { inner, escaped })
+    }
+
+    /// The number starting at the cursor, as written.
+    fn number(&mut self) -> Result<&'a str, Unreadable> {
+        let start = self.i;
+        while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.byte() {
+            self.i += 1;
+        }
+        if self.i == start {
+            return Err(Unreadable);
+        }
+        self.text.get(start..self.i).ok_or(Unreadable)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Unreadable> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(Unreadable)
+        }
+    }
+
+    /// In an object (after its `{`): the next member's key and its colon, or `None` at the
+    /// object's end (its `}` read). `first` says whether a member came before.
+    fn next_member(&mut self, first: &mut bool) -> Result<Option<Str<'a>>, Unreadable> {
+        self.ws();
+        match self.byte() {
+            Some(b'}') => {
+                self.i += 1;
+                return Ok(None);
+            }
+            Some(b',') if !*first => {
+                self.i += 1;
+                self.ws();
+            }
+            Some(b'"') if *first => {}
+            _ => return Err(Unreadable),
+        }
+        *first = false;
+        let key = self.string()?;
+        self.expect(b':')?;
+        self.ws();
+        Ok(Some(key))
+    }
+
+    /// In an array (after its `[`): whether another element follows (cursor on it), or the
+    /// array's end (its `]` read).
+    fn next_element(&mut self, first: &mut bool) -> Result<bool, Unreadable> {
+        self.ws();
+        match self.byte() {
+            Some(b']') => {
+                self.i += 1;
+                return Ok(false);
+            }
+            Some(b',') if !*first => {
+                self.i += 1;
+                self.ws();
+            }
+            Some(_) if *first => {}
+            _ => return Err(Unreadable),
+        }
+        *first = false;
+        Ok(true)
+    }
+
+    /// Reads past the value at the cursor.
+    fn skip(&mut self, depth: u32) -> Result<(), Unreadable> {
+        self.ws();
+        match self.byte() {
+            Some(b'{') => {
+                self.deeper(depth)?;
+                let mut first = true;
+                while self.next_member(&mut first)?.is_some() {
+                    self.skip(depth + 1)?;
+                }
+                Ok(())
+            }
+            Some(b'[') => {
+                self.deeper(depth)?;
+                let mut first = true;
+                while self.next_element(&mut first)? {
+                    self.skip(depth + 1)?;
+                }
+                Ok(())
+            }
+            Some(b'"') => self.string().map(drop),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            _ => self.number().map(drop),
+        }
+    }
+
+    /// Steps into an array or object (the cursor on its opening byte), within the limit.
+    fn deeper(&mut self, depth: u32) -> Result<(), Unreadable> {
+        if depth + 1 >= MAX_DEPTH {
+            return Err(Unreadable);
+        }
+        self.i += 1;
+        Ok(())
+    }
+
+    /// The text of the value at the cursor, read past.
+    fn value_text(&mut self, depth: u32) -> Result<&'a str, Unreadable> {
+        self.ws();
+        let start = self.i;
+        self.skip(depth)?;
+        self.text.get(start..self.i).ok_or(Unreadable)
+    }
+
+    /// Reads past the value at the cursor noting, in `seen`, whether it holds something
+    /// [`crate::redact::redact`] would change, and whether its text is not serde_json's.
+    fn inspect(&mut self, depth: u32, seen: &mut Seen) -> Result<(), Unreadable> {
+        self.ws();
+        match self.byte() {
+            Some(b'{') => {
+                self.deeper(depth)?;
+                let mut first = true;
+                while let Some(key) = self.next_member(&mut first)? {
+                    if key.escaped {
+                        seen.compact = false;
+                    }
+                    if !seen.secret && crate::redact::is_secret_key(&key.decoded()) {
+                        // Its value is replaced, unless it says so already.
+                        let value = self.value_text(depth + 1)?;
+                        let mut again = Walk::new(value);
+                        let redacted = again.byte() == Some(b'"')
+                            && again
+                                .string()
+                                .is_ok_and(|s| s.decoded() == crate::redact::REDACTED);
+                        if !redacted {
+                            seen.secret = true;
+                        }
+                        let mut within = Walk::new(value);
+                        within.inspect(depth + 1, seen)?;
+                    } else {
+                        self.inspect(depth + 1, seen)?;
+                    }
+                }
+                Ok(())
+            }
+            Some(b'[') => {
+                self.deeper(depth)?;
+                let mut first = true;
+                while self.next_element(&mut first)? {
+                    self.inspect(depth + 1, seen)?;
+                }
+                Ok(())
+            }
+            Some(b'"') => {
+                let text = self.string()?;
+                if text.escaped {
+                    seen.compact = false;
+                }
+                if !seen.secret
+                    && matches!(crate::redact::redact_text(&text.decoded()), Cow::Owned(_))
+                {
+                    seen.secret = true;
+                }
+                Ok(())
+            }
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            _ => {
+                let number = self.number()?;
+                if !is_serde_number(number) {
+                    seen.compact = false;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the value at the cursor as `serde_json` writes its tree, with every object's
+    /// keys in byte order when `sorted` (the canonical form), else in their order.
+    fn emit<O: Out>(&mut self, depth: u32, sorted: bool, out: &mut O) -> Result<(), Unreadable> {
+        self.ws();
+        match self.byte() {
+            Some(b'{') => {
+                self.deeper(depth)?;
+                let start = self.i;
+                let mut first = true;
+                let mut in_order = true;
+                let mut last: Option<Cow<'a, str>> = None;
+                if sorted {
+                    // Most objects are written in order (or have one member): then no
+                    // sorted copy is made.
+                    while let Some(key) = self.next_member(&mut first)? {
+                        let key = key.decoded();
+                        if last
+                            .as_ref()
+                            .is_some_and(|last| last.as_bytes() >= key.as_bytes())
+                        {
+                            in_order = false;
+                        }
+                        last = Some(key);
+                        self.skip(depth + 1)?;
+                    }
+                    self.i = start;
+                    first = true;
+                }
+                out.put(b"{");
+                if in_order {
+                    let mut n = 0usize;
+                    while let Some(key) = self.next_member(&mut first)? {
+                        if n > 0 {
+                            out.put(b",");
+                        }
+                        n += 1;
+                        key.emit(out)?;
+                        out.put(b":");
+                        self.emit(depth + 1, sorted, out)?;
+                    }
+                } else {
+                    let mut members: Vec<(Cow<'a, str>, &'a str)> = Vec::new();
+                    while let Some(key) = self.next_member(&mut first)? {
+                        members.push((key.decoded(), self.value_text(depth + 1)?));
+                    }
+                    members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                    for (n, (key, value)) in members.into_iter().enumerate() {
+                        if n > 0 {
+                            out.put(b",");
+                        }
+                        serde_json::to_writer(Writer(out), &*key).map_err(|_| Unreadable)?;
+                        out.put(b":");
+                        Walk::new(value).emit(depth + 1, sorted, out)?;
+                    }
+                }
+                out.put(b"}");
+                Ok(())
+            }
+            Some(b'[') => {
+                self.deeper(depth)?;
+                out.put(b"[");
+                let mut first = true;
+                let mut n = 0usize;
+                while self.next_element(&mut first)? {
+                    if n > 0 {
+                        out.put(b",");
+                    }
+                    n += 1;
+                    self.emit(depth + 1, sorted, out)?;
+                }
+                out.put(b"]");
+                Ok(())
+            }
+            Some(b'"') => self.string()?.emit(out),
+            Some(b't') => self.literal(b"true").map(|()| out.put(b"true")),
+            Some(b'f') => self.literal(b"false").map(|()| out.put(b"false")),
+            Some(b'n') => self.literal(b"null").map(|()| out.put(b"null")),
+            _ => {
+                let number = self.number()?;
+                if is_serde_number(number) {
+                    out.put(number.as_bytes());
+                    Ok(())
+                } else {
+                    let parsed: serde_json::Number =
+                        serde_json::from_str(number).map_err(|_| Unreadable)?;
+                    serde_json::to_writer(Writer(out), &parsed).map_err(|_| Unreadable)
+                }
+            }
+        }
+    }
+}
+
+/// Whether `serde_json` writes the number `text` back as it is: an integer without sign of
+/// up to 19 digits (below `u64::MAX`, and JSON has no leading zeros), or a negative one of up
+/// to 18 digits that is not `-0` (serde_json reads that as the float `-0.0`).
+fn is_serde_number(text: &str) -> bool {
+    let (digits, max) = match text.strip_prefix('-') {
+        Some(digits) => (digits, 18),
+        None => (text, 19),
+    };
+    !digits.is_empty()
+        && digits.len() <= max
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !(text.starts_with('-') && digits == "0")
+}
