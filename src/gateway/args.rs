@@ -39,7 +39,8 @@ pub struct RawArgs {
     text: SmolStr,
     /// What the walk at arrival found.
     seen: Seen,
-    tree: OnceLock<Option<Value>>,
+    /// Boxed: most calls never build it, and a call is moved a few times on its way.
+    tree: OnceLock<Option<Box<Value>>>,
 }
 
 impl std::fmt::Debug for RawArgs {
@@ -58,13 +59,16 @@ struct Seen {
     /// The text is already what `serde_json` writes for its tree (no whitespace, no escape,
     /// numbers in serde_json's form): the event carries it as it is.
     compact: bool,
+    /// Compact, and every object's keys in byte order: the text is its own canonical form
+    /// (what the audit HMAC hashes), so it is hashed as it is.
+    canonical: bool,
 }
 
 impl ArgsTree for RawArgs {
     fn tree(&self) -> Option<&Value> {
         self.tree
             .get_or_init(|| serde_json::from_str(&self.text).ok())
-            .as_ref()
+            .as_deref()
     }
 }
 
@@ -76,6 +80,7 @@ impl RawArgs {
             seen: Seen {
                 secret: false,
                 compact: true,
+                canonical: true,
             },
             tree: OnceLock::new(),
         }
@@ -92,10 +97,12 @@ impl RawArgs {
         let mut seen = Seen {
             secret: false,
             compact: true,
+            canonical: true,
         };
         walk.inspect(0, &mut seen)?;
         walk.end()?;
         seen.compact &= !walk.spaced;
+        seen.canonical &= seen.compact;
         Ok(RawArgs {
             text: SmolStr::new(text),
             seen,
@@ -127,8 +134,20 @@ impl RawArgs {
     /// numbers as `serde_json` writes them) into `out`: the same bytes
     /// `audit::canonical` streams for the arguments' tree.
     pub(crate) fn canonical<O: Out>(&self, out: &mut O) -> Result<(), Unreadable> {
+        if self.seen.canonical {
+            out.put(self.text.as_bytes());
+            return Ok(());
+        }
+        // Gathered into pieces of up to a block, so a hash is handed a few pieces, not
+        // every token on its own.
+        let mut pieces = Pieces {
+            out,
+            buf: [0; 256],
+            len: 0,
+        };
         let mut walk = Walk::new(&self.text);
-        walk.emit(0, true, out)?;
+        walk.emit(0, true, &mut pieces)?;
+        pieces.flush();
         walk.end()
     }
 
@@ -250,6 +269,34 @@ impl Out for Vec<u8> {
     }
 }
 
+/// Text for an [`Out`], handed on in pieces of up to 256 bytes.
+struct Pieces<'o, O: Out> {
+    out: &'o mut O,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl<O: Out> Pieces<'_, O> {
+    fn flush(&mut self) {
+        self.out.put(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl<O: Out> Out for Pieces<'_, O> {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > self.buf.len() {
+            self.flush();
+        }
+        if bytes.len() >= self.buf.len() {
+            self.out.put(bytes);
+        } else {
+            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+}
+
 /// Hands what `serde_json` writes to an [`Out`].
 struct Writer<'o, O>(&'o mut O);
 
@@ -334,6 +381,16 @@ impl<'a> Str<'a> {
         }
     }
 
+    /// The decoded text, or why its escapes are not JSON's.
+    #[inline]
+    fn checked(self) -> Result<Cow<'a, str>, Unreadable> {
+        if self.escaped {
+            self.try_decoded().map(Cow::Owned)
+        } else {
+            Ok(Cow::Borrowed(self.inner))
+        }
+    }
+
     fn try_decoded(self) -> Result<String, Unreadable> {
         let quoted = format!("\"{}\"", self.inner);
         serde_json::from_str::<String>(&quoted).map_err(|_| Unreadable)
@@ -360,10 +417,12 @@ impl<'a> Walk<'a> {
         }
     }
 
+    #[inline]
     fn byte(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
+    #[inline]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.byte() {
             self.i += 1;
@@ -381,6 +440,7 @@ impl<'a> Walk<'a> {
         }
     }
 
+    #[inline]
     fn expect(&mut self, byte: u8) -> Result<(), Unreadable> {
         self.ws();
         if self.byte() == Some(byte) {
@@ -392,6 +452,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The string starting at the cursor (its opening quote).
+    #[inline]
     fn string(&mut self) -> Result<Str<'a>, Unreadable> {
         if self.byte() != Some(b'"') {
             return Err(Unreadable);
@@ -440,6 +501,7 @@ impl<'a> Walk<'a> {
 
     /// In an object (after its `{`): the next member's key and its colon, or `None` at the
     /// object's end (its `}` read). `first` says whether a member came before.
+    #[inline]
     fn next_member(&mut self, first: &mut bool) -> Result<Option<Str<'a>>, Unreadable> {
         self.ws();
         match self.byte() {
@@ -534,11 +596,23 @@ impl<'a> Walk<'a> {
             Some(b'{') => {
                 self.deeper(depth)?;
                 let mut first = true;
+                let mut last: Option<Cow<'a, str>> = None;
                 while let Some(key) = self.next_member(&mut first)? {
-                    if key.escaped {
+                    let key = key.checked()?;
+                    if matches!(key, Cow::Owned(_)) {
                         seen.compact = false;
+                        seen.canonical = false;
                     }
-                    if !seen.secret && crate::redact::is_secret_key(&key.decoded()) {
+                    if seen.canonical {
+                        if last
+                            .as_ref()
+                            .is_some_and(|l| l.as_bytes() >= key.as_bytes())
+                        {
+                            seen.canonical = false;
+                        }
+                        last = Some(key.clone());
+                    }
+                    if !seen.secret && crate::redact::is_secret_key(&key) {
                         // Its value is replaced, unless it says so already.
                         let value = self.value_text(depth + 1)?;
                         let mut again = Walk::new(value);
@@ -566,13 +640,11 @@ impl<'a> Walk<'a> {
                 Ok(())
             }
             Some(b'"') => {
-                let text = self.string()?;
-                if text.escaped {
+                let text = self.string()?.checked()?;
+                if matches!(text, Cow::Owned(_)) {
                     seen.compact = false;
                 }
-                if !seen.secret
-                    && matches!(crate::redact::redact_text(&text.decoded()), Cow::Owned(_))
-                {
+                if !seen.secret && matches!(crate::redact::redact_text(&text), Cow::Owned(_)) {
                     seen.secret = true;
                 }
                 Ok(())
@@ -584,6 +656,8 @@ impl<'a> Walk<'a> {
                 let number = self.number()?;
                 if !is_serde_number(number) {
                     seen.compact = false;
+                    // Read as serde_json reads it (its range too), or refused.
+                    serde_json::from_str::<serde_json::Number>(number).map_err(|_| Unreadable)?;
                 }
                 Ok(())
             }
@@ -693,5 +767,347 @@ fn is_serde_number(text: &str) -> bool {
     !digits.is_empty()
         && digits.len() <= max
         && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
         && !(text.starts_with('-') && digits == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::audit::{AuditKey, args_sha256, raw_args_sha256};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// The event's arguments as the `Value` path made them (before arguments were read
+    /// from their text): redacted when needed, then capped.
+    fn by_tree(tree: &Value) -> (CallArgs, bool) {
+        let redacted = if crate::redact::needs_redaction(tree) {
+            crate::redact::redact(tree)
+        } else {
+            tree.clone()
+        };
+        event_args(redacted)
+    }
+
+    /// Everything read from the text equals what the tree gives: the audit HMAC and the
+    /// continuation hash (the same canonical bytes), the keys, whether a secret is there,
+    /// and the call event's JSON, byte for byte.
+    fn same_as_tree(text: &str) -> Result<(), TestCaseError> {
+        let tree: Value = serde_json::from_str(text).expect("the test's text is JSON");
+        let raw =
+            RawArgs::read(text).map_err(|_| TestCaseError::fail(format!("{text}: unreadable")))?;
+        let key = AuditKey::fixed([7; 32]);
+        let (from_text, from_tree) = (key.raw_args_hmac_hex(&raw), key.args_hmac_hex(&tree));
+        prop_assert_eq!(from_text.as_str(), from_tree.as_str(), "HMAC of {}", text);
+        prop_assert_eq!(
+            raw_args_sha256(&raw),
+            args_sha256(&tree),
+            "SHA-256 of {}",
+            text
+        );
+        let mut canonical = Vec::new();
+        raw.canonical(&mut canonical).expect("canonical");
+        let keys: Vec<String> = raw.keys().map(Cow::into_owned).collect();
+        let tree_keys: Vec<String> = tree
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        prop_assert_eq!(keys, tree_keys, "keys of {}", text);
+        prop_assert_eq!(
+            raw.seen.secret,
+            crate::redact::needs_redaction(&tree),
+            "{}",
+            text
+        );
+        let (tree_args, tree_cut) = by_tree(&tree);
+        let (raw_args, raw_cut) = raw.into_event();
+        prop_assert_eq!(raw_cut, tree_cut, "{}", text);
+        prop_assert_eq!(
+            serde_json::to_string(&raw_args).expect("serialises"),
+            serde_json::to_string(&tree_args).expect("serialises"),
+            "event of {}",
+            text
+        );
+        Ok(())
+    }
+
+    /// A JSON number in one of the forms the scanner accepts, with its text.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            // Beyond u64 and i64: serde_json reads a float.
+            "-?[1-9][0-9]{19,30}",
+            Just("-0".to_owned()),
+            Just("-0.0".to_owned()),
+            Just("0e0".to_owned()),
+            Just("0".to_owned()),
+            "-?(0|[1-9][0-9]{0,5})\\.[0-9]{1,20}",
+            "-?(0|[1-9][0-9]{0,3})(\\.[0-9]{1,4})?[eE][+-]?[0-9]{1,3}",
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| f.to_string()),
+        ]
+        .prop_filter("within serde_json's range", |t| {
+            serde_json::from_str::<Value>(t).is_ok()
+        })
+    }
+
+    /// `text` as a JSON string literal, each character written as is or escaped at random
+    /// (`seed` picks), as an agent may.
+    fn quoted(text: &str, seed: u64) -> String {
+        let mut out = String::from("\"");
+        for (n, c) in text.chars().enumerate() {
+            let pick = (seed >> (n % 61)) & 3;
+            let escape = |out: &mut String| {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            };
+            match c {
+                '"' => out.push_str(if pick == 0 { "\\u0022" } else { "\\\"" }),
+                '\\' => out.push_str("\\\\"),
+                '\n' if pick != 0 => out.push_str("\\n"),
+                '/' if pick == 1 => out.push_str("\\/"),
+                c if (c as u32) < 0x20 => escape(&mut out),
+                _ if pick == 3 => escape(&mut out),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 _./:-]{0,12}",
+            "\\PC{0,8}",
+            "[\"\\\\/\n\t\u{1}\u{7f}é🦀\u{2028}]{0,6}",
+            Just("[redacted]".to_owned()),
+            Just("postgres://me:hunter2@db/app".to_owned()),
+            Just("Bearer abcdefghijklmnopqrstuvwxyz".to_owned()),
+        ]
+    }
+
+    /// Optional whitespace, as an agent may put between tokens.
+    fn space(seed: u64, at: usize) -> &'static str {
+        match (seed >> (at % 60)) & 7 {
+            0 => " ",
+            1 => "\n\t ",
+            2 => "\r\n",
+            _ => "",
+        }
+    }
+
+    /// Arbitrary JSON text: nested objects (unique keys, secret-looking ones among them)
+    /// and arrays, strings written with and without escapes, numbers in every form.
+    fn json_text() -> BoxedStrategy<String> {
+        let leaf = prop_oneof![
+            number(),
+            (string(), any::<u64>()).prop_map(|(s, seed)| quoted(&s, seed)),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            Just("null".to_owned()),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                (prop::collection::vec(inner.clone(), 0..6), any::<u64>()).prop_map(
+                    |(items, seed)| {
+                        let s = |n| space(seed, n);
+                        let body: Vec<String> = items
+                            .iter()
+                            .enumerate()
+                            .map(|(n, i)| format!("{}{i}{}", s(n), s(n + 7)))
+                            .collect();
+                        format!("[{}]", body.join(","))
+                    }
+                ),
+                object(inner),
+            ]
+        })
+        .boxed()
+    }
+
+    fn object(inner: impl Strategy<Value = String> + Clone) -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            "[a-zA-Z_]{0,8}",
+            "\\PC{0,4}",
+            Just("apiKey".to_owned()),
+            Just("db_pwd".to_owned()),
+            Just("token".to_owned()),
+            Just("\u{1}k\"\\".to_owned()),
+        ];
+        (prop::collection::vec((key, inner), 0..6), any::<u64>()).prop_map(|(members, seed)| {
+            let mut seen = std::collections::HashSet::new();
+            let body: Vec<String> = members
+                .into_iter()
+                .filter(|(k, _)| seen.insert(k.clone()))
+                .enumerate()
+                .map(|(n, (k, v))| {
+                    let s = |m| space(seed, n * 3 + m);
+                    format!(
+                        "{}{}{}:{}{v}{}",
+                        s(0),
+                        quoted(&k, seed.rotate_left(n as u32)),
+                        s(1),
+                        s(2),
+                        s(3)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn what_is_read_from_the_text_is_what_the_tree_gives(
+            text in object(json_text()),
+        ) {
+            same_as_tree(&text)?;
+        }
+    }
+
+    #[test]
+    fn fixed_arguments_read_from_their_text_as_from_their_tree() {
+        let long = format!(r#"{{"s":"{}"}}"#, "x".repeat(EVENT_ARGS_CAP));
+        let escaped_long = format!(r#"{{"s":"{}"}}"#, "\\u00e9".repeat(EVENT_ARGS_CAP / 3));
+        let near = format!(r#"{{"s":"{}"}}"#, "\\u0001".repeat(EVENT_ARGS_CAP / 6 - 1));
+        let numbers_over = format!(r#"{{"n":[{}]}}"#, vec!["1E2"; 1000].join(","));
+        for text in [
+            r#"{}"#,
+            r#"{"message":"hello"}"#,
+            r#"{ "message" : "hello" }"#,
+            r#"{"b":1,"a":2}"#,
+            r#"{"z":{"y":{"x":[{"k2":1,"k1":"v"}]}},"Z":18446744073709551615}"#,
+            r#"{"n":[0,-0,-0.0,0e0,1e2,1E2,1e+2,1e-7,0.1e1,2.50,-3e40,123456789012345678901234567890,-9223372036854775808,18446744073709551616,1.7976931348623157e308,5e-324,1234567890123456789,-123456789012345678]}"#,
+            r#"{"\u0062":1,"a":2,"\u00e9":3,"e":4}"#,
+            r#"{"s":"\ud83e\udd80 \u00e9 \/ \" \\ \n \u0001 \u007f \u2028"}"#,
+            r#"{"apiKey":"sk-12345678901234567890","note":"hello"}"#,
+            r#"{"apiKey":"[redacted]","note":"hello"}"#,
+            r#"{"ap\u0069Key":"x"}"#,
+            r#"{"token":{"nested":[1,2]},"db":"postgres://app:hunter2@db/app"}"#,
+            r#"{"deep":[{"password":"p"},{"ok":"Bearer abcdefghijklmnopqrstuvwx"}]}"#,
+            r#"{"k":[[],{},[null,[true]],{"":{"":[]}}]}"#,
+            long.as_str(),
+            escaped_long.as_str(),
+            near.as_str(),
+            numbers_over.as_str(),
+        ] {
+            if let Err(e) = same_as_tree(text) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn compact_arguments_are_carried_as_they_came() {
+        let raw = RawArgs::read(r#"{"message":"hello","n":[1,-2,true,null]}"#).unwrap();
+        assert!(raw.seen.compact && raw.seen.canonical && !raw.seen.secret);
+        let unsorted = RawArgs::read(r#"{"b":1,"a":{"d":2,"c":3}}"#).unwrap();
+        assert!(unsorted.seen.compact && !unsorted.seen.canonical);
+        let mut canonical = Vec::new();
+        unsorted.canonical(&mut canonical).unwrap();
+        assert_eq!(canonical, br#"{"a":{"c":3,"d":2},"b":1}"#);
+        let (args, cut) = raw.into_event();
+        assert!(!cut);
+        assert!(
+            matches!(args, CallArgs::Text(t) if t == r#"{"message":"hello","n":[1,-2,true,null]}"#)
+        );
+        for text in [
+            r#"{"a": 1}"#,
+            r#"{"a":"\u0041"}"#,
+            r#"{"a":1e2}"#,
+            r#"{"a":-0}"#,
+        ] {
+            assert!(!RawArgs::read(text).unwrap().seen.compact, "{text}");
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_an_object_or_not_json_is_refused() {
+        for text in [
+            "",
+            "[]",
+            "\"s\"",
+            "1",
+            "null",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\":1}x",
+            "{\"a\":tru}",
+            "{\"a\":\"\u{1}\"}",
+            "{\"a\":\"x}",
+            "{'a':1}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":1e999}",
+            "{\"a\":\"\\q\"}",
+            "{\"\\ud800\":1}",
+            "{\"a\":[1,]}",
+            "{\"a\":1 \"b\":2}",
+        ] {
+            assert_eq!(RawArgs::read(text).err(), Some(Unreadable), "{text:?}");
+        }
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(RawArgs::read(&deep).err(), Some(Unreadable));
+    }
+
+    #[test]
+    fn the_tree_is_built_only_when_asked_and_then_once() {
+        let raw = RawArgs::read(r#"{"amount":5}"#).unwrap();
+        assert!(raw.tree.get().is_none());
+        let _ = raw.keys().count();
+        let mut sink = Vec::new();
+        raw.canonical(&mut sink).unwrap();
+        assert!(
+            raw.tree.get().is_none(),
+            "keys and canonical form need no tree"
+        );
+        assert_eq!(raw.tree(), Some(&json!({"amount": 5})));
+        assert!(std::ptr::eq(raw.tree().unwrap(), raw.tree().unwrap()));
+    }
+
+    #[test]
+    fn the_bound_on_an_event_s_arguments_is_never_below_their_text() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(-9223372036854775808i64),
+            json!(18446744073709551615u64),
+            json!(-2.2250738585072014e-308),
+            json!(-1.7976931348623157e308),
+            json!(1e-7),
+            json!(f64::NAN),
+            json!(""),
+            json!("\u{1}\u{1f}\u{7f}\"\\/\n é 🦀"),
+            json!([]),
+            json!({}),
+            json!([[], {}, [null, [true]], {"": {"": []}}]),
+            json!({"message": "hello", "n": [1, 2.5, -3e40], "\u{1}k\"": {"a": null}}),
+        ];
+        for value in values {
+            let text = value.to_string();
+            let bound = json_len_bound(&value, usize::MAX).expect("no cap");
+            assert!(bound >= text.len(), "{text}: bound {bound}");
+            assert_eq!(json_len_bound(&value, text.len() - 1), None, "{text}");
+        }
+        // Arguments the bound cannot place under the cap are measured, and kept when they fit.
+        let fits = json!({"s": "\u{1}".repeat(EVENT_ARGS_CAP / 6 - 1)});
+        assert_eq!(json_len_bound(&fits, EVENT_ARGS_CAP), None);
+        assert_eq!(event_args(fits.clone()), (CallArgs::Tree(fits), false));
+        let over = json!({"s": "x".repeat(EVENT_ARGS_CAP)});
+        let (preview, truncated) = event_args(over);
+        assert!(truncated);
+        assert_eq!(preview.tree().as_str().map(str::len), Some(EVENT_ARGS_CAP));
+    }
 }

@@ -819,7 +819,6 @@ fn cap(text: &str) -> SmolStr {
 mod tests {
     use super::*;
     use crate::gateway::jsonrpc::{self, Parsed};
-    use serde_json::json;
 
     /// The outcome as serde reads the whole `result` (as it was read before the one pass).
     fn by_serde(result: &str) -> (bool, bool, Option<SmolStr>) {

@@ -148,7 +148,7 @@ mod tests {
             decision,
             rule: Default::default(),
             reason: Default::default(),
-            args: serde_json::json!({}),
+            args: serde_json::json!({}).into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
