@@ -1110,4 +1110,33 @@ mod tests {
         assert!(truncated);
         assert_eq!(preview.tree().as_str().map(str::len), Some(EVENT_ARGS_CAP));
     }
+
+    /// The redaction fixtures: the call event carries, and so the console reads, what it
+    /// did when the event was made from the arguments' tree, and secrets are gone from it.
+    #[test]
+    fn the_console_sees_the_redaction_fixtures_as_before() {
+        for (text, expected) in crate::redact::tests::CREDENTIALS {
+            let args = json!({"keyName": "staging", "note": text, "list": [text, 1],
+                "apiKey": "sk-1", "nested": [{"token": "t", "x": 1}], "done": "[redacted]"});
+            let redacted = json!({"keyName": "staging", "note": expected, "list": [expected, 1],
+                "apiKey": "[redacted]", "nested": [{"token": "[redacted]", "x": 1}],
+                "done": "[redacted]"});
+            let compact = args.to_string();
+            let spaced = serde_json::to_string_pretty(&args).unwrap();
+            for written in [compact, spaced] {
+                if let Err(e) = same_as_tree(&written) {
+                    panic!("{e}");
+                }
+                let (event, cut) = RawArgs::read(&written).unwrap().into_event();
+                assert!(!cut);
+                let seen: CallArgs =
+                    serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+                assert_eq!(seen, redacted, "{written}");
+            }
+        }
+        // Arguments with nothing secret reach the console as they were sent.
+        let plain = r#"{"keyName":"staging","apiKey":"[redacted]","n":[1,2.5]}"#;
+        let (event, _) = RawArgs::read(plain).unwrap().into_event();
+        assert_eq!(serde_json::to_string(&event).unwrap(), plain);
+    }
 }
