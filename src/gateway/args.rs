@@ -62,6 +62,32 @@ struct Seen {
     /// Compact, and every object's keys in byte order: the text is its own canonical form
     /// (what the audit HMAC hashes), so it is hashed as it is.
     canonical: bool,
+    /// Where the top-level keys are in the text (start, end), when there are at most
+    /// [`NOTED_KEYS`] and none has escapes (`noted` of them); else the audit record's keys
+    /// are read by walking the text again.
+    keys: [(u32, u32); NOTED_KEYS],
+    noted: Option<u8>,
+}
+
+/// Top-level keys noted while the text is first read: most calls have a few.
+const NOTED_KEYS: usize = 4;
+
+impl Seen {
+    /// Notes where a top-level key is, while there is room and no key has escapes.
+    fn note_key(&mut self, text: &str, key: Str<'_>) {
+        let Some(noted) = self.noted else { return };
+        let start = (key.inner.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+        let span = u32::try_from(start)
+            .ok()
+            .zip(u32::try_from(start + key.inner.len()).ok());
+        match span {
+            Some(span) if !key.escaped && usize::from(noted) < NOTED_KEYS => {
+                self.keys[usize::from(noted)] = span;
+                self.noted = Some(noted + 1);
+            }
+            _ => self.noted = None,
+        }
+    }
 }
 
 impl ArgsTree for RawArgs {
@@ -81,6 +107,8 @@ impl RawArgs {
                 secret: false,
                 compact: true,
                 canonical: true,
+                keys: [(0, 0); NOTED_KEYS],
+                noted: Some(0),
             },
             tree: OnceLock::new(),
         }
@@ -98,6 +126,8 @@ impl RawArgs {
             secret: false,
             compact: true,
             canonical: true,
+            keys: [(0, 0); NOTED_KEYS],
+            noted: Some(0),
         };
         walk.inspect(0, &mut seen)?;
         walk.end()?;
@@ -118,16 +148,20 @@ impl RawArgs {
 
     /// The top-level keys, in their order, decoded.
     pub(crate) fn keys(&self) -> Keys<'_> {
+        if let Some(noted) = self.seen.noted {
+            let spans = &self.seen.keys[..usize::from(noted).min(NOTED_KEYS)];
+            return Keys(KeysFrom::Noted(&self.text, spans.iter()));
+        }
         let mut walk = Walk::new(&self.text);
         let open = walk.byte() == Some(b'{');
         if open {
             walk.i += 1;
         }
-        Keys {
+        Keys(KeysFrom::Walked {
             walk,
             first: true,
             done: !open,
-        }
+        })
     }
 
     /// Streams the canonical JSON (keys sorted by their bytes, no whitespace, strings and
@@ -312,22 +346,37 @@ impl<O: Out> std::io::Write for Writer<'_, O> {
 }
 
 /// The top-level keys of [`RawArgs`], decoded.
-pub(crate) struct Keys<'a> {
-    walk: Walk<'a>,
-    first: bool,
-    done: bool,
+pub(crate) struct Keys<'a>(KeysFrom<'a>);
+
+enum KeysFrom<'a> {
+    /// Where the first read noted them (none has escapes).
+    Noted(&'a str, std::slice::Iter<'a, (u32, u32)>),
+    /// Found by walking the text.
+    Walked {
+        walk: Walk<'a>,
+        first: bool,
+        done: bool,
+    },
 }
 
 impl<'a> Iterator for Keys<'a> {
     type Item = Cow<'a, str>;
 
     fn next(&mut self) -> Option<Cow<'a, str>> {
-        if self.done {
+        let (walk, first, done) = match &mut self.0 {
+            KeysFrom::Noted(text, spans) => {
+                let &(start, end) = spans.next()?;
+                // Spans of this text, noted at a character boundary (after a quote).
+                return text.get(start as usize..end as usize).map(Cow::Borrowed);
+            }
+            KeysFrom::Walked { walk, first, done } => (walk, first, done),
+        };
+        if *done {
             return None;
         }
-        let key = self.walk.next_member(&mut self.first).and_then(|member| {
+        let key = walk.next_member(first).and_then(|member| {
             let Some(key) = member else { return Ok(None) };
-            self.walk.skip(1)?;
+            walk.skip(1)?;
             Ok(Some(key))
         });
         match key {
@@ -335,7 +384,7 @@ impl<'a> Iterator for Keys<'a> {
             // The end of the object; or a text that cannot be followed, whose keys stop
             // (it was refused at arrival: not reached).
             Ok(None) | Err(Unreadable) => {
-                self.done = true;
+                *done = true;
                 None
             }
         }
@@ -598,6 +647,9 @@ impl<'a> Walk<'a> {
                 let mut first = true;
                 let mut last: Option<Cow<'a, str>> = None;
                 while let Some(key) = self.next_member(&mut first)? {
+                    if depth == 0 {
+                        seen.note_key(self.text, key);
+                    }
                     let key = key.checked()?;
                     if matches!(key, Cow::Owned(_)) {
                         seen.compact = false;
@@ -1027,6 +1079,25 @@ mod tests {
         ] {
             assert!(!RawArgs::read(text).unwrap().seen.compact, "{text}");
         }
+    }
+
+    #[test]
+    fn keys_are_noted_on_the_first_read_or_found_again_by_a_walk() {
+        let noted = RawArgs::read(r#"{"a":1,"b":{"x":2},"c":"3"}"#).unwrap();
+        assert_eq!(noted.seen.noted, Some(3));
+        assert_eq!(noted.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        for (text, keys) in [
+            (
+                r#"{"a":1,"b":2,"c":3,"d":4,"e":5}"#,
+                vec!["a", "b", "c", "d", "e"],
+            ),
+            (r#"{"a":1,"\u0062":2}"#, vec!["a", "b"]),
+        ] {
+            let walked = RawArgs::read(text).unwrap();
+            assert_eq!(walked.seen.noted, None, "{text}");
+            assert_eq!(walked.keys().collect::<Vec<_>>(), keys, "{text}");
+        }
+        assert_eq!(RawArgs::empty().keys().count(), 0);
     }
 
     #[test]
