@@ -80,7 +80,7 @@ fn events(n: usize) -> Vec<AppEvent> {
                         decision,
                         rule: format!("/tools/{tool}").into(),
                         reason: Default::default(),
-                        args: json!({"name": "weekly sync", "attendees": i % 7, "apiKey": "[redacted]"}),
+                        args: json!({"name": "weekly sync", "attendees": i % 7, "apiKey": "[redacted]"}).into(),
                         args_truncated: false,
                         retry_after_ms: None,
                         hold_deadline: (decision == Verdict::Hold)

@@ -69,7 +69,8 @@ fn call(hub: &Hub) -> EventKind {
         decision: Verdict::Allow,
         rule: "/tools/create_api_key".into(),
         reason: "allowed for CI".into(),
-        args: json!({"keyName": "staging", "scopes": ["read", "write"], "apiKey": "[redacted]"}),
+        args: json!({"keyName": "staging", "scopes": ["read", "write"], "apiKey": "[redacted]"})
+            .into(),
         args_truncated: false,
         retry_after_ms: None,
         hold_deadline: None,

@@ -282,7 +282,7 @@ pub(crate) fn redact(value: &Value) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -393,7 +393,7 @@ mod tests {
     }
 
     /// Each credential shape, inside ordinary text, with what must remain of the text.
-    const CREDENTIALS: &[(&str, &str)] = &[
+    pub(crate) const CREDENTIALS: &[(&str, &str)] = &[
         (
             "postgres://app:hunter2@db.internal:5432/app",
             "postgres://[redacted]@db.internal:5432/app",

@@ -349,7 +349,7 @@ impl Gateway {
             decision: Verdict::Deny,
             rule: format!("/tools/evil{HOSTILE}").into(),
             reason: format!("because{HOSTILE}").into(),
-            args: json!({ format!("k{HOSTILE}"): [HOSTILE] }),
+            args: json!({ format!("k{HOSTILE}"): [HOSTILE] }).into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,

@@ -43,7 +43,7 @@ fn held_call(id: impl Into<smol_str::SmolStr>) -> CallEvent {
         decision: Verdict::Hold,
         rule: "/tools/send_message".into(),
         reason: "needs a person".into(),
-        args: serde_json::json!({"to": "all"}),
+        args: serde_json::json!({"to": "all"}).into(),
         args_truncated: false,
         retry_after_ms: None,
         hold_deadline: Some(chrono::Utc::now() + chrono::TimeDelta::minutes(5)),

@@ -33,7 +33,7 @@ proptest! {
         update(&mut s, up("gw"), now);
         let mut c = call("gw", 1, &tool, &grant, Verdict::Hold);
         c.reason = reason.into();
-        c.args = serde_json::json!({ arg_key: arg_value });
+        c.args = serde_json::json!({ arg_key: arg_value }).into();
         update(&mut s, net("gw", 1, at_ms(1_000), EventKind::Call(c)), now);
         update(&mut s, net("gw", 2, at_ms(2_000), EventKind::Outcome(Outcome {
             call_id: "gw-1".into(),

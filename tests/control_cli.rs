@@ -48,7 +48,7 @@ impl Gateway {
             decision: Verdict::Hold,
             rule: "/tools/create_api_key".into(),
             reason: "a person decides".into(),
-            args: json!({"keyName": "prod"}),
+            args: json!({"keyName": "prod"}).into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,

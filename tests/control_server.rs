@@ -80,7 +80,7 @@ fn call(hub: &Hub, decision: Verdict, args: serde_json::Value) -> CallEvent {
         decision,
         rule: "/tools/create_api_key".into(),
         reason: "needs a person".into(),
-        args,
+        args: args.into(),
         args_truncated: false,
         retry_after_ms: None,
         hold_deadline: None,

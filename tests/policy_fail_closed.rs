@@ -3,7 +3,7 @@
 //! exactly JSON numbers compare as numbers, and `under` places file paths lexically.
 
 use serde_json::{Value, json};
-use toolgate::testing::policy::{Call, Decision, MemoryStore, Policy, Verdict};
+use toolgate::testing::policy::{ArgsTree, Call, Decision, MemoryStore, Policy, Verdict};
 
 fn policy(v: Value) -> Policy {
     let text = serde_json::to_string_pretty(&v).unwrap();
@@ -293,5 +293,58 @@ fn deny_if_under_catches_what_a_regex_on_the_text_misses() {
         let d = decide(&p, "write_file", json!({ "path": path }));
         assert_eq!(d.verdict, Verdict::Deny, "{path}");
         assert!(d.reason.contains(" is unknown: "), "{}", d.reason);
+    }
+}
+
+/// Arguments whose tree cannot be had (text a reader could not follow), counting how often
+/// the policy asks for it.
+#[derive(Debug, Default)]
+struct Unreadable(std::sync::atomic::AtomicUsize);
+
+impl ArgsTree for Unreadable {
+    fn tree(&self) -> Option<&Value> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    }
+}
+
+#[test]
+fn arguments_that_cannot_be_read_deny_every_rule_with_a_condition_and_no_other() {
+    let p = policy(json!({"version": "1", "default": "allow", "tools": {
+        "transfer": {"deny_if": [{"path": "args.amount", "op": "gt", "value": 1000}]},
+        "refund": {"require": [{"path": "args.amount", "op": "exists"}]},
+        "audit": {"deny_if": [{"path": "args.x", "op": "not_exists"}]},
+        "echo": {}
+    }}));
+    let decide = |tool| {
+        let args = Unreadable::default();
+        let d = p.decide(
+            &Call {
+                tool,
+                args: &args,
+                grant: "g",
+                session: "s",
+            },
+            &MemoryStore::new(),
+            1_000_000,
+        );
+        (d, args.0.into_inner())
+    };
+    for tool in ["transfer", "refund", "audit"] {
+        let (d, asked) = decide(tool);
+        assert_eq!(d.verdict, Verdict::Deny, "{tool}: {d:?}");
+        assert!(d.reason.contains("is unknown"), "{tool}: {}", d.reason);
+        assert!(
+            d.reason.contains("not readable as JSON"),
+            "{tool}: {}",
+            d.reason
+        );
+        assert!(asked >= 1);
+    }
+    // A rule without conditions never asks for the tree, and the default neither.
+    for tool in ["echo", "other"] {
+        let (d, asked) = decide(tool);
+        assert_eq!(d.verdict, Verdict::Allow, "{tool}: {d:?}");
+        assert_eq!(asked, 0, "{tool}");
     }
 }

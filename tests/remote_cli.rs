@@ -47,7 +47,7 @@ fn held(hub: &Hub) -> (String, HoldTicket) {
         decision: Verdict::Hold,
         rule: "/tools/send_message".into(),
         reason: "a person decides".into(),
-        args: json!({"to": "all"}),
+        args: json!({"to": "all"}).into(),
         args_truncated: false,
         retry_after_ms: None,
         hold_deadline: None,

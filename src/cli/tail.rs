@@ -364,7 +364,7 @@ pub(crate) fn human_line(event: &Event) -> Option<String> {
                 Verdict::Hold => "⏸ held".to_owned(),
             };
             // Redacted again: the gateway should have done it, but tail does not rely on that.
-            let mut args = crate::redact::redact(&call.args).to_string();
+            let mut args = crate::redact::redact(&call.args.tree()).to_string();
             if args.chars().count() > ARGS_PREVIEW {
                 args = args.chars().take(ARGS_PREVIEW).collect::<String>() + "…";
             } else if call.args_truncated {
@@ -628,7 +628,7 @@ mod tests {
             decision: Verdict::Deny,
             rule: "/tools/evil".into(),
             reason: "line\nbreak".into(),
-            args: json!({"k": "\u{202e}x"}),
+            args: json!({"k": "\u{202e}x"}).into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
@@ -653,7 +653,7 @@ mod tests {
             decision: Verdict::Allow,
             rule: "/default".into(),
             reason: Default::default(),
-            args: json!({}),
+            args: json!({}).into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,

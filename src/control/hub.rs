@@ -754,7 +754,7 @@ mod tests {
             decision,
             rule: "/default".into(),
             reason: Default::default(),
-            args: json!({}),
+            args: json!({}).into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,

@@ -17,6 +17,7 @@
 pub(crate) mod key;
 pub(crate) mod writer;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::args::{Out, RawArgs};
 use crate::policy::Verdict;
 
 pub(crate) use key::{AuditKey, KeyError};
@@ -137,6 +139,8 @@ pub struct AuditRecord<'a> {
 #[derive(Debug, Clone, Copy)]
 pub enum ArgKeys<'a> {
     Of(&'a serde_json::Map<String, Value>),
+    /// Read from the arguments' text (the call's path: no tree).
+    Raw(&'a RawArgs),
     /// Given as a list (tests).
     Listed(&'a [&'a str]),
 }
@@ -149,13 +153,19 @@ impl<'a> ArgKeys<'a> {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &'a str> + use<'a> {
-        let (map, listed) = match *self {
-            ArgKeys::Of(map) => (Some(map), None),
-            ArgKeys::Listed(keys) => (None, Some(keys)),
+    /// The keys, decoded (borrowed unless a key has escapes).
+    pub fn iter(&self) -> impl Iterator<Item = Cow<'a, str>> + use<'a> {
+        let (map, raw, listed) = match *self {
+            ArgKeys::Of(map) => (Some(map), None, None),
+            ArgKeys::Raw(raw) => (None, Some(raw), None),
+            ArgKeys::Listed(keys) => (None, None, Some(keys)),
         };
-        let from_map = map.into_iter().flat_map(|m| m.keys().map(String::as_str));
-        from_map.chain(listed.into_iter().flatten().copied())
+        let from_map = map
+            .into_iter()
+            .flat_map(|m| m.keys().map(|k| Cow::Borrowed(k.as_str())));
+        let from_raw = raw.into_iter().flat_map(RawArgs::keys);
+        let listed = listed.into_iter().flatten().map(|k| Cow::Borrowed(*k));
+        from_map.chain(from_raw).chain(listed)
     }
 }
 
@@ -274,7 +284,7 @@ fn write_record(
             if i > 0 {
                 out.push(b',');
             }
-            string(out, key);
+            string(out, &key);
         }
         out.push(b']');
     }
@@ -471,6 +481,20 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// [`AuditLog::describe_args`] from the arguments' text: keys and HMAC without a tree
+    /// (one is built for `--audit-args full` only).
+    pub(crate) fn describe_raw_args<'v>(&self, args: &'v RawArgs) -> ArgsDigest<'v> {
+        ArgsDigest {
+            keys: ArgKeys::Raw(args),
+            hmac: self.key.raw_args_hmac_hex(args),
+            values: (self.args == AuditArgs::Full)
+                .then(|| crate::policy::ArgsTree::tree(args).map(crate::redact::redact))
+                .flatten(),
+        }
+    }
+}
+
 impl Drop for AuditLog {
     fn drop(&mut self) {
         self.close();
@@ -494,10 +518,41 @@ pub struct ArgsDigest<'v> {
 /// The canonical text is streamed into the hash rather than built first: this runs once per
 /// decided call, and the intermediate string and its per-key allocations were a measurable
 /// share of the gateway's per-call work.
+#[cfg(test)]
 pub(crate) fn args_sha256(args: &Value) -> String {
     let mut hasher = Sha256::new();
     canonical(args, &mut hasher);
     hex::encode(hasher.finalize())
+}
+
+/// [`args_sha256`] from the arguments' text: the same hex for the same arguments.
+pub(crate) fn raw_args_sha256(args: &RawArgs) -> String {
+    hex::encode(raw_canonical_hash(&Sha256::new(), args).finalize())
+}
+
+/// `fresh` (a hash or a keyed MAC) with the canonical JSON of `args` streamed into it, read
+/// from their text: the bytes [`canonical`] streams for their tree. A text the walk cannot
+/// follow (the call's arrival refused any such text: not reached) is hashed from its tree
+/// instead, from a fresh start; with no tree either, nothing.
+pub(crate) fn raw_canonical_hash<H: sha2::digest::Update + Clone>(fresh: &H, args: &RawArgs) -> H {
+    let mut hash = fresh.clone();
+    if args.canonical(&mut HashOut(&mut hash)).is_ok() {
+        return hash;
+    }
+    let mut hash = fresh.clone();
+    if let Some(tree) = crate::policy::ArgsTree::tree(args) {
+        canonical(tree, &mut hash);
+    }
+    hash
+}
+
+/// Hands the walks of [`RawArgs`] to a hash or MAC.
+struct HashOut<'h, H>(&'h mut H);
+
+impl<H: sha2::digest::Update> Out for HashOut<'_, H> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
 }
 
 /// Feeds JSON text straight into a hash or MAC.

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use smol_str::SmolStr;
 
 use super::Gateway;
+use super::args::RawArgs;
 use super::audit::AuditRecord;
 use super::jsonrpc::{Envelope, ResultMembers, string_value};
 use crate::control::{HoldTicket, Hub, Resolution};
@@ -28,8 +29,6 @@ use crate::policy::{
 use crate::telemetry::CallSpans;
 use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
 
-/// Arguments in call events are cut to this many bytes of JSON.
-pub(crate) const EVENT_ARGS_CAP: usize = 4096;
 /// Outcome summaries are cut to this many characters.
 const SUMMARY_CAP: usize = 200;
 
@@ -50,27 +49,31 @@ impl Gateway {
     /// the decision's reservation. Transport-independent: `wrap`, the demo and the HTTP
     /// gateway all decide through [`Gateway::start_decision`] and
     /// [`Gateway::publish_decision`], as this does.
+    ///
+    /// `args` that are not an object are decided as no arguments at all (`{}`), as the
+    /// core refuses such a call before it is decided.
     pub async fn decide_call(
         &self,
         session: &str,
         tool: &str,
         args: &Value,
     ) -> (SmolStr, Decision) {
-        let decision = match self.start_decision(session, tool, args) {
+        let args = RawArgs::from_value(args).unwrap_or_else(|_| RawArgs::empty());
+        let decision = match self.start_decision(session, tool, &args) {
             Deciding::Decided(decision) => decision,
             Deciding::Admitting(admitting) => admitting.decision().await,
             // Not reached: no channel was given.
             Deciding::Queued(queued) => queued.settle(Err(not_there())),
         };
         let (session, tool) = (SmolStr::new(session), SmolStr::new(tool));
-        self.publish_decision(&session, &tool, args.clone(), decision, None, None)
+        self.publish_decision(&session, &tool, args, decision, None, None)
     }
 
     /// The first step of deciding a call: the policy's decision, and for a call with limits
     /// its admission queued at the counter store now (so admissions keep the calls' order).
     /// Nothing is published yet but, once the store admits it, the state of the budgets it
     /// took units from (the `counters` event, from the store's thread).
-    pub(crate) fn start_decision(&self, session: &str, tool: &str, args: &Value) -> Deciding {
+    pub(crate) fn start_decision(&self, session: &str, tool: &str, args: &RawArgs) -> Deciding {
         self.start_decision_into(session, tool, args, None)
     }
 
@@ -81,7 +84,7 @@ impl Gateway {
         &self,
         session: &str,
         tool: &str,
-        args: &Value,
+        args: &RawArgs,
         into: Option<&Answers>,
     ) -> Deciding {
         if let Some(audit) = &self.audit
@@ -170,12 +173,13 @@ impl Gateway {
     /// A call the policy would hold is denied with `no_hold` as its reason when that is given
     /// (its connection cannot keep one more, or it ended while its limits were counted); the
     /// audit record names the call's trace when it has `spans`. The arguments move into the
-    /// event (redacted if need be): they are not copied on the call's path.
+    /// event as their text (a tree only when a secret must be redacted): they are not
+    /// copied on the call's path.
     pub(crate) fn publish_decision(
         &self,
         session: &SmolStr,
         tool: &SmolStr,
-        args: Value,
+        args: RawArgs,
         mut decision: Decision,
         no_hold: Option<String>,
         spans: Option<&CallSpans>,
@@ -197,7 +201,7 @@ impl Gateway {
         let shadow: Option<Box<crate::wire::ShadowDecision>> =
             decision.shadow.clone().map(|s| Box::new(s.into()));
         if let Some(audit) = &self.audit {
-            let digest = audit.describe_args(&args);
+            let digest = audit.describe_raw_args(&args);
             let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
                 ts: self.clock.now(),
@@ -220,7 +224,7 @@ impl Gateway {
                 shadow: shadow.as_deref(),
             });
         }
-        let (args, args_truncated) = event_args(args);
+        let (args, args_truncated) = args.into_event();
         // Every name is a `SmolStr`: inline or shared, none is allocated for the event.
         let event = CallEvent {
             call_id: call_id.clone(),
@@ -731,83 +735,6 @@ fn audit_refusal(tool: &str, reason: String) -> Decision {
     }
 }
 
-/// The arguments as a call event carries them: secrets redacted, capped in size. Most
-/// arguments hold no secret: those are kept as they are, not copied.
-fn event_args(args: Value) -> (Value, bool) {
-    let redacted = if crate::redact::needs_redaction(&args) {
-        crate::redact::redact(&args)
-    } else {
-        args
-    };
-    // Almost every call's arguments fit: a bound on their text settles it without writing
-    // them; otherwise they are measured without building the text.
-    if json_len_bound(&redacted, EVENT_ARGS_CAP).is_some() {
-        return (redacted, false);
-    }
-    let mut size = ByteCount(0);
-    if serde_json::to_writer(&mut size, &redacted).is_ok() && size.0 <= EVENT_ARGS_CAP {
-        return (redacted, false);
-    }
-    let text = redacted.to_string();
-    let mut cut = EVENT_ARGS_CAP;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    (Value::String(text[..cut].to_owned()), true)
-}
-
-/// At least as many bytes as `value`'s compact JSON text has, if that is at most `cap`;
-/// `None` beyond `cap` (the text may still fit: then it has to be measured). A string's
-/// byte may take six (`\u001f`), a number at most 24 (`-2.2250738585072014e-308`).
-fn json_len_bound(value: &Value, cap: usize) -> Option<usize> {
-    let len = match value {
-        Value::Null | Value::Bool(_) => 5,
-        Value::Number(_) => 24,
-        Value::String(text) => string_len_bound(text)?,
-        Value::Array(items) => {
-            let mut len = 2 + items.len();
-            for item in items {
-                len = len.checked_add(json_len_bound(item, cap)?)?;
-                if len > cap {
-                    return None;
-                }
-            }
-            len
-        }
-        Value::Object(map) => {
-            let mut len = 2 + 2 * map.len();
-            for (key, value) in map {
-                len = len.checked_add(string_len_bound(key)?)?;
-                len = len.checked_add(json_len_bound(value, cap)?)?;
-                if len > cap {
-                    return None;
-                }
-            }
-            len
-        }
-    };
-    (len <= cap).then_some(len)
-}
-
-/// See [`json_len_bound`]: the quotes, and six bytes for every byte of `text`.
-fn string_len_bound(text: &str) -> Option<usize> {
-    text.len().checked_mul(6)?.checked_add(2)
-}
-
-/// Counts the bytes written to it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// What the agent reads when a held call ends without approval.
 pub(crate) fn refusal_text(resolution: &Resolution) -> String {
     match (resolution.by, resolution.reason.as_deref()) {
@@ -962,42 +889,6 @@ fn cap(text: &str) -> SmolStr {
 mod tests {
     use super::*;
     use crate::gateway::jsonrpc::{self, Parsed};
-    use serde_json::json;
-
-    #[test]
-    fn the_bound_on_an_event_s_arguments_is_never_below_their_text() {
-        let values = [
-            json!(null),
-            json!(true),
-            json!(false),
-            json!(-9223372036854775808i64),
-            json!(18446744073709551615u64),
-            json!(-2.2250738585072014e-308),
-            json!(-1.7976931348623157e308),
-            json!(1e-7),
-            json!(f64::NAN),
-            json!(""),
-            json!("\u{1}\u{1f}\u{7f}\"\\/\n é 🦀"),
-            json!([]),
-            json!({}),
-            json!([[], {}, [null, [true]], {"": {"": []}}]),
-            json!({"message": "hello", "n": [1, 2.5, -3e40], "\u{1}k\"": {"a": null}}),
-        ];
-        for value in values {
-            let text = value.to_string();
-            let bound = json_len_bound(&value, usize::MAX).expect("no cap");
-            assert!(bound >= text.len(), "{text}: bound {bound}");
-            assert_eq!(json_len_bound(&value, text.len() - 1), None, "{text}");
-        }
-        // Arguments the bound cannot place under the cap are measured, and kept when they fit.
-        let fits = json!({"s": "\u{1}".repeat(EVENT_ARGS_CAP / 6 - 1)});
-        assert_eq!(json_len_bound(&fits, EVENT_ARGS_CAP), None);
-        assert_eq!(event_args(fits.clone()), (fits, false));
-        let over = json!({"s": "x".repeat(EVENT_ARGS_CAP)});
-        let (preview, truncated) = event_args(over);
-        assert!(truncated);
-        assert_eq!(preview.as_str().map(str::len), Some(EVENT_ARGS_CAP));
-    }
 
     /// The outcome as serde reads the whole `result` (as it was read before the one pass).
     fn by_serde(result: &str) -> (bool, bool, Option<SmolStr>) {

@@ -50,6 +50,7 @@ use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Gateway;
+use super::args::RawArgs;
 use super::budget::{ByteBudget, Charge};
 use super::call::{CallAnswer, Deciding, Queued, ToolsPage};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Shape, code};
@@ -441,7 +442,7 @@ enum Forwarded {
 struct Deliberation {
     id: IdKey,
     params: CallParams,
-    args: Value,
+    args: RawArgs,
     arrived: Instant,
     modern: bool,
     /// Room for its line should it be held.
@@ -915,22 +916,23 @@ impl Shared {
             }
         };
         // The policy judges an object; a server could read a string as JSON, or an array
-        // by position.
-        if params.arguments.as_ref().is_some_and(|a| !a.is_object()) {
-            return Disposition::Answer(jsonrpc::error_response(
-                Some(&id),
-                code::INVALID_PARAMS,
-                "tools/call arguments must be an object",
-            ));
-        }
-        let args = params
-            .arguments
-            .take()
-            .unwrap_or_else(|| Value::Object(Default::default()));
+        // by position. (Arguments the reader of their text cannot follow are refused here
+        // too: never decided, so never allowed.)
+        let args = match std::mem::replace(&mut params.arguments, Ok(None)) {
+            Ok(Some(args)) => args,
+            Ok(None) => RawArgs::empty(),
+            Err(_) => {
+                return Disposition::Answer(jsonrpc::error_response(
+                    Some(&id),
+                    code::INVALID_PARAMS,
+                    "tools/call arguments must be an object",
+                ));
+            }
+        };
         let arrived = Instant::now();
 
         if params.is_input_retry() {
-            let key = (params.name.clone(), super::audit::args_sha256(&args));
+            let key = (params.name.clone(), super::audit::raw_args_sha256(&args));
             let continued = self.lock().continuations.remove(&key);
             if let Some(call) = continued {
                 // The same call, one more round: already decided and counted.
@@ -1098,7 +1100,11 @@ impl Shared {
         // Taken before the arguments move into the call's event.
         let continuation = continuation_key(modern, &args);
         // Learn mode keeps a copy, recorded once the decision is final.
-        let observed = self.gateway.observing().then(|| args.clone());
+        let observed = self
+            .gateway
+            .observing()
+            .then(|| crate::policy::ArgsTree::tree(&args).cloned())
+            .flatten();
         let (call_id, decision) = self.gateway.publish_decision(
             &self.session,
             &params.name,
@@ -1824,8 +1830,8 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
 
 /// What an `input_required` retry of a call is found by: only 2026-07-28 calls continue
 /// that way, so only they pay for the hash.
-fn continuation_key(modern: bool, args: &Value) -> Option<String> {
-    modern.then(|| super::audit::args_sha256(args))
+fn continuation_key(modern: bool, args: &RawArgs) -> Option<String> {
+    modern.then(|| super::audit::raw_args_sha256(args))
 }
 
 /// Valid JSON that is not a JSON-RPC message (not an object, an empty batch, a batch

@@ -523,7 +523,9 @@ pub(crate) struct CallParams {
     /// The tool's name: inline when short, as most are (it is repeated in the decision, the
     /// call event and the call in flight).
     pub name: smol_str::SmolStr,
-    pub arguments: Option<Value>,
+    /// As their text: no tree is built for them unless something needs one (see
+    /// [`super::args`]). `Err` when present but not an object (not `null` either).
+    pub arguments: Result<Option<super::args::RawArgs>, super::args::Unreadable>,
     pub meta: Option<serde_json::Map<String, Value>>,
     /// Present on a 2026-07-28 retry after `input_required`.
     pub input_responses: Option<Value>,
@@ -551,7 +553,10 @@ impl CallParams {
         };
         Ok(CallParams {
             name,
-            arguments: member(members.arguments, "arguments")?,
+            arguments: match members.arguments {
+                None | Some("null") => Ok(None),
+                Some(text) => super::args::RawArgs::read(text).map(Some),
+            },
             meta: member(members.meta, "_meta")?,
             input_responses: member(members.input_responses, "inputResponses")?,
             request_state: member(members.request_state, "requestState")?,

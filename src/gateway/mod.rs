@@ -27,6 +27,7 @@
 //! - [`http`] — `serve`: Streamable HTTP in front of several servers, each MCP session a run
 //!   of the core; [`grants`] — the bearer tokens that name who calls.
 
+pub(crate) mod args;
 pub(crate) mod audit;
 pub(crate) mod budget;
 pub(crate) mod call;

@@ -169,6 +169,16 @@ impl std::fmt::Display for Unknown {
 }
 
 impl Unknown {
+    /// Any condition on arguments that cannot be read as JSON at all (the gateway refuses
+    /// such a call when it arrives; were one decided, its conditions deny).
+    pub(crate) fn unreadable() -> Unknown {
+        Unknown {
+            at: "args".to_owned(),
+            found: "not readable as JSON",
+            needs: "conditions read a JSON object".to_owned(),
+        }
+    }
+
     /// `at` is relative to a value nested under `prefix` (`.2` under `args.items`).
     fn under_prefix(mut self, prefix: &str) -> Unknown {
         self.at.insert_str(0, prefix);

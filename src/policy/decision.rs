@@ -10,11 +10,27 @@ use super::store::Reservation;
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
     pub tool: &'a str,
-    pub args: &'a Value,
+    /// A `Value`, or the gateway's arguments as text whose tree is built only when a
+    /// condition reads it.
+    pub args: &'a dyn ArgsTree,
     /// Who is calling (`wrap --grant`, or the HTTP bearer token's grant).
     pub grant: &'a str,
     /// The MCP session the call belongs to.
     pub session: &'a str,
+}
+
+/// A call's arguments as the policy's conditions read them: a JSON tree, which a reader
+/// may build only when it is asked for (a rule without conditions never asks).
+pub trait ArgsTree: std::fmt::Debug + Sync {
+    /// The tree, or `None` when the arguments cannot be read into one: every condition is
+    /// then unknown, so the call is denied (fail closed).
+    fn tree(&self) -> Option<&Value>;
+}
+
+impl ArgsTree for Value {
+    fn tree(&self) -> Option<&Value> {
+        Some(self)
+    }
 }
 
 /// The four outcomes of a decision. Serialised as on the wire and in `explain --json`.

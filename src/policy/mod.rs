@@ -39,7 +39,7 @@ mod path;
 pub(crate) mod store;
 
 pub(crate) use condition::Op;
-pub use decision::{Call, Decision, Shadow, ShadowSource, Verdict};
+pub use decision::{ArgsTree, Call, Decision, Shadow, ShadowSource, Verdict};
 pub(crate) use decision::{human_duration, would};
 pub(crate) use store::StoreSpec;
 pub use store::{
@@ -151,10 +151,8 @@ struct Rule {
 impl Rule {
     /// Every condition of the rule evaluated on `args`, `deny_if` first, in file order.
     /// Lazy: `decide` stops at the first that denies.
-    fn checks<'r>(
-        &'r self,
-        args: &'r serde_json::Value,
-    ) -> impl Iterator<Item = ConditionCheck<'r>> {
+    /// The arguments' tree is asked for only when the rule has a condition.
+    fn checks<'r>(&'r self, args: &'r dyn ArgsTree) -> impl Iterator<Item = ConditionCheck<'r>> {
         let deny_if = self.deny_if.iter().map(|c| (true, c));
         let require = self.require.iter().map(|c| (false, c));
         deny_if
@@ -163,7 +161,10 @@ impl Rule {
                 pointer,
                 deny_if,
                 condition,
-                truth: condition.evaluate(args),
+                truth: match args.tree() {
+                    Some(tree) => condition.evaluate(tree),
+                    None => Truth::Unknown(condition::Unknown::unreadable()),
+                },
             })
     }
 }

@@ -571,7 +571,7 @@ mod tests {
             decision,
             rule: "/default".into(),
             reason: Default::default(),
-            args: Value::Null,
+            args: Value::Null.into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,

@@ -16,10 +16,11 @@ pub mod screenshot;
 /// The policy language: parse, decide, count.
 pub mod policy {
     pub use crate::policy::{
-        Action, Admission, Call, CounterStore, Decision, Diagnostic, FailMode, GuardedStore,
-        KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, NotedUsage, OwnedLimit, PinMode,
-        Policy, RedisStore, Reservation, SHADOW_POLICY_COUNTER_PREFIX, SHADOW_RULE_COUNTER_PREFIX,
-        Scope, Shadow, ShadowSource, SqliteStore, StoreError, StoreErrorKind, StoreWorker, Verdict,
+        Action, Admission, ArgsTree, Call, CounterStore, Decision, Diagnostic, FailMode,
+        GuardedStore, KeyUsage, LimitRequest, MAX_POLICY_BYTES, MemoryStore, NotedUsage,
+        OwnedLimit, PinMode, Policy, RedisStore, Reservation, SHADOW_POLICY_COUNTER_PREFIX,
+        SHADOW_RULE_COUNTER_PREFIX, Scope, Shadow, ShadowSource, SqliteStore, StoreError,
+        StoreErrorKind, StoreWorker, Verdict,
     };
 }
 
@@ -65,11 +66,11 @@ pub mod tls {
 /// The messages between a gateway and its operators.
 pub mod wire {
     pub use crate::wire::{
-        AuditStatus, CallEvent, CallRecord, ClientMsg, CounterState, Counters, Event, EventKind,
-        GatewayInfo, GrantsChange, GrantsChanged, Hello, HoldResolved, Outcome, PROTOCOL_VERSION,
-        PinChange, PolicyApplied, PolicyRejected, PolicyText, Reply, ReplyCode, ResolvedBy,
-        ShadowDecision, ShadowSource, Snapshot, StoreStatus, ToolChanged, ToolInfo, Tools, Totals,
-        Upstream, Verdict,
+        AuditStatus, CallArgs, CallEvent, CallRecord, ClientMsg, CounterState, Counters, Event,
+        EventKind, GatewayInfo, GrantsChange, GrantsChanged, Hello, HoldResolved, Outcome,
+        PROTOCOL_VERSION, PinChange, PolicyApplied, PolicyRejected, PolicyText, Reply, ReplyCode,
+        ResolvedBy, ShadowDecision, ShadowSource, Snapshot, StoreStatus, ToolChanged, ToolInfo,
+        Tools, Totals, Upstream, Verdict,
     };
 }
 

@@ -18,6 +18,9 @@ use smol_str::SmolStr;
 
 pub use crate::policy::{ShadowSource, Verdict};
 
+mod args;
+pub use args::CallArgs;
+
 /// The protocol version, sent in every `hello`. A client refuses versions it does not know.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -248,7 +251,7 @@ pub struct CallEvent {
     pub rule: SmolStr,
     pub reason: SmolStr,
     /// The arguments, secret-looking keys redacted, cut to a size cap.
-    pub args: Value,
+    pub args: CallArgs,
     /// The arguments were larger than the cap and `args` is a truncated preview.
     #[serde(default)]
     pub args_truncated: bool,

@@ -49,7 +49,7 @@ pub fn call(gw: &str, n: u32, tool: &str, grant: &str, decision: Verdict) -> Cal
             Verdict::Hold => "sending messages needs a person".into(),
             Verdict::Allow => Default::default(),
         },
-        args: json!({"keyName": "staging", "apiKey": "sk-live-123", "count": n}),
+        args: json!({"keyName": "staging", "apiKey": "sk-live-123", "count": n}).into(),
         args_truncated: false,
         retry_after_ms: (decision == Verdict::RateLimited).then_some(12_000),
         hold_deadline: (decision == Verdict::Hold).then(|| at_ms(120_000 + n as i64 * 1000)),

@@ -88,7 +88,7 @@ impl Interner {
 impl CallRow {
     /// A row from a wire call, its text fields made safe for the terminal.
     pub fn new(conn: usize, ts: chrono::DateTime<chrono::Utc>, mut call: CallEvent) -> CallRow {
-        let args = std::mem::take(&mut call.args);
+        let args = std::mem::take(&mut call.args).into_tree();
         // Redacted again here: the gateway should have done it, but the console does not rely
         // on that. Copying the tree only when something is left to redact keeps ingest fast.
         let text = if crate::redact::needs_redaction(&args) {
@@ -287,7 +287,7 @@ mod tests {
             decision: Verdict::Allow,
             rule: "/default".into(),
             reason: Default::default(),
-            args: serde_json::Value::Null,
+            args: serde_json::Value::Null.into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,
@@ -326,18 +326,18 @@ mod tests {
     #[test]
     fn secret_arguments_are_redacted_even_if_the_gateway_did_not() {
         let mut c = call("a");
-        c.args = serde_json::json!({"name": "x", "deep": [{"apiKey": "sk-1"}]});
+        c.args = serde_json::json!({"name": "x", "deep": [{"apiKey": "sk-1"}]}).into();
         let row = CallRow::new(0, chrono::Utc::now(), c);
         assert_eq!(
             &*row.args,
             r#"{"name":"x","deep":[{"apiKey":"[redacted]"}]}"#
         );
         let mut c = call("b");
-        c.args = serde_json::json!({"name": "x", "token": "[redacted]"});
+        c.args = serde_json::json!({"name": "x", "token": "[redacted]"}).into();
         let row = CallRow::new(0, chrono::Utc::now(), c);
         assert_eq!(&*row.args, r#"{"name":"x","token":"[redacted]"}"#);
         let mut c = call("c");
-        c.args = serde_json::json!({"db": "postgres://app:hunter2@db/app"});
+        c.args = serde_json::json!({"db": "postgres://app:hunter2@db/app"}).into();
         let row = CallRow::new(0, chrono::Utc::now(), c);
         assert_eq!(&*row.args, r#"{"db":"postgres://[redacted]@db/app"}"#);
     }

@@ -218,7 +218,7 @@ fn as_call(n: usize, o: &Observation) -> CallEvent {
         decision,
         rule: Default::default(),
         reason: Default::default(),
-        args: o.args.clone(),
+        args: o.args.clone().into(),
         args_truncated: false,
         retry_after_ms: None,
         hold_deadline: None,
@@ -692,7 +692,7 @@ impl LearnReview {
     pub fn observed_paths(&self, tool: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for c in self.observations.iter().filter(|c| c.tool == tool) {
-            if let Some(m) = c.args.as_object() {
+            if let Some(m) = c.args.tree().as_object() {
                 for k in m.keys() {
                     let p = format!("args.{k}");
                     if !out.contains(&p) {

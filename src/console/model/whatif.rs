@@ -108,9 +108,10 @@ pub(crate) fn replay<'a>(
     };
     for (ts, call) in calls {
         let now_ms = u64::try_from(ts.timestamp_millis()).unwrap_or(0);
+        let args = call.args.tree();
         let c = Call {
             tool: &call.tool,
-            args: &call.args,
+            args: &*args,
             grant: &call.grant,
             session: &call.session,
         };
@@ -147,7 +148,7 @@ mod tests {
             decision,
             rule: Default::default(),
             reason: Default::default(),
-            args: serde_json::json!({}),
+            args: serde_json::json!({}).into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: None,

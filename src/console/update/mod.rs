@@ -780,7 +780,7 @@ mod tests {
             decision,
             rule: format!("/tools/{tool}").into(),
             reason: Default::default(),
-            args: serde_json::json!({"name": "x"}),
+            args: serde_json::json!({"name": "x"}).into(),
             args_truncated: false,
             retry_after_ms: None,
             hold_deadline: (decision == Verdict::Hold).then(|| at(120)),

@@ -200,6 +200,13 @@ impl AuditKey {
         super::canonical(args, &mut mac);
         super::Hex64::of(&mac.finalize().into_bytes())
     }
+
+    /// [`AuditKey::args_hmac_hex`] from the arguments' text, without their tree: the same
+    /// bytes are hashed (`tests::the_hmac_of_the_text_is_the_hmac_of_the_tree`).
+    pub(crate) fn raw_args_hmac_hex(&self, args: &super::super::args::RawArgs) -> super::Hex64 {
+        let mac = super::raw_canonical_hash(&self.mac, args);
+        super::Hex64::of(&mac.finalize().into_bytes())
+    }
 }
 
 #[cfg(test)]
