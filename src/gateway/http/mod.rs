@@ -655,7 +655,8 @@ async fn post(
         }
         return StatusCode::ACCEPTED.into_response();
     };
-    let (core_id, rx) = match link.request(&line, &client_id, raw_id, env.params).await {
+    let prepared = link.prepare(&line, &client_id, raw_id, env.params);
+    let (core_id, rx) = match link.request(prepared, line).await {
         Ok(pair) => pair,
         Err(e) => {
             return rpc_error(
