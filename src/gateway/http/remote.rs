@@ -546,7 +546,15 @@ impl Remote {
 fn one_line(message: &[u8]) -> Vec<u8> {
     // Valid JSON or not, CR and LF become spaces: between tokens that changes nothing, and
     // anything else the core refuses as malformed, whole, on its one line.
-    jsonrpc::one_line(message)
+    // As `jsonrpc::one_line`, with room for the newline the core's queue adds
+    // ([`super::pipe::LineSource`]) so that adding it moves nothing.
+    let text = message.trim_ascii();
+    let mut line = Vec::with_capacity(text.len() + 1);
+    line.extend(
+        text.iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
+    line
 }
 
 /// Reads a response body, refusing one larger than `max` (before buffering it whole).
