@@ -19,7 +19,9 @@
 //!
 //! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
 //! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), and one
-//! task per held call. Each queue is bounded in bytes by a [`ByteBudget`] of
+//! task per held call. A transport that takes whole lines itself (`serve`'s links,
+//! [`Output::Lines`]) has no writer task on its side: each line is handed on in the task
+//! that sends it, charged to the same budget until the transport is done with it. Each queue is bounded in bytes by a [`ByteBudget`] of
 //! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
 //! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
 //! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.

@@ -44,7 +44,7 @@ pub fn message_line(body: &[u8]) -> Result<Vec<u8>, BodyRefused> {
 /// is read here first; one without (the usual case) is only trimmed.
 pub(crate) fn unread_line(body: &[u8]) -> Result<Vec<u8>, BodyRefused> {
     let text = body.trim_ascii();
-    if text.iter().any(|&b| b == b'\n' || b == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', text).is_some() {
         message(body)?;
         return Ok(jsonrpc::one_line(body));
     }
