@@ -4,8 +4,8 @@
 //!
 //! The HTTP transport does not re-implement the proxy: each MCP session gets a link, whose
 //! client side is a queue the HTTP handlers put request lines on (read by the core as a
-//! stream, [`super::pipe::LineSource`]; its answers come back through a
-//! [`super::pipe::LineSink`]), and whose
+//! stream, [`super::pipe::LineSource`]; the core hands its answers to [`Router`] in the task
+//! that sends them, [`crate::gateway::core::Output::Lines`]), and whose
 //! upstream side is a server process (a command in SERVERS.json) or [`super::remote`] (a
 //! URL). Decisions, holds, `hide`, cancellation, `input_required` retries and the answers
 //! owed when the upstream dies are therefore exactly `wrap`'s.
