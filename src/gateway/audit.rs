@@ -429,7 +429,7 @@ impl AuditLog {
         }
         // The record's own time is the clock: no second clock read on the call path.
         let stalled = Shared::stalled(&queue, record.ts);
-        queue.oldest.get_or_insert(record.ts);
+        queue.note_made(record.ts);
         let wake = queue.note_record();
         drop(queue);
         if wake {
