@@ -121,3 +121,49 @@ where
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Queues `lines` charged against `budget`, then `Close`, then one more line.
+    async fn queued(budget: &ByteBudget, lines: &[&str]) -> mpsc::Receiver<Out> {
+        let (tx, rx) = mpsc::channel(lines.len() + 2);
+        for line in lines {
+            let charge = budget.try_charge(line.len()).expect("room in the budget");
+            tx.send(Out::Line(line.as_bytes().to_vec(), charge))
+                .await
+                .expect("the queue is open");
+        }
+        tx.send(Out::Close).await.expect("the queue is open");
+        let late = budget.try_charge(4).expect("room in the budget");
+        tx.send(Out::Line(b"late".to_vec(), late))
+            .await
+            .expect("the queue is open");
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_written_in_order_up_to_close_and_every_byte_comes_back() {
+        let budget = ByteBudget::new(1024);
+        let lines: Vec<String> = (0..300).map(|n| format!("line {n}")).collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let rx = queued(&budget, &lines).await;
+        assert!(budget.available() < 1024 - 300, "the lines are charged");
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        write_lines(ours, rx, budget.clone(), "test").await;
+        let mut text = String::new();
+        theirs
+            .read_to_string(&mut text)
+            .await
+            .expect("the stream's text");
+        let expected: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        assert_eq!(
+            text, expected,
+            "every line before Close, in order, and none after"
+        );
+        assert_eq!(budget.available(), 1024, "every charge was given back");
+    }
+}
