@@ -306,7 +306,13 @@ impl Queue {
             },
         };
         let out = match self.tx.try_send(Out::Line(line, charge)) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                // The waits taken before counted against the task's share of the runtime,
+                // so a reader with a buffer full of lines let the others run every few
+                // dozen lines (hold timers, the event websocket, the writers); it still does.
+                tokio::task::coop::consume_budget().await;
+                return Ok(());
+            }
             Err(mpsc::error::TrySendError::Full(out)) => out,
             Err(mpsc::error::TrySendError::Closed(out)) => return Err(Self::given_back(out)),
         };
