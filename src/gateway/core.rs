@@ -406,16 +406,49 @@ impl Queue {
 
     /// Queues a line once its bytes fit; gives it back when the writer is gone.
     async fn send(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
-        let Some(charge) = self.budget.charge(line.len()).await else {
-            return Err(line);
-        };
-        match &self.to {
-            To::Writer(tx) => match tx.send(Out::Line(line, charge)).await {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::SendError(Out::Line(line, _))) => Err(line),
-                Err(mpsc::error::SendError(Out::Close)) => Err(Vec::new()),
+        // Room now is taken without setting up a wait (two per line otherwise). No one is
+        // overtaken: bytes and places given back go to whoever waits first, so there is room
+        // now only when no one waits.
+        let charge = match self.budget.try_charge(line.len()) {
+            Some(charge) => charge,
+            None => match self.budget.charge(line.len()).await {
+                Some(charge) => charge,
+                None => return Err(line),
             },
+        };
+        let sent = match &self.to {
+            To::Writer(tx) => {
+                let out = match tx.try_send(Out::Line(line, charge)) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(out)) => Err(out),
+                    Err(mpsc::error::TrySendError::Closed(out)) => {
+                        return Err(Self::given_back(out));
+                    }
+                };
+                if let Err(out) = out {
+                    return match tx.send(out).await {
+                        Ok(()) => Ok(()),
+                        Err(mpsc::error::SendError(out)) => Err(Self::given_back(out)),
+                    };
+                }
+                Ok(())
+            }
             To::Lines(lines) => Queue::hand_on(lines, line, charge),
+        };
+        if sent.is_ok() {
+            // The waits taken before counted against the task's share of the runtime, so a
+            // reader with a buffer full of lines let the others run every few dozen lines
+            // (hold timers, the event websocket, the writers); it still does.
+            tokio::task::coop::consume_budget().await;
+        }
+        sent
+    }
+
+    /// The line of what the writer will never take.
+    fn given_back(out: Out) -> Vec<u8> {
+        match out {
+            Out::Line(line, _) => line,
+            Out::Close => Vec::new(),
         }
     }
 
