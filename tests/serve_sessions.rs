@@ -219,6 +219,31 @@ fn a_stateless_link_counts_against_its_grants_cap() {
 }
 
 #[test]
+fn a_server_name_works_plain_or_percent_escaped_and_other_paths_are_not_found() {
+    // `/mcp/NAME` is answered without axum's router unless the name has an escape: both
+    // ways must check and answer alike.
+    let (upstream, _seen) = trivial::start(false);
+    let serve = Serve::start(Setup {
+        policy: ALLOW_ALL,
+        servers: json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        grants: &["a"],
+        ..Setup::default()
+    });
+    let token = &serve.tokens[0];
+    for name in ["t", "%74"] {
+        let opened = serve.post(name, token, None, &initialize());
+        assert_eq!(opened.status, 200, "/mcp/{name}: {}", opened.body);
+        assert!(opened.header("mcp-session-id").is_some(), "/mcp/{name}");
+        let anonymous = serve.http("POST", &format!("/mcp/{name}"), &[], "{}");
+        assert_eq!(anonymous.status, 401, "/mcp/{name}: {}", anonymous.body);
+    }
+    for name in ["nope", "%6eope", "t/", "t/x", ""] {
+        let refused = serve.post(name, token, None, &initialize());
+        assert_eq!(refused.status, 404, "/mcp/{name}: {}", refused.body);
+    }
+}
+
+#[test]
 fn serve_help_teaches_the_session_and_connection_flags() {
     let out = std::process::Command::new(toolgate())
         .args(["serve", "--help"])

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use smol_str::{SmolStr, SmolStrBuilder};
 use tokio::sync::{broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -369,15 +369,25 @@ impl Hub {
 
     /// Numbers, stamps and fans out one event, and folds it into the snapshot state.
     pub fn publish(&self, kind: EventKind) {
-        let mut state = self.lock();
-        self.publish_locked(&mut state, kind);
+        self.publish_at(kind, Utc::now());
     }
 
-    fn publish_locked(&self, state: &mut HubState, kind: EventKind) {
+    /// [`Hub::publish`] stamped with a time the publisher has read already: a call's decision
+    /// and its outcome read the gateway's clock once, for their audit record and their event.
+    #[inline]
+    pub(crate) fn publish_at(&self, kind: EventKind, ts: DateTime<Utc>) {
+        let mut state = self.lock();
+        self.publish_locked(&mut state, kind, ts);
+    }
+
+    // Inlined into its callers: an event (a call's is a few hundred bytes) is then moved
+    // once fewer on its way into its `Arc`.
+    #[inline]
+    fn publish_locked(&self, state: &mut HubState, kind: EventKind, ts: DateTime<Utc>) {
         state.seq += 1;
         let event = Event {
             seq: state.seq,
-            ts: Utc::now(),
+            ts,
             gateway: self.gateway.clone(),
             kind,
         };
@@ -489,6 +499,7 @@ impl Hub {
                 operator: resolution.operator.clone(),
                 reason: resolution.reason.clone(),
             }),
+            Utc::now(),
         );
         // The waiting call may have gone (its task ended); the resolution still stands.
         let _ = open.tx.send(resolution);

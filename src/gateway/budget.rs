@@ -31,7 +31,19 @@ pub(crate) struct ByteBudget {
 /// Bytes taken from a [`ByteBudget`]; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Charge {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Charge {
+    /// Takes `other`'s bytes into this charge, so both are given back at once (one lock of
+    /// the budget's waiters instead of two); `Err(other)` if it is another budget's.
+    pub(crate) fn absorb(&mut self, other: Charge) -> Result<(), Charge> {
+        if !Arc::ptr_eq(self.permit.semaphore(), other.permit.semaphore()) {
+            return Err(other);
+        }
+        self.permit.merge(other.permit);
+        Ok(())
+    }
 }
 
 impl ByteBudget {
@@ -73,14 +85,14 @@ impl ByteBudget {
     pub(crate) async fn charge(&self, len: usize) -> Option<Charge> {
         let units = self.units_for(len);
         let permit = self.permits.clone().acquire_many_owned(units).await.ok()?;
-        Some(Charge { _permit: permit })
+        Some(Charge { permit })
     }
 
     /// Charges `len` bytes if they fit now.
     pub(crate) fn try_charge(&self, len: usize) -> Option<Charge> {
         let units = self.units_for(len);
         match self.permits.clone().try_acquire_many_owned(units) {
-            Ok(permit) => Some(Charge { _permit: permit }),
+            Ok(permit) => Some(Charge { permit }),
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => None,
         }
     }
@@ -124,6 +136,23 @@ mod tests {
         assert_eq!(budget.available(), 8);
         drop(b);
         assert_eq!(budget.available(), 10);
+    }
+
+    #[test]
+    fn absorbed_charges_come_back_together_and_another_budgets_is_refused() {
+        let budget = ByteBudget::new(10);
+        let mut held = budget.try_charge(3).expect("room for 3 bytes of 10");
+        let more = budget.try_charge(4).expect("room for 4 more");
+        assert!(held.absorb(more).is_ok());
+        assert_eq!(budget.available(), 3);
+        let other = ByteBudget::new(5);
+        let foreign = other.try_charge(2).expect("room in the other budget");
+        let foreign = held.absorb(foreign).expect_err("another budget's charge");
+        assert_eq!((budget.available(), other.available()), (3, 3));
+        drop(held);
+        assert_eq!(budget.available(), 10);
+        drop(foreign);
+        assert_eq!(other.available(), 5);
     }
 
     #[test]

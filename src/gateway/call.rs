@@ -200,11 +200,13 @@ impl Gateway {
         };
         let shadow: Option<Box<crate::wire::ShadowDecision>> =
             decision.shadow.clone().map(|s| Box::new(s.into()));
+        // One clock read for the audit record and the event.
+        let now = self.clock.now();
         if let Some(audit) = &self.audit {
             let digest = audit.describe_raw_args(&args);
             let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
-                ts: self.clock.now(),
+                ts: now,
                 kind: "decision",
                 call_id: &call_id,
                 grant: &self.grant,
@@ -242,7 +244,7 @@ impl Gateway {
             shadow,
         };
         // The event moves into the hub: its arguments are not copied.
-        self.hub.publish(EventKind::Call(event));
+        self.hub.publish_at(EventKind::Call(event), now);
         (call_id, decision)
     }
 
@@ -354,10 +356,12 @@ impl Gateway {
         spans: Option<&CallSpans>,
     ) {
         let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // One clock read for the audit record and the event.
+        let now = self.clock.now();
         if let Some(audit) = &self.audit {
             let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {
-                ts: self.clock.now(),
+                ts: now,
                 kind: "outcome",
                 call_id,
                 grant: &self.grant,
@@ -377,12 +381,15 @@ impl Gateway {
                 shadow: None,
             });
         }
-        self.hub.publish(EventKind::Outcome(Outcome {
-            call_id: call_id.clone(),
-            latency_us,
-            error,
-            summary,
-        }));
+        self.hub.publish_at(
+            EventKind::Outcome(Outcome {
+                call_id: call_id.clone(),
+                latency_us,
+                error,
+                summary,
+            }),
+            now,
+        );
     }
 
     /// Waits for a held call's resolution: an operator's (through the hub), or the timeout's

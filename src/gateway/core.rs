@@ -20,7 +20,10 @@
 //! One connection is a few tasks around `Shared`: a reader per side, a writer per side fed
 //! by a bounded queue (so the writers coalesce flushes and a slow peer pushes back), one
 //! task per held call, and one task ([`admissions`]) that goes on with the limited calls as
-//! the counter store answers them (through one channel, a batch's answers at once). Each queue is bounded in bytes by a [`ByteBudget`] of
+//! the counter store answers them (through one channel, a batch's answers at once). A
+//! transport that takes whole lines itself (`serve`'s links, [`Output::Lines`]) has no
+//! writer task on its side: each line is handed on in the task that sends it, charged to
+//! the same budget until the transport is done with it. Each queue is bounded in bytes by a [`ByteBudget`] of
 //! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
 //! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
 //! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.
@@ -124,6 +127,34 @@ pub async fn run<CR, CW, UR, UW>(
     client_writer: CW,
     upstream_reader: UR,
     upstream_writer: UW,
+    options: RunOptions,
+) -> End
+where
+    CR: AsyncBufRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin + Send + 'static,
+    UR: AsyncBufRead + Unpin + Send + 'static,
+    UW: AsyncWrite + Unpin + Send + 'static,
+{
+    run_outputs(
+        gateway,
+        client_reader,
+        Output::Stream(client_writer),
+        upstream_reader,
+        Output::Stream(upstream_writer),
+        options,
+    )
+    .await
+}
+
+/// [`run`], with each side's lines written to a byte stream by a writer task of its own, or
+/// handed to the transport in the task that sends them ([`Output::Lines`]: `serve`'s links,
+/// where a writer task would be one more hand-over per message).
+pub(crate) async fn run_outputs<CR, CW, UR, UW>(
+    gateway: Arc<Gateway>,
+    client_reader: CR,
+    client_out: Output<CW>,
+    upstream_reader: UR,
+    upstream_out: Output<UW>,
     mut options: RunOptions,
 ) -> End
 where
@@ -132,20 +163,8 @@ where
     UR: AsyncBufRead + Unpin + Send + 'static,
     UW: AsyncWrite + Unpin + Send + 'static,
 {
-    let (to_client, client_rx) = Queue::new(options.max_message);
-    let (to_upstream, upstream_rx) = Queue::new(options.max_message);
-    let client_writer = tokio::spawn(write_lines(
-        client_writer,
-        client_rx,
-        to_client.budget.clone(),
-        "client",
-    ));
-    tokio::spawn(write_lines(
-        upstream_writer,
-        upstream_rx,
-        to_upstream.budget.clone(),
-        "upstream",
-    ));
+    let (to_client, client_writer) = Queue::start(client_out, options.max_message, "client");
+    let (to_upstream, _) = Queue::start(upstream_out, options.max_message, "upstream");
     let (closing_tx, closing) = watch::channel(false);
     let (answers, answered) = match gateway.store.is_threaded() {
         true => {
@@ -232,7 +251,9 @@ where
             shared.send_client(line).await;
         }
         shared.to_client.close().await;
-        let _ = client_writer.await;
+        if let Some(writer) = client_writer {
+            let _ = writer.await;
+        }
     };
     if tokio::time::timeout(CLIENT_DRAIN, drained).await.is_err() {
         tracing::warn!("the client is not reading; its last answers are dropped");
@@ -293,29 +314,141 @@ async fn finish_client(
     }
 }
 
-/// The sending end of a writer's queue: bounded in count and in bytes.
-#[derive(Debug)]
+/// Where the core writes one side's lines.
+pub(crate) enum Output<W> {
+    /// A byte stream, written by a writer task of its own (which coalesces flushes).
+    Stream(W),
+    /// A transport's own hand-over, called in the task that sends each line.
+    Lines(Box<dyn LineOut>),
+}
+
+/// What an [`Output::Lines`] transport does with the lines the core sends one side.
+pub(crate) trait LineOut: Send + 'static {
+    /// A line (no newline), charged to the side's queue budget: its bytes come back when
+    /// whoever takes the line drops `charge`, so a consumer that stops taking lines pushes
+    /// back on the core as a stream that stops reading does.
+    fn line(&mut self, line: Vec<u8>, charge: Charge);
+
+    /// No line will follow (the core closed the side, or ended). Called once.
+    fn end(&mut self);
+}
+
+/// The sending end of one side's output: bounded in bytes, and in count for a writer task.
 struct Queue {
-    tx: mpsc::Sender<Out>,
+    to: To,
     budget: ByteBudget,
 }
 
+enum To {
+    /// The queue of a writer task.
+    Writer(mpsc::Sender<Out>),
+    /// Handed on in place; `None` once closed.
+    Lines(Mutex<Option<Box<dyn LineOut>>>),
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let to = match self.to {
+            To::Writer(_) => "writer task",
+            To::Lines(_) => "lines handed on",
+        };
+        f.debug_struct("Queue")
+            .field("to", &to)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Queue {
-    fn new(max_message: usize) -> (Queue, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    /// The queue for `out`, and the writer task that writes a stream.
+    fn start<W>(
+        out: Output<W>,
+        max_message: usize,
+        side: &'static str,
+    ) -> (Queue, Option<tokio::task::JoinHandle<()>>)
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let budget = ByteBudget::for_messages(max_message);
-        (Queue { tx, budget }, rx)
+        match out {
+            Output::Stream(writer) => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let task = tokio::spawn(write_lines(writer, rx, budget.clone(), side));
+                let queue = Queue {
+                    to: To::Writer(tx),
+                    budget,
+                };
+                (queue, Some(task))
+            }
+            Output::Lines(lines) => {
+                let queue = Queue {
+                    to: To::Lines(Mutex::new(Some(lines))),
+                    budget,
+                };
+                (queue, None)
+            }
+        }
+    }
+
+    /// Hands a charged line on; gives it back when the side is closed.
+    fn hand_on(
+        lines: &Mutex<Option<Box<dyn LineOut>>>,
+        line: Vec<u8>,
+        charge: Charge,
+    ) -> Result<(), Vec<u8>> {
+        match crate::sync::lock(lines).as_mut() {
+            Some(out) => {
+                out.line(line, charge);
+                Ok(())
+            }
+            None => Err(line),
+        }
     }
 
     /// Queues a line once its bytes fit; gives it back when the writer is gone.
     async fn send(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
-        let Some(charge) = self.budget.charge(line.len()).await else {
-            return Err(line);
+        // Room now is taken without setting up a wait (two per line otherwise). No one is
+        // overtaken: bytes and places given back go to whoever waits first, so there is room
+        // now only when no one waits.
+        let charge = match self.budget.try_charge(line.len()) {
+            Some(charge) => charge,
+            None => match self.budget.charge(line.len()).await {
+                Some(charge) => charge,
+                None => return Err(line),
+            },
         };
-        match self.tx.send(Out::Line(line, charge)).await {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendError(Out::Line(line, _))) => Err(line),
-            Err(mpsc::error::SendError(Out::Close)) => Err(Vec::new()),
+        let sent = match &self.to {
+            To::Writer(tx) => {
+                let out = match tx.try_send(Out::Line(line, charge)) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(out)) => Err(out),
+                    Err(mpsc::error::TrySendError::Closed(out)) => {
+                        return Err(Self::given_back(out));
+                    }
+                };
+                if let Err(out) = out {
+                    return match tx.send(out).await {
+                        Ok(()) => Ok(()),
+                        Err(mpsc::error::SendError(out)) => Err(Self::given_back(out)),
+                    };
+                }
+                Ok(())
+            }
+            To::Lines(lines) => Queue::hand_on(lines, line, charge),
+        };
+        if sent.is_ok() {
+            // The waits taken before counted against the task's share of the runtime, so a
+            // reader with a buffer full of lines let the others run every few dozen lines
+            // (hold timers, the event websocket, the writers); it still does.
+            tokio::task::coop::consume_budget().await;
+        }
+        sent
+    }
+
+    /// The line of what the writer will never take.
+    fn given_back(out: Out) -> Vec<u8> {
+        match out {
+            Out::Line(line, _) => line,
+            Out::Close => Vec::new(),
         }
     }
 
@@ -324,12 +457,109 @@ impl Queue {
         let Some(charge) = self.budget.try_charge(line.len()) else {
             return false;
         };
-        self.tx.try_send(Out::Line(line, charge)).is_ok()
+        match &self.to {
+            To::Writer(tx) => tx.try_send(Out::Line(line, charge)).is_ok(),
+            To::Lines(lines) => Queue::hand_on(lines, line, charge).is_ok(),
+        }
     }
 
     /// Asks the writer to flush and close (after what is queued).
     async fn close(&self) {
-        let _ = self.tx.send(Out::Close).await;
+        match &self.to {
+            To::Writer(tx) => {
+                let _ = tx.send(Out::Close).await;
+            }
+            To::Lines(lines) => {
+                // Taken out first: `end` runs without the lock held.
+                let out = crate::sync::lock(lines).take();
+                if let Some(mut out) = out {
+                    out.end();
+                }
+                // As when a writer task ends: whoever waits for room stops waiting.
+                self.budget.close();
+            }
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // The core ended without closing this side: the transport still hears of it.
+        if let To::Lines(lines) = &self.to
+            && let Some(mut out) = crate::sync::lock(lines).take()
+        {
+            out.end();
+        }
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    /// What an `Output::Lines` transport was handed: lines kept with their charges, ends.
+    type Handed = Arc<Mutex<(Vec<(Vec<u8>, Charge)>, usize)>>;
+
+    struct Keep(Handed);
+
+    impl LineOut for Keep {
+        fn line(&mut self, line: Vec<u8>, charge: Charge) {
+            crate::sync::lock(&self.0).0.push((line, charge));
+        }
+        fn end(&mut self) {
+            crate::sync::lock(&self.0).1 += 1;
+        }
+    }
+
+    fn lines_queue(max_message: usize) -> (Queue, Handed) {
+        let handed = Handed::default();
+        let out: Output<tokio::io::Sink> = Output::Lines(Box::new(Keep(handed.clone())));
+        let (queue, writer) = Queue::start(out, max_message, "test");
+        assert!(writer.is_none(), "no writer task for lines handed on");
+        (queue, handed)
+    }
+
+    #[tokio::test]
+    async fn lines_handed_on_wait_for_room_in_the_budget_until_the_taker_drops_them() {
+        let (queue, handed) = lines_queue(1024);
+        let room = queue.budget.available();
+        let big = vec![b'x'; room - 10];
+        assert!(queue.send(big.clone()).await.is_ok());
+        assert!(
+            !queue.try_send(vec![b'y'; 100]),
+            "no room left while the first line is held"
+        );
+        let mut waiting = Box::pin(queue.send(vec![b'z'; 100]));
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+        assert!(early.is_err(), "a line beyond the budget waited for room");
+        assert_eq!(crate::sync::lock(&handed).0.len(), 1);
+        // The taker drops the first line: its bytes come back and the second goes through.
+        crate::sync::lock(&handed).0.clear();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the line went through once room was given back")
+            .expect("handed on");
+        assert_eq!(crate::sync::lock(&handed).0[0].0, vec![b'z'; 100]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_side_ends_once_and_gives_later_lines_back() {
+        let (queue, handed) = lines_queue(1024);
+        queue.close().await;
+        assert_eq!(crate::sync::lock(&handed).1, 1, "ended");
+        assert_eq!(queue.send(b"late".to_vec()).await, Err(b"late".to_vec()));
+        assert!(!queue.try_send(b"late".to_vec()));
+        drop(queue);
+        assert_eq!(crate::sync::lock(&handed).1, 1, "ended once");
+    }
+
+    #[tokio::test]
+    async fn a_side_dropped_without_closing_still_ends() {
+        let (queue, handed) = lines_queue(1024);
+        assert!(queue.send(b"one".to_vec()).await.is_ok());
+        drop(queue);
+        let handed = crate::sync::lock(&handed);
+        assert_eq!((handed.0.len(), handed.1), (1, 1));
     }
 }
 

@@ -69,8 +69,9 @@ pub(crate) type ShadowPolicyHandle = Arc<arc_swap::ArcSwapOption<Policy>>;
 /// commonly time a request out after 60 s without progress; this keeps well inside that.
 pub(crate) const HOLD_PROGRESS_INTERVAL: Duration = Duration::from_secs(8);
 
-/// The gateway's wall-clock time: the policy's rate windows, hold deadlines and audit
-/// records all read it, so one injected clock moves all three together in tests.
+/// The gateway's wall-clock time: the policy's rate windows, hold deadlines, audit records
+/// and the `call` and `outcome` events all read it, so one injected clock moves them together
+/// in tests (a call's record and its event share one reading).
 pub trait WallClock: Send + Sync + std::fmt::Debug {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
@@ -245,7 +246,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_held_calls_deadline_and_its_audit_record_read_the_gateways_clock() {
+    async fn a_held_calls_deadline_its_audit_record_and_its_event_read_the_gateways_clock() {
         // 2001-09-09T01:46:40Z: far from any real "now", so the system clock cannot pass.
         let at = DateTime::<Utc>::from_timestamp_millis(1_000_000_000_000).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -285,6 +286,7 @@ mod tests {
             panic!("the first event is not the call: {:?}", event.kind);
         };
         assert_eq!(call.hold_deadline, Some(at + chrono::Duration::minutes(2)));
+        assert_eq!(event.ts, at, "the event is stamped with the record's time");
 
         // Closing writes every queued record before it returns.
         if let Some(audit) = &gateway.audit {

@@ -80,8 +80,9 @@ pub(super) struct Shared {
 #[derive(Default)]
 pub(super) struct Queue {
     pub(super) buffer: Vec<u8>,
-    /// When the oldest record in `buffer` was made.
-    pub(super) oldest: Option<DateTime<Utc>>,
+    /// When the records in `buffer` count as stuck: the oldest one's time and
+    /// [`STALL_AFTER`] (added once per buffer, so each record only compares).
+    pub(super) stuck_after: Option<DateTime<Utc>>,
     /// Records dropped because `buffer` was full.
     pub(super) dropped: u64,
     /// The writer sleeps with no beat: it had nothing to write, and the next record must
@@ -94,6 +95,15 @@ impl Queue {
     /// writer sleeps without a beat and must be woken (once) to start one.
     pub(super) fn note_record(&mut self) -> bool {
         std::mem::take(&mut self.parked)
+    }
+
+    /// Notes that a record made at `ts` is in `buffer`: the first one sets when they count
+    /// as stuck.
+    pub(super) fn note_made(&mut self, ts: DateTime<Utc>) {
+        if self.stuck_after.is_none() {
+            let at = ts.checked_add_signed(STALL_AFTER);
+            self.stuck_after = Some(at.unwrap_or(DateTime::<Utc>::MAX_UTC));
+        }
     }
 }
 
@@ -209,9 +219,7 @@ impl Shared {
 
     /// Whether the queued records have waited so long that the writer must be stuck.
     pub(super) fn stalled(queue: &Queue, now: DateTime<Utc>) -> bool {
-        queue
-            .oldest
-            .is_some_and(|oldest| now.signed_duration_since(oldest) > STALL_AFTER)
+        queue.stuck_after.is_some_and(|at| now > at)
     }
 }
 
@@ -462,7 +470,7 @@ pub(super) fn run(mut log: LogFile, shared: &Shared) {
             }
             queue.parked = false;
             std::mem::swap(&mut queue.buffer, &mut batch);
-            queue.oldest = None;
+            queue.stuck_after = None;
             (
                 shared.closed.load(Ordering::Acquire),
                 std::mem::take(&mut queue.dropped),
@@ -609,9 +617,12 @@ mod tests {
     #[test]
     fn records_queued_for_longer_than_two_seconds_mean_the_writer_is_stuck() {
         let t0 = Utc::now();
-        let queue = |oldest| Queue {
-            oldest,
-            ..Queue::default()
+        let queue = |oldest: Option<DateTime<Utc>>| {
+            let mut queue = Queue::default();
+            if let Some(ts) = oldest {
+                queue.note_made(ts);
+            }
+            queue
         };
         assert!(!Shared::stalled(&queue(None), t0));
         assert!(!Shared::stalled(

@@ -43,10 +43,15 @@ pub fn message_line(body: &[u8]) -> Result<Vec<u8>, BodyRefused> {
 /// Only a text that is valid JSON may have its CR and LF replaced, so a body with line breaks
 /// is read here first; one without (the usual case) is only trimmed.
 pub(crate) fn unread_line(body: &[u8]) -> Result<Vec<u8>, BodyRefused> {
-    if body.trim_ascii().iter().any(|&b| b == b'\n' || b == b'\r') {
+    let text = body.trim_ascii();
+    if memchr::memchr2(b'\n', b'\r', text).is_some() {
         message(body)?;
+        return Ok(jsonrpc::one_line(body));
     }
-    Ok(jsonrpc::one_line(body))
+    // Room for the newline the core's queue adds ([`super::pipe::LineSource`]).
+    let mut line = Vec::with_capacity(text.len() + 1);
+    line.extend_from_slice(text);
+    Ok(line)
 }
 
 /// The one JSON-RPC message `text` holds, or why it is refused.

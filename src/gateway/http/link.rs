@@ -4,8 +4,8 @@
 //!
 //! The HTTP transport does not re-implement the proxy: each MCP session gets a link, whose
 //! client side is a queue the HTTP handlers put request lines on (read by the core as a
-//! stream, [`super::pipe::LineSource`]; its answers come back through a
-//! [`super::pipe::LineSink`]), and whose
+//! stream, [`super::pipe::LineSource`]; the core hands its answers to [`Router`] in the task
+//! that sends them, [`crate::gateway::core::Output::Lines`]), and whose
 //! upstream side is a server process (a command in SERVERS.json) or [`super::remote`] (a
 //! URL). Decisions, holds, `hide`, cancellation, `input_required` retries and the answers
 //! owed when the upstream dies are therefore exactly `wrap`'s.
@@ -29,16 +29,27 @@ use serde_json::value::RawValue;
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::pipe::{LineHandler, LineSink, LineSource};
+use super::pipe::LineSource;
 use super::remote;
 use super::servers::ServerSpec;
 use crate::gateway::Gateway;
 use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
-use crate::gateway::core::{self, RunOptions};
+use crate::gateway::core::{self, LineOut, Output, RunOptions};
 use crate::gateway::jsonrpc::{self, IdKey, Parsed, Raw, Shape};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
 use crate::hashing::FastMap;
 use crate::sync::lock;
+
+/// A request as [`CoreLink::prepare`] read it.
+pub(crate) struct Prepared {
+    /// The id the core knows it by.
+    core_id: IdKey,
+    /// The line with its id (and progress token) renamed, on a stateless link.
+    renamed: Option<Vec<u8>>,
+    original: Option<Box<str>>,
+    progress: Option<Box<str>>,
+    original_progress: Option<serde_json::Value>,
+}
 
 /// Messages queued for one waiting HTTP request.
 const WAITER_QUEUE: usize = 256;
@@ -150,11 +161,11 @@ impl CoreLink {
             last_active: Mutex::new(Instant::now()),
             shutdown,
         });
-        let core_client_out = LineSink::new(
-            Router(Arc::downgrade(&link)),
-            ByteBudget::for_messages(max_message),
-            max_message.saturating_add(CORE_SLACK),
-        );
+        // Routed in whichever of the core's tasks sends the line: no writer task between.
+        let core_client_out: Output<tokio::io::Sink> = Output::Lines(Box::new(Router {
+            link: Arc::downgrade(&link),
+            max: max_message.saturating_add(CORE_SLACK),
+        }));
         match spec {
             ServerSpec::Command(command) => {
                 let (mut process, server_in, server_out) = ServerProcess::spawn(command)?;
@@ -170,12 +181,12 @@ impl CoreLink {
                         _ = closed_rx => { process.stop(grace).await; }
                     }
                 });
-                tokio::spawn(core::run(
+                tokio::spawn(core::run_outputs(
                     gateway,
                     core_client_in,
                     core_client_out,
                     BufReader::with_capacity(64 * 1024, server_out),
-                    server_in,
+                    Output::Stream(server_in),
                     options,
                 ));
             }
@@ -184,11 +195,10 @@ impl CoreLink {
                 // `remote` as the core's writer produces them, and its answers read by the
                 // core straight from their queue.
                 let (requests_tx, requests_rx) = mpsc::unbounded_channel();
-                let requests = LineSink::new(
-                    ToRemote(Some(requests_tx)),
-                    ByteBudget::for_messages(max_message),
-                    max_message.saturating_add(CORE_SLACK),
-                );
+                let requests: Output<tokio::io::Sink> = Output::Lines(Box::new(ToRemote {
+                    tx: Some(requests_tx),
+                    max: max_message.saturating_add(CORE_SLACK),
+                }));
                 let (answers_tx, answers_rx) = mpsc::channel(1024);
                 let answers_budget = ByteBudget::for_messages(max_message);
                 let answers = LineSource::new(answers_rx, answers_budget.clone());
@@ -201,7 +211,7 @@ impl CoreLink {
                     answers_budget,
                 ));
                 drop(closed_rx);
-                tokio::spawn(core::run(
+                tokio::spawn(core::run_outputs(
                     gateway,
                     core_client_in,
                     core_client_out,
@@ -253,40 +263,70 @@ impl CoreLink {
         self.to_core.send((line, charge)).await.is_ok()
     }
 
-    /// Sends a request (whose id `id` was read from `raw_id`, borrowed from `line`) to the
-    /// core and registers for its answer. Returns the id the core knows it by (for
-    /// [`CoreLink::cancel`]) and the receiver of what is routed to it.
-    pub(crate) async fn request(
+    /// What [`CoreLink::request`] needs of a request line (whose id `id` was read from
+    /// `raw_id`, borrowed from `line`), so that the line itself can then be handed over
+    /// without a copy.
+    pub(crate) fn prepare(
         &self,
         line: &[u8],
         id: &IdKey,
         raw_id: Raw<'_>,
         params: Option<Raw<'_>>,
+    ) -> Prepared {
+        let progress = progress_token(params);
+        if !self.stateless {
+            return Prepared {
+                core_id: id.clone(),
+                renamed: None,
+                original: None,
+                progress,
+                original_progress: None,
+            };
+        }
+        let core_id =
+            IdKey::Str(format!("tg-{}", self.next_id.fetch_add(1, Ordering::Relaxed)).into());
+        let renamed = core_id.json();
+        let mut out = replace_id(line, raw_id, &renamed);
+        let mut prepared = Prepared {
+            core_id,
+            renamed: None,
+            // The client's id goes back exactly as it sent it.
+            original: Some(raw_id.get().trim().into()),
+            progress,
+            original_progress: None,
+        };
+        if prepared.progress.is_some() {
+            // Clients choose progress tokens too: rename it with the id, so two clients'
+            // tokens never meet on the shared link.
+            let renamed_value = serde_json::Value::String(renamed.trim_matches('"').to_owned());
+            if let Some((rewritten, token)) = replace_progress_token(&out, renamed_value) {
+                out = rewritten;
+                prepared.original_progress = Some(token);
+                prepared.progress = Some(renamed.into());
+            }
+        }
+        prepared.renamed = Some(out);
+        prepared
+    }
+
+    /// Sends a request line to the core (as [`CoreLink::prepare`] read it) and registers
+    /// for its answer. Returns the id the core knows it by (for [`CoreLink::cancel`]) and
+    /// the receiver of what is routed to it.
+    pub(crate) async fn request(
+        &self,
+        prepared: Prepared,
+        line: Vec<u8>,
     ) -> Result<(IdKey, ChargedReceiver<Delivery>), DuplicateId> {
         self.touch();
         let (tx, rx) = mpsc::channel(WAITER_QUEUE);
-        let mut progress = progress_token(params);
-        let mut original_progress = None;
-        let (core_id, out, original) = if self.stateless {
-            let core_id =
-                IdKey::Str(format!("tg-{}", self.next_id.fetch_add(1, Ordering::Relaxed)).into());
-            let renamed = core_id.json();
-            let mut out = replace_id(line, raw_id, &renamed);
-            if progress.is_some() {
-                // Clients choose progress tokens too: rename it with the id, so two
-                // clients' tokens never meet on the shared link.
-                let renamed_value = serde_json::Value::String(renamed.trim_matches('"').to_owned());
-                if let Some((rewritten, token)) = replace_progress_token(&out, renamed_value) {
-                    out = rewritten;
-                    original_progress = Some(token);
-                    progress = Some(renamed.clone().into());
-                }
-            }
-            // The client's id goes back exactly as it sent it.
-            (core_id, out, Some(raw_id.get().trim().into()))
-        } else {
-            (id.clone(), line.to_vec(), None)
-        };
+        let Prepared {
+            core_id,
+            renamed,
+            original,
+            progress,
+            original_progress,
+        } = prepared;
+        let out = renamed.unwrap_or(line);
         {
             let mut routes = lock(&self.routes);
             if routes.ended {
@@ -430,49 +470,57 @@ impl CoreLink {
     }
 }
 
-/// Routes what the core sends the client, in the core's writer task. Each line is charged
-/// to the sink's budget first and its bytes come back when the HTTP side takes it, so
-/// streams that are not read push back on the core (and so on the upstream) instead of
-/// piling up here.
-struct Router(Weak<CoreLink>);
+/// Routes what the core sends the client, in the core's task that sends it (no writer task
+/// in between). Each line comes charged to the core's queue budget and its bytes come back
+/// when the HTTP side takes it, so streams that are not read push back on the core (and so
+/// on the upstream) instead of piling up here.
+struct Router {
+    link: Weak<CoreLink>,
+    /// What the core writes may exceed `--max-message` by [`CORE_SLACK`]; a longer line is
+    /// dropped.
+    max: usize,
+}
 
-impl LineHandler for Router {
+impl LineOut for Router {
     fn line(&mut self, line: Vec<u8>, charge: Charge) {
-        if let Some(link) = self.0.upgrade() {
+        if line.len() > self.max {
+            tracing::warn!("dropped a message from the core larger than --max-message");
+            return;
+        }
+        if let Some(link) = self.link.upgrade() {
             link.deliver(line, charge);
         }
     }
 
-    fn too_long(&mut self) {
-        tracing::warn!("dropped a message from the core larger than --max-message");
-    }
-
     fn end(&mut self) {
-        if let Some(link) = self.0.upgrade() {
+        if let Some(link) = self.link.upgrade() {
             link.end();
         }
     }
 }
 
-/// Hands the lines a core writes for its URL upstream to [`remote::run_queued`]. The queue
-/// is unbounded in count but not in bytes: each line holds its charge of the sink's budget
-/// until `remote` takes it.
-struct ToRemote(Option<mpsc::UnboundedSender<(Vec<u8>, Charge)>>);
+/// Hands the lines a core sends its URL upstream to [`remote::run_queued`], in the core's
+/// sending task. The queue is unbounded in count but not in bytes: each line holds its
+/// charge of the core's queue budget until `remote` takes it.
+struct ToRemote {
+    tx: Option<mpsc::UnboundedSender<(Vec<u8>, Charge)>>,
+    max: usize,
+}
 
-impl LineHandler for ToRemote {
+impl LineOut for ToRemote {
     fn line(&mut self, line: Vec<u8>, charge: Charge) {
-        if let Some(tx) = &self.0 {
+        if line.len() > self.max {
+            tracing::warn!("dropped a message from the core larger than --max-message");
+            return;
+        }
+        if let Some(tx) = &self.tx {
             let _ = tx.send((line, charge));
         }
     }
 
-    fn too_long(&mut self) {
-        tracing::warn!("dropped a message from the core larger than --max-message");
-    }
-
     fn end(&mut self) {
         // The core closed the upstream's side: `remote` ends the upstream session.
-        self.0 = None;
+        self.tx = None;
     }
 }
 
@@ -488,7 +536,13 @@ fn progress_token(params: Option<Raw<'_>>) -> Option<Box<str>> {
         #[serde(borrow, default, rename = "_meta")]
         meta: Option<Meta<'a>>,
     }
-    let p: P<'_> = serde_json::from_str(params?.get()).ok()?;
+    let params = params?.get();
+    // Most requests carry no `_meta`: a text that cannot spell the key (not even escaped)
+    // is not read again.
+    if !params.contains("_meta") && !params.contains('\\') {
+        return None;
+    }
+    let p: P<'_> = serde_json::from_str(params).ok()?;
     Some(p.meta?.token?.get().trim().into())
 }
 

@@ -51,6 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
 use tower::ServiceExt;
 
+use super::HttpGateway;
 use crate::gateway::grants::Grants;
 use crate::sync::lock;
 use crate::tls::{self, ServerTls};
@@ -354,6 +355,7 @@ impl Throttled {
 /// With `tls`, every connection speaks TLS.
 pub(crate) async fn serve(
     listener: TcpListener,
+    gateway: Arc<HttpGateway>,
     router: Router,
     options: ConnectionOptions,
     tls: Option<ServerTls>,
@@ -417,6 +419,7 @@ pub(crate) async fn serve(
             stream,
             Serving {
                 http: http.clone(),
+                gateway: gateway.clone(),
                 router: router.clone(),
                 tls: tls.clone(),
                 header_timeout: options.header_timeout,
@@ -534,6 +537,9 @@ fn refuse(stream: TcpStream, max: usize) {
 /// What every connection of one listener is served with.
 struct Serving {
     http: hyper::server::conn::http1::Builder,
+    /// Answers `/mcp/{name}` itself ([`HttpGateway::mcp_request`]).
+    gateway: Arc<HttpGateway>,
+    /// Answers every other path.
     router: Router,
     tls: Option<ServerTls>,
     header_timeout: Duration,
@@ -600,13 +606,20 @@ async fn drive<I>(
 {
     let Serving {
         http,
+        gateway,
         router,
         body_timeout,
         ..
     } = serving;
     let service_peer = peer.clone();
     let service = hyper::service::service_fn(move |req| {
-        request(router.clone(), service_peer.clone(), body_timeout, req)
+        request(
+            gateway.clone(),
+            router.clone(),
+            service_peer.clone(),
+            body_timeout,
+            req,
+        )
     });
     let conn = http.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
@@ -634,7 +647,9 @@ async fn drive<I>(
 }
 
 /// One request: the connection attached for the handlers, the body under its deadline.
+/// An MCP endpoint's request goes straight to its handler; any other through axum's router.
 async fn request(
+    gateway: Arc<HttpGateway>,
     router: Router,
     peer: Arc<Peer>,
     body_timeout: Duration,
@@ -644,13 +659,19 @@ async fn request(
     let (mut parts, body) = req.into_parts();
     peer.in_request(true);
     let answered = peer.clone();
-    parts.extensions.insert(peer);
     let body = Body::new(DeadlineBody {
         inner: body,
         deadline: Box::pin(tokio::time::sleep(body_timeout)),
         late: late.clone(),
     });
-    let Ok(response) = router.oneshot(Request::from_parts(parts, body)).await;
+    let response = match super::plain_mcp_name(parts.uri.path()) {
+        Some(name) => gateway.mcp_request(name, peer, &parts, body).await,
+        None => {
+            parts.extensions.insert(peer);
+            let Ok(response) = router.oneshot(Request::from_parts(parts, body)).await;
+            response
+        }
+    };
     answered.in_request(false);
     if late.load(Ordering::Relaxed) {
         return Ok(body_too_slow(body_timeout));

@@ -185,6 +185,7 @@ impl HttpGateway {
         });
         let result = listener::serve(
             listener,
+            self.clone(),
             self.router(),
             self.options.connections,
             self.options.tls.clone(),
@@ -429,6 +430,7 @@ fn rpc_error(status: StatusCode, id: Option<&IdKey>, code: i64, message: &str) -
     json_response(status, jsonrpc::error_response(id, code, message))
 }
 
+/// `/mcp/{name}` as axum routes it (a name with percent-escapes, which axum decodes).
 async fn handle(
     State(gw): State<Arc<HttpGateway>>,
     Path(name): Path<String>,
@@ -437,14 +439,50 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !gw.origin_allowed(&headers) {
+    let peer = peer.map(|Extension(peer)| peer);
+    mcp(&gw, &name, peer, &method, &headers, body).await
+}
+
+/// The server name of an MCP endpoint's path (`/mcp/{name}`), when it can be read without
+/// decoding: one segment, not empty, no percent-escape. Other paths go through axum's
+/// router, which answers them as before (decoded, or 404).
+pub(crate) fn plain_mcp_name(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("/mcp/")?;
+    (!name.is_empty() && !name.contains(['/', '%'])).then_some(name)
+}
+
+impl HttpGateway {
+    /// A request to `/mcp/{name}` (see [`plain_mcp_name`]), answered without axum's router
+    /// and extractors: the same checks and handler as [`handle`], on the request's own
+    /// headers rather than a copy of them.
+    pub(crate) async fn mcp_request(
+        self: &Arc<Self>,
+        name: &str,
+        peer: Arc<Peer>,
+        parts: &axum::http::request::Parts,
+        body: Body,
+    ) -> Response {
+        mcp(self, name, Some(peer), &parts.method, &parts.headers, body).await
+    }
+}
+
+/// Every MCP request, in the order the module's doc gives: Origin, bearer token, server,
+/// then the method's own handler.
+async fn mcp(
+    gw: &Arc<HttpGateway>,
+    name: &str,
+    peer: Option<Arc<Peer>>,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    if !gw.origin_allowed(headers) {
         return plain(
             StatusCode::FORBIDDEN,
             "requests from this Origin are not allowed",
         );
     }
-    let peer = peer.map(|Extension(peer)| peer);
-    let Some(grant) = gw.authenticate(&headers, peer.as_deref()) else {
+    let Some(grant) = gw.authenticate(headers, peer.as_deref()) else {
         let mut resp = plain(
             StatusCode::UNAUTHORIZED,
             "a valid `Authorization: Bearer <token>` is required (toolgate grants add NAME)",
@@ -456,7 +494,7 @@ async fn handle(
     if let Some(peer) = &peer {
         peer.authenticated();
     }
-    if !gw.options.servers.contains_key(&name) {
+    if !gw.options.servers.contains_key(name) {
         return plain(
             StatusCode::NOT_FOUND,
             "no MCP server by that name on this gateway",
@@ -465,10 +503,10 @@ async fn handle(
     let session = headers
         .get(SESSION_HEADER)
         .map(|v| v.to_str().unwrap_or("").to_owned());
-    match method {
-        Method::POST => post(&gw, &name, &grant, session, &headers, body).await,
-        Method::GET => get(&gw, &name, &grant, session, &headers),
-        Method::DELETE => delete(&gw, &name, &grant, session),
+    match *method {
+        Method::POST => post(gw, name, &grant, session, headers, body).await,
+        Method::GET => get(gw, name, &grant, session, headers),
+        Method::DELETE => delete(gw, name, &grant, session),
         _ => {
             let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE");
             resp.headers_mut()
@@ -655,7 +693,8 @@ async fn post(
         }
         return StatusCode::ACCEPTED.into_response();
     };
-    let (core_id, rx) = match link.request(&line, &client_id, raw_id, env.params).await {
+    let prepared = link.prepare(&line, &client_id, raw_id, env.params);
+    let (core_id, rx) = match link.request(prepared, line).await {
         Ok(pair) => pair,
         Err(e) => {
             return rpc_error(
@@ -846,6 +885,23 @@ mod tests {
         );
         assert_eq!(decode_header("plain").as_deref(), Some("plain"));
         assert_eq!(decode_header("=?base64?***?="), None);
+    }
+
+    #[test]
+    fn only_a_plain_one_segment_mcp_path_skips_the_router() {
+        assert_eq!(plain_mcp_name("/mcp/time"), Some("time"));
+        assert_eq!(plain_mcp_name("/mcp/a.b-c_d"), Some("a.b-c_d"));
+        // Decoded by axum, or refused by its router, as before.
+        for path in [
+            "/mcp/t%69me",
+            "/mcp/",
+            "/mcp",
+            "/mcp/time/",
+            "/mcp/a/b",
+            "/metrics",
+        ] {
+            assert_eq!(plain_mcp_name(path), None, "{path}");
+        }
     }
 
     #[test]

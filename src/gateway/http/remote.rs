@@ -175,15 +175,15 @@ pub(crate) async fn run_queued(
             tracing::warn!("dropped a line from the core that is not one message");
             continue;
         };
-        let method = env.method.as_deref().map(str::to_owned);
-        let routing = Routing::of(method.as_deref(), env.params);
+        let method = env.method.as_deref();
+        let initialized = method == Some("notifications/initialized");
+        let routing = Routing::of(method, env.params);
         match env.shape() {
             Ok(Shape::Request { id, .. }) => {
                 let remote = remote.clone();
                 in_flight.push(async move { remote.post_request(line, id, routing).await });
             }
             _ => {
-                let initialized = method.as_deref() == Some("notifications/initialized");
                 // The next line waits for this one (in order), the requests in flight not.
                 let posted = remote.post_notification(line, Some(routing));
                 tokio::pin!(posted);
@@ -212,6 +212,7 @@ pub(crate) async fn run_queued(
 struct Routing {
     /// The request's own protocol version (`_meta`), when it carries one.
     version: Option<String>,
+    /// The method, kept only with a version (only then is it sent as a header).
     method: Option<String>,
     name: Option<String>,
     initialize: bool,
@@ -245,9 +246,10 @@ impl Routing {
             _ => None,
         }
         .and_then(|v| v.as_str().map(str::to_owned));
+        let method_header = version.as_ref().and(method).map(str::to_owned);
         Routing {
             version,
-            method: method.map(str::to_owned),
+            method: method_header,
             name,
             initialize: method == Some("initialize"),
         }
@@ -387,20 +389,25 @@ impl Remote {
         let content_type = resp
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        // Media types are case-insensitive.
+        let is = |media: &str| {
+            content_type
+                .get(..media.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(media.as_bytes()))
+        };
+        let (event_stream, json) = (is("text/event-stream"), is("application/json"));
         if routing.initialize
             && status.is_success()
             && let Some(session) = resp.headers.get(SESSION_HEADER)
         {
             *lock(&self.session) = Some(session.clone());
         }
-        if content_type.starts_with("text/event-stream") && status.is_success() {
+        if event_stream && status.is_success() {
             return self.relay_stream(&mut resp, id, routing).await;
         }
         let body = read_capped(&mut resp, self.max).await?;
-        if content_type.starts_with("application/json")
+        if json
             && let Parsed::Message(env) = jsonrpc::parse(&body)
             && (env.result.is_some() || env.error.is_some())
         {
@@ -546,7 +553,15 @@ impl Remote {
 fn one_line(message: &[u8]) -> Vec<u8> {
     // Valid JSON or not, CR and LF become spaces: between tokens that changes nothing, and
     // anything else the core refuses as malformed, whole, on its one line.
-    jsonrpc::one_line(message)
+    // As `jsonrpc::one_line`, with room for the newline the core's queue adds
+    // ([`super::pipe::LineSource`]) so that adding it moves nothing.
+    let text = message.trim_ascii();
+    let mut line = Vec::with_capacity(text.len() + 1);
+    line.extend(
+        text.iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
+    line
 }
 
 /// Reads a response body, refusing one larger than `max` (before buffering it whole).

@@ -83,24 +83,25 @@ pub(super) fn scan(text: &str) -> Result<(u8, Found<'_>), String> {
         b: text.as_bytes(),
         i: 0,
         found: Found::default(),
+        refused: Refused { what: "", at: 0 },
         twice: None,
     };
     s.ws();
     let first = s.peek().unwrap_or(0);
-    let scanned = s.value(0, Place::Top).and_then(|()| {
-        s.ws();
-        match s.i < s.b.len() {
-            true => Err(s.error("trailing characters after the JSON value")),
-            false => Ok(()),
-        }
-    });
-    match (scanned, s.twice) {
-        (Ok(()), _) => Ok((first, s.found)),
-        (Err(Refused { at, .. }), Some(key)) => Err(format!(
-            "duplicate key {key:?} (parsers disagree on which one counts) (byte {at})"
-        )),
-        (Err(Refused { what, at }), None) => Err(format!("{what} (byte {at})")),
+    let scanned = match s.value(0, Place::Top) {
+        Ok(()) => s.end(),
+        Err(stop) => Err(stop),
+    };
+    if scanned.is_ok() {
+        return Ok((first, s.found));
     }
+    let Refused { what, at } = s.refused;
+    Err(match s.twice {
+        Some(key) => {
+            format!("duplicate key {key:?} (parsers disagree on which one counts) (byte {at})")
+        }
+        None => format!("{what} (byte {at})"),
+    })
 }
 
 /// Why a text was refused, and where; made into a message only once, at the end.
@@ -110,33 +111,62 @@ struct Refused {
     at: usize,
 }
 
+/// The walk stopped at a refusal, which [`Scanner::refused`] holds. Zero-sized, so every
+/// step's `Result` is a flag in a register rather than a value written through memory.
+#[derive(Debug, Clone, Copy)]
+struct Stop;
+
+/// What each step of the walk returns.
+type Step<T = ()> = Result<T, Stop>;
+
 /// How many bytes at the start of `bytes` a JSON string holds as they are: none of them is
 /// `"`, `\` or a control character (every other byte, those of multi-byte characters
-/// included, needs no attention). Eight bytes at a time: this is most of a line's walk.
+/// included, needs no attention). Eight bytes at a time: this is most of a line's walk, and
+/// of writing an audit record's strings.
 #[inline]
 pub(crate) fn plain_prefix(bytes: &[u8]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte of `x` flagged in `zero(x)` is zero; a flag can be wrong only above a right one,
-    // and only the lowest (the first byte in the text) is read.
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let word = |chunk: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
     let mut i = 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
-        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
-        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
-        let special = zero(word ^ (ONES * u64::from(b'"')))
-            | zero(word ^ (ONES * u64::from(b'\\')))
-            | control;
+        let special = special_bytes(word(chunk));
         if special != 0 {
             return i + (special.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
-    let rest = bytes.get(i..).unwrap_or_default();
-    i + rest
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .unwrap_or(rest.len())
+    if i == bytes.len() {
+        return i;
+    }
+    // Fewer than eight bytes left. With eight or more in all, the last eight are read as one
+    // word: those before `i` are plain already, so the first flagged byte is at `i` or after.
+    if let Some(last) = bytes.len().checked_sub(8)
+        && let Some(chunk) = bytes.get(last..)
+    {
+        return match special_bytes(word(chunk)) {
+            0 => bytes.len(),
+            special => last + (special.trailing_zeros() / 8) as usize,
+        };
+    }
+    let mut j = i;
+    while let Some(&c) = bytes.get(j) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        j += 1;
+    }
+    j
+}
+
+/// The high bit of each byte of `word` (eight bytes of text, the first lowest) that is `"`,
+/// `\` or a control character. A flag can be wrong only above a right one (a borrow moves
+/// up), so only the lowest flag may be read.
+#[inline(always)]
+fn special_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | control
 }
 
 /// The decoded text of a JSON string value (`raw` with its quotes), borrowed when it has no
@@ -154,6 +184,8 @@ struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     found: Found<'a>,
+    /// Why and where the walk stopped, once a step returned [`Stop`].
+    refused: Refused,
     /// The key found twice, when that is why the text is refused.
     twice: Option<String>,
 }
@@ -174,9 +206,13 @@ impl<'a> Key<'a> {
         decode_inner(self.raw)
     }
 
+    #[inline]
     fn same(self, other: Key<'a>) -> bool {
         if !self.escaped && !other.escaped {
-            return self.raw == other.raw;
+            let (a, b) = (self.raw.as_bytes(), other.raw.as_bytes());
+            // Most keys of one object differ in length or in their first or last byte:
+            // settled without a call to `memcmp`.
+            return a.len() == b.len() && a.first() == b.first() && a.last() == b.last() && a == b;
         }
         self.decoded() == other.decoded()
     }
@@ -205,14 +241,15 @@ impl<'a> Keys<'a> {
         }
     }
 
-    /// Adds a key; the duplicate found among the first few, if any.
-    fn push(&mut self, key: Key<'a>) -> Result<(), Cow<'a, str>> {
+    /// Adds a key; whether it is one of the first few already held (a duplicate).
+    #[inline]
+    fn push(&mut self, key: Key<'a>) -> bool {
         if !self.many.is_empty() {
             self.many.push(key.decoded());
-            return Ok(());
+            return false;
         }
         if self.few[..self.held].iter().flatten().any(|k| k.same(key)) {
-            return Err(key.decoded());
+            return true;
         }
         if self.held < INLINE_KEYS {
             self.few[self.held] = Some(key);
@@ -222,25 +259,42 @@ impl<'a> Keys<'a> {
                 .extend(self.few.iter().flatten().map(|k| k.decoded()));
             self.many.push(key.decoded());
         }
-        Ok(())
+        false
     }
 
     /// The duplicate among many keys, if any.
-    fn finish(mut self) -> Result<(), Cow<'a, str>> {
-        if self.many.is_empty() {
-            return Ok(());
+    #[inline]
+    fn finish(&mut self) -> Option<Cow<'a, str>> {
+        match self.many.is_empty() {
+            true => None,
+            false => self.sorted_duplicate(),
         }
+    }
+
+    #[cold]
+    fn sorted_duplicate(&mut self) -> Option<Cow<'a, str>> {
         self.many.sort_unstable();
-        match self.many.windows(2).find(|w| w[0] == w[1]) {
-            Some(twice) => Err(twice[0].clone()),
-            None => Ok(()),
-        }
+        self.many
+            .windows(2)
+            .find(|w| w[0] == w[1])
+            .map(|twice| twice[0].clone())
     }
 }
 
 impl<'a> Scanner<'a> {
-    fn error(&self, what: &'static str) -> Refused {
-        Refused { what, at: self.i }
+    #[cold]
+    fn error(&mut self, what: &'static str) -> Stop {
+        self.refused = Refused { what, at: self.i };
+        Stop
+    }
+
+    /// After the value: only whitespace may follow.
+    fn end(&mut self) -> Step {
+        self.ws();
+        match self.i < self.b.len() {
+            true => Err(self.error("trailing characters after the JSON value")),
+            false => Ok(()),
+        }
     }
 
     #[inline]
@@ -262,7 +316,19 @@ impl<'a> Scanner<'a> {
         self.text.get(start..self.i).unwrap_or_default()
     }
 
-    fn value(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
+    /// One value. Strings, most of a line's values, are read in place: the call for
+    /// everything else ([`Scanner::other`]) sets up the whole object walk, which a string
+    /// does not need.
+    #[inline(always)]
+    fn value(&mut self, depth: u32, place: Place) -> Step {
+        match self.peek() {
+            Some(b'"') => self.string().map(|_| ()),
+            _ => self.other(depth, place),
+        }
+    }
+
+    /// A value other than a string.
+    fn other(&mut self, depth: u32, place: Place) -> Step {
         match self.peek() {
             Some(b'{') => self.object(depth + 1, place),
             Some(b'[') => self.array(depth + 1, place),
@@ -276,7 +342,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn literal(&mut self, word: &[u8]) -> Result<(), Refused> {
+    fn literal(&mut self, word: &[u8]) -> Step {
         if self.b[self.i..].starts_with(word) {
             self.i += word.len();
             Ok(())
@@ -295,7 +361,7 @@ impl<'a> Scanner<'a> {
 
     /// JSON's number grammar; numbers that may be out of `f64`'s range are asked of
     /// `serde_json`, which refuses them.
-    fn number(&mut self) -> Result<(), Refused> {
+    fn number(&mut self) -> Step {
         let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -336,21 +402,19 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
-    /// At an opening quote: reads through the closing one; the text between them and whether
-    /// it has escapes.
-    #[inline]
-    fn string(&mut self) -> Result<Key<'a>, Refused> {
+    /// At an opening quote: reads through the closing one; whether the text between them has
+    /// escapes.
+    #[inline(always)]
+    fn string(&mut self) -> Step<bool> {
         self.i += 1;
-        let start = self.i;
         let mut escaped = false;
         loop {
             // Bytes of multi-byte characters are all >= 0x80: only these three stop the scan.
             self.i += plain_prefix(self.b.get(self.i..).unwrap_or_default());
             match self.peek() {
                 Some(b'"') => {
-                    let raw = self.since(start);
                     self.i += 1;
-                    return Ok(Key { raw, escaped });
+                    return Ok(escaped);
                 }
                 Some(b'\\') => {
                     escaped = true;
@@ -365,7 +429,7 @@ impl<'a> Scanner<'a> {
 
     /// After a backslash: one escape; a `\u` of a leading surrogate must be followed by the
     /// `\u` of a trailing one.
-    fn escape(&mut self) -> Result<(), Refused> {
+    fn escape(&mut self) -> Step {
         match self.peek() {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
                 self.i += 1;
@@ -392,7 +456,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn hex4(&mut self) -> Result<u16, Refused> {
+    fn hex4(&mut self) -> Step<u16> {
         let mut n = 0u16;
         for _ in 0..4 {
             let digit = match self.peek() {
@@ -407,7 +471,7 @@ impl<'a> Scanner<'a> {
         Ok(n)
     }
 
-    fn array(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
+    fn array(&mut self, depth: u32, place: Place) -> Step {
         if depth >= MAX_DEPTH {
             return Err(self.error("nested too deep (at most 127 levels)"));
         }
@@ -442,7 +506,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn object(&mut self, depth: u32, place: Place) -> Result<(), Refused> {
+    fn object(&mut self, depth: u32, place: Place) -> Step {
         if depth >= MAX_DEPTH {
             return Err(self.error("nested too deep (at most 127 levels)"));
         }
@@ -457,7 +521,12 @@ impl<'a> Scanner<'a> {
             if self.peek() != Some(b'"') {
                 return Err(self.error("expected a key (a string) in an object"));
             }
-            let key = self.string()?;
+            let key_start = self.i + 1;
+            let escaped = self.string()?;
+            let key = Key {
+                raw: self.text.get(key_start..self.i - 1).unwrap_or_default(),
+                escaped,
+            };
             self.ws();
             if self.peek() != Some(b':') {
                 return Err(self.error("expected `:` after a key"));
@@ -481,8 +550,8 @@ impl<'a> Scanner<'a> {
             if let Some(member) = member {
                 self.note(place, &member, start);
             }
-            if let Err(twice) = keys.push(key) {
-                return Err(self.duplicate(twice));
+            if keys.push(key) {
+                return Err(self.duplicate(key.decoded()));
             }
             self.ws();
             match self.peek() {
@@ -498,12 +567,13 @@ impl<'a> Scanner<'a> {
             }
         }
         match keys.finish() {
-            Ok(()) => Ok(()),
-            Err(twice) => Err(self.duplicate(twice)),
+            None => Ok(()),
+            Some(twice) => Err(self.duplicate(twice)),
         }
     }
 
-    fn duplicate(&mut self, key: Cow<'_, str>) -> Refused {
+    #[cold]
+    fn duplicate(&mut self, key: Cow<'_, str>) -> Stop {
         self.twice = Some(key.into_owned());
         self.error("duplicate key")
     }
