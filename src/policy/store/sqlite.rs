@@ -1644,29 +1644,7 @@ mod tests {
         drop(old);
 
         let store = SqliteStore::open(&path).unwrap();
-        let c: Arc<str> = Arc::from("c");
-        // Three units in the window (4100, 4500, 5000): a max of 3 is full until 5100.
-        assert_eq!(
-            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
-            Admission::Refused {
-                index: 0,
-                retry_after_ms: 50
-            }
-        );
-        // A unit counted by the old version is given back by its token.
-        let old_unit = Reservation::new(vec![ReservedUnit {
-            key: global(&c, 3, 1000).key(),
-            at_ms: 4500,
-            token: 12,
-        }]);
-        store.try_release(&old_unit).unwrap();
-        assert!(matches!(
-            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
-            Admission::Admitted(_)
-        ));
-        let usage = store
-            .usage_of(&global(&c, 3, 1000).key(), 1000, 5050)
-            .unwrap();
+        let usage = full_window_then_an_old_unit_given_back(&store);
         assert_eq!(usage.used, 3);
         let (version, old_tables): (i64, i64) = store
             .with_conn(|c| {
@@ -1680,6 +1658,34 @@ mod tests {
             })
             .unwrap();
         assert_eq!((version, old_tables), (SCHEMA_VERSION, 0));
+    }
+
+    /// For the migration tests: the migrated file's budget `c` (a max of 3 a second, global)
+    /// holds three units in the window at 5050 (one of them at 4500 with token 12), so a call
+    /// is refused until 5100; the old unit is given back by its token, the next call is
+    /// admitted. Returns the usage after that.
+    fn full_window_then_an_old_unit_given_back(store: &SqliteStore) -> KeyUsage {
+        let c: Arc<str> = Arc::from("c");
+        assert_eq!(
+            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
+            Admission::Refused {
+                index: 0,
+                retry_after_ms: 50
+            }
+        );
+        let old_unit = Reservation::new(vec![ReservedUnit {
+            key: global(&c, 3, 1000).key(),
+            at_ms: 4500,
+            token: 12,
+        }]);
+        store.try_release(&old_unit).unwrap();
+        assert!(matches!(
+            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
+            Admission::Admitted(_)
+        ));
+        store
+            .usage_of(&global(&c, 3, 1000).key(), 1000, 5050)
+            .unwrap()
     }
 
     #[test]
@@ -1745,27 +1751,7 @@ mod tests {
         drop(version_2_file(&path));
 
         let store = SqliteStore::open(&path).unwrap();
-        let c: Arc<str> = Arc::from("c");
-        assert_eq!(
-            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
-            Admission::Refused {
-                index: 0,
-                retry_after_ms: 50
-            }
-        );
-        let old_unit = Reservation::new(vec![ReservedUnit {
-            key: global(&c, 3, 1000).key(),
-            at_ms: 4500,
-            token: 12,
-        }]);
-        store.try_release(&old_unit).unwrap();
-        assert!(matches!(
-            store.admit(&[global(&c, 3, 1000)], 5050).unwrap(),
-            Admission::Admitted(_)
-        ));
-        let usage = store
-            .usage_of(&global(&c, 3, 1000).key(), 1000, 5050)
-            .unwrap();
+        let usage = full_window_then_an_old_unit_given_back(&store);
         assert_eq!((usage.used, usage.next_free_in_ms), (3, Some(50)));
         let listed = store.usage("c", Scope::Global, 1000, 5050).unwrap();
         assert_eq!(listed.len(), 1);
