@@ -31,9 +31,6 @@ use crate::wire::{
     ResolvedBy, Snapshot, ToolChanged, ToolInfo, Totals, Verdict,
 };
 
-/// The longest call id assembled on the stack: as long as a `SmolStr` holds inline.
-const CALL_ID_INLINE: usize = 23;
-
 /// Most open tool-pin reviews a snapshot carries (as many as a console keeps per gateway).
 pub(crate) const MAX_OPEN_REVIEWS: usize = 1000;
 
@@ -333,19 +330,6 @@ impl Hub {
         // recent calls' index allocate nothing.
         let mut number = itoa::Buffer::new();
         let number = number.format(n);
-        // Assembled on the stack and handed over in one piece (a builder checks and copies
-        // each piece on its own); an id too long for the buffer takes the builder.
-        let mut buf = [0u8; CALL_ID_INLINE];
-        let len = self.gateway.len() + 1 + number.len();
-        if let Some(room) = buf.get_mut(..len) {
-            let (gateway, rest) = room.split_at_mut(self.gateway.len());
-            gateway.copy_from_slice(self.gateway.as_bytes());
-            rest[0] = b'-';
-            rest[1..].copy_from_slice(number.as_bytes());
-            if let Ok(id) = std::str::from_utf8(room) {
-                return SmolStr::new(id);
-            }
-        }
         let mut id = SmolStrBuilder::new();
         id.push_str(&self.gateway);
         id.push('-');
@@ -769,28 +753,6 @@ mod tests {
             policy: "/p.json".into(),
             started_at: Utc::now(),
         })
-    }
-
-    #[test]
-    fn call_ids_are_the_gateway_id_a_dash_and_a_count_however_long_the_id() {
-        let short = hub();
-        assert_eq!(short.next_call_id(), "g1-1");
-        assert_eq!(short.next_call_id(), "g1-2");
-        for id in [
-            "abcdefghijklmnopqrst",
-            "abcdefghijklmnopqrstu",
-            "a-gateway-id-longer-than-23-bytes",
-            "é-ü",
-        ] {
-            let hub = Hub::new(GatewayInfo {
-                id: id.into(),
-                ..short.info().clone()
-            });
-            hub.next_call.store(98, Ordering::Relaxed);
-            assert_eq!(hub.next_call_id(), format!("{id}-98"));
-            assert_eq!(hub.next_call_id(), format!("{id}-99"));
-            assert_eq!(hub.next_call_id(), format!("{id}-100"));
-        }
     }
 
     fn call(hub: &Hub, decision: Verdict) -> CallEvent {
