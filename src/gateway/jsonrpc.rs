@@ -260,6 +260,24 @@ pub(crate) enum IdKey {
 )]
 pub(crate) struct BadId(String);
 
+/// The value of an id's text when it is a bare non-negative JSON integer (no whitespace, no
+/// sign, no leading zero) within [`MAX_INTEGER_ID`]: the texts [`IdKey::from_json`]'s
+/// general path reads as that integer. Anything else is `None`, left to the general path.
+fn plain_integer(text: &[u8]) -> Option<i64> {
+    let (&first, rest) = text.split_first()?;
+    if !first.is_ascii_digit() || (first == b'0' && !rest.is_empty()) || text.len() > 16 {
+        return None;
+    }
+    let mut n = i64::from(first - b'0');
+    for &b in rest {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(b - b'0');
+    }
+    (n <= MAX_INTEGER_ID).then_some(n)
+}
+
 impl IdKey {
     /// Reads an id from its JSON text.
     pub(crate) fn from_raw(raw: Raw<'_>) -> Result<IdKey, BadId> {
@@ -268,6 +286,11 @@ impl IdKey {
 
     /// Reads an id from its JSON text (surrounding whitespace allowed).
     pub(crate) fn from_json(text: &str) -> Result<IdKey, BadId> {
+        // Every call and every answer carries an id, nearly always a plain small integer:
+        // read in one pass over the bytes, without trimming or parsing twice.
+        if let Some(n) = plain_integer(text.as_bytes()) {
+            return Ok(IdKey::Int(n));
+        }
         let text = text.trim_matches([' ', '\t', '\n', '\r']);
         let bad = || {
             let shown: String = text.chars().take(40).collect();
@@ -649,6 +672,69 @@ pub(crate) fn cancelled_request(params: Option<Raw<'_>>) -> Option<IdKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_integer_path_reads_ids_as_the_general_path_does() {
+        let max = MAX_INTEGER_ID.to_string();
+        let over = (MAX_INTEGER_ID + 1).to_string();
+        let texts = [
+            "0",
+            "7",
+            "42",
+            "1000",
+            " 1",
+            "1 ",
+            "01",
+            "00",
+            "-1",
+            "-0",
+            "+1",
+            "1.0",
+            "1e3",
+            "",
+            "-",
+            "12a",
+            "\"1\"",
+            &max,
+            &over,
+            "9999999999999999",
+            "99999999999999999",
+        ];
+        for text in texts {
+            let general = {
+                let trimmed = text.trim_matches([' ', '\t', '\n', '\r']);
+                let digits = trimmed.strip_prefix('-').unwrap_or(trimmed);
+                (!digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && (digits == "0" || !digits.starts_with('0'))
+                    && digits.len() <= 16)
+                    .then(|| trimmed.parse::<i64>().ok())
+                    .flatten()
+                    .filter(|n| n.abs() <= MAX_INTEGER_ID)
+            };
+            let fast = plain_integer(text.as_bytes());
+            if let Some(n) = fast {
+                assert_eq!(general, Some(n), "{text:?}");
+            }
+            if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                assert_eq!(
+                    fast, general,
+                    "{text:?}: a plain integer the fast path missed"
+                );
+            }
+            if !text.starts_with('"') {
+                assert_eq!(
+                    IdKey::from_json(text).ok(),
+                    general.map(IdKey::Int),
+                    "{text:?}"
+                );
+            }
+        }
+        assert_eq!(IdKey::from_json(&max), Ok(IdKey::Int(MAX_INTEGER_ID)));
+        assert!(IdKey::from_json(&over).is_err());
+        assert!(IdKey::from_json("01").is_err());
+        assert_eq!(IdKey::from_json(" 12\n"), Ok(IdKey::Int(12)));
+    }
 
     fn shape_of(line: &str) -> Result<Shape<'static>, Invalid> {
         let line: &'static str = Box::leak(line.to_owned().into_boxed_str());
