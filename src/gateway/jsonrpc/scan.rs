@@ -75,60 +75,6 @@ enum Place {
     Inside,
 }
 
-/// A member the gateway reads (its place and key), one slot of [`Found`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Member {
-    Id,
-    Method,
-    Params,
-    Result,
-    Error,
-    Name,
-    Arguments,
-    Meta,
-    InputResponses,
-    RequestState,
-    IsError,
-    ResultType,
-    Content,
-    FirstText,
-}
-
-impl Member {
-    /// The member `key` names in an object at `place`, if the gateway reads it.
-    #[inline]
-    fn of(place: Place, key: &str) -> Option<Member> {
-        Some(match (place, key) {
-            (Place::Top, "id") => Member::Id,
-            (Place::Top, "method") => Member::Method,
-            (Place::Top, "params") => Member::Params,
-            (Place::Top, "result") => Member::Result,
-            (Place::Top, "error") => Member::Error,
-            (Place::Params, "name") => Member::Name,
-            (Place::Params, "arguments") => Member::Arguments,
-            (Place::Params, "_meta") => Member::Meta,
-            (Place::Params, "inputResponses") => Member::InputResponses,
-            (Place::Params, "requestState") => Member::RequestState,
-            (Place::Result, "isError") => Member::IsError,
-            (Place::Result, "resultType") => Member::ResultType,
-            (Place::Result, "content") => Member::Content,
-            (Place::FirstContent, "text") => Member::FirstText,
-            _ => return None,
-        })
-    }
-
-    /// Whose members the keys of this member's value are, when it is an object.
-    #[inline]
-    fn inner(self) -> Place {
-        match self {
-            Member::Params => Place::Params,
-            Member::Result => Place::Result,
-            Member::Content => Place::Content,
-            _ => Place::Inside,
-        }
-    }
-}
-
 /// Checks `text` (already known to be UTF-8) and notes the members of its top-level object.
 /// Returns the first non-whitespace byte (what kind of value it is) with the members found.
 pub(super) fn scan(text: &str) -> Result<(u8, Found<'_>), String> {
@@ -588,17 +534,21 @@ impl<'a> Scanner<'a> {
             self.i += 1;
             self.ws();
             let start = self.i;
-            // The key is matched once: the member it names says both where the value's own
-            // members are and where the value is kept.
             let member = match place {
                 Place::Inside | Place::Content => None,
                 Place::Top | Place::Params | Place::Result | Place::FirstContent => {
-                    Member::of(place, &key.decoded())
+                    Some(key.decoded())
                 }
             };
-            self.value(depth, member.map_or(Place::Inside, Member::inner))?;
+            let inner = match (place, member.as_deref()) {
+                (Place::Top, Some("params")) => Place::Params,
+                (Place::Top, Some("result")) => Place::Result,
+                (Place::Result, Some("content")) => Place::Content,
+                _ => Place::Inside,
+            };
+            self.value(depth, inner)?;
             if let Some(member) = member {
-                self.note(member, start);
+                self.note(place, &member, start);
             }
             if keys.push(key) {
                 return Err(self.duplicate(key.decoded()));
@@ -628,26 +578,26 @@ impl<'a> Scanner<'a> {
         self.error("duplicate key")
     }
 
-    /// Keeps the value of `member`, which began at `start`.
-    #[inline]
-    fn note(&mut self, member: Member, start: usize) {
+    /// Keeps the value that began at `start` if it is a member the gateway reads.
+    fn note(&mut self, place: Place, member: &str, start: usize) {
         let value = Some(self.since(start));
         let found = &mut self.found;
-        let slot = match member {
-            Member::Id => &mut found.id,
-            Member::Method => &mut found.method,
-            Member::Params => &mut found.params,
-            Member::Result => &mut found.result,
-            Member::Error => &mut found.error,
-            Member::Name => &mut found.params_members.name,
-            Member::Arguments => &mut found.params_members.arguments,
-            Member::Meta => &mut found.params_members.meta,
-            Member::InputResponses => &mut found.params_members.input_responses,
-            Member::RequestState => &mut found.params_members.request_state,
-            Member::IsError => &mut found.result_members.is_error,
-            Member::ResultType => &mut found.result_members.result_type,
-            Member::Content => &mut found.result_members.content,
-            Member::FirstText => &mut found.result_members.first_text,
+        let slot = match (place, member) {
+            (Place::Top, "id") => &mut found.id,
+            (Place::Top, "method") => &mut found.method,
+            (Place::Top, "params") => &mut found.params,
+            (Place::Top, "result") => &mut found.result,
+            (Place::Top, "error") => &mut found.error,
+            (Place::Params, "name") => &mut found.params_members.name,
+            (Place::Params, "arguments") => &mut found.params_members.arguments,
+            (Place::Params, "_meta") => &mut found.params_members.meta,
+            (Place::Params, "inputResponses") => &mut found.params_members.input_responses,
+            (Place::Params, "requestState") => &mut found.params_members.request_state,
+            (Place::Result, "isError") => &mut found.result_members.is_error,
+            (Place::Result, "resultType") => &mut found.result_members.result_type,
+            (Place::Result, "content") => &mut found.result_members.content,
+            (Place::FirstContent, "text") => &mut found.result_members.first_text,
+            _ => return,
         };
         *slot = value;
     }
