@@ -219,7 +219,7 @@ impl Gateway {
                 rule: Some(&decision.rule),
                 reason: Some(&decision.reason),
                 arg_keys: Some(digest.keys),
-                args_hmac: Some(digest.hmac.as_str()),
+                args_hmac: Some(&digest.hmac),
                 args: digest.values,
                 latency_us: None,
                 error: None,
