@@ -1332,7 +1332,7 @@ impl Shared {
     fn decided(
         self: &Arc<Self>,
         call: Deliberation,
-        decision: Decision,
+        mut decision: Decision,
         no_hold: Option<String>,
         bytes: &[u8],
         deciding: Option<u64>,
@@ -1354,11 +1354,11 @@ impl Shared {
             .observing()
             .then(|| crate::policy::ArgsTree::tree(&args).cloned())
             .flatten();
-        let (call_id, decision) = self.gateway.publish_decision(
+        let call_id = self.gateway.publish_decision(
             &self.session,
             &params.name,
             args,
-            decision,
+            &mut decision,
             no_hold,
             spans.as_deref(),
         );
