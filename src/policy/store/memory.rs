@@ -264,7 +264,7 @@ impl CounterStore for MemoryStore {
                     next_free_in_ms: slot
                         .times
                         .get(start)
-                        .map(|&t| t.saturating_add(window_ms).saturating_sub(now_ms).max(1)),
+                        .map(|&t| super::leaves_in(t, window_ms, now_ms)),
                 })
             })
             .collect();

@@ -196,6 +196,16 @@ pub struct KeyUsage {
     pub next_free_in_ms: Option<u64>,
 }
 
+/// How long until a unit counted at `oldest_ms` leaves a window of `window_ms` (at least 1 ms:
+/// a unit still counted never reads as already free). Every store reports `next_free_in_ms`
+/// through it.
+pub(crate) fn leaves_in(oldest_ms: u64, window_ms: u64, now_ms: u64) -> u64 {
+    oldest_ms
+        .saturating_add(window_ms)
+        .saturating_sub(now_ms)
+        .max(1)
+}
+
 /// How a budget stood right after an admission took a unit from it, read in the admission's
 /// own transaction ([`CounterStore::admit_many_noting`]): what a gateway publishes about the
 /// budget, without a second read, while it is still exact.
@@ -231,12 +241,10 @@ impl NotedUsage {
         Some(KeyUsage {
             scope_key: self.key.scope_key.clone(),
             used: self.used,
-            next_free_in_ms: self.oldest_ms.filter(|_| self.used > 0).map(|oldest| {
-                oldest
-                    .saturating_add(window_ms)
-                    .saturating_sub(now_ms)
-                    .max(1)
-            }),
+            next_free_in_ms: self
+                .oldest_ms
+                .filter(|_| self.used > 0)
+                .map(|oldest| leaves_in(oldest, window_ms, now_ms)),
         })
     }
 }

@@ -360,12 +360,7 @@ impl CounterStore for RedisStore {
             out.push(KeyUsage {
                 scope_key,
                 used,
-                next_free_in_ms: Some(
-                    oldest
-                        .saturating_add(window_ms)
-                        .saturating_sub(now_ms)
-                        .max(1),
-                ),
+                next_free_in_ms: Some(super::leaves_in(oldest, window_ms, now_ms)),
             });
         }
         out.sort_by(|a, b| a.scope_key.cmp(&b.scope_key));

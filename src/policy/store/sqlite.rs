@@ -1061,12 +1061,9 @@ impl CounterStore for SqliteStore {
         Ok(KeyUsage {
             scope_key: key.scope_key.clone(),
             used,
-            next_free_in_ms: oldest.filter(|_| used > 0).map(|oldest| {
-                oldest
-                    .saturating_add(window_ms)
-                    .saturating_sub(now_ms)
-                    .max(1)
-            }),
+            next_free_in_ms: oldest
+                .filter(|_| used > 0)
+                .map(|oldest| super::leaves_in(oldest, window_ms, now_ms)),
         })
     }
 
@@ -1110,12 +1107,7 @@ impl CounterStore for SqliteStore {
                     found.push(KeyUsage {
                         scope_key,
                         used,
-                        next_free_in_ms: Some(
-                            oldest
-                                .saturating_add(window_ms)
-                                .saturating_sub(now_ms)
-                                .max(1),
-                        ),
+                        next_free_in_ms: Some(super::leaves_in(oldest, window_ms, now_ms)),
                     });
                 }
                 Ok(found)
