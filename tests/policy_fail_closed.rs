@@ -14,10 +14,15 @@ fn policy(v: Value) -> Policy {
 }
 
 fn decide(p: &Policy, tool: &str, args: Value) -> Decision {
+    decide_on(p, tool, &args)
+}
+
+/// As grant `g` in session `s`, with a fresh memory store, at a fixed time.
+fn decide_on(p: &Policy, tool: &str, args: &dyn ArgsTree) -> Decision {
     p.decide(
         &Call {
             tool,
-            args: &args,
+            args,
             grant: "g",
             session: "s",
         },
@@ -318,16 +323,7 @@ fn arguments_that_cannot_be_read_deny_every_rule_with_a_condition_and_no_other()
     }}));
     let decide = |tool| {
         let args = Unreadable::default();
-        let d = p.decide(
-            &Call {
-                tool,
-                args: &args,
-                grant: "g",
-                session: "s",
-            },
-            &MemoryStore::new(),
-            1_000_000,
-        );
+        let d = decide_on(&p, tool, &args);
         (d, args.0.into_inner())
     };
     for tool in ["transfer", "refund", "audit"] {
