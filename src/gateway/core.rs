@@ -1254,28 +1254,12 @@ impl Shared {
                 if let Some(at) = state.early.iter().position(|a| a.ticket == ticket) {
                     let answer = state.early.swap_remove(at).answer;
                     drop(state);
-                    let Waiting {
-                        queued,
-                        call,
-                        no_hold,
-                        line,
-                        ..
-                    } = waiting;
-                    return self.decided(call, queued.settle(answer), no_hold, &line, None);
+                    return self.decided_at_once(waiting, answer, false);
                 }
                 if state.admissions_closed {
                     drop(state);
                     // Its answer will find nobody: the store gives its units back then.
-                    let Waiting {
-                        queued,
-                        call,
-                        no_hold,
-                        line,
-                        ..
-                    } = waiting;
-                    let mut decision = queued.settle(Err(connection_ended()));
-                    let _ = ended(&mut decision);
-                    return self.decided(call, decision, no_hold, &line, None);
+                    return self.decided_at_once(waiting, Err(connection_ended()), true);
                 }
                 waiting.turn = state.start_deciding(waiting.call.id.clone());
                 state.last_queued = Some(ticket);
@@ -1298,6 +1282,29 @@ impl Shared {
                 Disposition::Nothing
             }
         }
+    }
+
+    /// Settles a limited call that never waited in `admitting` (its answer came first, or
+    /// its connection's admissions had stopped) with `answer`; `ended`: nobody waits for
+    /// it any more, so it is recorded as denied for that reason.
+    fn decided_at_once(
+        self: &Arc<Self>,
+        waiting: Waiting,
+        answer: Result<Admission, StoreError>,
+        ended: bool,
+    ) -> Disposition {
+        let Waiting {
+            queued,
+            call,
+            no_hold,
+            line,
+            ..
+        } = waiting;
+        let mut decision = queued.settle(answer);
+        if ended {
+            let _ = self::ended(&mut decision);
+        }
+        self.decided(call, decision, no_hold, &line, None)
     }
 
     /// Goes on with a call that waited for the counter store, once decided: publishes the
