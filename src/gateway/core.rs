@@ -23,7 +23,9 @@
 //! the counter store answers them (through one channel, a batch's answers at once). A
 //! transport that takes whole lines itself (`serve`'s links, [`Output::Lines`]) has no
 //! writer task on its side: each line is handed on in the task that sends it, charged to
-//! the same budget until the transport is done with it. Each queue is bounded in bytes by a [`ByteBudget`] of
+//! the same budget until the transport is done with it. `wrap`'s pipes ([`Output::Pipe`])
+//! have a writer task, but the sending task writes a burst's first lines itself
+//! ([`PipeLines`]), so the peer starts on them while the rest are decided. Each queue is bounded in bytes by a [`ByteBudget`] of
 //! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
 //! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
 //! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.

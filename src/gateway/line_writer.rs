@@ -132,6 +132,23 @@ where
 /// gateway still decides the rest, instead of the three processes taking turns.
 const EARLY: usize = 16;
 
+// TEMPORARY (measurement only): TOOLGATE_PIPE_ONCE=1: one early write per burst.
+fn once() -> bool {
+    static ONCE_SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ONCE_SET.get_or_init(|| std::env::var_os("TOOLGATE_PIPE_ONCE").is_some())
+}
+
+// TEMPORARY (measurement only): TOOLGATE_PIPE_EARLY overrides EARLY.
+fn early() -> usize {
+    static EARLY_SET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *EARLY_SET.get_or_init(|| {
+        std::env::var("TOOLGATE_PIPE_EARLY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(EARLY)
+    })
+}
+
 /// Lines for a non-blocking pipe, written by whoever sends them or by a writer task of
 /// their own ([`PipeLines::start`]). Used for `wrap`'s pipes (the agent's stdout, the
 /// server's stdin).
@@ -165,6 +182,8 @@ struct PipeState {
     charge: Option<Charge>,
     /// Lines added since the last write tried.
     since_write: usize,
+    /// TEMPORARY: an early write was made since the writer task last took the buffer.
+    early_done: bool,
     /// The writer task writes bytes taken from `buf`: nothing may be written before it is
     /// done.
     writing: bool,
@@ -216,8 +235,9 @@ impl PipeLines {
             },
         };
         state.since_write += 1;
-        if state.since_write >= EARLY && !state.writing {
+        if state.since_write >= early() && !state.writing && !(once() && state.early_done) {
             state.since_write = 0;
+            state.early_done = true;
             // One try; a pipe that would block (or failed) is the writer task's to wait for
             // (or to report).
             if let Ok(written) = pipe.try_write(&state.buf) {
@@ -264,6 +284,7 @@ async fn write_pipe(shared: Arc<PipeShared>, budget: ByteBudget, side: &'static 
                 std::mem::swap(&mut state.buf, &mut chunk);
                 state.writing = true;
                 state.since_write = 0;
+                state.early_done = false;
                 Some((state.pipe.clone(), state.charge.take()))
             }
         };
