@@ -938,12 +938,14 @@ impl SqliteStore {
                 // call wrote nothing but what any call would have (its budgets' cursors and
                 // latest times): the calls share one transaction without savepoints.
                 let mut answers = Vec::with_capacity(calls.len());
+                // One list for every call's budgets, emptied by each.
+                let mut taking: Vec<Taking> = Vec::new();
                 for (call, (limits, now_ms)) in calls.iter().enumerate() {
                     let touching = noted.is_some().then_some((call, &mut touched));
                     answers.push(admit_in(
                         tx,
                         known,
-                        &mut insert_unit,
+                        (&mut insert_unit, &mut taking),
                         limits,
                         *now_ms,
                         touching,
@@ -1211,15 +1213,19 @@ const PRUNE_STEPS: u64 = 16;
 /// Decides one call inside the caller's transaction: reads and updates each distinct budget
 /// (retained span, latest time, cursor, pruning), checks them all, and only if every one has
 /// room takes a unit from each. A refused call takes nothing.
+///
+/// `scratch`: the batch's held `INSERT` of a unit, and a list to read the call's budgets
+/// into (emptied here first), both kept across the batch's calls.
 fn admit_in<'c>(
     tx: &'c Connection,
     known: &mut Known,
-    insert_unit: &mut Held<'c>,
+    scratch: (&mut Held<'c>, &mut Vec<Taking>),
     limits: &[LimitRequest<'_>],
     now_ms: u64,
     touched: Option<(usize, &mut Vec<Touched>)>,
 ) -> rusqlite::Result<Admission> {
-    let mut taking: Vec<Taking> = Vec::with_capacity(limits.len());
+    let (insert_unit, taking) = scratch;
+    taking.clear();
     for (index, limit) in limits.iter().enumerate() {
         if limits[..index].iter().any(|l| l.same_budget(limit)) {
             continue;
@@ -1273,7 +1279,7 @@ fn admit_in<'c>(
         });
     }
     let mut refused = None;
-    for t in &taking {
+    for t in taking.iter() {
         let limit = &limits[t.index];
         if let Some(retry_after_ms) = full(tx, &t.budget, t.at_ms, limit.max, limit.window_ms)? {
             refused = Some(Admission::Refused {
@@ -1283,9 +1289,10 @@ fn admit_in<'c>(
             break;
         }
     }
-    let mut units: Vec<ReservedUnit> = Vec::with_capacity(taking.len());
+    let taken = if refused.is_none() { taking.len() } else { 0 };
+    let mut units: Vec<ReservedUnit> = Vec::with_capacity(taken);
     let mut touched = if refused.is_none() { touched } else { None };
-    for t in &mut taking {
+    for t in taking.iter_mut() {
         if refused.is_none() {
             // Non-negative, so it round-trips through SQLite's signed integers.
             let token = rand::random::<u64>() >> 1;
