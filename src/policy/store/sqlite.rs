@@ -371,10 +371,11 @@ impl Known {
             .hash_one((&**limit.counter, limit.scope.as_str(), limit.scope_key))
     }
 
-    /// The budget's row and its oldest unit after the cursor, as this connection left them.
-    fn get(&self, limit: &LimitRequest<'_>) -> Option<(Budget, Option<Option<u64>>)> {
+    /// The budget's row and its oldest unit after the cursor, as this connection left them
+    /// (`hash`: [`Known::hash`] of `limit`, computed once for this and [`Known::set`]).
+    fn get(&self, hash: u64, limit: &LimitRequest<'_>) -> Option<(Budget, Option<Option<u64>>)> {
         self.budgets
-            .get(&self.hash(limit))
+            .get(&hash)
             .filter(|k| {
                 *k.counter == **limit.counter
                     && k.scope == limit.scope
@@ -388,11 +389,10 @@ impl Known {
     fn set(
         &mut self,
         tx: &Connection,
-        limit: &LimitRequest<'_>,
+        (hash, limit): (u64, &LimitRequest<'_>),
         row: &Budget,
         oldest: Option<Option<u64>>,
     ) -> rusqlite::Result<()> {
-        let hash = self.hash(limit);
         if let Some(known) = self.budgets.get_mut(&hash)
             && known.row.id == row.id
         {
@@ -1196,6 +1196,8 @@ impl<'c> Held<'c> {
 /// One of a call's budgets, read and brought up to date, before the call is decided.
 struct Taking {
     budget: Budget,
+    /// Its names' hash in [`Known`].
+    hash: u64,
     /// The time its unit is counted at.
     at_ms: u64,
     /// Index of its limit in the call's `limits`.
@@ -1230,7 +1232,8 @@ fn admit_in<'c>(
         if limits[..index].iter().any(|l| l.same_budget(limit)) {
             continue;
         }
-        let (found, mut oldest) = match known.get(limit) {
+        let hash = known.hash(limit);
+        let (found, mut oldest) = match known.get(hash, limit) {
             Some((row, oldest)) => (Some(row), oldest),
             None => (
                 Budget::find(tx, limit.counter, limit.scope, limit.scope_key)?,
@@ -1272,6 +1275,7 @@ fn admit_in<'c>(
         }
         taking.push(Taking {
             budget,
+            hash,
             at_ms: at,
             index,
             oldest_before,
@@ -1333,7 +1337,7 @@ fn admit_in<'c>(
                 token,
             });
         }
-        known.set(tx, &limits[t.index], &t.budget, t.oldest)?;
+        known.set(tx, (t.hash, &limits[t.index]), &t.budget, t.oldest)?;
     }
     Ok(refused.unwrap_or_else(|| Admission::Admitted(Reservation::new(units))))
 }
