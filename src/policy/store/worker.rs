@@ -854,6 +854,59 @@ mod tests {
         assert_eq!(ran, [(2, "b".to_owned()), (4, "a".to_owned())]);
     }
 
+    #[test]
+    fn of_a_batch_the_then_runs_of_the_last_admitted_call_of_each_set_of_budgets() {
+        let of = |k: &str| {
+            let mut l = limit(5);
+            l[0].scope_key = k.to_owned();
+            l
+        };
+        let queued = |k: &str, then: bool| Queued {
+            limits: of(k),
+            now_ms: 1,
+            reply: Reply::Once(oneshot::channel().0),
+            then: then.then(|| -> Then { Box::new(|_, _| {}) }),
+        };
+        let admitted = |k: &str| {
+            Ok(Admission::Admitted(Reservation::new(vec![
+                crate::policy::store::ReservedUnit {
+                    key: of(k)[0].request().key(),
+                    at_ms: 1,
+                    token: 0,
+                },
+            ])))
+        };
+        let refused = || {
+            Ok(Admission::Refused {
+                index: 0,
+                retry_after_ms: 1,
+            })
+        };
+        let batch = vec![
+            queued("a", true),
+            queued("b", true),
+            queued("a", true),
+            // Later calls of `a` that take nothing, or have no `then`, do not hide it.
+            queued("a", true),
+            queued("a", false),
+            queued("b", true),
+            queued("c", true),
+        ];
+        let answers = vec![
+            admitted("a"),
+            admitted("b"),
+            admitted("a"),
+            refused(),
+            admitted("a"),
+            admitted("b"),
+            Err(StoreError::new(StoreErrorKind::Busy, "locked")),
+        ];
+        assert_eq!(
+            last_of_their_budgets(&batch, &answers),
+            [false, false, true, false, false, true, false]
+        );
+    }
+
     #[tokio::test]
     async fn a_refused_admission_runs_no_then() {
         let worker = StoreWorker::new(gated());
