@@ -931,7 +931,12 @@ impl SqliteStore {
             let known = &mut open.known;
             in_transaction(&open.conn, Begin::Write, |tx| {
                 known.check(tx)?;
-                let mut touched: Vec<Touched> = Vec::new();
+                // Most calls take one unit: sized for that, it does not grow mid-batch.
+                let mut touched: Vec<Touched> = if noted.is_some() {
+                    Vec::with_capacity(calls.len())
+                } else {
+                    Vec::new()
+                };
                 let mut insert_unit =
                     Held::new("INSERT INTO counter_log (budget, at_ms, token) VALUES (?1, ?2, ?3)");
                 // Each call checks all its budgets before it takes a unit from any, so a refused
