@@ -626,7 +626,7 @@ struct ConnState {
     /// Limited calls waiting for their admission's answer through `Shared::answers`, in
     /// the order they were asked (which is the order they are answered in); each also has
     /// its `Forwarded::Deciding` entry in `pending` while nothing ended it.
-    admitting: VecDeque<Waiting>,
+    admitting: VecDeque<Box<Waiting>>,
     /// Set by [`admissions`] as it stops (the connection closed and nothing waits): a call
     /// queued after that is not waited for.
     admissions_closed: bool,
@@ -701,7 +701,9 @@ struct Deliberation {
 
 /// A limited call waiting in `ConnState::admitting` for its admission's answer: all it
 /// needs to go on once answered (its decision settled, published, then forwarded, refused
-/// or held by [`admissions`]).
+/// or held by [`admissions`]). Boxed there: it is large, and moved from the queue to the
+/// batch settled to the call's end (copying it was a few percent of the runtime's work per
+/// limited call at 64 in flight).
 struct Waiting {
     queued: Queued,
     call: Deliberation,
@@ -1240,7 +1242,7 @@ impl Shared {
                 // flight while this call waits, and the connection goes on with the others.
                 // Its answer comes through `answers`, drained by one task for every call.
                 let within = self.gateway.store.answer_within();
-                let mut waiting = Waiting {
+                let mut waiting = Box::new(Waiting {
                     queued,
                     deadline: call.arrived + within,
                     call,
@@ -1248,7 +1250,7 @@ impl Shared {
                     line: bytes.to_vec(),
                     // Given once it is put in `pending`, below.
                     turn: 0,
-                };
+                });
                 let ticket = waiting.queued.ticket();
                 let mut state = self.lock();
                 if let Some(at) = state.early.iter().position(|a| a.ticket == ticket) {
@@ -1289,7 +1291,7 @@ impl Shared {
     /// it any more, so it is recorded as denied for that reason.
     fn decided_at_once(
         self: &Arc<Self>,
-        waiting: Waiting,
+        waiting: Box<Waiting>,
         answer: Result<Admission, StoreError>,
         ended: bool,
     ) -> Disposition {
@@ -1299,7 +1301,7 @@ impl Shared {
             no_hold,
             line,
             ..
-        } = waiting;
+        } = *waiting;
         let mut decision = queued.settle(answer);
         if ended {
             let _ = self::ended(&mut decision);
@@ -1976,7 +1978,7 @@ const ANSWERS_AT_ONCE: usize = 256;
 /// that is given back.
 async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<Answered>) {
     let mut batch: Vec<Answered> = Vec::with_capacity(ANSWERS_AT_ONCE);
-    let mut settled: Vec<(Waiting, Result<Admission, StoreError>, bool)> = Vec::new();
+    let mut settled: Vec<(Box<Waiting>, Result<Admission, StoreError>, bool)> = Vec::new();
     let mut late: Vec<Reservation> = Vec::new();
     let within = shared.gateway.store.answer_within();
     let mut closing = shared.closing.clone();
@@ -2061,7 +2063,7 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                 line,
                 turn,
                 ..
-            } = waiting;
+            } = *waiting;
             let decision = queued.settle(answer);
             shared
                 .admitted(call, decision, (turn, ended), no_hold, line)

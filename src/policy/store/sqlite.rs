@@ -371,10 +371,11 @@ impl Known {
             .hash_one((&**limit.counter, limit.scope.as_str(), limit.scope_key))
     }
 
-    /// The budget's row and its oldest unit after the cursor, as this connection left them.
-    fn get(&self, limit: &LimitRequest<'_>) -> Option<(Budget, Option<Option<u64>>)> {
+    /// The budget's row and its oldest unit after the cursor, as this connection left them
+    /// (`hash`: [`Known::hash`] of `limit`, computed once for this and [`Known::set`]).
+    fn get(&self, hash: u64, limit: &LimitRequest<'_>) -> Option<(Budget, Option<Option<u64>>)> {
         self.budgets
-            .get(&self.hash(limit))
+            .get(&hash)
             .filter(|k| {
                 *k.counter == **limit.counter
                     && k.scope == limit.scope
@@ -388,11 +389,10 @@ impl Known {
     fn set(
         &mut self,
         tx: &Connection,
-        limit: &LimitRequest<'_>,
+        (hash, limit): (u64, &LimitRequest<'_>),
         row: &Budget,
         oldest: Option<Option<u64>>,
     ) -> rusqlite::Result<()> {
-        let hash = self.hash(limit);
         if let Some(known) = self.budgets.get_mut(&hash)
             && known.row.id == row.id
         {
@@ -931,19 +931,26 @@ impl SqliteStore {
             let known = &mut open.known;
             in_transaction(&open.conn, Begin::Write, |tx| {
                 known.check(tx)?;
-                let mut touched: Vec<Touched> = Vec::new();
+                // Most calls take one unit: sized for that, it does not grow mid-batch.
+                let mut touched: Vec<Touched> = if noted.is_some() {
+                    Vec::with_capacity(calls.len())
+                } else {
+                    Vec::new()
+                };
                 let mut insert_unit =
                     Held::new("INSERT INTO counter_log (budget, at_ms, token) VALUES (?1, ?2, ?3)");
                 // Each call checks all its budgets before it takes a unit from any, so a refused
                 // call wrote nothing but what any call would have (its budgets' cursors and
                 // latest times): the calls share one transaction without savepoints.
                 let mut answers = Vec::with_capacity(calls.len());
+                // One list for every call's budgets, emptied by each.
+                let mut taking: Vec<Taking> = Vec::new();
                 for (call, (limits, now_ms)) in calls.iter().enumerate() {
                     let touching = noted.is_some().then_some((call, &mut touched));
                     answers.push(admit_in(
                         tx,
                         known,
-                        &mut insert_unit,
+                        (&mut insert_unit, &mut taking),
                         limits,
                         *now_ms,
                         touching,
@@ -1194,6 +1201,8 @@ impl<'c> Held<'c> {
 /// One of a call's budgets, read and brought up to date, before the call is decided.
 struct Taking {
     budget: Budget,
+    /// Its names' hash in [`Known`].
+    hash: u64,
     /// The time its unit is counted at.
     at_ms: u64,
     /// Index of its limit in the call's `limits`.
@@ -1211,20 +1220,25 @@ const PRUNE_STEPS: u64 = 16;
 /// Decides one call inside the caller's transaction: reads and updates each distinct budget
 /// (retained span, latest time, cursor, pruning), checks them all, and only if every one has
 /// room takes a unit from each. A refused call takes nothing.
+///
+/// `scratch`: the batch's held `INSERT` of a unit, and a list to read the call's budgets
+/// into (emptied here first), both kept across the batch's calls.
 fn admit_in<'c>(
     tx: &'c Connection,
     known: &mut Known,
-    insert_unit: &mut Held<'c>,
+    scratch: (&mut Held<'c>, &mut Vec<Taking>),
     limits: &[LimitRequest<'_>],
     now_ms: u64,
     touched: Option<(usize, &mut Vec<Touched>)>,
 ) -> rusqlite::Result<Admission> {
-    let mut taking: Vec<Taking> = Vec::with_capacity(limits.len());
+    let (insert_unit, taking) = scratch;
+    taking.clear();
     for (index, limit) in limits.iter().enumerate() {
         if limits[..index].iter().any(|l| l.same_budget(limit)) {
             continue;
         }
-        let (found, mut oldest) = match known.get(limit) {
+        let hash = known.hash(limit);
+        let (found, mut oldest) = match known.get(hash, limit) {
             Some((row, oldest)) => (Some(row), oldest),
             None => (
                 Budget::find(tx, limit.counter, limit.scope, limit.scope_key)?,
@@ -1266,6 +1280,7 @@ fn admit_in<'c>(
         }
         taking.push(Taking {
             budget,
+            hash,
             at_ms: at,
             index,
             oldest_before,
@@ -1273,7 +1288,7 @@ fn admit_in<'c>(
         });
     }
     let mut refused = None;
-    for t in &taking {
+    for t in taking.iter() {
         let limit = &limits[t.index];
         if let Some(retry_after_ms) = full(tx, &t.budget, t.at_ms, limit.max, limit.window_ms)? {
             refused = Some(Admission::Refused {
@@ -1283,9 +1298,10 @@ fn admit_in<'c>(
             break;
         }
     }
-    let mut units: Vec<ReservedUnit> = Vec::with_capacity(taking.len());
+    let taken = if refused.is_none() { taking.len() } else { 0 };
+    let mut units: Vec<ReservedUnit> = Vec::with_capacity(taken);
     let mut touched = if refused.is_none() { touched } else { None };
-    for t in &mut taking {
+    for t in taking.iter_mut() {
         if refused.is_none() {
             // Non-negative, so it round-trips through SQLite's signed integers.
             let token = rand::random::<u64>() >> 1;
@@ -1326,7 +1342,7 @@ fn admit_in<'c>(
                 token,
             });
         }
-        known.set(tx, &limits[t.index], &t.budget, t.oldest)?;
+        known.set(tx, (t.hash, &limits[t.index]), &t.budget, t.oldest)?;
     }
     Ok(refused.unwrap_or_else(|| Admission::Admitted(Reservation::new(units))))
 }

@@ -262,7 +262,8 @@ impl StoreWorker {
     /// reads of the store is the state the admission left (from what the batch noted, see
     /// [`serve`]), and what it publishes comes in the order the state changed. Of several
     /// admissions of one batch that took units from the same budgets, only the last one's
-    /// `then` runs: it sees what the earlier ones would have.
+    /// `then` runs: it sees what the earlier ones would have (if that one's caller stopped
+    /// waiting, its units are given back first and its `then` publishes the state after).
     pub fn admit_then(&self, limits: Vec<OwnedLimit>, now_ms: u64, then: Option<Then>) -> Answer {
         if self.queue.is_none() {
             return Answer::Ready(self.admit_in_place(limits, now_ms, then));
@@ -628,6 +629,12 @@ impl CounterStore for Remembered<'_> {
 
 /// Decides a batch in one call to the store and answers each caller; returns the `then` of
 /// each admitted call to run, of several with the same budgets only the last.
+///
+/// Per call, nothing is allocated here beyond its answer: the batch's requests are one list
+/// (each call a range of it), and only the reservations whose `then` runs are copied (the
+/// answer itself goes to the caller). Which `then` runs is known before the answers go out;
+/// if the caller of one that runs stopped waiting meanwhile, its units are given back and
+/// its `then` still runs, so the state published is the one the batch left.
 fn admit_batch(
     store: &dyn CounterStore,
     batch: &mut Vec<Queued>,
@@ -638,29 +645,37 @@ fn admit_batch(
     if batch.is_empty() {
         return Vec::new();
     }
-    let requests: Vec<Vec<LimitRequest<'_>>> = batch
+    let mut requests: Vec<LimitRequest<'_>> =
+        Vec::with_capacity(batch.iter().map(|queued| queued.limits.len()).sum());
+    let mut ends: Vec<usize> = Vec::with_capacity(batch.len());
+    for queued in batch.iter() {
+        requests.extend(queued.limits.iter().map(OwnedLimit::request));
+        ends.push(requests.len());
+    }
+    let calls: Vec<(&[LimitRequest<'_>], u64)> = batch
         .iter()
-        .map(|queued| queued.limits.iter().map(OwnedLimit::request).collect())
-        .collect();
-    let calls: Vec<(&[LimitRequest<'_>], u64)> = requests
-        .iter()
-        .zip(batch.iter())
-        .map(|(requests, queued)| (requests.as_slice(), queued.now_ms))
+        .zip(&ends)
+        .scan(0, |start, (queued, &end)| {
+            let call = (&requests[*start..end], queued.now_ms);
+            *start = end;
+            Some(call)
+        })
         .collect();
     let answers = store.admit_many_noting(&calls, &mut known.noted);
     drop(calls);
     drop(requests);
     known.learn();
+    let runs = last_of_their_budgets(batch, &answers);
     let mut thens: Vec<(Reservation, Then)> = Vec::new();
-    for (queued, answer) in batch.drain(..).zip(answers) {
+    for ((queued, answer), runs) in batch.drain(..).zip(answers).zip(runs) {
         let then = match (&answer, queued.then) {
-            (Ok(Admission::Admitted(reservation)), Some(then)) if !reservation.is_empty() => {
+            (Ok(Admission::Admitted(reservation)), Some(then)) if runs => {
                 Some((reservation.clone(), then))
             }
             _ => None,
         };
         match queued.reply.send(answer) {
-            Ok(()) => thens.extend(then),
+            Ok(()) => {}
             Err(Ok(Admission::Admitted(reservation))) => {
                 // The caller gave up waiting: nobody will use or give back these units.
                 store.release(&reservation);
@@ -668,18 +683,33 @@ fn admit_batch(
             }
             Err(_) => {}
         }
-    }
-    // A later admission of the same budgets runs its own, on the same or a newer state.
-    let mut i = 0;
-    while i < thens.len() {
-        let same = |(later, _): &(Reservation, Then)| same_budgets(&thens[i].0, later);
-        if thens[i + 1..].iter().any(same) {
-            drop(thens.remove(i));
-        } else {
-            i += 1;
-        }
+        thens.extend(then);
     }
     thens
+}
+
+/// For each call of the batch, whether its `then` runs: it has one, it was admitted with
+/// units, and no later such call of the batch took units from the same budgets (that one's
+/// `then` sees what this one's would have, on the same or a newer state).
+fn last_of_their_budgets(batch: &[Queued], answers: &[Result<Admission, StoreError>]) -> Vec<bool> {
+    let taken = |i: usize| match (&answers[i], &batch[i].then) {
+        (Ok(Admission::Admitted(reservation)), Some(_)) if !reservation.is_empty() => {
+            Some(reservation)
+        }
+        _ => None,
+    };
+    let mut runs = vec![false; batch.len().min(answers.len())];
+    for i in (0..runs.len()).rev() {
+        let Some(reservation) = taken(i) else {
+            continue;
+        };
+        // Calls of one batch mostly share their budgets: the usual search ends at the next
+        // call that runs.
+        runs[i] = !(i + 1..runs.len())
+            .filter(|&j| runs[j])
+            .any(|j| taken(j).is_some_and(|later| same_budgets(reservation, later)));
+    }
+    runs
 }
 
 /// Whether two reservations took units from the same budgets, in the same order.
@@ -822,6 +852,59 @@ mod tests {
         }
         // The one of `b`, and of `a` only the last, each with its own reservation.
         assert_eq!(ran, [(2, "b".to_owned()), (4, "a".to_owned())]);
+    }
+
+    #[test]
+    fn of_a_batch_the_then_runs_of_the_last_admitted_call_of_each_set_of_budgets() {
+        let of = |k: &str| {
+            let mut l = limit(5);
+            l[0].scope_key = k.to_owned();
+            l
+        };
+        let queued = |k: &str, then: bool| Queued {
+            limits: of(k),
+            now_ms: 1,
+            reply: Reply::Once(oneshot::channel().0),
+            then: then.then(|| -> Then { Box::new(|_, _| {}) }),
+        };
+        let admitted = |k: &str| {
+            Ok(Admission::Admitted(Reservation::new(vec![
+                crate::policy::store::ReservedUnit {
+                    key: of(k)[0].request().key(),
+                    at_ms: 1,
+                    token: 0,
+                },
+            ])))
+        };
+        let refused = || {
+            Ok(Admission::Refused {
+                index: 0,
+                retry_after_ms: 1,
+            })
+        };
+        let batch = vec![
+            queued("a", true),
+            queued("b", true),
+            queued("a", true),
+            // Later calls of `a` that take nothing, or have no `then`, do not hide it.
+            queued("a", true),
+            queued("a", false),
+            queued("b", true),
+            queued("c", true),
+        ];
+        let answers = vec![
+            admitted("a"),
+            admitted("b"),
+            admitted("a"),
+            refused(),
+            admitted("a"),
+            admitted("b"),
+            Err(StoreError::new(StoreErrorKind::Busy, "locked")),
+        ];
+        assert_eq!(
+            last_of_their_budgets(&batch, &answers),
+            [false, false, true, false, false, true, false]
+        );
     }
 
     #[tokio::test]
