@@ -39,6 +39,7 @@
 
 pub(crate) mod body;
 mod control_route;
+mod inbox;
 pub(crate) mod link;
 pub(crate) mod listener;
 mod pipe;
@@ -422,8 +423,14 @@ fn plain(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
+/// A JSON answer; its one header a static value (a `&str` header would be checked and
+/// copied for every answer).
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    const JSON: HeaderValue = HeaderValue::from_static("application/json");
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    response
 }
 
 fn rpc_error(status: StatusCode, id: Option<&IdKey>, code: i64, message: &str) -> Response {
@@ -739,7 +746,7 @@ async fn answer(
     link: Arc<CoreLink>,
     core_id: IdKey,
     client_id: IdKey,
-    mut rx: crate::gateway::budget::ChargedReceiver<Delivery>,
+    mut rx: inbox::Inbox,
     events_ok: bool,
 ) -> Response {
     let mut pending = CancelOnDrop {
