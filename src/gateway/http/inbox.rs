@@ -171,7 +171,11 @@ mod tests {
         assert_eq!(text(rx.recv().await), "interim b");
         assert_eq!(text(rx.recv().await), "final answer");
         assert_eq!(text(rx.recv().await), "end");
-        assert_eq!(budget.available(), 100, "every charge went back as it was taken");
+        assert_eq!(
+            budget.available(),
+            100,
+            "every charge went back as it was taken"
+        );
     }
 
     #[tokio::test]
