@@ -615,9 +615,9 @@ async fn post(
     body: Body,
 ) -> Response {
     let max = gw.options.max_message;
-    let bytes = match axum::body::to_bytes(body, max).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
+    let bytes = match read_body(body, max).await {
+        Some(bytes) => bytes,
+        None => {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request bodies are limited to {max} bytes (the gateway's --max-message)"),
@@ -719,6 +719,36 @@ async fn post(
         resp.headers_mut().insert(SESSION_HEADER, value);
     }
     resp
+}
+
+/// A request body of at most `max` bytes; `None` when it is larger or fails (cut off, or
+/// past its deadline). A body that comes as one frame, as almost every one does, is taken as
+/// it came: only a body in several frames is gathered into a buffer (a general collector
+/// queues every frame first).
+async fn read_body(mut body: Body, max: usize) -> Option<Bytes> {
+    use http_body_util::BodyExt;
+    let mut whole: Option<Bytes> = None;
+    let mut gathered: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers carry nothing the gateway reads.
+        let Ok(data) = frame.ok()?.into_data() else {
+            continue;
+        };
+        let so_far = whole.as_ref().map_or(0, Bytes::len) + gathered.len();
+        if so_far + data.len() > max {
+            return None;
+        }
+        match whole.take() {
+            None if gathered.is_empty() => whole = Some(data),
+            first => {
+                if let Some(first) = first {
+                    gathered.extend_from_slice(&first);
+                }
+                gathered.extend_from_slice(&data);
+            }
+        }
+    }
+    Some(whole.unwrap_or_else(|| Bytes::from(gathered)))
 }
 
 /// Cancels a request in the core when dropped before its answer came.
@@ -883,6 +913,32 @@ fn delete(gw: &Arc<HttpGateway>, server: &str, grant: &str, session: Option<Stri
 mod tests {
     use super::*;
     use serde_json::value::RawValue;
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_in_one_frame_or_many_and_refused_past_the_cap() {
+        let one = Body::from("{\"a\":1}");
+        assert_eq!(read_body(one, 7).await.as_deref(), Some(&b"{\"a\":1}"[..]));
+        let pieces: Vec<Result<&'static str, std::io::Error>> =
+            vec![Ok("{\"a\""), Ok(":"), Ok("1}")];
+        let many = Body::from_stream(futures_util::stream::iter(pieces));
+        assert_eq!(read_body(many, 7).await.as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(read_body(Body::from("{\"a\":1}"), 6).await, None);
+        let pieces: Vec<Result<&'static str, std::io::Error>> = vec![Ok("{\"a\""), Ok(":1}")];
+        let many = Body::from_stream(futures_util::stream::iter(pieces));
+        assert_eq!(read_body(many, 6).await, None, "the cap counts every frame");
+        let pieces: Vec<Result<&'static str, std::io::Error>> =
+            vec![Ok("{"), Err(std::io::Error::other("cut off"))];
+        let broken = Body::from_stream(futures_util::stream::iter(pieces));
+        assert_eq!(
+            read_body(broken, 100).await,
+            None,
+            "a failed body is refused"
+        );
+        assert_eq!(
+            read_body(Body::empty(), 100).await.as_deref(),
+            Some(&b""[..])
+        );
+    }
 
     #[test]
     fn base64_header_values_decode() {
