@@ -29,6 +29,7 @@ use serde_json::value::RawValue;
 use tokio::io::BufReader;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::inbox::{Inbox, InboxSender, inbox};
 use super::pipe::LineSource;
 use super::remote;
 use super::servers::ServerSpec;
@@ -51,8 +52,8 @@ pub(crate) struct Prepared {
     original_progress: Option<serde_json::Value>,
 }
 
-/// Messages queued for one waiting HTTP request.
-const WAITER_QUEUE: usize = 256;
+/// Messages queued for the session's GET stream.
+const LISTENER_QUEUE: usize = 256;
 /// What the core writes may exceed `--max-message` by this much (an error it builds, a
 /// re-encoded list); the core already refused anything larger from the peers.
 const CORE_SLACK: usize = 64 * 1024;
@@ -77,7 +78,7 @@ pub(crate) struct DuplicateId(pub String);
 pub(crate) struct ListenerBusy;
 
 struct Waiter {
-    tx: mpsc::Sender<(Delivery, Charge)>,
+    tx: InboxSender,
     /// The client's own id when it was renamed (stateless links).
     original: Option<Box<str>>,
     /// The progress token as the core knows it (JSON text).
@@ -316,9 +317,9 @@ impl CoreLink {
         &self,
         prepared: Prepared,
         line: Vec<u8>,
-    ) -> Result<(IdKey, ChargedReceiver<Delivery>), DuplicateId> {
+    ) -> Result<(IdKey, Inbox), DuplicateId> {
         self.touch();
-        let (tx, rx) = mpsc::channel(WAITER_QUEUE);
+        let (tx, rx) = inbox();
         let Prepared {
             core_id,
             renamed,
@@ -352,7 +353,7 @@ impl CoreLink {
         if !self.send_to_core(out).await {
             self.forget(&core_id);
         }
-        Ok((core_id, ChargedReceiver::new(rx)))
+        Ok((core_id, rx))
     }
 
     fn forget(&self, id: &IdKey) -> bool {
@@ -389,7 +390,7 @@ impl CoreLink {
         if routes.listener.as_ref().is_some_and(|l| !l.is_closed()) {
             return Err(ListenerBusy);
         }
-        let (tx, rx) = mpsc::channel(WAITER_QUEUE);
+        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
         routes.listener = Some(tx);
         Ok(ChargedReceiver::new(rx))
     }
@@ -424,13 +425,7 @@ impl CoreLink {
             };
             // The waiter may have gone (client closed); nothing is owed to it then. A waiter
             // whose queue is full of progress still gets its answer, once it reads.
-            if let Err(mpsc::error::TrySendError::Full(answer)) =
-                waiter.tx.try_send((Delivery::Final(out), charge))
-            {
-                tokio::spawn(async move {
-                    let _ = waiter.tx.send(answer).await;
-                });
-            }
+            waiter.tx.answer(out, charge);
             return;
         }
         if env.method.as_deref() == Some("notifications/progress")
@@ -442,7 +437,7 @@ impl CoreLink {
                 Some(token) => replace_notification_token(&line, token.clone()).unwrap_or(line),
                 None => line,
             };
-            let _ = waiter.tx.try_send((Delivery::Interim(line), charge));
+            waiter.tx.interim(line, charge);
             return;
         }
         if let Some(listener) = routes.listener.as_ref().filter(|l| !l.is_closed()) {
@@ -454,7 +449,7 @@ impl CoreLink {
         if !self.stateless
             && let Some(waiter) = routes.waiters.values().next()
         {
-            let _ = waiter.tx.try_send((Delivery::Interim(line), charge));
+            waiter.tx.interim(line, charge);
             return;
         }
         tracing::debug!("no stream open for a server message; dropped");

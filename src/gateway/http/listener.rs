@@ -661,7 +661,8 @@ async fn request(
     let answered = peer.clone();
     let body = Body::new(DeadlineBody {
         inner: body,
-        deadline: Box::pin(tokio::time::sleep(body_timeout)),
+        deadline: tokio::time::Instant::now() + body_timeout,
+        timer: None,
         late: late.clone(),
     });
     let response = match super::plain_mcp_name(parts.uri.path()) {
@@ -699,7 +700,11 @@ fn body_too_slow(body_timeout: Duration) -> Response<Body> {
 /// A request body that fails once its deadline has passed.
 struct DeadlineBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When the body must have arrived (counted from its request's head).
+    deadline: tokio::time::Instant,
+    /// Set the first time the body is not there yet: most bodies come with their head, and
+    /// their request then never registers a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     late: Arc<AtomicBool>,
 }
 
@@ -719,7 +724,11 @@ impl hyper::body::Body for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_ready() {
             self.late.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(BodyTooSlow.into())));
         }

@@ -39,6 +39,7 @@
 
 pub(crate) mod body;
 mod control_route;
+mod inbox;
 pub(crate) mod link;
 pub(crate) mod listener;
 mod pipe;
@@ -422,8 +423,14 @@ fn plain(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
+/// A JSON answer; its one header a static value (a `&str` header would be checked and
+/// copied for every answer).
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    const JSON: HeaderValue = HeaderValue::from_static("application/json");
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    response
 }
 
 fn rpc_error(status: StatusCode, id: Option<&IdKey>, code: i64, message: &str) -> Response {
@@ -608,9 +615,9 @@ async fn post(
     body: Body,
 ) -> Response {
     let max = gw.options.max_message;
-    let bytes = match axum::body::to_bytes(body, max).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
+    let bytes = match read_body(body, max).await {
+        Some(bytes) => bytes,
+        None => {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request bodies are limited to {max} bytes (the gateway's --max-message)"),
@@ -714,6 +721,36 @@ async fn post(
     resp
 }
 
+/// A request body of at most `max` bytes; `None` when it is larger or fails (cut off, or
+/// past its deadline). A body that comes as one frame, as almost every one does, is taken as
+/// it came: only a body in several frames is gathered into a buffer (a general collector
+/// queues every frame first).
+async fn read_body(mut body: Body, max: usize) -> Option<Bytes> {
+    use http_body_util::BodyExt;
+    let mut whole: Option<Bytes> = None;
+    let mut gathered: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers carry nothing the gateway reads.
+        let Ok(data) = frame.ok()?.into_data() else {
+            continue;
+        };
+        let so_far = whole.as_ref().map_or(0, Bytes::len) + gathered.len();
+        if so_far + data.len() > max {
+            return None;
+        }
+        match whole.take() {
+            None if gathered.is_empty() => whole = Some(data),
+            first => {
+                if let Some(first) = first {
+                    gathered.extend_from_slice(&first);
+                }
+                gathered.extend_from_slice(&data);
+            }
+        }
+    }
+    Some(whole.unwrap_or_else(|| Bytes::from(gathered)))
+}
+
 /// Cancels a request in the core when dropped before its answer came.
 struct CancelOnDrop {
     link: Arc<CoreLink>,
@@ -739,7 +776,7 @@ async fn answer(
     link: Arc<CoreLink>,
     core_id: IdKey,
     client_id: IdKey,
-    mut rx: crate::gateway::budget::ChargedReceiver<Delivery>,
+    mut rx: inbox::Inbox,
     events_ok: bool,
 ) -> Response {
     let mut pending = CancelOnDrop {
@@ -876,6 +913,32 @@ fn delete(gw: &Arc<HttpGateway>, server: &str, grant: &str, session: Option<Stri
 mod tests {
     use super::*;
     use serde_json::value::RawValue;
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_in_one_frame_or_many_and_refused_past_the_cap() {
+        let one = Body::from("{\"a\":1}");
+        assert_eq!(read_body(one, 7).await.as_deref(), Some(&b"{\"a\":1}"[..]));
+        let pieces: Vec<Result<&'static str, std::io::Error>> =
+            vec![Ok("{\"a\""), Ok(":"), Ok("1}")];
+        let many = Body::from_stream(futures_util::stream::iter(pieces));
+        assert_eq!(read_body(many, 7).await.as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(read_body(Body::from("{\"a\":1}"), 6).await, None);
+        let pieces: Vec<Result<&'static str, std::io::Error>> = vec![Ok("{\"a\""), Ok(":1}")];
+        let many = Body::from_stream(futures_util::stream::iter(pieces));
+        assert_eq!(read_body(many, 6).await, None, "the cap counts every frame");
+        let pieces: Vec<Result<&'static str, std::io::Error>> =
+            vec![Ok("{"), Err(std::io::Error::other("cut off"))];
+        let broken = Body::from_stream(futures_util::stream::iter(pieces));
+        assert_eq!(
+            read_body(broken, 100).await,
+            None,
+            "a failed body is refused"
+        );
+        assert_eq!(
+            read_body(Body::empty(), 100).await.as_deref(),
+            Some(&b""[..])
+        );
+    }
 
     #[test]
     fn base64_header_values_decode() {

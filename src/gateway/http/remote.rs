@@ -69,6 +69,10 @@ struct Remote {
     session: Mutex<Option<HeaderValue>>,
     /// The protocol version `initialize` settled.
     version: Mutex<Option<HeaderValue>>,
+    /// The headers of a POST without routing headers of its own (almost every request),
+    /// built once for the session's id and version as they are now, cloned per request;
+    /// emptied whenever either changes.
+    plain_post: Mutex<Option<HeaderMap>>,
     /// Lines for the core.
     to_core: mpsc::Sender<(Vec<u8>, Charge)>,
     /// Bytes queued for the core (2 × `--max-message` + 64 KiB): an answer waits for room.
@@ -151,6 +155,7 @@ pub(crate) async fn run_queued(
         headers,
         session: Mutex::new(None),
         version: Mutex::new(None),
+        plain_post: Mutex::new(None),
         to_core,
         to_core_budget,
         max,
@@ -335,11 +340,23 @@ impl Remote {
 
     /// POSTs a JSON-RPC message.
     async fn post(&self, line: Vec<u8>, routing: Option<&Routing>) -> Result<Answer, String> {
-        let mut headers = self.headers(routing);
-        headers.insert(header::CONTENT_TYPE, JSON);
+        let plain = routing.is_none_or(|r| r.version.is_none() && !r.initialize);
+        let headers = if plain {
+            lock(&self.plain_post)
+                .get_or_insert_with(|| self.post_headers(None))
+                .clone()
+        } else {
+            self.post_headers(routing)
+        };
         self.upstream
             .send(Method::POST, headers, Bytes::from(line))
             .await
+    }
+
+    fn post_headers(&self, routing: Option<&Routing>) -> HeaderMap {
+        let mut headers = self.headers(routing);
+        headers.insert(header::CONTENT_TYPE, JSON);
+        headers
     }
 
     async fn deliver(&self, message: &[u8]) {
@@ -402,6 +419,7 @@ impl Remote {
             && let Some(session) = resp.headers.get(SESSION_HEADER)
         {
             *lock(&self.session) = Some(session.clone());
+            *lock(&self.plain_post) = None;
         }
         if event_stream && status.is_success() {
             return self.relay_stream(&mut resp, id, routing).await;
@@ -453,6 +471,7 @@ impl Remote {
             .and_then(|i| i.protocol_version)
         {
             *lock(&self.version) = HeaderValue::from_str(&version).ok();
+            *lock(&self.plain_post) = None;
         }
     }
 
