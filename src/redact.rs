@@ -128,8 +128,16 @@ static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
 /// byte, more than that walk of a whole short string, and most argument strings are short.
 const SHORT_TEXT: usize = 64;
 
-/// [`starts_table`] of [`TRIGGERS`].
-static TRIGGER_STARTS: [u32; 256] = starts_table(TRIGGERS);
+/// `FIRST_BYTE[b]`: some [`TRIGGERS`] literal starts with the byte `b`.
+static FIRST_BYTE: [bool; 256] = {
+    let mut first = [false; 256];
+    let mut i = 0;
+    while i < TRIGGERS.len() {
+        first[TRIGGERS[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    first
+};
 
 /// Whether `text` holds one of [`TRIGGERS`]: what `TRIGGER.is_match` says, without the
 /// regex search's set-up for short strings.
@@ -137,7 +145,13 @@ fn holds_trigger(text: &str) -> bool {
     if text.len() > SHORT_TEXT {
         return TRIGGER.is_match(text);
     }
-    holds_any(text.as_bytes(), TRIGGERS, &TRIGGER_STARTS)
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        FIRST_BYTE[usize::from(b)]
+            && TRIGGERS
+                .iter()
+                .any(|t| bytes[i..].starts_with(t.as_bytes()))
+    })
 }
 
 /// Whether an argument key names a secret.
@@ -212,41 +226,6 @@ static FRAGMENT_BYTES: [u32; SECRET_FRAGMENTS.len()] = byte_sets(SECRET_FRAGMENT
 
 /// [`byte_set`] of each of [`SECRET_WORDS`].
 static WORD_BYTES: [u32; SECRET_WORDS.len()] = byte_sets(SECRET_WORDS);
-
-/// `table[b]`: the needles (bit `i` for `needles[i]`) that start with the byte `b`.
-const fn starts_table(needles: &[&str]) -> [u32; 256] {
-    assert!(needles.len() <= 32, "one bit a needle in a u32");
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < needles.len() {
-        assert!(!needles[i].is_empty(), "a needle has a first byte");
-        table[needles[i].as_bytes()[0] as usize] |= 1 << i;
-        i += 1;
-    }
-    table
-}
-
-/// Whether `haystack` holds one of `needles` (`starts`, their [`starts_table`]). Every
-/// short string of every call's arguments is looked through: a needle is tried only where
-/// its own first byte is, instead of every needle wherever one of them starts.
-fn holds_any(haystack: &[u8], needles: &[&str], starts: &[u32; 256]) -> bool {
-    haystack.iter().enumerate().any(|(i, &b)| {
-        let mut candidates = starts[usize::from(b)];
-        while candidates != 0 {
-            let needle = needles
-                .get(candidates.trailing_zeros() as usize)
-                .map_or(&[][..], |n| n.as_bytes());
-            if haystack
-                .get(i..)
-                .is_some_and(|rest| rest.starts_with(needle))
-            {
-                return true;
-            }
-            candidates &= candidates - 1;
-        }
-        false
-    })
-}
 
 /// The words of an identifier: split at anything not a letter or digit and at case changes
 /// (`basicAuth` → `basic`, `Auth`; `HTTPAuth` → `HTTP`, `Auth`; `db_pwd` → `db`, `pwd`).
