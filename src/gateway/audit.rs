@@ -316,6 +316,9 @@ fn write_record(
 }
 
 /// `,"key":"value"` for a string value; `key` is [`member_key!`]'s (keys here never need escaping).
+// This and the two below are inlined into `write_record`, so each key, a constant there, is
+// copied by a few moves of known length rather than a `memcpy` of a length read at run time.
+#[inline(always)]
 fn member_str(out: &mut Vec<u8>, key: &str, value: &str) {
     out.extend_from_slice(key.as_bytes());
     string(out, value);
@@ -323,6 +326,7 @@ fn member_str(out: &mut Vec<u8>, key: &str, value: &str) {
 
 /// `,"key":"value"` for a value written in this program (a record's kind, a verdict's wire
 /// name), which never needs escaping: not checked byte by byte on every record.
+#[inline(always)]
 fn member_static(out: &mut Vec<u8>, key: &str, value: &'static str) {
     debug_assert_eq!(super::jsonrpc::plain_prefix(value.as_bytes()), value.len());
     out.extend_from_slice(key.as_bytes());
@@ -334,6 +338,7 @@ fn member_static(out: &mut Vec<u8>, key: &str, value: &'static str) {
 
 /// `,"key":"digits"` for hex digits this program wrote, which never need escaping: not
 /// checked byte by byte on every record.
+#[inline(always)]
 fn member_hex(out: &mut Vec<u8>, key: &str, hex: &Hex64) {
     out.extend_from_slice(key.as_bytes());
     out.reserve(hex.0.len() + 2);
