@@ -781,7 +781,8 @@ mod tests {
         /// The table's digits are the `hex` crate's, for every byte in every place.
         #[test]
         fn hex_digits_are_the_hex_crates(bytes in proptest::array::uniform32(proptest::num::u8::ANY)) {
-            proptest::prop_assert_eq!(Hex64::of(&bytes).as_str(), hex::encode(bytes));
+            let hex = Hex64::of(&bytes);
+            proptest::prop_assert_eq!(hex.as_str(), hex::encode(bytes));
         }
     }
 
