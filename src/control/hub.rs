@@ -812,6 +812,47 @@ mod tests {
         }
     }
 
+    /// An event built by its publisher is numbered in turn with the others, and one that
+    /// its maker still shares is numbered on a copy: the maker's own stays as it was.
+    #[test]
+    fn events_built_by_their_publisher_are_numbered_in_turn() {
+        let hub = hub();
+        let mut events = hub.subscribe();
+        let made = |kind| {
+            Arc::new(Event {
+                seq: 0,
+                ts: Utc::now(),
+                gateway: hub.gateway_id(),
+                kind,
+            })
+        };
+        let first = call(&hub, Verdict::Allow);
+        hub.publish_made(made(EventKind::Call(first.clone())));
+        hub.publish(EventKind::Call(call(&hub, Verdict::Deny)));
+        let kept = made(EventKind::Outcome(Outcome {
+            call_id: first.call_id.clone(),
+            latency_us: 7,
+            error: false,
+            summary: None,
+        }));
+        hub.publish_made(kept.clone());
+        assert_eq!(kept.seq, 0, "the maker's shared event was changed");
+        let seqs: Vec<(u64, SmolStr)> = (0..3)
+            .map(|_| {
+                let event = events.try_recv().expect("three events published");
+                (event.seq, event.gateway.clone())
+            })
+            .collect();
+        assert_eq!(seqs, [(1, "g1".into()), (2, "g1".into()), (3, "g1".into())]);
+        let (snap, seq) = hub.snapshot();
+        assert_eq!(seq, 3);
+        assert_eq!(snap.calls[0].call, first);
+        assert_eq!(
+            snap.calls[0].outcome.as_ref().map(|o| o.latency_us),
+            Some(7)
+        );
+    }
+
     #[test]
     fn snapshot_attaches_resolution_and_outcome_to_their_call() {
         let hub = hub();
