@@ -27,7 +27,7 @@ use crate::policy::{
     ShadowSource, StoreError, Verdict, human_duration,
 };
 use crate::telemetry::CallSpans;
-use crate::wire::{CallEvent, Counters, EventKind, Outcome, ResolvedBy, ToolInfo};
+use crate::wire::{CallEvent, Counters, Event, EventKind, Outcome, ResolvedBy, ToolInfo};
 
 /// Outcome summaries are cut to this many characters.
 const SUMMARY_CAP: usize = 200;
@@ -229,24 +229,29 @@ impl Gateway {
             });
         }
         let (args, args_truncated) = args.into_event();
-        // Every name is a `SmolStr`: inline or shared, none is allocated for the event.
-        let event = CallEvent {
-            call_id: call_id.clone(),
-            tool: tool.clone(),
-            grant: self.grant.clone(),
-            session: session.clone(),
-            server: self.server.clone(),
-            decision: decision.verdict,
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-            args,
-            args_truncated,
-            retry_after_ms: decision.retry_after_ms,
-            hold_deadline,
-            shadow,
-        };
-        // The event moves into the hub: its arguments are not copied.
-        self.hub.publish_at(EventKind::Call(event), now);
+        // Every name is a `SmolStr`: inline or shared, none is allocated for the event. Built
+        // in place in its `Arc` (see `Hub::gateway_id`); its arguments are not copied.
+        let event = Arc::new(Event {
+            seq: 0,
+            ts: now,
+            gateway: self.hub.gateway_id(),
+            kind: EventKind::Call(CallEvent {
+                call_id: call_id.clone(),
+                tool: tool.clone(),
+                grant: self.grant.clone(),
+                session: session.clone(),
+                server: self.server.clone(),
+                decision: decision.verdict,
+                rule: decision.rule.clone(),
+                reason: decision.reason.clone(),
+                args,
+                args_truncated,
+                retry_after_ms: decision.retry_after_ms,
+                hold_deadline,
+                shadow,
+            }),
+        });
+        self.hub.publish_made(event);
         call_id
     }
 
@@ -383,15 +388,17 @@ impl Gateway {
                 shadow: None,
             });
         }
-        self.hub.publish_at(
-            EventKind::Outcome(Outcome {
+        self.hub.publish_made(Arc::new(Event {
+            seq: 0,
+            ts: now,
+            gateway: self.hub.gateway_id(),
+            kind: EventKind::Outcome(Outcome {
                 call_id: call_id.clone(),
                 latency_us,
                 error,
                 summary,
             }),
-            now,
-        );
+        }));
     }
 
     /// Waits for a held call's resolution: an operator's (through the hub), or the timeout's

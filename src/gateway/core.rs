@@ -1210,7 +1210,7 @@ impl Shared {
                 &self.session,
                 &id,
                 &params.name,
-                params.meta.as_ref(),
+                params.meta.as_deref(),
                 version,
             ))
         });
