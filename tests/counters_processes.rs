@@ -23,7 +23,7 @@ fn limit(counter: &str, max: u64, window_ms: u64) -> OwnedLimit {
     OwnedLimit {
         counter: Arc::from(counter),
         scope: Scope::Global,
-        scope_key: String::new(),
+        scope_key: Default::default(),
         max,
         window_ms,
     }
@@ -80,7 +80,7 @@ fn child(args: &[String]) -> Result<(), String> {
                     .iter()
                     .map(|&now| {
                         worker.admit(
-                            vec![limit("a", max, window), limit("b", max + 1, window * 2)],
+                            vec![limit("a", max, window), limit("b", max + 1, window * 2)].into(),
                             now,
                         )
                     })

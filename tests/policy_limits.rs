@@ -108,14 +108,14 @@ proptest! {
                 let limits = |c: &str, max, window| OwnedLimit {
                     counter: Arc::from(c),
                     scope: Scope::Global,
-                    scope_key: String::new(),
+                    scope_key: Default::default(),
                     max,
                     window_ms: window,
                 };
                 let answers: Vec<_> = times
                     .iter()
                     .map(|&now| {
-                        worker.admit(vec![limits("a", max, window), limits("b", max + 1, window * 2)], now)
+                        worker.admit(vec![limits("a", max, window), limits("b", max + 1, window * 2)].into(), now)
                     })
                     .collect();
                 let mut kept = Vec::new();

@@ -41,12 +41,12 @@ pub(crate) mod store;
 pub(crate) use condition::Op;
 pub use decision::{ArgsTree, Call, Decision, Shadow, ShadowSource, Verdict};
 pub(crate) use decision::{human_duration, would};
-pub(crate) use store::StoreSpec;
 pub use store::{
     Admission, CounterStore, FailMode, GuardedStore, KeyUsage, LimitRequest, MemoryStore,
     NotedUsage, OwnedLimit, RedisStore, Reservation, Scope, SqliteStore, StoreError,
     StoreErrorKind, StoreWorker,
 };
+pub(crate) use store::{Limits, StoreSpec};
 
 use smol_str::SmolStr;
 use std::path::Path;
@@ -109,12 +109,12 @@ pub struct Admissible {
     rule: Option<usize>,
     /// Where each of `limits` comes from, for the refusal's pointer.
     uses: Vec<UseAt>,
-    limits: Vec<OwnedLimit>,
+    limits: Limits,
 }
 
 impl Admissible {
     /// The budgets to admit, all or none; taken by whoever asks the store.
-    pub fn take_limits(&mut self) -> Vec<OwnedLimit> {
+    pub fn take_limits(&mut self) -> Limits {
         std::mem::take(&mut self.limits)
     }
 
@@ -791,7 +791,7 @@ impl Policy {
                     .enumerate()
                     .map(|(i, u)| (UseAt::AllTools(i), u)),
             );
-        let mut limits: Vec<OwnedLimit> = Vec::new();
+        let mut limits = Limits::new();
         let mut at: Vec<UseAt> = Vec::new();
         for (place, u) in uses {
             if limits
@@ -804,12 +804,11 @@ impl Policy {
             limits.push(OwnedLimit {
                 counter: Arc::clone(&names[u.counter]),
                 scope: def.scope,
-                scope_key: match def.scope {
+                scope_key: SmolStr::new(match def.scope {
                     Scope::Grant => call.grant,
                     Scope::Session => call.session,
                     Scope::Global => "",
-                }
-                .to_owned(),
+                }),
                 max: def.max,
                 window_ms: def.window_ms,
             });

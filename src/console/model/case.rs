@@ -237,7 +237,7 @@ fn budgets_of(policy: &Policy, r: &CallRow) -> Vec<(String, String, u64)> {
         Judgement::Admit(a) => a
             .limits()
             .iter()
-            .map(|l| (l.counter.to_string(), l.scope_key.clone(), l.window_ms))
+            .map(|l| (l.counter.to_string(), l.scope_key.to_string(), l.window_ms))
             .collect(),
         Judgement::Decided(_) => Vec::new(),
     }

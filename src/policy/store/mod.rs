@@ -41,6 +41,9 @@ pub(crate) mod worker;
 use std::fmt;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+use smol_str::SmolStr;
+
 pub use guard::{FailMode, GuardedStore};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -111,12 +114,17 @@ impl LimitRequest<'_> {
     }
 }
 
+/// The budgets of one call, owned: inline for the common one or two, so building, sending
+/// and dropping them allocates nothing.
+pub(crate) type Limits = SmallVec<[OwnedLimit; 2]>;
+
 /// A [`LimitRequest`] that owns its names, for an admission decided on another thread.
+/// The scope key is inline when short (a [`SmolStr`]), as grant and session ids are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedLimit {
     pub counter: Arc<str>,
     pub scope: Scope,
-    pub scope_key: String,
+    pub scope_key: SmolStr,
     pub max: u64,
     pub window_ms: u64,
 }
@@ -139,7 +147,7 @@ impl From<LimitRequest<'_>> for OwnedLimit {
         OwnedLimit {
             counter: Arc::clone(l.counter),
             scope: l.scope,
-            scope_key: l.scope_key.to_owned(),
+            scope_key: SmolStr::new(l.scope_key),
             max: l.max,
             window_ms: l.window_ms,
         }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, NotedUsage, OwnedLimit,
+    Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Limits, NotedUsage, OwnedLimit,
     Reservation, Scope, StoreError, StoreErrorKind,
 };
 
@@ -156,7 +156,7 @@ pub(crate) type Then = Box<dyn FnOnce(&dyn CounterStore, &Reservation) + Send>;
 
 enum Job {
     Admit {
-        limits: Vec<OwnedLimit>,
+        limits: Limits,
         now_ms: u64,
         reply: Reply,
         then: Option<Then>,
@@ -252,7 +252,7 @@ impl StoreWorker {
 
     /// Queues an admission now (so admissions are decided in the order they were asked) and
     /// returns its answer to wait for.
-    pub fn admit(&self, limits: Vec<OwnedLimit>, now_ms: u64) -> Answer {
+    pub fn admit(&self, limits: Limits, now_ms: u64) -> Answer {
         self.admit_then(limits, now_ms, None)
     }
 
@@ -264,7 +264,7 @@ impl StoreWorker {
     /// admissions of one batch that took units from the same budgets, only the last one's
     /// `then` runs: it sees what the earlier ones would have (if that one's caller stopped
     /// waiting, its units are given back first and its `then` publishes the state after).
-    pub fn admit_then(&self, limits: Vec<OwnedLimit>, now_ms: u64, then: Option<Then>) -> Answer {
+    pub fn admit_then(&self, limits: Limits, now_ms: u64, then: Option<Then>) -> Answer {
         if self.queue.is_none() {
             return Answer::Ready(self.admit_in_place(limits, now_ms, then));
         }
@@ -284,7 +284,7 @@ impl StoreWorker {
     /// are answered in the order they were asked.
     pub(crate) fn admit_into(
         &self,
-        limits: Vec<OwnedLimit>,
+        limits: Limits,
         now_ms: u64,
         then: Option<Then>,
         into: &Answers,
@@ -322,7 +322,7 @@ impl StoreWorker {
 
     fn admit_in_place(
         &self,
-        limits: Vec<OwnedLimit>,
+        limits: Limits,
         now_ms: u64,
         then: Option<Then>,
     ) -> Result<Admission, StoreError> {
@@ -340,7 +340,7 @@ impl StoreWorker {
     /// why it could not be.
     fn queue_admission(
         &self,
-        limits: Vec<OwnedLimit>,
+        limits: Limits,
         now_ms: u64,
         then: Option<Then>,
         reply: Reply,
@@ -517,7 +517,7 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
 
 /// An admission waiting in a batch.
 struct Queued {
-    limits: Vec<OwnedLimit>,
+    limits: Limits,
     now_ms: u64,
     reply: Reply,
     then: Option<Then>,
@@ -722,6 +722,7 @@ fn same_budgets(a: &Reservation, b: &Reservation) -> bool {
 mod tests {
     use super::*;
     use crate::policy::store::{MemoryStore, Reservation, Scope};
+    use smol_str::SmolStr;
     use std::sync::Mutex;
 
     /// A store that blocks until told to go on and records the batches it was given.
@@ -763,11 +764,11 @@ mod tests {
         }
     }
 
-    fn limit(max: u64) -> Vec<OwnedLimit> {
-        vec![OwnedLimit {
+    fn limit(max: u64) -> Limits {
+        smallvec::smallvec![OwnedLimit {
             counter: Arc::from("c"),
             scope: Scope::Global,
-            scope_key: String::new(),
+            scope_key: SmolStr::default(),
             max,
             window_ms: 60_000,
         }]
@@ -828,7 +829,7 @@ mod tests {
         wait_entered(&store, "the worker never started the admission");
         let of = |k: &str| {
             let mut l = limit(5);
-            l[0].scope_key = k.to_owned();
+            l[0].scope_key = SmolStr::new(k);
             l
         };
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
@@ -858,7 +859,7 @@ mod tests {
     fn of_a_batch_the_then_runs_of_the_last_admitted_call_of_each_set_of_budgets() {
         let of = |k: &str| {
             let mut l = limit(5);
-            l[0].scope_key = k.to_owned();
+            l[0].scope_key = SmolStr::new(k);
             l
         };
         let queued = |k: &str, then: bool| Queued {
