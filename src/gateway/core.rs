@@ -57,7 +57,7 @@ use super::args::RawArgs;
 use super::budget::{ByteBudget, Charge};
 use super::call::{CallAnswer, Deciding, Queued, ToolsPage};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Shape, code};
-use super::line_writer::{Out, write_lines};
+use super::line_writer::{Early, Out, PipeLines, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
 use crate::policy::store::worker::{Answered, Answers};
@@ -320,6 +320,9 @@ pub(crate) enum Output<W> {
     Stream(W),
     /// A transport's own hand-over, called in the task that sends each line.
     Lines(Box<dyn LineOut>),
+    /// A non-blocking pipe, written by the tasks that send the lines or by a writer task
+    /// ([`PipeLines`]: `wrap`'s pipes).
+    Pipe(tokio::net::unix::pipe::Sender),
 }
 
 /// What an [`Output::Lines`] transport does with the lines the core sends one side.
@@ -344,6 +347,8 @@ enum To {
     Writer(mpsc::Sender<Out>),
     /// Handed on in place; `None` once closed.
     Lines(Mutex<Option<Box<dyn LineOut>>>),
+    /// A pipe's buffer, written by the senders or its writer task.
+    Pipe(PipeLines),
 }
 
 impl std::fmt::Debug for Queue {
@@ -351,6 +356,7 @@ impl std::fmt::Debug for Queue {
         let to = match self.to {
             To::Writer(_) => "writer task",
             To::Lines(_) => "lines handed on",
+            To::Pipe(_) => "pipe",
         };
         f.debug_struct("Queue")
             .field("to", &to)
@@ -385,6 +391,14 @@ impl Queue {
                     budget,
                 };
                 (queue, None)
+            }
+            Output::Pipe(pipe) => {
+                let (lines, task) = PipeLines::start(pipe, budget.clone(), side, early(side));
+                let queue = Queue {
+                    to: To::Pipe(lines),
+                    budget,
+                };
+                (queue, Some(task))
             }
         }
     }
@@ -434,6 +448,7 @@ impl Queue {
                 Ok(())
             }
             To::Lines(lines) => Queue::hand_on(lines, line, charge),
+            To::Pipe(pipe) => pipe.line(line, charge),
         };
         if sent.is_ok() {
             // The waits taken before counted against the task's share of the runtime, so a
@@ -460,6 +475,7 @@ impl Queue {
         match &self.to {
             To::Writer(tx) => tx.try_send(Out::Line(line, charge)).is_ok(),
             To::Lines(lines) => Queue::hand_on(lines, line, charge).is_ok(),
+            To::Pipe(pipe) => pipe.line(line, charge).is_ok(),
         }
     }
 
@@ -478,8 +494,28 @@ impl Queue {
                 // As when a writer task ends: whoever waits for room stops waiting.
                 self.budget.close();
             }
+            To::Pipe(pipe) => pipe.close(),
         }
     }
+}
+
+// TEMPORARY (measurement only): TOOLGATE_PIPE_EARLY_UPSTREAM / _CLIENT = "first,every".
+fn early(side: &str) -> Early {
+    let var = match side {
+        "upstream" => "TOOLGATE_PIPE_EARLY_UPSTREAM",
+        _ => "TOOLGATE_PIPE_EARLY_CLIENT",
+    };
+    let parsed = std::env::var(var).ok().and_then(|v| {
+        let (first, every) = v.split_once(',')?;
+        Some(Early {
+            first: first.parse().ok()?,
+            every: every.parse().ok()?,
+        })
+    });
+    parsed.unwrap_or(Early {
+        first: 16,
+        every: 16,
+    })
 }
 
 impl Drop for Queue {

@@ -7,10 +7,17 @@
 //! written before one flush, so a burst costs one system call, not one per line. When the
 //! task ends, for whatever reason, the budget is closed: nothing will give bytes back any
 //! more, so whoever waits for room stops waiting instead of hanging.
+//!
+//! `wrap`'s pipes (the agent's stdout when it is a pipe, the server's stdin) are written by
+//! [`PipeLines`] instead: the tasks that send the lines write the first lines of a burst
+//! themselves, so the peer starts on them while the gateway still decides the rest.
+
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
+use tokio::net::unix::pipe;
+use tokio::sync::{Notify, mpsc};
 
 use super::budget::{ByteBudget, Charge};
 
@@ -120,6 +127,227 @@ where
     }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+/// When the senders of a [`PipeLines`] write to the pipe themselves: after `early` lines
+/// added since the last write (`0`: never, the writer task writes everything), the first
+/// time in a burst after `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Early {
+    pub(crate) first: usize,
+    pub(crate) every: usize,
+}
+
+/// Lines for a non-blocking pipe, written by the tasks that send them or by a writer task
+/// of their own ([`PipeLines::start`]): `wrap`'s pipes (the agent's stdout, the server's
+/// stdin).
+///
+/// A task that sends a line appends it to one buffer, its [`Charge`] with it. Every
+/// [`Early`] lines the sender tries one non-blocking write of the whole buffer (a pipe that
+/// would block, or failed, is left to the writer task: never waited for in the sender).
+/// Whatever is left is written by the writer task once the senders yield, in one write as
+/// [`write_lines`] does. With many calls in flight the peer then starts on a burst's first
+/// lines while the gateway still decides the rest, instead of the three processes taking
+/// turns on one core.
+///
+/// Order: bytes leave only from the buffer's start, and a sender writes only while no write
+/// of the writer task is under way (`writing`), so no line is ever written past one still
+/// queued. Back-pressure: a line's charge is given back only once its bytes are in the
+/// pipe, so the queue's [`ByteBudget`] bounds what waits here and a peer that stops reading
+/// stops the senders.
+#[derive(Debug)]
+pub(crate) struct PipeLines {
+    shared: Arc<PipeShared>,
+    early: Early,
+}
+
+#[derive(Debug)]
+struct PipeShared {
+    state: Mutex<PipeState>,
+    /// Wakes the writer task: bytes to write, or closing.
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct PipeState {
+    /// `None` once closed or after a write failed: later lines are given back.
+    pipe: Option<Arc<pipe::Sender>>,
+    /// Lines not written yet, each with its newline, in order.
+    buf: Vec<u8>,
+    /// The charges of the bytes in `buf`.
+    charge: Option<Charge>,
+    /// Lines added since the last write tried.
+    since_write: usize,
+    /// Writes the senders made since the writer task last took the buffer (the burst's).
+    early_writes: usize,
+    /// The writer task writes bytes it took from `buf`: no sender may write until it is done.
+    writing: bool,
+    /// No line will be added: the writer task writes what is left and closes the pipe.
+    closing: bool,
+}
+
+/// A buffer that grew past this (a large message, or a peer that stopped reading) is not
+/// kept once written.
+const KEPT_CAPACITY: usize = 4 * BUFFER;
+
+impl PipeLines {
+    /// The lines' buffer of `pipe`, and its writer task (which closes `budget` when it ends,
+    /// as [`write_lines`] does). `side` names the peer in the log.
+    pub(crate) fn start(
+        pipe: pipe::Sender,
+        budget: ByteBudget,
+        side: &'static str,
+        early: Early,
+    ) -> (PipeLines, tokio::task::JoinHandle<()>) {
+        let shared = Arc::new(PipeShared {
+            state: Mutex::new(PipeState {
+                pipe: Some(Arc::new(pipe)),
+                ..PipeState::default()
+            }),
+            wake: Notify::new(),
+        });
+        let task = tokio::spawn(write_pipe(shared.clone(), budget, side));
+        (PipeLines { shared, early }, task)
+    }
+
+    /// Adds `line` (a newline is added when missing), written now or soon; gives it back
+    /// when the pipe is closed or failed.
+    pub(crate) fn line(&self, line: Vec<u8>, charge: Charge) -> Result<(), Vec<u8>> {
+        let written = {
+            let mut state = crate::sync::lock(&self.shared.state);
+            if state.closing || state.pipe.is_none() {
+                return Err(line);
+            }
+            let was_empty = state.buf.is_empty();
+            state.buf.extend_from_slice(&line);
+            if line.last() != Some(&b'\n') {
+                state.buf.push(b'\n');
+            }
+            state.charge = Some(match state.charge.take() {
+                None => charge,
+                Some(mut held) => match held.absorb(charge) {
+                    Ok(()) => held,
+                    // Another budget's (never the case): kept until the buffer is written.
+                    Err(other) => {
+                        drop(held);
+                        other
+                    }
+                },
+            });
+            state.since_write += 1;
+            let written = self.write_early(&mut state);
+            if was_empty && !state.buf.is_empty() {
+                self.shared.wake.notify_one();
+            }
+            written
+        };
+        super::lines::recycle(line);
+        // Given back outside the lock.
+        drop(written);
+        Ok(())
+    }
+
+    /// One non-blocking write of the buffer when it is time for one; the charges of the
+    /// buffer once it is all written.
+    fn write_early(&self, state: &mut PipeState) -> Option<Charge> {
+        let due = match state.early_writes {
+            0 => self.early.first,
+            _ => self.early.every,
+        };
+        if due == 0 || state.since_write < due || state.writing {
+            return None;
+        }
+        state.since_write = 0;
+        state.early_writes += 1;
+        let pipe = state.pipe.as_ref()?;
+        // A pipe that would block, or failed, is the writer task's to wait for (or report).
+        let written = pipe.try_write(&state.buf).ok()?;
+        state.buf.drain(..written);
+        match state.buf.is_empty() {
+            true => state.charge.take(),
+            false => None,
+        }
+    }
+
+    /// No line will follow: the writer task writes what is left, then closes the pipe.
+    pub(crate) fn close(&self) {
+        crate::sync::lock(&self.shared.state).closing = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for PipeLines {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer task of a [`PipeLines`]: writes what the senders left in the buffer until
+/// closing (or a write error); then closes the pipe and `budget`.
+async fn write_pipe(shared: Arc<PipeShared>, budget: ByteBudget, side: &'static str) {
+    let mut chunk: Vec<u8> = Vec::new();
+    loop {
+        let taken = {
+            let mut state = crate::sync::lock(&shared.state);
+            if !state.buf.is_empty() {
+                std::mem::swap(&mut state.buf, &mut chunk);
+                state.writing = true;
+                state.since_write = 0;
+                state.early_writes = 0;
+                Some((state.pipe.clone(), state.charge.take()))
+            } else if state.closing {
+                state.pipe = None;
+                break;
+            } else {
+                None
+            }
+        };
+        let Some((pipe, charge)) = taken else {
+            shared.wake.notified().await;
+            continue;
+        };
+        let result = match &pipe {
+            Some(pipe) => write_all(pipe, &chunk).await,
+            None => Ok(()),
+        };
+        drop(pipe);
+        chunk.clear();
+        if chunk.capacity() > KEPT_CAPACITY {
+            chunk = Vec::new();
+        }
+        // In the pipe: the bytes go back to the budget.
+        drop(charge);
+        let mut state = crate::sync::lock(&shared.state);
+        state.writing = false;
+        if let Err(e) = result {
+            tracing::debug!("{side} stream closed: {e}");
+            // Nothing will be written any more: what is buffered is dropped (its charges
+            // with it), and later lines are given back to their senders.
+            state.pipe = None;
+            state.buf = Vec::new();
+            let charge = state.charge.take();
+            drop(state);
+            drop(charge);
+            break;
+        }
+    }
+    // Nothing will give bytes back any more: whoever waits for room stops waiting.
+    budget.close();
+}
+
+/// Writes all of `bytes` to `pipe`, waiting for room (readiness, never a spin).
+async fn write_all(pipe: &pipe::Sender, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        pipe.writable().await?;
+        match pipe.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            // tokio cleared the readiness: the next `writable` waits for room.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
