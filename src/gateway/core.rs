@@ -23,7 +23,10 @@
 //! the counter store answers them (through one channel, a batch's answers at once). A
 //! transport that takes whole lines itself (`serve`'s links, [`Output::Lines`]) has no
 //! writer task on its side: each line is handed on in the task that sends it, charged to
-//! the same budget until the transport is done with it. Each queue is bounded in bytes by a [`ByteBudget`] of
+//! the same budget until the transport is done with it. `wrap`'s pipes ([`Output::Pipe`])
+//! have a writer task, but the task that sends a burst of lines writes its first lines
+//! itself ([`PipeLines`]), so the peer starts on them while the rest are decided. Each
+//! queue is bounded in bytes by a [`ByteBudget`] of
 //! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
 //! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
 //! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.
@@ -146,9 +149,10 @@ where
     .await
 }
 
-/// [`run`], with each side's lines written to a byte stream by a writer task of its own, or
+/// [`run`], with each side's lines written to a byte stream by a writer task of its own,
 /// handed to the transport in the task that sends them ([`Output::Lines`]: `serve`'s links,
-/// where a writer task would be one more hand-over per message).
+/// where a writer task would be one more hand-over per message), or written to a pipe
+/// partly by the senders ([`Output::Pipe`]: `wrap`).
 pub(crate) async fn run_outputs<CR, CW, UR, UW>(
     gateway: Arc<Gateway>,
     client_reader: CR,

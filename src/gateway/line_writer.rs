@@ -395,4 +395,227 @@ mod tests {
         );
         assert_eq!(budget.available(), BYTES, "every charge was given back");
     }
+
+    /// Early writes every `n` lines, the first of a burst too.
+    fn every(n: usize) -> Early {
+        Early { first: n, every: n }
+    }
+
+    /// Sends `lines` to `pipe` charged against `budget`, without yielding.
+    fn send_all(pipe: &PipeLines, budget: &ByteBudget, lines: &[String]) {
+        for line in lines {
+            let charge = budget.try_charge(line.len()).expect("room in the budget");
+            pipe.line(line.as_bytes().to_vec(), charge)
+                .expect("the pipe is open");
+        }
+    }
+
+    /// The read end of a pipe as a blocking file, read without the runtime (reading
+    /// through it would let the writer task run).
+    fn blocking_reader(rx: pipe::Receiver) -> std::fs::File {
+        let fd = rx.into_blocking_fd().expect("the read end");
+        std::fs::File::from(fd)
+    }
+
+    #[tokio::test]
+    async fn pipe_lines_go_out_early_in_order_the_rest_at_close_and_every_byte_comes_back() {
+        use std::io::Read as _;
+
+        const BYTES: usize = 64 * 1024;
+        const EARLY: usize = 16;
+        let budget = ByteBudget::new(BYTES);
+        let (tx, rx) = pipe::pipe().expect("a pipe");
+        let mut rx = std::fs::File::from(rx.into_nonblocking_fd().expect("the read end"));
+        // Known writable, as it is once a first write went through (how a session starts).
+        tx.writable().await.expect("an empty pipe is writable");
+        let (lines, task) = PipeLines::start(tx, budget.clone(), "test", every(EARLY));
+        let sent: Vec<String> = (0..EARLY * 3 + 5).map(|n| format!("line {n}")).collect();
+        // The writer task has not run (this task never yielded): what the pipe holds now
+        // was written by the sender itself, a whole number of batches of `EARLY` lines.
+        send_all(&lines, &budget, &sent);
+        let mut early = vec![0u8; BYTES];
+        let n = rx.read(&mut early).expect("lines written before any yield");
+        let expected: String = sent.iter().map(|l| format!("{l}\n")).collect();
+        assert_eq!(
+            &early[..n],
+            &expected.as_bytes()[..n],
+            "the early writes are the first lines, in order"
+        );
+        let early_lines = early[..n].iter().filter(|&&b| b == b'\n').count();
+        assert_eq!(early_lines, EARLY * 3, "every full batch went out at once");
+        assert_eq!(
+            budget.available(),
+            BYTES - "line 48line 49line 50line 51line 52".len(),
+            "only the lines not written yet are still charged"
+        );
+        drop(lines);
+        task.await.expect("the writer task ends");
+        let mut rest = String::new();
+        rx.read_to_string(&mut rest)
+            .expect("the rest, then the end (all of it in the pipe by now)");
+        assert_eq!(rest, expected[n..], "the rest in order, and the pipe closed");
+        assert_eq!(budget.available(), BYTES, "every charge was given back");
+    }
+
+    #[tokio::test]
+    async fn pipe_lines_without_early_writes_leave_everything_to_the_writer_task() {
+        use std::io::Read as _;
+
+        let budget = ByteBudget::new(64 * 1024);
+        let (tx, rx) = pipe::pipe().expect("a pipe");
+        let mut rx = std::fs::File::from(rx.into_nonblocking_fd().expect("the read end"));
+        tx.writable().await.expect("an empty pipe is writable");
+        let (lines, task) = PipeLines::start(tx, budget.clone(), "test", every(0));
+        let sent: Vec<String> = (0..100).map(|n| format!("line {n}")).collect();
+        send_all(&lines, &budget, &sent);
+        let mut nothing = [0u8; 16];
+        let early = rx.read(&mut nothing);
+        assert_eq!(
+            early.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "nothing written before the senders yield"
+        );
+        drop(lines);
+        task.await.expect("the writer task ends");
+        let mut text = String::new();
+        rx.read_to_string(&mut text).expect("the lines");
+        let expected: String = sent.iter().map(|l| format!("{l}\n")).collect();
+        assert_eq!(text, expected, "every line, in order, in one go");
+    }
+
+    /// A reader slower than the senders, so the writer task keeps waiting for room mid-write
+    /// while the senders try early writes: the order must hold all the same (it breaks when
+    /// a sender may write while the writer task has bytes in hand).
+    #[tokio::test]
+    async fn pipe_lines_keep_their_order_while_the_writer_task_waits_for_room() {
+        use std::io::BufRead as _;
+
+        const LINES: usize = 3000;
+        let budget = ByteBudget::new(256 * 1024);
+        let (tx, rx) = pipe::pipe().expect("a pipe");
+        let rx = blocking_reader(rx);
+        let reader = std::thread::spawn(move || {
+            let mut rx = std::io::BufReader::with_capacity(4096, rx);
+            let mut got = Vec::new();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match rx.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                got.push(line.trim_end_matches('\n').to_owned());
+                if got.len() % 50 == 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            }
+            got
+        });
+        let (lines, task) = PipeLines::start(tx, budget.clone(), "test", every(3));
+        let mut sent = Vec::with_capacity(LINES);
+        for n in 0..LINES {
+            // Lines of different lengths (a few bytes to a few KiB): writes end mid-line.
+            let line = format!("{n} {}", "x".repeat((n * 7919) % 4000));
+            let charge = budget.charge(line.len()).await.expect("the budget is open");
+            lines
+                .line(line.clone().into_bytes(), charge)
+                .expect("the pipe is open");
+            sent.push(line);
+            if n % 5 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(lines);
+        tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            .await
+            .expect("the writer task ends within 30 s")
+            .expect("the writer task ends");
+        let got = reader.join().expect("the reader thread");
+        assert_eq!(got.len(), sent.len(), "every line arrived");
+        for (n, (got, sent)) in got.iter().zip(&sent).enumerate() {
+            assert!(got == sent, "line {n} arrived out of order or torn");
+        }
+    }
+
+    #[tokio::test]
+    async fn pipe_lines_hold_back_a_peer_that_does_not_read_and_lose_nothing() {
+        const BYTES: usize = 256 * 1024;
+        let budget = ByteBudget::new(BYTES);
+        let (tx, mut rx) = pipe::pipe().expect("a pipe");
+        let (lines, task) = PipeLines::start(tx, budget.clone(), "test", every(4));
+        let line = "x".repeat(999);
+        // Far more than the pipe and the budget hold: the budget must run out first.
+        let mut sent = 0usize;
+        for _ in 0..10 * BYTES / 1000 {
+            let Some(charge) = budget.try_charge(line.len()) else {
+                break;
+            };
+            lines
+                .line(line.as_bytes().to_vec(), charge)
+                .expect("the pipe is open");
+            sent += 1;
+            tokio::task::yield_now().await;
+        }
+        // Linux pipes hold at most 1 MiB by default (64 KiB unless resized).
+        assert!(
+            sent * 1000 <= BYTES + 1024 * 1024,
+            "the senders were stopped once the budget and the pipe were full ({sent} lines)"
+        );
+        assert!(
+            sent * 1000 > 64 * 1024,
+            "more was sent than the pipe holds ({sent} lines)"
+        );
+        let reading = tokio::spawn(async move {
+            let mut text = String::new();
+            rx.read_to_string(&mut text).await.map(|_| text)
+        });
+        lines.close();
+        assert!(
+            lines
+                .line(
+                    b"late".to_vec(),
+                    ByteBudget::new(8).try_charge(4).expect("room")
+                )
+                .is_err(),
+            "a line after close is given back"
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            .await
+            .expect("the writer task ends within 30 s")
+            .expect("the writer task ends");
+        let text = reading.await.expect("the reader").expect("the text");
+        assert!(
+            text == format!("{line}\n").repeat(sent),
+            "every line, in order"
+        );
+        assert_eq!(budget.available(), BYTES, "every charge was given back");
+    }
+
+    #[tokio::test]
+    async fn pipe_lines_after_the_peer_is_gone_are_given_back_and_the_budget_closes() {
+        let budget = ByteBudget::new(64 * 1024);
+        let (tx, rx) = pipe::pipe().expect("a pipe");
+        drop(rx);
+        let (lines, task) = PipeLines::start(tx, budget.clone(), "test", every(1));
+        let charge = budget.try_charge(5).expect("room");
+        lines
+            .line(b"first".to_vec(), charge)
+            .expect("taken: the write error is the writer task's to report");
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the writer task ends within 10 s")
+            .expect("the writer task ends on the write error");
+        assert!(
+            budget.try_charge(4).is_none(),
+            "the budget is closed: no one waits for room"
+        );
+        assert_eq!(
+            lines.line(
+                b"next".to_vec(),
+                ByteBudget::new(8).try_charge(4).expect("room")
+            ),
+            Err(b"next".to_vec()),
+            "given back to its sender"
+        );
+    }
 }
