@@ -172,8 +172,11 @@ struct PipeShared {
 struct PipeState {
     /// `None` once closed or after a write failed: later lines are given back.
     pipe: Option<Arc<pipe::Sender>>,
-    /// Lines not written yet, each with its newline, in order.
+    /// Lines not written yet, each with its newline, in order; empty once all is written.
     buf: Vec<u8>,
+    /// Bytes at `buf`'s start already in the pipe (an early write that took part of it):
+    /// skipped, not moved, so a large buffer is never shifted per write.
+    done: usize,
     /// The charges of the bytes in `buf`.
     charge: Option<Charge>,
     /// Lines added since the last write tried.
@@ -261,12 +264,14 @@ impl PipeLines {
         state.early_writes += 1;
         let pipe = state.pipe.as_ref()?;
         // A pipe that would block, or failed, is the writer task's to wait for (or report).
-        let written = pipe.try_write(&state.buf).ok()?;
-        state.buf.drain(..written);
-        match state.buf.is_empty() {
-            true => state.charge.take(),
-            false => None,
+        let written = pipe.try_write(&state.buf[state.done..]).ok()?;
+        state.done += written;
+        if state.done < state.buf.len() {
+            return None;
         }
+        state.buf.clear();
+        state.done = 0;
+        state.charge.take()
     }
 
     /// No line will follow: the writer task writes what is left, then closes the pipe.
@@ -291,10 +296,11 @@ async fn write_pipe(shared: Arc<PipeShared>, budget: ByteBudget, side: &'static 
             let mut state = crate::sync::lock(&shared.state);
             if !state.buf.is_empty() {
                 std::mem::swap(&mut state.buf, &mut chunk);
+                let done = std::mem::take(&mut state.done);
                 state.writing = true;
                 state.since_write = 0;
                 state.early_writes = 0;
-                Some((state.pipe.clone(), state.charge.take()))
+                Some((state.pipe.clone(), state.charge.take(), done))
             } else if state.closing {
                 state.pipe = None;
                 break;
@@ -302,12 +308,12 @@ async fn write_pipe(shared: Arc<PipeShared>, budget: ByteBudget, side: &'static 
                 None
             }
         };
-        let Some((pipe, charge)) = taken else {
+        let Some((pipe, charge, done)) = taken else {
             shared.wake.notified().await;
             continue;
         };
         let result = match &pipe {
-            Some(pipe) => write_all(pipe, &chunk).await,
+            Some(pipe) => write_all(pipe, &chunk[done..]).await,
             None => Ok(()),
         };
         drop(pipe);
@@ -325,6 +331,7 @@ async fn write_pipe(shared: Arc<PipeShared>, budget: ByteBudget, side: &'static 
             // with it), and later lines are given back to their senders.
             state.pipe = None;
             state.buf = Vec::new();
+            state.done = 0;
             let charge = state.charge.take();
             drop(state);
             drop(charge);
