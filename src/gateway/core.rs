@@ -60,7 +60,7 @@ use super::args::RawArgs;
 use super::budget::{ByteBudget, Charge};
 use super::call::{CallAnswer, Deciding, Queued, ToolsPage};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Shape, code};
-use super::line_writer::{Early, Out, PipeLines, write_lines};
+use super::line_writer::{EARLY, Out, PipeLines, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
 use crate::policy::store::worker::{Answered, Answers};
@@ -397,7 +397,7 @@ impl Queue {
                 (queue, None)
             }
             Output::Pipe(pipe) => {
-                let (lines, task) = PipeLines::start(pipe, budget.clone(), side, early(side));
+                let (lines, task) = PipeLines::start(pipe, budget.clone(), side, EARLY);
                 let queue = Queue {
                     to: To::Pipe(lines),
                     budget,
@@ -501,25 +501,6 @@ impl Queue {
             To::Pipe(pipe) => pipe.close(),
         }
     }
-}
-
-// TEMPORARY (measurement only): TOOLGATE_PIPE_EARLY_UPSTREAM / _CLIENT = "first,every".
-fn early(side: &str) -> Early {
-    let var = match side {
-        "upstream" => "TOOLGATE_PIPE_EARLY_UPSTREAM",
-        _ => "TOOLGATE_PIPE_EARLY_CLIENT",
-    };
-    let parsed = std::env::var(var).ok().and_then(|v| {
-        let (first, every) = v.split_once(',')?;
-        Some(Early {
-            first: first.parse().ok()?,
-            every: every.parse().ok()?,
-        })
-    });
-    parsed.unwrap_or(Early {
-        first: 16,
-        every: 16,
-    })
 }
 
 impl Drop for Queue {
