@@ -117,7 +117,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(WrapError::Spawn(e)) => Err(e.into()),
-        Err(e @ WrapError::Panicked) => Err(e.into()),
+        Err(e @ (WrapError::Panicked | WrapError::Stdin(_))) => Err(e.into()),
         Err(e @ WrapError::ServerDied { .. }) => {
             tracing::error!("{e}");
             Ok(ExitCode::from(1))

@@ -23,7 +23,10 @@
 //! the counter store answers them (through one channel, a batch's answers at once). A
 //! transport that takes whole lines itself (`serve`'s links, [`Output::Lines`]) has no
 //! writer task on its side: each line is handed on in the task that sends it, charged to
-//! the same budget until the transport is done with it. Each queue is bounded in bytes by a [`ByteBudget`] of
+//! the same budget until the transport is done with it. `wrap`'s pipes ([`Output::Pipe`])
+//! have a writer task, but the task that sends a burst of lines writes its first lines
+//! itself ([`PipeLines`]), so the peer starts on them while the rest are decided. Each
+//! queue is bounded in bytes by a [`ByteBudget`] of
 //! 2 × `--max-message` + 64 KiB as well as in count: a line is charged before it is queued
 //! and its bytes come back once the writer wrote it, so a peer that stops reading makes the
 //! sender's reader wait (it stops reading in turn) instead of growing the gateway's memory.
@@ -57,7 +60,7 @@ use super::args::RawArgs;
 use super::budget::{ByteBudget, Charge};
 use super::call::{CallAnswer, Deciding, Queued, ToolsPage};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Shape, code};
-use super::line_writer::{Out, write_lines};
+use super::line_writer::{EARLY, Out, PipeLines, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
 use crate::policy::store::worker::{Answered, Answers};
@@ -146,9 +149,10 @@ where
     .await
 }
 
-/// [`run`], with each side's lines written to a byte stream by a writer task of its own, or
+/// [`run`], with each side's lines written to a byte stream by a writer task of its own,
 /// handed to the transport in the task that sends them ([`Output::Lines`]: `serve`'s links,
-/// where a writer task would be one more hand-over per message).
+/// where a writer task would be one more hand-over per message), or written to a pipe
+/// partly by the senders ([`Output::Pipe`]: `wrap`).
 pub(crate) async fn run_outputs<CR, CW, UR, UW>(
     gateway: Arc<Gateway>,
     client_reader: CR,
@@ -320,6 +324,9 @@ pub(crate) enum Output<W> {
     Stream(W),
     /// A transport's own hand-over, called in the task that sends each line.
     Lines(Box<dyn LineOut>),
+    /// A non-blocking pipe, written by the tasks that send the lines or by a writer task
+    /// ([`PipeLines`]: `wrap`'s pipes).
+    Pipe(tokio::net::unix::pipe::Sender),
 }
 
 /// What an [`Output::Lines`] transport does with the lines the core sends one side.
@@ -344,6 +351,8 @@ enum To {
     Writer(mpsc::Sender<Out>),
     /// Handed on in place; `None` once closed.
     Lines(Mutex<Option<Box<dyn LineOut>>>),
+    /// A pipe's buffer, written by the senders or its writer task.
+    Pipe(PipeLines),
 }
 
 impl std::fmt::Debug for Queue {
@@ -351,6 +360,7 @@ impl std::fmt::Debug for Queue {
         let to = match self.to {
             To::Writer(_) => "writer task",
             To::Lines(_) => "lines handed on",
+            To::Pipe(_) => "pipe",
         };
         f.debug_struct("Queue")
             .field("to", &to)
@@ -385,6 +395,14 @@ impl Queue {
                     budget,
                 };
                 (queue, None)
+            }
+            Output::Pipe(pipe) => {
+                let (lines, task) = PipeLines::start(pipe, budget.clone(), side, EARLY);
+                let queue = Queue {
+                    to: To::Pipe(lines),
+                    budget,
+                };
+                (queue, Some(task))
             }
         }
     }
@@ -434,6 +452,7 @@ impl Queue {
                 Ok(())
             }
             To::Lines(lines) => Queue::hand_on(lines, line, charge),
+            To::Pipe(pipe) => pipe.line(line, charge),
         };
         if sent.is_ok() {
             // The waits taken before counted against the task's share of the runtime, so a
@@ -460,6 +479,7 @@ impl Queue {
         match &self.to {
             To::Writer(tx) => tx.try_send(Out::Line(line, charge)).is_ok(),
             To::Lines(lines) => Queue::hand_on(lines, line, charge).is_ok(),
+            To::Pipe(pipe) => pipe.line(line, charge).is_ok(),
         }
     }
 
@@ -478,6 +498,7 @@ impl Queue {
                 // As when a writer task ends: whoever waits for room stops waiting.
                 self.budget.close();
             }
+            To::Pipe(pipe) => pipe.close(),
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{oneshot, watch};
 
 use super::Gateway;
-use super::core::{self, End, RunOptions};
+use super::core::{self, End, Output, RunOptions};
 use super::upstream::{ServerCommand, ServerProcess, SpawnError};
 use crate::wire::{EventKind, Upstream};
 
@@ -29,6 +29,8 @@ pub(crate) enum WrapError {
     Spawn(#[from] SpawnError),
     #[error("the MCP server `{command}` exited mid-session ({status})")]
     ServerDied { command: String, status: String },
+    #[error("the MCP server's stdin could not be set up as a pipe: {0}")]
+    Stdin(std::io::Error),
     #[error(
         "the gateway failed with an internal error and ended the session (see the log above); \
          please report it"
@@ -86,6 +88,8 @@ pub(crate) async fn wrap(
         stdin: server_in,
         stdout: server_out,
     } = server;
+    // Dropping `process` on this error stops the server.
+    let server_in = server_output(server_in).map_err(WrapError::Stdin)?;
     let hub = gateway.hub.clone();
     let server_name = gateway.server.to_string();
     hub.publish(EventKind::Upstream(Upstream {
@@ -108,7 +112,7 @@ pub(crate) async fn wrap(
     });
 
     let (client_in, client_out) = client_streams();
-    let end = core::run(
+    let end = core::run_outputs(
         gateway,
         BufReader::with_capacity(64 * 1024, client_in),
         client_out,
@@ -146,11 +150,20 @@ pub(crate) async fn wrap(
 type ClientRead = Box<dyn AsyncRead + Send + Unpin>;
 type ClientWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// The server's stdin (a pipe: the server is spawned with piped stdio) as the core's
+/// output, written by the core's tasks themselves ([`Output::Pipe`]).
+fn server_output(stdin: ChildStdin) -> std::io::Result<Output<ClientWrite>> {
+    let pipe = stdin
+        .into_owned_fd()
+        .and_then(tokio::net::unix::pipe::Sender::from_owned_fd)?;
+    Ok(Output::Pipe(pipe))
+}
+
 /// This process's stdin and stdout as async streams. Pipes and sockets (what MCP clients
 /// spawn servers with) are driven by the reactor directly; `tokio::io::stdin`/`stdout` hand
 /// every read and write to a blocking thread, which costs tens of microseconds per message.
 /// Anything else (a terminal, a file) falls back to those.
-fn client_streams() -> (ClientRead, ClientWrite) {
+fn client_streams() -> (ClientRead, Output<ClientWrite>) {
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -166,10 +179,11 @@ fn client_streams() -> (ClientRead, ClientWrite) {
         Some(Stream::Socket(sock)) => Box::new(sock),
         _ => Box::new(tokio::io::stdin()),
     };
-    let stdout: ClientWrite = match stdout {
-        Some(Stream::Pipe(Pipe::Write(tx))) => Box::new(tx),
-        Some(Stream::Socket(sock)) => Box::new(sock),
-        _ => Box::new(tokio::io::stdout()),
+    let stdout = match stdout {
+        // Written by the core's tasks themselves (see `Output::Pipe`).
+        Some(Stream::Pipe(Pipe::Write(tx))) => Output::Pipe(tx),
+        Some(Stream::Socket(sock)) => Output::Stream(Box::new(sock) as ClientWrite),
+        _ => Output::Stream(Box::new(tokio::io::stdout()) as ClientWrite),
     };
     (stdin, stdout)
 }
