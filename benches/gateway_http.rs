@@ -25,6 +25,13 @@
 //! Targets (issue 15): ≤ 100 µs added per call at the median; ≥ 50 % of direct throughput
 //! with 64 calls in flight.
 //!
+//! Each 64-in-flight phase also prints what it cost: CPU time per call of `serve` and of this
+//! process (the load driver and the upstream together; `/proc/PID/task/*/schedstat`), the
+//! gateway's context switches per call (how often its threads slept: a gateway that never
+//! runs out of work sleeps almost never), and the share of the machine left idle or taken by
+//! niced work of others (`/proc/stat`), so a run says whether a core idled (a convoy) or the
+//! gateway's thread was the bottleneck.
+//!
 //! To compare binaries or settings in one sitting, `TOOLGATE=PATH` runs another `toolgate`
 //! binary as the gateway and `TOOLGATE_SERVE_ARGS="--threads 2"` adds arguments to `serve`.
 
@@ -212,6 +219,90 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// CPU time of every thread of process `pid` so far (`/proc/PID/task/*/schedstat`, in
+/// nanoseconds), and its context switches (voluntary and not).
+fn process_cpu(pid: u32) -> (Duration, u64) {
+    let mut cpu = 0u64;
+    let mut switches = 0u64;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (Duration::ZERO, 0);
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        if let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) {
+            cpu += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        if let Ok(status) = std::fs::read_to_string(path.join("status")) {
+            switches += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    (Duration::from_nanos(cpu), switches)
+}
+
+/// The machine's idle, niced and total CPU ticks so far (`/proc/stat`'s `cpu` line; idle
+/// counts iowait too). Niced work is counted apart: on a shared machine it is what others'
+/// builds ran (at nice 19) in time this bench's processes left them.
+fn machine_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (
+        idle,
+        fields.get(1).copied().unwrap_or(0),
+        fields.iter().sum(),
+    )
+}
+
+/// What a 64-in-flight phase cost: CPU per call of the gateway and of this process (the
+/// load driver and the upstream), the gateway's context switches per call, and the
+/// machine's idle share while it ran.
+struct PhaseCost {
+    serve: (Duration, u64),
+    bench: (Duration, u64),
+    ticks: (u64, u64, u64),
+}
+
+impl PhaseCost {
+    fn start(serve: u32) -> PhaseCost {
+        PhaseCost {
+            serve: process_cpu(serve),
+            bench: process_cpu(std::process::id()),
+            ticks: machine_ticks(),
+        }
+    }
+
+    fn end(self, serve: u32, calls: usize) -> String {
+        let (serve_cpu, serve_cs) = process_cpu(serve);
+        let (bench_cpu, _) = process_cpu(std::process::id());
+        let (idle, nice, total) = machine_ticks();
+        let per_call = |d: Duration| micros(d) / calls.max(1) as f64;
+        let total = (total - self.ticks.2).max(1) as f64;
+        let idle_share = 100.0 * (idle - self.ticks.0) as f64 / total;
+        let nice_share = 100.0 * (nice - self.ticks.1) as f64 / total;
+        format!(
+            "serve {:.1} µs CPU/call ({:.2} switches/call), bench (driver + upstream) {:.1} µs CPU/call, machine idle {idle_share:.0} % (niced work of others {nice_share:.0} %)",
+            per_call(serve_cpu.saturating_sub(self.serve.0)),
+            (serve_cs - self.serve.1) as f64 / calls.max(1) as f64,
+            per_call(bench_cpu.saturating_sub(self.bench.0)),
+        )
+    }
+}
+
 async fn throughput(endpoint: &Arc<Endpoint>) -> f64 {
     let per_task = IN_FLIGHT_CALLS / IN_FLIGHT;
     let mut connections = Vec::with_capacity(IN_FLIGHT);
@@ -293,8 +384,16 @@ fn main() {
         .expect("runtime");
     let (direct_arc, gateway_arc) = (Arc::new(direct.clone()), Arc::new(gateway.clone()));
     runtime.block_on(async {
+        let pid = serve.child.id();
+        let calls = (IN_FLIGHT_CALLS / IN_FLIGHT) * IN_FLIGHT;
+        let cost = PhaseCost::start(pid);
         let direct_rate = throughput(&direct_arc).await;
+        let direct_cost = cost.end(pid, calls);
+        let cost = PhaseCost::start(pid);
         let gateway_rate = throughput(&gateway_arc).await;
+        let gateway_cost = cost.end(pid, calls);
+        println!("summary: {IN_FLIGHT} in flight, direct: {direct_cost}");
+        println!("summary: {IN_FLIGHT} in flight, through serve: {gateway_cost}");
         println!(
             "summary: {IN_FLIGHT} in flight: direct {direct_rate:.0} calls/s, through serve {gateway_rate:.0} calls/s, {:.0} % of direct (target ≥ 50 %)",
             100.0 * gateway_rate / direct_rate

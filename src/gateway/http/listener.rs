@@ -142,7 +142,8 @@ struct KnownToken {
     /// The grants it was checked against: kept alive, so that a reload (a new set) is
     /// never mistaken for this one.
     grants: Arc<Grants>,
-    grant: String,
+    /// Shared with every request that presents the token: no copy per request.
+    grant: Arc<str>,
 }
 
 impl Peer {
@@ -151,7 +152,7 @@ impl Peer {
     /// makes the next request check again). An agent sends the same token on every request
     /// of a connection: this spares each one the SHA-256 and the comparison with every
     /// stored hash. The comparison with the remembered token is in constant time.
-    pub(crate) fn known_grant(&self, token: &str, grants: &Arc<Grants>) -> Option<String> {
+    pub(crate) fn known_grant(&self, token: &str, grants: &Arc<Grants>) -> Option<Arc<str>> {
         let known = lock(&self.token);
         let known = known.as_ref()?;
         let same = Arc::ptr_eq(&known.grants, grants)
@@ -160,11 +161,11 @@ impl Peer {
     }
 
     /// Remembers that `token` named `grant` under `grants`.
-    pub(crate) fn remember_grant(&self, token: &str, grants: Arc<Grants>, grant: &str) {
+    pub(crate) fn remember_grant(&self, token: &str, grants: Arc<Grants>, grant: Arc<str>) {
         *lock(&self.token) = Some(KnownToken {
             token: token.as_bytes().into(),
             grants,
-            grant: grant.to_owned(),
+            grant,
         });
     }
 
@@ -659,17 +660,19 @@ async fn request(
     let (mut parts, body) = req.into_parts();
     peer.in_request(true);
     let answered = peer.clone();
-    let body = Body::new(DeadlineBody {
+    let body = DeadlineBody {
         inner: body,
         deadline: tokio::time::Instant::now() + body_timeout,
         timer: None,
         late: late.clone(),
-    });
+    };
     let response = match super::plain_mcp_name(parts.uri.path()) {
+        // The body as it is, not boxed: read by the handler's own type.
         Some(name) => gateway.mcp_request(name, peer, &parts, body).await,
         None => {
             parts.extensions.insert(peer);
-            let Ok(response) = router.oneshot(Request::from_parts(parts, body)).await;
+            let request = Request::from_parts(parts, Body::new(body));
+            let Ok(response) = router.oneshot(request).await;
             response
         }
     };

@@ -271,7 +271,7 @@ impl HttpGateway {
 
     /// The grant of the request's bearer token; `peer` (the connection) remembers the last
     /// one it checked.
-    fn authenticate(&self, headers: &HeaderMap, peer: Option<&Peer>) -> Option<String> {
+    fn authenticate(&self, headers: &HeaderMap, peer: Option<&Peer>) -> Option<Arc<str>> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = value.trim().split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -282,9 +282,9 @@ impl HttpGateway {
         if let Some(grant) = peer.and_then(|p| p.known_grant(token, &grants)) {
             return Some(grant);
         }
-        let grant = grants.authenticate(token)?.to_owned();
+        let grant: Arc<str> = grants.authenticate(token)?.into();
         if let Some(peer) = peer {
-            peer.remember_grant(token, grants.clone(), &grant);
+            peer.remember_grant(token, grants.clone(), grant.clone());
         }
         Some(grant)
     }
@@ -462,12 +462,12 @@ impl HttpGateway {
     /// A request to `/mcp/{name}` (see [`plain_mcp_name`]), answered without axum's router
     /// and extractors: the same checks and handler as [`handle`], on the request's own
     /// headers rather than a copy of them.
-    pub(crate) async fn mcp_request(
+    pub(crate) async fn mcp_request<B: RequestBody>(
         self: &Arc<Self>,
         name: &str,
         peer: Arc<Peer>,
         parts: &axum::http::request::Parts,
-        body: Body,
+        body: B,
     ) -> Response {
         mcp(self, name, Some(peer), &parts.method, &parts.headers, body).await
     }
@@ -475,13 +475,13 @@ impl HttpGateway {
 
 /// Every MCP request, in the order the module's doc gives: Origin, bearer token, server,
 /// then the method's own handler.
-async fn mcp(
+async fn mcp<B: RequestBody>(
     gw: &Arc<HttpGateway>,
     name: &str,
     peer: Option<Arc<Peer>>,
     method: &Method,
     headers: &HeaderMap,
-    body: Body,
+    body: B,
 ) -> Response {
     if !gw.origin_allowed(headers) {
         return plain(
@@ -509,11 +509,11 @@ async fn mcp(
     }
     let session = headers
         .get(SESSION_HEADER)
-        .map(|v| v.to_str().unwrap_or("").to_owned());
+        .map(|v| v.to_str().unwrap_or(""));
     match *method {
         Method::POST => post(gw, name, &grant, session, headers, body).await,
-        Method::GET => get(gw, name, &grant, session, headers),
-        Method::DELETE => delete(gw, name, &grant, session),
+        Method::GET => get(gw, name, &grant, session.map(str::to_owned), headers),
+        Method::DELETE => delete(gw, name, &grant, session.map(str::to_owned)),
         _ => {
             let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE");
             resp.headers_mut()
@@ -606,13 +606,13 @@ fn routing_headers_agree(
     Ok(())
 }
 
-async fn post(
+async fn post<B: RequestBody>(
     gw: &Arc<HttpGateway>,
     server: &str,
     grant: &str,
-    session: Option<String>,
+    session: Option<&str>,
     headers: &HeaderMap,
-    body: Body,
+    body: B,
 ) -> Response {
     let max = gw.options.max_message;
     let bytes = match read_body(body, max).await {
@@ -665,7 +665,7 @@ async fn post(
     }
     let mut new_session = None;
     let link = match session {
-        Some(sid) => match gw.session(&sid, server, grant) {
+        Some(sid) => match gw.session(sid, server, grant) {
             Some(link) => link,
             None => {
                 return rpc_error(
@@ -725,7 +725,7 @@ async fn post(
 /// past its deadline). A body that comes as one frame, as almost every one does, is taken as
 /// it came: only a body in several frames is gathered into a buffer (a general collector
 /// queues every frame first).
-async fn read_body(mut body: Body, max: usize) -> Option<Bytes> {
+async fn read_body<B: RequestBody>(mut body: B, max: usize) -> Option<Bytes> {
     use http_body_util::BodyExt;
     let mut whole: Option<Bytes> = None;
     let mut gathered: Vec<u8> = Vec::new();
@@ -750,6 +750,12 @@ async fn read_body(mut body: Body, max: usize) -> Option<Bytes> {
     }
     Some(whole.unwrap_or_else(|| Bytes::from(gathered)))
 }
+
+/// What a request's body may be: axum's (through the router) or the listener's own, unboxed
+/// (`/mcp/{name}`, [`HttpGateway::mcp_request`]).
+pub(crate) trait RequestBody: hyper::body::Body<Data = Bytes> + Unpin + Send {}
+
+impl<B: hyper::body::Body<Data = Bytes> + Unpin + Send> RequestBody for B {}
 
 /// Cancels a request in the core when dropped before its answer came.
 struct CancelOnDrop {

@@ -360,7 +360,11 @@ impl Remote {
     }
 
     async fn deliver(&self, message: &[u8]) {
-        let line = one_line(message);
+        self.deliver_line(one_line(message)).await;
+    }
+
+    /// Queues a line (one message, no line breaks) for the core once it fits the budget.
+    async fn deliver_line(&self, line: Vec<u8>) {
         let Some(charge) = self.to_core_budget.charge(line.len()).await else {
             return;
         };
@@ -422,29 +426,36 @@ impl Remote {
             *lock(&self.plain_post) = None;
         }
         if event_stream && status.is_success() {
-            return self.relay_stream(&mut resp, id, routing).await;
+            // Boxed: the parser's state would otherwise enlarge every request's future.
+            return Box::pin(self.relay_stream(&mut resp, id, routing)).await;
         }
         let body = read_capped(&mut resp, self.max).await?;
-        if json
+        // `None`: no JSON-RPC answer; `Some(None)`: the body itself is the answer.
+        let answer = if json
             && let Parsed::Message(env) = jsonrpc::parse(&body)
             && (env.result.is_some() || env.error.is_some())
         {
             if status.is_success() {
                 self.answered(&env, routing);
-                self.deliver(&body).await;
+                Some(None)
             } else {
                 // An error sent with an HTTP error status may carry a null id.
-                let answer = match env.error {
-                    Some(error) => format!(
+                Some(env.error.map(|error| {
+                    format!(
                         r#"{{"jsonrpc":"2.0","id":{},"error":{}}}"#,
                         id.json(),
                         error.get()
                     )
-                    .into_bytes(),
-                    None => body.clone(),
-                };
-                self.deliver(&answer).await;
+                    .into_bytes()
+                }))
             }
+        } else {
+            None
+        };
+        if let Some(answer) = answer {
+            // The body as it came, made one line in place (no copy).
+            self.deliver_line(into_one_line(answer.unwrap_or(body)))
+                .await;
             return Ok(());
         }
         if status == StatusCode::NOT_FOUND && lock(&self.session).is_some() {
@@ -583,7 +594,27 @@ fn one_line(message: &[u8]) -> Vec<u8> {
     line
 }
 
-/// Reads a response body, refusing one larger than `max` (before buffering it whole).
+/// [`one_line`] in place: the same bytes, without a copy (and with room for the newline the
+/// core's queue adds, when the buffer had it).
+fn into_one_line(mut message: Vec<u8>) -> Vec<u8> {
+    let end = message.trim_ascii_end().len();
+    message.truncate(end);
+    let start = message.len() - message.trim_ascii_start().len();
+    if start > 0 {
+        message.drain(..start);
+    }
+    for b in &mut message {
+        if *b == b'\n' || *b == b'\r' {
+            *b = b' ';
+        }
+    }
+    message
+}
+
+/// Reads a response body, refusing one larger than `max` (before buffering it whole). The
+/// buffer is sized by the first piece, with room for the newline the core's queue adds
+/// ([`super::pipe::LineSource`]), so a body that comes whole (almost every one) is copied
+/// once and never moved again.
 async fn read_capped(resp: &mut Answer, max: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
@@ -593,6 +624,9 @@ async fn read_capped(resp: &mut Answer, max: usize) -> Result<Vec<u8>, String> {
                     return Err(format!(
                         "the MCP server's answer is larger than the gateway accepts ({max} bytes; --max-message)"
                     ));
+                }
+                if body.capacity() == 0 {
+                    body.reserve_exact(chunk.len() + 1);
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -622,6 +656,26 @@ mod tests {
             b"{   \"a\": 1  }".to_vec()
         );
         assert_eq!(one_line(b"{\"a\":1}"), b"{\"a\":1}".to_vec());
+    }
+
+    #[test]
+    fn a_body_becomes_one_line_in_place_exactly_as_a_copy_would() {
+        let cases: [&[u8]; 7] = [
+            b"{\n  \"a\": 1\r\n}\n",
+            b"{\"a\":1}",
+            b"  \r\n{\"a\":\n1} \t\n",
+            b"",
+            b" \n\r\t ",
+            b"\n{}",
+            b"{\"s\":\"x\\ny\"}\r",
+        ];
+        for case in cases {
+            let mut buffer = Vec::with_capacity(case.len() + 1);
+            buffer.extend_from_slice(case);
+            let line = into_one_line(buffer);
+            assert_eq!(line, one_line(case), "{:?}", String::from_utf8_lossy(case));
+            assert!(!line.contains(&b'\n') && !line.contains(&b'\r'));
+        }
     }
 
     #[test]

@@ -133,25 +133,30 @@ impl Upstream {
     ) -> Result<Answer, String> {
         match &self.route {
             Route::Direct(direct) => direct.send(method, headers, body).await,
+            // reqwest's future is large and this route rare: boxed, so that every request's
+            // future (moved into `remote`'s set of requests in flight) stays small.
             Route::General { client, url, text } => {
                 let req = match url {
                     Some(url) => client.request(method, url.clone()),
                     None => client.request(method, text.as_str()),
                 };
-                let resp = req
-                    .headers(headers)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
-                Ok(Answer {
-                    status: resp.status(),
-                    headers: resp.headers().clone(),
-                    body: AnswerBody::General(resp),
-                })
+                Box::pin(general_send(req.headers(headers).body(body))).await
             }
         }
     }
+}
+
+/// Sends a request through reqwest.
+async fn general_send(req: reqwest::RequestBuilder) -> Result<Answer, String> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
+    Ok(Answer {
+        status: resp.status(),
+        headers: resp.headers().clone(),
+        body: AnswerBody::General(resp),
+    })
 }
 
 impl Direct {
@@ -197,7 +202,10 @@ impl Direct {
         loop {
             let (mut sender, fresh) = match self.take_idle() {
                 Some(sender) => (sender, false),
-                None => (self.connect().await?, true),
+                // Boxed: opening a connection is rare once the session runs, and its
+                // future (resolving, connecting, the handshake) would otherwise make every
+                // request's larger.
+                None => (Box::pin(self.connect()).await?, true),
             };
             if let Err(e) = sender.ready().await {
                 if fresh {
