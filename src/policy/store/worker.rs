@@ -483,7 +483,8 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut after: Vec<Work> = Vec::new();
     let mut known = Known::default();
-    while let Some(job) = rx.blocking_recv() {
+    let mut waiting = Waiting::default();
+    while let Some(job) = waiting.next(&mut rx) {
         let mut next = Some(job);
         // Everything that queued up meanwhile goes into the same transaction.
         while let Some(job) = next.take() {
@@ -512,6 +513,65 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
             known.forget();
             work(store);
         }
+    }
+}
+
+/// How long the store thread looks for its next job before it sleeps, at most (see
+/// [`Waiting`]).
+fn spin_for() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        Duration::from_micros(
+            std::env::var("TOOLGATE_STORE_SPIN_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        )
+    })
+}
+
+/// How the store thread waits for its next job: it sleeps in the queue, woken by the sender
+/// (on a virtual machine, waking a thread whose CPU halted costs the call that woke it a
+/// system call and the woken thread its CPU's wake-up), or, when the last wait was shorter
+/// than [`spin_for`], first looks at the queue for that long without sleeping, so a job that
+/// comes that soon is taken at once and its sender wakes nobody.
+struct Waiting {
+    /// How long the last wait lasted (from the end of a batch to its next job).
+    last: Duration,
+}
+
+impl Default for Waiting {
+    fn default() -> Waiting {
+        Waiting {
+            last: Duration::MAX,
+        }
+    }
+}
+
+impl Waiting {
+    fn next(&mut self, rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+        let start = std::time::Instant::now();
+        let spin = spin_for();
+        if !spin.is_zero() && self.last <= spin {
+            loop {
+                for _ in 0..64 {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            self.last = start.elapsed();
+                            return Some(job);
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                        Err(mpsc::error::TryRecvError::Empty) => std::hint::spin_loop(),
+                    }
+                }
+                if start.elapsed() >= spin {
+                    break;
+                }
+            }
+        }
+        let job = rx.blocking_recv();
+        self.last = start.elapsed();
+        job
     }
 }
 
