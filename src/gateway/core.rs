@@ -1976,8 +1976,10 @@ const ANSWERS_AT_ONCE: usize = 256;
 /// thread could not give (it stopped) comes as an error, so every call waiting is settled.
 /// The task ends once the connection is closing and no call waits; what is answered after
 /// that is given back.
-async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<Answered>) {
+async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<Vec<Answered>>) {
     let mut batch: Vec<Answered> = Vec::with_capacity(ANSWERS_AT_ONCE);
+    // What the store thread sent: a batch's answers into this connection as one message.
+    let mut received: Vec<Vec<Answered>> = Vec::new();
     let mut settled: Vec<(Box<Waiting>, Result<Admission, StoreError>, bool)> = Vec::new();
     let mut late: Vec<Reservation> = Vec::new();
     let within = shared.gateway.store.answer_within();
@@ -2009,11 +2011,12 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                 .reset(tokio::time::Instant::from_std(wake_at + DEADLINE_STEP));
         }
         tokio::select! {
-            got = answered.recv_many(&mut batch, ANSWERS_AT_ONCE) => {
+            got = answered.recv_many(&mut received, ANSWERS_AT_ONCE) => {
                 if got == 0 {
                     // Not reached: `shared` keeps a sender.
                     break;
                 }
+                batch.extend(received.drain(..).flatten());
             }
             () = &mut timer => {}
             _ = closing.wait_for(|c| *c), if !closed => closed = true,
@@ -2075,9 +2078,11 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
         shared.gateway.release(&reservation);
     }
     answered.close();
-    while let Ok(Answered { answer, .. }) = answered.try_recv() {
-        if let Ok(Admission::Admitted(reservation)) = answer {
-            shared.gateway.release(&reservation);
+    while let Ok(answers) = answered.try_recv() {
+        for Answered { answer, .. } in answers {
+            if let Ok(Admission::Admitted(reservation)) = answer {
+                shared.gateway.release(&reservation);
+            }
         }
     }
 }
