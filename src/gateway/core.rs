@@ -60,7 +60,7 @@ use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Sh
 use super::line_writer::{Out, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
-use crate::policy::store::worker::{Answered, Answers};
+use crate::policy::store::worker::{Answered, AnsweredBatch, Answers};
 use crate::policy::{Admission, Decision, PinMode, Reservation, StoreError, Verdict};
 use crate::telemetry::CallSpans;
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
@@ -1976,10 +1976,10 @@ const ANSWERS_AT_ONCE: usize = 256;
 /// thread could not give (it stopped) comes as an error, so every call waiting is settled.
 /// The task ends once the connection is closing and no call waits; what is answered after
 /// that is given back.
-async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<Vec<Answered>>) {
+async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<AnsweredBatch>) {
     let mut batch: Vec<Answered> = Vec::with_capacity(ANSWERS_AT_ONCE);
     // What the store thread sent: a batch's answers into this connection as one message.
-    let mut received: Vec<Vec<Answered>> = Vec::new();
+    let mut received: Vec<AnsweredBatch> = Vec::new();
     let mut settled: Vec<(Box<Waiting>, Result<Admission, StoreError>, bool)> = Vec::new();
     let mut late: Vec<Reservation> = Vec::new();
     let within = shared.gateway.store.answer_within();

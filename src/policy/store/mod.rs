@@ -165,10 +165,12 @@ pub struct ReservedUnit {
     pub token: u64,
 }
 
-/// The units of one reservation: inline for the common one or two, so a reservation made on
-/// the store's thread and dropped on the runtime's costs neither a `malloc` nor a `free`
-/// across threads.
-pub(crate) type Units = SmallVec<[ReservedUnit; 2]>;
+/// The units of one reservation: inline for the common one (a call with one limit), so such
+/// a reservation, made on the store's thread and dropped on the runtime's, costs neither a
+/// `malloc` nor a `free` across threads. One, not two: a reservation travels inside every
+/// admission's answer and every call in flight, and two inline units would double what
+/// each of those moves copies.
+pub(crate) type Units = SmallVec<[ReservedUnit; 1]>;
 
 /// Units a decision took, to give back with [`CounterStore::release`] if the call does not
 /// go through (a hold denied or timed out, a transport failure). Release it at most once.

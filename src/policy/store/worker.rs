@@ -79,7 +79,7 @@ impl Reply {
                 let ticket = delivery.ticket;
                 match delivery.to.take() {
                     Some(to) => to
-                        .send(vec![Answered { ticket, answer }])
+                        .send(smallvec::smallvec![Answered { ticket, answer }])
                         .map_err(|mut unsent| match unsent.0.pop() {
                             Some(answered) => answered.answer,
                             None => Err(StoreError::new(StoreErrorKind::Other, "no answer")),
@@ -90,6 +90,10 @@ impl Reply {
         }
     }
 }
+
+/// The answers of one batch into one [`Answers`] channel, in the order asked: inline when
+/// one (a call in flight alone), so that case allocates nothing.
+pub(crate) type AnsweredBatch = smallvec::SmallVec<[Answered; 1]>;
 
 /// An admission's answer, delivered into the channel of [`Answers`] with its ticket.
 #[derive(Debug)]
@@ -109,13 +113,13 @@ pub(crate) struct Answered {
 /// [`Delivery`] answers with the error as it is dropped, so no caller waits for nothing.
 #[derive(Debug)]
 pub(crate) struct Answers {
-    to: mpsc::UnboundedSender<Vec<Answered>>,
+    to: mpsc::UnboundedSender<AnsweredBatch>,
     next_ticket: AtomicU64,
 }
 
 impl Answers {
     /// The channel, and its receiving end to drain.
-    pub(crate) fn channel() -> (Answers, mpsc::UnboundedReceiver<Vec<Answered>>) {
+    pub(crate) fn channel() -> (Answers, mpsc::UnboundedReceiver<AnsweredBatch>) {
         let (to, rx) = mpsc::unbounded_channel();
         let answers = Answers {
             to,
@@ -129,7 +133,7 @@ impl Answers {
 /// stopped, a batch unwound), it answers with the error a stopped thread gives.
 struct Delivery {
     /// `None` once sent, or when the admission was never queued.
-    to: Option<mpsc::UnboundedSender<Vec<Answered>>>,
+    to: Option<mpsc::UnboundedSender<AnsweredBatch>>,
     ticket: u64,
     fails_open: bool,
 }
@@ -141,7 +145,7 @@ impl Drop for Delivery {
                 StoreErrorKind::Other,
                 "the counter-store thread stopped before answering",
             );
-            let _ = to.send(vec![Answered {
+            let _ = to.send(smallvec::smallvec![Answered {
                 ticket: self.ticket,
                 answer: unanswered(stopped, self.fails_open),
             }]);
@@ -676,7 +680,7 @@ fn admit_batch(
     let runs = last_of_their_budgets(batch, &answers);
     let mut thens: Vec<(Reservation, Then)> = Vec::new();
     // The answers into each shared channel, sent together once every call is answered.
-    let mut into: Vec<(mpsc::UnboundedSender<Vec<Answered>>, Vec<Answered>)> = Vec::new();
+    let mut into: Vec<(mpsc::UnboundedSender<AnsweredBatch>, AnsweredBatch)> = Vec::new();
     let mut unsent: Vec<Result<Admission, StoreError>> = Vec::new();
     for ((queued, answer), runs) in batch.drain(..).zip(answers).zip(runs) {
         let then = match (&answer, queued.then) {
@@ -694,7 +698,7 @@ fn admit_batch(
                     };
                     match into.iter_mut().find(|(other, _)| other.same_channel(&to)) {
                         Some((_, answers)) => answers.push(answered),
-                        None => into.push((to, vec![answered])),
+                        None => into.push((to, smallvec::smallvec![answered])),
                     }
                 }
                 None => unsent.push(answer),
@@ -886,7 +890,7 @@ mod tests {
             ran.push(i);
         }
         // The one of `b`, and of `a` only the last, each with its own reservation.
-        assert_eq!(ran, [(2, "b".to_owned()), (4, "a".to_owned())]);
+        assert_eq!(ran, [(2, SmolStr::new("b")), (4, SmolStr::new("a"))]);
     }
 
     #[test]
