@@ -107,10 +107,11 @@ pub(crate) struct Answered {
 /// all the answers a batch delivered instead of once per call, with no task or oneshot per
 /// call. A batch's answers into one channel go as one message: sent one by one, a runtime
 /// running on the other CPU took the first ones while the rest were still being sent, and
-/// each such take cost the store thread another wake of the runtime (an `eventfd` write:
-/// 2.3 per batch at 64 in flight, measured). Each admission gets a ticket ([`StoreWorker::admit_into`]); its answer comes back
-/// with it, exactly once: if the store thread stops before answering, the admission's
-/// [`Delivery`] answers with the error as it is dropped, so no caller waits for nothing.
+/// each such take cost the store thread another wake of the runtime (an `eventfd` write: up
+/// to 4.4 per batch at 64 in flight, measured; README, "Store round 7"). Each admission gets
+/// a ticket ([`StoreWorker::admit_into`]); its answer comes back with it, exactly once: if
+/// the store thread stops before answering, the admission's [`Delivery`] answers with the
+/// error as it is dropped, so no caller waits for nothing.
 #[derive(Debug)]
 pub(crate) struct Answers {
     to: mpsc::UnboundedSender<AnsweredBatch>,
