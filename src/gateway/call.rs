@@ -343,10 +343,13 @@ impl Gateway {
     /// Publishes the state of the budgets an admission took units from, on the store's
     /// thread right after it (calls admitted together publish the state after them once).
     fn counters_publisher(&self) -> crate::policy::store::worker::Then {
-        let (policy, hub, clock) = (self.policy.clone(), self.hub.clone(), self.clock.clone());
-        Box::new(move |store, reservation| {
-            publish_counters(store, &policy.load(), &hub, clock.now_ms(), reservation);
-        })
+        let made = self.counters_publisher.get_or_init(|| {
+            let (policy, hub, clock) = (self.policy.clone(), self.hub.clone(), self.clock.clone());
+            Arc::new(move |store, reservation| {
+                publish_counters(store, &policy.load(), &hub, clock.now_ms(), reservation);
+            })
+        });
+        Arc::clone(made)
     }
 
     /// Publishes and audits the outcome of a call that went upstream (its record names

@@ -63,7 +63,7 @@ use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Sh
 use super::line_writer::{EARLY, Out, PipeLines, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
-use crate::policy::store::worker::{Answered, Answers};
+use crate::policy::store::worker::{Answered, AnsweredBatch, Answers};
 use crate::policy::{Admission, Decision, PinMode, Reservation, StoreError, Verdict};
 use crate::telemetry::CallSpans;
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
@@ -1997,8 +1997,10 @@ const ANSWERS_AT_ONCE: usize = 256;
 /// thread could not give (it stopped) comes as an error, so every call waiting is settled.
 /// The task ends once the connection is closing and no call waits; what is answered after
 /// that is given back.
-async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<Answered>) {
+async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<AnsweredBatch>) {
     let mut batch: Vec<Answered> = Vec::with_capacity(ANSWERS_AT_ONCE);
+    // What the store thread sent: a batch's answers into this connection as one message.
+    let mut received: Vec<AnsweredBatch> = Vec::new();
     let mut settled: Vec<(Box<Waiting>, Result<Admission, StoreError>, bool)> = Vec::new();
     let mut late: Vec<Reservation> = Vec::new();
     let within = shared.gateway.store.answer_within();
@@ -2030,11 +2032,12 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                 .reset(tokio::time::Instant::from_std(wake_at + DEADLINE_STEP));
         }
         tokio::select! {
-            got = answered.recv_many(&mut batch, ANSWERS_AT_ONCE) => {
+            got = answered.recv_many(&mut received, ANSWERS_AT_ONCE) => {
                 if got == 0 {
                     // Not reached: `shared` keeps a sender.
                     break;
                 }
+                batch.extend(received.drain(..).flatten());
             }
             () = &mut timer => {}
             _ = closing.wait_for(|c| *c), if !closed => closed = true,
@@ -2096,9 +2099,11 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
         shared.gateway.release(&reservation);
     }
     answered.close();
-    while let Ok(Answered { answer, .. }) = answered.try_recv() {
-        if let Ok(Admission::Admitted(reservation)) = answer {
-            shared.gateway.release(&reservation);
+    while let Ok(answers) = answered.try_recv() {
+        for Answered { answer, .. } in answers {
+            if let Ok(Admission::Admitted(reservation)) = answer {
+                shared.gateway.release(&reservation);
+            }
         }
     }
 }

@@ -127,6 +127,9 @@ pub struct Gateway {
     /// Learn mode's recorder (where observations can be kept); a call is recorded when
     /// `--learn` was given or the policy in force says `"learn": true`.
     pub(crate) learn: Option<Arc<crate::learn::record::Recorder>>,
+    /// What publishes the budgets' state after an admission, made on first use and shared by
+    /// every admission (see [`crate::policy::store::worker::Then`]).
+    counters_publisher: std::sync::OnceLock<crate::policy::store::worker::Then>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -163,6 +166,7 @@ impl Gateway {
             server_id: None,
             shadow_policy: None,
             learn: None,
+            counters_publisher: std::sync::OnceLock::new(),
         }
     }
 

@@ -250,6 +250,7 @@ impl HttpGateway {
                     ),
                     shadow_policy: b.shadow_policy.clone(),
                     learn: b.learn.clone(),
+                    counters_publisher: Default::default(),
                 })
             })
             .clone()

@@ -195,7 +195,7 @@ impl CounterStore for MemoryStore {
     fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
         let mut inner = self.lock();
         inner.latest_ms = inner.latest_ms.max(now_ms);
-        let mut units: Vec<ReservedUnit> = Vec::with_capacity(limits.len());
+        let mut units = super::Units::new();
         for (index, limit) in limits.iter().enumerate() {
             if limits[..index].iter().any(|l| l.same_budget(limit)) {
                 continue;
@@ -259,7 +259,7 @@ impl CounterStore for MemoryStore {
                 let start = first_in_window(&slot.times, now_ms, window_ms);
                 let used = (slot.times.len() - start) as u64;
                 (used > 0).then(|| KeyUsage {
-                    scope_key: k.scope_key.clone(),
+                    scope_key: k.scope_key.to_string(),
                     used,
                     next_free_in_ms: slot
                         .times

@@ -273,22 +273,19 @@ impl CounterStore for RedisStore {
                 .arg(limit.max)
                 .arg(limit.window_ms)
                 .arg(token.to_string())
-                .arg(&key.scope_key);
+                .arg(key.scope_key.as_str());
         }
         let reply: Vec<i64> = self.with_conn(|conn| invocation.invoke(conn))?;
         match reply.as_slice() {
-            [1, times @ ..] if times.len() == sent.len() => {
-                Ok(Admission::Admitted(Reservation::new(
-                    sent.into_iter()
-                        .zip(times)
-                        .map(|((_, key, token), &at)| ReservedUnit {
-                            key,
-                            at_ms: u64::try_from(at).unwrap_or(0),
-                            token,
-                        })
-                        .collect(),
-                )))
-            }
+            [1, times @ ..] if times.len() == sent.len() => Ok(Admission::Admitted(
+                Reservation::new(sent.into_iter().zip(times).map(|((_, key, token), &at)| {
+                    ReservedUnit {
+                        key,
+                        at_ms: u64::try_from(at).unwrap_or(0),
+                        token,
+                    }
+                })),
+            )),
             [0, i, retry] => {
                 let position = usize::try_from(*i - 1)
                     .ok()

@@ -1066,7 +1066,7 @@ impl CounterStore for SqliteStore {
         })?;
         let (used, oldest) = found.unwrap_or((0, None));
         Ok(KeyUsage {
-            scope_key: key.scope_key.clone(),
+            scope_key: key.scope_key.to_string(),
             used,
             next_free_in_ms: oldest
                 .filter(|_| used > 0)
@@ -1299,7 +1299,7 @@ fn admit_in<'c>(
         }
     }
     let taken = if refused.is_none() { taking.len() } else { 0 };
-    let mut units: Vec<ReservedUnit> = Vec::with_capacity(taken);
+    let mut units = super::Units::with_capacity(taken);
     let mut touched = if refused.is_none() { touched } else { None };
     for t in taking.iter_mut() {
         if refused.is_none() {

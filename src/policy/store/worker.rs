@@ -79,14 +79,21 @@ impl Reply {
                 let ticket = delivery.ticket;
                 match delivery.to.take() {
                     Some(to) => to
-                        .send(Answered { ticket, answer })
-                        .map_err(|unsent| unsent.0.answer),
+                        .send(smallvec::smallvec![Answered { ticket, answer }])
+                        .map_err(|mut unsent| match unsent.0.pop() {
+                            Some(answered) => answered.answer,
+                            None => Err(StoreError::new(StoreErrorKind::Other, "no answer")),
+                        }),
                     None => Err(answer),
                 }
             }
         }
     }
 }
+
+/// The answers of one batch into one [`Answers`] channel, in the order asked: inline when
+/// one (a call in flight alone), so that case allocates nothing.
+pub(crate) type AnsweredBatch = smallvec::SmallVec<[Answered; 1]>;
 
 /// An admission's answer, delivered into the channel of [`Answers`] with its ticket.
 #[derive(Debug)]
@@ -98,18 +105,22 @@ pub(crate) struct Answered {
 /// One channel that the admissions of many calls are answered into, in the order they were
 /// asked (a connection's limited calls): one task on the runtime drains it, woken once for
 /// all the answers a batch delivered instead of once per call, with no task or oneshot per
-/// call. Each admission gets a ticket ([`StoreWorker::admit_into`]); its answer comes back
-/// with it, exactly once: if the store thread stops before answering, the admission's
-/// [`Delivery`] answers with the error as it is dropped, so no caller waits for nothing.
+/// call. A batch's answers into one channel go as one message: sent one by one, a runtime
+/// running on the other CPU took the first ones while the rest were still being sent, and
+/// each such take cost the store thread another wake of the runtime (an `eventfd` write: up
+/// to 4.4 per batch at 64 in flight, measured; README, "Store round 7"). Each admission gets
+/// a ticket ([`StoreWorker::admit_into`]); its answer comes back with it, exactly once: if
+/// the store thread stops before answering, the admission's [`Delivery`] answers with the
+/// error as it is dropped, so no caller waits for nothing.
 #[derive(Debug)]
 pub(crate) struct Answers {
-    to: mpsc::UnboundedSender<Answered>,
+    to: mpsc::UnboundedSender<AnsweredBatch>,
     next_ticket: AtomicU64,
 }
 
 impl Answers {
     /// The channel, and its receiving end to drain.
-    pub(crate) fn channel() -> (Answers, mpsc::UnboundedReceiver<Answered>) {
+    pub(crate) fn channel() -> (Answers, mpsc::UnboundedReceiver<AnsweredBatch>) {
         let (to, rx) = mpsc::unbounded_channel();
         let answers = Answers {
             to,
@@ -123,7 +134,7 @@ impl Answers {
 /// stopped, a batch unwound), it answers with the error a stopped thread gives.
 struct Delivery {
     /// `None` once sent, or when the admission was never queued.
-    to: Option<mpsc::UnboundedSender<Answered>>,
+    to: Option<mpsc::UnboundedSender<AnsweredBatch>>,
     ticket: u64,
     fails_open: bool,
 }
@@ -135,10 +146,10 @@ impl Drop for Delivery {
                 StoreErrorKind::Other,
                 "the counter-store thread stopped before answering",
             );
-            let _ = to.send(Answered {
+            let _ = to.send(smallvec::smallvec![Answered {
                 ticket: self.ticket,
                 answer: unanswered(stopped, self.fails_open),
-            });
+            }]);
         }
     }
 }
@@ -151,8 +162,10 @@ pub(crate) enum Posted {
 }
 
 /// What runs with the store, on the worker's thread, right after an admission that took
-/// units: a gateway publishes the state of the budgets the call took them from.
-pub(crate) type Then = Box<dyn FnOnce(&dyn CounterStore, &Reservation) + Send>;
+/// units: a gateway publishes the state of the budgets the call took them from. Shared, not
+/// made per call: a gateway makes its publisher once and each admission carries a clone
+/// (one reference count, no allocation made on the runtime's thread and freed on this one).
+pub(crate) type Then = Arc<dyn Fn(&dyn CounterStore, &Reservation) + Send + Sync>;
 
 enum Job {
     Admit {
@@ -667,6 +680,9 @@ fn admit_batch(
     known.learn();
     let runs = last_of_their_budgets(batch, &answers);
     let mut thens: Vec<(Reservation, Then)> = Vec::new();
+    // The answers into each shared channel, sent together once every call is answered.
+    let mut into: Vec<(mpsc::UnboundedSender<AnsweredBatch>, AnsweredBatch)> = Vec::new();
+    let mut unsent: Vec<Result<Admission, StoreError>> = Vec::new();
     for ((queued, answer), runs) in batch.drain(..).zip(answers).zip(runs) {
         let then = match (&answer, queued.then) {
             (Ok(Admission::Admitted(reservation)), Some(then)) if runs => {
@@ -674,16 +690,39 @@ fn admit_batch(
             }
             _ => None,
         };
-        match queued.reply.send(answer) {
-            Ok(()) => {}
-            Err(Ok(Admission::Admitted(reservation))) => {
-                // The caller gave up waiting: nobody will use or give back these units.
-                store.release(&reservation);
-                known.forget_units_of(&reservation);
+        match queued.reply {
+            Reply::Into(mut delivery) => match delivery.to.take() {
+                Some(to) => {
+                    let answered = Answered {
+                        ticket: delivery.ticket,
+                        answer,
+                    };
+                    match into.iter_mut().find(|(other, _)| other.same_channel(&to)) {
+                        Some((_, answers)) => answers.push(answered),
+                        None => into.push((to, smallvec::smallvec![answered])),
+                    }
+                }
+                None => unsent.push(answer),
+            },
+            once => {
+                if let Err(answer) = once.send(answer) {
+                    unsent.push(answer);
+                }
             }
-            Err(_) => {}
         }
         thens.extend(then);
+    }
+    for (to, answers) in into {
+        if let Err(gone) = to.send(answers) {
+            unsent.extend(gone.0.into_iter().map(|answered| answered.answer));
+        }
+    }
+    for answer in unsent {
+        if let Ok(Admission::Admitted(reservation)) = answer {
+            // The caller gave up waiting: nobody will use or give back these units.
+            store.release(&reservation);
+            known.forget_units_of(&reservation);
+        }
     }
     thens
 }
@@ -836,7 +875,7 @@ mod tests {
         let mut answers = Vec::new();
         for (i, k) in ["a", "a", "b", "a", "a"].into_iter().enumerate() {
             let done_tx = done_tx.clone();
-            let then: Then = Box::new(move |_, reservation| {
+            let then: Then = Arc::new(move |_, reservation| {
                 let _ = done_tx.send((i, reservation.units()[0].key.scope_key.clone()));
             });
             answers.push(worker.admit_then(of(k), 2, Some(then)));
@@ -852,7 +891,7 @@ mod tests {
             ran.push(i);
         }
         // The one of `b`, and of `a` only the last, each with its own reservation.
-        assert_eq!(ran, [(2, "b".to_owned()), (4, "a".to_owned())]);
+        assert_eq!(ran, [(2, SmolStr::new("b")), (4, SmolStr::new("a"))]);
     }
 
     #[test]
@@ -866,7 +905,7 @@ mod tests {
             limits: of(k),
             now_ms: 1,
             reply: Reply::Once(oneshot::channel().0),
-            then: then.then(|| -> Then { Box::new(|_, _| {}) }),
+            then: then.then(|| -> Then { Arc::new(|_, _| {}) }),
         };
         let admitted = |k: &str| {
             Ok(Admission::Admitted(Reservation::new(vec![
@@ -914,8 +953,9 @@ mod tests {
         let (ran_tx, ran) = std::sync::mpsc::channel();
         for _ in 0..2 {
             let ran_tx = ran_tx.clone();
-            let then: Then = Box::new(move |_, _| {
-                let _ = ran_tx.send(());
+            let ran_tx = std::sync::Mutex::new(ran_tx);
+            let then: Then = Arc::new(move |_, _| {
+                let _ = ran_tx.lock().map(|tx| tx.send(()));
             });
             let _ = worker.admit_then(limit(1), 1, Some(then)).get().await;
         }
@@ -1011,9 +1051,12 @@ mod tests {
         now_ms: u64,
     ) -> (Reservation, KeyUsage) {
         let (tx, rx) = oneshot::channel();
-        let then: Then = Box::new(move |store, reservation| {
+        let tx = std::sync::Mutex::new(Some(tx));
+        let then: Then = Arc::new(move |store, reservation| {
             let key = &reservation.units()[0].key;
-            let _ = tx.send(store.usage_of(key, window_ms, now_ms));
+            if let Some(tx) = tx.lock().ok().and_then(|mut tx| tx.take()) {
+                let _ = tx.send(store.usage_of(key, window_ms, now_ms));
+            }
         });
         let reservation = match worker.admit_then(limit(5), at_ms, Some(then)).get().await {
             Ok(Admission::Admitted(reservation)) => reservation,
