@@ -157,6 +157,34 @@ pub(crate) fn plain_prefix(bytes: &[u8]) -> usize {
     j
 }
 
+/// Where the bytes from `start` that a JSON string holds as they are ([`plain_prefix`]) end
+/// in `line`. Fewer than eight bytes before the line's end (the last string of most lines:
+/// its tail would be read byte by byte), the line's last eight bytes are read as one word,
+/// those before `start` replaced by a plain byte first, so that nothing before the string
+/// can stop it or make a flag above it wrong.
+#[inline]
+fn plain_end(line: &[u8], start: usize) -> usize {
+    let rest = line.get(start..).unwrap_or_default();
+    let Some(last) = line.len().checked_sub(8) else {
+        return start + plain_prefix(rest);
+    };
+    if rest.len() >= 8 || start < last {
+        return start + plain_prefix(rest);
+    }
+    let word = line
+        .get(last..)
+        .and_then(|chunk| <[u8; 8]>::try_from(chunk).ok())
+        .map_or(0, u64::from_le_bytes);
+    // `start - last` (0..=8) bytes at the bottom of the word come before the string.
+    let before = (start - last) as u32;
+    let below = 1u64.checked_shl(8 * before).map_or(u64::MAX, |bit| bit - 1);
+    let plain = u64::from_le_bytes([b'a'; 8]);
+    match special_bytes((word & !below) | (plain & below)) {
+        0 => line.len(),
+        special => last + (special.trailing_zeros() / 8) as usize,
+    }
+}
+
 /// The high bit of each byte of `word` (eight bytes of text, the first lowest) that is `"`,
 /// `\` or a control character. A flag can be wrong only above a right one (a borrow moves
 /// up), so only the lowest flag may be read.
@@ -227,8 +255,7 @@ fn decode_inner(inner: &str) -> Cow<'_, str> {
 
 /// The keys of one object, for the duplicate check.
 struct Keys<'a> {
-    /// The first `held` are the object's first keys.
-    few: [Key<'a>; INLINE_KEYS],
+    few: [Option<Key<'a>>; INLINE_KEYS],
     held: usize,
     many: Vec<Cow<'a, str>>,
 }
@@ -236,10 +263,7 @@ struct Keys<'a> {
 impl<'a> Keys<'a> {
     fn new() -> Keys<'a> {
         Keys {
-            few: [Key {
-                raw: "",
-                escaped: false,
-            }; INLINE_KEYS],
+            few: [None; INLINE_KEYS],
             held: 0,
             many: Vec::new(),
         }
@@ -252,14 +276,15 @@ impl<'a> Keys<'a> {
             self.many.push(key.decoded());
             return false;
         }
-        if self.few[..self.held].iter().any(|k| k.same(key)) {
+        if self.few[..self.held].iter().flatten().any(|k| k.same(key)) {
             return true;
         }
-        if let Some(free) = self.few.get_mut(self.held) {
-            *free = key;
+        if self.held < INLINE_KEYS {
+            self.few[self.held] = Some(key);
             self.held += 1;
         } else {
-            self.many.extend(self.few.iter().map(|k| k.decoded()));
+            self.many
+                .extend(self.few.iter().flatten().map(|k| k.decoded()));
             self.many.push(key.decoded());
         }
         false
@@ -413,7 +438,7 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         loop {
             // Bytes of multi-byte characters are all >= 0x80: only these three stop the scan.
-            self.i += plain_prefix(self.b.get(self.i..).unwrap_or_default());
+            self.i = plain_end(self.b, self.i);
             match self.peek() {
                 Some(b'"') => {
                     self.i += 1;
@@ -1008,6 +1033,23 @@ mod tests {
                 .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
                 .unwrap_or(bytes.len());
             prop_assert_eq!(plain_prefix(&bytes), naive);
+        }
+
+        #[test]
+        fn plain_ends_stop_at_the_first_byte_from_the_start_a_string_cannot_hold_as_is(
+            line in prop::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), Just(0x00), Just(0x01), Just(0x1f), Just(0x20), Just(b'#'), Just(b']'), Just(0x7f), Just(0x80), Just(0xff), any::<u8>(), b'a'..=b'z'],
+                0..24,
+            ),
+        ) {
+            // Every start, the line's end included; special bytes before the start too.
+            for start in 0..=line.len() {
+                let naive = line[start..]
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                    .map_or(line.len(), |at| start + at);
+                prop_assert_eq!(plain_end(&line, start), naive, "from {}", start);
+            }
         }
 
         #[test]
