@@ -310,7 +310,11 @@ mod tests {
             u64::MAX,
             1_767_225_600_000,
         ] {
-            assert_eq!(super::timestamp_from_ms(at), chrono_timestamp(at), "{at} ms");
+            assert_eq!(
+                super::timestamp_from_ms(at),
+                chrono_timestamp(at),
+                "{at} ms"
+            );
         }
     }
 
