@@ -78,10 +78,40 @@ pub trait WallClock: Send + Sync + std::fmt::Debug {
 
     /// The same time as a timestamp (a time beyond chrono's range reads as its last instant).
     fn now(&self) -> DateTime<Utc> {
-        i64::try_from(self.now_ms())
-            .ok()
-            .and_then(DateTime::from_timestamp_millis)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        timestamp_from_ms(self.now_ms())
+    }
+}
+
+/// `ms` since the Unix epoch as a timestamp, as `DateTime::from_timestamp_millis` makes it
+/// (a time beyond chrono's range reads as its last instant). The calendar date of the last
+/// day converted is kept per thread: every call's record and events read the clock, and the
+/// date, which changes once a day, is most of the conversion.
+pub(crate) fn timestamp_from_ms(ms: u64) -> DateTime<Utc> {
+    thread_local! {
+        static DAY: std::cell::Cell<Option<(u64, chrono::NaiveDate)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    const MS_PER_DAY: u64 = 86_400_000;
+    let (day, in_day) = (ms / MS_PER_DAY, ms % MS_PER_DAY);
+    if let Some((cached, date)) = DAY.get()
+        && cached == day
+        // Within a day: both casts are exact.
+        && let Some(time) = chrono::NaiveTime::from_num_seconds_from_midnight_opt(
+            (in_day / 1000) as u32,
+            (in_day % 1000) as u32 * 1_000_000,
+        )
+    {
+        return date.and_time(time).and_utc();
+    }
+    match i64::try_from(ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+    {
+        Some(ts) => {
+            DAY.set(Some((day, ts.date_naive())));
+            ts
+        }
+        None => DateTime::<Utc>::MAX_UTC,
     }
 }
 
@@ -237,6 +267,59 @@ mod tests {
             policy: "/tmp/policy.json".into(),
             started_at: Utc::now(),
         })
+    }
+
+    /// What `timestamp_from_ms` must give: chrono's own conversion.
+    fn chrono_timestamp(ms: u64) -> DateTime<Utc> {
+        i64::try_from(ms)
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn timestamps_from_milliseconds_are_chronos_whatever_day_was_converted_before(
+            before in proptest::prelude::any::<u64>(),
+            day in 0u64..4_000_000,
+            in_day in 0u64..86_400_000,
+            step in 0u64..200_000_000,
+            anywhere in proptest::prelude::any::<u64>(),
+        ) {
+            let ms = day * 86_400_000 + in_day;
+            // The day kept from an earlier call, the same day, the next ones, any time at all.
+            for at in [before, ms, ms, ms + step, ms.saturating_sub(step), anywhere, ms] {
+                proptest::prop_assert_eq!(super::timestamp_from_ms(at), chrono_timestamp(at));
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_at_the_edges_of_days_and_of_chronos_range_are_chronos() {
+        let last = u64::try_from(DateTime::<Utc>::MAX_UTC.timestamp_millis()).unwrap();
+        for at in [
+            0,
+            1,
+            86_399_999,
+            86_400_000,
+            86_400_001,
+            1_767_225_599_999,
+            1_767_225_600_000,
+            last - 1,
+            last,
+            last + 1,
+            last + 86_400_000,
+            i64::MAX as u64,
+            i64::MAX as u64 + 1,
+            u64::MAX,
+            1_767_225_600_000,
+        ] {
+            assert_eq!(
+                super::timestamp_from_ms(at),
+                chrono_timestamp(at),
+                "{at} ms"
+            );
+        }
     }
 
     /// A clock that always reads the same instant.

@@ -537,18 +537,18 @@ impl<'a> Scanner<'a> {
             let member = match place {
                 Place::Inside | Place::Content => None,
                 Place::Top | Place::Params | Place::Result | Place::FirstContent => {
-                    Some(key.decoded())
+                    Member::of(place, key)
                 }
             };
-            let inner = match (place, member.as_deref()) {
-                (Place::Top, Some("params")) => Place::Params,
-                (Place::Top, Some("result")) => Place::Result,
-                (Place::Result, Some("content")) => Place::Content,
+            let inner = match member {
+                Some(Member::Params) => Place::Params,
+                Some(Member::Result) => Place::Result,
+                Some(Member::Content) => Place::Content,
                 _ => Place::Inside,
             };
             self.value(depth, inner)?;
             if let Some(member) = member {
-                self.note(place, &member, start);
+                *self.found.slot(member) = Some(self.since(start));
             }
             if keys.push(key) {
                 return Err(self.duplicate(key.decoded()));
@@ -577,29 +577,80 @@ impl<'a> Scanner<'a> {
         self.twice = Some(key.into_owned());
         self.error("duplicate key")
     }
+}
 
-    /// Keeps the value that began at `start` if it is a member the gateway reads.
-    fn note(&mut self, place: Place, member: &str, start: usize) {
-        let value = Some(self.since(start));
-        let found = &mut self.found;
-        let slot = match (place, member) {
-            (Place::Top, "id") => &mut found.id,
-            (Place::Top, "method") => &mut found.method,
-            (Place::Top, "params") => &mut found.params,
-            (Place::Top, "result") => &mut found.result,
-            (Place::Top, "error") => &mut found.error,
-            (Place::Params, "name") => &mut found.params_members.name,
-            (Place::Params, "arguments") => &mut found.params_members.arguments,
-            (Place::Params, "_meta") => &mut found.params_members.meta,
-            (Place::Params, "inputResponses") => &mut found.params_members.input_responses,
-            (Place::Params, "requestState") => &mut found.params_members.request_state,
-            (Place::Result, "isError") => &mut found.result_members.is_error,
-            (Place::Result, "resultType") => &mut found.result_members.result_type,
-            (Place::Result, "content") => &mut found.result_members.content,
-            (Place::FirstContent, "text") => &mut found.result_members.first_text,
-            _ => return,
-        };
-        *slot = value;
+/// A member the gateway reads, named once when its key is read: its value's place in
+/// [`Found`], and for `params`, `result` and `content` the place of their own members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Id,
+    Method,
+    Params,
+    Result,
+    Error,
+    Name,
+    Arguments,
+    Meta,
+    InputResponses,
+    RequestState,
+    IsError,
+    ResultType,
+    Content,
+    FirstText,
+}
+
+impl Member {
+    /// The member `key` names in an object at `place`, if the gateway reads it.
+    #[inline]
+    fn of(place: Place, key: Key<'_>) -> Option<Member> {
+        match key.escaped {
+            false => Member::named(place, key.raw),
+            true => Member::named(place, &key.decoded()),
+        }
+    }
+
+    #[inline]
+    fn named(place: Place, name: &str) -> Option<Member> {
+        Some(match (place, name) {
+            (Place::Top, "id") => Member::Id,
+            (Place::Top, "method") => Member::Method,
+            (Place::Top, "params") => Member::Params,
+            (Place::Top, "result") => Member::Result,
+            (Place::Top, "error") => Member::Error,
+            (Place::Params, "name") => Member::Name,
+            (Place::Params, "arguments") => Member::Arguments,
+            (Place::Params, "_meta") => Member::Meta,
+            (Place::Params, "inputResponses") => Member::InputResponses,
+            (Place::Params, "requestState") => Member::RequestState,
+            (Place::Result, "isError") => Member::IsError,
+            (Place::Result, "resultType") => Member::ResultType,
+            (Place::Result, "content") => Member::Content,
+            (Place::FirstContent, "text") => Member::FirstText,
+            _ => return None,
+        })
+    }
+}
+
+impl<'a> Found<'a> {
+    /// Where the value of `member` is kept.
+    #[inline]
+    fn slot(&mut self, member: Member) -> &mut Option<&'a str> {
+        match member {
+            Member::Id => &mut self.id,
+            Member::Method => &mut self.method,
+            Member::Params => &mut self.params,
+            Member::Result => &mut self.result,
+            Member::Error => &mut self.error,
+            Member::Name => &mut self.params_members.name,
+            Member::Arguments => &mut self.params_members.arguments,
+            Member::Meta => &mut self.params_members.meta,
+            Member::InputResponses => &mut self.params_members.input_responses,
+            Member::RequestState => &mut self.params_members.request_state,
+            Member::IsError => &mut self.result_members.is_error,
+            Member::ResultType => &mut self.result_members.result_type,
+            Member::Content => &mut self.result_members.content,
+            Member::FirstText => &mut self.result_members.first_text,
+        }
     }
 }
 
