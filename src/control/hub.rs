@@ -926,6 +926,16 @@ mod tests {
     }
 
     #[test]
+    fn a_recent_call_s_record_is_three_words() {
+        // Every call writes one into the ring of 500, whose slots left the cache since the
+        // call 500 ago: a larger record (a hold's resolution inline) costs cache misses.
+        assert_eq!(
+            std::mem::size_of::<RecentCall>(),
+            3 * std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
     fn open_holds_are_listed_oldest_first() {
         let hub = hub();
         let calls: Vec<_> = (0..3).map(|_| call(&hub, Verdict::Hold)).collect();
