@@ -232,18 +232,33 @@ struct RecentCalls {
 struct RecentCall {
     /// A `call` event.
     event: Arc<Event>,
-    resolution: Option<HoldResolved>,
+    /// Boxed: only held calls have one, and a record of three words keeps the 500 records
+    /// in 12 KiB (96 bytes a record unboxed: the slot a new call is written to had mostly
+    /// left the cache since its last call, 500 calls ago).
+    resolution: Option<Box<HoldResolved>>,
     /// The call's `outcome` event, shared like the call's (copied only into a snapshot).
     outcome: Option<Arc<Event>>,
 }
 
 impl RecentCall {
+    /// Asks the processor to bring this record's events into the cache: the record leaves
+    /// at the next call, and its events, made 500 calls ago, have mostly left the cache
+    /// since. Eviction reads the call's id and drops both events; warmed now, those reads
+    /// no longer wait for memory on the next call's path. A hint only: nothing is read.
+    #[inline]
+    fn warm(&self) {
+        warm(Arc::as_ptr(&self.event).cast());
+        if let Some(outcome) = &self.outcome {
+            warm(Arc::as_ptr(outcome).cast());
+        }
+    }
+
     fn record(&self) -> Option<CallRecord> {
         match &self.event.kind {
             EventKind::Call(call) => Some(CallRecord {
                 ts: Some(self.event.ts),
                 call: call.clone(),
-                resolution: self.resolution.clone(),
+                resolution: self.resolution.as_deref().cloned(),
                 outcome: self.outcome.as_ref().and_then(|e| match &e.kind {
                     EventKind::Outcome(outcome) => Some(outcome.clone()),
                     _ => None,
@@ -271,6 +286,11 @@ impl RecentCalls {
             resolution: None,
             outcome: None,
         });
+        if self.records.len() == RECENT_CALLS
+            && let Some(next) = self.records.front()
+        {
+            next.warm();
+        }
     }
 
     fn get_mut(&mut self, call_id: &str) -> Option<&mut RecentCall> {
@@ -278,6 +298,24 @@ impl RecentCalls {
         let index = usize::try_from(position - self.first).ok()?;
         self.records.get_mut(index)
     }
+}
+
+/// Prefetches the cache lines at `data` and the one before (an `Arc`'s counts sit just
+/// before its value). Reads nothing, so any address is fine.
+#[inline]
+fn warm(data: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: `prefetcht0` needs SSE, which every x86_64 processor has, and never
+        // dereferences its address: it cannot fault, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(data.wrapping_sub(16).cast());
+            _mm_prefetch::<_MM_HINT_T0>(data.wrapping_add(48).cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// A registered hold; resolves with the winning [`Resolution`].
@@ -577,7 +615,7 @@ impl HubState {
             }
             EventKind::HoldResolved(resolved) => {
                 if let Some(record) = self.recent.get_mut(&resolved.call_id) {
-                    record.resolution = Some(resolved.clone());
+                    record.resolution = Some(Box::new(resolved.clone()));
                 }
             }
             EventKind::Outcome(outcome) => {
@@ -885,6 +923,16 @@ mod tests {
         assert_eq!(snap.calls.len(), RECENT_CALLS);
         assert_eq!(snap.calls[0].call.call_id, "g1-11");
         assert_eq!(snap.totals.allow, (RECENT_CALLS + 10) as u64);
+    }
+
+    #[test]
+    fn a_recent_call_s_record_is_three_words() {
+        // Every call writes one into the ring of 500, whose slots left the cache since the
+        // call 500 ago: a larger record (a hold's resolution inline) costs cache misses.
+        assert_eq!(
+            std::mem::size_of::<RecentCall>(),
+            3 * std::mem::size_of::<usize>()
+        );
     }
 
     #[test]
