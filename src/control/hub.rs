@@ -241,18 +241,6 @@ struct RecentCall {
 }
 
 impl RecentCall {
-    /// Asks the processor to bring this record's events into the cache: the record leaves
-    /// at the next call, and its events, made 500 calls ago, have mostly left the cache
-    /// since. Eviction reads the call's id and drops both events; warmed now, those reads
-    /// no longer wait for memory on the next call's path. A hint only: nothing is read.
-    #[inline]
-    fn warm(&self) {
-        warm(Arc::as_ptr(&self.event).cast());
-        if let Some(outcome) = &self.outcome {
-            warm(Arc::as_ptr(outcome).cast());
-        }
-    }
-
     fn record(&self) -> Option<CallRecord> {
         match &self.event.kind {
             EventKind::Call(call) => Some(CallRecord {
@@ -286,11 +274,6 @@ impl RecentCalls {
             resolution: None,
             outcome: None,
         });
-        if self.records.len() == RECENT_CALLS
-            && let Some(next) = self.records.front()
-        {
-            next.warm();
-        }
     }
 
     fn get_mut(&mut self, call_id: &str) -> Option<&mut RecentCall> {
@@ -298,24 +281,6 @@ impl RecentCalls {
         let index = usize::try_from(position - self.first).ok()?;
         self.records.get_mut(index)
     }
-}
-
-/// Prefetches the cache lines at `data` and the one before (an `Arc`'s counts sit just
-/// before its value). Reads nothing, so any address is fine.
-#[inline]
-fn warm(data: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: `prefetcht0` needs SSE, which every x86_64 processor has, and never
-        // dereferences its address: it cannot fault, whatever the address.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(data.wrapping_sub(16).cast());
-            _mm_prefetch::<_MM_HINT_T0>(data.wrapping_add(48).cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 /// A registered hold; resolves with the winning [`Resolution`].
