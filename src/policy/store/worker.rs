@@ -643,8 +643,8 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
                     reply,
                     then,
                 }),
-                // Never split: a connection's burst is one transaction (a little beyond
-                // `MAX_BATCH` at most, bounded by the calls a connection may have in flight).
+                // Never split: a connection's burst is one transaction, so a batch may pass
+                // `MAX_BATCH` by the calls one connection may have in flight (1,024).
                 Job::AdmitMany(mut many) => batch.append(&mut many),
             }
             if batch.len() < MAX_BATCH && after.len() < MAX_BATCH {
