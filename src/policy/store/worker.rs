@@ -11,7 +11,10 @@
 //!
 //! Group commit: admissions that queue up while the thread is in a transaction are handed to
 //! [`CounterStore::admit_many`] together (at most [`MAX_BATCH`]), in arrival order. Each call
-//! is still all-or-nothing and decided as if alone, one after the other.
+//! is still all-or-nothing and decided as if alone, one after the other. A gateway
+//! connection gathers its admissions on the runtime and hands a burst's over as one job
+//! ([`Answers::gathering`]), so the thread does not begin a transaction with a burst's first
+//! few calls and leave the rest for the next.
 //!
 //! Publishing: what a gateway publishes about the budgets an admitted call took units from
 //! (the `counters` event) runs on the thread right after the batch
