@@ -1058,7 +1058,10 @@ mod tests {
             .expect("the answers' channel closed");
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].ticket, ticket);
-        let error = batch[0].answer.as_ref().expect_err("admitted by a stopped thread");
+        let error = batch[0]
+            .answer
+            .as_ref()
+            .expect_err("admitted by a stopped thread");
         assert!(error.to_string().contains("has stopped"), "{error}");
         assert_eq!(store.entered.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
