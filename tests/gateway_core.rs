@@ -1578,3 +1578,102 @@ async fn every_limited_call_is_answered_when_the_store_answers_faster_than_the_c
     let expected: Vec<u64> = (1..=CALLS).collect();
     assert_eq!(seen, expected, "every call forwarded, each once");
 }
+
+/// A store that records how many admissions each of its transactions decided.
+struct BatchCounting {
+    inner: MemoryStore,
+    batches: std::sync::Mutex<Vec<usize>>,
+}
+
+impl toolgate::testing::policy::CounterStore for BatchCounting {
+    fn admit(
+        &self,
+        limits: &[toolgate::testing::policy::LimitRequest<'_>],
+        now_ms: u64,
+    ) -> Result<toolgate::testing::policy::Admission, toolgate::testing::policy::StoreError> {
+        self.inner.admit(limits, now_ms)
+    }
+
+    fn admit_many(
+        &self,
+        calls: &[(&[toolgate::testing::policy::LimitRequest<'_>], u64)],
+    ) -> Vec<Result<toolgate::testing::policy::Admission, toolgate::testing::policy::StoreError>>
+    {
+        self.batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(calls.len());
+        calls
+            .iter()
+            .map(|(limits, now_ms)| self.inner.admit(limits, *now_ms))
+            .collect()
+    }
+
+    fn try_release(
+        &self,
+        reservation: &toolgate::testing::policy::Reservation,
+    ) -> Result<(), toolgate::testing::policy::StoreError> {
+        self.inner.try_release(reservation)
+    }
+
+    fn usage(
+        &self,
+        counter: &str,
+        scope: toolgate::testing::policy::Scope,
+        window_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<toolgate::testing::policy::KeyUsage>, toolgate::testing::policy::StoreError>
+    {
+        self.inner.usage(counter, scope, window_ms, now_ms)
+    }
+}
+
+/// The limited calls of one burst the client sent are decided in one transaction, exactly
+/// (the budget's first calls admitted, in the order sent). With the admissions gathered this
+/// does not depend on timing: nothing reaches the store before the reader yields. (Without
+/// gathering it passed here too whenever the store thread woke after the reader had read the
+/// whole burst; `worker.rs`'s `gathered_admissions_wait_for_their_hand_over…` is the test
+/// that tells the two apart.)
+#[tokio::test]
+async fn a_burst_of_limited_calls_is_decided_in_one_transaction_in_the_order_sent() {
+    let store = Arc::new(BatchCounting {
+        inner: MemoryStore::new(),
+        batches: std::sync::Mutex::new(Vec::new()),
+    });
+    let worker = toolgate::testing::policy::StoreWorker::new(store.clone());
+    let mut h = start_with(
+        r#"{"version":"1","default":"deny","tools":{
+            "slow":{"limits":[{"counter":"c","window":"minute","max":60,"scope":"global"}]}}}"#,
+        move |mut g| {
+            g.store = worker;
+            g
+        },
+    );
+    let burst: Vec<String> = (1..=100)
+        .map(|id| call(id, "slow", json!({})).to_string())
+        .collect();
+    // One write: the gateway reads the burst before it yields.
+    h.client.send(&burst.join("\n")).await;
+    let mut forwarded = Vec::new();
+    for _ in 0..60 {
+        forwarded.push(h.server.recv().await["id"].as_i64().expect("an id"));
+    }
+    assert_eq!(forwarded, (1..=60).collect::<Vec<i64>>());
+    let mut refused = Vec::new();
+    for _ in 0..40 {
+        let answer = h.client.recv().await;
+        assert!(
+            answer["error"].is_object() || answer["result"]["isError"] == true,
+            "{answer}"
+        );
+        refused.push(answer["id"].as_i64().expect("an id"));
+    }
+    refused.sort_unstable();
+    assert_eq!(refused, (61..=100).collect::<Vec<i64>>());
+    let batches = store
+        .batches
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    assert_eq!(batches, [100], "the burst was split across transactions");
+}
