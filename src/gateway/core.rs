@@ -170,12 +170,12 @@ where
     let (to_client, client_writer) = Queue::start(client_out, options.max_message, "client");
     let (to_upstream, _) = Queue::start(upstream_out, options.max_message, "upstream");
     let (closing_tx, closing) = watch::channel(false);
-    let (answers, answered, gathered) = match gateway.store.is_threaded() {
+    let (answers, answered) = match gateway.store.is_threaded() {
         true => {
-            let (answers, answered, gathered) = Answers::gathering();
-            (Some(answers), Some(answered), Some(gathered))
+            let (answers, answered) = Answers::channel();
+            (Some(answers), Some(answered))
         }
-        false => (None, None, None),
+        false => (None, None),
     };
     let shared = Arc::new(Shared {
         gateway,
@@ -193,9 +193,6 @@ where
     });
     if let Some(answered) = answered {
         tokio::spawn(admissions(shared.clone(), answered));
-    }
-    if let Some(gathered) = gathered {
-        tokio::spawn(hand_over_admissions(Arc::downgrade(&shared), gathered));
     }
 
     let client_reader = LineReader::new(client_reader, options.max_message);
@@ -1984,24 +1981,6 @@ fn connection_ended() -> StoreError {
         crate::policy::StoreErrorKind::Other,
         "the connection closed while the call's limits were counted",
     )
-}
-
-/// Hands a connection's limited calls' admissions to the store thread once the burst that
-/// asked them has been read: woken by the first admission of a burst, it runs after the
-/// task that reads the burst yields (on `wrap`'s one runtime thread, once the burst's lines
-/// are decided), so the store thread decides the burst in one transaction instead of
-/// beginning one with its first few calls (README, "Store round 8"). It ends once the
-/// connection's `Shared` is gone (its `Answers` wakes it as it is dropped).
-async fn hand_over_admissions(shared: std::sync::Weak<Shared>, wake: Arc<tokio::sync::Notify>) {
-    loop {
-        wake.notified().await;
-        let Some(shared) = shared.upgrade() else {
-            break;
-        };
-        if let Some(answers) = &shared.answers {
-            shared.gateway.store.send_gathered(answers);
-        }
-    }
 }
 
 /// How late, at most, a call waiting for its admission fails after its deadline.

@@ -11,10 +11,7 @@
 //!
 //! Group commit: admissions that queue up while the thread is in a transaction are handed to
 //! [`CounterStore::admit_many`] together (at most [`MAX_BATCH`]), in arrival order. Each call
-//! is still all-or-nothing and decided as if alone, one after the other. A gateway
-//! connection gathers its admissions on the runtime and hands a burst's over as one job
-//! ([`Answers::gathering`]), so the thread does not begin a transaction with a burst's first
-//! few calls and leave the rest for the next.
+//! is still all-or-nothing and decided as if alone, one after the other.
 //!
 //! Publishing: what a gateway publishes about the budgets an admitted call took units from
 //! (the `counters` event) runs on the thread right after the batch
@@ -115,41 +112,10 @@ pub(crate) struct Answered {
 /// a ticket ([`StoreWorker::admit_into`]); its answer comes back with it, exactly once: if
 /// the store thread stops before answering, the admission's [`Delivery`] answers with the
 /// error as it is dropped, so no caller waits for nothing.
-///
-/// Made with [`Answers::gathering`], the admissions asked through it are not queued for the
-/// store thread one by one but gathered and handed over together by [`StoreWorker::send_gathered`]
-/// (README, "Store round 8"): queued one by one, the first admission of an agent's burst
-/// woke the store thread, which began its transaction with the few that had arrived, and the
-/// rest of the burst waited for the next one: about 19 admissions per transaction at 64 in
-/// flight, about 28 gathered (the bench's agent itself sends its calls in pieces).
 #[derive(Debug)]
 pub(crate) struct Answers {
     to: mpsc::UnboundedSender<AnsweredBatch>,
     next_ticket: AtomicU64,
-    /// The admissions asked and not handed to the store thread yet, when gathering.
-    gathered: Option<Gathered>,
-}
-
-/// Admissions waiting to be handed to the store thread together, and what to wake when the
-/// first of them comes (the task that hands them over, [`Answers::gathering`]).
-struct Gathered {
-    queued: std::sync::Mutex<Vec<Queued>>,
-    wake: Arc<tokio::sync::Notify>,
-}
-
-impl std::fmt::Debug for Gathered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gathered").finish_non_exhaustive()
-    }
-}
-
-impl Drop for Answers {
-    fn drop(&mut self) {
-        // The task that hands gathered admissions over sees that nobody asks any more.
-        if let Some(gathered) = &self.gathered {
-            gathered.wake.notify_one();
-        }
-    }
 }
 
 impl Answers {
@@ -159,28 +125,8 @@ impl Answers {
         let answers = Answers {
             to,
             next_ticket: AtomicU64::new(0),
-            gathered: None,
         };
         (answers, rx)
-    }
-
-    /// [`Answers::channel`], gathering admissions: each is only noted as it is asked, and
-    /// the returned `Notify` is woken when the first of a gathering is; whoever waits on it
-    /// hands them over with [`StoreWorker::send_gathered`] (a task on the same runtime as
-    /// the callers, so it runs once the burst that asked them has been read). It is also
-    /// woken once as this `Answers` is dropped.
-    pub(crate) fn gathering() -> (
-        Answers,
-        mpsc::UnboundedReceiver<AnsweredBatch>,
-        Arc<tokio::sync::Notify>,
-    ) {
-        let (mut answers, rx) = Answers::channel();
-        let wake = Arc::new(tokio::sync::Notify::new());
-        answers.gathered = Some(Gathered {
-            queued: std::sync::Mutex::new(Vec::new()),
-            wake: Arc::clone(&wake),
-        });
-        (answers, rx, wake)
     }
 }
 
@@ -228,9 +174,6 @@ enum Job {
         reply: Reply,
         then: Option<Then>,
     },
-    /// Admissions gathered on the runtime and handed over together
-    /// ([`StoreWorker::send_gathered`]), in the order they were asked.
-    AdmitMany(Vec<Queued>),
     /// Anything else a gateway does with its store (give units back and publish the state
     /// after).
     Run(Work),
@@ -368,86 +311,10 @@ impl StoreWorker {
             ticket,
             fails_open: self.fails_open,
         };
-        if let Some(gathered) = &into.gathered {
-            let mut queued = gathered
-                .queued
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let first = queued.is_empty();
-            queued.push(Queued {
-                limits,
-                now_ms,
-                reply: Reply::Into(delivery),
-                then,
-            });
-            drop(queued);
-            if first {
-                gathered.wake.notify_one();
-            }
-            return Posted::Queued(ticket);
-        }
         match self.queue_admission(limits, now_ms, then, Reply::Into(delivery)) {
             Ok(()) => Posted::Queued(ticket),
             Err(failed) => Posted::Ready(failed),
         }
-    }
-
-    /// Hands the admissions gathered in `from` ([`Answers::gathering`]) to the store thread
-    /// as one job, in the order they were asked; when the queue refuses it, each is answered
-    /// at once through `from` with why (as the failure policy gives).
-    pub(crate) fn send_gathered(&self, from: &Answers) {
-        let Some(gathered) = &from.gathered else {
-            return;
-        };
-        let jobs = {
-            let mut queued = gathered
-                .queued
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if queued.is_empty() {
-                return;
-            }
-            // The next gathering is likely as large as this one.
-            let room = queued.len();
-            std::mem::replace(&mut *queued, Vec::with_capacity(room))
-        };
-        let Some(queue) = &self.queue else {
-            // Not reached: gathering is only for a threaded store. Dropped, each delivery
-            // answers with the error of a stopped thread.
-            return;
-        };
-        let (failed, job) = match queue.try_send(Job::AdmitMany(jobs)) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(job)) => (
-                StoreError::new(
-                    StoreErrorKind::Overloaded,
-                    format!("{QUEUE} jobs already wait for the counter store"),
-                ),
-                job,
-            ),
-            Err(mpsc::error::TrySendError::Closed(job)) => (
-                StoreError::new(
-                    StoreErrorKind::Other,
-                    "the counter-store thread has stopped",
-                ),
-                job,
-            ),
-        };
-        let Job::AdmitMany(jobs) = job else {
-            return;
-        };
-        let mut refused = AnsweredBatch::new();
-        for queued in jobs {
-            if let Reply::Into(mut delivery) = queued.reply {
-                delivery.to = None;
-                refused.push(Answered {
-                    ticket: delivery.ticket,
-                    answer: unanswered(failed.clone(), self.fails_open),
-                });
-            }
-        }
-        // Nobody reading them: no units were taken.
-        let _ = from.to.send(refused);
     }
 
     /// Whether admissions are answered from the store's thread (not in place).
@@ -646,9 +513,6 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
                     reply,
                     then,
                 }),
-                // Never split: a connection's burst is one transaction, so a batch may pass
-                // `MAX_BATCH` by the calls one connection may have in flight (1,024).
-                Job::AdmitMany(mut many) => batch.append(&mut many),
             }
             if batch.len() < MAX_BATCH && after.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
@@ -993,77 +857,6 @@ mod tests {
         let batches = store.batches.lock().unwrap().clone();
         assert_eq!(batches.iter().sum::<usize>(), 11, "{batches:?}");
         assert!(batches.len() < 11, "no admission was batched: {batches:?}");
-    }
-
-    #[tokio::test]
-    async fn gathered_admissions_wait_for_their_hand_over_and_are_decided_in_one_batch() {
-        let store = gated();
-        let worker = StoreWorker::new(store.clone());
-        let (answers, mut answered, wake) = Answers::gathering();
-        let mut tickets = Vec::new();
-        for i in 0..10 {
-            match worker.admit_into(limit(5), 1 + i, None, &answers) {
-                Posted::Queued(ticket) => tickets.push(ticket),
-                Posted::Ready(answer) => panic!("answered before its hand-over: {answer:?}"),
-            }
-        }
-        // The first one woke whoever hands them over, once (a stored permit).
-        tokio::time::timeout(Duration::from_secs(5), wake.notified())
-            .await
-            .expect("the first gathered admission woke nobody");
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(
-            store.entered.load(std::sync::atomic::Ordering::SeqCst),
-            0,
-            "an admission reached the store before its hand-over"
-        );
-        worker.send_gathered(&answers);
-        let mut got: Vec<Answered> = Vec::new();
-        while got.len() < 10 {
-            let batch = tokio::time::timeout(Duration::from_secs(5), answered.recv())
-                .await
-                .expect("the gathered admissions were not answered within 5 s")
-                .expect("the answers' channel closed");
-            got.extend(batch);
-        }
-        let order: Vec<u64> = got.iter().map(|a| a.ticket).collect();
-        assert_eq!(order, tickets, "answered out of the order asked");
-        let admitted: Vec<bool> = got
-            .iter()
-            .map(|a| matches!(a.answer, Ok(Admission::Admitted(_))))
-            .collect();
-        assert_eq!(admitted, [[true; 5], [false; 5]].concat());
-        assert_eq!(*store.batches.lock().unwrap(), [10], "not one transaction");
-        // Nothing left to hand over: nothing more is asked of the store.
-        worker.send_gathered(&answers);
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(store.batches.lock().unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn gathered_admissions_the_thread_cannot_take_are_answered_with_the_reason() {
-        let store = gated();
-        let mut worker = StoreWorker::new(store.clone());
-        let (answers, mut answered, _wake) = Answers::gathering();
-        let Posted::Queued(ticket) = worker.admit_into(limit(5), 1, None, &answers) else {
-            panic!("answered before its hand-over");
-        };
-        // The thread stops: its queue's only sender is gone.
-        let (closed, _) = mpsc::channel(1);
-        worker.queue = Some(closed);
-        worker.send_gathered(&answers);
-        let batch = tokio::time::timeout(Duration::from_secs(5), answered.recv())
-            .await
-            .expect("the refused admission was not answered within 5 s")
-            .expect("the answers' channel closed");
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0].ticket, ticket);
-        let error = batch[0]
-            .answer
-            .as_ref()
-            .expect_err("admitted by a stopped thread");
-        assert!(error.to_string().contains("has stopped"), "{error}");
-        assert_eq!(store.entered.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
