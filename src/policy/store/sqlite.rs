@@ -2137,6 +2137,57 @@ mod tests {
         assert_eq!(store.usage_of(&limits[0].key(), 1000, 1101).unwrap().used, 5);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Batches whose calls mostly share a millisecond (so their units share rows), given
+        /// back in part, some twice, decided exactly as the reference store decides them: the
+        /// same answers, the same times to retry, the same usage.
+        #[test]
+        fn shared_rows_answer_as_the_reference_store_does(
+            max in 1u64..8,
+            window in 1u64..30,
+            batches in proptest::collection::vec(proptest::collection::vec(0u64..3, 1..24), 1..24),
+            release_every in 1usize..4,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+            let reference = crate::policy::store::MemoryStore::new();
+            let c: Arc<str> = Arc::from("c");
+            let limits = [global(&c, max, window)];
+            let mut now = 1_000u64;
+            let mut taken = 0usize;
+            for gaps in batches {
+                let times: Vec<u64> = gaps.iter().map(|gap| { now += gap; now }).collect();
+                let calls: Vec<(&[LimitRequest<'_>], u64)> =
+                    times.iter().map(|&t| (&limits[..], t)).collect();
+                let mut give_back = Vec::new();
+                for (&t, answer) in times.iter().zip(store.admit_many(&calls)) {
+                    let answer = answer.unwrap();
+                    let expected = reference.admit(&limits, t).unwrap();
+                    match (answer, expected) {
+                        (Admission::Admitted(r), Admission::Admitted(e)) => {
+                            proptest::prop_assert_eq!(r.units()[0].at_ms, e.units()[0].at_ms);
+                            taken += 1;
+                            if taken.is_multiple_of(release_every + 1) {
+                                give_back.push((r, e));
+                            }
+                        }
+                        (answer, expected) => proptest::prop_assert_eq!(answer, expected, "at {}", t),
+                    }
+                }
+                for (r, e) in give_back {
+                    store.try_release(&r).unwrap();
+                    store.try_release(&r).unwrap();
+                    reference.release(&e);
+                }
+                let used = store.usage("c", Scope::Global, window, now).unwrap();
+                let expected = reference.usage("c", Scope::Global, window, now).unwrap();
+                proptest::prop_assert_eq!(used, expected);
+            }
+        }
+    }
+
     /// Version 3's schema with a budget and its units, as the previous release wrote them.
     fn version_3_file(path: &Path) -> Connection {
         let old = Connection::open(path).unwrap();
