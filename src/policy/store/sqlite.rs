@@ -48,9 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, TransactionBehavior, params,
-};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, NotedUsage, Reservation,
@@ -2134,7 +2132,10 @@ mod tests {
             .collect();
         assert_eq!(refused, vec![(5, 200), (9, 299)]);
         assert_eq!(rows_and_units(&store), (3, 8));
-        assert_eq!(store.usage_of(&limits[0].key(), 1000, 1101).unwrap().used, 5);
+        assert_eq!(
+            store.usage_of(&limits[0].key(), 1000, 1101).unwrap().used,
+            5
+        );
     }
 
     proptest::proptest! {
