@@ -77,9 +77,9 @@ const WAL_BACKSTOP_PAGES: i32 = 10_000;
 const RESTART_AFTER_FRAMES: i32 = 4096;
 
 /// The schema this code writes; a file with a newer one is refused, not guessed at (version 1,
-/// before running counts, refused version 2 files the same way, and version 2 refuses version
-/// 3: an older binary never miscounts a newer file, it fails its limited calls closed and says
-/// to upgrade).
+/// before running counts, refused version 2 files the same way, version 2 refuses version 3,
+/// and version 3 refuses version 4: an older binary never miscounts a newer file, it fails
+/// its limited calls closed and says to upgrade).
 const SCHEMA_VERSION: i64 = 4;
 
 /// How many admissions (in this process) between sweeps of idle budgets.
@@ -1199,7 +1199,15 @@ fn give_back(tx: &Connection, budget: i64, unit: &ReservedUnit) -> rusqlite::Res
     // The unit's place in its row; past the row's end, its own row is gone (given back
     // whole, or pruned) and this is an earlier row's.
     let place = from_sql(token.saturating_sub(first));
-    if place >= from_sql(size) {
+    let size = from_sql(size);
+    if size > ROW_UNITS_MAX {
+        // Never written so (a damaged file): fail closed rather than size its record by it.
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("a row of units claims {size} units")),
+        ));
+    }
+    if place >= size {
         return Ok(false);
     }
     let (byte, bit) = (
