@@ -10,8 +10,9 @@
 //! budget's row (or take it as this connection last wrote it, when no other connection has
 //! written since: [`Known`]), bring its running count up to the call's window, prune what
 //! has left its retained span (in steps), check every budget, and only if all have room
-//! insert one unit per budget. The rows a batch changed are written once each, before its
-//! commit.
+//! take one unit per budget. The units a batch takes from a budget at one time are one row
+//! carrying their number (schema version 4, see [`SCHEMA`]), and the rows a batch changed
+//! are written once each, before its commit.
 //! WAL mode lets readers (`usage`) run beside a writer; other writers wait, in short naps
 //! ([`wait_for_lock`]), up to [`BUSY_TIMEOUT`], then the call fails closed.
 //!
@@ -20,8 +21,8 @@
 //! call, with a random token so a release removes exactly its own units. The row also keeps
 //! a running count (since schema version 2), so an admission reads the few units that left
 //! its window since the last one instead of counting the whole window: its cost does not
-//! grow with `max`. The row sorts right after its budget's units in one table (schema
-//! version 3, see [`SCHEMA`]), so an admission writes one page: its new unit and the row
+//! grow with `max`. The row sorts right after its budget's units in one table (since schema
+//! version 3), so a batch writes one page per budget: its new row of units and the state row
 //! beside it.
 //!
 //! The store is synchronous; a gateway asks it from its [`super::StoreWorker`] thread, never
@@ -47,9 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use rusqlite::{
-    CachedStatement, Connection, ErrorCode, OptionalExtension, TransactionBehavior, params,
-};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, NotedUsage, Reservation,
@@ -78,13 +77,60 @@ const WAL_BACKSTOP_PAGES: i32 = 10_000;
 const RESTART_AFTER_FRAMES: i32 = 4096;
 
 /// The schema this code writes; a file with a newer one is refused, not guessed at (version 1,
-/// before running counts, refused version 2 files the same way, and version 2 refuses version
-/// 3: an older binary never miscounts a newer file, it fails its limited calls closed and says
-/// to upgrade).
-const SCHEMA_VERSION: i64 = 3;
+/// before running counts, refused version 2 files the same way, version 2 refuses version 3,
+/// and version 3 refuses version 4: an older binary never miscounts a newer file, it fails
+/// its limited calls closed and says to upgrade).
+const SCHEMA_VERSION: i64 = 4;
 
 /// How many admissions (in this process) between sweeps of idle budgets.
 const SWEEP_EVERY: u64 = 4096;
+
+/// Schema version 4: one row per budget and batch. A batch's admissions into one budget at
+/// one time (at the rates where batches form, nearly all of them: a batch is decided within
+/// a millisecond) are one row of `counter_rows` carrying their number, `n`, instead of a row
+/// each: the rows a batch inserts, and the leaves they fill and split, no longer grow with
+/// its size. The row's units have the tokens `token .. token + size`, so a [`Reservation`]'s
+/// unit still names its row and its place in it; a release sets the unit's bit in `released`
+/// (so a second release of it takes nothing), takes one from `n`, and deletes the row at 0.
+/// Otherwise as version 3 (below): the budget's state row sorts after its units, every
+/// statement over units says `token >= 0`, and counts of units are sums of `n`.
+///
+/// A new table name again: a version-3 gateway running when the file is migrated finds
+/// `counter_log` gone (it would count rows, not units, and over-admit), so its calls fail
+/// closed until it reconnects and refuses the file.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS counter_keys (
+    id        INTEGER PRIMARY KEY,
+    counter   TEXT NOT NULL,
+    scope     TEXT NOT NULL,
+    scope_key TEXT NOT NULL,
+    UNIQUE (counter, scope, scope_key)
+);
+CREATE TABLE IF NOT EXISTS counter_rows (
+    budget    INTEGER NOT NULL,
+    at_ms     INTEGER NOT NULL,
+    token     INTEGER NOT NULL,
+    n         INTEGER,
+    size      INTEGER,
+    released  BLOB,
+    retain_ms INTEGER,
+    latest_ms INTEGER,
+    cursor_ms INTEGER,
+    above     INTEGER,
+    PRIMARY KEY (budget, at_ms, token)
+) WITHOUT ROWID;
+";
+
+/// From version 3 (after [`SCHEMA`] created `counter_rows`): every unit a row of one, every
+/// state row as it is (the running counts stay exact: the same units, the same cursors).
+const MIGRATE_3_TO_4: &str = "
+INSERT INTO counter_rows (budget, at_ms, token, n, size, retain_ms, latest_ms, cursor_ms, above)
+    SELECT budget, at_ms, token,
+           CASE WHEN token >= 0 THEN 1 END, CASE WHEN token >= 0 THEN 1 END,
+           retain_ms, latest_ms, cursor_ms, above
+    FROM counter_log;
+DROP TABLE counter_log;
+";
 
 /// Schema version 3: one page written per admission. A budget's names are in `counter_keys`
 /// (written once, when the budget is first used); its state and its units are rows of one
@@ -101,7 +147,7 @@ const SWEEP_EVERY: u64 = 4096;
 /// gateway still running when the file is migrated finds its tables gone, so its next
 /// statement fails (its call fails closed), and when it reconnects it reads the new version
 /// and refuses the file.
-const SCHEMA: &str = "
+const SCHEMA_3: &str = "
 CREATE TABLE IF NOT EXISTS counter_keys (
     id        INTEGER PRIMARY KEY,
     counter   TEXT NOT NULL,
@@ -156,7 +202,7 @@ DROP TABLE units;
 DROP TABLE budgets;
 ";
 
-/// From version 2 (after [`SCHEMA`] created the new tables): names, units and states copied
+/// From version 2 (after [`SCHEMA_3`] created version 3's tables): names, units and states copied
 /// as they are (the running counts stay exact: the same units, the same cursors).
 const MIGRATE_2_TO_3: &str = "
 INSERT INTO counter_keys (id, counter, scope, scope_key)
@@ -536,9 +582,13 @@ fn connect_once(path: &Path, bell: &Arc<Bell>) -> rusqlite::Result<Connection> {
             tx.execute_batch(SCHEMA_2)?;
             tx.execute_batch(MIGRATE_1_TO_2)?;
         }
-        tx.execute_batch(SCHEMA)?;
         if version == 1 || version == 2 {
+            tx.execute_batch(SCHEMA_3)?;
             tx.execute_batch(MIGRATE_2_TO_3)?;
+        }
+        tx.execute_batch(SCHEMA)?;
+        if (1..=3).contains(&version) {
+            tx.execute_batch(MIGRATE_3_TO_4)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -725,18 +775,18 @@ pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
 fn sweep(conn: &mut Connection, now_ms: u64) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Each budget's state row found by its key (names, then the row that sorts last), not by
-    // a scan of `counter_log`, which holds every unit too: `CROSS JOIN` keeps that loop order
+    // a scan of `counter_rows`, which holds every unit too: `CROSS JOIN` keeps that loop order
     // (SQLite's planner, without statistics, chose the scan).
     let idle: Vec<i64> = tx
         .prepare(
-            "SELECT k.id FROM counter_keys k CROSS JOIN counter_log s
+            "SELECT k.id FROM counter_keys k CROSS JOIN counter_rows s
                  ON s.budget = k.id AND s.at_ms = 9223372036854775807 AND s.token = -1
              WHERE s.latest_ms + 2 * s.retain_ms <= ?1",
         )?
         .query_map(params![sql_int(now_ms)], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for id in idle {
-        tx.execute("DELETE FROM counter_log WHERE budget = ?1", params![id])?;
+        tx.execute("DELETE FROM counter_rows WHERE budget = ?1", params![id])?;
         tx.execute("DELETE FROM counter_keys WHERE id = ?1", params![id])?;
     }
     tx.commit()
@@ -757,7 +807,7 @@ impl Budget {
     /// Writes the row as it is here.
     fn write(&self, tx: &Connection) -> rusqlite::Result<()> {
         tx.prepare_cached(
-            "UPDATE counter_log SET retain_ms = ?2, latest_ms = ?3, cursor_ms = ?4, above = ?5
+            "UPDATE counter_rows SET retain_ms = ?2, latest_ms = ?3, cursor_ms = ?4, above = ?5
              WHERE budget = ?1 AND at_ms = 9223372036854775807 AND token = -1",
         )?
         .execute(params![
@@ -782,7 +832,7 @@ impl Budget {
         ])?;
         let id = tx.last_insert_rowid();
         tx.prepare_cached(
-            "INSERT INTO counter_log (budget, at_ms, token, retain_ms, latest_ms, cursor_ms, above)
+            "INSERT INTO counter_rows (budget, at_ms, token, retain_ms, latest_ms, cursor_ms, above)
              VALUES (?1, 9223372036854775807, -1, 0, 0, -1, 0)",
         )?
         .execute(params![id])?;
@@ -803,7 +853,7 @@ impl Budget {
     ) -> rusqlite::Result<Option<Budget>> {
         tx.prepare_cached(
             "SELECT k.id, s.retain_ms, s.latest_ms, s.cursor_ms, s.above
-             FROM counter_keys k JOIN counter_log s
+             FROM counter_keys k JOIN counter_rows s
                  ON s.budget = k.id AND s.at_ms = 9223372036854775807 AND s.token = -1
              WHERE k.counter = ?1 AND k.scope = ?2 AND k.scope_key = ?3",
         )?
@@ -822,10 +872,14 @@ impl Budget {
     /// Units counted after `low`: the running count, corrected by the units between the
     /// cursor and `low` (few: those that left the window since the cursor last moved, or
     /// those of a clock slightly behind).
-    fn after(&self, tx: &Connection, low: i64) -> rusqlite::Result<u64> {
-        Ok(if low == self.cursor_ms {
-            self.above
-        } else if low > self.cursor_ms {
+    ///
+    /// `pending`: the batch's units not written yet; this budget's are written before a read.
+    fn after(&self, tx: &Connection, low: i64, pending: &mut Pending) -> rusqlite::Result<u64> {
+        if low == self.cursor_ms {
+            return Ok(self.above);
+        }
+        pending.flush(tx, self.id)?;
+        Ok(if low > self.cursor_ms {
             self.above
                 .saturating_sub(count_between(tx, self.id, self.cursor_ms, low)?)
         } else {
@@ -849,6 +903,7 @@ impl Budget {
     fn advance(
         &mut self,
         tx: &Connection,
+        pending: &mut Pending,
         low: i64,
         oldest: Option<Option<u64>>,
     ) -> rusqlite::Result<Option<Option<u64>>> {
@@ -861,11 +916,13 @@ impl Budget {
             self.cursor_ms = low;
             return Ok(Some(oldest));
         }
+        pending.flush(tx, self.id)?;
         let mut rows = tx.prepare_cached(
-            "SELECT at_ms FROM counter_log WHERE budget = ?1 AND at_ms > ?2 AND token >= 0",
+            "SELECT at_ms, n FROM counter_rows WHERE budget = ?1 AND at_ms > ?2 AND token >= 0",
         )?;
         let mut rows = rows.query(params![self.id, self.cursor_ms])?;
         let mut leaving: u64 = 0;
+        let mut walked: u64 = 0;
         let mut oldest = None;
         while let Some(row) = rows.next()? {
             let at_ms: i64 = row.get(0)?;
@@ -873,10 +930,11 @@ impl Budget {
                 oldest = Some(from_sql(at_ms));
                 break;
             }
-            leaving += 1;
-            if leaving > WALK_LEAVING {
+            leaving = leaving.saturating_add(from_sql(row.get(1)?));
+            walked += 1;
+            if walked > WALK_LEAVING {
                 drop(rows);
-                self.above = self.after(tx, low)?;
+                self.above = self.after(tx, low, pending)?;
                 self.cursor_ms = low;
                 return Ok(None);
             }
@@ -887,7 +945,7 @@ impl Budget {
     }
 }
 
-/// How many units that left a window [`Budget::advance`] walks one by one before it counts
+/// How many rows of units that left a window [`Budget::advance`] walks one by one before it counts
 /// them instead (a budget idle for a while, or a burst leaving the window at once).
 const WALK_LEAVING: u64 = 64;
 
@@ -905,7 +963,7 @@ impl Budget {
 fn count_between(tx: &Connection, budget: i64, low: i64, high: i64) -> rusqlite::Result<u64> {
     let n: i64 = tx
         .prepare_cached(
-            "SELECT count(*) FROM counter_log
+            "SELECT coalesce(sum(n), 0) FROM counter_rows
              WHERE budget = ?1 AND at_ms > ?2 AND at_ms <= ?3 AND token >= 0",
         )?
         .query_row(params![budget, low, high], |r| r.get(0))?;
@@ -937,8 +995,7 @@ impl SqliteStore {
                 } else {
                     Vec::new()
                 };
-                let mut insert_unit =
-                    Held::new("INSERT INTO counter_log (budget, at_ms, token) VALUES (?1, ?2, ?3)");
+                let mut pending = Pending::default();
                 // Each call checks all its budgets before it takes a unit from any, so a refused
                 // call wrote nothing but what any call would have (its budgets' cursors and
                 // latest times): the calls share one transaction without savepoints.
@@ -950,17 +1007,18 @@ impl SqliteStore {
                     answers.push(admit_in(
                         tx,
                         known,
-                        (&mut insert_unit, &mut taking),
+                        (&mut pending, &mut taking),
                         limits,
                         *now_ms,
                         touching,
                     )?);
                 }
                 let notes = if noted.is_some() {
-                    note_usage(tx, &answers, &touched)?
+                    note_usage(tx, &mut pending, &answers, &touched)?
                 } else {
                     Vec::new()
                 };
+                pending.flush_all(tx)?;
                 known.write_dirty(tx)?;
                 Ok((answers, notes))
             })
@@ -1024,16 +1082,12 @@ impl CounterStore for SqliteStore {
                     else {
                         continue;
                     };
-                    let removed = tx
-                    .prepare_cached(
-                        "DELETE FROM counter_log WHERE budget = ?1 AND at_ms = ?2 AND token = ?3",
-                    )?
-                    .execute(params![budget.id, sql_int(unit.at_ms), sql_int(unit.token)])?;
+                    let removed = give_back(tx, budget.id, unit)?;
                     // Only a unit that was there, and counted after the cursor, was in `above`
                     // (a second release of the same unit removes nothing).
-                    if removed == 1 && sql_int(unit.at_ms) > budget.cursor_ms {
+                    if removed && sql_int(unit.at_ms) > budget.cursor_ms {
                         tx.prepare_cached(
-                            "UPDATE counter_log SET above = above - 1
+                            "UPDATE counter_rows SET above = above - 1
                              WHERE budget = ?1 AND at_ms = 9223372036854775807 AND token = -1",
                         )?
                         .execute(params![budget.id])?;
@@ -1059,7 +1113,7 @@ impl CounterStore for SqliteStore {
                 else {
                     return Ok(None);
                 };
-                let used = budget.after(tx, low)?;
+                let used = budget.after(tx, low, &mut Pending::default())?;
                 let oldest = oldest_after(tx, budget.id, low)?;
                 Ok(Some((used, oldest)))
             })
@@ -1087,7 +1141,7 @@ impl CounterStore for SqliteStore {
                 let budgets: Vec<(String, Budget)> = tx
                     .prepare_cached(
                         "SELECT k.scope_key, k.id, s.retain_ms, s.latest_ms, s.cursor_ms, s.above
-                     FROM counter_keys k JOIN counter_log s
+                     FROM counter_keys k JOIN counter_rows s
                          ON s.budget = k.id AND s.at_ms = 9223372036854775807 AND s.token = -1
                      WHERE k.counter = ?1 AND k.scope = ?2 ORDER BY k.scope_key",
                     )?
@@ -1106,7 +1160,7 @@ impl CounterStore for SqliteStore {
                     .collect::<rusqlite::Result<_>>()?;
                 let mut found = Vec::with_capacity(budgets.len());
                 for (scope_key, budget) in budgets {
-                    let used = budget.after(tx, low)?;
+                    let used = budget.after(tx, low, &mut Pending::default())?;
                     let Some(oldest) = oldest_after(tx, budget.id, low)?.filter(|_| used > 0)
                     else {
                         continue;
@@ -1121,6 +1175,66 @@ impl CounterStore for SqliteStore {
             })
         })
     }
+}
+
+/// Gives back one unit of its row (see [`SCHEMA`]): the row whose tokens include the unit's,
+/// if it is still there and has not given this unit back already. Returns whether it was
+/// counted until now.
+fn give_back(tx: &Connection, budget: i64, unit: &ReservedUnit) -> rusqlite::Result<bool> {
+    let at_ms = sql_int(unit.at_ms);
+    let token = sql_int(unit.token);
+    let row: Option<(i64, i64, i64, Option<Vec<u8>>)> = tx
+        .prepare_cached(
+            "SELECT token, n, size, released FROM counter_rows
+             WHERE budget = ?1 AND at_ms = ?2 AND token >= 0 AND token <= ?3
+             ORDER BY token DESC LIMIT 1",
+        )?
+        .query_row(params![budget, at_ms, token], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((first, n, size, released)) = row else {
+        return Ok(false);
+    };
+    // The unit's place in its row; past the row's end, its own row is gone (given back
+    // whole, or pruned) and this is an earlier row's.
+    let place = from_sql(token.saturating_sub(first));
+    let size = from_sql(size);
+    if size > ROW_UNITS_MAX {
+        // Never written so (a damaged file): fail closed rather than size its record by it.
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("a row of units claims {size} units")),
+        ));
+    }
+    if place >= size {
+        return Ok(false);
+    }
+    let (byte, bit) = (
+        usize::try_from(place / 8).unwrap_or(usize::MAX),
+        1u8 << (place % 8),
+    );
+    let mut released = released.unwrap_or_default();
+    if released.get(byte).is_some_and(|b| b & bit != 0) {
+        return Ok(false);
+    }
+    if n <= 1 {
+        tx.prepare_cached(
+            "DELETE FROM counter_rows WHERE budget = ?1 AND at_ms = ?2 AND token = ?3",
+        )?
+        .execute(params![budget, at_ms, first])?;
+        return Ok(n == 1);
+    }
+    if released.len() <= byte {
+        released.resize(byte + 1, 0);
+    }
+    released[byte] |= bit;
+    tx.prepare_cached(
+        "UPDATE counter_rows SET n = n - 1, released = ?4
+         WHERE budget = ?1 AND at_ms = ?2 AND token = ?3",
+    )?
+    .execute(params![budget, at_ms, first, released])?;
+    Ok(true)
 }
 
 /// How a transaction starts.
@@ -1162,39 +1276,100 @@ fn in_transaction<T>(
 ///
 /// The first row of the range, not `min(at_ms)` nor `ORDER BY at_ms`: with either, the
 /// bundled SQLite (built with STAT4) re-prepares the statement every time it is bound again,
-/// a fifth of the store thread's work under load. `counter_log` is a `WITHOUT ROWID` table
+/// a fifth of the store thread's work under load. `counter_rows` is a `WITHOUT ROWID` table
 /// keyed by `(budget, at_ms, token)`, so a range of one budget is read in `at_ms` order
 /// (`tests/policy_limits.rs` compares the times it gives with the reference store's).
 fn oldest_after(tx: &Connection, budget: i64, low: i64) -> rusqlite::Result<Option<u64>> {
     let oldest: Option<i64> = tx
         .prepare_cached(
-            "SELECT at_ms FROM counter_log WHERE budget = ?1 AND at_ms > ?2 AND token >= 0 LIMIT 1",
+            "SELECT at_ms FROM counter_rows WHERE budget = ?1 AND at_ms > ?2 AND token >= 0 LIMIT 1",
         )?
         .query_row(params![budget, low], |r| r.get(0))
         .optional()?;
     Ok(oldest.map(from_sql))
 }
 
-/// A statement every admission of a batch runs, taken from the connection's cache once per
-/// batch instead of once per admission (each take hashes its text and allocates its key).
-struct Held<'c> {
-    sql: &'static str,
-    statement: Option<CachedStatement<'c>>,
+/// The units a batch took and has not written yet: one row per budget and time, carrying
+/// their number (see [`SCHEMA`]), written before anything reads that budget's units and
+/// otherwise before the commit. A batch's admissions into one budget share a time unless the
+/// clock's millisecond turned within the batch, so a batch writes about one row per budget
+/// whatever its size.
+#[derive(Debug, Default)]
+struct Pending {
+    rows: Vec<PendingRow>,
 }
 
-impl<'c> Held<'c> {
-    fn new(sql: &'static str) -> Held<'c> {
-        Held {
-            sql,
-            statement: None,
+#[derive(Debug)]
+struct PendingRow {
+    budget: i64,
+    at_ms: u64,
+    /// The first unit's token; the row's units have `token .. token + n`.
+    token: u64,
+    n: u64,
+}
+
+/// At most this many units in one row (a release's record of what it gave back is a bit per
+/// unit of the row).
+const ROW_UNITS_MAX: u64 = 1 << 16;
+
+impl Pending {
+    /// Takes a unit of `budget` at `at_ms`; returns its token.
+    fn take(&mut self, budget: i64, at_ms: u64) -> u64 {
+        if let Some(row) = self
+            .rows
+            .iter_mut()
+            .find(|r| r.budget == budget && r.at_ms == at_ms && r.n < ROW_UNITS_MAX)
+        {
+            let token = row.token + row.n;
+            row.n += 1;
+            return token;
         }
+        // Non-negative, with room after it for the row's units: every token of the row
+        // round-trips through SQLite's signed integers.
+        let token = rand::random::<u64>() >> 2;
+        self.rows.push(PendingRow {
+            budget,
+            at_ms,
+            token,
+            n: 1,
+        });
+        token
     }
 
-    fn held(&mut self, tx: &'c Connection) -> rusqlite::Result<&mut CachedStatement<'c>> {
-        match &mut self.statement {
-            Some(statement) => Ok(statement),
-            empty => Ok(empty.insert(tx.prepare_cached(self.sql)?)),
+    /// Writes `budget`'s rows, before a statement reads its units.
+    fn flush(&mut self, tx: &Connection, budget: i64) -> rusqlite::Result<()> {
+        let mut i = 0;
+        while i < self.rows.len() {
+            if self.rows[i].budget == budget {
+                self.rows.swap_remove(i).write(tx)?;
+            } else {
+                i += 1;
+            }
         }
+        Ok(())
+    }
+
+    /// Writes every row left, before the batch's commit.
+    fn flush_all(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        for row in self.rows.drain(..) {
+            row.write(tx)?;
+        }
+        Ok(())
+    }
+}
+
+impl PendingRow {
+    fn write(&self, tx: &Connection) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO counter_rows (budget, at_ms, token, n, size) VALUES (?1, ?2, ?3, ?4, ?4)",
+        )?
+        .execute(params![
+            self.budget,
+            sql_int(self.at_ms),
+            sql_int(self.token),
+            sql_int(self.n)
+        ])?;
+        Ok(())
     }
 }
 
@@ -1221,17 +1396,17 @@ const PRUNE_STEPS: u64 = 16;
 /// (retained span, latest time, cursor, pruning), checks them all, and only if every one has
 /// room takes a unit from each. A refused call takes nothing.
 ///
-/// `scratch`: the batch's held `INSERT` of a unit, and a list to read the call's budgets
-/// into (emptied here first), both kept across the batch's calls.
-fn admit_in<'c>(
-    tx: &'c Connection,
+/// `scratch`: the batch's units not written yet ([`Pending`]), and a list to read the call's
+/// budgets into (emptied here first), both kept across the batch's calls.
+fn admit_in(
+    tx: &Connection,
     known: &mut Known,
-    scratch: (&mut Held<'c>, &mut Vec<Taking>),
+    scratch: (&mut Pending, &mut Vec<Taking>),
     limits: &[LimitRequest<'_>],
     now_ms: u64,
     touched: Option<(usize, &mut Vec<Touched>)>,
 ) -> rusqlite::Result<Admission> {
-    let (insert_unit, taking) = scratch;
+    let (pending, taking) = scratch;
     taking.clear();
     for (index, limit) in limits.iter().enumerate() {
         if limits[..index].iter().any(|l| l.same_budget(limit)) {
@@ -1260,7 +1435,7 @@ fn admit_in<'c>(
         // cursor there every pruned unit is one the running count no longer holds.
         let low = window_start(at, limit.window_ms);
         let cursor_was = budget.cursor_ms;
-        match budget.advance(tx, low, oldest)? {
+        match budget.advance(tx, pending, low, oldest)? {
             Some(walked) => oldest = Some(walked),
             None if budget.cursor_ms != cursor_was => oldest = None,
             None => {}
@@ -1272,8 +1447,9 @@ fn admit_in<'c>(
         if let Some(horizon) = budget.horizon() {
             let step = sql_int((budget.retain_ms / PRUNE_STEPS).max(1));
             if was.is_none_or(|was| was.div_euclid(step) != horizon.div_euclid(step)) {
+                pending.flush(tx, budget.id)?;
                 tx.prepare_cached(
-                    "DELETE FROM counter_log WHERE budget = ?1 AND at_ms <= ?2 AND token >= 0",
+                    "DELETE FROM counter_rows WHERE budget = ?1 AND at_ms <= ?2 AND token >= 0",
                 )?
                 .execute(params![budget.id, horizon])?;
             }
@@ -1290,7 +1466,13 @@ fn admit_in<'c>(
     let mut refused = None;
     for t in taking.iter() {
         let limit = &limits[t.index];
-        if let Some(retry_after_ms) = full(tx, &t.budget, t.at_ms, limit.max, limit.window_ms)? {
+        if let Some(retry_after_ms) = full(
+            tx,
+            pending,
+            &t.budget,
+            t.at_ms,
+            (limit.max, limit.window_ms),
+        )? {
             refused = Some(Admission::Refused {
                 index: t.index,
                 retry_after_ms,
@@ -1303,13 +1485,7 @@ fn admit_in<'c>(
     let mut touched = if refused.is_none() { touched } else { None };
     for t in taking.iter_mut() {
         if refused.is_none() {
-            // Non-negative, so it round-trips through SQLite's signed integers.
-            let token = rand::random::<u64>() >> 1;
-            insert_unit.held(tx)?.execute(params![
-                t.budget.id,
-                sql_int(t.at_ms),
-                sql_int(token)
-            ])?;
+            let token = pending.take(t.budget.id, t.at_ms);
             if sql_int(t.at_ms) > t.budget.cursor_ms {
                 t.budget.above += 1;
                 t.oldest = t
@@ -1332,7 +1508,7 @@ fn admit_in<'c>(
                     window_ms: limit.window_ms,
                     at_ms: t.at_ms,
                     low,
-                    used: t.budget.after(tx, low)?,
+                    used: t.budget.after(tx, low, pending)?,
                     oldest_ms,
                 });
             }
@@ -1367,6 +1543,7 @@ struct Touched {
 /// primary key, in the batch's own transaction).
 fn note_usage(
     tx: &Connection,
+    pending: &mut Pending,
     answers: &[Admission],
     touched: &[Touched],
 ) -> rusqlite::Result<Vec<NotedUsage>> {
@@ -1387,7 +1564,10 @@ fn note_usage(
         let oldest_ms = match (t.used, t.oldest_ms) {
             (0, _) => None,
             (_, Some(known)) => known,
-            (_, None) => oldest_after(tx, t.budget, t.low)?,
+            (_, None) => {
+                pending.flush(tx, t.budget)?;
+                oldest_after(tx, t.budget, t.low)?
+            }
         };
         notes.push(NotedUsage {
             key: unit.key.clone(),
@@ -1406,18 +1586,20 @@ fn note_usage(
 /// those at or after its end (only a clock running a window ahead leaves any there).
 fn full(
     tx: &Connection,
+    pending: &mut Pending,
     budget: &Budget,
     at_ms: u64,
-    max: u64,
-    window_ms: u64,
+    (max, window_ms): (u64, u64),
 ) -> rusqlite::Result<Option<u64>> {
     let low = window_start(at_ms, window_ms);
     let high = sql_int(at_ms.saturating_add(window_ms));
-    let mut used = budget.after(tx, low)?;
+    let mut used = budget.after(tx, low, pending)?;
     if sql_int(budget.latest_ms) >= high {
+        pending.flush(tx, budget.id)?;
         let beyond: i64 = tx
             .prepare_cached(
-                "SELECT count(*) FROM counter_log WHERE budget = ?1 AND at_ms >= ?2 AND token >= 0",
+                "SELECT coalesce(sum(n), 0) FROM counter_rows
+                 WHERE budget = ?1 AND at_ms >= ?2 AND token >= 0",
             )?
             .query_row(params![budget.id, high], |r| r.get(0))?;
         used = used.saturating_sub(from_sql(beyond));
@@ -1426,16 +1608,26 @@ fn full(
         return Ok(None);
     }
     // The (used - max + 1)-th oldest unit must leave the window (with an exact count that
-    // is the oldest one, unless `max` was lowered).
-    let leaving: i64 = tx
-        .prepare_cached(
-            "SELECT at_ms FROM counter_log
-             WHERE budget = ?1 AND at_ms > ?2 AND at_ms < ?3 AND token >= 0
-             ORDER BY at_ms LIMIT 1 OFFSET ?4",
-        )?
-        .query_row(params![budget.id, low, high, sql_int(used - max)], |r| {
-            r.get(0)
-        })?;
+    // is the oldest one, unless `max` was lowered): rows are walked in time order, past
+    // `used - max` units.
+    pending.flush(tx, budget.id)?;
+    let mut rows = tx.prepare_cached(
+        "SELECT at_ms, n FROM counter_rows
+         WHERE budget = ?1 AND at_ms > ?2 AND at_ms < ?3 AND token >= 0
+         ORDER BY at_ms",
+    )?;
+    let mut rows = rows.query(params![budget.id, low, high])?;
+    let mut passing = used - max;
+    let leaving: i64 = loop {
+        let Some(row) = rows.next()? else {
+            return Err(rusqlite::Error::QueryReturnedNoRows);
+        };
+        let n = from_sql(row.get(1)?);
+        if n > passing {
+            break row.get(0)?;
+        }
+        passing -= n;
+    };
     let leaves_at = from_sql(leaving).saturating_add(window_ms);
     Ok(Some(leaves_at.saturating_sub(at_ms).max(1)))
 }
@@ -1522,7 +1714,7 @@ mod tests {
             .with_conn(|c| {
                 c.query_row(
                     "SELECT (SELECT count(*) FROM counter_keys),
-                            (SELECT count(*) FROM counter_log WHERE token >= 0)",
+                            (SELECT coalesce(sum(n), 0) FROM counter_rows WHERE token >= 0)",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -1702,13 +1894,13 @@ mod tests {
         let path = dir.path().join("c.sqlite3");
         Connection::open(&path)
             .unwrap()
-            .execute_batch("PRAGMA user_version = 4")
+            .execute_batch("PRAGMA user_version = 5")
             .unwrap();
         let store = SqliteStore::open(&path).unwrap();
         let c: Arc<str> = Arc::from("c");
         let e = store.admit(&[global(&c, 3, 1000)], 1).unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Schema);
-        assert!(e.detail.contains("schema version 4"), "{}", e.detail);
+        assert!(e.detail.contains("schema version 5"), "{}", e.detail);
         assert!(e.detail.contains("newer toolgate"), "{}", e.detail);
     }
 
@@ -1770,14 +1962,14 @@ mod tests {
                     "SELECT (SELECT user_version FROM pragma_user_version),
                             (SELECT count(*) FROM sqlite_master
                                 WHERE name IN ('counter_budgets', 'counter_units')),
-                            (SELECT count(*) FROM counter_log WHERE token >= 0)",
+                            (SELECT coalesce(sum(n), 0) FROM counter_rows WHERE token >= 0)",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
             })
             .unwrap();
         // 3900, 4100, 5000 and the one just admitted: 4500 was given back.
-        assert_eq!((version, old_tables, units), (3, 0, 4));
+        assert_eq!((version, old_tables, units), (4, 0, 4));
     }
 
     #[test]
@@ -1800,9 +1992,10 @@ mod tests {
         assert!(e.to_string().contains("no such table"), "{e}");
     }
 
-    /// WAL frames written by `admissions` admissions of one call each, one transaction each,
-    /// into one budget (after a first admission created it).
-    fn frames_per_admission(admissions: u64) -> f64 {
+    /// WAL frames written by `admissions` admissions, `per_batch` calls decided together in
+    /// each transaction, all of a batch in one millisecond, into one budget (after a first
+    /// admission created it).
+    fn frames_per_admission(admissions: u64, per_batch: u64) -> f64 {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite3");
         let store = SqliteStore::open(&path).unwrap();
@@ -1826,11 +2019,12 @@ mod tests {
                 .unwrap()
         };
         let before = frames();
-        for at in 0..admissions {
-            assert!(matches!(
-                store.admit(&limits, 2 + at),
-                Ok(Admission::Admitted(_))
-            ));
+        for batch in 0..admissions / per_batch {
+            let calls: Vec<(&[LimitRequest<'_>], u64)> =
+                (0..per_batch).map(|_| (&limits[..], 2 + batch)).collect();
+            for answer in store.admit_many(&calls) {
+                assert!(matches!(answer, Ok(Admission::Admitted(_))), "{answer:?}");
+            }
         }
         let written = frames() - before;
         written as f64 / admissions as f64
@@ -1840,10 +2034,250 @@ mod tests {
     fn an_admission_writes_one_page_its_unit_beside_its_budgets_state() {
         // Version 2 wrote two (the unit's leaf and the budget's row); a leaf that fills up
         // now and then is split, which writes its neighbours and parent once.
-        let per_admission = frames_per_admission(400);
+        let per_admission = frames_per_admission(400, 1);
         assert!(
             (1.0..1.1).contains(&per_admission),
             "{per_admission} WAL frames per admission"
         );
+    }
+
+    #[test]
+    fn a_batch_writes_one_row_per_budget_so_its_pages_do_not_grow_with_its_size() {
+        // Version 3 wrote a row per admission: 0.24 frames per admission at 8 a
+        // transaction, 0.07 at 64 (its leaves filled and split with the batch's rows). One
+        // row per batch: one page per commit, whatever the batch's size.
+        for per_batch in [8, 64] {
+            let per_admission = frames_per_admission(64 * 40, per_batch);
+            let per_commit = per_admission * per_batch as f64;
+            assert!(
+                (1.0..1.1).contains(&per_commit),
+                "{per_batch} a batch: {per_admission} WAL frames per admission"
+            );
+        }
+    }
+
+    /// How many rows of units `budget` has, and the units they hold.
+    fn rows_and_units(store: &SqliteStore) -> (i64, i64) {
+        store
+            .with_conn(|c| {
+                c.query_row(
+                    "SELECT count(*), coalesce(sum(n), 0) FROM counter_rows WHERE token >= 0",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_unit_given_back_from_a_shared_row_is_given_back_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        let limits = [global(&c, 10, 1000)];
+        // Ten calls in one transaction and one millisecond, two in the next millisecond.
+        let mut calls: Vec<(&[LimitRequest<'_>], u64)> = vec![(&limits[..], 100); 10];
+        calls.extend([(&limits[..], 101), (&limits[..], 101)]);
+        let reservations: Vec<Reservation> = store
+            .admit_many(&calls)
+            .into_iter()
+            .take(10)
+            .map(|answer| match answer {
+                Ok(Admission::Admitted(reservation)) => reservation,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(rows_and_units(&store), (1, 10), "one row for the ten");
+        assert!(matches!(
+            store.admit(&limits, 102).unwrap(),
+            Admission::Refused { .. }
+        ));
+        // The fifth call's unit, twice: one unit back, not two.
+        store.try_release(&reservations[4]).unwrap();
+        store.try_release(&reservations[4]).unwrap();
+        assert_eq!(rows_and_units(&store), (1, 9));
+        assert_eq!(store.usage_of(&limits[0].key(), 1000, 102).unwrap().used, 9);
+        assert!(matches!(
+            store.admit(&limits, 102).unwrap(),
+            Admission::Admitted(_)
+        ));
+        assert!(matches!(
+            store.admit(&limits, 102).unwrap(),
+            Admission::Refused { .. }
+        ));
+        // Every unit of the row back (the fifth a third time): the row is gone, the count
+        // with it, and nothing else was given back.
+        for reservation in &reservations {
+            store.try_release(reservation).unwrap();
+        }
+        assert_eq!(rows_and_units(&store), (1, 1));
+        assert_eq!(store.usage_of(&limits[0].key(), 1000, 102).unwrap().used, 1);
+        store.try_release(&reservations[0]).unwrap();
+        assert_eq!(store.usage_of(&limits[0].key(), 1000, 102).unwrap().used, 1);
+    }
+
+    #[test]
+    fn a_refusal_inside_a_batch_sees_the_batchs_own_units_and_when_they_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        let limits = [global(&c, 5, 1000)];
+        // Three at 100, two at 400 (not written yet when the sixth, at 900, is decided):
+        // the sixth waits for the three at 100 to leave; at 1101 the three have left, three
+        // fit again, a fourth does not until the first at 400 leaves.
+        let times = [100, 100, 100, 400, 400, 900, 1101, 1101, 1101, 1101];
+        let calls: Vec<(&[LimitRequest<'_>], u64)> =
+            times.iter().map(|at| (&limits[..], *at)).collect();
+        let answers = store.admit_many(&calls);
+        let refused: Vec<(usize, u64)> = answers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| match a {
+                Ok(Admission::Refused { retry_after_ms, .. }) => Some((i, *retry_after_ms)),
+                Ok(Admission::Admitted(_)) => None,
+                Err(e) => panic!("{e}"),
+            })
+            .collect();
+        assert_eq!(refused, vec![(5, 200), (9, 299)]);
+        assert_eq!(rows_and_units(&store), (3, 8));
+        assert_eq!(
+            store.usage_of(&limits[0].key(), 1000, 1101).unwrap().used,
+            5
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Batches whose calls mostly share a millisecond (so their units share rows), given
+        /// back in part, some twice, decided exactly as the reference store decides them: the
+        /// same answers, the same times to retry, the same usage.
+        #[test]
+        fn shared_rows_answer_as_the_reference_store_does(
+            max in 1u64..8,
+            window in 1u64..30,
+            batches in proptest::collection::vec(proptest::collection::vec(0u64..3, 1..24), 1..24),
+            release_every in 1usize..4,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("c.sqlite3")).unwrap();
+            let reference = crate::policy::store::MemoryStore::new();
+            let c: Arc<str> = Arc::from("c");
+            let limits = [global(&c, max, window)];
+            let mut now = 1_000u64;
+            let mut taken = 0usize;
+            for gaps in batches {
+                let times: Vec<u64> = gaps.iter().map(|gap| { now += gap; now }).collect();
+                let calls: Vec<(&[LimitRequest<'_>], u64)> =
+                    times.iter().map(|&t| (&limits[..], t)).collect();
+                let mut give_back = Vec::new();
+                for (&t, answer) in times.iter().zip(store.admit_many(&calls)) {
+                    let answer = answer.unwrap();
+                    let expected = reference.admit(&limits, t).unwrap();
+                    match (answer, expected) {
+                        (Admission::Admitted(r), Admission::Admitted(e)) => {
+                            proptest::prop_assert_eq!(r.units()[0].at_ms, e.units()[0].at_ms);
+                            taken += 1;
+                            if taken.is_multiple_of(release_every + 1) {
+                                give_back.push((r, e));
+                            }
+                        }
+                        (answer, expected) => proptest::prop_assert_eq!(answer, expected, "at {}", t),
+                    }
+                }
+                for (r, e) in give_back {
+                    store.try_release(&r).unwrap();
+                    store.try_release(&r).unwrap();
+                    reference.release(&e);
+                }
+                let used = store.usage("c", Scope::Global, window, now).unwrap();
+                let expected = reference.usage("c", Scope::Global, window, now).unwrap();
+                proptest::prop_assert_eq!(used, expected);
+            }
+        }
+    }
+
+    /// Version 3's schema with a budget and its units, as the previous release wrote them.
+    fn version_3_file(path: &Path) -> Connection {
+        let old = Connection::open(path).unwrap();
+        old.execute_batch(SCHEMA_3).unwrap();
+        // As `version_2_file`: the cursor at 3999 with three counted after it.
+        old.execute_batch(
+            "INSERT INTO counter_keys VALUES (7, 'c', 'global', '');
+             INSERT INTO counter_log (budget, at_ms, token) VALUES (7, 3900, 10), (7, 4100, 11),
+                                                                 (7, 4500, 12), (7, 5000, 13);
+             INSERT INTO counter_log VALUES (7, 9223372036854775807, -1, 1000, 5000, 3999, 3);
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        old
+    }
+
+    #[test]
+    fn a_version_3_file_is_migrated_with_its_counts_and_its_units_releasable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        drop(version_3_file(&path));
+
+        let store = SqliteStore::open(&path).unwrap();
+        let usage = full_window_then_an_old_unit_given_back(&store);
+        assert_eq!((usage.used, usage.next_free_in_ms), (3, Some(50)));
+        // Given back again: nothing more.
+        let old_unit = Reservation::new(vec![ReservedUnit {
+            key: usage_key(),
+            at_ms: 4500,
+            token: 12,
+        }]);
+        store.try_release(&old_unit).unwrap();
+        assert_eq!(store.usage_of(&usage_key(), 1000, 5050).unwrap().used, 3);
+        let (version, old_tables): (i64, i64) = store
+            .with_conn(|c| {
+                c.query_row(
+                    "SELECT (SELECT user_version FROM pragma_user_version),
+                            (SELECT count(*) FROM sqlite_master WHERE name = 'counter_log')",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .unwrap();
+        assert_eq!((version, old_tables), (4, 0));
+        // 3900, 4100, 5000 and the one just admitted: 4500 was given back.
+        assert_eq!(rows_and_units(&store), (4, 4));
+        // The window moves on exactly: at 5101 the units at 4100 (and 3900) have left.
+        let c: Arc<str> = Arc::from("c");
+        assert_eq!(store.usage_of(&usage_key(), 1000, 5101).unwrap().used, 2);
+        assert!(matches!(
+            store.admit(&[global(&c, 3, 1000)], 5101).unwrap(),
+            Admission::Admitted(_)
+        ));
+        assert!(matches!(
+            store.admit(&[global(&c, 3, 1000)], 5101).unwrap(),
+            Admission::Refused { .. }
+        ));
+    }
+
+    fn usage_key() -> CounterKey {
+        let c: Arc<str> = Arc::from("c");
+        global(&c, 3, 1000).key()
+    }
+
+    #[test]
+    fn a_version_3_connection_open_during_the_migration_fails_instead_of_miscounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite3");
+        let old = version_3_file(&path);
+        let mut insert = old
+            .prepare("INSERT INTO counter_log (budget, at_ms, token) VALUES (7, ?1, ?2)")
+            .unwrap();
+        insert.execute(params![5001, 1]).unwrap();
+
+        let store = SqliteStore::open(&path).unwrap();
+        let c: Arc<str> = Arc::from("c");
+        assert!(matches!(
+            store.admit(&[global(&c, 5, 1000)], 5050).unwrap(),
+            Admission::Admitted(_)
+        ));
+        let e = insert.execute(params![5060, 2]).unwrap_err();
+        assert!(e.to_string().contains("no such table"), "{e}");
     }
 }
