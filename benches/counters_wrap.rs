@@ -10,7 +10,13 @@
 //!   `--no-events`, and with the event websocket on, the default: target ≥ 50 % of direct
 //!   with audit and events on), and with a limit on SQLite (target: ≥ 80 % of unlimited);
 //!   with the CPU time and the context switches of the `wrap` process per call (every
-//!   thread, from `/proc`), which do not depend on the machine's load as the rates do;
+//!   thread, from `/proc`), which do not depend on the machine's load as the rates do.
+//!   One round (40,000 calls per configuration, about 0.2 s each) varies by ±6 points, so
+//!   the phase runs several rounds, the configurations interleaved within each
+//!   (`PIPELINED_ROUNDS`, 9 by default: about 10 s on an idle machine), and prints the
+//!   median rates, each ratio as the median of the rounds' own ratios (the configurations
+//!   of one round share its load), and a second line with their ranges. (Until session 11
+//!   it printed one round's totals: same line otherwise, so README rows stay comparable.)
 //! - contention: 8 `wrap` processes on one SQLite file, 64 in flight each, one shared global
 //!   counter: admitted calls per second in all, p99 round trip, and over-admissions, counted
 //!   from the answers only the upstream writes (`ok`): must be zero;
@@ -301,27 +307,38 @@ impl Usage {
     }
 }
 
-/// A pipelined run's total: elapsed time, and what the gateway (if any) used.
+/// A configuration's pipelined runs: each round's elapsed time, and what the gateway (if any)
+/// used over all of them.
 #[derive(Default)]
 struct Pipelined {
-    elapsed: Duration,
+    elapsed: Vec<Duration>,
     used: Usage,
 }
 
 impl Pipelined {
-    fn add(&mut self, peer: &mut Peer, tool: &str, calls: usize) {
+    /// One run of `calls` calls (a new round's when `new_round`, else added to the last).
+    fn add(&mut self, peer: &mut Peer, tool: &str, calls: usize, new_round: bool) {
         let pid = peer.child.id();
         let before = Usage::of(pid);
-        self.elapsed += peer.pipelined(tool, calls, IN_FLIGHT).0;
+        let took = peer.pipelined(tool, calls, IN_FLIGHT).0;
         Usage::of(pid).add_since(&before, &mut self.used);
+        match self.elapsed.last_mut() {
+            Some(last) if !new_round => *last += took,
+            _ => self.elapsed.push(took),
+        }
     }
 
-    fn rate(&self, calls: usize) -> f64 {
-        calls as f64 / self.elapsed.as_secs_f64()
+    /// Calls per second in each round (`calls` per round).
+    fn rates(&self, calls: usize) -> Vec<f64> {
+        self.elapsed
+            .iter()
+            .map(|e| calls as f64 / e.as_secs_f64())
+            .collect()
     }
 
     /// The gateway's CPU time (all threads, and the busiest one: a thread's CPU time per
-    /// call bounds its calls per second) and context switches per call, as text.
+    /// call bounds its calls per second) and context switches per call, over every round,
+    /// as text.
     fn per_call(&self, calls: usize) -> String {
         let all: Duration = self.used.cpu.values().sum();
         let busiest = self.used.cpu.values().max().copied().unwrap_or_default();
@@ -334,8 +351,38 @@ impl Pipelined {
     }
 }
 
+/// The median and the range of `values` (not empty).
+fn median_range(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (median, values[0], values[n - 1])
+}
+
+/// Each round's `part / whole`, in percent.
+fn ratios(part: &[f64], whole: &[f64]) -> Vec<f64> {
+    part.iter().zip(whole).map(|(p, w)| p / w * 100.0).collect()
+}
+
+/// How many rounds the pipelined phase runs: `PIPELINED_ROUNDS`, 9 by default (about 1 s a
+/// round on an idle machine, so the phase stays well within 20 s under load).
+fn pipelined_rounds() -> usize {
+    std::env::var("PIPELINED_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(9)
+}
+
 /// Direct, unlimited through `wrap` (`--no-events`, and events on), limited through `wrap`
-/// (SQLite), 64 in flight: rates, interleaved in rounds so all see the same machine load.
+/// (SQLite), 64 in flight: rates, interleaved so all see the same machine load. A round is
+/// `IN_FLIGHT_CALLS` calls per configuration, sent in slices taking turns; the phase runs
+/// `pipelined_rounds()` rounds and reports each rate's median, and each ratio as the median
+/// of the rounds' own ratios (a round's configurations share its load), with their ranges.
 fn pipelined(dir: &Path) {
     let file = dir.join("state/pipelined.sqlite3");
     let mut direct = Peer::start(None, dir);
@@ -347,33 +394,69 @@ fn pipelined(dir: &Path) {
         quiet.round_trip("limited");
         events.round_trip("echo");
     }
-    const ROUNDS: usize = 10;
-    let per_round = IN_FLIGHT_CALLS / ROUNDS;
+    const SLICES: usize = 10;
+    let per_slice = IN_FLIGHT_CALLS / SLICES;
+    let rounds = pipelined_rounds();
     let (mut d, mut u, mut e, mut l) = (
         Pipelined::default(),
         Pipelined::default(),
         Pipelined::default(),
         Pipelined::default(),
     );
-    for _ in 0..ROUNDS {
-        d.elapsed += direct.pipelined("echo", per_round, IN_FLIGHT).0;
-        u.add(&mut quiet, "echo", per_round);
-        e.add(&mut events, "echo", per_round);
-        l.add(&mut quiet, "limited", per_round);
+    for _ in 0..rounds {
+        for slice in 0..SLICES {
+            let new_round = slice == 0;
+            d.add(&mut direct, "echo", per_slice, new_round);
+            u.add(&mut quiet, "echo", per_slice, new_round);
+            e.add(&mut events, "echo", per_slice, new_round);
+            l.add(&mut quiet, "limited", per_slice, new_round);
+        }
     }
-    let calls = per_round * ROUNDS;
-    let (dr, ur, er, lr) = (d.rate(calls), u.rate(calls), e.rate(calls), l.rate(calls));
-    println!(
-        "summary: {IN_FLIGHT} in flight, {calls} calls: direct {dr:.0}/s; wrap without limit, events on {er:.0}/s ({:.0}% of direct; target ≥ 50%), --no-events {ur:.0}/s ({:.0}%); limited on SQLite {lr:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
-        er / dr * 100.0,
-        ur / dr * 100.0,
-        lr / ur * 100.0
+    let calls = per_slice * SLICES;
+    let (dr, ur, er, lr) = (
+        d.rates(calls),
+        u.rates(calls),
+        e.rates(calls),
+        l.rates(calls),
+    );
+    let (events_pct, quiet_pct, limited_pct) = (
+        median_range(ratios(&er, &dr)),
+        median_range(ratios(&ur, &dr)),
+        median_range(ratios(&lr, &ur)),
+    );
+    let (dr, ur, er, lr) = (
+        median_range(dr),
+        median_range(ur),
+        median_range(er),
+        median_range(lr),
     );
     println!(
-        "summary: {IN_FLIGHT} in flight, the gateway's work: without limit, events on: {}; --no-events: {}; limited: {}",
-        e.per_call(calls),
-        u.per_call(calls),
-        l.per_call(calls)
+        "summary: {IN_FLIGHT} in flight, {calls} calls, medians of {rounds} rounds: direct {:.0}/s; wrap without limit, events on {:.0}/s ({:.0}% of direct; target ≥ 50%), --no-events {:.0}/s ({:.0}%); limited on SQLite {:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
+        dr.0, er.0, events_pct.0, ur.0, quiet_pct.0, lr.0, limited_pct.0
+    );
+    println!(
+        "summary: {IN_FLIGHT} in flight, ranges over {rounds} rounds: direct {:.0}–{:.0}/s; events on {:.0}–{:.0}/s ({:.0}–{:.0}% of direct); --no-events {:.0}–{:.0}/s ({:.0}–{:.0}%); limited {:.0}–{:.0}/s ({:.0}–{:.0}% of unlimited)",
+        dr.1,
+        dr.2,
+        er.1,
+        er.2,
+        events_pct.1,
+        events_pct.2,
+        ur.1,
+        ur.2,
+        quiet_pct.1,
+        quiet_pct.2,
+        lr.1,
+        lr.2,
+        limited_pct.1,
+        limited_pct.2
+    );
+    let all_calls = calls * rounds;
+    println!(
+        "summary: {IN_FLIGHT} in flight, the gateway's work over {rounds} rounds: without limit, events on: {}; --no-events: {}; limited: {}",
+        e.per_call(all_calls),
+        u.per_call(all_calls),
+        l.per_call(all_calls)
     );
 }
 
