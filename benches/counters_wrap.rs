@@ -268,8 +268,10 @@ fn sequential(dir: &Path) {
 struct Usage {
     /// Time on a CPU, by thread id.
     cpu: HashMap<String, Duration>,
-    /// Context switches, voluntary (waiting) and not (preempted).
-    switches: u64,
+    /// Context switches, voluntary (waiting) and not (preempted), by thread id.
+    switches: HashMap<String, u64>,
+    /// Each thread's name, by thread id.
+    names: HashMap<String, String>,
 }
 
 impl Usage {
@@ -278,20 +280,24 @@ impl Usage {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gateway's threads");
         for task in tasks.flatten() {
             let path = task.path();
+            let tid = task.file_name().to_string_lossy().into_owned();
             // A thread that ended between the listing and the read counts as nothing.
             if let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) {
                 let ns = stat.split_whitespace().next().and_then(|n| n.parse().ok());
-                usage.cpu.insert(
-                    task.file_name().to_string_lossy().into_owned(),
-                    Duration::from_nanos(ns.unwrap_or(0)),
-                );
+                usage
+                    .cpu
+                    .insert(tid.clone(), Duration::from_nanos(ns.unwrap_or(0)));
             }
             if let Ok(status) = std::fs::read_to_string(path.join("status")) {
-                usage.switches += status
+                let switches = status
                     .lines()
                     .filter(|l| l.contains("ctxt_switches:"))
                     .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                     .sum::<u64>();
+                usage.switches.insert(tid.clone(), switches);
+            }
+            if let Ok(name) = std::fs::read_to_string(path.join("comm")) {
+                usage.names.insert(tid, name.trim().to_owned());
             }
         }
         usage
@@ -303,7 +309,37 @@ impl Usage {
             let was = before.cpu.get(task).copied().unwrap_or_default();
             *total.cpu.entry(task.clone()).or_default() += cpu.saturating_sub(was);
         }
-        total.switches += self.switches.saturating_sub(before.switches);
+        for (task, switches) in &self.switches {
+            let was = before.switches.get(task).copied().unwrap_or_default();
+            *total.switches.entry(task.clone()).or_default() += switches.saturating_sub(was);
+        }
+        for (task, name) in &self.names {
+            total
+                .names
+                .entry(task.clone())
+                .or_insert_with(|| name.clone());
+        }
+    }
+
+    fn all_switches(&self) -> u64 {
+        self.switches.values().sum()
+    }
+
+    /// Context switches per call by thread name (the runtime's thread is named after the
+    /// binary), most first: which of the gateway's threads sleep and wake.
+    fn switches_by_thread(&self, calls: usize) -> String {
+        let mut by_name: HashMap<&str, u64> = HashMap::new();
+        for (task, switches) in &self.switches {
+            let name = self.names.get(task).map_or("?", String::as_str);
+            *by_name.entry(name).or_default() += switches;
+        }
+        let mut by_name: Vec<_> = by_name.into_iter().filter(|(_, n)| *n > 0).collect();
+        by_name.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        by_name
+            .iter()
+            .map(|(name, n)| format!("{name} {:.4}", *n as f64 / calls as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -346,7 +382,7 @@ impl Pipelined {
             "{:.2} µs CPU ({:.2} on its busiest thread) and {:.3} context switches of `wrap` per call",
             us(all) / calls as f64,
             us(busiest) / calls as f64,
-            self.used.switches as f64 / calls as f64
+            self.used.all_switches() as f64 / calls as f64
         )
     }
 }
@@ -457,6 +493,13 @@ fn pipelined(dir: &Path) {
         e.per_call(all_calls),
         u.per_call(all_calls),
         l.per_call(all_calls)
+    );
+    // Not a summary: which threads of `wrap` slept and woke (context switches per call).
+    println!(
+        "threads: context switches per call: events on: {}; --no-events: {}; limited: {}",
+        e.used.switches_by_thread(all_calls),
+        u.used.switches_by_thread(all_calls),
+        l.used.switches_by_thread(all_calls)
     );
 }
 
