@@ -10,7 +10,13 @@
 //!   `--no-events`, and with the event websocket on, the default: target ≥ 50 % of direct
 //!   with audit and events on), and with a limit on SQLite (target: ≥ 80 % of unlimited);
 //!   with the CPU time and the context switches of the `wrap` process per call (every
-//!   thread, from `/proc`), which do not depend on the machine's load as the rates do;
+//!   thread, from `/proc`), which do not depend on the machine's load as the rates do.
+//!   One round (40,000 calls per configuration, about 0.2 s each) varies by ±6 points, so
+//!   the phase runs several rounds, the configurations interleaved within each
+//!   (`PIPELINED_ROUNDS`, 9 by default: about 10 s on an idle machine), and prints the
+//!   median rates, each ratio as the median of the rounds' own ratios (the configurations
+//!   of one round share its load), and a second line with their ranges. (Until session 11
+//!   it printed one round's totals: same line otherwise, so README rows stay comparable.)
 //! - contention: 8 `wrap` processes on one SQLite file, 64 in flight each, one shared global
 //!   counter: admitted calls per second in all, p99 round trip, and over-admissions, counted
 //!   from the answers only the upstream writes (`ok`): must be zero;
@@ -262,8 +268,10 @@ fn sequential(dir: &Path) {
 struct Usage {
     /// Time on a CPU, by thread id.
     cpu: HashMap<String, Duration>,
-    /// Context switches, voluntary (waiting) and not (preempted).
-    switches: u64,
+    /// Context switches, voluntary (waiting) and not (preempted), by thread id.
+    switches: HashMap<String, u64>,
+    /// Each thread's name, by thread id.
+    names: HashMap<String, String>,
 }
 
 impl Usage {
@@ -272,20 +280,24 @@ impl Usage {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gateway's threads");
         for task in tasks.flatten() {
             let path = task.path();
+            let tid = task.file_name().to_string_lossy().into_owned();
             // A thread that ended between the listing and the read counts as nothing.
             if let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) {
                 let ns = stat.split_whitespace().next().and_then(|n| n.parse().ok());
-                usage.cpu.insert(
-                    task.file_name().to_string_lossy().into_owned(),
-                    Duration::from_nanos(ns.unwrap_or(0)),
-                );
+                usage
+                    .cpu
+                    .insert(tid.clone(), Duration::from_nanos(ns.unwrap_or(0)));
             }
             if let Ok(status) = std::fs::read_to_string(path.join("status")) {
-                usage.switches += status
+                let switches = status
                     .lines()
                     .filter(|l| l.contains("ctxt_switches:"))
                     .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                     .sum::<u64>();
+                usage.switches.insert(tid.clone(), switches);
+            }
+            if let Ok(name) = std::fs::read_to_string(path.join("comm")) {
+                usage.names.insert(tid, name.trim().to_owned());
             }
         }
         usage
@@ -297,31 +309,72 @@ impl Usage {
             let was = before.cpu.get(task).copied().unwrap_or_default();
             *total.cpu.entry(task.clone()).or_default() += cpu.saturating_sub(was);
         }
-        total.switches += self.switches.saturating_sub(before.switches);
+        for (task, switches) in &self.switches {
+            let was = before.switches.get(task).copied().unwrap_or_default();
+            *total.switches.entry(task.clone()).or_default() += switches.saturating_sub(was);
+        }
+        for (task, name) in &self.names {
+            total
+                .names
+                .entry(task.clone())
+                .or_insert_with(|| name.clone());
+        }
+    }
+
+    fn all_switches(&self) -> u64 {
+        self.switches.values().sum()
+    }
+
+    /// Context switches per call by thread name (the runtime's thread is named after the
+    /// binary), most first: which of the gateway's threads sleep and wake.
+    fn switches_by_thread(&self, calls: usize) -> String {
+        let mut by_name: HashMap<&str, u64> = HashMap::new();
+        for (task, switches) in &self.switches {
+            let name = self.names.get(task).map_or("?", String::as_str);
+            *by_name.entry(name).or_default() += switches;
+        }
+        let mut by_name: Vec<_> = by_name.into_iter().filter(|(_, n)| *n > 0).collect();
+        by_name.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        by_name
+            .iter()
+            .map(|(name, n)| format!("{name} {:.4}", *n as f64 / calls as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
-/// A pipelined run's total: elapsed time, and what the gateway (if any) used.
+/// A configuration's pipelined runs: each round's elapsed time, and what the gateway (if any)
+/// used over all of them.
 #[derive(Default)]
 struct Pipelined {
-    elapsed: Duration,
+    elapsed: Vec<Duration>,
     used: Usage,
 }
 
 impl Pipelined {
-    fn add(&mut self, peer: &mut Peer, tool: &str, calls: usize) {
+    /// One run of `calls` calls (a new round's when `new_round`, else added to the last).
+    fn add(&mut self, peer: &mut Peer, tool: &str, calls: usize, new_round: bool) {
         let pid = peer.child.id();
         let before = Usage::of(pid);
-        self.elapsed += peer.pipelined(tool, calls, IN_FLIGHT).0;
+        let took = peer.pipelined(tool, calls, IN_FLIGHT).0;
         Usage::of(pid).add_since(&before, &mut self.used);
+        match self.elapsed.last_mut() {
+            Some(last) if !new_round => *last += took,
+            _ => self.elapsed.push(took),
+        }
     }
 
-    fn rate(&self, calls: usize) -> f64 {
-        calls as f64 / self.elapsed.as_secs_f64()
+    /// Calls per second in each round (`calls` per round).
+    fn rates(&self, calls: usize) -> Vec<f64> {
+        self.elapsed
+            .iter()
+            .map(|e| calls as f64 / e.as_secs_f64())
+            .collect()
     }
 
     /// The gateway's CPU time (all threads, and the busiest one: a thread's CPU time per
-    /// call bounds its calls per second) and context switches per call, as text.
+    /// call bounds its calls per second) and context switches per call, over every round,
+    /// as text.
     fn per_call(&self, calls: usize) -> String {
         let all: Duration = self.used.cpu.values().sum();
         let busiest = self.used.cpu.values().max().copied().unwrap_or_default();
@@ -329,13 +382,43 @@ impl Pipelined {
             "{:.2} µs CPU ({:.2} on its busiest thread) and {:.3} context switches of `wrap` per call",
             us(all) / calls as f64,
             us(busiest) / calls as f64,
-            self.used.switches as f64 / calls as f64
+            self.used.all_switches() as f64 / calls as f64
         )
     }
 }
 
+/// The median and the range of `values` (not empty).
+fn median_range(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (median, values[0], values[n - 1])
+}
+
+/// Each round's `part / whole`, in percent.
+fn ratios(part: &[f64], whole: &[f64]) -> Vec<f64> {
+    part.iter().zip(whole).map(|(p, w)| p / w * 100.0).collect()
+}
+
+/// How many rounds the pipelined phase runs: `PIPELINED_ROUNDS`, 9 by default (about 1 s a
+/// round on an idle machine, so the phase stays well within 20 s under load).
+fn pipelined_rounds() -> usize {
+    std::env::var("PIPELINED_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(9)
+}
+
 /// Direct, unlimited through `wrap` (`--no-events`, and events on), limited through `wrap`
-/// (SQLite), 64 in flight: rates, interleaved in rounds so all see the same machine load.
+/// (SQLite), 64 in flight: rates, interleaved so all see the same machine load. A round is
+/// `IN_FLIGHT_CALLS` calls per configuration, sent in slices taking turns; the phase runs
+/// `pipelined_rounds()` rounds and reports each rate's median, and each ratio as the median
+/// of the rounds' own ratios (a round's configurations share its load), with their ranges.
 fn pipelined(dir: &Path) {
     let file = dir.join("state/pipelined.sqlite3");
     let mut direct = Peer::start(None, dir);
@@ -347,33 +430,76 @@ fn pipelined(dir: &Path) {
         quiet.round_trip("limited");
         events.round_trip("echo");
     }
-    const ROUNDS: usize = 10;
-    let per_round = IN_FLIGHT_CALLS / ROUNDS;
+    const SLICES: usize = 10;
+    let per_slice = IN_FLIGHT_CALLS / SLICES;
+    let rounds = pipelined_rounds();
     let (mut d, mut u, mut e, mut l) = (
         Pipelined::default(),
         Pipelined::default(),
         Pipelined::default(),
         Pipelined::default(),
     );
-    for _ in 0..ROUNDS {
-        d.elapsed += direct.pipelined("echo", per_round, IN_FLIGHT).0;
-        u.add(&mut quiet, "echo", per_round);
-        e.add(&mut events, "echo", per_round);
-        l.add(&mut quiet, "limited", per_round);
+    for _ in 0..rounds {
+        for slice in 0..SLICES {
+            let new_round = slice == 0;
+            d.add(&mut direct, "echo", per_slice, new_round);
+            u.add(&mut quiet, "echo", per_slice, new_round);
+            e.add(&mut events, "echo", per_slice, new_round);
+            l.add(&mut quiet, "limited", per_slice, new_round);
+        }
     }
-    let calls = per_round * ROUNDS;
-    let (dr, ur, er, lr) = (d.rate(calls), u.rate(calls), e.rate(calls), l.rate(calls));
-    println!(
-        "summary: {IN_FLIGHT} in flight, {calls} calls: direct {dr:.0}/s; wrap without limit, events on {er:.0}/s ({:.0}% of direct; target ≥ 50%), --no-events {ur:.0}/s ({:.0}%); limited on SQLite {lr:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
-        er / dr * 100.0,
-        ur / dr * 100.0,
-        lr / ur * 100.0
+    let calls = per_slice * SLICES;
+    let (dr, ur, er, lr) = (
+        d.rates(calls),
+        u.rates(calls),
+        e.rates(calls),
+        l.rates(calls),
+    );
+    let (events_pct, quiet_pct, limited_pct) = (
+        median_range(ratios(&er, &dr)),
+        median_range(ratios(&ur, &dr)),
+        median_range(ratios(&lr, &ur)),
+    );
+    let (dr, ur, er, lr) = (
+        median_range(dr),
+        median_range(ur),
+        median_range(er),
+        median_range(lr),
     );
     println!(
-        "summary: {IN_FLIGHT} in flight, the gateway's work: without limit, events on: {}; --no-events: {}; limited: {}",
-        e.per_call(calls),
-        u.per_call(calls),
-        l.per_call(calls)
+        "summary: {IN_FLIGHT} in flight, {calls} calls, medians of {rounds} rounds: direct {:.0}/s; wrap without limit, events on {:.0}/s ({:.0}% of direct; target ≥ 50%), --no-events {:.0}/s ({:.0}%); limited on SQLite {:.0}/s ({:.0}% of unlimited; target ≥ 80%)",
+        dr.0, er.0, events_pct.0, ur.0, quiet_pct.0, lr.0, limited_pct.0
+    );
+    println!(
+        "summary: {IN_FLIGHT} in flight, ranges over {rounds} rounds: direct {:.0}–{:.0}/s; events on {:.0}–{:.0}/s ({:.0}–{:.0}% of direct); --no-events {:.0}–{:.0}/s ({:.0}–{:.0}%); limited {:.0}–{:.0}/s ({:.0}–{:.0}% of unlimited)",
+        dr.1,
+        dr.2,
+        er.1,
+        er.2,
+        events_pct.1,
+        events_pct.2,
+        ur.1,
+        ur.2,
+        quiet_pct.1,
+        quiet_pct.2,
+        lr.1,
+        lr.2,
+        limited_pct.1,
+        limited_pct.2
+    );
+    let all_calls = calls * rounds;
+    println!(
+        "summary: {IN_FLIGHT} in flight, the gateway's work over {rounds} rounds: without limit, events on: {}; --no-events: {}; limited: {}",
+        e.per_call(all_calls),
+        u.per_call(all_calls),
+        l.per_call(all_calls)
+    );
+    // Not a summary: which threads of `wrap` slept and woke (context switches per call).
+    println!(
+        "threads: context switches per call: events on: {}; --no-events: {}; limited: {}",
+        e.used.switches_by_thread(all_calls),
+        u.used.switches_by_thread(all_calls),
+        l.used.switches_by_thread(all_calls)
     );
 }
 

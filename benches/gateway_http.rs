@@ -7,7 +7,12 @@
 //!
 //! - sequential calls, direct and through the gateway alternating: the median round trip
 //!   and the median added by the gateway;
-//! - 64 calls in flight, direct and through the gateway: calls per second.
+//! - 64 calls in flight, direct and through the gateway: calls per second. One run of each
+//!   lasts about a second and single runs vary a lot, so the phase runs `IN_FLIGHT_ROUNDS`
+//!   rounds (5 by default), direct then through the gateway in each, and prints the median
+//!   rates, the share as the median of the rounds' own shares, and a line with their ranges
+//!   (until session 11: one round, the same line without "medians of N rounds"). The cost
+//!   lines below are the first round's.
 //!
 //! The client is the same for both paths: a bare HTTP/1.1 connection (hyper's) per caller,
 //! kept alive, `TCP_NODELAY`, its task on the caller's runtime. The sequential caller runs
@@ -303,6 +308,28 @@ impl PhaseCost {
     }
 }
 
+/// How many rounds the 64-in-flight phase runs, direct and through `serve` taking turns:
+/// `IN_FLIGHT_ROUNDS`, 5 by default.
+fn in_flight_rounds() -> usize {
+    std::env::var("IN_FLIGHT_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5)
+}
+
+/// The median and the range of `values` (not empty).
+fn median_range(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (median, values[0], values[n - 1])
+}
+
 async fn throughput(endpoint: &Arc<Endpoint>) -> f64 {
     let per_task = IN_FLIGHT_CALLS / IN_FLIGHT;
     let mut connections = Vec::with_capacity(IN_FLIGHT);
@@ -386,17 +413,33 @@ fn main() {
     runtime.block_on(async {
         let pid = serve.child.id();
         let calls = (IN_FLIGHT_CALLS / IN_FLIGHT) * IN_FLIGHT;
-        let cost = PhaseCost::start(pid);
-        let direct_rate = throughput(&direct_arc).await;
-        let direct_cost = cost.end(pid, calls);
-        let cost = PhaseCost::start(pid);
-        let gateway_rate = throughput(&gateway_arc).await;
-        let gateway_cost = cost.end(pid, calls);
-        println!("summary: {IN_FLIGHT} in flight, direct: {direct_cost}");
-        println!("summary: {IN_FLIGHT} in flight, through serve: {gateway_cost}");
+        let rounds = in_flight_rounds();
+        let (mut direct_rates, mut gateway_rates) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let cost = PhaseCost::start(pid);
+            direct_rates.push(throughput(&direct_arc).await);
+            let direct_cost = cost.end(pid, calls);
+            let cost = PhaseCost::start(pid);
+            gateway_rates.push(throughput(&gateway_arc).await);
+            let gateway_cost = cost.end(pid, calls);
+            if round == 0 {
+                println!("summary: {IN_FLIGHT} in flight, direct: {direct_cost}");
+                println!("summary: {IN_FLIGHT} in flight, through serve: {gateway_cost}");
+            }
+        }
+        let shares: Vec<f64> = gateway_rates
+            .iter()
+            .zip(&direct_rates)
+            .map(|(g, d)| 100.0 * g / d)
+            .collect();
+        let (direct_rate, direct_low, direct_high) = median_range(direct_rates);
+        let (gateway_rate, gateway_low, gateway_high) = median_range(gateway_rates);
+        let (share, share_low, share_high) = median_range(shares);
         println!(
-            "summary: {IN_FLIGHT} in flight: direct {direct_rate:.0} calls/s, through serve {gateway_rate:.0} calls/s, {:.0} % of direct (target ≥ 50 %)",
-            100.0 * gateway_rate / direct_rate
+            "summary: {IN_FLIGHT} in flight, medians of {rounds} rounds: direct {direct_rate:.0} calls/s, through serve {gateway_rate:.0} calls/s, {share:.0} % of direct (target ≥ 50 %)"
+        );
+        println!(
+            "summary: {IN_FLIGHT} in flight, ranges over {rounds} rounds: direct {direct_low:.0}–{direct_high:.0} calls/s, through serve {gateway_low:.0}–{gateway_high:.0} calls/s, {share_low:.0}–{share_high:.0} % of direct"
         );
     });
 

@@ -3,7 +3,9 @@
 //! first resolution wins.
 //!
 //! Fan-out is a bounded `tokio::sync::broadcast` channel: publishing never waits for a
-//! subscriber, and a subscriber that falls behind learns how many events it missed.
+//! subscriber, and a subscriber that falls behind learns how many events it missed. Until
+//! the first subscriber of a channel (a console, `tail`, metrics), events skip it: a gateway
+//! no one watches pays for the snapshot only.
 //!
 //! The snapshot state (recent calls, open holds, counters, policy, tools, totals) is built
 //! only by observing the events published, under the same lock that numbers them. A
@@ -197,6 +199,12 @@ struct HubState {
     reviews_left_out: u64,
     /// The counter store's identity ([`Hub::set_counter_store`]).
     counter_store: Option<String>,
+    /// Whether anyone ever subscribed to `Hub::events` (resp. `Hub::frames`). Set under this
+    /// lock, as each subscription is taken, and read by the publisher under it: until then
+    /// an event skips the channel, whose every send (and `receiver_count`) locks the
+    /// channel's own mutex even when no one listens, as in a gateway no console has joined.
+    events_subscribed: bool,
+    frames_subscribed: bool,
 }
 
 #[derive(Debug)]
@@ -342,15 +350,19 @@ impl Hub {
 
     /// A receiver of every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        let mut state = self.lock();
+        // Under the lock that numbers events, so no event publishes past the flag.
+        state.events_subscribed = true;
         self.events.subscribe()
     }
 
     /// The state now, the `seq` it reflects, and a receiver of exactly the events after it.
     pub fn subscribe_with_snapshot(&self) -> (Snapshot, u64, broadcast::Receiver<Arc<Published>>) {
         let (parts, seq, rx) = {
-            let state = self.lock();
+            let mut state = self.lock();
             // Subscribing under the lock that numbers events: no event falls between.
             let rx = self.frames.subscribe();
+            state.frames_subscribed = true;
             (SnapshotParts::copy(&state), state.seq, rx)
         };
         (parts.build(), seq, rx)
@@ -427,13 +439,15 @@ impl Hub {
     fn fan_out(&self, state: &mut HubState, event: Arc<Event>) {
         state.observe(&event);
         // Sent under the lock so subscribers see events in seq order. No subscriber is fine.
-        if self.frames.receiver_count() > 0 {
+        if state.frames_subscribed && self.frames.receiver_count() > 0 {
             let _ = self.frames.send(Arc::new(Published {
                 event: event.clone(),
                 json: OnceLock::new(),
             }));
         }
-        let _ = self.events.send(event);
+        if state.events_subscribed {
+            let _ = self.events.send(event);
+        }
     }
 
     /// Registers a held call (its `call` event is published by the caller first).
@@ -813,6 +827,31 @@ mod tests {
             operator: None,
             reason: None,
         }
+    }
+
+    /// Events published while no one has subscribed skip the channels, but still enter the
+    /// snapshot; subscribers that join later get every event after that, in order.
+    #[test]
+    fn subscribers_joining_after_unheard_events_get_every_later_one() {
+        let hub = hub();
+        hub.publish(EventKind::Call(call(&hub, Verdict::Allow)));
+        hub.publish(EventKind::Call(call(&hub, Verdict::Deny)));
+        let mut events = hub.subscribe();
+        let (snapshot, seq, mut frames) = hub.subscribe_with_snapshot();
+        assert_eq!((seq, snapshot.calls.len()), (2, 2));
+        hub.publish(EventKind::Call(call(&hub, Verdict::Allow)));
+        hub.publish(EventKind::Call(call(&hub, Verdict::Deny)));
+        for expected in [3, 4] {
+            assert_eq!(events.try_recv().expect("an event").seq, expected);
+            assert_eq!(frames.try_recv().expect("a frame").seq, expected);
+        }
+        assert!(events.try_recv().is_err() && frames.try_recv().is_err());
+        // A subscriber gone and a new one later: still delivered.
+        drop(frames);
+        let (_, _, mut again) = hub.subscribe_with_snapshot();
+        hub.publish(EventKind::Call(call(&hub, Verdict::Allow)));
+        assert_eq!(again.try_recv().expect("a frame").seq, 5);
+        assert_eq!(events.try_recv().expect("an event").seq, 5);
     }
 
     /// An event built by its publisher is numbered in turn with the others, and one that
