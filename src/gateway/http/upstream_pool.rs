@@ -476,6 +476,42 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
+    /// A body of many reads (far more than one read buffer), chunked or not, comes whole
+    /// through a connection driven only by its reader, which is then reused.
+    #[tokio::test]
+    async fn a_long_answer_is_read_whole_while_its_reader_drives_the_connection() {
+        let body = "x".repeat(300_000);
+        let sized: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let chunks: String = body
+            .as_bytes()
+            .chunks(7_000)
+            .map(|c| format!("{:x}\r\n{}\r\n", c.len(), String::from_utf8_lossy(c)))
+            .collect();
+        let chunked: &'static str = Box::leak(
+            format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{chunks}0\r\n\r\n")
+                .into_boxed_str(),
+        );
+        for answer in [sized, chunked] {
+            let (url, accepted) = server(answer, false).await;
+            let upstream = Upstream::new(&url, client());
+            for _ in 0..3 {
+                // A connection no one drives would leave the read waiting for ever.
+                let (status, got) = tokio::time::timeout(Duration::from_secs(10), post(&upstream))
+                    .await
+                    .expect("the answer within 10 s");
+                assert_eq!(status, StatusCode::OK);
+                assert!(got == body.as_bytes(), "{} bytes came", got.len());
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        }
+    }
+
     #[tokio::test]
     async fn idle_connections_are_capped_across_sessions() {
         let (url, _) = server(OK, false).await;
