@@ -62,22 +62,23 @@ type Driver = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStre
 /// connection itself (reads and writes), which runs only while its user drives it.
 struct Conn {
     sender: Sender,
-    /// `None` once the connection ended.
-    driver: Option<Driver>,
+    /// `None` once the connection ended. Boxed (once per connection): hyper's connection
+    /// is large, and a `Conn` moves with every answer and into the idle list.
+    driver: Option<Box<Driver>>,
 }
 
 impl Conn {
     /// Runs `work` (a request sent on this connection, its answer's body read) while driving
     /// the connection in the same task: the work first (a request queued), the connection
     /// (written, answer read), then the work again (the answer taken), at every wake-up.
-    async fn driving<F: Future>(driver: &mut Option<Driver>, work: F) -> F::Output {
+    async fn driving<F: Future>(driver: &mut Option<Box<Driver>>, work: F) -> F::Output {
         let mut work = std::pin::pin!(work);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = work.as_mut().poll(cx) {
                 return Poll::Ready(out);
             }
             if let Some(connection) = driver.as_mut()
-                && let Poll::Ready(ended) = Pin::new(connection).poll(cx)
+                && let Poll::Ready(ended) = Pin::new(&mut **connection).poll(cx)
             {
                 if let Err(e) = ended {
                     tracing::debug!("upstream connection ended: {e}");
@@ -334,7 +335,7 @@ impl Direct {
             .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
         Ok(Conn {
             sender,
-            driver: Some(driver),
+            driver: Some(Box::new(driver)),
         })
     }
 }
