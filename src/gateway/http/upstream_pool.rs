@@ -13,14 +13,23 @@
 //! has been read to the end, while the process keeps fewer than [`MAX_IDLE`] idle ones in
 //! all. Nothing is followed: a redirect is an answer like any other.
 //!
+//! A connection has no task of its own: whoever uses it drives it ([`Conn::driving`]), so
+//! the request it writes, the head it reads and the body it hands on cross no task
+//! boundary (with a task per connection each of them was a wake-up of another task). An
+//! idle connection is driven by no one: a close by the server meanwhile is seen when it is
+//! next used, and the request it gives back unsent goes on the next one, as before.
+//!
 //! What this path does not do goes through reqwest, as every request did before: a URL the
 //! environment's proxy settings (`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`) send through a
 //! proxy, one with credentials in it, one that does not parse as a plain `http://` URL.
 //! `https://` upstreams are refused when SERVERS.json is read (this build speaks no TLS to
 //! upstreams, through either path).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
@@ -47,6 +56,45 @@ static IDLE: AtomicUsize = AtomicUsize::new(0);
 const IDLE_FOR: Duration = Duration::from_secs(90);
 
 type Sender = SendRequest<Full<Bytes>>;
+type Driver = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
+
+/// One HTTP/1.1 connection to the upstream: the side that sends requests, and the
+/// connection itself (reads and writes), which runs only while its user drives it.
+struct Conn {
+    sender: Sender,
+    /// `None` once the connection ended. Boxed (once per connection): hyper's connection
+    /// is large, and a `Conn` moves with every answer and into the idle list.
+    driver: Option<Box<Driver>>,
+}
+
+impl Conn {
+    /// Runs `work` (a request sent on this connection, its answer's body read) while driving
+    /// the connection in the same task: the work first (a request queued), the connection
+    /// (written, answer read), then the work again (the answer taken), at every wake-up.
+    async fn driving<F: Future>(driver: &mut Option<Box<Driver>>, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            if let Some(connection) = driver.as_mut()
+                && let Poll::Ready(ended) = Pin::new(&mut **connection).poll(cx)
+            {
+                if let Err(e) = ended {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+                // Dropped: what waits on it (a request, a body) is told it is gone.
+                *driver = None;
+            }
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    fn is_closed(&self) -> bool {
+        self.driver.is_none() || self.sender.is_closed()
+    }
+}
 
 /// One upstream session's way to its URL server.
 pub(crate) struct Upstream {
@@ -78,19 +126,19 @@ struct Direct {
 /// A connection in an idle list, counted in [`IDLE`] while it is there.
 struct Idle {
     /// Taken out when the connection is used again.
-    sender: Option<Sender>,
+    conn: Option<Conn>,
     since: Instant,
 }
 
 impl Idle {
     /// Takes a place under [`MAX_IDLE`], if one is left.
-    fn new(sender: Sender) -> Option<Idle> {
+    fn new(conn: Conn) -> Option<Idle> {
         IDLE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < MAX_IDLE).then_some(n + 1)
         })
         .ok()?;
         Some(Idle {
-            sender: Some(sender),
+            conn: Some(conn),
             since: Instant::now(),
         })
     }
@@ -200,20 +248,22 @@ impl Direct {
         *request.uri_mut() = self.target.clone();
         *request.headers_mut() = headers;
         loop {
-            let (mut sender, fresh) = match self.take_idle() {
-                Some(sender) => (sender, false),
+            let (mut conn, fresh) = match self.take_idle() {
+                Some(conn) => (conn, false),
                 // Boxed: opening a connection is rare once the session runs, and its
                 // future (resolving, connecting, the handshake) would otherwise make every
                 // request's larger.
                 None => (Box::pin(self.connect()).await?, true),
             };
-            if let Err(e) = sender.ready().await {
+            let Conn { sender, driver } = &mut conn;
+            if let Err(e) = Conn::driving(driver, sender.ready()).await {
                 if fresh {
                     return Err(format!("cannot reach the MCP server: {e}"));
                 }
                 continue;
             }
-            match sender.try_send_request(request).await {
+            let sent = Conn::driving(driver, sender.try_send_request(request)).await;
+            match sent {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
                     return Ok(Answer {
@@ -221,7 +271,7 @@ impl Direct {
                         headers: parts.headers,
                         body: AnswerBody::Direct {
                             body,
-                            connection: Some((sender, self.clone())),
+                            connection: Some((conn, self.clone())),
                         },
                     });
                 }
@@ -240,31 +290,31 @@ impl Direct {
     }
 
     /// An idle connection still open, if any.
-    fn take_idle(&self) -> Option<Sender> {
+    fn take_idle(&self) -> Option<Conn> {
         let mut idle = lock(&self.idle);
         while let Some(mut entry) = idle.pop() {
             let recent = entry.since.elapsed() < IDLE_FOR;
-            if let Some(sender) = entry.sender.take()
+            if let Some(conn) = entry.conn.take()
                 && recent
-                && !sender.is_closed()
+                && !conn.is_closed()
             {
-                return Some(sender);
+                return Some(conn);
             }
         }
         None
     }
 
     /// Keeps a connection whose answer was read to the end for the next request.
-    fn put_back(&self, sender: Sender) {
-        if sender.is_closed() {
+    fn put_back(&self, conn: Conn) {
+        if conn.is_closed() {
             return;
         }
-        if let Some(idle) = Idle::new(sender) {
+        if let Some(idle) = Idle::new(conn) {
             lock(&self.idle).push(idle);
         }
     }
 
-    async fn connect(&self) -> Result<Sender, String> {
+    async fn connect(&self) -> Result<Conn, String> {
         let stream = tokio::time::timeout(
             CONNECT_WITHIN,
             tokio::net::TcpStream::connect(self.address.as_str()),
@@ -280,15 +330,13 @@ impl Direct {
         .map_err(|e| format!("cannot reach the MCP server at {}: {e}", self.address))?;
         // A request is one write, but an answer must not wait for the ACK of the last one.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("upstream connection ended: {e}");
-            }
-        });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            driver: Some(Box::new(driver)),
+        })
     }
 }
 
@@ -300,10 +348,11 @@ pub(crate) struct Answer {
 }
 
 enum AnswerBody {
-    /// On a connection of the session's own, which goes back to it once the body ends.
+    /// On a connection of the session's own, driven while the body is read, which goes
+    /// back to it once the body ends (dropped with the answer before then: closed).
     Direct {
         body: Incoming,
-        connection: Option<(Sender, Arc<Direct>)>,
+        connection: Option<(Conn, Arc<Direct>)>,
     },
     General(reqwest::Response),
 }
@@ -315,9 +364,9 @@ impl Answer {
     pub(crate) fn discard(mut self) {
         if let AnswerBody::Direct { body, connection } = &mut self.body
             && body.is_end_stream()
-            && let Some((sender, direct)) = connection.take()
+            && let Some((conn, direct)) = connection.take()
         {
-            direct.put_back(sender);
+            direct.put_back(conn);
         }
     }
 
@@ -326,7 +375,11 @@ impl Answer {
         match &mut self.body {
             AnswerBody::General(resp) => resp.chunk().await.map_err(|e| e.to_string()),
             AnswerBody::Direct { body, connection } => loop {
-                match body.frame().await {
+                let frame = match connection.as_mut() {
+                    Some((conn, _)) => Conn::driving(&mut conn.driver, body.frame()).await,
+                    None => body.frame().await,
+                };
+                match frame {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
                             return Ok(Some(data));
@@ -334,8 +387,8 @@ impl Answer {
                     }
                     Some(Err(e)) => return Err(e.to_string()),
                     None => {
-                        if let Some((sender, direct)) = connection.take() {
-                            direct.put_back(sender);
+                        if let Some((conn, direct)) = connection.take() {
+                            direct.put_back(conn);
                         }
                         return Ok(None);
                     }
@@ -422,6 +475,42 @@ mod tests {
             assert_eq!(post(&upstream).await, (StatusCode::OK, b"{}".to_vec()));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A body of many reads (far more than one read buffer), chunked or not, comes whole
+    /// through a connection driven only by its reader, which is then reused.
+    #[tokio::test]
+    async fn a_long_answer_is_read_whole_while_its_reader_drives_the_connection() {
+        let body = "x".repeat(300_000);
+        let sized: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let chunks: String = body
+            .as_bytes()
+            .chunks(7_000)
+            .map(|c| format!("{:x}\r\n{}\r\n", c.len(), String::from_utf8_lossy(c)))
+            .collect();
+        let chunked: &'static str = Box::leak(
+            format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{chunks}0\r\n\r\n")
+                .into_boxed_str(),
+        );
+        for answer in [sized, chunked] {
+            let (url, accepted) = server(answer, false).await;
+            let upstream = Upstream::new(&url, client());
+            for _ in 0..3 {
+                // A connection no one drives would leave the read waiting for ever.
+                let (status, got) = tokio::time::timeout(Duration::from_secs(10), post(&upstream))
+                    .await
+                    .expect("the answer within 10 s");
+                assert_eq!(status, StatusCode::OK);
+                assert!(got == body.as_bytes(), "{} bytes came", got.len());
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        }
     }
 
     #[tokio::test]
