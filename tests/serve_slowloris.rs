@@ -297,6 +297,46 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     }
 }
 
+/// The header deadline also runs between the requests of a kept-alive connection: it starts
+/// again at the end of each answer, so requests each sent within it keep the connection open
+/// past it, and a next head cut off is disconnected.
+#[test]
+fn a_kept_alive_connection_whose_next_head_does_not_come_is_disconnected() {
+    let (upstream, _seen) = trivial::start(false);
+    let serve = Serve::start(Setup {
+        policy: POLICY,
+        servers: json!({ "t": { "url": format!("http://{upstream}/mcp") } }),
+        grants: &["ci"],
+        extra: &["--header-timeout", "2"],
+        ..Setup::default()
+    });
+    let token = serve.tokens[0].clone();
+    let mut agent = TcpStream::connect(serve.addr).unwrap();
+    agent.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    // Four requests 0.8 s apart: 3.2 s on one connection, each head well within the 2 s.
+    for i in 0..4 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(800));
+        }
+        assert_eq!(
+            keep_alive_request(&serve, &mut agent, &token),
+            200,
+            "request {i}"
+        );
+    }
+    // Then half a head, and nothing more.
+    agent.write_all(HALF_REQUEST).unwrap();
+    // Shorter than hyper's own default (30 s), so only the flag's deadline can pass this.
+    agent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    match agent.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest)),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
 #[test]
 fn a_body_that_does_not_arrive_in_time_is_answered_408_naming_the_flag() {
     let (upstream, _seen) = trivial::start(false);
