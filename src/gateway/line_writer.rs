@@ -221,21 +221,7 @@ impl PipeLines {
                 return Err(line);
             }
             let was_empty = state.buf.is_empty();
-            state.buf.extend_from_slice(&line);
-            if line.last() != Some(&b'\n') {
-                state.buf.push(b'\n');
-            }
-            state.charge = Some(match state.charge.take() {
-                None => charge,
-                Some(mut held) => match held.absorb(charge) {
-                    Ok(()) => held,
-                    // Another budget's (never the case): kept until the buffer is written.
-                    Err(other) => {
-                        drop(held);
-                        other
-                    }
-                },
-            });
+            append(&mut state, &line, charge);
             state.since_write += 1;
             let written = self.write_early(&mut state);
             if was_empty && !state.buf.is_empty() {
@@ -255,8 +241,49 @@ impl PipeLines {
         if self.early == 0 || state.since_write < self.early || state.writing {
             return None;
         }
-        state.since_write = 0;
-        let pipe = state.pipe.as_ref()?;
+        write_now(state)
+    }
+
+    /// A handle that adds lines from outside the runtime ([`PipeHandle::try_line_now`]),
+    /// charged to `budget` (the queue's, which this pipe gives back to).
+    pub(crate) fn handle(&self, budget: ByteBudget) -> PipeHandle {
+        PipeHandle {
+            shared: self.shared.clone(),
+            budget,
+        }
+    }
+
+    /// No line will follow: the writer task writes what is left, then closes the pipe.
+    pub(crate) fn close(&self) {
+        crate::sync::lock(&self.shared.state).closing = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Appends `line` and its newline to the buffer, its charge with the buffer's.
+fn append(state: &mut PipeState, line: &[u8], charge: Charge) {
+    state.buf.extend_from_slice(line);
+    if line.last() != Some(&b'\n') {
+        state.buf.push(b'\n');
+    }
+    state.charge = Some(match state.charge.take() {
+        None => charge,
+        Some(mut held) => match held.absorb(charge) {
+            Ok(()) => held,
+            // Another budget's (never the case): kept until the buffer is written.
+            Err(other) => {
+                drop(held);
+                other
+            }
+        },
+    });
+}
+
+/// One non-blocking write of the whole buffer (the caller checked that the writer task is
+/// not writing); the charges of the buffer once it is all written.
+fn write_now(state: &mut PipeState) -> Option<Charge> {
+    state.since_write = 0;
+    let pipe = state.pipe.as_ref()?;
         // A pipe that would block, or failed, is the writer task's to wait for (or report).
         let written = pipe.try_write(&state.buf[state.done..]).ok()?;
         state.done += written;
@@ -267,14 +294,54 @@ impl PipeLines {
         if state.buf.capacity() > KEPT_CAPACITY {
             state.buf = Vec::new();
         }
-        state.done = 0;
-        state.charge.take()
-    }
+    state.done = 0;
+    state.charge.take()
+}
 
-    /// No line will follow: the writer task writes what is left, then closes the pipe.
-    pub(crate) fn close(&self) {
-        crate::sync::lock(&self.shared.state).closing = true;
-        self.shared.wake.notify_one();
+/// A [`PipeLines`] buffer as the counter store's thread adds an admitted call's line to it
+/// (see `gateway/handover.rs`): never waiting, on the runtime or anything else.
+#[derive(Debug, Clone)]
+pub(crate) struct PipeHandle {
+    shared: Arc<PipeShared>,
+    budget: ByteBudget,
+}
+
+impl PipeHandle {
+    /// Adds `line` (a newline is added when missing) after every line already in the
+    /// buffer, and unless the writer task is writing, writes the whole buffer at once with
+    /// one non-blocking write; what the pipe does not take now is the writer task's, as
+    /// for any sender. The order and back-pressure rules of [`PipeLines`] hold: the line is
+    /// charged to the queue's budget, but only with room there now, and bytes leave only
+    /// from the buffer's start while the writer task has none in hand. Gives the line back,
+    /// having added nothing, when the budget has no room now or the pipe is closed or
+    /// failed: its sender then sends it the usual way.
+    pub(crate) fn try_line_now(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        let Some(charge) = self.budget.try_charge(line.len()) else {
+            return Err(line);
+        };
+        let written = {
+            let mut state = crate::sync::lock(&self.shared.state);
+            if state.closing || state.pipe.is_none() {
+                drop(state);
+                drop(charge);
+                return Err(line);
+            }
+            let was_empty = state.buf.is_empty();
+            append(&mut state, &line, charge);
+            let written = if state.writing {
+                None
+            } else {
+                write_now(&mut state)
+            };
+            if was_empty && !state.buf.is_empty() {
+                self.shared.wake.notify_one();
+            }
+            written
+        };
+        // Given back outside the lock. The line's buffer is not recycled: this thread reads
+        // no lines.
+        drop(written);
+        Ok(())
     }
 }
 

@@ -167,12 +167,25 @@ pub(crate) enum Posted {
 /// (one reference count, no allocation made on the runtime's thread and freed on this one).
 pub(crate) type Then = Arc<dyn Fn(&dyn CounterStore, &Reservation) + Send + Sync>;
 
+/// What the store thread does first for an admission that carries it and is admitted (with
+/// or without units), before any answer of its batch is sent: `wrap` writes the call's line
+/// to its upstream's pipe there ([`crate::gateway::handover`]), so the server starts on the
+/// call while the runtime is still being woken with the answer. It must never wait: it
+/// runs between a batch's commit and its answers, for every gateway sharing the thread.
+pub(crate) trait OnAdmitted: Send + Sync {
+    fn admitted(&self);
+}
+
+/// An [`OnAdmitted`] an admission carries (one per call that may be handed over).
+pub(crate) type FirstThing = Arc<dyn OnAdmitted>;
+
 enum Job {
     Admit {
         limits: Limits,
         now_ms: u64,
         reply: Reply,
         then: Option<Then>,
+        first: Option<FirstThing>,
     },
     /// Anything else a gateway does with its store (give units back and publish the state
     /// after).
@@ -282,7 +295,7 @@ impl StoreWorker {
             return Answer::Ready(self.admit_in_place(limits, now_ms, then));
         }
         let (reply, answer) = oneshot::channel();
-        match self.queue_admission(limits, now_ms, then, Reply::Once(reply)) {
+        match self.queue_admission(limits, now_ms, then, None, Reply::Once(reply)) {
             Ok(()) => Answer::Waiting {
                 answer,
                 within: self.answer_within,
@@ -294,12 +307,15 @@ impl StoreWorker {
 
     /// [`StoreWorker::admit_then`], answered into `into` with the ticket returned (in place,
     /// or when the queue refuses it, answered at once). Admissions through one [`Answers`]
-    /// are answered in the order they were asked.
+    /// are answered in the order they were asked. `first` runs on the thread if the call is
+    /// admitted, before the batch's answers go out (see [`OnAdmitted`]); never for an
+    /// admission answered at once.
     pub(crate) fn admit_into(
         &self,
         limits: Limits,
         now_ms: u64,
         then: Option<Then>,
+        first: Option<FirstThing>,
         into: &Answers,
     ) -> Posted {
         if self.queue.is_none() {
@@ -311,7 +327,7 @@ impl StoreWorker {
             ticket,
             fails_open: self.fails_open,
         };
-        match self.queue_admission(limits, now_ms, then, Reply::Into(delivery)) {
+        match self.queue_admission(limits, now_ms, then, first, Reply::Into(delivery)) {
             Ok(()) => Posted::Queued(ticket),
             Err(failed) => Posted::Ready(failed),
         }
@@ -356,6 +372,7 @@ impl StoreWorker {
         limits: Limits,
         now_ms: u64,
         then: Option<Then>,
+        first: Option<FirstThing>,
         reply: Reply,
     ) -> Result<(), Result<Admission, StoreError>> {
         let Some(queue) = &self.queue else {
@@ -369,6 +386,7 @@ impl StoreWorker {
             now_ms,
             reply,
             then,
+            first,
         };
         let (failed, job) = match queue.try_send(job) {
             Ok(()) => return Ok(()),
@@ -507,11 +525,13 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
                     now_ms,
                     reply,
                     then,
+                    first,
                 } => batch.push(Queued {
                     limits,
                     now_ms,
                     reply,
                     then,
+                    first,
                 }),
             }
             if batch.len() < MAX_BATCH && after.len() < MAX_BATCH {
@@ -534,6 +554,7 @@ struct Queued {
     now_ms: u64,
     reply: Reply,
     then: Option<Then>,
+    first: Option<FirstThing>,
 }
 
 /// Runs `work` with the store as the batches noted it ([`Remembered`]).
@@ -678,6 +699,14 @@ fn admit_batch(
     drop(calls);
     drop(requests);
     known.learn();
+    // Before any answer goes out: what an admitted call does first (`wrap` writing its line
+    // upstream) is done for the whole batch, so the server starts on it while the runtime
+    // is being woken.
+    for (queued, answer) in batch.iter().zip(&answers) {
+        if let (Some(first), Ok(Admission::Admitted(_))) = (&queued.first, answer) {
+            first.admitted();
+        }
+    }
     let runs = last_of_their_budgets(batch, &answers);
     let mut thens: Vec<(Reservation, Then)> = Vec::new();
     // The answers into each shared channel, sent together once every call is answered.
@@ -906,6 +935,7 @@ mod tests {
             now_ms: 1,
             reply: Reply::Once(oneshot::channel().0),
             then: then.then(|| -> Then { Arc::new(|_, _| {}) }),
+            first: None,
         };
         let admitted = |k: &str| {
             Ok(Admission::Admitted(Reservation::new(vec![
