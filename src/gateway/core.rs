@@ -168,38 +168,8 @@ where
     UR: AsyncBufRead + Unpin + Send + 'static,
     UW: AsyncWrite + Unpin + Send + 'static,
 {
-    let (to_client, client_writer) = Queue::start(client_out, options.max_message, "client");
-    let (to_upstream, _) = Queue::start(upstream_out, options.max_message, "upstream");
-    let (closing_tx, closing) = watch::channel(false);
-    let (answers, answered) = match gateway.store.is_threaded() {
-        true => {
-            let (answers, answered) = Answers::channel();
-            (Some(answers), Some(answered))
-        }
-        false => (None, None),
-    };
-    // `wrap`'s pipe to the server, with a store on its own thread and no traces (a traced
-    // call's line is rewritten as it goes): the store thread writes an admitted call's line
-    // itself (`handover.rs`).
-    let hand_over = match (&answers, &gateway.traces) {
-        (Some(_), None) => to_upstream.pipe_handle(),
-        _ => None,
-    };
-    let shared = Arc::new(Shared {
-        gateway,
-        session: SmolStr::new(&options.session),
-        to_client,
-        to_upstream,
-        state: Mutex::new(ConnState::default()),
-        closing,
-        max_message: options.max_message,
-        held_lines: ByteBudget::for_messages(options.max_message),
-        protocol_version: std::sync::OnceLock::new(),
-        server_name: OnceLock::new(),
-        next_relist: AtomicU64::new(1),
-        answers,
-        hand_over,
-    });
+    let (shared, answered, client_writer, closing_tx) =
+        connect(gateway, client_out, upstream_out, &options);
     if let Some(answered) = answered {
         tokio::spawn(admissions(shared.clone(), answered));
     }
@@ -272,6 +242,61 @@ where
         tracing::warn!("the client is not reading; its last answers are dropped");
     }
     end
+}
+
+/// What [`connect`] starts: the connection's state, the receiving end of its admissions'
+/// answers (for [`admissions`]), the client's writer task, the closing signal.
+type Connected = (
+    Arc<Shared>,
+    Option<mpsc::UnboundedReceiver<AnsweredBatch>>,
+    Option<tokio::task::JoinHandle<()>>,
+    watch::Sender<bool>,
+);
+
+/// The state of one connection, with its queues to both sides started.
+fn connect<CW, UW>(
+    gateway: Arc<Gateway>,
+    client_out: Output<CW>,
+    upstream_out: Output<UW>,
+    options: &RunOptions,
+) -> Connected
+where
+    CW: AsyncWrite + Unpin + Send + 'static,
+    UW: AsyncWrite + Unpin + Send + 'static,
+{
+    let (to_client, client_writer) = Queue::start(client_out, options.max_message, "client");
+    let (to_upstream, _) = Queue::start(upstream_out, options.max_message, "upstream");
+    let (closing_tx, closing) = watch::channel(false);
+    let (answers, answered) = match gateway.store.is_threaded() {
+        true => {
+            let (answers, answered) = Answers::channel();
+            (Some(answers), Some(answered))
+        }
+        false => (None, None),
+    };
+    // `wrap`'s pipe to the server, with a store on its own thread and no traces (a traced
+    // call's line is rewritten as it goes): the store thread writes an admitted call's line
+    // itself (`handover.rs`).
+    let hand_over = match (&answers, &gateway.traces) {
+        (Some(_), None) => to_upstream.pipe_handle(),
+        _ => None,
+    };
+    let shared = Arc::new(Shared {
+        gateway,
+        session: SmolStr::new(&options.session),
+        to_client,
+        to_upstream,
+        state: Mutex::new(ConnState::default()),
+        closing,
+        max_message: options.max_message,
+        held_lines: ByteBudget::for_messages(options.max_message),
+        protocol_version: std::sync::OnceLock::new(),
+        server_name: OnceLock::new(),
+        next_relist: AtomicU64::new(1),
+        answers,
+        hand_over,
+    });
+    (shared, answered, client_writer, closing_tx)
 }
 
 /// Resolves `true` when the gateway shuts down, `false` when its signal is dropped (after
