@@ -558,6 +558,9 @@ impl Drop for Queue {
 }
 
 #[cfg(test)]
+mod handover_tests;
+
+#[cfg(test)]
 mod queue_tests {
     use super::*;
 
