@@ -526,6 +526,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_line_added_from_another_thread_goes_out_at_once_after_those_buffered_or_comes_back()
+    {
+        use std::io::Read as _;
+
+        const BYTES: usize = 64 * 1024;
+        let budget = ByteBudget::new(BYTES);
+        let (tx, rx) = pipe::pipe().expect("a pipe");
+        let mut rx = std::fs::File::from(rx.into_nonblocking_fd().expect("the read end"));
+        tx.writable().await.expect("an empty pipe is writable");
+        let (lines, task) = PipeLines::start(tx, budget.clone(), "test", EARLY);
+        // Two lines buffered (fewer than `EARLY`: not written yet), then one from a thread
+        // that is not the runtime's, as the counter store's.
+        let sent: Vec<String> = (0..2).map(|n| format!("line {n}")).collect();
+        send_all(&lines, &budget, &sent);
+        let handle = lines.handle(budget.clone());
+        std::thread::spawn(move || {
+            handle
+                .try_line_now(b"handed over".to_vec())
+                .expect("room now");
+        })
+        .join()
+        .expect("the thread ends");
+        let mut now = vec![0u8; BYTES];
+        let n = rx.read(&mut now).expect("written by the thread itself");
+        assert_eq!(&now[..n], b"line 0\nline 1\nhanded over\n");
+        assert_eq!(budget.available(), BYTES, "all of it in the pipe: no charge left");
+        // Without room in the budget now, nothing is added: the line comes back.
+        let hog = budget.try_charge(BYTES - 4).expect("room");
+        let handle = lines.handle(budget.clone());
+        assert_eq!(
+            handle.try_line_now(b"too long".to_vec()),
+            Err(b"too long".to_vec())
+        );
+        drop(hog);
+        drop(lines);
+        task.await.expect("the writer task ends");
+        let mut rest = String::new();
+        rx.read_to_string(&mut rest).expect("the end");
+        assert_eq!(rest, "", "nothing was added for the line given back");
+    }
+
+    #[tokio::test]
     async fn pipe_lines_without_early_writes_leave_everything_to_the_writer_task() {
         use std::io::Read as _;
 

@@ -888,6 +888,61 @@ mod tests {
         assert!(batches.len() < 11, "no admission was batched: {batches:?}");
     }
 
+    /// Notes, when it runs, whether its admission's answer had already been sent.
+    struct First {
+        ran: std::sync::atomic::AtomicUsize,
+        answered_before: AtomicBool,
+        answers: Mutex<Option<Arc<Mutex<mpsc::UnboundedReceiver<AnsweredBatch>>>>>,
+    }
+
+    impl OnAdmitted for First {
+        fn admitted(&self) {
+            self.ran.fetch_add(1, Ordering::SeqCst);
+            let answers = self.answers.lock().unwrap().clone();
+            if let Some(answers) = answers
+                && !answers.lock().unwrap().is_empty()
+            {
+                self.answered_before.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn what_an_admitted_call_does_first_runs_before_its_answer_and_never_for_a_refused_one() {
+        let store = gated();
+        let worker = StoreWorker::new(store.clone());
+        let (answers, rx) = Answers::channel();
+        let rx = Arc::new(Mutex::new(rx));
+        let first = Arc::new(First {
+            ran: std::sync::atomic::AtomicUsize::new(0),
+            answered_before: AtomicBool::new(false),
+            answers: Mutex::new(Some(rx.clone())),
+        });
+        let closed = store.gate.lock().unwrap();
+        // One admitted, one refused (a budget of one), decided in one batch.
+        let posted: Vec<Posted> = (0..2)
+            .map(|i| worker.admit_into(limit(1), 1 + i, None, Some(first.clone()), &answers))
+            .collect();
+        assert!(posted.iter().all(|p| matches!(p, Posted::Queued(_))));
+        drop(closed);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "both answered");
+            match rx.lock().unwrap().try_recv() {
+                Ok(batch) => got.extend(batch),
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        assert!(matches!(got[0].answer, Ok(Admission::Admitted(_))));
+        assert!(matches!(got[1].answer, Ok(Admission::Refused { .. })));
+        assert_eq!(first.ran.load(Ordering::SeqCst), 1, "for the admitted call only");
+        assert!(
+            !first.answered_before.load(Ordering::SeqCst),
+            "it ran before any answer of its batch went out"
+        );
+    }
+
     #[tokio::test]
     async fn of_admissions_of_the_same_budgets_decided_together_only_the_last_runs_its_then() {
         let store = gated();
