@@ -1323,7 +1323,7 @@ impl Shared {
             .gateway
             .pin_refusal(self.server_identity(), &call.params.name)
         {
-            return self.decided(call, decision, no_hold, bytes, None, false);
+            return self.decided(call, decision, no_hold, bytes, None, None);
         }
         // Made only for a call whose admission may hand its line over (`handover.rs`).
         let mut early: Option<Arc<HandOver>> = None;
@@ -1344,7 +1344,7 @@ impl Shared {
         drop(first);
         match deciding {
             Deciding::Decided(decision) => {
-                self.decided(call, decision, no_hold, bytes, None, false)
+                self.decided(call, decision, no_hold, bytes, None, None)
             }
             Deciding::Queued(queued) => {
                 // The store may take a while (another process's lock): the id stays in
@@ -1422,7 +1422,7 @@ impl Shared {
             let _ = self::ended(&mut decision);
         }
         // Never armed (it was not put in `admitting`): its line is here.
-        self.decided(call, decision, no_hold, &line, None, false)
+        self.decided(call, decision, no_hold, &line, None, None)
     }
 
     /// Goes on with a call that waited for the counter store, once decided: publishes the
@@ -1449,7 +1449,7 @@ impl Shared {
         } else {
             Reservation::default()
         };
-        let action = self.decided(call, decision, no_hold, &line, Some(turn), sent.is_some());
+        let action = self.decided(call, decision, no_hold, &line, Some(turn), sent.as_deref());
         self.gateway.release(&taken);
         self.act(Side::Client, action, line).await;
         if let Some(answer) = sent.and_then(|early| early.take_answer()) {
@@ -1463,9 +1463,11 @@ impl Shared {
     /// turn, which it leaves now; if that entry is gone (cancelled, or the connection ended
     /// and answered it) or is another request's (one that took the id after a
     /// cancellation), the call is not forwarded and its units are given back. `sent`: the
-    /// store thread already wrote its line upstream (`handover.rs`; an admitted allow):
-    /// it is registered as forwarded, and nothing is sent; if its entry is gone, its
-    /// outcome says it ended and it keeps its units, as a forwarded call cancelled does.
+    /// hand-over through which the store thread already wrote its line upstream
+    /// (`handover.rs`; an admitted allow): it is registered as forwarded, and nothing is
+    /// sent; if its entry is gone, its outcome says it ended, an answer kept for it is
+    /// dropped (its id may be another request's by now), and it keeps its units, as a
+    /// forwarded call cancelled does.
     fn decided(
         self: &Arc<Self>,
         call: Deliberation,
@@ -1473,7 +1475,7 @@ impl Shared {
         no_hold: Option<String>,
         bytes: &[u8],
         deciding: Option<u64>,
-        sent: bool,
+        sent: Option<&HandOver>,
     ) -> Disposition {
         let Deliberation {
             id,
@@ -1515,12 +1517,15 @@ impl Shared {
         // Whether this call still owns its id (always, unless it waited for the store).
         let owns_id =
             |state: &ConnState| deciding.is_none_or(|turn| state.deciding_owns(&id, turn));
+        // Settling an admitted allow keeps it an allow (`Policy::settle`), and publishing
+        // changes only a hold: a call handed over is never refused here.
+        debug_assert!(sent.is_none() || decision.verdict == Verdict::Allow);
         match decision.verdict {
             Verdict::Allow => {
                 // A line already sent was never traced (no hand-over with tracing on).
                 let traced = match sent {
-                    true => None,
-                    false => self.traced(spans.as_deref(), bytes),
+                    Some(_) => None,
+                    None => self.traced(spans.as_deref(), bytes),
                 };
                 let forwarded = CallInFlight {
                     call_id,
@@ -1533,9 +1538,10 @@ impl Shared {
                 let mut state = self.lock();
                 if !owns_id(&state) {
                     drop(state);
-                    if sent {
+                    if let Some(early) = sent {
                         // The server has it (and was told of a cancellation): it ends as a
                         // forwarded call cancelled does, its units kept.
+                        drop(early.take_answer());
                         self.finish_call(
                             &forwarded,
                             true,
@@ -1550,9 +1556,9 @@ impl Shared {
                 }
                 state.pending.insert(id, Forwarded::Call(forwarded));
                 match (sent, traced) {
-                    (true, _) => Disposition::Nothing,
-                    (false, Some(line)) => Disposition::Replace(line),
-                    (false, None) => Disposition::Forward,
+                    (Some(_), _) => Disposition::Nothing,
+                    (None, Some(line)) => Disposition::Replace(line),
+                    (None, None) => Disposition::Forward,
                 }
             }
             Verdict::Deny | Verdict::RateLimited => {
