@@ -293,6 +293,41 @@ async fn a_cancel_after_the_line_went_upstream_is_forwarded_and_the_call_keeps_i
 }
 
 #[tokio::test]
+async fn an_answer_kept_for_a_call_cancelled_since_never_answers_a_new_call_with_its_id() {
+    let store = Gate::new(false);
+    let (gateway, mut events) = gateway(store.clone());
+    let mut c = conn(&gateway);
+    c.from_client(&call(1, "slow")).await;
+    store.open();
+    assert_eq!(c.server_line("the admitted call").await, call(1, "slow"));
+    // Answered, kept until the decision; then cancelled, and the id taken by a new call.
+    c.from_server(&answer(1)).await;
+    c.from_client(&cancel(1)).await;
+    assert_eq!(c.server_line("the cancellation").await, cancel(1));
+    c.from_client(&call(1, "echo")).await;
+    assert_eq!(c.server_line("the new call").await, call(1, "echo"));
+    c.settle();
+    // The echo call's decision, the first call's, then the first call's end.
+    let mut slow = None;
+    while slow.is_none() {
+        let decided = decision(&mut events).await;
+        if decided.tool == "slow" {
+            assert_eq!(decided.decision, Verdict::Allow);
+            slow = Some(decided.call_id);
+        }
+    }
+    let ended = outcome(&mut events).await;
+    assert_eq!(Some(ended.call_id), slow, "the first call ended");
+    let new_answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"new"}]}}"#;
+    c.from_server(new_answer).await;
+    let got = c.client_line("the new call's answer").await;
+    assert_eq!(
+        got["result"]["content"][0]["text"], "new",
+        "the cancelled call's kept answer went to the new call: {got}"
+    );
+}
+
+#[tokio::test]
 async fn a_cancel_before_the_admission_keeps_the_line_from_the_server_and_gives_the_unit_back() {
     let store = Gate::new(false);
     let (gateway, mut events) = gateway(store.clone());
@@ -347,7 +382,9 @@ async fn a_connection_closing_before_the_admission_sends_nothing_upstream() {
 
 #[tokio::test]
 async fn a_full_pipe_delays_no_other_connections_admission_and_the_line_keeps_its_place() {
-    let store = Gate::new(true);
+    // Closed until both calls wait for it: so both are handed over (an admission answered
+    // before its call is armed goes the runtime's way).
+    let store = Gate::new(false);
     let (gateway, mut events) = gateway(store.clone());
     let mut full = conn(&gateway);
     let mut other = conn(&gateway);
@@ -361,6 +398,7 @@ async fn a_full_pipe_delays_no_other_connections_admission_and_the_line_keeps_it
     }
     full.from_client(&call(1, "slow")).await;
     other.from_client(&call(2, "slow")).await;
+    store.open();
     other.settle();
     // The other connection's call is admitted and reaches its server while the first
     // connection's server reads nothing.
