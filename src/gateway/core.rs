@@ -1339,13 +1339,12 @@ impl Shared {
             &call.params.name,
             &call.args,
             self.answers.as_ref(),
-            first.as_mut().map(|make| make as &mut dyn FnMut() -> FirstThing),
+            first
+                .as_mut()
+                .map(|make| make as &mut dyn FnMut() -> FirstThing),
         );
-        drop(first);
         match deciding {
-            Deciding::Decided(decision) => {
-                self.decided(call, decision, no_hold, bytes, None, None)
-            }
+            Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, None, None),
             Deciding::Queued(queued) => {
                 // The store may take a while (another process's lock): the id stays in
                 // flight while this call waits, and the connection goes on with the others.
@@ -1373,8 +1372,7 @@ impl Shared {
                     // Its answer will find nobody: the store gives its units back then.
                     return self.decided_at_once(waiting, Err(connection_ended()), true);
                 }
-                waiting.turn =
-                    state.start_deciding(waiting.call.id.clone(), waiting.early.clone());
+                waiting.turn = state.start_deciding(waiting.call.id.clone(), waiting.early.clone());
                 // In `pending` now, so an upstream answer finds it: its line may go.
                 if let Some(early) = &waiting.early {
                     early.arm(std::mem::take(&mut waiting.line));

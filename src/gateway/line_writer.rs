@@ -284,16 +284,16 @@ fn append(state: &mut PipeState, line: &[u8], charge: Charge) {
 fn write_now(state: &mut PipeState) -> Option<Charge> {
     state.since_write = 0;
     let pipe = state.pipe.as_ref()?;
-        // A pipe that would block, or failed, is the writer task's to wait for (or report).
-        let written = pipe.try_write(&state.buf[state.done..]).ok()?;
-        state.done += written;
-        if state.done < state.buf.len() {
-            return None;
-        }
-        state.buf.clear();
-        if state.buf.capacity() > KEPT_CAPACITY {
-            state.buf = Vec::new();
-        }
+    // A pipe that would block, or failed, is the writer task's to wait for (or report).
+    let written = pipe.try_write(&state.buf[state.done..]).ok()?;
+    state.done += written;
+    if state.done < state.buf.len() {
+        return None;
+    }
+    state.buf.clear();
+    if state.buf.capacity() > KEPT_CAPACITY {
+        state.buf = Vec::new();
+    }
     state.done = 0;
     state.charge.take()
 }
@@ -551,7 +551,11 @@ mod tests {
         let mut now = vec![0u8; BYTES];
         let n = rx.read(&mut now).expect("written by the thread itself");
         assert_eq!(&now[..n], b"line 0\nline 1\nhanded over\n");
-        assert_eq!(budget.available(), BYTES, "all of it in the pipe: no charge left");
+        assert_eq!(
+            budget.available(),
+            BYTES,
+            "all of it in the pipe: no charge left"
+        );
         // Without room in the budget now, nothing is added: the line comes back.
         let hog = budget.try_charge(BYTES - 4).expect("room");
         let handle = lines.handle(budget.clone());

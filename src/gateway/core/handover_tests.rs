@@ -11,9 +11,9 @@ use tokio::sync::broadcast;
 
 use super::*;
 use crate::control::Hub;
+use crate::gateway::WallClock as _;
 use crate::policy::store::{KeyUsage, LimitRequest, Scope, StoreWorker};
 use crate::policy::{CounterStore, MemoryStore, Policy};
-use crate::gateway::WallClock as _;
 use crate::wire::{CallEvent, Event, GatewayInfo, Outcome};
 
 /// Every wait here ends by then, saying what it waited for.
@@ -54,11 +54,7 @@ impl Gate {
 }
 
 impl CounterStore for Gate {
-    fn admit(
-        &self,
-        limits: &[LimitRequest<'_>],
-        now_ms: u64,
-    ) -> Result<Admission, StoreError> {
+    fn admit(&self, limits: &[LimitRequest<'_>], now_ms: u64) -> Result<Admission, StoreError> {
         let deadline = Instant::now() + STEP;
         while !self.open.load(Ordering::SeqCst) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
@@ -136,13 +132,13 @@ fn conn(gateway: &Arc<Gateway>) -> Conn {
 }
 
 impl Conn {
-    async fn from_client(&self, line: &str) {
+    async fn client_sends(&self, line: &str) {
         self.shared
             .on_line(Side::Client, line.as_bytes().to_vec())
             .await;
     }
 
-    async fn from_server(&self, line: &str) {
+    async fn server_sends(&self, line: &str) {
         self.shared
             .on_line(Side::Upstream, line.as_bytes().to_vec())
             .await;
@@ -182,15 +178,21 @@ async fn wait_until(done: impl Fn() -> bool, what: &str) {
 }
 
 fn call(id: u64, tool: &str) -> String {
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#)
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+    )
 }
 
 fn cancel(id: u64) -> String {
-    format!(r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id}}}}}"#)
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id}}}}}"#
+    )
 }
 
 fn answer(id: u64) -> String {
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"done"}}]}}}}"#)
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"done"}}]}}}}"#
+    )
 }
 
 /// The next `call` or `outcome` event (others skipped).
@@ -237,17 +239,20 @@ async fn the_store_thread_writes_an_admitted_call_upstream_and_an_answer_before_
     let store = Gate::new(false);
     let (gateway, mut events) = gateway(store.clone());
     let mut c = conn(&gateway);
-    c.from_client(&call(1, "slow")).await;
+    c.client_sends(&call(1, "slow")).await;
     store.open();
     // Nothing on the runtime settles admissions yet: the store thread itself wrote it.
     assert_eq!(c.server_line("the admitted call").await, call(1, "slow"));
-    c.from_server(&answer(1)).await;
+    c.server_sends(&answer(1)).await;
     nothing_published(&mut events);
     c.settle();
     let decided = decision(&mut events).await;
     assert_eq!(decided.decision, Verdict::Allow);
     let answered = outcome(&mut events).await;
-    assert_eq!(answered.call_id, decided.call_id, "the decision before its outcome");
+    assert_eq!(
+        answered.call_id, decided.call_id,
+        "the decision before its outcome"
+    );
     assert!(!answered.error);
     let got = c.client_line("the server's answer").await;
     assert_eq!(got["id"], 1);
@@ -260,14 +265,14 @@ async fn a_cancel_after_the_line_went_upstream_is_forwarded_and_the_call_keeps_i
     let store = Gate::new(false);
     let (gateway, mut events) = gateway(store.clone());
     let mut c = conn(&gateway);
-    c.from_client(&call(1, "slow")).await;
+    c.client_sends(&call(1, "slow")).await;
     store.open();
     assert_eq!(c.server_line("the admitted call").await, call(1, "slow"));
-    c.from_client(&cancel(1)).await;
+    c.client_sends(&cancel(1)).await;
     // The server has the request: it is told.
     assert_eq!(c.server_line("the cancellation").await, cancel(1));
     // A late answer goes nowhere: the client cancelled.
-    c.from_server(&answer(1)).await;
+    c.server_sends(&answer(1)).await;
     c.settle();
     let decided = decision(&mut events).await;
     assert_eq!(
@@ -280,15 +285,18 @@ async fn a_cancel_after_the_line_went_upstream_is_forwarded_and_the_call_keeps_i
     assert_eq!(ended.call_id, decided.call_id);
     assert!(ended.error);
     assert!(
-        ended.summary.as_deref().is_some_and(|s| s.contains("ended")),
+        ended
+            .summary
+            .as_deref()
+            .is_some_and(|s| s.contains("ended")),
         "{:?}",
         ended.summary
     );
     assert_eq!(store.used(), 1, "a forwarded call keeps its unit");
     // Nothing reached the client for it: the next thing there answers this request.
-    c.from_client(&call(2, "echo")).await;
+    c.client_sends(&call(2, "echo")).await;
     assert_eq!(c.server_line("the next call").await, call(2, "echo"));
-    c.from_server(&answer(2)).await;
+    c.server_sends(&answer(2)).await;
     assert_eq!(c.client_line("the next answer").await["id"], 2);
 }
 
@@ -297,14 +305,14 @@ async fn an_answer_kept_for_a_call_cancelled_since_never_answers_a_new_call_with
     let store = Gate::new(false);
     let (gateway, mut events) = gateway(store.clone());
     let mut c = conn(&gateway);
-    c.from_client(&call(1, "slow")).await;
+    c.client_sends(&call(1, "slow")).await;
     store.open();
     assert_eq!(c.server_line("the admitted call").await, call(1, "slow"));
     // Answered, kept until the decision; then cancelled, and the id taken by a new call.
-    c.from_server(&answer(1)).await;
-    c.from_client(&cancel(1)).await;
+    c.server_sends(&answer(1)).await;
+    c.client_sends(&cancel(1)).await;
     assert_eq!(c.server_line("the cancellation").await, cancel(1));
-    c.from_client(&call(1, "echo")).await;
+    c.client_sends(&call(1, "echo")).await;
     assert_eq!(c.server_line("the new call").await, call(1, "echo"));
     c.settle();
     // The echo call's decision, the first call's, then the first call's end.
@@ -318,8 +326,9 @@ async fn an_answer_kept_for_a_call_cancelled_since_never_answers_a_new_call_with
     }
     let ended = outcome(&mut events).await;
     assert_eq!(Some(ended.call_id), slow, "the first call ended");
-    let new_answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"new"}]}}"#;
-    c.from_server(new_answer).await;
+    let new_answer =
+        r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"new"}]}}"#;
+    c.server_sends(new_answer).await;
     let got = c.client_line("the new call's answer").await;
     assert_eq!(
         got["result"]["content"][0]["text"], "new",
@@ -332,8 +341,8 @@ async fn a_cancel_before_the_admission_keeps_the_line_from_the_server_and_gives_
     let store = Gate::new(false);
     let (gateway, mut events) = gateway(store.clone());
     let mut c = conn(&gateway);
-    c.from_client(&call(1, "slow")).await;
-    c.from_client(&cancel(1)).await;
+    c.client_sends(&call(1, "slow")).await;
+    c.client_sends(&cancel(1)).await;
     store.open();
     c.settle();
     let decided = decision(&mut events).await;
@@ -341,7 +350,7 @@ async fn a_cancel_before_the_admission_keeps_the_line_from_the_server_and_gives_
     assert!(decided.reason.contains("ended"), "{}", decided.reason);
     wait_until(|| store.used() == 0, "the cancelled call's unit to go back").await;
     // It never reached the server, nor did its cancellation: the first line there is this.
-    c.from_client(&call(2, "echo")).await;
+    c.client_sends(&call(2, "echo")).await;
     assert_eq!(c.server_line("the next call").await, call(2, "echo"));
 }
 
@@ -350,10 +359,12 @@ async fn a_connection_closing_after_the_line_went_upstream_ends_the_call_as_forw
     let store = Gate::new(false);
     let (gateway, mut events) = gateway(store.clone());
     let mut c = conn(&gateway);
-    c.from_client(&call(1, "slow")).await;
+    c.client_sends(&call(1, "slow")).await;
     store.open();
     assert_eq!(c.server_line("the admitted call").await, call(1, "slow"));
-    let owed = c.shared.fail_pending("the MCP server exited before answering");
+    let owed = c
+        .shared
+        .fail_pending("the MCP server exited before answering");
     assert_eq!(owed.len(), 1, "the client is owed an answer for it");
     c.settle();
     let decided = decision(&mut events).await;
@@ -368,15 +379,17 @@ async fn a_connection_closing_before_the_admission_sends_nothing_upstream() {
     let store = Gate::new(false);
     let (gateway, mut events) = gateway(store.clone());
     let mut c = conn(&gateway);
-    c.from_client(&call(1, "slow")).await;
-    let owed = c.shared.fail_pending("the MCP server exited before answering");
+    c.client_sends(&call(1, "slow")).await;
+    let owed = c
+        .shared
+        .fail_pending("the MCP server exited before answering");
     assert_eq!(owed.len(), 1);
     store.open();
     c.settle();
     let decided = decision(&mut events).await;
     assert_eq!(decided.decision, Verdict::Deny);
     wait_until(|| store.used() == 0, "the unit to go back").await;
-    c.from_client(&call(2, "echo")).await;
+    c.client_sends(&call(2, "echo")).await;
     assert_eq!(c.server_line("the next call").await, call(2, "echo"));
 }
 
@@ -391,13 +404,15 @@ async fn a_full_pipe_delays_no_other_connections_admission_and_the_line_keeps_it
     // About twice what a pipe holds, never read yet: the rest waits in the gateway.
     let pad = "x".repeat(1000);
     let pings: Vec<String> = (0..128)
-        .map(|n| format!(r#"{{"jsonrpc":"2.0","id":"p{n}","method":"ping","params":{{"pad":"{pad}"}}}}"#))
+        .map(|n| {
+            format!(r#"{{"jsonrpc":"2.0","id":"p{n}","method":"ping","params":{{"pad":"{pad}"}}}}"#)
+        })
         .collect();
     for ping in &pings {
-        full.from_client(ping).await;
+        full.client_sends(ping).await;
     }
-    full.from_client(&call(1, "slow")).await;
-    other.from_client(&call(2, "slow")).await;
+    full.client_sends(&call(1, "slow")).await;
+    other.client_sends(&call(2, "slow")).await;
     store.open();
     other.settle();
     // The other connection's call is admitted and reaches its server while the first

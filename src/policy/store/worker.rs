@@ -936,7 +936,11 @@ mod tests {
         }
         assert!(matches!(got[0].answer, Ok(Admission::Admitted(_))));
         assert!(matches!(got[1].answer, Ok(Admission::Refused { .. })));
-        assert_eq!(first.ran.load(Ordering::SeqCst), 1, "for the admitted call only");
+        assert_eq!(
+            first.ran.load(Ordering::SeqCst),
+            1,
+            "for the admitted call only"
+        );
         assert!(
             !first.answered_before.load(Ordering::SeqCst),
             "it ran before any answer of its batch went out"
