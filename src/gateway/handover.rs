@@ -34,8 +34,9 @@
 //! - The call is armed only once its `Forwarded::Deciding` entry is in the connection's
 //!   state, so the upstream's answer always finds the call.
 //! - Back-pressure: the line is written only when the upstream's queue budget has room now,
-//!   in order after every line already buffered ([`PipeHandle::try_line_now`]); a full
-//!   pipe leaves it to the writer task, a full budget to the runtime's path.
+//!   in order after every line already buffered ([`PipeHandle::try_append`]), the batch's
+//!   lines written at once ([`PipeHandle::flush_now`]: one non-blocking write); a full pipe
+//!   leaves them to the writer task, a full budget to the runtime's path.
 //!
 //! The upstream may answer before the runtime has settled the admission: that answer is
 //! kept with the call ([`HandOver::keep_answer`]) and handled once the decision is
@@ -133,18 +134,23 @@ impl HandOver {
 }
 
 impl OnAdmitted for HandOver {
-    /// On the store thread, as the call is admitted: its line into the upstream's pipe, if
-    /// it is still armed and the pipe takes it now.
+    /// On the store thread, as the call is admitted: its line into the upstream's pipe's
+    /// buffer, if it is still armed and the budget has room now (written by `flush`).
     fn admitted(&self) {
         let mut stage = crate::sync::lock(&self.stage);
         if !matches!(*stage, Stage::Armed(_)) {
             return;
         }
         if let Stage::Armed(line) = std::mem::replace(&mut *stage, Stage::Closed) {
-            *stage = match self.pipe.try_line_now(line) {
+            *stage = match self.pipe.try_append(line) {
                 Ok(()) => Stage::Sent(None),
                 Err(line) => Stage::Armed(line),
             };
         }
+    }
+
+    /// After every call of the batch was added: one write for what they added.
+    fn flush(&self) {
+        self.pipe.flush_now();
     }
 }

@@ -244,7 +244,7 @@ impl PipeLines {
         write_now(state)
     }
 
-    /// A handle that adds lines from outside the runtime ([`PipeHandle::try_line_now`]),
+    /// A handle that adds lines from outside the runtime ([`PipeHandle::try_append`], [`PipeHandle::flush_now`]),
     /// charged to `budget` (the queue's, which this pipe gives back to).
     pub(crate) fn handle(&self, budget: ByteBudget) -> PipeHandle {
         PipeHandle {
@@ -299,7 +299,8 @@ fn write_now(state: &mut PipeState) -> Option<Charge> {
 }
 
 /// A [`PipeLines`] buffer as the counter store's thread adds an admitted call's line to it
-/// (see `gateway/handover.rs`): never waiting, on the runtime or anything else.
+/// (see `gateway/handover.rs`): never waiting, on the runtime or anything else; a batch's
+/// lines added one by one, then written at once.
 #[derive(Debug, Clone)]
 pub(crate) struct PipeHandle {
     shared: Arc<PipeShared>,
@@ -308,40 +309,43 @@ pub(crate) struct PipeHandle {
 
 impl PipeHandle {
     /// Adds `line` (a newline is added when missing) after every line already in the
-    /// buffer, and unless the writer task is writing, writes the whole buffer at once with
-    /// one non-blocking write; what the pipe does not take now is the writer task's, as
-    /// for any sender. The order and back-pressure rules of [`PipeLines`] hold: the line is
-    /// charged to the queue's budget, but only with room there now, and bytes leave only
-    /// from the buffer's start while the writer task has none in hand. Gives the line back,
-    /// having added nothing, when the budget has no room now or the pipe is closed or
+    /// buffer, without writing: [`PipeHandle::flush_now`] writes what a batch of calls
+    /// added, in one write. The order and back-pressure rules of [`PipeLines`] hold: the
+    /// line is charged to the queue's budget, but only with room there now. Gives the line
+    /// back, having added nothing, when the budget has no room now or the pipe is closed or
     /// failed: its sender then sends it the usual way.
-    pub(crate) fn try_line_now(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
+    pub(crate) fn try_append(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
         let Some(charge) = self.budget.try_charge(line.len()) else {
             return Err(line);
         };
+        let mut state = crate::sync::lock(&self.shared.state);
+        if state.closing || state.pipe.is_none() {
+            drop(state);
+            drop(charge);
+            return Err(line);
+        }
+        append(&mut state, &line, charge);
+        // The line's buffer is not recycled: this thread reads no lines.
+        Ok(())
+    }
+
+    /// Unless the writer task is writing (then it takes the buffer next), writes the whole
+    /// buffer at once with one non-blocking write; what the pipe does not take now is left
+    /// to the writer task, woken for it, as for any sender. Never waits.
+    pub(crate) fn flush_now(&self) {
         let written = {
             let mut state = crate::sync::lock(&self.shared.state);
-            if state.closing || state.pipe.is_none() {
-                drop(state);
-                drop(charge);
-                return Err(line);
+            if state.buf.is_empty() || state.writing {
+                return;
             }
-            let was_empty = state.buf.is_empty();
-            append(&mut state, &line, charge);
-            let written = if state.writing {
-                None
-            } else {
-                write_now(&mut state)
-            };
-            if was_empty && !state.buf.is_empty() {
+            let written = write_now(&mut state);
+            if !state.buf.is_empty() {
                 self.shared.wake.notify_one();
             }
             written
         };
-        // Given back outside the lock. The line's buffer is not recycled: this thread reads
-        // no lines.
+        // Given back outside the lock.
         drop(written);
-        Ok(())
     }
 }
 
@@ -543,8 +547,9 @@ mod tests {
         let handle = lines.handle(budget.clone());
         std::thread::spawn(move || {
             handle
-                .try_line_now(b"handed over".to_vec())
+                .try_append(b"handed over".to_vec())
                 .expect("room now");
+            handle.flush_now();
         })
         .join()
         .expect("the thread ends");
@@ -560,7 +565,7 @@ mod tests {
         let hog = budget.try_charge(BYTES - 4).expect("room");
         let handle = lines.handle(budget.clone());
         assert_eq!(
-            handle.try_line_now(b"too long".to_vec()),
+            handle.try_append(b"too long".to_vec()),
             Err(b"too long".to_vec())
         );
         drop(hog);

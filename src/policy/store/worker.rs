@@ -173,7 +173,12 @@ pub(crate) type Then = Arc<dyn Fn(&dyn CounterStore, &Reservation) + Send + Sync
 /// call while the runtime is still being woken with the answer. It must never wait: it
 /// runs between a batch's commit and its answers, for every gateway sharing the thread.
 pub(crate) trait OnAdmitted: Send + Sync {
+    /// For each admitted call of a batch that carries one, in the batch's order.
     fn admitted(&self);
+
+    /// Then once more for each of them, once every `admitted` of the batch ran (`wrap`
+    /// writes what the batch added to a pipe in one write, not one per call).
+    fn flush(&self) {}
 }
 
 /// An [`OnAdmitted`] an admission carries (one per call that may be handed over).
@@ -702,10 +707,20 @@ fn admit_batch(
     // Before any answer goes out: what an admitted call does first (`wrap` writing its line
     // upstream) is done for the whole batch, so the server starts on it while the runtime
     // is being woken.
-    for (queued, answer) in batch.iter().zip(&answers) {
-        if let (Some(first), Ok(Admission::Admitted(_))) = (&queued.first, answer) {
-            first.admitted();
-        }
+    let firsts = || {
+        batch
+            .iter()
+            .zip(&answers)
+            .filter_map(|(queued, answer)| match (&queued.first, answer) {
+                (Some(first), Ok(Admission::Admitted(_))) => Some(first),
+                _ => None,
+            })
+    };
+    for first in firsts() {
+        first.admitted();
+    }
+    for first in firsts() {
+        first.flush();
     }
     let runs = last_of_their_budgets(batch, &answers);
     let mut thens: Vec<(Reservation, Then)> = Vec::new();
