@@ -82,14 +82,15 @@ impl Gateway {
     /// shadow decision) and that waits for the store is answered into `into`
     /// ([`Deciding::Queued`]), where one task drains the answers of many calls. Such a call
     /// whose verdict, once admitted, is allow (not hold) carries what `first` makes, run on
-    /// the store's thread as it is admitted (`wrap`'s hand-over, `gateway/handover.rs`).
+    /// the store's thread as it is admitted (`wrap`'s hand-over, `gateway/handover.rs`), if it
+    /// makes one.
     pub(crate) fn start_decision_into(
         &self,
         session: &str,
         tool: &str,
         args: &RawArgs,
         into: Option<&Answers>,
-        first: Option<&mut dyn FnMut() -> FirstThing>,
+        first: Option<&mut dyn FnMut() -> Option<FirstThing>>,
     ) -> Deciding {
         if let Some(audit) = &self.audit
             && audit.refuses_calls()
@@ -159,7 +160,7 @@ impl Gateway {
         judgement: Judgement,
         publish: bool,
         into: Option<&Answers>,
-        first: Option<&mut dyn FnMut() -> FirstThing>,
+        first: Option<&mut dyn FnMut() -> Option<FirstThing>>,
     ) -> Step {
         match judgement {
             Judgement::Decided(decision) => Step::Decided(decision),
@@ -172,7 +173,7 @@ impl Gateway {
                 };
                 let first = first
                     .filter(|_| admissible.verdict() == Verdict::Allow)
-                    .map(|make| make());
+                    .and_then(|make| make());
                 match self.store.admit_into(limits, now_ms, then, first, into) {
                     Posted::Queued(ticket) => Step::Queued(admissible, ticket),
                     Posted::Ready(answer) => Step::Admitting(admissible, Answer::Ready(answer)),

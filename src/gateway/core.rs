@@ -1325,12 +1325,18 @@ impl Shared {
         {
             return self.decided(call, decision, no_hold, bytes, None, None);
         }
-        // Made only for a call whose admission may hand its line over (`handover.rs`).
+        // Made only for a call whose admission may hand its line over (`handover.rs`), and
+        // only while no other limited call of the connection waits for the store: then the
+        // runtime is woken for that one's answer anyway, and with many calls in flight the
+        // hand-over cost CPU per call and gained nothing (README, "Hand-over").
         let mut early: Option<Arc<HandOver>> = None;
-        let mut make_early = |pipe: &PipeHandle| -> FirstThing {
+        let mut make_early = |pipe: &PipeHandle| -> Option<FirstThing> {
+            if !self.lock().admitting.is_empty() {
+                return None;
+            }
             let made = Arc::new(HandOver::new(pipe.clone()));
             early = Some(made.clone());
-            made
+            Some(made)
         };
         let hand_over = self.hand_over.as_ref().filter(|_| call.spans.is_none());
         let mut first = hand_over.map(|pipe| move || make_early(pipe));
@@ -1341,7 +1347,7 @@ impl Shared {
             self.answers.as_ref(),
             first
                 .as_mut()
-                .map(|make| make as &mut dyn FnMut() -> FirstThing),
+                .map(|make| make as &mut dyn FnMut() -> Option<FirstThing>),
         );
         match deciding {
             Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, None, None),
