@@ -1326,12 +1326,12 @@ impl Shared {
             return self.decided(call, decision, no_hold, bytes, None, None);
         }
         // Made only for a call whose admission may hand its line over (`handover.rs`), and
-        // only while no other limited call of the connection waits for the store: then the
-        // runtime is woken for that one's answer anyway, and with many calls in flight the
-        // hand-over cost CPU per call and gained nothing (README, "Hand-over").
+        // only while no other request of the connection is in flight (waiting for the store
+        // or the upstream): with many calls in flight the runtime is awake anyway, and the
+        // hand-over cost CPU per call there and gained nothing (README, "Hand-over").
         let mut early: Option<Arc<HandOver>> = None;
         let mut make_early = |pipe: &PipeHandle| -> Option<FirstThing> {
-            if !self.lock().admitting.is_empty() {
+            if !self.lock().pending.is_empty() {
                 return None;
             }
             let made = Arc::new(HandOver::new(pipe.clone()));
