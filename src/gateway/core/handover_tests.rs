@@ -402,13 +402,14 @@ async fn a_full_pipe_delays_no_other_connections_admission_and_the_line_keeps_it
     let mut full = conn(&gateway);
     let mut other = conn(&gateway);
     // About twice what a pipe holds, never read yet: the rest waits in the gateway.
+    // Notifications: a call is handed over only while no request is in flight.
     let pad = "x".repeat(1000);
-    let pings: Vec<String> = (0..128)
+    let notes: Vec<String> = (0..128)
         .map(|n| {
-            format!(r#"{{"jsonrpc":"2.0","id":"p{n}","method":"ping","params":{{"pad":"{pad}"}}}}"#)
+            format!(r#"{{"jsonrpc":"2.0","method":"notifications/test","params":{{"n":{n},"pad":"{pad}"}}}}"#)
         })
         .collect();
-    for ping in &pings {
+    for ping in &notes {
         full.client_sends(ping).await;
     }
     full.client_sends(&call(1, "slow")).await;
@@ -419,11 +420,35 @@ async fn a_full_pipe_delays_no_other_connections_admission_and_the_line_keeps_it
     // connection's server reads nothing.
     assert_eq!(other.server_line("the other call").await, call(2, "slow"));
     assert_eq!(decision(&mut events).await.decision, Verdict::Allow);
-    // The first server gets every ping, then the call, in the order sent.
-    for ping in &pings {
-        assert_eq!(&full.server_line("a ping").await, ping);
+    // The first server gets every notification, then the call, in the order sent.
+    for ping in &notes {
+        assert_eq!(&full.server_line("a notification").await, ping);
     }
     assert_eq!(full.server_line("the call").await, call(1, "slow"));
     full.settle();
     assert_eq!(decision(&mut events).await.decision, Verdict::Allow);
+}
+
+#[tokio::test]
+async fn a_call_with_another_request_in_flight_is_forwarded_by_the_runtime_as_before() {
+    let store = Gate::new(false);
+    let (gateway, mut events) = gateway(store.clone());
+    let mut c = conn(&gateway);
+    let ping = r#"{"jsonrpc":"2.0","id":"p","method":"ping"}"#;
+    c.client_sends(ping).await;
+    assert_eq!(c.server_line("the ping").await, ping);
+    c.client_sends(&call(1, "slow")).await;
+    store.open();
+    // Admitted, but not handed over: nothing settles admissions yet, so nothing comes.
+    let early = tokio::time::timeout(Duration::from_millis(200), c.server.next_line()).await;
+    assert!(
+        early.is_err(),
+        "the store thread wrote a call with a request in flight"
+    );
+    c.settle();
+    assert_eq!(decision(&mut events).await.decision, Verdict::Allow);
+    assert_eq!(
+        c.server_line("the call, from the runtime").await,
+        call(1, "slow")
+    );
 }
