@@ -42,7 +42,8 @@ for raw in sys.stdin:
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#;
 
 /// The same tool with a limit no call reaches: every allowed call is admitted by the counter
-/// store's thread, which writes its line to the server itself (the hand-over).
+/// store's thread (which writes the line itself of a call alone in flight: the hand-over;
+/// the first call of a burst here, the rest the runtime's way).
 const LIMITED: &str = r#"{"version":"1","default":"deny","tools":{"echo":{"limits":[
     {"counter":"c","window":"hour","max":100000,"scope":"global"}]}}}"#;
 
@@ -60,8 +61,7 @@ fn many_calls_in_flight_each_get_one_whole_answer_and_server_requests_cross_both
 }
 
 #[test]
-fn many_limited_calls_handed_over_by_the_sqlite_stores_thread_each_get_one_whole_answer_decided_first()
- {
+fn many_limited_calls_on_the_sqlite_store_each_get_one_whole_answer_decided_first() {
     many_calls_in_flight(LIMITED, "sqlite:counters.sqlite3");
 }
 
