@@ -41,6 +41,12 @@ for raw in sys.stdin:
 
 const POLICY: &str = r#"{"version":"1","default":"deny","tools":{"echo":{}}}"#;
 
+/// The same tool with a limit no call reaches: every allowed call is admitted by the counter
+/// store's thread (which writes the line itself of a call alone in flight: the hand-over;
+/// the first call of a burst here, the rest the runtime's way).
+const LIMITED: &str = r#"{"version":"1","default":"deny","tools":{"echo":{"limits":[
+    {"counter":"c","window":"hour","max":100000,"scope":"global"}]}}}"#;
+
 const CALLS: u64 = 3000;
 const WINDOW: u64 = 500;
 
@@ -51,12 +57,21 @@ fn denied(n: u64) -> bool {
 
 #[test]
 fn many_calls_in_flight_each_get_one_whole_answer_and_server_requests_cross_both_ways() {
+    many_calls_in_flight(POLICY, "memory");
+}
+
+#[test]
+fn many_limited_calls_on_the_sqlite_store_each_get_one_whole_answer_decided_first() {
+    many_calls_in_flight(LIMITED, "sqlite:counters.sqlite3");
+}
+
+fn many_calls_in_flight(policy: &str, counters: &str) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.json"), POLICY).unwrap();
+    std::fs::write(dir.path().join("policy.json"), policy).unwrap();
     std::fs::write(dir.path().join("server.py"), SERVER).unwrap();
     let mut child = Command::new(support::toolgate())
         .args(["wrap", "--policy", "policy.json", "--audit", "audit.jsonl"])
-        .args(["--no-events", "--counters", "memory", "--"])
+        .args(["--no-events", "--counters", counters, "--"])
         .arg(support::peers::python())
         .arg("server.py")
         .current_dir(dir.path())
@@ -182,9 +197,29 @@ fn many_calls_in_flight_each_get_one_whole_answer_and_server_requests_cross_both
         answered, asked,
         "the agent's answers that reached the server"
     );
-    let audited = read("audit.jsonl").lines().count() as u64;
+    let audit = read("audit.jsonl");
+    let audited = audit.lines().count() as u64;
     assert!(
         audited >= CALLS,
         "{audited} audit records for {CALLS} calls"
     );
+    // Each call's decision is recorded before its outcome, and every allowed call has both.
+    let mut decided = HashSet::new();
+    let mut outcomes = 0;
+    for line in audit.lines() {
+        let record: Value = serde_json::from_str(line).unwrap();
+        let call_id = || record["call_id"].as_str().unwrap().to_owned();
+        match record["kind"].as_str() {
+            Some("decision") => assert!(decided.insert(call_id()), "decided twice: {line}"),
+            Some("outcome") => {
+                assert!(
+                    decided.contains(&call_id()),
+                    "an outcome before its decision: {line}"
+                );
+                outcomes += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(outcomes, allowed.len(), "an outcome for every allowed call");
 }

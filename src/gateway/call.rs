@@ -21,7 +21,7 @@ use super::audit::AuditRecord;
 use super::jsonrpc::{Envelope, ResultMembers, string_value};
 use crate::control::{HoldTicket, Hub, Resolution};
 use crate::policy::store::Answer;
-use crate::policy::store::worker::{Answers, Posted};
+use crate::policy::store::worker::{Answers, FirstThing, Posted};
 use crate::policy::{
     Admissible, Admission, Call, CounterStore, Decision, Judgement, Policy, Reservation, Shadow,
     ShadowSource, StoreError, Verdict, human_duration,
@@ -75,18 +75,22 @@ impl Gateway {
     /// Nothing is published yet but, once the store admits it, the state of the budgets it
     /// took units from (the `counters` event, from the store's thread).
     pub(crate) fn start_decision(&self, session: &str, tool: &str, args: &RawArgs) -> Deciding {
-        self.start_decision_into(session, tool, args, None)
+        self.start_decision_into(session, tool, args, None, None)
     }
 
     /// [`Gateway::start_decision`]; a call whose only admission is the enforced one (no
     /// shadow decision) and that waits for the store is answered into `into`
-    /// ([`Deciding::Queued`]), where one task drains the answers of many calls.
+    /// ([`Deciding::Queued`]), where one task drains the answers of many calls. Such a call
+    /// whose verdict, once admitted, is allow (not hold) carries what `first` makes, run on
+    /// the store's thread as it is admitted (`wrap`'s hand-over, `gateway/handover.rs`), if it
+    /// makes one.
     pub(crate) fn start_decision_into(
         &self,
         session: &str,
         tool: &str,
         args: &RawArgs,
         into: Option<&Answers>,
+        first: Option<&mut dyn FnMut() -> Option<FirstThing>>,
     ) -> Deciding {
         if let Some(audit) = &self.audit
             && audit.refuses_calls()
@@ -114,7 +118,7 @@ impl Gateway {
         // Shadow admissions are queued after the enforced one, in counters of their own: a
         // full shadow budget never refuses the call.
         let alone = shadow_rule.is_none() && shadow_policy.is_none();
-        let enforced = self.step(judgement, true, into.filter(|_| alone));
+        let enforced = self.step(judgement, true, into.filter(|_| alone), first);
         if alone {
             return match enforced {
                 Step::Decided(decision) => Deciding::Decided(decision),
@@ -131,9 +135,9 @@ impl Gateway {
                 .now(),
             };
         }
-        let shadow_rule = shadow_rule.map(|j| self.step(j, false, None));
+        let shadow_rule = shadow_rule.map(|j| self.step(j, false, None, None));
         let shadow_policy =
-            shadow_policy.map(|(candidate, j)| (candidate, self.step(j, false, None)));
+            shadow_policy.map(|(candidate, j)| (candidate, self.step(j, false, None, None)));
         let shadows = Some(Box::new(Shadows {
             rule: shadow_rule,
             policy: shadow_policy,
@@ -151,7 +155,13 @@ impl Gateway {
     /// into `into` when given); an enforced one (`publish`) has the state of the budgets it
     /// took units from published right after it, on the store's thread (see
     /// [`crate::policy::StoreWorker::admit_then`]).
-    fn step(&self, judgement: Judgement, publish: bool, into: Option<&Answers>) -> Step {
+    fn step(
+        &self,
+        judgement: Judgement,
+        publish: bool,
+        into: Option<&Answers>,
+        first: Option<&mut dyn FnMut() -> Option<FirstThing>>,
+    ) -> Step {
         match judgement {
             Judgement::Decided(decision) => Step::Decided(decision),
             Judgement::Admit(mut admissible) => {
@@ -161,7 +171,10 @@ impl Gateway {
                     let answer = self.store.admit_then(limits, now_ms, then);
                     return Step::Admitting(admissible, answer);
                 };
-                match self.store.admit_into(limits, now_ms, then, into) {
+                let first = first
+                    .filter(|_| admissible.verdict() == Verdict::Allow)
+                    .and_then(|make| make());
+                match self.store.admit_into(limits, now_ms, then, first, into) {
                     Posted::Queued(ticket) => Step::Queued(admissible, ticket),
                     Posted::Ready(answer) => Step::Admitting(admissible, Answer::Ready(answer)),
                 }

@@ -59,11 +59,12 @@ use super::Gateway;
 use super::args::RawArgs;
 use super::budget::{ByteBudget, Charge};
 use super::call::{CallAnswer, Deciding, Queued, ToolsPage};
+use super::handover::{HandOver, Taken};
 use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Shape, code};
-use super::line_writer::{EARLY, Out, PipeLines, write_lines};
+use super::line_writer::{EARLY, Out, PipeHandle, PipeLines, write_lines};
 use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
 use crate::control::Resolution;
-use crate::policy::store::worker::{Answered, AnsweredBatch, Answers};
+use crate::policy::store::worker::{Answered, AnsweredBatch, Answers, FirstThing};
 use crate::policy::{Admission, Decision, PinMode, Reservation, StoreError, Verdict};
 use crate::telemetry::CallSpans;
 use crate::wire::{EventKind, ResolvedBy, ToolInfo, Tools};
@@ -167,30 +168,8 @@ where
     UR: AsyncBufRead + Unpin + Send + 'static,
     UW: AsyncWrite + Unpin + Send + 'static,
 {
-    let (to_client, client_writer) = Queue::start(client_out, options.max_message, "client");
-    let (to_upstream, _) = Queue::start(upstream_out, options.max_message, "upstream");
-    let (closing_tx, closing) = watch::channel(false);
-    let (answers, answered) = match gateway.store.is_threaded() {
-        true => {
-            let (answers, answered) = Answers::channel();
-            (Some(answers), Some(answered))
-        }
-        false => (None, None),
-    };
-    let shared = Arc::new(Shared {
-        gateway,
-        session: SmolStr::new(&options.session),
-        to_client,
-        to_upstream,
-        state: Mutex::new(ConnState::default()),
-        closing,
-        max_message: options.max_message,
-        held_lines: ByteBudget::for_messages(options.max_message),
-        protocol_version: std::sync::OnceLock::new(),
-        server_name: OnceLock::new(),
-        next_relist: AtomicU64::new(1),
-        answers,
-    });
+    let (shared, answered, client_writer, closing_tx) =
+        connect(gateway, client_out, upstream_out, &options);
     if let Some(answered) = answered {
         tokio::spawn(admissions(shared.clone(), answered));
     }
@@ -263,6 +242,61 @@ where
         tracing::warn!("the client is not reading; its last answers are dropped");
     }
     end
+}
+
+/// What [`connect`] starts: the connection's state, the receiving end of its admissions'
+/// answers (for [`admissions`]), the client's writer task, the closing signal.
+type Connected = (
+    Arc<Shared>,
+    Option<mpsc::UnboundedReceiver<AnsweredBatch>>,
+    Option<tokio::task::JoinHandle<()>>,
+    watch::Sender<bool>,
+);
+
+/// The state of one connection, with its queues to both sides started.
+fn connect<CW, UW>(
+    gateway: Arc<Gateway>,
+    client_out: Output<CW>,
+    upstream_out: Output<UW>,
+    options: &RunOptions,
+) -> Connected
+where
+    CW: AsyncWrite + Unpin + Send + 'static,
+    UW: AsyncWrite + Unpin + Send + 'static,
+{
+    let (to_client, client_writer) = Queue::start(client_out, options.max_message, "client");
+    let (to_upstream, _) = Queue::start(upstream_out, options.max_message, "upstream");
+    let (closing_tx, closing) = watch::channel(false);
+    let (answers, answered) = match gateway.store.is_threaded() {
+        true => {
+            let (answers, answered) = Answers::channel();
+            (Some(answers), Some(answered))
+        }
+        false => (None, None),
+    };
+    // `wrap`'s pipe to the server, with a store on its own thread and no traces (a traced
+    // call's line is rewritten as it goes): the store thread writes an admitted call's line
+    // itself (`handover.rs`).
+    let hand_over = match (&answers, &gateway.traces) {
+        (Some(_), None) => to_upstream.pipe_handle(),
+        _ => None,
+    };
+    let shared = Arc::new(Shared {
+        gateway,
+        session: SmolStr::new(&options.session),
+        to_client,
+        to_upstream,
+        state: Mutex::new(ConnState::default()),
+        closing,
+        max_message: options.max_message,
+        held_lines: ByteBudget::for_messages(options.max_message),
+        protocol_version: std::sync::OnceLock::new(),
+        server_name: OnceLock::new(),
+        next_relist: AtomicU64::new(1),
+        answers,
+        hand_over,
+    });
+    (shared, answered, client_writer, closing_tx)
 }
 
 /// Resolves `true` when the gateway shuts down, `false` when its signal is dropped (after
@@ -483,6 +517,15 @@ impl Queue {
         }
     }
 
+    /// The handle through which the counter store's thread adds lines to this side, when it
+    /// is a pipe ([`PipeHandle`]).
+    fn pipe_handle(&self) -> Option<PipeHandle> {
+        match &self.to {
+            To::Pipe(pipe) => Some(pipe.handle(self.budget.clone())),
+            To::Writer(_) | To::Lines(_) => None,
+        }
+    }
+
     /// Asks the writer to flush and close (after what is queued).
     async fn close(&self) {
         match &self.to {
@@ -513,6 +556,9 @@ impl Drop for Queue {
         }
     }
 }
+
+#[cfg(test)]
+mod handover_tests;
 
 #[cfg(test)]
 mod queue_tests {
@@ -616,6 +662,9 @@ struct Shared {
     /// Where the counter store answers this connection's limited calls (drained by
     /// [`admissions`]); `None` for a store asked in place.
     answers: Option<Answers>,
+    /// The upstream's pipe, for the store thread to write an admitted call's line to
+    /// (`handover.rs`): `wrap` with a threaded store and tracing off; `None` otherwise.
+    hand_over: Option<PipeHandle>,
 }
 
 /// The ids in flight, hashed cheaply ([`crate::hashing`]): each map holds at most
@@ -673,17 +722,19 @@ impl ConnState {
             || self.relists.contains_key(id)
     }
 
-    /// Puts a call waiting for the counter store in `pending` under `id`; returns its turn.
-    fn start_deciding(&mut self, id: IdKey) -> u64 {
+    /// Puts a call waiting for the counter store in `pending` under `id` (with its
+    /// hand-over, when its line may go upstream from the store thread); returns its turn.
+    fn start_deciding(&mut self, id: IdKey, early: Option<Arc<HandOver>>) -> u64 {
         self.last_turn += 1;
-        self.pending.insert(id, Forwarded::Deciding(self.last_turn));
+        self.pending
+            .insert(id, Forwarded::Deciding(self.last_turn, early));
         self.last_turn
     }
 
     /// Whether the call that waited for the counter store with this turn still owns `id`
     /// (neither cancelled nor failed, and no later request took the id since).
     fn deciding_owns(&self, id: &IdKey, turn: u64) -> bool {
-        matches!(self.pending.get(id), Some(Forwarded::Deciding(t)) if *t == turn)
+        matches!(self.pending.get(id), Some(Forwarded::Deciding(t, _)) if *t == turn)
     }
 }
 
@@ -691,12 +742,14 @@ impl ConnState {
 enum Forwarded {
     /// Any request the gateway only forwards (with its spans, when tracing is on).
     Plain(Option<Box<CallSpans>>),
-    /// A call waiting for the counter store to admit its limits; not forwarded yet. An
-    /// upstream answer to its id is dropped; the task that waits for the store takes it
-    /// out (forwarding, refusing or holding the call) unless it was cancelled or failed
-    /// first. With its turn (see `ConnState::last_turn`): only the call given that turn
-    /// may take the entry out.
-    Deciding(u64),
+    /// A call waiting for the counter store to admit its limits; not forwarded by the
+    /// runtime yet. The task that waits for the store takes it out (forwarding, refusing or
+    /// holding the call) unless it was cancelled or failed first. With its turn (see
+    /// `ConnState::last_turn`): only the call given that turn may take the entry out. With
+    /// its hand-over when the store thread may write its line upstream as it admits it
+    /// (`handover.rs`): an upstream answer to its id is kept with the call there once the
+    /// line went, and handled after the decision is published; otherwise it is dropped.
+    Deciding(u64, Option<Arc<HandOver>>),
     ToolsList {
         first_page: bool,
         spans: Option<Box<CallSpans>>,
@@ -734,6 +787,9 @@ struct Waiting {
     deadline: Instant,
     /// Its turn on its `Forwarded::Deciding` entry.
     turn: u64,
+    /// Its hand-over (`handover.rs`): once armed, it holds `line` (then empty here) until
+    /// the store thread writes it upstream or the runtime takes it back.
+    early: Option<Arc<HandOver>>,
 }
 
 impl std::fmt::Debug for Waiting {
@@ -936,7 +992,7 @@ impl Shared {
         match env.shape() {
             Ok(shape) => match side {
                 Side::Client => self.client_message(shape, env, bytes),
-                Side::Upstream => self.upstream_message(shape, env),
+                Side::Upstream => self.upstream_message(shape, env, bytes),
             },
             Err(invalid) => self.invalid(side, invalid),
         }
@@ -1015,9 +1071,23 @@ impl Shared {
                 let pending = {
                     let mut state = self.lock();
                     match state.pending.remove(id)? {
-                        // Not sent upstream yet: the upstream answers nothing of it.
-                        deciding @ Forwarded::Deciding(_) => {
-                            state.pending.insert(id.clone(), deciding);
+                        Forwarded::Deciding(turn, early) => {
+                            // Its line went upstream from the store thread: the refusal is
+                            // its answer, handled once its decision is published.
+                            // Otherwise the upstream answers nothing of it.
+                            if let Some(early) = &early {
+                                let reply = jsonrpc::error_response(
+                                    Some(id),
+                                    code::ANSWER_REFUSED,
+                                    &format!(
+                                        "the MCP server's answer was withheld by the gateway: {why}"
+                                    ),
+                                );
+                                let _ = early.keep_answer(reply);
+                            }
+                            state
+                                .pending
+                                .insert(id.clone(), Forwarded::Deciding(turn, early));
                             return None;
                         }
                         other => other,
@@ -1160,9 +1230,13 @@ impl Shared {
                     Some(SmolStr::new_static("cancelled by the client")),
                 );
             }
+            // Its line went upstream from the store thread as it was admitted: the server
+            // is told, as for a forwarded call; it is settled as one once its decision is
+            // published.
+            Some(Forwarded::Deciding(_, Some(early))) if early.take() == Taken::Sent => {}
             // The upstream never saw this call: it is settled (and its units given back)
             // once its admission is answered.
-            Some(Forwarded::Deciding(_)) => return Disposition::Nothing,
+            Some(Forwarded::Deciding(..)) => return Disposition::Nothing,
             _ => {}
         }
         Disposition::Forward
@@ -1249,15 +1323,34 @@ impl Shared {
             .gateway
             .pin_refusal(self.server_identity(), &call.params.name)
         {
-            return self.decided(call, decision, no_hold, bytes, None);
+            return self.decided(call, decision, no_hold, bytes, None, None);
         }
-        match self.gateway.start_decision_into(
+        // Made only for a call whose admission may hand its line over (`handover.rs`), and
+        // only while no other request of the connection is in flight (waiting for the store
+        // or the upstream): with many calls in flight the runtime is awake anyway, and the
+        // hand-over cost CPU per call there and gained nothing (README, "Hand-over").
+        let mut early: Option<Arc<HandOver>> = None;
+        let mut make_early = |pipe: &PipeHandle| -> Option<FirstThing> {
+            if !self.lock().pending.is_empty() {
+                return None;
+            }
+            let made = Arc::new(HandOver::new(pipe.clone()));
+            early = Some(made.clone());
+            Some(made)
+        };
+        let hand_over = self.hand_over.as_ref().filter(|_| call.spans.is_none());
+        let mut first = hand_over.map(|pipe| move || make_early(pipe));
+        let deciding = self.gateway.start_decision_into(
             &self.session,
             &call.params.name,
             &call.args,
             self.answers.as_ref(),
-        ) {
-            Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, None),
+            first
+                .as_mut()
+                .map(|make| make as &mut dyn FnMut() -> Option<FirstThing>),
+        );
+        match deciding {
+            Deciding::Decided(decision) => self.decided(call, decision, no_hold, bytes, None, None),
             Deciding::Queued(queued) => {
                 // The store may take a while (another process's lock): the id stays in
                 // flight while this call waits, and the connection goes on with the others.
@@ -1271,6 +1364,7 @@ impl Shared {
                     line: bytes.to_vec(),
                     // Given once it is put in `pending`, below.
                     turn: 0,
+                    early,
                 });
                 let ticket = waiting.queued.ticket();
                 let mut state = self.lock();
@@ -1284,7 +1378,11 @@ impl Shared {
                     // Its answer will find nobody: the store gives its units back then.
                     return self.decided_at_once(waiting, Err(connection_ended()), true);
                 }
-                waiting.turn = state.start_deciding(waiting.call.id.clone());
+                waiting.turn = state.start_deciding(waiting.call.id.clone(), waiting.early.clone());
+                // In `pending` now, so an upstream answer finds it: its line may go.
+                if let Some(early) = &waiting.early {
+                    early.arm(std::mem::take(&mut waiting.line));
+                }
                 state.last_queued = Some(ticket);
                 state.admitting.push_back(waiting);
                 Disposition::Nothing
@@ -1292,14 +1390,14 @@ impl Shared {
             Deciding::Admitting(admitting) => {
                 // As above, for a call with shadow decisions (more than one admission): a
                 // task of its own waits for them.
-                let turn = self.lock().start_deciding(call.id.clone());
+                let turn = self.lock().start_deciding(call.id.clone(), None);
                 let shared = self.clone();
                 let line = bytes.to_vec();
                 tokio::spawn(async move {
                     let decision = admitting.decision().await;
                     let ended = !shared.lock().deciding_owns(&call.id, turn);
                     shared
-                        .admitted(call, decision, (turn, ended), no_hold, line)
+                        .admitted(call, decision, (turn, ended), no_hold, line, None)
                         .await;
                 });
                 Disposition::Nothing
@@ -1327,13 +1425,17 @@ impl Shared {
         if ended {
             let _ = self::ended(&mut decision);
         }
-        self.decided(call, decision, no_hold, &line, None)
+        // Never armed (it was not put in `admitting`): its line is here.
+        self.decided(call, decision, no_hold, &line, None, None)
     }
 
     /// Goes on with a call that waited for the counter store, once decided: publishes the
     /// decision and forwards, refuses or holds the call. `turn`: the turn of its
     /// `Forwarded::Deciding` entry, and whether that entry was gone or another request's
     /// (cancelled, or the connection closed): then nobody waits for it any more.
+    /// `sent`: the hand-over through which the store thread already wrote the call's line
+    /// upstream (then the decision is an admitted allow, published as such even if the
+    /// call ended since, and an upstream answer kept meanwhile is handled after it).
     async fn admitted(
         self: &Arc<Self>,
         call: Deliberation,
@@ -1341,24 +1443,35 @@ impl Shared {
         (turn, ended): (u64, bool),
         no_hold: Option<String>,
         line: Vec<u8>,
+        sent: Option<Arc<HandOver>>,
     ) {
         // Recorded as what happened to it (the decision first, then the units it took
-        // going back).
-        let taken = if ended {
+        // going back). A call whose line went upstream keeps its units, as any forwarded
+        // call does.
+        let taken = if ended && sent.is_none() {
             self::ended(&mut decision)
         } else {
             Reservation::default()
         };
-        let action = self.decided(call, decision, no_hold, &line, Some(turn));
+        let action = self.decided(call, decision, no_hold, &line, Some(turn), sent.as_deref());
         self.gateway.release(&taken);
         self.act(Side::Client, action, line).await;
+        if let Some(answer) = sent.and_then(|early| early.take_answer()) {
+            // The upstream answered before the decision was published: now it is.
+            self.on_line(Side::Upstream, answer).await;
+        }
     }
 
     /// Acts on a call's decision: publishes it, then forwards, refuses or holds the call.
     /// `deciding`: the call waited for the counter store as `Forwarded::Deciding` with this
     /// turn, which it leaves now; if that entry is gone (cancelled, or the connection ended
     /// and answered it) or is another request's (one that took the id after a
-    /// cancellation), the call is not forwarded and its units are given back.
+    /// cancellation), the call is not forwarded and its units are given back. `sent`: the
+    /// hand-over through which the store thread already wrote its line upstream
+    /// (`handover.rs`; an admitted allow): it is registered as forwarded, and nothing is
+    /// sent; if its entry is gone, its outcome says it ended, an answer kept for it is
+    /// dropped (its id may be another request's by now), and it keeps its units, as a
+    /// forwarded call cancelled does.
     fn decided(
         self: &Arc<Self>,
         call: Deliberation,
@@ -1366,6 +1479,7 @@ impl Shared {
         no_hold: Option<String>,
         bytes: &[u8],
         deciding: Option<u64>,
+        sent: Option<&HandOver>,
     ) -> Disposition {
         let Deliberation {
             id,
@@ -1407,29 +1521,48 @@ impl Shared {
         // Whether this call still owns its id (always, unless it waited for the store).
         let owns_id =
             |state: &ConnState| deciding.is_none_or(|turn| state.deciding_owns(&id, turn));
+        // Settling an admitted allow keeps it an allow (`Policy::settle`), and publishing
+        // changes only a hold: a call handed over is never refused here.
+        debug_assert!(sent.is_none() || decision.verdict == Verdict::Allow);
         match decision.verdict {
             Verdict::Allow => {
-                let traced = self.traced(spans.as_deref(), bytes);
+                // A line already sent was never traced (no hand-over with tracing on).
+                let traced = match sent {
+                    Some(_) => None,
+                    None => self.traced(spans.as_deref(), bytes),
+                };
+                let forwarded = CallInFlight {
+                    call_id,
+                    tool: params.name,
+                    continuation,
+                    arrived,
+                    reservation: decision.reservation,
+                    spans,
+                };
                 let mut state = self.lock();
                 if !owns_id(&state) {
                     drop(state);
-                    self.gateway.release(&decision.reservation);
+                    if let Some(early) = sent {
+                        // The server has it (and was told of a cancellation): it ends as a
+                        // forwarded call cancelled does, its units kept.
+                        drop(early.take_answer());
+                        self.finish_call(
+                            &forwarded,
+                            true,
+                            Some(SmolStr::new_static(
+                                "the call ended (cancelled, or its connection closed) after it was forwarded",
+                            )),
+                        );
+                    } else {
+                        self.gateway.release(&forwarded.reservation);
+                    }
                     return Disposition::Nothing;
                 }
-                state.pending.insert(
-                    id,
-                    Forwarded::Call(CallInFlight {
-                        call_id,
-                        tool: params.name,
-                        continuation,
-                        arrived,
-                        reservation: decision.reservation,
-                        spans,
-                    }),
-                );
-                match traced {
-                    Some(line) => Disposition::Replace(line),
-                    None => Disposition::Forward,
+                state.pending.insert(id, Forwarded::Call(forwarded));
+                match (sent, traced) {
+                    (Some(_), _) => Disposition::Nothing,
+                    (None, Some(line)) => Disposition::Replace(line),
+                    (None, None) => Disposition::Forward,
                 }
             }
             Verdict::Deny | Verdict::RateLimited => {
@@ -1627,8 +1760,8 @@ impl Shared {
         }
     }
 
-    /// Decides what to do with one upstream message.
-    fn upstream_message(&self, shape: Shape<'_>, env: &Envelope<'_>) -> Disposition {
+    /// Decides what to do with one upstream message; `bytes` are its own bytes.
+    fn upstream_message(&self, shape: Shape<'_>, env: &Envelope<'_>, bytes: &[u8]) -> Disposition {
         match shape {
             Shape::Response { id } => {
                 let pending = {
@@ -1648,9 +1781,19 @@ impl Shared {
                         };
                     }
                     match state.pending.remove(&id) {
-                        // The upstream has not been sent this call yet.
-                        Some(deciding @ Forwarded::Deciding(_)) => {
-                            state.pending.insert(id.clone(), deciding);
+                        Some(Forwarded::Deciding(turn, early)) => {
+                            // Its line went upstream from the store thread: the answer
+                            // waits with the call until its decision is published.
+                            let kept = early
+                                .as_ref()
+                                .is_some_and(|early| early.keep_answer(bytes.to_vec()).is_ok());
+                            state
+                                .pending
+                                .insert(id.clone(), Forwarded::Deciding(turn, early));
+                            if kept {
+                                return Disposition::Nothing;
+                            }
+                            // Otherwise the upstream has not been sent this call yet.
                             None
                         }
                         other => other,
@@ -1663,7 +1806,7 @@ impl Shared {
                     return Disposition::Nothing;
                 };
                 match pending {
-                    Forwarded::Deciding(_) => Disposition::Nothing,
+                    Forwarded::Deciding(..) => Disposition::Nothing,
                     Forwarded::Plain(spans) => {
                         if let Some(spans) = spans {
                             self.request_answered(&spans, env);
@@ -1947,6 +2090,11 @@ impl Shared {
         for (id, pending) in pending {
             match &pending {
                 Forwarded::Call(call) => self.finish_call(call, true, Some(SmolStr::new(why))),
+                // Its line no longer goes upstream from the store thread (one already sent
+                // is settled as a forwarded call once its decision is published).
+                Forwarded::Deciding(_, Some(early)) => {
+                    let _ = early.take();
+                }
                 Forwarded::Plain(Some(spans))
                 | Forwarded::Handshake(Some(spans))
                 | Forwarded::ToolsList {
@@ -2046,16 +2194,31 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
             let mut state = shared.lock();
             let now = Instant::now();
             // The oldest first: those past their deadline.
+            let mut sent_late: Vec<Box<Waiting>> = Vec::new();
             while state
                 .admitting
                 .front()
                 .is_some_and(|waiting| waiting.deadline <= now)
             {
-                let Some(waiting) = state.admitting.pop_front() else {
+                let Some(mut waiting) = state.admitting.pop_front() else {
                     break;
                 };
+                match waiting.early.as_ref().map(|early| early.take()) {
+                    // Admitted and its line upstream just now: its answer is on the way
+                    // (sent right after), so it is settled by it, not failed.
+                    Some(Taken::Sent) => {
+                        waiting.deadline = now + DEADLINE_STEP;
+                        sent_late.push(waiting);
+                        continue;
+                    }
+                    Some(Taken::Line(line)) => waiting.line = line,
+                    Some(Taken::Nothing) | None => {}
+                }
                 let ended = !state.deciding_owns(&waiting.call.id, waiting.turn);
                 settled.push((waiting, shared.gateway.store.timed_out(), ended));
+            }
+            for waiting in sent_late.into_iter().rev() {
+                state.admitting.push_front(waiting);
             }
             for Answered { ticket, answer } in batch.drain(..) {
                 let at = state
@@ -2084,13 +2247,23 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                 queued,
                 call,
                 no_hold,
-                line,
+                mut line,
                 turn,
+                early,
                 ..
             } = *waiting;
+            // Whether the store thread wrote its line upstream; from now on it will not.
+            let sent = match early.as_ref().map(|early| early.take()) {
+                Some(Taken::Sent) => early,
+                Some(Taken::Line(armed)) => {
+                    line = armed;
+                    None
+                }
+                Some(Taken::Nothing) | None => None,
+            };
             let decision = queued.settle(answer);
             shared
-                .admitted(call, decision, (turn, ended), no_hold, line)
+                .admitted(call, decision, (turn, ended), no_hold, line, sent)
                 .await;
         }
     }

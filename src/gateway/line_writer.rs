@@ -221,21 +221,7 @@ impl PipeLines {
                 return Err(line);
             }
             let was_empty = state.buf.is_empty();
-            state.buf.extend_from_slice(&line);
-            if line.last() != Some(&b'\n') {
-                state.buf.push(b'\n');
-            }
-            state.charge = Some(match state.charge.take() {
-                None => charge,
-                Some(mut held) => match held.absorb(charge) {
-                    Ok(()) => held,
-                    // Another budget's (never the case): kept until the buffer is written.
-                    Err(other) => {
-                        drop(held);
-                        other
-                    }
-                },
-            });
+            append(&mut state, &line, charge);
             state.since_write += 1;
             let written = self.write_early(&mut state);
             if was_empty && !state.buf.is_empty() {
@@ -255,26 +241,111 @@ impl PipeLines {
         if self.early == 0 || state.since_write < self.early || state.writing {
             return None;
         }
-        state.since_write = 0;
-        let pipe = state.pipe.as_ref()?;
-        // A pipe that would block, or failed, is the writer task's to wait for (or report).
-        let written = pipe.try_write(&state.buf[state.done..]).ok()?;
-        state.done += written;
-        if state.done < state.buf.len() {
-            return None;
+        write_now(state)
+    }
+
+    /// A handle that adds lines from outside the runtime ([`PipeHandle::try_append`], [`PipeHandle::flush_now`]),
+    /// charged to `budget` (the queue's, which this pipe gives back to).
+    pub(crate) fn handle(&self, budget: ByteBudget) -> PipeHandle {
+        PipeHandle {
+            shared: self.shared.clone(),
+            budget,
         }
-        state.buf.clear();
-        if state.buf.capacity() > KEPT_CAPACITY {
-            state.buf = Vec::new();
-        }
-        state.done = 0;
-        state.charge.take()
     }
 
     /// No line will follow: the writer task writes what is left, then closes the pipe.
     pub(crate) fn close(&self) {
         crate::sync::lock(&self.shared.state).closing = true;
         self.shared.wake.notify_one();
+    }
+}
+
+/// Appends `line` and its newline to the buffer, its charge with the buffer's.
+fn append(state: &mut PipeState, line: &[u8], charge: Charge) {
+    state.buf.extend_from_slice(line);
+    if line.last() != Some(&b'\n') {
+        state.buf.push(b'\n');
+    }
+    state.charge = Some(match state.charge.take() {
+        None => charge,
+        Some(mut held) => match held.absorb(charge) {
+            Ok(()) => held,
+            // Another budget's (never the case): kept until the buffer is written.
+            Err(other) => {
+                drop(held);
+                other
+            }
+        },
+    });
+}
+
+/// One non-blocking write of the whole buffer (the caller checked that the writer task is
+/// not writing); the charges of the buffer once it is all written.
+fn write_now(state: &mut PipeState) -> Option<Charge> {
+    state.since_write = 0;
+    let pipe = state.pipe.as_ref()?;
+    // A pipe that would block, or failed, is the writer task's to wait for (or report).
+    let written = pipe.try_write(&state.buf[state.done..]).ok()?;
+    state.done += written;
+    if state.done < state.buf.len() {
+        return None;
+    }
+    state.buf.clear();
+    if state.buf.capacity() > KEPT_CAPACITY {
+        state.buf = Vec::new();
+    }
+    state.done = 0;
+    state.charge.take()
+}
+
+/// A [`PipeLines`] buffer as the counter store's thread adds an admitted call's line to it
+/// (see `gateway/handover.rs`): never waiting, on the runtime or anything else; a batch's
+/// lines added one by one, then written at once.
+#[derive(Debug, Clone)]
+pub(crate) struct PipeHandle {
+    shared: Arc<PipeShared>,
+    budget: ByteBudget,
+}
+
+impl PipeHandle {
+    /// Adds `line` (a newline is added when missing) after every line already in the
+    /// buffer, without writing: [`PipeHandle::flush_now`] writes what a batch of calls
+    /// added, in one write. The order and back-pressure rules of [`PipeLines`] hold: the
+    /// line is charged to the queue's budget, but only with room there now. Gives the line
+    /// back, having added nothing, when the budget has no room now or the pipe is closed or
+    /// failed: its sender then sends it the usual way.
+    pub(crate) fn try_append(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        let Some(charge) = self.budget.try_charge(line.len()) else {
+            return Err(line);
+        };
+        let mut state = crate::sync::lock(&self.shared.state);
+        if state.closing || state.pipe.is_none() {
+            drop(state);
+            drop(charge);
+            return Err(line);
+        }
+        append(&mut state, &line, charge);
+        // The line's buffer is not recycled: this thread reads no lines.
+        Ok(())
+    }
+
+    /// Unless the writer task is writing (then it takes the buffer next), writes the whole
+    /// buffer at once with one non-blocking write; what the pipe does not take now is left
+    /// to the writer task, woken for it, as for any sender. Never waits.
+    pub(crate) fn flush_now(&self) {
+        let written = {
+            let mut state = crate::sync::lock(&self.shared.state);
+            if state.buf.is_empty() || state.writing {
+                return;
+            }
+            let written = write_now(&mut state);
+            if !state.buf.is_empty() {
+                self.shared.wake.notify_one();
+            }
+            written
+        };
+        // Given back outside the lock.
+        drop(written);
     }
 }
 
@@ -456,6 +527,53 @@ mod tests {
             "the rest in order, and the pipe closed"
         );
         assert_eq!(budget.available(), BYTES, "every charge was given back");
+    }
+
+    #[tokio::test]
+    async fn a_line_added_from_another_thread_goes_out_at_once_after_those_buffered_or_comes_back()
+    {
+        use std::io::Read as _;
+
+        const BYTES: usize = 64 * 1024;
+        let budget = ByteBudget::new(BYTES);
+        let (tx, rx) = pipe::pipe().expect("a pipe");
+        let mut rx = std::fs::File::from(rx.into_nonblocking_fd().expect("the read end"));
+        tx.writable().await.expect("an empty pipe is writable");
+        let (lines, task) = PipeLines::start(tx, budget.clone(), "test", EARLY);
+        // Two lines buffered (fewer than `EARLY`: not written yet), then one from a thread
+        // that is not the runtime's, as the counter store's.
+        let sent: Vec<String> = (0..2).map(|n| format!("line {n}")).collect();
+        send_all(&lines, &budget, &sent);
+        let handle = lines.handle(budget.clone());
+        std::thread::spawn(move || {
+            handle
+                .try_append(b"handed over".to_vec())
+                .expect("room now");
+            handle.flush_now();
+        })
+        .join()
+        .expect("the thread ends");
+        let mut now = vec![0u8; BYTES];
+        let n = rx.read(&mut now).expect("written by the thread itself");
+        assert_eq!(&now[..n], b"line 0\nline 1\nhanded over\n");
+        assert_eq!(
+            budget.available(),
+            BYTES,
+            "all of it in the pipe: no charge left"
+        );
+        // Without room in the budget now, nothing is added: the line comes back.
+        let hog = budget.try_charge(BYTES - 4).expect("room");
+        let handle = lines.handle(budget.clone());
+        assert_eq!(
+            handle.try_append(b"too long".to_vec()),
+            Err(b"too long".to_vec())
+        );
+        drop(hog);
+        drop(lines);
+        task.await.expect("the writer task ends");
+        let mut rest = String::new();
+        rx.read_to_string(&mut rest).expect("the end");
+        assert_eq!(rest, "", "nothing was added for the line given back");
     }
 
     #[tokio::test]

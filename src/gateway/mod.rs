@@ -34,6 +34,7 @@ pub(crate) mod call;
 pub(crate) mod core;
 pub(crate) mod fd_limit;
 pub(crate) mod grants;
+pub(crate) mod handover;
 pub(crate) mod http;
 pub(crate) mod jsonrpc;
 pub(crate) mod line_writer;

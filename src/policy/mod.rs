@@ -122,6 +122,11 @@ impl Admissible {
     pub fn limits(&self) -> &[OwnedLimit] {
         &self.limits
     }
+
+    /// The verdict if admitted (allow or hold).
+    pub fn verdict(&self) -> Verdict {
+        self.decision.verdict
+    }
 }
 
 /// A limit of a call: the rule's `i`-th or `all_tools`' `i`-th.

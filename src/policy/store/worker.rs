@@ -167,12 +167,30 @@ pub(crate) enum Posted {
 /// (one reference count, no allocation made on the runtime's thread and freed on this one).
 pub(crate) type Then = Arc<dyn Fn(&dyn CounterStore, &Reservation) + Send + Sync>;
 
+/// What the store thread does first for an admission that carries it and is admitted (with
+/// or without units), before any answer of its batch is sent: `wrap` writes the call's line
+/// to its upstream's pipe there ([`crate::gateway::handover`]), so the server starts on the
+/// call while the runtime is still being woken with the answer. It must never wait: it
+/// runs between a batch's commit and its answers, for every gateway sharing the thread.
+pub(crate) trait OnAdmitted: Send + Sync {
+    /// For each admitted call of a batch that carries one, in the batch's order.
+    fn admitted(&self);
+
+    /// Then once more for each of them, once every `admitted` of the batch ran (`wrap`
+    /// writes what the batch added to a pipe in one write, not one per call).
+    fn flush(&self) {}
+}
+
+/// An [`OnAdmitted`] an admission carries (one per call that may be handed over).
+pub(crate) type FirstThing = Arc<dyn OnAdmitted>;
+
 enum Job {
     Admit {
         limits: Limits,
         now_ms: u64,
         reply: Reply,
         then: Option<Then>,
+        first: Option<FirstThing>,
     },
     /// Anything else a gateway does with its store (give units back and publish the state
     /// after).
@@ -282,7 +300,7 @@ impl StoreWorker {
             return Answer::Ready(self.admit_in_place(limits, now_ms, then));
         }
         let (reply, answer) = oneshot::channel();
-        match self.queue_admission(limits, now_ms, then, Reply::Once(reply)) {
+        match self.queue_admission(limits, now_ms, then, None, Reply::Once(reply)) {
             Ok(()) => Answer::Waiting {
                 answer,
                 within: self.answer_within,
@@ -294,12 +312,15 @@ impl StoreWorker {
 
     /// [`StoreWorker::admit_then`], answered into `into` with the ticket returned (in place,
     /// or when the queue refuses it, answered at once). Admissions through one [`Answers`]
-    /// are answered in the order they were asked.
+    /// are answered in the order they were asked. `first` runs on the thread if the call is
+    /// admitted, before the batch's answers go out (see [`OnAdmitted`]); never for an
+    /// admission answered at once.
     pub(crate) fn admit_into(
         &self,
         limits: Limits,
         now_ms: u64,
         then: Option<Then>,
+        first: Option<FirstThing>,
         into: &Answers,
     ) -> Posted {
         if self.queue.is_none() {
@@ -311,7 +332,7 @@ impl StoreWorker {
             ticket,
             fails_open: self.fails_open,
         };
-        match self.queue_admission(limits, now_ms, then, Reply::Into(delivery)) {
+        match self.queue_admission(limits, now_ms, then, first, Reply::Into(delivery)) {
             Ok(()) => Posted::Queued(ticket),
             Err(failed) => Posted::Ready(failed),
         }
@@ -356,6 +377,7 @@ impl StoreWorker {
         limits: Limits,
         now_ms: u64,
         then: Option<Then>,
+        first: Option<FirstThing>,
         reply: Reply,
     ) -> Result<(), Result<Admission, StoreError>> {
         let Some(queue) = &self.queue else {
@@ -369,6 +391,7 @@ impl StoreWorker {
             now_ms,
             reply,
             then,
+            first,
         };
         let (failed, job) = match queue.try_send(job) {
             Ok(()) => return Ok(()),
@@ -507,11 +530,13 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
                     now_ms,
                     reply,
                     then,
+                    first,
                 } => batch.push(Queued {
                     limits,
                     now_ms,
                     reply,
                     then,
+                    first,
                 }),
             }
             if batch.len() < MAX_BATCH && after.len() < MAX_BATCH {
@@ -534,6 +559,7 @@ struct Queued {
     now_ms: u64,
     reply: Reply,
     then: Option<Then>,
+    first: Option<FirstThing>,
 }
 
 /// Runs `work` with the store as the batches noted it ([`Remembered`]).
@@ -678,6 +704,24 @@ fn admit_batch(
     drop(calls);
     drop(requests);
     known.learn();
+    // Before any answer goes out: what an admitted call does first (`wrap` writing its line
+    // upstream) is done for the whole batch, so the server starts on it while the runtime
+    // is being woken.
+    let firsts = || {
+        batch
+            .iter()
+            .zip(&answers)
+            .filter_map(|(queued, answer)| match (&queued.first, answer) {
+                (Some(first), Ok(Admission::Admitted(_))) => Some(first),
+                _ => None,
+            })
+    };
+    for first in firsts() {
+        first.admitted();
+    }
+    for first in firsts() {
+        first.flush();
+    }
     let runs = last_of_their_budgets(batch, &answers);
     let mut thens: Vec<(Reservation, Then)> = Vec::new();
     // The answers into each shared channel, sent together once every call is answered.
@@ -859,6 +903,65 @@ mod tests {
         assert!(batches.len() < 11, "no admission was batched: {batches:?}");
     }
 
+    /// Notes, when it runs, whether its admission's answer had already been sent.
+    struct First {
+        ran: std::sync::atomic::AtomicUsize,
+        answered_before: AtomicBool,
+        answers: Mutex<Option<Arc<Mutex<mpsc::UnboundedReceiver<AnsweredBatch>>>>>,
+    }
+
+    impl OnAdmitted for First {
+        fn admitted(&self) {
+            self.ran.fetch_add(1, Ordering::SeqCst);
+            let answers = self.answers.lock().unwrap().clone();
+            if let Some(answers) = answers
+                && !answers.lock().unwrap().is_empty()
+            {
+                self.answered_before.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn what_an_admitted_call_does_first_runs_before_its_answer_and_never_for_a_refused_one() {
+        let store = gated();
+        let worker = StoreWorker::new(store.clone());
+        let (answers, rx) = Answers::channel();
+        let rx = Arc::new(Mutex::new(rx));
+        let first = Arc::new(First {
+            ran: std::sync::atomic::AtomicUsize::new(0),
+            answered_before: AtomicBool::new(false),
+            answers: Mutex::new(Some(rx.clone())),
+        });
+        let closed = store.gate.lock().unwrap();
+        // One admitted, one refused (a budget of one), decided in one batch.
+        let posted: Vec<Posted> = (0..2)
+            .map(|i| worker.admit_into(limit(1), 1 + i, None, Some(first.clone()), &answers))
+            .collect();
+        assert!(posted.iter().all(|p| matches!(p, Posted::Queued(_))));
+        drop(closed);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "both answered");
+            match rx.lock().unwrap().try_recv() {
+                Ok(batch) => got.extend(batch),
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        assert!(matches!(got[0].answer, Ok(Admission::Admitted(_))));
+        assert!(matches!(got[1].answer, Ok(Admission::Refused { .. })));
+        assert_eq!(
+            first.ran.load(Ordering::SeqCst),
+            1,
+            "for the admitted call only"
+        );
+        assert!(
+            !first.answered_before.load(Ordering::SeqCst),
+            "it ran before any answer of its batch went out"
+        );
+    }
+
     #[tokio::test]
     async fn of_admissions_of_the_same_budgets_decided_together_only_the_last_runs_its_then() {
         let store = gated();
@@ -906,6 +1009,7 @@ mod tests {
             now_ms: 1,
             reply: Reply::Once(oneshot::channel().0),
             then: then.then(|| -> Then { Arc::new(|_, _| {}) }),
+            first: None,
         };
         let admitted = |k: &str| {
             Ok(Admission::Admitted(Reservation::new(vec![
