@@ -66,7 +66,7 @@ impl Gateway {
             Deciding::Queued(queued) => queued.settle(Err(not_there())),
         };
         let (session, tool) = (SmolStr::new(session), SmolStr::new(tool));
-        let call_id = self.publish_decision(&session, &tool, args, &mut decision, None, None, None);
+        let call_id = self.publish_decision(&session, &tool, args, &mut decision, None, None);
         (call_id, decision)
     }
 
@@ -189,10 +189,7 @@ impl Gateway {
     /// in place, so the caller's copy, a few hundred bytes, is not moved in and out); the
     /// audit record names the call's trace when it has `spans`. The arguments move into the
     /// event as their text (a tree only when a secret must be redacted): they are not
-    /// copied on the call's path. `arrived`: when the call arrived, for a call decided
-    /// right then (no wait for the counter store): its record and event are stamped with
-    /// that time ([`super::WallClock::at`]) rather than by a clock read of their own.
-    #[allow(clippy::too_many_arguments)]
+    /// copied on the call's path.
     pub(crate) fn publish_decision(
         &self,
         session: &SmolStr,
@@ -201,27 +198,25 @@ impl Gateway {
         decision: &mut Decision,
         no_hold: Option<String>,
         spans: Option<&CallSpans>,
-        arrived: Option<Instant>,
     ) -> SmolStr {
         let call_id = self.hub.next_call_id();
         if decision.verdict == Verdict::Hold {
             self.reserve_hold(&call_id, decision, no_hold);
         }
-        // One time for the audit record, the event and a hold's deadline.
-        let now = match arrived {
-            Some(arrived) => self.clock.at(arrived),
-            None => self.clock.now(),
-        };
         let hold_deadline = match decision.verdict {
             Verdict::Hold => decision.approval_timeout_ms.and_then(|ms| {
-                now.checked_add_signed(chrono::Duration::milliseconds(
-                    i64::try_from(ms).unwrap_or(i64::MAX),
-                ))
+                self.clock
+                    .now()
+                    .checked_add_signed(chrono::Duration::milliseconds(
+                        i64::try_from(ms).unwrap_or(i64::MAX),
+                    ))
             }),
             _ => None,
         };
         let shadow: Option<Box<crate::wire::ShadowDecision>> =
             decision.shadow.clone().map(|s| Box::new(s.into()));
+        // One clock read for the audit record and the event.
+        let now = self.clock.now();
         if let Some(audit) = &self.audit {
             let digest = audit.describe_raw_args(&args);
             let trace = spans.map(CallSpans::ids);
@@ -383,11 +378,9 @@ impl Gateway {
         summary: Option<SmolStr>,
         spans: Option<&CallSpans>,
     ) {
-        // One monotonic read for the latency, the audit record and the event.
-        let answered = Instant::now();
-        let latency = answered.saturating_duration_since(arrived);
-        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let now = self.clock.at(answered);
+        let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // One clock read for the audit record and the event.
+        let now = self.clock.now();
         if let Some(audit) = &self.audit {
             let trace = spans.map(CallSpans::ids);
             audit.record(&AuditRecord {

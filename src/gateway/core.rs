@@ -1505,8 +1505,6 @@ impl Shared {
             &mut decision,
             no_hold,
             spans.as_deref(),
-            // Decided as it arrived, unless it waited for the counter store.
-            deciding.is_none().then_some(arrived),
         );
         if let Some(spans) = &spans {
             spans.decided(&self.gateway.grant, &decision);

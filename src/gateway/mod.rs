@@ -48,7 +48,7 @@ pub(crate) mod upstream_client;
 pub(crate) mod watch;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -80,14 +80,6 @@ pub trait WallClock: Send + Sync + std::fmt::Debug {
     /// The same time as a timestamp (a time beyond chrono's range reads as its last instant).
     fn now(&self) -> DateTime<Utc> {
         timestamp_from_ms(self.now_ms())
-    }
-
-    /// The time at `instant`, a moment its caller has just read from the monotonic clock
-    /// (a call's arrival, its answer): a call's stamps then need no reading of their own.
-    /// This default reads the clock (an injected clock is read as it is).
-    fn at(&self, instant: Instant) -> DateTime<Utc> {
-        let _ = instant;
-        self.now()
     }
 }
 
@@ -130,54 +122,11 @@ pub(crate) struct SystemWallClock;
 
 impl WallClock for SystemWallClock {
     fn now_ms(&self) -> u64 {
-        system_now_us() / 1000
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
     }
-
-    /// From the last reading of the system clock on this thread and the monotonic time
-    /// between it and `instant`; read again (with the monotonic clock beside it) when
-    /// `instant` is [`SYSTEM_READING_KEPT`] or more from it: a call's decision and outcome
-    /// are stamped from the instants the gateway reads anyway (its arrival, its answer),
-    /// not by two more clock reads. A step of the system clock (a person, NTP) shows in
-    /// the stamps within that time.
-    fn at(&self, instant: Instant) -> DateTime<Utc> {
-        thread_local! {
-            static READING: std::cell::Cell<Option<(Instant, u64)>> =
-                const { std::cell::Cell::new(None) };
-        }
-        let near = |(read_at, _): (Instant, u64)| {
-            let apart = match instant.checked_duration_since(read_at) {
-                Some(after) => after,
-                None => read_at.duration_since(instant),
-            };
-            apart < SYSTEM_READING_KEPT
-        };
-        let (read_at, us) = match READING.get().filter(|&reading| near(reading)) {
-            Some(reading) => reading,
-            None => {
-                let reading = (Instant::now(), system_now_us());
-                READING.set(Some(reading));
-                reading
-            }
-        };
-        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let us = match instant.checked_duration_since(read_at) {
-            Some(after) => us.saturating_add(micros(after)),
-            // A little before the reading (another call's instant, stamped first).
-            None => us.saturating_sub(micros(read_at.duration_since(instant))),
-        };
-        timestamp_from_ms(us / 1000)
-    }
-}
-
-/// How long [`SystemWallClock::at`] goes by one reading of the system clock.
-const SYSTEM_READING_KEPT: Duration = Duration::from_millis(100);
-
-/// Microseconds since the Unix epoch by the system clock (0 before it).
-fn system_now_us() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(now.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Everything one gateway needs to decide calls, shared by all its connections.
@@ -372,44 +321,6 @@ mod tests {
                 "{at} ms"
             );
         }
-    }
-
-    /// The system clock's stamp of a monotonic instant lies where the system clock read
-    /// around it says, offset by as much as the instant is from now, both ways: on a
-    /// thread's first stamp (a reading of its own) and on those after (by that reading).
-    #[test]
-    fn the_system_clock_stamps_an_instant_by_its_distance_from_a_reading() {
-        use std::time::{Duration, Instant};
-        let system_ms = || {
-            let since = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap();
-            i64::try_from(since.as_millis()).unwrap()
-        };
-        let clock = super::SystemWallClock;
-        // A thread of its own: no reading from another test is kept.
-        std::thread::spawn(move || {
-            // (offset from now in ms, negative: before)
-            for offset in [0i64, -40, 30, 0, -90, 60, 0] {
-                let before = system_ms();
-                let now = Instant::now();
-                let instant = match offset {
-                    ..0 => now.checked_sub(Duration::from_millis(offset.unsigned_abs())),
-                    _ => now.checked_add(Duration::from_millis(offset.unsigned_abs())),
-                }
-                .unwrap();
-                let stamp = clock.at(instant).timestamp_millis();
-                let after = system_ms();
-                // A millisecond either side: the stamp and the reads truncate apart, and the
-                // monotonic clock may be slewed against the system clock by a few µs.
-                assert!(
-                    (before + offset - 1..=after + offset + 1).contains(&stamp),
-                    "offset {offset} ms: stamped {stamp}, the clock read {before}..={after}"
-                );
-            }
-        })
-        .join()
-        .unwrap();
     }
 
     /// A clock that always reads the same instant.
