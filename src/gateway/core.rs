@@ -1558,6 +1558,7 @@ impl Shared {
                 let mut state = self.lock();
                 if !owns_id(&state) {
                     drop(state);
+                    // Always a call (made so just above): the `else` is never taken.
                     let Forwarded::Call(forwarded) = &forwarded else {
                         return Disposition::Nothing;
                     };
@@ -1566,7 +1567,7 @@ impl Shared {
                         // forwarded call cancelled does, its units kept.
                         drop(early.take_answer());
                         self.finish_call(
-                            &forwarded,
+                            forwarded,
                             true,
                             Some(SmolStr::new_static(
                                 "the call ended (cancelled, or its connection closed) after it was forwarded",
