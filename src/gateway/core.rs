@@ -1144,7 +1144,9 @@ impl Shared {
             }
             Shape::Request { id, method } => (id, method),
         };
-        {
+        // Whether nothing else of the connection is in flight (for the hand-over, below),
+        // read under the lock taken here anyway.
+        let alone = {
             let state = self.lock();
             if state.client_id_in_flight(&id) {
                 return Disposition::Answer(jsonrpc::error_response(
@@ -1162,11 +1164,12 @@ impl Shared {
                     ),
                 ));
             }
-        }
+            state.pending.is_empty()
+        };
         // Client requests are handled one at a time (this task): nothing else can take
         // the id between the check above and the insertions below.
         match method {
-            "tools/call" => self.client_call(id, env, bytes),
+            "tools/call" => self.client_call(id, env, bytes, alone),
             "tools/list" => {
                 let first_page = jsonrpc::cursor(env.params).is_none();
                 let (spans, traced) = self.trace_request(&id, method, env.params, bytes);
@@ -1242,7 +1245,15 @@ impl Shared {
         Disposition::Forward
     }
 
-    fn client_call(self: &Arc<Self>, id: IdKey, env: &Envelope<'_>, bytes: &[u8]) -> Disposition {
+    /// A `tools/call`; `alone`: no other request of the connection was in flight when it
+    /// came (then its line may be handed over, `handover.rs`).
+    fn client_call(
+        self: &Arc<Self>,
+        id: IdKey,
+        env: &Envelope<'_>,
+        bytes: &[u8],
+        alone: bool,
+    ) -> Disposition {
         // Params that are not an object (an array read by position, a string) name no tool.
         let params = env.params.filter(|p| p.get().starts_with('{'));
         let mut params = match params.map(|_| CallParams::read(&env.params_members)) {
@@ -1329,16 +1340,18 @@ impl Shared {
         // only while no other request of the connection is in flight (waiting for the store
         // or the upstream): with many calls in flight the runtime is awake anyway, and the
         // hand-over cost CPU per call there and gained nothing (README, "Hand-over").
+        // `alone` was read when the request came, under the lock taken then: a request
+        // answered since only makes it out of date towards "not alone" (no hand-over).
         let mut early: Option<Arc<HandOver>> = None;
         let mut make_early = |pipe: &PipeHandle| -> Option<FirstThing> {
-            if !self.lock().pending.is_empty() {
-                return None;
-            }
             let made = Arc::new(HandOver::new(pipe.clone()));
             early = Some(made.clone());
             Some(made)
         };
-        let hand_over = self.hand_over.as_ref().filter(|_| call.spans.is_none());
+        let hand_over = self
+            .hand_over
+            .as_ref()
+            .filter(|_| alone && call.spans.is_none());
         let mut first = hand_over.map(|pipe| move || make_early(pipe));
         let deciding = self.gateway.start_decision_into(
             &self.session,
@@ -1457,8 +1470,10 @@ impl Shared {
         self.gateway.release(&taken);
         self.act(Side::Client, action, line).await;
         if let Some(answer) = sent.and_then(|early| early.take_answer()) {
-            // The upstream answered before the decision was published: now it is.
-            self.on_line(Side::Upstream, answer).await;
+            // The upstream answered before the decision was published: now it is. Boxed:
+            // `on_line`'s future is large, and held inline it made this one (built and
+            // moved by `admissions` for every limited call) larger for all of them.
+            Box::pin(self.on_line(Side::Upstream, answer)).await;
         }
     }
 
@@ -1531,23 +1546,28 @@ impl Shared {
                     Some(_) => None,
                     None => self.traced(spans.as_deref(), bytes),
                 };
-                let forwarded = CallInFlight {
+                // Made as the entry it becomes: not copied into it once more.
+                let forwarded = Forwarded::Call(CallInFlight {
                     call_id,
                     tool: params.name,
                     continuation,
                     arrived,
                     reservation: decision.reservation,
                     spans,
-                };
+                });
                 let mut state = self.lock();
                 if !owns_id(&state) {
                     drop(state);
+                    // Always a call (made so just above): the `else` is never taken.
+                    let Forwarded::Call(forwarded) = &forwarded else {
+                        return Disposition::Nothing;
+                    };
                     if let Some(early) = sent {
                         // The server has it (and was told of a cancellation): it ends as a
                         // forwarded call cancelled does, its units kept.
                         drop(early.take_answer());
                         self.finish_call(
-                            &forwarded,
+                            forwarded,
                             true,
                             Some(SmolStr::new_static(
                                 "the call ended (cancelled, or its connection closed) after it was forwarded",
@@ -1558,7 +1578,7 @@ impl Shared {
                     }
                     return Disposition::Nothing;
                 }
-                state.pending.insert(id, Forwarded::Call(forwarded));
+                state.pending.insert(id, forwarded);
                 match (sent, traced) {
                     (Some(_), _) => Disposition::Nothing,
                     (None, Some(line)) => Disposition::Replace(line),
