@@ -49,6 +49,9 @@ const POLICY: &str = r#"{"version":"1","default":"deny","tools":{
     "limited":{"limits":[{"counter":"per_hour","window":"hour","max":1000000000,"scope":"grant"}]},
     "shared":{"limits":[{"counter":"shared","window":"hour","max":10000,"scope":"global"}]}}}"#;
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::median_range;
 #[path = "support/upstream.rs"]
 mod upstream;
 use upstream::trivial_upstream;
@@ -385,18 +388,6 @@ impl Pipelined {
             self.used.all_switches() as f64 / calls as f64
         )
     }
-}
-
-/// The median and the range of `values` (not empty).
-fn median_range(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    (median, values[0], values[n - 1])
 }
 
 /// Each round's `part / whole`, in percent.

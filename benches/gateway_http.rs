@@ -40,6 +40,9 @@
 //! To compare binaries or settings in one sitting, `TOOLGATE=PATH` runs another `toolgate`
 //! binary as the gateway and `TOOLGATE_SERVE_ARGS="--threads 2"` adds arguments to `serve`.
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::median_range;
 #[path = "../tests/serve_support/trivial.rs"]
 #[allow(dead_code)]
 mod trivial;
@@ -316,18 +319,6 @@ fn in_flight_rounds() -> usize {
         .and_then(|n| n.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(5)
-}
-
-/// The median and the range of `values` (not empty).
-fn median_range(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    (median, values[0], values[n - 1])
 }
 
 async fn throughput(endpoint: &Arc<Endpoint>) -> f64 {
