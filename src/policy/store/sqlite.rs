@@ -1972,13 +1972,20 @@ mod tests {
         assert_eq!((version, old_tables, units), (4, 0, 4));
     }
 
-    #[test]
-    fn a_version_2_connection_open_during_the_migration_fails_instead_of_miscounting() {
+    /// A connection of an older version, open on the file while it is migrated, writing a
+    /// unit into `units_table` (its own): its next write fails (the table is gone), so its
+    /// call fails closed instead of counting where no one reads.
+    fn an_old_connection_fails_after_the_migration(
+        old_file: fn(&Path) -> Connection,
+        units_table: &str,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite3");
-        let old = version_2_file(&path);
+        let old = old_file(&path);
         let mut insert = old
-            .prepare("INSERT INTO counter_units (budget, at_ms, token) VALUES (7, ?1, ?2)")
+            .prepare(&format!(
+                "INSERT INTO {units_table} (budget, at_ms, token) VALUES (7, ?1, ?2)"
+            ))
             .unwrap();
         insert.execute(params![5001, 1]).unwrap();
 
@@ -1990,6 +1997,11 @@ mod tests {
         ));
         let e = insert.execute(params![5060, 2]).unwrap_err();
         assert!(e.to_string().contains("no such table"), "{e}");
+    }
+
+    #[test]
+    fn a_version_2_connection_open_during_the_migration_fails_instead_of_miscounting() {
+        an_old_connection_fails_after_the_migration(version_2_file, "counter_units");
     }
 
     /// WAL frames written by `admissions` admissions, `per_batch` calls decided together in
@@ -2263,21 +2275,6 @@ mod tests {
 
     #[test]
     fn a_version_3_connection_open_during_the_migration_fails_instead_of_miscounting() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.sqlite3");
-        let old = version_3_file(&path);
-        let mut insert = old
-            .prepare("INSERT INTO counter_log (budget, at_ms, token) VALUES (7, ?1, ?2)")
-            .unwrap();
-        insert.execute(params![5001, 1]).unwrap();
-
-        let store = SqliteStore::open(&path).unwrap();
-        let c: Arc<str> = Arc::from("c");
-        assert!(matches!(
-            store.admit(&[global(&c, 5, 1000)], 5050).unwrap(),
-            Admission::Admitted(_)
-        ));
-        let e = insert.execute(params![5060, 2]).unwrap_err();
-        assert!(e.to_string().contains("no such table"), "{e}");
+        an_old_connection_fails_after_the_migration(version_3_file, "counter_log");
     }
 }
