@@ -244,6 +244,21 @@ impl Gateway {
     }
 }
 
+/// The hub of a gateway `gw` for the grant `tester` in front of the server `fake`, for the
+/// gateway's unit tests.
+#[cfg(test)]
+fn test_hub() -> Arc<crate::control::Hub> {
+    crate::control::Hub::new(crate::wire::GatewayInfo {
+        id: "gw".into(),
+        pid: 1,
+        version: "test".into(),
+        grant: "tester".into(),
+        server: "fake".into(),
+        policy: "/tmp/policy.json".into(),
+        started_at: chrono::Utc::now(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -252,23 +267,9 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::audit::{AuditArgs, AuditFail, AuditKey, AuditOptions, key::KEY_LEN};
-    use super::{AuditLog, Gateway, WallClock};
-    use crate::control::Hub;
+    use super::{AuditLog, Gateway, WallClock, test_hub};
     use crate::policy::{MemoryStore, Policy, Verdict};
-    use crate::wire::{EventKind, GatewayInfo};
-
-    /// The hub of a gateway `gw` for the grant `tester` in front of the server `fake`.
-    fn test_hub() -> Arc<Hub> {
-        Hub::new(GatewayInfo {
-            id: "gw".into(),
-            pid: 1,
-            version: "test".into(),
-            grant: "tester".into(),
-            server: "fake".into(),
-            policy: "/tmp/policy.json".into(),
-            started_at: Utc::now(),
-        })
-    }
+    use crate::wire::EventKind;
 
     /// What `timestamp_from_ms` must give: chrono's own conversion.
     fn chrono_timestamp(ms: u64) -> DateTime<Utc> {

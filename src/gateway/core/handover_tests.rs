@@ -10,11 +10,10 @@ use tokio::net::unix::pipe;
 use tokio::sync::broadcast;
 
 use super::*;
-use crate::control::Hub;
 use crate::gateway::WallClock as _;
 use crate::policy::store::{KeyUsage, LimitRequest, Scope, StoreWorker};
 use crate::policy::{CounterStore, MemoryStore, Policy};
-use crate::wire::{CallEvent, Event, GatewayInfo, Outcome};
+use crate::wire::{CallEvent, Event, Outcome};
 
 /// Every wait here ends by then, saying what it waited for.
 const STEP: Duration = Duration::from_secs(10);
@@ -79,15 +78,7 @@ impl CounterStore for Gate {
 
 fn gateway(store: Arc<Gate>) -> (Arc<Gateway>, broadcast::Receiver<Arc<Event>>) {
     let policy = Policy::parse(POLICY, "policy.json").expect("the test policy is valid");
-    let hub = Hub::new(GatewayInfo {
-        id: "gw".into(),
-        pid: 1,
-        version: "test".into(),
-        grant: "tester".into(),
-        server: "fake".into(),
-        policy: "/tmp/policy.json".into(),
-        started_at: chrono::Utc::now(),
-    });
+    let hub = crate::gateway::test_hub();
     let events = hub.subscribe();
     let gateway = Gateway::new(
         Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
