@@ -1546,28 +1546,23 @@ impl Shared {
                     Some(_) => None,
                     None => self.traced(spans.as_deref(), bytes),
                 };
-                // Made as the entry it becomes: not copied into it once more.
-                let forwarded = Forwarded::Call(CallInFlight {
+                let forwarded = CallInFlight {
                     call_id,
                     tool: params.name,
                     continuation,
                     arrived,
                     reservation: decision.reservation,
                     spans,
-                });
+                };
                 let mut state = self.lock();
                 if !owns_id(&state) {
                     drop(state);
-                    // Always a call (made so just above): the `else` is never taken.
-                    let Forwarded::Call(forwarded) = &forwarded else {
-                        return Disposition::Nothing;
-                    };
                     if let Some(early) = sent {
                         // The server has it (and was told of a cancellation): it ends as a
                         // forwarded call cancelled does, its units kept.
                         drop(early.take_answer());
                         self.finish_call(
-                            forwarded,
+                            &forwarded,
                             true,
                             Some(SmolStr::new_static(
                                 "the call ended (cancelled, or its connection closed) after it was forwarded",
@@ -1578,7 +1573,7 @@ impl Shared {
                     }
                     return Disposition::Nothing;
                 }
-                state.pending.insert(id, forwarded);
+                state.pending.insert(id, Forwarded::Call(forwarded));
                 match (sent, traced) {
                     (Some(_), _) => Disposition::Nothing,
                     (None, Some(line)) => Disposition::Replace(line),
