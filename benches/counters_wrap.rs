@@ -16,7 +16,8 @@
 //!   (`PIPELINED_ROUNDS`, 9 by default: about 10 s on an idle machine), and prints the
 //!   median rates, each ratio as the median of the rounds' own ratios (the configurations
 //!   of one round share its load), and a second line with their ranges. (Until session 11
-//!   it printed one round's totals: same line otherwise, so README rows stay comparable.)
+//!   it printed one round's totals: same line otherwise, so the rows of
+//!   `docs/performance.md` stay comparable.)
 //! - contention: 8 `wrap` processes on one SQLite file, 64 in flight each, one shared global
 //!   counter: admitted calls per second in all, p99 round trip, and over-admissions, counted
 //!   from the answers only the upstream writes (`ok`): must be zero;
