@@ -112,7 +112,7 @@ servers.json:
 
 Agents then use http://127.0.0.1:8787/mcp/time with "Authorization: Bearer <token>".
 Prometheus on this host scrapes http://127.0.0.1:8787/metrics when serve runs with
---metrics-public (see the README's Observability section)."#;
+--metrics-public (see the README's "Metrics and traces" section)."#;
 
 /// Reads `NAME=ID` (both non-empty).
 fn server_id(text: &str) -> Result<(String, String), String> {
