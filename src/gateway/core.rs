@@ -1488,12 +1488,36 @@ impl Shared {
     async fn admitted(
         self: &Arc<Self>,
         call: Deliberation,
-        mut decision: Decision,
+        decision: Decision,
         (turn, ended): (u64, bool),
         no_hold: Option<String>,
         line: Vec<u8>,
         sent: Option<Arc<HandOver>>,
     ) {
+        let action = self.settle_admitted(
+            call,
+            decision,
+            (turn, ended),
+            no_hold,
+            &line,
+            sent.as_deref(),
+        );
+        self.after_admitted(action, line, sent).await;
+    }
+
+    /// [`Shared::admitted`]'s first part, which waits for nothing: publishes the decision
+    /// and says what to do with the call. Apart from the part that may wait
+    /// ([`Shared::after_admitted`]), so that the call and its decision (several hundred
+    /// bytes) are not moved into a future for every limited call.
+    fn settle_admitted(
+        self: &Arc<Self>,
+        call: Deliberation,
+        mut decision: Decision,
+        (turn, ended): (u64, bool),
+        no_hold: Option<String>,
+        line: &[u8],
+        sent: Option<&HandOver>,
+    ) -> Disposition {
         // Recorded as what happened to it (the decision first, then the units it took
         // going back). A call whose line went upstream keeps its units, as any forwarded
         // call does.
@@ -1502,8 +1526,19 @@ impl Shared {
         } else {
             Reservation::default()
         };
-        let action = self.decided(call, decision, no_hold, &line, Some(turn), sent.as_deref());
+        let action = self.decided(call, decision, no_hold, line, Some(turn), sent);
         self.gateway.release(&taken);
+        action
+    }
+
+    /// [`Shared::admitted`]'s second part: forwards, refuses or holds the call, then handles
+    /// an upstream answer kept meanwhile for a call whose line went upstream (`sent`).
+    async fn after_admitted(
+        self: &Arc<Self>,
+        action: Disposition,
+        line: Vec<u8>,
+        sent: Option<Arc<HandOver>>,
+    ) {
         self.act(Side::Client, action, line).await;
         if let Some(answer) = sent.and_then(|early| early.take_answer()) {
             // The upstream answered before the decision was published: now it is. Boxed:
@@ -2313,9 +2348,15 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                 Some(Taken::Nothing) | None => None,
             };
             let decision = queued.settle(answer);
-            shared
-                .admitted(call, decision, (turn, ended), no_hold, line, sent)
-                .await;
+            let action = shared.settle_admitted(
+                call,
+                decision,
+                (turn, ended),
+                no_hold,
+                &line,
+                sent.as_deref(),
+            );
+            shared.after_admitted(action, line, sent).await;
         }
     }
     // Nothing waits any more: what is still answered is given back.

@@ -719,11 +719,16 @@ fn admit_batch(
         ends.push(requests.len());
     }
     let mut calls: Vec<(&[LimitRequest<'_>], u64)> = recycle(std::mem::take(&mut scratch.calls));
-    calls.extend(batch.iter().zip(ends.iter()).scan(0, |start, (queued, &end)| {
-        let call = (&requests[*start..end], queued.now_ms);
-        *start = end;
-        Some(call)
-    }));
+    calls.extend(
+        batch
+            .iter()
+            .zip(ends.iter())
+            .scan(0, |start, (queued, &end)| {
+                let call = (&requests[*start..end], queued.now_ms);
+                *start = end;
+                Some(call)
+            }),
+    );
     let answers = store.admit_many_noting(&calls, &mut known.noted);
     scratch.calls = recycle(calls);
     scratch.requests = recycle(requests);
@@ -734,13 +739,12 @@ fn admit_batch(
     // many in flight there is nothing to look for.
     if batch.iter().any(|queued| queued.first.is_some()) {
         let firsts = || {
-            batch
-                .iter()
-                .zip(&answers)
-                .filter_map(|(queued, answer)| match (&queued.first, answer) {
+            batch.iter().zip(&answers).filter_map(|(queued, answer)| {
+                match (&queued.first, answer) {
                     (Some(first), Ok(Admission::Admitted(_))) => Some(first),
                     _ => None,
-                })
+                }
+            })
         };
         for first in firsts() {
             first.admitted();
