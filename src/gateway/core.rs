@@ -915,8 +915,12 @@ impl Shared {
                 drop(env);
                 // The line itself is forwarded, or kept by a limited call: no copy.
                 let mut line = line;
-                let action = self.waiting_begun(action, &mut line);
-                self.act(side, action, line).await;
+                if let Disposition::Admitting(waiting) = action {
+                    let action = self.wait_for_admission(waiting, &mut line);
+                    self.act(side, action, line).await;
+                } else {
+                    self.act(side, action, line).await;
+                }
             }
             Parsed::Batch(items) => {
                 for item in items {
@@ -1426,6 +1430,8 @@ impl Shared {
     /// `Forwarded::Deciding` entry in `pending`), moving its `line` there: the reader's own
     /// buffer, not a copy. Settled at once instead when its answer came first or its
     /// connection's admissions stopped; then `line` stays for the disposition returned.
+    // Not inlined: `on_line`, which every message goes through, stays as small as before.
+    #[inline(never)]
     fn wait_for_admission(
         self: &Arc<Self>,
         mut waiting: Box<Waiting>,
