@@ -892,6 +892,9 @@ enum Disposition {
     /// Forward the upstream's `notifications/tools/list_changed`, then list the tools again
     /// for the pins.
     ForwardThenRelist,
+    /// A limited call whose admission is queued at the counter store: it begins its wait
+    /// with the message's line ([`Shared::waiting_begun`], before [`Shared::act`]).
+    Admitting(Box<Waiting>),
     Nothing,
 }
 
@@ -909,8 +912,15 @@ impl Shared {
         match jsonrpc::parse(&line) {
             Parsed::Message(env) => {
                 let action = self.message(side, &env, &line);
-                // The line itself is forwarded: no copy.
-                self.act(side, action, line).await;
+                drop(env);
+                // The line itself is forwarded, or kept by a limited call: no copy.
+                let mut line = line;
+                if let Disposition::Admitting(waiting) = action {
+                    let action = self.wait_for_admission(waiting, &mut line);
+                    self.act(side, action, line).await;
+                } else {
+                    self.act(side, action, line).await;
+                }
             }
             Parsed::Batch(items) => {
                 for item in items {
@@ -922,7 +932,9 @@ impl Shared {
                             not_a_message(side, "a batch element is an object")
                         }
                     };
-                    self.act(side, action, bytes.to_vec()).await;
+                    let mut bytes = bytes.to_vec();
+                    let action = self.waiting_begun(action, &mut bytes);
+                    self.act(side, action, bytes).await;
                 }
             }
             Parsed::NotAMessage(why) => {
@@ -949,6 +961,12 @@ impl Shared {
     async fn act(&self, side: Side, action: Disposition, bytes: Vec<u8>) {
         match (side, action) {
             (_, Disposition::Nothing) => {}
+            // Not reached: every caller begins the wait first (`waiting_begun`).
+            (_, Disposition::Admitting(waiting)) => {
+                tracing::error!(
+                    "a limited call reached the gateway's send step before its wait: {waiting:?}"
+                );
+            }
             (
                 Side::Upstream,
                 Disposition::Listed {
@@ -1369,36 +1387,17 @@ impl Shared {
                 // flight while this call waits, and the connection goes on with the others.
                 // Its answer comes through `answers`, drained by one task for every call.
                 let within = self.gateway.store.answer_within();
-                let mut waiting = Box::new(Waiting {
+                // Its line is moved in by `wait_for_admission`, not copied here.
+                Disposition::Admitting(Box::new(Waiting {
                     queued,
                     deadline: call.arrived + within,
                     call,
                     no_hold,
-                    line: bytes.to_vec(),
-                    // Given once it is put in `pending`, below.
+                    line: Vec::new(),
+                    // Given once it is put in `pending`.
                     turn: 0,
                     early,
-                });
-                let ticket = waiting.queued.ticket();
-                let mut state = self.lock();
-                if let Some(at) = state.early.iter().position(|a| a.ticket == ticket) {
-                    let answer = state.early.swap_remove(at).answer;
-                    drop(state);
-                    return self.decided_at_once(waiting, answer, false);
-                }
-                if state.admissions_closed {
-                    drop(state);
-                    // Its answer will find nobody: the store gives its units back then.
-                    return self.decided_at_once(waiting, Err(connection_ended()), true);
-                }
-                waiting.turn = state.start_deciding(waiting.call.id.clone(), waiting.early.clone());
-                // In `pending` now, so an upstream answer finds it: its line may go.
-                if let Some(early) = &waiting.early {
-                    early.arm(std::mem::take(&mut waiting.line));
-                }
-                state.last_queued = Some(ticket);
-                state.admitting.push_back(waiting);
-                Disposition::Nothing
+                }))
             }
             Deciding::Admitting(admitting) => {
                 // As above, for a call with shadow decisions (more than one admission): a
@@ -1418,28 +1417,71 @@ impl Shared {
         }
     }
 
+    /// What a message's [`Disposition`] is once a limited call's wait for its admission is
+    /// begun ([`Shared::wait_for_admission`]); any other is itself.
+    fn waiting_begun(self: &Arc<Self>, action: Disposition, line: &mut Vec<u8>) -> Disposition {
+        match action {
+            Disposition::Admitting(waiting) => self.wait_for_admission(waiting, line),
+            action => action,
+        }
+    }
+
+    /// Puts a limited call whose admission is queued in `admitting` (and its
+    /// `Forwarded::Deciding` entry in `pending`), moving its `line` there: the reader's own
+    /// buffer, not a copy. Settled at once instead when its answer came first or its
+    /// connection's admissions stopped; then `line` stays for the disposition returned.
+    // Not inlined: `on_line`, which every message goes through, stays as small as before.
+    #[inline(never)]
+    fn wait_for_admission(
+        self: &Arc<Self>,
+        mut waiting: Box<Waiting>,
+        line: &mut Vec<u8>,
+    ) -> Disposition {
+        let ticket = waiting.queued.ticket();
+        let mut state = self.lock();
+        if let Some(at) = state.early.iter().position(|a| a.ticket == ticket) {
+            let answer = state.early.swap_remove(at).answer;
+            drop(state);
+            return self.decided_at_once(waiting, answer, false, line);
+        }
+        if state.admissions_closed {
+            drop(state);
+            // Its answer will find nobody: the store gives its units back then.
+            return self.decided_at_once(waiting, Err(connection_ended()), true, line);
+        }
+        waiting.turn = state.start_deciding(waiting.call.id.clone(), waiting.early.clone());
+        let line = std::mem::take(line);
+        // In `pending` now, so an upstream answer finds it: its line may go.
+        match &waiting.early {
+            Some(early) => early.arm(line),
+            None => waiting.line = line,
+        }
+        state.last_queued = Some(ticket);
+        state.admitting.push_back(waiting);
+        Disposition::Nothing
+    }
+
     /// Settles a limited call that never waited in `admitting` (its answer came first, or
     /// its connection's admissions had stopped) with `answer`; `ended`: nobody waits for
-    /// it any more, so it is recorded as denied for that reason.
+    /// it any more, so it is recorded as denied for that reason. Its line is `line`.
     fn decided_at_once(
         self: &Arc<Self>,
         waiting: Box<Waiting>,
         answer: Result<Admission, StoreError>,
         ended: bool,
+        line: &[u8],
     ) -> Disposition {
         let Waiting {
             queued,
             call,
             no_hold,
-            line,
             ..
         } = *waiting;
         let mut decision = queued.settle(answer);
         if ended {
             let _ = self::ended(&mut decision);
         }
-        // Never armed (it was not put in `admitting`): its line is here.
-        self.decided(call, decision, no_hold, &line, None, None)
+        self.decided(call, decision, no_hold, line, None, None)
     }
 
     /// Goes on with a call that waited for the counter store, once decided: publishes the
@@ -1452,12 +1494,36 @@ impl Shared {
     async fn admitted(
         self: &Arc<Self>,
         call: Deliberation,
-        mut decision: Decision,
+        decision: Decision,
         (turn, ended): (u64, bool),
         no_hold: Option<String>,
         line: Vec<u8>,
         sent: Option<Arc<HandOver>>,
     ) {
+        let action = self.settle_admitted(
+            call,
+            decision,
+            (turn, ended),
+            no_hold,
+            &line,
+            sent.as_deref(),
+        );
+        self.after_admitted(action, line, sent).await;
+    }
+
+    /// [`Shared::admitted`]'s first part, which waits for nothing: publishes the decision
+    /// and says what to do with the call. Apart from the part that may wait
+    /// ([`Shared::after_admitted`]), so that the call and its decision (several hundred
+    /// bytes) are not moved into a future for every limited call.
+    fn settle_admitted(
+        self: &Arc<Self>,
+        call: Deliberation,
+        mut decision: Decision,
+        (turn, ended): (u64, bool),
+        no_hold: Option<String>,
+        line: &[u8],
+        sent: Option<&HandOver>,
+    ) -> Disposition {
         // Recorded as what happened to it (the decision first, then the units it took
         // going back). A call whose line went upstream keeps its units, as any forwarded
         // call does.
@@ -1466,8 +1532,19 @@ impl Shared {
         } else {
             Reservation::default()
         };
-        let action = self.decided(call, decision, no_hold, &line, Some(turn), sent.as_deref());
+        let action = self.decided(call, decision, no_hold, line, Some(turn), sent);
         self.gateway.release(&taken);
+        action
+    }
+
+    /// [`Shared::admitted`]'s second part: forwards, refuses or holds the call, then handles
+    /// an upstream answer kept meanwhile for a call whose line went upstream (`sent`).
+    async fn after_admitted(
+        self: &Arc<Self>,
+        action: Disposition,
+        line: Vec<u8>,
+        sent: Option<Arc<HandOver>>,
+    ) {
         self.act(Side::Client, action, line).await;
         if let Some(answer) = sent.and_then(|early| early.take_answer()) {
             // The upstream answered before the decision was published: now it is. Boxed:
@@ -2277,9 +2354,15 @@ async fn admissions(shared: Arc<Shared>, mut answered: mpsc::UnboundedReceiver<A
                 Some(Taken::Nothing) | None => None,
             };
             let decision = queued.settle(answer);
-            shared
-                .admitted(call, decision, (turn, ended), no_hold, line, sent)
-                .await;
+            let action = shared.settle_admitted(
+                call,
+                decision,
+                (turn, ended),
+                no_hold,
+                &line,
+                sent.as_deref(),
+            );
+            shared.after_admitted(action, line, sent).await;
         }
     }
     // Nothing waits any more: what is still answered is given back.

@@ -519,6 +519,7 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut after: Vec<Work> = Vec::new();
     let mut known = Known::default();
+    let mut scratch = Scratch::default();
     while let Some(job) = rx.blocking_recv() {
         let mut next = Some(job);
         // Everything that queued up meanwhile goes into the same transaction.
@@ -543,7 +544,8 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
                 next = rx.try_recv().ok();
             }
         }
-        for (reservation, then) in admit_batch(store, &mut batch, &mut known) {
+        admit_batch(store, &mut batch, &mut known, &mut scratch);
+        for (reservation, then) in scratch.thens.drain(..) {
             remembering(store, &mut known, |view| then(view, &reservation));
         }
         for work in after.drain(..) {
@@ -551,6 +553,29 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>) {
             work(store);
         }
     }
+}
+
+/// The lists a batch is decided with, kept from one batch to the next so that a batch
+/// allocates none of its own (the store thread's `malloc`s were about a sixth of its
+/// samples at 64 in flight: docs/performance.md, "Store round 9"). Those that borrow from
+/// a batch are kept empty, with `'static` in place of the batch's lifetime ([`recycle`]).
+#[derive(Default)]
+struct Scratch {
+    requests: Vec<LimitRequest<'static>>,
+    calls: Vec<(&'static [LimitRequest<'static>], u64)>,
+    ends: Vec<usize>,
+    runs: Vec<bool>,
+    /// The `then`s to run after the batch ([`admit_batch`]'s result).
+    thens: Vec<(Reservation, Then)>,
+    into: Vec<(mpsc::UnboundedSender<AnsweredBatch>, AnsweredBatch)>,
+    unsent: Vec<Result<Admission, StoreError>>,
+}
+
+/// `list` emptied, as a list of another type of the same layout (the same type with
+/// another lifetime): collected in place, so its allocation is kept.
+fn recycle<T, U>(mut list: Vec<T>) -> Vec<U> {
+    list.clear();
+    list.into_iter().filter_map(|_| None).collect()
 }
 
 /// An admission waiting in a batch.
@@ -666,8 +691,9 @@ impl CounterStore for Remembered<'_> {
     }
 }
 
-/// Decides a batch in one call to the store and answers each caller; returns the `then` of
-/// each admitted call to run, of several with the same budgets only the last.
+/// Decides a batch in one call to the store and answers each caller; leaves in
+/// `scratch.thens` the `then` of each admitted call to run, of several with the same
+/// budgets only the last.
 ///
 /// Per call, nothing is allocated here beyond its answer: the batch's requests are one list
 /// (each call a range of it), and only the reservations whose `then` runs are copied (the
@@ -678,56 +704,62 @@ fn admit_batch(
     store: &dyn CounterStore,
     batch: &mut Vec<Queued>,
     known: &mut Known,
-) -> Vec<(Reservation, Then)> {
+    scratch: &mut Scratch,
+) {
     // Callers that stopped waiting are not admitted at all.
     batch.retain(|queued| !queued.reply.is_closed());
     if batch.is_empty() {
-        return Vec::new();
+        return;
     }
-    let mut requests: Vec<LimitRequest<'_>> =
-        Vec::with_capacity(batch.iter().map(|queued| queued.limits.len()).sum());
-    let mut ends: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut requests: Vec<LimitRequest<'_>> = recycle(std::mem::take(&mut scratch.requests));
+    let ends = &mut scratch.ends;
+    ends.clear();
     for queued in batch.iter() {
         requests.extend(queued.limits.iter().map(OwnedLimit::request));
         ends.push(requests.len());
     }
-    let calls: Vec<(&[LimitRequest<'_>], u64)> = batch
-        .iter()
-        .zip(&ends)
-        .scan(0, |start, (queued, &end)| {
-            let call = (&requests[*start..end], queued.now_ms);
-            *start = end;
-            Some(call)
-        })
-        .collect();
+    let mut calls: Vec<(&[LimitRequest<'_>], u64)> = recycle(std::mem::take(&mut scratch.calls));
+    calls.extend(
+        batch
+            .iter()
+            .zip(ends.iter())
+            .scan(0, |start, (queued, &end)| {
+                let call = (&requests[*start..end], queued.now_ms);
+                *start = end;
+                Some(call)
+            }),
+    );
     let answers = store.admit_many_noting(&calls, &mut known.noted);
-    drop(calls);
-    drop(requests);
+    scratch.calls = recycle(calls);
+    scratch.requests = recycle(requests);
     known.learn();
     // Before any answer goes out: what an admitted call does first (`wrap` writing its line
     // upstream) is done for the whole batch, so the server starts on it while the runtime
-    // is being woken.
-    let firsts = || {
-        batch
-            .iter()
-            .zip(&answers)
-            .filter_map(|(queued, answer)| match (&queued.first, answer) {
-                (Some(first), Ok(Admission::Admitted(_))) => Some(first),
-                _ => None,
+    // is being woken. Only a call alone in flight on its connection carries one, so with
+    // many in flight there is nothing to look for.
+    if batch.iter().any(|queued| queued.first.is_some()) {
+        let firsts = || {
+            batch.iter().zip(&answers).filter_map(|(queued, answer)| {
+                match (&queued.first, answer) {
+                    (Some(first), Ok(Admission::Admitted(_))) => Some(first),
+                    _ => None,
+                }
             })
-    };
-    for first in firsts() {
-        first.admitted();
+        };
+        for first in firsts() {
+            first.admitted();
+        }
+        for first in firsts() {
+            first.flush();
+        }
     }
-    for first in firsts() {
-        first.flush();
-    }
-    let runs = last_of_their_budgets(batch, &answers);
-    let mut thens: Vec<(Reservation, Then)> = Vec::new();
+    let runs = &mut scratch.runs;
+    last_of_their_budgets(batch, &answers, runs);
+    let thens = &mut scratch.thens;
     // The answers into each shared channel, sent together once every call is answered.
-    let mut into: Vec<(mpsc::UnboundedSender<AnsweredBatch>, AnsweredBatch)> = Vec::new();
-    let mut unsent: Vec<Result<Admission, StoreError>> = Vec::new();
-    for ((queued, answer), runs) in batch.drain(..).zip(answers).zip(runs) {
+    let into = &mut scratch.into;
+    let unsent = &mut scratch.unsent;
+    for ((queued, answer), &runs) in batch.drain(..).zip(answers).zip(runs.iter()) {
         let then = match (&answer, queued.then) {
             (Ok(Admission::Admitted(reservation)), Some(then)) if runs => {
                 Some((reservation.clone(), then))
@@ -756,32 +788,37 @@ fn admit_batch(
         }
         thens.extend(then);
     }
-    for (to, answers) in into {
+    for (to, answers) in into.drain(..) {
         if let Err(gone) = to.send(answers) {
             unsent.extend(gone.0.into_iter().map(|answered| answered.answer));
         }
     }
-    for answer in unsent {
+    for answer in unsent.drain(..) {
         if let Ok(Admission::Admitted(reservation)) = answer {
             // The caller gave up waiting: nobody will use or give back these units.
             store.release(&reservation);
             known.forget_units_of(&reservation);
         }
     }
-    thens
 }
 
-/// For each call of the batch, whether its `then` runs: it has one, it was admitted with
-/// units, and no later such call of the batch took units from the same budgets (that one's
-/// `then` sees what this one's would have, on the same or a newer state).
-fn last_of_their_budgets(batch: &[Queued], answers: &[Result<Admission, StoreError>]) -> Vec<bool> {
+/// For each call of the batch, into `runs`, whether its `then` runs: it has one, it was
+/// admitted with units, and no later such call of the batch took units from the same
+/// budgets (that one's `then` sees what this one's would have, on the same or a newer
+/// state).
+fn last_of_their_budgets(
+    batch: &[Queued],
+    answers: &[Result<Admission, StoreError>],
+    runs: &mut Vec<bool>,
+) {
     let taken = |i: usize| match (&answers[i], &batch[i].then) {
         (Ok(Admission::Admitted(reservation)), Some(_)) if !reservation.is_empty() => {
             Some(reservation)
         }
         _ => None,
     };
-    let mut runs = vec![false; batch.len().min(answers.len())];
+    runs.clear();
+    runs.resize(batch.len().min(answers.len()), false);
     for i in (0..runs.len()).rev() {
         let Some(reservation) = taken(i) else {
             continue;
@@ -792,7 +829,6 @@ fn last_of_their_budgets(batch: &[Queued], answers: &[Result<Admission, StoreErr
             .filter(|&j| runs[j])
             .any(|j| taken(j).is_some_and(|later| same_budgets(reservation, later)));
     }
-    runs
 }
 
 /// Whether two reservations took units from the same budgets, in the same order.
@@ -1045,10 +1081,9 @@ mod tests {
             admitted("b"),
             Err(StoreError::new(StoreErrorKind::Busy, "locked")),
         ];
-        assert_eq!(
-            last_of_their_budgets(&batch, &answers),
-            [false, false, true, false, false, true, false]
-        );
+        let mut runs = vec![true; 2];
+        last_of_their_budgets(&batch, &answers, &mut runs);
+        assert_eq!(runs, [false, false, true, false, false, true, false]);
     }
 
     #[tokio::test]
