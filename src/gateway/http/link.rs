@@ -35,7 +35,7 @@ use super::remote;
 use super::servers::ServerSpec;
 use crate::gateway::Gateway;
 use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
-use crate::gateway::core::{self, LineOut, Output, RunOptions};
+use crate::gateway::core::{self, Known, LineOut, Output, RunOptions};
 use crate::gateway::jsonrpc::{self, IdKey, Parsed, Raw, Shape};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
 use crate::hashing::FastMap;
@@ -411,13 +411,9 @@ impl CoreLink {
         if let Some(id) = answer {
             // An answer goes to the request that waits for it, or nowhere: on a stateless
             // link, another client's stream is not the place for it.
-            let Some(waiter) = id.and_then(|id| routes.waiters.remove(&id)) else {
-                tracing::debug!("dropped an answer no request waits for");
+            let Some(waiter) = id.and_then(|id| Self::waiter_answered(&mut routes, &id)) else {
                 return;
             };
-            if let Some(token) = &waiter.progress {
-                routes.progress.remove(token);
-            }
             drop(routes);
             let out = match (&waiter.original, env.id) {
                 (Some(original), Some(raw)) => replace_id(&line, raw, original),
@@ -455,6 +451,39 @@ impl CoreLink {
         tracing::debug!("no stream open for a server message; dropped");
     }
 
+    /// Routes an answer from the core to the request `id` (the core read the line: it is
+    /// an answer with that id), as [`CoreLink::deliver`] would, without reading it again
+    /// unless its id is to be restored.
+    fn deliver_answer(&self, id: IdKey, line: Vec<u8>, charge: Charge) {
+        let Some(waiter) = Self::waiter_answered(&mut lock(&self.routes), &id) else {
+            return;
+        };
+        let out = match &waiter.original {
+            Some(original) => match jsonrpc::parse(&line) {
+                Parsed::Message(env) => match env.id {
+                    Some(raw) => replace_id(&line, raw, original),
+                    None => line,
+                },
+                _ => line,
+            },
+            None => line,
+        };
+        waiter.tx.answer(out, charge);
+    }
+
+    /// The request waiting for the answer to `id`, no longer waiting (its progress token
+    /// forgotten); `None` when nobody waits for it.
+    fn waiter_answered(routes: &mut Routes, id: &IdKey) -> Option<Waiter> {
+        let Some(waiter) = routes.waiters.remove(id) else {
+            tracing::debug!("dropped an answer no request waits for");
+            return None;
+        };
+        if let Some(token) = &waiter.progress {
+            routes.progress.remove(token);
+        }
+        Some(waiter)
+    }
+
     fn end(&self) {
         let mut routes = lock(&self.routes);
         routes.ended = true;
@@ -477,13 +506,16 @@ struct Router {
 }
 
 impl LineOut for Router {
-    fn line(&mut self, line: Vec<u8>, charge: Charge) {
+    fn line(&mut self, line: Vec<u8>, charge: Charge, known: Known) {
         if line.len() > self.max {
             tracing::warn!("dropped a message from the core larger than --max-message");
             return;
         }
         if let Some(link) = self.link.upgrade() {
-            link.deliver(line, charge);
+            match known {
+                Known::Answer(id) => link.deliver_answer(id, line, charge),
+                Known::Request(_) | Known::Nothing => link.deliver(line, charge),
+            }
         }
     }
 
@@ -498,18 +530,18 @@ impl LineOut for Router {
 /// sending task. The queue is unbounded in count but not in bytes: each line holds its
 /// charge of the core's queue budget until `remote` takes it.
 struct ToRemote {
-    tx: Option<mpsc::UnboundedSender<(Vec<u8>, Charge)>>,
+    tx: Option<mpsc::UnboundedSender<(Vec<u8>, Charge, Known)>>,
     max: usize,
 }
 
 impl LineOut for ToRemote {
-    fn line(&mut self, line: Vec<u8>, charge: Charge) {
+    fn line(&mut self, line: Vec<u8>, charge: Charge, known: Known) {
         if line.len() > self.max {
             tracing::warn!("dropped a message from the core larger than --max-message");
             return;
         }
         if let Some(tx) = &self.tx {
-            let _ = tx.send((line, charge));
+            let _ = tx.send((line, charge, known));
         }
     }
 
