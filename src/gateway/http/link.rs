@@ -661,6 +661,105 @@ mod tests {
 }
 
 #[cfg(test)]
+mod known_tests {
+    use super::*;
+
+    fn link(stateless: bool) -> (Arc<CoreLink>, mpsc::Receiver<(Vec<u8>, Charge)>) {
+        let (to_core, core_rx) = mpsc::channel(16);
+        let (shutdown, _) = watch::channel(false);
+        let link = Arc::new(CoreLink {
+            server: "s".into(),
+            grant: "g".into(),
+            stateless,
+            to_core,
+            to_core_budget: ByteBudget::for_messages(64 * 1024),
+            routes: Mutex::new(Routes::default()),
+            next_id: AtomicU64::new(1),
+            last_active: Mutex::new(Instant::now()),
+            shutdown,
+        });
+        (link, core_rx)
+    }
+
+    /// Registers a request as the HTTP side does; returns the id the core knows and
+    /// the request's inbox.
+    async fn ask(link: &CoreLink, line: &[u8]) -> (IdKey, Inbox) {
+        let Parsed::Message(env) = jsonrpc::parse(line) else {
+            panic!("not a message")
+        };
+        let Ok(Shape::Request { id, .. }) = env.shape() else {
+            panic!("not a request")
+        };
+        let prepared = link.prepare(line, &id, env.id.expect("an id"), env.params);
+        link.request(prepared, line.to_vec())
+            .await
+            .expect("registered")
+    }
+
+    fn answered(link: &Arc<CoreLink>, line: &[u8], known: Known) {
+        let mut router = Router {
+            link: Arc::downgrade(link),
+            max: 64 * 1024,
+        };
+        let charge = ByteBudget::new(1024).try_charge(line.len()).expect("room");
+        router.line(line.to_vec(), charge, known);
+    }
+
+    async fn final_answer(inbox: &mut Inbox) -> Vec<u8> {
+        match tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await {
+            Ok(Some(Delivery::Final(answer))) => answer,
+            other => panic!("waited for the answer, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_core_read_is_routed_as_one_read_again() {
+        for stateless in [false, true] {
+            let (link, _core_rx) = link(stateless);
+            let request =
+                br#"{"jsonrpc":"2.0","id":"c-7","method":"tools/call","params":{"name":"t"}}"#;
+            let (first, mut by_known) = ask(&link, request).await;
+            let answer =
+                |id: &IdKey| format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id.json());
+            answered(
+                &link,
+                answer(&first).as_bytes(),
+                Known::Answer(first.clone()),
+            );
+            let known = final_answer(&mut by_known).await;
+            assert!(
+                known.windows(5).any(|w| w == br#""c-7""#),
+                "the client's own id comes back (stateless: {stateless})"
+            );
+            let (second, mut by_reading) = ask(&link, request).await;
+            answered(&link, answer(&second).as_bytes(), Known::Nothing);
+            let read = final_answer(&mut by_reading).await;
+            assert_eq!(
+                String::from_utf8(known).unwrap(),
+                String::from_utf8(read).unwrap(),
+                "stateless: {stateless}"
+            );
+            assert!(!link.busy(), "nobody waits any more");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_core_read_for_no_waiting_request_is_dropped() {
+        let (link, _core_rx) = link(false);
+        let (_id, mut inbox) = ask(&link, br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).await;
+        let other = IdKey::Int(2);
+        answered(
+            &link,
+            br#"{"jsonrpc":"2.0","id":2,"result":{}}"#,
+            Known::Answer(other),
+        );
+        assert!(link.busy(), "the request with id 1 still waits");
+        link.end();
+        assert!(inbox.recv().await.is_none(), "nothing was routed to it");
+    }
+}
+
+#[cfg(test)]
 mod token_tests {
     use super::*;
 

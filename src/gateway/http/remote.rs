@@ -728,4 +728,42 @@ mod tests {
         let r = Routing::of(Some("tools/call"), Some(Raw::of(&plain)));
         assert_eq!((r.version, r.name), (None, None));
     }
+
+    #[test]
+    fn a_request_is_read_again_for_routing_whenever_its_body_could_give_any() {
+        let lines: [&[u8]; 8] = [
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1}}}"#,
+            br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"t","\u005fmeta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"jsonrpc":"2.0","id":4,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+            br#"{"jsonrpc":"2.0","id":5,"method":"\u0069nitialize","params":{}}"#,
+            br#"{"jsonrpc":"2.0","id":6,"method":"resources/read","params":{"uri":"x","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+            br#"{"jsonrpc":"2.0","id":8,"method":"prompts/get","params":{"name":"p"}}"#,
+        ];
+        let mut plain_ones = Vec::new();
+        for line in lines {
+            let Parsed::Message(env) = jsonrpc::parse(line) else {
+                panic!("not a message: {}", String::from_utf8_lossy(line))
+            };
+            let r = Routing::of(env.method.as_deref(), env.params);
+            let plain = r.version.is_none() && r.method.is_none() && r.name.is_none();
+            let plain = plain && !r.initialize;
+            plain_ones.push(plain);
+            assert!(
+                plain || needs_routing(line),
+                "routing skipped for {}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(
+            plain_ones,
+            [true, false, false, false, false, false, true, true],
+            "which of the requests have routing"
+        );
+        assert!(
+            !needs_routing(lines[0]) && !needs_routing(lines[6]) && !needs_routing(lines[7]),
+            "a plain request is not read again"
+        );
+    }
 }
