@@ -367,11 +367,36 @@ pub(crate) enum Output<W> {
 pub(crate) trait LineOut: Send + 'static {
     /// A line (no newline), charged to the side's queue budget: its bytes come back when
     /// whoever takes the line drops `charge`, so a consumer that stops taking lines pushes
-    /// back on the core as a stream that stops reading does.
-    fn line(&mut self, line: Vec<u8>, charge: Charge);
+    /// back on the core as a stream that stops reading does. `known` is what the core read
+    /// of the line's own bytes, so the transport need not read them again.
+    fn line(&mut self, line: Vec<u8>, charge: Charge, known: Known);
 
     /// No line will follow (the core closed the side, or ended). Called once.
     fn end(&mut self);
+}
+
+/// What the core read of a line it hands an [`Output::Lines`] transport: a message it
+/// forwards as it came (the bytes it parsed, unchanged) is named by its shape; a line the
+/// core built, or one it did not read as one message, is [`Known::Nothing`] (the transport
+/// reads it itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Known {
+    Nothing,
+    /// A request with this id.
+    Request(IdKey),
+    /// An answer (a result or an error) to the request with this id.
+    Answer(IdKey),
+}
+
+impl Known {
+    /// What `env` (parsed from the bytes handed on) is.
+    fn of(env: &Envelope<'_>) -> Known {
+        match env.shape() {
+            Ok(Shape::Request { id, .. }) => Known::Request(id),
+            Ok(Shape::Response { id }) => Known::Answer(id),
+            Ok(Shape::Notification { .. }) | Err(_) => Known::Nothing,
+        }
+    }
 }
 
 /// The sending end of one side's output: bounded in bytes, and in count for a writer task.
@@ -446,18 +471,30 @@ impl Queue {
         lines: &Mutex<Option<Box<dyn LineOut>>>,
         line: Vec<u8>,
         charge: Charge,
+        known: Known,
     ) -> Result<(), Vec<u8>> {
         match crate::sync::lock(lines).as_mut() {
             Some(out) => {
-                out.line(line, charge);
+                out.line(line, charge, known);
                 Ok(())
             }
             None => Err(line),
         }
     }
 
+    /// Whether lines are handed to a transport that can use what the core read of them.
+    fn takes_known(&self) -> bool {
+        matches!(self.to, To::Lines(_))
+    }
+
     /// Queues a line once its bytes fit; gives it back when the writer is gone.
     async fn send(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.send_known(line, Known::Nothing).await
+    }
+
+    /// [`Queue::send`], with what the core read of the line (used only by
+    /// [`Output::Lines`]).
+    async fn send_known(&self, line: Vec<u8>, known: Known) -> Result<(), Vec<u8>> {
         // Room now is taken without setting up a wait (two per line otherwise). No one is
         // overtaken: bytes and places given back go to whoever waits first, so there is room
         // now only when no one waits.
@@ -485,7 +522,7 @@ impl Queue {
                 }
                 Ok(())
             }
-            To::Lines(lines) => Queue::hand_on(lines, line, charge),
+            To::Lines(lines) => Queue::hand_on(lines, line, charge, known),
             To::Pipe(pipe) => pipe.line(line, charge),
         };
         if sent.is_ok() {
@@ -512,7 +549,7 @@ impl Queue {
         };
         match &self.to {
             To::Writer(tx) => tx.try_send(Out::Line(line, charge)).is_ok(),
-            To::Lines(lines) => Queue::hand_on(lines, line, charge).is_ok(),
+            To::Lines(lines) => Queue::hand_on(lines, line, charge, Known::Nothing).is_ok(),
             To::Pipe(pipe) => pipe.line(line, charge).is_ok(),
         }
     }
@@ -570,7 +607,7 @@ mod queue_tests {
     struct Keep(Handed);
 
     impl LineOut for Keep {
-        fn line(&mut self, line: Vec<u8>, charge: Charge) {
+        fn line(&mut self, line: Vec<u8>, charge: Charge, _known: Known) {
             crate::sync::lock(&self.0).0.push((line, charge));
         }
         fn end(&mut self) {
@@ -912,8 +949,21 @@ impl Shared {
         match jsonrpc::parse(&line) {
             Parsed::Message(env) => {
                 let action = self.message(side, &env, &line);
+                // The line itself is forwarded, or kept by a limited call: no copy. What
+                // was read of a forwarded line goes with it to a transport that would
+                // otherwise read it again.
+                if matches!(action, Disposition::Forward) {
+                    let to = match side {
+                        Side::Client => &self.to_upstream,
+                        Side::Upstream => &self.to_client,
+                    };
+                    if to.takes_known() {
+                        let known = Known::of(&env);
+                        drop(env);
+                        return self.forward(side, line, known).await;
+                    }
+                }
                 drop(env);
-                // The line itself is forwarded, or kept by a limited call: no copy.
                 let mut line = line;
                 if let Disposition::Admitting(waiting) = action {
                     let action = self.wait_for_admission(waiting, &mut line);
@@ -1828,10 +1878,25 @@ impl Shared {
             .await;
     }
 
+    /// Forwards a message from `side` as it came, with what was read of it.
+    async fn forward(&self, side: Side, line: Vec<u8>, known: Known) {
+        match side {
+            Side::Client => self.forward_upstream_known(line, known).await,
+            Side::Upstream => {
+                let _ = self.to_client.send_known(line, known).await;
+            }
+        }
+    }
+
     /// Sends a client message upstream; when the upstream is gone, answers the request
     /// that carried it with an error (and gives a call's units back).
     async fn forward_upstream(&self, line: Vec<u8>) {
-        let Err(line) = self.to_upstream.send(line).await else {
+        self.forward_upstream_known(line, Known::Nothing).await;
+    }
+
+    /// [`Shared::forward_upstream`], with what was read of the line.
+    async fn forward_upstream_known(&self, line: Vec<u8>, known: Known) {
+        let Err(line) = self.to_upstream.send_known(line, known).await else {
             return;
         };
         if let Parsed::Message(env) = jsonrpc::parse(&line)

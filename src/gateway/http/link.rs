@@ -35,7 +35,7 @@ use super::remote;
 use super::servers::ServerSpec;
 use crate::gateway::Gateway;
 use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
-use crate::gateway::core::{self, LineOut, Output, RunOptions};
+use crate::gateway::core::{self, Known, LineOut, Output, RunOptions};
 use crate::gateway::jsonrpc::{self, IdKey, Parsed, Raw, Shape};
 use crate::gateway::upstream::{ServerProcess, SpawnError};
 use crate::hashing::FastMap;
@@ -411,13 +411,9 @@ impl CoreLink {
         if let Some(id) = answer {
             // An answer goes to the request that waits for it, or nowhere: on a stateless
             // link, another client's stream is not the place for it.
-            let Some(waiter) = id.and_then(|id| routes.waiters.remove(&id)) else {
-                tracing::debug!("dropped an answer no request waits for");
+            let Some(waiter) = id.and_then(|id| Self::waiter_answered(&mut routes, &id)) else {
                 return;
             };
-            if let Some(token) = &waiter.progress {
-                routes.progress.remove(token);
-            }
             drop(routes);
             let out = match (&waiter.original, env.id) {
                 (Some(original), Some(raw)) => replace_id(&line, raw, original),
@@ -455,6 +451,39 @@ impl CoreLink {
         tracing::debug!("no stream open for a server message; dropped");
     }
 
+    /// Routes an answer from the core to the request `id` (the core read the line: it is
+    /// an answer with that id), as [`CoreLink::deliver`] would, without reading it again
+    /// unless its id is to be restored.
+    fn deliver_answer(&self, id: IdKey, line: Vec<u8>, charge: Charge) {
+        let Some(waiter) = Self::waiter_answered(&mut lock(&self.routes), &id) else {
+            return;
+        };
+        let out = match &waiter.original {
+            Some(original) => match jsonrpc::parse(&line) {
+                Parsed::Message(env) => match env.id {
+                    Some(raw) => replace_id(&line, raw, original),
+                    None => line,
+                },
+                _ => line,
+            },
+            None => line,
+        };
+        waiter.tx.answer(out, charge);
+    }
+
+    /// The request waiting for the answer to `id`, no longer waiting (its progress token
+    /// forgotten); `None` when nobody waits for it.
+    fn waiter_answered(routes: &mut Routes, id: &IdKey) -> Option<Waiter> {
+        let Some(waiter) = routes.waiters.remove(id) else {
+            tracing::debug!("dropped an answer no request waits for");
+            return None;
+        };
+        if let Some(token) = &waiter.progress {
+            routes.progress.remove(token);
+        }
+        Some(waiter)
+    }
+
     fn end(&self) {
         let mut routes = lock(&self.routes);
         routes.ended = true;
@@ -477,13 +506,16 @@ struct Router {
 }
 
 impl LineOut for Router {
-    fn line(&mut self, line: Vec<u8>, charge: Charge) {
+    fn line(&mut self, line: Vec<u8>, charge: Charge, known: Known) {
         if line.len() > self.max {
             tracing::warn!("dropped a message from the core larger than --max-message");
             return;
         }
         if let Some(link) = self.link.upgrade() {
-            link.deliver(line, charge);
+            match known {
+                Known::Answer(id) => link.deliver_answer(id, line, charge),
+                Known::Request(_) | Known::Nothing => link.deliver(line, charge),
+            }
         }
     }
 
@@ -498,18 +530,18 @@ impl LineOut for Router {
 /// sending task. The queue is unbounded in count but not in bytes: each line holds its
 /// charge of the core's queue budget until `remote` takes it.
 struct ToRemote {
-    tx: Option<mpsc::UnboundedSender<(Vec<u8>, Charge)>>,
+    tx: Option<mpsc::UnboundedSender<(Vec<u8>, Charge, Known)>>,
     max: usize,
 }
 
 impl LineOut for ToRemote {
-    fn line(&mut self, line: Vec<u8>, charge: Charge) {
+    fn line(&mut self, line: Vec<u8>, charge: Charge, known: Known) {
         if line.len() > self.max {
             tracing::warn!("dropped a message from the core larger than --max-message");
             return;
         }
         if let Some(tx) = &self.tx {
-            let _ = tx.send((line, charge));
+            let _ = tx.send((line, charge, known));
         }
     }
 
@@ -625,6 +657,105 @@ mod tests {
             progress_token_of_notification(Some(Raw::of(&n))).as_deref(),
             Some("\"a\"")
         );
+    }
+}
+
+#[cfg(test)]
+mod known_tests {
+    use super::*;
+
+    fn link(stateless: bool) -> (Arc<CoreLink>, mpsc::Receiver<(Vec<u8>, Charge)>) {
+        let (to_core, core_rx) = mpsc::channel(16);
+        let (shutdown, _) = watch::channel(false);
+        let link = Arc::new(CoreLink {
+            server: "s".into(),
+            grant: "g".into(),
+            stateless,
+            to_core,
+            to_core_budget: ByteBudget::for_messages(64 * 1024),
+            routes: Mutex::new(Routes::default()),
+            next_id: AtomicU64::new(1),
+            last_active: Mutex::new(Instant::now()),
+            shutdown,
+        });
+        (link, core_rx)
+    }
+
+    /// Registers a request as the HTTP side does; returns the id the core knows and
+    /// the request's inbox.
+    async fn ask(link: &CoreLink, line: &[u8]) -> (IdKey, Inbox) {
+        let Parsed::Message(env) = jsonrpc::parse(line) else {
+            panic!("not a message")
+        };
+        let Ok(Shape::Request { id, .. }) = env.shape() else {
+            panic!("not a request")
+        };
+        let prepared = link.prepare(line, &id, env.id.expect("an id"), env.params);
+        link.request(prepared, line.to_vec())
+            .await
+            .expect("registered")
+    }
+
+    fn answered(link: &Arc<CoreLink>, line: &[u8], known: Known) {
+        let mut router = Router {
+            link: Arc::downgrade(link),
+            max: 64 * 1024,
+        };
+        let charge = ByteBudget::new(1024).try_charge(line.len()).expect("room");
+        router.line(line.to_vec(), charge, known);
+    }
+
+    async fn final_answer(inbox: &mut Inbox) -> Vec<u8> {
+        match tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await {
+            Ok(Some(Delivery::Final(answer))) => answer,
+            other => panic!("waited for the answer, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_core_read_is_routed_as_one_read_again() {
+        for stateless in [false, true] {
+            let (link, _core_rx) = link(stateless);
+            let request =
+                br#"{"jsonrpc":"2.0","id":"c-7","method":"tools/call","params":{"name":"t"}}"#;
+            let (first, mut by_known) = ask(&link, request).await;
+            let answer =
+                |id: &IdKey| format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, id.json());
+            answered(
+                &link,
+                answer(&first).as_bytes(),
+                Known::Answer(first.clone()),
+            );
+            let known = final_answer(&mut by_known).await;
+            assert!(
+                known.windows(5).any(|w| w == br#""c-7""#),
+                "the client's own id comes back (stateless: {stateless})"
+            );
+            let (second, mut by_reading) = ask(&link, request).await;
+            answered(&link, answer(&second).as_bytes(), Known::Nothing);
+            let read = final_answer(&mut by_reading).await;
+            assert_eq!(
+                String::from_utf8(known).unwrap(),
+                String::from_utf8(read).unwrap(),
+                "stateless: {stateless}"
+            );
+            assert!(!link.busy(), "nobody waits any more");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_core_read_for_no_waiting_request_is_dropped() {
+        let (link, _core_rx) = link(false);
+        let (_id, mut inbox) = ask(&link, br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).await;
+        let other = IdKey::Int(2);
+        answered(
+            &link,
+            br#"{"jsonrpc":"2.0","id":2,"result":{}}"#,
+            Known::Answer(other),
+        );
+        assert!(link.busy(), "the request with id 1 still waits");
+        link.end();
+        assert!(inbox.recv().await.is_none(), "nothing was routed to it");
     }
 }
 

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use rand::Rng;
@@ -82,7 +82,10 @@ const HEADER_MISMATCH: i64 = -32020;
 /// JSON-RPC "invalid request".
 const INVALID_REQUEST: i64 = jsonrpc::code::INVALID_REQUEST;
 
-const SESSION_HEADER: &str = "mcp-session-id";
+// Header names as constants: a `&str` name is parsed and checked on every lookup.
+const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+const METHOD_HEADER: HeaderName = HeaderName::from_static("mcp-method");
+const NAME_HEADER: HeaderName = HeaderName::from_static("mcp-name");
 /// How long open connections may take to finish once the gateway stops.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
@@ -581,13 +584,13 @@ fn routing_headers_agree(
     method: Option<&str>,
     params: Option<Raw<'_>>,
 ) -> Result<(), &'static str> {
-    if let Some(h) = headers.get("mcp-method") {
+    if let Some(h) = headers.get(METHOD_HEADER) {
         let h = h.to_str().ok().and_then(decode_header);
         if h.as_deref() != method {
             return Err("Mcp-Method header does not match the request body's method");
         }
     }
-    if let Some(h) = headers.get("mcp-name") {
+    if let Some(h) = headers.get(NAME_HEADER) {
         let key = match method {
             Some("tools/call" | "prompts/get") => "name",
             Some("resources/read") => "uri",

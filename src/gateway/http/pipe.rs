@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::gateway::budget::{ByteBudget, Charge};
+use crate::gateway::lines::recycle;
 
 /// A readable stream of the lines queued on a channel (a newline after each).
 ///
@@ -25,8 +26,33 @@ use crate::gateway::budget::{ByteBudget, Charge};
 pub(crate) struct LineSource {
     rx: mpsc::Receiver<(Vec<u8>, Charge)>,
     budget: ByteBudget,
-    /// The line being read, how much of it was read, and its charge (given back with it).
-    current: Option<(Vec<u8>, usize, Charge)>,
+    /// The line being read.
+    current: Option<Current>,
+}
+
+/// A line being read, and its charge (given back with it).
+struct Current {
+    line: Vec<u8>,
+    /// How much of the line was read (its newline included, when it has none of its own).
+    read: usize,
+    /// The line has no newline of its own: one is read after it (not pushed onto it, which
+    /// would reallocate a line built without room for it).
+    newline: bool,
+    _charge: Charge,
+}
+
+impl Current {
+    fn len(&self) -> usize {
+        self.line.len() + usize::from(self.newline)
+    }
+
+    fn unread(&self) -> &[u8] {
+        match self.line.get(self.read..) {
+            Some(rest) if !rest.is_empty() => rest,
+            _ if self.newline && self.read == self.line.len() => b"\n",
+            _ => &[],
+        }
+    }
 }
 
 impl LineSource {
@@ -36,6 +62,17 @@ impl LineSource {
             rx,
             budget,
             current: None,
+        }
+    }
+}
+
+impl LineSource {
+    /// Done with the current line: its charge goes back to the budget, and its buffer to
+    /// this thread's spare ones, for the next line the core reads (a copy of this one, from
+    /// this stream or another: `serve`'s runtime reads them on one thread).
+    fn finish(&mut self) {
+        if let Some(current) = self.current.take() {
+            recycle(current.line);
         }
     }
 }
@@ -50,37 +87,36 @@ impl AsyncBufRead for LineSource {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         loop {
-            if this
-                .current
-                .as_ref()
-                .is_some_and(|(line, read, _)| *read < line.len())
-            {
+            if this.current.as_ref().is_some_and(|c| c.read < c.len()) {
                 break;
             }
             // The previous line is read whole: its bytes go back to the budget.
-            this.current = None;
+            this.finish();
             match ready!(this.rx.poll_recv(cx)) {
-                Some((mut line, charge)) => {
-                    if line.last() != Some(&b'\n') {
-                        line.push(b'\n');
-                    }
-                    this.current = Some((line, 0, charge));
+                Some((line, charge)) => {
+                    let newline = line.last() != Some(&b'\n');
+                    this.current = Some(Current {
+                        line,
+                        read: 0,
+                        newline,
+                        _charge: charge,
+                    });
                 }
                 None => return Poll::Ready(Ok(&[])),
             }
         }
         match &this.current {
-            Some((line, read, _)) => Poll::Ready(Ok(&line[*read..])),
+            Some(current) => Poll::Ready(Ok(current.unread())),
             None => Poll::Ready(Ok(&[])),
         }
     }
 
     fn consume(self: Pin<&mut Self>, amount: usize) {
         let this = self.get_mut();
-        if let Some((line, read, _)) = this.current.as_mut() {
-            *read = (*read + amount).min(line.len());
-            if *read == line.len() {
-                this.current = None;
+        if let Some(current) = this.current.as_mut() {
+            current.read = (current.read + amount).min(current.len());
+            if current.read == current.len() {
+                this.finish();
             }
         }
     }
@@ -127,5 +163,29 @@ mod tests {
         assert_eq!(budget.available(), 100);
         drop(source);
         assert!(budget.charge(1).await.is_none(), "the budget is closed");
+    }
+
+    #[tokio::test]
+    async fn lines_read_in_small_pieces_come_whole_with_one_newline_each() {
+        use tokio::io::AsyncReadExt;
+        let budget = ByteBudget::new(100);
+        let (tx, rx) = mpsc::channel(8);
+        let mut source = LineSource::new(rx, budget.clone());
+        for line in [&b"abc"[..], b"", b"de\n", b"f"] {
+            let charge = budget.try_charge(line.len()).unwrap();
+            tx.send((line.to_vec(), charge)).await.unwrap();
+        }
+        drop(tx);
+        let mut read = Vec::new();
+        let mut piece = [0u8; 2];
+        loop {
+            let n = source.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(String::from_utf8(read).unwrap(), "abc\n\nde\nf\n");
+        assert_eq!(budget.available(), 100, "every line's bytes came back");
     }
 }

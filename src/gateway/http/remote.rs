@@ -32,6 +32,7 @@ use super::servers::UrlServer;
 use super::sse::SseParser;
 use super::upstream_pool::{Answer, CONNECT_WITHIN, Upstream};
 use crate::gateway::budget::{ByteBudget, Charge};
+use crate::gateway::core::Known;
 use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, Raw, Shape, code};
 use crate::gateway::line_writer::write_lines;
 use crate::gateway::lines::{Line, LineReader};
@@ -82,7 +83,7 @@ struct Remote {
 }
 
 /// Lines from the core, each with the charge it took from its queue's budget.
-pub(crate) type FromCore = mpsc::UnboundedReceiver<(Vec<u8>, Charge)>;
+pub(crate) type FromCore = mpsc::UnboundedReceiver<(Vec<u8>, Charge, Known)>;
 
 /// Proxies between a pair of line streams (for `toolgate scan`, whose MCP session meets
 /// this transport over in-memory pipes) and a Streamable HTTP server until the session
@@ -110,7 +111,7 @@ pub(crate) async fn run<R, W>(
             let Some(charge) = from_budget.charge(line.len()).await else {
                 break;
             };
-            if lines_tx.send((line, charge)).is_err() {
+            if lines_tx.send((line, charge, Known::Nothing)).is_err() {
                 break;
             }
         }
@@ -163,7 +164,7 @@ pub(crate) async fn run_queued(
     let mut in_flight = FuturesUnordered::new();
     let mut get_stream = None;
     loop {
-        let line = tokio::select! {
+        let (line, known) = tokio::select! {
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             next = from_core.recv() => match next {
@@ -171,24 +172,39 @@ pub(crate) async fn run_queued(
                 // when it is posted: a request waiting on a slow server must not hold back
                 // the lines behind it (a cancellation); requests in flight are bounded by the
                 // core's cap on requests in flight (`MAX_IN_FLIGHT`), as with a task each.
-                Some((line, _charge)) => line,
+                Some((line, _charge, known)) => (line, known),
                 None => break,
             },
         };
-        let Parsed::Message(env) = jsonrpc::parse(&line) else {
-            // The core only forwards single messages it classified.
-            tracing::warn!("dropped a line from the core that is not one message");
-            continue;
+        let request = match known {
+            // A request the core read, whose routing headers are plainly none: not read
+            // again.
+            Known::Request(id) if !needs_routing(&line) => Some((id, Routing::default())),
+            _ => None,
         };
-        let method = env.method.as_deref();
-        let initialized = method == Some("notifications/initialized");
-        let routing = Routing::of(method, env.params);
-        match env.shape() {
-            Ok(Shape::Request { id, .. }) => {
+        let request = match request {
+            Some(request) => Ok(request),
+            None => {
+                let Parsed::Message(env) = jsonrpc::parse(&line) else {
+                    // The core only forwards single messages it classified.
+                    tracing::warn!("dropped a line from the core that is not one message");
+                    continue;
+                };
+                let method = env.method.as_deref();
+                let initialized = method == Some("notifications/initialized");
+                let routing = Routing::of(method, env.params);
+                match env.shape() {
+                    Ok(Shape::Request { id, .. }) => Ok((id, routing)),
+                    _ => Err((routing, initialized)),
+                }
+            }
+        };
+        match request {
+            Ok((id, routing)) => {
                 let remote = remote.clone();
                 in_flight.push(async move { remote.post_request(line, id, routing).await });
             }
-            _ => {
+            Err((routing, initialized)) => {
                 // The next line waits for this one (in order), the requests in flight not.
                 let posted = remote.post_notification(line, Some(routing));
                 tokio::pin!(posted);
@@ -264,6 +280,15 @@ impl Routing {
 /// Whether a JSON text may have a `_meta` key: it spells it, or has an escape that could.
 fn may_hold_meta(text: &str) -> bool {
     text.contains("_meta") || text.contains('\\')
+}
+
+/// Whether [`Routing::of`] a request `line` may be other than the default: only an
+/// `initialize` or params with `_meta` give routing, and a line that spells neither (not
+/// even escaped) has neither.
+fn needs_routing(line: &[u8]) -> bool {
+    memchr::memchr(b'\\', line).is_some()
+        || memchr::memmem::find(line, b"_meta").is_some()
+        || memchr::memmem::find(line, b"initialize").is_some()
 }
 
 /// A header value as 2026-07-28 encodes it: plain when it is visible ASCII without edge
@@ -702,5 +727,43 @@ mod tests {
         let plain = RawValue::from_string(r#"{"name":"t","arguments":{}}"#.into()).unwrap();
         let r = Routing::of(Some("tools/call"), Some(Raw::of(&plain)));
         assert_eq!((r.version, r.name), (None, None));
+    }
+
+    #[test]
+    fn a_request_is_read_again_for_routing_whenever_its_body_could_give_any() {
+        let lines: [&[u8]; 8] = [
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1}}}"#,
+            br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"t","\u005fmeta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"jsonrpc":"2.0","id":4,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+            br#"{"jsonrpc":"2.0","id":5,"method":"\u0069nitialize","params":{}}"#,
+            br#"{"jsonrpc":"2.0","id":6,"method":"resources/read","params":{"uri":"x","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+            br#"{"jsonrpc":"2.0","id":8,"method":"prompts/get","params":{"name":"p"}}"#,
+        ];
+        let mut plain_ones = Vec::new();
+        for line in lines {
+            let Parsed::Message(env) = jsonrpc::parse(line) else {
+                panic!("not a message: {}", String::from_utf8_lossy(line))
+            };
+            let r = Routing::of(env.method.as_deref(), env.params);
+            let plain = r.version.is_none() && r.method.is_none() && r.name.is_none();
+            let plain = plain && !r.initialize;
+            plain_ones.push(plain);
+            assert!(
+                plain || needs_routing(line),
+                "routing skipped for {}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(
+            plain_ones,
+            [true, false, false, false, false, false, true, true],
+            "which of the requests have routing"
+        );
+        assert!(
+            !needs_routing(lines[0]) && !needs_routing(lines[6]) && !needs_routing(lines[7]),
+            "a plain request is not read again"
+        );
     }
 }
