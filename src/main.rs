@@ -9,8 +9,8 @@ mod alloc;
 const SMALL_BELOW: usize = 64 * 1024;
 
 #[global_allocator]
-static ALLOCATOR: alloc::Split<mimalloc::MiMalloc, SMALL_BELOW> =
-    alloc::Split::new(mimalloc::MiMalloc);
+static ALLOCATOR: alloc::Split<alloc::Mimalloc, SMALL_BELOW> =
+    alloc::Split::new(alloc::Mimalloc);
 
 fn main() -> std::process::ExitCode {
     toolgate::cli::main()
