@@ -221,7 +221,11 @@ mod tests {
 
     fn check(ptr: *const u8, len: usize, seed: u8) {
         for i in 0..len {
-            assert_eq!(unsafe { ptr.add(i).read() }, seed.wrapping_add(i as u8), "byte {i}");
+            assert_eq!(
+                unsafe { ptr.add(i).read() },
+                seed.wrapping_add(i as u8),
+                "byte {i}"
+            );
         }
     }
 
@@ -240,7 +244,11 @@ mod tests {
             check(ptr, layout.size().min(size), 7);
             layout = Layout::from_size_align(size, align).unwrap();
             fill(ptr, size, 7);
-            assert_eq!(split.small.live.get(), isize::from(size < LIMIT), "size {size}");
+            assert_eq!(
+                split.small.live.get(),
+                isize::from(size < LIMIT),
+                "size {size}"
+            );
         }
         unsafe { split.dealloc(ptr, layout) };
         assert_eq!(split.small.live.get(), 0);
@@ -250,7 +258,20 @@ mod tests {
     fn realloc_across_the_threshold_both_ways_keeps_contents_and_alignment() {
         let split = tested();
         for align in [1, 8, 16, 64, 4096, 65536] {
-            walk(&split, align, &[100, LIMIT - 1, LIMIT, 3 * LIMIT, LIMIT - 1, 10, 5 * LIMIT, 1]);
+            walk(
+                &split,
+                align,
+                &[
+                    100,
+                    LIMIT - 1,
+                    LIMIT,
+                    3 * LIMIT,
+                    LIMIT - 1,
+                    10,
+                    5 * LIMIT,
+                    1,
+                ],
+            );
         }
     }
 

@@ -9,8 +9,7 @@ mod alloc;
 const SMALL_BELOW: usize = 64 * 1024;
 
 #[global_allocator]
-static ALLOCATOR: alloc::Split<alloc::Mimalloc, SMALL_BELOW> =
-    alloc::Split::new(alloc::Mimalloc);
+static ALLOCATOR: alloc::Split<alloc::Mimalloc, SMALL_BELOW> = alloc::Split::new(alloc::Mimalloc);
 
 fn main() -> std::process::ExitCode {
     toolgate::cli::main()
