@@ -3,9 +3,9 @@
 //!
 //! A gateway allocates and frees many small buffers for every message (lines, ids, events,
 //! audit records), and glibc's `malloc`/`free` are a visible share of its CPU per call (issue
-//! 15). mimalloc alone is faster there, but it keeps freed memory for a while, and a 96 MiB
-//! message then left `serve` tens of MiB above its peak, which the attack suite's flat-memory
-//! checks refuse. So the owner of a block is chosen by its size: below [`Split`]'s `THRESHOLD`
+//! 15). mimalloc alone is faster there, but it keeps freed pages for a while (its purge delay,
+//! a second in mimalloc 3), and a 96 MiB message then left `serve` tens of MiB above its
+//! peak, which the attack suite's flat-memory checks refuse. So the owner of a block is chosen by its size: below [`Split`]'s `THRESHOLD`
 //! the fast allocator, from it up the system's (glibc maps such blocks on their own and
 //! unmaps them on free, so an oversized message costs memory only while it lives).
 //!
