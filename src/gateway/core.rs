@@ -1407,7 +1407,8 @@ impl Shared {
         // Made only for a call whose admission may hand its line over (`handover.rs`), and
         // only while no other request of the connection is in flight (waiting for the store
         // or the upstream): with many calls in flight the runtime is awake anyway, and the
-        // hand-over cost CPU per call there and gained nothing (README, "Hand-over").
+        // hand-over cost CPU per call there and gained nothing (docs/performance.md,
+        // "Hand-over").
         // `alone` was read when the request came, under the lock taken then: a request
         // answered since only makes it out of date towards "not alone" (no hand-over).
         let mut early: Option<Arc<HandOver>> = None;

@@ -13,7 +13,7 @@
 //! vectors built and cloned for the CLIENT span, names formatted and a `SpanData` assembled
 //! on end. With those and the `traceparent` splice (`super::trace`), tracing's own work on
 //! the call path was 19.2k instructions per call; with this record, 7.0k (callgrind, release;
-//! README "Traces").
+//! docs/performance.md, "Traces").
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};

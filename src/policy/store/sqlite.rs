@@ -68,9 +68,9 @@ const WAL_BACKSTOP_PAGES: i32 = 10_000;
 /// WAL size (frames) past which a commit wakes the checkpoint thread, and the thread starts
 /// the WAL over (see [`checkpoint`]). Smaller, each commit's append to the WAL's hash index
 /// walks fewer earlier frames of its pages; larger, the restarts (each holds the store's
-/// writes back for two syncs, 2–4 ms here) come less often. Measured (README, "Store round
-/// 4"): at 256 and 1,024 frames the limited call's p99 grew 3–9× with no gain at p50 or in
-/// throughput, and natively the hash walk was under 1 % of the process's CPU. 4,096 is
+/// writes back for two syncs, 2–4 ms here) come less often. Measured (docs/performance.md,
+/// "Store round 4"): at 256 and 1,024 frames the limited call's p99 grew 3–9× with no gain
+/// at p50 or in throughput, and natively the hash walk was under 1 % of the process's CPU. 4,096 is
 /// one segment of the WAL's index (each has its own hash table, so past it the walk stops
 /// growing): the WAL stays about that size whatever the rate, where the clock alone let it
 /// grow with the rate.

@@ -108,7 +108,8 @@ pub(crate) struct Answered {
 /// call. A batch's answers into one channel go as one message: sent one by one, a runtime
 /// running on the other CPU took the first ones while the rest were still being sent, and
 /// each such take cost the store thread another wake of the runtime (an `eventfd` write: up
-/// to 4.4 per batch at 64 in flight, measured; README, "Store round 7"). Each admission gets
+/// to 4.4 per batch at 64 in flight, measured; docs/performance.md,
+/// "Store round 7"). Each admission gets
 /// a ticket ([`StoreWorker::admit_into`]); its answer comes back with it, exactly once: if
 /// the store thread stops before answering, the admission's [`Delivery`] answers with the
 /// error as it is dropped, so no caller waits for nothing.
