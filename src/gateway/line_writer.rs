@@ -134,7 +134,8 @@ where
 /// (docs/performance.md, "`wrap` with many calls in flight"), with a core free for the
 /// peers: every 16 lines 59 % of direct at the median against 35 % for the writer task
 /// alone; 8, 24 and 32 lines 53–55 %; toward the agent only 56 %, toward the server only
-/// 43 %. Where no core is free each early write wakes a peer that cannot run yet: about 5 % more CPU per call.
+/// 43 %. Where no core is free each early write wakes a peer that cannot run yet: about 5 %
+/// more CPU per call.
 pub(crate) const EARLY: usize = 16;
 
 /// Lines for a non-blocking pipe, written by the tasks that send them or by a writer task
