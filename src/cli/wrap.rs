@@ -33,8 +33,9 @@ pub(super) struct Args {
     /// Before the gateway's thread sleeps, poll the agent's and the server's pipes for up to
     /// this many microseconds, and go on at once when one has data. Saves a wake-up per
     /// message at one call in flight on machines whose idle CPUs are slow to wake, at the
-    /// cost of CPU while calls flow; an idle gateway does not spin. 0 turns it off.
-    #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US", default_value_t = 0,
+    /// cost of at most that much CPU per message while calls flow (yielding the CPU to
+    /// anything else ready to run); an idle gateway does not spin. 0 turns it off.
+    #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     spin_us: u64,
     /// The server's command and its arguments.
@@ -131,6 +132,13 @@ async fn run_async(args: Args, spin: Arc<Spin>) -> anyhow::Result<ExitCode> {
     .await;
     // The server's stdout is closed now.
     spin.clear();
+    let counts = spin.counts();
+    tracing::debug!(
+        "spin before sleeping: {} spins, {} ended by data, {} polls",
+        counts.spins.load(std::sync::atomic::Ordering::Relaxed),
+        counts.ready.load(std::sync::atomic::Ordering::Relaxed),
+        counts.polls.load(std::sync::atomic::Ordering::Relaxed)
+    );
     started.stop().await;
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
