@@ -41,6 +41,7 @@ pub(crate) mod line_writer;
 pub(crate) mod lines;
 pub(crate) mod pinning;
 pub(crate) mod reload;
+pub(crate) mod spin;
 pub(crate) mod startup;
 pub(crate) mod stdio;
 pub(crate) mod upstream;
