@@ -760,11 +760,7 @@ fn admit_batch(
     let into = &mut scratch.into;
     let unsent = &mut scratch.unsent;
     let total = batch.len();
-    for (i, ((queued, answer), &runs)) in batch
-        .drain(..)
-        .zip(answers)
-        .zip(runs.iter())
-        .enumerate()
+    for (i, ((queued, answer), &runs)) in batch.drain(..).zip(answers).zip(runs.iter()).enumerate()
     {
         let then = match (&answer, queued.then) {
             (Ok(Admission::Admitted(reservation)), Some(then)) if runs => {
