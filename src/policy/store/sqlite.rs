@@ -307,6 +307,7 @@ impl SqliteStore {
             empty => empty.insert(Open {
                 conn: connect(&self.path, &self.bell).map_err(|e| describe(&self.path, &e))?,
                 known: Known::default(),
+                scratch: BatchScratch::default(),
             }),
         };
         let done = f(open);
@@ -329,6 +330,26 @@ impl SqliteStore {
 struct Open {
     conn: Connection,
     known: Known,
+    /// A batch's working lists, kept from one batch to the next.
+    scratch: BatchScratch,
+}
+
+/// The lists [`SqliteStore::admit_batch`] works in, emptied at each batch's start and kept
+/// between batches: a batch allocates none of them again (the store thread's `malloc`s,
+/// docs/performance.md, "Store round 11").
+#[derive(Default)]
+struct BatchScratch {
+    pending: Pending,
+    taking: Vec<Taking>,
+    touched: Vec<Touched>,
+    /// The budgets already noted, in [`note_usage`].
+    seen: Vec<i64>,
+}
+
+impl std::fmt::Debug for BatchScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchScratch").finish_non_exhaustive()
+    }
 }
 
 /// The budget rows as this connection's admissions left them, each with its oldest unit
@@ -983,55 +1004,55 @@ impl SqliteStore {
     fn admit_batch(
         &self,
         calls: &[(&[LimitRequest<'_>], u64)],
-        noted: Option<&mut Vec<NotedUsage>>,
+        mut noted: Option<&mut Vec<NotedUsage>>,
     ) -> Vec<Result<Admission, StoreError>> {
+        // What the batch notes goes straight into `noted`, taken back if it fails.
+        let noted_before = noted.as_ref().map_or(0, |noted| noted.len());
         let decided = self.with_open(|open| {
             let known = &mut open.known;
+            let BatchScratch {
+                pending,
+                taking,
+                touched,
+                seen,
+            } = &mut open.scratch;
+            pending.rows.clear();
+            touched.clear();
             in_transaction(&open.conn, Begin::Write, |tx| {
                 known.check(tx)?;
-                // Most calls take one unit: sized for that, it does not grow mid-batch.
-                let mut touched: Vec<Touched> = if noted.is_some() {
-                    Vec::with_capacity(calls.len())
-                } else {
-                    Vec::new()
-                };
-                let mut pending = Pending::default();
                 // Each call checks all its budgets before it takes a unit from any, so a refused
                 // call wrote nothing but what any call would have (its budgets' cursors and
                 // latest times): the calls share one transaction without savepoints.
-                let mut answers = Vec::with_capacity(calls.len());
-                // One list for every call's budgets, emptied by each.
-                let mut taking: Vec<Taking> = Vec::new();
+                let mut answers: Vec<Result<Admission, StoreError>> =
+                    Vec::with_capacity(calls.len());
                 for (call, (limits, now_ms)) in calls.iter().enumerate() {
-                    let touching = noted.is_some().then_some((call, &mut touched));
-                    answers.push(admit_in(
+                    let touching = noted.is_some().then_some((call, &mut *touched));
+                    answers.push(Ok(admit_in(
                         tx,
                         known,
-                        (&mut pending, &mut taking),
+                        (&mut *pending, &mut *taking),
                         limits,
                         *now_ms,
                         touching,
-                    )?);
+                    )?));
                 }
-                let notes = if noted.is_some() {
-                    note_usage(tx, &mut pending, &answers, &touched)?
-                } else {
-                    Vec::new()
-                };
+                if let Some(noted) = noted.as_deref_mut() {
+                    note_usage(tx, (&mut *pending, &mut *seen), &answers, touched, noted)?;
+                }
                 pending.flush_all(tx)?;
                 known.write_dirty(tx)?;
-                Ok((answers, notes))
+                Ok(answers)
             })
             .inspect(|_| known.committed(&open.conn))
         });
         let answers = match decided {
-            Ok((answers, notes)) => {
+            Ok(answers) => answers,
+            Err(e) => {
                 if let Some(noted) = noted {
-                    noted.extend(notes);
+                    noted.truncate(noted_before);
                 }
-                answers.into_iter().map(Ok).collect()
+                return vec![Err(e); calls.len()];
             }
-            Err(e) => return vec![Err(e); calls.len()],
         };
         let n = u64::try_from(calls.len()).unwrap_or(u64::MAX);
         let before = self.admissions.fetch_add(n, Ordering::Relaxed);
@@ -1543,19 +1564,22 @@ struct Touched {
 /// primary key, in the batch's own transaction).
 fn note_usage(
     tx: &Connection,
-    pending: &mut Pending,
-    answers: &[Admission],
+    scratch: (&mut Pending, &mut Vec<i64>),
+    answers: &[Result<Admission, StoreError>],
     touched: &[Touched],
-) -> rusqlite::Result<Vec<NotedUsage>> {
-    let mut notes: Vec<NotedUsage> = Vec::new();
-    for (i, t) in touched.iter().enumerate() {
-        if touched[i + 1..]
-            .iter()
-            .any(|later| later.budget == t.budget)
-        {
+    notes: &mut Vec<NotedUsage>,
+) -> rusqlite::Result<()> {
+    let (pending, seen) = scratch;
+    seen.clear();
+    // From the batch's end, so each budget's last unit is the first met: one look at the
+    // budgets seen (about one per batch) instead of the rest of the batch per unit.
+    let start = notes.len();
+    for t in touched.iter().rev() {
+        if seen.contains(&t.budget) {
             continue;
         }
-        let Some(Admission::Admitted(reservation)) = answers.get(t.call) else {
+        seen.push(t.budget);
+        let Some(Ok(Admission::Admitted(reservation))) = answers.get(t.call) else {
             continue;
         };
         let Some(unit) = reservation.units().get(t.unit) else {
@@ -1577,7 +1601,9 @@ fn note_usage(
             oldest_ms,
         });
     }
-    Ok(notes)
+    // In the order the budgets were last touched, as before.
+    notes[start..].reverse();
+    Ok(())
 }
 
 /// `None` if one more unit fits in `budget` at `at_ms`; else when it will (ms from now, at

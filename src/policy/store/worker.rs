@@ -760,7 +760,9 @@ fn admit_batch(
     // The answers into each shared channel, sent together once every call is answered.
     let into = &mut scratch.into;
     let unsent = &mut scratch.unsent;
-    for ((queued, answer), &runs) in batch.drain(..).zip(answers).zip(runs.iter()) {
+    let total = batch.len();
+    for (i, ((queued, answer), &runs)) in batch.drain(..).zip(answers).zip(runs.iter()).enumerate()
+    {
         let then = match (&answer, queued.then) {
             (Ok(Admission::Admitted(reservation)), Some(then)) if runs => {
                 Some((reservation.clone(), then))
@@ -776,7 +778,13 @@ fn admit_batch(
                     };
                     match into.iter_mut().find(|(other, _)| other.same_channel(&to)) {
                         Some((_, answers)) => answers.push(answered),
-                        None => into.push((to, smallvec::smallvec![answered])),
+                        None => {
+                            // Room for the rest of the batch at once (with many in flight
+                            // it all goes into one channel), not grown by doubling.
+                            let mut answers = AnsweredBatch::with_capacity(total - i);
+                            answers.push(answered);
+                            into.push((to, answers));
+                        }
                     }
                 }
                 None => unsent.push(answer),
