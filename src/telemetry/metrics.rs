@@ -724,6 +724,41 @@ mod tests {
     }
 
     #[test]
+    fn beyond_the_cap_the_oldest_call_still_in_flight_is_forgotten_not_an_answered_one() {
+        let done = |id: &str| {
+            EventKind::Outcome(Outcome {
+                call_id: id.into(),
+                latency_us: 1_000,
+                error: false,
+                summary: None,
+            })
+        };
+        // "answered" leaves an entry behind in the order; "oldest" is then the oldest call
+        // in flight, and the one forgotten when the cap is passed.
+        let mut events = vec![
+            call("answered", "echo", Verdict::Allow),
+            call("oldest", "first", Verdict::Allow),
+            done("answered"),
+        ];
+        events.extend((1..MAX_IN_FLIGHT).map(|n| call(&format!("c{n}"), "rest", Verdict::Allow)));
+        // Answered again under a reused id: only its newest decision counts.
+        events.push(call("answered", "again", Verdict::Allow));
+        events.extend([done("oldest"), done("c1"), done("answered")]);
+        let text = registry_after(events);
+        for (tool, n) in [("other", 1), ("rest", 1), ("again", 1), ("echo", 1)] {
+            let line = format!(
+                "toolgate_call_duration_seconds_count{{tool=\"{tool}\",server=\"{}\",error=\"false\"}} {n}\n",
+                if tool == "other" { "other" } else { "srv" }
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("tool=\"first\",server=\"srv\",error"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn hostile_tool_names_are_escaped_and_capped_at_200_series() {
         let mut events: Vec<EventKind> = (0..1000)
             .map(|n| {
