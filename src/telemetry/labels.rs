@@ -5,8 +5,9 @@
 //! without end. A [`BoundedLabel`] keeps the first [`MAX_VALUES`] values it sees and maps
 //! every later one to [`OTHER`].
 
-use std::collections::HashSet;
 use std::sync::Arc;
+
+use crate::hashing::FastSet;
 
 /// Distinct values one label keeps before the rest become [`OTHER`].
 pub(crate) const MAX_VALUES: usize = 200;
@@ -17,7 +18,8 @@ pub(crate) const OTHER: &str = "other";
 /// The values one label has taken, at most [`MAX_VALUES`] of them.
 #[derive(Debug, Default)]
 pub(crate) struct BoundedLabel {
-    kept: HashSet<Arc<str>>,
+    /// foldhash: a label is looked up several times per call, and the set is bounded.
+    kept: FastSet<Arc<str>>,
     other: Option<Arc<str>>,
 }
 

@@ -11,13 +11,13 @@
 //! Names are in base units, counters end in `_total` (OpenTelemetry's Prometheus naming);
 //! every label an agent or a session can choose is a [`BoundedLabel`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, Weak};
 
 use chrono::{DateTime, Utc};
 use opentelemetry::KeyValue;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 mod otlp;
 
@@ -25,6 +25,7 @@ pub(crate) use otlp::{MetricsConfig, MetricsExport};
 
 use super::labels::BoundedLabel;
 use crate::control::Hub;
+use crate::hashing::FastMap;
 use crate::policy::Verdict;
 use crate::wire::{
     CallEvent, CounterState, Event, EventKind, HoldResolved, Outcome, PinChange, ResolvedBy,
@@ -64,14 +65,25 @@ impl Metrics {
         let follower = Arc::downgrade(&metrics);
         tokio::spawn(async move {
             loop {
-                let event = events.recv().await;
+                let mut event = events.recv().await;
                 let Some(metrics) = follower.upgrade() else {
                     return;
                 };
-                match event {
-                    Ok(event) => metrics.observe(&event),
-                    Err(RecvError::Lagged(n)) => metrics.lock().missed += n,
-                    Err(RecvError::Closed) => return,
+                // Every event already queued is counted under one lock: at 64 calls in
+                // flight the events come in bursts, and the task then runs once a burst.
+                let mut registry = metrics.lock();
+                loop {
+                    match event {
+                        Ok(event) => registry.observe(&event),
+                        Err(RecvError::Lagged(n)) => registry.missed += n,
+                        Err(RecvError::Closed) => return,
+                    }
+                    event = match events.try_recv() {
+                        Ok(event) => Ok(event),
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                        Err(TryRecvError::Empty) => break,
+                    };
                 }
             }
         });
@@ -82,28 +94,10 @@ impl Metrics {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one event.
+    /// Counts one event (the task started by [`Metrics::start`] counts them in bursts).
+    #[cfg(test)]
     pub(crate) fn observe(&self, event: &Event) {
-        let mut registry = self.lock();
-        registry.seen = registry.seen.max(event.seq);
-        match &event.kind {
-            EventKind::Call(call) => registry.call(call, event.ts),
-            EventKind::HoldResolved(resolved) => registry.hold_resolved(resolved, event.ts),
-            EventKind::Outcome(outcome) => registry.outcome(outcome),
-            EventKind::Counters(counters) => {
-                for state in &counters.counters {
-                    registry.counter(state);
-                }
-            }
-            EventKind::Store(status) if !status.ok => registry.store_errors += 1,
-            EventKind::PolicyApplied(_) => registry.reloads.applied += 1,
-            EventKind::PolicyRejected(_) => registry.reloads.rejected += 1,
-            // One per tool definition found to differ from its pin (tool pinning).
-            EventKind::ToolChanged(changed) if changed.change == PinChange::Changed => {
-                registry.tool_changes += 1;
-            }
-            _ => {}
-        }
+        self.lock().observe(event);
     }
 
     /// Every metric in the Prometheus text exposition format (version 0.0.4).
@@ -217,6 +211,8 @@ struct Flight {
     decided: DateTime<Utc>,
     /// Seconds it waited for an operator, once approved.
     held_for: f64,
+    /// Its number in `Registry::in_flight_order`.
+    admitted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -259,11 +255,41 @@ struct Registry {
     seen: u64,
     /// When metrics are exported by OTLP too: the histograms recorded as events come.
     otlp: Option<otlp::OtlpHistograms>,
-    in_flight: HashMap<smol_str::SmolStr, Flight>,
-    in_flight_order: VecDeque<smol_str::SmolStr>,
+    in_flight: FastMap<smol_str::SmolStr, Flight>,
+    /// The calls in `in_flight` oldest first, each with its [`Flight::admitted`] number. A
+    /// call's outcome leaves its entry here (no scan, no shift); an entry whose number is
+    /// not its call's in `in_flight` any more is skipped when the oldest is evicted, and
+    /// such entries are dropped all at once when the queue grows to twice the cap.
+    in_flight_order: VecDeque<(smol_str::SmolStr, u64)>,
+    /// Numbers the calls put in `in_flight`.
+    admitted: u64,
 }
 
 impl Registry {
+    /// Counts one event.
+    fn observe(&mut self, event: &Event) {
+        let registry = self;
+        registry.seen = registry.seen.max(event.seq);
+        match &event.kind {
+            EventKind::Call(call) => registry.call(call, event.ts),
+            EventKind::HoldResolved(resolved) => registry.hold_resolved(resolved, event.ts),
+            EventKind::Outcome(outcome) => registry.outcome(outcome),
+            EventKind::Counters(counters) => {
+                for state in &counters.counters {
+                    registry.counter(state);
+                }
+            }
+            EventKind::Store(status) if !status.ok => registry.store_errors += 1,
+            EventKind::PolicyApplied(_) => registry.reloads.applied += 1,
+            EventKind::PolicyRejected(_) => registry.reloads.rejected += 1,
+            // One per tool definition found to differ from its pin (tool pinning).
+            EventKind::ToolChanged(changed) if changed.change == PinChange::Changed => {
+                registry.tool_changes += 1;
+            }
+            _ => {}
+        }
+    }
+
     fn call(&mut self, call: &CallEvent, ts: DateTime<Utc>) {
         let tool = self.tools.value(&call.tool);
         let server = self.servers.value(&call.server);
@@ -285,12 +311,18 @@ impl Registry {
                 .or_default() += 1;
         }
         if matches!(call.decision, Verdict::Allow | Verdict::Hold) {
-            if self.in_flight.len() >= MAX_IN_FLIGHT
-                && let Some(oldest) = self.in_flight_order.pop_front()
-            {
-                self.in_flight.remove(&oldest);
+            if self.in_flight.len() >= MAX_IN_FLIGHT {
+                self.evict_oldest();
             }
-            self.in_flight_order.push_back(call.call_id.clone());
+            if self.in_flight_order.len() >= 2 * MAX_IN_FLIGHT {
+                let in_flight = &self.in_flight;
+                self.in_flight_order
+                    .retain(|(id, n)| in_flight.get(id).is_some_and(|f| f.admitted == *n));
+            }
+            self.admitted += 1;
+            let admitted = self.admitted;
+            self.in_flight_order
+                .push_back((call.call_id.clone(), admitted));
             self.in_flight.insert(
                 call.call_id.clone(),
                 Flight {
@@ -298,6 +330,7 @@ impl Registry {
                     server,
                     decided: ts,
                     held_for: 0.0,
+                    admitted,
                 },
             );
         }
@@ -370,12 +403,19 @@ impl Registry {
             .observe(whole - held_for);
     }
 
+    /// Takes a call out of `in_flight` (its entry in the order stays, see there).
     fn forget(&mut self, call_id: &str) -> Option<Flight> {
-        let flight = self.in_flight.remove(call_id)?;
-        if let Some(at) = self.in_flight_order.iter().position(|id| id == call_id) {
-            self.in_flight_order.remove(at);
+        self.in_flight.remove(call_id)
+    }
+
+    /// Forgets the oldest call still in flight.
+    fn evict_oldest(&mut self) {
+        while let Some((oldest, n)) = self.in_flight_order.pop_front() {
+            if self.in_flight.get(&oldest).is_some_and(|f| f.admitted == n) {
+                self.in_flight.remove(&oldest);
+                return;
+            }
         }
-        Some(flight)
     }
 
     fn counter(&mut self, state: &CounterState) {
@@ -681,6 +721,41 @@ mod tests {
         assert!(text.contains(
             "toolgate_call_duration_seconds_count{tool=\"echo\",server=\"srv\",error=\"true\"} 1\n"
         ), "{text}");
+    }
+
+    #[test]
+    fn beyond_the_cap_the_oldest_call_still_in_flight_is_forgotten_not_an_answered_one() {
+        let done = |id: &str| {
+            EventKind::Outcome(Outcome {
+                call_id: id.into(),
+                latency_us: 1_000,
+                error: false,
+                summary: None,
+            })
+        };
+        // "answered" leaves an entry behind in the order; "oldest" is then the oldest call
+        // in flight, and the one forgotten when the cap is passed.
+        let mut events = vec![
+            call("answered", "echo", Verdict::Allow),
+            call("oldest", "first", Verdict::Allow),
+            done("answered"),
+        ];
+        events.extend((1..MAX_IN_FLIGHT).map(|n| call(&format!("c{n}"), "rest", Verdict::Allow)));
+        // Answered again under a reused id: only its newest decision counts.
+        events.push(call("answered", "again", Verdict::Allow));
+        events.extend([done("oldest"), done("c1"), done("answered")]);
+        let text = registry_after(events);
+        for (tool, n) in [("other", 1), ("rest", 1), ("again", 1), ("echo", 1)] {
+            let line = format!(
+                "toolgate_call_duration_seconds_count{{tool=\"{tool}\",server=\"{}\",error=\"false\"}} {n}\n",
+                if tool == "other" { "other" } else { "srv" }
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("tool=\"first\",server=\"srv\",error"),
+            "{text}"
+        );
     }
 
     #[test]
