@@ -1012,7 +1012,12 @@ impl Shared {
         match (side, action) {
             (_, Disposition::Nothing) => {}
             // Not reached: every caller begins the wait first (`waiting_begun`).
+            // If one ever did, the call is neither forwarded nor answered: closed, never let
+            // through.
             (_, Disposition::Admitting(waiting)) => {
+                if cfg!(debug_assertions) {
+                    panic!("a limited call reached `act` before its wait began");
+                }
                 tracing::error!(
                     "a limited call reached the gateway's send step before its wait: {waiting:?}"
                 );
