@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::gateway_args::{GatewayArgs, wait_for_signal};
 use crate::gateway::Gateway;
-use crate::gateway::spin::Spin;
+use crate::gateway::spin::{self, Spin};
 use crate::gateway::stdio::{Server, WrapError, WrapOptions, wrap};
 use crate::gateway::upstream::ServerCommand;
 
@@ -70,7 +70,11 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
             spin.spin();
         });
     }
+    let before = spin::epoll_descriptors();
     let runtime = builder.build().context("cannot start the async runtime")?;
+    if spin.enabled() {
+        spin.watch_runtime(&before, &spin::epoll_descriptors());
+    }
     let result = runtime.block_on(run_async(args, spin));
     // stdin is read on a blocking thread that cannot be interrupted; do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));

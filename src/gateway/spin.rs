@@ -9,6 +9,14 @@
 //! budget, and returns as soon as one is readable, so the `epoll_wait` that follows returns
 //! at once. It runs only when the runtime has just finished work, once per sleep and never
 //! longer than the budget, so an idle gateway sleeps as before.
+//!
+//! It also polls the runtime's own epoll descriptor ([`Spin::watch_runtime`]), which is
+//! readable as soon as the reactor has anything to report: a descriptor it watches became
+//! ready, or another thread woke the runtime (the counter store's thread answering a
+//! limited call, a hold decided on the websocket). Without it, a runtime waiting only for
+//! the store's answers spun out its whole budget while the answers were already there
+//! (with many limited calls in flight that wasted CPU the store thread, the agent and the
+//! server needed).
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -19,9 +27,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub(crate) struct Spin {
     budget: Duration,
-    /// The agent's side (this process's stdin) and the server's stdout; -1 while unset
-    /// (`poll` ignores negative descriptors).
-    fds: [AtomicI32; 2],
+    /// The agent's side (this process's stdin), the server's stdout and the runtime's epoll
+    /// descriptor; -1 while unset (`poll` ignores negative descriptors).
+    fds: [AtomicI32; 3],
     counts: SpinCounts,
 }
 
@@ -52,7 +60,7 @@ impl Spin {
     pub(crate) fn new(budget: Duration) -> Arc<Spin> {
         Arc::new(Spin {
             budget,
-            fds: [AtomicI32::new(-1), AtomicI32::new(-1)],
+            fds: [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)],
             counts: SpinCounts::default(),
         })
     }
@@ -68,9 +76,33 @@ impl Spin {
         self.fds[1].store(server, Ordering::Relaxed);
     }
 
-    /// Stops watching: the session's descriptors are about to close.
+    /// Also watches the runtime's epoll descriptor: the first of `now` (this process's
+    /// epoll descriptors, [`epoll_descriptors`], just after the runtime was built) that was
+    /// not in `before` (just before). Tokio does not give its reactor's descriptor out; it
+    /// keeps a duplicate of it for registering (the same epoll instance under a higher
+    /// number), so more than one new one is expected, and the caller builds the runtime
+    /// while no other thread can make one. When none is new, the spin goes on without it
+    /// and says so. The descriptor must stay open as long as the runtime whose park hook
+    /// spins: it is the runtime's.
+    pub(crate) fn watch_runtime(&self, before: &[RawFd], now: &[RawFd]) -> bool {
+        match now.iter().filter(|fd| !before.contains(fd)).min() {
+            Some(&fd) => {
+                self.fds[2].store(fd, Ordering::Relaxed);
+                true
+            }
+            None => {
+                tracing::debug!(
+                    "spin: the runtime's epoll descriptor not found; spinning on the pipes only"
+                );
+                false
+            }
+        }
+    }
+
+    /// Stops watching: the session's descriptors are about to close. (The runtime's is
+    /// kept: without the session's, no spin begins.)
     pub(crate) fn clear(&self) {
-        for fd in &self.fds {
+        for fd in &self.fds[..2] {
             fd.store(-1, Ordering::Relaxed);
         }
     }
@@ -90,7 +122,7 @@ impl Spin {
             events: libc::POLLIN,
             revents: 0,
         });
-        if fds.iter().all(|p| p.fd < 0) {
+        if fds[..2].iter().all(|p| p.fd < 0) {
             return Outcome::Skipped;
         }
         self.counts.spins.fetch_add(1, Ordering::Relaxed);
@@ -122,6 +154,22 @@ impl Spin {
         }
         outcome
     }
+}
+
+/// This process's epoll descriptors (`/proc/self/fd` entries that are an `[eventpoll]`),
+/// in no particular order; empty where `/proc` cannot be read.
+pub(crate) fn epoll_descriptors() -> Vec<RawFd> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventpoll]")
+        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -175,6 +223,50 @@ mod tests {
         spin.watch(client.as_raw_fd(), -1);
         drop(client_tx);
         assert_eq!(spin.spin(), Outcome::Ready);
+    }
+
+    #[test]
+    fn the_runtime_waking_ends_the_spin() {
+        // Tests run on threads of one process: another test may make a runtime while this
+        // one builds its own, and its descriptor be taken for this one's. Such a try is
+        // told by the spins (nothing to report before the wake, something after) and made
+        // again; a spin that never watched the right descriptor fails every try.
+        let (client, _client_tx) = pipe();
+        let works = (0..10).any(|_| {
+            let spin = Spin::new(Duration::from_millis(300));
+            spin.watch(client.as_raw_fd(), -1);
+            let before = epoll_descriptors();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            assert!(spin.watch_runtime(&before, &epoll_descriptors()));
+            // Nothing to report yet: the spin runs out its budget.
+            if spin.spin() != Outcome::Expired {
+                return false;
+            }
+            // Another thread hands the runtime a task, as the store thread answers a call:
+            // the runtime's reactor is woken, and the spin ends at once.
+            let handle = runtime.handle().clone();
+            std::thread::spawn(move || drop(handle.spawn(async {})))
+                .join()
+                .unwrap();
+            let start = Instant::now();
+            spin.spin() == Outcome::Ready && start.elapsed() < Duration::from_millis(250)
+        });
+        assert!(works, "the spin never saw its runtime woken");
+    }
+
+    #[test]
+    fn the_runtimes_descriptor_is_the_first_new_one() {
+        let spin = Spin::new(Duration::from_micros(1));
+        assert!(!spin.watch_runtime(&[3, 4], &[3, 4]));
+        assert!(spin.watch_runtime(&[3, 4], &[4, 9, 3, 7]));
+        assert_eq!(spin.fds[2].load(Ordering::Relaxed), 7);
+        // Clearing the session's descriptors keeps the runtime's, and no spin begins.
+        spin.clear();
+        assert_eq!(spin.fds[2].load(Ordering::Relaxed), 7);
+        assert_eq!(spin.spin(), Outcome::Skipped);
     }
 
     #[test]
