@@ -247,6 +247,7 @@ impl GatewayArgs {
             traces,
             metrics,
             metrics_export,
+            store_spin: Duration::ZERO,
         })
     }
 }
@@ -260,9 +261,19 @@ pub(super) struct Begun {
     traces: Option<Arc<crate::telemetry::Tracing>>,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
     metrics_export: Option<crate::telemetry::MetricsExport>,
+    /// How long the counter store's thread looks for more work before it sleeps
+    /// ([`StoreWorker::spinning`]); none unless [`Begun::spinning_store`] says.
+    store_spin: Duration,
 }
 
 impl Begun {
+    /// The counter store's thread spins for at most `spin` before it sleeps (`wrap
+    /// --spin-us`).
+    pub(super) fn spinning_store(mut self, spin: Duration) -> Begun {
+        self.store_spin = spin;
+        self
+    }
+
     /// The rest of [`GatewayArgs::start`]: the audit log, operator accounts, the event
     /// websocket (unless `--no-events`), the counter store and the tool pins.
     pub(super) async fn finish(self, args: &GatewayArgs) -> anyhow::Result<Started> {
@@ -274,6 +285,7 @@ impl Begun {
             traces,
             metrics,
             metrics_export,
+            store_spin,
         } = self;
         let audit_path = match &args.audit {
             Some(path) => path.clone(),
@@ -361,7 +373,7 @@ impl Begun {
             &id,
         ));
         // Every connection and session of this gateway asks the store through one thread.
-        let store = StoreWorker::new(store);
+        let store = StoreWorker::spinning(store, store_spin);
         let (pin_store, pins_at) = args
             .counters
             .open_pins()
