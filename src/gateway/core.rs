@@ -45,6 +45,8 @@
 //! timeout, cancellation and shutdown race-free without further locking.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -160,7 +162,45 @@ pub(crate) async fn run_outputs<CR, CW, UR, UW>(
     client_out: Output<CW>,
     upstream_reader: UR,
     upstream_out: Output<UW>,
+    options: RunOptions,
+) -> End
+where
+    CR: AsyncBufRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin + Send + 'static,
+    UR: AsyncBufRead + Unpin + Send + 'static,
+    UW: AsyncWrite + Unpin + Send + 'static,
+{
+    run_beside(
+        gateway,
+        client_reader,
+        client_out,
+        upstream_reader,
+        upstream_out,
+        options,
+        None,
+    )
+    .await
+}
+
+/// What produces the upstream's lines in the same task as the core's upstream reader (see
+/// [`run_beside`]).
+pub(crate) type UpstreamDriver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// [`run_outputs`], with `driver` (when given) polled in the task of the core's upstream
+/// reader, beside it, until both end: `serve`'s URL upstream ([`crate::gateway::http`]'s
+/// `remote::run_queued`), whose answers then reach the core's reader without a hand-over
+/// between tasks (a queue, a wake and a poll of another task per answer). Whatever either
+/// waits for, the other is still polled: an answer the reader waits to pass on does not
+/// stop the driver's requests in flight, nor a line the reader sends the upstream wait for
+/// a driver that is not polled.
+pub(crate) async fn run_beside<CR, CW, UR, UW>(
+    gateway: Arc<Gateway>,
+    client_reader: CR,
+    client_out: Output<CW>,
+    upstream_reader: UR,
+    upstream_out: Output<UW>,
     mut options: RunOptions,
+    driver: Option<UpstreamDriver>,
 ) -> End
 where
     CR: AsyncBufRead + Unpin + Send + 'static,
@@ -177,7 +217,13 @@ where
     let client_reader = LineReader::new(client_reader, options.max_message);
     let upstream_reader = LineReader::new(upstream_reader, options.max_message);
     let client_side = tokio::spawn(client_loop(shared.clone(), client_reader));
-    let mut upstream_side = tokio::spawn(upstream_loop(shared.clone(), upstream_reader));
+    let upstream = upstream_loop(shared.clone(), upstream_reader);
+    let mut upstream_side = match driver {
+        Some(driver) => tokio::spawn(async move {
+            tokio::join!(upstream, driver);
+        }),
+        None => tokio::spawn(upstream),
+    };
     let mut client_side = Some(client_side);
     let mut shutdown = options.shutdown.clone();
     let watching_shutdown = shutdown.is_some();
