@@ -51,6 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{AbortHandle, Abortable};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use smol_str::SmolStr;
@@ -182,17 +183,19 @@ where
     .await
 }
 
-/// What produces the upstream's lines in the same task as the core's upstream reader (see
+/// What produces the upstream's lines, polled in the same task as the core's readers (see
 /// [`run_beside`]).
 pub(crate) type UpstreamDriver = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// [`run_outputs`], with `driver` (when given) polled in the task of the core's upstream
-/// reader, beside it, until both end: `serve`'s URL upstream ([`crate::gateway::http`]'s
-/// `remote::run_queued`), whose answers then reach the core's reader without a hand-over
-/// between tasks (a queue, a wake and a poll of another task per answer). Whatever either
-/// waits for, the other is still polled: an answer the reader waits to pass on does not
-/// stop the driver's requests in flight, nor a line the reader sends the upstream wait for
-/// a driver that is not polled.
+/// [`run_outputs`], with `driver` (when given) polled in one task with the core's two
+/// readers, beside them, until all three end: `serve`'s URL upstream
+/// ([`crate::gateway::http`]'s `remote::run_queued`), so a request the client reader
+/// forwards reaches the driver, and its answer the upstream reader, without a hand-over
+/// between tasks (a queue, a wake and a poll of another task each). Whatever one of them
+/// waits for, the others are still polled: an answer the upstream reader waits to pass on
+/// does not stop the driver's requests in flight, nor does a line either reader sends the
+/// upstream wait for a driver that is not polled. The client reader's end, abort and panic
+/// are seen as with a task of its own ([`ClientSide`]).
 pub(crate) async fn run_beside<CR, CW, UR, UW>(
     gateway: Arc<Gateway>,
     client_reader: CR,
@@ -216,13 +219,14 @@ where
 
     let client_reader = LineReader::new(client_reader, options.max_message);
     let upstream_reader = LineReader::new(upstream_reader, options.max_message);
-    let client_side = tokio::spawn(client_loop(shared.clone(), client_reader));
+    let client = client_loop(shared.clone(), client_reader);
     let upstream = upstream_loop(shared.clone(), upstream_reader);
-    let mut upstream_side = match driver {
-        Some(driver) => tokio::spawn(async move {
-            tokio::join!(upstream, driver);
-        }),
-        None => tokio::spawn(upstream),
+    let (client_side, mut upstream_side) = match driver {
+        Some(driver) => ClientSide::beside(client, upstream, driver),
+        None => (
+            ClientSide::Task(tokio::spawn(client)),
+            tokio::spawn(upstream),
+        ),
     };
     let mut client_side = Some(client_side);
     let mut shutdown = options.shutdown.clone();
@@ -242,9 +246,9 @@ where
                 }
                 break End::UpstreamClosed;
             }
-            done = async { client_side.as_mut().expect("guarded").await }, if client_side.is_some() => {
+            done = async { client_side.as_mut().expect("guarded").ended().await }, if client_side.is_some() => {
                 client_side = None;
-                panicked = reader_panicked("client", done);
+                panicked = done;
                 finish_client(&shared, &closing_tx, &mut options).await;
             }
             stop = wait_shutdown(&mut shutdown), if client_side.is_some() && watching_shutdown => {
@@ -370,6 +374,73 @@ fn reader_panicked(side: &str, done: Result<(), tokio::task::JoinError>) -> bool
             true
         }
         _ => false,
+    }
+}
+
+/// The core's client reader as [`run_beside`]'s loop sees it: a task of its own, or a
+/// future polled beside the upstream reader in the upstream's task.
+enum ClientSide {
+    Task(tokio::task::JoinHandle<()>),
+    Beside {
+        /// `true` when the reader ended by itself, `false` when the upstream's end aborted
+        /// it; dropped unsent when the shared task panicked.
+        done: oneshot::Receiver<bool>,
+        abort: AbortHandle,
+    },
+}
+
+impl ClientSide {
+    /// Starts the client reader, the upstream reader and `driver` in one task. The task's
+    /// handle ends when the upstream reader and the driver both have (the client reader is
+    /// then aborted, as [`run_beside`] aborts a client task when the upstream ends), or when
+    /// anything in it panicked.
+    fn beside(
+        client: impl Future<Output = ()> + Send + 'static,
+        upstream: impl Future<Output = ()> + Send + 'static,
+        driver: UpstreamDriver,
+    ) -> (ClientSide, tokio::task::JoinHandle<()>) {
+        let (abort, registration) = AbortHandle::new_pair();
+        let (done_tx, done) = oneshot::channel();
+        let client = async move {
+            let ended = Abortable::new(client, registration).await.is_ok();
+            let _ = done_tx.send(ended);
+        };
+        let upstream_ended = abort.clone();
+        let upstream = async move {
+            tokio::join!(upstream, driver);
+            upstream_ended.abort();
+        };
+        let task = tokio::spawn(async move {
+            tokio::join!(client, upstream);
+        });
+        (ClientSide::Beside { done, abort }, task)
+    }
+
+    /// Waits for the reader's end; whether it panicked (said, as [`reader_panicked`] does).
+    /// A reader beside the upstream that the upstream's end aborted never ends here: the
+    /// upstream's handle says what ended.
+    async fn ended(&mut self) -> bool {
+        match self {
+            ClientSide::Task(task) => reader_panicked("client", task.await),
+            ClientSide::Beside { done, .. } => match done.await {
+                Ok(true) => false,
+                Ok(false) => std::future::pending().await,
+                Err(_) => {
+                    tracing::error!(
+                        "the gateway's readers panicked; ending the connection: held calls \
+                         are denied and pending requests answered with an error"
+                    );
+                    true
+                }
+            },
+        }
+    }
+
+    fn abort(&self) {
+        match self {
+            ClientSide::Task(task) => task.abort(),
+            ClientSide::Beside { abort, .. } => abort.abort(),
+        }
     }
 }
 
