@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::future::{AbortHandle, Abortable};
+use futures_util::future::{AbortHandle, Abortable, join};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use smol_str::SmolStr;
@@ -406,12 +406,15 @@ impl ClientSide {
             let _ = done_tx.send(ended);
         };
         let upstream_ended = abort.clone();
+        // Polled in the order a call goes at every wake (the client reader, the driver, the
+        // upstream reader; `tokio::join!` would rotate it): what the client reader forwards
+        // is posted, and an answer the driver reads is passed on, in the same pass.
         let upstream = async move {
-            tokio::join!(upstream, driver);
+            join(driver, upstream).await;
             upstream_ended.abort();
         };
         let task = tokio::spawn(async move {
-            tokio::join!(client, upstream);
+            join(client, upstream).await;
         });
         (ClientSide::Beside { done, abort }, task)
     }
