@@ -787,6 +787,66 @@ mod queue_tests {
     }
 }
 
+#[cfg(test)]
+mod beside_tests {
+    use super::*;
+
+    /// A future that never ends.
+    fn forever() -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
+    #[tokio::test]
+    async fn a_client_reader_beside_the_upstream_ends_by_itself_and_the_upstream_goes_on() {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (mut client, task) = ClientSide::beside(
+            async {},
+            async move {
+                let _ = stop_rx.await;
+            },
+            Box::pin(async {}),
+        );
+        assert!(!client.ended().await, "ended, not panicked");
+        assert!(!task.is_finished(), "the upstream reader still reads");
+        stop_tx.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_upstreams_end_aborts_the_client_reader_beside_it_and_says_what_ended() {
+        let (mut client, task) = ClientSide::beside(forever(), async {}, Box::pin(async {}));
+        task.await
+            .expect("the task ends with the upstream, the client reader aborted");
+        let seen = tokio::time::timeout(Duration::from_millis(50), client.ended()).await;
+        assert!(
+            seen.is_err(),
+            "an aborted reader is not seen as one that ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_panics_beside_the_upstream_is_seen_as_a_panic() {
+        let (mut client, task) = ClientSide::beside(
+            async { panic!("a bug in the client reader") },
+            forever(),
+            Box::pin(forever()),
+        );
+        assert!(client.ended().await, "panicked");
+        assert!(task.await.unwrap_err().is_panic());
+    }
+
+    #[tokio::test]
+    async fn a_client_reader_beside_the_upstream_can_be_aborted() {
+        let (mut client, task) = ClientSide::beside(forever(), async {}, Box::pin(forever()));
+        client.abort();
+        // `run_beside` no longer waits for a reader it aborted: nothing says it ended.
+        let seen = tokio::time::timeout(Duration::from_millis(50), client.ended()).await;
+        assert!(seen.is_err(), "an abort is neither an end nor a panic");
+        assert!(!task.is_finished(), "the driver still runs");
+        task.abort();
+    }
+}
+
 /// Resolves once the connection is closing.
 async fn until_closing(mut closing: watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
