@@ -45,10 +45,13 @@
 //! timeout, cancellation and shutdown race-free without further locking.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{AbortHandle, Abortable, join};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use smol_str::SmolStr;
@@ -160,7 +163,47 @@ pub(crate) async fn run_outputs<CR, CW, UR, UW>(
     client_out: Output<CW>,
     upstream_reader: UR,
     upstream_out: Output<UW>,
+    options: RunOptions,
+) -> End
+where
+    CR: AsyncBufRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin + Send + 'static,
+    UR: AsyncBufRead + Unpin + Send + 'static,
+    UW: AsyncWrite + Unpin + Send + 'static,
+{
+    run_beside(
+        gateway,
+        client_reader,
+        client_out,
+        upstream_reader,
+        upstream_out,
+        options,
+        None,
+    )
+    .await
+}
+
+/// What produces the upstream's lines, polled in the same task as the core's readers (see
+/// [`run_beside`]).
+pub(crate) type UpstreamDriver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// [`run_outputs`], with `driver` (when given) polled in one task with the core's two
+/// readers, beside them, until all three end: `serve`'s URL upstream
+/// ([`crate::gateway::http`]'s `remote::run_queued`), so a request the client reader
+/// forwards reaches the driver, and its answer the upstream reader, without a hand-over
+/// between tasks (a queue, a wake and a poll of another task each). Whatever one of them
+/// waits for, the others are still polled: an answer the upstream reader waits to pass on
+/// does not stop the driver's requests in flight, nor does a line either reader sends the
+/// upstream wait for a driver that is not polled. The client reader's end, abort and panic
+/// are seen as with a task of its own ([`ClientSide`]).
+pub(crate) async fn run_beside<CR, CW, UR, UW>(
+    gateway: Arc<Gateway>,
+    client_reader: CR,
+    client_out: Output<CW>,
+    upstream_reader: UR,
+    upstream_out: Output<UW>,
     mut options: RunOptions,
+    driver: Option<UpstreamDriver>,
 ) -> End
 where
     CR: AsyncBufRead + Unpin + Send + 'static,
@@ -176,8 +219,15 @@ where
 
     let client_reader = LineReader::new(client_reader, options.max_message);
     let upstream_reader = LineReader::new(upstream_reader, options.max_message);
-    let client_side = tokio::spawn(client_loop(shared.clone(), client_reader));
-    let mut upstream_side = tokio::spawn(upstream_loop(shared.clone(), upstream_reader));
+    let client = client_loop(shared.clone(), client_reader);
+    let upstream = upstream_loop(shared.clone(), upstream_reader);
+    let (client_side, mut upstream_side) = match driver {
+        Some(driver) => ClientSide::beside(client, upstream, driver),
+        None => (
+            ClientSide::Task(tokio::spawn(client)),
+            tokio::spawn(upstream),
+        ),
+    };
     let mut client_side = Some(client_side);
     let mut shutdown = options.shutdown.clone();
     let watching_shutdown = shutdown.is_some();
@@ -196,9 +246,9 @@ where
                 }
                 break End::UpstreamClosed;
             }
-            done = async { client_side.as_mut().expect("guarded").await }, if client_side.is_some() => {
+            done = async { client_side.as_mut().expect("guarded").ended().await }, if client_side.is_some() => {
                 client_side = None;
-                panicked = reader_panicked("client", done);
+                panicked = done;
                 finish_client(&shared, &closing_tx, &mut options).await;
             }
             stop = wait_shutdown(&mut shutdown), if client_side.is_some() && watching_shutdown => {
@@ -324,6 +374,76 @@ fn reader_panicked(side: &str, done: Result<(), tokio::task::JoinError>) -> bool
             true
         }
         _ => false,
+    }
+}
+
+/// The core's client reader as [`run_beside`]'s loop sees it: a task of its own, or a
+/// future polled beside the upstream reader in the upstream's task.
+enum ClientSide {
+    Task(tokio::task::JoinHandle<()>),
+    Beside {
+        /// `true` when the reader ended by itself, `false` when the upstream's end aborted
+        /// it; dropped unsent when the shared task panicked.
+        done: oneshot::Receiver<bool>,
+        abort: AbortHandle,
+    },
+}
+
+impl ClientSide {
+    /// Starts the client reader, the upstream reader and `driver` in one task. The task's
+    /// handle ends when the upstream reader and the driver both have (the client reader is
+    /// then aborted, as [`run_beside`] aborts a client task when the upstream ends), or when
+    /// anything in it panicked.
+    fn beside(
+        client: impl Future<Output = ()> + Send + 'static,
+        upstream: impl Future<Output = ()> + Send + 'static,
+        driver: UpstreamDriver,
+    ) -> (ClientSide, tokio::task::JoinHandle<()>) {
+        let (abort, registration) = AbortHandle::new_pair();
+        let (done_tx, done) = oneshot::channel();
+        let client = async move {
+            let ended = Abortable::new(client, registration).await.is_ok();
+            let _ = done_tx.send(ended);
+        };
+        let upstream_ended = abort.clone();
+        // Polled in the order a call goes at every wake (the client reader, the driver, the
+        // upstream reader; `tokio::join!` would rotate it): what the client reader forwards
+        // is posted, and an answer the driver reads is passed on, in the same pass.
+        let upstream = async move {
+            join(driver, upstream).await;
+            upstream_ended.abort();
+        };
+        let task = tokio::spawn(async move {
+            join(client, upstream).await;
+        });
+        (ClientSide::Beside { done, abort }, task)
+    }
+
+    /// Waits for the reader's end; whether it panicked (said, as [`reader_panicked`] does).
+    /// A reader beside the upstream that the upstream's end aborted never ends here: the
+    /// upstream's handle says what ended.
+    async fn ended(&mut self) -> bool {
+        match self {
+            ClientSide::Task(task) => reader_panicked("client", task.await),
+            ClientSide::Beside { done, .. } => match done.await {
+                Ok(true) => false,
+                Ok(false) => std::future::pending().await,
+                Err(_) => {
+                    tracing::error!(
+                        "the gateway's readers panicked; ending the connection: held calls \
+                         are denied and pending requests answered with an error"
+                    );
+                    true
+                }
+            },
+        }
+    }
+
+    fn abort(&self) {
+        match self {
+            ClientSide::Task(task) => task.abort(),
+            ClientSide::Beside { abort, .. } => abort.abort(),
+        }
     }
 }
 
@@ -664,6 +784,66 @@ mod queue_tests {
         drop(queue);
         let handed = crate::sync::lock(&handed);
         assert_eq!((handed.0.len(), handed.1), (1, 1));
+    }
+}
+
+#[cfg(test)]
+mod beside_tests {
+    use super::*;
+
+    /// A future that never ends.
+    fn forever() -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
+    #[tokio::test]
+    async fn a_client_reader_beside_the_upstream_ends_by_itself_and_the_upstream_goes_on() {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (mut client, task) = ClientSide::beside(
+            async {},
+            async move {
+                let _ = stop_rx.await;
+            },
+            Box::pin(async {}),
+        );
+        assert!(!client.ended().await, "ended, not panicked");
+        assert!(!task.is_finished(), "the upstream reader still reads");
+        stop_tx.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_upstreams_end_aborts_the_client_reader_beside_it_and_says_what_ended() {
+        let (mut client, task) = ClientSide::beside(forever(), async {}, Box::pin(async {}));
+        task.await
+            .expect("the task ends with the upstream, the client reader aborted");
+        let seen = tokio::time::timeout(Duration::from_millis(50), client.ended()).await;
+        assert!(
+            seen.is_err(),
+            "an aborted reader is not seen as one that ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_panics_beside_the_upstream_is_seen_as_a_panic() {
+        let (mut client, task) = ClientSide::beside(
+            async { panic!("a bug in the client reader") },
+            forever(),
+            Box::pin(forever()),
+        );
+        assert!(client.ended().await, "panicked");
+        assert!(task.await.unwrap_err().is_panic());
+    }
+
+    #[tokio::test]
+    async fn a_client_reader_beside_the_upstream_can_be_aborted() {
+        let (mut client, task) = ClientSide::beside(forever(), async {}, Box::pin(forever()));
+        client.abort();
+        // `run_beside` no longer waits for a reader it aborted: nothing says it ended.
+        let seen = tokio::time::timeout(Duration::from_millis(50), client.ended()).await;
+        assert!(seen.is_err(), "an abort is neither an end nor a panic");
+        assert!(!task.is_finished(), "the driver still runs");
+        task.abort();
     }
 }
 

@@ -203,7 +203,9 @@ impl CoreLink {
                 let (answers_tx, answers_rx) = mpsc::channel(1024);
                 let answers_budget = ByteBudget::for_messages(max_message);
                 let answers = LineSource::new(answers_rx, answers_budget.clone());
-                tokio::spawn(remote::run_queued(
+                // `remote` runs in the core's upstream reader's task: its answers reach
+                // the core with no hand-over between tasks.
+                let remote = Box::pin(remote::run_queued(
                     url.clone(),
                     client.clone(),
                     max_message,
@@ -212,13 +214,14 @@ impl CoreLink {
                     answers_budget,
                 ));
                 drop(closed_rx);
-                tokio::spawn(core::run_outputs(
+                tokio::spawn(core::run_beside(
                     gateway,
                     core_client_in,
                     core_client_out,
                     answers,
                     requests,
                     options,
+                    Some(remote),
                 ));
             }
         }

@@ -130,8 +130,9 @@ pub(crate) async fn run<R, W>(
 /// closes its side (then the upstream session is deleted and `to_core` closed). Lines come
 /// from the core's queue and go back on `to_core` (each charged to `to_core_budget`):
 /// `serve`'s links hand both queues to the core as its upstream streams
-/// ([`super::pipe`]), with no pipe or task between. Requests in flight are driven here, in
-/// this task, not one task each.
+/// ([`super::pipe`]), with no pipe or task between, and poll this future in the core's own
+/// task beside its readers ([`crate::gateway::core::run_beside`]). Requests in flight are
+/// driven here, in whichever task polls this, not one task each.
 pub(crate) async fn run_queued(
     server: UrlServer,
     client: reqwest::Client,
