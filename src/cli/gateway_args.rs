@@ -95,6 +95,16 @@ pub(super) struct GatewayArgs {
     /// also caps request bodies (413).
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub max_message: usize,
+    /// Before the gateway's threads sleep, look for more work for up to this many
+    /// microseconds: the async runtime polls what would wake it (the agent's and the
+    /// server's pipes or sockets, other threads' hand-overs), the counter store's thread
+    /// its queue; either goes on at once when there is something. Saves a wake-up per
+    /// message on machines whose idle CPUs are slow to wake (VMs, deep sleep states), at
+    /// the cost of at most that much CPU per message while calls flow (yielding the CPU to
+    /// anything else ready to run); an idle gateway does not spin. 0 turns it off.
+    #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub spin_us: u64,
     #[command(flatten)]
     pub counters: CounterArgs,
     /// Learn mode: record every tool call (time, server, tool, grant, decision, and its
@@ -163,6 +173,11 @@ impl GatewayArgs {
     }
 
     /// The grace period as a duration (a nonsensical number falls back to the default).
+    /// `--spin-us` as a duration.
+    pub(super) fn spin(&self) -> Duration {
+        Duration::from_micros(self.spin_us)
+    }
+
     pub(super) fn grace(&self) -> Duration {
         Duration::try_from_secs_f64(self.grace).unwrap_or(DEFAULT_GRACE)
     }
@@ -247,7 +262,6 @@ impl GatewayArgs {
             traces,
             metrics,
             metrics_export,
-            store_spin: Duration::ZERO,
         })
     }
 }
@@ -261,19 +275,9 @@ pub(super) struct Begun {
     traces: Option<Arc<crate::telemetry::Tracing>>,
     metrics: Option<Arc<crate::telemetry::Metrics>>,
     metrics_export: Option<crate::telemetry::MetricsExport>,
-    /// How long the counter store's thread looks for more work before it sleeps
-    /// ([`StoreWorker::spinning`]); none unless [`Begun::spinning_store`] says.
-    store_spin: Duration,
 }
 
 impl Begun {
-    /// The counter store's thread spins for at most `spin` before it sleeps (`wrap
-    /// --spin-us`).
-    pub(super) fn spinning_store(mut self, spin: Duration) -> Begun {
-        self.store_spin = spin;
-        self
-    }
-
     /// The rest of [`GatewayArgs::start`]: the audit log, operator accounts, the event
     /// websocket (unless `--no-events`), the counter store and the tool pins.
     pub(super) async fn finish(self, args: &GatewayArgs) -> anyhow::Result<Started> {
@@ -285,7 +289,6 @@ impl Begun {
             traces,
             metrics,
             metrics_export,
-            store_spin,
         } = self;
         let audit_path = match &args.audit {
             Some(path) => path.clone(),
@@ -373,7 +376,7 @@ impl Begun {
             &id,
         ));
         // Every connection and session of this gateway asks the store through one thread.
-        let store = StoreWorker::spinning(store, store_spin);
+        let store = StoreWorker::spinning(store, args.spin());
         let (pin_store, pins_at) = args
             .counters
             .open_pins()

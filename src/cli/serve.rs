@@ -15,6 +15,7 @@ use crate::gateway::fd_limit;
 use crate::gateway::grants::{Grants, GrantsWatcher};
 use crate::gateway::http::listener::{self, ConnectionOptions};
 use crate::gateway::http::{self, HttpGateway, ServeOptions};
+use crate::gateway::spin::Spin;
 use crate::telemetry::{Access, Metrics, MetricsEndpoint};
 
 /// Serve MCP over Streamable HTTP at /mcp/<name>, enforcing a policy on every tool call.
@@ -149,10 +150,11 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // (a futex and an eventfd write per wake-up, measured with `strace -c`), which cost
     // more than the work itself. The accept loop runs on this thread (`block_on`), so a
     // flood of connections is accepted and shed beside the calls, not between them.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(args.threads).enable_all();
+    // The workers spin on the runtime's own descriptor before they sleep (`--spin-us`).
+    let runtime = Spin::new(args.gateway.spin())
+        .build(&mut builder)
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(run_async(args, limit));
     runtime.shutdown_timeout(Duration::from_millis(500));

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::gateway_args::{GatewayArgs, wait_for_signal};
 use crate::gateway::Gateway;
-use crate::gateway::spin::{self, Spin};
+use crate::gateway::spin::Spin;
 use crate::gateway::stdio::{Server, WrapError, WrapOptions, wrap};
 use crate::gateway::upstream::ServerCommand;
 
@@ -30,16 +30,6 @@ pub(super) struct Args {
     server_id: Option<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
-    /// Before the gateway's thread sleeps, poll the agent's and the server's pipes (and
-    /// whatever else would wake it) for up to this many microseconds, and go on at once
-    /// when one has data; the counter store's thread likewise looks for more admissions
-    /// before it sleeps. Saves a wake-up per message on machines whose idle CPUs are slow
-    /// to wake, at the cost of at most that much CPU per message while calls flow
-    /// (yielding the CPU to anything else ready to run); an idle gateway does not spin. 0
-    /// turns both off.
-    #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US", default_value_t = 50,
-          value_parser = clap::value_parser!(u64).range(0..=1000))]
-    spin_us: u64,
     /// The server's command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -61,21 +51,12 @@ In an MCP client config (Claude Desktop, Claude Code, Cursor):
 
 pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.gateway.init_logging();
-    let spin = Spin::new(Duration::from_micros(args.spin_us));
+    let spin = Spin::new(args.gateway.spin());
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    if spin.enabled() {
-        let spin = spin.clone();
-        // Runs each time the runtime has no more work, just before it sleeps.
-        builder.on_thread_park(move || {
-            spin.spin();
-        });
-    }
-    let before = spin::epoll_descriptors();
-    let runtime = builder.build().context("cannot start the async runtime")?;
-    if spin.enabled() {
-        spin.watch_runtime(&before, &spin::epoll_descriptors());
-    }
+    let runtime = spin
+        .build(&mut builder)
+        .context("cannot start the async runtime")?;
     let result = runtime.block_on(run_async(args, spin));
     // stdin is read on a blocking thread that cannot be interrupted; do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -92,10 +73,7 @@ async fn run_async(args: Args, spin: Arc<Spin>) -> anyhow::Result<ExitCode> {
         args: rest.to_vec(),
         env: Vec::new(),
     };
-    let begun = args
-        .gateway
-        .begin(&args.grant, &server.display())?
-        .spinning_store(Duration::from_micros(args.spin_us));
+    let begun = args.gateway.begin(&args.grant, &server.display())?;
     // The server starts once the policy is loaded, while the audit log, the event websocket
     // and the counter store start: a client's first message then waits for the slower of
     // the two start-ups, not for their sum. Should the rest fail, dropping it kills it.

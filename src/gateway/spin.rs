@@ -1,4 +1,4 @@
-//! A bounded spin before `wrap`'s runtime thread sleeps (`wrap --spin-us`).
+//! A bounded spin before a gateway's runtime threads sleep (`--spin-us`, `wrap` and `serve`).
 //!
 //! With one call in flight, `wrap`'s runtime thread runs out of work twice per call: once
 //! after forwarding a request (until the server answers) and once after forwarding the
@@ -17,6 +17,10 @@
 //! the store's answers spun out its whole budget while the answers were already there
 //! (with many limited calls in flight that wasted CPU the store thread, the agent and the
 //! server needed).
+//!
+//! `serve` watches only the runtime's descriptor (its agents' and upstreams' sockets are
+//! all registered there): its one worker waits twice per call too, for the upstream's
+//! answer and for the agent's next request.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -99,12 +103,33 @@ impl Spin {
         }
     }
 
-    /// Stops watching: the session's descriptors are about to close. (The runtime's is
-    /// kept: without the session's, no spin begins.)
+    /// Stops watching: the session's descriptors are about to close, and the runtime is
+    /// about to be shut down.
     pub(crate) fn clear(&self) {
-        for fd in &self.fds[..2] {
+        for fd in &self.fds {
             fd.store(-1, Ordering::Relaxed);
         }
+    }
+
+    /// Builds `builder`'s runtime with this spin in its park hook (when the spin has a
+    /// budget), watching the runtime's own epoll descriptor ([`Spin::watch_runtime`]). The
+    /// caller runs no other thread that could open an epoll descriptor meanwhile.
+    pub(crate) fn build(
+        self: &Arc<Self>,
+        builder: &mut tokio::runtime::Builder,
+    ) -> std::io::Result<tokio::runtime::Runtime> {
+        if !self.enabled() {
+            return builder.build();
+        }
+        let spin = Arc::clone(self);
+        // Runs each time a runtime thread has no more work, just before it sleeps.
+        builder.on_thread_park(move || {
+            spin.spin();
+        });
+        let before = epoll_descriptors();
+        let runtime = builder.build()?;
+        self.watch_runtime(&before, &epoll_descriptors());
+        Ok(runtime)
     }
 
     pub(crate) fn counts(&self) -> &SpinCounts {
@@ -122,7 +147,7 @@ impl Spin {
             events: libc::POLLIN,
             revents: 0,
         });
-        if fds[..2].iter().all(|p| p.fd < 0) {
+        if fds.iter().all(|p| p.fd < 0) {
             return Outcome::Skipped;
         }
         self.counts.spins.fetch_add(1, Ordering::Relaxed);
@@ -263,9 +288,8 @@ mod tests {
         assert!(!spin.watch_runtime(&[3, 4], &[3, 4]));
         assert!(spin.watch_runtime(&[3, 4], &[4, 9, 3, 7]));
         assert_eq!(spin.fds[2].load(Ordering::Relaxed), 7);
-        // Clearing the session's descriptors keeps the runtime's, and no spin begins.
+        // Once cleared, no spin begins.
         spin.clear();
-        assert_eq!(spin.fds[2].load(Ordering::Relaxed), 7);
         assert_eq!(spin.spin(), Outcome::Skipped);
     }
 
