@@ -149,54 +149,30 @@ where
         upstream_reader,
         Output::Stream(upstream_writer),
         options,
-    )
-    .await
-}
-
-/// [`run`], with each side's lines written to a byte stream by a writer task of its own,
-/// handed to the transport in the task that sends them ([`Output::Lines`]: `serve`'s links,
-/// where a writer task would be one more hand-over per message), or written to a pipe
-/// partly by the senders ([`Output::Pipe`]: `wrap`).
-pub(crate) async fn run_outputs<CR, CW, UR, UW>(
-    gateway: Arc<Gateway>,
-    client_reader: CR,
-    client_out: Output<CW>,
-    upstream_reader: UR,
-    upstream_out: Output<UW>,
-    options: RunOptions,
-) -> End
-where
-    CR: AsyncBufRead + Unpin + Send + 'static,
-    CW: AsyncWrite + Unpin + Send + 'static,
-    UR: AsyncBufRead + Unpin + Send + 'static,
-    UW: AsyncWrite + Unpin + Send + 'static,
-{
-    run_beside(
-        gateway,
-        client_reader,
-        client_out,
-        upstream_reader,
-        upstream_out,
-        options,
         None,
     )
     .await
 }
 
 /// What produces the upstream's lines, polled in the same task as the core's readers (see
-/// [`run_beside`]).
+/// [`run_outputs`]).
 pub(crate) type UpstreamDriver = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// [`run_outputs`], with `driver` (when given) polled in one task with the core's two
-/// readers, beside them, until all three end: `serve`'s URL upstream
-/// ([`crate::gateway::http`]'s `remote::run_queued`), so a request the client reader
-/// forwards reaches the driver, and its answer the upstream reader, without a hand-over
-/// between tasks (a queue, a wake and a poll of another task each). Whatever one of them
-/// waits for, the others are still polled: an answer the upstream reader waits to pass on
-/// does not stop the driver's requests in flight, nor does a line either reader sends the
-/// upstream wait for a driver that is not polled. The client reader's end, abort and panic
-/// are seen as with a task of its own ([`ClientSide`]).
-pub(crate) async fn run_beside<CR, CW, UR, UW>(
+/// [`run`], with each side's lines written to a byte stream by a writer task of its own,
+/// handed to the transport in the task that sends them ([`Output::Lines`]: `serve`'s links,
+/// where a writer task would be one more hand-over per message), or written to a pipe
+/// partly by the senders ([`Output::Pipe`]: `wrap`).
+///
+/// With a `driver`, it is polled in one task with the core's two readers, beside them, until
+/// all three end: `serve`'s URL upstream ([`crate::gateway::http`]'s `remote::run_queued`),
+/// so a request the client reader forwards reaches the driver, and its answer the upstream
+/// reader, without a hand-over between tasks (a queue, a wake and a poll of another task
+/// each). Whatever one of them waits for, the others are still polled: an answer the
+/// upstream reader waits to pass on does not stop the driver's requests in flight, nor does
+/// a line either reader sends the upstream wait for a driver that is not polled. The client
+/// reader's end, abort and panic are seen as with a task of its own ([`ClientSide`]).
+/// Without one, each reader has a task of its own.
+pub(crate) async fn run_outputs<CR, CW, UR, UW>(
     gateway: Arc<Gateway>,
     client_reader: CR,
     client_out: Output<CW>,
@@ -377,7 +353,7 @@ fn reader_panicked(side: &str, done: Result<(), tokio::task::JoinError>) -> bool
     }
 }
 
-/// The core's client reader as [`run_beside`]'s loop sees it: a task of its own, or a
+/// The core's client reader as [`run_outputs`]'s loop sees it: a task of its own, or a
 /// future polled beside the upstream reader in the upstream's task.
 enum ClientSide {
     Task(tokio::task::JoinHandle<()>),
@@ -392,7 +368,7 @@ enum ClientSide {
 impl ClientSide {
     /// Starts the client reader, the upstream reader and `driver` in one task. The task's
     /// handle ends when the upstream reader and the driver both have (the client reader is
-    /// then aborted, as [`run_beside`] aborts a client task when the upstream ends), or when
+    /// then aborted, as [`run_outputs`] aborts a client task when the upstream ends), or when
     /// anything in it panicked.
     fn beside(
         client: impl Future<Output = ()> + Send + 'static,
@@ -839,7 +815,7 @@ mod beside_tests {
     async fn a_client_reader_beside_the_upstream_can_be_aborted() {
         let (mut client, task) = ClientSide::beside(forever(), async {}, Box::pin(forever()));
         client.abort();
-        // `run_beside` no longer waits for a reader it aborted: nothing says it ended.
+        // `run_outputs` no longer waits for a reader it aborted: nothing says it ended.
         let seen = tokio::time::timeout(Duration::from_millis(50), client.ended()).await;
         assert!(seen.is_err(), "an abort is neither an end nor a panic");
         assert!(!task.is_finished(), "the driver still runs");

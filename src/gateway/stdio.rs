@@ -131,6 +131,7 @@ pub(crate) async fn wrap(
             client_closed: Some(closed_tx),
             max_message: options.max_message,
         },
+        None,
     )
     .await;
 

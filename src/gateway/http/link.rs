@@ -189,6 +189,7 @@ impl CoreLink {
                     BufReader::with_capacity(64 * 1024, server_out),
                     Output::Stream(server_in),
                     options,
+                    None,
                 ));
             }
             ServerSpec::Url(url) => {
@@ -214,7 +215,7 @@ impl CoreLink {
                     answers_budget,
                 ));
                 drop(closed_rx);
-                tokio::spawn(core::run_beside(
+                tokio::spawn(core::run_outputs(
                     gateway,
                     core_client_in,
                     core_client_out,

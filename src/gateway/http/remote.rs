@@ -131,7 +131,7 @@ pub(crate) async fn run<R, W>(
 /// from the core's queue and go back on `to_core` (each charged to `to_core_budget`):
 /// `serve`'s links hand both queues to the core as its upstream streams
 /// ([`super::pipe`]), with no pipe or task between, and poll this future in the core's own
-/// task beside its readers ([`crate::gateway::core::run_beside`]). Requests in flight are
+/// task beside its readers ([`crate::gateway::core::run_outputs`]). Requests in flight are
 /// driven here, in whichever task polls this, not one task each.
 pub(crate) async fn run_queued(
     server: UrlServer,
