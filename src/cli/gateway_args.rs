@@ -172,12 +172,12 @@ impl GatewayArgs {
             .try_init();
     }
 
-    /// The grace period as a duration (a nonsensical number falls back to the default).
     /// `--spin-us` as a duration.
     pub(super) fn spin(&self) -> Duration {
         Duration::from_micros(self.spin_us)
     }
 
+    /// The grace period as a duration (a nonsensical number falls back to the default).
     pub(super) fn grace(&self) -> Duration {
         Duration::try_from_secs_f64(self.grace).unwrap_or(DEFAULT_GRACE)
     }

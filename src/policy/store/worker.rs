@@ -241,7 +241,7 @@ impl StoreWorker {
     }
 
     /// [`StoreWorker::new`], with a thread that, when its queue is empty, looks again for at
-    /// most `spin` (yielding the CPU between looks) before it sleeps (`wrap --spin-us`).
+    /// most `spin` (yielding the CPU between looks) before it sleeps (a gateway's `--spin-us`).
     /// On a machine whose idle CPUs halt, waking a sleeping thread costs tens of
     /// microseconds, once per batch: with one call in flight that is on every limited
     /// call's path, and with many the next admission usually comes within the spin. An
