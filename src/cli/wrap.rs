@@ -58,7 +58,8 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build(&mut builder)
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(run_async(args, spin));
-    // stdin is read on a blocking thread that cannot be interrupted; do not wait for it.
+    // stdin that is neither a pipe nor a socket is read on a blocking thread that cannot be
+    // interrupted; do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
 }
