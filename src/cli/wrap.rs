@@ -79,7 +79,6 @@ async fn run_async(args: Args, spin: Arc<Spin>) -> anyhow::Result<ExitCode> {
     // and the counter store start: a client's first message then waits for the slower of
     // the two start-ups, not for their sum. Should the rest fail, dropping it kills it.
     let upstream = Server::start(&server)?;
-    spin.watch(libc::STDIN_FILENO, upstream.stdout_fd());
     // Raised once the server has started, so it keeps the limit the gateway started with
     // without a step between fork and exec (see `ServerProcess::spawn`).
     crate::gateway::fd_limit::raise();
@@ -118,7 +117,7 @@ async fn run_async(args: Args, spin: Arc<Spin>) -> anyhow::Result<ExitCode> {
         },
     )
     .await;
-    // The server's stdout is closed now.
+    // No spin while the rest shuts down.
     spin.clear();
     let counts = spin.counts();
     tracing::debug!(

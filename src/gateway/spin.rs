@@ -4,45 +4,43 @@
 //! after forwarding a request (until the server answers) and once after forwarding the
 //! answer (until the agent sends the next request). Each time it sleeps in `epoll_wait`, and
 //! on a machine whose idle CPUs halt, waking it costs tens of microseconds. The spin runs in
-//! tokio's `on_thread_park` hook, just before that sleep: it polls the descriptors the hot
-//! path waits on (the agent's stdin, the server's stdout) without blocking, for at most the
-//! budget, and returns as soon as one is readable, so the `epoll_wait` that follows returns
-//! at once. It runs only when the runtime has just finished work, once per sleep and never
-//! longer than the budget, so an idle gateway sleeps as before.
+//! tokio's `on_thread_park` hook, just before that sleep: it polls the runtime's own epoll
+//! descriptor without blocking, for at most the budget, and returns as soon as it is
+//! readable, so the `epoll_wait` that follows returns at once. It runs only when the runtime
+//! has just finished work, once per sleep and never longer than the budget, so an idle
+//! gateway sleeps as before.
 //!
-//! It also polls the runtime's own epoll descriptor ([`Spin::watch_runtime`]), which is
-//! readable as soon as the reactor has anything to report: a descriptor it watches became
-//! ready, or another thread woke the runtime (the counter store's thread answering a
-//! limited call, a hold decided on the websocket). Without it, a runtime waiting only for
-//! the store's answers spun out its whole budget while the answers were already there
-//! (with many limited calls in flight that wasted CPU the store thread, the agent and the
-//! server needed).
+//! The epoll descriptor is readable as soon as the reactor has anything to report: a
+//! descriptor it watches became ready (the agent's stdin and the server's stdout in `wrap`,
+//! every socket of `serve`), or another thread woke the runtime (the counter store's thread
+//! answering a limited call, the blocking thread that reads a stdin that is neither a pipe
+//! nor a socket, a hold decided on the websocket). Tokio does not give that descriptor out;
+//! [`Spin::build`] finds it ([`Spin::watch_runtime`]).
 //!
-//! `serve` watches only the runtime's descriptor (its agents' and upstreams' sockets are
-//! all registered there): its one worker waits twice per call too, for the upstream's
-//! answer and for the agent's next request.
+//! Session 12's spin polled the two pipes instead. A runtime waiting only for the store's
+//! answers then spun out its whole budget while the answers were already there, and a stdin
+//! read on a blocking thread (a file is always readable) ended every spin at once.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The descriptors a spin watches and its budget; shared with the runtime's park hook.
+/// The descriptor a spin watches and its budget; shared with the runtime's park hook.
 #[derive(Debug)]
 pub(crate) struct Spin {
     budget: Duration,
-    /// The agent's side (this process's stdin), the server's stdout and the runtime's epoll
-    /// descriptor; -1 while unset (`poll` ignores negative descriptors).
-    fds: [AtomicI32; 3],
+    /// The runtime's epoll descriptor; -1 while unset or cleared (no spin then).
+    fd: AtomicI32,
     counts: SpinCounts,
 }
 
 /// What the spins did, for tests and diagnostics.
 #[derive(Debug, Default)]
 pub(crate) struct SpinCounts {
-    /// Spins begun (one per park of the runtime while a descriptor is set).
+    /// Spins begun (one per park of the runtime while the descriptor is set).
     pub spins: AtomicU64,
-    /// Spins that ended because a descriptor became readable.
+    /// Spins that ended because the descriptor became readable.
     pub ready: AtomicU64,
     /// `poll` calls made.
     pub polls: AtomicU64,
@@ -53,7 +51,7 @@ pub(crate) struct SpinCounts {
 pub(crate) enum Outcome {
     /// No budget or no descriptor: it did not spin.
     Skipped,
-    /// A descriptor became readable (or reported an error or hang-up).
+    /// The descriptor became readable (or reported an error).
     Ready,
     /// The budget ran out with nothing readable; the thread sleeps as it would have.
     Expired,
@@ -64,7 +62,7 @@ impl Spin {
     pub(crate) fn new(budget: Duration) -> Arc<Spin> {
         Arc::new(Spin {
             budget,
-            fds: [AtomicI32::new(-1), AtomicI32::new(-1), AtomicI32::new(-1)],
+            fd: AtomicI32::new(-1),
             counts: SpinCounts::default(),
         })
     }
@@ -73,42 +71,31 @@ impl Spin {
         !self.budget.is_zero()
     }
 
-    /// Watches `client` (what the agent writes) and `server` (what the server writes).
-    /// The descriptors must stay open until [`Spin::clear`].
-    pub(crate) fn watch(&self, client: RawFd, server: RawFd) {
-        self.fds[0].store(client, Ordering::Relaxed);
-        self.fds[1].store(server, Ordering::Relaxed);
-    }
-
-    /// Also watches the runtime's epoll descriptor: the first of `now` (this process's
+    /// Watches the runtime's epoll descriptor: the first of `now` (this process's
     /// epoll descriptors, [`epoll_descriptors`], just after the runtime was built) that was
     /// not in `before` (just before). Tokio does not give its reactor's descriptor out; it
     /// keeps a duplicate of it for registering (the same epoll instance under a higher
     /// number), so more than one new one is expected, and the caller builds the runtime
-    /// while no other thread can make one. When none is new, the spin goes on without it
-    /// and says so. The descriptor must stay open as long as the runtime whose park hook
-    /// spins: it is the runtime's.
+    /// while no other thread can make one. When none is new, nothing is watched and no
+    /// spin begins (the gateway sleeps at once, as with `--spin-us 0`), and it says so. The
+    /// descriptor must stay open as long as the runtime whose park hook spins: it is the
+    /// runtime's.
     pub(crate) fn watch_runtime(&self, before: &[RawFd], now: &[RawFd]) -> bool {
         match now.iter().filter(|fd| !before.contains(fd)).min() {
             Some(&fd) => {
-                self.fds[2].store(fd, Ordering::Relaxed);
+                self.fd.store(fd, Ordering::Relaxed);
                 true
             }
             None => {
-                tracing::debug!(
-                    "spin: the runtime's epoll descriptor not found; spinning on the pipes only"
-                );
+                tracing::debug!("spin: the runtime's epoll descriptor not found; no spin");
                 false
             }
         }
     }
 
-    /// Stops watching: the session's descriptors are about to close, and the runtime is
-    /// about to be shut down.
+    /// Stops spinning: the session is over and the runtime about to be shut down.
     pub(crate) fn clear(&self) {
-        for fd in &self.fds {
-            fd.store(-1, Ordering::Relaxed);
-        }
+        self.fd.store(-1, Ordering::Relaxed);
     }
 
     /// Builds `builder`'s runtime with this spin in its park hook (when the spin has a
@@ -136,18 +123,18 @@ impl Spin {
         &self.counts
     }
 
-    /// Polls the watched descriptors until one is readable or the budget is spent. Called
-    /// by the runtime's park hook; never blocks longer than the budget.
+    /// Polls the watched descriptor until it is readable or the budget is spent. Called by
+    /// the runtime's park hook; never blocks longer than the budget.
     pub(crate) fn spin(&self) -> Outcome {
         if self.budget.is_zero() {
             return Outcome::Skipped;
         }
-        let mut fds = self.fds.each_ref().map(|fd| libc::pollfd {
-            fd: fd.load(Ordering::Relaxed),
+        let mut watched = libc::pollfd {
+            fd: self.fd.load(Ordering::Relaxed),
             events: libc::POLLIN,
             revents: 0,
-        });
-        if fds.iter().all(|p| p.fd < 0) {
+        };
+        if watched.fd < 0 {
             return Outcome::Skipped;
         }
         self.counts.spins.fetch_add(1, Ordering::Relaxed);
@@ -155,13 +142,13 @@ impl Spin {
         let mut polls = 0u64;
         let outcome = loop {
             polls += 1;
-            // SAFETY: `fds` is a valid array of `pollfd` of the length given; a timeout of 0
-            // makes `poll` return at once. A descriptor closed meanwhile yields POLLNVAL,
-            // which ends the spin like any other event.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            // SAFETY: `watched` is one valid `pollfd`; a timeout of 0 makes `poll` return at
+            // once. A descriptor closed meanwhile yields POLLNVAL, which ends the spin like
+            // any other event.
+            let n = unsafe { libc::poll(&mut watched, 1, 0) };
             if n != 0 {
-                // Readable, hung up, or `poll` failed: either way stop spinning; the runtime
-                // finds out which.
+                // Readable, or `poll` failed: either way stop spinning; the runtime finds
+                // out which.
                 break Outcome::Ready;
             }
             if start.elapsed() >= self.budget {
@@ -208,11 +195,18 @@ mod tests {
         std::io::pipe().unwrap()
     }
 
+    /// A spin of `budget` watching `fd` (a pipe's end here, where a gateway has its
+    /// runtime's descriptor: `poll` treats both alike).
+    fn watching(budget: Duration, fd: RawFd) -> Arc<Spin> {
+        let spin = Spin::new(budget);
+        assert!(spin.watch_runtime(&[], &[fd]));
+        spin
+    }
+
     #[test]
     fn no_budget_never_spins() {
-        let spin = Spin::new(Duration::ZERO);
         let (rx, _tx) = pipe();
-        spin.watch(rx.as_raw_fd(), -1);
+        let spin = watching(Duration::ZERO, rx.as_raw_fd());
         assert_eq!(spin.spin(), Outcome::Skipped);
         assert_eq!(spin.counts().polls.load(Ordering::Relaxed), 0);
     }
@@ -222,7 +216,7 @@ mod tests {
         let spin = Spin::new(Duration::from_millis(50));
         assert_eq!(spin.spin(), Outcome::Skipped);
         let (rx, _tx) = pipe();
-        spin.watch(rx.as_raw_fd(), -1);
+        let spin = watching(Duration::from_millis(50), rx.as_raw_fd());
         spin.clear();
         assert_eq!(spin.spin(), Outcome::Skipped);
         assert_eq!(spin.counts().spins.load(Ordering::Relaxed), 0);
@@ -231,23 +225,12 @@ mod tests {
     #[test]
     fn readable_descriptor_ends_the_spin_at_the_first_poll() {
         // A budget far longer than any test: only readiness can end it after one poll.
-        let spin = Spin::new(Duration::from_secs(3600));
-        let (client, _client_tx) = pipe();
-        let (server, mut server_tx) = pipe();
-        spin.watch(client.as_raw_fd(), server.as_raw_fd());
-        server_tx.write_all(b"{}\n").unwrap();
+        let (rx, mut tx) = pipe();
+        let spin = watching(Duration::from_secs(3600), rx.as_raw_fd());
+        tx.write_all(b"{}\n").unwrap();
         assert_eq!(spin.spin(), Outcome::Ready);
         assert_eq!(spin.counts().polls.load(Ordering::Relaxed), 1);
         assert_eq!(spin.counts().ready.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn hang_up_ends_the_spin() {
-        let spin = Spin::new(Duration::from_secs(3600));
-        let (client, client_tx) = pipe();
-        spin.watch(client.as_raw_fd(), -1);
-        drop(client_tx);
-        assert_eq!(spin.spin(), Outcome::Ready);
     }
 
     #[test]
@@ -256,15 +239,13 @@ mod tests {
         // one builds its own, and its descriptor be taken for this one's. Such a try is
         // told by the spins (nothing to report before the wake, something after) and made
         // again; a spin that never watched the right descriptor fails every try.
-        let (client, _client_tx) = pipe();
         let works = (0..10).any(|_| {
             let spin = Spin::new(Duration::from_millis(300));
-            spin.watch(client.as_raw_fd(), -1);
             let runtime = spin
                 .build(tokio::runtime::Builder::new_current_thread().enable_all())
                 .unwrap();
             assert!(
-                spin.fds[2].load(Ordering::Relaxed) >= 0,
+                spin.fd.load(Ordering::Relaxed) >= 0,
                 "no runtime descriptor"
             );
             // Nothing to report yet: the spin runs out its budget.
@@ -284,24 +265,51 @@ mod tests {
     }
 
     #[test]
+    fn a_pipe_the_runtime_reads_ends_the_spin() {
+        // What `wrap` waits on (the agent's stdin, the server's stdout) is registered in the
+        // runtime's epoll: data arriving there makes the runtime's descriptor readable, so
+        // the spin needs no descriptor of the pipes. Retried as above.
+        let works = (0..10).any(|_| {
+            let spin = Spin::new(Duration::from_millis(300));
+            let runtime = spin
+                .build(tokio::runtime::Builder::new_current_thread().enable_all())
+                .unwrap();
+            let (rx, mut tx) = pipe();
+            let rx = std::os::fd::OwnedFd::from(rx);
+            let receiver = runtime
+                .block_on(async { tokio::net::unix::pipe::Receiver::from_owned_fd(rx).unwrap() });
+            // Registered, nothing written: the spin runs out its budget.
+            if spin.spin() != Outcome::Expired {
+                return false;
+            }
+            tx.write_all(b"{}\n").unwrap();
+            let start = Instant::now();
+            let ended =
+                spin.spin() == Outcome::Ready && start.elapsed() < Duration::from_millis(250);
+            drop(receiver);
+            ended
+        });
+        assert!(works, "the spin never saw data on a pipe the runtime reads");
+    }
+
+    #[test]
     fn the_runtimes_descriptor_is_the_first_new_one() {
         let spin = Spin::new(Duration::from_micros(1));
         assert!(!spin.watch_runtime(&[3, 4], &[3, 4]));
+        assert_eq!(spin.spin(), Outcome::Skipped);
         assert!(spin.watch_runtime(&[3, 4], &[4, 9, 3, 7]));
-        assert_eq!(spin.fds[2].load(Ordering::Relaxed), 7);
+        assert_eq!(spin.fd.load(Ordering::Relaxed), 7);
         // Once cleared, no spin begins.
         spin.clear();
         assert_eq!(spin.spin(), Outcome::Skipped);
     }
 
     #[test]
-    fn silent_descriptors_expire_and_the_thread_goes_on() {
+    fn a_silent_descriptor_expires_and_the_thread_goes_on() {
         // Nothing ever becomes readable: the spin gives up by itself (the caller then sleeps
-        // in the reactor as it would have), after polling more than once.
-        let spin = Spin::new(Duration::from_micros(200));
-        let (client, _client_tx) = pipe();
-        let (server, _server_tx) = pipe();
-        spin.watch(client.as_raw_fd(), server.as_raw_fd());
+        // in the reactor as it would have).
+        let (rx, _tx) = pipe();
+        let spin = watching(Duration::from_micros(200), rx.as_raw_fd());
         assert_eq!(spin.spin(), Outcome::Expired);
         assert!(spin.counts().polls.load(Ordering::Relaxed) >= 1);
         assert_eq!(spin.counts().ready.load(Ordering::Relaxed), 0);

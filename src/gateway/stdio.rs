@@ -75,13 +75,6 @@ impl Server {
             stdout,
         })
     }
-
-    /// The descriptor the server's answers arrive on, for `wrap --spin-us` to poll; open
-    /// until the session ends.
-    pub(crate) fn stdout_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.stdout.as_raw_fd()
-    }
 }
 
 /// Runs the gateway between this process's stdin/stdout and `server` until the session ends.
