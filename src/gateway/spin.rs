@@ -233,13 +233,17 @@ mod tests {
         assert_eq!(spin.counts().ready.load(Ordering::Relaxed), 1);
     }
 
-    #[test]
-    fn the_runtime_waking_ends_the_spin() {
-        // Tests run on threads of one process: another test may make a runtime while this
-        // one builds its own, and its descriptor be taken for this one's. Such a try is
-        // told by the spins (nothing to report before the wake, something after) and made
-        // again; a spin that never watched the right descriptor fails every try.
-        let works = (0..10).any(|_| {
+    /// Whether a spin built with its runtime ([`Spin::build`]) runs out its budget while
+    /// nothing happens after `set_up`, and ends at once after `wake`. Tests run on threads of
+    /// one process: another test may make a runtime while this one builds its own, and its
+    /// descriptor be taken for this one's. Such a try is told by the spins (nothing to report
+    /// before the wake, something after) and made again; a spin that never watched the right
+    /// descriptor fails every try.
+    fn ends_once_woken<S>(
+        set_up: impl Fn(&tokio::runtime::Runtime) -> S,
+        wake: impl Fn(&tokio::runtime::Runtime, &mut S),
+    ) -> bool {
+        (0..10).any(|_| {
             let spin = Spin::new(Duration::from_millis(300));
             let runtime = spin
                 .build(tokio::runtime::Builder::new_current_thread().enable_all())
@@ -248,19 +252,30 @@ mod tests {
                 spin.fd.load(Ordering::Relaxed) >= 0,
                 "no runtime descriptor"
             );
-            // Nothing to report yet: the spin runs out its budget.
+            let mut state = set_up(&runtime);
             if spin.spin() != Outcome::Expired {
                 return false;
             }
-            // Another thread hands the runtime a task, as the store thread answers a call:
-            // the runtime's reactor is woken, and the spin ends at once.
-            let handle = runtime.handle().clone();
-            std::thread::spawn(move || drop(handle.spawn(async {})))
-                .join()
-                .unwrap();
+            wake(&runtime, &mut state);
             let start = Instant::now();
             spin.spin() == Outcome::Ready && start.elapsed() < Duration::from_millis(250)
-        });
+        })
+    }
+
+    #[test]
+    fn the_runtime_waking_ends_the_spin() {
+        // Another thread hands the runtime a task, as the store thread answers a call (or
+        // the thread that reads a stdin that is a file hands a line over): the runtime's
+        // reactor is woken, and the spin ends at once.
+        let works = ends_once_woken(
+            |_| (),
+            |runtime, ()| {
+                let handle = runtime.handle().clone();
+                std::thread::spawn(move || drop(handle.spawn(async {})))
+                    .join()
+                    .unwrap();
+            },
+        );
         assert!(works, "the spin never saw its runtime woken");
     }
 
@@ -268,27 +283,18 @@ mod tests {
     fn a_pipe_the_runtime_reads_ends_the_spin() {
         // What `wrap` waits on (the agent's stdin, the server's stdout) is registered in the
         // runtime's epoll: data arriving there makes the runtime's descriptor readable, so
-        // the spin needs no descriptor of the pipes. Retried as above.
-        let works = (0..10).any(|_| {
-            let spin = Spin::new(Duration::from_millis(300));
-            let runtime = spin
-                .build(tokio::runtime::Builder::new_current_thread().enable_all())
-                .unwrap();
-            let (rx, mut tx) = pipe();
-            let rx = std::os::fd::OwnedFd::from(rx);
-            let receiver = runtime
-                .block_on(async { tokio::net::unix::pipe::Receiver::from_owned_fd(rx).unwrap() });
-            // Registered, nothing written: the spin runs out its budget.
-            if spin.spin() != Outcome::Expired {
-                return false;
-            }
-            tx.write_all(b"{}\n").unwrap();
-            let start = Instant::now();
-            let ended =
-                spin.spin() == Outcome::Ready && start.elapsed() < Duration::from_millis(250);
-            drop(receiver);
-            ended
-        });
+        // the spin needs no descriptor of the pipes.
+        let works = ends_once_woken(
+            |runtime| {
+                let (rx, tx) = pipe();
+                let rx = std::os::fd::OwnedFd::from(rx);
+                let receiver = runtime.block_on(async {
+                    tokio::net::unix::pipe::Receiver::from_owned_fd(rx).unwrap()
+                });
+                (receiver, tx)
+            },
+            |_, (_receiver, tx)| tx.write_all(b"{}\n").unwrap(),
+        );
         assert!(works, "the spin never saw data on a pipe the runtime reads");
     }
 
