@@ -17,9 +17,10 @@
 //! nor a socket, a hold decided on the websocket). Tokio does not give that descriptor out;
 //! [`Spin::build`] finds it ([`Spin::watch_runtime`]).
 //!
-//! Session 12's spin polled the two pipes instead. A runtime waiting only for the store's
-//! answers then spun out its whole budget while the answers were already there, and a stdin
-//! read on a blocking thread (a file is always readable) ended every spin at once.
+//! Until session 14, `wrap`'s spin polled its two pipes too (session 12's the pipes alone). With
+//! the pipes alone, a runtime waiting only for the store's answers spun out its whole budget
+//! while the answers were already there; and a stdin read on a blocking thread (a file is
+//! always readable) ended every spin at its first poll.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
