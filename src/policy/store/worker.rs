@@ -1311,7 +1311,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(400));
         assert!(answer(&worker, 3).await);
         assert!(!answer(&worker, 4).await, "the budget of 3 was not kept");
-        // Dropping the worker ends the thread's spin as well as its sleep.
+        // Dropping the worker ends the thread (that it ends a spin at once, not when the
+        // spin runs out, is the next test's).
         let weak = Arc::downgrade(&store);
         drop((worker, store));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -1319,6 +1320,26 @@ mod tests {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the store thread never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_thread_dropped_while_it_spins_ends_at_once_not_when_the_spin_runs_out() {
+        // A spin far longer than the wait below: only seeing its queue closed can end the
+        // thread in time.
+        let store = gated();
+        let worker = StoreWorker::spinning(store.clone(), Duration::from_secs(600));
+        let answer = worker.admit(limit(3), 1);
+        assert!(matches!(answer.get().await, Ok(Admission::Admitted(_))));
+        let weak = Arc::downgrade(&store);
+        drop((worker, store));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while weak.strong_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store thread spun on with its queue closed"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
