@@ -1296,6 +1296,18 @@ mod tests {
         );
     }
 
+    /// Drops `worker` and the test's `store`, then requires the store thread (the store's
+    /// last owner) to end within 5 s; `why` says what it means when it does not.
+    fn ends_within_5s(worker: StoreWorker, store: Arc<Gated>, why: &str) {
+        let weak = Arc::downgrade(&store);
+        drop((worker, store));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while weak.strong_count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "{why}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[tokio::test]
     async fn a_spinning_thread_answers_what_comes_while_it_spins_and_after_it_sleeps() {
         let store = gated();
@@ -1313,16 +1325,7 @@ mod tests {
         assert!(!answer(&worker, 4).await, "the budget of 3 was not kept");
         // Dropping the worker ends the thread (that it ends a spin at once, not when the
         // spin runs out, is the next test's).
-        let weak = Arc::downgrade(&store);
-        drop((worker, store));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while weak.strong_count() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the store thread never ended"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        ends_within_5s(worker, store, "the store thread never ended");
     }
 
     #[tokio::test]
@@ -1333,16 +1336,11 @@ mod tests {
         let worker = StoreWorker::spinning(store.clone(), Duration::from_secs(600));
         let answer = worker.admit(limit(3), 1);
         assert!(matches!(answer.get().await, Ok(Admission::Admitted(_))));
-        let weak = Arc::downgrade(&store);
-        drop((worker, store));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while weak.strong_count() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the store thread spun on with its queue closed"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        ends_within_5s(
+            worker,
+            store,
+            "the store thread spun on with its queue closed",
+        );
     }
 
     #[tokio::test]
