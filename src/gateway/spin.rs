@@ -169,6 +169,43 @@ impl Spin {
     }
 }
 
+/// A timer of the runtime kept due within `period`, for as long as the guard lives
+/// ([`keep_a_timer_due`]).
+#[derive(Debug)]
+pub(crate) struct TimerKept(tokio::task::JoinHandle<()>);
+
+impl Drop for TimerKept {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps one of the current runtime's timers due within `period` (a task that ticks), so
+/// that arming a timer further off never wakes the runtime.
+///
+/// Tokio's time driver wakes its runtime (a write to the reactor's wake-up descriptor)
+/// whenever a timer is armed earlier than the wake the driver planned when it last went to
+/// sleep, even from the runtime's own running thread, which needs no waking. `serve`'s HTTP
+/// server arms a header timer (`--header-timeout`) each time a kept-alive connection starts
+/// waiting for its next request. While a call waits on its upstream, no such timer is armed
+/// (the request's head is in), so the driver planned a far wake, and arming the next header
+/// timer after the answer woke the runtime at every call. That wake-up ended the spin before
+/// sleeping at its first poll, and tokio runs the park hook once per sleep, not again after
+/// such a wake: `serve` slept at once after every answer instead of spinning (measured:
+/// `strace` counted an eventfd write per call, none with a 60 s header timeout). With a
+/// timer always due within `period`, shorter than the header timeout, the planned wake is
+/// always nearer than a new header timer, and arming it wakes nothing. An idle gateway
+/// wakes once per `period` for it.
+pub(crate) fn keep_a_timer_due(period: Duration) -> TimerKept {
+    TimerKept(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+        }
+    }))
+}
+
 /// This process's epoll descriptors (`/proc/self/fd` entries that are an `[eventpoll]`),
 /// in no particular order; empty where `/proc` cannot be read.
 pub(crate) fn epoll_descriptors() -> Vec<RawFd> {
@@ -187,6 +224,7 @@ pub(crate) fn epoll_descriptors() -> Vec<RawFd> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::io::Write;
     use std::os::fd::AsRawFd;
 
@@ -297,6 +335,76 @@ mod tests {
             |_, (_receiver, tx)| tx.write_all(b"{}\n").unwrap(),
         );
         assert!(works, "the spin never saw data on a pipe the runtime reads");
+    }
+
+    /// Whether arming a timer 5 s off wakes `runtime`: the spin of the sleep that follows
+    /// ends at once (woken) or runs out (not). The runtime sleeps once first with a 1 ms
+    /// timer, so that its driver plans its next wake from the timers left.
+    async fn arming_a_far_timer_wakes(spin: &Spin) -> bool {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = tx.send(());
+        });
+        let (spins, ready) = (
+            spin.counts.spins.load(Ordering::Relaxed),
+            spin.counts.ready.load(Ordering::Relaxed),
+        );
+        let far = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(far);
+        // Armed here, as hyper arms its header timer: by polling it once.
+        std::future::poll_fn(|cx| {
+            let _ = far.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        tokio::select! {
+            biased;
+            () = &mut far => unreachable!("5 s passed"),
+            _ = rx => {}
+        }
+        later.join().unwrap();
+        assert!(
+            spin.counts.spins.load(Ordering::Relaxed) > spins,
+            "the runtime never slept"
+        );
+        spin.counts.ready.load(Ordering::Relaxed) > ready
+    }
+
+    #[test]
+    fn with_a_timer_kept_due_arming_a_far_one_does_not_wake_the_runtime() {
+        // What `serve` arms per request (a header timer) once its driver planned a far wake:
+        // tokio wakes the runtime for it, which would end the spin at once; with a timer kept
+        // due within a second, it does not. One runtime for both halves, so that the first
+        // also shows the spin watches the right descriptor (see `ends_once_woken`; retried).
+        let works = (0..10).any(|_| {
+            let spin = Spin::new(Duration::from_millis(100));
+            let runtime = spin
+                .build(
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all(),
+                )
+                .unwrap();
+            // `serve`'s runtime: one worker, the calls' tasks on it (a current-thread
+            // runtime's `block_on` future is woken through the descriptor, so it cannot tell).
+            let spin = Arc::clone(&spin);
+            runtime.block_on(async move {
+                let both = tokio::spawn(async move {
+                    if !arming_a_far_timer_wakes(&spin).await {
+                        return false;
+                    }
+                    let _kept = keep_a_timer_due(Duration::from_secs(1));
+                    !arming_a_far_timer_wakes(&spin).await
+                });
+                both.await.unwrap()
+            })
+        });
+        assert!(
+            works,
+            "arming a far timer woke the runtime despite the kept one"
+        );
     }
 
     #[test]

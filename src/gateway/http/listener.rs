@@ -53,11 +53,16 @@ use tower::ServiceExt;
 
 use super::HttpGateway;
 use crate::gateway::grants::Grants;
+use crate::gateway::spin::keep_a_timer_due;
 use crate::sync::lock;
 use crate::tls::{self, ServerTls};
 
 /// Default deadline for a request's headers (and for an idle kept-alive connection).
 pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The period of the timer kept due while the listener runs ([`keep_a_timer_due`]): half the
+/// header timeout, within these bounds (an idle gateway wakes once per period).
+const KEPT_TIMER_MIN: Duration = Duration::from_millis(100);
+const KEPT_TIMER_MAX: Duration = Duration::from_secs(1);
 /// Default deadline for a request's body, from the end of its headers.
 pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on open connections.
@@ -364,6 +369,10 @@ pub(crate) async fn serve(
     drain: Duration,
 ) -> io::Result<()> {
     let registry = Arc::new(Registry::default());
+    // So that arming each connection's header timer does not wake the runtime and cut its
+    // spin short (spin.rs): a timer due within half the header timeout, at most a second.
+    let _kept =
+        keep_a_timer_due((options.header_timeout / 2).clamp(KEPT_TIMER_MIN, KEPT_TIMER_MAX));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
