@@ -17,6 +17,7 @@ use crate::control::{ControlHandle, EventsOptions, Hub, OperatorsHandle, Operato
 use crate::gateway::audit::{AuditFail, AuditKey, AuditOptions};
 use crate::gateway::pinning::ToolPins;
 use crate::gateway::reload::{ShadowPolicyInForce, load_and_watch_shadow};
+use crate::gateway::spin::Window;
 use crate::gateway::startup::{PolicyInForce, gateway_id, load_and_watch, new_hub};
 use crate::gateway::upstream::DEFAULT_GRACE;
 use crate::gateway::{AuditArgs, AuditLog};
@@ -99,10 +100,14 @@ pub(super) struct GatewayArgs {
     /// microseconds: the async runtime polls what would wake it (the agent's and the
     /// server's pipes or sockets, other threads' hand-overs), the counter store's thread
     /// its queue; either goes on at once when there is something. Saves a wake-up per
-    /// message on machines whose idle CPUs are slow to wake (VMs, deep sleep states), at
-    /// the cost of at most that much CPU per message while calls flow (yielding the CPU to
-    /// anything else ready to run); an idle gateway does not spin. 0 turns it off.
-    #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US", default_value_t = 50,
+    /// message on machines whose idle CPUs are slow to wake (VMs, deep sleep states). Each
+    /// thread starts by looking for 50 µs; while work keeps coming soon after it gave up
+    /// (within this limit), it looks twice as long, up to this limit, and when work comes
+    /// later than that, half as long again, down to 50 µs. So calls that come
+    /// milliseconds or more apart cost at most 50 µs of CPU per message, and a stream of
+    /// calls with short gaps costs the gaps' CPU (yielding it to anything else ready to
+    /// run); an idle gateway does not spin. 0 turns it off; 50 looks for 50 µs always.
+    #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub spin_us: u64,
     #[command(flatten)]
@@ -376,7 +381,7 @@ impl Begun {
             &id,
         ));
         // Every connection and session of this gateway asks the store through one thread.
-        let store = StoreWorker::spinning(store, args.spin());
+        let store = StoreWorker::spinning(store, Window::new(args.spin()));
         let (pin_store, pins_at) = args
             .counters
             .open_pins()

@@ -17,20 +17,89 @@
 //! nor a socket, a hold decided on the websocket). Tokio does not give that descriptor out;
 //! [`Spin::build`] finds it ([`Spin::watch_runtime`]).
 //!
+//! The budget adapts ([`Window`]): a spin starts at 50 µs, grows while the work it gave up
+//! on came soon after, up to `--spin-us`, and shrinks back when work comes later than that.
+//!
 //! Until session 14, `wrap`'s spin polled its two pipes too (session 12's the pipes alone). With
 //! the pipes alone, a runtime waiting only for the store's answers spun out its whole budget
 //! while the answers were already there; and a stdin read on a blocking thread (a file is
 //! always readable) ended every spin at its first poll.
 
+use std::cell::Cell;
 use std::os::fd::RawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The descriptor a spin watches and its budget; shared with the runtime's park hook.
+use crate::sync::lock;
+
+/// How long a spin may last, adapted to the waits it has seen, as Linux's "haltpoll" idle
+/// governor adapts how long an idle virtual CPU polls before it halts.
+///
+/// It starts at [`Window::START`] (or the cap, when that is lower). When a spin ran out and
+/// the thread slept, what woke it came some time after the spin began: within the cap, a
+/// longer spin would have caught it, and the window doubles, up to the cap; later than the
+/// cap, no spin would have, and the window halves, down to where it started. So a gateway
+/// whose work comes further apart than the cap spins as with a fixed window of `START`,
+/// and one whose work comes in gaps shorter than the cap learns, within a few gaps, to spin
+/// through them. It never spins longer than the cap, nor at all with a cap of zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    floor: Duration,
+    cap: Duration,
+    now: Duration,
+}
+
+impl Window {
+    /// Where a window starts, and the least it shrinks to.
+    pub(crate) const START: Duration = Duration::from_micros(50);
+
+    /// A window of at most `cap` (`--spin-us`); `Duration::ZERO` never spins.
+    pub(crate) fn new(cap: Duration) -> Window {
+        let floor = Window::START.min(cap);
+        Window {
+            floor,
+            cap,
+            now: floor,
+        }
+    }
+
+    /// A window that stays at `budget` (tests that need a long spin).
+    #[cfg(test)]
+    pub(crate) fn steady(budget: Duration) -> Window {
+        Window {
+            floor: budget,
+            cap: budget,
+            now: budget,
+        }
+    }
+
+    /// How long the next spin may last.
+    pub(crate) fn budget(&self) -> Duration {
+        self.now
+    }
+
+    /// The last spin ran out, and what woke the thread after it came `waited` after the
+    /// spin began.
+    pub(crate) fn missed(&mut self, waited: Duration) {
+        self.now = if waited <= self.cap {
+            (self.now * 2).min(self.cap)
+        } else {
+            (self.now / 2).max(self.floor)
+        };
+    }
+}
+
+thread_local! {
+    /// When this thread's last spin began, if it ran out: set by the park hook, taken by
+    /// the unpark hook ([`Spin::woke`]). A thread parks one runtime at a time.
+    static RAN_OUT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The descriptor a spin watches and its window; shared with the runtime's park hooks.
 #[derive(Debug)]
 pub(crate) struct Spin {
-    budget: Duration,
+    window: Mutex<Window>,
     /// The runtime's epoll descriptor; -1 while unset or cleared (no spin then).
     fd: AtomicI32,
     counts: SpinCounts,
@@ -50,7 +119,7 @@ pub(crate) struct SpinCounts {
 /// How a spin ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// No budget or no descriptor: it did not spin.
+    /// No window or no descriptor: it did not spin.
     Skipped,
     /// The descriptor became readable (or reported an error).
     Ready,
@@ -59,17 +128,22 @@ pub(crate) enum Outcome {
 }
 
 impl Spin {
-    /// A spin of at most `budget` per park; `Duration::ZERO` turns it off.
-    pub(crate) fn new(budget: Duration) -> Arc<Spin> {
+    /// A spin of at most `cap` per park, adapting ([`Window`]); `Duration::ZERO` turns it
+    /// off.
+    pub(crate) fn new(cap: Duration) -> Arc<Spin> {
+        Spin::with_window(Window::new(cap))
+    }
+
+    pub(crate) fn with_window(window: Window) -> Arc<Spin> {
         Arc::new(Spin {
-            budget,
+            window: Mutex::new(window),
             fd: AtomicI32::new(-1),
             counts: SpinCounts::default(),
         })
     }
 
     pub(crate) fn enabled(&self) -> bool {
-        !self.budget.is_zero()
+        !lock(&self.window).cap.is_zero()
     }
 
     /// Watches the runtime's epoll descriptor: the first of `now` (this process's
@@ -99,8 +173,8 @@ impl Spin {
         self.fd.store(-1, Ordering::Relaxed);
     }
 
-    /// Builds `builder`'s runtime with this spin in its park hook (when the spin has a
-    /// budget), watching the runtime's own epoll descriptor ([`Spin::watch_runtime`]). The
+    /// Builds `builder`'s runtime with this spin in its park hooks (when the spin has a
+    /// window), watching the runtime's own epoll descriptor ([`Spin::watch_runtime`]). The
     /// caller runs no other thread that could open an epoll descriptor meanwhile.
     pub(crate) fn build(
         self: &Arc<Self>,
@@ -114,6 +188,9 @@ impl Spin {
         builder.on_thread_park(move || {
             spin.spin();
         });
+        let spin = Arc::clone(self);
+        // Runs each time it goes on: after a spin that ran out, when it has slept.
+        builder.on_thread_unpark(move || spin.woke());
         let before = epoll_descriptors();
         let runtime = builder.build()?;
         self.watch_runtime(&before, &epoll_descriptors());
@@ -124,10 +201,17 @@ impl Spin {
         &self.counts
     }
 
-    /// Polls the watched descriptor until it is readable or the budget is spent. Called by
-    /// the runtime's park hook; never blocks longer than the budget.
+    /// How long the next spin may last.
+    pub(crate) fn budget(&self) -> Duration {
+        lock(&self.window).budget()
+    }
+
+    /// Polls the watched descriptor until it is readable or the window is spent. Called by
+    /// the runtime's park hook; never blocks longer than the window.
     pub(crate) fn spin(&self) -> Outcome {
-        if self.budget.is_zero() {
+        RAN_OUT.set(None);
+        let budget = self.budget();
+        if budget.is_zero() {
             return Outcome::Skipped;
         }
         let mut watched = libc::pollfd {
@@ -152,12 +236,13 @@ impl Spin {
                 // out which.
                 break Outcome::Ready;
             }
-            if start.elapsed() >= self.budget {
+            if start.elapsed() >= budget {
+                RAN_OUT.set(Some(start));
                 break Outcome::Expired;
             }
             // Give the CPU to whatever else is ready to run on it: the server or the agent
             // this thread is waiting for may have been woken onto this very CPU (with a
-            // busy loop here they would wait for the whole budget; measured: under
+            // busy loop here they would wait for the whole window; measured: under
             // SCHED_FIFO every spin ran out, adding twice the budget to each call).
             std::thread::yield_now();
         };
@@ -166,6 +251,15 @@ impl Spin {
             self.counts.ready.fetch_add(1, Ordering::Relaxed);
         }
         outcome
+    }
+
+    /// The thread goes on after a sleep: when this thread's last spin ran out, the window
+    /// learns how long after its start the thread was woken ([`Window::missed`]). Called by
+    /// the runtime's unpark hook.
+    pub(crate) fn woke(&self) {
+        if let Some(start) = RAN_OUT.take() {
+            lock(&self.window).missed(start.elapsed());
+        }
     }
 }
 
@@ -234,12 +328,70 @@ mod tests {
         std::io::pipe().unwrap()
     }
 
-    /// A spin of `budget` watching `fd` (a pipe's end here, where a gateway has its
+    /// A spin of a steady `budget` watching `fd` (a pipe's end here, where a gateway has its
     /// runtime's descriptor: `poll` treats both alike).
     fn watching(budget: Duration, fd: RawFd) -> Arc<Spin> {
-        let spin = Spin::new(budget);
+        let spin = Spin::with_window(Window::steady(budget));
         assert!(spin.watch_runtime(&[], &[fd]));
         spin
+    }
+
+    #[test]
+    fn a_window_grows_while_work_comes_within_its_cap_and_shrinks_back_when_later() {
+        let us = Duration::from_micros;
+        let mut window = Window::new(us(200));
+        assert_eq!(window.budget(), Window::START);
+        // Woken within the cap: a longer spin would have caught it.
+        window.missed(us(120));
+        assert_eq!(window.budget(), us(100));
+        window.missed(us(190));
+        assert_eq!(window.budget(), us(200));
+        window.missed(us(200));
+        assert_eq!(window.budget(), us(200), "never past the cap");
+        // Woken later than any spin could wait.
+        window.missed(us(201));
+        assert_eq!(window.budget(), us(100));
+        window.missed(Duration::from_secs(2));
+        assert_eq!(window.budget(), us(50));
+        window.missed(Duration::from_secs(2));
+        assert_eq!(window.budget(), us(50), "never below where it started");
+    }
+
+    #[test]
+    fn a_cap_below_the_start_or_zero_bounds_the_window() {
+        let us = Duration::from_micros;
+        let mut window = Window::new(us(20));
+        assert_eq!(window.budget(), us(20));
+        window.missed(us(5));
+        assert_eq!(window.budget(), us(20));
+        let mut off = Window::new(Duration::ZERO);
+        off.missed(us(5));
+        off.missed(Duration::from_secs(1));
+        assert_eq!(off.budget(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_spin_that_ran_out_learns_when_the_thread_was_woken() {
+        let (rx, mut tx) = pipe();
+        let spin = Spin::new(Duration::from_millis(200));
+        assert!(spin.watch_runtime(&[], &[rx.as_raw_fd()]));
+        // Ran out, and woken soon after (within the cap): the window doubles.
+        assert_eq!(spin.spin(), Outcome::Expired);
+        spin.woke();
+        assert_eq!(spin.budget(), Window::START * 2);
+        // Woken again without a spin that ran out between: nothing to learn.
+        spin.woke();
+        assert_eq!(spin.budget(), Window::START * 2);
+        // Ran out, and woken later than the cap: it halves.
+        assert_eq!(spin.spin(), Outcome::Expired);
+        std::thread::sleep(Duration::from_millis(300));
+        spin.woke();
+        assert_eq!(spin.budget(), Window::START);
+        // A spin that saw its work come teaches nothing either.
+        tx.write_all(b"{}\n").unwrap();
+        assert_eq!(spin.spin(), Outcome::Ready);
+        spin.woke();
+        assert_eq!(spin.budget(), Window::START);
     }
 
     #[test]
@@ -283,7 +435,7 @@ mod tests {
         wake: impl Fn(&tokio::runtime::Runtime, &mut S),
     ) -> bool {
         (0..10).any(|_| {
-            let spin = Spin::new(Duration::from_millis(300));
+            let spin = Spin::with_window(Window::steady(Duration::from_millis(300)));
             let runtime = spin
                 .build(tokio::runtime::Builder::new_current_thread().enable_all())
                 .unwrap();
@@ -379,7 +531,7 @@ mod tests {
         // due within a second, it does not. One runtime for both halves, so that the first
         // also shows the spin watches the right descriptor (see `ends_once_woken`; retried).
         let works = (0..10).any(|_| {
-            let spin = Spin::new(Duration::from_millis(100));
+            let spin = Spin::with_window(Window::steady(Duration::from_millis(100)));
             let runtime = spin
                 .build(
                     tokio::runtime::Builder::new_multi_thread()

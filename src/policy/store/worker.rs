@@ -36,6 +36,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::gateway::spin::Window;
+
 use super::{
     Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Limits, NotedUsage, OwnedLimit,
     Reservation, Scope, StoreError, StoreErrorKind,
@@ -237,16 +239,17 @@ impl StoreWorker {
     /// Starts the thread for `store` when it may block. Without a thread (none could be
     /// started), the store is asked in place, as before, and a warning says so.
     pub fn new(store: Arc<dyn CounterStore>) -> StoreWorker {
-        StoreWorker::spinning(store, Duration::ZERO)
+        StoreWorker::spinning(store, Window::new(Duration::ZERO))
     }
 
     /// [`StoreWorker::new`], with a thread that, when its queue is empty, looks again for at
-    /// most `spin` (yielding the CPU between looks) before it sleeps (a gateway's `--spin-us`).
+    /// most `spin`'s window (yielding the CPU between looks) before it sleeps (a gateway's
+    /// `--spin-us`; the window adapts to how soon the next batch came, as the runtime's does).
     /// On a machine whose idle CPUs halt, waking a sleeping thread costs tens of
     /// microseconds, once per batch: with one call in flight that is on every limited
     /// call's path, and with many the next admission usually comes within the spin. An
     /// idle gateway spins once after its last batch, then sleeps.
-    pub fn spinning(store: Arc<dyn CounterStore>, spin: Duration) -> StoreWorker {
+    pub(crate) fn spinning(store: Arc<dyn CounterStore>, spin: Window) -> StoreWorker {
         let fails_open = store.fails_open();
         if !store.may_block() {
             return StoreWorker {
@@ -526,12 +529,12 @@ const KNOWN: usize = 1024;
 /// cannot answer asks the store. Read this way, a budget does not show another process's
 /// admissions since this thread's last one (a read a moment earlier would not either); the
 /// states are published in the order they changed here.
-fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>, spin: Duration) {
+fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>, mut spin: Window) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut after: Vec<Work> = Vec::new();
     let mut known = Known::default();
     let mut scratch = Scratch::default();
-    while let Some(job) = next_job(&mut rx, spin) {
+    while let Some(job) = next_job(&mut rx, &mut spin) {
         let mut next = Some(job);
         // Everything that queued up meanwhile goes into the same transaction.
         while let Some(job) = next.take() {
@@ -566,23 +569,28 @@ fn serve(store: &dyn CounterStore, mut rx: mpsc::Receiver<Job>, spin: Duration) 
     }
 }
 
-/// The next job: taken at once if one is queued, else looked for again for at most `spin`
-/// ([`StoreWorker::spinning`]), else waited for asleep. `None` once every sender is gone.
-fn next_job(rx: &mut mpsc::Receiver<Job>, spin: Duration) -> Option<Job> {
-    if !spin.is_zero() {
-        let start = std::time::Instant::now();
-        loop {
-            match rx.try_recv() {
-                Ok(job) => return Some(job),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) if start.elapsed() >= spin => break,
-                // Whatever else is ready to run on this CPU (the runtime this thread
-                // answers, the server) runs first.
-                Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
-            }
+/// The next job: taken at once if one is queued, else looked for again for at most `spin`'s
+/// window ([`StoreWorker::spinning`]), else waited for asleep; a wait after a spin that ran
+/// out teaches the window ([`Window::missed`]). `None` once every sender is gone.
+fn next_job(rx: &mut mpsc::Receiver<Job>, spin: &mut Window) -> Option<Job> {
+    let budget = spin.budget();
+    if budget.is_zero() {
+        return rx.blocking_recv();
+    }
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if start.elapsed() >= budget => break,
+            // Whatever else is ready to run on this CPU (the runtime this thread answers,
+            // the server) runs first.
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
-    rx.blocking_recv()
+    let job = rx.blocking_recv();
+    spin.missed(start.elapsed());
+    job
 }
 
 /// The lists a batch is decided with, kept from one batch to the next so that a batch
@@ -1311,7 +1319,8 @@ mod tests {
     #[tokio::test]
     async fn a_spinning_thread_answers_what_comes_while_it_spins_and_after_it_sleeps() {
         let store = gated();
-        let worker = StoreWorker::spinning(store.clone(), Duration::from_millis(200));
+        let worker =
+            StoreWorker::spinning(store.clone(), Window::steady(Duration::from_millis(200)));
         let answer = |worker: &StoreWorker, now| {
             let answer = worker.admit(limit(3), now);
             async move { matches!(answer.get().await, Ok(Admission::Admitted(_))) }
@@ -1333,7 +1342,7 @@ mod tests {
         // A spin far longer than the wait below: only seeing its queue closed can end the
         // thread in time.
         let store = gated();
-        let worker = StoreWorker::spinning(store.clone(), Duration::from_secs(600));
+        let worker = StoreWorker::spinning(store.clone(), Window::steady(Duration::from_secs(600)));
         let answer = worker.admit(limit(3), 1);
         assert!(matches!(answer.get().await, Ok(Admission::Admitted(_))));
         ends_within_5s(
