@@ -104,9 +104,10 @@ pub(super) struct GatewayArgs {
     /// thread starts by looking for 50 µs; while work keeps coming soon after it gave up
     /// (within this limit), it looks twice as long, up to this limit, and when work comes
     /// later than that, half as long again, down to 50 µs. So calls that come
-    /// milliseconds or more apart cost at most 50 µs of CPU per message, and a stream of
-    /// calls with short gaps costs the gaps' CPU (yielding it to anything else ready to
-    /// run); an idle gateway does not spin. 0 turns it off; 50 looks for 50 µs always.
+    /// milliseconds or more apart cost 50 µs of CPU per message (after a stream of close
+    /// ones, up to the limit, then half of it, for the first two), and a stream of calls
+    /// with short gaps costs the gaps' CPU (yielding it to anything else ready to run); an
+    /// idle gateway does not spin. 0 turns it off; 50 looks for 50 µs always.
     #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub spin_us: u64,

@@ -99,6 +99,9 @@ thread_local! {
 /// The descriptor a spin watches and its window; shared with the runtime's park hooks.
 #[derive(Debug)]
 pub(crate) struct Spin {
+    /// Shared by the runtime's threads (one, unless `serve --threads`). Three durations
+    /// replaced whole under the lock, consistent at every step: a panic cannot leave it
+    /// half-changed (`crate::sync`).
     window: Mutex<Window>,
     /// The runtime's epoll descriptor; -1 while unset or cleared (no spin then).
     fd: AtomicI32,
@@ -134,6 +137,7 @@ impl Spin {
         Spin::with_window(Window::new(cap))
     }
 
+    /// A spin of `window` per park ([`Spin::new`]; tests give a steady one).
     pub(crate) fn with_window(window: Window) -> Arc<Spin> {
         Arc::new(Spin {
             window: Mutex::new(window),
