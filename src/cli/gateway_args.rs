@@ -26,6 +26,14 @@ use crate::policy::{StoreSpec, StoreWorker};
 use crate::tls::{ServerTls, TlsFiles};
 use crate::wire::EventKind;
 
+/// `wrap`'s `--spin-us` when not given: its messages come over pipes from local processes,
+/// within 50 µs of each other at one call in flight (the bench's direct exchange: 8–11 µs),
+/// and a longer look measured no gain there (docs/performance.md, session 15).
+pub(super) const WRAP_SPIN_US: u64 = 50;
+/// `serve`'s: an HTTP client's next request comes later than a pipe's next line, and a look
+/// of up to 200 µs measured 20–30 µs less added per call at one in flight.
+pub(super) const SERVE_SPIN_US: u64 = 200;
+
 #[derive(Debug, clap::Args)]
 pub(super) struct GatewayArgs {
     /// The policy file (watched: edits apply live, invalid edits are refused).
@@ -107,10 +115,11 @@ pub(super) struct GatewayArgs {
     /// milliseconds or more apart cost 50 µs of CPU per message (after a stream of close
     /// ones, up to the limit, then half of it, for the first two), and a stream of calls
     /// with short gaps costs the gaps' CPU (yielding it to anything else ready to run); an
-    /// idle gateway does not spin. 0 turns it off; 50 looks for 50 µs always.
-    #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US", default_value_t = 200,
+    /// idle gateway does not spin. 0 turns it off; 50 looks for 50 µs always. Default: 200
+    /// for `serve` (an HTTP client's next request comes later than a pipe's), 50 for `wrap`.
+    #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US",
           value_parser = clap::value_parser!(u64).range(0..=1000))]
-    pub spin_us: u64,
+    pub spin_us: Option<u64>,
     #[command(flatten)]
     pub counters: CounterArgs,
     /// Learn mode: record every tool call (time, server, tool, grant, decision, and its
@@ -178,9 +187,15 @@ impl GatewayArgs {
             .try_init();
     }
 
-    /// `--spin-us` as a duration.
+    /// `--spin-us` as a duration, or the command's default (`WRAP_SPIN_US` where the
+    /// command set none: see [`GatewayArgs::default_spin`]).
     pub(super) fn spin(&self) -> Duration {
-        Duration::from_micros(self.spin_us)
+        Duration::from_micros(self.spin_us.unwrap_or(WRAP_SPIN_US))
+    }
+
+    /// Sets `--spin-us` to the command's default when it was not given.
+    pub(super) fn default_spin(&mut self, us: u64) {
+        self.spin_us.get_or_insert(us);
     }
 
     /// The grace period as a duration (a nonsensical number falls back to the default).
@@ -603,6 +618,29 @@ mod tests {
             store_identity(&sqlite, None, "a1")
                 .ends_with(":/home/op/.local/state/toolgate/counters.sqlite3")
         );
+    }
+
+    #[test]
+    fn the_spin_defaults_to_the_commands_own_and_a_given_one_stays() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            gateway: GatewayArgs,
+        }
+        let parse = |args: &[&str]| {
+            let args = ["toolgate", "--policy", "p.json"]
+                .into_iter()
+                .chain(args.iter().copied());
+            <Cli as clap::Parser>::try_parse_from(args).unwrap().gateway
+        };
+        let us = Duration::from_micros;
+        assert_eq!(parse(&[]).spin(), us(WRAP_SPIN_US));
+        let mut serve = parse(&[]);
+        serve.default_spin(SERVE_SPIN_US);
+        assert_eq!(serve.spin(), us(SERVE_SPIN_US));
+        let mut given = parse(&["--spin-us", "30"]);
+        given.default_spin(SERVE_SPIN_US);
+        assert_eq!(given.spin(), us(30));
     }
 
     #[test]

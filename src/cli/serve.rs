@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::gateway_args::{GatewayArgs, wait_for_signal};
+use super::gateway_args::{GatewayArgs, SERVE_SPIN_US, wait_for_signal};
 use crate::control::server::ControlPlane;
 use crate::gateway::Gateway;
 use crate::gateway::fd_limit;
@@ -141,8 +141,9 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     args.gateway.init_logging();
+    args.gateway.default_spin(SERVE_SPIN_US);
     // Before any thread starts, so that every descriptor is counted against the new limit.
     let limit = fd_limit::raise();
     // One worker by default: a call crosses several tasks (the connection, the core, the
