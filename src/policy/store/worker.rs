@@ -1352,6 +1352,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_job_that_came_after_the_spin_ran_out_teaches_the_window() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut window = Window::new(Duration::from_millis(200));
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            assert!(tx.blocking_send(Job::Run(Box::new(|_| {}))).is_ok());
+            tx
+        });
+        // The 50 µs look runs out; the job comes 5 ms later, within the cap: it doubles.
+        assert!(next_job(&mut rx, &mut window).is_some());
+        assert_eq!(window.budget(), Window::START * 2);
+        // A job already queued is taken at once: nothing to learn.
+        let tx = sender.join().unwrap();
+        assert!(tx.blocking_send(Job::Run(Box::new(|_| {}))).is_ok());
+        assert!(next_job(&mut rx, &mut window).is_some());
+        assert_eq!(window.budget(), Window::START * 2);
+    }
+
     #[tokio::test]
     async fn a_store_that_never_blocks_is_asked_in_place() {
         let worker = StoreWorker::new(Arc::new(MemoryStore::new()));
