@@ -116,8 +116,9 @@ pub(super) struct GatewayArgs {
     /// later than that, half as long again, down to 50 µs. So calls that come
     /// milliseconds or more apart cost 50 µs of CPU per message (after a stream of close
     /// ones, up to the limit, then half of it, for the first two), and a stream of calls
-    /// with short gaps costs the gaps' CPU (yielding it to anything else ready to run); an
-    /// idle gateway does not spin. 0 turns it off; 50 looks for 50 µs always. Default: 200
+    /// with short gaps costs the gaps' CPU (yielding it to anything else ready to run). An
+    /// idle `wrap` does not spin; an idle `serve` wakes once a second for a timer of its own
+    /// and looks once then (50 µs). 0 turns it off; 50 looks for 50 µs always. Default: 200
     /// for `serve` (an HTTP client's next request comes later than a pipe's), 50 for `wrap`.
     #[arg(long, value_name = "MICROSECONDS", env = "TOOLGATE_SPIN_US",
           value_parser = clap::value_parser!(u64).range(0..=1000))]

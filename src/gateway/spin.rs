@@ -8,7 +8,8 @@
 //! descriptor without blocking, for at most the budget, and returns as soon as it is
 //! readable, so the `epoll_wait` that follows returns at once. It runs only when the runtime
 //! has just finished work, once per sleep and never longer than the budget, so an idle
-//! gateway sleeps as before.
+//! gateway sleeps as before (an idle `serve` wakes once a second for the timer it keeps due,
+//! [`keep_a_timer_due`], and spins once then).
 //!
 //! The epoll descriptor is readable as soon as the reactor has anything to report: a
 //! descriptor it watches became ready (the agent's stdin and the server's stdout in `wrap`,
