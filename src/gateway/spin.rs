@@ -230,32 +230,22 @@ impl Spin {
         self.counts.spins.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let mut polls = 0u64;
-        let outcome = loop {
+        let readable = look_within(start, budget, || {
             polls += 1;
             // SAFETY: `watched` is one valid `pollfd`; a timeout of 0 makes `poll` return at
             // once. A descriptor closed meanwhile yields POLLNVAL, which ends the spin like
-            // any other event.
-            let n = unsafe { libc::poll(&mut watched, 1, 0) };
-            if n != 0 {
-                // Readable, or `poll` failed: either way stop spinning; the runtime finds
-                // out which.
-                break Outcome::Ready;
-            }
-            if start.elapsed() >= budget {
-                RAN_OUT.set(Some(start));
-                break Outcome::Expired;
-            }
-            // Give the CPU to whatever else is ready to run on it: the server or the agent
-            // this thread is waiting for may have been woken onto this very CPU (with a
-            // busy loop here they would wait for the whole window; measured: under
-            // SCHED_FIFO every spin ran out, adding twice the budget to each call).
-            std::thread::yield_now();
-        };
+            // any other event. Readable, or `poll` failed: either way stop spinning; the
+            // runtime finds out which.
+            (unsafe { libc::poll(&mut watched, 1, 0) } != 0).then_some(())
+        });
         self.counts.polls.fetch_add(polls, Ordering::Relaxed);
-        if outcome == Outcome::Ready {
+        if readable.is_some() {
             self.counts.ready.fetch_add(1, Ordering::Relaxed);
+            Outcome::Ready
+        } else {
+            RAN_OUT.set(Some(start));
+            Outcome::Expired
         }
-        outcome
     }
 
     /// The thread goes on after a sleep: when this thread's last spin ran out, the window
@@ -265,6 +255,28 @@ impl Spin {
         if let Some(start) = RAN_OUT.take() {
             lock(&self.window).missed(start.elapsed());
         }
+    }
+}
+
+/// Calls `look` until it finds something or `budget` has passed since `start`: what it found,
+/// or `None` when the budget ran out. Between looks the CPU goes to whatever else is ready to
+/// run on it: the server or the agent a gateway's thread waits for may have been woken onto
+/// this very CPU (with a busy loop they would wait for the whole budget; measured: under
+/// SCHED_FIFO every spin ran out, adding twice the budget to each call). It looks at least
+/// once.
+pub(crate) fn look_within<T>(
+    start: Instant,
+    budget: Duration,
+    mut look: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        if start.elapsed() >= budget {
+            return None;
+        }
+        std::thread::yield_now();
     }
 }
 

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::gateway::spin::Window;
+use crate::gateway::spin::{Window, look_within};
 
 use super::{
     Admission, CounterKey, CounterStore, KeyUsage, LimitRequest, Limits, NotedUsage, OwnedLimit,
@@ -578,15 +578,14 @@ fn next_job(rx: &mut mpsc::Receiver<Job>, spin: &mut Window) -> Option<Job> {
         return rx.blocking_recv();
     }
     let start = std::time::Instant::now();
-    loop {
-        match rx.try_recv() {
-            Ok(job) => return Some(job),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if start.elapsed() >= budget => break,
-            // Whatever else is ready to run on this CPU (the runtime this thread answers,
-            // the server) runs first.
-            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
-        }
+    // Between looks the runtime this thread answers, or the server, runs first.
+    let taken = look_within(start, budget, || match rx.try_recv() {
+        Ok(job) => Some(Some(job)),
+        Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+        Err(mpsc::error::TryRecvError::Empty) => None,
+    });
+    if let Some(job) = taken {
+        return job;
     }
     let job = rx.blocking_recv();
     spin.missed(start.elapsed());
