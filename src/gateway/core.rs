@@ -63,9 +63,9 @@ use super::args::RawArgs;
 use super::budget::{ByteBudget, Charge};
 use super::call::{CallAnswer, Deciding, Queued, ToolsPage};
 use super::handover::{HandOver, Taken};
-use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Shape, code};
+use super::jsonrpc::{self, CallParams, Envelope, IdKey, Invalid, Parsed, Raw, Read, Shape, code};
 use super::line_writer::{EARLY, Out, PipeHandle, PipeLines, write_lines};
-use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader};
+use super::lines::{DEFAULT_MAX_MESSAGE, Line, LineReader, Plain, ReadAhead};
 use crate::control::Resolution;
 use crate::policy::store::worker::{Answered, AnsweredBatch, Answers, FirstThing};
 use crate::policy::{Admission, Decision, PinMode, Reservation, StoreError, Verdict};
@@ -144,9 +144,9 @@ where
 {
     run_outputs(
         gateway,
-        client_reader,
+        Plain(client_reader),
         Output::Stream(client_writer),
-        upstream_reader,
+        Plain(upstream_reader),
         Output::Stream(upstream_writer),
         options,
         None,
@@ -182,9 +182,9 @@ pub(crate) async fn run_outputs<CR, CW, UR, UW>(
     driver: Option<UpstreamDriver>,
 ) -> End
 where
-    CR: AsyncBufRead + Unpin + Send + 'static,
+    CR: AsyncBufRead + ReadAhead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin + Send + 'static,
-    UR: AsyncBufRead + Unpin + Send + 'static,
+    UR: AsyncBufRead + ReadAhead + Unpin + Send + 'static,
     UW: AsyncWrite + Unpin + Send + 'static,
 {
     let (shared, answered, client_writer, closing_tx) =
@@ -1028,19 +1028,25 @@ struct HeldCall {
     spans: Option<Box<CallSpans>>,
 }
 
-async fn client_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: LineReader<R>) {
-    while let Some(line) = reader.next("client").await {
+async fn client_loop<R>(shared: Arc<Shared>, mut reader: LineReader<R>)
+where
+    R: AsyncBufRead + ReadAhead + Unpin,
+{
+    while let Some((line, read)) = reader.next_read("client").await {
         match line {
-            Line::Whole(line) => shared.on_line(Side::Client, line).await,
+            Line::Whole(line) => shared.on_line(Side::Client, line, read).await,
             Line::TooLong { prefix, len } => shared.too_long(Side::Client, &prefix, len).await,
         }
     }
 }
 
-async fn upstream_loop<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut reader: LineReader<R>) {
-    while let Some(line) = reader.next("upstream").await {
+async fn upstream_loop<R>(shared: Arc<Shared>, mut reader: LineReader<R>)
+where
+    R: AsyncBufRead + ReadAhead + Unpin,
+{
+    while let Some((line, read)) = reader.next_read("upstream").await {
         match line {
-            Line::Whole(line) => shared.on_line(Side::Upstream, line).await,
+            Line::Whole(line) => shared.on_line(Side::Upstream, line, read).await,
             Line::TooLong { prefix, len } => shared.too_long(Side::Upstream, &prefix, len).await,
         }
     }
@@ -1100,9 +1106,27 @@ impl Shared {
         let _ = self.to_client.send(line).await;
     }
 
-    /// Handles one whole line from `side`.
-    async fn on_line(self: &Arc<Self>, side: Side, line: Vec<u8>) {
-        match jsonrpc::parse(&line) {
+    /// Handles one whole line from `side`; `read`: where its sender found its members when
+    /// it read the same line whole ([`ReadAhead`]), so it is not scanned again.
+    async fn on_line(self: &Arc<Self>, side: Side, line: Vec<u8>, read: Option<Box<Read>>) {
+        let parsed = match read.and_then(|read| read.envelope(&line)) {
+            Some(env) => {
+                // Every test holds the shortcut to the scan it saves.
+                #[cfg(debug_assertions)]
+                if let Parsed::Message(scanned) = jsonrpc::parse(&line) {
+                    assert_eq!(
+                        scanned.read(&line),
+                        env.read(&line),
+                        "a line read ahead reads the same"
+                    );
+                } else {
+                    panic!("a line read ahead is one message");
+                }
+                Parsed::Message(env)
+            }
+            None => jsonrpc::parse(&line),
+        };
+        match parsed {
             Parsed::Message(env) => {
                 let action = self.message(side, &env, &line);
                 // The line itself is forwarded, or kept by a limited call: no copy. What
@@ -1762,7 +1786,7 @@ impl Shared {
             // The upstream answered before the decision was published: now it is. Boxed:
             // `on_line`'s future is large, and held inline it made this one (built and
             // moved by `admissions` for every limited call) larger for all of them.
-            Box::pin(self.on_line(Side::Upstream, answer)).await;
+            Box::pin(self.on_line(Side::Upstream, answer, None)).await;
         }
     }
 

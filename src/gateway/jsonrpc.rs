@@ -173,6 +173,60 @@ fn envelope(found: scan::Found<'_>) -> Parsed<'_> {
     })
 }
 
+/// Where [`parse`] found the members of one line, as byte ranges of it ([`Envelope::read`]).
+/// A line queued with it is not scanned again by whoever reads it ([`Read::envelope`]):
+/// `serve`'s HTTP side and upstream hop read each message whole before the core does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Read {
+    /// The length of the text it was found in.
+    len: u32,
+    /// [`scan::Found::parts`]' ranges; `(0, 0)` for a member that is absent (a value is
+    /// never empty).
+    at: [(u32, u32); 15],
+}
+
+/// The range of a member that is absent.
+const ABSENT: (u32, u32) = (0, 0);
+
+impl Read {
+    /// The same ranges in `len` bytes of the text starting at `start` (the text trimmed of
+    /// whitespace around the message); `None` when one falls outside them.
+    pub(crate) fn within(self, start: usize, len: usize) -> Option<Read> {
+        let start = u32::try_from(start).ok()?;
+        let len = u32::try_from(len).ok()?;
+        let mut at = self.at;
+        for range in at.iter_mut().filter(|range| **range != ABSENT) {
+            let (from, to) = (range.0.checked_sub(start)?, range.1.checked_sub(start)?);
+            if to > len {
+                return None;
+            }
+            *range = (from, to);
+        }
+        Some(Read { len, at })
+    }
+
+    /// The envelope [`parse`] gives for `line`, taken from where it was found before instead
+    /// of a scan. `None` when `line` cannot be the text it was found in (another length, not
+    /// UTF-8, a range off its characters): the caller parses it then. Only the line it was
+    /// read from may be given it, unchanged (or changed only as [`Read::within`] says).
+    pub(crate) fn envelope<'a>(&self, line: &'a [u8]) -> Option<Envelope<'a>> {
+        if line.len() != self.len as usize {
+            return None;
+        }
+        let text = std::str::from_utf8(line).ok()?;
+        let mut parts = [None; 15];
+        for (part, (from, to)) in parts.iter_mut().zip(self.at) {
+            if (from, to) != ABSENT {
+                *part = Some(text.get(from as usize..to as usize)?);
+            }
+        }
+        match envelope(scan::Found::from_parts(parts)) {
+            Parsed::Message(env) => Some(env),
+            _ => None,
+        }
+    }
+}
+
 /// What a message is, once its members are checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Shape<'e> {
@@ -195,6 +249,52 @@ pub(crate) struct Invalid {
 }
 
 impl Envelope<'_> {
+    /// Where its members are in `text`, the text it was parsed from, for a reader of the
+    /// same text ([`Read::envelope`]). `None` for a text beyond 4 GiB, a method spelled with
+    /// escapes (rare: the reader parses such a line), or a text it was not parsed from.
+    pub(crate) fn read(&self, text: &[u8]) -> Option<Read> {
+        let base = text.as_ptr() as usize;
+        let len = u32::try_from(text.len()).ok()?;
+        // Where a member's text is in `text`; a value is never empty.
+        let range = |part: &str| -> Option<(u32, u32)> {
+            let from = u32::try_from((part.as_ptr() as usize).checked_sub(base)?).ok()?;
+            let to = from.checked_add(u32::try_from(part.len()).ok()?)?;
+            (to <= len && from < to).then_some((from, to))
+        };
+        let method = match &self.method {
+            None => ABSENT,
+            // A method without escapes is kept as the inside of its JSON string: with its
+            // quotes around it, it is the member's text.
+            Some(Cow::Borrowed(inner)) => {
+                let (from, to) = range(inner)?;
+                let (from, to) = (from.checked_sub(1)?, to.checked_add(1)?);
+                let quoted = text.get(from as usize..to as usize)?;
+                if quoted.first() != Some(&b'"') || quoted.last() != Some(&b'"') {
+                    return None;
+                }
+                (from, to)
+            }
+            Some(Cow::Owned(_)) => return None,
+        };
+        let found = scan::Found {
+            id: self.id.map(Raw::get),
+            method: None,
+            params: self.params.map(Raw::get),
+            result: self.result.map(Raw::get),
+            error: self.error.map(Raw::get),
+            params_members: self.params_members,
+            result_members: self.result_members,
+        };
+        let mut at = [ABSENT; 15];
+        for (slot, part) in at.iter_mut().zip(found.parts()) {
+            if let Some(part) = part {
+                *slot = range(part)?;
+            }
+        }
+        at[scan::Found::METHOD] = method;
+        Some(Read { len, at })
+    }
+
     /// The message's kind, or why it is not a valid message.
     pub(crate) fn shape(&self) -> Result<Shape<'_>, Invalid> {
         let invalid = |request: bool, id: Option<IdKey>, why: String| Invalid { request, id, why };
@@ -1022,5 +1122,133 @@ mod tests {
         );
         let p = RawValue::from_string(r#"{"requestId":1.0}"#.into()).unwrap();
         assert_eq!(cancelled_request(Some(Raw::of(&p))), None);
+    }
+
+    /// Messages with `~` where whitespace may go ([`read_tests`]).
+    const SHAPES: &[&str] = &[
+        r#"~{~"jsonrpc"~:~"2.0"~,~"id"~:~7~,~"method"~:~"tools/call"~,~"params"~:~{~"name"~:~"echo"~,~"arguments"~:~{~"t"~:~[~1~,~"a\nb"~]~}~,~"_meta"~:~{~"progressToken"~:~"p"~}~}~}~"#,
+        r#"~{~"id"~:~"x\u0041"~,~"result"~:~{~"isError"~:~false~,~"content"~:~[~{~"type"~:~"text"~,~"text"~:~"hi"~}~]~,~"resultType"~:~"complete"~}~,~"jsonrpc"~:~"2.0"~}~"#,
+        r#"~{~"jsonrpc"~:~"2.0"~,~"id"~:~1~,~"error"~:~{~"code"~:~-32601~,~"message"~:~"no"~}~}~"#,
+        r#"~{~"jsonrpc"~:~"2.0"~,~"method"~:~"notifications/progress"~,~"params"~:~{~"inputResponses"~:~{}~,~"requestState"~:~"s\u0073"~}~}~"#,
+        r#"~{~"jsonrpc"~:~"2.0"~,~"method"~:~"notifications/\u0070rogress"~,~"params"~:~{}~}~"#,
+    ];
+
+    mod read_tests {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// `shape` with each `~` replaced by the next of `spaces`.
+        fn spaced(shape: &str, spaces: &[&str]) -> String {
+            let mut text = String::new();
+            for (i, piece) in shape.split('~').enumerate() {
+                if i > 0 {
+                    text.push_str(spaces[(i - 1) % spaces.len()]);
+                }
+                text.push_str(piece);
+            }
+            text
+        }
+
+        fn whitespace() -> impl Strategy<Value = Vec<&'static str>> {
+            prop::collection::vec(
+                prop::sample::select(vec!["", " ", "\t", "\r\n", "\n"]),
+                1..40,
+            )
+        }
+
+        type Members<'a> = (
+            Option<Raw<'a>>,
+            Option<Cow<'a, str>>,
+            Option<Raw<'a>>,
+            Option<Raw<'a>>,
+            Option<Raw<'a>>,
+            ParamsMembers<'a>,
+            ResultMembers<'a>,
+        );
+
+        /// What a parse found, member by member.
+        fn members<'a>(env: &Envelope<'a>) -> Members<'a> {
+            (
+                env.id,
+                env.method.clone(),
+                env.params,
+                env.result,
+                env.error,
+                env.params_members,
+                env.result_members,
+            )
+        }
+
+        proptest! {
+            /// A line taken with what was read of it reads as a scan of it does; so does the
+            /// line made of it as `serve`'s upstream hop makes one (trimmed, its line breaks
+            /// made spaces), with the ranges moved as `within` moves them.
+            #[test]
+            fn a_read_line_reads_as_its_scan(shape in prop::sample::select(SHAPES), spaces in whitespace()) {
+                let text = spaced(shape, &spaces);
+                let Parsed::Message(scanned) = parse(text.as_bytes()) else {
+                    panic!("not a message: {text}");
+                };
+                let Some(read) = scanned.read(text.as_bytes()) else {
+                    // Only a method spelled with escapes is not read ahead.
+                    prop_assert!(matches!(scanned.method, Some(Cow::Owned(_))));
+                    return Ok(());
+                };
+                let again = read.envelope(text.as_bytes()).expect("the same text");
+                prop_assert_eq!(members(&again), members(&scanned));
+                prop_assert_eq!(again.read(text.as_bytes()), Some(read));
+
+                let start = text.len() - text.trim_ascii_start().len();
+                let line: Vec<u8> = text
+                    .trim_ascii()
+                    .bytes()
+                    .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+                    .collect();
+                let moved = read.within(start, line.len()).expect("within the line");
+                let Parsed::Message(rescanned) = parse(&line) else {
+                    panic!("the line is a message");
+                };
+                let taken = moved.envelope(&line).expect("the line");
+                prop_assert_eq!(members(&taken), members(&rescanned));
+                prop_assert_eq!(rescanned.read(&line), Some(moved));
+            }
+        }
+
+        #[test]
+        fn a_read_is_refused_for_another_text() {
+            let text = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#;
+            let Parsed::Message(env) = parse(text) else {
+                panic!("a message");
+            };
+            let read = env.read(text).unwrap();
+            // Another length.
+            assert!(read.envelope(&text[1..]).is_none());
+            let mut longer = text.to_vec();
+            longer.push(b' ');
+            assert!(read.envelope(&longer).is_none());
+            // Not UTF-8, or a range that cuts a character.
+            let mut broken = text.to_vec();
+            broken[30] = 0xff;
+            assert!(read.envelope(&broken).is_none());
+            // The same length, but the method's range ends inside a character.
+            let ascii = r#"{"id":1,"method":"a","x":"bb"}"#;
+            let wide = r#"{"id":1,"method":"€","x":""}"#;
+            assert_eq!(ascii.len(), wide.len());
+            let Parsed::Message(env) = parse(ascii.as_bytes()) else {
+                panic!("a message");
+            };
+            assert!(
+                env.read(ascii.as_bytes())
+                    .unwrap()
+                    .envelope(wide.as_bytes())
+                    .is_none()
+            );
+            // Ranges outside what is left of a trimmed text: the id begins before half of
+            // it, `params` ends one byte before its end.
+            assert!(read.within(text.len() / 2, text.len()).is_none());
+            assert!(read.within(0, text.len() - 2).is_none());
+            assert!(read.within(0, text.len() - 1).is_some());
+        }
     }
 }

@@ -43,6 +43,14 @@ impl From<(Vec<u8>, Charge)> for Out {
     }
 }
 
+/// A line queued for a core, written as bytes: what was read of it is for a core that takes
+/// it from the queue itself.
+impl From<(Vec<u8>, Charge, Option<Box<super::jsonrpc::Read>>)> for Out {
+    fn from((line, charge, _): (Vec<u8>, Charge, Option<Box<super::jsonrpc::Read>>)) -> Out {
+        Out::Line(line, charge)
+    }
+}
+
 /// Writes what `rx` brings to `writer` until the queue closes, [`Out::Close`] or a write
 /// error; then closes `budget`. `side` names the peer in the log.
 pub(crate) async fn write_lines<W, T>(

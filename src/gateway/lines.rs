@@ -6,7 +6,13 @@
 //! it streams past, keeping only its first [`PREFIX`] bytes, from which the caller can still
 //! tell whose request it was ([`super::jsonrpc::sniff`]) and answer it.
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, ReadBuf};
+
+use super::jsonrpc::Read;
 
 /// Default largest message, in either direction (`--max-message`).
 pub(crate) const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -27,6 +33,64 @@ pub(crate) enum Line {
 pub(crate) struct LineReader<R> {
     inner: R,
     max: usize,
+}
+
+/// A stream of lines of which some come already read whole, with where their members are
+/// ([`Read`]): `serve`'s queues to the core, whose senders read every message before it
+/// does ([`crate::gateway::http`]). The core takes such a line as it is, without copying or
+/// scanning it again.
+pub(crate) trait ReadAhead {
+    /// The next line and what was read of it, when the stream is between two lines and its
+    /// next one came read, at most `max` bytes long, without a newline; `None`: read the
+    /// stream's bytes instead (the next line came as bytes, or the stream ended).
+    fn poll_read_ahead(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _max: usize,
+    ) -> Poll<Option<(Vec<u8>, Box<Read>)>> {
+        Poll::Ready(None)
+    }
+}
+
+/// A stream whose lines are all read from its bytes (a pipe, a socket).
+#[derive(Debug)]
+pub(crate) struct Plain<R>(pub(crate) R);
+
+impl<R> ReadAhead for Plain<R> {}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Plain<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<R: AsyncBufRead + Unpin> AsyncBufRead for Plain<R> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().0).poll_fill_buf(cx)
+    }
+
+    fn consume(self: Pin<&mut Self>, amount: usize) {
+        Pin::new(&mut self.get_mut().0).consume(amount);
+    }
+}
+
+impl<R: AsyncBufRead + ReadAhead + Unpin> LineReader<R> {
+    /// The next line that is not blank, with what was read of it when it came read
+    /// ([`ReadAhead`]); `None` at the end of the stream or on a read error (logged with
+    /// `side`).
+    pub(crate) async fn next_read(&mut self, side: &str) -> Option<(Line, Option<Box<Read>>)> {
+        let max = self.max;
+        let inner = &mut self.inner;
+        if let Some((line, read)) = std::future::poll_fn(|cx| inner.poll_read_ahead(cx, max)).await
+        {
+            return Some((Line::Whole(line), Some(read)));
+        }
+        self.next(side).await.map(|line| (line, None))
+    }
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {

@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::Gateway;
 use super::core::{self, End, Output, RunOptions};
+use super::lines::Plain;
 use super::upstream::{ServerCommand, ServerProcess, SpawnError};
 use crate::wire::{EventKind, Upstream};
 
@@ -114,9 +115,9 @@ pub(crate) async fn wrap(
     let (client_in, client_out) = client_streams();
     let end = core::run_outputs(
         gateway,
-        BufReader::with_capacity(64 * 1024, client_in),
+        Plain(BufReader::with_capacity(64 * 1024, client_in)),
         client_out,
-        BufReader::with_capacity(64 * 1024, server_out),
+        Plain(BufReader::with_capacity(64 * 1024, server_out)),
         server_in,
         RunOptions {
             session: options.session,

@@ -125,13 +125,13 @@ fn conn(gateway: &Arc<Gateway>) -> Conn {
 impl Conn {
     async fn client_sends(&self, line: &str) {
         self.shared
-            .on_line(Side::Client, line.as_bytes().to_vec())
+            .on_line(Side::Client, line.as_bytes().to_vec(), None)
             .await;
     }
 
     async fn server_sends(&self, line: &str) {
         self.shared
-            .on_line(Side::Upstream, line.as_bytes().to_vec())
+            .on_line(Side::Upstream, line.as_bytes().to_vec(), None)
             .await;
     }
 

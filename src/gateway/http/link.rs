@@ -30,13 +30,14 @@ use tokio::io::BufReader;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::inbox::{Inbox, InboxSender, inbox};
-use super::pipe::LineSource;
+use super::pipe::{LineSource, Queued};
 use super::remote;
 use super::servers::ServerSpec;
 use crate::gateway::Gateway;
 use crate::gateway::budget::{ByteBudget, Charge, ChargedReceiver};
 use crate::gateway::core::{self, Known, LineOut, Output, RunOptions};
-use crate::gateway::jsonrpc::{self, IdKey, Parsed, Raw, Shape};
+use crate::gateway::jsonrpc::{self, IdKey, Parsed, Raw, Read, Shape};
+use crate::gateway::lines::Plain;
 use crate::gateway::upstream::{ServerProcess, SpawnError};
 use crate::hashing::FastMap;
 use crate::sync::lock;
@@ -105,7 +106,7 @@ pub(crate) struct CoreLink {
     pub grant: String,
     /// Rename request ids (shared by many clients).
     stateless: bool,
-    to_core: mpsc::Sender<(Vec<u8>, Charge)>,
+    to_core: mpsc::Sender<Queued>,
     /// Bytes queued for the core (2 × `--max-message` + 64 KiB): a request waits for room.
     to_core_budget: ByteBudget,
     routes: Mutex<Routes>,
@@ -186,7 +187,7 @@ impl CoreLink {
                     gateway,
                     core_client_in,
                     core_client_out,
-                    BufReader::with_capacity(64 * 1024, server_out),
+                    Plain(BufReader::with_capacity(64 * 1024, server_out)),
                     Output::Stream(server_in),
                     options,
                     None,
@@ -257,15 +258,19 @@ impl CoreLink {
     /// Sends a notification or a response (to a server-to-client request) to the core.
     pub(crate) async fn notify(&self, line: Vec<u8>) -> bool {
         self.touch();
-        self.send_to_core(line).await
+        self.send_to_core(line, None).await
     }
 
-    /// Queues a line for the core once its bytes fit the link's budget.
-    async fn send_to_core(&self, line: Vec<u8>) -> bool {
+    /// Queues a line for the core once its bytes fit the link's budget, with what was read
+    /// of it (that line's own [`Read`], or `None`).
+    async fn send_to_core(&self, line: Vec<u8>, read: Option<Read>) -> bool {
         let Some(charge) = self.to_core_budget.charge(line.len()).await else {
             return false;
         };
-        self.to_core.send((line, charge)).await.is_ok()
+        self.to_core
+            .send((line, charge, read.map(Box::new)))
+            .await
+            .is_ok()
     }
 
     /// What [`CoreLink::request`] needs of a request line (whose id `id` was read from
@@ -316,11 +321,13 @@ impl CoreLink {
 
     /// Sends a request line to the core (as [`CoreLink::prepare`] read it) and registers
     /// for its answer. Returns the id the core knows it by (for [`CoreLink::cancel`]) and
-    /// the receiver of what is routed to it.
+    /// the receiver of what is routed to it. `read`: what was read of `line` itself; it goes
+    /// to the core with the line unless the line was renamed (a stateless link's ids).
     pub(crate) async fn request(
         &self,
         prepared: Prepared,
         line: Vec<u8>,
+        read: Option<Read>,
     ) -> Result<(IdKey, Inbox), DuplicateId> {
         self.touch();
         let (tx, rx) = inbox();
@@ -331,7 +338,10 @@ impl CoreLink {
             progress,
             original_progress,
         } = prepared;
-        let out = renamed.unwrap_or(line);
+        let (out, read) = match renamed {
+            Some(renamed) => (renamed, None),
+            None => (line, read),
+        };
         {
             let mut routes = lock(&self.routes);
             if routes.ended {
@@ -354,7 +364,7 @@ impl CoreLink {
                 );
             }
         }
-        if !self.send_to_core(out).await {
+        if !self.send_to_core(out, read).await {
             self.forget(&core_id);
         }
         Ok((core_id, rx))
@@ -384,7 +394,7 @@ impl CoreLink {
         // Small, and skipped when the queue is full: the core then answers the request
         // anyway, to no one.
         if let Some(charge) = self.to_core_budget.try_charge(note.len()) {
-            let _ = self.to_core.try_send((note.into_bytes(), charge));
+            let _ = self.to_core.try_send((note.into_bytes(), charge, None));
         }
     }
 
@@ -668,7 +678,7 @@ mod tests {
 mod known_tests {
     use super::*;
 
-    fn link(stateless: bool) -> (Arc<CoreLink>, mpsc::Receiver<(Vec<u8>, Charge)>) {
+    fn link(stateless: bool) -> (Arc<CoreLink>, mpsc::Receiver<Queued>) {
         let (to_core, core_rx) = mpsc::channel(16);
         let (shutdown, _) = watch::channel(false);
         let link = Arc::new(CoreLink {
@@ -695,7 +705,7 @@ mod known_tests {
             panic!("not a request")
         };
         let prepared = link.prepare(line, &id, env.id.expect("an id"), env.params);
-        link.request(prepared, line.to_vec())
+        link.request(prepared, line.to_vec(), None)
             .await
             .expect("registered")
     }

@@ -705,7 +705,9 @@ async fn post<B: RequestBody>(
         return StatusCode::ACCEPTED.into_response();
     };
     let prepared = link.prepare(&line, &client_id, raw_id, env.params);
-    let (core_id, rx) = match link.request(prepared, line).await {
+    // What this read of the line goes with it: the core does not scan it again.
+    let read = env.read(&line);
+    let (core_id, rx) = match link.request(prepared, line, read).await {
         Ok(pair) => pair,
         Err(e) => {
             return rpc_error(

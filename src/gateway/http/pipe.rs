@@ -17,14 +17,21 @@ use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::gateway::budget::{ByteBudget, Charge};
-use crate::gateway::lines::recycle;
+use crate::gateway::jsonrpc::Read;
+use crate::gateway::lines::{ReadAhead, recycle};
+
+/// A line queued for a core: its bytes (one message, without a newline), its charge of the
+/// queue's budget, and what its sender read of it when it read it whole ([`Read`]), so the
+/// core need not scan it again ([`ReadAhead`]). Only the line it was read from may carry a
+/// `Read`.
+pub(crate) type Queued = (Vec<u8>, Charge, Option<Box<Read>>);
 
 /// A readable stream of the lines queued on a channel (a newline after each).
 ///
 /// It ends when every sender is gone and the queue is empty. Dropping it closes the
 /// budget, as a writer task that ends does: whoever waits for room stops waiting.
 pub(crate) struct LineSource {
-    rx: mpsc::Receiver<(Vec<u8>, Charge)>,
+    rx: mpsc::Receiver<Queued>,
     budget: ByteBudget,
     /// The line being read.
     current: Option<Current>,
@@ -42,6 +49,16 @@ struct Current {
 }
 
 impl Current {
+    fn new(line: Vec<u8>, charge: Charge) -> Current {
+        let newline = line.last() != Some(&b'\n');
+        Current {
+            line,
+            read: 0,
+            newline,
+            _charge: charge,
+        }
+    }
+
     fn len(&self) -> usize {
         self.line.len() + usize::from(self.newline)
     }
@@ -57,7 +74,7 @@ impl Current {
 
 impl LineSource {
     /// A stream of what `rx` brings; `budget` is the queue's, closed when this is dropped.
-    pub(crate) fn new(rx: mpsc::Receiver<(Vec<u8>, Charge)>, budget: ByteBudget) -> LineSource {
+    pub(crate) fn new(rx: mpsc::Receiver<Queued>, budget: ByteBudget) -> LineSource {
         LineSource {
             rx,
             budget,
@@ -93,15 +110,7 @@ impl AsyncBufRead for LineSource {
             // The previous line is read whole: its bytes go back to the budget.
             this.finish();
             match ready!(this.rx.poll_recv(cx)) {
-                Some((line, charge)) => {
-                    let newline = line.last() != Some(&b'\n');
-                    this.current = Some(Current {
-                        line,
-                        read: 0,
-                        newline,
-                        _charge: charge,
-                    });
-                }
+                Some((line, charge, _)) => this.current = Some(Current::new(line, charge)),
                 None => return Poll::Ready(Ok(&[])),
             }
         }
@@ -118,6 +127,36 @@ impl AsyncBufRead for LineSource {
             if current.read == current.len() {
                 this.finish();
             }
+        }
+    }
+}
+
+impl ReadAhead for LineSource {
+    fn poll_read_ahead(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Option<(Vec<u8>, Box<Read>)>> {
+        if self.current.as_ref().is_some_and(|c| c.read < c.len()) {
+            // A line under way is read on as bytes.
+            return Poll::Ready(None);
+        }
+        self.finish();
+        match ready!(self.rx.poll_recv(cx)) {
+            // Taken whole: its charge goes back now, as when its last byte is read. (Its
+            // senders make every message one line; one that still holds a line break is
+            // split as bytes, as before.)
+            Some((line, _charge, Some(read)))
+                if line.len() <= max && memchr::memchr2(b'\n', b'\r', &line).is_none() =>
+            {
+                Poll::Ready(Some((line, read)))
+            }
+            // Read as bytes, as every line was before: split at its newlines, cut at `max`.
+            Some((line, charge, _)) => {
+                self.current = Some(Current::new(line, charge));
+                Poll::Ready(None)
+            }
+            None => Poll::Ready(None),
         }
     }
 }
@@ -148,7 +187,7 @@ mod tests {
         let mut source = LineSource::new(rx, budget.clone());
         for line in [&b"one"[..], b"two\n"] {
             let charge = budget.try_charge(line.len()).unwrap();
-            tx.send((line.to_vec(), charge)).await.unwrap();
+            tx.send((line.to_vec(), charge, None)).await.unwrap();
         }
         drop(tx);
         let mut text = String::new();
@@ -173,7 +212,7 @@ mod tests {
         let mut source = LineSource::new(rx, budget.clone());
         for line in [&b"abc"[..], b"", b"de\n", b"f"] {
             let charge = budget.try_charge(line.len()).unwrap();
-            tx.send((line.to_vec(), charge)).await.unwrap();
+            tx.send((line.to_vec(), charge, None)).await.unwrap();
         }
         drop(tx);
         let mut read = Vec::new();
@@ -187,5 +226,60 @@ mod tests {
         }
         assert_eq!(String::from_utf8(read).unwrap(), "abc\n\nde\nf\n");
         assert_eq!(budget.available(), 100, "every line's bytes came back");
+    }
+
+    /// What `line` reads as ([`crate::gateway::jsonrpc::Envelope::read`]).
+    fn read_of(line: &[u8]) -> Read {
+        match crate::gateway::jsonrpc::parse(line) {
+            crate::gateway::jsonrpc::Parsed::Message(env) => env.read(line).unwrap(),
+            _ => panic!("a message"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_that_came_read_is_taken_whole_and_the_rest_as_bytes() {
+        use crate::gateway::lines::{Line, LineReader};
+        let budget = ByteBudget::new(1000);
+        let (tx, rx) = mpsc::channel(8);
+        let message = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        let broken = b"{\"jsonrpc\":\"2.0\",\n\"id\":2,\"method\":\"ping\"}";
+        let queued: [(&[u8], Option<Read>); 5] = [
+            (message, Some(read_of(message))),
+            // Bytes: split at their newline, as always.
+            (b"a\nb", None),
+            (message, Some(read_of(message))),
+            // A line break in a line that came read: read as bytes, not taken whole.
+            (broken, Some(read_of(broken))),
+            // Longer than the reader's limit: cut as bytes.
+            (&[b'x'; 100], Some(read_of(message))),
+        ];
+        for (line, read) in queued {
+            let charge = budget.try_charge(line.len()).unwrap();
+            tx.send((line.to_vec(), charge, read.map(Box::new)))
+                .await
+                .unwrap();
+        }
+        drop(tx);
+        let mut reader = LineReader::new(LineSource::new(rx, budget.clone()), 64);
+        let mut got = Vec::new();
+        while let Some((line, read)) = reader.next_read("test").await {
+            let text = match line {
+                Line::Whole(line) => String::from_utf8(line).unwrap(),
+                Line::TooLong { len, .. } => format!("too long: {len}"),
+            };
+            got.push((text, read.is_some()));
+        }
+        let message = String::from_utf8(message.to_vec()).unwrap();
+        let expected = [
+            (message.clone(), true),
+            ("a".into(), false),
+            ("b".into(), false),
+            (message, true),
+            (r#"{"jsonrpc":"2.0","#.into(), false),
+            (r#""id":2,"method":"ping"}"#.into(), false),
+            ("too long: 100".into(), false),
+        ];
+        assert_eq!(got, expected);
+        assert_eq!(budget.available(), 1000, "every line's bytes came back");
     }
 }

@@ -28,12 +28,13 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use super::pipe::Queued;
 use super::servers::UrlServer;
 use super::sse::SseParser;
 use super::upstream_pool::{Answer, CONNECT_WITHIN, Upstream};
 use crate::gateway::budget::{ByteBudget, Charge};
 use crate::gateway::core::Known;
-use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, Raw, Shape, code};
+use crate::gateway::jsonrpc::{self, IdKey, META_PROTOCOL_VERSION, Parsed, Raw, Read, Shape, code};
 use crate::gateway::line_writer::write_lines;
 use crate::gateway::lines::{Line, LineReader};
 use crate::sync::lock;
@@ -75,7 +76,7 @@ struct Remote {
     /// emptied whenever either changes.
     plain_post: Mutex<Option<HeaderMap>>,
     /// Lines for the core.
-    to_core: mpsc::Sender<(Vec<u8>, Charge)>,
+    to_core: mpsc::Sender<Queued>,
     /// Bytes queued for the core (2 × `--max-message` + 64 KiB): an answer waits for room.
     to_core_budget: ByteBudget,
     /// The largest answer (or event) accepted from the upstream (`--max-message`).
@@ -138,7 +139,7 @@ pub(crate) async fn run_queued(
     client: reqwest::Client,
     max: usize,
     mut from_core: FromCore,
-    to_core: mpsc::Sender<(Vec<u8>, Charge)>,
+    to_core: mpsc::Sender<Queued>,
     to_core_budget: ByteBudget,
 ) {
     let mut headers = HeaderMap::with_capacity(server.headers.len() + 4);
@@ -386,15 +387,16 @@ impl Remote {
     }
 
     async fn deliver(&self, message: &[u8]) {
-        self.deliver_line(one_line(message)).await;
+        self.deliver_line(one_line(message), None).await;
     }
 
-    /// Queues a line (one message, no line breaks) for the core once it fits the budget.
-    async fn deliver_line(&self, line: Vec<u8>) {
+    /// Queues a line (one message, no line breaks) for the core once it fits the budget,
+    /// with what was read of it (that line's own [`Read`], or `None`).
+    async fn deliver_line(&self, line: Vec<u8>, read: Option<Read>) {
         let Some(charge) = self.to_core_budget.charge(line.len()).await else {
             return;
         };
-        let _ = self.to_core.send((line, charge)).await;
+        let _ = self.to_core.send((line, charge, read.map(Box::new))).await;
     }
 
     /// POSTs a notification, or a response to a server-to-client request; the answer
@@ -456,33 +458,45 @@ impl Remote {
             return Box::pin(self.relay_stream(&mut resp, id, routing)).await;
         }
         let body = read_capped(&mut resp, self.max).await?;
-        // `None`: no JSON-RPC answer; `Some(None)`: the body itself is the answer.
+        // `None`: no JSON-RPC answer; `Some(Err(read))`: the body itself is the answer (and
+        // what was read of it); `Some(Ok(line))`: this error line is.
         let answer = if json
             && let Parsed::Message(env) = jsonrpc::parse(&body)
             && (env.result.is_some() || env.error.is_some())
         {
             if status.is_success() {
                 self.answered(&env, routing);
-                Some(None)
+                Some(Err(env.read(&body)))
             } else {
                 // An error sent with an HTTP error status may carry a null id.
-                Some(env.error.map(|error| {
-                    format!(
+                Some(match env.error {
+                    Some(error) => Ok(format!(
                         r#"{{"jsonrpc":"2.0","id":{},"error":{}}}"#,
                         id.json(),
                         error.get()
                     )
-                    .into_bytes()
-                }))
+                    .into_bytes()),
+                    None => Err(env.read(&body)),
+                })
             }
         } else {
             None
         };
-        if let Some(answer) = answer {
-            // The body as it came, made one line in place (no copy).
-            self.deliver_line(into_one_line(answer.unwrap_or(body)))
-                .await;
-            return Ok(());
+        match answer {
+            Some(Ok(line)) => {
+                self.deliver_line(into_one_line(line), None).await;
+                return Ok(());
+            }
+            Some(Err(read)) => {
+                // The body as it came, made one line in place (no copy); the core takes it
+                // with what was read of it here.
+                let start = body.len() - body.trim_ascii_start().len();
+                let line = into_one_line(body);
+                let read = read.and_then(|read| read.within(start, line.len()));
+                self.deliver_line(line, read).await;
+                return Ok(());
+            }
+            None => {}
         }
         if status == StatusCode::NOT_FOUND && lock(&self.session).is_some() {
             return Err("the MCP server ended the session".into());

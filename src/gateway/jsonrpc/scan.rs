@@ -652,6 +652,73 @@ impl<'a> Found<'a> {
             Member::FirstText => &mut self.result_members.first_text,
         }
     }
+
+    /// Where [`Found::parts`] puts the method.
+    pub(super) const METHOD: usize = 1;
+
+    /// Every member found, in a fixed order ([`Found::from_parts`] reads it back).
+    pub(super) fn parts(&self) -> [Option<&'a str>; 15] {
+        let (p, r) = (&self.params_members, &self.result_members);
+        [
+            self.id,
+            self.method,
+            self.params,
+            self.result,
+            self.error,
+            p.name,
+            p.arguments,
+            p.meta,
+            p.input_responses,
+            p.request_state,
+            r.is_error,
+            r.result_type,
+            r.content,
+            r.first_content,
+            r.first_text,
+        ]
+    }
+
+    /// The members [`Found::parts`] gave, back in their places.
+    pub(super) fn from_parts(parts: [Option<&'a str>; 15]) -> Found<'a> {
+        let [
+            id,
+            method,
+            params,
+            result,
+            error,
+            name,
+            arguments,
+            meta,
+            input_responses,
+            request_state,
+            is_error,
+            result_type,
+            content,
+            first_content,
+            first_text,
+        ] = parts;
+        Found {
+            id,
+            method,
+            params,
+            result,
+            error,
+            params_members: ParamsMembers {
+                name,
+                arguments,
+                meta,
+                input_responses,
+                request_state,
+            },
+            result_members: ResultMembers {
+                is_error,
+                result_type,
+                content,
+                first_content,
+                first_text,
+            },
+        }
+    }
 }
 
 #[cfg(test)]
