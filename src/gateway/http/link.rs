@@ -710,6 +710,35 @@ mod known_tests {
             .expect("registered")
     }
 
+    #[tokio::test]
+    async fn what_the_http_side_read_of_a_request_goes_to_the_core_unless_it_was_renamed() {
+        for stateless in [false, true] {
+            let (link, mut core_rx) = link(stateless);
+            let line = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"t"}}"#;
+            let Parsed::Message(env) = jsonrpc::parse(line) else {
+                panic!("a message")
+            };
+            let Ok(Shape::Request { id, .. }) = env.shape() else {
+                panic!("a request")
+            };
+            let read = env.read(line);
+            assert!(read.is_some());
+            let prepared = link.prepare(line, &id, env.id.expect("an id"), env.params);
+            link.request(prepared, line.to_vec(), read)
+                .await
+                .expect("registered");
+            let (queued, _charge, queued_read) = core_rx.recv().await.expect("queued");
+            if stateless {
+                // Its id renamed: another text, read by the core itself.
+                assert_ne!(queued, line.to_vec());
+                assert!(queued_read.is_none());
+            } else {
+                assert_eq!(queued, line.to_vec());
+                assert_eq!(queued_read.map(|read| *read), read);
+            }
+        }
+    }
+
     fn answered(link: &Arc<CoreLink>, line: &[u8], known: Known) {
         let mut router = Router {
             link: Arc::downgrade(link),
