@@ -781,4 +781,103 @@ mod tests {
             "a plain request is not read again"
         );
     }
+
+    /// An upstream on loopback that answers each POST with the next of `answers` (status,
+    /// body), as JSON; what was read of each answer reaches the core with it.
+    async fn answered_by(answers: Vec<(u16, &'static str)>) -> Vec<(Vec<u8>, Option<Read>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let count = answers.len();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            for (status, body) in answers {
+                // One request: its head, then as many bytes as it says.
+                let head_end = loop {
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = socket.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the gateway closed its connection");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |n| n.trim().parse().unwrap());
+                while buf.len() < head_end + length {
+                    let mut chunk = [0u8; 4096];
+                    let n = socket.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.drain(..head_end + length);
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+        let (to_core, mut core_rx) = mpsc::channel(8);
+        let budget = ByteBudget::for_messages(64 * 1024);
+        let server = UrlServer {
+            url,
+            headers: Vec::new(),
+        };
+        let remote = tokio::spawn(run_queued(
+            server,
+            http_client(),
+            64 * 1024,
+            lines_rx,
+            to_core,
+            budget.clone(),
+        ));
+        let mut got = Vec::new();
+        for id in 0..count {
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"t"}}}}"#
+            );
+            let charge = budget.try_charge(line.len()).unwrap();
+            lines_tx
+                .send((line.into_bytes(), charge, Known::Nothing))
+                .unwrap();
+            let (line, _charge, read) =
+                tokio::time::timeout(Duration::from_secs(10), core_rx.recv())
+                    .await
+                    .expect("an answer in time")
+                    .expect("an answer");
+            got.push((line, read.map(|read| *read)));
+        }
+        remote.abort();
+        got
+    }
+
+    #[tokio::test]
+    async fn what_was_read_of_an_answer_goes_to_the_core_with_the_line_made_of_it() {
+        let got = answered_by(vec![
+            (200, r#"{"jsonrpc":"2.0","id":0,"result":{"content":[{"type":"text","text":"a"}]}}"#),
+            // Pretty-printed: the line is trimmed and its line breaks made spaces, and what
+            // was read moves with it.
+            (200, "\r\n  {\r\n \"jsonrpc\": \"2.0\",\n \"id\": 1,\n \"result\": {\"isError\": true}\n}\n"),
+            // An error under an HTTP error status: the gateway writes the line itself.
+            (500, r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"down"}}"#),
+        ])
+        .await;
+        assert_eq!(got.len(), 3);
+        for (line, read) in &got[..2] {
+            let Parsed::Message(env) = jsonrpc::parse(line) else {
+                panic!("a message");
+            };
+            let read = read.expect("read with the answer");
+            assert_eq!(env.read(line), Some(read));
+            assert!(read.envelope(line).is_some());
+        }
+        assert!(!got[1].0.contains(&b'\n') && got[1].0.starts_with(b"{"));
+        assert!(got[2].1.is_none(), "a line the gateway built goes without");
+        assert!(String::from_utf8_lossy(&got[2].0).contains(r#""id":2"#));
+    }
 }
