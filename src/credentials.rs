@@ -74,6 +74,30 @@ pub(crate) fn authenticate<'a, E: Hashed>(
     found
 }
 
+/// Whether two secrets are equal, in a time that depends on their length only (which is
+/// not secret: every token of a kind has the same), never on where they first differ. It
+/// compares eight bytes at a time and passes the running difference through
+/// `black_box` at each step, so the compiler cannot end the loop at the first difference.
+/// `subtle`'s byte-by-byte `ct_eq` gives the same guarantee at about eight times the cost,
+/// which `serve` paid on every request of a connection (the remembered token).
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut a_words = a.chunks_exact(8);
+    let mut b_words = b.chunks_exact(8);
+    let mut diff = 0u64;
+    for (x, y) in (&mut a_words).zip(&mut b_words) {
+        let x = u64::from_ne_bytes(x.try_into().unwrap_or_default());
+        let y = u64::from_ne_bytes(y.try_into().unwrap_or_default());
+        diff = std::hint::black_box(diff | (x ^ y));
+    }
+    for (x, y) in a_words.remainder().iter().zip(b_words.remainder()) {
+        diff = std::hint::black_box(diff | u64::from(x ^ y));
+    }
+    diff == 0
+}
+
 /// Writes `value` as pretty JSON to `path` atomically (temp file in the same directory,
 /// fsync, rename), mode 0600. A symlink at `path` (a dotfiles repository) stays: the file it
 /// leads to is the one replaced.
@@ -114,4 +138,45 @@ pub(crate) fn save_private_json(path: &Path, value: &impl Serialize) -> std::io:
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_are_the_same_only_when_every_byte_is() {
+        let token = new_token_for_test();
+        let copy = token.clone();
+        assert!(same_secret(token.as_bytes(), copy.as_bytes()));
+        assert!(same_secret(b"", b""));
+        // A difference anywhere is seen: in the whole words and in the tail alike.
+        for at in 0..token.len() {
+            let mut other = token.clone().into_bytes();
+            other[at] ^= 0x01;
+            assert!(!same_secret(token.as_bytes(), &other), "byte {at}");
+            other[at] ^= 0x81;
+            assert!(
+                !same_secret(token.as_bytes(), &other),
+                "byte {at}, high bit"
+            );
+        }
+        // A prefix, or the token with more after it, is another secret.
+        assert!(!same_secret(
+            token.as_bytes(),
+            &token.as_bytes()[..token.len() - 1]
+        ));
+        assert!(!same_secret(
+            token.as_bytes(),
+            format!("{token}0").as_bytes()
+        ));
+        assert!(!same_secret(b"", token.as_bytes()));
+    }
+
+    fn new_token_for_test() -> String {
+        let token = super::new_token("tg_");
+        // 3 + 64 bytes: eight whole words and a tail of three.
+        assert_eq!(token.len() % 8, 3);
+        token
+    }
 }

@@ -747,6 +747,31 @@ pub(crate) fn error_code(error: Option<Raw<'_>>) -> Option<i64> {
     )
 }
 
+/// Whether a JSON text may hold the key `key`: it spells it, or has an escape (which could
+/// spell it). Most messages spell neither, and are then not read again for it. The
+/// searchers are built once: building one per search cost more than the search of a
+/// message of a few hundred bytes.
+pub(crate) fn may_spell(text: &[u8], key: Spelled) -> bool {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static META: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("_meta"));
+    static INITIALIZE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("initialize"));
+    let finder = match key {
+        Spelled::Meta => &META,
+        Spelled::Initialize => &INITIALIZE,
+    };
+    memchr::memchr(b'\\', text).is_some() || finder.find(text).is_some()
+}
+
+/// A word [`may_spell`] looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spelled {
+    /// `_meta`, the key of a request's metadata.
+    Meta,
+    /// `initialize`, the method that opens a session.
+    Initialize,
+}
+
 /// The `_meta` of a request's params, as sent, when it is an object.
 pub(crate) fn meta(params: Option<Raw<'_>>) -> Option<Box<RawValue>> {
     #[derive(Deserialize)]
@@ -774,6 +799,25 @@ pub(crate) fn cancelled_request(params: Option<Raw<'_>>) -> Option<IdKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_may_spell_a_key_plainly_or_through_any_escape() {
+        let meta = Spelled::Meta;
+        let init = Spelled::Initialize;
+        assert!(may_spell(br#"{"_meta":{}}"#, meta));
+        assert!(
+            may_spell(br#"{"a":"_meta"}"#, meta),
+            "a value spelling it counts too"
+        );
+        // An escape anywhere could spell the key: `"\u005fmeta"` is `_meta`.
+        assert!(may_spell(br#"{"\u005fmeta":{}}"#, meta));
+        assert!(may_spell(br#"{"a":"\n"}"#, init));
+        assert!(may_spell(br#"{"method":"initialize"}"#, init));
+        assert!(!may_spell(br#"{"method":"initialize"}"#, meta));
+        assert!(!may_spell(br#"{"_met":"a","meta":1}"#, meta));
+        assert!(!may_spell(br#"{"method":"initializ"}"#, init));
+        assert!(!may_spell(b"", meta));
+    }
 
     #[test]
     fn the_plain_integer_path_reads_ids_as_the_general_path_does() {

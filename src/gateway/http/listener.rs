@@ -46,7 +46,6 @@ use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
 use tower::ServiceExt;
@@ -161,7 +160,7 @@ impl Peer {
         let known = lock(&self.token);
         let known = known.as_ref()?;
         let same = Arc::ptr_eq(&known.grants, grants)
-            && bool::from(known.token.as_ref().ct_eq(token.as_bytes()));
+            && crate::credentials::same_secret(&known.token, token.as_bytes());
         same.then(|| known.grant.clone())
     }
 
@@ -671,7 +670,7 @@ async fn request(
     let answered = peer.clone();
     let body = DeadlineBody {
         inner: body,
-        deadline: tokio::time::Instant::now() + body_timeout,
+        timeout: body_timeout,
         timer: None,
         late: late.clone(),
     };
@@ -712,10 +711,11 @@ fn body_too_slow(body_timeout: Duration) -> Response<Body> {
 /// A request body that fails once its deadline has passed.
 struct DeadlineBody {
     inner: Incoming,
-    /// When the body must have arrived (counted from its request's head).
-    deadline: tokio::time::Instant,
+    /// How long the body may take, counted from the first time it is asked for and is not
+    /// all there (the handler asks as soon as it has the head).
+    timeout: Duration,
     /// Set the first time the body is not there yet: most bodies come with their head, and
-    /// their request then never registers a timer.
+    /// their request then neither reads the clock nor registers a timer.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     late: Arc<AtomicBool>,
 }
@@ -736,10 +736,10 @@ impl hyper::body::Body for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let deadline = self.deadline;
+        let timeout = self.timeout;
         let timer = self
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         if timer.as_mut().poll(cx).is_ready() {
             self.late.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(BodyTooSlow.into())));

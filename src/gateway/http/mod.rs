@@ -536,11 +536,17 @@ async fn metrics(State(gw): State<Arc<HttpGateway>>, headers: HeaderMap) -> Resp
 }
 
 fn accepts_events(headers: &HeaderMap) -> bool {
+    // Searchers built once: `str::contains` builds one per search, which costs more than
+    // the search of a header value.
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static EVENTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("text/event-stream"));
+    static ANY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("*/*"));
     headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream") || v.contains("*/*"))
+        .any(|v| EVENTS.find(v.as_bytes()).is_some() || ANY.find(v.as_bytes()).is_some())
 }
 
 /// Decodes a 2026-07-28 header value (`=?base64?…?=` or plain).
