@@ -747,20 +747,23 @@ pub(crate) fn error_code(error: Option<Raw<'_>>) -> Option<i64> {
     )
 }
 
-/// Whether a JSON text may hold the key `key`: it spells it, or has an escape (which could
-/// spell it). Most messages spell neither, and are then not read again for it. The
+/// Whether a JSON text may hold any of `words`: it spells one, or has an escape (which could
+/// spell any). Most messages spell none, and are then not read again for them. The
 /// searchers are built once: building one per search cost more than the search of a
 /// message of a few hundred bytes.
-pub(crate) fn may_spell(text: &[u8], key: Spelled) -> bool {
+pub(crate) fn may_spell(text: &[u8], words: &[Spelled]) -> bool {
     use memchr::memmem::Finder;
     use std::sync::LazyLock;
     static META: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("_meta"));
     static INITIALIZE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("initialize"));
-    let finder = match key {
-        Spelled::Meta => &META,
-        Spelled::Initialize => &INITIALIZE,
-    };
-    memchr::memchr(b'\\', text).is_some() || finder.find(text).is_some()
+    memchr::memchr(b'\\', text).is_some()
+        || words.iter().any(|word| {
+            let finder = match word {
+                Spelled::Meta => &META,
+                Spelled::Initialize => &INITIALIZE,
+            };
+            finder.find(text).is_some()
+        })
 }
 
 /// A word [`may_spell`] looks for.
@@ -802,8 +805,9 @@ mod tests {
 
     #[test]
     fn a_text_may_spell_a_key_plainly_or_through_any_escape() {
-        let meta = Spelled::Meta;
-        let init = Spelled::Initialize;
+        let meta = &[Spelled::Meta][..];
+        let init = &[Spelled::Initialize][..];
+        let both = &[Spelled::Meta, Spelled::Initialize][..];
         assert!(may_spell(br#"{"_meta":{}}"#, meta));
         assert!(
             may_spell(br#"{"a":"_meta"}"#, meta),
@@ -817,6 +821,10 @@ mod tests {
         assert!(!may_spell(br#"{"_met":"a","meta":1}"#, meta));
         assert!(!may_spell(br#"{"method":"initializ"}"#, init));
         assert!(!may_spell(b"", meta));
+        assert!(may_spell(br#"{"method":"initialize"}"#, both));
+        assert!(may_spell(br#"{"params":{"_meta":{}}}"#, both));
+        assert!(!may_spell(br#"{"method":"tools/call"}"#, both));
+        assert!(!may_spell(br#"{"_meta":{}}"#, &[]), "no word, no escape");
     }
 
     #[test]

@@ -580,7 +580,7 @@ fn progress_token(params: Option<Raw<'_>>) -> Option<Box<str>> {
     let params = params?.get();
     // Most requests carry no `_meta`: a text that cannot spell the key (not even escaped)
     // is not read again.
-    if !jsonrpc::may_spell(params.as_bytes(), jsonrpc::Spelled::Meta) {
+    if !jsonrpc::may_spell(params.as_bytes(), &[jsonrpc::Spelled::Meta]) {
         return None;
     }
     let p: P<'_> = serde_json::from_str(params).ok()?;

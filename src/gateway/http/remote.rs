@@ -283,14 +283,14 @@ impl Routing {
 
 /// Whether a JSON text may have a `_meta` key: it spells it, or has an escape that could.
 fn may_hold_meta(text: &str) -> bool {
-    jsonrpc::may_spell(text.as_bytes(), Spelled::Meta)
+    jsonrpc::may_spell(text.as_bytes(), &[Spelled::Meta])
 }
 
 /// Whether [`Routing::of`] a request `line` may be other than the default: only an
 /// `initialize` or params with `_meta` give routing, and a line that spells neither (not
 /// even escaped) has neither.
 fn needs_routing(line: &[u8]) -> bool {
-    jsonrpc::may_spell(line, Spelled::Meta) || jsonrpc::may_spell(line, Spelled::Initialize)
+    jsonrpc::may_spell(line, &[Spelled::Meta, Spelled::Initialize])
 }
 
 /// A header value as 2026-07-28 encodes it: plain when it is visible ASCII without edge
