@@ -28,7 +28,6 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -329,7 +328,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Whether the upgrade request carries `Authorization: Bearer <token>`.
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     // Constant time in the token's content; lengths are not secret (always 64).
-    bearer(headers).is_some_and(|presented| presented.as_bytes().ct_eq(token.as_bytes()).into())
+    bearer(headers).is_some_and(|presented| {
+        crate::credentials::same_secret(presented.as_bytes(), token.as_bytes())
+    })
 }
 
 fn refusal(status: StatusCode, body: String) -> ErrorResponse {

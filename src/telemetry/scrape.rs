@@ -14,7 +14,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use subtle::ConstantTimeEq;
 
 use super::metrics::Metrics;
 
@@ -102,7 +101,7 @@ fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
         return false;
     };
     scheme.eq_ignore_ascii_case("bearer")
-        && bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes()))
+        && crate::credentials::same_secret(presented.trim().as_bytes(), token.as_bytes())
 }
 
 /// Whether the `Host` header names a loopback address or `localhost`.
