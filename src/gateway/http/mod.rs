@@ -932,6 +932,27 @@ mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
+    #[test]
+    fn events_are_accepted_when_any_accept_header_names_them_or_everything() {
+        let accepts = |values: &[&[u8]]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::ACCEPT, HeaderValue::from_bytes(value).unwrap());
+            }
+            accepts_events(&headers)
+        };
+        assert!(accepts(&[b"application/json, text/event-stream"]));
+        assert!(accepts(&[b"text/event-stream"]));
+        assert!(accepts(&[b"*/*"]));
+        assert!(accepts(&[b"application/json", b"text/event-stream;q=0.5"]));
+        assert!(!accepts(&[b"application/json"]));
+        assert!(!accepts(&[b"text/event", b"application/*"]));
+        assert!(!accepts(&[]));
+        // A value that is not visible ASCII is not read, whatever it spells.
+        assert!(!accepts(&[b"text/event-stream \xff"]));
+        assert!(accepts(&[b"text/event-stream \xff", b"*/*"]));
+    }
+
     #[tokio::test]
     async fn a_body_is_read_whole_in_one_frame_or_many_and_refused_past_the_cap() {
         let one = Body::from("{\"a\":1}");
