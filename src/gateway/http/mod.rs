@@ -47,6 +47,7 @@ pub(crate) mod remote;
 pub(crate) mod servers;
 pub(crate) mod sessions;
 pub(crate) mod sse;
+mod upstream_conn;
 mod upstream_pool;
 
 use std::collections::{BTreeMap, HashMap};

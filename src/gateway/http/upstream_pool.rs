@@ -6,18 +6,18 @@
 //! matcher, checks a connection out of a pool keyed by origin (with its own locks, timer
 //! and task), and converts the request and response between its types and hyper's. Here a
 //! plain `http://` URL is read once, when the session starts, and its requests go straight
-//! to a [`hyper::client::conn::http1`] connection of the session's own: idle ones are
-//! reused (a request that an idle connection, closed by the server meanwhile, gives back
-//! unsent is tried on the next one), a new one is opened when none is idle (`TCP_NODELAY`,
-//! within [`CONNECT_WITHIN`]), and a connection goes back to the idle list once its answer
-//! has been read to the end, while the process keeps fewer than [`MAX_IDLE`] idle ones in
-//! all. Nothing is followed: a redirect is an answer like any other.
+//! to an HTTP/1.1 connection of the session's own ([`super::upstream_conn`]: the request
+//! written in one piece, the answer's head parsed by `httparse`, its body framed strictly):
+//! idle ones are reused (a request that an idle connection, closed by the server meanwhile,
+//! did not take a byte of is tried on the next one), a new one is opened when none is idle
+//! (`TCP_NODELAY`, within [`CONNECT_WITHIN`]), and a connection goes back to the idle list
+//! once its answer has been read to the end (and could carry another), while the process
+//! keeps fewer than [`MAX_IDLE`] idle ones in all. Nothing is followed: a redirect is an
+//! answer like any other.
 //!
-//! A connection has no task of its own: whoever uses it drives it ([`Conn::driving`]), so
-//! the request it writes, the head it reads and the body it hands on cross no task
-//! boundary (with a task per connection each of them was a wake-up of another task). An
-//! idle connection is driven by no one: a close by the server meanwhile is seen when it is
-//! next used, and the request it gives back unsent goes on the next one, as before.
+//! A connection has no task of its own: the request using it writes it and reads its answer,
+//! so nothing crosses a task boundary. An idle connection is read by no one: a close by the
+//! server meanwhile is seen when it is next taken (what the runtime saw come on it).
 //!
 //! What this path does not do goes through reqwest, as every request did before: a URL the
 //! environment's proxy settings (`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`) send through a
@@ -25,20 +25,15 @@
 //! `https://` upstreams are refused when SERVERS.json is read (this build speaks no TLS to
 //! upstreams, through either path).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::TokioIo;
+
+use super::upstream_conn::{self, Body, Connection};
 
 use crate::sync::lock;
 
@@ -54,47 +49,6 @@ const MAX_IDLE: usize = 64;
 static IDLE: AtomicUsize = AtomicUsize::new(0);
 /// An idle connection older than this is closed rather than reused (reqwest's default).
 const IDLE_FOR: Duration = Duration::from_secs(90);
-
-type Sender = SendRequest<Full<Bytes>>;
-type Driver = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
-
-/// One HTTP/1.1 connection to the upstream: the side that sends requests, and the
-/// connection itself (reads and writes), which runs only while its user drives it.
-struct Conn {
-    sender: Sender,
-    /// `None` once the connection ended. Boxed (once per connection): hyper's connection
-    /// is large, and a `Conn` moves with every answer and into the idle list.
-    driver: Option<Box<Driver>>,
-}
-
-impl Conn {
-    /// Runs `work` (a request sent on this connection, its answer's body read) while driving
-    /// the connection in the same task: the work first (a request queued), the connection
-    /// (written, answer read), then the work again (the answer taken), at every wake-up.
-    async fn driving<F: Future>(driver: &mut Option<Box<Driver>>, work: F) -> F::Output {
-        let mut work = std::pin::pin!(work);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = work.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            if let Some(connection) = driver.as_mut()
-                && let Poll::Ready(ended) = Pin::new(&mut **connection).poll(cx)
-            {
-                if let Err(e) = ended {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-                // Dropped: what waits on it (a request, a body) is told it is gone.
-                *driver = None;
-            }
-            work.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    fn is_closed(&self) -> bool {
-        self.driver.is_none() || self.sender.is_closed()
-    }
-}
 
 /// One upstream session's way to its URL server.
 pub(crate) struct Upstream {
@@ -119,20 +73,20 @@ struct Direct {
     /// The `Host` header: the URL's authority.
     host: HeaderValue,
     /// The request target: the URL's path and query.
-    target: Uri,
+    target: String,
     idle: Mutex<Vec<Idle>>,
 }
 
 /// A connection in an idle list, counted in [`IDLE`] while it is there.
 struct Idle {
     /// Taken out when the connection is used again.
-    conn: Option<Conn>,
+    conn: Option<Connection>,
     since: Instant,
 }
 
 impl Idle {
     /// Takes a place under [`MAX_IDLE`], if one is left.
-    fn new(conn: Conn) -> Option<Idle> {
+    fn new(conn: Connection) -> Option<Idle> {
         IDLE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < MAX_IDLE).then_some(n + 1)
         })
@@ -227,7 +181,7 @@ impl Direct {
         let host = HeaderValue::from_str(authority.as_str()).ok()?;
         let target = uri
             .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
         Some(Direct {
             address,
             host,
@@ -239,64 +193,45 @@ impl Direct {
     async fn send(
         self: &Arc<Self>,
         method: Method,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<Answer, String> {
-        headers.insert(header::HOST, self.host.clone());
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = method;
-        *request.uri_mut() = self.target.clone();
-        *request.headers_mut() = headers;
+        let request = upstream_conn::request(&method, &self.target, &self.host, &headers, &body);
+        let unreachable = |e: String| format!("cannot reach the MCP server: {e}");
         loop {
             let (mut conn, fresh) = match self.take_idle() {
                 Some(conn) => (conn, false),
                 // Boxed: opening a connection is rare once the session runs, and its
-                // future (resolving, connecting, the handshake) would otherwise make every
-                // request's larger.
+                // future (resolving, connecting) would otherwise make every request's larger.
                 None => (Box::pin(self.connect()).await?, true),
             };
-            let Conn { sender, driver } = &mut conn;
-            if let Err(e) = Conn::driving(driver, sender.ready()).await {
-                if fresh {
-                    return Err(format!("cannot reach the MCP server: {e}"));
-                }
-                continue;
+            match conn.write(&request).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(unreachable(e)),
+                // Not one byte taken: an idle connection the server had closed.
+                Err(_) if !fresh => continue,
+                Err(e) => return Err(unreachable(e)),
             }
-            let sent = Conn::driving(driver, sender.try_send_request(request)).await;
-            match sent {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    return Ok(Answer {
-                        status: parts.status,
-                        headers: parts.headers,
-                        body: AnswerBody::Direct {
-                            body,
-                            connection: Some((conn, self.clone())),
-                        },
-                    });
-                }
-                Err(mut failed) => match failed.take_message() {
-                    // Never written: an idle connection the server had closed.
-                    Some(unsent) if !fresh => request = unsent,
-                    _ => {
-                        return Err(format!(
-                            "cannot reach the MCP server: {}",
-                            failed.into_error()
-                        ));
-                    }
+            let head = conn.head(&method).await.map_err(unreachable)?;
+            return Ok(Answer {
+                status: head.status,
+                headers: head.headers,
+                body: AnswerBody::Direct {
+                    body: head.body,
+                    connection: Some((conn, self.clone())),
                 },
-            }
+            });
         }
     }
 
     /// An idle connection still open, if any.
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<Connection> {
         let mut idle = lock(&self.idle);
         while let Some(mut entry) = idle.pop() {
             let recent = entry.since.elapsed() < IDLE_FOR;
-            if let Some(conn) = entry.conn.take()
+            if let Some(mut conn) = entry.conn.take()
                 && recent
-                && !conn.is_closed()
+                && conn.idle_and_open()
             {
                 return Some(conn);
             }
@@ -305,16 +240,13 @@ impl Direct {
     }
 
     /// Keeps a connection whose answer was read to the end for the next request.
-    fn put_back(&self, conn: Conn) {
-        if conn.is_closed() {
-            return;
-        }
+    fn put_back(&self, conn: Connection) {
         if let Some(idle) = Idle::new(conn) {
             lock(&self.idle).push(idle);
         }
     }
 
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Connection, String> {
         let stream = tokio::time::timeout(
             CONNECT_WITHIN,
             tokio::net::TcpStream::connect(self.address.as_str()),
@@ -330,13 +262,7 @@ impl Direct {
         .map_err(|e| format!("cannot reach the MCP server at {}: {e}", self.address))?;
         // A request is one write, but an answer must not wait for the ACK of the last one.
         let _ = stream.set_nodelay(true);
-        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("cannot reach the MCP server: {e}"))?;
-        Ok(Conn {
-            sender,
-            driver: Some(Box::new(driver)),
-        })
+        Ok(Connection::new(stream))
     }
 }
 
@@ -351,8 +277,8 @@ enum AnswerBody {
     /// On a connection of the session's own, driven while the body is read, which goes
     /// back to it once the body ends (dropped with the answer before then: closed).
     Direct {
-        body: Incoming,
-        connection: Option<(Conn, Arc<Direct>)>,
+        body: Body,
+        connection: Option<(Connection, Arc<Direct>)>,
     },
     General(reqwest::Response),
 }
@@ -363,8 +289,8 @@ impl Answer {
     /// closed.
     pub(crate) fn discard(mut self) {
         if let AnswerBody::Direct { body, connection } = &mut self.body
-            && body.is_end_stream()
             && let Some((conn, direct)) = connection.take()
+            && body.reusable(&conn)
         {
             direct.put_back(conn);
         }
@@ -374,26 +300,26 @@ impl Answer {
     pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
         match &mut self.body {
             AnswerBody::General(resp) => resp.chunk().await.map_err(|e| e.to_string()),
-            AnswerBody::Direct { body, connection } => loop {
-                let frame = match connection.as_mut() {
-                    Some((conn, _)) => Conn::driving(&mut conn.driver, body.frame()).await,
-                    None => body.frame().await,
+            AnswerBody::Direct { body, connection } => {
+                let Some((conn, _)) = connection.as_mut() else {
+                    return Ok(None);
                 };
-                match frame {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            return Ok(Some(data));
-                        }
+                let chunk = match conn.chunk(body).await {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        // Closed: what is left of it cannot be trusted.
+                        *connection = None;
+                        return Err(e);
                     }
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => {
-                        if let Some((conn, direct)) = connection.take() {
-                            direct.put_back(conn);
-                        }
-                        return Ok(None);
-                    }
+                };
+                if body.is_done()
+                    && let Some((conn, direct)) = connection.take()
+                    && body.reusable(&conn)
+                {
+                    direct.put_back(conn);
                 }
-            },
+                Ok(chunk)
+            }
         }
     }
 }
