@@ -623,8 +623,8 @@ mod tests {
         assert_eq!(read(none, false).await, Ok((204, Vec::new(), false)));
     }
 
-    /// Every answer above, valid or not, fed a byte at a time: the same outcome as whole,
-    /// so no state is lost between reads.
+    /// Answers of each framing, valid or not, fed a byte at a time: the same outcome as
+    /// whole, so no state is lost between reads.
     #[tokio::test]
     async fn an_answer_read_a_byte_at_a_time_reads_as_whole() {
         let answers: [&[u8]; 4] = [
