@@ -82,8 +82,9 @@ enum Chunked {
     Data(u64),
     /// The CRLF after a chunk's data comes next.
     DataEnd,
-    /// The trailer fields, so many bytes of them read so far.
-    Trailers(usize),
+    /// The trailer fields: so many bytes of them taken, and so many of the line now in the
+    /// buffer already looked through for its end.
+    Trailers { taken: usize, scanned: usize },
 }
 
 impl Body {
@@ -142,17 +143,25 @@ impl Connection {
     /// Reads an answer's head (skipping interim ones).
     pub(super) async fn head(&mut self, method: &Method) -> Result<Head, String> {
         let mut interim = 0;
+        // How much of the buffer the last parse saw. A head is parsed again only when a line
+        // of it has ended since: it has at most `MAX_HEADERS` lines before it is refused, so
+        // one that comes a byte at a time costs at most that many parses, not one per byte.
+        let mut scanned = 0;
         loop {
-            if let Some(head) = self.parse_head(method)? {
+            if line_ended_since(&self.buf, scanned)
+                && let Some(head) = self.parse_head(method)?
+            {
                 if head.status.is_informational() {
                     interim += 1;
                     if head.status == StatusCode::SWITCHING_PROTOCOLS || interim > MAX_INTERIM {
                         return Err(format!("the MCP server answered {}", head.status));
                     }
+                    scanned = 0;
                     continue;
                 }
                 return Ok(head);
             }
+            scanned = self.buf.len();
             if self.buf.len() >= MAX_HEAD {
                 return Err(format!(
                     "the MCP server's answer has a head over {} KiB",
@@ -299,7 +308,10 @@ impl Connection {
                 Ok(httparse::Status::Complete((used, size))) => {
                     self.buf.advance(used);
                     *framing = Framing::Chunked(if size == 0 {
-                        Chunked::Trailers(0)
+                        Chunked::Trailers {
+                            taken: 0,
+                            scanned: 0,
+                        }
                     } else {
                         Chunked::Data(size)
                     });
@@ -335,30 +347,43 @@ impl Connection {
                     return Err(bad("no CRLF after a chunk"));
                 }
             }
-            Chunked::Trailers(mut read) => {
-                // Lines up to an empty one, each ending in CRLF.
-                while let Some(at) = memchr::memchr(b'\n', &self.buf) {
+            Chunked::Trailers { mut taken, scanned } => {
+                // Lines up to an empty one, each ending in CRLF; a line's bytes are looked
+                // through once however slowly it comes.
+                let mut from = scanned;
+                while let Some(found) = memchr::memchr(b'\n', &self.buf[from..]) {
+                    let at = from + found;
                     if at == 0 || self.buf[at - 1] != b'\r' {
                         return Err(bad("a trailer line without CRLF"));
                     }
-                    read += at + 1;
-                    if read > MAX_TRAILERS {
+                    taken += at + 1;
+                    if taken > MAX_TRAILERS {
                         return Err(bad("trailers too long"));
                     }
                     self.buf.advance(at + 1);
+                    from = 0;
                     if at == 1 {
                         *framing = Framing::Done;
                         return Ok(None);
                     }
                 }
-                if read + self.buf.len() > MAX_TRAILERS {
+                if taken + self.buf.len() > MAX_TRAILERS {
                     return Err(bad("trailers too long"));
                 }
-                *framing = Framing::Chunked(Chunked::Trailers(read));
+                *framing = Framing::Chunked(Chunked::Trailers {
+                    taken,
+                    scanned: self.buf.len(),
+                });
             }
         }
         Ok(None)
     }
+}
+
+/// Whether a parse of `buf` could say more than one of its first `scanned` bytes did: on a
+/// first look, or when a line has ended since.
+fn line_ended_since(buf: &[u8], scanned: usize) -> bool {
+    scanned == 0 || memchr::memchr(b'\n', &buf[scanned..]).is_some()
 }
 
 /// A `Content-Length` field's value (`1*DIGIT`, or a list of the same), checked against the
@@ -684,6 +709,45 @@ mod tests {
             };
             assert_eq!(outcome(), whole, "{}", String::from_utf8_lossy(answer));
         }
+    }
+
+    /// Through `head` and `chunk` on a real connection, each byte in its own write.
+    #[tokio::test]
+    async fn an_answer_that_comes_a_byte_at_a_time_is_read() {
+        let answer: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let (mut conn, server) = connection(b"", false).await;
+        let mut server = server.unwrap();
+        server.set_nodelay(true).unwrap();
+        let writer = tokio::spawn(async move {
+            for &b in answer {
+                server.write_all(&[b]).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            server
+        });
+        let head = conn.head(&Method::POST).await.expect("the head");
+        assert_eq!(head.status, StatusCode::OK);
+        let mut body = head.body;
+        let mut got = Vec::new();
+        while let Some(chunk) = conn.chunk(&mut body).await.expect("the body") {
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, b"abc");
+        let _server = writer.await.unwrap();
+        assert!(body.reusable(&conn));
+    }
+
+    #[test]
+    fn a_head_is_parsed_again_only_once_a_line_of_it_has_ended() {
+        let head = b"HTTP/1.1 200 OK\r\nx-long: aaaaaaaa\r\n\r\n";
+        assert!(line_ended_since(b"H", 0), "the first look parses");
+        let line = head.iter().position(|&b| b == b'\n').unwrap();
+        for scanned in 1..=line {
+            assert!(line_ended_since(&head[..=line], scanned));
+        }
+        // Bytes of a field that has not ended: nothing new for the parser.
+        assert!(!line_ended_since(&head[..line + 10], line + 1));
+        assert!(line_ended_since(head, line + 10));
     }
 
     #[test]
