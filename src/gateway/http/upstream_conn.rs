@@ -725,16 +725,48 @@ mod tests {
             }
             server
         });
-        let head = conn.head(&Method::POST).await.expect("the head");
-        assert_eq!(head.status, StatusCode::OK);
-        let mut body = head.body;
-        let mut got = Vec::new();
-        while let Some(chunk) = conn.chunk(&mut body).await.expect("the body") {
-            got.extend_from_slice(&chunk);
-        }
+        let read = async {
+            let head = conn.head(&Method::POST).await.expect("the head");
+            assert_eq!(head.status, StatusCode::OK);
+            let mut body = head.body;
+            let mut got = Vec::new();
+            while let Some(chunk) = conn.chunk(&mut body).await.expect("the body") {
+                got.extend_from_slice(&chunk);
+            }
+            (got, body)
+        };
+        // A head never parsed again would wait here for ever.
+        let (got, body) = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("the answer within 10 s");
         assert_eq!(got, b"abc");
         let _server = writer.await.unwrap();
         assert!(body.reusable(&conn));
+    }
+
+    /// An idle connection is given up when its server closed it or sent something unasked.
+    #[tokio::test]
+    async fn an_idle_connection_is_taken_only_while_open_and_quiet() {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        for (after, open) in [
+            (None, true),
+            (Some(&b"x"[..]), false),
+            (Some(&b""[..]), false),
+        ] {
+            let (mut conn, server) = connection(answer, false).await;
+            let mut server = server.unwrap();
+            let mut body = conn.head(&Method::POST).await.expect("the head").body;
+            while conn.chunk(&mut body).await.expect("the body").is_some() {}
+            assert!(body.reusable(&conn));
+            match after {
+                Some(b"") => drop(server.shutdown().await),
+                Some(bytes) => server.write_all(bytes).await.unwrap(),
+                None => {}
+            }
+            // Time for the runtime to see what came.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert_eq!(conn.idle_and_open(), open, "after {after:?}");
+        }
     }
 
     #[test]
