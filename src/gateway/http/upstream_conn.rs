@@ -48,6 +48,14 @@ pub(super) struct Connection {
     buf: BytesMut,
 }
 
+/// Why a request was not written whole.
+pub(super) enum WriteFailed {
+    /// Not one byte of it was taken: it can go on another connection.
+    Untaken(String),
+    /// Some of it went: the server may have acted on it.
+    PartWay(String),
+}
+
 /// An answer's head.
 pub(super) struct Head {
     pub status: StatusCode,
@@ -58,7 +66,7 @@ pub(super) struct Head {
 /// How the rest of an answer is read, and whether its connection may carry another.
 pub(super) struct Body {
     framing: Framing,
-    /// HTTP/1.1 and no `Connection: close`.
+    /// HTTP/1.1, no `Connection: close`, and an end of its own (not the connection's).
     keep_alive: bool,
 }
 
@@ -117,19 +125,17 @@ impl Connection {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    /// Writes a request whole. `Err` when not one byte of it was taken (the request can go
-    /// on another connection): `Ok(Err)` when it failed part-way.
-    pub(super) async fn write(&mut self, request: &[u8]) -> Result<Result<(), String>, String> {
+    /// Writes a request whole.
+    pub(super) async fn write(&mut self, request: &[u8]) -> Result<(), WriteFailed> {
         let first = match self.stream.write(request).await {
-            Ok(0) => return Err("the connection is closed".into()),
+            Ok(0) => return Err(WriteFailed::Untaken("the connection is closed".into())),
             Ok(n) => n,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(WriteFailed::Untaken(e.to_string())),
         };
-        Ok(self
-            .stream
+        self.stream
             .write_all(&request[first..])
             .await
-            .map_err(|e| e.to_string()))
+            .map_err(|e| WriteFailed::PartWay(e.to_string()))
     }
 
     /// Reads more into the buffer; `Ok(false)` at the connection's end.
@@ -174,7 +180,7 @@ impl Connection {
                     return Err("the MCP server closed the connection without answering".into());
                 }
                 Ok(false) => return Err("the MCP server's answer ended in its head".into()),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(format!("reading the MCP server's answer: {e}")),
             }
         }
     }
@@ -244,7 +250,11 @@ impl Connection {
             match length {
                 Some(0) => Framing::Done,
                 Some(n) => Framing::Length(n),
-                None => Framing::UntilClose,
+                // Its end is the connection's: nothing can follow it.
+                None => {
+                    keep_alive = false;
+                    Framing::UntilClose
+                }
             }
         };
         Ok(Some(Head {
@@ -266,21 +276,17 @@ impl Connection {
                     if self.buf.is_empty() && !self.fill().await.map_err(|e| e.to_string())? {
                         return Err("the MCP server's answer ended before its length".into());
                     }
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    let left = left - take as u64;
+                    let (data, left) = self.take_up_to(left);
                     body.framing = if left == 0 {
                         Framing::Done
                     } else {
                         Framing::Length(left)
                     };
-                    return Ok(Some(self.buf.split_to(take).freeze()));
+                    return Ok(Some(data));
                 }
                 Framing::UntilClose => {
                     if self.buf.is_empty() && !self.fill().await.map_err(|e| e.to_string())? {
                         body.framing = Framing::Done;
-                        body.keep_alive = false;
                         return Ok(None);
                     }
                     return Ok(Some(self.buf.split().freeze()));
@@ -297,6 +303,15 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// As much of the next `left` bytes as the buffer holds, taken off it, and how many of
+    /// them are still to come.
+    fn take_up_to(&mut self, left: u64) -> (Bytes, u64) {
+        let take = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        (self.buf.split_to(take).freeze(), left - take as u64)
     }
 
     /// One step of a chunked body, on what the buffer holds: data when some was taken; the
@@ -324,16 +339,13 @@ impl Connection {
             },
             Chunked::Data(left) => {
                 if !self.buf.is_empty() {
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    let left = left - take as u64;
+                    let (data, left) = self.take_up_to(left);
                     *framing = Framing::Chunked(if left == 0 {
                         Chunked::DataEnd
                     } else {
                         Chunked::Data(left)
                     });
-                    return Ok(Some(self.buf.split_to(take).freeze()));
+                    return Ok(Some(data));
                 }
             }
             Chunked::DataEnd => {

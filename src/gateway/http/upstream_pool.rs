@@ -33,7 +33,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use bytes::Bytes;
 use hyper_util::client::proxy::matcher::Matcher;
 
-use super::upstream_conn::{self, Body, Connection};
+use super::upstream_conn::{self, Body, Connection, WriteFailed};
 
 use crate::sync::lock;
 
@@ -206,13 +206,15 @@ impl Direct {
                 None => (Box::pin(self.connect()).await?, true),
             };
             match conn.write(&request).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(unreachable(e)),
+                Ok(()) => {}
                 // Not one byte taken: an idle connection the server had closed.
-                Err(_) if !fresh => continue,
-                Err(e) => return Err(unreachable(e)),
+                Err(WriteFailed::Untaken(_)) if !fresh => continue,
+                Err(WriteFailed::Untaken(e) | WriteFailed::PartWay(e)) => {
+                    return Err(unreachable(e));
+                }
             }
-            let head = conn.head(&method).await.map_err(unreachable)?;
+            // Its errors say what was wrong with the answer, or that none came.
+            let head = conn.head(&method).await?;
             return Ok(Answer {
                 status: head.status,
                 headers: head.headers,
