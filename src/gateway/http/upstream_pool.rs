@@ -290,11 +290,8 @@ impl Answer {
     /// body has already ended (an empty `202`) goes back to the idle list, any other is
     /// closed.
     pub(crate) fn discard(mut self) {
-        if let AnswerBody::Direct { body, connection } = &mut self.body
-            && let Some((conn, direct)) = connection.take()
-            && body.reusable(&conn)
-        {
-            direct.put_back(conn);
+        if let AnswerBody::Direct { body, connection } = &mut self.body {
+            give_back(body, connection);
         }
     }
 
@@ -304,7 +301,13 @@ impl Answer {
             AnswerBody::General(resp) => resp.chunk().await.map_err(|e| e.to_string()),
             AnswerBody::Direct { body, connection } => {
                 let Some((conn, _)) = connection.as_mut() else {
-                    return Ok(None);
+                    // Given back at the body's end, or closed when reading it failed: a
+                    // body that failed stays failed, never a clean end.
+                    return if body.is_done() {
+                        Ok(None)
+                    } else {
+                        Err("the MCP server's answer was cut off".into())
+                    };
                 };
                 let chunk = match conn.chunk(body).await {
                     Ok(chunk) => chunk,
@@ -314,15 +317,22 @@ impl Answer {
                         return Err(e);
                     }
                 };
-                if body.is_done()
-                    && let Some((conn, direct)) = connection.take()
-                    && body.reusable(&conn)
-                {
-                    direct.put_back(conn);
+                if body.is_done() {
+                    give_back(body, connection);
                 }
                 Ok(chunk)
             }
         }
+    }
+}
+
+/// Takes an answer's connection: back to its idle list when it can carry another request,
+/// else closed.
+fn give_back(body: &Body, connection: &mut Option<(Connection, Arc<Direct>)>) {
+    if let Some((conn, direct)) = connection.take()
+        && body.reusable(&conn)
+    {
+        direct.put_back(conn);
     }
 }
 
@@ -476,6 +486,28 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// A body cut short is an error, and asking again does not turn it into a clean end.
+    #[tokio::test]
+    async fn a_body_cut_short_stays_an_error() {
+        let (url, _) = server("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello", true).await;
+        let upstream = Upstream::new(&url, client());
+        let mut answer = upstream
+            .send(Method::POST, HeaderMap::new(), Bytes::from_static(b"{}"))
+            .await
+            .expect("a head");
+        let mut got = Vec::new();
+        let failed = loop {
+            match answer.chunk().await {
+                Ok(Some(chunk)) => got.extend_from_slice(&chunk),
+                Ok(None) => panic!("a clean end after {} bytes", got.len()),
+                Err(e) => break e,
+            }
+        };
+        assert!(failed.contains("ended before its length"), "{failed}");
+        let again = answer.chunk().await;
+        assert!(again.is_err(), "{again:?}");
     }
 
     #[tokio::test]
